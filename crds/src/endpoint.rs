@@ -1,0 +1,364 @@
+//! Endpoint: one physical machine under management.
+
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{Condition, SecretRef};
+
+/// Attempts kept in `status.history`; older ones are dropped so status stays small.
+pub const MAX_HISTORY: usize = 20;
+
+/// An endpoint recast manages: who it is, how it boots, how its BMC is reached, which image it
+/// must run, and whether recast may touch it at all.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "recast.dev",
+    version = "v1alpha1",
+    kind = "Endpoint",
+    plural = "endpoints",
+    singular = "endpoint",
+    shortname = "rep",
+    category = "recast",
+    namespaced,
+    status = "EndpointStatus",
+    derive = "PartialEq",
+    printcolumn(name = "Site", type_ = "string", json_path = ".spec.site"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Step", type_ = "string", json_path = ".status.activeAttempt.step"),
+    printcolumn(name = "Build", type_ = "string", json_path = ".status.lastReport.build", description = "OS build.UBR the agent last reported"),
+    printcolumn(name = "Image", type_ = "string", json_path = ".status.image", description = "GoldenImage the endpoint is meant to run"),
+    printcolumn(name = "Protected", type_ = "boolean", json_path = ".spec.protected", priority = 1),
+    printcolumn(name = "Paused", type_ = "boolean", json_path = ".spec.paused", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointSpec {
+    /// How recast recognises this machine on the network and in agent reports. Immutable: a
+    /// different machine is a different Endpoint.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.identity is immutable: delete and re-create the Endpoint for a different machine"))]
+    pub identity: EndpointIdentity,
+
+    /// Firmware boot mode; selects the network boot program.
+    pub boot_mode: BootMode,
+
+    /// The baseboard management controller used to power-cycle the machine and set a one-time
+    /// network boot. Without it recast waits for the machine to network-boot on its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bmc: Option<BmcSpec>,
+
+    /// The golden image this endpoint must run.
+    pub image: ImageRef,
+
+    /// Site name, used for per-site concurrency limits and maintenance windows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self) <= 63").message("spec.site must be a DNS label: lowercase letters, digits and '-', at most 63 characters"))]
+    #[schemars(length(max = 63))]
+    pub site: Option<String>,
+
+    /// A protected endpoint is never reimaged: not by a signal, not by a wave, not by a manual
+    /// request. Remove the protection first.
+    #[serde(default)]
+    pub protected: bool,
+
+    /// A paused endpoint is observed but never moved into a reimage on its own; a running
+    /// attempt finishes.
+    #[serde(default)]
+    pub paused: bool,
+
+    /// Ask for one reimage now: set a new token (a timestamp works) to request another, like
+    /// `kubectl rollout restart` sets `restartedAt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reimage_request: Option<ReimageRequest>,
+
+    /// The RemediationPolicy that decides what each signal does; "default" when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')").message("spec.policyRef must be the name of a RemediationPolicy"))]
+    #[schemars(length(max = 253))]
+    pub policy_ref: Option<String>,
+
+    /// Overrides the policy's update mode for this endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_mode: Option<crate::policy::UpdateMode>,
+}
+
+/// Identity: the MAC addresses the machine network-boots from, and optionally its SMBIOS UUID and
+/// serial number (agents report both; a mismatch is never treated as this endpoint).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointIdentity {
+    /// MAC addresses of the machine's network interfaces, "52:54:00:12:34:56".
+    #[x_kube(validation = Rule::new("size(self) >= 1").message("spec.identity.macAddresses needs at least one MAC address"))]
+    #[x_kube(validation = Rule::new("self.all(m, m.matches('^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$'))").message("spec.identity.macAddresses entries must be six colon-separated hex octets, such as 52:54:00:12:34:56"))]
+    #[x_kube(validation = Rule::new("self.all(m, self.exists_one(n, n.lowerAscii() == m.lowerAscii()))").message("spec.identity.macAddresses must not list the same address twice"))]
+    #[schemars(length(max = 16), inner(length(max = 17)))]
+    pub mac_addresses: Vec<String>,
+
+    /// SMBIOS system UUID, as `wmic csproduct get uuid` or dmidecode prints it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$')").message("spec.identity.smbiosUuid must be a UUID such as 4c4c4544-0042-3510-8052-b4c04f384d32"))]
+    #[schemars(length(max = 36))]
+    pub smbios_uuid: Option<String>,
+
+    /// Chassis serial number (service tag).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("size(self) >= 1 && size(self) <= 64").message("spec.identity.serialNumber must be 1 to 64 characters"))]
+    #[schemars(length(max = 64))]
+    pub serial_number: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BootMode {
+    Uefi,
+    Bios,
+}
+
+/// How recast reaches the machine's BMC.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BmcSpec {
+    /// Protocol driver. Only Redfish today.
+    #[serde(default)]
+    pub driver: BmcDriver,
+    /// Base URL of the BMC's Redfish service, such as https://10.0.40.21.
+    #[x_kube(validation = Rule::new("self.matches('^https?://[^/ ]+(/.*)?$')").message("spec.bmc.address must be an http:// or https:// URL such as https://10.0.40.21"))]
+    #[schemars(length(max = 2048))]
+    pub address: String,
+    /// Secret with `username` and `password` keys.
+    pub credentials_secret_ref: SecretRef,
+    /// Skip TLS certificate verification. Off by default; prefer `caBundleSecretRef` for BMCs
+    /// with self-signed certificates.
+    #[serde(default)]
+    pub insecure_skip_tls_verify: bool,
+    /// Secret with a `ca.crt` key holding the PEM CA bundle that signed the BMC's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle_secret_ref: Option<SecretRef>,
+    /// Redfish ComputerSystem id or path when the service exposes more than one system.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub system_id: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BmcDriver {
+    #[default]
+    Redfish,
+}
+
+/// Either a GoldenImage by name or a channel that points at one.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.goldenImage) != has(self.channel)").message("spec.image must set exactly one of goldenImage or channel"))]
+pub struct ImageRef {
+    /// Name of a GoldenImage in the same namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')").message("spec.image.goldenImage must be the name of a GoldenImage"))]
+    #[schemars(length(max = 253))]
+    pub golden_image: Option<String>,
+    /// A channel such as "stable" or "canary": the endpoint follows whichever verified
+    /// GoldenImage is in that channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self) <= 63").message("spec.image.channel must be a DNS label such as stable or canary"))]
+    #[schemars(length(max = 63))]
+    pub channel: Option<String>,
+}
+
+/// A manual reimage request. A new token requests a new reimage; the same token again does
+/// nothing, so re-applying the same YAML never wipes a machine twice.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReimageRequest {
+    #[x_kube(validation = Rule::new("size(self) >= 1 && size(self) <= 128").message("spec.reimageRequest.token must be 1 to 128 characters; set a new value (a timestamp works) to request a reimage"))]
+    #[schemars(length(max = 128))]
+    pub token: String,
+    /// Why, for the audit trail.
+    #[x_kube(validation = Rule::new("size(self) >= 1").message("spec.reimageRequest.reason is required: say why the machine is being wiped"))]
+    #[schemars(length(max = 1024))]
+    pub reason: String,
+}
+
+/// Lifecycle phase; see docs/lifecycle.md.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum EndpointPhase {
+    Pending,
+    Ready,
+    Degraded,
+    ReimageScheduled,
+    Reimaging,
+    Failed,
+    Quarantined,
+}
+
+/// Step inside a reimage attempt.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum ReimageStep {
+    ArmingBoot,
+    PowerCycling,
+    Booting,
+    Applying,
+    FirstBoot,
+}
+
+/// Why an attempt was started.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum AttemptTrigger {
+    FailedRollback,
+    BootCrash,
+    Drift,
+    NonCompliant,
+    Manual,
+    Wave,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum AttemptOutcome {
+    Succeeded,
+    Failed,
+    Aborted,
+}
+
+/// One reimage of one endpoint; its id keys every action so nothing runs twice.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Attempt {
+    pub id: String,
+    pub trigger: AttemptTrigger,
+    #[serde(default)]
+    pub reason: String,
+    /// GoldenImage name and the sha256 of the WIM being applied.
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
+    /// Wave that started it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wave: Option<String>,
+    pub step: ReimageStep,
+    /// Tries so far within this attempt (1 on the first).
+    pub try_number: u32,
+    pub started_at: String,
+    pub step_started_at: String,
+    /// Applying progress, 0..=100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_percent: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Not before this time does the next try start (backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<String>,
+}
+
+/// A finished attempt, kept (at most MAX_HISTORY) for `recastctl history`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptRecord {
+    pub id: String,
+    pub trigger: AttemptTrigger,
+    #[serde(default)]
+    pub reason: String,
+    pub image: String,
+    pub outcome: AttemptOutcome,
+    pub tries: u32,
+    pub started_at: String,
+    pub finished_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// What the agent last said, condensed.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportSummary {
+    /// "26100.7623": CurrentBuild.UBR.
+    pub build: String,
+    pub reported_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
+    /// Attempt id the agent carries when it reports from a freshly applied image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt_id: Option<String>,
+    /// The most recent update results, newest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub update_results: Vec<UpdateResultSummary>,
+    /// Bugchecks seen since the last report, newest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub crashes: Vec<CrashSummary>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateResultSummary {
+    /// KB5074109 or the package identity.
+    pub update: String,
+    /// Installed, Failed, RolledBack, Pending.
+    pub result: String,
+    pub time: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CrashSummary {
+    /// "0x000000ed".
+    pub bugcheck_code: String,
+    pub time: String,
+    /// agent, bmc or boot-service.
+    pub source: String,
+}
+
+/// An active signal about the endpoint, with when it was first seen.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SignalStatus {
+    /// FailedRollback, BootCrash, HeartbeatLost, Drift, NonCompliant.
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub since: String,
+    #[serde(default)]
+    pub message: String,
+}
+
+/// Whether Windows quality updates are held on the endpoint, why and since when.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateHoldStatus {
+    pub held: bool,
+    pub reason: String,
+    pub since: String,
+    /// What the agent read back from the registry, if it reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effective: Option<bool>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<EndpointPhase>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The GoldenImage the endpoint resolves to right now (channel followed through).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// sha256 of the WIM last applied by recast.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_image_digest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_report: Option<ReportSummary>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signals: Vec<SignalStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_attempt: Option<Attempt>,
+    /// Finished attempts, newest first, at most 20.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<AttemptRecord>,
+    /// Token of the last manual reimage request acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handled_reimage_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_hold: Option<UpdateHoldStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}

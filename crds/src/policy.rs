@@ -1,0 +1,242 @@
+//! RemediationPolicy: what each signal does, and the limits that keep automatic remediation from
+//! wiping half a fleet.
+
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::MaintenanceWindow;
+
+/// The name endpoints use when `spec.policyRef` is unset.
+pub const DEFAULT_POLICY_NAME: &str = "default";
+
+/// Decides, per signal, whether recast reimages now, in the maintenance window, only alerts, or
+/// ignores it; and bounds retries, concurrency and the fleet-wide failure budget.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "recast.dev",
+    version = "v1alpha1",
+    kind = "RemediationPolicy",
+    plural = "remediationpolicies",
+    singular = "remediationpolicy",
+    shortname = "rpol",
+    category = "recast",
+    namespaced,
+    status = "RemediationPolicyStatus",
+    derive = "PartialEq",
+    printcolumn(name = "Update-Mode", type_ = "string", json_path = ".spec.updateMode"),
+    printcolumn(name = "Failed-Rollback", type_ = "string", json_path = ".spec.signals.failedRollback"),
+    printcolumn(name = "Boot-Crash", type_ = "string", json_path = ".spec.signals.bootCrash"),
+    printcolumn(name = "Budget", type_ = "string", json_path = ".status.budget"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RemediationPolicySpec {
+    #[serde(default)]
+    pub signals: SignalActions,
+    /// Minimum time between two reimages of one endpoint, such as "6h".
+    #[serde(default = "default_cooldown")]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(d|h|m|s))+$')").message("spec.cooldown must be a duration such as 30m, 6h or 1d"))]
+    #[schemars(length(max = 32))]
+    pub cooldown: String,
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    #[serde(default)]
+    pub concurrency: ConcurrencyLimits,
+    #[serde(default)]
+    pub failure_budget: FailureBudget,
+    /// Window for "ReimageInWindow" actions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance_window: Option<MaintenanceWindow>,
+    /// How long without an agent report before HeartbeatLost, such as "15m".
+    #[serde(default = "default_heartbeat_timeout")]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(d|h|m|s))+$')").message("spec.heartbeatTimeout must be a duration such as 15m"))]
+    #[schemars(length(max = 32))]
+    pub heartbeat_timeout: String,
+    /// `managed`: Windows Update runs and recast remediates what breaks. `immutable`: quality
+    /// updates stay held; patches arrive only as waves onto a newer golden image.
+    #[serde(default)]
+    pub update_mode: UpdateMode,
+    /// Hold quality updates on an endpoint from the moment a FailedRollback is seen until the
+    /// reimage replaces it: the next update on that improper state is what bricked machines.
+    #[serde(default = "default_true")]
+    pub guard_on_failed_rollback: bool,
+}
+
+fn default_cooldown() -> String {
+    "6h".into()
+}
+fn default_heartbeat_timeout() -> String {
+    "15m".into()
+}
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum UpdateMode {
+    #[default]
+    Managed,
+    Immutable,
+}
+
+/// What to do about a signal.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum RemediationAction {
+    ReimageNow,
+    ReimageInWindow,
+    AlertOnly,
+    Ignore,
+}
+
+/// One action per signal. The defaults act on evidence of the improper state and of a boot
+/// crash, and leave the rest to waves and people.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SignalActions {
+    #[serde(default = "reimage_now")]
+    pub failed_rollback: RemediationAction,
+    #[serde(default = "reimage_now")]
+    pub boot_crash: RemediationAction,
+    /// HeartbeatLost alone never wipes a machine; with a BMC crash record it counts as
+    /// BootCrash instead.
+    #[serde(default = "alert_only")]
+    pub heartbeat_lost: RemediationAction,
+    #[serde(default = "alert_only")]
+    pub drift: RemediationAction,
+    /// NonCompliant endpoints are moved by waves; the default only alerts.
+    #[serde(default = "alert_only")]
+    pub non_compliant: RemediationAction,
+}
+
+fn reimage_now() -> RemediationAction {
+    RemediationAction::ReimageNow
+}
+fn alert_only() -> RemediationAction {
+    RemediationAction::AlertOnly
+}
+
+impl Default for SignalActions {
+    fn default() -> Self {
+        Self {
+            failed_rollback: reimage_now(),
+            boot_crash: reimage_now(),
+            heartbeat_lost: alert_only(),
+            drift: alert_only(),
+            non_compliant: alert_only(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryPolicy {
+    /// Tries per attempt before the endpoint is Quarantined.
+    #[serde(default = "default_max_tries")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 10").message("retry.maxTries must be between 1 and 10"))]
+    pub max_tries: u32,
+    /// First backoff; it doubles on each retry.
+    #[serde(default = "default_backoff")]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(d|h|m|s))+$')").message("retry.backoff must be a duration such as 5m"))]
+    #[schemars(length(max = 32))]
+    pub backoff: String,
+    /// How long one try may take before it counts as failed.
+    #[serde(default = "default_try_timeout")]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(d|h|m|s))+$')").message("retry.tryTimeout must be a duration such as 90m"))]
+    #[schemars(length(max = 32))]
+    pub try_timeout: String,
+}
+
+fn default_max_tries() -> u32 {
+    3
+}
+fn default_backoff() -> String {
+    "5m".into()
+}
+fn default_try_timeout() -> String {
+    "2h".into()
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_tries: default_max_tries(),
+            backoff: default_backoff(),
+            try_timeout: default_try_timeout(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConcurrencyLimits {
+    /// Endpoints reimaging at once across the fleet (automatic remediation and waves together):
+    /// a count or a percentage of all endpoints (rounded down, at least 1).
+    #[serde(default = "default_global_limit")]
+    #[x_kube(validation = Rule::new("string(self).matches('^([1-9][0-9]{0,5}|([1-9][0-9]?|100)%)$')").message("concurrency.global must be a positive integer or a percentage from 1% to 100%"))]
+    pub global: IntOrString,
+    /// Endpoints reimaging at once in one site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("string(self).matches('^([1-9][0-9]{0,5}|([1-9][0-9]?|100)%)$')").message("concurrency.perSite must be a positive integer or a percentage from 1% to 100%"))]
+    pub per_site: Option<IntOrString>,
+}
+
+fn default_global_limit() -> IntOrString {
+    IntOrString::Int(10)
+}
+
+impl Default for ConcurrencyLimits {
+    fn default() -> Self {
+        Self {
+            global: default_global_limit(),
+            per_site: None,
+        }
+    }
+}
+
+/// When too many recent attempts failed, automatic remediation stops fleet-wide until a person
+/// looks: a bad golden image or a broken boot service must not wipe machine after machine.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailureBudget {
+    #[serde(default = "default_budget_failures")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 10000").message("failureBudget.maxFailedAttempts must be between 1 and 10000"))]
+    pub max_failed_attempts: u32,
+    #[serde(default = "default_budget_window")]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(d|h|m|s))+$')").message("failureBudget.window must be a duration such as 1h"))]
+    #[schemars(length(max = 32))]
+    pub window: String,
+}
+
+fn default_budget_failures() -> u32 {
+    3
+}
+fn default_budget_window() -> String {
+    "1h".into()
+}
+
+impl Default for FailureBudget {
+    fn default() -> Self {
+        Self {
+            max_failed_attempts: default_budget_failures(),
+            window: default_budget_window(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RemediationPolicyStatus {
+    /// "2/3 failures in 1h" or "exhausted".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<String>,
+    /// True while automatic remediation is stopped because the failure budget is spent.
+    #[serde(default)]
+    pub remediation_halted: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<crate::common::Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}

@@ -1,0 +1,161 @@
+//! ReimageWave: a rollout of reimages over selected endpoints, batch by batch.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{Condition, MaintenanceWindow};
+
+/// Moves the selected endpoints onto `image`, a batch at a time, and stops at the first sign of
+/// trouble (more failures than `strategy.maxFailures`).
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "recast.dev",
+    version = "v1alpha1",
+    kind = "ReimageWave",
+    plural = "reimagewaves",
+    singular = "reimagewave",
+    shortname = "wave",
+    category = "recast",
+    namespaced,
+    status = "ReimageWaveStatus",
+    derive = "PartialEq",
+    printcolumn(name = "Image", type_ = "string", json_path = ".spec.image"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Batch", type_ = "integer", json_path = ".status.currentBatch"),
+    printcolumn(name = "Selected", type_ = "integer", json_path = ".status.counts.selected"),
+    printcolumn(name = "Succeeded", type_ = "integer", json_path = ".status.counts.succeeded"),
+    printcolumn(name = "Failed", type_ = "integer", json_path = ".status.counts.failed"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ReimageWaveSpec {
+    /// Which endpoints (by label). Must not be empty: an empty selector would select the whole
+    /// fleet.
+    #[x_kube(validation = Rule::new("(has(self.matchLabels) && size(self.matchLabels) > 0) || (has(self.matchExpressions) && size(self.matchExpressions) > 0)").message("spec.selector must have matchLabels or matchExpressions: an empty selector would reimage every endpoint"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.selector is immutable: create a new wave instead"))]
+    pub selector: LabelSelector,
+    /// GoldenImage to move the endpoints onto.
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')").message("spec.image must be the name of a GoldenImage"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.image is immutable: create a new wave instead"))]
+    #[schemars(length(max = 253))]
+    pub image: String,
+    #[serde(default)]
+    pub strategy: WaveStrategy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance_window: Option<MaintenanceWindow>,
+    /// Hold the wave until someone approves it (`recastctl wave approve`).
+    #[serde(default)]
+    pub require_approval: bool,
+    /// Set by `recastctl wave approve`: who approved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub approved_by: Option<String>,
+    /// Pause: no new batch starts; running attempts finish.
+    #[serde(default)]
+    pub paused: bool,
+    /// Abort: no new attempt is armed; running attempts finish; the wave ends Aborted.
+    #[serde(default)]
+    pub aborted: bool,
+    /// Why the wave exists, for the audit trail.
+    #[x_kube(validation = Rule::new("size(self) >= 1 && size(self) <= 1024").message("spec.reason is required (1 to 1024 characters): say why these machines are reimaged"))]
+    #[schemars(length(max = 1024))]
+    pub reason: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.batchSize) && has(self.maxUnavailable))").message("strategy must set at most one of batchSize and maxUnavailable"))]
+pub struct WaveStrategy {
+    /// Endpoints per batch: a count or a percentage of the selected endpoints (rounded up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("string(self).matches('^([1-9][0-9]{0,5}|([1-9][0-9]?|100)%)$')").message("strategy.batchSize must be a positive integer or a percentage from 1% to 100%"))]
+    pub batch_size: Option<IntOrString>,
+    /// Endpoints reimaging at once: a count or a percentage (rounded down, at least 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("string(self).matches('^([1-9][0-9]{0,5}|([1-9][0-9]?|100)%)$')").message("strategy.maxUnavailable must be a positive integer or a percentage from 1% to 100%"))]
+    pub max_unavailable: Option<IntOrString>,
+    /// Failed endpoints the wave tolerates before it stops as Failed: a count or a percentage of
+    /// the selected endpoints (rounded down). Defaults to 0: the first failure stops the wave.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("string(self).matches('^(0|[1-9][0-9]{0,5}|([0-9]|[1-9][0-9]|100)%)$')").message("strategy.maxFailures must be zero or more, or a percentage from 0% to 100%"))]
+    pub max_failures: Option<IntOrString>,
+    /// Wait between batches, such as "15m".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(d|h|m|s))+$')").message("strategy.pauseBetweenBatches must be a duration such as 90s, 15m or 1h"))]
+    #[schemars(length(max = 32))]
+    pub pause_between_batches: Option<String>,
+    /// Size of a first, canary batch that must fully succeed before the rest start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("string(self).matches('^([1-9][0-9]{0,5}|([1-9][0-9]?|100)%)$')").message("strategy.canary must be a positive integer or a percentage from 1% to 100%"))]
+    pub canary: Option<IntOrString>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum WavePhase {
+    Pending,
+    AwaitingApproval,
+    WaitingForWindow,
+    Running,
+    Paused,
+    Succeeded,
+    Failed,
+    Aborted,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WaveCounts {
+    pub selected: u32,
+    pub skipped: u32,
+    pub pending: u32,
+    pub running: u32,
+    pub succeeded: u32,
+    pub failed: u32,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WaveBatch {
+    pub index: u32,
+    pub endpoints: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    #[serde(default)]
+    pub canary: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SkippedEndpoint {
+    pub name: String,
+    /// Protected, Paused, Quarantined, ...
+    pub reason: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReimageWaveStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<WavePhase>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_batch: Option<u32>,
+    #[serde(default)]
+    pub counts: WaveCounts,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub batches: Vec<WaveBatch>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<SkippedEndpoint>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_endpoints: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub messages: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}

@@ -1,0 +1,215 @@
+#!/usr/bin/env bash
+# A real Kubernetes control plane for recast's tests: etcd 3.6 and kube-apiserver, built from
+# their Go modules by build.sh, started on loopback with generated certificates.
+#
+#   tests/k8s/harness.sh up      start (idempotent: a healthy running harness is reused)
+#   tests/k8s/harness.sh down    stop everything and remove the state directory
+#   tests/k8s/harness.sh status  exit 0 when the apiserver answers /readyz
+#
+# State lives in $RECAST_K8S_DIR (default: <repo>/.k8s). `up` writes there:
+#   kubeconfig   admin (system:masters) client-certificate kubeconfig
+#   env          KUBECONFIG=..., KUBECTL=..., RECAST_K8S_BIN=... for tests to source
+#   *.log        etcd and kube-apiserver logs
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+state="${RECAST_K8S_DIR:-$repo/.k8s}"
+ready_timeout="${RECAST_K8S_READY_TIMEOUT:-120}"
+
+log() { echo "[k8s-harness] $*" >&2; }
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+is_running() { # pidfile
+  [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null
+}
+
+readyz() {
+  [[ -f "$state/apiserver.port" ]] || return 1
+  curl -sf --max-time 3 --cacert "$state/pki/ca.crt" \
+    --cert "$state/pki/admin.crt" --key "$state/pki/admin.key" \
+    "https://127.0.0.1:$(cat "$state/apiserver.port")/readyz" >/dev/null 2>&1
+}
+
+stop_pidfile() { # pidfile name
+  local pidfile="$1" name="$2"
+  [[ -f "$pidfile" ]] || return 0
+  local pid
+  pid="$(cat "$pidfile")"
+  if kill -0 "$pid" 2>/dev/null; then
+    # Each daemon runs in its own session (setsid), so killing the group catches children.
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.2
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+      log "$name (pid $pid) ignored SIGTERM; killing"
+      kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+    fi
+  fi
+  rm -f "$pidfile"
+}
+
+fail_with_logs() { # message
+  log "ERROR: $1"
+  for f in etcd kube-apiserver; do
+    if [[ -f "$state/$f.log" ]]; then
+      log "---- last 40 lines of $state/$f.log ----"
+      tail -n 40 "$state/$f.log" >&2
+    fi
+  done
+  down_quiet
+  exit 1
+}
+
+down_quiet() {
+  stop_pidfile "$state/kube-apiserver.pid" kube-apiserver
+  stop_pidfile "$state/etcd.pid" etcd
+}
+
+make_pki() {
+  local pki="$state/pki"
+  mkdir -p "$pki"
+  (
+    cd "$pki"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3 -subj "/CN=recast-test-ca" \
+      -keyout ca.key -out ca.crt 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" \
+      -keyout apiserver.key -out apiserver.csr 2>/dev/null
+    cat > apiserver.ext <<EOF
+subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.0.0.1
+extendedKeyUsage=serverAuth
+EOF
+    openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3 \
+      -extfile apiserver.ext -out apiserver.crt 2>/dev/null
+    # The admin identity tests act as; system:masters bypasses RBAC like a cluster admin.
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=recast-test-admin/O=system:masters" \
+      -keyout admin.key -out admin.csr 2>/dev/null
+    printf 'extendedKeyUsage=clientAuth\n' > client.ext
+    openssl x509 -req -in admin.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3 \
+      -extfile client.ext -out admin.crt 2>/dev/null
+    openssl genrsa -out sa.key 2048 2>/dev/null
+    openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
+  )
+}
+
+write_kubeconfig() { # port
+  local port="$1" pki="$state/pki"
+  cat > "$state/kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: recast-test
+  cluster:
+    server: https://127.0.0.1:$port
+    certificate-authority: $pki/ca.crt
+users:
+- name: recast-test-admin
+  user:
+    client-certificate: $pki/admin.crt
+    client-key: $pki/admin.key
+contexts:
+- name: recast-test
+  context:
+    cluster: recast-test
+    user: recast-test-admin
+    namespace: default
+current-context: recast-test
+EOF
+}
+
+up() {
+  if is_running "$state/kube-apiserver.pid" && is_running "$state/etcd.pid" && readyz; then
+    log "already running: KUBECONFIG=$state/kubeconfig"
+    return 0
+  fi
+  down_quiet
+  rm -rf "$state"
+  mkdir -p "$state"
+
+  local bin
+  bin="$("$here/build.sh")"
+  local etcd_port etcd_peer api_port
+  etcd_port="$(free_port)"
+  etcd_peer="$(free_port)"
+  api_port="$(free_port)"
+  echo "$api_port" > "$state/apiserver.port"
+  make_pki
+
+  log "starting etcd on 127.0.0.1:$etcd_port"
+  # --unsafe-no-fsync: test data is thrown away, and fsync on a shared disk dominates
+  # apiserver latency.
+  setsid "$bin/etcd" --name recast-test --data-dir "$state/etcd-data" \
+    --listen-client-urls "http://127.0.0.1:$etcd_port" \
+    --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+    --listen-peer-urls "http://127.0.0.1:$etcd_peer" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
+    --initial-cluster "recast-test=http://127.0.0.1:$etcd_peer" \
+    --listen-metrics-urls "" --unsafe-no-fsync --log-level warn \
+    > "$state/etcd.log" 2>&1 < /dev/null &
+  echo $! > "$state/etcd.pid"
+
+  local deadline=$((SECONDS + 30))
+  until curl -sf --max-time 2 "http://127.0.0.1:$etcd_port/health" >/dev/null 2>&1; do
+    is_running "$state/etcd.pid" || fail_with_logs "etcd exited during start-up"
+    ((SECONDS < deadline)) || fail_with_logs "etcd not healthy after 30s"
+    sleep 0.3
+  done
+
+  log "starting kube-apiserver on 127.0.0.1:$api_port"
+  local pki="$state/pki"
+  setsid "$bin/kube-apiserver" \
+    --etcd-servers "http://127.0.0.1:$etcd_port" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+    --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
+    --client-ca-file "$pki/ca.crt" \
+    --service-account-issuer https://kubernetes.default.svc \
+    --service-account-key-file "$pki/sa.pub" \
+    --service-account-signing-key-file "$pki/sa.key" \
+    --service-cluster-ip-range 10.0.0.0/24 \
+    --authorization-mode RBAC \
+    --enable-priority-and-fairness=false \
+    --profiling=false \
+    > "$state/kube-apiserver.log" 2>&1 < /dev/null &
+  echo $! > "$state/kube-apiserver.pid"
+  write_kubeconfig "$api_port"
+
+  deadline=$((SECONDS + ready_timeout))
+  local waited=0
+  until readyz; do
+    is_running "$state/kube-apiserver.pid" || fail_with_logs "kube-apiserver exited during start-up"
+    ((SECONDS < deadline)) || fail_with_logs "kube-apiserver not ready after ${ready_timeout}s"
+    sleep 0.5
+    waited=$((waited + 1))
+    ((waited % 20 == 0)) && log "waiting for kube-apiserver /readyz ($((waited / 2))s)"
+  done
+
+  cat > "$state/env" <<EOF
+KUBECONFIG=$state/kubeconfig
+KUBECTL=$bin/kubectl
+RECAST_K8S_BIN=$bin
+EOF
+  log "ready: KUBECONFIG=$state/kubeconfig (kubectl: $bin/kubectl)"
+}
+
+down() {
+  down_quiet
+  # Any stray process still running from this state directory (an earlier crashed run).
+  pkill -f -- "--data-dir $state/etcd-data" 2>/dev/null || true
+  rm -rf "$state"
+  log "stopped"
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  status) readyz ;;
+  *)
+    echo "usage: $0 up|down|status" >&2
+    exit 2
+    ;;
+esac
