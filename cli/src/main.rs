@@ -49,9 +49,19 @@ fn validate(files: &[PathBuf]) -> ExitCode {
             }
         };
         for doc in docs {
-            if doc.value.get("apiVersion").and_then(|v| v.as_str()) != Some(recast_crds::API_VERSION) {
-                let kind = doc.value.get("kind").and_then(|v| v.as_str()).unwrap_or("object");
-                println!("{}: document {}: {kind} skipped (not a recast.dev object)", file.display(), doc.index);
+            if doc.value.get("apiVersion").and_then(|v| v.as_str())
+                != Some(recast_crds::API_VERSION)
+            {
+                let kind = doc
+                    .value
+                    .get("kind")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("object");
+                println!(
+                    "{}: document {}: {kind} skipped (not a recast.dev object)",
+                    file.display(),
+                    doc.index
+                );
                 continue;
             }
             match admit(&doc.value, None) {
@@ -63,5 +73,9 @@ fn validate(files: &[PathBuf]) -> ExitCode {
             }
         }
     }
-    if invalid { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    if invalid {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }

@@ -122,7 +122,10 @@ mod tests {
         assert_eq!(resolve_int_or_percent(&p("25%"), 10, true), Some(3));
         assert_eq!(resolve_int_or_percent(&p("100%"), 7, false), Some(7));
         assert_eq!(resolve_int_or_percent(&p("0%"), 7, true), Some(0));
-        assert_eq!(resolve_int_or_percent(&IntOrString::Int(4), 2, false), Some(4));
+        assert_eq!(
+            resolve_int_or_percent(&IntOrString::Int(4), 2, false),
+            Some(4)
+        );
     }
 
     #[test]
@@ -131,6 +134,9 @@ mod tests {
         assert_eq!(resolve_int_or_percent(&p("101%"), 10, false), None);
         assert_eq!(resolve_int_or_percent(&p("ten"), 10, false), None);
         assert_eq!(resolve_int_or_percent(&p("10"), 10, false), None);
-        assert_eq!(resolve_int_or_percent(&IntOrString::Int(-1), 10, false), None);
+        assert_eq!(
+            resolve_int_or_percent(&IntOrString::Int(-1), 10, false),
+            None
+        );
     }
 }

@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{input:?} is not a duration: write a number followed by d, h, m or s, such as 90s, 15m or 1h30m")]
+#[error(
+    "{input:?} is not a duration: write a number followed by d, h, m or s, such as 90s, 15m or 1h30m"
+)]
 pub struct DurationError {
     pub input: String,
 }
@@ -81,7 +83,16 @@ mod tests {
 
     #[test]
     fn rejects_what_the_cel_pattern_rejects() {
-        for bad in ["", "10", "m", "1x", "1.5h", "-1m", "1h 30m", "99999999999999999999d"] {
+        for bad in [
+            "",
+            "10",
+            "m",
+            "1x",
+            "1.5h",
+            "-1m",
+            "1h 30m",
+            "99999999999999999999d",
+        ] {
             assert!(parse(bad).is_err(), "{bad:?} should be rejected");
         }
     }

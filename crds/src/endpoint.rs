@@ -25,12 +25,40 @@ pub const MAX_HISTORY: usize = 20;
     derive = "PartialEq",
     printcolumn(name = "Site", type_ = "string", json_path = ".spec.site"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Step", type_ = "string", json_path = ".status.activeAttempt.step"),
-    printcolumn(name = "Build", type_ = "string", json_path = ".status.lastReport.build", description = "OS build.UBR the agent last reported"),
-    printcolumn(name = "Image", type_ = "string", json_path = ".status.image", description = "GoldenImage the endpoint is meant to run"),
-    printcolumn(name = "Protected", type_ = "boolean", json_path = ".spec.protected", priority = 1),
-    printcolumn(name = "Paused", type_ = "boolean", json_path = ".spec.paused", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Step",
+        type_ = "string",
+        json_path = ".status.activeAttempt.step"
+    ),
+    printcolumn(
+        name = "Build",
+        type_ = "string",
+        json_path = ".status.lastReport.build",
+        description = "OS build.UBR the agent last reported"
+    ),
+    printcolumn(
+        name = "Image",
+        type_ = "string",
+        json_path = ".status.image",
+        description = "GoldenImage the endpoint is meant to run"
+    ),
+    printcolumn(
+        name = "Protected",
+        type_ = "boolean",
+        json_path = ".spec.protected",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Paused",
+        type_ = "boolean",
+        json_path = ".spec.paused",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct EndpointSpec {

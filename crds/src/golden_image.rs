@@ -21,13 +21,39 @@ use crate::common::Condition;
     namespaced,
     status = "GoldenImageStatus",
     derive = "PartialEq",
-    printcolumn(name = "Build", type_ = "string", json_path = ".status.facts.build", description = "build.UBR read from the WIM"),
-    printcolumn(name = "Min-Build", type_ = "string", json_path = ".spec.requirements.minimumBuild", priority = 1),
-    printcolumn(name = "Edition", type_ = "string", json_path = ".status.facts.edition"),
-    printcolumn(name = "Verified", type_ = "string", json_path = ".status.conditions[?(@.type==\"Verified\")].status"),
-    printcolumn(name = "KnownGood", type_ = "string", json_path = ".status.conditions[?(@.type==\"KnownGood\")].status"),
+    printcolumn(
+        name = "Build",
+        type_ = "string",
+        json_path = ".status.facts.build",
+        description = "build.UBR read from the WIM"
+    ),
+    printcolumn(
+        name = "Min-Build",
+        type_ = "string",
+        json_path = ".spec.requirements.minimumBuild",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Edition",
+        type_ = "string",
+        json_path = ".status.facts.edition"
+    ),
+    printcolumn(
+        name = "Verified",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Verified\")].status"
+    ),
+    printcolumn(
+        name = "KnownGood",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"KnownGood\")].status"
+    ),
     printcolumn(name = "Channels", type_ = "string", json_path = ".status.channels"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct GoldenImageSpec {

@@ -5,6 +5,10 @@
 //! Validation a user can trip lives on the types as CEL rules, so the apiserver and the embedded
 //! store ([`validate`]) enforce the same rules with the same messages.
 
+// kube's `printcolumn(...)` repeats `type_ = ...` per column, which this lint misreads as a
+// duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod common;
 pub mod duration;
 pub mod endpoint;

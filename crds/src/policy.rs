@@ -26,10 +26,22 @@ pub const DEFAULT_POLICY_NAME: &str = "default";
     status = "RemediationPolicyStatus",
     derive = "PartialEq",
     printcolumn(name = "Update-Mode", type_ = "string", json_path = ".spec.updateMode"),
-    printcolumn(name = "Failed-Rollback", type_ = "string", json_path = ".spec.signals.failedRollback"),
-    printcolumn(name = "Boot-Crash", type_ = "string", json_path = ".spec.signals.bootCrash"),
+    printcolumn(
+        name = "Failed-Rollback",
+        type_ = "string",
+        json_path = ".spec.signals.failedRollback"
+    ),
+    printcolumn(
+        name = "Boot-Crash",
+        type_ = "string",
+        json_path = ".spec.signals.bootCrash"
+    ),
     printcolumn(name = "Budget", type_ = "string", json_path = ".status.budget"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RemediationPolicySpec {

@@ -95,7 +95,10 @@ fn schemas() -> &'static HashMap<Kind, KindSchema> {
 }
 
 fn describe(value: &Value) -> String {
-    let kind = value.get("kind").and_then(Value::as_str).unwrap_or("object");
+    let kind = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or("object");
     match value.pointer("/metadata/name").and_then(Value::as_str) {
         Some(name) => format!("{kind} {name:?}"),
         None => kind.to_string(),
@@ -131,13 +134,19 @@ pub fn admit(value: &Value, old: Option<&Value>) -> Result<Object, InvalidObject
     let name = value.pointer("/metadata/name").and_then(Value::as_str);
     match name {
         None | Some("") => {
-            return Err(InvalidObject::single(object, "metadata.name", "Required value: name is required"));
+            return Err(InvalidObject::single(
+                object,
+                "metadata.name",
+                "Required value: name is required",
+            ));
         }
         Some(n) if !is_dns_subdomain(n) => {
             return Err(InvalidObject::single(
                 object,
                 "metadata.name",
-                format!("{n:?} must be a lowercase DNS subdomain: letters, digits, '-' and '.', starting and ending with a letter or digit, at most 253 characters"),
+                format!(
+                    "{n:?} must be a lowercase DNS subdomain: letters, digits, '-' and '.', starting and ending with a letter or digit, at most 253 characters"
+                ),
             ));
         }
         Some(_) => {}
@@ -156,7 +165,11 @@ pub fn admit(value: &Value, old: Option<&Value>) -> Result<Object, InvalidObject
     });
 
     let Some(schema) = schemas().get(&kind) else {
-        return Err(InvalidObject::single(object, "kind", "no schema compiled for this kind"));
+        return Err(InvalidObject::single(
+            object,
+            "kind",
+            "no schema compiled for this kind",
+        ));
     };
     let mut errors = Vec::new();
     unknown_fields(&schema.schema, &value, "", &mut errors);
@@ -167,16 +180,16 @@ pub fn admit(value: &Value, old: Option<&Value>) -> Result<Object, InvalidObject
         Kind::Endpoint => decode(&value).map(|o| Object::Endpoint(Box::new(o))),
         Kind::GoldenImage => decode(&value).map(|o| Object::GoldenImage(Box::new(o))),
         Kind::ReimageWave => decode(&value).map(|o| Object::ReimageWave(Box::new(o))),
-        Kind::RemediationPolicy => {
-            decode(&value).map(|o| Object::RemediationPolicy(Box::new(o)))
-        }
+        Kind::RemediationPolicy => decode(&value).map(|o| Object::RemediationPolicy(Box::new(o))),
     }
     .map_err(|e| InvalidObject {
         object: object.clone(),
         errors: vec![e],
     })?;
 
-    if let Err(failures) = Validator::new().validate_compiled(&schema.compiled, &value, old.as_ref()) {
+    if let Err(failures) =
+        Validator::new().validate_compiled(&schema.compiled, &value, old.as_ref())
+    {
         let errors = failures
             .into_vec()
             .into_iter()
@@ -192,7 +205,11 @@ pub fn admit(value: &Value, old: Option<&Value>) -> Result<Object, InvalidObject
 
 fn decode<T: DeserializeOwned>(value: &Value) -> Result<T, FieldError> {
     serde_path_to_error::deserialize(value).map_err(|e| FieldError {
-        field: e.path().to_string().trim_start_matches('.').replace("?", ""),
+        field: e
+            .path()
+            .to_string()
+            .trim_start_matches('.')
+            .replace("?", ""),
         message: e.into_inner().to_string(),
     })
 }
@@ -220,7 +237,9 @@ fn unknown_fields(schema: &Value, value: &Value, path: &str, errors: &mut Vec<Fi
                     unknown_fields(child_schema, child, &child_path, errors);
                 } else if let Some(add) = additional.filter(|a| a.is_object()) {
                     unknown_fields(add, child, &child_path, errors);
-                } else if props.is_some() && !(path.is_empty() && ROOT_FIELDS.contains(&key.as_str())) {
+                } else if props.is_some()
+                    && !(path.is_empty() && ROOT_FIELDS.contains(&key.as_str()))
+                {
                     errors.push(FieldError {
                         field: child_path,
                         message: format!("unknown field {key:?}: it is not in the {API_VERSION} schema; check the spelling (`kubectl explain` lists the fields)"),

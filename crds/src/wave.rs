@@ -25,10 +25,26 @@ use crate::common::{Condition, MaintenanceWindow};
     printcolumn(name = "Image", type_ = "string", json_path = ".spec.image"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Batch", type_ = "integer", json_path = ".status.currentBatch"),
-    printcolumn(name = "Selected", type_ = "integer", json_path = ".status.counts.selected"),
-    printcolumn(name = "Succeeded", type_ = "integer", json_path = ".status.counts.succeeded"),
-    printcolumn(name = "Failed", type_ = "integer", json_path = ".status.counts.failed"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Selected",
+        type_ = "integer",
+        json_path = ".status.counts.selected"
+    ),
+    printcolumn(
+        name = "Succeeded",
+        type_ = "integer",
+        json_path = ".status.counts.succeeded"
+    ),
+    printcolumn(
+        name = "Failed",
+        type_ = "integer",
+        json_path = ".status.counts.failed"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ReimageWaveSpec {

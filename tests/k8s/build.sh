@@ -4,6 +4,7 @@
 # 20-minute rebuild. Prints the directory holding the binaries.
 #
 #   tests/k8s/build.sh            build (or reuse) and print the bin dir
+#   tests/k8s/build.sh --print-dir  print the bin dir without building
 #   RECAST_CACHE=/path ...        cache root (default: ~/.cache/recast)
 set -euo pipefail
 
@@ -15,6 +16,11 @@ cache_root="${RECAST_CACHE:-$HOME/.cache/recast}"
 bin_dir="$cache_root/k8s/kube-$KUBE_VERSION-etcd-$ETCD_VERSION/bin"
 
 log() { echo "[k8s-build] $*" >&2; }
+
+if [[ "${1:-}" == "--print-dir" ]]; then
+  echo "$bin_dir"
+  exit 0
+fi
 
 build_one() { # module-dir output-name package
   local mod="$1" out="$2" pkg="$3"

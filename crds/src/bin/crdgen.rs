@@ -36,7 +36,9 @@ fn main() -> ExitCode {
             if std::fs::read_to_string(&path).ok().as_deref() != Some(yaml.as_str()) {
                 stale.push(path);
             }
-        } else if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, yaml)) {
+        } else if let Err(e) =
+            std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, yaml))
+        {
             eprintln!("crdgen: cannot write {}: {e}", path.display());
             return ExitCode::FAILURE;
         } else {
@@ -45,7 +47,10 @@ fn main() -> ExitCode {
     }
     if !stale.is_empty() {
         for p in &stale {
-            eprintln!("crdgen: {} differs from what crds/src generates", p.display());
+            eprintln!(
+                "crdgen: {} differs from what crds/src generates",
+                p.display()
+            );
         }
         eprintln!("crdgen: run `make crds` and commit the result");
         return ExitCode::FAILURE;

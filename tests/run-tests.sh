@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# `make test`: starts the real peers the suites need, runs every Rust test in the workspace,
+# and stops what it started. A harness that was already running is reused and left running.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+cargo_flags=(--ignore-rust-version)
+started_k8s=0
+if ! tests/k8s/harness.sh status 2>/dev/null; then
+  tests/k8s/harness.sh up || exit 1
+  started_k8s=1
+fi
+cleanup() {
+  if [[ $started_k8s == 1 ]]; then
+    tests/k8s/harness.sh down || true
+  fi
+}
+trap cleanup EXIT
+
+log="$(mktemp)"
+# Tests that skip themselves (a missing optional peer) write their reason here, because cargo
+# hides the output of tests that pass.
+export RECAST_SKIP_LOG="$(mktemp)"
+status=0
+cargo test "${cargo_flags[@]}" --workspace 2>&1 | tee "$log" || status=$?
+# cargo prints one "test result" line per test binary, the last often a doc-test run with no
+# tests; close with the totals so a reader (or CI) sees what ran.
+skipped=$(wc -l < "$RECAST_SKIP_LOG")
+if ((skipped > 0)); then
+  echo
+  echo "*** $skipped test(s) SKIPPED themselves:"
+  sort "$RECAST_SKIP_LOG" | uniq -c
+fi
+awk -v skipped="$skipped" '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1); if ($i ~ /^ignored;?$/) s += $(i-1) } }
+     END { printf "\ntests: %d passed, %d failed, %d skipped\n", p - skipped, f, s + skipped }' "$log"
+rm -f "$log" "$RECAST_SKIP_LOG"
+exit "$status"

@@ -1,0 +1,216 @@
+//! Shared helpers for recast's integration suites: finding the real peers the suites run
+//! against, and deciding whether a missing peer skips a suite (a laptop) or fails it (CI).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".."))
+}
+
+/// True when `var` is set to 1/true: the tier it names must run, and a missing peer is a
+/// failure instead of a skip. `.ci/run` sets these.
+pub fn required(var: &str) -> bool {
+    matches!(
+        std::env::var(var).as_deref(),
+        Ok("1") | Ok("true") | Ok("yes")
+    )
+}
+
+/// Skips (loudly) or fails the calling test when a peer is missing, depending on `var`.
+/// Returns normally only when the test should be skipped.
+pub fn skip_or_fail(var: &str, why: &str) {
+    if required(var) {
+        panic!("{why}\n{var} is set, so this tier is mandatory and may not skip");
+    }
+    eprintln!("\n*** SKIPPED: {why}\n*** (set {var}=1 to make this a failure; CI does)\n");
+    // cargo hides the output of passing tests; `make test` collects these and reports them.
+    if let Some(path) = std::env::var_os("RECAST_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(path) {
+            // One write per line: O_APPEND keeps parallel tests' lines whole.
+            let _ = f.write_all(format!("{why}\n").as_bytes());
+        }
+    }
+}
+
+/// The real Kubernetes control plane started by `make k8s-up` (tests/k8s/harness.sh).
+#[derive(Clone, Debug)]
+pub struct K8s {
+    pub kubeconfig: PathBuf,
+    pub kubectl: PathBuf,
+}
+
+/// Environment variable that makes the Kubernetes tier mandatory.
+pub const REQUIRE_K8S: &str = "RECAST_REQUIRE_K8S";
+
+impl K8s {
+    /// Finds the running harness through `<state>/env` (state: $RECAST_K8S_DIR or `.k8s`).
+    /// None (after a loud skip message) when it is not running and the tier is optional.
+    pub fn get() -> Option<K8s> {
+        let state = std::env::var_os("RECAST_K8S_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join(".k8s"));
+        let env_file = state.join("env");
+        let Ok(text) = std::fs::read_to_string(&env_file) else {
+            skip_or_fail(
+                REQUIRE_K8S,
+                &format!(
+                    "no Kubernetes harness at {} (start it with `make k8s-up`)",
+                    state.display()
+                ),
+            );
+            return None;
+        };
+        let lookup = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{key}=")))
+                .map(PathBuf::from)
+        };
+        let (Some(kubeconfig), Some(kubectl)) = (lookup("KUBECONFIG"), lookup("KUBECTL")) else {
+            panic!(
+                "{} is malformed; run `make k8s-down k8s-up`",
+                env_file.display()
+            );
+        };
+        Some(K8s {
+            kubeconfig,
+            kubectl,
+        })
+    }
+
+    /// Runs kubectl against the harness and returns its output, whatever the exit code.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        Command::new(&self.kubectl)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.kubectl.display()))
+    }
+
+    /// Runs kubectl and returns stdout, failing the test with stderr when it fails.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {} failed:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Creates a namespace unique to this test process and returns its name.
+    pub fn fresh_namespace(&self, prefix: &str) -> String {
+        let ns = format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            NEXT_NS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        self.kubectl_ok(&["create", "namespace", &ns]);
+        ns
+    }
+
+    /// Installs (server-side apply, idempotent) recast's CRDs and waits until they are served.
+    pub fn install_crds(&self) {
+        let dir = repo_root().join("crds/yaml");
+        let dir = dir.to_string_lossy();
+        self.kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", &dir]);
+        self.kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "-f",
+            &dir,
+        ]);
+    }
+}
+
+static NEXT_NS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// `*.yaml` files in a directory of the repository, sorted.
+pub fn yaml_files(rel_dir: &str) -> Vec<PathBuf> {
+    let dir = repo_root().join(rel_dir);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// One file of `examples/invalid/`: a spec that breaks exactly one validation rule.
+///
+/// Its header comment says what each backend must answer: `# expect: TEXT` for both, or
+/// `# expect-kube:` / `# expect-embedded:` where the apiserver and the embedded store word a
+/// schema error differently. A file with two documents creates the first and then applies the
+/// second as an update (for immutability rules).
+#[derive(Clone, Debug)]
+pub struct InvalidExample {
+    pub path: PathBuf,
+    /// The YAML text of each document.
+    pub documents: Vec<String>,
+    pub expect: Option<String>,
+    pub expect_kube: Option<String>,
+    pub expect_embedded: Option<String>,
+}
+
+impl InvalidExample {
+    pub fn all() -> Vec<InvalidExample> {
+        yaml_files("examples/invalid")
+            .into_iter()
+            .map(|path| {
+                let text = std::fs::read_to_string(&path)
+                    .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+                let header = |key: &str| {
+                    text.lines()
+                        .take_while(|l| l.starts_with('#'))
+                        .find_map(|l| l.strip_prefix(&format!("# {key}: ")).map(str::to_string))
+                };
+                let ex = InvalidExample {
+                    documents: text
+                        .split("\n---\n")
+                        .map(str::to_string)
+                        .filter(|d| {
+                            d.lines()
+                                .any(|l| !l.starts_with('#') && !l.trim().is_empty())
+                        })
+                        .collect(),
+                    expect: header("expect"),
+                    expect_kube: header("expect-kube"),
+                    expect_embedded: header("expect-embedded"),
+                    path,
+                };
+                assert!(
+                    ex.expect.is_some()
+                        || (ex.expect_kube.is_some() && ex.expect_embedded.is_some()),
+                    "{} needs `# expect:` (or both expect-kube and expect-embedded)",
+                    ex.path.display()
+                );
+                ex
+            })
+            .collect()
+    }
+
+    /// What the apiserver's error must contain.
+    pub fn kube_expectation(&self) -> &str {
+        self.expect_kube
+            .as_deref()
+            .or(self.expect.as_deref())
+            .unwrap_or_default()
+    }
+
+    /// What the embedded store's error must contain.
+    pub fn embedded_expectation(&self) -> &str {
+        self.expect_embedded
+            .as_deref()
+            .or(self.expect.as_deref())
+            .unwrap_or_default()
+    }
+}
