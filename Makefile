@@ -7,7 +7,7 @@ CARGO       ?= cargo
 CARGO_FLAGS ?= --ignore-rust-version
 DATA_DIR    ?= $(CURDIR)/.recast-data
 
-.PHONY: all build run test lint fmt crds crds-check k8s-build k8s-up k8s-down clean help
+.PHONY: all build run test lint fmt docs crds crds-check k8s-build k8s-up k8s-down clean help
 
 all: build
 
@@ -32,6 +32,9 @@ fmt: ## Format the code
 
 crds: ## Regenerate crds/yaml from the API types
 	$(CARGO) run $(CARGO_FLAGS) -q -p recast-crds --bin crdgen -- crds/yaml
+
+docs: ## Regenerate generated docs (docs/lifecycle.md)
+	RECAST_UPDATE_DOCS=1 $(CARGO) test $(CARGO_FLAGS) -q -p recast-operator --lib lifecycle_doc_is_current
 
 crds-check: ## Fail when crds/yaml differs from what the types generate
 	$(CARGO) run $(CARGO_FLAGS) -q -p recast-crds --bin crdgen -- --check crds/yaml

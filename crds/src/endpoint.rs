@@ -266,7 +266,12 @@ pub struct Attempt {
     /// Tries so far within this attempt (1 on the first).
     pub try_number: u32,
     pub started_at: String,
+    /// When the current try started; the policy's tryTimeout counts from here.
+    pub try_started_at: String,
     pub step_started_at: String,
+    /// The build the endpoint must report from the new image (the image's minimum build).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_build: Option<String>,
     /// Applying progress, 0..=100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress_percent: Option<u8>,
@@ -286,6 +291,8 @@ pub struct AttemptRecord {
     #[serde(default)]
     pub reason: String,
     pub image: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wave: Option<String>,
     pub outcome: AttemptOutcome,
     pub tries: u32,
     pub started_at: String,
@@ -380,6 +387,9 @@ pub struct EndpointStatus {
     /// Finished attempts, newest first, at most 20.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<AttemptRecord>,
+    /// Attempts ever started for this endpoint; the next attempt's id ends in this number + 1.
+    #[serde(default)]
+    pub attempts_started: u32,
     /// Token of the last manual reimage request acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handled_reimage_token: Option<String>,

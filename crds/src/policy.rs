@@ -44,6 +44,7 @@ pub const DEFAULT_POLICY_NAME: &str = "default";
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.maintenanceWindow) || !has(self.signals) || ![self.signals.failedRollback, self.signals.bootCrash, self.signals.heartbeatLost, self.signals.drift, self.signals.nonCompliant].exists(a, a == 'ReimageInWindow')").message("spec.maintenanceWindow is required when a signal's action is ReimageInWindow"))]
 pub struct RemediationPolicySpec {
     #[serde(default)]
     pub signals: SignalActions,

@@ -1,0 +1,1063 @@
+//! The endpoint lifecycle: given an endpoint, one input and the context, the next status and
+//! the actions to run. Pure: no I/O, no clock, no randomness; the same arguments always give the
+//! same decision.
+//!
+//! Shells persist `Decision::status` before they run `Decision::actions`, and run each action
+//! idempotently keyed by (attempt id, try, action), so a restart anywhere resumes the attempt
+//! instead of starting a second one.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use recast_crds::endpoint::{
+    Attempt, AttemptOutcome, AttemptRecord, AttemptTrigger, BootMode, EndpointPhase, EndpointSpec,
+    EndpointStatus, MAX_HISTORY, ReimageStep, ReportSummary, SignalStatus,
+};
+use recast_crds::policy::RemediationAction;
+use recast_crds::{Condition, ConditionStatus};
+
+use super::build::Build;
+use super::policy::PolicyView;
+use super::signal::SignalKind;
+use super::time;
+use super::transitions::{Edge, State};
+use super::window;
+
+/// The endpoint as the core sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct EndpointView<'a> {
+    pub name: &'a str,
+    /// Object uid; part of attempt ids so a re-created endpoint never reuses one.
+    pub uid: &'a str,
+    pub generation: Option<i64>,
+    pub spec: &'a EndpointSpec,
+    pub status: &'a EndpointStatus,
+}
+
+/// The GoldenImage the endpoint resolves to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageView {
+    pub name: String,
+    pub digest: Option<String>,
+    /// Only a Verified image is ever served.
+    pub verified: bool,
+    pub minimum_build: Option<Build>,
+}
+
+/// Fleet-wide facts for concurrency and the failure budget. Counts exclude this endpoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FleetView {
+    pub total: u32,
+    pub site_total: u32,
+    pub active_global: u32,
+    pub active_site: u32,
+    /// Attempts that failed (ended Quarantined) within the policy's failure-budget window.
+    pub recent_failures: u32,
+}
+
+/// This endpoint is in a wave batch that is due now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WaveView {
+    pub name: String,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Context<'a> {
+    pub now: Timestamp,
+    pub policy: &'a PolicyView,
+    /// Set when the endpoint's policyRef names a policy that does not exist (or does not
+    /// parse): automatic remediation stops for it until that is fixed.
+    pub policy_problem: Option<&'a str>,
+    pub image: Option<&'a ImageView>,
+    pub fleet: FleetView,
+    pub wave: Option<&'a WaveView>,
+}
+
+/// What an executor did with an action.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActionError {
+    /// A permanent error (wrong credentials, no BMC support) will not go away by retrying: the
+    /// endpoint goes straight to Quarantined.
+    pub permanent: bool,
+    pub message: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ActionKind {
+    ArmBoot,
+    PowerCycle,
+    DisarmBoot,
+}
+
+impl ActionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionKind::ArmBoot => "ArmBoot",
+            ActionKind::PowerCycle => "PowerCycle",
+            ActionKind::DisarmBoot => "DisarmBoot",
+        }
+    }
+}
+
+/// Side effects for the shells to run after persisting the status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Make the boot service hand this endpoint the imaging environment on its next network
+    /// boot, for this attempt and try.
+    ArmBoot {
+        attempt_id: String,
+        try_number: u32,
+        image: String,
+        image_digest: Option<String>,
+        mac_addresses: Vec<String>,
+        boot_mode: BootMode,
+    },
+    /// Set a one-time network boot on the BMC and power-cycle the machine.
+    PowerCycle { attempt_id: String, try_number: u32 },
+    /// Back to local boot: the imaging environment must never run twice.
+    DisarmBoot { attempt_id: String },
+}
+
+impl Action {
+    pub fn kind(&self) -> ActionKind {
+        match self {
+            Action::ArmBoot { .. } => ActionKind::ArmBoot,
+            Action::PowerCycle { .. } => ActionKind::PowerCycle,
+            Action::DisarmBoot { .. } => ActionKind::DisarmBoot,
+        }
+    }
+
+    pub fn attempt_id(&self) -> &str {
+        match self {
+            Action::ArmBoot { attempt_id, .. }
+            | Action::PowerCycle { attempt_id, .. }
+            | Action::DisarmBoot { attempt_id } => attempt_id,
+        }
+    }
+
+    /// The key executors deduplicate on: one side effect per attempt, try and action.
+    pub fn idempotency_key(&self) -> String {
+        let try_number = match self {
+            Action::ArmBoot { try_number, .. } | Action::PowerCycle { try_number, .. } => {
+                *try_number
+            }
+            Action::DisarmBoot { .. } => 0,
+        };
+        format!(
+            "{}/{}/{}",
+            self.attempt_id(),
+            try_number,
+            self.kind().as_str()
+        )
+    }
+}
+
+/// Something that happened to the endpoint (or a plain reconcile).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// Re-evaluate: timers, signals, requests, waves, limits.
+    Reconcile,
+    /// The current set of signals (replaces the previous set).
+    Signals(Vec<(SignalKind, String)>),
+    /// An agent report, already condensed.
+    AgentReport(ReportSummary),
+    ActionSucceeded {
+        attempt_id: String,
+        try_number: u32,
+        action: ActionKind,
+    },
+    ActionFailed {
+        attempt_id: String,
+        try_number: u32,
+        action: ActionKind,
+        error: ActionError,
+    },
+    /// The boot service handed this attempt's imaging script to the machine.
+    NetworkBooted { attempt_id: String },
+    /// The imaging environment reports progress (percent of the WIM applied).
+    ImagingProgress { attempt_id: String, percent: u8 },
+    /// The imaging environment finished: Ok, or the reason it failed.
+    ImagingFinished {
+        attempt_id: String,
+        result: Result<(), String>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoticeType {
+    Normal,
+    Warning,
+}
+
+/// An event for the audit trail (a Kubernetes Event, or a row in the embedded store).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    pub type_: NoticeType,
+    pub reason: String,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    pub status: EndpointStatus,
+    pub actions: Vec<Action>,
+    pub notices: Vec<Notice>,
+    /// Reconcile again after this long even if nothing changes.
+    pub requeue_after: Option<Duration>,
+    /// The transition taken, if the state changed (see `transitions`).
+    pub edge: Option<Edge>,
+}
+
+/// How long to wait before looking again while waiting for a window, a slot or a cooldown.
+pub const WAIT_REQUEUE: Duration = Duration::from_secs(60);
+
+/// The lifecycle state of a status (phase, or the step while reimaging).
+pub fn state_of(status: &EndpointStatus) -> State {
+    match (&status.active_attempt, status.phase) {
+        (Some(a), _) if a.retry_after.is_some() => State::Failed,
+        (Some(a), _) => match a.step {
+            ReimageStep::ArmingBoot => State::ArmingBoot,
+            ReimageStep::PowerCycling => State::PowerCycling,
+            ReimageStep::Booting => State::Booting,
+            ReimageStep::Applying => State::Applying,
+            ReimageStep::FirstBoot => State::FirstBoot,
+        },
+        (None, Some(EndpointPhase::Quarantined)) => State::Quarantined,
+        (None, Some(EndpointPhase::Ready)) => State::Ready,
+        (None, Some(EndpointPhase::Degraded)) => State::Degraded,
+        (None, Some(EndpointPhase::ReimageScheduled)) => State::ReimageScheduled,
+        (None, _) => State::Pending,
+    }
+}
+
+struct Run<'a> {
+    ep: EndpointView<'a>,
+    ctx: Context<'a>,
+    now_s: String,
+    st: EndpointStatus,
+    actions: Vec<Action>,
+    notices: Vec<Notice>,
+    requeue: Option<Duration>,
+    edge: Option<Edge>,
+}
+
+/// The lifecycle's one entry point.
+pub fn decide(ep: EndpointView<'_>, input: &Input, ctx: Context<'_>) -> Decision {
+    let mut run = Run {
+        ep,
+        ctx,
+        now_s: time::format(ctx.now),
+        st: ep.status.clone(),
+        actions: Vec::new(),
+        notices: Vec::new(),
+        requeue: None,
+        edge: None,
+    };
+    let before = state_of(&run.st);
+    run.absorb(input);
+    let had_attempt = run.st.active_attempt.is_some();
+    if had_attempt {
+        run.advance_attempt(input);
+    }
+    if run.st.active_attempt.is_none() {
+        if had_attempt {
+            // An attempt ended in this decision: settle, and let the next reconcile (with the
+            // cooldown in force) decide whether anything else is wanted.
+            let quarantined = run.st.phase == Some(EndpointPhase::Quarantined);
+            run.settle_phase(quarantined, None);
+        } else {
+            run.settle();
+        }
+    }
+    run.st.image = ctx.image.map(|i| i.name.clone());
+    run.st.observed_generation = ep.generation;
+    run.set_conditions();
+    if state_of(&run.st) == before {
+        run.edge = None;
+    }
+    Decision {
+        status: run.st,
+        actions: run.actions,
+        notices: run.notices,
+        requeue_after: run.requeue,
+        edge: run.edge,
+    }
+}
+
+impl Run<'_> {
+    fn notice(&mut self, type_: NoticeType, reason: &str, message: String) {
+        self.notices.push(Notice {
+            type_,
+            reason: reason.to_string(),
+            message,
+        });
+    }
+
+    fn requeue_in(&mut self, d: Duration) {
+        self.requeue = Some(self.requeue.map_or(d, |r| r.min(d)));
+    }
+
+    fn take(&mut self, edge: Edge) {
+        self.edge = Some(edge);
+    }
+
+    /// Records what the input says about the endpoint, independent of any attempt.
+    fn absorb(&mut self, input: &Input) {
+        match input {
+            Input::AgentReport(r) => {
+                let mut r = r.clone();
+                if r.reported_at.is_empty() {
+                    r.reported_at = self.now_s.clone();
+                }
+                self.st.last_report = Some(r);
+            }
+            Input::Signals(list) => {
+                let mut next: Vec<SignalStatus> = Vec::new();
+                let mut kinds: Vec<&(SignalKind, String)> = list.iter().collect();
+                kinds.sort_by_key(|(k, _)| k.urgency());
+                kinds.dedup_by_key(|(k, _)| *k);
+                for (kind, message) in kinds {
+                    let since = self
+                        .st
+                        .signals
+                        .iter()
+                        .find(|s| s.type_ == kind.as_str())
+                        .map(|s| s.since.clone())
+                        .unwrap_or_else(|| self.now_s.clone());
+                    if !self.st.signals.iter().any(|s| s.type_ == kind.as_str()) {
+                        let t = if self.ctx.policy.action_for(*kind) == RemediationAction::Ignore {
+                            NoticeType::Normal
+                        } else {
+                            NoticeType::Warning
+                        };
+                        self.notice(t, kind.as_str(), message.clone());
+                    }
+                    next.push(SignalStatus {
+                        type_: kind.as_str().to_string(),
+                        since,
+                        message: message.clone(),
+                    });
+                }
+                self.st.signals = next;
+            }
+            _ => {}
+        }
+    }
+
+    // ---- attempts -------------------------------------------------------------------------
+
+    fn advance_attempt(&mut self, input: &Input) {
+        let Some(mut a) = self.st.active_attempt.clone() else {
+            return;
+        };
+        let matches = |id: &str| id == a.id;
+
+        // A new manual request while an attempt runs joins it instead of starting another.
+        if let Some(req) = &self.ep.spec.reimage_request
+            && self.st.handled_reimage_token.as_deref() != Some(req.token.as_str())
+        {
+            self.st.handled_reimage_token = Some(req.token.clone());
+            self.notice(
+                NoticeType::Normal,
+                "ReimageRequestJoined",
+                format!(
+                    "reimage request {:?} joins running attempt {}",
+                    req.token, a.id
+                ),
+            );
+        }
+
+        // Waiting to retry.
+        if let Some(retry_after) = a.retry_after.as_deref().and_then(time::parse) {
+            if self.ep.spec.protected {
+                self.end_attempt(
+                    a,
+                    AttemptOutcome::Aborted,
+                    "endpoint became protected".into(),
+                );
+                self.take(Edge::Aborted);
+                return;
+            }
+            if self.ep.spec.paused {
+                self.st.message = Some(format!(
+                    "attempt {} try {} failed; retry held while spec.paused is true",
+                    a.id, a.try_number
+                ));
+                return;
+            }
+            if self.ctx.now < retry_after {
+                self.requeue_in(time::since(retry_after, self.ctx.now));
+                return;
+            }
+            a.try_number += 1;
+            a.retry_after = None;
+            a.step = ReimageStep::ArmingBoot;
+            a.try_started_at = self.now_s.clone();
+            a.step_started_at = self.now_s.clone();
+            a.progress_percent = None;
+            self.actions.push(self.arm_boot(&a));
+            self.notice(
+                NoticeType::Normal,
+                "RetryStarted",
+                format!(
+                    "attempt {}: try {} of {}",
+                    a.id, a.try_number, self.ctx.policy.max_tries
+                ),
+            );
+            self.st.active_attempt = Some(a.clone());
+            self.take(Edge::RetryStarted);
+            self.requeue_in(self.ctx.policy.try_timeout);
+            return;
+        }
+
+        // Protection set before the machine was rebooted: stop cleanly.
+        if self.ep.spec.protected
+            && matches!(a.step, ReimageStep::ArmingBoot | ReimageStep::PowerCycling)
+        {
+            self.end_attempt(
+                a,
+                AttemptOutcome::Aborted,
+                "endpoint became protected".into(),
+            );
+            self.take(Edge::Aborted);
+            return;
+        }
+
+        let has_bmc = self.ep.spec.bmc.is_some();
+        match input {
+            Input::ActionSucceeded {
+                attempt_id,
+                try_number,
+                action,
+            } if matches(attempt_id) && *try_number == a.try_number => match (a.step, action) {
+                (ReimageStep::ArmingBoot, ActionKind::ArmBoot) if has_bmc => {
+                    self.enter_step(&mut a, ReimageStep::PowerCycling);
+                    self.actions.push(Action::PowerCycle {
+                        attempt_id: a.id.clone(),
+                        try_number: a.try_number,
+                    });
+                    self.take(Edge::BootArmed);
+                }
+                (ReimageStep::ArmingBoot, ActionKind::ArmBoot) => {
+                    self.enter_step(&mut a, ReimageStep::Booting);
+                    self.notice(
+                        NoticeType::Warning,
+                        "PowerCycleNeeded",
+                        format!(
+                            "attempt {}: no BMC configured; network boot is armed, restart the machine to start imaging",
+                            a.id
+                        ),
+                    );
+                    self.take(Edge::BootArmedNoBmc);
+                }
+                (ReimageStep::PowerCycling, ActionKind::PowerCycle) => {
+                    self.enter_step(&mut a, ReimageStep::Booting);
+                    self.take(Edge::PowerCycled);
+                }
+                _ => {}
+            },
+            Input::ActionFailed {
+                attempt_id,
+                try_number,
+                action,
+                error,
+            } if matches(attempt_id)
+                && *try_number == a.try_number
+                && *action != ActionKind::DisarmBoot =>
+            {
+                let why = format!("{} failed: {}", action.as_str(), error.message);
+                self.fail_try(a, why, error.permanent);
+                return;
+            }
+            Input::NetworkBooted { attempt_id }
+                if matches(attempt_id)
+                    && matches!(a.step, ReimageStep::PowerCycling | ReimageStep::Booting) =>
+            {
+                self.enter_step(&mut a, ReimageStep::Applying);
+                self.take(Edge::NetworkBooted);
+            }
+            Input::ImagingProgress {
+                attempt_id,
+                percent,
+            } if matches(attempt_id) && a.step == ReimageStep::Applying => {
+                a.progress_percent = Some((*percent).min(100));
+            }
+            Input::ImagingFinished { attempt_id, result }
+                if matches(attempt_id)
+                    && matches!(a.step, ReimageStep::Booting | ReimageStep::Applying) =>
+            {
+                match result {
+                    Ok(()) => {
+                        a.progress_percent = Some(100);
+                        self.enter_step(&mut a, ReimageStep::FirstBoot);
+                        // Local boot from now on: the imaging environment must not run again.
+                        self.actions.push(Action::DisarmBoot {
+                            attempt_id: a.id.clone(),
+                        });
+                        self.take(Edge::ImageApplied);
+                    }
+                    Err(e) => {
+                        self.fail_try(a, format!("imaging failed: {e}"), false);
+                        return;
+                    }
+                }
+            }
+            Input::AgentReport(r)
+                if a.step == ReimageStep::FirstBoot && r.attempt_id.as_deref() == Some(&a.id) =>
+            {
+                let expected = a
+                    .expected_build
+                    .as_deref()
+                    .and_then(|b| b.parse::<Build>().ok());
+                let got = r.build.parse::<Build>().ok();
+                match (got, expected) {
+                    (Some(got), Some(min)) if !got.satisfies(min) => {
+                        let why =
+                            format!("the new image reported build {got}, below the required {min}");
+                        self.fail_try(a, why, false);
+                        return;
+                    }
+                    (None, _) => {
+                        let why =
+                            format!("the new image reported an unreadable build {:?}", r.build);
+                        self.fail_try(a, why, false);
+                        return;
+                    }
+                    _ => {
+                        self.succeed(a, &r.build);
+                        return;
+                    }
+                }
+            }
+            _ => {}
+        }
+
+        // Re-emit the action the current step waits for. Executors deduplicate on the
+        // idempotency key, so after a restart this resumes the step instead of repeating it.
+        match a.step {
+            ReimageStep::ArmingBoot if self.actions.is_empty() => {
+                self.actions.push(self.arm_boot(&a));
+            }
+            ReimageStep::PowerCycling if self.actions.is_empty() => {
+                self.actions.push(Action::PowerCycle {
+                    attempt_id: a.id.clone(),
+                    try_number: a.try_number,
+                });
+            }
+            _ => {}
+        }
+
+        // The try's time is up.
+        let started = time::parse(&a.try_started_at).unwrap_or(self.ctx.now);
+        let deadline = time::add(started, self.ctx.policy.try_timeout);
+        if self.ctx.now >= deadline {
+            let why = format!(
+                "try {} timed out after {} in step {:?}",
+                a.try_number,
+                recast_crds::duration::format(self.ctx.policy.try_timeout),
+                a.step
+            );
+            self.actions.clear();
+            self.fail_try(a, why, false);
+            return;
+        }
+        self.requeue_in(time::since(deadline, self.ctx.now));
+        self.st.message = Some(format!(
+            "attempt {} try {}/{}: {:?}",
+            a.id, a.try_number, self.ctx.policy.max_tries, a.step
+        ));
+        self.st.phase = Some(EndpointPhase::Reimaging);
+        self.st.active_attempt = Some(a);
+    }
+
+    fn enter_step(&mut self, a: &mut Attempt, step: ReimageStep) {
+        a.step = step;
+        a.step_started_at = self.now_s.clone();
+        self.notice(
+            NoticeType::Normal,
+            &format!("{step:?}"),
+            format!("attempt {} try {}: {step:?}", a.id, a.try_number),
+        );
+    }
+
+    fn arm_boot(&self, a: &Attempt) -> Action {
+        Action::ArmBoot {
+            attempt_id: a.id.clone(),
+            try_number: a.try_number,
+            image: a.image.clone(),
+            image_digest: a.image_digest.clone(),
+            mac_addresses: self.ep.spec.identity.mac_addresses.clone(),
+            boot_mode: self.ep.spec.boot_mode,
+        }
+    }
+
+    fn fail_try(&mut self, mut a: Attempt, why: String, permanent: bool) {
+        self.actions.push(Action::DisarmBoot {
+            attempt_id: a.id.clone(),
+        });
+        if permanent || a.try_number >= self.ctx.policy.max_tries {
+            let message = if permanent {
+                format!("{why} (not retryable); fix the cause, then request a reimage")
+            } else {
+                format!(
+                    "{why}; all {} tries failed; inspect the machine, then request a reimage",
+                    a.try_number
+                )
+            };
+            self.end_attempt(a, AttemptOutcome::Failed, message);
+            self.st.phase = Some(EndpointPhase::Quarantined);
+            self.take(Edge::Quarantined);
+            return;
+        }
+        let wait = self.ctx.policy.backoff_before(a.try_number + 1);
+        a.retry_after = Some(time::format(time::add(self.ctx.now, wait)));
+        a.last_error = Some(why.clone());
+        self.notice(
+            NoticeType::Warning,
+            "TryFailed",
+            format!(
+                "attempt {} try {}/{}: {why}; retrying in {}",
+                a.id,
+                a.try_number,
+                self.ctx.policy.max_tries,
+                recast_crds::duration::format(wait)
+            ),
+        );
+        self.st.phase = Some(EndpointPhase::Failed);
+        self.st.message = Some(format!("try {} failed: {why}", a.try_number));
+        self.st.active_attempt = Some(a);
+        self.requeue_in(wait);
+        self.take(Edge::TryFailed);
+    }
+
+    fn succeed(&mut self, a: Attempt, build: &str) {
+        self.st.current_image_digest = a.image_digest.clone();
+        // The signals described the machine that was replaced.
+        self.st.signals.clear();
+        let msg = format!("reimaged onto {} (build {build})", a.image);
+        self.end_attempt(a, AttemptOutcome::Succeeded, msg);
+        self.st.phase = Some(EndpointPhase::Ready);
+        self.take(Edge::CheckedIn);
+    }
+
+    fn end_attempt(&mut self, a: Attempt, outcome: AttemptOutcome, message: String) {
+        // Whatever the outcome, the machine's next network boot must be a local boot.
+        if !self
+            .actions
+            .iter()
+            .any(|x| x.kind() == ActionKind::DisarmBoot)
+        {
+            self.actions.push(Action::DisarmBoot {
+                attempt_id: a.id.clone(),
+            });
+        }
+        let t = if outcome == AttemptOutcome::Succeeded {
+            NoticeType::Normal
+        } else {
+            NoticeType::Warning
+        };
+        self.notice(
+            t,
+            &format!("Attempt{outcome:?}"),
+            format!("attempt {}: {message}", a.id),
+        );
+        self.st.history.insert(
+            0,
+            AttemptRecord {
+                id: a.id,
+                trigger: a.trigger,
+                reason: a.reason,
+                image: a.image,
+                wave: a.wave,
+                outcome,
+                tries: a.try_number,
+                started_at: a.started_at,
+                finished_at: self.now_s.clone(),
+                message: Some(message.clone()),
+            },
+        );
+        self.st.history.truncate(MAX_HISTORY);
+        self.st.active_attempt = None;
+        self.st.message = Some(message);
+    }
+
+    // ---- no attempt running ----------------------------------------------------------------
+
+    /// What would start a reimage now, most urgent first, with the policy action that applies.
+    fn wanted(&self) -> Option<(AttemptTrigger, String, RemediationAction)> {
+        if let Some(req) = &self.ep.spec.reimage_request
+            && self.st.handled_reimage_token.as_deref() != Some(req.token.as_str())
+        {
+            return Some((
+                AttemptTrigger::Manual,
+                format!("requested: {}", req.reason),
+                RemediationAction::ReimageNow,
+            ));
+        }
+        let mut best: Option<(SignalKind, RemediationAction, String)> = None;
+        for s in &self.st.signals {
+            let Some(kind) = SignalKind::parse(&s.type_) else {
+                continue;
+            };
+            let action = self.ctx.policy.action_for(kind);
+            if !matches!(
+                action,
+                RemediationAction::ReimageNow | RemediationAction::ReimageInWindow
+            ) {
+                continue;
+            }
+            if best
+                .as_ref()
+                .is_none_or(|(k, _, _)| kind.urgency() < k.urgency())
+            {
+                best = Some((kind, action, s.message.clone()));
+            }
+        }
+        if let Some((kind, action, message)) = best {
+            let trigger = match kind {
+                SignalKind::FailedRollback => AttemptTrigger::FailedRollback,
+                SignalKind::BootCrash => AttemptTrigger::BootCrash,
+                SignalKind::Drift => AttemptTrigger::Drift,
+                SignalKind::NonCompliant | SignalKind::HeartbeatLost => {
+                    AttemptTrigger::NonCompliant
+                }
+            };
+            return Some((trigger, format!("{kind}: {message}"), action));
+        }
+        // A wave reimages an endpoint once: an attempt it already started (whatever its
+        // outcome) is the wave's answer for this endpoint, even if the wave's view lags.
+        let done_for_wave = |w: &WaveView| {
+            self.st
+                .history
+                .iter()
+                .any(|h| h.wave.as_deref() == Some(&w.name))
+        };
+        self.ctx.wave.filter(|w| !done_for_wave(w)).map(|w| {
+            (
+                AttemptTrigger::Wave,
+                format!("wave {}", w.name),
+                RemediationAction::ReimageNow,
+            )
+        })
+    }
+
+    /// Why a wanted reimage cannot start now; None when it can.
+    fn blocker(&self, trigger: AttemptTrigger, action: RemediationAction) -> Option<String> {
+        let manual = trigger == AttemptTrigger::Manual;
+        let automatic = !manual && trigger != AttemptTrigger::Wave;
+        if self.ep.spec.paused && !manual {
+            return Some("spec.paused is true: no reimage starts on its own".into());
+        }
+        if self.ctx.policy_problem.is_some() && automatic {
+            return self
+                .ctx
+                .policy_problem
+                .map(|p| format!("{p}; automatic remediation is off for this endpoint"));
+        }
+        let Some(image) = self.ctx.image else {
+            return Some(
+                "no GoldenImage resolves for spec.image; check the name or channel".into(),
+            );
+        };
+        if !image.verified {
+            return Some(format!(
+                "GoldenImage {} is not Verified; recast never serves an unverified image",
+                image.name
+            ));
+        }
+        if automatic {
+            if let Some(last) = self.st.history.first()
+                && let Some(finished) = time::parse(&last.finished_at)
+            {
+                let until = time::add(finished, self.ctx.policy.cooldown);
+                if self.ctx.now < until {
+                    return Some(format!(
+                        "cooldown: the last reimage ended at {}; next possible at {}",
+                        last.finished_at,
+                        time::format(until)
+                    ));
+                }
+            }
+            let f = self.ctx.fleet;
+            if f.recent_failures >= self.ctx.policy.budget_max_failures {
+                return Some(format!(
+                    "remediation halted fleet-wide: {} attempts failed within {} (budget {}); investigate, then raise the budget or wait",
+                    f.recent_failures,
+                    recast_crds::duration::format(self.ctx.policy.budget_window),
+                    self.ctx.policy.budget_max_failures
+                ));
+            }
+            if action == RemediationAction::ReimageInWindow {
+                match self
+                    .ctx
+                    .policy
+                    .window
+                    .as_ref()
+                    .map(|w| window::is_open(w, self.ctx.now))
+                {
+                    Some(Ok(true)) => {}
+                    Some(Ok(false)) => return Some("waiting for the maintenance window".into()),
+                    Some(Err(e)) => return Some(e.to_string()),
+                    None => return Some("the policy has no maintenance window".into()),
+                }
+            }
+        }
+        let f = self.ctx.fleet;
+        let global = self.ctx.policy.global_limit(f.total.max(1));
+        if f.active_global >= global {
+            return Some(format!(
+                "waiting for a slot: {}/{global} reimages running fleet-wide",
+                f.active_global
+            ));
+        }
+        if let Some(site_limit) = self.ctx.policy.per_site_limit(f.site_total.max(1))
+            && f.active_site >= site_limit
+        {
+            return Some(format!(
+                "waiting for a slot: {}/{site_limit} reimages running in site {}",
+                f.active_site,
+                self.ep.spec.site.as_deref().unwrap_or("(none)")
+            ));
+        }
+        None
+    }
+
+    fn settle(&mut self) {
+        let quarantined = self.st.phase == Some(EndpointPhase::Quarantined);
+        let wanted = self.wanted();
+
+        // A request to reimage a protected machine is refused and consumed, so lifting the
+        // protection later never wipes it by surprise.
+        if self.ep.spec.protected {
+            if let Some(req) = &self.ep.spec.reimage_request
+                && self.st.handled_reimage_token.as_deref() != Some(req.token.as_str())
+            {
+                self.st.handled_reimage_token = Some(req.token.clone());
+                self.notice(
+                    NoticeType::Warning,
+                    "ReimageRefused",
+                    "reimage request refused: the endpoint is protected; set spec.protected=false first".into(),
+                );
+            }
+            self.settle_phase(quarantined, None);
+            return;
+        }
+
+        if let Some((trigger, reason, action)) = wanted {
+            if quarantined && trigger != AttemptTrigger::Manual {
+                self.settle_phase(true, None);
+                return;
+            }
+            match self.blocker(trigger, action) {
+                None => self.start_attempt(trigger, reason),
+                Some(why) => {
+                    self.requeue_in(WAIT_REQUEUE);
+                    self.settle_phase(quarantined, Some(why));
+                }
+            }
+            return;
+        }
+        self.settle_phase(quarantined, None);
+    }
+
+    /// Phase with no attempt running. `blocked` carries why a wanted reimage waits.
+    fn settle_phase(&mut self, quarantined: bool, blocked: Option<String>) {
+        let next = if quarantined {
+            EndpointPhase::Quarantined
+        } else if blocked.is_some() {
+            EndpointPhase::ReimageScheduled
+        } else if self.st.signals.iter().any(|s| {
+            SignalKind::parse(&s.type_)
+                .is_some_and(|k| self.ctx.policy.action_for(k) != RemediationAction::Ignore)
+        }) {
+            EndpointPhase::Degraded
+        } else if self.st.last_report.is_none() {
+            EndpointPhase::Pending
+        } else {
+            EndpointPhase::Ready
+        };
+        let changed = self.st.phase != Some(next);
+        self.st.phase = Some(next);
+        match (&blocked, next) {
+            (Some(why), _) => self.st.message = Some(why.clone()),
+            (None, EndpointPhase::Quarantined) => {}
+            (None, EndpointPhase::Degraded) if self.ep.spec.protected => {
+                self.st.message =
+                    Some("protected: recast reports but never reimages this endpoint".into())
+            }
+            (None, EndpointPhase::Degraded) => {
+                let kinds: Vec<&str> = self.st.signals.iter().map(|s| s.type_.as_str()).collect();
+                self.st.message = Some(format!("signals: {} (alert only)", kinds.join(", ")))
+            }
+            (None, _) => self.st.message = None,
+        }
+        // An attempt that just ended already named the transition.
+        if changed && self.edge.is_none() {
+            self.take(match next {
+                EndpointPhase::ReimageScheduled => Edge::Scheduled,
+                EndpointPhase::Degraded => Edge::SignalRaised,
+                EndpointPhase::Ready => Edge::Healthy,
+                _ => Edge::Settled,
+            });
+            if let (Some(why), EndpointPhase::ReimageScheduled) = (&blocked, next) {
+                self.notice(NoticeType::Normal, "ReimageScheduled", why.clone());
+            }
+        }
+    }
+
+    fn start_attempt(&mut self, trigger: AttemptTrigger, reason: String) {
+        let Some(image) = self.ctx.image else {
+            return;
+        };
+        if trigger == AttemptTrigger::Manual
+            && let Some(req) = &self.ep.spec.reimage_request
+        {
+            self.st.handled_reimage_token = Some(req.token.clone());
+        }
+        self.st.attempts_started += 1;
+        let uid: String = self.ep.uid.chars().filter(|c| *c != '-').take(8).collect();
+        let a = Attempt {
+            id: format!("{}-{}-{}", self.ep.name, uid, self.st.attempts_started),
+            trigger,
+            reason: reason.clone(),
+            image: image.name.clone(),
+            image_digest: image.digest.clone(),
+            wave: self
+                .ctx
+                .wave
+                .filter(|_| trigger == AttemptTrigger::Wave)
+                .map(|w| w.name.clone()),
+            step: ReimageStep::ArmingBoot,
+            try_number: 1,
+            started_at: self.now_s.clone(),
+            try_started_at: self.now_s.clone(),
+            step_started_at: self.now_s.clone(),
+            expected_build: image.minimum_build.map(|b| b.to_string()),
+            progress_percent: None,
+            last_error: None,
+            retry_after: None,
+        };
+        self.actions.push(self.arm_boot(&a));
+        self.notice(
+            NoticeType::Normal,
+            "AttemptStarted",
+            format!(
+                "attempt {} ({trigger:?}): reimaging onto {}: {reason}",
+                a.id, a.image
+            ),
+        );
+        self.st.phase = Some(EndpointPhase::Reimaging);
+        self.st.message = Some(format!(
+            "attempt {} try 1/{}: ArmingBoot",
+            a.id, self.ctx.policy.max_tries
+        ));
+        self.st.active_attempt = Some(a);
+        self.requeue_in(self.ctx.policy.try_timeout);
+        self.take(Edge::AttemptStarted);
+    }
+
+    // ---- conditions ------------------------------------------------------------------------
+
+    fn set_conditions(&mut self) {
+        let phase = self.st.phase;
+        let reimaging = self.st.active_attempt.is_some();
+        let ready = phase == Some(EndpointPhase::Ready);
+        self.condition(
+            "Ready",
+            ready,
+            &format!("{:?}", phase.unwrap_or(EndpointPhase::Pending)),
+            self.st.message.clone().unwrap_or_default(),
+        );
+        self.condition(
+            "Reimaging",
+            reimaging,
+            if reimaging { "AttemptRunning" } else { "Idle" },
+            self.st
+                .active_attempt
+                .as_ref()
+                .map(|a| format!("attempt {} try {}: {:?}", a.id, a.try_number, a.step))
+                .unwrap_or_default(),
+        );
+        let min = self.ctx.image.and_then(|i| i.minimum_build);
+        let build = self
+            .st
+            .last_report
+            .as_ref()
+            .and_then(|r| r.build.parse::<Build>().ok());
+        match (build, min) {
+            (Some(b), Some(m)) => self.condition(
+                "Compliant",
+                b.satisfies(m),
+                if b.satisfies(m) {
+                    "AtOrAboveMinimum"
+                } else {
+                    "BelowMinimum"
+                },
+                format!("build {b}, minimum {m}"),
+            ),
+            _ => self.condition_unknown("Compliant", "NoReportOrImage"),
+        }
+        let connected = self.st.last_report.is_some()
+            && !self
+                .st
+                .signals
+                .iter()
+                .any(|s| s.type_ == SignalKind::HeartbeatLost.as_str());
+        self.condition(
+            "AgentConnected",
+            connected,
+            if connected {
+                "Reporting"
+            } else {
+                "NoRecentReport"
+            },
+            self.st
+                .last_report
+                .as_ref()
+                .map(|r| format!("last report {}", r.reported_at))
+                .unwrap_or_else(|| "no agent report yet".into()),
+        );
+    }
+
+    fn condition(&mut self, type_: &str, ok: bool, reason: &str, message: String) {
+        let status = if ok {
+            ConditionStatus::True
+        } else {
+            ConditionStatus::False
+        };
+        self.put_condition(type_, status, reason, message);
+    }
+
+    fn condition_unknown(&mut self, type_: &str, reason: &str) {
+        self.put_condition(type_, ConditionStatus::Unknown, reason, String::new());
+    }
+
+    fn put_condition(
+        &mut self,
+        type_: &str,
+        status: ConditionStatus,
+        reason: &str,
+        message: String,
+    ) {
+        let generation = self.ep.generation;
+        match self.st.conditions.iter_mut().find(|c| c.type_ == type_) {
+            Some(c) => {
+                if c.status != status {
+                    c.last_transition_time = self.now_s.clone();
+                }
+                c.status = status;
+                c.reason = reason.to_string();
+                c.message = message;
+                c.observed_generation = generation;
+            }
+            None => self.st.conditions.push(Condition {
+                type_: type_.to_string(),
+                status,
+                reason: reason.to_string(),
+                message,
+                last_transition_time: self.now_s.clone(),
+                observed_generation: generation,
+            }),
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! The functional core: pure decisions, no I/O. Shells feed it inputs and run its actions.
+
+pub mod build;
+pub mod fleet;
+pub mod lifecycle;
+pub mod policy;
+pub mod signal;
+pub mod time;
+pub mod transitions;
+pub mod window;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,173 @@
+//! A RemediationPolicy resolved for the core: durations parsed, defaults filled in.
+
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use recast_crds::MaintenanceWindow;
+use recast_crds::common::resolve_int_or_percent;
+use recast_crds::duration;
+use recast_crds::policy::{RemediationAction, RemediationPolicySpec, SignalActions, UpdateMode};
+
+use super::signal::SignalKind;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PolicyView {
+    pub name: String,
+    pub actions: SignalActions,
+    pub cooldown: Duration,
+    pub max_tries: u32,
+    pub backoff: Duration,
+    pub try_timeout: Duration,
+    pub global_limit: IntOrString,
+    pub per_site_limit: Option<IntOrString>,
+    pub budget_max_failures: u32,
+    pub budget_window: Duration,
+    pub window: Option<MaintenanceWindow>,
+    pub heartbeat_timeout: Duration,
+    pub update_mode: UpdateMode,
+    pub guard_on_failed_rollback: bool,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PolicyError {
+    #[error("RemediationPolicy {policy:?}: {field}: {source}")]
+    Duration {
+        policy: String,
+        field: &'static str,
+        source: duration::DurationError,
+    },
+}
+
+impl PolicyView {
+    pub fn from_spec(name: &str, spec: &RemediationPolicySpec) -> Result<Self, PolicyError> {
+        let d = |field: &'static str, v: &str| {
+            duration::parse(v).map_err(|source| PolicyError::Duration {
+                policy: name.to_string(),
+                field,
+                source,
+            })
+        };
+        Ok(PolicyView {
+            name: name.to_string(),
+            actions: spec.signals.clone(),
+            cooldown: d("cooldown", &spec.cooldown)?,
+            max_tries: spec.retry.max_tries.max(1),
+            backoff: d("retry.backoff", &spec.retry.backoff)?,
+            try_timeout: d("retry.tryTimeout", &spec.retry.try_timeout)?,
+            global_limit: spec.concurrency.global.clone(),
+            per_site_limit: spec.concurrency.per_site.clone(),
+            budget_max_failures: spec.failure_budget.max_failed_attempts.max(1),
+            budget_window: d("failureBudget.window", &spec.failure_budget.window)?,
+            window: spec.maintenance_window.clone(),
+            heartbeat_timeout: d("heartbeatTimeout", &spec.heartbeat_timeout)?,
+            update_mode: spec.update_mode,
+            guard_on_failed_rollback: spec.guard_on_failed_rollback,
+        })
+    }
+
+    /// The policy endpoints get when no RemediationPolicy named "default" exists: the API's
+    /// own defaults.
+    pub fn built_in() -> Self {
+        let spec: RemediationPolicySpec = serde_json::from_value(serde_json::json!({}))
+            .unwrap_or_else(|_| unreachable!("every RemediationPolicySpec field has a default"));
+        // The defaults are literals that parse; see policy.rs in crds.
+        Self::from_spec("(built-in defaults)", &spec).unwrap_or_else(|_| unreachable!())
+    }
+
+    /// The action for a signal. HeartbeatLost alone never wipes a machine, whatever the policy
+    /// says: a switch port going down looks the same as a crash.
+    pub fn action_for(&self, kind: SignalKind) -> RemediationAction {
+        let a = match kind {
+            SignalKind::FailedRollback => self.actions.failed_rollback,
+            SignalKind::BootCrash => self.actions.boot_crash,
+            SignalKind::HeartbeatLost => self.actions.heartbeat_lost,
+            SignalKind::Drift => self.actions.drift,
+            SignalKind::NonCompliant => self.actions.non_compliant,
+        };
+        match (kind, a) {
+            (
+                SignalKind::HeartbeatLost,
+                RemediationAction::ReimageNow | RemediationAction::ReimageInWindow,
+            ) => RemediationAction::AlertOnly,
+            _ => a,
+        }
+    }
+
+    /// Fleet-wide limit on attempts at once, for a fleet of `total` endpoints (at least 1).
+    pub fn global_limit(&self, total: u32) -> u32 {
+        resolve_int_or_percent(&self.global_limit, total, false)
+            .unwrap_or(1)
+            .max(1)
+    }
+
+    /// Per-site limit for a site of `site_total` endpoints; None when unlimited.
+    pub fn per_site_limit(&self, site_total: u32) -> Option<u32> {
+        self.per_site_limit.as_ref().map(|l| {
+            resolve_int_or_percent(l, site_total, false)
+                .unwrap_or(1)
+                .max(1)
+        })
+    }
+
+    /// Backoff before try `next_try` (2, 3, ...): backoff, 2×backoff, 4×backoff, ...
+    pub fn backoff_before(&self, next_try: u32) -> Duration {
+        let exp = next_try.saturating_sub(2).min(16);
+        self.backoff.saturating_mul(1u32 << exp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_in_defaults_are_conservative() {
+        let p = PolicyView::built_in();
+        assert_eq!(p.max_tries, 3);
+        assert_eq!(p.cooldown, Duration::from_secs(6 * 3600));
+        assert_eq!(p.global_limit(1000), 10);
+        assert_eq!(p.per_site_limit(50), None);
+        assert!(p.guard_on_failed_rollback);
+        assert_eq!(
+            p.action_for(SignalKind::FailedRollback),
+            RemediationAction::ReimageNow
+        );
+        assert_eq!(
+            p.action_for(SignalKind::NonCompliant),
+            RemediationAction::AlertOnly
+        );
+    }
+
+    #[test]
+    fn heartbeat_lost_never_reimages_on_its_own() {
+        let mut p = PolicyView::built_in();
+        p.actions.heartbeat_lost = RemediationAction::ReimageNow;
+        assert_eq!(
+            p.action_for(SignalKind::HeartbeatLost),
+            RemediationAction::AlertOnly
+        );
+        p.actions.heartbeat_lost = RemediationAction::Ignore;
+        assert_eq!(
+            p.action_for(SignalKind::HeartbeatLost),
+            RemediationAction::Ignore
+        );
+    }
+
+    #[test]
+    fn percentage_limits_round_down_but_never_to_zero() {
+        let mut p = PolicyView::built_in();
+        p.global_limit = IntOrString::String("10%".into());
+        assert_eq!(p.global_limit(400), 40);
+        assert_eq!(p.global_limit(5), 1);
+        p.per_site_limit = Some(IntOrString::String("50%".into()));
+        assert_eq!(p.per_site_limit(3), Some(1));
+    }
+
+    #[test]
+    fn backoff_doubles() {
+        let p = PolicyView::built_in();
+        assert_eq!(p.backoff_before(2), Duration::from_secs(300));
+        assert_eq!(p.backoff_before(3), Duration::from_secs(600));
+        assert_eq!(p.backoff_before(4), Duration::from_secs(1200));
+    }
+}

@@ -1,0 +1,1153 @@
+//! Scenario tests and property tests for the lifecycle core.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use proptest::prelude::*;
+use recast_crds::common::SecretRef;
+use recast_crds::endpoint::{
+    AttemptOutcome, AttemptTrigger, BmcSpec, BootMode, EndpointIdentity, EndpointPhase,
+    EndpointSpec, EndpointStatus, ImageRef, ReimageRequest, ReportSummary,
+};
+use recast_crds::policy::RemediationAction;
+
+use super::build::Build;
+use super::fleet::FleetIndex;
+use super::lifecycle::*;
+use super::policy::PolicyView;
+use super::signal::SignalKind;
+use super::time;
+use super::transitions::{self, State};
+
+const T0: &str = "2026-01-14T08:00:00Z";
+
+fn spec(bmc: bool) -> EndpointSpec {
+    EndpointSpec {
+        identity: EndpointIdentity {
+            mac_addresses: vec!["52:54:00:a1:00:01".into()],
+            smbios_uuid: None,
+            serial_number: None,
+        },
+        boot_mode: BootMode::Uefi,
+        bmc: bmc.then(|| BmcSpec {
+            driver: Default::default(),
+            address: "https://10.40.0.101".into(),
+            credentials_secret_ref: SecretRef { name: "bmc".into() },
+            insecure_skip_tls_verify: false,
+            ca_bundle_secret_ref: None,
+            system_id: None,
+        }),
+        image: ImageRef {
+            golden_image: None,
+            channel: Some("stable".into()),
+        },
+        site: Some("store-042".into()),
+        protected: false,
+        paused: false,
+        reimage_request: None,
+        policy_ref: None,
+        update_mode: None,
+    }
+}
+
+fn image(verified: bool) -> ImageView {
+    ImageView {
+        name: "win11-24h2-2026-01".into(),
+        digest: Some("3f1c".into()),
+        verified,
+        minimum_build: Some("26100.7623".parse().unwrap()),
+    }
+}
+
+fn report(build: &str, attempt: Option<&str>) -> Input {
+    Input::AgentReport(ReportSummary {
+        build: build.into(),
+        reported_at: String::new(),
+        agent_version: None,
+        attempt_id: attempt.map(str::to_string),
+        update_results: vec![],
+        crashes: vec![],
+    })
+}
+
+fn signals(kinds: &[SignalKind]) -> Input {
+    Input::Signals(kinds.iter().map(|k| (*k, format!("{k} seen"))).collect())
+}
+
+/// One endpoint driven through the core, with the invariants checked on every step.
+struct One {
+    spec: EndpointSpec,
+    status: EndpointStatus,
+    now: Timestamp,
+    policy: PolicyView,
+    image: Option<ImageView>,
+    fleet: FleetView,
+    wave: Option<WaveView>,
+    policy_problem: Option<String>,
+    last: Option<Decision>,
+}
+
+impl One {
+    fn new(bmc: bool) -> Self {
+        One {
+            spec: spec(bmc),
+            status: EndpointStatus::default(),
+            now: T0.parse().unwrap(),
+            policy: PolicyView::built_in(),
+            image: Some(image(true)),
+            fleet: FleetView {
+                total: 10,
+                site_total: 5,
+                ..Default::default()
+            },
+            wave: None,
+            policy_problem: None,
+            last: None,
+        }
+    }
+
+    fn feed(&mut self, input: Input) -> Decision {
+        let view = EndpointView {
+            name: "kiosk-01",
+            uid: "0b5e2c1a-aaaa-bbbb-cccc-000000000001",
+            generation: Some(1),
+            spec: &self.spec,
+            status: &self.status,
+        };
+        let ctx = Context {
+            now: self.now,
+            policy: &self.policy,
+            policy_problem: self.policy_problem.as_deref(),
+            image: self.image.as_ref(),
+            fleet: self.fleet,
+            wave: self.wave.as_ref(),
+        };
+        let d = decide(view, &input, ctx);
+        assert_eq!(d, decide(view, &input, ctx), "decide must be deterministic");
+        check_edge(&self.status, &d);
+        self.status = d.status.clone();
+        self.last = Some(d.clone());
+        d
+    }
+
+    fn advance(&mut self, secs: u64) {
+        self.now = time::add(self.now, Duration::from_secs(secs));
+    }
+
+    fn attempt_id(&self) -> String {
+        self.status
+            .active_attempt
+            .as_ref()
+            .expect("an attempt")
+            .id
+            .clone()
+    }
+
+    fn try_number(&self) -> u32 {
+        self.status
+            .active_attempt
+            .as_ref()
+            .expect("an attempt")
+            .try_number
+    }
+
+    fn succeed(&mut self, action: ActionKind) -> Decision {
+        let input = Input::ActionSucceeded {
+            attempt_id: self.attempt_id(),
+            try_number: self.try_number(),
+            action,
+        };
+        self.feed(input)
+    }
+
+    fn state(&self) -> State {
+        state_of(&self.status)
+    }
+}
+
+/// Every change of state must be a row of the transition table.
+fn check_edge(before: &EndpointStatus, d: &Decision) {
+    let (from, to) = (state_of(before), state_of(&d.status));
+    match d.edge {
+        None => assert_eq!(
+            from, to,
+            "state changed {from:?} -> {to:?} without naming an edge"
+        ),
+        Some(edge) => {
+            let t = transitions::transition(edge);
+            assert!(
+                t.from.contains(&from) && t.to.contains(&to),
+                "{edge:?} took {from:?} -> {to:?}, which the table does not allow"
+            );
+        }
+    }
+}
+
+fn kinds(d: &Decision) -> Vec<ActionKind> {
+    d.actions.iter().map(Action::kind).collect()
+}
+
+fn healthy(bmc: bool) -> One {
+    let mut e = One::new(bmc);
+    e.feed(report("26100.7462", None));
+    assert_eq!(e.state(), State::Ready);
+    e
+}
+
+/// Runs one attempt to the end along the happy path.
+fn run_happy_attempt(e: &mut One) {
+    assert_eq!(e.state(), State::ArmingBoot);
+    e.succeed(ActionKind::ArmBoot);
+    e.succeed(ActionKind::PowerCycle);
+    let id = e.attempt_id();
+    e.feed(Input::NetworkBooted {
+        attempt_id: id.clone(),
+    });
+    e.feed(Input::ImagingFinished {
+        attempt_id: id.clone(),
+        result: Ok(()),
+    });
+    e.feed(report("26100.7623", Some(&id)));
+}
+
+#[test]
+fn failed_rollback_reimages_along_the_whole_path() {
+    let mut e = healthy(true);
+    let d = e.feed(signals(&[SignalKind::FailedRollback]));
+    assert_eq!(kinds(&d), [ActionKind::ArmBoot]);
+    assert_eq!(d.edge, Some(transitions::Edge::AttemptStarted));
+    let a = e.status.active_attempt.clone().unwrap();
+    assert_eq!(a.id, "kiosk-01-0b5e2c1a-1");
+    assert_eq!(a.trigger, AttemptTrigger::FailedRollback);
+    assert_eq!(a.expected_build.as_deref(), Some("26100.7623"));
+    assert_eq!(e.status.phase, Some(EndpointPhase::Reimaging));
+
+    let d = e.succeed(ActionKind::ArmBoot);
+    assert_eq!(kinds(&d), [ActionKind::PowerCycle]);
+    assert_eq!(e.state(), State::PowerCycling);
+    let d = e.succeed(ActionKind::PowerCycle);
+    assert!(d.actions.is_empty());
+    assert_eq!(e.state(), State::Booting);
+    let id = e.attempt_id();
+    e.feed(Input::NetworkBooted {
+        attempt_id: id.clone(),
+    });
+    assert_eq!(e.state(), State::Applying);
+    e.feed(Input::ImagingProgress {
+        attempt_id: id.clone(),
+        percent: 40,
+    });
+    assert_eq!(
+        e.status.active_attempt.as_ref().unwrap().progress_percent,
+        Some(40)
+    );
+    let d = e.feed(Input::ImagingFinished {
+        attempt_id: id.clone(),
+        result: Ok(()),
+    });
+    assert_eq!(kinds(&d), [ActionKind::DisarmBoot]);
+    assert_eq!(e.state(), State::FirstBoot);
+
+    // A report without the attempt id (the stub, or a stale report) does not end the attempt.
+    e.feed(report("26100.7623", None));
+    assert_eq!(e.state(), State::FirstBoot);
+
+    let d = e.feed(report("26100.7623", Some(&id)));
+    assert_eq!(d.edge, Some(transitions::Edge::CheckedIn));
+    assert_eq!(e.state(), State::Ready);
+    assert!(
+        e.status.signals.is_empty(),
+        "the old machine's signals are gone"
+    );
+    assert_eq!(e.status.history.len(), 1);
+    assert_eq!(e.status.history[0].outcome, AttemptOutcome::Succeeded);
+    assert_eq!(e.status.current_image_digest.as_deref(), Some("3f1c"));
+    let compliant = e
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Compliant")
+        .unwrap();
+    assert_eq!(compliant.status, recast_crds::ConditionStatus::True);
+}
+
+#[test]
+fn without_a_bmc_the_machine_must_be_restarted_by_hand() {
+    let mut e = healthy(false);
+    e.feed(signals(&[SignalKind::BootCrash]));
+    let d = e.succeed(ActionKind::ArmBoot);
+    assert!(d.actions.is_empty());
+    assert!(d.notices.iter().any(|n| n.reason == "PowerCycleNeeded"));
+    assert_eq!(e.state(), State::Booting);
+}
+
+#[test]
+fn a_restart_re_emits_the_same_action_with_the_same_key() {
+    let mut e = healthy(true);
+    let first = e.feed(signals(&[SignalKind::FailedRollback])).actions[0].idempotency_key();
+    // The shell crashed after persisting: the next reconcile asks for the same side effect.
+    let again = e.feed(Input::Reconcile).actions[0].idempotency_key();
+    assert_eq!(first, again);
+    assert_eq!(e.status.attempts_started, 1);
+    e.succeed(ActionKind::ArmBoot);
+    let k1 = e.feed(Input::Reconcile).actions[0].idempotency_key();
+    let k2 = e.feed(Input::Reconcile).actions[0].idempotency_key();
+    assert_eq!(k1, k2);
+    assert!(k1.ends_with("/1/PowerCycle"));
+}
+
+#[test]
+fn protected_endpoints_are_never_reimaged() {
+    let mut e = healthy(true);
+    e.spec.protected = true;
+    e.feed(signals(&[
+        SignalKind::FailedRollback,
+        SignalKind::BootCrash,
+    ]));
+    assert_eq!(e.state(), State::Degraded);
+    assert!(e.status.message.as_deref().unwrap().contains("protected"));
+    e.spec.reimage_request = Some(ReimageRequest {
+        token: "t1".into(),
+        reason: "please".into(),
+    });
+    let d = e.feed(Input::Reconcile);
+    assert!(d.actions.is_empty());
+    assert!(d.notices.iter().any(|n| n.reason == "ReimageRefused"));
+    assert_eq!(e.status.handled_reimage_token.as_deref(), Some("t1"));
+    // Lifting protection does not replay the refused request; the live signal still acts.
+    e.spec.protected = false;
+    e.feed(signals(&[]));
+    assert_eq!(e.state(), State::Ready);
+    assert_eq!(e.status.attempts_started, 0);
+}
+
+#[test]
+fn protection_aborts_an_attempt_before_the_restart_but_not_after() {
+    let mut e = healthy(true);
+    e.feed(signals(&[SignalKind::FailedRollback]));
+    e.spec.protected = true;
+    let d = e.feed(Input::Reconcile);
+    assert_eq!(d.edge, Some(transitions::Edge::Aborted));
+    assert_eq!(kinds(&d), [ActionKind::DisarmBoot]);
+    assert_eq!(e.status.history[0].outcome, AttemptOutcome::Aborted);
+
+    let mut e = healthy(true);
+    e.feed(signals(&[SignalKind::FailedRollback]));
+    e.succeed(ActionKind::ArmBoot);
+    e.succeed(ActionKind::PowerCycle);
+    e.spec.protected = true;
+    e.feed(Input::Reconcile);
+    assert_eq!(
+        e.state(),
+        State::Booting,
+        "the disk may already be in use: finish"
+    );
+}
+
+#[test]
+fn paused_endpoints_wait_but_a_person_can_still_ask() {
+    let mut e = healthy(true);
+    e.spec.paused = true;
+    e.feed(signals(&[SignalKind::FailedRollback]));
+    assert_eq!(e.state(), State::ReimageScheduled);
+    assert!(e.status.message.as_deref().unwrap().contains("paused"));
+    e.spec.reimage_request = Some(ReimageRequest {
+        token: "t1".into(),
+        reason: "ticket 42".into(),
+    });
+    e.feed(Input::Reconcile);
+    assert_eq!(e.state(), State::ArmingBoot);
+    assert_eq!(
+        e.status.active_attempt.as_ref().unwrap().trigger,
+        AttemptTrigger::Manual
+    );
+}
+
+#[test]
+fn an_unverified_image_is_never_served() {
+    let mut e = healthy(true);
+    e.image = Some(image(false));
+    e.spec.reimage_request = Some(ReimageRequest {
+        token: "t1".into(),
+        reason: "x".into(),
+    });
+    e.feed(signals(&[SignalKind::BootCrash]));
+    assert_eq!(e.state(), State::ReimageScheduled);
+    assert!(
+        e.status
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("not Verified")
+    );
+    e.image = None;
+    e.feed(Input::Reconcile);
+    assert_eq!(e.state(), State::ReimageScheduled);
+    e.image = Some(image(true));
+    e.feed(Input::Reconcile);
+    assert_eq!(e.state(), State::ArmingBoot);
+}
+
+#[test]
+fn cooldown_delays_automatic_but_not_manual_reimages() {
+    let mut e = healthy(true);
+    e.feed(signals(&[SignalKind::FailedRollback]));
+    run_happy_attempt(&mut e);
+    e.advance(60);
+    e.feed(signals(&[SignalKind::FailedRollback]));
+    assert_eq!(e.state(), State::ReimageScheduled);
+    assert!(e.status.message.as_deref().unwrap().starts_with("cooldown"));
+    e.advance(6 * 3600);
+    e.feed(Input::Reconcile);
+    assert_eq!(e.state(), State::ArmingBoot);
+    assert_eq!(e.status.attempts_started, 2);
+
+    let mut e = healthy(true);
+    e.feed(signals(&[SignalKind::FailedRollback]));
+    run_happy_attempt(&mut e);
+    e.spec.reimage_request = Some(ReimageRequest {
+        token: "t".into(),
+        reason: "x".into(),
+    });
+    e.feed(Input::Reconcile);
+    assert_eq!(e.state(), State::ArmingBoot);
+}
+
+#[test]
+fn retries_back_off_then_quarantine() {
+    let mut e = healthy(true);
+    e.feed(signals(&[SignalKind::FailedRollback]));
+    for try_number in 1..=3u32 {
+        assert_eq!(e.try_number(), try_number);
+        let id = e.attempt_id();
+        let d = e.feed(Input::ActionFailed {
+            attempt_id: id,
+            try_number,
+            action: ActionKind::ArmBoot,
+            error: ActionError {
+                permanent: false,
+                message: "boot service unreachable".into(),
+            },
+        });
+        assert!(kinds(&d).contains(&ActionKind::DisarmBoot));
+        if try_number < 3 {
+            assert_eq!(e.state(), State::Failed);
+            assert_eq!(e.status.phase, Some(EndpointPhase::Failed));
+            let wait = 300 * (1 << (try_number - 1));
+            assert_eq!(d.requeue_after, Some(Duration::from_secs(wait)));
+            e.advance(wait - 1);
+            assert!(
+                e.feed(Input::Reconcile).actions.is_empty(),
+                "no retry before the backoff"
+            );
+            e.advance(1);
+            let d = e.feed(Input::Reconcile);
+            assert_eq!(d.edge, Some(transitions::Edge::RetryStarted));
+            assert_eq!(kinds(&d), [ActionKind::ArmBoot]);
+        }
+    }
+    assert_eq!(e.state(), State::Quarantined);
+    assert_eq!(e.status.history[0].outcome, AttemptOutcome::Failed);
+    assert_eq!(e.status.history[0].tries, 3);
+    // Quarantined stays put whatever the signals say, until a person asks.
+    e.advance(24 * 3600);
+    e.feed(signals(&[
+        SignalKind::FailedRollback,
+        SignalKind::BootCrash,
+    ]));
+    assert_eq!(e.state(), State::Quarantined);
+    e.spec.reimage_request = Some(ReimageRequest {
+        token: "t".into(),
+        reason: "fixed the NIC".into(),
+    });
+    e.feed(Input::Reconcile);
+    assert_eq!(e.state(), State::ArmingBoot);
+}
+
+#[test]
+fn permanent_errors_quarantine_at_once() {
+    let mut e = healthy(true);
+    e.feed(signals(&[SignalKind::BootCrash]));
+    e.succeed(ActionKind::ArmBoot);
+    let id = e.attempt_id();
+    e.feed(Input::ActionFailed {
+        attempt_id: id,
+        try_number: 1,
+        action: ActionKind::PowerCycle,
+        error: ActionError {
+            permanent: true,
+            message: "401 Unauthorized from the BMC".into(),
+        },
+    });
+    assert_eq!(e.state(), State::Quarantined);
+    assert!(
+        e.status
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("not retryable")
+    );
+}
+
+#[test]
+fn a_try_times_out() {
+    let mut e = healthy(true);
+    e.feed(signals(&[SignalKind::BootCrash]));
+    e.succeed(ActionKind::ArmBoot);
+    e.succeed(ActionKind::PowerCycle);
+    e.advance(2 * 3600 - 1);
+    e.feed(Input::Reconcile);
+    assert_eq!(e.state(), State::Booting);
+    e.advance(1);
+    let d = e.feed(Input::Reconcile);
+    assert_eq!(d.edge, Some(transitions::Edge::TryFailed));
+    assert!(
+        e.status
+            .active_attempt
+            .as_ref()
+            .unwrap()
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("timed out")
+    );
+}
+
+#[test]
+fn a_new_image_with_a_low_build_fails_the_try() {
+    let mut e = healthy(true);
+    e.feed(signals(&[SignalKind::FailedRollback]));
+    e.succeed(ActionKind::ArmBoot);
+    e.succeed(ActionKind::PowerCycle);
+    let id = e.attempt_id();
+    e.feed(Input::NetworkBooted {
+        attempt_id: id.clone(),
+    });
+    e.feed(Input::ImagingFinished {
+        attempt_id: id.clone(),
+        result: Ok(()),
+    });
+    e.feed(report("26100.7462", Some(&id)));
+    assert_eq!(e.state(), State::Failed);
+    assert!(
+        e.status
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("below the required 26100.7623")
+    );
+}
+
+#[test]
+fn inputs_for_another_attempt_are_ignored() {
+    let mut e = healthy(true);
+    e.feed(signals(&[SignalKind::FailedRollback]));
+    let before = e.status.clone();
+    let d = e.feed(Input::ActionSucceeded {
+        attempt_id: "someone-else-1".into(),
+        try_number: 1,
+        action: ActionKind::ArmBoot,
+    });
+    assert_eq!(kinds(&d), [ActionKind::ArmBoot]);
+    assert_eq!(e.status.active_attempt, before.active_attempt);
+    e.feed(Input::ImagingFinished {
+        attempt_id: "old".into(),
+        result: Err("x".into()),
+    });
+    assert_eq!(e.state(), State::ArmingBoot);
+}
+
+#[test]
+fn concurrency_limits_hold_automatic_and_manual_reimages() {
+    let mut e = healthy(true);
+    e.fleet.active_global = 10;
+    e.feed(signals(&[SignalKind::BootCrash]));
+    assert_eq!(e.state(), State::ReimageScheduled);
+    assert!(e.status.message.as_deref().unwrap().contains("10/10"));
+    e.spec.reimage_request = Some(ReimageRequest {
+        token: "t".into(),
+        reason: "x".into(),
+    });
+    e.feed(Input::Reconcile);
+    assert_eq!(e.state(), State::ReimageScheduled);
+    e.fleet.active_global = 1;
+    e.policy.per_site_limit =
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1));
+    e.fleet.active_site = 1;
+    e.feed(Input::Reconcile);
+    assert!(
+        e.status
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("in site store-042")
+    );
+    e.fleet.active_site = 0;
+    e.feed(Input::Reconcile);
+    assert_eq!(e.state(), State::ArmingBoot);
+}
+
+#[test]
+fn the_failure_budget_halts_automatic_remediation_only() {
+    let mut e = healthy(true);
+    e.fleet.recent_failures = 3;
+    e.feed(signals(&[SignalKind::BootCrash]));
+    assert_eq!(e.state(), State::ReimageScheduled);
+    assert!(
+        e.status
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("halted fleet-wide")
+    );
+    e.spec.reimage_request = Some(ReimageRequest {
+        token: "t".into(),
+        reason: "x".into(),
+    });
+    e.feed(Input::Reconcile);
+    assert_eq!(e.state(), State::ArmingBoot);
+}
+
+#[test]
+fn reimage_in_window_waits_for_the_window() {
+    let mut e = healthy(true);
+    e.policy.actions.non_compliant = RemediationAction::ReimageInWindow;
+    e.policy.window = Some(recast_crds::MaintenanceWindow {
+        start: "22:00".into(),
+        duration: "6h".into(),
+        days: vec![],
+        time_zone: None,
+    });
+    e.feed(signals(&[SignalKind::NonCompliant]));
+    assert_eq!(e.state(), State::ReimageScheduled);
+    assert!(
+        e.status
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("maintenance window")
+    );
+    e.now = "2026-01-14T22:00:00Z".parse().unwrap();
+    e.feed(Input::Reconcile);
+    assert_eq!(e.state(), State::ArmingBoot);
+}
+
+#[test]
+fn heartbeat_lost_alone_never_wipes() {
+    let mut e = healthy(true);
+    e.policy.actions.heartbeat_lost = RemediationAction::ReimageNow;
+    e.feed(signals(&[SignalKind::HeartbeatLost]));
+    assert_eq!(e.state(), State::Degraded);
+    let connected = e
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "AgentConnected")
+        .unwrap();
+    assert_eq!(connected.status, recast_crds::ConditionStatus::False);
+}
+
+#[test]
+fn alert_only_and_ignore() {
+    let mut e = healthy(true);
+    e.feed(signals(&[SignalKind::Drift]));
+    assert_eq!(e.state(), State::Degraded);
+    e.policy.actions.drift = RemediationAction::Ignore;
+    e.feed(signals(&[SignalKind::Drift]));
+    assert_eq!(e.state(), State::Ready);
+}
+
+#[test]
+fn a_wave_reimages_each_endpoint_once() {
+    let mut e = healthy(true);
+    e.wave = Some(WaveView { name: "jan".into() });
+    e.feed(Input::Reconcile);
+    assert_eq!(
+        e.status.active_attempt.as_ref().unwrap().trigger,
+        AttemptTrigger::Wave
+    );
+    run_happy_attempt(&mut e);
+    assert_eq!(e.status.history[0].wave.as_deref(), Some("jan"));
+    // The wave controller has not caught up yet: no second attempt.
+    let d = e.feed(Input::Reconcile);
+    assert!(d.actions.is_empty());
+    assert_eq!(e.state(), State::Ready);
+}
+
+#[test]
+fn a_missing_policy_stops_automatic_remediation() {
+    let mut e = healthy(true);
+    e.policy_problem = Some("RemediationPolicy \"strict\" not found".into());
+    e.feed(signals(&[SignalKind::BootCrash]));
+    assert_eq!(e.state(), State::ReimageScheduled);
+    assert!(e.status.message.as_deref().unwrap().contains("not found"));
+    e.spec.reimage_request = Some(ReimageRequest {
+        token: "t".into(),
+        reason: "x".into(),
+    });
+    e.feed(Input::Reconcile);
+    assert_eq!(e.state(), State::ArmingBoot);
+}
+
+#[test]
+fn a_request_during_an_attempt_joins_it() {
+    let mut e = healthy(true);
+    e.feed(signals(&[SignalKind::FailedRollback]));
+    e.spec.reimage_request = Some(ReimageRequest {
+        token: "t".into(),
+        reason: "x".into(),
+    });
+    let d = e.feed(Input::Reconcile);
+    assert!(d.notices.iter().any(|n| n.reason == "ReimageRequestJoined"));
+    run_happy_attempt(&mut e);
+    e.feed(Input::Reconcile);
+    assert_eq!(e.status.attempts_started, 1);
+    assert_eq!(e.state(), State::Ready);
+}
+
+#[test]
+fn pending_until_the_first_report() {
+    let mut e = One::new(true);
+    e.feed(Input::Reconcile);
+    assert_eq!(e.state(), State::Pending);
+    e.feed(signals(&[SignalKind::Drift]));
+    assert_eq!(e.state(), State::Degraded);
+    e.feed(signals(&[]));
+    assert_eq!(e.state(), State::Pending);
+}
+
+#[test]
+fn history_is_bounded() {
+    let mut e = healthy(true);
+    e.policy.cooldown = Duration::ZERO;
+    for i in 0..25 {
+        e.spec.reimage_request = Some(ReimageRequest {
+            token: format!("t{i}"),
+            reason: "x".into(),
+        });
+        e.feed(Input::Reconcile);
+        run_happy_attempt(&mut e);
+    }
+    assert_eq!(e.status.history.len(), recast_crds::endpoint::MAX_HISTORY);
+    assert_eq!(e.status.attempts_started, 25);
+    assert!(e.status.history[0].id.ends_with("-25"));
+}
+
+#[test]
+fn lifecycle_doc_is_current() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/lifecycle.md");
+    let generated = transitions::render_markdown();
+    if std::env::var_os("RECAST_UPDATE_DOCS").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "docs/lifecycle.md is stale: run `make docs`"
+    );
+}
+
+// ---- property tests over random event sequences ------------------------------------------
+
+const FLEET: usize = 5;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Advance(u64),
+    Reconcile(usize),
+    Signals(usize, Vec<SignalKind>),
+    Report(usize, bool, bool),
+    /// Complete the n-th pending action (mod len): success, or a (permanent) failure.
+    Complete(usize, bool, bool),
+    NetBoot(usize),
+    Imaging(usize, bool),
+    Protect(usize, bool),
+    Pause(usize, bool),
+    Request(usize),
+    Verified(bool),
+    Wave(Option<u8>),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let ep = 0..FLEET;
+    prop_oneof![
+        (1u64..4000).prop_map(Op::Advance),
+        ep.clone().prop_map(Op::Reconcile),
+        (
+            ep.clone(),
+            proptest::sample::subsequence(SignalKind::ALL.to_vec(), 0..=3)
+        )
+            .prop_map(|(e, s)| Op::Signals(e, s)),
+        (ep.clone(), any::<bool>(), any::<bool>()).prop_map(|(e, a, b)| Op::Report(e, a, b)),
+        (0usize..8, any::<bool>(), prop::bool::weighted(0.1))
+            .prop_map(|(n, ok, p)| Op::Complete(n, ok, p)),
+        ep.clone().prop_map(Op::NetBoot),
+        (ep.clone(), prop::bool::weighted(0.8)).prop_map(|(e, ok)| Op::Imaging(e, ok)),
+        (ep.clone(), prop::bool::weighted(0.3)).prop_map(|(e, b)| Op::Protect(e, b)),
+        (ep.clone(), prop::bool::weighted(0.3)).prop_map(|(e, b)| Op::Pause(e, b)),
+        ep.clone().prop_map(Op::Request),
+        prop::bool::weighted(0.8).prop_map(Op::Verified),
+        prop::option::of(0u8..2).prop_map(Op::Wave),
+    ]
+}
+
+struct Fleet {
+    specs: Vec<EndpointSpec>,
+    statuses: Vec<EndpointStatus>,
+    now: Timestamp,
+    policy: PolicyView,
+    image: ImageView,
+    wave: Option<(String, Vec<usize>)>,
+    pending: Vec<(usize, Action)>,
+    index: FleetIndex,
+    tokens: u32,
+}
+
+impl Fleet {
+    fn new() -> Self {
+        let mut policy = PolicyView::built_in();
+        policy.global_limit = k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(2);
+        policy.per_site_limit =
+            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1));
+        policy.cooldown = Duration::from_secs(1800);
+        policy.try_timeout = Duration::from_secs(7200);
+        let specs: Vec<_> = (0..FLEET)
+            .map(|i| {
+                let mut s = spec(i % 3 != 2);
+                s.site = Some(format!("site-{}", i % 2));
+                s
+            })
+            .collect();
+        let mut index = FleetIndex::default();
+        for (i, s) in specs.iter().enumerate() {
+            index.upsert(
+                &format!("ns/e{i}"),
+                s.site.as_deref(),
+                &EndpointStatus::default(),
+            );
+        }
+        Fleet {
+            specs,
+            statuses: vec![EndpointStatus::default(); FLEET],
+            now: T0.parse().unwrap(),
+            policy,
+            image: image(true),
+            wave: None,
+            pending: Vec::new(),
+            index,
+            tokens: 0,
+        }
+    }
+
+    fn feed(&mut self, i: usize, input: Input) -> Result<(), TestCaseError> {
+        let key = format!("ns/e{i}");
+        let name = format!("e{i}");
+        let uid = format!("uid-{i}-0000");
+        let fleet = self.index.view_for(
+            &key,
+            self.specs[i].site.as_deref(),
+            self.now,
+            self.policy.budget_window,
+        );
+        let wave = self
+            .wave
+            .as_ref()
+            .filter(|(_, members)| members.contains(&i))
+            .map(|(n, _)| WaveView { name: n.clone() });
+        let view = EndpointView {
+            name: &name,
+            uid: &uid,
+            generation: Some(1),
+            spec: &self.specs[i],
+            status: &self.statuses[i],
+        };
+        let ctx = Context {
+            now: self.now,
+            policy: &self.policy,
+            policy_problem: None,
+            image: Some(&self.image),
+            fleet,
+            wave: wave.as_ref(),
+        };
+        let d = decide(view, &input, ctx);
+        prop_assert_eq!(&d, &decide(view, &input, ctx), "same inputs, same decision");
+        check_edge(&self.statuses[i], &d);
+
+        let before = &self.statuses[i];
+        let started = d.edge == Some(transitions::Edge::AttemptStarted);
+        if started {
+            prop_assert!(before.active_attempt.is_none(), "a second attempt started");
+            prop_assert!(!self.specs[i].protected, "attempt on a protected endpoint");
+            let trigger = d.status.active_attempt.as_ref().unwrap().trigger;
+            prop_assert!(
+                !self.specs[i].paused || trigger == AttemptTrigger::Manual,
+                "automatic attempt on a paused endpoint"
+            );
+            prop_assert!(self.image.verified, "attempt with an unverified image");
+            prop_assert_eq!(d.status.attempts_started, before.attempts_started + 1);
+        } else {
+            prop_assert_eq!(
+                d.status.attempts_started,
+                before.attempts_started,
+                "attempt counter moved without AttemptStarted"
+            );
+        }
+        if let (Some(a), Some(b)) = (&before.active_attempt, &d.status.active_attempt) {
+            prop_assert_eq!(&a.id, &b.id, "attempt replaced without ending");
+        }
+        if started {
+            let trigger = d.status.active_attempt.as_ref().unwrap().trigger;
+            if !matches!(trigger, AttemptTrigger::Manual | AttemptTrigger::Wave) {
+                prop_assert!(
+                    d.status.signals.iter().any(|s| s.type_ != "HeartbeatLost"),
+                    "HeartbeatLost alone started an attempt"
+                );
+            }
+        }
+        self.statuses[i] = d.status.clone();
+        self.index
+            .upsert(&key, self.specs[i].site.as_deref(), &self.statuses[i]);
+        for a in d.actions {
+            self.pending.push((i, a));
+        }
+
+        // Limits, fleet-wide and per site.
+        let active: Vec<usize> = (0..FLEET)
+            .filter(|j| self.statuses[*j].active_attempt.is_some())
+            .collect();
+        prop_assert!(active.len() <= 2, "global limit exceeded: {:?}", active);
+        for site in ["site-0", "site-1"] {
+            let n = active
+                .iter()
+                .filter(|j| self.specs[**j].site.as_deref() == Some(site))
+                .count();
+            prop_assert!(n <= 1, "per-site limit exceeded in {}", site);
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, op: Op) -> Result<(), TestCaseError> {
+        match op {
+            Op::Advance(s) => self.now = time::add(self.now, Duration::from_secs(s)),
+            Op::Reconcile(i) => self.feed(i, Input::Reconcile)?,
+            Op::Signals(i, s) => self.feed(i, signals(&s))?,
+            Op::Report(i, new_build, with_attempt) => {
+                let attempt = self.statuses[i]
+                    .active_attempt
+                    .as_ref()
+                    .map(|a| a.id.clone());
+                let build = if new_build {
+                    "26100.7623"
+                } else {
+                    "26100.7462"
+                };
+                self.feed(
+                    i,
+                    report(build, attempt.as_deref().filter(|_| with_attempt)),
+                )?
+            }
+            Op::Complete(n, ok, permanent) => {
+                if !self.pending.is_empty() {
+                    let (i, action) = self.pending.remove(n % self.pending.len());
+                    let (attempt_id, try_number) = match &action {
+                        Action::ArmBoot {
+                            attempt_id,
+                            try_number,
+                            ..
+                        }
+                        | Action::PowerCycle {
+                            attempt_id,
+                            try_number,
+                        } => (attempt_id.clone(), *try_number),
+                        Action::DisarmBoot { .. } => return Ok(()),
+                    };
+                    let input = if ok {
+                        Input::ActionSucceeded {
+                            attempt_id,
+                            try_number,
+                            action: action.kind(),
+                        }
+                    } else {
+                        Input::ActionFailed {
+                            attempt_id,
+                            try_number,
+                            action: action.kind(),
+                            error: ActionError {
+                                permanent,
+                                message: "simulated".into(),
+                            },
+                        }
+                    };
+                    self.feed(i, input)?;
+                }
+            }
+            Op::NetBoot(i) => {
+                if let Some(a) = &self.statuses[i].active_attempt {
+                    let id = a.id.clone();
+                    self.feed(i, Input::NetworkBooted { attempt_id: id })?;
+                }
+            }
+            Op::Imaging(i, ok) => {
+                if let Some(a) = &self.statuses[i].active_attempt {
+                    let id = a.id.clone();
+                    let result = if ok {
+                        Ok(())
+                    } else {
+                        Err("disk not found".into())
+                    };
+                    self.feed(
+                        i,
+                        Input::ImagingFinished {
+                            attempt_id: id,
+                            result,
+                        },
+                    )?;
+                }
+            }
+            Op::Protect(i, b) => self.specs[i].protected = b,
+            Op::Pause(i, b) => self.specs[i].paused = b,
+            Op::Request(i) => {
+                self.tokens += 1;
+                self.specs[i].reimage_request = Some(ReimageRequest {
+                    token: format!("t{}", self.tokens),
+                    reason: "prop".into(),
+                });
+            }
+            Op::Verified(v) => self.image.verified = v,
+            Op::Wave(w) => {
+                self.wave = w.map(|n| {
+                    (
+                        format!("wave-{n}"),
+                        (0..FLEET).filter(|j| j % 2 == n as usize).collect(),
+                    )
+                })
+            }
+        }
+        Ok(())
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn invariants_hold_over_random_event_sequences(ops in prop::collection::vec(op(), 1..120)) {
+        let mut f = Fleet::new();
+        for op in ops {
+            f.apply(op)?;
+        }
+        // Liveness: with nothing else happening, every attempt ends (retried, then Ready or
+        // Quarantined). Each try needs two rounds (time out, retry), and with one slot per
+        // site the waiting ones go one after another.
+        for i in 0..FLEET {
+            f.specs[i].paused = false;
+        }
+        for _ in 0..(FLEET as u32 * f.policy.max_tries * 2 + 4) {
+            f.now = time::add(f.now, f.policy.try_timeout + f.policy.backoff_before(f.policy.max_tries));
+            for i in 0..FLEET {
+                f.feed(i, Input::Reconcile)?;
+            }
+        }
+        for i in 0..FLEET {
+            prop_assert!(
+                f.statuses[i].active_attempt.is_none(),
+                "attempt never ended: {:?}", f.statuses[i].active_attempt
+            );
+            prop_assert!(f.statuses[i].history.len() <= recast_crds::endpoint::MAX_HISTORY);
+        }
+    }
+
+    #[test]
+    fn builds_order_numerically(a in 0u32..100_000, b in 0u32..100_000, c in 0u32..100_000, d in 0u32..100_000) {
+        let x: Build = format!("{a}.{b}").parse().unwrap();
+        let y: Build = format!("{c}.{d}").parse().unwrap();
+        prop_assert_eq!(x.cmp(&y), (a, b).cmp(&(c, d)));
+    }
+}
+
+#[test]
+fn every_edge_is_reachable_in_the_scenarios() {
+    // The scenarios above exercise each row; this guards against a row nobody can take.
+    let mut seen = BTreeMap::new();
+    let mut record = |e: &One| {
+        if let Some(edge) = e.last.as_ref().and_then(|d| d.edge) {
+            seen.insert(format!("{edge:?}"), ());
+        }
+    };
+    let mut e = One::new(true);
+    e.feed(signals(&[SignalKind::Drift]));
+    record(&e); // SignalRaised
+    e.feed(signals(&[]));
+    record(&e); // Settled
+    e.feed(report("26100.7462", None));
+    record(&e); // Healthy
+    e.spec.paused = true;
+    e.feed(signals(&[SignalKind::BootCrash]));
+    record(&e); // Scheduled
+    e.spec.paused = false;
+    e.feed(Input::Reconcile);
+    record(&e); // AttemptStarted
+    e.succeed(ActionKind::ArmBoot);
+    record(&e); // BootArmed
+    e.succeed(ActionKind::PowerCycle);
+    record(&e); // PowerCycled
+    let id = e.attempt_id();
+    e.feed(Input::NetworkBooted {
+        attempt_id: id.clone(),
+    });
+    record(&e);
+    e.feed(Input::ImagingFinished {
+        attempt_id: id.clone(),
+        result: Ok(()),
+    });
+    record(&e);
+    e.feed(report("26100.7623", Some(&id)));
+    record(&e); // CheckedIn
+    let mut n = One::new(false);
+    n.feed(report("26100.7462", None));
+    n.feed(signals(&[SignalKind::BootCrash]));
+    n.succeed(ActionKind::ArmBoot);
+    record(&n); // BootArmedNoBmc
+    let id = n.attempt_id();
+    n.feed(Input::ImagingFinished {
+        attempt_id: id,
+        result: Err("x".into()),
+    });
+    record(&n); // TryFailed
+    n.spec.protected = true;
+    n.feed(Input::Reconcile);
+    record(&n); // Aborted
+    let mut q = healthy(true);
+    q.feed(signals(&[SignalKind::BootCrash]));
+    let id = q.attempt_id();
+    q.feed(Input::ActionFailed {
+        attempt_id: id,
+        try_number: 1,
+        action: ActionKind::ArmBoot,
+        error: ActionError {
+            permanent: false,
+            message: "x".into(),
+        },
+    });
+    q.advance(3600);
+    q.feed(Input::Reconcile);
+    record(&q); // RetryStarted
+    let id = q.attempt_id();
+    q.feed(Input::ActionFailed {
+        attempt_id: id,
+        try_number: 2,
+        action: ActionKind::ArmBoot,
+        error: ActionError {
+            permanent: true,
+            message: "x".into(),
+        },
+    });
+    record(&q); // Quarantined
+    let all: Vec<String> = transitions::TABLE
+        .iter()
+        .map(|t| format!("{:?}", t.edge))
+        .collect();
+    let missing: Vec<_> = all.iter().filter(|e| !seen.contains_key(*e)).collect();
+    assert!(missing.is_empty(), "edges never taken: {missing:?}");
+}
