@@ -7,7 +7,7 @@ CARGO       ?= cargo
 CARGO_FLAGS ?= --ignore-rust-version
 DATA_DIR    ?= $(CURDIR)/.recast-data
 
-.PHONY: all build run test lint fmt docs crds crds-check k8s-build k8s-up k8s-down clean help
+.PHONY: all build run test lint fmt docs crds crds-check k8s-build k8s-demo k8s-up k8s-down clean help
 
 all: build
 
@@ -17,8 +17,9 @@ help: ## Show the targets
 build: ## Build every binary (debug)
 	$(CARGO) build $(CARGO_FLAGS) --workspace --bins
 
-run: ## recast's main job on the default embedded backend (see README)
-	tests/run-main.sh
+run: ## recast's main job: the operator on the embedded store, loaded with examples/ (fresh $(DATA_DIR))
+	rm -rf $(DATA_DIR)
+	$(CARGO) run $(CARGO_FLAGS) -q -p recast-operator -- run --backend embedded --data-dir $(DATA_DIR) --load examples/
 
 test: ## Every test tier: unit, property, embedded and the real kube-apiserver
 	tests/run-tests.sh
@@ -41,6 +42,9 @@ crds-check: ## Fail when crds/yaml differs from what the types generate
 
 k8s-build: ## Build (or reuse) kube-apiserver, etcd and kubectl from their Go modules
 	tests/k8s/build.sh
+
+k8s-demo: ## The API on the real kube-apiserver: CRDs and examples applied (stop with make k8s-down)
+	tests/run-k8s-demo.sh
 
 k8s-up: ## Start the real kube-apiserver + etcd on loopback (.k8s/kubeconfig)
 	tests/k8s/harness.sh up

@@ -1,73 +1,524 @@
+//! recastctl: apply, inspect and drive recast endpoints, golden images and waves.
+//!
+//! Exit codes: 0 success; 1 the operation failed or input was invalid; 2 bad usage or an
+//! unreadable file.
+
+mod table;
+
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use recast_crds::manifest::parse_documents;
+use clap::{Parser, Subcommand, ValueEnum};
+use jiff::Timestamp;
+use recast_crds::endpoint::EndpointStatus;
+use recast_crds::manifest::Kind;
 use recast_crds::validate::admit;
+use recast_operator::manifests;
+use recast_operator::store::embedded::{EmbeddedStore, StoreError};
+use serde_json::{Value, json};
 
-/// recastctl: apply, inspect and drive recast endpoints, golden images and waves.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version, about, propagate_version = true)]
 struct Cli {
+    /// Embedded store directory (the operator's --data-dir). Default: $RECAST_DATA_DIR, else
+    /// ./.recast-data when it exists, else /var/lib/recast.
+    #[arg(long, global = true, env = "RECAST_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Namespace of the objects.
+    #[arg(short = 'n', long, global = true, default_value = "default")]
+    namespace: String,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Wide,
+    Yaml,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Create or update objects from files or directories (like kubectl apply -f).
+    Apply {
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// List objects of a kind (rep, gi, wave, rpol), or show one.
+    Get {
+        kind: String,
+        name: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+        /// All namespaces.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+    },
+    /// Show an object with its conditions, attempts and events.
+    Describe { kind: String, name: String },
+    /// Delete an object.
+    Delete { kind: String, name: String },
+    /// Ask for a reimage of an endpoint now (sets spec.reimageRequest with a new token).
+    Reimage {
+        name: String,
+        /// Why, for the audit trail.
+        #[arg(long, required = true)]
+        reason: String,
+    },
+    /// Mark an endpoint protected: recast will never reimage it.
+    Protect { name: String },
+    /// Remove the protection.
+    Unprotect { name: String },
+    /// The endpoint's reimage attempts, newest first.
+    History {
+        name: String,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// Check manifests offline against the same rules the API enforces (for CI and GitOps).
     Validate {
-        /// Files to check.
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<PathBuf>,
     },
 }
 
-fn main() -> ExitCode {
-    match Cli::parse().command {
-        Command::Validate { files } => validate(&files),
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Failed(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl CliError {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            CliError::Usage(_) => ExitCode::from(2),
+            _ => ExitCode::from(1),
+        }
     }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let prefix = if std::io::stderr().is_terminal() {
+                "\x1b[31merror:\x1b[0m"
+            } else {
+                "error:"
+            };
+            eprintln!("{prefix} {e}");
+            e.exit_code()
+        }
+    }
+}
+
+fn data_dir(flag: Option<PathBuf>) -> PathBuf {
+    flag.unwrap_or_else(|| {
+        let local = PathBuf::from(".recast-data");
+        if local.is_dir() {
+            local
+        } else {
+            PathBuf::from("/var/lib/recast")
+        }
+    })
+}
+
+fn kind_of(name: &str) -> Result<Kind, CliError> {
+    Kind::from_user(name).ok_or_else(|| {
+        CliError::Usage(format!(
+            "unknown kind {name:?}: use endpoints (rep), goldenimages (gi), reimagewaves (wave) or remediationpolicies (rpol)"
+        ))
+    })
+}
+
+fn not_found(kind: Kind, ns: &str, name: &str) -> CliError {
+    CliError::Failed(format!(
+        "{} {name:?} not found in namespace {ns:?}",
+        kind.plural()
+    ))
+}
+
+fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    if let Command::Validate { files } = &cli.command {
+        return Ok(validate(files));
+    }
+    let dir = data_dir(cli.data_dir);
+    let store = EmbeddedStore::open(&dir)?;
+    let ns = cli.namespace.as_str();
+    let now = Timestamp::now();
+    match cli.command {
+        Command::Validate { .. } => unreachable!("handled above"),
+        Command::Apply { files } => {
+            let mut failed = false;
+            for path in files {
+                let docs = manifests::load(&path).map_err(|e| CliError::Usage(e.to_string()))?;
+                for (file, doc) in docs {
+                    if !manifests::is_recast(&doc) {
+                        let kind = doc
+                            .value
+                            .get("kind")
+                            .and_then(Value::as_str)
+                            .unwrap_or("object");
+                        println!(
+                            "{kind} in {} skipped (not a recast.dev object)",
+                            file.display()
+                        );
+                        continue;
+                    }
+                    match store.apply(&doc.value, ns) {
+                        Ok((kind, name, outcome)) => {
+                            println!(
+                                "{}.recast.dev/{name} {}",
+                                kind.as_str().to_lowercase(),
+                                outcome.as_str()
+                            )
+                        }
+                        Err(e) => {
+                            eprintln!("error: {} document {}: {e}", file.display(), doc.index);
+                            failed = true;
+                        }
+                    }
+                }
+            }
+            Ok(if failed {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Get {
+            kind,
+            name,
+            output,
+            all_namespaces,
+        } => {
+            let kind = kind_of(&kind)?;
+            let objects = match &name {
+                Some(n) => vec![
+                    store
+                        .get(kind, ns, n)?
+                        .ok_or_else(|| not_found(kind, ns, n))?,
+                ],
+                None => store.list(kind, if all_namespaces { None } else { Some(ns) })?,
+            };
+            match output {
+                Output::Table | Output::Wide => {
+                    if objects.is_empty() {
+                        eprintln!("No resources found in {ns} namespace.");
+                    } else {
+                        print!(
+                            "{}",
+                            table::render(
+                                kind,
+                                &objects,
+                                output == Output::Wide,
+                                all_namespaces,
+                                now
+                            )
+                        );
+                    }
+                }
+                Output::Json => {
+                    let v = if name.is_some() {
+                        objects[0].clone()
+                    } else {
+                        json!({"apiVersion": "v1", "kind": "List", "items": objects})
+                    };
+                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                }
+                Output::Yaml => {
+                    let v = if name.is_some() {
+                        objects[0].clone()
+                    } else {
+                        json!({"apiVersion": "v1", "kind": "List", "items": objects})
+                    };
+                    print!("{}", serde_yaml::to_string(&v).unwrap_or_default());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Describe { kind, name } => {
+            let kind = kind_of(&kind)?;
+            let obj = store
+                .get(kind, ns, &name)?
+                .ok_or_else(|| not_found(kind, ns, &name))?;
+            let events = store.events(kind, ns, &name)?;
+            print!("{}", describe(kind, &obj, &events, now));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Delete { kind, name } => {
+            let kind = kind_of(&kind)?;
+            if !store.delete(kind, ns, &name)? {
+                return Err(not_found(kind, ns, &name));
+            }
+            println!("{}.recast.dev/{name} deleted", kind.as_str().to_lowercase());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reimage { name, reason } => {
+            if reason.trim().is_empty() {
+                return Err(CliError::Usage(
+                    "--reason must say why the machine is wiped".into(),
+                ));
+            }
+            let token = now.to_string();
+            set_spec(
+                &store,
+                ns,
+                &name,
+                "reimageRequest",
+                json!({"token": token, "reason": reason}),
+            )?;
+            println!(
+                "endpoint.recast.dev/{name} reimage requested (token {token}); follow it with: recastctl describe rep {name}"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Protect { name } => {
+            set_spec(&store, ns, &name, "protected", json!(true))?;
+            println!("endpoint.recast.dev/{name} protected");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Unprotect { name } => {
+            set_spec(&store, ns, &name, "protected", json!(false))?;
+            println!("endpoint.recast.dev/{name} unprotected");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::History { name, output } => {
+            let obj = store
+                .get(Kind::Endpoint, ns, &name)?
+                .ok_or_else(|| not_found(Kind::Endpoint, ns, &name))?;
+            let status: EndpointStatus = obj
+                .get("status")
+                .cloned()
+                .map(serde_json::from_value)
+                .transpose()
+                .map_err(|e| {
+                    CliError::Failed(format!("stored status of {name} does not decode: {e}"))
+                })?
+                .unwrap_or_default();
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&status.history).unwrap_or_default()
+                ),
+                Output::Yaml => print!(
+                    "{}",
+                    serde_yaml::to_string(&status.history).unwrap_or_default()
+                ),
+                Output::Table | Output::Wide => print!("{}", history_table(&status, now)),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn set_spec(
+    store: &EmbeddedStore,
+    ns: &str,
+    name: &str,
+    field: &str,
+    value: Value,
+) -> Result<(), CliError> {
+    if store.get(Kind::Endpoint, ns, name)?.is_none() {
+        return Err(not_found(Kind::Endpoint, ns, name));
+    }
+    store.update(Kind::Endpoint, ns, name, |obj| {
+        if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+            spec.insert(field.to_string(), value.clone());
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
+fn history_table(status: &EndpointStatus, now: Timestamp) -> String {
+    let mut rows = vec![
+        [
+            "ATTEMPT", "TRIGGER", "OUTCOME", "TRIES", "STARTED", "DURATION", "IMAGE", "MESSAGE",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    if let Some(a) = &status.active_attempt {
+        rows.push(vec![
+            a.id.clone(),
+            format!("{:?}", a.trigger),
+            format!("Running ({:?})", a.step),
+            a.try_number.to_string(),
+            table::age(&a.started_at, now) + " ago",
+            String::new(),
+            a.image.clone(),
+            a.last_error.clone().unwrap_or_default(),
+        ]);
+    }
+    for h in &status.history {
+        let duration = match (
+            h.started_at.parse::<Timestamp>(),
+            h.finished_at.parse::<Timestamp>(),
+        ) {
+            (Ok(s), Ok(f)) => table::age(&s.to_string(), f),
+            _ => String::new(),
+        };
+        rows.push(vec![
+            h.id.clone(),
+            format!("{:?}", h.trigger),
+            format!("{:?}", h.outcome),
+            h.tries.to_string(),
+            table::age(&h.started_at, now) + " ago",
+            duration,
+            h.image.clone(),
+            h.message.clone().unwrap_or_default(),
+        ]);
+    }
+    if rows.len() == 1 {
+        return "No reimage attempts yet.\n".into();
+    }
+    table::plain(&rows)
+}
+
+fn describe(
+    kind: Kind,
+    obj: &Value,
+    events: &[recast_operator::store::embedded::EventRecord],
+    now: Timestamp,
+) -> String {
+    let get = |p: &str| {
+        table::eval(obj, p)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let mut out = String::new();
+    out.push_str(&format!("Name:         {}\n", get(".metadata.name")));
+    out.push_str(&format!("Namespace:    {}\n", get(".metadata.namespace")));
+    out.push_str(&format!("Kind:         {}\n", kind.as_str()));
+    if let Some(labels) = obj.pointer("/metadata/labels").and_then(Value::as_object) {
+        let l: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+            .collect();
+        out.push_str(&format!("Labels:       {}\n", l.join(",")));
+    }
+    out.push_str(&format!(
+        "Created:      {} ({} ago)\n",
+        get(".metadata.creationTimestamp"),
+        table::age(&get(".metadata.creationTimestamp"), now)
+    ));
+    if let Some(spec) = obj.get("spec") {
+        out.push_str("Spec:\n");
+        for line in serde_yaml::to_string(spec).unwrap_or_default().lines() {
+            out.push_str(&format!("  {line}\n"));
+        }
+    }
+    if let Some(status) = obj.get("status") {
+        out.push_str("Status:\n");
+        if let Some(phase) = status.get("phase").and_then(Value::as_str) {
+            out.push_str(&format!("  Phase:      {phase}\n"));
+        }
+        if let Some(m) = status.get("message").and_then(Value::as_str) {
+            out.push_str(&format!("  Message:    {m}\n"));
+        }
+        if let Some(conds) = status.get("conditions").and_then(Value::as_array) {
+            out.push_str("  Conditions:\n");
+            let mut rows = vec![vec![
+                "    TYPE".to_string(),
+                "STATUS".into(),
+                "REASON".into(),
+                "MESSAGE".into(),
+            ]];
+            for c in conds {
+                let f = |k: &str| {
+                    c.get(k)
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                rows.push(vec![
+                    format!("    {}", f("type")),
+                    f("status"),
+                    f("reason"),
+                    f("message"),
+                ]);
+            }
+            out.push_str(&table::plain(&rows));
+        }
+        let mut rest = status.clone();
+        if let Some(o) = rest.as_object_mut() {
+            for k in ["phase", "message", "conditions"] {
+                o.remove(k);
+            }
+        }
+        if rest.as_object().is_some_and(|o| !o.is_empty()) {
+            for line in serde_yaml::to_string(&rest).unwrap_or_default().lines() {
+                out.push_str(&format!("  {line}\n"));
+            }
+        }
+    }
+    out.push_str("Events:\n");
+    if events.is_empty() {
+        out.push_str("  <none>\n");
+    } else {
+        let mut rows = vec![vec![
+            "  TYPE".to_string(),
+            "REASON".into(),
+            "AGE".into(),
+            "MESSAGE".into(),
+        ]];
+        for e in events.iter().rev().take(30).rev() {
+            rows.push(vec![
+                format!("  {}", e.type_),
+                e.reason.clone(),
+                table::age(&e.time, now),
+                e.message.clone(),
+            ]);
+        }
+        out.push_str(&table::plain(&rows));
+    }
+    out
 }
 
 /// Exit 0 when every document is valid, 1 when any is invalid, 2 when a file cannot be read.
 fn validate(files: &[PathBuf]) -> ExitCode {
     let mut invalid = false;
     for file in files {
-        let text = match std::fs::read_to_string(file) {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("error: cannot read {}: {e}", file.display());
+        let docs = match manifests::load(file) {
+            Ok(d) => d,
+            Err(e @ manifests::LoadError::Read { .. }) => {
+                eprintln!("error: {e}");
                 return ExitCode::from(2);
             }
-        };
-        let docs = match parse_documents(&text) {
-            Ok(d) => d,
             Err(e) => {
-                eprintln!("{}: {e}", file.display());
+                eprintln!("{e}");
                 invalid = true;
                 continue;
             }
         };
-        for doc in docs {
-            if doc.value.get("apiVersion").and_then(|v| v.as_str())
-                != Some(recast_crds::API_VERSION)
-            {
+        for (path, doc) in docs {
+            if !manifests::is_recast(&doc) {
                 let kind = doc
                     .value
                     .get("kind")
-                    .and_then(|v| v.as_str())
+                    .and_then(Value::as_str)
                     .unwrap_or("object");
                 println!(
                     "{}: document {}: {kind} skipped (not a recast.dev object)",
-                    file.display(),
+                    path.display(),
                     doc.index
                 );
                 continue;
             }
             match admit(&doc.value, None) {
-                Ok(obj) => println!("{}: {}/{} valid", file.display(), obj.kind(), obj.name()),
+                Ok(obj) => println!("{}: {}/{} valid", path.display(), obj.kind(), obj.name()),
                 Err(e) => {
-                    eprintln!("{}: document {}: {e}", file.display(), doc.index);
+                    eprintln!("{}: document {}: {e}", path.display(), doc.index);
                     invalid = true;
                 }
             }

@@ -1,7 +1,14 @@
 //! recast-operator's library: the lifecycle core, stores, controllers and the services the
 //! operator runs. Modules arrive with the issues that build them (see shared/DESIGN.md).
 
+pub mod bmc;
+pub mod controller;
 pub mod core;
+pub mod failpoint;
+pub mod http;
+pub mod manifests;
+pub mod metrics;
+pub mod store;
 
 /// Every CRD as one multi-document YAML stream, ready for `kubectl apply -f -`.
 pub fn crds_yaml() -> Result<String, serde_yaml::Error> {

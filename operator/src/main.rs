@@ -1,6 +1,17 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use recast_operator::bmc::RecordingPower;
+use recast_operator::controller::embedded::{EmbeddedBackend, run as run_embedded};
+use recast_operator::controller::{Controller, SystemClock};
+use recast_operator::metrics::Metrics;
+use recast_operator::store::embedded::EmbeddedStore;
+use recast_operator::{http, manifests};
+use tokio::sync::watch;
 
 /// recast-operator: keeps physical Windows endpoints on a verified golden image by reimaging
 /// them instead of patching them in place.
@@ -11,14 +22,37 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum BackendKind {
+    /// SQLite in --data-dir: one process, no Kubernetes.
+    Embedded,
+    /// The Kubernetes API (in-cluster or KUBECONFIG).
+    Kube,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Run the controllers and serve health, readiness and metrics.
+    Run {
+        #[arg(long, value_enum, default_value = "embedded", env = "RECAST_BACKEND")]
+        backend: BackendKind,
+        /// Data directory of the embedded store.
+        #[arg(long, default_value = "/var/lib/recast", env = "RECAST_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Apply these manifest files or directories at start (embedded backend).
+        #[arg(long = "load", value_name = "PATH")]
+        load: Vec<PathBuf>,
+        /// Address for /healthz, /readyz and /metrics.
+        #[arg(long, default_value = "127.0.0.1:8080", env = "RECAST_LISTEN")]
+        listen: SocketAddr,
+    },
     /// Print the CustomResourceDefinitions, for `recast-operator crds | kubectl apply -f -`.
     Crds,
 }
 
 fn main() -> ExitCode {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    match cli.command {
         Command::Crds => match recast_operator::crds_yaml() {
             Ok(yaml) => {
                 print!("{yaml}");
@@ -29,5 +63,132 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Run {
+            backend,
+            data_dir,
+            load,
+            listen,
+        } => {
+            init_tracing();
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("recast-operator: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(run(backend, data_dir, load, listen)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("recast-operator: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RECAST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+async fn run(
+    backend: BackendKind,
+    data_dir: PathBuf,
+    load: Vec<PathBuf>,
+    listen: SocketAddr,
+) -> Result<(), String> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+    });
+    let ready = Arc::new(AtomicBool::new(false));
+    let metrics = Arc::new(Metrics::new());
+    let server = tokio::spawn(http::serve(
+        listen,
+        http::router(ready.clone(), metrics.clone()),
+        stop_rx.clone(),
+    ));
+    match backend {
+        BackendKind::Embedded => {
+            let store = Arc::new(EmbeddedStore::open(&data_dir).map_err(|e| e.to_string())?);
+            tracing::info!(path = %store.path().display(), "embedded store open");
+            for path in &load {
+                apply_at_start(&store, path)?;
+            }
+            let ctrl = Arc::new(Controller::new(
+                Arc::new(EmbeddedBackend { store }),
+                Arc::new(RecordingPower::default()),
+                Arc::new(SystemClock),
+                metrics,
+            ));
+            run_embedded(ctrl, stop_rx, ready)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        BackendKind::Kube => {
+            return Err("the kube backend is not in this build yet; use --backend embedded".into());
+        }
+    }
+    match server.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("cannot serve on {listen}: {e}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn apply_at_start(store: &EmbeddedStore, path: &std::path::Path) -> Result<(), String> {
+    let docs = manifests::load(path).map_err(|e| e.to_string())?;
+    for (file, doc) in docs {
+        if !manifests::is_recast(&doc) {
+            let kind = doc
+                .value
+                .get("kind")
+                .and_then(|k| k.as_str())
+                .unwrap_or("object");
+            tracing::info!(file = %file.display(), "skipped {kind}: not a recast.dev object");
+            continue;
+        }
+        let (kind, name, outcome) = store
+            .apply(&doc.value, "default")
+            .map_err(|e| format!("{} document {}: {e}", file.display(), doc.index))?;
+        tracing::info!("{kind}/{name} {}", outcome.as_str());
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
     }
 }

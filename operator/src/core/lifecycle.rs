@@ -74,7 +74,7 @@ pub struct Context<'a> {
 }
 
 /// What an executor did with an action.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ActionError {
     /// A permanent error (wrong credentials, no BMC support) will not go away by retrying: the
     /// endpoint goes straight to Quarantined.
@@ -82,7 +82,9 @@ pub struct ActionError {
     pub message: String,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum ActionKind {
     ArmBoot,
     PowerCycle,
@@ -152,8 +154,10 @@ impl Action {
     }
 }
 
-/// Something that happened to the endpoint (or a plain reconcile).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Something that happened to the endpoint (or a plain reconcile). Serialisable: the embedded
+/// store keeps inputs from the gateway and boot service in an inbox until they are decided.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", tag = "type", content = "data")]
 pub enum Input {
     /// Re-evaluate: timers, signals, requests, waves, limits.
     Reconcile,

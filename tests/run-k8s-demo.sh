@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make run`: until the embedded operator lands, this starts the real Kubernetes control plane,
+# `make k8s-demo`: starts the real Kubernetes control plane,
 # installs recast's CRDs and applies the examples, so `kubectl get recast` shows the API.
 set -euo pipefail
 cd "$(dirname "$0")/.."

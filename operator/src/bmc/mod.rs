@@ -1,0 +1,58 @@
+//! Power control of endpoints through their BMC. The Redfish driver arrives with the BMC issue;
+//! until then `RecordingPower` records what it would do, so the lifecycle runs end to end.
+
+use std::future::Future;
+use std::sync::Mutex;
+
+use recast_crds::Endpoint;
+
+use crate::core::lifecycle::ActionError;
+
+pub trait PowerControl: Send + Sync + 'static {
+    /// Sets a one-time network boot and power-cycles the machine. `maybe_done` is true when a
+    /// previous run of this same (attempt, try) was interrupted, so the driver should check the
+    /// machine's state before cycling it again. Returns what was done, for the audit trail.
+    fn power_cycle(
+        &self,
+        ep: &Endpoint,
+        attempt_id: &str,
+        try_number: u32,
+        maybe_done: bool,
+    ) -> impl Future<Output = Result<String, ActionError>> + Send;
+}
+
+/// Records the power cycles it is asked for instead of performing them.
+#[derive(Default)]
+pub struct RecordingPower {
+    log: Mutex<Vec<String>>,
+}
+
+impl RecordingPower {
+    /// Every (endpoint, attempt, try) it was asked to cycle, in order.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl PowerControl for RecordingPower {
+    async fn power_cycle(
+        &self,
+        ep: &Endpoint,
+        attempt_id: &str,
+        try_number: u32,
+        _maybe_done: bool,
+    ) -> Result<String, ActionError> {
+        let name = ep.metadata.name.clone().unwrap_or_default();
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(format!("{name} {attempt_id} {try_number}"));
+        Ok(match &ep.spec.bmc {
+            Some(bmc) => format!(
+                "would set a one-time network boot and power-cycle via {} (no BMC driver in this build; restart the machine by hand)",
+                bmc.address
+            ),
+            None => "no BMC configured".to_string(),
+        })
+    }
+}

@@ -1,0 +1,365 @@
+//! The controller on the embedded store: the Backend implementation over SQLite, and the loop
+//! that follows the store's change feed and requeue timers.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use recast_crds::Endpoint;
+use recast_crds::endpoint::EndpointStatus;
+use recast_crds::golden_image::GoldenImage;
+use recast_crds::manifest::Kind;
+use recast_crds::policy::RemediationPolicy;
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+
+use super::{Backend, BackendError, Controller, Journal, Key};
+use crate::bmc::PowerControl;
+use crate::core::lifecycle::{Action, Input, Notice, NoticeType};
+use crate::core::time;
+use crate::store::embedded::{
+    BOOT_FINALIZER, BootIntent, EmbeddedStore, EventRecord, JournalState, StoreError,
+};
+
+pub struct EmbeddedBackend {
+    pub store: Arc<EmbeddedStore>,
+}
+
+fn other(e: StoreError) -> BackendError {
+    match e {
+        StoreError::Conflict { .. } => BackendError::Conflict(e.to_string()),
+        e => BackendError::Other(e.to_string()),
+    }
+}
+
+fn decode<T: DeserializeOwned>(v: serde_json::Value) -> Result<T, BackendError> {
+    serde_json::from_value(v)
+        .map_err(|e| BackendError::Other(format!("stored object does not decode: {e}")))
+}
+
+fn ns_name(ep: &Endpoint) -> (String, String) {
+    (
+        ep.metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        ep.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+impl Backend for EmbeddedBackend {
+    async fn endpoint(&self, key: &Key) -> Result<Option<Endpoint>, BackendError> {
+        self.store
+            .get(Kind::Endpoint, &key.namespace, &key.name)
+            .map_err(other)?
+            .map(decode)
+            .transpose()
+    }
+
+    async fn endpoints(&self) -> Result<Vec<Endpoint>, BackendError> {
+        self.store
+            .list(Kind::Endpoint, None)
+            .map_err(other)?
+            .into_iter()
+            .map(decode)
+            .collect()
+    }
+
+    async fn policy(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<RemediationPolicy>, BackendError> {
+        self.store
+            .get(Kind::RemediationPolicy, namespace, name)
+            .map_err(other)?
+            .map(decode)
+            .transpose()
+    }
+
+    async fn golden_images(&self, namespace: &str) -> Result<Vec<GoldenImage>, BackendError> {
+        self.store
+            .list(Kind::GoldenImage, Some(namespace))
+            .map_err(other)?
+            .into_iter()
+            .map(decode)
+            .collect()
+    }
+
+    async fn write_status(
+        &self,
+        ep: &Endpoint,
+        status: &EndpointStatus,
+    ) -> Result<(), BackendError> {
+        let (ns, name) = ns_name(ep);
+        let value = serde_json::to_value(status).map_err(|e| BackendError::Other(e.to_string()))?;
+        self.store
+            .write_status(Kind::Endpoint, &ns, &name, ep.metadata.generation, &value)
+            .map(|_| ())
+            .map_err(other)
+    }
+
+    async fn record(
+        &self,
+        ep: &Endpoint,
+        notice: &Notice,
+        now: Timestamp,
+    ) -> Result<(), BackendError> {
+        let (ns, name) = ns_name(ep);
+        let ev = EventRecord {
+            time: time::format(now),
+            type_: match notice.type_ {
+                NoticeType::Normal => "Normal".into(),
+                NoticeType::Warning => "Warning".into(),
+            },
+            reason: notice.reason.clone(),
+            message: notice.message.clone(),
+        };
+        self.store
+            .record_event(Kind::Endpoint, &ns, &name, &ev)
+            .map_err(other)
+    }
+
+    async fn ensure_finalizer(&self, ep: &Endpoint) -> Result<(), BackendError> {
+        if ep
+            .metadata
+            .finalizers
+            .as_ref()
+            .is_some_and(|f| f.iter().any(|f| f == BOOT_FINALIZER))
+        {
+            return Ok(());
+        }
+        let (ns, name) = ns_name(ep);
+        self.store
+            .ensure_finalizer(Kind::Endpoint, &ns, &name, BOOT_FINALIZER)
+            .map_err(other)
+    }
+
+    async fn remove_finalizer(&self, ep: &Endpoint) -> Result<(), BackendError> {
+        let (ns, name) = ns_name(ep);
+        self.store
+            .remove_finalizer(Kind::Endpoint, &ns, &name, BOOT_FINALIZER)
+            .map_err(other)
+    }
+
+    async fn arm_boot(
+        &self,
+        ep: &Endpoint,
+        action: &Action,
+        now: Timestamp,
+    ) -> Result<(), BackendError> {
+        let Action::ArmBoot {
+            attempt_id,
+            try_number,
+            image,
+            image_digest,
+            mac_addresses,
+            boot_mode,
+        } = action
+        else {
+            return Ok(());
+        };
+        let (ns, name) = ns_name(ep);
+        let intents: Vec<BootIntent> = mac_addresses
+            .iter()
+            .map(|mac| BootIntent {
+                mac: mac.clone(),
+                namespace: ns.clone(),
+                endpoint: name.clone(),
+                attempt_id: attempt_id.clone(),
+                try_number: *try_number,
+                image: image.clone(),
+                image_digest: image_digest.clone(),
+                boot_mode: format!("{boot_mode:?}").to_lowercase(),
+                armed_at: time::format(now),
+            })
+            .collect();
+        self.store.arm_boot(&intents).map_err(other)
+    }
+
+    async fn disarm_boot(&self, ep: &Endpoint) -> Result<(), BackendError> {
+        let (ns, name) = ns_name(ep);
+        self.store
+            .disarm_boot(&ns, &name)
+            .map(|_| ())
+            .map_err(other)
+    }
+
+    async fn journal_begin(&self, key: &str) -> Result<Journal, BackendError> {
+        Ok(match self.store.journal_begin(key).map_err(other)? {
+            JournalState::New => Journal::New,
+            JournalState::Interrupted => Journal::Interrupted,
+            JournalState::Done => Journal::Done,
+        })
+    }
+
+    async fn journal_finish(&self, key: &str) -> Result<(), BackendError> {
+        self.store.journal_finish(key).map_err(other)
+    }
+
+    async fn journal_forget(&self, key: &str) -> Result<(), BackendError> {
+        self.store.journal_forget(key).map_err(other)
+    }
+}
+
+/// How often the loop looks at the change feed when nothing is due (writes by recastctl come
+/// from another process, so there is no in-process signal for them).
+const POLL: Duration = Duration::from_millis(200);
+/// Every endpoint is reconciled at least this often, whatever the feed says.
+const RESYNC: Duration = Duration::from_secs(300);
+/// After a failed reconcile.
+const ERROR_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Runs the endpoint controller on the embedded store until `shutdown` turns true.
+pub async fn run<P: PowerControl>(
+    ctrl: Arc<Controller<EmbeddedBackend, P>>,
+    mut shutdown: watch::Receiver<bool>,
+    ready: Arc<AtomicBool>,
+) -> Result<(), BackendError> {
+    let store = ctrl.backend.store.clone();
+    let primed = ctrl.prime().await?;
+    let mut cursor = store.latest_change().map_err(other)?;
+    let mut due: BTreeMap<Key, Instant> = BTreeMap::new();
+    let start = Instant::now();
+    for ep in ctrl.backend.endpoints().await? {
+        due.insert(Key::of(&ep), start);
+    }
+    tracing::info!(endpoints = primed, "embedded controller started");
+    ready.store(true, Ordering::SeqCst);
+    let mut last_resync = Instant::now();
+    let mut last_metrics = Instant::now() - Duration::from_secs(3600);
+    loop {
+        if *shutdown.borrow() {
+            tracing::info!("embedded controller stopping");
+            return Ok(());
+        }
+        // Follow the change feed.
+        loop {
+            let changes = store.changes_since(cursor, 1000).map_err(other)?;
+            if changes.is_empty() {
+                break;
+            }
+            for ch in &changes {
+                cursor = ch.seq;
+                match ch.kind {
+                    Kind::Endpoint => {
+                        due.insert(
+                            Key {
+                                namespace: ch.namespace.clone(),
+                                name: ch.name.clone(),
+                            },
+                            Instant::now(),
+                        );
+                    }
+                    Kind::RemediationPolicy | Kind::GoldenImage => {
+                        for ep in ctrl.backend.endpoints().await? {
+                            let key = Key::of(&ep);
+                            if key.namespace == ch.namespace {
+                                due.insert(key, Instant::now());
+                            }
+                        }
+                    }
+                    Kind::ReimageWave => {}
+                }
+            }
+        }
+        // Inputs from the gateway and the boot service, oldest first; acknowledged only after
+        // the decision on them is persisted.
+        for (seq, namespace, name, text) in store.pending_inputs(256).map_err(other)? {
+            let key = Key { namespace, name };
+            let input: Input = match serde_json::from_str(&text) {
+                Ok(i) => i,
+                Err(e) => {
+                    tracing::warn!(endpoint = %key, error = %e, "dropping an unreadable input from the inbox");
+                    store.ack_input(seq).map_err(other)?;
+                    continue;
+                }
+            };
+            match ctrl.reconcile(&key, input).await {
+                Ok(after) => {
+                    store.ack_input(seq).map_err(other)?;
+                    if let Some(after) = after {
+                        due.insert(key, Instant::now() + after);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(endpoint = %key, error = %e, "input not decided yet; will retry");
+                    break;
+                }
+            }
+        }
+        if last_resync.elapsed() >= RESYNC {
+            last_resync = Instant::now();
+            for ep in ctrl.backend.endpoints().await? {
+                due.entry(Key::of(&ep)).or_insert_with(Instant::now);
+            }
+            store.compact_changes(cursor).map_err(other)?;
+        }
+        // Reconcile what is due.
+        let now = Instant::now();
+        let ready_keys: Vec<Key> = due
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in ready_keys {
+            due.remove(&key);
+            match ctrl.reconcile(&key, Input::Reconcile).await {
+                Ok(Some(after)) => {
+                    let at = Instant::now() + after;
+                    let slot = due.entry(key).or_insert(at);
+                    *slot = (*slot).min(at);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(endpoint = %key, error = %e, "reconcile failed; retrying in {ERROR_BACKOFF:?}");
+                    due.insert(key, Instant::now() + ERROR_BACKOFF);
+                }
+            }
+            if *shutdown.borrow() {
+                break;
+            }
+        }
+        if last_metrics.elapsed() >= Duration::from_secs(5) {
+            last_metrics = Instant::now();
+            update_phase_metrics(&ctrl).await;
+        }
+        let next = due
+            .values()
+            .min()
+            .copied()
+            .unwrap_or_else(|| Instant::now() + POLL);
+        let wait = next.saturating_duration_since(Instant::now()).min(POLL);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+async fn update_phase_metrics<B: Backend, P: PowerControl>(ctrl: &Controller<B, P>) {
+    let Ok(all) = ctrl.backend.endpoints().await else {
+        return;
+    };
+    let mut counts: BTreeMap<String, (Option<recast_crds::endpoint::EndpointPhase>, i64)> =
+        BTreeMap::new();
+    for phase in [
+        recast_crds::endpoint::EndpointPhase::Pending,
+        recast_crds::endpoint::EndpointPhase::Ready,
+        recast_crds::endpoint::EndpointPhase::Degraded,
+        recast_crds::endpoint::EndpointPhase::ReimageScheduled,
+        recast_crds::endpoint::EndpointPhase::Reimaging,
+        recast_crds::endpoint::EndpointPhase::Failed,
+        recast_crds::endpoint::EndpointPhase::Quarantined,
+    ] {
+        counts.insert(format!("{phase:?}"), (Some(phase), 0));
+    }
+    for ep in &all {
+        let phase = ep.status.as_ref().and_then(|s| s.phase);
+        counts.entry(format!("{phase:?}")).or_insert((phase, 0)).1 += 1;
+    }
+    let list: Vec<_> = counts.into_values().collect();
+    ctrl.metrics.set_phase_counts(&list);
+}

@@ -1,0 +1,508 @@
+//! The endpoint controller: the shell around `core::lifecycle::decide`, shared by both
+//! backends. It reads an endpoint and its context, asks the core, persists the status first,
+//! then runs the actions idempotently and feeds their results back, until nothing is left.
+
+pub mod embedded;
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use recast_crds::endpoint::EndpointStatus;
+use recast_crds::golden_image::GoldenImage;
+use recast_crds::policy::{DEFAULT_POLICY_NAME, RemediationPolicy};
+use recast_crds::{ConditionStatus, Endpoint};
+
+use crate::bmc::PowerControl;
+use crate::core::build::Build;
+use crate::core::fleet::FleetIndex;
+use crate::core::lifecycle::{
+    Action, ActionError, Context, Decision, EndpointView, ImageView, Input, Notice, decide,
+};
+use crate::core::policy::PolicyView;
+use crate::core::transitions::Edge;
+use crate::metrics::Metrics;
+
+/// "namespace/name" of an endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl Key {
+    pub fn of(ep: &Endpoint) -> Key {
+        Key {
+            namespace: ep
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            name: ep.metadata.name.clone().unwrap_or_default(),
+        }
+    }
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The object changed since it was read; read again and decide again.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// This replica may not write (it lost the lease).
+    #[error("not the leader")]
+    NotLeader,
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What journal says about an action key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Journal {
+    New,
+    Interrupted,
+    Done,
+}
+
+/// What the controller needs from a store. Both backends implement it.
+pub trait Backend: Send + Sync + 'static {
+    fn endpoint(
+        &self,
+        key: &Key,
+    ) -> impl Future<Output = Result<Option<Endpoint>, BackendError>> + Send;
+    fn endpoints(&self) -> impl Future<Output = Result<Vec<Endpoint>, BackendError>> + Send;
+    fn policy(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<RemediationPolicy>, BackendError>> + Send;
+    fn golden_images(
+        &self,
+        namespace: &str,
+    ) -> impl Future<Output = Result<Vec<GoldenImage>, BackendError>> + Send;
+    /// Writes status, failing with Conflict when the endpoint's generation moved on.
+    fn write_status(
+        &self,
+        ep: &Endpoint,
+        status: &EndpointStatus,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+    fn record(
+        &self,
+        ep: &Endpoint,
+        notice: &Notice,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+    fn ensure_finalizer(
+        &self,
+        ep: &Endpoint,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+    fn remove_finalizer(
+        &self,
+        ep: &Endpoint,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+    /// Makes the boot service hand the endpoint's MACs the imaging environment (idempotent).
+    fn arm_boot(
+        &self,
+        ep: &Endpoint,
+        action: &Action,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+    /// Back to local boot for every MAC of the endpoint (idempotent).
+    fn disarm_boot(&self, ep: &Endpoint) -> impl Future<Output = Result<(), BackendError>> + Send;
+    fn journal_begin(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<Journal, BackendError>> + Send;
+    fn journal_finish(&self, key: &str) -> impl Future<Output = Result<(), BackendError>> + Send;
+    fn journal_forget(&self, key: &str) -> impl Future<Output = Result<(), BackendError>> + Send;
+}
+
+/// The clock, injected so tests can move time.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> Timestamp;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::now()
+    }
+}
+
+pub struct Controller<B: Backend, P: PowerControl> {
+    pub backend: Arc<B>,
+    pub power: Arc<P>,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<Metrics>,
+    index: std::sync::Mutex<FleetIndex>,
+    /// Serialises decisions that start an attempt, so two endpoints never take the last slot.
+    start_lock: tokio::sync::Mutex<()>,
+    /// One reconcile per endpoint at a time (the loop and the gateway both feed inputs).
+    key_locks: std::sync::Mutex<std::collections::HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// At most this many inputs are processed in one reconcile (a guard against a loop).
+const MAX_STEPS: usize = 32;
+
+impl<B: Backend, P: PowerControl> Controller<B, P> {
+    pub fn new(
+        backend: Arc<B>,
+        power: Arc<P>,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Controller {
+            backend,
+            power,
+            clock,
+            metrics,
+            index: std::sync::Mutex::new(FleetIndex::default()),
+            start_lock: tokio::sync::Mutex::new(()),
+            key_locks: Default::default(),
+        }
+    }
+
+    fn key_lock(&self, key: &Key) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.key_locks.lock().unwrap_or_else(|p| p.into_inner());
+        // Forget locks nobody holds, so the map does not grow with deleted endpoints.
+        if locks.len() > 4096 {
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+        }
+        locks.entry(key.clone()).or_default().clone()
+    }
+
+    fn index(&self) -> std::sync::MutexGuard<'_, FleetIndex> {
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Loads every endpoint into the fleet index (at start, before the first decision).
+    pub async fn prime(&self) -> Result<usize, BackendError> {
+        let all = self.backend.endpoints().await?;
+        let mut idx = self.index();
+        for ep in &all {
+            let key = Key::of(ep);
+            idx.upsert(
+                &key.to_string(),
+                ep.spec.site.as_deref(),
+                &ep.status.clone().unwrap_or_default(),
+            );
+        }
+        Ok(all.len())
+    }
+
+    /// Reconciles one endpoint with one input; returns when to look again.
+    pub async fn reconcile(
+        &self,
+        key: &Key,
+        input: Input,
+    ) -> Result<Option<Duration>, BackendError> {
+        let lock = self.key_lock(key);
+        let _guard = lock.lock().await;
+        let started = std::time::Instant::now();
+        let result = self.reconcile_inner(key, input).await;
+        self.metrics
+            .observe_reconcile(started.elapsed(), result.as_ref().err());
+        result
+    }
+
+    async fn reconcile_inner(
+        &self,
+        key: &Key,
+        input: Input,
+    ) -> Result<Option<Duration>, BackendError> {
+        let mut inputs = VecDeque::from([input]);
+        let mut requeue = None;
+        let mut steps = 0;
+        let mut conflicts = 0;
+        while let Some(input) = inputs.pop_front() {
+            steps += 1;
+            if steps > MAX_STEPS {
+                tracing::warn!(endpoint = %key, "reconcile stopped after {MAX_STEPS} steps; continuing on the next pass");
+                return Ok(Some(Duration::from_secs(1)));
+            }
+            let Some(ep) = self.backend.endpoint(key).await? else {
+                self.index().remove(&key.to_string());
+                return Ok(None);
+            };
+            if ep.metadata.deletion_timestamp.is_some() {
+                self.finalize(&ep).await?;
+                self.index().remove(&key.to_string());
+                return Ok(None);
+            }
+            self.backend.ensure_finalizer(&ep).await?;
+            let decision = match self.decide_and_persist(key, &ep, &input).await {
+                Ok(d) => d,
+                Err(BackendError::Conflict(why)) if conflicts < 5 => {
+                    conflicts += 1;
+                    tracing::debug!(endpoint = %key, "status write conflicted ({why}); deciding again");
+                    inputs.push_front(input);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let now = self.clock.now();
+            for n in &decision.notices {
+                self.backend.record(&ep, n, now).await?;
+            }
+            if let Some(a) = &decision.status.active_attempt {
+                crate::failpoint::hit(&format!("after-persist:{:?}", a.step)).await;
+            }
+            for action in &decision.actions {
+                if let Some(next) = self.execute(&ep, action).await? {
+                    crate::failpoint::hit(&format!("after-action:{}", action.kind().as_str()))
+                        .await;
+                    inputs.push_back(next);
+                }
+            }
+            requeue = decision.requeue_after;
+        }
+        Ok(requeue)
+    }
+
+    async fn decide_and_persist(
+        &self,
+        key: &Key,
+        ep: &Endpoint,
+        input: &Input,
+    ) -> Result<Decision, BackendError> {
+        let (policy, policy_problem) = self.policy_for(ep).await?;
+        let image = self.image_for(ep).await?;
+        let status = ep.status.clone().unwrap_or_default();
+        let uid = ep.metadata.uid.clone().unwrap_or_default();
+        let view = EndpointView {
+            name: key.name.as_str(),
+            uid: &uid,
+            generation: ep.metadata.generation,
+            spec: &ep.spec,
+            status: &status,
+        };
+        let decide_now = |now: Timestamp| {
+            let fleet = self.index().view_for(
+                &key.to_string(),
+                ep.spec.site.as_deref(),
+                now,
+                policy.budget_window,
+            );
+            let ctx = Context {
+                now,
+                policy: &policy,
+                policy_problem: policy_problem.as_deref(),
+                image: image.as_ref(),
+                fleet,
+                wave: None,
+            };
+            decide(view, input, ctx)
+        };
+        let decision = decide_now(self.clock.now());
+        if decision.edge != Some(Edge::AttemptStarted) {
+            self.persist(key, ep, &status, &decision).await?;
+            return Ok(decision);
+        }
+        // Starting takes a slot: decide again under the lock, with the index as it is now.
+        let _slot = self.start_lock.lock().await;
+        let decision = decide_now(self.clock.now());
+        self.persist(key, ep, &status, &decision).await?;
+        Ok(decision)
+    }
+
+    async fn persist(
+        &self,
+        key: &Key,
+        ep: &Endpoint,
+        before: &EndpointStatus,
+        d: &Decision,
+    ) -> Result<(), BackendError> {
+        if d.status != *before {
+            self.backend.write_status(ep, &d.status).await?;
+            self.metrics.status_write();
+            if let Some(edge) = d.edge {
+                self.metrics.transition(edge);
+                if matches!(edge, Edge::CheckedIn | Edge::Quarantined | Edge::Aborted)
+                    && let Some(h) = d.status.history.first()
+                {
+                    self.metrics.attempt_finished(h);
+                }
+            }
+        }
+        self.index()
+            .upsert(&key.to_string(), ep.spec.site.as_deref(), &d.status);
+        Ok(())
+    }
+
+    async fn finalize(&self, ep: &Endpoint) -> Result<(), BackendError> {
+        // Whatever happens to the object, the machine must not be left booting into the
+        // imaging environment.
+        self.backend.disarm_boot(ep).await?;
+        self.backend.remove_finalizer(ep).await
+    }
+
+    /// Runs one action idempotently; returns the input that reports its result.
+    async fn execute(&self, ep: &Endpoint, action: &Action) -> Result<Option<Input>, BackendError> {
+        let key = action.idempotency_key();
+        let (attempt_id, try_number) = match action {
+            Action::ArmBoot {
+                attempt_id,
+                try_number,
+                ..
+            }
+            | Action::PowerCycle {
+                attempt_id,
+                try_number,
+            } => (attempt_id.clone(), *try_number),
+            Action::DisarmBoot { .. } => {
+                // Naturally idempotent, and needed again after every failed try.
+                self.backend.disarm_boot(ep).await?;
+                self.metrics.action(action.kind());
+                return Ok(None);
+            }
+        };
+        let ok = Input::ActionSucceeded {
+            attempt_id: attempt_id.clone(),
+            try_number,
+            action: action.kind(),
+        };
+        let journal = self.backend.journal_begin(&key).await?;
+        if journal == Journal::Done {
+            return Ok(Some(ok));
+        }
+        let result = match action {
+            Action::ArmBoot { mac_addresses, .. } => {
+                match self.backend.arm_boot(ep, action, self.clock.now()).await {
+                    Ok(()) => {
+                        let notice = Notice {
+                            type_: crate::core::lifecycle::NoticeType::Normal,
+                            reason: "BootArmed".into(),
+                            message: format!(
+                                "attempt {attempt_id} try {try_number}: network boot armed for {}",
+                                mac_addresses.join(", ")
+                            ),
+                        };
+                        self.backend.record(ep, &notice, self.clock.now()).await?;
+                        Ok(())
+                    }
+                    Err(e) => Err(ActionError {
+                        permanent: false,
+                        message: e.to_string(),
+                    }),
+                }
+            }
+            Action::PowerCycle { .. } => {
+                // Interrupted means a power cycle may already have happened; the BMC driver
+                // is told so it can check before cycling a machine that is already booting.
+                match self
+                    .power
+                    .power_cycle(ep, &attempt_id, try_number, journal == Journal::Interrupted)
+                    .await
+                {
+                    Ok(what) => {
+                        let notice = Notice {
+                            type_: crate::core::lifecycle::NoticeType::Normal,
+                            reason: "PowerCycle".into(),
+                            message: format!("attempt {attempt_id} try {try_number}: {what}"),
+                        };
+                        self.backend.record(ep, &notice, self.clock.now()).await?;
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Action::DisarmBoot { .. } => Ok(()),
+        };
+        match result {
+            Ok(()) => {
+                self.backend.journal_finish(&key).await?;
+                self.metrics.action(action.kind());
+                Ok(Some(ok))
+            }
+            Err(error) => {
+                self.backend.journal_forget(&key).await?;
+                Ok(Some(Input::ActionFailed {
+                    attempt_id,
+                    try_number,
+                    action: action.kind(),
+                    error,
+                }))
+            }
+        }
+    }
+
+    async fn policy_for(
+        &self,
+        ep: &Endpoint,
+    ) -> Result<(PolicyView, Option<String>), BackendError> {
+        let ns = ep.metadata.namespace.as_deref().unwrap_or("default");
+        let named = ep.spec.policy_ref.as_deref();
+        let name = named.unwrap_or(DEFAULT_POLICY_NAME);
+        match self.backend.policy(ns, name).await? {
+            Some(p) => match PolicyView::from_spec(name, &p.spec) {
+                Ok(v) => Ok((v, None)),
+                Err(e) => Ok((PolicyView::built_in(), Some(e.to_string()))),
+            },
+            None if named.is_some() => Ok((
+                PolicyView::built_in(),
+                Some(format!(
+                    "RemediationPolicy {name:?} named by spec.policyRef does not exist"
+                )),
+            )),
+            None => Ok((PolicyView::built_in(), None)),
+        }
+    }
+
+    async fn image_for(&self, ep: &Endpoint) -> Result<Option<ImageView>, BackendError> {
+        let ns = ep.metadata.namespace.as_deref().unwrap_or("default");
+        let images = self.backend.golden_images(ns).await?;
+        Ok(resolve_image(&ep.spec.image, &images))
+    }
+}
+
+/// The GoldenImage an endpoint's spec.image resolves to. A channel resolves to the newest
+/// Verified image that lists it in status.channels (or, before the image controller has run,
+/// in spec.channels, unverified).
+pub fn resolve_image(
+    image: &recast_crds::endpoint::ImageRef,
+    images: &[GoldenImage],
+) -> Option<ImageView> {
+    let view = |gi: &GoldenImage| {
+        let verified = gi.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Verified" && c.status == ConditionStatus::True)
+        });
+        ImageView {
+            name: gi.metadata.name.clone().unwrap_or_default(),
+            digest: gi
+                .status
+                .as_ref()
+                .and_then(|s| s.digest.clone())
+                .or_else(|| Some(gi.spec.sha256.clone())),
+            verified,
+            minimum_build: gi.spec.requirements.minimum_build.parse::<Build>().ok(),
+        }
+    };
+    if let Some(name) = &image.golden_image {
+        return images
+            .iter()
+            .find(|gi| gi.metadata.name.as_deref() == Some(name))
+            .map(view);
+    }
+    let channel = image.channel.as_deref()?;
+    let in_channel = |gi: &&GoldenImage| {
+        gi.status
+            .as_ref()
+            .is_some_and(|s| s.channels.iter().any(|c| c == channel))
+            || gi.spec.channels.iter().any(|c| c == channel)
+    };
+    images
+        .iter()
+        .filter(in_channel)
+        .map(view)
+        .max_by(|a, b| (a.verified, a.minimum_build).cmp(&(b.verified, b.minimum_build)))
+}

@@ -1,0 +1,162 @@
+//! Prometheus metrics (text format on /metrics).
+
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use recast_crds::endpoint::{AttemptRecord, EndpointPhase};
+
+use crate::controller::BackendError;
+use crate::core::lifecycle::ActionKind;
+use crate::core::transitions::Edge;
+
+type Labels = Vec<(String, String)>;
+
+pub struct Metrics {
+    registry: Registry,
+    reconciles: Counter,
+    reconcile_errors: Family<Labels, Counter>,
+    reconcile_seconds: Histogram,
+    status_writes: Counter,
+    transitions: Family<Labels, Counter>,
+    actions: Family<Labels, Counter>,
+    attempt_seconds: Family<Labels, Histogram>,
+    endpoints: Family<Labels, Gauge>,
+}
+
+fn label(k: &str, v: &str) -> Labels {
+    vec![(k.to_string(), v.to_string())]
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("recast");
+        let reconciles = Counter::default();
+        let reconcile_errors = Family::<Labels, Counter>::default();
+        let reconcile_seconds = Histogram::new(exponential_buckets(0.0005, 4.0, 10));
+        let status_writes = Counter::default();
+        let transitions = Family::<Labels, Counter>::default();
+        let actions = Family::<Labels, Counter>::default();
+        let attempt_seconds = Family::<Labels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(60.0, 2.0, 10))
+        });
+        let endpoints = Family::<Labels, Gauge>::default();
+        registry.register("reconciles", "Endpoint reconciles", reconciles.clone());
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciles by kind of error",
+            reconcile_errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time per reconcile",
+            reconcile_seconds.clone(),
+        );
+        registry.register(
+            "status_writes",
+            "Endpoint status writes",
+            status_writes.clone(),
+        );
+        registry.register(
+            "lifecycle_transitions",
+            "Lifecycle transitions by edge",
+            transitions.clone(),
+        );
+        registry.register(
+            "actions",
+            "Actions executed (side effects, once per idempotency key)",
+            actions.clone(),
+        );
+        registry.register(
+            "attempt_duration_seconds",
+            "Reimage attempt duration by outcome",
+            attempt_seconds.clone(),
+        );
+        registry.register("endpoints", "Endpoints per phase", endpoints.clone());
+        Metrics {
+            registry,
+            reconciles,
+            reconcile_errors,
+            reconcile_seconds,
+            status_writes,
+            transitions,
+            actions,
+            attempt_seconds,
+            endpoints,
+        }
+    }
+
+    pub fn observe_reconcile(&self, took: Duration, error: Option<&BackendError>) {
+        self.reconciles.inc();
+        self.reconcile_seconds.observe(took.as_secs_f64());
+        if let Some(e) = error {
+            let kind = match e {
+                BackendError::Conflict(_) => "conflict",
+                BackendError::NotLeader => "not_leader",
+                BackendError::Other(_) => "other",
+            };
+            self.reconcile_errors
+                .get_or_create(&label("kind", kind))
+                .inc();
+        }
+    }
+
+    pub fn status_write(&self) {
+        self.status_writes.inc();
+    }
+
+    pub fn status_writes(&self) -> u64 {
+        self.status_writes.get()
+    }
+
+    pub fn transition(&self, edge: Edge) {
+        self.transitions
+            .get_or_create(&label("edge", &format!("{edge:?}")))
+            .inc();
+    }
+
+    pub fn action(&self, kind: ActionKind) {
+        self.actions
+            .get_or_create(&label("action", kind.as_str()))
+            .inc();
+    }
+
+    pub fn attempt_finished(&self, h: &AttemptRecord) {
+        let secs = match (
+            crate::core::time::parse(&h.started_at),
+            crate::core::time::parse(&h.finished_at),
+        ) {
+            (Some(s), Some(f)) => crate::core::time::since(f, s).as_secs_f64(),
+            _ => 0.0,
+        };
+        self.attempt_seconds
+            .get_or_create(&label("outcome", &format!("{:?}", h.outcome)))
+            .observe(secs);
+    }
+
+    /// Sets the per-phase endpoint counts (the controller recomputes them after each pass).
+    pub fn set_phase_counts(&self, counts: &[(Option<EndpointPhase>, i64)]) {
+        for (phase, n) in counts {
+            let name = phase.map_or("None".to_string(), |p| format!("{p:?}"));
+            self.endpoints.get_or_create(&label("phase", &name)).set(*n);
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

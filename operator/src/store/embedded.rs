@@ -1,0 +1,1001 @@
+//! The embedded store: recast's objects in one SQLite file (WAL mode) in a data directory.
+//!
+//! Objects are the CRD types serialised as JSON, with the metadata Kubernetes would give them
+//! (uid, resourceVersion, generation, creationTimestamp, finalizers, deletionTimestamp). Every
+//! write bumps a store-wide revision (like etcd's) that becomes the object's resourceVersion and
+//! appends to a change feed the controller follows. `recastctl` opens the same file; SQLite's
+//! locking serialises the two processes.
+//!
+//! Durability: WAL with synchronous=NORMAL. A process killed mid-write leaves the last committed
+//! state (a transaction is all or nothing); a power cut may lose the last transactions but never
+//! corrupts the file.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use recast_crds::manifest::Kind;
+use recast_crds::validate::{InvalidObject, admit};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::{Value, json};
+
+/// `PRAGMA application_id` of a recast data file ("RCST"), so a foreign SQLite file is refused
+/// instead of written into.
+const APPLICATION_ID: i64 = 0x5243_5354;
+const SCHEMA_VERSION: i64 = 1;
+pub const DB_FILE: &str = "recast.db";
+/// Finalizer the controller puts on every Endpoint: a pending network boot is disarmed before
+/// the object goes away.
+pub const BOOT_FINALIZER: &str = "recast.dev/disarm-boot";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "{path}: not a recast data file ({why}); point --data-dir at an empty or recast directory"
+    )]
+    Foreign { path: PathBuf, why: String },
+    #[error(
+        "{path}: the database is damaged ({why}); restore it from a backup, or move it away to start empty"
+    )]
+    Corrupt { path: PathBuf, why: String },
+    #[error(
+        "{path}: written by a newer recast (schema {found}, this build knows {known}); upgrade recast"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Invalid(#[from] InvalidObject),
+    #[error("{kind} {namespace}/{name} not found")]
+    NotFound {
+        kind: Kind,
+        namespace: String,
+        name: String,
+    },
+    #[error(
+        "{kind} {namespace}/{name} was changed by someone else (resourceVersion {expected} is stale); re-read and retry"
+    )]
+    Conflict {
+        kind: Kind,
+        namespace: String,
+        name: String,
+        expected: String,
+    },
+    #[error("stored {kind} {namespace}/{name} is unreadable: {why}")]
+    BadRecord {
+        kind: Kind,
+        namespace: String,
+        name: String,
+        why: String,
+    },
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// What an apply did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    Created,
+    Configured,
+    Unchanged,
+}
+
+impl ApplyOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApplyOutcome::Created => "created",
+            ApplyOutcome::Configured => "configured",
+            ApplyOutcome::Unchanged => "unchanged",
+        }
+    }
+}
+
+/// One entry of the change feed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub seq: i64,
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+}
+
+/// A recorded event (the embedded counterpart of a Kubernetes Event).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventRecord {
+    pub time: String,
+    pub type_: String,
+    pub reason: String,
+    pub message: String,
+}
+
+/// Where the boot service finds what to hand a MAC address on its next network boot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BootIntent {
+    pub mac: String,
+    pub namespace: String,
+    pub endpoint: String,
+    pub attempt_id: String,
+    pub try_number: u32,
+    pub image: String,
+    pub image_digest: Option<String>,
+    pub boot_mode: String,
+    pub armed_at: String,
+}
+
+/// Journal state of an action key (see `journal_begin`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JournalState {
+    /// Never started: run it.
+    New,
+    /// Started but not recorded as finished (the process died in between): check before
+    /// running again.
+    Interrupted,
+    /// Finished: do not run again.
+    Done,
+}
+
+pub struct EmbeddedStore {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+fn now_rfc3339() -> String {
+    crate::core::time::format(jiff::Timestamp::now())
+}
+
+impl EmbeddedStore {
+    /// Opens (creating when absent) the store in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+        let path = data_dir.join(DB_FILE);
+        let foreign = |why: String| StoreError::Foreign {
+            path: path.clone(),
+            why,
+        };
+        let corrupt = |why: String| StoreError::Corrupt {
+            path: path.clone(),
+            why,
+        };
+        // SQLite opens anything lazily; the first read tells a database from another file.
+        let conn = Connection::open(&path).map_err(|e| foreign(e.to_string()))?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        let app_id: i64 = conn
+            .query_row("PRAGMA application_id", [], |r| r.get(0))
+            .map_err(|e| match e.sqlite_error_code() {
+                Some(rusqlite::ErrorCode::NotADatabase) => foreign(e.to_string()),
+                _ => corrupt(e.to_string()),
+            })?;
+        let tables: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+            .map_err(|e| corrupt(e.to_string()))?;
+        if app_id != APPLICATION_ID && !(app_id == 0 && tables == 0) {
+            return Err(foreign(format!(
+                "application_id {app_id:#x} with {tables} schema objects"
+            )));
+        }
+        let check: String = conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .map_err(|e| corrupt(e.to_string()))?;
+        if check != "ok" {
+            return Err(corrupt(check));
+        }
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        if tables == 0 {
+            conn.execute_batch(&format!(
+                "BEGIN;
+                 PRAGMA application_id = {APPLICATION_ID};
+                 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+                 INSERT INTO meta VALUES ('schema_version', {SCHEMA_VERSION}), ('revision', 0);
+                 CREATE TABLE objects (
+                   kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
+                   uid TEXT NOT NULL, resource_version INTEGER NOT NULL,
+                   generation INTEGER NOT NULL, created_at TEXT NOT NULL,
+                   deleted_at TEXT, finalizers TEXT NOT NULL DEFAULT '[]',
+                   object TEXT NOT NULL, status TEXT,
+                   PRIMARY KEY (kind, namespace, name));
+                 CREATE TABLE changes (seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                   kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL);
+                 CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT,
+                   kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
+                   time TEXT NOT NULL, type TEXT NOT NULL, reason TEXT NOT NULL, message TEXT NOT NULL);
+                 CREATE INDEX events_by_object ON events (kind, namespace, name);
+                 CREATE TABLE boot_intents (mac TEXT PRIMARY KEY, namespace TEXT NOT NULL,
+                   endpoint TEXT NOT NULL, attempt_id TEXT NOT NULL, try_number INTEGER NOT NULL,
+                   image TEXT NOT NULL, image_digest TEXT, boot_mode TEXT NOT NULL, armed_at TEXT NOT NULL);
+                 CREATE TABLE journal (key TEXT PRIMARY KEY, started_at TEXT NOT NULL, finished_at TEXT);
+                 CREATE TABLE inbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, namespace TEXT NOT NULL,
+                   name TEXT NOT NULL, input TEXT NOT NULL, received_at TEXT NOT NULL);
+                 COMMIT;"
+            ))?;
+        } else {
+            let version: i64 = conn
+                .query_row(
+                    "SELECT value FROM meta WHERE key = 'schema_version'",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(|e| corrupt(format!("no schema version: {e}")))?;
+            if version > SCHEMA_VERSION {
+                return Err(StoreError::TooNew {
+                    path: path.clone(),
+                    found: version,
+                    known: SCHEMA_VERSION,
+                });
+            }
+        }
+        Ok(EmbeddedStore {
+            path,
+            conn: Mutex::new(conn),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll
+        // back), so a poisoned lock is still safe to use.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn bump_revision(tx: &rusqlite::Transaction<'_>) -> Result<i64, StoreError> {
+        tx.execute(
+            "UPDATE meta SET value = value + 1 WHERE key = 'revision'",
+            [],
+        )?;
+        Ok(
+            tx.query_row("SELECT value FROM meta WHERE key = 'revision'", [], |r| {
+                r.get(0)
+            })?,
+        )
+    }
+
+    fn record_change(
+        tx: &rusqlite::Transaction<'_>,
+        kind: Kind,
+        ns: &str,
+        name: &str,
+    ) -> Result<(), StoreError> {
+        tx.execute(
+            "INSERT INTO changes (kind, namespace, name) VALUES (?1, ?2, ?3)",
+            params![kind.as_str(), ns, name],
+        )?;
+        Ok(())
+    }
+
+    /// Creates or updates an object from a manifest document, validating it (as an update
+    /// when it exists, so immutability rules apply). Status in the document is ignored.
+    pub fn apply(
+        &self,
+        doc: &Value,
+        default_namespace: &str,
+    ) -> Result<(Kind, String, ApplyOutcome), StoreError> {
+        let mut doc = doc.clone();
+        let namespace = doc
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or(default_namespace)
+            .to_string();
+        if let Some(meta) = doc.get_mut("metadata").and_then(Value::as_object_mut) {
+            // Server-managed fields a user may have copied from `get -o yaml`.
+            for f in [
+                "uid",
+                "resourceVersion",
+                "generation",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "managedFields",
+            ] {
+                meta.remove(f);
+            }
+            meta.insert("namespace".into(), json!(namespace));
+        }
+        let kind_name = doc
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let name = doc
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let existing = match Kind::from_kind(&kind_name) {
+            Some(kind) => Self::get_in(&tx, kind, &namespace, &name)?,
+            None => None,
+        };
+        let old = existing.as_ref().map(|e| e.object.clone());
+        let typed = admit(&doc, old.as_ref())?;
+        let kind = typed.kind();
+        let mut stored = doc.clone();
+        if let Some(o) = stored.as_object_mut() {
+            o.remove("status");
+        }
+        let outcome = match existing {
+            None => {
+                let rv = Self::bump_revision(&tx)?;
+                tx.execute(
+                    "INSERT INTO objects (kind, namespace, name, uid, resource_version, generation, created_at, object)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?7)",
+                    params![
+                        kind.as_str(),
+                        namespace,
+                        name,
+                        uuid::Uuid::new_v4().to_string(),
+                        rv,
+                        now_rfc3339(),
+                        stored.to_string()
+                    ],
+                )?;
+                ApplyOutcome::Created
+            }
+            Some(e) => {
+                let mut merged = stored.clone();
+                // Finalizers are the controller's; keep them across a user's apply.
+                if let Some(meta) = merged.get_mut("metadata").and_then(Value::as_object_mut) {
+                    meta.remove("finalizers");
+                }
+                let mut before = e.object.clone();
+                strip_server_fields(&mut before);
+                if before == merged {
+                    ApplyOutcome::Unchanged
+                } else {
+                    let rv = Self::bump_revision(&tx)?;
+                    let spec_changed = before.get("spec") != merged.get("spec");
+                    tx.execute(
+                        "UPDATE objects SET object = ?1, resource_version = ?2,
+                           generation = generation + ?3 WHERE kind = ?4 AND namespace = ?5 AND name = ?6",
+                        params![merged.to_string(), rv, i64::from(spec_changed), kind.as_str(), namespace, name],
+                    )?;
+                    ApplyOutcome::Configured
+                }
+            }
+        };
+        if outcome != ApplyOutcome::Unchanged {
+            Self::record_change(&tx, kind, &namespace, &name)?;
+        }
+        tx.commit()?;
+        Ok((kind, name, outcome))
+    }
+
+    /// The full object (metadata filled in, status attached).
+    pub fn get(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Value>, StoreError> {
+        let conn = self.conn();
+        Ok(Self::get_in(&conn, kind, namespace, name)?.map(|r| r.object))
+    }
+
+    fn get_in(
+        conn: &Connection,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Row>, StoreError> {
+        let row = conn
+            .query_row(
+                "SELECT uid, resource_version, generation, created_at, deleted_at, finalizers, object, status
+                 FROM objects WHERE kind = ?1 AND namespace = ?2 AND name = ?3",
+                params![kind.as_str(), namespace, name],
+                RawRow::read,
+            )
+            .optional()?;
+        row.map(|r| r.into_row(kind, namespace, name)).transpose()
+    }
+
+    /// Every object of a kind, in one namespace or all, ordered by namespace and name.
+    pub fn list(&self, kind: Kind, namespace: Option<&str>) -> Result<Vec<Value>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT uid, resource_version, generation, created_at, deleted_at, finalizers, object, status, namespace, name
+             FROM objects WHERE kind = ?1 AND (?2 IS NULL OR namespace = ?2) ORDER BY namespace, name",
+        )?;
+        let rows = stmt.query_map(params![kind.as_str(), namespace], |r| {
+            Ok((
+                RawRow::read(r)?,
+                r.get::<_, String>(8)?,
+                r.get::<_, String>(9)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (raw, ns, name) = row?;
+            out.push(raw.into_row(kind, &ns, &name)?.object);
+        }
+        Ok(out)
+    }
+
+    /// Read-modify-write of an object's spec/metadata with optimistic concurrency: `mutate` runs
+    /// on the current object; a concurrent writer makes it re-read and run again.
+    pub fn update<F>(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        mut mutate: F,
+    ) -> Result<Value, StoreError>
+    where
+        F: FnMut(&mut Value) -> Result<(), StoreError>,
+    {
+        for _ in 0..5 {
+            let current = self
+                .get(kind, namespace, name)?
+                .ok_or_else(|| StoreError::NotFound {
+                    kind,
+                    namespace: namespace.into(),
+                    name: name.into(),
+                })?;
+            let rv = current
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .unwrap_or("0")
+                .to_string();
+            let mut next = current.clone();
+            mutate(&mut next)?;
+            match self.replace(&next, &rv) {
+                Err(StoreError::Conflict { .. }) => continue,
+                other => return other,
+            }
+        }
+        Err(StoreError::Conflict {
+            kind,
+            namespace: namespace.into(),
+            name: name.into(),
+            expected: "(retried 5 times)".into(),
+        })
+    }
+
+    /// Replaces an object's spec and metadata if its resourceVersion is still `expected_rv`.
+    pub fn replace(&self, obj: &Value, expected_rv: &str) -> Result<Value, StoreError> {
+        let kind = obj
+            .get("kind")
+            .and_then(Value::as_str)
+            .and_then(Kind::from_kind);
+        let ns = obj
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("default")
+            .to_string();
+        let name = obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let Some(kind) = kind else {
+            return Err(admit(obj, None)
+                .err()
+                .map(StoreError::Invalid)
+                .unwrap_or_else(|| StoreError::BadRecord {
+                    kind: Kind::Endpoint,
+                    namespace: ns.clone(),
+                    name: name.clone(),
+                    why: "no kind".into(),
+                }));
+        };
+        let current = Self::get_in(&tx, kind, &ns, &name)?.ok_or_else(|| StoreError::NotFound {
+            kind,
+            namespace: ns.clone(),
+            name: name.clone(),
+        })?;
+        if current.resource_version.to_string() != expected_rv {
+            return Err(StoreError::Conflict {
+                kind,
+                namespace: ns,
+                name,
+                expected: expected_rv.into(),
+            });
+        }
+        admit(obj, Some(&current.object))?;
+        let mut stored = obj.clone();
+        let finalizers = stored
+            .pointer("/metadata/finalizers")
+            .cloned()
+            .unwrap_or(json!([]));
+        strip_server_fields(&mut stored);
+        if let Some(o) = stored.as_object_mut() {
+            o.remove("status");
+        }
+        let mut before = current.object.clone();
+        strip_server_fields(&mut before);
+        let spec_changed = before.get("spec") != stored.get("spec");
+        let rv = Self::bump_revision(&tx)?;
+        tx.execute(
+            "UPDATE objects SET object = ?1, resource_version = ?2, generation = generation + ?3, finalizers = ?4
+             WHERE kind = ?5 AND namespace = ?6 AND name = ?7",
+            params![stored.to_string(), rv, i64::from(spec_changed), finalizers.to_string(), kind.as_str(), ns, name],
+        )?;
+        Self::record_change(&tx, kind, &ns, &name)?;
+        // Finalizers emptied on an object being deleted: it goes now.
+        if current.deleted_at.is_some() && finalizers.as_array().is_none_or(|f| f.is_empty()) {
+            tx.execute(
+                "DELETE FROM objects WHERE kind = ?1 AND namespace = ?2 AND name = ?3",
+                params![kind.as_str(), ns, name],
+            )?;
+        }
+        let out = Self::get_in(&tx, kind, &ns, &name)?
+            .map(|r| r.object)
+            .unwrap_or(Value::Null);
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Writes status (the status subresource). `expected_generation` guards against a spec the
+    /// writer has not seen: a mismatch is a Conflict, and the caller decides again.
+    pub fn write_status(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        expected_generation: Option<i64>,
+        status: &Value,
+    ) -> Result<String, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let current =
+            Self::get_in(&tx, kind, namespace, name)?.ok_or_else(|| StoreError::NotFound {
+                kind,
+                namespace: namespace.into(),
+                name: name.into(),
+            })?;
+        if let Some(g) = expected_generation
+            && g != current.generation
+        {
+            return Err(StoreError::Conflict {
+                kind,
+                namespace: namespace.into(),
+                name: name.into(),
+                expected: format!("generation {g}"),
+            });
+        }
+        if current.object.get("status") == Some(status) {
+            return Ok(current.resource_version.to_string());
+        }
+        let rv = Self::bump_revision(&tx)?;
+        tx.execute(
+            "UPDATE objects SET status = ?1, resource_version = ?2 WHERE kind = ?3 AND namespace = ?4 AND name = ?5",
+            params![status.to_string(), rv, kind.as_str(), namespace, name],
+        )?;
+        Self::record_change(&tx, kind, namespace, name)?;
+        tx.commit()?;
+        Ok(rv.to_string())
+    }
+
+    /// Adds a finalizer if missing (the controller does this for every Endpoint).
+    pub fn ensure_finalizer(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        finalizer: &str,
+    ) -> Result<(), StoreError> {
+        let conn = self.conn();
+        let current: Option<String> = conn
+            .query_row(
+                "SELECT finalizers FROM objects WHERE kind = ?1 AND namespace = ?2 AND name = ?3 AND deleted_at IS NULL",
+                params![kind.as_str(), namespace, name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(current) = current else {
+            return Ok(());
+        };
+        let mut list: Vec<String> = serde_json::from_str(&current).unwrap_or_default();
+        if list.iter().any(|f| f == finalizer) {
+            return Ok(());
+        }
+        list.push(finalizer.to_string());
+        conn.execute(
+            "UPDATE objects SET finalizers = ?1 WHERE kind = ?2 AND namespace = ?3 AND name = ?4",
+            params![
+                serde_json::to_string(&list).unwrap_or_default(),
+                kind.as_str(),
+                namespace,
+                name
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Removes a finalizer; an object being deleted with no finalizer left is deleted.
+    pub fn remove_finalizer(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        finalizer: &str,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let row: Option<(String, Option<String>)> = tx
+            .query_row(
+                "SELECT finalizers, deleted_at FROM objects WHERE kind = ?1 AND namespace = ?2 AND name = ?3",
+                params![kind.as_str(), namespace, name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((finalizers, deleted_at)) = row else {
+            return Ok(());
+        };
+        let mut list: Vec<String> = serde_json::from_str(&finalizers).unwrap_or_default();
+        list.retain(|f| f != finalizer);
+        if deleted_at.is_some() && list.is_empty() {
+            tx.execute(
+                "DELETE FROM objects WHERE kind = ?1 AND namespace = ?2 AND name = ?3",
+                params![kind.as_str(), namespace, name],
+            )?;
+        } else {
+            tx.execute(
+                "UPDATE objects SET finalizers = ?1 WHERE kind = ?2 AND namespace = ?3 AND name = ?4",
+                params![serde_json::to_string(&list).unwrap_or_default(), kind.as_str(), namespace, name],
+            )?;
+        }
+        Self::bump_revision(&tx)?;
+        Self::record_change(&tx, kind, namespace, name)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Deletes an object; with finalizers it is only marked (deletionTimestamp) until the
+    /// controller removes them. Returns false when it did not exist.
+    pub fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let finalizers: Option<String> = tx
+            .query_row(
+                "SELECT finalizers FROM objects WHERE kind = ?1 AND namespace = ?2 AND name = ?3",
+                params![kind.as_str(), namespace, name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(finalizers) = finalizers else {
+            return Ok(false);
+        };
+        let list: Vec<String> = serde_json::from_str(&finalizers).unwrap_or_default();
+        let rv = Self::bump_revision(&tx)?;
+        if list.is_empty() {
+            tx.execute(
+                "DELETE FROM objects WHERE kind = ?1 AND namespace = ?2 AND name = ?3",
+                params![kind.as_str(), namespace, name],
+            )?;
+        } else {
+            tx.execute(
+                "UPDATE objects SET deleted_at = coalesce(deleted_at, ?1), resource_version = ?2
+                 WHERE kind = ?3 AND namespace = ?4 AND name = ?5",
+                params![now_rfc3339(), rv, kind.as_str(), namespace, name],
+            )?;
+        }
+        Self::record_change(&tx, kind, namespace, name)?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    // ---- change feed ---------------------------------------------------------------------
+
+    pub fn latest_change(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT coalesce(max(seq), 0) FROM changes", [], |r| {
+                r.get(0)
+            })?)
+    }
+
+    /// Changes after `seq`, oldest first, at most `limit`.
+    pub fn changes_since(&self, seq: i64, limit: usize) -> Result<Vec<Change>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT seq, kind, namespace, name FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![seq, limit as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, kind, namespace, name) = row?;
+            if let Some(kind) = Kind::from_kind(&kind) {
+                out.push(Change {
+                    seq,
+                    kind,
+                    namespace,
+                    name,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Drops change-feed entries up to `seq` (the controller calls this after catching up).
+    pub fn compact_changes(&self, up_to: i64) -> Result<(), StoreError> {
+        self.conn()
+            .execute("DELETE FROM changes WHERE seq <= ?1", params![up_to])?;
+        Ok(())
+    }
+
+    // ---- events ----------------------------------------------------------------------------
+
+    pub fn record_event(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        ev: &EventRecord,
+    ) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO events (kind, namespace, name, time, type, reason, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![kind.as_str(), namespace, name, ev.time, ev.type_, ev.reason, ev.message],
+        )?;
+        Ok(())
+    }
+
+    pub fn events(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT time, type, reason, message FROM events WHERE kind = ?1 AND namespace = ?2 AND name = ?3 ORDER BY id",
+        )?;
+        let rows = stmt.query_map(params![kind.as_str(), namespace, name], |r| {
+            Ok(EventRecord {
+                time: r.get(0)?,
+                type_: r.get(1)?,
+                reason: r.get(2)?,
+                message: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    // ---- inbox -----------------------------------------------------------------------------
+
+    /// Queues an input (an agent report, a boot or imaging event) for an endpoint. It stays
+    /// until the controller has decided on it, so a crash in between loses nothing.
+    pub fn post_input(
+        &self,
+        namespace: &str,
+        name: &str,
+        input: &Value,
+    ) -> Result<i64, StoreError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO inbox (namespace, name, input, received_at) VALUES (?1, ?2, ?3, ?4)",
+            params![namespace, name, input.to_string(), now_rfc3339()],
+        )?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// Queued inputs, oldest first: (seq, namespace, name, input text).
+    pub fn pending_inputs(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(i64, String, String, String)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT seq, namespace, name, input FROM inbox ORDER BY seq LIMIT ?1")?;
+        let rows = stmt.query_map(params![limit as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn ack_input(&self, seq: i64) -> Result<(), StoreError> {
+        self.conn()
+            .execute("DELETE FROM inbox WHERE seq = ?1", params![seq])?;
+        Ok(())
+    }
+
+    // ---- boot intents and the action journal ---------------------------------------------
+
+    /// Arms network boot for every MAC of an endpoint (idempotent: the same attempt and try
+    /// again changes nothing).
+    pub fn arm_boot(&self, intents: &[BootIntent]) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        for i in intents {
+            tx.execute(
+                "INSERT INTO boot_intents (mac, namespace, endpoint, attempt_id, try_number, image, image_digest, boot_mode, armed_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (mac) DO UPDATE SET namespace = excluded.namespace, endpoint = excluded.endpoint,
+                   attempt_id = excluded.attempt_id, try_number = excluded.try_number, image = excluded.image,
+                   image_digest = excluded.image_digest, boot_mode = excluded.boot_mode, armed_at = excluded.armed_at",
+                params![i.mac.to_ascii_lowercase(), i.namespace, i.endpoint, i.attempt_id, i.try_number, i.image, i.image_digest, i.boot_mode, i.armed_at],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Disarms every MAC armed for an endpoint.
+    pub fn disarm_boot(&self, namespace: &str, endpoint: &str) -> Result<usize, StoreError> {
+        Ok(self.conn().execute(
+            "DELETE FROM boot_intents WHERE namespace = ?1 AND endpoint = ?2",
+            params![namespace, endpoint],
+        )?)
+    }
+
+    pub fn boot_intent(&self, mac: &str) -> Result<Option<BootIntent>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT mac, namespace, endpoint, attempt_id, try_number, image, image_digest, boot_mode, armed_at
+                 FROM boot_intents WHERE mac = ?1",
+                params![mac.to_ascii_lowercase()],
+                |r| {
+                    Ok(BootIntent {
+                        mac: r.get(0)?,
+                        namespace: r.get(1)?,
+                        endpoint: r.get(2)?,
+                        attempt_id: r.get(3)?,
+                        try_number: r.get(4)?,
+                        image: r.get(5)?,
+                        image_digest: r.get(6)?,
+                        boot_mode: r.get(7)?,
+                        armed_at: r.get(8)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Marks an action key started, returning what was known before.
+    pub fn journal_begin(&self, key: &str) -> Result<JournalState, StoreError> {
+        let conn = self.conn();
+        let row: Option<Option<String>> = conn
+            .query_row(
+                "SELECT finished_at FROM journal WHERE key = ?1",
+                params![key],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match row {
+            Some(Some(_)) => Ok(JournalState::Done),
+            Some(None) => Ok(JournalState::Interrupted),
+            None => {
+                conn.execute(
+                    "INSERT INTO journal (key, started_at) VALUES (?1, ?2)",
+                    params![key, now_rfc3339()],
+                )?;
+                Ok(JournalState::New)
+            }
+        }
+    }
+
+    pub fn journal_finish(&self, key: &str) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE journal SET finished_at = ?2 WHERE key = ?1",
+            params![key, now_rfc3339()],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets a started-but-failed key so a retry of the same try can run it again.
+    pub fn journal_forget(&self, key: &str) -> Result<(), StoreError> {
+        self.conn().execute(
+            "DELETE FROM journal WHERE key = ?1 AND finished_at IS NULL",
+            params![key],
+        )?;
+        Ok(())
+    }
+}
+
+struct RawRow {
+    uid: String,
+    resource_version: i64,
+    generation: i64,
+    created_at: String,
+    deleted_at: Option<String>,
+    finalizers: String,
+    object: String,
+    status: Option<String>,
+}
+
+impl RawRow {
+    fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
+        Ok(RawRow {
+            uid: r.get(0)?,
+            resource_version: r.get(1)?,
+            generation: r.get(2)?,
+            created_at: r.get(3)?,
+            deleted_at: r.get(4)?,
+            finalizers: r.get(5)?,
+            object: r.get(6)?,
+            status: r.get(7)?,
+        })
+    }
+
+    fn into_row(self, kind: Kind, namespace: &str, name: &str) -> Result<Row, StoreError> {
+        let bad = |why: String| StoreError::BadRecord {
+            kind,
+            namespace: namespace.into(),
+            name: name.into(),
+            why,
+        };
+        let mut object: Value =
+            serde_json::from_str(&self.object).map_err(|e| bad(e.to_string()))?;
+        let finalizers: Value =
+            serde_json::from_str(&self.finalizers).map_err(|e| bad(e.to_string()))?;
+        let meta = object
+            .get_mut("metadata")
+            .and_then(Value::as_object_mut)
+            .ok_or_else(|| bad("no metadata".into()))?;
+        meta.insert("namespace".into(), json!(namespace));
+        meta.insert("uid".into(), json!(self.uid));
+        meta.insert(
+            "resourceVersion".into(),
+            json!(self.resource_version.to_string()),
+        );
+        meta.insert("generation".into(), json!(self.generation));
+        meta.insert("creationTimestamp".into(), json!(self.created_at));
+        if finalizers.as_array().is_some_and(|f| !f.is_empty()) {
+            meta.insert("finalizers".into(), finalizers);
+        }
+        if let Some(d) = &self.deleted_at {
+            meta.insert("deletionTimestamp".into(), json!(d));
+        }
+        if let Some(status) = &self.status {
+            let status: Value = serde_json::from_str(status).map_err(|e| bad(e.to_string()))?;
+            if let Some(o) = object.as_object_mut() {
+                o.insert("status".into(), status);
+            }
+        }
+        Ok(Row {
+            resource_version: self.resource_version,
+            generation: self.generation,
+            deleted_at: self.deleted_at,
+            object,
+        })
+    }
+}
+
+struct Row {
+    resource_version: i64,
+    generation: i64,
+    deleted_at: Option<String>,
+    object: Value,
+}
+
+fn strip_server_fields(obj: &mut Value) {
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        for f in [
+            "uid",
+            "resourceVersion",
+            "generation",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "finalizers",
+            "managedFields",
+        ] {
+            meta.remove(f);
+        }
+    }
+    if let Some(o) = obj.as_object_mut() {
+        o.remove("status");
+    }
+}

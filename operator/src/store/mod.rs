@@ -1,0 +1,3 @@
+//! Where recast's objects live: the embedded SQLite store (default) or Kubernetes.
+
+pub mod embedded;

@@ -1,0 +1,508 @@
+//! The endpoint controller on the real embedded store (SQLite): the whole reimage path, the
+//! finalizer, protection, a spec edit racing a status write, and concurrency limits.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use jiff::Timestamp;
+use recast_crds::endpoint::{AttemptOutcome, EndpointPhase, EndpointStatus, ReportSummary};
+use recast_crds::manifest::Kind;
+use recast_operator::bmc::RecordingPower;
+use recast_operator::controller::embedded::EmbeddedBackend;
+use recast_operator::controller::{Backend, BackendError, Clock, Controller, Journal, Key};
+use recast_operator::core::lifecycle::{Action, Input, Notice};
+use recast_operator::core::signal::SignalKind;
+use recast_operator::metrics::Metrics;
+use recast_operator::store::embedded::EmbeddedStore;
+use serde_json::{Value, json};
+
+struct ManualClock(Mutex<Timestamp>);
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        *self.0.lock().unwrap()
+    }
+}
+
+impl ManualClock {
+    fn advance(&self, secs: i64) {
+        let mut t = self.0.lock().unwrap();
+        *t = t
+            .checked_add(jiff::SignedDuration::from_secs(secs))
+            .unwrap();
+    }
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("recast-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A store with the examples applied and the golden image marked Verified (the image
+/// controller's job, which is not part of this suite).
+fn store_with_examples(name: &str) -> Arc<EmbeddedStore> {
+    let store = Arc::new(EmbeddedStore::open(&temp_dir(name)).unwrap());
+    for (_, doc) in recast_operator::manifests::load(&repo().join("examples")).unwrap() {
+        if recast_operator::manifests::is_recast(&doc) {
+            store.apply(&doc.value, "default").unwrap();
+        }
+    }
+    verify_image(&store);
+    store
+}
+
+fn verify_image(store: &EmbeddedStore) {
+    let status = json!({
+        "digest": "3f1c9a0c6b1e4d7f8a2b5c6d7e8f90112233445566778899aabbccddeeff0011",
+        "channels": ["stable"],
+        "conditions": [{"type": "Verified", "status": "True", "reason": "Checked", "message": "", "lastTransitionTime": "2026-01-14T07:00:00Z"}]
+    });
+    store
+        .write_status(
+            Kind::GoldenImage,
+            "default",
+            "win11-24h2-2026-01",
+            None,
+            &status,
+        )
+        .unwrap();
+}
+
+type Ctrl<B> = Controller<B, RecordingPower>;
+
+fn controller<B: Backend>(backend: B) -> (Arc<Ctrl<B>>, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock(Mutex::new(
+        "2026-01-14T08:00:00Z".parse().unwrap(),
+    )));
+    let ctrl = Arc::new(Controller::new(
+        Arc::new(backend),
+        Arc::new(RecordingPower::default()),
+        clock.clone(),
+        Arc::new(Metrics::new()),
+    ));
+    (ctrl, clock)
+}
+
+fn key(name: &str) -> Key {
+    Key {
+        namespace: "default".into(),
+        name: name.into(),
+    }
+}
+
+fn status(store: &EmbeddedStore, name: &str) -> EndpointStatus {
+    let obj = store.get(Kind::Endpoint, "default", name).unwrap().unwrap();
+    serde_json::from_value(obj.get("status").cloned().unwrap_or(Value::Null)).unwrap_or_default()
+}
+
+fn report(build: &str, attempt: Option<String>) -> Input {
+    Input::AgentReport(ReportSummary {
+        build: build.into(),
+        attempt_id: attempt,
+        ..Default::default()
+    })
+}
+
+fn reasons(store: &EmbeddedStore, name: &str) -> Vec<String> {
+    store
+        .events(Kind::Endpoint, "default", name)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.reason)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_failed_rollback_reimages_through_every_step() {
+    let store = store_with_examples("flow");
+    let (ctrl, _clock) = controller(EmbeddedBackend {
+        store: store.clone(),
+    });
+    assert_eq!(ctrl.prime().await.unwrap(), 5);
+    let k = key("kiosk-01");
+    ctrl.reconcile(&k, Input::Reconcile).await.unwrap();
+    assert_eq!(
+        status(&store, "kiosk-01").phase,
+        Some(EndpointPhase::Pending)
+    );
+    ctrl.reconcile(&k, report("26100.7462", None))
+        .await
+        .unwrap();
+    assert_eq!(status(&store, "kiosk-01").phase, Some(EndpointPhase::Ready));
+
+    // The improper state: the controller arms the boot and power-cycles in one pass.
+    ctrl.reconcile(
+        &k,
+        Input::Signals(vec![(
+            SignalKind::FailedRollback,
+            "KB5074109 rolled back".into(),
+        )]),
+    )
+    .await
+    .unwrap();
+    let st = status(&store, "kiosk-01");
+    let attempt = st.active_attempt.clone().expect("an attempt");
+    assert_eq!(st.phase, Some(EndpointPhase::Reimaging));
+    assert_eq!(format!("{:?}", attempt.step), "Booting");
+    let intent = store
+        .boot_intent("52:54:00:A1:00:01")
+        .unwrap()
+        .expect("boot armed");
+    assert_eq!(intent.attempt_id, attempt.id);
+    assert_eq!(intent.image, "win11-24h2-2026-01");
+    assert_eq!(ctrl.power.log(), [format!("kiosk-01 {} 1", attempt.id)]);
+
+    ctrl.reconcile(
+        &k,
+        Input::NetworkBooted {
+            attempt_id: attempt.id.clone(),
+        },
+    )
+    .await
+    .unwrap();
+    ctrl.reconcile(
+        &k,
+        Input::ImagingProgress {
+            attempt_id: attempt.id.clone(),
+            percent: 55,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        status(&store, "kiosk-01")
+            .active_attempt
+            .unwrap()
+            .progress_percent,
+        Some(55)
+    );
+    ctrl.reconcile(
+        &k,
+        Input::ImagingFinished {
+            attempt_id: attempt.id.clone(),
+            result: Ok(()),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        store.boot_intent("52:54:00:a1:00:01").unwrap().is_none(),
+        "disarmed after imaging"
+    );
+    ctrl.reconcile(&k, report("26100.7623", Some(attempt.id.clone())))
+        .await
+        .unwrap();
+
+    let st = status(&store, "kiosk-01");
+    assert_eq!(st.phase, Some(EndpointPhase::Ready));
+    assert_eq!(st.history.len(), 1);
+    assert_eq!(st.history[0].outcome, AttemptOutcome::Succeeded);
+    assert_eq!(st.attempts_started, 1);
+    let reasons = reasons(&store, "kiosk-01");
+    for r in [
+        "FailedRollback",
+        "AttemptStarted",
+        "BootArmed",
+        "PowerCycle",
+        "Booting",
+        "Applying",
+        "FirstBoot",
+        "AttemptSucceeded",
+    ] {
+        assert!(
+            reasons.iter().any(|x| x == r),
+            "no {r} event in {reasons:?}"
+        );
+    }
+    let metrics = ctrl.metrics.render();
+    assert!(
+        metrics.contains("recast_lifecycle_transitions_total{edge=\"CheckedIn\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("recast_actions_total{action=\"PowerCycle\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn reconciling_an_unchanged_endpoint_writes_nothing() {
+    let store = store_with_examples("nowrite");
+    let (ctrl, clock) = controller(EmbeddedBackend {
+        store: store.clone(),
+    });
+    ctrl.prime().await.unwrap();
+    for name in ["kiosk-01", "kiosk-02", "backoffice-01"] {
+        ctrl.reconcile(&key(name), report("26100.7623", None))
+            .await
+            .unwrap();
+    }
+    let writes = ctrl.metrics.status_writes();
+    let rv = store.latest_change().unwrap();
+    clock.advance(60);
+    for _ in 0..3 {
+        for name in ["kiosk-01", "kiosk-02", "backoffice-01"] {
+            ctrl.reconcile(&key(name), Input::Reconcile).await.unwrap();
+        }
+    }
+    assert_eq!(ctrl.metrics.status_writes(), writes);
+    assert_eq!(
+        store.latest_change().unwrap(),
+        rv,
+        "no store write for an unchanged status"
+    );
+}
+
+#[tokio::test]
+async fn deleting_an_endpoint_disarms_its_boot_first() {
+    let store = store_with_examples("finalizer");
+    let (ctrl, _) = controller(EmbeddedBackend {
+        store: store.clone(),
+    });
+    ctrl.prime().await.unwrap();
+    let k = key("kiosk-02");
+    ctrl.reconcile(
+        &k,
+        Input::Signals(vec![(SignalKind::BootCrash, "0xED".into())]),
+    )
+    .await
+    .unwrap();
+    assert!(store.boot_intent("52:54:00:a1:00:02").unwrap().is_some());
+    assert!(store.delete(Kind::Endpoint, "default", "kiosk-02").unwrap());
+    let obj = store
+        .get(Kind::Endpoint, "default", "kiosk-02")
+        .unwrap()
+        .expect("held by the finalizer");
+    assert!(obj.pointer("/metadata/deletionTimestamp").is_some());
+    ctrl.reconcile(&k, Input::Reconcile).await.unwrap();
+    assert!(
+        store.boot_intent("52:54:00:a1:00:02").unwrap().is_none(),
+        "boot disarmed"
+    );
+    assert!(
+        store
+            .get(Kind::Endpoint, "default", "kiosk-02")
+            .unwrap()
+            .is_none(),
+        "object gone"
+    );
+}
+
+#[tokio::test]
+async fn a_protected_endpoint_is_never_touched() {
+    let store = store_with_examples("protected");
+    let (ctrl, _) = controller(EmbeddedBackend {
+        store: store.clone(),
+    });
+    ctrl.prime().await.unwrap();
+    let k = key("reception-01");
+    ctrl.reconcile(&k, report("26100.7462", None))
+        .await
+        .unwrap();
+    ctrl.reconcile(
+        &k,
+        Input::Signals(vec![
+            (SignalKind::BootCrash, "0xED".into()),
+            (SignalKind::FailedRollback, "x".into()),
+        ]),
+    )
+    .await
+    .unwrap();
+    store
+        .update(Kind::Endpoint, "default", "reception-01", |o| {
+            o["spec"]["reimageRequest"] = json!({"token": "t1", "reason": "ticket"});
+            Ok(())
+        })
+        .unwrap();
+    ctrl.reconcile(&k, Input::Reconcile).await.unwrap();
+    let st = status(&store, "reception-01");
+    assert_eq!(st.phase, Some(EndpointPhase::Degraded));
+    assert_eq!(st.attempts_started, 0);
+    assert!(store.boot_intent("52:54:00:c3:00:01").unwrap().is_none());
+    assert!(ctrl.power.log().is_empty());
+    assert!(reasons(&store, "reception-01").contains(&"ReimageRefused".to_string()));
+}
+
+/// Edits the spec (protects the endpoint) just before the controller's first status write,
+/// as a user racing the controller would.
+struct RacingEdit {
+    inner: EmbeddedBackend,
+    raced: Mutex<bool>,
+}
+
+impl Backend for RacingEdit {
+    async fn endpoint(&self, key: &Key) -> Result<Option<recast_crds::Endpoint>, BackendError> {
+        self.inner.endpoint(key).await
+    }
+    async fn endpoints(&self) -> Result<Vec<recast_crds::Endpoint>, BackendError> {
+        self.inner.endpoints().await
+    }
+    async fn policy(
+        &self,
+        ns: &str,
+        n: &str,
+    ) -> Result<Option<recast_crds::RemediationPolicy>, BackendError> {
+        self.inner.policy(ns, n).await
+    }
+    async fn golden_images(&self, ns: &str) -> Result<Vec<recast_crds::GoldenImage>, BackendError> {
+        self.inner.golden_images(ns).await
+    }
+    async fn write_status(
+        &self,
+        ep: &recast_crds::Endpoint,
+        s: &EndpointStatus,
+    ) -> Result<(), BackendError> {
+        let first = std::mem::replace(&mut *self.raced.lock().unwrap(), true);
+        if !first && s.active_attempt.is_some() {
+            self.inner
+                .store
+                .update(
+                    Kind::Endpoint,
+                    "default",
+                    ep.metadata.name.as_deref().unwrap(),
+                    |o| {
+                        o["spec"]["protected"] = json!(true);
+                        Ok(())
+                    },
+                )
+                .unwrap();
+        }
+        self.inner.write_status(ep, s).await
+    }
+    async fn record(
+        &self,
+        ep: &recast_crds::Endpoint,
+        n: &Notice,
+        now: Timestamp,
+    ) -> Result<(), BackendError> {
+        self.inner.record(ep, n, now).await
+    }
+    async fn ensure_finalizer(&self, ep: &recast_crds::Endpoint) -> Result<(), BackendError> {
+        self.inner.ensure_finalizer(ep).await
+    }
+    async fn remove_finalizer(&self, ep: &recast_crds::Endpoint) -> Result<(), BackendError> {
+        self.inner.remove_finalizer(ep).await
+    }
+    async fn arm_boot(
+        &self,
+        ep: &recast_crds::Endpoint,
+        a: &Action,
+        now: Timestamp,
+    ) -> Result<(), BackendError> {
+        self.inner.arm_boot(ep, a, now).await
+    }
+    async fn disarm_boot(&self, ep: &recast_crds::Endpoint) -> Result<(), BackendError> {
+        self.inner.disarm_boot(ep).await
+    }
+    async fn journal_begin(&self, k: &str) -> Result<Journal, BackendError> {
+        self.inner.journal_begin(k).await
+    }
+    async fn journal_finish(&self, k: &str) -> Result<(), BackendError> {
+        self.inner.journal_finish(k).await
+    }
+    async fn journal_forget(&self, k: &str) -> Result<(), BackendError> {
+        self.inner.journal_forget(k).await
+    }
+}
+
+#[tokio::test]
+async fn a_spec_edit_racing_the_controller_is_not_lost() {
+    let store = store_with_examples("race");
+    let (ctrl, _) = controller(RacingEdit {
+        inner: EmbeddedBackend {
+            store: store.clone(),
+        },
+        raced: Mutex::new(false),
+    });
+    ctrl.prime().await.unwrap();
+    let k = key("kiosk-03");
+    ctrl.reconcile(
+        &k,
+        Input::Signals(vec![(SignalKind::FailedRollback, "x".into())]),
+    )
+    .await
+    .unwrap();
+    let obj = store
+        .get(Kind::Endpoint, "default", "kiosk-03")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        obj["spec"]["protected"],
+        json!(true),
+        "the user's edit survived"
+    );
+    let st = status(&store, "kiosk-03");
+    assert_eq!(
+        st.attempts_started, 0,
+        "the decision was taken again on the protected spec"
+    );
+    assert!(st.active_attempt.is_none());
+    assert!(ctrl.power.log().is_empty());
+    assert_eq!(st.signals.len(), 1, "the signal input was not lost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrency_limits_hold_across_the_fleet() {
+    let store = store_with_examples("limits");
+    // Eight more kiosks and a policy allowing two reimages at once, one per site.
+    for i in 0..8 {
+        let doc = json!({
+            "apiVersion": "recast.dev/v1alpha1", "kind": "Endpoint",
+            "metadata": {"name": format!("lane-{i}")},
+            "spec": {"identity": {"macAddresses": [format!("52:54:00:d0:00:{i:02x}")]}, "bootMode": "uefi",
+                     "image": {"channel": "stable"}, "site": if i % 2 == 0 { "north" } else { "south" }}
+        });
+        store.apply(&doc, "default").unwrap();
+    }
+    store
+        .update(Kind::RemediationPolicy, "default", "default", |o| {
+            o["spec"]["concurrency"] = json!({"global": 2, "perSite": 1});
+            Ok(())
+        })
+        .unwrap();
+    let (ctrl, _) = controller(EmbeddedBackend {
+        store: store.clone(),
+    });
+    ctrl.prime().await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let ctrl = ctrl.clone();
+        tasks.push(tokio::spawn(async move {
+            ctrl.reconcile(
+                &key(&format!("lane-{i}")),
+                Input::Signals(vec![(SignalKind::BootCrash, "0xED".into())]),
+            )
+            .await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let statuses: Vec<_> = (0..8)
+        .map(|i| status(&store, &format!("lane-{i}")))
+        .collect();
+    let active: Vec<usize> = (0..8)
+        .filter(|i| statuses[*i].active_attempt.is_some())
+        .collect();
+    assert_eq!(
+        active.len(),
+        2,
+        "exactly the global limit starts: {active:?}"
+    );
+    assert_ne!(active[0] % 2, active[1] % 2, "one per site");
+    let waiting = statuses
+        .iter()
+        .filter(|s| s.phase == Some(EndpointPhase::ReimageScheduled))
+        .count();
+    assert_eq!(waiting, 6);
+    assert!(statuses.iter().any(|s| {
+        s.message
+            .as_deref()
+            .is_some_and(|m| m.contains("waiting for a slot"))
+    }));
+}
