@@ -408,6 +408,15 @@ impl Backend for RacingEdit {
     async fn journal_forget(&self, k: &str) -> Result<(), BackendError> {
         self.inner.journal_forget(k).await
     }
+    async fn post_input(&self, k: &Key, i: &Input) -> Result<(), BackendError> {
+        self.inner.post_input(k, i).await
+    }
+    async fn pending_inputs(&self, k: &Key) -> Result<Vec<(String, Option<Input>)>, BackendError> {
+        self.inner.pending_inputs(k).await
+    }
+    async fn ack_input(&self, k: &Key, id: &str) -> Result<(), BackendError> {
+        self.inner.ack_input(k, id).await
+    }
 }
 
 #[tokio::test]

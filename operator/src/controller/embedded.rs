@@ -202,6 +202,34 @@ impl Backend for EmbeddedBackend {
     async fn journal_forget(&self, key: &str) -> Result<(), BackendError> {
         self.store.journal_forget(key).map_err(other)
     }
+
+    async fn post_input(&self, key: &Key, input: &Input) -> Result<(), BackendError> {
+        let value = serde_json::to_value(input).map_err(|e| BackendError::Other(e.to_string()))?;
+        self.store
+            .post_input(&key.namespace, &key.name, &value)
+            .map(|_| ())
+            .map_err(other)
+    }
+
+    async fn pending_inputs(
+        &self,
+        key: &Key,
+    ) -> Result<Vec<(String, Option<Input>)>, BackendError> {
+        Ok(self
+            .store
+            .inputs_for(&key.namespace, &key.name)
+            .map_err(other)?
+            .into_iter()
+            .map(|(seq, text)| (seq.to_string(), serde_json::from_str(&text).ok()))
+            .collect())
+    }
+
+    async fn ack_input(&self, _key: &Key, id: &str) -> Result<(), BackendError> {
+        let seq: i64 = id
+            .parse()
+            .map_err(|_| BackendError::Other(format!("bad inbox id {id:?}")))?;
+        self.store.ack_input(seq).map_err(other)
+    }
 }
 
 /// How often the loop looks at the change feed when nothing is due (writes by recastctl come
@@ -262,31 +290,6 @@ pub async fn run<P: PowerControl>(
                         }
                     }
                     Kind::ReimageWave => {}
-                }
-            }
-        }
-        // Inputs from the gateway and the boot service, oldest first; acknowledged only after
-        // the decision on them is persisted.
-        for (seq, namespace, name, text) in store.pending_inputs(256).map_err(other)? {
-            let key = Key { namespace, name };
-            let input: Input = match serde_json::from_str(&text) {
-                Ok(i) => i,
-                Err(e) => {
-                    tracing::warn!(endpoint = %key, error = %e, "dropping an unreadable input from the inbox");
-                    store.ack_input(seq).map_err(other)?;
-                    continue;
-                }
-            };
-            match ctrl.reconcile(&key, input).await {
-                Ok(after) => {
-                    store.ack_input(seq).map_err(other)?;
-                    if let Some(after) = after {
-                        due.insert(key, Instant::now() + after);
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(endpoint = %key, error = %e, "input not decided yet; will retry");
-                    break;
                 }
             }
         }

@@ -122,6 +122,23 @@ pub trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Journal, BackendError>> + Send;
     fn journal_finish(&self, key: &str) -> impl Future<Output = Result<(), BackendError>> + Send;
     fn journal_forget(&self, key: &str) -> impl Future<Output = Result<(), BackendError>> + Send;
+    /// Queues an input for an endpoint (the gateway and boot service use this); it is kept
+    /// until a decision on it has been persisted.
+    fn post_input(
+        &self,
+        key: &Key,
+        input: &Input,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+    /// The endpoint's queued inputs, oldest first; None for one that does not decode.
+    fn pending_inputs(
+        &self,
+        key: &Key,
+    ) -> impl Future<Output = Result<Vec<(String, Option<Input>)>, BackendError>> + Send;
+    fn ack_input(
+        &self,
+        key: &Key,
+        id: &str,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
 }
 
 /// The clock, injected so tests can move time.
@@ -207,10 +224,25 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
         let lock = self.key_lock(key);
         let _guard = lock.lock().await;
         let started = std::time::Instant::now();
-        let result = self.reconcile_inner(key, input).await;
+        let result = self.drain_then(key, input).await;
         self.metrics
             .observe_reconcile(started.elapsed(), result.as_ref().err());
         result
+    }
+
+    /// Decides on the endpoint's queued inputs (acknowledging each once its decision is
+    /// persisted), then on `input`.
+    async fn drain_then(&self, key: &Key, input: Input) -> Result<Option<Duration>, BackendError> {
+        for (id, queued) in self.backend.pending_inputs(key).await? {
+            match queued {
+                Some(queued) => {
+                    self.reconcile_inner(key, queued).await?;
+                }
+                None => tracing::warn!(endpoint = %key, id, "dropping an unreadable queued input"),
+            }
+            self.backend.ack_input(key, &id).await?;
+        }
+        self.reconcile_inner(key, input).await
     }
 
     async fn reconcile_inner(

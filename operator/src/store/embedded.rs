@@ -783,15 +783,20 @@ impl EmbeddedStore {
         name: &str,
         input: &Value,
     ) -> Result<i64, StoreError> {
-        let conn = self.conn();
-        conn.execute(
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
             "INSERT INTO inbox (namespace, name, input, received_at) VALUES (?1, ?2, ?3, ?4)",
             params![namespace, name, input.to_string(), now_rfc3339()],
         )?;
-        Ok(conn.last_insert_rowid())
+        let seq = tx.last_insert_rowid();
+        // The change feed wakes the controller for this endpoint.
+        Self::record_change(&tx, Kind::Endpoint, namespace, name)?;
+        tx.commit()?;
+        Ok(seq)
     }
 
-    /// Queued inputs, oldest first: (seq, namespace, name, input text).
+    /// Queued inputs of all endpoints, oldest first: (seq, namespace, name, input text).
     pub fn pending_inputs(
         &self,
         limit: usize,
@@ -802,6 +807,19 @@ impl EmbeddedStore {
         let rows = stmt.query_map(params![limit as i64], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Queued inputs of one endpoint, oldest first: (seq, input text).
+    pub fn inputs_for(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT seq, input FROM inbox WHERE namespace = ?1 AND name = ?2 ORDER BY seq LIMIT 256")?;
+        let rows = stmt.query_map(params![namespace, name], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
