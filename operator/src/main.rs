@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicBool;
 use clap::{Parser, Subcommand, ValueEnum};
 use recast_operator::bmc::RecordingPower;
 use recast_operator::controller::embedded::{EmbeddedBackend, run as run_embedded};
+use recast_operator::controller::kube::{KubeOptions, run as run_kube};
 use recast_operator::controller::{Controller, SystemClock};
 use recast_operator::metrics::Metrics;
 use recast_operator::store::embedded::EmbeddedStore;
@@ -45,9 +46,29 @@ enum Command {
         /// Address for /healthz, /readyz and /metrics.
         #[arg(long, default_value = "127.0.0.1:8080", env = "RECAST_LISTEN")]
         listen: SocketAddr,
+        #[command(flatten)]
+        kube: KubeArgs,
     },
+
     /// Print the CustomResourceDefinitions, for `recast-operator crds | kubectl apply -f -`.
     Crds,
+}
+
+/// Leader election on the kube backend.
+#[derive(clap::Args, Clone)]
+struct KubeArgs {
+    /// Namespace of the leader-election Lease (the operator's namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// This replica's identity in the Lease; default: hostname plus a random suffix.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// How long the Lease stays valid without renewal; a standby takes over after this.
+    #[arg(long, default_value_t = 15)]
+    lease_duration_seconds: u64,
+    /// How long before expiry the holder renews.
+    #[arg(long, default_value_t = 5)]
+    lease_grace_seconds: u64,
 }
 
 fn main() -> ExitCode {
@@ -68,6 +89,7 @@ fn main() -> ExitCode {
             data_dir,
             load,
             listen,
+            kube: kube_args,
         } => {
             init_tracing();
             let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -80,7 +102,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(run(backend, data_dir, load, listen)) {
+            match rt.block_on(run(backend, data_dir, load, listen, kube_args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("recast-operator: {e}");
@@ -108,6 +130,7 @@ async fn run(
     data_dir: PathBuf,
     load: Vec<PathBuf>,
     listen: SocketAddr,
+    kube_opts: KubeArgs,
 ) -> Result<(), String> {
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -140,7 +163,28 @@ async fn run(
                 .map_err(|e| e.to_string())?;
         }
         BackendKind::Kube => {
-            return Err("the kube backend is not in this build yet; use --backend embedded".into());
+            let client = kube::Client::try_default().await.map_err(|e| {
+                format!("cannot reach Kubernetes ({e}); run in a cluster or set KUBECONFIG")
+            })?;
+            let identity = kube_opts.identity.clone().unwrap_or_else(|| {
+                let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "recast".into());
+                format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+            });
+            let opts = KubeOptions {
+                lease_namespace: kube_opts.lease_namespace.clone(),
+                identity,
+                lease_duration: std::time::Duration::from_secs(kube_opts.lease_duration_seconds),
+                lease_grace: std::time::Duration::from_secs(kube_opts.lease_grace_seconds),
+            };
+            run_kube(
+                client,
+                Arc::new(RecordingPower::default()),
+                metrics,
+                opts,
+                ready,
+                stop_rx,
+            )
+            .await?;
         }
     }
     match server.await {

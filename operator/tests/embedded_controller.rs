@@ -399,14 +399,26 @@ impl Backend for RacingEdit {
     async fn disarm_boot(&self, ep: &recast_crds::Endpoint) -> Result<(), BackendError> {
         self.inner.disarm_boot(ep).await
     }
-    async fn journal_begin(&self, k: &str) -> Result<Journal, BackendError> {
-        self.inner.journal_begin(k).await
+    async fn journal_begin(
+        &self,
+        ep: &recast_crds::Endpoint,
+        k: &str,
+    ) -> Result<Journal, BackendError> {
+        self.inner.journal_begin(ep, k).await
     }
-    async fn journal_finish(&self, k: &str) -> Result<(), BackendError> {
-        self.inner.journal_finish(k).await
+    async fn journal_finish(
+        &self,
+        ep: &recast_crds::Endpoint,
+        k: &str,
+    ) -> Result<(), BackendError> {
+        self.inner.journal_finish(ep, k).await
     }
-    async fn journal_forget(&self, k: &str) -> Result<(), BackendError> {
-        self.inner.journal_forget(k).await
+    async fn journal_forget(
+        &self,
+        ep: &recast_crds::Endpoint,
+        k: &str,
+    ) -> Result<(), BackendError> {
+        self.inner.journal_forget(ep, k).await
     }
     async fn post_input(&self, k: &Key, i: &Input) -> Result<(), BackendError> {
         self.inner.post_input(k, i).await

@@ -187,7 +187,7 @@ impl Backend for EmbeddedBackend {
             .map_err(other)
     }
 
-    async fn journal_begin(&self, key: &str) -> Result<Journal, BackendError> {
+    async fn journal_begin(&self, _ep: &Endpoint, key: &str) -> Result<Journal, BackendError> {
         Ok(match self.store.journal_begin(key).map_err(other)? {
             JournalState::New => Journal::New,
             JournalState::Interrupted => Journal::Interrupted,
@@ -195,11 +195,11 @@ impl Backend for EmbeddedBackend {
         })
     }
 
-    async fn journal_finish(&self, key: &str) -> Result<(), BackendError> {
+    async fn journal_finish(&self, _ep: &Endpoint, key: &str) -> Result<(), BackendError> {
         self.store.journal_finish(key).map_err(other)
     }
 
-    async fn journal_forget(&self, key: &str) -> Result<(), BackendError> {
+    async fn journal_forget(&self, _ep: &Endpoint, key: &str) -> Result<(), BackendError> {
         self.store.journal_forget(key).map_err(other)
     }
 

@@ -3,6 +3,7 @@
 //! then runs the actions idempotently and feeds their results back, until nothing is left.
 
 pub mod embedded;
+pub mod kube;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -118,10 +119,19 @@ pub trait Backend: Send + Sync + 'static {
     fn disarm_boot(&self, ep: &Endpoint) -> impl Future<Output = Result<(), BackendError>> + Send;
     fn journal_begin(
         &self,
+        ep: &Endpoint,
         key: &str,
     ) -> impl Future<Output = Result<Journal, BackendError>> + Send;
-    fn journal_finish(&self, key: &str) -> impl Future<Output = Result<(), BackendError>> + Send;
-    fn journal_forget(&self, key: &str) -> impl Future<Output = Result<(), BackendError>> + Send;
+    fn journal_finish(
+        &self,
+        ep: &Endpoint,
+        key: &str,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+    fn journal_forget(
+        &self,
+        ep: &Endpoint,
+        key: &str,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
     /// Queues an input for an endpoint (the gateway and boot service use this); it is kept
     /// until a decision on it has been persisted.
     fn post_input(
@@ -401,7 +411,7 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
             try_number,
             action: action.kind(),
         };
-        let journal = self.backend.journal_begin(&key).await?;
+        let journal = self.backend.journal_begin(ep, &key).await?;
         if journal == Journal::Done {
             return Ok(Some(ok));
         }
@@ -450,12 +460,12 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
         };
         match result {
             Ok(()) => {
-                self.backend.journal_finish(&key).await?;
+                self.backend.journal_finish(ep, &key).await?;
                 self.metrics.action(action.kind());
                 Ok(Some(ok))
             }
             Err(error) => {
-                self.backend.journal_forget(&key).await?;
+                self.backend.journal_forget(ep, &key).await?;
                 Ok(Some(Input::ActionFailed {
                     attempt_id,
                     try_number,

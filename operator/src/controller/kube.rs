@@ -1,0 +1,684 @@
+//! The controller on Kubernetes: the Backend implementation over the API server, and the
+//! leader-elected kube-rs Controller that drives it.
+//!
+//! - Status is written with server-side apply (field manager `recast-operator`) on the status
+//!   subresource, with the endpoint's resourceVersion as a precondition, so a decision taken on
+//!   a spec the user has since changed is refused (409) and taken again.
+//! - Every Endpoint carries the `recast.dev/disarm-boot` finalizer (applied by its own field
+//!   manager), so a pending network boot is disarmed before the object goes away.
+//! - Boot intents, the action journal and the input inbox are ConfigMaps owned by the Endpoint
+//!   (`recast-boot-NAME`, `recast-journal-NAME`, `recast-inbox-NAME`).
+//! - Only the holder of the `recast-operator` Lease runs the controller; every write also checks
+//!   the lease, so a replica that just lost it writes nothing more.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action as KubeAction;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Controller as KubeController, WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use recast_crds::Endpoint;
+use recast_crds::endpoint::EndpointStatus;
+use recast_crds::golden_image::GoldenImage;
+use recast_crds::policy::RemediationPolicy;
+use serde_json::json;
+use tokio::sync::watch;
+
+use super::{Backend, BackendError, Controller, Journal, Key};
+use crate::bmc::PowerControl;
+use crate::core::lifecycle::{Action, Input, Notice, NoticeType};
+use crate::core::time;
+use crate::store::embedded::BOOT_FINALIZER;
+
+pub const FIELD_MANAGER: &str = "recast-operator";
+const FINALIZER_MANAGER: &str = "recast-operator-finalizer";
+pub const LEASE_NAME: &str = "recast-operator";
+pub const INBOX_LABEL: &str = "recast.dev/inbox";
+pub const BOOT_LABEL: &str = "recast.dev/boot-intent";
+const ENDPOINT_ANNOTATION: &str = "recast.dev/endpoint";
+
+pub struct KubeBackend {
+    client: Client,
+    policies: Store<RemediationPolicy>,
+    images: Store<GoldenImage>,
+    recorder: Recorder,
+    leader: Arc<AtomicBool>,
+}
+
+fn kube_err(e: kube::Error) -> BackendError {
+    match &e {
+        kube::Error::Api(s) if s.code == 409 => BackendError::Conflict(s.message.clone()),
+        _ => BackendError::Other(e.to_string()),
+    }
+}
+
+fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+fn ns_of(ep: &Endpoint) -> String {
+    ep.namespace().unwrap_or_else(|| "default".into())
+}
+
+/// ConfigMap keys allow [-._a-zA-Z0-9]; idempotency keys contain '/'.
+fn cm_key(key: &str) -> String {
+    key.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-._".contains(c) {
+                c
+            } else {
+                '.'
+            }
+        })
+        .collect()
+}
+
+fn owner_ref(ep: &Endpoint) -> serde_json::Value {
+    json!([{
+        "apiVersion": recast_crds::API_VERSION,
+        "kind": "Endpoint",
+        "name": ep.name_any(),
+        "uid": ep.uid().unwrap_or_default(),
+        "blockOwnerDeletion": false,
+    }])
+}
+
+impl KubeBackend {
+    fn check_leader(&self) -> Result<(), BackendError> {
+        if self.leader.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(BackendError::NotLeader)
+        }
+    }
+
+    fn endpoints_api(&self, ns: &str) -> Api<Endpoint> {
+        Api::namespaced(self.client.clone(), ns)
+    }
+
+    fn cms(&self, ns: &str) -> Api<ConfigMap> {
+        Api::namespaced(self.client.clone(), ns)
+    }
+
+    /// Merge-patches entries into a ConfigMap, creating it (owned by the endpoint) if missing.
+    async fn merge_cm(
+        &self,
+        ns: &str,
+        name: &str,
+        owner: Option<&Endpoint>,
+        label: &str,
+        endpoint: &str,
+        data: serde_json::Value,
+    ) -> Result<(), BackendError> {
+        let api = self.cms(ns);
+        match api
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"data": data})),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => {
+                let mut meta = json!({
+                    "name": name,
+                    "labels": {label: "true"},
+                    "annotations": {ENDPOINT_ANNOTATION: endpoint},
+                });
+                if let Some(ep) = owner {
+                    meta["ownerReferences"] = owner_ref(ep);
+                }
+                // Drop nulls (deletions) from the initial data.
+                let data: serde_json::Map<String, serde_json::Value> = data
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .filter(|(_, v)| !v.is_null())
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let cm: ConfigMap = serde_json::from_value(json!({"metadata": meta, "data": data}))
+                    .map_err(|e| BackendError::Other(e.to_string()))?;
+                match api.create(&PostParams::default(), &cm).await {
+                    Ok(_) => Ok(()),
+                    // Created concurrently: patch again.
+                    Err(kube::Error::Api(s)) if s.code == 409 => api
+                        .patch(
+                            name,
+                            &PatchParams::default(),
+                            &Patch::Merge(json!({"data": cm.data})),
+                        )
+                        .await
+                        .map(|_| ())
+                        .map_err(kube_err),
+                    Err(e) => Err(kube_err(e)),
+                }
+            }
+            Err(e) => Err(kube_err(e)),
+        }
+    }
+
+    async fn cm_data(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<BTreeMap<String, String>, BackendError> {
+        match self.cms(ns).get_opt(name).await.map_err(kube_err)? {
+            Some(cm) => Ok(cm.data.unwrap_or_default()),
+            None => Ok(BTreeMap::new()),
+        }
+    }
+}
+
+impl Backend for KubeBackend {
+    async fn endpoint(&self, key: &Key) -> Result<Option<Endpoint>, BackendError> {
+        // Always fresh from the server: a decision on a cached (older) status could start an
+        // attempt that is already running.
+        self.endpoints_api(&key.namespace)
+            .get_opt(&key.name)
+            .await
+            .map_err(kube_err)
+    }
+
+    async fn endpoints(&self) -> Result<Vec<Endpoint>, BackendError> {
+        let api: Api<Endpoint> = Api::all(self.client.clone());
+        Ok(api
+            .list(&ListParams::default())
+            .await
+            .map_err(kube_err)?
+            .items)
+    }
+
+    async fn policy(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<RemediationPolicy>, BackendError> {
+        Ok(self
+            .policies
+            .get(&ObjectRef::new(name).within(namespace))
+            .map(|p| (*p).clone()))
+    }
+
+    async fn golden_images(&self, namespace: &str) -> Result<Vec<GoldenImage>, BackendError> {
+        Ok(self
+            .images
+            .state()
+            .into_iter()
+            .filter(|gi| gi.namespace().as_deref() == Some(namespace))
+            .map(|gi| (*gi).clone())
+            .collect())
+    }
+
+    async fn write_status(
+        &self,
+        ep: &Endpoint,
+        status: &EndpointStatus,
+    ) -> Result<(), BackendError> {
+        self.check_leader()?;
+        let patch = json!({
+            "apiVersion": recast_crds::API_VERSION,
+            "kind": "Endpoint",
+            "metadata": {"name": ep.name_any(), "resourceVersion": ep.resource_version()},
+            "status": status,
+        });
+        self.endpoints_api(&ns_of(ep))
+            .patch_status(
+                &ep.name_any(),
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(patch),
+            )
+            .await
+            .map(|_| ())
+            .map_err(kube_err)
+    }
+
+    async fn record(
+        &self,
+        ep: &Endpoint,
+        notice: &Notice,
+        _now: Timestamp,
+    ) -> Result<(), BackendError> {
+        self.check_leader()?;
+        let reference: ObjectReference = ep.object_ref(&());
+        let ev = Event {
+            type_: match notice.type_ {
+                NoticeType::Normal => EventType::Normal,
+                NoticeType::Warning => EventType::Warning,
+            },
+            reason: notice.reason.clone(),
+            note: Some(notice.message.chars().take(1024).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        // An event that cannot be written must not stop the lifecycle; it is logged instead.
+        if let Err(e) = self.recorder.publish(&ev, &reference).await {
+            tracing::warn!(endpoint = %ep.name_any(), error = %e, reason = %notice.reason, "cannot record event");
+        }
+        Ok(())
+    }
+
+    async fn ensure_finalizer(&self, ep: &Endpoint) -> Result<(), BackendError> {
+        if ep.finalizers().iter().any(|f| f == BOOT_FINALIZER) {
+            return Ok(());
+        }
+        self.check_leader()?;
+        let patch = json!({
+            "apiVersion": recast_crds::API_VERSION,
+            "kind": "Endpoint",
+            "metadata": {"name": ep.name_any(), "finalizers": [BOOT_FINALIZER]},
+        });
+        self.endpoints_api(&ns_of(ep))
+            .patch(
+                &ep.name_any(),
+                &PatchParams::apply(FINALIZER_MANAGER),
+                &Patch::Apply(patch),
+            )
+            .await
+            .map(|_| ())
+            .map_err(kube_err)
+    }
+
+    async fn remove_finalizer(&self, ep: &Endpoint) -> Result<(), BackendError> {
+        self.check_leader()?;
+        // Applying an empty list as the finalizer's manager removes only what it owns.
+        let patch = json!({
+            "apiVersion": recast_crds::API_VERSION,
+            "kind": "Endpoint",
+            "metadata": {"name": ep.name_any(), "finalizers": []},
+        });
+        match self
+            .endpoints_api(&ns_of(ep))
+            .patch(
+                &ep.name_any(),
+                &PatchParams::apply(FINALIZER_MANAGER),
+                &Patch::Apply(patch),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(kube_err(e)),
+        }
+    }
+
+    async fn arm_boot(
+        &self,
+        ep: &Endpoint,
+        action: &Action,
+        now: Timestamp,
+    ) -> Result<(), BackendError> {
+        self.check_leader()?;
+        let Action::ArmBoot {
+            attempt_id,
+            try_number,
+            image,
+            image_digest,
+            mac_addresses,
+            boot_mode,
+        } = action
+        else {
+            return Ok(());
+        };
+        let data = json!({
+            "macAddresses": mac_addresses.iter().map(|m| m.to_ascii_lowercase()).collect::<Vec<_>>().join(","),
+            "attemptId": attempt_id,
+            "tryNumber": try_number.to_string(),
+            "image": image,
+            "imageDigest": image_digest.clone().unwrap_or_default(),
+            "bootMode": format!("{boot_mode:?}").to_lowercase(),
+            "armedAt": time::format(now),
+        });
+        let name = format!("recast-boot-{}", ep.name_any());
+        self.merge_cm(
+            &ns_of(ep),
+            &name,
+            Some(ep),
+            BOOT_LABEL,
+            &ep.name_any(),
+            data,
+        )
+        .await
+    }
+
+    async fn disarm_boot(&self, ep: &Endpoint) -> Result<(), BackendError> {
+        self.check_leader()?;
+        let name = format!("recast-boot-{}", ep.name_any());
+        match self
+            .cms(&ns_of(ep))
+            .delete(&name, &DeleteParams::default())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(kube_err(e)),
+        }
+    }
+
+    async fn journal_begin(&self, ep: &Endpoint, key: &str) -> Result<Journal, BackendError> {
+        self.check_leader()?;
+        let (ns, name) = journal_location(ep);
+        let data = self.cm_data(&ns, &name).await?;
+        let k = cm_key(key);
+        match data.get(&k).map(String::as_str) {
+            Some(v) if v.starts_with("done") => Ok(Journal::Done),
+            Some(_) => Ok(Journal::Interrupted),
+            None => {
+                self.merge_cm(
+                    &ns,
+                    &name,
+                    Some(ep),
+                    "recast.dev/journal",
+                    &ep.name_any(),
+                    json!({k: format!("started {}", time::format(Timestamp::now()))}),
+                )
+                .await?;
+                Ok(Journal::New)
+            }
+        }
+    }
+
+    async fn journal_finish(&self, ep: &Endpoint, key: &str) -> Result<(), BackendError> {
+        self.check_leader()?;
+        let (ns, name) = journal_location(ep);
+        self.merge_cm(
+            &ns,
+            &name,
+            Some(ep),
+            "recast.dev/journal",
+            &ep.name_any(),
+            json!({cm_key(key): format!("done {}", time::format(Timestamp::now()))}),
+        )
+        .await
+    }
+
+    async fn journal_forget(&self, ep: &Endpoint, key: &str) -> Result<(), BackendError> {
+        self.check_leader()?;
+        let (ns, name) = journal_location(ep);
+        self.merge_cm(
+            &ns,
+            &name,
+            Some(ep),
+            "recast.dev/journal",
+            &ep.name_any(),
+            json!({cm_key(key): null}),
+        )
+        .await
+    }
+
+    async fn post_input(&self, key: &Key, input: &Input) -> Result<(), BackendError> {
+        let text = serde_json::to_string(input).map_err(|e| BackendError::Other(e.to_string()))?;
+        // Sortable and unique enough: nanoseconds since the epoch plus a random suffix.
+        let id = format!(
+            "{:020}-{}",
+            Timestamp::now().as_nanosecond(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let name = format!("recast-inbox-{}", key.name);
+        self.merge_cm(
+            &key.namespace,
+            &name,
+            None,
+            INBOX_LABEL,
+            &key.name,
+            json!({id: text}),
+        )
+        .await
+    }
+
+    async fn pending_inputs(
+        &self,
+        key: &Key,
+    ) -> Result<Vec<(String, Option<Input>)>, BackendError> {
+        let data = self
+            .cm_data(&key.namespace, &format!("recast-inbox-{}", key.name))
+            .await?;
+        Ok(data
+            .into_iter()
+            .map(|(id, text)| (id, serde_json::from_str(&text).ok()))
+            .collect())
+    }
+
+    async fn ack_input(&self, key: &Key, id: &str) -> Result<(), BackendError> {
+        self.check_leader()?;
+        let name = format!("recast-inbox-{}", key.name);
+        match self
+            .cms(&key.namespace)
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"data": {id: null}})),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(kube_err(e)),
+        }
+    }
+}
+
+/// Where an endpoint's action journal lives: a ConfigMap next to it.
+fn journal_location(ep: &Endpoint) -> (String, String) {
+    (ns_of(ep), format!("recast-journal-{}", ep.name_any()))
+}
+
+/// Settings of the leader-elected controller.
+#[derive(Clone, Debug)]
+pub struct KubeOptions {
+    /// Namespace of the Lease (the operator's own namespace).
+    pub lease_namespace: String,
+    /// This replica's identity in the Lease (its pod name).
+    pub identity: String,
+    pub lease_duration: Duration,
+    pub lease_grace: Duration,
+}
+
+/// Runs the endpoint controller while this replica holds the lease, until `shutdown`.
+pub async fn run<P: PowerControl>(
+    client: Client,
+    power: Arc<P>,
+    metrics: Arc<crate::metrics::Metrics>,
+    opts: KubeOptions,
+    ready: Arc<AtomicBool>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let leader = Arc::new(AtomicBool::new(false));
+    let (policies, policy_writer) = reflector::store::<RemediationPolicy>();
+    let (images, image_writer) = reflector::store::<GoldenImage>();
+    let (policy_tx, policy_rx) = tokio::sync::mpsc::channel::<()>(16);
+    let (image_tx, image_rx) = tokio::sync::mpsc::channel::<()>(16);
+    spawn_reflector(
+        Api::<RemediationPolicy>::all(client.clone()),
+        policy_writer,
+        policy_tx,
+    );
+    spawn_reflector(
+        Api::<GoldenImage>::all(client.clone()),
+        image_writer,
+        image_tx,
+    );
+    let trigger =
+        futures::stream::select(tokio_stream_from(policy_rx), tokio_stream_from(image_rx));
+    policies
+        .wait_until_ready()
+        .await
+        .map_err(|e| e.to_string())?;
+    images.wait_until_ready().await.map_err(|e| e.to_string())?;
+
+    let backend = Arc::new(KubeBackend {
+        client: client.clone(),
+        policies,
+        images,
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance: Some(opts.identity.clone()),
+            },
+        ),
+        leader: leader.clone(),
+    });
+    let ctrl = Arc::new(Controller::new(
+        backend,
+        power,
+        Arc::new(super::SystemClock),
+        metrics,
+    ));
+
+    let lease = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), LEASE_NAME)
+        .with_namespace(opts.lease_namespace.clone())
+        .with_identity(opts.identity.clone())
+        .with_duration(opts.lease_duration.as_secs())
+        .with_grace(opts.lease_grace.as_secs())
+        .with_field_manager(FIELD_MANAGER)
+        .build()
+        .await
+        .map_err(|e| format!("cannot set up leader election: {e}"))?;
+    let (mut is_leader, lease_task) = lease.watch().await;
+    ready.store(true, Ordering::SeqCst);
+    tracing::info!(identity = %opts.identity, "waiting for the {LEASE_NAME} lease");
+
+    let mut trigger = Some(trigger);
+    loop {
+        // Wait for leadership or shutdown.
+        loop {
+            if *shutdown.borrow() {
+                drop(is_leader);
+                let _ = lease_task.await;
+                return Ok(());
+            }
+            if *is_leader.borrow() {
+                break;
+            }
+            tokio::select! {
+                r = is_leader.changed() => if r.is_err() { return Err("leader election stopped".into()) },
+                _ = shutdown.changed() => {}
+            }
+        }
+        leader.store(true, Ordering::SeqCst);
+        tracing::info!(identity = %opts.identity, "became leader; starting the endpoint controller");
+        if let Err(e) = ctrl.prime().await {
+            tracing::warn!(error = %e, "cannot load endpoints");
+        }
+        let mut lost = is_leader.clone();
+        let mut stop = shutdown.clone();
+        let end = async move {
+            tokio::select! {
+                _ = lost.wait_for(|l| !*l) => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+        };
+        let endpoints = Api::<Endpoint>::all(client.clone());
+        let inboxes = Api::<ConfigMap>::all(client.clone());
+        let mut kc = KubeController::new(endpoints, watcher::Config::default().any_semantic())
+            .watches(
+                inboxes,
+                watcher::Config::default().labels(&format!("{INBOX_LABEL}=true")),
+                |cm: ConfigMap| {
+                    let ns = cm.namespace();
+                    cm.annotations()
+                        .get(ENDPOINT_ANNOTATION)
+                        .map(|name| {
+                            let r = ObjectRef::<Endpoint>::new(name);
+                            match ns {
+                                Some(ns) => r.within(&ns),
+                                None => r,
+                            }
+                        })
+                        .into_iter()
+                        .collect::<Vec<_>>()
+                },
+            )
+            .graceful_shutdown_on(end);
+        if let Some(t) = trigger.take() {
+            kc = kc.reconcile_all_on(t);
+        }
+        kc.run(reconcile::<P>, error_policy::<P>, ctrl.clone())
+            .for_each(|r| async move {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "reconcile error");
+                }
+            })
+            .await;
+        leader.store(false, Ordering::SeqCst);
+        tracing::info!("endpoint controller stopped (leadership lost or shutting down)");
+        if *shutdown.borrow() {
+            drop(is_leader);
+            let _ = lease_task.await;
+            return Ok(());
+        }
+        // The trigger stream was consumed by the first controller; later terms rely on the
+        // periodic requeue to see policy and image changes.
+    }
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<()>,
+) -> impl futures::Stream<Item = ()> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+fn spawn_reflector<K>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+    changed: tokio::sync::mpsc::Sender<()>,
+) where
+    K: kube::Resource
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    tokio::spawn(async move {
+        let stream = reflector::reflector(
+            writer,
+            watcher(api, watcher::Config::default()).default_backoff(),
+        )
+        .applied_objects();
+        futures::pin_mut!(stream);
+        while let Some(item) = stream.next().await {
+            if item.is_ok() {
+                let _ = changed.try_send(());
+            }
+        }
+    });
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ReconcileError(String);
+
+async fn reconcile<P: PowerControl>(
+    ep: Arc<Endpoint>,
+    ctrl: Arc<Controller<KubeBackend, P>>,
+) -> Result<KubeAction, ReconcileError> {
+    let key = Key::of(&ep);
+    match ctrl.reconcile(&key, Input::Reconcile).await {
+        Ok(Some(after)) => Ok(KubeAction::requeue(after)),
+        Ok(None) => Ok(KubeAction::requeue(Duration::from_secs(300))),
+        Err(e) => Err(ReconcileError(e.to_string())),
+    }
+}
+
+fn error_policy<P: PowerControl>(
+    ep: Arc<Endpoint>,
+    e: &ReconcileError,
+    _ctrl: Arc<Controller<KubeBackend, P>>,
+) -> KubeAction {
+    tracing::warn!(endpoint = %ep.name_any(), error = %e, "reconcile failed; retrying in 5s");
+    KubeAction::requeue(Duration::from_secs(5))
+}
