@@ -69,6 +69,9 @@ struct KubeArgs {
     /// How long before expiry the holder renews.
     #[arg(long, default_value_t = 5)]
     lease_grace_seconds: u64,
+    /// Watch only this namespace (a namespaced install needs only a Role there); default: all.
+    #[arg(long, env = "RECAST_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -175,6 +178,7 @@ async fn run(
                 identity,
                 lease_duration: std::time::Duration::from_secs(kube_opts.lease_duration_seconds),
                 lease_grace: std::time::Duration::from_secs(kube_opts.lease_grace_seconds),
+                watch_namespace: kube_opts.watch_namespace.clone(),
             };
             run_kube(
                 client,

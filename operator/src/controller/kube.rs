@@ -51,6 +51,18 @@ pub struct KubeBackend {
     images: Store<GoldenImage>,
     recorder: Recorder,
     leader: Arc<AtomicBool>,
+    watch_namespace: Option<String>,
+}
+
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
 }
 
 fn kube_err(e: kube::Error) -> BackendError {
@@ -92,6 +104,54 @@ fn owner_ref(ep: &Endpoint) -> serde_json::Value {
 }
 
 impl KubeBackend {
+    /// Connects: starts the policy and image caches and waits until they are filled. The stream
+    /// fires when a policy or image changes. Writes succeed only while `leader` is true.
+    pub async fn connect(
+        client: Client,
+        opts: &KubeOptions,
+        leader: Arc<AtomicBool>,
+    ) -> Result<
+        (
+            KubeBackend,
+            impl futures::Stream<Item = ()> + Send + 'static,
+        ),
+        String,
+    > {
+        let (policies, policy_writer) = reflector::store::<RemediationPolicy>();
+        let (images, image_writer) = reflector::store::<GoldenImage>();
+        let (policy_tx, policy_rx) = tokio::sync::mpsc::channel::<()>(16);
+        let (image_tx, image_rx) = tokio::sync::mpsc::channel::<()>(16);
+        let ns = opts.watch_namespace.as_deref();
+        spawn_reflector(
+            scoped::<RemediationPolicy>(&client, ns),
+            policy_writer,
+            policy_tx,
+        );
+        spawn_reflector(scoped::<GoldenImage>(&client, ns), image_writer, image_tx);
+        let trigger =
+            futures::stream::select(tokio_stream_from(policy_rx), tokio_stream_from(image_rx));
+        policies
+            .wait_until_ready()
+            .await
+            .map_err(|e| e.to_string())?;
+        images.wait_until_ready().await.map_err(|e| e.to_string())?;
+        let backend = KubeBackend {
+            client: client.clone(),
+            policies,
+            images,
+            recorder: Recorder::new(
+                client,
+                Reporter {
+                    controller: FIELD_MANAGER.into(),
+                    instance: Some(opts.identity.clone()),
+                },
+            ),
+            leader,
+            watch_namespace: opts.watch_namespace.clone(),
+        };
+        Ok((backend, trigger))
+    }
+
     fn check_leader(&self) -> Result<(), BackendError> {
         if self.leader.load(Ordering::SeqCst) {
             Ok(())
@@ -191,7 +251,7 @@ impl Backend for KubeBackend {
     }
 
     async fn endpoints(&self) -> Result<Vec<Endpoint>, BackendError> {
-        let api: Api<Endpoint> = Api::all(self.client.clone());
+        let api: Api<Endpoint> = scoped(&self.client, self.watch_namespace.as_deref());
         Ok(api
             .list(&ListParams::default())
             .await
@@ -482,6 +542,8 @@ pub struct KubeOptions {
     pub identity: String,
     pub lease_duration: Duration,
     pub lease_grace: Duration,
+    /// Watch only this namespace (a namespaced install); None watches all.
+    pub watch_namespace: Option<String>,
 }
 
 /// Runs the endpoint controller while this replica holds the lease, until `shutdown`.
@@ -494,41 +556,8 @@ pub async fn run<P: PowerControl>(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let leader = Arc::new(AtomicBool::new(false));
-    let (policies, policy_writer) = reflector::store::<RemediationPolicy>();
-    let (images, image_writer) = reflector::store::<GoldenImage>();
-    let (policy_tx, policy_rx) = tokio::sync::mpsc::channel::<()>(16);
-    let (image_tx, image_rx) = tokio::sync::mpsc::channel::<()>(16);
-    spawn_reflector(
-        Api::<RemediationPolicy>::all(client.clone()),
-        policy_writer,
-        policy_tx,
-    );
-    spawn_reflector(
-        Api::<GoldenImage>::all(client.clone()),
-        image_writer,
-        image_tx,
-    );
-    let trigger =
-        futures::stream::select(tokio_stream_from(policy_rx), tokio_stream_from(image_rx));
-    policies
-        .wait_until_ready()
-        .await
-        .map_err(|e| e.to_string())?;
-    images.wait_until_ready().await.map_err(|e| e.to_string())?;
-
-    let backend = Arc::new(KubeBackend {
-        client: client.clone(),
-        policies,
-        images,
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: FIELD_MANAGER.into(),
-                instance: Some(opts.identity.clone()),
-            },
-        ),
-        leader: leader.clone(),
-    });
+    let (backend, trigger) = KubeBackend::connect(client.clone(), &opts, leader.clone()).await?;
+    let backend = Arc::new(backend);
     let ctrl = Arc::new(Controller::new(
         backend,
         power,
@@ -579,8 +608,8 @@ pub async fn run<P: PowerControl>(
                 _ = stop.wait_for(|s| *s) => {}
             }
         };
-        let endpoints = Api::<Endpoint>::all(client.clone());
-        let inboxes = Api::<ConfigMap>::all(client.clone());
+        let endpoints = scoped::<Endpoint>(&client, opts.watch_namespace.as_deref());
+        let inboxes = scoped::<ConfigMap>(&client, opts.watch_namespace.as_deref());
         let mut kc = KubeController::new(endpoints, watcher::Config::default().any_semantic())
             .watches(
                 inboxes,

@@ -1,0 +1,573 @@
+//! The endpoint controller on the real kube-apiserver (`make k8s-up`), with the real
+//! `recast-operator --backend kube` process: the whole reimage path, the finalizer, two replicas
+//! with leader election and fail-over, a crash at every lifecycle step, and the
+//! resourceVersion precondition that keeps a user's spec edit from being overwritten.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use recast_crds::endpoint::{AttemptOutcome, EndpointPhase, EndpointStatus, ReimageStep};
+use recast_operator::controller::kube::{KubeBackend, KubeOptions};
+use recast_operator::controller::{Backend, BackendError};
+use recast_tests::{K8s, repo_root};
+use serde_json::{Value, json};
+
+const OPERATOR: &str = env!("CARGO_BIN_EXE_recast-operator");
+
+struct Site {
+    k: K8s,
+    ns: String,
+    posted: u32,
+}
+
+impl Site {
+    /// A fresh namespace with the examples applied and the golden image marked Verified.
+    fn new(prefix: &str) -> Option<Site> {
+        let k = K8s::get()?;
+        k.install_crds();
+        let ns = k.fresh_namespace(prefix);
+        let examples = repo_root().join("examples");
+        k.kubectl_ok(&["apply", "-n", &ns, "-f", &examples.to_string_lossy()]);
+        let verified = json!({"status": {
+            "digest": "3f1c9a0c6b1e4d7f8a2b5c6d7e8f90112233445566778899aabbccddeeff0011",
+            "channels": ["stable"],
+            "conditions": [{"type": "Verified", "status": "True", "reason": "Checked", "message": "", "lastTransitionTime": "2026-01-14T07:00:00Z"}]
+        }});
+        k.kubectl_ok(&[
+            "patch",
+            "-n",
+            &ns,
+            "gi",
+            "win11-24h2-2026-01",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &verified.to_string(),
+        ]);
+        Some(Site { k, ns, posted: 0 })
+    }
+
+    fn operator(&self, identity: &str, failpoint: Option<&str>) -> Operator {
+        let mut cmd = Command::new(OPERATOR);
+        cmd.args(["run", "--backend", "kube", "--listen", "127.0.0.1:0"])
+            .args([
+                "--watch-namespace",
+                &self.ns,
+                "--lease-namespace",
+                &self.ns,
+                "--identity",
+                identity,
+            ])
+            .args([
+                "--lease-duration-seconds",
+                "4",
+                "--lease-grace-seconds",
+                "1",
+            ])
+            .env("KUBECONFIG", &self.k.kubeconfig)
+            .env("RECAST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        match failpoint {
+            Some(fp) => cmd.env("RECAST_FAILPOINT", fp),
+            None => cmd.env_remove("RECAST_FAILPOINT"),
+        };
+        let mut child = cmd.spawn().expect("start recast-operator");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Operator {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    fn status(&self, name: &str) -> EndpointStatus {
+        let out = self
+            .k
+            .kubectl_ok(&["get", "rep", name, "-n", &self.ns, "-o", "json"]);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        serde_json::from_value(v.get("status").cloned().unwrap_or(Value::Null)).unwrap_or_default()
+    }
+
+    /// Queues an input in the endpoint's inbox ConfigMap, as the gateway will.
+    fn post(&mut self, name: &str, input: Value) {
+        self.posted += 1;
+        let cm = format!("recast-inbox-{name}");
+        let key = format!("t{:06}", self.posted);
+        let exists = self
+            .k
+            .kubectl(&["get", "cm", &cm, "-n", &self.ns])
+            .status
+            .success();
+        if !exists {
+            let manifest = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": cm, "labels": {"recast.dev/inbox": "true"}, "annotations": {"recast.dev/endpoint": name}},
+                "data": {key: input.to_string()}});
+            let path = std::env::temp_dir().join(format!("{}-{cm}-{}.json", self.ns, self.posted));
+            std::fs::write(&path, manifest.to_string()).unwrap();
+            self.k
+                .kubectl_ok(&["create", "-n", &self.ns, "-f", &path.to_string_lossy()]);
+        } else {
+            let patch = json!({"data": {key: input.to_string()}});
+            self.k.kubectl_ok(&[
+                "patch",
+                "cm",
+                &cm,
+                "-n",
+                &self.ns,
+                "--type=merge",
+                "-p",
+                &patch.to_string(),
+            ]);
+        }
+    }
+
+    /// events.k8s.io events about an endpoint: (reason, reporting instance, count).
+    fn events(&self, name: &str) -> Vec<(String, String, u64)> {
+        let out = self
+            .k
+            .kubectl_ok(&["get", "events.events.k8s.io", "-n", &self.ns, "-o", "json"]);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["regarding"]["name"] == name)
+            .map(|e| {
+                (
+                    e["reason"].as_str().unwrap_or_default().to_string(),
+                    e["reportingInstance"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    e["series"]["count"].as_u64().unwrap_or(1),
+                )
+            })
+            .collect()
+    }
+
+    fn count(&self, name: &str, reason: &str) -> u64 {
+        self.events(name)
+            .iter()
+            .filter(|(r, _, _)| r == reason)
+            .map(|(_, _, c)| *c)
+            .sum()
+    }
+
+    fn lease_holder(&self) -> Option<String> {
+        let out = self.k.kubectl(&[
+            "get",
+            "lease",
+            "recast-operator",
+            "-n",
+            &self.ns,
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ]);
+        let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (out.status.success() && !s.is_empty()).then_some(s)
+    }
+
+    /// Plays the boot service and the endpoint: posts what the current step waits for, once.
+    fn drive(&mut self, name: &str, done: &mut Vec<String>) {
+        let st = self.status(name);
+        let Some(a) = st.active_attempt else { return };
+        let (tag, input) = match a.step {
+            ReimageStep::Booting => (
+                "boot",
+                json!({"type": "networkBooted", "data": {"attempt_id": a.id}}),
+            ),
+            ReimageStep::Applying => (
+                "imaged",
+                json!({"type": "imagingFinished", "data": {"attempt_id": a.id, "result": {"Ok": null}}}),
+            ),
+            ReimageStep::FirstBoot => (
+                "report",
+                json!({"type": "agentReport", "data": {"build": "26100.7623", "reportedAt": "", "attemptId": a.id}}),
+            ),
+            _ => return,
+        };
+        let key = format!("{}/{tag}", a.id);
+        if !done.contains(&key) {
+            self.post(name, input);
+            done.push(key);
+        }
+    }
+
+    fn wait_ready(
+        &mut self,
+        name: &str,
+        done: &mut Vec<String>,
+        within: Duration,
+    ) -> EndpointStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            let st = self.status(name);
+            if st.phase == Some(EndpointPhase::Ready)
+                && st.active_attempt.is_none()
+                && !st.history.is_empty()
+            {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} did not become Ready: {st:?}"
+            );
+            self.drive(name, done);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn start_failed_rollback(&mut self, name: &str) {
+        self.post(
+            name,
+            json!({"type": "agentReport", "data": {"build": "26100.7462", "reportedAt": ""}}),
+        );
+        self.post(name, json!({"type": "signals", "data": [["FailedRollback", "KB5074109 failed and rolled back"]]}));
+    }
+}
+
+struct Operator {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Operator {
+    fn saw(&mut self, needle: &str) -> bool {
+        self.seen.extend(self.lines.try_iter());
+        self.seen.iter().any(|l| l.contains(needle))
+    }
+
+    fn wait_for(&mut self, needle: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.saw(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "operator never logged {needle:?}; log:\n{}",
+                self.seen.join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn assert_one_clean_attempt(site: &Site, name: &str, st: &EndpointStatus) {
+    assert_eq!(st.attempts_started, 1, "a second attempt was started");
+    assert_eq!(st.history.len(), 1);
+    assert_eq!(st.history[0].outcome, AttemptOutcome::Succeeded);
+    assert_eq!(site.count(name, "AttemptStarted"), 1);
+    assert_eq!(
+        site.count(name, "BootArmed"),
+        1,
+        "boot armed more than once"
+    );
+    assert_eq!(
+        site.count(name, "PowerCycle"),
+        1,
+        "power-cycled more than once"
+    );
+    let boot = site
+        .k
+        .kubectl(&["get", "cm", &format!("recast-boot-{name}"), "-n", &site.ns]);
+    assert!(!boot.status.success(), "boot left armed");
+}
+
+#[test]
+fn reimages_through_every_step_on_the_apiserver() {
+    let Some(mut site) = Site::new("kube-flow") else {
+        return;
+    };
+    let mut op = site.operator("op-flow", None);
+    op.wait_for("became leader", Duration::from_secs(30));
+    site.start_failed_rollback("kiosk-01");
+    let mut done = Vec::new();
+    let st = site.wait_ready("kiosk-01", &mut done, Duration::from_secs(60));
+    assert_one_clean_attempt(&site, "kiosk-01", &st);
+    // Status was written by the operator's field manager through the status subresource.
+    let managed = site.k.kubectl_ok(&[
+        "get",
+        "rep",
+        "kiosk-01",
+        "-n",
+        &site.ns,
+        "--show-managed-fields",
+        "-o",
+        "json",
+    ]);
+    assert!(
+        managed.contains("\"manager\": \"recast-operator\"")
+            && managed.contains("\"subresource\": \"status\""),
+        "{managed}"
+    );
+    // The printer columns show the outcome.
+    let row = site
+        .k
+        .kubectl_ok(&["get", "rep", "kiosk-01", "-n", &site.ns, "--no-headers"]);
+    assert!(row.contains("Ready") && row.contains("26100.7623"), "{row}");
+    // The protected endpoint beside it was never touched.
+    site.post(
+        "reception-01",
+        json!({"type": "signals", "data": [["BootCrash", "0xED"]]}),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let r = site.status("reception-01");
+    assert_eq!(r.attempts_started, 0);
+    assert_eq!(site.count("reception-01", "BootArmed"), 0);
+    op.kill();
+}
+
+#[test]
+fn deleting_an_endpoint_disarms_its_boot_first() {
+    let Some(mut site) = Site::new("kube-final") else {
+        return;
+    };
+    let mut op = site.operator("op-final", None);
+    op.wait_for("became leader", Duration::from_secs(30));
+    site.post(
+        "kiosk-02",
+        json!({"type": "signals", "data": [["BootCrash", "0xED"]]}),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !site
+        .k
+        .kubectl(&["get", "cm", "recast-boot-kiosk-02", "-n", &site.ns])
+        .status
+        .success()
+    {
+        assert!(Instant::now() < deadline, "boot never armed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let fin = site.k.kubectl_ok(&[
+        "get",
+        "rep",
+        "kiosk-02",
+        "-n",
+        &site.ns,
+        "-o",
+        "jsonpath={.metadata.finalizers}",
+    ]);
+    assert!(fin.contains("recast.dev/disarm-boot"), "{fin}");
+    site.k
+        .kubectl_ok(&["delete", "rep", "kiosk-02", "-n", &site.ns, "--timeout=30s"]);
+    assert!(
+        !site
+            .k
+            .kubectl(&["get", "rep", "kiosk-02", "-n", &site.ns])
+            .status
+            .success(),
+        "endpoint still there"
+    );
+    assert!(
+        !site
+            .k
+            .kubectl(&["get", "cm", "recast-boot-kiosk-02", "-n", &site.ns])
+            .status
+            .success(),
+        "boot still armed"
+    );
+    op.kill();
+}
+
+#[test]
+fn two_replicas_only_the_leader_writes_and_the_standby_takes_over() {
+    let Some(mut site) = Site::new("kube-ha") else {
+        return;
+    };
+    let a = site.operator("op-a", None);
+    let b = site.operator("op-b", None);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let leader = loop {
+        if let Some(h) = site.lease_holder() {
+            break h;
+        }
+        assert!(Instant::now() < deadline, "nobody took the lease");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let (mut leading, standby, standby_id) = if leader == "op-a" {
+        (a, b, "op-b")
+    } else {
+        (b, a, "op-a")
+    };
+    leading.wait_for("became leader", Duration::from_secs(30));
+
+    site.start_failed_rollback("kiosk-01");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = site.status("kiosk-01");
+        if st
+            .active_attempt
+            .as_ref()
+            .is_some_and(|a| a.step == ReimageStep::Booting)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "attempt never reached Booting: {st:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Only the leader wrote: every event so far came from it.
+    let before = site.events("kiosk-01");
+    assert!(!before.is_empty());
+    assert!(
+        before.iter().all(|(_, who, _)| *who == leader),
+        "a standby wrote: {before:?}"
+    );
+
+    // The leader dies without releasing the lease.
+    let killed_at = Instant::now();
+    leading.kill();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if site.lease_holder().as_deref() == Some(standby_id) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the standby never took the lease"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let took = killed_at.elapsed();
+    // Lease duration 4s, plus the standby's retry interval and our polling.
+    assert!(
+        took < Duration::from_secs(4 + 6),
+        "take-over took {took:?}, beyond the lease duration"
+    );
+
+    let mut done = Vec::new();
+    let st = site.wait_ready("kiosk-01", &mut done, Duration::from_secs(60));
+    assert_one_clean_attempt(&site, "kiosk-01", &st);
+    let after = site.events("kiosk-01");
+    assert!(
+        after
+            .iter()
+            .any(|(r, who, _)| r == "AttemptSucceeded" && who == standby_id),
+        "{after:?}"
+    );
+    standby.kill();
+}
+
+#[test]
+fn killed_at_each_step_the_attempt_resumes_on_the_apiserver() {
+    let failpoints = [
+        "after-persist:ArmingBoot",
+        "after-action:ArmBoot",
+        "after-persist:PowerCycling",
+        "after-action:PowerCycle",
+        "after-persist:Booting",
+        "after-persist:Applying",
+        "after-persist:FirstBoot",
+    ];
+    for (i, fp) in failpoints.iter().enumerate() {
+        let Some(mut site) = Site::new(&format!("kube-crash{i}")) else {
+            return;
+        };
+        let identity = format!("op-crash-{i}");
+        let mut op = site.operator(&identity, Some(fp));
+        op.wait_for("became leader", Duration::from_secs(30));
+        site.start_failed_rollback("kiosk-01");
+        let mut done = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !op.saw(&format!("FAILPOINT {fp}")) {
+            assert!(Instant::now() < deadline, "{fp}: never reached");
+            site.drive("kiosk-01", &mut done);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        op.kill();
+        let at_crash = site.status("kiosk-01");
+        let id = at_crash
+            .active_attempt
+            .clone()
+            .unwrap_or_else(|| panic!("{fp}: attempt not persisted"))
+            .id;
+        // The same replica comes back (same identity: it may take its own lease at once).
+        let mut op = site.operator(&identity, None);
+        op.wait_for("became leader", Duration::from_secs(30));
+        let st = site.wait_ready("kiosk-01", &mut done, Duration::from_secs(60));
+        assert_eq!(st.history[0].id, id, "{fp}: resumed another attempt");
+        assert_one_clean_attempt(&site, "kiosk-01", &st);
+        op.kill();
+    }
+}
+
+#[tokio::test]
+async fn a_status_write_on_a_stale_spec_is_refused() {
+    let Some(site) = Site::new("kube-stale") else {
+        return;
+    };
+    let client = kube::Client::try_from(
+        kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(&site.k.kubeconfig).unwrap(),
+            &Default::default(),
+        )
+        .await
+        .unwrap(),
+    )
+    .unwrap();
+    let opts = KubeOptions {
+        lease_namespace: site.ns.clone(),
+        identity: "test".into(),
+        lease_duration: Duration::from_secs(4),
+        lease_grace: Duration::from_secs(1),
+        watch_namespace: Some(site.ns.clone()),
+    };
+    let leader = Arc::new(AtomicBool::new(true));
+    let (backend, _) = KubeBackend::connect(client, &opts, leader.clone())
+        .await
+        .unwrap();
+    let key = recast_operator::controller::Key {
+        namespace: site.ns.clone(),
+        name: "kiosk-03".into(),
+    };
+    let read = backend.endpoint(&key).await.unwrap().unwrap();
+    // A user protects the machine after the controller read it.
+    site.k.kubectl_ok(&[
+        "patch",
+        "rep",
+        "kiosk-03",
+        "-n",
+        &site.ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"protected":true}}"#,
+    ]);
+    let decided = EndpointStatus {
+        phase: Some(EndpointPhase::Reimaging),
+        ..Default::default()
+    };
+    match backend.write_status(&read, &decided).await {
+        Err(BackendError::Conflict(_)) => {}
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    let st = site.status("kiosk-03");
+    assert_ne!(
+        st.phase,
+        Some(EndpointPhase::Reimaging),
+        "the stale decision was written"
+    );
+    // A replica that is not the leader writes nothing at all.
+    leader.store(false, std::sync::atomic::Ordering::SeqCst);
+    let fresh = backend.endpoint(&key).await.unwrap().unwrap();
+    assert!(matches!(
+        backend.write_status(&fresh, &decided).await,
+        Err(BackendError::NotLeader)
+    ));
+}
