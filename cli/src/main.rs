@@ -3,19 +3,21 @@
 //! Exit codes: 0 success; 1 the operation failed or input was invalid; 2 bad usage or an
 //! unreadable file.
 
+mod backend;
 mod table;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use backend::{Backend, BackendError, KubeObjects};
 use clap::{Parser, Subcommand, ValueEnum};
 use jiff::Timestamp;
 use recast_crds::endpoint::EndpointStatus;
 use recast_crds::manifest::Kind;
 use recast_crds::validate::admit;
 use recast_operator::manifests;
-use recast_operator::store::embedded::{EmbeddedStore, StoreError};
+use recast_operator::store::embedded::EmbeddedStore;
 use serde_json::{Value, json};
 
 #[derive(Parser)]
@@ -28,8 +30,26 @@ struct Cli {
     /// Namespace of the objects.
     #[arg(short = 'n', long, global = true, default_value = "default")]
     namespace: String,
+    /// Where the objects live: the embedded store (default) or Kubernetes.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "RECAST_BACKEND",
+        default_value = "embedded"
+    )]
+    backend: BackendKind,
+    /// kubeconfig context (kube backend), like kubectl --context.
+    #[arg(long, global = true)]
+    context: Option<String>,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum BackendKind {
+    Embedded,
+    Kube,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -92,7 +112,13 @@ enum CliError {
     #[error("{0}")]
     Failed(String),
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Backend(#[from] BackendError),
+}
+
+impl From<recast_operator::store::embedded::StoreError> for CliError {
+    fn from(e: recast_operator::store::embedded::StoreError) -> Self {
+        CliError::Backend(BackendError::Store(e))
+    }
 }
 
 impl CliError {
@@ -150,8 +176,10 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
     if let Command::Validate { files } = &cli.command {
         return Ok(validate(files));
     }
-    let dir = data_dir(cli.data_dir);
-    let store = EmbeddedStore::open(&dir)?;
+    let store = match cli.backend {
+        BackendKind::Embedded => Backend::Embedded(EmbeddedStore::open(&data_dir(cli.data_dir))?),
+        BackendKind::Kube => Backend::Kube(KubeObjects::connect(cli.context)?),
+    };
     let ns = cli.namespace.as_str();
     let now = Timestamp::now();
     match cli.command {
@@ -321,7 +349,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
 }
 
 fn set_spec(
-    store: &EmbeddedStore,
+    store: &Backend,
     ns: &str,
     name: &str,
     field: &str,
@@ -330,12 +358,7 @@ fn set_spec(
     if store.get(Kind::Endpoint, ns, name)?.is_none() {
         return Err(not_found(Kind::Endpoint, ns, name));
     }
-    store.update(Kind::Endpoint, ns, name, |obj| {
-        if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
-            spec.insert(field.to_string(), value.clone());
-        }
-        Ok(())
-    })?;
+    store.set_spec_field(ns, name, field, value)?;
     Ok(())
 }
 

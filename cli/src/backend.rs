@@ -1,0 +1,275 @@
+//! Where recastctl reads and writes: the embedded store's file, or the Kubernetes API.
+
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::{Client, Config};
+use recast_crds::manifest::Kind;
+use recast_operator::store::embedded::{ApplyOutcome, EmbeddedStore, EventRecord, StoreError};
+use serde_json::{Value, json};
+
+pub const FIELD_MANAGER: &str = "recastctl";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Kube(String),
+}
+
+fn kube_err(e: kube::Error) -> BackendError {
+    match e {
+        kube::Error::Api(s) => BackendError::Kube(s.message),
+        other => BackendError::Kube(other.to_string()),
+    }
+}
+
+pub struct KubeObjects {
+    client: Client,
+    rt: tokio::runtime::Runtime,
+}
+
+pub enum Backend {
+    Embedded(EmbeddedStore),
+    Kube(KubeObjects),
+}
+
+fn resource(kind: Kind) -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(recast_crds::GROUP, recast_crds::VERSION, kind.as_str()),
+        kind.plural(),
+    )
+}
+
+impl KubeObjects {
+    /// Connects like kubectl: $KUBECONFIG or ~/.kube/config (or in-cluster), optionally a
+    /// named context.
+    pub fn connect(context: Option<String>) -> Result<KubeObjects, BackendError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| BackendError::Kube(e.to_string()))?;
+        let client = rt.block_on(async {
+            let config = match context {
+                Some(ctx) => Config::from_kubeconfig(&kube::config::KubeConfigOptions {
+                    context: Some(ctx),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| BackendError::Kube(format!("kubeconfig: {e}")))?,
+                None => Config::infer().await.map_err(|e| {
+                    BackendError::Kube(format!(
+                        "no cluster configured ({e}); set KUBECONFIG or use --backend embedded"
+                    ))
+                })?,
+            };
+            Client::try_from(config).map_err(|e| BackendError::Kube(e.to_string()))
+        })?;
+        Ok(KubeObjects { client, rt })
+    }
+
+    fn api(&self, kind: Kind, ns: Option<&str>) -> Api<DynamicObject> {
+        match ns {
+            Some(ns) => Api::namespaced_with(self.client.clone(), ns, &resource(kind)),
+            None => Api::all_with(self.client.clone(), &resource(kind)),
+        }
+    }
+}
+
+fn to_value(o: DynamicObject) -> Value {
+    serde_json::to_value(o).unwrap_or(Value::Null)
+}
+
+impl Backend {
+    pub fn apply(
+        &self,
+        doc: &Value,
+        ns: &str,
+    ) -> Result<(Kind, String, ApplyOutcome), BackendError> {
+        match self {
+            Backend::Embedded(s) => Ok(s.apply(doc, ns)?),
+            Backend::Kube(k) => {
+                let kind_name = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
+                let kind = Kind::from_kind(kind_name).ok_or_else(|| {
+                    BackendError::Kube(format!("{kind_name:?} is not a recast kind"))
+                })?;
+                let name = doc
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                let ns = doc
+                    .pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .unwrap_or(ns)
+                    .to_string();
+                let api = k.api(kind, Some(&ns));
+                k.rt.block_on(async {
+                    let before = api.get_opt(&name).await.map_err(kube_err)?;
+                    let after = api
+                        .patch(
+                            &name,
+                            &PatchParams::apply(FIELD_MANAGER),
+                            &Patch::Apply(doc),
+                        )
+                        .await
+                        .map_err(kube_err)?;
+                    let outcome = match before {
+                        None => ApplyOutcome::Created,
+                        Some(b)
+                            if b.metadata.resource_version == after.metadata.resource_version =>
+                        {
+                            ApplyOutcome::Unchanged
+                        }
+                        Some(_) => ApplyOutcome::Configured,
+                    };
+                    Ok((kind, name, outcome))
+                })
+            }
+        }
+    }
+
+    pub fn get(&self, kind: Kind, ns: &str, name: &str) -> Result<Option<Value>, BackendError> {
+        match self {
+            Backend::Embedded(s) => Ok(s.get(kind, ns, name)?),
+            Backend::Kube(k) => {
+                let api = k.api(kind, Some(ns));
+                k.rt.block_on(async {
+                    api.get_opt(name)
+                        .await
+                        .map(|o| o.map(to_value))
+                        .map_err(kube_err)
+                })
+            }
+        }
+    }
+
+    pub fn list(&self, kind: Kind, ns: Option<&str>) -> Result<Vec<Value>, BackendError> {
+        match self {
+            Backend::Embedded(s) => Ok(s.list(kind, ns)?),
+            Backend::Kube(k) => {
+                let api = k.api(kind, ns);
+                k.rt.block_on(async {
+                    let list = api.list(&ListParams::default()).await.map_err(kube_err)?;
+                    let mut items: Vec<Value> = list.items.into_iter().map(to_value).collect();
+                    items.sort_by_key(|o| {
+                        (
+                            o.pointer("/metadata/namespace")
+                                .and_then(Value::as_str)
+                                .unwrap_or_default()
+                                .to_string(),
+                            o.pointer("/metadata/name")
+                                .and_then(Value::as_str)
+                                .unwrap_or_default()
+                                .to_string(),
+                        )
+                    });
+                    Ok(items)
+                })
+            }
+        }
+    }
+
+    pub fn delete(&self, kind: Kind, ns: &str, name: &str) -> Result<bool, BackendError> {
+        match self {
+            Backend::Embedded(s) => Ok(s.delete(kind, ns, name)?),
+            Backend::Kube(k) => {
+                let api = k.api(kind, Some(ns));
+                k.rt.block_on(async {
+                    match api.delete(name, &DeleteParams::default()).await {
+                        Ok(_) => Ok(true),
+                        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+                        Err(e) => Err(kube_err(e)),
+                    }
+                })
+            }
+        }
+    }
+
+    /// Sets one field of an endpoint's spec (protect, reimage requests).
+    pub fn set_spec_field(
+        &self,
+        ns: &str,
+        name: &str,
+        field: &str,
+        value: Value,
+    ) -> Result<(), BackendError> {
+        match self {
+            Backend::Embedded(s) => {
+                s.update(Kind::Endpoint, ns, name, |obj| {
+                    if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+                        spec.insert(field.to_string(), value.clone());
+                    }
+                    Ok(())
+                })?;
+                Ok(())
+            }
+            Backend::Kube(k) => {
+                let api = k.api(Kind::Endpoint, Some(ns));
+                let patch = json!({"spec": {field: value}});
+                k.rt.block_on(async {
+                    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                        .map(|_| ())
+                        .map_err(kube_err)
+                })
+            }
+        }
+    }
+
+    pub fn events(
+        &self,
+        kind: Kind,
+        ns: &str,
+        name: &str,
+    ) -> Result<Vec<EventRecord>, BackendError> {
+        match self {
+            Backend::Embedded(s) => Ok(s.events(kind, ns, name)?),
+            Backend::Kube(k) => {
+                let ar = ApiResource::from_gvk_with_plural(
+                    &GroupVersionKind::gvk("events.k8s.io", "v1", "Event"),
+                    "events",
+                );
+                let api: Api<DynamicObject> = Api::namespaced_with(k.client.clone(), ns, &ar);
+                k.rt.block_on(async {
+                    let list = api.list(&ListParams::default()).await.map_err(kube_err)?;
+                    let mut out: Vec<EventRecord> = list
+                        .items
+                        .into_iter()
+                        .map(to_value)
+                        .filter(|e| {
+                            e.pointer("/regarding/name").and_then(Value::as_str) == Some(name)
+                                && e.pointer("/regarding/kind").and_then(Value::as_str)
+                                    == Some(kind.as_str())
+                        })
+                        .map(|e| {
+                            let s = |p: &str| {
+                                e.pointer(p)
+                                    .and_then(Value::as_str)
+                                    .unwrap_or_default()
+                                    .to_string()
+                            };
+                            let time = [
+                                s("/series/lastObservedTime"),
+                                s("/eventTime"),
+                                s("/deprecatedLastTimestamp"),
+                                s("/metadata/creationTimestamp"),
+                            ]
+                            .into_iter()
+                            .find(|t| !t.is_empty())
+                            .unwrap_or_default();
+                            EventRecord {
+                                time,
+                                type_: s("/type"),
+                                reason: s("/reason"),
+                                message: s("/note"),
+                            }
+                        })
+                        .collect();
+                    out.sort_by(|a, b| a.time.cmp(&b.time));
+                    Ok(out)
+                })
+            }
+        }
+    }
+}

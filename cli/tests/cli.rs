@@ -1,0 +1,239 @@
+//! recastctl as a user runs it, on the embedded store and on the real kube-apiserver.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+const RECASTCTL: &str = env!("CARGO_BIN_EXE_recastctl");
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+struct Ctl {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl Ctl {
+    fn embedded(tag: &str) -> Ctl {
+        let dir = std::env::temp_dir().join(format!("recastctl-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Ctl {
+            args: vec!["--data-dir".into(), dir.to_string_lossy().into()],
+            env: vec![],
+        }
+    }
+
+    fn kube(k: &recast_tests::K8s, ns: &str) -> Ctl {
+        Ctl {
+            args: vec!["--backend".into(), "kube".into(), "-n".into(), ns.into()],
+            env: vec![("KUBECONFIG".into(), k.kubeconfig.to_string_lossy().into())],
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(RECASTCTL);
+        cmd.args(&self.args)
+            .args(args)
+            .env_remove("RECAST_DATA_DIR")
+            .env_remove("RECAST_BACKEND");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "recastctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn examples() -> String {
+    repo().join("examples").to_string_lossy().into_owned()
+}
+
+/// The same checks on either backend.
+fn exercise(ctl: &Ctl) {
+    let out = ctl.ok(&["apply", "-f", &examples()]);
+    assert!(
+        out.contains("endpoint.recast.dev/kiosk-01 created"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Secret in") && out.contains("skipped"),
+        "{out}"
+    );
+    let again = ctl.ok(&["apply", "-f", &examples()]);
+    assert_eq!(again.matches(" unchanged").count(), 8, "{again}");
+
+    let table = ctl.ok(&["get", "rep"]);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NAME", "SITE", "PHASE", "STEP", "BUILD", "IMAGE", "AGE"]
+    );
+    assert_eq!(table.lines().count(), 6, "{table}");
+    let gi = ctl.ok(&["get", "goldenimages"]);
+    assert!(
+        gi.starts_with("NAME") && gi.contains("VERIFIED") && gi.contains("win11-24h2-2026-01"),
+        "{gi}"
+    );
+
+    let json: Value =
+        serde_json::from_str(&ctl.ok(&["get", "rep", "kiosk-01", "-o", "json"])).unwrap();
+    assert_eq!(
+        json["spec"]["identity"]["macAddresses"][0],
+        "52:54:00:a1:00:01"
+    );
+    let yaml = ctl.ok(&["get", "wave", "-o", "yaml"]);
+    assert!(
+        yaml.contains("kind: List") && yaml.contains("store-042-kiosks-2026-01"),
+        "{yaml}"
+    );
+
+    ctl.ok(&["protect", "kiosk-02"]);
+    let wide = ctl.ok(&["get", "rep", "-o", "wide"]);
+    let row = wide.lines().find(|l| l.starts_with("kiosk-02")).unwrap();
+    assert!(row.contains("true"), "{row}");
+    ctl.ok(&["unprotect", "kiosk-02"]);
+
+    let out = ctl.ok(&[
+        "reimage",
+        "kiosk-03",
+        "--reason",
+        "ticket 4711: KB5074109 rolled back",
+    ]);
+    assert!(out.contains("reimage requested"), "{out}");
+    let ep: Value =
+        serde_json::from_str(&ctl.ok(&["get", "rep", "kiosk-03", "-o", "json"])).unwrap();
+    assert_eq!(
+        ep["spec"]["reimageRequest"]["reason"],
+        "ticket 4711: KB5074109 rolled back"
+    );
+    assert!(
+        ep["spec"]["reimageRequest"]["token"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty())
+    );
+
+    assert_eq!(
+        ctl.ok(&["history", "kiosk-01"]),
+        "No reimage attempts yet.\n"
+    );
+    let d = ctl.ok(&["describe", "rep", "kiosk-01"]);
+    assert!(
+        d.contains("Name:         kiosk-01") && d.contains("Events:"),
+        "{d}"
+    );
+
+    // Bad input: each gets a clear message and its exit code, and nothing changes.
+    let bad = ctl.run(&[
+        "apply",
+        "-f",
+        &repo()
+            .join("examples/invalid/endpoint-site.yaml")
+            .to_string_lossy(),
+    ]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        stderr(&bad).contains("spec.site must be a DNS label"),
+        "{}",
+        stderr(&bad)
+    );
+    let missing = ctl.run(&["get", "rep", "nope"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        stderr(&missing).contains("\"nope\" not found"),
+        "{}",
+        stderr(&missing)
+    );
+    let kind = ctl.run(&["get", "pods"]);
+    assert_eq!(kind.status.code(), Some(2));
+    assert!(stderr(&kind).contains("unknown kind"), "{}", stderr(&kind));
+    let no_reason = ctl.run(&["reimage", "kiosk-01"]);
+    assert_eq!(
+        no_reason.status.code(),
+        Some(2),
+        "clap refuses a reimage without --reason"
+    );
+    let no_file = ctl.run(&["apply", "-f", "/nonexistent/recast.yaml"]);
+    assert_eq!(no_file.status.code(), Some(2));
+    assert_eq!(
+        ctl.ok(&["get", "rep"]).lines().count(),
+        6,
+        "nothing was added"
+    );
+
+    ctl.ok(&["delete", "wave", "store-042-kiosks-2026-01"]);
+    let waves = ctl.run(&["get", "wave"]);
+    assert!(String::from_utf8_lossy(&waves.stdout).trim().is_empty());
+}
+
+#[test]
+fn recastctl_on_the_embedded_store() {
+    exercise(&Ctl::embedded("flow"));
+}
+
+#[test]
+fn recastctl_on_the_apiserver() {
+    let Some(k) = recast_tests::K8s::get() else {
+        return;
+    };
+    k.install_crds();
+    let ns = k.fresh_namespace("ctl");
+    exercise(&Ctl::kube(&k, &ns));
+}
+
+#[test]
+fn a_foreign_data_dir_is_refused_without_touching_it() {
+    let ctl = Ctl::embedded("foreign");
+    let dir = PathBuf::from(&ctl.args[1]);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("recast.db"),
+        b"this is somebody's notes, not a database",
+    )
+    .unwrap();
+    let out = ctl.run(&["get", "rep"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("not a recast data file"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read(dir.join("recast.db")).unwrap(),
+        b"this is somebody's notes, not a database"
+    );
+}
+
+#[test]
+fn validate_checks_offline() {
+    let ok = Command::new(RECASTCTL)
+        .args(["validate", "-f", &examples()])
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let bad = Command::new(RECASTCTL)
+        .args([
+            "validate",
+            "-f",
+            &repo().join("examples/invalid").to_string_lossy(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(stderr(&bad).contains("requiredKbs entries must be KB followed by digits"));
+}
