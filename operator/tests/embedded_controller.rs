@@ -356,7 +356,7 @@ impl Backend for RacingEdit {
         &self,
         ep: &recast_crds::Endpoint,
         s: &EndpointStatus,
-    ) -> Result<(), BackendError> {
+    ) -> Result<Option<recast_crds::Endpoint>, BackendError> {
         let first = std::mem::replace(&mut *self.raced.lock().unwrap(), true);
         if !first && s.active_attempt.is_some() {
             self.inner
@@ -382,7 +382,10 @@ impl Backend for RacingEdit {
     ) -> Result<(), BackendError> {
         self.inner.record(ep, n, now).await
     }
-    async fn ensure_finalizer(&self, ep: &recast_crds::Endpoint) -> Result<(), BackendError> {
+    async fn ensure_finalizer(
+        &self,
+        ep: &recast_crds::Endpoint,
+    ) -> Result<Option<recast_crds::Endpoint>, BackendError> {
         self.inner.ensure_finalizer(ep).await
     }
     async fn remove_finalizer(&self, ep: &recast_crds::Endpoint) -> Result<(), BackendError> {

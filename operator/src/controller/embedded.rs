@@ -92,12 +92,12 @@ impl Backend for EmbeddedBackend {
         &self,
         ep: &Endpoint,
         status: &EndpointStatus,
-    ) -> Result<(), BackendError> {
+    ) -> Result<Option<Endpoint>, BackendError> {
         let (ns, name) = ns_name(ep);
         let value = serde_json::to_value(status).map_err(|e| BackendError::Other(e.to_string()))?;
         self.store
             .write_status(Kind::Endpoint, &ns, &name, ep.metadata.generation, &value)
-            .map(|_| ())
+            .map(|_| None)
             .map_err(other)
     }
 
@@ -122,18 +122,19 @@ impl Backend for EmbeddedBackend {
             .map_err(other)
     }
 
-    async fn ensure_finalizer(&self, ep: &Endpoint) -> Result<(), BackendError> {
+    async fn ensure_finalizer(&self, ep: &Endpoint) -> Result<Option<Endpoint>, BackendError> {
         if ep
             .metadata
             .finalizers
             .as_ref()
             .is_some_and(|f| f.iter().any(|f| f == BOOT_FINALIZER))
         {
-            return Ok(());
+            return Ok(None);
         }
         let (ns, name) = ns_name(ep);
         self.store
             .ensure_finalizer(Kind::Endpoint, &ns, &name, BOOT_FINALIZER)
+            .map(|()| None)
             .map_err(other)
     }
 

@@ -52,6 +52,9 @@ pub struct KubeBackend {
     recorder: Recorder,
     leader: Arc<AtomicBool>,
     watch_namespace: Option<String>,
+    /// Endpoints whose inbox ConfigMap holds entries, kept by the controller's inbox watch
+    /// (None when no watch feeds it: then every reconcile reads the inbox).
+    inboxes: Option<Arc<std::sync::Mutex<std::collections::HashSet<Key>>>>,
 }
 
 fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -148,6 +151,7 @@ impl KubeBackend {
             ),
             leader,
             watch_namespace: opts.watch_namespace.clone(),
+            inboxes: None,
         };
         Ok((backend, trigger))
     }
@@ -284,7 +288,7 @@ impl Backend for KubeBackend {
         &self,
         ep: &Endpoint,
         status: &EndpointStatus,
-    ) -> Result<(), BackendError> {
+    ) -> Result<Option<Endpoint>, BackendError> {
         self.check_leader()?;
         let patch = json!({
             "apiVersion": recast_crds::API_VERSION,
@@ -299,7 +303,7 @@ impl Backend for KubeBackend {
                 &Patch::Apply(patch),
             )
             .await
-            .map(|_| ())
+            .map(Some)
             .map_err(kube_err)
     }
 
@@ -328,9 +332,9 @@ impl Backend for KubeBackend {
         Ok(())
     }
 
-    async fn ensure_finalizer(&self, ep: &Endpoint) -> Result<(), BackendError> {
+    async fn ensure_finalizer(&self, ep: &Endpoint) -> Result<Option<Endpoint>, BackendError> {
         if ep.finalizers().iter().any(|f| f == BOOT_FINALIZER) {
-            return Ok(());
+            return Ok(None);
         }
         self.check_leader()?;
         let patch = json!({
@@ -345,7 +349,7 @@ impl Backend for KubeBackend {
                 &Patch::Apply(patch),
             )
             .await
-            .map(|_| ())
+            .map(Some)
             .map_err(kube_err)
     }
 
@@ -500,6 +504,15 @@ impl Backend for KubeBackend {
         &self,
         key: &Key,
     ) -> Result<Vec<(String, Option<Input>)>, BackendError> {
+        // Most reconciles have nothing queued; the inbox watch says which do.
+        if let Some(known) = &self.inboxes
+            && !known
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(key)
+        {
+            return Ok(Vec::new());
+        }
         let data = self
             .cm_data(&key.namespace, &format!("recast-inbox-{}", key.name))
             .await?;
@@ -556,7 +569,10 @@ pub async fn run<P: PowerControl>(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let leader = Arc::new(AtomicBool::new(false));
-    let (backend, trigger) = KubeBackend::connect(client.clone(), &opts, leader.clone()).await?;
+    let (mut backend, trigger) =
+        KubeBackend::connect(client.clone(), &opts, leader.clone()).await?;
+    let inbox_index: Arc<std::sync::Mutex<std::collections::HashSet<Key>>> = Default::default();
+    backend.inboxes = Some(inbox_index.clone());
     let backend = Arc::new(backend);
     let ctrl = Arc::new(Controller::new(
         backend,
@@ -609,13 +625,27 @@ pub async fn run<P: PowerControl>(
             }
         };
         let endpoints = scoped::<Endpoint>(&client, opts.watch_namespace.as_deref());
+        let inbox_index = inbox_index.clone();
         let inboxes = scoped::<ConfigMap>(&client, opts.watch_namespace.as_deref());
         let mut kc = KubeController::new(endpoints, watcher::Config::default().any_semantic())
             .watches(
                 inboxes,
                 watcher::Config::default().labels(&format!("{INBOX_LABEL}=true")),
-                |cm: ConfigMap| {
+                move |cm: ConfigMap| {
                     let ns = cm.namespace();
+                    // Note which endpoints have something queued, before their reconcile runs.
+                    if let Some(name) = cm.annotations().get(ENDPOINT_ANNOTATION) {
+                        let key = Key {
+                            namespace: ns.clone().unwrap_or_else(|| "default".into()),
+                            name: name.clone(),
+                        };
+                        let mut known = inbox_index.lock().unwrap_or_else(|p| p.into_inner());
+                        if cm.data.as_ref().is_some_and(|d| !d.is_empty()) {
+                            known.insert(key);
+                        } else {
+                            known.remove(&key);
+                        }
+                    }
                     cm.annotations()
                         .get(ENDPOINT_ANNOTATION)
                         .map(|name| {
@@ -696,7 +726,10 @@ async fn reconcile<P: PowerControl>(
     ctrl: Arc<Controller<KubeBackend, P>>,
 ) -> Result<KubeAction, ReconcileError> {
     let key = Key::of(&ep);
-    match ctrl.reconcile(&key, Input::Reconcile).await {
+    match ctrl
+        .reconcile_cached(&key, Input::Reconcile, Some((*ep).clone()))
+        .await
+    {
         Ok(Some(after)) => Ok(KubeAction::requeue(after)),
         Ok(None) => Ok(KubeAction::requeue(Duration::from_secs(300))),
         Err(e) => Err(ReconcileError(e.to_string())),

@@ -88,22 +88,24 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         namespace: &str,
     ) -> impl Future<Output = Result<Vec<GoldenImage>, BackendError>> + Send;
-    /// Writes status, failing with Conflict when the endpoint's generation moved on.
+    /// Writes status, failing with Conflict when the endpoint changed since `ep` was read.
+    /// Returns the stored object when the backend gets it back for free.
     fn write_status(
         &self,
         ep: &Endpoint,
         status: &EndpointStatus,
-    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+    ) -> impl Future<Output = Result<Option<Endpoint>, BackendError>> + Send;
     fn record(
         &self,
         ep: &Endpoint,
         notice: &Notice,
         now: Timestamp,
     ) -> impl Future<Output = Result<(), BackendError>> + Send;
+    /// Adds the finalizer if missing; returns the updated object when it patched one.
     fn ensure_finalizer(
         &self,
         ep: &Endpoint,
-    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+    ) -> impl Future<Output = Result<Option<Endpoint>, BackendError>> + Send;
     fn remove_finalizer(
         &self,
         ep: &Endpoint,
@@ -231,10 +233,22 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
         key: &Key,
         input: Input,
     ) -> Result<Option<Duration>, BackendError> {
+        self.reconcile_cached(key, input, None).await
+    }
+
+    /// Like `reconcile`, starting from a copy of the endpoint the caller already has (from a
+    /// watch cache). A stale copy costs nothing but a retry: status writes carry the copy's
+    /// resourceVersion as a precondition, and a conflict reads the endpoint afresh.
+    pub async fn reconcile_cached(
+        &self,
+        key: &Key,
+        input: Input,
+        cached: Option<Endpoint>,
+    ) -> Result<Option<Duration>, BackendError> {
         let lock = self.key_lock(key);
         let _guard = lock.lock().await;
         let started = std::time::Instant::now();
-        let result = self.drain_then(key, input).await;
+        let result = self.drain_then(key, input, cached).await;
         self.metrics
             .observe_reconcile(started.elapsed(), result.as_ref().err());
         result
@@ -242,25 +256,32 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
 
     /// Decides on the endpoint's queued inputs (acknowledging each once its decision is
     /// persisted), then on `input`.
-    async fn drain_then(&self, key: &Key, input: Input) -> Result<Option<Duration>, BackendError> {
+    async fn drain_then(
+        &self,
+        key: &Key,
+        input: Input,
+        mut cached: Option<Endpoint>,
+    ) -> Result<Option<Duration>, BackendError> {
         for (id, queued) in self.backend.pending_inputs(key).await? {
             match queued {
                 Some(queued) => {
-                    self.reconcile_inner(key, queued).await?;
+                    self.reconcile_inner(key, queued, cached.take()).await?;
                 }
                 None => tracing::warn!(endpoint = %key, id, "dropping an unreadable queued input"),
             }
             self.backend.ack_input(key, &id).await?;
         }
-        self.reconcile_inner(key, input).await
+        self.reconcile_inner(key, input, cached).await
     }
 
     async fn reconcile_inner(
         &self,
         key: &Key,
         input: Input,
+        cached: Option<Endpoint>,
     ) -> Result<Option<Duration>, BackendError> {
         let mut inputs = VecDeque::from([input]);
+        let mut known = cached;
         let mut requeue = None;
         let mut steps = 0;
         let mut conflicts = 0;
@@ -270,18 +291,27 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
                 tracing::warn!(endpoint = %key, "reconcile stopped after {MAX_STEPS} steps; continuing on the next pass");
                 return Ok(Some(Duration::from_secs(1)));
             }
-            let Some(ep) = self.backend.endpoint(key).await? else {
-                self.index().remove(&key.to_string());
-                return Ok(None);
+            let ep = match known.take() {
+                Some(ep) => ep,
+                None => match self.backend.endpoint(key).await? {
+                    Some(ep) => ep,
+                    None => {
+                        self.index().remove(&key.to_string());
+                        return Ok(None);
+                    }
+                },
             };
             if ep.metadata.deletion_timestamp.is_some() {
                 self.finalize(&ep).await?;
                 self.index().remove(&key.to_string());
                 return Ok(None);
             }
-            self.backend.ensure_finalizer(&ep).await?;
+            let ep = self.backend.ensure_finalizer(&ep).await?.unwrap_or(ep);
             let decision = match self.decide_and_persist(key, &ep, &input).await {
-                Ok(d) => d,
+                Ok((d, stored)) => {
+                    known = stored;
+                    d
+                }
                 Err(BackendError::Conflict(why)) if conflicts < 5 => {
                     conflicts += 1;
                     tracing::debug!(endpoint = %key, "status write conflicted ({why}); deciding again");
@@ -314,7 +344,7 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
         key: &Key,
         ep: &Endpoint,
         input: &Input,
-    ) -> Result<Decision, BackendError> {
+    ) -> Result<(Decision, Option<Endpoint>), BackendError> {
         let (policy, policy_problem) = self.policy_for(ep).await?;
         let image = self.image_for(ep).await?;
         let status = ep.status.clone().unwrap_or_default();
@@ -345,14 +375,14 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
         };
         let decision = decide_now(self.clock.now());
         if decision.edge != Some(Edge::AttemptStarted) {
-            self.persist(key, ep, &status, &decision).await?;
-            return Ok(decision);
+            let stored = self.persist(key, ep, &status, &decision).await?;
+            return Ok((decision, stored));
         }
         // Starting takes a slot: decide again under the lock, with the index as it is now.
         let _slot = self.start_lock.lock().await;
         let decision = decide_now(self.clock.now());
-        self.persist(key, ep, &status, &decision).await?;
-        Ok(decision)
+        let stored = self.persist(key, ep, &status, &decision).await?;
+        Ok((decision, stored))
     }
 
     async fn persist(
@@ -361,9 +391,10 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
         ep: &Endpoint,
         before: &EndpointStatus,
         d: &Decision,
-    ) -> Result<(), BackendError> {
+    ) -> Result<Option<Endpoint>, BackendError> {
+        let mut stored = None;
         if d.status != *before {
-            self.backend.write_status(ep, &d.status).await?;
+            stored = self.backend.write_status(ep, &d.status).await?;
             self.metrics.status_write();
             if let Some(edge) = d.edge {
                 self.metrics.transition(edge);
@@ -376,7 +407,7 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
         }
         self.index()
             .upsert(&key.to_string(), ep.spec.site.as_deref(), &d.status);
-        Ok(())
+        Ok(stored)
     }
 
     async fn finalize(&self, ep: &Endpoint) -> Result<(), BackendError> {
