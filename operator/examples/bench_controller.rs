@@ -25,7 +25,7 @@ fn endpoint(i: usize) -> Value {
         "metadata": {"name": format!("ep-{i:05}"), "labels": {"site": format!("site-{}", i % 40)}},
         "spec": {
             "identity": {"macAddresses": [format!("02:00:00:{:02x}:{:02x}:{:02x}", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff)]},
-            "bootMode": if i % 5 == 0 { "bios" } else { "uefi" },
+            "bootMode": if i.is_multiple_of(5) { "bios" } else { "uefi" },
             "image": {"channel": "stable"},
             "site": format!("site-{}", i % 40)
         }
