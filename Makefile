@@ -7,7 +7,7 @@ CARGO       ?= cargo
 CARGO_FLAGS ?= --ignore-rust-version
 DATA_DIR    ?= $(CURDIR)/.recast-data
 
-.PHONY: all build run test lint fmt docs crds crds-check k8s-build k8s-demo k8s-up k8s-down clean help
+.PHONY: all build run test lint fmt docs crds crds-check bench-controller k8s-build k8s-demo k8s-up k8s-down clean help
 
 all: build
 
@@ -39,6 +39,13 @@ docs: ## Regenerate generated docs (docs/lifecycle.md)
 
 crds-check: ## Fail when crds/yaml differs from what the types generate
 	$(CARGO) run $(CARGO_FLAGS) -q -p recast-crds --bin crdgen -- --check crds/yaml
+
+BENCH_ENDPOINTS ?= 10000
+
+bench-controller: ## The controller over $(BENCH_ENDPOINTS) endpoints on both backends vs a naive controller (prints a table)
+	$(CARGO) build --release $(CARGO_FLAGS) -p recast-operator --bin recast-operator --example bench_controller
+	tests/k8s/harness.sh up
+	target/release/examples/bench_controller target/release/recast-operator $(BENCH_ENDPOINTS)
 
 k8s-build: ## Build (or reuse) kube-apiserver, etcd and kubectl from their Go modules
 	tests/k8s/build.sh

@@ -39,7 +39,6 @@ use crate::core::time;
 use crate::store::embedded::BOOT_FINALIZER;
 
 pub const FIELD_MANAGER: &str = "recast-operator";
-const FINALIZER_MANAGER: &str = "recast-operator-finalizer";
 pub const LEASE_NAME: &str = "recast-operator";
 pub const INBOX_LABEL: &str = "recast.dev/inbox";
 pub const BOOT_LABEL: &str = "recast.dev/boot-intent";
@@ -337,16 +336,18 @@ impl Backend for KubeBackend {
             return Ok(None);
         }
         self.check_leader()?;
-        let patch = json!({
-            "apiVersion": recast_crds::API_VERSION,
-            "kind": "Endpoint",
-            "metadata": {"name": ep.name_any(), "finalizers": [BOOT_FINALIZER]},
-        });
+        // A merge patch of the whole list, guarded by the resourceVersion it was computed
+        // from: cheaper for the apiserver than an apply, and never drops someone else's
+        // finalizer added meanwhile (that is a 409, and the caller reads again).
+        let mut list = ep.finalizers().to_vec();
+        list.push(BOOT_FINALIZER.to_string());
+        let patch =
+            json!({"metadata": {"finalizers": list, "resourceVersion": ep.resource_version()}});
         self.endpoints_api(&ns_of(ep))
             .patch(
                 &ep.name_any(),
-                &PatchParams::apply(FINALIZER_MANAGER),
-                &Patch::Apply(patch),
+                &PatchParams::default(),
+                &Patch::Merge(patch),
             )
             .await
             .map(Some)
@@ -355,18 +356,19 @@ impl Backend for KubeBackend {
 
     async fn remove_finalizer(&self, ep: &Endpoint) -> Result<(), BackendError> {
         self.check_leader()?;
-        // Applying an empty list as the finalizer's manager removes only what it owns.
-        let patch = json!({
-            "apiVersion": recast_crds::API_VERSION,
-            "kind": "Endpoint",
-            "metadata": {"name": ep.name_any(), "finalizers": []},
-        });
+        let list: Vec<&String> = ep
+            .finalizers()
+            .iter()
+            .filter(|f| *f != BOOT_FINALIZER)
+            .collect();
+        let patch =
+            json!({"metadata": {"finalizers": list, "resourceVersion": ep.resource_version()}});
         match self
             .endpoints_api(&ns_of(ep))
             .patch(
                 &ep.name_any(),
-                &PatchParams::apply(FINALIZER_MANAGER),
-                &Patch::Apply(patch),
+                &PatchParams::default(),
+                &Patch::Merge(patch),
             )
             .await
         {
@@ -627,7 +629,10 @@ pub async fn run<P: PowerControl>(
         let endpoints = scoped::<Endpoint>(&client, opts.watch_namespace.as_deref());
         let inbox_index = inbox_index.clone();
         let inboxes = scoped::<ConfigMap>(&client, opts.watch_namespace.as_deref());
+        // Bounded concurrency: unbounded, a cold start over thousands of endpoints floods the
+        // apiserver with parallel writes and holds every in-flight request in memory.
         let mut kc = KubeController::new(endpoints, watcher::Config::default().any_semantic())
+            .with_config(kube::runtime::controller::Config::default().concurrency(16))
             .watches(
                 inboxes,
                 watcher::Config::default().labels(&format!("{INBOX_LABEL}=true")),

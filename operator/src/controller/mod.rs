@@ -20,7 +20,8 @@ use crate::bmc::PowerControl;
 use crate::core::build::Build;
 use crate::core::fleet::FleetIndex;
 use crate::core::lifecycle::{
-    Action, ActionError, Context, Decision, EndpointView, ImageView, Input, Notice, decide,
+    Action, ActionError, ActionKind, Context, Decision, EndpointView, ImageView, Input, Notice,
+    decide,
 };
 use crate::core::policy::PolicyView;
 use crate::core::transitions::Edge;
@@ -306,7 +307,6 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
                 self.index().remove(&key.to_string());
                 return Ok(None);
             }
-            let ep = self.backend.ensure_finalizer(&ep).await?.unwrap_or(ep);
             let decision = match self.decide_and_persist(key, &ep, &input).await {
                 Ok((d, stored)) => {
                     known = stored;
@@ -327,8 +327,21 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
             if let Some(a) = &decision.status.active_attempt {
                 crate::failpoint::hit(&format!("after-persist:{:?}", a.step)).await;
             }
+            // The finalizer goes on before a boot is armed (and stays), so deleting the
+            // endpoint can never leave the machine booting into the imaging environment.
+            let mut current = known.clone().unwrap_or_else(|| ep.clone());
+            if decision
+                .actions
+                .iter()
+                .any(|a| a.kind() == ActionKind::ArmBoot)
+            {
+                if let Some(updated) = self.ensure_finalizer_fresh(key, &current).await? {
+                    current = updated.clone();
+                    known = Some(updated);
+                }
+            }
             for action in &decision.actions {
-                if let Some(next) = self.execute(&ep, action).await? {
+                if let Some(next) = self.execute(&current, action).await? {
                     crate::failpoint::hit(&format!("after-action:{}", action.kind().as_str()))
                         .await;
                     inputs.push_back(next);
@@ -408,6 +421,32 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
         self.index()
             .upsert(&key.to_string(), ep.spec.site.as_deref(), &d.status);
         Ok(stored)
+    }
+
+    /// Adds the finalizer, reading the endpoint again when the copy was stale. Returns the
+    /// updated object when the backend hands it back.
+    async fn ensure_finalizer_fresh(
+        &self,
+        key: &Key,
+        ep: &Endpoint,
+    ) -> Result<Option<Endpoint>, BackendError> {
+        let mut ep = ep.clone();
+        for _ in 0..5 {
+            match self.backend.ensure_finalizer(&ep).await {
+                Ok(updated) => return Ok(updated),
+                Err(BackendError::Conflict(_)) => {
+                    ep = self
+                        .backend
+                        .endpoint(key)
+                        .await?
+                        .ok_or_else(|| BackendError::Other(format!("{key} disappeared")))?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(BackendError::Conflict(format!(
+            "{key}: finalizer kept conflicting"
+        )))
     }
 
     async fn finalize(&self, ep: &Endpoint) -> Result<(), BackendError> {
