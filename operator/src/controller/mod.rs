@@ -330,15 +330,13 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
             // The finalizer goes on before a boot is armed (and stays), so deleting the
             // endpoint can never leave the machine booting into the imaging environment.
             let mut current = known.clone().unwrap_or_else(|| ep.clone());
-            if decision
+            let arms = decision
                 .actions
                 .iter()
-                .any(|a| a.kind() == ActionKind::ArmBoot)
-            {
-                if let Some(updated) = self.ensure_finalizer_fresh(key, &current).await? {
-                    current = updated.clone();
-                    known = Some(updated);
-                }
+                .any(|a| a.kind() == ActionKind::ArmBoot);
+            if arms && let Some(updated) = self.ensure_finalizer_fresh(key, &current).await? {
+                current = updated.clone();
+                known = Some(updated);
             }
             for action in &decision.actions {
                 if let Some(next) = self.execute(&current, action).await? {
