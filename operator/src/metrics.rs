@@ -144,11 +144,28 @@ impl Metrics {
             .observe(secs);
     }
 
-    /// Sets the per-phase endpoint counts (the controller recomputes them after each pass).
-    pub fn set_phase_counts(&self, counts: &[(Option<EndpointPhase>, i64)]) {
+    /// Sets the per-phase endpoint gauge from every endpoint's phase (phases with no endpoint
+    /// read 0, so a dashboard sees them drain).
+    pub fn set_phases(&self, phases: impl Iterator<Item = Option<EndpointPhase>>) {
+        let mut counts: std::collections::BTreeMap<String, i64> = [
+            EndpointPhase::Pending,
+            EndpointPhase::Ready,
+            EndpointPhase::Degraded,
+            EndpointPhase::ReimageScheduled,
+            EndpointPhase::Reimaging,
+            EndpointPhase::Failed,
+            EndpointPhase::Quarantined,
+        ]
+        .into_iter()
+        .map(|p| (format!("{p:?}"), 0))
+        .collect();
+        for p in phases {
+            *counts
+                .entry(p.map_or("None".to_string(), |p| format!("{p:?}")))
+                .or_insert(0) += 1;
+        }
         for (phase, n) in counts {
-            let name = phase.map_or("None".to_string(), |p| format!("{p:?}"));
-            self.endpoints.get_or_create(&label("phase", &name)).set(*n);
+            self.endpoints.get_or_create(&label("phase", &phase)).set(n);
         }
     }
 

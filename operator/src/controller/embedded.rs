@@ -326,7 +326,7 @@ pub async fn run<P: PowerControl>(
                 break;
             }
         }
-        if last_metrics.elapsed() >= Duration::from_secs(5) {
+        if last_metrics.elapsed() >= Duration::from_secs(15) {
             last_metrics = Instant::now();
             update_phase_metrics(&ctrl).await;
         }
@@ -347,23 +347,8 @@ async fn update_phase_metrics<B: Backend, P: PowerControl>(ctrl: &Controller<B, 
     let Ok(all) = ctrl.backend.endpoints().await else {
         return;
     };
-    let mut counts: BTreeMap<String, (Option<recast_crds::endpoint::EndpointPhase>, i64)> =
-        BTreeMap::new();
-    for phase in [
-        recast_crds::endpoint::EndpointPhase::Pending,
-        recast_crds::endpoint::EndpointPhase::Ready,
-        recast_crds::endpoint::EndpointPhase::Degraded,
-        recast_crds::endpoint::EndpointPhase::ReimageScheduled,
-        recast_crds::endpoint::EndpointPhase::Reimaging,
-        recast_crds::endpoint::EndpointPhase::Failed,
-        recast_crds::endpoint::EndpointPhase::Quarantined,
-    ] {
-        counts.insert(format!("{phase:?}"), (Some(phase), 0));
-    }
-    for ep in &all {
-        let phase = ep.status.as_ref().and_then(|s| s.phase);
-        counts.entry(format!("{phase:?}")).or_insert((phase, 0)).1 += 1;
-    }
-    let list: Vec<_> = counts.into_values().collect();
-    ctrl.metrics.set_phase_counts(&list);
+    ctrl.metrics.set_phases(
+        all.iter()
+            .map(|ep| ep.status.as_ref().and_then(|s| s.phase)),
+    );
 }

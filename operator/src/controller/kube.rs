@@ -668,6 +668,20 @@ pub async fn run<P: PowerControl>(
         if let Some(t) = trigger.take() {
             kc = kc.reconcile_all_on(t);
         }
+        // Endpoints per phase, from the controller's own watch cache.
+        let cache = kc.store();
+        let metrics = ctrl.metrics.clone();
+        let gauge = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(15)).await;
+                metrics.set_phases(
+                    cache
+                        .state()
+                        .iter()
+                        .map(|ep| ep.status.as_ref().and_then(|s| s.phase)),
+                );
+            }
+        });
         kc.run(reconcile::<P>, error_policy::<P>, ctrl.clone())
             .for_each(|r| async move {
                 if let Err(e) = r {
@@ -675,6 +689,7 @@ pub async fn run<P: PowerControl>(
                 }
             })
             .await;
+        gauge.abort();
         leader.store(false, Ordering::SeqCst);
         tracing::info!("endpoint controller stopped (leadership lost or shutting down)");
         if *shutdown.borrow() {
