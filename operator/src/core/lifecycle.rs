@@ -903,8 +903,28 @@ impl Run<'_> {
                 EndpointPhase::Ready => Edge::Healthy,
                 _ => Edge::Settled,
             });
-            if let (Some(why), EndpointPhase::ReimageScheduled) = (&blocked, next) {
-                self.notice(NoticeType::Normal, "ReimageScheduled", why.clone());
+            // A new endpoint's first status (Pending) is not news; everything after is.
+            let first_status = self.ep.status.phase.is_none();
+            match (&blocked, next) {
+                _ if first_status && next == EndpointPhase::Pending => {}
+                (Some(why), EndpointPhase::ReimageScheduled) => {
+                    self.notice(NoticeType::Normal, "ReimageScheduled", why.clone())
+                }
+                (_, EndpointPhase::Ready) => self.notice(
+                    NoticeType::Normal,
+                    "Ready",
+                    "agent reports and no signal is active".into(),
+                ),
+                (_, EndpointPhase::Degraded) => {
+                    let msg = self.st.message.clone().unwrap_or_default();
+                    self.notice(NoticeType::Warning, "Degraded", msg)
+                }
+                (_, EndpointPhase::Pending) => self.notice(
+                    NoticeType::Normal,
+                    "Pending",
+                    "waiting for the first agent report".into(),
+                ),
+                _ => {}
             }
         }
     }

@@ -1151,3 +1151,34 @@ fn every_edge_is_reachable_in_the_scenarios() {
     let missing: Vec<_> = all.iter().filter(|e| !seen.contains_key(*e)).collect();
     assert!(missing.is_empty(), "edges never taken: {missing:?}");
 }
+
+#[test]
+fn every_change_of_state_is_an_event_but_a_new_endpoint_is_quiet() {
+    let mut e = One::new(true);
+    assert!(
+        e.feed(Input::Reconcile).notices.is_empty(),
+        "first status: no event"
+    );
+    let d = e.feed(report("26100.7462", None));
+    assert!(
+        d.notices.iter().any(|n| n.reason == "Ready"),
+        "{:?}",
+        d.notices
+    );
+    let d = e.feed(signals(&[SignalKind::Drift]));
+    assert!(
+        d.notices.iter().any(|n| n.reason == "Degraded"),
+        "{:?}",
+        d.notices
+    );
+    let d = e.feed(signals(&[]));
+    assert!(
+        d.notices.iter().any(|n| n.reason == "Ready"),
+        "{:?}",
+        d.notices
+    );
+    assert!(
+        e.feed(Input::Reconcile).notices.is_empty(),
+        "no change, no event"
+    );
+}
