@@ -571,3 +571,66 @@ async fn a_status_write_on_a_stale_spec_is_refused() {
         Err(BackendError::NotLeader)
     ));
 }
+
+#[test]
+fn a_golden_image_turning_verified_releases_the_waiting_reimage() {
+    let Some(mut site) = Site::new("kube-verify") else {
+        return;
+    };
+    let unverified = json!({"status": {"conditions": [{"type": "Verified", "status": "False", "reason": "Checking", "message": "", "lastTransitionTime": "2026-01-14T07:00:00Z"}]}});
+    site.k.kubectl_ok(&[
+        "patch",
+        "-n",
+        &site.ns,
+        "gi",
+        "win11-24h2-2026-01",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &unverified.to_string(),
+    ]);
+    let mut op = site.operator("op-verify", None);
+    op.wait_for("became leader", Duration::from_secs(30));
+    site.start_failed_rollback("kiosk-01");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = site.status("kiosk-01");
+        if st.phase == Some(EndpointPhase::ReimageScheduled) {
+            assert!(
+                st.message
+                    .as_deref()
+                    .unwrap_or_default()
+                    .contains("not Verified"),
+                "{st:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never waited for the image: {st:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The image controller marks it Verified: the wait ends at once (not on the 60 s requeue).
+    let verified = json!({"status": {"conditions": [{"type": "Verified", "status": "True", "reason": "Checked", "message": "", "lastTransitionTime": "2026-01-14T07:05:00Z"}]}});
+    site.k.kubectl_ok(&[
+        "patch",
+        "-n",
+        &site.ns,
+        "gi",
+        "win11-24h2-2026-01",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &verified.to_string(),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while site.status("kiosk-01").active_attempt.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the image change did not wake the controller"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    op.kill();
+}

@@ -112,26 +112,22 @@ impl KubeBackend {
         client: Client,
         opts: &KubeOptions,
         leader: Arc<AtomicBool>,
-    ) -> Result<
-        (
-            KubeBackend,
-            impl futures::Stream<Item = ()> + Send + 'static,
-        ),
-        String,
-    > {
+    ) -> Result<(KubeBackend, tokio::sync::broadcast::Sender<()>), String> {
         let (policies, policy_writer) = reflector::store::<RemediationPolicy>();
         let (images, image_writer) = reflector::store::<GoldenImage>();
-        let (policy_tx, policy_rx) = tokio::sync::mpsc::channel::<()>(16);
-        let (image_tx, image_rx) = tokio::sync::mpsc::channel::<()>(16);
+        let (changed, _) = tokio::sync::broadcast::channel::<()>(16);
         let ns = opts.watch_namespace.as_deref();
         spawn_reflector(
             scoped::<RemediationPolicy>(&client, ns),
             policy_writer,
-            policy_tx,
+            changed.clone(),
         );
-        spawn_reflector(scoped::<GoldenImage>(&client, ns), image_writer, image_tx);
-        let trigger =
-            futures::stream::select(tokio_stream_from(policy_rx), tokio_stream_from(image_rx));
+        spawn_reflector(
+            scoped::<GoldenImage>(&client, ns),
+            image_writer,
+            changed.clone(),
+        );
+        let trigger = changed;
         policies
             .wait_until_ready()
             .await
@@ -596,7 +592,6 @@ pub async fn run<P: PowerControl>(
     ready.store(true, Ordering::SeqCst);
     tracing::info!(identity = %opts.identity, "waiting for the {LEASE_NAME} lease");
 
-    let mut trigger = Some(trigger);
     loop {
         // Wait for leadership or shutdown.
         loop {
@@ -665,9 +660,8 @@ pub async fn run<P: PowerControl>(
                 },
             )
             .graceful_shutdown_on(end);
-        if let Some(t) = trigger.take() {
-            kc = kc.reconcile_all_on(t);
-        }
+        // A policy or image change re-evaluates every endpoint; each term subscribes afresh.
+        kc = kc.reconcile_all_on(changes(trigger.subscribe()));
         // Endpoints per phase, from the controller's own watch cache.
         let cache = kc.store();
         let metrics = ctrl.metrics.clone();
@@ -697,21 +691,26 @@ pub async fn run<P: PowerControl>(
             let _ = lease_task.await;
             return Ok(());
         }
-        // The trigger stream was consumed by the first controller; later terms rely on the
-        // periodic requeue to see policy and image changes.
     }
 }
 
-fn tokio_stream_from(
-    mut rx: tokio::sync::mpsc::Receiver<()>,
+/// A stream of change notifications; a lagging receiver still yields one (nothing is lost by
+/// coalescing: the controller re-reads everything anyway).
+fn changes(
+    rx: tokio::sync::broadcast::Receiver<()>,
 ) -> impl futures::Stream<Item = ()> + Send + 'static {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    futures::stream::unfold(rx, |mut rx| async move {
+        match rx.recv().await {
+            Ok(()) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Some(((), rx)),
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
+        }
+    })
 }
 
 fn spawn_reflector<K>(
     api: Api<K>,
     writer: reflector::store::Writer<K>,
-    changed: tokio::sync::mpsc::Sender<()>,
+    changed: tokio::sync::broadcast::Sender<()>,
 ) where
     K: kube::Resource
         + Clone
@@ -731,7 +730,7 @@ fn spawn_reflector<K>(
         futures::pin_mut!(stream);
         while let Some(item) = stream.next().await {
             if item.is_ok() {
-                let _ = changed.try_send(());
+                let _ = changed.send(());
             }
         }
     });
