@@ -8,6 +8,7 @@ pub mod failpoint;
 pub mod http;
 pub mod manifests;
 pub mod metrics;
+pub mod notify;
 pub mod store;
 
 /// Every CRD as one multi-document YAML stream, ready for `kubectl apply -f -`.

@@ -530,3 +530,61 @@ async fn concurrency_limits_hold_across_the_fleet() {
             .is_some_and(|m| m.contains("waiting for a slot"))
     }));
 }
+
+struct Collect(Mutex<Vec<String>>);
+
+impl recast_operator::notify::Notifier for Collect {
+    fn notify(&self, endpoint: &Key, notice: &Notice) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{} {}", endpoint.name, notice.reason));
+    }
+}
+
+#[tokio::test]
+async fn warnings_reach_the_notifier() {
+    let store = store_with_examples("notify");
+    let sink = Arc::new(Collect(Mutex::new(Vec::new())));
+    let clock = Arc::new(ManualClock(Mutex::new(
+        "2026-01-14T08:00:00Z".parse().unwrap(),
+    )));
+    let ctrl = Controller::new(
+        Arc::new(EmbeddedBackend {
+            store: store.clone(),
+        }),
+        Arc::new(RecordingPower::default()),
+        clock,
+        Arc::new(Metrics::new()),
+    )
+    .with_notifier(sink.clone());
+    ctrl.prime().await.unwrap();
+    store
+        .update(Kind::Endpoint, "default", "reception-01", |o| {
+            o["spec"]["reimageRequest"] = json!({"token": "t1", "reason": "ticket"});
+            Ok(())
+        })
+        .unwrap();
+    ctrl.reconcile(&key("reception-01"), Input::Reconcile)
+        .await
+        .unwrap();
+    ctrl.reconcile(
+        &key("backoffice-01"),
+        Input::Signals(vec![(SignalKind::BootCrash, "0xED".into())]),
+    )
+    .await
+    .unwrap();
+    let got = sink.0.lock().unwrap().clone();
+    assert!(
+        got.contains(&"reception-01 ReimageRefused".to_string()),
+        "{got:?}"
+    );
+    assert!(
+        got.contains(&"backoffice-01 BootCrash".to_string()),
+        "{got:?}"
+    );
+    assert!(
+        got.contains(&"backoffice-01 PowerCycleNeeded".to_string()),
+        "no BMC: a person must restart it: {got:?}"
+    );
+}

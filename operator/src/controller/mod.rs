@@ -172,6 +172,8 @@ pub struct Controller<B: Backend, P: PowerControl> {
     pub power: Arc<P>,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
+    /// Where Warning notices go besides the event log (replace with `with_notifier`).
+    notifier: Arc<dyn crate::notify::Notifier>,
     index: std::sync::Mutex<FleetIndex>,
     /// Serialises decisions that start an attempt, so two endpoints never take the last slot.
     start_lock: tokio::sync::Mutex<()>,
@@ -194,6 +196,7 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
             power,
             clock,
             metrics,
+            notifier: Arc::new(crate::notify::LogNotifier),
             index: std::sync::Mutex::new(FleetIndex::default()),
             start_lock: tokio::sync::Mutex::new(()),
             key_locks: Default::default(),
@@ -207,6 +210,12 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
             locks.retain(|_, l| Arc::strong_count(l) > 1);
         }
         locks.entry(key.clone()).or_default().clone()
+    }
+
+    /// Sends Warning notices to `notifier` instead of the log.
+    pub fn with_notifier(mut self, notifier: Arc<dyn crate::notify::Notifier>) -> Self {
+        self.notifier = notifier;
+        self
     }
 
     fn index(&self) -> std::sync::MutexGuard<'_, FleetIndex> {
@@ -323,6 +332,9 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
             let now = self.clock.now();
             for n in &decision.notices {
                 self.backend.record(&ep, n, now).await?;
+                if n.type_ == crate::core::lifecycle::NoticeType::Warning {
+                    self.notifier.notify(key, n);
+                }
             }
             if let Some(a) = &decision.status.active_attempt {
                 crate::failpoint::hit(&format!("after-persist:{:?}", a.step)).await;
