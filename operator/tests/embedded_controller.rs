@@ -57,11 +57,7 @@ fn store_with_examples(name: &str) -> Arc<EmbeddedStore> {
 }
 
 fn verify_image(store: &EmbeddedStore) {
-    let status = json!({
-        "digest": "3f1c9a0c6b1e4d7f8a2b5c6d7e8f90112233445566778899aabbccddeeff0011",
-        "channels": ["stable"],
-        "conditions": [{"type": "Verified", "status": "True", "reason": "Checked", "message": "", "lastTransitionTime": "2026-01-14T07:00:00Z"}]
-    });
+    let status = recast_tests::inputs::verified_image_status();
     store
         .write_status(
             Kind::GoldenImage,

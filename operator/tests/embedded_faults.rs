@@ -8,10 +8,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use recast_crds::endpoint::{AttemptOutcome, EndpointPhase, EndpointStatus, ReimageStep};
+use recast_crds::endpoint::{AttemptOutcome, EndpointPhase, EndpointStatus};
 use recast_crds::manifest::Kind;
 use recast_operator::store::embedded::EmbeddedStore;
-use serde_json::{Value, json};
+use recast_tests::inputs;
+use serde_json::Value;
 
 const OPERATOR: &str = env!("CARGO_BIN_EXE_recast-operator");
 const EP: &str = "kiosk-01";
@@ -29,11 +30,7 @@ fn fresh_store(tag: &str) -> (PathBuf, EmbeddedStore) {
             store.apply(&doc.value, "default").unwrap();
         }
     }
-    let verified = json!({
-        "digest": "3f1c9a0c6b1e4d7f8a2b5c6d7e8f90112233445566778899aabbccddeeff0011",
-        "channels": ["stable"],
-        "conditions": [{"type": "Verified", "status": "True", "reason": "Checked", "message": "", "lastTransitionTime": "2026-01-14T07:00:00Z"}]
-    });
+    let verified = inputs::verified_image_status();
     store
         .write_status(
             Kind::GoldenImage,
@@ -108,25 +105,12 @@ struct Driver {
 
 impl Driver {
     fn step(&mut self, store: &EmbeddedStore) {
-        let st = status(store);
-        let Some(a) = st.active_attempt else { return };
-        let (tag, input) = match a.step {
-            ReimageStep::Booting => (
-                "boot",
-                json!({"type": "networkBooted", "data": {"attempt_id": a.id}}),
-            ),
-            ReimageStep::Applying => (
-                "imaged",
-                json!({"type": "imagingFinished", "data": {"attempt_id": a.id, "result": {"Ok": null}}}),
-            ),
-            ReimageStep::FirstBoot => (
-                "report",
-                json!({"type": "agentReport", "data": {"build": "26100.7623", "reportedAt": "", "attemptId": a.id}}),
-            ),
-            _ => return,
+        let Some(a) = status(store).active_attempt else {
+            return;
         };
-        let key = format!("{}/{tag}", a.id);
-        if !self.posted.contains(&key) {
+        if let Some((key, input)) = inputs::next_for(&a)
+            && !self.posted.contains(&key)
+        {
             post(store, input);
             self.posted.push(key);
         }
@@ -144,14 +128,9 @@ fn count(store: &EmbeddedStore, reason: &str) -> usize {
 
 fn crash_and_resume(failpoint: &str) {
     let (dir, store) = fresh_store(&failpoint.replace(':', "-"));
-    post(
-        &store,
-        json!({"type": "agentReport", "data": {"build": "26100.7462", "reportedAt": ""}}),
-    );
-    post(
-        &store,
-        json!({"type": "signals", "data": [["FailedRollback", "KB5074109 failed and rolled back"]]}),
-    );
+    for input in inputs::failed_rollback() {
+        post(&store, input);
+    }
     let mut driver = Driver { posted: Vec::new() };
 
     let op = Operator::start(&dir, Some(failpoint));

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use recast_crds::endpoint::{AttemptOutcome, EndpointPhase, EndpointStatus, ReimageStep};
 use recast_operator::controller::kube::{KubeBackend, KubeOptions};
 use recast_operator::controller::{Backend, BackendError};
-use recast_tests::{K8s, repo_root};
+use recast_tests::{K8s, inputs, repo_root};
 use serde_json::{Value, json};
 
 const OPERATOR: &str = env!("CARGO_BIN_EXE_recast-operator");
@@ -32,11 +32,7 @@ impl Site {
         let ns = k.fresh_namespace(prefix);
         let examples = repo_root().join("examples");
         k.kubectl_ok(&["apply", "-n", &ns, "-f", &examples.to_string_lossy()]);
-        let verified = json!({"status": {
-            "digest": "3f1c9a0c6b1e4d7f8a2b5c6d7e8f90112233445566778899aabbccddeeff0011",
-            "channels": ["stable"],
-            "conditions": [{"type": "Verified", "status": "True", "reason": "Checked", "message": "", "lastTransitionTime": "2026-01-14T07:00:00Z"}]
-        }});
+        let verified = json!({"status": inputs::verified_image_status()});
         k.kubectl_ok(&[
             "patch",
             "-n",
@@ -180,25 +176,12 @@ impl Site {
 
     /// Plays the boot service and the endpoint: posts what the current step waits for, once.
     fn drive(&mut self, name: &str, done: &mut Vec<String>) {
-        let st = self.status(name);
-        let Some(a) = st.active_attempt else { return };
-        let (tag, input) = match a.step {
-            ReimageStep::Booting => (
-                "boot",
-                json!({"type": "networkBooted", "data": {"attempt_id": a.id}}),
-            ),
-            ReimageStep::Applying => (
-                "imaged",
-                json!({"type": "imagingFinished", "data": {"attempt_id": a.id, "result": {"Ok": null}}}),
-            ),
-            ReimageStep::FirstBoot => (
-                "report",
-                json!({"type": "agentReport", "data": {"build": "26100.7623", "reportedAt": "", "attemptId": a.id}}),
-            ),
-            _ => return,
+        let Some(a) = self.status(name).active_attempt else {
+            return;
         };
-        let key = format!("{}/{tag}", a.id);
-        if !done.contains(&key) {
+        if let Some((key, input)) = inputs::next_for(&a)
+            && !done.contains(&key)
+        {
             self.post(name, input);
             done.push(key);
         }
@@ -229,11 +212,9 @@ impl Site {
     }
 
     fn start_failed_rollback(&mut self, name: &str) {
-        self.post(
-            name,
-            json!({"type": "agentReport", "data": {"build": "26100.7462", "reportedAt": ""}}),
-        );
-        self.post(name, json!({"type": "signals", "data": [["FailedRollback", "KB5074109 failed and rolled back"]]}));
+        for input in inputs::failed_rollback() {
+            self.post(name, input);
+        }
     }
 }
 

@@ -214,3 +214,49 @@ impl InvalidExample {
             .unwrap_or_default()
     }
 }
+
+/// Inputs the suites post into an endpoint's inbox, in the exact JSON the gateway and the boot
+/// service will send, and the golden-image status the image controller will write.
+pub mod inputs {
+    use recast_crds::endpoint::{Attempt, ReimageStep};
+    use serde_json::{Value, json};
+
+    /// status of the example GoldenImage once verified.
+    pub fn verified_image_status() -> Value {
+        json!({
+            "digest": "3f1c9a0c6b1e4d7f8a2b5c6d7e8f90112233445566778899aabbccddeeff0011",
+            "channels": ["stable"],
+            "conditions": [{"type": "Verified", "status": "True", "reason": "Checked", "message": "", "lastTransitionTime": "2026-01-14T07:00:00Z"}]
+        })
+    }
+
+    /// A healthy report on the December build, then the January update failing and rolling back.
+    pub fn failed_rollback() -> [Value; 2] {
+        [
+            json!({"type": "agentReport", "data": {"build": "26100.7462", "reportedAt": ""}}),
+            json!({"type": "signals", "data": [["FailedRollback", "KB5074109 failed and rolled back"]]}),
+        ]
+    }
+
+    /// What the boot service or the endpoint sends next while an attempt waits at its step,
+    /// with a key that names it (post each key once); None while the operator itself acts.
+    pub fn next_for(attempt: &Attempt) -> Option<(String, Value)> {
+        let id = &attempt.id;
+        let (tag, input) = match attempt.step {
+            ReimageStep::Booting => (
+                "boot",
+                json!({"type": "networkBooted", "data": {"attempt_id": id}}),
+            ),
+            ReimageStep::Applying => (
+                "imaged",
+                json!({"type": "imagingFinished", "data": {"attempt_id": id, "result": {"Ok": null}}}),
+            ),
+            ReimageStep::FirstBoot => (
+                "report",
+                json!({"type": "agentReport", "data": {"build": "26100.7623", "reportedAt": "", "attemptId": id}}),
+            ),
+            ReimageStep::ArmingBoot | ReimageStep::PowerCycling => return None,
+        };
+        Some((format!("{id}/{tag}"), input))
+    }
+}
