@@ -390,6 +390,10 @@ pub struct EndpointStatus {
     /// Attempts ever started for this endpoint; the next attempt's id ends in this number + 1.
     #[serde(default)]
     pub attempts_started: u32,
+    /// True from the moment a network boot is armed until a disarm is confirmed. While it is
+    /// true and no try needs the boot, every reconcile asks for the disarm again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub boot_armed: bool,
     /// Token of the last manual reimage request acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handled_reimage_token: Option<String>,

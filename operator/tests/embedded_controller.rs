@@ -395,8 +395,8 @@ impl Backend for RacingEdit {
     ) -> Result<(), BackendError> {
         self.inner.arm_boot(ep, a, now).await
     }
-    async fn disarm_boot(&self, ep: &recast_crds::Endpoint) -> Result<(), BackendError> {
-        self.inner.disarm_boot(ep).await
+    async fn disarm_boot(&self, key: &Key) -> Result<(), BackendError> {
+        self.inner.disarm_boot(key).await
     }
     async fn journal_begin(
         &self,

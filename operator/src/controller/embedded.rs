@@ -180,10 +180,9 @@ impl Backend for EmbeddedBackend {
         self.store.arm_boot(&intents).map_err(other)
     }
 
-    async fn disarm_boot(&self, ep: &Endpoint) -> Result<(), BackendError> {
-        let (ns, name) = ns_name(ep);
+    async fn disarm_boot(&self, key: &Key) -> Result<(), BackendError> {
         self.store
-            .disarm_boot(&ns, &name)
+            .disarm_boot(&key.namespace, &key.name)
             .map(|_| ())
             .map_err(other)
     }

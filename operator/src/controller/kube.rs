@@ -413,11 +413,11 @@ impl Backend for KubeBackend {
         .await
     }
 
-    async fn disarm_boot(&self, ep: &Endpoint) -> Result<(), BackendError> {
+    async fn disarm_boot(&self, key: &Key) -> Result<(), BackendError> {
         self.check_leader()?;
-        let name = format!("recast-boot-{}", ep.name_any());
+        let name = format!("recast-boot-{}", key.name);
         match self
-            .cms(&ns_of(ep))
+            .cms(&key.namespace)
             .delete(&name, &DeleteParams::default())
             .await
         {
@@ -610,8 +610,21 @@ pub async fn run<P: PowerControl>(
         }
         leader.store(true, Ordering::SeqCst);
         tracing::info!(identity = %opts.identity, "became leader; starting the endpoint controller");
-        if let Err(e) = ctrl.prime().await {
-            tracing::warn!(error = %e, "cannot load endpoints");
+        // Without the fleet index, limits and the failure budget would read zero: no
+        // reconcile runs until every endpoint is loaded.
+        let mut primed = false;
+        while !primed && *is_leader.borrow() && !*shutdown.borrow() {
+            match ctrl.prime().await {
+                Ok(_) => primed = true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot load endpoints; retrying in 2s");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }
+        }
+        if !primed {
+            leader.store(false, Ordering::SeqCst);
+            continue;
         }
         let mut lost = is_leader.clone();
         let mut stop = shutdown.clone();

@@ -119,7 +119,7 @@ pub trait Backend: Send + Sync + 'static {
         now: Timestamp,
     ) -> impl Future<Output = Result<(), BackendError>> + Send;
     /// Back to local boot for every MAC of the endpoint (idempotent).
-    fn disarm_boot(&self, ep: &Endpoint) -> impl Future<Output = Result<(), BackendError>> + Send;
+    fn disarm_boot(&self, key: &Key) -> impl Future<Output = Result<(), BackendError>> + Send;
     fn journal_begin(
         &self,
         ep: &Endpoint,
@@ -226,6 +226,8 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
     pub async fn prime(&self) -> Result<usize, BackendError> {
         let all = self.backend.endpoints().await?;
         let mut idx = self.index();
+        // Start from nothing: entries from an earlier leadership term may be gone or stale.
+        *idx = FleetIndex::default();
         for ep in &all {
             let key = Key::of(ep);
             idx.upsert(
@@ -272,7 +274,12 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
         input: Input,
         mut cached: Option<Endpoint>,
     ) -> Result<Option<Duration>, BackendError> {
-        for (id, queued) in self.backend.pending_inputs(key).await? {
+        let pending = self.backend.pending_inputs(key).await?;
+        if !pending.is_empty() {
+            // Queued inputs are acknowledged once decided: decide them on a fresh read only.
+            cached = None;
+        }
+        for (id, queued) in pending {
             match queued {
                 Some(queued) => {
                     self.reconcile_inner(key, queued, cached.take()).await?;
@@ -291,6 +298,9 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
         cached: Option<Endpoint>,
     ) -> Result<Option<Duration>, BackendError> {
         let mut inputs = VecDeque::from([input]);
+        // A cached copy may be stale: its decisions are trusted only once a write carrying its
+        // resourceVersion succeeded; otherwise the endpoint is read afresh before acting.
+        let mut known_is_fresh = cached.is_none();
         let mut known = cached;
         let mut requeue = None;
         let mut steps = 0;
@@ -306,6 +316,9 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
                 None => match self.backend.endpoint(key).await? {
                     Some(ep) => ep,
                     None => {
+                        // Gone without passing the finalizer (deleted before its first attempt,
+                        // or removed by hand): make sure nothing is left armed for it.
+                        self.backend.disarm_boot(key).await?;
                         self.index().remove(&key.to_string());
                         return Ok(None);
                     }
@@ -318,7 +331,16 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
             }
             let decision = match self.decide_and_persist(key, &ep, &input).await {
                 Ok((d, stored)) => {
+                    let wrote = stored.is_some();
+                    let was_fresh = known_is_fresh;
                     known = stored;
+                    known_is_fresh = true;
+                    if !was_fresh && !wrote && !d.actions.is_empty() {
+                        // Nothing verified this copy, and acting on it could repeat a side
+                        // effect a newer status already moved past: read and decide again.
+                        inputs.push_front(input);
+                        continue;
+                    }
                     d
                 }
                 Err(BackendError::Conflict(why)) if conflicts < 5 => {
@@ -462,7 +484,7 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
     async fn finalize(&self, ep: &Endpoint) -> Result<(), BackendError> {
         // Whatever happens to the object, the machine must not be left booting into the
         // imaging environment.
-        self.backend.disarm_boot(ep).await?;
+        self.backend.disarm_boot(&Key::of(ep)).await?;
         self.backend.remove_finalizer(ep).await
     }
 
@@ -479,11 +501,16 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
                 attempt_id,
                 try_number,
             } => (attempt_id.clone(), *try_number),
-            Action::DisarmBoot { .. } => {
-                // Naturally idempotent, and needed again after every failed try.
-                self.backend.disarm_boot(ep).await?;
+            Action::DisarmBoot { attempt_id } => {
+                // Naturally idempotent, and needed again after every failed try; the core keeps
+                // asking until this confirmation lands.
+                self.backend.disarm_boot(&Key::of(ep)).await?;
                 self.metrics.action(action.kind());
-                return Ok(None);
+                return Ok(Some(Input::ActionSucceeded {
+                    attempt_id: attempt_id.clone(),
+                    try_number: 0,
+                    action: action.kind(),
+                }));
             }
         };
         let ok = Input::ActionSucceeded {

@@ -273,6 +273,7 @@ pub fn decide(ep: EndpointView<'_>, input: &Input, ctx: Context<'_>) -> Decision
             run.settle();
         }
     }
+    run.reconcile_boot();
     run.st.image = ctx.image.map(|i| i.name.clone());
     run.st.observed_generation = ep.generation;
     run.set_conditions();
@@ -308,6 +309,12 @@ impl Run<'_> {
     /// Records what the input says about the endpoint, independent of any attempt.
     fn absorb(&mut self, input: &Input) {
         match input {
+            Input::ActionSucceeded {
+                action: ActionKind::DisarmBoot,
+                ..
+            } => {
+                self.st.boot_armed = false;
+            }
             Input::AgentReport(r) => {
                 let mut r = r.clone();
                 if r.reported_at.is_empty() {
@@ -393,6 +400,11 @@ impl Run<'_> {
                 self.requeue_in(time::since(retry_after, self.ctx.now));
                 return;
             }
+            if let Some(why) = self.image_revoked(&a) {
+                self.end_attempt(a, AttemptOutcome::Aborted, why);
+                self.take(Edge::Aborted);
+                return;
+            }
             a.try_number += 1;
             a.retry_after = None;
             a.step = ReimageStep::ArmingBoot;
@@ -414,15 +426,27 @@ impl Run<'_> {
             return;
         }
 
-        // Protection set before the machine was rebooted: stop cleanly.
+        // Protection set before the imaging environment started (no NetworkBooted yet): stop
+        // cleanly; the disarm makes the machine's next boot a local one.
         if self.ep.spec.protected
-            && matches!(a.step, ReimageStep::ArmingBoot | ReimageStep::PowerCycling)
+            && matches!(
+                a.step,
+                ReimageStep::ArmingBoot | ReimageStep::PowerCycling | ReimageStep::Booting
+            )
         {
             self.end_attempt(
                 a,
                 AttemptOutcome::Aborted,
                 "endpoint became protected".into(),
             );
+            self.take(Edge::Aborted);
+            return;
+        }
+        // An image revoked before the machine is restarted is never served.
+        if matches!(a.step, ReimageStep::ArmingBoot | ReimageStep::PowerCycling)
+            && let Some(why) = self.image_revoked(&a)
+        {
+            self.end_attempt(a, AttemptOutcome::Aborted, why);
             self.take(Edge::Aborted);
             return;
         }
@@ -574,6 +598,22 @@ impl Run<'_> {
         self.st.active_attempt = Some(a);
     }
 
+    /// Why the attempt's image may no longer be served (not Verified any more, or the endpoint
+    /// now resolves to another image or digest); None while it still may.
+    fn image_revoked(&self, a: &Attempt) -> Option<String> {
+        match self.ctx.image {
+            Some(i) if i.verified && i.name == a.image && i.digest == a.image_digest => None,
+            Some(i) if i.name == a.image && !i.verified => Some(format!(
+                "GoldenImage {} is no longer Verified; attempt stopped before serving it",
+                a.image
+            )),
+            _ => Some(format!(
+                "the endpoint no longer resolves to GoldenImage {} at the same digest; attempt stopped",
+                a.image
+            )),
+        }
+    }
+
     fn enter_step(&mut self, a: &mut Attempt, step: ReimageStep) {
         a.step = step;
         a.step_started_at = self.now_s.clone();
@@ -582,6 +622,42 @@ impl Run<'_> {
             &format!("{step:?}"),
             format!("attempt {} try {}: {step:?}", a.id, a.try_number),
         );
+    }
+
+    /// The boot must be armed only while a try needs it (ArmingBoot to Applying, not waiting to
+    /// retry). Whenever it may still be armed otherwise, ask for the disarm again: a disarm lost
+    /// to a crash, a lost lease or an API error is retried on every reconcile until confirmed.
+    fn reconcile_boot(&mut self) {
+        if self.actions.iter().any(|a| a.kind() == ActionKind::ArmBoot) {
+            self.st.boot_armed = true;
+            return;
+        }
+        let needed = self.st.active_attempt.as_ref().is_some_and(|a| {
+            a.retry_after.is_none()
+                && matches!(
+                    a.step,
+                    ReimageStep::ArmingBoot
+                        | ReimageStep::PowerCycling
+                        | ReimageStep::Booting
+                        | ReimageStep::Applying
+                )
+        });
+        if self.st.boot_armed
+            && !needed
+            && !self
+                .actions
+                .iter()
+                .any(|a| a.kind() == ActionKind::DisarmBoot)
+        {
+            let attempt_id = self
+                .st
+                .active_attempt
+                .as_ref()
+                .map(|a| a.id.clone())
+                .or_else(|| self.st.history.first().map(|h| h.id.clone()))
+                .unwrap_or_default();
+            self.actions.push(Action::DisarmBoot { attempt_id });
+        }
     }
 
     fn arm_boot(&self, a: &Attempt) -> Action {

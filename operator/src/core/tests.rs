@@ -161,6 +161,21 @@ impl One {
         self.feed(input)
     }
 
+    /// The executor confirms the disarm the core asked for.
+    fn disarmed(&mut self) -> Decision {
+        let id = self
+            .status
+            .history
+            .first()
+            .map(|h| h.id.clone())
+            .unwrap_or_default();
+        self.feed(Input::ActionSucceeded {
+            attempt_id: id,
+            try_number: 0,
+            action: ActionKind::DisarmBoot,
+        })
+    }
+
     fn state(&self) -> State {
         state_of(&self.status)
     }
@@ -209,6 +224,7 @@ fn run_happy_attempt(e: &mut One) {
         result: Ok(()),
     });
     e.feed(report("26100.7623", Some(&id)));
+    e.disarmed();
 }
 
 #[test]
@@ -336,12 +352,80 @@ fn protection_aborts_an_attempt_before_the_restart_but_not_after() {
     e.feed(signals(&[SignalKind::FailedRollback]));
     e.succeed(ActionKind::ArmBoot);
     e.succeed(ActionKind::PowerCycle);
+    // Restarted but not yet in the imaging environment: still safe to stop.
+    e.spec.protected = true;
+    let d = e.feed(Input::Reconcile);
+    assert_eq!(d.edge, Some(transitions::Edge::Aborted));
+    assert!(!e.disarmed().status.boot_armed);
+
+    let mut e = healthy(true);
+    e.feed(signals(&[SignalKind::FailedRollback]));
+    e.succeed(ActionKind::ArmBoot);
+    e.succeed(ActionKind::PowerCycle);
+    let id = e.attempt_id();
+    e.feed(Input::NetworkBooted { attempt_id: id });
     e.spec.protected = true;
     e.feed(Input::Reconcile);
     assert_eq!(
         e.state(),
-        State::Booting,
-        "the disk may already be in use: finish"
+        State::Applying,
+        "the disk is being written: finish"
+    );
+}
+
+#[test]
+fn a_lost_disarm_is_asked_for_again_until_confirmed() {
+    let mut e = healthy(true);
+    e.feed(signals(&[SignalKind::FailedRollback]));
+    assert!(
+        e.status.boot_armed,
+        "armed is recorded before the boot is armed"
+    );
+    let id = e.attempt_id();
+    let d = e.feed(Input::ActionFailed {
+        attempt_id: id,
+        try_number: 1,
+        action: ActionKind::ArmBoot,
+        error: ActionError {
+            permanent: true,
+            message: "x".into(),
+        },
+    });
+    assert!(kinds(&d).contains(&ActionKind::DisarmBoot));
+    // The disarm was lost (crash, lost lease, API error): every reconcile asks again.
+    for _ in 0..3 {
+        assert_eq!(kinds(&e.feed(Input::Reconcile)), [ActionKind::DisarmBoot]);
+    }
+    e.disarmed();
+    assert!(!e.status.boot_armed);
+    assert!(e.feed(Input::Reconcile).actions.is_empty());
+}
+
+#[test]
+fn a_revoked_image_is_never_served_by_a_retry() {
+    let mut e = healthy(true);
+    e.feed(signals(&[SignalKind::FailedRollback]));
+    let id = e.attempt_id();
+    e.feed(Input::ActionFailed {
+        attempt_id: id,
+        try_number: 1,
+        action: ActionKind::ArmBoot,
+        error: ActionError {
+            permanent: false,
+            message: "x".into(),
+        },
+    });
+    e.image = Some(image(false));
+    e.advance(3600);
+    let d = e.feed(Input::Reconcile);
+    assert_eq!(d.edge, Some(transitions::Edge::Aborted));
+    assert!(!kinds(&d).contains(&ActionKind::ArmBoot));
+    assert!(
+        e.status.history[0]
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("no longer Verified")
     );
 }
 
@@ -438,7 +522,7 @@ fn retries_back_off_then_quarantine() {
             assert_eq!(d.requeue_after, Some(Duration::from_secs(wait)));
             e.advance(wait - 1);
             assert!(
-                e.feed(Input::Reconcile).actions.is_empty(),
+                !kinds(&e.feed(Input::Reconcile)).contains(&ActionKind::ArmBoot),
                 "no retry before the backoff"
             );
             e.advance(1);
@@ -905,6 +989,17 @@ impl Fleet {
                 );
             }
         }
+        // A boot that may still be armed while no try needs it is always being disarmed.
+        let needs_boot = d.status.active_attempt.as_ref().is_some_and(|a| {
+            a.retry_after.is_none()
+                && !matches!(a.step, recast_crds::endpoint::ReimageStep::FirstBoot)
+        });
+        if d.status.boot_armed && !needs_boot {
+            prop_assert!(
+                d.actions.iter().any(|a| a.kind() == ActionKind::DisarmBoot),
+                "boot left armed with no try needing it"
+            );
+        }
         self.statuses[i] = d.status.clone();
         self.index
             .upsert(&key, self.specs[i].site.as_deref(), &self.statuses[i]);
@@ -960,7 +1055,27 @@ impl Fleet {
                             attempt_id,
                             try_number,
                         } => (attempt_id.clone(), *try_number),
-                        Action::DisarmBoot { .. } => return Ok(()),
+                        Action::DisarmBoot { attempt_id } => {
+                            // The controller runs actions in order, so a disarm is confirmed
+                            // before any later arm; a stale one (a try armed since) is dropped.
+                            let needs_boot =
+                                self.statuses[i].active_attempt.as_ref().is_some_and(|a| {
+                                    a.retry_after.is_none()
+                                        && !matches!(
+                                            a.step,
+                                            recast_crds::endpoint::ReimageStep::FirstBoot
+                                        )
+                                });
+                            if ok && !needs_boot {
+                                let input = Input::ActionSucceeded {
+                                    attempt_id: attempt_id.clone(),
+                                    try_number: 0,
+                                    action: ActionKind::DisarmBoot,
+                                };
+                                self.feed(i, input)?;
+                            }
+                            return Ok(());
+                        }
                     };
                     let input = if ok {
                         Input::ActionSucceeded {

@@ -138,9 +138,9 @@ pub const TABLE: &[Transition] = &[
     },
     Transition {
         edge: Edge::Aborted,
-        from: &[ArmingBoot, PowerCycling, Failed],
+        from: &[ArmingBoot, PowerCycling, Booting, Failed],
         to: &[Pending, Ready, Degraded],
-        when: "spec.protected was set before the machine was restarted; the boot is disarmed",
+        when: "spec.protected was set before the imaging environment started, or the image was revoked (no longer Verified or no longer the endpoint's image) before a retry or a power cycle; the boot is disarmed",
     },
     Transition {
         edge: Edge::Scheduled,

@@ -508,7 +508,9 @@ impl EmbeddedStore {
         }
         admit(obj, Some(&current.object))?;
         let mut stored = obj.clone();
-        let finalizers = stored
+        // Finalizers belong to the controller: a user's replace keeps what is stored.
+        let finalizers = current
+            .object
             .pointer("/metadata/finalizers")
             .cloned()
             .unwrap_or(json!([]));
@@ -589,31 +591,37 @@ impl EmbeddedStore {
         name: &str,
         finalizer: &str,
     ) -> Result<(), StoreError> {
-        let conn = self.conn();
-        let current: Option<String> = conn
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let current: Option<String> = tx
             .query_row(
                 "SELECT finalizers FROM objects WHERE kind = ?1 AND namespace = ?2 AND name = ?3 AND deleted_at IS NULL",
                 params![kind.as_str(), namespace, name],
                 |r| r.get(0),
             )
             .optional()?;
+        // Gone or being deleted: the caller must not go on to arm anything for it.
         let Some(current) = current else {
-            return Ok(());
+            return Err(StoreError::NotFound {
+                kind,
+                namespace: namespace.into(),
+                name: name.into(),
+            });
         };
         let mut list: Vec<String> = serde_json::from_str(&current).unwrap_or_default();
         if list.iter().any(|f| f == finalizer) {
             return Ok(());
         }
         list.push(finalizer.to_string());
-        conn.execute(
-            "UPDATE objects SET finalizers = ?1 WHERE kind = ?2 AND namespace = ?3 AND name = ?4",
-            params![
-                serde_json::to_string(&list).unwrap_or_default(),
-                kind.as_str(),
-                namespace,
-                name
-            ],
+        // A new resourceVersion, so a read-modify-write that started before cannot put the
+        // old list back.
+        let rv = Self::bump_revision(&tx)?;
+        tx.execute(
+            "UPDATE objects SET finalizers = ?1, resource_version = ?2 WHERE kind = ?3 AND namespace = ?4 AND name = ?5",
+            params![serde_json::to_string(&list).unwrap_or_default(), rv, kind.as_str(), namespace, name],
         )?;
+        Self::record_change(&tx, kind, namespace, name)?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -639,6 +647,7 @@ impl EmbeddedStore {
         };
         let mut list: Vec<String> = serde_json::from_str(&finalizers).unwrap_or_default();
         list.retain(|f| f != finalizer);
+        let rv = Self::bump_revision(&tx)?;
         if deleted_at.is_some() && list.is_empty() {
             tx.execute(
                 "DELETE FROM objects WHERE kind = ?1 AND namespace = ?2 AND name = ?3",
@@ -646,11 +655,10 @@ impl EmbeddedStore {
             )?;
         } else {
             tx.execute(
-                "UPDATE objects SET finalizers = ?1 WHERE kind = ?2 AND namespace = ?3 AND name = ?4",
-                params![serde_json::to_string(&list).unwrap_or_default(), kind.as_str(), namespace, name],
+                "UPDATE objects SET finalizers = ?1, resource_version = ?2 WHERE kind = ?3 AND namespace = ?4 AND name = ?5",
+                params![serde_json::to_string(&list).unwrap_or_default(), rv, kind.as_str(), namespace, name],
             )?;
         }
-        Self::bump_revision(&tx)?;
         Self::record_change(&tx, kind, namespace, name)?;
         tx.commit()?;
         Ok(())
