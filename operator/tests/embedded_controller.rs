@@ -156,6 +156,7 @@ async fn a_failed_rollback_reimages_through_every_step() {
     ctrl.reconcile(
         &k,
         Input::NetworkBooted {
+            try_number: None,
             attempt_id: attempt.id.clone(),
         },
     )
@@ -164,6 +165,7 @@ async fn a_failed_rollback_reimages_through_every_step() {
     ctrl.reconcile(
         &k,
         Input::ImagingProgress {
+            try_number: None,
             attempt_id: attempt.id.clone(),
             percent: 55,
         },
@@ -180,6 +182,7 @@ async fn a_failed_rollback_reimages_through_every_step() {
     ctrl.reconcile(
         &k,
         Input::ImagingFinished {
+            try_number: None,
             attempt_id: attempt.id.clone(),
             result: Ok(()),
         },

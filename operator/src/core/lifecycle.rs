@@ -177,12 +177,27 @@ pub enum Input {
         error: ActionError,
     },
     /// The boot service handed this attempt's imaging script to the machine.
-    NetworkBooted { attempt_id: String },
+    ///
+    /// Boot-service and imaging inputs name the try they belong to when the sender knows it
+    /// (the per-try imaging script does); a message from an earlier, timed-out try is then
+    /// ignored instead of acting on the current one.
+    NetworkBooted {
+        attempt_id: String,
+        #[serde(default)]
+        try_number: Option<u32>,
+    },
     /// The imaging environment reports progress (percent of the WIM applied).
-    ImagingProgress { attempt_id: String, percent: u8 },
+    ImagingProgress {
+        attempt_id: String,
+        #[serde(default)]
+        try_number: Option<u32>,
+        percent: u8,
+    },
     /// The imaging environment finished: Ok, or the reason it failed.
     ImagingFinished {
         attempt_id: String,
+        #[serde(default)]
+        try_number: Option<u32>,
         result: Result<(), String>,
     },
 }
@@ -362,6 +377,8 @@ impl Run<'_> {
             return;
         };
         let matches = |id: &str| id == a.id;
+        let current_try = a.try_number;
+        let this_try = |t: Option<u32>| t.is_none_or(|t| t == current_try);
 
         // A new manual request while an attempt runs joins it instead of starting another.
         if let Some(req) = &self.ep.spec.reimage_request
@@ -497,22 +514,33 @@ impl Run<'_> {
                 self.fail_try(a, why, error.permanent);
                 return;
             }
-            Input::NetworkBooted { attempt_id }
-                if matches(attempt_id)
-                    && matches!(a.step, ReimageStep::PowerCycling | ReimageStep::Booting) =>
+            Input::NetworkBooted {
+                attempt_id,
+                try_number,
+            } if matches(attempt_id)
+                && this_try(*try_number)
+                && matches!(a.step, ReimageStep::PowerCycling | ReimageStep::Booting) =>
             {
                 self.enter_step(&mut a, ReimageStep::Applying);
                 self.take(Edge::NetworkBooted);
             }
             Input::ImagingProgress {
                 attempt_id,
+                try_number,
                 percent,
-            } if matches(attempt_id) && a.step == ReimageStep::Applying => {
+            } if matches(attempt_id)
+                && this_try(*try_number)
+                && a.step == ReimageStep::Applying =>
+            {
                 a.progress_percent = Some((*percent).min(100));
             }
-            Input::ImagingFinished { attempt_id, result }
-                if matches(attempt_id)
-                    && matches!(a.step, ReimageStep::Booting | ReimageStep::Applying) =>
+            Input::ImagingFinished {
+                attempt_id,
+                try_number,
+                result,
+            } if matches(attempt_id)
+                && this_try(*try_number)
+                && matches!(a.step, ReimageStep::Booting | ReimageStep::Applying) =>
             {
                 match result {
                     Ok(()) => {

@@ -217,9 +217,11 @@ fn run_happy_attempt(e: &mut One) {
     e.succeed(ActionKind::PowerCycle);
     let id = e.attempt_id();
     e.feed(Input::NetworkBooted {
+        try_number: None,
         attempt_id: id.clone(),
     });
     e.feed(Input::ImagingFinished {
+        try_number: None,
         attempt_id: id.clone(),
         result: Ok(()),
     });
@@ -247,10 +249,12 @@ fn failed_rollback_reimages_along_the_whole_path() {
     assert_eq!(e.state(), State::Booting);
     let id = e.attempt_id();
     e.feed(Input::NetworkBooted {
+        try_number: None,
         attempt_id: id.clone(),
     });
     assert_eq!(e.state(), State::Applying);
     e.feed(Input::ImagingProgress {
+        try_number: None,
         attempt_id: id.clone(),
         percent: 40,
     });
@@ -259,6 +263,7 @@ fn failed_rollback_reimages_along_the_whole_path() {
         Some(40)
     );
     let d = e.feed(Input::ImagingFinished {
+        try_number: None,
         attempt_id: id.clone(),
         result: Ok(()),
     });
@@ -363,7 +368,10 @@ fn protection_aborts_an_attempt_before_the_restart_but_not_after() {
     e.succeed(ActionKind::ArmBoot);
     e.succeed(ActionKind::PowerCycle);
     let id = e.attempt_id();
-    e.feed(Input::NetworkBooted { attempt_id: id });
+    e.feed(Input::NetworkBooted {
+        try_number: None,
+        attempt_id: id,
+    });
     e.spec.protected = true;
     e.feed(Input::Reconcile);
     assert_eq!(
@@ -606,9 +614,11 @@ fn a_new_image_with_a_low_build_fails_the_try() {
     e.succeed(ActionKind::PowerCycle);
     let id = e.attempt_id();
     e.feed(Input::NetworkBooted {
+        try_number: None,
         attempt_id: id.clone(),
     });
     e.feed(Input::ImagingFinished {
+        try_number: None,
         attempt_id: id.clone(),
         result: Ok(()),
     });
@@ -636,6 +646,7 @@ fn inputs_for_another_attempt_are_ignored() {
     assert_eq!(kinds(&d), [ActionKind::ArmBoot]);
     assert_eq!(e.status.active_attempt, before.active_attempt);
     e.feed(Input::ImagingFinished {
+        try_number: None,
         attempt_id: "old".into(),
         result: Err("x".into()),
     });
@@ -1100,7 +1111,13 @@ impl Fleet {
             Op::NetBoot(i) => {
                 if let Some(a) = &self.statuses[i].active_attempt {
                     let id = a.id.clone();
-                    self.feed(i, Input::NetworkBooted { attempt_id: id })?;
+                    self.feed(
+                        i,
+                        Input::NetworkBooted {
+                            try_number: None,
+                            attempt_id: id,
+                        },
+                    )?;
                 }
             }
             Op::Imaging(i, ok) => {
@@ -1114,6 +1131,7 @@ impl Fleet {
                     self.feed(
                         i,
                         Input::ImagingFinished {
+                            try_number: None,
                             attempt_id: id,
                             result,
                         },
@@ -1209,10 +1227,12 @@ fn every_edge_is_reachable_in_the_scenarios() {
     record(&e); // PowerCycled
     let id = e.attempt_id();
     e.feed(Input::NetworkBooted {
+        try_number: None,
         attempt_id: id.clone(),
     });
     record(&e);
     e.feed(Input::ImagingFinished {
+        try_number: None,
         attempt_id: id.clone(),
         result: Ok(()),
     });
@@ -1226,6 +1246,7 @@ fn every_edge_is_reachable_in_the_scenarios() {
     record(&n); // BootArmedNoBmc
     let id = n.attempt_id();
     n.feed(Input::ImagingFinished {
+        try_number: None,
         attempt_id: id,
         result: Err("x".into()),
     });
@@ -1296,4 +1317,33 @@ fn every_change_of_state_is_an_event_but_a_new_endpoint_is_quiet() {
         e.feed(Input::Reconcile).notices.is_empty(),
         "no change, no event"
     );
+}
+
+#[test]
+fn a_late_message_from_an_earlier_try_is_ignored() {
+    let mut e = healthy(true);
+    e.feed(signals(&[SignalKind::FailedRollback]));
+    e.succeed(ActionKind::ArmBoot);
+    e.succeed(ActionKind::PowerCycle);
+    // Try 1 times out; try 2 starts after the backoff.
+    e.advance(2 * 3600);
+    e.feed(Input::Reconcile);
+    e.advance(3600);
+    e.feed(Input::Reconcile);
+    assert_eq!(e.try_number(), 2);
+    e.succeed(ActionKind::ArmBoot);
+    e.succeed(ActionKind::PowerCycle);
+    let id = e.attempt_id();
+    // Try 1's imaging environment finally reports: it must not fail try 2.
+    e.feed(Input::ImagingFinished {
+        attempt_id: id.clone(),
+        try_number: Some(1),
+        result: Err("disk gone".into()),
+    });
+    assert_eq!(e.state(), State::Booting);
+    e.feed(Input::NetworkBooted {
+        attempt_id: id.clone(),
+        try_number: Some(2),
+    });
+    assert_eq!(e.state(), State::Applying);
 }
