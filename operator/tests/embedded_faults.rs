@@ -82,8 +82,15 @@ impl Operator {
         self.lines.try_iter().any(|l| l.contains(needle))
     }
 
-    fn kill(mut self) {
-        // SIGKILL: no chance to clean up, as in a node failure or an OOM kill.
+    /// SIGKILL: no chance to clean up, as in a node failure or an OOM kill.
+    fn kill(self) {
+        drop(self);
+    }
+}
+
+/// A failing assertion must not leave an operator running after the test.
+impl Drop for Operator {
+    fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

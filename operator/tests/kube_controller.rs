@@ -242,7 +242,14 @@ impl Operator {
         }
     }
 
-    fn kill(mut self) {
+    fn kill(self) {
+        drop(self);
+    }
+}
+
+/// A failing assertion must not leave an operator running after the test.
+impl Drop for Operator {
+    fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
