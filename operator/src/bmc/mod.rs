@@ -40,9 +40,17 @@ impl PowerControl for RecordingPower {
         ep: &Endpoint,
         attempt_id: &str,
         try_number: u32,
-        _maybe_done: bool,
+        maybe_done: bool,
     ) -> Result<String, ActionError> {
         let name = ep.metadata.name.clone().unwrap_or_default();
+        if maybe_done {
+            // An earlier run may have cycled the machine and this recorder cannot look at it:
+            // never cycle twice when unsure (a machine left alone is caught by the try timeout;
+            // a second cycle could interrupt imaging).
+            return Ok(format!(
+                "not repeated for {name}: an interrupted run may already have cycled it"
+            ));
+        }
         self.log
             .lock()
             .unwrap_or_else(|p| p.into_inner())

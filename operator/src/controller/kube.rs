@@ -430,24 +430,49 @@ impl Backend for KubeBackend {
     async fn journal_begin(&self, ep: &Endpoint, key: &str) -> Result<Journal, BackendError> {
         self.check_leader()?;
         let (ns, name) = journal_location(ep);
-        let data = self.cm_data(&ns, &name).await?;
         let k = cm_key(key);
-        match data.get(&k).map(String::as_str) {
-            Some(v) if v.starts_with("done") => Ok(Journal::Done),
-            Some(_) => Ok(Journal::Interrupted),
-            None => {
-                self.merge_cm(
-                    &ns,
-                    &name,
-                    Some(ep),
-                    "recast.dev/journal",
-                    &ep.name_any(),
-                    json!({k: format!("started {}", time::format(Timestamp::now()))}),
-                )
-                .await?;
-                Ok(Journal::New)
+        let api = self.cms(&ns);
+        // Claim the key atomically (create, or patch guarded by resourceVersion): two replicas
+        // that both believe they lead during a lease hand-over cannot both see it as New.
+        for _ in 0..8 {
+            let started = json!(format!("started {}", time::format(Timestamp::now())));
+            match api.get_opt(&name).await.map_err(kube_err)? {
+                Some(cm) => {
+                    let data = cm.data.clone().unwrap_or_default();
+                    match data.get(&k).map(String::as_str) {
+                        Some(v) if v.starts_with("done") => return Ok(Journal::Done),
+                        Some(_) => return Ok(Journal::Interrupted),
+                        None => {}
+                    }
+                    let patch = json!({"metadata": {"resourceVersion": cm.resource_version()}, "data": {k.clone(): started}});
+                    match api
+                        .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+                        .await
+                    {
+                        Ok(_) => return Ok(Journal::New),
+                        Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                        Err(e) => return Err(kube_err(e)),
+                    }
+                }
+                None => {
+                    let cm: ConfigMap = serde_json::from_value(json!({
+                        "metadata": {"name": name, "labels": {"recast.dev/journal": "true"},
+                                     "annotations": {ENDPOINT_ANNOTATION: ep.name_any()},
+                                     "ownerReferences": owner_ref(ep)},
+                        "data": {k.clone(): started},
+                    }))
+                    .map_err(|e| BackendError::Other(e.to_string()))?;
+                    match api.create(&PostParams::default(), &cm).await {
+                        Ok(_) => return Ok(Journal::New),
+                        Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                        Err(e) => return Err(kube_err(e)),
+                    }
+                }
             }
         }
+        Err(BackendError::Conflict(format!(
+            "journal {name}: claim of {key} kept conflicting"
+        )))
     }
 
     async fn journal_finish(&self, ep: &Endpoint, key: &str) -> Result<(), BackendError> {

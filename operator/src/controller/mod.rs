@@ -554,7 +554,12 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
                     Ok(what) => {
                         let notice = Notice {
                             type_: crate::core::lifecycle::NoticeType::Normal,
-                            reason: "PowerCycle".into(),
+                            // A resumed cycle is told apart: the driver checked, not cycled blind.
+                            reason: if journal == Journal::Interrupted {
+                                "PowerCycleResumed".into()
+                            } else {
+                                "PowerCycle".into()
+                            },
                             message: format!("attempt {attempt_id} try {try_number}: {what}"),
                         };
                         self.backend.record(ep, &notice, self.clock.now()).await?;
