@@ -190,11 +190,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 let docs = manifests::load(&path).map_err(|e| CliError::Usage(e.to_string()))?;
                 for (file, doc) in docs {
                     if !manifests::is_recast(&doc) {
-                        let kind = doc
-                            .value
-                            .get("kind")
-                            .and_then(Value::as_str)
-                            .unwrap_or("object");
+                        let kind = manifests::kind_name(&doc);
                         println!(
                             "{kind} in {} skipped (not a recast.dev object)",
                             file.display()
@@ -526,11 +522,7 @@ fn validate(files: &[PathBuf]) -> ExitCode {
         };
         for (path, doc) in docs {
             if !manifests::is_recast(&doc) {
-                let kind = doc
-                    .value
-                    .get("kind")
-                    .and_then(Value::as_str)
-                    .unwrap_or("object");
+                let kind = manifests::kind_name(&doc);
                 println!(
                     "{}: document {}: {kind} skipped (not a recast.dev object)",
                     path.display(),

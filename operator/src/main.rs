@@ -202,11 +202,7 @@ fn apply_at_start(store: &EmbeddedStore, path: &std::path::Path) -> Result<(), S
     let docs = manifests::load(path).map_err(|e| e.to_string())?;
     for (file, doc) in docs {
         if !manifests::is_recast(&doc) {
-            let kind = doc
-                .value
-                .get("kind")
-                .and_then(|k| k.as_str())
-                .unwrap_or("object");
+            let kind = manifests::kind_name(&doc);
             tracing::info!(file = %file.display(), "skipped {kind}: not a recast.dev object");
             continue;
         }

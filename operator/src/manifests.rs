@@ -61,3 +61,11 @@ pub fn load(path: &Path) -> Result<Vec<(PathBuf, Document)>, LoadError> {
 pub fn is_recast(doc: &Document) -> bool {
     doc.value.get("apiVersion").and_then(|v| v.as_str()) == Some(recast_crds::API_VERSION)
 }
+
+/// The document's kind for messages ("object" when it has none).
+pub fn kind_name(doc: &Document) -> &str {
+    doc.value
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .unwrap_or("object")
+}
