@@ -105,6 +105,10 @@ pub struct EndpointSpec {
     #[schemars(length(max = 253))]
     pub policy_ref: Option<String>,
 
+    /// Who serves this machine's reimage boot: recast's own boot service (default) or the
+    /// site's WDS server, to which recast refers the machine when an attempt is armed.
+    #[serde(default, skip_serializing_if = "BootServer::is_recast")]
+    pub boot_server: BootServer,
     /// Overrides the policy's update mode for this endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_mode: Option<crate::policy::UpdateMode>,
@@ -133,6 +137,20 @@ pub struct EndpointIdentity {
     #[x_kube(validation = Rule::new("size(self) >= 1 && size(self) <= 64").message("spec.identity.serialNumber must be 1 to 64 characters"))]
     #[schemars(length(max = 64))]
     pub serial_number: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BootServer {
+    #[default]
+    Recast,
+    Wds,
+}
+
+impl BootServer {
+    fn is_recast(&self) -> bool {
+        *self == BootServer::Recast
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]

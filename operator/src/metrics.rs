@@ -26,6 +26,8 @@ pub struct Metrics {
     actions: Family<Labels, Counter>,
     attempt_seconds: Family<Labels, Histogram>,
     endpoints: Family<Labels, Gauge>,
+    boot_requests: Family<Labels, Counter>,
+    dhcp_replies: Family<Labels, Counter>,
 }
 
 fn label(k: &str, v: &str) -> Labels {
@@ -51,6 +53,18 @@ impl Metrics {
             Histogram::new(exponential_buckets(60.0, 2.0, 10))
         });
         let endpoints = Family::<Labels, Gauge>::default();
+        let boot_requests = Family::<Labels, Counter>::default();
+        let dhcp_replies = Family::<Labels, Counter>::default();
+        registry.register(
+            "boot_requests",
+            "Per-machine boot scripts served, by what the machine was told to do",
+            boot_requests.clone(),
+        );
+        registry.register(
+            "dhcp_replies",
+            "DHCP and proxyDHCP answers, by kind",
+            dhcp_replies.clone(),
+        );
         registry.register("reconciles", "Endpoint reconciles", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -93,6 +107,8 @@ impl Metrics {
             actions,
             attempt_seconds,
             endpoints,
+            boot_requests,
+            dhcp_replies,
         }
     }
 
@@ -175,5 +191,15 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+
+    pub fn boot_choice(&self, choice: &str) {
+        self.boot_requests
+            .get_or_create(&label("choice", choice))
+            .inc();
+    }
+
+    pub fn dhcp_reply(&self, kind: &str) {
+        self.dhcp_replies.get_or_create(&label("kind", kind)).inc();
     }
 }

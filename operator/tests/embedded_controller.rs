@@ -393,10 +393,9 @@ impl Backend for RacingEdit {
     async fn arm_boot(
         &self,
         ep: &recast_crds::Endpoint,
-        a: &Action,
-        now: Timestamp,
+        intent: &recast_operator::boot::BootIntent,
     ) -> Result<(), BackendError> {
-        self.inner.arm_boot(ep, a, now).await
+        self.inner.arm_boot(ep, intent).await
     }
     async fn disarm_boot(&self, key: &Key) -> Result<(), BackendError> {
         self.inner.disarm_boot(key).await

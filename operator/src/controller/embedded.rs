@@ -17,10 +17,11 @@ use tokio::sync::watch;
 
 use super::{Backend, BackendError, Controller, Journal, Key};
 use crate::bmc::PowerControl;
-use crate::core::lifecycle::{Action, Input, Notice, NoticeType};
+use crate::boot::BootIntent;
+use crate::core::lifecycle::{Input, Notice, NoticeType};
 use crate::core::time;
 use crate::store::embedded::{
-    BOOT_FINALIZER, BootIntent, EmbeddedStore, EventRecord, JournalState, StoreError,
+    BOOT_FINALIZER, EmbeddedStore, EventRecord, JournalState, StoreError,
 };
 
 pub struct EmbeddedBackend {
@@ -145,39 +146,8 @@ impl Backend for EmbeddedBackend {
             .map_err(other)
     }
 
-    async fn arm_boot(
-        &self,
-        ep: &Endpoint,
-        action: &Action,
-        now: Timestamp,
-    ) -> Result<(), BackendError> {
-        let Action::ArmBoot {
-            attempt_id,
-            try_number,
-            image,
-            image_digest,
-            mac_addresses,
-            boot_mode,
-        } = action
-        else {
-            return Ok(());
-        };
-        let (ns, name) = ns_name(ep);
-        let intents: Vec<BootIntent> = mac_addresses
-            .iter()
-            .map(|mac| BootIntent {
-                mac: mac.clone(),
-                namespace: ns.clone(),
-                endpoint: name.clone(),
-                attempt_id: attempt_id.clone(),
-                try_number: *try_number,
-                image: image.clone(),
-                image_digest: image_digest.clone(),
-                boot_mode: format!("{boot_mode:?}").to_lowercase(),
-                armed_at: time::format(now),
-            })
-            .collect();
-        self.store.arm_boot(&intents).map_err(other)
+    async fn arm_boot(&self, _ep: &Endpoint, intent: &BootIntent) -> Result<(), BackendError> {
+        self.store.arm_boot(intent).map_err(other)
     }
 
     async fn disarm_boot(&self, key: &Key) -> Result<(), BackendError> {
@@ -350,4 +320,34 @@ async fn update_phase_metrics<B: Backend, P: PowerControl>(ctrl: &Controller<B, 
         all.iter()
             .map(|ep| ep.status.as_ref().and_then(|s| s.phase)),
     );
+}
+
+impl crate::boot::BootIntents for EmbeddedBackend {
+    async fn boot_lookup(
+        &self,
+        mac: &str,
+    ) -> Result<(crate::boot::Known, Option<BootIntent>), BackendError> {
+        let known = match self.store.endpoint_by_mac(mac).map_err(other)? {
+            Some((namespace, name, boot_server)) => crate::boot::Known::Endpoint {
+                namespace,
+                name,
+                wds: boot_server.as_deref() == Some("wds"),
+            },
+            None => crate::boot::Known::Unknown,
+        };
+        let intent = self.store.boot_intent(mac).map_err(other)?;
+        Ok((known, intent))
+    }
+
+    async fn boot_intent_of(&self, key: &Key) -> Result<Option<BootIntent>, BackendError> {
+        self.store
+            .boot_intent_of(&key.namespace, &key.name)
+            .map_err(other)
+    }
+
+    async fn record_discovered(&self, mac: &str, detail: &str) -> Result<(), BackendError> {
+        self.store
+            .record_discovered(mac, &time::format(Timestamp::now()), detail)
+            .map_err(other)
+    }
 }

@@ -34,7 +34,8 @@ use tokio::sync::watch;
 
 use super::{Backend, BackendError, Controller, Journal, Key};
 use crate::bmc::PowerControl;
-use crate::core::lifecycle::{Action, Input, Notice, NoticeType};
+use crate::boot::BootIntent;
+use crate::core::lifecycle::{Input, Notice, NoticeType};
 use crate::core::time;
 use crate::store::embedded::BOOT_FINALIZER;
 
@@ -374,33 +375,9 @@ impl Backend for KubeBackend {
         }
     }
 
-    async fn arm_boot(
-        &self,
-        ep: &Endpoint,
-        action: &Action,
-        now: Timestamp,
-    ) -> Result<(), BackendError> {
+    async fn arm_boot(&self, ep: &Endpoint, intent: &BootIntent) -> Result<(), BackendError> {
         self.check_leader()?;
-        let Action::ArmBoot {
-            attempt_id,
-            try_number,
-            image,
-            image_digest,
-            mac_addresses,
-            boot_mode,
-        } = action
-        else {
-            return Ok(());
-        };
-        let data = json!({
-            "macAddresses": mac_addresses.iter().map(|m| m.to_ascii_lowercase()).collect::<Vec<_>>().join(","),
-            "attemptId": attempt_id,
-            "tryNumber": try_number.to_string(),
-            "image": image,
-            "imageDigest": image_digest.clone().unwrap_or_default(),
-            "bootMode": format!("{boot_mode:?}").to_lowercase(),
-            "armedAt": time::format(now),
-        });
+        let data = boot_intent_data(intent);
         let name = format!("recast-boot-{}", ep.name_any());
         self.merge_cm(
             &ns_of(ep),
@@ -800,4 +777,107 @@ fn error_policy<P: PowerControl>(
 ) -> KubeAction {
     tracing::warn!(endpoint = %ep.name_any(), error = %e, "reconcile failed; retrying in 5s");
     KubeAction::requeue(Duration::from_secs(5))
+}
+
+/// The boot intent as the data of its `recast-boot-NAME` ConfigMap (string values, as
+/// ConfigMaps hold).
+pub fn boot_intent_data(intent: &BootIntent) -> serde_json::Value {
+    json!({
+        "macAddresses": intent.mac_addresses.join(","),
+        "attemptId": intent.attempt_id,
+        "tryNumber": intent.try_number.to_string(),
+        "image": intent.image,
+        "imageDigest": intent.image_digest.clone().unwrap_or_default(),
+        "bootMode": intent.boot_mode,
+        "armedAt": intent.armed_at,
+    })
+}
+
+/// Reads a boot intent back from its ConfigMap; None when the data is incomplete (a
+/// half-written or hand-edited map is never served).
+pub fn boot_intent_from_data(
+    namespace: &str,
+    endpoint: &str,
+    data: &BTreeMap<String, String>,
+) -> Option<BootIntent> {
+    let get = |k: &str| data.get(k).filter(|v| !v.is_empty()).cloned();
+    Some(BootIntent {
+        namespace: namespace.to_string(),
+        endpoint: endpoint.to_string(),
+        mac_addresses: get("macAddresses")?
+            .split(',')
+            .map(|m| m.trim().to_ascii_lowercase())
+            .collect(),
+        attempt_id: get("attemptId")?,
+        try_number: get("tryNumber")?.parse().ok()?,
+        image: get("image")?,
+        image_digest: get("imageDigest"),
+        boot_mode: get("bootMode")?,
+        armed_at: get("armedAt").unwrap_or_default(),
+    })
+}
+
+impl crate::boot::BootIntents for KubeBackend {
+    async fn boot_lookup(
+        &self,
+        mac: &str,
+    ) -> Result<(crate::boot::Known, Option<BootIntent>), BackendError> {
+        // A machine network-boots rarely (once per reimage or per fall-back), so a list per
+        // boot is cheap next to keeping a MAC index of the whole fleet in every replica.
+        let endpoints: Api<Endpoint> = scoped(&self.client, self.watch_namespace.as_deref());
+        let list = endpoints
+            .list(&ListParams::default())
+            .await
+            .map_err(kube_err)?;
+        let owner = list.items.iter().find(|ep| {
+            ep.metadata.deletion_timestamp.is_none()
+                && ep
+                    .spec
+                    .identity
+                    .mac_addresses
+                    .iter()
+                    .any(|m| m.eq_ignore_ascii_case(mac))
+        });
+        let known = match owner {
+            Some(ep) => crate::boot::Known::Endpoint {
+                namespace: ns_of(ep),
+                name: ep.name_any(),
+                wds: ep.spec.boot_server == recast_crds::endpoint::BootServer::Wds,
+            },
+            None => crate::boot::Known::Unknown,
+        };
+        let cms: Api<ConfigMap> = scoped(&self.client, self.watch_namespace.as_deref());
+        let maps = cms
+            .list(&ListParams::default().labels(&format!("{BOOT_LABEL}=true")))
+            .await
+            .map_err(kube_err)?;
+        let intent = maps.items.iter().find_map(|cm| {
+            let endpoint = cm.name_any().strip_prefix("recast-boot-")?.to_string();
+            let intent = boot_intent_from_data(&cm.namespace()?, &endpoint, cm.data.as_ref()?)?;
+            intent
+                .mac_addresses
+                .iter()
+                .any(|m| m.eq_ignore_ascii_case(mac))
+                .then_some(intent)
+        });
+        Ok((known, intent))
+    }
+
+    async fn boot_intent_of(&self, key: &Key) -> Result<Option<BootIntent>, BackendError> {
+        let name = format!("recast-boot-{}", key.name);
+        match self.cms(&key.namespace).get_opt(&name).await {
+            Ok(Some(cm)) => Ok(cm
+                .data
+                .as_ref()
+                .and_then(|d| boot_intent_from_data(&key.namespace, &key.name, d))),
+            Ok(None) => Ok(None),
+            Err(e) => Err(kube_err(e)),
+        }
+    }
+
+    async fn record_discovered(&self, mac: &str, detail: &str) -> Result<(), BackendError> {
+        // No object to hang an Event on; the log line and the boot metrics carry it.
+        tracing::info!(mac, detail, "discovered a MAC address no Endpoint lists");
+        Ok(())
+    }
 }

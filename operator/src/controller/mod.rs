@@ -115,8 +115,7 @@ pub trait Backend: Send + Sync + 'static {
     fn arm_boot(
         &self,
         ep: &Endpoint,
-        action: &Action,
-        now: Timestamp,
+        intent: &crate::boot::BootIntent,
     ) -> impl Future<Output = Result<(), BackendError>> + Send;
     /// Back to local boot for every MAC of the endpoint (idempotent).
     fn disarm_boot(&self, key: &Key) -> impl Future<Output = Result<(), BackendError>> + Send;
@@ -524,7 +523,8 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
         }
         let result = match action {
             Action::ArmBoot { mac_addresses, .. } => {
-                match self.backend.arm_boot(ep, action, self.clock.now()).await {
+                let intent = crate::boot::BootIntent::for_action(ep, action, self.clock.now());
+                match self.backend.arm_boot(ep, &intent).await {
                     Ok(()) => {
                         let notice = Notice {
                             type_: crate::core::lifecycle::NoticeType::Normal,

@@ -48,6 +48,7 @@ fn spec(bmc: bool) -> EndpointSpec {
         reimage_request: None,
         policy_ref: None,
         update_mode: None,
+        boot_server: Default::default(),
     }
 }
 

@@ -10,6 +10,7 @@
 //! state (a transaction is all or nothing); a power cut may lose the last transactions but never
 //! corrupts the file.
 
+use crate::boot::BootIntent;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -114,20 +115,6 @@ pub struct EventRecord {
     pub type_: String,
     pub reason: String,
     pub message: String,
-}
-
-/// Where the boot service finds what to hand a MAC address on its next network boot.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BootIntent {
-    pub mac: String,
-    pub namespace: String,
-    pub endpoint: String,
-    pub attempt_id: String,
-    pub try_number: u32,
-    pub image: String,
-    pub image_digest: Option<String>,
-    pub boot_mode: String,
-    pub armed_at: String,
 }
 
 /// Journal state of an action key (see `journal_begin`).
@@ -841,17 +828,22 @@ impl EmbeddedStore {
 
     /// Arms network boot for every MAC of an endpoint (idempotent: the same attempt and try
     /// again changes nothing).
-    pub fn arm_boot(&self, intents: &[BootIntent]) -> Result<(), StoreError> {
+    pub fn arm_boot(&self, i: &BootIntent) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        for i in intents {
+        // A MAC removed from the endpoint since the last try must not stay armed.
+        tx.execute(
+            "DELETE FROM boot_intents WHERE namespace = ?1 AND endpoint = ?2",
+            params![i.namespace, i.endpoint],
+        )?;
+        for mac in &i.mac_addresses {
             tx.execute(
                 "INSERT INTO boot_intents (mac, namespace, endpoint, attempt_id, try_number, image, image_digest, boot_mode, armed_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                  ON CONFLICT (mac) DO UPDATE SET namespace = excluded.namespace, endpoint = excluded.endpoint,
                    attempt_id = excluded.attempt_id, try_number = excluded.try_number, image = excluded.image,
                    image_digest = excluded.image_digest, boot_mode = excluded.boot_mode, armed_at = excluded.armed_at",
-                params![i.mac.to_ascii_lowercase(), i.namespace, i.endpoint, i.attempt_id, i.try_number, i.image, i.image_digest, i.boot_mode, i.armed_at],
+                params![mac.to_ascii_lowercase(), i.namespace, i.endpoint, i.attempt_id, i.try_number, i.image, i.image_digest, i.boot_mode, i.armed_at],
             )?;
         }
         tx.commit()?;
@@ -866,28 +858,93 @@ impl EmbeddedStore {
         )?)
     }
 
+    /// The intent armed for this MAC address, with every MAC of its endpoint.
     pub fn boot_intent(&self, mac: &str) -> Result<Option<BootIntent>, StoreError> {
-        Ok(self
-            .conn()
+        let conn = self.conn();
+        let Some(mut intent) = conn
             .query_row(
-                "SELECT mac, namespace, endpoint, attempt_id, try_number, image, image_digest, boot_mode, armed_at
+                "SELECT namespace, endpoint, attempt_id, try_number, image, image_digest, boot_mode, armed_at
                  FROM boot_intents WHERE mac = ?1",
                 params![mac.to_ascii_lowercase()],
                 |r| {
                     Ok(BootIntent {
-                        mac: r.get(0)?,
-                        namespace: r.get(1)?,
-                        endpoint: r.get(2)?,
-                        attempt_id: r.get(3)?,
-                        try_number: r.get(4)?,
-                        image: r.get(5)?,
-                        image_digest: r.get(6)?,
-                        boot_mode: r.get(7)?,
-                        armed_at: r.get(8)?,
+                        namespace: r.get(0)?,
+                        endpoint: r.get(1)?,
+                        mac_addresses: Vec::new(),
+                        attempt_id: r.get(2)?,
+                        try_number: r.get(3)?,
+                        image: r.get(4)?,
+                        image_digest: r.get(5)?,
+                        boot_mode: r.get(6)?,
+                        armed_at: r.get(7)?,
                     })
                 },
             )
+            .optional()?
+        else {
+            return Ok(None);
+        };
+        let mut stmt = conn.prepare(
+            "SELECT mac FROM boot_intents WHERE namespace = ?1 AND endpoint = ?2 ORDER BY mac",
+        )?;
+        intent.mac_addresses = stmt
+            .query_map(params![intent.namespace, intent.endpoint], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(Some(intent))
+    }
+
+    /// The endpoint (namespace, name, spec.bootServer) that lists this MAC address.
+    pub fn endpoint_by_mac(
+        &self,
+        mac: &str,
+    ) -> Result<Option<(String, String, Option<String>)>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT o.namespace, o.name, json_extract(o.object, '$.spec.bootServer')
+                 FROM objects o, json_each(json_extract(o.object, '$.spec.identity.macAddresses')) m
+                 WHERE o.kind = 'Endpoint' AND o.deleted_at IS NULL AND lower(m.value) = ?1
+                 ORDER BY o.namespace, o.name LIMIT 1",
+                params![mac.to_ascii_lowercase()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
             .optional()?)
+    }
+
+    /// The intent armed for an endpoint, with all its MACs.
+    pub fn boot_intent_of(
+        &self,
+        namespace: &str,
+        endpoint: &str,
+    ) -> Result<Option<BootIntent>, StoreError> {
+        let mac: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT mac FROM boot_intents WHERE namespace = ?1 AND endpoint = ?2 ORDER BY mac LIMIT 1",
+                params![namespace, endpoint],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match mac {
+            Some(mac) => self.boot_intent(&mac),
+            None => Ok(None),
+        }
+    }
+
+    /// Remembers a MAC address nobody manages that asked to network-boot (one row per MAC;
+    /// `recastctl get discovered` lists them).
+    pub fn record_discovered(&self, mac: &str, time: &str, detail: &str) -> Result<(), StoreError> {
+        let conn = self.conn();
+        conn.execute(
+            "DELETE FROM events WHERE kind = 'DiscoveredMac' AND name = ?1",
+            params![mac],
+        )?;
+        conn.execute(
+            "INSERT INTO events (kind, namespace, name, time, type, reason, message)
+             VALUES ('DiscoveredMac', '', ?1, ?2, 'Normal', 'Discovered', ?3)",
+            params![mac, time, detail],
+        )?;
+        Ok(())
     }
 
     /// Marks an action key started, returning what was known before.

@@ -1,0 +1,757 @@
+//! DHCP for network boot: proxyDHCP (UDP 67 and 4011; boot information only, never
+//! addresses) next to the site's own DHCP server, and a full DHCP mode with a static lease
+//! table for isolated provisioning networks.
+//!
+//! `parse` and `answer` are pure; `serve` is the socket loop around them.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+
+use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
+use dhcproto::{Decodable, Decoder, Encodable};
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+
+use super::BootIntents;
+use super::intent::{self, BootChoice, UnknownMacPolicy};
+use crate::metrics::Metrics;
+
+/// What a request says about the client, as far as boot decisions go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientInfo {
+    pub message_type: MessageType,
+    pub mac: String,
+    pub xid: u32,
+    pub broadcast: bool,
+    pub giaddr: Ipv4Addr,
+    pub ciaddr: Ipv4Addr,
+    /// Option 93 (RFC 4578 / IANA "Processor Architecture Types").
+    pub arch: Option<u16>,
+    /// Option 60 starts with "PXEClient" (or "HTTPClient" for UEFI HTTP boot).
+    pub pxe: bool,
+    pub http_client: bool,
+    /// Already iPXE (user class "iPXE" or iPXE's option 175): give it the script URL, never
+    /// another binary, or it loops.
+    pub ipxe: bool,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ParseError {
+    #[error("not a DHCP message: {0}")]
+    Decode(String),
+    #[error("not a BOOTREQUEST")]
+    NotRequest,
+    #[error("no DHCP message type option")]
+    NoMessageType,
+    #[error("hardware address is not 6-byte Ethernet")]
+    NotEthernet,
+}
+
+/// Decodes a request; never panics on any input.
+pub fn parse(buf: &[u8]) -> Result<ClientInfo, ParseError> {
+    // dhcproto is careful with lengths, but a fuzzed packet must never take the server down, so
+    // decoding is also fenced against panics.
+    let msg = std::panic::catch_unwind(|| Message::decode(&mut Decoder::new(buf)))
+        .map_err(|_| ParseError::Decode("malformed packet".into()))?
+        .map_err(|e| ParseError::Decode(e.to_string()))?;
+    if msg.opcode() != Opcode::BootRequest {
+        return Err(ParseError::NotRequest);
+    }
+    let message_type = match msg.opts().get(OptionCode::MessageType) {
+        Some(DhcpOption::MessageType(t)) => *t,
+        _ => return Err(ParseError::NoMessageType),
+    };
+    // Check hlen before touching chaddr: dhcproto slices chaddr by hlen and panics when a
+    // packet claims more than 16 bytes (found by the mutation run below).
+    if msg.hlen() != 6 {
+        return Err(ParseError::NotEthernet);
+    }
+    let chaddr = msg.chaddr();
+    let mac = chaddr[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    let arch = match msg.opts().get(OptionCode::ClientSystemArchitecture) {
+        Some(DhcpOption::ClientSystemArchitecture(a)) => Some(u16::from(*a)),
+        _ => None,
+    };
+    let vendor = match msg.opts().get(OptionCode::ClassIdentifier) {
+        Some(DhcpOption::ClassIdentifier(v)) => v.clone(),
+        _ => Vec::new(),
+    };
+    let user_class_ipxe = match msg.opts().get(OptionCode::UserClass) {
+        // RFC 3004 user classes are length-prefixed, iPXE sends the bare string: accept both.
+        Some(DhcpOption::UserClass(v)) => v.windows(4).any(|w| w == b"iPXE"),
+        _ => false,
+    };
+    let has_175 = msg.opts().get(OptionCode::Unknown(175)).is_some();
+    Ok(ClientInfo {
+        message_type,
+        mac,
+        xid: msg.xid(),
+        broadcast: msg.flags().broadcast(),
+        giaddr: msg.giaddr(),
+        ciaddr: msg.ciaddr(),
+        arch,
+        pxe: vendor.starts_with(b"PXEClient"),
+        http_client: vendor.starts_with(b"HTTPClient"),
+        ipxe: user_class_ipxe || has_175,
+    })
+}
+
+/// A static lease of the full DHCP mode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub ip: Ipv4Addr,
+    pub hostname: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub enum Mode {
+    /// Boot information only; the site's DHCP server hands out addresses.
+    Proxy,
+    /// Addresses from a static table, for isolated provisioning networks.
+    Full {
+        leases: HashMap<String, Lease>,
+        subnet_mask: Ipv4Addr,
+        router: Option<Ipv4Addr>,
+        dns: Vec<Ipv4Addr>,
+        lease_seconds: u32,
+    },
+}
+
+/// Boot file names, relative to the TFTP root (and under /artifacts/ipxe/ over HTTP).
+#[derive(Clone, Debug)]
+pub struct BootFiles {
+    pub bios: String,
+    pub uefi_x64: String,
+    pub uefi_arm64: String,
+}
+
+impl Default for BootFiles {
+    fn default() -> Self {
+        // Debian's `ipxe` package: undionly.kpxe chains through the NIC's own PXE stack;
+        // snponly.efi uses the UEFI network stack, which works on more firmware than ipxe.efi's
+        // own drivers.
+        BootFiles {
+            bios: "ipxe/undionly.kpxe".into(),
+            uefi_x64: "ipxe/snponly.efi".into(),
+            uefi_arm64: "ipxe/snponly-arm64.efi".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct DhcpConfig {
+    pub mode: Mode,
+    /// This server's address on the provisioning network (server id, next-server).
+    pub server_ip: Ipv4Addr,
+    /// http://server:port (the boot service's HTTP base URL).
+    pub http_base: String,
+    pub files: BootFiles,
+    pub unknown: UnknownMacPolicy,
+    pub wds_server: Option<Ipv4Addr>,
+}
+
+/// What to send back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub message_type: MessageType,
+    pub yiaddr: Ipv4Addr,
+    pub siaddr: Ipv4Addr,
+    pub file: String,
+    pub lease: Option<(Ipv4Addr, Option<String>)>,
+    /// Option 60 "PXEClient" (or "HTTPClient") so PXE firmware accepts a proxy offer.
+    pub vendor_class: Option<&'static str>,
+    pub kind: &'static str,
+}
+
+/// RFC 4578 / IANA processor architecture types.
+fn boot_file(info: &ClientInfo, cfg: &DhcpConfig) -> Option<(String, Option<&'static str>)> {
+    if info.ipxe {
+        return Some((format!("{}/boot.ipxe", cfg.http_base), None));
+    }
+    match info.arch {
+        // UEFI HTTP boot (x64 16, arm64 19): a URL to the iPXE EFI binary.
+        Some(16) => Some((
+            format!("{}/artifacts/{}", cfg.http_base, cfg.files.uefi_x64),
+            Some("HTTPClient"),
+        )),
+        Some(19) => Some((
+            format!("{}/artifacts/{}", cfg.http_base, cfg.files.uefi_arm64),
+            Some("HTTPClient"),
+        )),
+        Some(0) | None => Some((cfg.files.bios.clone(), Some("PXEClient"))),
+        Some(7) | Some(9) => Some((cfg.files.uefi_x64.clone(), Some("PXEClient"))),
+        Some(11) => Some((cfg.files.uefi_arm64.clone(), Some("PXEClient"))),
+        // 32-bit UEFI, Itanium and the rest: nothing recast can boot.
+        Some(_) => None,
+    }
+}
+
+/// Decides the answer to one request, given what the store says about the MAC.
+pub fn answer(info: &ClientInfo, choice: &BootChoice, cfg: &DhcpConfig) -> Option<Reply> {
+    let reply_type = match info.message_type {
+        MessageType::Discover => MessageType::Offer,
+        MessageType::Request => MessageType::Ack,
+        // Inform (used by some PXE clients on 4011) gets boot info in an ACK.
+        MessageType::Inform => MessageType::Ack,
+        _ => return None,
+    };
+    let lease = match &cfg.mode {
+        Mode::Proxy => None,
+        Mode::Full { leases, .. } => match leases.get(&info.mac) {
+            Some(l) => Some((l.ip, l.hostname.clone())),
+            // Full mode hands out only the static table.
+            None => return None,
+        },
+    };
+    // proxyDHCP answers PXE clients only; the full mode also gives plain clients an address.
+    let boot_capable = info.pxe || info.http_client || info.ipxe;
+    if lease.is_none() && !boot_capable {
+        return None;
+    }
+    let (siaddr, file, vendor_class, kind) = match choice {
+        BootChoice::Ignore => {
+            if lease.is_none() {
+                return None;
+            }
+            (Ipv4Addr::UNSPECIFIED, String::new(), None, "address-only")
+        }
+        BootChoice::Wds => {
+            let wds = cfg.wds_server?;
+            let file = match info.arch {
+                Some(7) | Some(9) => "boot\\x64\\wdsmgfw.efi",
+                _ => "boot\\x64\\wdsnbp.com",
+            };
+            (wds, file.to_string(), Some("PXEClient"), "wds-referral")
+        }
+        BootChoice::Local { .. } | BootChoice::Imaging(_) => {
+            if !boot_capable {
+                (Ipv4Addr::UNSPECIFIED, String::new(), None, "address-only")
+            } else {
+                let (file, class) = boot_file(info, cfg)?;
+                let kind = if info.ipxe {
+                    "ipxe-script"
+                } else {
+                    "boot-program"
+                };
+                (cfg.server_ip, file, class, kind)
+            }
+        }
+    };
+    Some(Reply {
+        message_type: reply_type,
+        yiaddr: lease.as_ref().map_or(Ipv4Addr::UNSPECIFIED, |l| l.0),
+        siaddr,
+        file,
+        lease,
+        vendor_class,
+        kind,
+    })
+}
+
+/// Encodes a reply to `request` (whose xid, flags, giaddr and chaddr it echoes).
+pub fn encode(request: &[u8], reply: &Reply, cfg: &DhcpConfig) -> Option<Vec<u8>> {
+    let req = Message::decode(&mut Decoder::new(request)).ok()?;
+    if req.hlen() != 6 {
+        return None;
+    }
+    let mut msg = Message::default();
+    msg.set_opcode(Opcode::BootReply)
+        .set_xid(req.xid())
+        .set_flags(req.flags())
+        .set_giaddr(req.giaddr())
+        .set_ciaddr(req.ciaddr())
+        .set_yiaddr(reply.yiaddr)
+        .set_siaddr(reply.siaddr)
+        .set_chaddr(req.chaddr());
+    if !reply.file.is_empty() {
+        msg.set_fname_str(&reply.file);
+    }
+    let opts = msg.opts_mut();
+    opts.insert(DhcpOption::MessageType(reply.message_type));
+    opts.insert(DhcpOption::ServerIdentifier(cfg.server_ip));
+    if let Some(class) = reply.vendor_class {
+        opts.insert(DhcpOption::ClassIdentifier(class.as_bytes().to_vec()));
+    }
+    if !reply.file.is_empty() {
+        opts.insert(DhcpOption::BootfileName(reply.file.as_bytes().to_vec()));
+        if reply.siaddr != Ipv4Addr::UNSPECIFIED {
+            opts.insert(DhcpOption::TFTPServerName(
+                reply.siaddr.to_string().into_bytes(),
+            ));
+        }
+    }
+    if let (
+        Some((_, hostname)),
+        Mode::Full {
+            subnet_mask,
+            router,
+            dns,
+            lease_seconds,
+            ..
+        },
+    ) = (&reply.lease, &cfg.mode)
+    {
+        opts.insert(DhcpOption::SubnetMask(*subnet_mask));
+        if let Some(r) = router {
+            opts.insert(DhcpOption::Router(vec![*r]));
+        }
+        if !dns.is_empty() {
+            opts.insert(DhcpOption::DomainNameServer(dns.clone()));
+        }
+        opts.insert(DhcpOption::AddressLeaseTime(*lease_seconds));
+        if let Some(h) = hostname {
+            opts.insert(DhcpOption::Hostname(h.clone()));
+        }
+    }
+    msg.to_vec().ok()
+}
+
+/// Where a reply goes (RFC 2131 4.1): to the relay, to a client that already has an address,
+/// or broadcast.
+pub fn destination(info: &ClientInfo, from: SocketAddr, reply: &Reply) -> SocketAddr {
+    if info.giaddr != Ipv4Addr::UNSPECIFIED {
+        return SocketAddr::V4(SocketAddrV4::new(info.giaddr, 67));
+    }
+    if info.ciaddr != Ipv4Addr::UNSPECIFIED {
+        // A client that has an address (a 4011 request) is answered where it asked from.
+        return from;
+    }
+    let _ = reply;
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::BROADCAST, 68))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(
+        "cannot listen for DHCP on {addr}: {source} (ports below 1024 need root or CAP_NET_BIND_SERVICE; another DHCP server may hold the port)"
+    )]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Binds a DHCP socket that can broadcast, optionally pinned to one interface.
+pub fn bind(addr: SocketAddr, interface: Option<&str>) -> Result<UdpSocket, ServeError> {
+    let err = |source| ServeError::Bind { addr, source };
+    let std = std::net::UdpSocket::bind(addr).map_err(err)?;
+    std.set_broadcast(true).map_err(err)?;
+    std.set_nonblocking(true).map_err(err)?;
+    let sock = UdpSocket::from_std(std).map_err(err)?;
+    if let Some(ifname) = interface {
+        sock.bind_device(Some(ifname.as_bytes())).map_err(err)?;
+    }
+    Ok(sock)
+}
+
+/// Answers requests on `sock` until `shutdown`. Malformed packets are counted and dropped.
+pub async fn serve<B: BootIntents>(
+    sock: UdpSocket,
+    cfg: Arc<DhcpConfig>,
+    store: Arc<B>,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut buf = vec![0u8; 1500];
+    loop {
+        let (n, from) = tokio::select! {
+            r = sock.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "DHCP receive failed");
+                    continue;
+                }
+            },
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        let packet = &buf[..n];
+        let info = match parse(packet) {
+            Ok(i) => i,
+            Err(e) => {
+                metrics.dhcp_reply("malformed");
+                tracing::debug!(%from, error = %e, "ignored a DHCP packet");
+                continue;
+            }
+        };
+        let (known, armed) = match store.boot_lookup(&info.mac).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(mac = %info.mac, error = %e, "boot lookup failed; not answering");
+                continue;
+            }
+        };
+        let (choice, _) = intent::choose(&known, armed.as_ref(), cfg.unknown);
+        let Some(reply) = answer(&info, &choice, &cfg) else {
+            continue;
+        };
+        let Some(bytes) = encode(packet, &reply, &cfg) else {
+            continue;
+        };
+        let to = destination(&info, from, &reply);
+        metrics.dhcp_reply(reply.kind);
+        tracing::info!(mac = %info.mac, kind = reply.kind, file = %reply.file, %to, "DHCP {:?}", reply.message_type);
+        if let Err(e) = sock.send_to(&bytes, to).await {
+            tracing::warn!(%to, error = %e, "cannot send a DHCP reply");
+        }
+    }
+}
+
+/// Reads a static lease table: one `MAC IP [HOSTNAME]` per line, `#` comments.
+pub fn parse_leases(text: &str) -> Result<HashMap<String, Lease>, String> {
+    let mut out = HashMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let mut parts = line.split_whitespace();
+        let (Some(mac), Some(ip)) = (parts.next(), parts.next()) else {
+            return Err(format!(
+                "line {}: expected `MAC IP [HOSTNAME]`, got {line:?}",
+                n + 1
+            ));
+        };
+        let mac = intent::normalize_mac(mac)
+            .ok_or_else(|| format!("line {}: {mac:?} is not a MAC address", n + 1))?;
+        let ip: Ipv4Addr = ip
+            .parse()
+            .map_err(|_| format!("line {}: {ip:?} is not an IPv4 address", n + 1))?;
+        let hostname = parts.next().map(str::to_string);
+        if out.insert(mac.clone(), Lease { ip, hostname }).is_some() {
+            return Err(format!("line {}: {mac} is listed twice", n + 1));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::boot::BootIntent;
+    use dhcproto::v4::Architecture;
+
+    fn request(mt: MessageType, arch: Option<u16>, vendor: Option<&str>, ipxe: bool) -> Vec<u8> {
+        let mut m = Message::new_with_id(
+            0x1234,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            &[0x52, 0x54, 0, 0x12, 0x34, 0x56],
+        );
+        m.set_flags(Flags::default().set_broadcast());
+        m.opts_mut().insert(DhcpOption::MessageType(mt));
+        if let Some(a) = arch {
+            m.opts_mut()
+                .insert(DhcpOption::ClientSystemArchitecture(Architecture::from(a)));
+        }
+        if let Some(v) = vendor {
+            m.opts_mut()
+                .insert(DhcpOption::ClassIdentifier(v.as_bytes().to_vec()));
+        }
+        if ipxe {
+            m.opts_mut().insert(DhcpOption::UserClass(b"iPXE".to_vec()));
+        }
+        m.to_vec().unwrap()
+    }
+
+    fn cfg(mode: Mode) -> DhcpConfig {
+        DhcpConfig {
+            mode,
+            server_ip: Ipv4Addr::new(10, 0, 40, 2),
+            http_base: "http://10.0.40.2:8081".into(),
+            files: BootFiles::default(),
+            unknown: UnknownMacPolicy::Ignore,
+            wds_server: Some(Ipv4Addr::new(10, 0, 40, 9)),
+        }
+    }
+
+    fn local() -> BootChoice {
+        BootChoice::Local { discovered: false }
+    }
+
+    fn imaging() -> BootChoice {
+        BootChoice::Imaging(BootIntent {
+            namespace: "default".into(),
+            endpoint: "kiosk-01".into(),
+            mac_addresses: vec!["52:54:00:12:34:56".into()],
+            attempt_id: "a".into(),
+            try_number: 1,
+            image: "img".into(),
+            image_digest: Some("d".into()),
+            boot_mode: "bios".into(),
+            armed_at: String::new(),
+        })
+    }
+
+    fn full() -> Mode {
+        let mut leases = HashMap::new();
+        leases.insert(
+            "52:54:00:12:34:56".to_string(),
+            Lease {
+                ip: Ipv4Addr::new(10, 0, 40, 50),
+                hostname: Some("kiosk-01".into()),
+            },
+        );
+        Mode::Full {
+            leases,
+            subnet_mask: Ipv4Addr::new(255, 255, 255, 0),
+            router: None,
+            dns: vec![],
+            lease_seconds: 3600,
+        }
+    }
+
+    #[test]
+    fn the_architecture_selects_the_boot_program() {
+        let c = cfg(Mode::Proxy);
+        let cases = [
+            (Some(0), "ipxe/undionly.kpxe"),
+            (None, "ipxe/undionly.kpxe"),
+            (Some(7), "ipxe/snponly.efi"),
+            (Some(9), "ipxe/snponly.efi"),
+            (Some(11), "ipxe/snponly-arm64.efi"),
+        ];
+        for (arch, file) in cases {
+            let info = parse(&request(
+                MessageType::Discover,
+                arch,
+                Some("PXEClient:Arch:00000"),
+                false,
+            ))
+            .unwrap();
+            let r = answer(&info, &local(), &c).unwrap();
+            assert_eq!(r.file, file, "arch {arch:?}");
+            assert_eq!(r.message_type, MessageType::Offer);
+            assert_eq!(
+                r.yiaddr,
+                Ipv4Addr::UNSPECIFIED,
+                "proxyDHCP never gives addresses"
+            );
+            assert_eq!(r.siaddr, c.server_ip);
+            assert_eq!(r.vendor_class, Some("PXEClient"));
+        }
+        // UEFI HTTP boot gets a URL and the HTTPClient class.
+        let info = parse(&request(
+            MessageType::Discover,
+            Some(16),
+            Some("HTTPClient:Arch:00016"),
+            false,
+        ))
+        .unwrap();
+        let r = answer(&info, &local(), &c).unwrap();
+        assert_eq!(r.file, "http://10.0.40.2:8081/artifacts/ipxe/snponly.efi");
+        assert_eq!(r.vendor_class, Some("HTTPClient"));
+        // 32-bit UEFI: nothing to boot, no answer.
+        let info = parse(&request(
+            MessageType::Discover,
+            Some(6),
+            Some("PXEClient"),
+            false,
+        ))
+        .unwrap();
+        assert_eq!(answer(&info, &local(), &c), None);
+    }
+
+    #[test]
+    fn an_ipxe_client_gets_the_script_url_never_a_binary() {
+        let c = cfg(Mode::Proxy);
+        for arch in [Some(0), Some(7), Some(9), None] {
+            let info = parse(&request(
+                MessageType::Discover,
+                arch,
+                Some("PXEClient"),
+                true,
+            ))
+            .unwrap();
+            assert!(info.ipxe);
+            let r = answer(&info, &imaging(), &c).unwrap();
+            assert_eq!(r.file, "http://10.0.40.2:8081/boot.ipxe");
+        }
+    }
+
+    #[test]
+    fn proxy_mode_stays_silent_for_non_pxe_clients_and_ignored_macs() {
+        let c = cfg(Mode::Proxy);
+        let info = parse(&request(MessageType::Discover, None, None, false)).unwrap();
+        assert_eq!(answer(&info, &local(), &c), None, "a plain DHCP client");
+        let info = parse(&request(
+            MessageType::Discover,
+            Some(0),
+            Some("PXEClient"),
+            false,
+        ))
+        .unwrap();
+        assert_eq!(
+            answer(&info, &BootChoice::Ignore, &c),
+            None,
+            "an ignored MAC"
+        );
+        for mt in [
+            MessageType::Release,
+            MessageType::Decline,
+            MessageType::Offer,
+        ] {
+            let info = parse(&request(mt, Some(0), Some("PXEClient"), false)).unwrap();
+            assert_eq!(answer(&info, &local(), &c), None, "{mt:?}");
+        }
+        let info = parse(&request(
+            MessageType::Request,
+            Some(0),
+            Some("PXEClient"),
+            false,
+        ))
+        .unwrap();
+        assert_eq!(
+            answer(&info, &local(), &c).unwrap().message_type,
+            MessageType::Ack
+        );
+    }
+
+    #[test]
+    fn wds_endpoints_are_referred_to_the_wds_server() {
+        let c = cfg(Mode::Proxy);
+        let info = parse(&request(
+            MessageType::Discover,
+            Some(0),
+            Some("PXEClient"),
+            false,
+        ))
+        .unwrap();
+        let r = answer(&info, &BootChoice::Wds, &c).unwrap();
+        assert_eq!(r.siaddr, Ipv4Addr::new(10, 0, 40, 9));
+        assert_eq!(r.file, "boot\\x64\\wdsnbp.com");
+        let info = parse(&request(
+            MessageType::Discover,
+            Some(7),
+            Some("PXEClient"),
+            false,
+        ))
+        .unwrap();
+        assert_eq!(
+            answer(&info, &BootChoice::Wds, &c).unwrap().file,
+            "boot\\x64\\wdsmgfw.efi"
+        );
+        let mut no_wds = c.clone();
+        no_wds.wds_server = None;
+        assert_eq!(answer(&info, &BootChoice::Wds, &no_wds), None);
+    }
+
+    #[test]
+    fn full_mode_leases_only_from_the_table() {
+        let c = cfg(full());
+        let info = parse(&request(
+            MessageType::Discover,
+            Some(0),
+            Some("PXEClient"),
+            false,
+        ))
+        .unwrap();
+        let r = answer(&info, &local(), &c).unwrap();
+        assert_eq!(r.yiaddr, Ipv4Addr::new(10, 0, 40, 50));
+        assert_eq!(r.file, "ipxe/undionly.kpxe");
+        // A plain client in the table gets an address and no boot file.
+        let info = parse(&request(MessageType::Request, None, None, false)).unwrap();
+        let r = answer(&info, &BootChoice::Ignore, &c).unwrap();
+        assert_eq!(r.yiaddr, Ipv4Addr::new(10, 0, 40, 50));
+        assert_eq!(r.file, "");
+        // A MAC not in the table gets nothing.
+        let mut other = request(MessageType::Discover, Some(0), Some("PXEClient"), false);
+        other[28 + 5] = 0x99;
+        let info = parse(&other).unwrap();
+        assert_eq!(answer(&info, &local(), &c), None);
+    }
+
+    #[test]
+    fn replies_encode_and_decode() {
+        let c = cfg(full());
+        let req = request(MessageType::Discover, Some(0), Some("PXEClient"), false);
+        let info = parse(&req).unwrap();
+        let r = answer(&info, &local(), &c).unwrap();
+        let bytes = encode(&req, &r, &c).unwrap();
+        let m = Message::decode(&mut Decoder::new(&bytes)).unwrap();
+        assert_eq!(m.opcode(), Opcode::BootReply);
+        assert_eq!(m.xid(), 0x1234);
+        assert_eq!(m.yiaddr(), Ipv4Addr::new(10, 0, 40, 50));
+        assert_eq!(m.siaddr(), c.server_ip);
+        assert_eq!(m.fname(), Some(&b"ipxe/undionly.kpxe\0"[..]));
+        assert_eq!(
+            m.opts().get(OptionCode::MessageType),
+            Some(&DhcpOption::MessageType(MessageType::Offer))
+        );
+        assert_eq!(
+            m.opts().get(OptionCode::SubnetMask),
+            Some(&DhcpOption::SubnetMask(Ipv4Addr::new(255, 255, 255, 0)))
+        );
+        assert_eq!(
+            destination(&info, "0.0.0.0:68".parse().unwrap(), &r),
+            "255.255.255.255:68".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn bad_packets_are_errors_not_panics() {
+        assert!(parse(&[]).is_err());
+        assert!(parse(&[1; 10]).is_err());
+        let good = request(MessageType::Discover, Some(0), Some("PXEClient"), false);
+        // Every truncation, and a deterministic byte-flip sweep over every position.
+        for n in 0..good.len() {
+            let _ = parse(&good[..n]);
+        }
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            let mut p = good.clone();
+            for _ in 0..4 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let i = (seed as usize) % p.len();
+                p[i] = (seed >> 32) as u8;
+            }
+            if let Ok(info) = parse(&p) {
+                let _ = answer(&info, &local(), &cfg(Mode::Proxy));
+            }
+        }
+        // A reply packet is not a request.
+        let c = cfg(Mode::Proxy);
+        let info = parse(&good).unwrap();
+        let r = answer(&info, &local(), &c).unwrap();
+        let reply = encode(&good, &r, &c).unwrap();
+        assert_eq!(parse(&reply), Err(ParseError::NotRequest));
+    }
+
+    #[test]
+    fn lease_tables_parse_with_clear_errors() {
+        let t = parse_leases(
+            "# site A\n52:54:00:12:34:56 10.0.40.50 kiosk-01\n52-54-00-12-34-57 10.0.40.51\n",
+        )
+        .unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(t["52:54:00:12:34:57"].ip, Ipv4Addr::new(10, 0, 40, 51));
+        assert!(
+            parse_leases("52:54:00:12:34:56")
+                .unwrap_err()
+                .contains("line 1")
+        );
+        assert!(
+            parse_leases("zz 10.0.0.1")
+                .unwrap_err()
+                .contains("not a MAC")
+        );
+        assert!(
+            parse_leases("52:54:00:12:34:56 10.0.0.300")
+                .unwrap_err()
+                .contains("not an IPv4")
+        );
+        assert!(
+            parse_leases("52:54:00:12:34:56 10.0.0.1\n52:54:00:12:34:56 10.0.0.2")
+                .unwrap_err()
+                .contains("twice")
+        );
+    }
+}

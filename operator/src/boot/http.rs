@@ -1,0 +1,679 @@
+//! HTTP boot: the iPXE scripts, the artifacts, and the imaging protocol the imaging environment
+//! speaks (fetch the task, post progress, post the result), each call carrying the try's token.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+
+use super::intent::{self, BootChoice, NotServed, UnknownMacPolicy};
+use super::render::{AttemptView, ImageFile, ImagingEnvironment, Renderer, SiteSettings};
+use super::token::TokenKey;
+use super::{BootIntent, BootIntents};
+use crate::controller::{Backend, Key};
+use crate::core::lifecycle::{Input, Notice, NoticeType};
+use crate::metrics::Metrics;
+
+/// How the boot service is set up at a site.
+#[derive(Clone, Debug)]
+pub struct BootConfig {
+    /// How machines reach this service, such as http://10.0.40.2:8081 (no trailing slash).
+    pub base_url: String,
+    /// Directory of served artifacts: ipxe/, winpe/, linux/, images/<sha256>.wim.
+    pub root: PathBuf,
+    pub imaging: ImagingEnvironment,
+    pub unknown: UnknownMacPolicy,
+    pub wds_server: Option<String>,
+    pub site: SiteSettings,
+    /// Where the reimaged endpoint's agent reports (goes into its configuration).
+    pub gateway_url: Option<String>,
+}
+
+pub struct BootHttp<B> {
+    pub backend: Arc<B>,
+    pub renderer: Renderer,
+    pub key: TokenKey,
+    pub config: BootConfig,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Progress of one imaging step, as the imaging environment posts it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProgressReport {
+    pub percent: u8,
+    #[serde(default)]
+    pub step: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// The end of an imaging run.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResultReport {
+    pub ok: bool,
+    #[serde(default)]
+    pub step: Option<String>,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// What the imaging environment does, fetched with the try's token.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ImagingTask {
+    pub namespace: String,
+    pub endpoint: String,
+    pub attempt_id: String,
+    pub try_number: u32,
+    pub boot_mode: String,
+    pub hostname: String,
+    pub image: ImageTaskFile,
+    pub progress_url: String,
+    pub result_url: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageTaskFile {
+    pub name: String,
+    pub url: String,
+    pub sha256: String,
+    pub size: u64,
+    pub index: u32,
+}
+
+/// Reports are short; anything bigger is refused before it is read.
+const MAX_REPORT_BYTES: usize = 4096;
+
+pub fn router<B: Backend + BootIntents>(svc: Arc<BootHttp<B>>) -> Router {
+    let imaging = Router::new()
+        .route("/task", get(task::<B>))
+        .route("/startnet.cmd", get(startnet::<B>))
+        .route("/winpeshl.ini", get(winpeshl::<B>))
+        .route("/unattend.xml", get(unattend::<B>))
+        .route("/agent.json", get(agent_config::<B>))
+        .route("/progress", post(progress::<B>))
+        .route("/result", post(result::<B>))
+        .layer(DefaultBodyLimit::max(MAX_REPORT_BYTES));
+    Router::new()
+        .route("/boot.ipxe", get(boot_ipxe::<B>))
+        .route("/boot/{mac}", get(per_mac::<B>))
+        .route("/artifacts/{*path}", get(artifact::<B>).head(artifact::<B>))
+        .nest(
+            "/imaging/v1/{namespace}/{name}/{attempt}/{try_number}",
+            imaging,
+        )
+        .with_state(svc)
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body.into(),
+    )
+        .into_response()
+}
+
+fn script(body: String) -> Response {
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn boot_ipxe<B: Backend + BootIntents>(State(svc): State<Arc<BootHttp<B>>>) -> Response {
+    match svc.renderer.boot_ipxe(&svc.config.base_url) {
+        Ok(s) => script(s),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn per_mac<B: Backend + BootIntents>(
+    State(svc): State<Arc<BootHttp<B>>>,
+    Path(raw_mac): Path<String>,
+) -> Response {
+    let Some(mac) = intent::normalize_mac(&raw_mac) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "not a MAC address; iPXE asks for /boot/${net0/mac}\n",
+        );
+    };
+    let (known, armed) = match svc.backend.boot_lookup(&mac).await {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::warn!(%mac, error = %e, "boot lookup failed; telling the machine to boot locally");
+            return match svc.renderer.local(&mac, "uefi") {
+                Ok(s) => script(s),
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            };
+        }
+    };
+    let (choice, not_served) = intent::choose(&known, armed.as_ref(), svc.config.unknown);
+    if let Some(why) = &not_served {
+        tracing::warn!(%mac, "armed boot not served: {why}");
+    }
+    let boot_mode = armed
+        .as_ref()
+        .map(|i| i.boot_mode.clone())
+        .unwrap_or_else(|| "uefi".into());
+    svc.metrics.boot_choice(choice_label(&choice));
+    match choice {
+        BootChoice::Ignore => text(
+            StatusCode::NOT_FOUND,
+            "recast does not manage this machine\n",
+        ),
+        BootChoice::Local { discovered } => {
+            let who = match &known {
+                intent::Known::Endpoint {
+                    namespace, name, ..
+                } => {
+                    svc.note_fallback(namespace, name, not_served.as_ref())
+                        .await;
+                    format!("{namespace}/{name}")
+                }
+                intent::Known::Unknown => mac.clone(),
+            };
+            if discovered
+                && let Err(e) = svc
+                    .backend
+                    .record_discovered(&mac, "asked to network-boot; no Endpoint lists it")
+                    .await
+            {
+                tracing::warn!(%mac, error = %e, "cannot record a discovered MAC");
+            }
+            match svc.renderer.local(&who, &boot_mode) {
+                Ok(s) => script(s),
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
+        }
+        BootChoice::Wds => {
+            let (namespace, name) = match &known {
+                intent::Known::Endpoint {
+                    namespace, name, ..
+                } => (namespace.clone(), name.clone()),
+                intent::Known::Unknown => (String::new(), mac.clone()),
+            };
+            let Some(server) = &svc.config.wds_server else {
+                tracing::warn!(%mac, "endpoint is in WDS mode but no --wds-server is set; booting it locally");
+                return match svc.renderer.local(&name, &boot_mode) {
+                    Ok(s) => script(s),
+                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                };
+            };
+            match svc.renderer.wds(&namespace, &name, &boot_mode, server) {
+                Ok(s) => script(s),
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
+        }
+        BootChoice::Imaging(intent) => {
+            let token = svc.try_token(&intent);
+            let view = AttemptView::new(&svc.config.base_url, &intent, &token);
+            let body =
+                match svc
+                    .renderer
+                    .imaging_script(svc.config.imaging, &svc.config.base_url, &view)
+                {
+                    Ok(s) => s,
+                    Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                };
+            svc.post(
+                &intent,
+                Input::NetworkBooted {
+                    attempt_id: intent.attempt_id.clone(),
+                    try_number: Some(intent.try_number),
+                },
+            )
+            .await;
+            tracing::info!(
+                endpoint = %format!("{}/{}", intent.namespace, intent.endpoint),
+                attempt = %intent.attempt_id,
+                try_number = intent.try_number,
+                "served the imaging script"
+            );
+            script(body)
+        }
+    }
+}
+
+fn choice_label(c: &BootChoice) -> &'static str {
+    match c {
+        BootChoice::Ignore => "ignored",
+        BootChoice::Local { discovered: true } => "discovered",
+        BootChoice::Local { discovered: false } => "local",
+        BootChoice::Imaging(_) => "imaging",
+        BootChoice::Wds => "wds",
+    }
+}
+
+async fn artifact<B: Backend + BootIntents>(
+    State(svc): State<Arc<BootHttp<B>>>,
+    method: Method,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    // Golden WIMs are served only by digest, and only once the golden-image check has put them
+    // into images/; a name that is not a digest is refused.
+    if let Some(rest) = path.strip_prefix("images/")
+        && !is_digest_file(rest)
+    {
+        return text(StatusCode::NOT_FOUND, "images are served by digest only\n");
+    }
+    match super::artifacts::confine(&svc.config.root, &path) {
+        Some(full) => super::artifacts::serve(&full, &headers, method == Method::HEAD).await,
+        None => text(StatusCode::NOT_FOUND, "no such artifact\n"),
+    }
+}
+
+fn is_digest_file(name: &str) -> bool {
+    name.strip_suffix(".wim").is_some_and(|d| {
+        d.len() == 64
+            && d.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// The caller's claim: which try of which attempt it works for.
+#[derive(Debug, Deserialize)]
+struct TryPath {
+    namespace: String,
+    name: String,
+    attempt: String,
+    try_number: u32,
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+enum Denied {
+    Unauthorized,
+    Gone(String),
+    Unavailable(String),
+}
+
+impl IntoResponse for Denied {
+    fn into_response(self) -> Response {
+        match self {
+            Denied::Unauthorized => text(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong attempt token; use the URL the imaging script was given\n",
+            ),
+            Denied::Gone(why) => text(StatusCode::GONE, format!("{why}\n")),
+            Denied::Unavailable(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+        }
+    }
+}
+
+impl<B: Backend + BootIntents> BootHttp<B> {
+    fn try_token(&self, intent: &BootIntent) -> String {
+        self.key.token(
+            &intent.namespace,
+            &intent.endpoint,
+            &intent.attempt_id,
+            intent.try_number,
+        )
+    }
+
+    /// Checks the token for the claimed try and that the try is still the armed one: a token
+    /// is good for one try only, and dies when the controller disarms it.
+    async fn authorize(
+        &self,
+        p: &TryPath,
+        headers: &HeaderMap,
+        query: &TokenQuery,
+    ) -> Result<BootIntent, Denied> {
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let presented = bearer.or(query.token.as_deref()).unwrap_or("");
+        if !self
+            .key
+            .verify(&p.namespace, &p.name, &p.attempt, p.try_number, presented)
+        {
+            return Err(Denied::Unauthorized);
+        }
+        let key = Key {
+            namespace: p.namespace.clone(),
+            name: p.name.clone(),
+        };
+        let armed = self
+            .backend
+            .boot_intent_of(&key)
+            .await
+            .map_err(|e| Denied::Unavailable(format!("cannot read the boot intent: {e}")))?;
+        match armed {
+            Some(i) if i.attempt_id == p.attempt && i.try_number == p.try_number => Ok(i),
+            _ => Err(Denied::Gone(format!(
+                "attempt {} try {} of {key} is no longer armed; the machine should reboot",
+                p.attempt, p.try_number
+            ))),
+        }
+    }
+
+    async fn post(&self, intent: &BootIntent, input: Input) {
+        let key = Key {
+            namespace: intent.namespace.clone(),
+            name: intent.endpoint.clone(),
+        };
+        if let Err(e) = self.backend.post_input(&key, &input).await {
+            tracing::warn!(endpoint = %key, error = %e, "cannot queue a boot-service input");
+        }
+    }
+
+    /// A managed machine that network-boots with nothing armed has usually failed to boot
+    /// from its disk: the audit trail says so (a BootCrash witness for the operator).
+    async fn note_fallback(&self, namespace: &str, name: &str, not_served: Option<&NotServed>) {
+        let key = Key {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        };
+        let Ok(Some(ep)) = self.backend.endpoint(&key).await else {
+            return;
+        };
+        let message = match not_served {
+            Some(why) => format!("network-booted; told to boot locally because {why}"),
+            None => "network-booted with no reimage armed (did it fail to boot from its disk?); told to boot locally".to_string(),
+        };
+        let notice = Notice {
+            type_: NoticeType::Warning,
+            reason: "NetworkBootFallback".into(),
+            message,
+        };
+        if let Err(e) = self
+            .backend
+            .record(&ep, &notice, jiff::Timestamp::now())
+            .await
+        {
+            tracing::debug!(endpoint = %key, error = %e, "cannot record the fall-back event");
+        }
+    }
+
+    async fn image_file(&self, intent: &BootIntent) -> Result<ImageFile, Denied> {
+        let digest = intent
+            .image_digest
+            .clone()
+            .ok_or_else(|| Denied::Gone("no verified image digest".into()))?;
+        let rel = format!("images/{digest}.wim");
+        let size = tokio::fs::metadata(self.config.root.join(&rel))
+            .await
+            .map(|m| m.len())
+            .map_err(|_| {
+                Denied::Unavailable(format!(
+                    "image {} ({digest}) is not in the artifact store yet; retry shortly",
+                    intent.image
+                ))
+            })?;
+        let index = match self.backend.golden_images(&intent.namespace).await {
+            Ok(images) => images
+                .iter()
+                .find(|g| g.metadata.name.as_deref() == Some(intent.image.as_str()))
+                .map(|g| g.spec.image_index)
+                .unwrap_or(1),
+            Err(_) => 1,
+        };
+        Ok(ImageFile {
+            url: format!("{}/artifacts/{rel}", self.config.base_url),
+            sha256: digest,
+            size,
+            index,
+        })
+    }
+}
+
+async fn task<B: Backend + BootIntents>(
+    State(svc): State<Arc<BootHttp<B>>>,
+    Path(p): Path<TryPath>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let intent = match svc.authorize(&p, &headers, &q).await {
+        Ok(i) => i,
+        Err(d) => return d.into_response(),
+    };
+    let image = match svc.image_file(&intent).await {
+        Ok(f) => f,
+        Err(d) => return d.into_response(),
+    };
+    let attempt_url = super::render::attempt_url(&svc.config.base_url, &intent);
+    axum::Json(ImagingTask {
+        namespace: intent.namespace.clone(),
+        endpoint: intent.endpoint.clone(),
+        attempt_id: intent.attempt_id.clone(),
+        try_number: intent.try_number,
+        boot_mode: intent.boot_mode.clone(),
+        hostname: super::render::hostname(&intent.endpoint),
+        image: ImageTaskFile {
+            name: intent.image.clone(),
+            url: image.url,
+            sha256: image.sha256,
+            size: image.size,
+            index: image.index,
+        },
+        progress_url: format!("{attempt_url}/progress"),
+        result_url: format!("{attempt_url}/result"),
+    })
+    .into_response()
+}
+
+async fn startnet<B: Backend + BootIntents>(
+    State(svc): State<Arc<BootHttp<B>>>,
+    Path(p): Path<TryPath>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let intent = match svc.authorize(&p, &headers, &q).await {
+        Ok(i) => i,
+        Err(d) => return d.into_response(),
+    };
+    let image = match svc.image_file(&intent).await {
+        Ok(f) => f,
+        Err(d) => return d.into_response(),
+    };
+    let token = svc.try_token(&intent);
+    let view = AttemptView::new(&svc.config.base_url, &intent, &token);
+    match svc.renderer.startnet(&view, &image, &svc.config.site) {
+        Ok(s) => script(s),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn winpeshl<B: Backend + BootIntents>(
+    State(svc): State<Arc<BootHttp<B>>>,
+    Path(p): Path<TryPath>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(d) = svc.authorize(&p, &headers, &q).await {
+        return d.into_response();
+    }
+    match svc.renderer.winpeshl() {
+        Ok(s) => script(s),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn unattend<B: Backend + BootIntents>(
+    State(svc): State<Arc<BootHttp<B>>>,
+    Path(p): Path<TryPath>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let intent = match svc.authorize(&p, &headers, &q).await {
+        Ok(i) => i,
+        Err(d) => return d.into_response(),
+    };
+    let token = svc.try_token(&intent);
+    let view = AttemptView::new(&svc.config.base_url, &intent, &token);
+    match svc.renderer.unattend(&view, &svc.config.site) {
+        Ok(s) => (
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, "application/xml"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            s,
+        )
+            .into_response(),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// The reimaged endpoint's agent configuration: who it is, where to report, the attempt it
+/// was installed by (its first report must carry it), and a fresh enrollment credential
+/// derived for this attempt, which the gateway exchanges for the endpoint's own token.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentConfig {
+    pub namespace: String,
+    pub endpoint: String,
+    pub attempt_id: String,
+    pub gateway_url: Option<String>,
+    pub enrollment_token: String,
+}
+
+/// The enrollment credential of an attempt (a different HMAC domain from the try token).
+pub fn enrollment_token(key: &TokenKey, namespace: &str, endpoint: &str, attempt: &str) -> String {
+    key.token(namespace, endpoint, &format!("enroll/{attempt}"), 0)
+}
+
+async fn agent_config<B: Backend + BootIntents>(
+    State(svc): State<Arc<BootHttp<B>>>,
+    Path(p): Path<TryPath>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let intent = match svc.authorize(&p, &headers, &q).await {
+        Ok(i) => i,
+        Err(d) => return d.into_response(),
+    };
+    let mut resp = axum::Json(AgentConfig {
+        enrollment_token: enrollment_token(
+            &svc.key,
+            &intent.namespace,
+            &intent.endpoint,
+            &intent.attempt_id,
+        ),
+        namespace: intent.namespace,
+        endpoint: intent.endpoint,
+        attempt_id: intent.attempt_id,
+        gateway_url: svc.config.gateway_url.clone(),
+    })
+    .into_response();
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    resp
+}
+
+async fn progress<B: Backend + BootIntents>(
+    State(svc): State<Arc<BootHttp<B>>>,
+    Path(p): Path<TryPath>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let intent = match svc.authorize(&p, &headers, &q).await {
+        Ok(i) => i,
+        Err(d) => return d.into_response(),
+    };
+    let report: ProgressReport = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "progress must be JSON {{\"percent\": 0-100, \"step\": \"...\", \"message\": \"...\"}}: {e}\n"
+                ),
+            );
+        }
+    };
+    if report.percent > 100 {
+        return text(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "percent must be 0 to 100\n",
+        );
+    }
+    tracing::info!(
+        endpoint = %format!("{}/{}", intent.namespace, intent.endpoint),
+        attempt = %intent.attempt_id,
+        percent = report.percent,
+        step = report.step.as_deref().unwrap_or(""),
+        message = report.message.as_deref().unwrap_or(""),
+        "imaging progress"
+    );
+    svc.post(
+        &intent,
+        Input::ImagingProgress {
+            attempt_id: intent.attempt_id.clone(),
+            try_number: Some(intent.try_number),
+            percent: report.percent,
+        },
+    )
+    .await;
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn result<B: Backend + BootIntents>(
+    State(svc): State<Arc<BootHttp<B>>>,
+    Path(p): Path<TryPath>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let intent = match svc.authorize(&p, &headers, &q).await {
+        Ok(i) => i,
+        Err(d) => return d.into_response(),
+    };
+    let report: ResultReport = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "result must be JSON {{\"ok\": true}} or {{\"ok\": false, \"step\": \"...\", \"error\": \"...\"}}: {e}\n"
+                ),
+            );
+        }
+    };
+    let outcome = if report.ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}: {}",
+            report.step.as_deref().unwrap_or("imaging"),
+            report.error.as_deref().unwrap_or("failed without a reason")
+        ))
+    };
+    tracing::info!(
+        endpoint = %format!("{}/{}", intent.namespace, intent.endpoint),
+        attempt = %intent.attempt_id,
+        ok = report.ok,
+        "imaging finished"
+    );
+    svc.post(
+        &intent,
+        Input::ImagingFinished {
+            attempt_id: intent.attempt_id.clone(),
+            try_number: Some(intent.try_number),
+            result: outcome,
+        },
+    )
+    .await;
+    StatusCode::NO_CONTENT.into_response()
+}

@@ -1,0 +1,334 @@
+//! Renders the boot scripts and imaging files from the tera templates in
+//! `operator/templates/boot/`. Rendering is pure: the same inputs give the same bytes, which the
+//! golden tests (operator/tests/boot_templates.rs) pin for every boot mode.
+
+use serde::Serialize;
+use tera::{Context, Tera};
+
+use super::intent::BootIntent;
+
+const TEMPLATES: &[(&str, &str)] = &[
+    (
+        "boot.ipxe",
+        include_str!("../../templates/boot/boot.ipxe.tera"),
+    ),
+    (
+        "local.ipxe",
+        include_str!("../../templates/boot/local.ipxe.tera"),
+    ),
+    (
+        "imaging-winpe.ipxe",
+        include_str!("../../templates/boot/imaging-winpe.ipxe.tera"),
+    ),
+    (
+        "imaging-linux.ipxe",
+        include_str!("../../templates/boot/imaging-linux.ipxe.tera"),
+    ),
+    (
+        "wds.ipxe",
+        include_str!("../../templates/boot/wds.ipxe.tera"),
+    ),
+    (
+        "startnet.cmd",
+        include_str!("../../templates/boot/startnet.cmd.tera"),
+    ),
+    (
+        "winpeshl.ini",
+        include_str!("../../templates/boot/winpeshl.ini.tera"),
+    ),
+    // The .xml name turns on tera's escaping, so a value can never break out of its element.
+    (
+        "unattend.xml",
+        include_str!("../../templates/boot/unattend.xml.tera"),
+    ),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("boot template {name} is broken: {source}")]
+    Template {
+        name: &'static str,
+        source: tera::Error,
+    },
+    #[error("cannot render {name}: {source}")]
+    Render { name: String, source: tera::Error },
+}
+
+/// Which imaging environment the armed script boots.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImagingEnvironment {
+    /// wimboot + WinPE (BCD, boot.sdi, boot.wim) running the per-try startnet.cmd.
+    #[default]
+    Winpe,
+    /// A Linux kernel + initrd that speaks the same imaging protocol (labs, tests).
+    Linux,
+}
+
+pub struct Renderer {
+    tera: Tera,
+}
+
+/// Site-wide settings of the rendered Windows files.
+#[derive(Clone, Debug, Serialize)]
+pub struct SiteSettings {
+    pub locale: String,
+    pub time_zone: String,
+    /// Disk number diskpart wipes.
+    pub disk: u32,
+    pub recovery_mb: u32,
+    /// Already in unattend's obscured form (see `obscure_admin_password`); None leaves the
+    /// built-in Administrator disabled.
+    pub admin_password: Option<String>,
+    pub domain: Option<DomainJoin>,
+}
+
+impl Default for SiteSettings {
+    fn default() -> Self {
+        SiteSettings {
+            locale: "en-US".into(),
+            time_zone: "UTC".into(),
+            disk: 0,
+            recovery_mb: 1024,
+            admin_password: None,
+            domain: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DomainJoin {
+    pub name: String,
+    pub ou: Option<String>,
+    pub username: String,
+    pub password: String,
+}
+
+/// Everything the per-try files need about the attempt and the image.
+#[derive(Clone, Debug, Serialize)]
+pub struct AttemptView<'a> {
+    pub namespace: &'a str,
+    pub endpoint: &'a str,
+    pub attempt_id: &'a str,
+    pub try_number: u32,
+    pub image: &'a str,
+    pub boot_mode: &'a str,
+    /// http://server/imaging/v1/NS/NAME/ATTEMPT/TRY
+    pub attempt_url: String,
+    pub token: &'a str,
+}
+
+impl<'a> AttemptView<'a> {
+    pub fn new(base_url: &str, intent: &'a BootIntent, token: &'a str) -> AttemptView<'a> {
+        AttemptView {
+            namespace: &intent.namespace,
+            endpoint: &intent.endpoint,
+            attempt_id: &intent.attempt_id,
+            try_number: intent.try_number,
+            image: &intent.image,
+            boot_mode: &intent.boot_mode,
+            attempt_url: attempt_url(base_url, intent),
+            token,
+        }
+    }
+}
+
+pub fn attempt_url(base_url: &str, intent: &BootIntent) -> String {
+    format!(
+        "{base_url}/imaging/v1/{}/{}/{}/{}",
+        intent.namespace, intent.endpoint, intent.attempt_id, intent.try_number
+    )
+}
+
+/// The WIM the imaging environment downloads.
+#[derive(Clone, Debug, Serialize)]
+pub struct ImageFile {
+    pub url: String,
+    pub sha256: String,
+    pub size: u64,
+    pub index: u32,
+}
+
+impl Renderer {
+    pub fn new() -> Result<Renderer, RenderError> {
+        let mut tera = Tera::default();
+        for (name, body) in TEMPLATES {
+            tera.add_raw_template(name, body)
+                .map_err(|source| RenderError::Template { name, source })?;
+        }
+        Ok(Renderer { tera })
+    }
+
+    fn render(&self, name: &str, ctx: &Context) -> Result<String, RenderError> {
+        self.tera
+            .render(name, ctx)
+            .map_err(|source| RenderError::Render {
+                name: name.to_string(),
+                source,
+            })
+    }
+
+    /// The script every iPXE client fetches first: it chains to its own per-MAC script.
+    pub fn boot_ipxe(&self, base_url: &str) -> Result<String, RenderError> {
+        let mut ctx = Context::new();
+        ctx.insert("base_url", base_url);
+        ctx.insert(
+            "generated_note",
+            "Served by recast's boot service; not a file to edit.",
+        );
+        self.render("boot.ipxe", &ctx)
+    }
+
+    pub fn local(&self, who: &str, boot_mode: &str) -> Result<String, RenderError> {
+        let mut ctx = Context::new();
+        ctx.insert("who", who);
+        ctx.insert("boot_mode", boot_mode);
+        self.render("local.ipxe", &ctx)
+    }
+
+    pub fn imaging_script(
+        &self,
+        env: ImagingEnvironment,
+        base_url: &str,
+        view: &AttemptView<'_>,
+    ) -> Result<String, RenderError> {
+        let mut ctx = Context::from_serialize(view).map_err(|source| RenderError::Render {
+            name: "imaging script".into(),
+            source,
+        })?;
+        ctx.insert("base_url", base_url);
+        let name = match env {
+            ImagingEnvironment::Winpe => "imaging-winpe.ipxe",
+            ImagingEnvironment::Linux => "imaging-linux.ipxe",
+        };
+        self.render(name, &ctx)
+    }
+
+    pub fn wds(
+        &self,
+        namespace: &str,
+        endpoint: &str,
+        boot_mode: &str,
+        wds_server: &str,
+    ) -> Result<String, RenderError> {
+        let mut ctx = Context::new();
+        ctx.insert("namespace", namespace);
+        ctx.insert("endpoint", endpoint);
+        ctx.insert("boot_mode", boot_mode);
+        ctx.insert("wds_server", wds_server);
+        self.render("wds.ipxe", &ctx)
+    }
+
+    pub fn startnet(
+        &self,
+        view: &AttemptView<'_>,
+        image: &ImageFile,
+        site: &SiteSettings,
+    ) -> Result<String, RenderError> {
+        let mut ctx = Context::from_serialize(view).map_err(|source| RenderError::Render {
+            name: "startnet.cmd".into(),
+            source,
+        })?;
+        ctx.insert("image_url", &image.url);
+        ctx.insert("image_sha256", &image.sha256);
+        ctx.insert("image_size", &image.size);
+        ctx.insert("image_index", &image.index);
+        ctx.insert("disk", &site.disk);
+        ctx.insert("recovery_mb", &site.recovery_mb);
+        // cmd.exe wants CRLF line ends.
+        Ok(self.render("startnet.cmd", &ctx)?.replace('\n', "\r\n"))
+    }
+
+    pub fn winpeshl(&self) -> Result<String, RenderError> {
+        Ok(self
+            .render("winpeshl.ini", &Context::new())?
+            .replace('\n', "\r\n"))
+    }
+
+    pub fn unattend(
+        &self,
+        view: &AttemptView<'_>,
+        site: &SiteSettings,
+    ) -> Result<String, RenderError> {
+        let mut ctx = Context::from_serialize(view).map_err(|source| RenderError::Render {
+            name: "unattend.xml".into(),
+            source,
+        })?;
+        ctx.insert("hostname", &hostname(view.endpoint));
+        ctx.insert("locale", &site.locale);
+        ctx.insert("time_zone", &site.time_zone);
+        ctx.insert("admin_password", &site.admin_password);
+        ctx.insert("domain", &site.domain);
+        self.render("unattend.xml", &ctx)
+    }
+}
+
+/// A NetBIOS-safe computer name from the endpoint name: upper case, at most 15 characters.
+pub fn hostname(endpoint: &str) -> String {
+    endpoint
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(15)
+        .collect::<String>()
+        .trim_end_matches('-')
+        .to_ascii_uppercase()
+}
+
+/// unattend.xml's "PlainText=false" form of a password: base64 of the UTF-16LE text of the
+/// password followed by the element name. It only keeps the password out of casual sight, so
+/// the file is served only with the try's token and deleted by Windows Setup after use.
+pub fn obscure_admin_password(password: &str) -> String {
+    let text = format!("{password}AdministratorPassword");
+    let bytes: Vec<u8> = text.encode_utf16().flat_map(u16::to_le_bytes).collect();
+    base64(&bytes)
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_template_parses() {
+        Renderer::new().unwrap();
+    }
+
+    #[test]
+    fn hostnames_are_netbios_safe() {
+        assert_eq!(hostname("kiosk-01"), "KIOSK-01");
+        assert_eq!(hostname("a-very-long-endpoint-name"), "A-VERY-LONG-END");
+        assert_eq!(hostname("store-0042-till-"), "STORE-0042-TILL");
+    }
+
+    #[test]
+    fn admin_passwords_take_unattends_obscured_form() {
+        // "P@ss" + "AdministratorPassword" as UTF-16LE, base64: what Windows SIM writes.
+        assert_eq!(
+            obscure_admin_password("P@ss"),
+            "UABAAHMAcwBBAGQAbQBpAG4AaQBzAHQAcgBhAHQAbwByAFAAYQBzAHMAdwBvAHIAZAA="
+        );
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+    }
+}
