@@ -48,10 +48,178 @@ enum Command {
         listen: SocketAddr,
         #[command(flatten)]
         kube: KubeArgs,
+        #[command(flatten)]
+        boot: BootArgs,
     },
 
     /// Print the CustomResourceDefinitions, for `recast-operator crds | kubectl apply -f -`.
     Crds,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum DhcpMode {
+    /// No DHCP: the site's DHCP server or relay points machines at the boot files itself.
+    Off,
+    /// proxyDHCP: boot information only, next to the site's DHCP server.
+    Proxy,
+    /// Addresses from --dhcp-leases, for an isolated provisioning network.
+    Full,
+}
+
+/// The boot service (HTTP boot, DHCP). Off unless --boot-http is given.
+#[derive(clap::Args, Clone)]
+struct BootArgs {
+    /// Serve HTTP boot (iPXE scripts, artifacts, the imaging protocol) on this address.
+    #[arg(long, env = "RECAST_BOOT_HTTP")]
+    boot_http: Option<SocketAddr>,
+    /// The URL machines use to reach --boot-http, such as http://10.0.40.2:8081.
+    #[arg(long, env = "RECAST_BOOT_URL")]
+    boot_url: Option<String>,
+    /// Directory of boot artifacts (ipxe/, winpe/, linux/, images/<sha256>.wim); default
+    /// DATA_DIR/boot.
+    #[arg(long, env = "RECAST_BOOT_ROOT")]
+    boot_root: Option<PathBuf>,
+    /// What an armed machine boots to apply the image.
+    #[arg(long, value_enum, default_value = "winpe")]
+    imaging_environment: recast_operator::boot::render::ImagingEnvironment,
+    /// What to do with MAC addresses no Endpoint lists.
+    #[arg(long, value_enum, default_value = "ignore")]
+    unknown_macs: recast_operator::boot::UnknownMacPolicy,
+    /// The site's WDS server, for endpoints with spec.bootServer: wds.
+    #[arg(long)]
+    wds_server: Option<std::net::Ipv4Addr>,
+    /// Key of the per-try imaging tokens (32 bytes; created if missing). Every replica needs
+    /// the same file. Default DATA_DIR/imaging.key.
+    #[arg(long, env = "RECAST_IMAGING_KEY_FILE")]
+    imaging_key_file: Option<PathBuf>,
+    /// Where reimaged endpoints' agents report.
+    #[arg(long, env = "RECAST_GATEWAY_URL")]
+    gateway_url: Option<String>,
+    #[arg(long, value_enum, default_value = "off")]
+    dhcp: DhcpMode,
+    /// This server's IPv4 address on the provisioning network (DHCP server id, next-server).
+    #[arg(long)]
+    dhcp_server_ip: Option<std::net::Ipv4Addr>,
+    /// Answer DHCP only on this interface.
+    #[arg(long)]
+    dhcp_interface: Option<String>,
+    /// UDP ports to answer DHCP on (67, and 4011 for PXE clients' proxyDHCP requests).
+    #[arg(long, value_delimiter = ',', default_value = "67,4011")]
+    dhcp_ports: Vec<u16>,
+    /// Static lease table for --dhcp full: one `MAC IP [HOSTNAME]` per line.
+    #[arg(long)]
+    dhcp_leases: Option<PathBuf>,
+    #[arg(long, default_value = "255.255.255.0")]
+    dhcp_subnet_mask: std::net::Ipv4Addr,
+    #[arg(long)]
+    dhcp_router: Option<std::net::Ipv4Addr>,
+    #[arg(long, value_delimiter = ',')]
+    dhcp_dns: Vec<std::net::Ipv4Addr>,
+    /// Locale and time zone written into unattend.xml.
+    #[arg(long, default_value = "en-US")]
+    locale: String,
+    #[arg(long, default_value = "UTC")]
+    time_zone: String,
+    /// File holding the local Administrator password for unattend.xml (mounted from a
+    /// Secret); without it the built-in Administrator stays disabled.
+    #[arg(long)]
+    admin_password_file: Option<PathBuf>,
+}
+
+impl BootArgs {
+    fn service(
+        &self,
+        data_dir: &std::path::Path,
+    ) -> Result<Option<recast_operator::boot::service::BootServiceConfig>, String> {
+        use recast_operator::boot::{dhcp, http, render, service, token};
+        let Some(listen) = self.boot_http else {
+            if self.dhcp != DhcpMode::Off {
+                return Err(
+                    "--dhcp needs --boot-http: DHCP points machines at the HTTP boot service"
+                        .into(),
+                );
+            }
+            return Ok(None);
+        };
+        let base_url = self
+            .boot_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{listen}"))
+            .trim_end_matches('/')
+            .to_string();
+        let key_path = self
+            .imaging_key_file
+            .clone()
+            .unwrap_or_else(|| data_dir.join("imaging.key"));
+        let key = token::TokenKey::load_or_create(&key_path).map_err(|e| e.to_string())?;
+        let admin_password = match &self.admin_password_file {
+            Some(p) => Some(render::obscure_admin_password(
+                std::fs::read_to_string(p)
+                    .map_err(|e| format!("cannot read --admin-password-file {}: {e}", p.display()))?
+                    .trim_end_matches(['\r', '\n']),
+            )),
+            None => None,
+        };
+        let dhcp = match self.dhcp {
+            DhcpMode::Off => None,
+            mode => {
+                let server_ip = self.dhcp_server_ip.ok_or(
+                    "--dhcp needs --dhcp-server-ip: this server's address on the provisioning network",
+                )?;
+                let dhcp_mode = if mode == DhcpMode::Full {
+                    let path = self.dhcp_leases.as_ref().ok_or(
+                        "--dhcp full needs --dhcp-leases FILE (one `MAC IP [HOSTNAME]` per line)",
+                    )?;
+                    let text = std::fs::read_to_string(path)
+                        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                    dhcp::Mode::Full {
+                        leases: dhcp::parse_leases(&text)
+                            .map_err(|e| format!("{}: {e}", path.display()))?,
+                        subnet_mask: self.dhcp_subnet_mask,
+                        router: self.dhcp_router,
+                        dns: self.dhcp_dns.clone(),
+                        lease_seconds: 3600,
+                    }
+                } else {
+                    dhcp::Mode::Proxy
+                };
+                Some(service::DhcpListeners {
+                    config: dhcp::DhcpConfig {
+                        mode: dhcp_mode,
+                        server_ip,
+                        http_base: base_url.clone(),
+                        files: dhcp::BootFiles::default(),
+                        unknown: self.unknown_macs,
+                        wds_server: self.wds_server,
+                    },
+                    ports: self.dhcp_ports.clone(),
+                    interface: self.dhcp_interface.clone(),
+                })
+            }
+        };
+        Ok(Some(service::BootServiceConfig {
+            http_listen: listen,
+            boot: http::BootConfig {
+                base_url,
+                root: self
+                    .boot_root
+                    .clone()
+                    .unwrap_or_else(|| data_dir.join("boot")),
+                imaging: self.imaging_environment,
+                unknown: self.unknown_macs,
+                wds_server: self.wds_server.map(|ip| ip.to_string()),
+                site: render::SiteSettings {
+                    locale: self.locale.clone(),
+                    time_zone: self.time_zone.clone(),
+                    admin_password,
+                    ..Default::default()
+                },
+                gateway_url: self.gateway_url.clone(),
+            },
+            key,
+            dhcp,
+        }))
+    }
 }
 
 /// Leader election on the kube backend.
@@ -93,6 +261,7 @@ fn main() -> ExitCode {
             load,
             listen,
             kube: kube_args,
+            boot,
         } => {
             init_tracing();
             let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -105,7 +274,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(run(backend, data_dir, load, listen, kube_args)) {
+            match rt.block_on(run(backend, data_dir, load, listen, kube_args, boot)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("recast-operator: {e}");
@@ -134,7 +303,9 @@ async fn run(
     load: Vec<PathBuf>,
     listen: SocketAddr,
     kube_opts: KubeArgs,
+    boot_args: BootArgs,
 ) -> Result<(), String> {
+    let boot_cfg = boot_args.service(&data_dir)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -155,8 +326,17 @@ async fn run(
             for path in &load {
                 apply_at_start(&store, path)?;
             }
+            let backend = Arc::new(EmbeddedBackend { store });
+            if let Some(cfg) = boot_cfg {
+                let (b, m, s) = (backend.clone(), metrics.clone(), stop_rx.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = recast_operator::boot::service::run(b, cfg, m, s).await {
+                        tracing::error!("boot service: {e}");
+                    }
+                });
+            }
             let ctrl = Arc::new(Controller::new(
-                Arc::new(EmbeddedBackend { store }),
+                backend,
                 Arc::new(RecordingPower::default()),
                 Arc::new(SystemClock),
                 metrics,
@@ -180,6 +360,22 @@ async fn run(
                 lease_grace: std::time::Duration::from_secs(kube_opts.lease_grace_seconds),
                 watch_namespace: kube_opts.watch_namespace.clone(),
             };
+            if let Some(cfg) = boot_cfg {
+                // The boot service runs on every replica: it only reads intents and queues
+                // inputs, which needs no lease.
+                let (backend, _) = recast_operator::controller::kube::KubeBackend::connect(
+                    client.clone(),
+                    &opts,
+                    Arc::new(AtomicBool::new(false)),
+                )
+                .await?;
+                let (b, m, s) = (Arc::new(backend), metrics.clone(), stop_rx.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = recast_operator::boot::service::run(b, cfg, m, s).await {
+                        tracing::error!("boot service: {e}");
+                    }
+                });
+            }
             run_kube(
                 client,
                 Arc::new(RecordingPower::default()),

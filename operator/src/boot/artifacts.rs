@@ -142,6 +142,7 @@ pub async fn serve(path: &Path, headers: &HeaderMap, head: bool) -> Response {
             HeaderValue::from_static("application/octet-stream"),
         );
     if status == StatusCode::PARTIAL_CONTENT {
+        tracing::info!(path = %path.display(), start, len, size, "serving a byte range (206)");
         builder = builder.header(
             header::CONTENT_RANGE,
             format!("bytes {start}-{}/{size}", start + len - 1),

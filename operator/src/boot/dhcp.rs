@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 
-use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
+use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode, OptionCode};
 use dhcproto::{Decodable, Decoder, Encodable};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
@@ -34,6 +34,8 @@ pub struct ClientInfo {
     /// Already iPXE (user class "iPXE" or iPXE's option 175): give it the script URL, never
     /// another binary, or it loops.
     pub ipxe: bool,
+    /// Option 54: the server a REQUEST is meant for.
+    pub server_id: Option<Ipv4Addr>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -87,6 +89,10 @@ pub fn parse(buf: &[u8]) -> Result<ClientInfo, ParseError> {
         _ => false,
     };
     let has_175 = msg.opts().get(OptionCode::Unknown(175)).is_some();
+    let server_id = match msg.opts().get(OptionCode::ServerIdentifier) {
+        Some(DhcpOption::ServerIdentifier(ip)) => Some(*ip),
+        _ => None,
+    };
     Ok(ClientInfo {
         message_type,
         mac,
@@ -98,6 +104,7 @@ pub fn parse(buf: &[u8]) -> Result<ClientInfo, ParseError> {
         pxe: vendor.starts_with(b"PXEClient"),
         http_client: vendor.starts_with(b"HTTPClient"),
         ipxe: user_class_ipxe || has_175,
+        server_id,
     })
 }
 
@@ -171,7 +178,9 @@ pub struct Reply {
 /// RFC 4578 / IANA processor architecture types.
 fn boot_file(info: &ClientInfo, cfg: &DhcpConfig) -> Option<(String, Option<&'static str>)> {
     if info.ipxe {
-        return Some((format!("{}/boot.ipxe", cfg.http_base), None));
+        // "PXEClient" marks the offer as proxyDHCP boot information; iPXE ignores an offer
+        // without an address that lacks it.
+        return Some((format!("{}/boot.ipxe", cfg.http_base), Some("PXEClient")));
     }
     match info.arch {
         // UEFI HTTP boot (x64 16, arm64 19): a URL to the iPXE EFI binary.
@@ -193,6 +202,11 @@ fn boot_file(info: &ClientInfo, cfg: &DhcpConfig) -> Option<(String, Option<&'st
 
 /// Decides the answer to one request, given what the store says about the MAC.
 pub fn answer(info: &ClientInfo, choice: &BootChoice, cfg: &DhcpConfig) -> Option<Reply> {
+    // A REQUEST that names another server is the client accepting that server's offer: not
+    // ours to answer (a proxyDHCP must never ACK the site's address).
+    if info.server_id.is_some_and(|id| id != cfg.server_ip) {
+        return None;
+    }
     let reply_type = match info.message_type {
         MessageType::Discover => MessageType::Offer,
         MessageType::Request => MessageType::Ack,
@@ -433,7 +447,7 @@ pub fn parse_leases(text: &str) -> Result<HashMap<String, Lease>, String> {
 mod tests {
     use super::*;
     use crate::boot::BootIntent;
-    use dhcproto::v4::Architecture;
+    use dhcproto::v4::{Architecture, Flags};
 
     fn request(mt: MessageType, arch: Option<u16>, vendor: Option<&str>, ipxe: bool) -> Vec<u8> {
         let mut m = Message::new_with_id(
@@ -607,6 +621,33 @@ mod tests {
             false,
         ))
         .unwrap();
+        assert_eq!(
+            answer(&info, &local(), &c).unwrap().message_type,
+            MessageType::Ack
+        );
+    }
+
+    #[test]
+    fn a_request_for_another_server_is_not_answered() {
+        let c = cfg(Mode::Proxy);
+        let mut m = Message::decode(&mut Decoder::new(&request(
+            MessageType::Request,
+            Some(0),
+            Some("PXEClient"),
+            true,
+        )))
+        .unwrap();
+        m.opts_mut()
+            .insert(DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 0, 40, 1)));
+        let info = parse(&m.to_vec().unwrap()).unwrap();
+        assert_eq!(
+            answer(&info, &local(), &c),
+            None,
+            "the site's DHCP server's offer"
+        );
+        m.opts_mut()
+            .insert(DhcpOption::ServerIdentifier(c.server_ip));
+        let info = parse(&m.to_vec().unwrap()).unwrap();
         assert_eq!(
             answer(&info, &local(), &c).unwrap().message_type,
             MessageType::Ack

@@ -7,6 +7,7 @@ pub mod dhcp;
 pub mod http;
 pub mod intent;
 pub mod render;
+pub mod service;
 pub mod token;
 
 use std::future::Future;

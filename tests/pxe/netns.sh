@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# A provisioning network for the PXE tests, all inside network namespaces this script creates:
+#   NAME-site: bridge br0 (10.77.0.1, the site's DHCP server: dnsmasq, addresses only) and tap0
+#              for the QEMU machine; NAME-boot: recast's boot service on vr0 (10.77.0.2),
+#              wired to br0 by a veth pair.
+# usage: netns.sh up NAME | netns.sh down NAME | netns.sh dnsmasq NAME LEASEFILE
+set -euo pipefail
+cmd=${1:?up|down|dnsmasq} name=${2:?name}
+site="$name-site" boot="$name-boot"
+case $cmd in
+  up)
+    ip netns add "$site"
+    ip netns add "$boot"
+    ip -n "$site" link set lo up
+    ip -n "$boot" link set lo up
+    ip -n "$site" link add br0 type bridge
+    ip -n "$site" addr add 10.77.0.1/24 dev br0
+    ip -n "$site" link set br0 up
+    ip -n "$site" tuntap add dev tap0 mode tap
+    ip -n "$site" link set tap0 master br0
+    ip -n "$site" link set tap0 up
+    ip -n "$site" link add vb0 type veth peer name vr0 netns "$boot"
+    ip -n "$site" link set vb0 master br0
+    ip -n "$site" link set vb0 up
+    ip -n "$boot" addr add 10.77.0.2/24 dev vr0
+    ip -n "$boot" link set vr0 up
+    # Limited broadcast (255.255.255.255) needs a route out of vr0.
+    ip -n "$boot" route add default dev vr0
+    ;;
+  dnsmasq)
+    leases=${3:?lease file}
+    exec ip netns exec "$site" dnsmasq --no-daemon --port=0 --interface=br0 --bind-interfaces \
+      --dhcp-range=10.77.0.100,10.77.0.199,255.255.255.0,1h --dhcp-leasefile="$leases" \
+      --dhcp-authoritative --log-dhcp --conf-file=/dev/null
+    ;;
+  down)
+    ip netns pids "$site" 2>/dev/null | xargs -r kill 2>/dev/null || true
+    ip netns pids "$boot" 2>/dev/null | xargs -r kill 2>/dev/null || true
+    ip netns del "$site" 2>/dev/null || true
+    ip netns del "$boot" 2>/dev/null || true
+    ;;
+  *) echo "unknown command $cmd"; exit 2 ;;
+esac

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs what the PXE tier needs (idempotent): QEMU with Debian's iPXE ROMs, the iPXE
+# binaries recast serves, dnsmasq as the site's DHCP server, and a Debian kernel + busybox for
+# the test imaging environment. Called by .ci/run; safe to run again.
+set -euo pipefail
+pkgs=(qemu-system-x86 ipxe-qemu ipxe dnsmasq-base busybox-static linux-image-amd64 cpio iproute2 curl)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "[pxe] installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
