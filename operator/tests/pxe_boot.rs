@@ -23,6 +23,14 @@ use serde_json::{Value, json};
 
 const REQUIRE: &str = "RECAST_REQUIRE_PXE";
 const ROM: &str = "/usr/lib/ipxe/qemu/pxe-e1000.rom";
+const EFI_ROM: &str = "/usr/lib/ipxe/qemu/efi-e1000.rom";
+const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
+
+#[derive(Clone, Copy, PartialEq)]
+enum Firmware {
+    Bios,
+    Uefi,
+}
 
 fn repo() -> PathBuf {
     recast_tests::repo_root()
@@ -45,6 +53,9 @@ fn missing_prerequisite() -> Option<String> {
         if !have(cmd) {
             return Some(format!("{cmd} is missing (run tests/pxe/setup.sh)"));
         }
+    }
+    if !Path::new(OVMF).exists() {
+        return Some("OVMF (UEFI firmware) is missing (run tests/pxe/setup.sh)".into());
     }
     if !Path::new(ROM).exists() || !Path::new("/usr/lib/ipxe/undionly.kpxe").exists() {
         return Some("Debian's ipxe-qemu / ipxe are missing (run tests/pxe/setup.sh)".into());
@@ -138,6 +149,7 @@ struct Site {
 
 const VM1: &str = "52:54:00:77:00:01";
 const VM2: &str = "52:54:00:77:00:02";
+const VM3: &str = "52:54:00:77:00:03";
 
 fn prepare(tag: &str) -> Site {
     let dir = std::env::temp_dir().join(format!("recast-pxe-{tag}-{}", std::process::id()));
@@ -166,6 +178,8 @@ fn prepare(tag: &str) -> Site {
                "spec": {"identity": {"macAddresses": [VM1]}, "bootMode": "bios", "image": {"goldenImage": "golden"}}}),
         json!({"apiVersion": "recast.dev/v1alpha1", "kind": "Endpoint", "metadata": {"name": "vm-02"},
                "spec": {"identity": {"macAddresses": [VM2]}, "bootMode": "bios", "image": {"goldenImage": "golden"}}}),
+        json!({"apiVersion": "recast.dev/v1alpha1", "kind": "Endpoint", "metadata": {"name": "vm-03"},
+               "spec": {"identity": {"macAddresses": [VM3]}, "bootMode": "uefi", "image": {"goldenImage": "golden"}}}),
         json!({"apiVersion": "recast.dev/v1alpha1", "kind": "RemediationPolicy", "metadata": {"name": "default"},
                "spec": {"signals": {"failedRollback": "ReimageNow", "bootCrash": "ReimageNow", "heartbeatLost": "AlertOnly", "drift": "AlertOnly", "nonCompliant": "AlertOnly"},
                         "cooldown": "1m", "retry": {"maxTries": 2, "backoff": "1m", "tryTimeout": "30m"}, "concurrency": {"global": 5}}}),
@@ -233,17 +247,32 @@ fn operator_log(site: &Site) -> String {
 }
 
 fn vm(net: &Net, site: &Site, mac: &str, disk: &Path, tag: &str) -> Proc {
+    vm_with(net, site, mac, disk, tag, Firmware::Bios)
+}
+
+fn vm_with(net: &Net, site: &Site, mac: &str, disk: &Path, tag: &str, fw: Firmware) -> Proc {
     let serial = site.dir.join(format!("serial-{tag}.log"));
-    let child = Command::new("ip")
-        .args(["netns", "exec", &net.site(), "qemu-system-x86_64"])
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &net.site(), "qemu-system-x86_64"])
         .args([
             "-accel", "tcg", "-m", "512", "-display", "none", "-monitor", "none",
         ])
-        .args(["-no-reboot", "-boot", "n"])
+        .args(["-no-reboot", "-boot", "n"]);
+    if fw == Firmware::Uefi {
+        // A fresh copy of the firmware volume: OVMF keeps its variables in it.
+        let fd = site.dir.join(format!("ovmf-{tag}.fd"));
+        std::fs::copy(OVMF, &fd).unwrap();
+        cmd.args([
+            "-drive",
+            &format!("if=pflash,format=raw,file={}", fd.display()),
+        ]);
+    }
+    let rom = if fw == Firmware::Uefi { EFI_ROM } else { ROM };
+    let child = cmd
         .args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"])
         .args([
             "-device",
-            &format!("e1000,netdev=n0,mac={mac},romfile={ROM}"),
+            &format!("e1000,netdev=n0,mac={mac},romfile={rom}"),
         ])
         .args([
             "-drive",
@@ -289,7 +318,7 @@ fn real_ipxe_firmware_boots_locally_then_images_when_armed_then_full_dhcp() {
     }
     let site = prepare("loop");
     let net = Net::up(&format!("rcp{}", std::process::id() % 100000));
-    let _dnsmasq = net.dnsmasq(&site.dir);
+    let dnsmasq = net.dnsmasq(&site.dir);
     let op = operator(&net, &site, &["--dhcp", "proxy"]);
     let store = EmbeddedStore::open(&site.data).unwrap();
     let disk = site.dir.join("disk-vm1.img");
@@ -302,11 +331,7 @@ fn real_ipxe_firmware_boots_locally_then_images_when_armed_then_full_dhcp() {
         wait_for(
             Duration::from_secs(120),
             "vm-01's network-boot fall-back event",
-            || {
-                events(&store, "vm-01")
-                    .iter()
-                    .any(|e| e.starts_with("NetworkBootFallback"))
-            },
+            || has_fallback(&store, "vm-01"),
         );
     }
     let log = operator_log(&site);
@@ -326,73 +351,43 @@ fn real_ipxe_firmware_boots_locally_then_images_when_armed_then_full_dhcp() {
     assert!(leases.contains(VM1), "dnsmasq gave the address: {leases}");
 
     // (b) A reimage request arms the boot; the "power cycle" (no BMC here) is starting the VM.
-    store
-        .update(Kind::Endpoint, "default", "vm-01", |obj| {
-            obj["spec"]["reimageRequest"] = json!({"token": "t1", "reason": "PXE test"});
-            Ok(())
-        })
-        .unwrap();
-    wait_for(Duration::from_secs(30), "the boot intent for vm-01", || {
-        store.boot_intent(VM1).unwrap().is_some()
-    });
-    let intent = store.boot_intent(VM1).unwrap().unwrap();
-    assert_eq!(intent.image_digest.as_deref(), Some(site.digest.as_str()));
+    image_it(
+        &net,
+        &site,
+        &store,
+        "vm-01",
+        VM1,
+        &disk,
+        Firmware::Bios,
+        "b",
+    );
+
+    // The same on UEFI firmware (OVMF with iPXE's EFI ROM): told to boot locally first, then
+    // imaged once armed.
+    let disk3 = site.dir.join("disk-vm3.img");
+    std::fs::write(&disk3, vec![0u8; 16 * 1024 * 1024]).unwrap();
     {
-        let mut qemu = vm(&net, &site, VM1, &disk, "b");
-        // The imaging environment powers the VM off when it is done.
-        let start = Instant::now();
-        loop {
-            if let Some(status) = qemu.0.try_wait().unwrap() {
-                eprintln!("qemu exited: {status}");
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(400),
-                "the imaging VM did not finish; serial console:\n{}\noperator:\n{}",
-                std::fs::read_to_string(site.dir.join("serial-b.log")).unwrap_or_default(),
-                operator_log(&site)
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        let _vm = vm_with(&net, &site, VM3, &disk3, "a-uefi", Firmware::Uefi);
+        wait_for(
+            Duration::from_secs(180),
+            "vm-03's (UEFI) fall-back event",
+            || has_fallback(&store, "vm-03"),
+        );
     }
-    let serial = std::fs::read_to_string(site.dir.join("serial-b.log")).unwrap_or_default();
-    assert!(serial.contains("imager: done"), "serial console:\n{serial}");
-    assert!(
-        serial.contains(&format!("first part: {} bytes", site.payload.len() / 2)),
-        "the download broke half-way:\n{serial}"
-    );
-    let resumed_from = site.payload.len() / 2;
-    assert!(
-        operator_log(&site).contains(&format!("start={resumed_from}")),
-        "the rest came from a Range request starting at byte {resumed_from}:\n{}",
-        operator_log(&site)
-    );
-    let written = std::fs::read(&disk).unwrap();
-    assert_eq!(
-        &written[..site.payload.len()],
-        &site.payload[..],
-        "the disk holds the image's bytes"
-    );
-    let log = operator_log(&site);
-    assert!(log.contains("served the imaging script"), "{log}");
-    assert!(
-        log.contains("imaging finished") && log.contains("ok=true"),
-        "{log}"
-    );
-    // The controller took the boot service's inputs: the attempt waits for the agent's first
-    // report from the new image, and the boot is disarmed so it never images twice.
-    wait_for(Duration::from_secs(30), "vm-01 to reach FirstBoot", || {
-        endpoint(&store, "vm-01")["status"]["activeAttempt"]["step"] == "FirstBoot"
-    });
-    wait_for(
-        Duration::from_secs(30),
-        "vm-01's boot to be disarmed",
-        || store.boot_intent(VM1).unwrap().is_none(),
+    image_it(
+        &net,
+        &site,
+        &store,
+        "vm-03",
+        VM3,
+        &disk3,
+        Firmware::Uefi,
+        "b-uefi",
     );
     drop(op);
 
     // (c) Full DHCP mode, no dnsmasq: recast leases from its static table.
-    drop(_dnsmasq);
+    drop(dnsmasq);
     let leases = site.dir.join("leases.txt");
     std::fs::write(&leases, format!("{VM2} 10.77.0.50 vm-02\n")).unwrap();
     let _op = operator(
@@ -407,14 +402,91 @@ fn real_ipxe_firmware_boots_locally_then_images_when_armed_then_full_dhcp() {
         wait_for(
             Duration::from_secs(120),
             "vm-02's network boot in full DHCP mode",
-            || {
-                events(&store, "vm-02")
-                    .iter()
-                    .any(|e| e.starts_with("NetworkBootFallback"))
-            },
+            || has_fallback(&store, "vm-02"),
         );
     }
     let log = operator_log(&site);
     assert!(log.contains("DHCP Offer mac=52:54:00:77:00:02"), "{log}");
+    assert!(log.contains("kind=\"ipxe-script\""), "{log}");
     let _ = std::fs::remove_dir_all(&site.dir);
+}
+
+fn has_fallback(store: &EmbeddedStore, name: &str) -> bool {
+    events(store, name)
+        .iter()
+        .any(|e| e.starts_with("NetworkBootFallback"))
+}
+
+/// Requests a reimage, boots the machine (the power cycle a BMC would do), and checks every
+/// step from the outside: the serial console, the disk's bytes, the operator's log, the status.
+#[allow(clippy::too_many_arguments)]
+fn image_it(
+    net: &Net,
+    site: &Site,
+    store: &EmbeddedStore,
+    name: &str,
+    mac: &str,
+    disk: &Path,
+    fw: Firmware,
+    tag: &str,
+) {
+    store
+        .update(Kind::Endpoint, "default", name, |obj| {
+            obj["spec"]["reimageRequest"] = json!({"token": "t1", "reason": "PXE test"});
+            Ok(())
+        })
+        .unwrap();
+    wait_for(Duration::from_secs(30), "the boot intent", || {
+        store.boot_intent(mac).unwrap().is_some()
+    });
+    let intent = store.boot_intent(mac).unwrap().unwrap();
+    assert_eq!(intent.image_digest.as_deref(), Some(site.digest.as_str()));
+    let serial_path = site.dir.join(format!("serial-{tag}.log"));
+    {
+        let mut qemu = vm_with(net, site, mac, disk, tag, fw);
+        // The imaging environment powers the VM off when it is done.
+        let start = Instant::now();
+        while qemu.0.try_wait().unwrap().is_none() {
+            assert!(
+                start.elapsed() < Duration::from_secs(400),
+                "the imaging VM did not finish; serial console:\n{}\noperator:\n{}",
+                std::fs::read_to_string(&serial_path).unwrap_or_default(),
+                operator_log(site)
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    let serial = std::fs::read_to_string(&serial_path).unwrap_or_default();
+    assert!(serial.contains("imager: done"), "serial console:\n{serial}");
+    assert!(
+        serial.contains(&format!("first part: {} bytes", site.payload.len() / 2)),
+        "the download broke half-way:\n{serial}"
+    );
+    let log = operator_log(site);
+    let resumed_from = site.payload.len() / 2;
+    assert!(
+        log.contains(&format!("start={resumed_from}")),
+        "the rest came from a Range request starting at byte {resumed_from}:\n{log}"
+    );
+    let written = std::fs::read(disk).unwrap();
+    assert_eq!(
+        &written[..site.payload.len()],
+        &site.payload[..],
+        "the disk holds the image's bytes"
+    );
+    assert!(log.contains("served the imaging script"), "{log}");
+    assert!(
+        log.contains("imaging finished") && log.contains("ok=true"),
+        "{log}"
+    );
+    // The controller took the boot service's inputs: the attempt waits for the agent's first
+    // report from the new image, and the boot is disarmed so it never images twice.
+    wait_for(
+        Duration::from_secs(30),
+        "the attempt to reach FirstBoot",
+        || endpoint(store, name)["status"]["activeAttempt"]["step"] == "FirstBoot",
+    );
+    wait_for(Duration::from_secs(30), "the boot to be disarmed", || {
+        store.boot_intent(mac).unwrap().is_none()
+    });
 }
