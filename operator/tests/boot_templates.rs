@@ -1,0 +1,195 @@
+//! Golden tests of every rendered boot file, for every boot mode. Windows cannot run here, so
+//! the files WinPE and Windows Setup read are pinned byte for byte (operator/tests/golden/boot)
+//! and their load-bearing lines are asserted by name. `RECAST_UPDATE_GOLDEN=1` rewrites the
+//! golden files after a deliberate template change; review the diff.
+
+use std::path::PathBuf;
+
+use recast_operator::boot::BootIntent;
+use recast_operator::boot::render::{
+    AttemptView, DomainJoin, ImageFile, ImagingEnvironment, Renderer, SiteSettings,
+    obscure_admin_password,
+};
+
+const BASE: &str = "http://10.0.40.2:8081";
+const TOKEN: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+fn intent(mode: &str) -> BootIntent {
+    BootIntent {
+        namespace: "store-042".into(),
+        endpoint: "kiosk-01".into(),
+        mac_addresses: vec!["52:54:00:a1:00:01".into()],
+        attempt_id: "kiosk-01-7f3a".into(),
+        try_number: 2,
+        image: "win11-24h2-2026-01".into(),
+        image_digest: Some("3f1c9a0c6b1e4d7f8a2b5c6d7e8f90112233445566778899aabbccddeeff0011".into()),
+        boot_mode: mode.into(),
+        armed_at: "2026-01-14T08:00:00Z".into(),
+    }
+}
+
+fn image() -> ImageFile {
+    ImageFile {
+        url: format!(
+            "{BASE}/artifacts/images/3f1c9a0c6b1e4d7f8a2b5c6d7e8f90112233445566778899aabbccddeeff0011.wim"
+        ),
+        sha256: "3f1c9a0c6b1e4d7f8a2b5c6d7e8f90112233445566778899aabbccddeeff0011".into(),
+        size: 5_368_709_120,
+        index: 1,
+    }
+}
+
+fn golden(name: &str, actual: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden/boot")
+        .join(name);
+    if std::env::var_os("RECAST_UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        panic!(
+            "{} is missing; run with RECAST_UPDATE_GOLDEN=1 to create it",
+            path.display()
+        )
+    });
+    assert_eq!(
+        actual, expected,
+        "{name} differs from its golden file; if the template change is deliberate, rerun with RECAST_UPDATE_GOLDEN=1 and review the diff"
+    );
+}
+
+#[test]
+fn ipxe_scripts() {
+    let r = Renderer::new().unwrap();
+    let boot = r.boot_ipxe(BASE).unwrap();
+    assert!(boot.starts_with("#!ipxe\n"));
+    assert!(boot.contains("chain --autofree http://10.0.40.2:8081/boot/${net0/mac}"));
+    golden("boot.ipxe", &boot);
+
+    let local_bios = r.local("store-042/kiosk-01", "bios").unwrap();
+    assert!(local_bios.contains("sanboot --no-describe --drive 0x80"));
+    golden("local-bios.ipxe", &local_bios);
+    let local_uefi = r.local("store-042/kiosk-01", "uefi").unwrap();
+    assert!(!local_uefi.contains("sanboot"));
+    assert!(local_uefi.trim_end().ends_with("exit"));
+    golden("local-uefi.ipxe", &local_uefi);
+
+    for mode in ["uefi", "bios"] {
+        let i = intent(mode);
+        let view = AttemptView::new(BASE, &i, TOKEN);
+        let winpe = r
+            .imaging_script(ImagingEnvironment::Winpe, BASE, &view)
+            .unwrap();
+        for line in [
+            "kernel http://10.0.40.2:8081/artifacts/winpe/wimboot gui",
+            "initrd http://10.0.40.2:8081/artifacts/winpe/BCD BCD",
+            "initrd http://10.0.40.2:8081/artifacts/winpe/boot.sdi boot.sdi",
+            "initrd http://10.0.40.2:8081/artifacts/winpe/boot.wim boot.wim",
+            "initrd http://10.0.40.2:8081/imaging/v1/store-042/kiosk-01/kiosk-01-7f3a/2/startnet.cmd?token=",
+            "winpeshl.ini?token=",
+        ] {
+            assert!(winpe.contains(line), "{mode}: missing {line:?}\n{winpe}");
+        }
+        golden(&format!("imaging-winpe-{mode}.ipxe"), &winpe);
+        let linux = r
+            .imaging_script(ImagingEnvironment::Linux, BASE, &view)
+            .unwrap();
+        assert!(linux.contains("recast.task=http://10.0.40.2:8081/imaging/v1/store-042/kiosk-01/kiosk-01-7f3a/2/task"));
+        golden(&format!("imaging-linux-{mode}.ipxe"), &linux);
+        let wds = r.wds("store-042", "kiosk-01", mode, "10.0.40.9").unwrap();
+        let expected = if mode == "bios" {
+            "chain tftp://10.0.40.9/boot\\x64\\wdsnbp.com"
+        } else {
+            "chain tftp://10.0.40.9/boot\\x64\\wdsmgfw.efi"
+        };
+        assert!(wds.contains(expected), "{wds}");
+        golden(&format!("wds-{mode}.ipxe"), &wds);
+    }
+}
+
+#[test]
+fn startnet_partitions_applies_and_reports_for_each_boot_mode() {
+    let r = Renderer::new().unwrap();
+    let site = SiteSettings::default();
+    let uefi_intent = intent("uefi");
+    let uefi = r
+        .startnet(&AttemptView::new(BASE, &uefi_intent, TOKEN), &image(), &site)
+        .unwrap();
+    // Windows' cmd.exe wants CRLF.
+    assert!(uefi.contains("\r\n") && !uefi.replace("\r\n", "").contains('\n'));
+    for line in [
+        "wpeinit",
+        "echo convert gpt",
+        "echo create partition efi size=260",
+        "echo format quick fs=fat32 label=\"System\"",
+        "echo create partition msr size=16",
+        "echo set id=\"de94bba4-06d1-4d40-a16a-bfd50179d6ac\"",
+        "echo gpt attributes=0x8000000000000001",
+        "-C - -o W:\\recast\\image.wim",
+        "findstr /i /x \"3f1c9a0c6b1e4d7f8a2b5c6d7e8f90112233445566778899aabbccddeeff0011\"",
+        "dism /Apply-Image /ImageFile:W:\\recast\\image.wim /Index:1 /ApplyDir:W:\\",
+        "bcdboot W:\\Windows /s S: /f UEFI",
+        "W:\\Windows\\Panther\\unattend.xml",
+        "W:\\ProgramData\\recast\\agent.json",
+        "\"%RECAST_URL%/progress\"",
+        "\"%RECAST_URL%/result\"",
+        "wpeutil reboot",
+    ] {
+        assert!(uefi.contains(line), "UEFI startnet.cmd lacks {line:?}");
+    }
+    assert!(!uefi.contains("echo active"));
+    golden("startnet-uefi.cmd", &uefi);
+
+    let bios_intent = intent("bios");
+    let bios = r
+        .startnet(&AttemptView::new(BASE, &bios_intent, TOKEN), &image(), &site)
+        .unwrap();
+    for line in ["echo active", "echo set id=27", "bcdboot W:\\Windows /s S: /f BIOS"] {
+        assert!(bios.contains(line), "BIOS startnet.cmd lacks {line:?}");
+    }
+    assert!(!bios.contains("convert gpt"));
+    golden("startnet-bios.cmd", &bios);
+
+    let winpeshl = r.winpeshl().unwrap();
+    assert!(winpeshl.contains("[LaunchApps]\r\n"));
+    assert!(winpeshl.contains("wpeinit.exe"));
+    golden("winpeshl.ini", &winpeshl);
+}
+
+#[test]
+fn unattend_sets_hostname_locale_admin_and_domain_and_escapes_values() {
+    let r = Renderer::new().unwrap();
+    let i = intent("uefi");
+    let view = AttemptView::new(BASE, &i, TOKEN);
+    let plain = r.unattend(&view, &SiteSettings::default()).unwrap();
+    assert!(plain.contains("<ComputerName>KIOSK-01</ComputerName>"));
+    assert!(plain.contains("<UILanguage>en-US</UILanguage>"));
+    assert!(!plain.contains("AdministratorPassword"), "no password: account stays disabled");
+    assert!(!plain.contains("UnattendedJoin"));
+    golden("unattend-plain.xml", &plain);
+
+    let site = SiteSettings {
+        locale: "de-DE".into(),
+        time_zone: "W. Europe Standard Time".into(),
+        admin_password: Some(obscure_admin_password("S3cret!")),
+        domain: Some(DomainJoin {
+            name: "corp.example".into(),
+            ou: Some("OU=Kiosks,DC=corp,DC=example".into()),
+            username: "join".into(),
+            password: "p<&>\"'".into(),
+        }),
+        ..SiteSettings::default()
+    };
+    let joined = r.unattend(&view, &site).unwrap();
+    assert!(joined.contains("<PlainText>false</PlainText>"));
+    assert!(!joined.contains("S3cret!"), "the password is never in clear text");
+    assert!(joined.contains("<JoinDomain>corp.example</JoinDomain>"));
+    assert!(joined.contains("<MachineObjectOU>OU=Kiosks,DC=corp,DC=example</MachineObjectOU>"));
+    assert!(
+        joined.contains("<Password>p&lt;&amp;&gt;&quot;&#x27;</Password>"),
+        "XML special characters are escaped:\n{joined}"
+    );
+    golden("unattend-joined.xml", &joined);
+}
