@@ -22,7 +22,9 @@ fn intent(mode: &str) -> BootIntent {
         attempt_id: "kiosk-01-7f3a".into(),
         try_number: 2,
         image: "win11-24h2-2026-01".into(),
-        image_digest: Some("3f1c9a0c6b1e4d7f8a2b5c6d7e8f90112233445566778899aabbccddeeff0011".into()),
+        image_digest: Some(
+            "3f1c9a0c6b1e4d7f8a2b5c6d7e8f90112233445566778899aabbccddeeff0011".into(),
+        ),
         boot_mode: mode.into(),
         armed_at: "2026-01-14T08:00:00Z".into(),
     }
@@ -96,7 +98,9 @@ fn ipxe_scripts() {
         let linux = r
             .imaging_script(ImagingEnvironment::Linux, BASE, &view)
             .unwrap();
-        assert!(linux.contains("recast.task=http://10.0.40.2:8081/imaging/v1/store-042/kiosk-01/kiosk-01-7f3a/2/task"));
+        assert!(linux.contains(
+            "recast.task=http://10.0.40.2:8081/imaging/v1/store-042/kiosk-01/kiosk-01-7f3a/2/task"
+        ));
         golden(&format!("imaging-linux-{mode}.ipxe"), &linux);
         let wds = r.wds("store-042", "kiosk-01", mode, "10.0.40.9").unwrap();
         let expected = if mode == "bios" {
@@ -115,7 +119,11 @@ fn startnet_partitions_applies_and_reports_for_each_boot_mode() {
     let site = SiteSettings::default();
     let uefi_intent = intent("uefi");
     let uefi = r
-        .startnet(&AttemptView::new(BASE, &uefi_intent, TOKEN), &image(), &site)
+        .startnet(
+            &AttemptView::new(BASE, &uefi_intent, TOKEN),
+            &image(),
+            &site,
+        )
         .unwrap();
     // Windows' cmd.exe wants CRLF.
     assert!(uefi.contains("\r\n") && !uefi.replace("\r\n", "").contains('\n'));
@@ -144,9 +152,17 @@ fn startnet_partitions_applies_and_reports_for_each_boot_mode() {
 
     let bios_intent = intent("bios");
     let bios = r
-        .startnet(&AttemptView::new(BASE, &bios_intent, TOKEN), &image(), &site)
+        .startnet(
+            &AttemptView::new(BASE, &bios_intent, TOKEN),
+            &image(),
+            &site,
+        )
         .unwrap();
-    for line in ["echo active", "echo set id=27", "bcdboot W:\\Windows /s S: /f BIOS"] {
+    for line in [
+        "echo active",
+        "echo set id=27",
+        "bcdboot W:\\Windows /s S: /f BIOS",
+    ] {
         assert!(bios.contains(line), "BIOS startnet.cmd lacks {line:?}");
     }
     assert!(!bios.contains("convert gpt"));
@@ -166,7 +182,10 @@ fn unattend_sets_hostname_locale_admin_and_domain_and_escapes_values() {
     let plain = r.unattend(&view, &SiteSettings::default()).unwrap();
     assert!(plain.contains("<ComputerName>KIOSK-01</ComputerName>"));
     assert!(plain.contains("<UILanguage>en-US</UILanguage>"));
-    assert!(!plain.contains("AdministratorPassword"), "no password: account stays disabled");
+    assert!(
+        !plain.contains("AdministratorPassword"),
+        "no password: account stays disabled"
+    );
     assert!(!plain.contains("UnattendedJoin"));
     golden("unattend-plain.xml", &plain);
 
@@ -184,7 +203,10 @@ fn unattend_sets_hostname_locale_admin_and_domain_and_escapes_values() {
     };
     let joined = r.unattend(&view, &site).unwrap();
     assert!(joined.contains("<PlainText>false</PlainText>"));
-    assert!(!joined.contains("S3cret!"), "the password is never in clear text");
+    assert!(
+        !joined.contains("S3cret!"),
+        "the password is never in clear text"
+    );
     assert!(joined.contains("<JoinDomain>corp.example</JoinDomain>"));
     assert!(joined.contains("<MachineObjectOU>OU=Kiosks,DC=corp,DC=example</MachineObjectOU>"));
     assert!(
