@@ -5,6 +5,7 @@
 
 mod backend;
 mod table;
+mod wds;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -103,6 +104,24 @@ enum Command {
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<PathBuf>,
     },
+    /// Sites that keep WDS: print what to run on the WDS server.
+    #[command(subcommand)]
+    Wds(WdsCommand),
+}
+
+#[derive(Subcommand)]
+enum WdsCommand {
+    /// Print the PowerShell (New-WdsClient / Set-WdsClient) that prestages endpoints in WDS:
+    /// the named ones, or every endpoint with spec.bootServer: wds.
+    Prestage {
+        names: Vec<String>,
+        /// The WDS server endpoints are referred to.
+        #[arg(long, required = true)]
+        wds_server: String,
+        /// Boot image on the WDS server.
+        #[arg(long, default_value = r"boot\x64\images\boot.wim")]
+        boot_image: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -184,6 +203,50 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let now = Timestamp::now();
     match cli.command {
         Command::Validate { .. } => unreachable!("handled above"),
+        Command::Wds(WdsCommand::Prestage {
+            names,
+            wds_server,
+            boot_image,
+        }) => {
+            let all: Vec<recast_crds::Endpoint> = store
+                .list(Kind::Endpoint, Some(ns))?
+                .into_iter()
+                .map(serde_json::from_value)
+                .collect::<Result<_, _>>()
+                .map_err(|e| CliError::Failed(format!("a stored Endpoint does not decode: {e}")))?;
+            let selected: Vec<_> = if names.is_empty() {
+                all.into_iter()
+                    .filter(|e| e.spec.boot_server == recast_crds::endpoint::BootServer::Wds)
+                    .collect()
+            } else {
+                let mut picked = Vec::new();
+                for n in &names {
+                    let ep = all
+                        .iter()
+                        .find(|e| e.metadata.name.as_deref() == Some(n.as_str()))
+                        .ok_or_else(|| not_found(Kind::Endpoint, ns, n))?;
+                    picked.push(ep.clone());
+                }
+                picked
+            };
+            if selected.is_empty() {
+                eprintln!(
+                    "No endpoints with spec.bootServer: wds in {ns}; name them to prestage them anyway."
+                );
+                return Ok(ExitCode::from(1));
+            }
+            print!(
+                "{}",
+                wds::render(
+                    &selected,
+                    &wds::Prestage {
+                        wds_server: &wds_server,
+                        boot_image: &boot_image,
+                    }
+                )
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Apply { files } => {
             let mut failed = false;
             for path in files {

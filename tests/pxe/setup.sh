@@ -3,7 +3,7 @@
 # binaries recast serves, dnsmasq as the site's DHCP server, and a Debian kernel + busybox for
 # the test imaging environment. Called by .ci/run; safe to run again.
 set -euo pipefail
-pkgs=(qemu-system-x86 ipxe-qemu ipxe dnsmasq-base busybox-static linux-image-amd64 cpio iproute2 curl)
+pkgs=(qemu-system-x86 ovmf ipxe-qemu ipxe dnsmasq-base busybox-static linux-image-amd64 cpio iproute2 curl)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
