@@ -7,7 +7,7 @@ CARGO       ?= cargo
 CARGO_FLAGS ?= --ignore-rust-version
 DATA_DIR    ?= $(CURDIR)/.recast-data
 
-.PHONY: all build run test lint fmt docs crds crds-check bench-controller k8s-build k8s-demo k8s-up k8s-down clean help
+.PHONY: all build run test lint fmt docs crds crds-check bench-controller bench-boot k8s-build k8s-demo k8s-up k8s-down clean help
 
 all: build
 
@@ -19,7 +19,7 @@ build: ## Build every binary (debug)
 
 run: ## recast's main job: the operator on the embedded store, loaded with examples/ (fresh $(DATA_DIR))
 	rm -rf $(DATA_DIR)
-	$(CARGO) run $(CARGO_FLAGS) -q -p recast-operator -- run --backend embedded --data-dir $(DATA_DIR) --load examples/
+	$(CARGO) run $(CARGO_FLAGS) -q -p recast-operator -- run --backend embedded --data-dir $(DATA_DIR) --load examples/ --boot-http 127.0.0.1:8081
 
 test: ## Every test tier: unit, property, embedded and the real kube-apiserver
 	tests/run-tests.sh
@@ -46,6 +46,10 @@ bench-controller: ## The controller over $(BENCH_ENDPOINTS) endpoints on both ba
 	$(CARGO) build --release $(CARGO_FLAGS) -p recast-operator --bin recast-operator --example bench_controller
 	tests/k8s/harness.sh up
 	target/release/examples/bench_controller target/release/recast-operator $(BENCH_ENDPOINTS)
+
+bench-boot: ## The boot service's HTTP artifact serving vs nginx (prints a table)
+	$(CARGO) build --release $(CARGO_FLAGS) -p recast-operator --bin recast-operator
+	tests/bench/boot-http.sh target/release/recast-operator
 
 k8s-build: ## Build (or reuse) kube-apiserver, etcd and kubectl from their Go modules
 	tests/k8s/build.sh
