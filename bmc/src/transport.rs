@@ -263,7 +263,19 @@ fn is_tls_error(err: &(dyn std::error::Error + 'static)) -> Option<String> {
         }
         cur = e.source();
     }
-    None
+    // io::Error hides its inner error from source(), and connectors wrap it differently from
+    // version to version; rustls's messages are distinctive enough to recognise.
+    let text = chain_text(err);
+    let lower = text.to_lowercase();
+    [
+        "invalid peer certificate",
+        "certificate",
+        "handshake",
+        "received fatal alert",
+    ]
+    .iter()
+    .any(|k| lower.contains(k))
+    .then_some(text)
 }
 
 fn chain_text(err: &(dyn std::error::Error + 'static)) -> String {
