@@ -5,7 +5,7 @@ use recast_bmc::{
     TlsVerify,
 };
 
-use crate::support::{self, Sushy, SushyOptions, TempDir, fresh_uuid};
+use crate::support::{self, Sushy, SushyConfig, SushyOptions, TempDir, fresh_uuid};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn power_boot_override_and_resets_end_to_end() {
