@@ -61,6 +61,23 @@ impl SecretSource for EmbeddedSecrets {
     }
 }
 
+/// Secrets already read (by a CLI that fetched them through its own backend).
+#[derive(Default)]
+pub struct StaticSecrets(pub BTreeMap<(String, String), SecretData>);
+
+impl SecretSource for StaticSecrets {
+    async fn secret(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<SecretData>, SecretLookupError> {
+        Ok(self
+            .0
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned())
+    }
+}
+
 /// Secrets read through the Kubernetes API.
 pub struct KubeSecrets(pub kube::Client);
 
