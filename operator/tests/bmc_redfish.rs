@@ -153,3 +153,56 @@ async fn setup_errors_are_typed_and_never_show_the_password() {
         .unwrap_err();
     assert!(!err.permanent, "{err:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_cycle_with_credentials_from_a_kubernetes_secret() {
+    let Some(k) = recast_tests::K8s::get() else {
+        return;
+    };
+    let Some(bin) = redfish::sushy_bin() else {
+        return;
+    };
+    let sushy = Sushy::start(
+        &bin,
+        SushyOptions {
+            user: Some(("recast", PASSWORD)),
+            ..Default::default()
+        },
+    );
+    let ns = k.fresh_namespace("bmc");
+    k.kubectl_ok(&[
+        "create",
+        "secret",
+        "generic",
+        "bmc-creds",
+        "-n",
+        &ns,
+        "--from-literal=username=recast",
+        &format!("--from-literal=password={PASSWORD}"),
+    ]);
+    let client = kube::Client::try_from(
+        kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(&k.kubeconfig).unwrap(),
+            &Default::default(),
+        )
+        .await
+        .unwrap(),
+    )
+    .unwrap();
+    let power = RedfishPower::new(recast_operator::bmc::redfish::KubeSecrets(client), tuning());
+    let mut ep = endpoint(
+        "kiosk-01",
+        Some(json!({"address": sushy.url, "credentialsSecretRef": {"name": "bmc-creds"}})),
+    );
+    ep.metadata.namespace = Some(ns.clone());
+    let done = power.power_cycle(&ep, "a-k", 1, false).await.unwrap();
+    assert!(done.contains("via On → On"), "{done}");
+    assert_eq!(resets(&sushy), 1);
+
+    ep.spec.bmc.as_mut().unwrap().credentials_secret_ref.name = "absent".into();
+    let err = power.power_cycle(&ep, "a-k", 2, false).await.unwrap_err();
+    assert!(
+        err.permanent && err.message.contains(&format!("Secret {ns}/absent")),
+        "{err:?}"
+    );
+}
