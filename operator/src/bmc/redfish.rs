@@ -157,6 +157,10 @@ impl BmcSetupError {
 pub struct RedfishTuning {
     pub network_boot: NetworkBoot,
     pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// How long the driver waits to see the new power state. Short on purpose: the embedded
+    /// controller runs actions one at a time, and the boot service, not PowerState, confirms
+    /// that the machine booted from the network.
     pub power_settle: Duration,
     pub poll_interval: Duration,
     pub retries: u32,
@@ -169,9 +173,10 @@ impl Default for RedfishTuning {
             // UEFI HTTP boot needs a URI the BMC must accept, which not all do.
             network_boot: NetworkBoot::Pxe,
             request_timeout: Duration::from_secs(30),
-            power_settle: Duration::from_secs(120),
+            connect_timeout: Duration::from_secs(5),
+            power_settle: Duration::from_secs(30),
             poll_interval: Duration::from_secs(2),
-            retries: 3,
+            retries: 2,
         }
     }
 }
@@ -239,6 +244,7 @@ pub async fn client_config<S: SecretSource>(
     let mut cfg = ClientConfig::new(bmc.address.clone()).with_credentials(&username, &password);
     cfg.tls = tls;
     cfg.request_timeout = tuning.request_timeout;
+    cfg.connect_timeout = tuning.connect_timeout;
     cfg.power_settle = tuning.power_settle;
     cfg.poll_interval = tuning.poll_interval;
     cfg.retries = tuning.retries;
@@ -341,14 +347,19 @@ impl<S: SecretSource> RedfishPower<S> {
             }
             _ => "",
         };
-        let out = bmc.power(PowerAction::Cycle).await?;
+        let (before, reset_type) = bmc.reset(PowerAction::Cycle).await?;
+        let after = match bmc.wait_power(&PowerAction::Cycle.expected_state()).await {
+            Ok(state) => state.to_string(),
+            // The BMC accepted the reset; a machine slow to report On is no reason to fail the
+            // action (and retry a reset): the try timeout catches a machine that never boots.
+            Err(RedfishError::NotApplied { detail, .. }) => format!("not yet On ({detail})"),
+            Err(e) => return Err(e),
+        };
         Ok(format!(
-            "one-time {} boot ({}) set{note}; power {} via {} → {}",
+            "one-time {} boot ({}) set{note}; power {} via {reset_type} → {after}",
             target.as_redfish(),
             mode.as_redfish(),
-            out.before.as_deref().unwrap_or("unknown"),
-            out.reset_type,
-            out.after
+            before.map(|p| p.to_string()).unwrap_or_else(|| "unknown".into()),
         ))
     }
 }
