@@ -272,6 +272,7 @@ fn is_tls_error(err: &(dyn std::error::Error + 'static)) -> Option<String> {
         "certificate",
         "handshake",
         "received fatal alert",
+        "corrupt message",
     ]
     .iter()
     .any(|k| lower.contains(k))
@@ -305,9 +306,10 @@ impl Transport {
             .no_proxy()
             .build()
             .map_err(|e| RedfishError::TlsConfig(chain_text(&e)))?;
-        let auth = match (&cfg.credentials, cfg.auth) {
-            (None, _) => AuthState::None,
-            (Some(c), _) => AuthState::Basic(c.clone()),
+        // Basic until a session is opened (login), which then replaces it.
+        let auth = match &cfg.credentials {
+            None => AuthState::None,
+            Some(c) => AuthState::Basic(c.clone()),
         };
         Ok(Transport {
             http,

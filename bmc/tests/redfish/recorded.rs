@@ -915,6 +915,18 @@ async fn redirects_stay_on_the_bmc() {
 }
 
 #[tokio::test]
+async fn https_to_a_plain_http_bmc_is_a_tls_error() {
+    let peer = Recorded::start(Vendor::Idrac, Fault::None).await;
+    let url = peer.url.replace("http://", "https://");
+    let err = Bmc::connect(fast_config(&url).with_credentials(USER, PASSWORD), None)
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, RedfishError::Tls { .. }), "{err:?}");
+    assert!(err.is_permanent());
+}
+
+#[tokio::test]
 async fn unreachable_bmc_is_a_transient_connect_error() {
     let port = crate::support::free_port();
     let mut cfg = fast_config(&format!("http://127.0.0.1:{port}"));

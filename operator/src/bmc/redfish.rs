@@ -359,7 +359,9 @@ impl<S: SecretSource> RedfishPower<S> {
             "one-time {} boot ({}) set{note}; power {} via {reset_type} → {after}",
             target.as_redfish(),
             mode.as_redfish(),
-            before.map(|p| p.to_string()).unwrap_or_else(|| "unknown".into()),
+            before
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "unknown".into()),
         ))
     }
 }
