@@ -41,7 +41,7 @@ pub enum RedfishError {
     NotFound { url: String, message: String },
 
     #[error(
-        "the BMC rejected a change to {url} because the resource changed meanwhile (HTTP {status}) even after re-reading it once; try again"
+        "the BMC refused the change to {url} on its ETag precondition (HTTP {status}: 412 means someone changed it meanwhile, 428 that it wants If-Match) even after re-reading it once; try again"
     )]
     PreconditionFailed { url: String, status: u16 },
 
