@@ -206,3 +206,127 @@ async fn power_cycle_with_credentials_from_a_kubernetes_secret() {
         "{err:?}"
     );
 }
+
+/// The real operator binary (embedded backend, the default Redfish driver) reimages an endpoint
+/// whose BMC is sushy-tools: the power cycle of the attempt goes to the emulator.
+#[test]
+fn the_operator_power_cycles_through_the_bmc_during_a_reimage() {
+    use recast_crds::endpoint::{EndpointPhase, EndpointStatus};
+    use recast_crds::manifest::Kind;
+    use recast_tests::inputs;
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+
+    let Some(bin) = redfish::sushy_bin() else {
+        return;
+    };
+    let sushy = Sushy::start(
+        &bin,
+        SushyOptions {
+            user: Some(("recast", PASSWORD)),
+            ..Default::default()
+        },
+    );
+    let dir = TempDir::new("op-bmc-e2e");
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let examples = recast_tests::repo_root().join("examples");
+    for (_, doc) in recast_operator::manifests::load(&examples).unwrap() {
+        if recast_operator::manifests::is_recast(&doc) {
+            store.apply(&doc.value, "default").unwrap();
+        }
+    }
+    store
+        .write_status(
+            Kind::GoldenImage,
+            "default",
+            "win11-24h2-2026-01",
+            None,
+            &inputs::verified_image_status(),
+        )
+        .unwrap();
+    store
+        .apply_secret(
+            &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "bmc-credentials"},
+                    "stringData": {"username": "recast", "password": PASSWORD}}),
+            "default",
+        )
+        .unwrap();
+    store
+        .update(Kind::Endpoint, "default", "kiosk-01", |obj| {
+            obj["spec"]["bmc"]["address"] = json!(sushy.url);
+            Ok(())
+        })
+        .unwrap();
+    for input in inputs::failed_rollback() {
+        store.post_input("default", "kiosk-01", &input).unwrap();
+    }
+
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _op = Kill(
+        Command::new(env!("CARGO_BIN_EXE_recast-operator"))
+            .args([
+                "run",
+                "--backend",
+                "embedded",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(dir.path())
+            .env("RECAST_LOG", "warn")
+            .env_remove("RECAST_POWER_DRIVER")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let status = || -> EndpointStatus {
+        let obj = store
+            .get(Kind::Endpoint, "default", "kiosk-01")
+            .unwrap()
+            .unwrap();
+        serde_json::from_value(obj.get("status").cloned().unwrap_or_default()).unwrap_or_default()
+    };
+    let mut posted: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let st = status();
+        if st.phase == Some(EndpointPhase::Ready)
+            && st.active_attempt.is_none()
+            && !st.history.is_empty()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the reimage did not finish: {st:?}"
+        );
+        if let Some(a) = &st.active_attempt
+            && let Some((key, input)) = inputs::next_for(a)
+            && !posted.contains(&key)
+        {
+            store.post_input("default", "kiosk-01", &input).unwrap();
+            posted.push(key);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let events = store.events(Kind::Endpoint, "default", "kiosk-01").unwrap();
+    let cycles: Vec<&str> = events
+        .iter()
+        .filter(|e| e.reason == "PowerCycle")
+        .map(|e| e.message.as_str())
+        .collect();
+    assert_eq!(cycles.len(), 1, "{events:?}");
+    assert!(
+        cycles[0].contains("one-time Pxe boot (UEFI)") && cycles[0].contains("via On"),
+        "{}",
+        cycles[0]
+    );
+    assert_eq!(resets(&sushy), 1);
+}
