@@ -33,7 +33,7 @@ fn endpoint(name: &str, bmc: Option<serde_json::Value>) -> Endpoint {
 
 fn tuning() -> RedfishTuning {
     RedfishTuning {
-        request_timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(10),
         power_settle: Duration::from_secs(30),
         poll_interval: Duration::from_millis(250),
         retries: 1,

@@ -18,7 +18,8 @@ impl SushyConfig for Sushy {
 /// Short timings so a failing test fails in seconds, not minutes.
 pub fn fast_config(url: &str) -> ClientConfig {
     let mut cfg = ClientConfig::new(url);
-    cfg.request_timeout = Duration::from_secs(5);
+    // Generous: CI shares two cores with builds, and the emulator is a Python dev server.
+    cfg.request_timeout = Duration::from_secs(10);
     cfg.connect_timeout = Duration::from_secs(2);
     cfg.retries = 2;
     cfg.backoff = Duration::from_millis(50);
