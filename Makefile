@@ -6,8 +6,11 @@
 CARGO       ?= cargo
 CARGO_FLAGS ?= --ignore-rust-version
 DATA_DIR    ?= $(CURDIR)/.recast-data
+# The examples' BMC addresses are placeholders: `make run` records power cycles instead of
+# performing them. POWER_DRIVER=redfish drives real BMCs.
+POWER_DRIVER ?= record
 
-.PHONY: all build run test lint fmt docs crds crds-check bench-controller bench-boot k8s-build k8s-demo k8s-up k8s-down clean help
+.PHONY: all build run test redfish-setup lint fmt docs crds crds-check bench-controller bench-boot k8s-build k8s-demo k8s-up k8s-down clean help
 
 all: build
 
@@ -19,10 +22,13 @@ build: ## Build every binary (debug)
 
 run: ## recast's main job: the operator on the embedded store, loaded with examples/ (fresh $(DATA_DIR))
 	rm -rf $(DATA_DIR)
-	$(CARGO) run $(CARGO_FLAGS) -q -p recast-operator -- run --backend embedded --data-dir $(DATA_DIR) --load examples/ --boot-http 127.0.0.1:8081
+	$(CARGO) run $(CARGO_FLAGS) -q -p recast-operator -- run --backend embedded --data-dir $(DATA_DIR) --load examples/ --power-driver $(POWER_DRIVER) --boot-http 127.0.0.1:8081
 
 test: ## Every test tier: unit, property, embedded and the real kube-apiserver
 	tests/run-tests.sh
+
+redfish-setup: ## Install the Redfish test peer (sushy-tools in a venv under ~/.cache/recast/sushy)
+	tests/redfish/setup.sh
 
 lint: crds-check ## cargo fmt --check, clippy -D warnings, and the CRD YAML is current
 	$(CARGO) fmt --all --check

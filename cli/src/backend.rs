@@ -1,9 +1,11 @@
 //! Where recastctl reads and writes: the embedded store's file, or the Kubernetes API.
 
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Client, Config};
 use recast_crds::manifest::Kind;
+use recast_operator::bmc::redfish::SecretData;
 use recast_operator::store::embedded::{ApplyOutcome, EmbeddedStore, EventRecord, StoreError};
 use serde_json::{Value, json};
 
@@ -165,6 +167,71 @@ impl Backend {
                         )
                     });
                     Ok(items)
+                })
+            }
+        }
+    }
+
+    /// Stores a `v1 Secret` (BMC credentials, CA bundles). Its data is never printed.
+    pub fn apply_secret(
+        &self,
+        doc: &Value,
+        ns: &str,
+    ) -> Result<(String, ApplyOutcome), BackendError> {
+        match self {
+            Backend::Embedded(s) => Ok(s.apply_secret(doc, ns)?),
+            Backend::Kube(k) => {
+                let name = doc
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                let ns = doc
+                    .pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .unwrap_or(ns)
+                    .to_string();
+                let api: Api<Secret> = Api::namespaced(k.client.clone(), &ns);
+                k.rt.block_on(async {
+                    let before = api.get_opt(&name).await.map_err(kube_err)?;
+                    let after = api
+                        .patch(
+                            &name,
+                            &PatchParams::apply(FIELD_MANAGER),
+                            &Patch::Apply(doc),
+                        )
+                        .await
+                        .map_err(kube_err)?;
+                    let outcome = match before {
+                        None => ApplyOutcome::Created,
+                        Some(b)
+                            if b.metadata.resource_version == after.metadata.resource_version =>
+                        {
+                            ApplyOutcome::Unchanged
+                        }
+                        Some(_) => ApplyOutcome::Configured,
+                    };
+                    Ok((name, outcome))
+                })
+            }
+        }
+    }
+
+    /// A Secret's data, for the BMC commands.
+    pub fn secret(&self, ns: &str, name: &str) -> Result<Option<SecretData>, BackendError> {
+        match self {
+            Backend::Embedded(s) => Ok(s.secret(ns, name)?),
+            Backend::Kube(k) => {
+                let api: Api<Secret> = Api::namespaced(k.client.clone(), ns);
+                k.rt.block_on(async {
+                    let secret = api.get_opt(name).await.map_err(kube_err)?;
+                    Ok(secret.map(|s| {
+                        s.data
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|(k, v)| (k, v.0))
+                            .collect()
+                    }))
                 })
             }
         }

@@ -4,6 +4,7 @@
 //! unreadable file.
 
 mod backend;
+mod bmc;
 mod table;
 mod wds;
 
@@ -99,6 +100,11 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Look at and drive an endpoint's BMC (Redfish).
+    Bmc {
+        #[command(subcommand)]
+        command: bmc::BmcCommand,
+    },
     /// Check manifests offline against the same rules the API enforces (for CI and GitOps).
     Validate {
         #[arg(short = 'f', long = "filename", required = true)]
@@ -125,7 +131,7 @@ enum WdsCommand {
 }
 
 #[derive(Debug, thiserror::Error)]
-enum CliError {
+pub(crate) enum CliError {
     #[error("{0}")]
     Usage(String),
     #[error("{0}")]
@@ -184,7 +190,7 @@ fn kind_of(name: &str) -> Result<Kind, CliError> {
     })
 }
 
-fn not_found(kind: Kind, ns: &str, name: &str) -> CliError {
+pub(crate) fn not_found(kind: Kind, ns: &str, name: &str) -> CliError {
     CliError::Failed(format!(
         "{} {name:?} not found in namespace {ns:?}",
         kind.plural()
@@ -252,6 +258,16 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             for path in files {
                 let docs = manifests::load(&path).map_err(|e| CliError::Usage(e.to_string()))?;
                 for (file, doc) in docs {
+                    if manifests::is_secret(&doc) {
+                        match store.apply_secret(&doc.value, ns) {
+                            Ok((name, outcome)) => println!("secret/{name} {}", outcome.as_str()),
+                            Err(e) => {
+                                eprintln!("error: {} document {}: {e}", file.display(), doc.index);
+                                failed = true;
+                            }
+                        }
+                        continue;
+                    }
                     if !manifests::is_recast(&doc) {
                         let kind = manifests::kind_name(&doc);
                         println!(
@@ -376,6 +392,10 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Unprotect { name } => {
             set_spec(&store, ns, &name, "protected", json!(false))?;
             println!("endpoint.recast.dev/{name} unprotected");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bmc { command } => {
+            bmc::run(&store, ns, command)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::History { name, output } => {

@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicBool;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use recast_operator::bmc::RecordingPower;
+use recast_operator::bmc::redfish::{EmbeddedSecrets, KubeSecrets, RedfishPower, RedfishTuning};
 use recast_operator::controller::embedded::{EmbeddedBackend, run as run_embedded};
 use recast_operator::controller::kube::{KubeOptions, run as run_kube};
 use recast_operator::controller::{Controller, SystemClock};
@@ -31,6 +32,15 @@ enum BackendKind {
     Kube,
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum PowerDriver {
+    /// Each endpoint's BMC over Redfish (spec.bmc); an endpoint without one gets an event
+    /// asking for a restart by hand.
+    Redfish,
+    /// Record the power cycles instead of performing them (demos, lifecycle tests).
+    Record,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the controllers and serve health, readiness and metrics.
@@ -46,6 +56,14 @@ enum Command {
         /// Address for /healthz, /readyz and /metrics.
         #[arg(long, default_value = "127.0.0.1:8080", env = "RECAST_LISTEN")]
         listen: SocketAddr,
+        /// How power cycles are performed.
+        #[arg(
+            long,
+            value_enum,
+            default_value = "redfish",
+            env = "RECAST_POWER_DRIVER"
+        )]
+        power_driver: PowerDriver,
         #[command(flatten)]
         kube: KubeArgs,
         #[command(flatten)]
@@ -260,6 +278,7 @@ fn main() -> ExitCode {
             data_dir,
             load,
             listen,
+            power_driver,
             kube: kube_args,
             boot,
         } => {
@@ -274,7 +293,15 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(run(backend, data_dir, load, listen, kube_args, boot)) {
+            match rt.block_on(run(
+                backend,
+                data_dir,
+                load,
+                listen,
+                power_driver,
+                kube_args,
+                boot,
+            )) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("recast-operator: {e}");
@@ -302,6 +329,7 @@ async fn run(
     data_dir: PathBuf,
     load: Vec<PathBuf>,
     listen: SocketAddr,
+    power_driver: PowerDriver,
     kube_opts: KubeArgs,
     boot_args: BootArgs,
 ) -> Result<(), String> {
@@ -326,7 +354,9 @@ async fn run(
             for path in &load {
                 apply_at_start(&store, path)?;
             }
-            let backend = Arc::new(EmbeddedBackend { store });
+            let backend = Arc::new(EmbeddedBackend {
+                store: store.clone(),
+            });
             if let Some(cfg) = boot_cfg {
                 let (b, m, s) = (backend.clone(), metrics.clone(), stop_rx.clone());
                 tokio::spawn(async move {
@@ -335,15 +365,21 @@ async fn run(
                     }
                 });
             }
-            let ctrl = Arc::new(Controller::new(
-                backend,
-                Arc::new(RecordingPower::default()),
-                Arc::new(SystemClock),
-                metrics,
-            ));
-            run_embedded(ctrl, stop_rx, ready)
-                .await
-                .map_err(|e| e.to_string())?;
+            let result = match power_driver {
+                PowerDriver::Redfish => {
+                    let power = RedfishPower::new(EmbeddedSecrets(store), RedfishTuning::default());
+                    let ctrl =
+                        Controller::new(backend, Arc::new(power), Arc::new(SystemClock), metrics);
+                    run_embedded(Arc::new(ctrl), stop_rx, ready).await
+                }
+                PowerDriver::Record => {
+                    let power = RecordingPower::default();
+                    let ctrl =
+                        Controller::new(backend, Arc::new(power), Arc::new(SystemClock), metrics);
+                    run_embedded(Arc::new(ctrl), stop_rx, ready).await
+                }
+            };
+            result.map_err(|e| e.to_string())?;
         }
         BackendKind::Kube => {
             let client = kube::Client::try_default().await.map_err(|e| {
@@ -376,15 +412,17 @@ async fn run(
                     }
                 });
             }
-            run_kube(
-                client,
-                Arc::new(RecordingPower::default()),
-                metrics,
-                opts,
-                ready,
-                stop_rx,
-            )
-            .await?;
+            match power_driver {
+                PowerDriver::Redfish => {
+                    let power =
+                        RedfishPower::new(KubeSecrets(client.clone()), RedfishTuning::default());
+                    run_kube(client, Arc::new(power), metrics, opts, ready, stop_rx).await?;
+                }
+                PowerDriver::Record => {
+                    let power = RecordingPower::default();
+                    run_kube(client, Arc::new(power), metrics, opts, ready, stop_rx).await?;
+                }
+            }
         }
     }
     match server.await {
@@ -397,6 +435,13 @@ async fn run(
 fn apply_at_start(store: &EmbeddedStore, path: &std::path::Path) -> Result<(), String> {
     let docs = manifests::load(path).map_err(|e| e.to_string())?;
     for (file, doc) in docs {
+        if manifests::is_secret(&doc) {
+            let (name, outcome) = store
+                .apply_secret(&doc.value, "default")
+                .map_err(|e| format!("{} document {}: {e}", file.display(), doc.index))?;
+            tracing::info!("secret/{name} {}", outcome.as_str());
+            continue;
+        }
         if !manifests::is_recast(&doc) {
             let kind = manifests::kind_name(&doc);
             tracing::info!(file = %file.display(), "skipped {kind}: not a recast.dev object");

@@ -62,6 +62,13 @@ pub fn is_recast(doc: &Document) -> bool {
     doc.value.get("apiVersion").and_then(|v| v.as_str()) == Some(recast_crds::API_VERSION)
 }
 
+/// True for a Kubernetes `v1 Secret` (BMC credentials, CA bundles), which the embedded store
+/// keeps apart from the recast objects.
+pub fn is_secret(doc: &Document) -> bool {
+    doc.value.get("apiVersion").and_then(|v| v.as_str()) == Some("v1")
+        && doc.value.get("kind").and_then(|v| v.as_str()) == Some("Secret")
+}
+
 /// The document's kind for messages ("object" when it has none).
 pub fn kind_name(doc: &Document) -> &str {
     doc.value

@@ -68,6 +68,8 @@ impl Site {
             .env("RECAST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        // These suites are about the lifecycle shells, not BMCs (the Redfish suites are).
+        cmd.env("RECAST_POWER_DRIVER", "record");
         match failpoint {
             Some(fp) => cmd.env("RECAST_FAILPOINT", fp),
             None => cmd.env_remove("RECAST_FAILPOINT"),

@@ -1,5 +1,7 @@
-//! Power control of endpoints through their BMC. The Redfish driver arrives with the BMC issue;
-//! until then `RecordingPower` records what it would do, so the lifecycle runs end to end.
+//! Power control of endpoints through their BMC. `redfish::RedfishPower` is the real driver;
+//! `RecordingPower` records what it would do, for tests of the lifecycle shells.
+
+pub mod redfish;
 
 use std::future::Future;
 use std::sync::Mutex;

@@ -77,6 +77,8 @@ pub enum StoreError {
         name: String,
         why: String,
     },
+    #[error("invalid Secret: {why}")]
+    InvalidSecret { why: String },
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
 }
@@ -223,6 +225,11 @@ impl EmbeddedStore {
                 });
             }
         }
+        // Added after schema 1 shipped; older binaries ignore the table, so no version bump.
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS secrets (namespace TEXT NOT NULL, name TEXT NOT NULL,
+               data TEXT NOT NULL, updated_at TEXT NOT NULL, PRIMARY KEY (namespace, name));",
+        )?;
         Ok(EmbeddedStore {
             path,
             conn: Mutex::new(conn),
@@ -729,6 +736,119 @@ impl EmbeddedStore {
         self.conn()
             .execute("DELETE FROM changes WHERE seq <= ?1", params![up_to])?;
         Ok(())
+    }
+
+    // ---- secrets ---------------------------------------------------------------------------
+    //
+    // `v1 Secret` objects for the embedded backend (BMC credentials, CA bundles), kept in their
+    // own table: they are not recast kinds, never appear in `get`/`describe`, and their data
+    // is only handed to the code that needs it.
+
+    /// Stores a `v1 Secret` document (`data` base64, `stringData` plain, as Kubernetes takes
+    /// them). Returns its name and what changed; never echoes the data.
+    pub fn apply_secret(
+        &self,
+        doc: &Value,
+        default_namespace: &str,
+    ) -> Result<(String, ApplyOutcome), StoreError> {
+        let invalid = |why: String| StoreError::InvalidSecret { why };
+        let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(doc.clone())
+            .map_err(|e| {
+                invalid(format!(
+                    "{e}; a Secret has metadata.name and string values under data (base64) or stringData"
+                ))
+            })?;
+        let name = secret
+            .metadata
+            .name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| invalid("metadata.name is missing".into()))?;
+        let namespace = secret
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| default_namespace.to_string());
+        let mut data: std::collections::BTreeMap<String, k8s_openapi::ByteString> =
+            secret.data.unwrap_or_default();
+        for (k, v) in secret.string_data.unwrap_or_default() {
+            data.insert(k, k8s_openapi::ByteString(v.into_bytes()));
+        }
+        let encoded = serde_json::to_string(&data).map_err(|e| invalid(e.to_string()))?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let before: Option<String> = tx
+            .query_row(
+                "SELECT data FROM secrets WHERE namespace = ?1 AND name = ?2",
+                params![namespace, name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let outcome = match before {
+            Some(b) if b == encoded => ApplyOutcome::Unchanged,
+            Some(_) => ApplyOutcome::Configured,
+            None => ApplyOutcome::Created,
+        };
+        if outcome != ApplyOutcome::Unchanged {
+            tx.execute(
+                "INSERT INTO secrets (namespace, name, data, updated_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (namespace, name) DO UPDATE SET data = ?3, updated_at = ?4",
+                params![namespace, name, encoded, now_rfc3339()],
+            )?;
+        }
+        tx.commit()?;
+        Ok((name, outcome))
+    }
+
+    /// The data of a stored Secret, or None when there is no such Secret.
+    pub fn secret(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<std::collections::BTreeMap<String, Vec<u8>>>, StoreError> {
+        let raw: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT data FROM secrets WHERE namespace = ?1 AND name = ?2",
+                params![namespace, name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(raw) = raw else { return Ok(None) };
+        let data: std::collections::BTreeMap<String, k8s_openapi::ByteString> =
+            serde_json::from_str(&raw).map_err(|e| StoreError::InvalidSecret {
+                why: format!(
+                    "stored Secret {namespace}/{name} is unreadable ({e}); apply it again"
+                ),
+            })?;
+        Ok(Some(data.into_iter().map(|(k, v)| (k, v.0)).collect()))
+    }
+
+    /// The Secrets' names and key names (never their values), for listings.
+    pub fn secret_keys(
+        &self,
+        namespace: Option<&str>,
+    ) -> Result<Vec<(String, String, Vec<String>)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT namespace, name, data FROM secrets WHERE (?1 IS NULL OR namespace = ?1) ORDER BY namespace, name",
+        )?;
+        let rows = stmt.query_map(params![namespace], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (ns, name, raw) = row?;
+            let keys = serde_json::from_str::<serde_json::Map<String, Value>>(&raw)
+                .map(|m| m.keys().cloned().collect())
+                .unwrap_or_default();
+            out.push((ns, name, keys));
+        }
+        Ok(out)
     }
 
     // ---- events ----------------------------------------------------------------------------
