@@ -15,12 +15,13 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
 mkdir -p "$work/root/ipxe" "$work/nginx"
+chmod 755 "$work"   # nginx's workers run as an unprivileged user
 size=$((1024 * 1024 * 1024))
 head -c "$size" /dev/urandom > "$work/root/ipxe/bench.bin"
 cat "$work/root/ipxe/bench.bin" > /dev/null   # into the page cache for both servers
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-rport=$(free_port); nport=$(free_port)
+rport=$(free_port); nport=$(free_port); cport=$(free_port)
 RECAST_LOG=warn "$bin" run --backend embedded --data-dir "$work/data" --listen "127.0.0.1:$(free_port)" \
   --boot-http "127.0.0.1:$rport" --boot-root "$work/root" 2>"$work/recast.log" &
 rpid=$!; pids+=("$rpid")
@@ -34,6 +35,8 @@ http {
   sendfile on;
   tcp_nopush on;
   server { listen 127.0.0.1:$nport; location /artifacts/ { alias $work/root/; } }
+  # The same without sendfile: read() + write() through nginx's buffers, as recast does.
+  server { listen 127.0.0.1:$cport; sendfile off; output_buffers 2 256k; location /artifacts/ { alias $work/root/; } }
 }
 CONF
 nginx -c "$work/nginx/nginx.conf" -g 'daemon off;' &
@@ -52,12 +55,21 @@ run() { # port pids... -> "MB/s cpu_s_per_GB"
   local port=$1; shift
   local before; before=$(ticks "$@")
   local start; start=$(date +%s.%N)
+  local got="$work/got.$port"; : > "$got"
+  local clients=()
   for i in 1 2 3 4; do
-    curl -s -o /dev/null "http://127.0.0.1:$port/artifacts/ipxe/bench.bin" &
-    curl -s -o /dev/null -r "$((size / 2))-" "http://127.0.0.1:$port/artifacts/ipxe/bench.bin" &
+    curl -sf -o /dev/null -w '%{size_download}\n' "http://127.0.0.1:$port/artifacts/ipxe/bench.bin" >> "$got" &
+    clients+=($!)
+    curl -sf -o /dev/null -w '%{size_download}\n' -r "$((size / 2))-" "http://127.0.0.1:$port/artifacts/ipxe/bench.bin" >> "$got" &
+    clients+=($!)
   done
-  wait $(jobs -p | grep -v -e "$rpid" -e "$npid") 2>/dev/null || true
+  wait "${clients[@]}"
   local end; end=$(date +%s.%N)
+  local bytes; bytes=$(paste -sd+ "$got" | bc)
+  if [[ $bytes != $((4 * size + 4 * size / 2)) ]]; then
+    echo "[bench] port $port served $bytes bytes instead of $((4 * size + 4 * size / 2)); see $work" >&2
+    exit 1
+  fi
   local after; after=$(ticks "$@")
   python3 - "$start" "$end" "$before" "$after" "$hz" "$size" <<'PY'
 import sys
@@ -70,12 +82,14 @@ PY
 }
 echo "[bench] 8 clients x 1 GiB (4 full, 4 from the middle), loopback, file in page cache"
 read -r n_rate n_cpu < <(run "$nport" $(tree "$npid"))
+read -r c_rate c_cpu < <(run "$cport" $(tree "$npid"))
 read -r r_rate r_cpu < <(run "$rport" "$rpid")
 printf '\n| server | aggregate MB/s | server CPU s per GB | vs nginx (rate / CPU) |\n|---|---|---|---|\n'
 printf '| nginx (sendfile on) | %s | %s | 1.00x / 1.00x |\n' "$n_rate" "$n_cpu"
-python3 - "$r_rate" "$r_cpu" "$n_rate" "$n_cpu" <<'PY'
+python3 - "$r_rate" "$r_cpu" "$n_rate" "$n_cpu" "$c_rate" "$c_cpu" <<'PY'
 import sys
-r, rc, n, nc = map(float, sys.argv[1:])
+r, rc, n, nc, c, cc = map(float, sys.argv[1:])
+print(f"| nginx (sendfile off) | {c:.0f} | {cc:.3f} | {c / n:.2f}x / {cc / nc if nc else float('inf'):.2f}x |")
 print(f"| recast boot service | {r:.0f} | {rc:.3f} | {r / n:.2f}x / {rc / nc if nc else float('inf'):.2f}x |")
 print()
 print(f"targets: rate >= 0.90x nginx: {'met' if r / n >= 0.9 else 'NOT met'}; CPU <= 1.25x nginx: {'met' if nc and rc / nc <= 1.25 else 'NOT met'}")
