@@ -228,10 +228,10 @@ pub fn read_packages_dir(
                 path: wim_path.to_path_buf(),
             });
         }
-        if let Some(kb) = kb_from_package_name(name) {
-            if !evidence.kb_packages.contains(&kb) {
-                evidence.kb_packages.push(kb);
-            }
+        if let Some(kb) = kb_from_package_name(name)
+            && !evidence.kb_packages.contains(&kb)
+        {
+            evidence.kb_packages.push(kb);
         }
         let Some(mut rollup) = parse_rollup_name(name) else {
             continue;
@@ -246,7 +246,7 @@ pub fn read_packages_dir(
             total: rollup_total,
         });
     }
-    evidence.rollups.sort_by(|a, b| b.build.cmp(&a.build));
+    evidence.rollups.sort_by_key(|r| std::cmp::Reverse(r.build));
     evidence.kb_packages.sort();
     Ok(evidence)
 }

@@ -464,7 +464,8 @@ mod tests {
 
     #[test]
     fn refuses_damaged_fields() {
-        let cases: Vec<(usize, Vec<u8>, fn(&HeaderError) -> bool)> = vec![
+        type Case = (usize, Vec<u8>, fn(&HeaderError) -> bool);
+        let cases: Vec<Case> = vec![
             (8, 200u32.to_le_bytes().to_vec(), |e| {
                 matches!(e, HeaderError::BadHeaderSize { size: 200 })
             }),

@@ -140,7 +140,7 @@ pub fn parse_xml_resource(raw: &[u8]) -> Result<WimXml, XmlError> {
 /// UTF-16LE to a String. A BOM is skipped; a big-endian BOM is refused; a trailing NUL (some
 /// writers add one) is dropped.
 pub fn decode_utf16le(raw: &[u8]) -> Result<String, XmlError> {
-    if raw.len() % 2 != 0 {
+    if !raw.len().is_multiple_of(2) {
         return Err(XmlError::NotUtf16 {
             why: format!("odd length {}", raw.len()),
         });
