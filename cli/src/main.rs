@@ -4,6 +4,7 @@
 //! unreadable file.
 
 mod backend;
+mod image;
 mod table;
 
 use std::io::IsTerminal;
@@ -98,6 +99,11 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Golden WIMs: inspect, verify (exit codes a pipeline can branch on), manifest.
+    Image {
+        #[command(subcommand)]
+        command: image::ImageCommand,
+    },
     /// Check manifests offline against the same rules the API enforces (for CI and GitOps).
     Validate {
         #[arg(short = 'f', long = "filename", required = true)]
@@ -176,6 +182,11 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
     if let Command::Validate { files } = &cli.command {
         return Ok(validate(files));
     }
+    // Image checks read only the file: no store or cluster needed.
+    let cli = match cli.command {
+        Command::Image { command } => return Ok(image::run(command, &cli.namespace)),
+        command => Cli { command, ..cli },
+    };
     let store = match cli.backend {
         BackendKind::Embedded => Backend::Embedded(EmbeddedStore::open(&data_dir(cli.data_dir))?),
         BackendKind::Kube => Backend::Kube(KubeObjects::connect(cli.context)?),
@@ -183,7 +194,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let ns = cli.namespace.as_str();
     let now = Timestamp::now();
     match cli.command {
-        Command::Validate { .. } => unreachable!("handled above"),
+        Command::Validate { .. } | Command::Image { .. } => unreachable!("handled above"),
         Command::Apply { files } => {
             let mut failed = false;
             for path in files {

@@ -20,156 +20,17 @@ use recast_golden::{
     Build, Integrity, Outcome, Requirements, VerifyImageError, VerifyProgress, VerifyRequest,
 };
 
-const REQUIRE: &str = "RECAST_REQUIRE_WIMLIB";
-
-fn wimlib() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("wimlib-imagex"))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        recast_tests::skip_or_fail(
-            REQUIRE,
-            "wimlib-imagex is not installed (run tests/golden/setup.sh, or apt-get install wimtools)",
-        );
-    }
-    found
-}
-
-fn run(wimlib: &Path, args: &[&str]) -> String {
-    let out = Command::new(wimlib)
-        .args(args)
-        .output()
-        .expect("run wimlib-imagex");
-    assert!(
-        out.status.success(),
-        "wimlib-imagex {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Deterministic incompressible bytes, so sizes and split points are stable between runs.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
-/// A RollupFix manifest in the shape Windows writes (UTF-8 with BOM, the asm.v3 namespace,
-/// the KB in `<package identifier>`).
-fn rollup_mum(build: Build, kb: &str) -> Vec<u8> {
-    let digits = kb.trim_start_matches("KB");
-    let text = format!(
-        r#"<?xml version="1.0" encoding="utf-8" standalone="yes"?>
-<assembly xmlns="urn:schemas-microsoft-com:asm.v3" manifestVersion="1.0" description="Fix for {kb}" displayName="default" company="Microsoft Corporation" copyright="Microsoft Corporation" supportInformation="https://support.microsoft.com/help/{digits}" creationTimeStamp="2026-01-09T18:21:44Z" lastUpdateTimeStamp="2026-01-09T18:21:44Z">
-  <assemblyIdentity name="Package_for_RollupFix" version="{b}.{u}.1.3" processorArchitecture="amd64" language="neutral" buildType="release" publicKeyToken="31bf3856ad364e35" />
-  <package identifier="{kb}" releaseType="Security Update" restart="possible" selfUpdate="false" permanence="removable" targetPartition="MainOS" binaryPartition="false">
-    <parent buildCompare="EQ" integrate="separate" disposition="detect">
-      <assemblyIdentity name="Microsoft-Windows-Client-Features-Package" version="{b}.1" processorArchitecture="amd64" language="neutral" buildType="release" publicKeyToken="31bf3856ad364e35" />
-    </parent>
-    <update name="1e3bc5a0d7e1a1f6b0c4b5b0bbf4c0e2">
-      <package integrate="hidden">
-        <assemblyIdentity name="Multiple_Packages~~AMD64~~" version="{b}.{u}.1.3" processorArchitecture="amd64" language="neutral" buildType="release" publicKeyToken="31bf3856ad364e35" />
-      </package>
-    </update>
-  </package>
-</assembly>
-"#,
-        b = build.build,
-        u = build.ubr
-    );
-    let mut out = vec![0xEF, 0xBB, 0xBF];
-    out.extend_from_slice(text.as_bytes());
-    out
-}
-
-fn rollup_name(build: Build) -> String {
-    format!(
-        "Package_for_RollupFix~31bf3856ad364e35~amd64~~{}.{}.1.3.mum",
-        build.build, build.ubr
-    )
-}
-
-/// A miniature installed Windows: the servicing store with an older and the current RollupFix
-/// (servicing keeps superseded manifests), other packages, and some payload.
-fn make_tree(root: &Path, rollups: &[(Build, &str)], payload: usize) {
-    let packages = root.join("Windows/servicing/Packages");
-    std::fs::create_dir_all(&packages).unwrap();
-    for (build, kb) in rollups {
-        std::fs::write(packages.join(rollup_name(*build)), rollup_mum(*build, kb)).unwrap();
-        std::fs::write(
-            packages.join(rollup_name(*build).replace(".mum", ".cat")),
-            noise(build.ubr as u64, 700),
-        )
-        .unwrap();
-    }
-    std::fs::write(
-        packages.join("Package_for_ServicingStack_7623~31bf3856ad364e35~amd64~~26100.7623.1.0.mum"),
-        "\u{feff}<assembly xmlns=\"urn:schemas-microsoft-com:asm.v3\"><package identifier=\"ServicingStack\"/></assembly>",
-    )
-    .unwrap();
-    std::fs::write(
-        packages.join(
-            "Microsoft-Windows-Client-Features-Package~31bf3856ad364e35~amd64~~10.0.26100.1.mum",
-        ),
-        "<assembly/>",
-    )
-    .unwrap();
-    let sys32 = root.join("Windows/System32");
-    std::fs::create_dir_all(&sys32).unwrap();
-    for i in 0..payload {
-        std::fs::write(
-            sys32.join(format!("file{i}.dll")),
-            noise(i as u64 + 7, 120 * 1024),
-        )
-        .unwrap();
-    }
-    std::fs::write(sys32.join("text.ini"), "[x]\nkey=value\n".repeat(2000)).unwrap();
-}
+use recast_tests::wimlib::{self, make_tree, run, set_props, windows_props};
 
 const JAN: Build = Build::new(26100, 7623);
 const DEC: Build = Build::new(26100, 7462);
 
-fn set_props(wimlib: &Path, wim: &Path, index: u32, props: &[(&str, &str)]) {
-    let mut args: Vec<String> = vec!["info".into(), wim.display().to_string(), index.to_string()];
-    for (k, v) in props {
-        args.push("--image-property".into());
-        args.push(format!("{k}={v}"));
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    run(wimlib, &args);
+fn ubr(b: Build) -> wimlib::BuildUbr {
+    (b.build, b.ubr)
 }
 
-fn windows_props(build: Build, edition: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("WINDOWS/ARCH", "9".into()),
-        (
-            "WINDOWS/PRODUCTNAME",
-            "Microsoft® Windows® Operating System".into(),
-        ),
-        ("WINDOWS/EDITIONID", edition.into()),
-        ("WINDOWS/INSTALLATIONTYPE", "Client".into()),
-        ("WINDOWS/LANGUAGES/LANGUAGE", "en-US".into()),
-        ("WINDOWS/LANGUAGES/DEFAULT", "en-US".into()),
-        ("WINDOWS/VERSION/MAJOR", "10".into()),
-        ("WINDOWS/VERSION/MINOR", "0".into()),
-        ("WINDOWS/VERSION/BUILD", build.build.to_string()),
-        ("WINDOWS/VERSION/SPBUILD", build.ubr.to_string()),
-        ("WINDOWS/VERSION/SPLEVEL", "0".into()),
-        ("DISPLAYNAME", format!("Windows 11 {edition}")),
-        ("DESCRIPTION", format!("Windows 11 {edition} golden")),
-    ]
+fn rollup_name(b: Build) -> String {
+    wimlib::rollup_name(ubr(b))
 }
 
 struct Fixture {
@@ -180,7 +41,7 @@ struct Fixture {
 impl Fixture {
     fn new() -> Option<Fixture> {
         Some(Fixture {
-            wimlib: wimlib()?,
+            wimlib: wimlib::find()?,
             dir: tempfile::tempdir().unwrap(),
         })
     }
@@ -198,22 +59,17 @@ impl Fixture {
         rollups: &[(Build, &str)],
         xml_build: Build,
     ) -> PathBuf {
-        let tree = self.path(&format!("{name}.tree"));
-        make_tree(&tree, rollups, 3);
         let wim = self.path(name);
-        let mut args = vec![
-            "capture".to_string(),
-            tree.display().to_string(),
-            wim.display().to_string(),
-            "Windows 11 Enterprise".into(),
-            format!("--compress={compress}"),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run(&self.wimlib, &args);
-        let props = windows_props(xml_build, "Enterprise");
-        let props: Vec<(&str, &str)> = props.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        set_props(&self.wimlib, &wim, 1, &props);
+        let rollups: Vec<(wimlib::BuildUbr, &str)> =
+            rollups.iter().map(|(b, kb)| (ubr(*b), *kb)).collect();
+        wimlib::capture_windows(
+            &self.wimlib,
+            &wim,
+            compress,
+            extra,
+            &rollups,
+            ubr(xml_build),
+        );
         wim
     }
 
@@ -482,7 +338,7 @@ fn multi_image_wim_reports_each_image_and_checks_the_chosen_one() {
     let Some(fx) = Fixture::new() else { return };
     let wim = fx.capture("multi.wim", "LZX", &["--check"], &[(JAN, "KB5074109")], JAN);
     let tree2 = fx.path("second.tree");
-    make_tree(&tree2, &[(DEC, "KB5072033")], 1);
+    make_tree(&tree2, &[(ubr(DEC), "KB5072033")], 1);
     run(
         &fx.wimlib,
         &[
@@ -493,9 +349,12 @@ fn multi_image_wim_reports_each_image_and_checks_the_chosen_one() {
             "--check",
         ],
     );
-    let props = windows_props(DEC, "Professional");
-    let props: Vec<(&str, &str)> = props.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    set_props(&fx.wimlib, &wim, 2, &props);
+    set_props(
+        &fx.wimlib,
+        &wim,
+        2,
+        &windows_props(ubr(DEC), "Professional"),
+    );
     run(&fx.wimlib, &["info", wim.to_str().unwrap(), "--boot", "2"]);
     assert_matches_wimlib(&fx, &wim);
     let ins = recast_golden::inspect(&wim).unwrap();
@@ -617,9 +476,7 @@ fn image_without_a_servicing_store_is_not_windows() {
             "data",
         ],
     );
-    let props = windows_props(JAN, "Enterprise");
-    let props: Vec<(&str, &str)> = props.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    set_props(&fx.wimlib, &wim, 1, &props);
+    set_props(&fx.wimlib, &wim, 1, &windows_props(ubr(JAN), "Enterprise"));
     let err = verify(&request(&wim, None)).unwrap_err();
     assert!(
         matches!(err, VerifyImageError::Deep(DeepError::NotWindows { .. })),
