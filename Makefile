@@ -7,7 +7,7 @@ CARGO       ?= cargo
 CARGO_FLAGS ?= --ignore-rust-version
 DATA_DIR    ?= $(CURDIR)/.recast-data
 
-.PHONY: all build run test lint fmt docs crds crds-check bench-controller k8s-build k8s-demo k8s-up k8s-down clean help
+.PHONY: all build run test lint fmt docs crds crds-check bench-controller bench-images k8s-build k8s-demo k8s-up k8s-down clean help
 
 all: build
 
@@ -46,6 +46,13 @@ bench-controller: ## The controller over $(BENCH_ENDPOINTS) endpoints on both ba
 	$(CARGO) build --release $(CARGO_FLAGS) -p recast-operator --bin recast-operator --example bench_controller
 	tests/k8s/harness.sh up
 	target/release/examples/bench_controller target/release/recast-operator $(BENCH_ENDPOINTS)
+
+BENCH_IMAGE_MIB ?= 2048
+
+bench-images: ## sha256, WIM inspection and integrity checks vs sha256sum and wimlib-imagex on a $(BENCH_IMAGE_MIB) MiB file (prints a table)
+	tests/golden/setup.sh
+	$(CARGO) build --release $(CARGO_FLAGS) -p recast-golden --example bench_images
+	target/release/examples/bench_images $(BENCH_IMAGE_MIB)
 
 k8s-build: ## Build (or reuse) kube-apiserver, etcd and kubectl from their Go modules
 	tests/k8s/build.sh

@@ -145,6 +145,7 @@ pub fn verify_image(
         &verify::StreamOptions {
             expected_sha256: request.expected_sha256.clone(),
             check_integrity: true,
+            skip_sha256: false,
         },
         cancel,
         &mut |p| progress(VerifyProgress::Hashing(p)),

@@ -49,6 +49,8 @@ pub struct StreamOptions {
     pub expected_sha256: Option<String>,
     /// Check the integrity table when the WIM has one.
     pub check_integrity: bool,
+    /// Skip the whole-file sha256 (an integrity-only pass; the report's sha256 is then empty).
+    pub skip_sha256: bool,
 }
 
 /// Progress of the pass.
@@ -137,7 +139,9 @@ pub fn stream_verify(
             Err(e) => return Err(io(e)),
         };
         let data = &buf[..n];
-        sha256.update(data);
+        if !options.skip_sha256 {
+            sha256.update(data);
+        }
         if let (Some(t), None) = (&table, &mismatch) {
             // Feed the part of this buffer that lies in the covered range, cut at chunk edges.
             let start = pos.max(HEADER_LEN as u64);
@@ -178,7 +182,11 @@ pub fn stream_verify(
             read: pos,
         });
     }
-    let sha256 = hex(&sha256.finalize());
+    let sha256 = if options.skip_sha256 {
+        String::new()
+    } else {
+        hex(&sha256.finalize())
+    };
     let integrity = match (table, mismatch) {
         (_, Some(m)) => m,
         (Some(t), None) => Integrity::Ok {
@@ -191,6 +199,7 @@ pub fn stream_verify(
     let sha256_matches = options
         .expected_sha256
         .as_ref()
+        .filter(|_| !options.skip_sha256)
         .map(|want| want.trim().eq_ignore_ascii_case(&sha256));
     Ok(StreamReport {
         sha256,
