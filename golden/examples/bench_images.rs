@@ -128,7 +128,7 @@ fn main() {
         skip_sha256: false,
         expected_sha256: None,
     };
-    let mut check = |opts: &StreamOptions| {
+    let check = |opts: &StreamOptions| {
         let r = stream_verify(&big_wim, &inspection.header, opts, &no_cancel, &mut |_| {})
             .expect("verify");
         assert!(
