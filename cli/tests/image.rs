@@ -290,3 +290,78 @@ fn manifest_prints_a_golden_image_the_api_admits() {
 fn serde_yaml_from(s: &str) -> Value {
     serde_yaml::from_str(s).unwrap()
 }
+
+/// The GitOps kit's pipeline script, end to end: inspect, verify, manifest, validate, commit.
+#[test]
+fn the_pipeline_script_publishes_a_verified_image_and_refuses_a_bad_one() {
+    let Some(fx) = Fx::new() else { return };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/golden/publish-golden.sh");
+    let repo = fx.dir.path().join("gitops");
+    std::fs::create_dir_all(&repo).unwrap();
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(&repo)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    git(&["init", "-q"]);
+    let publish = |wim: &str, name: &str| {
+        Command::new("bash")
+            .arg(&script)
+            .args([
+                wim,
+                name,
+                &format!("https://images.example.internal/{name}.wim"),
+            ])
+            .args([
+                "--kb",
+                "KB5074109",
+                "--min-build",
+                "26100.7623",
+                "--channel",
+                "stable",
+            ])
+            .arg("--repo")
+            .arg(&repo)
+            .env("RECASTCTL", RECASTCTL)
+            .env("GIT_AUTHOR_NAME", "pipeline")
+            .env("GIT_AUTHOR_EMAIL", "pipeline@example.internal")
+            .env("GIT_COMMITTER_NAME", "pipeline")
+            .env("GIT_COMMITTER_EMAIL", "pipeline@example.internal")
+            .output()
+            .unwrap()
+    };
+    let wim = fx.january("jan.wim");
+    let out = publish(&wim, "win11-2026-01");
+    assert_eq!(
+        code(&out),
+        0,
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let log = git(&["log", "--format=%s"]);
+    assert!(
+        log.contains("golden image win11-2026-01: build 26100.7623, sha256 "),
+        "{log}"
+    );
+    let committed = std::fs::read_to_string(repo.join("golden-images/win11-2026-01.yaml")).unwrap();
+    assert!(committed.contains(&sha256sum(Path::new(&wim))));
+
+    let liar = fx.liar();
+    let out = publish(&liar, "liar");
+    assert_eq!(
+        code(&out),
+        5,
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(text(&out.stderr).contains("REFUSED"));
+    assert!(!repo.join("golden-images/liar.yaml").exists());
+    assert_eq!(git(&["log", "--format=%s"]).lines().count(), 1);
+}
