@@ -438,12 +438,19 @@ fn run_verify(request: &VerifyRequest) -> Result<VerifyReport, Failure> {
     result.map_err(|e| {
         let code = if e.is_cancelled() {
             EXIT_INTERRUPTED
+        } else if matches!(
+            e,
+            VerifyImageError::Deep(recast_golden::deep::DeepError::NotWindows { .. })
+        ) {
+            // A valid WIM, but no installed Windows in it: not fit to be a golden image.
+            EXIT_REQUIREMENTS
         } else if e.is_malformed() {
             EXIT_MALFORMED
         } else if matches!(
             e,
             VerifyImageError::Inspect(recast_golden::inspect::InspectError::Io { .. })
                 | VerifyImageError::NoSuchImage { .. }
+                | VerifyImageError::Deep(recast_golden::deep::DeepError::NoSuchImage { .. })
                 | VerifyImageError::Split(_)
         ) {
             EXIT_USAGE

@@ -77,6 +77,10 @@ pub enum DeepError {
     Manifest(#[from] crate::servicing::ManifestError),
     #[error("the deep check of {path} was cancelled")]
     Cancelled { path: PathBuf },
+    #[error(
+        "{path}: the wim library crashed while reading image {index}; the file is damaged or hostile: run `wimlib-imagex verify` on it, and rebuild it"
+    )]
+    LibraryPanicked { path: PathBuf, index: u32 },
 }
 
 /// Phases of the deep check, for progress display.
@@ -99,6 +103,26 @@ pub struct DeepOptions {
 
 /// Collects the servicing evidence of image `index` (1-based).
 pub fn collect_evidence(
+    path: &Path,
+    index: u32,
+    options: &DeepOptions,
+    cancel: &AtomicBool,
+    progress: &mut dyn FnMut(DeepPhase),
+) -> Result<ServicingEvidence, DeepError> {
+    // The WIM is untrusted input to a third-party parser: should it panic, the operator's
+    // reconcile loop must get an error for this image, not lose its thread.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        collect_evidence_inner(path, index, options, cancel, progress)
+    }))
+    .unwrap_or_else(|_| {
+        Err(DeepError::LibraryPanicked {
+            path: path.to_path_buf(),
+            index,
+        })
+    })
+}
+
+fn collect_evidence_inner(
     path: &Path,
     index: u32,
     options: &DeepOptions,

@@ -108,7 +108,8 @@ impl VerifyImageError {
                 | deep::DeepError::Extract { .. }
                 | deep::DeepError::Verify { .. }
                 | deep::DeepError::Manifest(_)
-                | deep::DeepError::TooManyManifests { .. },
+                | deep::DeepError::TooManyManifests { .. }
+                | deep::DeepError::LibraryPanicked { .. },
             ) => true,
             _ => false,
         }

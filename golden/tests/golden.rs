@@ -770,3 +770,45 @@ fn a_cancelled_check_stops_with_a_typed_error() {
     .unwrap_err();
     assert!(err.is_cancelled(), "{err}");
 }
+
+/// The deep check opens untrusted WIMs with the `wim` crate: damaged resources (blob table,
+/// metadata, file data) must end in a report or a typed error, never a panic or a hang.
+#[test]
+fn mutated_resources_never_panic_the_deep_check() {
+    let Some(fx) = Fixture::new() else { return };
+    let good = fx.capture("deepfuzz.wim", "LZX", &[], &[(JAN, "KB5074109")], JAN);
+    let data = std::fs::read(&good).unwrap();
+    let ins = recast_golden::inspect(&good).unwrap();
+    let resources_end = ins.header.xml.offset as usize;
+    let p = fx.path("deep-mutant.wim");
+    let mut rng = 0x2545f4914f6cdd1du64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut outcomes = BTreeMap::new();
+    for _ in 0..150 {
+        let mut m = data.clone();
+        for _ in 0..(1 + next() % 3) {
+            let at = 208 + (next() as usize % (resources_end - 208));
+            m[at] = next() as u8;
+        }
+        std::fs::write(&p, &m).unwrap();
+        let result = std::panic::catch_unwind(|| verify(&request(&p, None)));
+        let key = match result {
+            Err(_) => panic!("the deep check panicked on a damaged WIM"),
+            Ok(Ok(r)) => format!("{:?}", r.outcome),
+            Ok(Err(e)) => {
+                assert!(!e.to_string().is_empty());
+                format!("error (malformed: {})", e.is_malformed())
+            }
+        };
+        *outcomes.entry(key).or_insert(0) += 1;
+    }
+    assert!(
+        outcomes.len() > 1,
+        "every mutant had the same outcome: {outcomes:?}"
+    );
+}
