@@ -188,6 +188,27 @@ fn verify_exit_codes_let_a_pipeline_branch() {
         "{report}"
     );
 
+    // 5: a valid WIM without an installed Windows in it.
+    let data_tree = fx.dir.path().join("data.tree");
+    std::fs::create_dir_all(&data_tree).unwrap();
+    std::fs::write(data_tree.join("readme.txt"), "just data").unwrap();
+    let data_wim = fx.dir.path().join("data.wim");
+    wimlib::run(
+        &fx.wimlib,
+        &[
+            "capture",
+            data_tree.to_str().unwrap(),
+            data_wim.to_str().unwrap(),
+            "data",
+        ],
+    );
+    let out = ctl(&["image", "verify", data_wim.to_str().unwrap()]);
+    assert_eq!(code(&out), 5, "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("not an installed Windows image"));
+    // --no-deep checks only the bytes.
+    let out = ctl(&["image", "verify", data_wim.to_str().unwrap(), "--no-deep"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+
     // 3: not a WIM.
     let junk = fx.dir.path().join("junk.wim");
     std::fs::write(&junk, vec![7u8; 4096]).unwrap();

@@ -159,11 +159,27 @@ pub fn verify_image(
             request.expected_sha256.as_deref().unwrap_or_default()
         ));
     }
-    if let Integrity::Mismatch { chunk, offset, len } = stream.integrity {
-        problems.push(format!(
-            "the integrity table's SHA-1 of chunk {chunk} (bytes {offset}..{}) does not match: the file was damaged after it was written; copy it again",
-            offset + len
-        ));
+    if let Some(p) = integrity_problem(&request.path, &stream.integrity) {
+        problems.push(p);
+    }
+    // The other parts of a split WIM hold data the image needs: their integrity tables count.
+    let parts = inspect::split_parts(&request.path, &inspection.header)?;
+    for part in &parts {
+        let part_header = inspect(part)?.header;
+        let part_stream = verify::stream_verify(
+            part,
+            &part_header,
+            &verify::StreamOptions {
+                expected_sha256: None,
+                check_integrity: true,
+                skip_sha256: true,
+            },
+            cancel,
+            &mut |p| progress(VerifyProgress::Hashing(p)),
+        )?;
+        if let Some(p) = integrity_problem(part, &part_stream.integrity) {
+            problems.push(p);
+        }
     }
     if !problems.is_empty() {
         return Ok(VerifyReport {
@@ -176,7 +192,6 @@ pub fn verify_image(
         });
     }
     let deep = if request.deep {
-        let parts = inspect::split_parts(&request.path, &inspection.header)?;
         let evidence = deep::collect_evidence(
             &request.path,
             request.image_index,
@@ -206,6 +221,17 @@ pub fn verify_image(
         deep,
         problems,
     })
+}
+
+fn integrity_problem(path: &std::path::Path, integrity: &Integrity) -> Option<String> {
+    match integrity {
+        Integrity::Mismatch { chunk, offset, len } => Some(format!(
+            "{}: the integrity table's SHA-1 of chunk {chunk} (bytes {offset}..{}) does not match: the file was damaged after it was written; copy it again",
+            path.display(),
+            offset + len
+        )),
+        _ => None,
+    }
 }
 
 fn listed(inspection: &Inspection) -> String {

@@ -167,6 +167,9 @@ fn assert_matches_wimlib(fx: &Fixture, wim: &Path) {
             .unwrap();
         assert_eq!(orig, &res.original_size.to_string(), "{label}");
     }
+    if let Some(total) = ins.xml.total_bytes {
+        assert_eq!(w["Size"], format!("{total} bytes"));
+    }
     let has_integrity = w
         .get("Attributes")
         .is_some_and(|a| a.contains("Integrity info"));
@@ -424,6 +427,28 @@ fn split_wim_parts_are_read_and_deep_checked_across_parts() {
     let report = verify(&request(&swm, None)).unwrap();
     assert_eq!(report.outcome, Outcome::Verified, "{:?}", report.problems);
     assert!(matches!(report.stream.integrity, Integrity::Ok { .. }));
+
+    // A flipped byte in part 2 is caught by part 2's integrity table.
+    let mut bytes = std::fs::read(&part2).unwrap();
+    let part2_header = recast_golden::inspect(&part2).unwrap().header;
+    let at = (208 + part2_header.blob_table.offset as usize) / 2;
+    bytes[at] ^= 1;
+    let damaged = fx.path("damaged");
+    std::fs::create_dir_all(&damaged).unwrap();
+    for entry in std::fs::read_dir(fx.dir.path()).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_some_and(|e| e == "swm") {
+            std::fs::copy(&p, damaged.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::write(damaged.join("install2.swm"), &bytes).unwrap();
+    let report = verify(&request(&damaged.join("install.swm"), None)).unwrap();
+    assert_eq!(report.outcome, Outcome::BytesMismatch);
+    assert!(
+        report.problems[0].contains("install2.swm"),
+        "{:?}",
+        report.problems
+    );
 
     // A later part alone is refused with a hint.
     let err = verify(&request(&part2, None)).unwrap_err();
