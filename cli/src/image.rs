@@ -477,6 +477,11 @@ fn verify(request: VerifyRequest, output: ImageOutput) -> Result<u8, Failure> {
             let mut v = serde_json::to_value(&report).unwrap_or_default();
             if let Some(obj) = v.as_object_mut() {
                 obj.insert("exitCode".into(), json!(code));
+                // The shape of GoldenImage status.facts, for pipelines that record it.
+                obj.insert(
+                    "facts".into(),
+                    serde_json::to_value(recast_golden::spec::facts(&report)).unwrap_or_default(),
+                );
             }
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         }

@@ -169,6 +169,8 @@ fn verify_exit_codes_let_a_pipeline_branch() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["outcome"], "requirementsNotMet");
     assert_eq!(v["exitCode"], 5);
+    assert_eq!(v["facts"]["build"], "26100.7623");
+    assert_eq!(v["facts"]["kbs"][0], "KB5074109");
     assert!(
         v["problems"][0]
             .as_str()

@@ -837,3 +837,89 @@ fn mutated_resources_never_panic_the_deep_check() {
         "every mutant had the same outcome: {outcomes:?}"
     );
 }
+
+/// The controller's glue: a GoldenImage spec becomes the request, the report becomes the
+/// status facts and the Verified condition.
+#[test]
+fn a_golden_image_spec_is_verified_into_facts_and_a_condition() {
+    use recast_crds::common::ConditionStatus;
+    use recast_crds::golden_image::{
+        Arch, ArtifactSource, ExpectedImage, GoldenImageSpec, ImageRequirements,
+    };
+    use recast_golden::spec;
+
+    let Some(fx) = Fixture::new() else { return };
+    let wim = fx.capture(
+        "spec.wim",
+        "LZX",
+        &["--check"],
+        &[(DEC, "KB5072033"), (JAN, "KB5074109")],
+        JAN,
+    );
+    let mut gi = GoldenImageSpec {
+        source: ArtifactSource {
+            url: None,
+            path: Some(wim.display().to_string()),
+        },
+        sha256: sha256sum(&wim),
+        image_index: 1,
+        expected: Some(ExpectedImage {
+            edition: Some("Enterprise".into()),
+            arch: Some(Arch::Amd64),
+        }),
+        requirements: ImageRequirements {
+            minimum_build: "26100.7623".into(),
+            required_kbs: vec!["KB5074109".into()],
+        },
+        boot_kit: None,
+        channels: vec![],
+        promotion: None,
+    };
+    let result = verify(&spec::request(&gi, wim.clone()).unwrap());
+    let (status, reason, message) = spec::verified_condition(&result);
+    assert_eq!(
+        (status, reason),
+        (ConditionStatus::True, "Verified"),
+        "{message}"
+    );
+    assert!(
+        message.contains("contains KB5074109: yes, build 26100.7623"),
+        "{message}"
+    );
+    let facts = spec::facts(result.as_ref().unwrap());
+    assert_eq!(facts.build, "26100.7623");
+    assert_eq!(facts.edition.as_deref(), Some("Enterprise"));
+    assert_eq!(facts.arch.as_deref(), Some("amd64"));
+    assert_eq!(facts.languages, vec!["en-US"]);
+    assert_eq!(facts.kbs, vec!["KB5074109"]);
+    assert_eq!(facts.rollup_packages, vec![rollup_name(JAN)]);
+    assert_eq!(facts.size_bytes, std::fs::metadata(&wim).unwrap().len());
+
+    // A newer minimum: intact, not fit.
+    gi.requirements.minimum_build = "26100.7840".into();
+    let result = verify(&spec::request(&gi, wim.clone()).unwrap());
+    let (status, reason, message) = spec::verified_condition(&result);
+    assert_eq!(
+        (status, reason),
+        (ConditionStatus::False, "RequirementsNotMet")
+    );
+    assert!(message.contains("26100.7840"), "{message}");
+
+    // Other bytes than the spec names.
+    gi.sha256 = "0".repeat(64);
+    let (status, reason, _) =
+        spec::verified_condition(&verify(&spec::request(&gi, wim.clone()).unwrap()));
+    assert_eq!((status, reason), (ConditionStatus::False, "BytesMismatch"));
+
+    // A truncated download.
+    let bytes = std::fs::read(&wim).unwrap();
+    let cut = fx.path("cut.wim");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let (status, reason, message) =
+        spec::verified_condition(&verify(&spec::request(&gi, cut).unwrap()));
+    assert_eq!(
+        (status, reason),
+        (ConditionStatus::False, "MalformedImage"),
+        "{message}"
+    );
+}
