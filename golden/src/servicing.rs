@@ -99,7 +99,7 @@ pub fn kbs_in_manifest(file: &str, bytes: &[u8]) -> Result<Vec<String>, Manifest
     })?;
     let options = roxmltree::ParsingOptions {
         allow_dtd: false,
-        ..Default::default()
+        nodes_limit: crate::xml::MAX_XML_NODES,
     };
     let doc = roxmltree::Document::parse_with_options(&text, options).map_err(|e| {
         ManifestError::Unreadable {

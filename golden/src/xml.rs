@@ -11,6 +11,8 @@ use crate::build::Build;
 /// The largest XML resource recast reads. A Windows install.wim with a dozen editions has a
 /// few dozen KiB of XML; a header claiming more is damaged or hostile.
 pub const MAX_XML_BYTES: u64 = 16 * 1024 * 1024;
+/// Nodes of the parsed XML tree recast accepts (elements, attributes and text).
+pub const MAX_XML_NODES: u32 = 500_000;
 /// Images per WIM recast accepts (the GoldenImage imageIndex is capped at 256 as well).
 pub const MAX_IMAGES: usize = 256;
 
@@ -171,7 +173,8 @@ pub fn parse_xml_text(text: &str) -> Result<WimXml, XmlError> {
     let options = roxmltree::ParsingOptions {
         // WIM XML never uses a DTD; refusing it rules out entity-expansion tricks.
         allow_dtd: false,
-        ..Default::default()
+        // About 40 nodes per image; this bounds the tree whatever the text holds.
+        nodes_limit: MAX_XML_NODES,
     };
     let doc = roxmltree::Document::parse_with_options(text, options)
         .map_err(|e| XmlError::Malformed { why: e.to_string() })?;
@@ -433,6 +436,11 @@ mod tests {
             .collect();
         // Index 257 fails the index check before the count check; both are refusals.
         assert!(parse_xml_text(&format!("<WIM>{many}</WIM>")).is_err());
+        let wide: String = "<A/>".repeat(MAX_XML_NODES as usize + 1);
+        assert!(matches!(
+            parse_xml_text(&format!("<WIM>{wide}</WIM>")),
+            Err(XmlError::Malformed { .. })
+        ));
         let too_big = vec![0u8; MAX_XML_BYTES as usize + 2];
         assert!(matches!(
             parse_xml_resource(&too_big),
