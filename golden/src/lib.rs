@@ -14,6 +14,7 @@ pub mod deep;
 pub mod header;
 pub mod inspect;
 pub mod servicing;
+#[cfg(feature = "crds")]
 pub mod spec;
 pub mod updates;
 pub mod verify;
