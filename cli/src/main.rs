@@ -1,7 +1,8 @@
 //! recastctl: apply, inspect and drive recast endpoints, golden images and waves.
 //!
 //! Exit codes: 0 success; 1 the operation failed or input was invalid; 2 bad usage or an
-//! unreadable file.
+//! unreadable file. `image verify` and `image manifest` add 3 (not a valid WIM), 4 (bytes wrong),
+//! 5 (requirements not met) and 130 (interrupted); see image.rs.
 
 mod backend;
 mod image;
