@@ -10,7 +10,7 @@ DATA_DIR    ?= $(CURDIR)/.recast-data
 # performing them. POWER_DRIVER=redfish drives real BMCs.
 POWER_DRIVER ?= record
 
-.PHONY: all build run test redfish-setup lint fmt docs crds crds-check bench-controller bench-boot k8s-build k8s-demo k8s-up k8s-down clean help
+.PHONY: all build run test redfish-setup lint fmt docs crds crds-check bench-controller bench-boot bench-images k8s-build k8s-demo k8s-up k8s-down clean help
 
 all: build
 
@@ -56,6 +56,13 @@ bench-controller: ## The controller over $(BENCH_ENDPOINTS) endpoints on both ba
 bench-boot: ## The boot service's HTTP artifact serving vs nginx (prints a table)
 	$(CARGO) build --release $(CARGO_FLAGS) -p recast-operator --bin recast-operator
 	tests/bench/boot-http.sh target/release/recast-operator
+
+BENCH_IMAGE_MIB ?= 2048
+
+bench-images: ## sha256, WIM inspection and integrity checks vs sha256sum and wimlib-imagex on a $(BENCH_IMAGE_MIB) MiB file (prints a table)
+	tests/golden/setup.sh
+	$(CARGO) build --release $(CARGO_FLAGS) -p recast-golden --example bench_images
+	target/release/examples/bench_images $(BENCH_IMAGE_MIB)
 
 k8s-build: ## Build (or reuse) kube-apiserver, etcd and kubectl from their Go modules
 	tests/k8s/build.sh

@@ -1,10 +1,12 @@
 //! recastctl: apply, inspect and drive recast endpoints, golden images and waves.
 //!
 //! Exit codes: 0 success; 1 the operation failed or input was invalid; 2 bad usage or an
-//! unreadable file.
+//! unreadable file. `image verify` and `image manifest` add 3 (not a valid WIM), 4 (bytes wrong),
+//! 5 (requirements not met) and 130 (interrupted); see image.rs.
 
 mod backend;
 mod bmc;
+mod image;
 mod table;
 mod wds;
 
@@ -105,6 +107,11 @@ enum Command {
         #[command(subcommand)]
         command: bmc::BmcCommand,
     },
+    /// Golden WIMs: inspect, verify (exit codes a pipeline can branch on), manifest.
+    Image {
+        #[command(subcommand)]
+        command: image::ImageCommand,
+    },
     /// Check manifests offline against the same rules the API enforces (for CI and GitOps).
     Validate {
         #[arg(short = 'f', long = "filename", required = true)]
@@ -201,6 +208,11 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
     if let Command::Validate { files } = &cli.command {
         return Ok(validate(files));
     }
+    // Image checks read only the file: no store or cluster needed.
+    let cli = match cli.command {
+        Command::Image { command } => return Ok(image::run(command, &cli.namespace)),
+        command => Cli { command, ..cli },
+    };
     let store = match cli.backend {
         BackendKind::Embedded => Backend::Embedded(EmbeddedStore::open(&data_dir(cli.data_dir))?),
         BackendKind::Kube => Backend::Kube(KubeObjects::connect(cli.context)?),
@@ -208,7 +220,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let ns = cli.namespace.as_str();
     let now = Timestamp::now();
     match cli.command {
-        Command::Validate { .. } => unreachable!("handled above"),
+        Command::Validate { .. } | Command::Image { .. } => unreachable!("handled above"),
         Command::Wds(WdsCommand::Prestage {
             names,
             wds_server,

@@ -10,7 +10,7 @@ use recast_crds::manifest::Kind;
 use recast_operator::bmc::RecordingPower;
 use recast_operator::controller::embedded::EmbeddedBackend;
 use recast_operator::controller::{Backend, BackendError, Clock, Controller, Journal, Key};
-use recast_operator::core::lifecycle::{Action, Input, Notice};
+use recast_operator::core::lifecycle::{Input, Notice};
 use recast_operator::core::signal::SignalKind;
 use recast_operator::metrics::Metrics;
 use recast_operator::store::embedded::EmbeddedStore;

@@ -6,6 +6,8 @@ pub mod redfish;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod wimlib;
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
