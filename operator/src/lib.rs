@@ -2,6 +2,7 @@
 //! operator runs. Modules arrive with the issues that build them (see shared/DESIGN.md).
 
 pub mod bmc;
+pub mod boot;
 pub mod controller;
 pub mod core;
 pub mod failpoint;
