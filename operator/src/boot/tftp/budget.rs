@@ -191,7 +191,10 @@ mod tests {
         let mut b = ClientBudgets::new(config());
         assert!(b.start_transfer(A, now).is_ok());
         assert!(b.start_transfer(A, now).is_ok());
-        assert_eq!(b.start_transfer(A, now), Err(BudgetError::TooManyTransfers(2)));
+        assert_eq!(
+            b.start_transfer(A, now),
+            Err(BudgetError::TooManyTransfers(2))
+        );
         assert!(b.start_transfer(B, now).is_ok());
         b.end_transfer(A, now);
         assert_eq!(b.transfers(A), 1);
@@ -216,7 +219,10 @@ mod tests {
         }
         assert_eq!(sent, 11);
         let wait = b.spend(A, 1, t0).unwrap_err();
-        assert!(wait > Duration::ZERO && wait <= Duration::from_millis(20), "{wait:?}");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_millis(20),
+            "{wait:?}"
+        );
         // Another client is unaffected.
         assert!(b.spend(B, 1, t0).is_ok());
         // After the wait the client may send again, at the configured rate.
@@ -236,7 +242,10 @@ mod tests {
         // Capacity 1000 bytes; a 5000-byte packet passes once (balance −4000), then waits 0.4 s.
         assert!(b.spend(A, 5000, t0).is_ok());
         let wait = b.spend(A, 1, t0).unwrap_err();
-        assert!(wait >= Duration::from_millis(399) && wait <= Duration::from_millis(401), "{wait:?}");
+        assert!(
+            wait >= Duration::from_millis(399) && wait <= Duration::from_millis(401),
+            "{wait:?}"
+        );
         assert!(b.spend(A, 1, t0 + Duration::from_millis(350)).is_err());
         assert!(b.spend(A, 1, t0 + Duration::from_millis(401)).is_ok());
     }

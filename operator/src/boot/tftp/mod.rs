@@ -69,7 +69,9 @@ impl Default for TftpConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TftpError {
-    #[error("cannot bind the TFTP socket on {addr}: {source} (port 69 needs root or CAP_NET_BIND_SERVICE, and no other TFTP server may hold it)")]
+    #[error(
+        "cannot bind the TFTP socket on {addr}: {source} (port 69 needs root or CAP_NET_BIND_SERVICE, and no other TFTP server may hold it)"
+    )]
     Bind {
         addr: SocketAddr,
         #[source]
@@ -93,19 +95,33 @@ pub struct TftpMetrics {
     pub retransmits: Counter,
     pub wrong_tid: Counter,
     pub malformed: Counter,
+    /// Transfer tasks that panicked: always a bug, reported so tests and alerts can see it.
+    pub panics: Counter,
 }
 
 impl TftpMetrics {
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("tftp");
-        r.register("transfers", "Finished TFTP transfers by outcome", self.transfers.clone());
+        r.register(
+            "transfers",
+            "Finished TFTP transfers by outcome",
+            self.transfers.clone(),
+        );
         r.register(
             "requests_refused",
             "TFTP requests refused before a transfer started, by reason",
             self.refused.clone(),
         );
-        r.register("active_transfers", "TFTP transfers in progress", self.active.clone());
-        r.register("sent_bytes", "File bytes sent over TFTP", self.bytes_sent.clone());
+        r.register(
+            "active_transfers",
+            "TFTP transfers in progress",
+            self.active.clone(),
+        );
+        r.register(
+            "sent_bytes",
+            "File bytes sent over TFTP",
+            self.bytes_sent.clone(),
+        );
         r.register(
             "retransmitted_packets",
             "TFTP packets sent again after a timeout",
@@ -120,6 +136,11 @@ impl TftpMetrics {
             "malformed_packets",
             "Datagrams that are not valid TFTP requests",
             self.malformed.clone(),
+        );
+        r.register(
+            "task_panics",
+            "TFTP transfer tasks that panicked (a bug)",
+            self.panics.clone(),
         );
     }
 
@@ -233,7 +254,14 @@ impl TftpServer {
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
-                Some(_) = transfers.join_next(), if !transfers.is_empty() => {}
+                Some(joined) = transfers.join_next(), if !transfers.is_empty() => {
+                    if let Err(e) = joined {
+                        if e.is_panic() {
+                            self.shared.metrics.panics.inc();
+                            tracing::error!(error = %e, "tftp: a transfer task panicked; this is a bug, please report it");
+                        }
+                    }
+                }
                 received = self.socket.recv_from(&mut buf) => {
                     let (len, from) = match received {
                         Ok(r) => r,
@@ -293,8 +321,12 @@ impl TftpServer {
             Err(e) => {
                 self.shared.metrics.malformed.inc();
                 tracing::debug!(client = %from, error = %e, "tftp: malformed packet");
-                self.reply_error(from, ErrorCode::IllegalOperation, &format!("malformed request: {e}"))
-                    .await;
+                self.reply_error(
+                    from,
+                    ErrorCode::IllegalOperation,
+                    &format!("malformed request: {e}"),
+                )
+                .await;
                 return;
             }
         };
@@ -315,11 +347,18 @@ impl TftpServer {
         };
         if transfers.len() >= self.shared.config.max_transfers {
             self.refuse("server_busy");
-            self.reply_error(from, ErrorCode::NotDefined, "server busy; try again shortly")
-                .await;
+            self.reply_error(
+                from,
+                ErrorCode::NotDefined,
+                "server busy; try again shortly",
+            )
+            .await;
             return;
         }
-        let started = self.shared.budgets().start_transfer(from.ip(), Instant::now());
+        let started = self
+            .shared
+            .budgets()
+            .start_transfer(from.ip(), Instant::now());
         if let Err(e) = started {
             self.refuse("client_budget");
             tracing::info!(client = %from, file = %path, reason = %e, "tftp: request refused");

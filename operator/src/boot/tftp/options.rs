@@ -52,11 +52,9 @@ fn decimal(value: &str) -> Option<u64> {
     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    Some(
-        value
-            .bytes()
-            .fold(0u64, |acc, b| acc.saturating_mul(10).saturating_add(u64::from(b - b'0'))),
-    )
+    Some(value.bytes().fold(0u64, |acc, b| {
+        acc.saturating_mul(10).saturating_add(u64::from(b - b'0'))
+    }))
 }
 
 /// Negotiates the options of a read request. Unknown, malformed and duplicate options are
@@ -157,7 +155,9 @@ mod tests {
     }
 
     fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
-        p.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        p.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     #[test]
@@ -173,7 +173,12 @@ mod tests {
     #[test]
     fn all_options_are_acknowledged_in_request_order() {
         let n = negotiate(
-            &opts(&[("tsize", "0"), ("BLKSIZE", "1468"), ("windowsize", "16"), ("timeout", "3")]),
+            &opts(&[
+                ("tsize", "0"),
+                ("BLKSIZE", "1468"),
+                ("windowsize", "16"),
+                ("timeout", "3"),
+            ]),
             Mode::Octet,
             Some(123456),
             &Limits::default(),
@@ -184,7 +189,12 @@ mod tests {
         assert!(n.timeout_from_client);
         assert_eq!(
             oack(&n),
-            pairs(&[("tsize", "123456"), ("blksize", "1468"), ("windowsize", "16"), ("timeout", "3")])
+            pairs(&[
+                ("tsize", "123456"),
+                ("blksize", "1468"),
+                ("windowsize", "16"),
+                ("timeout", "3")
+            ])
         );
     }
 
@@ -224,7 +234,10 @@ mod tests {
         );
         // 1 MiB / 65464 bytes = 16 blocks.
         assert_eq!(n.windowsize, 16);
-        assert_eq!(oack(&n), pairs(&[("windowsize", "16"), ("blksize", "65464")]));
+        assert_eq!(
+            oack(&n),
+            pairs(&[("windowsize", "16"), ("blksize", "65464")])
+        );
         for bad in ["0", "65536", "x", ""] {
             let n = negotiate(&opts(&[("windowsize", bad)]), Mode::Octet, None, &l);
             assert_eq!(n.windowsize, 1, "{bad:?}");
@@ -235,7 +248,13 @@ mod tests {
     #[test]
     fn timeout_bounds() {
         let l = Limits::default();
-        for (v, ok) in [("1", true), ("255", true), ("0", false), ("256", false), ("abc", false)] {
+        for (v, ok) in [
+            ("1", true),
+            ("255", true),
+            ("0", false),
+            ("256", false),
+            ("abc", false),
+        ] {
             let n = negotiate(&opts(&[("timeout", v)]), Mode::Octet, None, &l);
             assert_eq!(!n.oack.is_empty(), ok, "{v}");
             assert_eq!(n.timeout_from_client, ok, "{v}");
@@ -246,16 +265,28 @@ mod tests {
     fn tsize_only_for_known_octet_sizes() {
         let l = Limits::default();
         let t = opts(&[("tsize", "0")]);
-        assert_eq!(oack(&negotiate(&t, Mode::Octet, Some(5), &l)), pairs(&[("tsize", "5")]));
+        assert_eq!(
+            oack(&negotiate(&t, Mode::Octet, Some(5), &l)),
+            pairs(&[("tsize", "5")])
+        );
         assert!(negotiate(&t, Mode::Octet, None, &l).oack.is_empty());
         assert!(negotiate(&t, Mode::Netascii, Some(5), &l).oack.is_empty());
-        assert!(negotiate(&opts(&[("tsize", "x")]), Mode::Octet, Some(5), &l).oack.is_empty());
+        assert!(
+            negotiate(&opts(&[("tsize", "x")]), Mode::Octet, Some(5), &l)
+                .oack
+                .is_empty()
+        );
     }
 
     #[test]
     fn duplicates_and_unknown_options_are_ignored() {
         let n = negotiate(
-            &opts(&[("blksize", "1024"), ("blksize", "2048"), ("multicast", ""), ("utimeout", "5")]),
+            &opts(&[
+                ("blksize", "1024"),
+                ("blksize", "2048"),
+                ("multicast", ""),
+                ("utimeout", "5"),
+            ]),
             Mode::Octet,
             None,
             &Limits::default(),

@@ -114,7 +114,9 @@ pub enum Packet<'a> {
 /// Why a datagram is not a TFTP packet we accept.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PacketError {
-    #[error("packet of {len} bytes is too short to be TFTP (at least {min} needed for opcode {opcode})")]
+    #[error(
+        "packet of {len} bytes is too short to be TFTP (at least {min} needed for opcode {opcode})"
+    )]
     TooShort { len: usize, min: usize, opcode: u16 },
     #[error("unknown opcode {0} (TFTP has 1 RRQ, 2 WRQ, 3 DATA, 4 ACK, 5 ERROR, 6 OACK)")]
     UnknownOpcode(u16),
@@ -393,7 +395,11 @@ mod tests {
         let req = Request {
             filename: "boot/x64/ipxe.efi".into(),
             mode: Mode::Octet,
-            options: vec![opt("blksize", "1468"), opt("tsize", "0"), opt("windowsize", "16")],
+            options: vec![
+                opt("blksize", "1468"),
+                opt("tsize", "0"),
+                opt("windowsize", "16"),
+            ],
         };
         let bytes = encode_rrq(&req);
         assert_eq!(parse(&bytes), Ok(Packet::Rrq(req.clone())));
@@ -417,11 +423,29 @@ mod tests {
     #[test]
     fn mode_is_case_insensitive() {
         let p = parse(b"\x00\x01f\x00NetASCII\x00").unwrap();
-        assert!(matches!(p, Packet::Rrq(Request { mode: Mode::Netascii, .. })));
+        assert!(matches!(
+            p,
+            Packet::Rrq(Request {
+                mode: Mode::Netascii,
+                ..
+            })
+        ));
         let p = parse(b"\x00\x01f\x00OCTET\x00").unwrap();
-        assert!(matches!(p, Packet::Rrq(Request { mode: Mode::Octet, .. })));
+        assert!(matches!(
+            p,
+            Packet::Rrq(Request {
+                mode: Mode::Octet,
+                ..
+            })
+        ));
         let p = parse(b"\x00\x01f\x00mail\x00").unwrap();
-        assert!(matches!(p, Packet::Rrq(Request { mode: Mode::Mail, .. })));
+        assert!(matches!(
+            p,
+            Packet::Rrq(Request {
+                mode: Mode::Mail,
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -439,7 +463,10 @@ mod tests {
                 block: 65535,
                 data: &data,
             },
-            Packet::Data { block: 0, data: &[] },
+            Packet::Data {
+                block: 0,
+                data: &[],
+            },
             Packet::Ack { block: 0 },
             Packet::Ack { block: 40000 },
             Packet::Error {
@@ -470,12 +497,23 @@ mod tests {
     fn truncated_packets_are_typed_errors() {
         assert!(matches!(parse(b""), Err(PacketError::TooShort { .. })));
         assert!(matches!(parse(b"\x00"), Err(PacketError::TooShort { .. })));
-        assert!(matches!(parse(b"\x00\x04\x00"), Err(PacketError::TooShort { .. })));
-        assert!(matches!(parse(b"\x00\x03\x00"), Err(PacketError::TooShort { .. })));
-        assert!(matches!(parse(b"\x00\x05\x00\x01"), Err(PacketError::TooShort { .. })));
+        assert!(matches!(
+            parse(b"\x00\x04\x00"),
+            Err(PacketError::TooShort { .. })
+        ));
+        assert!(matches!(
+            parse(b"\x00\x03\x00"),
+            Err(PacketError::TooShort { .. })
+        ));
+        assert!(matches!(
+            parse(b"\x00\x05\x00\x01"),
+            Err(PacketError::TooShort { .. })
+        ));
         assert!(matches!(
             parse(b"\x00\x05\x00\x01abc"),
-            Err(PacketError::MissingNul { field: "error message" })
+            Err(PacketError::MissingNul {
+                field: "error message"
+            })
         ));
         assert!(matches!(
             parse(b"\x00\x01file"),
@@ -487,7 +525,9 @@ mod tests {
         ));
         assert!(matches!(
             parse(b"\x00\x01file\x00octet\x00blksize"),
-            Err(PacketError::MissingNul { field: "option name" })
+            Err(PacketError::MissingNul {
+                field: "option name"
+            })
         ));
         assert!(matches!(
             parse(b"\x00\x01file\x00octet\x00blksize\x00"),
@@ -495,7 +535,9 @@ mod tests {
         ));
         assert!(matches!(
             parse(b"\x00\x01file\x00octet\x00blksize\x00512"),
-            Err(PacketError::MissingNul { field: "option value" })
+            Err(PacketError::MissingNul {
+                field: "option value"
+            })
         ));
     }
 
@@ -528,7 +570,9 @@ mod tests {
         );
         assert_eq!(
             parse(b"\x00\x01f\x00octet\x00\x00\x01a\x00"),
-            Err(PacketError::EmptyField { field: "option name" })
+            Err(PacketError::EmptyField {
+                field: "option name"
+            })
         );
         assert_eq!(
             parse(b"\x00\x04\x00\x01\x00"),
@@ -561,17 +605,25 @@ mod tests {
         big_value.push(0);
         assert!(matches!(
             parse(&big_value),
-            Err(PacketError::FieldTooLong { field: "option value", .. })
+            Err(PacketError::FieldTooLong {
+                field: "option value",
+                ..
+            })
         ));
         let mut big_data = b"\x00\x03\x00\x01".to_vec();
         big_data.extend(std::iter::repeat_n(0u8, MAX_BLKSIZE as usize + 1));
-        assert!(matches!(parse(&big_data), Err(PacketError::DataTooLarge { .. })));
+        assert!(matches!(
+            parse(&big_data),
+            Err(PacketError::DataTooLarge { .. })
+        ));
     }
 
     #[test]
     fn error_messages_from_peers_are_sanitised() {
         let p = parse(b"\x00\x05\x00\x08bad\x07\xff\x00").unwrap();
-        let Packet::Error { code, message } = p else { panic!() };
+        let Packet::Error { code, message } = p else {
+            panic!()
+        };
         assert_eq!(code, ErrorCode::OptionsRefused);
         assert!(!message.chars().any(char::is_control));
     }

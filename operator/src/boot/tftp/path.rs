@@ -141,7 +141,12 @@ mod tests {
 
     #[test]
     fn drives_shares_and_empty_paths_are_refused() {
-        for s in ["C:\\Windows\\win.ini", "c:/x", "\\\\server\\share\\f", "//server/share"] {
+        for s in [
+            "C:\\Windows\\win.ini",
+            "c:/x",
+            "\\\\server\\share\\f",
+            "//server/share",
+        ] {
             assert_eq!(normalize(s), Err(PathError::DriveOrShare), "{s:?}");
         }
         for s in ["", "/", "\\", ".", "./", "/./."] {

@@ -30,7 +30,9 @@ impl OpenedFile {
 
 impl std::fmt::Debug for OpenedFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenedFile").field("size", &self.size).finish()
+        f.debug_struct("OpenedFile")
+            .field("size", &self.size)
+            .finish()
     }
 }
 

@@ -23,9 +23,15 @@ pub enum Outcome {
     /// The client stopped answering and the retries ran out.
     TimedOut,
     /// The client sent an ERROR (code 8: it refused our OACK).
-    AbortedByClient { code: u16, message: String },
+    AbortedByClient {
+        code: u16,
+        message: String,
+    },
     /// The file could not be opened or read; the client got an ERROR.
-    Refused { code: ErrorCode, reason: String },
+    Refused {
+        code: ErrorCode,
+        reason: String,
+    },
     /// The server's own socket failed.
     NetworkError(String),
 }
@@ -202,7 +208,10 @@ impl Transfer {
                 acked: u64::MAX,
                 in_flight: 1,
             };
-            match self.deliver(&window, &tracker, &neg, progress, true, &mut buf).await {
+            match self
+                .deliver(&window, &tracker, &neg, progress, true, &mut buf)
+                .await
+            {
                 Ok(Answer::Acked(_)) => {}
                 Ok(Answer::Aborted { code, message }) => {
                     return Outcome::AbortedByClient { code, message };
@@ -240,7 +249,10 @@ impl Transfer {
                 window.push_back(datagram);
             }
             tracker.in_flight = window.len() as u64;
-            match self.deliver(&window, &tracker, &neg, progress, false, &mut buf).await {
+            match self
+                .deliver(&window, &tracker, &neg, progress, false, &mut buf)
+                .await
+            {
                 Ok(Answer::Acked(index)) => {
                     let newly = index - tracker.acked;
                     for _ in 0..newly {
@@ -278,10 +290,7 @@ impl Transfer {
         for attempt in 0..=config.max_retries {
             if attempt > 0 {
                 progress.retransmits += window.len() as u64;
-                self.shared
-                    .metrics
-                    .retransmits
-                    .inc_by(window.len() as u64);
+                self.shared.metrics.retransmits.inc_by(window.len() as u64);
             }
             for datagram in window {
                 self.send(datagram).await?;
@@ -294,8 +303,7 @@ impl Transfer {
             let deadline = tokio::time::Instant::now() + wait;
             loop {
                 let received =
-                    match tokio::time::timeout_at(deadline, self.socket.recv_from(buf)).await
-                    {
+                    match tokio::time::timeout_at(deadline, self.socket.recv_from(buf)).await {
                         Err(_elapsed) => break,
                         Ok(Err(e)) => {
                             // ICMP port unreachable surfaces as ECONNREFUSED on some systems:
@@ -312,10 +320,8 @@ impl Transfer {
                     // RFC 1350: a packet from a foreign TID gets ERROR 5 and does not disturb
                     // the transfer.
                     self.shared.metrics.wrong_tid.inc();
-                    let reply = packet::encode_error(
-                        ErrorCode::UnknownTransferId,
-                        "unknown transfer id",
-                    );
+                    let reply =
+                        packet::encode_error(ErrorCode::UnknownTransferId, "unknown transfer id");
                     self.shared.throttle(from.ip(), reply.len()).await;
                     let _ = self.socket.send_to(&reply, from).await;
                     continue;
