@@ -898,10 +898,10 @@ fn randomized_bad_input_never_crashes_the_server_or_leaks_outside_the_root() {
     let mut tids: Vec<SocketAddr> = Vec::new();
     let mut leaked = false;
     let mut check = |reply: &Reply| {
-        if let Reply::Data { data, .. } = reply {
-            if data.windows(SECRET.len()).any(|w| w == SECRET) {
-                leaked = true;
-            }
+        if let Reply::Data { data, .. } = reply
+            && data.windows(SECRET.len()).any(|w| w == SECRET)
+        {
+            leaked = true;
         }
     };
     for i in 0..3000 {

@@ -212,10 +212,8 @@ pub fn get(
             }
             continue;
         };
-        if let Some(t) = tid {
-            if from != t {
-                continue;
-            }
+        if tid.is_some_and(|t| t != from) {
+            continue;
         }
         timeouts = 0;
         match reply {

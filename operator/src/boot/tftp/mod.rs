@@ -255,11 +255,11 @@ impl TftpServer {
             tokio::select! {
                 _ = &mut shutdown => break,
                 Some(joined) = transfers.join_next(), if !transfers.is_empty() => {
-                    if let Err(e) = joined {
-                        if e.is_panic() {
+                    if let Err(e) = joined
+                        && e.is_panic()
+                    {
                             self.shared.metrics.panics.inc();
                             tracing::error!(error = %e, "tftp: a transfer task panicked; this is a bug, please report it");
-                        }
                     }
                 }
                 received = self.socket.recv_from(&mut buf) => {

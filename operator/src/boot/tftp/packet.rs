@@ -633,4 +633,66 @@ mod tests {
         let e = encode_error(ErrorCode::AccessViolation, "a\0b");
         assert_eq!(&e, b"\x00\x05\x00\x02ab\x00");
     }
+
+    mod fuzz {
+        //! Bounded randomized runs of the parser (the cargo-fuzz target in fuzz/ runs the same
+        //! property unbounded).
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn seeds() -> Vec<Vec<u8>> {
+            vec![
+                b"\x00\x01boot/x64/ipxe.efi\x00octet\x00blksize\x001468\x00tsize\x000\x00".to_vec(),
+                b"\x00\x02f\x00netascii\x00".to_vec(),
+                b"\x00\x03\x00\x01data".to_vec(),
+                b"\x00\x04\xff\xff".to_vec(),
+                b"\x00\x05\x00\x08refused\x00".to_vec(),
+                b"\x00\x06windowsize\x0016\x00".to_vec(),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4000))]
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1500)) {
+                let _ = parse(&bytes);
+            }
+
+            #[test]
+            fn mutated_packets_never_panic_and_reencode_stably(
+                seed in 0usize..6,
+                edits in proptest::collection::vec((any::<u16>(), any::<u8>(), 0u8..4), 0..8),
+            ) {
+                let mut p = seeds()[seed].clone();
+                for (pos, byte, kind) in edits {
+                    let i = usize::from(pos) % (p.len() + 1);
+                    match kind {
+                        0 => p.insert(i, byte),
+                        1 if i < p.len() => { p.remove(i); }
+                        2 if i < p.len() => p[i] = byte,
+                        _ => p.truncate(i),
+                    }
+                }
+                if let Ok(packet) = parse(&p) {
+                    // Whatever parses must encode to something that parses to the same packet.
+                    let again = encode(&packet);
+                    prop_assert_eq!(parse(&again), Ok(packet));
+                }
+            }
+
+            #[test]
+            fn huge_option_values_are_bounded(n in 0usize..2000) {
+                let mut p = b"\x00\x01f\x00octet\x00blksize\x00".to_vec();
+                p.extend(std::iter::repeat_n(b'9', n));
+                p.push(0);
+                match parse(&p) {
+                    Ok(Packet::Rrq(r)) => prop_assert!(r.options[0].value.len() <= MAX_FIELD_LEN),
+                    Err(PacketError::FieldTooLong { .. }) => prop_assert!(n > MAX_FIELD_LEN),
+                    Err(PacketError::EmptyField { .. }) => prop_assert!(false),
+                    other => prop_assert!(false, "{:?}", other),
+                }
+            }
+        }
+    }
 }

@@ -156,4 +156,28 @@ mod tests {
         assert_eq!(normalize(&"a".repeat(256)), Err(PathError::TooLong));
         assert!(normalize(&"a".repeat(255)).is_ok());
     }
+
+    mod fuzz {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4000))]
+
+            /// Whatever is accepted stays under the root: no parent, no root, no drive, no
+            /// separator inside a component.
+            #[test]
+            fn accepted_paths_stay_under_the_root(s in "[a-zA-Z0-9./\\\\:]{0,40}") {
+                if let Ok(p) = normalize(&s) {
+                    for c in p.components() {
+                        prop_assert!(c != ".." && c != "." && !c.is_empty());
+                        prop_assert!(!c.contains('/') && !c.contains('\\'));
+                    }
+                    let rel = p.to_relative_path_buf();
+                    prop_assert!(rel.is_relative());
+                    prop_assert!(rel.components().all(|c| matches!(c, std::path::Component::Normal(_))));
+                }
+            }
+        }
+    }
 }

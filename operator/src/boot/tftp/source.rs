@@ -130,12 +130,12 @@ impl FileSource for FsSource {
             };
             // A directory swapped for a symlink between resolve and open would be followed by
             // open; the kernel's view of the open handle tells where it really landed.
-            if let Some(landed) = opened_path(&file) {
-                if !landed.starts_with(&self.root) {
-                    return Err(OpenError::Denied(
-                        "the path leads outside the boot root (symlink)".into(),
-                    ));
-                }
+            if let Some(landed) = opened_path(&file)
+                && !landed.starts_with(&self.root)
+            {
+                return Err(OpenError::Denied(
+                    "the path leads outside the boot root (symlink)".into(),
+                ));
             }
             // Checked on the open handle, so a swap after resolve cannot turn this into a
             // directory or device read.
