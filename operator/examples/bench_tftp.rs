@@ -121,12 +121,30 @@ fn start_tftpd_hpa(root: &Path) -> (Proc, SocketAddr) {
 
 /// Aggregate MB/s (10^6 bytes per second) of `clients` concurrent downloads.
 fn run(addr: SocketAddr, clients: usize, windowsize: Option<u16>, expect: u64) -> f64 {
+    run_delayed(addr, clients, windowsize, expect, Duration::ZERO, "big.bin")
+}
+
+fn run_delayed(
+    addr: SocketAddr,
+    clients: usize,
+    windowsize: Option<u16>,
+    expect: u64,
+    ack_delay: Duration,
+    file: &'static str,
+) -> f64 {
     let start = Instant::now();
     let handles: Vec<_> = (0..clients)
         .map(|_| {
             std::thread::spawn(move || {
-                recast_tests::tftp::get(addr, "big.bin", Some(BLKSIZE), windowsize, false)
-                    .map(|d| d.bytes)
+                recast_tests::tftp::get_with_ack_delay(
+                    addr,
+                    file,
+                    Some(BLKSIZE),
+                    windowsize,
+                    false,
+                    ack_delay,
+                )
+                .map(|d| d.bytes)
             })
         })
         .collect();
@@ -152,7 +170,10 @@ fn bench(size_mib: usize, many: usize) {
     let root: PathBuf = base.join("root");
     std::fs::create_dir_all(&root).expect("root");
     // tftpd-hpa drops to user `tftp`, which must be able to read the root.
-    let _ = Command::new("chmod").args(["-R", "a+rX"]).arg(&base).status();
+    let _ = Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(&base)
+        .status();
     let size = size_mib << 20;
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     let data: Vec<u8> = (0..size)
@@ -165,7 +186,15 @@ fn bench(size_mib: usize, many: usize) {
         .collect();
     std::fs::write(root.join("big.bin"), &data).expect("write file");
     std::fs::write(root.join("probe.txt"), b"probe").expect("write file");
-    let _ = Command::new("chmod").args(["-R", "a+rX"]).arg(&base).status();
+    // The emulated-latency rows move fewer bytes: at one ACK per 0.5 ms, lock-step TFTP needs
+    // minutes for 64 MiB.
+    let small = 4usize << 20;
+    std::fs::write(root.join("small.bin"), &data[..small.min(data.len())]).expect("write file");
+    let small = small.min(data.len()) as u64;
+    let _ = Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(&base)
+        .status();
     let size = size as u64;
 
     let (_hpa, hpa) = start_tftpd_hpa(&root);
@@ -180,6 +209,10 @@ fn bench(size_mib: usize, many: usize) {
     let hpa_n = best(1, || run(hpa, many, None, size));
     let ours_n = best(1, || run(ours, many, None, size));
     let ours_n_w16 = best(1, || run(ours, many, Some(16), size));
+    let delay = Duration::from_micros(500);
+    let hpa_lat = run_delayed(hpa, 1, None, small, delay, "small.bin");
+    let ours_lat = run_delayed(ours, 1, None, small, delay, "small.bin");
+    let ours_lat_w16 = run_delayed(ours, 1, Some(16), small, delay, "small.bin");
     let _ = std::fs::remove_dir_all(&base);
 
     println!();
@@ -187,9 +220,20 @@ fn bench(size_mib: usize, many: usize) {
         "TFTP, {size_mib} MiB file, blksize {BLKSIZE}, loopback; aggregate MB/s (best of {reps} for 1 client, one run for {many})"
     );
     println!();
-    println!("| clients | tftpd-hpa (ws 1) | recast ws 1 | recast / tftpd-hpa (target ≥ 1.0) | recast ws 16 | ws 16 / ws 1 (target ≥ 4) |");
+    println!(
+        "| clients | tftpd-hpa (ws 1) | recast ws 1 | recast / tftpd-hpa (target ≥ 1.0) | recast ws 16 | ws 16 / ws 1 (target ≥ 4) |"
+    );
     println!("|---|---|---|---|---|---|");
-    for (clients, h, o1, o16) in [(1, hpa_1, ours_1, ours_1_w16), (many, hpa_n, ours_n, ours_n_w16)] {
+    for (clients, h, o1, o16) in [
+        ("1".to_string(), hpa_1, ours_1, ours_1_w16),
+        (many.to_string(), hpa_n, ours_n, ours_n_w16),
+        (
+            format!("1, {} MiB, emulated 0.5 ms ACK delay", small >> 20),
+            hpa_lat,
+            ours_lat,
+            ours_lat_w16,
+        ),
+    ] {
         println!(
             "| {clients} | {h:.1} | {o1:.1} | {:.2}× | {o16:.1} | {:.2}× |",
             o1 / h,
