@@ -7,7 +7,7 @@ CARGO       ?= cargo
 CARGO_FLAGS ?= --ignore-rust-version
 DATA_DIR    ?= $(CURDIR)/.recast-data
 
-.PHONY: all build run test lint fmt docs crds crds-check bench-controller k8s-build k8s-demo k8s-up k8s-down clean help
+.PHONY: all build run test lint fmt docs crds crds-check bench-controller bench-boot k8s-build k8s-demo k8s-up k8s-down clean help
 
 all: build
 
@@ -46,6 +46,11 @@ bench-controller: ## The controller over $(BENCH_ENDPOINTS) endpoints on both ba
 	$(CARGO) build --release $(CARGO_FLAGS) -p recast-operator --bin recast-operator --example bench_controller
 	tests/k8s/harness.sh up
 	target/release/examples/bench_controller target/release/recast-operator $(BENCH_ENDPOINTS)
+
+bench-boot: ## TFTP: recast vs tftpd-hpa (64 MiB, 1 and 50 clients, blksize 1468) and windowsize 16 vs 1 (prints a table)
+	tests/boot/setup.sh
+	$(CARGO) build --release $(CARGO_FLAGS) -p recast-operator --example bench_tftp
+	target/release/examples/bench_tftp
 
 k8s-build: ## Build (or reuse) kube-apiserver, etcd and kubectl from their Go modules
 	tests/k8s/build.sh

@@ -26,6 +26,24 @@ fn main() {
         serve(Path::new(root));
         return;
     }
+    if args.get(1).map(String::as_str) == Some("client") {
+        // bench_tftp client ADDR FILE CLIENTS WINDOWSIZE SIZE: one measurement, for profiling.
+        let addr: SocketAddr = args[2].parse().expect("ADDR");
+        let file: &'static str = args[3].clone().leak();
+        let clients = args[4].parse().expect("CLIENTS");
+        let ws: u16 = args[5].parse().expect("WINDOWSIZE");
+        let size = args[6].parse().expect("SIZE");
+        let mbs = run_delayed(
+            addr,
+            clients,
+            (ws > 1).then_some(ws),
+            size,
+            Duration::ZERO,
+            file,
+        );
+        println!("{mbs:.1} MB/s");
+        return;
+    }
     let mut size_mib = 64usize;
     let mut many = 50usize;
     let mut i = 1;
@@ -42,10 +60,20 @@ fn main() {
 
 /// recast's server for the bench: budgets opened up, since all 50 clients share 127.0.0.1.
 fn serve(root: &Path) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    // RECAST_BENCH_RUNTIME=current runs the server on one thread (for comparison runs).
+    let rt = match std::env::var("RECAST_BENCH_RUNTIME").as_deref() {
+        Ok("current") => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Ok(n) if n.parse::<usize>().is_ok() => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n.parse().unwrap_or(1))
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    }
+    .expect("tokio runtime");
     rt.block_on(async {
         let mut config = TftpConfig {
             listen: "127.0.0.1:0".parse().expect("address"),

@@ -934,3 +934,33 @@ fn randomized_bad_input_never_crashes_the_server_or_leaks_outside_the_root() {
         "the fuzz run reached the parser"
     );
 }
+
+#[test]
+fn error_replies_to_one_client_are_capped_by_its_budget() {
+    let s = Scratch::new();
+    let mut config = fast_config();
+    config.budget = BudgetConfig {
+        max_transfers_per_client: 8,
+        packets_per_sec: 5,
+        bytes_per_sec: 1 << 20,
+        burst: Duration::from_secs(1),
+    };
+    let server = Server::fs(&s, config);
+    let mut c = RawClient::new(server.addr).unwrap();
+    // 200 bad requests as fast as we can: a spoofer would aim the replies at a victim.
+    for _ in 0..200 {
+        c.send_to(b"\x00\x01no-nul", server.addr).unwrap();
+    }
+    c.set_timeout(Duration::from_millis(300)).unwrap();
+    let mut replies = 0;
+    while let Some((reply, _)) = c.recv().unwrap() {
+        assert!(matches!(reply, Reply::Error { code: 4, .. }), "{reply:?}");
+        replies += 1;
+    }
+    // A burst of 5 (+1 overdraft) plus what refills at 5/s while the requests arrive.
+    assert!(
+        (1..=12).contains(&replies),
+        "{replies} replies to 200 requests"
+    );
+    server.wait_for("every request to be parsed", |m| m.malformed.get() == 200);
+}

@@ -185,6 +185,12 @@ impl ServerShared {
         }
     }
 
+    /// Spends budget for an error reply if there is any, without waiting: the listener must
+    /// never stall on one noisy client, and an unsent error reply costs nobody anything.
+    fn allow(&self, ip: IpAddr, bytes: usize) -> bool {
+        self.budgets().spend(ip, bytes, Instant::now()).is_ok()
+    }
+
     fn budgets(&self) -> std::sync::MutexGuard<'_, ClientBudgets> {
         self.budgets.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -280,8 +286,9 @@ impl TftpServer {
 
     async fn reply_error(&self, to: SocketAddr, code: ErrorCode, message: &str) {
         let reply = packet::encode_error(code, message);
-        self.shared.throttle(to.ip(), reply.len()).await;
-        let _ = self.socket.send_to(&reply, to).await;
+        if self.shared.allow(to.ip(), reply.len()) {
+            let _ = self.socket.send_to(&reply, to).await;
+        }
     }
 
     fn refuse(&self, reason: &str) {

@@ -322,8 +322,9 @@ impl Transfer {
                     self.shared.metrics.wrong_tid.inc();
                     let reply =
                         packet::encode_error(ErrorCode::UnknownTransferId, "unknown transfer id");
-                    self.shared.throttle(from.ip(), reply.len()).await;
-                    let _ = self.socket.send_to(&reply, from).await;
+                    if self.shared.allow(from.ip(), reply.len()) {
+                        let _ = self.socket.send_to(&reply, from).await;
+                    }
                     continue;
                 }
                 match packet::parse(&buf[..len]) {
