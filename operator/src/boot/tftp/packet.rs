@@ -301,9 +301,15 @@ pub const MAX_BLKSIZE: u16 = 65464;
 pub fn encode_data(out: &mut Vec<u8>, block: u16, data: &[u8]) {
     out.clear();
     out.reserve(4 + data.len());
-    out.extend_from_slice(&OP_DATA.to_be_bytes());
-    out.extend_from_slice(&block.to_be_bytes());
+    out.extend_from_slice(&data_header(block));
     out.extend_from_slice(data);
+}
+
+/// The four bytes that start a DATA packet.
+pub fn data_header(block: u16) -> [u8; 4] {
+    let op = OP_DATA.to_be_bytes();
+    let b = block.to_be_bytes();
+    [op[0], op[1], b[0], b[1]]
 }
 
 pub fn encode_ack(block: u16) -> [u8; 4] {

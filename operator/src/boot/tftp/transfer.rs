@@ -228,12 +228,13 @@ impl Transfer {
             in_flight: 0,
         };
         let mut final_block: Option<u64> = None;
-        let mut payload = Vec::with_capacity(blksize);
         loop {
             while window.len() < usize::from(neg.windowsize) && final_block.is_none() {
                 let index = tracker.acked + window.len() as u64 + 1;
-                payload.clear();
-                if let Err(e) = reader.next_block(blksize, &mut payload).await {
+                // The block is read straight behind its header: no copy between file and wire.
+                let mut datagram = Vec::with_capacity(4 + blksize);
+                datagram.extend_from_slice(&packet::data_header((index & 0xffff) as u16));
+                if let Err(e) = reader.next_block(blksize, &mut datagram).await {
                     let reason = format!("cannot read the file: {e}");
                     self.send_error(ErrorCode::NotDefined, &reason).await;
                     return Outcome::Refused {
@@ -241,9 +242,7 @@ impl Transfer {
                         reason,
                     };
                 }
-                let mut datagram = Vec::with_capacity(4 + payload.len());
-                packet::encode_data(&mut datagram, (index & 0xffff) as u16, &payload);
-                if payload.len() < blksize {
+                if datagram.len() - 4 < blksize {
                     final_block = Some(index);
                 }
                 window.push_back(datagram);
