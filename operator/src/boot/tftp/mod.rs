@@ -49,7 +49,9 @@ pub struct TftpConfig {
     pub max_retries: u32,
     /// The doubling retransmission wait stops growing here.
     pub max_backoff: Duration,
-    /// Transfers in progress across all clients; beyond it requests get "server busy".
+    /// Transfers in progress across all clients; beyond it requests get "server busy". Each
+    /// holds at most `limits.max_window_bytes` of window plus a 128 KiB read buffer, so the
+    /// default bounds the server's transfer memory near 192 MiB.
     pub max_transfers: usize,
     pub budget: BudgetConfig,
 }
@@ -61,7 +63,7 @@ impl Default for TftpConfig {
             limits: Limits::default(),
             max_retries: 5,
             max_backoff: Duration::from_secs(8),
-            max_transfers: 1024,
+            max_transfers: 512,
             budget: BudgetConfig::default(),
         }
     }

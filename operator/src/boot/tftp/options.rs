@@ -15,7 +15,8 @@ pub struct Limits {
     /// Largest window granted.
     pub max_windowsize: u16,
     /// The window is held in memory for retransmission, so windowsize × blksize is capped too:
-    /// a request for 65464 × 65535 would otherwise pin 4 GiB per transfer.
+    /// a request for 65464 × 65535 would otherwise pin 4 GiB per transfer. 256 KiB still
+    /// grants 64 blocks of 4096 or 178 of the usual 1468 (more than max_windowsize).
     pub max_window_bytes: usize,
     /// Retransmission timeout when the client does not ask for one.
     pub default_timeout: Duration,
@@ -26,7 +27,7 @@ impl Default for Limits {
         Limits {
             max_blksize: MAX_BLKSIZE,
             max_windowsize: 64,
-            max_window_bytes: 1 << 20,
+            max_window_bytes: 256 << 10,
             default_timeout: Duration::from_secs(1),
         }
     }
@@ -232,11 +233,11 @@ mod tests {
             None,
             &l,
         );
-        // 1 MiB / 65464 bytes = 16 blocks.
-        assert_eq!(n.windowsize, 16);
+        // 256 KiB / 65464 bytes = 4 blocks.
+        assert_eq!(n.windowsize, 4);
         assert_eq!(
             oack(&n),
-            pairs(&[("windowsize", "16"), ("blksize", "65464")])
+            pairs(&[("windowsize", "4"), ("blksize", "65464")])
         );
         for bad in ["0", "65536", "x", ""] {
             let n = negotiate(&opts(&[("windowsize", bad)]), Mode::Octet, None, &l);
