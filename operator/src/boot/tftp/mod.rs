@@ -15,6 +15,7 @@ pub mod budget;
 pub mod options;
 pub mod packet;
 pub mod path;
+mod pool;
 pub mod source;
 pub mod transfer;
 
@@ -29,7 +30,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::UdpSocket;
-use tokio::task::JoinSet;
 
 pub use budget::{BudgetConfig, ClientBudgets};
 pub use options::Limits;
@@ -54,6 +54,9 @@ pub struct TftpConfig {
     /// default bounds the server's transfer memory near 192 MiB.
     pub max_transfers: usize,
     pub budget: BudgetConfig,
+    /// Threads running transfers, each with its own event loop (0: one per CPU); see
+    /// `pool.rs` for why transfers do not share the caller's runtime.
+    pub transfer_threads: usize,
 }
 
 impl Default for TftpConfig {
@@ -65,6 +68,7 @@ impl Default for TftpConfig {
             max_backoff: Duration::from_secs(8),
             max_transfers: 512,
             budget: BudgetConfig::default(),
+            transfer_threads: 0,
         }
     }
 }
@@ -81,6 +85,10 @@ pub enum TftpError {
     },
     #[error("the TFTP socket failed: {0}")]
     Socket(#[source] std::io::Error),
+    #[error(
+        "cannot start the TFTP transfer threads: {0} (the process may be out of threads or memory)"
+    )]
+    Threads(#[source] std::io::Error),
 }
 
 type Labels = Vec<(String, String)>;
@@ -254,36 +262,32 @@ impl TftpServer {
 
     /// Serves until `shutdown` completes; transfers in progress are then aborted.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), TftpError> {
-        let mut transfers = JoinSet::new();
+        let pool = pool::TransferPool::start(
+            self.shared.config.transfer_threads,
+            self.shared.metrics.clone(),
+        )
+        .map_err(TftpError::Threads)?;
         // Large enough for any datagram, so an oversized request is seen whole and refused by
         // the parser instead of being silently truncated into something valid.
         let mut buf = vec![0u8; 65536];
         tokio::pin!(shutdown);
-        loop {
+        let result = loop {
             tokio::select! {
-                _ = &mut shutdown => break,
-                Some(joined) = transfers.join_next(), if !transfers.is_empty() => {
-                    if let Err(e) = joined
-                        && e.is_panic()
-                    {
-                            self.shared.metrics.panics.inc();
-                            tracing::error!(error = %e, "tftp: a transfer task panicked; this is a bug, please report it");
-                    }
-                }
+                _ = &mut shutdown => break Ok(()),
                 received = self.socket.recv_from(&mut buf) => {
                     let (len, from) = match received {
                         Ok(r) => r,
                         // An ICMP error from an earlier reply; not fatal for the listener.
                         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
                         Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => continue,
-                        Err(e) => return Err(TftpError::Socket(e)),
+                        Err(e) => break Err(TftpError::Socket(e)),
                     };
-                    self.handle(&buf[..len], from, &mut transfers).await;
+                    self.handle(&buf[..len], from, &pool).await;
                 }
             }
-        }
-        transfers.shutdown().await;
-        Ok(())
+        };
+        pool.shutdown().await;
+        result
     }
 
     async fn reply_error(&self, to: SocketAddr, code: ErrorCode, message: &str) {
@@ -301,7 +305,7 @@ impl TftpServer {
             .inc();
     }
 
-    async fn handle(&self, datagram: &[u8], from: SocketAddr, transfers: &mut JoinSet<()>) {
+    async fn handle(&self, datagram: &[u8], from: SocketAddr, pool: &pool::TransferPool) {
         let request = match packet::parse(datagram) {
             Ok(Packet::Rrq(request)) => request,
             Ok(Packet::Wrq(request)) => {
@@ -354,7 +358,7 @@ impl TftpServer {
                 return;
             }
         };
-        if transfers.len() >= self.shared.config.max_transfers {
+        if self.shared.active().len() >= self.shared.config.max_transfers {
             self.refuse("server_busy");
             self.reply_error(
                 from,
@@ -383,7 +387,7 @@ impl TftpServer {
         };
         let local = SocketAddr::new(self.shared.config.listen.ip(), 0);
         let shared = self.shared.clone();
-        transfers.spawn(async move {
+        let job: pool::Job = Box::pin(async move {
             let _slot = slot;
             let socket = match UdpSocket::bind(local).await {
                 Ok(s) => s,
@@ -419,7 +423,9 @@ impl TftpServer {
                 .map_or((0, 0), |n| (n.blksize, n.windowsize));
             let detail = match &outcome {
                 Outcome::Completed | Outcome::TimedOut => String::new(),
-                Outcome::AbortedByClient { code, message } => format!("client error {code}: {message}"),
+                Outcome::AbortedByClient { code, message } => {
+                    format!("client error {code}: {message}")
+                }
                 Outcome::Refused { code, reason } => format!("error {}: {reason}", code.as_u16()),
                 Outcome::NetworkError(e) => e.clone(),
             };
@@ -438,5 +444,9 @@ impl TftpServer {
                 "tftp transfer"
             );
         });
+        // Refused only while shutting down; dropping the job releases its slot.
+        if !pool.spawn(job) {
+            tracing::debug!(client = %from, "tftp: shutting down, request dropped");
+        }
     }
 }
