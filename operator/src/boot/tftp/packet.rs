@@ -276,11 +276,19 @@ pub fn parse(datagram: &[u8]) -> Result<Packet<'_>, PacketError> {
             let code = ErrorCode::from_u16(u16::from_be_bytes([body[0], body[1]]));
             let mut fields = Fields { rest: &body[2..] };
             // A peer's error text is only logged; replace what is not printable instead of
-            // dropping the whole packet, so a sloppy client's abort is still honoured.
+            // dropping the whole packet, so a sloppy client's abort is still honoured. The
+            // replacement is '?' rather than U+FFFD (3 bytes), so the text never grows past
+            // the bound the raw field was checked against (found by the fuzz target).
             let raw = fields.next_raw("error message")?;
             let message: String = String::from_utf8_lossy(raw)
                 .chars()
-                .map(|c| if c.is_control() { '?' } else { c })
+                .map(|c| {
+                    if c.is_control() || c == char::REPLACEMENT_CHARACTER {
+                        '?'
+                    } else {
+                        c
+                    }
+                })
                 .collect();
             Ok(Packet::Error { code, message })
         }
@@ -632,6 +640,21 @@ mod tests {
         };
         assert_eq!(code, ErrorCode::OptionsRefused);
         assert!(!message.chars().any(char::is_control));
+    }
+
+    #[test]
+    fn invalid_utf8_in_a_long_error_message_still_round_trips() {
+        // Regression from fuzz/tftp_packet: 500 invalid bytes became 500 × U+FFFD (1500 bytes),
+        // which no longer parsed after re-encoding.
+        let mut p = b"\x00\x05\x00\x01".to_vec();
+        p.extend(std::iter::repeat_n(0xffu8, MAX_FIELD_LEN));
+        p.push(0);
+        let packet = parse(&p).unwrap();
+        let Packet::Error { message, .. } = &packet else {
+            panic!()
+        };
+        assert!(message.len() <= MAX_FIELD_LEN);
+        assert_eq!(parse(&encode(&packet)), Ok(packet.clone()));
     }
 
     #[test]
