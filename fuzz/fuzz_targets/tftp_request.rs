@@ -13,11 +13,21 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Ok(path) = normalize(&request.filename) {
         let rel = path.to_relative_path_buf();
-        assert!(rel.components().all(|c| matches!(c, std::path::Component::Normal(_))));
+        assert!(
+            rel.components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)))
+        );
     }
     let limits = Limits::default();
-    let n = negotiate(&request.options, request.mode, Some(data.len() as u64), &limits);
+    let n = negotiate(
+        &request.options,
+        request.mode,
+        Some(data.len() as u64),
+        &limits,
+    );
     assert!((8..=65464).contains(&n.blksize));
     assert!(n.windowsize >= 1 && n.windowsize <= limits.max_windowsize);
-    assert!(usize::from(n.windowsize) * usize::from(n.blksize) <= limits.max_window_bytes.max(65464));
+    assert!(
+        usize::from(n.windowsize) * usize::from(n.blksize) <= limits.max_window_bytes.max(65464)
+    );
 });

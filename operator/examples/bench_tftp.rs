@@ -60,20 +60,11 @@ fn main() {
 
 /// recast's server for the bench: budgets opened up, since all 50 clients share 127.0.0.1.
 fn serve(root: &Path) {
-    // RECAST_BENCH_RUNTIME=current runs the server on one thread (for comparison runs).
-    let rt = match std::env::var("RECAST_BENCH_RUNTIME").as_deref() {
-        Ok("current") => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        Ok(n) if n.parse::<usize>().is_ok() => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n.parse().unwrap_or(1))
-            .enable_all()
-            .build(),
-        _ => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
-    }
-    .expect("tokio runtime");
+    // Transfers run on the server's own per-CPU loops; this runtime only hosts the listener.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     rt.block_on(async {
         let mut config = TftpConfig {
             listen: "127.0.0.1:0".parse().expect("address"),
