@@ -53,8 +53,10 @@ bench-controller: ## The controller over $(BENCH_ENDPOINTS) endpoints on both ba
 	tests/k8s/harness.sh up
 	target/release/examples/bench_controller target/release/recast-operator $(BENCH_ENDPOINTS)
 
-bench-boot: ## The boot service's HTTP artifact serving vs nginx (prints a table)
-	$(CARGO) build --release $(CARGO_FLAGS) -p recast-operator --bin recast-operator
+bench-boot: ## Boot service: TFTP vs tftpd-hpa (64 MiB, 1 and 50 clients; windowsize 16 vs 1) and HTTP vs nginx (1 GiB, 8 clients) (prints tables)
+	tests/boot/setup.sh
+	$(CARGO) build --release $(CARGO_FLAGS) -p recast-operator --bin recast-operator --example bench_tftp
+	target/release/examples/bench_tftp
 	tests/bench/boot-http.sh target/release/recast-operator
 
 BENCH_IMAGE_MIB ?= 2048

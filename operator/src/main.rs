@@ -113,6 +113,10 @@ struct BootArgs {
     /// Where reimaged endpoints' agents report.
     #[arg(long, env = "RECAST_GATEWAY_URL")]
     gateway_url: Option<String>,
+    /// Serve read-only TFTP from the boot root on this address (0.0.0.0:69), for PXE ROMs that
+    /// fetch the iPXE binary first.
+    #[arg(long, env = "RECAST_TFTP")]
+    tftp: Option<SocketAddr>,
     #[arg(long, value_enum, default_value = "off")]
     dhcp: DhcpMode,
     /// This server's IPv4 address on the provisioning network (DHCP server id, next-server).
@@ -151,10 +155,9 @@ impl BootArgs {
     ) -> Result<Option<recast_operator::boot::service::BootServiceConfig>, String> {
         use recast_operator::boot::{dhcp, http, render, service, token};
         let Some(listen) = self.boot_http else {
-            if self.dhcp != DhcpMode::Off {
+            if self.dhcp != DhcpMode::Off || self.tftp.is_some() {
                 return Err(
-                    "--dhcp needs --boot-http: DHCP points machines at the HTTP boot service"
-                        .into(),
+                    "--dhcp and --tftp need --boot-http: the boot continues over HTTP".into(),
                 );
             }
             return Ok(None);
@@ -236,6 +239,7 @@ impl BootArgs {
             },
             key,
             dhcp,
+            tftp: self.tftp,
         }))
     }
 }

@@ -28,6 +28,8 @@ pub struct Metrics {
     endpoints: Family<Labels, Gauge>,
     boot_requests: Family<Labels, Counter>,
     dhcp_replies: Family<Labels, Counter>,
+    /// The TFTP server's metrics, registered here so /metrics serves them.
+    pub tftp: crate::boot::tftp::TftpMetrics,
 }
 
 fn label(k: &str, v: &str) -> Labels {
@@ -55,6 +57,8 @@ impl Metrics {
         let endpoints = Family::<Labels, Gauge>::default();
         let boot_requests = Family::<Labels, Counter>::default();
         let dhcp_replies = Family::<Labels, Counter>::default();
+        let tftp = crate::boot::tftp::TftpMetrics::default();
+        tftp.register(&mut registry);
         registry.register(
             "boot_requests",
             "Per-machine boot scripts served, by what the machine was told to do",
@@ -109,6 +113,7 @@ impl Metrics {
             endpoints,
             boot_requests,
             dhcp_replies,
+            tftp,
         }
     }
 

@@ -8,7 +8,9 @@
 //!     kernel + busybox initrd playing WinPE's part, tests/pxe/imager-init.sh) follows the
 //!     imaging protocol, downloads the image with a Range-resumed GET, checks its sha256, writes
 //!     it to the VM's disk and reports; the test compares the disk's bytes;
-//! (c) full DHCP mode works without dnsmasq.
+//! (c) full DHCP mode works without dnsmasq;
+//! (d) a first-stage client that only speaks TFTP (OVMF's own PXE client) gets the iPXE binary
+//!     from recast's TFTP server and chains into HTTP.
 //!
 //! Needs root, QEMU, dnsmasq and the Debian kernel (tests/pxe/setup.sh). Skips loudly without
 //! them unless RECAST_REQUIRE_PXE=1 (CI sets it).
@@ -319,7 +321,7 @@ fn real_ipxe_firmware_boots_locally_then_images_when_armed_then_full_dhcp() {
     let site = prepare("loop");
     let net = Net::up(&format!("rcp{}", std::process::id() % 100000));
     let dnsmasq = net.dnsmasq(&site.dir);
-    let op = operator(&net, &site, &["--dhcp", "proxy"]);
+    let op = operator(&net, &site, &["--dhcp", "proxy", "--tftp", "10.77.0.2:69"]);
     let store = EmbeddedStore::open(&site.data).unwrap();
     let disk = site.dir.join("disk-vm1.img");
     std::fs::write(&disk, vec![0u8; 16 * 1024 * 1024]).unwrap();
@@ -373,7 +375,27 @@ fn real_ipxe_firmware_boots_locally_then_images_when_armed_then_full_dhcp() {
             "vm-03's (UEFI) fall-back event",
             || has_fallback(&store, "vm-03"),
         );
+        // (d) After iPXE's ROM hands back, OVMF's own PXE client (a first stage that speaks
+        // only TFTP: option 93 = 7, no iPXE user class) gets snponly.efi over recast's TFTP,
+        // which is iPXE and chains into HTTP and asks for its script again.
+        wait_for(
+            Duration::from_secs(240),
+            "OVMF's PXE client to fetch iPXE over TFTP and chain into HTTP",
+            || {
+                let log = operator_log(&site);
+                log.lines().any(|l| {
+                    l.contains("tftp transfer")
+                        && l.contains("file=ipxe/snponly.efi")
+                        && l.contains("completed")
+                }) && fallbacks(&store, "vm-03") >= 2
+            },
+        );
     }
+    let log = operator_log(&site);
+    assert!(
+        log.contains("kind=\"boot-program\" file=ipxe/snponly.efi"),
+        "the first-stage UEFI client was given the iPXE binary, not a script URL:\n{log}"
+    );
     image_it(
         &net,
         &site,
@@ -412,9 +434,14 @@ fn real_ipxe_firmware_boots_locally_then_images_when_armed_then_full_dhcp() {
 }
 
 fn has_fallback(store: &EmbeddedStore, name: &str) -> bool {
+    fallbacks(store, name) > 0
+}
+
+fn fallbacks(store: &EmbeddedStore, name: &str) -> usize {
     events(store, name)
         .iter()
-        .any(|e| e.starts_with("NetworkBootFallback"))
+        .filter(|e| e.starts_with("NetworkBootFallback"))
+        .count()
 }
 
 /// Requests a reimage, boots the machine (the power cycle a BMC would do), and checks every

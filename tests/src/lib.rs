@@ -2,6 +2,7 @@
 //! against, and deciding whether a missing peer skips a suite (a laptop) or fails it (CI).
 
 pub mod redfish;
+pub mod tftp;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

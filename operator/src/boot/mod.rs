@@ -8,6 +8,7 @@ pub mod http;
 pub mod intent;
 pub mod render;
 pub mod service;
+pub mod tftp;
 pub mod token;
 
 use std::future::Future;

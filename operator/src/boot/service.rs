@@ -19,6 +19,8 @@ pub struct BootServiceConfig {
     pub key: TokenKey,
     /// proxyDHCP / full DHCP; None leaves DHCP to the site (or to a relay pointing elsewhere).
     pub dhcp: Option<DhcpListeners>,
+    /// Read-only TFTP from the boot root (UDP 69), for PXE ROMs that fetch iPXE first.
+    pub tftp: Option<SocketAddr>,
 }
 
 pub struct DhcpListeners {
@@ -41,6 +43,29 @@ pub async fn run<B: Backend + BootIntents>(
         .await
         .map_err(|e| format!("cannot serve HTTP boot on {}: {e}", cfg.http_listen))?;
     let mut dhcp_tasks = Vec::new();
+    if let Some(addr) = cfg.tftp {
+        let source = super::tftp::FsSource::new(&cfg.boot.root).map_err(|e| e.to_string())?;
+        let server = super::tftp::TftpServer::bind(
+            super::tftp::TftpConfig {
+                listen: addr,
+                ..Default::default()
+            },
+            Arc::new(source),
+            metrics.tftp.clone(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        tracing::info!(%addr, root = %cfg.boot.root.display(), "serving TFTP (read-only)");
+        let mut stop = shutdown.clone();
+        dhcp_tasks.push(tokio::spawn(async move {
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = server.run(stopped).await {
+                tracing::error!("TFTP: {e}");
+            }
+        }));
+    }
     if let Some(d) = cfg.dhcp {
         let config = Arc::new(d.config);
         for port in d.ports {

@@ -1,0 +1,452 @@
+//! recast's read-only TFTP server: what PXE ROMs fetch first (the iPXE binary), before the rest
+//! of the boot goes over HTTP.
+//!
+//! RFC 1350 with blksize (RFC 2348), timeout and tsize (RFC 2349) and windowsize (RFC 7440).
+//! Every transfer is a tokio task with its own UDP socket (its TID); a per-client budget keeps
+//! the server from being an amplifier; files come from a [`FileSource`], confined to the boot
+//! root when they come from disk ([`FsSource`]). The packet codec ([`packet`]), option
+//! negotiation ([`options`]), path rules ([`path`]) and budgets ([`budget`]) are pure and tested
+//! on their own; this module and [`transfer`] are the I/O shell.
+//!
+//! async-tftp was considered: it has no windowsize, no per-client budget, and its handler does
+//! not see the client, so the shell is ours.
+
+pub mod budget;
+pub mod options;
+pub mod packet;
+pub mod path;
+mod pool;
+pub mod source;
+pub mod transfer;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::net::UdpSocket;
+
+pub use budget::{BudgetConfig, ClientBudgets};
+pub use options::Limits;
+pub use path::{BootPath, PathError};
+pub use source::{FileSource, FsSource, OpenError, OpenedFile};
+pub use transfer::Outcome;
+
+use packet::{ErrorCode, Packet};
+
+#[derive(Clone, Debug)]
+pub struct TftpConfig {
+    /// Where requests arrive (UDP 69 in production). Transfers answer from an ephemeral port on
+    /// the same address.
+    pub listen: SocketAddr,
+    pub limits: Limits,
+    /// Resends of a window (or OACK) before the client is given up.
+    pub max_retries: u32,
+    /// The doubling retransmission wait stops growing here.
+    pub max_backoff: Duration,
+    /// Transfers in progress across all clients; beyond it requests get "server busy". Each
+    /// holds at most `limits.max_window_bytes` of window plus a 128 KiB read buffer, so the
+    /// default bounds the server's transfer memory near 192 MiB.
+    pub max_transfers: usize,
+    pub budget: BudgetConfig,
+    /// Threads running transfers, each with its own event loop (0: one per CPU); see
+    /// `pool.rs` for why transfers do not share the caller's runtime.
+    pub transfer_threads: usize,
+}
+
+impl Default for TftpConfig {
+    fn default() -> Self {
+        TftpConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 69)),
+            limits: Limits::default(),
+            max_retries: 5,
+            max_backoff: Duration::from_secs(8),
+            max_transfers: 512,
+            budget: BudgetConfig::default(),
+            transfer_threads: 0,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TftpError {
+    #[error(
+        "cannot bind the TFTP socket on {addr}: {source} (port 69 needs root or CAP_NET_BIND_SERVICE, and no other TFTP server may hold it)"
+    )]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the TFTP socket failed: {0}")]
+    Socket(#[source] std::io::Error),
+    #[error(
+        "cannot start the TFTP transfer threads: {0} (the process may be out of threads or memory)"
+    )]
+    Threads(#[source] std::io::Error),
+}
+
+type Labels = Vec<(String, String)>;
+
+/// Prometheus metrics of the TFTP server (registered under the caller's registry).
+#[derive(Clone, Default, Debug)]
+pub struct TftpMetrics {
+    /// Finished transfers by outcome (completed, timed_out, refused, ...).
+    pub transfers: Family<Labels, Counter>,
+    /// Requests refused before a transfer started, by reason.
+    pub refused: Family<Labels, Counter>,
+    pub active: Gauge,
+    pub bytes_sent: Counter,
+    pub retransmits: Counter,
+    pub wrong_tid: Counter,
+    pub malformed: Counter,
+    /// Transfer tasks that panicked: always a bug, reported so tests and alerts can see it.
+    pub panics: Counter,
+}
+
+impl TftpMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("tftp");
+        r.register(
+            "transfers",
+            "Finished TFTP transfers by outcome",
+            self.transfers.clone(),
+        );
+        r.register(
+            "requests_refused",
+            "TFTP requests refused before a transfer started, by reason",
+            self.refused.clone(),
+        );
+        r.register(
+            "active_transfers",
+            "TFTP transfers in progress",
+            self.active.clone(),
+        );
+        r.register(
+            "sent_bytes",
+            "File bytes sent over TFTP",
+            self.bytes_sent.clone(),
+        );
+        r.register(
+            "retransmitted_packets",
+            "TFTP packets sent again after a timeout",
+            self.retransmits.clone(),
+        );
+        r.register(
+            "wrong_tid_packets",
+            "Packets from an unknown transfer id (answered with ERROR 5)",
+            self.wrong_tid.clone(),
+        );
+        r.register(
+            "malformed_packets",
+            "Datagrams that are not valid TFTP requests",
+            self.malformed.clone(),
+        );
+        r.register(
+            "task_panics",
+            "TFTP transfer tasks that panicked (a bug)",
+            self.panics.clone(),
+        );
+    }
+
+    pub fn transfers_with(&self, outcome: &str) -> u64 {
+        self.transfers
+            .get_or_create(&vec![("outcome".to_string(), outcome.to_string())])
+            .get()
+    }
+
+    pub fn refused_with(&self, reason: &str) -> u64 {
+        self.refused
+            .get_or_create(&vec![("reason".to_string(), reason.to_string())])
+            .get()
+    }
+}
+
+/// State shared by the listener and every transfer task.
+pub(crate) struct ServerShared {
+    config: TftpConfig,
+    source: Arc<dyn FileSource>,
+    budgets: Mutex<ClientBudgets>,
+    /// Client (address, port) pairs with a transfer in progress: a retransmitted RRQ from the
+    /// same client port is a duplicate, not a second transfer.
+    active: Mutex<HashSet<SocketAddr>>,
+    metrics: TftpMetrics,
+}
+
+impl ServerShared {
+    /// Waits until `ip`'s budget allows one more packet of `bytes`.
+    async fn throttle(&self, ip: IpAddr, bytes: usize) {
+        loop {
+            let verdict = match self.budgets.lock() {
+                Ok(mut b) => b.spend(ip, bytes, Instant::now()),
+                // A panic elsewhere while holding the lock: keep serving without budgets
+                // rather than wedge every transfer.
+                Err(poisoned) => poisoned.into_inner().spend(ip, bytes, Instant::now()),
+            };
+            match verdict {
+                Ok(()) => return,
+                Err(wait) => tokio::time::sleep(wait).await,
+            }
+        }
+    }
+
+    /// Spends budget for an error reply if there is any, without waiting: the listener must
+    /// never stall on one noisy client, and an unsent error reply costs nobody anything.
+    fn allow(&self, ip: IpAddr, bytes: usize) -> bool {
+        self.budgets().spend(ip, bytes, Instant::now()).is_ok()
+    }
+
+    fn budgets(&self) -> std::sync::MutexGuard<'_, ClientBudgets> {
+        self.budgets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn active(&self) -> std::sync::MutexGuard<'_, HashSet<SocketAddr>> {
+        self.active.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Releases a transfer's slot however its task ends (completion, error, or abort on shutdown).
+struct Slot {
+    shared: Arc<ServerShared>,
+    client: SocketAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.shared.active().remove(&self.client);
+        self.shared
+            .budgets()
+            .end_transfer(self.client.ip(), Instant::now());
+        self.shared.metrics.active.dec();
+    }
+}
+
+pub struct TftpServer {
+    socket: UdpSocket,
+    shared: Arc<ServerShared>,
+}
+
+impl TftpServer {
+    pub async fn bind(
+        config: TftpConfig,
+        source: Arc<dyn FileSource>,
+        metrics: TftpMetrics,
+    ) -> Result<Self, TftpError> {
+        let socket = UdpSocket::bind(config.listen)
+            .await
+            .map_err(|source| TftpError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let budgets = Mutex::new(ClientBudgets::new(config.budget.clone()));
+        Ok(TftpServer {
+            socket,
+            shared: Arc::new(ServerShared {
+                config,
+                source,
+                budgets,
+                active: Mutex::new(HashSet::new()),
+                metrics,
+            }),
+        })
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr, TftpError> {
+        self.socket.local_addr().map_err(TftpError::Socket)
+    }
+
+    /// Serves until `shutdown` completes; transfers in progress are then aborted.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), TftpError> {
+        let pool = pool::TransferPool::start(
+            self.shared.config.transfer_threads,
+            self.shared.metrics.clone(),
+        )
+        .map_err(TftpError::Threads)?;
+        // Large enough for any datagram, so an oversized request is seen whole and refused by
+        // the parser instead of being silently truncated into something valid.
+        let mut buf = vec![0u8; 65536];
+        tokio::pin!(shutdown);
+        let result = loop {
+            tokio::select! {
+                _ = &mut shutdown => break Ok(()),
+                received = self.socket.recv_from(&mut buf) => {
+                    let (len, from) = match received {
+                        Ok(r) => r,
+                        // An ICMP error from an earlier reply; not fatal for the listener.
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => continue,
+                        Err(e) => break Err(TftpError::Socket(e)),
+                    };
+                    self.handle(&buf[..len], from, &pool).await;
+                }
+            }
+        };
+        pool.shutdown().await;
+        result
+    }
+
+    async fn reply_error(&self, to: SocketAddr, code: ErrorCode, message: &str) {
+        let reply = packet::encode_error(code, message);
+        if self.shared.allow(to.ip(), reply.len()) {
+            let _ = self.socket.send_to(&reply, to).await;
+        }
+    }
+
+    fn refuse(&self, reason: &str) {
+        self.shared
+            .metrics
+            .refused
+            .get_or_create(&vec![("reason".to_string(), reason.to_string())])
+            .inc();
+    }
+
+    async fn handle(&self, datagram: &[u8], from: SocketAddr, pool: &pool::TransferPool) {
+        let request = match packet::parse(datagram) {
+            Ok(Packet::Rrq(request)) => request,
+            Ok(Packet::Wrq(request)) => {
+                self.refuse("write_request");
+                tracing::info!(client = %from, file = %request.filename, "tftp: write request refused (read-only server)");
+                self.reply_error(
+                    from,
+                    ErrorCode::AccessViolation,
+                    "write requests are refused: this TFTP server is read-only",
+                )
+                .await;
+                return;
+            }
+            // Never answer an ERROR (RFC 1350), or the two sides could bounce errors forever.
+            Ok(Packet::Error { .. }) => return,
+            Ok(Packet::Data { .. } | Packet::Ack { .. } | Packet::Oack { .. }) => {
+                self.refuse("not_a_request");
+                self.reply_error(
+                    from,
+                    ErrorCode::UnknownTransferId,
+                    "no transfer on this port; send a read request",
+                )
+                .await;
+                return;
+            }
+            Err(e) => {
+                self.shared.metrics.malformed.inc();
+                tracing::debug!(client = %from, error = %e, "tftp: malformed packet");
+                self.reply_error(
+                    from,
+                    ErrorCode::IllegalOperation,
+                    &format!("malformed request: {e}"),
+                )
+                .await;
+                return;
+            }
+        };
+        if self.shared.active().contains(&from) {
+            // The client resent its RRQ before our first answer reached it; the transfer
+            // already running answers it.
+            return;
+        }
+        let path = match path::normalize(&request.filename) {
+            Ok(p) => p,
+            Err(e) => {
+                self.refuse("path");
+                tracing::info!(client = %from, file = %request.filename, reason = %e, "tftp: request refused");
+                self.reply_error(from, ErrorCode::AccessViolation, &e.to_string())
+                    .await;
+                return;
+            }
+        };
+        if self.shared.active().len() >= self.shared.config.max_transfers {
+            self.refuse("server_busy");
+            self.reply_error(
+                from,
+                ErrorCode::NotDefined,
+                "server busy; try again shortly",
+            )
+            .await;
+            return;
+        }
+        let started = self
+            .shared
+            .budgets()
+            .start_transfer(from.ip(), Instant::now());
+        if let Err(e) = started {
+            self.refuse("client_budget");
+            tracing::info!(client = %from, file = %path, reason = %e, "tftp: request refused");
+            self.reply_error(from, ErrorCode::NotDefined, &e.to_string())
+                .await;
+            return;
+        }
+        self.shared.active().insert(from);
+        self.shared.metrics.active.inc();
+        let slot = Slot {
+            shared: self.shared.clone(),
+            client: from,
+        };
+        let local = SocketAddr::new(self.shared.config.listen.ip(), 0);
+        let shared = self.shared.clone();
+        let job: pool::Job = Box::pin(async move {
+            let _slot = slot;
+            let socket = match UdpSocket::bind(local).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(client = %from, error = %e, "tftp: cannot open a transfer socket");
+                    shared
+                        .metrics
+                        .transfers
+                        .get_or_create(&vec![("outcome".into(), "network_error".into())])
+                        .inc();
+                    return;
+                }
+            };
+            let transfer = transfer::Transfer {
+                shared: shared.clone(),
+                client: from,
+                request,
+                path,
+                socket,
+            };
+            let start = Instant::now();
+            let mut progress = transfer::Progress::default();
+            let outcome = transfer.run(&mut progress).await;
+            shared.metrics.bytes_sent.inc_by(progress.bytes);
+            shared
+                .metrics
+                .transfers
+                .get_or_create(&vec![("outcome".into(), outcome.label().into())])
+                .inc();
+            let (blksize, windowsize) = progress
+                .negotiated
+                .as_ref()
+                .map_or((0, 0), |n| (n.blksize, n.windowsize));
+            let detail = match &outcome {
+                Outcome::Completed | Outcome::TimedOut => String::new(),
+                Outcome::AbortedByClient { code, message } => {
+                    format!("client error {code}: {message}")
+                }
+                Outcome::Refused { code, reason } => format!("error {}: {reason}", code.as_u16()),
+                Outcome::NetworkError(e) => e.clone(),
+            };
+            tracing::info!(
+                client = %from,
+                file = %transfer.path,
+                mode = %transfer.request.mode,
+                outcome = outcome.label(),
+                bytes = progress.bytes,
+                blocks = progress.blocks,
+                blksize,
+                windowsize,
+                retransmits = progress.retransmits,
+                duration_ms = transfer::elapsed_ms(start),
+                detail,
+                "tftp transfer"
+            );
+        });
+        // Refused only while shutting down; dropping the job releases its slot.
+        if !pool.spawn(job) {
+            tracing::debug!(client = %from, "tftp: shutting down, request dropped");
+        }
+    }
+}
