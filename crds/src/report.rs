@@ -209,7 +209,9 @@ pub enum ReportError {
         "the report is {size} bytes, more than the {max} allowed: send fewer events (the agent keeps the newest)"
     )]
     TooLarge { size: usize, max: usize },
-    #[error("the report is not valid JSON for schema version {REPORT_VERSION}: at {path}: {message}")]
+    #[error(
+        "the report is not valid JSON for schema version {REPORT_VERSION}: at {path}: {message}"
+    )]
     Decode { path: String, message: String },
     #[error("report field {field}: {problem}")]
     Invalid { field: String, problem: String },
@@ -485,7 +487,14 @@ mod tests {
 
     #[test]
     fn refuses_malformed_json_and_oversized_bodies() {
-        for body in [&b""[..], b"{", b"[]", b"null", b"{\"version\":1}", &[0xff, 0xfe]] {
+        for body in [
+            &b""[..],
+            b"{",
+            b"[]",
+            b"null",
+            b"{\"version\":1}",
+            &[0xff, 0xfe],
+        ] {
             assert!(matches!(
                 AgentReport::from_json(body),
                 Err(ReportError::Decode { .. })
