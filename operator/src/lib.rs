@@ -5,6 +5,7 @@ pub mod bmc;
 pub mod controller;
 pub mod core;
 pub mod failpoint;
+pub mod gateway;
 pub mod http;
 pub mod manifests;
 pub mod metrics;
