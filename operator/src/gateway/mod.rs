@@ -463,8 +463,9 @@ impl<B: Backend> Gateway<B> {
         }
         self.credentials.save_sequences(&marks)?;
         self.stats.store_writes.fetch_add(1, Ordering::Relaxed);
-        for (key, seq) in &marks {
-            if let Some(slot) = lock(&self.entries).get(key).cloned()
+        let saved: HashMap<&Key, u64> = marks.iter().map(|(k, s)| (k, *s)).collect();
+        for (key, slot) in &slots {
+            if let Some(seq) = saved.get(key)
                 && let Some(e) = slot.lock().await.as_mut()
             {
                 e.session.persisted_sequence = e.session.persisted_sequence.max(*seq);
