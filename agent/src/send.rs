@@ -111,7 +111,31 @@ impl Sender {
         self.send_body(token, body).await
     }
 
-    /// Sends raw bytes (the simulator uses this to send malformed reports on purpose).
+    /// Posts arbitrary bytes with an optional token and any Content-Type, and returns the raw
+    /// status and body: for tests that must send what a well-behaved agent never would.
+    pub async fn post_raw(
+        &self,
+        token: Option<&str>,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<(u16, String), SendError> {
+        let mut req = self
+            .client
+            .post(&self.url)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.map_err(|e| SendError::Transport {
+            url: self.url.clone(),
+            message: error_chain(&e),
+        })?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.text().await.unwrap_or_default()))
+    }
+
+    /// Sends a serialised report.
     pub async fn send_body(&self, token: &str, body: Vec<u8>) -> Result<SendOutcome, SendError> {
         let resp = self
             .client

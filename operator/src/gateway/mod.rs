@@ -486,13 +486,19 @@ impl<B: Backend> Gateway<B> {
                         tracing::warn!(error = %e, "saving report sequences failed; will retry");
                     }
                 }
-                _ = shutdown.wait_for(|s| *s) => break,
+                _ = stopped(&mut shutdown) => break,
             }
         }
         if let Err(e) = self.flush_sequences().await {
             tracing::warn!(error = %e, "saving report sequences at shutdown failed");
         }
     }
+}
+
+/// Resolves once `shutdown` turns true (or its sender is gone). The borrow guard stays inside,
+/// so callers' futures remain Send.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
 }
 
 fn stored_state(ep: &Endpoint, sequence: u64) -> StoredState {
@@ -604,7 +610,7 @@ pub async fn serve_tls(
                 Ok(p) => p,
                 Err(_) => return Ok(()),
             },
-            _ = shutdown.wait_for(|s| *s) => return Ok(()),
+            _ = stopped(&mut shutdown) => return Ok(()),
         };
         let (tcp, _peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -616,7 +622,7 @@ pub async fn serve_tls(
                     continue;
                 }
             },
-            _ = shutdown.wait_for(|s| *s) => return Ok(()),
+            _ = stopped(&mut shutdown) => return Ok(()),
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
