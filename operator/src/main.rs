@@ -31,6 +31,8 @@ enum BackendKind {
     Kube,
 }
 
+// Parsed once at start; the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the controllers and serve health, readiness and metrics.
@@ -48,6 +50,21 @@ enum Command {
         listen: SocketAddr,
         #[command(flatten)]
         kube: KubeArgs,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+
+    /// Issue (or rotate) and revoke agent gateway tokens (embedded backend's data directory).
+    GatewayToken {
+        #[command(subcommand)]
+        action: TokenAction,
+        #[arg(
+            long,
+            default_value = "/var/lib/recast",
+            env = "RECAST_DATA_DIR",
+            global = true
+        )]
+        data_dir: PathBuf,
     },
 
     /// Print the CustomResourceDefinitions, for `recast-operator crds | kubectl apply -f -`.
@@ -74,9 +91,77 @@ struct KubeArgs {
     watch_namespace: Option<String>,
 }
 
+/// The agent gateway (HTTPS, POST /v1/reports); off unless --gateway-listen is given.
+#[derive(clap::Args, Clone)]
+struct GatewayArgs {
+    /// Address for the agent gateway, such as 0.0.0.0:8443.
+    #[arg(long, env = "RECAST_GATEWAY_LISTEN", requires_all = ["gateway_cert", "gateway_key"])]
+    gateway_listen: Option<SocketAddr>,
+    /// PEM certificate chain the gateway presents.
+    #[arg(long, env = "RECAST_GATEWAY_CERT")]
+    gateway_cert: Option<PathBuf>,
+    /// PEM private key of that certificate.
+    #[arg(long, env = "RECAST_GATEWAY_KEY")]
+    gateway_key: Option<PathBuf>,
+    /// A report that changes nothing is written at most this often per endpoint.
+    #[arg(long, default_value = "10m")]
+    gateway_heartbeat_period: String,
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Print a new token for NAMESPACE/NAME (or NAME in "default"); the old one stops working.
+    Issue { endpoint: String },
+    /// Revoke the endpoint's token.
+    Revoke { endpoint: String },
+}
+
+fn endpoint_key(s: &str) -> recast_operator::controller::Key {
+    let (namespace, name) = s.split_once('/').unwrap_or(("default", s));
+    recast_operator::controller::Key {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+    }
+}
+
+fn gateway_token(action: TokenAction, data_dir: &std::path::Path) -> Result<(), String> {
+    use recast_operator::gateway::credentials::CredentialStore;
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+    let store = CredentialStore::open(data_dir).map_err(|e| e.to_string())?;
+    match action {
+        TokenAction::Issue { endpoint } => {
+            let key = endpoint_key(&endpoint);
+            let now = jiff::Timestamp::now()
+                .strftime("%Y-%m-%dT%H:%M:%SZ")
+                .to_string();
+            let token = store.issue(&key, &now).map_err(|e| e.to_string())?;
+            // The only place the token is ever shown.
+            println!("{token}");
+            eprintln!("token issued for {key}; write it to the agent's --token-file");
+        }
+        TokenAction::Revoke { endpoint } => {
+            let key = endpoint_key(&endpoint);
+            if store.revoke(&key).map_err(|e| e.to_string())? {
+                eprintln!("token of {key} revoked");
+            } else {
+                return Err(format!("{key} has no token"));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::GatewayToken { action, data_dir } => match gateway_token(action, &data_dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("recast-operator: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Crds => match recast_operator::crds_yaml() {
             Ok(yaml) => {
                 print!("{yaml}");
@@ -93,6 +178,7 @@ fn main() -> ExitCode {
             load,
             listen,
             kube: kube_args,
+            gateway,
         } => {
             init_tracing();
             let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -105,7 +191,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(run(backend, data_dir, load, listen, kube_args)) {
+            match rt.block_on(run(backend, data_dir, load, listen, kube_args, gateway)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("recast-operator: {e}");
@@ -134,6 +220,7 @@ async fn run(
     load: Vec<PathBuf>,
     listen: SocketAddr,
     kube_opts: KubeArgs,
+    gateway_args: GatewayArgs,
 ) -> Result<(), String> {
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -155,8 +242,19 @@ async fn run(
             for path in &load {
                 apply_at_start(&store, path)?;
             }
+            let backend = Arc::new(EmbeddedBackend { store });
+            if let Some(addr) = gateway_args.gateway_listen {
+                start_gateway(
+                    addr,
+                    &gateway_args,
+                    &data_dir,
+                    backend.clone(),
+                    stop_rx.clone(),
+                )
+                .await?;
+            }
             let ctrl = Arc::new(Controller::new(
-                Arc::new(EmbeddedBackend { store }),
+                backend,
                 Arc::new(RecordingPower::default()),
                 Arc::new(SystemClock),
                 metrics,
@@ -166,6 +264,9 @@ async fn run(
                 .map_err(|e| e.to_string())?;
         }
         BackendKind::Kube => {
+            if gateway_args.gateway_listen.is_some() {
+                return Err("the agent gateway runs with the embedded backend for now; run it without --gateway-listen on the kube backend".into());
+            }
             let client = kube::Client::try_default().await.map_err(|e| {
                 format!("cannot reach Kubernetes ({e}); run in a cluster or set KUBECONFIG")
             })?;
@@ -196,6 +297,45 @@ async fn run(
         Ok(Err(e)) => Err(format!("cannot serve on {listen}: {e}")),
         Err(e) => Err(e.to_string()),
     }
+}
+
+async fn start_gateway(
+    addr: SocketAddr,
+    args: &GatewayArgs,
+    data_dir: &std::path::Path,
+    backend: Arc<EmbeddedBackend>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), String> {
+    use recast_operator::gateway::{self, Gateway, GatewayConfig};
+    let (Some(cert), Some(key)) = (&args.gateway_cert, &args.gateway_key) else {
+        return Err("--gateway-listen needs --gateway-cert and --gateway-key".into());
+    };
+    let tls = gateway::tls_config(cert, key).map_err(|e| e.to_string())?;
+    let heartbeat_period = recast_crds::duration::parse(&args.gateway_heartbeat_period)
+        .map_err(|e| format!("--gateway-heartbeat-period: {e}"))?;
+    let credentials =
+        Arc::new(gateway::credentials::CredentialStore::open(data_dir).map_err(|e| e.to_string())?);
+    let gw = Arc::new(Gateway::new(
+        backend,
+        credentials,
+        GatewayConfig {
+            heartbeat_period,
+            ..GatewayConfig::default()
+        },
+        Arc::new(SystemClock),
+    ));
+    let primed = gw.prime().await.map_err(|e| e.to_string())?;
+    tracing::info!(endpoints = primed, "agent gateway primed");
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot serve the agent gateway on {addr}: {e}"))?;
+    tokio::spawn(gw.clone().run_background(stop.clone()));
+    tokio::spawn(async move {
+        if let Err(e) = gateway::serve_tls(listener, tls, gateway::router(gw), stop).await {
+            tracing::error!(error = %e, "agent gateway stopped");
+        }
+    });
+    Ok(())
 }
 
 fn apply_at_start(store: &EmbeddedStore, path: &std::path::Path) -> Result<(), String> {
