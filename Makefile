@@ -7,7 +7,7 @@ CARGO       ?= cargo
 CARGO_FLAGS ?= --ignore-rust-version
 DATA_DIR    ?= $(CURDIR)/.recast-data
 
-.PHONY: all build run test lint fmt docs crds crds-check bench-controller k8s-build k8s-demo k8s-up k8s-down clean help
+.PHONY: all build run test lint fmt docs crds crds-check bench-controller bench-gateway k8s-build k8s-demo k8s-up k8s-down clean help
 
 all: build
 
@@ -46,6 +46,13 @@ bench-controller: ## The controller over $(BENCH_ENDPOINTS) endpoints on both ba
 	$(CARGO) build --release $(CARGO_FLAGS) -p recast-operator --bin recast-operator --example bench_controller
 	tests/k8s/harness.sh up
 	target/release/examples/bench_controller target/release/recast-operator $(BENCH_ENDPOINTS)
+
+BENCH_REPORTS ?= 5
+
+bench-gateway: ## The agent gateway under recast-agent simulate ($(BENCH_ENDPOINTS) endpoints) vs nginx's static 204 over TLS (prints a table)
+	tests/gateway/setup.sh
+	$(CARGO) build --release $(CARGO_FLAGS) -p recast-operator -p recast-agent --bin recast-operator --bin recast-agent --example bench_gateway
+	target/release/examples/bench_gateway target/release/recast-operator target/release/recast-agent $(BENCH_ENDPOINTS) $(BENCH_REPORTS)
 
 k8s-build: ## Build (or reuse) kube-apiserver, etcd and kubectl from their Go modules
 	tests/k8s/build.sh

@@ -91,6 +91,9 @@ enum Cmd {
         /// Pause between one endpoint's reports, such as 1s (0s: as fast as possible).
         #[arg(long, default_value = "0s", value_parser = parse_duration_or_zero)]
         pause: Duration,
+        /// Requests in flight at once, across all endpoints.
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
         /// Print the summary as one JSON object (for scripts).
         #[arg(long)]
         json: bool,
@@ -251,6 +254,7 @@ async fn real_main(cli: Cli) -> Result<(), String> {
             prefix,
             reports,
             pause,
+            concurrency,
             json,
         } => {
             let text = std::fs::read_to_string(&tokens)
@@ -270,6 +274,7 @@ async fn real_main(cli: Cli) -> Result<(), String> {
                 reports,
                 pause,
                 tokens: Arc::new(map),
+                concurrency,
             })
             .await
             .map_err(|e| e.to_string())?;

@@ -192,6 +192,9 @@ pub struct SimulateOptions {
     pub pause: Duration,
     /// Endpoint name → bearer token.
     pub tokens: Arc<HashMap<String, String>>,
+    /// Requests in flight at once across all endpoints (a fleet's reports are spread out;
+    /// this keeps a load test from being a connection storm).
+    pub concurrency: usize,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -246,6 +249,7 @@ pub enum SimulateError {
 /// Runs the simulation to completion and returns what happened.
 pub async fn run(opts: SimulateOptions) -> Result<SimulateSummary, SimulateError> {
     let sender = Sender::new(&opts.gateway, opts.ca_file.as_deref())?;
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(opts.concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     let started = Instant::now();
     for i in 0..opts.endpoints {
@@ -257,6 +261,7 @@ pub async fn run(opts: SimulateOptions) -> Result<SimulateSummary, SimulateError
             .ok_or_else(|| SimulateError::NoToken(name.clone()))?;
         let sender = sender.clone();
         let opts = opts.clone();
+        let in_flight = in_flight.clone();
         tasks.spawn(async move {
             let mut local = SimulateSummary::default();
             // Spread the first reports over one pause so the fleet does not start in lockstep.
@@ -277,9 +282,11 @@ pub async fn run(opts: SimulateOptions) -> Result<SimulateSummary, SimulateError
                     now,
                     opts.pause.as_secs().clamp(1, u32::MAX as u64) as u32,
                 );
+                let permit = in_flight.acquire().await;
                 let t0 = Instant::now();
                 let result = sender.send(&token, &report).await;
                 local.latencies_us.push(t0.elapsed().as_micros() as u64);
+                drop(permit);
                 local.sent += 1;
                 match result {
                     Ok(SendOutcome::Accepted) => local.accepted += 1,

@@ -522,6 +522,7 @@ async fn the_simulator_reports_through_the_gateway() {
         reports: 3,
         pause: Duration::ZERO,
         tokens: Arc::new(tokens),
+        concurrency: 8,
     })
     .await
     .unwrap();

@@ -158,6 +158,17 @@ pub struct GatewayStats {
     pub store_writes: AtomicU64,
 }
 
+impl GatewayStats {
+    /// (accepted, refused, store writes).
+    pub fn snapshot(&self) -> (u64, u64, u64) {
+        (
+            self.accepted.load(Ordering::Relaxed),
+            self.refused.load(Ordering::Relaxed),
+            self.store_writes.load(Ordering::Relaxed),
+        )
+    }
+}
+
 struct Entry {
     session: Session,
     facts: Option<(EndpointFacts, Instant)>,
@@ -478,12 +489,23 @@ impl<B: Backend> Gateway<B> {
     pub async fn run_background(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut sweep = tokio::time::interval(self.config.sweep_interval);
         let mut flush = tokio::time::interval(self.config.flush_interval);
+        let mut logged = (0, 0, 0);
         loop {
             tokio::select! {
                 _ = sweep.tick() => { self.sweep().await; }
                 _ = flush.tick() => {
                     if let Err(e) = self.flush_sequences().await {
                         tracing::warn!(error = %e, "saving report sequences failed; will retry");
+                    }
+                    let now = self.stats.snapshot();
+                    if now != logged {
+                        tracing::info!(
+                            accepted = now.0,
+                            refused = now.1,
+                            store_writes = now.2,
+                            "gateway stats"
+                        );
+                        logged = now;
                     }
                 }
                 _ = stopped(&mut shutdown) => break,
