@@ -538,3 +538,111 @@ async fn the_simulator_reports_through_the_gateway() {
         st.signals
     );
 }
+
+async fn wait_for(
+    store: &EmbeddedStore,
+    name: &str,
+    what: &str,
+    ok: impl Fn(&EndpointStatus) -> bool,
+) -> EndpointStatus {
+    for _ in 0..400 {
+        let st = status(store, name);
+        if ok(&st) {
+            return st;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!(
+        "{name}: {what} did not happen; status: {:#?}",
+        status(store, name)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loop_closes_through_the_agent() {
+    use recast_operator::controller::Backend;
+    use recast_operator::core::lifecycle::Input;
+    let Some(h) = harness("loop", GatewayConfig::default()).await else {
+        return;
+    };
+    h.store
+        .write_status(
+            Kind::GoldenImage,
+            "default",
+            "win11-24h2-2026-01",
+            None,
+            &recast_tests::inputs::verified_image_status(),
+        )
+        .unwrap();
+    let old_token = h.credentials.issue(&key("kiosk-01"), "now").unwrap();
+    let r = report_for("kiosk-01", Scenario::FailedRollback, 1);
+    assert_eq!(
+        h.sender.send(&old_token, &r).await.unwrap(),
+        SendOutcome::Accepted
+    );
+    let st = wait_for(
+        &h.store,
+        "kiosk-01",
+        "an attempt waiting for the network boot",
+        |s| {
+            s.active_attempt
+                .as_ref()
+                .is_some_and(|a| format!("{:?}", a.step) == "Booting")
+        },
+    )
+    .await;
+    let attempt = st.active_attempt.unwrap();
+    assert_eq!(
+        attempt.trigger,
+        recast_crds::endpoint::AttemptTrigger::FailedRollback
+    );
+
+    // The boot service and the imaging environment do their part.
+    let backend = EmbeddedBackend {
+        store: h.store.clone(),
+    };
+    for input in [
+        Input::NetworkBooted {
+            attempt_id: attempt.id.clone(),
+            try_number: None,
+        },
+        Input::ImagingFinished {
+            attempt_id: attempt.id.clone(),
+            try_number: None,
+            result: Ok(()),
+        },
+    ] {
+        backend.post_input(&key("kiosk-01"), &input).await.unwrap();
+    }
+    wait_for(&h.store, "kiosk-01", "first boot of the new image", |s| {
+        s.active_attempt
+            .as_ref()
+            .is_some_and(|a| format!("{:?}", a.step) == "FirstBoot")
+    })
+    .await;
+
+    // The new image's agent has fresh credentials (the old token dies) and a new sequence
+    // space; its first report carries the attempt id and the new build.
+    let new_token = h.credentials.issue(&key("kiosk-01"), "now").unwrap();
+    let mut r = report_for("kiosk-01", Scenario::Healthy, 1);
+    r.attempt_id = Some(attempt.id.clone());
+    assert!(matches!(
+        h.sender.send(&old_token, &r).await.unwrap(),
+        SendOutcome::Unauthorized(_)
+    ));
+    assert_eq!(
+        h.sender.send(&new_token, &r).await.unwrap(),
+        SendOutcome::Accepted
+    );
+    let st = wait_for(&h.store, "kiosk-01", "the attempt to end", |s| {
+        s.active_attempt.is_none()
+    })
+    .await;
+    assert_eq!(st.history[0].id, attempt.id);
+    assert_eq!(
+        st.history[0].outcome,
+        recast_crds::endpoint::AttemptOutcome::Succeeded
+    );
+    assert_eq!(st.last_report.unwrap().build, "26100.7623");
+    assert!(st.signals.is_empty(), "{:?}", st.signals);
+}

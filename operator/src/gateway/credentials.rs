@@ -143,10 +143,15 @@ impl CredentialStore {
         if !well_formed(token) {
             return Ok(None);
         }
+        self.endpoint_for_hash(&token_hash(token))
+    }
+
+    /// Like [`endpoint_for`](Self::endpoint_for), by the token's hash.
+    pub fn endpoint_for_hash(&self, hash: &str) -> Result<Option<Key>, CredentialError> {
         self.conn()
             .prepare_cached("SELECT namespace, name FROM tokens WHERE hash = ?1")
             .and_then(|mut s| {
-                s.query_row(params![token_hash(token)], |r| {
+                s.query_row(params![hash], |r| {
                     Ok(Key {
                         namespace: r.get(0)?,
                         name: r.get(1)?,
@@ -178,8 +183,9 @@ impl CredentialStore {
     }
 
     /// Stores high-water marks in one transaction (the flusher batches them), never lowering
-    /// one, and only for endpoints that still hold a token (a rotation in between wins).
-    pub fn save_sequences(&self, marks: &[(Key, u64)]) -> Result<(), CredentialError> {
+    /// one, and only while the endpoint still holds the token the mark was reached with (a
+    /// rotation in between starts a new sequence space and wins).
+    pub fn save_sequences(&self, marks: &[(Key, String, u64)]) -> Result<(), CredentialError> {
         if marks.is_empty() {
             return Ok(());
         }
@@ -189,13 +195,14 @@ impl CredentialStore {
             let mut stmt = tx
                 .prepare_cached(
                     "INSERT INTO sequences (namespace, name, last)
-                     SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM tokens WHERE namespace = ?1 AND name = ?2)
+                     SELECT ?1, ?2, ?3 WHERE EXISTS
+                         (SELECT 1 FROM tokens WHERE namespace = ?1 AND name = ?2 AND hash = ?4)
                      ON CONFLICT (namespace, name) DO UPDATE SET last = max(last, excluded.last)",
                 )
                 .map_err(|e| self.db_err(e))?;
-            for (key, seq) in marks {
+            for (key, hash, seq) in marks {
                 let seq = i64::try_from(*seq).unwrap_or(i64::MAX);
-                stmt.execute(params![key.namespace, key.name, seq])
+                stmt.execute(params![key.namespace, key.name, seq, hash])
                     .map_err(|e| self.db_err(e))?;
             }
         }
@@ -243,7 +250,9 @@ mod tests {
             .unwrap();
         assert!(well_formed(&t1), "{t1}");
         assert_eq!(store.endpoint_for(&t1).unwrap(), Some(key("kiosk-01")));
-        store.save_sequences(&[(key("kiosk-01"), 10)]).unwrap();
+        store
+            .save_sequences(&[(key("kiosk-01"), token_hash(&t1), 10)])
+            .unwrap();
         assert_eq!(store.sequence(&key("kiosk-01")).unwrap(), 10);
         // Rotation: the old token dies, the sequence space restarts.
         let t2 = store
@@ -253,15 +262,25 @@ mod tests {
         assert_eq!(store.endpoint_for(&t1).unwrap(), None);
         assert_eq!(store.endpoint_for(&t2).unwrap(), Some(key("kiosk-01")));
         assert_eq!(store.sequence(&key("kiosk-01")).unwrap(), 0);
+        // A mark reached with the old token is not saved over the new sequence space.
+        store
+            .save_sequences(&[(key("kiosk-01"), token_hash(&t1), 30)])
+            .unwrap();
+        assert_eq!(store.sequence(&key("kiosk-01")).unwrap(), 0);
         // Never lowered.
-        store.save_sequences(&[(key("kiosk-01"), 20)]).unwrap();
-        store.save_sequences(&[(key("kiosk-01"), 5)]).unwrap();
+        let h2 = token_hash(&t2);
+        store
+            .save_sequences(&[(key("kiosk-01"), h2.clone(), 20)])
+            .unwrap();
+        store.save_sequences(&[(key("kiosk-01"), h2, 5)]).unwrap();
         assert_eq!(store.sequence(&key("kiosk-01")).unwrap(), 20);
         assert!(store.revoke(&key("kiosk-01")).unwrap());
         assert!(!store.revoke(&key("kiosk-01")).unwrap());
         assert_eq!(store.endpoint_for(&t2).unwrap(), None);
         // No token, no mark.
-        store.save_sequences(&[(key("kiosk-02"), 5)]).unwrap();
+        store
+            .save_sequences(&[(key("kiosk-02"), token_hash(&t2), 5)])
+            .unwrap();
         assert_eq!(store.sequence(&key("kiosk-02")).unwrap(), 0);
         // Only the hash is on disk.
         drop(store);

@@ -172,6 +172,9 @@ impl GatewayStats {
 struct Entry {
     session: Session,
     facts: Option<(EndpointFacts, Instant)>,
+    /// The token the session's sequence space belongs to (None: primed from the store, not
+    /// yet seen a report).
+    token_hash: Option<String>,
 }
 
 pub struct Gateway<B: Backend> {
@@ -245,9 +248,13 @@ impl<B: Backend> Gateway<B> {
                 retry_after,
             })?;
         let token = bearer(headers).ok_or(GatewayError::NoToken)?;
+        if !credentials::well_formed(token) {
+            return Err(GatewayError::BadToken);
+        }
+        let hash = credentials::token_hash(token);
         let key = self
             .credentials
-            .endpoint_for(token)?
+            .endpoint_for_hash(&hash)?
             .ok_or(GatewayError::BadToken)?;
         {
             let rate = self.config.endpoint_rate;
@@ -297,11 +304,19 @@ impl<B: Backend> Gateway<B> {
             *guard = Some(Entry {
                 session: Session::new(stored_state(&ep, sequence)),
                 facts: None,
+                token_hash: Some(hash.clone()),
             });
         }
         let Some(entry) = guard.as_mut() else {
             return Err(GatewayError::Store("session vanished".into()));
         };
+        if entry.token_hash.as_deref() != Some(hash.as_str()) {
+            // A new token (rotation, or a reimage's fresh credentials) starts a new sequence
+            // space: the agent that holds it may be a freshly installed one.
+            let sequence = self.credentials.sequence(&key)?;
+            entry.session.reset_sequence(sequence);
+            entry.token_hash = Some(hash.clone());
+        }
         entry
             .session
             .check_sequence(report.sequence)
@@ -408,6 +423,7 @@ impl<B: Backend> Gateway<B> {
                 Arc::new(tokio::sync::Mutex::new(Some(Entry {
                     session: Session::new(stored_state(&ep, seq)),
                     facts: None,
+                    token_hash: None,
                 })))
             });
         }
@@ -465,8 +481,9 @@ impl<B: Backend> Gateway<B> {
             let guard = slot.lock().await;
             if let Some(e) = guard.as_ref()
                 && e.session.last_sequence > e.session.persisted_sequence
+                && let Some(hash) = &e.token_hash
             {
-                marks.push((key.clone(), e.session.last_sequence));
+                marks.push((key.clone(), hash.clone(), e.session.last_sequence));
             }
         }
         if marks.is_empty() {
@@ -474,7 +491,7 @@ impl<B: Backend> Gateway<B> {
         }
         self.credentials.save_sequences(&marks)?;
         self.stats.store_writes.fetch_add(1, Ordering::Relaxed);
-        let saved: HashMap<&Key, u64> = marks.iter().map(|(k, s)| (k, *s)).collect();
+        let saved: HashMap<&Key, u64> = marks.iter().map(|(k, _, s)| (k, *s)).collect();
         for (key, slot) in &slots {
             if let Some(seq) = saved.get(key)
                 && let Some(e) = slot.lock().await.as_mut()

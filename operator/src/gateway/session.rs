@@ -165,6 +165,12 @@ impl Session {
         }
     }
 
+    /// A new token means a new sequence space (what the credential store holds for it).
+    pub fn reset_sequence(&mut self, stored: u64) {
+        self.last_sequence = stored;
+        self.persisted_sequence = stored;
+    }
+
     /// Replay protection: the sequence must exceed the last accepted one.
     pub fn check_sequence(&self, sequence: u64) -> Result<(), Replayed> {
         if sequence > self.last_sequence {
