@@ -56,6 +56,10 @@ pub struct Session {
     /// Signals the store had when this session began; they stand until a report replaces them
     /// (a restart must never drop a FailedRollback just because no report arrived yet).
     carried_signals: Vec<(SignalKind, String)>,
+    /// A Drift the store had when this session began. The baseline it was measured against is
+    /// not stored (the status keeps only the drifted build), so it stands until a reimage's
+    /// first report replaces the machine; it must not vanish because the gateway restarted.
+    sticky_drift: Option<String>,
 }
 
 /// Inputs for the controller, in this order.
@@ -152,7 +156,13 @@ pub fn summarize(r: &AgentReport, now: Timestamp) -> ReportSummary {
 
 impl Session {
     pub fn new(stored: StoredState) -> Self {
+        let sticky_drift = stored
+            .signals
+            .iter()
+            .find(|(k, _)| *k == SignalKind::Drift)
+            .map(|(_, m)| m.clone());
         Session {
+            sticky_drift,
             last_sequence: stored.sequence,
             persisted_sequence: stored.sequence,
             last_report: None,
@@ -194,6 +204,13 @@ impl Session {
             events_after: facts.events_after,
         };
         let mut derived = derive(&input);
+        if let Some(msg) = &self.sticky_drift
+            && self.last_report.is_some()
+            && !derived.iter().any(|(k, _)| *k == SignalKind::Drift)
+        {
+            derived.push((SignalKind::Drift, msg.clone()));
+            derived.sort_by_key(|(k, _)| k.urgency());
+        }
         if self.last_report.is_none() {
             // No report in this session yet: what the store had stands, except the heartbeat
             // judgement, which is made afresh.
@@ -223,6 +240,9 @@ impl Session {
             ubr: report.os.ubr,
         };
         // A report from a freshly applied image re-baselines; so does the first one ever.
+        if report.attempt_id.is_some() {
+            self.sticky_drift = None;
+        }
         if report.attempt_id.is_some() || self.baseline.is_none() {
             self.baseline = Some(build);
         }
@@ -471,6 +491,32 @@ mod tests {
         // Never reported: the sweep has nothing to say.
         let mut fresh = Session::new(StoredState::default());
         assert_eq!(fresh.tick(ts("2030-01-01T00:00:00Z"), &facts()), None);
+    }
+
+    #[test]
+    fn a_stored_drift_survives_a_restart_until_a_reimage() {
+        let immutable = EndpointFacts {
+            update_mode: UpdateMode::Immutable,
+            minimum_build: None,
+            ..facts()
+        };
+        let mut s = Session::new(StoredState {
+            last_report_at: Some(ts("2026-02-12T09:00:00Z")),
+            build: Some("26100.7705".parse().unwrap()),
+            signals: vec![(SignalKind::Drift, "patched in place".into())],
+            sequence: 3,
+        });
+        let w = s.accept(
+            report(4, 7705),
+            ts("2026-02-12T09:05:00Z"),
+            &immutable,
+            PERIOD,
+        );
+        assert_eq!(w.signals, None, "Drift stays, so the set is unchanged");
+        let mut fresh = report(5, 7623);
+        fresh.attempt_id = Some("a-1".into());
+        let w = s.accept(fresh, ts("2026-02-12T10:00:00Z"), &immutable, PERIOD);
+        assert_eq!(w.signals, Some(vec![]));
     }
 
     #[test]
