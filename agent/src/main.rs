@@ -197,11 +197,19 @@ async fn real_main(cli: Cli) -> Result<(), String> {
             let token = read_secret(&token_file)?;
             let sender = Sender::new(&gateway, ca_file.as_deref()).map_err(|e| e.to_string())?;
             let mut backoff: Option<Duration> = None;
+            let mut first = true;
             loop {
                 if !once {
                     let extra = fastrand::u64(0..=jitter.as_millis() as u64);
-                    let wait =
-                        backoff.take().unwrap_or(source.interval) + Duration::from_millis(extra);
+                    // The first report goes out soon after start (a fresh image's check-in ends
+                    // its attempt); later ones every interval.
+                    let base = if first {
+                        Duration::ZERO
+                    } else {
+                        source.interval
+                    };
+                    first = false;
+                    let wait = backoff.take().unwrap_or(base) + Duration::from_millis(extra);
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = tokio::signal::ctrl_c() => return Ok(()),
@@ -232,7 +240,7 @@ async fn real_main(cli: Cli) -> Result<(), String> {
                         }
                         Ok(SendOutcome::Unauthorized(m)) => tracing::error!(
                             message = %m,
-                            "the gateway refused this endpoint's token: issue a new one with recastctl and write it to the token file"
+                            "the gateway refused this endpoint's token: issue a new one with `recast-operator gateway-token issue` and write it to the token file"
                         ),
                         Ok(other) => tracing::warn!(outcome = ?other, "report refused"),
                         Err(e) => {
