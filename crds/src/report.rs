@@ -235,12 +235,27 @@ impl AgentReport {
                 max: MAX_REPORT_BYTES,
             });
         }
-        let de = &mut serde_json::Deserializer::from_slice(body);
-        let report: AgentReport =
-            serde_path_to_error::deserialize(de).map_err(|e| ReportError::Decode {
-                path: e.path().to_string(),
-                message: e.inner().to_string(),
-            })?;
+        // The fast path decodes plainly; only a body that fails is decoded again with path
+        // tracking, to say where it went wrong.
+        let report: AgentReport = match serde_json::from_slice(body) {
+            Ok(r) => r,
+            Err(_) => {
+                let de = &mut serde_json::Deserializer::from_slice(body);
+                let e = match serde_path_to_error::deserialize::<_, AgentReport>(de) {
+                    Err(e) => e,
+                    Ok(_) => {
+                        return Err(ReportError::Decode {
+                            path: ".".into(),
+                            message: "the body does not decode".into(),
+                        });
+                    }
+                };
+                return Err(ReportError::Decode {
+                    path: e.path().to_string(),
+                    message: e.inner().to_string(),
+                });
+            }
+        };
         report.validate()?;
         Ok(report)
     }

@@ -56,7 +56,19 @@ pub struct CredentialStore {
     path: PathBuf,
     conn: Mutex<Connection>,
     rng: SystemRandom,
+    /// Token hash → endpoint, valid while SQLite's data_version (which moves when another
+    /// connection commits) is unchanged; this process's own issue/revoke clear it.
+    cache: Mutex<TokenCache>,
 }
+
+#[derive(Default)]
+struct TokenCache {
+    data_version: Option<i64>,
+    keys: std::collections::HashMap<String, Key>,
+}
+
+/// Cached token hashes at most; a bigger fleet simply looks some up again.
+const TOKEN_CACHE_MAX: usize = 200_000;
 
 impl CredentialStore {
     pub fn open(data_dir: &Path) -> Result<Self, CredentialError> {
@@ -83,6 +95,7 @@ impl CredentialStore {
             path,
             conn: Mutex::new(conn),
             rng: SystemRandom::new(),
+            cache: Mutex::new(TokenCache::default()),
         })
     }
 
@@ -90,6 +103,12 @@ impl CredentialStore {
         // A panic while holding the lock leaves SQLite consistent (every change is one
         // statement or transaction), so a poisoned lock is safe to reuse.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn clear_cache(&self) {
+        let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        c.keys.clear();
+        c.data_version = None;
     }
 
     fn db_err(&self, source: rusqlite::Error) -> CredentialError {
@@ -121,6 +140,7 @@ impl CredentialStore {
         )
         .map_err(|e| self.db_err(e))?;
         tx.commit().map_err(|e| self.db_err(e))?;
+        self.clear_cache();
         Ok(token)
     }
 
@@ -133,6 +153,7 @@ impl CredentialStore {
                 params![key.namespace, key.name],
             )
             .map_err(|e| self.db_err(e))?;
+        self.clear_cache();
         Ok(n > 0)
     }
 
@@ -148,7 +169,22 @@ impl CredentialStore {
 
     /// Like [`endpoint_for`](Self::endpoint_for), by the token's hash.
     pub fn endpoint_for_hash(&self, hash: &str) -> Result<Option<Key>, CredentialError> {
-        self.conn()
+        let conn = self.conn();
+        let version: i64 = conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .map_err(|e| self.db_err(e))?;
+        {
+            let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if c.data_version != Some(version) {
+                // Another process issued, rotated or revoked a token: forget everything.
+                c.keys.clear();
+                c.data_version = Some(version);
+            }
+            if let Some(k) = c.keys.get(hash) {
+                return Ok(Some(k.clone()));
+            }
+        }
+        let found = conn
             .prepare_cached("SELECT namespace, name FROM tokens WHERE hash = ?1")
             .and_then(|mut s| {
                 s.query_row(params![hash], |r| {
@@ -159,7 +195,18 @@ impl CredentialStore {
                 })
                 .optional()
             })
-            .map_err(|e| self.db_err(e))
+            .map_err(|e| self.db_err(e))?;
+        // Only hits are cached: a flood of made-up tokens must not grow memory.
+        if let Some(k) = &found {
+            let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if c.data_version == Some(version) {
+                if c.keys.len() >= TOKEN_CACHE_MAX {
+                    c.keys.clear();
+                }
+                c.keys.insert(hash.to_string(), k.clone());
+            }
+        }
+        Ok(found)
     }
 
     /// The last accepted sequence of every endpoint that has one.
@@ -287,6 +334,30 @@ mod tests {
         let bytes = std::fs::read(d.join(DB_FILE)).unwrap();
         let hay = String::from_utf8_lossy(&bytes);
         assert!(!hay.contains(&t2[TOKEN_PREFIX.len()..]));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_revocation_by_another_process_takes_effect_at_once() {
+        let d = dir("other");
+        let gateway_side = CredentialStore::open(&d).unwrap();
+        let cli_side = CredentialStore::open(&d).unwrap();
+        let t = cli_side.issue(&key("kiosk-01"), "t").unwrap();
+        // Cached on the gateway's side after the first lookup.
+        for _ in 0..2 {
+            assert_eq!(
+                gateway_side.endpoint_for(&t).unwrap(),
+                Some(key("kiosk-01"))
+            );
+        }
+        assert!(cli_side.revoke(&key("kiosk-01")).unwrap());
+        assert_eq!(gateway_side.endpoint_for(&t).unwrap(), None);
+        let t2 = cli_side.issue(&key("kiosk-01"), "t").unwrap();
+        assert_eq!(
+            gateway_side.endpoint_for(&t2).unwrap(),
+            Some(key("kiosk-01"))
+        );
+        assert_eq!(gateway_side.endpoint_for(&t).unwrap(), None);
         std::fs::remove_dir_all(&d).unwrap();
     }
 
