@@ -310,6 +310,14 @@ fn main() {
     let ng_url = format!("https://127.0.0.1:{ng_port}");
     let _ = simulate(&agent, &ng_url, &ca, &tokens, n, 1);
     let ng_steady = simulate(&agent, &ng_url, &ca, &tokens, n, reports);
+    // SIGTERM, not SIGKILL: the master then stops its workers instead of orphaning them.
+    let _ = Command::new("kill")
+        .args(["-TERM", &nginx.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while matches!(nginx.try_wait(), Ok(None)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let _ = nginx.kill();
     let _ = nginx.wait();
 
