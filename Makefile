@@ -10,7 +10,7 @@ DATA_DIR    ?= $(CURDIR)/.recast-data
 # performing them. POWER_DRIVER=redfish drives real BMCs.
 POWER_DRIVER ?= record
 
-.PHONY: all build run test redfish-setup lint fmt docs crds crds-check bench-controller bench-boot bench-images k8s-build k8s-demo k8s-up k8s-down clean help
+.PHONY: all build run test redfish-setup lint fmt docs crds crds-check bench-controller bench-boot bench-images bench-gateway k8s-build k8s-demo k8s-up k8s-down clean help
 
 all: build
 
@@ -65,6 +65,13 @@ bench-images: ## sha256, WIM inspection and integrity checks vs sha256sum and wi
 	tests/golden/setup.sh
 	$(CARGO) build --release $(CARGO_FLAGS) -p recast-golden --example bench_images
 	target/release/examples/bench_images $(BENCH_IMAGE_MIB)
+
+BENCH_REPORTS ?= 5
+
+bench-gateway: ## The agent gateway under recast-agent simulate ($(BENCH_ENDPOINTS) endpoints) vs nginx's static 204 over TLS (prints a table)
+	tests/gateway/setup.sh
+	$(CARGO) build --release $(CARGO_FLAGS) -p recast-operator -p recast-agent --bin recast-operator --bin recast-agent --example bench_gateway
+	target/release/examples/bench_gateway target/release/recast-operator target/release/recast-agent $(BENCH_ENDPOINTS) $(BENCH_REPORTS)
 
 k8s-build: ## Build (or reuse) kube-apiserver, etcd and kubectl from their Go modules
 	tests/k8s/build.sh

@@ -1,11 +1,325 @@
-use clap::Parser;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
-/// recast-agent: runs on each endpoint and reports its build, update results and crashes to the
-/// recast gateway. The collectors arrive with the agent issue; today it only identifies itself.
+use clap::{Parser, Subcommand};
+use jiff::Timestamp;
+use recast_agent::collect::{self, CommandRunner, Identity, ReplayRunner, SystemRunner};
+use recast_agent::send::{SendOutcome, Sender};
+use recast_agent::simulate::{self, Scenario, SimulateOptions};
+use recast_agent::state;
+
+/// recast-agent: runs on each endpoint and reports its build, update results, servicing state
+/// and crashes to the recast gateway.
 #[derive(Parser)]
 #[command(version, about)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
 
-fn main() {
-    let _ = Cli::parse();
+#[derive(clap::Args, Clone)]
+struct Source {
+    /// Read tool outputs from files in DIR instead of running wevtutil, reg, fsutil and cmd
+    /// (file names in agent/README.md).
+    #[arg(long, value_name = "DIR")]
+    replay: Option<PathBuf>,
+    /// The Endpoint object's name, as declared to recast.
+    #[arg(long, env = "RECAST_ENDPOINT")]
+    endpoint: String,
+    /// File holding the attempt id, written by the reimage flow into a freshly applied image.
+    #[arg(long, value_name = "FILE")]
+    attempt_file: Option<PathBuf>,
+    /// Report interval, such as 5m.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    interval: Duration,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Collect one report and print it as JSON (nothing is sent).
+    Collect {
+        #[command(flatten)]
+        source: Source,
+    },
+    /// Report to the gateway every interval (plus random jitter) until stopped.
+    Run {
+        #[command(flatten)]
+        source: Source,
+        /// Gateway base URL, such as https://recast.example:8443.
+        #[arg(long, env = "RECAST_GATEWAY")]
+        gateway: String,
+        /// File holding this endpoint's bearer token (never passed on the command line, where
+        /// other users could read it).
+        #[arg(long, value_name = "FILE")]
+        token_file: PathBuf,
+        /// PEM bundle the gateway's certificate must chain to (default: the system's roots).
+        #[arg(long, value_name = "FILE")]
+        ca_file: Option<PathBuf>,
+        /// Where the agent keeps its report sequence.
+        #[arg(long, value_name = "FILE")]
+        state_file: PathBuf,
+        /// Up to this much random delay before each report, so a fleet booted together does
+        /// not report together.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        jitter: Duration,
+        /// Send one report and exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Run N simulated endpoints against a gateway (tests, demos, benchmarks).
+    Simulate {
+        #[arg(long, default_value_t = 10)]
+        endpoints: usize,
+        #[arg(long)]
+        gateway: String,
+        #[arg(long, value_enum, default_value = "healthy")]
+        scenario: Scenario,
+        /// JSON object mapping each simulated endpoint name to its token.
+        #[arg(long, value_name = "FILE")]
+        tokens: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        ca_file: Option<PathBuf>,
+        /// Endpoint names are PREFIX-00001, PREFIX-00002, ...
+        #[arg(long, default_value = "sim")]
+        prefix: String,
+        /// Reports per endpoint.
+        #[arg(long, default_value_t = 1)]
+        reports: u64,
+        /// Pause between one endpoint's reports, such as 1s (0s: as fast as possible).
+        #[arg(long, default_value = "0s", value_parser = parse_duration_or_zero)]
+        pause: Duration,
+        /// Requests in flight at once, across all endpoints.
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+        /// Print the summary as one JSON object (for scripts).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    recast_crds::duration::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
+    if s == "0" || s == "0s" {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(s)
+}
+
+fn identity(source: &Source) -> Result<Identity, String> {
+    let attempt_id = match &source.attempt_file {
+        Some(p) => match std::fs::read_to_string(p) {
+            Ok(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+            Ok(_) => None,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(format!("reading attempt id {}: {e}", p.display())),
+        },
+        None => None,
+    };
+    Ok(Identity {
+        endpoint: source.endpoint.clone(),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        attempt_id,
+        interval_seconds: source.interval.as_secs().clamp(1, u32::MAX as u64) as u32,
+    })
+}
+
+fn runner(source: &Source) -> Result<Box<dyn CommandRunner + Send>, String> {
+    match &source.replay {
+        Some(dir) => {
+            collect::check_replay_dir(dir)?;
+            Ok(Box::new(ReplayRunner { dir: dir.clone() }))
+        }
+        None => Ok(Box::new(SystemRunner::default())),
+    }
+}
+
+fn now_millis(now: Timestamp) -> u64 {
+    u64::try_from(now.as_millisecond()).unwrap_or(0)
+}
+
+fn read_secret(path: &Path) -> Result<String, String> {
+    let s = std::fs::read_to_string(path)
+        .map_err(|e| format!("reading token file {}: {e}", path.display()))?;
+    let t = s.trim().to_string();
+    if t.is_empty() {
+        return Err(format!("token file {} is empty", path.display()));
+    }
+    Ok(t)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match real_main(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("recast-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn real_main(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Cmd::Collect { source } => {
+            let who = identity(&source)?;
+            let runner = runner(&source)?;
+            let now = Timestamp::now();
+            let report = collect::collect(runner.as_ref(), &who, now_millis(now), now)
+                .map_err(|e| e.to_string())?;
+            report.validate().map_err(|e| e.to_string())?;
+            let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+            println!("{json}");
+            Ok(())
+        }
+        Cmd::Run {
+            source,
+            gateway,
+            token_file,
+            ca_file,
+            state_file,
+            jitter,
+            once,
+        } => {
+            let who = identity(&source)?;
+            let token = read_secret(&token_file)?;
+            let sender = Sender::new(&gateway, ca_file.as_deref()).map_err(|e| e.to_string())?;
+            let mut backoff: Option<Duration> = None;
+            let mut first = true;
+            loop {
+                if !once {
+                    let extra = fastrand::u64(0..=jitter.as_millis() as u64);
+                    // The first report goes out soon after start (a fresh image's check-in ends
+                    // its attempt); later ones every interval.
+                    let base = if first {
+                        Duration::ZERO
+                    } else {
+                        source.interval
+                    };
+                    first = false;
+                    let wait = backoff.take().unwrap_or(base) + Duration::from_millis(extra);
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = tokio::signal::ctrl_c() => return Ok(()),
+                    }
+                }
+                let src = source.clone();
+                let who2 = who.clone();
+                let state_file2 = state_file.clone();
+                // The tools block; keep them off the runtime's threads.
+                let collected = tokio::task::spawn_blocking(move || {
+                    let runner = runner(&src)?;
+                    let now = Timestamp::now();
+                    let seq =
+                        state::reserve(&state_file2, now_millis(now)).map_err(|e| e.to_string())?;
+                    collect::collect(runner.as_ref(), &who2, seq, now).map_err(|e| e.to_string())
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+                match collected {
+                    Err(e) => tracing::error!(error = %e, "no report this interval"),
+                    Ok(report) => match sender.send(&token, &report).await {
+                        Ok(SendOutcome::Accepted) => {
+                            tracing::info!(sequence = report.sequence, build = %report.os.build_string(), "report accepted")
+                        }
+                        Ok(SendOutcome::RateLimited(d)) => {
+                            tracing::warn!(retry_in = ?d, "the gateway asked to slow down");
+                            backoff = Some(d);
+                        }
+                        Ok(SendOutcome::Unauthorized(m)) => tracing::error!(
+                            message = %m,
+                            "the gateway refused this endpoint's token: issue a new one with `recast-operator gateway-token issue` and write it to the token file"
+                        ),
+                        Ok(other) => tracing::warn!(outcome = ?other, "report refused"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "report not delivered; next interval retries")
+                        }
+                    },
+                }
+                if once {
+                    return Ok(());
+                }
+            }
+        }
+        Cmd::Simulate {
+            endpoints,
+            gateway,
+            scenario,
+            tokens,
+            ca_file,
+            prefix,
+            reports,
+            pause,
+            concurrency,
+            json,
+        } => {
+            let text = std::fs::read_to_string(&tokens)
+                .map_err(|e| format!("reading {}: {e}", tokens.display()))?;
+            let map: HashMap<String, String> = serde_json::from_str(&text).map_err(|e| {
+                format!(
+                    "{}: expected a JSON object of endpoint name to token: {e}",
+                    tokens.display()
+                )
+            })?;
+            let summary = simulate::run(SimulateOptions {
+                gateway,
+                ca_file,
+                endpoints,
+                scenario,
+                prefix,
+                reports,
+                pause,
+                tokens: Arc::new(map),
+                concurrency,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            let p50 = summary.percentile_us(50.0).unwrap_or(0);
+            let p99 = summary.percentile_us(99.0).unwrap_or(0);
+            if json {
+                let v = serde_json::json!({
+                    "sent": summary.sent,
+                    "accepted": summary.accepted,
+                    "refused": summary.refused,
+                    "transportErrors": summary.transport_errors,
+                    "seconds": summary.elapsed.as_secs_f64(),
+                    "ratePerSecond": summary.rate_per_second(),
+                    "p50Micros": p50,
+                    "p99Micros": p99,
+                });
+                println!("{v}");
+            } else {
+                println!("endpoints  sent  accepted  refused  errors  reports/s  p50 ms  p99 ms");
+                println!(
+                    "{endpoints:>9}  {:>4}  {:>8}  {:>7}  {:>6}  {:>9.0}  {:>6.2}  {:>6.2}",
+                    summary.sent,
+                    summary.accepted,
+                    summary.refused.values().sum::<u64>(),
+                    summary.transport_errors,
+                    summary.rate_per_second(),
+                    p50 as f64 / 1000.0,
+                    p99 as f64 / 1000.0
+                );
+                for (k, v) in &summary.refused {
+                    println!("  {k}: {v}");
+                }
+            }
+            if summary.transport_errors > 0 && summary.accepted == 0 {
+                return Err("no report was delivered: is the gateway running at that URL?".into());
+            }
+            Ok(())
+        }
+    }
 }

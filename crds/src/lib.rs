@@ -15,6 +15,7 @@ pub mod endpoint;
 pub mod golden_image;
 pub mod manifest;
 pub mod policy;
+pub mod report;
 pub mod validate;
 pub mod wave;
 

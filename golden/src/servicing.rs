@@ -100,6 +100,7 @@ pub fn kbs_in_manifest(file: &str, bytes: &[u8]) -> Result<Vec<String>, Manifest
     let options = roxmltree::ParsingOptions {
         allow_dtd: false,
         nodes_limit: crate::xml::MAX_XML_NODES,
+        ..Default::default()
     };
     let doc = roxmltree::Document::parse_with_options(&text, options).map_err(|e| {
         ManifestError::Unreadable {

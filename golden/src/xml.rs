@@ -175,6 +175,7 @@ pub fn parse_xml_text(text: &str) -> Result<WimXml, XmlError> {
         allow_dtd: false,
         // About 40 nodes per image; this bounds the tree whatever the text holds.
         nodes_limit: MAX_XML_NODES,
+        ..Default::default()
     };
     let doc = roxmltree::Document::parse_with_options(text, options)
         .map_err(|e| XmlError::Malformed { why: e.to_string() })?;

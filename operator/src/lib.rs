@@ -6,6 +6,7 @@ pub mod boot;
 pub mod controller;
 pub mod core;
 pub mod failpoint;
+pub mod gateway;
 pub mod http;
 pub mod manifests;
 pub mod metrics;

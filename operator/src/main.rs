@@ -41,6 +41,8 @@ enum PowerDriver {
     Record,
 }
 
+// Parsed once at start; the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the controllers and serve health, readiness and metrics.
@@ -68,6 +70,21 @@ enum Command {
         kube: KubeArgs,
         #[command(flatten)]
         boot: BootArgs,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+
+    /// Issue (or rotate) and revoke agent gateway tokens (embedded backend's data directory).
+    GatewayToken {
+        #[command(subcommand)]
+        action: TokenAction,
+        #[arg(
+            long,
+            default_value = "/var/lib/recast",
+            env = "RECAST_DATA_DIR",
+            global = true
+        )]
+        data_dir: PathBuf,
     },
 
     /// Print the CustomResourceDefinitions, for `recast-operator crds | kubectl apply -f -`.
@@ -264,9 +281,77 @@ struct KubeArgs {
     watch_namespace: Option<String>,
 }
 
+/// The agent gateway (HTTPS, POST /v1/reports); off unless --gateway-listen is given.
+#[derive(clap::Args, Clone)]
+struct GatewayArgs {
+    /// Address for the agent gateway, such as 0.0.0.0:8443.
+    #[arg(long, env = "RECAST_GATEWAY_LISTEN", requires_all = ["gateway_cert", "gateway_key"])]
+    gateway_listen: Option<SocketAddr>,
+    /// PEM certificate chain the gateway presents.
+    #[arg(long, env = "RECAST_GATEWAY_CERT")]
+    gateway_cert: Option<PathBuf>,
+    /// PEM private key of that certificate.
+    #[arg(long, env = "RECAST_GATEWAY_KEY")]
+    gateway_key: Option<PathBuf>,
+    /// A report that changes nothing is written at most this often per endpoint.
+    #[arg(long, default_value = "10m")]
+    gateway_heartbeat_period: String,
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Print a new token for NAMESPACE/NAME (or NAME in "default"); the old one stops working.
+    Issue { endpoint: String },
+    /// Revoke the endpoint's token.
+    Revoke { endpoint: String },
+}
+
+fn endpoint_key(s: &str) -> recast_operator::controller::Key {
+    let (namespace, name) = s.split_once('/').unwrap_or(("default", s));
+    recast_operator::controller::Key {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+    }
+}
+
+fn gateway_token(action: TokenAction, data_dir: &std::path::Path) -> Result<(), String> {
+    use recast_operator::gateway::credentials::CredentialStore;
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+    let store = CredentialStore::open(data_dir).map_err(|e| e.to_string())?;
+    match action {
+        TokenAction::Issue { endpoint } => {
+            let key = endpoint_key(&endpoint);
+            let now = jiff::Timestamp::now()
+                .strftime("%Y-%m-%dT%H:%M:%SZ")
+                .to_string();
+            let token = store.issue(&key, &now).map_err(|e| e.to_string())?;
+            // The only place the token is ever shown.
+            println!("{token}");
+            eprintln!("token issued for {key}; write it to the agent's --token-file");
+        }
+        TokenAction::Revoke { endpoint } => {
+            let key = endpoint_key(&endpoint);
+            if store.revoke(&key).map_err(|e| e.to_string())? {
+                eprintln!("token of {key} revoked");
+            } else {
+                return Err(format!("{key} has no token"));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::GatewayToken { action, data_dir } => match gateway_token(action, &data_dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("recast-operator: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Crds => match recast_operator::crds_yaml() {
             Ok(yaml) => {
                 print!("{yaml}");
@@ -285,6 +370,7 @@ fn main() -> ExitCode {
             power_driver,
             kube: kube_args,
             boot,
+            gateway,
         } => {
             init_tracing();
             let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -305,6 +391,7 @@ fn main() -> ExitCode {
                 power_driver,
                 kube_args,
                 boot,
+                gateway,
             )) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -336,6 +423,7 @@ async fn run(
     power_driver: PowerDriver,
     kube_opts: KubeArgs,
     boot_args: BootArgs,
+    gateway_args: GatewayArgs,
 ) -> Result<(), String> {
     let boot_cfg = boot_args.service(&data_dir)?;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -369,6 +457,16 @@ async fn run(
                     }
                 });
             }
+            if let Some(addr) = gateway_args.gateway_listen {
+                start_gateway(
+                    addr,
+                    &gateway_args,
+                    &data_dir,
+                    backend.clone(),
+                    stop_rx.clone(),
+                )
+                .await?;
+            }
             let result = match power_driver {
                 PowerDriver::Redfish => {
                     let power = RedfishPower::new(EmbeddedSecrets(store), RedfishTuning::default());
@@ -386,6 +484,9 @@ async fn run(
             result.map_err(|e| e.to_string())?;
         }
         BackendKind::Kube => {
+            if gateway_args.gateway_listen.is_some() {
+                return Err("the agent gateway runs with the embedded backend for now; run it without --gateway-listen on the kube backend".into());
+            }
             let client = kube::Client::try_default().await.map_err(|e| {
                 format!("cannot reach Kubernetes ({e}); run in a cluster or set KUBECONFIG")
             })?;
@@ -434,6 +535,45 @@ async fn run(
         Ok(Err(e)) => Err(format!("cannot serve on {listen}: {e}")),
         Err(e) => Err(e.to_string()),
     }
+}
+
+async fn start_gateway(
+    addr: SocketAddr,
+    args: &GatewayArgs,
+    data_dir: &std::path::Path,
+    backend: Arc<EmbeddedBackend>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), String> {
+    use recast_operator::gateway::{self, Gateway, GatewayConfig};
+    let (Some(cert), Some(key)) = (&args.gateway_cert, &args.gateway_key) else {
+        return Err("--gateway-listen needs --gateway-cert and --gateway-key".into());
+    };
+    let tls = gateway::tls_config(cert, key).map_err(|e| e.to_string())?;
+    let heartbeat_period = recast_crds::duration::parse(&args.gateway_heartbeat_period)
+        .map_err(|e| format!("--gateway-heartbeat-period: {e}"))?;
+    let credentials =
+        Arc::new(gateway::credentials::CredentialStore::open(data_dir).map_err(|e| e.to_string())?);
+    let gw = Arc::new(Gateway::new(
+        backend,
+        credentials,
+        GatewayConfig {
+            heartbeat_period,
+            ..GatewayConfig::default()
+        },
+        Arc::new(SystemClock),
+    ));
+    let primed = gw.prime().await.map_err(|e| e.to_string())?;
+    tracing::info!(endpoints = primed, "agent gateway primed");
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot serve the agent gateway on {addr}: {e}"))?;
+    tokio::spawn(gw.clone().run_background(stop.clone()));
+    tokio::spawn(async move {
+        if let Err(e) = gateway::serve_tls(listener, tls, gateway::router(gw), stop).await {
+            tracing::error!(error = %e, "agent gateway stopped");
+        }
+    });
+    Ok(())
 }
 
 fn apply_at_start(store: &EmbeddedStore, path: &std::path::Path) -> Result<(), String> {

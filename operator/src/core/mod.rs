@@ -1,6 +1,7 @@
 //! The functional core: pure decisions, no I/O. Shells feed it inputs and run its actions.
 
 pub mod build;
+pub mod derive;
 pub mod fleet;
 pub mod lifecycle;
 pub mod policy;

@@ -1,0 +1,857 @@
+//! Signal derivation: what an agent report (and its absence) says about an endpoint. Pure: the
+//! shell passes the last report, when it arrived, `now`, and the policy and image facts.
+//!
+//! False positives wipe people's machines, so each rule fires only on evidence that is specific
+//! to the improper state, and every rule has negative tests.
+//!
+//! # Telling a latest cumulative update (LCU) from everything else
+//!
+//! An update counts as an LCU when one of these holds, and only then:
+//! - a Windows Update title of the form "... Cumulative Update [Preview] for Windows ..." or
+//!   "... Cumulative Update [Preview] for Microsoft server operating system ..." with a
+//!   "(KBnnnnnnn)"; its build is the trailing "(26100.7623)" when the title has one. A
+//!   "Dynamic Cumulative Update" (setup media refresh) and a "Cumulative Update for .NET
+//!   Framework" are not LCUs, and neither is anything else (Defender definitions, drivers,
+//!   servicing stack updates, Office).
+//! - a servicing package identity `Package_for_RollupFix~<key>~<arch>~~<build>.<ubr>.x.y`: its
+//!   build is in the identity.
+//! - a servicing package identity `KBnnnnnnn` whose KB a Windows Update title in the same report
+//!   names as an LCU (the Setup log names LCUs by KB only).
+//!
+//! An LCU failure whose build cannot be learned this way is not enough to call for a reimage:
+//! "the running UBR is still below the update's" cannot be checked, and a guess could wipe a
+//! healthy machine.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use recast_crds::policy::UpdateMode;
+use recast_crds::report::{AgentReport, ServicingOutcome, UpdateOutcome, parse_timestamp};
+
+use super::build::Build;
+use super::signal::SignalKind;
+
+/// Stop codes that mean the boot volume could not be used: 0xED UNMOUNTABLE_BOOT_VOLUME (the
+/// January 2026 failure) and 0x7B INACCESSIBLE_BOOT_DEVICE.
+pub const BOOT_STOP_CODES: [u32; 2] = [0xED, 0x7B];
+
+/// A report may miss one interval (a reboot, a network blip): HeartbeatLost needs at least this
+/// many intervals of silence, whatever the policy's timeout.
+pub const MISSED_INTERVALS_FOR_LOST: u32 = 3;
+
+/// Everything derivation looks at.
+#[derive(Clone, Copy, Debug)]
+pub struct DeriveInput<'a> {
+    /// The last accepted report, if any.
+    pub report: Option<&'a AgentReport>,
+    /// When the gateway accepted it (the gateway's clock, not the agent's).
+    pub last_report_at: Option<Timestamp>,
+    pub now: Timestamp,
+    /// The policy's heartbeatTimeout.
+    pub heartbeat_timeout: Duration,
+    /// The golden image's minimum build.
+    pub minimum_build: Option<Build>,
+    /// The build recast last saw with its blessing: the build that ended the last reimage, or
+    /// the first build the endpoint reported. None: Drift cannot be judged yet.
+    pub baseline_build: Option<Build>,
+    pub update_mode: UpdateMode,
+    /// Events before this time describe a machine that has since been replaced (the end of the
+    /// last reimage) and are ignored.
+    pub events_after: Option<Timestamp>,
+}
+
+/// An LCU as identified from a title or package identity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lcu {
+    pub kb: Option<u32>,
+    pub build: Option<Build>,
+}
+
+fn kb_in(s: &str) -> Option<u32> {
+    // "(KB5074109)"; take the first KB in parentheses.
+    let upper = s.to_ascii_uppercase();
+    let mut rest = upper.as_str();
+    while let Some(i) = rest.find("(KB") {
+        let after = &rest[i + 3..];
+        let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+        if !digits.is_empty() && after[digits.len()..].starts_with(')') {
+            return digits.parse().ok();
+        }
+        rest = after;
+    }
+    None
+}
+
+/// The last "(BUILD.UBR)" group of a title.
+fn build_in_title(s: &str) -> Option<Build> {
+    let end = s.trim_end().strip_suffix(')')?;
+    let start = end.rfind('(')?;
+    end[start + 1..].parse().ok()
+}
+
+/// Whether a Windows Update title names an LCU (see the module documentation).
+pub fn lcu_from_title(title: &str) -> Option<Lcu> {
+    let lower = title.to_ascii_lowercase();
+    let idx = lower.find("cumulative update")?;
+    if lower[..idx].trim_end().ends_with("dynamic") {
+        return None;
+    }
+    let after = lower[idx + "cumulative update".len()..].trim_start();
+    let after = after.strip_prefix("preview").unwrap_or(after).trim_start();
+    let target = after.strip_prefix("for ")?;
+    if !(target.starts_with("windows") || target.starts_with("microsoft server operating system")) {
+        return None;
+    }
+    let kb = kb_in(title)?;
+    Some(Lcu {
+        kb: Some(kb),
+        build: build_in_title(title),
+    })
+}
+
+/// Whether a servicing package identity names an LCU on its own (RollupFix), or is a bare KB.
+fn lcu_from_package(package: &str) -> PackageKind {
+    if let Some(rest) = package.strip_prefix("Package_for_RollupFix~") {
+        // Package_for_RollupFix~31bf3856ad364e35~amd64~~26100.7623.1.10
+        let version = rest.rsplit("~").next().unwrap_or("");
+        let mut parts = version.split('.');
+        let build = match (parts.next(), parts.next()) {
+            (Some(b), Some(u)) => format!("{b}.{u}").parse().ok(),
+            _ => None,
+        };
+        return PackageKind::Lcu(Lcu { kb: None, build });
+    }
+    let upper = package.trim().to_ascii_uppercase();
+    if let Some(d) = upper.strip_prefix("KB")
+        && !d.is_empty()
+        && d.bytes().all(|b| b.is_ascii_digit())
+        && let Ok(kb) = d.parse()
+    {
+        return PackageKind::Kb(kb);
+    }
+    PackageKind::Other
+}
+
+enum PackageKind {
+    Lcu(Lcu),
+    Kb(u32),
+    Other,
+}
+
+/// One LCU result, from either log.
+#[derive(Clone, Debug)]
+struct LcuResult {
+    lcu: Lcu,
+    succeeded: bool,
+    time: Timestamp,
+    what: String,
+}
+
+fn lcu_results(r: &AgentReport) -> Vec<LcuResult> {
+    let mut out = Vec::new();
+    let mut kb_builds: Vec<(u32, Option<Build>)> = Vec::new();
+    for u in &r.update_events {
+        let Some(lcu) = lcu_from_title(&u.title) else {
+            continue;
+        };
+        if let Some(kb) = lcu.kb {
+            kb_builds.push((kb, lcu.build));
+        }
+        let Some(time) = parse_timestamp(&u.time) else {
+            continue;
+        };
+        let succeeded = match u.outcome {
+            UpdateOutcome::Installed => true,
+            UpdateOutcome::Failed => false,
+            UpdateOutcome::Started => continue,
+        };
+        let what = match (&u.error_code, succeeded) {
+            (Some(code), false) => format!(
+                "Windows Update failed to install {:?} ({code}) at {}",
+                u.title, u.time
+            ),
+            _ => format!("Windows Update installed {:?} at {}", u.title, u.time),
+        };
+        out.push(LcuResult {
+            lcu,
+            succeeded,
+            time,
+            what,
+        });
+    }
+    for s in &r.servicing_events {
+        let succeeded = match s.outcome {
+            ServicingOutcome::Succeeded => true,
+            o if o.is_failure() => false,
+            _ => continue,
+        };
+        // A package failing to be removed, or staged, is not an install that rolled back.
+        if let Some(state) = &s.intended_state
+            && !state.eq_ignore_ascii_case("Installed")
+        {
+            continue;
+        }
+        let lcu = match lcu_from_package(&s.package) {
+            PackageKind::Lcu(l) => l,
+            PackageKind::Kb(kb) => match kb_builds.iter().find(|(k, _)| *k == kb) {
+                Some((_, build)) => Lcu {
+                    kb: Some(kb),
+                    build: *build,
+                },
+                // The Setup log alone does not say whether a KB is cumulative.
+                None => continue,
+            },
+            PackageKind::Other => continue,
+        };
+        let Some(time) = parse_timestamp(&s.time) else {
+            continue;
+        };
+        let what = if succeeded {
+            format!("servicing installed package {} at {}", s.package, s.time)
+        } else {
+            format!(
+                "servicing failed to install package {} ({}) at {} (event {})",
+                s.package,
+                s.error_code.as_deref().unwrap_or("no error code"),
+                s.time,
+                s.event_id
+            )
+        };
+        out.push(LcuResult {
+            lcu,
+            succeeded,
+            time,
+            what,
+        });
+    }
+    out
+}
+
+/// Whether a later success clears a failure: the same KB, or a build at least as new; when
+/// either build is unknown, any later LCU install does (LCUs are cumulative, and Windows does
+/// not install an older one over a newer one).
+fn clears(success: &LcuResult, failure: &LcuResult) -> bool {
+    if success.time <= failure.time {
+        return false;
+    }
+    if let (Some(a), Some(b)) = (success.lcu.kb, failure.lcu.kb)
+        && a == b
+    {
+        return true;
+    }
+    match (success.lcu.build, failure.lcu.build) {
+        (Some(s), Some(f)) => s.ubr >= f.ubr,
+        _ => true,
+    }
+}
+
+fn failed_rollback(r: &AgentReport, after: Option<Timestamp>) -> Option<String> {
+    let results = lcu_results(r);
+    let running = Build {
+        build: r.os.current_build,
+        ubr: r.os.ubr,
+    };
+    let mut active: Vec<&LcuResult> = results
+        .iter()
+        .filter(|f| !f.succeeded)
+        .filter(|f| after.is_none_or(|a| f.time > a))
+        // Without the update's build, "still below it" cannot be checked: not enough to act.
+        .filter(|f| f.lcu.build.is_some())
+        // The UBR is what the LCU moves; it is shared across releases on one servicing branch
+        // (24H2 and 25H2 get the same UBR from the same month's update).
+        .filter(|f| f.lcu.build.is_some_and(|b| running.ubr < b.ubr))
+        .filter(|f| !results.iter().any(|s| s.succeeded && clears(s, f)))
+        .collect();
+    active.sort_by_key(|f| std::cmp::Reverse(f.time));
+    let newest = active.first()?;
+    let target = newest.lcu.build.map(|b| b.to_string()).unwrap_or_default();
+    Some(format!(
+        "{}; the endpoint still runs {running}, below {target}: the update rolled back and left servicing in the improper state",
+        newest.what
+    ))
+}
+
+fn boot_crash(r: &AgentReport, after: Option<Timestamp>) -> Option<String> {
+    let mut crashes: Vec<(Timestamp, u32, &str, &str)> = r
+        .crashes
+        .iter()
+        .filter_map(|c| {
+            let code = c.bugcheck_code?;
+            if !BOOT_STOP_CODES.contains(&code) {
+                return None;
+            }
+            let t = parse_timestamp(&c.time)?;
+            if after.is_some_and(|a| t <= a) {
+                return None;
+            }
+            let source = match c.source {
+                recast_crds::report::CrashSource::WerBugcheck => "WER-SystemErrorReporting 1001",
+                recast_crds::report::CrashSource::KernelPower => "Kernel-Power 41",
+                recast_crds::report::CrashSource::UnexpectedShutdown => "EventLog 6008",
+            };
+            Some((t, code, source, c.time.as_str()))
+        })
+        .collect();
+    crashes.sort_by_key(|c| std::cmp::Reverse(c.0));
+    let (_, code, source, time) = crashes.first()?;
+    let name = if *code == 0xED {
+        "UNMOUNTABLE_BOOT_VOLUME"
+    } else {
+        "INACCESSIBLE_BOOT_DEVICE"
+    };
+    Some(format!(
+        "bugcheck 0x{code:08x} {name} at {time} ({source}, reported by the agent)"
+    ))
+}
+
+/// How long without a report before HeartbeatLost: the policy's timeout, but never less than
+/// [`MISSED_INTERVALS_FOR_LOST`] of the agent's own intervals.
+pub fn heartbeat_deadline(heartbeat_timeout: Duration, interval_seconds: Option<u32>) -> Duration {
+    let floor = Duration::from_secs(
+        u64::from(interval_seconds.unwrap_or(0)) * u64::from(MISSED_INTERVALS_FOR_LOST),
+    );
+    heartbeat_timeout.max(floor)
+}
+
+/// The signals an endpoint shows right now, with a reason each, most urgent first.
+pub fn derive(input: &DeriveInput<'_>) -> Vec<(SignalKind, String)> {
+    let mut out = Vec::new();
+    if let Some(last) = input.last_report_at {
+        let deadline = heartbeat_deadline(
+            input.heartbeat_timeout,
+            input.report.map(|r| r.interval_seconds),
+        );
+        let silent = super::time::since(input.now, last);
+        if silent > deadline {
+            out.push((
+                SignalKind::HeartbeatLost,
+                format!(
+                    "no agent report since {} ({}s, more than the {}s allowed)",
+                    super::time::format(last),
+                    silent.as_secs(),
+                    deadline.as_secs()
+                ),
+            ));
+        }
+    }
+    if let Some(r) = input.report {
+        let running = Build {
+            build: r.os.current_build,
+            ubr: r.os.ubr,
+        };
+        if let Some(why) = boot_crash(r, input.events_after) {
+            out.push((SignalKind::BootCrash, why));
+        }
+        if let Some(why) = failed_rollback(r, input.events_after) {
+            out.push((SignalKind::FailedRollback, why));
+        }
+        // In managed mode Windows Update patches in place by design; only an immutable fleet
+        // calls a changed build drift.
+        if input.update_mode == UpdateMode::Immutable
+            && let Some(base) = input.baseline_build
+            && base != running
+        {
+            out.push((
+                SignalKind::Drift,
+                format!("the endpoint runs {running}, but recast left it at {base}: it was patched in place"),
+            ));
+        }
+        if let Some(min) = input.minimum_build
+            && !running.satisfies(min)
+        {
+            out.push((
+                SignalKind::NonCompliant,
+                format!("the endpoint runs {running}, below the golden image's minimum {min}"),
+            ));
+        }
+    }
+    out.sort_by_key(|(k, _)| k.urgency());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use recast_crds::report::{
+        CrashEvent, CrashSource, OsInfo, PendingServicing, REPORT_VERSION, ServicingEvent,
+        UpdateEvent,
+    };
+
+    const JAN: &str = "2026-01 Cumulative Update for Windows 11 Version 24H2 for x64-based Systems (KB5074109) (26100.7623)";
+    const FEB: &str = "2026-02 Cumulative Update for Windows 11 Version 24H2 for x64-based Systems (KB5077181) (26100.7705)";
+    const DEC: &str = "2025-12 Cumulative Update for Windows 11 Version 24H2 for x64-based Systems (KB5072033) (26100.7462)";
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn report(ubr: u32) -> AgentReport {
+        AgentReport {
+            version: REPORT_VERSION,
+            endpoint: "kiosk-01".into(),
+            sequence: 1,
+            agent_version: "0.1.0".into(),
+            attempt_id: None,
+            collected_at: "2026-01-15T09:00:00Z".into(),
+            interval_seconds: 300,
+            os: OsInfo {
+                current_build: 26100,
+                ubr,
+            },
+            update_events: vec![],
+            servicing_events: vec![],
+            pending: PendingServicing::default(),
+            crashes: vec![],
+            boot_time: None,
+            uptime_seconds: None,
+            system_disk: None,
+            collection_errors: vec![],
+        }
+    }
+
+    fn wu(outcome: UpdateOutcome, time: &str, title: &str) -> UpdateEvent {
+        UpdateEvent {
+            event_id: match outcome {
+                UpdateOutcome::Installed => 19,
+                UpdateOutcome::Failed => 20,
+                UpdateOutcome::Started => 43,
+            },
+            outcome,
+            time: time.into(),
+            title: title.into(),
+            error_code: (outcome == UpdateOutcome::Failed).then(|| "0x800f0922".into()),
+            update_guid: None,
+            revision: None,
+        }
+    }
+
+    fn cbs(outcome: ServicingOutcome, time: &str, package: &str) -> ServicingEvent {
+        ServicingEvent {
+            event_id: match outcome {
+                ServicingOutcome::Initiated => 1,
+                ServicingOutcome::Succeeded => 2,
+                ServicingOutcome::Failed => 3,
+                ServicingOutcome::RebootRequired => 4,
+                ServicingOutcome::FailedPartiallyInstalled => 6,
+            },
+            outcome,
+            time: time.into(),
+            package: package.into(),
+            intended_state: Some("Installed".into()),
+            error_code: outcome.is_failure().then(|| "0x800f0922".into()),
+            client: Some("WindowsUpdateAgent".into()),
+        }
+    }
+
+    fn crash(source: CrashSource, code: Option<u32>, time: &str) -> CrashEvent {
+        CrashEvent {
+            source,
+            event_id: 41,
+            time: time.into(),
+            bugcheck_code: code,
+            parameters: vec![],
+        }
+    }
+
+    fn input(r: &AgentReport) -> DeriveInput<'_> {
+        DeriveInput {
+            report: Some(r),
+            last_report_at: Some(ts("2026-01-15T09:00:00Z")),
+            now: ts("2026-01-15T09:01:00Z"),
+            heartbeat_timeout: Duration::from_secs(15 * 60),
+            minimum_build: None,
+            baseline_build: None,
+            update_mode: UpdateMode::Managed,
+            events_after: None,
+        }
+    }
+
+    fn kinds(i: &DeriveInput<'_>) -> Vec<SignalKind> {
+        derive(i).into_iter().map(|(k, _)| k).collect()
+    }
+
+    #[test]
+    fn lcu_titles() {
+        let jan = lcu_from_title(JAN).unwrap();
+        assert_eq!(jan.kb, Some(5074109));
+        assert_eq!(jan.build, Some("26100.7623".parse().unwrap()));
+        let preview = lcu_from_title("2026-01 Cumulative Update Preview for Windows 11 Version 24H2 for x64-based Systems (KB5074105) (26100.7701)").unwrap();
+        assert_eq!(preview.kb, Some(5074105));
+        let server = lcu_from_title("2026-01 Cumulative Update for Microsoft server operating system version 24H2 for x64-based Systems (KB5073379)").unwrap();
+        assert_eq!(server.build, None);
+        for not_lcu in [
+            "2026-01 Cumulative Update for .NET Framework 3.5 and 4.8.1 for Windows 11, version 24H2 for x64 (KB5073379)",
+            "Security Intelligence Update for Microsoft Defender Antivirus - KB2267602 (Version 1.443.512.0) - Current Channel (Broad)",
+            "Intel Corporation - Display - 32.0.101.6881",
+            "2026-01 Dynamic Cumulative Update for Windows 11 Version 24H2 for x64-based Systems (KB5074200)",
+            "2026-01 Servicing Stack Update for Windows 11 Version 24H2 for x64-based Systems (KB5074000)",
+            "2026-01 Cumulative Update for Windows 11 Version 24H2 for x64-based Systems",
+            "Windows Malicious Software Removal Tool x64 - v5.137 (KB890830)",
+        ] {
+            assert_eq!(lcu_from_title(not_lcu), None, "{not_lcu}");
+        }
+    }
+
+    #[test]
+    fn failed_lcu_below_its_build_is_failed_rollback() {
+        let mut r = report(7462);
+        r.update_events = vec![
+            wu(UpdateOutcome::Failed, "2026-01-14T08:41:02Z", JAN),
+            wu(UpdateOutcome::Started, "2026-01-14T08:05:47Z", JAN),
+            wu(UpdateOutcome::Installed, "2025-12-10T09:20:31Z", DEC),
+        ];
+        let got = derive(&input(&r));
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, SignalKind::FailedRollback);
+        assert!(got[0].1.contains("KB5074109"), "{}", got[0].1);
+        assert!(got[0].1.contains("26100.7462"), "{}", got[0].1);
+    }
+
+    #[test]
+    fn servicing_rollupfix_failure_is_failed_rollback_alone() {
+        for outcome in [
+            ServicingOutcome::Failed,
+            ServicingOutcome::FailedPartiallyInstalled,
+        ] {
+            let mut r = report(7462);
+            r.servicing_events = vec![cbs(
+                outcome,
+                "2026-01-13T21:14:33Z",
+                "Package_for_RollupFix~31bf3856ad364e35~amd64~~26100.7623.1.10",
+            )];
+            assert_eq!(kinds(&input(&r)), [SignalKind::FailedRollback]);
+        }
+    }
+
+    #[test]
+    fn servicing_kb_failure_counts_only_when_a_title_names_it_an_lcu() {
+        let mut r = report(7462);
+        r.servicing_events = vec![cbs(
+            ServicingOutcome::FailedPartiallyInstalled,
+            "2026-01-14T08:40:55Z",
+            "KB5074109",
+        )];
+        assert!(
+            kinds(&input(&r)).is_empty(),
+            "a bare KB is not known to be cumulative"
+        );
+        r.update_events = vec![wu(UpdateOutcome::Started, "2026-01-14T08:05:47Z", JAN)];
+        assert_eq!(kinds(&input(&r)), [SignalKind::FailedRollback]);
+    }
+
+    #[test]
+    fn benign_failures_are_not_failed_rollback() {
+        let mut r = report(7462);
+        r.update_events = vec![
+            wu(
+                UpdateOutcome::Failed,
+                "2026-01-14T08:00:00Z",
+                "Security Intelligence Update for Microsoft Defender Antivirus - KB2267602 (Version 1.443.512.0) - Current Channel (Broad)",
+            ),
+            wu(
+                UpdateOutcome::Failed,
+                "2026-01-14T08:00:00Z",
+                "Intel Corporation - Display - 32.0.101.6881",
+            ),
+            wu(
+                UpdateOutcome::Failed,
+                "2026-01-14T08:00:00Z",
+                "2026-01 Cumulative Update for .NET Framework 3.5 and 4.8.1 for Windows 11, version 24H2 for x64 (KB5073379)",
+            ),
+        ];
+        // The .NET package failing in the Setup log too, by KB.
+        r.servicing_events = vec![cbs(
+            ServicingOutcome::Failed,
+            "2026-01-14T08:00:00Z",
+            "KB5073379",
+        )];
+        assert!(kinds(&input(&r)).is_empty());
+    }
+
+    #[test]
+    fn a_later_install_of_the_same_or_a_newer_lcu_clears_it() {
+        let failed = wu(UpdateOutcome::Failed, "2026-01-14T08:41:02Z", JAN);
+        for later in [
+            wu(UpdateOutcome::Installed, "2026-01-15T08:00:00Z", JAN),
+            wu(UpdateOutcome::Installed, "2026-02-11T08:00:00Z", FEB),
+        ] {
+            // Still on the old UBR in the report (e.g. a reboot pending): the install clears.
+            let mut r = report(7462);
+            r.update_events = vec![later, failed.clone()];
+            assert!(kinds(&input(&r)).is_empty());
+        }
+        // An install from before the failure does not.
+        let mut r = report(7462);
+        r.update_events = vec![
+            failed.clone(),
+            wu(UpdateOutcome::Installed, "2026-01-10T08:00:00Z", JAN),
+        ];
+        assert_eq!(kinds(&input(&r)), [SignalKind::FailedRollback]);
+        // An older LCU installed later does not.
+        let mut r = report(7462);
+        r.update_events = vec![
+            wu(UpdateOutcome::Installed, "2026-01-15T08:00:00Z", DEC),
+            failed,
+        ];
+        assert_eq!(kinds(&input(&r)), [SignalKind::FailedRollback]);
+        // A later servicing success of the RollupFix package clears a servicing failure.
+        let mut r = report(7462);
+        let pkg = "Package_for_RollupFix~31bf3856ad364e35~amd64~~26100.7623.1.10";
+        r.servicing_events = vec![
+            cbs(ServicingOutcome::Succeeded, "2026-01-15T08:00:00Z", pkg),
+            cbs(ServicingOutcome::Failed, "2026-01-14T08:00:00Z", pkg),
+        ];
+        assert!(kinds(&input(&r)).is_empty());
+    }
+
+    #[test]
+    fn running_ubr_at_or_above_the_failed_lcu_is_not_failed_rollback() {
+        for ubr in [7623, 7705] {
+            let mut r = report(ubr);
+            r.update_events = vec![wu(UpdateOutcome::Failed, "2026-01-14T08:41:02Z", JAN)];
+            assert!(kinds(&input(&r)).is_empty(), "{ubr}");
+        }
+        // 25H2 (26200) on the same UBR is the same patch level.
+        let mut r = report(7623);
+        r.os.current_build = 26200;
+        r.update_events = vec![wu(UpdateOutcome::Failed, "2026-01-14T08:41:02Z", JAN)];
+        assert!(kinds(&input(&r)).is_empty());
+    }
+
+    #[test]
+    fn an_lcu_failure_with_unknown_build_is_not_enough() {
+        let mut r = report(7462);
+        r.update_events = vec![wu(
+            UpdateOutcome::Failed,
+            "2026-01-14T08:41:02Z",
+            "2026-01 Cumulative Update for Microsoft server operating system version 24H2 for x64-based Systems (KB5073379)",
+        )];
+        assert!(kinds(&input(&r)).is_empty());
+    }
+
+    #[test]
+    fn a_failed_removal_or_staging_is_not_a_rolled_back_install() {
+        let mut r = report(7462);
+        let mut e = cbs(
+            ServicingOutcome::Failed,
+            "2026-01-14T08:00:00Z",
+            "Package_for_RollupFix~31bf3856ad364e35~amd64~~26100.7623.1.10",
+        );
+        e.intended_state = Some("Absent".into());
+        r.servicing_events = vec![e];
+        assert!(kinds(&input(&r)).is_empty());
+    }
+
+    #[test]
+    fn events_from_before_the_last_reimage_are_ignored() {
+        let mut r = report(7462);
+        r.update_events = vec![wu(UpdateOutcome::Failed, "2026-01-14T08:41:02Z", JAN)];
+        r.crashes = vec![crash(
+            CrashSource::KernelPower,
+            Some(0xED),
+            "2026-01-14T09:00:00Z",
+        )];
+        let mut i = input(&r);
+        i.events_after = Some(ts("2026-01-14T10:00:00Z"));
+        assert!(kinds(&i).is_empty());
+    }
+
+    #[test]
+    fn boot_crash_on_0xed_and_0x7b_only() {
+        for (source, code) in [
+            (CrashSource::WerBugcheck, 0xED),
+            (CrashSource::KernelPower, 0xED),
+            (CrashSource::KernelPower, 0x7B),
+        ] {
+            let mut r = report(7623);
+            r.crashes = vec![crash(source, Some(code), "2026-01-15T08:02:14Z")];
+            let got = derive(&input(&r));
+            assert_eq!(got[0].0, SignalKind::BootCrash);
+            assert!(got[0].1.contains(&format!("0x{code:08x}")), "{}", got[0].1);
+        }
+        for (source, code) in [
+            (CrashSource::WerBugcheck, Some(0x50)),
+            (CrashSource::KernelPower, Some(0x50)),
+            (CrashSource::KernelPower, Some(0x1000007e)),
+            (CrashSource::KernelPower, Some(0x0)),
+            (CrashSource::KernelPower, None),
+            (CrashSource::UnexpectedShutdown, None),
+        ] {
+            let mut r = report(7623);
+            r.crashes = vec![crash(source, code, "2026-01-15T08:02:14Z")];
+            assert!(kinds(&input(&r)).is_empty(), "{source:?} {code:?}");
+        }
+    }
+
+    #[test]
+    fn heartbeat_lost_needs_more_than_one_late_report() {
+        let r = report(7623);
+        let mut i = input(&r);
+        // One report late: 2 intervals (10 min) plus jitter, under the 15 min timeout.
+        i.now = ts("2026-01-15T09:11:00Z");
+        assert!(kinds(&i).is_empty());
+        i.now = ts("2026-01-15T09:15:00Z");
+        assert!(
+            kinds(&i).is_empty(),
+            "exactly at the deadline is not past it"
+        );
+        i.now = ts("2026-01-15T09:15:01Z");
+        assert_eq!(kinds(&i), [SignalKind::HeartbeatLost]);
+        // With a 15 min agent interval the floor is 3 intervals, not the 15 min timeout.
+        let mut slow = report(7623);
+        slow.interval_seconds = 900;
+        let mut i = input(&slow);
+        i.now = ts("2026-01-15T09:31:00Z");
+        assert!(kinds(&i).is_empty(), "one missed 15-minute report");
+        i.now = ts("2026-01-15T09:45:01Z");
+        assert_eq!(kinds(&i), [SignalKind::HeartbeatLost]);
+        // Never reported: nothing to lose.
+        let mut i = input(&r);
+        i.report = None;
+        i.last_report_at = None;
+        assert!(kinds(&i).is_empty());
+        // A clock behind the last report is not silence.
+        let mut i = input(&r);
+        i.now = ts("2026-01-15T08:00:00Z");
+        assert!(kinds(&i).is_empty());
+    }
+
+    #[test]
+    fn non_compliant_below_the_minimum_only() {
+        let min: Build = "26100.7623".parse().unwrap();
+        for (build, ubr, expect) in [
+            (26100, 7462, true),
+            (26100, 7623, false),
+            (26100, 7705, false),
+            (26200, 7623, false),
+            (22631, 9999, true),
+        ] {
+            let mut r = report(ubr);
+            r.os.current_build = build;
+            let mut i = input(&r);
+            i.minimum_build = Some(min);
+            assert_eq!(
+                kinds(&i) == [SignalKind::NonCompliant],
+                expect,
+                "{build}.{ubr}"
+            );
+        }
+    }
+
+    #[test]
+    fn drift_only_in_immutable_mode_and_only_on_a_change() {
+        let r = report(7705);
+        let mut i = input(&r);
+        i.baseline_build = Some("26100.7623".parse().unwrap());
+        assert!(
+            kinds(&i).is_empty(),
+            "managed: patching in place is the design"
+        );
+        i.update_mode = UpdateMode::Immutable;
+        assert_eq!(kinds(&i), [SignalKind::Drift]);
+        i.baseline_build = Some("26100.7705".parse().unwrap());
+        assert!(kinds(&i).is_empty());
+        i.baseline_build = None;
+        assert!(kinds(&i).is_empty());
+    }
+
+    #[test]
+    fn signals_come_most_urgent_first() {
+        let mut r = report(7462);
+        r.update_events = vec![wu(UpdateOutcome::Failed, "2026-01-14T08:41:02Z", JAN)];
+        r.crashes = vec![crash(
+            CrashSource::KernelPower,
+            Some(0xED),
+            "2026-01-15T08:02:14Z",
+        )];
+        let mut i = input(&r);
+        i.minimum_build = Some("26100.7623".parse().unwrap());
+        i.now = ts("2026-01-16T00:00:00Z");
+        assert_eq!(
+            kinds(&i),
+            [
+                SignalKind::BootCrash,
+                SignalKind::FailedRollback,
+                SignalKind::NonCompliant,
+                SignalKind::HeartbeatLost
+            ]
+        );
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn title() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just(JAN.to_string()),
+                Just(FEB.to_string()),
+                Just(DEC.to_string()),
+                Just("Security Intelligence Update for Microsoft Defender Antivirus - KB2267602 (Version 1.443.512.0)".to_string()),
+                Just("2026-01 Cumulative Update for .NET Framework 3.5 and 4.8.1 for Windows 11, version 24H2 for x64 (KB5073379)".to_string()),
+                Just("Intel Corporation - Display - 32.0.101.6881".to_string()),
+                ".{0,80}",
+            ]
+        }
+
+        fn event() -> impl Strategy<Value = UpdateEvent> {
+            (
+                prop_oneof![
+                    Just(UpdateOutcome::Installed),
+                    Just(UpdateOutcome::Failed),
+                    Just(UpdateOutcome::Started)
+                ],
+                0u32..100,
+                title(),
+            )
+                .prop_map(|(o, hour, t)| {
+                    let time = format!("2026-01-{:02}T{:02}:00:00Z", 1 + hour / 24, hour % 24);
+                    wu(o, &time, &t)
+                })
+        }
+
+        proptest! {
+            /// Without a failed LCU among the events there is never a FailedRollback, whatever
+            /// else failed.
+            #[test]
+            fn no_failed_lcu_no_failed_rollback(events in proptest::collection::vec(event(), 0..12), ubr in 7000u32..8000) {
+                let mut r = report(ubr);
+                r.update_events = events;
+                let any_failed_lcu = r.update_events.iter().any(|e| {
+                    e.outcome == UpdateOutcome::Failed && lcu_from_title(&e.title).is_some_and(|l| l.build.is_some())
+                });
+                let got = kinds(&input(&r));
+                if !any_failed_lcu {
+                    prop_assert!(!got.contains(&SignalKind::FailedRollback));
+                }
+                // Running at or above every LCU mentioned: never FailedRollback.
+                if ubr >= 7705 {
+                    prop_assert!(!got.contains(&SignalKind::FailedRollback));
+                }
+            }
+
+            /// Adding a later successful install of the newest LCU clears any FailedRollback.
+            #[test]
+            fn a_later_newest_install_always_clears(events in proptest::collection::vec(event(), 0..12)) {
+                let mut r = report(7462);
+                r.update_events = events;
+                r.update_events.push(wu(UpdateOutcome::Installed, "2026-03-01T00:00:00Z", FEB));
+                prop_assert!(!kinds(&input(&r)).contains(&SignalKind::FailedRollback));
+            }
+
+            /// Derivation is a function: same input, same output, and never a panic on any
+            /// bugcheck code.
+            #[test]
+            fn deterministic_and_total(code in any::<Option<u32>>(), ubr in any::<u32>(), build in any::<u32>()) {
+                let mut r = report(ubr);
+                r.os.current_build = build;
+                r.crashes = vec![crash(CrashSource::WerBugcheck, code, "2026-01-15T08:02:14Z")];
+                let i = input(&r);
+                let a = derive(&i);
+                prop_assert_eq!(&a, &derive(&i));
+                let boot = a.iter().any(|(k, _)| *k == SignalKind::BootCrash);
+                prop_assert_eq!(boot, code.is_some_and(|c| BOOT_STOP_CODES.contains(&c)));
+            }
+        }
+    }
+}

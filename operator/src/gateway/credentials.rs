@@ -1,0 +1,380 @@
+//! Per-endpoint bearer tokens and the replay high-water marks, in the gateway's own SQLite file
+//! (`gateway.db` in the data directory, WAL mode).
+//!
+//! A token is 32 random bytes (ring's system RNG), shown once as `rct_<64 hex>` when issued and
+//! stored only as its SHA-256. Issuing again rotates it (the old token stops working at once);
+//! revoking deletes it. Rotation also resets the endpoint's report sequence: a freshly imaged
+//! agent with new credentials starts a new sequence space.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use ring::digest::{SHA256, digest};
+use ring::rand::{SecureRandom, SystemRandom};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::controller::Key;
+
+pub const TOKEN_PREFIX: &str = "rct_";
+pub const DB_FILE: &str = "gateway.db";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    #[error("gateway database {path}: {source}")]
+    Db {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("the system random number generator failed; no token was issued")]
+    Random,
+}
+
+/// The SHA-256 of a presented token, hex. Only this is ever stored or compared.
+pub fn token_hash(token: &str) -> String {
+    hex(digest(&SHA256, token.as_bytes()).as_ref())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// A token's shape, checked before hashing, so junk never reaches the database.
+pub fn well_formed(token: &str) -> bool {
+    token.len() == TOKEN_PREFIX.len() + 64
+        && token.starts_with(TOKEN_PREFIX)
+        && token[TOKEN_PREFIX.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+pub struct CredentialStore {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+    rng: SystemRandom,
+    /// Token hash → endpoint, valid while SQLite's data_version (which moves when another
+    /// connection commits) is unchanged; this process's own issue/revoke clear it.
+    cache: Mutex<TokenCache>,
+}
+
+#[derive(Default)]
+struct TokenCache {
+    data_version: Option<i64>,
+    keys: std::collections::HashMap<String, Key>,
+}
+
+/// Cached token hashes at most; a bigger fleet simply looks some up again.
+const TOKEN_CACHE_MAX: usize = 200_000;
+
+impl CredentialStore {
+    pub fn open(data_dir: &Path) -> Result<Self, CredentialError> {
+        let path = data_dir.join(DB_FILE);
+        let err = |source| CredentialError::Db {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(err)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             PRAGMA synchronous=NORMAL;
+             PRAGMA busy_timeout=5000;
+             CREATE TABLE IF NOT EXISTS tokens (
+                 namespace TEXT NOT NULL, name TEXT NOT NULL,
+                 hash TEXT NOT NULL UNIQUE, issued_at TEXT NOT NULL,
+                 PRIMARY KEY (namespace, name));
+             CREATE TABLE IF NOT EXISTS sequences (
+                 namespace TEXT NOT NULL, name TEXT NOT NULL, last INTEGER NOT NULL,
+                 PRIMARY KEY (namespace, name));",
+        )
+        .map_err(err)?;
+        Ok(CredentialStore {
+            path,
+            conn: Mutex::new(conn),
+            rng: SystemRandom::new(),
+            cache: Mutex::new(TokenCache::default()),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (every change is one
+        // statement or transaction), so a poisoned lock is safe to reuse.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn clear_cache(&self) {
+        let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        c.keys.clear();
+        c.data_version = None;
+    }
+
+    fn db_err(&self, source: rusqlite::Error) -> CredentialError {
+        CredentialError::Db {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Issues (or rotates) the endpoint's token and returns it. The caller shows it once; it
+    /// cannot be read back.
+    pub fn issue(&self, key: &Key, now: &str) -> Result<String, CredentialError> {
+        let mut raw = [0u8; 32];
+        self.rng
+            .fill(&mut raw)
+            .map_err(|_| CredentialError::Random)?;
+        let token = format!("{TOKEN_PREFIX}{}", hex(&raw));
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.db_err(e))?;
+        tx.execute(
+            "INSERT INTO tokens (namespace, name, hash, issued_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (namespace, name) DO UPDATE SET hash = excluded.hash, issued_at = excluded.issued_at",
+            params![key.namespace, key.name, token_hash(&token), now],
+        )
+        .map_err(|e| self.db_err(e))?;
+        tx.execute(
+            "DELETE FROM sequences WHERE namespace = ?1 AND name = ?2",
+            params![key.namespace, key.name],
+        )
+        .map_err(|e| self.db_err(e))?;
+        tx.commit().map_err(|e| self.db_err(e))?;
+        self.clear_cache();
+        Ok(token)
+    }
+
+    /// Revokes the endpoint's token; true if it had one.
+    pub fn revoke(&self, key: &Key) -> Result<bool, CredentialError> {
+        let n = self
+            .conn()
+            .execute(
+                "DELETE FROM tokens WHERE namespace = ?1 AND name = ?2",
+                params![key.namespace, key.name],
+            )
+            .map_err(|e| self.db_err(e))?;
+        self.clear_cache();
+        Ok(n > 0)
+    }
+
+    /// The endpoint a token belongs to, if it is current. Looked up on every request, so a
+    /// rotation or revocation by another process (`recast-operator gateway-token`) takes effect
+    /// at once.
+    pub fn endpoint_for(&self, token: &str) -> Result<Option<Key>, CredentialError> {
+        if !well_formed(token) {
+            return Ok(None);
+        }
+        self.endpoint_for_hash(&token_hash(token))
+    }
+
+    /// Like [`endpoint_for`](Self::endpoint_for), by the token's hash.
+    pub fn endpoint_for_hash(&self, hash: &str) -> Result<Option<Key>, CredentialError> {
+        let conn = self.conn();
+        let version: i64 = conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .map_err(|e| self.db_err(e))?;
+        {
+            let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if c.data_version != Some(version) {
+                // Another process issued, rotated or revoked a token: forget everything.
+                c.keys.clear();
+                c.data_version = Some(version);
+            }
+            if let Some(k) = c.keys.get(hash) {
+                return Ok(Some(k.clone()));
+            }
+        }
+        let found = conn
+            .prepare_cached("SELECT namespace, name FROM tokens WHERE hash = ?1")
+            .and_then(|mut s| {
+                s.query_row(params![hash], |r| {
+                    Ok(Key {
+                        namespace: r.get(0)?,
+                        name: r.get(1)?,
+                    })
+                })
+                .optional()
+            })
+            .map_err(|e| self.db_err(e))?;
+        // Only hits are cached: a flood of made-up tokens must not grow memory.
+        if let Some(k) = &found {
+            let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if c.data_version == Some(version) {
+                if c.keys.len() >= TOKEN_CACHE_MAX {
+                    c.keys.clear();
+                }
+                c.keys.insert(hash.to_string(), k.clone());
+            }
+        }
+        Ok(found)
+    }
+
+    /// The last accepted sequence of every endpoint that has one.
+    pub fn sequences(&self) -> Result<Vec<(Key, u64)>, CredentialError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT namespace, name, last FROM sequences")
+            .map_err(|e| self.db_err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    Key {
+                        namespace: r.get(0)?,
+                        name: r.get(1)?,
+                    },
+                    r.get::<_, i64>(2)? as u64,
+                ))
+            })
+            .map_err(|e| self.db_err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.db_err(e))
+    }
+
+    /// Stores high-water marks in one transaction (the flusher batches them), never lowering
+    /// one, and only while the endpoint still holds the token the mark was reached with (a
+    /// rotation in between starts a new sequence space and wins).
+    pub fn save_sequences(&self, marks: &[(Key, String, u64)]) -> Result<(), CredentialError> {
+        if marks.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.db_err(e))?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO sequences (namespace, name, last)
+                     SELECT ?1, ?2, ?3 WHERE EXISTS
+                         (SELECT 1 FROM tokens WHERE namespace = ?1 AND name = ?2 AND hash = ?4)
+                     ON CONFLICT (namespace, name) DO UPDATE SET last = max(last, excluded.last)",
+                )
+                .map_err(|e| self.db_err(e))?;
+            for (key, hash, seq) in marks {
+                let seq = i64::try_from(*seq).unwrap_or(i64::MAX);
+                stmt.execute(params![key.namespace, key.name, seq, hash])
+                    .map_err(|e| self.db_err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.db_err(e))
+    }
+
+    /// The stored high-water mark of one endpoint (0 when none).
+    pub fn sequence(&self, key: &Key) -> Result<u64, CredentialError> {
+        self.conn()
+            .query_row(
+                "SELECT last FROM sequences WHERE namespace = ?1 AND name = ?2",
+                params![key.namespace, key.name],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|v| v.unwrap_or(0) as u64)
+            .map_err(|e| self.db_err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> Key {
+        Key {
+            namespace: "site-a".into(),
+            name: name.into(),
+        }
+    }
+
+    fn dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("recast-gw-cred-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn issue_rotate_revoke() {
+        let d = dir("irr");
+        let store = CredentialStore::open(&d).unwrap();
+        let t1 = store
+            .issue(&key("kiosk-01"), "2026-01-15T00:00:00Z")
+            .unwrap();
+        assert!(well_formed(&t1), "{t1}");
+        assert_eq!(store.endpoint_for(&t1).unwrap(), Some(key("kiosk-01")));
+        store
+            .save_sequences(&[(key("kiosk-01"), token_hash(&t1), 10)])
+            .unwrap();
+        assert_eq!(store.sequence(&key("kiosk-01")).unwrap(), 10);
+        // Rotation: the old token dies, the sequence space restarts.
+        let t2 = store
+            .issue(&key("kiosk-01"), "2026-01-15T00:01:00Z")
+            .unwrap();
+        assert_ne!(t1, t2);
+        assert_eq!(store.endpoint_for(&t1).unwrap(), None);
+        assert_eq!(store.endpoint_for(&t2).unwrap(), Some(key("kiosk-01")));
+        assert_eq!(store.sequence(&key("kiosk-01")).unwrap(), 0);
+        // A mark reached with the old token is not saved over the new sequence space.
+        store
+            .save_sequences(&[(key("kiosk-01"), token_hash(&t1), 30)])
+            .unwrap();
+        assert_eq!(store.sequence(&key("kiosk-01")).unwrap(), 0);
+        // Never lowered.
+        let h2 = token_hash(&t2);
+        store
+            .save_sequences(&[(key("kiosk-01"), h2.clone(), 20)])
+            .unwrap();
+        store.save_sequences(&[(key("kiosk-01"), h2, 5)]).unwrap();
+        assert_eq!(store.sequence(&key("kiosk-01")).unwrap(), 20);
+        assert!(store.revoke(&key("kiosk-01")).unwrap());
+        assert!(!store.revoke(&key("kiosk-01")).unwrap());
+        assert_eq!(store.endpoint_for(&t2).unwrap(), None);
+        // No token, no mark.
+        store
+            .save_sequences(&[(key("kiosk-02"), token_hash(&t2), 5)])
+            .unwrap();
+        assert_eq!(store.sequence(&key("kiosk-02")).unwrap(), 0);
+        // Only the hash is on disk.
+        drop(store);
+        let bytes = std::fs::read(d.join(DB_FILE)).unwrap();
+        let hay = String::from_utf8_lossy(&bytes);
+        assert!(!hay.contains(&t2[TOKEN_PREFIX.len()..]));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_revocation_by_another_process_takes_effect_at_once() {
+        let d = dir("other");
+        let gateway_side = CredentialStore::open(&d).unwrap();
+        let cli_side = CredentialStore::open(&d).unwrap();
+        let t = cli_side.issue(&key("kiosk-01"), "t").unwrap();
+        // Cached on the gateway's side after the first lookup.
+        for _ in 0..2 {
+            assert_eq!(
+                gateway_side.endpoint_for(&t).unwrap(),
+                Some(key("kiosk-01"))
+            );
+        }
+        assert!(cli_side.revoke(&key("kiosk-01")).unwrap());
+        assert_eq!(gateway_side.endpoint_for(&t).unwrap(), None);
+        let t2 = cli_side.issue(&key("kiosk-01"), "t").unwrap();
+        assert_eq!(
+            gateway_side.endpoint_for(&t2).unwrap(),
+            Some(key("kiosk-01"))
+        );
+        assert_eq!(gateway_side.endpoint_for(&t).unwrap(), None);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn junk_tokens_never_match() {
+        let d = dir("junk");
+        let store = CredentialStore::open(&d).unwrap();
+        store.issue(&key("a"), "t").unwrap();
+        for junk in [
+            "",
+            "rct_",
+            "Bearer x",
+            &"a".repeat(68),
+            &format!("rct_{}", "G".repeat(64)),
+        ] {
+            assert_eq!(store.endpoint_for(junk).unwrap(), None, "{junk}");
+        }
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

@@ -1,0 +1,685 @@
+//! The agent gateway: `POST /v1/reports` over HTTPS (rustls, ring), where every endpoint's
+//! agent reports.
+//!
+//! Each request goes through, in order: the global rate limit, the bearer token (per endpoint,
+//! stored only as a SHA-256 in `gateway.db`), the endpoint's own rate limit, the size limit and
+//! strict schema validation (`recast_crds::report`), the identity check (the report must name
+//! the endpoint the token was issued for), and replay protection (the sequence must exceed the
+//! last accepted one). Only then does the report reach the endpoint's [`session::Session`],
+//! which derives the signals (`core::derive`) and hands the controller an
+//! `Input::AgentReport` and/or `Input::Signals` through [`Backend::post_input`] — only when
+//! something changed, and a plain heartbeat at most once per `heartbeat_period`.
+//!
+//! | status | meaning |
+//! |---|---|
+//! | 204 | accepted |
+//! | 400 | not JSON, or not the report schema (the body says which field) |
+//! | 401 | no token, unknown token, or revoked token |
+//! | 403 | the report names another endpoint than the token's |
+//! | 404 | the token's endpoint no longer exists |
+//! | 409 | the sequence is not above the last accepted one (replay) |
+//! | 413 | the body is larger than 256 KiB |
+//! | 415 | the Content-Type is not application/json |
+//! | 422 | the report decodes but breaks a bound (length, count, format) |
+//! | 429 | rate limited; Retry-After says when to come back |
+//! | 503 | the store refused the write; retry later |
+
+pub mod credentials;
+pub mod limit;
+pub mod session;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use recast_crds::Endpoint;
+use recast_crds::endpoint::AttemptOutcome;
+use recast_crds::policy::DEFAULT_POLICY_NAME;
+use recast_crds::report::{AgentReport, MAX_REPORT_BYTES, ReportError};
+use tokio::sync::watch;
+
+use crate::controller::{Backend, Clock, Key, resolve_image};
+use crate::core::build::Build;
+use crate::core::lifecycle::Input;
+use crate::core::policy::PolicyView;
+use crate::core::signal::SignalKind;
+use crate::core::time;
+use credentials::{CredentialError, CredentialStore};
+use limit::{Bucket, Rate};
+use session::{EndpointFacts, Session, StoredState};
+
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// A report that changes nothing is written at most this often per endpoint.
+    pub heartbeat_period: Duration,
+    pub endpoint_rate: Rate,
+    pub global_rate: Rate,
+    /// How long policy and image facts are cached per endpoint.
+    pub facts_ttl: Duration,
+    /// How often silent endpoints are checked for HeartbeatLost.
+    pub sweep_interval: Duration,
+    /// How often accepted sequences are saved (in one transaction for all endpoints).
+    pub flush_interval: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            heartbeat_period: Duration::from_secs(600),
+            // An agent reports every few minutes; 10 at once and one every 10 s sustained
+            // leaves room for retries and restarts, not for a loop.
+            endpoint_rate: Rate {
+                burst: 10,
+                per_second: 0.1,
+            },
+            global_rate: Rate {
+                burst: 20_000,
+                per_second: 10_000.0,
+            },
+            facts_ttl: Duration::from_secs(60),
+            sweep_interval: Duration::from_secs(30),
+            flush_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a report was refused; each maps to one status code.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(
+        "missing or malformed Authorization header: send \"Authorization: Bearer <token>\" with the endpoint's token"
+    )]
+    NoToken,
+    #[error(
+        "unknown or revoked token: issue a new one with `recast-operator gateway-token issue` and install it on the endpoint"
+    )]
+    BadToken,
+    #[error(
+        "this token belongs to endpoint {token_for:?}, but the report names {claimed:?}: an agent may only report for itself"
+    )]
+    WrongEndpoint { token_for: String, claimed: String },
+    #[error("endpoint {0} does not exist (deleted?): its token is no longer useful")]
+    UnknownEndpoint(String),
+    #[error(
+        "sequence {got} is not above the last accepted {last}: a report is accepted once (the agent's sequence must increase)"
+    )]
+    Replayed { got: u64, last: u64 },
+    #[error("Content-Type must be application/json")]
+    ContentType,
+    #[error(transparent)]
+    Report(ReportError),
+    #[error("too many reports{scope}; retry in {}s", .retry_after.as_secs().max(1))]
+    RateLimited {
+        scope: &'static str,
+        retry_after: Duration,
+    },
+    #[error("the store is unavailable ({0}); retry later")]
+    Store(String),
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::NoToken | GatewayError::BadToken => StatusCode::UNAUTHORIZED,
+            GatewayError::WrongEndpoint { .. } => StatusCode::FORBIDDEN,
+            GatewayError::UnknownEndpoint(_) => StatusCode::NOT_FOUND,
+            GatewayError::Replayed { .. } => StatusCode::CONFLICT,
+            GatewayError::ContentType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            GatewayError::Report(ReportError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::Report(ReportError::Decode { .. }) => StatusCode::BAD_REQUEST,
+            GatewayError::Report(ReportError::Invalid { .. }) => StatusCode::UNPROCESSABLE_ENTITY,
+            GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl From<CredentialError> for GatewayError {
+    fn from(e: CredentialError) -> Self {
+        GatewayError::Store(e.to_string())
+    }
+}
+
+/// Counters for tests, benchmarks and logs.
+#[derive(Debug, Default)]
+pub struct GatewayStats {
+    pub accepted: AtomicU64,
+    pub refused: AtomicU64,
+    /// Inputs handed to the controller plus sequence flushes: every write the store sees.
+    pub store_writes: AtomicU64,
+}
+
+impl GatewayStats {
+    /// (accepted, refused, store writes).
+    pub fn snapshot(&self) -> (u64, u64, u64) {
+        (
+            self.accepted.load(Ordering::Relaxed),
+            self.refused.load(Ordering::Relaxed),
+            self.store_writes.load(Ordering::Relaxed),
+        )
+    }
+}
+
+struct Entry {
+    session: Session,
+    facts: Option<(EndpointFacts, Instant)>,
+    /// The token the session's sequence space belongs to (None: primed from the store, not
+    /// yet seen a report).
+    token_hash: Option<String>,
+}
+
+pub struct Gateway<B: Backend> {
+    backend: Arc<B>,
+    credentials: Arc<CredentialStore>,
+    config: GatewayConfig,
+    clock: Arc<dyn Clock>,
+    origin: Instant,
+    global: std::sync::Mutex<Bucket>,
+    buckets: std::sync::Mutex<HashMap<Key, Bucket>>,
+    /// One async lock per endpoint: its reports are decided and written one at a time, in
+    /// order.
+    entries: std::sync::Mutex<HashMap<Key, Arc<tokio::sync::Mutex<Option<Entry>>>>>,
+    pub stats: GatewayStats,
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The guarded maps stay consistent under a panic (every update is a single insert), so a
+    // poisoned lock is safe to keep using.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+impl<B: Backend> Gateway<B> {
+    pub fn new(
+        backend: Arc<B>,
+        credentials: Arc<CredentialStore>,
+        config: GatewayConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let global = Bucket::full(config.global_rate, 0.0);
+        Gateway {
+            backend,
+            credentials,
+            config,
+            clock,
+            origin: Instant::now(),
+            global: std::sync::Mutex::new(global),
+            buckets: std::sync::Mutex::new(HashMap::new()),
+            entries: std::sync::Mutex::new(HashMap::new()),
+            stats: GatewayStats::default(),
+        }
+    }
+
+    fn seconds(&self) -> f64 {
+        self.origin.elapsed().as_secs_f64()
+    }
+
+    /// Handles one request body with its headers. Everything the HTTP layer does beyond this
+    /// is the body size limit and the status line.
+    pub async fn handle(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), GatewayError> {
+        let result = self.handle_inner(headers, body).await;
+        match &result {
+            Ok(()) => self.stats.accepted.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.stats.refused.fetch_add(1, Ordering::Relaxed),
+        };
+        result
+    }
+
+    async fn handle_inner(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), GatewayError> {
+        let now_s = self.seconds();
+        lock(&self.global)
+            .take(self.config.global_rate, now_s)
+            .map_err(|retry_after| GatewayError::RateLimited {
+                scope: "",
+                retry_after,
+            })?;
+        let token = bearer(headers).ok_or(GatewayError::NoToken)?;
+        if !credentials::well_formed(token) {
+            return Err(GatewayError::BadToken);
+        }
+        let hash = credentials::token_hash(token);
+        let key = self
+            .credentials
+            .endpoint_for_hash(&hash)?
+            .ok_or(GatewayError::BadToken)?;
+        {
+            let rate = self.config.endpoint_rate;
+            let mut buckets = lock(&self.buckets);
+            let bucket = buckets
+                .entry(key.clone())
+                .or_insert_with(|| Bucket::full(rate, now_s));
+            bucket
+                .take(rate, now_s)
+                .map_err(|retry_after| GatewayError::RateLimited {
+                    scope: " from this endpoint",
+                    retry_after,
+                })?;
+        }
+        let is_json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(';')
+                    .next()
+                    .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+            });
+        if !is_json {
+            return Err(GatewayError::ContentType);
+        }
+        let report = AgentReport::from_json(body).map_err(GatewayError::Report)?;
+        if report.endpoint != key.name {
+            return Err(GatewayError::WrongEndpoint {
+                token_for: key.to_string(),
+                claimed: report.endpoint,
+            });
+        }
+
+        let slot = {
+            let mut entries = lock(&self.entries);
+            entries.entry(key.clone()).or_default().clone()
+        };
+        let mut guard = slot.lock().await;
+        if guard.is_none() {
+            let ep = self
+                .backend
+                .endpoint(&key)
+                .await
+                .map_err(|e| GatewayError::Store(e.to_string()))?
+                .ok_or_else(|| GatewayError::UnknownEndpoint(key.to_string()))?;
+            let sequence = self.credentials.sequence(&key)?;
+            *guard = Some(Entry {
+                session: Session::new(stored_state(&ep, sequence)),
+                facts: None,
+                token_hash: Some(hash.clone()),
+            });
+        }
+        let Some(entry) = guard.as_mut() else {
+            return Err(GatewayError::Store("session vanished".into()));
+        };
+        if entry.token_hash.as_deref() != Some(hash.as_str()) {
+            // A new token (rotation, or a reimage's fresh credentials) starts a new sequence
+            // space: the agent that holds it may be a freshly installed one.
+            let sequence = self.credentials.sequence(&key)?;
+            entry.session.reset_sequence(sequence);
+            entry.token_hash = Some(hash.clone());
+        }
+        entry
+            .session
+            .check_sequence(report.sequence)
+            .map_err(|r| GatewayError::Replayed {
+                got: report.sequence,
+                last: r.last,
+            })?;
+        let facts = self.facts(&key, entry).await?;
+        let now = self.clock.now();
+        // Decide on a copy: if a write fails, the session is unchanged and the next report
+        // tries again.
+        let mut next = entry.session.clone();
+        let writes = next.accept(report, now, &facts, self.config.heartbeat_period);
+        if let Some(summary) = &writes.report {
+            self.post(&key, &Input::AgentReport(summary.clone()))
+                .await?;
+        }
+        if let Some(signals) = &writes.signals {
+            self.post(&key, &Input::Signals(signals.clone())).await?;
+        }
+        entry.session = next;
+        Ok(())
+    }
+
+    async fn post(&self, key: &Key, input: &Input) -> Result<(), GatewayError> {
+        self.backend
+            .post_input(key, input)
+            .await
+            .map_err(|e| GatewayError::Store(e.to_string()))?;
+        self.stats.store_writes.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn facts(&self, key: &Key, entry: &mut Entry) -> Result<EndpointFacts, GatewayError> {
+        if let Some((facts, at)) = &entry.facts
+            && at.elapsed() < self.config.facts_ttl
+        {
+            return Ok(facts.clone());
+        }
+        let ep = self
+            .backend
+            .endpoint(key)
+            .await
+            .map_err(|e| GatewayError::Store(e.to_string()))?
+            .ok_or_else(|| GatewayError::UnknownEndpoint(key.to_string()))?;
+        let facts = self.load_facts(&ep).await?;
+        entry.facts = Some((facts.clone(), Instant::now()));
+        Ok(facts)
+    }
+
+    async fn load_facts(&self, ep: &Endpoint) -> Result<EndpointFacts, GatewayError> {
+        let ns = ep.metadata.namespace.as_deref().unwrap_or("default");
+        let name = ep.spec.policy_ref.as_deref().unwrap_or(DEFAULT_POLICY_NAME);
+        let store = |e: crate::controller::BackendError| GatewayError::Store(e.to_string());
+        // A missing or broken policy falls back to the built-in defaults, as the controller
+        // does; the controller reports the problem on the endpoint.
+        let policy = match self.backend.policy(ns, name).await.map_err(store)? {
+            Some(p) => {
+                PolicyView::from_spec(name, &p.spec).unwrap_or_else(|_| PolicyView::built_in())
+            }
+            None => PolicyView::built_in(),
+        };
+        let images = self.backend.golden_images(ns).await.map_err(store)?;
+        let image = resolve_image(&ep.spec.image, &images);
+        let events_after = ep.status.as_ref().and_then(|s| {
+            s.history
+                .iter()
+                .filter(|h| h.outcome == AttemptOutcome::Succeeded)
+                .filter_map(|h| time::parse(&h.finished_at))
+                .max()
+        });
+        Ok(EndpointFacts {
+            heartbeat_timeout: policy.heartbeat_timeout,
+            update_mode: policy.update_mode,
+            minimum_build: image.and_then(|i| i.minimum_build),
+            events_after,
+        })
+    }
+
+    /// Starts sessions for every endpoint that has reported before, so one that never reports
+    /// again after a restart is still judged for HeartbeatLost.
+    pub async fn prime(&self) -> Result<usize, GatewayError> {
+        let eps = self
+            .backend
+            .endpoints()
+            .await
+            .map_err(|e| GatewayError::Store(e.to_string()))?;
+        let marks: HashMap<Key, u64> = self.credentials.sequences()?.into_iter().collect();
+        let mut n = 0;
+        let mut entries = lock(&self.entries);
+        for ep in eps {
+            if ep
+                .status
+                .as_ref()
+                .and_then(|s| s.last_report.as_ref())
+                .is_none()
+            {
+                continue;
+            }
+            let key = Key::of(&ep);
+            let seq = marks.get(&key).copied().unwrap_or(0);
+            entries.entry(key).or_insert_with(|| {
+                n += 1;
+                Arc::new(tokio::sync::Mutex::new(Some(Entry {
+                    session: Session::new(stored_state(&ep, seq)),
+                    facts: None,
+                    token_hash: None,
+                })))
+            });
+        }
+        Ok(n)
+    }
+
+    /// One sweep: posts a new signal set for every endpoint whose signals changed with time
+    /// alone (HeartbeatLost). Returns how many were posted.
+    pub async fn sweep(&self) -> usize {
+        let slots: Vec<(Key, Arc<tokio::sync::Mutex<Option<Entry>>>)> = lock(&self.entries)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut posted = 0;
+        for (key, slot) in slots {
+            let mut guard = slot.lock().await;
+            let Some(entry) = guard.as_mut() else {
+                continue;
+            };
+            let facts = match self.facts(&key, entry).await {
+                Ok(f) => f,
+                Err(GatewayError::UnknownEndpoint(_)) => {
+                    *guard = None;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(endpoint = %key, error = %e, "heartbeat sweep skipped");
+                    continue;
+                }
+            };
+            let mut next = entry.session.clone();
+            if let Some(signals) = next.tick(self.clock.now(), &facts) {
+                match self.post(&key, &Input::Signals(signals)).await {
+                    Ok(()) => {
+                        entry.session = next;
+                        posted += 1;
+                    }
+                    Err(e) => {
+                        tracing::warn!(endpoint = %key, error = %e, "heartbeat signal not posted")
+                    }
+                }
+            }
+        }
+        posted
+    }
+
+    /// Saves accepted sequences not yet saved, in one transaction.
+    pub async fn flush_sequences(&self) -> Result<usize, GatewayError> {
+        let slots: Vec<(Key, Arc<tokio::sync::Mutex<Option<Entry>>>)> = lock(&self.entries)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut marks = Vec::new();
+        for (key, slot) in &slots {
+            let guard = slot.lock().await;
+            if let Some(e) = guard.as_ref()
+                && e.session.last_sequence > e.session.persisted_sequence
+                && let Some(hash) = &e.token_hash
+            {
+                marks.push((key.clone(), hash.clone(), e.session.last_sequence));
+            }
+        }
+        if marks.is_empty() {
+            return Ok(0);
+        }
+        self.credentials.save_sequences(&marks)?;
+        self.stats.store_writes.fetch_add(1, Ordering::Relaxed);
+        let saved: HashMap<&Key, u64> = marks.iter().map(|(k, _, s)| (k, *s)).collect();
+        for (key, slot) in &slots {
+            if let Some(seq) = saved.get(key)
+                && let Some(e) = slot.lock().await.as_mut()
+            {
+                e.session.persisted_sequence = e.session.persisted_sequence.max(*seq);
+            }
+        }
+        Ok(marks.len())
+    }
+
+    /// Runs the sweep and the flusher until `shutdown`, then flushes once more.
+    pub async fn run_background(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut sweep = tokio::time::interval(self.config.sweep_interval);
+        let mut flush = tokio::time::interval(self.config.flush_interval);
+        let mut logged = (0, 0, 0);
+        loop {
+            tokio::select! {
+                _ = sweep.tick() => { self.sweep().await; }
+                _ = flush.tick() => {
+                    if let Err(e) = self.flush_sequences().await {
+                        tracing::warn!(error = %e, "saving report sequences failed; will retry");
+                    }
+                    let now = self.stats.snapshot();
+                    if now != logged {
+                        tracing::info!(
+                            accepted = now.0,
+                            refused = now.1,
+                            store_writes = now.2,
+                            "gateway stats"
+                        );
+                        logged = now;
+                    }
+                }
+                _ = stopped(&mut shutdown) => break,
+            }
+        }
+        if let Err(e) = self.flush_sequences().await {
+            tracing::warn!(error = %e, "saving report sequences at shutdown failed");
+        }
+    }
+}
+
+/// Resolves once `shutdown` turns true (or its sender is gone). The borrow guard stays inside,
+/// so callers' futures remain Send.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+fn stored_state(ep: &Endpoint, sequence: u64) -> StoredState {
+    let status = ep.status.clone().unwrap_or_default();
+    let last = status.last_report.as_ref();
+    StoredState {
+        last_report_at: last.and_then(|r| time::parse(&r.reported_at)),
+        build: last.and_then(|r| r.build.parse::<Build>().ok()),
+        signals: status
+            .signals
+            .iter()
+            .filter_map(|s| SignalKind::parse(&s.type_).map(|k| (k, s.message.clone())))
+            .collect(),
+        sequence,
+    }
+}
+
+async fn post_report<B: Backend>(
+    State(gw): State<Arc<Gateway<B>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match gw.handle(&headers, &body).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => {
+            let status = e.status();
+            tracing::debug!(%status, error = %e, "report refused");
+            let body = serde_json::json!({ "error": e.to_string() }).to_string();
+            let mut resp =
+                (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+            if let GatewayError::RateLimited { retry_after, .. } = &e {
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
+                    resp.headers_mut().insert(header::RETRY_AFTER, v);
+                }
+            }
+            if matches!(e, GatewayError::NoToken | GatewayError::BadToken) {
+                resp.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            resp
+        }
+    }
+}
+
+/// The gateway's routes. Bodies above the report limit are refused with 413 before they are
+/// read in full.
+pub fn router<B: Backend>(gw: Arc<Gateway<B>>) -> Router {
+    Router::new()
+        .route("/v1/reports", post(post_report::<B>))
+        .layer(DefaultBodyLimit::max(MAX_REPORT_BYTES))
+        .with_state(gw)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("reading {path}: {message}")]
+    Read { path: String, message: String },
+    #[error("{0}")]
+    Config(String),
+}
+
+/// A rustls server config (ring provider, TLS 1.2 and 1.3, HTTP/1.1) from PEM files.
+pub fn tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, TlsError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let read_err = |path: &Path, e: &dyn std::fmt::Display| TlsError::Read {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let certs = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| read_err(cert, &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| read_err(cert, &e))?;
+    if certs.is_empty() {
+        return Err(read_err(cert, &"no PEM certificate in the file"));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| read_err(key, &e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key_der)
+        .map_err(|e| TlsError::Config(format!("certificate and key do not fit: {e}")))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// At most this many connections at once; more wait in the kernel's accept queue.
+pub const MAX_CONNECTIONS: usize = 50_000;
+/// A TLS handshake that takes longer is dropped (slowloris).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `app` over TLS on `listener` until `shutdown` turns true.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    tls: rustls::ServerConfig,
+    app: Router,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let local: Option<SocketAddr> = listener.local_addr().ok();
+    tracing::info!(addr = ?local, "agent gateway serving POST /v1/reports over TLS");
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return Ok(()),
+            },
+            _ = stopped(&mut shutdown) => return Ok(()),
+        };
+        let (tcp, _peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopped(&mut shutdown) => return Ok(()),
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+            else {
+                return;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .header_read_timeout(Duration::from_secs(30))
+                .timer(hyper_util::rt::TokioTimer::new())
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "gateway connection ended with an error");
+            }
+        });
+    }
+}

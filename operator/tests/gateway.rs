@@ -1,0 +1,648 @@
+//! The agent gateway over real HTTPS (rustls) with the real embedded store (SQLite) and the
+//! real embedded controller behind it; the agent's own sender (reqwest + rustls) as the client.
+//! Certificates come from the openssl CLI.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use recast_agent::send::{SendOutcome, Sender};
+use recast_agent::simulate::{Scenario, simulated_report};
+use recast_crds::endpoint::EndpointStatus;
+use recast_crds::manifest::Kind;
+use recast_crds::report::{AgentReport, MAX_REPORT_BYTES};
+use recast_operator::bmc::RecordingPower;
+use recast_operator::controller::embedded::{EmbeddedBackend, run as run_embedded};
+use recast_operator::controller::{Controller, Key, SystemClock};
+use recast_operator::gateway::credentials::CredentialStore;
+use recast_operator::gateway::limit::Rate;
+use recast_operator::gateway::{self, Gateway, GatewayConfig};
+use recast_operator::metrics::Metrics;
+use recast_operator::store::embedded::EmbeddedStore;
+use serde_json::Value;
+use tokio::sync::watch;
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("recast-gw-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A test CA and a server certificate for 127.0.0.1 signed by it, or None (after a loud skip)
+/// without openssl. Returns (CA cert, server cert, server key).
+fn certificate(dir: &Path) -> Option<(PathBuf, PathBuf, PathBuf)> {
+    let ca_key = dir.join("ca.key");
+    let ca = dir.join("ca.crt");
+    let key = dir.join("gateway.key");
+    let csr = dir.join("gateway.csr");
+    let cert = dir.join("gateway.crt");
+    let ext = dir.join("gateway.ext");
+    std::fs::write(
+        &ext,
+        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    let run = |args: Vec<&std::ffi::OsStr>| -> Result<(), String> {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            panic!(
+                "openssl could not make test certificates: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        }
+    };
+    let os = |s: &'static str| std::ffi::OsStr::new(s);
+    let ec = [
+        os("-newkey"),
+        os("ec"),
+        os("-pkeyopt"),
+        os("ec_paramgen_curve:prime256v1"),
+        os("-nodes"),
+    ];
+    let mut ca_args = vec![os("req"), os("-x509")];
+    ca_args.extend(ec);
+    ca_args.extend([
+        os("-days"),
+        os("1"),
+        os("-subj"),
+        os("/CN=recast test CA"),
+        os("-keyout"),
+        ca_key.as_os_str(),
+        os("-out"),
+        ca.as_os_str(),
+    ]);
+    if let Err(e) = run(ca_args) {
+        recast_tests::skip_or_fail(
+            "RECAST_REQUIRE_OPENSSL",
+            &format!("gateway TLS tests need the openssl CLI to make certificates: {e}"),
+        );
+        return None;
+    }
+    let mut csr_args = vec![os("req")];
+    csr_args.extend(ec);
+    csr_args.extend([
+        os("-subj"),
+        os("/CN=127.0.0.1"),
+        os("-keyout"),
+        key.as_os_str(),
+        os("-out"),
+        csr.as_os_str(),
+    ]);
+    run(csr_args).ok()?;
+    run(vec![
+        os("x509"),
+        os("-req"),
+        os("-in"),
+        csr.as_os_str(),
+        os("-CA"),
+        ca.as_os_str(),
+        os("-CAkey"),
+        ca_key.as_os_str(),
+        os("-CAcreateserial"),
+        os("-days"),
+        os("1"),
+        os("-extfile"),
+        ext.as_os_str(),
+        os("-out"),
+        cert.as_os_str(),
+    ])
+    .ok()?;
+    Some((ca, cert, key))
+}
+
+struct Harness {
+    dir: PathBuf,
+    store: Arc<EmbeddedStore>,
+    gateway: Arc<Gateway<EmbeddedBackend>>,
+    credentials: Arc<CredentialStore>,
+    sender: Sender,
+    url: String,
+    ca: PathBuf,
+    stop: watch::Sender<bool>,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn harness(name: &str, config: GatewayConfig) -> Option<Harness> {
+    let dir = temp_dir(name);
+    let (ca, cert, key) = certificate(&dir)?;
+    let store = Arc::new(EmbeddedStore::open(&dir.join("data")).unwrap());
+    let examples = recast_tests::repo_root().join("examples");
+    for (_, doc) in recast_operator::manifests::load(&examples).unwrap() {
+        if recast_operator::manifests::is_recast(&doc) {
+            store.apply(&doc.value, "default").unwrap();
+        }
+    }
+    let backend = Arc::new(EmbeddedBackend {
+        store: store.clone(),
+    });
+    let ctrl = Arc::new(Controller::new(
+        backend.clone(),
+        Arc::new(RecordingPower::default()),
+        Arc::new(SystemClock),
+        Arc::new(Metrics::new()),
+    ));
+    let (stop, stop_rx) = watch::channel(false);
+    tokio::spawn(run_embedded(
+        ctrl,
+        stop_rx.clone(),
+        Arc::new(AtomicBool::new(false)),
+    ));
+    let credentials = Arc::new(CredentialStore::open(&dir.join("data")).unwrap());
+    let gw = Arc::new(Gateway::new(
+        backend,
+        credentials.clone(),
+        config,
+        Arc::new(SystemClock),
+    ));
+    let tls = gateway::tls_config(&cert, &key).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "https://127.0.0.1:{}",
+        listener.local_addr().unwrap().port()
+    );
+    tokio::spawn(gateway::serve_tls(
+        listener,
+        tls,
+        gateway::router(gw.clone()),
+        stop_rx,
+    ));
+    let sender = Sender::new(&url, Some(&ca)).unwrap();
+    Some(Harness {
+        dir,
+        store,
+        gateway: gw,
+        credentials,
+        sender,
+        url,
+        ca,
+        stop,
+    })
+}
+
+fn key(name: &str) -> Key {
+    Key {
+        namespace: "default".into(),
+        name: name.into(),
+    }
+}
+
+fn status(store: &EmbeddedStore, name: &str) -> EndpointStatus {
+    let obj = store.get(Kind::Endpoint, "default", name).unwrap().unwrap();
+    serde_json::from_value(obj.get("status").cloned().unwrap_or(Value::Null)).unwrap_or_default()
+}
+
+/// Waits (bounded) until the controller has decided on everything queued for the endpoint.
+async fn settled(store: &EmbeddedStore, name: &str) {
+    for _ in 0..200 {
+        if store.inputs_for("default", name).unwrap().is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the controller did not drain {name}'s inbox");
+}
+
+fn now() -> jiff::Timestamp {
+    jiff::Timestamp::now()
+}
+
+fn report_for(name: &str, scenario: Scenario, seq: u64) -> AgentReport {
+    simulated_report(name, scenario, 0, seq, now(), 300)
+}
+
+fn json(r: &AgentReport) -> Vec<u8> {
+    serde_json::to_vec(r).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_becomes_status_and_signals() {
+    let Some(h) = harness("flow", GatewayConfig::default()).await else {
+        return;
+    };
+    let token = h.credentials.issue(&key("kiosk-01"), "now").unwrap();
+    let r = report_for("kiosk-01", Scenario::FailedRollback, 1);
+    assert_eq!(
+        h.sender.send(&token, &r).await.unwrap(),
+        SendOutcome::Accepted
+    );
+    settled(&h.store, "kiosk-01").await;
+    let st = status(&h.store, "kiosk-01");
+    let last = st.last_report.expect("lastReport written");
+    assert_eq!(last.build, "26100.7462");
+    assert!(
+        last.update_results
+            .iter()
+            .any(|u| u.update.contains("KB5074109") && u.result == "Failed"),
+        "{:?}",
+        last.update_results
+    );
+    let kinds: Vec<&str> = st.signals.iter().map(|s| s.type_.as_str()).collect();
+    assert!(kinds.contains(&"FailedRollback"), "{kinds:?}");
+    assert!(
+        st.signals[0].message.contains("KB5074109"),
+        "{}",
+        st.signals[0].message
+    );
+    // First report: a summary and a signal set.
+    assert_eq!(h.gateway.stats.store_writes.load(Ordering::Relaxed), 2);
+
+    // The same evidence again, sooner than the heartbeat period: accepted, nothing written.
+    for seq in 2..6 {
+        let r = report_for("kiosk-01", Scenario::FailedRollback, seq);
+        assert_eq!(
+            h.sender.send(&token, &r).await.unwrap(),
+            SendOutcome::Accepted
+        );
+    }
+    assert_eq!(h.gateway.stats.store_writes.load(Ordering::Relaxed), 2);
+
+    // Sequences are saved in one batch.
+    assert_eq!(h.gateway.flush_sequences().await.unwrap(), 1);
+    assert_eq!(h.credentials.sequence(&key("kiosk-01")).unwrap(), 5);
+    assert_eq!(h.gateway.flush_sequences().await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_and_abuse_get_the_right_status_and_change_nothing() {
+    let config = GatewayConfig {
+        endpoint_rate: Rate {
+            burst: 20,
+            per_second: 0.001,
+        },
+        ..GatewayConfig::default()
+    };
+    let Some(h) = harness("abuse", config).await else {
+        return;
+    };
+    let token = h.credentials.issue(&key("kiosk-01"), "now").unwrap();
+    let other = h.credentials.issue(&key("kiosk-02"), "now").unwrap();
+    let ghost = h
+        .credentials
+        .issue(&key("no-such-endpoint"), "now")
+        .unwrap();
+    let ok = report_for("kiosk-01", Scenario::Healthy, 100);
+    assert_eq!(
+        h.sender.send(&token, &ok).await.unwrap(),
+        SendOutcome::Accepted
+    );
+    settled(&h.store, "kiosk-01").await;
+    let before = status(&h.store, "kiosk-01");
+    let writes_before = h.gateway.stats.store_writes.load(Ordering::Relaxed);
+    let json_ct = "application/json";
+
+    let mut bad_bound = report_for("kiosk-01", Scenario::FailedRollback, 200);
+    bad_bound.update_events[0].title = "x".repeat(10_000);
+    let mut unknown_field =
+        serde_json::to_value(report_for("kiosk-01", Scenario::FailedRollback, 201)).unwrap();
+    unknown_field["os"]["edition"] = Value::from("Enterprise");
+    /// (what, token, content type, body, expected status)
+    type Case<'a> = (&'a str, Option<&'a str>, &'a str, Vec<u8>, u16);
+    let cases: Vec<Case> = vec![
+        (
+            "no token",
+            None,
+            json_ct,
+            json(&report_for("kiosk-01", Scenario::FailedRollback, 101)),
+            401,
+        ),
+        (
+            "wrong token",
+            Some("rct_0000000000000000000000000000000000000000000000000000000000000000"),
+            json_ct,
+            json(&report_for("kiosk-01", Scenario::FailedRollback, 102)),
+            401,
+        ),
+        (
+            "garbage token",
+            Some("hunter2"),
+            json_ct,
+            json(&report_for("kiosk-01", Scenario::FailedRollback, 103)),
+            401,
+        ),
+        (
+            "another endpoint's identity",
+            Some(&other),
+            json_ct,
+            json(&report_for("kiosk-01", Scenario::FailedRollback, 104)),
+            403,
+        ),
+        (
+            "unknown endpoint",
+            Some(&ghost),
+            json_ct,
+            json(&report_for(
+                "no-such-endpoint",
+                Scenario::FailedRollback,
+                105,
+            )),
+            404,
+        ),
+        (
+            "replayed sequence",
+            Some(&token),
+            json_ct,
+            json(&report_for("kiosk-01", Scenario::FailedRollback, 100)),
+            409,
+        ),
+        (
+            "older sequence",
+            Some(&token),
+            json_ct,
+            json(&report_for("kiosk-01", Scenario::FailedRollback, 1)),
+            409,
+        ),
+        (
+            "malformed JSON",
+            Some(&token),
+            json_ct,
+            b"{\"version\": 1,".to_vec(),
+            400,
+        ),
+        (
+            "not an object",
+            Some(&token),
+            json_ct,
+            b"[1,2,3]".to_vec(),
+            400,
+        ),
+        (
+            "unknown field",
+            Some(&token),
+            json_ct,
+            serde_json::to_vec(&unknown_field).unwrap(),
+            400,
+        ),
+        (
+            "out of bounds",
+            Some(&token),
+            json_ct,
+            json(&bad_bound),
+            422,
+        ),
+        (
+            "oversized body",
+            Some(&token),
+            json_ct,
+            vec![b' '; MAX_REPORT_BYTES + 1],
+            413,
+        ),
+        (
+            "wrong content type",
+            Some(&token),
+            "text/plain",
+            json(&report_for("kiosk-01", Scenario::FailedRollback, 106)),
+            415,
+        ),
+    ];
+    for (what, tok, ct, body, expected) in cases {
+        let (code, text) = h.sender.post_raw(tok, ct, body).await.unwrap();
+        assert_eq!(code, expected, "{what}: {text}");
+        if code != 413 {
+            let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{what}: {text}"));
+            assert!(
+                v["error"].as_str().is_some_and(|e| !e.is_empty()),
+                "{what}: {text}"
+            );
+        }
+    }
+    // A revoked token stops working at once.
+    h.credentials.revoke(&key("kiosk-01")).unwrap();
+    let (code, _) = h
+        .sender
+        .post_raw(
+            Some(&token),
+            json_ct,
+            json(&report_for("kiosk-01", Scenario::FailedRollback, 300)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, 401);
+
+    settled(&h.store, "kiosk-01").await;
+    assert_eq!(
+        status(&h.store, "kiosk-01"),
+        before,
+        "nothing above changed the endpoint"
+    );
+    assert_eq!(
+        h.gateway.stats.store_writes.load(Ordering::Relaxed),
+        writes_before
+    );
+    assert!(status(&h.store, "kiosk-02").last_report.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_from_one_endpoint_is_rate_limited_and_others_still_report() {
+    let config = GatewayConfig {
+        endpoint_rate: Rate {
+            burst: 5,
+            per_second: 0.01,
+        },
+        ..GatewayConfig::default()
+    };
+    let Some(h) = harness("flood", config).await else {
+        return;
+    };
+    let noisy = h.credentials.issue(&key("kiosk-01"), "now").unwrap();
+    let quiet = h.credentials.issue(&key("kiosk-02"), "now").unwrap();
+    let mut accepted = 0;
+    let mut limited = 0;
+    for seq in 1..=50 {
+        match h
+            .sender
+            .send(&noisy, &report_for("kiosk-01", Scenario::Crashed, seq))
+            .await
+            .unwrap()
+        {
+            SendOutcome::Accepted => accepted += 1,
+            SendOutcome::RateLimited(retry) => {
+                assert!(retry >= Duration::from_secs(1));
+                limited += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((accepted, limited), (5, 45));
+    assert_eq!(
+        h.sender
+            .send(&quiet, &report_for("kiosk-02", Scenario::Healthy, 1))
+            .await
+            .unwrap(),
+        SendOutcome::Accepted
+    );
+    // The flood wrote once (the first report: summary + signals), not 50 times.
+    settled(&h.store, "kiosk-01").await;
+    assert_eq!(h.gateway.stats.store_writes.load(Ordering::Relaxed), 2 + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulator_reports_through_the_gateway() {
+    let Some(h) = harness("simulate", GatewayConfig::default()).await else {
+        return;
+    };
+    // The simulator's endpoints must exist: add them to the store.
+    let mut tokens = std::collections::HashMap::new();
+    for i in 0..20 {
+        let name = recast_agent::simulate::endpoint_name("sim", i);
+        let doc = serde_json::json!({
+            "apiVersion": "recast.dev/v1alpha1", "kind": "Endpoint",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {
+                "identity": {"macAddresses": [format!("52:54:00:ff:00:{:02x}", i)]},
+                "bootMode": "uefi",
+                "image": {"goldenImage": "win11-24h2-2026-01"},
+                "site": "lab"
+            }
+        });
+        h.store.apply(&doc, "default").unwrap();
+        tokens.insert(
+            name.clone(),
+            h.credentials.issue(&key(&name), "now").unwrap(),
+        );
+    }
+    let summary = recast_agent::simulate::run(recast_agent::simulate::SimulateOptions {
+        gateway: h.url.clone(),
+        ca_file: Some(h.ca.clone()),
+        endpoints: 20,
+        scenario: Scenario::FailedRollback,
+        prefix: "sim".into(),
+        reports: 3,
+        pause: Duration::ZERO,
+        tokens: Arc::new(tokens),
+        concurrency: 8,
+    })
+    .await
+    .unwrap();
+    assert_eq!(summary.sent, 60);
+    assert_eq!(summary.accepted, 60, "{:?}", summary.refused);
+    // 20 endpoints × (summary + signals) for the first report; the repeats write nothing.
+    assert_eq!(h.gateway.stats.store_writes.load(Ordering::Relaxed), 40);
+    settled(&h.store, "sim-00007").await;
+    let st = status(&h.store, "sim-00007");
+    assert!(
+        st.signals.iter().any(|s| s.type_ == "FailedRollback"),
+        "{:?}",
+        st.signals
+    );
+}
+
+async fn wait_for(
+    store: &EmbeddedStore,
+    name: &str,
+    what: &str,
+    ok: impl Fn(&EndpointStatus) -> bool,
+) -> EndpointStatus {
+    for _ in 0..400 {
+        let st = status(store, name);
+        if ok(&st) {
+            return st;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!(
+        "{name}: {what} did not happen; status: {:#?}",
+        status(store, name)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loop_closes_through_the_agent() {
+    use recast_operator::controller::Backend;
+    use recast_operator::core::lifecycle::Input;
+    let Some(h) = harness("loop", GatewayConfig::default()).await else {
+        return;
+    };
+    h.store
+        .write_status(
+            Kind::GoldenImage,
+            "default",
+            "win11-24h2-2026-01",
+            None,
+            &recast_tests::inputs::verified_image_status(),
+        )
+        .unwrap();
+    let old_token = h.credentials.issue(&key("kiosk-01"), "now").unwrap();
+    let r = report_for("kiosk-01", Scenario::FailedRollback, 1);
+    assert_eq!(
+        h.sender.send(&old_token, &r).await.unwrap(),
+        SendOutcome::Accepted
+    );
+    let st = wait_for(
+        &h.store,
+        "kiosk-01",
+        "an attempt waiting for the network boot",
+        |s| {
+            s.active_attempt
+                .as_ref()
+                .is_some_and(|a| format!("{:?}", a.step) == "Booting")
+        },
+    )
+    .await;
+    let attempt = st.active_attempt.unwrap();
+    assert_eq!(
+        attempt.trigger,
+        recast_crds::endpoint::AttemptTrigger::FailedRollback
+    );
+
+    // The boot service and the imaging environment do their part.
+    let backend = EmbeddedBackend {
+        store: h.store.clone(),
+    };
+    for input in [
+        Input::NetworkBooted {
+            attempt_id: attempt.id.clone(),
+            try_number: None,
+        },
+        Input::ImagingFinished {
+            attempt_id: attempt.id.clone(),
+            try_number: None,
+            result: Ok(()),
+        },
+    ] {
+        backend.post_input(&key("kiosk-01"), &input).await.unwrap();
+    }
+    wait_for(&h.store, "kiosk-01", "first boot of the new image", |s| {
+        s.active_attempt
+            .as_ref()
+            .is_some_and(|a| format!("{:?}", a.step) == "FirstBoot")
+    })
+    .await;
+
+    // The new image's agent has fresh credentials (the old token dies) and a new sequence
+    // space; its first report carries the attempt id and the new build.
+    let new_token = h.credentials.issue(&key("kiosk-01"), "now").unwrap();
+    let mut r = report_for("kiosk-01", Scenario::Healthy, 1);
+    r.attempt_id = Some(attempt.id.clone());
+    assert!(matches!(
+        h.sender.send(&old_token, &r).await.unwrap(),
+        SendOutcome::Unauthorized(_)
+    ));
+    assert_eq!(
+        h.sender.send(&new_token, &r).await.unwrap(),
+        SendOutcome::Accepted
+    );
+    let st = wait_for(&h.store, "kiosk-01", "the attempt to end", |s| {
+        s.active_attempt.is_none()
+    })
+    .await;
+    assert_eq!(st.history[0].id, attempt.id);
+    assert_eq!(
+        st.history[0].outcome,
+        recast_crds::endpoint::AttemptOutcome::Succeeded
+    );
+    assert_eq!(st.last_report.unwrap().build, "26100.7623");
+    assert!(st.signals.is_empty(), "{:?}", st.signals);
+}
