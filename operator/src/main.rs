@@ -383,16 +383,16 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(run(
+            match rt.block_on(run(RunOptions {
                 backend,
                 data_dir,
                 load,
                 listen,
                 power_driver,
-                kube_args,
-                boot,
-                gateway,
-            )) {
+                kube_opts: kube_args,
+                boot_args: boot,
+                gateway_args: gateway,
+            })) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("recast-operator: {e}");
@@ -415,7 +415,8 @@ fn init_tracing() {
         .init();
 }
 
-async fn run(
+/// Everything `recast-operator run` was given.
+struct RunOptions {
     backend: BackendKind,
     data_dir: PathBuf,
     load: Vec<PathBuf>,
@@ -424,7 +425,19 @@ async fn run(
     kube_opts: KubeArgs,
     boot_args: BootArgs,
     gateway_args: GatewayArgs,
-) -> Result<(), String> {
+}
+
+async fn run(opts: RunOptions) -> Result<(), String> {
+    let RunOptions {
+        backend,
+        data_dir,
+        load,
+        listen,
+        power_driver,
+        kube_opts,
+        boot_args,
+        gateway_args,
+    } = opts;
     let boot_cfg = boot_args.service(&data_dir)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {

@@ -229,9 +229,8 @@ pub fn answer(info: &ClientInfo, choice: &BootChoice, cfg: &DhcpConfig) -> Optio
     }
     let (siaddr, file, vendor_class, kind) = match choice {
         BootChoice::Ignore => {
-            if lease.is_none() {
-                return None;
-            }
+            // An ignored MAC gets an address only in full mode (when the table lists it).
+            lease.as_ref()?;
             (Ipv4Addr::UNSPECIFIED, String::new(), None, "address-only")
         }
         BootChoice::Wds => {
