@@ -48,7 +48,17 @@ impl Site {
     }
 
     fn operator(&self, identity: &str, failpoint: Option<&str>) -> Operator {
+        self.operator_env(identity, failpoint, &[])
+    }
+
+    fn operator_env(
+        &self,
+        identity: &str,
+        failpoint: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Operator {
         let mut cmd = Command::new(OPERATOR);
+        cmd.envs(env.iter().copied());
         cmd.args(["run", "--backend", "kube", "--listen", "127.0.0.1:0"])
             .args([
                 "--watch-namespace",
@@ -632,4 +642,132 @@ fn a_golden_image_turning_verified_releases_the_waiting_reimage() {
         std::thread::sleep(Duration::from_millis(200));
     }
     op.kill();
+}
+
+fn curl(args: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-o", "-", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// The boot service on the kube backend: it reads the boot intent ConfigMap the leader wrote,
+/// serves the armed endpoint its imaging script, takes the imaging protocol's reports into the
+/// inbox, and the token dies when the controller disarms the boot.
+#[test]
+fn the_boot_service_serves_armed_endpoints_from_the_apiserver() {
+    let Some(site) = Site::new("rboot") else {
+        return;
+    };
+    let root = std::env::temp_dir().join(format!("recast-kboot-{}", std::process::id()));
+    std::fs::create_dir_all(root.join("images")).unwrap();
+    let digest = inputs::verified_image_status()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        root.join("images").join(format!("{digest}.wim")),
+        b"wim bytes",
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let (listen, root_s, key) = (
+        format!("127.0.0.1:{port}"),
+        root.to_string_lossy().to_string(),
+        root.join("imaging.key").to_string_lossy().to_string(),
+    );
+    let mut op = site.operator_env(
+        "boot-a",
+        None,
+        &[
+            ("RECAST_BOOT_HTTP", &listen),
+            ("RECAST_BOOT_ROOT", &root_s),
+            ("RECAST_IMAGING_KEY_FILE", &key),
+        ],
+    );
+    op.wait_for("serving HTTP boot", Duration::from_secs(30));
+    let mac = "52:54:00:a1:00:01";
+    let (code, body) = curl(&[&format!("{base}/boot/{mac}")]);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("no reimage armed"), "{body}");
+    assert_eq!(curl(&[&format!("{base}/boot/52:54:00:ff:00:01")]).0, 404);
+
+    site.k.kubectl_ok(&[
+        "patch",
+        "rep",
+        "kiosk-01",
+        "-n",
+        &site.ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"reimageRequest":{"token":"boot-1","reason":"boot service test"}}}"#,
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while site
+        .k
+        .kubectl(&["get", "cm", "recast-boot-kiosk-01", "-n", &site.ns])
+        .status
+        .code()
+        != Some(0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the boot intent ConfigMap never appeared"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (code, script) = curl(&[&format!("{base}/boot/{mac}")]);
+    assert_eq!(code, 200);
+    let at = script.find("/imaging/v1/").expect("an imaging script");
+    let rest = &script[at..];
+    let attempt_url = format!("{base}{}", &rest[..rest.find("/startnet.cmd").unwrap()]);
+    let t = script.find("?token=").unwrap() + 7;
+    let token = &script[t..t + 64];
+    let auth = format!("Authorization: Bearer {token}");
+    let (code, task) = curl(&["-H", &auth, &format!("{attempt_url}/task")]);
+    assert_eq!(code, 200, "{task}");
+    let task: Value = serde_json::from_str(&task).unwrap();
+    assert_eq!(task["image"]["sha256"], digest.as_str());
+    assert_eq!(curl(&[&format!("{attempt_url}/task")]).0, 401);
+    let (code, _) = curl(&[
+        "-H",
+        &auth,
+        "--data-binary",
+        r#"{"percent": 40, "step": "apply"}"#,
+        &format!("{attempt_url}/progress"),
+    ]);
+    assert_eq!(code, 204);
+    let (code, _) = curl(&[
+        "-H",
+        &auth,
+        "--data-binary",
+        r#"{"ok": true}"#,
+        &format!("{attempt_url}/result"),
+    ]);
+    assert_eq!(code, 204);
+    // The leader takes the result from the inbox, moves to FirstBoot and disarms.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = site.status("kiosk-01");
+        if st.active_attempt.as_ref().map(|a| a.step) == Some(ReimageStep::FirstBoot)
+            && curl(&["-H", &auth, &format!("{attempt_url}/task")]).0 == 410
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no FirstBoot + disarm; status {st:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let _ = std::fs::remove_dir_all(root);
 }
