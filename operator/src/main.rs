@@ -466,7 +466,7 @@ async fn run(opts: RunOptions) -> Result<(), String> {
                 let (b, m, s) = (backend.clone(), metrics.clone(), stop_rx.clone());
                 tokio::spawn(async move {
                     if let Err(e) = recast_operator::boot::service::run(b, cfg, m, s).await {
-                        tracing::error!("boot service: {e}");
+                        boot_service_failed(&e);
                     }
                 });
             }
@@ -526,7 +526,7 @@ async fn run(opts: RunOptions) -> Result<(), String> {
                 let (b, m, s) = (Arc::new(backend), metrics.clone(), stop_rx.clone());
                 tokio::spawn(async move {
                     if let Err(e) = recast_operator::boot::service::run(b, cfg, m, s).await {
-                        tracing::error!("boot service: {e}");
+                        boot_service_failed(&e);
                     }
                 });
             }
@@ -633,4 +633,12 @@ async fn shutdown_signal() {
     {
         let _ = ctrl_c.await;
     }
+}
+
+/// A boot service that cannot run (a port taken, an unreadable boot root) must not leave an
+/// operator that looks healthy while no machine can boot: stop the process with the reason.
+fn boot_service_failed(e: &str) -> ! {
+    tracing::error!("boot service: {e}");
+    eprintln!("recast-operator: the boot service stopped: {e}");
+    std::process::exit(2)
 }

@@ -335,3 +335,29 @@ fn scripts_artifacts_and_the_imaging_protocol_over_http() {
 fn dir_of(s: &Setup) -> &Path {
     &s.dir
 }
+
+/// A boot port that is already taken stops the operator with the reason, instead of leaving a
+/// process that looks healthy while no machine can boot.
+#[test]
+fn a_taken_boot_port_stops_the_operator_with_the_reason() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = std::env::temp_dir().join(format!("recast-bootport-{}", uuid::Uuid::new_v4()));
+    let out = Command::new(env!("CARGO_BIN_EXE_recast-operator"))
+        .args(["run", "--backend", "embedded", "--data-dir"])
+        .arg(dir.join("data"))
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--boot-http", &format!("127.0.0.1:{port}")])
+        .arg("--boot-root")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot serve HTTP boot on 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+    drop(taken);
+    let _ = std::fs::remove_dir_all(dir);
+}
