@@ -332,6 +332,8 @@ async fn a_protected_endpoint_is_never_touched() {
 struct RacingEdit {
     inner: EmbeddedBackend,
     raced: Mutex<bool>,
+    /// Acts as a replica that lost the lease after deciding.
+    deposed: bool,
 }
 
 impl Backend for RacingEdit {
@@ -430,6 +432,47 @@ impl Backend for RacingEdit {
     async fn ack_input(&self, k: &Key, id: &str) -> Result<(), BackendError> {
         self.inner.ack_input(k, id).await
     }
+    fn ensure_leader(&self) -> Result<(), BackendError> {
+        if self.deposed {
+            Err(BackendError::NotLeader)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_replica_that_lost_the_lease_never_power_cycles() {
+    let store = store_with_examples("deposed");
+    verify_image(&store);
+    let (ctrl, _) = controller(RacingEdit {
+        inner: EmbeddedBackend {
+            store: store.clone(),
+        },
+        raced: Mutex::new(true),
+        deposed: true,
+    });
+    ctrl.prime().await.unwrap();
+    let result = ctrl
+        .reconcile(
+            &key("kiosk-01"),
+            Input::Signals(vec![(SignalKind::FailedRollback, "x".into())]),
+        )
+        .await;
+    assert!(
+        matches!(result, Err(BackendError::NotLeader)),
+        "the fence stops the action: {result:?}"
+    );
+    assert!(
+        ctrl.power.log().is_empty(),
+        "no power cycle after losing the lease"
+    );
+    // The decision was persisted before acting, so the next leader resumes this attempt.
+    let st = status(&store, "kiosk-01");
+    assert_eq!(
+        format!("{:?}", st.active_attempt.unwrap().step),
+        "PowerCycling"
+    );
 }
 
 #[tokio::test]
@@ -440,6 +483,7 @@ async fn a_spec_edit_racing_the_controller_is_not_lost() {
             store: store.clone(),
         },
         raced: Mutex::new(false),
+        deposed: false,
     });
     ctrl.prime().await.unwrap();
     let k = key("kiosk-03");

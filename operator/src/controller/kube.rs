@@ -241,6 +241,10 @@ impl KubeBackend {
 }
 
 impl Backend for KubeBackend {
+    fn ensure_leader(&self) -> Result<(), BackendError> {
+        self.check_leader()
+    }
+
     async fn endpoint(&self, key: &Key) -> Result<Option<Endpoint>, BackendError> {
         // Always fresh from the server: a decision on a cached (older) status could start an
         // attempt that is already running.

@@ -151,6 +151,11 @@ pub trait Backend: Send + Sync + 'static {
         key: &Key,
         id: &str,
     ) -> impl Future<Output = Result<(), BackendError>> + Send;
+    /// Fencing right before an irreversible side effect (a BMC power cycle): a replica that
+    /// lost the lease since it decided must not act. Single-writer backends always may.
+    fn ensure_leader(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
 }
 
 /// The clock, injected so tests can move time.
@@ -544,6 +549,9 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
                 }
             }
             Action::PowerCycle { .. } => {
+                // A deposed leader stops here; the journal entry stays "started", so the next
+                // leader resumes with maybe_done and asks the BMC before cycling.
+                self.backend.ensure_leader()?;
                 // Interrupted means a power cycle may already have happened; the BMC driver
                 // is told so it can check before cycling a machine that is already booting.
                 match self
