@@ -5,6 +5,16 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 cargo_flags=(--ignore-rust-version)
+
+# The real peers of each tier (QEMU/iPXE/dnsmasq, sushy-tools, wimlib, TFTP clients, openssl):
+# installed on first use when this runs as root, so a fresh machine needs nothing else. Without
+# root (a laptop) a tier whose peer is missing skips itself loudly instead, unless its
+# RECAST_REQUIRE_* variable makes it mandatory.
+if [[ $(id -u) == 0 ]]; then
+  for setup in tests/pxe/setup.sh tests/redfish/setup.sh tests/golden/setup.sh tests/boot/setup.sh tests/gateway/setup.sh; do
+    bash "$setup" || echo "*** $setup failed; the tests that need it will skip or fail"
+  done
+fi
 started_k8s=0
 if ! tests/k8s/harness.sh status 2>/dev/null; then
   tests/k8s/harness.sh up || exit 1
