@@ -134,31 +134,27 @@ fn script(body: String) -> Response {
         .into_response()
 }
 
-async fn boot_ipxe<B: Backend + BootIntents>(State(svc): State<Arc<BootHttp<B>>>) -> Response {
-    match svc.renderer.boot_ipxe(&svc.config.base_url) {
-        Ok(s) => script(s),
-        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+async fn boot_ipxe<B: Backend + BootIntents>(
+    State(svc): State<Arc<BootHttp<B>>>,
+) -> Result<Response, Refusal> {
+    Ok(script(svc.renderer.boot_ipxe(&svc.config.base_url)?))
 }
 
 async fn per_mac<B: Backend + BootIntents>(
     State(svc): State<Arc<BootHttp<B>>>,
     Path(raw_mac): Path<String>,
-) -> Response {
+) -> Result<Response, Refusal> {
     let Some(mac) = intent::normalize_mac(&raw_mac) else {
-        return text(
+        return Ok(text(
             StatusCode::BAD_REQUEST,
             "not a MAC address; iPXE asks for /boot/${net0/mac}\n",
-        );
+        ));
     };
     let (known, armed) = match svc.backend.boot_lookup(&mac).await {
         Ok(x) => x,
         Err(e) => {
             tracing::warn!(%mac, error = %e, "boot lookup failed; telling the machine to boot locally");
-            return match svc.renderer.local(&mac, "uefi") {
-                Ok(s) => script(s),
-                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-            };
+            return Ok(script(svc.renderer.local(&mac, "uefi")?));
         }
     };
     let (choice, not_served) = intent::choose(&known, armed.as_ref(), svc.config.unknown);
@@ -171,10 +167,10 @@ async fn per_mac<B: Backend + BootIntents>(
         .unwrap_or_else(|| "uefi".into());
     svc.metrics.boot_choice(choice_label(&choice));
     match choice {
-        BootChoice::Ignore => text(
+        BootChoice::Ignore => Ok(text(
             StatusCode::NOT_FOUND,
             "recast does not manage this machine\n",
-        ),
+        )),
         BootChoice::Local { discovered } => {
             let who = match &known {
                 intent::Known::Endpoint {
@@ -194,10 +190,7 @@ async fn per_mac<B: Backend + BootIntents>(
             {
                 tracing::warn!(%mac, error = %e, "cannot record a discovered MAC");
             }
-            match svc.renderer.local(&who, &boot_mode) {
-                Ok(s) => script(s),
-                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-            }
+            Ok(script(svc.renderer.local(&who, &boot_mode)?))
         }
         BootChoice::Wds => {
             let (namespace, name) = match &known {
@@ -208,27 +201,18 @@ async fn per_mac<B: Backend + BootIntents>(
             };
             let Some(server) = &svc.config.wds_server else {
                 tracing::warn!(%mac, "endpoint is in WDS mode but no --wds-server is set; booting it locally");
-                return match svc.renderer.local(&name, &boot_mode) {
-                    Ok(s) => script(s),
-                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-                };
+                return Ok(script(svc.renderer.local(&name, &boot_mode)?));
             };
-            match svc.renderer.wds(&namespace, &name, &boot_mode, server) {
-                Ok(s) => script(s),
-                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-            }
+            Ok(script(
+                svc.renderer.wds(&namespace, &name, &boot_mode, server)?,
+            ))
         }
         BootChoice::Imaging(intent) => {
             let token = svc.try_token(&intent);
             let view = AttemptView::new(&svc.config.base_url, &intent, &token);
             let body =
-                match svc
-                    .renderer
-                    .imaging_script(svc.config.imaging, &svc.config.base_url, &view)
-                {
-                    Ok(s) => s,
-                    Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-                };
+                svc.renderer
+                    .imaging_script(svc.config.imaging, &svc.config.base_url, &view)?;
             svc.post(
                 &intent,
                 Input::NetworkBooted {
@@ -238,12 +222,12 @@ async fn per_mac<B: Backend + BootIntents>(
             )
             .await;
             tracing::info!(
-                endpoint = %format!("{}/{}", intent.namespace, intent.endpoint),
+                endpoint = %intent.key(),
                 attempt = %intent.attempt_id,
                 try_number = intent.try_number,
                 "served the imaging script"
             );
-            script(body)
+            Ok(script(body))
         }
     }
 }
@@ -299,21 +283,31 @@ struct TokenQuery {
     token: Option<String>,
 }
 
-enum Denied {
+/// Why a boot-service request is not answered with what it asked for.
+enum Refusal {
     Unauthorized,
     Gone(String),
     Unavailable(String),
+    /// A template failed to render: a bug in recast, never the client's fault.
+    Broken(String),
 }
 
-impl IntoResponse for Denied {
+impl From<super::render::RenderError> for Refusal {
+    fn from(e: super::render::RenderError) -> Self {
+        Refusal::Broken(e.to_string())
+    }
+}
+
+impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         match self {
-            Denied::Unauthorized => text(
+            Refusal::Unauthorized => text(
                 StatusCode::UNAUTHORIZED,
                 "missing or wrong attempt token; use the URL the imaging script was given\n",
             ),
-            Denied::Gone(why) => text(StatusCode::GONE, format!("{why}\n")),
-            Denied::Unavailable(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+            Refusal::Gone(why) => text(StatusCode::GONE, format!("{why}\n")),
+            Refusal::Unavailable(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+            Refusal::Broken(why) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{why}\n")),
         }
     }
 }
@@ -335,7 +329,7 @@ impl<B: Backend + BootIntents> BootHttp<B> {
         p: &TryPath,
         headers: &HeaderMap,
         query: &TokenQuery,
-    ) -> Result<BootIntent, Denied> {
+    ) -> Result<BootIntent, Refusal> {
         let bearer = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -345,7 +339,7 @@ impl<B: Backend + BootIntents> BootHttp<B> {
             .key
             .verify(&p.namespace, &p.name, &p.attempt, p.try_number, presented)
         {
-            return Err(Denied::Unauthorized);
+            return Err(Refusal::Unauthorized);
         }
         let key = Key {
             namespace: p.namespace.clone(),
@@ -355,10 +349,10 @@ impl<B: Backend + BootIntents> BootHttp<B> {
             .backend
             .boot_intent_of(&key)
             .await
-            .map_err(|e| Denied::Unavailable(format!("cannot read the boot intent: {e}")))?;
+            .map_err(|e| Refusal::Unavailable(format!("cannot read the boot intent: {e}")))?;
         match armed {
             Some(i) if i.attempt_id == p.attempt && i.try_number == p.try_number => Ok(i),
-            _ => Err(Denied::Gone(format!(
+            _ => Err(Refusal::Gone(format!(
                 "attempt {} try {} of {key} is no longer armed; the machine should reboot",
                 p.attempt, p.try_number
             ))),
@@ -366,10 +360,7 @@ impl<B: Backend + BootIntents> BootHttp<B> {
     }
 
     async fn post(&self, intent: &BootIntent, input: Input) {
-        let key = Key {
-            namespace: intent.namespace.clone(),
-            name: intent.endpoint.clone(),
-        };
+        let key = intent.key();
         if let Err(e) = self.backend.post_input(&key, &input).await {
             tracing::warn!(endpoint = %key, error = %e, "cannot queue a boot-service input");
         }
@@ -403,17 +394,17 @@ impl<B: Backend + BootIntents> BootHttp<B> {
         }
     }
 
-    async fn image_file(&self, intent: &BootIntent) -> Result<ImageFile, Denied> {
+    async fn image_file(&self, intent: &BootIntent) -> Result<ImageFile, Refusal> {
         let digest = intent
             .image_digest
             .clone()
-            .ok_or_else(|| Denied::Gone("no verified image digest".into()))?;
+            .ok_or_else(|| Refusal::Gone("no verified image digest".into()))?;
         let rel = format!("images/{digest}.wim");
         let size = tokio::fs::metadata(self.config.root.join(&rel))
             .await
             .map(|m| m.len())
             .map_err(|_| {
-                Denied::Unavailable(format!(
+                Refusal::Unavailable(format!(
                     "image {} ({digest}) is not in the artifact store yet; retry shortly",
                     intent.image
                 ))
@@ -440,17 +431,11 @@ async fn task<B: Backend + BootIntents>(
     Path(p): Path<TryPath>,
     Query(q): Query<TokenQuery>,
     headers: HeaderMap,
-) -> Response {
-    let intent = match svc.authorize(&p, &headers, &q).await {
-        Ok(i) => i,
-        Err(d) => return d.into_response(),
-    };
-    let image = match svc.image_file(&intent).await {
-        Ok(f) => f,
-        Err(d) => return d.into_response(),
-    };
+) -> Result<Response, Refusal> {
+    let intent = svc.authorize(&p, &headers, &q).await?;
+    let image = svc.image_file(&intent).await?;
     let attempt_url = super::render::attempt_url(&svc.config.base_url, &intent);
-    axum::Json(ImagingTask {
+    Ok(axum::Json(ImagingTask {
         namespace: intent.namespace.clone(),
         endpoint: intent.endpoint.clone(),
         attempt_id: intent.attempt_id.clone(),
@@ -467,7 +452,7 @@ async fn task<B: Backend + BootIntents>(
         progress_url: format!("{attempt_url}/progress"),
         result_url: format!("{attempt_url}/result"),
     })
-    .into_response()
+    .into_response())
 }
 
 async fn startnet<B: Backend + BootIntents>(
@@ -475,21 +460,16 @@ async fn startnet<B: Backend + BootIntents>(
     Path(p): Path<TryPath>,
     Query(q): Query<TokenQuery>,
     headers: HeaderMap,
-) -> Response {
-    let intent = match svc.authorize(&p, &headers, &q).await {
-        Ok(i) => i,
-        Err(d) => return d.into_response(),
-    };
-    let image = match svc.image_file(&intent).await {
-        Ok(f) => f,
-        Err(d) => return d.into_response(),
-    };
+) -> Result<Response, Refusal> {
+    let intent = svc.authorize(&p, &headers, &q).await?;
+    let image = svc.image_file(&intent).await?;
     let token = svc.try_token(&intent);
     let view = AttemptView::new(&svc.config.base_url, &intent, &token);
-    match svc.renderer.startnet(&view, &image, &svc.config.site) {
-        Ok(s) => script(s),
-        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+    Ok(script(svc.renderer.startnet(
+        &view,
+        &image,
+        &svc.config.site,
+    )?))
 }
 
 async fn winpeshl<B: Backend + BootIntents>(
@@ -497,14 +477,9 @@ async fn winpeshl<B: Backend + BootIntents>(
     Path(p): Path<TryPath>,
     Query(q): Query<TokenQuery>,
     headers: HeaderMap,
-) -> Response {
-    if let Err(d) = svc.authorize(&p, &headers, &q).await {
-        return d.into_response();
-    }
-    match svc.renderer.winpeshl() {
-        Ok(s) => script(s),
-        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+) -> Result<Response, Refusal> {
+    svc.authorize(&p, &headers, &q).await?;
+    Ok(script(svc.renderer.winpeshl()?))
 }
 
 async fn unattend<B: Backend + BootIntents>(
@@ -512,25 +487,19 @@ async fn unattend<B: Backend + BootIntents>(
     Path(p): Path<TryPath>,
     Query(q): Query<TokenQuery>,
     headers: HeaderMap,
-) -> Response {
-    let intent = match svc.authorize(&p, &headers, &q).await {
-        Ok(i) => i,
-        Err(d) => return d.into_response(),
-    };
+) -> Result<Response, Refusal> {
+    let intent = svc.authorize(&p, &headers, &q).await?;
     let token = svc.try_token(&intent);
     let view = AttemptView::new(&svc.config.base_url, &intent, &token);
-    match svc.renderer.unattend(&view, &svc.config.site) {
-        Ok(s) => (
-            StatusCode::OK,
-            [
-                (header::CONTENT_TYPE, "application/xml"),
-                (header::CACHE_CONTROL, "no-store"),
-            ],
-            s,
-        )
-            .into_response(),
-        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/xml"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        svc.renderer.unattend(&view, &svc.config.site)?,
+    )
+        .into_response())
 }
 
 /// The reimaged endpoint's agent configuration: who it is, where to report, the attempt it
@@ -556,11 +525,8 @@ async fn agent_config<B: Backend + BootIntents>(
     Path(p): Path<TryPath>,
     Query(q): Query<TokenQuery>,
     headers: HeaderMap,
-) -> Response {
-    let intent = match svc.authorize(&p, &headers, &q).await {
-        Ok(i) => i,
-        Err(d) => return d.into_response(),
-    };
+) -> Result<Response, Refusal> {
+    let intent = svc.authorize(&p, &headers, &q).await?;
     let mut resp = axum::Json(AgentConfig {
         enrollment_token: enrollment_token(
             &svc.key,
@@ -578,7 +544,7 @@ async fn agent_config<B: Backend + BootIntents>(
         header::CACHE_CONTROL,
         header::HeaderValue::from_static("no-store"),
     );
-    resp
+    Ok(resp)
 }
 
 async fn progress<B: Backend + BootIntents>(
@@ -587,30 +553,27 @@ async fn progress<B: Backend + BootIntents>(
     Query(q): Query<TokenQuery>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Response {
-    let intent = match svc.authorize(&p, &headers, &q).await {
-        Ok(i) => i,
-        Err(d) => return d.into_response(),
-    };
+) -> Result<Response, Refusal> {
+    let intent = svc.authorize(&p, &headers, &q).await?;
     let report: ProgressReport = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
-            return text(
+            return Ok(text(
                 StatusCode::BAD_REQUEST,
                 format!(
                     "progress must be JSON {{\"percent\": 0-100, \"step\": \"...\", \"message\": \"...\"}}: {e}\n"
                 ),
-            );
+            ));
         }
     };
     if report.percent > 100 {
-        return text(
+        return Ok(text(
             StatusCode::UNPROCESSABLE_ENTITY,
             "percent must be 0 to 100\n",
-        );
+        ));
     }
     tracing::info!(
-        endpoint = %format!("{}/{}", intent.namespace, intent.endpoint),
+        endpoint = %intent.key(),
         attempt = %intent.attempt_id,
         percent = report.percent,
         step = report.step.as_deref().unwrap_or(""),
@@ -626,7 +589,7 @@ async fn progress<B: Backend + BootIntents>(
         },
     )
     .await;
-    StatusCode::NO_CONTENT.into_response()
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn result<B: Backend + BootIntents>(
@@ -635,20 +598,17 @@ async fn result<B: Backend + BootIntents>(
     Query(q): Query<TokenQuery>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Response {
-    let intent = match svc.authorize(&p, &headers, &q).await {
-        Ok(i) => i,
-        Err(d) => return d.into_response(),
-    };
+) -> Result<Response, Refusal> {
+    let intent = svc.authorize(&p, &headers, &q).await?;
     let report: ResultReport = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
-            return text(
+            return Ok(text(
                 StatusCode::BAD_REQUEST,
                 format!(
                     "result must be JSON {{\"ok\": true}} or {{\"ok\": false, \"step\": \"...\", \"error\": \"...\"}}: {e}\n"
                 ),
-            );
+            ));
         }
     };
     let outcome = if report.ok {
@@ -661,7 +621,7 @@ async fn result<B: Backend + BootIntents>(
         ))
     };
     tracing::info!(
-        endpoint = %format!("{}/{}", intent.namespace, intent.endpoint),
+        endpoint = %intent.key(),
         attempt = %intent.attempt_id,
         ok = report.ok,
         "imaging finished"
@@ -675,5 +635,5 @@ async fn result<B: Backend + BootIntents>(
         },
     )
     .await;
-    StatusCode::NO_CONTENT.into_response()
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -23,6 +23,14 @@ use crate::core::lifecycle::Action;
 use crate::core::time;
 
 impl BootIntent {
+    /// The endpoint this intent arms.
+    pub fn key(&self) -> Key {
+        Key {
+            namespace: self.namespace.clone(),
+            name: self.endpoint.clone(),
+        }
+    }
+
     /// The intent an ArmBoot action asks for (built once here, written by either backend).
     pub fn for_action(ep: &Endpoint, action: &Action, now: Timestamp) -> BootIntent {
         let key = Key::of(ep);
