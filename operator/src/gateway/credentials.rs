@@ -14,6 +14,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::controller::Key;
+use crate::encoding::hex;
 
 pub const TOKEN_PREFIX: &str = "rct_";
 pub const DB_FILE: &str = "gateway.db";
@@ -32,15 +33,6 @@ pub enum CredentialError {
 /// The SHA-256 of a presented token, hex. Only this is ever stored or compared.
 pub fn token_hash(token: &str) -> String {
     hex(digest(&SHA256, token.as_bytes()).as_ref())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
 }
 
 /// A token's shape, checked before hashing, so junk never reaches the database.
