@@ -24,7 +24,8 @@ pub fn render(endpoints: &[Endpoint], opts: &Prestage<'_>) -> String {
     );
     for ep in endpoints {
         let name = ep.metadata.name.clone().unwrap_or_default();
-        let device_name = hostname(&name);
+        // The computer name unattend.xml gives the machine (NetBIOS rules, 15 characters).
+        let device_name = recast_operator::boot::render::hostname(&name);
         let program = match ep.spec.boot_mode {
             BootMode::Uefi => r"boot\x64\wdsmgfw.efi",
             BootMode::Bios => r"boot\x64\wdsnbp.com",
@@ -59,15 +60,6 @@ pub fn render(endpoints: &[Endpoint], opts: &Prestage<'_>) -> String {
         }
     }
     out
-}
-
-/// WDS device names follow NetBIOS rules: at most 15 characters.
-fn hostname(name: &str) -> String {
-    name.chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
-        .take(15)
-        .collect::<String>()
-        .to_ascii_uppercase()
 }
 
 #[cfg(test)]
