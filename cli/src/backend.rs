@@ -95,38 +95,10 @@ impl Backend {
                 let kind = Kind::from_kind(kind_name).ok_or_else(|| {
                     BackendError::Kube(format!("{kind_name:?} is not a recast kind"))
                 })?;
-                let name = doc
-                    .pointer("/metadata/name")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string();
-                let ns = doc
-                    .pointer("/metadata/namespace")
-                    .and_then(Value::as_str)
-                    .unwrap_or(ns)
-                    .to_string();
+                let (name, ns) = name_and_namespace(doc, ns);
                 let api = k.api(kind, Some(&ns));
-                k.rt.block_on(async {
-                    let before = api.get_opt(&name).await.map_err(kube_err)?;
-                    let after = api
-                        .patch(
-                            &name,
-                            &PatchParams::apply(FIELD_MANAGER),
-                            &Patch::Apply(doc),
-                        )
-                        .await
-                        .map_err(kube_err)?;
-                    let outcome = match before {
-                        None => ApplyOutcome::Created,
-                        Some(b)
-                            if b.metadata.resource_version == after.metadata.resource_version =>
-                        {
-                            ApplyOutcome::Unchanged
-                        }
-                        Some(_) => ApplyOutcome::Configured,
-                    };
-                    Ok((kind, name, outcome))
-                })
+                let outcome = k.rt.block_on(server_side_apply(&api, &name, doc))?;
+                Ok((kind, name, outcome))
             }
         }
     }
@@ -181,38 +153,10 @@ impl Backend {
         match self {
             Backend::Embedded(s) => Ok(s.apply_secret(doc, ns)?),
             Backend::Kube(k) => {
-                let name = doc
-                    .pointer("/metadata/name")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string();
-                let ns = doc
-                    .pointer("/metadata/namespace")
-                    .and_then(Value::as_str)
-                    .unwrap_or(ns)
-                    .to_string();
+                let (name, ns) = name_and_namespace(doc, ns);
                 let api: Api<Secret> = Api::namespaced(k.client.clone(), &ns);
-                k.rt.block_on(async {
-                    let before = api.get_opt(&name).await.map_err(kube_err)?;
-                    let after = api
-                        .patch(
-                            &name,
-                            &PatchParams::apply(FIELD_MANAGER),
-                            &Patch::Apply(doc),
-                        )
-                        .await
-                        .map_err(kube_err)?;
-                    let outcome = match before {
-                        None => ApplyOutcome::Created,
-                        Some(b)
-                            if b.metadata.resource_version == after.metadata.resource_version =>
-                        {
-                            ApplyOutcome::Unchanged
-                        }
-                        Some(_) => ApplyOutcome::Configured,
-                    };
-                    Ok((name, outcome))
-                })
+                let outcome = k.rt.block_on(server_side_apply(&api, &name, doc))?;
+                Ok((name, outcome))
             }
         }
     }
@@ -339,4 +283,39 @@ impl Backend {
             }
         }
     }
+}
+
+/// The document's name, and its namespace or `default_ns`.
+fn name_and_namespace(doc: &Value, default_ns: &str) -> (String, String) {
+    let field = |ptr: &str| doc.pointer(ptr).and_then(Value::as_str);
+    (
+        field("/metadata/name").unwrap_or_default().to_string(),
+        field("/metadata/namespace")
+            .unwrap_or(default_ns)
+            .to_string(),
+    )
+}
+
+/// Server-side applies `doc` as recastctl and says what it did, like `kubectl apply`: created,
+/// configured, or unchanged (the resourceVersion did not move).
+async fn server_side_apply<K>(
+    api: &Api<K>,
+    name: &str,
+    doc: &Value,
+) -> Result<ApplyOutcome, BackendError>
+where
+    K: kube::Resource + Clone + for<'de> k8s_openapi::serde::Deserialize<'de> + std::fmt::Debug,
+{
+    let before = api.get_opt(name).await.map_err(kube_err)?;
+    let after = api
+        .patch(name, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(doc))
+        .await
+        .map_err(kube_err)?;
+    Ok(match before {
+        None => ApplyOutcome::Created,
+        Some(b) if b.meta().resource_version == after.meta().resource_version => {
+            ApplyOutcome::Unchanged
+        }
+        Some(_) => ApplyOutcome::Configured,
+    })
 }
