@@ -369,13 +369,38 @@ pub fn derive(input: &DeriveInput<'_>) -> Vec<(SignalKind, String)> {
     out
 }
 
+/// A healthy kiosk's report on build 26100.UBR with nothing else in it, for the unit tests of
+/// the derivation and of the gateway's session logic.
+#[cfg(test)]
+pub(crate) fn sample_report(sequence: u64, ubr: u32) -> AgentReport {
+    use recast_crds::report::{OsInfo, PendingServicing, REPORT_VERSION};
+    AgentReport {
+        version: REPORT_VERSION,
+        endpoint: "kiosk-01".into(),
+        sequence,
+        agent_version: "0.1.0".into(),
+        attempt_id: None,
+        collected_at: "2026-01-15T09:00:00Z".into(),
+        interval_seconds: 300,
+        os: OsInfo {
+            current_build: 26100,
+            ubr,
+        },
+        update_events: vec![],
+        servicing_events: vec![],
+        pending: PendingServicing::default(),
+        crashes: vec![],
+        boot_time: None,
+        uptime_seconds: None,
+        system_disk: None,
+        collection_errors: vec![],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use recast_crds::report::{
-        CrashEvent, CrashSource, OsInfo, PendingServicing, REPORT_VERSION, ServicingEvent,
-        UpdateEvent,
-    };
+    use recast_crds::report::{CrashEvent, CrashSource, ServicingEvent, UpdateEvent};
 
     const JAN: &str = "2026-01 Cumulative Update for Windows 11 Version 24H2 for x64-based Systems (KB5074109) (26100.7623)";
     const FEB: &str = "2026-02 Cumulative Update for Windows 11 Version 24H2 for x64-based Systems (KB5077181) (26100.7705)";
@@ -386,27 +411,7 @@ mod tests {
     }
 
     fn report(ubr: u32) -> AgentReport {
-        AgentReport {
-            version: REPORT_VERSION,
-            endpoint: "kiosk-01".into(),
-            sequence: 1,
-            agent_version: "0.1.0".into(),
-            attempt_id: None,
-            collected_at: "2026-01-15T09:00:00Z".into(),
-            interval_seconds: 300,
-            os: OsInfo {
-                current_build: 26100,
-                ubr,
-            },
-            update_events: vec![],
-            servicing_events: vec![],
-            pending: PendingServicing::default(),
-            crashes: vec![],
-            boot_time: None,
-            uptime_seconds: None,
-            system_disk: None,
-            collection_errors: vec![],
-        }
+        sample_report(1, ubr)
     }
 
     fn wu(outcome: UpdateOutcome, time: &str, title: &str) -> UpdateEvent {

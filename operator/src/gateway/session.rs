@@ -291,9 +291,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use recast_crds::report::{
-        CrashEvent, CrashSource, OsInfo, PendingServicing, REPORT_VERSION, UpdateEvent,
-    };
+    use recast_crds::report::{CrashEvent, CrashSource, UpdateEvent};
 
     const JAN: &str = "2026-01 Cumulative Update for Windows 11 Version 24H2 for x64-based Systems (KB5074109) (26100.7623)";
 
@@ -311,27 +309,7 @@ mod tests {
     }
 
     fn report(seq: u64, ubr: u32) -> AgentReport {
-        AgentReport {
-            version: REPORT_VERSION,
-            endpoint: "kiosk-01".into(),
-            sequence: seq,
-            agent_version: "0.1.0".into(),
-            attempt_id: None,
-            collected_at: "2026-01-15T09:00:00Z".into(),
-            interval_seconds: 300,
-            os: OsInfo {
-                current_build: 26100,
-                ubr,
-            },
-            update_events: vec![],
-            servicing_events: vec![],
-            pending: PendingServicing::default(),
-            crashes: vec![],
-            boot_time: None,
-            uptime_seconds: None,
-            system_disk: None,
-            collection_errors: vec![],
-        }
+        crate::core::derive::sample_report(seq, ubr)
     }
 
     fn failed(seq: u64) -> AgentReport {
