@@ -11,7 +11,6 @@
 //! Usage: bench_controller OPERATOR_BINARY [N]   (KUBECONFIG from the harness for the kube part)
 
 use std::io::Write as _;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -35,14 +34,6 @@ fn endpoint(i: usize) -> Value {
 fn policy(cooldown: &str) -> Value {
     json!({"apiVersion": "recast.dev/v1alpha1", "kind": "RemediationPolicy", "metadata": {"name": "default"},
            "spec": {"cooldown": cooldown}})
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn rss_mib(pid: u32) -> f64 {
@@ -109,7 +100,7 @@ fn embedded(operator: &Path, n: usize) -> Row {
         store.apply(&endpoint(i), "default").unwrap();
     }
     store.apply(&policy("6h"), "default").unwrap();
-    let port = free_port();
+    let port = recast_tests::free_port();
     let start = Instant::now();
     let child = Command::new(operator)
         .args([
@@ -234,7 +225,7 @@ fn kube(operator: &Path, n: usize, repo: &Path) -> Option<Row> {
         &["apply", "-n", &ns, "-f", "-"],
         Some(&policy("6h").to_string()),
     );
-    let port = free_port();
+    let port = recast_tests::free_port();
     let start = Instant::now();
     let child = Command::new(operator)
         .args([

@@ -13,7 +13,6 @@
 //! Usage: bench_gateway OPERATOR_BINARY AGENT_BINARY [N] [REPORTS]
 
 use std::io::Write as _;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -34,14 +33,6 @@ fn endpoint(i: usize) -> Value {
             "site": format!("site-{}", i % 40)
         }
     })
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn proc_status_mib(pid: u32, field: &str) -> f64 {
@@ -244,13 +235,16 @@ fn main() {
     let tokens = dir.join("tokens.json");
 
     // recast-operator with the gateway.
-    let gw_port = free_port();
+    let gw_port = recast_tests::free_port();
     let log = dir.join("operator.log");
     let mut op = Command::new(&operator)
         .args(["run", "--backend", "embedded"])
         .arg("--data-dir")
         .arg(&data)
-        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{}", recast_tests::free_port()),
+        ])
         .args(["--gateway-listen", &format!("127.0.0.1:{gw_port}")])
         .arg("--gateway-cert")
         .arg(&crt)
@@ -273,7 +267,7 @@ fn main() {
     let _ = op.wait();
 
     // nginx: a static 204 over TLS, same certificate, same load.
-    let ng_port = free_port();
+    let ng_port = recast_tests::free_port();
     let ng = dir.join("nginx");
     std::fs::create_dir_all(ng.join("logs")).unwrap();
     let conf = ng.join("nginx.conf");

@@ -145,7 +145,7 @@ async fn setup_errors_are_typed_and_never_show_the_password() {
     assert_eq!(resets(&sushy), 0);
 
     // An unreachable BMC is transient: the core retries.
-    let port = redfish::free_port();
+    let port = recast_tests::free_port();
     let gone = json!({"address": format!("http://127.0.0.1:{port}"), "credentialsSecretRef": {"name": "bmc-creds"}});
     let err = power
         .power_cycle(&endpoint("kiosk-03", Some(gone)), "a-4", 1, false)

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use recast_crds::manifest::Kind;
 use recast_operator::store::embedded::EmbeddedStore;
@@ -18,14 +18,6 @@ impl Drop for Proc {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// curl's answer: (status, headers, body).
@@ -58,17 +50,6 @@ fn header<'a>(headers: &'a str, name: &str) -> Option<&'a str> {
         let (k, v) = l.split_once(':')?;
         k.eq_ignore_ascii_case(name).then(|| v.trim())
     })
-}
-
-fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting for {what}");
 }
 
 struct Setup {
@@ -119,14 +100,17 @@ fn setup() -> Setup {
             &json!({"digest": digest, "conditions": [{"type": "Verified", "status": "True", "reason": "Checked", "message": "", "lastTransitionTime": "2026-01-14T07:00:00Z"}]}),
         )
         .unwrap();
-    let port = free_port();
+    let port = recast_tests::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let log = std::fs::File::create(dir.join("operator.log")).unwrap();
     let op = Proc(
         Command::new(env!("CARGO_BIN_EXE_recast-operator"))
             .args(["run", "--backend", "embedded", "--data-dir"])
             .arg(&data)
-            .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{}", recast_tests::free_port()),
+            ])
             .args(["--boot-http", &format!("127.0.0.1:{port}"), "--boot-root"])
             .arg(&root)
             .stdout(Stdio::null())
@@ -134,7 +118,7 @@ fn setup() -> Setup {
             .spawn()
             .unwrap(),
     );
-    wait_for(Duration::from_secs(20), "HTTP boot", || {
+    recast_tests::wait_for(Duration::from_secs(20), "HTTP boot", || {
         curl(&[&format!("{base}/boot.ipxe")]).0 == 200
     });
     Setup {
@@ -154,7 +138,7 @@ fn arm(s: &Setup) -> (String, String) {
             Ok(())
         })
         .unwrap();
-    wait_for(Duration::from_secs(20), "the boot intent", || {
+    recast_tests::wait_for(Duration::from_secs(20), "the boot intent", || {
         s.store.boot_intent(MAC).unwrap().is_some()
     });
     let (code, _, body) = curl(&[&format!("{}/boot/{}", s.base, MAC.to_uppercase())]);
@@ -319,7 +303,7 @@ fn scripts_artifacts_and_the_imaging_protocol_over_http() {
     ]);
     assert_eq!(code, 204);
     // The controller takes the result and disarms: the token dies with the try.
-    wait_for(Duration::from_secs(20), "the boot to be disarmed", || {
+    recast_tests::wait_for(Duration::from_secs(20), "the boot to be disarmed", || {
         s.store.boot_intent(MAC).unwrap().is_none()
     });
     assert_eq!(curl(&["-H", &auth, &format!("{attempt}/task")]).0, 410);
@@ -346,7 +330,10 @@ fn a_taken_boot_port_stops_the_operator_with_the_reason() {
     let out = Command::new(env!("CARGO_BIN_EXE_recast-operator"))
         .args(["run", "--backend", "embedded", "--data-dir"])
         .arg(dir.join("data"))
-        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{}", recast_tests::free_port()),
+        ])
         .args(["--boot-http", &format!("127.0.0.1:{port}")])
         .arg("--boot-root")
         .arg(&dir)

@@ -674,11 +674,7 @@ fn the_boot_service_serves_armed_endpoints_from_the_apiserver() {
         b"wim bytes",
     )
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = recast_tests::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let (listen, root_s, key) = (
         format!("127.0.0.1:{port}"),

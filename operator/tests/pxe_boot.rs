@@ -236,7 +236,7 @@ fn operator(net: &Net, site: &Site, extra: &[&str]) -> Proc {
         .stdout(log.try_clone().unwrap())
         .stderr(log);
     let p = Proc(cmd.spawn().expect("start recast-operator"));
-    wait_for(
+    recast_tests::wait_for(
         Duration::from_secs(20),
         "the operator's boot service",
         || operator_log(site).contains("serving HTTP boot"),
@@ -288,17 +288,6 @@ fn vm_with(net: &Net, site: &Site, mac: &str, disk: &Path, tag: &str, fw: Firmwa
     Proc(child)
 }
 
-fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    panic!("timed out after {limit:?} waiting for {what}");
-}
-
 fn events(store: &EmbeddedStore, name: &str) -> Vec<String> {
     store
         .events(Kind::Endpoint, "default", name)
@@ -330,7 +319,7 @@ fn real_ipxe_firmware_boots_locally_then_images_when_armed_then_full_dhcp() {
     // the iPXE script URL), asks for its script and is told to boot locally.
     {
         let _vm = vm(&net, &site, VM1, &disk, "a");
-        wait_for(
+        recast_tests::wait_for(
             Duration::from_secs(120),
             "vm-01's network-boot fall-back event",
             || has_fallback(&store, "vm-01"),
@@ -370,7 +359,7 @@ fn real_ipxe_firmware_boots_locally_then_images_when_armed_then_full_dhcp() {
     std::fs::write(&disk3, vec![0u8; 16 * 1024 * 1024]).unwrap();
     {
         let _vm = vm_with(&net, &site, VM3, &disk3, "a-uefi", Firmware::Uefi);
-        wait_for(
+        recast_tests::wait_for(
             Duration::from_secs(180),
             "vm-03's (UEFI) fall-back event",
             || has_fallback(&store, "vm-03"),
@@ -378,7 +367,7 @@ fn real_ipxe_firmware_boots_locally_then_images_when_armed_then_full_dhcp() {
         // (d) After iPXE's ROM hands back, OVMF's own PXE client (a first stage that speaks
         // only TFTP: option 93 = 7, no iPXE user class) gets snponly.efi over recast's TFTP,
         // which is iPXE and chains into HTTP and asks for its script again.
-        wait_for(
+        recast_tests::wait_for(
             Duration::from_secs(240),
             "OVMF's PXE client to fetch iPXE over TFTP and chain into HTTP",
             || {
@@ -421,7 +410,7 @@ fn real_ipxe_firmware_boots_locally_then_images_when_armed_then_full_dhcp() {
     std::fs::write(&disk2, vec![0u8; 1024 * 1024]).unwrap();
     {
         let _vm = vm(&net, &site, VM2, &disk2, "c");
-        wait_for(
+        recast_tests::wait_for(
             Duration::from_secs(120),
             "vm-02's network boot in full DHCP mode",
             || has_fallback(&store, "vm-02"),
@@ -463,7 +452,7 @@ fn image_it(
             Ok(())
         })
         .unwrap();
-    wait_for(Duration::from_secs(30), "the boot intent", || {
+    recast_tests::wait_for(Duration::from_secs(30), "the boot intent", || {
         store.boot_intent(mac).unwrap().is_some()
     });
     let intent = store.boot_intent(mac).unwrap().unwrap();
@@ -508,12 +497,12 @@ fn image_it(
     );
     // The controller took the boot service's inputs: the attempt waits for the agent's first
     // report from the new image, and the boot is disarmed so it never images twice.
-    wait_for(
+    recast_tests::wait_for(
         Duration::from_secs(30),
         "the attempt to reach FirstBoot",
         || endpoint(store, name)["status"]["activeAttempt"]["step"] == "FirstBoot",
     );
-    wait_for(Duration::from_secs(30), "the boot to be disarmed", || {
+    recast_tests::wait_for(Duration::from_secs(30), "the boot to be disarmed", || {
         store.boot_intent(mac).unwrap().is_none()
     });
 }

@@ -43,6 +43,26 @@ pub fn skip_or_fail(var: &str, why: &str) {
     }
 }
 
+/// A TCP port on loopback that was free a moment ago, for a server a test is about to start.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port on 127.0.0.1")
+}
+
+/// Polls `done` until it holds, failing the test with `what` after `limit`.
+pub fn wait_for(limit: std::time::Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if done() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("timed out after {limit:?} waiting for {what}");
+}
+
 /// The real Kubernetes control plane started by `make k8s-up` (tests/k8s/harness.sh).
 #[derive(Clone, Debug)]
 pub struct K8s {

@@ -2,7 +2,7 @@
 //! openssl, and the sushy-tools Redfish emulator (installed by tests/redfish/setup.sh) started
 //! on loopback with the fake systems driver.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -34,14 +34,6 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn run(cmd: &mut Command) {
@@ -185,7 +177,7 @@ pub struct Sushy {
 impl Sushy {
     pub fn start(bin: &Path, opts: SushyOptions) -> Sushy {
         let dir = TempDir::new("sushy");
-        let port = free_port();
+        let port = crate::free_port();
         let systems: Vec<String> = opts
             .systems
             .iter()

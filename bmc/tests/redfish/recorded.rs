@@ -928,7 +928,7 @@ async fn https_to_a_plain_http_bmc_is_a_tls_error() {
 
 #[tokio::test]
 async fn unreachable_bmc_is_a_transient_connect_error() {
-    let port = crate::support::free_port();
+    let port = recast_tests::free_port();
     let mut cfg = fast_config(&format!("http://127.0.0.1:{port}"));
     cfg.retries = 1;
     let err = Bmc::connect(cfg, None).await.err().unwrap();
