@@ -127,17 +127,10 @@ pub fn stream_verify(
     let mut mismatch: Option<Integrity> = None;
     progress(Progress { done: 0, total });
     loop {
-        if cancel.load(Ordering::Relaxed) {
-            return Err(VerifyError::Cancelled {
-                path: path.to_path_buf(),
-            });
+        let n = read_next(&mut file, &mut buf, cancel, path, io)?;
+        if n == 0 {
+            break;
         }
-        let n = match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io(e)),
-        };
         let data = &buf[..n];
         if !options.skip_sha256 {
             sha256.update(data);
@@ -311,20 +304,36 @@ pub fn sha256_file(
     let mut buf = vec![0u8; BUFFER];
     let mut done = 0u64;
     loop {
-        if cancel.load(Ordering::Relaxed) {
-            return Err(VerifyError::Cancelled {
-                path: path.to_path_buf(),
-            });
+        let n = read_next(&mut file, &mut buf, cancel, path, io)?;
+        if n == 0 {
+            break;
         }
-        let n = match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io(e)),
-        };
         sha.update(&buf[..n]);
         done += n as u64;
         progress(Progress { done, total });
     }
     Ok(hex(&sha.finalize()))
+}
+
+/// The next bytes of a streamed check: 0 at the end of the file, the cancellation as an error
+/// between reads, and interrupted reads retried.
+fn read_next(
+    file: &mut File,
+    buf: &mut [u8],
+    cancel: &AtomicBool,
+    path: &Path,
+    io: impl Fn(std::io::Error) -> VerifyError,
+) -> Result<usize, VerifyError> {
+    loop {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(VerifyError::Cancelled {
+                path: path.to_path_buf(),
+            });
+        }
+        match file.read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io(e)),
+        }
+    }
 }
