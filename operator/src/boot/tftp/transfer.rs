@@ -444,32 +444,24 @@ mod tests {
         assert_eq!(all, b"a\r\nb\r\0c\r\0\r\n");
     }
 
+    /// The sizes of the octet blocks a file of `len` bytes is sent in.
+    async fn octet_block_sizes(len: usize, blksize: usize) -> Vec<usize> {
+        let mut r = BlockReader::new(OpenedFile::from_bytes(vec![1u8; len]), Mode::Octet);
+        let mut sizes = Vec::new();
+        loop {
+            let mut block = Vec::new();
+            r.next_block(blksize, &mut block).await.unwrap();
+            sizes.push(block.len());
+            if block.len() < blksize {
+                return sizes;
+            }
+        }
+    }
+
     #[tokio::test]
     async fn octet_blocks_are_full_until_the_end() {
-        let file = OpenedFile::from_bytes(vec![1u8; 10]);
-        let mut r = BlockReader::new(file, Mode::Octet);
-        let mut sizes = Vec::new();
-        loop {
-            let mut block = Vec::new();
-            r.next_block(4, &mut block).await.unwrap();
-            sizes.push(block.len());
-            if block.len() < 4 {
-                break;
-            }
-        }
-        assert_eq!(sizes, vec![4, 4, 2]);
+        assert_eq!(octet_block_sizes(10, 4).await, vec![4, 4, 2]);
         // A file that is a multiple of the block size ends with an empty block.
-        let file = OpenedFile::from_bytes(vec![1u8; 8]);
-        let mut r = BlockReader::new(file, Mode::Octet);
-        let mut sizes = Vec::new();
-        loop {
-            let mut block = Vec::new();
-            r.next_block(4, &mut block).await.unwrap();
-            sizes.push(block.len());
-            if block.len() < 4 {
-                break;
-            }
-        }
-        assert_eq!(sizes, vec![4, 4, 0]);
+        assert_eq!(octet_block_sizes(8, 4).await, vec![4, 4, 0]);
     }
 }
