@@ -37,6 +37,38 @@ pub struct Condition {
     pub observed_generation: Option<i64>,
 }
 
+/// Sets condition `type_` in `conditions` the way Kubernetes controllers do: the transition
+/// time moves only when the status changes; reason, message and generation always follow.
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: ConditionStatus,
+    reason: &str,
+    message: String,
+    now: &str,
+    observed_generation: Option<i64>,
+) {
+    match conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(c) => {
+            if c.status != status {
+                c.last_transition_time = now.to_string();
+            }
+            c.status = status;
+            c.reason = reason.to_string();
+            c.message = message;
+            c.observed_generation = observed_generation;
+        }
+        None => conditions.push(Condition {
+            type_: type_.to_string(),
+            status,
+            reason: reason.to_string(),
+            message,
+            last_transition_time: now.to_string(),
+            observed_generation,
+        }),
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 pub enum ConditionStatus {
     True,

@@ -8,6 +8,7 @@ pub mod core;
 pub mod encoding;
 pub mod failpoint;
 pub mod gateway;
+pub mod golden;
 pub mod http;
 pub mod manifests;
 pub mod metrics;

@@ -166,6 +166,14 @@ struct BootArgs {
 }
 
 impl BootArgs {
+    /// The boot root: what the boot service serves and where the GoldenImage controller puts
+    /// verified WIMs (images/<sha256>.wim).
+    fn root(&self, data_dir: &std::path::Path) -> PathBuf {
+        self.boot_root
+            .clone()
+            .unwrap_or_else(|| data_dir.join("boot"))
+    }
+
     fn service(
         &self,
         data_dir: &std::path::Path,
@@ -239,10 +247,7 @@ impl BootArgs {
             http_listen: listen,
             boot: http::BootConfig {
                 base_url,
-                root: self
-                    .boot_root
-                    .clone()
-                    .unwrap_or_else(|| data_dir.join("boot")),
+                root: self.root(data_dir),
                 imaging: self.imaging_environment,
                 unknown: self.unknown_macs,
                 wds_server: self.wds_server.map(|ip| ip.to_string()),
@@ -439,6 +444,8 @@ async fn run(opts: RunOptions) -> Result<(), String> {
         gateway_args,
     } = opts;
     let boot_cfg = boot_args.service(&data_dir)?;
+    // The GoldenImage controller fills the boot root's images/ with verified WIMs.
+    let image_store = boot_args.root(&data_dir);
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -470,6 +477,11 @@ async fn run(opts: RunOptions) -> Result<(), String> {
                     }
                 });
             }
+            let images = recast_operator::golden::ImageController::new(
+                backend.clone(),
+                recast_operator::golden::fetch::ArtifactStore { root: image_store },
+            )?;
+            tokio::spawn(Arc::new(images).run(stop_rx.clone()));
             if let Some(addr) = gateway_args.gateway_listen {
                 start_gateway(
                     addr,
@@ -513,6 +525,7 @@ async fn run(opts: RunOptions) -> Result<(), String> {
                 lease_duration: std::time::Duration::from_secs(kube_opts.lease_duration_seconds),
                 lease_grace: std::time::Duration::from_secs(kube_opts.lease_grace_seconds),
                 watch_namespace: kube_opts.watch_namespace.clone(),
+                image_store: Some(image_store),
             };
             if let Some(cfg) = boot_cfg {
                 // The boot service runs on every replica: it only reads intents and queues

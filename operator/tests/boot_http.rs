@@ -97,7 +97,7 @@ fn setup() -> Setup {
             "default",
             "golden",
             None,
-            &json!({"digest": digest, "conditions": [{"type": "Verified", "status": "True", "reason": "Checked", "message": "", "lastTransitionTime": "2026-01-14T07:00:00Z"}]}),
+            &json!({"digest": digest, "observedGeneration": 1, "conditions": [{"type": "Verified", "status": "True", "reason": "Checked", "message": "", "lastTransitionTime": "2026-01-14T07:00:00Z"}]}),
         )
         .unwrap();
     let port = recast_tests::free_port();

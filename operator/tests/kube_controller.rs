@@ -532,6 +532,7 @@ async fn a_status_write_on_a_stale_spec_is_refused() {
     )
     .unwrap();
     let opts = KubeOptions {
+        image_store: None,
         lease_namespace: site.ns.clone(),
         identity: "test".into(),
         lease_duration: Duration::from_secs(4),
@@ -586,7 +587,7 @@ fn a_golden_image_turning_verified_releases_the_waiting_reimage() {
     let Some(mut site) = Site::new("kube-verify") else {
         return;
     };
-    let unverified = json!({"status": {"conditions": [{"type": "Verified", "status": "False", "reason": "Checking", "message": "", "lastTransitionTime": "2026-01-14T07:00:00Z"}]}});
+    let unverified = json!({"status": {"observedGeneration": 1, "conditions": [{"type": "Verified", "status": "False", "reason": "Checking", "message": "", "lastTransitionTime": "2026-01-14T07:00:00Z"}]}});
     site.k.kubectl_ok(&[
         "patch",
         "-n",
@@ -621,7 +622,7 @@ fn a_golden_image_turning_verified_releases_the_waiting_reimage() {
         std::thread::sleep(Duration::from_millis(200));
     }
     // The image controller marks it Verified: the wait ends at once (not on the 60 s requeue).
-    let verified = json!({"status": {"conditions": [{"type": "Verified", "status": "True", "reason": "Checked", "message": "", "lastTransitionTime": "2026-01-14T07:05:00Z"}]}});
+    let verified = json!({"status": {"observedGeneration": 1, "conditions": [{"type": "Verified", "status": "True", "reason": "Checked", "message": "", "lastTransitionTime": "2026-01-14T07:05:00Z"}]}});
     site.k.kubectl_ok(&[
         "patch",
         "-n",

@@ -197,7 +197,7 @@ fn prepare(tag: &str) -> Site {
             "default",
             "golden",
             None,
-            &json!({"digest": digest, "conditions": [{"type": "Verified", "status": "True", "reason": "Checked", "message": "", "lastTransitionTime": "2026-01-14T07:00:00Z"}]}),
+            &json!({"digest": digest, "observedGeneration": 1, "conditions": [{"type": "Verified", "status": "True", "reason": "Checked", "message": "", "lastTransitionTime": "2026-01-14T07:00:00Z"}]}),
         )
         .unwrap();
     Site {

@@ -251,6 +251,9 @@ pub mod inputs {
         json!({
             "digest": "3f1c9a0c6b1e4d7f8a2b5c6d7e8f90112233445566778899aabbccddeeff0011",
             "channels": ["stable"],
+            // Generation 1, as created: the GoldenImage controller takes this status as the
+            // verdict on the current spec instead of checking the (unreachable) example URL.
+            "observedGeneration": 1,
             "conditions": [{"type": "Verified", "status": "True", "reason": "Checked", "message": "", "lastTransitionTime": "2026-01-14T07:00:00Z"}]
         })
     }

@@ -40,6 +40,18 @@ fn decode<T: DeserializeOwned>(v: serde_json::Value) -> Result<T, BackendError> 
         .map_err(|e| BackendError::Other(format!("stored object does not decode: {e}")))
 }
 
+fn event_record(notice: &Notice, now: Timestamp) -> EventRecord {
+    EventRecord {
+        time: time::format(now),
+        type_: match notice.type_ {
+            NoticeType::Normal => "Normal".into(),
+            NoticeType::Warning => "Warning".into(),
+        },
+        reason: notice.reason.clone(),
+        message: notice.message.clone(),
+    }
+}
+
 fn ns_name(ep: &Endpoint) -> (String, String) {
     (
         ep.metadata
@@ -109,15 +121,7 @@ impl Backend for EmbeddedBackend {
         now: Timestamp,
     ) -> Result<(), BackendError> {
         let (ns, name) = ns_name(ep);
-        let ev = EventRecord {
-            time: time::format(now),
-            type_: match notice.type_ {
-                NoticeType::Normal => "Normal".into(),
-                NoticeType::Warning => "Warning".into(),
-            },
-            reason: notice.reason.clone(),
-            message: notice.message.clone(),
-        };
+        let ev = event_record(notice, now);
         self.store
             .record_event(Kind::Endpoint, &ns, &name, &ev)
             .map_err(other)
@@ -348,6 +352,40 @@ impl crate::boot::BootIntents for EmbeddedBackend {
     async fn record_discovered(&self, mac: &str, detail: &str) -> Result<(), BackendError> {
         self.store
             .record_discovered(mac, &time::format(Timestamp::now()), detail)
+            .map_err(other)
+    }
+}
+
+impl crate::golden::ImageBackend for EmbeddedBackend {
+    async fn all_golden_images(&self) -> Result<Vec<GoldenImage>, BackendError> {
+        self.store
+            .list(Kind::GoldenImage, None)
+            .map_err(other)?
+            .into_iter()
+            .map(decode)
+            .collect()
+    }
+
+    async fn write_image_status(
+        &self,
+        gi: &GoldenImage,
+        status: &recast_crds::golden_image::GoldenImageStatus,
+    ) -> Result<(), BackendError> {
+        let ns = gi.metadata.namespace.as_deref().unwrap_or("default");
+        let name = gi.metadata.name.as_deref().unwrap_or_default();
+        let value = serde_json::to_value(status).map_err(|e| BackendError::Other(e.to_string()))?;
+        self.store
+            .write_status(Kind::GoldenImage, ns, name, gi.metadata.generation, &value)
+            .map(|_| ())
+            .map_err(other)
+    }
+
+    async fn record_image(&self, gi: &GoldenImage, notice: &Notice) -> Result<(), BackendError> {
+        let ns = gi.metadata.namespace.as_deref().unwrap_or("default");
+        let name = gi.metadata.name.as_deref().unwrap_or_default();
+        let ev = event_record(notice, Timestamp::now());
+        self.store
+            .record_event(Kind::GoldenImage, ns, name, &ev)
             .map_err(other)
     }
 }

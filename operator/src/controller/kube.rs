@@ -160,6 +160,25 @@ impl KubeBackend {
         }
     }
 
+    /// Publishes an Event about `reference`. An event that cannot be written must not stop
+    /// the controller; it is logged instead.
+    async fn publish(&self, reference: ObjectReference, notice: &Notice) {
+        let ev = Event {
+            type_: match notice.type_ {
+                NoticeType::Normal => EventType::Normal,
+                NoticeType::Warning => EventType::Warning,
+            },
+            reason: notice.reason.clone(),
+            note: Some(notice.message.chars().take(1024).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &reference).await {
+            let object = reference.name.unwrap_or_default();
+            tracing::warn!(%object, error = %e, reason = %notice.reason, "cannot record event");
+        }
+    }
+
     fn endpoints_api(&self, ns: &str) -> Api<Endpoint> {
         Api::namespaced(self.client.clone(), ns)
     }
@@ -314,21 +333,7 @@ impl Backend for KubeBackend {
         _now: Timestamp,
     ) -> Result<(), BackendError> {
         self.check_leader()?;
-        let reference: ObjectReference = ep.object_ref(&());
-        let ev = Event {
-            type_: match notice.type_ {
-                NoticeType::Normal => EventType::Normal,
-                NoticeType::Warning => EventType::Warning,
-            },
-            reason: notice.reason.clone(),
-            note: Some(notice.message.chars().take(1024).collect()),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        // An event that cannot be written must not stop the lifecycle; it is logged instead.
-        if let Err(e) = self.recorder.publish(&ev, &reference).await {
-            tracing::warn!(endpoint = %ep.name_any(), error = %e, reason = %notice.reason, "cannot record event");
-        }
+        self.publish(ep.object_ref(&()), notice).await;
         Ok(())
     }
 
@@ -561,6 +566,9 @@ pub struct KubeOptions {
     pub lease_grace: Duration,
     /// Watch only this namespace (a namespaced install); None watches all.
     pub watch_namespace: Option<String>,
+    /// The artifact store the GoldenImage controller fills (the boot root); None runs no
+    /// image controller in this process.
+    pub image_store: Option<std::path::PathBuf>,
 }
 
 /// Runs the endpoint controller while this replica holds the lease, until `shutdown`.
@@ -578,6 +586,14 @@ pub async fn run<P: PowerControl>(
     let inbox_index: Arc<std::sync::Mutex<std::collections::HashSet<Key>>> = Default::default();
     backend.inboxes = Some(inbox_index.clone());
     let backend = Arc::new(backend);
+    if let Some(root) = &opts.image_store {
+        // Every replica keeps its own cache filled; only the leader writes image status.
+        let images = crate::golden::ImageController::new(
+            backend.clone(),
+            crate::golden::fetch::ArtifactStore { root: root.clone() },
+        )?;
+        tokio::spawn(Arc::new(images).run(shutdown.clone()));
+    }
     let ctrl = Arc::new(Controller::new(
         backend,
         power,
@@ -882,6 +898,56 @@ impl crate::boot::BootIntents for KubeBackend {
     async fn record_discovered(&self, mac: &str, detail: &str) -> Result<(), BackendError> {
         // No object to hang an Event on; the log line and the boot metrics carry it.
         tracing::info!(mac, detail, "discovered a MAC address no Endpoint lists");
+        Ok(())
+    }
+}
+
+impl crate::golden::ImageBackend for KubeBackend {
+    async fn all_golden_images(&self) -> Result<Vec<GoldenImage>, BackendError> {
+        Ok(self
+            .images
+            .state()
+            .iter()
+            .map(|gi| (**gi).clone())
+            .collect())
+    }
+
+    async fn write_image_status(
+        &self,
+        gi: &GoldenImage,
+        status: &recast_crds::golden_image::GoldenImageStatus,
+    ) -> Result<(), BackendError> {
+        self.check_leader()?;
+        let ns = gi.namespace().unwrap_or_else(|| "default".into());
+        let api: Api<GoldenImage> = Api::namespaced(self.client.clone(), &ns);
+        // The cache may lag: a spec changed since `gi` was read makes this result stale, and
+        // the next pass checks the new generation (observedGeneration tells them apart).
+        let patch = json!({
+            "apiVersion": recast_crds::API_VERSION,
+            "kind": "GoldenImage",
+            "metadata": {"name": gi.name_any()},
+            "status": status,
+        });
+        match api
+            .patch_status(
+                &gi.name_any(),
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(patch),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Err(BackendError::Conflict(format!(
+                "GoldenImage {ns}/{} was deleted",
+                gi.name_any()
+            ))),
+            Err(e) => Err(kube_err(e)),
+        }
+    }
+
+    async fn record_image(&self, gi: &GoldenImage, notice: &Notice) -> Result<(), BackendError> {
+        self.check_leader()?;
+        self.publish(gi.object_ref(&()), notice).await;
         Ok(())
     }
 }

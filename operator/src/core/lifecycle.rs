@@ -9,12 +9,12 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
+use recast_crds::ConditionStatus;
 use recast_crds::endpoint::{
     Attempt, AttemptOutcome, AttemptRecord, AttemptTrigger, BootMode, EndpointPhase, EndpointSpec,
     EndpointStatus, MAX_HISTORY, ReimageStep, ReportSummary, SignalStatus,
 };
 use recast_crds::policy::RemediationAction;
-use recast_crds::{Condition, ConditionStatus};
 
 use super::build::Build;
 use super::policy::PolicyView;
@@ -1167,25 +1167,14 @@ impl Run<'_> {
         reason: &str,
         message: String,
     ) {
-        let generation = self.ep.generation;
-        match self.st.conditions.iter_mut().find(|c| c.type_ == type_) {
-            Some(c) => {
-                if c.status != status {
-                    c.last_transition_time = self.now_s.clone();
-                }
-                c.status = status;
-                c.reason = reason.to_string();
-                c.message = message;
-                c.observed_generation = generation;
-            }
-            None => self.st.conditions.push(Condition {
-                type_: type_.to_string(),
-                status,
-                reason: reason.to_string(),
-                message,
-                last_transition_time: self.now_s.clone(),
-                observed_generation: generation,
-            }),
-        }
+        recast_crds::common::set_condition(
+            &mut self.st.conditions,
+            type_,
+            status,
+            reason,
+            message,
+            &self.now_s,
+            self.ep.generation,
+        );
     }
 }

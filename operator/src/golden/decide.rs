@@ -1,0 +1,596 @@
+//! Pure decisions of the GoldenImage controller: whether an image's bytes must be (re)checked,
+//! the status a verification produces, and the status facts that follow from the fleet
+//! (KnownGood, channels, Ready endpoints). No I/O and no clock reads: `now` is passed in.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use recast_crds::common::{ConditionStatus, set_condition};
+use recast_crds::golden_image::{GoldenImage, GoldenImageStatus};
+
+use crate::core::time;
+
+/// Annotation `recastctl image promote|demote` sets: "promoted" or "demoted".
+pub const KNOWN_GOOD_ANNOTATION: &str = "recast.dev/known-good";
+/// Why the image was promoted or demoted, and by whom (shown in the condition's message).
+pub const KNOWN_GOOD_REASON_ANNOTATION: &str = "recast.dev/known-good-reason";
+
+/// What the controller must do with an image's bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Work {
+    /// Nothing: the status describes the current spec and the cache holds what it should.
+    None,
+    /// The spec changed (or was never checked): fetch, verify, then write a new status.
+    Verify,
+    /// Verified earlier, but this process's artifact store lacks the bytes (a new boot server,
+    /// a wiped volume): fetch and verify again to fill the cache, without touching Verified.
+    Recache,
+}
+
+pub fn is_verified(status: Option<&GoldenImageStatus>) -> bool {
+    condition_is(status, "Verified", ConditionStatus::True)
+}
+
+fn condition_is(status: Option<&GoldenImageStatus>, type_: &str, want: ConditionStatus) -> bool {
+    status.is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == type_ && c.status == want)
+    })
+}
+
+/// The digest a verified image is served under: the sha256 recast computed itself.
+pub fn served_digest(gi: &GoldenImage) -> Option<&str> {
+    let st = gi.status.as_ref()?;
+    if !is_verified(Some(st)) {
+        return None;
+    }
+    st.digest.as_deref()
+}
+
+/// Whether the status describes the spec as it is now.
+pub fn is_current(gi: &GoldenImage) -> bool {
+    let observed = gi.status.as_ref().and_then(|s| s.observed_generation);
+    observed.is_some() && observed == gi.metadata.generation
+}
+
+/// `cached`: the artifact store holds `images/<served digest>.wim`.
+pub fn work(gi: &GoldenImage, cached: bool) -> Work {
+    if !is_current(gi) {
+        Work::Verify
+    } else if served_digest(gi).is_some() && !cached {
+        Work::Recache
+    } else {
+        Work::None
+    }
+}
+
+/// The status while a new spec is being checked: not Verified (so nothing serves it), the old
+/// digest and channels gone, facts kept until the new ones replace them.
+pub fn checking(
+    gi: &GoldenImage,
+    reason: &str,
+    message: String,
+    now: Timestamp,
+) -> GoldenImageStatus {
+    let mut st = gi.status.clone().unwrap_or_default();
+    st.digest = None;
+    st.channels.clear();
+    set_condition(
+        &mut st.conditions,
+        "Verified",
+        ConditionStatus::Unknown,
+        reason,
+        message,
+        &time::format(now),
+        gi.metadata.generation,
+    );
+    st
+}
+
+/// The status after a verification ran for the current generation.
+pub fn checked(
+    gi: &GoldenImage,
+    verdict: (ConditionStatus, &str, String),
+    facts: Option<recast_crds::golden_image::ImageFacts>,
+    digest: Option<String>,
+    now: Timestamp,
+) -> GoldenImageStatus {
+    let mut st = gi.status.clone().unwrap_or_default();
+    let (status, reason, message) = verdict;
+    let verified = status == ConditionStatus::True;
+    st.digest = if verified { digest } else { None };
+    if facts.is_some() {
+        st.facts = facts;
+    }
+    set_condition(
+        &mut st.conditions,
+        "Verified",
+        status,
+        reason,
+        message,
+        &time::format(now),
+        gi.metadata.generation,
+    );
+    // A definite answer (True or False) settles this generation; Unknown (a fetch or I/O
+    // failure, a cancellation) leaves it open so the controller tries again.
+    if status != ConditionStatus::Unknown {
+        st.observed_generation = gi.metadata.generation;
+    }
+    st
+}
+
+/// One endpoint as the KnownGood rule sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointOnImage {
+    pub namespace: String,
+    /// The digest the endpoint was last reimaged onto (status.currentImageDigest).
+    pub image_digest: Option<String>,
+    /// Since when the Ready condition is True; None when it is not.
+    pub ready_since: Option<Timestamp>,
+}
+
+/// Reads what the KnownGood rule needs from an Endpoint.
+pub fn endpoint_on_image(ep: &recast_crds::Endpoint) -> EndpointOnImage {
+    let st = ep.status.as_ref();
+    EndpointOnImage {
+        namespace: ep
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        image_digest: st.and_then(|s| s.current_image_digest.clone()),
+        ready_since: st
+            .and_then(|s| {
+                s.conditions
+                    .iter()
+                    .find(|c| c.type_ == "Ready" && c.status == ConditionStatus::True)
+            })
+            .and_then(|c| time::parse(&c.last_transition_time)),
+    }
+}
+
+/// KnownGood, channels and readyEndpoints for an image, from its status and the endpoints.
+/// Only a Verified image serves channels or is KnownGood.
+pub fn fleet_facts(
+    gi: &GoldenImage,
+    endpoints: &[EndpointOnImage],
+    now: Timestamp,
+) -> GoldenImageStatus {
+    let mut st = gi.status.clone().unwrap_or_default();
+    let ns = gi
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let digest = served_digest(gi).map(str::to_string);
+    let on_image: Vec<&EndpointOnImage> = endpoints
+        .iter()
+        .filter(|e| e.namespace == ns && digest.is_some() && e.image_digest == digest)
+        .collect();
+    st.ready_endpoints = u32::try_from(on_image.iter().filter(|e| e.ready_since.is_some()).count())
+        .unwrap_or(u32::MAX);
+    st.channels = if digest.is_some() {
+        gi.spec.channels.clone()
+    } else {
+        Vec::new()
+    };
+    let (status, reason, message) = known_good(gi, &on_image, now);
+    set_condition(
+        &mut st.conditions,
+        "KnownGood",
+        status,
+        reason,
+        message,
+        &time::format(now),
+        gi.metadata.generation,
+    );
+    st
+}
+
+fn known_good(
+    gi: &GoldenImage,
+    on_image: &[&EndpointOnImage],
+    now: Timestamp,
+) -> (ConditionStatus, &'static str, String) {
+    let name = gi.metadata.name.clone().unwrap_or_default();
+    let annotations = gi.metadata.annotations.as_ref();
+    let mark = annotations
+        .and_then(|a| a.get(KNOWN_GOOD_ANNOTATION))
+        .map(String::as_str);
+    let why = annotations
+        .and_then(|a| a.get(KNOWN_GOOD_REASON_ANNOTATION))
+        .map(|r| format!(": {r}"))
+        .unwrap_or_default();
+    if served_digest(gi).is_none() {
+        return (
+            ConditionStatus::False,
+            "NotVerified",
+            match mark {
+                Some("promoted") => format!(
+                    "promoted{why}, but not Verified: an unverified image is never KnownGood"
+                ),
+                _ => "the image is not Verified".into(),
+            },
+        );
+    }
+    match mark {
+        Some("promoted") => {
+            return (
+                ConditionStatus::True,
+                "Promoted",
+                format!("promoted by hand{why}"),
+            );
+        }
+        Some("demoted") => {
+            return (
+                ConditionStatus::False,
+                "Demoted",
+                format!("demoted by hand{why}; `recastctl image promote {name}` undoes it"),
+            );
+        }
+        _ => {}
+    }
+    let Some(promotion) = &gi.spec.promotion else {
+        return (
+            ConditionStatus::False,
+            "NotPromoted",
+            format!(
+                "spec.promotion is not set; promote with `recastctl image promote {name} --reason ...`"
+            ),
+        );
+    };
+    // Once soaked, an image stays KnownGood: later trouble on one endpoint is that endpoint's
+    // story, and demotion is a deliberate act.
+    let previous = gi
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "KnownGood"));
+    if let Some(p) = previous
+        && p.status == ConditionStatus::True
+        && p.reason == "Soaked"
+    {
+        return (ConditionStatus::True, "Soaked", p.message.clone());
+    }
+    // The CEL rule on spec.promotion.soak guarantees the shape; a value that still does not
+    // parse never promotes.
+    let Ok(soak) = recast_crds::duration::parse(&promotion.soak) else {
+        return (
+            ConditionStatus::False,
+            "BadSoak",
+            format!(
+                "spec.promotion.soak {:?} is not a duration such as 24h",
+                promotion.soak
+            ),
+        );
+    };
+    let soaked = on_image
+        .iter()
+        .filter(|e| e.ready_since.is_some_and(|t| time::since(now, t) >= soak))
+        .count();
+    let need = promotion.min_ready_endpoints as usize;
+    if soaked >= need {
+        (
+            ConditionStatus::True,
+            "Soaked",
+            format!(
+                "{soaked} endpoints reimaged onto this image stayed Ready for {}",
+                promotion.soak
+            ),
+        )
+    } else {
+        (
+            ConditionStatus::False,
+            "Soaking",
+            format!(
+                "{soaked} of {need} endpoints reimaged onto this image have stayed Ready for {}; or promote with `recastctl image promote {name}`",
+                promotion.soak
+            ),
+        )
+    }
+}
+
+/// How long to wait before the next try after `failures` failed fetches or checks in a row:
+/// 10 s doubling to at most 10 minutes.
+pub fn retry_after(failures: u32) -> Duration {
+    let secs = 10u64.saturating_mul(1u64 << failures.min(6).saturating_sub(1));
+    Duration::from_secs(secs.min(600))
+}
+
+/// Events for what a fleet-facts refresh changed: KnownGood turning, channels moving.
+pub fn fleet_notices(
+    before: Option<&GoldenImageStatus>,
+    after: &GoldenImageStatus,
+) -> Vec<crate::core::lifecycle::Notice> {
+    use crate::core::lifecycle::{Notice, NoticeType};
+    let known_good = |s: Option<&GoldenImageStatus>| {
+        s.and_then(|s| s.conditions.iter().find(|c| c.type_ == "KnownGood"))
+            .map(|c| (c.status, c.reason.clone(), c.message.clone()))
+    };
+    let mut out = Vec::new();
+    let (was, now) = (known_good(before), known_good(Some(after)));
+    if let Some((status, reason, message)) = &now
+        && was.as_ref().map(|w| w.0) != Some(*status)
+    {
+        match status {
+            ConditionStatus::True => out.push(Notice {
+                type_: NoticeType::Normal,
+                reason: "KnownGood".into(),
+                message: format!("KnownGood ({reason}): {message}"),
+            }),
+            _ if was.as_ref().is_some_and(|w| w.0 == ConditionStatus::True) => out.push(Notice {
+                type_: NoticeType::Warning,
+                reason: "NoLongerKnownGood".into(),
+                message: format!("no longer KnownGood ({reason}): {message}"),
+            }),
+            _ => {}
+        }
+    }
+    let before_channels = before.map(|s| s.channels.clone()).unwrap_or_default();
+    if before_channels != after.channels {
+        out.push(Notice {
+            type_: NoticeType::Normal,
+            reason: "ChannelsChanged".into(),
+            message: if after.channels.is_empty() {
+                format!("serves no channel now (was {})", before_channels.join(", "))
+            } else {
+                format!(
+                    "serves channel(s) {}; endpoints following them resolve to this image and report NonCompliant until a wave moves them",
+                    after.channels.join(", ")
+                )
+            },
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use recast_crds::common::Condition;
+    use recast_crds::golden_image::{
+        ArtifactSource, GoldenImageSpec, ImageRequirements, Promotion,
+    };
+
+    const SHA: &str = "3f1c9a0c6b1e4d7f8a2b5c6d7e8f90112233445566778899aabbccddeeff0011";
+
+    fn at(s: &str) -> Timestamp {
+        time::parse(s).unwrap()
+    }
+
+    fn image(generation: i64, promotion: Option<(u32, &str)>) -> GoldenImage {
+        let mut gi = GoldenImage::new(
+            "win11-2026-01",
+            GoldenImageSpec {
+                source: ArtifactSource {
+                    url: Some("https://images.example/w.wim".into()),
+                    path: None,
+                },
+                sha256: SHA.into(),
+                image_index: 1,
+                expected: None,
+                requirements: ImageRequirements {
+                    minimum_build: "26100.7623".into(),
+                    required_kbs: vec![],
+                },
+                boot_kit: None,
+                channels: vec!["stable".into()],
+                promotion: promotion.map(|(n, soak)| Promotion {
+                    min_ready_endpoints: n,
+                    soak: soak.into(),
+                }),
+            },
+        );
+        gi.metadata.namespace = Some("kiosks".into());
+        gi.metadata.generation = Some(generation);
+        gi
+    }
+
+    fn verified(mut gi: GoldenImage, observed: i64) -> GoldenImage {
+        let now = at("2026-01-14T07:00:00Z");
+        gi.status = Some(checked(
+            &gi,
+            (ConditionStatus::True, "Verified", "ok".into()),
+            None,
+            Some(SHA.into()),
+            now,
+        ));
+        gi.status.as_mut().unwrap().observed_generation = Some(observed);
+        gi
+    }
+
+    fn cond<'a>(st: &'a GoldenImageStatus, t: &str) -> &'a Condition {
+        st.conditions.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    fn ready(ns: &str, digest: &str, since: &str) -> EndpointOnImage {
+        EndpointOnImage {
+            namespace: ns.into(),
+            image_digest: Some(digest.into()),
+            ready_since: Some(at(since)),
+        }
+    }
+
+    #[test]
+    fn work_follows_generation_and_cache() {
+        let fresh = image(1, None);
+        assert_eq!(work(&fresh, false), Work::Verify, "never checked");
+        let v = verified(image(1, None), 1);
+        assert_eq!(work(&v, true), Work::None);
+        assert_eq!(
+            work(&v, false),
+            Work::Recache,
+            "verified but not in this store"
+        );
+        let edited = verified(image(2, None), 1);
+        assert_eq!(
+            work(&edited, true),
+            Work::Verify,
+            "spec changed since the check"
+        );
+        // A definite failure settles the generation: no endless re-download of bad bytes.
+        let mut bad = image(1, None);
+        bad.status = Some(checked(
+            &bad,
+            (
+                ConditionStatus::False,
+                "BytesMismatch",
+                "sha256 differs".into(),
+            ),
+            None,
+            Some("ff".repeat(32)),
+            at("2026-01-14T07:00:00Z"),
+        ));
+        assert_eq!(work(&bad, false), Work::None);
+        assert_eq!(
+            served_digest(&bad),
+            None,
+            "a mismatching digest is never served"
+        );
+        // A fetch failure leaves it open for a retry.
+        let mut flaky = image(1, None);
+        flaky.status = Some(checked(
+            &flaky,
+            (ConditionStatus::Unknown, "FetchFailed", "timeout".into()),
+            None,
+            None,
+            at("2026-01-14T07:00:00Z"),
+        ));
+        assert_eq!(work(&flaky, false), Work::Verify);
+    }
+
+    #[test]
+    fn checking_withdraws_the_old_digest_and_channels() {
+        let mut edited = verified(image(2, None), 1);
+        edited.status.as_mut().unwrap().channels = vec!["stable".into()];
+        let st = checking(
+            &edited,
+            "Checking",
+            "fetching".into(),
+            at("2026-02-11T07:00:00Z"),
+        );
+        assert_eq!(st.digest, None);
+        assert!(st.channels.is_empty());
+        assert_eq!(cond(&st, "Verified").status, ConditionStatus::Unknown);
+        assert_eq!(
+            cond(&st, "Verified").last_transition_time,
+            "2026-02-11T07:00:00Z"
+        );
+        assert_eq!(
+            st.observed_generation,
+            Some(1),
+            "still the old generation's verdict"
+        );
+    }
+
+    #[test]
+    fn known_good_by_soak_counts_only_this_digest_and_namespace() {
+        let gi = verified(image(1, Some((2, "24h"))), 1);
+        let now = at("2026-01-20T12:00:00Z");
+        let eps = vec![
+            ready("kiosks", SHA, "2026-01-18T00:00:00Z"),
+            ready("kiosks", SHA, "2026-01-20T06:00:00Z"), // Ready for only 6 h
+            ready("kiosks", &"ee".repeat(32), "2026-01-01T00:00:00Z"), // another image
+            ready("labs", SHA, "2026-01-01T00:00:00Z"),   // another namespace
+            EndpointOnImage {
+                namespace: "kiosks".into(),
+                image_digest: Some(SHA.into()),
+                ready_since: None,
+            },
+        ];
+        let st = fleet_facts(&gi, &eps, now);
+        let kg = cond(&st, "KnownGood");
+        assert_eq!(
+            (kg.status, kg.reason.as_str()),
+            (ConditionStatus::False, "Soaking")
+        );
+        assert!(kg.message.starts_with("1 of 2 endpoints"), "{}", kg.message);
+        assert_eq!(st.ready_endpoints, 2);
+        assert_eq!(st.channels, vec!["stable"]);
+        // Six hours later the second one has soaked too.
+        let mut gi2 = gi.clone();
+        gi2.status = Some(st);
+        let st = fleet_facts(&gi2, &eps, at("2026-01-21T07:00:00Z"));
+        let kg = cond(&st, "KnownGood");
+        assert_eq!(
+            (kg.status, kg.reason.as_str()),
+            (ConditionStatus::True, "Soaked")
+        );
+        // And it stays KnownGood when those endpoints later go away.
+        let mut gi3 = gi2.clone();
+        gi3.status = Some(st);
+        let st = fleet_facts(&gi3, &[], at("2026-01-22T07:00:00Z"));
+        assert_eq!(cond(&st, "KnownGood").status, ConditionStatus::True);
+        assert_eq!(st.ready_endpoints, 0);
+    }
+
+    #[test]
+    fn promotion_by_hand_and_its_limits() {
+        let now = at("2026-01-20T12:00:00Z");
+        let mark = |gi: &mut GoldenImage, how: &str| {
+            gi.metadata.annotations = Some(
+                [
+                    (KNOWN_GOOD_ANNOTATION.to_string(), how.to_string()),
+                    (
+                        KNOWN_GOOD_REASON_ANNOTATION.to_string(),
+                        "canary fleet fine (ops)".to_string(),
+                    ),
+                ]
+                .into(),
+            );
+        };
+        let mut gi = verified(image(1, None), 1);
+        let st = fleet_facts(&gi, &[], now);
+        assert_eq!(cond(&st, "KnownGood").reason, "NotPromoted");
+        mark(&mut gi, "promoted");
+        let st = fleet_facts(&gi, &[], now);
+        let kg = cond(&st, "KnownGood");
+        assert_eq!(
+            (kg.status, kg.reason.as_str()),
+            (ConditionStatus::True, "Promoted")
+        );
+        assert!(kg.message.contains("canary fleet fine (ops)"));
+        // Demotion wins over a soak that would promote.
+        let mut soaked = verified(image(1, Some((1, "1h"))), 1);
+        mark(&mut soaked, "demoted");
+        let st = fleet_facts(
+            &soaked,
+            &[ready("kiosks", SHA, "2026-01-01T00:00:00Z")],
+            now,
+        );
+        assert_eq!(cond(&st, "KnownGood").reason, "Demoted");
+        // An unverified image is never KnownGood, promoted or not, and serves no channel.
+        let mut unverified = image(1, None);
+        mark(&mut unverified, "promoted");
+        let st = fleet_facts(&unverified, &[], now);
+        let kg = cond(&st, "KnownGood");
+        assert_eq!(
+            (kg.status, kg.reason.as_str()),
+            (ConditionStatus::False, "NotVerified")
+        );
+        assert!(st.channels.is_empty());
+    }
+
+    #[test]
+    fn notices_say_what_moved() {
+        let now = at("2026-01-20T12:00:00Z");
+        let gi = verified(image(1, Some((1, "1h"))), 1);
+        let before = gi.status.clone().unwrap();
+        let after = fleet_facts(&gi, &[ready("kiosks", SHA, "2026-01-01T00:00:00Z")], now);
+        let reasons: Vec<String> = fleet_notices(Some(&before), &after)
+            .into_iter()
+            .map(|n| n.reason)
+            .collect();
+        assert_eq!(reasons, ["KnownGood", "ChannelsChanged"]);
+        assert!(
+            fleet_notices(Some(&after), &after).is_empty(),
+            "no change, no event"
+        );
+    }
+
+    #[test]
+    fn retries_back_off_to_ten_minutes() {
+        let waits: Vec<u64> = (1..=9).map(|n| retry_after(n).as_secs()).collect();
+        assert_eq!(waits, [10, 20, 40, 80, 160, 320, 320, 320, 320]);
+    }
+}

@@ -1,0 +1,401 @@
+//! The GoldenImage controller: brings each image's bytes into the artifact store (HTTP with
+//! resume, or a local path), verifies them with recast-golden (sha256, the WIM's own XML and
+//! servicing packages), writes the facts and the Verified condition, and keeps KnownGood,
+//! channels and readyEndpoints in step with the fleet. The decisions live in [`decide`]; this
+//! module is the I/O around them.
+//!
+//! Safety rule: bytes reach `images/<sha256>.wim`, the only place the boot service serves
+//! images from, only after a verification of exactly those bytes said Verified.
+
+pub mod decide;
+pub mod fetch;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use recast_crds::common::ConditionStatus;
+use recast_crds::golden_image::{GoldenImage, GoldenImageStatus, ImageFacts};
+use tokio::sync::watch;
+
+use crate::controller::{Backend, BackendError};
+use crate::core::lifecycle::{Notice, NoticeType};
+use decide::Work;
+use fetch::{ArtifactStore, FetchProgress};
+
+/// What the image controller needs from a store, beyond the endpoint [`Backend`].
+pub trait ImageBackend: Backend {
+    /// Every GoldenImage the controller watches, in all namespaces.
+    fn all_golden_images(
+        &self,
+    ) -> impl Future<Output = Result<Vec<GoldenImage>, BackendError>> + Send;
+    /// Writes status; a spec that changed since `gi` was read is a Conflict where the store
+    /// can tell.
+    fn write_image_status(
+        &self,
+        gi: &GoldenImage,
+        status: &GoldenImageStatus,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+    fn record_image(
+        &self,
+        gi: &GoldenImage,
+        notice: &Notice,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+}
+
+/// How often the controller looks at the images, and how often at the fleet for KnownGood.
+const POLL: Duration = Duration::from_secs(2);
+const FLEET_EVERY: Duration = Duration::from_secs(10);
+/// How often a long fetch or check logs its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+type ImageKey = (String, String);
+
+fn key(gi: &GoldenImage) -> ImageKey {
+    (
+        gi.metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        gi.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+pub struct ImageController<B: ImageBackend> {
+    backend: Arc<B>,
+    store: ArtifactStore,
+    http: reqwest::Client,
+    /// Set on shutdown: a running check stops at its next chunk.
+    cancel: Arc<AtomicBool>,
+    /// Failed fetches or checks in a row, and when to try again, per image.
+    backoff: std::sync::Mutex<HashMap<ImageKey, (u32, Instant)>>,
+}
+
+/// One verification's result, ready for [`decide::checked`].
+struct Checked {
+    verdict: (ConditionStatus, &'static str, String),
+    facts: Option<ImageFacts>,
+    digest: Option<String>,
+}
+
+impl<B: ImageBackend> ImageController<B> {
+    pub fn new(backend: Arc<B>, store: ArtifactStore) -> Result<Self, String> {
+        // reqwest is built without a default TLS provider; ring is the one kube already uses.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| format!("cannot build the image fetch client: {e}"))?;
+        Ok(ImageController {
+            backend,
+            store,
+            http,
+            cancel: Arc::new(AtomicBool::new(false)),
+            backoff: Default::default(),
+        })
+    }
+
+    /// Runs passes until `shutdown` turns true.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        tracing::info!(store = %self.store.root.display(), "golden-image controller started");
+        let mut last_fleet = Instant::now() - FLEET_EVERY;
+        loop {
+            if *shutdown.borrow() {
+                self.cancel.store(true, Ordering::SeqCst);
+                return;
+            }
+            let fleet = last_fleet.elapsed() >= FLEET_EVERY;
+            let this = self.clone();
+            // A check can run for minutes; shutdown cancels it instead of waiting.
+            let pass = tokio::spawn(async move { this.pass(fleet).await });
+            tokio::select! {
+                r = pass => match r {
+                    Ok(Ok(checked)) => {
+                        if fleet || checked { last_fleet = Instant::now(); }
+                    }
+                    Ok(Err(e)) => tracing::warn!(error = %e, "golden-image pass failed; retrying"),
+                    Err(e) => tracing::error!(error = %e, "golden-image pass panicked"),
+                },
+                _ = shutdown.changed() => {
+                    self.cancel.store(true, Ordering::SeqCst);
+                    return;
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(POLL) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// One pass: fetch and check what needs it, then (when `fleet`, or after a check) refresh
+    /// KnownGood, channels and readyEndpoints. Returns whether the fleet facts were refreshed.
+    pub async fn pass(&self, fleet: bool) -> Result<bool, BackendError> {
+        let leader = self.backend.ensure_leader().is_ok();
+        let mut images = self.backend.all_golden_images().await?;
+        let mut checked_any = false;
+        for gi in &mut images {
+            let cached = decide::served_digest(gi).is_some_and(|d| self.store.has_image(d));
+            let work = decide::work(gi, cached);
+            if work == Work::None || self.backing_off(gi) {
+                continue;
+            }
+            match work {
+                Work::Verify if leader => {
+                    if let Some(status) = self.verify_generation(gi).await? {
+                        gi.status = Some(status);
+                        checked_any = true;
+                    }
+                }
+                Work::Recache => self.recache(gi, leader).await?,
+                _ => {}
+            }
+        }
+        if leader && (fleet || checked_any) {
+            self.refresh_fleet_facts(&images).await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    fn backing_off(&self, gi: &GoldenImage) -> bool {
+        let map = self.backoff.lock().expect("backoff lock");
+        map.get(&key(gi))
+            .is_some_and(|(_, at)| Instant::now() < *at)
+    }
+
+    fn note_failure(&self, gi: &GoldenImage) -> Duration {
+        let mut map = self.backoff.lock().expect("backoff lock");
+        let entry = map.entry(key(gi)).or_insert((0, Instant::now()));
+        entry.0 += 1;
+        let wait = decide::retry_after(entry.0);
+        entry.1 = Instant::now() + wait;
+        wait
+    }
+
+    fn note_success(&self, gi: &GoldenImage) {
+        self.backoff.lock().expect("backoff lock").remove(&key(gi));
+    }
+
+    /// Checks the current spec and writes the result. Returns the status written (None when
+    /// the spec moved on meanwhile).
+    async fn verify_generation(
+        &self,
+        gi: &GoldenImage,
+    ) -> Result<Option<GoldenImageStatus>, BackendError> {
+        let (ns, name) = key(gi);
+        let source = gi
+            .spec
+            .source
+            .url
+            .clone()
+            .or_else(|| gi.spec.source.path.clone())
+            .unwrap_or_default();
+        let starting = decide::checking(
+            gi,
+            "Checking",
+            format!("fetching {source} and checking its bytes; nothing serves it until Verified"),
+            Timestamp::now(),
+        );
+        if gi.status.as_ref() != Some(&starting) {
+            match self.backend.write_image_status(gi, &starting).await {
+                Err(BackendError::Conflict(_)) => return Ok(None),
+                r => r?,
+            }
+        }
+        tracing::info!(image = %format!("{ns}/{name}"), %source, "checking golden image");
+        let checked = self.check(gi).await;
+        let mut current = gi.clone();
+        current.status = Some(starting);
+        let status = decide::checked(
+            &current,
+            checked.verdict.clone(),
+            checked.facts,
+            checked.digest,
+            Timestamp::now(),
+        );
+        match self.backend.write_image_status(gi, &status).await {
+            Err(BackendError::Conflict(_)) => return Ok(None),
+            r => r?,
+        }
+        let (cond, reason, message) = checked.verdict;
+        let type_ = match cond {
+            ConditionStatus::True => NoticeType::Normal,
+            _ => NoticeType::Warning,
+        };
+        if cond == ConditionStatus::Unknown {
+            let wait = self.note_failure(gi);
+            tracing::warn!(image = %format!("{ns}/{name}"), %reason, %message, "golden image not checked; retrying in {}s", wait.as_secs());
+        } else {
+            self.note_success(gi);
+            tracing::info!(image = %format!("{ns}/{name}"), verified = ?cond, %reason, %message, "golden image checked");
+        }
+        self.record(gi, type_, reason, message).await;
+        Ok(Some(status))
+    }
+
+    /// Fills this process's artifact store with an image verified earlier. The status keeps
+    /// saying Verified (the bytes were proven); the boot service answers 503 for the image
+    /// until the cache holds it.
+    async fn recache(&self, gi: &GoldenImage, leader: bool) -> Result<(), BackendError> {
+        let (ns, name) = key(gi);
+        tracing::info!(image = %format!("{ns}/{name}"), "verified image missing from the artifact store; fetching it again");
+        let checked = self.check(gi).await;
+        let wanted = decide::served_digest(gi).map(str::to_string);
+        if checked.verdict.0 == ConditionStatus::True && checked.digest == wanted {
+            self.note_success(gi);
+            return Ok(());
+        }
+        let wait = self.note_failure(gi);
+        let message = format!(
+            "the artifact store lacks the verified bytes and refilling it failed ({}: {}); retrying in {}s",
+            checked.verdict.1,
+            checked.verdict.2,
+            wait.as_secs()
+        );
+        tracing::warn!(image = %format!("{ns}/{name}"), "{message}");
+        if leader {
+            self.record(gi, NoticeType::Warning, "CacheFillFailed", message)
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Brings the bytes in (unless the store already holds a file under this sha256), verifies
+    /// them, and installs them when Verified.
+    async fn check(&self, gi: &GoldenImage) -> Checked {
+        let sha = gi.spec.sha256.clone();
+        let image_name = format!("{}/{}", key(gi).0, key(gi).1);
+        let (path, staged) = if self.store.has_image(&sha) {
+            (self.store.image(&sha), false)
+        } else {
+            let staging = self.store.staging(&sha);
+            let mut last = Instant::now();
+            let mut log = |p: FetchProgress| {
+                if last.elapsed() >= PROGRESS_EVERY {
+                    last = Instant::now();
+                    tracing::info!(image = %image_name, done = p.done, total = ?p.total, "fetching golden image");
+                }
+            };
+            if let Err(e) = fetch::fetch(&self.http, &gi.spec.source, &staging, &mut log).await {
+                return Checked {
+                    verdict: (ConditionStatus::Unknown, "FetchFailed", e.to_string()),
+                    facts: None,
+                    digest: None,
+                };
+            }
+            (staging, true)
+        };
+        let request = match recast_golden::spec::request(&gi.spec, path.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                return Checked {
+                    verdict: (ConditionStatus::False, "InvalidSpec", e.to_string()),
+                    facts: None,
+                    digest: None,
+                };
+            }
+        };
+        let cancel = self.cancel.clone();
+        let name = image_name.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut last = Instant::now();
+            recast_golden::verify_image(&request, &cancel, &mut |p| {
+                if last.elapsed() >= PROGRESS_EVERY {
+                    last = Instant::now();
+                    tracing::info!(image = %name, progress = ?p, "checking golden image");
+                }
+            })
+        })
+        .await;
+        let result = match result {
+            Ok(r) => r,
+            Err(e) => {
+                return Checked {
+                    verdict: (
+                        ConditionStatus::Unknown,
+                        "CheckFailed",
+                        format!("the check stopped: {e}"),
+                    ),
+                    facts: None,
+                    digest: None,
+                };
+            }
+        };
+        let verdict = recast_golden::spec::verified_condition(&result);
+        let (facts, digest) = match &result {
+            Ok(report) => (
+                Some(recast_golden::spec::facts(report)),
+                Some(report.stream.sha256.clone()),
+            ),
+            Err(_) => (None, None),
+        };
+        if staged {
+            match verdict.0 {
+                ConditionStatus::True => {
+                    if let Err(e) = self.store.install(&path, &sha).await {
+                        return Checked {
+                            verdict: (ConditionStatus::Unknown, "StoreFailed", e.to_string()),
+                            facts,
+                            digest: None,
+                        };
+                    }
+                }
+                // Definitely wrong bytes or an image that does not qualify: never keep them.
+                ConditionStatus::False => {
+                    let _ = tokio::fs::remove_file(&path).await;
+                }
+                // A fetch or I/O problem: keep the partial bytes for the next try to resume.
+                ConditionStatus::Unknown => {}
+            }
+        }
+        Checked {
+            verdict: (verdict.0, verdict.1, verdict.2),
+            facts,
+            digest,
+        }
+    }
+
+    async fn refresh_fleet_facts(&self, images: &[GoldenImage]) -> Result<(), BackendError> {
+        let endpoints: Vec<decide::EndpointOnImage> = self
+            .backend
+            .endpoints()
+            .await?
+            .iter()
+            .map(decide::endpoint_on_image)
+            .collect();
+        let now = Timestamp::now();
+        for gi in images {
+            if !decide::is_current(gi) {
+                continue;
+            }
+            let status = decide::fleet_facts(gi, &endpoints, now);
+            if gi.status.as_ref() == Some(&status) {
+                continue;
+            }
+            match self.backend.write_image_status(gi, &status).await {
+                Err(BackendError::Conflict(_)) => continue,
+                r => r?,
+            }
+            for notice in decide::fleet_notices(gi.status.as_ref(), &status) {
+                self.record(gi, notice.type_, &notice.reason, notice.message)
+                    .await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn record(&self, gi: &GoldenImage, type_: NoticeType, reason: &str, message: String) {
+        let notice = Notice {
+            type_,
+            reason: reason.to_string(),
+            message,
+        };
+        if let Err(e) = self.backend.record_image(gi, &notice).await {
+            tracing::debug!(error = %e, reason, "cannot record a golden-image event");
+        }
+    }
+}
