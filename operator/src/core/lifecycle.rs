@@ -1112,7 +1112,22 @@ impl Run<'_> {
             .last_report
             .as_ref()
             .and_then(|r| r.build.parse::<Build>().ok());
+        // The channel (or spec.image) moved on to another verified image since this endpoint
+        // was last reimaged: NonCompliant, for a wave to handle, never an instant reimage.
+        let moved = self.ctx.image.filter(|i| i.verified).and_then(|i| {
+            let current = self.st.current_image_digest.as_deref()?;
+            (i.digest.as_deref() != Some(current)).then(|| i.name.clone())
+        });
         match (build, min) {
+            (Some(b), Some(m)) if b.satisfies(m) && moved.is_some() => self.condition(
+                "Compliant",
+                false,
+                "NewerImage",
+                format!(
+                    "build {b} meets the minimum {m}, but spec.image now resolves to GoldenImage {}; a wave moves this endpoint onto it",
+                    moved.unwrap_or_default()
+                ),
+            ),
             (Some(b), Some(m)) => self.condition(
                 "Compliant",
                 b.satisfies(m),

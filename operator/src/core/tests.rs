@@ -292,6 +292,49 @@ fn failed_rollback_reimages_along_the_whole_path() {
         .find(|c| c.type_ == "Compliant")
         .unwrap();
     assert_eq!(compliant.status, recast_crds::ConditionStatus::True);
+
+    // The channel moves to a newer verified image with the same minimum build: the endpoint
+    // becomes NonCompliant for a wave to handle, and nothing reimages it now.
+    e.image = Some(ImageView {
+        name: "win11-24h2-2026-02".into(),
+        digest: Some("9e4d".into()),
+        ..image(true)
+    });
+    let d = e.feed(report("26100.7623", None));
+    assert!(
+        !kinds(&d)
+            .iter()
+            .any(|k| matches!(k, ActionKind::ArmBoot | ActionKind::PowerCycle)),
+        "no instant reimage: {:?}",
+        d.actions
+    );
+    assert!(e.status.active_attempt.is_none());
+    assert_eq!(e.state(), State::Ready);
+    let compliant = e
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Compliant")
+        .unwrap();
+    assert_eq!(
+        (compliant.status, compliant.reason.as_str()),
+        (recast_crds::ConditionStatus::False, "NewerImage")
+    );
+    assert!(compliant.message.contains("win11-24h2-2026-02"));
+    // An unverified newer image does not count: it is never served.
+    e.image = Some(ImageView {
+        name: "win11-24h2-2026-02".into(),
+        digest: Some("9e4d".into()),
+        ..image(false)
+    });
+    e.feed(report("26100.7623", None));
+    let compliant = e
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Compliant")
+        .unwrap();
+    assert_eq!(compliant.reason, "AtOrAboveMinimum");
 }
 
 #[test]

@@ -139,7 +139,8 @@ async fn fetch_url(
         }
         let resp = match req.send().await {
             Ok(r) => r,
-            Err(e) if drops < RESUMES && (e.is_connect() || e.is_timeout()) => {
+            // A refused or reset connection, a timeout: worth another try.
+            Err(e) if drops < RESUMES && !e.is_builder() => {
                 drops += 1;
                 tracing::info!(%url, error = %e, "image fetch failed; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;

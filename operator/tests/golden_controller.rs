@@ -1,0 +1,446 @@
+//! The GoldenImage controller on the embedded store, against WIMs written by Debian's
+//! wimlib-imagex (an independent writer) and served by a small HTTP server in this test that
+//! drops the first download half-way, so the controller must resume with Range.
+//!
+//! Each test names what the bad input gets: a Verified condition with a reason, nothing in the
+//! artifact store, and no endless re-download.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use futures::StreamExt;
+use recast_crds::golden_image::GoldenImage;
+use recast_crds::manifest::Kind;
+use recast_operator::controller::embedded::EmbeddedBackend;
+use recast_operator::golden::ImageController;
+use recast_operator::golden::fetch::ArtifactStore;
+use recast_operator::store::embedded::EmbeddedStore;
+use recast_tests::wimlib::{self, DECEMBER_2025, JANUARY_2026};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+/// A WIM made by wimlib-imagex holding `rollup`'s RollupFix package (XML claims the same
+/// build), and its sha256.
+fn make_wim(dir: &Path, rollup: wimlib::BuildUbr) -> Option<(PathBuf, String)> {
+    let wimlib = wimlib::find()?;
+    let wim = dir.join("golden.wim");
+    let kb = if rollup == JANUARY_2026 {
+        "KB5074109"
+    } else {
+        "KB5072033"
+    };
+    wimlib::capture_windows(&wimlib, &wim, "none", &[], &[(rollup, kb)], rollup);
+    let bytes = std::fs::read(&wim).unwrap();
+    Some((wim, hex(&Sha256::digest(&bytes))))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Serves one file at /golden.wim. The first full GET sends half the body and then breaks the
+/// connection; Range requests are honoured. Records each request's Range header.
+#[derive(Clone)]
+struct Server {
+    bytes: Arc<Vec<u8>>,
+    requests: Arc<Mutex<Vec<Option<String>>>>,
+    break_first: Arc<Mutex<bool>>,
+}
+
+async fn serve_wim(State(s): State<Server>, headers: HeaderMap) -> Response {
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    s.requests.lock().unwrap().push(range.clone());
+    let len = s.bytes.len();
+    if let Some(r) = range {
+        let start: usize = r
+            .trim_start_matches("bytes=")
+            .trim_end_matches('-')
+            .parse()
+            .unwrap();
+        return Response::builder()
+            .status(StatusCode::PARTIAL_CONTENT)
+            .header(
+                header::CONTENT_RANGE,
+                format!("bytes {start}-{}/{len}", len - 1),
+            )
+            .header(header::CONTENT_LENGTH, len - start)
+            .body(Body::from(s.bytes[start..].to_vec()))
+            .unwrap();
+    }
+    let broken = std::mem::replace(&mut *s.break_first.lock().unwrap(), false);
+    if broken {
+        let half = s.bytes[..len / 2].to_vec();
+        // The half goes out first; the break comes a moment later, mid-body.
+        let stream =
+            futures::stream::iter(vec![Ok::<_, std::io::Error>(axum::body::Bytes::from(half))])
+                .chain(futures::stream::once(async {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    Err(std::io::Error::other("connection cut by the test"))
+                }));
+        return Response::builder()
+            .header(header::CONTENT_LENGTH, len)
+            .body(Body::from_stream(stream))
+            .unwrap();
+    }
+    Response::builder()
+        .header(header::CONTENT_LENGTH, len)
+        .body(Body::from(s.bytes.to_vec()))
+        .unwrap()
+}
+
+async fn start_server(bytes: Vec<u8>, break_first: bool) -> (String, Server) {
+    let server = Server {
+        bytes: Arc::new(bytes),
+        requests: Default::default(),
+        break_first: Arc::new(Mutex::new(break_first)),
+    };
+    let app = axum::Router::new()
+        .route("/golden.wim", axum::routing::get(serve_wim))
+        .with_state(server.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/golden.wim"), server)
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: Arc<EmbeddedStore>,
+    artifacts: ArtifactStore,
+    ctrl: ImageController<EmbeddedBackend>,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(EmbeddedStore::open(&dir.path().join("data")).unwrap());
+    let artifacts = ArtifactStore {
+        root: dir.path().join("boot"),
+    };
+    let ctrl = ImageController::new(
+        Arc::new(EmbeddedBackend {
+            store: store.clone(),
+        }),
+        artifacts.clone(),
+    )
+    .unwrap();
+    Fixture {
+        _dir: dir,
+        store,
+        artifacts,
+        ctrl,
+    }
+}
+
+fn golden_image(source: Value, sha256: &str, min_build: &str, extra: Value) -> Value {
+    let mut spec = json!({
+        "source": source,
+        "sha256": sha256,
+        "requirements": {"minimumBuild": min_build, "requiredKbs": ["KB5074109"]},
+        "channels": ["stable"],
+    });
+    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+        s.extend(e.clone());
+    }
+    json!({
+        "apiVersion": "recast.dev/v1alpha1",
+        "kind": "GoldenImage",
+        "metadata": {"name": "win11-2026-01", "namespace": "kiosks"},
+        "spec": spec,
+    })
+}
+
+fn read(f: &Fixture) -> GoldenImage {
+    let v = f
+        .store
+        .get(Kind::GoldenImage, "kiosks", "win11-2026-01")
+        .unwrap()
+        .unwrap();
+    serde_json::from_value(v).unwrap()
+}
+
+fn condition(gi: &GoldenImage, type_: &str) -> (String, String, String) {
+    let c = gi
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+        .unwrap_or_else(|| panic!("no {type_} condition in {:?}", gi.status));
+    (
+        format!("{:?}", c.status),
+        c.reason.clone(),
+        c.message.clone(),
+    )
+}
+
+fn event_reasons(f: &Fixture) -> Vec<String> {
+    f.store
+        .events(Kind::GoldenImage, "kiosks", "win11-2026-01")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.reason)
+        .collect()
+}
+
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for sub in ["images", ".staging"] {
+        if let Ok(rd) = std::fs::read_dir(dir.join(sub)) {
+            out.extend(rd.map(|e| format!("{sub}/{}", e.unwrap().file_name().to_string_lossy())));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn a_dropped_download_resumes_and_the_verified_wim_is_cached_by_digest() {
+    let f = fixture();
+    let Some((wim, sha)) = make_wim(f._dir.path(), JANUARY_2026) else {
+        return;
+    };
+    let bytes = std::fs::read(&wim).unwrap();
+    let (url, server) = start_server(bytes.clone(), true).await;
+    f.store
+        .apply(
+            &golden_image(json!({"url": url}), &sha, "26100.7623", json!({})),
+            "default",
+        )
+        .unwrap();
+
+    f.ctrl.pass(true).await.unwrap();
+
+    let gi = read(&f);
+    let (status, reason, message) = condition(&gi, "Verified");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "Verified"),
+        "{message}"
+    );
+    assert!(message.contains("KB5074109"), "{message}");
+    let st = gi.status.clone().unwrap();
+    assert_eq!(st.digest.as_deref(), Some(sha.as_str()));
+    assert_eq!(st.observed_generation, Some(1));
+    let facts = st.facts.unwrap();
+    assert_eq!(facts.build, "26100.7623");
+    assert_eq!(facts.kbs, vec!["KB5074109"]);
+    assert_eq!(
+        st.channels,
+        vec!["stable"],
+        "a verified image serves its channels"
+    );
+    // The first GET broke half-way; the second asked for the rest.
+    let requests = server.requests.lock().unwrap().clone();
+    assert_eq!(
+        requests,
+        vec![None, Some(format!("bytes={}-", bytes.len() / 2))]
+    );
+    // Only the verified file, under its digest, where the boot service serves it.
+    assert_eq!(
+        files_under(&f.artifacts.root),
+        vec![format!("images/{sha}.wim")]
+    );
+    assert_eq!(std::fs::read(f.artifacts.image(&sha)).unwrap(), bytes);
+    let (kg, kg_reason, _) = condition(&gi, "KnownGood");
+    assert_eq!((kg.as_str(), kg_reason.as_str()), ("False", "NotPromoted"));
+    assert_eq!(event_reasons(&f), ["Verified", "ChannelsChanged"]);
+
+    // Settled: another pass fetches nothing.
+    f.ctrl.pass(true).await.unwrap();
+    assert_eq!(server.requests.lock().unwrap().len(), 2);
+
+    // A wiped artifact volume is refilled without touching the verdict.
+    std::fs::remove_file(f.artifacts.image(&sha)).unwrap();
+    f.ctrl.pass(true).await.unwrap();
+    assert!(f.artifacts.has_image(&sha));
+    assert_eq!(read(&f).status, gi.status);
+}
+
+#[tokio::test]
+async fn bytes_that_do_not_match_the_spec_are_never_cached_or_served() {
+    let f = fixture();
+    let Some((wim, _)) = make_wim(f._dir.path(), JANUARY_2026) else {
+        return;
+    };
+    let (url, server) = start_server(std::fs::read(&wim).unwrap(), false).await;
+    let wrong = "ab".repeat(32);
+    f.store
+        .apply(
+            &golden_image(json!({"url": url}), &wrong, "26100.7623", json!({})),
+            "default",
+        )
+        .unwrap();
+    f.ctrl.pass(true).await.unwrap();
+    let gi = read(&f);
+    let (status, reason, message) = condition(&gi, "Verified");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "BytesMismatch")
+    );
+    assert!(message.contains("sha256"), "{message}");
+    let st = gi.status.unwrap();
+    assert_eq!(st.digest, None, "no digest to serve");
+    assert!(
+        st.channels.is_empty(),
+        "an unverified image serves no channel"
+    );
+    assert_eq!(
+        st.observed_generation,
+        Some(1),
+        "a definite verdict settles the spec"
+    );
+    assert!(
+        files_under(&f.artifacts.root).is_empty(),
+        "wrong bytes are deleted"
+    );
+    // No endless re-download of bad bytes: nothing happens until the spec changes.
+    f.ctrl.pass(true).await.unwrap();
+    assert_eq!(server.requests.lock().unwrap().len(), 1);
+    assert_eq!(event_reasons(&f), ["BytesMismatch"]);
+}
+
+#[tokio::test]
+async fn an_image_whose_packages_lack_the_january_rollup_is_not_verified() {
+    let f = fixture();
+    let Some((wim, sha)) = make_wim(f._dir.path(), DECEMBER_2025) else {
+        return;
+    };
+    f.store
+        .apply(
+            &golden_image(
+                json!({"path": wim.display().to_string()}),
+                &sha,
+                "26100.7623",
+                json!({}),
+            ),
+            "default",
+        )
+        .unwrap();
+    f.ctrl.pass(true).await.unwrap();
+    let gi = read(&f);
+    let (status, reason, message) = condition(&gi, "Verified");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "RequirementsNotMet"),
+        "{message}"
+    );
+    assert!(
+        message.contains("7462"),
+        "says which build it found: {message}"
+    );
+    assert_eq!(gi.status.unwrap().facts.unwrap().build, "26100.7462");
+    assert!(files_under(&f.artifacts.root).is_empty());
+}
+
+#[tokio::test]
+async fn an_unreachable_source_is_retried_later_and_never_marked_checked() {
+    let f = fixture();
+    // A port nothing listens on.
+    let port = recast_tests::free_port();
+    f.store
+        .apply(
+            &golden_image(
+                json!({"url": format!("http://127.0.0.1:{port}/golden.wim")}),
+                &"ab".repeat(32),
+                "26100.7623",
+                json!({}),
+            ),
+            "default",
+        )
+        .unwrap();
+    f.ctrl.pass(true).await.unwrap();
+    let gi = read(&f);
+    let (status, reason, message) = condition(&gi, "Verified");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("Unknown", "FetchFailed")
+    );
+    assert!(
+        message.contains("check that the URL is reachable"),
+        "{message}"
+    );
+    assert_eq!(
+        gi.status.unwrap().observed_generation,
+        None,
+        "left open for a retry"
+    );
+    // Backing off: an immediate second pass does not try again (no second event).
+    f.ctrl.pass(true).await.unwrap();
+    assert_eq!(event_reasons(&f), ["FetchFailed"]);
+}
+
+#[tokio::test]
+async fn a_local_path_is_copied_and_promotion_by_hand_makes_it_known_good() {
+    let f = fixture();
+    let Some((wim, sha)) = make_wim(f._dir.path(), JANUARY_2026) else {
+        return;
+    };
+    let mut doc = golden_image(
+        json!({"path": wim.display().to_string()}),
+        &sha,
+        "26100.7623",
+        json!({"promotion": {"minReadyEndpoints": 1, "soak": "1h"}}),
+    );
+    f.store.apply(&doc, "default").unwrap();
+    f.ctrl.pass(true).await.unwrap();
+    let (kg, reason, message) = condition(&read(&f), "KnownGood");
+    assert_eq!(
+        (kg.as_str(), reason.as_str()),
+        ("False", "Soaking"),
+        "{message}"
+    );
+    // The source may change later; the served copy does not.
+    std::fs::write(&wim, b"rewritten").unwrap();
+    assert!(f.artifacts.has_image(&sha));
+
+    doc["metadata"]["annotations"] = json!({
+        "recast.dev/known-good": "promoted",
+        "recast.dev/known-good-reason": "canary wave clean (ops on call)",
+    });
+    f.store.apply(&doc, "default").unwrap();
+    f.ctrl.pass(true).await.unwrap();
+    let gi = read(&f);
+    let (kg, reason, message) = condition(&gi, "KnownGood");
+    assert_eq!((kg.as_str(), reason.as_str()), ("True", "Promoted"));
+    assert!(message.contains("canary wave clean"), "{message}");
+    assert!(event_reasons(&f).contains(&"KnownGood".to_string()));
+    // Annotations do not change the generation: no second check of the bytes.
+    assert_eq!(gi.metadata.generation, Some(1));
+}
+
+#[tokio::test]
+async fn an_edited_spec_withdraws_the_image_until_the_new_spec_is_checked() {
+    let f = fixture();
+    let Some((wim, sha)) = make_wim(f._dir.path(), JANUARY_2026) else {
+        return;
+    };
+    let mut doc = golden_image(
+        json!({"path": wim.display().to_string()}),
+        &sha,
+        "26100.7623",
+        json!({}),
+    );
+    f.store.apply(&doc, "default").unwrap();
+    f.ctrl.pass(true).await.unwrap();
+    assert_eq!(condition(&read(&f), "Verified").0, "True");
+    // February's minimum: the same bytes no longer qualify.
+    doc["spec"]["requirements"]["minimumBuild"] = json!("26100.7840");
+    f.store.apply(&doc, "default").unwrap();
+    f.ctrl.pass(true).await.unwrap();
+    let gi = read(&f);
+    let (status, reason, message) = condition(&gi, "Verified");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "RequirementsNotMet"),
+        "{message}"
+    );
+    let st = gi.status.unwrap();
+    assert_eq!(st.observed_generation, Some(2));
+    assert_eq!(st.digest, None);
+    assert!(st.channels.is_empty());
+}
