@@ -197,6 +197,50 @@ impl Backend {
         }
     }
 
+    /// Sets (or, for a null value, removes) annotations on an object, leaving the rest alone.
+    pub fn set_annotations(
+        &self,
+        kind: Kind,
+        ns: &str,
+        name: &str,
+        annotations: &serde_json::Map<String, Value>,
+    ) -> Result<(), BackendError> {
+        match self {
+            Backend::Embedded(s) => {
+                s.update(kind, ns, name, |obj| {
+                    let meta = obj
+                        .as_object_mut()
+                        .and_then(|o| o.get_mut("metadata"))
+                        .and_then(Value::as_object_mut);
+                    if let Some(meta) = meta {
+                        let entry = meta.entry("annotations").or_insert_with(|| json!({}));
+                        if let Some(map) = entry.as_object_mut() {
+                            for (k, v) in annotations {
+                                if v.is_null() {
+                                    map.remove(k);
+                                } else {
+                                    map.insert(k.clone(), v.clone());
+                                }
+                            }
+                        }
+                    }
+                    Ok(())
+                })?;
+                Ok(())
+            }
+            Backend::Kube(k) => {
+                let api = k.api(kind, Some(ns));
+                let patch = json!({"metadata": {"annotations": annotations}});
+                k.rt.block_on(async {
+                    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                        .map(|_| ())
+                        .map_err(kube_err)
+                })
+            }
+        }
+    }
+
     /// Sets one field of an endpoint's spec (protect, reimage requests).
     pub fn set_spec_field(
         &self,

@@ -114,6 +114,39 @@ pub enum ImageCommand {
         #[arg(long = "channel", value_delimiter = ',')]
         channels: Vec<String>,
     },
+    /// Mark a Verified GoldenImage KnownGood by hand, without waiting for its soak. The
+    /// reason, who and when are kept on the object; the operator records the change as an
+    /// Event.
+    Promote {
+        name: String,
+        /// Why (kept in the recast.dev/known-good-reason annotation and the condition).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Withdraw KnownGood by hand; the soak will not promote the image again until someone
+    /// promotes it.
+    Demote {
+        name: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// The GoldenImages in the namespace with their verdicts: build, Verified and KnownGood
+    /// (with reasons), channels, endpoints Ready on them, and the digest served.
+    List {
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: ImageOutput,
+    },
+}
+
+impl ImageCommand {
+    /// Whether the command reads or writes GoldenImage objects (the store or the cluster),
+    /// rather than only a WIM file.
+    pub fn needs_store(&self) -> bool {
+        matches!(
+            self,
+            ImageCommand::Promote { .. } | ImageCommand::Demote { .. } | ImageCommand::List { .. }
+        )
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -141,6 +174,134 @@ fn fail(code: u8, message: impl Into<String>) -> Failure {
         code,
         message: message.into(),
     }
+}
+
+/// promote, demote and list: the commands on GoldenImage objects.
+pub fn run_on_store(
+    command: ImageCommand,
+    store: &crate::backend::Backend,
+    ns: &str,
+    now: jiff::Timestamp,
+) -> Result<ExitCode, crate::CliError> {
+    use recast_crds::manifest::Kind;
+    use recast_operator::golden::decide::{KNOWN_GOOD_ANNOTATION, KNOWN_GOOD_REASON_ANNOTATION};
+    let mark = |name: &str, how: &str, reason: &str| -> Result<(), crate::CliError> {
+        if reason.trim().is_empty() {
+            return Err(crate::CliError::Usage(format!(
+                "--reason must say why the image is {how}"
+            )));
+        }
+        if store.get(Kind::GoldenImage, ns, name)?.is_none() {
+            return Err(crate::not_found(Kind::GoldenImage, ns, name));
+        }
+        let who = std::env::var("USER").unwrap_or_else(|_| "unknown user".into());
+        let mut annotations = serde_json::Map::new();
+        annotations.insert(KNOWN_GOOD_ANNOTATION.into(), how.into());
+        annotations.insert(
+            KNOWN_GOOD_REASON_ANNOTATION.into(),
+            format!("{} ({who}, {now})", reason.trim()).into(),
+        );
+        store.set_annotations(Kind::GoldenImage, ns, name, &annotations)?;
+        Ok(())
+    };
+    match command {
+        ImageCommand::Promote { name, reason } => {
+            mark(&name, "promoted", &reason)?;
+            println!(
+                "goldenimage.recast.dev/{name} promoted; the operator sets KnownGood=True once the image is Verified (recastctl image list)"
+            );
+        }
+        ImageCommand::Demote { name, reason } => {
+            mark(&name, "demoted", &reason)?;
+            println!("goldenimage.recast.dev/{name} demoted; KnownGood=False until promoted again");
+        }
+        ImageCommand::List { output } => {
+            let images = store.list(Kind::GoldenImage, Some(ns))?;
+            match output {
+                ImageOutput::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&images).unwrap_or_default()
+                ),
+                ImageOutput::Table => print!("{}", image_list(&images, now)),
+            }
+        }
+        _ => unreachable!("file commands run without a store"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The `image list` table. Verified and KnownGood show their reasons, since "False" alone does
+/// not say what to do.
+pub fn image_list(images: &[serde_json::Value], now: jiff::Timestamp) -> String {
+    if images.is_empty() {
+        return "No GoldenImages in this namespace.\n".into();
+    }
+    let text = |v: &serde_json::Value, p: &str| {
+        v.pointer(p)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    let cond = |v: &serde_json::Value, t: &str| {
+        v.pointer("/status/conditions")
+            .and_then(serde_json::Value::as_array)
+            .and_then(|cs| {
+                cs.iter()
+                    .find(|c| c.get("type").and_then(serde_json::Value::as_str) == Some(t))
+            })
+            .map(|c| format!("{} ({})", text(c, "/status"), text(c, "/reason")))
+            .unwrap_or_else(|| "-".into())
+    };
+    let mut rows = vec![
+        [
+            "NAME",
+            "BUILD",
+            "MIN-BUILD",
+            "VERIFIED",
+            "KNOWNGOOD",
+            "CHANNELS",
+            "READY",
+            "DIGEST",
+            "AGE",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for v in images {
+        let channels = v
+            .pointer("/status/channels")
+            .and_then(serde_json::Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(serde_json::Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "-".into());
+        let digest = text(v, "/status/digest");
+        rows.push(vec![
+            text(v, "/metadata/name"),
+            Some(text(v, "/status/facts/build"))
+                .filter(|b| !b.is_empty())
+                .unwrap_or_else(|| "-".into()),
+            text(v, "/spec/requirements/minimumBuild"),
+            cond(v, "Verified"),
+            cond(v, "KnownGood"),
+            channels,
+            v.pointer("/status/readyEndpoints")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0)
+                .to_string(),
+            if digest.is_empty() {
+                "-".into()
+            } else {
+                digest.chars().take(12).collect()
+            },
+            crate::table::age(&text(v, "/metadata/creationTimestamp"), now),
+        ]);
+    }
+    crate::table::plain(&rows)
 }
 
 pub fn run(command: ImageCommand, namespace: &str) -> ExitCode {
@@ -190,6 +351,9 @@ pub fn run(command: ImageCommand, namespace: &str) -> ExitCode {
             kbs,
             channels,
         }),
+        ImageCommand::Promote { .. } | ImageCommand::Demote { .. } | ImageCommand::List { .. } => {
+            unreachable!("store commands run through run_on_store")
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -210,7 +210,9 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
     }
     // Image checks read only the file: no store or cluster needed.
     let cli = match cli.command {
-        Command::Image { command } => return Ok(image::run(command, &cli.namespace)),
+        Command::Image { command } if !command.needs_store() => {
+            return Ok(image::run(command, &cli.namespace));
+        }
         command => Cli { command, ..cli },
     };
     let store = match cli.backend {
@@ -220,7 +222,8 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let ns = cli.namespace.as_str();
     let now = Timestamp::now();
     match cli.command {
-        Command::Validate { .. } | Command::Image { .. } => unreachable!("handled above"),
+        Command::Validate { .. } => unreachable!("handled above"),
+        Command::Image { command } => image::run_on_store(command, &store, ns, now),
         Command::Wds(WdsCommand::Prestage {
             names,
             wds_server,

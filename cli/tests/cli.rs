@@ -175,6 +175,78 @@ fn exercise(ctl: &Ctl) {
         "nothing was added"
     );
 
+    // Golden images: the list shows verdicts with reasons; promote/demote leave an audited
+    // mark the operator turns into KnownGood.
+    let list = ctl.ok(&["image", "list"]);
+    let header: Vec<&str> = list.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "BUILD",
+            "MIN-BUILD",
+            "VERIFIED",
+            "KNOWNGOOD",
+            "CHANNELS",
+            "READY",
+            "DIGEST",
+            "AGE"
+        ]
+    );
+    let row = list
+        .lines()
+        .find(|l| l.starts_with("win11-24h2-2026-01"))
+        .unwrap_or_else(|| panic!("{list}"));
+    assert!(row.contains("26100.7623"), "{row}");
+    let out = ctl.ok(&[
+        "image",
+        "promote",
+        "win11-24h2-2026-01",
+        "--reason",
+        "canary wave clean",
+    ]);
+    assert!(out.contains("promoted"), "{out}");
+    let gi: Value =
+        serde_json::from_str(&ctl.ok(&["get", "gi", "win11-24h2-2026-01", "-o", "json"])).unwrap();
+    assert_eq!(
+        gi["metadata"]["annotations"]["recast.dev/known-good"],
+        "promoted"
+    );
+    assert!(
+        gi["metadata"]["annotations"]["recast.dev/known-good-reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("canary wave clean (")),
+        "{gi}"
+    );
+    assert_eq!(
+        gi["metadata"]["generation"], 1,
+        "a promotion is not a spec change"
+    );
+    ctl.ok(&[
+        "image",
+        "demote",
+        "win11-24h2-2026-01",
+        "--reason",
+        "BSOD on canary",
+    ]);
+    let gi: Value =
+        serde_json::from_str(&ctl.ok(&["get", "gi", "win11-24h2-2026-01", "-o", "json"])).unwrap();
+    assert_eq!(
+        gi["metadata"]["annotations"]["recast.dev/known-good"],
+        "demoted"
+    );
+    let empty = ctl.run(&["image", "promote", "win11-24h2-2026-01", "--reason", " "]);
+    assert_eq!(empty.status.code(), Some(2), "a blank reason is refused");
+    let nope = ctl.run(&["image", "promote", "nope", "--reason", "x"]);
+    assert_eq!(nope.status.code(), Some(1));
+    assert!(
+        stderr(&nope).contains("\"nope\" not found"),
+        "{}",
+        stderr(&nope)
+    );
+    let json: Vec<Value> = serde_json::from_str(&ctl.ok(&["image", "list", "-o", "json"])).unwrap();
+    assert_eq!(json.len(), 1);
+
     ctl.ok(&["delete", "wave", "store-042-kiosks-2026-01"]);
     let waves = ctl.run(&["get", "wave"]);
     assert!(String::from_utf8_lossy(&waves.stdout).trim().is_empty());

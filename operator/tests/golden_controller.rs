@@ -444,3 +444,128 @@ async fn an_edited_spec_withdraws_the_image_until_the_new_spec_is_checked() {
     assert_eq!(st.digest, None);
     assert!(st.channels.is_empty());
 }
+
+/// The same controller on the real apiserver: status through the status subresource, Events
+/// through events.k8s.io, and a promotion by annotation seen through the watch.
+#[tokio::test]
+async fn on_the_apiserver_the_controller_verifies_and_promotes() {
+    let Some(k) = recast_tests::K8s::get() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let Some((wim, sha)) = make_wim(dir.path(), JANUARY_2026) else {
+        return;
+    };
+    k.install_crds();
+    let ns = k.fresh_namespace("golden");
+    let mut doc = golden_image(
+        json!({"path": wim.display().to_string()}),
+        &sha,
+        "26100.7623",
+        json!({}),
+    );
+    doc["metadata"]["namespace"] = json!(ns);
+    let file = dir.path().join("gi.yaml");
+    std::fs::write(&file, serde_json::to_string(&doc).unwrap()).unwrap();
+    k.kubectl_ok(&["apply", "-f", &file.to_string_lossy()]);
+
+    let client = kube::Client::try_from(
+        kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(&k.kubeconfig).unwrap(),
+            &Default::default(),
+        )
+        .await
+        .unwrap(),
+    )
+    .unwrap();
+    let opts = recast_operator::controller::kube::KubeOptions {
+        image_store: None,
+        lease_namespace: ns.clone(),
+        identity: "test".into(),
+        lease_duration: std::time::Duration::from_secs(4),
+        lease_grace: std::time::Duration::from_secs(1),
+        watch_namespace: Some(ns.clone()),
+    };
+    let leader = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (backend, _) =
+        recast_operator::controller::kube::KubeBackend::connect(client, &opts, leader)
+            .await
+            .unwrap();
+    let artifacts = ArtifactStore {
+        root: dir.path().join("boot"),
+    };
+    let ctrl = ImageController::new(Arc::new(backend), artifacts.clone()).unwrap();
+    let get = || -> Value {
+        serde_json::from_str(&k.kubectl_ok(&[
+            "get",
+            "gi",
+            "win11-2026-01",
+            "-n",
+            &ns,
+            "-o",
+            "json",
+        ]))
+        .unwrap()
+    };
+    let reason_of = |v: &Value, t: &str| -> Option<String> {
+        v.pointer("/status/conditions")?
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == t)
+            .map(|c| {
+                format!(
+                    "{}/{}",
+                    c["status"].as_str().unwrap(),
+                    c["reason"].as_str().unwrap()
+                )
+            })
+    };
+    // Passes until the watch has delivered what the test changed (the cache lags a moment).
+    let until = |want: &'static str, t: &'static str| {
+        let ctrl = &ctrl;
+        let get = &get;
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            loop {
+                ctrl.pass(true).await.unwrap();
+                let v = get();
+                if reason_of(&v, t).as_deref() == Some(want) {
+                    return v;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{t} never became {want}: {:?}",
+                    v["status"]
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            }
+        }
+    };
+    let v = until("True/Verified", "Verified").await;
+    assert_eq!(v["status"]["digest"], sha.as_str());
+    assert_eq!(v["status"]["observedGeneration"], 1);
+    assert_eq!(v["status"]["facts"]["build"], "26100.7623");
+    assert_eq!(v["status"]["channels"], json!(["stable"]));
+    assert!(artifacts.has_image(&sha));
+    // kubectl's own columns read what the controller wrote.
+    let row = k.kubectl_ok(&["get", "gi", "-n", &ns, "--no-headers"]);
+    assert!(row.contains("26100.7623") && row.contains("True"), "{row}");
+
+    k.kubectl_ok(&[
+        "annotate",
+        "gi",
+        "win11-2026-01",
+        "-n",
+        &ns,
+        "recast.dev/known-good=promoted",
+        "recast.dev/known-good-reason=canary clean",
+    ]);
+    until("True/Promoted", "KnownGood").await;
+    let events = k.kubectl_ok(&["get", "events", "-n", &ns, "-o", "json"]);
+    for reason in ["Verified", "KnownGood"] {
+        assert!(
+            events.contains(&format!("\"reason\": \"{reason}\"")),
+            "no {reason} event: {events}"
+        );
+    }
+}
