@@ -7,7 +7,7 @@ cd "$(dirname "$0")"
 seconds=${1:-60}
 shift || true
 targets=("$@")
-((${#targets[@]})) || targets=(tftp_packet tftp_request dhcp_request)
+((${#targets[@]})) || targets=(tftp_packet tftp_request dhcp_request wim_header wim_xml agent_report event_xml)
 triple=$(rustc -vV | awk '/^host:/ {print $2}')
 # The workspace's lockfile pins the same dependency versions the operator builds with.
 [[ -f Cargo.lock ]] || cp ../Cargo.lock .
