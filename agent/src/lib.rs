@@ -6,6 +6,7 @@
 //! prints it.
 
 pub mod collect;
+pub mod enroll;
 pub mod events;
 pub mod send;
 pub mod simulate;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use jiff::Timestamp;
 use recast_agent::collect::{self, CommandRunner, Identity, ReplayRunner, SystemRunner};
+use recast_agent::enroll::AgentConfig;
 use recast_agent::send::{SendOutcome, Sender};
 use recast_agent::simulate::{self, Scenario, SimulateOptions};
 use recast_agent::state;
@@ -52,9 +53,14 @@ enum Cmd {
         #[arg(long, env = "RECAST_GATEWAY")]
         gateway: String,
         /// File holding this endpoint's bearer token (never passed on the command line, where
-        /// other users could read it).
+        /// other users could read it). With --agent-config and no token yet, the agent
+        /// enrolls and writes it here.
         #[arg(long, value_name = "FILE")]
         token_file: PathBuf,
+        /// agent.json left by a reimage: the attempt id the first report carries and the
+        /// enrollment credential traded for the token at first start.
+        #[arg(long, value_name = "FILE")]
+        agent_config: Option<PathBuf>,
         /// PEM bundle the gateway's certificate must chain to (default: the system's roots).
         #[arg(long, value_name = "FILE")]
         ca_file: Option<PathBuf>,
@@ -111,8 +117,16 @@ fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
     parse_duration(s)
 }
 
-fn identity(source: &Source) -> Result<Identity, String> {
-    let attempt_id = match &source.attempt_file {
+fn identity(source: &Source, config: Option<&AgentConfig>) -> Result<Identity, String> {
+    if let Some(c) = config
+        && c.endpoint != source.endpoint
+    {
+        return Err(format!(
+            "agent.json is for endpoint {:?}, but --endpoint says {:?}; fix the service's arguments",
+            c.endpoint, source.endpoint
+        ));
+    }
+    let from_file = match &source.attempt_file {
         Some(p) => match std::fs::read_to_string(p) {
             Ok(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
             Ok(_) => None,
@@ -121,6 +135,7 @@ fn identity(source: &Source) -> Result<Identity, String> {
         },
         None => None,
     };
+    let attempt_id = from_file.or_else(|| config.map(|c| c.attempt_id.clone()));
     Ok(Identity {
         endpoint: source.endpoint.clone(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -136,6 +151,24 @@ fn runner(source: &Source) -> Result<Box<dyn CommandRunner + Send>, String> {
             Ok(Box::new(ReplayRunner { dir: dir.clone() }))
         }
         None => Ok(Box::new(SystemRunner::default())),
+    }
+}
+
+/// First start of a reimaged endpoint: trade the enrollment credential for the token, keep it.
+async fn enroll(
+    sender: &Sender,
+    config: &AgentConfig,
+    token_file: &Path,
+) -> Result<String, String> {
+    match sender.enroll(config).await.map_err(|e| e.to_string())? {
+        Ok(token) => {
+            recast_agent::enroll::save_token(token_file, &token)?;
+            tracing::info!(attempt = %config.attempt_id, "enrolled with the gateway; token saved");
+            Ok(token)
+        }
+        Err((status, message)) => Err(format!(
+            "the gateway refused enrollment ({status}: {message}); if this image was not installed by the current reimage, issue a token with `recast-operator gateway-token issue` and write it to the token file"
+        )),
     }
 }
 
@@ -174,7 +207,7 @@ async fn main() -> ExitCode {
 async fn real_main(cli: Cli) -> Result<(), String> {
     match cli.command {
         Cmd::Collect { source } => {
-            let who = identity(&source)?;
+            let who = identity(&source, None)?;
             let runner = runner(&source)?;
             let now = Timestamp::now();
             let report = collect::collect(runner.as_ref(), &who, now_millis(now), now)
@@ -188,14 +221,22 @@ async fn real_main(cli: Cli) -> Result<(), String> {
             source,
             gateway,
             token_file,
+            agent_config,
             ca_file,
             state_file,
             jitter,
             once,
         } => {
-            let who = identity(&source)?;
-            let token = read_secret(&token_file)?;
+            let config = agent_config
+                .as_deref()
+                .map(recast_agent::enroll::load)
+                .transpose()?;
+            let who = identity(&source, config.as_ref())?;
             let sender = Sender::new(&gateway, ca_file.as_deref()).map_err(|e| e.to_string())?;
+            let token = match (token_file.exists(), &config) {
+                (false, Some(c)) => enroll(&sender, c, &token_file).await?,
+                _ => read_secret(&token_file)?,
+            };
             let mut backoff: Option<Duration> = None;
             let mut first = true;
             loop {

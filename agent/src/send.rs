@@ -45,6 +45,7 @@ pub enum SendOutcome {
 pub struct Sender {
     client: reqwest::Client,
     url: String,
+    enroll_url: String,
 }
 
 /// A rustls client config with the ring provider and exactly the given roots (or the
@@ -96,6 +97,7 @@ impl Sender {
         Ok(Sender {
             client,
             url: format!("{}/v1/reports", gateway.trim_end_matches('/')),
+            enroll_url: format!("{}/v1/enroll", gateway.trim_end_matches('/')),
         })
     }
 
@@ -166,6 +168,45 @@ impl Sender {
             400..=499 => SendOutcome::Rejected(status, text),
             _ => SendOutcome::ServerError(status, text),
         })
+    }
+}
+
+impl Sender {
+    /// Trades a reimage's enrollment credential (from agent.json) for the endpoint's token.
+    /// Ok(Err((status, message))) when the gateway refused; the message says why.
+    pub async fn enroll(
+        &self,
+        config: &crate::enroll::AgentConfig,
+    ) -> Result<Result<String, (u16, String)>, SendError> {
+        let transport = |e: reqwest::Error| SendError::Transport {
+            url: self.enroll_url.clone(),
+            message: error_chain(&e),
+        };
+        let resp = self
+            .client
+            .post(&self.enroll_url)
+            .json(&serde_json::json!({
+                "namespace": config.namespace,
+                "endpoint": config.endpoint,
+                "attemptId": config.attempt_id,
+                "enrollmentToken": config.enrollment_token,
+            }))
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.map_err(transport)?;
+        if status != 200 {
+            return Ok(Err((status, text.chars().take(512).collect())));
+        }
+        let token = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("token")?.as_str().map(String::from))
+            .ok_or_else(|| SendError::Transport {
+                url: self.enroll_url.clone(),
+                message: "the enrollment answer holds no token".into(),
+            })?;
+        Ok(Ok(token))
     }
 }
 

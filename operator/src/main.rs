@@ -166,6 +166,19 @@ struct BootArgs {
 }
 
 impl BootArgs {
+    /// The key of the per-try imaging tokens and the agents' enrollment credentials, shared
+    /// by the boot service and the gateway.
+    fn imaging_key(
+        &self,
+        data_dir: &std::path::Path,
+    ) -> Result<recast_operator::boot::token::TokenKey, String> {
+        let path = self
+            .imaging_key_file
+            .clone()
+            .unwrap_or_else(|| data_dir.join("imaging.key"));
+        recast_operator::boot::token::TokenKey::load_or_create(&path).map_err(|e| e.to_string())
+    }
+
     /// The boot root: what the boot service serves and where the GoldenImage controller puts
     /// verified WIMs (images/<sha256>.wim).
     fn root(&self, data_dir: &std::path::Path) -> PathBuf {
@@ -178,7 +191,7 @@ impl BootArgs {
         &self,
         data_dir: &std::path::Path,
     ) -> Result<Option<recast_operator::boot::service::BootServiceConfig>, String> {
-        use recast_operator::boot::{dhcp, http, render, service, token};
+        use recast_operator::boot::{dhcp, http, render, service};
         let Some(listen) = self.boot_http else {
             if self.dhcp != DhcpMode::Off || self.tftp.is_some() {
                 return Err(
@@ -193,11 +206,7 @@ impl BootArgs {
             .unwrap_or_else(|| format!("http://{listen}"))
             .trim_end_matches('/')
             .to_string();
-        let key_path = self
-            .imaging_key_file
-            .clone()
-            .unwrap_or_else(|| data_dir.join("imaging.key"));
-        let key = token::TokenKey::load_or_create(&key_path).map_err(|e| e.to_string())?;
+        let key = self.imaging_key(data_dir)?;
         let admin_password = match &self.admin_password_file {
             Some(p) => Some(render::obscure_admin_password(
                 std::fs::read_to_string(p)
@@ -486,6 +495,7 @@ async fn run(opts: RunOptions) -> Result<(), String> {
                 start_gateway(
                     addr,
                     &gateway_args,
+                    boot_args.imaging_key(&data_dir)?,
                     &data_dir,
                     backend.clone(),
                     stop_rx.clone(),
@@ -566,6 +576,7 @@ async fn run(opts: RunOptions) -> Result<(), String> {
 async fn start_gateway(
     addr: SocketAddr,
     args: &GatewayArgs,
+    imaging_key: recast_operator::boot::token::TokenKey,
     data_dir: &std::path::Path,
     backend: Arc<EmbeddedBackend>,
     stop: watch::Receiver<bool>,
@@ -579,15 +590,18 @@ async fn start_gateway(
         .map_err(|e| format!("--gateway-heartbeat-period: {e}"))?;
     let credentials =
         Arc::new(gateway::credentials::CredentialStore::open(data_dir).map_err(|e| e.to_string())?);
-    let gw = Arc::new(Gateway::new(
-        backend,
-        credentials,
-        GatewayConfig {
-            heartbeat_period,
-            ..GatewayConfig::default()
-        },
-        Arc::new(SystemClock),
-    ));
+    let gw = Arc::new(
+        Gateway::new(
+            backend,
+            credentials,
+            GatewayConfig {
+                heartbeat_period,
+                ..GatewayConfig::default()
+            },
+            Arc::new(SystemClock),
+        )
+        .with_enrollment(imaging_key),
+    );
     let primed = gw.prime().await.map_err(|e| e.to_string())?;
     tracing::info!(endpoints = primed, "agent gateway primed");
     let listener = tokio::net::TcpListener::bind(addr)

@@ -161,12 +161,10 @@ async fn harness(name: &str, config: GatewayConfig) -> Option<Harness> {
         Arc::new(AtomicBool::new(false)),
     ));
     let credentials = Arc::new(CredentialStore::open(&dir.join("data")).unwrap());
-    let gw = Arc::new(Gateway::new(
-        backend,
-        credentials.clone(),
-        config,
-        Arc::new(SystemClock),
-    ));
+    let gw = Arc::new(
+        Gateway::new(backend, credentials.clone(), config, Arc::new(SystemClock))
+            .with_enrollment(imaging_key()),
+    );
     let tls = gateway::tls_config(&cert, &key).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!(
@@ -190,6 +188,27 @@ async fn harness(name: &str, config: GatewayConfig) -> Option<Harness> {
         ca,
         stop,
     })
+}
+
+/// The imaging key the boot service and the gateway share in these tests.
+fn imaging_key() -> recast_operator::boot::token::TokenKey {
+    recast_operator::boot::token::TokenKey::from_bytes([7; 32])
+}
+
+/// The agent.json the boot service would render for this attempt.
+fn agent_config(name: &str, attempt: &str) -> recast_agent::enroll::AgentConfig {
+    recast_agent::enroll::AgentConfig {
+        namespace: "default".into(),
+        endpoint: name.into(),
+        attempt_id: attempt.into(),
+        gateway_url: None,
+        enrollment_token: recast_operator::boot::http::enrollment_token(
+            &imaging_key(),
+            "default",
+            name,
+            attempt,
+        ),
+    }
 }
 
 fn key(name: &str) -> Key {
@@ -596,6 +615,16 @@ async fn the_loop_closes_through_the_agent() {
         attempt.trigger,
         recast_crds::endpoint::AttemptTrigger::FailedRollback
     );
+    // Too early: the machine has not been imaged yet, so nothing may enroll for it.
+    let early = h
+        .sender
+        .enroll(&agent_config("kiosk-01", &attempt.id))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&early, Err((409, m)) if m.contains("not waiting")),
+        "{early:?}"
+    );
 
     // The boot service and the imaging environment do their part.
     let backend = EmbeddedBackend {
@@ -621,9 +650,34 @@ async fn the_loop_closes_through_the_agent() {
     })
     .await;
 
-    // The new image's agent has fresh credentials (the old token dies) and a new sequence
-    // space; its first report carries the attempt id and the new build.
-    let new_token = h.credentials.issue(&key("kiosk-01"), "now").unwrap();
+    // Bad enrollments: a forged credential, one from another (earlier) attempt, one for
+    // another endpoint. Each gets its status, and the old token still works meanwhile.
+    let mut forged = agent_config("kiosk-01", &attempt.id);
+    forged.enrollment_token = "0".repeat(64);
+    let other_attempt = agent_config("kiosk-01", "kiosk-01-older-1");
+    let mut stolen = agent_config("kiosk-02", &attempt.id);
+    stolen.endpoint = "kiosk-01".into();
+    for (cfg, want) in [(&forged, 401), (&other_attempt, 409), (&stolen, 401)] {
+        let got = h.sender.enroll(cfg).await.unwrap();
+        assert!(
+            matches!(&got, Err((s, _)) if *s == want),
+            "{cfg:?}: {got:?}"
+        );
+    }
+    assert_eq!(
+        h.credentials.endpoint_for(&old_token).unwrap(),
+        Some(key("kiosk-01")),
+        "refused enrollments change nothing"
+    );
+
+    // The new image's agent enrolls with agent.json's credential (the old token dies) and
+    // starts a new sequence space; its first report carries the attempt id and the new build.
+    let new_token = h
+        .sender
+        .enroll(&agent_config("kiosk-01", &attempt.id))
+        .await
+        .unwrap()
+        .expect("enrollment accepted");
     let mut r = report_for("kiosk-01", Scenario::Healthy, 1);
     r.attempt_id = Some(attempt.id.clone());
     assert!(matches!(

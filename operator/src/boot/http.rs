@@ -517,7 +517,28 @@ pub struct AgentConfig {
 
 /// The enrollment credential of an attempt (a different HMAC domain from the try token).
 pub fn enrollment_token(key: &TokenKey, namespace: &str, endpoint: &str, attempt: &str) -> String {
-    key.token(namespace, endpoint, &format!("enroll/{attempt}"), 0)
+    key.token(namespace, endpoint, &enrollment_domain(attempt), 0)
+}
+
+/// Whether `presented` is the enrollment credential of this attempt (constant time).
+pub fn enrollment_token_valid(
+    key: &TokenKey,
+    namespace: &str,
+    endpoint: &str,
+    attempt: &str,
+    presented: &str,
+) -> bool {
+    key.verify(
+        namespace,
+        endpoint,
+        &enrollment_domain(attempt),
+        0,
+        presented,
+    )
+}
+
+fn enrollment_domain(attempt: &str) -> String {
+    format!("enroll/{attempt}")
 }
 
 async fn agent_config<B: Backend + BootIntents>(

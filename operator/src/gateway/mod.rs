@@ -25,6 +25,7 @@
 //! | 503 | the store refused the write; retry later |
 
 pub mod credentials;
+pub mod enroll;
 pub mod limit;
 pub mod session;
 
@@ -188,6 +189,8 @@ pub struct Gateway<B: Backend> {
     /// One async lock per endpoint: its reports are decided and written one at a time, in
     /// order.
     entries: std::sync::Mutex<HashMap<Key, Arc<tokio::sync::Mutex<Option<Entry>>>>>,
+    /// The imaging key enrollment credentials are checked with (None: enrollment is off).
+    enrollment_key: Option<crate::boot::token::TokenKey>,
     pub stats: GatewayStats,
 }
 
@@ -220,8 +223,16 @@ impl<B: Backend> Gateway<B> {
             global: std::sync::Mutex::new(global),
             buckets: std::sync::Mutex::new(HashMap::new()),
             entries: std::sync::Mutex::new(HashMap::new()),
+            enrollment_key: None,
             stats: GatewayStats::default(),
         }
+    }
+
+    /// Turns on `POST /v1/enroll` (see [`enroll`]), checking credentials with the boot
+    /// service's imaging key.
+    pub fn with_enrollment(mut self, key: crate::boot::token::TokenKey) -> Self {
+        self.enrollment_key = Some(key);
+        self
     }
 
     fn seconds(&self) -> f64 {
@@ -588,6 +599,7 @@ async fn post_report<B: Backend>(
 pub fn router<B: Backend>(gw: Arc<Gateway<B>>) -> Router {
     Router::new()
         .route("/v1/reports", post(post_report::<B>))
+        .route("/v1/enroll", post(enroll::post_enroll::<B>))
         .layer(DefaultBodyLimit::max(MAX_REPORT_BYTES))
         .with_state(gw)
 }
