@@ -519,9 +519,6 @@ async fn run(opts: RunOptions) -> Result<(), String> {
             result.map_err(|e| e.to_string())?;
         }
         BackendKind::Kube => {
-            if gateway_args.gateway_listen.is_some() {
-                return Err("the agent gateway runs with the embedded backend for now; run it without --gateway-listen on the kube backend".into());
-            }
             let client = kube::Client::try_default().await.map_err(|e| {
                 format!("cannot reach Kubernetes ({e}); run in a cluster or set KUBECONFIG")
             })?;
@@ -537,21 +534,38 @@ async fn run(opts: RunOptions) -> Result<(), String> {
                 watch_namespace: kube_opts.watch_namespace.clone(),
                 image_store: Some(image_store),
             };
-            if let Some(cfg) = boot_cfg {
-                // The boot service runs on every replica: it only reads intents and queues
-                // inputs, which needs no lease.
+            if boot_cfg.is_some() || gateway_args.gateway_listen.is_some() {
+                // The boot service and the gateway only read and queue inputs into inboxes,
+                // which needs no lease: they run without it.
                 let (backend, _) = recast_operator::controller::kube::KubeBackend::connect(
                     client.clone(),
                     &opts,
                     Arc::new(AtomicBool::new(false)),
                 )
                 .await?;
-                let (b, m, s) = (Arc::new(backend), metrics.clone(), stop_rx.clone());
-                tokio::spawn(async move {
-                    if let Err(e) = recast_operator::boot::service::run(b, cfg, m, s).await {
-                        boot_service_failed(&e);
-                    }
-                });
+                let backend = Arc::new(backend);
+                if let Some(cfg) = boot_cfg {
+                    let (b, m, s) = (backend.clone(), metrics.clone(), stop_rx.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = recast_operator::boot::service::run(b, cfg, m, s).await {
+                            boot_service_failed(&e);
+                        }
+                    });
+                }
+                if let Some(addr) = gateway_args.gateway_listen {
+                    // Sessions (heartbeat deadlines, report sequences) live in this process
+                    // and its gateway.db: run the gateway in one process per site (see
+                    // README), never behind a load balancer spreading one site's agents.
+                    start_gateway(
+                        addr,
+                        &gateway_args,
+                        boot_args.imaging_key(&data_dir)?,
+                        &data_dir,
+                        backend,
+                        stop_rx.clone(),
+                    )
+                    .await?;
+                }
             }
             match power_driver {
                 PowerDriver::Redfish => {
@@ -573,12 +587,12 @@ async fn run(opts: RunOptions) -> Result<(), String> {
     }
 }
 
-async fn start_gateway(
+async fn start_gateway<B: recast_operator::controller::Backend>(
     addr: SocketAddr,
     args: &GatewayArgs,
     imaging_key: recast_operator::boot::token::TokenKey,
     data_dir: &std::path::Path,
-    backend: Arc<EmbeddedBackend>,
+    backend: Arc<B>,
     stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
     use recast_operator::gateway::{self, Gateway, GatewayConfig};

@@ -700,3 +700,90 @@ async fn the_loop_closes_through_the_agent() {
     assert_eq!(st.last_report.unwrap().build, "26100.7623");
     assert!(st.signals.is_empty(), "{:?}", st.signals);
 }
+
+/// The gateway on the kube backend: the real `recast-operator run --backend kube` process with
+/// `--gateway-listen`, a token issued with `recast-operator gateway-token issue`, and the
+/// agent's sender. A failed-rollback report becomes the Endpoint's status on the apiserver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_apiserver_a_report_becomes_status() {
+    const OPERATOR: &str = env!("CARGO_BIN_EXE_recast-operator");
+    let Some(k) = recast_tests::K8s::get() else {
+        return;
+    };
+    let dir = temp_dir("kube");
+    let Some((ca, cert, key_file)) = certificate(&dir) else {
+        return;
+    };
+    k.install_crds();
+    let ns = k.fresh_namespace("gw");
+    let examples = recast_tests::repo_root().join("examples");
+    k.kubectl_ok(&["apply", "-n", &ns, "-f", &examples.to_string_lossy()]);
+    let data = dir.join("data");
+    let issued = std::process::Command::new(OPERATOR)
+        .args(["gateway-token", "issue", &format!("{ns}/kiosk-01")])
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        issued.status.success(),
+        "{}",
+        String::from_utf8_lossy(&issued.stderr)
+    );
+    let token = String::from_utf8_lossy(&issued.stdout).trim().to_string();
+    let port = recast_tests::free_port();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _operator = Kill(
+        std::process::Command::new(OPERATOR)
+            .args(["run", "--backend", "kube", "--listen", "127.0.0.1:0"])
+            .args(["--watch-namespace", &ns, "--lease-namespace", &ns])
+            .args(["--gateway-listen", &format!("127.0.0.1:{port}")])
+            .arg("--gateway-cert")
+            .arg(&cert)
+            .arg("--gateway-key")
+            .arg(&key_file)
+            .arg("--data-dir")
+            .arg(&data)
+            .env("KUBECONFIG", &k.kubeconfig)
+            .env("RECAST_POWER_DRIVER", "record")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    recast_tests::wait_for(Duration::from_secs(60), "the gateway to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let sender = Sender::new(&format!("https://127.0.0.1:{port}"), Some(&ca)).unwrap();
+    let r = report_for("kiosk-01", Scenario::FailedRollback, 1);
+    assert_eq!(
+        sender.send(&token, &r).await.unwrap(),
+        SendOutcome::Accepted
+    );
+    // Another endpoint's identity with this token: refused, as on the embedded backend.
+    let other = report_for("kiosk-02", Scenario::Healthy, 2);
+    assert!(matches!(
+        sender.send(&token, &other).await.unwrap(),
+        SendOutcome::Unauthorized(_)
+    ));
+    let get = || -> Value {
+        serde_json::from_str(&k.kubectl_ok(&["get", "rep", "kiosk-01", "-n", &ns, "-o", "json"]))
+            .unwrap()
+    };
+    recast_tests::wait_for(Duration::from_secs(60), "the report in status", || {
+        let v = get();
+        v.pointer("/status/lastReport/build")
+            .and_then(Value::as_str)
+            == Some(&r.os.build_string())
+            && v.pointer("/status/signals")
+                .and_then(Value::as_array)
+                .is_some_and(|s| s.iter().any(|s| s["type"] == "FailedRollback"))
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -404,6 +404,11 @@ impl<B: Backend> Gateway<B> {
             update_mode: policy.update_mode,
             minimum_build: image.and_then(|i| i.minimum_build),
             events_after,
+            stored_report_at: ep
+                .status
+                .as_ref()
+                .and_then(|s| s.last_report.as_ref())
+                .and_then(|r| time::parse(&r.reported_at)),
         })
     }
 

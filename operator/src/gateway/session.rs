@@ -28,6 +28,10 @@ pub struct EndpointFacts {
     pub minimum_build: Option<Build>,
     /// End of the last successful reimage: older events describe the replaced machine.
     pub events_after: Option<Timestamp>,
+    /// The last report the store holds (status.lastReport), whichever gateway process took
+    /// it: a report another process received is not silence (at most the heartbeat period
+    /// old, which must stay below the heartbeat timeout).
+    pub stored_report_at: Option<Timestamp>,
 }
 
 /// What the store held when the session started (after a gateway restart, say).
@@ -195,7 +199,7 @@ impl Session {
     fn signals_now(&self, facts: &EndpointFacts, now: Timestamp) -> Vec<(SignalKind, String)> {
         let input = DeriveInput {
             report: self.last_report.as_ref(),
-            last_report_at: self.last_report_at,
+            last_report_at: self.last_report_at.max(facts.stored_report_at),
             now,
             heartbeat_timeout: facts.heartbeat_timeout,
             minimum_build: facts.minimum_build,
@@ -305,6 +309,7 @@ mod tests {
             update_mode: UpdateMode::Managed,
             minimum_build: Some("26100.7623".parse().unwrap()),
             events_after: None,
+            stored_report_at: None,
         }
     }
 
@@ -469,6 +474,27 @@ mod tests {
         // Never reported: the sweep has nothing to say.
         let mut fresh = Session::new(StoredState::default());
         assert_eq!(fresh.tick(ts("2030-01-01T00:00:00Z"), &facts()), None);
+    }
+
+    #[test]
+    fn a_report_taken_by_another_gateway_process_is_not_silence() {
+        let stored = StoredState {
+            last_report_at: Some(ts("2026-01-15T09:00:00Z")),
+            build: Some("26100.7623".parse().unwrap()),
+            signals: vec![],
+            sequence: 5,
+        };
+        let mut s = Session::new(stored);
+        // This process has heard nothing for 30 minutes, but the store shows a report from
+        // 10 minutes ago (another gateway process took it).
+        let elsewhere = EndpointFacts {
+            stored_report_at: Some(ts("2026-01-15T09:20:00Z")),
+            ..facts()
+        };
+        assert_eq!(s.tick(ts("2026-01-15T09:30:00Z"), &elsewhere), None);
+        // Once the store, too, is older than the timeout, it is lost.
+        let lost = s.tick(ts("2026-01-15T09:36:00Z"), &elsewhere).unwrap();
+        assert_eq!(kinds(&lost), [SignalKind::HeartbeatLost]);
     }
 
     #[test]
