@@ -630,3 +630,81 @@ async fn warnings_reach_the_notifier() {
         "no BMC: a person must restart it: {got:?}"
     );
 }
+
+/// The BMC crash watch: only silent endpoints with a BMC are read; a boot crash (0xED) the
+/// BMC recorded after the last report becomes BootCrash and a reimage, a 0x50 does not, and a
+/// healthy endpoint's BMC is never asked.
+#[tokio::test]
+async fn a_boot_crash_in_the_bmc_log_of_a_silent_endpoint_reimages_it() {
+    use recast_operator::core::derive::BmcCrash;
+    let store = store_with_examples("bmc-watch");
+    let (ctrl, _clock) = controller(EmbeddedBackend {
+        store: store.clone(),
+    });
+    ctrl.prime().await.unwrap();
+    let crash = |code: u32| BmcCrash {
+        at: Some("2026-01-14T08:30:00Z".parse().unwrap()),
+        bugcheck: Some(code),
+        source: "Sel entry 7".into(),
+        message: format!("OS Stop event: bug check 0x{code:x}"),
+    };
+    for (name, code) in [("kiosk-01", 0xED), ("kiosk-02", 0x50), ("kiosk-03", 0xED)] {
+        ctrl.power.script_crashes(name, vec![crash(code)]);
+        ctrl.reconcile(&key(name), report("26100.7462", None))
+            .await
+            .unwrap();
+    }
+    for name in ["kiosk-01", "kiosk-02"] {
+        ctrl.reconcile(
+            &key(name),
+            Input::Signals(vec![(SignalKind::HeartbeatLost, "silent for 20m".into())]),
+        )
+        .await
+        .unwrap();
+    }
+
+    assert_eq!(ctrl.watch_bmcs_once().await.unwrap(), 1);
+    let mut read = ctrl.power.crash_reads();
+    read.sort();
+    assert_eq!(
+        read,
+        ["kiosk-01", "kiosk-02"],
+        "healthy endpoints' BMCs are left alone"
+    );
+
+    ctrl.reconcile(&key("kiosk-01"), Input::Reconcile)
+        .await
+        .unwrap();
+    let st = status(&store, "kiosk-01");
+    let boot_crash = st
+        .signals
+        .iter()
+        .find(|s| s.type_ == "BootCrash")
+        .expect("BootCrash from the BMC");
+    assert!(
+        boot_crash.message.contains("UNMOUNTABLE_BOOT_VOLUME")
+            && boot_crash.message.contains("Sel entry 7"),
+        "{}",
+        boot_crash.message
+    );
+    let attempt = st.active_attempt.expect("a reimage");
+    assert_eq!(
+        attempt.trigger,
+        recast_crds::endpoint::AttemptTrigger::BootCrash
+    );
+    assert!(reasons(&store, "kiosk-01").contains(&"BootCrash".to_string()));
+
+    ctrl.reconcile(&key("kiosk-02"), Input::Reconcile)
+        .await
+        .unwrap();
+    let st2 = status(&store, "kiosk-02");
+    assert!(
+        st2.signals.iter().all(|s| s.type_ != "BootCrash"),
+        "0x50 is not a boot crash"
+    );
+    assert!(st2.active_attempt.is_none());
+
+    // kiosk-01 is being reimaged now: its BMC is not read again.
+    assert_eq!(ctrl.watch_bmcs_once().await.unwrap(), 0);
+    assert_eq!(ctrl.power.crash_reads().len(), 3);
+}

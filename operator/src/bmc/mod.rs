@@ -8,6 +8,7 @@ use std::sync::Mutex;
 
 use recast_crds::Endpoint;
 
+use crate::core::derive::BmcCrash;
 use crate::core::lifecycle::ActionError;
 
 pub trait PowerControl: Send + Sync + 'static {
@@ -21,15 +22,43 @@ pub trait PowerControl: Send + Sync + 'static {
         try_number: u32,
         maybe_done: bool,
     ) -> impl Future<Output = Result<String, ActionError>> + Send;
+
+    /// The OS crashes the endpoint's BMC has recorded (its SEL/IML/Log1), for BootCrash
+    /// evidence while the agent is silent. Drivers that cannot read logs find none.
+    fn os_crashes(
+        &self,
+        _ep: &Endpoint,
+    ) -> impl Future<Output = Result<Vec<BmcCrash>, ActionError>> + Send {
+        async { Ok(Vec::new()) }
+    }
 }
 
-/// Records the power cycles it is asked for instead of performing them.
+/// Records the power cycles it is asked for instead of performing them, and answers
+/// `os_crashes` from a script the tests set.
 #[derive(Default)]
 pub struct RecordingPower {
     log: Mutex<Vec<String>>,
+    crashes: Mutex<std::collections::HashMap<String, Vec<BmcCrash>>>,
+    crash_reads: Mutex<Vec<String>>,
 }
 
 impl RecordingPower {
+    /// What the BMC of endpoint `name` will report as OS crashes.
+    pub fn script_crashes(&self, name: &str, crashes: Vec<BmcCrash>) {
+        self.crashes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), crashes);
+    }
+
+    /// The endpoints whose BMC logs were read, in order.
+    pub fn crash_reads(&self) -> Vec<String> {
+        self.crash_reads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Every (endpoint, attempt, try) it was asked to cycle, in order.
     pub fn log(&self) -> Vec<String> {
         self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -64,5 +93,20 @@ impl PowerControl for RecordingPower {
             ),
             None => "no BMC configured".to_string(),
         })
+    }
+
+    async fn os_crashes(&self, ep: &Endpoint) -> Result<Vec<BmcCrash>, ActionError> {
+        let name = ep.metadata.name.clone().unwrap_or_default();
+        self.crash_reads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(name.clone());
+        Ok(self
+            .crashes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&name)
+            .cloned()
+            .unwrap_or_default())
     }
 }

@@ -400,6 +400,35 @@ impl<S: SecretSource> PowerControl for RedfishPower<S> {
         }
         result.map_err(|e| action_error(address, &e))
     }
+
+    async fn os_crashes(
+        &self,
+        ep: &Endpoint,
+    ) -> Result<Vec<crate::core::derive::BmcCrash>, ActionError> {
+        let Some(bmc) = self.connect(ep).await? else {
+            return Ok(Vec::new());
+        };
+        let address = ep
+            .spec
+            .bmc
+            .as_ref()
+            .map(|b| b.address.clone())
+            .unwrap_or_default();
+        let log = bmc.event_log().await;
+        if let Err(e) = bmc.logout().await {
+            tracing::debug!(error = %e, "BMC logout failed");
+        }
+        let log = log.map_err(|e| action_error(&address, &e))?;
+        Ok(recast_bmc::events::crash_evidence(&log.entries)
+            .into_iter()
+            .map(|c| crate::core::derive::BmcCrash {
+                at: c.created.as_deref().and_then(crate::core::time::parse),
+                bugcheck: c.bugcheck,
+                source: format!("{} entry {}", c.service, c.entry_id),
+                message: c.message,
+            })
+            .collect())
+    }
 }
 
 #[cfg(test)]

@@ -229,6 +229,10 @@ pub async fn run<P: PowerControl>(
         due.insert(Key::of(&ep), start);
     }
     tracing::info!(endpoints = primed, "embedded controller started");
+    tokio::spawn(
+        ctrl.clone()
+            .watch_bmcs(super::bmc_watch::DEFAULT_INTERVAL, shutdown.clone()),
+    );
     ready.store(true, Ordering::SeqCst);
     let mut last_resync = Instant::now();
     let mut last_metrics = Instant::now() - Duration::from_secs(3600);

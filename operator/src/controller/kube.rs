@@ -700,6 +700,11 @@ pub async fn run<P: PowerControl>(
         // Endpoints per phase, from the controller's own watch cache.
         let cache = kc.store();
         let metrics = ctrl.metrics.clone();
+        // Silent endpoints' BMC logs are read by the lease holder only.
+        let bmc_watch = tokio::spawn(
+            ctrl.clone()
+                .watch_bmcs(super::bmc_watch::DEFAULT_INTERVAL, shutdown.clone()),
+        );
         let gauge = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(15)).await;
@@ -719,6 +724,7 @@ pub async fn run<P: PowerControl>(
             })
             .await;
         gauge.abort();
+        bmc_watch.abort();
         leader.store(false, Ordering::SeqCst);
         tracing::info!("endpoint controller stopped (leadership lost or shutting down)");
         if *shutdown.borrow() {

@@ -2,6 +2,7 @@
 //! backends. It reads an endpoint and its context, asks the core, persists the status first,
 //! then runs the actions idempotently and feeds their results back, until nothing is left.
 
+pub mod bmc_watch;
 pub mod embedded;
 pub mod kube;
 

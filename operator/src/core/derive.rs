@@ -369,6 +369,56 @@ pub fn derive(input: &DeriveInput<'_>) -> Vec<(SignalKind, String)> {
     out
 }
 
+/// One OS crash a BMC's event log recorded (SEL, IML, Log1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BmcCrash {
+    /// When the BMC recorded it; a record without a time cannot be placed and never counts.
+    pub at: Option<Timestamp>,
+    /// The bug check code when the record carries one.
+    pub bugcheck: Option<u32>,
+    /// Where it was read ("Sel entry 12"), for the reason.
+    pub source: String,
+    pub message: String,
+}
+
+/// BootCrash from the BMC's side: the agent has gone silent (HeartbeatLost is active) and the
+/// BMC recorded an OS critical stop after the agent's last report (and after the last
+/// reimage). A stop code other than 0xED/0x7B (a 0x50, say) is not a boot crash; a record with
+/// no code counts only because the machine has also stopped reporting. Returns the reason.
+pub fn bmc_boot_crash(
+    crashes: &[BmcCrash],
+    agent_silent: bool,
+    last_report_at: Option<Timestamp>,
+    events_after: Option<Timestamp>,
+) -> Option<String> {
+    if !agent_silent {
+        return None;
+    }
+    let after = last_report_at.max(events_after);
+    let newest = crashes
+        .iter()
+        .filter(|c| c.at.is_some_and(|t| after.is_none_or(|a| t > a)))
+        .filter(|c| {
+            c.bugcheck
+                .is_none_or(|code| BOOT_STOP_CODES.contains(&code))
+        })
+        .max_by_key(|c| c.at)?;
+    let what = match newest.bugcheck {
+        Some(0xED) => "bugcheck 0x000000ed UNMOUNTABLE_BOOT_VOLUME".to_string(),
+        Some(code) => format!("bugcheck 0x{code:08x} INACCESSIBLE_BOOT_DEVICE"),
+        None => "an OS critical stop (no stop code recorded)".to_string(),
+    };
+    Some(format!(
+        "the BMC recorded {what} at {} ({}: {}) and the agent has not reported since {}",
+        newest.at.map(super::time::format).unwrap_or_default(),
+        newest.source,
+        newest.message,
+        last_report_at
+            .map(super::time::format)
+            .unwrap_or_else(|| "it was installed".into()),
+    ))
+}
+
 /// A healthy kiosk's report on build 26100.UBR with nothing else in it, for the unit tests of
 /// the derivation and of the gateway's session logic.
 #[cfg(test)]
@@ -408,6 +458,67 @@ mod tests {
 
     fn ts(s: &str) -> Timestamp {
         s.parse().unwrap()
+    }
+
+    fn sel(at: Option<&str>, code: Option<u32>) -> BmcCrash {
+        BmcCrash {
+            at: at.map(ts),
+            bugcheck: code,
+            source: "Sel entry 12".into(),
+            message: "OS Stop event: run-time critical stop".into(),
+        }
+    }
+
+    #[test]
+    fn bmc_crash_needs_silence_a_boot_stop_code_and_a_time_after_the_last_report() {
+        let last = Some(ts("2026-01-15T09:00:00Z"));
+        let ed = sel(Some("2026-01-15T09:05:00Z"), Some(0xED));
+        let why = bmc_boot_crash(std::slice::from_ref(&ed), true, last, None).unwrap();
+        assert!(
+            why.contains("UNMOUNTABLE_BOOT_VOLUME") && why.contains("Sel entry 12"),
+            "{why}"
+        );
+        // The agent still reports: the machine runs, whatever the log says.
+        assert_eq!(
+            bmc_boot_crash(std::slice::from_ref(&ed), false, last, None),
+            None
+        );
+        // A 0x50 is not a boot crash; a crash before the last report was survived; a record
+        // without a time cannot be placed; one before the last reimage was the old machine's.
+        for c in [
+            sel(Some("2026-01-15T09:05:00Z"), Some(0x50)),
+            sel(Some("2026-01-15T08:55:00Z"), Some(0xED)),
+            sel(None, Some(0xED)),
+        ] {
+            assert_eq!(
+                bmc_boot_crash(std::slice::from_ref(&c), true, last, None),
+                None,
+                "{c:?}"
+            );
+        }
+        assert_eq!(
+            bmc_boot_crash(
+                std::slice::from_ref(&ed),
+                true,
+                last,
+                Some(ts("2026-01-15T09:10:00Z"))
+            ),
+            None
+        );
+        // No stop code but silent since: counts, and says the code is unknown.
+        let why =
+            bmc_boot_crash(&[sel(Some("2026-01-15T09:05:00Z"), None)], true, last, None).unwrap();
+        assert!(why.contains("no stop code recorded"), "{why}");
+        // Never reported: any placed boot-code crash counts.
+        assert!(
+            bmc_boot_crash(
+                &[sel(Some("2026-01-15T09:05:00Z"), Some(0x7B))],
+                true,
+                None,
+                None
+            )
+            .is_some()
+        );
     }
 
     fn report(ubr: u32) -> AgentReport {

@@ -163,6 +163,10 @@ pub enum Input {
     Reconcile,
     /// The current set of signals (replaces the previous set).
     Signals(Vec<(SignalKind, String)>),
+    /// The BMC's event log shows a boot crash while the agent is silent (decided by
+    /// `derive::bmc_boot_crash`): adds BootCrash to the signals while HeartbeatLost stands.
+    /// The agent's next report replaces the set, so a machine that comes back clears it.
+    BmcCrash { message: String },
     /// An agent report, already condensed.
     AgentReport(ReportSummary),
     ActionSucceeded {
@@ -365,6 +369,29 @@ impl Run<'_> {
                     });
                 }
                 self.st.signals = next;
+            }
+            Input::BmcCrash { message } => {
+                let has = |k: SignalKind| self.st.signals.iter().any(|s| s.type_ == k.as_str());
+                // Only while the agent is silent: a late BMC finding about a machine that
+                // reports again is history.
+                if has(SignalKind::HeartbeatLost) && !has(SignalKind::BootCrash) {
+                    let t = if self.ctx.policy.action_for(SignalKind::BootCrash)
+                        == RemediationAction::Ignore
+                    {
+                        NoticeType::Normal
+                    } else {
+                        NoticeType::Warning
+                    };
+                    self.notice(t, SignalKind::BootCrash.as_str(), message.clone());
+                    self.st.signals.push(SignalStatus {
+                        type_: SignalKind::BootCrash.as_str().to_string(),
+                        since: self.now_s.clone(),
+                        message: message.clone(),
+                    });
+                    self.st.signals.sort_by_key(|s| {
+                        SignalKind::parse(&s.type_).map_or(u8::MAX, |k| k.urgency())
+                    });
+                }
             }
             _ => {}
         }

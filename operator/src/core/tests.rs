@@ -1391,3 +1391,26 @@ fn a_late_message_from_an_earlier_try_is_ignored() {
     });
     assert_eq!(e.state(), State::Applying);
 }
+
+#[test]
+fn a_bmc_crash_counts_only_while_the_agent_is_silent() {
+    let mut e = healthy(true);
+    // The agent still reports: a BMC finding is history, nothing changes.
+    let d = e.feed(Input::BmcCrash {
+        message: "the BMC recorded bugcheck 0xed".into(),
+    });
+    assert!(e.status.signals.is_empty());
+    assert!(!kinds(&d).contains(&ActionKind::ArmBoot));
+    // Silent, then the BMC finding: BootCrash joins HeartbeatLost and the reimage starts.
+    e.feed(signals(&[SignalKind::HeartbeatLost]));
+    let d = e.feed(Input::BmcCrash {
+        message: "the BMC recorded bugcheck 0xed".into(),
+    });
+    let types: Vec<&str> = e.status.signals.iter().map(|s| s.type_.as_str()).collect();
+    assert_eq!(types, ["BootCrash", "HeartbeatLost"]);
+    assert_eq!(kinds(&d), [ActionKind::ArmBoot]);
+    assert_eq!(
+        e.status.active_attempt.as_ref().unwrap().trigger,
+        AttemptTrigger::BootCrash
+    );
+}
