@@ -56,8 +56,15 @@ pub struct CredentialStore {
 #[derive(Default)]
 struct TokenCache {
     data_version: Option<i64>,
+    /// When `data_version` was last read from the database.
+    checked_at: Option<std::time::Instant>,
     keys: std::collections::HashMap<String, Key>,
 }
+
+/// How stale the cache may be: a token issued, rotated or revoked by another process
+/// (`recast-operator gateway-token`) takes effect within this long. Reading the database's
+/// version on every request would serialise all requests on its connection.
+const TOKEN_CACHE_RECHECK: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Cached token hashes at most; a bigger fleet simply looks some up again.
 const TOKEN_CACHE_MAX: usize = 200_000;
@@ -101,6 +108,7 @@ impl CredentialStore {
         let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         c.keys.clear();
         c.data_version = None;
+        c.checked_at = None;
     }
 
     fn db_err(&self, source: rusqlite::Error) -> CredentialError {
@@ -149,9 +157,9 @@ impl CredentialStore {
         Ok(n > 0)
     }
 
-    /// The endpoint a token belongs to, if it is current. Looked up on every request, so a
-    /// rotation or revocation by another process (`recast-operator gateway-token`) takes effect
-    /// at once.
+    /// The endpoint a token belongs to, if it is current. A rotation or revocation by
+    /// another process (`recast-operator gateway-token`) takes effect within
+    /// [`TOKEN_CACHE_RECHECK`]; one by this process at once.
     pub fn endpoint_for(&self, token: &str) -> Result<Option<Key>, CredentialError> {
         if !well_formed(token) {
             return Ok(None);
@@ -161,6 +169,15 @@ impl CredentialStore {
 
     /// Like [`endpoint_for`](Self::endpoint_for), by the token's hash.
     pub fn endpoint_for_hash(&self, hash: &str) -> Result<Option<Key>, CredentialError> {
+        {
+            let c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            let fresh = c
+                .checked_at
+                .is_some_and(|t| t.elapsed() < TOKEN_CACHE_RECHECK);
+            if fresh && let Some(k) = c.keys.get(hash) {
+                return Ok(Some(k.clone()));
+            }
+        }
         let conn = self.conn();
         let version: i64 = conn
             .query_row("PRAGMA data_version", [], |r| r.get(0))
@@ -172,6 +189,7 @@ impl CredentialStore {
                 c.keys.clear();
                 c.data_version = Some(version);
             }
+            c.checked_at = Some(std::time::Instant::now());
             if let Some(k) = c.keys.get(hash) {
                 return Ok(Some(k.clone()));
             }
@@ -330,7 +348,7 @@ mod tests {
     }
 
     #[test]
-    fn a_revocation_by_another_process_takes_effect_at_once() {
+    fn a_revocation_by_another_process_takes_effect_within_the_recheck_period() {
         let d = dir("other");
         let gateway_side = CredentialStore::open(&d).unwrap();
         let cli_side = CredentialStore::open(&d).unwrap();
@@ -343,6 +361,7 @@ mod tests {
             );
         }
         assert!(cli_side.revoke(&key("kiosk-01")).unwrap());
+        std::thread::sleep(TOKEN_CACHE_RECHECK);
         assert_eq!(gateway_side.endpoint_for(&t).unwrap(), None);
         let t2 = cli_side.issue(&key("kiosk-01"), "t").unwrap();
         assert_eq!(
