@@ -171,6 +171,7 @@ pub fn simulated_report(
             free_bytes: 52_343_234_560,
         }),
         collection_errors: vec![],
+        update_hold: None,
     }
 }
 

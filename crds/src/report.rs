@@ -64,6 +64,44 @@ pub struct AgentReport {
     /// operator sees a partial report as partial.
     #[serde(default)]
     pub collection_errors: Vec<String>,
+    /// The Windows Update hold as the agent read it back from the registry. Absent from agents
+    /// that predate holds (and the gateway accepts reports without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_hold: Option<EffectiveUpdateHold>,
+}
+
+/// At most this many drift entries in a report (recast sets a handful of values).
+pub const MAX_DRIFT: usize = 16;
+
+/// The update hold in effect on the endpoint, read back from the policy registry values.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EffectiveUpdateHold {
+    /// Every value recast sets for a hold is in place.
+    pub held: bool,
+    /// Values the agent had set that someone (a user, a GPO, a script) changed or removed
+    /// since it last applied the hold, such as `AU\NoAutoUpdate: 0x1 -> absent`. The agent
+    /// puts them back; this says it had to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<String>,
+}
+
+/// The gateway's answer to an accepted report (HTTP 200, JSON): what recast wants of the
+/// endpoint now. A gateway that predates holds answers 204 with no body; agents then leave
+/// the hold as it is.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportReply {
+    pub update_hold: DesiredUpdateHold,
+}
+
+/// Whether the agent must hold Windows quality updates, and why (for its log).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DesiredUpdateHold {
+    pub held: bool,
+    /// Immutable, FailedRollback, Manual; or Managed, ManualRelease when released.
+    pub reason: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -346,6 +384,20 @@ impl AgentReport {
         check_len("collectionErrors", self.collection_errors.len())?;
         for (i, e) in self.collection_errors.iter().enumerate() {
             check_text(&format!("collectionErrors[{i}]"), e)?;
+        }
+        if let Some(h) = &self.update_hold {
+            if h.drift.len() > MAX_DRIFT {
+                return Err(ReportError::invalid(
+                    "updateHold.drift",
+                    format!(
+                        "{} entries; at most {MAX_DRIFT} are accepted",
+                        h.drift.len()
+                    ),
+                ));
+            }
+            for (i, d) in h.drift.iter().enumerate() {
+                check_text(&format!("updateHold.drift[{i}]"), d)?;
+            }
         }
         Ok(())
     }

@@ -12,7 +12,7 @@
 //!
 //! | status | meaning |
 //! |---|---|
-//! | 204 | accepted |
+//! | 200 | accepted; the body is a `ReportReply` (JSON) with the update hold the agent must apply |
 //! | 400 | not JSON, or not the report schema (the body says which field) |
 //! | 401 | no token, unknown token, or revoked token |
 //! | 403 | the report names another endpoint than the token's |
@@ -44,11 +44,12 @@ use axum::routing::post;
 use recast_crds::Endpoint;
 use recast_crds::endpoint::AttemptOutcome;
 use recast_crds::policy::DEFAULT_POLICY_NAME;
-use recast_crds::report::{AgentReport, MAX_REPORT_BYTES, ReportError};
+use recast_crds::report::{AgentReport, MAX_REPORT_BYTES, ReportError, ReportReply};
 use tokio::sync::watch;
 
 use crate::controller::{Backend, Clock, Key, resolve_image};
 use crate::core::build::Build;
+use crate::core::hold::{self, HoldFacts};
 use crate::core::lifecycle::Input;
 use crate::core::policy::PolicyView;
 use crate::core::signal::SignalKind;
@@ -230,16 +231,24 @@ impl<B: Backend> Gateway<B> {
 
     /// Handles one request body with its headers. Everything the HTTP layer does beyond this
     /// is the body size limit and the status line.
-    pub async fn handle(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), GatewayError> {
+    pub async fn handle(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<ReportReply, GatewayError> {
         let result = self.handle_inner(headers, body).await;
         match &result {
-            Ok(()) => self.stats.accepted.fetch_add(1, Ordering::Relaxed),
+            Ok(_) => self.stats.accepted.fetch_add(1, Ordering::Relaxed),
             Err(_) => self.stats.refused.fetch_add(1, Ordering::Relaxed),
         };
         result
     }
 
-    async fn handle_inner(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), GatewayError> {
+    async fn handle_inner(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<ReportReply, GatewayError> {
         let now_s = self.seconds();
         lock(&self.global)
             .take(self.config.global_rate, now_s)
@@ -316,6 +325,9 @@ impl<B: Backend> Gateway<B> {
             let sequence = self.credentials.sequence(&key)?;
             entry.session.reset_sequence(sequence);
             entry.token_hash = Some(hash.clone());
+            // A new token is often a reimage's: read the endpoint afresh, so the reply's hold
+            // sees the attempt that replaced the machine.
+            entry.facts = None;
         }
         entry
             .session
@@ -337,8 +349,13 @@ impl<B: Backend> Gateway<B> {
         if let Some(signals) = &writes.signals {
             self.post(&key, &Input::Signals(signals.clone())).await?;
         }
+        let hold = facts
+            .hold
+            .desired_with(next.current_signals(), &time::format(now));
         entry.session = next;
-        Ok(())
+        Ok(ReportReply {
+            update_hold: hold.to_reply(),
+        })
     }
 
     async fn post(&self, key: &Key, input: &Input) -> Result<(), GatewayError> {
@@ -390,7 +407,8 @@ impl<B: Backend> Gateway<B> {
         });
         Ok(EndpointFacts {
             heartbeat_timeout: policy.heartbeat_timeout,
-            update_mode: policy.update_mode,
+            update_mode: hold::effective_mode(&ep.spec, &policy),
+            hold: HoldFacts::of(&ep.spec, ep.status.as_ref(), &policy),
             minimum_build: image.and_then(|i| i.minimum_build),
             events_after,
         })
@@ -561,7 +579,7 @@ async fn post_report<B: Backend>(
     body: Bytes,
 ) -> Response {
     match gw.handle(&headers, &body).await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Ok(reply) => (StatusCode::OK, axum::Json(reply)).into_response(),
         Err(e) => {
             let status = e.status();
             tracing::debug!(%status, error = %e, "report refused");

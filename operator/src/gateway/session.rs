@@ -14,6 +14,7 @@ use recast_crds::report::{AgentReport, ServicingOutcome, UpdateOutcome};
 
 use crate::core::build::Build;
 use crate::core::derive::{DeriveInput, derive};
+use crate::core::hold::HoldFacts;
 use crate::core::signal::SignalKind;
 use crate::core::time;
 
@@ -28,6 +29,8 @@ pub struct EndpointFacts {
     pub minimum_build: Option<Build>,
     /// End of the last successful reimage: older events describe the replaced machine.
     pub events_after: Option<Timestamp>,
+    /// What the reply's update hold depends on.
+    pub hold: HoldFacts,
 }
 
 /// What the store held when the session started (after a gateway restart, say).
@@ -151,6 +154,7 @@ pub fn summarize(r: &AgentReport, now: Timestamp) -> ReportSummary {
         attempt_id: r.attempt_id.clone(),
         update_results: update_results.into_iter().map(|(_, u)| u).collect(),
         crashes,
+        update_hold: r.update_hold.clone(),
     }
 }
 
@@ -271,6 +275,11 @@ impl Session {
         writes
     }
 
+    /// The signal kinds as last handed to the controller (after `accept`: this report's).
+    pub fn current_signals(&self) -> &[SignalKind] {
+        &self.posted_signals
+    }
+
     /// The periodic sweep: the signal set when it changed with time alone (HeartbeatLost).
     pub fn tick(
         &mut self,
@@ -303,6 +312,7 @@ mod tests {
         EndpointFacts {
             heartbeat_timeout: Duration::from_secs(900),
             update_mode: UpdateMode::Managed,
+            hold: HoldFacts::default(),
             minimum_build: Some("26100.7623".parse().unwrap()),
             events_after: None,
         }
@@ -475,6 +485,7 @@ mod tests {
     fn a_stored_drift_survives_a_restart_until_a_reimage() {
         let immutable = EndpointFacts {
             update_mode: UpdateMode::Immutable,
+            hold: HoldFacts::default(),
             minimum_build: None,
             ..facts()
         };
