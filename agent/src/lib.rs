@@ -7,6 +7,7 @@
 
 pub mod collect;
 pub mod events;
+pub mod hold;
 pub mod send;
 pub mod simulate;
 pub mod state;
