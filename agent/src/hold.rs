@@ -54,7 +54,9 @@ impl Exec for SystemExec {
             .stdin(Stdio::null())
             .stderr(Stdio::null())
             .output()
-            .map_err(|e| format!("could not start {program}: {e} (the agent runs Windows' own reg.exe)"))?;
+            .map_err(|e| {
+                format!("could not start {program}: {e} (the agent runs Windows' own reg.exe)")
+            })?;
         Ok(ExecOutput {
             success: out.status.success(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -9,7 +9,8 @@ use jiff::Timestamp;
 use recast_agent::collect::{self, CommandRunner, Identity, ReplayRunner, SystemRunner};
 use recast_agent::send::{SendOutcome, Sender};
 use recast_agent::simulate::{self, Scenario, SimulateOptions};
-use recast_agent::state;
+use recast_agent::{hold, state};
+use recast_crds::report::DesiredUpdateHold;
 
 /// recast-agent: runs on each endpoint and reports its build, update results, servicing state
 /// and crashes to the recast gateway.
@@ -68,6 +69,10 @@ enum Cmd {
         /// Send one report and exit.
         #[arg(long)]
         once: bool,
+        /// The agent configuration the reimage flow wrote (agent.json); its `updateMode`
+        /// decides the update hold before the gateway's first answer.
+        #[arg(long, value_name = "FILE")]
+        agent_config: Option<PathBuf>,
     },
     /// Run N simulated endpoints against a gateway (tests, demos, benchmarks).
     Simulate {
@@ -143,6 +148,44 @@ fn now_millis(now: Timestamp) -> u64 {
     u64::try_from(now.as_millisecond()).unwrap_or(0)
 }
 
+/// The `updateMode` of the agent.json the reimage flow wrote (absent file: no opinion).
+fn read_update_mode(path: &Path) -> Result<Option<String>, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(format!(
+                "reading agent configuration {}: {e}",
+                path.display()
+            ));
+        }
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "agent configuration {} is not JSON ({e}); fetch it again from the boot service or remove --agent-config",
+            path.display()
+        )
+    })?;
+    Ok(v.get("updateMode")
+        .and_then(|m| m.as_str())
+        .map(str::to_string))
+}
+
+/// Remembers the hold the gateway asked for and applies it at once when it changed.
+fn adopt_hold(state_file: &Path, desired: DesiredUpdateHold) -> Result<(), String> {
+    let mut st = state::load(state_file).map_err(|e| e.to_string())?;
+    if st.update_hold.as_ref() == Some(&desired) {
+        return Ok(());
+    }
+    tracing::info!(held = desired.held, reason = %desired.reason, "the gateway changed the update hold");
+    let effective = hold::apply(&hold::SystemExec, Some(&desired), Timestamp::now())
+        .map_err(|e| e.to_string())?;
+    st.update_hold = Some(desired);
+    state::save(state_file, &st).map_err(|e| e.to_string())?;
+    tracing::info!(held = effective.held, "update hold applied");
+    Ok(())
+}
+
 fn read_secret(path: &Path) -> Result<String, String> {
     let s = std::fs::read_to_string(path)
         .map_err(|e| format!("reading token file {}: {e}", path.display()))?;
@@ -192,8 +235,15 @@ async fn real_main(cli: Cli) -> Result<(), String> {
             state_file,
             jitter,
             once,
+            agent_config,
         } => {
             let who = identity(&source)?;
+            let initial_hold = match &agent_config {
+                Some(p) => hold::initial(read_update_mode(p)?.as_deref()),
+                None => None,
+            };
+            // Replayed tool output is someone else's machine: the registry is left alone.
+            let manage_hold = source.replay.is_none();
             let token = read_secret(&token_file)?;
             let sender = Sender::new(&gateway, ca_file.as_deref()).map_err(|e| e.to_string())?;
             let mut backoff: Option<Duration> = None;
@@ -219,30 +269,57 @@ async fn real_main(cli: Cli) -> Result<(), String> {
                 let who2 = who.clone();
                 let state_file2 = state_file.clone();
                 // The tools block; keep them off the runtime's threads.
+                let initial = initial_hold.clone();
                 let collected = tokio::task::spawn_blocking(move || {
                     let runner = runner(&src)?;
                     let now = Timestamp::now();
                     let seq =
                         state::reserve(&state_file2, now_millis(now)).map_err(|e| e.to_string())?;
-                    collect::collect(runner.as_ref(), &who2, seq, now).map_err(|e| e.to_string())
+                    let mut report = collect::collect(runner.as_ref(), &who2, seq, now)
+                        .map_err(|e| e.to_string())?;
+                    if manage_hold {
+                        // Re-assert the hold every interval: a user or a GPO may have undone it.
+                        let desired = state::load(&state_file2)
+                            .map_err(|e| e.to_string())?
+                            .update_hold
+                            .or(initial);
+                        match hold::apply(&hold::SystemExec, desired.as_ref(), now) {
+                            Ok(effective) => report.update_hold = Some(effective),
+                            Err(e) => report.collection_errors.push(format!("update hold: {e}")),
+                        }
+                    }
+                    Ok::<_, String>(report)
                 })
                 .await
                 .map_err(|e| e.to_string())?;
                 match collected {
                     Err(e) => tracing::error!(error = %e, "no report this interval"),
-                    Ok(report) => match sender.send(&token, &report).await {
-                        Ok(SendOutcome::Accepted) => {
-                            tracing::info!(sequence = report.sequence, build = %report.os.build_string(), "report accepted")
+                    Ok(report) => match sender.send_with_reply(&token, &report).await {
+                        Ok((SendOutcome::Accepted, reply)) => {
+                            tracing::info!(sequence = report.sequence, build = %report.os.build_string(), "report accepted");
+                            if let Some(reply) = reply
+                                && manage_hold
+                            {
+                                let state_file3 = state_file.clone();
+                                let applied = tokio::task::spawn_blocking(move || {
+                                    adopt_hold(&state_file3, reply.update_hold)
+                                })
+                                .await
+                                .map_err(|e| e.to_string())?;
+                                if let Err(e) = applied {
+                                    tracing::error!(error = %e, "the update hold the gateway asked for was not applied; the next interval retries");
+                                }
+                            }
                         }
-                        Ok(SendOutcome::RateLimited(d)) => {
+                        Ok((SendOutcome::RateLimited(d), _)) => {
                             tracing::warn!(retry_in = ?d, "the gateway asked to slow down");
                             backoff = Some(d);
                         }
-                        Ok(SendOutcome::Unauthorized(m)) => tracing::error!(
+                        Ok((SendOutcome::Unauthorized(m), _)) => tracing::error!(
                             message = %m,
                             "the gateway refused this endpoint's token: issue a new one with `recast-operator gateway-token issue` and write it to the token file"
                         ),
-                        Ok(other) => tracing::warn!(outcome = ?other, "report refused"),
+                        Ok((other, _)) => tracing::warn!(outcome = ?other, "report refused"),
                         Err(e) => {
                             tracing::warn!(error = %e, "report not delivered; next interval retries")
                         }

@@ -98,7 +98,11 @@ fn release_removes_only_what_recast_set_then_idempotent() {
     });
     r.take_log();
     hold::apply(&r, Some(&released()), now()).unwrap();
-    assert_eq!(r.take_log().len(), 2, "a second release runs nothing but the reads");
+    assert_eq!(
+        r.take_log().len(),
+        2,
+        "a second release runs nothing but the reads"
+    );
 }
 
 #[test]
@@ -144,7 +148,10 @@ fn undoing_the_hold_is_drift_and_is_put_back() {
     r.set(AU_KEY, "NoAutoUpdate", "REG_DWORD", "0x0");
     r.remove(WU_KEY, "SetDisableUXWUAccess");
     let before = hold::read(&r).unwrap();
-    assert!(!hold::is_held(&before, now()), "the undone hold reads as released");
+    assert!(
+        !hold::is_held(&before, now()),
+        "the undone hold reads as released"
+    );
     r.take_log();
     let e = hold::apply(&r, Some(&held("Immutable")), now()).unwrap();
     assert!(e.held, "put back: {e:?}");
@@ -172,11 +179,9 @@ fn the_pause_is_restamped_before_it_lapses_and_that_is_not_drift() {
     let restamp: Timestamp = "2026-02-11T08:00:00Z".parse().unwrap();
     let e = hold::apply(&r, Some(&held("Immutable")), restamp).unwrap();
     assert!(e.held && e.drift.is_empty(), "{e:?}");
-    assert!(
-        r.take_log().contains(&format!(
-            "reg.exe add {WU_KEY} /v PauseQualityUpdatesStartTime /t REG_SZ /d 2026-02-11 /f"
-        ))
-    );
+    assert!(r.take_log().contains(&format!(
+        "reg.exe add {WU_KEY} /v PauseQualityUpdatesStartTime /t REG_SZ /d 2026-02-11 /f"
+    )));
     // A pause older than 35 days has lapsed: not held, whatever else is set.
     let s = hold::read(&r).unwrap();
     let lapsed: Timestamp = "2026-03-19T08:00:00Z".parse().unwrap();
@@ -195,10 +200,16 @@ fn reg_query_output_in_the_shape_windows_prints_it() {
     assert!(hold::is_held(&s, now()));
     // The same with NoAutoUpdate as a string (someone wrote the wrong type): not held.
     let au_sz = au.replace("REG_DWORD    0x1", "REG_SZ    1");
-    assert!(!hold::is_held(&Snapshot::parse(Some(wu), Some(&au_sz)), now()));
+    assert!(!hold::is_held(
+        &Snapshot::parse(Some(wu), Some(&au_sz)),
+        now()
+    ));
     // A deferral of 29 days is not recast's hold.
     let wu29 = wu.replace("0x1e", "0x1d");
-    assert!(!hold::is_held(&Snapshot::parse(Some(&wu29), Some(au)), now()));
+    assert!(!hold::is_held(
+        &Snapshot::parse(Some(&wu29), Some(au)),
+        now()
+    ));
     // No keys at all (reg.exe exits 1): nothing held, nothing marked.
     let none = Snapshot::parse(None, None);
     assert!(!none.marked() && !hold::is_held(&none, now()));
@@ -220,7 +231,10 @@ fn a_failing_reg_exe_is_a_clear_error() {
         }
     }
     let err = hold::apply(&Denied, Some(&held("Immutable")), now()).unwrap_err();
-    assert!(err.to_string().contains("SYSTEM or an administrator"), "{err}");
+    assert!(
+        err.to_string().contains("SYSTEM or an administrator"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -266,6 +266,8 @@ fn scripts_artifacts_and_the_imaging_protocol_over_http() {
     assert_eq!(agent["endpoint"], "pc-01");
     assert_eq!(agent["enrollmentToken"].as_str().unwrap().len(), 64);
     assert_ne!(agent["enrollmentToken"], token.as_str());
+    // No policy and no override: the built-in managed mode.
+    assert_eq!(agent["updateMode"], "managed");
 
     let post = |body: &str| {
         curl(&[

@@ -43,15 +43,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use recast_crds::Endpoint;
 use recast_crds::endpoint::AttemptOutcome;
-use recast_crds::policy::DEFAULT_POLICY_NAME;
 use recast_crds::report::{AgentReport, MAX_REPORT_BYTES, ReportError, ReportReply};
 use tokio::sync::watch;
 
-use crate::controller::{Backend, Clock, Key, resolve_image};
+use crate::controller::{Backend, Clock, Key, policy_view_for, resolve_image};
 use crate::core::build::Build;
 use crate::core::hold::{self, HoldFacts};
 use crate::core::lifecycle::Input;
-use crate::core::policy::PolicyView;
 use crate::core::signal::SignalKind;
 use crate::core::time;
 use credentials::{CredentialError, CredentialStore};
@@ -386,16 +384,10 @@ impl<B: Backend> Gateway<B> {
 
     async fn load_facts(&self, ep: &Endpoint) -> Result<EndpointFacts, GatewayError> {
         let ns = ep.metadata.namespace.as_deref().unwrap_or("default");
-        let name = ep.spec.policy_ref.as_deref().unwrap_or(DEFAULT_POLICY_NAME);
         let store = |e: crate::controller::BackendError| GatewayError::Store(e.to_string());
-        // A missing or broken policy falls back to the built-in defaults, as the controller
-        // does; the controller reports the problem on the endpoint.
-        let policy = match self.backend.policy(ns, name).await.map_err(store)? {
-            Some(p) => {
-                PolicyView::from_spec(name, &p.spec).unwrap_or_else(|_| PolicyView::built_in())
-            }
-            None => PolicyView::built_in(),
-        };
+        let policy = policy_view_for(self.backend.as_ref(), ep)
+            .await
+            .map_err(store)?;
         let images = self.backend.golden_images(ns).await.map_err(store)?;
         let image = resolve_image(&ep.spec.image, &images);
         let events_after = ep.status.as_ref().and_then(|s| {
