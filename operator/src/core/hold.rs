@@ -128,14 +128,6 @@ fn at_or_after(a: &str, b: &str) -> bool {
     }
 }
 
-/// `a` is strictly after `b` (same rule for unparsable times).
-fn after(a: &str, b: &str) -> bool {
-    match (time::parse(a), time::parse(b)) {
-        (Some(a), Some(b)) => a > b,
-        _ => false,
-    }
-}
-
 /// When the most recent reimage that replaced the machine ended.
 fn replaced_at(history: &[AttemptRecord]) -> Option<&str> {
     history
@@ -151,8 +143,10 @@ fn guard(i: &HoldInputs<'_>) -> Option<String> {
         return None;
     }
     let replaced = replaced_at(i.history);
-    // A FailedRollback first seen in the very second of a replacement is new evidence.
-    let still_improper = |since: &str| replaced.is_none_or(|r| !after(r, since));
+    // Status times have one-second resolution and a whole attempt can fit in one second (in
+    // tests, at least). A FailedRollback first seen in the second the machine was replaced
+    // describes the replaced machine (a report in flight), not the new one.
+    let still_improper = |since: &str| replaced.is_none_or(|r| !at_or_after(r, since));
     let latched = i
         .previous
         .and_then(|p| p.guard_engaged_since.as_deref())

@@ -1711,12 +1711,14 @@ proptest! {
                 if d.notices.iter().any(|n| n.reason == "AttemptSucceeded") || !e.policy.guard_on_failed_rollback || released_after {
                     engaged = false;
                 }
+                let replaced_at = d.status.history.iter().filter(|h| h.outcome == AttemptOutcome::Succeeded).map(|h| time::parse(&h.finished_at)).max();
                 if e.policy.guard_on_failed_rollback && fr_active {
                     let since = d.status.signals.iter().find(|s| s.type_ == "FailedRollback").unwrap().since.clone();
+                    let stale = replaced_at.is_some_and(|r| r >= time::parse(&since));
                     let released_before = e.spec.manual_update_hold.as_ref().is_some_and(|m| {
                         m.action == ManualHoldAction::Release && time::parse(&m.requested_at) >= time::parse(&since)
                     });
-                    if !released_before {
+                    if !released_before && !stale {
                         engaged = true;
                     }
                 }
