@@ -525,6 +525,7 @@ mod tests {
                 free_bytes: 40,
             }),
             collection_errors: vec![],
+            update_hold: None,
         }
     }
 
@@ -536,6 +537,28 @@ mod tests {
     fn round_trips() {
         let r = sample();
         assert_eq!(AgentReport::from_json(&json(&r)).unwrap(), r);
+    }
+
+    #[test]
+    fn the_update_hold_is_optional_both_ways() {
+        // An agent that predates holds sends no updateHold; a new one sends what it read back.
+        let old = serde_json::to_value(sample()).unwrap();
+        assert!(old.get("updateHold").is_none());
+        assert_eq!(
+            AgentReport::from_json(&serde_json::to_vec(&old).unwrap()).unwrap(),
+            sample()
+        );
+        let mut r = sample();
+        r.update_hold = Some(EffectiveUpdateHold {
+            held: true,
+            drift: vec![r"AU\NoAutoUpdate: 0x1 -> absent".into()],
+        });
+        assert_eq!(AgentReport::from_json(&json(&r)).unwrap(), r);
+        // The reply decodes from the JSON the gateway writes.
+        let reply: ReportReply =
+            serde_json::from_str(r#"{"updateHold":{"held":true,"reason":"FailedRollback"}}"#)
+                .unwrap();
+        assert!(reply.update_hold.held);
     }
 
     #[test]
@@ -588,6 +611,18 @@ mod tests {
             ("attemptId", |r| r.attempt_id = Some("x\n".into())),
             ("collectedAt", |r| r.collected_at = "yesterday".into()),
             ("intervalSeconds", |r| r.interval_seconds = 0),
+            ("updateHold.drift", |r| {
+                r.update_hold = Some(EffectiveUpdateHold {
+                    held: true,
+                    drift: vec!["x".into(); MAX_DRIFT + 1],
+                })
+            }),
+            ("updateHold.drift[0]", |r| {
+                r.update_hold = Some(EffectiveUpdateHold {
+                    held: true,
+                    drift: vec!["a\nb".into()],
+                })
+            }),
             ("updateEvents[0].title", |r| {
                 r.update_events[0].title = "t".repeat(MAX_TEXT + 1)
             }),
