@@ -371,6 +371,7 @@ async fn real_main(cli: Cli) -> Result<(), String> {
                     "accepted": summary.accepted,
                     "refused": summary.refused,
                     "transportErrors": summary.transport_errors,
+                    "held": summary.held,
                     "seconds": summary.elapsed.as_secs_f64(),
                     "ratePerSecond": summary.rate_per_second(),
                     "p50Micros": p50,
@@ -378,13 +379,16 @@ async fn real_main(cli: Cli) -> Result<(), String> {
                 });
                 println!("{v}");
             } else {
-                println!("endpoints  sent  accepted  refused  errors  reports/s  p50 ms  p99 ms");
                 println!(
-                    "{endpoints:>9}  {:>4}  {:>8}  {:>7}  {:>6}  {:>9.0}  {:>6.2}  {:>6.2}",
+                    "endpoints  sent  accepted  refused  errors  held  reports/s  p50 ms  p99 ms"
+                );
+                println!(
+                    "{endpoints:>9}  {:>4}  {:>8}  {:>7}  {:>6}  {:>4}  {:>9.0}  {:>6.2}  {:>6.2}",
                     summary.sent,
                     summary.accepted,
                     summary.refused.values().sum::<u64>(),
                     summary.transport_errors,
+                    summary.held,
                     summary.rate_per_second(),
                     p50 as f64 / 1000.0,
                     p99 as f64 / 1000.0

@@ -528,8 +528,11 @@ async fn the_simulator_reports_through_the_gateway() {
     .unwrap();
     assert_eq!(summary.sent, 60);
     assert_eq!(summary.accepted, 60, "{:?}", summary.refused);
-    // 20 endpoints × (summary + signals) for the first report; the repeats write nothing.
-    assert_eq!(h.gateway.stats.store_writes.load(Ordering::Relaxed), 40);
+    // Every simulated endpoint was told to hold (FailedRollback) and holds.
+    assert_eq!(summary.held, 20);
+    // 20 endpoints × (summary + signals) for the first report, and the second report's summary
+    // (the hold now reads back as held); the third writes nothing.
+    assert_eq!(h.gateway.stats.store_writes.load(Ordering::Relaxed), 60);
     settled(&h.store, "sim-00007").await;
     let st = status(&h.store, "sim-00007");
     assert!(
