@@ -220,8 +220,15 @@ async fn real_main(cli: Cli) -> Result<(), String> {
             let who = identity(&source)?;
             let runner = runner(&source)?;
             let now = Timestamp::now();
-            let report = collect::collect(runner.as_ref(), &who, now_millis(now), now)
+            let mut report = collect::collect(runner.as_ref(), &who, now_millis(now), now)
                 .map_err(|e| e.to_string())?;
+            if source.replay.is_none() {
+                // Read only: with no instruction, apply changes nothing.
+                match hold::apply(&hold::SystemExec, None, now) {
+                    Ok(effective) => report.update_hold = Some(effective),
+                    Err(e) => report.collection_errors.push(format!("update hold: {e}")),
+                }
+            }
             report.validate().map_err(|e| e.to_string())?;
             let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
             println!("{json}");

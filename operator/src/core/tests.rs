@@ -1745,6 +1745,11 @@ proptest! {
                 }
                 let c = d.status.conditions.iter().find(|c| c.type_ == "UpdatesHeld").unwrap();
                 prop_assert_eq!(c.status == recast_crds::ConditionStatus::True, h.held);
+                // The gateway's answer, from the same stored facts and signals, agrees.
+                let kinds: Vec<SignalKind> = d.status.signals.iter().filter_map(|s| SignalKind::parse(&s.type_)).collect();
+                let answer = super::hold::HoldFacts::of(&e.spec, Some(&d.status), &e.policy)
+                    .desired_with(&kinds, &time::format(e.now));
+                prop_assert_eq!(answer.reason.as_str(), h.reason.as_str(), "gateway and controller disagree");
                 prev = h;
             }
             if restart {
