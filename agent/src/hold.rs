@@ -262,6 +262,17 @@ fn delete(key: &str, name: &str) -> Vec<String> {
         .to_vec()
 }
 
+/// The reason as the marker's data: a plain word (the gateway sends one), so nothing a reply
+/// carries can reach reg.exe's command line as anything but letters and digits.
+fn marker_text(reason: &str) -> String {
+    let word: String = reason
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(32)
+        .collect();
+    if word.is_empty() { "Held".into() } else { word }
+}
+
 /// Pure: what to run for `desired` given what the registry holds now. None: no instruction
 /// yet (an old gateway, no reply so far): leave the registry as it is.
 pub fn plan(desired: Option<&DesiredUpdateHold>, current: &Snapshot, now: Timestamp) -> Plan {
@@ -270,7 +281,7 @@ pub fn plan(desired: Option<&DesiredUpdateHold>, current: &Snapshot, now: Timest
         return p;
     };
     if d.held {
-        let mut want = held_values(&d.reason, &pause_start_for(current, now));
+        let mut want = held_values(&marker_text(&d.reason), &pause_start_for(current, now));
         // The marker goes first: a crash half-way leaves values recast can still claim (and
         // release) on the next pass.
         want.rotate_right(1);
@@ -347,6 +358,20 @@ pub fn apply(
         held: is_held(&after, now),
         drift: p.drift,
     })
+}
+
+/// The `updateMode` of the agent.json the reimage flow wrote.
+pub fn update_mode_in_agent_config(json: &str) -> Result<Option<String>, String> {
+    let v: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    match v.get("updateMode") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(m)) if m == "managed" || m == "immutable" => {
+            Ok(Some(m.clone()))
+        }
+        Some(other) => Err(format!(
+            "updateMode is {other}, expected \"managed\" or \"immutable\""
+        )),
+    }
 }
 
 /// The hold an endpoint starts with before its first reply: an immutable endpoint is held from

@@ -160,15 +160,12 @@ fn read_update_mode(path: &Path) -> Result<Option<String>, String> {
             ));
         }
     };
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+    hold::update_mode_in_agent_config(&text).map_err(|e| {
         format!(
-            "agent configuration {} is not JSON ({e}); fetch it again from the boot service or remove --agent-config",
+            "agent configuration {}: {e}; fetch it again from the boot service or remove --agent-config",
             path.display()
         )
-    })?;
-    Ok(v.get("updateMode")
-        .and_then(|m| m.as_str())
-        .map(str::to_string))
+    })
 }
 
 /// Remembers the hold the gateway asked for and applies it at once when it changed.

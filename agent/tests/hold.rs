@@ -238,6 +238,36 @@ fn a_failing_reg_exe_is_a_clear_error() {
 }
 
 #[test]
+fn a_reason_reaches_reg_exe_only_as_a_word() {
+    let r = FakeRegistry::default();
+    hold::apply(&r, Some(&held("Fail\"ed /f & del")), now()).unwrap();
+    let log = r.take_log();
+    assert!(
+        log.contains(&format!(
+            "reg.exe add {WU_KEY} /v {MARKER} /t REG_SZ /d Failedfdel /f"
+        )),
+        "{log:#?}"
+    );
+    hold::apply(&r, Some(&held("")), now()).unwrap();
+    assert!(r.take_log().iter().any(|l| l.ends_with("/d Held /f")));
+}
+
+#[test]
+fn the_update_mode_comes_from_agent_json() {
+    let cfg = r#"{"namespace":"default","endpoint":"kiosk-01","attemptId":"a","gatewayUrl":null,"enrollmentToken":"t","updateMode":"immutable"}"#;
+    assert_eq!(
+        hold::update_mode_in_agent_config(cfg).unwrap().as_deref(),
+        Some("immutable")
+    );
+    // An agent.json from before update modes: no opinion.
+    assert_eq!(hold::update_mode_in_agent_config("{}").unwrap(), None);
+    // Nonsense is an error that names the field, never a silent "managed".
+    let e = hold::update_mode_in_agent_config(r#"{"updateMode":"frozen"}"#).unwrap_err();
+    assert!(e.contains("updateMode"), "{e}");
+    assert!(hold::update_mode_in_agent_config("not json").is_err());
+}
+
+#[test]
 fn immutable_agents_start_held() {
     assert_eq!(hold::initial(Some("immutable")), Some(held("Immutable")));
     assert_eq!(hold::initial(Some("managed")), None);
