@@ -741,3 +741,40 @@ fn validate(files: &[PathBuf]) -> ExitCode {
         ExitCode::SUCCESS
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_update_hold_reads_as_one_line() {
+        let h = json!({
+            "held": true,
+            "reason": "FailedRollback",
+            "message": "a cumulative update failed and rolled back",
+            "since": "2026-01-14T08:01:00Z",
+            "effective": true
+        });
+        assert_eq!(
+            update_hold_line(&h),
+            "held (FailedRollback) since 2026-01-14T08:01:00Z; the agent reads it back as held: a cumulative update failed and rolled back"
+        );
+        let r = json!({"held": false, "reason": "Managed", "message": "m", "since": "t"});
+        assert!(
+            update_hold_line(&r).starts_with("released (Managed) since t; no agent read-back yet")
+        );
+        // describe shows it once, as that line, not again in the status dump.
+        let obj = json!({
+            "metadata": {"name": "kiosk-01", "namespace": "default"},
+            "status": {"phase": "Ready", "updateHold": h}
+        });
+        let out = describe(
+            Kind::Endpoint,
+            &obj,
+            &[],
+            "2026-01-14T09:00:00Z".parse().unwrap(),
+        );
+        assert_eq!(out.matches("FailedRollback").count(), 1, "{out}");
+        assert!(out.contains("  Updates:    held (FailedRollback)"), "{out}");
+    }
+}
