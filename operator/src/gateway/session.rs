@@ -339,6 +339,45 @@ mod tests {
     const PERIOD: Duration = Duration::from_secs(600);
 
     #[test]
+    fn a_change_in_the_hold_read_back_is_written_a_repeat_is_not() {
+        use recast_crds::report::EffectiveUpdateHold;
+        let with = |seq: u64, held: bool, drift: &[&str]| {
+            let mut r = report(seq, 7623);
+            r.update_hold = Some(EffectiveUpdateHold {
+                held,
+                drift: drift.iter().map(|d| d.to_string()).collect(),
+            });
+            r
+        };
+        let mut s = Session::new(StoredState::default());
+        let t = ts("2026-01-15T09:00:00Z");
+        assert!(
+            s.accept(with(1, false, &[]), t, &facts(), PERIOD)
+                .report
+                .is_some()
+        );
+        let w = s.accept(with(2, true, &[]), t, &facts(), PERIOD);
+        assert_eq!(
+            w.report.and_then(|r| r.update_hold).map(|h| h.held),
+            Some(true),
+            "the hold now in effect is news"
+        );
+        assert!(
+            s.accept(with(3, true, &[]), t, &facts(), PERIOD)
+                .report
+                .is_none()
+        );
+        let w = s.accept(
+            with(4, true, &["SetDisableUXWUAccess: 0x1 -> absent"]),
+            t,
+            &facts(),
+            PERIOD,
+        );
+        assert!(w.report.is_some(), "drift is news");
+        assert_eq!(s.current_signals(), &[] as &[SignalKind]);
+    }
+
+    #[test]
     fn first_report_writes_then_heartbeats_coalesce() {
         let mut s = Session::new(StoredState::default());
         let w = s.accept(
