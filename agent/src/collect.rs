@@ -494,6 +494,7 @@ pub fn collect(
         uptime_seconds,
         system_disk,
         collection_errors,
+        update_hold: None,
     })
 }
 

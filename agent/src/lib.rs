@@ -8,6 +8,7 @@
 pub mod collect;
 pub mod enroll;
 pub mod events;
+pub mod hold;
 pub mod send;
 pub mod simulate;
 pub mod state;

@@ -10,7 +10,8 @@ use recast_agent::collect::{self, CommandRunner, Identity, ReplayRunner, SystemR
 use recast_agent::enroll::AgentConfig;
 use recast_agent::send::{SendOutcome, Sender};
 use recast_agent::simulate::{self, Scenario, SimulateOptions};
-use recast_agent::state;
+use recast_agent::{hold, state};
+use recast_crds::report::DesiredUpdateHold;
 
 /// recast-agent: runs on each endpoint and reports its build, update results, servicing state
 /// and crashes to the recast gateway.
@@ -57,8 +58,9 @@ enum Cmd {
         /// enrolls and writes it here.
         #[arg(long, value_name = "FILE")]
         token_file: PathBuf,
-        /// agent.json left by a reimage: the attempt id the first report carries and the
-        /// enrollment credential traded for the token at first start.
+        /// agent.json left by a reimage: the attempt id the first report carries, the
+        /// enrollment credential traded for the token at first start, and the `updateMode`
+        /// that decides the update hold before the gateway's first answer.
         #[arg(long, value_name = "FILE")]
         agent_config: Option<PathBuf>,
         /// PEM bundle the gateway's certificate must chain to (default: the system's roots).
@@ -176,6 +178,41 @@ fn now_millis(now: Timestamp) -> u64 {
     u64::try_from(now.as_millisecond()).unwrap_or(0)
 }
 
+/// The `updateMode` of the agent.json the reimage flow wrote (absent file: no opinion).
+fn read_update_mode(path: &Path) -> Result<Option<String>, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(format!(
+                "reading agent configuration {}: {e}",
+                path.display()
+            ));
+        }
+    };
+    hold::update_mode_in_agent_config(&text).map_err(|e| {
+        format!(
+            "agent configuration {}: {e}; fetch it again from the boot service or remove --agent-config",
+            path.display()
+        )
+    })
+}
+
+/// Remembers the hold the gateway asked for and applies it at once when it changed.
+fn adopt_hold(state_file: &Path, desired: DesiredUpdateHold) -> Result<(), String> {
+    let mut st = state::load(state_file).map_err(|e| e.to_string())?;
+    if st.update_hold.as_ref() == Some(&desired) {
+        return Ok(());
+    }
+    tracing::info!(held = desired.held, reason = %desired.reason, "the gateway changed the update hold");
+    let effective = hold::apply(&hold::SystemExec, Some(&desired), Timestamp::now())
+        .map_err(|e| e.to_string())?;
+    st.update_hold = Some(desired);
+    state::save(state_file, &st).map_err(|e| e.to_string())?;
+    tracing::info!(held = effective.held, "update hold applied");
+    Ok(())
+}
+
 fn read_secret(path: &Path) -> Result<String, String> {
     let s = std::fs::read_to_string(path)
         .map_err(|e| format!("reading token file {}: {e}", path.display()))?;
@@ -210,8 +247,15 @@ async fn real_main(cli: Cli) -> Result<(), String> {
             let who = identity(&source, None)?;
             let runner = runner(&source)?;
             let now = Timestamp::now();
-            let report = collect::collect(runner.as_ref(), &who, now_millis(now), now)
+            let mut report = collect::collect(runner.as_ref(), &who, now_millis(now), now)
                 .map_err(|e| e.to_string())?;
+            if source.replay.is_none() {
+                // Read only: with no instruction, apply changes nothing.
+                match hold::apply(&hold::SystemExec, None, now) {
+                    Ok(effective) => report.update_hold = Some(effective),
+                    Err(e) => report.collection_errors.push(format!("update hold: {e}")),
+                }
+            }
             report.validate().map_err(|e| e.to_string())?;
             let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
             println!("{json}");
@@ -227,11 +271,18 @@ async fn real_main(cli: Cli) -> Result<(), String> {
             jitter,
             once,
         } => {
-            let config = agent_config
-                .as_deref()
-                .map(recast_agent::enroll::load)
-                .transpose()?;
+            // A missing agent.json (already consumed, or never written) is no error.
+            let config = match &agent_config {
+                Some(p) if p.exists() => Some(recast_agent::enroll::load(p)?),
+                _ => None,
+            };
             let who = identity(&source, config.as_ref())?;
+            let initial_hold = match &agent_config {
+                Some(p) => hold::initial(read_update_mode(p)?.as_deref()),
+                None => None,
+            };
+            // Replayed tool output is someone else's machine: the registry is left alone.
+            let manage_hold = source.replay.is_none();
             let sender = Sender::new(&gateway, ca_file.as_deref()).map_err(|e| e.to_string())?;
             let token = match (token_file.exists(), &config) {
                 (false, Some(c)) => enroll(&sender, c, &token_file).await?,
@@ -260,30 +311,57 @@ async fn real_main(cli: Cli) -> Result<(), String> {
                 let who2 = who.clone();
                 let state_file2 = state_file.clone();
                 // The tools block; keep them off the runtime's threads.
+                let initial = initial_hold.clone();
                 let collected = tokio::task::spawn_blocking(move || {
                     let runner = runner(&src)?;
                     let now = Timestamp::now();
                     let seq =
                         state::reserve(&state_file2, now_millis(now)).map_err(|e| e.to_string())?;
-                    collect::collect(runner.as_ref(), &who2, seq, now).map_err(|e| e.to_string())
+                    let mut report = collect::collect(runner.as_ref(), &who2, seq, now)
+                        .map_err(|e| e.to_string())?;
+                    if manage_hold {
+                        // Re-assert the hold every interval: a user or a GPO may have undone it.
+                        let desired = state::load(&state_file2)
+                            .map_err(|e| e.to_string())?
+                            .update_hold
+                            .or(initial);
+                        match hold::apply(&hold::SystemExec, desired.as_ref(), now) {
+                            Ok(effective) => report.update_hold = Some(effective),
+                            Err(e) => report.collection_errors.push(format!("update hold: {e}")),
+                        }
+                    }
+                    Ok::<_, String>(report)
                 })
                 .await
                 .map_err(|e| e.to_string())?;
                 match collected {
                     Err(e) => tracing::error!(error = %e, "no report this interval"),
-                    Ok(report) => match sender.send(&token, &report).await {
-                        Ok(SendOutcome::Accepted) => {
-                            tracing::info!(sequence = report.sequence, build = %report.os.build_string(), "report accepted")
+                    Ok(report) => match sender.send_with_reply(&token, &report).await {
+                        Ok((SendOutcome::Accepted, reply)) => {
+                            tracing::info!(sequence = report.sequence, build = %report.os.build_string(), "report accepted");
+                            if let Some(reply) = reply
+                                && manage_hold
+                            {
+                                let state_file3 = state_file.clone();
+                                let applied = tokio::task::spawn_blocking(move || {
+                                    adopt_hold(&state_file3, reply.update_hold)
+                                })
+                                .await
+                                .map_err(|e| e.to_string())?;
+                                if let Err(e) = applied {
+                                    tracing::error!(error = %e, "the update hold the gateway asked for was not applied; the next interval retries");
+                                }
+                            }
                         }
-                        Ok(SendOutcome::RateLimited(d)) => {
+                        Ok((SendOutcome::RateLimited(d), _)) => {
                             tracing::warn!(retry_in = ?d, "the gateway asked to slow down");
                             backoff = Some(d);
                         }
-                        Ok(SendOutcome::Unauthorized(m)) => tracing::error!(
+                        Ok((SendOutcome::Unauthorized(m), _)) => tracing::error!(
                             message = %m,
                             "the gateway refused this endpoint's token: issue a new one with `recast-operator gateway-token issue` and write it to the token file"
                         ),
-                        Ok(other) => tracing::warn!(outcome = ?other, "report refused"),
+                        Ok((other, _)) => tracing::warn!(outcome = ?other, "report refused"),
                         Err(e) => {
                             tracing::warn!(error = %e, "report not delivered; next interval retries")
                         }
@@ -335,6 +413,7 @@ async fn real_main(cli: Cli) -> Result<(), String> {
                     "accepted": summary.accepted,
                     "refused": summary.refused,
                     "transportErrors": summary.transport_errors,
+                    "held": summary.held,
                     "seconds": summary.elapsed.as_secs_f64(),
                     "ratePerSecond": summary.rate_per_second(),
                     "p50Micros": p50,
@@ -342,13 +421,16 @@ async fn real_main(cli: Cli) -> Result<(), String> {
                 });
                 println!("{v}");
             } else {
-                println!("endpoints  sent  accepted  refused  errors  reports/s  p50 ms  p99 ms");
                 println!(
-                    "{endpoints:>9}  {:>4}  {:>8}  {:>7}  {:>6}  {:>9.0}  {:>6.2}  {:>6.2}",
+                    "endpoints  sent  accepted  refused  errors  held  reports/s  p50 ms  p99 ms"
+                );
+                println!(
+                    "{endpoints:>9}  {:>4}  {:>8}  {:>7}  {:>6}  {:>4}  {:>9.0}  {:>6.2}  {:>6.2}",
                     summary.sent,
                     summary.accepted,
                     summary.refused.values().sum::<u64>(),
                     summary.transport_errors,
+                    summary.held,
                     summary.rate_per_second(),
                     p50 as f64 / 1000.0,
                     p99 as f64 / 1000.0

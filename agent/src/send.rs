@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use recast_crds::report::AgentReport;
+use recast_crds::report::{AgentReport, ReportReply};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
@@ -106,11 +106,21 @@ impl Sender {
     }
 
     pub async fn send(&self, token: &str, report: &AgentReport) -> Result<SendOutcome, SendError> {
+        Ok(self.send_with_reply(token, report).await?.0)
+    }
+
+    /// Sends a report and returns, when the gateway accepted it and knows about holds, its
+    /// reply (the update hold to apply). A gateway that answers 204 has no reply.
+    pub async fn send_with_reply(
+        &self,
+        token: &str,
+        report: &AgentReport,
+    ) -> Result<(SendOutcome, Option<ReportReply>), SendError> {
         let body = serde_json::to_vec(report).map_err(|e| SendError::Transport {
             url: self.url.clone(),
             message: e.to_string(),
         })?;
-        self.send_body(token, body).await
+        self.send_body_with_reply(token, body).await
     }
 
     /// Posts arbitrary bytes with an optional token and any Content-Type, and returns the raw
@@ -139,6 +149,14 @@ impl Sender {
 
     /// Sends a serialised report.
     pub async fn send_body(&self, token: &str, body: Vec<u8>) -> Result<SendOutcome, SendError> {
+        Ok(self.send_body_with_reply(token, body).await?.0)
+    }
+
+    async fn send_body_with_reply(
+        &self,
+        token: &str,
+        body: Vec<u8>,
+    ) -> Result<(SendOutcome, Option<ReportReply>), SendError> {
         let resp = self
             .client
             .post(&self.url)
@@ -158,16 +176,22 @@ impl Sender {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let text = resp.text().await.unwrap_or_default();
-        let text: String = text.chars().take(512).collect();
-        Ok(match status {
+        let full = resp.text().await.unwrap_or_default();
+        let reply = match status {
+            // An unreadable reply is no instruction: the hold stays as the agent last had it.
+            200..=299 => serde_json::from_str::<ReportReply>(&full).ok(),
+            _ => None,
+        };
+        let text: String = full.chars().take(512).collect();
+        let outcome = match status {
             200..=299 => SendOutcome::Accepted,
             401 | 403 => SendOutcome::Unauthorized(text),
             409 => SendOutcome::Replayed(text),
             429 => SendOutcome::RateLimited(retry_after.unwrap_or(Duration::from_secs(60))),
             400..=499 => SendOutcome::Rejected(status, text),
             _ => SendOutcome::ServerError(status, text),
-        })
+        };
+        Ok((outcome, reply))
     }
 }
 

@@ -171,6 +171,7 @@ pub fn simulated_report(
             free_bytes: 52_343_234_560,
         }),
         collection_errors: vec![],
+        update_hold: None,
     }
 }
 
@@ -206,6 +207,9 @@ pub struct SimulateSummary {
     pub elapsed: Duration,
     /// Latencies of every request, microseconds, sorted.
     pub latencies_us: Vec<u64>,
+    /// Endpoints whose (simulated) registry holds Windows quality updates at the end, as the
+    /// gateway's answers asked.
+    pub held: u64,
 }
 
 impl SimulateSummary {
@@ -270,11 +274,15 @@ pub async fn run(opts: SimulateOptions) -> Result<SimulateSummary, SimulateError
                 tokio::time::sleep(Duration::from_millis(jitter)).await;
             }
             let mut last_sequence = 0u64;
+            // Each simulated endpoint applies the gateway's update hold to its own in-memory
+            // registry, exactly as `run` does to the real one, and reports what it reads back.
+            let registry = crate::hold::fake::FakeRegistry::default();
+            let mut told = None;
             for nth in 0..opts.reports {
                 let now = Timestamp::now();
                 let millis = u64::try_from(now.as_millisecond()).unwrap_or(0);
                 last_sequence = crate::state::next_sequence(last_sequence, millis);
-                let report = simulated_report(
+                let mut report = simulated_report(
                     &name,
                     opts.scenario,
                     nth,
@@ -282,15 +290,22 @@ pub async fn run(opts: SimulateOptions) -> Result<SimulateSummary, SimulateError
                     now,
                     opts.pause.as_secs().clamp(1, u32::MAX as u64) as u32,
                 );
+                report.update_hold = crate::hold::apply(&registry, told.as_ref(), now).ok();
                 let permit = in_flight.acquire().await;
                 let t0 = Instant::now();
-                let result = sender.send(&token, &report).await;
+                let result = sender.send_with_reply(&token, &report).await;
                 local.latencies_us.push(t0.elapsed().as_micros() as u64);
                 drop(permit);
                 local.sent += 1;
                 match result {
-                    Ok(SendOutcome::Accepted) => local.accepted += 1,
-                    Ok(other) => *local.refused.entry(outcome_label(&other)).or_default() += 1,
+                    Ok((SendOutcome::Accepted, reply)) => {
+                        local.accepted += 1;
+                        if let Some(reply) = reply {
+                            let _ = crate::hold::apply(&registry, Some(&reply.update_hold), now);
+                            told = Some(reply.update_hold);
+                        }
+                    }
+                    Ok((other, _)) => *local.refused.entry(outcome_label(&other)).or_default() += 1,
                     Err(e) => {
                         tracing::debug!(endpoint = %name, error = %e, "report not delivered");
                         local.transport_errors += 1;
@@ -299,6 +314,10 @@ pub async fn run(opts: SimulateOptions) -> Result<SimulateSummary, SimulateError
                 if !opts.pause.is_zero() {
                     tokio::time::sleep(opts.pause).await;
                 }
+            }
+            let now = Timestamp::now();
+            if crate::hold::read(&registry).is_ok_and(|r| crate::hold::is_held(&r, now)) {
+                local.held = 1;
             }
             local
         });
@@ -309,6 +328,7 @@ pub async fn run(opts: SimulateOptions) -> Result<SimulateSummary, SimulateError
         total.sent += part.sent;
         total.accepted += part.accepted;
         total.transport_errors += part.transport_errors;
+        total.held += part.held;
         for (k, v) in part.refused {
             *total.refused.entry(k).or_default() += v;
         }

@@ -31,10 +31,14 @@ pub enum StateError {
     },
 }
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentState {
     pub last_sequence: u64,
+    /// The update hold the gateway last asked for, re-asserted every interval (and after a
+    /// restart) until it answers otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_hold: Option<recast_crds::report::DesiredUpdateHold>,
 }
 
 /// The sequence after `last`, given the clock in milliseconds since the epoch.
@@ -72,14 +76,10 @@ pub fn save(path: &Path, state: &AgentState) -> Result<(), StateError> {
 /// Reserves the next sequence number: persisted before the report is sent, so a crash after
 /// sending can never make the agent reuse it.
 pub fn reserve(path: &Path, now_millis: u64) -> Result<u64, StateError> {
-    let state = load(path)?;
+    let mut state = load(path)?;
     let next = next_sequence(state.last_sequence, now_millis);
-    save(
-        path,
-        &AgentState {
-            last_sequence: next,
-        },
-    )?;
+    state.last_sequence = next;
+    save(path, &state)?;
     Ok(next)
 }
 

@@ -241,7 +241,8 @@ impl Backend {
         }
     }
 
-    /// Sets one field of an endpoint's spec (protect, reimage requests).
+    /// Sets one field of an endpoint's spec (protect, reimage requests, manual update holds);
+    /// a null value removes it.
     pub fn set_spec_field(
         &self,
         ns: &str,
@@ -253,7 +254,12 @@ impl Backend {
             Backend::Embedded(s) => {
                 s.update(Kind::Endpoint, ns, name, |obj| {
                     if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
-                        spec.insert(field.to_string(), value.clone());
+                        // Null removes the field, as a JSON merge patch does on the apiserver.
+                        if value.is_null() {
+                            spec.remove(field);
+                        } else {
+                            spec.insert(field.to_string(), value.clone());
+                        }
                     }
                     Ok(())
                 })?;

@@ -92,6 +92,25 @@ enum Command {
         #[arg(long, required = true)]
         reason: String,
     },
+    /// Hold Windows quality updates on an endpoint by hand, whatever its update mode (sets
+    /// spec.manualUpdateHold; the endpoint records the change as an event).
+    Hold {
+        name: String,
+        /// Why, for the audit trail.
+        #[arg(long, required = true)]
+        reason: String,
+    },
+    /// Let Windows quality updates run on an endpoint by hand, even an immutable one, until a
+    /// new FailedRollback engages the guard again; `--clear` removes the manual override
+    /// instead, back to what the update mode and the guard decide.
+    Release {
+        name: String,
+        /// Why, for the audit trail.
+        #[arg(long, required = true)]
+        reason: String,
+        #[arg(long)]
+        clear: bool,
+    },
     /// Mark an endpoint protected: recast will never reimage it.
     Protect { name: String },
     /// Remove the protection.
@@ -399,6 +418,31 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Hold { name, reason } => {
+            manual_hold(&store, ns, &name, Some("Hold"), &reason, now)?;
+            println!(
+                "endpoint.recast.dev/{name} quality updates held by hand; see: recastctl describe rep {name}"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Release {
+            name,
+            reason,
+            clear,
+        } => {
+            if clear {
+                manual_hold(&store, ns, &name, None, &reason, now)?;
+                println!(
+                    "endpoint.recast.dev/{name} manual update override removed: the update mode and the guard decide again"
+                );
+            } else {
+                manual_hold(&store, ns, &name, Some("Release"), &reason, now)?;
+                println!(
+                    "endpoint.recast.dev/{name} quality updates released by hand; a new FailedRollback still engages the guard"
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Protect { name } => {
             set_spec(&store, ns, &name, "protected", json!(true))?;
             println!("endpoint.recast.dev/{name} protected");
@@ -440,6 +484,42 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Sets (or with `action` None removes) spec.manualUpdateHold, with who and when for the audit
+/// trail.
+fn manual_hold(
+    store: &Backend,
+    ns: &str,
+    name: &str,
+    action: Option<&str>,
+    reason: &str,
+    now: Timestamp,
+) -> Result<(), CliError> {
+    if reason.trim().is_empty() {
+        return Err(CliError::Usage(
+            "--reason must say why updates are held or released by hand".into(),
+        ));
+    }
+    let value = match action {
+        Some(a) => {
+            let by = std::env::var("USER")
+                .or_else(|_| std::env::var("USERNAME"))
+                .ok()
+                .filter(|u| !u.is_empty());
+            let mut v = json!({
+                "action": a,
+                "reason": reason,
+                "requestedAt": now.round(jiff::Unit::Second).unwrap_or(now).to_string(),
+            });
+            if let Some(by) = by {
+                v["requestedBy"] = json!(by);
+            }
+            v
+        }
+        None => Value::Null,
+    };
+    set_spec(store, ns, name, "manualUpdateHold", value)
 }
 
 fn set_spec(
@@ -501,6 +581,24 @@ fn history_table(status: &EndpointStatus, now: Timestamp) -> String {
     table::plain(&rows)
 }
 
+/// "held (FailedRollback) since T; the agent reads it back as held: why".
+fn update_hold_line(h: &Value) -> String {
+    let f = |k: &str| h.get(k).and_then(Value::as_str).unwrap_or_default();
+    let held = h.get("held").and_then(Value::as_bool).unwrap_or(false);
+    let effective = match h.get("effective").and_then(Value::as_bool) {
+        Some(true) => "; the agent reads it back as held",
+        Some(false) => "; the agent reads it back as released",
+        None => "; no agent read-back yet",
+    };
+    format!(
+        "{} ({}) since {}{effective}: {}",
+        if held { "held" } else { "released" },
+        f("reason"),
+        f("since"),
+        f("message")
+    )
+}
+
 fn describe(
     kind: Kind,
     obj: &Value,
@@ -543,6 +641,9 @@ fn describe(
         if let Some(m) = status.get("message").and_then(Value::as_str) {
             out.push_str(&format!("  Message:    {m}\n"));
         }
+        if let Some(h) = status.get("updateHold") {
+            out.push_str(&format!("  Updates:    {}\n", update_hold_line(h)));
+        }
         if let Some(conds) = status.get("conditions").and_then(Value::as_array) {
             out.push_str("  Conditions:\n");
             let mut rows = vec![vec![
@@ -569,7 +670,7 @@ fn describe(
         }
         let mut rest = status.clone();
         if let Some(o) = rest.as_object_mut() {
-            for k in ["phase", "message", "conditions"] {
+            for k in ["phase", "message", "conditions", "updateHold"] {
                 o.remove(k);
             }
         }
@@ -641,5 +742,42 @@ fn validate(files: &[PathBuf]) -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_update_hold_reads_as_one_line() {
+        let h = json!({
+            "held": true,
+            "reason": "FailedRollback",
+            "message": "a cumulative update failed and rolled back",
+            "since": "2026-01-14T08:01:00Z",
+            "effective": true
+        });
+        assert_eq!(
+            update_hold_line(&h),
+            "held (FailedRollback) since 2026-01-14T08:01:00Z; the agent reads it back as held: a cumulative update failed and rolled back"
+        );
+        let r = json!({"held": false, "reason": "Managed", "message": "m", "since": "t"});
+        assert!(
+            update_hold_line(&r).starts_with("released (Managed) since t; no agent read-back yet")
+        );
+        // describe shows it once, as that line, not again in the status dump.
+        let obj = json!({
+            "metadata": {"name": "kiosk-01", "namespace": "default"},
+            "status": {"phase": "Ready", "updateHold": h}
+        });
+        let out = describe(
+            Kind::Endpoint,
+            &obj,
+            &[],
+            "2026-01-14T09:00:00Z".parse().unwrap(),
+        );
+        assert_eq!(out.matches("FailedRollback").count(), 1, "{out}");
+        assert!(out.contains("  Updates:    held (FailedRollback)"), "{out}");
     }
 }

@@ -189,6 +189,9 @@ mod tests {
             .filter(|c| c.priority == 0)
             .map(|c| c.name)
             .collect();
-        assert_eq!(names, ["SITE", "PHASE", "STEP", "BUILD", "IMAGE", "AGE"]);
+        assert_eq!(
+            names,
+            ["SITE", "PHASE", "STEP", "BUILD", "IMAGE", "UPDATES", "AGE"]
+        );
     }
 }

@@ -81,7 +81,9 @@ fn exercise(ctl: &Ctl) {
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(
         header,
-        ["NAME", "SITE", "PHASE", "STEP", "BUILD", "IMAGE", "AGE"]
+        [
+            "NAME", "SITE", "PHASE", "STEP", "BUILD", "IMAGE", "UPDATES", "AGE"
+        ]
     );
     assert_eq!(table.lines().count(), 6, "{table}");
     let gi = ctl.ok(&["get", "goldenimages"]);
@@ -126,6 +128,49 @@ fn exercise(ctl: &Ctl) {
             .as_str()
             .is_some_and(|t| !t.is_empty())
     );
+
+    // Manual update holds: audited (who, why, when) in the spec, on either backend.
+    let out = ctl.ok(&[
+        "hold",
+        "reception-01",
+        "--reason",
+        "ticket 4712: vendor app freeze",
+    ]);
+    assert!(out.contains("held by hand"), "{out}");
+    let ep: Value =
+        serde_json::from_str(&ctl.ok(&["get", "rep", "reception-01", "-o", "json"])).unwrap();
+    let m = &ep["spec"]["manualUpdateHold"];
+    assert_eq!(m["action"], "Hold");
+    assert_eq!(m["reason"], "ticket 4712: vendor app freeze");
+    assert!(
+        m["requestedAt"]
+            .as_str()
+            .is_some_and(|t| t.parse::<jiff::Timestamp>().is_ok()),
+        "{m}"
+    );
+    ctl.ok(&["release", "reception-01", "--reason", "freeze over"]);
+    let ep: Value =
+        serde_json::from_str(&ctl.ok(&["get", "rep", "reception-01", "-o", "json"])).unwrap();
+    assert_eq!(ep["spec"]["manualUpdateHold"]["action"], "Release");
+    ctl.ok(&[
+        "release",
+        "reception-01",
+        "--reason",
+        "back to policy",
+        "--clear",
+    ]);
+    let ep: Value =
+        serde_json::from_str(&ctl.ok(&["get", "rep", "reception-01", "-o", "json"])).unwrap();
+    assert!(ep["spec"].get("manualUpdateHold").is_none(), "{ep}");
+    let no_reason = ctl.run(&["hold", "reception-01", "--reason", " "]);
+    assert_eq!(no_reason.status.code(), Some(2), "{}", stderr(&no_reason));
+    assert!(
+        stderr(&no_reason).contains("--reason must say why"),
+        "{}",
+        stderr(&no_reason)
+    );
+    let ghost = ctl.run(&["hold", "nope", "--reason", "x"]);
+    assert_eq!(ghost.status.code(), Some(1));
 
     assert_eq!(
         ctl.ok(&["history", "kiosk-01"]),

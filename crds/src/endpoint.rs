@@ -43,6 +43,12 @@ pub const MAX_HISTORY: usize = 20;
         description = "GoldenImage the endpoint is meant to run"
     ),
     printcolumn(
+        name = "Updates",
+        type_ = "string",
+        json_path = ".status.updateHold.reason",
+        description = "Why Windows quality updates are held or released on the endpoint"
+    ),
+    printcolumn(
         name = "Protected",
         type_ = "boolean",
         json_path = ".spec.protected",
@@ -112,6 +118,38 @@ pub struct EndpointSpec {
     /// Overrides the policy's update mode for this endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_mode: Option<crate::policy::UpdateMode>,
+    /// A person's override of the update hold (`recastctl hold|release`): `Hold` keeps quality
+    /// updates held whatever the mode; `Release` lets them run even on an immutable endpoint,
+    /// until a FailedRollback first seen after `requestedAt` engages the guard again. Remove
+    /// the field to go back to what the mode and the guard decide.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manual_update_hold: Option<ManualUpdateHold>,
+}
+
+/// A manual hold or release of Windows quality updates, with who-and-why for the audit trail.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ManualUpdateHold {
+    pub action: ManualHoldAction,
+    /// Why, for the audit trail.
+    #[x_kube(validation = Rule::new("size(self) >= 1").message("spec.manualUpdateHold.reason is required: say why updates are held or released by hand"))]
+    #[schemars(length(max = 1024))]
+    pub reason: String,
+    /// When the override was requested (RFC 3339). A FailedRollback first seen after this
+    /// time engages the guard again despite a `Release`.
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}([.][0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$')").message("spec.manualUpdateHold.requestedAt must be an RFC 3339 time such as 2026-01-14T08:00:00Z"))]
+    #[schemars(length(max = 64))]
+    pub requested_at: String,
+    /// Who asked (recastctl fills in the local user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub requested_by: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum ManualHoldAction {
+    Hold,
+    Release,
 }
 
 /// Identity: the MAC addresses the machine network-boots from, and optionally its SMBIOS UUID and
@@ -337,6 +375,9 @@ pub struct ReportSummary {
     /// Bugchecks seen since the last report, newest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub crashes: Vec<CrashSummary>,
+    /// The update hold the agent read back from the registry, and what it found undone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_hold: Option<crate::report::EffectiveUpdateHold>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
@@ -375,10 +416,22 @@ pub struct SignalStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UpdateHoldStatus {
+    /// What recast wants: true while quality updates must not install.
     pub held: bool,
+    /// One word: Immutable, FailedRollback or Manual while held; Managed or ManualRelease
+    /// while released.
     pub reason: String,
+    #[serde(default)]
+    pub message: String,
+    /// When `held` and `reason` last changed.
     pub since: String,
-    /// What the agent read back from the registry, if it reported.
+    /// Set while a FailedRollback engaged the guard and no reimage has replaced the machine
+    /// since: when it was first seen. Kept even while another reason wins, so the guard
+    /// outlives a mode switch or a manual hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard_engaged_since: Option<String>,
+    /// What the agent read back from the registry in its last report; None before an agent
+    /// that knows about holds reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub effective: Option<bool>,
 }

@@ -64,6 +64,44 @@ pub struct AgentReport {
     /// operator sees a partial report as partial.
     #[serde(default)]
     pub collection_errors: Vec<String>,
+    /// The Windows Update hold as the agent read it back from the registry. Absent from agents
+    /// that predate holds (and the gateway accepts reports without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_hold: Option<EffectiveUpdateHold>,
+}
+
+/// At most this many drift entries in a report (recast sets a handful of values).
+pub const MAX_DRIFT: usize = 16;
+
+/// The update hold in effect on the endpoint, read back from the policy registry values.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EffectiveUpdateHold {
+    /// Every value recast sets for a hold is in place.
+    pub held: bool,
+    /// Values the agent had set that someone (a user, a GPO, a script) changed or removed
+    /// since it last applied the hold, such as `AU\NoAutoUpdate: 0x1 -> absent`. The agent
+    /// puts them back; this says it had to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<String>,
+}
+
+/// The gateway's answer to an accepted report (HTTP 200, JSON): what recast wants of the
+/// endpoint now. A gateway that predates holds answers 204 with no body; agents then leave
+/// the hold as it is.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportReply {
+    pub update_hold: DesiredUpdateHold,
+}
+
+/// Whether the agent must hold Windows quality updates, and why (for its log).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DesiredUpdateHold {
+    pub held: bool,
+    /// Immutable, FailedRollback, Manual; or Managed, ManualRelease when released.
+    pub reason: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -347,6 +385,20 @@ impl AgentReport {
         for (i, e) in self.collection_errors.iter().enumerate() {
             check_text(&format!("collectionErrors[{i}]"), e)?;
         }
+        if let Some(h) = &self.update_hold {
+            if h.drift.len() > MAX_DRIFT {
+                return Err(ReportError::invalid(
+                    "updateHold.drift",
+                    format!(
+                        "{} entries; at most {MAX_DRIFT} are accepted",
+                        h.drift.len()
+                    ),
+                ));
+            }
+            for (i, d) in h.drift.iter().enumerate() {
+                check_text(&format!("updateHold.drift[{i}]"), d)?;
+            }
+        }
         Ok(())
     }
 }
@@ -473,6 +525,7 @@ mod tests {
                 free_bytes: 40,
             }),
             collection_errors: vec![],
+            update_hold: None,
         }
     }
 
@@ -484,6 +537,28 @@ mod tests {
     fn round_trips() {
         let r = sample();
         assert_eq!(AgentReport::from_json(&json(&r)).unwrap(), r);
+    }
+
+    #[test]
+    fn the_update_hold_is_optional_both_ways() {
+        // An agent that predates holds sends no updateHold; a new one sends what it read back.
+        let old = serde_json::to_value(sample()).unwrap();
+        assert!(old.get("updateHold").is_none());
+        assert_eq!(
+            AgentReport::from_json(&serde_json::to_vec(&old).unwrap()).unwrap(),
+            sample()
+        );
+        let mut r = sample();
+        r.update_hold = Some(EffectiveUpdateHold {
+            held: true,
+            drift: vec![r"AU\NoAutoUpdate: 0x1 -> absent".into()],
+        });
+        assert_eq!(AgentReport::from_json(&json(&r)).unwrap(), r);
+        // The reply decodes from the JSON the gateway writes.
+        let reply: ReportReply =
+            serde_json::from_str(r#"{"updateHold":{"held":true,"reason":"FailedRollback"}}"#)
+                .unwrap();
+        assert!(reply.update_hold.held);
     }
 
     #[test]
@@ -536,6 +611,18 @@ mod tests {
             ("attemptId", |r| r.attempt_id = Some("x\n".into())),
             ("collectedAt", |r| r.collected_at = "yesterday".into()),
             ("intervalSeconds", |r| r.interval_seconds = 0),
+            ("updateHold.drift", |r| {
+                r.update_hold = Some(EffectiveUpdateHold {
+                    held: true,
+                    drift: vec!["x".into(); MAX_DRIFT + 1],
+                })
+            }),
+            ("updateHold.drift[0]", |r| {
+                r.update_hold = Some(EffectiveUpdateHold {
+                    held: true,
+                    drift: vec!["a\nb".into()],
+                })
+            }),
             ("updateEvents[0].title", |r| {
                 r.update_events[0].title = "t".repeat(MAX_TEXT + 1)
             }),

@@ -266,6 +266,19 @@ fn scripts_artifacts_and_the_imaging_protocol_over_http() {
     assert_eq!(agent["endpoint"], "pc-01");
     assert_eq!(agent["enrollmentToken"].as_str().unwrap().len(), 64);
     assert_ne!(agent["enrollmentToken"], token.as_str());
+    // The policy says nothing about the mode: managed.
+    assert_eq!(agent["updateMode"], "managed");
+    // An immutable endpoint's new image is held from its first boot: agent.json says so.
+    s.store
+        .update(Kind::Endpoint, "default", "pc-01", |o| {
+            o["spec"]["updateMode"] = json!("immutable");
+            Ok(())
+        })
+        .unwrap();
+    let (code, _, body) = curl(&["-H", &auth, &format!("{attempt}/agent.json")]);
+    assert_eq!(code, 200);
+    let agent: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(agent["updateMode"], "immutable");
 
     let post = |body: &str| {
         curl(&[

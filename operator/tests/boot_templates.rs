@@ -215,3 +215,21 @@ fn unattend_sets_hostname_locale_admin_and_domain_and_escapes_values() {
     );
     golden("unattend-joined.xml", &joined);
 }
+
+/// agent.json as the reimage flow writes it into the new image: the update mode is part of it,
+/// so an immutable endpoint's agent holds quality updates from its first report on.
+#[test]
+fn agent_configuration() {
+    use recast_operator::boot::http::AgentConfig;
+    let config = AgentConfig {
+        namespace: "default".into(),
+        endpoint: "kiosk-01".into(),
+        attempt_id: "kiosk-01-0b5e2c1a-3".into(),
+        gateway_url: Some("https://recast.example:8443".into()),
+        enrollment_token: "e".repeat(64),
+        update_mode: recast_crds::policy::UpdateMode::Immutable,
+    };
+    let json = serde_json::to_string_pretty(&config).unwrap() + "\n";
+    assert!(json.contains(r#""updateMode": "immutable""#), "{json}");
+    golden("agent-immutable.json", &json);
+}

@@ -547,8 +547,11 @@ async fn the_simulator_reports_through_the_gateway() {
     .unwrap();
     assert_eq!(summary.sent, 60);
     assert_eq!(summary.accepted, 60, "{:?}", summary.refused);
-    // 20 endpoints × (summary + signals) for the first report; the repeats write nothing.
-    assert_eq!(h.gateway.stats.store_writes.load(Ordering::Relaxed), 40);
+    // Every simulated endpoint was told to hold (FailedRollback) and holds.
+    assert_eq!(summary.held, 20);
+    // 20 endpoints × (summary + signals) for the first report, and the second report's summary
+    // (the hold now reads back as held); the third writes nothing.
+    assert_eq!(h.gateway.stats.store_writes.load(Ordering::Relaxed), 60);
     settled(&h.store, "sim-00007").await;
     let st = status(&h.store, "sim-00007");
     assert!(
@@ -786,4 +789,209 @@ async fn on_the_apiserver_a_report_becomes_status() {
                 .is_some_and(|s| s.iter().any(|s| s["type"] == "FailedRollback"))
     });
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One pass of a simulated agent: re-assert the hold it was last told (in an in-memory
+/// registry that answers reg.exe like Windows), report what it reads back, and adopt the
+/// gateway's answer. Returns the answer.
+async fn agent_pass(
+    h: &Harness,
+    token: &str,
+    registry: &recast_agent::hold::fake::FakeRegistry,
+    told: &mut Option<recast_crds::report::DesiredUpdateHold>,
+    mut report: AgentReport,
+) -> recast_crds::report::DesiredUpdateHold {
+    use recast_agent::hold;
+    let effective = hold::apply(registry, told.as_ref(), now()).unwrap();
+    report.update_hold = Some(effective);
+    let (outcome, reply) = h.sender.send_with_reply(token, &report).await.unwrap();
+    assert_eq!(outcome, SendOutcome::Accepted);
+    let reply = reply
+        .expect("the gateway answers with the update hold")
+        .update_hold;
+    hold::apply(registry, Some(&reply), now()).unwrap();
+    *told = Some(reply.clone());
+    reply
+}
+
+/// The whole guard, end to end: a report reveals a FailedRollback → the answer says hold → the
+/// simulated endpoint holds (and says so) → reimage → the new image's reports → released in
+/// managed mode, kept in immutable mode; an undone hold is drift, put back and recorded.
+async fn guard_end_to_end(immutable: bool) {
+    use recast_agent::hold::{self, fake::FakeRegistry};
+    use recast_operator::controller::Backend;
+    use recast_operator::core::lifecycle::Input;
+    // Facts are read on every report, so answers follow the controller's decisions at once.
+    let config = GatewayConfig {
+        facts_ttl: Duration::ZERO,
+        ..GatewayConfig::default()
+    };
+    let name = if immutable {
+        "guard-immutable"
+    } else {
+        "guard-managed"
+    };
+    let Some(h) = harness(name, config).await else {
+        return;
+    };
+    h.store
+        .write_status(
+            Kind::GoldenImage,
+            "default",
+            "win11-24h2-2026-01",
+            None,
+            &recast_tests::inputs::verified_image_status(),
+        )
+        .unwrap();
+    if immutable {
+        h.store
+            .update(Kind::Endpoint, "default", "kiosk-01", |obj| {
+                obj["spec"]["updateMode"] = Value::from("immutable");
+                Ok(())
+            })
+            .unwrap();
+        wait_for(&h.store, "kiosk-01", "the immutable hold", |s| {
+            s.update_hold
+                .as_ref()
+                .is_some_and(|u| u.held && u.reason == "Immutable")
+        })
+        .await;
+    }
+    let registry = FakeRegistry::default();
+    let mut told = None;
+    let token = h.credentials.issue(&key("kiosk-01"), "now").unwrap();
+
+    // The report that reveals the improper state is answered with a hold at once.
+    let r = report_for("kiosk-01", Scenario::FailedRollback, 1);
+    let reply = agent_pass(&h, &token, &registry, &mut told, r).await;
+    assert!(reply.held, "{reply:?}");
+    assert_eq!(reply.reason, "FailedRollback");
+    assert!(hold::is_held(&hold::read(&registry).unwrap(), now()));
+    let st = wait_for(&h.store, "kiosk-01", "the guard in status", |s| {
+        s.update_hold
+            .as_ref()
+            .is_some_and(|u| u.held && u.reason == "FailedRollback")
+    })
+    .await;
+    let held_since = st.update_hold.unwrap().since;
+
+    // The attempt runs; meanwhile the agent reports that the hold is in effect.
+    let st = wait_for(&h.store, "kiosk-01", "an attempt", |s| {
+        s.active_attempt
+            .as_ref()
+            .is_some_and(|a| format!("{:?}", a.step) == "Booting")
+    })
+    .await;
+    let attempt = st.active_attempt.unwrap();
+    let r = report_for("kiosk-01", Scenario::FailedRollback, 2);
+    let reply = agent_pass(&h, &token, &registry, &mut told, r).await;
+    assert!(reply.held);
+    wait_for(&h.store, "kiosk-01", "the agent's read-back", |s| {
+        s.update_hold
+            .as_ref()
+            .is_some_and(|u| u.effective == Some(true))
+    })
+    .await;
+    let backend = EmbeddedBackend {
+        store: h.store.clone(),
+    };
+    for input in [
+        Input::NetworkBooted {
+            attempt_id: attempt.id.clone(),
+            try_number: None,
+        },
+        Input::ImagingFinished {
+            attempt_id: attempt.id.clone(),
+            try_number: None,
+            result: Ok(()),
+        },
+    ] {
+        backend.post_input(&key("kiosk-01"), &input).await.unwrap();
+    }
+    let st = wait_for(&h.store, "kiosk-01", "first boot of the new image", |s| {
+        s.active_attempt
+            .as_ref()
+            .is_some_and(|a| format!("{:?}", a.step) == "FirstBoot")
+    })
+    .await;
+    assert_eq!(
+        st.update_hold.as_ref().map(|u| u.since.as_str()),
+        Some(held_since.as_str()),
+        "the hold stands, unchanged, through the attempt"
+    );
+
+    // The new image: a fresh registry, configured from agent.json's update mode.
+    let registry = FakeRegistry::default();
+    let mut told = hold::initial(Some(if immutable { "immutable" } else { "managed" }));
+    let token = h.credentials.issue(&key("kiosk-01"), "now").unwrap();
+    let mut r = report_for("kiosk-01", Scenario::Healthy, 1);
+    r.attempt_id = Some(attempt.id.clone());
+    agent_pass(&h, &token, &registry, &mut told, r).await;
+    let st = wait_for(&h.store, "kiosk-01", "the attempt to end", |s| {
+        s.active_attempt.is_none()
+    })
+    .await;
+    assert_eq!(
+        st.history[0].outcome,
+        recast_crds::endpoint::AttemptOutcome::Succeeded
+    );
+    let u = st.update_hold.unwrap();
+    assert_eq!(u.guard_engaged_since, None, "the machine was replaced");
+    let mut r = report_for("kiosk-01", Scenario::Healthy, 2);
+    r.attempt_id = Some(attempt.id.clone());
+    let reply = agent_pass(&h, &token, &registry, &mut told, r).await;
+    let effective = hold::is_held(&hold::read(&registry).unwrap(), now());
+    if immutable {
+        assert!(u.held && u.reason == "Immutable", "{u:?}");
+        assert!(reply.held && reply.reason == "Immutable", "{reply:?}");
+        assert!(effective);
+        // Someone turns automatic updates back on: the next pass puts the hold back and the
+        // report says so; the endpoint records it.
+        registry.set(hold::AU_KEY, "NoAutoUpdate", "REG_DWORD", "0x0");
+        let mut r = report_for("kiosk-01", Scenario::Healthy, 3);
+        r.attempt_id = Some(attempt.id.clone());
+        agent_pass(&h, &token, &registry, &mut told, r).await;
+        assert!(hold::is_held(&hold::read(&registry).unwrap(), now()));
+        settled(&h.store, "kiosk-01").await;
+        let events = h
+            .store
+            .events(Kind::Endpoint, "default", "kiosk-01")
+            .unwrap();
+        let drift: Vec<_> = events
+            .iter()
+            .filter(|e| e.reason == "UpdateHoldDrift")
+            .collect();
+        assert_eq!(drift.len(), 1, "{events:#?}");
+        assert!(drift[0].message.contains(r"AU\NoAutoUpdate: 0x1 -> 0x0"));
+    } else {
+        assert!(!u.held && u.reason == "Managed", "{u:?}");
+        assert!(!reply.held && reply.reason == "Managed", "{reply:?}");
+        assert!(!effective);
+    }
+    // Every change of the hold is an event.
+    let events = h
+        .store
+        .events(Kind::Endpoint, "default", "kiosk-01")
+        .unwrap();
+    let changes: Vec<&str> = events
+        .iter()
+        .filter(|e| e.reason.starts_with("Updates"))
+        .map(|e| e.reason.as_str())
+        .collect();
+    let expected: &[&str] = if immutable {
+        &["UpdatesHeld", "UpdatesHeld", "UpdatesHeld"]
+    } else {
+        &["UpdatesHeld", "UpdatesReleased"]
+    };
+    assert_eq!(changes, expected, "{events:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guard_holds_until_the_reimage_then_releases_a_managed_endpoint() {
+    guard_end_to_end(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_immutable_endpoint_stays_held_through_the_guard_and_the_reimage() {
+    guard_end_to_end(true).await;
 }

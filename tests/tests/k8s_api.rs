@@ -104,7 +104,9 @@ fn examples_apply_and_show_printer_columns() {
         .collect();
     assert_eq!(
         header,
-        ["NAME", "SITE", "PHASE", "STEP", "BUILD", "IMAGE", "AGE"],
+        [
+            "NAME", "SITE", "PHASE", "STEP", "BUILD", "IMAGE", "UPDATES", "AGE"
+        ],
         "{reps}"
     );
     assert_eq!(reps.lines().count(), 6, "five endpoints expected:\n{reps}");

@@ -513,6 +513,9 @@ pub struct AgentConfig {
     pub attempt_id: String,
     pub gateway_url: Option<String>,
     pub enrollment_token: String,
+    /// The endpoint's update mode, so an immutable endpoint's agent holds quality updates from
+    /// its first boot, before the gateway's first answer.
+    pub update_mode: recast_crds::policy::UpdateMode,
 }
 
 /// The enrollment credential of an attempt (a different HMAC domain from the try token).
@@ -548,7 +551,21 @@ async fn agent_config<B: Backend + BootIntents>(
     headers: HeaderMap,
 ) -> Result<Response, Refusal> {
     let intent = svc.authorize(&p, &headers, &q).await?;
+    let unavailable = |e: crate::controller::BackendError| {
+        Refusal::Unavailable(format!("the store is unavailable ({e}); retry"))
+    };
+    let ep = svc
+        .backend
+        .endpoint(&intent.key())
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| Refusal::Gone(format!("endpoint {} no longer exists", intent.endpoint)))?;
+    let policy = crate::controller::policy_view_for(svc.backend.as_ref(), &ep)
+        .await
+        .map_err(unavailable)?;
+    let update_mode = crate::core::hold::effective_mode(&ep.spec, &policy);
     let mut resp = axum::Json(AgentConfig {
+        update_mode,
         enrollment_token: enrollment_token(
             &svc.key,
             &intent.namespace,

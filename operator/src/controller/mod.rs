@@ -160,6 +160,21 @@ pub trait Backend: Send + Sync + 'static {
 }
 
 /// The clock, injected so tests can move time.
+/// The policy an endpoint answers to, for the gateway and the boot service: a missing or broken
+/// policy counts as the built-in defaults, as the controller does (which also reports the
+/// problem on the endpoint).
+pub async fn policy_view_for<B: Backend>(
+    backend: &B,
+    ep: &Endpoint,
+) -> Result<PolicyView, BackendError> {
+    let ns = ep.metadata.namespace.as_deref().unwrap_or("default");
+    let name = ep.spec.policy_ref.as_deref().unwrap_or(DEFAULT_POLICY_NAME);
+    Ok(match backend.policy(ns, name).await? {
+        Some(p) => PolicyView::from_spec(name, &p.spec).unwrap_or_else(|_| PolicyView::built_in()),
+        None => PolicyView::built_in(),
+    })
+}
+
 pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> Timestamp;
 }

@@ -444,6 +444,7 @@ pub(crate) fn sample_report(sequence: u64, ubr: u32) -> AgentReport {
         uptime_seconds: None,
         system_disk: None,
         collection_errors: vec![],
+        update_hold: None,
     }
 }
 

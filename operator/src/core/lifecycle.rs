@@ -17,6 +17,7 @@ use recast_crds::endpoint::{
 use recast_crds::policy::RemediationAction;
 
 use super::build::Build;
+use super::hold::{self, HoldInputs};
 use super::policy::PolicyView;
 use super::signal::SignalKind;
 use super::time;
@@ -293,6 +294,7 @@ pub fn decide(ep: EndpointView<'_>, input: &Input, ctx: Context<'_>) -> Decision
         }
     }
     run.reconcile_boot();
+    run.reconcile_update_hold();
     run.st.image = ctx.image.map(|i| i.name.clone());
     run.st.observed_generation = ep.generation;
     run.set_conditions();
@@ -338,6 +340,18 @@ impl Run<'_> {
                 let mut r = r.clone();
                 if r.reported_at.is_empty() {
                     r.reported_at = self.now_s.clone();
+                }
+                if let Some(h) = &r.update_hold
+                    && !h.drift.is_empty()
+                {
+                    self.notice(
+                        NoticeType::Warning,
+                        "UpdateHoldDrift",
+                        format!(
+                            "someone undid the update hold on the endpoint (a user, a GPO or a script); the agent put it back: {}",
+                            h.drift.join("; ")
+                        ),
+                    );
                 }
                 self.st.last_report = Some(r);
             }
@@ -1111,6 +1125,29 @@ impl Run<'_> {
         self.take(Edge::AttemptStarted);
     }
 
+    /// The update hold follows every decision: signals, attempts ending, the spec's mode and
+    /// manual override all move it (see `hold`).
+    fn reconcile_update_hold(&mut self) {
+        let inputs = HoldInputs::of(
+            self.ep.spec,
+            self.ctx.policy,
+            &self.st.signals,
+            &self.st.history,
+            self.st.update_hold.as_ref(),
+        );
+        let effective = self
+            .st
+            .last_report
+            .as_ref()
+            .and_then(|r| r.update_hold.as_ref())
+            .map(|h| h.held);
+        let (next, notice) = hold::next(&inputs, effective, &self.now_s);
+        if let Some(n) = notice {
+            self.notices.push(n);
+        }
+        self.st.update_hold = Some(next);
+    }
+
     // ---- conditions ------------------------------------------------------------------------
 
     fn set_conditions(&mut self) {
@@ -1186,6 +1223,28 @@ impl Run<'_> {
                 .as_ref()
                 .map(|r| format!("last report {}", r.reported_at))
                 .unwrap_or_else(|| "no agent report yet".into()),
+        );
+        self.update_hold_condition();
+    }
+
+    fn update_hold_condition(&mut self) {
+        let Some(h) = self.st.update_hold.clone() else {
+            return;
+        };
+        let applied = match h.effective {
+            Some(e) if e == h.held => String::new(),
+            Some(e) => format!(
+                "; not in effect yet: the agent last read the hold back as {}",
+                if e { "held" } else { "released" }
+            ),
+            None if h.held => "; no agent report confirms it yet".into(),
+            None => String::new(),
+        };
+        self.condition(
+            "UpdatesHeld",
+            h.held,
+            &h.reason,
+            format!("{} (since {}){applied}", h.message, h.since),
         );
     }
 

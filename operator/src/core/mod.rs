@@ -3,6 +3,7 @@
 pub mod build;
 pub mod derive;
 pub mod fleet;
+pub mod hold;
 pub mod lifecycle;
 pub mod policy;
 pub mod signal;

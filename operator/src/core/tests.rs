@@ -48,6 +48,7 @@ fn spec(bmc: bool) -> EndpointSpec {
         reimage_request: None,
         policy_ref: None,
         update_mode: None,
+        manual_update_hold: None,
         boot_server: Default::default(),
     }
 }
@@ -69,6 +70,7 @@ fn report(build: &str, attempt: Option<&str>) -> Input {
         attempt_id: attempt.map(str::to_string),
         update_results: vec![],
         crashes: vec![],
+        update_hold: None,
     })
 }
 
@@ -1413,4 +1415,413 @@ fn a_bmc_crash_counts_only_while_the_agent_is_silent() {
         e.status.active_attempt.as_ref().unwrap().trigger,
         AttemptTrigger::BootCrash
     );
+}
+
+// ---- update hold ---------------------------------------------------------------------------
+
+fn hold(e: &One) -> recast_crds::endpoint::UpdateHoldStatus {
+    e.status
+        .update_hold
+        .clone()
+        .expect("every decision sets status.updateHold")
+}
+
+fn hold_notices(d: &Decision) -> Vec<&Notice> {
+    d.notices
+        .iter()
+        .filter(|n| n.reason == "UpdatesHeld" || n.reason == "UpdatesReleased")
+        .collect()
+}
+
+fn manual(
+    e: &One,
+    action: recast_crds::endpoint::ManualHoldAction,
+) -> recast_crds::endpoint::ManualUpdateHold {
+    recast_crds::endpoint::ManualUpdateHold {
+        action,
+        reason: "ticket 4711".into(),
+        requested_at: time::format(e.now),
+        requested_by: Some("ops".into()),
+    }
+}
+
+/// Drives the running attempt to a successful check-in from the new image.
+fn finish_attempt(e: &mut One) {
+    e.succeed(ActionKind::ArmBoot);
+    e.succeed(ActionKind::PowerCycle);
+    let id = e.attempt_id();
+    e.feed(Input::NetworkBooted {
+        attempt_id: id.clone(),
+        try_number: None,
+    });
+    e.feed(Input::ImagingFinished {
+        attempt_id: id.clone(),
+        try_number: None,
+        result: Ok(()),
+    });
+    e.feed(report("26100.7623", Some(&id)));
+}
+
+#[test]
+fn a_managed_endpoint_is_released_quietly_from_its_first_status() {
+    let mut e = One::new(true);
+    let d = e.feed(Input::Reconcile);
+    assert!(hold_notices(&d).is_empty(), "{:?}", d.notices);
+    let h = hold(&e);
+    assert!(!h.held);
+    assert_eq!(h.reason, "Managed");
+    assert_eq!(h.since, T0);
+    let c = e
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "UpdatesHeld")
+        .unwrap();
+    assert_eq!(c.status, recast_crds::ConditionStatus::False);
+    assert_eq!(c.reason, "Managed");
+}
+
+#[test]
+fn an_immutable_endpoint_is_held_from_its_first_status_and_across_reimages() {
+    let mut e = One::new(true);
+    e.spec.update_mode = Some(recast_crds::policy::UpdateMode::Immutable);
+    let d = e.feed(Input::Reconcile);
+    let n = hold_notices(&d);
+    assert_eq!(n.len(), 1, "a hold is news even on the first status");
+    assert_eq!(n[0].reason, "UpdatesHeld");
+    assert_eq!(hold(&e).reason, "Immutable");
+    e.feed(report("26100.7462", None));
+    e.feed(Input::Signals(vec![(SignalKind::BootCrash, "0xED".into())]));
+    assert!(e.status.active_attempt.is_some());
+    finish_attempt(&mut e);
+    assert!(e.status.active_attempt.is_none());
+    let h = hold(&e);
+    assert!(h.held && h.reason == "Immutable" && h.since == T0, "{h:?}");
+}
+
+#[test]
+fn the_policy_mode_applies_unless_the_endpoint_overrides_it() {
+    let mut e = One::new(true);
+    e.policy.update_mode = recast_crds::policy::UpdateMode::Immutable;
+    e.feed(Input::Reconcile);
+    assert_eq!(hold(&e).reason, "Immutable");
+    e.spec.update_mode = Some(recast_crds::policy::UpdateMode::Managed);
+    let d = e.feed(Input::Reconcile);
+    assert_eq!(hold(&e).reason, "Managed");
+    assert_eq!(hold_notices(&d)[0].reason, "UpdatesReleased");
+}
+
+#[test]
+fn failed_rollback_holds_until_the_reimage_that_replaces_the_machine_ends() {
+    let mut e = healthy(true);
+    e.advance(60);
+    let d = e.feed(signals(&[SignalKind::FailedRollback]));
+    let h = hold(&e);
+    assert!(h.held, "{h:?}");
+    assert_eq!(h.reason, "FailedRollback");
+    assert_eq!(h.since, "2026-01-14T08:01:00Z");
+    assert_eq!(
+        h.guard_engaged_since.as_deref(),
+        Some("2026-01-14T08:01:00Z")
+    );
+    assert_eq!(hold_notices(&d)[0].reason, "UpdatesHeld");
+    assert!(e.status.active_attempt.is_some());
+    // Every step of the attempt keeps the hold; the new image's check-in releases it.
+    e.succeed(ActionKind::ArmBoot);
+    e.succeed(ActionKind::PowerCycle);
+    assert!(hold(&e).held);
+    let id = e.attempt_id();
+    e.feed(Input::NetworkBooted {
+        attempt_id: id.clone(),
+        try_number: None,
+    });
+    e.feed(Input::ImagingFinished {
+        attempt_id: id.clone(),
+        try_number: None,
+        result: Ok(()),
+    });
+    assert!(
+        hold(&e).held,
+        "applied is not replaced: the machine has not checked in"
+    );
+    e.advance(60);
+    let d = e.feed(report("26100.7623", Some(&id)));
+    let h = hold(&e);
+    assert!(!h.held, "{h:?}");
+    assert_eq!(h.reason, "Managed");
+    assert_eq!(h.guard_engaged_since, None);
+    assert_eq!(hold_notices(&d)[0].reason, "UpdatesReleased");
+}
+
+#[test]
+fn the_guard_outlives_the_signal_and_a_failed_attempt() {
+    let mut e = healthy(true);
+    e.feed(signals(&[SignalKind::FailedRollback]));
+    let id = e.attempt_id();
+    // The machine never reaches the imaging environment: all tries fail, Quarantined.
+    for t in 1..=e.policy.max_tries {
+        e.feed(Input::ActionFailed {
+            attempt_id: id.clone(),
+            try_number: t,
+            action: ActionKind::ArmBoot,
+            error: ActionError {
+                permanent: false,
+                message: "BMC unreachable".into(),
+            },
+        });
+        e.advance(24 * 3600);
+        e.feed(Input::Reconcile);
+    }
+    assert_eq!(e.state(), State::Quarantined);
+    assert!(hold(&e).held, "a failed attempt replaced nothing");
+    // The signal disappears from the reports (the event log rotated): still held.
+    e.feed(signals(&[]));
+    let h = hold(&e);
+    assert!(h.held && h.reason == "FailedRollback", "{h:?}");
+}
+
+#[test]
+fn guard_off_does_not_hold_on_failed_rollback() {
+    let mut e = healthy(true);
+    e.policy.guard_on_failed_rollback = false;
+    let d = e.feed(signals(&[SignalKind::FailedRollback]));
+    assert!(!hold(&e).held);
+    assert!(hold_notices(&d).is_empty());
+}
+
+#[test]
+fn a_manual_hold_wins_and_a_manual_release_consumes_only_the_guard_before_it() {
+    use recast_crds::endpoint::ManualHoldAction;
+    let mut e = healthy(true);
+    e.spec.manual_update_hold = Some(manual(&e, ManualHoldAction::Hold));
+    let d = e.feed(Input::Reconcile);
+    assert_eq!(hold(&e).reason, "Manual");
+    assert!(hold_notices(&d)[0].message.contains("ticket 4711"));
+    e.spec.manual_update_hold = None;
+    e.feed(Input::Reconcile);
+    assert_eq!(hold(&e).reason, "Managed");
+
+    // Immutable, released by hand: updates run.
+    e.spec.update_mode = Some(recast_crds::policy::UpdateMode::Immutable);
+    e.feed(Input::Reconcile);
+    assert_eq!(hold(&e).reason, "Immutable");
+    e.advance(60);
+    e.spec.manual_update_hold = Some(manual(&e, ManualHoldAction::Release));
+    e.feed(Input::Reconcile);
+    assert_eq!(hold(&e).reason, "ManualRelease");
+    // A FailedRollback first seen after the release engages the guard again.
+    e.spec.paused = true;
+    e.advance(60);
+    e.feed(signals(&[SignalKind::FailedRollback]));
+    assert_eq!(hold(&e).reason, "FailedRollback");
+    // A release requested after it consumes it.
+    e.advance(60);
+    e.spec.manual_update_hold = Some(manual(&e, ManualHoldAction::Release));
+    e.feed(Input::Reconcile);
+    let h = hold(&e);
+    assert_eq!(h.reason, "ManualRelease");
+    assert_eq!(h.guard_engaged_since, None);
+}
+
+#[test]
+fn the_agent_reading_and_drift_show_in_the_condition_and_events() {
+    let mut e = One::new(true);
+    e.spec.update_mode = Some(recast_crds::policy::UpdateMode::Immutable);
+    e.feed(Input::Reconcile);
+    let c = |e: &One| {
+        e.status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "UpdatesHeld")
+            .unwrap()
+            .clone()
+    };
+    assert!(
+        c(&e).message.contains("no agent report confirms it yet"),
+        "{:?}",
+        c(&e)
+    );
+    let with_hold = |held: bool, drift: Vec<String>| {
+        Input::AgentReport(ReportSummary {
+            build: "26100.7623".into(),
+            reported_at: String::new(),
+            agent_version: None,
+            attempt_id: None,
+            update_results: vec![],
+            crashes: vec![],
+            update_hold: Some(recast_crds::report::EffectiveUpdateHold { held, drift }),
+        })
+    };
+    e.feed(with_hold(false, vec![]));
+    assert_eq!(hold(&e).effective, Some(false));
+    assert!(c(&e).message.contains("not in effect yet"), "{:?}", c(&e));
+    let d = e.feed(with_hold(true, vec![r"AU\NoAutoUpdate: 0x1 -> 0x0".into()]));
+    assert_eq!(hold(&e).effective, Some(true));
+    let drift: Vec<_> = d
+        .notices
+        .iter()
+        .filter(|n| n.reason == "UpdateHoldDrift")
+        .collect();
+    assert_eq!(drift.len(), 1, "{:?}", d.notices);
+    assert!(drift[0].message.contains("NoAutoUpdate"));
+    assert!(!c(&e).message.contains("not in effect"), "{:?}", c(&e));
+}
+
+#[derive(Clone, Debug)]
+enum HoldOp {
+    Advance(u64),
+    FailedRollback(bool),
+    Reimage(bool),
+    Mode(Option<bool>),
+    Guard(bool),
+    Manual(Option<bool>),
+    Report,
+    Restart,
+}
+
+fn hold_op() -> impl Strategy<Value = HoldOp> {
+    prop_oneof![
+        (1u64..20_000).prop_map(HoldOp::Advance),
+        any::<bool>().prop_map(HoldOp::FailedRollback),
+        prop::bool::weighted(0.7).prop_map(HoldOp::Reimage),
+        prop::option::of(any::<bool>()).prop_map(HoldOp::Mode),
+        prop::bool::weighted(0.8).prop_map(HoldOp::Guard),
+        prop::option::of(any::<bool>()).prop_map(HoldOp::Manual),
+        Just(HoldOp::Report),
+        Just(HoldOp::Restart),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Holds appear and clear exactly as described, over random sequences of signals,
+    /// attempts (succeeding or failing), mode and guard switches, manual overrides and
+    /// operator restarts.
+    #[test]
+    fn holds_follow_the_rules_over_random_sequences(ops in prop::collection::vec(hold_op(), 1..60)) {
+        use recast_crds::endpoint::ManualHoldAction;
+        use recast_crds::policy::UpdateMode;
+        let mut e = healthy(true);
+        e.policy.cooldown = Duration::from_secs(1);
+        // Model: the FailedRollback guard is engaged from the decision that first sees the
+        // signal until one that ends an attempt successfully, turns the guard off, or takes a
+        // manual release requested after it engaged.
+        let mut engaged = false;
+        for op in ops {
+            let before = hold(&e);
+            let mut succeeded = false;
+            let mut decisions = Vec::new();
+            let mut restart = false;
+            match op {
+                HoldOp::Advance(s) => {
+                    e.advance(s);
+                    decisions.push(e.feed(Input::Reconcile));
+                }
+                HoldOp::FailedRollback(on) => {
+                    let kinds: &[SignalKind] = if on { &[SignalKind::FailedRollback] } else { &[] };
+                    decisions.push(e.feed(signals(kinds)));
+                }
+                HoldOp::Reimage(ok) => {
+                    if e.status.active_attempt.is_none() {
+                        e.spec.reimage_request = Some(ReimageRequest {
+                            token: format!("t{}", e.status.attempts_started),
+                            reason: "test".into(),
+                        });
+                        decisions.push(e.feed(Input::Reconcile));
+                    }
+                    if e.status.active_attempt.is_some() && e.state() == State::ArmingBoot {
+                        decisions.push(e.succeed(ActionKind::ArmBoot));
+                        decisions.push(e.succeed(ActionKind::PowerCycle));
+                        let id = e.attempt_id();
+                        decisions.push(e.feed(Input::NetworkBooted { attempt_id: id.clone(), try_number: None }));
+                        if ok {
+                            decisions.push(e.feed(Input::ImagingFinished { attempt_id: id.clone(), try_number: None, result: Ok(()) }));
+                            e.advance(1);
+                            decisions.push(e.feed(report("26100.7623", Some(&id))));
+                        } else {
+                            decisions.push(e.feed(Input::ImagingFinished { attempt_id: id, try_number: None, result: Err("disk".into()) }));
+                        }
+                    }
+                }
+                HoldOp::Mode(m) => {
+                    e.spec.update_mode = m.map(|i| if i { UpdateMode::Immutable } else { UpdateMode::Managed });
+                    decisions.push(e.feed(Input::Reconcile));
+                }
+                HoldOp::Guard(g) => {
+                    e.policy.guard_on_failed_rollback = g;
+                    decisions.push(e.feed(Input::Reconcile));
+                }
+                HoldOp::Manual(m) => {
+                    e.advance(1);
+                    e.spec.manual_update_hold = m.map(|h| manual(&e, if h { ManualHoldAction::Hold } else { ManualHoldAction::Release }));
+                    decisions.push(e.feed(Input::Reconcile));
+                }
+                HoldOp::Report => decisions.push(e.feed(report("26100.7462", None))),
+                HoldOp::Restart => {
+                    // A restarted operator decides again from the stored status.
+                    restart = true;
+                    decisions.push(e.feed(Input::Reconcile));
+                }
+            }
+            // Replay the model over each decision.
+            let mut prev = before.clone();
+            for d in &decisions {
+                succeeded |= d.notices.iter().any(|n| n.reason == "AttemptSucceeded");
+                let h = d.status.update_hold.clone().unwrap();
+                let fr_active = d.status.signals.iter().any(|s| s.type_ == "FailedRollback");
+                let released_after = e.spec.manual_update_hold.as_ref().is_some_and(|m| {
+                    m.action == ManualHoldAction::Release
+                        && prev.guard_engaged_since.as_deref().is_some_and(|g| time::parse(&m.requested_at) >= time::parse(g))
+                });
+                if d.notices.iter().any(|n| n.reason == "AttemptSucceeded") || !e.policy.guard_on_failed_rollback || released_after {
+                    engaged = false;
+                }
+                let replaced_at = d.status.history.iter().filter(|h| h.outcome == AttemptOutcome::Succeeded).map(|h| time::parse(&h.finished_at)).max();
+                if e.policy.guard_on_failed_rollback && fr_active {
+                    let since = d.status.signals.iter().find(|s| s.type_ == "FailedRollback").unwrap().since.clone();
+                    let stale = replaced_at.is_some_and(|r| r >= time::parse(&since));
+                    let released_before = e.spec.manual_update_hold.as_ref().is_some_and(|m| {
+                        m.action == ManualHoldAction::Release && time::parse(&m.requested_at) >= time::parse(&since)
+                    });
+                    if !released_before && !stale {
+                        engaged = true;
+                    }
+                }
+                prop_assert_eq!(h.guard_engaged_since.is_some(), engaged, "guard: {:?} after {:?}", h, prev);
+                let mode = e.spec.update_mode.unwrap_or(e.policy.update_mode);
+                let want = match e.spec.manual_update_hold.as_ref().map(|m| m.action) {
+                    Some(ManualHoldAction::Hold) => "Manual",
+                    _ if engaged => "FailedRollback",
+                    Some(ManualHoldAction::Release) => "ManualRelease",
+                    None if mode == UpdateMode::Immutable => "Immutable",
+                    None => "Managed",
+                };
+                prop_assert_eq!(&h.reason, want);
+                prop_assert_eq!(h.held, matches!(want, "Manual" | "FailedRollback" | "Immutable"));
+                // Every change is one event; no change, no event; since moves with the change.
+                let changed = (h.held, h.reason.as_str()) != (prev.held, prev.reason.as_str());
+                let n = hold_notices(d);
+                prop_assert_eq!(n.len(), usize::from(changed), "events {:?} for {:?} -> {:?}", n, prev, h);
+                if changed {
+                    prop_assert_eq!(&n[0].reason, if h.held { "UpdatesHeld" } else { "UpdatesReleased" });
+                    prop_assert_eq!(&h.since, &time::format(e.now));
+                } else {
+                    prop_assert_eq!(&h.since, &prev.since);
+                }
+                let c = d.status.conditions.iter().find(|c| c.type_ == "UpdatesHeld").unwrap();
+                prop_assert_eq!(c.status == recast_crds::ConditionStatus::True, h.held);
+                // The gateway's answer, from the same stored facts and signals, agrees.
+                let kinds: Vec<SignalKind> = d.status.signals.iter().filter_map(|s| SignalKind::parse(&s.type_)).collect();
+                let answer = super::hold::HoldFacts::of(&e.spec, Some(&d.status), &e.policy)
+                    .desired_with(&kinds, &time::format(e.now));
+                prop_assert_eq!(answer.reason.as_str(), h.reason.as_str(), "gateway and controller disagree");
+                prev = h;
+            }
+            if restart {
+                prop_assert_eq!(&hold(&e), &before, "a restart moved the hold");
+            }
+            let _ = succeeded;
+        }
+    }
 }

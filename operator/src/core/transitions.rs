@@ -219,6 +219,7 @@ pub fn render_markdown() -> String {
         "every attempt ends: Ready, retried with backoff, Aborted, or Quarantined after the last try;",
         "HeartbeatLost alone never starts an attempt, whatever the policy says;",
         "an attempt ends successfully only when the agent checks in from the new image with the attempt id and the expected build;",
+        "Windows quality updates stay held while the update mode is immutable, and from the first FailedRollback until an attempt has replaced the machine (guardOnFailedRollback), whatever happens in between; every change of the hold is an event (docs/update-hold.md);",
         "the same inputs always give the same decision.",
     ] {
         out.push_str(&format!("- {rule}\n"));

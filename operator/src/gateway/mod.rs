@@ -12,7 +12,7 @@
 //!
 //! | status | meaning |
 //! |---|---|
-//! | 204 | accepted |
+//! | 200 | accepted; the body is a `ReportReply` (JSON) with the update hold the agent must apply |
 //! | 400 | not JSON, or not the report schema (the body says which field) |
 //! | 401 | no token, unknown token, or revoked token |
 //! | 403 | the report names another endpoint than the token's |
@@ -44,14 +44,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use recast_crds::Endpoint;
 use recast_crds::endpoint::AttemptOutcome;
-use recast_crds::policy::DEFAULT_POLICY_NAME;
-use recast_crds::report::{AgentReport, MAX_REPORT_BYTES, ReportError};
+use recast_crds::report::{AgentReport, MAX_REPORT_BYTES, ReportError, ReportReply};
 use tokio::sync::watch;
 
-use crate::controller::{Backend, Clock, Key, resolve_image};
+use crate::controller::{Backend, Clock, Key, policy_view_for, resolve_image};
 use crate::core::build::Build;
+use crate::core::hold::{self, HoldFacts};
 use crate::core::lifecycle::Input;
-use crate::core::policy::PolicyView;
 use crate::core::signal::SignalKind;
 use crate::core::time;
 use credentials::{CredentialError, CredentialStore};
@@ -241,16 +240,24 @@ impl<B: Backend> Gateway<B> {
 
     /// Handles one request body with its headers. Everything the HTTP layer does beyond this
     /// is the body size limit and the status line.
-    pub async fn handle(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), GatewayError> {
+    pub async fn handle(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<ReportReply, GatewayError> {
         let result = self.handle_inner(headers, body).await;
         match &result {
-            Ok(()) => self.stats.accepted.fetch_add(1, Ordering::Relaxed),
+            Ok(_) => self.stats.accepted.fetch_add(1, Ordering::Relaxed),
             Err(_) => self.stats.refused.fetch_add(1, Ordering::Relaxed),
         };
         result
     }
 
-    async fn handle_inner(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), GatewayError> {
+    async fn handle_inner(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<ReportReply, GatewayError> {
         let now_s = self.seconds();
         lock(&self.global)
             .take(self.config.global_rate, now_s)
@@ -327,6 +334,9 @@ impl<B: Backend> Gateway<B> {
             let sequence = self.credentials.sequence(&key)?;
             entry.session.reset_sequence(sequence);
             entry.token_hash = Some(hash.clone());
+            // A new token is often a reimage's: read the endpoint afresh, so the reply's hold
+            // sees the attempt that replaced the machine.
+            entry.facts = None;
         }
         entry
             .session
@@ -348,8 +358,13 @@ impl<B: Backend> Gateway<B> {
         if let Some(signals) = &writes.signals {
             self.post(&key, &Input::Signals(signals.clone())).await?;
         }
+        let hold = facts
+            .hold
+            .desired_with(next.current_signals(), &time::format(now));
         entry.session = next;
-        Ok(())
+        Ok(ReportReply {
+            update_hold: hold.to_reply(),
+        })
     }
 
     async fn post(&self, key: &Key, input: &Input) -> Result<(), GatewayError> {
@@ -380,16 +395,10 @@ impl<B: Backend> Gateway<B> {
 
     async fn load_facts(&self, ep: &Endpoint) -> Result<EndpointFacts, GatewayError> {
         let ns = ep.metadata.namespace.as_deref().unwrap_or("default");
-        let name = ep.spec.policy_ref.as_deref().unwrap_or(DEFAULT_POLICY_NAME);
         let store = |e: crate::controller::BackendError| GatewayError::Store(e.to_string());
-        // A missing or broken policy falls back to the built-in defaults, as the controller
-        // does; the controller reports the problem on the endpoint.
-        let policy = match self.backend.policy(ns, name).await.map_err(store)? {
-            Some(p) => {
-                PolicyView::from_spec(name, &p.spec).unwrap_or_else(|_| PolicyView::built_in())
-            }
-            None => PolicyView::built_in(),
-        };
+        let policy = policy_view_for(self.backend.as_ref(), ep)
+            .await
+            .map_err(store)?;
         let images = self.backend.golden_images(ns).await.map_err(store)?;
         let image = resolve_image(&ep.spec.image, &images);
         let events_after = ep.status.as_ref().and_then(|s| {
@@ -401,7 +410,8 @@ impl<B: Backend> Gateway<B> {
         });
         Ok(EndpointFacts {
             heartbeat_timeout: policy.heartbeat_timeout,
-            update_mode: policy.update_mode,
+            update_mode: hold::effective_mode(&ep.spec, &policy),
+            hold: HoldFacts::of(&ep.spec, ep.status.as_ref(), &policy),
             minimum_build: image.and_then(|i| i.minimum_build),
             events_after,
             stored_report_at: ep
@@ -577,7 +587,7 @@ async fn post_report<B: Backend>(
     body: Bytes,
 ) -> Response {
     match gw.handle(&headers, &body).await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Ok(reply) => (StatusCode::OK, axum::Json(reply)).into_response(),
         Err(e) => {
             let status = e.status();
             tracing::debug!(%status, error = %e, "report refused");

@@ -14,6 +14,7 @@ use recast_crds::report::{AgentReport, ServicingOutcome, UpdateOutcome};
 
 use crate::core::build::Build;
 use crate::core::derive::{DeriveInput, derive};
+use crate::core::hold::HoldFacts;
 use crate::core::signal::SignalKind;
 use crate::core::time;
 
@@ -32,6 +33,8 @@ pub struct EndpointFacts {
     /// it: a report another process received is not silence (at most the heartbeat period
     /// old, which must stay below the heartbeat timeout).
     pub stored_report_at: Option<Timestamp>,
+    /// What the reply's update hold depends on.
+    pub hold: HoldFacts,
 }
 
 /// What the store held when the session started (after a gateway restart, say).
@@ -155,6 +158,7 @@ pub fn summarize(r: &AgentReport, now: Timestamp) -> ReportSummary {
         attempt_id: r.attempt_id.clone(),
         update_results: update_results.into_iter().map(|(_, u)| u).collect(),
         crashes,
+        update_hold: r.update_hold.clone(),
     }
 }
 
@@ -275,6 +279,11 @@ impl Session {
         writes
     }
 
+    /// The signal kinds as last handed to the controller (after `accept`: this report's).
+    pub fn current_signals(&self) -> &[SignalKind] {
+        &self.posted_signals
+    }
+
     /// The periodic sweep: the signal set when it changed with time alone (HeartbeatLost).
     pub fn tick(
         &mut self,
@@ -307,6 +316,7 @@ mod tests {
         EndpointFacts {
             heartbeat_timeout: Duration::from_secs(900),
             update_mode: UpdateMode::Managed,
+            hold: HoldFacts::default(),
             minimum_build: Some("26100.7623".parse().unwrap()),
             events_after: None,
             stored_report_at: None,
@@ -332,6 +342,45 @@ mod tests {
     }
 
     const PERIOD: Duration = Duration::from_secs(600);
+
+    #[test]
+    fn a_change_in_the_hold_read_back_is_written_a_repeat_is_not() {
+        use recast_crds::report::EffectiveUpdateHold;
+        let with = |seq: u64, held: bool, drift: &[&str]| {
+            let mut r = report(seq, 7623);
+            r.update_hold = Some(EffectiveUpdateHold {
+                held,
+                drift: drift.iter().map(|d| d.to_string()).collect(),
+            });
+            r
+        };
+        let mut s = Session::new(StoredState::default());
+        let t = ts("2026-01-15T09:00:00Z");
+        assert!(
+            s.accept(with(1, false, &[]), t, &facts(), PERIOD)
+                .report
+                .is_some()
+        );
+        let w = s.accept(with(2, true, &[]), t, &facts(), PERIOD);
+        assert_eq!(
+            w.report.and_then(|r| r.update_hold).map(|h| h.held),
+            Some(true),
+            "the hold now in effect is news"
+        );
+        assert!(
+            s.accept(with(3, true, &[]), t, &facts(), PERIOD)
+                .report
+                .is_none()
+        );
+        let w = s.accept(
+            with(4, true, &["SetDisableUXWUAccess: 0x1 -> absent"]),
+            t,
+            &facts(),
+            PERIOD,
+        );
+        assert!(w.report.is_some(), "drift is news");
+        assert_eq!(s.current_signals(), &[] as &[SignalKind]);
+    }
 
     #[test]
     fn first_report_writes_then_heartbeats_coalesce() {
@@ -501,6 +550,7 @@ mod tests {
     fn a_stored_drift_survives_a_restart_until_a_reimage() {
         let immutable = EndpointFacts {
             update_mode: UpdateMode::Immutable,
+            hold: HoldFacts::default(),
             minimum_build: None,
             ..facts()
         };
