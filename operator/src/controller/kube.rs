@@ -29,6 +29,7 @@ use recast_crds::Endpoint;
 use recast_crds::endpoint::EndpointStatus;
 use recast_crds::golden_image::GoldenImage;
 use recast_crds::policy::RemediationPolicy;
+use recast_crds::wave::{ReimageWave, ReimageWaveStatus};
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -315,18 +316,8 @@ impl Backend for KubeBackend {
     ) -> Result<(), BackendError> {
         self.check_leader()?;
         let reference: ObjectReference = ep.object_ref(&());
-        let ev = Event {
-            type_: match notice.type_ {
-                NoticeType::Normal => EventType::Normal,
-                NoticeType::Warning => EventType::Warning,
-            },
-            reason: notice.reason.clone(),
-            note: Some(notice.message.chars().take(1024).collect()),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
         // An event that cannot be written must not stop the lifecycle; it is logged instead.
-        if let Err(e) = self.recorder.publish(&ev, &reference).await {
+        if let Err(e) = self.recorder.publish(&event(notice), &reference).await {
             tracing::warn!(endpoint = %ep.name_any(), error = %e, reason = %notice.reason, "cannot record event");
         }
         Ok(())
@@ -543,9 +534,80 @@ impl Backend for KubeBackend {
             Err(e) => Err(kube_err(e)),
         }
     }
+
+    async fn waves(&self) -> Result<Vec<ReimageWave>, BackendError> {
+        let api: Api<ReimageWave> = scoped(&self.client, self.watch_namespace.as_deref());
+        Ok(api
+            .list(&ListParams::default())
+            .await
+            .map_err(kube_err)?
+            .items)
+    }
+
+    async fn wave(&self, namespace: &str, name: &str) -> Result<Option<ReimageWave>, BackendError> {
+        Api::<ReimageWave>::namespaced(self.client.clone(), namespace)
+            .get_opt(name)
+            .await
+            .map_err(kube_err)
+    }
+
+    async fn write_wave_status(
+        &self,
+        wave: &ReimageWave,
+        status: &ReimageWaveStatus,
+    ) -> Result<(), BackendError> {
+        self.check_leader()?;
+        // The resourceVersion makes the write conditional: a pause, abort or approval that
+        // landed since the wave was read is a 409, and the wave is decided again.
+        let patch = json!({
+            "apiVersion": recast_crds::API_VERSION,
+            "kind": "ReimageWave",
+            "metadata": {"name": wave.name_any(), "resourceVersion": wave.resource_version()},
+            "status": status,
+        });
+        Api::<ReimageWave>::namespaced(
+            self.client.clone(),
+            &wave.namespace().unwrap_or_else(|| "default".into()),
+        )
+        .patch_status(
+            &wave.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(patch),
+        )
+        .await
+        .map(|_| ())
+        .map_err(kube_err)
+    }
+
+    async fn record_wave(
+        &self,
+        wave: &ReimageWave,
+        notice: &Notice,
+        _now: Timestamp,
+    ) -> Result<(), BackendError> {
+        self.check_leader()?;
+        let reference: ObjectReference = wave.object_ref(&());
+        if let Err(e) = self.recorder.publish(&event(notice), &reference).await {
+            tracing::warn!(wave = %wave.name_any(), error = %e, reason = %notice.reason, "cannot record event");
+        }
+        Ok(())
+    }
 }
 
 /// Where an endpoint's action journal lives: a ConfigMap next to it.
+fn event(notice: &Notice) -> Event {
+    Event {
+        type_: match notice.type_ {
+            NoticeType::Normal => EventType::Normal,
+            NoticeType::Warning => EventType::Warning,
+        },
+        reason: notice.reason.clone(),
+        note: Some(notice.message.chars().take(1024).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    }
+}
+
 fn journal_location(ep: &Endpoint) -> (String, String) {
     (ns_of(ep), format!("recast-journal-{}", ep.name_any()))
 }
@@ -695,13 +757,34 @@ pub async fn run<P: PowerControl>(
                 );
             }
         });
-        kc.run(reconcile::<P>, error_policy::<P>, ctrl.clone())
+        // Waves run beside the endpoints, under the same lease and shutdown.
+        let mut lost = is_leader.clone();
+        let mut stop = shutdown.clone();
+        let wave_end = async move {
+            tokio::select! {
+                _ = lost.wait_for(|l| !*l) => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+        };
+        let waves = KubeController::new(
+            scoped::<ReimageWave>(&client, opts.watch_namespace.as_deref()),
+            watcher::Config::default().any_semantic(),
+        )
+        .graceful_shutdown_on(wave_end)
+        .run(reconcile_wave::<P>, wave_error_policy::<P>, ctrl.clone())
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "wave reconcile error");
+            }
+        });
+        let endpoints = kc
+            .run(reconcile::<P>, error_policy::<P>, ctrl.clone())
             .for_each(|r| async move {
                 if let Err(e) = r {
                     tracing::debug!(error = %e, "reconcile error");
                 }
-            })
-            .await;
+            });
+        futures::future::join(endpoints, waves).await;
         gauge.abort();
         leader.store(false, Ordering::SeqCst);
         tracing::info!("endpoint controller stopped (leadership lost or shutting down)");
@@ -772,6 +855,31 @@ async fn reconcile<P: PowerControl>(
         Ok(None) => Ok(KubeAction::requeue(Duration::from_secs(300))),
         Err(e) => Err(ReconcileError(e.to_string())),
     }
+}
+
+/// How often a wave is looked at while nothing about the wave object changes: its members'
+/// progress is read then (a watch on every endpoint per wave would cost more than it saves).
+const WAVE_POLL: Duration = Duration::from_secs(15);
+
+async fn reconcile_wave<P: PowerControl>(
+    w: Arc<ReimageWave>,
+    ctrl: Arc<Controller<KubeBackend, P>>,
+) -> Result<KubeAction, ReconcileError> {
+    let ns = w.namespace().unwrap_or_else(|| "default".into());
+    match ctrl.reconcile_wave_and_members(&ns, &w.name_any()).await {
+        Ok(Some(after)) => Ok(KubeAction::requeue(after.min(WAVE_POLL))),
+        Ok(None) => Ok(KubeAction::requeue(Duration::from_secs(300))),
+        Err(e) => Err(ReconcileError(e.to_string())),
+    }
+}
+
+fn wave_error_policy<P: PowerControl>(
+    w: Arc<ReimageWave>,
+    e: &ReconcileError,
+    _ctrl: Arc<Controller<KubeBackend, P>>,
+) -> KubeAction {
+    tracing::warn!(wave = %w.name_any(), error = %e, "wave reconcile failed; retrying in 5s");
+    KubeAction::requeue(Duration::from_secs(5))
 }
 
 fn error_policy<P: PowerControl>(
