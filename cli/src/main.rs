@@ -8,6 +8,7 @@ mod backend;
 mod bmc;
 mod image;
 mod table;
+mod wave;
 mod wds;
 
 use std::io::IsTerminal;
@@ -120,6 +121,16 @@ enum Command {
     /// Sites that keep WDS: print what to run on the WDS server.
     #[command(subcommand)]
     Wds(WdsCommand),
+    /// Reimage waves: create, plan, follow (status --watch), pause, resume, abort, approve.
+    Wave {
+        #[command(subcommand)]
+        command: wave::WaveCommand,
+    },
+    /// Print a shell completion script: recastctl completion bash > /etc/bash_completion.d/recastctl
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand)]
@@ -208,6 +219,12 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
     if let Command::Validate { files } = &cli.command {
         return Ok(validate(files));
     }
+    if let Command::Completion { shell } = cli.command {
+        let mut cmd = <Cli as clap::CommandFactory>::command();
+        let bin = cmd.get_name().to_string();
+        clap_complete::generate(shell, &mut cmd, bin, &mut std::io::stdout());
+        return Ok(ExitCode::SUCCESS);
+    }
     // Image checks read only the file: no store or cluster needed.
     let cli = match cli.command {
         Command::Image { command } => return Ok(image::run(command, &cli.namespace)),
@@ -220,7 +237,10 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let ns = cli.namespace.as_str();
     let now = Timestamp::now();
     match cli.command {
-        Command::Validate { .. } | Command::Image { .. } => unreachable!("handled above"),
+        Command::Validate { .. } | Command::Image { .. } | Command::Completion { .. } => {
+            unreachable!("handled above")
+        }
+        Command::Wave { command } => wave::run(&store, ns, command, now),
         Command::Wds(WdsCommand::Prestage {
             names,
             wds_server,
