@@ -17,6 +17,7 @@ use std::process::ExitCode;
 
 use backend::{Backend, BackendError, KubeObjects};
 use clap::{Parser, Subcommand, ValueEnum};
+
 use jiff::Timestamp;
 use recast_crds::endpoint::EndpointStatus;
 use recast_crds::manifest::Kind;
@@ -174,7 +175,15 @@ impl CliError {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    // Started by the kubectl plugin (src/bin/kubectl-recast.rs): usage reads `kubectl recast`.
+    if std::env::var_os("RECASTCTL_AS_KUBECTL_PLUGIN").is_some() {
+        cmd = cmd.bin_name("kubectl recast");
+    }
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&cmd.get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
