@@ -1026,7 +1026,7 @@ mod tests {
                 },
             ],
             failed_endpoints: vec!["pos-12".into()],
-            messages: vec!["batch 3/4: 2 running, 0 waiting for a slot".into()],
+            messages: vec!["batch 3/4: 2 running, 0 not started yet".into()],
             ..Default::default()
         });
         w

@@ -346,7 +346,7 @@ fn watch_redraws_in_a_terminal_until_the_wave_ends() {
             "counts": {"selected": 4, "skipped": 1, "pending": 2, "running": 1, "succeeded": 0, "failed": 0},
             "batches": [batch(0, &["kiosk-01"], true, 0, 1), batch(1, &["kiosk-02", "kiosk-03"], false, 0, 0)],
             "skipped": [{"name": "reception-01", "reason": "Protected"}],
-            "messages": ["batch 1/2: 1 running, 0 waiting for a slot"],
+            "messages": ["batch 1/2: 1 running, 0 not started yet"],
         }),
     );
     let session = format!("recast-watch-{}", std::process::id());

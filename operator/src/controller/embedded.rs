@@ -265,6 +265,8 @@ const POLL: Duration = Duration::from_millis(200);
 const RESYNC: Duration = Duration::from_secs(300);
 /// After a failed reconcile.
 const ERROR_BACKOFF: Duration = Duration::from_secs(5);
+/// Endpoint changes re-evaluate the waves of their namespace at most this often.
+const WAVE_COALESCE: Duration = Duration::from_secs(1);
 
 /// Runs the endpoint controller on the embedded store until `shutdown` turns true.
 pub async fn run<P: PowerControl>(
@@ -335,7 +337,11 @@ pub async fn run<P: PowerControl>(
             for w in ctrl.backend.waves().await? {
                 let (ns, _) = wave_id(&w);
                 if endpoint_namespaces.contains(&ns) && !wave_is_settled(&w) {
-                    waves_due.insert(wave_id(&w), Instant::now());
+                    // Coalesced: a busy batch writes endpoint statuses many times a second,
+                    // and each wave reconcile reads the whole namespace.
+                    waves_due
+                        .entry(wave_id(&w))
+                        .or_insert_with(|| Instant::now() + WAVE_COALESCE);
                 }
             }
         }

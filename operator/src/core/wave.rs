@@ -700,7 +700,7 @@ pub fn decide(
                 }
                 st.current_batch = Some(i as u32);
                 message = format!(
-                    "batch {}/{}: {} running, {} waiting for a slot",
+                    "batch {}/{}: {} running, {} not started yet (each endpoint's status says what it waits for)",
                     i + 1,
                     st.batches.len(),
                     st.batches[i].running,
