@@ -339,9 +339,9 @@ pub async fn run<P: PowerControl>(
                 if endpoint_namespaces.contains(&ns) && !wave_is_settled(&w) {
                     // Coalesced: a busy batch writes endpoint statuses many times a second,
                     // and each wave reconcile reads the whole namespace.
-                    waves_due
-                        .entry(wave_id(&w))
-                        .or_insert_with(|| Instant::now() + WAVE_COALESCE);
+                    let soon = Instant::now() + WAVE_COALESCE;
+                    let slot = waves_due.entry(wave_id(&w)).or_insert(soon);
+                    *slot = (*slot).min(soon);
                 }
             }
         }
