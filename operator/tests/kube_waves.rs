@@ -157,3 +157,101 @@ async fn a_failure_storm_trips_the_budget_on_the_apiserver() {
     wave_sim::a_failure_storm_trips_the_budget(&sim(&c).await).await;
     let _ = c.k.kubectl(&["delete", "namespace", &c.ns, "--wait=false"]);
 }
+
+/// The real `recast-operator --backend kube` process: its wave controller plans the wave,
+/// starts the canary attempt under the lease, and stops on an abort patched with kubectl.
+#[test]
+fn the_operator_process_runs_and_aborts_a_wave_on_the_apiserver() {
+    let Some(c) = cluster(
+        "kube-wave-op",
+        json!({"canary": 1, "batchSize": 10, "maxFailures": 0}),
+    ) else {
+        return;
+    };
+    /// SIGKILL on drop, so a failed assertion leaves no operator behind.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _op = Kill(
+        std::process::Command::new(env!("CARGO_BIN_EXE_recast-operator"))
+            .args(["run", "--backend", "kube", "--listen", "127.0.0.1:0"])
+            .args(["--watch-namespace", &c.ns, "--lease-namespace", &c.ns])
+            .args(["--identity", "wave-test", "--lease-duration-seconds", "6"])
+            .args(["--lease-grace-seconds", "2"])
+            .env("KUBECONFIG", &c.k.kubeconfig)
+            .env("RECAST_LOG", "warn")
+            .env("RECAST_POWER_DRIVER", "record")
+            .env_remove("RECAST_FAILPOINT")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start recast-operator"),
+    );
+    let wave = || -> Value {
+        serde_json::from_str(&c.k.kubectl_ok(&["get", "wave", WAVE, "-n", &c.ns, "-o", "json"]))
+            .unwrap()
+    };
+    let until = |what: &str, ok: &dyn Fn(&Value) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let w = wave();
+            if ok(&w) {
+                return w;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the wave never {what}: {:#}",
+                w["status"]
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    };
+    let w = until("started its canary", &|w| {
+        w["status"]["batches"][0]["startedAt"].is_string()
+    });
+    assert_eq!(w["status"]["phase"], json!("Running"));
+    assert_eq!(w["status"]["batches"][0]["canary"], json!(true));
+    let canary = w["status"]["batches"][0]["endpoints"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The canary's attempt starts, serving the wave's image.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ep: Value = serde_json::from_str(
+            &c.k.kubectl_ok(&["get", "rep", &canary, "-n", &c.ns, "-o", "json"]),
+        )
+        .unwrap();
+        let attempt = &ep["status"]["activeAttempt"];
+        if attempt.is_object() {
+            assert_eq!(attempt["wave"], json!(WAVE));
+            assert_eq!(attempt["image"], json!(NEW_IMAGE));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{canary} never started its wave attempt: {:#}",
+            ep["status"]
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    c.k.kubectl_ok(&[
+        "patch",
+        "wave",
+        WAVE,
+        "-n",
+        &c.ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"aborted":true}}"#,
+    ]);
+    let w = until("ended Aborted", &|w| {
+        w["status"]["phase"] == json!("Aborted")
+    });
+    assert!(w["status"]["batches"][1]["startedAt"].is_null());
+    let _ = c.k.kubectl(&["delete", "namespace", &c.ns, "--wait=false"]);
+}
