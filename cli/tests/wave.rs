@@ -430,3 +430,85 @@ fn watch_redraws_in_a_terminal_until_the_wave_ends() {
     let _ = std::fs::remove_file(&done);
     assert_eq!(exit.trim(), "0");
 }
+
+/// The same commands against the real kube-apiserver (`make k8s-up`): create from flags (the
+/// apiserver's CEL rules admit it), plan from the cluster's endpoints, steer with merge patches,
+/// and read status. Skips without the harness unless RECAST_REQUIRE_K8S=1.
+#[test]
+fn wave_commands_on_the_apiserver() {
+    let Some(k) = recast_tests::K8s::get() else {
+        return;
+    };
+    k.install_crds();
+    let ns = k.fresh_namespace("ctl-wave");
+    let kube = |args: &[&str]| {
+        Command::new(RECASTCTL)
+            .args(["--backend", "kube", "-n", &ns])
+            .args(args)
+            .env("KUBECONFIG", &k.kubeconfig)
+            .env_remove("RECAST_BACKEND")
+            .env("USER", "alice")
+            .output()
+            .unwrap()
+    };
+    let ok = |args: &[&str]| {
+        let o = kube(args);
+        assert!(o.status.success(), "recastctl {args:?}: {}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let examples = repo().join("examples");
+    ok(&["apply", "-f", &examples.to_string_lossy()]);
+    ok(&[
+        "wave",
+        "create",
+        "jan",
+        "--selector",
+        "site=store-042",
+        "--image",
+        "win11-24h2-2026-01",
+        "--reason",
+        "January rollup",
+        "--canary",
+        "1",
+        "--batch-size",
+        "2",
+        "--require-approval",
+    ]);
+    let plan = ok(&["wave", "plan", "jan"]);
+    assert!(plan.contains("4 endpoints in 3 batches"), "{plan}");
+    assert!(plan.contains("reception-01"), "{plan}");
+    // The apiserver's own rule refuses an invalid amount, and recastctl passes its message on.
+    let o = kube(&[
+        "wave",
+        "create",
+        "bad",
+        "--selector",
+        "a=b",
+        "--image",
+        "x",
+        "--reason",
+        "y",
+        "--batch-size",
+        "0",
+    ]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("strategy.batchSize"), "{}", stderr(&o));
+    ok(&["wave", "pause", "jan"]);
+    ok(&["wave", "approve", "jan"]);
+    let v: Value = serde_json::from_str(&ok(&["wave", "status", "jan", "-o", "json"])).unwrap();
+    assert_eq!(v["spec"]["paused"], json!(true));
+    assert_eq!(v["spec"]["approvedBy"], json!("alice"));
+    ok(&["wave", "resume", "jan"]);
+    let list = ok(&["wave", "list"]);
+    assert!(list.contains("jan"), "{list}");
+    // The kubectl plugin against the same cluster (kube is its default backend).
+    let o = Command::new(PLUGIN)
+        .args(["-n", &ns, "wave", "list"])
+        .env("KUBECONFIG", &k.kubeconfig)
+        .env_remove("RECAST_BACKEND")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("jan"));
+    let _ = k.kubectl(&["delete", "namespace", &ns, "--wait=false"]);
+}
