@@ -384,7 +384,7 @@ pub fn run(
             }
             if !watch {
                 let w = get_wave(store, ns, &name)?;
-                print!("{}", render_status(&w, Timestamp::now().max(now), colour()));
+                print!("{}", render_status(&w, now, colour()));
                 return Ok(exit_for(phase_of(&w)));
             }
             watch_status(store, ns, &name, Duration::from_secs(interval))
@@ -779,11 +779,11 @@ pub fn render_status(w: &ReimageWave, now: Timestamp, colour: bool) -> String {
         "Overall".to_string(),
         bar(&p, planned, c.succeeded, c.failed, c.running, late_skips),
         format!("{done}/{planned}"),
+        timing,
         format!(
             "ok {}  failed {}  running {}  skipped {}",
             c.succeeded, c.failed, c.running, c.skipped
         ),
-        timing,
     ]];
     for b in &st.batches {
         let n = b.endpoints.len() as u32;
@@ -809,8 +809,8 @@ pub fn render_status(w: &ReimageWave, now: Timestamp, colour: bool) -> String {
             batch_label(b),
             bar(&p, n, b.succeeded, b.failed, b.running, b.skipped),
             format!("{}/{n}", b.succeeded + b.failed + b.skipped),
-            counts.join("  "),
             state,
+            counts.join("  "),
         ]);
     }
     out.push('\n');
