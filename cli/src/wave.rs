@@ -734,7 +734,7 @@ pub fn render_status(w: &ReimageWave, now: Timestamp, colour: bool) -> String {
     out.push_str(&format!("Wave:      {name} -> {}\n", w.spec.image));
     let batch = match (st.current_batch, st.batches.len()) {
         (_, 0) => String::new(),
-        (Some(c), n) => format!("   batch {}/{n}", c + 1),
+        (Some(c), n) => format!("   batch {c}/{n}"),
         (None, n) => format!("   {n} batches"),
     };
     out.push_str(&format!("Phase:     {}{batch}\n", p.phase(st.phase)));
@@ -999,7 +999,7 @@ mod tests {
         let b3 = batch(3, 4, false, None, None);
         w.status = Some(ReimageWaveStatus {
             phase: Some(WavePhase::Running),
-            current_batch: Some(2),
+            current_batch: Some(3),
             counts: WaveCounts {
                 selected: 16,
                 skipped: 3,

@@ -342,7 +342,7 @@ fn watch_redraws_in_a_terminal_until_the_wave_ends() {
     site.set_status(
         "jan",
         json!({
-            "phase": "Running", "currentBatch": 0, "maxFailures": 0,
+            "phase": "Running", "currentBatch": 1, "maxFailures": 0,
             "counts": {"selected": 4, "skipped": 1, "pending": 2, "running": 1, "succeeded": 0, "failed": 0},
             "batches": [batch(0, &["kiosk-01"], true, 0, 1), batch(1, &["kiosk-02", "kiosk-03"], false, 0, 0)],
             "skipped": [{"name": "reception-01", "reason": "Protected"}],
@@ -406,7 +406,7 @@ fn watch_redraws_in_a_terminal_until_the_wave_ends() {
     site.set_status(
         "jan",
         json!({
-            "phase": "Succeeded", "currentBatch": 1, "maxFailures": 0,
+            "phase": "Succeeded", "currentBatch": 2, "maxFailures": 0,
             "startedAt": "2026-02-11T08:00:00Z", "finishedAt": "2026-02-11T09:00:00Z",
             "counts": {"selected": 4, "skipped": 1, "pending": 0, "running": 0, "succeeded": 3, "failed": 0},
             "batches": [batch(0, &["kiosk-01"], true, 1, 0), batch(1, &["kiosk-02", "kiosk-03"], true, 2, 0)],

@@ -135,6 +135,7 @@ pub struct WaveCounts {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WaveBatch {
+    /// Position in status.batches, from 0 (batch number index+1).
     pub index: u32,
     pub endpoints: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -171,6 +172,7 @@ pub struct SkippedEndpoint {
 pub struct ReimageWaveStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<WavePhase>,
+    /// Number of the batch in progress, counted from 1 as recastctl shows it (batches[n-1]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_batch: Option<u32>,
     #[serde(default)]

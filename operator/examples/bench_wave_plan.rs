@@ -215,7 +215,7 @@ fn main() {
         |d| {
             format!(
                 "batch {} of {}, {} succeeded so far",
-                d.status.current_batch.map(|b| b + 1).unwrap_or(0),
+                d.status.current_batch.unwrap_or(0),
                 d.status.batches.len(),
                 d.status.counts.succeeded
             )

@@ -269,6 +269,12 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
         let mut idx = self.index();
         // Start from nothing: entries from an earlier leadership term may be gone or stale.
         *idx = FleetIndex::default();
+        // Likewise which endpoints waves made due: another replica may have moved the waves
+        // on; the first wave reconciles of this term say afresh.
+        self.wave_due
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         for ep in &all {
             let key = Key::of(ep);
             idx.upsert(

@@ -698,7 +698,7 @@ pub fn decide(
                         ),
                     );
                 }
-                st.current_batch = Some(i as u32);
+                st.current_batch = Some(i as u32 + 1);
                 message = format!(
                     "batch {}/{}: {} running, {} not started yet (each endpoint's status says what it waits for)",
                     i + 1,
@@ -1490,7 +1490,7 @@ mod tests {
                 // Only members of the running batch are due, and each is due until it starts.
                 if let Some(cur) = d.status.current_batch {
                     for n in &d.due {
-                        prop_assert!(batches[cur as usize].endpoints.contains(n));
+                        prop_assert!(batches[cur as usize - 1].endpoints.contains(n));
                     }
                 }
                 // Once the budget is spent nothing new is due.

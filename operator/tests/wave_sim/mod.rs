@@ -240,7 +240,7 @@ pub async fn wave_through_a_restart<B: Backend>(
     let mut most_at_once = 0;
     let mut restarted = false;
     for round in 0..200 {
-        if !restarted && sim.wave_status().await.current_batch == Some(2) {
+        if !restarted && sim.wave_status().await.current_batch == Some(3) {
             sim.operator_pass().await;
             assert!(
                 sim.any_running().await,
