@@ -12,7 +12,7 @@ use recast_crds::endpoint::EndpointStatus;
 use recast_crds::golden_image::GoldenImage;
 use recast_crds::manifest::Kind;
 use recast_crds::policy::RemediationPolicy;
-use recast_crds::wave::{ReimageWave, ReimageWaveStatus, WavePhase};
+use recast_crds::wave::{ReimageWave, ReimageWaveStatus};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
@@ -336,7 +336,9 @@ pub async fn run<P: PowerControl>(
         if !endpoint_namespaces.is_empty() {
             for w in ctrl.backend.waves().await? {
                 let (ns, _) = wave_id(&w);
-                if endpoint_namespaces.contains(&ns) && !wave_is_settled(&w) {
+                if endpoint_namespaces.contains(&ns)
+                    && !w.status.as_ref().is_some_and(crate::core::wave::settled)
+                {
                     // Coalesced: a busy batch writes endpoint statuses many times a second,
                     // and each wave reconcile reads the whole namespace.
                     let soon = Instant::now() + WAVE_COALESCE;
@@ -429,16 +431,6 @@ fn wave_id(w: &ReimageWave) -> (String, String) {
             .unwrap_or_else(|| "default".into()),
         w.metadata.name.clone().unwrap_or_default(),
     )
-}
-
-/// A wave that ended and has no attempt left running: endpoint changes cannot move it.
-fn wave_is_settled(w: &ReimageWave) -> bool {
-    w.status.as_ref().is_some_and(|s| {
-        matches!(
-            s.phase,
-            Some(WavePhase::Succeeded | WavePhase::Failed | WavePhase::Aborted)
-        ) && s.counts.running == 0
-    })
 }
 
 async fn update_phase_metrics<B: Backend, P: PowerControl>(ctrl: &Controller<B, P>) {

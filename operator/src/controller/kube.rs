@@ -766,17 +766,39 @@ pub async fn run<P: PowerControl>(
                 _ = stop.wait_for(|s| *s) => {}
             }
         };
-        let waves = KubeController::new(
+        let wave_kc = KubeController::new(
             scoped::<ReimageWave>(&client, opts.watch_namespace.as_deref()),
             watcher::Config::default().any_semantic(),
         )
-        .graceful_shutdown_on(wave_end)
-        .run(reconcile_wave::<P>, wave_error_policy::<P>, ctrl.clone())
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "wave reconcile error");
-            }
-        });
+        // A busy batch changes endpoint statuses many times a second; one wave reconcile (a
+        // LIST of the namespace) per second is enough to follow them.
+        .with_config(kube::runtime::controller::Config::default().debounce(WAVE_DEBOUNCE));
+        // An endpoint change re-evaluates the waves of its namespace that have not settled.
+        let wave_cache = wave_kc.store();
+        let waves = wave_kc
+            .watches(
+                scoped::<Endpoint>(&client, opts.watch_namespace.as_deref()),
+                watcher::Config::default().any_semantic(),
+                move |ep: Endpoint| {
+                    let ns = ep.namespace();
+                    wave_cache
+                        .state()
+                        .iter()
+                        .filter(|w| {
+                            w.namespace() == ns
+                                && !w.status.as_ref().is_some_and(crate::core::wave::settled)
+                        })
+                        .map(|w| ObjectRef::from_obj(&**w))
+                        .collect::<Vec<_>>()
+                },
+            )
+            .graceful_shutdown_on(wave_end)
+            .run(reconcile_wave::<P>, wave_error_policy::<P>, ctrl.clone())
+            .for_each(|r| async move {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "wave reconcile error");
+                }
+            });
         let endpoints = kc
             .run(reconcile::<P>, error_policy::<P>, ctrl.clone())
             .for_each(|r| async move {
@@ -857,9 +879,11 @@ async fn reconcile<P: PowerControl>(
     }
 }
 
-/// How often a wave is looked at while nothing about the wave object changes: its members'
-/// progress is read then (a watch on every endpoint per wave would cost more than it saves).
+/// How often a running wave is looked at even when nothing seems to change (a missed watch
+/// event, a pause between batches running out).
 const WAVE_POLL: Duration = Duration::from_secs(15);
+/// Endpoint changes re-evaluate a wave at most this often.
+const WAVE_DEBOUNCE: Duration = Duration::from_secs(1);
 
 async fn reconcile_wave<P: PowerControl>(
     w: Arc<ReimageWave>,

@@ -396,6 +396,11 @@ pub struct WaveDecision {
     pub requeue_after: Option<Duration>,
 }
 
+/// A wave that ended with no attempt left running: nothing its endpoints do can move it.
+pub fn settled(status: &ReimageWaveStatus) -> bool {
+    terminal(status.phase) && status.counts.running == 0
+}
+
 fn terminal(p: Option<WavePhase>) -> bool {
     matches!(
         p,
