@@ -324,10 +324,10 @@ fn the_kubectl_plugin_and_completions() {
 #[test]
 fn watch_redraws_in_a_terminal_until_the_wave_ends() {
     if Command::new("tmux").arg("-V").output().is_err() {
-        if std::env::var_os("RECAST_REQUIRE_TMUX").is_some() {
-            panic!("tmux is required (RECAST_REQUIRE_TMUX is set): apt-get install -y tmux");
-        }
-        eprintln!("skipping: tmux is not installed (apt-get install -y tmux)");
+        recast_tests::skip_or_fail(
+            "RECAST_REQUIRE_TMUX",
+            "tmux is not installed, so `wave status --watch` was not tried in a terminal (apt-get install -y tmux)",
+        );
         return;
     }
     let site = Site::new("watch");
