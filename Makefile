@@ -48,8 +48,9 @@ crds-check: ## Fail when crds/yaml differs from what the types generate
 
 BENCH_ENDPOINTS ?= 10000
 
-bench-controller: ## The controller over $(BENCH_ENDPOINTS) endpoints on both backends vs a naive controller (prints a table)
-	$(CARGO) build --release $(CARGO_FLAGS) -p recast-operator --bin recast-operator --example bench_controller
+bench-controller: ## The controller over $(BENCH_ENDPOINTS) endpoints on both backends vs a naive controller, and wave planning vs a naive planner (prints tables)
+	$(CARGO) build --release $(CARGO_FLAGS) -p recast-operator --bin recast-operator --example bench_controller --example bench_wave_plan
+	target/release/examples/bench_wave_plan $(BENCH_ENDPOINTS)
 	tests/k8s/harness.sh up
 	target/release/examples/bench_controller target/release/recast-operator $(BENCH_ENDPOINTS)
 

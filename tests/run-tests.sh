@@ -14,6 +14,9 @@ if [[ $(id -u) == 0 ]]; then
   for setup in tests/pxe/setup.sh tests/redfish/setup.sh tests/golden/setup.sh tests/boot/setup.sh tests/gateway/setup.sh; do
     bash "$setup" || echo "*** $setup failed; the tests that need it will skip or fail"
   done
+  # tmux drives `recastctl wave status --watch` in a real terminal.
+  command -v tmux >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux; } ||
+    echo "*** installing tmux failed; the --watch test will skip or fail"
 fi
 started_k8s=0
 if ! tests/k8s/harness.sh status 2>/dev/null; then

@@ -250,15 +250,32 @@ impl Backend {
         field: &str,
         value: Value,
     ) -> Result<(), BackendError> {
+        self.merge_spec(Kind::Endpoint, ns, name, json!({ field: value }))
+    }
+
+    /// Sets the top-level spec fields in `fields` (an object) of any recast object.
+    pub fn merge_spec(
+        &self,
+        kind: Kind,
+        ns: &str,
+        name: &str,
+        fields: Value,
+    ) -> Result<(), BackendError> {
         match self {
             Backend::Embedded(s) => {
-                s.update(Kind::Endpoint, ns, name, |obj| {
-                    if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
-                        // Null removes the field, as a JSON merge patch does on the apiserver.
-                        if value.is_null() {
-                            spec.remove(field);
-                        } else {
-                            spec.insert(field.to_string(), value.clone());
+                s.update(kind, ns, name, |obj| {
+                    if let (Some(spec), Some(fields)) = (
+                        obj.get_mut("spec").and_then(Value::as_object_mut),
+                        fields.as_object(),
+                    ) {
+                        for (k, v) in fields {
+                            // Null removes the field, as a JSON merge patch does on the
+                            // apiserver.
+                            if v.is_null() {
+                                spec.remove(k);
+                            } else {
+                                spec.insert(k.clone(), v.clone());
+                            }
                         }
                     }
                     Ok(())
@@ -266,8 +283,8 @@ impl Backend {
                 Ok(())
             }
             Backend::Kube(k) => {
-                let api = k.api(Kind::Endpoint, Some(ns));
-                let patch = json!({"spec": {field: value}});
+                let api = k.api(kind, Some(ns));
+                let patch = json!({ "spec": fields });
                 k.rt.block_on(async {
                     api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
                         .await

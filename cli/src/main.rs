@@ -8,6 +8,7 @@ mod backend;
 mod bmc;
 mod image;
 mod table;
+mod wave;
 mod wds;
 
 use std::io::IsTerminal;
@@ -16,6 +17,7 @@ use std::process::ExitCode;
 
 use backend::{Backend, BackendError, KubeObjects};
 use clap::{Parser, Subcommand, ValueEnum};
+
 use jiff::Timestamp;
 use recast_crds::endpoint::EndpointStatus;
 use recast_crds::manifest::Kind;
@@ -139,6 +141,16 @@ enum Command {
     /// Sites that keep WDS: print what to run on the WDS server.
     #[command(subcommand)]
     Wds(WdsCommand),
+    /// Reimage waves: create, plan, follow (status --watch), pause, resume, abort, approve.
+    Wave {
+        #[command(subcommand)]
+        command: wave::WaveCommand,
+    },
+    /// Print a shell completion script: recastctl completion bash > /etc/bash_completion.d/recastctl
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand)]
@@ -182,7 +194,15 @@ impl CliError {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    // Started by the kubectl plugin (src/bin/kubectl-recast.rs): usage reads `kubectl recast`.
+    if std::env::var_os("RECASTCTL_AS_KUBECTL_PLUGIN").is_some() {
+        cmd = cmd.bin_name("kubectl recast");
+    }
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&cmd.get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -227,6 +247,12 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
     if let Command::Validate { files } = &cli.command {
         return Ok(validate(files));
     }
+    if let Command::Completion { shell } = cli.command {
+        let mut cmd = <Cli as clap::CommandFactory>::command();
+        let bin = cmd.get_name().to_string();
+        clap_complete::generate(shell, &mut cmd, bin, &mut std::io::stdout());
+        return Ok(ExitCode::SUCCESS);
+    }
     // Image checks read only the file: no store or cluster needed.
     let cli = match cli.command {
         Command::Image { command } if !command.needs_store() => {
@@ -241,8 +267,9 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let ns = cli.namespace.as_str();
     let now = Timestamp::now();
     match cli.command {
-        Command::Validate { .. } => unreachable!("handled above"),
+        Command::Validate { .. } | Command::Completion { .. } => unreachable!("handled above"),
         Command::Image { command } => image::run_on_store(command, &store, ns, now),
+        Command::Wave { command } => wave::run(&store, ns, command, now),
         Command::Wds(WdsCommand::Prestage {
             names,
             wds_server,

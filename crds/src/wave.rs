@@ -135,6 +135,7 @@ pub struct WaveCounts {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WaveBatch {
+    /// Position in status.batches, from 0 (batch number index+1).
     pub index: u32,
     pub endpoints: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -143,6 +144,19 @@ pub struct WaveBatch {
     pub finished_at: Option<String>,
     #[serde(default)]
     pub canary: bool,
+    /// Members on the new image, as of the last reconcile.
+    #[serde(default)]
+    pub succeeded: u32,
+    /// Members whose attempt failed.
+    #[serde(default)]
+    pub failed: u32,
+    /// Members reimaging now.
+    #[serde(default)]
+    pub running: u32,
+    /// Members left out after planning (deleted, or protected, paused or Quarantined before
+    /// their attempt started).
+    #[serde(default)]
+    pub skipped: u32,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
@@ -158,10 +172,23 @@ pub struct SkippedEndpoint {
 pub struct ReimageWaveStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<WavePhase>,
+    /// Number of the batch in progress, counted from 1 as recastctl shows it (batches[n-1]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_batch: Option<u32>,
     #[serde(default)]
     pub counts: WaveCounts,
+    /// Failures the wave tolerates (strategy.maxFailures resolved against the selection).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_failures: Option<u32>,
+    /// When the first batch started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// When the wave reached Succeeded, Failed or Aborted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// Earliest time the next batch may start (pauseBetweenBatches).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_batch_at: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub batches: Vec<WaveBatch>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -12,6 +12,7 @@ use recast_crds::endpoint::EndpointStatus;
 use recast_crds::golden_image::GoldenImage;
 use recast_crds::manifest::Kind;
 use recast_crds::policy::RemediationPolicy;
+use recast_crds::wave::{ReimageWave, ReimageWaveStatus};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
@@ -121,9 +122,8 @@ impl Backend for EmbeddedBackend {
         now: Timestamp,
     ) -> Result<(), BackendError> {
         let (ns, name) = ns_name(ep);
-        let ev = event_record(notice, now);
         self.store
-            .record_event(Kind::Endpoint, &ns, &name, &ev)
+            .record_event(Kind::Endpoint, &ns, &name, &event_record(notice, now))
             .map_err(other)
     }
 
@@ -204,6 +204,58 @@ impl Backend for EmbeddedBackend {
             .map_err(|_| BackendError::Other(format!("bad inbox id {id:?}")))?;
         self.store.ack_input(seq).map_err(other)
     }
+
+    async fn waves(&self) -> Result<Vec<ReimageWave>, BackendError> {
+        self.store
+            .list(Kind::ReimageWave, None)
+            .map_err(other)?
+            .into_iter()
+            .map(decode)
+            .collect()
+    }
+
+    async fn wave(&self, namespace: &str, name: &str) -> Result<Option<ReimageWave>, BackendError> {
+        self.store
+            .get(Kind::ReimageWave, namespace, name)
+            .map_err(other)?
+            .map(decode)
+            .transpose()
+    }
+
+    async fn write_wave_status(
+        &self,
+        wave: &ReimageWave,
+        status: &ReimageWaveStatus,
+    ) -> Result<(), BackendError> {
+        let ns = wave.metadata.namespace.as_deref().unwrap_or("default");
+        let name = wave.metadata.name.as_deref().unwrap_or_default();
+        let value = serde_json::to_value(status).map_err(|e| BackendError::Other(e.to_string()))?;
+        // The generation precondition refuses a decision taken before a pause, an abort or an
+        // approval that landed since the wave was read.
+        self.store
+            .write_status(
+                Kind::ReimageWave,
+                ns,
+                name,
+                wave.metadata.generation,
+                &value,
+            )
+            .map(|_| ())
+            .map_err(other)
+    }
+
+    async fn record_wave(
+        &self,
+        wave: &ReimageWave,
+        notice: &Notice,
+        now: Timestamp,
+    ) -> Result<(), BackendError> {
+        let ns = wave.metadata.namespace.as_deref().unwrap_or("default");
+        let name = wave.metadata.name.as_deref().unwrap_or_default();
+        self.store
+            .record_event(Kind::ReimageWave, ns, name, &event_record(notice, now))
+            .map_err(other)
+    }
 }
 
 /// How often the loop looks at the change feed when nothing is due (writes by recastctl come
@@ -213,6 +265,8 @@ const POLL: Duration = Duration::from_millis(200);
 const RESYNC: Duration = Duration::from_secs(300);
 /// After a failed reconcile.
 const ERROR_BACKOFF: Duration = Duration::from_secs(5);
+/// Endpoint changes re-evaluate the waves of their namespace at most this often.
+const WAVE_COALESCE: Duration = Duration::from_secs(1);
 
 /// Runs the endpoint controller on the embedded store until `shutdown` turns true.
 pub async fn run<P: PowerControl>(
@@ -224,9 +278,15 @@ pub async fn run<P: PowerControl>(
     let primed = ctrl.prime().await?;
     let mut cursor = store.latest_change().map_err(other)?;
     let mut due: BTreeMap<Key, Instant> = BTreeMap::new();
+    // Waves, keyed by (namespace, name); each is reconciled at start, so a restart rebuilds
+    // which endpoints are due from the waves' status before any endpoint decides.
+    let mut waves_due: BTreeMap<(String, String), Instant> = BTreeMap::new();
     let start = Instant::now();
     for ep in ctrl.backend.endpoints().await? {
         due.insert(Key::of(&ep), start);
+    }
+    for w in ctrl.backend.waves().await? {
+        waves_due.insert(wave_id(&w), start);
     }
     tracing::info!(endpoints = primed, "embedded controller started");
     tokio::spawn(
@@ -242,6 +302,7 @@ pub async fn run<P: PowerControl>(
             return Ok(());
         }
         // Follow the change feed.
+        let mut endpoint_namespaces = std::collections::BTreeSet::new();
         loop {
             let changes = store.changes_since(cursor, 1000).map_err(other)?;
             if changes.is_empty() {
@@ -251,6 +312,7 @@ pub async fn run<P: PowerControl>(
                 cursor = ch.seq;
                 match ch.kind {
                     Kind::Endpoint => {
+                        endpoint_namespaces.insert(ch.namespace.clone());
                         due.insert(
                             Key {
                                 namespace: ch.namespace.clone(),
@@ -267,7 +329,48 @@ pub async fn run<P: PowerControl>(
                             }
                         }
                     }
-                    Kind::ReimageWave => {}
+                    Kind::ReimageWave => {
+                        waves_due.insert((ch.namespace.clone(), ch.name.clone()), Instant::now());
+                    }
+                }
+            }
+        }
+        // Endpoints moved: the waves over them may have a batch to close or open. Finished
+        // waves with nothing running have nothing left to count.
+        if !endpoint_namespaces.is_empty() {
+            for w in ctrl.backend.waves().await? {
+                let (ns, _) = wave_id(&w);
+                if endpoint_namespaces.contains(&ns)
+                    && !w.status.as_ref().is_some_and(crate::core::wave::settled)
+                {
+                    // Coalesced: a busy batch writes endpoint statuses many times a second,
+                    // and each wave reconcile reads the whole namespace.
+                    let soon = Instant::now() + WAVE_COALESCE;
+                    let slot = waves_due.entry(wave_id(&w)).or_insert(soon);
+                    *slot = (*slot).min(soon);
+                }
+            }
+        }
+        let now = Instant::now();
+        let ready_waves: Vec<(String, String)> = waves_due
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (ns, name) in ready_waves {
+            waves_due.remove(&(ns.clone(), name.clone()));
+            match ctrl.reconcile_wave(&ns, &name).await {
+                Ok(step) => {
+                    for key in step.due {
+                        due.insert(key, Instant::now());
+                    }
+                    if let Some(after) = step.requeue_after {
+                        waves_due.insert((ns, name), Instant::now() + after);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(wave = %format!("{ns}/{name}"), error = %e, "wave reconcile failed; retrying in {ERROR_BACKOFF:?}");
+                    waves_due.insert((ns, name), Instant::now() + ERROR_BACKOFF);
                 }
             }
         }
@@ -275,6 +378,9 @@ pub async fn run<P: PowerControl>(
             last_resync = Instant::now();
             for ep in ctrl.backend.endpoints().await? {
                 due.entry(Key::of(&ep)).or_insert_with(Instant::now);
+            }
+            for w in ctrl.backend.waves().await? {
+                waves_due.entry(wave_id(&w)).or_insert_with(Instant::now);
             }
             store.compact_changes(cursor).map_err(other)?;
         }
@@ -309,6 +415,7 @@ pub async fn run<P: PowerControl>(
         }
         let next = due
             .values()
+            .chain(waves_due.values())
             .min()
             .copied()
             .unwrap_or_else(|| Instant::now() + POLL);
@@ -318,6 +425,16 @@ pub async fn run<P: PowerControl>(
             _ = shutdown.changed() => {}
         }
     }
+}
+
+fn wave_id(w: &ReimageWave) -> (String, String) {
+    (
+        w.metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        w.metadata.name.clone().unwrap_or_default(),
+    )
 }
 
 async fn update_phase_metrics<B: Backend, P: PowerControl>(ctrl: &Controller<B, P>) {

@@ -29,6 +29,7 @@ use recast_crds::Endpoint;
 use recast_crds::endpoint::EndpointStatus;
 use recast_crds::golden_image::GoldenImage;
 use recast_crds::policy::RemediationPolicy;
+use recast_crds::wave::{ReimageWave, ReimageWaveStatus};
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -548,6 +549,61 @@ impl Backend for KubeBackend {
             Err(e) => Err(kube_err(e)),
         }
     }
+
+    async fn waves(&self) -> Result<Vec<ReimageWave>, BackendError> {
+        let api: Api<ReimageWave> = scoped(&self.client, self.watch_namespace.as_deref());
+        Ok(api
+            .list(&ListParams::default())
+            .await
+            .map_err(kube_err)?
+            .items)
+    }
+
+    async fn wave(&self, namespace: &str, name: &str) -> Result<Option<ReimageWave>, BackendError> {
+        Api::<ReimageWave>::namespaced(self.client.clone(), namespace)
+            .get_opt(name)
+            .await
+            .map_err(kube_err)
+    }
+
+    async fn write_wave_status(
+        &self,
+        wave: &ReimageWave,
+        status: &ReimageWaveStatus,
+    ) -> Result<(), BackendError> {
+        self.check_leader()?;
+        // The resourceVersion makes the write conditional: a pause, abort or approval that
+        // landed since the wave was read is a 409, and the wave is decided again.
+        let patch = json!({
+            "apiVersion": recast_crds::API_VERSION,
+            "kind": "ReimageWave",
+            "metadata": {"name": wave.name_any(), "resourceVersion": wave.resource_version()},
+            "status": status,
+        });
+        Api::<ReimageWave>::namespaced(
+            self.client.clone(),
+            &wave.namespace().unwrap_or_else(|| "default".into()),
+        )
+        .patch_status(
+            &wave.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(patch),
+        )
+        .await
+        .map(|_| ())
+        .map_err(kube_err)
+    }
+
+    async fn record_wave(
+        &self,
+        wave: &ReimageWave,
+        notice: &Notice,
+        _now: Timestamp,
+    ) -> Result<(), BackendError> {
+        self.check_leader()?;
+        self.publish(wave.object_ref(&()), notice).await;
+        Ok(())
+    }
 }
 
 /// Where an endpoint's action journal lives: a ConfigMap next to it.
@@ -716,13 +772,56 @@ pub async fn run<P: PowerControl>(
                 );
             }
         });
-        kc.run(reconcile::<P>, error_policy::<P>, ctrl.clone())
+        // Waves run beside the endpoints, under the same lease and shutdown.
+        let mut lost = is_leader.clone();
+        let mut stop = shutdown.clone();
+        let wave_end = async move {
+            tokio::select! {
+                _ = lost.wait_for(|l| !*l) => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+        };
+        let wave_kc = KubeController::new(
+            scoped::<ReimageWave>(&client, opts.watch_namespace.as_deref()),
+            watcher::Config::default().any_semantic(),
+        )
+        // A busy batch changes endpoint statuses many times a second; one wave reconcile (a
+        // LIST of the namespace) per second is enough to follow them.
+        .with_config(kube::runtime::controller::Config::default().debounce(WAVE_DEBOUNCE));
+        // An endpoint change re-evaluates the waves of its namespace that have not settled.
+        let wave_cache = wave_kc.store();
+        let waves = wave_kc
+            .watches(
+                scoped::<Endpoint>(&client, opts.watch_namespace.as_deref()),
+                watcher::Config::default().any_semantic(),
+                move |ep: Endpoint| {
+                    let ns = ep.namespace();
+                    wave_cache
+                        .state()
+                        .iter()
+                        .filter(|w| {
+                            w.namespace() == ns
+                                && !w.status.as_ref().is_some_and(crate::core::wave::settled)
+                        })
+                        .map(|w| ObjectRef::from_obj(&**w))
+                        .collect::<Vec<_>>()
+                },
+            )
+            .graceful_shutdown_on(wave_end)
+            .run(reconcile_wave::<P>, wave_error_policy::<P>, ctrl.clone())
+            .for_each(|r| async move {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "wave reconcile error");
+                }
+            });
+        let endpoints = kc
+            .run(reconcile::<P>, error_policy::<P>, ctrl.clone())
             .for_each(|r| async move {
                 if let Err(e) = r {
                     tracing::debug!(error = %e, "reconcile error");
                 }
-            })
-            .await;
+            });
+        futures::future::join(endpoints, waves).await;
         gauge.abort();
         bmc_watch.abort();
         leader.store(false, Ordering::SeqCst);
@@ -794,6 +893,33 @@ async fn reconcile<P: PowerControl>(
         Ok(None) => Ok(KubeAction::requeue(Duration::from_secs(300))),
         Err(e) => Err(ReconcileError(e.to_string())),
     }
+}
+
+/// How often a running wave is looked at even when nothing seems to change (a missed watch
+/// event, a pause between batches running out).
+const WAVE_POLL: Duration = Duration::from_secs(15);
+/// Endpoint changes re-evaluate a wave at most this often.
+const WAVE_DEBOUNCE: Duration = Duration::from_secs(1);
+
+async fn reconcile_wave<P: PowerControl>(
+    w: Arc<ReimageWave>,
+    ctrl: Arc<Controller<KubeBackend, P>>,
+) -> Result<KubeAction, ReconcileError> {
+    let ns = w.namespace().unwrap_or_else(|| "default".into());
+    match ctrl.reconcile_wave_and_members(&ns, &w.name_any()).await {
+        Ok(Some(after)) => Ok(KubeAction::requeue(after.min(WAVE_POLL))),
+        Ok(None) => Ok(KubeAction::requeue(Duration::from_secs(300))),
+        Err(e) => Err(ReconcileError(e.to_string())),
+    }
+}
+
+fn wave_error_policy<P: PowerControl>(
+    w: Arc<ReimageWave>,
+    e: &ReconcileError,
+    _ctrl: Arc<Controller<KubeBackend, P>>,
+) -> KubeAction {
+    tracing::warn!(wave = %w.name_any(), error = %e, "wave reconcile failed; retrying in 5s");
+    KubeAction::requeue(Duration::from_secs(5))
 }
 
 fn error_policy<P: PowerControl>(

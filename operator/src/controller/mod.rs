@@ -5,6 +5,7 @@
 pub mod bmc_watch;
 pub mod embedded;
 pub mod kube;
+pub mod wave;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -15,6 +16,7 @@ use jiff::Timestamp;
 use recast_crds::endpoint::EndpointStatus;
 use recast_crds::golden_image::GoldenImage;
 use recast_crds::policy::{DEFAULT_POLICY_NAME, RemediationPolicy};
+use recast_crds::wave::{ReimageWave, ReimageWaveStatus};
 use recast_crds::{ConditionStatus, Endpoint};
 
 use crate::bmc::PowerControl;
@@ -152,6 +154,37 @@ pub trait Backend: Send + Sync + 'static {
         key: &Key,
         id: &str,
     ) -> impl Future<Output = Result<(), BackendError>> + Send;
+    /// Every ReimageWave the controller watches. Backends without waves have none.
+    fn waves(&self) -> impl Future<Output = Result<Vec<ReimageWave>, BackendError>> + Send {
+        async { Ok(Vec::new()) }
+    }
+    fn wave(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<ReimageWave>, BackendError>> + Send {
+        let _ = (namespace, name);
+        async { Ok(None) }
+    }
+    /// Writes a wave's status, failing with Conflict when the wave changed since it was read.
+    fn write_wave_status(
+        &self,
+        wave: &ReimageWave,
+        status: &ReimageWaveStatus,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send {
+        let _ = (wave, status);
+        async { Err(BackendError::Other("this backend keeps no waves".into())) }
+    }
+    /// Records an event on a wave.
+    fn record_wave(
+        &self,
+        wave: &ReimageWave,
+        notice: &Notice,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send {
+        let _ = (wave, notice, now);
+        async { Ok(()) }
+    }
     /// Fencing right before an irreversible side effect (a BMC power cycle): a replica that
     /// lost the lease since it decided must not act. Single-writer backends always may.
     fn ensure_leader(&self) -> Result<(), BackendError> {
@@ -197,6 +230,9 @@ pub struct Controller<B: Backend, P: PowerControl> {
     index: std::sync::Mutex<FleetIndex>,
     /// Serialises decisions that start an attempt, so two endpoints never take the last slot.
     start_lock: tokio::sync::Mutex<()>,
+    /// Endpoints whose wave batch is due, with the wave's name; kept by `reconcile_wave`
+    /// (see controller/wave.rs) and read when the endpoint's lifecycle decides.
+    wave_due: std::sync::Mutex<std::collections::HashMap<Key, String>>,
     /// One reconcile per endpoint at a time (the loop and the gateway both feed inputs).
     key_locks: std::sync::Mutex<std::collections::HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -219,6 +255,7 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
             notifier: Arc::new(crate::notify::LogNotifier),
             index: std::sync::Mutex::new(FleetIndex::default()),
             start_lock: tokio::sync::Mutex::new(()),
+            wave_due: Default::default(),
             key_locks: Default::default(),
         }
     }
@@ -248,6 +285,12 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
         let mut idx = self.index();
         // Start from nothing: entries from an earlier leadership term may be gone or stale.
         *idx = FleetIndex::default();
+        // Likewise which endpoints waves made due: another replica may have moved the waves
+        // on; the first wave reconciles of this term say afresh.
+        self.wave_due
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         for ep in &all {
             let key = Key::of(ep);
             idx.upsert(
@@ -413,6 +456,7 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
         let (policy, policy_problem) = self.policy_for(ep).await?;
         let image = self.image_for(ep).await?;
         let status = ep.status.clone().unwrap_or_default();
+        let wave = self.wave_view_for(key, &status).await?;
         let uid = ep.metadata.uid.clone().unwrap_or_default();
         let view = EndpointView {
             name: key.name.as_str(),
@@ -434,7 +478,7 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
                 policy_problem: policy_problem.as_deref(),
                 image: image.as_ref(),
                 fleet,
-                wave: None,
+                wave: wave.as_ref(),
             };
             decide(view, input, ctx)
         };

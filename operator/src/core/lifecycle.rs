@@ -56,10 +56,14 @@ pub struct FleetView {
     pub recent_failures: u32,
 }
 
-/// This endpoint is in a wave batch that is due now.
+/// A wave this endpoint belongs to: its batch is due now, or the endpoint's running attempt
+/// was started by it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WaveView {
     pub name: String,
+    /// The GoldenImage the wave moves endpoints onto (None when it does not resolve). A wave
+    /// attempt is served this image, not the one the endpoint's own spec.image resolves to.
+    pub image: Option<ImageView>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -310,7 +314,7 @@ pub fn decide(ep: EndpointView<'_>, input: &Input, ctx: Context<'_>) -> Decision
     }
 }
 
-impl Run<'_> {
+impl<'a> Run<'a> {
     fn notice(&mut self, type_: NoticeType, reason: &str, message: String) {
         self.notices.push(Notice {
             type_,
@@ -670,7 +674,7 @@ impl Run<'_> {
     /// Why the attempt's image may no longer be served (not Verified any more, or the endpoint
     /// now resolves to another image or digest); None while it still may.
     fn image_revoked(&self, a: &Attempt) -> Option<String> {
-        match self.ctx.image {
+        match self.image_for(a.trigger) {
             Some(i) if i.verified && i.name == a.image && i.digest == a.image_digest => None,
             Some(i) if i.name == a.image && !i.verified => Some(format!(
                 "GoldenImage {} is no longer Verified; attempt stopped before serving it",
@@ -832,6 +836,16 @@ impl Run<'_> {
 
     // ---- no attempt running ----------------------------------------------------------------
 
+    /// The image an attempt with `trigger` is served: the wave's for a wave attempt, else the
+    /// one the endpoint's spec.image resolves to.
+    fn image_for(&self, trigger: AttemptTrigger) -> Option<&'a ImageView> {
+        if trigger == AttemptTrigger::Wave {
+            self.ctx.wave.and_then(|w| w.image.as_ref())
+        } else {
+            self.ctx.image
+        }
+    }
+
     /// What would start a reimage now, most urgent first, with the policy action that applies.
     fn wanted(&self) -> Option<(AttemptTrigger, String, RemediationAction)> {
         if let Some(req) = &self.ep.spec.reimage_request
@@ -903,7 +917,12 @@ impl Run<'_> {
                 .policy_problem
                 .map(|p| format!("{p}; automatic remediation is off for this endpoint"));
         }
-        let Some(image) = self.ctx.image else {
+        let Some(image) = self.image_for(trigger) else {
+            if trigger == AttemptTrigger::Wave {
+                return Some(
+                    "the wave's GoldenImage does not exist; check the wave's spec.image".into(),
+                );
+            }
             return Some(
                 "no GoldenImage resolves for spec.image; check the name or channel".into(),
             );
@@ -1075,7 +1094,7 @@ impl Run<'_> {
     }
 
     fn start_attempt(&mut self, trigger: AttemptTrigger, reason: String) {
-        let Some(image) = self.ctx.image else {
+        let Some(image) = self.image_for(trigger) else {
             return;
         };
         if trigger == AttemptTrigger::Manual

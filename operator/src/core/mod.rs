@@ -9,6 +9,7 @@ pub mod policy;
 pub mod signal;
 pub mod time;
 pub mod transitions;
+pub mod wave;
 pub mod window;
 
 #[cfg(test)]

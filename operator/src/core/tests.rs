@@ -802,7 +802,10 @@ fn alert_only_and_ignore() {
 #[test]
 fn a_wave_reimages_each_endpoint_once() {
     let mut e = healthy(true);
-    e.wave = Some(WaveView { name: "jan".into() });
+    e.wave = Some(WaveView {
+        name: "jan".into(),
+        image: Some(image(true)),
+    });
     e.feed(Input::Reconcile);
     assert_eq!(
         e.status.active_attempt.as_ref().unwrap().trigger,
@@ -814,6 +817,58 @@ fn a_wave_reimages_each_endpoint_once() {
     let d = e.feed(Input::Reconcile);
     assert!(d.actions.is_empty());
     assert_eq!(e.state(), State::Ready);
+}
+
+#[test]
+fn a_wave_attempt_is_served_the_wave_image_not_the_endpoint_image() {
+    let mut e = healthy(true);
+    let newer = ImageView {
+        name: "win11-24h2-2026-02".into(),
+        digest: Some("9a7e".into()),
+        verified: true,
+        minimum_build: Some("26100.7800".parse().unwrap()),
+    };
+    e.wave = Some(WaveView {
+        name: "feb".into(),
+        image: Some(newer.clone()),
+    });
+    e.feed(Input::Reconcile);
+    let a = e.status.active_attempt.clone().unwrap();
+    assert_eq!(a.image, "win11-24h2-2026-02");
+    assert_eq!(a.image_digest.as_deref(), Some("9a7e"));
+    assert_eq!(a.expected_build.as_deref(), Some("26100.7800"));
+    // While the wave is in view the endpoint's own image does not revoke the attempt.
+    let d = e.succeed(ActionKind::ArmBoot);
+    assert_eq!(kinds(&d), [ActionKind::PowerCycle]);
+    // A wave whose image stops being Verified stops its attempt.
+    e.wave = Some(WaveView {
+        name: "feb".into(),
+        image: Some(ImageView {
+            verified: false,
+            ..newer
+        }),
+    });
+    e.feed(Input::Reconcile);
+    assert!(e.status.active_attempt.is_none());
+}
+
+#[test]
+fn a_wave_whose_image_does_not_resolve_waits_with_a_reason() {
+    let mut e = healthy(true);
+    e.wave = Some(WaveView {
+        name: "feb".into(),
+        image: None,
+    });
+    e.feed(Input::Reconcile);
+    assert!(e.status.active_attempt.is_none());
+    assert_eq!(e.status.phase, Some(EndpointPhase::ReimageScheduled));
+    assert!(
+        e.status
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("the wave's GoldenImage does not exist")
+    );
 }
 
 #[test]
@@ -995,7 +1050,10 @@ impl Fleet {
             .wave
             .as_ref()
             .filter(|(_, members)| members.contains(&i))
-            .map(|(n, _)| WaveView { name: n.clone() });
+            .map(|(n, _)| WaveView {
+                name: n.clone(),
+                image: Some(self.image.clone()),
+            });
         let view = EndpointView {
             name: &name,
             uid: &uid,
