@@ -196,12 +196,12 @@ capabilities:
 - name: imaging-key
   secret:
     secretName: {{ include "recast.imagingKeySecret" . }}
-    defaultMode: 0440
+    defaultMode: 288 # 0440: owner and the fsGroup read
 {{- if .Values.boot.adminPasswordSecret }}
 - name: admin-password
   secret:
     secretName: {{ .Values.boot.adminPasswordSecret }}
-    defaultMode: 0440
+    defaultMode: 288 # 0440: owner and the fsGroup read
     items: [{key: password, path: password}]
 {{- end }}
 {{- if eq .Values.boot.dhcp.mode "full" }}
