@@ -37,14 +37,16 @@ lint: crds-check ## cargo fmt --check, clippy -D warnings, and the CRD YAML is c
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-crds: ## Regenerate crds/yaml from the API types
+crds: ## Regenerate crds/yaml (and the Helm chart's copy) from the API types
 	$(CARGO) run $(CARGO_FLAGS) -q -p recast-crds --bin crdgen -- crds/yaml
+	$(CARGO) run $(CARGO_FLAGS) -q -p recast-crds --bin crdgen -- charts/recast/crds
 
 docs: ## Regenerate generated docs (docs/lifecycle.md)
 	RECAST_UPDATE_DOCS=1 $(CARGO) test $(CARGO_FLAGS) -q -p recast-operator --lib lifecycle_doc_is_current
 
-crds-check: ## Fail when crds/yaml differs from what the types generate
+crds-check: ## Fail when crds/yaml or the chart's CRDs differ from what the types generate
 	$(CARGO) run $(CARGO_FLAGS) -q -p recast-crds --bin crdgen -- --check crds/yaml
+	$(CARGO) run $(CARGO_FLAGS) -q -p recast-crds --bin crdgen -- --check charts/recast/crds
 
 BENCH_ENDPOINTS ?= 10000
 

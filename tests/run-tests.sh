@@ -15,6 +15,10 @@ if [[ $(id -u) == 0 ]]; then
     bash "$setup" || echo "*** $setup failed; the tests that need it will skip or fail"
   done
 fi
+# helm for the chart tests, built from its Go module (needs Go, not root; cached by version).
+if command -v go >/dev/null 2>&1; then
+  tests/helm/setup.sh >/dev/null || echo "*** tests/helm/setup.sh failed; the chart tests will skip or fail"
+fi
 started_k8s=0
 if ! tests/k8s/harness.sh status 2>/dev/null; then
   tests/k8s/harness.sh up || exit 1

@@ -14,6 +14,9 @@ set -euo pipefail
 # helm 3 is what GitOps tools (Argo CD, Flux) still render charts with; a patch release the Go
 # module proxy serves.
 HELM_VERSION="v3.21.4"
+# The Kubernetes minor of the client-go helm v3.21.4 builds with (k8s.io/client-go v0.36):
+# helm's own release build stamps it in, and `helm template` assumes it as the cluster version.
+HELM_K8S_MINOR="36"
 cache_root="${RECAST_CACHE:-$HOME/.cache/recast}"
 bin_dir="$cache_root/helm/$HELM_VERSION/bin"
 helm="$bin_dir/helm"
@@ -45,7 +48,9 @@ scratch="$(mktemp -d "$bin_dir/.build.XXXXXX")"
 trap 'rm -rf "$scratch"' EXIT
 CGO_ENABLED=0 GOBIN="$scratch" GOFLAGS=-mod=mod \
   go install -trimpath \
-  -ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+  -ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION \
+    -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$HELM_K8S_MINOR \
+    -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$HELM_K8S_MINOR" \
   "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 mv "$scratch/helm" "$helm"
 log "helm $HELM_VERSION: built in $((SECONDS - start))s"
