@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# Builds the recast-operator image from images/operator/Containerfile without a registry, and
+# smoke-tests it: `recast-operator --version`, then a short embedded-mode run as the image's
+# non-root user (health, readiness, the store created, HTTP boot serving Debian's iPXE binary
+# the way the chart's init container lays it out), stopped with SIGTERM.
+#
+#   images/build.sh [BINARY]     BINARY: the recast-operator to put in the image (default:
+#                                target/debug/recast-operator, built if missing)
+#   RECAST_IMAGE_TAG=...         image name (default localhost/recast-operator:<version>)
+#   RECAST_CACHE=/path           cache root (default ~/.cache/recast)
+#
+# No registry is reachable here, so the bases come from Debian's packages: debootstrap makes a
+# minimal bookworm root file system (cached under RECAST_CACHE/image-base/ by suite and package
+# list, outside target/), buildah turns it into BASE_IMAGE (`FROM scratch`), and the build
+# stage's image is that base plus the binary cargo already built (the Containerfile skips its
+# compile when /out/recast-operator exists; a release build inside the image would take longer
+# than CI allows). Needs root: debootstrap and buildah's chroot isolation.
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+repo="$(cd "$here/.." && pwd)"
+SUITE="bookworm"
+MIRROR="${RECAST_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+# What the runtime needs beyond minbase: TLS roots for BMCs and image downloads.
+INCLUDE="ca-certificates"
+cache_root="${RECAST_CACHE:-$HOME/.cache/recast}"
+base_key="$SUITE-minbase-$(echo "$INCLUDE" | sha256sum | cut -c1-12)"
+base_tar="$cache_root/image-base/$base_key.tar"
+work="${RECAST_IMAGE_WORK:-$repo/target/recast-image}"
+version="$(sed -n 's/^version = "\(.*\)"/\1/p' "$repo/Cargo.toml" | head -n1)"
+tag="${RECAST_IMAGE_TAG:-localhost/recast-operator:$version}"
+binary="${1:-$repo/target/debug/recast-operator}"
+
+log() { echo "[image] $*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+[[ $(id -u) == 0 ]] || die "run as root: debootstrap and buildah's chroot isolation need it"
+missing=()
+command -v buildah >/dev/null 2>&1 || missing+=(buildah)
+command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+if ((${#missing[@]})); then
+  log "installing ${missing[*]} from Debian"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get -o DPkg::Lock::Timeout=900 update -qq
+  apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if [[ ! -x "$binary" ]]; then
+  log "building $binary"
+  (cd "$repo" && cargo build --ignore-rust-version -q -p recast-operator --bin recast-operator)
+fi
+[[ -x "$binary" ]] || die "no recast-operator binary at $binary"
+
+start=$SECONDS
+# Everything buildah stores lives under $work (vfs copies every layer, so it is wiped first).
+rm -rf "$work"
+mkdir -p "$work"
+bah=(buildah --root "$work/storage" --runroot "$work/run" --storage-driver vfs)
+export BUILDAH_ISOLATION=chroot
+
+# 1. The Debian base, from Debian's packages.
+if [[ ! -f "$base_tar" ]]; then
+  log "debootstrap $SUITE (minbase + $INCLUDE) from $MIRROR (first run only; about 2-4 minutes)"
+  mkdir -p "$(dirname "$base_tar")"
+  rootfs="$(mktemp -d "$cache_root/image-base/.rootfs.XXXXXX")"
+  trap 'rm -rf "$rootfs"' EXIT
+  debootstrap --variant=minbase --include="$INCLUDE" "$SUITE" "$rootfs" "$MIRROR" >"$work/debootstrap.log" 2>&1 \
+    || { tail -n 30 "$work/debootstrap.log" >&2; die "debootstrap failed (log above)"; }
+  # What a slim base leaves out: package lists and caches, logs, man pages.
+  rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/* "$rootfs"/var/log/* \
+    "$rootfs"/usr/share/man/* "$rootfs"/usr/share/doc/*/changelog*
+  # Written to a temporary name first, so an interrupted run never leaves a half base.
+  tar -C "$rootfs" --numeric-owner -cf "$base_tar.tmp" .
+  mv "$base_tar.tmp" "$base_tar"
+  rm -rf "$rootfs"
+  trap - EXIT
+  log "base cached at $base_tar"
+else
+  log "base: cached $base_tar"
+fi
+ctr="$("${bah[@]}" from scratch)"
+mnt="$("${bah[@]}" mount "$ctr")"
+tar -C "$mnt" --numeric-owner -xf "$base_tar"
+"${bah[@]}" umount "$ctr" >/dev/null
+"${bah[@]}" config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin --cmd /bin/bash "$ctr"
+"${bah[@]}" commit -q --rm "$ctr" localhost/recast-debian:"$SUITE" >/dev/null
+log "base image localhost/recast-debian:$SUITE ($((SECONDS - start))s)"
+
+# 2. The build stage's image: the base plus the prebuilt binary, stripped.
+ctr="$("${bah[@]}" from localhost/recast-debian:"$SUITE")"
+mnt="$("${bah[@]}" mount "$ctr")"
+install -D -m 0755 "$binary" "$mnt/out/recast-operator"
+strip "$mnt/out/recast-operator" 2>/dev/null || true
+"${bah[@]}" umount "$ctr" >/dev/null
+"${bah[@]}" commit -q --rm "$ctr" localhost/recast-prebuilt:"$version" >/dev/null
+
+# 3. The Containerfile itself.
+log "buildah bud images/operator/Containerfile -> $tag"
+"${bah[@]}" bud --isolation chroot --layers=false -q \
+  --build-arg RUST_IMAGE=localhost/recast-prebuilt:"$version" \
+  --build-arg BASE_IMAGE=localhost/recast-debian:"$SUITE" \
+  -f "$repo/images/operator/Containerfile" -t "$tag" "$repo" >"$work/bud.log" 2>&1 \
+  || { tail -n 40 "$work/bud.log" >&2; die "buildah bud failed (log above)"; }
+log "built $tag in $((SECONDS - start))s"
+
+# 4. Smoke tests inside the image.
+config="$("${bah[@]}" inspect --type image --format '{{.OCIv1.Config.User}} {{.OCIv1.Config.Entrypoint}}' "$tag")"
+log "image config: user and entrypoint: $config"
+[[ "$config" == "65532:65532 [/usr/local/bin/recast-operator]" ]] \
+  || die "the image must run /usr/local/bin/recast-operator as 65532:65532, not: $config"
+
+ctr="$("${bah[@]}" from "$tag")"
+mnt="$("${bah[@]}" mount "$ctr")"
+smoke_pid=""
+cleanup() {
+  if [[ -n "$smoke_pid" ]]; then kill "$smoke_pid" 2>/dev/null || true; fi
+  "${bah[@]}" umount "$ctr" >/dev/null 2>&1 || true
+  "${bah[@]}" rm "$ctr" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+in_image() { chroot --userspec=65532:65532 "$mnt" "$@"; }
+
+got="$(in_image /usr/local/bin/recast-operator --version)"
+log "recast-operator --version: $got"
+[[ "$got" == "recast-operator $version" ]] || die "--version printed '$got', expected 'recast-operator $version'"
+
+for f in undionly.kpxe snponly.efi ipxe.efi; do
+  cmp -s "$mnt/usr/share/recast/boot/ipxe/$f" /usr/lib/ipxe/"$f" 2>/dev/null \
+    || [[ ! -f /usr/lib/ipxe/$f && -s "$mnt/usr/share/recast/boot/ipxe/$f" ]] \
+    || die "/usr/share/recast/boot/ipxe/$f is missing or differs from Debian's ipxe package"
+done
+log "iPXE: $(cat "$mnt/usr/share/recast/boot/ipxe/VERSION")"
+
+# The chart's layout: a writable data volume, iPXE copied in by the init container's command.
+data=/var/lib/recast
+in_image /bin/cp -R /usr/share/recast/boot/ipxe "$data/boot" 2>/dev/null \
+  || { in_image /bin/mkdir -p "$data/boot" && in_image /bin/cp -R /usr/share/recast/boot/ipxe "$data/boot/"; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+port="$(free_port)"
+boot_port="$(free_port)"
+chroot --userspec=65532:65532 "$mnt" /usr/local/bin/recast-operator run --backend embedded \
+  --data-dir "$data" --listen "127.0.0.1:$port" --power-driver record \
+  --boot-http "127.0.0.1:$boot_port" --boot-root "$data/boot" >"$work/smoke.log" 2>&1 &
+smoke_pid=$!
+ready=0
+for _ in $(seq 1 100); do
+  if curl -sf --max-time 2 "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; then ready=1; break; fi
+  kill -0 "$smoke_pid" 2>/dev/null || break
+  sleep 0.2
+done
+((ready)) || { cat "$work/smoke.log" >&2; die "the operator in the image never became ready"; }
+curl -sf "http://127.0.0.1:$port/healthz" >/dev/null || die "/healthz failed"
+curl -sf "http://127.0.0.1:$port/metrics" | grep -q '^# ' || die "/metrics served no metrics"
+curl -sf "http://127.0.0.1:$boot_port/boot.ipxe" | head -n1 | grep -q '^#!ipxe' || die "HTTP boot served no iPXE script"
+curl -sf -o "$work/snponly.efi" "http://127.0.0.1:$boot_port/artifacts/ipxe/snponly.efi" \
+  || die "HTTP boot did not serve ipxe/snponly.efi from the boot root"
+cmp -s "$work/snponly.efi" "$mnt/usr/share/recast/boot/ipxe/snponly.efi" || die "HTTP boot served different iPXE bytes"
+ls "$mnt$data" | grep -q . || die "the embedded store wrote nothing to $data"
+owner="$(stat -c %u "$mnt$data/$(ls "$mnt$data" | grep -v '^boot$' | head -n1)")"
+[[ "$owner" == 65532 ]] || die "the store's files belong to uid $owner, expected 65532"
+kill -TERM "$smoke_pid"
+status=0
+wait "$smoke_pid" || status=$?
+smoke_pid=""
+[[ $status == 0 ]] || { cat "$work/smoke.log" >&2; die "the operator exited $status after SIGTERM"; }
+log "smoke run: ready, healthy, metrics, HTTP boot with iPXE, store owned by 65532, clean stop"
+log "image $tag OK in $((SECONDS - start))s"
