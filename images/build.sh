@@ -8,6 +8,10 @@
 #                                target/debug/recast-operator, built if missing)
 #   RECAST_IMAGE_TAG=...         image name (default localhost/recast-operator:<version>)
 #   RECAST_CACHE=/path           cache root (default ~/.cache/recast)
+#   RECAST_IMAGE_WORK=DIR        buildah's storage (default target/recast-image); the image stays
+#                                there: buildah --root DIR/storage --storage-driver vfs push TAG ...
+#   RECAST_IMAGE_OCI_ARCHIVE=F   also write the image to F as an OCI archive (podman load -i F)
+#   RECAST_IMAGE_CLEAN=1         remove DIR afterwards (the tests do: vfs storage is large)
 #
 # No registry is reachable here, so the bases come from Debian's packages: debootstrap makes a
 # minimal bookworm root file system (cached under RECAST_CACHE/image-base/ by suite and package
@@ -135,8 +139,7 @@ log "iPXE: $(cat "$mnt/usr/share/recast/boot/ipxe/VERSION")"
 
 # The chart's layout: a writable data volume, iPXE copied in by the init container's command.
 data=/var/lib/recast
-in_image /bin/cp -R /usr/share/recast/boot/ipxe "$data/boot" 2>/dev/null \
-  || { in_image /bin/mkdir -p "$data/boot" && in_image /bin/cp -R /usr/share/recast/boot/ipxe "$data/boot/"; }
+in_image /bin/cp -R /usr/share/recast/boot "$data/"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 port="$(free_port)"
 boot_port="$(free_port)"
@@ -166,4 +169,14 @@ wait "$smoke_pid" || status=$?
 smoke_pid=""
 [[ $status == 0 ]] || { cat "$work/smoke.log" >&2; die "the operator exited $status after SIGTERM"; }
 log "smoke run: ready, healthy, metrics, HTTP boot with iPXE, store owned by 65532, clean stop"
-log "image $tag OK in $((SECONDS - start))s"
+cleanup
+trap - EXIT
+if [[ -n "${RECAST_IMAGE_OCI_ARCHIVE:-}" ]]; then
+  "${bah[@]}" push -q "$tag" "oci-archive:$RECAST_IMAGE_OCI_ARCHIVE:$tag"
+  log "wrote $RECAST_IMAGE_OCI_ARCHIVE"
+fi
+size="$("${bah[@]}" inspect --type image --format '{{.Size}}' "$tag" 2>/dev/null || echo "?")"
+if [[ "${RECAST_IMAGE_CLEAN:-}" == 1 ]]; then
+  rm -rf "$work"
+fi
+log "image $tag OK in $((SECONDS - start))s (size: $size bytes)"

@@ -226,7 +226,8 @@ container copies them from the image into the volume.
 - name: ipxe
   image: {{ include "recast.image" . }}
   imagePullPolicy: {{ .Values.image.pullPolicy }}
-  command: [/bin/cp, -R, /usr/share/recast/boot/ipxe, /var/lib/recast/boot/]
+  # Copies the directory into the volume (merging if it exists): /var/lib/recast/boot/ipxe/...
+  command: [/bin/cp, -R, /usr/share/recast/boot, /var/lib/recast/]
   securityContext:
     {{- include "recast.securityContext" . | nindent 4 }}
   volumeMounts:
