@@ -4,8 +4,9 @@
 # non-root user (health, readiness, the store created, HTTP boot serving Debian's iPXE binary
 # the way the chart's init container lays it out), stopped with SIGTERM.
 #
-#   images/build.sh [BINARY]     BINARY: the recast-operator to put in the image (default:
-#                                target/debug/recast-operator, built if missing)
+#   images/build.sh [--release]  puts cargo's debug (default) or release build of
+#                                recast-operator and recastctl in the image (cargo builds them
+#                                first; a no-op when they are current)
 #   RECAST_IMAGE_TAG=...         image name (default localhost/recast-operator:<version>)
 #   RECAST_CACHE=/path           cache root (default ~/.cache/recast)
 #   RECAST_IMAGE_WORK=DIR        buildah's storage (default target/recast-image); the image stays
@@ -33,7 +34,14 @@ base_tar="$cache_root/image-base/$base_key.tar"
 work="${RECAST_IMAGE_WORK:-$repo/target/recast-image}"
 version="$(sed -n 's/^version = "\(.*\)"/\1/p' "$repo/Cargo.toml" | head -n1)"
 tag="${RECAST_IMAGE_TAG:-localhost/recast-operator:$version}"
-binary="${1:-$repo/target/debug/recast-operator}"
+profile=debug
+cargo_profile=()
+case "${1:-}" in
+  "") ;;
+  --release) profile=release; cargo_profile=(--release) ;;
+  *) echo "usage: $0 [--release]" >&2; exit 2 ;;
+esac
+target_dir="${CARGO_TARGET_DIR:-$repo/target}"
 
 log() { echo "[image] $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -50,11 +58,12 @@ if ((${#missing[@]})); then
   apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-if [[ ! -x "$binary" ]]; then
-  log "building $binary"
-  (cd "$repo" && cargo build --ignore-rust-version -q -p recast-operator --bin recast-operator)
-fi
-[[ -x "$binary" ]] || die "no recast-operator binary at $binary"
+log "cargo build ($profile) of recast-operator and recastctl"
+(cd "$repo" && cargo build --ignore-rust-version -q "${cargo_profile[@]}" -p recast-operator -p recastctl --bins) \
+  || die "cargo build failed"
+for bin in recast-operator recastctl; do
+  [[ -x "$target_dir/$profile/$bin" ]] || die "no $bin at $target_dir/$profile/$bin"
+done
 
 start=$SECONDS
 # Everything buildah stores lives under $work (vfs copies every layer, so it is wiped first).
@@ -94,8 +103,10 @@ log "base image localhost/recast-debian:$SUITE ($((SECONDS - start))s)"
 # 2. The build stage's image: the base plus the prebuilt binary, stripped.
 ctr="$("${bah[@]}" from localhost/recast-debian:"$SUITE")"
 mnt="$("${bah[@]}" mount "$ctr")"
-install -D -m 0755 "$binary" "$mnt/out/recast-operator"
-strip "$mnt/out/recast-operator" 2>/dev/null || true
+for bin in recast-operator recastctl; do
+  install -D -m 0755 "$target_dir/$profile/$bin" "$mnt/out/$bin"
+  strip "$mnt/out/$bin" 2>/dev/null || true
+done
 "${bah[@]}" umount "$ctr" >/dev/null
 "${bah[@]}" commit -q --rm "$ctr" localhost/recast-prebuilt:"$version" >/dev/null
 
@@ -129,6 +140,8 @@ in_image() { chroot --userspec=65532:65532 "$mnt" "$@"; }
 got="$(in_image /usr/local/bin/recast-operator --version)"
 log "recast-operator --version: $got"
 [[ "$got" == "recast-operator $version" ]] || die "--version printed '$got', expected 'recast-operator $version'"
+got="$(in_image /usr/local/bin/recastctl --version)"
+[[ "$got" == "recastctl $version" ]] || die "recastctl --version printed '$got', expected 'recastctl $version'"
 
 for f in undionly.kpxe snponly.efi ipxe.efi; do
   cmp -s "$mnt/usr/share/recast/boot/ipxe/$f" /usr/lib/ipxe/"$f" 2>/dev/null \
@@ -143,8 +156,11 @@ in_image /bin/cp -R /usr/share/recast/boot "$data/"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 port="$(free_port)"
 boot_port="$(free_port)"
+# A few of examples/ (no golden image: its URL is a placeholder), loaded at start.
+install -d -o 65532 -g 65532 "$mnt/tmp/examples"
+cp "$repo/examples/endpoints.yaml" "$repo/examples/policy.yaml" "$mnt/tmp/examples/"
 chroot --userspec=65532:65532 "$mnt" /usr/local/bin/recast-operator run --backend embedded \
-  --data-dir "$data" --listen "127.0.0.1:$port" --power-driver record \
+  --data-dir "$data" --listen "127.0.0.1:$port" --power-driver record --load /tmp/examples \
   --boot-http "127.0.0.1:$boot_port" --boot-root "$data/boot" >"$work/smoke.log" 2>&1 &
 smoke_pid=$!
 ready=0
@@ -161,6 +177,10 @@ curl -sf -o "$work/snponly.efi" "http://127.0.0.1:$boot_port/artifacts/ipxe/snpo
   || die "HTTP boot did not serve ipxe/snponly.efi from the boot root"
 cmp -s "$work/snponly.efi" "$mnt/usr/share/recast/boot/ipxe/snponly.efi" || die "HTTP boot served different iPXE bytes"
 ls "$mnt$data" | grep -q . || die "the embedded store wrote nothing to $data"
+# recastctl in the image reads the running operator's store, as `kubectl exec` would.
+listing="$(in_image /usr/local/bin/recastctl --data-dir "$data" get rep)" \
+  || die "recastctl get rep failed in the image"
+grep -q kiosk-01 <<<"$listing" || die "recastctl get rep does not list the loaded kiosk-01: $listing"
 owner="$(stat -c %u "$mnt$data/$(ls "$mnt$data" | grep -v '^boot$' | head -n1)")"
 [[ "$owner" == 65532 ]] || die "the store's files belong to uid $owner, expected 65532"
 kill -TERM "$smoke_pid"
@@ -168,15 +188,15 @@ status=0
 wait "$smoke_pid" || status=$?
 smoke_pid=""
 [[ $status == 0 ]] || { cat "$work/smoke.log" >&2; die "the operator exited $status after SIGTERM"; }
-log "smoke run: ready, healthy, metrics, HTTP boot with iPXE, store owned by 65532, clean stop"
+log "smoke run: ready, healthy, metrics, HTTP boot with iPXE, recastctl reads the store, store owned by 65532, clean stop"
 cleanup
 trap - EXIT
 if [[ -n "${RECAST_IMAGE_OCI_ARCHIVE:-}" ]]; then
   "${bah[@]}" push -q "$tag" "oci-archive:$RECAST_IMAGE_OCI_ARCHIVE:$tag"
   log "wrote $RECAST_IMAGE_OCI_ARCHIVE"
 fi
-size="$("${bah[@]}" inspect --type image --format '{{.Size}}' "$tag" 2>/dev/null || echo "?")"
+size="$("${bah[@]}" images --format '{{.Size}}' "$tag" 2>/dev/null || echo "?")"
 if [[ "${RECAST_IMAGE_CLEAN:-}" == 1 ]]; then
   rm -rf "$work"
 fi
-log "image $tag OK in $((SECONDS - start))s (size: $size bytes)"
+log "image $tag OK in $((SECONDS - start))s (size: $size)"

@@ -447,6 +447,17 @@ fn helm_template_renders_what_each_value_set_asks_for() {
     ] {
         assert!(a.contains(&want.to_string()), "{want} missing from {a:?}");
     }
+    assert!(
+        a.contains(&"--load=/etc/recast/manifests/manifests.yaml".to_string()),
+        "{a:?}"
+    );
+    let manifests = find(&d, "Secret", "-manifests").expect("the manifests Secret");
+    assert!(
+        manifests["stringData"]["manifests.yaml"]
+            .as_str()
+            .unwrap()
+            .contains("name: kiosk-01")
+    );
     let pvc = find(&d, "PersistentVolumeClaim", "-data").unwrap();
     assert_eq!(pvc["spec"]["resources"]["requests"]["storage"], "50Gi");
     let ing = find(&d, "Ingress", "-gateway").unwrap();
@@ -1165,4 +1176,102 @@ spec:
             forbidden.join("\n")
         );
     }
+}
+
+/// `helm install`, `upgrade` and `uninstall` on the real apiserver: the imaging key the chart
+/// creates survives an upgrade (signed tokens of armed tries stay valid) and the uninstall,
+/// and the uninstall leaves no cluster-wide object behind.
+#[test]
+fn helm_install_upgrade_uninstall_keep_the_imaging_key() {
+    let Some(helm) = Helm::get() else { return };
+    let Some(k) = K8s::get() else { return };
+    k.install_crds();
+    let ns = k.fresh_namespace("chart-install");
+    let release = release_name("inst");
+    let kubeconfig = k.kubeconfig.to_string_lossy().into_owned();
+    let chart = chart_dir().to_string_lossy().into_owned();
+    let helm_ok = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--kubeconfig", &kubeconfig, "-n", &ns]);
+        let out = helm.run(&all);
+        assert!(
+            out.status.success(),
+            "helm {}:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let key_of = || {
+        let s = json_of(
+            &k,
+            &[
+                "get",
+                "secret",
+                &format!("{release}-recast-imaging-key"),
+                "-n",
+                &ns,
+                "-o",
+                "json",
+            ],
+        );
+        s["data"]["imaging.key"].as_str().unwrap().to_string()
+    };
+    let notes = helm_ok(&[
+        "install",
+        &release,
+        &chart,
+        "--set",
+        "boot.enabled=true",
+        "--set",
+        "boot.dhcp.mode=proxy",
+    ]);
+    assert!(notes.contains("STATUS: deployed"), "{notes}");
+    assert!(
+        notes.contains("67/udp, 4011/udp"),
+        "NOTES name the ports: {notes}"
+    );
+    let key = key_of();
+    helm_ok(&[
+        "upgrade",
+        &release,
+        &chart,
+        "--set",
+        "boot.enabled=true",
+        "--set",
+        "boot.dhcp.mode=proxy",
+        "--set",
+        "operator.replicas=3",
+    ]);
+    assert_eq!(
+        json_of(
+            &k,
+            &[
+                "get",
+                "deployment",
+                &format!("{release}-recast-operator"),
+                "-n",
+                &ns,
+                "-o",
+                "json"
+            ]
+        )["spec"]["replicas"],
+        3
+    );
+    assert_eq!(key_of(), key, "helm upgrade replaced the imaging key");
+    helm_ok(&["uninstall", &release, "--wait"]);
+    assert_eq!(key_of(), key, "helm uninstall removed the imaging key");
+    let left = k.kubectl(&["get", "clusterrole", &format!("{release}-recast-operator")]);
+    assert!(
+        !left.status.success(),
+        "the ClusterRole outlived the release"
+    );
+    k.kubectl_ok(&[
+        "delete",
+        "secret",
+        &format!("{release}-recast-imaging-key"),
+        "-n",
+        &ns,
+    ]);
 }

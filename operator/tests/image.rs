@@ -1,7 +1,8 @@
 //! The recast-operator container image: `images/build.sh` builds `images/operator/Containerfile`
-//! without a registry (a debootstrap base, buildah with chroot isolation) around this test
-//! build's binary, and smoke-tests it inside the image (`--version`, an embedded-mode run as
-//! the image's user with health, metrics, HTTP boot of Debian's iPXE, a clean stop).
+//! without a registry (a debootstrap base, buildah with chroot isolation) around cargo's debug
+//! build of recast-operator and recastctl, and smoke-tests it inside the image (`--version`, an
+//! embedded-mode run as the image's user with examples loaded: health, metrics, HTTP boot of
+//! Debian's iPXE, recastctl reading the store, a clean stop).
 //!
 //! Needs root; without it the build skips loudly unless RECAST_REQUIRE_IMAGE=1 (set by CI).
 
@@ -9,7 +10,6 @@ use std::process::Command;
 
 use recast_tests::{repo_root, skip_or_fail};
 
-const OPERATOR: &str = env!("CARGO_BIN_EXE_recast-operator");
 const REQUIRE_IMAGE: &str = "RECAST_REQUIRE_IMAGE";
 
 fn read(rel: &str) -> String {
@@ -51,7 +51,6 @@ fn image_builds_and_runs() {
     // buildah's vfs storage copies every layer: keep it under target/, not in /tmp.
     let work = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("recast-image");
     let out = Command::new(repo_root().join("images/build.sh"))
-        .arg(OPERATOR)
         .env("RECAST_IMAGE_WORK", &work)
         .env("RECAST_IMAGE_TAG", "localhost/recast-operator:test")
         .env("RECAST_IMAGE_CLEAN", "1")
@@ -62,7 +61,7 @@ fn image_builds_and_runs() {
     for want in [
         "recast-operator --version: recast-operator ",
         "iPXE: ipxe ",
-        "smoke run: ready, healthy, metrics, HTTP boot with iPXE, store owned by 65532, clean stop",
+        "smoke run: ready, healthy, metrics, HTTP boot with iPXE, recastctl reads the store, store owned by 65532, clean stop",
         "image localhost/recast-operator:test OK",
     ] {
         assert!(log.contains(want), "expected {want:?} in:\n{log}");
