@@ -7,6 +7,9 @@
 #   images/build.sh [--release]  puts cargo's debug (default) or release build of
 #                                recast-operator and recastctl in the image (cargo builds them
 #                                first; a no-op when they are current)
+#   images/build.sh --bin-dir D  uses D/recast-operator and D/recastctl as they are (the tests:
+#                                a cargo build with other features would rebuild and replace
+#                                the binaries other tests are running)
 #   RECAST_IMAGE_TAG=...         image name (default localhost/recast-operator:<version>)
 #   RECAST_CACHE=/path           cache root (default ~/.cache/recast)
 #   RECAST_IMAGE_WORK=DIR        buildah's storage (default target/recast-image); the image stays
@@ -36,12 +39,16 @@ version="$(sed -n 's/^version = "\(.*\)"/\1/p' "$repo/Cargo.toml" | head -n1)"
 tag="${RECAST_IMAGE_TAG:-localhost/recast-operator:$version}"
 profile=debug
 cargo_profile=()
+bin_dir=""
 case "${1:-}" in
   "") ;;
   --release) profile=release; cargo_profile=(--release) ;;
-  *) echo "usage: $0 [--release]" >&2; exit 2 ;;
+  --bin-dir)
+    [[ -n "${2:-}" ]] || { echo "usage: $0 [--release | --bin-dir DIR]" >&2; exit 2; }
+    bin_dir="$2"
+    ;;
+  *) echo "usage: $0 [--release | --bin-dir DIR]" >&2; exit 2 ;;
 esac
-target_dir="${CARGO_TARGET_DIR:-$repo/target}"
 
 log() { echo "[image] $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -58,11 +65,14 @@ if ((${#missing[@]})); then
   apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-log "cargo build ($profile) of recast-operator and recastctl"
-(cd "$repo" && cargo build --ignore-rust-version -q "${cargo_profile[@]}" -p recast-operator -p recastctl --bins) \
-  || die "cargo build failed"
+if [[ -z "$bin_dir" ]]; then
+  bin_dir="${CARGO_TARGET_DIR:-$repo/target}/$profile"
+  log "cargo build ($profile) of recast-operator and recastctl"
+  (cd "$repo" && cargo build --ignore-rust-version -q "${cargo_profile[@]}" -p recast-operator -p recastctl --bins) \
+    || die "cargo build failed"
+fi
 for bin in recast-operator recastctl; do
-  [[ -x "$target_dir/$profile/$bin" ]] || die "no $bin at $target_dir/$profile/$bin"
+  [[ -x "$bin_dir/$bin" ]] || die "no $bin in $bin_dir (cargo build -p recast-operator -p recastctl)"
 done
 
 start=$SECONDS
@@ -104,7 +114,7 @@ log "base image localhost/recast-debian:$SUITE ($((SECONDS - start))s)"
 ctr="$("${bah[@]}" from localhost/recast-debian:"$SUITE")"
 mnt="$("${bah[@]}" mount "$ctr")"
 for bin in recast-operator recastctl; do
-  install -D -m 0755 "$target_dir/$profile/$bin" "$mnt/out/$bin"
+  install -D -m 0755 "$bin_dir/$bin" "$mnt/out/$bin"
   strip "$mnt/out/$bin" 2>/dev/null || true
 done
 "${bah[@]}" umount "$ctr" >/dev/null

@@ -1,6 +1,6 @@
 //! The recast-operator container image: `images/build.sh` builds `images/operator/Containerfile`
-//! without a registry (a debootstrap base, buildah with chroot isolation) around cargo's debug
-//! build of recast-operator and recastctl, and smoke-tests it inside the image (`--version`, an
+//! without a registry (a debootstrap base, buildah with chroot isolation) around this test
+//! build's recast-operator and recastctl, and smoke-tests it inside the image (`--version`, an
 //! embedded-mode run as the image's user with examples loaded: health, metrics, HTTP boot of
 //! Debian's iPXE, recastctl reading the store, a clean stop).
 //!
@@ -9,6 +9,8 @@
 use std::process::Command;
 
 use recast_tests::{repo_root, skip_or_fail};
+
+const OPERATOR: &str = env!("CARGO_BIN_EXE_recast-operator");
 
 const REQUIRE_IMAGE: &str = "RECAST_REQUIRE_IMAGE";
 
@@ -48,9 +50,19 @@ fn image_builds_and_runs() {
         );
         return;
     }
+    // This test build's binaries, as they are: a cargo build from here would build another
+    // feature set and replace the binaries that other tests are running. recastctl is built by
+    // `cargo test --workspace` (make test) next to recast-operator.
+    let bin_dir = std::path::Path::new(OPERATOR).parent().unwrap();
+    assert!(
+        bin_dir.join("recastctl").is_file(),
+        "no recastctl next to {OPERATOR}: run `cargo build -p recastctl --ignore-rust-version` (make test builds it)"
+    );
     // buildah's vfs storage copies every layer: keep it under target/, not in /tmp.
     let work = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("recast-image");
     let out = Command::new(repo_root().join("images/build.sh"))
+        .arg("--bin-dir")
+        .arg(bin_dir)
         .env("RECAST_IMAGE_WORK", &work)
         .env("RECAST_IMAGE_TAG", "localhost/recast-operator:test")
         .env("RECAST_IMAGE_CLEAN", "1")
