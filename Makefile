@@ -10,7 +10,7 @@ DATA_DIR    ?= $(CURDIR)/.recast-data
 # performing them. POWER_DRIVER=redfish drives real BMCs.
 POWER_DRIVER ?= record
 
-.PHONY: all build run test redfish-setup lint fmt docs crds crds-check bench-controller bench-boot bench-images bench-gateway k8s-build k8s-demo k8s-up k8s-down clean help
+.PHONY: all build run test redfish-setup lint fmt docs crds crds-check image helm-setup bench-controller bench-boot bench-images bench-gateway k8s-build k8s-demo k8s-up k8s-down clean help
 
 all: build
 
@@ -74,6 +74,12 @@ bench-gateway: ## The agent gateway under recast-agent simulate ($(BENCH_ENDPOIN
 	tests/gateway/setup.sh
 	$(CARGO) build --release $(CARGO_FLAGS) -p recast-operator -p recast-agent --bin recast-operator --bin recast-agent --example bench_gateway
 	target/release/examples/bench_gateway target/release/recast-operator target/release/recast-agent $(BENCH_ENDPOINTS) $(BENCH_REPORTS)
+
+image: ## Build and smoke-test the recast-operator image from a release build (root; images/build.sh)
+	images/build.sh --release
+
+helm-setup: ## Build (or reuse) helm from its Go module (tests/helm/setup.sh)
+	tests/helm/setup.sh
 
 k8s-build: ## Build (or reuse) kube-apiserver, etcd and kubectl from their Go modules
 	tests/k8s/build.sh
