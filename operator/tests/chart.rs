@@ -1151,6 +1151,24 @@ spec:
     assert!(script.starts_with("#!ipxe"), "{script}");
     assert!(script.contains("wimboot"), "{script}");
 
+    // Real requests as the ServiceAccount, not only can-i: misuse is refused by the apiserver.
+    let user = format!("system:serviceaccount:{}:{}", sa.0, sa.1);
+    for attempt in [
+        vec!["get", "secrets", "-n", &fleet],
+        vec!["delete", "rep", "chart-kiosk", "-n", &fleet],
+        vec!["get", "rep", "-n", &outside],
+    ] {
+        let mut a = attempt.clone();
+        a.extend(["--as", &user]);
+        let out = k.kubectl(&a);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("forbidden"),
+            "kubectl {} as the operator was not refused: {stderr}",
+            attempt.join(" ")
+        );
+    }
+
     // Deleting the Endpoint: the operator disarms its boot and lets it go.
     k.kubectl_ok(&[
         "delete",
