@@ -234,6 +234,46 @@ fn helm_lint_passes_for_every_value_set() {
     }
 }
 
+/// The chart packages (what a registry or a GitOps tool receives) and the package holds the
+/// CRDs and the schema.
+#[test]
+fn helm_package_holds_the_crds_and_the_schema() {
+    let Some(helm) = Helm::get() else { return };
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = helm.run(&[
+        "package",
+        &chart_dir().to_string_lossy(),
+        "--destination",
+        &out_dir.path().to_string_lossy(),
+    ]);
+    assert!(
+        out.status.success(),
+        "helm package: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tgz = out_dir.path().join("recast-0.1.0.tgz");
+    let list = Command::new("tar")
+        .arg("-tzf")
+        .arg(&tgz)
+        .output()
+        .expect("tar -tzf");
+    let list = String::from_utf8_lossy(&list.stdout);
+    for want in [
+        "recast/Chart.yaml",
+        "recast/values.schema.json",
+        "recast/templates/NOTES.txt",
+        "recast/crds/endpoints.recast.dev.yaml",
+        "recast/crds/goldenimages.recast.dev.yaml",
+        "recast/crds/reimagewaves.recast.dev.yaml",
+        "recast/crds/remediationpolicies.recast.dev.yaml",
+    ] {
+        assert!(
+            list.lines().any(|l| l == want),
+            "{want} missing from:\n{list}"
+        );
+    }
+}
+
 /// What each value set must render, object by object.
 #[test]
 fn helm_template_renders_what_each_value_set_asks_for() {
@@ -291,6 +331,18 @@ fn helm_template_renders_what_each_value_set_asks_for() {
         find(&d, "PodDisruptionBudget", "-operator").unwrap()["spec"]["maxUnavailable"],
         1
     );
+
+    // Bring-your-own RBAC: the ServiceAccount only.
+    let byo = helm
+        .template("rc", "recast", None, &["rbac.create=false"])
+        .expect("render rbac.create=false");
+    assert!(
+        !byo.iter()
+            .any(|d| d["apiVersion"] == "rbac.authorization.k8s.io/v1"),
+        "rbac.create=false still rendered RBAC: {:?}",
+        kinds(&byo)
+    );
+    assert!(find(&byo, "ServiceAccount", "rc-recast").is_some());
 
     // proxyDHCP on an interface: a DaemonSet on the node's network, root with only
     // NET_BIND_SERVICE and NET_RAW, every input mounted.
