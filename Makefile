@@ -10,7 +10,7 @@ DATA_DIR    ?= $(CURDIR)/.recast-data
 # performing them. POWER_DRIVER=redfish drives real BMCs.
 POWER_DRIVER ?= record
 
-.PHONY: all build run test redfish-setup lint fmt docs crds crds-check bench-controller bench-boot bench-images bench-gateway k8s-build k8s-demo k8s-up k8s-down clean help
+.PHONY: all build run test redfish-setup lint fmt docs crds crds-check image helm-setup bench-controller bench-boot bench-images bench-gateway k8s-build k8s-demo k8s-up k8s-down clean help
 
 all: build
 
@@ -37,14 +37,16 @@ lint: crds-check ## cargo fmt --check, clippy -D warnings, and the CRD YAML is c
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-crds: ## Regenerate crds/yaml from the API types
+crds: ## Regenerate crds/yaml (and the Helm chart's copy) from the API types
 	$(CARGO) run $(CARGO_FLAGS) -q -p recast-crds --bin crdgen -- crds/yaml
+	$(CARGO) run $(CARGO_FLAGS) -q -p recast-crds --bin crdgen -- charts/recast/crds
 
 docs: ## Regenerate generated docs (docs/lifecycle.md)
 	RECAST_UPDATE_DOCS=1 $(CARGO) test $(CARGO_FLAGS) -q -p recast-operator --lib lifecycle_doc_is_current
 
-crds-check: ## Fail when crds/yaml differs from what the types generate
+crds-check: ## Fail when crds/yaml or the chart's CRDs differ from what the types generate
 	$(CARGO) run $(CARGO_FLAGS) -q -p recast-crds --bin crdgen -- --check crds/yaml
+	$(CARGO) run $(CARGO_FLAGS) -q -p recast-crds --bin crdgen -- --check charts/recast/crds
 
 BENCH_ENDPOINTS ?= 10000
 
@@ -73,6 +75,12 @@ bench-gateway: ## The agent gateway under recast-agent simulate ($(BENCH_ENDPOIN
 	tests/gateway/setup.sh
 	$(CARGO) build --release $(CARGO_FLAGS) -p recast-operator -p recast-agent --bin recast-operator --bin recast-agent --example bench_gateway
 	target/release/examples/bench_gateway target/release/recast-operator target/release/recast-agent $(BENCH_ENDPOINTS) $(BENCH_REPORTS)
+
+image: ## Build and smoke-test the recast-operator image from a release build (root; images/build.sh)
+	images/build.sh --release
+
+helm-setup: ## Build (or reuse) helm from its Go module (tests/helm/setup.sh)
+	tests/helm/setup.sh
 
 k8s-build: ## Build (or reuse) kube-apiserver, etcd and kubectl from their Go modules
 	tests/k8s/build.sh

@@ -18,6 +18,10 @@ if [[ $(id -u) == 0 ]]; then
   command -v tmux >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux; } ||
     echo "*** installing tmux failed; the --watch test will skip or fail"
 fi
+# helm for the chart tests, built from its Go module (needs Go, not root; cached by version).
+if command -v go >/dev/null 2>&1; then
+  tests/helm/setup.sh >/dev/null || echo "*** tests/helm/setup.sh failed; the chart tests will skip or fail"
+fi
 started_k8s=0
 if ! tests/k8s/harness.sh status 2>/dev/null; then
   tests/k8s/harness.sh up || exit 1

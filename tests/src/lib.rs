@@ -288,3 +288,33 @@ pub mod inputs {
         Some((format!("{id}/{tag}"), input))
     }
 }
+
+/// Environment variable that makes the Helm chart tier mandatory.
+pub const REQUIRE_HELM: &str = "RECAST_REQUIRE_HELM";
+
+/// The helm binary `tests/helm/setup.sh` built and cached (or `$RECAST_HELM`). None (after a
+/// loud skip message) when it is missing and the tier is optional.
+pub fn helm() -> Option<PathBuf> {
+    let path = match std::env::var_os("RECAST_HELM") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let script = repo_root().join("tests/helm/setup.sh");
+            let out = Command::new(&script)
+                .arg("--print-path")
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+        }
+    };
+    if path.is_file() {
+        return Some(path);
+    }
+    skip_or_fail(
+        REQUIRE_HELM,
+        &format!(
+            "no helm at {} (build it with tests/helm/setup.sh)",
+            path.display()
+        ),
+    );
+    None
+}

@@ -1,0 +1,1347 @@
+//! The Helm chart (`charts/recast`): its CRDs equal the generated ones; `helm lint` and
+//! `helm template` for every value set in `charts/recast/ci/`; every rendered object accepted
+//! by the real kube-apiserver (`make k8s-up`) in a server-side dry run with strict field
+//! validation; the operator's pods within Pod Security's `restricted` level; and the chart's
+//! RBAC checked as the operator's ServiceAccount (impersonation): `kubectl auth can-i` for what
+//! it must and must not do, and the real `recast-operator` started with the chart's flags doing
+//! its job under those rights.
+//!
+//! helm is built from its Go module by `tests/helm/setup.sh`; without it these tests skip
+//! loudly unless RECAST_REQUIRE_HELM=1.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use recast_tests::{K8s, free_port, repo_root, wait_for};
+use serde_json::{Value, json};
+
+const OPERATOR: &str = env!("CARGO_BIN_EXE_recast-operator");
+/// The harness's apiserver (tests/k8s/kube/go.mod); `helm template` renders for it.
+const KUBE_VERSION: &str = "1.35.4";
+
+fn chart_dir() -> PathBuf {
+    repo_root().join("charts/recast")
+}
+
+/// Every value set the chart is tested with, by file stem.
+fn value_sets() -> Vec<(String, PathBuf)> {
+    let mut sets: Vec<_> = std::fs::read_dir(chart_dir().join("ci"))
+        .expect("read charts/recast/ci")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_string_lossy().ends_with("-values.yaml"))
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            (name.trim_end_matches("-values.yaml").to_string(), p)
+        })
+        .collect();
+    sets.sort();
+    sets
+}
+
+struct Helm(PathBuf);
+
+impl Helm {
+    fn get() -> Option<Helm> {
+        recast_tests::helm().map(Helm)
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::new(&self.0)
+            .args(args)
+            .env(
+                "HELM_CACHE_HOME",
+                std::env::temp_dir().join("recast-helm-cache"),
+            )
+            .env(
+                "HELM_CONFIG_HOME",
+                std::env::temp_dir().join("recast-helm-config"),
+            )
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.0.display()))
+    }
+
+    /// `helm template` with a value file and `--set`s; Err(stderr) when helm refuses.
+    fn template(
+        &self,
+        release: &str,
+        namespace: &str,
+        values: Option<&Path>,
+        sets: &[&str],
+    ) -> Result<Vec<Value>, String> {
+        let chart = chart_dir();
+        let mut args = vec![
+            "template".to_string(),
+            release.to_string(),
+            chart.to_string_lossy().into_owned(),
+            "--namespace".into(),
+            namespace.into(),
+            "--kube-version".into(),
+            KUBE_VERSION.into(),
+        ];
+        if let Some(v) = values {
+            args.push("--values".into());
+            args.push(v.to_string_lossy().into_owned());
+        }
+        for s in sets {
+            args.push("--set".into());
+            args.push(s.to_string());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.run(&args);
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(documents(&String::from_utf8_lossy(&out.stdout)))
+    }
+}
+
+/// The non-empty documents of a multi-document YAML stream, as JSON values.
+fn documents(text: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|d| {
+            let v: serde_yaml::Value =
+                serde::Deserialize::deserialize(d).expect("helm printed invalid YAML");
+            serde_json::to_value(v).expect("YAML document as JSON")
+        })
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name_suffix: &str) -> Option<&'a Value> {
+    docs.iter().find(|d| {
+        d["kind"] == kind
+            && d["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.ends_with(name_suffix))
+    })
+}
+
+fn kinds(docs: &[Value]) -> Vec<String> {
+    let mut k: Vec<String> = docs
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap_or("?").to_string())
+        .collect();
+    k.sort();
+    k
+}
+
+fn container<'a>(workload: &'a Value, name: &str) -> &'a Value {
+    workload["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == name))
+        .unwrap_or_else(|| panic!("no container {name} in {workload}"))
+}
+
+fn args(c: &Value) -> Vec<String> {
+    c["args"]
+        .as_array()
+        .map(|a| a.iter().map(|s| s.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default()
+}
+
+fn release_name(prefix: &str) -> String {
+    format!("{prefix}{}", std::process::id())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Without helm.
+
+/// charts/recast/crds holds exactly the generated CRDs (`make crds` writes both).
+#[test]
+fn chart_crds_are_the_generated_crds() {
+    let generated = repo_root().join("crds/yaml");
+    let chart = chart_dir().join("crds");
+    let names = |dir: &Path| {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        names(&generated),
+        names(&chart),
+        "charts/recast/crds must hold the same files as crds/yaml; run `make crds`"
+    );
+    for name in names(&generated) {
+        let a = std::fs::read(generated.join(&name)).unwrap();
+        let b = std::fs::read(chart.join(&name)).unwrap();
+        assert!(
+            a == b,
+            "charts/recast/crds/{name} differs from crds/yaml/{name}; run `make crds`"
+        );
+    }
+}
+
+/// Every flag the chart passes to recast-operator exists (`recast-operator run --help`).
+#[test]
+fn chart_passes_only_flags_recast_operator_knows() {
+    let help = Command::new(OPERATOR)
+        .args(["run", "--help"])
+        .output()
+        .expect("recast-operator run --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    let mut checked = 0;
+    for path in std::fs::read_dir(chart_dir().join("templates")).unwrap() {
+        let path = path.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for line in text.lines() {
+            let Some(flag) = line.trim().strip_prefix("- --") else {
+                continue;
+            };
+            let flag = flag.split(['=', ' ']).next().unwrap();
+            assert!(
+                help.contains(&format!("--{flag} ")) || help.contains(&format!("--{flag}\n")),
+                "{} passes --{flag}, which `recast-operator run --help` does not list",
+                path.display()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 20, "found only {checked} flags in the templates");
+}
+
+// ---------------------------------------------------------------------------------------------
+// helm lint and template.
+
+#[test]
+fn helm_lint_passes_for_every_value_set() {
+    let Some(helm) = Helm::get() else { return };
+    let sets = value_sets();
+    assert!(sets.len() >= 5, "value sets: {sets:?}");
+    for (name, path) in sets {
+        let out = helm.run(&[
+            "lint",
+            "--strict",
+            &chart_dir().to_string_lossy(),
+            "--kube-version",
+            KUBE_VERSION,
+            "--set",
+            "operator.watchNamespace=fleet",
+            "--values",
+            &path.to_string_lossy(),
+        ]);
+        assert!(
+            out.status.success(),
+            "helm lint --strict with {name}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// The chart packages (what a registry or a GitOps tool receives) and the package holds the
+/// CRDs and the schema.
+#[test]
+fn helm_package_holds_the_crds_and_the_schema() {
+    let Some(helm) = Helm::get() else { return };
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = helm.run(&[
+        "package",
+        &chart_dir().to_string_lossy(),
+        "--destination",
+        &out_dir.path().to_string_lossy(),
+    ]);
+    assert!(
+        out.status.success(),
+        "helm package: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tgz = out_dir.path().join("recast-0.1.0.tgz");
+    let list = Command::new("tar")
+        .arg("-tzf")
+        .arg(&tgz)
+        .output()
+        .expect("tar -tzf");
+    let list = String::from_utf8_lossy(&list.stdout);
+    for want in [
+        "recast/Chart.yaml",
+        "recast/values.schema.json",
+        "recast/templates/NOTES.txt",
+        "recast/crds/endpoints.recast.dev.yaml",
+        "recast/crds/goldenimages.recast.dev.yaml",
+        "recast/crds/reimagewaves.recast.dev.yaml",
+        "recast/crds/remediationpolicies.recast.dev.yaml",
+    ] {
+        assert!(
+            list.lines().any(|l| l == want),
+            "{want} missing from:\n{list}"
+        );
+    }
+}
+
+/// What each value set must render, object by object.
+#[test]
+fn helm_template_renders_what_each_value_set_asks_for() {
+    let Some(helm) = Helm::get() else { return };
+
+    // Defaults: 2 replicas with leader election, cluster-wide RBAC, no boot service.
+    let d = helm
+        .template("rc", "recast", None, &[])
+        .expect("render the defaults");
+    assert_eq!(
+        kinds(&d),
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Deployment",
+            "NetworkPolicy",
+            "PodDisruptionBudget",
+            "Role",
+            "RoleBinding",
+            "Service",
+            "ServiceAccount"
+        ]
+    );
+    let op = find(&d, "Deployment", "-operator").unwrap();
+    assert_eq!(op["spec"]["replicas"], 2);
+    let c = container(op, "operator");
+    let a = args(c);
+    for want in [
+        "run",
+        "--backend=kube",
+        "--lease-namespace=$(POD_NAMESPACE)",
+        "--identity=$(POD_NAME)",
+        "--lease-duration-seconds=15",
+        "--power-driver=redfish",
+    ] {
+        assert!(a.contains(&want.to_string()), "{want} missing from {a:?}");
+    }
+    assert!(!a.iter().any(|x| x.starts_with("--boot-http")), "{a:?}");
+    let sc = &c["securityContext"];
+    assert_eq!(sc["runAsNonRoot"], true);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+    assert!(sc["capabilities"]["add"].is_null());
+    assert_eq!(
+        op["spec"]["template"]["spec"]["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let lease_role = find(&d, "Role", "-leader-election").unwrap();
+    assert_eq!(
+        lease_role["rules"][1]["resourceNames"],
+        json!(["recast-operator"])
+    );
+    assert_eq!(
+        find(&d, "PodDisruptionBudget", "-operator").unwrap()["spec"]["maxUnavailable"],
+        1
+    );
+
+    // Bring-your-own RBAC: the ServiceAccount only.
+    let byo = helm
+        .template("rc", "recast", None, &["rbac.create=false"])
+        .expect("render rbac.create=false");
+    assert!(
+        !byo.iter()
+            .any(|d| d["apiVersion"] == "rbac.authorization.k8s.io/v1"),
+        "rbac.create=false still rendered RBAC: {:?}",
+        kinds(&byo)
+    );
+    assert!(find(&byo, "ServiceAccount", "rc-recast").is_some());
+
+    // proxyDHCP on an interface: a DaemonSet on the node's network, root with only
+    // NET_BIND_SERVICE and NET_RAW, every input mounted.
+    let proxy = chart_dir().join("ci/kube-boot-proxy-values.yaml");
+    let d = helm
+        .template("rc", "recast", Some(&proxy), &[])
+        .expect("render kube-boot-proxy");
+    assert!(kinds(&d).contains(&"ServiceMonitor".to_string()));
+    let ds = find(&d, "DaemonSet", "-boot").expect("a boot DaemonSet");
+    let spec = &ds["spec"]["template"]["spec"];
+    assert_eq!(spec["hostNetwork"], true);
+    assert_eq!(spec["dnsPolicy"], "ClusterFirstWithHostNet");
+    assert_eq!(
+        spec["nodeSelector"],
+        json!({"recast.dev/provisioning": "true"})
+    );
+    let c = container(ds, "boot");
+    let a = args(c);
+    for want in [
+        "--dhcp=proxy",
+        "--dhcp-interface=eth1",
+        "--dhcp-server-ip=$(RECAST_SERVER_IP)",
+        "--dhcp-ports=67,4011",
+        "--tftp=0.0.0.0:69",
+        "--boot-http=0.0.0.0:8081",
+        "--boot-url=http://$(RECAST_SERVER_IP):8081",
+        "--imaging-key-file=/etc/recast/imaging/imaging.key",
+        "--admin-password-file=/etc/recast/admin/password",
+        "--wds-server=10.40.0.5",
+        "--gateway-url=https://recast-gateway.example.org",
+    ] {
+        assert!(a.contains(&want.to_string()), "{want} missing from {a:?}");
+    }
+    let sc = &c["securityContext"];
+    assert_eq!(sc["runAsUser"], 0);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(
+        sc["capabilities"]["add"],
+        json!(["NET_BIND_SERVICE", "NET_RAW"])
+    );
+    let env = c["env"].as_array().unwrap();
+    let server_ip = env
+        .iter()
+        .find(|e| e["name"] == "RECAST_SERVER_IP")
+        .unwrap();
+    assert_eq!(
+        server_ip["valueFrom"]["fieldRef"]["fieldPath"],
+        "status.hostIP"
+    );
+    // The Secret the values name is used; the chart creates none of its own.
+    assert!(find(&d, "Secret", "imaging-key").is_none());
+    let vols = spec["volumes"].to_string();
+    assert!(vols.contains("recast-imaging-key") && vols.contains("recast-winpe-kit"));
+    // The metrics peers the values name.
+    let np = find(&d, "NetworkPolicy", "-operator").unwrap();
+    assert_eq!(
+        np["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "monitoring"
+    );
+
+    // Full DHCP: a Deployment of one, the lease table mounted, a digest-pinned image.
+    let full = chart_dir().join("ci/kube-boot-full-values.yaml");
+    let d = helm
+        .template(
+            "rc",
+            "recast",
+            Some(&full),
+            &["operator.watchNamespace=fleet"],
+        )
+        .expect("render kube-boot-full");
+    let dep = find(&d, "Deployment", "-boot").expect("a boot Deployment");
+    assert_eq!(dep["spec"]["strategy"]["type"], "Recreate");
+    let c = container(dep, "boot");
+    assert!(
+        c["image"]
+            .as_str()
+            .unwrap()
+            .ends_with("@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
+    );
+    let a = args(c);
+    for want in [
+        "--dhcp=full",
+        "--dhcp-leases=/etc/recast/dhcp/leases",
+        "--dhcp-router=10.40.0.1",
+        "--dhcp-dns=10.40.0.1",
+        "--boot-url=http://10.40.0.2:8081",
+        "--imaging-environment=linux",
+        "--watch-namespace=fleet",
+    ] {
+        assert!(a.contains(&want.to_string()), "{want} missing from {a:?}");
+    }
+    assert!(!a.iter().any(|x| x.starts_with("--tftp")), "{a:?}");
+    // DHCP 67 still needs NET_BIND_SERVICE; no interface, so no NET_RAW.
+    assert_eq!(
+        c["securityContext"]["capabilities"]["add"],
+        json!(["NET_BIND_SERVICE"])
+    );
+    let leases = find(&d, "ConfigMap", "-dhcp-leases").unwrap();
+    assert!(
+        leases["data"]["leases"]
+            .as_str()
+            .unwrap()
+            .contains("52:54:00:a1:00:01 10.40.0.101 kiosk-01")
+    );
+    // A namespaced install: the ClusterRole is bound only in the watched namespace.
+    assert!(find(&d, "ClusterRoleBinding", "-operator").is_none());
+    let rb = find(&d, "RoleBinding", "-operator").unwrap();
+    assert_eq!(rb["metadata"]["namespace"], "fleet");
+    // Without imagingKeySecret the chart makes a 32-byte key.
+    let key = find(&d, "Secret", "-imaging-key").expect("an imaging key Secret");
+    let b64 = key["data"]["imaging.key"].as_str().unwrap();
+    assert_eq!(b64.len(), 44, "32 bytes are 44 base64 characters: {b64}");
+
+    // HTTP boot on a high port only: the boot pod runs without root and without capabilities.
+    let unpriv = chart_dir().join("ci/kube-unprivileged-boot-values.yaml");
+    let d = helm
+        .template("rc", "recast", Some(&unpriv), &[])
+        .expect("render kube-unprivileged-boot");
+    let c = container(find(&d, "DaemonSet", "-boot").unwrap(), "boot");
+    assert_eq!(c["securityContext"]["runAsNonRoot"], true);
+    assert!(c["securityContext"]["capabilities"]["add"].is_null());
+    assert_eq!(
+        find(&d, "Deployment", "-operator").unwrap()["spec"]["replicas"],
+        3
+    );
+
+    // Embedded: one pod on its volume, boot service and gateway inside it, no RBAC rules.
+    let emb = chart_dir().join("ci/embedded-gateway-values.yaml");
+    let d = helm
+        .template("rc", "recast", Some(&emb), &[])
+        .expect("render embedded-gateway");
+    for absent in ["ClusterRole", "Role", "DaemonSet", "PodDisruptionBudget"] {
+        assert!(
+            !kinds(&d).contains(&absent.to_string()),
+            "{absent} rendered"
+        );
+    }
+    let op = find(&d, "Deployment", "-operator").unwrap();
+    assert_eq!(op["spec"]["replicas"], 1);
+    assert_eq!(op["spec"]["strategy"]["type"], "Recreate");
+    assert_eq!(op["spec"]["template"]["spec"]["hostNetwork"], true);
+    assert_eq!(
+        op["spec"]["template"]["spec"]["automountServiceAccountToken"],
+        false
+    );
+    let a = args(container(op, "operator"));
+    for want in [
+        "--backend=embedded",
+        "--gateway-listen=0.0.0.0:8443",
+        "--gateway-cert=/etc/recast/gateway/tls.crt",
+        "--dhcp=proxy",
+    ] {
+        assert!(a.contains(&want.to_string()), "{want} missing from {a:?}");
+    }
+    assert!(
+        a.contains(&"--load=/etc/recast/manifests/manifests.yaml".to_string()),
+        "{a:?}"
+    );
+    let manifests = find(&d, "Secret", "-manifests").expect("the manifests Secret");
+    assert!(
+        manifests["stringData"]["manifests.yaml"]
+            .as_str()
+            .unwrap()
+            .contains("name: kiosk-01")
+    );
+    let pvc = find(&d, "PersistentVolumeClaim", "-data").unwrap();
+    assert_eq!(pvc["spec"]["resources"]["requests"]["storage"], "50Gi");
+    let ing = find(&d, "Ingress", "-gateway").unwrap();
+    assert_eq!(
+        ing["spec"]["tls"][0]["secretName"],
+        "recast-gateway-ingress-tls"
+    );
+    assert_eq!(ing["spec"]["ingressClassName"], "nginx");
+    assert_eq!(
+        find(&d, "Service", "-gateway").unwrap()["spec"]["ports"][0]["targetPort"],
+        "gateway"
+    );
+}
+
+/// Values that cannot work are refused at render time with a message that says what to set.
+#[test]
+fn helm_template_refuses_values_that_cannot_work() {
+    let Some(helm) = Helm::get() else { return };
+    let cases: &[(&[&str], &str)] = &[
+        // A misspelt key: the schema, not silence.
+        (
+            &["operator.replica=3"],
+            "additional properties 'replica' not allowed",
+        ),
+        (
+            &["boot.dhcp.mode=of"],
+            "value must be one of 'off', 'proxy', 'full'",
+        ),
+        (&["boot.serverIP=10.40.0.300"], "/boot/serverIP"),
+        (&["image.digest=latest"], "/image/digest"),
+        // recast-operator refuses --gateway-listen on the kube backend.
+        (
+            &["gateway.enabled=true", "gateway.tlsSecret=t"],
+            "gateway.enabled needs backend: embedded",
+        ),
+        (
+            &["backend=embedded", "gateway.enabled=true"],
+            "gateway.enabled needs gateway.tlsSecret",
+        ),
+        (
+            &["boot.enabled=true", "boot.dhcp.mode=full"],
+            "boot.dhcp.mode=full needs boot.dhcp.leases",
+        ),
+        (
+            &[
+                "boot.enabled=true",
+                "boot.kind=Deployment",
+                "boot.replicas=2",
+                "boot.dhcp.mode=proxy",
+            ],
+            "two DHCP servers on one provisioning network",
+        ),
+        (
+            &[
+                "backend=embedded",
+                "gateway.enabled=true",
+                "gateway.tlsSecret=t",
+                "gateway.ingress.enabled=true",
+            ],
+            "gateway.ingress.enabled needs gateway.ingress.host",
+        ),
+    ];
+    for (sets, expect) in cases {
+        match helm.template("rc", "recast", None, sets) {
+            Ok(_) => panic!("helm template accepted {sets:?}"),
+            Err(stderr) => assert!(
+                stderr.contains(expect),
+                "helm template {sets:?}: expected {expect:?} in:\n{stderr}"
+            ),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// On the real kube-apiserver.
+
+/// Objects the harness cannot serve: the Prometheus Operator's CRDs are not installed there.
+fn served_by_harness(doc: &Value) -> bool {
+    doc["apiVersion"] != "monitoring.coreos.com/v1"
+}
+
+fn write_docs(dir: &Path, name: &str, docs: &[&Value]) -> PathBuf {
+    let path = dir.join(format!("{name}.json"));
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": docs});
+    std::fs::write(&path, list.to_string()).unwrap();
+    path
+}
+
+/// Every rendered object passes the apiserver's schema (strict field validation: an unknown or
+/// misplaced field fails) in a server-side dry run, and the operator's pods are within Pod
+/// Security's `restricted` level; pods on the node's network (the boot service) are flagged.
+#[test]
+fn rendered_chart_passes_server_side_dry_run() {
+    let Some(helm) = Helm::get() else { return };
+    let Some(k) = K8s::get() else { return };
+    k.install_crds();
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, values) in value_sets() {
+        let ns = k.fresh_namespace("chart-dry");
+        let fleet = k.fresh_namespace("chart-fleet");
+        // The apiserver then warns about what a workload's pods would violate.
+        k.kubectl_ok(&[
+            "label",
+            "namespace",
+            &ns,
+            "pod-security.kubernetes.io/warn=restricted",
+        ]);
+        let watch = format!("operator.watchNamespace={fleet}");
+        let sets: Vec<&str> = if name.contains("full") {
+            vec![&watch]
+        } else {
+            vec![]
+        };
+        let docs = helm
+            .template(&release_name("dry"), &ns, Some(&values), &sets)
+            .unwrap_or_else(|e| panic!("render {name}: {e}"));
+        let served: Vec<&Value> = docs.iter().filter(|d| served_by_harness(d)).collect();
+        assert!(!served.is_empty());
+        // One object at a time, so each warning belongs to the object that caused it.
+        for (i, doc) in served.iter().enumerate() {
+            let what = format!(
+                "{name}: {} {}",
+                doc["kind"].as_str().unwrap(),
+                doc["metadata"]["name"].as_str().unwrap()
+            );
+            let file = write_docs(tmp.path(), &format!("{name}-{i}"), &[doc]);
+            let out = k.kubectl(&[
+                "apply",
+                "--dry-run=server",
+                "--validate=strict",
+                "--server-side",
+                "--field-manager=helm",
+                "-f",
+                &file.to_string_lossy(),
+            ]);
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                out.status.success() && stdout.contains("(server dry run)"),
+                "server-side dry run of {what} failed:\n{stdout}{stderr}"
+            );
+            let violations: Vec<&str> = stderr
+                .lines()
+                .filter(|l| l.contains("would violate PodSecurity"))
+                .collect();
+            let pod = &doc["spec"]["template"]["spec"];
+            if pod["hostNetwork"] == true {
+                assert!(
+                    violations.iter().any(|l| l.contains("hostNetwork")),
+                    "{what}: expected the host network to be flagged:\n{stderr}"
+                );
+            } else {
+                assert!(
+                    violations.is_empty(),
+                    "{what}: its pods must meet the restricted Pod Security level:\n{stderr}"
+                );
+            }
+        }
+    }
+}
+
+/// The subject the chart's RBAC binds: the operator's ServiceAccount.
+fn service_account(docs: &[Value]) -> (String, String) {
+    let sa = docs
+        .iter()
+        .find(|d| d["kind"] == "ServiceAccount")
+        .expect("a ServiceAccount");
+    (
+        sa["metadata"]["namespace"].as_str().unwrap().to_string(),
+        sa["metadata"]["name"].as_str().unwrap().to_string(),
+    )
+}
+
+/// Applies the chart's ServiceAccount and RBAC objects for real, removing the cluster-scoped
+/// ones when dropped.
+struct AppliedRbac {
+    k: K8s,
+    cluster_scoped: Vec<(String, String)>,
+}
+
+impl AppliedRbac {
+    fn apply(k: &K8s, docs: &[Value], dir: &Path) -> AppliedRbac {
+        let rbac: Vec<&Value> = docs
+            .iter()
+            .filter(|d| {
+                d["kind"] == "ServiceAccount" || d["apiVersion"] == "rbac.authorization.k8s.io/v1"
+            })
+            .collect();
+        let file = write_docs(dir, "rbac", &rbac);
+        k.kubectl_ok(&["apply", "-f", &file.to_string_lossy()]);
+        let cluster_scoped = rbac
+            .iter()
+            .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "ClusterRoleBinding")
+            .map(|d| {
+                (
+                    d["kind"].as_str().unwrap().to_lowercase(),
+                    d["metadata"]["name"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        AppliedRbac {
+            k: k.clone(),
+            cluster_scoped,
+        }
+    }
+}
+
+impl Drop for AppliedRbac {
+    fn drop(&mut self) {
+        for (kind, name) in &self.cluster_scoped {
+            let _ = self
+                .k
+                .kubectl(&["delete", kind, name, "--ignore-not-found", "--wait=false"]);
+        }
+    }
+}
+
+/// `kubectl auth can-i VERB RESOURCE [NAME] -n NS --as SA`: true when allowed.
+fn can_i(k: &K8s, sa: &(String, String), verb: &str, resource: &str, ns: &str) -> bool {
+    let user = format!("system:serviceaccount:{}:{}", sa.0, sa.1);
+    let mut a = vec!["auth", "can-i", verb];
+    a.extend(resource.split(' '));
+    a.extend(["-n", ns, "--as", &user]);
+    let out = k.kubectl(&a);
+    let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    match answer.as_str() {
+        "yes" => true,
+        "no" => false,
+        _ => panic!(
+            "kubectl auth can-i {verb} {resource}: {answer} {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+/// What the operator must be able to do in a namespace it watches.
+const ALLOWED: &[(&str, &str)] = &[
+    ("get", "endpoints.recast.dev"),
+    ("list", "endpoints.recast.dev"),
+    ("watch", "endpoints.recast.dev"),
+    ("patch", "endpoints.recast.dev"),
+    ("patch", "endpoints.recast.dev --subresource=status"),
+    ("list", "remediationpolicies.recast.dev"),
+    ("watch", "remediationpolicies.recast.dev"),
+    ("list", "goldenimages.recast.dev"),
+    ("watch", "goldenimages.recast.dev"),
+    ("patch", "goldenimages.recast.dev --subresource=status"),
+    ("list", "reimagewaves.recast.dev"),
+    ("patch", "reimagewaves.recast.dev --subresource=status"),
+    ("create", "configmaps"),
+    ("patch", "configmaps"),
+    ("delete", "configmaps"),
+    ("watch", "configmaps"),
+    ("create", "events.events.k8s.io"),
+    ("patch", "events.events.k8s.io"),
+    ("get", "secrets"),
+];
+
+/// What it must never be able to do: people and GitOps own the specs; it never enumerates
+/// Secrets; it touches no workloads and no RBAC.
+const FORBIDDEN: &[(&str, &str)] = &[
+    ("create", "endpoints.recast.dev"),
+    ("update", "endpoints.recast.dev"),
+    ("delete", "endpoints.recast.dev"),
+    ("patch", "goldenimages.recast.dev"),
+    ("delete", "goldenimages.recast.dev"),
+    ("patch", "remediationpolicies.recast.dev"),
+    ("patch", "reimagewaves.recast.dev"),
+    ("create", "reimagewaves.recast.dev"),
+    ("list", "secrets"),
+    ("watch", "secrets"),
+    ("create", "secrets"),
+    ("update", "configmaps"),
+    ("create", "pods"),
+    ("delete", "pods"),
+    ("create", "events"),
+    ("create", "rolebindings.rbac.authorization.k8s.io"),
+    ("create", "leases.coordination.k8s.io"),
+];
+
+/// Cluster-wide install: allowed everywhere it must be, and nothing more. The Lease rights hold
+/// only in the release namespace and only for the recast-operator Lease.
+#[test]
+fn operator_service_account_has_exactly_the_rights_it_needs() {
+    let Some(helm) = Helm::get() else { return };
+    let Some(k) = K8s::get() else { return };
+    k.install_crds();
+    let tmp = tempfile::tempdir().unwrap();
+    let ns = k.fresh_namespace("chart-rbac");
+    let other = k.fresh_namespace("chart-rbac-other");
+    let docs = helm
+        .template(&release_name("rbac"), &ns, None, &[])
+        .expect("render the defaults");
+    let sa = service_account(&docs);
+    let _rbac = AppliedRbac::apply(&k, &docs, tmp.path());
+    // RBAC is evaluated from an informer cache in the apiserver: wait for the bindings.
+    wait_for(
+        Duration::from_secs(20),
+        "the RBAC bindings to take effect",
+        || can_i(&k, &sa, "list", "endpoints.recast.dev", &other),
+    );
+    for target in [&ns, &other] {
+        for (verb, resource) in ALLOWED {
+            assert!(
+                can_i(&k, &sa, verb, resource, target),
+                "the operator cannot {verb} {resource} in {target}"
+            );
+        }
+        for (verb, resource) in FORBIDDEN {
+            // Creating its Lease is allowed in its own namespace only.
+            if *resource == "leases.coordination.k8s.io" && target == &ns {
+                continue;
+            }
+            assert!(
+                !can_i(&k, &sa, verb, resource, target),
+                "the operator may {verb} {resource} in {target}; the chart grants too much"
+            );
+        }
+    }
+    // The Lease: create in its namespace; get and patch only the recast-operator Lease.
+    let lease = "leases.coordination.k8s.io";
+    assert!(can_i(&k, &sa, "create", lease, &ns));
+    assert!(can_i(
+        &k,
+        &sa,
+        "get",
+        &format!("{lease}/recast-operator"),
+        &ns
+    ));
+    assert!(can_i(
+        &k,
+        &sa,
+        "patch",
+        &format!("{lease}/recast-operator"),
+        &ns
+    ));
+    assert!(!can_i(
+        &k,
+        &sa,
+        "patch",
+        &format!("{lease}/another-lease"),
+        &ns
+    ));
+    assert!(!can_i(
+        &k,
+        &sa,
+        "delete",
+        &format!("{lease}/recast-operator"),
+        &ns
+    ));
+    assert!(!can_i(&k, &sa, "list", lease, &ns));
+    assert!(!can_i(
+        &k,
+        &sa,
+        "patch",
+        &format!("{lease}/recast-operator"),
+        &other
+    ));
+}
+
+/// A kubeconfig that authenticates as the harness's admin and impersonates `user`, so a process
+/// given it acts with exactly that user's RBAC.
+fn impersonating_kubeconfig(k: &K8s, user: &str, dir: &Path) -> PathBuf {
+    let admin = std::fs::read_to_string(&k.kubeconfig).unwrap();
+    let mut cfg: serde_yaml::Value = serde_yaml::from_str(&admin).unwrap();
+    let users = cfg["users"].as_sequence_mut().unwrap();
+    users[0]["user"]["as"] = serde_yaml::Value::String(user.to_string());
+    let path = dir.join("impersonating-kubeconfig");
+    std::fs::write(&path, serde_yaml::to_string(&cfg).unwrap()).unwrap();
+    path
+}
+
+/// Expands `$(NAME)` the way the kubelet does in a container's args.
+fn expand(arg: &str, env: &[(&str, String)]) -> String {
+    env.iter().fold(arg.to_string(), |a, (k, v)| {
+        a.replace(&format!("$({k})"), v)
+    })
+}
+
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    /// Like `wait_for`, but a timeout shows what the process logged.
+    fn wait(&mut self, limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+        let start = std::time::Instant::now();
+        while start.elapsed() < limit {
+            if done() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!(
+            "timed out after {limit:?} waiting for {what}; the process logged:\n{}",
+            self.drain().join("\n")
+        );
+    }
+
+    fn drain(&mut self) -> &[String] {
+        while let Ok(l) = self.lines.try_recv() {
+            self.seen.push(l);
+        }
+        &self.seen
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts recast-operator with the args of a rendered workload's container, as the chart's
+/// ServiceAccount; `replace` swaps flags whose values only make sense in a pod.
+fn start_as(
+    workload: &Value,
+    container_name: &str,
+    kubeconfig: &Path,
+    env: &[(&str, String)],
+    replace: &[(&str, String)],
+) -> Running {
+    let c = container(workload, container_name);
+    let args: Vec<String> = args(c)
+        .iter()
+        .map(|a| {
+            let flag = a.split('=').next().unwrap();
+            match replace.iter().find(|(f, _)| *f == flag) {
+                Some((f, v)) => format!("{f}={v}"),
+                None => expand(a, env),
+            }
+        })
+        .collect();
+    let mut cmd = Command::new(OPERATOR);
+    cmd.args(&args)
+        .env("KUBECONFIG", kubeconfig)
+        // RECAST_LOG=debug shows the controller's watch errors when a test fails.
+        .env(
+            "RECAST_LOG",
+            std::env::var("RECAST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .env_remove("RECAST_POWER_DRIVER")
+        .env_remove("RECAST_FAILPOINT")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("start recast-operator");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    Running {
+        child,
+        lines,
+        seen: Vec::new(),
+    }
+}
+
+fn json_of(k: &K8s, args: &[&str]) -> Value {
+    serde_json::from_str(&k.kubectl_ok(args)).unwrap()
+}
+
+/// A namespaced install, for real: the operator started with the chart's flags as the chart's
+/// ServiceAccount takes the Lease, adds its finalizer, writes Endpoint and GoldenImage status
+/// and publishes Events; the boot service with the chart's flags answers from the same rights;
+/// and nothing outside the watched namespace is visible to it.
+#[test]
+fn operator_does_its_job_with_the_charts_flags_and_rbac() {
+    let Some(helm) = Helm::get() else { return };
+    let Some(k) = K8s::get() else { return };
+    k.install_crds();
+    let tmp = tempfile::tempdir().unwrap();
+    let ns = k.fresh_namespace("chart-run");
+    let fleet = k.fresh_namespace("chart-run-fleet");
+    let outside = k.fresh_namespace("chart-run-outside");
+    let watch = format!("operator.watchNamespace={fleet}");
+    let values = chart_dir().join("ci/kube-unprivileged-boot-values.yaml");
+    let docs = helm
+        .template(
+            &release_name("run"),
+            &ns,
+            Some(&values),
+            &[&watch, "operator.powerDriver=record"],
+        )
+        .expect("render a namespaced install");
+    let sa = service_account(&docs);
+    let _rbac = AppliedRbac::apply(&k, &docs, tmp.path());
+    wait_for(
+        Duration::from_secs(20),
+        "the RBAC bindings to take effect",
+        || can_i(&k, &sa, "list", "endpoints.recast.dev", &fleet),
+    );
+    // Bound only where it watches.
+    assert!(!can_i(&k, &sa, "list", "endpoints.recast.dev", &outside));
+    assert!(!can_i(&k, &sa, "get", "secrets", &outside));
+
+    // A fleet that needs no network: an image already checked (the status the GoldenImage
+    // controller would have written), an endpoint without a BMC with a reimage requested.
+    let objects = format!(
+        r#"
+apiVersion: recast.dev/v1alpha1
+kind: GoldenImage
+metadata: {{name: chart-image}}
+spec:
+  source: {{path: /nonexistent/recast-chart-test.wim}}
+  sha256: 3f1c9a0c6b1e4d7f8a2b5c6d7e8f90112233445566778899aabbccddeeff0011
+  imageIndex: 1
+  expected: {{edition: Enterprise, arch: amd64}}
+  requirements: {{minimumBuild: "26100.7623"}}
+  bootKit:
+    wimboot: {{path: /var/lib/recast/bootkit/wimboot}}
+    bcd: {{path: /var/lib/recast/bootkit/BCD}}
+    bootSdi: {{path: /var/lib/recast/bootkit/boot.sdi}}
+    bootWim: {{path: /var/lib/recast/bootkit/boot.wim}}
+---
+apiVersion: recast.dev/v1alpha1
+kind: Endpoint
+metadata: {{name: chart-kiosk}}
+spec:
+  identity:
+    macAddresses: ["52:54:00:c4:00:01"]
+    smbiosUuid: 4c4c4544-0042-3510-8052-b4c04f384dc1
+    serialNumber: CHART01
+  bootMode: uefi
+  image: {{goldenImage: chart-image}}
+  site: {fleet}
+  reimageRequest: {{token: chart-1, reason: chart RBAC test}}
+"#
+    );
+    let file = tmp.path().join("fleet.yaml");
+    std::fs::write(&file, objects).unwrap();
+    k.kubectl_ok(&["apply", "-n", &fleet, "-f", &file.to_string_lossy()]);
+    let verified = json!({"status": recast_tests::inputs::verified_image_status()});
+    k.kubectl_ok(&[
+        "patch",
+        "-n",
+        &fleet,
+        "gi",
+        "chart-image",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &verified.to_string(),
+    ]);
+
+    let kubeconfig = impersonating_kubeconfig(
+        &k,
+        &format!("system:serviceaccount:{}:{}", sa.0, sa.1),
+        tmp.path(),
+    );
+    let data = tmp.path().join("operator-data");
+    std::fs::create_dir_all(&data).unwrap();
+    let env = [
+        ("POD_NAMESPACE", ns.clone()),
+        ("POD_NAME", "recast-operator-0".to_string()),
+        ("POD_IP", "127.0.0.1".to_string()),
+    ];
+    let op = find(&docs, "Deployment", "-operator").unwrap();
+    let mut operator = start_as(
+        op,
+        "operator",
+        &kubeconfig,
+        &env,
+        &[
+            ("--listen", format!("127.0.0.1:{}", free_port())),
+            ("--data-dir", data.to_string_lossy().into_owned()),
+        ],
+    );
+
+    let lease_holder = || {
+        let out = k.kubectl(&[
+            "get",
+            "lease",
+            "recast-operator",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    operator.wait(
+        Duration::from_secs(60),
+        "the operator to take the Lease",
+        || lease_holder() == "recast-operator-0",
+    );
+    // The reimage arms the network boot: its ConfigMap, and the finalizer that disarms it.
+    operator.wait(
+        Duration::from_secs(60),
+        "the boot intent and the finalizer on the Endpoint",
+        || {
+            let ep = json_of(
+                &k,
+                &["get", "rep", "chart-kiosk", "-n", &fleet, "-o", "json"],
+            );
+            ep["metadata"]["finalizers"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|f| f == "recast.dev/disarm-boot"))
+                && ep["status"]["phase"] == "Reimaging"
+                && k.kubectl(&["get", "cm", "recast-boot-chart-kiosk", "-n", &fleet])
+                    .status
+                    .success()
+        },
+    );
+    // The GoldenImage controller's status (KnownGood is written only by the operator).
+    operator.wait(
+        Duration::from_secs(60),
+        "a KnownGood condition on the GoldenImage",
+        || {
+            let gi = json_of(
+                &k,
+                &["get", "gi", "chart-image", "-n", &fleet, "-o", "json"],
+            );
+            gi["status"]["conditions"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["type"] == "KnownGood"))
+        },
+    );
+    operator.wait(
+        Duration::from_secs(30),
+        "an Event from the operator",
+        || {
+            let ev = json_of(
+                &k,
+                &["get", "events.events.k8s.io", "-n", &fleet, "-o", "json"],
+            );
+            ev["items"].as_array().is_some_and(|i| {
+                i.iter()
+                    .any(|e| e["reportingController"] == "recast-operator")
+            })
+        },
+    );
+
+    // The boot service, with the boot DaemonSet's flags and the same ServiceAccount, answers a
+    // machine it knows from the watched namespace (HTTP boot on loopback instead of the node).
+    let boot_port = free_port();
+    let boot_data = tmp.path().join("boot-data");
+    std::fs::create_dir_all(boot_data.join("boot")).unwrap();
+    let ds = find(&docs, "DaemonSet", "-boot").unwrap();
+    let boot_env = [
+        ("POD_NAMESPACE", ns.clone()),
+        ("POD_NAME", "recast-boot-0".to_string()),
+        ("POD_IP", "127.0.0.1".to_string()),
+        ("RECAST_SERVER_IP", "127.0.0.1".to_string()),
+    ];
+    let mut boot = start_as(
+        ds,
+        "boot",
+        &kubeconfig,
+        &boot_env,
+        &[
+            ("--listen", format!("127.0.0.1:{}", free_port())),
+            ("--data-dir", boot_data.to_string_lossy().into_owned()),
+            ("--boot-http", format!("127.0.0.1:{boot_port}")),
+            (
+                "--boot-root",
+                boot_data.join("boot").to_string_lossy().into_owned(),
+            ),
+            (
+                "--imaging-key-file",
+                tmp.path()
+                    .join("imaging.key")
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
+        ],
+    );
+    let url = format!("http://127.0.0.1:{boot_port}/boot/52:54:00:c4:00:01");
+    let mut script = String::new();
+    boot.wait(
+        Duration::from_secs(60),
+        "the boot service to answer",
+        || {
+            let out = Command::new("curl")
+                .args(["-sf", "--max-time", "5", &url])
+                .output()
+                .expect("run curl");
+            script = String::from_utf8_lossy(&out.stdout).into_owned();
+            out.status.success()
+        },
+    );
+    // Armed: the boot service read the intent and starts the WinPE imaging environment.
+    assert!(script.starts_with("#!ipxe"), "{script}");
+    assert!(script.contains("wimboot"), "{script}");
+
+    // Real requests as the ServiceAccount, not only can-i: misuse is refused by the apiserver.
+    let user = format!("system:serviceaccount:{}:{}", sa.0, sa.1);
+    for attempt in [
+        vec!["get", "secrets", "-n", &fleet],
+        vec!["delete", "rep", "chart-kiosk", "-n", &fleet],
+        vec!["get", "rep", "-n", &outside],
+    ] {
+        let mut a = attempt.clone();
+        a.extend(["--as", &user]);
+        let out = k.kubectl(&a);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("forbidden"),
+            "kubectl {} as the operator was not refused: {stderr}",
+            attempt.join(" ")
+        );
+    }
+
+    // Deleting the Endpoint: the operator disarms its boot and lets it go.
+    k.kubectl_ok(&[
+        "delete",
+        "rep",
+        "chart-kiosk",
+        "-n",
+        &fleet,
+        "--timeout=60s",
+    ]);
+
+    // Neither process met a permission it lacks.
+    std::thread::sleep(Duration::from_secs(2));
+    for (what, p) in [("operator", &mut operator), ("boot", &mut boot)] {
+        let forbidden: Vec<String> = p
+            .drain()
+            .iter()
+            .filter(|l| l.contains("forbidden") || l.contains("Forbidden"))
+            .cloned()
+            .collect();
+        assert!(
+            forbidden.is_empty(),
+            "the {what} hit a permission the chart does not grant:\n{}",
+            forbidden.join("\n")
+        );
+    }
+}
+
+/// `helm install`, `upgrade` and `uninstall` on the real apiserver: the imaging key the chart
+/// creates survives an upgrade (signed tokens of armed tries stay valid) and the uninstall,
+/// and the uninstall leaves no cluster-wide object behind.
+#[test]
+fn helm_install_upgrade_uninstall_keep_the_imaging_key() {
+    let Some(helm) = Helm::get() else { return };
+    let Some(k) = K8s::get() else { return };
+    k.install_crds();
+    let ns = k.fresh_namespace("chart-install");
+    let release = release_name("inst");
+    let kubeconfig = k.kubeconfig.to_string_lossy().into_owned();
+    let chart = chart_dir().to_string_lossy().into_owned();
+    let helm_ok = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--kubeconfig", &kubeconfig, "-n", &ns]);
+        let out = helm.run(&all);
+        assert!(
+            out.status.success(),
+            "helm {}:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let key_of = || {
+        let s = json_of(
+            &k,
+            &[
+                "get",
+                "secret",
+                &format!("{release}-recast-imaging-key"),
+                "-n",
+                &ns,
+                "-o",
+                "json",
+            ],
+        );
+        s["data"]["imaging.key"].as_str().unwrap().to_string()
+    };
+    let notes = helm_ok(&[
+        "install",
+        &release,
+        &chart,
+        "--set",
+        "boot.enabled=true",
+        "--set",
+        "boot.dhcp.mode=proxy",
+    ]);
+    assert!(notes.contains("STATUS: deployed"), "{notes}");
+    assert!(
+        notes.contains("67/udp, 4011/udp"),
+        "NOTES name the ports: {notes}"
+    );
+    let key = key_of();
+    helm_ok(&[
+        "upgrade",
+        &release,
+        &chart,
+        "--set",
+        "boot.enabled=true",
+        "--set",
+        "boot.dhcp.mode=proxy",
+        "--set",
+        "operator.replicas=3",
+    ]);
+    assert_eq!(
+        json_of(
+            &k,
+            &[
+                "get",
+                "deployment",
+                &format!("{release}-recast-operator"),
+                "-n",
+                &ns,
+                "-o",
+                "json"
+            ]
+        )["spec"]["replicas"],
+        3
+    );
+    assert_eq!(key_of(), key, "helm upgrade replaced the imaging key");
+    helm_ok(&["uninstall", &release, "--wait"]);
+    assert_eq!(key_of(), key, "helm uninstall removed the imaging key");
+    let left = k.kubectl(&["get", "clusterrole", &format!("{release}-recast-operator")]);
+    assert!(
+        !left.status.success(),
+        "the ClusterRole outlived the release"
+    );
+    k.kubectl_ok(&[
+        "delete",
+        "secret",
+        &format!("{release}-recast-imaging-key"),
+        "-n",
+        &ns,
+    ]);
+}
