@@ -540,7 +540,7 @@ fn helm_template_refuses_values_that_cannot_work() {
         ),
         (&["boot.serverIP=10.40.0.300"], "/boot/serverIP"),
         (&["image.digest=latest"], "/image/digest"),
-        // recast-operator refuses --gateway-listen on the kube backend.
+        // The kube backend's gateway is one process per site: not deployed by the chart.
         (
             &["gateway.enabled=true", "gateway.tlsSecret=t"],
             "gateway.enabled needs backend: embedded",
