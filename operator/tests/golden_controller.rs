@@ -569,3 +569,34 @@ async fn on_the_apiserver_the_controller_verifies_and_promotes() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_path_that_is_not_a_regular_file_is_refused_without_copying() {
+    let f = fixture();
+    for path in ["/dev/zero", "/nonexistent/golden.wim", "/tmp"] {
+        let doc = golden_image(
+            json!({"path": path}),
+            &"ab".repeat(32),
+            "26100.7623",
+            json!({}),
+        );
+        f.store.apply(&doc, "default").unwrap();
+        f.ctrl.pass(true).await.unwrap();
+        let (status, reason, message) = condition(&read(&f), "Verified");
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("Unknown", "FetchFailed"),
+            "{path}"
+        );
+        assert!(message.contains(path), "{message}");
+        assert!(
+            files_under(&f.artifacts.root).is_empty(),
+            "nothing copied for {path}"
+        );
+        // A fresh controller: this one backs off from the image it just failed on.
+        f.store
+            .delete(Kind::GoldenImage, "kiosks", "win11-2026-01")
+            .unwrap();
+        f.ctrl.forget_backoff();
+    }
+}

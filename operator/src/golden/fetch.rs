@@ -103,6 +103,23 @@ pub async fn fetch(
 }
 
 async fn copy_local(src: &Path, dest: &Path) -> Result<(), FetchError> {
+    let local = |message: String| FetchError::Local {
+        path: src.display().to_string(),
+        message,
+    };
+    // Only a regular file of sane size: a device such as /dev/zero would fill the volume.
+    let meta = tokio::fs::metadata(src)
+        .await
+        .map_err(|e| local(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(local("not a regular file".into()));
+    }
+    if meta.len() > MAX_IMAGE_BYTES {
+        return Err(local(format!(
+            "{} bytes is more than any golden WIM ({MAX_IMAGE_BYTES})",
+            meta.len()
+        )));
+    }
     // A copy, not a link: the source may be rewritten later, the verified bytes must not be.
     tokio::fs::copy(src, dest)
         .await

@@ -176,6 +176,12 @@ impl<B: ImageBackend> ImageController<B> {
         wait
     }
 
+    /// Forgets every backoff (tests, and an operator who fixed a source and wants a retry now
+    /// would restart the process, which does the same).
+    pub fn forget_backoff(&self) {
+        self.backoff.lock().expect("backoff lock").clear();
+    }
+
     fn note_success(&self, gi: &GoldenImage) {
         self.backoff.lock().expect("backoff lock").remove(&key(gi));
     }
