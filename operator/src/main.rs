@@ -310,6 +310,10 @@ struct GatewayArgs {
     /// A report that changes nothing is written at most this often per endpoint.
     #[arg(long, default_value = "10m")]
     gateway_heartbeat_period: String,
+    /// Reports per second the whole gateway accepts (bursts up to twice that); above it agents
+    /// get 429 with Retry-After. 100,000 endpoints reporting every 5 minutes send ~333/s.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    gateway_max_reports_per_second: u32,
 }
 
 #[derive(Subcommand)]
@@ -610,6 +614,10 @@ async fn start_gateway<B: recast_operator::controller::Backend>(
             credentials,
             GatewayConfig {
                 heartbeat_period,
+                global_rate: gateway::limit::Rate {
+                    burst: args.gateway_max_reports_per_second.saturating_mul(2),
+                    per_second: f64::from(args.gateway_max_reports_per_second),
+                },
                 ..GatewayConfig::default()
             },
             Arc::new(SystemClock),

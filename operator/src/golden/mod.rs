@@ -47,7 +47,7 @@ pub trait ImageBackend: Backend {
 
 /// How often the controller looks at the images, and how often at the fleet for KnownGood.
 const POLL: Duration = Duration::from_secs(2);
-const FLEET_EVERY: Duration = Duration::from_secs(10);
+const FLEET_EVERY: Duration = Duration::from_secs(30);
 /// How often a long fetch or check logs its progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
@@ -206,7 +206,17 @@ impl<B: ImageBackend> ImageController<B> {
             format!("fetching {source} and checking its bytes; nothing serves it until Verified"),
             Timestamp::now(),
         );
-        if gi.status.as_ref() != Some(&starting) {
+        // Written once per generation: a retry after a failed fetch leaves the status alone
+        // (every image status write makes the embedded controller look at every endpoint of
+        // the namespace again).
+        let withdrawn = gi.status.as_ref().is_some_and(|s| {
+            s.digest.is_none()
+                && s.channels.is_empty()
+                && s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Verified" && c.status == ConditionStatus::Unknown)
+        });
+        if !withdrawn && gi.status.as_ref() != Some(&starting) {
             match self.backend.write_image_status(gi, &starting).await {
                 Err(BackendError::Conflict(_)) => return Ok(None),
                 r => r?,
@@ -215,7 +225,9 @@ impl<B: ImageBackend> ImageController<B> {
         tracing::info!(image = %format!("{ns}/{name}"), %source, "checking golden image");
         let checked = self.check(gi).await;
         let mut current = gi.clone();
-        current.status = Some(starting);
+        if !withdrawn {
+            current.status = Some(starting);
+        }
         let status = decide::checked(
             &current,
             checked.verdict.clone(),
@@ -366,13 +378,18 @@ impl<B: ImageBackend> ImageController<B> {
     }
 
     async fn refresh_fleet_facts(&self, images: &[GoldenImage]) -> Result<(), BackendError> {
-        let endpoints: Vec<decide::EndpointOnImage> = self
-            .backend
-            .endpoints()
-            .await?
-            .iter()
-            .map(decide::endpoint_on_image)
-            .collect();
+        // Only a served (Verified) image counts endpoints; with none, the fleet is not read.
+        let endpoints: Vec<decide::EndpointOnImage> =
+            if images.iter().any(|gi| decide::served_digest(gi).is_some()) {
+                self.backend
+                    .endpoints()
+                    .await?
+                    .iter()
+                    .map(decide::endpoint_on_image)
+                    .collect()
+            } else {
+                Vec::new()
+            };
         let now = Timestamp::now();
         for gi in images {
             if !decide::is_current(gi) {
