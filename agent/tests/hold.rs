@@ -31,25 +31,8 @@ fn released() -> DesiredUpdateHold {
 }
 
 fn golden(name: &str, log: &[String]) {
-    let actual = log.join("\n") + "\n";
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden/hold")
-        .join(name);
-    if std::env::var_os("RECAST_UPDATE_GOLDEN").is_some() {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, &actual).unwrap();
-        return;
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| {
-        panic!(
-            "{} is missing; run with RECAST_UPDATE_GOLDEN=1 to create it",
-            path.display()
-        )
-    });
-    assert_eq!(
-        actual, expected,
-        "{name} differs from its golden transcript; if the change is deliberate, rerun with RECAST_UPDATE_GOLDEN=1 and review the diff"
-    );
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/hold");
+    recast_tests::assert_golden(&dir.join(name), &(log.join("\n") + "\n"));
 }
 
 /// A machine where the site's own GPO configured Windows Update (values recast must never

@@ -910,24 +910,8 @@ mod tests {
     use std::path::Path;
 
     fn golden(name: &str, actual: &str) {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/golden/wave")
-            .join(name);
-        if std::env::var_os("RECAST_UPDATE_GOLDEN").is_some() {
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(&path, actual).unwrap();
-            return;
-        }
-        let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| {
-            panic!(
-                "{} is missing; run with RECAST_UPDATE_GOLDEN=1 to create it",
-                path.display()
-            )
-        });
-        assert_eq!(
-            actual, expected,
-            "{name} differs from its golden file; if the change is deliberate, rerun with RECAST_UPDATE_GOLDEN=1 and review the diff"
-        );
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/wave");
+        recast_tests::assert_golden(&dir.join(name), actual);
     }
 
     fn t(s: &str) -> Timestamp {

@@ -43,6 +43,29 @@ pub fn skip_or_fail(var: &str, why: &str) {
     }
 }
 
+/// Compares `actual` with the golden file at `path` (templates, CLI screens, command
+/// transcripts). With `RECAST_UPDATE_GOLDEN` set it writes the file instead; review the diff.
+pub fn assert_golden(path: &Path, actual: &str) {
+    if std::env::var_os("RECAST_UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(path.parent().expect("a golden file has a directory"))
+            .expect("create the golden directory");
+        std::fs::write(path, actual).expect("write the golden file");
+        return;
+    }
+    let expected = std::fs::read_to_string(path).unwrap_or_else(|_| {
+        panic!(
+            "{} is missing; run with RECAST_UPDATE_GOLDEN=1 to create it",
+            path.display()
+        )
+    });
+    assert_eq!(
+        actual,
+        expected,
+        "{} differs from its golden file; if the change is deliberate, rerun with RECAST_UPDATE_GOLDEN=1 and review the diff",
+        path.display()
+    );
+}
+
 /// A TCP port on loopback that was free a moment ago, for a server a test is about to start.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
