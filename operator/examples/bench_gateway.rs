@@ -272,12 +272,20 @@ fn main() {
         .expect("recast-operator");
     wait_port(gw_port, &mut op, "recast-operator");
     let url = format!("https://127.0.0.1:{gw_port}");
+    std::thread::sleep(Duration::from_secs(3));
+    eprintln!(
+        "gateway RSS before any report: {:.0} MiB",
+        proc_status_mib(op.id(), "VmRSS:")
+    );
     let warm = simulate(&agent, &url, &ca, &tokens, n, 2);
     let writes_warm = settled_writes(&log);
     // Steady state means the controller has decided the warm-up's inputs too: measuring while
     // it still writes 10,000 statuses would time its backlog, not the gateway.
     let drained = controller_drained(&data);
-    eprintln!("controller drained the warm-up inbox in {drained:.1}s");
+    eprintln!(
+        "controller drained the warm-up inbox in {drained:.1}s; gateway RSS {:.0} MiB",
+        proc_status_mib(op.id(), "VmRSS:")
+    );
     let steady = simulate(&agent, &url, &ca, &tokens, n, reports);
     let writes_total = settled_writes(&log);
     let rss = proc_status_mib(op.id(), "VmRSS:");
