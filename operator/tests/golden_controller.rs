@@ -372,6 +372,17 @@ async fn an_unreachable_source_is_retried_later_and_never_marked_checked() {
     // Backing off: an immediate second pass does not try again (no second event).
     f.ctrl.pass(true).await.unwrap();
     assert_eq!(event_reasons(&f), ["FetchFailed"]);
+    // An edited spec (the URL fixed, say) is tried at once, backoff or not.
+    let fixed = golden_image(
+        json!({"url": format!("http://127.0.0.1:{port}/other.wim")}),
+        &"ab".repeat(32),
+        "26100.7623",
+        json!({}),
+    );
+    f.store.apply(&fixed, "default").unwrap();
+    f.ctrl.pass(true).await.unwrap();
+    assert_eq!(event_reasons(&f), ["FetchFailed", "FetchFailed"]);
+    assert!(condition(&read(&f), "Verified").2.contains("other.wim"));
 }
 
 #[tokio::test]

@@ -69,8 +69,16 @@ pub struct ImageController<B: ImageBackend> {
     http: reqwest::Client,
     /// Set on shutdown: a running check stops at its next chunk.
     cancel: Arc<AtomicBool>,
-    /// Failed fetches or checks in a row, and when to try again, per image.
-    backoff: std::sync::Mutex<HashMap<ImageKey, (u32, Instant)>>,
+    /// Per image: failed fetches or checks in a row.
+    backoff: std::sync::Mutex<HashMap<ImageKey, Backoff>>,
+}
+
+/// Failed fetches or checks of one image in a row, and when to try again. It belongs to the
+/// generation that failed: an edited spec is tried at once.
+struct Backoff {
+    failures: u32,
+    retry_at: Instant,
+    generation: Option<i64>,
 }
 
 /// One verification's result, ready for [`decide::checked`].
@@ -164,15 +172,23 @@ impl<B: ImageBackend> ImageController<B> {
     fn backing_off(&self, gi: &GoldenImage) -> bool {
         let map = self.backoff.lock().expect("backoff lock");
         map.get(&key(gi))
-            .is_some_and(|(_, at)| Instant::now() < *at)
+            .is_some_and(|b| b.generation == gi.metadata.generation && Instant::now() < b.retry_at)
     }
 
     fn note_failure(&self, gi: &GoldenImage) -> Duration {
         let mut map = self.backoff.lock().expect("backoff lock");
-        let entry = map.entry(key(gi)).or_insert((0, Instant::now()));
-        entry.0 += 1;
-        let wait = decide::retry_after(entry.0);
-        entry.1 = Instant::now() + wait;
+        let fresh = || Backoff {
+            failures: 0,
+            retry_at: Instant::now(),
+            generation: gi.metadata.generation,
+        };
+        let entry = map.entry(key(gi)).or_insert_with(fresh);
+        if entry.generation != gi.metadata.generation {
+            *entry = fresh();
+        }
+        entry.failures += 1;
+        let wait = decide::retry_after(entry.failures);
+        entry.retry_at = Instant::now() + wait;
         wait
     }
 
