@@ -138,7 +138,7 @@ async fn fetch_url(
 ) -> Result<(), FetchError> {
     let http_err = |e: reqwest::Error| FetchError::Http {
         url: url.to_string(),
-        message: e.to_string(),
+        message: error_chain(&e),
     };
     let store_err = |e: std::io::Error| FetchError::Store {
         path: dest.display().to_string(),
@@ -159,7 +159,7 @@ async fn fetch_url(
             // A refused or reset connection, a timeout: worth another try.
             Err(e) if drops < RESUMES && !e.is_builder() => {
                 drops += 1;
-                tracing::info!(%url, error = %e, "image fetch failed; retrying");
+                tracing::debug!(%url, error = %error_chain(&e), "image fetch failed; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
@@ -231,6 +231,19 @@ async fn fetch_url(
             }
         }
     }
+}
+
+/// An error with its causes ("error sending request: dns error: no such host"), since
+/// reqwest's own message hides why.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 /// The first byte of a 206 answer's `Content-Range: bytes START-END/TOTAL`.
