@@ -10,10 +10,9 @@ use tokio::sync::watch;
 
 use super::{Backend, BackendError, Controller, Key};
 use crate::bmc::PowerControl;
-use crate::core::derive::bmc_boot_crash;
+use crate::core::derive::{bmc_boot_crash, last_reimage_end, last_report_at};
 use crate::core::lifecycle::Input;
 use crate::core::signal::SignalKind;
-use crate::core::time;
 
 /// How often silent endpoints' BMC logs are read.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(120);
@@ -43,17 +42,9 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
                     continue;
                 }
             };
-            let last_report_at = st
-                .last_report
-                .as_ref()
-                .and_then(|r| time::parse(&r.reported_at));
-            let events_after = st
-                .history
-                .iter()
-                .filter(|h| h.outcome == recast_crds::endpoint::AttemptOutcome::Succeeded)
-                .filter_map(|h| time::parse(&h.finished_at))
-                .max();
-            if let Some(message) = bmc_boot_crash(&crashes, true, last_report_at, events_after) {
+            if let Some(message) =
+                bmc_boot_crash(&crashes, true, last_report_at(st), last_reimage_end(st))
+            {
                 tracing::warn!(endpoint = %key, %message, "boot crash in the BMC's event log");
                 self.backend
                     .post_input(&key, &Input::BmcCrash { message })

@@ -369,6 +369,25 @@ pub fn derive(input: &DeriveInput<'_>) -> Vec<(SignalKind, String)> {
     out
 }
 
+/// When the endpoint's last successful reimage ended: events older than that describe the
+/// machine it replaced (the `events_after` of [`DeriveInput`] and of [`bmc_boot_crash`]).
+pub fn last_reimage_end(status: &recast_crds::endpoint::EndpointStatus) -> Option<Timestamp> {
+    status
+        .history
+        .iter()
+        .filter(|h| h.outcome == recast_crds::endpoint::AttemptOutcome::Succeeded)
+        .filter_map(|h| super::time::parse(&h.finished_at))
+        .max()
+}
+
+/// When the store last took a report from the endpoint's agent (status.lastReport).
+pub fn last_report_at(status: &recast_crds::endpoint::EndpointStatus) -> Option<Timestamp> {
+    status
+        .last_report
+        .as_ref()
+        .and_then(|r| super::time::parse(&r.reported_at))
+}
+
 /// One OS crash a BMC's event log recorded (SEL, IML, Log1).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BmcCrash {

@@ -43,12 +43,12 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use recast_crds::Endpoint;
-use recast_crds::endpoint::AttemptOutcome;
 use recast_crds::report::{AgentReport, MAX_REPORT_BYTES, ReportError, ReportReply};
 use tokio::sync::watch;
 
 use crate::controller::{Backend, Clock, Key, policy_view_for, resolve_image};
 use crate::core::build::Build;
+use crate::core::derive;
 use crate::core::hold::{self, HoldFacts};
 use crate::core::lifecycle::Input;
 use crate::core::signal::SignalKind;
@@ -401,24 +401,14 @@ impl<B: Backend> Gateway<B> {
             .map_err(store)?;
         let images = self.backend.golden_images(ns).await.map_err(store)?;
         let image = resolve_image(&ep.spec.image, &images);
-        let events_after = ep.status.as_ref().and_then(|s| {
-            s.history
-                .iter()
-                .filter(|h| h.outcome == AttemptOutcome::Succeeded)
-                .filter_map(|h| time::parse(&h.finished_at))
-                .max()
-        });
+        let events_after = ep.status.as_ref().and_then(derive::last_reimage_end);
         Ok(EndpointFacts {
             heartbeat_timeout: policy.heartbeat_timeout,
             update_mode: hold::effective_mode(&ep.spec, &policy),
             hold: HoldFacts::of(&ep.spec, ep.status.as_ref(), &policy),
             minimum_build: image.and_then(|i| i.minimum_build),
             events_after,
-            stored_report_at: ep
-                .status
-                .as_ref()
-                .and_then(|s| s.last_report.as_ref())
-                .and_then(|r| time::parse(&r.reported_at)),
+            stored_report_at: ep.status.as_ref().and_then(derive::last_report_at),
         })
     }
 
@@ -570,7 +560,7 @@ fn stored_state(ep: &Endpoint, sequence: u64) -> StoredState {
     let status = ep.status.clone().unwrap_or_default();
     let last = status.last_report.as_ref();
     StoredState {
-        last_report_at: last.and_then(|r| time::parse(&r.reported_at)),
+        last_report_at: derive::last_report_at(&status),
         build: last.and_then(|r| r.build.parse::<Build>().ok()),
         signals: status
             .signals

@@ -302,7 +302,8 @@ impl<B: ImageBackend> ImageController<B> {
     /// them, and installs them when Verified.
     async fn check(&self, gi: &GoldenImage) -> Checked {
         let sha = gi.spec.sha256.clone();
-        let image_name = format!("{}/{}", key(gi).0, key(gi).1);
+        let (ns, name) = key(gi);
+        let image_name = format!("{ns}/{name}");
         let (path, staged) = if self.store.has_image(&sha) {
             (self.store.image(&sha), false)
         } else {
