@@ -73,7 +73,7 @@ enum Cmd {
         /// not report together.
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         jitter: Duration,
-        /// Send one report and exit.
+        /// Send one report and exit: 0 when the gateway accepted it, 1 otherwise.
         #[arg(long)]
         once: bool,
     },
@@ -334,8 +334,14 @@ async fn real_main(cli: Cli) -> Result<(), String> {
                 })
                 .await
                 .map_err(|e| e.to_string())?;
+                // With --once the exit code says whether the report was accepted (scripts and
+                // the Windows task scheduler branch on it).
+                let mut delivered: Result<(), String> = Ok(());
                 match collected {
-                    Err(e) => tracing::error!(error = %e, "no report this interval"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "no report this interval");
+                        delivered = Err(format!("no report: {e}"));
+                    }
                     Ok(report) => match sender.send_with_reply(&token, &report).await {
                         Ok((SendOutcome::Accepted, reply)) => {
                             tracing::info!(sequence = report.sequence, build = %report.os.build_string(), "report accepted");
@@ -356,19 +362,27 @@ async fn real_main(cli: Cli) -> Result<(), String> {
                         Ok((SendOutcome::RateLimited(d), _)) => {
                             tracing::warn!(retry_in = ?d, "the gateway asked to slow down");
                             backoff = Some(d);
+                            delivered = Err(format!("rate limited; retry in {d:?}"));
                         }
-                        Ok((SendOutcome::Unauthorized(m), _)) => tracing::error!(
-                            message = %m,
-                            "the gateway refused this endpoint's token: issue a new one with `recast-operator gateway-token issue` and write it to the token file"
-                        ),
-                        Ok((other, _)) => tracing::warn!(outcome = ?other, "report refused"),
+                        Ok((SendOutcome::Unauthorized(m), _)) => {
+                            tracing::error!(
+                                message = %m,
+                                "the gateway refused this endpoint's token: issue a new one with `recast-operator gateway-token issue` and write it to the token file"
+                            );
+                            delivered = Err(format!("token refused: {m}"));
+                        }
+                        Ok((other, _)) => {
+                            tracing::warn!(outcome = ?other, "report refused");
+                            delivered = Err(format!("report refused: {other:?}"));
+                        }
                         Err(e) => {
-                            tracing::warn!(error = %e, "report not delivered; next interval retries")
+                            tracing::warn!(error = %e, "report not delivered; next interval retries");
+                            delivered = Err(format!("report not delivered: {e}"));
                         }
                     },
                 }
                 if once {
-                    return Ok(());
+                    return delivered;
                 }
             }
         }

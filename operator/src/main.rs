@@ -66,6 +66,10 @@ enum Command {
             env = "RECAST_POWER_DRIVER"
         )]
         power_driver: PowerDriver,
+        /// How often the controller reads the BMC event log of endpoints whose agent went
+        /// silent, looking for an OS crash (such as 0xED) that makes them BootCrash.
+        #[arg(long, default_value = "2m")]
+        bmc_watch_interval: String,
         #[command(flatten)]
         kube: KubeArgs,
         #[command(flatten)]
@@ -386,6 +390,7 @@ fn main() -> ExitCode {
             load,
             listen,
             power_driver,
+            bmc_watch_interval,
             kube: kube_args,
             boot,
             gateway,
@@ -407,6 +412,7 @@ fn main() -> ExitCode {
                 load,
                 listen,
                 power_driver,
+                bmc_watch_interval,
                 kube_opts: kube_args,
                 boot_args: boot,
                 gateway_args: gateway,
@@ -440,6 +446,7 @@ struct RunOptions {
     load: Vec<PathBuf>,
     listen: SocketAddr,
     power_driver: PowerDriver,
+    bmc_watch_interval: String,
     kube_opts: KubeArgs,
     boot_args: BootArgs,
     gateway_args: GatewayArgs,
@@ -452,10 +459,19 @@ async fn run(opts: RunOptions) -> Result<(), String> {
         load,
         listen,
         power_driver,
+        bmc_watch_interval,
         kube_opts,
         boot_args,
         gateway_args,
     } = opts;
+    let bmc_watch_interval = recast_crds::duration::parse(&bmc_watch_interval)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            format!(
+                "--bmc-watch-interval {bmc_watch_interval:?} is not a duration such as 2m or 30s"
+            )
+        })?;
     let boot_cfg = boot_args.service(&data_dir)?;
     // The GoldenImage controller fills the boot root's images/ with verified WIMs.
     let image_store = boot_args.root(&data_dir);
@@ -510,13 +526,15 @@ async fn run(opts: RunOptions) -> Result<(), String> {
                 PowerDriver::Redfish => {
                     let power = RedfishPower::new(EmbeddedSecrets(store), RedfishTuning::default());
                     let ctrl =
-                        Controller::new(backend, Arc::new(power), Arc::new(SystemClock), metrics);
+                        Controller::new(backend, Arc::new(power), Arc::new(SystemClock), metrics)
+                            .with_bmc_watch_interval(bmc_watch_interval);
                     run_embedded(Arc::new(ctrl), stop_rx, ready).await
                 }
                 PowerDriver::Record => {
                     let power = RecordingPower::default();
                     let ctrl =
-                        Controller::new(backend, Arc::new(power), Arc::new(SystemClock), metrics);
+                        Controller::new(backend, Arc::new(power), Arc::new(SystemClock), metrics)
+                            .with_bmc_watch_interval(bmc_watch_interval);
                     run_embedded(Arc::new(ctrl), stop_rx, ready).await
                 }
             };
@@ -537,6 +555,7 @@ async fn run(opts: RunOptions) -> Result<(), String> {
                 lease_grace: std::time::Duration::from_secs(kube_opts.lease_grace_seconds),
                 watch_namespace: kube_opts.watch_namespace.clone(),
                 image_store: Some(image_store),
+                bmc_watch_interval,
             };
             if boot_cfg.is_some() || gateway_args.gateway_listen.is_some() {
                 // The boot service and the gateway only read and queue inputs into inboxes,

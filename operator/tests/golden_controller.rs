@@ -491,6 +491,7 @@ async fn on_the_apiserver_the_controller_verifies_and_promotes() {
     .unwrap();
     let opts = recast_operator::controller::kube::KubeOptions {
         image_store: None,
+        bmc_watch_interval: recast_operator::controller::bmc_watch::DEFAULT_INTERVAL,
         lease_namespace: ns.clone(),
         identity: "test".into(),
         lease_duration: std::time::Duration::from_secs(4),

@@ -48,6 +48,7 @@ impl Cluster {
         .unwrap();
         let opts = KubeOptions {
             image_store: None,
+            bmc_watch_interval: recast_operator::controller::bmc_watch::DEFAULT_INTERVAL,
             lease_namespace: self.ns.clone(),
             identity: "test".into(),
             lease_duration: Duration::from_secs(4),

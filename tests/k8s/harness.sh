@@ -5,6 +5,7 @@
 #   tests/k8s/harness.sh up      start (idempotent: a healthy running harness is reused)
 #   tests/k8s/harness.sh down    stop everything and remove the state directory
 #   tests/k8s/harness.sh status  exit 0 when the apiserver answers /readyz
+#   tests/k8s/harness.sh restart-apiserver  stop and start kube-apiserver (same port, same etcd)
 #
 # State lives in $RECAST_K8S_DIR (default: <repo>/.k8s). `up` writes there:
 #   kubeconfig   admin (system:masters) client-certificate kubeconfig
@@ -131,6 +132,50 @@ current-context: recast-test
 EOF
 }
 
+# Starts kube-apiserver against etcd and waits for /readyz.
+start_apiserver() { # bin etcd_port api_port ready_timeout
+  local bin="$1" etcd_port="$2" api_port="$3" ready_timeout="$4"
+  log "starting kube-apiserver on 127.0.0.1:$api_port"
+  local pki="$state/pki"
+  setsid "$bin/kube-apiserver" \
+    --etcd-servers "http://127.0.0.1:$etcd_port" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+    --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
+    --client-ca-file "$pki/ca.crt" \
+    --service-account-issuer https://kubernetes.default.svc \
+    --service-account-key-file "$pki/sa.pub" \
+    --service-account-signing-key-file "$pki/sa.key" \
+    --service-cluster-ip-range 10.0.0.0/24 \
+    --authorization-mode RBAC \
+    --enable-priority-and-fairness=false \
+    --profiling=false \
+    ${RECAST_K8S_APISERVER_EXTRA_ARGS:-} \
+    > "$state/kube-apiserver.log" 2>&1 < /dev/null &
+  echo $! > "$state/kube-apiserver.pid"
+
+  deadline=$((SECONDS + ready_timeout))
+  local waited=0
+  until readyz; do
+    is_running "$state/kube-apiserver.pid" || fail_with_logs "kube-apiserver exited during start-up"
+    ((SECONDS < deadline)) || fail_with_logs "kube-apiserver not ready after ${ready_timeout}s"
+    sleep 0.5
+    waited=$((waited + 1))
+    ((waited % 20 == 0)) && log "waiting for kube-apiserver /readyz ($((waited / 2))s)"
+  done
+  return 0
+}
+
+# Stops kube-apiserver and starts it again on the same port with the same etcd: what a
+# control-plane upgrade or a crash looks like to clients (the e2e suite's fault).
+restart_apiserver() {
+  [[ -f "$state/etcd.port" ]] || { log "ERROR: not running (no $state/etcd.port)"; exit 1; }
+  local bin
+  bin="$(sed -n 's/^RECAST_K8S_BIN=//p' "$state/env")"
+  stop_pidfile "$state/kube-apiserver.pid" kube-apiserver
+  start_apiserver "$bin" "$(cat "$state/etcd.port")" "$(cat "$state/apiserver.port")" "$ready_timeout"
+  log "kube-apiserver restarted"
+}
+
 up() {
   if is_running "$state/kube-apiserver.pid" && is_running "$state/etcd.pid" && readyz; then
     log "already running: KUBECONFIG=$state/kubeconfig"
@@ -178,34 +223,9 @@ up() {
     sleep 0.3
   done
 
-  log "starting kube-apiserver on 127.0.0.1:$api_port"
-  local pki="$state/pki"
-  setsid "$bin/kube-apiserver" \
-    --etcd-servers "http://127.0.0.1:$etcd_port" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
-    --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
-    --client-ca-file "$pki/ca.crt" \
-    --service-account-issuer https://kubernetes.default.svc \
-    --service-account-key-file "$pki/sa.pub" \
-    --service-account-signing-key-file "$pki/sa.key" \
-    --service-cluster-ip-range 10.0.0.0/24 \
-    --authorization-mode RBAC \
-    --enable-priority-and-fairness=false \
-    --profiling=false \
-    ${RECAST_K8S_APISERVER_EXTRA_ARGS:-} \
-    > "$state/kube-apiserver.log" 2>&1 < /dev/null &
-  echo $! > "$state/kube-apiserver.pid"
+  echo "$etcd_port" > "$state/etcd.port"
+  start_apiserver "$bin" "$etcd_port" "$api_port" "$ready_timeout"
   write_kubeconfig "$api_port"
-
-  deadline=$((SECONDS + ready_timeout))
-  local waited=0
-  until readyz; do
-    is_running "$state/kube-apiserver.pid" || fail_with_logs "kube-apiserver exited during start-up"
-    ((SECONDS < deadline)) || fail_with_logs "kube-apiserver not ready after ${ready_timeout}s"
-    sleep 0.5
-    waited=$((waited + 1))
-    ((waited % 20 == 0)) && log "waiting for kube-apiserver /readyz ($((waited / 2))s)"
-  done
 
   cat > "$state/env" <<EOF
 KUBECONFIG=$state/kubeconfig
@@ -227,8 +247,9 @@ case "${1:-}" in
   up) up ;;
   down) down ;;
   status) readyz ;;
+  restart-apiserver) restart_apiserver ;;
   *)
-    echo "usage: $0 up|down|status" >&2
+    echo "usage: $0 up|down|status|restart-apiserver" >&2
     exit 2
     ;;
 esac

@@ -30,10 +30,29 @@ udhcpc -i eth0 -s /tmp/dhcp.sh -q -n -t 20 -T 2 || fail_now "no DHCP lease"
 say "network up: $(ip -4 -o addr show eth0 | awk '{print $4}')"
 
 auth="Authorization: Bearer $token"
-post() { wget -q -O /dev/null --header "$auth" --header "Content-Type: application/json" --post-data "$2" "$base/$1"; }
+# Every request is retried for a minute: the boot service may be restarting (the e2e suite
+# restarts it mid-download), as startnet.cmd retries in WinPE.
+post() {
+  for i in $(seq 30); do
+    wget -q -O /dev/null --header "$auth" --header "Content-Type: application/json" --post-data "$2" "$base/$1" && return 0
+    sleep 2
+  done
+  say "could not post $1"
+}
+# A second disk, when the machine has one, is where "Windows" finds its agent configuration
+# (what WinPE writes into the applied image); its first line, written by the test before boot,
+# may tell this imager to misbehave: recast-e2e:pause-after-half (a long pause mid-download)
+# or recast-e2e:fail-apply (the apply step fails).
+control=""
+[ -b /dev/vdb ] && control=$(head -c 64 /dev/vdb | tr -d '\000' | head -n 1)
+[ -n "$control" ] && say "control: $control"
 field() { sed -n "s/.*\"$1\":\"\{0,1\}\([^\",}]*\).*/\1/p" /tmp/task.json; }
 
-wget -q -O /tmp/task.json --header "$auth" "$task_url" || fail_now "cannot fetch the task from $task_url"
+for i in $(seq 30); do
+  wget -q -O /tmp/task.json --header "$auth" "$task_url" && break
+  sleep 2
+done
+[ -s /tmp/task.json ] || fail_now "cannot fetch the task from $task_url"
 url=$(field url); sha=$(field sha256); size=$(field size)
 say "task: image $url ($size bytes, sha256 $sha)"
 post progress '{"percent":10,"step":"download","message":"downloading the image"}'
@@ -43,7 +62,18 @@ post progress '{"percent":10,"step":"download","message":"downloading the image"
 half=$((size / 2))
 wget -q -O - "$url" 2>/dev/null | head -c "$half" > /tmp/image
 say "first part: $(wc -c < /tmp/image) bytes"
-wget -q -c -O /tmp/image "$url" || fail_now "resumed download failed"
+if [ "$control" = "recast-e2e:pause-after-half" ]; then
+  post progress '{"percent":30,"step":"download","message":"half the image downloaded"}'
+  say "pausing mid-download"
+  sleep 10
+fi
+resumed=""
+for i in $(seq 30); do
+  wget -q -c -O /tmp/image "$url" && { resumed=1; break; }
+  say "download interrupted; resuming"
+  sleep 2
+done
+[ -n "$resumed" ] || fail_now "resumed download failed"
 say "resumed: $(wc -c < /tmp/image) bytes"
 post progress '{"percent":45,"step":"checksum","message":"checking sha256"}'
 got=$(sha256sum /tmp/image | cut -d' ' -f1)
@@ -52,8 +82,22 @@ if [ "$got" != "$sha" ]; then
   fail_now "checksum mismatch"
 fi
 post progress '{"percent":50,"step":"apply","message":"writing the image to /dev/vda"}'
+if [ "$control" = "recast-e2e:fail-apply" ]; then
+  post result '{"ok":false,"step":"apply","error":"dism /Apply-Image failed: 0x8007000d (told to fail by the test)"}'
+  fail_now "apply failed (as told)"
+fi
 dd if=/tmp/image of=/dev/vda bs=1M conv=fsync 2>/dev/null || { post result '{"ok":false,"step":"apply","error":"cannot write /dev/vda"}'; fail_now "dd failed"; }
 sync
+if [ -b /dev/vdb ]; then
+  for i in $(seq 30); do
+    wget -q -O /tmp/agent.json --header "$auth" "$base/agent.json" && break
+    sleep 2
+  done
+  [ -s /tmp/agent.json ] || { post result '{"ok":false,"step":"agent","error":"cannot fetch agent.json"}'; fail_now "no agent.json"; }
+  dd if=/dev/zero of=/dev/vdb bs=4096 count=1 conv=fsync 2>/dev/null
+  dd if=/tmp/agent.json of=/dev/vdb conv=fsync 2>/dev/null
+  say "agent configuration written"
+fi
 post progress '{"percent":100,"step":"done","message":"image written"}'
 post result '{"ok":true}'
 say "done"

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # A provisioning network for the PXE tests, all inside network namespaces this script creates:
-#   NAME-site: bridge br0 (10.77.0.1, the site's DHCP server: dnsmasq, addresses only) and tap0
-#              for the QEMU machine; NAME-boot: recast's boot service on vr0 (10.77.0.2),
-#              wired to br0 by a veth pair.
-# usage: netns.sh up NAME | netns.sh down NAME | netns.sh dnsmasq NAME LEASEFILE
+#   NAME-site: bridge br0 (10.77.0.1, the site's DHCP server: dnsmasq, addresses only) and
+#              TAPS tap devices (tap0, tap1, ...; default 1) for the QEMU machines;
+#   NAME-boot: recast's boot service on vr0 (10.77.0.2), wired to br0 by a veth pair.
+# usage: netns.sh up NAME [TAPS] | netns.sh down NAME | netns.sh dnsmasq NAME LEASEFILE
 set -euo pipefail
 cmd=${1:?up|down|dnsmasq} name=${2:?name}
 site="$name-site" boot="$name-boot"
@@ -16,9 +16,12 @@ case $cmd in
     ip -n "$site" link add br0 type bridge
     ip -n "$site" addr add 10.77.0.1/24 dev br0
     ip -n "$site" link set br0 up
-    ip -n "$site" tuntap add dev tap0 mode tap
-    ip -n "$site" link set tap0 master br0
-    ip -n "$site" link set tap0 up
+    # One tap per QEMU machine that may run at once (tap0, tap1, ...; default one).
+    for ((i = 0; i < ${3:-1}; i++)); do
+      ip -n "$site" tuntap add dev "tap$i" mode tap
+      ip -n "$site" link set "tap$i" master br0
+      ip -n "$site" link set "tap$i" up
+    done
     ip -n "$site" link add vb0 type veth peer name vr0 netns "$boot"
     ip -n "$site" link set vb0 master br0
     ip -n "$site" link set vb0 up

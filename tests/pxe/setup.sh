@@ -3,7 +3,8 @@
 # binaries recast serves, dnsmasq as the site's DHCP server, and a Debian kernel + busybox for
 # the test imaging environment. Called by .ci/run; safe to run again.
 set -euo pipefail
-pkgs=(qemu-system-x86 ovmf ipxe-qemu ipxe dnsmasq-base busybox-static linux-image-amd64 cpio iproute2 curl)
+# faketime: the end-to-end suite's clock-jump fault runs the operator an hour ahead.
+pkgs=(qemu-system-x86 ovmf ipxe-qemu ipxe dnsmasq-base busybox-static linux-image-amd64 cpio iproute2 curl faketime)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

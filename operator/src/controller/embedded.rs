@@ -291,7 +291,7 @@ pub async fn run<P: PowerControl>(
     tracing::info!(endpoints = primed, "embedded controller started");
     tokio::spawn(
         ctrl.clone()
-            .watch_bmcs(super::bmc_watch::DEFAULT_INTERVAL, shutdown.clone()),
+            .watch_bmcs(ctrl.bmc_watch_interval, shutdown.clone()),
     );
     ready.store(true, Ordering::SeqCst);
     let mut last_resync = Instant::now();

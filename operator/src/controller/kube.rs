@@ -625,6 +625,8 @@ pub struct KubeOptions {
     /// The artifact store the GoldenImage controller fills (the boot root); None runs no
     /// image controller in this process.
     pub image_store: Option<std::path::PathBuf>,
+    /// How often silent endpoints' BMC event logs are read.
+    pub bmc_watch_interval: Duration,
 }
 
 /// Runs the endpoint controller while this replica holds the lease, until `shutdown`.
@@ -650,12 +652,10 @@ pub async fn run<P: PowerControl>(
         )?;
         tokio::spawn(Arc::new(images).run(shutdown.clone()));
     }
-    let ctrl = Arc::new(Controller::new(
-        backend,
-        power,
-        Arc::new(super::SystemClock),
-        metrics,
-    ));
+    let ctrl = Arc::new(
+        Controller::new(backend, power, Arc::new(super::SystemClock), metrics)
+            .with_bmc_watch_interval(opts.bmc_watch_interval),
+    );
 
     let lease = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), LEASE_NAME)
         .with_namespace(opts.lease_namespace.clone())
@@ -759,7 +759,7 @@ pub async fn run<P: PowerControl>(
         // Silent endpoints' BMC logs are read by the lease holder only.
         let bmc_watch = tokio::spawn(
             ctrl.clone()
-                .watch_bmcs(super::bmc_watch::DEFAULT_INTERVAL, shutdown.clone()),
+                .watch_bmcs(ctrl.bmc_watch_interval, shutdown.clone()),
         );
         let gauge = tokio::spawn(async move {
             loop {

@@ -235,6 +235,8 @@ pub struct Controller<B: Backend, P: PowerControl> {
     wave_due: std::sync::Mutex<std::collections::HashMap<Key, String>>,
     /// One reconcile per endpoint at a time (the loop and the gateway both feed inputs).
     key_locks: std::sync::Mutex<std::collections::HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
+    /// How often the lease holder reads silent endpoints' BMC event logs.
+    pub bmc_watch_interval: Duration,
 }
 
 /// At most this many inputs are processed in one reconcile (a guard against a loop).
@@ -257,7 +259,14 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
             start_lock: tokio::sync::Mutex::new(()),
             wave_due: Default::default(),
             key_locks: Default::default(),
+            bmc_watch_interval: bmc_watch::DEFAULT_INTERVAL,
         }
+    }
+
+    /// Reads silent endpoints' BMC event logs this often instead of every two minutes.
+    pub fn with_bmc_watch_interval(mut self, interval: Duration) -> Self {
+        self.bmc_watch_interval = interval;
+        self
     }
 
     fn key_lock(&self, key: &Key) -> Arc<tokio::sync::Mutex<()>> {

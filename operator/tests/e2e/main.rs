@@ -1,0 +1,732 @@
+//! The whole loop, end to end, under faults (`make e2e`; part of `make test`).
+//!
+//! An endpoint reports that its January update failed and rolled back; without anyone
+//! touching it, recast power-cycles it over Redfish into a network boot, the machine (QEMU with
+//! Debian's iPXE ROM) PXE-boots, its imaging environment writes the verified January golden
+//! WIM to its disk, and the agent of the new Windows checks in healthy. The same for a machine
+//! whose BMC logged a blue screen, and for a wave of 20 whose failure budget trips. Faults are
+//! injected at every step; the invariant is always: every intended reimage happens exactly
+//! once, nothing else is wiped.
+//!
+//! Needs root (network namespaces), QEMU, dnsmasq, faketime (tests/pxe/setup.sh), sushy-tools
+//! (tests/redfish/setup.sh), wimlib-imagex (tests/golden/setup.sh), openssl, and for the kube
+//! backend the apiserver harness. Skips loudly without them unless RECAST_REQUIRE_E2E=1 (CI).
+
+mod bmc;
+mod http;
+mod net;
+mod site;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde_json::Value;
+use site::{Backend, MachineSpec, Site};
+
+const REQUIRE: &str = "RECAST_REQUIRE_E2E";
+
+/// The suites share the namespaces' addresses and two CPUs: one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+const POLICY: &str = "# Reimage at once on a failed rollback or a boot crash; short timers so the suite runs in minutes.
+apiVersion: recast.dev/v1alpha1
+kind: RemediationPolicy
+metadata:
+  name: default
+spec:
+  signals:
+    failedRollback: ReimageNow
+    bootCrash: ReimageNow
+    heartbeatLost: AlertOnly
+    drift: AlertOnly
+    nonCompliant: AlertOnly
+  cooldown: 10s
+  retry:
+    maxTries: 3
+    backoff: 20s
+    tryTimeout: 20m
+  concurrency:
+    global: 5
+  heartbeatTimeout: 20s
+  updateMode: managed
+  guardOnFailedRollback: true
+";
+
+fn missing_prerequisite() -> Option<String> {
+    let uid = Command::new("id").arg("-u").output().ok()?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        return Some("the end-to-end suite needs root (network namespaces, tap devices)".into());
+    }
+    for cmd in [
+        "qemu-system-x86_64",
+        "dnsmasq",
+        "ip",
+        "busybox",
+        "cpio",
+        "faketime",
+        "openssl",
+        "sha256sum",
+    ] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {cmd}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            return Some(format!("{cmd} is missing (run tests/pxe/setup.sh)"));
+        }
+    }
+    if !Path::new(site::FAKETIME_LIB).exists() {
+        return Some("libfaketime is missing (run tests/pxe/setup.sh)".into());
+    }
+    if !Path::new("/usr/lib/ipxe/qemu/pxe-e1000.rom").exists() {
+        return Some("Debian's ipxe-qemu is missing (run tests/pxe/setup.sh)".into());
+    }
+    if recast_tests::wimlib::find().is_none() {
+        return Some("wimlib-imagex is missing (run tests/golden/setup.sh)".into());
+    }
+    let sushy = std::env::var_os("HOME").map(|h| {
+        Path::new(&h).join(format!(
+            ".cache/recast/sushy/{}/bin/sushy-emulator",
+            recast_tests::redfish::SUSHY_VERSION
+        ))
+    });
+    if !sushy.is_some_and(|p| p.is_file()) {
+        return Some("sushy-tools is missing (run tests/redfish/setup.sh)".into());
+    }
+    None
+}
+
+fn ready() -> bool {
+    match missing_prerequisite() {
+        Some(why) => {
+            recast_tests::skip_or_fail(REQUIRE, &format!("end-to-end suite: {why}"));
+            false
+        }
+        None => true,
+    }
+}
+
+fn machine(name: &str, mac: &str, qemu: bool, protected: bool) -> MachineSpec {
+    MachineSpec {
+        name: name.into(),
+        mac: mac.into(),
+        qemu,
+        protected,
+        labels: "{site: e2e, role: kiosk}",
+    }
+}
+
+fn condition(obj: &Value, kind: &str) -> Option<String> {
+    obj["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
+        .and_then(|c| c["status"].as_str().map(str::to_string))
+}
+
+fn signals(ep: &Value) -> Vec<String> {
+    ep["status"]["signals"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s["type"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn history(ep: &Value) -> Vec<Value> {
+    ep["status"]["history"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn step(ep: &Value) -> Option<String> {
+    ep["status"]["activeAttempt"]["step"]
+        .as_str()
+        .map(str::to_string)
+}
+
+fn build(ep: &Value) -> Option<String> {
+    ep["status"]["lastReport"]["build"]
+        .as_str()
+        .map(str::to_string)
+}
+
+const M1: &str = "52:54:00:78:00:01";
+const M2: &str = "52:54:00:78:00:02";
+
+/// The failed-rollback chain on one backend, with faults at each step. Returns the site with
+/// kiosk-01 healthy on the January image after exactly one reimage.
+fn failed_rollback_chain(site: &mut Site, kube: bool) {
+    site.note("recast-operator starts (controller, agent gateway, proxyDHCP and HTTP boot)");
+    site.start_operator();
+    site.wait_endpoint(
+        "kiosk-01",
+        "the endpoint to be loaded",
+        Duration::from_secs(30),
+        |_| true,
+    );
+    site::wait_for(
+        Duration::from_secs(120),
+        "the golden image to be verified",
+        || condition(&site.get("gi", site::IMAGE), "Verified").as_deref() == Some("True"),
+    );
+    site.show(&["get", "gi"]);
+
+    // Both machines run Windows on the December build and report healthy.
+    let tok1 = site.issue_token("kiosk-01");
+    let tok2 = site.issue_token("kiosk-02");
+    site.windows_state("kiosk-01", "december");
+    site.windows_state("kiosk-02", "december");
+    site.start_agent("kiosk-01", &tok1, "december", None);
+    site.start_agent("kiosk-02", &tok2, "december", None);
+    for name in ["kiosk-01", "kiosk-02"] {
+        site.wait_endpoint(
+            name,
+            "a first report on 26100.7462",
+            Duration::from_secs(60),
+            |ep| build(ep).as_deref() == Some("26100.7462"),
+        );
+    }
+    site.note("both agents report 26100.7462 (December), healthy");
+    // A report collected now and delivered late (a replay), and one delivered twice (a retry
+    // after a lost answer): the gateway refuses both as out of sequence and nothing changes.
+    let old_report = site.collect("kiosk-01", "old");
+    std::thread::sleep(Duration::from_secs(4));
+    let status_before = site.endpoint("kiosk-01")["status"].clone();
+    site.stop_agent("kiosk-01");
+    let report = site.collect("kiosk-01", "dup");
+    let (code, body) = site.post_report(&tok1, &report);
+    assert_eq!(code, 200, "a fresh report is accepted: {body}");
+    let status_after_first = site.endpoint("kiosk-01")["status"].clone();
+    let (code, body) = site.post_report(&tok1, &report);
+    assert_eq!(code, 409, "the same report again is refused: {body}");
+    let (code, body) = site.post_report(&tok1, &old_report);
+    assert_eq!(code, 409, "an old report delivered late is refused: {body}");
+    assert_eq!(
+        site.endpoint("kiosk-01")["status"],
+        status_after_first,
+        "refused reports change nothing"
+    );
+    let _ = status_before;
+    site.note("a duplicated report and a replayed old one: both refused (409), status unchanged");
+    site.start_agent("kiosk-01", &tok1, "december", None);
+
+    // A forged report for the protected kiosk-02 (kiosk-01's token, kiosk-02's name, a failed
+    // rollback): refused. Then kiosk-02's own agent reports a real failed rollback: recorded,
+    // but a protected endpoint is never reimaged.
+    site.windows_state("kiosk-02", "failed-rollback");
+    let forged = site
+        .agent_command("kiosk-02", &tok1, "forged", None)
+        .arg("--once")
+        .output()
+        .unwrap();
+    let forged_text = String::from_utf8_lossy(&forged.stderr).to_string();
+    assert!(
+        !forged.status.success(),
+        "a report with another endpoint's token is refused:\n{forged_text}"
+    );
+    assert!(
+        !signals(&site.endpoint("kiosk-02")).contains(&"FailedRollback".to_string()),
+        "the forged report changed nothing"
+    );
+    site.note("a forged report for the protected kiosk-02 (kiosk-01's token): refused");
+    site.wait_endpoint(
+        "kiosk-02",
+        "its own failed-rollback report to be recorded",
+        Duration::from_secs(60),
+        |ep| signals(ep).contains(&"FailedRollback".to_string()),
+    );
+
+    // kiosk-01's January update fails and rolls back. The BMC answers 500s for a while.
+    site.bridge.with("kiosk-01", |m| {
+        m.control = "recast-e2e:pause-after-half".into()
+    });
+    site.bridge.set_fault(bmc::Fault::ServerErrors);
+    site.note("the BMC starts answering 500 Internal Server Error");
+    site.windows_state("kiosk-01", "failed-rollback");
+    site.note("kiosk-01: KB5074109 fails and rolls back (WindowsUpdateClient 20, Servicing 3 for RollupFix 26100.7623)");
+    let ep = site.wait_endpoint(
+        "kiosk-01",
+        "the FailedRollback signal",
+        Duration::from_secs(60),
+        |ep| signals(ep).contains(&"FailedRollback".to_string()),
+    );
+    let _ = ep;
+    site.restart_operator("right after the FailedRollback signal was stored");
+    let ep = site.wait_endpoint("kiosk-01", "an attempt", Duration::from_secs(60), |ep| {
+        !ep["status"]["activeAttempt"].is_null()
+    });
+    let attempt = ep["status"]["activeAttempt"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(ep["status"]["activeAttempt"]["trigger"], "FailedRollback");
+    site.note(&format!(
+        "attempt {attempt} created (trigger FailedRollback)"
+    ));
+    if kube {
+        let ok = Command::new(recast_tests::repo_root().join("tests/k8s/harness.sh"))
+            .arg("restart-apiserver")
+            .status()
+            .unwrap();
+        assert!(ok.success(), "harness.sh restart-apiserver failed");
+        site.note("kube-apiserver restarted with the attempt in flight");
+    } else {
+        site.restart_operator("with the attempt created, before the power cycle");
+    }
+    site::wait_for(
+        Duration::from_secs(120),
+        "the power cycle to meet the 500s",
+        || {
+            site.bridge
+                .requests
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|r| r.contains("500 (fault)"))
+        },
+    );
+    site.bridge.set_fault(bmc::Fault::Timeouts);
+    site.note("the BMC stops answering (requests time out)");
+    site::wait_for(
+        Duration::from_secs(180),
+        "a Redfish request to time out",
+        || {
+            site.bridge
+                .requests
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|r| r.contains("timeout (fault)"))
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    site.bridge.set_fault(bmc::Fault::None);
+    site.note("the BMC answers again");
+    site::wait_for(
+        Duration::from_secs(240),
+        "the one-time PXE boot and power cycle",
+        || site.bridge.with("kiosk-01", |m| m.network_boots) >= 1,
+    );
+    site.note("one-time PXE boot set and the machine power-cycled over Redfish; it PXE-boots");
+
+    // The boot service goes away with the image half downloaded; the imager resumes with Range.
+    site::wait_for(
+        Duration::from_secs(300),
+        "the imager to pause mid-download",
+        || site.serial("kiosk-01").contains("pausing mid-download"),
+    );
+    site.restart_operator("mid-download (the boot service restarts with the image half fetched)");
+    site::wait_for(Duration::from_secs(300), "the imager to finish", || {
+        site.bridge.with("kiosk-01", |m| m.imaged) >= 1
+    });
+    let serial = site.serial("kiosk-01");
+    assert!(
+        serial.contains("imager: done"),
+        "imaging finished:\n{serial}"
+    );
+    let wim = std::fs::read(
+        site.root
+            .join("images")
+            .join(format!("{}.wim", site.digest)),
+    )
+    .unwrap();
+    let disk = std::fs::read(site.dir.join("disk-kiosk-01.img")).unwrap();
+    assert_eq!(
+        &disk[..wim.len()],
+        &wim[..],
+        "the disk holds the golden WIM's bytes"
+    );
+    let logs = site.operator_logs();
+    assert!(
+        logs.contains(&format!("start={}", wim.len() / 2)),
+        "the rest of the image came with a Range request from the middle:\n{}",
+        site::tail(&logs, 80)
+    );
+    site.note("the imager resumed the download with Range, checked sha256, wrote the WIM, posted progress");
+
+    site.wait_endpoint("kiosk-01", "FirstBoot", Duration::from_secs(60), |ep| {
+        step(ep).as_deref() == Some("FirstBoot")
+    });
+    site.restart_operator("while the attempt waits for the new image's first report");
+
+    // Windows boots from the new image; its agent enrolls with agent.json and reports.
+    let config = site
+        .bridge
+        .with("kiosk-01", |m| m.agent_config.clone())
+        .expect("agent.json on the machine");
+    let config_path = site.dir.join("kiosk-01-agent.json");
+    std::fs::write(&config_path, &config).unwrap();
+    let cfg: Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(
+        cfg["attemptId"].as_str(),
+        Some(attempt.as_str()),
+        "agent.json carries the attempt id"
+    );
+    site.windows_state("kiosk-01", "january");
+    let new_token = site.dir.join("kiosk-01-new.token");
+    site.start_agent("kiosk-01", &new_token, "january", Some(&config_path));
+    let ep = site.wait_endpoint(
+        "kiosk-01",
+        "Ready on the January image",
+        Duration::from_secs(120),
+        |ep| {
+            ep["status"]["activeAttempt"].is_null()
+                && ep["status"]["phase"] == "Ready"
+                && build(ep).as_deref() == Some("26100.7623")
+        },
+    );
+    site.note("the new image's agent enrolled and reported 26100.7623 with the attempt id: Ready");
+    assert_eq!(
+        condition(&ep, "Compliant").as_deref(),
+        Some("True"),
+        "{}",
+        ep["status"]
+    );
+    let h = history(&ep);
+    assert_eq!(h.len(), 1, "exactly one attempt: {h:?}");
+    assert_eq!(h[0]["outcome"], "Succeeded");
+    assert_eq!(h[0]["id"].as_str(), Some(attempt.as_str()));
+
+    // Exactly once; nothing else wiped.
+    let uuid1 = site.uuid("kiosk-01");
+    let uuid2 = site.uuid("kiosk-02");
+    assert_eq!(
+        site.bridge.resets(&uuid1),
+        1,
+        "one power cycle reached the BMC:\n{}",
+        site.bridge.requests.lock().unwrap().join("\n")
+    );
+    assert_eq!(
+        site.bridge.with("kiosk-01", |m| m.network_boots),
+        1,
+        "one network boot"
+    );
+    assert_eq!(
+        site.bridge.resets(&uuid2),
+        0,
+        "the protected endpoint's BMC was never reset"
+    );
+    assert_eq!(site.bridge.with("kiosk-02", |m| m.network_boots), 0);
+    let ep2 = site.endpoint("kiosk-02");
+    assert!(
+        history(&ep2).is_empty() && ep2["status"]["activeAttempt"].is_null(),
+        "{}",
+        ep2["status"]
+    );
+    let metrics = site.metrics();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("recast_attempt_duration_seconds_count")
+                && l.contains("Succeeded")
+                && l.trim_end().ends_with(" 1")),
+        "metrics count the attempt:\n{metrics}"
+    );
+    site.show(&["get", "rep"]);
+    site.show(&["history", "kiosk-01"]);
+    site.show(&["describe", "rep", "kiosk-01"]);
+}
+
+/// The crash path: the BMC's event log shows an OS critical stop and the agent goes silent.
+fn boot_crash_chain(site: &mut Site, previous_attempts: usize) {
+    site.stop_agent("kiosk-01");
+    site.bridge.with("kiosk-01", |m| m.control = String::new());
+    site.bridge
+        .record_crash("kiosk-01", 0xED, "UNMOUNTABLE_BOOT_VOLUME");
+    site.note("kiosk-01 blue-screens with 0xED UNMOUNTABLE_BOOT_VOLUME: its BMC logs an OS critical stop, its agent goes silent");
+    let resets_before = site.bridge.resets(&site.uuid("kiosk-01"));
+    let ep = site.wait_endpoint(
+        "kiosk-01",
+        "a BootCrash attempt",
+        Duration::from_secs(120),
+        |ep| ep["status"]["activeAttempt"]["trigger"] == "BootCrash",
+    );
+    assert!(
+        signals(&ep).contains(&"BootCrash".to_string()),
+        "{}",
+        ep["status"]
+    );
+    site.note("HeartbeatLost, then the BMC's log read: BootCrash, attempt started");
+    site::wait_for(Duration::from_secs(400), "the second imaging run", || {
+        site.bridge.with("kiosk-01", |m| m.imaged) >= 2
+    });
+    let config = site
+        .bridge
+        .with("kiosk-01", |m| m.agent_config.clone())
+        .expect("agent.json");
+    let config_path = site.dir.join("kiosk-01-agent-2.json");
+    std::fs::write(&config_path, &config).unwrap();
+    site.windows_state("kiosk-01", "january");
+    let token = site.dir.join("kiosk-01-new-2.token");
+    site.start_agent("kiosk-01", &token, "january-2", Some(&config_path));
+    let ep = site.wait_endpoint("kiosk-01", "Ready again", Duration::from_secs(120), |ep| {
+        ep["status"]["activeAttempt"].is_null() && ep["status"]["phase"] == "Ready"
+    });
+    let h = history(&ep);
+    assert_eq!(h.len(), previous_attempts + 1, "one more attempt: {h:?}");
+    assert_eq!(h[0]["trigger"], "BootCrash");
+    assert_eq!(h[0]["outcome"], "Succeeded");
+    assert_eq!(
+        site.bridge.resets(&site.uuid("kiosk-01")),
+        resets_before + 1,
+        "one more power cycle"
+    );
+    site.note("reimaged once more and Ready");
+}
+
+#[test]
+fn embedded_failed_rollback_crash_and_faults() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    if !ready() {
+        return;
+    }
+    let machines = [
+        machine("kiosk-01", M1, true, false),
+        machine("kiosk-02", M2, false, true),
+    ];
+    let mut site = Site::new("embedded", Backend::Embedded, &machines, POLICY);
+    failed_rollback_chain(&mut site, false);
+    boot_crash_chain(&mut site, 1);
+
+    // The clock jumps an hour ahead, then back: no endpoint is reimaged for it.
+    let resets = site.bridge.resets(&site.uuid("kiosk-01"));
+    site.kill_operator("to restart it with the clock an hour ahead");
+    site.start_operator_with(Some("+1h"));
+    site.note("the operator's clock jumps an hour ahead");
+    std::thread::sleep(Duration::from_secs(20));
+    // The jump is real: the operator's own log is stamped an hour ahead.
+    let log = std::fs::read_to_string(site.operator_log_path(site.operator_runs)).unwrap();
+    let stamped: jiff::Timestamp = log.split_whitespace().next().unwrap().parse().unwrap();
+    let ahead = stamped.duration_since(jiff::Timestamp::now()).as_secs();
+    assert!(
+        ahead > 50 * 60,
+        "the operator ran {ahead}s ahead, not an hour:\n{}",
+        site::tail(&log, 5)
+    );
+    site.restart_operator("to put the clock back");
+    site.note("the clock jumps back an hour");
+    std::thread::sleep(Duration::from_secs(20));
+    let ep = site.endpoint("kiosk-01");
+    assert!(
+        ep["status"]["activeAttempt"].is_null(),
+        "no attempt for a clock jump: {}",
+        ep["status"]
+    );
+    assert_eq!(history(&ep).len(), 2);
+    assert_eq!(
+        site.bridge.resets(&site.uuid("kiosk-01")),
+        resets,
+        "no power cycle for a clock jump"
+    );
+    assert_eq!(site.bridge.resets(&site.uuid("kiosk-02")), 0);
+    let _ = std::fs::write(
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-embedded-walkthrough.md"),
+        site.transcript(),
+    );
+}
+
+#[test]
+fn kube_failed_rollback_and_faults() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    if !ready() {
+        return;
+    }
+    let Some(k8s) = recast_tests::K8s::get() else {
+        return;
+    };
+    k8s.install_crds();
+    let ns = k8s.fresh_namespace("e2e");
+    let machines = [
+        machine("kiosk-01", M1, true, false),
+        machine("kiosk-02", M2, false, true),
+    ];
+    let mut site = Site::new("kube", Backend::Kube { k8s, ns }, &machines, POLICY);
+    failed_rollback_chain(&mut site, true);
+    boot_crash_chain(&mut site, 1);
+    let _ = std::fs::write(
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-kube-walkthrough.md"),
+        site.transcript(),
+    );
+}
+
+const WAVE_POLICY: &str =
+    "# One try per attempt: a failed imaging run fails the attempt, and the wave counts it.
+apiVersion: recast.dev/v1alpha1
+kind: RemediationPolicy
+metadata:
+  name: default
+spec:
+  signals:
+    failedRollback: ReimageNow
+    bootCrash: ReimageNow
+    heartbeatLost: AlertOnly
+    drift: AlertOnly
+    nonCompliant: AlertOnly
+  cooldown: 10s
+  retry:
+    maxTries: 1
+    backoff: 20s
+    tryTimeout: 20m
+  concurrency:
+    global: 5
+  heartbeatTimeout: 15m
+";
+
+const WAVE: &str = "apiVersion: recast.dev/v1alpha1
+kind: ReimageWave
+metadata:
+  name: tills-2026-01
+spec:
+  selector:
+    matchLabels: {site: e2e, role: till}
+  image: win11-24h2-2026-01
+  strategy:
+    canary: 1
+    batchSize: 5
+    maxFailures: 1
+  reason: January 2026 cumulative update KB5074109 (build 26100.7623)
+";
+
+/// A wave of 20 (two QEMU machines, eighteen simulated ones) whose failure budget trips when
+/// the imaging environment of two members of the third batch is told to fail.
+fn wave_chain(site: &mut Site, names: &[String]) {
+    site.start_operator();
+    site::wait_for(
+        Duration::from_secs(120),
+        "the golden image to be verified",
+        || condition(&site.get("gi", site::IMAGE), "Verified").as_deref() == Some("True"),
+    );
+    for failing in ["till-08", "till-09"] {
+        site.bridge
+            .with(failing, |m| m.control = "recast-e2e:fail-apply".into());
+    }
+    let wave = site.dir.join("wave.yaml");
+    std::fs::write(&wave, WAVE).unwrap();
+    site.show(&["apply", "-f", wave.to_str().unwrap()]);
+    site.note("wave tills-2026-01 applied: canary 1, batches of 5, maxFailures 1; till-08 and till-09 will fail to apply");
+
+    // Each machine that finishes imaging boots its new Windows, whose agent reports once.
+    let mut reported = std::collections::BTreeSet::new();
+    let start = std::time::Instant::now();
+    loop {
+        for name in names {
+            if reported.contains(name) {
+                continue;
+            }
+            let Some(config) = site.bridge.with(name, |m| m.agent_config.clone()) else {
+                continue;
+            };
+            let path = site.dir.join(format!("{name}-agent.json"));
+            std::fs::write(&path, config).unwrap();
+            site.windows_state(name, "january");
+            let token = site.dir.join(format!("{name}-new.token"));
+            let out = site
+                .agent_command(name, &token, "january", Some(&path))
+                .args(["--once", "--interval", "5m"])
+                .output()
+                .unwrap();
+            if out.status.success() {
+                reported.insert(name.clone());
+            }
+        }
+        let w = site.get("wave", "tills-2026-01");
+        let phase = w["status"]["phase"].as_str().unwrap_or("").to_string();
+        let running = w["status"]["counts"]["running"].as_u64().unwrap_or(0);
+        if phase == "Failed" && running == 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(900),
+            "the wave did not end: {}\nBMC requests:\n{}",
+            serde_json::to_string_pretty(&w["status"]).unwrap(),
+            site.bridge.requests.lock().unwrap().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let w = site.get("wave", "tills-2026-01");
+    let failed: Vec<String> = w["status"]["failedEndpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    assert_eq!(failed, ["till-08", "till-09"], "{}", w["status"]);
+    site.note("the failure budget tripped: wave Failed, failed endpoints till-08 and till-09");
+
+    // Batches: [01] [02-06] [07-11] [12-16] [17-20]. The first three ran; the rest were never
+    // touched.
+    for (i, name) in names.iter().enumerate() {
+        let ep = site.endpoint(name);
+        let resets = site.bridge.resets(&site.uuid(name));
+        let h = history(&ep);
+        if i < 11 {
+            assert_eq!(resets, 1, "{name} was power-cycled exactly once");
+            assert_eq!(h.len(), 1, "{name}: one attempt: {h:?}");
+            let want = if name == "till-08" || name == "till-09" {
+                "Failed"
+            } else {
+                "Succeeded"
+            };
+            assert_eq!(h[0]["outcome"], want, "{name}: {}", ep["status"]);
+            assert_eq!(h[0]["wave"], "tills-2026-01");
+        } else {
+            assert_eq!(
+                resets, 0,
+                "{name} is after the failure and was never power-cycled"
+            );
+            assert!(
+                h.is_empty() && ep["status"]["activeAttempt"].is_null(),
+                "{name}: {}",
+                ep["status"]
+            );
+            assert_eq!(site.bridge.with(name, |m| m.network_boots), 0);
+        }
+    }
+    let disk = std::fs::read(site.dir.join("disk-till-02.img")).unwrap();
+    let wim = std::fs::read(
+        site.root
+            .join("images")
+            .join(format!("{}.wim", site.digest)),
+    )
+    .unwrap();
+    assert_eq!(
+        &disk[..wim.len()],
+        &wim[..],
+        "the QEMU member's disk holds the WIM"
+    );
+    site.show(&["wave", "status", "tills-2026-01"]);
+}
+
+fn wave_machines() -> (Vec<MachineSpec>, Vec<String>) {
+    let names: Vec<String> = (1..=20).map(|i| format!("till-{i:02}")).collect();
+    let specs = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| MachineSpec {
+            name: name.clone(),
+            mac: format!("52:54:00:79:00:{:02x}", i + 1),
+            // The canary and the first member of the second batch are real VMs.
+            qemu: i < 2,
+            protected: false,
+            labels: "{site: e2e, role: till}",
+        })
+        .collect();
+    (specs, names)
+}
+
+#[test]
+fn embedded_wave_failure_budget() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    if !ready() {
+        return;
+    }
+    let (machines, names) = wave_machines();
+    let mut site = Site::new("wave", Backend::Embedded, &machines, WAVE_POLICY);
+    wave_chain(&mut site, &names);
+}
