@@ -10,7 +10,7 @@ DATA_DIR    ?= $(CURDIR)/.recast-data
 # performing them. POWER_DRIVER=redfish drives real BMCs.
 POWER_DRIVER ?= record
 
-.PHONY: all build run test redfish-setup lint fmt docs crds crds-check image helm-setup bench-controller bench-boot bench-images bench-gateway k8s-build k8s-demo k8s-up k8s-down clean help
+.PHONY: all build run test e2e redfish-setup lint fmt docs crds crds-check image helm-setup bench-controller bench-boot bench-images bench-gateway k8s-build k8s-demo k8s-up k8s-down clean help
 
 all: build
 
@@ -26,6 +26,9 @@ run: ## recast's main job: the operator on the embedded store, loaded with examp
 
 test: ## Every test tier: unit, property, embedded and the real kube-apiserver
 	tests/run-tests.sh
+
+e2e: ## The whole loop end to end under faults, embedded and on the apiserver (root, QEMU; part of `make test`)
+	tests/run-e2e.sh
 
 redfish-setup: ## Install the Redfish test peer (sushy-tools in a venv under ~/.cache/recast/sushy)
 	tests/redfish/setup.sh

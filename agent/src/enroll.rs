@@ -51,9 +51,44 @@ pub fn save_token(path: &Path, token: &str) -> Result<(), String> {
     std::fs::rename(&tmp, path).map_err(err)
 }
 
+/// Whether a failed enrollment is worth trying again: the gateway unreachable (`None`: no
+/// answer), overloaded (429) or briefly without its store (5xx) — a freshly imaged machine
+/// often boots while the operator restarts. A refusal (401 forged, 404 enrollment off, 409
+/// another attempt's agent.json) will not change by waiting.
+pub fn enrollment_retryable(status: Option<u16>) -> bool {
+    match status {
+        None => true,
+        Some(s) => s == 429 || s >= 500,
+    }
+}
+
+/// The wait before enrollment try `n` (0-based): 2 s doubling, at most a minute.
+pub fn enrollment_backoff(n: u32) -> std::time::Duration {
+    std::time::Duration::from_secs((2u64 << n.min(5)).min(60))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn enrollment_retries_only_what_waiting_can_fix() {
+        for (status, retry) in [
+            (None, true),
+            (Some(429), true),
+            (Some(500), true),
+            (Some(503), true),
+            (Some(400), false),
+            (Some(401), false),
+            (Some(404), false),
+            (Some(409), false),
+            (Some(413), false),
+        ] {
+            assert_eq!(enrollment_retryable(status), retry, "{status:?}");
+        }
+        let waits: Vec<u64> = (0..8).map(|n| enrollment_backoff(n).as_secs()).collect();
+        assert_eq!(waits, [2, 4, 8, 16, 32, 60, 60, 60]);
+    }
 
     #[test]
     fn reads_what_the_boot_service_renders() {

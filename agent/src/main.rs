@@ -162,15 +162,30 @@ async fn enroll(
     config: &AgentConfig,
     token_file: &Path,
 ) -> Result<String, String> {
-    match sender.enroll(config).await.map_err(|e| e.to_string())? {
-        Ok(token) => {
-            recast_agent::enroll::save_token(token_file, &token)?;
-            tracing::info!(attempt = %config.attempt_id, "enrolled with the gateway; token saved");
-            Ok(token)
+    use recast_agent::enroll::{enrollment_backoff, enrollment_retryable};
+    let mut tries = 0;
+    loop {
+        let (status, message) = match sender.enroll(config).await {
+            Ok(Ok(token)) => {
+                recast_agent::enroll::save_token(token_file, &token)?;
+                tracing::info!(attempt = %config.attempt_id, "enrolled with the gateway; token saved");
+                return Ok(token);
+            }
+            Ok(Err((status, message))) => (Some(status), message),
+            Err(e) => (None, e.to_string()),
+        };
+        if !enrollment_retryable(status) {
+            return Err(format!(
+                "the gateway refused enrollment ({}: {message}); if this image was not installed by the current reimage, issue a token with `recast-operator gateway-token issue` and write it to the token file",
+                status.unwrap_or_default()
+            ));
         }
-        Err((status, message)) => Err(format!(
-            "the gateway refused enrollment ({status}: {message}); if this image was not installed by the current reimage, issue a token with `recast-operator gateway-token issue` and write it to the token file"
-        )),
+        // Until it enrolls the new image cannot report, and its attempt waits for that report:
+        // keep trying (the try timeout of the attempt is the backstop).
+        let wait = enrollment_backoff(tries);
+        tracing::warn!(error = %message, retry_in = ?wait, "enrollment failed; trying again");
+        tokio::time::sleep(wait).await;
+        tries += 1;
     }
 }
 
