@@ -553,15 +553,22 @@ pub fn simulated_imaging(
         "progress",
         json!({"percent": 10, "step": "download", "message": "downloading the image"}),
     );
-    let image = get(&path_of(task["url"].as_str()?), None)?;
+    let Some(url) = task["image"]["url"].as_str() else {
+        post(
+            "result",
+            json!({"ok": false, "step": "task", "error": format!("the task names no image: {task}")}),
+        );
+        return None;
+    };
+    let image = get(&path_of(url), None)?;
     let sha: String = Sha256::digest(&image.body)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    if Some(sha.as_str()) != task["sha256"].as_str() {
+    if Some(sha.as_str()) != task["image"]["sha256"].as_str() {
         post(
             "result",
-            json!({"ok": false, "step": "checksum", "error": format!("sha256 {sha} is not {}", task["sha256"])}),
+            json!({"ok": false, "step": "checksum", "error": format!("sha256 {sha} is not {}", task["image"]["sha256"])}),
         );
         return None;
     }

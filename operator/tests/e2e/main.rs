@@ -313,7 +313,22 @@ fn failed_rollback_chain(site: &mut Site, kube: bool) {
         "the one-time PXE boot and power cycle",
         || site.bridge.with("kiosk-01", |m| m.network_boots) >= 1,
     );
-    site.note("one-time PXE boot set and the machine power-cycled over Redfish; it PXE-boots");
+    let (errors, stalls) = {
+        let requests = site.bridge.requests.lock().unwrap();
+        (
+            requests
+                .iter()
+                .filter(|r| r.contains("500 (fault)"))
+                .count(),
+            requests
+                .iter()
+                .filter(|r| r.contains("timeout (fault)"))
+                .count(),
+        )
+    };
+    site.note(&format!(
+        "one-time PXE boot set and the machine power-cycled over Redfish (after {errors} requests answered 500 and {stalls} left to time out); it PXE-boots"
+    ));
 
     // The boot service goes away with the image half downloaded; the imager resumes with Range.
     site::wait_for(
@@ -348,7 +363,11 @@ fn failed_rollback_chain(site: &mut Site, kube: bool) {
         "the rest of the image came with a Range request from the middle:\n{}",
         site::tail(&logs, 80)
     );
-    site.note("the imager resumed the download with Range, checked sha256, wrote the WIM, posted progress");
+    site.note(&format!(
+        "the imager resumed the download with `Range: bytes={}-` from the restarted boot service, checked sha256, wrote the {}-byte WIM to the disk (compared byte for byte), posted progress",
+        wim.len() / 2,
+        wim.len()
+    ));
 
     site.wait_endpoint("kiosk-01", "FirstBoot", Duration::from_secs(60), |ep| {
         step(ep).as_deref() == Some("FirstBoot")
@@ -477,7 +496,8 @@ fn boot_crash_chain(site: &mut Site, previous_attempts: usize) {
         resets_before + 1,
         "one more power cycle"
     );
-    site.note("reimaged once more and Ready");
+    site.note("reimaged once more (one more power cycle, one more network boot) and Ready");
+    site.show(&["history", "kiosk-01"]);
 }
 
 #[test]
@@ -700,7 +720,12 @@ fn wave_chain(site: &mut Site, names: &[String]) {
         &wim[..],
         "the QEMU member's disk holds the WIM"
     );
-    site.show(&["wave", "status", "tills-2026-01"]);
+    // `wave status` exits 3 for a Failed wave (pipelines branch on it).
+    let (ok, _) = site.show_exit(&["wave", "status", "tills-2026-01"]);
+    assert!(
+        !ok,
+        "`recastctl wave status` exits non-zero for a Failed wave"
+    );
 }
 
 fn wave_machines() -> (Vec<MachineSpec>, Vec<String>) {

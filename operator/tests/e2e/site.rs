@@ -431,14 +431,20 @@ impl Site {
 
     /// `recastctl ARGS`, recorded for the walkthrough with its real output.
     pub fn show(&mut self, args: &[&str]) -> String {
-        let (ok, out) = self.recastctl(args);
+        let (ok, out) = self.show_exit(args);
         assert!(ok, "recastctl {} failed:\n{out}", args.join(" "));
+        out
+    }
+
+    /// Like `show`, for a command whose exit code is part of the answer.
+    pub fn show_exit(&mut self, args: &[&str]) -> (bool, String) {
+        let (ok, out) = self.recastctl(args);
         self.transcript.push(format!(
             "\n```console\n$ recastctl {}\n{}```\n",
             args.join(" "),
             out
         ));
-        out
+        (ok, out)
     }
 
     pub fn get(&self, kind: &str, name: &str) -> Value {
