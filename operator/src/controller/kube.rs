@@ -657,15 +657,30 @@ pub async fn run<P: PowerControl>(
             .with_bmc_watch_interval(opts.bmc_watch_interval),
     );
 
-    let lease = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), LEASE_NAME)
-        .with_namespace(opts.lease_namespace.clone())
-        .with_identity(opts.identity.clone())
-        .with_duration(opts.lease_duration.as_secs())
-        .with_grace(opts.lease_grace.as_secs())
-        .with_field_manager(FIELD_MANAGER)
-        .build()
-        .await
-        .map_err(|e| format!("cannot set up leader election: {e}"))?;
+    // Setting up the lease reads (or creates) it: an apiserver that is restarting or briefly
+    // unreachable is waited for, not a reason to exit (the e2e suite restarts it).
+    let mut wait = Duration::from_secs(1);
+    let lease = loop {
+        let built = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), LEASE_NAME)
+            .with_namespace(opts.lease_namespace.clone())
+            .with_identity(opts.identity.clone())
+            .with_duration(opts.lease_duration.as_secs())
+            .with_grace(opts.lease_grace.as_secs())
+            .with_field_manager(FIELD_MANAGER)
+            .build()
+            .await;
+        match built {
+            Ok(lease) => break lease,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?wait, "cannot set up leader election yet: is the apiserver reachable, and may this identity get and create Leases in {}?", opts.lease_namespace);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => return Ok(()),
+                }
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+        }
+    };
     let (mut is_leader, lease_task) = lease.watch().await;
     ready.store(true, Ordering::SeqCst);
     tracing::info!(identity = %opts.identity, "waiting for the {LEASE_NAME} lease");

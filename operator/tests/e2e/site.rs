@@ -373,7 +373,7 @@ impl Site {
         self.operator = Some(Proc(child));
         let run = self.operator_runs;
         let path = self.operator_log_path(run);
-        wait_for(
+        self.wait(
             Duration::from_secs(60),
             "the operator to serve HTTP boot",
             || {
@@ -617,6 +617,44 @@ impl Site {
         self.agents.remove(name);
     }
 
+    /// Waits for `done`, failing at once (with its log) if the operator process died: nothing
+    /// here restarts it, so a crash is a finding, not a delay.
+    pub fn wait(&self, limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !done() {
+            self.assert_operator_alive(what);
+            assert!(
+                start.elapsed() < limit,
+                "timed out after {limit:?} waiting for {what}\noperator (last run):\n{}",
+                tail(
+                    &std::fs::read_to_string(self.operator_log_path(self.operator_runs))
+                        .unwrap_or_default(),
+                    40
+                )
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    fn assert_operator_alive(&self, what: &str) {
+        let Some(p) = &self.operator else { return };
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", p.0.id())).unwrap_or_default();
+        // The third field is the state; an exited child we have not reaped is a zombie (Z).
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next());
+        assert!(
+            !matches!(state, None | Some("Z") | Some("X")),
+            "the operator exited while waiting for {what}:\n{}",
+            tail(
+                &std::fs::read_to_string(self.operator_log_path(self.operator_runs))
+                    .unwrap_or_default(),
+                40
+            )
+        );
+    }
+
     pub fn wait_endpoint(
         &self,
         name: &str,
@@ -630,6 +668,7 @@ impl Site {
             if done(&ep) {
                 return ep;
             }
+            self.assert_operator_alive(what);
             if start.elapsed() > limit {
                 panic!(
                     "{name}: {what} did not happen within {limit:?}\nendpoint:\n{}\nevents:\n{}\nBMC requests:\n{}\noperator (last run):\n{}",
@@ -673,10 +712,6 @@ impl Drop for Site {
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-pub fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    recast_tests::wait_for(limit, what, &mut done);
 }
 
 pub fn sha256_file(path: &Path) -> String {
