@@ -161,8 +161,11 @@ async fn enroll(
     sender: &Sender,
     config: &AgentConfig,
     token_file: &Path,
+    once: bool,
 ) -> Result<String, String> {
     use recast_agent::enroll::{enrollment_backoff, enrollment_retryable};
+    // A service keeps trying; `--once` (a script) gives up after a few tries.
+    let max_tries = if once { 3 } else { u32::MAX };
     let mut tries = 0;
     loop {
         let (status, message) = match sender.enroll(config).await {
@@ -174,11 +177,15 @@ async fn enroll(
             Ok(Err((status, message))) => (Some(status), message),
             Err(e) => (None, e.to_string()),
         };
-        if !enrollment_retryable(status) {
-            return Err(format!(
-                "the gateway refused enrollment ({}: {message}); if this image was not installed by the current reimage, issue a token with `recast-operator gateway-token issue` and write it to the token file",
-                status.unwrap_or_default()
-            ));
+        if !enrollment_retryable(status) || tries + 1 >= max_tries {
+            return Err(match status {
+                Some(status) => format!(
+                    "the gateway refused enrollment ({status}: {message}); if this image was not installed by the current reimage, issue a token with `recast-operator gateway-token issue` and write it to the token file"
+                ),
+                None => format!(
+                    "cannot reach the gateway to enroll ({message}); check --gateway and the network, then run again"
+                ),
+            });
         }
         // Until it enrolls the new image cannot report, and its attempt waits for that report:
         // keep trying (the try timeout of the attempt is the backstop).
@@ -300,7 +307,7 @@ async fn real_main(cli: Cli) -> Result<(), String> {
             let manage_hold = source.replay.is_none();
             let sender = Sender::new(&gateway, ca_file.as_deref()).map_err(|e| e.to_string())?;
             let token = match (token_file.exists(), &config) {
-                (false, Some(c)) => enroll(&sender, c, &token_file).await?,
+                (false, Some(c)) => enroll(&sender, c, &token_file, once).await?,
                 _ => read_secret(&token_file)?,
             };
             let mut backoff: Option<Duration> = None;
