@@ -1,12 +1,13 @@
 //! Fleet-wide counts the lifecycle needs for concurrency limits and the failure budget, kept
 //! as an index the controller updates after every decision, so limits hold even when many
-//! endpoints want a slot in the same pass.
+//! endpoints want a slot in the same pass. It also keeps each endpoint's phase, so the
+//! per-phase gauge is counted without reading the fleet from the store.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use recast_crds::endpoint::{AttemptOutcome, EndpointStatus};
+use recast_crds::endpoint::{AttemptOutcome, EndpointPhase, EndpointStatus};
 
 use super::lifecycle::FleetView;
 use super::time;
@@ -15,6 +16,7 @@ use super::time;
 struct Entry {
     site: Option<String>,
     active: bool,
+    phase: Option<EndpointPhase>,
     /// finished_at of attempts that ended Failed (the endpoint was quarantined).
     failures: Vec<Timestamp>,
 }
@@ -39,6 +41,7 @@ impl FleetIndex {
             Entry {
                 site: site.map(str::to_string),
                 active: status.active_attempt.is_some(),
+                phase: status.phase,
                 failures,
             },
         );
@@ -54,6 +57,11 @@ impl FleetIndex {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Every endpoint's phase as last written.
+    pub fn phases(&self) -> impl Iterator<Item = Option<EndpointPhase>> + '_ {
+        self.entries.values().map(|e| e.phase)
     }
 
     /// Attempts running fleet-wide.
@@ -172,6 +180,31 @@ mod tests {
         assert_eq!(
             (v.total, v.site_total, v.active_global, v.active_site),
             (5, 2, 3, 1)
+        );
+    }
+
+    #[test]
+    fn phases_follow_the_last_upsert_and_removal() {
+        let mut idx = FleetIndex::default();
+        let ready = EndpointStatus {
+            phase: Some(EndpointPhase::Ready),
+            ..Default::default()
+        };
+        idx.upsert("ns/a", None, &ready);
+        idx.upsert("ns/b", None, &EndpointStatus::default());
+        idx.upsert(
+            "ns/b",
+            None,
+            &EndpointStatus {
+                phase: Some(EndpointPhase::Degraded),
+                ..Default::default()
+            },
+        );
+        idx.upsert("ns/c", None, &ready);
+        idx.remove("ns/c");
+        assert_eq!(
+            idx.phases().collect::<Vec<_>>(),
+            [Some(EndpointPhase::Ready), Some(EndpointPhase::Degraded)]
         );
     }
 
