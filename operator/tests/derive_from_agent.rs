@@ -10,7 +10,7 @@ use recast_agent::collect::{self, Identity, ReplayRunner};
 use recast_agent::simulate::{Scenario, simulated_report};
 use recast_crds::policy::UpdateMode;
 use recast_operator::core::build::Build;
-use recast_operator::core::derive::{DeriveInput, derive};
+use recast_operator::core::derive::{DeriveInput, Evidence, derive};
 use recast_operator::core::signal::SignalKind;
 
 fn replay(name: &str) -> recast_crds::report::AgentReport {
@@ -39,8 +39,9 @@ fn signals_from(
     mode: UpdateMode,
     baseline: Build,
 ) -> Vec<SignalKind> {
+    let evidence = Evidence::of(r);
     let input = DeriveInput {
-        report: Some(r),
+        evidence: Some(&evidence),
         last_report_at: Some(now()),
         now: now(),
         heartbeat_timeout: Duration::from_secs(900),

@@ -36,6 +36,12 @@ fn other(e: StoreError) -> BackendError {
     }
 }
 
+impl From<StoreError> for BackendError {
+    fn from(e: StoreError) -> Self {
+        other(e)
+    }
+}
+
 fn decode<T: DeserializeOwned>(v: serde_json::Value) -> Result<T, BackendError> {
     serde_json::from_value(v)
         .map_err(|e| BackendError::Other(format!("stored object does not decode: {e}")))
@@ -73,12 +79,7 @@ impl Backend for EmbeddedBackend {
     }
 
     async fn endpoints(&self) -> Result<Vec<Endpoint>, BackendError> {
-        self.store
-            .list(Kind::Endpoint, None)
-            .map_err(other)?
-            .into_iter()
-            .map(decode)
-            .collect()
+        self.store.list_each(Kind::Endpoint, None, decode)
     }
 
     async fn policy(
@@ -95,11 +96,7 @@ impl Backend for EmbeddedBackend {
 
     async fn golden_images(&self, namespace: &str) -> Result<Vec<GoldenImage>, BackendError> {
         self.store
-            .list(Kind::GoldenImage, Some(namespace))
-            .map_err(other)?
-            .into_iter()
-            .map(decode)
-            .collect()
+            .list_each(Kind::GoldenImage, Some(namespace), decode)
     }
 
     async fn write_status(
@@ -206,12 +203,7 @@ impl Backend for EmbeddedBackend {
     }
 
     async fn waves(&self) -> Result<Vec<ReimageWave>, BackendError> {
-        self.store
-            .list(Kind::ReimageWave, None)
-            .map_err(other)?
-            .into_iter()
-            .map(decode)
-            .collect()
+        self.store.list_each(Kind::ReimageWave, None, decode)
     }
 
     async fn wave(&self, namespace: &str, name: &str) -> Result<Option<ReimageWave>, BackendError> {
@@ -282,8 +274,8 @@ pub async fn run<P: PowerControl>(
     // which endpoints are due from the waves' status before any endpoint decides.
     let mut waves_due: BTreeMap<(String, String), Instant> = BTreeMap::new();
     let start = Instant::now();
-    for ep in ctrl.backend.endpoints().await? {
-        due.insert(Key::of(&ep), start);
+    for key in endpoint_keys(&store, None)? {
+        due.insert(key, start);
     }
     for w in ctrl.backend.waves().await? {
         waves_due.insert(wave_id(&w), start);
@@ -303,6 +295,9 @@ pub async fn run<P: PowerControl>(
         }
         // Follow the change feed.
         let mut endpoint_namespaces = std::collections::BTreeSet::new();
+        // Namespaces whose policy or images changed: every endpoint there is due, once however
+        // many changes the feed holds.
+        let mut namespaces_due = std::collections::BTreeSet::new();
         loop {
             let changes = store.changes_since(cursor, 1000).map_err(other)?;
             if changes.is_empty() {
@@ -322,17 +317,17 @@ pub async fn run<P: PowerControl>(
                         );
                     }
                     Kind::RemediationPolicy | Kind::GoldenImage => {
-                        for ep in ctrl.backend.endpoints().await? {
-                            let key = Key::of(&ep);
-                            if key.namespace == ch.namespace {
-                                due.insert(key, Instant::now());
-                            }
-                        }
+                        namespaces_due.insert(ch.namespace.clone());
                     }
                     Kind::ReimageWave => {
                         waves_due.insert((ch.namespace.clone(), ch.name.clone()), Instant::now());
                     }
                 }
+            }
+        }
+        for ns in namespaces_due {
+            for key in endpoint_keys(&store, Some(&ns))? {
+                due.insert(key, Instant::now());
             }
         }
         // Endpoints moved: the waves over them may have a batch to close or open. Finished
@@ -376,8 +371,8 @@ pub async fn run<P: PowerControl>(
         }
         if last_resync.elapsed() >= RESYNC {
             last_resync = Instant::now();
-            for ep in ctrl.backend.endpoints().await? {
-                due.entry(Key::of(&ep)).or_insert_with(Instant::now);
+            for key in endpoint_keys(&store, None)? {
+                due.entry(key).or_insert_with(Instant::now);
             }
             for w in ctrl.backend.waves().await? {
                 waves_due.entry(wave_id(&w)).or_insert_with(Instant::now);
@@ -408,10 +403,16 @@ pub async fn run<P: PowerControl>(
             if *shutdown.borrow() {
                 break;
             }
+            // The store's calls complete without awaiting, so a backlog of thousands of
+            // decisions would otherwise hold this worker thread until it is done: give the
+            // runtime's other tasks (the gateway's requests) their turn between decisions.
+            tokio::task::yield_now().await;
         }
         if last_metrics.elapsed() >= Duration::from_secs(15) {
             last_metrics = Instant::now();
-            update_phase_metrics(&ctrl).await;
+            // From the controller's own index: reading and decoding the whole fleet every 15 s
+            // would cost a fleet's worth of memory and hold the store from the gateway.
+            ctrl.metrics.set_phases(ctrl.phases().into_iter());
         }
         let next = due
             .values()
@@ -437,14 +438,13 @@ fn wave_id(w: &ReimageWave) -> (String, String) {
     )
 }
 
-async fn update_phase_metrics<B: Backend, P: PowerControl>(ctrl: &Controller<B, P>) {
-    let Ok(all) = ctrl.backend.endpoints().await else {
-        return;
-    };
-    ctrl.metrics.set_phases(
-        all.iter()
-            .map(|ep| ep.status.as_ref().and_then(|s| s.phase)),
-    );
+/// Which endpoints exist (in one namespace or all), without reading them.
+fn endpoint_keys(store: &EmbeddedStore, namespace: Option<&str>) -> Result<Vec<Key>, BackendError> {
+    Ok(store
+        .names(Kind::Endpoint, namespace)?
+        .into_iter()
+        .map(|(namespace, name)| Key { namespace, name })
+        .collect())
 }
 
 impl crate::boot::BootIntents for EmbeddedBackend {

@@ -288,6 +288,11 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
         self.index.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Every endpoint's phase, from the fleet index (for the per-phase gauge).
+    pub fn phases(&self) -> Vec<Option<recast_crds::endpoint::EndpointPhase>> {
+        self.index().phases().collect()
+    }
+
     /// Loads every endpoint into the fleet index (at start, before the first decision).
     pub async fn prime(&self) -> Result<usize, BackendError> {
         let all = self.backend.endpoints().await?;

@@ -1,5 +1,6 @@
 //! Signal derivation: what an agent report (and its absence) says about an endpoint. Pure: the
-//! shell passes the last report, when it arrived, `now`, and the policy and image facts.
+//! shell passes the last report's [`Evidence`], when it arrived, `now`, and the policy and
+//! image facts.
 //!
 //! False positives wipe people's machines, so each rule fires only on evidence that is specific
 //! to the improper state, and every rule has negative tests.
@@ -26,7 +27,9 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use recast_crds::policy::UpdateMode;
-use recast_crds::report::{AgentReport, ServicingOutcome, UpdateOutcome, parse_timestamp};
+use recast_crds::report::{
+    AgentReport, CrashSource, ServicingOutcome, UpdateOutcome, parse_timestamp,
+};
 
 use super::build::Build;
 use super::signal::SignalKind;
@@ -42,8 +45,8 @@ pub const MISSED_INTERVALS_FOR_LOST: u32 = 3;
 /// Everything derivation looks at.
 #[derive(Clone, Copy, Debug)]
 pub struct DeriveInput<'a> {
-    /// The last accepted report, if any.
-    pub report: Option<&'a AgentReport>,
+    /// What the last accepted report showed, if there is one.
+    pub evidence: Option<&'a Evidence>,
     /// When the gateway accepted it (the gateway's clock, not the agent's).
     pub last_report_at: Option<Timestamp>,
     pub now: Timestamp,
@@ -139,7 +142,7 @@ enum PackageKind {
 }
 
 /// One LCU result, from either log.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 struct LcuResult {
     lcu: Lcu,
     succeeded: bool,
@@ -227,10 +230,95 @@ fn lcu_results(r: &AgentReport) -> Vec<LcuResult> {
     out
 }
 
+/// What signal derivation needs from one report, and nothing else: the gateway keeps this per
+/// endpoint between reports instead of the whole report (a fleet's worth of reports is most of
+/// its memory). Everything that depends on facts outside the report (the end of the last
+/// reimage, the policy, the image) is still judged in [`derive`], so the same evidence gives
+/// the same signals as the report it came from, whatever those facts become.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Evidence {
+    running: Build,
+    interval_seconds: u32,
+    /// LCU install failures that could explain the running build: their build is known and
+    /// above it (others can never be FailedRollback for this report).
+    failures: Vec<LcuResult>,
+    /// LCU installs, which clear earlier failures.
+    installs: Vec<LcuInstall>,
+    /// Crashes with a boot stop code and a readable time.
+    boot_crashes: Vec<BootCrash>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct LcuInstall {
+    lcu: Lcu,
+    time: Timestamp,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct BootCrash {
+    at: Timestamp,
+    code: u32,
+    source: CrashSource,
+    /// The time as the agent wrote it, for the message.
+    reported: String,
+}
+
+impl Evidence {
+    pub fn of(r: &AgentReport) -> Evidence {
+        let running = Build {
+            build: r.os.current_build,
+            ubr: r.os.ubr,
+        };
+        let mut failures = Vec::new();
+        let mut installs = Vec::new();
+        for res in lcu_results(r) {
+            if res.succeeded {
+                installs.push(LcuInstall {
+                    lcu: res.lcu,
+                    time: res.time,
+                });
+            // Without the update's build, "still below it" cannot be checked: not enough to
+            // act. The UBR is what the LCU moves; it is shared across releases on one
+            // servicing branch (24H2 and 25H2 get the same UBR from the same month's update).
+            } else if res.lcu.build.is_some_and(|b| running.ubr < b.ubr) {
+                failures.push(res);
+            }
+        }
+        let boot_crashes = r
+            .crashes
+            .iter()
+            .filter_map(|c| {
+                let code = c.bugcheck_code?;
+                if !BOOT_STOP_CODES.contains(&code) {
+                    return None;
+                }
+                Some(BootCrash {
+                    at: parse_timestamp(&c.time)?,
+                    code,
+                    source: c.source,
+                    reported: c.time.clone(),
+                })
+            })
+            .collect();
+        Evidence {
+            running,
+            interval_seconds: r.interval_seconds,
+            failures,
+            installs,
+            boot_crashes,
+        }
+    }
+
+    /// The build the endpoint runs.
+    pub fn running(&self) -> Build {
+        self.running
+    }
+}
+
 /// Whether a later success clears a failure: the same KB, or a build at least as new; when
 /// either build is unknown, any later LCU install does (LCUs are cumulative, and Windows does
 /// not install an older one over a newer one).
-fn clears(success: &LcuResult, failure: &LcuResult) -> bool {
+fn clears(success: &LcuInstall, failure: &LcuResult) -> bool {
     if success.time <= failure.time {
         return false;
     }
@@ -245,22 +333,13 @@ fn clears(success: &LcuResult, failure: &LcuResult) -> bool {
     }
 }
 
-fn failed_rollback(r: &AgentReport, after: Option<Timestamp>) -> Option<String> {
-    let results = lcu_results(r);
-    let running = Build {
-        build: r.os.current_build,
-        ubr: r.os.ubr,
-    };
-    let mut active: Vec<&LcuResult> = results
+fn failed_rollback(e: &Evidence, after: Option<Timestamp>) -> Option<String> {
+    let running = e.running;
+    let mut active: Vec<&LcuResult> = e
+        .failures
         .iter()
-        .filter(|f| !f.succeeded)
         .filter(|f| after.is_none_or(|a| f.time > a))
-        // Without the update's build, "still below it" cannot be checked: not enough to act.
-        .filter(|f| f.lcu.build.is_some())
-        // The UBR is what the LCU moves; it is shared across releases on one servicing branch
-        // (24H2 and 25H2 get the same UBR from the same month's update).
-        .filter(|f| f.lcu.build.is_some_and(|b| running.ubr < b.ubr))
-        .filter(|f| !results.iter().any(|s| s.succeeded && clears(s, f)))
+        .filter(|f| !e.installs.iter().any(|s| clears(s, f)))
         .collect();
     active.sort_by_key(|f| std::cmp::Reverse(f.time));
     let newest = active.first()?;
@@ -271,36 +350,26 @@ fn failed_rollback(r: &AgentReport, after: Option<Timestamp>) -> Option<String> 
     ))
 }
 
-fn boot_crash(r: &AgentReport, after: Option<Timestamp>) -> Option<String> {
-    let mut crashes: Vec<(Timestamp, u32, &str, &str)> = r
-        .crashes
+fn boot_crash(e: &Evidence, after: Option<Timestamp>) -> Option<String> {
+    let newest = e
+        .boot_crashes
         .iter()
-        .filter_map(|c| {
-            let code = c.bugcheck_code?;
-            if !BOOT_STOP_CODES.contains(&code) {
-                return None;
-            }
-            let t = parse_timestamp(&c.time)?;
-            if after.is_some_and(|a| t <= a) {
-                return None;
-            }
-            let source = match c.source {
-                recast_crds::report::CrashSource::WerBugcheck => "WER-SystemErrorReporting 1001",
-                recast_crds::report::CrashSource::KernelPower => "Kernel-Power 41",
-                recast_crds::report::CrashSource::UnexpectedShutdown => "EventLog 6008",
-            };
-            Some((t, code, source, c.time.as_str()))
-        })
-        .collect();
-    crashes.sort_by_key(|c| std::cmp::Reverse(c.0));
-    let (_, code, source, time) = crashes.first()?;
-    let name = if *code == 0xED {
+        .filter(|c| after.is_none_or(|a| c.at > a))
+        // The newest; of equal times, the first reported.
+        .min_by_key(|c| std::cmp::Reverse(c.at))?;
+    let source = match newest.source {
+        CrashSource::WerBugcheck => "WER-SystemErrorReporting 1001",
+        CrashSource::KernelPower => "Kernel-Power 41",
+        CrashSource::UnexpectedShutdown => "EventLog 6008",
+    };
+    let name = if newest.code == 0xED {
         "UNMOUNTABLE_BOOT_VOLUME"
     } else {
         "INACCESSIBLE_BOOT_DEVICE"
     };
     Some(format!(
-        "bugcheck 0x{code:08x} {name} at {time} ({source}, reported by the agent)"
+        "bugcheck 0x{:08x} {name} at {} ({source}, reported by the agent)",
+        newest.code, newest.reported
     ))
 }
 
@@ -319,7 +388,7 @@ pub fn derive(input: &DeriveInput<'_>) -> Vec<(SignalKind, String)> {
     if let Some(last) = input.last_report_at {
         let deadline = heartbeat_deadline(
             input.heartbeat_timeout,
-            input.report.map(|r| r.interval_seconds),
+            input.evidence.map(|e| e.interval_seconds),
         );
         let silent = super::time::since(input.now, last);
         if silent > deadline {
@@ -334,15 +403,12 @@ pub fn derive(input: &DeriveInput<'_>) -> Vec<(SignalKind, String)> {
             ));
         }
     }
-    if let Some(r) = input.report {
-        let running = Build {
-            build: r.os.current_build,
-            ubr: r.os.ubr,
-        };
-        if let Some(why) = boot_crash(r, input.events_after) {
+    if let Some(e) = input.evidence {
+        let running = e.running;
+        if let Some(why) = boot_crash(e, input.events_after) {
             out.push((SignalKind::BootCrash, why));
         }
-        if let Some(why) = failed_rollback(r, input.events_after) {
+        if let Some(why) = failed_rollback(e, input.events_after) {
             out.push((SignalKind::FailedRollback, why));
         }
         // In managed mode Windows Update patches in place by design; only an immutable fleet
@@ -589,9 +655,9 @@ mod tests {
         }
     }
 
-    fn input(r: &AgentReport) -> DeriveInput<'_> {
+    fn input(e: &Evidence) -> DeriveInput<'_> {
         DeriveInput {
-            report: Some(r),
+            evidence: Some(e),
             last_report_at: Some(ts("2026-01-15T09:00:00Z")),
             now: ts("2026-01-15T09:01:00Z"),
             heartbeat_timeout: Duration::from_secs(15 * 60),
@@ -636,7 +702,7 @@ mod tests {
             wu(UpdateOutcome::Started, "2026-01-14T08:05:47Z", JAN),
             wu(UpdateOutcome::Installed, "2025-12-10T09:20:31Z", DEC),
         ];
-        let got = derive(&input(&r));
+        let got = derive(&input(&Evidence::of(&r)));
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].0, SignalKind::FailedRollback);
         assert!(got[0].1.contains("KB5074109"), "{}", got[0].1);
@@ -655,7 +721,10 @@ mod tests {
                 "2026-01-13T21:14:33Z",
                 "Package_for_RollupFix~31bf3856ad364e35~amd64~~26100.7623.1.10",
             )];
-            assert_eq!(kinds(&input(&r)), [SignalKind::FailedRollback]);
+            assert_eq!(
+                kinds(&input(&Evidence::of(&r))),
+                [SignalKind::FailedRollback]
+            );
         }
     }
 
@@ -668,11 +737,14 @@ mod tests {
             "KB5074109",
         )];
         assert!(
-            kinds(&input(&r)).is_empty(),
+            kinds(&input(&Evidence::of(&r))).is_empty(),
             "a bare KB is not known to be cumulative"
         );
         r.update_events = vec![wu(UpdateOutcome::Started, "2026-01-14T08:05:47Z", JAN)];
-        assert_eq!(kinds(&input(&r)), [SignalKind::FailedRollback]);
+        assert_eq!(
+            kinds(&input(&Evidence::of(&r))),
+            [SignalKind::FailedRollback]
+        );
     }
 
     #[test]
@@ -701,7 +773,7 @@ mod tests {
             "2026-01-14T08:00:00Z",
             "KB5073379",
         )];
-        assert!(kinds(&input(&r)).is_empty());
+        assert!(kinds(&input(&Evidence::of(&r))).is_empty());
     }
 
     #[test]
@@ -714,7 +786,7 @@ mod tests {
             // Still on the old UBR in the report (e.g. a reboot pending): the install clears.
             let mut r = report(7462);
             r.update_events = vec![later, failed.clone()];
-            assert!(kinds(&input(&r)).is_empty());
+            assert!(kinds(&input(&Evidence::of(&r))).is_empty());
         }
         // An install from before the failure does not.
         let mut r = report(7462);
@@ -722,14 +794,20 @@ mod tests {
             failed.clone(),
             wu(UpdateOutcome::Installed, "2026-01-10T08:00:00Z", JAN),
         ];
-        assert_eq!(kinds(&input(&r)), [SignalKind::FailedRollback]);
+        assert_eq!(
+            kinds(&input(&Evidence::of(&r))),
+            [SignalKind::FailedRollback]
+        );
         // An older LCU installed later does not.
         let mut r = report(7462);
         r.update_events = vec![
             wu(UpdateOutcome::Installed, "2026-01-15T08:00:00Z", DEC),
             failed,
         ];
-        assert_eq!(kinds(&input(&r)), [SignalKind::FailedRollback]);
+        assert_eq!(
+            kinds(&input(&Evidence::of(&r))),
+            [SignalKind::FailedRollback]
+        );
         // A later servicing success of the RollupFix package clears a servicing failure.
         let mut r = report(7462);
         let pkg = "Package_for_RollupFix~31bf3856ad364e35~amd64~~26100.7623.1.10";
@@ -737,7 +815,7 @@ mod tests {
             cbs(ServicingOutcome::Succeeded, "2026-01-15T08:00:00Z", pkg),
             cbs(ServicingOutcome::Failed, "2026-01-14T08:00:00Z", pkg),
         ];
-        assert!(kinds(&input(&r)).is_empty());
+        assert!(kinds(&input(&Evidence::of(&r))).is_empty());
     }
 
     #[test]
@@ -745,13 +823,13 @@ mod tests {
         for ubr in [7623, 7705] {
             let mut r = report(ubr);
             r.update_events = vec![wu(UpdateOutcome::Failed, "2026-01-14T08:41:02Z", JAN)];
-            assert!(kinds(&input(&r)).is_empty(), "{ubr}");
+            assert!(kinds(&input(&Evidence::of(&r))).is_empty(), "{ubr}");
         }
         // 25H2 (26200) on the same UBR is the same patch level.
         let mut r = report(7623);
         r.os.current_build = 26200;
         r.update_events = vec![wu(UpdateOutcome::Failed, "2026-01-14T08:41:02Z", JAN)];
-        assert!(kinds(&input(&r)).is_empty());
+        assert!(kinds(&input(&Evidence::of(&r))).is_empty());
     }
 
     #[test]
@@ -762,7 +840,7 @@ mod tests {
             "2026-01-14T08:41:02Z",
             "2026-01 Cumulative Update for Microsoft server operating system version 24H2 for x64-based Systems (KB5073379)",
         )];
-        assert!(kinds(&input(&r)).is_empty());
+        assert!(kinds(&input(&Evidence::of(&r))).is_empty());
     }
 
     #[test]
@@ -775,7 +853,7 @@ mod tests {
         );
         e.intended_state = Some("Absent".into());
         r.servicing_events = vec![e];
-        assert!(kinds(&input(&r)).is_empty());
+        assert!(kinds(&input(&Evidence::of(&r))).is_empty());
     }
 
     #[test]
@@ -787,9 +865,71 @@ mod tests {
             Some(0xED),
             "2026-01-14T09:00:00Z",
         )];
-        let mut i = input(&r);
+        let evidence = Evidence::of(&r);
+        let mut i = input(&evidence);
         i.events_after = Some(ts("2026-01-14T10:00:00Z"));
         assert!(kinds(&i).is_empty());
+    }
+
+    #[test]
+    fn evidence_keeps_only_what_can_become_a_signal() {
+        // A healthy report: the installed LCU is kept (it clears failures), no text at all.
+        let mut r = report(7623);
+        r.update_events = vec![
+            wu(
+                UpdateOutcome::Installed,
+                "2026-01-15T06:00:00Z",
+                "Security Intelligence Update for Microsoft Defender Antivirus - KB2267602 (Version 1.443.512.0)",
+            ),
+            wu(UpdateOutcome::Installed, "2026-01-14T08:41:02Z", JAN),
+            wu(UpdateOutcome::Started, "2026-01-14T08:05:47Z", JAN),
+        ];
+        r.crashes = vec![crash(
+            CrashSource::KernelPower,
+            Some(0x50),
+            "2026-01-15T08:02:14Z",
+        )];
+        let e = Evidence::of(&r);
+        assert!(e.failures.is_empty() && e.boot_crashes.is_empty());
+        assert_eq!(e.installs.len(), 1);
+        assert_eq!(e.running(), "26100.7623".parse().unwrap());
+        // A failure the running build is already past can never be FailedRollback: dropped.
+        let mut r = report(7705);
+        r.update_events = vec![wu(UpdateOutcome::Failed, "2026-01-14T08:41:02Z", JAN)];
+        assert!(Evidence::of(&r).failures.is_empty());
+    }
+
+    #[test]
+    fn evidence_is_judged_against_the_facts_of_the_moment() {
+        // The facts outside the report (the end of the last reimage, the mode, the minimum)
+        // may change after the evidence was kept: the signals follow them.
+        let mut r = report(7462);
+        r.update_events = vec![wu(UpdateOutcome::Failed, "2026-01-14T08:41:02Z", JAN)];
+        r.crashes = vec![
+            crash(CrashSource::KernelPower, Some(0xED), "2026-01-15T08:02:14Z"),
+            crash(CrashSource::WerBugcheck, Some(0x7B), "2026-01-14T07:00:00Z"),
+        ];
+        let evidence = Evidence::of(&r);
+        let mut i = input(&evidence);
+        assert_eq!(
+            kinds(&i),
+            [SignalKind::BootCrash, SignalKind::FailedRollback]
+        );
+        // After a reimage that ended between the two crashes: only the newer one counts.
+        i.events_after = Some(ts("2026-01-15T08:00:00Z"));
+        let got = derive(&i);
+        assert_eq!(got.len(), 1);
+        assert!(
+            got[0].1.contains(
+                "0x000000ed UNMOUNTABLE_BOOT_VOLUME at 2026-01-15T08:02:14Z (Kernel-Power 41"
+            ),
+            "{}",
+            got[0].1
+        );
+        i.events_after = Some(ts("2026-01-15T09:00:00Z"));
+        assert!(kinds(&i).is_empty());
+        i.minimum_build = Some("26100.7623".parse().unwrap());
+        assert_eq!(kinds(&i), [SignalKind::NonCompliant]);
     }
 
     #[test]
@@ -801,7 +941,7 @@ mod tests {
         ] {
             let mut r = report(7623);
             r.crashes = vec![crash(source, Some(code), "2026-01-15T08:02:14Z")];
-            let got = derive(&input(&r));
+            let got = derive(&input(&Evidence::of(&r)));
             assert_eq!(got[0].0, SignalKind::BootCrash);
             assert!(got[0].1.contains(&format!("0x{code:08x}")), "{}", got[0].1);
         }
@@ -815,14 +955,18 @@ mod tests {
         ] {
             let mut r = report(7623);
             r.crashes = vec![crash(source, code, "2026-01-15T08:02:14Z")];
-            assert!(kinds(&input(&r)).is_empty(), "{source:?} {code:?}");
+            assert!(
+                kinds(&input(&Evidence::of(&r))).is_empty(),
+                "{source:?} {code:?}"
+            );
         }
     }
 
     #[test]
     fn heartbeat_lost_needs_more_than_one_late_report() {
         let r = report(7623);
-        let mut i = input(&r);
+        let evidence = Evidence::of(&r);
+        let mut i = input(&evidence);
         // One report late: 2 intervals (10 min) plus jitter, under the 15 min timeout.
         i.now = ts("2026-01-15T09:11:00Z");
         assert!(kinds(&i).is_empty());
@@ -836,18 +980,21 @@ mod tests {
         // With a 15 min agent interval the floor is 3 intervals, not the 15 min timeout.
         let mut slow = report(7623);
         slow.interval_seconds = 900;
-        let mut i = input(&slow);
+        let evidence = Evidence::of(&slow);
+        let mut i = input(&evidence);
         i.now = ts("2026-01-15T09:31:00Z");
         assert!(kinds(&i).is_empty(), "one missed 15-minute report");
         i.now = ts("2026-01-15T09:45:01Z");
         assert_eq!(kinds(&i), [SignalKind::HeartbeatLost]);
         // Never reported: nothing to lose.
-        let mut i = input(&r);
-        i.report = None;
+        let evidence = Evidence::of(&r);
+        let mut i = input(&evidence);
+        i.evidence = None;
         i.last_report_at = None;
         assert!(kinds(&i).is_empty());
         // A clock behind the last report is not silence.
-        let mut i = input(&r);
+        let evidence = Evidence::of(&r);
+        let mut i = input(&evidence);
         i.now = ts("2026-01-15T08:00:00Z");
         assert!(kinds(&i).is_empty());
     }
@@ -864,7 +1011,8 @@ mod tests {
         ] {
             let mut r = report(ubr);
             r.os.current_build = build;
-            let mut i = input(&r);
+            let evidence = Evidence::of(&r);
+            let mut i = input(&evidence);
             i.minimum_build = Some(min);
             assert_eq!(
                 kinds(&i) == [SignalKind::NonCompliant],
@@ -877,7 +1025,8 @@ mod tests {
     #[test]
     fn drift_only_in_immutable_mode_and_only_on_a_change() {
         let r = report(7705);
-        let mut i = input(&r);
+        let evidence = Evidence::of(&r);
+        let mut i = input(&evidence);
         i.baseline_build = Some("26100.7623".parse().unwrap());
         assert!(
             kinds(&i).is_empty(),
@@ -900,7 +1049,8 @@ mod tests {
             Some(0xED),
             "2026-01-15T08:02:14Z",
         )];
-        let mut i = input(&r);
+        let evidence = Evidence::of(&r);
+        let mut i = input(&evidence);
         i.minimum_build = Some("26100.7623".parse().unwrap());
         i.now = ts("2026-01-16T00:00:00Z");
         assert_eq!(
@@ -956,7 +1106,7 @@ mod tests {
                 let any_failed_lcu = r.update_events.iter().any(|e| {
                     e.outcome == UpdateOutcome::Failed && lcu_from_title(&e.title).is_some_and(|l| l.build.is_some())
                 });
-                let got = kinds(&input(&r));
+                let got = kinds(&input(&Evidence::of(&r)));
                 if !any_failed_lcu {
                     prop_assert!(!got.contains(&SignalKind::FailedRollback));
                 }
@@ -972,7 +1122,7 @@ mod tests {
                 let mut r = report(7462);
                 r.update_events = events;
                 r.update_events.push(wu(UpdateOutcome::Installed, "2026-03-01T00:00:00Z", FEB));
-                prop_assert!(!kinds(&input(&r)).contains(&SignalKind::FailedRollback));
+                prop_assert!(!kinds(&input(&Evidence::of(&r))).contains(&SignalKind::FailedRollback));
             }
 
             /// Derivation is a function: same input, same output, and never a panic on any
@@ -982,7 +1132,8 @@ mod tests {
                 let mut r = report(ubr);
                 r.os.current_build = build;
                 r.crashes = vec![crash(CrashSource::WerBugcheck, code, "2026-01-15T08:02:14Z")];
-                let i = input(&r);
+                let evidence = Evidence::of(&r);
+                let i = input(&evidence);
                 let a = derive(&i);
                 prop_assert_eq!(&a, &derive(&i));
                 let boot = a.iter().any(|(k, _)| *k == SignalKind::BootCrash);

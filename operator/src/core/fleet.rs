@@ -1,12 +1,17 @@
 //! Fleet-wide counts the lifecycle needs for concurrency limits and the failure budget, kept
 //! as an index the controller updates after every decision, so limits hold even when many
-//! endpoints want a slot in the same pass.
+//! endpoints want a slot in the same pass. It also keeps each endpoint's phase, so the
+//! per-phase gauge is counted without reading the fleet from the store.
+//!
+//! The counts a decision needs are kept up to date on every change, so one decision's view
+//! costs the same whatever the fleet's size: recounting 10,000 entries per decision made a
+//! pass over the fleet quadratic.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use jiff::Timestamp;
-use recast_crds::endpoint::{AttemptOutcome, EndpointStatus};
+use recast_crds::endpoint::{AttemptOutcome, EndpointPhase, EndpointStatus};
 
 use super::lifecycle::FleetView;
 use super::time;
@@ -15,14 +20,26 @@ use super::time;
 struct Entry {
     site: Option<String>,
     active: bool,
+    phase: Option<EndpointPhase>,
     /// finished_at of attempts that ended Failed (the endpoint was quarantined).
     failures: Vec<Timestamp>,
 }
 
-/// Per-endpoint facts, keyed by "namespace/name".
+/// Per-endpoint facts, keyed by "namespace/name", with their running totals.
 #[derive(Clone, Debug, Default)]
 pub struct FleetIndex {
     entries: BTreeMap<String, Entry>,
+    /// Endpoints per site, and of those with an attempt running.
+    sites: HashMap<String, SiteCount>,
+    active: u32,
+    /// Every entry's failure times, with how many entries failed at each.
+    failures: BTreeMap<Timestamp, u32>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct SiteCount {
+    total: u32,
+    active: u32,
 }
 
 impl FleetIndex {
@@ -34,18 +51,53 @@ impl FleetIndex {
             .filter(|h| h.outcome == AttemptOutcome::Failed)
             .filter_map(|h| time::parse(&h.finished_at))
             .collect();
-        self.entries.insert(
-            key.to_string(),
-            Entry {
-                site: site.map(str::to_string),
-                active: status.active_attempt.is_some(),
-                failures,
-            },
-        );
+        let entry = Entry {
+            site: site.map(str::to_string),
+            active: status.active_attempt.is_some(),
+            phase: status.phase,
+            failures,
+        };
+        self.count(&entry, true);
+        if let Some(old) = self.entries.insert(key.to_string(), entry) {
+            self.count(&old, false);
+        }
     }
 
     pub fn remove(&mut self, key: &str) {
-        self.entries.remove(key);
+        if let Some(old) = self.entries.remove(key) {
+            self.count(&old, false);
+        }
+    }
+
+    /// Adds an entry to the running totals, or takes it out.
+    fn count(&mut self, e: &Entry, add: bool) {
+        let step = |n: &mut u32| {
+            if add {
+                *n += 1;
+            } else {
+                *n = n.saturating_sub(1);
+            }
+        };
+        if e.active {
+            step(&mut self.active);
+        }
+        if let Some(site) = &e.site {
+            let c = self.sites.entry(site.clone()).or_default();
+            step(&mut c.total);
+            if e.active {
+                step(&mut c.active);
+            }
+            if c.total == 0 {
+                self.sites.remove(site);
+            }
+        }
+        for t in &e.failures {
+            let n = self.failures.entry(*t).or_default();
+            step(n);
+            if *n == 0 {
+                self.failures.remove(t);
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -56,9 +108,14 @@ impl FleetIndex {
         self.entries.is_empty()
     }
 
+    /// Every endpoint's phase as last written.
+    pub fn phases(&self) -> impl Iterator<Item = Option<EndpointPhase>> + '_ {
+        self.entries.values().map(|e| e.phase)
+    }
+
     /// Attempts running fleet-wide.
     pub fn active(&self) -> u32 {
-        self.entries.values().filter(|e| e.active).count() as u32
+        self.active
     }
 
     /// The view one endpoint's decision uses: counts exclude the endpoint itself.
@@ -74,35 +131,27 @@ impl FleetIndex {
                 jiff::SignedDuration::try_from(budget_window).unwrap_or(jiff::SignedDuration::MAX),
             )
             .unwrap_or(Timestamp::MIN);
-        let mut v = FleetView::default();
-        for (k, e) in &self.entries {
-            v.total += 1;
-            let same_site = site.is_some() && e.site.as_deref() == site;
-            if same_site {
-                v.site_total += 1;
-            }
-            v.recent_failures += e
-                .failures
-                .iter()
-                .filter(|t| **t >= since && **t <= now)
-                .count() as u32;
-            if k == key {
-                continue;
-            }
-            if e.active {
-                v.active_global += 1;
-                if same_site {
-                    v.active_site += 1;
-                }
-            }
+        let me = self.entries.get(key);
+        let site_count = site
+            .and_then(|s| self.sites.get(s))
+            .copied()
+            .unwrap_or_default();
+        // The endpoint itself counts in the totals (added when not indexed yet), never in the
+        // running attempts.
+        let me_active = me.is_some_and(|e| e.active);
+        let me_active_here =
+            me_active && site.is_some() && me.and_then(|e| e.site.as_deref()) == site;
+        FleetView {
+            total: self.entries.len() as u32 + u32::from(me.is_none()),
+            site_total: site_count.total + u32::from(me.is_none() && site.is_some()),
+            active_global: self.active.saturating_sub(u32::from(me_active)),
+            active_site: site_count.active.saturating_sub(u32::from(me_active_here)),
+            recent_failures: if since <= now {
+                self.failures.range(since..=now).map(|(_, n)| *n).sum()
+            } else {
+                0
+            },
         }
-        if !self.entries.contains_key(key) {
-            v.total += 1;
-            if site.is_some() {
-                v.site_total += 1;
-            }
-        }
-        v
     }
 }
 
@@ -172,6 +221,101 @@ mod tests {
         assert_eq!(
             (v.total, v.site_total, v.active_global, v.active_site),
             (5, 2, 3, 1)
+        );
+    }
+
+    /// The counts recomputed from the entries, as the index did before it kept totals.
+    fn recount(
+        idx: &FleetIndex,
+        key: &str,
+        site: Option<&str>,
+        since: Timestamp,
+        now: Timestamp,
+    ) -> FleetView {
+        let mut v = FleetView::default();
+        for (k, e) in &idx.entries {
+            v.total += 1;
+            let same_site = site.is_some() && e.site.as_deref() == site;
+            v.site_total += u32::from(same_site);
+            v.recent_failures += e
+                .failures
+                .iter()
+                .filter(|t| **t >= since && **t <= now)
+                .count() as u32;
+            if k != key && e.active {
+                v.active_global += 1;
+                v.active_site += u32::from(same_site);
+            }
+        }
+        if !idx.entries.contains_key(key) {
+            v.total += 1;
+            v.site_total += u32::from(site.is_some());
+        }
+        v
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn kept_totals_equal_a_recount(
+            ops in proptest::collection::vec((0usize..6, proptest::option::of(0usize..3), proptest::bool::ANY, proptest::option::of(0u32..5), proptest::bool::ANY), 0..40),
+            asked in 0usize..7,
+            asked_site in proptest::option::of(0usize..3),
+        ) {
+            let mut idx = FleetIndex::default();
+            for (k, site, running, failed_day, remove) in ops {
+                let key = format!("ns/{k}");
+                if remove {
+                    idx.remove(&key);
+                    continue;
+                }
+                let mut st = match failed_day {
+                    Some(d) => failed_at(&format!("2026-01-{:02}T09:00:00Z", 10 + d)),
+                    None => EndpointStatus::default(),
+                };
+                if running {
+                    st.active_attempt = active().active_attempt;
+                }
+                let site = site.map(|s| format!("s{s}"));
+                idx.upsert(&key, site.as_deref(), &st);
+            }
+            let now: Timestamp = "2026-01-14T10:00:00Z".parse().unwrap();
+            let key = format!("ns/{asked}");
+            let site = asked_site.map(|s| format!("s{s}"));
+            for window in [3600u64, 2 * 86400, 30 * 86400] {
+                let since = now.checked_sub(jiff::SignedDuration::from_secs(window as i64)).unwrap();
+                let v = idx.view_for(&key, site.as_deref(), now, Duration::from_secs(window));
+                let r = recount(&idx, &key, site.as_deref(), since, now);
+                proptest::prop_assert_eq!(
+                    (v.total, v.site_total, v.active_global, v.active_site, v.recent_failures),
+                    (r.total, r.site_total, r.active_global, r.active_site, r.recent_failures)
+                );
+            }
+            proptest::prop_assert_eq!(idx.active(), idx.entries.values().filter(|e| e.active).count() as u32);
+        }
+    }
+
+    #[test]
+    fn phases_follow_the_last_upsert_and_removal() {
+        let mut idx = FleetIndex::default();
+        let ready = EndpointStatus {
+            phase: Some(EndpointPhase::Ready),
+            ..Default::default()
+        };
+        idx.upsert("ns/a", None, &ready);
+        idx.upsert("ns/b", None, &EndpointStatus::default());
+        idx.upsert(
+            "ns/b",
+            None,
+            &EndpointStatus {
+                phase: Some(EndpointPhase::Degraded),
+                ..Default::default()
+            },
+        );
+        idx.upsert("ns/c", None, &ready);
+        idx.remove("ns/c");
+        assert_eq!(
+            idx.phases().collect::<Vec<_>>(),
+            [Some(EndpointPhase::Ready), Some(EndpointPhase::Degraded)]
         );
     }
 

@@ -13,7 +13,7 @@ use recast_crds::policy::UpdateMode;
 use recast_crds::report::{AgentReport, ServicingOutcome, UpdateOutcome};
 
 use crate::core::build::Build;
-use crate::core::derive::{DeriveInput, derive};
+use crate::core::derive::{DeriveInput, Evidence, derive};
 use crate::core::hold::HoldFacts;
 use crate::core::signal::SignalKind;
 use crate::core::time;
@@ -52,12 +52,16 @@ pub struct Session {
     /// The highest sequence the credential store has; the flusher catches up to
     /// `last_sequence`.
     pub persisted_sequence: u64,
-    pub last_report: Option<AgentReport>,
+    /// What the last report showed, condensed to what derivation needs: a session lives as
+    /// long as the process for every endpoint, so the full report would be most of the
+    /// gateway's memory.
+    pub evidence: Option<Evidence>,
     pub last_report_at: Option<Timestamp>,
     /// The build recast last saw with its blessing (for Drift).
     pub baseline: Option<Build>,
-    /// The summary last handed to the controller, with reported_at blanked for comparison.
-    posted_summary: Option<ReportSummary>,
+    /// The digest of the summary last handed to the controller (reported_at blanked): all a
+    /// comparison needs, at 32 bytes instead of the summary's strings.
+    posted_summary: Option<SummaryDigest>,
     posted_summary_at: Option<Timestamp>,
     posted_signals: Vec<SignalKind>,
     /// Signals the store had when this session began; they stand until a report replaces them
@@ -67,6 +71,18 @@ pub struct Session {
     /// not stored (the status keeps only the drifted build), so it stands until a reimage's
     /// first report replaces the machine; it must not vanish because the gateway restarted.
     sticky_drift: Option<String>,
+}
+
+/// SHA-256 of a summary's JSON: equal digests mean equal summaries.
+type SummaryDigest = [u8; 32];
+
+fn summary_digest(summary: &ReportSummary) -> SummaryDigest {
+    // Serialising a struct is deterministic (fields in declaration order), so equal summaries
+    // give equal bytes; a derived Serialize cannot fail.
+    let json = serde_json::to_vec(summary).unwrap_or_default();
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, &json).as_ref());
+    out
 }
 
 /// Inputs for the controller, in this order.
@@ -173,7 +189,7 @@ impl Session {
             sticky_drift,
             last_sequence: stored.sequence,
             persisted_sequence: stored.sequence,
-            last_report: None,
+            evidence: None,
             last_report_at: stored.last_report_at,
             baseline: stored.build,
             posted_summary: None,
@@ -202,7 +218,7 @@ impl Session {
 
     fn signals_now(&self, facts: &EndpointFacts, now: Timestamp) -> Vec<(SignalKind, String)> {
         let input = DeriveInput {
-            report: self.last_report.as_ref(),
+            evidence: self.evidence.as_ref(),
             last_report_at: self.last_report_at.max(facts.stored_report_at),
             now,
             heartbeat_timeout: facts.heartbeat_timeout,
@@ -213,13 +229,13 @@ impl Session {
         };
         let mut derived = derive(&input);
         if let Some(msg) = &self.sticky_drift
-            && self.last_report.is_some()
+            && self.evidence.is_some()
             && !derived.iter().any(|(k, _)| *k == SignalKind::Drift)
         {
             derived.push((SignalKind::Drift, msg.clone()));
             derived.sort_by_key(|(k, _)| k.urgency());
         }
-        if self.last_report.is_none() {
+        if self.evidence.is_none() {
             // No report in this session yet: what the store had stands, except the heartbeat
             // judgement, which is made afresh.
             derived.extend(
@@ -255,18 +271,19 @@ impl Session {
             self.baseline = Some(build);
         }
         let mut summary = summarize(&report, now);
-        self.last_report = Some(report);
+        self.evidence = Some(Evidence::of(&report));
         self.last_report_at = Some(now);
         self.carried_signals.clear();
 
         let mut writes = Writes::default();
         let reported_at = std::mem::take(&mut summary.reported_at);
-        let changed = self.posted_summary.as_ref() != Some(&summary);
+        let digest = summary_digest(&summary);
+        let changed = self.posted_summary != Some(digest);
         let heartbeat_due = self
             .posted_summary_at
             .is_none_or(|t| time::since(now, t) >= heartbeat_period);
         if changed || heartbeat_due {
-            self.posted_summary = Some(summary.clone());
+            self.posted_summary = Some(digest);
             self.posted_summary_at = Some(now);
             summary.reported_at = reported_at;
             writes.report = Some(summary);
@@ -471,6 +488,26 @@ mod tests {
             "the fresh image clears the signals"
         );
         assert_eq!(s.baseline, Some("26100.7623".parse().unwrap()));
+    }
+
+    #[test]
+    fn the_session_keeps_evidence_not_the_report_and_judges_it_afresh() {
+        let mut s = Session::new(StoredState::default());
+        let r = failed(1);
+        let w = s.accept(r.clone(), ts("2026-01-15T09:00:00Z"), &facts(), PERIOD);
+        assert_eq!(
+            kinds(&w.signals.unwrap()),
+            [SignalKind::FailedRollback, SignalKind::NonCompliant]
+        );
+        assert_eq!(s.evidence, Some(Evidence::of(&r)));
+        // A reimage that ended after the failure (learned from the store, not the report):
+        // the kept evidence no longer shows FailedRollback.
+        let after = EndpointFacts {
+            events_after: Some(ts("2026-01-14T12:00:00Z")),
+            ..facts()
+        };
+        let now = s.tick(ts("2026-01-15T09:01:00Z"), &after).unwrap();
+        assert_eq!(kinds(&now), [SignalKind::NonCompliant]);
     }
 
     #[test]

@@ -398,24 +398,58 @@ impl EmbeddedStore {
 
     /// Every object of a kind, in one namespace or all, ordered by namespace and name.
     pub fn list(&self, kind: Kind, namespace: Option<&str>) -> Result<Vec<Value>, StoreError> {
+        self.list_each(kind, namespace, Ok)
+    }
+
+    /// Like [`list`](Self::list), handing each object to `each` as soon as it is read: a
+    /// caller that decodes into its own type never holds the whole fleet as JSON values
+    /// (about 10 KiB per endpoint, several times the decoded size).
+    pub fn list_each<T, E: From<StoreError>>(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        mut each: impl FnMut(Value) -> Result<T, E>,
+    ) -> Result<Vec<T>, E> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT uid, resource_version, generation, created_at, deleted_at, finalizers, object, status, namespace, name
+        let mut stmt = conn
+            .prepare(
+                "SELECT uid, resource_version, generation, created_at, deleted_at, finalizers, object, status, namespace, name
              FROM objects WHERE kind = ?1 AND (?2 IS NULL OR namespace = ?2) ORDER BY namespace, name",
-        )?;
-        let rows = stmt.query_map(params![kind.as_str(), namespace], |r| {
-            Ok((
-                RawRow::read(r)?,
-                r.get::<_, String>(8)?,
-                r.get::<_, String>(9)?,
-            ))
-        })?;
+            )
+            .map_err(StoreError::from)?;
+        let rows = stmt
+            .query_map(params![kind.as_str(), namespace], |r| {
+                Ok((
+                    RawRow::read(r)?,
+                    r.get::<_, String>(8)?,
+                    r.get::<_, String>(9)?,
+                ))
+            })
+            .map_err(StoreError::from)?;
         let mut out = Vec::new();
         for row in rows {
-            let (raw, ns, name) = row?;
-            out.push(raw.into_row(kind, &ns, &name)?.object);
+            let (raw, ns, name) = row.map_err(StoreError::from)?;
+            out.push(each(raw.into_row(kind, &ns, &name)?.object)?);
         }
         Ok(out)
+    }
+
+    /// The (namespace, name) of every object of a kind, in one namespace or all, ordered:
+    /// for callers that only need to know which objects exist.
+    pub fn names(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT namespace, name FROM objects WHERE kind = ?1 AND (?2 IS NULL OR namespace = ?2)
+             ORDER BY namespace, name",
+        )?;
+        let rows = stmt.query_map(params![kind.as_str(), namespace], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Read-modify-write of an object's spec/metadata with optimistic concurrency: `mutate` runs
