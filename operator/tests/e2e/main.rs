@@ -197,7 +197,6 @@ fn failed_rollback_chain(site: &mut Site, kube: bool) {
     // after a lost answer): the gateway refuses both as out of sequence and nothing changes.
     let old_report = site.collect("kiosk-01", "old");
     std::thread::sleep(Duration::from_secs(4));
-    let status_before = site.endpoint("kiosk-01")["status"].clone();
     site.stop_agent("kiosk-01");
     let report = site.collect("kiosk-01", "dup");
     let (code, body) = site.post_report(&tok1, &report);
@@ -212,7 +211,6 @@ fn failed_rollback_chain(site: &mut Site, kube: bool) {
         status_after_first,
         "refused reports change nothing"
     );
-    let _ = status_before;
     site.note("a duplicated report and a replayed old one: both refused (409), status unchanged");
     site.start_agent("kiosk-01", &tok1, "december", None);
 
@@ -250,13 +248,12 @@ fn failed_rollback_chain(site: &mut Site, kube: bool) {
     site.note("the BMC starts answering 500 Internal Server Error");
     site.windows_state("kiosk-01", "failed-rollback");
     site.note("kiosk-01: KB5074109 fails and rolls back (WindowsUpdateClient 20, Servicing 3 for RollupFix 26100.7623)");
-    let ep = site.wait_endpoint(
+    site.wait_endpoint(
         "kiosk-01",
         "the FailedRollback signal",
         Duration::from_secs(60),
         |ep| signals(ep).contains(&"FailedRollback".to_string()),
     );
-    let _ = ep;
     site.restart_operator("right after the FailedRollback signal was stored");
     let ep = site.wait_endpoint("kiosk-01", "an attempt", Duration::from_secs(60), |ep| {
         !ep["status"]["activeAttempt"].is_null()
