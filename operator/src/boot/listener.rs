@@ -296,10 +296,18 @@ fn simple(status: StatusCode, body: &str) -> Reply {
 /// Answers one artifact request; true when the connection stays open for the next one.
 async fn artifact(tcp: &mut TcpStream, root: &Path, req: &ArtifactRequest) -> io::Result<bool> {
     let opened = match artifacts::locate(root, &req.rel) {
-        Ok(path) => match std::fs::File::open(&path) {
-            // Size and ETag come from the open handle, so a file replaced meanwhile is sent
-            // consistently with its own headers.
-            Ok(file) => file.metadata().map(|meta| (path, file, meta)).ok(),
+        // Opened on the blocking pool: a file swapped for a FIFO after `locate` would block
+        // open(2) until a writer came, and must not hold a runtime thread while it does.
+        Ok(path) => match tokio::fs::File::open(&path).await {
+            Ok(file) => {
+                let file = file.into_std().await;
+                // Size and ETag come from the open handle, so a file replaced meanwhile is sent
+                // consistently with its own headers; and it must still be a regular file.
+                file.metadata()
+                    .ok()
+                    .filter(std::fs::Metadata::is_file)
+                    .map(|meta| (path, file, meta))
+            }
             Err(_) => None,
         },
         Err(message) => {
