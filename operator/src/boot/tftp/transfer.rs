@@ -211,7 +211,7 @@ impl Transfer {
                 in_flight: 1,
             };
             match self
-                .deliver(&window, &tracker, &neg, progress, true, &mut buf)
+                .deliver(&window, &tracker, &neg, progress, true, &mut buf, &mut None)
                 .await
             {
                 Ok(Answer::Acked(_)) => {}
@@ -224,6 +224,12 @@ impl Transfer {
         }
 
         let blksize = usize::from(neg.blksize);
+        // Segmentation offload for windows of full blocks (see `send_window`).
+        let mut gso = if neg.windowsize > 1 {
+            enable_gso(&self.socket, 4 + blksize)
+        } else {
+            None
+        };
         let mut window: VecDeque<Vec<u8>> = VecDeque::with_capacity(usize::from(neg.windowsize));
         let mut tracker = AckTracker {
             acked: 0,
@@ -255,7 +261,7 @@ impl Transfer {
             }
             tracker.in_flight = window.len() as u64;
             match self
-                .deliver(&window, &tracker, &neg, progress, false, &mut buf)
+                .deliver(&window, &tracker, &neg, progress, false, &mut buf, &mut gso)
                 .await
             {
                 Ok(Answer::Acked(index)) => {
@@ -281,9 +287,16 @@ impl Transfer {
         }
     }
 
-    /// Sends every datagram of the window, in one sendmmsg(2) where the OS has it: a window of
-    /// 16 then costs one system call and one budget check instead of 16 of each.
-    async fn send_window(&self, window: &VecDeque<Vec<u8>>) -> Result<(), Outcome> {
+    /// Sends every datagram of the window with one budget check. With `gso` (the segment size,
+    /// when UDP segmentation offload is on) the window goes to the kernel as one buffer that it
+    /// cuts into datagrams: one pass through the UDP stack, and on loopback one wake-up of the
+    /// client for the whole window instead of one per datagram it catches in flight. Otherwise
+    /// one sendmmsg(2) where the OS has it.
+    async fn send_window(
+        &self,
+        window: &VecDeque<Vec<u8>>,
+        gso: &mut Option<usize>,
+    ) -> Result<(), Outcome> {
         if window.len() == 1 {
             return self.send(&window[0]).await;
         }
@@ -291,6 +304,17 @@ impl Transfer {
         self.shared
             .throttle(self.client.ip(), window.len(), bytes)
             .await;
+        if let Some(segment) = *gso {
+            match self.send_segmented(window, segment).await {
+                Ok(()) => return Ok(()),
+                // Refused at send time (a device without checksum offload answers EIO): the
+                // rest of the transfer goes without, and this window is sent again below.
+                Err(e) => {
+                    tracing::debug!(client = %self.client, error = %e, "tftp: UDP segmentation offload refused; sending datagrams one by one");
+                    *gso = None;
+                }
+            }
+        }
         #[cfg(target_os = "linux")]
         let sent = self.sendmmsg(window).await;
         #[cfg(not(target_os = "linux"))]
@@ -302,6 +326,26 @@ impl Transfer {
         }
         .await;
         sent.map_err(|e: std::io::Error| Outcome::NetworkError(e.to_string()))
+    }
+
+    /// The window as buffers of whole segments (every block but a final short one is exactly
+    /// `segment` bytes, and the kernel takes up to 64 segments and 64 KiB per send).
+    async fn send_segmented(
+        &self,
+        window: &VecDeque<Vec<u8>>,
+        segment: usize,
+    ) -> std::io::Result<()> {
+        let per_send = (GSO_MAX_BYTES / segment).clamp(1, GSO_MAX_SEGMENTS);
+        let mut joined = Vec::with_capacity(per_send * segment);
+        let blocks: Vec<&Vec<u8>> = window.iter().collect();
+        for chunk in blocks.chunks(per_send) {
+            joined.clear();
+            for datagram in chunk {
+                joined.extend_from_slice(datagram);
+            }
+            self.socket.send_to(&joined, self.client).await?;
+        }
+        Ok(())
     }
 
     #[cfg(target_os = "linux")]
@@ -339,6 +383,7 @@ impl Transfer {
 
     /// Sends the window and waits until the client acknowledges at least one new block,
     /// resending the whole window on each timeout (with backoff) until the retries run out.
+    #[allow(clippy::too_many_arguments)]
     async fn deliver(
         &self,
         window: &VecDeque<Vec<u8>>,
@@ -347,6 +392,7 @@ impl Transfer {
         progress: &mut Progress,
         is_oack: bool,
         buf: &mut [u8],
+        gso: &mut Option<usize>,
     ) -> Result<Answer, Outcome> {
         let config = &self.shared.config;
         for attempt in 0..=config.max_retries {
@@ -354,7 +400,7 @@ impl Transfer {
                 progress.retransmits += window.len() as u64;
                 self.shared.metrics.retransmits.inc_by(window.len() as u64);
             }
-            self.send_window(window).await?;
+            self.send_window(window, gso).await?;
             let wait = if neg.timeout_from_client {
                 neg.timeout
             } else {
@@ -414,6 +460,31 @@ impl Transfer {
             }
         }
         Ok(Answer::Timeout)
+    }
+}
+
+/// Limits of one segmentation-offload send (Linux: UDP_MAX_SEGMENTS, and one IP datagram's
+/// worth of payload).
+const GSO_MAX_SEGMENTS: usize = 64;
+const GSO_MAX_BYTES: usize = 65_000;
+
+/// Turns on UDP segmentation offload for datagrams of `segment` bytes; the segment size when
+/// it is on. Only worth it when at least two blocks fit in one send.
+fn enable_gso(socket: &UdpSocket, segment: usize) -> Option<usize> {
+    if segment * 2 > GSO_MAX_BYTES {
+        return None;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        let size = i32::try_from(segment).ok()?;
+        nix::sys::socket::setsockopt(socket, nix::sys::socket::sockopt::UdpGsoSegment, &size)
+            .ok()
+            .map(|()| segment)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = socket;
+        None
     }
 }
 
