@@ -5,7 +5,7 @@
 use std::path::{Component, Path, PathBuf};
 
 use axum::body::Body;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
@@ -95,22 +95,75 @@ pub fn etag(meta: &std::fs::Metadata) -> String {
     format!("\"{:x}-{:x}\"", meta.len(), mtime)
 }
 
-/// Serves `path` (already confined) for GET or HEAD.
-pub async fn serve(path: &Path, headers: &HeaderMap, head: bool) -> Response {
-    let meta = match tokio::fs::metadata(path).await {
-        Ok(m) => m,
-        Err(_) => return (StatusCode::NOT_FOUND, "no such artifact\n").into_response(),
-    };
-    let size = meta.len();
-    let tag = etag(&meta);
-    let header_str = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-    if header_str(header::IF_NONE_MATCH).is_some_and(|v| v.split(',').any(|t| t.trim() == tag)) {
-        return (StatusCode::NOT_MODIFIED, [(header::ETAG, tag)]).into_response();
+/// The body of a 404 for an artifact.
+pub const NOT_FOUND: &str = "no such artifact\n";
+
+/// Finds the file an `/artifacts/{rel}` request names, or the 404 message to send instead.
+/// Golden WIMs are served only by digest, and only once the golden-image check has put them
+/// into images/; a name that is not a digest is refused.
+pub fn locate(root: &Path, rel: &str) -> Result<PathBuf, &'static str> {
+    if let Some(rest) = rel.strip_prefix("images/")
+        && !is_digest_file(rest)
+    {
+        return Err("images are served by digest only\n");
+    }
+    confine(root, rel).ok_or(NOT_FOUND)
+}
+
+fn is_digest_file(name: &str) -> bool {
+    name.strip_suffix(".wim").is_some_and(|d| {
+        d.len() == 64
+            && d.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// The request headers an artifact answer depends on.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Conditions<'a> {
+    pub range: Option<&'a str>,
+    pub if_none_match: Option<&'a str>,
+    pub if_range: Option<&'a str>,
+}
+
+impl<'a> Conditions<'a> {
+    pub fn from_headers(headers: &'a HeaderMap) -> Self {
+        let get = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+        Conditions {
+            range: get(header::RANGE),
+            if_none_match: get(header::IF_NONE_MATCH),
+            if_range: get(header::IF_RANGE),
+        }
+    }
+}
+
+/// What an artifact request gets: status, headers, and which bytes of the file follow (GET
+/// only; a HEAD gets the same head and no body). Decided here once; the two senders (hyper's
+/// body stream in [`serve`] and the zero-copy listener in `boot::listener`) only carry it out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: Vec<(header::HeaderName, String)>,
+    /// (offset, length) of the file bytes the body carries; None: the body is empty.
+    pub body: Option<(u64, u64)>,
+}
+
+/// Decides the answer for a file of `size` bytes whose ETag is `tag`.
+pub fn reply(size: u64, tag: &str, cond: Conditions<'_>) -> Reply {
+    if cond
+        .if_none_match
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == tag))
+    {
+        return Reply {
+            status: StatusCode::NOT_MODIFIED,
+            headers: vec![(header::ETAG, tag.to_string())],
+            body: None,
+        };
     }
     // A range is only honoured when the client's copy is the current file.
-    let range_applies = header_str(header::IF_RANGE).is_none_or(|v| v.trim() == tag);
+    let range_applies = cond.if_range.is_none_or(|v| v.trim() == tag);
     let answer = if range_applies {
-        parse_range(header_str(header::RANGE), size)
+        parse_range(cond.range, size)
     } else {
         RangeAnswer::Full
     };
@@ -125,37 +178,63 @@ pub async fn serve(path: &Path, headers: &HeaderMap, head: bool) -> Response {
             end_inclusive - start + 1,
         ),
         RangeAnswer::Unsatisfiable => {
-            return (
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                [(header::CONTENT_RANGE, format!("bytes */{size}"))],
-            )
-                .into_response();
+            return Reply {
+                status: StatusCode::RANGE_NOT_SATISFIABLE,
+                headers: vec![(header::CONTENT_RANGE, format!("bytes */{size}"))],
+                body: None,
+            };
         }
     };
-    let mut builder = Response::builder()
-        .status(status)
-        .header(header::CONTENT_LENGTH, len)
-        .header(header::ACCEPT_RANGES, "bytes")
-        .header(header::ETAG, &tag)
-        .header(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/octet-stream"),
-        );
+    let mut headers = vec![
+        (header::CONTENT_LENGTH, len.to_string()),
+        (header::ACCEPT_RANGES, "bytes".to_string()),
+        (header::ETAG, tag.to_string()),
+        (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+    ];
     if status == StatusCode::PARTIAL_CONTENT {
-        tracing::info!(path = %path.display(), start, len, size, "serving a byte range (206)");
-        builder = builder.header(
+        headers.push((
             header::CONTENT_RANGE,
             format!("bytes {start}-{}/{size}", start + len - 1),
-        );
+        ));
     }
-    if head {
+    Reply {
+        status,
+        headers,
+        body: Some((start, len)),
+    }
+}
+
+/// [`reply`] for an opened file, logging ranges (a resumed WIM download is worth a line).
+pub fn reply_for(path: &Path, meta: &std::fs::Metadata, cond: Conditions<'_>) -> Reply {
+    let reply = reply(meta.len(), &etag(meta), cond);
+    if let (StatusCode::PARTIAL_CONTENT, Some((start, len))) = (reply.status, reply.body) {
+        tracing::info!(path = %path.display(), start, len, size = meta.len(), "serving a byte range (206)");
+    }
+    reply
+}
+
+/// Serves `path` (already located) for GET or HEAD through hyper, streaming the body through
+/// user space. The boot listener sends artifacts itself with sendfile(2); this is for requests
+/// it hands on (unusual framing) and for routers served without it.
+pub async fn serve(path: &Path, headers: &HeaderMap, head: bool) -> Response {
+    let mut file = match tokio::fs::File::open(path).await {
+        Ok(f) => f,
+        Err(_) => return (StatusCode::NOT_FOUND, NOT_FOUND).into_response(),
+    };
+    // The open handle's metadata: a file replaced after `locate` is answered consistently.
+    let meta = match file.metadata().await {
+        Ok(m) => m,
+        Err(_) => return (StatusCode::NOT_FOUND, NOT_FOUND).into_response(),
+    };
+    let reply = reply_for(path, &meta, Conditions::from_headers(headers));
+    let mut builder = Response::builder().status(reply.status);
+    for (name, value) in &reply.headers {
+        builder = builder.header(name, value);
+    }
+    let Some((start, len)) = reply.body.filter(|_| !head) else {
         return builder
             .body(Body::empty())
             .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
-    }
-    let mut file = match tokio::fs::File::open(path).await {
-        Ok(f) => f,
-        Err(_) => return (StatusCode::NOT_FOUND, "no such artifact\n").into_response(),
     };
     if start > 0 && file.seek(std::io::SeekFrom::Start(start)).await.is_err() {
         return (StatusCode::INTERNAL_SERVER_ERROR, "cannot seek\n").into_response();

@@ -248,25 +248,10 @@ async fn artifact<B: Backend + BootIntents>(
     Path(path): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    // Golden WIMs are served only by digest, and only once the golden-image check has put them
-    // into images/; a name that is not a digest is refused.
-    if let Some(rest) = path.strip_prefix("images/")
-        && !is_digest_file(rest)
-    {
-        return text(StatusCode::NOT_FOUND, "images are served by digest only\n");
+    match super::artifacts::locate(&svc.config.root, &path) {
+        Ok(full) => super::artifacts::serve(&full, &headers, method == Method::HEAD).await,
+        Err(message) => text(StatusCode::NOT_FOUND, message),
     }
-    match super::artifacts::confine(&svc.config.root, &path) {
-        Some(full) => super::artifacts::serve(&full, &headers, method == Method::HEAD).await,
-        None => text(StatusCode::NOT_FOUND, "no such artifact\n"),
-    }
-}
-
-fn is_digest_file(name: &str) -> bool {
-    name.strip_suffix(".wim").is_some_and(|d| {
-        d.len() == 64
-            && d.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
 }
 
 /// The caller's claim: which try of which attempt it works for.

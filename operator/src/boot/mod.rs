@@ -6,6 +6,7 @@ pub mod artifacts;
 pub mod dhcp;
 pub mod http;
 pub mod intent;
+pub mod listener;
 pub mod render;
 pub mod service;
 pub mod tftp;

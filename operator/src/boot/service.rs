@@ -89,12 +89,12 @@ pub async fn run<B: Backend + BootIntents>(
         config: cfg.boot,
         metrics,
     });
+    let root = svc.config.root.clone();
     let mut stop = shutdown.clone();
-    let served = axum::serve(listener, router(svc))
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await;
+    let served = super::listener::serve(listener, router(svc), root, async move {
+        let _ = stop.wait_for(|s| *s).await;
+    })
+    .await;
     for t in dhcp_tasks {
         let _ = t.await;
     }

@@ -140,6 +140,18 @@ impl ClientBudgets {
     /// Spends one packet of `bytes` towards `ip`. `Ok` means send now; `Err(d)` means the
     /// client is over budget: wait `d` and ask again (nothing was spent).
     pub fn spend(&mut self, ip: IpAddr, bytes: usize, now: Instant) -> Result<(), Duration> {
+        self.spend_packets(ip, 1, bytes, now)
+    }
+
+    /// [`spend`](Self::spend) for `packets` packets of `bytes` in all, sent at once (a window):
+    /// allowed whenever the balance is not negative, like a single packet.
+    pub fn spend_packets(
+        &mut self,
+        ip: IpAddr,
+        packets: usize,
+        bytes: usize,
+        now: Instant,
+    ) -> Result<(), Duration> {
         let (prate, _, brate, _) = self.rates();
         let state = self.state(ip, now);
         let wait = match (state.packets.wait(prate), state.bytes.wait(brate)) {
@@ -149,7 +161,7 @@ impl ClientBudgets {
         if let Some(wait) = wait {
             return Err(wait.max(Duration::from_micros(100)));
         }
-        state.packets.tokens -= 1.0;
+        state.packets.tokens -= packets as f64;
         state.bytes.tokens -= bytes as f64;
         Ok(())
     }
@@ -248,6 +260,30 @@ mod tests {
         );
         assert!(b.spend(A, 1, t0 + Duration::from_millis(350)).is_err());
         assert!(b.spend(A, 1, t0 + Duration::from_millis(401)).is_ok());
+    }
+
+    #[test]
+    fn a_window_spends_every_packet_in_it() {
+        let t0 = Instant::now();
+        let mut b = ClientBudgets::new(config());
+        // Capacity 10 packets: a window of 16 passes (overdraft), then the client waits for
+        // the 6 packets it overdrew plus one, at 100 packets/s.
+        assert!(b.spend_packets(A, 16, 16 * 10, t0).is_ok());
+        let wait = b.spend(A, 1, t0).unwrap_err();
+        assert!(
+            wait >= Duration::from_millis(59) && wait <= Duration::from_millis(61),
+            "{wait:?}"
+        );
+        // Sustained, windows keep to the configured packet rate like single packets do.
+        let mut now = t0 + wait;
+        let mut packets = 0u32;
+        while now < t0 + Duration::from_secs(10) {
+            match b.spend_packets(A, 16, 16 * 10, now) {
+                Ok(()) => packets += 16,
+                Err(wait) => now += wait,
+            }
+        }
+        assert!((1000..=1032).contains(&packets), "{packets}");
     }
 
     #[test]

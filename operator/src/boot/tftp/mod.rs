@@ -179,15 +179,14 @@ pub(crate) struct ServerShared {
 }
 
 impl ServerShared {
-    /// Waits until `ip`'s budget allows one more packet of `bytes`.
-    async fn throttle(&self, ip: IpAddr, bytes: usize) {
+    /// Waits until `ip`'s budget allows `packets` more packets of `bytes` in all.
+    async fn throttle(&self, ip: IpAddr, packets: usize, bytes: usize) {
         loop {
-            let verdict = match self.budgets.lock() {
-                Ok(mut b) => b.spend(ip, bytes, Instant::now()),
-                // A panic elsewhere while holding the lock: keep serving without budgets
-                // rather than wedge every transfer.
-                Err(poisoned) => poisoned.into_inner().spend(ip, bytes, Instant::now()),
-            };
+            // A panic elsewhere while holding the lock: keep serving without budgets rather
+            // than wedge every transfer.
+            let verdict = self
+                .budgets()
+                .spend_packets(ip, packets, bytes, Instant::now());
             match verdict {
                 Ok(()) => return,
                 Err(wait) => tokio::time::sleep(wait).await,

@@ -152,7 +152,9 @@ pub(super) struct Progress {
 
 impl Transfer {
     async fn send(&self, datagram: &[u8]) -> Result<(), Outcome> {
-        self.shared.throttle(self.client.ip(), datagram.len()).await;
+        self.shared
+            .throttle(self.client.ip(), 1, datagram.len())
+            .await;
         self.socket
             .send_to(datagram, self.client)
             .await
@@ -209,7 +211,7 @@ impl Transfer {
                 in_flight: 1,
             };
             match self
-                .deliver(&window, &tracker, &neg, progress, true, &mut buf)
+                .deliver(&window, &tracker, &neg, progress, true, &mut buf, &mut None)
                 .await
             {
                 Ok(Answer::Acked(_)) => {}
@@ -222,17 +224,27 @@ impl Transfer {
         }
 
         let blksize = usize::from(neg.blksize);
+        // Segmentation offload for windows of full blocks (see `send_window`).
+        let mut gso = if neg.windowsize > 1 {
+            enable_gso(&self.socket, 4 + blksize)
+        } else {
+            None
+        };
         let mut window: VecDeque<Vec<u8>> = VecDeque::with_capacity(usize::from(neg.windowsize));
         let mut tracker = AckTracker {
             acked: 0,
             in_flight: 0,
         };
         let mut final_block: Option<u64> = None;
+        let mut spare: Vec<Vec<u8>> = Vec::with_capacity(usize::from(neg.windowsize));
         loop {
             while window.len() < usize::from(neg.windowsize) && final_block.is_none() {
                 let index = tracker.acked + window.len() as u64 + 1;
                 // The block is read straight behind its header: no copy between file and wire.
-                let mut datagram = Vec::with_capacity(4 + blksize);
+                // Buffers of acknowledged blocks are reused: no allocation per block.
+                let mut datagram = spare.pop().unwrap_or_default();
+                datagram.clear();
+                datagram.reserve(4 + blksize);
                 datagram.extend_from_slice(&packet::data_header((index & 0xffff) as u16));
                 if let Err(e) = reader.next_block(blksize, &mut datagram).await {
                     let reason = format!("cannot read the file: {e}");
@@ -249,7 +261,7 @@ impl Transfer {
             }
             tracker.in_flight = window.len() as u64;
             match self
-                .deliver(&window, &tracker, &neg, progress, false, &mut buf)
+                .deliver(&window, &tracker, &neg, progress, false, &mut buf, &mut gso)
                 .await
             {
                 Ok(Answer::Acked(index)) => {
@@ -258,6 +270,7 @@ impl Transfer {
                         if let Some(sent) = window.pop_front() {
                             progress.bytes += (sent.len() - 4) as u64;
                             progress.blocks += 1;
+                            spare.push(sent);
                         }
                     }
                     tracker.acked = index;
@@ -274,8 +287,103 @@ impl Transfer {
         }
     }
 
+    /// Sends every datagram of the window with one budget check. With `gso` (the segment size,
+    /// when UDP segmentation offload is on) the window goes to the kernel as one buffer that it
+    /// cuts into datagrams: one pass through the UDP stack, and on loopback one wake-up of the
+    /// client for the whole window instead of one per datagram it catches in flight. Otherwise
+    /// one sendmmsg(2) where the OS has it.
+    async fn send_window(
+        &self,
+        window: &VecDeque<Vec<u8>>,
+        gso: &mut Option<usize>,
+    ) -> Result<(), Outcome> {
+        if window.len() == 1 {
+            return self.send(&window[0]).await;
+        }
+        let bytes = window.iter().map(Vec::len).sum();
+        self.shared
+            .throttle(self.client.ip(), window.len(), bytes)
+            .await;
+        if let Some(segment) = *gso {
+            match self.send_segmented(window, segment).await {
+                Ok(()) => return Ok(()),
+                // Refused at send time (a device without checksum offload answers EIO): the
+                // rest of the transfer goes without, and this window is sent again below.
+                Err(e) => {
+                    tracing::debug!(client = %self.client, error = %e, "tftp: UDP segmentation offload refused; sending datagrams one by one");
+                    *gso = None;
+                }
+            }
+        }
+        #[cfg(target_os = "linux")]
+        let sent = self.sendmmsg(window).await;
+        #[cfg(not(target_os = "linux"))]
+        let sent = async {
+            for datagram in window {
+                self.socket.send_to(datagram, self.client).await?;
+            }
+            Ok(())
+        }
+        .await;
+        sent.map_err(|e: std::io::Error| Outcome::NetworkError(e.to_string()))
+    }
+
+    /// The window as buffers of whole segments (every block but a final short one is exactly
+    /// `segment` bytes, and the kernel takes up to 64 segments and 64 KiB per send).
+    async fn send_segmented(
+        &self,
+        window: &VecDeque<Vec<u8>>,
+        segment: usize,
+    ) -> std::io::Result<()> {
+        let per_send = (GSO_MAX_BYTES / segment).clamp(1, GSO_MAX_SEGMENTS);
+        let mut joined = Vec::with_capacity(per_send * segment);
+        let blocks: Vec<&Vec<u8>> = window.iter().collect();
+        for chunk in blocks.chunks(per_send) {
+            joined.clear();
+            for datagram in chunk {
+                joined.extend_from_slice(datagram);
+            }
+            self.socket.send_to(&joined, self.client).await?;
+        }
+        Ok(())
+    }
+
+    #[cfg(target_os = "linux")]
+    async fn sendmmsg(&self, window: &VecDeque<Vec<u8>>) -> std::io::Result<()> {
+        use rustix::net::addr::SocketAddrArg;
+        use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendFlags};
+        let to = self.client.as_any();
+        let iovs: Vec<[std::io::IoSlice<'_>; 1]> =
+            window.iter().map(|d| [std::io::IoSlice::new(d)]).collect();
+        let mut done = 0;
+        while done < iovs.len() {
+            self.socket.writable().await?;
+            let sent = self.socket.try_io(tokio::io::Interest::WRITABLE, || {
+                let mut controls: Vec<SendAncillaryBuffer<'_, '_, '_>> = iovs[done..]
+                    .iter()
+                    .map(|_| SendAncillaryBuffer::default())
+                    .collect();
+                let mut msgs: Vec<MMsgHdr<'_>> = controls
+                    .iter_mut()
+                    .zip(&iovs[done..])
+                    .map(|(control, iov)| MMsgHdr::new_with_addr(&to, iov, control))
+                    .collect();
+                rustix::net::sendmmsg(&self.socket, &mut msgs, SendFlags::empty())
+                    .map_err(std::io::Error::from)
+            });
+            match sent {
+                // A full socket buffer sends part of the window; the rest goes when it drains.
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// Sends the window and waits until the client acknowledges at least one new block,
     /// resending the whole window on each timeout (with backoff) until the retries run out.
+    #[allow(clippy::too_many_arguments)]
     async fn deliver(
         &self,
         window: &VecDeque<Vec<u8>>,
@@ -284,6 +392,7 @@ impl Transfer {
         progress: &mut Progress,
         is_oack: bool,
         buf: &mut [u8],
+        gso: &mut Option<usize>,
     ) -> Result<Answer, Outcome> {
         let config = &self.shared.config;
         for attempt in 0..=config.max_retries {
@@ -291,9 +400,7 @@ impl Transfer {
                 progress.retransmits += window.len() as u64;
                 self.shared.metrics.retransmits.inc_by(window.len() as u64);
             }
-            for datagram in window {
-                self.send(datagram).await?;
-            }
+            self.send_window(window, gso).await?;
             let wait = if neg.timeout_from_client {
                 neg.timeout
             } else {
@@ -353,6 +460,31 @@ impl Transfer {
             }
         }
         Ok(Answer::Timeout)
+    }
+}
+
+/// Limits of one segmentation-offload send (Linux: UDP_MAX_SEGMENTS, and one IP datagram's
+/// worth of payload).
+const GSO_MAX_SEGMENTS: usize = 64;
+const GSO_MAX_BYTES: usize = 65_000;
+
+/// Turns on UDP segmentation offload for datagrams of `segment` bytes; the segment size when
+/// it is on. Only worth it when at least two blocks fit in one send.
+fn enable_gso(socket: &UdpSocket, segment: usize) -> Option<usize> {
+    if segment * 2 > GSO_MAX_BYTES {
+        return None;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        let size = i32::try_from(segment).ok()?;
+        nix::sys::socket::setsockopt(socket, nix::sys::socket::sockopt::UdpGsoSegment, &size)
+            .ok()
+            .map(|()| segment)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = socket;
+        None
     }
 }
 
