@@ -435,15 +435,23 @@ fn failed_rollback_chain(site: &mut Site, kube: bool) {
         "{}",
         ep2["status"]
     );
-    let metrics = site.metrics();
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("recast_attempt_duration_seconds_count")
+    // The lease holder that took the check-in counts the attempt. Metrics are per process and
+    // the status can be seen before that process's scrape shows the count (on kube, with the
+    // lease just changing hands): give it a moment.
+    let counted = |m: &str| {
+        m.lines().any(|l| {
+            l.starts_with("recast_attempt_duration_seconds_count")
                 && l.contains("Succeeded")
-                && l.trim_end().ends_with(" 1")),
-        "metrics count the attempt:\n{metrics}"
-    );
+                && l.trim_end().ends_with(" 1")
+        })
+    };
+    let start = std::time::Instant::now();
+    let mut metrics = site.metrics();
+    while !counted(&metrics) && start.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(500));
+        metrics = site.metrics();
+    }
+    assert!(counted(&metrics), "metrics count the attempt:\n{metrics}");
     site.show(&["get", "rep"]);
     site.show(&["history", "kiosk-01"]);
     let describe = site.show(&["describe", "rep", "kiosk-01"]);
