@@ -39,7 +39,8 @@ log="$(mktemp)"
 # hides the output of tests that pass.
 export RECAST_SKIP_LOG="$(mktemp)"
 status=0
-cargo test "${cargo_flags[@]}" --workspace 2>&1 | tee "$log" || status=$?
+# --no-fail-fast: one failing suite must not hide the results of the others.
+cargo test "${cargo_flags[@]}" --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
 # cargo prints one "test result" line per test binary, the last often a doc-test run with no
 # tests; close with the totals so a reader (or CI) sees what ran.
 skipped=$(wc -l < "$RECAST_SKIP_LOG")
