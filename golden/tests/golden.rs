@@ -208,15 +208,6 @@ fn assert_matches_wimlib(fx: &Fixture, wim: &Path) {
     }
 }
 
-fn sha256sum(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 fn january_requirements() -> Requirements {
     Requirements {
         min_build: Some(JAN),
@@ -266,7 +257,7 @@ fn every_compression_with_and_without_integrity_matches_wimlib_and_verifies() {
                 compress.to_ascii_lowercase()
             );
 
-            let want = sha256sum(&wim);
+            let want = recast_tests::sha256_file(&wim);
             let mut last = None;
             let mut hashed_total = 0;
             let report = recast_golden::verify_image(
@@ -466,7 +457,7 @@ fn xml_that_claims_january_over_december_packages_fails_the_deep_check() {
     let wim = fx.capture("liar.wim", "LZX", &["--check"], &[(DEC, "KB5072033")], JAN);
     let ins = recast_golden::inspect(&wim).unwrap();
     assert_eq!(ins.xml.image(1).unwrap().build_ubr(), Some(JAN));
-    let report = verify(&request(&wim, Some(sha256sum(&wim)))).unwrap();
+    let report = verify(&request(&wim, Some(recast_tests::sha256_file(&wim)))).unwrap();
     assert_eq!(report.outcome, Outcome::RequirementsNotMet);
     let deep = report.deep.as_ref().unwrap();
     assert_eq!(deep.installed_build, Some(DEC));
@@ -869,7 +860,7 @@ fn a_golden_image_spec_is_verified_into_facts_and_a_condition() {
             url: None,
             path: Some(wim.display().to_string()),
         },
-        sha256: sha256sum(&wim),
+        sha256: recast_tests::sha256_file(&wim),
         image_index: 1,
         expected: Some(ExpectedImage {
             edition: Some("Enterprise".into()),

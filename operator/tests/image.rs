@@ -39,11 +39,7 @@ fn chart_and_containerfile_agree_on_paths_and_user() {
 
 #[test]
 fn image_builds_and_runs() {
-    let is_root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    if !is_root {
+    if !recast_tests::is_root() {
         skip_or_fail(
             REQUIRE_IMAGE,
             "the image build needs root (debootstrap, buildah's chroot isolation); run images/build.sh as root",

@@ -38,21 +38,12 @@ fn repo() -> PathBuf {
     recast_tests::repo_root()
 }
 
-fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {cmd}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 fn missing_prerequisite() -> Option<String> {
-    let uid = Command::new("id").arg("-u").output().ok()?;
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+    if !recast_tests::is_root() {
         return Some("the PXE tier needs root (network namespaces, tap devices)".into());
     }
     for cmd in ["qemu-system-x86_64", "dnsmasq", "ip", "busybox", "cpio"] {
-        if !have(cmd) {
+        if !recast_tests::have(cmd) {
             return Some(format!("{cmd} is missing (run tests/pxe/setup.sh)"));
         }
     }
@@ -132,15 +123,6 @@ fn payload(len: usize) -> Vec<u8> {
         .collect()
 }
 
-fn sha256_hex(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 struct Site {
     dir: PathBuf,
     root: PathBuf,
@@ -171,7 +153,7 @@ fn prepare(tag: &str) -> Site {
     let bytes = payload(3 * 1024 * 1024 + 12345);
     let tmp = dir.join("payload");
     std::fs::write(&tmp, &bytes).unwrap();
-    let digest = sha256_hex(&tmp);
+    let digest = recast_tests::sha256_file(&tmp);
     std::fs::rename(&tmp, root.join("images").join(format!("{digest}.wim"))).unwrap();
 
     let store = EmbeddedStore::open(&data).unwrap();

@@ -66,6 +66,37 @@ pub fn assert_golden(path: &Path, actual: &str) {
     );
 }
 
+/// True when the tests run as root (network namespaces, tap devices, image builds need it).
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// True when `cmd` is on the PATH.
+pub fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The file's sha256 in hex, computed by coreutils' `sha256sum`: an implementation
+/// independent of the code under test.
+pub fn sha256_file(path: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .unwrap_or_else(|e| panic!("sha256sum {}: {e}", path.display()));
+    assert!(out.status.success(), "sha256sum {} failed", path.display());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// A TCP port on loopback that was free a moment ago, for a server a test is about to start.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

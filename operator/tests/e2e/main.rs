@@ -55,8 +55,7 @@ spec:
 ";
 
 fn missing_prerequisite() -> Option<String> {
-    let uid = Command::new("id").arg("-u").output().ok()?;
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+    if !recast_tests::is_root() {
         return Some("the end-to-end suite needs root (network namespaces, tap devices)".into());
     }
     for cmd in [
@@ -69,11 +68,7 @@ fn missing_prerequisite() -> Option<String> {
         "openssl",
         "sha256sum",
     ] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {cmd}")])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
+        if !recast_tests::have(cmd) {
             return Some(format!("{cmd} is missing (run tests/pxe/setup.sh)"));
         }
     }

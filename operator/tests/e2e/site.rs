@@ -114,7 +114,7 @@ impl Site {
             &[(jan, "KB5074109")],
             jan,
         );
-        let digest = sha256_file(&wim);
+        let digest = recast_tests::sha256_file(&wim);
 
         let net_name = format!(
             "rce{}{}",
@@ -712,15 +712,6 @@ impl Drop for Site {
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-pub fn sha256_file(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
 }
 
 /// The Windows sides the agents replay, from the agent's fixtures (the exact shape
