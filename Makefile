@@ -28,7 +28,8 @@ test: ## Every test tier: unit, property, embedded and the real kube-apiserver
 	tests/run-tests.sh
 
 e2e: ## The whole loop end to end under faults, embedded and on the apiserver (root, QEMU; part of `make test`)
-	tests/run-e2e.sh
+	$(CARGO) build $(CARGO_FLAGS) --workspace --bins
+	tests/run-tests.sh -p recast-operator --test e2e -- --nocapture
 
 redfish-setup: ## Install the Redfish test peer (sushy-tools in a venv under ~/.cache/recast/sushy)
 	tests/redfish/setup.sh

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# `make test`: starts the real peers the suites need, runs every Rust test in the workspace,
-# and stops what it started. A harness that was already running is reused and left running.
+# `make test`: starts the real peers the suites need, runs every Rust test in the workspace
+# (or the cargo test arguments given, as `make e2e` does), and stops what it started. A harness that was already running is reused and left running.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,8 +39,10 @@ log="$(mktemp)"
 # hides the output of tests that pass.
 export RECAST_SKIP_LOG="$(mktemp)"
 status=0
-# --no-fail-fast: one failing suite must not hide the results of the others.
-cargo test "${cargo_flags[@]}" --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
+# With arguments, only those cargo test targets (`make e2e`: the end-to-end suite); without,
+# the whole workspace. --no-fail-fast: one failing suite must not hide the others.
+if (($#)); then targets=("$@"); else targets=(--workspace --no-fail-fast); fi
+cargo test "${cargo_flags[@]}" "${targets[@]}" 2>&1 | tee "$log" || status=$?
 # cargo prints one "test result" line per test binary, the last often a doc-test run with no
 # tests; close with the totals so a reader (or CI) sees what ran.
 skipped=$(wc -l < "$RECAST_SKIP_LOG")
