@@ -336,6 +336,11 @@ pub struct Attempt {
     /// Not before this time does the next try start (backoff).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<String>,
+    /// The network address of the machine that claimed the current try from the boot service.
+    /// Every later imaging call of the try must come from it, and a claim from any other
+    /// address quarantines the attempt (someone else on the provisioning network asked for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_client: Option<String>,
 }
 
 /// A finished attempt, kept (at most MAX_HISTORY) for `recastctl history`.

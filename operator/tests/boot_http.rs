@@ -2,159 +2,15 @@
 //! recast-operator binary on the embedded store: scripts per MAC, artifacts with HEAD, Range,
 //! ETag and confinement, and what each bad request gets.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+#[path = "support/boot_site.rs"]
+mod boot_site;
+
+use std::process::Command;
 use std::time::Duration;
 
+use boot_site::*;
 use recast_crds::manifest::Kind;
-use recast_operator::store::embedded::EmbeddedStore;
 use serde_json::{Value, json};
-
-const MAC: &str = "52:54:00:88:00:01";
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// curl's answer: (status, headers, body).
-fn curl(args: &[&str]) -> (u16, String, Vec<u8>) {
-    let dir = std::env::temp_dir().join(format!("recast-curl-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let headers = dir.join("h");
-    let body = dir.join("b");
-    let out = Command::new("curl")
-        .args(["-s", "--path-as-is", "-o"])
-        .arg(&body)
-        .arg("-D")
-        .arg(&headers)
-        .args(["-w", "%{http_code}"])
-        .args(args)
-        .output()
-        .expect("curl");
-    let code = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(0);
-    let h = std::fs::read_to_string(&headers).unwrap_or_default();
-    let b = std::fs::read(&body).unwrap_or_default();
-    let _ = std::fs::remove_dir_all(dir);
-    (code, h, b)
-}
-
-fn header<'a>(headers: &'a str, name: &str) -> Option<&'a str> {
-    headers.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.eq_ignore_ascii_case(name).then(|| v.trim())
-    })
-}
-
-struct Setup {
-    dir: PathBuf,
-    base: String,
-    store: EmbeddedStore,
-    digest: String,
-    image: Vec<u8>,
-    _op: Proc,
-}
-
-fn setup() -> Setup {
-    let dir = std::env::temp_dir().join(format!("recast-boothttp-{}", uuid::Uuid::new_v4()));
-    let root = dir.join("boot");
-    std::fs::create_dir_all(root.join("images")).unwrap();
-    std::fs::create_dir_all(root.join("ipxe")).unwrap();
-    std::fs::write(root.join("ipxe/undionly.kpxe"), b"not really iPXE").unwrap();
-    std::fs::write(dir.join("outside.txt"), b"secret outside the boot root").unwrap();
-    let image: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    let tmp = dir.join("img");
-    std::fs::write(&tmp, &image).unwrap();
-    let out = Command::new("sha256sum").arg(&tmp).output().unwrap();
-    let digest = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
-    std::fs::rename(&tmp, root.join("images").join(format!("{digest}.wim"))).unwrap();
-    let data = dir.join("data");
-    let store = EmbeddedStore::open(&data).unwrap();
-    for d in [
-        json!({"apiVersion": "recast.dev/v1alpha1", "kind": "Endpoint", "metadata": {"name": "pc-01"},
-               "spec": {"identity": {"macAddresses": [MAC]}, "bootMode": "uefi", "image": {"goldenImage": "golden"}}}),
-        json!({"apiVersion": "recast.dev/v1alpha1", "kind": "RemediationPolicy", "metadata": {"name": "default"},
-               "spec": {"signals": {"failedRollback": "ReimageNow", "bootCrash": "ReimageNow", "heartbeatLost": "AlertOnly", "drift": "AlertOnly", "nonCompliant": "AlertOnly"},
-                        "cooldown": "1m", "retry": {"maxTries": 2, "backoff": "1m", "tryTimeout": "30m"}, "concurrency": {"global": 5}}}),
-        json!({"apiVersion": "recast.dev/v1alpha1", "kind": "GoldenImage", "metadata": {"name": "golden"},
-               "spec": {"source": {"path": "/srv/golden.wim"}, "sha256": digest, "imageIndex": 2, "requirements": {"minimumBuild": "26100.7623"}}}),
-    ] {
-        store.apply(&d, "default").unwrap();
-    }
-    store
-        .write_status(
-            Kind::GoldenImage,
-            "default",
-            "golden",
-            None,
-            &json!({"digest": digest, "observedGeneration": 1, "conditions": [{"type": "Verified", "status": "True", "reason": "Checked", "message": "", "lastTransitionTime": "2026-01-14T07:00:00Z"}]}),
-        )
-        .unwrap();
-    let port = recast_tests::free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let log = std::fs::File::create(dir.join("operator.log")).unwrap();
-    let op = Proc(
-        Command::new(env!("CARGO_BIN_EXE_recast-operator"))
-            .args(["run", "--backend", "embedded", "--data-dir"])
-            .arg(&data)
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{}", recast_tests::free_port()),
-            ])
-            .args(["--boot-http", &format!("127.0.0.1:{port}"), "--boot-root"])
-            .arg(&root)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
-    recast_tests::wait_for(Duration::from_secs(20), "HTTP boot", || {
-        curl(&[&format!("{base}/boot.ipxe")]).0 == 200
-    });
-    Setup {
-        dir,
-        base,
-        store,
-        digest,
-        image,
-        _op: op,
-    }
-}
-
-fn arm(s: &Setup) -> (String, String) {
-    s.store
-        .update(Kind::Endpoint, "default", "pc-01", |o| {
-            o["spec"]["reimageRequest"] = json!({"token": "1", "reason": "test"});
-            Ok(())
-        })
-        .unwrap();
-    recast_tests::wait_for(Duration::from_secs(20), "the boot intent", || {
-        s.store.boot_intent(MAC).unwrap().is_some()
-    });
-    let (code, _, body) = curl(&[&format!("{}/boot/{}", s.base, MAC.to_uppercase())]);
-    assert_eq!(code, 200);
-    let script = String::from_utf8(body).unwrap();
-    let url_start = script.find("/imaging/v1/").expect("an imaging script");
-    let rest = &script[url_start..];
-    let attempt_url = format!(
-        "{}{}",
-        s.base,
-        &rest[..rest.find("/startnet.cmd").expect("startnet initrd")]
-    );
-    let token_at = script.find("?token=").unwrap() + 7;
-    let token = script[token_at..token_at + 64].to_string();
-    (attempt_url, token)
-}
 
 #[test]
 fn scripts_artifacts_and_the_imaging_protocol_over_http() {
@@ -235,10 +91,17 @@ fn scripts_artifacts_and_the_imaging_protocol_over_http() {
     }
     assert_eq!(curl(&[&format!("{b}/artifacts/ipxe/undionly.kpxe")]).0, 200);
 
-    // The imaging protocol.
-    let (attempt, token) = arm(&s);
-    let auth = format!("Authorization: Bearer {token}");
+    // The imaging protocol: the script and startnet.cmd need no token and hold none; the
+    // imaging environment claims the try and gets its session token.
+    let attempt = arm(&s);
     assert_eq!(curl(&[&format!("{attempt}/task")]).0, 401, "no token");
+    let token = claimed_token(&attempt, "127.0.0.1");
+    let auth = format!("Authorization: Bearer {token}");
+    assert_eq!(
+        claimed_token(&attempt, "127.0.0.1"),
+        token,
+        "the holder may claim again (its imaging environment restarted)"
+    );
     assert_eq!(
         curl(&[
             "-H",
@@ -262,9 +125,12 @@ fn scripts_artifacts_and_the_imaging_protocol_over_http() {
     assert_eq!(task["image"]["size"], 200_000);
     assert_eq!(task["image"]["index"], 2);
     assert_eq!(task["hostname"], "PC-01");
-    let (code, _, body) = curl(&[&format!("{attempt}/startnet.cmd?token={token}")]);
+    let (code, _, body) = curl(&[&format!("{attempt}/startnet.cmd")]);
     assert_eq!(code, 200);
-    assert!(String::from_utf8_lossy(&body).contains(&s.digest));
+    let startnet = String::from_utf8_lossy(&body);
+    assert!(startnet.contains(&s.digest));
+    assert!(!startnet.contains(&token), "startnet.cmd holds no secret");
+    assert!(startnet.contains("/claim?format=text"), "it claims the try first");
     assert_eq!(
         curl(&["-H", &auth, &format!("{attempt}/unattend.xml")]).0,
         200
@@ -335,11 +201,8 @@ fn scripts_artifacts_and_the_imaging_protocol_over_http() {
         .unwrap()
         .unwrap();
     assert_eq!(ep["status"]["activeAttempt"]["step"], "FirstBoot");
-    let _ = std::fs::remove_dir_all(dir_of(&s));
-}
-
-fn dir_of(s: &Setup) -> &Path {
-    &s.dir
+    assert_eq!(ep["status"]["activeAttempt"]["bootClient"], "127.0.0.1");
+    let _ = std::fs::remove_dir_all(&s.dir);
 }
 
 /// A boot port that is already taken stops the operator with the reason, instead of leaving a

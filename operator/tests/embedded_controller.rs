@@ -158,6 +158,7 @@ async fn a_failed_rollback_reimages_through_every_step() {
         Input::NetworkBooted {
             try_number: None,
             attempt_id: attempt.id.clone(),
+            client: None,
         },
     )
     .await

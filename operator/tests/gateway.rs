@@ -637,6 +637,7 @@ async fn the_loop_closes_through_the_agent() {
         Input::NetworkBooted {
             attempt_id: attempt.id.clone(),
             try_number: None,
+            client: None,
         },
         Input::ImagingFinished {
             attempt_id: attempt.id.clone(),
@@ -899,6 +900,7 @@ async fn guard_end_to_end(immutable: bool) {
         Input::NetworkBooted {
             attempt_id: attempt.id.clone(),
             try_number: None,
+            client: None,
         },
         Input::ImagingFinished {
             attempt_id: attempt.id.clone(),

@@ -9,9 +9,8 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 for m in $(cat /lib/modules/order); do insmod "/lib/modules/$m" || say "insmod $m failed"; done
 arg() { sed -n "s/.*$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
-task_url=$(arg recast.task)
-token=$(arg recast.token)
-base=${task_url%/task}
+claim_url=$(arg recast.claim)
+base=${claim_url%/claim}
 
 cat > /tmp/dhcp.sh <<'S'
 #!/bin/sh
@@ -29,6 +28,17 @@ ip link set eth0 up
 udhcpc -i eth0 -s /tmp/dhcp.sh -q -n -t 20 -T 2 || fail_now "no DHCP lease"
 say "network up: $(ip -4 -o addr show eth0 | awk '{print $4}')"
 
+# Claim the try before anything else: the session token it answers works only from this
+# machine's address. Nothing touches the disk without it.
+token=""
+for i in $(seq 30); do
+  token=$(wget -q -O - --post-data "" "$claim_url?format=text" 2>/dev/null | head -n 1)
+  [ -n "$token" ] && break
+  sleep 2
+done
+[ -n "$token" ] || fail_now "cannot claim the try at $claim_url"
+say "try claimed"
+task_url="$base/task"
 auth="Authorization: Bearer $token"
 # Every request is retried for a minute: the boot service may be restarting (the e2e suite
 # restarts it mid-download), as startnet.cmd retries in WinPE.

@@ -9,6 +9,8 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::extract::ConnectInfo;
+use recast_crds::endpoint::ReimageStep;
 use serde::{Deserialize, Serialize};
 
 use super::intent::{self, BootChoice, NotServed, UnknownMacPolicy};
@@ -40,6 +42,50 @@ pub struct BootHttp<B> {
     pub key: TokenKey,
     pub config: BootConfig,
     pub metrics: Arc<Metrics>,
+    /// Which address claimed each endpoint's armed try, as this process saw it, before the
+    /// controller has written it into the attempt's status (`bootClient`). One entry per
+    /// endpoint with an armed try, so nobody without an armed try can grow it.
+    pub claims: Claims,
+}
+
+/// The claimant of each endpoint's armed try: endpoint → (attempt, try, client address).
+#[derive(Debug, Default)]
+pub struct Claims(std::sync::Mutex<std::collections::HashMap<Key, (String, u32, String)>>);
+
+/// Who may take a try, decided from what the store and this process know (pure).
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClaimDecision {
+    /// The first claim of this try: bind it to the client.
+    Bind,
+    /// The same client again (its imaging environment restarted): same answer, nothing new.
+    Again,
+    /// Another client holds the try.
+    Taken { holder: String },
+    /// The try is not at a step where a machine that recast restarted could ask for it.
+    NotYet { step: ReimageStep },
+}
+
+/// `holder`: the claimant the attempt's status records, or else the one this process saw.
+pub fn decide_claim(step: ReimageStep, holder: Option<&str>, client: &str) -> ClaimDecision {
+    match holder {
+        Some(h) if h == client => ClaimDecision::Again,
+        Some(h) => ClaimDecision::Taken {
+            holder: h.to_string(),
+        },
+        // Applying without a recorded claimant: a status written before claims existed.
+        None => match step {
+            ReimageStep::PowerCycling | ReimageStep::Booting | ReimageStep::Applying => {
+                ClaimDecision::Bind
+            }
+            step => ClaimDecision::NotYet { step },
+        },
+    }
+}
+
+/// The address a request came from, as the token binds it (an IPv4 client on a dual-stack
+/// socket counts as its IPv4 address).
+pub fn client_address(peer: std::net::SocketAddr) -> String {
+    peer.ip().to_canonical().to_string()
 }
 
 /// Progress of one imaging step, as the imaging environment posts it.
@@ -79,6 +125,15 @@ pub struct ImagingTask {
     pub result_url: String,
 }
 
+/// What a successful claim answers: the try's session token, good only from the claiming
+/// address, and where the task is.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimAnswer {
+    pub token: String,
+    pub task_url: String,
+}
+
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ImageTaskFile {
@@ -94,6 +149,7 @@ const MAX_REPORT_BYTES: usize = 4096;
 
 pub fn router<B: Backend + BootIntents>(svc: Arc<BootHttp<B>>) -> Router {
     let imaging = Router::new()
+        .route("/claim", post(claim::<B>))
         .route("/task", get(task::<B>))
         .route("/startnet.cmd", get(startnet::<B>))
         .route("/winpeshl.ini", get(winpeshl::<B>))
@@ -208,19 +264,12 @@ async fn per_mac<B: Backend + BootIntents>(
             ))
         }
         BootChoice::Imaging(intent) => {
-            let token = svc.try_token(&intent);
-            let view = AttemptView::new(&svc.config.base_url, &intent, &token);
+            // What to boot, and nothing else: anyone can ask for any MAC. The imaging
+            // environment claims the try itself (POST .../claim), and only that binds it.
+            let view = AttemptView::new(&svc.config.base_url, &intent);
             let body =
                 svc.renderer
                     .imaging_script(svc.config.imaging, &svc.config.base_url, &view)?;
-            svc.post(
-                &intent,
-                Input::NetworkBooted {
-                    attempt_id: intent.attempt_id.clone(),
-                    try_number: Some(intent.try_number),
-                },
-            )
-            .await;
             tracing::info!(
                 endpoint = %intent.key(),
                 attempt = %intent.attempt_id,
@@ -271,6 +320,8 @@ struct TokenQuery {
 /// Why a boot-service request is not answered with what it asked for.
 enum Refusal {
     Unauthorized,
+    /// Another machine holds the try, or it cannot be claimed yet.
+    Conflict(String),
     Gone(String),
     Unavailable(String),
     /// A template failed to render: a bug in recast, never the client's fault.
@@ -290,6 +341,7 @@ impl IntoResponse for Refusal {
                 StatusCode::UNAUTHORIZED,
                 "missing or wrong attempt token; use the URL the imaging script was given\n",
             ),
+            Refusal::Conflict(why) => text(StatusCode::CONFLICT, format!("{why}\n")),
             Refusal::Gone(why) => text(StatusCode::GONE, format!("{why}\n")),
             Refusal::Unavailable(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
             Refusal::Broken(why) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{why}\n")),
@@ -298,20 +350,13 @@ impl IntoResponse for Refusal {
 }
 
 impl<B: Backend + BootIntents> BootHttp<B> {
-    fn try_token(&self, intent: &BootIntent) -> String {
-        self.key.token(
-            &intent.namespace,
-            &intent.endpoint,
-            &intent.attempt_id,
-            intent.try_number,
-        )
-    }
-
-    /// Checks the token for the claimed try and that the try is still the armed one: a token
-    /// is good for one try only, and dies when the controller disarms it.
+    /// Checks the session token for the try against the address the request came from, and
+    /// that the try is still the armed one: a token is good for one try, from the machine
+    /// that claimed it, and dies when the controller disarms the try.
     async fn authorize(
         &self,
         p: &TryPath,
+        client: &str,
         headers: &HeaderMap,
         query: &TokenQuery,
     ) -> Result<BootIntent, Refusal> {
@@ -320,12 +365,21 @@ impl<B: Backend + BootIntents> BootHttp<B> {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         let presented = bearer.or(query.token.as_deref()).unwrap_or("");
-        if !self
-            .key
-            .verify(&p.namespace, &p.name, &p.attempt, p.try_number, presented)
-        {
+        if !self.key.verify_client(
+            &p.namespace,
+            &p.name,
+            &p.attempt,
+            p.try_number,
+            client,
+            presented,
+        ) {
             return Err(Refusal::Unauthorized);
         }
+        self.armed(p).await
+    }
+
+    /// The armed intent of the try the path names (410 when that try is not armed).
+    async fn armed(&self, p: &TryPath) -> Result<BootIntent, Refusal> {
         let key = Key {
             namespace: p.namespace.clone(),
             name: p.name.clone(),
@@ -411,13 +465,134 @@ impl<B: Backend + BootIntents> BootHttp<B> {
     }
 }
 
+#[derive(Debug, Deserialize)]
+struct ClaimQuery {
+    /// `text`: the token alone on one line (for startnet.cmd's `for /f`); JSON otherwise.
+    format: Option<String>,
+}
+
+/// The imaging environment takes its try: the first address to claim it holds it, the same
+/// address may claim again (its environment restarted), and any other address is refused
+/// and reported, which stops the attempt for a person (someone else asked for this machine).
+async fn claim<B: Backend + BootIntents>(
+    State(svc): State<Arc<BootHttp<B>>>,
+    Path(p): Path<TryPath>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    Query(q): Query<ClaimQuery>,
+) -> Result<Response, Refusal> {
+    let client = client_address(peer);
+    let intent = svc.armed(&p).await?;
+    let key = intent.key();
+    let ep = svc
+        .backend
+        .endpoint(&key)
+        .await
+        .map_err(|e| Refusal::Unavailable(format!("the store is unavailable ({e}); retry")))?
+        .ok_or_else(|| Refusal::Gone(format!("endpoint {key} no longer exists")))?;
+    let attempt = ep
+        .status
+        .as_ref()
+        .and_then(|s| s.active_attempt.as_ref())
+        .filter(|a| a.id == intent.attempt_id && a.try_number == intent.try_number)
+        .ok_or_else(|| {
+            Refusal::Gone(format!(
+                "attempt {} try {} of {key} is no longer running; the machine should reboot",
+                p.attempt, p.try_number
+            ))
+        })?;
+    let decision = {
+        let mut claims = lock(&svc.claims.0);
+        let seen = claims
+            .get(&key)
+            .filter(|(a, t, _)| *a == intent.attempt_id && *t == intent.try_number)
+            .map(|(_, _, c)| c.clone());
+        let holder = attempt.boot_client.clone().or(seen);
+        let decision = decide_claim(attempt.step, holder.as_deref(), &client);
+        if decision == ClaimDecision::Bind {
+            claims.insert(
+                key.clone(),
+                (intent.attempt_id.clone(), intent.try_number, client.clone()),
+            );
+        }
+        decision
+    };
+    match decision {
+        ClaimDecision::Bind => {
+            svc.post(
+                &intent,
+                Input::NetworkBooted {
+                    attempt_id: intent.attempt_id.clone(),
+                    try_number: Some(intent.try_number),
+                    client: Some(client.clone()),
+                },
+            )
+            .await;
+            tracing::info!(endpoint = %key, attempt = %intent.attempt_id, try_number = intent.try_number, %client, "imaging try claimed");
+        }
+        ClaimDecision::Again => {
+            tracing::info!(endpoint = %key, attempt = %intent.attempt_id, %client, "imaging try claimed again by its holder");
+        }
+        ClaimDecision::Taken { holder } => {
+            tracing::warn!(endpoint = %key, attempt = %intent.attempt_id, %holder, %client, "a second machine claimed an imaging try");
+            // The lifecycle sees two claimants and stops the attempt for a person.
+            svc.post(
+                &intent,
+                Input::NetworkBooted {
+                    attempt_id: intent.attempt_id.clone(),
+                    try_number: Some(intent.try_number),
+                    client: Some(client.clone()),
+                },
+            )
+            .await;
+            return Err(Refusal::Conflict(format!(
+                "attempt {} try {} of {key} was claimed by another machine; recast stops the attempt for a person to check",
+                p.attempt, p.try_number
+            )));
+        }
+        ClaimDecision::NotYet { step } => {
+            return Err(Refusal::Conflict(format!(
+                "attempt {} of {key} is at step {step:?}: recast has not restarted the machine yet",
+                p.attempt
+            )));
+        }
+    }
+    let token = svc.key.client_token(
+        &intent.namespace,
+        &intent.endpoint,
+        &intent.attempt_id,
+        intent.try_number,
+        &client,
+    );
+    let task_url = format!(
+        "{}/task",
+        super::render::attempt_url(&svc.config.base_url, &intent)
+    );
+    let mut resp = if q.format.as_deref() == Some("text") {
+        text(StatusCode::OK, format!("{token}\n"))
+    } else {
+        axum::Json(ClaimAnswer { token, task_url }).into_response()
+    };
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    Ok(resp)
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 async fn task<B: Backend + BootIntents>(
     State(svc): State<Arc<BootHttp<B>>>,
     Path(p): Path<TryPath>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     Query(q): Query<TokenQuery>,
     headers: HeaderMap,
 ) -> Result<Response, Refusal> {
-    let intent = svc.authorize(&p, &headers, &q).await?;
+    let intent = svc
+        .authorize(&p, &client_address(peer), &headers, &q)
+        .await?;
     let image = svc.image_file(&intent).await?;
     let attempt_url = super::render::attempt_url(&svc.config.base_url, &intent);
     Ok(axum::Json(ImagingTask {
@@ -440,16 +615,16 @@ async fn task<B: Backend + BootIntents>(
     .into_response())
 }
 
+/// startnet.cmd and winpeshl.ini are what to boot, like the iPXE script: served for the armed
+/// try without a token and holding no secret. startnet.cmd claims the try before it touches
+/// the disk.
 async fn startnet<B: Backend + BootIntents>(
     State(svc): State<Arc<BootHttp<B>>>,
     Path(p): Path<TryPath>,
-    Query(q): Query<TokenQuery>,
-    headers: HeaderMap,
 ) -> Result<Response, Refusal> {
-    let intent = svc.authorize(&p, &headers, &q).await?;
+    let intent = svc.armed(&p).await?;
     let image = svc.image_file(&intent).await?;
-    let token = svc.try_token(&intent);
-    let view = AttemptView::new(&svc.config.base_url, &intent, &token);
+    let view = AttemptView::new(&svc.config.base_url, &intent);
     Ok(script(svc.renderer.startnet(
         &view,
         &image,
@@ -460,22 +635,22 @@ async fn startnet<B: Backend + BootIntents>(
 async fn winpeshl<B: Backend + BootIntents>(
     State(svc): State<Arc<BootHttp<B>>>,
     Path(p): Path<TryPath>,
-    Query(q): Query<TokenQuery>,
-    headers: HeaderMap,
 ) -> Result<Response, Refusal> {
-    svc.authorize(&p, &headers, &q).await?;
+    svc.armed(&p).await?;
     Ok(script(svc.renderer.winpeshl()?))
 }
 
 async fn unattend<B: Backend + BootIntents>(
     State(svc): State<Arc<BootHttp<B>>>,
     Path(p): Path<TryPath>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     Query(q): Query<TokenQuery>,
     headers: HeaderMap,
 ) -> Result<Response, Refusal> {
-    let intent = svc.authorize(&p, &headers, &q).await?;
-    let token = svc.try_token(&intent);
-    let view = AttemptView::new(&svc.config.base_url, &intent, &token);
+    let intent = svc
+        .authorize(&p, &client_address(peer), &headers, &q)
+        .await?;
+    let view = AttemptView::new(&svc.config.base_url, &intent);
     Ok((
         StatusCode::OK,
         [
@@ -532,10 +707,13 @@ fn enrollment_domain(attempt: &str) -> String {
 async fn agent_config<B: Backend + BootIntents>(
     State(svc): State<Arc<BootHttp<B>>>,
     Path(p): Path<TryPath>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     Query(q): Query<TokenQuery>,
     headers: HeaderMap,
 ) -> Result<Response, Refusal> {
-    let intent = svc.authorize(&p, &headers, &q).await?;
+    let intent = svc
+        .authorize(&p, &client_address(peer), &headers, &q)
+        .await?;
     let unavailable = |e: crate::controller::BackendError| {
         Refusal::Unavailable(format!("the store is unavailable ({e}); retry"))
     };
@@ -573,11 +751,14 @@ async fn agent_config<B: Backend + BootIntents>(
 async fn progress<B: Backend + BootIntents>(
     State(svc): State<Arc<BootHttp<B>>>,
     Path(p): Path<TryPath>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     Query(q): Query<TokenQuery>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, Refusal> {
-    let intent = svc.authorize(&p, &headers, &q).await?;
+    let intent = svc
+        .authorize(&p, &client_address(peer), &headers, &q)
+        .await?;
     let report: ProgressReport = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -618,11 +799,14 @@ async fn progress<B: Backend + BootIntents>(
 async fn result<B: Backend + BootIntents>(
     State(svc): State<Arc<BootHttp<B>>>,
     Path(p): Path<TryPath>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     Query(q): Query<TokenQuery>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, Refusal> {
-    let intent = svc.authorize(&p, &headers, &q).await?;
+    let intent = svc
+        .authorize(&p, &client_address(peer), &headers, &q)
+        .await?;
     let report: ResultReport = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -659,4 +843,44 @@ async fn result<B: Backend + BootIntents>(
     )
     .await;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_try_is_claimed_once_by_one_address() {
+        use ClaimDecision::*;
+        use ReimageStep::*;
+        // Nobody holds it: recast must have restarted the machine first.
+        for step in [PowerCycling, Booting, Applying] {
+            assert_eq!(decide_claim(step, None, "10.0.0.5"), Bind, "{step:?}");
+        }
+        for step in [ArmingBoot, FirstBoot] {
+            assert_eq!(
+                decide_claim(step, None, "10.0.0.5"),
+                NotYet { step },
+                "{step:?}"
+            );
+        }
+        // Held: the holder again, or anyone else refused, at every step.
+        for step in [ArmingBoot, PowerCycling, Booting, Applying, FirstBoot] {
+            assert_eq!(decide_claim(step, Some("10.0.0.5"), "10.0.0.5"), Again);
+            assert_eq!(
+                decide_claim(step, Some("10.0.0.5"), "10.0.0.6"),
+                Taken {
+                    holder: "10.0.0.5".into()
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn an_ipv4_client_on_a_dual_stack_socket_is_its_ipv4_address() {
+        let mapped: std::net::SocketAddr = "[::ffff:10.0.40.17]:5000".parse().unwrap();
+        assert_eq!(client_address(mapped), "10.0.40.17");
+        let v6: std::net::SocketAddr = "[fd00::17]:5000".parse().unwrap();
+        assert_eq!(client_address(v6), "fd00::17");
+    }
 }

@@ -63,7 +63,7 @@ pub async fn serve(
             },
             _ = &mut shutdown => return Ok(()),
         };
-        let (tcp, _peer) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {
@@ -82,7 +82,7 @@ pub async fn serve(
         let root = root.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(e) = connection(tcp, app, &root).await {
+            if let Err(e) = connection(tcp, peer, app, &root).await {
                 tracing::debug!(error = %e, "boot HTTP connection ended with an error");
             }
         });
@@ -233,7 +233,12 @@ async fn read_head(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Result<
     }
 }
 
-async fn connection(mut tcp: TcpStream, app: Router, root: &Path) -> io::Result<()> {
+async fn connection(
+    mut tcp: TcpStream,
+    peer: std::net::SocketAddr,
+    app: Router,
+    root: &Path,
+) -> io::Result<()> {
     let mut buf = Vec::with_capacity(4096);
     loop {
         let len = match read_head(&mut tcp, &mut buf).await? {
@@ -257,18 +262,30 @@ async fn connection(mut tcp: TcpStream, app: Router, root: &Path) -> io::Result<
                 let reply = simple(StatusCode::BAD_REQUEST, text);
                 return write_reply(&mut tcp, &reply, false, true, Some(text.as_bytes())).await;
             }
-            Route::Hyper => return hand_to_hyper(tcp, buf, app).await,
+            Route::Hyper => return hand_to_hyper(tcp, peer, buf, app).await,
         }
     }
 }
 
-/// Serves the rest of the connection with hyper, starting with the bytes already read.
-async fn hand_to_hyper(tcp: TcpStream, read: Vec<u8>, app: Router) -> io::Result<()> {
+/// Serves the rest of the connection with hyper, starting with the bytes already read. Every
+/// request carries the peer's address (axum's `ConnectInfo`): the imaging protocol binds a
+/// try to the machine that claimed it.
+async fn hand_to_hyper(
+    tcp: TcpStream,
+    peer: std::net::SocketAddr,
+    read: Vec<u8>,
+    app: Router,
+) -> io::Result<()> {
     let io = Prefixed {
         prefix: read,
         pos: 0,
         inner: tcp,
     };
+    let app = tower::ServiceExt::map_request(app, move |mut req: axum::extract::Request| {
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+        req
+    });
     let service = hyper_util::service::TowerToHyperService::new(app);
     hyper::server::conn::http1::Builder::new()
         .header_read_timeout(HEAD_TIMEOUT)

@@ -115,11 +115,10 @@ pub struct AttemptView<'a> {
     pub boot_mode: &'a str,
     /// http://server/imaging/v1/NS/NAME/ATTEMPT/TRY
     pub attempt_url: String,
-    pub token: &'a str,
 }
 
 impl<'a> AttemptView<'a> {
-    pub fn new(base_url: &str, intent: &'a BootIntent, token: &'a str) -> AttemptView<'a> {
+    pub fn new(base_url: &str, intent: &'a BootIntent) -> AttemptView<'a> {
         AttemptView {
             namespace: &intent.namespace,
             endpoint: &intent.endpoint,
@@ -128,7 +127,6 @@ impl<'a> AttemptView<'a> {
             image: &intent.image,
             boot_mode: &intent.boot_mode,
             attempt_url: attempt_url(base_url, intent),
-            token,
         }
     }
 }

@@ -102,6 +102,39 @@ impl TokenKey {
         hex(&mac.finalize().into_bytes())
     }
 
+    /// The session token of one try as claimed by one client address: the imaging
+    /// environment gets it once, from the claim, and it is good only from that address (a
+    /// different HMAC domain from [`TokenKey::token`], so neither can stand in for the other).
+    pub fn client_token(
+        &self,
+        namespace: &str,
+        endpoint: &str,
+        attempt_id: &str,
+        try_number: u32,
+        client: &str,
+    ) -> String {
+        self.token(
+            namespace,
+            endpoint,
+            &format!("claim/{attempt_id}/{client}"),
+            try_number,
+        )
+    }
+
+    /// Constant-time check of a presented session token against the address it came from.
+    pub fn verify_client(
+        &self,
+        namespace: &str,
+        endpoint: &str,
+        attempt_id: &str,
+        try_number: u32,
+        client: &str,
+        presented: &str,
+    ) -> bool {
+        let expected = self.client_token(namespace, endpoint, attempt_id, try_number, client);
+        constant_time_eq(expected.as_bytes(), presented.as_bytes())
+    }
+
     /// Constant-time check of a presented token.
     pub fn verify(
         &self,
@@ -112,12 +145,15 @@ impl TokenKey {
         presented: &str,
     ) -> bool {
         let expected = self.token(namespace, endpoint, attempt_id, try_number);
-        let (a, b) = (expected.as_bytes(), presented.as_bytes());
-        if a.is_empty() || a.len() != b.len() {
-            return false;
-        }
-        a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        constant_time_eq(expected.as_bytes(), presented.as_bytes())
     }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.is_empty() || a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -171,6 +207,30 @@ mod tests {
         assert!(
             !other.verify("default", "kiosk-01", "a1", 1, &t),
             "another key"
+        );
+    }
+
+    #[test]
+    fn session_tokens_bind_the_client_address() {
+        let k = TokenKey::from_bytes([7; KEY_LEN]);
+        let t = k.client_token("default", "kiosk-01", "a1", 1, "10.0.40.17");
+        assert!(k.verify_client("default", "kiosk-01", "a1", 1, "10.0.40.17", &t));
+        assert!(
+            !k.verify_client("default", "kiosk-01", "a1", 1, "10.0.40.18", &t),
+            "another address"
+        );
+        assert!(
+            !k.verify_client("default", "kiosk-01", "a1", 2, "10.0.40.17", &t),
+            "another try"
+        );
+        assert!(
+            !k.verify("default", "kiosk-01", "a1", 1, &t),
+            "a session token is not the try's unbound token"
+        );
+        let unbound = k.token("default", "kiosk-01", "a1", 1);
+        assert!(
+            !k.verify_client("default", "kiosk-01", "a1", 1, "10.0.40.17", &unbound),
+            "nor the other way round"
         );
     }
 

@@ -178,6 +178,7 @@ mod tests {
                 progress_percent: None,
                 last_error: None,
                 retry_after: None,
+                boot_client: None,
             }),
             ..Default::default()
         }

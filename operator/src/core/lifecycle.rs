@@ -185,7 +185,9 @@ pub enum Input {
         action: ActionKind,
         error: ActionError,
     },
-    /// The boot service handed this attempt's imaging script to the machine.
+    /// A machine's imaging environment claimed this attempt's try from the boot service
+    /// (`client`: the network address it claimed from; every later imaging call of the try
+    /// must come from there).
     ///
     /// Boot-service and imaging inputs name the try they belong to when the sender knows it
     /// (the per-try imaging script does); a message from an earlier, timed-out try is then
@@ -194,6 +196,8 @@ pub enum Input {
         attempt_id: String,
         #[serde(default)]
         try_number: Option<u32>,
+        #[serde(default)]
+        client: Option<String>,
     },
     /// The imaging environment reports progress (percent of the WIM applied).
     ImagingProgress {
@@ -469,6 +473,7 @@ impl<'a> Run<'a> {
             }
             a.try_number += 1;
             a.retry_after = None;
+            a.boot_client = None;
             a.step = ReimageStep::ArmingBoot;
             a.try_started_at = self.now_s.clone();
             a.step_started_at = self.now_s.clone();
@@ -562,12 +567,41 @@ impl<'a> Run<'a> {
             Input::NetworkBooted {
                 attempt_id,
                 try_number,
+                client,
             } if matches(attempt_id)
                 && this_try(*try_number)
                 && matches!(a.step, ReimageStep::PowerCycling | ReimageStep::Booting) =>
             {
+                a.boot_client = client.clone();
                 self.enter_step(&mut a, ReimageStep::Applying);
                 self.take(Edge::NetworkBooted);
+            }
+            // A second machine claims a try another one already holds: one of them is not the
+            // endpoint. Nothing it could do is trusted (the try's files, result and enrollment
+            // were bound to the first claimant), so the attempt stops for a person to look.
+            Input::NetworkBooted {
+                attempt_id,
+                try_number,
+                client: Some(client),
+            } if matches(attempt_id)
+                && this_try(*try_number)
+                && matches!(a.step, ReimageStep::Applying | ReimageStep::FirstBoot)
+                && a.boot_client.as_deref().is_some_and(|c| c != client) =>
+            {
+                let first = a.boot_client.clone().unwrap_or_default();
+                self.notice(
+                    NoticeType::Warning,
+                    "ImagingClaimConflict",
+                    format!(
+                        "attempt {} try {}: claimed from {first}, then from {client}; another machine on the provisioning network asked for this endpoint's imaging",
+                        a.id, a.try_number
+                    ),
+                );
+                let why = format!(
+                    "two machines claimed the imaging try ({first} and {client}); check the provisioning network for an impostor"
+                );
+                self.fail_try(a, why, true);
+                return;
             }
             Input::ImagingProgress {
                 attempt_id,
@@ -1124,6 +1158,7 @@ impl<'a> Run<'a> {
             progress_percent: None,
             last_error: None,
             retry_after: None,
+            boot_client: None,
         };
         self.actions.push(self.arm_boot(&a));
         self.notice(

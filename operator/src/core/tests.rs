@@ -222,6 +222,7 @@ fn run_happy_attempt(e: &mut One) {
     e.feed(Input::NetworkBooted {
         try_number: None,
         attempt_id: id.clone(),
+        client: None,
     });
     e.feed(Input::ImagingFinished {
         try_number: None,
@@ -254,6 +255,7 @@ fn failed_rollback_reimages_along_the_whole_path() {
     e.feed(Input::NetworkBooted {
         try_number: None,
         attempt_id: id.clone(),
+        client: None,
     });
     assert_eq!(e.state(), State::Applying);
     e.feed(Input::ImagingProgress {
@@ -417,6 +419,7 @@ fn protection_aborts_an_attempt_before_the_restart_but_not_after() {
     e.feed(Input::NetworkBooted {
         try_number: None,
         attempt_id: id,
+        client: None,
     });
     e.spec.protected = true;
     e.feed(Input::Reconcile);
@@ -425,6 +428,71 @@ fn protection_aborts_an_attempt_before_the_restart_but_not_after() {
         State::Applying,
         "the disk is being written: finish"
     );
+}
+
+#[test]
+fn a_try_belongs_to_the_first_machine_that_claims_it() {
+    let claim = |id: &str, client: Option<&str>| Input::NetworkBooted {
+        try_number: Some(1),
+        attempt_id: id.to_string(),
+        client: client.map(str::to_string),
+    };
+    let mut e = healthy(true);
+    e.feed(signals(&[SignalKind::FailedRollback]));
+    e.succeed(ActionKind::ArmBoot);
+    e.succeed(ActionKind::PowerCycle);
+    let id = e.attempt_id();
+    e.feed(claim(&id, Some("10.0.40.17")));
+    assert_eq!(e.state(), State::Applying);
+    let a = e.status.active_attempt.clone().unwrap();
+    assert_eq!(a.boot_client.as_deref(), Some("10.0.40.17"));
+
+    // The same machine again (its imaging environment restarted), or a claim that names no
+    // address: nothing changes.
+    for again in [claim(&id, Some("10.0.40.17")), claim(&id, None)] {
+        let d = e.feed(again);
+        assert_eq!(d.edge, None);
+        assert_eq!(e.state(), State::Applying);
+    }
+    // Another try's or another attempt's claim from elsewhere: not this try's business.
+    let d = e.feed(Input::NetworkBooted {
+        try_number: Some(2),
+        attempt_id: id.clone(),
+        client: Some("10.0.40.99".into()),
+    });
+    assert_eq!((d.edge, e.state()), (None, State::Applying));
+    let d = e.feed(claim("someone-else-1", Some("10.0.40.99")));
+    assert_eq!((d.edge, e.state()), (None, State::Applying));
+
+    // A second machine claims the same try: the attempt stops for a person, disarmed.
+    let d = e.feed(claim(&id, Some("10.0.40.99")));
+    assert_eq!(d.edge, Some(transitions::Edge::Quarantined));
+    assert_eq!(kinds(&d), [ActionKind::DisarmBoot]);
+    assert!(
+        d.notices
+            .iter()
+            .any(|n| n.reason == "ImagingClaimConflict" && n.message.contains("10.0.40.99")),
+        "{:?}",
+        d.notices
+    );
+    assert_eq!(e.status.phase, Some(EndpointPhase::Quarantined));
+    assert!(e.status.active_attempt.is_none());
+
+    // A new try starts with nobody holding it.
+    let mut e = healthy(true);
+    e.feed(signals(&[SignalKind::FailedRollback]));
+    e.succeed(ActionKind::ArmBoot);
+    e.succeed(ActionKind::PowerCycle);
+    let id = e.attempt_id();
+    e.feed(claim(&id, Some("10.0.40.17")));
+    e.feed(Input::ImagingFinished {
+        try_number: Some(1),
+        attempt_id: id.clone(),
+        result: Err("dism failed".into()),
+    });
+    let a = e.status.active_attempt.clone().unwrap();
+    assert!(a.retry_after.is_some());
+    assert_eq!(a.boot_client.as_deref(), Some("10.0.40.17"), "kept for the record until the retry");
 }
 
 #[test]
@@ -662,6 +730,7 @@ fn a_new_image_with_a_low_build_fails_the_try() {
     e.feed(Input::NetworkBooted {
         try_number: None,
         attempt_id: id.clone(),
+        client: None,
     });
     e.feed(Input::ImagingFinished {
         try_number: None,
@@ -1220,6 +1289,7 @@ impl Fleet {
                         Input::NetworkBooted {
                             try_number: None,
                             attempt_id: id,
+                            client: None,
                         },
                     )?;
                 }
@@ -1333,6 +1403,7 @@ fn every_edge_is_reachable_in_the_scenarios() {
     e.feed(Input::NetworkBooted {
         try_number: None,
         attempt_id: id.clone(),
+        client: None,
     });
     record(&e);
     e.feed(Input::ImagingFinished {
@@ -1448,6 +1519,7 @@ fn a_late_message_from_an_earlier_try_is_ignored() {
     e.feed(Input::NetworkBooted {
         attempt_id: id.clone(),
         try_number: Some(2),
+        client: None,
     });
     assert_eq!(e.state(), State::Applying);
 }
@@ -1511,6 +1583,7 @@ fn finish_attempt(e: &mut One) {
     e.feed(Input::NetworkBooted {
         attempt_id: id.clone(),
         try_number: None,
+        client: None,
     });
     e.feed(Input::ImagingFinished {
         attempt_id: id.clone(),
@@ -1592,6 +1665,7 @@ fn failed_rollback_holds_until_the_reimage_that_replaces_the_machine_ends() {
     e.feed(Input::NetworkBooted {
         attempt_id: id.clone(),
         try_number: None,
+        client: None,
     });
     e.feed(Input::ImagingFinished {
         attempt_id: id.clone(),
@@ -1792,7 +1866,7 @@ proptest! {
                         decisions.push(e.succeed(ActionKind::ArmBoot));
                         decisions.push(e.succeed(ActionKind::PowerCycle));
                         let id = e.attempt_id();
-                        decisions.push(e.feed(Input::NetworkBooted { attempt_id: id.clone(), try_number: None }));
+                        decisions.push(e.feed(Input::NetworkBooted { attempt_id: id.clone(), try_number: None, client: None }));
                         if ok {
                             decisions.push(e.feed(Input::ImagingFinished { attempt_id: id.clone(), try_number: None, result: Ok(()) }));
                             e.advance(1);

@@ -87,7 +87,11 @@ impl CredentialStore {
                  PRIMARY KEY (namespace, name));
              CREATE TABLE IF NOT EXISTS sequences (
                  namespace TEXT NOT NULL, name TEXT NOT NULL, last INTEGER NOT NULL,
-                 PRIMARY KEY (namespace, name));",
+                 PRIMARY KEY (namespace, name));
+             CREATE TABLE IF NOT EXISTS enrollments (
+                 namespace TEXT NOT NULL, name TEXT NOT NULL, attempt TEXT NOT NULL,
+                 enrolled_at TEXT NOT NULL,
+                 PRIMARY KEY (namespace, name, attempt));",
         )
         .map_err(err)?;
         Ok(CredentialStore {
@@ -121,13 +125,52 @@ impl CredentialStore {
     /// Issues (or rotates) the endpoint's token and returns it. The caller shows it once; it
     /// cannot be read back.
     pub fn issue(&self, key: &Key, now: &str) -> Result<String, CredentialError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.db_err(e))?;
+        let token = self.issue_in(&tx, key, now)?;
+        tx.commit().map_err(|e| self.db_err(e))?;
+        self.clear_cache();
+        Ok(token)
+    }
+
+    /// Issues the endpoint's token for the enrollment of `attempt`, once: None when that
+    /// attempt already enrolled (its credential works one time, so a copy of agent.json
+    /// cannot take the endpoint's token from the agent that enrolled with it).
+    pub fn enroll_once(
+        &self,
+        key: &Key,
+        attempt: &str,
+        now: &str,
+    ) -> Result<Option<String>, CredentialError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.db_err(e))?;
+        let fresh = tx
+            .execute(
+                "INSERT INTO enrollments (namespace, name, attempt, enrolled_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT DO NOTHING",
+                params![key.namespace, key.name, attempt, now],
+            )
+            .map_err(|e| self.db_err(e))?;
+        if fresh == 0 {
+            return Ok(None);
+        }
+        let token = self.issue_in(&tx, key, now)?;
+        tx.commit().map_err(|e| self.db_err(e))?;
+        self.clear_cache();
+        Ok(Some(token))
+    }
+
+    fn issue_in(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        key: &Key,
+        now: &str,
+    ) -> Result<String, CredentialError> {
         let mut raw = [0u8; 32];
         self.rng
             .fill(&mut raw)
             .map_err(|_| CredentialError::Random)?;
         let token = format!("{TOKEN_PREFIX}{}", hex(&raw));
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(|e| self.db_err(e))?;
         tx.execute(
             "INSERT INTO tokens (namespace, name, hash, issued_at) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (namespace, name) DO UPDATE SET hash = excluded.hash, issued_at = excluded.issued_at",
@@ -139,8 +182,6 @@ impl CredentialStore {
             params![key.namespace, key.name],
         )
         .map_err(|e| self.db_err(e))?;
-        tx.commit().map_err(|e| self.db_err(e))?;
-        self.clear_cache();
         Ok(token)
     }
 

@@ -10,15 +10,17 @@
 //! | 400 | not the enrollment schema |
 //! | 401 | the enrollment credential is not the one recast derived for this attempt |
 //! | 404 | enrollment is off on this gateway, or the endpoint does not exist |
-//! | 409 | the endpoint's attempt is not this one, or it is not waiting for its check-in |
+//! | 409 | the endpoint's attempt is not this one, it is not waiting for its check-in, or it already enrolled |
 //! | 413 | body larger than 4 KiB |
 //! | 415 | not application/json |
+//! | 503 | the attempt's imaging result is not recorded yet (retry), or the store is unavailable |
 //! | 429 | rate limited |
 //!
 //! The credential is an HMAC under the imaging key (shared with the boot service), bound to
-//! the namespace, endpoint and attempt. It works only while that attempt waits for the new
-//! image's first report (steps Applying and FirstBoot): an `agent.json` from an earlier attempt
-//! cannot take over an endpoint.
+//! the namespace, endpoint and attempt. It works once, and only while that attempt waits for
+//! the new image's first report (step FirstBoot, which only the imaging result of the machine
+//! that claimed the try reaches): an `agent.json` from an earlier attempt, or a copy of this
+//! one, cannot take over an endpoint or lock its agent out by rotating its token.
 
 use std::sync::Arc;
 
@@ -73,6 +75,9 @@ pub enum EnrollError {
     UnknownEndpoint(String),
     #[error("{0}")]
     NotAwaitingCheckIn(String),
+    /// The imaging result of this attempt is not decided yet: retry shortly.
+    #[error("{0}")]
+    Early(String),
     #[error("too many enrollments; retry in {0}s")]
     RateLimited(u64),
     #[error("the store is unavailable ({0}); retry later")]
@@ -89,7 +94,7 @@ impl EnrollError {
             EnrollError::BadCredential => StatusCode::UNAUTHORIZED,
             EnrollError::NotAwaitingCheckIn(_) => StatusCode::CONFLICT,
             EnrollError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            EnrollError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            EnrollError::Store(_) | EnrollError::Early(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -100,9 +105,13 @@ pub fn awaiting_check_in(ep: &Endpoint, attempt_id: &str) -> Result<(), EnrollEr
     let active = ep.status.as_ref().and_then(|s| s.active_attempt.as_ref());
     match active {
         Some(a) if a.id == attempt_id => match a.step {
-            // Applying: the imaging environment's final report may not be decided yet when
-            // the new image's agent starts.
-            ReimageStep::Applying | ReimageStep::FirstBoot => Ok(()),
+            // Only after the imaging result: that came with the session token of the machine
+            // that claimed the try, from its address. (The agent retries enrollment while the
+            // result is still being decided.)
+            ReimageStep::FirstBoot => Ok(()),
+            ReimageStep::Applying => Err(EnrollError::Early(format!(
+                "attempt {attempt_id} of {name} has not recorded its imaging result yet; retry in a few seconds"
+            ))),
             step => Err(EnrollError::NotAwaitingCheckIn(format!(
                 "attempt {attempt_id} of {name} is at step {step:?}, not waiting for the new image's first report"
             ))),
@@ -159,8 +168,18 @@ impl<B: Backend> Gateway<B> {
         awaiting_check_in(&ep, &req.attempt_id)?;
         let token = self
             .credentials
-            .issue(&who, &crate::core::time::format(self.clock.now()))
-            .map_err(|e| EnrollError::Store(e.to_string()))?;
+            .enroll_once(
+                &who,
+                &req.attempt_id,
+                &crate::core::time::format(self.clock.now()),
+            )
+            .map_err(|e| EnrollError::Store(e.to_string()))?
+            .ok_or_else(|| {
+                EnrollError::NotAwaitingCheckIn(format!(
+                    "attempt {} of {who} already enrolled; its credential works once (reimage again, or issue a token with `recast-operator gateway-token issue`)",
+                    req.attempt_id
+                ))
+            })?;
         tracing::info!(endpoint = %who, attempt = %req.attempt_id, "agent enrolled; the endpoint's previous token no longer works");
         Ok(token)
     }
@@ -223,12 +242,13 @@ mod tests {
 
     #[test]
     fn only_the_running_attempt_waiting_for_its_check_in_may_enroll() {
-        for step in [ReimageStep::Applying, ReimageStep::FirstBoot] {
-            assert_eq!(
-                awaiting_check_in(&endpoint(Some(("a-2", step))), "a-2"),
-                Ok(())
-            );
-        }
+        assert_eq!(
+            awaiting_check_in(&endpoint(Some(("a-2", ReimageStep::FirstBoot))), "a-2"),
+            Ok(())
+        );
+        let early =
+            awaiting_check_in(&endpoint(Some(("a-2", ReimageStep::Applying))), "a-2").unwrap_err();
+        assert_eq!(early.status(), StatusCode::SERVICE_UNAVAILABLE, "{early}");
         for step in [
             ReimageStep::ArmingBoot,
             ReimageStep::PowerCycling,

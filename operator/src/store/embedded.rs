@@ -27,6 +27,10 @@ const SCHEMA_VERSION: i64 = 1;
 pub const DB_FILE: &str = "recast.db";
 /// Finalizer the controller puts on every Endpoint: a pending network boot is disarmed before
 /// the object goes away.
+/// Events kept per object (the oldest go first), like the apiserver's event TTL bounds them
+/// on Kubernetes.
+pub const MAX_EVENTS_PER_OBJECT: u32 = 500;
+
 pub const BOOT_FINALIZER: &str = "recast.dev/disarm-boot";
 
 #[derive(Debug, thiserror::Error)]
@@ -887,6 +891,9 @@ impl EmbeddedStore {
 
     // ---- events ----------------------------------------------------------------------------
 
+    /// Appends an event, keeping the newest [`MAX_EVENTS_PER_OBJECT`] of the object: some
+    /// events follow from requests anyone can send (a managed machine's network boot), and
+    /// those must not grow the store without bound.
     pub fn record_event(
         &self,
         kind: Kind,
@@ -894,10 +901,19 @@ impl EmbeddedStore {
         name: &str,
         ev: &EventRecord,
     ) -> Result<(), StoreError> {
-        self.conn().execute(
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
             "INSERT INTO events (kind, namespace, name, time, type, reason, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![kind.as_str(), namespace, name, ev.time, ev.type_, ev.reason, ev.message],
         )?;
+        tx.execute(
+            "DELETE FROM events WHERE kind = ?1 AND namespace = ?2 AND name = ?3 AND id <= (
+                 SELECT id FROM events WHERE kind = ?1 AND namespace = ?2 AND name = ?3
+                 ORDER BY id DESC LIMIT 1 OFFSET ?4)",
+            params![kind.as_str(), namespace, name, MAX_EVENTS_PER_OBJECT],
+        )?;
+        tx.commit()?;
         Ok(())
     }
 

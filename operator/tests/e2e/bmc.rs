@@ -517,14 +517,31 @@ pub fn simulated_imaging(
             .find_map(|w| w.strip_prefix(&format!("{key}=")))
             .map(str::to_string)
     };
-    let (task_url, token) = (arg("recast.task")?, arg("recast.token")?);
+    let claim_url = arg("recast.claim")?;
     let path_of = |url: &str| {
         url.splitn(4, '/')
             .nth(3)
             .map(|p| format!("/{p}"))
             .unwrap_or_default()
     };
-    let base = task_url.trim_end_matches("/task").to_string();
+    let base = claim_url.trim_end_matches("/claim").to_string();
+    let task_url = format!("{base}/task");
+    // The imaging environment claims its try first; the session token works only from here.
+    let claim_path = format!("{}?format=text", path_of(&claim_url));
+    let mut token = String::new();
+    for _ in 0..30 {
+        if let Ok(r) = net::connect(Some(boot_ns), boot)
+            .and_then(|s| http::send(s, "POST", &host, &claim_path, &[], b""))
+            && r.status == 200
+        {
+            token = r.text().trim().to_string();
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    if token.is_empty() {
+        return None;
+    }
     let task = get(&path_of(&task_url), Some(&token))?.json();
     let post = |what: &str, body: Value| {
         let bearer = format!("Bearer {token}");

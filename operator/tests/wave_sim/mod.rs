@@ -192,6 +192,7 @@ impl<B: Backend> Sim<B> {
             let boot = Input::NetworkBooted {
                 attempt_id: a.id.clone(),
                 try_number: None,
+                client: None,
             };
             self.ctrl.reconcile(&k, boot).await.unwrap();
             let result = if failing.contains(&name) {
