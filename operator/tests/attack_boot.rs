@@ -39,9 +39,17 @@ fn a_stranger_who_knows_the_mac_cannot_take_over_the_reimage() {
     //    attempt stays at Booting, where `protected` can still stop it).
     let (code, _, body) = curl(&["--interface", STRANGER, &format!("{}/boot/{MAC}", s.base)]);
     assert_eq!(code, 200);
-    assert!(!String::from_utf8_lossy(&body).to_ascii_lowercase().contains("token"));
+    assert!(
+        !String::from_utf8_lossy(&body)
+            .to_ascii_lowercase()
+            .contains("token")
+    );
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(step(&s).as_deref(), Some("Booting"), "an unauthenticated GET moves nothing");
+    assert_eq!(
+        step(&s).as_deref(),
+        Some("Booting"),
+        "an unauthenticated GET moves nothing"
+    );
 
     // 2. Every call that hands out or changes something needs a session token.
     for path in ["task", "unattend.xml", "agent.json"] {
@@ -65,8 +73,19 @@ fn a_stranger_who_knows_the_mac_cannot_take_over_the_reimage() {
         step(&s).as_deref() == Some("Applying")
     });
     for path in ["task", "unattend.xml", "agent.json"] {
-        let (code, _, body) = curl(&["--interface", STRANGER, "-H", &auth, &format!("{attempt}/{path}")]);
-        assert_eq!(code, 401, "{path} with the machine's token from elsewhere: {}", String::from_utf8_lossy(&body));
+        let (code, _, body) = curl(&[
+            "--interface",
+            STRANGER,
+            "-H",
+            &auth,
+            &format!("{attempt}/{path}"),
+        ]);
+        assert_eq!(
+            code,
+            401,
+            "{path} with the machine's token from elsewhere: {}",
+            String::from_utf8_lossy(&body)
+        );
     }
     let (code, _, _) = curl(&[
         "--interface",
@@ -85,9 +104,11 @@ fn a_stranger_who_knows_the_mac_cannot_take_over_the_reimage() {
     let (code, body) = claim(&attempt, STRANGER);
     assert_eq!(code, 409, "{body}");
     assert!(body.contains("claimed by another machine"), "{body}");
-    recast_tests::wait_for(Duration::from_secs(20), "the attempt to be quarantined", || {
-        phase(&s).as_deref() == Some("Quarantined")
-    });
+    recast_tests::wait_for(
+        Duration::from_secs(20),
+        "the attempt to be quarantined",
+        || phase(&s).as_deref() == Some("Quarantined"),
+    );
     let (code, _, _) = curl(&["-H", &auth, &format!("{attempt}/task")]);
     assert_eq!(code, 410, "the try is over");
     let _ = std::fs::remove_dir_all(&s.dir);
@@ -131,6 +152,9 @@ fn the_enrollment_credential_works_once_and_only_after_the_result() {
         (code, String::from_utf8_lossy(&out).into_owned())
     };
     recast_tests::wait_for(Duration::from_secs(20), "the gateway", || enroll().0 != 0);
+    recast_tests::wait_for(Duration::from_secs(20), "the claim to be recorded", || {
+        step(&s).as_deref() == Some("Applying")
+    });
 
     // Before the imaging result: not yet (503, the agent retries), whatever the credential.
     let (code, body) = enroll();

@@ -130,7 +130,10 @@ fn scripts_artifacts_and_the_imaging_protocol_over_http() {
     let startnet = String::from_utf8_lossy(&body);
     assert!(startnet.contains(&s.digest));
     assert!(!startnet.contains(&token), "startnet.cmd holds no secret");
-    assert!(startnet.contains("/claim?format=text"), "it claims the try first");
+    assert!(
+        startnet.contains("/claim?format=text"),
+        "it claims the try first"
+    );
     assert_eq!(
         curl(&["-H", &auth, &format!("{attempt}/unattend.xml")]).0,
         200

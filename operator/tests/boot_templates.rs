@@ -12,7 +12,6 @@ use recast_operator::boot::render::{
 };
 
 const BASE: &str = "http://10.0.40.2:8081";
-const TOKEN: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 fn intent(mode: &str) -> BootIntent {
     BootIntent {
@@ -64,7 +63,7 @@ fn ipxe_scripts() {
 
     for mode in ["uefi", "bios"] {
         let i = intent(mode);
-        let view = AttemptView::new(BASE, &i, TOKEN);
+        let view = AttemptView::new(BASE, &i);
         let winpe = r
             .imaging_script(ImagingEnvironment::Winpe, BASE, &view)
             .unwrap();
@@ -73,18 +72,21 @@ fn ipxe_scripts() {
             "initrd http://10.0.40.2:8081/artifacts/winpe/BCD BCD",
             "initrd http://10.0.40.2:8081/artifacts/winpe/boot.sdi boot.sdi",
             "initrd http://10.0.40.2:8081/artifacts/winpe/boot.wim boot.wim",
-            "initrd http://10.0.40.2:8081/imaging/v1/store-042/kiosk-01/kiosk-01-7f3a/2/startnet.cmd?token=",
-            "winpeshl.ini?token=",
+            "initrd http://10.0.40.2:8081/imaging/v1/store-042/kiosk-01/kiosk-01-7f3a/2/startnet.cmd startnet.cmd",
+            "initrd http://10.0.40.2:8081/imaging/v1/store-042/kiosk-01/kiosk-01-7f3a/2/winpeshl.ini winpeshl.ini",
         ] {
             assert!(winpe.contains(line), "{mode}: missing {line:?}\n{winpe}");
         }
+        // Anyone can ask for this script: it names what to boot and holds no secret.
+        assert!(!winpe.contains("token"), "{winpe}");
         golden(&format!("imaging-winpe-{mode}.ipxe"), &winpe);
         let linux = r
             .imaging_script(ImagingEnvironment::Linux, BASE, &view)
             .unwrap();
         assert!(linux.contains(
-            "recast.task=http://10.0.40.2:8081/imaging/v1/store-042/kiosk-01/kiosk-01-7f3a/2/task"
+            "recast.claim=http://10.0.40.2:8081/imaging/v1/store-042/kiosk-01/kiosk-01-7f3a/2/claim"
         ));
+        assert!(!linux.contains("token"), "{linux}");
         golden(&format!("imaging-linux-{mode}.ipxe"), &linux);
         let wds = r.wds("store-042", "kiosk-01", mode, "10.0.40.9").unwrap();
         let expected = if mode == "bios" {
@@ -103,16 +105,14 @@ fn startnet_partitions_applies_and_reports_for_each_boot_mode() {
     let site = SiteSettings::default();
     let uefi_intent = intent("uefi");
     let uefi = r
-        .startnet(
-            &AttemptView::new(BASE, &uefi_intent, TOKEN),
-            &image(),
-            &site,
-        )
+        .startnet(&AttemptView::new(BASE, &uefi_intent), &image(), &site)
         .unwrap();
     // Windows' cmd.exe wants CRLF.
     assert!(uefi.contains("\r\n") && !uefi.replace("\r\n", "").contains('\n'));
     for line in [
         "wpeinit",
+        "\"%RECAST_URL%/claim?format=text\"",
+        "if not defined RECAST_TOKEN",
         "echo convert gpt",
         "echo create partition efi size=260",
         "echo format quick fs=fat32 label=\"System\"",
@@ -132,15 +132,18 @@ fn startnet_partitions_applies_and_reports_for_each_boot_mode() {
         assert!(uefi.contains(line), "UEFI startnet.cmd lacks {line:?}");
     }
     assert!(!uefi.contains("echo active"));
+    // The try is claimed before the disk is touched: a machine that cannot claim it (another
+    // holds it) leaves the disk alone.
+    assert!(uefi.find("/claim?format=text") < uefi.find("diskpart /s"));
+    assert!(
+        !uefi.contains("set \"RECAST_TOKEN=0"),
+        "no token is rendered in"
+    );
     golden("startnet-uefi.cmd", &uefi);
 
     let bios_intent = intent("bios");
     let bios = r
-        .startnet(
-            &AttemptView::new(BASE, &bios_intent, TOKEN),
-            &image(),
-            &site,
-        )
+        .startnet(&AttemptView::new(BASE, &bios_intent), &image(), &site)
         .unwrap();
     for line in [
         "echo active",
@@ -162,7 +165,7 @@ fn startnet_partitions_applies_and_reports_for_each_boot_mode() {
 fn unattend_sets_hostname_locale_admin_and_domain_and_escapes_values() {
     let r = Renderer::new().unwrap();
     let i = intent("uefi");
-    let view = AttemptView::new(BASE, &i, TOKEN);
+    let view = AttemptView::new(BASE, &i);
     let plain = r.unattend(&view, &SiteSettings::default()).unwrap();
     assert!(plain.contains("<ComputerName>KIOSK-01</ComputerName>"));
     assert!(plain.contains("<UILanguage>en-US</UILanguage>"));

@@ -281,11 +281,14 @@ async fn hand_to_hyper(
         pos: 0,
         inner: tcp,
     };
-    let app = tower::ServiceExt::map_request(app, move |mut req: axum::extract::Request| {
-        req.extensions_mut()
-            .insert(axum::extract::ConnectInfo(peer));
-        req
-    });
+    let app = tower::ServiceExt::map_request(
+        app,
+        move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            req
+        },
+    );
     let service = hyper_util::service::TowerToHyperService::new(app);
     hyper::server::conn::http1::Builder::new()
         .header_read_timeout(HEAD_TIMEOUT)

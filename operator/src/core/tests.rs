@@ -492,7 +492,11 @@ fn a_try_belongs_to_the_first_machine_that_claims_it() {
     });
     let a = e.status.active_attempt.clone().unwrap();
     assert!(a.retry_after.is_some());
-    assert_eq!(a.boot_client.as_deref(), Some("10.0.40.17"), "kept for the record until the retry");
+    assert_eq!(
+        a.boot_client.as_deref(),
+        Some("10.0.40.17"),
+        "kept for the record until the retry"
+    );
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! the attack suite.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -133,12 +133,7 @@ pub fn setup_with(gateway: bool) -> Setup {
             .args(["--gateway-url", &format!("https://{gw}")]);
         (format!("https://{gw}"), ca)
     });
-    let op = Proc(
-        cmd.stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
+    let op = Proc(cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap());
     recast_tests::wait_for(Duration::from_secs(20), "HTTP boot", || {
         curl(&[&format!("{base}/boot.ipxe")]).0 == 200
     });

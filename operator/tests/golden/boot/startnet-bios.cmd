@@ -1,15 +1,20 @@
 @echo off
 rem recast imaging script: store-042/kiosk-01, attempt kiosk-01-7f3a, try 2.
-rem Rendered by recast for this try only; its token stops working once the try ends.
+rem Rendered by recast for this try only. It holds no secret: it claims the try first and gets
+rem a session token that works only from this machine's address, until the try ends.
 rem Needs curl.exe in WinPE (System32 of WinPE from the Windows 11 ADK), diskpart, dism, bcdboot.
 setlocal EnableExtensions
 set "RECAST_URL=http://10.0.40.2:8081/imaging/v1/store-042/kiosk-01/kiosk-01-7f3a/2"
-set "RECAST_TOKEN=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 set "RECAST_CURL=curl.exe -s -S --fail --connect-timeout 10 --retry 5 --retry-delay 5 --retry-all-errors"
 
 wpeinit
 wpeutil InitializeNetwork
-call :report 2 network "WinPE started, network initialised"
+
+rem --- 0. claim the try: nothing touches the disk unless this machine holds it ------------------
+set "RECAST_TOKEN="
+for /f "usebackq delims=" %%t in (`%RECAST_CURL% -X POST "%RECAST_URL%/claim?format=text"`) do set "RECAST_TOKEN=%%t"
+if not defined RECAST_TOKEN (echo recast: this machine could not claim attempt kiosk-01-7f3a try 2; the disk is untouched & goto :end)
+call :report 2 network "WinPE started, network initialised, try claimed"
 
 rem --- 1. partition disk 0 (bios) ---------------------------------------
 call :report 5 partition "partitioning disk 0 for bios"
