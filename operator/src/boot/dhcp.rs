@@ -1003,7 +1003,7 @@ mod tests {
             other => panic!("expected BootUrlTooLong, got {other:?}"),
         }
         // Even a reply built around the check never panics in the encoder.
-        let good = request(MessageType::Discover, Some(16), Some("HTTPClient"), false);
+        let good = request(MessageType::Discover, Some(19), Some("HTTPClient"), false);
         let info = parse(&good).unwrap();
         let r = answer(&info, &local(), &c).unwrap();
         assert!(r.file.len() > MAX_BOOT_FILE);
