@@ -334,7 +334,11 @@ impl DhcpConfig {
     /// Checks every boot file name a reply could carry fits the BOOTP `file` field, so a bad
     /// `--boot-url` fails the start with a clear message instead of the DHCP task later.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        for file in [&self.files.bios, &self.files.uefi_x64, &self.files.uefi_arm64] {
+        for file in [
+            &self.files.bios,
+            &self.files.uefi_x64,
+            &self.files.uefi_arm64,
+        ] {
             if file.len() > MAX_BOOT_FILE {
                 return Err(ConfigError::BootFileTooLong {
                     file: file.clone(),
@@ -933,11 +937,21 @@ mod tests {
             triage(&parse(&request(mt, Some(7), vendor, ipxe)).unwrap(), c)
         };
         assert_eq!(
-            ask(MessageType::Discover, Some("PXEClient:Arch:00007"), false, &proxy),
+            ask(
+                MessageType::Discover,
+                Some("PXEClient:Arch:00007"),
+                false,
+                &proxy
+            ),
             Triage::Lookup
         );
         assert_eq!(
-            ask(MessageType::Request, Some("HTTPClient:Arch:00016"), false, &proxy),
+            ask(
+                MessageType::Request,
+                Some("HTTPClient:Arch:00016"),
+                false,
+                &proxy
+            ),
             Triage::Lookup
         );
         assert_eq!(ask(MessageType::Inform, None, true, &proxy), Triage::Lookup);
@@ -963,8 +977,13 @@ mod tests {
             );
         }
         // A REQUEST for another server's offer.
-        let mut info = parse(&request(MessageType::Request, Some(7), Some("PXEClient"), false))
-            .unwrap();
+        let mut info = parse(&request(
+            MessageType::Request,
+            Some(7),
+            Some("PXEClient"),
+            false,
+        ))
+        .unwrap();
         info.server_id = Some(Ipv4Addr::new(10, 0, 40, 1));
         assert_eq!(triage(&info, &proxy), Triage::Drop("other_server"));
         info.server_id = Some(proxy.server_ip);
@@ -980,8 +999,13 @@ mod tests {
             ask(MessageType::Discover, Some("PXEClient"), false, &full),
             Triage::Lookup
         );
-        let mut stranger =
-            parse(&request(MessageType::Discover, Some(7), Some("PXEClient"), false)).unwrap();
+        let mut stranger = parse(&request(
+            MessageType::Discover,
+            Some(7),
+            Some("PXEClient"),
+            false,
+        ))
+        .unwrap();
         stranger.mac = "52:54:00:99:99:99".into();
         assert_eq!(triage(&stranger, &full), Triage::Drop("no_lease"));
     }

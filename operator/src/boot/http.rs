@@ -223,9 +223,7 @@ async fn per_mac<B: Backend + BootIntents>(
                 intent::Known::Endpoint {
                     namespace, name, ..
                 } => (namespace.clone(), name.clone()),
-                intent::Known::Unknown | intent::Known::Ambiguous => {
-                    (String::new(), mac.clone())
-                }
+                intent::Known::Unknown | intent::Known::Ambiguous => (String::new(), mac.clone()),
             };
             let Some(server) = &svc.config.wds_server else {
                 tracing::warn!(%mac, "endpoint is in WDS mode but no --wds-server is set; booting it locally");

@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use recast_crds::Endpoint;
 
-use super::intent::{Known, normalize_mac};
 use super::BootIntent;
+use super::intent::{Known, normalize_mac};
 use crate::controller::Key;
 
 /// What the index keeps of an Endpoint.

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::BootIntents;
-use super::ratelimit::{BOOT_HTTP_PER_MAC, DHCP_PER_MAC, MAX_TRACKED_MACS, SharedLimiter};
 use super::dhcp::{self, DhcpConfig};
 use super::http::{BootConfig, BootHttp, router};
+use super::ratelimit::{BOOT_HTTP_PER_MAC, DHCP_PER_MAC, MAX_TRACKED_MACS, SharedLimiter};
 use super::render::Renderer;
 use super::token::TokenKey;
 use crate::controller::Backend;

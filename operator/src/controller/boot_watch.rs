@@ -105,8 +105,8 @@ pub fn spawn(
     tokio::spawn(async move {
         // Any semantic: the first listing may come from the apiserver's cache, like the
         // controller's own watch; a stale start is corrected by the watch that follows.
-        let stream = watcher(endpoints, watcher::Config::default().any_semantic())
-            .default_backoff();
+        let stream =
+            watcher(endpoints, watcher::Config::default().any_semantic()).default_backoff();
         futures::pin_mut!(stream);
         loop {
             let next = tokio::select! {
@@ -114,8 +114,12 @@ pub fn spawn(
                 _ = stop.wait_for(|s| *s) => return,
             };
             match next {
-                Some(Ok(ev)) => ix.write().apply_endpoint(feed(ev, Key::of, EndpointFacts::of)),
-                Some(Err(e)) => tracing::warn!(error = %e, "boot index: Endpoint watch failed; retrying"),
+                Some(Ok(ev)) => ix
+                    .write()
+                    .apply_endpoint(feed(ev, Key::of, EndpointFacts::of)),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "boot index: Endpoint watch failed; retrying")
+                }
                 None => return,
             }
         }
@@ -125,8 +129,11 @@ pub fn spawn(
     let ix = index.clone();
     let mut stop = shutdown;
     tokio::spawn(async move {
-        let stream = watcher(maps, watcher::Config::default().labels(&selector).any_semantic())
-            .default_backoff();
+        let stream = watcher(
+            maps,
+            watcher::Config::default().labels(&selector).any_semantic(),
+        )
+        .default_backoff();
         futures::pin_mut!(stream);
         loop {
             let next = tokio::select! {
@@ -135,7 +142,9 @@ pub fn spawn(
             };
             match next {
                 Some(Ok(ev)) => ix.write().apply_intent(feed(ev, intent_id, decode)),
-                Some(Err(e)) => tracing::warn!(error = %e, "boot index: boot-intent watch failed; retrying"),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "boot index: boot-intent watch failed; retrying")
+                }
                 None => return,
             }
         }

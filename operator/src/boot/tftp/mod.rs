@@ -392,11 +392,15 @@ impl TftpServer {
         let id = match admitted {
             Admit::Duplicate => {
                 // Raced with the check above; the running transfer answers it.
-                self.shared.budgets().end_transfer(from.ip(), Instant::now());
+                self.shared
+                    .budgets()
+                    .end_transfer(from.ip(), Instant::now());
                 return;
             }
             Admit::Busy => {
-                self.shared.budgets().end_transfer(from.ip(), Instant::now());
+                self.shared
+                    .budgets()
+                    .end_transfer(from.ip(), Instant::now());
                 self.refuse("server_busy");
                 self.reply_error(
                     from,
