@@ -63,7 +63,9 @@ pub enum Feed<I, T> {
     Deleted(I),
 }
 
-/// What the index says about a MAC.
+/// What the index says about a MAC. Returned by value once per lookup and unpacked at once,
+/// so the size difference between the variants costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Lookup {
     /// The first listing of Endpoints or of intents has not arrived: nothing is known yet.
