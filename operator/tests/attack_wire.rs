@@ -614,3 +614,43 @@ fn spoofed_tftp_requests_with_long_timeouts_do_not_starve_a_real_client() {
     );
     drop(flood);
 }
+
+/// A managed MAC's `/boot` requests each record a NetworkBootFallback event; however many
+/// arrive over time, an object's history stays bounded (oldest dropped) and the newest stay.
+#[test]
+fn an_objects_event_history_is_bounded() {
+    use recast_operator::store::embedded::{EventRecord, MAX_EVENTS_PER_OBJECT};
+    let dir = tempdir();
+    let store = EmbeddedStore::open(dir.path()).expect("open a store");
+    let kind = recast_crds::manifest::Kind::Endpoint;
+    let extra = 150;
+    for i in 0..MAX_EVENTS_PER_OBJECT + extra {
+        let ev = EventRecord {
+            time: format!("t{i:06}"),
+            type_: "Warning".into(),
+            reason: "NetworkBootFallback".into(),
+            message: format!("boot {i}"),
+        };
+        store
+            .record_event(kind, "default", "kiosk-01", &ev)
+            .unwrap();
+    }
+    // Another object's history is untouched by the cap.
+    let other = EventRecord {
+        time: "t".into(),
+        type_: "Normal".into(),
+        reason: "Other".into(),
+        message: "kept".into(),
+    };
+    store
+        .record_event(kind, "default", "kiosk-02", &other)
+        .unwrap();
+    let events = store.events(kind, "default", "kiosk-01").unwrap();
+    assert_eq!(events.len() as i64, MAX_EVENTS_PER_OBJECT);
+    assert_eq!(events[0].message, format!("boot {extra}"));
+    assert_eq!(
+        events.last().map(|e| e.message.clone()),
+        Some(format!("boot {}", MAX_EVENTS_PER_OBJECT + extra - 1))
+    );
+    assert_eq!(store.events(kind, "default", "kiosk-02").unwrap().len(), 1);
+}
