@@ -17,3 +17,12 @@ pub async fn hit(name: &str) {
         std::future::pending::<()>().await;
     }
 }
+
+/// Panics if `name` is the configured failpoint: for tests that prove a task's death is seen
+/// (readiness fails) rather than silent.
+pub fn crash(name: &str) {
+    if configured() == Some(name) {
+        eprintln!("FAILPOINT {name}");
+        panic!("failpoint {name}");
+    }
+}

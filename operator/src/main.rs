@@ -242,15 +242,17 @@ impl BootArgs {
                 } else {
                     dhcp::Mode::Proxy
                 };
+                let config = dhcp::DhcpConfig {
+                    mode: dhcp_mode,
+                    server_ip,
+                    http_base: base_url.clone(),
+                    files: dhcp::BootFiles::default(),
+                    unknown: self.unknown_macs,
+                    wds_server: self.wds_server,
+                };
+                config.validate().map_err(|e| e.to_string())?;
                 Some(service::DhcpListeners {
-                    config: dhcp::DhcpConfig {
-                        mode: dhcp_mode,
-                        server_ip,
-                        http_base: base_url.clone(),
-                        files: dhcp::BootFiles::default(),
-                        unknown: self.unknown_macs,
-                        wds_server: self.wds_server,
-                    },
+                    config,
                     ports: self.dhcp_ports.clone(),
                     interface: self.dhcp_interface.clone(),
                 })
@@ -482,10 +484,11 @@ async fn run(opts: RunOptions) -> Result<(), String> {
         let _ = stop_tx.send(true);
     });
     let ready = Arc::new(AtomicBool::new(false));
+    let parts = Arc::new(http::Readiness::default());
     let metrics = Arc::new(Metrics::new());
     let server = tokio::spawn(http::serve(
         listen,
-        http::router(ready.clone(), metrics.clone()),
+        http::router(ready.clone(), parts.clone(), metrics.clone()),
         stop_rx.clone(),
     ));
     match backend {
@@ -499,9 +502,14 @@ async fn run(opts: RunOptions) -> Result<(), String> {
                 store: store.clone(),
             });
             if let Some(cfg) = boot_cfg {
-                let (b, m, s) = (backend.clone(), metrics.clone(), stop_rx.clone());
+                let (b, m, r, s) = (
+                    backend.clone(),
+                    metrics.clone(),
+                    parts.clone(),
+                    stop_rx.clone(),
+                );
                 tokio::spawn(async move {
-                    if let Err(e) = recast_operator::boot::service::run(b, cfg, m, s).await {
+                    if let Err(e) = recast_operator::boot::service::run(b, cfg, m, r, s).await {
                         boot_service_failed(&e);
                     }
                 });
@@ -566,11 +574,23 @@ async fn run(opts: RunOptions) -> Result<(), String> {
                     Arc::new(AtomicBool::new(false)),
                 )
                 .await?;
+                // Boot lookups come from a watch-fed index, never a request per packet.
+                let backend = if boot_cfg.is_some() {
+                    let index = backend.start_boot_index(stop_rx.clone());
+                    backend.with_boot_index(index)
+                } else {
+                    backend
+                };
                 let backend = Arc::new(backend);
                 if let Some(cfg) = boot_cfg {
-                    let (b, m, s) = (backend.clone(), metrics.clone(), stop_rx.clone());
+                    let (b, m, r, s) = (
+                        backend.clone(),
+                        metrics.clone(),
+                        parts.clone(),
+                        stop_rx.clone(),
+                    );
                     tokio::spawn(async move {
-                        if let Err(e) = recast_operator::boot::service::run(b, cfg, m, s).await {
+                        if let Err(e) = recast_operator::boot::service::run(b, cfg, m, r, s).await {
                             boot_service_failed(&e);
                         }
                     });

@@ -124,6 +124,7 @@ impl Metrics {
             let kind = match e {
                 BackendError::Conflict(_) => "conflict",
                 BackendError::NotLeader => "not_leader",
+                BackendError::NotReady(_) => "not_ready",
                 BackendError::Other(_) => "other",
             };
             self.reconcile_errors

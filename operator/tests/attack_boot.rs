@@ -183,32 +183,3 @@ fn the_enrollment_credential_works_once_and_only_after_the_result() {
     let _ = std::fs::remove_dir_all(&s.dir);
 }
 
-/// Asking for a managed machine's boot script records a NetworkBootFallback event (a managed
-/// machine that network-boots on its own has usually failed to boot its disk): a flood of such
-/// requests must not grow the store without bound.
-#[test]
-fn a_flood_of_boot_requests_does_not_grow_the_store_without_bound() {
-    if !have_curl() {
-        return;
-    }
-    let s = setup();
-    let url = format!("{}/boot/{MAC}", s.base);
-    let n = recast_operator::store::embedded::MAX_EVENTS_PER_OBJECT as usize + 200;
-    // One curl, many requests over keep-alive connections.
-    let mut args: Vec<&str> = vec!["-s", "-o", "/dev/null"];
-    for _ in 0..n {
-        args.push(&url);
-    }
-    let out = Command::new("curl").args(&args).output().unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let events = s
-        .store
-        .events(recast_crds::manifest::Kind::Endpoint, "default", "pc-01")
-        .unwrap();
-    assert!(
-        events.len() <= recast_operator::store::embedded::MAX_EVENTS_PER_OBJECT as usize,
-        "{} events kept after {n} requests",
-        events.len()
-    );
-    let _ = std::fs::remove_dir_all(&s.dir);
-}

@@ -15,6 +15,8 @@ use tokio::sync::watch;
 
 use super::BootIntents;
 use super::intent::{self, BootChoice, UnknownMacPolicy};
+use super::ratelimit::SharedLimiter;
+use crate::controller::BackendError;
 use crate::metrics::Metrics;
 
 /// What a request says about the client, as far as boot decisions go.
@@ -266,10 +268,115 @@ pub fn answer(info: &ClientInfo, choice: &BootChoice, cfg: &DhcpConfig) -> Optio
     })
 }
 
+/// What a request deserves before anything is looked up. Anyone on the segment can send DHCP,
+/// and most of what arrives is ordinary clients renewing addresses: those never cost a lookup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Triage {
+    /// Not answered; the label says why (counted in the metrics).
+    Drop(&'static str),
+    /// A plain client with a static lease (full mode): an address, no boot information, so
+    /// nothing to look up.
+    AddressOnly,
+    /// A PXE / HTTP-boot / iPXE client: what it boots depends on who it is.
+    Lookup,
+}
+
+/// Decides whether a request is worth a lookup. Pure.
+pub fn triage(info: &ClientInfo, cfg: &DhcpConfig) -> Triage {
+    if info.server_id.is_some_and(|id| id != cfg.server_ip) {
+        return Triage::Drop("other_server");
+    }
+    if !matches!(
+        info.message_type,
+        MessageType::Discover | MessageType::Request | MessageType::Inform
+    ) {
+        return Triage::Drop("not_a_request");
+    }
+    let leased = match &cfg.mode {
+        Mode::Proxy => false,
+        Mode::Full { leases, .. } => leases.contains_key(&info.mac),
+    };
+    if matches!(cfg.mode, Mode::Full { .. }) && !leased {
+        return Triage::Drop("no_lease");
+    }
+    let boot_capable = info.pxe || info.http_client || info.ipxe;
+    match (boot_capable, leased) {
+        (true, _) => Triage::Lookup,
+        (false, true) => Triage::AddressOnly,
+        (false, false) => Triage::Drop("not_pxe"),
+    }
+}
+
+/// The longest file name a boot reply may carry: the BOOTP `file` field is 128 bytes,
+/// NUL-terminated (dhcproto asserts on anything longer, and a client could not read it).
+pub const MAX_BOOT_FILE: usize = 127;
+
+/// Why a DHCP configuration cannot be served.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error(
+        "the boot URL {base:?} is {len} bytes, so the boot file name {file:?} is {file_len} bytes; DHCP's boot file field holds at most {MAX_BOOT_FILE}, so --boot-url may be at most {max_base} bytes with these boot files (use the server's IP address, a short host name, and no path)"
+    )]
+    BootUrlTooLong {
+        base: String,
+        len: usize,
+        file: String,
+        file_len: usize,
+        max_base: usize,
+    },
+    #[error(
+        "the boot file name {file:?} is {len} bytes; DHCP's boot file field holds at most {MAX_BOOT_FILE}"
+    )]
+    BootFileTooLong { file: String, len: usize },
+}
+
+impl DhcpConfig {
+    /// Checks every boot file name a reply could carry fits the BOOTP `file` field, so a bad
+    /// `--boot-url` fails the start with a clear message instead of the DHCP task later.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for file in [
+            &self.files.bios,
+            &self.files.uefi_x64,
+            &self.files.uefi_arm64,
+        ] {
+            if file.len() > MAX_BOOT_FILE {
+                return Err(ConfigError::BootFileTooLong {
+                    file: file.clone(),
+                    len: file.len(),
+                });
+            }
+        }
+        let suffixes = [
+            "/boot.ipxe".to_string(),
+            format!("/artifacts/{}", self.files.uefi_x64),
+            format!("/artifacts/{}", self.files.uefi_arm64),
+        ];
+        let longest = suffixes.iter().map(String::len).max().unwrap_or(0);
+        for suffix in &suffixes {
+            let file = format!("{}{suffix}", self.http_base);
+            if file.len() > MAX_BOOT_FILE {
+                return Err(ConfigError::BootUrlTooLong {
+                    base: self.http_base.clone(),
+                    len: self.http_base.len(),
+                    file_len: file.len(),
+                    file,
+                    max_base: MAX_BOOT_FILE.saturating_sub(longest),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Encodes a reply to `request` (whose xid, flags, giaddr and chaddr it echoes).
 pub fn encode(request: &[u8], reply: &Reply, cfg: &DhcpConfig) -> Option<Vec<u8>> {
     let req = Message::decode(&mut Decoder::new(request)).ok()?;
     if req.hlen() != 6 {
+        return None;
+    }
+    // `validate` keeps configured names short enough; this keeps a name that is not from
+    // panicking inside dhcproto.
+    if reply.file.len() > MAX_BOOT_FILE {
         return None;
     }
     let mut msg = Message::default();
@@ -362,11 +469,14 @@ pub fn bind(addr: SocketAddr, interface: Option<&str>) -> Result<UdpSocket, Serv
     Ok(sock)
 }
 
-/// Answers requests on `sock` until `shutdown`. Malformed packets are counted and dropped.
+/// Answers requests on `sock` until `shutdown`. Malformed packets are counted and dropped;
+/// requests that are not from a boot client are dropped before any lookup, and each MAC's
+/// requests are rate-limited by `limiter` (shared by the ports of one service).
 pub async fn serve<B: BootIntents>(
     sock: UdpSocket,
     cfg: Arc<DhcpConfig>,
     store: Arc<B>,
+    limiter: Arc<SharedLimiter<String>>,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -391,14 +501,39 @@ pub async fn serve<B: BootIntents>(
                 continue;
             }
         };
-        let (known, armed) = match store.boot_lookup(&info.mac).await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(mac = %info.mac, error = %e, "boot lookup failed; not answering");
-                continue;
+        // Lets the attack suite prove a dead DHCP task makes the process unready.
+        crate::failpoint::crash("dhcp-serve");
+        let triaged = triage(&info, &cfg);
+        if let Triage::Drop(why) = triaged {
+            metrics.dhcp_reply(why);
+            continue;
+        }
+        if limiter.check(&info.mac).is_err() {
+            metrics.dhcp_reply("rate_limited");
+            tracing::debug!(mac = %info.mac, "DHCP: over this MAC's rate; not answered");
+            continue;
+        }
+        let choice = match triaged {
+            Triage::AddressOnly => BootChoice::Local { discovered: false },
+            _ => {
+                let (known, armed) = match store.boot_lookup(&info.mac).await {
+                    Ok(x) => x,
+                    // Silence, not "unknown": the client retransmits, and by then the index
+                    // has usually loaded. Answering from an empty index would send a managed
+                    // machine the unknown-MAC policy's answer.
+                    Err(BackendError::NotReady(why)) => {
+                        metrics.dhcp_reply("not_ready");
+                        tracing::debug!(mac = %info.mac, "not answering yet: {why}");
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(mac = %info.mac, error = %e, "boot lookup failed; not answering");
+                        continue;
+                    }
+                };
+                intent::choose(&known, armed.as_ref(), cfg.unknown).0
             }
         };
-        let (choice, _) = intent::choose(&known, armed.as_ref(), cfg.unknown);
         let Some(reply) = answer(&info, &choice, &cfg) else {
             continue;
         };
@@ -793,5 +928,109 @@ mod tests {
                 .unwrap_err()
                 .contains("twice")
         );
+    }
+
+    #[test]
+    fn only_boot_clients_are_worth_a_lookup() {
+        let proxy = cfg(Mode::Proxy);
+        let ask = |mt, vendor: Option<&str>, ipxe, c: &DhcpConfig| {
+            triage(&parse(&request(mt, Some(7), vendor, ipxe)).unwrap(), c)
+        };
+        assert_eq!(
+            ask(
+                MessageType::Discover,
+                Some("PXEClient:Arch:00007"),
+                false,
+                &proxy
+            ),
+            Triage::Lookup
+        );
+        assert_eq!(
+            ask(
+                MessageType::Request,
+                Some("HTTPClient:Arch:00016"),
+                false,
+                &proxy
+            ),
+            Triage::Lookup
+        );
+        assert_eq!(ask(MessageType::Inform, None, true, &proxy), Triage::Lookup);
+        // An ordinary client (a laptop, a printer, a phone): never looked up in proxy mode.
+        for vendor in [None, Some("MSFT 5.0"), Some("android-dhcp-14"), Some("PXE")] {
+            assert_eq!(
+                ask(MessageType::Discover, vendor, false, &proxy),
+                Triage::Drop("not_pxe"),
+                "{vendor:?}"
+            );
+        }
+        // Messages a server does not answer.
+        for mt in [
+            MessageType::Release,
+            MessageType::Decline,
+            MessageType::Offer,
+            MessageType::Ack,
+        ] {
+            assert_eq!(
+                ask(mt, Some("PXEClient"), false, &proxy),
+                Triage::Drop("not_a_request"),
+                "{mt:?}"
+            );
+        }
+        // A REQUEST for another server's offer.
+        let mut info = parse(&request(
+            MessageType::Request,
+            Some(7),
+            Some("PXEClient"),
+            false,
+        ))
+        .unwrap();
+        info.server_id = Some(Ipv4Addr::new(10, 0, 40, 1));
+        assert_eq!(triage(&info, &proxy), Triage::Drop("other_server"));
+        info.server_id = Some(proxy.server_ip);
+        assert_eq!(triage(&info, &proxy), Triage::Lookup);
+        // Full mode: a plain client in the table gets an address without a lookup; a client
+        // outside the table gets nothing, PXE or not.
+        let full = cfg(full());
+        assert_eq!(
+            ask(MessageType::Discover, None, false, &full),
+            Triage::AddressOnly
+        );
+        assert_eq!(
+            ask(MessageType::Discover, Some("PXEClient"), false, &full),
+            Triage::Lookup
+        );
+        let mut stranger = parse(&request(
+            MessageType::Discover,
+            Some(7),
+            Some("PXEClient"),
+            false,
+        ))
+        .unwrap();
+        stranger.mac = "52:54:00:99:99:99".into();
+        assert_eq!(triage(&stranger, &full), Triage::Drop("no_lease"));
+    }
+
+    #[test]
+    fn a_boot_url_too_long_for_the_file_field_is_refused_with_the_limit() {
+        let mut c = cfg(Mode::Proxy);
+        assert_eq!(c.validate(), Ok(()));
+        // "/artifacts/ipxe/snponly-arm64.efi" is 33 bytes: 127 - 33 = 94 bytes of URL.
+        c.http_base = format!("http://{}", "a".repeat(94 - 7));
+        assert_eq!(c.validate(), Ok(()));
+        c.http_base.push('a');
+        match c.validate() {
+            Err(e @ ConfigError::BootUrlTooLong { max_base: 94, .. }) => {
+                let msg = e.to_string();
+                assert!(msg.contains("at most 94 bytes"), "{msg}");
+                assert!(msg.contains("--boot-url"), "{msg}");
+            }
+            other => panic!("expected BootUrlTooLong, got {other:?}"),
+        }
+        // Even a reply built around the check never panics in the encoder.
+        let good = request(MessageType::Discover, Some(19), Some("HTTPClient"), false);
+        let info = parse(&good).unwrap();
+        let r = answer(&info, &local(), &c).unwrap();
+        assert!(r.file.len() > MAX_BOOT_FILE);
+        assert_eq!(encode(&good, &r, &c), None);
     }
 }

@@ -42,6 +42,8 @@ pub struct BootHttp<B> {
     pub key: TokenKey,
     pub config: BootConfig,
     pub metrics: Arc<Metrics>,
+    /// `/boot/{mac}` requests per MAC (anyone can ask for any MAC).
+    pub per_mac_limit: super::ratelimit::SharedLimiter<String>,
     /// Which address claimed each endpoint's armed try, as this process saw it, before the
     /// controller has written it into the attempt's status (`bootClient`). One entry per
     /// endpoint with an armed try, so nobody without an armed try can grow it.
@@ -206,8 +208,32 @@ async fn per_mac<B: Backend + BootIntents>(
             "not a MAC address; iPXE asks for /boot/${net0/mac}\n",
         ));
     };
+    if let Err(limited) = svc.per_mac_limit.check(&mac) {
+        svc.metrics.boot_choice("rate_limited");
+        let secs = limited.retry_after.as_secs().max(1).to_string();
+        let mut resp = text(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many boot requests for this MAC address; retry later\n",
+        );
+        if let Ok(v) = header::HeaderValue::from_str(&secs) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return Ok(resp);
+    }
     let (known, armed) = match svc.backend.boot_lookup(&mac).await {
         Ok(x) => x,
+        // Not "unknown" before the index has loaded: iPXE treats the error as a failed chain
+        // and boots the local disk, and nothing is recorded about the machine.
+        Err(crate::controller::BackendError::NotReady(why)) => {
+            svc.metrics.boot_choice("not_ready");
+            let mut resp = text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the boot service is starting ({why}); retry shortly\n"),
+            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+            return Ok(resp);
+        }
         Err(e) => {
             tracing::warn!(%mac, error = %e, "boot lookup failed; telling the machine to boot locally");
             return Ok(script(svc.renderer.local(&mac, "uefi")?));
@@ -236,7 +262,7 @@ async fn per_mac<B: Backend + BootIntents>(
                         .await;
                     format!("{namespace}/{name}")
                 }
-                intent::Known::Unknown => mac.clone(),
+                intent::Known::Unknown | intent::Known::Ambiguous => mac.clone(),
             };
             if discovered
                 && let Err(e) = svc
@@ -253,7 +279,7 @@ async fn per_mac<B: Backend + BootIntents>(
                 intent::Known::Endpoint {
                     namespace, name, ..
                 } => (namespace.clone(), name.clone()),
-                intent::Known::Unknown => (String::new(), mac.clone()),
+                intent::Known::Unknown | intent::Known::Ambiguous => (String::new(), mac.clone()),
             };
             let Some(server) = &svc.config.wds_server else {
                 tracing::warn!(%mac, "endpoint is in WDS mode but no --wds-server is set; booting it locally");

@@ -33,6 +33,10 @@ pub enum Known {
         name: String,
         wds: bool,
     },
+    /// More than one Endpoint lists this MAC (a tenant claiming another's machine, or a
+    /// copy-paste mistake): it boots nothing from the network, whatever is armed, until one
+    /// of them lets go.
+    Ambiguous,
     Unknown,
 }
 
@@ -82,6 +86,9 @@ pub fn choose(
     unknown: UnknownMacPolicy,
 ) -> (BootChoice, Option<NotServed>) {
     match known {
+        // Told to boot its own disk: imaging a machine two Endpoints claim could wipe the
+        // wrong tenant's machine, and silence would only delay the same outcome.
+        Known::Ambiguous => (BootChoice::Local { discovered: false }, None),
         Known::Unknown => {
             let choice = match unknown {
                 UnknownMacPolicy::Ignore => BootChoice::Ignore,
@@ -236,6 +243,21 @@ mod tests {
             choose(&Known::Unknown, None, UnknownMacPolicy::Discover).0,
             BootChoice::Local { discovered: true }
         );
+    }
+
+    #[test]
+    fn an_ambiguous_mac_boots_nothing_even_when_armed() {
+        let i = intent("default", "kiosk-01", Some("ab"));
+        for policy in [
+            UnknownMacPolicy::Ignore,
+            UnknownMacPolicy::Local,
+            UnknownMacPolicy::Discover,
+        ] {
+            assert_eq!(
+                choose(&Known::Ambiguous, Some(&i), policy),
+                (BootChoice::Local { discovered: false }, None)
+            );
+        }
     }
 
     #[test]

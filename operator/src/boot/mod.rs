@@ -5,8 +5,10 @@
 pub mod artifacts;
 pub mod dhcp;
 pub mod http;
+pub mod index;
 pub mod intent;
 pub mod listener;
+pub mod ratelimit;
 pub mod render;
 pub mod service;
 pub mod tftp;
@@ -86,6 +88,11 @@ pub trait BootIntents: Send + Sync + 'static {
         &self,
         mac: &str,
     ) -> impl Future<Output = Result<(Known, Option<BootIntent>), BackendError>> + Send;
+    /// False while the store's view of MACs is still loading (the kube backend's watch-fed
+    /// index before its first listing); the boot service reports it on /readyz.
+    fn boot_lookups_ready(&self) -> bool {
+        true
+    }
     /// The intent armed for an endpoint, if any.
     fn boot_intent_of(
         &self,

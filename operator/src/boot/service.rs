@@ -8,9 +8,11 @@ use tokio::sync::watch;
 use super::BootIntents;
 use super::dhcp::{self, DhcpConfig};
 use super::http::{BootConfig, BootHttp, router};
+use super::ratelimit::{BOOT_HTTP_PER_MAC, DHCP_PER_MAC, MAX_TRACKED_MACS, SharedLimiter};
 use super::render::Renderer;
 use super::token::TokenKey;
 use crate::controller::Backend;
+use crate::http::Readiness;
 use crate::metrics::Metrics;
 
 pub struct BootServiceConfig {
@@ -32,13 +34,39 @@ pub struct DhcpListeners {
 
 /// Binds every listener first (so a port problem fails the start with a clear message), then
 /// serves until `shutdown`.
+///
+/// `readiness` hears about the parts that can fail while the process lives on: the store's
+/// boot lookups still loading (`boot-index`), and a DHCP or TFTP listener that stopped
+/// (`dhcp:PORT`, `tftp`): a process that looks healthy while no machine can boot is worse than
+/// one that says so.
 pub async fn run<B: Backend + BootIntents>(
     backend: Arc<B>,
     cfg: BootServiceConfig,
     metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
+    if let Some(d) = &cfg.dhcp {
+        d.config.validate().map_err(|e| e.to_string())?;
+    }
     let renderer = Renderer::new().map_err(|e| e.to_string())?;
+    if !backend.boot_lookups_ready() {
+        readiness.fail(
+            "boot-index",
+            "loading Endpoints and boot intents; boot requests are not answered yet",
+        );
+        let (b, r, mut stop) = (backend.clone(), readiness.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            while !b.boot_lookups_ready() {
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+            tracing::info!("boot index loaded; answering boot requests");
+            r.clear("boot-index");
+        });
+    }
     let listener = tokio::net::TcpListener::bind(cfg.http_listen)
         .await
         .map_err(|e| format!("cannot serve HTTP boot on {}: {e}", cfg.http_listen))?;
@@ -57,28 +85,44 @@ pub async fn run<B: Backend + BootIntents>(
         .map_err(|e| e.to_string())?;
         tracing::info!(%addr, root = %cfg.boot.root.display(), "serving TFTP (read-only)");
         let mut stop = shutdown.clone();
-        dhcp_tasks.push(tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let stopped = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
-            if let Err(e) = server.run(stopped).await {
-                tracing::error!("TFTP: {e}");
-            }
-        }));
+            server.run(stopped).await.map_err(|e| e.to_string())
+        });
+        dhcp_tasks.push(supervise(
+            "tftp".into(),
+            task,
+            readiness.clone(),
+            shutdown.clone(),
+        ));
     }
     if let Some(d) = cfg.dhcp {
         let config = Arc::new(d.config);
+        let limiter = Arc::new(SharedLimiter::new(DHCP_PER_MAC, MAX_TRACKED_MACS));
         for port in d.ports {
             let addr = SocketAddr::from(([0, 0, 0, 0], port));
             let sock = dhcp::bind(addr, d.interface.as_deref()).map_err(|e| e.to_string())?;
             tracing::info!(%addr, mode = ?mode_name(&config.mode), "serving DHCP");
-            dhcp_tasks.push(tokio::spawn(dhcp::serve(
+            let task = tokio::spawn(dhcp::serve(
                 sock,
                 config.clone(),
                 backend.clone(),
+                limiter.clone(),
                 metrics.clone(),
                 shutdown.clone(),
-            )));
+            ));
+            let task = tokio::spawn(async move {
+                task.await.map_err(|e| e.to_string())?;
+                Err::<(), String>("the listener returned".to_string())
+            });
+            dhcp_tasks.push(supervise(
+                format!("dhcp:{port}"),
+                task,
+                readiness.clone(),
+                shutdown.clone(),
+            ));
         }
     }
     tracing::info!(addr = %cfg.http_listen, root = %cfg.boot.root.display(), base = %cfg.boot.base_url, "serving HTTP boot");
@@ -89,6 +133,7 @@ pub async fn run<B: Backend + BootIntents>(
         key: cfg.key,
         config: cfg.boot,
         metrics,
+        per_mac_limit: SharedLimiter::new(BOOT_HTTP_PER_MAC, MAX_TRACKED_MACS),
     });
     let root = svc.config.root.clone();
     let mut stop = shutdown.clone();
@@ -100,6 +145,29 @@ pub async fn run<B: Backend + BootIntents>(
         let _ = t.await;
     }
     served.map_err(|e| format!("HTTP boot stopped: {e}"))
+}
+
+/// Waits for a listener task; if it ends before shutdown (an error, a panic), the process
+/// turns unready with the reason, so an orchestrator replaces it and an alert fires.
+fn supervise(
+    part: String,
+    task: tokio::task::JoinHandle<Result<(), String>>,
+    readiness: Arc<Readiness>,
+    shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let ended = match task.await {
+            Ok(Ok(())) => "stopped".to_string(),
+            Ok(Err(e)) => e,
+            Err(e) if e.is_panic() => format!("crashed: {e}"),
+            Err(e) => e.to_string(),
+        };
+        if *shutdown.borrow() {
+            return;
+        }
+        tracing::error!(part = %part, "boot listener {part} stopped: {ended}; the process is no longer ready");
+        readiness.fail(&part, format!("the listener stopped: {ended}"));
+    })
 }
 
 fn mode_name(m: &dhcp::Mode) -> &'static str {

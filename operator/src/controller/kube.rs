@@ -56,6 +56,9 @@ pub struct KubeBackend {
     /// Endpoints whose inbox ConfigMap holds entries, kept by the controller's inbox watch
     /// (None when no watch feeds it: then every reconcile reads the inbox).
     inboxes: Option<Arc<std::sync::Mutex<std::collections::HashSet<Key>>>>,
+    /// The boot service's MAC index, fed by watches (see `boot_watch`); None in a process
+    /// that serves no boots.
+    boot_index: Option<super::boot_watch::SharedBootIndex>,
 }
 
 fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -149,8 +152,32 @@ impl KubeBackend {
             leader,
             watch_namespace: opts.watch_namespace.clone(),
             inboxes: None,
+            boot_index: None,
         };
         Ok((backend, trigger))
+    }
+
+    /// Answers boot lookups from `index` (see `boot_watch::spawn`).
+    pub fn with_boot_index(mut self, index: super::boot_watch::SharedBootIndex) -> Self {
+        self.boot_index = Some(index);
+        self
+    }
+
+    /// Starts the watches that feed the boot index, over the namespaces this backend watches.
+    pub fn start_boot_index(
+        &self,
+        shutdown: watch::Receiver<bool>,
+    ) -> super::boot_watch::SharedBootIndex {
+        super::boot_watch::spawn(
+            self.client.clone(),
+            super::boot_watch::WatchScope {
+                endpoints: self.watch_namespace.clone(),
+                intents: self.watch_namespace.clone(),
+            },
+            BOOT_LABEL,
+            boot_intent_from_configmap,
+            shutdown,
+        )
     }
 
     fn check_leader(&self) -> Result<(), BackendError> {
@@ -984,50 +1011,42 @@ pub fn boot_intent_from_data(
     })
 }
 
+/// Reads a boot intent out of its `recast-boot-NAME` ConfigMap; None when the map is not one
+/// (wrong name, incomplete data). The boot index's watch decodes every labelled map with this.
+pub fn boot_intent_from_configmap(cm: &ConfigMap) -> Option<BootIntent> {
+    let endpoint = cm.name_any().strip_prefix("recast-boot-")?.to_string();
+    boot_intent_from_data(&cm.namespace()?, &endpoint, cm.data.as_ref()?)
+}
+
 impl crate::boot::BootIntents for KubeBackend {
     async fn boot_lookup(
         &self,
         mac: &str,
     ) -> Result<(crate::boot::Known, Option<BootIntent>), BackendError> {
-        // A machine network-boots rarely (once per reimage or per fall-back), so a list per
-        // boot is cheap next to keeping a MAC index of the whole fleet in every replica.
-        let endpoints: Api<Endpoint> = scoped(&self.client, self.watch_namespace.as_deref());
-        let list = endpoints
-            .list(&ListParams::default())
-            .await
-            .map_err(kube_err)?;
-        let owner = list.items.iter().find(|ep| {
-            ep.metadata.deletion_timestamp.is_none()
-                && ep
-                    .spec
-                    .identity
-                    .mac_addresses
-                    .iter()
-                    .any(|m| m.eq_ignore_ascii_case(mac))
-        });
-        let known = match owner {
-            Some(ep) => crate::boot::Known::Endpoint {
-                namespace: ns_of(ep),
-                name: ep.name_any(),
-                wds: ep.spec.boot_server == recast_crds::endpoint::BootServer::Wds,
-            },
-            None => crate::boot::Known::Unknown,
+        // Never a request to the apiserver: anyone on the provisioning network can make the
+        // boot service look a MAC up, as often as they like.
+        let Some(index) = &self.boot_index else {
+            return Err(BackendError::NotReady(
+                "this process keeps no boot index (start it with start_boot_index)".into(),
+            ));
         };
-        let cms: Api<ConfigMap> = scoped(&self.client, self.watch_namespace.as_deref());
-        let maps = cms
-            .list(&ListParams::default().labels(&format!("{BOOT_LABEL}=true")))
-            .await
-            .map_err(kube_err)?;
-        let intent = maps.items.iter().find_map(|cm| {
-            let endpoint = cm.name_any().strip_prefix("recast-boot-")?.to_string();
-            let intent = boot_intent_from_data(&cm.namespace()?, &endpoint, cm.data.as_ref()?)?;
-            intent
-                .mac_addresses
-                .iter()
-                .any(|m| m.eq_ignore_ascii_case(mac))
-                .then_some(intent)
-        });
-        Ok((known, intent))
+        match index.lookup(mac) {
+            crate::boot::index::Lookup::NotSynced => Err(BackendError::NotReady(
+                "the boot index is still loading Endpoints and boot intents".into(),
+            )),
+            crate::boot::index::Lookup::Found(known, intent) => {
+                if known == crate::boot::Known::Ambiguous {
+                    let owners: Vec<String> =
+                        index.owners(mac).iter().map(ToString::to_string).collect();
+                    tracing::warn!(mac, owners = ?owners, "more than one Endpoint lists this MAC address; it boots nothing until only one does");
+                }
+                Ok((known, intent))
+            }
+        }
+    }
+
+    fn boot_lookups_ready(&self) -> bool {
+        self.boot_index.as_ref().is_some_and(|ix| ix.synced())
     }
 
     async fn boot_intent_of(&self, key: &Key) -> Result<Option<BootIntent>, BackendError> {

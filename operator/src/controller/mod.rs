@@ -3,6 +3,7 @@
 //! then runs the actions idempotently and feeds their results back, until nothing is left.
 
 pub mod bmc_watch;
+pub mod boot_watch;
 pub mod embedded;
 pub mod kube;
 pub mod wave;
@@ -64,6 +65,9 @@ pub enum BackendError {
     /// This replica may not write (it lost the lease).
     #[error("not the leader")]
     NotLeader,
+    /// The answer is not known yet (a cache still loading); ask again shortly.
+    #[error("not ready: {0}")]
+    NotReady(String),
     #[error("{0}")]
     Other(String),
 }

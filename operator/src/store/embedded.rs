@@ -25,12 +25,13 @@ use serde_json::{Value, json};
 const APPLICATION_ID: i64 = 0x5243_5354;
 const SCHEMA_VERSION: i64 = 1;
 pub const DB_FILE: &str = "recast.db";
+/// Events kept per object (the oldest are dropped): see `record_event`.
+pub const MAX_EVENTS_PER_OBJECT: i64 = 1000;
+/// Discovered MAC addresses kept (the least recently seen are dropped): see
+/// `record_discovered`.
+pub const MAX_DISCOVERED: i64 = 1024;
 /// Finalizer the controller puts on every Endpoint: a pending network boot is disarmed before
 /// the object goes away.
-/// Events kept per object (the oldest go first), like the apiserver's event TTL bounds them
-/// on Kubernetes.
-pub const MAX_EVENTS_PER_OBJECT: u32 = 500;
-
 pub const BOOT_FINALIZER: &str = "recast.dev/disarm-boot";
 
 #[derive(Debug, thiserror::Error)]
@@ -891,9 +892,7 @@ impl EmbeddedStore {
 
     // ---- events ----------------------------------------------------------------------------
 
-    /// Appends an event, keeping the newest [`MAX_EVENTS_PER_OBJECT`] of the object: some
-    /// events follow from requests anyone can send (a managed machine's network boot), and
-    /// those must not grow the store without bound.
+    /// Appends an event, keeping the newest [`MAX_EVENTS_PER_OBJECT`] of the object.
     pub fn record_event(
         &self,
         kind: Kind,
@@ -901,19 +900,20 @@ impl EmbeddedStore {
         name: &str,
         ev: &EventRecord,
     ) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        tx.execute(
+        let conn = self.conn();
+        conn.execute(
             "INSERT INTO events (kind, namespace, name, time, type, reason, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![kind.as_str(), namespace, name, ev.time, ev.type_, ev.reason, ev.message],
         )?;
-        tx.execute(
-            "DELETE FROM events WHERE kind = ?1 AND namespace = ?2 AND name = ?3 AND id <= (
-                 SELECT id FROM events WHERE kind = ?1 AND namespace = ?2 AND name = ?3
-                 ORDER BY id DESC LIMIT 1 OFFSET ?4)",
+        // Some events are caused by unauthenticated requests (a machine that network-boots
+        // with nothing armed): an object's history is bounded so that a flood of them cannot
+        // grow the database without end. The oldest go first, as Kubernetes expires events.
+        conn.execute(
+            "DELETE FROM events WHERE kind = ?1 AND namespace = ?2 AND name = ?3 AND id <=
+               (SELECT id FROM events WHERE kind = ?1 AND namespace = ?2 AND name = ?3
+                ORDER BY id DESC LIMIT 1 OFFSET ?4)",
             params![kind.as_str(), namespace, name, MAX_EVENTS_PER_OBJECT],
         )?;
-        tx.commit()?;
         Ok(())
     }
 
@@ -1102,19 +1102,38 @@ impl EmbeddedStore {
     }
 
     /// Remembers a MAC address nobody manages that asked to network-boot (one row per MAC;
-    /// `recastctl get discovered` lists them).
+    /// `recastctl get discovered` lists them). Anyone can make the boot service see any MAC,
+    /// so the table keeps the [`MAX_DISCOVERED`] most recently seen and forgets older ones.
     pub fn record_discovered(&self, mac: &str, time: &str, detail: &str) -> Result<(), StoreError> {
-        let conn = self.conn();
-        conn.execute(
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
             "DELETE FROM events WHERE kind = 'DiscoveredMac' AND name = ?1",
             params![mac],
         )?;
-        conn.execute(
+        tx.execute(
             "INSERT INTO events (kind, namespace, name, time, type, reason, message)
              VALUES ('DiscoveredMac', '', ?1, ?2, 'Normal', 'Discovered', ?3)",
             params![mac, time, detail],
         )?;
+        tx.execute(
+            "DELETE FROM events WHERE kind = 'DiscoveredMac' AND id <=
+               (SELECT id FROM events WHERE kind = 'DiscoveredMac'
+                ORDER BY id DESC LIMIT 1 OFFSET ?1)",
+            params![MAX_DISCOVERED],
+        )?;
+        tx.commit()?;
         Ok(())
+    }
+
+    /// The MAC addresses recorded by `record_discovered`, newest first.
+    pub fn discovered(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT name, time FROM events WHERE kind = 'DiscoveredMac' ORDER BY id DESC",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Marks an action key started, returning what was known before.

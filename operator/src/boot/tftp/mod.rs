@@ -16,10 +16,10 @@ pub mod options;
 pub mod packet;
 pub mod path;
 mod pool;
+pub mod slots;
 pub mod source;
 pub mod transfer;
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -38,6 +38,7 @@ pub use source::{FileSource, FsSource, OpenError, OpenedFile};
 pub use transfer::Outcome;
 
 use packet::{ErrorCode, Packet};
+use slots::{Admit, SlotTable};
 
 #[derive(Clone, Debug)]
 pub struct TftpConfig {
@@ -47,6 +48,9 @@ pub struct TftpConfig {
     pub limits: Limits,
     /// Resends of a window (or OACK) before the client is given up.
     pub max_retries: u32,
+    /// A transfer whose client acknowledges nothing new for this long ends, whatever the
+    /// retransmission timeout: a slot is never held for long by a client that does not answer.
+    pub max_stall: Duration,
     /// The doubling retransmission wait stops growing here.
     pub max_backoff: Duration,
     /// Transfers in progress across all clients; beyond it requests get "server busy". Each
@@ -65,6 +69,7 @@ impl Default for TftpConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 69)),
             limits: Limits::default(),
             max_retries: 5,
+            max_stall: Duration::from_secs(30),
             max_backoff: Duration::from_secs(8),
             max_transfers: 512,
             budget: BudgetConfig::default(),
@@ -172,9 +177,10 @@ pub(crate) struct ServerShared {
     config: TftpConfig,
     source: Arc<dyn FileSource>,
     budgets: Mutex<ClientBudgets>,
-    /// Client (address, port) pairs with a transfer in progress: a retransmitted RRQ from the
-    /// same client port is a duplicate, not a second transfer.
-    active: Mutex<HashSet<SocketAddr>>,
+    /// Transfers in progress by client (address, port): a retransmitted RRQ from the same
+    /// client port is a duplicate, not a second transfer. Each holds the signal that cancels
+    /// it when its slot is given to a new request (see `slots`).
+    active: Mutex<SlotTable<Arc<tokio::sync::Notify>>>,
     metrics: TftpMetrics,
 }
 
@@ -204,24 +210,33 @@ impl ServerShared {
         self.budgets.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn active(&self) -> std::sync::MutexGuard<'_, HashSet<SocketAddr>> {
+    fn active(&self) -> std::sync::MutexGuard<'_, SlotTable<Arc<tokio::sync::Notify>>> {
         self.active.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The client of transfer `id` answered: its slot can no longer be taken by a newcomer.
+    pub(crate) fn confirm(&self, client: &SocketAddr, id: u64) {
+        self.active().confirm(client, id);
     }
 }
 
-/// Releases a transfer's slot however its task ends (completion, error, or abort on shutdown).
+/// Releases a transfer's slot however its task ends (completion, error, or abort on shutdown),
+/// unless eviction already released it.
 struct Slot {
     shared: Arc<ServerShared>,
     client: SocketAddr,
+    id: u64,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.shared.active().remove(&self.client);
-        self.shared
-            .budgets()
-            .end_transfer(self.client.ip(), Instant::now());
-        self.shared.metrics.active.dec();
+        let held = self.shared.active().release(&self.client, self.id);
+        if held {
+            self.shared
+                .budgets()
+                .end_transfer(self.client.ip(), Instant::now());
+            self.shared.metrics.active.dec();
+        }
     }
 }
 
@@ -243,13 +258,14 @@ impl TftpServer {
                 source,
             })?;
         let budgets = Mutex::new(ClientBudgets::new(config.budget.clone()));
+        let active = Mutex::new(SlotTable::new(config.max_transfers));
         Ok(TftpServer {
             socket,
             shared: Arc::new(ServerShared {
                 config,
                 source,
                 budgets,
-                active: Mutex::new(HashSet::new()),
+                active,
                 metrics,
             }),
         })
@@ -357,16 +373,6 @@ impl TftpServer {
                 return;
             }
         };
-        if self.shared.active().len() >= self.shared.config.max_transfers {
-            self.refuse("server_busy");
-            self.reply_error(
-                from,
-                ErrorCode::NotDefined,
-                "server busy; try again shortly",
-            )
-            .await;
-            return;
-        }
         let started = self
             .shared
             .budgets()
@@ -378,11 +384,52 @@ impl TftpServer {
                 .await;
             return;
         }
-        self.shared.active().insert(from);
+        let cancel = Arc::new(tokio::sync::Notify::new());
+        let admitted = self
+            .shared
+            .active()
+            .admit(from, Instant::now(), cancel.clone());
+        let id = match admitted {
+            Admit::Duplicate => {
+                // Raced with the check above; the running transfer answers it.
+                self.shared
+                    .budgets()
+                    .end_transfer(from.ip(), Instant::now());
+                return;
+            }
+            Admit::Busy => {
+                self.shared
+                    .budgets()
+                    .end_transfer(from.ip(), Instant::now());
+                self.refuse("server_busy");
+                self.reply_error(
+                    from,
+                    ErrorCode::NotDefined,
+                    "server busy; try again shortly",
+                )
+                .await;
+                return;
+            }
+            Admit::Admitted { id, evicted } => {
+                if let Some((client, _, cancel)) = evicted {
+                    // Its slot was freed in the table; its budget and gauge are freed here,
+                    // and its task ends at its next await.
+                    self.shared
+                        .budgets()
+                        .end_transfer(client.ip(), Instant::now());
+                    self.shared.metrics.active.dec();
+                    cancel.notify_one();
+                    self.refuse("evicted_unanswered");
+                    tracing::debug!(evicted = %client, "tftp: table full; the oldest transfer whose client never answered gave up its slot");
+                }
+                id
+            }
+        };
         self.shared.metrics.active.inc();
         let slot = Slot {
             shared: self.shared.clone(),
             client: from,
+            id,
         };
         let local = SocketAddr::new(self.shared.config.listen.ip(), 0);
         let shared = self.shared.clone();
@@ -403,13 +450,17 @@ impl TftpServer {
             let transfer = transfer::Transfer {
                 shared: shared.clone(),
                 client: from,
+                id,
                 request,
                 path,
                 socket,
             };
             let start = Instant::now();
             let mut progress = transfer::Progress::default();
-            let outcome = transfer.run(&mut progress).await;
+            let outcome = tokio::select! {
+                o = transfer.run(&mut progress) => o,
+                _ = cancel.notified() => Outcome::Evicted,
+            };
             shared.metrics.bytes_sent.inc_by(progress.bytes);
             shared
                 .metrics
@@ -421,7 +472,7 @@ impl TftpServer {
                 .as_ref()
                 .map_or((0, 0), |n| (n.blksize, n.windowsize));
             let detail = match &outcome {
-                Outcome::Completed | Outcome::TimedOut => String::new(),
+                Outcome::Completed | Outcome::TimedOut | Outcome::Evicted => String::new(),
                 Outcome::AbortedByClient { code, message } => {
                     format!("client error {code}: {message}")
                 }

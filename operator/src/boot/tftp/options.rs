@@ -20,6 +20,11 @@ pub struct Limits {
     pub max_window_bytes: usize,
     /// Retransmission timeout when the client does not ask for one.
     pub default_timeout: Duration,
+    /// Largest timeout a client may ask for (RFC 2349 allows up to 255 s). A larger request is
+    /// not acknowledged (the RFC does not let a server answer a different value), and the
+    /// server's own timeout applies: with 255 s and the retries, one spoofed request would hold
+    /// a slot for 25 minutes.
+    pub max_client_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -29,6 +34,7 @@ impl Default for Limits {
             max_windowsize: 64,
             max_window_bytes: 256 << 10,
             default_timeout: Duration::from_secs(1),
+            max_client_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -91,7 +97,8 @@ pub fn negotiate(
                 }
             }
             "timeout" if timeout.is_none() => {
-                if let Some(v) = value.filter(|&v| (1..=255).contains(&v)) {
+                let max = limits.max_client_timeout.as_secs().clamp(1, 255);
+                if let Some(v) = value.filter(|&v| (1..=max).contains(&v)) {
                     timeout = Some(v as u8);
                     order.push("timeout");
                 }
@@ -251,7 +258,10 @@ mod tests {
         let l = Limits::default();
         for (v, ok) in [
             ("1", true),
-            ("255", true),
+            ("10", true),
+            // Above the cap: not acknowledged, the server's own timeout applies.
+            ("11", false),
+            ("255", false),
             ("0", false),
             ("256", false),
             ("abc", false),

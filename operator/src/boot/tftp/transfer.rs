@@ -34,6 +34,8 @@ pub enum Outcome {
     },
     /// The server's own socket failed.
     NetworkError(String),
+    /// Its client never answered and the table was full: the slot went to a new request.
+    Evicted,
 }
 
 impl Outcome {
@@ -45,6 +47,7 @@ impl Outcome {
             Outcome::AbortedByClient { .. } => "aborted_by_client",
             Outcome::Refused { .. } => "refused",
             Outcome::NetworkError(_) => "network_error",
+            Outcome::Evicted => "evicted",
         }
     }
 }
@@ -136,6 +139,8 @@ enum Answer {
 pub(super) struct Transfer {
     pub shared: Arc<ServerShared>,
     pub client: SocketAddr,
+    /// Its slot's id (see `slots`).
+    pub id: u64,
     pub request: Request,
     pub path: BootPath,
     pub socket: UdpSocket,
@@ -395,7 +400,13 @@ impl Transfer {
         gso: &mut Option<usize>,
     ) -> Result<Answer, Outcome> {
         let config = &self.shared.config;
+        // Counted from the last progress (each call starts after one): retries end here even
+        // when the client asked for long timeouts.
+        let give_up = tokio::time::Instant::now() + config.max_stall;
         for attempt in 0..=config.max_retries {
+            if tokio::time::Instant::now() >= give_up {
+                break;
+            }
             if attempt > 0 {
                 progress.retransmits += window.len() as u64;
                 self.shared.metrics.retransmits.inc_by(window.len() as u64);
@@ -406,7 +417,7 @@ impl Transfer {
             } else {
                 backoff(neg.timeout, attempt, config.max_backoff)
             };
-            let deadline = tokio::time::Instant::now() + wait;
+            let deadline = (tokio::time::Instant::now() + wait).min(give_up);
             loop {
                 let received =
                     match tokio::time::timeout_at(deadline, self.socket.recv_from(buf)).await {
@@ -435,6 +446,9 @@ impl Transfer {
                 }
                 match packet::parse(&buf[..len]) {
                     Ok(Packet::Ack { block }) => {
+                        // The client answers from the address the request came from: it is
+                        // not a spoofed request, and keeps its slot (see `slots`).
+                        self.shared.confirm(&self.client, self.id);
                         if is_oack {
                             if block == 0 {
                                 return Ok(Answer::Acked(0));
