@@ -398,7 +398,10 @@ pub async fn serve<B: BootIntents>(
                 continue;
             }
         };
-        let (choice, _) = intent::choose(&known, armed.as_ref(), cfg.unknown);
+        let (choice, not_served) = intent::choose(&known, armed.as_ref(), cfg.unknown);
+        if let Some(why @ intent::NotServed::AmbiguousMac { .. }) = &not_served {
+            tracing::warn!(mac = %info.mac, "booting locally: {why}");
+        }
         let Some(reply) = answer(&info, &choice, &cfg) else {
             continue;
         };
