@@ -520,7 +520,9 @@ async fn run(opts: RunOptions) -> Result<(), String> {
     let boot_cfg = boot_args.service(&data_dir)?;
     if role == Role::Boot {
         if !matches!(backend, BackendKind::Kube) {
-            return Err("--role boot needs --backend kube (the embedded backend is one process)".into());
+            return Err(
+                "--role boot needs --backend kube (the embedded backend is one process)".into(),
+            );
         }
         if boot_cfg.is_none() {
             return Err("--role boot needs --boot-http: it runs only the boot service".into());
@@ -528,7 +530,10 @@ async fn run(opts: RunOptions) -> Result<(), String> {
         if kube_opts.forward_inputs_to.is_none() {
             return Err("--role boot needs --forward-inputs-to URL (the operator's internal endpoint): a boot pod may not write inboxes itself".into());
         }
-        if gateway_args.gateway_listen.is_some() || kube_opts.webhook_listen.is_some() || kube_opts.internal_listen.is_some() {
+        if gateway_args.gateway_listen.is_some()
+            || kube_opts.webhook_listen.is_some()
+            || kube_opts.internal_listen.is_some()
+        {
             return Err("--role boot runs only the boot service: drop --gateway-listen, --webhook-listen and --internal-listen".into());
         }
     } else if kube_opts.forward_inputs_to.is_some() {
@@ -620,10 +625,22 @@ async fn run(opts: RunOptions) -> Result<(), String> {
                 bmc_watch_interval,
             };
             if role == Role::Boot {
-                return run_boot_role(client, &opts, &kube_opts, &boot_args, &data_dir, boot_cfg, metrics, ready, stop_rx, server).await;
+                return run_boot_role(
+                    client, &opts, &kube_opts, &boot_args, &data_dir, boot_cfg, metrics, ready,
+                    stop_rx, server,
+                )
+                .await;
             }
             if kube_opts.internal_listen.is_some() || kube_opts.webhook_listen.is_some() {
-                start_kube_endpoints(client.clone(), &opts, &kube_opts, &boot_args, &data_dir, stop_rx.clone()).await?;
+                start_kube_endpoints(
+                    client.clone(),
+                    &opts,
+                    &kube_opts,
+                    &boot_args,
+                    &data_dir,
+                    stop_rx.clone(),
+                )
+                .await?;
             }
             if boot_cfg.is_some() || gateway_args.gateway_listen.is_some() {
                 // The boot service and the gateway only read and queue inputs into inboxes,
@@ -763,7 +780,8 @@ async fn start_kube_endpoints(
         let (Some(cert), Some(key)) = (&kube_opts.webhook_cert, &kube_opts.webhook_key) else {
             return Err("--webhook-listen needs --webhook-cert and --webhook-key".into());
         };
-        let tls = recast_operator::gateway::tls_config(cert, key).map_err(|e| format!("webhook: {e}"))?;
+        let tls =
+            recast_operator::gateway::tls_config(cert, key).map_err(|e| format!("webhook: {e}"))?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| format!("cannot serve the admission webhook on {addr}: {e}"))?;

@@ -20,8 +20,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use recast_operator::boot::intent::{self, BootChoice, Known, UnknownMacPolicy};
 use recast_operator::boot::BootIntents;
+use recast_operator::boot::intent::{self, BootChoice, Known, UnknownMacPolicy};
 use recast_operator::controller::Key;
 use recast_operator::controller::kube::{ControlKind, KubeBackend, KubeOptions, control_name};
 use recast_tests::{K8s, free_port, inputs, repo_root, wait_for};
@@ -132,10 +132,18 @@ impl Site {
             .args(["--watch-namespace", &self.a])
             .args(["--lease-namespace", &self.ctl, "--identity", "attack"])
             .args(["--control-namespace", &self.ctl])
-            .args(["--lease-duration-seconds", "6", "--lease-grace-seconds", "2"])
+            .args([
+                "--lease-duration-seconds",
+                "6",
+                "--lease-grace-seconds",
+                "2",
+            ])
             .arg(format!("--data-dir={}", data.display()))
             .arg(format!("--boot-http=127.0.0.1:{}", self.boot_port))
-            .arg(format!("--internal-listen=127.0.0.1:{}", self.internal_port))
+            .arg(format!(
+                "--internal-listen=127.0.0.1:{}",
+                self.internal_port
+            ))
             .arg(format!("--webhook-listen=127.0.0.1:{}", self.webhook_port))
             .arg(format!("--webhook-cert={}", cert.display()))
             .arg(format!("--webhook-key={}", key.display()))
@@ -183,12 +191,31 @@ impl Site {
             );
         };
         ssl(&[
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-            "/CN=attack-webhook-ca", "-keyout", "ca.key", "-out", "ca.crt",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=attack-webhook-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
         ]);
         ssl(&[
-            "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout",
-            "tls.key", "-out", "tls.csr",
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "tls.key",
+            "-out",
+            "tls.csr",
         ]);
         std::fs::write(
             d.join("ext"),
@@ -196,8 +223,21 @@ impl Site {
         )
         .unwrap();
         ssl(&[
-            "x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-            "-CAcreateserial", "-days", "1", "-extfile", "ext", "-out", "tls.crt",
+            "x509",
+            "-req",
+            "-in",
+            "tls.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "ext",
+            "-out",
+            "tls.crt",
         ]);
         assert!(ca.exists());
         (crt, key)
@@ -224,18 +264,16 @@ impl Site {
     }
 
     fn exists(&self, kind: &str, name: &str, ns: &str) -> bool {
-        self.k.kubectl(&["get", kind, name, "-n", ns]).status.success()
+        self.k
+            .kubectl(&["get", kind, name, "-n", ns])
+            .status
+            .success()
     }
 
     fn events(&self, name: &str, reason: &str) -> Vec<String> {
-        let out = self.k.kubectl_ok(&[
-            "get",
-            "events.events.k8s.io",
-            "-n",
-            &self.a,
-            "-o",
-            "json",
-        ]);
+        let out = self
+            .k
+            .kubectl_ok(&["get", "events.events.k8s.io", "-n", &self.a, "-o", "json"]);
         let v: Value = serde_json::from_str(&out).unwrap();
         v["items"]
             .as_array()
@@ -294,7 +332,16 @@ fn bind_tenant(k: &K8s, user: &str, ns: &str) {
         &format!("--user={user}"),
     ]);
     wait_for(Duration::from_secs(20), "the tenant's RBAC", || {
-        let out = k.kubectl(&["auth", "can-i", "create", "configmaps", "-n", ns, "--as", user]);
+        let out = k.kubectl(&[
+            "auth",
+            "can-i",
+            "create",
+            "configmaps",
+            "-n",
+            ns,
+            "--as",
+            user,
+        ]);
         String::from_utf8_lossy(&out.stdout).trim() == "yes"
     });
 }
@@ -353,9 +400,8 @@ fn a_tenant_cannot_forge_boot_intents_or_inbox_entries() {
     let mut op = site.operator();
     let (k, a, ctl) = (&site.k, site.a.as_str(), site.ctl.as_str());
     let boot_crash = json!({"type": "signals", "data": [["BootCrash", "0xED"]]}).to_string();
-    let owner = |name: &str| {
-        json!({"recast.dev/endpoint": name, "recast.dev/endpoint-namespace": a})
-    };
+    let owner =
+        |name: &str| json!({"recast.dev/endpoint": name, "recast.dev/endpoint-namespace": a});
 
     // 1. In the control namespace: refused outright, in every form.
     let intent_name = control_name(ControlKind::Boot, &site.key("kiosk-01"));
@@ -370,7 +416,11 @@ fn a_tenant_cannot_forge_boot_intents_or_inbox_entries() {
             intent_data(a),
         ),
     );
-    refused_as(k, TENANT_A, &["create", "-f", &forged_intent.to_string_lossy()]);
+    refused_as(
+        k,
+        TENANT_A,
+        &["create", "-f", &forged_intent.to_string_lossy()],
+    );
     let forged_inbox = site.write_json(
         "forged-inbox.json",
         &configmap(
@@ -381,14 +431,24 @@ fn a_tenant_cannot_forge_boot_intents_or_inbox_entries() {
             json!({"00000000000000000001-forged": boot_crash}),
         ),
     );
-    refused_as(k, TENANT_A, &["create", "-f", &forged_inbox.to_string_lossy()]);
+    refused_as(
+        k,
+        TENANT_A,
+        &["create", "-f", &forged_inbox.to_string_lossy()],
+    );
     refused_as(k, TENANT_A, &["get", "configmaps", "-n", ctl]);
 
     // 2. In the tenant's own namespace (where `edit` may write, and where earlier versions
     // kept them): old names and new names alike.
     for (name, labels) in [
-        ("recast-boot-kiosk-01".to_string(), json!({"recast.dev/boot-intent": "true"})),
-        (intent_name.clone(), json!({"recast.dev/boot-intent": "true", "recast.dev/control": "true"})),
+        (
+            "recast-boot-kiosk-01".to_string(),
+            json!({"recast.dev/boot-intent": "true"}),
+        ),
+        (
+            intent_name.clone(),
+            json!({"recast.dev/boot-intent": "true", "recast.dev/control": "true"}),
+        ),
     ] {
         let f = site.write_json(
             &format!("tenant-{name}.json"),
@@ -397,8 +457,14 @@ fn a_tenant_cannot_forge_boot_intents_or_inbox_entries() {
         ok_as(k, TENANT_A, &["create", "-f", &f.to_string_lossy()]);
     }
     for (name, labels) in [
-        ("recast-inbox-kiosk-02".to_string(), json!({"recast.dev/inbox": "true"})),
-        (inbox_name.clone(), json!({"recast.dev/inbox": "true", "recast.dev/control": "true"})),
+        (
+            "recast-inbox-kiosk-02".to_string(),
+            json!({"recast.dev/inbox": "true"}),
+        ),
+        (
+            inbox_name.clone(),
+            json!({"recast.dev/inbox": "true", "recast.dev/control": "true"}),
+        ),
     ] {
         let f = site.write_json(
             &format!("tenant-{name}.json"),
@@ -449,7 +515,11 @@ fn a_tenant_cannot_forge_boot_intents_or_inbox_entries() {
             site.status(name)
         );
     }
-    assert!(!site.exists("cm", &control_name(ControlKind::Boot, &site.key("kiosk-02")), ctl));
+    assert!(!site.exists(
+        "cm",
+        &control_name(ControlKind::Boot, &site.key("kiosk-02")),
+        ctl
+    ));
 
     // Positive control: the same input in the real inbox (written by the cluster admin, as
     // only the operator's identity may) starts the reimage and arms the boot, which the boot
@@ -466,17 +536,31 @@ fn a_tenant_cannot_forge_boot_intents_or_inbox_entries() {
     );
     k.kubectl_ok(&["create", "-f", &real_inbox.to_string_lossy()]);
     let armed = control_name(ControlKind::Boot, &site.key("kiosk-02"));
-    wait_for(Duration::from_secs(60), "the real inbox entry to arm kiosk-02", || {
-        site.exists("cm", &armed, ctl)
-    });
+    wait_for(
+        Duration::from_secs(60),
+        "the real inbox entry to arm kiosk-02",
+        || site.exists("cm", &armed, ctl),
+    );
     let script = site.boot_script("52:54:00:a1:00:02");
-    assert!(script.contains("wimboot"), "the armed machine was not served:\n{script}");
+    assert!(
+        script.contains("wimboot"),
+        "the armed machine was not served:\n{script}"
+    );
     // And the tenant can neither remove nor rewrite what the operator armed.
     refused_as(k, TENANT_A, &["delete", "cm", &armed, "-n", ctl]);
     refused_as(
         k,
         TENANT_A,
-        &["patch", "cm", &armed, "-n", ctl, "--type=merge", "-p", r#"{"data":{"macAddresses":"52:54:00:a1:00:01"}}"#],
+        &[
+            "patch",
+            "cm",
+            &armed,
+            "-n",
+            ctl,
+            "--type=merge",
+            "-p",
+            r#"{"data":{"macAddresses":"52:54:00:a1:00:01"}}"#,
+        ],
     );
     let forbidden: Vec<String> = op
         .drain()
@@ -570,7 +654,10 @@ fn a_tenant_cannot_claim_another_tenants_machine() {
         k.kubectl_ok(&["label", "namespace", ns, &format!("recast-attack={label}")]);
     }
     let mut op = site.operator();
-    op.wait_line("serving the Endpoint admission webhook", Duration::from_secs(30));
+    op.wait_line(
+        "serving the Endpoint admission webhook",
+        Duration::from_secs(30),
+    );
     let hook = Webhook::register(&site, &label);
 
     // Tenant B lists tenant A's kiosk-01 MAC in its own Endpoint: refused at admission.
@@ -578,7 +665,10 @@ fn a_tenant_cannot_claim_another_tenants_machine() {
     let mut stderr = String::new();
     wait_for(Duration::from_secs(30), "the webhook to answer", || {
         let out = k.kubectl(&["create", "-f", &thief.to_string_lossy(), "--as", TENANT_B]);
-        assert!(!out.status.success(), "the apiserver admitted the thief's Endpoint");
+        assert!(
+            !out.status.success(),
+            "the apiserver admitted the thief's Endpoint"
+        );
         stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         // While the operator's listener starts, the apiserver says it could not call it.
         stderr.contains("denied the request")
@@ -591,7 +681,10 @@ fn a_tenant_cannot_claim_another_tenants_machine() {
     // Upper case is the same machine.
     let upper = site.write_json("upper.json", &endpoint("upper", &b, "52:54:00:A1:00:01"));
     let out = k.kubectl(&["create", "-f", &upper.to_string_lossy(), "--as", TENANT_B]);
-    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("denied the request"));
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("denied the request")
+    );
     // Positive control: a MAC nobody lists is admitted.
     let own = site.write_json("own.json", &endpoint("own", &b, "52:54:00:b0:00:01"));
     ok_as(k, TENANT_B, &["create", "-f", &own.to_string_lossy()]);
@@ -599,13 +692,20 @@ fn a_tenant_cannot_claim_another_tenants_machine() {
     // Forced in (the webhook unregistered, as during an outage with failurePolicy Ignore):
     // across namespaces, and inside the victim's namespace.
     drop(hook);
-    wait_for(Duration::from_secs(30), "the thief's Endpoint to get in", || {
-        k.kubectl(&["create", "-f", &thief.to_string_lossy(), "--as", TENANT_B])
-            .status
-            .success()
-            || site.exists("rep", "thief", &b)
-    });
-    let intruder = site.write_json("intruder.json", &endpoint("intruder", a, "52:54:00:a1:00:01"));
+    wait_for(
+        Duration::from_secs(30),
+        "the thief's Endpoint to get in",
+        || {
+            k.kubectl(&["create", "-f", &thief.to_string_lossy(), "--as", TENANT_B])
+                .status
+                .success()
+                || site.exists("rep", "thief", &b)
+        },
+    );
+    let intruder = site.write_json(
+        "intruder.json",
+        &endpoint("intruder", a, "52:54:00:a1:00:01"),
+    );
     k.kubectl_ok(&["create", "-f", &intruder.to_string_lossy()]);
 
     // A reimage of the victim is never armed: a Warning says why, and nothing is served.
@@ -620,16 +720,24 @@ fn a_tenant_cannot_claim_another_tenants_machine() {
         r#"{"spec":{"reimageRequest":{"token":"attack-1","reason":"ambiguous MAC test"}}}"#,
     ]);
     let mut notes = Vec::new();
-    wait_for(Duration::from_secs(60), "an AmbiguousMac warning on kiosk-01", || {
-        notes = site.events("kiosk-01", "AmbiguousMac");
-        !notes.is_empty()
-    });
+    wait_for(
+        Duration::from_secs(60),
+        "an AmbiguousMac warning on kiosk-01",
+        || {
+            notes = site.events("kiosk-01", "AmbiguousMac");
+            !notes.is_empty()
+        },
+    );
     assert!(
         notes[0].contains(&format!("{a}/intruder")),
         "the warning does not name the other owner: {notes:?}"
     );
     assert!(
-        !site.exists("cm", &control_name(ControlKind::Boot, &site.key("kiosk-01")), ctl),
+        !site.exists(
+            "cm",
+            &control_name(ControlKind::Boot, &site.key("kiosk-01")),
+            ctl
+        ),
         "an ambiguous MAC was armed"
     );
     let script = site.boot_script("52:54:00:a1:00:01");
@@ -637,7 +745,10 @@ fn a_tenant_cannot_claim_another_tenants_machine() {
         script.starts_with("#!ipxe") && !script.contains("wimboot"),
         "an ambiguous MAC was served an imaging script:\n{script}"
     );
-    op.wait_line("MAC address is listed by several Endpoints", Duration::from_secs(10));
+    op.wait_line(
+        "MAC address is listed by several Endpoints",
+        Duration::from_secs(10),
+    );
 
     // Across namespaces (a cluster-wide install sees both): the lookup says Ambiguous and the
     // boot choice is the local disk, whatever is armed.
@@ -669,7 +780,11 @@ fn a_tenant_cannot_claim_another_tenants_machine() {
     let Known::Ambiguous { owners } = &known else {
         panic!("expected an ambiguous MAC, got {known:?}");
     };
-    for owner in [format!("{a}/kiosk-01"), format!("{a}/intruder"), format!("{b}/thief")] {
+    for owner in [
+        format!("{a}/kiosk-01"),
+        format!("{a}/intruder"),
+        format!("{b}/thief"),
+    ] {
         assert!(owners.contains(&owner), "{owner} missing from {owners:?}");
     }
     let armed = intent::BootIntent {
@@ -707,11 +822,21 @@ fn the_boot_service_account_cannot_write_or_read_secrets() {
         .arg(repo_root().join("charts/recast"))
         .args(["--namespace", ctl, "--set", "boot.enabled=true"])
         .args(["--set", &format!("operator.watchNamespace={a}")])
-        .env("HELM_CACHE_HOME", std::env::temp_dir().join("recast-helm-cache"))
-        .env("HELM_CONFIG_HOME", std::env::temp_dir().join("recast-helm-config"))
+        .env(
+            "HELM_CACHE_HOME",
+            std::env::temp_dir().join("recast-helm-cache"),
+        )
+        .env(
+            "HELM_CONFIG_HOME",
+            std::env::temp_dir().join("recast-helm-config"),
+        )
         .output()
         .expect("run helm");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rbac: Vec<Value> = String::from_utf8_lossy(&out.stdout)
         .split("\n---")
         .filter_map(|d| serde_yaml::from_str::<Value>(d).ok())
@@ -719,7 +844,10 @@ fn the_boot_service_account_cannot_write_or_read_secrets() {
             d["kind"] == "ServiceAccount" || d["apiVersion"] == "rbac.authorization.k8s.io/v1"
         })
         .collect();
-    let file = site.write_json("rbac.json", &json!({"apiVersion": "v1", "kind": "List", "items": rbac}));
+    let file = site.write_json(
+        "rbac.json",
+        &json!({"apiVersion": "v1", "kind": "List", "items": rbac}),
+    );
     k.kubectl_ok(&["apply", "-f", &file.to_string_lossy()]);
     let _cleanup = ClusterScoped {
         k: k.clone(),
@@ -735,9 +863,15 @@ fn the_boot_service_account_cannot_write_or_read_secrets() {
             .collect(),
     };
     let boot = format!("system:serviceaccount:{ctl}:{release}-recast-boot");
-    wait_for(Duration::from_secs(20), "the boot ServiceAccount's bindings", || {
-        k.kubectl(&["get", "rep", "-n", a, "--as", &boot]).status.success()
-    });
+    wait_for(
+        Duration::from_secs(20),
+        "the boot ServiceAccount's bindings",
+        || {
+            k.kubectl(&["get", "rep", "-n", a, "--as", &boot])
+                .status
+                .success()
+        },
+    );
     // What it needs works (the positive control).
     ok_as(k, &boot, &["get", "rep", "kiosk-01", "-n", a]);
     ok_as(k, &boot, &["get", "configmaps", "-n", ctl]);
@@ -759,13 +893,29 @@ fn the_boot_service_account_cannot_write_or_read_secrets() {
     refused_as(
         k,
         &boot,
-        &["patch", "rep", "kiosk-01", "-n", a, "--type=merge", "-p", r#"{"spec":{"protected":false}}"#],
+        &[
+            "patch",
+            "rep",
+            "kiosk-01",
+            "-n",
+            a,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"protected":false}}"#,
+        ],
     );
     refused_as(
         k,
         &boot,
         &[
-            "patch", "rep", "kiosk-01", "-n", a, "--subresource=status", "--type=merge", "-p",
+            "patch",
+            "rep",
+            "kiosk-01",
+            "-n",
+            a,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
             r#"{"status":{"phase":"Ready"}}"#,
         ],
     );
@@ -837,6 +987,16 @@ fn the_embedded_store_refuses_a_second_owner_of_a_mac() {
     let store =
         recast_operator::store::embedded::EmbeddedStore::open(&dir.path().join("data")).unwrap();
     use recast_crds::manifest::Kind;
-    assert!(store.get(Kind::Endpoint, "tenant-a", "kiosk-01").unwrap().is_some());
-    assert!(store.get(Kind::Endpoint, "tenant-b", "thief").unwrap().is_none());
+    assert!(
+        store
+            .get(Kind::Endpoint, "tenant-a", "kiosk-01")
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .get(Kind::Endpoint, "tenant-b", "thief")
+            .unwrap()
+            .is_none()
+    );
 }

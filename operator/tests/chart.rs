@@ -320,20 +320,32 @@ fn helm_template_renders_what_each_value_set_asks_for() {
     }
     assert!(!a.iter().any(|x| x.starts_with("--boot-http")), "{a:?}");
     // No boot pods: nothing to take inputs from.
-    assert!(!a.iter().any(|x| x.starts_with("--internal-listen")), "{a:?}");
+    assert!(
+        !a.iter().any(|x| x.starts_with("--internal-listen")),
+        "{a:?}"
+    );
     // The webhook: Endpoints only, failing closed, at the operator Service, with its CA.
     let vwc = find(&d, "ValidatingWebhookConfiguration", "-endpoints").unwrap();
     let hook = &vwc["webhooks"][0];
     assert_eq!(hook["failurePolicy"], "Fail");
     assert_eq!(hook["rules"][0]["resources"], json!(["endpoints"]));
     assert_eq!(hook["rules"][0]["operations"], json!(["CREATE", "UPDATE"]));
-    assert_eq!(hook["clientConfig"]["service"]["name"], "rc-recast-operator");
-    assert_eq!(hook["clientConfig"]["service"]["path"], "/validate/endpoints");
+    assert_eq!(
+        hook["clientConfig"]["service"]["name"],
+        "rc-recast-operator"
+    );
+    assert_eq!(
+        hook["clientConfig"]["service"]["path"],
+        "/validate/endpoints"
+    );
     let tls = find(&d, "Secret", "-webhook-tls").unwrap();
     assert_eq!(hook["clientConfig"]["caBundle"], tls["data"]["ca.crt"]);
     // No cluster-wide Secret access, and no ConfigMap rights outside the release namespace.
     let cr = find(&d, "ClusterRole", "-operator").unwrap().to_string();
-    assert!(!cr.contains("secrets") && !cr.contains("configmaps"), "{cr}");
+    assert!(
+        !cr.contains("secrets") && !cr.contains("configmaps"),
+        "{cr}"
+    );
     let sc = &c["securityContext"];
     assert_eq!(sc["runAsNonRoot"], true);
     assert_eq!(sc["readOnlyRootFilesystem"], true);
@@ -433,7 +445,11 @@ fn helm_template_renders_what_each_value_set_asks_for() {
     ] {
         assert!(oa.contains(&want.to_string()), "{want} missing from {oa:?}");
     }
-    assert!(op["spec"]["template"]["spec"]["volumes"].to_string().contains("recast-imaging-key"));
+    assert!(
+        op["spec"]["template"]["spec"]["volumes"]
+            .to_string()
+            .contains("recast-imaging-key")
+    );
     // The Secret the values name is used; the chart creates none of its own.
     assert!(find(&d, "Secret", "imaging-key").is_none());
     let vols = spec["volumes"].to_string();
@@ -498,8 +514,8 @@ fn helm_template_renders_what_each_value_set_asks_for() {
     assert_eq!(sr["metadata"]["namespace"], "fleet");
     assert_eq!(sr["rules"][0]["verbs"], json!(["get"]));
     assert_eq!(
-        find(&d, "ValidatingWebhookConfiguration", "-endpoints").unwrap()["webhooks"][0]
-            ["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        find(&d, "ValidatingWebhookConfiguration", "-endpoints").unwrap()["webhooks"][0]["namespaceSelector"]
+            ["matchLabels"]["kubernetes.io/metadata.name"],
         "fleet"
     );
     // Without imagingKeySecret the chart makes a 32-byte key.
@@ -1182,7 +1198,11 @@ spec:
         path.to_string_lossy().into_owned()
     };
     let (webhook_cert, webhook_key) = (pem("tls.crt"), pem("tls.key"));
-    let imaging_key = tmp.path().join("imaging.key").to_string_lossy().into_owned();
+    let imaging_key = tmp
+        .path()
+        .join("imaging.key")
+        .to_string_lossy()
+        .into_owned();
     let internal = free_port();
     let data = tmp.path().join("operator-data");
     std::fs::create_dir_all(&data).unwrap();
@@ -1299,7 +1319,10 @@ spec:
         &boot_kubeconfig,
         &boot_env,
         &[
-            ("--forward-inputs-to", format!("http://127.0.0.1:{internal}")),
+            (
+                "--forward-inputs-to",
+                format!("http://127.0.0.1:{internal}"),
+            ),
             ("--listen", format!("127.0.0.1:{}", free_port())),
             ("--data-dir", boot_data.to_string_lossy().into_owned()),
             ("--boot-http", format!("127.0.0.1:{boot_port}")),
@@ -1332,8 +1355,10 @@ spec:
         Duration::from_secs(60),
         "the forwarded NetworkBooted to move the attempt to Applying",
         || {
-            json_of(&k, &["get", "rep", "chart-kiosk", "-n", &fleet, "-o", "json"])["status"]
-                ["activeAttempt"]["step"]
+            json_of(
+                &k,
+                &["get", "rep", "chart-kiosk", "-n", &fleet, "-o", "json"],
+            )["status"]["activeAttempt"]["step"]
                 == "Applying"
         },
     );
@@ -1429,7 +1454,13 @@ fn helm_install_upgrade_uninstall_keep_the_imaging_key() {
     let webhook_ca = || {
         json_of(
             &k,
-            &["get", "validatingwebhookconfiguration", &format!("{release}-recast-endpoints"), "-o", "json"],
+            &[
+                "get",
+                "validatingwebhookconfiguration",
+                &format!("{release}-recast-endpoints"),
+                "-o",
+                "json",
+            ],
         )["webhooks"][0]["clientConfig"]["caBundle"]
             .as_str()
             .unwrap()
@@ -1560,7 +1591,10 @@ fn boot_pods_and_tenants_get_least_privilege() {
         .expect("render with the boot service");
     let sa = service_account(&docs);
     let boot = boot_service_account(&docs);
-    assert_ne!(sa, boot, "the boot pods must not share the operator's identity");
+    assert_ne!(
+        sa, boot,
+        "the boot pods must not share the operator's identity"
+    );
     let _rbac = AppliedRbac::apply(&k, &docs, tmp.path());
     let user = "tenant-a@example.org";
     bind_edit(&k, user, &tenant);
@@ -1590,7 +1624,11 @@ fn boot_pods_and_tenants_get_least_privilege() {
             );
         }
     }
-    for (verb, resource) in [("get", "configmaps"), ("list", "configmaps"), ("watch", "configmaps")] {
+    for (verb, resource) in [
+        ("get", "configmaps"),
+        ("list", "configmaps"),
+        ("watch", "configmaps"),
+    ] {
         assert!(
             can_i(&k, &boot, verb, resource, &ns),
             "the boot pods cannot {verb} the boot intents ({resource} in {ns})"

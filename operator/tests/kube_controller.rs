@@ -295,9 +295,13 @@ fn assert_one_clean_attempt(site: &Site, name: &str, st: &EndpointStatus) {
         1,
         "power-cycled more than once"
     );
-    let boot = site
-        .k
-        .kubectl(&["get", "cm", &site.control(ControlKind::Boot, name), "-n", &site.ns]);
+    let boot = site.k.kubectl(&[
+        "get",
+        "cm",
+        &site.control(ControlKind::Boot, name),
+        "-n",
+        &site.ns,
+    ]);
     assert!(!boot.status.success(), "boot left armed");
 }
 
@@ -359,7 +363,13 @@ fn deleting_an_endpoint_disarms_its_boot_first() {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !site
         .k
-        .kubectl(&["get", "cm", &site.control(ControlKind::Boot, "kiosk-02"), "-n", &site.ns])
+        .kubectl(&[
+            "get",
+            "cm",
+            &site.control(ControlKind::Boot, "kiosk-02"),
+            "-n",
+            &site.ns,
+        ])
         .status
         .success()
     {
@@ -389,7 +399,13 @@ fn deleting_an_endpoint_disarms_its_boot_first() {
     assert!(
         !site
             .k
-            .kubectl(&["get", "cm", &site.control(ControlKind::Boot, "kiosk-02"), "-n", &site.ns])
+            .kubectl(&[
+                "get",
+                "cm",
+                &site.control(ControlKind::Boot, "kiosk-02"),
+                "-n",
+                &site.ns
+            ])
             .status
             .success(),
         "boot still armed"
@@ -726,7 +742,13 @@ fn the_boot_service_serves_armed_endpoints_from_the_apiserver() {
     let deadline = Instant::now() + Duration::from_secs(60);
     while site
         .k
-        .kubectl(&["get", "cm", &site.control(ControlKind::Boot, "kiosk-01"), "-n", &site.ns])
+        .kubectl(&[
+            "get",
+            "cm",
+            &site.control(ControlKind::Boot, "kiosk-01"),
+            "-n",
+            &site.ns,
+        ])
         .status
         .code()
         != Some(0)

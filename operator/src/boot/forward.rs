@@ -188,7 +188,9 @@ pub fn accept(
         return Err(Refused::Stale(off / 1_000_000_000));
     }
     match &msg.input {
-        Input::NetworkBooted { .. } | Input::ImagingProgress { .. } | Input::ImagingFinished { .. } => {}
+        Input::NetworkBooted { .. }
+        | Input::ImagingProgress { .. }
+        | Input::ImagingFinished { .. } => {}
         other => {
             let kind = serde_json::to_value(other)
                 .ok()
@@ -198,7 +200,11 @@ pub fn accept(
         }
     }
     // Remembered past both edges of the window, so it cannot come back while still fresh.
-    cache.remember(&msg.id, now_ns, msg.sent_at.saturating_add(skew).max(now_ns) + skew)?;
+    cache.remember(
+        &msg.id,
+        now_ns,
+        msg.sent_at.saturating_add(skew).max(now_ns) + skew,
+    )?;
     Ok(msg)
 }
 
@@ -230,6 +236,9 @@ pub struct Forwarder {
 impl Forwarder {
     /// `base` is the operator's internal URL, such as http://recast-operator.recast-system:8090.
     pub fn new(base: &str, imaging: &TokenKey) -> Result<Forwarder, String> {
+        // reqwest is built without a default TLS provider; installing ring (as the image
+        // fetcher does) is idempotent.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .redirect(reqwest::redirect::Policy::none())
@@ -312,9 +321,7 @@ async fn receive<S: InputSink>(
     headers: HeaderMap,
     body: Bytes,
 ) -> (StatusCode, String) {
-    let sig = headers
-        .get(SIGNATURE_HEADER)
-        .and_then(|v| v.to_str().ok());
+    let sig = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
     let accepted = {
         let mut cache = r.cache.lock().unwrap_or_else(|p| p.into_inner());
         accept(&r.key, &body, sig, now_ns(), &mut cache)
@@ -336,7 +343,10 @@ async fn receive<S: InputSink>(
         Ok(()) => (StatusCode::ACCEPTED, "queued\n".into()),
         Err(e) => {
             tracing::warn!(endpoint = %msg.key(), error = %e, "cannot queue a forwarded input");
-            (StatusCode::SERVICE_UNAVAILABLE, format!("cannot queue it: {e}\n"))
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot queue it: {e}\n"),
+            )
         }
     }
 }
@@ -446,11 +456,32 @@ mod tests {
     #[test]
     fn a_replay_becomes_the_same_inbox_entry() {
         let (body, sig) = seal(&key(), &target(), &booted()).unwrap();
-        let a = accept(&key(), &body, Some(&sig), now_ns(), &mut ReplayCache::default()).unwrap();
-        let b = accept(&key(), &body, Some(&sig), now_ns(), &mut ReplayCache::default()).unwrap();
+        let a = accept(
+            &key(),
+            &body,
+            Some(&sig),
+            now_ns(),
+            &mut ReplayCache::default(),
+        )
+        .unwrap();
+        let b = accept(
+            &key(),
+            &body,
+            Some(&sig),
+            now_ns(),
+            &mut ReplayCache::default(),
+        )
+        .unwrap();
         assert_eq!(a.entry_id(), b.entry_id());
         let (body2, sig2) = seal(&key(), &target(), &booted()).unwrap();
-        let c = accept(&key(), &body2, Some(&sig2), now_ns(), &mut ReplayCache::default()).unwrap();
+        let c = accept(
+            &key(),
+            &body2,
+            Some(&sig2),
+            now_ns(),
+            &mut ReplayCache::default(),
+        )
+        .unwrap();
         assert_ne!(a.entry_id(), c.entry_id());
     }
 }

@@ -36,7 +36,9 @@ pub enum Known {
     /// Two or more Endpoints list this MAC ("namespace/name" of each, sorted). Admission
     /// refuses that on both backends; if it happens anyway (an object written before the
     /// check, a race between two creates, a webhook that was down) the MAC boots nothing.
-    Ambiguous { owners: Vec<String> },
+    Ambiguous {
+        owners: Vec<String>,
+    },
     Unknown,
 }
 

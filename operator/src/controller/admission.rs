@@ -10,10 +10,10 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::Router;
 use axum::extract::State;
 use axum::routing::post;
-use axum::Json;
 use recast_crds::Endpoint;
 use serde_json::{Value, json};
 
@@ -117,7 +117,10 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .with_state(backend)
 }
 
-async fn review<B: Backend>(State(backend): State<Arc<B>>, Json(review): Json<Value>) -> Json<Value> {
+async fn review<B: Backend>(
+    State(backend): State<Arc<B>>,
+    Json(review): Json<Value>,
+) -> Json<Value> {
     let request = &review["request"];
     let op = request["operation"].as_str().unwrap_or_default();
     if op != "CREATE" && op != "UPDATE" {
@@ -132,9 +135,14 @@ async fn review<B: Backend>(State(backend): State<Arc<B>>, Json(review): Json<Va
         )),
     };
     if let Err(why) = &verdict {
+        let namespace = request["namespace"].as_str().unwrap_or_default();
+        let endpoint = request
+            .pointer("/object/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         tracing::info!(
-            namespace = request["namespace"].as_str().unwrap_or_default(),
-            name = request.pointer("/object/metadata/name").and_then(Value::as_str).unwrap_or_default(),
+            namespace,
+            endpoint,
             "refused an Endpoint at admission: {why}"
         );
     }
@@ -177,7 +185,13 @@ mod tests {
         // Upper case is the same MAC.
         assert!(
             decide(
-                &request("CREATE", "tenant-b", "thief", &["52:54:00:00:00:01".to_uppercase().as_str()], None),
+                &request(
+                    "CREATE",
+                    "tenant-b",
+                    "thief",
+                    &["52:54:00:00:00:01".to_uppercase().as_str()],
+                    None
+                ),
                 &fleet
             )
             .is_err()
@@ -188,20 +202,56 @@ mod tests {
     fn own_macs_new_macs_and_other_operations_pass() {
         let fleet = [ep("tenant-a", "kiosk-01", &["52:54:00:00:00:01"])];
         // Re-applying the owner.
-        assert!(decide(&request("CREATE", "tenant-a", "kiosk-01", &["52:54:00:00:00:01"], None), &fleet).is_ok());
-        assert!(decide(&request("CREATE", "tenant-b", "new", &["52:54:00:00:00:02"], None), &fleet).is_ok());
-        assert!(decide(&request("DELETE", "tenant-b", "thief", &["52:54:00:00:00:01"], None), &fleet).is_ok());
+        assert!(
+            decide(
+                &request(
+                    "CREATE",
+                    "tenant-a",
+                    "kiosk-01",
+                    &["52:54:00:00:00:01"],
+                    None
+                ),
+                &fleet
+            )
+            .is_ok()
+        );
+        assert!(
+            decide(
+                &request("CREATE", "tenant-b", "new", &["52:54:00:00:00:02"], None),
+                &fleet
+            )
+            .is_ok()
+        );
+        assert!(
+            decide(
+                &request("DELETE", "tenant-b", "thief", &["52:54:00:00:00:01"], None),
+                &fleet
+            )
+            .is_ok()
+        );
         // An update that adds nothing passes even when the object is already in conflict.
         let both = [
             ep("tenant-a", "kiosk-01", &["52:54:00:00:00:01"]),
             ep("tenant-b", "thief", &["52:54:00:00:00:01"]),
         ];
         let same = ["52:54:00:00:00:01"];
-        assert!(decide(&request("UPDATE", "tenant-b", "thief", &same, Some(&same)), &both).is_ok());
+        assert!(
+            decide(
+                &request("UPDATE", "tenant-b", "thief", &same, Some(&same)),
+                &both
+            )
+            .is_ok()
+        );
         // An update that adds a taken MAC does not.
         assert!(
             decide(
-                &request("UPDATE", "tenant-b", "other", &["52:54:00:00:00:01"], Some(&["52:54:00:00:00:09"])),
+                &request(
+                    "UPDATE",
+                    "tenant-b",
+                    "other",
+                    &["52:54:00:00:00:01"],
+                    Some(&["52:54:00:00:00:09"])
+                ),
                 &both
             )
             .is_err()

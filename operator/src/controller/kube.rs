@@ -950,8 +950,13 @@ pub async fn run<P: PowerControl>(
                 loop {
                     match backend.sweep_orphans(ORPHAN_GRACE).await {
                         Ok(0) => {}
-                        Ok(n) => tracing::info!(deleted = n, "removed control objects of endpoints that are gone"),
-                        Err(e) => tracing::warn!(error = %e, "cannot sweep orphaned control objects; trying again later"),
+                        Ok(n) => tracing::info!(
+                            deleted = n,
+                            "removed control objects of endpoints that are gone"
+                        ),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot sweep orphaned control objects; trying again later")
+                        }
                     }
                     tokio::time::sleep(ORPHAN_SWEEP_INTERVAL).await;
                 }
@@ -1321,5 +1326,121 @@ impl crate::golden::ImageBackend for KubeBackend {
         self.check_leader()?;
         self.publish(gi.object_ref(&()), notice).await;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn key(ns: &str, name: &str) -> Key {
+        Key {
+            namespace: ns.into(),
+            name: name.into(),
+        }
+    }
+
+    fn intent() -> BootIntent {
+        BootIntent {
+            namespace: "tenant-a".into(),
+            endpoint: "kiosk-01".into(),
+            mac_addresses: vec!["52:54:00:00:00:01".into()],
+            attempt_id: "a1".into(),
+            try_number: 2,
+            image: "win11".into(),
+            image_digest: Some("ab".into()),
+            boot_mode: "uefi".into(),
+            armed_at: "2026-01-14T08:00:00Z".into(),
+        }
+    }
+
+    fn cm(kind: ControlKind, k: &Key, uid: Option<&str>, data: serde_json::Value) -> ConfigMap {
+        serde_json::from_value(json!({"metadata": control_meta(kind, k, uid), "data": data}))
+            .unwrap()
+    }
+
+    #[test]
+    fn control_names_never_collide_across_namespaces() {
+        let a = control_name(ControlKind::Boot, &key("a-b", "c"));
+        let b = control_name(ControlKind::Boot, &key("a", "b-c"));
+        assert_ne!(a, b);
+        assert!(a.starts_with("recast-boot-") && a.len() == "recast-boot-".len() + 32);
+        assert_ne!(
+            control_name(ControlKind::Boot, &key("a", "b")),
+            control_name(ControlKind::Inbox, &key("a", "b"))
+        );
+        // Stable: the name is how every replica finds the object.
+        assert_eq!(a, control_name(ControlKind::Boot, &key("a-b", "c")));
+    }
+
+    #[test]
+    fn a_boot_intent_round_trips_through_its_configmap() {
+        let i = intent();
+        let map = cm(
+            ControlKind::Boot,
+            &i.key(),
+            Some("u1"),
+            boot_intent_data(&i),
+        );
+        assert_eq!(boot_intent_from_configmap(&map), Some(i));
+    }
+
+    #[test]
+    fn a_configmap_is_taken_only_for_the_endpoint_its_name_belongs_to() {
+        let i = intent();
+        // Annotations naming another endpoint than the name's hash: ignored.
+        let mut map = cm(ControlKind::Boot, &i.key(), None, boot_intent_data(&i));
+        map.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(ENDPOINT_ANNOTATION.into(), "kiosk-02".into());
+        assert_eq!(boot_intent_from_configmap(&map), None);
+        // An inbox is no boot intent, whatever its data.
+        let inbox = cm(ControlKind::Inbox, &i.key(), None, boot_intent_data(&i));
+        assert_eq!(boot_intent_from_configmap(&inbox), None);
+        // The old per-namespace name is not read.
+        let mut old = cm(ControlKind::Boot, &i.key(), None, boot_intent_data(&i));
+        old.metadata.name = Some("recast-boot-kiosk-01".into());
+        assert_eq!(boot_intent_from_configmap(&old), None);
+        // Incomplete data is never served.
+        let mut partial = boot_intent_data(&i);
+        partial["imageDigest"] = json!("");
+        partial.as_object_mut().unwrap().remove("attemptId");
+        assert_eq!(
+            boot_intent_from_configmap(&cm(ControlKind::Boot, &i.key(), None, partial)),
+            None
+        );
+    }
+
+    #[test]
+    fn orphans_are_objects_whose_endpoint_is_gone_or_was_recreated() {
+        let k = key("tenant-a", "kiosk-01");
+        let grace = Duration::from_secs(600);
+        let old = Duration::from_secs(3600);
+        let live: HashMap<Key, String> = [(k.clone(), "u1".to_string())].into();
+        let journal = cm(ControlKind::Journal, &k, Some("u1"), json!({}));
+        assert!(!orphaned(&journal, &live, None, old, grace));
+        // Re-created under the same name: the old journal is not its journal.
+        let stale = cm(ControlKind::Journal, &k, Some("u0"), json!({}));
+        assert!(orphaned(&stale, &live, None, old, grace));
+        // Gone, but young: maybe the list has not caught up.
+        let gone = cm(
+            ControlKind::Inbox,
+            &key("tenant-a", "gone"),
+            None,
+            json!({}),
+        );
+        assert!(!orphaned(&gone, &live, None, Duration::from_secs(5), grace));
+        assert!(orphaned(&gone, &live, None, old, grace));
+        // Another install's namespace, and objects this version did not write: left alone.
+        assert!(!orphaned(&gone, &live, Some("tenant-b"), old, grace));
+        let mut foreign = gone.clone();
+        foreign.metadata.annotations = None;
+        assert!(!orphaned(&foreign, &live, None, old, grace));
+        // An inbox (no uid) of a live endpoint stays.
+        let inbox = cm(ControlKind::Inbox, &k, None, json!({}));
+        assert!(!orphaned(&inbox, &live, None, old, grace));
     }
 }

@@ -658,24 +658,24 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
                         message: format!("ambiguous MAC address: {why}"),
                     })
                 } else {
-                match self.backend.arm_boot(ep, &intent).await {
-                    Ok(()) => {
-                        let notice = Notice {
-                            type_: crate::core::lifecycle::NoticeType::Normal,
-                            reason: "BootArmed".into(),
-                            message: format!(
-                                "attempt {attempt_id} try {try_number}: network boot armed for {}",
-                                mac_addresses.join(", ")
-                            ),
-                        };
-                        self.backend.record(ep, &notice, self.clock.now()).await?;
-                        Ok(())
+                    match self.backend.arm_boot(ep, &intent).await {
+                        Ok(()) => {
+                            let notice = Notice {
+                                type_: crate::core::lifecycle::NoticeType::Normal,
+                                reason: "BootArmed".into(),
+                                message: format!(
+                                    "attempt {attempt_id} try {try_number}: network boot armed for {}",
+                                    mac_addresses.join(", ")
+                                ),
+                            };
+                            self.backend.record(ep, &notice, self.clock.now()).await?;
+                            Ok(())
+                        }
+                        Err(e) => Err(ActionError {
+                            permanent: false,
+                            message: e.to_string(),
+                        }),
                     }
-                    Err(e) => Err(ActionError {
-                        permanent: false,
-                        message: e.to_string(),
-                    }),
-                }
                 }
             }
             Action::PowerCycle { .. } => {

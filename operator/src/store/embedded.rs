@@ -1332,25 +1332,47 @@ mod mac_tests {
     #[test]
     fn a_mac_another_endpoint_lists_is_refused_naming_the_owner() {
         let (_d, s) = store();
-        s.apply(&endpoint("tenant-a", "kiosk-01", &["52:54:00:00:00:01"]), "default")
-            .unwrap();
+        s.apply(
+            &endpoint("tenant-a", "kiosk-01", &["52:54:00:00:00:01"]),
+            "default",
+        )
+        .unwrap();
         let rev = s.latest_change().unwrap();
-        for mac in ["52:54:00:00:00:01", "52:54:00:00:00:01".to_uppercase().as_str()] {
+        for mac in [
+            "52:54:00:00:00:01",
+            "52:54:00:00:00:01".to_uppercase().as_str(),
+        ] {
             let err = s
-                .apply(&endpoint("tenant-b", "thief", &["52:54:00:00:00:09", mac]), "default")
+                .apply(
+                    &endpoint("tenant-b", "thief", &["52:54:00:00:00:09", mac]),
+                    "default",
+                )
                 .unwrap_err();
             let msg = err.to_string();
             assert!(matches!(err, StoreError::MacTaken { .. }), "{msg}");
-            assert!(msg.contains("tenant-a/kiosk-01") && msg.contains("52:54:00:00:00:01"), "{msg}");
+            assert!(
+                msg.contains("tenant-a/kiosk-01") && msg.contains("52:54:00:00:00:01"),
+                "{msg}"
+            );
         }
         // Nothing written.
-        assert!(s.get(Kind::Endpoint, "tenant-b", "thief").unwrap().is_none());
+        assert!(
+            s.get(Kind::Endpoint, "tenant-b", "thief")
+                .unwrap()
+                .is_none()
+        );
         assert_eq!(s.latest_change().unwrap(), rev);
         // The owner re-applies freely; another MAC is fine.
-        s.apply(&endpoint("tenant-a", "kiosk-01", &["52:54:00:00:00:01"]), "default")
-            .unwrap();
-        s.apply(&endpoint("tenant-b", "own", &["52:54:00:00:00:02"]), "default")
-            .unwrap();
+        s.apply(
+            &endpoint("tenant-a", "kiosk-01", &["52:54:00:00:00:01"]),
+            "default",
+        )
+        .unwrap();
+        s.apply(
+            &endpoint("tenant-b", "own", &["52:54:00:00:00:02"]),
+            "default",
+        )
+        .unwrap();
     }
 
     #[test]
@@ -1393,7 +1415,10 @@ mod mac_tests {
         let owners = s.endpoints_by_mac("52:54:00:00:00:01").unwrap();
         assert_eq!(owners.len(), 2, "{owners:?}");
         let known = crate::boot::Known::from_owners(
-            owners.into_iter().map(|(ns, n, _)| (ns, n, false)).collect(),
+            owners
+                .into_iter()
+                .map(|(ns, n, _)| (ns, n, false))
+                .collect(),
         );
         assert_eq!(
             known,
