@@ -99,13 +99,16 @@ impl ForwardKey {
         ForwardKey(imaging.derive(PURPOSE))
     }
 
-    fn mac(&self) -> HmacSha256 {
-        // HMAC takes keys of any length: this cannot fail.
-        <HmacSha256 as Mac>::new_from_slice(&self.0).unwrap_or_else(|_| unreachable_mac())
+    /// HMAC takes keys of any length, so this is always Some; an empty signature (which never
+    /// verifies) stands for the impossible None.
+    fn mac(&self) -> Option<HmacSha256> {
+        <HmacSha256 as Mac>::new_from_slice(&self.0).ok()
     }
 
     pub fn sign(&self, body: &[u8]) -> String {
-        let mut mac = self.mac();
+        let Some(mut mac) = self.mac() else {
+            return String::new();
+        };
         mac.update(body);
         mac.finalize()
             .into_bytes()
@@ -115,22 +118,16 @@ impl ForwardKey {
     }
 
     fn verify(&self, body: &[u8], signature: &str) -> bool {
-        let Some(bytes) = unhex(signature) else {
+        let (Some(bytes), Some(mut mac)) = (unhex(signature), self.mac()) else {
             return false;
         };
-        let mut mac = self.mac();
         mac.update(body);
         mac.verify_slice(&bytes).is_ok()
     }
 }
 
-#[allow(clippy::panic)]
-fn unreachable_mac() -> HmacSha256 {
-    panic!("HMAC-SHA256 accepts keys of any length")
-}
-
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
