@@ -32,6 +32,16 @@ enum BackendKind {
     Kube,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Role {
+    /// The controllers (and, when given their flags, the boot service, the gateway, the
+    /// admission webhook and the internal input endpoint).
+    All,
+    /// Only the boot service, with read-only access to the Kubernetes API: no Lease, no
+    /// controller, no writes. Inputs go to the operator over --forward-inputs-to. Kube only.
+    Boot,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum PowerDriver {
     /// Each endpoint's BMC over Redfish (spec.bmc); an endpoint without one gets an event
@@ -49,6 +59,9 @@ enum Command {
     Run {
         #[arg(long, value_enum, default_value = "embedded", env = "RECAST_BACKEND")]
         backend: BackendKind,
+        /// What this process does: everything, or only the boot service (read-only).
+        #[arg(long, value_enum, default_value = "all", env = "RECAST_ROLE")]
+        role: Role,
         /// Data directory of the embedded store.
         #[arg(long, default_value = "/var/lib/recast", env = "RECAST_DATA_DIR")]
         data_dir: PathBuf,
@@ -299,6 +312,34 @@ struct KubeArgs {
     /// Watch only this namespace (a namespaced install needs only a Role there); default: all.
     #[arg(long, env = "RECAST_WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
+    /// Where boot intents, action journals and inboxes live: a namespace no tenant may write
+    /// (the operator's own). Default: the --lease-namespace (the pod's namespace).
+    #[arg(long, env = "RECAST_CONTROL_NAMESPACE")]
+    control_namespace: Option<String>,
+    /// --role boot: the operator's internal URL the boot service sends its inputs to, such as
+    /// http://recast-operator.recast-system.svc:8090.
+    #[arg(long, env = "RECAST_FORWARD_INPUTS_TO")]
+    forward_inputs_to: Option<String>,
+    /// Accept the boot pods' inputs (HMAC-signed under the imaging key) on this address.
+    #[arg(long, env = "RECAST_INTERNAL_LISTEN")]
+    internal_listen: Option<SocketAddr>,
+    /// Serve the Endpoint admission webhook (HTTPS) on this address, such as 0.0.0.0:9443.
+    #[arg(long, env = "RECAST_WEBHOOK_LISTEN", requires_all = ["webhook_cert", "webhook_key"])]
+    webhook_listen: Option<SocketAddr>,
+    /// PEM certificate chain of the webhook (its names include the Service's DNS name).
+    #[arg(long, env = "RECAST_WEBHOOK_CERT")]
+    webhook_cert: Option<PathBuf>,
+    /// PEM private key of that certificate.
+    #[arg(long, env = "RECAST_WEBHOOK_KEY")]
+    webhook_key: Option<PathBuf>,
+}
+
+impl KubeArgs {
+    fn control_namespace(&self) -> String {
+        self.control_namespace
+            .clone()
+            .unwrap_or_else(|| self.lease_namespace.clone())
+    }
 }
 
 /// The agent gateway (HTTPS, POST /v1/reports); off unless --gateway-listen is given.
@@ -388,6 +429,7 @@ fn main() -> ExitCode {
         },
         Command::Run {
             backend,
+            role,
             data_dir,
             load,
             listen,
@@ -410,6 +452,7 @@ fn main() -> ExitCode {
             };
             match rt.block_on(run(RunOptions {
                 backend,
+                role,
                 data_dir,
                 load,
                 listen,
@@ -444,6 +487,7 @@ fn init_tracing() {
 /// Everything `recast-operator run` was given.
 struct RunOptions {
     backend: BackendKind,
+    role: Role,
     data_dir: PathBuf,
     load: Vec<PathBuf>,
     listen: SocketAddr,
@@ -457,6 +501,7 @@ struct RunOptions {
 async fn run(opts: RunOptions) -> Result<(), String> {
     let RunOptions {
         backend,
+        role,
         data_dir,
         load,
         listen,
@@ -475,6 +520,27 @@ async fn run(opts: RunOptions) -> Result<(), String> {
             )
         })?;
     let boot_cfg = boot_args.service(&data_dir)?;
+    if role == Role::Boot {
+        if !matches!(backend, BackendKind::Kube) {
+            return Err(
+                "--role boot needs --backend kube (the embedded backend is one process)".into(),
+            );
+        }
+        if boot_cfg.is_none() {
+            return Err("--role boot needs --boot-http: it runs only the boot service".into());
+        }
+        if kube_opts.forward_inputs_to.is_none() {
+            return Err("--role boot needs --forward-inputs-to URL (the operator's internal endpoint): a boot pod may not write inboxes itself".into());
+        }
+        if gateway_args.gateway_listen.is_some()
+            || kube_opts.webhook_listen.is_some()
+            || kube_opts.internal_listen.is_some()
+        {
+            return Err("--role boot runs only the boot service: drop --gateway-listen, --webhook-listen and --internal-listen".into());
+        }
+    } else if kube_opts.forward_inputs_to.is_some() {
+        return Err("--forward-inputs-to is for --role boot".into());
+    }
     // The GoldenImage controller fills the boot root's images/ with verified WIMs.
     let image_store = boot_args.root(&data_dir);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -562,9 +628,28 @@ async fn run(opts: RunOptions) -> Result<(), String> {
                 lease_duration: std::time::Duration::from_secs(kube_opts.lease_duration_seconds),
                 lease_grace: std::time::Duration::from_secs(kube_opts.lease_grace_seconds),
                 watch_namespace: kube_opts.watch_namespace.clone(),
+                control_namespace: kube_opts.control_namespace(),
                 image_store: Some(image_store),
                 bmc_watch_interval,
             };
+            if role == Role::Boot {
+                return run_boot_role(
+                    client, &opts, &kube_opts, &boot_args, &data_dir, boot_cfg, metrics, ready,
+                    parts, stop_rx, server,
+                )
+                .await;
+            }
+            if kube_opts.internal_listen.is_some() || kube_opts.webhook_listen.is_some() {
+                start_kube_endpoints(
+                    client.clone(),
+                    &opts,
+                    &kube_opts,
+                    &boot_args,
+                    &data_dir,
+                    stop_rx.clone(),
+                )
+                .await?;
+            }
             if boot_cfg.is_some() || gateway_args.gateway_listen.is_some() {
                 // The boot service and the gateway only read and queue inputs into inboxes,
                 // which needs no lease: they run without it.
@@ -628,6 +713,111 @@ async fn run(opts: RunOptions) -> Result<(), String> {
         Ok(Err(e)) => Err(format!("cannot serve on {listen}: {e}")),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// The boot role: the boot service and the verified-image cache it serves from, over a
+/// read-only client; inputs go to the operator. Runs until shutdown.
+#[allow(clippy::too_many_arguments)]
+async fn run_boot_role(
+    client: kube::Client,
+    opts: &KubeOptions,
+    kube_opts: &KubeArgs,
+    boot_args: &BootArgs,
+    data_dir: &std::path::Path,
+    boot_cfg: Option<recast_operator::boot::service::BootServiceConfig>,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    parts: Arc<http::Readiness>,
+    stop_rx: watch::Receiver<bool>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+) -> Result<(), String> {
+    use recast_operator::controller::kube::KubeBackend;
+    let Some(cfg) = boot_cfg else {
+        return Err("--role boot needs --boot-http".into());
+    };
+    let url = kube_opts
+        .forward_inputs_to
+        .clone()
+        .ok_or("--role boot needs --forward-inputs-to")?;
+    let forwarder =
+        recast_operator::boot::forward::Forwarder::new(&url, &boot_args.imaging_key(data_dir)?)?;
+    // Never the leader: every write this backend could attempt is refused before it is sent.
+    let (backend, _) = KubeBackend::connect(client, opts, Arc::new(AtomicBool::new(false))).await?;
+    // Boot lookups come from a watch-fed index, never a request per packet.
+    let index = backend.start_boot_index(stop_rx.clone());
+    let backend = Arc::new(backend.with_forwarder(forwarder).with_boot_index(index));
+    if let Some(root) = &opts.image_store {
+        // Each boot pod fetches and checks the WIMs it serves itself; it writes no status.
+        let images = recast_operator::golden::ImageController::new(
+            backend.clone(),
+            recast_operator::golden::fetch::ArtifactStore { root: root.clone() },
+        )?;
+        tokio::spawn(Arc::new(images).run(stop_rx.clone()));
+    }
+    tracing::info!(forward_to = %url, control_namespace = %opts.control_namespace, "boot role: read-only; inputs go to the operator");
+    ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    if let Err(e) = recast_operator::boot::service::run(backend, cfg, metrics, parts, stop_rx).await
+    {
+        boot_service_failed(&e);
+    }
+    match server.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("cannot serve health and metrics: {e}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The operator's endpoints for other components: the boot pods' inputs (plain HTTP, every
+/// message HMAC-signed) and the Endpoint admission webhook (HTTPS). Every replica serves them;
+/// neither needs the lease.
+async fn start_kube_endpoints(
+    client: kube::Client,
+    opts: &KubeOptions,
+    kube_opts: &KubeArgs,
+    boot_args: &BootArgs,
+    data_dir: &std::path::Path,
+    stop: watch::Receiver<bool>,
+) -> Result<(), String> {
+    use recast_operator::controller::kube::KubeBackend;
+    let (backend, _) = KubeBackend::connect(client, opts, Arc::new(AtomicBool::new(false))).await?;
+    let backend = Arc::new(backend);
+    if let Some(addr) = kube_opts.internal_listen {
+        let key = boot_args.imaging_key(data_dir)?;
+        let app = recast_operator::boot::forward::router(&key, backend.clone());
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot serve the internal input endpoint on {addr}: {e}"))?;
+        tracing::info!(%addr, "accepting signed inputs from the boot pods");
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "internal input endpoint stopped");
+            }
+        });
+    }
+    if let Some(addr) = kube_opts.webhook_listen {
+        let (Some(cert), Some(key)) = (&kube_opts.webhook_cert, &kube_opts.webhook_key) else {
+            return Err("--webhook-listen needs --webhook-cert and --webhook-key".into());
+        };
+        let tls =
+            recast_operator::gateway::tls_config(cert, key).map_err(|e| format!("webhook: {e}"))?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot serve the admission webhook on {addr}: {e}"))?;
+        tracing::info!(%addr, "serving the Endpoint admission webhook");
+        let app = recast_operator::controller::admission::router(backend);
+        tokio::spawn(async move {
+            if let Err(e) = recast_operator::gateway::serve_tls(listener, tls, app, stop).await {
+                tracing::error!(error = %e, "admission webhook stopped");
+            }
+        });
+    }
+    Ok(())
 }
 
 async fn start_gateway<B: recast_operator::controller::Backend>(

@@ -182,4 +182,3 @@ fn the_enrollment_credential_works_once_and_only_after_the_result() {
     assert!(body.contains("works once"), "{body}");
     let _ = std::fs::remove_dir_all(&s.dir);
 }
-

@@ -292,9 +292,13 @@ fn helm_template_renders_what_each_value_set_asks_for() {
             "NetworkPolicy",
             "PodDisruptionBudget",
             "Role",
+            "Role",
             "RoleBinding",
+            "RoleBinding",
+            "Secret",
             "Service",
-            "ServiceAccount"
+            "ServiceAccount",
+            "ValidatingWebhookConfiguration"
         ]
     );
     let op = find(&d, "Deployment", "-operator").unwrap();
@@ -308,10 +312,40 @@ fn helm_template_renders_what_each_value_set_asks_for() {
         "--identity=$(POD_NAME)",
         "--lease-duration-seconds=15",
         "--power-driver=redfish",
+        "--control-namespace=$(POD_NAMESPACE)",
+        "--webhook-listen=0.0.0.0:9443",
+        "--webhook-cert=/etc/recast/webhook/tls.crt",
     ] {
         assert!(a.contains(&want.to_string()), "{want} missing from {a:?}");
     }
     assert!(!a.iter().any(|x| x.starts_with("--boot-http")), "{a:?}");
+    // No boot pods: nothing to take inputs from.
+    assert!(
+        !a.iter().any(|x| x.starts_with("--internal-listen")),
+        "{a:?}"
+    );
+    // The webhook: Endpoints only, failing closed, at the operator Service, with its CA.
+    let vwc = find(&d, "ValidatingWebhookConfiguration", "-endpoints").unwrap();
+    let hook = &vwc["webhooks"][0];
+    assert_eq!(hook["failurePolicy"], "Fail");
+    assert_eq!(hook["rules"][0]["resources"], json!(["endpoints"]));
+    assert_eq!(hook["rules"][0]["operations"], json!(["CREATE", "UPDATE"]));
+    assert_eq!(
+        hook["clientConfig"]["service"]["name"],
+        "rc-recast-operator"
+    );
+    assert_eq!(
+        hook["clientConfig"]["service"]["path"],
+        "/validate/endpoints"
+    );
+    let tls = find(&d, "Secret", "-webhook-tls").unwrap();
+    assert_eq!(hook["clientConfig"]["caBundle"], tls["data"]["ca.crt"]);
+    // No cluster-wide Secret access, and no ConfigMap rights outside the release namespace.
+    let cr = find(&d, "ClusterRole", "-operator").unwrap().to_string();
+    assert!(
+        !cr.contains("secrets") && !cr.contains("configmaps"),
+        "{cr}"
+    );
     let sc = &c["securityContext"];
     assert_eq!(sc["runAsNonRoot"], true);
     assert_eq!(sc["readOnlyRootFilesystem"], true);
@@ -359,9 +393,17 @@ fn helm_template_renders_what_each_value_set_asks_for() {
         spec["nodeSelector"],
         json!({"recast.dev/provisioning": "true"})
     );
+    // The boot pods' own read-only identity, and the boot-only role that forwards inputs.
+    assert_eq!(spec["serviceAccountName"], "rc-recast-boot");
+    assert_eq!(spec["automountServiceAccountToken"], true);
     let c = container(ds, "boot");
     let a = args(c);
+    assert!(!a.iter().any(|x| x.starts_with("--lease")), "{a:?}");
+    assert!(!a.iter().any(|x| x.starts_with("--power-driver")), "{a:?}");
     for want in [
+        "--role=boot",
+        "--control-namespace=$(POD_NAMESPACE)",
+        "--forward-inputs-to=http://rc-recast-operator.recast.svc:8090",
         "--dhcp=proxy",
         "--dhcp-interface=eth1",
         "--dhcp-server-ip=$(RECAST_SERVER_IP)",
@@ -393,6 +435,20 @@ fn helm_template_renders_what_each_value_set_asks_for() {
     assert_eq!(
         server_ip["valueFrom"]["fieldRef"]["fieldPath"],
         "status.hostIP"
+    );
+    // The operator takes the boot pods' inputs and verifies them with the same key.
+    let op = find(&d, "Deployment", "-operator").unwrap();
+    let oa = args(container(op, "operator"));
+    for want in [
+        "--internal-listen=0.0.0.0:8090",
+        "--imaging-key-file=/etc/recast/imaging/imaging.key",
+    ] {
+        assert!(oa.contains(&want.to_string()), "{want} missing from {oa:?}");
+    }
+    assert!(
+        op["spec"]["template"]["spec"]["volumes"]
+            .to_string()
+            .contains("recast-imaging-key")
     );
     // The Secret the values name is used; the chart creates none of its own.
     assert!(find(&d, "Secret", "imaging-key").is_none());
@@ -453,6 +509,15 @@ fn helm_template_renders_what_each_value_set_asks_for() {
     assert!(find(&d, "ClusterRoleBinding", "-operator").is_none());
     let rb = find(&d, "RoleBinding", "-operator").unwrap();
     assert_eq!(rb["metadata"]["namespace"], "fleet");
+    // BMC Secrets: readable only in the watched namespace.
+    let sr = find(&d, "Role", "-bmc-secrets").unwrap();
+    assert_eq!(sr["metadata"]["namespace"], "fleet");
+    assert_eq!(sr["rules"][0]["verbs"], json!(["get"]));
+    assert_eq!(
+        find(&d, "ValidatingWebhookConfiguration", "-endpoints").unwrap()["webhooks"][0]["namespaceSelector"]
+            ["matchLabels"]["kubernetes.io/metadata.name"],
+        "fleet"
+    );
     // Without imagingKeySecret the chart makes a 32-byte key.
     let key = find(&d, "Secret", "-imaging-key").expect("an imaging key Secret");
     let b64 = key["data"]["imaging.key"].as_str().unwrap();
@@ -476,7 +541,13 @@ fn helm_template_renders_what_each_value_set_asks_for() {
     let d = helm
         .template("rc", "recast", Some(&emb), &[])
         .expect("render embedded-gateway");
-    for absent in ["ClusterRole", "Role", "DaemonSet", "PodDisruptionBudget"] {
+    for absent in [
+        "ClusterRole",
+        "Role",
+        "DaemonSet",
+        "PodDisruptionBudget",
+        "ValidatingWebhookConfiguration",
+    ] {
         assert!(
             !kinds(&d).contains(&absent.to_string()),
             "{absent} rendered"
@@ -730,9 +801,14 @@ impl Drop for AppliedRbac {
 /// `kubectl auth can-i VERB RESOURCE [NAME] -n NS --as SA`: true when allowed.
 fn can_i(k: &K8s, sa: &(String, String), verb: &str, resource: &str, ns: &str) -> bool {
     let user = format!("system:serviceaccount:{}:{}", sa.0, sa.1);
+    can_i_as(k, &user, verb, resource, ns)
+}
+
+/// `kubectl auth can-i VERB RESOURCE -n NS --as USER`.
+fn can_i_as(k: &K8s, user: &str, verb: &str, resource: &str, ns: &str) -> bool {
     let mut a = vec!["auth", "can-i", verb];
     a.extend(resource.split(' '));
-    a.extend(["-n", ns, "--as", &user]);
+    a.extend(["-n", ns, "--as", user]);
     let out = k.kubectl(&a);
     let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
     match answer.as_str() {
@@ -759,13 +835,18 @@ const ALLOWED: &[(&str, &str)] = &[
     ("patch", "goldenimages.recast.dev --subresource=status"),
     ("list", "reimagewaves.recast.dev"),
     ("patch", "reimagewaves.recast.dev --subresource=status"),
+    ("create", "events.events.k8s.io"),
+    ("patch", "events.events.k8s.io"),
+];
+
+/// Its control state (boot intents, journals, inboxes): in the release namespace only.
+const CONTROL: &[(&str, &str)] = &[
+    ("get", "configmaps"),
+    ("list", "configmaps"),
+    ("watch", "configmaps"),
     ("create", "configmaps"),
     ("patch", "configmaps"),
     ("delete", "configmaps"),
-    ("watch", "configmaps"),
-    ("create", "events.events.k8s.io"),
-    ("patch", "events.events.k8s.io"),
-    ("get", "secrets"),
 ];
 
 /// What it must never be able to do: people and GitOps own the specs; it never enumerates
@@ -779,6 +860,7 @@ const FORBIDDEN: &[(&str, &str)] = &[
     ("patch", "remediationpolicies.recast.dev"),
     ("patch", "reimagewaves.recast.dev"),
     ("create", "reimagewaves.recast.dev"),
+    ("get", "secrets"),
     ("list", "secrets"),
     ("watch", "secrets"),
     ("create", "secrets"),
@@ -829,6 +911,17 @@ fn operator_service_account_has_exactly_the_rights_it_needs() {
             );
         }
     }
+    // Control state in its own namespace, and no ConfigMap right where tenants live.
+    for (verb, resource) in CONTROL {
+        assert!(
+            can_i(&k, &sa, verb, resource, &ns),
+            "the operator cannot {verb} {resource} in its control namespace {ns}"
+        );
+        assert!(
+            !can_i(&k, &sa, verb, resource, &other),
+            "the operator may {verb} {resource} in the tenant namespace {other}"
+        );
+    }
     // The Lease: create in its namespace; get and patch only the recast-operator Lease.
     let lease = "leases.coordination.k8s.io";
     assert!(can_i(&k, &sa, "create", lease, &ns));
@@ -868,6 +961,15 @@ fn operator_service_account_has_exactly_the_rights_it_needs() {
         &format!("{lease}/recast-operator"),
         &other
     ));
+}
+
+/// The boot pods' ServiceAccount.
+fn boot_service_account(docs: &[Value]) -> (String, String) {
+    let sa = find(docs, "ServiceAccount", "-boot").expect("a boot ServiceAccount");
+    (
+        sa["metadata"]["namespace"].as_str().unwrap().to_string(),
+        sa["metadata"]["name"].as_str().unwrap().to_string(),
+    )
 }
 
 /// A kubeconfig that authenticates as the harness's admin and impersonates `user`, so a process
@@ -1068,6 +1170,40 @@ spec:
         &format!("system:serviceaccount:{}:{}", sa.0, sa.1),
         tmp.path(),
     );
+    let boot_sa = boot_service_account(&docs);
+    let boot_dir = tmp.path().join("boot-identity");
+    std::fs::create_dir_all(&boot_dir).unwrap();
+    let boot_kubeconfig = impersonating_kubeconfig(
+        &k,
+        &format!("system:serviceaccount:{}:{}", boot_sa.0, boot_sa.1),
+        &boot_dir,
+    );
+    // The webhook certificate the chart generated, as its pods would mount it.
+    let tls = find(&docs, "Secret", "-webhook-tls").unwrap();
+    let pem = |key: &str| {
+        let path = tmp.path().join(key);
+        let b64 = tls["data"][key].as_str().unwrap();
+        let out = Command::new("base64")
+            .args(["-d"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().unwrap().write_all(b64.as_bytes())?;
+                c.wait_with_output()
+            })
+            .unwrap();
+        std::fs::write(&path, out.stdout).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let (webhook_cert, webhook_key) = (pem("tls.crt"), pem("tls.key"));
+    let imaging_key = tmp
+        .path()
+        .join("imaging.key")
+        .to_string_lossy()
+        .into_owned();
+    let internal = free_port();
     let data = tmp.path().join("operator-data");
     std::fs::create_dir_all(&data).unwrap();
     let env = [
@@ -1084,6 +1220,11 @@ spec:
         &[
             ("--listen", format!("127.0.0.1:{}", free_port())),
             ("--data-dir", data.to_string_lossy().into_owned()),
+            ("--internal-listen", format!("127.0.0.1:{internal}")),
+            ("--imaging-key-file", imaging_key.clone()),
+            ("--webhook-listen", format!("127.0.0.1:{}", free_port())),
+            ("--webhook-cert", webhook_cert),
+            ("--webhook-key", webhook_key),
         ],
     );
 
@@ -1104,7 +1245,15 @@ spec:
         "the operator to take the Lease",
         || lease_holder() == "recast-operator-0",
     );
-    // The reimage arms the network boot: its ConfigMap, and the finalizer that disarms it.
+    // The reimage arms the network boot: its ConfigMap in the release (control) namespace,
+    // and the finalizer that disarms it.
+    let boot_intent = recast_operator::controller::kube::control_name(
+        recast_operator::controller::kube::ControlKind::Boot,
+        &recast_operator::controller::Key {
+            namespace: fleet.clone(),
+            name: "chart-kiosk".into(),
+        },
+    );
     operator.wait(
         Duration::from_secs(60),
         "the boot intent and the finalizer on the Endpoint",
@@ -1117,7 +1266,7 @@ spec:
                 .as_array()
                 .is_some_and(|f| f.iter().any(|f| f == "recast.dev/disarm-boot"))
                 && ep["status"]["phase"] == "Reimaging"
-                && k.kubectl(&["get", "cm", "recast-boot-chart-kiosk", "-n", &fleet])
+                && k.kubectl(&["get", "cm", &boot_intent, "-n", &ns])
                     .status
                     .success()
         },
@@ -1151,8 +1300,9 @@ spec:
         },
     );
 
-    // The boot service, with the boot DaemonSet's flags and the same ServiceAccount, answers a
-    // machine it knows from the watched namespace (HTTP boot on loopback instead of the node).
+    // The boot service, with the boot DaemonSet's flags and its own read-only ServiceAccount,
+    // answers a machine it knows from the watched namespace (HTTP boot on loopback instead of
+    // the node), and its input reaches the operator over the internal endpoint.
     let boot_port = free_port();
     let boot_data = tmp.path().join("boot-data");
     std::fs::create_dir_all(boot_data.join("boot")).unwrap();
@@ -1166,9 +1316,13 @@ spec:
     let mut boot = start_as(
         ds,
         "boot",
-        &kubeconfig,
+        &boot_kubeconfig,
         &boot_env,
         &[
+            (
+                "--forward-inputs-to",
+                format!("http://127.0.0.1:{internal}"),
+            ),
             ("--listen", format!("127.0.0.1:{}", free_port())),
             ("--data-dir", boot_data.to_string_lossy().into_owned()),
             ("--boot-http", format!("127.0.0.1:{boot_port}")),
@@ -1176,13 +1330,7 @@ spec:
                 "--boot-root",
                 boot_data.join("boot").to_string_lossy().into_owned(),
             ),
-            (
-                "--imaging-key-file",
-                tmp.path()
-                    .join("imaging.key")
-                    .to_string_lossy()
-                    .into_owned(),
-            ),
+            ("--imaging-key-file", imaging_key.clone()),
         ],
     );
     let url = format!("http://127.0.0.1:{boot_port}/boot/52:54:00:c4:00:01");
@@ -1202,6 +1350,35 @@ spec:
     // Armed: the boot service read the intent and starts the WinPE imaging environment.
     assert!(script.starts_with("#!ipxe"), "{script}");
     assert!(script.contains("wimboot"), "{script}");
+    // The imaging environment claims the try; the claim's NetworkBooted goes boot pod →
+    // operator's internal endpoint → inbox → decision.
+    // (The script names the chart's --boot-url; this test reaches the pod on loopback.)
+    let start = script
+        .find("/imaging/v1/")
+        .expect("the try's URL in the script");
+    let attempt_path = script[start..]
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches("/startnet.cmd")
+        .to_string();
+    let out = Command::new("curl")
+        .args(["-sf", "--max-time", "5", "-X", "POST"])
+        .arg(format!("http://127.0.0.1:{boot_port}{attempt_path}/claim"))
+        .output()
+        .expect("run curl");
+    assert!(out.status.success(), "the claim: {out:?}");
+    operator.wait(
+        Duration::from_secs(60),
+        "the forwarded NetworkBooted to move the attempt to Applying",
+        || {
+            json_of(
+                &k,
+                &["get", "rep", "chart-kiosk", "-n", &fleet, "-o", "json"],
+            )["status"]["activeAttempt"]["step"]
+                == "Applying"
+        },
+    );
 
     // Real requests as the ServiceAccount, not only can-i: misuse is refused by the apiserver.
     let user = format!("system:serviceaccount:{}:{}", sa.0, sa.1);
@@ -1288,6 +1465,24 @@ fn helm_install_upgrade_uninstall_keep_the_imaging_key() {
         );
         s["data"]["imaging.key"].as_str().unwrap().to_string()
     };
+    // Namespaced, so the admission webhook (failurePolicy Fail, and no operator pod runs in
+    // the harness) covers only this namespace and not the other suites' Endpoints.
+    let watch = format!("operator.watchNamespace={ns}");
+    let webhook_ca = || {
+        json_of(
+            &k,
+            &[
+                "get",
+                "validatingwebhookconfiguration",
+                &format!("{release}-recast-endpoints"),
+                "-o",
+                "json",
+            ],
+        )["webhooks"][0]["clientConfig"]["caBundle"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
     let notes = helm_ok(&[
         "install",
         &release,
@@ -1296,6 +1491,8 @@ fn helm_install_upgrade_uninstall_keep_the_imaging_key() {
         "boot.enabled=true",
         "--set",
         "boot.dhcp.mode=proxy",
+        "--set",
+        &watch,
     ]);
     assert!(notes.contains("STATUS: deployed"), "{notes}");
     assert!(
@@ -1303,6 +1500,7 @@ fn helm_install_upgrade_uninstall_keep_the_imaging_key() {
         "NOTES name the ports: {notes}"
     );
     let key = key_of();
+    let ca = webhook_ca();
     helm_ok(&[
         "upgrade",
         &release,
@@ -1313,6 +1511,8 @@ fn helm_install_upgrade_uninstall_keep_the_imaging_key() {
         "boot.dhcp.mode=proxy",
         "--set",
         "operator.replicas=3",
+        "--set",
+        &watch,
     ]);
     assert_eq!(
         json_of(
@@ -1330,12 +1530,26 @@ fn helm_install_upgrade_uninstall_keep_the_imaging_key() {
         3
     );
     assert_eq!(key_of(), key, "helm upgrade replaced the imaging key");
+    assert_eq!(
+        webhook_ca(),
+        ca,
+        "helm upgrade replaced the webhook's CA: the apiserver would reject the serving certificate"
+    );
     helm_ok(&["uninstall", &release, "--wait"]);
     assert_eq!(key_of(), key, "helm uninstall removed the imaging key");
     let left = k.kubectl(&["get", "clusterrole", &format!("{release}-recast-operator")]);
     assert!(
         !left.status.success(),
         "the ClusterRole outlived the release"
+    );
+    let hook = k.kubectl(&[
+        "get",
+        "validatingwebhookconfiguration",
+        &format!("{release}-recast-endpoints"),
+    ]);
+    assert!(
+        !hook.status.success(),
+        "the admission webhook outlived the release"
     );
     k.kubectl_ok(&[
         "delete",
@@ -1344,4 +1558,165 @@ fn helm_install_upgrade_uninstall_keep_the_imaging_key() {
         "-n",
         &ns,
     ]);
+}
+
+/// Binds `user` to Kubernetes' built-in `edit` role in `ns`, as a cluster admin gives a tenant
+/// its namespace. The harness runs no kube-controller-manager, whose aggregation controller
+/// fills `edit` from the `system:aggregate-to-edit` and `-view` roles; when `edit` is still
+/// empty those two are bound instead: the same rules.
+fn bind_edit(k: &K8s, user: &str, ns: &str) {
+    let edit = json_of(k, &["get", "clusterrole", "edit", "-o", "json"]);
+    let roles: Vec<&str> = if edit["rules"].as_array().is_some_and(|r| !r.is_empty()) {
+        vec!["edit"]
+    } else {
+        vec!["system:aggregate-to-edit", "system:aggregate-to-view"]
+    };
+    for (i, role) in roles.iter().enumerate() {
+        k.kubectl_ok(&[
+            "create",
+            "rolebinding",
+            &format!("tenant-edit-{i}"),
+            "-n",
+            ns,
+            &format!("--clusterrole={role}"),
+            &format!("--user={user}"),
+        ]);
+    }
+}
+
+/// Least privilege, asked of the real apiserver by impersonation: the boot pods' ServiceAccount
+/// reads what the boot service needs and can write nothing nor read any Secret; the operator
+/// reads Secrets only in the namespaces listed; a tenant with `edit` in its namespace cannot
+/// reach the control state in the release namespace.
+#[test]
+fn boot_pods_and_tenants_get_least_privilege() {
+    let Some(helm) = Helm::get() else { return };
+    let Some(k) = K8s::get() else { return };
+    k.install_crds();
+    let tmp = tempfile::tempdir().unwrap();
+    let ns = k.fresh_namespace("chart-lp");
+    let tenant = k.fresh_namespace("chart-lp-tenant");
+    let other = k.fresh_namespace("chart-lp-other");
+    let secrets = format!("operator.secretNamespaces[0]={tenant}");
+    let docs = helm
+        .template(
+            &release_name("lp"),
+            &ns,
+            None,
+            &["boot.enabled=true", &secrets],
+        )
+        .expect("render with the boot service");
+    let sa = service_account(&docs);
+    let boot = boot_service_account(&docs);
+    assert_ne!(
+        sa, boot,
+        "the boot pods must not share the operator's identity"
+    );
+    let _rbac = AppliedRbac::apply(&k, &docs, tmp.path());
+    let user = "tenant-a@example.org";
+    bind_edit(&k, user, &tenant);
+    wait_for(
+        Duration::from_secs(20),
+        "the RBAC bindings to take effect",
+        || {
+            can_i(&k, &boot, "list", "endpoints.recast.dev", &tenant)
+                && can_i(&k, &sa, "get", "secrets", &tenant)
+                && can_i_as(&k, user, "create", "configmaps", &tenant)
+        },
+    );
+
+    // The boot pods: reads only.
+    for target in [&tenant, &other] {
+        for (verb, resource) in [
+            ("get", "endpoints.recast.dev"),
+            ("list", "endpoints.recast.dev"),
+            ("watch", "endpoints.recast.dev"),
+            ("list", "goldenimages.recast.dev"),
+            ("watch", "goldenimages.recast.dev"),
+            ("list", "remediationpolicies.recast.dev"),
+        ] {
+            assert!(
+                can_i(&k, &boot, verb, resource, target),
+                "the boot pods cannot {verb} {resource} in {target}"
+            );
+        }
+    }
+    for (verb, resource) in [
+        ("get", "configmaps"),
+        ("list", "configmaps"),
+        ("watch", "configmaps"),
+    ] {
+        assert!(
+            can_i(&k, &boot, verb, resource, &ns),
+            "the boot pods cannot {verb} the boot intents ({resource} in {ns})"
+        );
+    }
+    for target in [&ns, &tenant, &other] {
+        for (verb, resource) in [
+            ("create", "endpoints.recast.dev"),
+            ("patch", "endpoints.recast.dev"),
+            ("update", "endpoints.recast.dev"),
+            ("delete", "endpoints.recast.dev"),
+            ("patch", "endpoints.recast.dev --subresource=status"),
+            ("patch", "goldenimages.recast.dev --subresource=status"),
+            ("patch", "reimagewaves.recast.dev --subresource=status"),
+            ("create", "configmaps"),
+            ("patch", "configmaps"),
+            ("update", "configmaps"),
+            ("delete", "configmaps"),
+            ("get", "secrets"),
+            ("list", "secrets"),
+            ("create", "events.events.k8s.io"),
+            ("create", "events"),
+            ("create", "leases.coordination.k8s.io"),
+            ("get", "leases.coordination.k8s.io/recast-operator"),
+            ("patch", "leases.coordination.k8s.io/recast-operator"),
+            ("create", "pods"),
+        ] {
+            assert!(
+                !can_i(&k, &boot, verb, resource, target),
+                "the boot pods may {verb} {resource} in {target}; they must be read-only"
+            );
+        }
+    }
+    assert!(!can_i(&k, &boot, "get", "configmaps", &tenant));
+
+    // The operator: BMC Secrets where listed, nowhere else; never list.
+    assert!(can_i(&k, &sa, "get", "secrets", &tenant));
+    for target in [&ns, &other] {
+        assert!(
+            !can_i(&k, &sa, "get", "secrets", target),
+            "the operator may read Secrets in {target}, which operator.secretNamespaces does not list"
+        );
+    }
+    assert!(!can_i(&k, &sa, "list", "secrets", &tenant));
+
+    // The tenant: `edit` writes ConfigMaps in its namespace (which nothing reads any more) and
+    // nothing in the release namespace, where the control state lives.
+    assert!(can_i_as(&k, user, "create", "configmaps", &tenant));
+    for (verb, resource) in [
+        ("create", "configmaps"),
+        ("patch", "configmaps"),
+        ("update", "configmaps"),
+        ("delete", "configmaps"),
+        ("get", "configmaps"),
+        ("get", "secrets"),
+    ] {
+        assert!(
+            !can_i_as(&k, user, verb, resource, &ns),
+            "a tenant with edit in {tenant} may {verb} {resource} in the release namespace {ns}"
+        );
+    }
+    for verb in ["create", "update", "patch", "delete"] {
+        assert!(
+            !can_i_as(
+                &k,
+                user,
+                verb,
+                "validatingwebhookconfigurations.admissionregistration.k8s.io",
+                &tenant
+            ),
+            "a tenant may {verb} the admission webhook"
+        );
+    }
 }

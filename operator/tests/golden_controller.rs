@@ -497,6 +497,7 @@ async fn on_the_apiserver_the_controller_verifies_and_promotes() {
         lease_duration: std::time::Duration::from_secs(4),
         lease_grace: std::time::Duration::from_secs(1),
         watch_namespace: Some(ns.clone()),
+        control_namespace: ns.clone(),
     };
     let leader = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let (backend, _) =

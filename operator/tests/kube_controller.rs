@@ -11,8 +11,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use recast_crds::endpoint::{AttemptOutcome, EndpointPhase, EndpointStatus, ReimageStep};
-use recast_operator::controller::kube::{KubeBackend, KubeOptions};
-use recast_operator::controller::{Backend, BackendError};
+use recast_operator::controller::kube::{ControlKind, KubeBackend, KubeOptions, control_name};
+use recast_operator::controller::{Backend, BackendError, Key};
 use recast_tests::{K8s, inputs, repo_root};
 use serde_json::{Value, json};
 
@@ -107,10 +107,22 @@ impl Site {
         serde_json::from_value(v.get("status").cloned().unwrap_or(Value::Null)).unwrap_or_default()
     }
 
+    /// The name of an endpoint's control object in the control namespace (the operator's
+    /// --lease-namespace, which is the site's namespace here).
+    fn control(&self, kind: ControlKind, name: &str) -> String {
+        control_name(
+            kind,
+            &Key {
+                namespace: self.ns.clone(),
+                name: name.into(),
+            },
+        )
+    }
+
     /// Queues an input in the endpoint's inbox ConfigMap, as the gateway will.
     fn post(&mut self, name: &str, input: Value) {
         self.posted += 1;
-        let cm = format!("recast-inbox-{name}");
+        let cm = self.control(ControlKind::Inbox, name);
         let key = format!("t{:06}", self.posted);
         let exists = self
             .k
@@ -119,7 +131,8 @@ impl Site {
             .success();
         if !exists {
             let manifest = json!({"apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": cm, "labels": {"recast.dev/inbox": "true"}, "annotations": {"recast.dev/endpoint": name}},
+                "metadata": {"name": cm, "labels": {"recast.dev/inbox": "true", "recast.dev/control": "true"},
+                             "annotations": {"recast.dev/endpoint": name, "recast.dev/endpoint-namespace": self.ns}},
                 "data": {key: input.to_string()}});
             let path = std::env::temp_dir().join(format!("{}-{cm}-{}.json", self.ns, self.posted));
             std::fs::write(&path, manifest.to_string()).unwrap();
@@ -282,9 +295,13 @@ fn assert_one_clean_attempt(site: &Site, name: &str, st: &EndpointStatus) {
         1,
         "power-cycled more than once"
     );
-    let boot = site
-        .k
-        .kubectl(&["get", "cm", &format!("recast-boot-{name}"), "-n", &site.ns]);
+    let boot = site.k.kubectl(&[
+        "get",
+        "cm",
+        &site.control(ControlKind::Boot, name),
+        "-n",
+        &site.ns,
+    ]);
     assert!(!boot.status.success(), "boot left armed");
 }
 
@@ -346,7 +363,13 @@ fn deleting_an_endpoint_disarms_its_boot_first() {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !site
         .k
-        .kubectl(&["get", "cm", "recast-boot-kiosk-02", "-n", &site.ns])
+        .kubectl(&[
+            "get",
+            "cm",
+            &site.control(ControlKind::Boot, "kiosk-02"),
+            "-n",
+            &site.ns,
+        ])
         .status
         .success()
     {
@@ -376,7 +399,13 @@ fn deleting_an_endpoint_disarms_its_boot_first() {
     assert!(
         !site
             .k
-            .kubectl(&["get", "cm", "recast-boot-kiosk-02", "-n", &site.ns])
+            .kubectl(&[
+                "get",
+                "cm",
+                &site.control(ControlKind::Boot, "kiosk-02"),
+                "-n",
+                &site.ns
+            ])
             .status
             .success(),
         "boot still armed"
@@ -539,6 +568,7 @@ async fn a_status_write_on_a_stale_spec_is_refused() {
         lease_duration: Duration::from_secs(4),
         lease_grace: Duration::from_secs(1),
         watch_namespace: Some(site.ns.clone()),
+        control_namespace: site.ns.clone(),
     };
     let leader = Arc::new(AtomicBool::new(true));
     let (backend, _) = KubeBackend::connect(client, &opts, leader.clone())
@@ -712,7 +742,13 @@ fn the_boot_service_serves_armed_endpoints_from_the_apiserver() {
     let deadline = Instant::now() + Duration::from_secs(60);
     while site
         .k
-        .kubectl(&["get", "cm", "recast-boot-kiosk-01", "-n", &site.ns])
+        .kubectl(&[
+            "get",
+            "cm",
+            &site.control(ControlKind::Boot, "kiosk-01"),
+            "-n",
+            &site.ns,
+        ])
         .status
         .code()
         != Some(0)

@@ -54,6 +54,7 @@ impl Cluster {
             lease_duration: Duration::from_secs(4),
             lease_grace: Duration::from_secs(1),
             watch_namespace: Some(self.ns.clone()),
+            control_namespace: self.ns.clone(),
         };
         let (backend, _) = KubeBackend::connect(client, &opts, Arc::new(AtomicBool::new(true)))
             .await

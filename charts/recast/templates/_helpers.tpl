@@ -237,3 +237,32 @@ container copies them from the image into the volume.
     requests: {cpu: 10m, memory: 16Mi}
     limits: {memory: 64Mi}
 {{- end -}}
+
+{{/* The boot pods' own, read-only ServiceAccount. */}}
+{{- define "recast.bootServiceAccountName" -}}
+{{- printf "%s-boot" (include "recast.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Namespaces where the operator may get Secrets, as a JSON list (see operator.secretNamespaces). */}}
+{{- define "recast.secretNamespaces" -}}
+{{- $list := .Values.operator.secretNamespaces -}}
+{{- if and (not $list) .Values.operator.watchNamespace -}}
+{{- $list = list .Values.operator.watchNamespace -}}
+{{- end -}}
+{{- toJson (default (list) $list) -}}
+{{- end -}}
+
+{{/* The operator Service's DNS name (the webhook certificate's subject). */}}
+{{- define "recast.operatorServiceHost" -}}
+{{- printf "%s-operator.%s.svc" (include "recast.fullname" .) .Release.Namespace -}}
+{{- end -}}
+
+{{/* Name of the Secret with the webhook's TLS certificate. */}}
+{{- define "recast.webhookTlsSecret" -}}
+{{- printf "%s-webhook-tls" (include "recast.fullname" .) -}}
+{{- end -}}
+
+{{/* Whether the admission webhook is deployed. */}}
+{{- define "recast.webhookEnabled" -}}
+{{- if and .Values.webhook.enabled (eq .Values.backend "kube") -}}true{{- end -}}
+{{- end -}}

@@ -531,7 +531,11 @@ pub async fn serve<B: BootIntents>(
                         continue;
                     }
                 };
-                intent::choose(&known, armed.as_ref(), cfg.unknown).0
+                let (choice, not_served) = intent::choose(&known, armed.as_ref(), cfg.unknown);
+                if let Some(why @ intent::NotServed::AmbiguousMac { .. }) = &not_served {
+                    tracing::warn!(mac = %info.mac, "booting locally: {why}");
+                }
+                choice
             }
         };
         let Some(reply) = answer(&info, &choice, &cfg) else {

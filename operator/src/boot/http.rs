@@ -262,7 +262,7 @@ async fn per_mac<B: Backend + BootIntents>(
                         .await;
                     format!("{namespace}/{name}")
                 }
-                intent::Known::Unknown | intent::Known::Ambiguous => mac.clone(),
+                intent::Known::Unknown | intent::Known::Ambiguous { .. } => mac.clone(),
             };
             if discovered
                 && let Err(e) = svc
@@ -279,7 +279,9 @@ async fn per_mac<B: Backend + BootIntents>(
                 intent::Known::Endpoint {
                     namespace, name, ..
                 } => (namespace.clone(), name.clone()),
-                intent::Known::Unknown | intent::Known::Ambiguous => (String::new(), mac.clone()),
+                intent::Known::Unknown | intent::Known::Ambiguous { .. } => {
+                    (String::new(), mac.clone())
+                }
             };
             let Some(server) = &svc.config.wds_server else {
                 tracing::warn!(%mac, "endpoint is in WDS mode but no --wds-server is set; booting it locally");

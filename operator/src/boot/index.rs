@@ -191,15 +191,18 @@ impl BootIndex {
             return Lookup::NotSynced;
         }
         let owners: Vec<&Key> = self.endpoints.ids(mac).collect();
-        let known = match owners.as_slice() {
-            [] => Known::Unknown,
-            [key] => Known::Endpoint {
-                namespace: key.namespace.clone(),
-                name: key.name.clone(),
-                wds: self.endpoints.objects.get(*key).is_some_and(|e| e.wds),
-            },
-            _ => Known::Ambiguous,
-        };
+        let known = Known::from_owners(
+            owners
+                .iter()
+                .map(|key| {
+                    (
+                        key.namespace.clone(),
+                        key.name.clone(),
+                        self.endpoints.objects.get(*key).is_some_and(|e| e.wds),
+                    )
+                })
+                .collect(),
+        );
         let intents: Vec<&BootIntent> = self
             .intents
             .ids(mac)
@@ -344,7 +347,7 @@ mod tests {
             vec![("a/recast-boot-k1", intent("a", "k1", &[M1]))],
         );
         match ix.lookup(M1) {
-            Lookup::Found(Known::Ambiguous, _) => {}
+            Lookup::Found(Known::Ambiguous { .. }, _) => {}
             other => panic!("expected Ambiguous, got {other:?}"),
         }
         assert_eq!(ix.owners(M1), vec![key("a", "k1"), key("b", "thief")]);

@@ -33,11 +33,88 @@ pub enum Known {
         name: String,
         wds: bool,
     },
-    /// More than one Endpoint lists this MAC (a tenant claiming another's machine, or a
-    /// copy-paste mistake): it boots nothing from the network, whatever is armed, until one
-    /// of them lets go.
-    Ambiguous,
+    /// Two or more Endpoints list this MAC ("namespace/name" of each, sorted). Admission
+    /// refuses that on both backends; if it happens anyway (an object written before the
+    /// check, a race between two creates, a webhook that was down) the MAC boots nothing.
+    Ambiguous {
+        owners: Vec<String>,
+    },
     Unknown,
+}
+
+impl Known {
+    /// What recast knows about a MAC from the Endpoints that list it (`(namespace, name,
+    /// wds)` of each live one): nobody, exactly one, or several (never "the first one").
+    pub fn from_owners(mut owners: Vec<(String, String, bool)>) -> Known {
+        owners.sort();
+        owners.dedup();
+        match owners.len() {
+            0 => Known::Unknown,
+            1 => {
+                let (namespace, name, wds) = owners.remove(0);
+                Known::Endpoint {
+                    namespace,
+                    name,
+                    wds,
+                }
+            }
+            _ => Known::Ambiguous {
+                owners: owners
+                    .into_iter()
+                    .map(|(ns, name, _)| format!("{ns}/{name}"))
+                    .collect(),
+            },
+        }
+    }
+}
+
+/// One MAC an Endpoint lists that another Endpoint already lists.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MacConflict {
+    /// Normalised.
+    pub mac: String,
+    /// "namespace/name" of the Endpoint that already lists it.
+    pub owner: String,
+}
+
+impl std::fmt::Display for MacConflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "MAC address {} already belongs to Endpoint {}",
+            self.mac, self.owner
+        )
+    }
+}
+
+/// The MACs of `candidate` (namespace, name, MACs) that another Endpoint in `others` already
+/// lists; the candidate itself (same namespace and name) is never a conflict. MACs compare
+/// normalised, so `52-54-00-AB-CD-01` and `52:54:00:ab:cd:01` are the same machine.
+pub fn mac_conflicts<'a>(
+    candidate: (&str, &str, &[String]),
+    others: impl IntoIterator<Item = (&'a str, &'a str, &'a [String])>,
+) -> Vec<MacConflict> {
+    let (ns, name, macs) = candidate;
+    let norm = |m: &str| normalize_mac(m).unwrap_or_else(|| m.trim().to_ascii_lowercase());
+    let wanted: std::collections::BTreeSet<String> = macs.iter().map(|m| norm(m)).collect();
+    let mut out: Vec<MacConflict> = Vec::new();
+    for (other_ns, other_name, other_macs) in others {
+        if other_ns == ns && other_name == name {
+            continue;
+        }
+        for m in other_macs {
+            let m = norm(m);
+            if wanted.contains(&m) {
+                out.push(MacConflict {
+                    mac: m,
+                    owner: format!("{other_ns}/{other_name}"),
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| (&a.mac, &a.owner).cmp(&(&b.mac, &b.owner)));
+    out.dedup();
+    out
 }
 
 /// What to do with a MAC address recast does not manage.
@@ -75,6 +152,11 @@ pub enum NotServed {
     NoDigest { attempt: String },
     #[error("the boot intent names endpoint {intent} but the MAC address belongs to {known}")]
     WrongEndpoint { intent: String, known: String },
+    #[error(
+        "the MAC address is listed by several Endpoints ({}); an ambiguous MAC boots nothing: remove it from all but one",
+        owners.join(", ")
+    )]
+    AmbiguousMac { owners: Vec<String> },
 }
 
 /// Decides what a machine gets: the armed imaging environment only when the intent belongs to
@@ -86,9 +168,6 @@ pub fn choose(
     unknown: UnknownMacPolicy,
 ) -> (BootChoice, Option<NotServed>) {
     match known {
-        // Told to boot its own disk: imaging a machine two Endpoints claim could wipe the
-        // wrong tenant's machine, and silence would only delay the same outcome.
-        Known::Ambiguous => (BootChoice::Local { discovered: false }, None),
         Known::Unknown => {
             let choice = match unknown {
                 UnknownMacPolicy::Ignore => BootChoice::Ignore,
@@ -97,6 +176,14 @@ pub fn choose(
             };
             (choice, None)
         }
+        // Whoever is armed, a MAC two Endpoints claim could be either machine: boot locally
+        // (never Ignore, so another boot server cannot take it over either) and say why.
+        Known::Ambiguous { owners } => (
+            BootChoice::Local { discovered: false },
+            Some(NotServed::AmbiguousMac {
+                owners: owners.clone(),
+            }),
+        ),
         Known::Endpoint {
             namespace,
             name,
@@ -246,18 +333,77 @@ mod tests {
     }
 
     #[test]
-    fn an_ambiguous_mac_boots_nothing_even_when_armed() {
-        let i = intent("default", "kiosk-01", Some("ab"));
-        for policy in [
-            UnknownMacPolicy::Ignore,
-            UnknownMacPolicy::Local,
-            UnknownMacPolicy::Discover,
+    fn an_ambiguous_mac_boots_locally_even_when_armed() {
+        let amb = Known::from_owners(vec![
+            ("tenant-b".into(), "thief".into(), false),
+            ("tenant-a".into(), "kiosk-01".into(), false),
+        ]);
+        assert_eq!(
+            amb,
+            Known::Ambiguous {
+                owners: vec!["tenant-a/kiosk-01".into(), "tenant-b/thief".into()]
+            }
+        );
+        for armed in [
+            Some(intent("tenant-a", "kiosk-01", Some("ab"))),
+            Some(intent("tenant-b", "thief", Some("ab"))),
+            None,
         ] {
-            assert_eq!(
-                choose(&Known::Ambiguous, Some(&i), policy),
-                (BootChoice::Local { discovered: false }, None)
-            );
+            for unknown in [
+                UnknownMacPolicy::Ignore,
+                UnknownMacPolicy::Local,
+                UnknownMacPolicy::Discover,
+            ] {
+                let (c, why) = choose(&amb, armed.as_ref(), unknown);
+                assert_eq!(c, BootChoice::Local { discovered: false });
+                assert!(matches!(why, Some(NotServed::AmbiguousMac { .. })));
+            }
         }
+    }
+
+    #[test]
+    fn owners_decide_what_is_known() {
+        assert_eq!(Known::from_owners(vec![]), Known::Unknown);
+        assert_eq!(
+            Known::from_owners(vec![("default".into(), "kiosk-01".into(), true)]),
+            known(true)
+        );
+        // The same endpoint seen twice (two of its MACs, or two lists) is one owner.
+        assert_eq!(
+            Known::from_owners(vec![
+                ("default".into(), "kiosk-01".into(), false),
+                ("default".into(), "kiosk-01".into(), false)
+            ]),
+            known(false)
+        );
+    }
+
+    #[test]
+    fn mac_conflicts_name_the_other_owner_and_never_the_candidate() {
+        let a = vec!["52:54:00:00:00:01".to_string(), "52:54:00:00:00:02".into()];
+        let b = vec!["52-54-00-00-00-02".to_string()];
+        let c = vec!["52:54:00:00:00:03".to_string()];
+        let others = [
+            ("tenant-a", "kiosk-01", a.as_slice()),
+            ("tenant-b", "other", c.as_slice()),
+        ];
+        // A new endpoint that lists one of kiosk-01's MACs (in another spelling).
+        let got = mac_conflicts(("tenant-b", "thief", &b), others);
+        assert_eq!(
+            got,
+            vec![MacConflict {
+                mac: "52:54:00:00:00:02".into(),
+                owner: "tenant-a/kiosk-01".into()
+            }]
+        );
+        assert_eq!(
+            got[0].to_string(),
+            "MAC address 52:54:00:00:00:02 already belongs to Endpoint tenant-a/kiosk-01"
+        );
+        // Re-applying kiosk-01 itself conflicts with nothing.
+        assert!(mac_conflicts(("tenant-a", "kiosk-01", &a), others).is_empty());
+        // Same name in another namespace is another endpoint.
+        assert_eq!(mac_conflicts(("tenant-c", "kiosk-01", &a), others).len(), 2);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod artifacts;
 pub mod dhcp;
+pub mod forward;
 pub mod http;
 pub mod index;
 pub mod intent;

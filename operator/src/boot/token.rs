@@ -135,6 +135,19 @@ impl TokenKey {
         constant_time_eq(expected.as_bytes(), presented.as_bytes())
     }
 
+    /// A key for another purpose, derived from this one (HMAC with the purpose as message), so
+    /// a MAC made for that purpose can never pass as an imaging token or the reverse.
+    pub fn derive(&self, purpose: &str) -> [u8; KEY_LEN] {
+        let Ok(mut mac) = HmacSha256::new_from_slice(&self.0) else {
+            return [0; KEY_LEN];
+        };
+        mac.update(b"recast derived key\0");
+        mac.update(purpose.as_bytes());
+        let mut out = [0u8; KEY_LEN];
+        out.copy_from_slice(&mac.finalize().into_bytes()[..KEY_LEN]);
+        out
+    }
+
     /// Constant-time check of a presented token.
     pub fn verify(
         &self,

@@ -452,14 +452,13 @@ impl crate::boot::BootIntents for EmbeddedBackend {
         &self,
         mac: &str,
     ) -> Result<(crate::boot::Known, Option<BootIntent>), BackendError> {
-        let known = match self.store.endpoint_by_mac(mac).map_err(other)? {
-            Some((namespace, name, boot_server)) => crate::boot::Known::Endpoint {
-                namespace,
-                name,
-                wds: boot_server.as_deref() == Some("wds"),
-            },
-            None => crate::boot::Known::Unknown,
-        };
+        let owners = self.store.endpoints_by_mac(mac).map_err(other)?;
+        let known = crate::boot::Known::from_owners(
+            owners
+                .into_iter()
+                .map(|(ns, name, boot_server)| (ns, name, boot_server.as_deref() == Some("wds")))
+                .collect(),
+        );
         let intent = self.store.boot_intent(mac).map_err(other)?;
         Ok((known, intent))
     }

@@ -6,8 +6,14 @@
 //!   a spec the user has since changed is refused (409) and taken again.
 //! - Every Endpoint carries the `recast.dev/disarm-boot` finalizer (applied by its own field
 //!   manager), so a pending network boot is disarmed before the object goes away.
-//! - Boot intents, the action journal and the input inbox are ConfigMaps owned by the Endpoint
-//!   (`recast-boot-NAME`, `recast-journal-NAME`, `recast-inbox-NAME`).
+//! - Boot intents, the action journal and the input inbox are ConfigMaps in the operator's own
+//!   control namespace (`--control-namespace`), never in the tenant's: Kubernetes' built-in
+//!   `edit` role writes ConfigMaps, and a forged intent or inbox would arm or steer a reimage.
+//!   Their names are `recast-{boot,journal,inbox}-HASH` with HASH from the endpoint's
+//!   namespace and name (so tenants cannot collide), and the endpoint is named in annotations.
+//!   Owner references cannot cross namespaces: the finalizer deletes them, and the leader
+//!   sweeps orphans (see `sweep_orphans`). Objects a previous version left in tenant
+//!   namespaces are never read.
 //! - Only the holder of the `recast-operator` Lease runs the controller; every write also checks
 //!   the lease, so a replica that just lost it writes nothing more.
 
@@ -44,7 +50,71 @@ pub const FIELD_MANAGER: &str = "recast-operator";
 pub const LEASE_NAME: &str = "recast-operator";
 pub const INBOX_LABEL: &str = "recast.dev/inbox";
 pub const BOOT_LABEL: &str = "recast.dev/boot-intent";
-const ENDPOINT_ANNOTATION: &str = "recast.dev/endpoint";
+pub const JOURNAL_LABEL: &str = "recast.dev/journal";
+/// On every control object (intent, journal, inbox): what the orphan sweep lists.
+pub const CONTROL_LABEL: &str = "recast.dev/control";
+/// The endpoint's namespace, as a label too (namespaces fit a label value; names may not).
+pub const ENDPOINT_NAMESPACE_LABEL: &str = "recast.dev/endpoint-namespace";
+pub const ENDPOINT_ANNOTATION: &str = "recast.dev/endpoint";
+pub const ENDPOINT_NAMESPACE_ANNOTATION: &str = "recast.dev/endpoint-namespace";
+/// The uid of the Endpoint a journal was written for: a re-created Endpoint of the same name
+/// never inherits it (the sweep removes it).
+pub const ENDPOINT_UID_ANNOTATION: &str = "recast.dev/endpoint-uid";
+
+/// The three kinds of control object the operator keeps per endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ControlKind {
+    Boot,
+    Journal,
+    Inbox,
+}
+
+impl ControlKind {
+    fn prefix(self) -> &'static str {
+        match self {
+            ControlKind::Boot => "recast-boot-",
+            ControlKind::Journal => "recast-journal-",
+            ControlKind::Inbox => "recast-inbox-",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ControlKind::Boot => BOOT_LABEL,
+            ControlKind::Journal => JOURNAL_LABEL,
+            ControlKind::Inbox => INBOX_LABEL,
+        }
+    }
+}
+
+/// The name of an endpoint's control object in the control namespace: the kind's prefix and
+/// 32 hex digits of sha256("namespace/name"). Namespaces and names cannot contain '/', so two
+/// endpoints never share one; the endpoint itself is in the annotations.
+pub fn control_name(kind: ControlKind, key: &Key) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{}/{}", key.namespace, key.name).as_bytes());
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}{hex}", kind.prefix())
+}
+
+/// The endpoint a control object belongs to, from its annotations; None unless its name is
+/// the one `control_name` gives for that endpoint (a hand-made or misplaced object is never
+/// taken for another endpoint's).
+pub fn control_owner(kind: ControlKind, cm: &ConfigMap) -> Option<Key> {
+    let ann = cm.metadata.annotations.as_ref()?;
+    let key = Key {
+        namespace: ann.get(ENDPOINT_NAMESPACE_ANNOTATION)?.clone(),
+        name: ann.get(ENDPOINT_ANNOTATION)?.clone(),
+    };
+    let labelled = cm
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(kind.label()))
+        .is_some_and(|v| v == "true");
+    (labelled && cm.metadata.name.as_deref() == Some(control_name(kind, &key).as_str()))
+        .then_some(key)
+}
 
 pub struct KubeBackend {
     client: Client,
@@ -53,12 +123,16 @@ pub struct KubeBackend {
     recorder: Recorder,
     leader: Arc<AtomicBool>,
     watch_namespace: Option<String>,
+    /// Where the boot intents, journals and inboxes live (the operator's own namespace).
+    control_namespace: String,
     /// Endpoints whose inbox ConfigMap holds entries, kept by the controller's inbox watch
     /// (None when no watch feeds it: then every reconcile reads the inbox).
     inboxes: Option<Arc<std::sync::Mutex<std::collections::HashSet<Key>>>>,
     /// The boot service's MAC index, fed by watches (see `boot_watch`); None in a process
     /// that serves no boots.
     boot_index: Option<super::boot_watch::SharedBootIndex>,
+    /// A read-only boot pod sends its inputs to the operator instead of writing inboxes.
+    forward: Option<Arc<crate::boot::forward::Forwarder>>,
 }
 
 fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -100,14 +174,25 @@ fn cm_key(key: &str) -> String {
         .collect()
 }
 
-fn owner_ref(ep: &Endpoint) -> serde_json::Value {
-    json!([{
-        "apiVersion": recast_crds::API_VERSION,
-        "kind": "Endpoint",
-        "name": ep.name_any(),
-        "uid": ep.uid().unwrap_or_default(),
-        "blockOwnerDeletion": false,
-    }])
+/// Metadata of a new control object for `key`.
+fn control_meta(kind: ControlKind, key: &Key, uid: Option<&str>) -> serde_json::Value {
+    let mut annotations = json!({
+        ENDPOINT_ANNOTATION: key.name,
+        ENDPOINT_NAMESPACE_ANNOTATION: key.namespace,
+    });
+    if let Some(uid) = uid.filter(|u| !u.is_empty()) {
+        annotations[ENDPOINT_UID_ANNOTATION] = json!(uid);
+    }
+    json!({
+        "name": control_name(kind, key),
+        "labels": {
+            kind.label(): "true",
+            CONTROL_LABEL: "true",
+            ENDPOINT_NAMESPACE_LABEL: key.namespace,
+            "app.kubernetes.io/managed-by": FIELD_MANAGER,
+        },
+        "annotations": annotations,
+    })
 }
 
 impl KubeBackend {
@@ -151,8 +236,10 @@ impl KubeBackend {
             ),
             leader,
             watch_namespace: opts.watch_namespace.clone(),
+            control_namespace: opts.control_namespace.clone(),
             inboxes: None,
             boot_index: None,
+            forward: None,
         };
         Ok((backend, trigger))
     }
@@ -172,12 +259,33 @@ impl KubeBackend {
             self.client.clone(),
             super::boot_watch::WatchScope {
                 endpoints: self.watch_namespace.clone(),
-                intents: self.watch_namespace.clone(),
+                // Boot intents live in the operator's control namespace, which no tenant writes.
+                intents: Some(self.control_namespace.clone()),
             },
             BOOT_LABEL,
             boot_intent_from_configmap,
             shutdown,
         )
+    }
+
+    /// Sends inputs to the operator's internal endpoint instead of writing inboxes (the boot
+    /// role, whose ServiceAccount may not write).
+    pub fn with_forwarder(mut self, forward: crate::boot::forward::Forwarder) -> Self {
+        self.forward = Some(Arc::new(forward));
+        self
+    }
+
+    /// Queues an input in the endpoint's inbox under `id` (sortable; the same id twice is one
+    /// entry). Needs no lease: any replica may queue.
+    pub async fn post_input_as(
+        &self,
+        key: &Key,
+        id: &str,
+        input: &Input,
+    ) -> Result<(), BackendError> {
+        let text = serde_json::to_string(input).map_err(|e| BackendError::Other(e.to_string()))?;
+        self.merge_cm(ControlKind::Inbox, key, None, json!({cm_key(id): text}))
+            .await
     }
 
     fn check_leader(&self) -> Result<(), BackendError> {
@@ -211,21 +319,27 @@ impl KubeBackend {
         Api::namespaced(self.client.clone(), ns)
     }
 
-    fn cms(&self, ns: &str) -> Api<ConfigMap> {
-        Api::namespaced(self.client.clone(), ns)
+    /// The ConfigMaps of the control namespace: the only ones this backend reads or writes.
+    fn control(&self) -> Api<ConfigMap> {
+        Api::namespaced(self.client.clone(), &self.control_namespace)
     }
 
-    /// Merge-patches entries into a ConfigMap, creating it (owned by the endpoint) if missing.
+    /// The namespace boot intents, journals and inboxes live in.
+    pub fn control_namespace(&self) -> &str {
+        &self.control_namespace
+    }
+
+    /// Merge-patches entries into a control object, creating it if missing.
     async fn merge_cm(
         &self,
-        ns: &str,
-        name: &str,
-        owner: Option<&Endpoint>,
-        label: &str,
-        endpoint: &str,
+        kind: ControlKind,
+        key: &Key,
+        uid: Option<&str>,
         data: serde_json::Value,
     ) -> Result<(), BackendError> {
-        let api = self.cms(ns);
+        let api = self.control();
+        let name = control_name(kind, key);
+        let name = name.as_str();
         match api
             .patch(
                 name,
@@ -236,14 +350,7 @@ impl KubeBackend {
         {
             Ok(_) => Ok(()),
             Err(e) if is_not_found(&e) => {
-                let mut meta = json!({
-                    "name": name,
-                    "labels": {label: "true"},
-                    "annotations": {ENDPOINT_ANNOTATION: endpoint},
-                });
-                if let Some(ep) = owner {
-                    meta["ownerReferences"] = owner_ref(ep);
-                }
+                let meta = control_meta(kind, key, uid);
                 // Drop nulls (deletions) from the initial data.
                 let data: serde_json::Map<String, serde_json::Value> = data
                     .as_object()
@@ -277,13 +384,104 @@ impl KubeBackend {
 
     async fn cm_data(
         &self,
-        ns: &str,
-        name: &str,
+        kind: ControlKind,
+        key: &Key,
     ) -> Result<BTreeMap<String, String>, BackendError> {
-        match self.cms(ns).get_opt(name).await.map_err(kube_err)? {
-            Some(cm) => Ok(cm.data.unwrap_or_default()),
-            None => Ok(BTreeMap::new()),
+        match self
+            .control()
+            .get_opt(&control_name(kind, key))
+            .await
+            .map_err(kube_err)?
+        {
+            Some(cm) if control_owner(kind, &cm).as_ref() == Some(key) => {
+                Ok(cm.data.unwrap_or_default())
+            }
+            _ => Ok(BTreeMap::new()),
         }
+    }
+
+    async fn delete_control(&self, kind: ControlKind, key: &Key) -> Result<(), BackendError> {
+        match self
+            .control()
+            .delete(&control_name(kind, key), &DeleteParams::default())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(kube_err(e)),
+        }
+    }
+
+    /// Deletes control objects whose endpoint is gone (or was re-created: another uid), once
+    /// they are older than `grace`. Owner references cannot reach across namespaces, so this
+    /// stands in for the garbage collector; the finalizer removes them in the normal case.
+    /// Returns how many were deleted.
+    pub async fn sweep_orphans(&self, grace: Duration) -> Result<usize, BackendError> {
+        self.check_leader()?;
+        let live: std::collections::HashMap<Key, String> = self
+            .endpoints()
+            .await?
+            .iter()
+            .map(|ep| (Key::of(ep), ep.uid().unwrap_or_default()))
+            .collect();
+        let maps = self
+            .control()
+            .list(&ListParams::default().labels(&format!("{CONTROL_LABEL}=true")))
+            .await
+            .map_err(kube_err)?;
+        let now = Timestamp::now();
+        let mut deleted = 0;
+        for cm in &maps.items {
+            let created = cm
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.as_second())
+                .unwrap_or(now.as_second());
+            let age = Duration::from_secs(u64::try_from(now.as_second() - created).unwrap_or(0));
+            if orphaned(cm, &live, self.watch_namespace.as_deref(), age, grace) {
+                match self
+                    .control()
+                    .delete(&cm.name_any(), &DeleteParams::default())
+                    .await
+                {
+                    Ok(_) => deleted += 1,
+                    Err(e) if is_not_found(&e) => {}
+                    Err(e) => return Err(kube_err(e)),
+                }
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+/// Whether a control object outlived its endpoint. Objects of endpoints outside the watched
+/// namespace belong to another install and are left alone; so are objects this version
+/// cannot read (no endpoint annotations), which it never wrote.
+pub fn orphaned(
+    cm: &ConfigMap,
+    live: &std::collections::HashMap<Key, String>,
+    watch_namespace: Option<&str>,
+    age: Duration,
+    grace: Duration,
+) -> bool {
+    let Some(key) = [ControlKind::Boot, ControlKind::Journal, ControlKind::Inbox]
+        .into_iter()
+        .find_map(|k| control_owner(k, cm))
+    else {
+        return false;
+    };
+    if watch_namespace.is_some_and(|ns| ns != key.namespace) || age < grace {
+        return false;
+    }
+    match live.get(&key) {
+        None => true,
+        Some(uid) => cm
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ENDPOINT_UID_ANNOTATION))
+            .is_some_and(|written_for| written_for != uid),
     }
 }
 
@@ -415,43 +613,40 @@ impl Backend for KubeBackend {
     async fn arm_boot(&self, ep: &Endpoint, intent: &BootIntent) -> Result<(), BackendError> {
         self.check_leader()?;
         let data = boot_intent_data(intent);
-        let name = format!("recast-boot-{}", ep.name_any());
-        self.merge_cm(
-            &ns_of(ep),
-            &name,
-            Some(ep),
-            BOOT_LABEL,
-            &ep.name_any(),
-            data,
-        )
-        .await
+        let uid = ep.uid();
+        self.merge_cm(ControlKind::Boot, &Key::of(ep), uid.as_deref(), data)
+            .await
     }
 
     async fn disarm_boot(&self, key: &Key) -> Result<(), BackendError> {
         self.check_leader()?;
-        let name = format!("recast-boot-{}", key.name);
-        match self
-            .cms(&key.namespace)
-            .delete(&name, &DeleteParams::default())
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if is_not_found(&e) => Ok(()),
-            Err(e) => Err(kube_err(e)),
-        }
+        self.delete_control(ControlKind::Boot, key).await
+    }
+
+    async fn release(&self, key: &Key) -> Result<(), BackendError> {
+        self.check_leader()?;
+        self.delete_control(ControlKind::Journal, key).await?;
+        self.delete_control(ControlKind::Inbox, key).await
     }
 
     async fn journal_begin(&self, ep: &Endpoint, key: &str) -> Result<Journal, BackendError> {
         self.check_leader()?;
-        let (ns, name) = journal_location(ep);
+        let ep_key = Key::of(ep);
+        let name = control_name(ControlKind::Journal, &ep_key);
         let k = cm_key(key);
-        let api = self.cms(&ns);
+        let api = self.control();
         // Claim the key atomically (create, or patch guarded by resourceVersion): two replicas
         // that both believe they lead during a lease hand-over cannot both see it as New.
         for _ in 0..8 {
             let started = json!(format!("started {}", time::format(Timestamp::now())));
             match api.get_opt(&name).await.map_err(kube_err)? {
                 Some(cm) => {
+                    if control_owner(ControlKind::Journal, &cm).as_ref() != Some(&ep_key) {
+                        return Err(BackendError::Other(format!(
+                            "{}/{name} is not the journal of {ep_key} (its annotations name another endpoint); delete it and the controller writes it afresh",
+                            self.control_namespace
+                        )));
+                    }
                     let data = cm.data.clone().unwrap_or_default();
                     match data.get(&k).map(String::as_str) {
                         Some(v) if v.starts_with("done") => return Ok(Journal::Done),
@@ -470,9 +665,7 @@ impl Backend for KubeBackend {
                 }
                 None => {
                     let cm: ConfigMap = serde_json::from_value(json!({
-                        "metadata": {"name": name, "labels": {"recast.dev/journal": "true"},
-                                     "annotations": {ENDPOINT_ANNOTATION: ep.name_any()},
-                                     "ownerReferences": owner_ref(ep)},
+                        "metadata": control_meta(ControlKind::Journal, &ep_key, ep.uid().as_deref()),
                         "data": {k.clone(): started},
                     }))
                     .map_err(|e| BackendError::Other(e.to_string()))?;
@@ -491,13 +684,10 @@ impl Backend for KubeBackend {
 
     async fn journal_finish(&self, ep: &Endpoint, key: &str) -> Result<(), BackendError> {
         self.check_leader()?;
-        let (ns, name) = journal_location(ep);
         self.merge_cm(
-            &ns,
-            &name,
-            Some(ep),
-            "recast.dev/journal",
-            &ep.name_any(),
+            ControlKind::Journal,
+            &Key::of(ep),
+            ep.uid().as_deref(),
             json!({cm_key(key): format!("done {}", time::format(Timestamp::now()))}),
         )
         .await
@@ -505,36 +695,26 @@ impl Backend for KubeBackend {
 
     async fn journal_forget(&self, ep: &Endpoint, key: &str) -> Result<(), BackendError> {
         self.check_leader()?;
-        let (ns, name) = journal_location(ep);
         self.merge_cm(
-            &ns,
-            &name,
-            Some(ep),
-            "recast.dev/journal",
-            &ep.name_any(),
+            ControlKind::Journal,
+            &Key::of(ep),
+            ep.uid().as_deref(),
             json!({cm_key(key): null}),
         )
         .await
     }
 
     async fn post_input(&self, key: &Key, input: &Input) -> Result<(), BackendError> {
-        let text = serde_json::to_string(input).map_err(|e| BackendError::Other(e.to_string()))?;
+        if let Some(forward) = &self.forward {
+            return forward.post(key, input).await;
+        }
         // Sortable and unique enough: nanoseconds since the epoch plus a random suffix.
         let id = format!(
             "{:020}-{}",
             Timestamp::now().as_nanosecond(),
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
-        let name = format!("recast-inbox-{}", key.name);
-        self.merge_cm(
-            &key.namespace,
-            &name,
-            None,
-            INBOX_LABEL,
-            &key.name,
-            json!({id: text}),
-        )
-        .await
+        self.post_input_as(key, &id, input).await
     }
 
     async fn pending_inputs(
@@ -550,9 +730,7 @@ impl Backend for KubeBackend {
         {
             return Ok(Vec::new());
         }
-        let data = self
-            .cm_data(&key.namespace, &format!("recast-inbox-{}", key.name))
-            .await?;
+        let data = self.cm_data(ControlKind::Inbox, key).await?;
         Ok(data
             .into_iter()
             .map(|(id, text)| (id, serde_json::from_str(&text).ok()))
@@ -561,9 +739,9 @@ impl Backend for KubeBackend {
 
     async fn ack_input(&self, key: &Key, id: &str) -> Result<(), BackendError> {
         self.check_leader()?;
-        let name = format!("recast-inbox-{}", key.name);
+        let name = control_name(ControlKind::Inbox, key);
         match self
-            .cms(&key.namespace)
+            .control()
             .patch(
                 &name,
                 &PatchParams::default(),
@@ -633,11 +811,6 @@ impl Backend for KubeBackend {
     }
 }
 
-/// Where an endpoint's action journal lives: a ConfigMap next to it.
-fn journal_location(ep: &Endpoint) -> (String, String) {
-    (ns_of(ep), format!("recast-journal-{}", ep.name_any()))
-}
-
 /// Settings of the leader-elected controller.
 #[derive(Clone, Debug)]
 pub struct KubeOptions {
@@ -649,6 +822,9 @@ pub struct KubeOptions {
     pub lease_grace: Duration,
     /// Watch only this namespace (a namespaced install); None watches all.
     pub watch_namespace: Option<String>,
+    /// The operator's own namespace, where boot intents, journals and inboxes live; no tenant
+    /// may write there.
+    pub control_namespace: String,
     /// The artifact store the GoldenImage controller fills (the boot root); None runs no
     /// image controller in this process.
     pub image_store: Option<std::path::PathBuf>,
@@ -756,7 +932,8 @@ pub async fn run<P: PowerControl>(
         };
         let endpoints = scoped::<Endpoint>(&client, opts.watch_namespace.as_deref());
         let inbox_index = inbox_index.clone();
-        let inboxes = scoped::<ConfigMap>(&client, opts.watch_namespace.as_deref());
+        let inboxes: Api<ConfigMap> = Api::namespaced(client.clone(), &opts.control_namespace);
+        let watched = opts.watch_namespace.clone();
         // Bounded concurrency: unbounded, a cold start over thousands of endpoints floods the
         // apiserver with parallel writes and holds every in-flight request in memory.
         let mut kc = KubeController::new(endpoints, watcher::Config::default().any_semantic())
@@ -765,31 +942,21 @@ pub async fn run<P: PowerControl>(
                 inboxes,
                 watcher::Config::default().labels(&format!("{INBOX_LABEL}=true")),
                 move |cm: ConfigMap| {
-                    let ns = cm.namespace();
+                    let Some(key) = control_owner(ControlKind::Inbox, &cm)
+                        .filter(|k| watched.as_deref().is_none_or(|w| w == k.namespace))
+                    else {
+                        return Vec::new();
+                    };
                     // Note which endpoints have something queued, before their reconcile runs.
-                    if let Some(name) = cm.annotations().get(ENDPOINT_ANNOTATION) {
-                        let key = Key {
-                            namespace: ns.clone().unwrap_or_else(|| "default".into()),
-                            name: name.clone(),
-                        };
+                    {
                         let mut known = inbox_index.lock().unwrap_or_else(|p| p.into_inner());
                         if cm.data.as_ref().is_some_and(|d| !d.is_empty()) {
-                            known.insert(key);
+                            known.insert(key.clone());
                         } else {
                             known.remove(&key);
                         }
                     }
-                    cm.annotations()
-                        .get(ENDPOINT_ANNOTATION)
-                        .map(|name| {
-                            let r = ObjectRef::<Endpoint>::new(name);
-                            match ns {
-                                Some(ns) => r.within(&ns),
-                                None => r,
-                            }
-                        })
-                        .into_iter()
-                        .collect::<Vec<_>>()
+                    vec![ObjectRef::<Endpoint>::new(&key.name).within(&key.namespace)]
                 },
             )
             .graceful_shutdown_on(end);
@@ -803,6 +970,26 @@ pub async fn run<P: PowerControl>(
             ctrl.clone()
                 .watch_bmcs(ctrl.bmc_watch_interval, shutdown.clone()),
         );
+        // Control objects whose endpoint went without passing the finalizer (removed by hand,
+        // or deleted while no replica led).
+        let sweeper = {
+            let backend = ctrl.backend.clone();
+            tokio::spawn(async move {
+                loop {
+                    match backend.sweep_orphans(ORPHAN_GRACE).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(
+                            deleted = n,
+                            "removed control objects of endpoints that are gone"
+                        ),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot sweep orphaned control objects; trying again later")
+                        }
+                    }
+                    tokio::time::sleep(ORPHAN_SWEEP_INTERVAL).await;
+                }
+            })
+        };
         let gauge = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(15)).await;
@@ -865,6 +1052,7 @@ pub async fn run<P: PowerControl>(
             });
         futures::future::join(endpoints, waves).await;
         gauge.abort();
+        sweeper.abort();
         bmc_watch.abort();
         leader.store(false, Ordering::SeqCst);
         tracing::info!("endpoint controller stopped (leadership lost or shutting down)");
@@ -937,6 +1125,12 @@ async fn reconcile<P: PowerControl>(
     }
 }
 
+/// How often the leader looks for control objects whose endpoint is gone.
+const ORPHAN_SWEEP_INTERVAL: Duration = Duration::from_secs(600);
+/// A control object younger than this is never swept (an input posted for an endpoint the
+/// sweep's list did not show yet).
+const ORPHAN_GRACE: Duration = Duration::from_secs(600);
+
 /// How often a running wave is looked at even when nothing seems to change (a missed watch
 /// event, a pause between batches running out).
 const WAVE_POLL: Duration = Duration::from_secs(15);
@@ -973,7 +1167,7 @@ fn error_policy<P: PowerControl>(
     KubeAction::requeue(Duration::from_secs(5))
 }
 
-/// The boot intent as the data of its `recast-boot-NAME` ConfigMap (string values, as
+/// The boot intent as the data of its `recast-boot-HASH` ConfigMap (string values, as
 /// ConfigMaps hold).
 pub fn boot_intent_data(intent: &BootIntent) -> serde_json::Value {
     json!({
@@ -1011,11 +1205,56 @@ pub fn boot_intent_from_data(
     })
 }
 
-/// Reads a boot intent out of its `recast-boot-NAME` ConfigMap; None when the map is not one
-/// (wrong name, incomplete data). The boot index's watch decodes every labelled map with this.
+/// Reads a boot intent from its ConfigMap in the control namespace; None unless the object is
+/// a boot intent named for the endpoint its annotations give (see `control_owner`) and its
+/// data is complete. The caller lists only the control namespace.
 pub fn boot_intent_from_configmap(cm: &ConfigMap) -> Option<BootIntent> {
-    let endpoint = cm.name_any().strip_prefix("recast-boot-")?.to_string();
-    boot_intent_from_data(&cm.namespace()?, &endpoint, cm.data.as_ref()?)
+    let key = control_owner(ControlKind::Boot, cm)?;
+    boot_intent_from_data(&key.namespace, &key.name, cm.data.as_ref()?)
+}
+
+/// Who owns a MAC among these endpoints (deleted ones own nothing): one, nobody, or several.
+pub fn known_for_mac<'a>(
+    mac: &str,
+    endpoints: impl IntoIterator<Item = &'a Endpoint>,
+) -> crate::boot::Known {
+    crate::boot::Known::from_owners(
+        endpoints
+            .into_iter()
+            .filter(|ep| {
+                ep.metadata.deletion_timestamp.is_none()
+                    && ep
+                        .spec
+                        .identity
+                        .mac_addresses
+                        .iter()
+                        .any(|m| m.eq_ignore_ascii_case(mac))
+            })
+            .map(|ep| {
+                (
+                    ns_of(ep),
+                    ep.name_any(),
+                    ep.spec.boot_server == recast_crds::endpoint::BootServer::Wds,
+                )
+            })
+            .collect(),
+    )
+}
+
+impl crate::boot::forward::InputSink for KubeBackend {
+    async fn queue(&self, key: &Key, entry_id: &str, input: &Input) -> Result<(), BackendError> {
+        // Only for endpoints this install manages.
+        if self
+            .watch_namespace
+            .as_deref()
+            .is_some_and(|w| w != key.namespace)
+        {
+            return Err(BackendError::Other(format!(
+                "{key} is outside the watched namespace"
+            )));
+        }
+        self.post_input_as(key, entry_id, input).await
+    }
 }
 
 impl crate::boot::BootIntents for KubeBackend {
@@ -1035,9 +1274,7 @@ impl crate::boot::BootIntents for KubeBackend {
                 "the boot index is still loading Endpoints and boot intents".into(),
             )),
             crate::boot::index::Lookup::Found(known, intent) => {
-                if known == crate::boot::Known::Ambiguous {
-                    let owners: Vec<String> =
-                        index.owners(mac).iter().map(ToString::to_string).collect();
+                if let crate::boot::Known::Ambiguous { owners } = &known {
                     tracing::warn!(mac, owners = ?owners, "more than one Endpoint lists this MAC address; it boots nothing until only one does");
                 }
                 Ok((known, intent))
@@ -1050,12 +1287,12 @@ impl crate::boot::BootIntents for KubeBackend {
     }
 
     async fn boot_intent_of(&self, key: &Key) -> Result<Option<BootIntent>, BackendError> {
-        let name = format!("recast-boot-{}", key.name);
-        match self.cms(&key.namespace).get_opt(&name).await {
-            Ok(Some(cm)) => Ok(cm
-                .data
-                .as_ref()
-                .and_then(|d| boot_intent_from_data(&key.namespace, &key.name, d))),
+        match self
+            .control()
+            .get_opt(&control_name(ControlKind::Boot, key))
+            .await
+        {
+            Ok(Some(cm)) => Ok(boot_intent_from_configmap(&cm).filter(|i| &i.key() == key)),
             Ok(None) => Ok(None),
             Err(e) => Err(kube_err(e)),
         }
@@ -1115,5 +1352,121 @@ impl crate::golden::ImageBackend for KubeBackend {
         self.check_leader()?;
         self.publish(gi.object_ref(&()), notice).await;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn key(ns: &str, name: &str) -> Key {
+        Key {
+            namespace: ns.into(),
+            name: name.into(),
+        }
+    }
+
+    fn intent() -> BootIntent {
+        BootIntent {
+            namespace: "tenant-a".into(),
+            endpoint: "kiosk-01".into(),
+            mac_addresses: vec!["52:54:00:00:00:01".into()],
+            attempt_id: "a1".into(),
+            try_number: 2,
+            image: "win11".into(),
+            image_digest: Some("ab".into()),
+            boot_mode: "uefi".into(),
+            armed_at: "2026-01-14T08:00:00Z".into(),
+        }
+    }
+
+    fn cm(kind: ControlKind, k: &Key, uid: Option<&str>, data: serde_json::Value) -> ConfigMap {
+        serde_json::from_value(json!({"metadata": control_meta(kind, k, uid), "data": data}))
+            .unwrap()
+    }
+
+    #[test]
+    fn control_names_never_collide_across_namespaces() {
+        let a = control_name(ControlKind::Boot, &key("a-b", "c"));
+        let b = control_name(ControlKind::Boot, &key("a", "b-c"));
+        assert_ne!(a, b);
+        assert!(a.starts_with("recast-boot-") && a.len() == "recast-boot-".len() + 32);
+        assert_ne!(
+            control_name(ControlKind::Boot, &key("a", "b")),
+            control_name(ControlKind::Inbox, &key("a", "b"))
+        );
+        // Stable: the name is how every replica finds the object.
+        assert_eq!(a, control_name(ControlKind::Boot, &key("a-b", "c")));
+    }
+
+    #[test]
+    fn a_boot_intent_round_trips_through_its_configmap() {
+        let i = intent();
+        let map = cm(
+            ControlKind::Boot,
+            &i.key(),
+            Some("u1"),
+            boot_intent_data(&i),
+        );
+        assert_eq!(boot_intent_from_configmap(&map), Some(i));
+    }
+
+    #[test]
+    fn a_configmap_is_taken_only_for_the_endpoint_its_name_belongs_to() {
+        let i = intent();
+        // Annotations naming another endpoint than the name's hash: ignored.
+        let mut map = cm(ControlKind::Boot, &i.key(), None, boot_intent_data(&i));
+        map.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(ENDPOINT_ANNOTATION.into(), "kiosk-02".into());
+        assert_eq!(boot_intent_from_configmap(&map), None);
+        // An inbox is no boot intent, whatever its data.
+        let inbox = cm(ControlKind::Inbox, &i.key(), None, boot_intent_data(&i));
+        assert_eq!(boot_intent_from_configmap(&inbox), None);
+        // The old per-namespace name is not read.
+        let mut old = cm(ControlKind::Boot, &i.key(), None, boot_intent_data(&i));
+        old.metadata.name = Some("recast-boot-kiosk-01".into());
+        assert_eq!(boot_intent_from_configmap(&old), None);
+        // Incomplete data is never served.
+        let mut partial = boot_intent_data(&i);
+        partial["imageDigest"] = json!("");
+        partial.as_object_mut().unwrap().remove("attemptId");
+        assert_eq!(
+            boot_intent_from_configmap(&cm(ControlKind::Boot, &i.key(), None, partial)),
+            None
+        );
+    }
+
+    #[test]
+    fn orphans_are_objects_whose_endpoint_is_gone_or_was_recreated() {
+        let k = key("tenant-a", "kiosk-01");
+        let grace = Duration::from_secs(600);
+        let old = Duration::from_secs(3600);
+        let live: HashMap<Key, String> = [(k.clone(), "u1".to_string())].into();
+        let journal = cm(ControlKind::Journal, &k, Some("u1"), json!({}));
+        assert!(!orphaned(&journal, &live, None, old, grace));
+        // Re-created under the same name: the old journal is not its journal.
+        let stale = cm(ControlKind::Journal, &k, Some("u0"), json!({}));
+        assert!(orphaned(&stale, &live, None, old, grace));
+        // Gone, but young: maybe the list has not caught up.
+        let gone = cm(
+            ControlKind::Inbox,
+            &key("tenant-a", "gone"),
+            None,
+            json!({}),
+        );
+        assert!(!orphaned(&gone, &live, None, Duration::from_secs(5), grace));
+        assert!(orphaned(&gone, &live, None, old, grace));
+        // Another install's namespace, and objects this version did not write: left alone.
+        assert!(!orphaned(&gone, &live, Some("tenant-b"), old, grace));
+        let mut foreign = gone.clone();
+        foreign.metadata.annotations = None;
+        assert!(!orphaned(&foreign, &live, None, old, grace));
+        // An inbox (no uid) of a live endpoint stays.
+        let inbox = cm(ControlKind::Inbox, &k, None, json!({}));
+        assert!(!orphaned(&inbox, &live, None, old, grace));
     }
 }

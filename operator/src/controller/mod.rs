@@ -2,6 +2,7 @@
 //! backends. It reads an endpoint and its context, asks the core, persists the status first,
 //! then runs the actions idempotently and feeds their results back, until nothing is left.
 
+pub mod admission;
 pub mod bmc_watch;
 pub mod boot_watch;
 pub mod embedded;
@@ -126,6 +127,12 @@ pub trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), BackendError>> + Send;
     /// Back to local boot for every MAC of the endpoint (idempotent).
     fn disarm_boot(&self, key: &Key) -> impl Future<Output = Result<(), BackendError>> + Send;
+    /// Drops what the backend keeps beside a deleted endpoint (its journal and inbox) where
+    /// nothing else collects it (idempotent). Called once the endpoint is gone or finalizing.
+    fn release(&self, key: &Key) -> impl Future<Output = Result<(), BackendError>> + Send {
+        let _ = key;
+        async { Ok(()) }
+    }
     fn journal_begin(
         &self,
         ep: &Endpoint,
@@ -400,6 +407,7 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
                         // Gone without passing the finalizer (deleted before its first attempt,
                         // or removed by hand): make sure nothing is left armed for it.
                         self.backend.disarm_boot(key).await?;
+                        self.backend.release(key).await?;
                         self.index().remove(&key.to_string());
                         return Ok(None);
                     }
@@ -567,7 +575,30 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
         // Whatever happens to the object, the machine must not be left booting into the
         // imaging environment.
         self.backend.disarm_boot(&Key::of(ep)).await?;
+        self.backend.release(&Key::of(ep)).await?;
         self.backend.remove_finalizer(ep).await
+    }
+
+    /// MACs of `ep` that another Endpoint lists too. Admission refuses that on both backends;
+    /// this is the controller's own check, for objects that got in anyway.
+    async fn ambiguous_macs(
+        &self,
+        ep: &Endpoint,
+    ) -> Result<Vec<crate::boot::intent::MacConflict>, BackendError> {
+        let key = Key::of(ep);
+        let all = self.backend.endpoints().await?;
+        Ok(crate::boot::intent::mac_conflicts(
+            (&key.namespace, &key.name, &ep.spec.identity.mac_addresses),
+            all.iter()
+                .filter(|o| o.metadata.deletion_timestamp.is_none())
+                .map(|o| {
+                    (
+                        o.metadata.namespace.as_deref().unwrap_or("default"),
+                        o.metadata.name.as_deref().unwrap_or_default(),
+                        o.spec.identity.mac_addresses.as_slice(),
+                    )
+                }),
+        ))
     }
 
     /// Runs one action idempotently; returns the input that reports its result.
@@ -607,23 +638,48 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
         let result = match action {
             Action::ArmBoot { mac_addresses, .. } => {
                 let intent = crate::boot::BootIntent::for_action(ep, action, self.clock.now());
-                match self.backend.arm_boot(ep, &intent).await {
-                    Ok(()) => {
-                        let notice = Notice {
-                            type_: crate::core::lifecycle::NoticeType::Normal,
-                            reason: "BootArmed".into(),
-                            message: format!(
-                                "attempt {attempt_id} try {try_number}: network boot armed for {}",
-                                mac_addresses.join(", ")
-                            ),
-                        };
-                        self.backend.record(ep, &notice, self.clock.now()).await?;
-                        Ok(())
-                    }
-                    Err(e) => Err(ActionError {
+                let conflicts = self.ambiguous_macs(ep).await?;
+                if !conflicts.is_empty() {
+                    // Never arm a MAC another Endpoint claims: the machine that boots with it
+                    // may be the other one. The try fails (retried with backoff, quarantined
+                    // after the policy's tries) and says why.
+                    let why = conflicts
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    let notice = Notice {
+                        type_: crate::core::lifecycle::NoticeType::Warning,
+                        reason: "AmbiguousMac".into(),
+                        message: format!(
+                            "attempt {attempt_id} try {try_number}: not arming the network boot: {why}; a MAC address must belong to one Endpoint"
+                        ),
+                    };
+                    self.backend.record(ep, &notice, self.clock.now()).await?;
+                    self.notifier.notify(&Key::of(ep), &notice);
+                    Err(ActionError {
                         permanent: false,
-                        message: e.to_string(),
-                    }),
+                        message: format!("ambiguous MAC address: {why}"),
+                    })
+                } else {
+                    match self.backend.arm_boot(ep, &intent).await {
+                        Ok(()) => {
+                            let notice = Notice {
+                                type_: crate::core::lifecycle::NoticeType::Normal,
+                                reason: "BootArmed".into(),
+                                message: format!(
+                                    "attempt {attempt_id} try {try_number}: network boot armed for {}",
+                                    mac_addresses.join(", ")
+                                ),
+                            };
+                            self.backend.record(ep, &notice, self.clock.now()).await?;
+                            Ok(())
+                        }
+                        Err(e) => Err(ActionError {
+                            permanent: false,
+                            message: e.to_string(),
+                        }),
+                    }
                 }
             }
             Action::PowerCycle { .. } => {

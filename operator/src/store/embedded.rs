@@ -84,6 +84,15 @@ pub enum StoreError {
     },
     #[error("invalid Secret: {why}")]
     InvalidSecret { why: String },
+    #[error(
+        "Endpoint {namespace}/{name} refused: {}; a MAC address belongs to one Endpoint (remove it from the other Endpoint first, or fix a typo)",
+        conflicts.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    )]
+    MacTaken {
+        namespace: String,
+        name: String,
+        conflicts: Vec<crate::boot::intent::MacConflict>,
+    },
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
 }
@@ -251,6 +260,59 @@ impl EmbeddedStore {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Refuses an Endpoint that lists a MAC another live Endpoint lists (in this transaction,
+    /// so two applies cannot both pass: SQLite serialises writers).
+    fn check_macs(
+        tx: &rusqlite::Transaction<'_>,
+        namespace: &str,
+        name: &str,
+        obj: &Value,
+    ) -> Result<(), StoreError> {
+        let macs: Vec<String> = obj
+            .pointer("/spec/identity/macAddresses")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if macs.is_empty() {
+            return Ok(());
+        }
+        let mut stmt = tx.prepare(
+            "SELECT namespace, name, json_extract(object, '$.spec.identity.macAddresses')
+             FROM objects WHERE kind = 'Endpoint' AND deleted_at IS NULL",
+        )?;
+        let others: Vec<(String, String, Vec<String>)> = stmt
+            .query_map([], |r| {
+                let list: Option<String> = r.get(2)?;
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    list.and_then(|l| serde_json::from_str::<Vec<String>>(&l).ok())
+                        .unwrap_or_default(),
+                ))
+            })?
+            .collect::<Result<_, _>>()?;
+        let conflicts = crate::boot::intent::mac_conflicts(
+            (namespace, name, &macs),
+            others
+                .iter()
+                .map(|(ns, n, m)| (ns.as_str(), n.as_str(), m.as_slice())),
+        );
+        if conflicts.is_empty() {
+            Ok(())
+        } else {
+            Err(StoreError::MacTaken {
+                namespace: namespace.into(),
+                name: name.into(),
+                conflicts,
+            })
+        }
+    }
+
     fn bump_revision(tx: &rusqlite::Transaction<'_>) -> Result<i64, StoreError> {
         tx.execute(
             "UPDATE meta SET value = value + 1 WHERE key = 'revision'",
@@ -322,6 +384,9 @@ impl EmbeddedStore {
         let old = existing.as_ref().map(|e| e.object.clone());
         let typed = admit(&doc, old.as_ref())?;
         let kind = typed.kind();
+        if kind == Kind::Endpoint {
+            Self::check_macs(&tx, &namespace, &name, &doc)?;
+        }
         let mut stored = doc.clone();
         if let Some(o) = stored.as_object_mut() {
             o.remove("status");
@@ -540,6 +605,9 @@ impl EmbeddedStore {
             });
         }
         admit(obj, Some(&current.object))?;
+        if kind == Kind::Endpoint {
+            Self::check_macs(&tx, &ns, &name, obj)?;
+        }
         let mut stored = obj.clone();
         // Finalizers belong to the controller: a user's replace keeps what is stored.
         let finalizers = current
@@ -1064,21 +1132,26 @@ impl EmbeddedStore {
     }
 
     /// The endpoint (namespace, name, spec.bootServer) that lists this MAC address.
-    pub fn endpoint_by_mac(
+    /// Every live Endpoint that lists `mac` (namespace, name, spec.bootServer): more than one
+    /// is an ambiguous MAC, which boots nothing (see boot::intent::Known::Ambiguous).
+    pub fn endpoints_by_mac(
         &self,
         mac: &str,
-    ) -> Result<Option<(String, String, Option<String>)>, StoreError> {
-        Ok(self
-            .conn()
-            .query_row(
-                "SELECT o.namespace, o.name, json_extract(o.object, '$.spec.bootServer')
-                 FROM objects o, json_each(json_extract(o.object, '$.spec.identity.macAddresses')) m
-                 WHERE o.kind = 'Endpoint' AND o.deleted_at IS NULL AND lower(m.value) = ?1
-                 ORDER BY o.namespace, o.name LIMIT 1",
-                params![mac.to_ascii_lowercase()],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?)
+    ) -> Result<Vec<(String, String, Option<String>)>, StoreError> {
+        // Admission allows only colon-separated hex octets: case is the only variation.
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT DISTINCT o.namespace, o.name, json_extract(o.object, '$.spec.bootServer')
+             FROM objects o, json_each(json_extract(o.object, '$.spec.identity.macAddresses')) m
+             WHERE o.kind = 'Endpoint' AND o.deleted_at IS NULL AND lower(m.value) = ?1
+             ORDER BY o.namespace, o.name",
+        )?;
+        let rows = stmt
+            .query_map(params![mac.to_ascii_lowercase()], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
     }
 
     /// The intent armed for an endpoint, with all its MACs.
@@ -1269,5 +1342,124 @@ fn strip_server_fields(obj: &mut Value) {
     }
     if let Some(o) = obj.as_object_mut() {
         o.remove("status");
+    }
+}
+
+#[cfg(test)]
+mod mac_tests {
+    use super::*;
+
+    fn endpoint(ns: &str, name: &str, macs: &[&str]) -> Value {
+        json!({
+            "apiVersion": "recast.dev/v1alpha1", "kind": "Endpoint",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"identity": {"macAddresses": macs}, "bootMode": "uefi",
+                     "image": {"goldenImage": "win11"}},
+        })
+    }
+
+    fn store() -> (tempfile::TempDir, EmbeddedStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn a_mac_another_endpoint_lists_is_refused_naming_the_owner() {
+        let (_d, s) = store();
+        s.apply(
+            &endpoint("tenant-a", "kiosk-01", &["52:54:00:00:00:01"]),
+            "default",
+        )
+        .unwrap();
+        let rev = s.latest_change().unwrap();
+        for mac in [
+            "52:54:00:00:00:01",
+            "52:54:00:00:00:01".to_uppercase().as_str(),
+        ] {
+            let err = s
+                .apply(
+                    &endpoint("tenant-b", "thief", &["52:54:00:00:00:09", mac]),
+                    "default",
+                )
+                .unwrap_err();
+            let msg = err.to_string();
+            assert!(matches!(err, StoreError::MacTaken { .. }), "{msg}");
+            assert!(
+                msg.contains("tenant-a/kiosk-01") && msg.contains("52:54:00:00:00:01"),
+                "{msg}"
+            );
+        }
+        // Nothing written.
+        assert!(
+            s.get(Kind::Endpoint, "tenant-b", "thief")
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(s.latest_change().unwrap(), rev);
+        // The owner re-applies freely; another MAC is fine.
+        s.apply(
+            &endpoint("tenant-a", "kiosk-01", &["52:54:00:00:00:01"]),
+            "default",
+        )
+        .unwrap();
+        s.apply(
+            &endpoint("tenant-b", "own", &["52:54:00:00:00:02"]),
+            "default",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_replace_cannot_take_a_mac_either() {
+        let (_d, s) = store();
+        s.apply(&endpoint("a", "one", &["52:54:00:00:00:01"]), "default")
+            .unwrap();
+        s.apply(&endpoint("a", "two", &["52:54:00:00:00:02"]), "default")
+            .unwrap();
+        let err = s
+            .update(Kind::Endpoint, "a", "two", |obj| {
+                obj["spec"]["identity"]["macAddresses"] = json!(["52:54:00:00:00:01"]);
+                Ok(())
+            })
+            .unwrap_err();
+        // Identity is immutable anyway; whichever rule answers, nothing changes.
+        let _ = err;
+        let two = s.get(Kind::Endpoint, "a", "two").unwrap().unwrap();
+        assert_eq!(
+            two["spec"]["identity"]["macAddresses"],
+            json!(["52:54:00:00:00:02"])
+        );
+    }
+
+    #[test]
+    fn an_ambiguous_mac_from_an_older_store_shows_every_owner() {
+        let (_d, s) = store();
+        s.apply(&endpoint("a", "one", &["52:54:00:00:00:01"]), "default")
+            .unwrap();
+        // A store written before the rule: a second owner already in it.
+        {
+            let conn = s.conn();
+            conn.execute(
+                "INSERT INTO objects (kind, namespace, name, uid, resource_version, generation, created_at, object)
+                 VALUES ('Endpoint', 'b', 'thief', 'u2', 99, 1, '2026-01-01T00:00:00Z', ?1)",
+                params![endpoint("b", "thief", &["52:54:00:00:00:01"]).to_string()],
+            )
+            .unwrap();
+        }
+        let owners = s.endpoints_by_mac("52:54:00:00:00:01").unwrap();
+        assert_eq!(owners.len(), 2, "{owners:?}");
+        let known = crate::boot::Known::from_owners(
+            owners
+                .into_iter()
+                .map(|(ns, n, _)| (ns, n, false))
+                .collect(),
+        );
+        assert_eq!(
+            known,
+            crate::boot::Known::Ambiguous {
+                owners: vec!["a/one".into(), "b/thief".into()]
+            }
+        );
     }
 }
