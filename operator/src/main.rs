@@ -356,8 +356,16 @@ impl ImageArgs {
                 staging.display()
             )
         })?;
-        std::fs::create_dir_all(boot_root)
-            .map_err(|e| format!("cannot create the boot root {}: {e}", boot_root.display()))?;
+        // Served to anyone, written only by us: never group- or world-writable, whatever
+        // the umask.
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(boot_root)
+                .map_err(|e| format!("cannot create the boot root {}: {e}", boot_root.display()))?;
+        }
         let staging_real = canonical(&staging, "--image-staging-dir")?;
         let root_real = canonical(boot_root, "the boot root")?;
         if staging_real.starts_with(&root_real) || root_real.starts_with(&staging_real) {
@@ -459,6 +467,20 @@ struct GatewayArgs {
     /// get 429 with Retry-After. 100,000 endpoints reporting every 5 minutes send ~333/s.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     gateway_max_reports_per_second: u32,
+    /// Requests per second one source address may send (bursts up to twice that), checked
+    /// before the token; one address cannot spend the global budget. Agents behind one NAT
+    /// share it: raise it for a site that reports through a single address.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    gateway_max_requests_per_second_per_ip: u32,
+    /// A request body must arrive within this long after its headers (slowloris).
+    #[arg(long, default_value = "10s")]
+    gateway_body_timeout: String,
+    /// Reports whose collectedAt is older than this are refused (422).
+    #[arg(long, default_value = "1h")]
+    gateway_max_report_age: String,
+    /// Reports whose collectedAt is further in the future than this are refused (422).
+    #[arg(long, default_value = "10m")]
+    gateway_max_clock_skew: String,
 }
 
 #[derive(Subcommand)]
@@ -774,6 +796,15 @@ async fn start_gateway<B: recast_operator::controller::Backend>(
     let tls = gateway::tls_config(cert, key).map_err(|e| e.to_string())?;
     let heartbeat_period = recast_crds::duration::parse(&args.gateway_heartbeat_period)
         .map_err(|e| format!("--gateway-heartbeat-period: {e}"))?;
+    let duration = |flag: &str, value: &str| {
+        recast_crds::duration::parse(value)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| format!("{flag} {value:?} is not a duration such as 10s or 1h"))
+    };
+    let body_timeout = duration("--gateway-body-timeout", &args.gateway_body_timeout)?;
+    let max_report_age = duration("--gateway-max-report-age", &args.gateway_max_report_age)?;
+    let max_clock_skew = duration("--gateway-max-clock-skew", &args.gateway_max_clock_skew)?;
     let credentials =
         Arc::new(gateway::credentials::CredentialStore::open(data_dir).map_err(|e| e.to_string())?);
     let gw = Arc::new(
@@ -786,6 +817,15 @@ async fn start_gateway<B: recast_operator::controller::Backend>(
                     burst: args.gateway_max_reports_per_second.saturating_mul(2),
                     per_second: f64::from(args.gateway_max_reports_per_second),
                 },
+                ip_rate: gateway::limit::Rate {
+                    burst: args
+                        .gateway_max_requests_per_second_per_ip
+                        .saturating_mul(2),
+                    per_second: f64::from(args.gateway_max_requests_per_second_per_ip),
+                },
+                body_timeout,
+                max_report_age,
+                max_clock_skew,
                 ..GatewayConfig::default()
             },
             Arc::new(SystemClock),
