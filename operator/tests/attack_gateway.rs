@@ -342,17 +342,15 @@ async fn a_flood_from_one_address_does_not_lock_out_another() {
     let flood = junk.iter().map(|t| post(&attacker, &site, t, &r));
     let answers = futures::future::join_all(flood).await;
     let count = |code: u16| answers.iter().filter(|(s, _)| *s == code).count();
-    assert_eq!(count(401) + count(429), answers.len(), "{answers:?}");
+    assert_eq!(count(401) + count(429), answers.len());
+    let per_address = answers
+        .iter()
+        .filter(|(s, b)| *s == 429 && b.contains("from this address"))
+        .count();
     assert!(
-        count(429) > 200,
-        "the flood was not limited per address: {} x 429",
+        per_address > 200,
+        "the flood was not limited per address: {per_address} of {} x 429 were",
         count(429)
-    );
-    assert!(
-        answers
-            .iter()
-            .any(|(s, b)| *s == 429 && b.contains("from this address")),
-        "{answers:?}"
     );
     // The real agent, from its own address, right after the flood.
     let agent = site.client("127.0.0.1");
