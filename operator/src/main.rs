@@ -368,13 +368,6 @@ impl ImageArgs {
         }
         let staging_real = canonical(&staging, "--image-staging-dir")?;
         let root_real = canonical(boot_root, "the boot root")?;
-        if staging_real.starts_with(&root_real) || root_real.starts_with(&staging_real) {
-            return Err(format!(
-                "--image-staging-dir {} overlaps the boot root {}, which the boot service serves over HTTP and TFTP: unverified bytes would be served; choose a staging directory outside it",
-                staging_real.display(),
-                root_real.display()
-            ));
-        }
         let data_real = canonical(data_dir, "--data-dir")?;
         // The key may not exist yet: judge the directory it will be created in.
         let key_real = imaging_key.canonicalize().unwrap_or_else(|_| {
@@ -384,6 +377,25 @@ impl ImageArgs {
                 .map(|d| d.join(imaging_key.file_name().unwrap_or_default()))
                 .unwrap_or_else(|| imaging_key.to_path_buf())
         });
+        for (what, secret) in [
+            ("the data directory (--data-dir)", &data_real),
+            ("the imaging key", &key_real),
+        ] {
+            if secret.starts_with(&root_real) {
+                return Err(format!(
+                    "the boot root {} contains {what} {}, and the boot service serves everything under it: recast.db and the imaging key would be anyone's; put the boot root beside the data directory (the default is DATA_DIR/boot)",
+                    root_real.display(),
+                    secret.display()
+                ));
+            }
+        }
+        if staging_real.starts_with(&root_real) || root_real.starts_with(&staging_real) {
+            return Err(format!(
+                "--image-staging-dir {} overlaps the boot root {}, which the boot service serves over HTTP and TFTP: unverified bytes would be served; choose a staging directory outside it",
+                staging_real.display(),
+                root_real.display()
+            ));
+        }
         let mut roots = Vec::new();
         for r in &self.image_source_roots {
             let real = canonical(r, "--image-source-root")?;

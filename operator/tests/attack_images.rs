@@ -606,6 +606,8 @@ fn staged_bytes_are_never_under_the_served_tree() {
         &["--image-source-root", &site.dir.display().to_string()],
     );
     assert!(said.contains("contains the data directory"), "{said}");
+    let said = Operator::refuses(&site, &["--boot-root", &site.dir.display().to_string()]);
+    assert!(said.contains("contains the data directory"), "{said}");
     let said = Operator::refuses(&site, &["--image-source-root", "/nonexistent/wims"]);
     assert!(
         said.contains("--image-source-root /nonexistent/wims"),
