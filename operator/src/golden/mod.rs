@@ -214,6 +214,8 @@ impl<B: ImageBackend> ImageController<B> {
     async fn start_work(self: &Arc<Self>) -> Result<bool, BackendError> {
         let leader = self.backend.ensure_leader().is_ok();
         let images = self.backend.all_golden_images().await?;
+        // Finished tasks (and deleted images') leave their entries behind: drop them.
+        lock(&self.inflight).retain(|_, (_, task)| !task.is_finished());
         for (gi, work) in self.due(images, leader) {
             let this = self.clone();
             let k = key(&gi);
