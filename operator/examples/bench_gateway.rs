@@ -261,6 +261,8 @@ fn main() {
         .args(["--gateway-listen", &format!("127.0.0.1:{gw_port}")])
         // The global limit protects the store; here it must not shape what is measured.
         .args(["--gateway-max-reports-per-second", "1000000"])
+        // Every simulated agent comes from 127.0.0.1: the per-address limit would pace them.
+        .args(["--gateway-max-requests-per-second-per-ip", "1000000"])
         .arg("--gateway-cert")
         .arg(&crt)
         .arg("--gateway-key")

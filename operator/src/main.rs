@@ -89,6 +89,8 @@ enum Command {
         boot: BootArgs,
         #[command(flatten)]
         gateway: GatewayArgs,
+        #[command(flatten)]
+        images: ImageArgs,
     },
 
     /// Issue (or rotate) and revoke agent gateway tokens (embedded backend's data directory).
@@ -183,16 +185,19 @@ struct BootArgs {
 }
 
 impl BootArgs {
+    fn imaging_key_path(&self, data_dir: &std::path::Path) -> PathBuf {
+        self.imaging_key_file
+            .clone()
+            .unwrap_or_else(|| data_dir.join("imaging.key"))
+    }
+
     /// The key of the per-try imaging tokens and the agents' enrollment credentials, shared
     /// by the boot service and the gateway.
     fn imaging_key(
         &self,
         data_dir: &std::path::Path,
     ) -> Result<recast_operator::boot::token::TokenKey, String> {
-        let path = self
-            .imaging_key_file
-            .clone()
-            .unwrap_or_else(|| data_dir.join("imaging.key"));
+        let path = self.imaging_key_path(data_dir);
         recast_operator::boot::token::TokenKey::load_or_create(&path).map_err(|e| e.to_string())
     }
 
@@ -294,6 +299,162 @@ impl BootArgs {
     }
 }
 
+/// Golden-image fetching: where fetched bytes wait, and what `spec.source` may reach (a
+/// GoldenImage's author is not trusted with the operator's own files and network position).
+#[derive(clap::Args, Clone)]
+struct ImageArgs {
+    /// Where fetched bytes wait for their verification. Must not be inside the boot root,
+    /// which is served. Default DATA_DIR/image-staging.
+    #[arg(long, env = "RECAST_IMAGE_STAGING_DIR")]
+    image_staging_dir: Option<PathBuf>,
+    /// A directory whose files spec.source.path may name (repeatable, or comma-separated in
+    /// the variable). None by default: local paths are refused. Must not contain the data
+    /// directory or the imaging key.
+    #[arg(
+        long = "image-source-root",
+        value_name = "DIR",
+        env = "RECAST_IMAGE_SOURCE_ROOTS",
+        value_delimiter = ','
+    )]
+    image_source_roots: Vec<PathBuf>,
+    /// Follow HTTP redirects of spec.source.url (every hop is checked like the first).
+    #[arg(long, env = "RECAST_IMAGE_SOURCE_ALLOW_REDIRECTS")]
+    image_source_allow_redirects: bool,
+    /// Fetch from this range even though it is loopback, link-local, or denied (repeatable;
+    /// the longest matching prefix decides). RFC 1918 needs no flag.
+    #[arg(
+        long = "image-source-allow-cidr",
+        value_name = "CIDR",
+        value_delimiter = ',',
+        value_parser = recast_operator::golden::source::parse_cidr
+    )]
+    image_source_allow_cidrs: Vec<ipnet::IpNet>,
+    /// Never fetch from this range (repeatable): give the cluster's pod and service CIDRs.
+    #[arg(
+        long = "image-source-deny-cidr",
+        value_name = "CIDR",
+        env = "RECAST_IMAGE_SOURCE_DENY_CIDRS",
+        value_delimiter = ',',
+        value_parser = recast_operator::golden::source::parse_cidr
+    )]
+    image_source_deny_cidrs: Vec<ipnet::IpNet>,
+    /// Longest a single fetch (with its resumes) may take.
+    #[arg(long, default_value = "6h")]
+    image_fetch_timeout: String,
+    /// Largest image a fetch accepts (such as 64Gi); a larger Content-Length or file is
+    /// refused before a byte is written.
+    #[arg(long, default_value = "64Gi", value_parser = recast_operator::golden::source::parse_size)]
+    image_max_bytes: u64,
+}
+
+impl ImageArgs {
+    /// Checks the layout and builds the image controller's settings. Refuses to start when
+    /// staging would be served, or a source root would expose the operator's own secrets.
+    fn config(
+        &self,
+        data_dir: &std::path::Path,
+        boot_root: &std::path::Path,
+        imaging_key: &std::path::Path,
+    ) -> Result<recast_operator::golden::ImageConfig, String> {
+        use recast_operator::golden::source::SourcePolicy;
+        let canonical = |p: &std::path::Path, what: &str| {
+            p.canonicalize()
+                .map_err(|e| format!("{what} {}: {e}", p.display()))
+        };
+        let staging = self
+            .image_staging_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("image-staging"));
+        recast_operator::store::private::private_dir(&staging).map_err(|e| {
+            format!(
+                "cannot create --image-staging-dir {}: {e}",
+                staging.display()
+            )
+        })?;
+        // Served to anyone, written only by us: never group- or world-writable, whatever
+        // the umask.
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(boot_root)
+                .map_err(|e| format!("cannot create the boot root {}: {e}", boot_root.display()))?;
+        }
+        let staging_real = canonical(&staging, "--image-staging-dir")?;
+        let root_real = canonical(boot_root, "the boot root")?;
+        let data_real = canonical(data_dir, "--data-dir")?;
+        // The key may not exist yet: judge the directory it will be created in.
+        let key_real = imaging_key.canonicalize().unwrap_or_else(|_| {
+            imaging_key
+                .parent()
+                .and_then(|d| d.canonicalize().ok())
+                .map(|d| d.join(imaging_key.file_name().unwrap_or_default()))
+                .unwrap_or_else(|| imaging_key.to_path_buf())
+        });
+        for (what, secret) in [
+            ("the data directory (--data-dir)", &data_real),
+            ("the imaging key", &key_real),
+        ] {
+            if secret.starts_with(&root_real) {
+                return Err(format!(
+                    "the boot root {} contains {what} {}, and the boot service serves everything under it: recast.db and the imaging key would be anyone's; put the boot root beside the data directory (the default is DATA_DIR/boot)",
+                    root_real.display(),
+                    secret.display()
+                ));
+            }
+        }
+        if staging_real.starts_with(&root_real) || root_real.starts_with(&staging_real) {
+            return Err(format!(
+                "--image-staging-dir {} overlaps the boot root {}, which the boot service serves over HTTP and TFTP: unverified bytes would be served; choose a staging directory outside it",
+                staging_real.display(),
+                root_real.display()
+            ));
+        }
+        let mut roots = Vec::new();
+        for r in &self.image_source_roots {
+            let real = canonical(r, "--image-source-root")?;
+            for (what, secret) in [
+                ("the data directory (--data-dir)", &data_real),
+                ("the imaging key", &key_real),
+                ("the staging directory", &staging_real),
+            ] {
+                if secret.starts_with(&real) {
+                    return Err(format!(
+                        "--image-source-root {} contains {what} {}: a GoldenImage could copy the operator's secrets; give the directory that holds only your WIMs",
+                        real.display(),
+                        secret.display()
+                    ));
+                }
+            }
+            roots.push(real);
+        }
+        let deadline = recast_crds::duration::parse(&self.image_fetch_timeout)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                format!(
+                    "--image-fetch-timeout {:?} is not a duration such as 6h or 90m",
+                    self.image_fetch_timeout
+                )
+            })?;
+        Ok(recast_operator::golden::ImageConfig {
+            store: recast_operator::golden::fetch::ArtifactStore {
+                root: boot_root.to_path_buf(),
+                staging,
+            },
+            sources: SourcePolicy {
+                path_roots: roots,
+                allow_redirects: self.image_source_allow_redirects,
+                allow: self.image_source_allow_cidrs.clone(),
+                deny: self.image_source_deny_cidrs.clone(),
+                max_bytes: self.image_max_bytes,
+                deadline,
+            },
+        })
+    }
+}
+
 /// Leader election on the kube backend.
 #[derive(clap::Args, Clone)]
 struct KubeArgs {
@@ -361,6 +522,20 @@ struct GatewayArgs {
     /// get 429 with Retry-After. 100,000 endpoints reporting every 5 minutes send ~333/s.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     gateway_max_reports_per_second: u32,
+    /// Requests per second one source address may send (bursts up to twice that), checked
+    /// before the token; one address cannot spend the global budget. Agents behind one NAT
+    /// share it: raise it for a site that reports through a single address.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    gateway_max_requests_per_second_per_ip: u32,
+    /// A request body must arrive within this long after its headers (slowloris).
+    #[arg(long, default_value = "10s")]
+    gateway_body_timeout: String,
+    /// Reports whose collectedAt is older than this are refused (422).
+    #[arg(long, default_value = "1h")]
+    gateway_max_report_age: String,
+    /// Reports whose collectedAt is further in the future than this are refused (422).
+    #[arg(long, default_value = "10m")]
+    gateway_max_clock_skew: String,
 }
 
 #[derive(Subcommand)]
@@ -438,6 +613,7 @@ fn main() -> ExitCode {
             kube: kube_args,
             boot,
             gateway,
+            images,
         } => {
             init_tracing();
             let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -461,6 +637,7 @@ fn main() -> ExitCode {
                 kube_opts: kube_args,
                 boot_args: boot,
                 gateway_args: gateway,
+                image_args: images,
             })) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -496,6 +673,7 @@ struct RunOptions {
     kube_opts: KubeArgs,
     boot_args: BootArgs,
     gateway_args: GatewayArgs,
+    image_args: ImageArgs,
 }
 
 async fn run(opts: RunOptions) -> Result<(), String> {
@@ -510,6 +688,7 @@ async fn run(opts: RunOptions) -> Result<(), String> {
         kube_opts,
         boot_args,
         gateway_args,
+        image_args,
     } = opts;
     let bmc_watch_interval = recast_crds::duration::parse(&bmc_watch_interval)
         .ok()
@@ -519,6 +698,8 @@ async fn run(opts: RunOptions) -> Result<(), String> {
                 "--bmc-watch-interval {bmc_watch_interval:?} is not a duration such as 2m or 30s"
             )
         })?;
+    recast_operator::store::private::private_dir(&data_dir)
+        .map_err(|e| format!("cannot create --data-dir {}: {e}", data_dir.display()))?;
     let boot_cfg = boot_args.service(&data_dir)?;
     if role == Role::Boot {
         if !matches!(backend, BackendKind::Kube) {
@@ -542,7 +723,11 @@ async fn run(opts: RunOptions) -> Result<(), String> {
         return Err("--forward-inputs-to is for --role boot".into());
     }
     // The GoldenImage controller fills the boot root's images/ with verified WIMs.
-    let image_store = boot_args.root(&data_dir);
+    let image_store = image_args.config(
+        &data_dir,
+        &boot_args.root(&data_dir),
+        &boot_args.imaging_key_path(&data_dir),
+    )?;
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -580,10 +765,8 @@ async fn run(opts: RunOptions) -> Result<(), String> {
                     }
                 });
             }
-            let images = recast_operator::golden::ImageController::new(
-                backend.clone(),
-                recast_operator::golden::fetch::ArtifactStore { root: image_store },
-            )?;
+            let images =
+                recast_operator::golden::ImageController::new(backend.clone(), image_store)?;
             tokio::spawn(Arc::new(images).run(stop_rx.clone()));
             if let Some(addr) = gateway_args.gateway_listen {
                 start_gateway(
@@ -746,12 +929,10 @@ async fn run_boot_role(
     // Boot lookups come from a watch-fed index, never a request per packet.
     let index = backend.start_boot_index(stop_rx.clone());
     let backend = Arc::new(backend.with_forwarder(forwarder).with_boot_index(index));
-    if let Some(root) = &opts.image_store {
+    if let Some(config) = &opts.image_store {
         // Each boot pod fetches and checks the WIMs it serves itself; it writes no status.
-        let images = recast_operator::golden::ImageController::new(
-            backend.clone(),
-            recast_operator::golden::fetch::ArtifactStore { root: root.clone() },
-        )?;
+        let images =
+            recast_operator::golden::ImageController::new(backend.clone(), config.clone())?;
         tokio::spawn(Arc::new(images).run(stop_rx.clone()));
     }
     tracing::info!(forward_to = %url, control_namespace = %opts.control_namespace, "boot role: read-only; inputs go to the operator");
@@ -835,6 +1016,15 @@ async fn start_gateway<B: recast_operator::controller::Backend>(
     let tls = gateway::tls_config(cert, key).map_err(|e| e.to_string())?;
     let heartbeat_period = recast_crds::duration::parse(&args.gateway_heartbeat_period)
         .map_err(|e| format!("--gateway-heartbeat-period: {e}"))?;
+    let duration = |flag: &str, value: &str| {
+        recast_crds::duration::parse(value)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| format!("{flag} {value:?} is not a duration such as 10s or 1h"))
+    };
+    let body_timeout = duration("--gateway-body-timeout", &args.gateway_body_timeout)?;
+    let max_report_age = duration("--gateway-max-report-age", &args.gateway_max_report_age)?;
+    let max_clock_skew = duration("--gateway-max-clock-skew", &args.gateway_max_clock_skew)?;
     let credentials =
         Arc::new(gateway::credentials::CredentialStore::open(data_dir).map_err(|e| e.to_string())?);
     let gw = Arc::new(
@@ -847,6 +1037,15 @@ async fn start_gateway<B: recast_operator::controller::Backend>(
                     burst: args.gateway_max_reports_per_second.saturating_mul(2),
                     per_second: f64::from(args.gateway_max_reports_per_second),
                 },
+                ip_rate: gateway::limit::Rate {
+                    burst: args
+                        .gateway_max_requests_per_second_per_ip
+                        .saturating_mul(2),
+                    per_second: f64::from(args.gateway_max_requests_per_second_per_ip),
+                },
+                body_timeout,
+                max_report_age,
+                max_clock_skew,
                 ..GatewayConfig::default()
             },
             Arc::new(SystemClock),

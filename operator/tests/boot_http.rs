@@ -223,8 +223,10 @@ fn a_taken_boot_port_stops_the_operator_with_the_reason() {
             &format!("127.0.0.1:{}", recast_tests::free_port()),
         ])
         .args(["--boot-http", &format!("127.0.0.1:{port}")])
+        // Beside the data directory, not around it: a boot root holding the data directory
+        // would serve recast.db and the imaging key, and the operator refuses it.
         .arg("--boot-root")
-        .arg(&dir)
+        .arg(dir.join("boot"))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -16,8 +16,9 @@ use futures::StreamExt;
 use recast_crds::golden_image::GoldenImage;
 use recast_crds::manifest::Kind;
 use recast_operator::controller::embedded::EmbeddedBackend;
-use recast_operator::golden::ImageController;
 use recast_operator::golden::fetch::ArtifactStore;
+use recast_operator::golden::source::{SourcePolicy, parse_cidr};
+use recast_operator::golden::{ImageConfig, ImageController};
 use recast_operator::store::embedded::EmbeddedStore;
 use recast_tests::wimlib::{self, DECEMBER_2025, JANUARY_2026};
 use serde_json::{Value, json};
@@ -117,17 +118,32 @@ struct Fixture {
     ctrl: ImageController<EmbeddedBackend>,
 }
 
+/// The settings these tests run the controller with: the test's servers are on loopback, and
+/// its WIMs under its temporary directory (attack_images.rs covers what is refused).
+fn config(dir: &Path) -> ImageConfig {
+    ImageConfig {
+        store: ArtifactStore {
+            root: dir.join("boot"),
+            staging: dir.join("staging"),
+        },
+        sources: SourcePolicy {
+            path_roots: vec![dir.canonicalize().unwrap()],
+            allow: vec![parse_cidr("127.0.0.0/8").unwrap()],
+            ..SourcePolicy::default()
+        },
+    }
+}
+
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(EmbeddedStore::open(&dir.path().join("data")).unwrap());
-    let artifacts = ArtifactStore {
-        root: dir.path().join("boot"),
-    };
+    let config = config(dir.path());
+    let artifacts = config.store.clone();
     let ctrl = ImageController::new(
         Arc::new(EmbeddedBackend {
             store: store.clone(),
         }),
-        artifacts.clone(),
+        config,
     )
     .unwrap();
     Fixture {
@@ -187,10 +203,14 @@ fn event_reasons(f: &Fixture) -> Vec<String> {
         .collect()
 }
 
-fn files_under(dir: &Path) -> Vec<String> {
+/// What the artifact store holds: served images and staged bytes.
+fn files_under(store: &ArtifactStore) -> Vec<String> {
     let mut out = Vec::new();
-    for sub in ["images", ".staging"] {
-        if let Ok(rd) = std::fs::read_dir(dir.join(sub)) {
+    for (sub, dir) in [
+        ("images", store.root.join("images")),
+        ("staging", store.staging.clone()),
+    ] {
+        if let Ok(rd) = std::fs::read_dir(dir) {
             out.extend(rd.map(|e| format!("{sub}/{}", e.unwrap().file_name().to_string_lossy())));
         }
     }
@@ -241,10 +261,7 @@ async fn a_dropped_download_resumes_and_the_verified_wim_is_cached_by_digest() {
         vec![None, Some(format!("bytes={}-", bytes.len() / 2))]
     );
     // Only the verified file, under its digest, where the boot service serves it.
-    assert_eq!(
-        files_under(&f.artifacts.root),
-        vec![format!("images/{sha}.wim")]
-    );
+    assert_eq!(files_under(&f.artifacts), vec![format!("images/{sha}.wim")]);
     assert_eq!(std::fs::read(f.artifacts.image(&sha)).unwrap(), bytes);
     let (kg, kg_reason, _) = condition(&gi, "KnownGood");
     assert_eq!((kg.as_str(), kg_reason.as_str()), ("False", "NotPromoted"));
@@ -295,7 +312,7 @@ async fn bytes_that_do_not_match_the_spec_are_never_cached_or_served() {
         "a definite verdict settles the spec"
     );
     assert!(
-        files_under(&f.artifacts.root).is_empty(),
+        files_under(&f.artifacts).is_empty(),
         "wrong bytes are deleted"
     );
     // No endless re-download of bad bytes: nothing happens until the spec changes.
@@ -334,7 +351,7 @@ async fn an_image_whose_packages_lack_the_january_rollup_is_not_verified() {
         "says which build it found: {message}"
     );
     assert_eq!(gi.status.unwrap().facts.unwrap().build, "26100.7462");
-    assert!(files_under(&f.artifacts.root).is_empty());
+    assert!(files_under(&f.artifacts).is_empty());
 }
 
 #[tokio::test]
@@ -504,10 +521,9 @@ async fn on_the_apiserver_the_controller_verifies_and_promotes() {
         recast_operator::controller::kube::KubeBackend::connect(client, &opts, leader)
             .await
             .unwrap();
-    let artifacts = ArtifactStore {
-        root: dir.path().join("boot"),
-    };
-    let ctrl = ImageController::new(Arc::new(backend), artifacts.clone()).unwrap();
+    let config = config(dir.path());
+    let artifacts = config.store.clone();
+    let ctrl = ImageController::new(Arc::new(backend), config).unwrap();
     let get = || -> Value {
         serde_json::from_str(&k.kubectl_ok(&[
             "get",
@@ -586,7 +602,32 @@ async fn on_the_apiserver_the_controller_verifies_and_promotes() {
 #[tokio::test]
 async fn a_path_that_is_not_a_regular_file_is_refused_without_copying() {
     let f = fixture();
-    for path in ["/dev/zero", "/nonexistent/golden.wim", "/tmp"] {
+    let root = f._dir.path().canonicalize().unwrap();
+    let fifo = root.join("golden.fifo");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::fs::create_dir(root.join("a-directory")).unwrap();
+    let cases = [
+        (fifo.display().to_string(), "FetchFailed"),
+        (
+            root.join("a-directory").display().to_string(),
+            "FetchFailed",
+        ),
+        (
+            root.join("missing.wim").display().to_string(),
+            "FetchFailed",
+        ),
+        // Outside the roots: refused before it is even looked at.
+        ("/dev/zero".to_string(), "SourceRefused"),
+        ("/nonexistent/golden.wim".to_string(), "SourceRefused"),
+        ("/tmp".to_string(), "SourceRefused"),
+    ];
+    for (path, want) in cases {
         let doc = golden_image(
             json!({"path": path}),
             &"ab".repeat(32),
@@ -598,12 +639,12 @@ async fn a_path_that_is_not_a_regular_file_is_refused_without_copying() {
         let (status, reason, message) = condition(&read(&f), "Verified");
         assert_eq!(
             (status.as_str(), reason.as_str()),
-            ("Unknown", "FetchFailed"),
-            "{path}"
+            ("Unknown", want),
+            "{path}: {message}"
         );
-        assert!(message.contains(path), "{message}");
+        assert!(message.contains(&path), "{message}");
         assert!(
-            files_under(&f.artifacts.root).is_empty(),
+            files_under(&f.artifacts).is_empty(),
             "nothing copied for {path}"
         );
         // A fresh controller: this one backs off from the image it just failed on.

@@ -695,7 +695,8 @@ fn the_boot_service_serves_armed_endpoints_from_the_apiserver() {
     let Some(site) = Site::new("rboot") else {
         return;
     };
-    let root = std::env::temp_dir().join(format!("recast-kboot-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("recast-kboot-{}", std::process::id()));
+    let root = dir.join("boot");
     std::fs::create_dir_all(root.join("images")).unwrap();
     let digest = inputs::verified_image_status()["digest"]
         .as_str()
@@ -711,7 +712,7 @@ fn the_boot_service_serves_armed_endpoints_from_the_apiserver() {
     let (listen, root_s, key) = (
         format!("127.0.0.1:{port}"),
         root.to_string_lossy().to_string(),
-        root.join("imaging.key").to_string_lossy().to_string(),
+        dir.join("imaging.key").to_string_lossy().to_string(),
     );
     let mut op = site.operator_env(
         "boot-a",
@@ -723,6 +724,7 @@ fn the_boot_service_serves_armed_endpoints_from_the_apiserver() {
         ],
     );
     op.wait_for("serving HTTP boot", Duration::from_secs(30));
+    op.wait_for("boot index loaded", Duration::from_secs(30));
     let mac = "52:54:00:a1:00:01";
     let (code, body) = curl(&[&format!("{base}/boot/{mac}")]);
     assert_eq!(code, 200, "{body}");
@@ -764,8 +766,17 @@ fn the_boot_service_serves_armed_endpoints_from_the_apiserver() {
     let at = script.find("/imaging/v1/").expect("an imaging script");
     let rest = &script[at..];
     let attempt_url = format!("{base}{}", &rest[..rest.find("/startnet.cmd").unwrap()]);
-    let t = script.find("?token=").unwrap() + 7;
-    let token = &script[t..t + 64];
+    assert!(!script.contains("token"), "{script}");
+    // The imaging environment claims the try once recast has restarted the machine.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let token = loop {
+        let (code, body) = curl(&["-X", "POST", &format!("{attempt_url}/claim?format=text")]);
+        if code == 200 {
+            break body.trim().to_string();
+        }
+        assert!(Instant::now() < deadline, "the claim: {code} {body}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
     let auth = format!("Authorization: Bearer {token}");
     let (code, task) = curl(&["-H", &auth, &format!("{attempt_url}/task")]);
     assert_eq!(code, 200, "{task}");
@@ -803,5 +814,5 @@ fn the_boot_service_serves_armed_endpoints_from_the_apiserver() {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
-    let _ = std::fs::remove_dir_all(root);
+    let _ = std::fs::remove_dir_all(dir);
 }

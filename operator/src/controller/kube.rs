@@ -825,9 +825,10 @@ pub struct KubeOptions {
     /// The operator's own namespace, where boot intents, journals and inboxes live; no tenant
     /// may write there.
     pub control_namespace: String,
-    /// The artifact store the GoldenImage controller fills (the boot root); None runs no
-    /// image controller in this process.
-    pub image_store: Option<std::path::PathBuf>,
+    /// The artifact store the GoldenImage controller fills (the boot root, its staging
+    /// directory, and what image sources may reach); None runs no image controller in this
+    /// process.
+    pub image_store: Option<crate::golden::ImageConfig>,
     /// How often silent endpoints' BMC event logs are read.
     pub bmc_watch_interval: Duration,
 }
@@ -847,12 +848,9 @@ pub async fn run<P: PowerControl>(
     let inbox_index: Arc<std::sync::Mutex<std::collections::HashSet<Key>>> = Default::default();
     backend.inboxes = Some(inbox_index.clone());
     let backend = Arc::new(backend);
-    if let Some(root) = &opts.image_store {
+    if let Some(config) = &opts.image_store {
         // Every replica keeps its own cache filled; only the leader writes image status.
-        let images = crate::golden::ImageController::new(
-            backend.clone(),
-            crate::golden::fetch::ArtifactStore { root: root.clone() },
-        )?;
+        let images = crate::golden::ImageController::new(backend.clone(), config.clone())?;
         tokio::spawn(Arc::new(images).run(shutdown.clone()));
     }
     let ctrl = Arc::new(

@@ -5,9 +5,16 @@
 //! stored only as its SHA-256. Issuing again rotates it (the old token stops working at once);
 //! revoking deletes it. Rotation also resets the endpoint's report sequence: a freshly imaged
 //! agent with new credentials starts a new sequence space.
+//!
+//! The whole token table is mirrored in memory (a fleet's hashes are a few MB), so a made-up
+//! token is refused without a database query: a flood of junk costs no SQLite work. The file
+//! is created 0600 and commits are fsynced (`synchronous=FULL`): an accepted report's sequence
+//! is on disk before its 2xx, written by [`GroupCommit`] in one transaction per batch.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use ring::digest::{SHA256, digest};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -28,6 +35,11 @@ pub enum CredentialError {
     },
     #[error("the system random number generator failed; no token was issued")]
     Random,
+    #[error("gateway database {path}: {source}; check the data directory's ownership")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The SHA-256 of a presented token, hex. Only this is ever stored or compared.
@@ -48,26 +60,25 @@ pub struct CredentialStore {
     path: PathBuf,
     conn: Mutex<Connection>,
     rng: SystemRandom,
-    /// Token hash → endpoint, valid while SQLite's data_version (which moves when another
-    /// connection commits) is unchanged; this process's own issue/revoke clear it.
+    /// The whole token table (hash → endpoint), valid while SQLite's data_version (which
+    /// moves when another connection commits) is unchanged; this process's own issue/revoke
+    /// update it in place.
     cache: Mutex<TokenCache>,
 }
 
 #[derive(Default)]
 struct TokenCache {
+    /// None: not loaded yet (or forgotten): the next lookup loads the table.
     data_version: Option<i64>,
     /// When `data_version` was last read from the database.
     checked_at: Option<std::time::Instant>,
     keys: std::collections::HashMap<String, Key>,
 }
 
-/// How stale the cache may be: a token issued, rotated or revoked by another process
+/// How stale the mirror may be: a token issued, rotated or revoked by another process
 /// (`recast-operator gateway-token`) takes effect within this long. Reading the database's
 /// version on every request would serialise all requests on its connection.
 const TOKEN_CACHE_RECHECK: std::time::Duration = std::time::Duration::from_millis(250);
-
-/// Cached token hashes at most; a bigger fleet simply looks some up again.
-const TOKEN_CACHE_MAX: usize = 200_000;
 
 impl CredentialStore {
     pub fn open(data_dir: &Path) -> Result<Self, CredentialError> {
@@ -76,10 +87,17 @@ impl CredentialStore {
             path: path.clone(),
             source,
         };
+        // Token hashes and replay marks: owner-only, whatever the umask.
+        crate::store::private::private_db_file(&path).map_err(|e| CredentialError::File {
+            path: path.clone(),
+            source: e,
+        })?;
         let conn = Connection::open(&path).map_err(err)?;
+        // FULL: a commit is fsynced, so a sequence acknowledged with a 2xx survives a crash
+        // or power loss (commits are batched, see GroupCommit).
         conn.execute_batch(
             "PRAGMA journal_mode=WAL;
-             PRAGMA synchronous=NORMAL;
+             PRAGMA synchronous=FULL;
              PRAGMA busy_timeout=5000;
              CREATE TABLE IF NOT EXISTS tokens (
                  namespace TEXT NOT NULL, name TEXT NOT NULL,
@@ -108,11 +126,14 @@ impl CredentialStore {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn clear_cache(&self) {
+    /// After this process's own commit to the token table (which does not move its own
+    /// connection's data_version): the key's old hash goes, its new one (if any) comes.
+    fn cache_set(&self, key: &Key, hash: Option<String>) {
         let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        c.keys.clear();
-        c.data_version = None;
-        c.checked_at = None;
+        c.keys.retain(|_, k| k != key);
+        if let Some(h) = hash {
+            c.keys.insert(h, key.clone());
+        }
     }
 
     fn db_err(&self, source: rusqlite::Error) -> CredentialError {
@@ -129,7 +150,7 @@ impl CredentialStore {
         let tx = conn.transaction().map_err(|e| self.db_err(e))?;
         let token = self.issue_in(&tx, key, now)?;
         tx.commit().map_err(|e| self.db_err(e))?;
-        self.clear_cache();
+        self.cache_set(key, Some(token_hash(&token)));
         Ok(token)
     }
 
@@ -156,7 +177,7 @@ impl CredentialStore {
         }
         let token = self.issue_in(&tx, key, now)?;
         tx.commit().map_err(|e| self.db_err(e))?;
-        self.clear_cache();
+        self.cache_set(key, Some(token_hash(&token)));
         Ok(Some(token))
     }
 
@@ -194,7 +215,7 @@ impl CredentialStore {
                 params![key.namespace, key.name],
             )
             .map_err(|e| self.db_err(e))?;
-        self.clear_cache();
+        self.cache_set(key, None);
         Ok(n > 0)
     }
 
@@ -208,56 +229,58 @@ impl CredentialStore {
         self.endpoint_for_hash(&token_hash(token))
     }
 
-    /// Like [`endpoint_for`](Self::endpoint_for), by the token's hash.
+    /// Like [`endpoint_for`](Self::endpoint_for), by the token's hash. Answered from memory;
+    /// the database is read only to notice another process's change (its data_version, at
+    /// most every [`TOKEN_CACHE_RECHECK`]) and then to reload the table.
     pub fn endpoint_for_hash(&self, hash: &str) -> Result<Option<Key>, CredentialError> {
         {
             let c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            let fresh = c
-                .checked_at
-                .is_some_and(|t| t.elapsed() < TOKEN_CACHE_RECHECK);
-            if fresh && let Some(k) = c.keys.get(hash) {
-                return Ok(Some(k.clone()));
+            let fresh = c.data_version.is_some()
+                && c.checked_at
+                    .is_some_and(|t| t.elapsed() < TOKEN_CACHE_RECHECK);
+            if fresh {
+                return Ok(c.keys.get(hash).cloned());
             }
         }
         let conn = self.conn();
         let version: i64 = conn
             .query_row("PRAGMA data_version", [], |r| r.get(0))
             .map_err(|e| self.db_err(e))?;
-        {
-            let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            if c.data_version != Some(version) {
-                // Another process issued, rotated or revoked a token: forget everything.
-                c.keys.clear();
-                c.data_version = Some(version);
-            }
-            c.checked_at = Some(std::time::Instant::now());
-            if let Some(k) = c.keys.get(hash) {
-                return Ok(Some(k.clone()));
-            }
-        }
-        let found = conn
-            .prepare_cached("SELECT namespace, name FROM tokens WHERE hash = ?1")
-            .and_then(|mut s| {
-                s.query_row(params![hash], |r| {
-                    Ok(Key {
-                        namespace: r.get(0)?,
-                        name: r.get(1)?,
-                    })
+        let stale = {
+            let c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            c.data_version != Some(version)
+        };
+        let reloaded = if stale {
+            // Another process issued, rotated or revoked a token (or this is the first
+            // lookup): read the table again.
+            let mut stmt = conn
+                .prepare_cached("SELECT hash, namespace, name FROM tokens")
+                .map_err(|e| self.db_err(e))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        Key {
+                            namespace: r.get(1)?,
+                            name: r.get(2)?,
+                        },
+                    ))
                 })
-                .optional()
-            })
-            .map_err(|e| self.db_err(e))?;
-        // Only hits are cached: a flood of made-up tokens must not grow memory.
-        if let Some(k) = &found {
-            let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            if c.data_version == Some(version) {
-                if c.keys.len() >= TOKEN_CACHE_MAX {
-                    c.keys.clear();
-                }
-                c.keys.insert(hash.to_string(), k.clone());
-            }
+                .map_err(|e| self.db_err(e))?;
+            Some(
+                rows.collect::<Result<std::collections::HashMap<_, _>, _>>()
+                    .map_err(|e| self.db_err(e))?,
+            )
+        } else {
+            None
+        };
+        let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(keys) = reloaded {
+            c.keys = keys;
+            c.data_version = Some(version);
         }
-        Ok(found)
+        c.checked_at = Some(std::time::Instant::now());
+        Ok(c.keys.get(hash).cloned())
     }
 
     /// The last accepted sequence of every endpoint that has one.
@@ -318,6 +341,82 @@ impl CredentialStore {
             .optional()
             .map(|v| v.unwrap_or(0) as u64)
             .map_err(|e| self.db_err(e))
+    }
+}
+
+/// A replay mark: the endpoint, the hash of the token it was reached with, the sequence.
+pub type Mark = (Key, String, u64);
+
+/// Saves accepted sequences durably before their reports are answered, without one fsync
+/// per report: every mark submitted while a commit runs waits for the next one, so a
+/// commit carries all reports that arrived during the previous (group commit). At most
+/// [`super::FLUSH_BATCH`] marks per transaction.
+pub struct GroupCommit {
+    store: Arc<CredentialStore>,
+    queue: Mutex<Queue>,
+    /// Transactions committed (for stats and benchmarks).
+    pub commits: AtomicU64,
+}
+
+type Waiter = tokio::sync::oneshot::Sender<Result<(), String>>;
+
+#[derive(Default)]
+struct Queue {
+    marks: Vec<(Mark, Waiter)>,
+    /// A writer task is draining the queue.
+    writing: bool,
+}
+
+impl GroupCommit {
+    pub fn new(store: Arc<CredentialStore>) -> Arc<Self> {
+        Arc::new(GroupCommit {
+            store,
+            queue: Mutex::new(Queue::default()),
+            commits: AtomicU64::new(0),
+        })
+    }
+
+    /// Returns once `mark` is committed (or the commit failed: the report must then not be
+    /// acknowledged). The writing happens in a task of its own, so a caller that goes away
+    /// (a client that hung up) cannot strand the others of its batch.
+    pub async fn save(self: &Arc<Self>, mark: Mark) -> Result<(), String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            q.marks.push((mark, tx));
+            !std::mem::replace(&mut q.writing, true)
+        };
+        if start {
+            tokio::spawn(self.clone().drain());
+        }
+        rx.await
+            .map_err(|_| "the sequence writer stopped".to_string())?
+    }
+
+    async fn drain(self: Arc<Self>) {
+        loop {
+            let batch: Vec<(Mark, Waiter)> = {
+                let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                if q.marks.is_empty() {
+                    q.writing = false;
+                    return;
+                }
+                let n = q.marks.len().min(super::FLUSH_BATCH);
+                q.marks.drain(..n).collect()
+            };
+            let marks: Vec<Mark> = batch.iter().map(|(m, _)| m.clone()).collect();
+            let store = self.store.clone();
+            let result =
+                match tokio::task::spawn_blocking(move || store.save_sequences(&marks)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(e) => Err(format!("the sequence write stopped: {e}")),
+                };
+            self.commits.fetch_add(1, Ordering::Relaxed);
+            for (_, waiter) in batch {
+                let _ = waiter.send(result.clone());
+            }
+        }
     }
 }
 
@@ -405,11 +504,74 @@ mod tests {
         std::thread::sleep(TOKEN_CACHE_RECHECK);
         assert_eq!(gateway_side.endpoint_for(&t).unwrap(), None);
         let t2 = cli_side.issue(&key("kiosk-01"), "t").unwrap();
+        // A token issued elsewhere works within the recheck period too (misses are answered
+        // from memory: junk costs no query).
+        std::thread::sleep(TOKEN_CACHE_RECHECK);
         assert_eq!(
             gateway_side.endpoint_for(&t2).unwrap(),
             Some(key("kiosk-01"))
         );
         assert_eq!(gateway_side.endpoint_for(&t).unwrap(), None);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn the_database_is_owner_only_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = dir("mode");
+        let store = CredentialStore::open(&d).unwrap();
+        store.issue(&key("a"), "t").unwrap();
+        for f in [DB_FILE.to_string(), format!("{DB_FILE}-wal")] {
+            let mode = std::fs::metadata(d.join(&f)).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{f}");
+        }
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn unknown_tokens_are_refused_from_memory() {
+        let d = dir("mem");
+        let store = CredentialStore::open(&d).unwrap();
+        let t = store.issue(&key("a"), "t").unwrap();
+        assert_eq!(store.endpoint_for(&t).unwrap(), Some(key("a")));
+        // The table is mirrored: take the database away and lookups still answer, hits and
+        // misses alike, until the recheck.
+        store.conn().execute_batch("DROP TABLE tokens").unwrap();
+        let junk = format!("{TOKEN_PREFIX}{}", "0".repeat(64));
+        for _ in 0..1000 {
+            assert_eq!(store.endpoint_for(&junk).unwrap(), None);
+        }
+        assert_eq!(store.endpoint_for(&t).unwrap(), Some(key("a")));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[tokio::test]
+    async fn group_commit_makes_marks_durable_in_few_transactions() {
+        let d = dir("group");
+        let store = Arc::new(CredentialStore::open(&d).unwrap());
+        let mut hashes = Vec::new();
+        for i in 0..200 {
+            let t = store.issue(&key(&format!("ep-{i}")), "t").unwrap();
+            hashes.push(token_hash(&t));
+        }
+        let gc = GroupCommit::new(store.clone());
+        let saves = (0..200).map(|i| {
+            let gc = gc.clone();
+            let mark = (key(&format!("ep-{i}")), hashes[i].clone(), 7 + i as u64);
+            async move { gc.save(mark).await }
+        });
+        for r in futures::future::join_all(saves).await {
+            r.unwrap();
+        }
+        let commits = gc.commits.load(Ordering::Relaxed);
+        assert!(commits < 200, "{commits} transactions for 200 marks");
+        // Durable: a fresh connection (another process after a crash) reads every mark.
+        let other = CredentialStore::open(&d).unwrap();
+        let marks: std::collections::HashMap<Key, u64> =
+            other.sequences().unwrap().into_iter().collect();
+        for i in 0..200 {
+            assert_eq!(marks.get(&key(&format!("ep-{i}"))), Some(&(7 + i as u64)));
+        }
         std::fs::remove_dir_all(&d).unwrap();
     }
 

@@ -1,14 +1,21 @@
 //! The agent gateway: `POST /v1/reports` over HTTPS (rustls, ring), where every endpoint's
 //! agent reports.
 //!
-//! Each request goes through, in order: the global rate limit, the bearer token (per endpoint,
-//! stored only as a SHA-256 in `gateway.db`), the endpoint's own rate limit, the size limit and
-//! strict schema validation (`recast_crds::report`), the identity check (the report must name
-//! the endpoint the token was issued for), and replay protection (the sequence must exceed the
-//! last accepted one). Only then does the report reach the endpoint's [`session::Session`],
-//! which derives the signals (`core::derive`) and hands the controller an
-//! `Input::AgentReport` and/or `Input::Signals` through [`Backend::post_input`] — only when
-//! something changed, and a plain heartbeat at most once per `heartbeat_period`.
+//! Each request goes through, in order, cheapest and most local first: the source address's
+//! own rate limit (a bounded table, [`limit::IpLimiter`]) and a deadline for reading the body
+//! (slowloris), both before any shared budget is spent; the bearer token's shape and its
+//! lookup in the in-memory mirror of `gateway.db` (so junk tokens cost no database work and no
+//! shared budget); the global rate limit; the endpoint's own rate limit; strict schema
+//! validation (`recast_crds::report`); the identity check (the report must name the endpoint
+//! the token was issued for); freshness (`collectedAt` neither older than
+//! `max_report_age` nor further ahead than `max_clock_skew`); and replay protection (the
+//! sequence must exceed the last accepted one). Only then does the report reach the
+//! endpoint's [`session::Session`], which derives the signals (`core::derive`) and hands the
+//! controller an `Input::AgentReport` and/or `Input::Signals` through [`Backend::post_input`]
+//! — only when something changed, and a plain heartbeat at most once per `heartbeat_period`.
+//! The accepted sequence is committed to `gateway.db` (fsynced, batched with the reports
+//! arriving meanwhile by [`credentials::GroupCommit`]) before the 200 is sent: a crash right
+//! after a 200 cannot make that report replayable.
 //!
 //! | status | meaning |
 //! |---|---|
@@ -17,10 +24,11 @@
 //! | 401 | no token, unknown token, or revoked token |
 //! | 403 | the report names another endpoint than the token's |
 //! | 404 | the token's endpoint no longer exists |
+//! | 408 | the body did not arrive within the body deadline (`body_timeout`) |
 //! | 409 | the sequence is not above the last accepted one (replay) |
 //! | 413 | the body is larger than 256 KiB |
 //! | 415 | the Content-Type is not application/json |
-//! | 422 | the report decodes but breaks a bound (length, count, format) |
+//! | 422 | the report decodes but breaks a bound (length, count, format), or its `collectedAt` is too old or in the future |
 //! | 429 | rate limited; Retry-After says when to come back |
 //! | 503 | the store refused the write; retry later |
 
@@ -30,7 +38,7 @@ pub mod limit;
 pub mod session;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,9 +61,9 @@ use crate::core::hold::{self, HoldFacts};
 use crate::core::lifecycle::Input;
 use crate::core::signal::SignalKind;
 use crate::core::time;
-use credentials::{CredentialError, CredentialStore};
-use limit::{Bucket, Rate};
-use session::{EndpointFacts, Session, StoredState};
+use credentials::{CredentialError, CredentialStore, GroupCommit};
+use limit::{Bucket, IpLimiter, Rate};
+use session::{EndpointFacts, Session, Staleness, StoredState};
 
 #[derive(Clone, Debug)]
 pub struct GatewayConfig {
@@ -67,8 +75,17 @@ pub struct GatewayConfig {
     pub facts_ttl: Duration,
     /// How often silent endpoints are checked for HeartbeatLost.
     pub sweep_interval: Duration,
-    /// How often accepted sequences are saved (in transactions of [`FLUSH_BATCH`]).
+    /// How often sequences not yet saved are saved. Every accepted report's sequence is
+    /// committed before its 200, so this only catches up after a failed commit.
     pub flush_interval: Duration,
+    /// Requests per source address (before any token check). Agents behind one NAT share it.
+    pub ip_rate: Rate,
+    /// A request body must arrive within this long after its headers (slowloris).
+    pub body_timeout: Duration,
+    /// A report collected longer ago than this is refused (422).
+    pub max_report_age: Duration,
+    /// A report collected further in the future than this is refused (422).
+    pub max_clock_skew: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -88,6 +105,15 @@ impl Default for GatewayConfig {
             facts_ttl: Duration::from_secs(60),
             sweep_interval: Duration::from_secs(30),
             flush_interval: Duration::from_secs(5),
+            // Generous: a site's agents may all come through one NAT address. It is there so
+            // one address cannot spend the global budget, not to pace agents.
+            ip_rate: Rate {
+                burst: 400,
+                per_second: 200.0,
+            },
+            body_timeout: Duration::from_secs(10),
+            max_report_age: Duration::from_secs(3600),
+            max_clock_skew: Duration::from_secs(600),
         }
     }
 }
@@ -130,6 +156,12 @@ pub enum GatewayError {
     },
     #[error("the store is unavailable ({0}); retry later")]
     Store(String),
+    #[error(transparent)]
+    Stale(Staleness),
+    #[error("the request body did not arrive within {}s; send it at once", .0.as_secs())]
+    BodyTimeout(Duration),
+    #[error("the request body is larger than {MAX_REPORT_BYTES} bytes")]
+    BodyTooLarge,
 }
 
 impl GatewayError {
@@ -145,6 +177,9 @@ impl GatewayError {
             GatewayError::Report(ReportError::Invalid { .. }) => StatusCode::UNPROCESSABLE_ENTITY,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Stale(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            GatewayError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            GatewayError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 }
@@ -191,7 +226,11 @@ pub struct Gateway<B: Backend> {
     clock: Arc<dyn Clock>,
     origin: Instant,
     global: std::sync::Mutex<Bucket>,
+    /// Per source address, checked before anything shared is spent.
+    by_ip: std::sync::Mutex<IpLimiter>,
     buckets: std::sync::Mutex<HashMap<Key, Bucket>>,
+    /// Commits accepted sequences before their 200.
+    sequences: Arc<GroupCommit>,
     /// One async lock per endpoint: its reports are decided and written one at a time, in
     /// order.
     entries: std::sync::Mutex<HashMap<Key, Arc<tokio::sync::Mutex<Option<Entry>>>>>,
@@ -220,13 +259,16 @@ impl<B: Backend> Gateway<B> {
         clock: Arc<dyn Clock>,
     ) -> Self {
         let global = Bucket::full(config.global_rate, 0.0);
+        let by_ip = IpLimiter::new(config.ip_rate, IP_TABLE_MAX);
         Gateway {
             backend,
+            sequences: GroupCommit::new(credentials.clone()),
             credentials,
             config,
             clock,
             origin: Instant::now(),
             global: std::sync::Mutex::new(global),
+            by_ip: std::sync::Mutex::new(by_ip),
             buckets: std::sync::Mutex::new(HashMap::new()),
             entries: std::sync::Mutex::new(HashMap::new()),
             enrollment_key: None,
@@ -260,18 +302,25 @@ impl<B: Backend> Gateway<B> {
         result
     }
 
+    /// The per-address limit, taken before the body is read or anything shared is spent.
+    pub fn admit_address(&self, ip: IpAddr) -> Result<(), GatewayError> {
+        let now_s = self.seconds();
+        lock(&self.by_ip)
+            .take(ip, now_s)
+            .map_err(|retry_after| GatewayError::RateLimited {
+                scope: " from this address",
+                retry_after,
+            })
+    }
+
     async fn handle_inner(
         &self,
         headers: &HeaderMap,
         body: &[u8],
     ) -> Result<ReportReply, GatewayError> {
         let now_s = self.seconds();
-        lock(&self.global)
-            .take(self.config.global_rate, now_s)
-            .map_err(|retry_after| GatewayError::RateLimited {
-                scope: "",
-                retry_after,
-            })?;
+        // The token first, from memory: a made-up token is refused before it spends the
+        // shared budget or a database lookup.
         let token = bearer(headers).ok_or(GatewayError::NoToken)?;
         if !credentials::well_formed(token) {
             return Err(GatewayError::BadToken);
@@ -281,6 +330,12 @@ impl<B: Backend> Gateway<B> {
             .credentials
             .endpoint_for_hash(&hash)?
             .ok_or(GatewayError::BadToken)?;
+        lock(&self.global)
+            .take(self.config.global_rate, now_s)
+            .map_err(|retry_after| GatewayError::RateLimited {
+                scope: "",
+                retry_after,
+            })?;
         {
             let rate = self.config.endpoint_rate;
             let mut buckets = lock(&self.buckets);
@@ -312,6 +367,13 @@ impl<B: Backend> Gateway<B> {
                 claimed: report.endpoint,
             });
         }
+        session::check_fresh(
+            &report.collected_at,
+            self.clock.now(),
+            self.config.max_report_age,
+            self.config.max_clock_skew,
+        )
+        .map_err(GatewayError::Stale)?;
 
         let slot = {
             let mut entries = lock(&self.entries);
@@ -354,6 +416,7 @@ impl<B: Backend> Gateway<B> {
             })?;
         let facts = self.facts(&key, entry).await?;
         let now = self.clock.now();
+        let sequence = report.sequence;
         // Decide on a copy: if a write fails, the session is unchanged and the next report
         // tries again.
         let mut next = entry.session.clone();
@@ -365,6 +428,13 @@ impl<B: Backend> Gateway<B> {
         if let Some(signals) = &writes.signals {
             self.post(&key, &Input::Signals(signals.clone())).await?;
         }
+        // Durable before the 200: after a crash the sequence is still known, so this report
+        // cannot be replayed. Batched with the other reports arriving meanwhile.
+        self.sequences
+            .save((key.clone(), hash.clone(), sequence))
+            .await
+            .map_err(GatewayError::Store)?;
+        next.persisted_sequence = next.persisted_sequence.max(sequence);
         let hold = facts
             .hold
             .desired_with(next.current_signals(), &time::format(now));
@@ -592,6 +662,31 @@ fn stored_state(ep: &Endpoint, sequence: u64) -> StoredState {
     }
 }
 
+/// The answer to a refused request: the status, a JSON `{"error": ...}`, Retry-After on 429,
+/// WWW-Authenticate on 401.
+fn refusal(e: &GatewayError) -> Response {
+    let status = e.status();
+    tracing::debug!(%status, error = %e, "request refused");
+    let body = serde_json::json!({ "error": e.to_string() }).to_string();
+    let mut resp = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+    if let GatewayError::RateLimited { retry_after, .. } = e {
+        let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+    }
+    if matches!(e, GatewayError::NoToken | GatewayError::BadToken) {
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    if matches!(e, GatewayError::BodyTimeout(_)) {
+        // The rest of a body that stalled is not worth waiting for: close the connection.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
 async fn post_report<B: Backend>(
     State(gw): State<Arc<Gateway<B>>>,
     headers: HeaderMap,
@@ -599,25 +694,48 @@ async fn post_report<B: Backend>(
 ) -> Response {
     match gw.handle(&headers, &body).await {
         Ok(reply) => (StatusCode::OK, axum::Json(reply)).into_response(),
-        Err(e) => {
-            let status = e.status();
-            tracing::debug!(%status, error = %e, "report refused");
-            let body = serde_json::json!({ "error": e.to_string() }).to_string();
-            let mut resp =
-                (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
-            if let GatewayError::RateLimited { retry_after, .. } = &e {
-                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-                if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
-                    resp.headers_mut().insert(header::RETRY_AFTER, v);
-                }
-            }
-            if matches!(e, GatewayError::NoToken | GatewayError::BadToken) {
-                resp.headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            }
-            resp
-        }
+        Err(e) => refusal(&e),
     }
+}
+
+/// The peer address of a connection, set by [`serve_tls`] on each request.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub SocketAddr);
+
+/// Before any route: the source address's rate limit, then the body, read in full within
+/// `body_timeout` (a client that trickles its body is cut off, slowloris) and within the
+/// report size limit. Applies to every route, enrollment included.
+async fn admit<B: Backend>(
+    State(gw): State<Arc<Gateway<B>>>,
+    peer: Option<axum::Extension<Peer>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(axum::Extension(Peer(addr))) = peer
+        && let Err(e) = gw.admit_address(addr.ip())
+    {
+        gw.stats.refused.fetch_add(1, Ordering::Relaxed);
+        return refusal(&e);
+    }
+    let (parts, body) = req.into_parts();
+    let limit = gw.config.body_timeout;
+    let bytes =
+        match tokio::time::timeout(limit, axum::body::to_bytes(body, MAX_REPORT_BYTES)).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(_)) => {
+                gw.stats.refused.fetch_add(1, Ordering::Relaxed);
+                return refusal(&GatewayError::BodyTooLarge);
+            }
+            Err(_) => {
+                gw.stats.refused.fetch_add(1, Ordering::Relaxed);
+                return refusal(&GatewayError::BodyTimeout(limit));
+            }
+        };
+    next.run(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::from(bytes),
+    ))
+    .await
 }
 
 /// The gateway's routes. Bodies above the report limit are refused with 413 before they are
@@ -627,6 +745,7 @@ pub fn router<B: Backend>(gw: Arc<Gateway<B>>) -> Router {
         .route("/v1/reports", post(post_report::<B>))
         .route("/v1/enroll", post(enroll::post_enroll::<B>))
         .layer(DefaultBodyLimit::max(MAX_REPORT_BYTES))
+        .layer(axum::middleware::from_fn_with_state(gw.clone(), admit::<B>))
         .with_state(gw)
 }
 
@@ -667,6 +786,11 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, TlsEr
 
 /// At most this many connections at once; more wait in the kernel's accept queue.
 pub const MAX_CONNECTIONS: usize = 50_000;
+/// At most this many connections at once from one address: one client cannot hold the
+/// connection budget (a site's NAT gets plenty; agents hold a connection for a moment).
+pub const MAX_CONNECTIONS_PER_IP: usize = 1_000;
+/// Source addresses the per-address rate limit remembers at most.
+pub const IP_TABLE_MAX: usize = 65_536;
 /// A TLS handshake that takes longer is dropped (slowloris).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -679,6 +803,7 @@ pub async fn serve_tls(
 ) -> std::io::Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let per_ip: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>> = Default::default();
     let local: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(addr = ?local, "agent gateway serving POST /v1/reports over TLS");
     loop {
@@ -689,7 +814,7 @@ pub async fn serve_tls(
             },
             _ = stopped(&mut shutdown) => return Ok(()),
         };
-        let (tcp, _peer) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {
@@ -701,11 +826,16 @@ pub async fn serve_tls(
             },
             _ = stopped(&mut shutdown) => return Ok(()),
         };
+        let Some(ip_slot) = IpSlot::take(&per_ip, peer.ip()) else {
+            tracing::debug!(%peer, "too many connections from one address; closed");
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let app = app.clone();
+        let app = app.clone().layer(axum::Extension(Peer(peer)));
         tokio::spawn(async move {
             let _permit = permit;
+            let _ip_slot = ip_slot;
             let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
             else {
                 return;
@@ -719,5 +849,38 @@ pub async fn serve_tls(
                 tracing::debug!(error = %e, "gateway connection ended with an error");
             }
         });
+    }
+}
+
+/// One connection's place in the per-address connection count; freed when dropped.
+struct IpSlot {
+    table: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl IpSlot {
+    fn take(table: &Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr) -> Option<Self> {
+        let mut t = lock(table);
+        let n = t.entry(ip).or_insert(0);
+        if *n >= MAX_CONNECTIONS_PER_IP {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            table: table.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut t = lock(&self.table);
+        if let Some(n) = t.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                t.remove(&self.ip);
+            }
+        }
     }
 }

@@ -21,6 +21,63 @@ use crate::core::time;
 /// Update results and crashes kept in the status summary.
 pub const SUMMARY_ITEMS: usize = 10;
 
+/// A report whose `collectedAt` is outside the window the gateway accepts.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Staleness {
+    #[error(
+        "collectedAt {collected_at} is {}s old, more than the gateway's --gateway-max-report-age ({}s): send a freshly collected report (and check the endpoint's clock)",
+        .age.as_secs(), .limit.as_secs()
+    )]
+    TooOld {
+        collected_at: String,
+        age: Duration,
+        limit: Duration,
+    },
+    #[error(
+        "collectedAt {collected_at} is {}s in the future, more than the gateway's --gateway-max-clock-skew ({}s): fix the endpoint's clock (or the gateway's)",
+        .ahead.as_secs(), .limit.as_secs()
+    )]
+    Future {
+        collected_at: String,
+        ahead: Duration,
+        limit: Duration,
+    },
+    #[error("collectedAt {0:?} is not an RFC 3339 UTC time")]
+    Unreadable(String),
+}
+
+/// Whether a report collected at `collected_at` is fresh at `now`: no older than `max_age`,
+/// no further ahead than `max_skew` (clocks differ a little; a report from the future is a
+/// forged or a broken clock).
+pub fn check_fresh(
+    collected_at: &str,
+    now: Timestamp,
+    max_age: Duration,
+    max_skew: Duration,
+) -> Result<(), Staleness> {
+    let at = time::parse(collected_at).ok_or_else(|| Staleness::Unreadable(collected_at.into()))?;
+    if at > now {
+        let ahead = time::since(at, now);
+        if ahead > max_skew {
+            return Err(Staleness::Future {
+                collected_at: collected_at.into(),
+                ahead,
+                limit: max_skew,
+            });
+        }
+        return Ok(());
+    }
+    let age = time::since(now, at);
+    if age > max_age {
+        return Err(Staleness::TooOld {
+            collected_at: collected_at.into(),
+            age,
+            limit: max_age,
+        });
+    }
+    Ok(())
+}
+
 /// The store's facts the derivation needs, read once and cached for a while.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EndpointFacts {
@@ -320,6 +377,39 @@ impl Session {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn freshness_window_of_collected_at() {
+        let now: Timestamp = "2026-01-15T12:00:00Z".parse().unwrap();
+        let hour = Duration::from_secs(3600);
+        let skew = Duration::from_secs(600);
+        for ok in [
+            "2026-01-15T12:00:00Z",
+            "2026-01-15T11:00:00Z",
+            "2026-01-15T12:10:00Z",
+            "2026-01-15T11:59:59Z",
+        ] {
+            assert_eq!(check_fresh(ok, now, hour, skew), Ok(()), "{ok}");
+        }
+        let old = check_fresh("2026-01-15T10:59:59Z", now, hour, skew).unwrap_err();
+        assert!(matches!(old, Staleness::TooOld { .. }), "{old}");
+        assert!(old.to_string().contains("--gateway-max-report-age"));
+        let future = check_fresh("2026-01-15T12:10:01Z", now, hour, skew).unwrap_err();
+        assert!(matches!(future, Staleness::Future { .. }), "{future}");
+        assert!(future.to_string().contains("--gateway-max-clock-skew"));
+        assert!(matches!(
+            check_fresh("2020-01-01T00:00:00Z", now, hour, skew),
+            Err(Staleness::TooOld { .. })
+        ));
+        assert!(matches!(
+            check_fresh("2099-01-01T00:00:00Z", now, hour, skew),
+            Err(Staleness::Future { .. })
+        ));
+        assert!(matches!(
+            check_fresh("yesterday", now, hour, skew),
+            Err(Staleness::Unreadable(_))
+        ));
+    }
+
     use super::*;
     use recast_crds::report::{CrashEvent, CrashSource, UpdateEvent};
 

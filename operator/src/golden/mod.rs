@@ -5,10 +5,16 @@
 //! module is the I/O around them.
 //!
 //! Safety rule: bytes reach `images/<sha256>.wim`, the only place the boot service serves
-//! images from, only after a verification of exactly those bytes said Verified.
+//! images from, only after a verification of exactly those bytes said Verified. Until then they
+//! wait in a staging directory outside the boot root, and what a source may reach at all is
+//! decided by [`source`].
+//!
+//! Each image's fetch and check runs as its own task: a slow or stalled source holds up only
+//! its own image, never another's.
 
 pub mod decide;
 pub mod fetch;
+pub mod source;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,7 +29,15 @@ use tokio::sync::watch;
 use crate::controller::{Backend, BackendError};
 use crate::core::lifecycle::{Notice, NoticeType};
 use decide::Work;
-use fetch::{ArtifactStore, FetchProgress};
+use fetch::{ArtifactStore, FetchError, FetchProgress};
+use source::SourcePolicy;
+
+/// Where the controller puts bytes and what sources may reach.
+#[derive(Clone, Debug)]
+pub struct ImageConfig {
+    pub store: ArtifactStore,
+    pub sources: SourcePolicy,
+}
 
 /// What the image controller needs from a store, beyond the endpoint [`Backend`].
 pub trait ImageBackend: Backend {
@@ -50,8 +64,17 @@ const POLL: Duration = Duration::from_secs(2);
 const FLEET_EVERY: Duration = Duration::from_secs(30);
 /// How often a long fetch or check logs its progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// Verifications (CPU: sha256 and WIM parsing) at once; fetches are not limited, they wait
+/// on the network.
+const VERIFY_SLOTS: usize = 2;
 
 type ImageKey = (String, String);
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every update of the guarded maps is a single insert or remove: a poisoned lock still
+    // holds a consistent map.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 fn key(gi: &GoldenImage) -> ImageKey {
     (
@@ -66,7 +89,14 @@ fn key(gi: &GoldenImage) -> ImageKey {
 pub struct ImageController<B: ImageBackend> {
     backend: Arc<B>,
     store: ArtifactStore,
+    sources: Arc<SourcePolicy>,
     http: reqwest::Client,
+    /// Images whose fetch or check is running, with the generation it is for: a pass starts
+    /// none twice, and an edited spec replaces a running fetch of the old one.
+    inflight: std::sync::Mutex<HashMap<ImageKey, (Option<i64>, tokio::task::AbortHandle)>>,
+    /// A check finished since the fleet facts were last refreshed.
+    checked: AtomicBool,
+    verify_slots: tokio::sync::Semaphore,
     /// Set on shutdown: a running check stops at its next chunk.
     cancel: Arc<AtomicBool>,
     /// Per image: failed fetches or checks in a row.
@@ -89,80 +119,150 @@ struct Checked {
 }
 
 impl<B: ImageBackend> ImageController<B> {
-    pub fn new(backend: Arc<B>, store: ArtifactStore) -> Result<Self, String> {
-        // reqwest is built without a default TLS provider; ring is the one kube already uses.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .read_timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|e| format!("cannot build the image fetch client: {e}"))?;
+    pub fn new(backend: Arc<B>, config: ImageConfig) -> Result<Self, String> {
+        let sources = Arc::new(config.sources);
+        let http = fetch::client(&sources)?;
         Ok(ImageController {
             backend,
-            store,
+            store: config.store,
+            sources,
             http,
+            inflight: Default::default(),
+            checked: AtomicBool::new(false),
+            verify_slots: tokio::sync::Semaphore::new(VERIFY_SLOTS),
             cancel: Arc::new(AtomicBool::new(false)),
             backoff: Default::default(),
         })
     }
 
-    /// Runs passes until `shutdown` turns true.
+    /// Runs until `shutdown` turns true: every POLL, starts a task for each image that needs
+    /// a fetch or check and has none running, and refreshes the fleet facts after a check or
+    /// every FLEET_EVERY.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        tracing::info!(store = %self.store.root.display(), "golden-image controller started");
+        tracing::info!(store = %self.store.root.display(), staging = %self.store.staging.display(), "golden-image controller started");
         let mut last_fleet = Instant::now() - FLEET_EVERY;
         loop {
             if *shutdown.borrow() {
-                self.cancel.store(true, Ordering::SeqCst);
-                return;
+                break;
             }
-            let fleet = last_fleet.elapsed() >= FLEET_EVERY;
-            let this = self.clone();
-            // A check can run for minutes; shutdown cancels it instead of waiting.
-            let pass = tokio::spawn(async move { this.pass(fleet).await });
-            tokio::select! {
-                r = pass => match r {
-                    Ok(Ok(checked)) => {
-                        if fleet || checked { last_fleet = Instant::now(); }
+            match self.start_work().await {
+                Ok(leader) => {
+                    let checked = self.checked.swap(false, Ordering::SeqCst);
+                    if leader && (checked || last_fleet.elapsed() >= FLEET_EVERY) {
+                        match self.backend.all_golden_images().await {
+                            Ok(images) => match self.refresh_fleet_facts(&images).await {
+                                Ok(()) => last_fleet = Instant::now(),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "golden-image fleet refresh failed; retrying")
+                                }
+                            },
+                            Err(e) => {
+                                tracing::warn!(error = %e, "golden-image fleet refresh failed; retrying")
+                            }
+                        }
                     }
-                    Ok(Err(e)) => tracing::warn!(error = %e, "golden-image pass failed; retrying"),
-                    Err(e) => tracing::error!(error = %e, "golden-image pass panicked"),
-                },
-                _ = shutdown.changed() => {
-                    self.cancel.store(true, Ordering::SeqCst);
-                    return;
                 }
+                Err(e) => tracing::warn!(error = %e, "golden-image pass failed; retrying"),
             }
             tokio::select! {
                 _ = tokio::time::sleep(POLL) => {}
                 _ = shutdown.changed() => {}
             }
         }
+        // A check can run for minutes and a fetch for hours: shutdown stops them.
+        self.cancel.store(true, Ordering::SeqCst);
+        for (_, (_, task)) in lock(&self.inflight).drain() {
+            task.abort();
+        }
     }
 
-    /// One pass: fetch and check what needs it, then (when `fleet`, or after a check) refresh
+    /// The work due now: images that need a fetch or check, are not backing off, and have
+    /// no task running for their current generation.
+    fn due(&self, images: Vec<GoldenImage>, leader: bool) -> Vec<(GoldenImage, Work)> {
+        let mut out = Vec::new();
+        for gi in images {
+            let cached = decide::served_digest(&gi).is_some_and(|d| self.store.has_image(d));
+            let work = decide::work(&gi, cached);
+            let wanted = match work {
+                Work::Verify => leader,
+                Work::Recache => true,
+                Work::None => false,
+            };
+            if !wanted || self.backing_off(&gi) {
+                continue;
+            }
+            let running = lock(&self.inflight)
+                .get(&key(&gi))
+                .map(|(generation, task)| (*generation, task.is_finished()));
+            match running {
+                Some((generation, false)) if generation == gi.metadata.generation => continue,
+                // A fetch of a spec that has since changed: its result would be thrown away.
+                Some((_, false)) => {
+                    if let Some((_, task)) = lock(&self.inflight).remove(&key(&gi)) {
+                        task.abort();
+                    }
+                }
+                _ => {}
+            }
+            out.push((gi, work));
+        }
+        out
+    }
+
+    /// Starts a task for each piece of due work and returns at once (whether this replica
+    /// leads).
+    async fn start_work(self: &Arc<Self>) -> Result<bool, BackendError> {
+        let leader = self.backend.ensure_leader().is_ok();
+        let images = self.backend.all_golden_images().await?;
+        // Finished tasks (and deleted images') leave their entries behind: drop them.
+        lock(&self.inflight).retain(|_, (_, task)| !task.is_finished());
+        for (gi, work) in self.due(images, leader) {
+            let this = self.clone();
+            let k = key(&gi);
+            let generation = gi.metadata.generation;
+            let mut inflight = lock(&self.inflight);
+            let task = tokio::spawn(async move {
+                match this.work_on(&gi, work, leader).await {
+                    Ok(true) => this.checked.store(true, Ordering::SeqCst),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "golden-image work failed; retrying"),
+                }
+            });
+            inflight.insert(k, (generation, task.abort_handle()));
+        }
+        Ok(leader)
+    }
+
+    /// One image's fetch or check. Returns whether a verdict was written.
+    async fn work_on(
+        &self,
+        gi: &GoldenImage,
+        work: Work,
+        leader: bool,
+    ) -> Result<bool, BackendError> {
+        match work {
+            Work::Verify if leader => Ok(self.verify_generation(gi).await?.is_some()),
+            Work::Recache => self.recache(gi, leader).await.map(|()| false),
+            _ => Ok(false),
+        }
+    }
+
+    /// One pass that waits for its work (tests, and tools that want a settled answer): runs
+    /// every due fetch and check concurrently, then (when `fleet`, or after a check) refreshes
     /// KnownGood, channels and readyEndpoints. Returns whether the fleet facts were refreshed.
     pub async fn pass(&self, fleet: bool) -> Result<bool, BackendError> {
         let leader = self.backend.ensure_leader().is_ok();
-        let mut images = self.backend.all_golden_images().await?;
+        let images = self.backend.all_golden_images().await?;
+        let due = self.due(images, leader);
+        let results =
+            futures::future::join_all(due.iter().map(|(gi, work)| self.work_on(gi, *work, leader)))
+                .await;
         let mut checked_any = false;
-        for gi in &mut images {
-            let cached = decide::served_digest(gi).is_some_and(|d| self.store.has_image(d));
-            let work = decide::work(gi, cached);
-            if work == Work::None || self.backing_off(gi) {
-                continue;
-            }
-            match work {
-                Work::Verify if leader => {
-                    if let Some(status) = self.verify_generation(gi).await? {
-                        gi.status = Some(status);
-                        checked_any = true;
-                    }
-                }
-                Work::Recache => self.recache(gi, leader).await?,
-                _ => {}
-            }
+        for r in results {
+            checked_any |= r?;
         }
         if leader && (fleet || checked_any) {
+            let images = self.backend.all_golden_images().await?;
             self.refresh_fleet_facts(&images).await?;
             return Ok(true);
         }
@@ -170,13 +270,13 @@ impl<B: ImageBackend> ImageController<B> {
     }
 
     fn backing_off(&self, gi: &GoldenImage) -> bool {
-        let map = self.backoff.lock().expect("backoff lock");
+        let map = lock(&self.backoff);
         map.get(&key(gi))
             .is_some_and(|b| b.generation == gi.metadata.generation && Instant::now() < b.retry_at)
     }
 
     fn note_failure(&self, gi: &GoldenImage) -> Duration {
-        let mut map = self.backoff.lock().expect("backoff lock");
+        let mut map = lock(&self.backoff);
         let fresh = || Backoff {
             failures: 0,
             retry_at: Instant::now(),
@@ -195,11 +295,11 @@ impl<B: ImageBackend> ImageController<B> {
     /// Forgets every backoff (tests, and an operator who fixed a source and wants a retry now
     /// would restart the process, which does the same).
     pub fn forget_backoff(&self) {
-        self.backoff.lock().expect("backoff lock").clear();
+        lock(&self.backoff).clear();
     }
 
     fn note_success(&self, gi: &GoldenImage) {
-        self.backoff.lock().expect("backoff lock").remove(&key(gi));
+        lock(&self.backoff).remove(&key(gi));
     }
 
     /// Checks the current spec and writes the result. Returns the status written (None when
@@ -307,7 +407,7 @@ impl<B: ImageBackend> ImageController<B> {
         let (path, staged) = if self.store.has_image(&sha) {
             (self.store.image(&sha), false)
         } else {
-            let staging = self.store.staging(&sha);
+            let staging = self.store.staging(&sha, &ns, &name);
             let mut last = Instant::now();
             let mut log = |p: FetchProgress| {
                 if last.elapsed() >= PROGRESS_EVERY {
@@ -315,9 +415,24 @@ impl<B: ImageBackend> ImageController<B> {
                     tracing::info!(image = %image_name, done = p.done, total = ?p.total, "fetching golden image");
                 }
             };
-            if let Err(e) = fetch::fetch(&self.http, &gi.spec.source, &staging, &mut log).await {
+            if let Err(e) = fetch::fetch(
+                &self.http,
+                &self.sources,
+                &gi.spec.source,
+                &staging,
+                &mut log,
+            )
+            .await
+            {
+                // A refusal is retried with backoff like a failed fetch (it costs nothing), so
+                // an operator who adds the flag it names sees the image checked after a restart.
+                let reason = match e {
+                    FetchError::Refused(_) => "SourceRefused",
+                    FetchError::TooLarge { .. } => "SourceTooLarge",
+                    _ => "FetchFailed",
+                };
                 return Checked {
-                    verdict: (ConditionStatus::Unknown, "FetchFailed", e.to_string()),
+                    verdict: (ConditionStatus::Unknown, reason, e.to_string()),
                     facts: None,
                     digest: None,
                 };
@@ -336,6 +451,8 @@ impl<B: ImageBackend> ImageController<B> {
         };
         let cancel = self.cancel.clone();
         let name = image_name.clone();
+        // A closed semaphore never happens (it is never closed); go on without a slot if so.
+        let _slot = self.verify_slots.acquire().await.ok();
         let result = tokio::task::spawn_blocking(move || {
             let mut last = Instant::now();
             recast_golden::verify_image(&request, &cancel, &mut |p| {

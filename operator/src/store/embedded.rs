@@ -157,11 +157,16 @@ fn now_rfc3339() -> String {
 impl EmbeddedStore {
     /// Opens (creating when absent) the store in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+        // recast.db holds BMC passwords: owner-only, whatever the umask.
+        super::private::private_dir(data_dir).map_err(|source| StoreError::DataDir {
             path: data_dir.to_path_buf(),
             source,
         })?;
         let path = data_dir.join(DB_FILE);
+        super::private::private_db_file(&path).map_err(|source| StoreError::DataDir {
+            path: path.clone(),
+            source,
+        })?;
         let foreign = |why: String| StoreError::Foreign {
             path: path.clone(),
             why,

@@ -328,6 +328,9 @@ impl Site {
             .args(["--bmc-watch-interval", "5s"])
             .args(["--boot-http", BOOT_HTTP, "--boot-root"])
             .arg(&self.root)
+            // The golden WIM is a local file: its directory must be an allowed source root.
+            .arg("--image-source-root")
+            .arg(self.dir.join("golden"))
             .args(["--imaging-environment", "linux", "--dhcp", "proxy"])
             .args(["--dhcp-server-ip", BOOT_IP, "--dhcp-interface", "vr0"])
             .args(["--gateway-listen", "127.0.0.1:8443", "--gateway-cert"])
