@@ -627,6 +627,8 @@ pub struct KubeOptions {
     pub image_store: Option<std::path::PathBuf>,
     /// How often silent endpoints' BMC event logs are read.
     pub bmc_watch_interval: Duration,
+    /// Limits of the image controller's sandboxed deep check.
+    pub deep_check_limits: recast_golden::sandbox::Limits,
 }
 
 /// Runs the endpoint controller while this replica holds the lease, until `shutdown`.
@@ -649,7 +651,8 @@ pub async fn run<P: PowerControl>(
         let images = crate::golden::ImageController::new(
             backend.clone(),
             crate::golden::fetch::ArtifactStore { root: root.clone() },
-        )?;
+        )?
+        .with_deep_check_limits(opts.deep_check_limits);
         tokio::spawn(Arc::new(images).run(shutdown.clone()));
     }
     let ctrl = Arc::new(
