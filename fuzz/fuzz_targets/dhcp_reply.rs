@@ -32,7 +32,11 @@ fn request(u: &mut Unstructured<'_>, mac: [u8; 6]) -> Result<Vec<u8>> {
         .set_xid(u.arbitrary()?)
         .set_flags(v4::Flags::new(u.arbitrary()?))
         .set_ciaddr(ip(u)?)
-        .set_giaddr(if u.arbitrary()? { ip(u)? } else { Ipv4Addr::UNSPECIFIED })
+        .set_giaddr(if u.arbitrary()? {
+            ip(u)?
+        } else {
+            Ipv4Addr::UNSPECIFIED
+        })
         .set_chaddr(&mac);
     let kind = *u.choose(&[
         MessageType::Discover,
@@ -70,9 +74,19 @@ fn config(u: &mut Unstructured<'_>, mac: &str) -> Result<DhcpConfig> {
     let mode = if u.arbitrary()? {
         Mode::Proxy
     } else {
-        let hostname = if u.arbitrary()? { Some(text(u, 300)?) } else { None };
+        let hostname = if u.arbitrary()? {
+            Some(text(u, 300)?)
+        } else {
+            None
+        };
         Mode::Full {
-            leases: HashMap::from([(mac.to_string(), Lease { ip: ip(u)?, hostname })]),
+            leases: HashMap::from([(
+                mac.to_string(),
+                Lease {
+                    ip: ip(u)?,
+                    hostname,
+                },
+            )]),
             subnet_mask: ip(u)?,
             router: if u.arbitrary()? { Some(ip(u)?) } else { None },
             dns: (0..u.int_in_range(0..=70)?)

@@ -7,8 +7,7 @@ use libfuzzer_sys::fuzz_target;
 use recast_bmc::events;
 use recast_bmc::model::{
     self, BootMode, NetworkBoot, OverrideCheck, PowerAction, action_info_reset_types,
-    check_override, choose_reset, choose_system, collection_members, override_patch,
-    parse_system,
+    check_override, choose_reset, choose_system, collection_members, override_patch, parse_system,
 };
 use serde_json::Value;
 

@@ -117,7 +117,11 @@ impl std::fmt::Display for KillReason {
                 tail(stderr)
             ),
             KillReason::Exited { code, stderr } => {
-                write!(f, "it exited with status {code} and no result{}", tail(stderr))
+                write!(
+                    f,
+                    "it exited with status {code} and no result{}",
+                    tail(stderr)
+                )
             }
             KillReason::BadReply { message } => write!(f, "its reply was unreadable: {message}"),
         }
@@ -510,8 +514,15 @@ fn limit_child(limits: &Limits) -> std::io::Result<()> {
     set(libc::RLIMIT_FSIZE, limits.file_bytes, limits.file_bytes)?;
     set(libc::RLIMIT_CORE, 0, 0)?;
     // SAFETY: prctl with integer arguments only.
-    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) }
-        != 0
+    if unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    } != 0
     {
         return Err(std::io::Error::last_os_error());
     }

@@ -140,20 +140,32 @@ fn sandbox_kills_each_hostile_behaviour_with_its_reason() {
     assert!(n >= 1, "{n} manifests");
 
     // A crash in the parser (here: abort) is a kill with the signal, not a dead operator.
-    match killed(deep(&sandbox(Some(&hook("abort")), small_limits()), &wim, &never)) {
+    match killed(deep(
+        &sandbox(Some(&hook("abort")), small_limits()),
+        &wim,
+        &never,
+    )) {
         KillReason::Crashed { signal, .. } => assert_eq!(signal, libc::SIGABRT),
         other => panic!("{other:?}"),
     }
 
     // Memory: allocation fails at the address-space limit.
     assert_eq!(
-        killed(deep(&sandbox(Some(&hook("alloc")), small_limits()), &wim, &never)),
+        killed(deep(
+            &sandbox(Some(&hook("alloc")), small_limits()),
+            &wim,
+            &never
+        )),
         KillReason::MemoryLimit { limit_mib: 512 }
     );
 
     // An endless loop: SIGXCPU at the CPU limit.
     assert_eq!(
-        killed(deep(&sandbox(Some(&hook("spin")), small_limits()), &wim, &never)),
+        killed(deep(
+            &sandbox(Some(&hook("spin")), small_limits()),
+            &wim,
+            &never
+        )),
         KillReason::CpuLimit { seconds: 2 }
     );
 
@@ -171,7 +183,11 @@ fn sandbox_kills_each_hostile_behaviour_with_its_reason() {
 
     // Filling the disk: SIGXFSZ at the file-size limit.
     assert_eq!(
-        killed(deep(&sandbox(Some(&hook("bigfile")), small_limits()), &wim, &never)),
+        killed(deep(
+            &sandbox(Some(&hook("bigfile")), small_limits()),
+            &wim,
+            &never
+        )),
         KillReason::FileSizeLimit { limit_mib: 64 }
     );
 
@@ -183,7 +199,11 @@ fn sandbox_kills_each_hostile_behaviour_with_its_reason() {
         c.store(true, Ordering::SeqCst);
     });
     let start = Instant::now();
-    let r = deep(&sandbox(Some(&hook("sleep")), small_limits()), &wim, &cancel);
+    let r = deep(
+        &sandbox(Some(&hook("sleep")), small_limits()),
+        &wim,
+        &cancel,
+    );
     setter.join().unwrap();
     assert!(
         matches!(&r, Err(e) if e.kind() == DeepFailureKind::Cancelled),
@@ -236,7 +256,10 @@ fn sandbox_child_inherits_no_descriptors_no_environment_and_has_its_limits() {
             .to_string()
     };
     // 0-2, plus the one read_dir holds while listing /proc/self/fd.
-    let fds: Vec<u32> = field("fds").split(',').map(|f| f.parse().unwrap()).collect();
+    let fds: Vec<u32> = field("fds")
+        .split(',')
+        .map(|f| f.parse().unwrap())
+        .collect();
     assert_eq!(fds.len(), 4, "descriptors {fds:?} (leaked {fd})");
     assert!(!fds.contains(&(fd as u32)) || fd <= 3, "{fds:?} has {fd}");
     // Only the hook variable env(1) added, TMPDIR, and nothing of ours.
@@ -390,7 +413,11 @@ fn operator_refuses_hostile_wims_and_stays_up() {
         ("crash", Some("abort"), "crashed with signal 6 (SIGABRT)"),
         ("hog", Some("alloc"), "ran out of its 512 MiB memory limit"),
         ("spin", Some("spin"), "used up its 3 s CPU-time limit"),
-        ("hang", Some("sleep"), "still running after its 8 s deadline"),
+        (
+            "hang",
+            Some("sleep"),
+            "still running after its 8 s deadline",
+        ),
         (
             "zip-bomb",
             None,
@@ -435,9 +462,12 @@ fn operator_refuses_hostile_wims_and_stays_up() {
 
     // The same process then verifies a good image.
     apply_image(&store, "good", &good, &good_sha);
-    let (status, reason, message) =
-        wait_verdict(&mut op, &store, "good", Duration::from_secs(120));
-    assert_eq!((status.as_str(), reason.as_str()), ("True", "Verified"), "{message}");
+    let (status, reason, message) = wait_verdict(&mut op, &store, "good", Duration::from_secs(120));
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "Verified"),
+        "{message}"
+    );
     assert!(data.join(format!("boot/images/{good_sha}.wim")).is_file());
     assert!(op.alive());
 
