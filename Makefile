@@ -10,7 +10,7 @@ DATA_DIR    ?= $(CURDIR)/.recast-data
 # performing them. POWER_DRIVER=redfish drives real BMCs.
 POWER_DRIVER ?= record
 
-.PHONY: all build run test e2e attacks redfish-setup lint fmt docs crds crds-check image helm-setup bench-controller bench-boot bench-images bench-gateway k8s-build k8s-demo k8s-up k8s-down clean help
+.PHONY: all build run test e2e attacks fuzz redfish-setup lint fmt docs crds crds-check image helm-setup bench-controller bench-boot bench-images bench-gateway k8s-build k8s-demo k8s-up k8s-down clean help
 
 all: build
 
@@ -33,6 +33,11 @@ e2e: ## The whole loop end to end under faults, embedded and on the apiserver (r
 
 attacks: ## The attack suite (operator/tests/attack_*.rs): each takeover path of docs/security.md, performed against the real binaries (part of `make test`)
 	tests/run-tests.sh -p recast-operator --test 'attack_*'
+
+FUZZ_SECONDS ?= 20
+
+fuzz: ## Every fuzz target for $(FUZZ_SECONDS) s each (libFuzzer + ASan on the stable toolchain, fuzz/run.sh; CI runs it)
+	fuzz/run.sh $(FUZZ_SECONDS)
 
 redfish-setup: ## Install the Redfish test peer (sushy-tools in a venv under ~/.cache/recast/sushy)
 	tests/redfish/setup.sh

@@ -1,7 +1,7 @@
 //! `build.UBR` version numbers such as 26100.7623, as Windows reports them (winver, the
 //! registry's CurrentBuild + UBR) and as the GoldenImage spec writes its minimum.
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A Windows build and update build revision. Ordered by build, then UBR.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -61,6 +61,14 @@ impl std::str::FromStr for Build {
 impl Serialize for Build {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
+    }
+}
+
+/// The deep check's sandboxed child sends its evidence back as JSON.
+impl<'de> Deserialize<'de> for Build {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Build, D::Error> {
+        let s = String::deserialize(d)?;
+        Build::parse(&s).map_err(serde::de::Error::custom)
     }
 }
 

@@ -81,6 +81,62 @@ pub enum DeepError {
         "{path}: the wim library crashed while reading image {index}; the file is damaged or hostile: run `wimlib-imagex verify` on it, and rebuild it"
     )]
     LibraryPanicked { path: PathBuf, index: u32 },
+    /// The sandboxed child ([`crate::sandbox`]) reported one of the errors above; `kind` keeps
+    /// its class so the verdict is the same as in-process.
+    #[error("{message}")]
+    Child {
+        kind: DeepFailureKind,
+        message: String,
+    },
+    #[error(
+        "{path}: the sandboxed deep check of image {index} was killed: {why}; a WIM that does this is damaged or hostile: run `wimlib-imagex verify` on it and rebuild it (a genuine image that needs more: raise the operator's --deep-check-* limits)"
+    )]
+    Killed {
+        path: PathBuf,
+        index: u32,
+        why: crate::sandbox::KillReason,
+    },
+    #[error(
+        "cannot run the sandboxed deep check ({program}): {message}; check that the operator binary is intact and TMPDIR is writable"
+    )]
+    Sandbox { program: PathBuf, message: String },
+}
+
+/// The class of a deep-check failure: what it means for the image's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum DeepFailureKind {
+    /// The WIM is not a readable, well-formed archive.
+    Malformed,
+    /// The image has no servicing store.
+    NotWindows,
+    Cancelled,
+    /// Killed by the sandbox (memory, CPU, time, a crash): refused like a malformed file.
+    Killed,
+    /// Anything else (I/O, temporary space, a missing image or split part): worth a retry.
+    Other,
+}
+
+impl DeepError {
+    pub fn kind(&self) -> DeepFailureKind {
+        match self {
+            DeepError::Open { .. }
+            | DeepError::Extract { .. }
+            | DeepError::Verify { .. }
+            | DeepError::Manifest(_)
+            | DeepError::TooManyManifests { .. }
+            | DeepError::LibraryPanicked { .. } => DeepFailureKind::Malformed,
+            DeepError::NotWindows { .. } => DeepFailureKind::NotWindows,
+            DeepError::Cancelled { .. } => DeepFailureKind::Cancelled,
+            DeepError::Killed { .. } => DeepFailureKind::Killed,
+            DeepError::Child { kind, .. } => *kind,
+            DeepError::Reference { .. }
+            | DeepError::NoSuchImage { .. }
+            | DeepError::Temp(_)
+            | DeepError::Read { .. }
+            | DeepError::Sandbox { .. } => DeepFailureKind::Other,
+        }
+    }
 }
 
 /// Phases of the deep check, for progress display.

@@ -13,6 +13,7 @@ pub mod build;
 pub mod deep;
 pub mod header;
 pub mod inspect;
+pub mod sandbox;
 pub mod servicing;
 #[cfg(feature = "crds")]
 pub mod spec;
@@ -27,7 +28,7 @@ use serde::Serialize;
 
 pub use build::Build;
 pub use inspect::{Inspection, inspect};
-pub use servicing::{DeepVerdict, Requirements};
+pub use servicing::{DeepVerdict, Requirements, ServicingEvidence};
 pub use verify::{Integrity, StreamReport};
 
 /// What to verify.
@@ -105,32 +106,57 @@ impl VerifyImageError {
         match self {
             VerifyImageError::Inspect(e) => !matches!(e, inspect::InspectError::Io { .. }),
             VerifyImageError::Stream(verify::VerifyError::BadIntegrityTable { .. }) => true,
-            VerifyImageError::Deep(
-                deep::DeepError::Open { .. }
-                | deep::DeepError::Extract { .. }
-                | deep::DeepError::Verify { .. }
-                | deep::DeepError::Manifest(_)
-                | deep::DeepError::TooManyManifests { .. }
-                | deep::DeepError::LibraryPanicked { .. },
-            ) => true,
+            VerifyImageError::Deep(e) => e.kind() == deep::DeepFailureKind::Malformed,
             _ => false,
         }
     }
 
     pub fn is_cancelled(&self) -> bool {
-        matches!(
-            self,
-            VerifyImageError::Stream(verify::VerifyError::Cancelled { .. })
-                | VerifyImageError::Deep(deep::DeepError::Cancelled { .. })
-        )
+        match self {
+            VerifyImageError::Stream(verify::VerifyError::Cancelled { .. }) => true,
+            VerifyImageError::Deep(e) => e.kind() == deep::DeepFailureKind::Cancelled,
+            _ => false,
+        }
+    }
+
+    /// The sandbox killed the deep check (memory, CPU or time limit, or a crash).
+    pub fn is_killed(&self) -> bool {
+        matches!(self, VerifyImageError::Deep(e) if e.kind() == deep::DeepFailureKind::Killed)
+    }
+
+    pub fn is_not_windows(&self) -> bool {
+        matches!(self, VerifyImageError::Deep(e) if e.kind() == deep::DeepFailureKind::NotWindows)
     }
 }
 
-/// Inspects, hashes and (when asked) deep-checks a WIM.
+/// Runs the deep check of image `index` of the WIM at `path`: [`deep::collect_evidence`] in
+/// this process, or [`sandbox::Sandbox::collect_evidence`] in a limited child.
+pub type DeepCheck<'a> = dyn FnMut(
+        &std::path::Path,
+        u32,
+        &deep::DeepOptions,
+        &AtomicBool,
+        &mut dyn FnMut(deep::DeepPhase),
+    ) -> Result<ServicingEvidence, deep::DeepError>
+    + 'a;
+
+/// Inspects, hashes and (when asked) deep-checks a WIM, all in this process.
 pub fn verify_image(
     request: &VerifyRequest,
     cancel: &AtomicBool,
     progress: &mut dyn FnMut(VerifyProgress),
+) -> Result<VerifyReport, VerifyImageError> {
+    verify_image_with(request, cancel, progress, &mut deep::collect_evidence)
+}
+
+/// [`verify_image`] with the deep check (the third-party WIM parser) run by `deep_check`,
+/// such as a [`sandbox::Sandbox`]. recast's own header and XML readers and the hashing stay
+/// in this process: they are bounded, safe code.
+pub fn verify_image_with(
+    request: &VerifyRequest,
+    cancel: &AtomicBool,
+    progress: &mut dyn FnMut(VerifyProgress),
+    deep_check: &mut DeepCheck<'_>,
 ) -> Result<VerifyReport, VerifyImageError> {
     let inspection = inspect(&request.path)?;
     let image = inspection
@@ -194,7 +220,7 @@ pub fn verify_image(
         });
     }
     let deep = if request.deep {
-        let evidence = deep::collect_evidence(
+        let evidence = deep_check(
             &request.path,
             request.image_index,
             &deep::DeepOptions {

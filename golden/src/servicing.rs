@@ -23,7 +23,7 @@ pub const MICROSOFT_TOKEN: &str = "31bf3856ad364e35";
 pub const MAX_MUM_BYTES: u64 = 8 * 1024 * 1024;
 
 /// A `Package_for_RollupFix` manifest.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RollupPackage {
     pub file_name: String,
@@ -134,7 +134,7 @@ fn strip_suffix_ci<'a>(s: &'a str, suffix: &str) -> Option<&'a str> {
 }
 
 /// What the servicing store holds.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServicingEvidence {
     /// Every RollupFix package, highest build first.

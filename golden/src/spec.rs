@@ -134,15 +134,10 @@ pub fn verified_condition(
         },
         Err(e) if e.is_cancelled() => (ConditionStatus::Unknown, "Cancelled", e.to_string()),
         Err(e) if e.is_malformed() => (ConditionStatus::False, "MalformedImage", e.to_string()),
-        Err(VerifyImageError::Deep(crate::deep::DeepError::NotWindows { .. })) => (
-            ConditionStatus::False,
-            "NotWindows",
-            result
-                .as_ref()
-                .err()
-                .map(ToString::to_string)
-                .unwrap_or_default(),
-        ),
+        // A WIM that exhausts the sandbox's limits or crashes the parser is refused for this
+        // generation, not retried: every retry would cost the same again.
+        Err(e) if e.is_killed() => (ConditionStatus::False, "DeepCheckKilled", e.to_string()),
+        Err(e) if e.is_not_windows() => (ConditionStatus::False, "NotWindows", e.to_string()),
         Err(e) => (ConditionStatus::Unknown, "CheckFailed", e.to_string()),
     }
 }

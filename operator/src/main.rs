@@ -91,6 +91,23 @@ enum Command {
         gateway: GatewayArgs,
         #[command(flatten)]
         images: ImageArgs,
+        #[command(flatten)]
+        deep_check: DeepCheckArgs,
+    },
+
+    /// Internal: one sandboxed deep check of a golden WIM (the GoldenImage controller starts
+    /// it with resource limits and reads its JSON reply).
+    #[command(hide = true)]
+    DeepCheck {
+        /// 1-based image index.
+        #[arg(long)]
+        index: u32,
+        /// Other parts of a split WIM.
+        #[arg(long = "part")]
+        parts: Vec<PathBuf>,
+        #[arg(long)]
+        full_verify: bool,
+        wim: PathBuf,
     },
 
     /// Issue (or rotate) and revoke agent gateway tokens (embedded backend's data directory).
@@ -455,6 +472,42 @@ impl ImageArgs {
     }
 }
 
+/// Limits of the sandboxed deep check: the child process that runs the third-party WIM
+/// parser on each golden image. A WIM that exceeds one is refused (Verified=False,
+/// DeepCheckKilled).
+#[derive(clap::Args, Clone)]
+struct DeepCheckArgs {
+    /// Address space of the deep check, in MiB.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(64..))]
+    deep_check_memory_mib: u64,
+    /// CPU time of the deep check, in seconds.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    deep_check_cpu_seconds: u64,
+    /// Wall-clock time before the deep check is killed, such as 15m.
+    #[arg(long, default_value = "15m")]
+    deep_check_timeout: String,
+}
+
+impl DeepCheckArgs {
+    fn limits(&self) -> Result<recast_golden::sandbox::Limits, String> {
+        let wall = recast_crds::duration::parse(&self.deep_check_timeout)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                format!(
+                    "--deep-check-timeout {:?} is not a duration such as 15m or 30s",
+                    self.deep_check_timeout
+                )
+            })?;
+        Ok(recast_golden::sandbox::Limits {
+            memory_bytes: self.deep_check_memory_mib << 20,
+            cpu_seconds: self.deep_check_cpu_seconds,
+            wall,
+            ..Default::default()
+        })
+    }
+}
+
 /// Leader election on the kube backend.
 #[derive(clap::Args, Clone)]
 struct KubeArgs {
@@ -602,6 +655,19 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::DeepCheck {
+            index,
+            parts,
+            full_verify,
+            wim,
+        } => recast_operator::golden::deep_check_main(&recast_golden::sandbox::ChildRequest {
+            path: wim,
+            index,
+            options: recast_golden::deep::DeepOptions {
+                split_parts: parts,
+                full_verify,
+            },
+        }),
         Command::Run {
             backend,
             role,
@@ -614,6 +680,7 @@ fn main() -> ExitCode {
             boot,
             gateway,
             images,
+            deep_check,
         } => {
             init_tracing();
             let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -638,6 +705,7 @@ fn main() -> ExitCode {
                 boot_args: boot,
                 gateway_args: gateway,
                 image_args: images,
+                deep_check,
             })) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -674,6 +742,7 @@ struct RunOptions {
     boot_args: BootArgs,
     gateway_args: GatewayArgs,
     image_args: ImageArgs,
+    deep_check: DeepCheckArgs,
 }
 
 async fn run(opts: RunOptions) -> Result<(), String> {
@@ -689,7 +758,9 @@ async fn run(opts: RunOptions) -> Result<(), String> {
         boot_args,
         gateway_args,
         image_args,
+        deep_check,
     } = opts;
+    let deep_check_limits = deep_check.limits()?;
     let bmc_watch_interval = recast_crds::duration::parse(&bmc_watch_interval)
         .ok()
         .filter(|d| !d.is_zero())
@@ -766,7 +837,8 @@ async fn run(opts: RunOptions) -> Result<(), String> {
                 });
             }
             let images =
-                recast_operator::golden::ImageController::new(backend.clone(), image_store)?;
+                recast_operator::golden::ImageController::new(backend.clone(), image_store)?
+                    .with_deep_check_limits(deep_check_limits);
             tokio::spawn(Arc::new(images).run(stop_rx.clone()));
             if let Some(addr) = gateway_args.gateway_listen {
                 start_gateway(
@@ -813,6 +885,7 @@ async fn run(opts: RunOptions) -> Result<(), String> {
                 watch_namespace: kube_opts.watch_namespace.clone(),
                 control_namespace: kube_opts.control_namespace(),
                 image_store: Some(image_store),
+                deep_check_limits,
                 bmc_watch_interval,
             };
             if role == Role::Boot {
@@ -932,7 +1005,8 @@ async fn run_boot_role(
     if let Some(config) = &opts.image_store {
         // Each boot pod fetches and checks the WIMs it serves itself; it writes no status.
         let images =
-            recast_operator::golden::ImageController::new(backend.clone(), config.clone())?;
+            recast_operator::golden::ImageController::new(backend.clone(), config.clone())?
+                .with_deep_check_limits(opts.deep_check_limits);
         tokio::spawn(Arc::new(images).run(stop_rx.clone()));
     }
     tracing::info!(forward_to = %url, control_namespace = %opts.control_namespace, "boot role: read-only; inputs go to the operator");

@@ -772,6 +772,7 @@ fn a_tenant_cannot_claim_another_tenants_machine() {
             lease_grace: Duration::from_secs(1),
             watch_namespace: None,
             control_namespace: ctl.to_string(),
+            deep_check_limits: Default::default(),
         };
         let leader = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (backend, _) = KubeBackend::connect(client, &opts, leader).await.unwrap();

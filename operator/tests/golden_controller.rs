@@ -24,6 +24,10 @@ use recast_tests::wimlib::{self, DECEMBER_2025, JANUARY_2026};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+/// The controller runs its deep check in a child of the real operator binary (this test
+/// binary has no `deep-check` subcommand).
+const OPERATOR: &str = env!("CARGO_BIN_EXE_recast-operator");
+
 /// A WIM made by wimlib-imagex holding `rollup`'s RollupFix package (XML claims the same
 /// build), and its sha256.
 fn make_wim(dir: &Path, rollup: wimlib::BuildUbr) -> Option<(PathBuf, String)> {
@@ -145,7 +149,8 @@ fn fixture() -> Fixture {
         }),
         config,
     )
-    .unwrap();
+    .unwrap()
+    .with_deep_check_program(OPERATOR);
     Fixture {
         _dir: dir,
         store,
@@ -509,6 +514,7 @@ async fn on_the_apiserver_the_controller_verifies_and_promotes() {
     let opts = recast_operator::controller::kube::KubeOptions {
         image_store: None,
         bmc_watch_interval: recast_operator::controller::bmc_watch::DEFAULT_INTERVAL,
+        deep_check_limits: Default::default(),
         lease_namespace: ns.clone(),
         identity: "test".into(),
         lease_duration: std::time::Duration::from_secs(4),
@@ -523,7 +529,9 @@ async fn on_the_apiserver_the_controller_verifies_and_promotes() {
             .unwrap();
     let config = config(dir.path());
     let artifacts = config.store.clone();
-    let ctrl = ImageController::new(Arc::new(backend), config).unwrap();
+    let ctrl = ImageController::new(Arc::new(backend), config)
+        .unwrap()
+        .with_deep_check_program(OPERATOR);
     let get = || -> Value {
         serde_json::from_str(&k.kubectl_ok(&[
             "get",

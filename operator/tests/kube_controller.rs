@@ -563,6 +563,7 @@ async fn a_status_write_on_a_stale_spec_is_refused() {
     let opts = KubeOptions {
         image_store: None,
         bmc_watch_interval: recast_operator::controller::bmc_watch::DEFAULT_INTERVAL,
+        deep_check_limits: Default::default(),
         lease_namespace: site.ns.clone(),
         identity: "test".into(),
         lease_duration: Duration::from_secs(4),

@@ -49,6 +49,7 @@ impl Cluster {
         let opts = KubeOptions {
             image_store: None,
             bmc_watch_interval: recast_operator::controller::bmc_watch::DEFAULT_INTERVAL,
+            deep_check_limits: Default::default(),
             lease_namespace: self.ns.clone(),
             identity: "test".into(),
             lease_duration: Duration::from_secs(4),

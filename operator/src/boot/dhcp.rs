@@ -374,9 +374,12 @@ pub fn encode(request: &[u8], reply: &Reply, cfg: &DhcpConfig) -> Option<Vec<u8>
     if req.hlen() != 6 {
         return None;
     }
-    // `validate` keeps configured names short enough; this keeps a name that is not from
-    // panicking inside dhcproto.
     if reply.file.len() > MAX_BOOT_FILE {
+        tracing::warn!(
+            file = %reply.file,
+            len = reply.file.len(),
+            "not answering: the boot file name or URL is longer than the {MAX_BOOT_FILE} bytes a DHCP reply holds; shorten --boot-url (or the boot file names)"
+        );
         return None;
     }
     let mut msg = Message::default();
@@ -844,6 +847,36 @@ mod tests {
         other[28 + 5] = 0x99;
         let info = parse(&other).unwrap();
         assert_eq!(answer(&info, &local(), &c), None);
+    }
+
+    /// Found by the dhcp_reply fuzz target: a boot URL longer than the BOOTP `file` field
+    /// made dhcproto assert, which ended the DHCP task. Now that reply is not sent.
+    #[test]
+    fn a_boot_url_longer_than_the_file_field_is_refused_not_a_panic() {
+        let mut c = cfg(Mode::Proxy);
+        c.http_base = format!("http://{}.example:8081", "a".repeat(110));
+        for (arch, vendor, ipxe) in [
+            (Some(16), "HTTPClient:Arch:00016", false),
+            (Some(7), "PXEClient:Arch:00007", true),
+        ] {
+            let req = request(MessageType::Discover, arch, Some(vendor), ipxe);
+            let info = parse(&req).unwrap();
+            let r = answer(&info, &local(), &c).unwrap();
+            assert!(r.file.len() > MAX_BOOT_FILE, "{}", r.file);
+            assert_eq!(encode(&req, &r, &c), None);
+        }
+        // The longest name that fits still goes out.
+        c.http_base = "http://".to_string() + &"b".repeat(MAX_BOOT_FILE - 7 - "/boot.ipxe".len());
+        let req = request(
+            MessageType::Discover,
+            Some(7),
+            Some("PXEClient:Arch:00007"),
+            true,
+        );
+        let info = parse(&req).unwrap();
+        let r = answer(&info, &local(), &c).unwrap();
+        assert_eq!(r.file.len(), MAX_BOOT_FILE);
+        assert!(encode(&req, &r, &c).is_some());
     }
 
     #[test]

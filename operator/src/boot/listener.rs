@@ -194,7 +194,7 @@ pub fn percent_decode(s: &str) -> Option<String> {
 }
 
 /// Where the blank line ending a head is, if the buffer holds one.
-fn head_end(buf: &[u8]) -> Option<usize> {
+pub fn head_end(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
 }
 

@@ -831,6 +831,8 @@ pub struct KubeOptions {
     pub image_store: Option<crate::golden::ImageConfig>,
     /// How often silent endpoints' BMC event logs are read.
     pub bmc_watch_interval: Duration,
+    /// Limits of the image controller's sandboxed deep check.
+    pub deep_check_limits: recast_golden::sandbox::Limits,
 }
 
 /// Runs the endpoint controller while this replica holds the lease, until `shutdown`.
@@ -850,7 +852,8 @@ pub async fn run<P: PowerControl>(
     let backend = Arc::new(backend);
     if let Some(config) = &opts.image_store {
         // Every replica keeps its own cache filled; only the leader writes image status.
-        let images = crate::golden::ImageController::new(backend.clone(), config.clone())?;
+        let images = crate::golden::ImageController::new(backend.clone(), config.clone())?
+            .with_deep_check_limits(opts.deep_check_limits);
         tokio::spawn(Arc::new(images).run(shutdown.clone()));
     }
     let ctrl = Arc::new(

@@ -101,7 +101,12 @@ pub struct ImageController<B: ImageBackend> {
     cancel: Arc<AtomicBool>,
     /// Per image: failed fetches or checks in a row.
     backoff: std::sync::Mutex<HashMap<ImageKey, Backoff>>,
+    /// Runs the deep check (the third-party WIM parser) in a limited child process.
+    deep_check: recast_golden::sandbox::Sandbox,
 }
+
+/// The operator binary's hidden subcommand that runs one deep check ([`deep_check_main`]).
+pub const DEEP_CHECK_SUBCOMMAND: &str = "deep-check";
 
 /// Failed fetches or checks of one image in a row, and when to try again. It belongs to the
 /// generation that failed: an edited spec is tried at once.
@@ -132,7 +137,24 @@ impl<B: ImageBackend> ImageController<B> {
             verify_slots: tokio::sync::Semaphore::new(VERIFY_SLOTS),
             cancel: Arc::new(AtomicBool::new(false)),
             backoff: Default::default(),
+            deep_check: recast_golden::sandbox::Sandbox::this_binary(
+                DEEP_CHECK_SUBCOMMAND,
+                Default::default(),
+            ),
         })
+    }
+
+    /// The deep check's limits (the operator's --deep-check-* flags).
+    pub fn with_deep_check_limits(mut self, limits: recast_golden::sandbox::Limits) -> Self {
+        self.deep_check.limits = limits;
+        self
+    }
+
+    /// Runs the deep check with `program DEEP_CHECK_SUBCOMMAND ...` instead of this process's
+    /// own binary (tests that host the controller in a test binary name the real operator).
+    pub fn with_deep_check_program(mut self, program: impl Into<std::path::PathBuf>) -> Self {
+        self.deep_check.program = program.into();
+        self
     }
 
     /// Runs until `shutdown` turns true: every POLL, starts a task for each image that needs
@@ -453,14 +475,22 @@ impl<B: ImageBackend> ImageController<B> {
         let name = image_name.clone();
         // A closed semaphore never happens (it is never closed); go on without a slot if so.
         let _slot = self.verify_slots.acquire().await.ok();
+        let sandbox = self.deep_check.clone();
         let result = tokio::task::spawn_blocking(move || {
             let mut last = Instant::now();
-            recast_golden::verify_image(&request, &cancel, &mut |p| {
-                if last.elapsed() >= PROGRESS_EVERY {
-                    last = Instant::now();
-                    tracing::info!(image = %name, progress = ?p, "checking golden image");
-                }
-            })
+            recast_golden::verify_image_with(
+                &request,
+                &cancel,
+                &mut |p| {
+                    if last.elapsed() >= PROGRESS_EVERY {
+                        last = Instant::now();
+                        tracing::info!(image = %name, progress = ?p, "checking golden image");
+                    }
+                },
+                &mut |path, index, options, cancel, progress| {
+                    sandbox.collect_evidence(path, index, options, cancel, progress)
+                },
+            )
         })
         .await;
         let result = match result {
@@ -553,6 +583,20 @@ impl<B: ImageBackend> ImageController<B> {
         };
         if let Err(e) = self.backend.record_image(gi, &notice).await {
             tracing::debug!(error = %e, reason, "cannot record a golden-image event");
+        }
+    }
+}
+
+/// The child's side of the sandboxed deep check: `recast-operator deep-check --index N
+/// [--part P]... [--full-verify] -- WIM` prints one JSON reply on stdout (see
+/// recast_golden::sandbox). Exit status 0 when a reply was written, whatever it says.
+pub fn deep_check_main(request: &recast_golden::sandbox::ChildRequest) -> std::process::ExitCode {
+    let stdout = std::io::stdout();
+    match recast_golden::sandbox::run_child(request, &mut stdout.lock()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("recast-operator deep-check: cannot write the reply: {e}");
+            std::process::ExitCode::FAILURE
         }
     }
 }
