@@ -266,8 +266,10 @@ pub fn answer(info: &ClientInfo, choice: &BootChoice, cfg: &DhcpConfig) -> Optio
     })
 }
 
-/// The BOOTP `file` field's size: dhcproto asserts (panics) on a longer name.
-pub const MAX_BOOT_FILE: usize = 128;
+/// The longest boot file name the BOOTP `file` field carries: 128 bytes, one of them the NUL
+/// that ends the name (readers such as dhcproto's, and PXE firmware, take a name without one
+/// as absent). dhcproto asserts (panics) on more than 128.
+pub const MAX_BOOT_FILE: usize = 127;
 
 /// Encodes a reply to `request` (whose xid, flags, giaddr and chaddr it echoes). None when
 /// the request is not one to answer or the reply cannot be encoded (a boot file name or URL
@@ -722,7 +724,8 @@ mod tests {
     }
 
     /// Found by the dhcp_reply fuzz target: a boot URL longer than the BOOTP `file` field
-    /// made dhcproto assert, which ended the DHCP task. Now that reply is not sent.
+    /// made dhcproto assert, which ended the DHCP task; one of exactly 128 bytes went out
+    /// without its NUL and read back as no file. Now such a reply is not sent.
     #[test]
     fn a_boot_url_longer_than_the_file_field_is_refused_not_a_panic() {
         let mut c = cfg(Mode::Proxy);
@@ -748,7 +751,17 @@ mod tests {
         let info = parse(&req).unwrap();
         let r = answer(&info, &local(), &c).unwrap();
         assert_eq!(r.file.len(), MAX_BOOT_FILE);
-        assert!(encode(&req, &r, &c).is_some());
+        let bytes = encode(&req, &r, &c).unwrap();
+        let m = Message::decode(&mut Decoder::new(&bytes)).unwrap();
+        assert_eq!(
+            m.fname().map(|f| f.strip_suffix(b"\0").unwrap_or(f)),
+            Some(r.file.as_bytes())
+        );
+        // One more byte would fill the field with no NUL: read back as no file at all.
+        c.http_base.push('b');
+        let r = answer(&info, &local(), &c).unwrap();
+        assert_eq!(r.file.len(), MAX_BOOT_FILE + 1);
+        assert_eq!(encode(&req, &r, &c), None);
     }
 
     #[test]
