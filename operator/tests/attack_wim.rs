@@ -280,7 +280,7 @@ struct Operator {
 }
 
 impl Operator {
-    fn start(data: &Path, tmp: &Path, hooks: &str) -> Operator {
+    fn start(data: &Path, tmp: &Path, sources: &Path, hooks: &str) -> Operator {
         let mut child = Command::new(OPERATOR)
             .args([
                 "run",
@@ -302,6 +302,9 @@ impl Operator {
                 "--data-dir",
             ])
             .arg(data)
+            // The GoldenImages name WIMs in this directory (spec.source.path).
+            .arg("--image-source-root")
+            .arg(sources)
             .env("RECAST_LOG", "info")
             .env("TMPDIR", tmp)
             .env(TEST_HOOK_ENV, hooks)
@@ -448,7 +451,7 @@ fn operator_refuses_hostile_wims_and_stays_up() {
     for (name, wim, sha) in &images {
         apply_image(&store, name, wim, sha);
     }
-    let mut op = Operator::start(&data, &tmp, &hooks.join(";"));
+    let mut op = Operator::start(&data, &tmp, &wims, &hooks.join(";"));
     for ((name, _, why), (_, _, sha)) in attacks.iter().zip(&images) {
         let (status, reason, message) =
             wait_verdict(&mut op, &store, name, Duration::from_secs(240));

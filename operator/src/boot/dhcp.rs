@@ -850,7 +850,8 @@ mod tests {
     }
 
     /// Found by the dhcp_reply fuzz target: a boot URL longer than the BOOTP `file` field
-    /// made dhcproto assert, which ended the DHCP task. Now that reply is not sent.
+    /// made dhcproto assert, which ended the DHCP task; one of exactly 128 bytes went out
+    /// without its NUL and read back as no file. Now such a reply is not sent.
     #[test]
     fn a_boot_url_longer_than_the_file_field_is_refused_not_a_panic() {
         let mut c = cfg(Mode::Proxy);
@@ -876,7 +877,17 @@ mod tests {
         let info = parse(&req).unwrap();
         let r = answer(&info, &local(), &c).unwrap();
         assert_eq!(r.file.len(), MAX_BOOT_FILE);
-        assert!(encode(&req, &r, &c).is_some());
+        let bytes = encode(&req, &r, &c).unwrap();
+        let m = Message::decode(&mut Decoder::new(&bytes)).unwrap();
+        assert_eq!(
+            m.fname().map(|f| f.strip_suffix(b"\0").unwrap_or(f)),
+            Some(r.file.as_bytes())
+        );
+        // One more byte would fill the field with no NUL: read back as no file at all.
+        c.http_base.push('b');
+        let r = answer(&info, &local(), &c).unwrap();
+        assert_eq!(r.file.len(), MAX_BOOT_FILE + 1);
+        assert_eq!(encode(&req, &r, &c), None);
     }
 
     #[test]
