@@ -544,17 +544,21 @@ async fn claim<B: Backend + BootIntents>(
         }
         decision
     };
+    // A new claimant, first or second, is news for the lifecycle: the first moves the attempt
+    // to Applying, a second one stops it for a person (two machines asked for one endpoint).
+    if matches!(decision, ClaimDecision::Bind | ClaimDecision::Taken { .. }) {
+        svc.post(
+            &intent,
+            Input::NetworkBooted {
+                attempt_id: intent.attempt_id.clone(),
+                try_number: Some(intent.try_number),
+                client: Some(client.clone()),
+            },
+        )
+        .await;
+    }
     match decision {
         ClaimDecision::Bind => {
-            svc.post(
-                &intent,
-                Input::NetworkBooted {
-                    attempt_id: intent.attempt_id.clone(),
-                    try_number: Some(intent.try_number),
-                    client: Some(client.clone()),
-                },
-            )
-            .await;
             tracing::info!(endpoint = %key, attempt = %intent.attempt_id, try_number = intent.try_number, %client, "imaging try claimed");
         }
         ClaimDecision::Again => {
@@ -562,16 +566,6 @@ async fn claim<B: Backend + BootIntents>(
         }
         ClaimDecision::Taken { holder } => {
             tracing::warn!(endpoint = %key, attempt = %intent.attempt_id, %holder, %client, "a second machine claimed an imaging try");
-            // The lifecycle sees two claimants and stops the attempt for a person.
-            svc.post(
-                &intent,
-                Input::NetworkBooted {
-                    attempt_id: intent.attempt_id.clone(),
-                    try_number: Some(intent.try_number),
-                    client: Some(client.clone()),
-                },
-            )
-            .await;
             return Err(Refusal::Conflict(format!(
                 "attempt {} try {} of {key} was claimed by another machine; recast stops the attempt for a person to check",
                 p.attempt, p.try_number
