@@ -29,8 +29,29 @@ cached_bin_dir() {
   "$here/build.sh" --print-dir
 }
 
+# A port below the kernel's ephemeral range (32768-60999): a port from bind(0) is also what
+# the next outgoing connection may take, and kube-apiserver once found its port in use (CI).
 free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+  python3 - "$state" <<'PY'
+import os, random, socket, sys
+taken = set()
+path = os.path.join(sys.argv[1], "ports.taken")
+if os.path.exists(path):
+    taken = {int(p) for p in open(path).read().split()}
+for _ in range(1000):
+    port = random.randint(20000, 31999)
+    if port in taken:
+        continue
+    try:
+        s = socket.socket(); s.bind(("127.0.0.1", port)); s.close()
+    except OSError:
+        continue
+    open(path, "a").write(f"{port}\n")
+    print(port)
+    break
+else:
+    sys.exit("no free port between 20000 and 31999")
+PY
 }
 
 is_running() { # pidfile

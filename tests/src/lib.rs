@@ -99,10 +99,45 @@ pub fn sha256_file(path: &Path) -> String {
 
 /// A TCP port on loopback that was free a moment ago, for a server a test is about to start.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port on 127.0.0.1")
+    use std::sync::Mutex;
+    // Ports are handed out below the kernel's ephemeral range (32768-60999 by default):
+    // a port from bind(0) is also what the next outgoing connection of any process may
+    // take, so a server started on it a moment later can find it in use (seen in CI with
+    // kube-apiserver). Ports are drawn at random so that test processes running side by
+    // side rarely draw the same one, and one process never hands out a port twice.
+    const FIRST: u64 = 20000;
+    const COUNT: u64 = 12000;
+    static STATE: Mutex<(u64, Vec<u16>)> = Mutex::new((0, Vec::new()));
+    let mut state = STATE.lock().unwrap_or_else(|e| e.into_inner());
+    if state.0 == 0 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        state.0 = (nanos ^ (u64::from(std::process::id()) << 32)) | 1;
+    }
+    for _ in 0..COUNT {
+        // xorshift64: enough to spread draws, no dependency.
+        let mut x = state.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        state.0 = x;
+        let port = (FIRST + x % COUNT) as u16;
+        if state.1.contains(&port) {
+            continue;
+        }
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            state.1.push(port);
+            return port;
+        }
+    }
+    panic!(
+        "no free port on 127.0.0.1 between {FIRST} and {}",
+        FIRST + COUNT
+    )
 }
 
 /// Polls `done` until it holds, failing the test with `what` after `limit`.
