@@ -54,7 +54,7 @@ crds: ## Regenerate crds/yaml (and the Helm chart's copy) from the API types
 	$(CARGO) run $(CARGO_FLAGS) -q -p recast-crds --bin crdgen -- charts/recast/crds
 
 docs: ## Regenerate generated docs (docs/lifecycle.md)
-	RECAST_UPDATE_DOCS=1 $(CARGO) test $(CARGO_FLAGS) -q -p recast-operator --lib lifecycle_doc_is_current
+	RECAST_UPDATE_DOCS=1 $(CARGO) test $(CARGO_FLAGS) -q -p recast-core --lib lifecycle_doc_is_current
 
 crds-check: ## Fail when crds/yaml or the chart's CRDs differ from what the types generate
 	$(CARGO) run $(CARGO_FLAGS) -q -p recast-crds --bin crdgen -- --check crds/yaml

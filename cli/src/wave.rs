@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use recast_crds::Endpoint;
 use recast_crds::manifest::Kind;
 use recast_crds::wave::{ReimageWave, ReimageWaveSpec, WaveBatch, WavePhase};
-use recast_operator::core::wave::{self as planner, Candidate};
+use recast_core::wave::{self as planner, Candidate};
 use recast_operator::manifests;
 use serde_json::{Value, json};
 

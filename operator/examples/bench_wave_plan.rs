@@ -18,7 +18,7 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use recast_crds::wave::{ReimageWaveSpec, ReimageWaveStatus, WaveStrategy};
-use recast_operator::core::wave::{self, Candidate, Member, WaveInput};
+use recast_core::wave::{self, Candidate, Member, WaveInput};
 
 const RUNS: usize = 15;
 /// The naive planner takes seconds at 10,000 endpoints: fewer runs of it.

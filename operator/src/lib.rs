@@ -4,7 +4,6 @@
 pub mod bmc;
 pub mod boot;
 pub mod controller;
-pub mod core;
 pub mod encoding;
 pub mod failpoint;
 pub mod gateway;

@@ -11,8 +11,8 @@ use prometheus_client::registry::Registry;
 use recast_crds::endpoint::{AttemptRecord, EndpointPhase};
 
 use crate::controller::BackendError;
-use crate::core::lifecycle::ActionKind;
-use crate::core::transitions::Edge;
+use recast_core::lifecycle::ActionKind;
+use recast_core::transitions::Edge;
 
 type Labels = Vec<(String, String)>;
 
@@ -155,10 +155,10 @@ impl Metrics {
 
     pub fn attempt_finished(&self, h: &AttemptRecord) {
         let secs = match (
-            crate::core::time::parse(&h.started_at),
-            crate::core::time::parse(&h.finished_at),
+            recast_core::time::parse(&h.started_at),
+            recast_core::time::parse(&h.finished_at),
         ) {
-            (Some(s), Some(f)) => crate::core::time::since(f, s).as_secs_f64(),
+            (Some(s), Some(f)) => recast_core::time::since(f, s).as_secs_f64(),
             _ => 0.0,
         };
         self.attempt_seconds

@@ -3,7 +3,7 @@
 //! alerting pipeline picks them up); a webhook or chat sink plugs in behind the same trait.
 
 use crate::controller::Key;
-use crate::core::lifecycle::{Notice, NoticeType};
+use recast_core::lifecycle::{Notice, NoticeType};
 
 pub trait Notifier: Send + Sync + 'static {
     /// Called for every Warning notice, after it was recorded as an event.

@@ -9,9 +9,9 @@ use jiff::Timestamp;
 use recast_agent::collect::{self, Identity, ReplayRunner};
 use recast_agent::simulate::{Scenario, simulated_report};
 use recast_crds::policy::UpdateMode;
-use recast_operator::core::build::Build;
-use recast_operator::core::derive::{DeriveInput, Evidence, derive};
-use recast_operator::core::signal::SignalKind;
+use recast_core::build::Build;
+use recast_core::derive::{DeriveInput, Evidence, derive};
+use recast_core::signal::SignalKind;
 
 fn replay(name: &str) -> recast_crds::report::AgentReport {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -10,8 +10,8 @@ use recast_crds::manifest::Kind;
 use recast_operator::bmc::RecordingPower;
 use recast_operator::controller::embedded::EmbeddedBackend;
 use recast_operator::controller::{Backend, BackendError, Clock, Controller, Journal, Key};
-use recast_operator::core::lifecycle::{Input, Notice};
-use recast_operator::core::signal::SignalKind;
+use recast_core::lifecycle::{Input, Notice};
+use recast_core::signal::SignalKind;
 use recast_operator::metrics::Metrics;
 use recast_operator::store::embedded::EmbeddedStore;
 use serde_json::{Value, json};
@@ -637,7 +637,7 @@ async fn warnings_reach_the_notifier() {
 /// healthy endpoint's BMC is never asked.
 #[tokio::test]
 async fn a_boot_crash_in_the_bmc_log_of_a_silent_endpoint_reimages_it() {
-    use recast_operator::core::derive::BmcCrash;
+    use recast_core::derive::BmcCrash;
     let store = store_with_examples("bmc-watch");
     let (ctrl, _clock) = controller(EmbeddedBackend {
         store: store.clone(),

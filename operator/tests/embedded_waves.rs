@@ -13,7 +13,7 @@ use recast_crds::endpoint::AttemptOutcome;
 use recast_crds::manifest::Kind;
 use recast_crds::wave::WavePhase;
 use recast_operator::controller::embedded::EmbeddedBackend;
-use recast_operator::core::lifecycle::Input;
+use recast_core::lifecycle::Input;
 use recast_operator::store::embedded::EmbeddedStore;
 use serde_json::json;
 use wave_sim::{FLEET, ManualClock, Sim, WAVE, controller, ep_name};

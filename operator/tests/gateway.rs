@@ -583,7 +583,7 @@ async fn wait_for(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_loop_closes_through_the_agent() {
     use recast_operator::controller::Backend;
-    use recast_operator::core::lifecycle::Input;
+    use recast_core::lifecycle::Input;
     let Some(h) = harness("loop", GatewayConfig::default()).await else {
         return;
     };
@@ -821,7 +821,7 @@ async fn agent_pass(
 async fn guard_end_to_end(immutable: bool) {
     use recast_agent::hold::{self, fake::FakeRegistry};
     use recast_operator::controller::Backend;
-    use recast_operator::core::lifecycle::Input;
+    use recast_core::lifecycle::Input;
     // Facts are read on every report, so answers follow the controller's decisions at once.
     let config = GatewayConfig {
         facts_ttl: Duration::ZERO,

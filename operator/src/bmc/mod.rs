@@ -8,8 +8,8 @@ use std::sync::Mutex;
 
 use recast_crds::Endpoint;
 
-use crate::core::derive::BmcCrash;
-use crate::core::lifecycle::ActionError;
+use recast_core::derive::BmcCrash;
+use recast_core::lifecycle::ActionError;
 
 pub trait PowerControl: Send + Sync + 'static {
     /// Sets a one-time network boot and power-cycles the machine. `maybe_done` is true when a

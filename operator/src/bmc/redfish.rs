@@ -15,7 +15,7 @@ use recast_crds::Endpoint;
 use recast_crds::endpoint::BmcSpec;
 
 use super::PowerControl;
-use crate::core::lifecycle::ActionError;
+use recast_core::lifecycle::ActionError;
 use crate::store::embedded::EmbeddedStore;
 
 /// A Secret's data, key → bytes.
@@ -404,7 +404,7 @@ impl<S: SecretSource> PowerControl for RedfishPower<S> {
     async fn os_crashes(
         &self,
         ep: &Endpoint,
-    ) -> Result<Vec<crate::core::derive::BmcCrash>, ActionError> {
+    ) -> Result<Vec<recast_core::derive::BmcCrash>, ActionError> {
         let Some(bmc) = self.connect(ep).await? else {
             return Ok(Vec::new());
         };
@@ -421,8 +421,8 @@ impl<S: SecretSource> PowerControl for RedfishPower<S> {
         let log = log.map_err(|e| action_error(&address, &e))?;
         Ok(recast_bmc::events::crash_evidence(&log.entries)
             .into_iter()
-            .map(|c| crate::core::derive::BmcCrash {
-                at: c.created.as_deref().and_then(crate::core::time::parse),
+            .map(|c| recast_core::derive::BmcCrash {
+                at: c.created.as_deref().and_then(recast_core::time::parse),
                 bugcheck: c.bugcheck,
                 source: format!("{} entry {}", c.service, c.entry_id),
                 message: c.message,

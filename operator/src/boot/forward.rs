@@ -25,7 +25,7 @@ use sha2::Sha256;
 
 use super::token::TokenKey;
 use crate::controller::{BackendError, Key};
-use crate::core::lifecycle::Input;
+use recast_core::lifecycle::Input;
 
 type HmacSha256 = Hmac<Sha256>;
 

@@ -18,7 +18,7 @@ use super::render::{AttemptView, ImageFile, ImagingEnvironment, Renderer, SiteSe
 use super::token::TokenKey;
 use super::{BootIntent, BootIntents};
 use crate::controller::{Backend, Key};
-use crate::core::lifecycle::{Input, Notice, NoticeType};
+use recast_core::lifecycle::{Input, Notice, NoticeType};
 use crate::metrics::Metrics;
 
 /// How the boot service is set up at a site.
@@ -748,7 +748,7 @@ async fn agent_config<B: Backend + BootIntents>(
     let policy = crate::controller::policy_view_for(svc.backend.as_ref(), &ep)
         .await
         .map_err(unavailable)?;
-    let update_mode = crate::core::hold::effective_mode(&ep.spec, &policy);
+    let update_mode = recast_core::hold::effective_mode(&ep.spec, &policy);
     let mut resp = axum::Json(AgentConfig {
         update_mode,
         enrollment_token: enrollment_token(

@@ -23,8 +23,8 @@ use recast_crds::Endpoint;
 pub use intent::{BootChoice, BootIntent, Known, UnknownMacPolicy};
 
 use crate::controller::{BackendError, Key};
-use crate::core::lifecycle::Action;
-use crate::core::time;
+use recast_core::lifecycle::Action;
+use recast_core::time;
 
 impl BootIntent {
     /// The endpoint this intent arms.

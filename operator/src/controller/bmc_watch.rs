@@ -10,9 +10,9 @@ use tokio::sync::watch;
 
 use super::{Backend, BackendError, Controller, Key};
 use crate::bmc::PowerControl;
-use crate::core::derive::{bmc_boot_crash, last_reimage_end, last_report_at};
-use crate::core::lifecycle::Input;
-use crate::core::signal::SignalKind;
+use recast_core::derive::{bmc_boot_crash, last_reimage_end, last_report_at};
+use recast_core::lifecycle::Input;
+use recast_core::signal::SignalKind;
 
 /// How often silent endpoints' BMC logs are read.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(120);

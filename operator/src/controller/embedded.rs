@@ -19,8 +19,8 @@ use tokio::sync::watch;
 use super::{Backend, BackendError, Controller, Journal, Key};
 use crate::bmc::PowerControl;
 use crate::boot::BootIntent;
-use crate::core::lifecycle::{Input, Notice, NoticeType};
-use crate::core::time;
+use recast_core::lifecycle::{Input, Notice, NoticeType};
+use recast_core::time;
 use crate::store::embedded::{
     BOOT_FINALIZER, EmbeddedStore, EventRecord, JournalState, StoreError,
 };
@@ -336,7 +336,7 @@ pub async fn run<P: PowerControl>(
             for w in ctrl.backend.waves().await? {
                 let (ns, _) = wave_id(&w);
                 if endpoint_namespaces.contains(&ns)
-                    && !w.status.as_ref().is_some_and(crate::core::wave::settled)
+                    && !w.status.as_ref().is_some_and(recast_core::wave::settled)
                 {
                     // Coalesced: a busy batch writes endpoint statuses many times a second,
                     // and each wave reconcile reads the whole namespace.

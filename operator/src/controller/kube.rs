@@ -42,8 +42,8 @@ use tokio::sync::watch;
 use super::{Backend, BackendError, Controller, Journal, Key};
 use crate::bmc::PowerControl;
 use crate::boot::BootIntent;
-use crate::core::lifecycle::{Input, Notice, NoticeType};
-use crate::core::time;
+use recast_core::lifecycle::{Input, Notice, NoticeType};
+use recast_core::time;
 use crate::store::embedded::BOOT_FINALIZER;
 
 pub const FIELD_MANAGER: &str = "recast-operator";
@@ -1031,7 +1031,7 @@ pub async fn run<P: PowerControl>(
                         .iter()
                         .filter(|w| {
                             w.namespace() == ns
-                                && !w.status.as_ref().is_some_and(crate::core::wave::settled)
+                                && !w.status.as_ref().is_some_and(recast_core::wave::settled)
                         })
                         .map(|w| ObjectRef::from_obj(&**w))
                         .collect::<Vec<_>>()

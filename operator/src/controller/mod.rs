@@ -22,14 +22,14 @@ use recast_crds::wave::{ReimageWave, ReimageWaveStatus};
 use recast_crds::{ConditionStatus, Endpoint};
 
 use crate::bmc::PowerControl;
-use crate::core::build::Build;
-use crate::core::fleet::FleetIndex;
-use crate::core::lifecycle::{
+use recast_core::build::Build;
+use recast_core::fleet::FleetIndex;
+use recast_core::lifecycle::{
     Action, ActionError, ActionKind, Context, Decision, EndpointView, ImageView, Input, Notice,
     decide,
 };
-use crate::core::policy::PolicyView;
-use crate::core::transitions::Edge;
+use recast_core::policy::PolicyView;
+use recast_core::transitions::Edge;
 use crate::metrics::Metrics;
 
 /// "namespace/name" of an endpoint.
@@ -443,7 +443,7 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
             let now = self.clock.now();
             for n in &decision.notices {
                 self.backend.record(&ep, n, now).await?;
-                if n.type_ == crate::core::lifecycle::NoticeType::Warning {
+                if n.type_ == recast_core::lifecycle::NoticeType::Warning {
                     self.notifier.notify(key, n);
                 }
             }
@@ -649,7 +649,7 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
                         .collect::<Vec<_>>()
                         .join("; ");
                     let notice = Notice {
-                        type_: crate::core::lifecycle::NoticeType::Warning,
+                        type_: recast_core::lifecycle::NoticeType::Warning,
                         reason: "AmbiguousMac".into(),
                         message: format!(
                             "attempt {attempt_id} try {try_number}: not arming the network boot: {why}; a MAC address must belong to one Endpoint"
@@ -665,7 +665,7 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
                     match self.backend.arm_boot(ep, &intent).await {
                         Ok(()) => {
                             let notice = Notice {
-                                type_: crate::core::lifecycle::NoticeType::Normal,
+                                type_: recast_core::lifecycle::NoticeType::Normal,
                                 reason: "BootArmed".into(),
                                 message: format!(
                                     "attempt {attempt_id} try {try_number}: network boot armed for {}",
@@ -695,7 +695,7 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
                 {
                     Ok(what) => {
                         let notice = Notice {
-                            type_: crate::core::lifecycle::NoticeType::Normal,
+                            type_: recast_core::lifecycle::NoticeType::Normal,
                             // A resumed cycle is told apart: the driver checked, not cycled blind.
                             reason: if journal == Journal::Interrupted {
                                 "PowerCycleResumed".into()

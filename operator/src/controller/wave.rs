@@ -19,8 +19,8 @@ use recast_crds::wave::WavePhase;
 
 use super::{Backend, BackendError, Controller, Key, resolve_image};
 use crate::bmc::PowerControl;
-use crate::core::lifecycle::{NoticeType, WaveView};
-use crate::core::wave::{self, Candidate, Member, WaveInput};
+use recast_core::lifecycle::{NoticeType, WaveView};
+use recast_core::wave::{self, Candidate, Member, WaveInput};
 
 /// What one wave reconcile asks of the caller.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -174,7 +174,7 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
         let step = self.reconcile_wave(namespace, name).await?;
         for key in &step.due {
             if let Err(e) = self
-                .reconcile(key, crate::core::lifecycle::Input::Reconcile)
+                .reconcile(key, recast_core::lifecycle::Input::Reconcile)
                 .await
             {
                 tracing::warn!(endpoint = %key, wave = %name, error = %e, "reconcile of a due wave member failed; the next pass retries");

@@ -171,7 +171,7 @@ impl<B: Backend> Gateway<B> {
             .enroll_once(
                 &who,
                 &req.attempt_id,
-                &crate::core::time::format(self.clock.now()),
+                &recast_core::time::format(self.clock.now()),
             )
             .map_err(|e| EnrollError::Store(e.to_string()))?
             .ok_or_else(|| {

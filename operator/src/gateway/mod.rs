@@ -55,12 +55,12 @@ use recast_crds::report::{AgentReport, MAX_REPORT_BYTES, ReportError, ReportRepl
 use tokio::sync::watch;
 
 use crate::controller::{Backend, Clock, Key, policy_view_for, resolve_image};
-use crate::core::build::Build;
-use crate::core::derive;
-use crate::core::hold::{self, HoldFacts};
-use crate::core::lifecycle::Input;
-use crate::core::signal::SignalKind;
-use crate::core::time;
+use recast_core::build::Build;
+use recast_core::derive;
+use recast_core::hold::{self, HoldFacts};
+use recast_core::lifecycle::Input;
+use recast_core::signal::SignalKind;
+use recast_core::time;
 use credentials::{CredentialError, CredentialStore, GroupCommit};
 use limit::{Bucket, IpLimiter, Rate};
 use session::{EndpointFacts, Session, Staleness, StoredState};

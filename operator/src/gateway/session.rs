@@ -12,11 +12,11 @@ use recast_crds::endpoint::{CrashSummary, ReportSummary, UpdateResultSummary};
 use recast_crds::policy::UpdateMode;
 use recast_crds::report::{AgentReport, ServicingOutcome, UpdateOutcome};
 
-use crate::core::build::Build;
-use crate::core::derive::{DeriveInput, Evidence, derive};
-use crate::core::hold::HoldFacts;
-use crate::core::signal::SignalKind;
-use crate::core::time;
+use recast_core::build::Build;
+use recast_core::derive::{DeriveInput, Evidence, derive};
+use recast_core::hold::HoldFacts;
+use recast_core::signal::SignalKind;
+use recast_core::time;
 
 /// Update results and crashes kept in the status summary.
 pub const SUMMARY_ITEMS: usize = 10;
@@ -431,7 +431,7 @@ mod tests {
     }
 
     fn report(seq: u64, ubr: u32) -> AgentReport {
-        crate::core::derive::sample_report(seq, ubr)
+        recast_core::derive::sample_report(seq, ubr)
     }
 
     fn failed(seq: u64) -> AgentReport {

@@ -8,7 +8,7 @@ use jiff::Timestamp;
 use recast_crds::common::{ConditionStatus, set_condition};
 use recast_crds::golden_image::{GoldenImage, GoldenImageStatus};
 
-use crate::core::time;
+use recast_core::time;
 
 /// Annotation `recastctl image promote|demote` sets: "promoted" or "demoted".
 pub const KNOWN_GOOD_ANNOTATION: &str = "recast.dev/known-good";
@@ -301,8 +301,8 @@ pub fn retry_after(failures: u32) -> Duration {
 pub fn fleet_notices(
     before: Option<&GoldenImageStatus>,
     after: &GoldenImageStatus,
-) -> Vec<crate::core::lifecycle::Notice> {
-    use crate::core::lifecycle::{Notice, NoticeType};
+) -> Vec<recast_core::lifecycle::Notice> {
+    use recast_core::lifecycle::{Notice, NoticeType};
     let known_good = |s: Option<&GoldenImageStatus>| {
         s.and_then(|s| s.conditions.iter().find(|c| c.type_ == "KnownGood"))
             .map(|c| (c.status, c.reason.clone(), c.message.clone()))

@@ -27,7 +27,7 @@ use recast_crds::golden_image::{GoldenImage, GoldenImageStatus, ImageFacts};
 use tokio::sync::watch;
 
 use crate::controller::{Backend, BackendError};
-use crate::core::lifecycle::{Notice, NoticeType};
+use recast_core::lifecycle::{Notice, NoticeType};
 use decide::Work;
 use fetch::{ArtifactStore, FetchError, FetchProgress};
 use source::SourcePolicy;

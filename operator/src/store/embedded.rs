@@ -151,7 +151,7 @@ pub struct EmbeddedStore {
 }
 
 fn now_rfc3339() -> String {
-    crate::core::time::format(jiff::Timestamp::now())
+    recast_core::time::format(jiff::Timestamp::now())
 }
 
 impl EmbeddedStore {

@@ -12,7 +12,7 @@ use recast_crds::endpoint::{AttemptOutcome, EndpointStatus, ReimageStep, ReportS
 use recast_crds::wave::{ReimageWaveStatus, WavePhase};
 use recast_operator::bmc::RecordingPower;
 use recast_operator::controller::{Backend, Clock, Controller, Key};
-use recast_operator::core::lifecycle::Input;
+use recast_core::lifecycle::Input;
 use recast_operator::metrics::Metrics;
 use serde_json::{Value, json};
 

@@ -505,9 +505,10 @@ pub fn bmc_boot_crash(
 }
 
 /// A healthy kiosk's report on build 26100.UBR with nothing else in it, for the unit tests of
-/// the derivation and of the gateway's session logic.
-#[cfg(test)]
-pub(crate) fn sample_report(sequence: u64, ubr: u32) -> AgentReport {
+/// the derivation and of the gateway's session logic (the operator's tests reach it through
+/// the `test-fixtures` feature).
+#[cfg(any(test, feature = "test-fixtures"))]
+pub fn sample_report(sequence: u64, ubr: u32) -> AgentReport {
     use recast_crds::report::{OsInfo, PendingServicing, REPORT_VERSION};
     AgentReport {
         version: REPORT_VERSION,

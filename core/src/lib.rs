@@ -1,0 +1,18 @@
+//! recast-core, the functional core: pure decisions, no I/O. Shells feed it inputs and run
+//! its actions. This crate depends only on the API types (recast-crds) and plain data crates,
+//! so "no I/O in the core" is kept by the compiler, not by review.
+
+pub mod build;
+pub mod derive;
+pub mod fleet;
+pub mod hold;
+pub mod lifecycle;
+pub mod policy;
+pub mod signal;
+pub mod time;
+pub mod transitions;
+pub mod wave;
+pub mod window;
+
+#[cfg(test)]
+mod tests;
