@@ -42,8 +42,9 @@ fuzz: ## Every fuzz target for $(FUZZ_SECONDS) s each (libFuzzer + ASan on the s
 redfish-setup: ## Install the Redfish test peer (sushy-tools in a venv under ~/.cache/recast/sushy)
 	tests/redfish/setup.sh
 
-lint: crds-check ## cargo fmt --check, clippy -D warnings, and the CRD YAML is current
+lint: crds-check ## cargo fmt --check, clippy -D warnings, the CRD YAML is current, and the architecture rules hold
 	$(CARGO) fmt --all --check
+	tests/arch/check.py
 	$(CARGO) clippy $(CARGO_FLAGS) --workspace --all-targets -- -D warnings
 
 fmt: ## Format the code

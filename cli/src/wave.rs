@@ -15,10 +15,10 @@ use clap::{Args, Subcommand, ValueEnum};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use recast_core::wave::{self as planner, Candidate};
 use recast_crds::Endpoint;
 use recast_crds::manifest::Kind;
 use recast_crds::wave::{ReimageWave, ReimageWaveSpec, WaveBatch, WavePhase};
-use recast_core::wave::{self as planner, Candidate};
 use recast_operator::manifests;
 use serde_json::{Value, json};
 

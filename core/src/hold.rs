@@ -24,7 +24,7 @@ use recast_crds::endpoint::{
 use recast_crds::policy::UpdateMode;
 use recast_crds::report::DesiredUpdateHold;
 
-use super::lifecycle::{Notice, NoticeType};
+use super::notice::{Notice, NoticeType};
 use super::policy::PolicyView;
 use super::signal::SignalKind;
 use super::time;

@@ -215,19 +215,7 @@ pub enum Input {
     },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NoticeType {
-    Normal,
-    Warning,
-}
-
-/// An event for the audit trail (a Kubernetes Event, or a row in the embedded store).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Notice {
-    pub type_: NoticeType,
-    pub reason: String,
-    pub message: String,
-}
+pub use crate::notice::{Notice, NoticeType};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decision {

@@ -51,3 +51,11 @@ pub fn crd_yaml(crd: &CustomResourceDefinition) -> Result<String, serde_yaml::Er
         "# Generated from crds/src by `make crds`; do not edit by hand.\n{body}"
     ))
 }
+
+/// The namespace of an object that names none: kubectl's default, and the embedded store's.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// An object's namespace, or [`DEFAULT_NAMESPACE`] when it names none.
+pub fn namespace_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> &str {
+    meta.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE)
+}

@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use recast_operator::controller::Key;
 use recast_operator::gateway::credentials::CredentialStore;
+use recast_operator::store::Key;
 use recast_operator::store::embedded::EmbeddedStore;
 use serde_json::{Value, json};
 

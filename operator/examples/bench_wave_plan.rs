@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use recast_crds::wave::{ReimageWaveSpec, ReimageWaveStatus, WaveStrategy};
 use recast_core::wave::{self, Candidate, Member, WaveInput};
+use recast_crds::wave::{ReimageWaveSpec, ReimageWaveStatus, WaveStrategy};
 
 const RUNS: usize = 15;
 /// The naive planner takes seconds at 10,000 endpoints: fewer runs of it.

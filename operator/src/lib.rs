@@ -3,6 +3,7 @@
 
 pub mod bmc;
 pub mod boot;
+pub mod clock;
 pub mod controller;
 pub mod encoding;
 pub mod failpoint;
@@ -13,6 +14,7 @@ pub mod manifests;
 pub mod metrics;
 pub mod notify;
 pub mod store;
+pub mod token;
 
 /// Every CRD as one multi-document YAML stream, ready for `kubectl apply -f -`.
 pub fn crds_yaml() -> Result<String, serde_yaml::Error> {

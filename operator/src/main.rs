@@ -7,10 +7,13 @@ use std::sync::atomic::AtomicBool;
 use clap::{Parser, Subcommand, ValueEnum};
 use recast_operator::bmc::RecordingPower;
 use recast_operator::bmc::redfish::{EmbeddedSecrets, KubeSecrets, RedfishPower, RedfishTuning};
-use recast_operator::controller::embedded::{EmbeddedBackend, run as run_embedded};
-use recast_operator::controller::kube::{KubeOptions, run as run_kube};
-use recast_operator::controller::{Controller, SystemClock};
+use recast_operator::clock::SystemClock;
+use recast_operator::controller::Controller;
+use recast_operator::controller::embedded::run as run_embedded;
+use recast_operator::controller::kube::KubeOptions;
+use recast_operator::controller::kube::run as run_kube;
 use recast_operator::metrics::Metrics;
+use recast_operator::store::embedded::EmbeddedBackend;
 use recast_operator::store::embedded::EmbeddedStore;
 use recast_operator::{http, manifests};
 use tokio::sync::watch;
@@ -213,9 +216,9 @@ impl BootArgs {
     fn imaging_key(
         &self,
         data_dir: &std::path::Path,
-    ) -> Result<recast_operator::boot::token::TokenKey, String> {
+    ) -> Result<recast_operator::token::TokenKey, String> {
         let path = self.imaging_key_path(data_dir);
-        recast_operator::boot::token::TokenKey::load_or_create(&path).map_err(|e| e.to_string())
+        recast_operator::token::TokenKey::load_or_create(&path).map_err(|e| e.to_string())
     }
 
     /// The boot root: what the boot service serves and where the GoldenImage controller puts
@@ -599,9 +602,9 @@ enum TokenAction {
     Revoke { endpoint: String },
 }
 
-fn endpoint_key(s: &str) -> recast_operator::controller::Key {
+fn endpoint_key(s: &str) -> recast_operator::store::Key {
     let (namespace, name) = s.split_once('/').unwrap_or(("default", s));
-    recast_operator::controller::Key {
+    recast_operator::store::Key {
         namespace: namespace.to_string(),
         name: name.to_string(),
     }
@@ -909,9 +912,9 @@ async fn run(opts: RunOptions) -> Result<(), String> {
             if boot_cfg.is_some() || gateway_args.gateway_listen.is_some() {
                 // The boot service and the gateway only read and queue inputs into inboxes,
                 // which needs no lease: they run without it.
-                let (backend, _) = recast_operator::controller::kube::KubeBackend::connect(
+                let (backend, _) = recast_operator::store::kube::KubeBackend::connect(
                     client.clone(),
-                    &opts,
+                    &opts.scope(),
                     Arc::new(AtomicBool::new(false)),
                 )
                 .await?;
@@ -987,7 +990,7 @@ async fn run_boot_role(
     stop_rx: watch::Receiver<bool>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
 ) -> Result<(), String> {
-    use recast_operator::controller::kube::KubeBackend;
+    use recast_operator::store::kube::KubeBackend;
     let Some(cfg) = boot_cfg else {
         return Err("--role boot needs --boot-http".into());
     };
@@ -995,10 +998,13 @@ async fn run_boot_role(
         .forward_inputs_to
         .clone()
         .ok_or("--role boot needs --forward-inputs-to")?;
-    let forwarder =
-        recast_operator::boot::forward::Forwarder::new(&url, &boot_args.imaging_key(data_dir)?)?;
+    let forwarder = recast_operator::store::kube::forward::Forwarder::new(
+        &url,
+        &boot_args.imaging_key(data_dir)?,
+    )?;
     // Never the leader: every write this backend could attempt is refused before it is sent.
-    let (backend, _) = KubeBackend::connect(client, opts, Arc::new(AtomicBool::new(false))).await?;
+    let (backend, _) =
+        KubeBackend::connect(client, &opts.scope(), Arc::new(AtomicBool::new(false))).await?;
     // Boot lookups come from a watch-fed index, never a request per packet.
     let index = backend.start_boot_index(stop_rx.clone());
     let backend = Arc::new(backend.with_forwarder(forwarder).with_boot_index(index));
@@ -1033,12 +1039,13 @@ async fn start_kube_endpoints(
     data_dir: &std::path::Path,
     stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
-    use recast_operator::controller::kube::KubeBackend;
-    let (backend, _) = KubeBackend::connect(client, opts, Arc::new(AtomicBool::new(false))).await?;
+    use recast_operator::store::kube::KubeBackend;
+    let (backend, _) =
+        KubeBackend::connect(client, &opts.scope(), Arc::new(AtomicBool::new(false))).await?;
     let backend = Arc::new(backend);
     if let Some(addr) = kube_opts.internal_listen {
         let key = boot_args.imaging_key(data_dir)?;
-        let app = recast_operator::boot::forward::router(&key, backend.clone());
+        let app = recast_operator::store::kube::forward::router(&key, backend.clone());
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| format!("cannot serve the internal input endpoint on {addr}: {e}"))?;
@@ -1075,10 +1082,10 @@ async fn start_kube_endpoints(
     Ok(())
 }
 
-async fn start_gateway<B: recast_operator::controller::Backend>(
+async fn start_gateway<B: recast_operator::store::Backend>(
     addr: SocketAddr,
     args: &GatewayArgs,
-    imaging_key: recast_operator::boot::token::TokenKey,
+    imaging_key: recast_operator::token::TokenKey,
     data_dir: &std::path::Path,
     backend: Arc<B>,
     stop: watch::Receiver<bool>,

@@ -10,7 +10,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use recast_crds::endpoint::{AttemptRecord, EndpointPhase};
 
-use crate::controller::BackendError;
+use crate::store::BackendError;
 use recast_core::lifecycle::ActionKind;
 use recast_core::transitions::Edge;
 
@@ -29,7 +29,7 @@ pub struct Metrics {
     boot_requests: Family<Labels, Counter>,
     dhcp_replies: Family<Labels, Counter>,
     /// The TFTP server's metrics, registered here so /metrics serves them.
-    pub tftp: crate::boot::tftp::TftpMetrics,
+    pub tftp: TftpMetrics,
 }
 
 fn label(k: &str, v: &str) -> Labels {
@@ -57,7 +57,7 @@ impl Metrics {
         let endpoints = Family::<Labels, Gauge>::default();
         let boot_requests = Family::<Labels, Counter>::default();
         let dhcp_replies = Family::<Labels, Counter>::default();
-        let tftp = crate::boot::tftp::TftpMetrics::default();
+        let tftp = TftpMetrics::default();
         tftp.register(&mut registry);
         registry.register(
             "boot_requests",
@@ -121,12 +121,7 @@ impl Metrics {
         self.reconciles.inc();
         self.reconcile_seconds.observe(took.as_secs_f64());
         if let Some(e) = error {
-            let kind = match e {
-                BackendError::Conflict(_) => "conflict",
-                BackendError::NotLeader => "not_leader",
-                BackendError::NotReady(_) => "not_ready",
-                BackendError::Other(_) => "other",
-            };
+            let kind = e.category().as_str();
             self.reconcile_errors
                 .get_or_create(&label("kind", kind))
                 .inc();
@@ -207,5 +202,79 @@ impl Metrics {
 
     pub fn dhcp_reply(&self, kind: &str) {
         self.dhcp_replies.get_or_create(&label("kind", kind)).inc();
+    }
+}
+
+/// Prometheus metrics of the TFTP server (registered under the caller's registry).
+#[derive(Clone, Default, Debug)]
+pub struct TftpMetrics {
+    /// Finished transfers by outcome (completed, timed_out, refused, ...).
+    pub transfers: Family<Labels, Counter>,
+    /// Requests refused before a transfer started, by reason.
+    pub refused: Family<Labels, Counter>,
+    pub active: Gauge,
+    pub bytes_sent: Counter,
+    pub retransmits: Counter,
+    pub wrong_tid: Counter,
+    pub malformed: Counter,
+    /// Transfer tasks that panicked: always a bug, reported so tests and alerts can see it.
+    pub panics: Counter,
+}
+
+impl TftpMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("tftp");
+        r.register(
+            "transfers",
+            "Finished TFTP transfers by outcome",
+            self.transfers.clone(),
+        );
+        r.register(
+            "requests_refused",
+            "TFTP requests refused before a transfer started, by reason",
+            self.refused.clone(),
+        );
+        r.register(
+            "active_transfers",
+            "TFTP transfers in progress",
+            self.active.clone(),
+        );
+        r.register(
+            "sent_bytes",
+            "File bytes sent over TFTP",
+            self.bytes_sent.clone(),
+        );
+        r.register(
+            "retransmitted_packets",
+            "TFTP packets sent again after a timeout",
+            self.retransmits.clone(),
+        );
+        r.register(
+            "wrong_tid_packets",
+            "Packets from an unknown transfer id (answered with ERROR 5)",
+            self.wrong_tid.clone(),
+        );
+        r.register(
+            "malformed_packets",
+            "Datagrams that are not valid TFTP requests",
+            self.malformed.clone(),
+        );
+        r.register(
+            "task_panics",
+            "TFTP transfer tasks that panicked (a bug)",
+            self.panics.clone(),
+        );
+    }
+
+    pub fn transfers_with(&self, outcome: &str) -> u64 {
+        self.transfers
+            .get_or_create(&vec![("outcome".to_string(), outcome.to_string())])
+            .get()
+    }
+
+    pub fn refused_with(&self, reason: &str) -> u64 {
+        self.refused
+            .get_or_create(&vec![("reason".to_string(), reason.to_string())])
+            .get()
     }
 }

@@ -2,7 +2,7 @@
 //! cycle that needs a hand. The default sink writes them to the log at warn level (where an
 //! alerting pipeline picks them up); a webhook or chat sink plugs in behind the same trait.
 
-use crate::controller::Key;
+use crate::store::Key;
 use recast_core::lifecycle::{Notice, NoticeType};
 
 pub trait Notifier: Send + Sync + 'static {

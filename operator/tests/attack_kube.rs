@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 
 use recast_operator::boot::BootIntents;
 use recast_operator::boot::intent::{self, BootChoice, Known, UnknownMacPolicy};
-use recast_operator::controller::Key;
-use recast_operator::controller::kube::{ControlKind, KubeBackend, KubeOptions, control_name};
+use recast_operator::controller::kube::KubeOptions;
+use recast_operator::store::Key;
+use recast_operator::store::kube::{ControlKind, KubeBackend, control_name};
 use recast_tests::{K8s, free_port, inputs, repo_root, wait_for};
 use serde_json::{Value, json};
 
@@ -775,7 +776,9 @@ fn a_tenant_cannot_claim_another_tenants_machine() {
             deep_check_limits: Default::default(),
         };
         let leader = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (backend, _) = KubeBackend::connect(client, &opts, leader).await.unwrap();
+        let (backend, _) = KubeBackend::connect(client, &opts.scope(), leader)
+            .await
+            .unwrap();
         // As the boot service does: lookups from the watch-fed index, once it has loaded.
         let (_stop_tx, stop) = tokio::sync::watch::channel(false);
         let index = backend.start_boot_index(stop);

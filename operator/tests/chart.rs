@@ -1247,9 +1247,9 @@ spec:
     );
     // The reimage arms the network boot: its ConfigMap in the release (control) namespace,
     // and the finalizer that disarms it.
-    let boot_intent = recast_operator::controller::kube::control_name(
-        recast_operator::controller::kube::ControlKind::Boot,
-        &recast_operator::controller::Key {
+    let boot_intent = recast_operator::store::kube::control_name(
+        recast_operator::store::kube::ControlKind::Boot,
+        &recast_operator::store::Key {
             namespace: fleet.clone(),
             name: "chart-kiosk".into(),
         },

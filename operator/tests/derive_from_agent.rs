@@ -8,10 +8,10 @@ use std::time::Duration;
 use jiff::Timestamp;
 use recast_agent::collect::{self, Identity, ReplayRunner};
 use recast_agent::simulate::{Scenario, simulated_report};
-use recast_crds::policy::UpdateMode;
 use recast_core::build::Build;
 use recast_core::derive::{DeriveInput, Evidence, derive};
 use recast_core::signal::SignalKind;
+use recast_crds::policy::UpdateMode;
 
 fn replay(name: &str) -> recast_crds::report::AgentReport {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))

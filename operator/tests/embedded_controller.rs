@@ -5,15 +5,17 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use jiff::Timestamp;
+use recast_core::lifecycle::{Input, Notice};
+use recast_core::signal::SignalKind;
 use recast_crds::endpoint::{AttemptOutcome, EndpointPhase, EndpointStatus, ReportSummary};
 use recast_crds::manifest::Kind;
 use recast_operator::bmc::RecordingPower;
-use recast_operator::controller::embedded::EmbeddedBackend;
-use recast_operator::controller::{Backend, BackendError, Clock, Controller, Journal, Key};
-use recast_core::lifecycle::{Input, Notice};
-use recast_core::signal::SignalKind;
+use recast_operator::clock::Clock;
+use recast_operator::controller::Controller;
 use recast_operator::metrics::Metrics;
+use recast_operator::store::embedded::EmbeddedBackend;
 use recast_operator::store::embedded::EmbeddedStore;
+use recast_operator::store::{Backend, BackendError, Journal, Key};
 use serde_json::{Value, json};
 
 struct ManualClock(Mutex<Timestamp>);
@@ -337,23 +339,15 @@ struct RacingEdit {
     deposed: bool,
 }
 
-impl Backend for RacingEdit {
+impl recast_operator::store::EndpointStore for RacingEdit {
     async fn endpoint(&self, key: &Key) -> Result<Option<recast_crds::Endpoint>, BackendError> {
         self.inner.endpoint(key).await
     }
+
     async fn endpoints(&self) -> Result<Vec<recast_crds::Endpoint>, BackendError> {
         self.inner.endpoints().await
     }
-    async fn policy(
-        &self,
-        ns: &str,
-        n: &str,
-    ) -> Result<Option<recast_crds::RemediationPolicy>, BackendError> {
-        self.inner.policy(ns, n).await
-    }
-    async fn golden_images(&self, ns: &str) -> Result<Vec<recast_crds::GoldenImage>, BackendError> {
-        self.inner.golden_images(ns).await
-    }
+
     async fn write_status(
         &self,
         ep: &recast_crds::Endpoint,
@@ -376,6 +370,7 @@ impl Backend for RacingEdit {
         }
         self.inner.write_status(ep, s).await
     }
+
     async fn record(
         &self,
         ep: &recast_crds::Endpoint,
@@ -384,25 +379,48 @@ impl Backend for RacingEdit {
     ) -> Result<(), BackendError> {
         self.inner.record(ep, n, now).await
     }
+
     async fn ensure_finalizer(
         &self,
         ep: &recast_crds::Endpoint,
     ) -> Result<Option<recast_crds::Endpoint>, BackendError> {
         self.inner.ensure_finalizer(ep).await
     }
+
     async fn remove_finalizer(&self, ep: &recast_crds::Endpoint) -> Result<(), BackendError> {
         self.inner.remove_finalizer(ep).await
     }
-    async fn arm_boot(
+}
+
+impl recast_operator::store::ContextStore for RacingEdit {
+    async fn policy(
         &self,
-        ep: &recast_crds::Endpoint,
-        intent: &recast_operator::boot::BootIntent,
-    ) -> Result<(), BackendError> {
-        self.inner.arm_boot(ep, intent).await
+        ns: &str,
+        n: &str,
+    ) -> Result<Option<recast_crds::RemediationPolicy>, BackendError> {
+        self.inner.policy(ns, n).await
     }
-    async fn disarm_boot(&self, key: &Key) -> Result<(), BackendError> {
-        self.inner.disarm_boot(key).await
+
+    async fn golden_images(&self, ns: &str) -> Result<Vec<recast_crds::GoldenImage>, BackendError> {
+        self.inner.golden_images(ns).await
     }
+}
+
+impl recast_operator::store::Inbox for RacingEdit {
+    async fn post_input(&self, k: &Key, i: &Input) -> Result<(), BackendError> {
+        self.inner.post_input(k, i).await
+    }
+
+    async fn pending_inputs(&self, k: &Key) -> Result<Vec<(String, Option<Input>)>, BackendError> {
+        self.inner.pending_inputs(k).await
+    }
+
+    async fn ack_input(&self, k: &Key, id: &str) -> Result<(), BackendError> {
+        self.inner.ack_input(k, id).await
+    }
+}
+
+impl recast_operator::store::ActionJournal for RacingEdit {
     async fn journal_begin(
         &self,
         ep: &recast_crds::Endpoint,
@@ -410,6 +428,7 @@ impl Backend for RacingEdit {
     ) -> Result<Journal, BackendError> {
         self.inner.journal_begin(ep, k).await
     }
+
     async fn journal_finish(
         &self,
         ep: &recast_crds::Endpoint,
@@ -417,6 +436,7 @@ impl Backend for RacingEdit {
     ) -> Result<(), BackendError> {
         self.inner.journal_finish(ep, k).await
     }
+
     async fn journal_forget(
         &self,
         ep: &recast_crds::Endpoint,
@@ -424,15 +444,25 @@ impl Backend for RacingEdit {
     ) -> Result<(), BackendError> {
         self.inner.journal_forget(ep, k).await
     }
-    async fn post_input(&self, k: &Key, i: &Input) -> Result<(), BackendError> {
-        self.inner.post_input(k, i).await
+}
+
+impl recast_operator::store::BootArming for RacingEdit {
+    async fn arm_boot(
+        &self,
+        ep: &recast_crds::Endpoint,
+        intent: &recast_operator::boot::BootIntent,
+    ) -> Result<(), BackendError> {
+        self.inner.arm_boot(ep, intent).await
     }
-    async fn pending_inputs(&self, k: &Key) -> Result<Vec<(String, Option<Input>)>, BackendError> {
-        self.inner.pending_inputs(k).await
+
+    async fn disarm_boot(&self, key: &Key) -> Result<(), BackendError> {
+        self.inner.disarm_boot(key).await
     }
-    async fn ack_input(&self, k: &Key, id: &str) -> Result<(), BackendError> {
-        self.inner.ack_input(k, id).await
-    }
+}
+
+impl recast_operator::store::WaveStore for RacingEdit {}
+
+impl recast_operator::store::Fencing for RacingEdit {
     fn ensure_leader(&self) -> Result<(), BackendError> {
         if self.deposed {
             Err(BackendError::NotLeader)

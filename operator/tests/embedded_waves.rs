@@ -9,11 +9,11 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use recast_core::lifecycle::Input;
 use recast_crds::endpoint::AttemptOutcome;
 use recast_crds::manifest::Kind;
 use recast_crds::wave::WavePhase;
-use recast_operator::controller::embedded::EmbeddedBackend;
-use recast_core::lifecycle::Input;
+use recast_operator::store::embedded::EmbeddedBackend;
 use recast_operator::store::embedded::EmbeddedStore;
 use serde_json::json;
 use wave_sim::{FLEET, ManualClock, Sim, WAVE, controller, ep_name};

@@ -13,12 +13,15 @@ use recast_crds::endpoint::EndpointStatus;
 use recast_crds::manifest::Kind;
 use recast_crds::report::{AgentReport, MAX_REPORT_BYTES};
 use recast_operator::bmc::RecordingPower;
-use recast_operator::controller::embedded::{EmbeddedBackend, run as run_embedded};
-use recast_operator::controller::{Controller, Key, SystemClock};
+use recast_operator::clock::SystemClock;
+use recast_operator::controller::Controller;
+use recast_operator::controller::embedded::run as run_embedded;
 use recast_operator::gateway::credentials::CredentialStore;
 use recast_operator::gateway::limit::Rate;
 use recast_operator::gateway::{self, Gateway, GatewayConfig};
 use recast_operator::metrics::Metrics;
+use recast_operator::store::Key;
+use recast_operator::store::embedded::EmbeddedBackend;
 use recast_operator::store::embedded::EmbeddedStore;
 use serde_json::Value;
 use tokio::sync::watch;
@@ -191,8 +194,8 @@ async fn harness(name: &str, config: GatewayConfig) -> Option<Harness> {
 }
 
 /// The imaging key the boot service and the gateway share in these tests.
-fn imaging_key() -> recast_operator::boot::token::TokenKey {
-    recast_operator::boot::token::TokenKey::from_bytes([7; 32])
+fn imaging_key() -> recast_operator::token::TokenKey {
+    recast_operator::token::TokenKey::from_bytes([7; 32])
 }
 
 /// The agent.json the boot service would render for this attempt.
@@ -582,8 +585,8 @@ async fn wait_for(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_loop_closes_through_the_agent() {
-    use recast_operator::controller::Backend;
     use recast_core::lifecycle::Input;
+    use recast_operator::store::Inbox;
     let Some(h) = harness("loop", GatewayConfig::default()).await else {
         return;
     };
@@ -820,8 +823,8 @@ async fn agent_pass(
 /// managed mode, kept in immutable mode; an undone hold is drift, put back and recorded.
 async fn guard_end_to_end(immutable: bool) {
     use recast_agent::hold::{self, fake::FakeRegistry};
-    use recast_operator::controller::Backend;
     use recast_core::lifecycle::Input;
+    use recast_operator::store::Inbox;
     // Facts are read on every report, so answers follow the controller's decisions at once.
     let config = GatewayConfig {
         facts_ttl: Duration::ZERO,

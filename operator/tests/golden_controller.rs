@@ -15,10 +15,10 @@ use axum::response::Response;
 use futures::StreamExt;
 use recast_crds::golden_image::GoldenImage;
 use recast_crds::manifest::Kind;
-use recast_operator::controller::embedded::EmbeddedBackend;
 use recast_operator::golden::fetch::ArtifactStore;
 use recast_operator::golden::source::{SourcePolicy, parse_cidr};
 use recast_operator::golden::{ImageConfig, ImageController};
+use recast_operator::store::embedded::EmbeddedBackend;
 use recast_operator::store::embedded::EmbeddedStore;
 use recast_tests::wimlib::{self, DECEMBER_2025, JANUARY_2026};
 use serde_json::{Value, json};
@@ -524,7 +524,7 @@ async fn on_the_apiserver_the_controller_verifies_and_promotes() {
     };
     let leader = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let (backend, _) =
-        recast_operator::controller::kube::KubeBackend::connect(client, &opts, leader)
+        recast_operator::store::kube::KubeBackend::connect(client, &opts.scope(), leader)
             .await
             .unwrap();
     let config = config(dir.path());

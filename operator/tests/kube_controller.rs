@@ -11,8 +11,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use recast_crds::endpoint::{AttemptOutcome, EndpointPhase, EndpointStatus, ReimageStep};
-use recast_operator::controller::kube::{ControlKind, KubeBackend, KubeOptions, control_name};
-use recast_operator::controller::{Backend, BackendError, Key};
+use recast_operator::controller::kube::KubeOptions;
+use recast_operator::store::kube::{ControlKind, KubeBackend, control_name};
+use recast_operator::store::{BackendError, EndpointStore, Key};
 use recast_tests::{K8s, inputs, repo_root};
 use serde_json::{Value, json};
 
@@ -572,10 +573,10 @@ async fn a_status_write_on_a_stale_spec_is_refused() {
         control_namespace: site.ns.clone(),
     };
     let leader = Arc::new(AtomicBool::new(true));
-    let (backend, _) = KubeBackend::connect(client, &opts, leader.clone())
+    let (backend, _) = KubeBackend::connect(client, &opts.scope(), leader.clone())
         .await
         .unwrap();
-    let key = recast_operator::controller::Key {
+    let key = recast_operator::store::Key {
         namespace: site.ns.clone(),
         name: "kiosk-03".into(),
     };

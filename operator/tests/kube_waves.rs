@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use recast_operator::controller::Backend;
-use recast_operator::controller::kube::{KubeBackend, KubeOptions};
+use recast_operator::controller::kube::KubeOptions;
+use recast_operator::store::ContextStore;
+use recast_operator::store::kube::KubeBackend;
 use recast_tests::{K8s, inputs, repo_root};
 use serde_json::{Value, json};
 use wave_sim::{ManualClock, NEW_IMAGE, OLD_IMAGE, Sim, WAVE, controller};
@@ -57,9 +58,10 @@ impl Cluster {
             watch_namespace: Some(self.ns.clone()),
             control_namespace: self.ns.clone(),
         };
-        let (backend, _) = KubeBackend::connect(client, &opts, Arc::new(AtomicBool::new(true)))
-            .await
-            .unwrap();
+        let (backend, _) =
+            KubeBackend::connect(client, &opts.scope(), Arc::new(AtomicBool::new(true)))
+                .await
+                .unwrap();
         // The policy and images come from watch caches: wait until both images are Verified
         // and the policy is there, as the operator would after its caches fill.
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -15,8 +15,8 @@ use recast_crds::Endpoint;
 use recast_crds::endpoint::BmcSpec;
 
 use super::PowerControl;
-use recast_core::lifecycle::ActionError;
 use crate::store::embedded::EmbeddedStore;
+use recast_core::lifecycle::ActionError;
 
 /// A Secret's data, key → bytes.
 pub type SecretData = BTreeMap<String, Vec<u8>>;

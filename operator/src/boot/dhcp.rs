@@ -16,8 +16,8 @@ use tokio::sync::watch;
 use super::BootIntents;
 use super::intent::{self, BootChoice, UnknownMacPolicy};
 use super::ratelimit::SharedLimiter;
-use crate::controller::BackendError;
 use crate::metrics::Metrics;
+use crate::store::BackendError;
 
 /// What a request says about the client, as far as boot decisions go.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -15,11 +15,11 @@ use serde::{Deserialize, Serialize};
 
 use super::intent::{self, BootChoice, NotServed, UnknownMacPolicy};
 use super::render::{AttemptView, ImageFile, ImagingEnvironment, Renderer, SiteSettings};
-use super::token::TokenKey;
 use super::{BootIntent, BootIntents};
-use crate::controller::{Backend, Key};
-use recast_core::lifecycle::{Input, Notice, NoticeType};
 use crate::metrics::Metrics;
+use crate::store::{Backend, Key};
+use crate::token::TokenKey;
+use recast_core::lifecycle::{Input, Notice, NoticeType};
 
 /// How the boot service is set up at a site.
 #[derive(Clone, Debug)]
@@ -224,7 +224,7 @@ async fn per_mac<B: Backend + BootIntents>(
         Ok(x) => x,
         // Not "unknown" before the index has loaded: iPXE treats the error as a failed chain
         // and boots the local disk, and nothing is recorded about the machine.
-        Err(crate::controller::BackendError::NotReady(why)) => {
+        Err(crate::store::BackendError::NotReady(why)) => {
             svc.metrics.boot_choice("not_ready");
             let mut resp = text(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -736,7 +736,7 @@ async fn agent_config<B: Backend + BootIntents>(
     let intent = svc
         .authorize(&p, &client_address(peer), &headers, &q)
         .await?;
-    let unavailable = |e: crate::controller::BackendError| {
+    let unavailable = |e: crate::store::BackendError| {
         Refusal::Unavailable(format!("the store is unavailable ({e}); retry"))
     };
     let ep = svc
@@ -745,7 +745,7 @@ async fn agent_config<B: Backend + BootIntents>(
         .await
         .map_err(unavailable)?
         .ok_or_else(|| Refusal::Gone(format!("endpoint {} no longer exists", intent.endpoint)))?;
-    let policy = crate::controller::policy_view_for(svc.backend.as_ref(), &ep)
+    let policy = crate::store::policy_view_for(svc.backend.as_ref(), &ep)
         .await
         .map_err(unavailable)?;
     let update_mode = recast_core::hold::effective_mode(&ep.spec, &policy);

@@ -1,121 +1,7 @@
 //! What the boot service hands a machine on its next network boot, decided purely from the
 //! armed boot intent (if any) and what recast knows about the MAC address.
 
-use serde::{Deserialize, Serialize};
-
-/// An armed network boot for one attempt try of one endpoint. The controller writes it (both
-/// backends) when the lifecycle arms the boot and deletes it when the attempt moves on; the boot
-/// service only reads it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct BootIntent {
-    pub namespace: String,
-    pub endpoint: String,
-    /// Lower-case, colon-separated.
-    pub mac_addresses: Vec<String>,
-    pub attempt_id: String,
-    pub try_number: u32,
-    /// GoldenImage name.
-    pub image: String,
-    /// sha256 of the WIM the imaging environment must apply; never served without one.
-    pub image_digest: Option<String>,
-    /// "uefi" or "bios".
-    pub boot_mode: String,
-    pub armed_at: String,
-}
-
-/// What recast knows about a MAC address that asks to boot.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Known {
-    /// An Endpoint lists this MAC; `wds` when it is handed to the site's WDS server.
-    Endpoint {
-        namespace: String,
-        name: String,
-        wds: bool,
-    },
-    /// Two or more Endpoints list this MAC ("namespace/name" of each, sorted). Admission
-    /// refuses that on both backends; if it happens anyway (an object written before the
-    /// check, a race between two creates, a webhook that was down) the MAC boots nothing.
-    Ambiguous {
-        owners: Vec<String>,
-    },
-    Unknown,
-}
-
-impl Known {
-    /// What recast knows about a MAC from the Endpoints that list it (`(namespace, name,
-    /// wds)` of each live one): nobody, exactly one, or several (never "the first one").
-    pub fn from_owners(mut owners: Vec<(String, String, bool)>) -> Known {
-        owners.sort();
-        owners.dedup();
-        match owners.len() {
-            0 => Known::Unknown,
-            1 => {
-                let (namespace, name, wds) = owners.remove(0);
-                Known::Endpoint {
-                    namespace,
-                    name,
-                    wds,
-                }
-            }
-            _ => Known::Ambiguous {
-                owners: owners
-                    .into_iter()
-                    .map(|(ns, name, _)| format!("{ns}/{name}"))
-                    .collect(),
-            },
-        }
-    }
-}
-
-/// One MAC an Endpoint lists that another Endpoint already lists.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MacConflict {
-    /// Normalised.
-    pub mac: String,
-    /// "namespace/name" of the Endpoint that already lists it.
-    pub owner: String,
-}
-
-impl std::fmt::Display for MacConflict {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "MAC address {} already belongs to Endpoint {}",
-            self.mac, self.owner
-        )
-    }
-}
-
-/// The MACs of `candidate` (namespace, name, MACs) that another Endpoint in `others` already
-/// lists; the candidate itself (same namespace and name) is never a conflict. MACs compare
-/// normalised, so `52-54-00-AB-CD-01` and `52:54:00:ab:cd:01` are the same machine.
-pub fn mac_conflicts<'a>(
-    candidate: (&str, &str, &[String]),
-    others: impl IntoIterator<Item = (&'a str, &'a str, &'a [String])>,
-) -> Vec<MacConflict> {
-    let (ns, name, macs) = candidate;
-    let norm = |m: &str| normalize_mac(m).unwrap_or_else(|| m.trim().to_ascii_lowercase());
-    let wanted: std::collections::BTreeSet<String> = macs.iter().map(|m| norm(m)).collect();
-    let mut out: Vec<MacConflict> = Vec::new();
-    for (other_ns, other_name, other_macs) in others {
-        if other_ns == ns && other_name == name {
-            continue;
-        }
-        for m in other_macs {
-            let m = norm(m);
-            if wanted.contains(&m) {
-                out.push(MacConflict {
-                    mac: m,
-                    owner: format!("{other_ns}/{other_name}"),
-                });
-            }
-        }
-    }
-    out.sort_by(|a, b| (&a.mac, &a.owner).cmp(&(&b.mac, &b.owner)));
-    out.dedup();
-    out
-}
+pub use crate::store::arming::{BootIntent, Known, MacConflict, mac_conflicts, normalize_mac};
 
 /// What to do with a MAC address recast does not manage.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -215,26 +101,6 @@ pub fn choose(
             (BootChoice::Imaging(intent.clone()), None)
         }
     }
-}
-
-/// Normalises a MAC address to lower-case colon-separated form; None when it is not one.
-pub fn normalize_mac(raw: &str) -> Option<String> {
-    let hex: String = raw
-        .chars()
-        .filter(|c| !matches!(c, ':' | '-' | '.'))
-        .collect();
-    if hex.len() != 12 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        return None;
-    }
-    let lower = hex.to_ascii_lowercase();
-    Some(
-        lower
-            .as_bytes()
-            .chunks(2)
-            .map(|c| String::from_utf8_lossy(c).into_owned())
-            .collect::<Vec<_>>()
-            .join(":"),
-    )
 }
 
 #[cfg(test)]

@@ -10,10 +10,10 @@ use super::dhcp::{self, DhcpConfig};
 use super::http::{BootConfig, BootHttp, router};
 use super::ratelimit::{BOOT_HTTP_PER_MAC, DHCP_PER_MAC, MAX_TRACKED_MACS, SharedLimiter};
 use super::render::Renderer;
-use super::token::TokenKey;
-use crate::controller::Backend;
 use crate::http::Readiness;
 use crate::metrics::Metrics;
+use crate::store::Backend;
+use crate::token::TokenKey;
 
 pub struct BootServiceConfig {
     pub http_listen: SocketAddr,

@@ -17,8 +17,8 @@ use axum::routing::post;
 use recast_crds::Endpoint;
 use serde_json::{Value, json};
 
-use super::Backend;
 use crate::boot::intent::mac_conflicts;
+use crate::store::Backend;
 
 /// Where the apiserver sends Endpoint admission reviews.
 pub const PATH: &str = "/validate/endpoints";

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::{Backend, BackendError, Controller, Key};
+use super::Controller;
 use crate::bmc::PowerControl;
+use crate::store::{Backend, BackendError, Key};
 use recast_core::derive::{bmc_boot_crash, last_reimage_end, last_report_at};
 use recast_core::lifecycle::Input;
 use recast_core::signal::SignalKind;

@@ -4,232 +4,31 @@
 
 pub mod admission;
 pub mod bmc_watch;
-pub mod boot_watch;
 pub mod embedded;
 pub mod kube;
 pub mod wave;
 
 use std::collections::VecDeque;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
+use recast_crds::Endpoint;
 use recast_crds::endpoint::EndpointStatus;
-use recast_crds::golden_image::GoldenImage;
-use recast_crds::policy::{DEFAULT_POLICY_NAME, RemediationPolicy};
-use recast_crds::wave::{ReimageWave, ReimageWaveStatus};
-use recast_crds::{ConditionStatus, Endpoint};
+use recast_crds::policy::DEFAULT_POLICY_NAME;
 
 use crate::bmc::PowerControl;
-use recast_core::build::Build;
+use crate::clock::Clock;
+use crate::metrics::Metrics;
+use crate::store::{Backend, BackendError, Journal, Key};
 use recast_core::fleet::FleetIndex;
+use recast_core::image::resolve_image;
 use recast_core::lifecycle::{
     Action, ActionError, ActionKind, Context, Decision, EndpointView, ImageView, Input, Notice,
     decide,
 };
 use recast_core::policy::PolicyView;
 use recast_core::transitions::Edge;
-use crate::metrics::Metrics;
-
-/// "namespace/name" of an endpoint.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Key {
-    pub namespace: String,
-    pub name: String,
-}
-
-impl Key {
-    pub fn of(ep: &Endpoint) -> Key {
-        Key {
-            namespace: ep
-                .metadata
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".into()),
-            name: ep.metadata.name.clone().unwrap_or_default(),
-        }
-    }
-}
-
-impl std::fmt::Display for Key {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum BackendError {
-    /// The object changed since it was read; read again and decide again.
-    #[error("conflict: {0}")]
-    Conflict(String),
-    /// This replica may not write (it lost the lease).
-    #[error("not the leader")]
-    NotLeader,
-    /// The answer is not known yet (a cache still loading); ask again shortly.
-    #[error("not ready: {0}")]
-    NotReady(String),
-    #[error("{0}")]
-    Other(String),
-}
-
-/// What journal says about an action key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Journal {
-    New,
-    Interrupted,
-    Done,
-}
-
-/// What the controller needs from a store. Both backends implement it.
-pub trait Backend: Send + Sync + 'static {
-    fn endpoint(
-        &self,
-        key: &Key,
-    ) -> impl Future<Output = Result<Option<Endpoint>, BackendError>> + Send;
-    fn endpoints(&self) -> impl Future<Output = Result<Vec<Endpoint>, BackendError>> + Send;
-    fn policy(
-        &self,
-        namespace: &str,
-        name: &str,
-    ) -> impl Future<Output = Result<Option<RemediationPolicy>, BackendError>> + Send;
-    fn golden_images(
-        &self,
-        namespace: &str,
-    ) -> impl Future<Output = Result<Vec<GoldenImage>, BackendError>> + Send;
-    /// Writes status, failing with Conflict when the endpoint changed since `ep` was read.
-    /// Returns the stored object when the backend gets it back for free.
-    fn write_status(
-        &self,
-        ep: &Endpoint,
-        status: &EndpointStatus,
-    ) -> impl Future<Output = Result<Option<Endpoint>, BackendError>> + Send;
-    fn record(
-        &self,
-        ep: &Endpoint,
-        notice: &Notice,
-        now: Timestamp,
-    ) -> impl Future<Output = Result<(), BackendError>> + Send;
-    /// Adds the finalizer if missing; returns the updated object when it patched one.
-    fn ensure_finalizer(
-        &self,
-        ep: &Endpoint,
-    ) -> impl Future<Output = Result<Option<Endpoint>, BackendError>> + Send;
-    fn remove_finalizer(
-        &self,
-        ep: &Endpoint,
-    ) -> impl Future<Output = Result<(), BackendError>> + Send;
-    /// Makes the boot service hand the endpoint's MACs the imaging environment (idempotent).
-    fn arm_boot(
-        &self,
-        ep: &Endpoint,
-        intent: &crate::boot::BootIntent,
-    ) -> impl Future<Output = Result<(), BackendError>> + Send;
-    /// Back to local boot for every MAC of the endpoint (idempotent).
-    fn disarm_boot(&self, key: &Key) -> impl Future<Output = Result<(), BackendError>> + Send;
-    /// Drops what the backend keeps beside a deleted endpoint (its journal and inbox) where
-    /// nothing else collects it (idempotent). Called once the endpoint is gone or finalizing.
-    fn release(&self, key: &Key) -> impl Future<Output = Result<(), BackendError>> + Send {
-        let _ = key;
-        async { Ok(()) }
-    }
-    fn journal_begin(
-        &self,
-        ep: &Endpoint,
-        key: &str,
-    ) -> impl Future<Output = Result<Journal, BackendError>> + Send;
-    fn journal_finish(
-        &self,
-        ep: &Endpoint,
-        key: &str,
-    ) -> impl Future<Output = Result<(), BackendError>> + Send;
-    fn journal_forget(
-        &self,
-        ep: &Endpoint,
-        key: &str,
-    ) -> impl Future<Output = Result<(), BackendError>> + Send;
-    /// Queues an input for an endpoint (the gateway and boot service use this); it is kept
-    /// until a decision on it has been persisted.
-    fn post_input(
-        &self,
-        key: &Key,
-        input: &Input,
-    ) -> impl Future<Output = Result<(), BackendError>> + Send;
-    /// The endpoint's queued inputs, oldest first; None for one that does not decode.
-    fn pending_inputs(
-        &self,
-        key: &Key,
-    ) -> impl Future<Output = Result<Vec<(String, Option<Input>)>, BackendError>> + Send;
-    fn ack_input(
-        &self,
-        key: &Key,
-        id: &str,
-    ) -> impl Future<Output = Result<(), BackendError>> + Send;
-    /// Every ReimageWave the controller watches. Backends without waves have none.
-    fn waves(&self) -> impl Future<Output = Result<Vec<ReimageWave>, BackendError>> + Send {
-        async { Ok(Vec::new()) }
-    }
-    fn wave(
-        &self,
-        namespace: &str,
-        name: &str,
-    ) -> impl Future<Output = Result<Option<ReimageWave>, BackendError>> + Send {
-        let _ = (namespace, name);
-        async { Ok(None) }
-    }
-    /// Writes a wave's status, failing with Conflict when the wave changed since it was read.
-    fn write_wave_status(
-        &self,
-        wave: &ReimageWave,
-        status: &ReimageWaveStatus,
-    ) -> impl Future<Output = Result<(), BackendError>> + Send {
-        let _ = (wave, status);
-        async { Err(BackendError::Other("this backend keeps no waves".into())) }
-    }
-    /// Records an event on a wave.
-    fn record_wave(
-        &self,
-        wave: &ReimageWave,
-        notice: &Notice,
-        now: Timestamp,
-    ) -> impl Future<Output = Result<(), BackendError>> + Send {
-        let _ = (wave, notice, now);
-        async { Ok(()) }
-    }
-    /// Fencing right before an irreversible side effect (a BMC power cycle): a replica that
-    /// lost the lease since it decided must not act. Single-writer backends always may.
-    fn ensure_leader(&self) -> Result<(), BackendError> {
-        Ok(())
-    }
-}
-
-/// The clock, injected so tests can move time.
-/// The policy an endpoint answers to, for the gateway and the boot service: a missing or broken
-/// policy counts as the built-in defaults, as the controller does (which also reports the
-/// problem on the endpoint).
-pub async fn policy_view_for<B: Backend>(
-    backend: &B,
-    ep: &Endpoint,
-) -> Result<PolicyView, BackendError> {
-    let ns = ep.metadata.namespace.as_deref().unwrap_or("default");
-    let name = ep.spec.policy_ref.as_deref().unwrap_or(DEFAULT_POLICY_NAME);
-    Ok(match backend.policy(ns, name).await? {
-        Some(p) => PolicyView::from_spec(name, &p.spec).unwrap_or_else(|_| PolicyView::built_in()),
-        None => PolicyView::built_in(),
-    })
-}
-
-pub trait Clock: Send + Sync + 'static {
-    fn now(&self) -> Timestamp;
-}
-
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> Timestamp {
-        Timestamp::now()
-    }
-}
 
 pub struct Controller<B: Backend, P: PowerControl> {
     pub backend: Arc<B>,
@@ -561,7 +360,7 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
                         .backend
                         .endpoint(key)
                         .await?
-                        .ok_or_else(|| BackendError::Other(format!("{key} disappeared")))?;
+                        .ok_or_else(|| BackendError::Conflict(format!("{key} disappeared")))?;
                 }
                 Err(e) => return Err(e),
             }
@@ -757,48 +556,4 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
         let images = self.backend.golden_images(ns).await?;
         Ok(resolve_image(&ep.spec.image, &images))
     }
-}
-
-/// The GoldenImage an endpoint's spec.image resolves to. A channel resolves to the newest
-/// Verified image that lists it in status.channels (or, before the image controller has run,
-/// in spec.channels, unverified).
-pub fn resolve_image(
-    image: &recast_crds::endpoint::ImageRef,
-    images: &[GoldenImage],
-) -> Option<ImageView> {
-    let view = |gi: &GoldenImage| {
-        let verified = gi.status.as_ref().is_some_and(|s| {
-            s.conditions
-                .iter()
-                .any(|c| c.type_ == "Verified" && c.status == ConditionStatus::True)
-        });
-        ImageView {
-            name: gi.metadata.name.clone().unwrap_or_default(),
-            digest: gi
-                .status
-                .as_ref()
-                .and_then(|s| s.digest.clone())
-                .or_else(|| Some(gi.spec.sha256.clone())),
-            verified,
-            minimum_build: gi.spec.requirements.minimum_build.parse::<Build>().ok(),
-        }
-    };
-    if let Some(name) = &image.golden_image {
-        return images
-            .iter()
-            .find(|gi| gi.metadata.name.as_deref() == Some(name))
-            .map(view);
-    }
-    let channel = image.channel.as_deref()?;
-    let in_channel = |gi: &&GoldenImage| {
-        gi.status
-            .as_ref()
-            .is_some_and(|s| s.channels.iter().any(|c| c == channel))
-            || gi.spec.channels.iter().any(|c| c == channel)
-    };
-    images
-        .iter()
-        .filter(in_channel)
-        .map(view)
-        .max_by(|a, b| (a.verified, a.minimum_build).cmp(&(b.verified, b.minimum_build)))
 }

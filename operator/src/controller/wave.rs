@@ -17,8 +17,10 @@ use recast_crds::Endpoint;
 use recast_crds::endpoint::{EndpointStatus, ImageRef};
 use recast_crds::wave::WavePhase;
 
-use super::{Backend, BackendError, Controller, Key, resolve_image};
+use super::Controller;
 use crate::bmc::PowerControl;
+use crate::store::{Backend, BackendError, Key};
+use recast_core::image::resolve_image;
 use recast_core::lifecycle::{NoticeType, WaveView};
 use recast_core::wave::{self, Candidate, Member, WaveInput};
 

@@ -20,8 +20,8 @@ use ring::digest::{SHA256, digest};
 use ring::rand::{SecureRandom, SystemRandom};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::controller::Key;
 use crate::encoding::hex;
+use crate::store::Key;
 
 pub const TOKEN_PREFIX: &str = "rct_";
 pub const DB_FILE: &str = "gateway.db";

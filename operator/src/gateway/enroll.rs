@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Gateway, lock};
 use crate::boot::http::enrollment_token_valid;
-use crate::controller::{Backend, Key};
+use crate::store::{Backend, Key};
 
 /// An enrollment request is four short strings.
 pub const MAX_ENROLL_BYTES: usize = 4096;

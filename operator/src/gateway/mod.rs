@@ -54,15 +54,17 @@ use recast_crds::Endpoint;
 use recast_crds::report::{AgentReport, MAX_REPORT_BYTES, ReportError, ReportReply};
 use tokio::sync::watch;
 
-use crate::controller::{Backend, Clock, Key, policy_view_for, resolve_image};
+use crate::clock::Clock;
+use crate::store::{Backend, Key, policy_view_for};
+use credentials::{CredentialError, CredentialStore, GroupCommit};
+use limit::{Bucket, IpLimiter, Rate};
 use recast_core::build::Build;
 use recast_core::derive;
 use recast_core::hold::{self, HoldFacts};
+use recast_core::image::resolve_image;
 use recast_core::lifecycle::Input;
 use recast_core::signal::SignalKind;
 use recast_core::time;
-use credentials::{CredentialError, CredentialStore, GroupCommit};
-use limit::{Bucket, IpLimiter, Rate};
 use session::{EndpointFacts, Session, Staleness, StoredState};
 
 #[derive(Clone, Debug)]
@@ -235,7 +237,7 @@ pub struct Gateway<B: Backend> {
     /// order.
     entries: std::sync::Mutex<HashMap<Key, Arc<tokio::sync::Mutex<Option<Entry>>>>>,
     /// The imaging key enrollment credentials are checked with (None: enrollment is off).
-    enrollment_key: Option<crate::boot::token::TokenKey>,
+    enrollment_key: Option<crate::token::TokenKey>,
     pub stats: GatewayStats,
 }
 
@@ -278,7 +280,7 @@ impl<B: Backend> Gateway<B> {
 
     /// Turns on `POST /v1/enroll` (see [`enroll`]), checking credentials with the boot
     /// service's imaging key.
-    pub fn with_enrollment(mut self, key: crate::boot::token::TokenKey) -> Self {
+    pub fn with_enrollment(mut self, key: crate::token::TokenKey) -> Self {
         self.enrollment_key = Some(key);
         self
     }
@@ -476,7 +478,7 @@ impl<B: Backend> Gateway<B> {
 
     async fn load_facts(&self, ep: &Endpoint) -> Result<EndpointFacts, GatewayError> {
         let ns = ep.metadata.namespace.as_deref().unwrap_or("default");
-        let store = |e: crate::controller::BackendError| GatewayError::Store(e.to_string());
+        let store = |e: crate::store::BackendError| GatewayError::Store(e.to_string());
         let policy = policy_view_for(self.backend.as_ref(), ep)
             .await
             .map_err(store)?;

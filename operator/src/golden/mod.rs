@@ -26,10 +26,10 @@ use recast_crds::common::ConditionStatus;
 use recast_crds::golden_image::{GoldenImage, GoldenImageStatus, ImageFacts};
 use tokio::sync::watch;
 
-use crate::controller::{Backend, BackendError};
-use recast_core::lifecycle::{Notice, NoticeType};
+use crate::store::{BackendError, ImageStore};
 use decide::Work;
 use fetch::{ArtifactStore, FetchError, FetchProgress};
+use recast_core::lifecycle::{Notice, NoticeType};
 use source::SourcePolicy;
 
 /// Where the controller puts bytes and what sources may reach.
@@ -37,26 +37,6 @@ use source::SourcePolicy;
 pub struct ImageConfig {
     pub store: ArtifactStore,
     pub sources: SourcePolicy,
-}
-
-/// What the image controller needs from a store, beyond the endpoint [`Backend`].
-pub trait ImageBackend: Backend {
-    /// Every GoldenImage the controller watches, in all namespaces.
-    fn all_golden_images(
-        &self,
-    ) -> impl Future<Output = Result<Vec<GoldenImage>, BackendError>> + Send;
-    /// Writes status; a spec that changed since `gi` was read is a Conflict where the store
-    /// can tell.
-    fn write_image_status(
-        &self,
-        gi: &GoldenImage,
-        status: &GoldenImageStatus,
-    ) -> impl Future<Output = Result<(), BackendError>> + Send;
-    fn record_image(
-        &self,
-        gi: &GoldenImage,
-        notice: &Notice,
-    ) -> impl Future<Output = Result<(), BackendError>> + Send;
 }
 
 /// How often the controller looks at the images, and how often at the fleet for KnownGood.
@@ -86,7 +66,7 @@ fn key(gi: &GoldenImage) -> ImageKey {
     )
 }
 
-pub struct ImageController<B: ImageBackend> {
+pub struct ImageController<B: ImageStore> {
     backend: Arc<B>,
     store: ArtifactStore,
     sources: Arc<SourcePolicy>,
@@ -123,7 +103,7 @@ struct Checked {
     digest: Option<String>,
 }
 
-impl<B: ImageBackend> ImageController<B> {
+impl<B: ImageStore> ImageController<B> {
     pub fn new(backend: Arc<B>, config: ImageConfig) -> Result<Self, String> {
         let sources = Arc::new(config.sources);
         let http = fetch::client(&sources)?;

@@ -8,12 +8,14 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
 use jiff::Timestamp;
+use recast_core::lifecycle::Input;
 use recast_crds::endpoint::{AttemptOutcome, EndpointStatus, ReimageStep, ReportSummary};
 use recast_crds::wave::{ReimageWaveStatus, WavePhase};
 use recast_operator::bmc::RecordingPower;
-use recast_operator::controller::{Backend, Clock, Controller, Key};
-use recast_core::lifecycle::Input;
+use recast_operator::clock::Clock;
+use recast_operator::controller::Controller;
 use recast_operator::metrics::Metrics;
+use recast_operator::store::{Backend, Key};
 use serde_json::{Value, json};
 
 pub const OLD_IMAGE: &str = "win11-24h2-2026-01";

@@ -25,10 +25,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
 use tokio::net::UdpSocket;
 
 pub use budget::{BudgetConfig, ClientBudgets};
@@ -96,81 +92,7 @@ pub enum TftpError {
     Threads(#[source] std::io::Error),
 }
 
-type Labels = Vec<(String, String)>;
-
-/// Prometheus metrics of the TFTP server (registered under the caller's registry).
-#[derive(Clone, Default, Debug)]
-pub struct TftpMetrics {
-    /// Finished transfers by outcome (completed, timed_out, refused, ...).
-    pub transfers: Family<Labels, Counter>,
-    /// Requests refused before a transfer started, by reason.
-    pub refused: Family<Labels, Counter>,
-    pub active: Gauge,
-    pub bytes_sent: Counter,
-    pub retransmits: Counter,
-    pub wrong_tid: Counter,
-    pub malformed: Counter,
-    /// Transfer tasks that panicked: always a bug, reported so tests and alerts can see it.
-    pub panics: Counter,
-}
-
-impl TftpMetrics {
-    pub fn register(&self, registry: &mut Registry) {
-        let r = registry.sub_registry_with_prefix("tftp");
-        r.register(
-            "transfers",
-            "Finished TFTP transfers by outcome",
-            self.transfers.clone(),
-        );
-        r.register(
-            "requests_refused",
-            "TFTP requests refused before a transfer started, by reason",
-            self.refused.clone(),
-        );
-        r.register(
-            "active_transfers",
-            "TFTP transfers in progress",
-            self.active.clone(),
-        );
-        r.register(
-            "sent_bytes",
-            "File bytes sent over TFTP",
-            self.bytes_sent.clone(),
-        );
-        r.register(
-            "retransmitted_packets",
-            "TFTP packets sent again after a timeout",
-            self.retransmits.clone(),
-        );
-        r.register(
-            "wrong_tid_packets",
-            "Packets from an unknown transfer id (answered with ERROR 5)",
-            self.wrong_tid.clone(),
-        );
-        r.register(
-            "malformed_packets",
-            "Datagrams that are not valid TFTP requests",
-            self.malformed.clone(),
-        );
-        r.register(
-            "task_panics",
-            "TFTP transfer tasks that panicked (a bug)",
-            self.panics.clone(),
-        );
-    }
-
-    pub fn transfers_with(&self, outcome: &str) -> u64 {
-        self.transfers
-            .get_or_create(&vec![("outcome".to_string(), outcome.to_string())])
-            .get()
-    }
-
-    pub fn refused_with(&self, reason: &str) -> u64 {
-        self.refused
-            .get_or_create(&vec![("reason".to_string(), reason.to_string())])
-            .get()
-    }
-}
+pub use crate::metrics::TftpMetrics;
 
 /// State shared by the listener and every transfer task.
 pub(crate) struct ServerShared {

@@ -5,7 +5,7 @@
 //!
 //! The shell is deliberately thin: where the watches look ([`WatchScope`]) and how a ConfigMap
 //! becomes an intent (the `decode` function) are its only inputs; what the index does with the
-//! events is pure and tested in `boot::index`.
+//! events is pure and tested in `store::kube::index`.
 
 use std::sync::{Arc, RwLock};
 
@@ -17,9 +17,9 @@ use kube::{Client, ResourceExt};
 use recast_crds::Endpoint;
 use tokio::sync::watch;
 
-use super::Key;
-use crate::boot::BootIntent;
-use crate::boot::index::{BootIndex, EndpointFacts, Feed, IntentId, Lookup};
+use crate::store::BootIntent;
+use crate::store::Key;
+use crate::store::kube::index::{BootIndex, EndpointFacts, Feed, IntentId, Lookup};
 
 /// The index, shared by the watches (writers) and the boot service (readers).
 #[derive(Clone, Debug, Default)]

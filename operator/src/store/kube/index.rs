@@ -12,9 +12,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use recast_crds::Endpoint;
 
-use super::BootIntent;
-use super::intent::{Known, normalize_mac};
-use crate::controller::Key;
+use crate::store::Key;
+use crate::store::arming::{BootIntent, Known, normalize_mac};
 
 /// What the index keeps of an Endpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]

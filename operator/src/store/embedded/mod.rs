@@ -10,7 +10,11 @@
 //! state (a transaction is all or nothing); a power cut may lose the last transactions but never
 //! corrupts the file.
 
-use crate::boot::BootIntent;
+mod backend;
+pub use backend::EmbeddedBackend;
+pub(crate) use backend::other;
+
+use crate::store::BootIntent;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -91,7 +95,7 @@ pub enum StoreError {
     MacTaken {
         namespace: String,
         name: String,
-        conflicts: Vec<crate::boot::intent::MacConflict>,
+        conflicts: Vec<crate::store::arming::MacConflict>,
     },
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
@@ -301,7 +305,7 @@ impl EmbeddedStore {
                 ))
             })?
             .collect::<Result<_, _>>()?;
-        let conflicts = crate::boot::intent::mac_conflicts(
+        let conflicts = crate::store::arming::mac_conflicts(
             (namespace, name, &macs),
             others
                 .iter()
@@ -1454,7 +1458,7 @@ mod mac_tests {
         }
         let owners = s.endpoints_by_mac("52:54:00:00:00:01").unwrap();
         assert_eq!(owners.len(), 2, "{owners:?}");
-        let known = crate::boot::Known::from_owners(
+        let known = crate::store::arming::Known::from_owners(
             owners
                 .into_iter()
                 .map(|(ns, n, _)| (ns, n, false))
@@ -1462,7 +1466,7 @@ mod mac_tests {
         );
         assert_eq!(
             known,
-            crate::boot::Known::Ambiguous {
+            crate::store::arming::Known::Ambiguous {
                 owners: vec!["a/one".into(), "b/thief".into()]
             }
         );

@@ -23,8 +23,8 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use super::token::TokenKey;
-use crate::controller::{BackendError, Key};
+use crate::store::{BackendError, InputSink, Key};
+use crate::token::TokenKey;
 use recast_core::lifecycle::Input;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -254,7 +254,7 @@ impl Forwarder {
         for wait in [0u64, 300, 1500] {
             tokio::time::sleep(Duration::from_millis(wait)).await;
             // Sealed afresh each time: a retry is a new message, never a replay.
-            let (body, sig) = seal(&self.key, target, input).map_err(BackendError::Other)?;
+            let (body, sig) = seal(&self.key, target, input).map_err(BackendError::Invalid)?;
             match self
                 .client
                 .post(&self.url)
@@ -276,21 +276,11 @@ impl Forwarder {
                 Err(e) => last = e.to_string(),
             }
         }
-        Err(BackendError::Other(format!(
+        Err(BackendError::Unavailable(format!(
             "the operator at {} did not take the input: {last}",
             self.url
         )))
     }
-}
-
-/// Where accepted inputs go (the operator's backend, which writes the inbox).
-pub trait InputSink: Send + Sync + 'static {
-    fn queue(
-        &self,
-        key: &Key,
-        entry_id: &str,
-        input: &Input,
-    ) -> impl std::future::Future<Output = Result<(), BackendError>> + Send;
 }
 
 struct Receiver<S> {
