@@ -1,6 +1,7 @@
 //! Sending reports to the gateway: HTTPS with rustls (ring provider), a bearer token, and a
 //! clear reading of each answer.
 
+use recast_crds::error_chain;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -232,15 +233,4 @@ impl Sender {
             })?;
         Ok(Ok(token))
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

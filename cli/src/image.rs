@@ -825,7 +825,7 @@ fn manifest(a: ManifestArgs) -> Result<u8, Failure> {
         promotion: None,
     };
     let mut gi = GoldenImage::new(&a.name, spec);
-    if a.namespace != "default" {
+    if a.namespace != recast_crds::DEFAULT_NAMESPACE {
         gi.metadata.namespace = Some(a.namespace.clone());
     }
     let value = serde_json::to_value(&gi).map_err(|e| fail(EXIT_FAILED, e.to_string()))?;

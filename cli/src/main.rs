@@ -34,7 +34,7 @@ struct Cli {
     #[arg(long, global = true, env = "RECAST_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Namespace of the objects.
-    #[arg(short = 'n', long, global = true, default_value = "default")]
+    #[arg(short = 'n', long, global = true, default_value = recast_crds::DEFAULT_NAMESPACE)]
     namespace: String,
     /// Where the objects live: the embedded store (default) or Kubernetes.
     #[arg(

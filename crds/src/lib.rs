@@ -59,3 +59,17 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 pub fn namespace_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> &str {
     meta.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE)
 }
+
+/// An error with its causes on one line ("error sending request: dns error: no such host"),
+/// since many errors' own message (reqwest's) hides why. Here because every recast binary
+/// (operator, agent, recastctl) depends on this crate.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

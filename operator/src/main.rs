@@ -515,7 +515,7 @@ impl DeepCheckArgs {
 #[derive(clap::Args, Clone)]
 struct KubeArgs {
     /// Namespace of the leader-election Lease (the operator's namespace).
-    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    #[arg(long, env = "POD_NAMESPACE", default_value = recast_crds::DEFAULT_NAMESPACE)]
     lease_namespace: String,
     /// This replica's identity in the Lease; default: hostname plus a random suffix.
     #[arg(long, env = "POD_NAME")]
@@ -603,7 +603,9 @@ enum TokenAction {
 }
 
 fn endpoint_key(s: &str) -> recast_operator::store::Key {
-    let (namespace, name) = s.split_once('/').unwrap_or(("default", s));
+    let (namespace, name) = s
+        .split_once('/')
+        .unwrap_or((recast_crds::DEFAULT_NAMESPACE, s));
     recast_operator::store::Key {
         namespace: namespace.to_string(),
         name: name.to_string(),
@@ -1152,7 +1154,7 @@ fn apply_at_start(store: &EmbeddedStore, path: &std::path::Path) -> Result<(), S
     for (file, doc) in docs {
         if manifests::is_secret(&doc) {
             let (name, outcome) = store
-                .apply_secret(&doc.value, "default")
+                .apply_secret(&doc.value, recast_crds::DEFAULT_NAMESPACE)
                 .map_err(|e| format!("{} document {}: {e}", file.display(), doc.index))?;
             tracing::info!("secret/{name} {}", outcome.as_str());
             continue;
@@ -1163,7 +1165,7 @@ fn apply_at_start(store: &EmbeddedStore, path: &std::path::Path) -> Result<(), S
             continue;
         }
         let (kind, name, outcome) = store
-            .apply(&doc.value, "default")
+            .apply(&doc.value, recast_crds::DEFAULT_NAMESPACE)
             .map_err(|e| format!("{} document {}: {e}", file.display(), doc.index))?;
         tracing::info!("{kind}/{name} {}", outcome.as_str());
     }

@@ -312,7 +312,7 @@ impl<S: SecretSource> RedfishPower<S> {
         let Some(spec) = &ep.spec.bmc else {
             return Ok(None);
         };
-        let ns = ep.metadata.namespace.as_deref().unwrap_or("default");
+        let ns = recast_crds::namespace_of(&ep.metadata);
         let cfg = client_config(ns, spec, &self.secrets, &self.tuning)
             .await
             .map_err(|e| ActionError {

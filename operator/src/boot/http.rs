@@ -48,6 +48,8 @@ pub struct BootHttp<B> {
     /// controller has written it into the attempt's status (`bootClient`). One entry per
     /// endpoint with an armed try, so nobody without an armed try can grow it.
     pub claims: Claims,
+    /// Stamps the events this service records.
+    pub clock: Arc<dyn crate::clock::Clock>,
 }
 
 /// The claimant of each endpoint's armed try: endpoint → (attempt, try, client address).
@@ -452,11 +454,7 @@ impl<B: Backend + BootIntents> BootHttp<B> {
             reason: "NetworkBootFallback".into(),
             message,
         };
-        if let Err(e) = self
-            .backend
-            .record(&ep, &notice, jiff::Timestamp::now())
-            .await
-        {
+        if let Err(e) = self.backend.record(&ep, &notice, self.clock.now()).await {
             tracing::debug!(endpoint = %key, error = %e, "cannot record the fall-back event");
         }
     }

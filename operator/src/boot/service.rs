@@ -128,6 +128,7 @@ pub async fn run<B: Backend + BootIntents>(
     tracing::info!(addr = %cfg.http_listen, root = %cfg.boot.root.display(), base = %cfg.boot.base_url, "serving HTTP boot");
     let svc = Arc::new(BootHttp {
         claims: Default::default(),
+        clock: Arc::new(crate::clock::SystemClock),
         backend,
         renderer,
         key: cfg.key,

@@ -47,7 +47,7 @@ pub fn decide(request: &Value, endpoints: &[Endpoint]) -> Result<(), String> {
     let namespace = request["namespace"]
         .as_str()
         .or_else(|| obj.pointer("/metadata/namespace").and_then(Value::as_str))
-        .unwrap_or("default");
+        .unwrap_or(recast_crds::DEFAULT_NAMESPACE);
     let name = obj
         .pointer("/metadata/name")
         .and_then(Value::as_str)
@@ -71,7 +71,7 @@ pub fn decide(request: &Value, endpoints: &[Endpoint]) -> Result<(), String> {
             .filter(|ep| ep.metadata.deletion_timestamp.is_none())
             .map(|ep| {
                 (
-                    ep.metadata.namespace.as_deref().unwrap_or("default"),
+                    recast_crds::namespace_of(&ep.metadata),
                     ep.metadata.name.as_deref().unwrap_or_default(),
                     ep.spec.identity.mac_addresses.as_slice(),
                 )

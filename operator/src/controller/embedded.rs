@@ -196,10 +196,7 @@ pub async fn run<P: PowerControl>(
 
 fn wave_id(w: &ReimageWave) -> (String, String) {
     (
-        w.metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into()),
+        recast_crds::namespace_of(&w.metadata).to_string(),
         w.metadata.name.clone().unwrap_or_default(),
     )
 }

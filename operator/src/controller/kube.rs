@@ -338,7 +338,7 @@ async fn reconcile_wave<P: PowerControl>(
     w: Arc<ReimageWave>,
     ctrl: Arc<Controller<KubeBackend, P>>,
 ) -> Result<KubeAction, ReconcileError> {
-    let ns = w.namespace().unwrap_or_else(|| "default".into());
+    let ns = recast_crds::namespace_of(&w.metadata).to_string();
     match ctrl.reconcile_wave_and_members(&ns, &w.name_any()).await {
         Ok(Some(after)) => Ok(KubeAction::requeue(after.min(WAVE_POLL))),
         Ok(None) => Ok(KubeAction::requeue(Duration::from_secs(300))),

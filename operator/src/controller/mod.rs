@@ -15,7 +15,6 @@ use std::time::Duration;
 use jiff::Timestamp;
 use recast_crds::Endpoint;
 use recast_crds::endpoint::EndpointStatus;
-use recast_crds::policy::DEFAULT_POLICY_NAME;
 
 use crate::bmc::PowerControl;
 use crate::clock::Clock;
@@ -392,7 +391,7 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
                 .filter(|o| o.metadata.deletion_timestamp.is_none())
                 .map(|o| {
                     (
-                        o.metadata.namespace.as_deref().unwrap_or("default"),
+                        recast_crds::namespace_of(&o.metadata),
                         o.metadata.name.as_deref().unwrap_or_default(),
                         o.spec.identity.mac_addresses.as_slice(),
                     )
@@ -533,26 +532,11 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
         &self,
         ep: &Endpoint,
     ) -> Result<(PolicyView, Option<String>), BackendError> {
-        let ns = ep.metadata.namespace.as_deref().unwrap_or("default");
-        let named = ep.spec.policy_ref.as_deref();
-        let name = named.unwrap_or(DEFAULT_POLICY_NAME);
-        match self.backend.policy(ns, name).await? {
-            Some(p) => match PolicyView::from_spec(name, &p.spec) {
-                Ok(v) => Ok((v, None)),
-                Err(e) => Ok((PolicyView::built_in(), Some(e.to_string()))),
-            },
-            None if named.is_some() => Ok((
-                PolicyView::built_in(),
-                Some(format!(
-                    "RemediationPolicy {name:?} named by spec.policyRef does not exist"
-                )),
-            )),
-            None => Ok((PolicyView::built_in(), None)),
-        }
+        crate::store::policy_of(self.backend.as_ref(), ep).await
     }
 
     async fn image_for(&self, ep: &Endpoint) -> Result<Option<ImageView>, BackendError> {
-        let ns = ep.metadata.namespace.as_deref().unwrap_or("default");
+        let ns = recast_crds::namespace_of(&ep.metadata);
         let images = self.backend.golden_images(ns).await?;
         Ok(resolve_image(&ep.spec.image, &images))
     }

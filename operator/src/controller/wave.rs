@@ -107,7 +107,7 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
                 .endpoints()
                 .await?
                 .into_iter()
-                .filter(|ep| ep.metadata.namespace.as_deref().unwrap_or("default") == namespace)
+                .filter(|ep| recast_crds::namespace_of(&ep.metadata) == namespace)
                 .collect();
             let mut candidates = Vec::with_capacity(endpoints.len());
             let mut members = BTreeMap::new();

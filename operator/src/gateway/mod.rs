@@ -477,7 +477,7 @@ impl<B: Backend> Gateway<B> {
     }
 
     async fn load_facts(&self, ep: &Endpoint) -> Result<EndpointFacts, GatewayError> {
-        let ns = ep.metadata.namespace.as_deref().unwrap_or("default");
+        let ns = recast_crds::namespace_of(&ep.metadata);
         let store = |e: crate::store::BackendError| GatewayError::Store(e.to_string());
         let policy = policy_view_for(self.backend.as_ref(), ep)
             .await

@@ -134,11 +134,7 @@ pub struct EndpointOnImage {
 pub fn endpoint_on_image(ep: &recast_crds::Endpoint) -> EndpointOnImage {
     let st = ep.status.as_ref();
     EndpointOnImage {
-        namespace: ep
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into()),
+        namespace: recast_crds::namespace_of(&ep.metadata).to_string(),
         image_digest: st.and_then(|s| s.current_image_digest.clone()),
         ready_since: st
             .and_then(|s| {
@@ -158,11 +154,7 @@ pub fn fleet_facts(
     now: Timestamp,
 ) -> GoldenImageStatus {
     let mut st = gi.status.clone().unwrap_or_default();
-    let ns = gi
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".into());
+    let ns = recast_crds::namespace_of(&gi.metadata).to_string();
     let digest = served_digest(gi).map(str::to_string);
     let on_image: Vec<&EndpointOnImage> = endpoints
         .iter()

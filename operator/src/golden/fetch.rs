@@ -9,6 +9,7 @@
 //! actually goes to (a resolver that drops refused addresses, so a name cannot be rebound
 //! between check and connect), each redirect hop, the size and the deadline.
 
+use recast_crds::error_chain;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -484,19 +485,6 @@ async fn fetch_url(
             }
         }
     }
-}
-
-/// An error with its causes ("error sending request: dns error: no such host"), since
-/// reqwest's own message hides why.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// The first byte of a 206 answer's `Content-Range: bytes START-END/TOTAL`.

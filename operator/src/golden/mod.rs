@@ -21,11 +21,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use jiff::Timestamp;
 use recast_crds::common::ConditionStatus;
 use recast_crds::golden_image::{GoldenImage, GoldenImageStatus, ImageFacts};
 use tokio::sync::watch;
 
+use crate::clock::{Clock, SystemClock};
 use crate::store::{BackendError, ImageStore};
 use decide::Work;
 use fetch::{ArtifactStore, FetchError, FetchProgress};
@@ -58,10 +58,7 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn key(gi: &GoldenImage) -> ImageKey {
     (
-        gi.metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into()),
+        recast_crds::namespace_of(&gi.metadata).to_string(),
         gi.metadata.name.clone().unwrap_or_default(),
     )
 }
@@ -83,6 +80,8 @@ pub struct ImageController<B: ImageStore> {
     backoff: std::sync::Mutex<HashMap<ImageKey, Backoff>>,
     /// Runs the deep check (the third-party WIM parser) in a limited child process.
     deep_check: recast_golden::sandbox::Sandbox,
+    /// Stamps conditions and times the KnownGood soak (tests move it).
+    clock: Arc<dyn Clock>,
 }
 
 /// The operator binary's hidden subcommand that runs one deep check ([`deep_check_main`]).
@@ -121,7 +120,14 @@ impl<B: ImageStore> ImageController<B> {
                 DEEP_CHECK_SUBCOMMAND,
                 Default::default(),
             ),
+            clock: Arc::new(SystemClock),
         })
+    }
+
+    /// Reads time from `clock` instead of the system's.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// The deep check's limits (the operator's --deep-check-* flags).
@@ -322,7 +328,7 @@ impl<B: ImageStore> ImageController<B> {
             gi,
             "Checking",
             format!("fetching {source} and checking its bytes; nothing serves it until Verified"),
-            Timestamp::now(),
+            self.clock.now(),
         );
         // Written once per generation: a retry after a failed fetch leaves the status alone
         // (every image status write makes the embedded controller look at every endpoint of
@@ -351,7 +357,7 @@ impl<B: ImageStore> ImageController<B> {
             checked.verdict.clone(),
             checked.facts,
             checked.digest,
-            Timestamp::now(),
+            self.clock.now(),
         );
         match self.backend.write_image_status(gi, &status).await {
             Err(BackendError::Conflict(_)) => return Ok(None),
@@ -534,7 +540,7 @@ impl<B: ImageStore> ImageController<B> {
             } else {
                 Vec::new()
             };
-        let now = Timestamp::now();
+        let now = self.clock.now();
         for gi in images {
             if !decide::is_current(gi) {
                 continue;

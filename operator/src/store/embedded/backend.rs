@@ -60,10 +60,7 @@ fn event_record(notice: &Notice, now: Timestamp) -> EventRecord {
 
 fn ns_name(ep: &Endpoint) -> (String, String) {
     (
-        ep.metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into()),
+        recast_crds::namespace_of(&ep.metadata).to_string(),
         ep.metadata.name.clone().unwrap_or_default(),
     )
 }
@@ -230,7 +227,7 @@ impl WaveStore for EmbeddedBackend {
         wave: &ReimageWave,
         status: &ReimageWaveStatus,
     ) -> Result<(), BackendError> {
-        let ns = wave.metadata.namespace.as_deref().unwrap_or("default");
+        let ns = recast_crds::namespace_of(&wave.metadata);
         let name = wave.metadata.name.as_deref().unwrap_or_default();
         let value =
             serde_json::to_value(status).map_err(|e| BackendError::Invalid(e.to_string()))?;
@@ -254,7 +251,7 @@ impl WaveStore for EmbeddedBackend {
         notice: &Notice,
         now: Timestamp,
     ) -> Result<(), BackendError> {
-        let ns = wave.metadata.namespace.as_deref().unwrap_or("default");
+        let ns = recast_crds::namespace_of(&wave.metadata);
         let name = wave.metadata.name.as_deref().unwrap_or_default();
         self.store
             .record_event(Kind::ReimageWave, ns, name, &event_record(notice, now))
@@ -308,7 +305,7 @@ impl crate::store::ImageStore for EmbeddedBackend {
         gi: &GoldenImage,
         status: &recast_crds::golden_image::GoldenImageStatus,
     ) -> Result<(), BackendError> {
-        let ns = gi.metadata.namespace.as_deref().unwrap_or("default");
+        let ns = recast_crds::namespace_of(&gi.metadata);
         let name = gi.metadata.name.as_deref().unwrap_or_default();
         let value =
             serde_json::to_value(status).map_err(|e| BackendError::Invalid(e.to_string()))?;
@@ -319,7 +316,7 @@ impl crate::store::ImageStore for EmbeddedBackend {
     }
 
     async fn record_image(&self, gi: &GoldenImage, notice: &Notice) -> Result<(), BackendError> {
-        let ns = gi.metadata.namespace.as_deref().unwrap_or("default");
+        let ns = recast_crds::namespace_of(&gi.metadata);
         let name = gi.metadata.name.as_deref().unwrap_or_default();
         let ev = event_record(notice, Timestamp::now());
         self.store

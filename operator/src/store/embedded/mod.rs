@@ -580,7 +580,7 @@ impl EmbeddedStore {
         let ns = obj
             .pointer("/metadata/namespace")
             .and_then(Value::as_str)
-            .unwrap_or("default")
+            .unwrap_or(recast_crds::DEFAULT_NAMESPACE)
             .to_string();
         let name = obj
             .pointer("/metadata/name")

@@ -164,7 +164,7 @@ fn is_not_found(e: &kube::Error) -> bool {
 }
 
 fn ns_of(ep: &Endpoint) -> String {
-    ep.namespace().unwrap_or_else(|| "default".into())
+    recast_crds::namespace_of(&ep.metadata).to_string()
 }
 
 /// ConfigMap keys allow [-._a-zA-Z0-9]; idempotency keys contain '/'.
@@ -806,7 +806,7 @@ impl WaveStore for KubeBackend {
         });
         Api::<ReimageWave>::namespaced(
             self.client.clone(),
-            &wave.namespace().unwrap_or_else(|| "default".into()),
+            recast_crds::namespace_of(&wave.metadata),
         )
         .patch_status(
             &wave.name_any(),
@@ -989,7 +989,7 @@ impl crate::store::ImageStore for KubeBackend {
         status: &recast_crds::golden_image::GoldenImageStatus,
     ) -> Result<(), BackendError> {
         self.check_leader()?;
-        let ns = gi.namespace().unwrap_or_else(|| "default".into());
+        let ns = recast_crds::namespace_of(&gi.metadata).to_string();
         let api: Api<GoldenImage> = Api::namespaced(self.client.clone(), &ns);
         // The cache may lag: a spec changed since `gi` was read makes this result stale, and
         // the next pass checks the new generation (observedGeneration tells them apart).
