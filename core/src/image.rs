@@ -1,7 +1,7 @@
 //! Which GoldenImage an endpoint gets, and whether an image may be served.
 
 use recast_crds::ConditionStatus;
-use recast_crds::golden_image::GoldenImage;
+use recast_crds::golden_image::{GoldenImage, GoldenImageStatus};
 
 use crate::build::Build;
 use crate::lifecycle::ImageView;
@@ -12,13 +12,12 @@ pub const VERIFIED: &str = "Verified";
 /// Whether the image's Verified condition is True: recast never serves an image whose bytes it
 /// has not checked.
 pub fn is_verified(gi: &GoldenImage) -> bool {
-    verified_status(gi) == Some(ConditionStatus::True)
+    verified_status(gi.status.as_ref()) == Some(ConditionStatus::True)
 }
 
-/// The status of the image's Verified condition, if it has one.
-pub fn verified_status(gi: &GoldenImage) -> Option<ConditionStatus> {
-    gi.status
-        .as_ref()?
+/// The status of an image status's Verified condition, if it has one.
+pub fn verified_status(status: Option<&GoldenImageStatus>) -> Option<ConditionStatus> {
+    status?
         .conditions
         .iter()
         .find(|c| c.type_ == VERIFIED)

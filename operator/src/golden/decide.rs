@@ -28,15 +28,7 @@ pub enum Work {
 }
 
 pub fn is_verified(status: Option<&GoldenImageStatus>) -> bool {
-    condition_is(status, "Verified", ConditionStatus::True)
-}
-
-fn condition_is(status: Option<&GoldenImageStatus>, type_: &str, want: ConditionStatus) -> bool {
-    status.is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == type_ && c.status == want)
-    })
+    recast_core::image::verified_status(status) == Some(ConditionStatus::True)
 }
 
 /// The digest a verified image is served under: the sha256 recast computed itself.

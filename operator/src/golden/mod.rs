@@ -336,9 +336,7 @@ impl<B: ImageStore> ImageController<B> {
         let withdrawn = gi.status.as_ref().is_some_and(|s| {
             s.digest.is_none()
                 && s.channels.is_empty()
-                && s.conditions
-                    .iter()
-                    .any(|c| c.type_ == "Verified" && c.status == ConditionStatus::Unknown)
+                && recast_core::image::verified_status(Some(s)) == Some(ConditionStatus::Unknown)
         });
         if !withdrawn && gi.status.as_ref() != Some(&starting) {
             match self.backend.write_image_status(gi, &starting).await {
