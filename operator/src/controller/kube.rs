@@ -19,10 +19,10 @@ use tokio::sync::watch;
 
 use super::Controller;
 use crate::bmc::PowerControl;
-use crate::store::Key;
 use crate::store::kube::{
     ControlKind, FIELD_MANAGER, INBOX_LABEL, KubeBackend, LEASE_NAME, Scope, control_owner, scoped,
 };
+use crate::store::{BackendError, ErrorCategory, Key};
 use recast_core::lifecycle::Input;
 
 /// Settings of the leader-elected controller.
@@ -303,9 +303,43 @@ fn changes(
     })
 }
 
+/// A failed reconcile as kube-rs's controller sees it: the store's error, whose category
+/// decides when to look again (see [`retry_after`]).
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ReconcileError(String);
+#[error(transparent)]
+pub struct ReconcileError(#[from] BackendError);
+
+/// When to reconcile again after a failure, by its category: a conflict at once (the object
+/// changed; read it again), anything else after a pause. Lost leadership needs no retry of
+/// its own (the next leader starts afresh), but a short one costs nothing and covers a lease
+/// that comes back to this replica.
+pub fn retry_after(category: ErrorCategory) -> Duration {
+    match category {
+        ErrorCategory::Conflict => Duration::from_secs(1),
+        ErrorCategory::NotLeader
+        | ErrorCategory::NotReady
+        | ErrorCategory::Unavailable
+        | ErrorCategory::Invalid
+        | ErrorCategory::Unsupported => Duration::from_secs(5),
+    }
+}
+
+/// Logs a failed reconcile at the level its category deserves.
+fn log_failure(what: &str, name: &str, e: &ReconcileError, retry: Duration) {
+    let category = e.0.category().as_str();
+    match e.0.category() {
+        ErrorCategory::Conflict | ErrorCategory::NotLeader => {
+            tracing::debug!(object = %name, error = %e, category, ?retry, "{what} reconcile failed")
+        }
+        ErrorCategory::Invalid | ErrorCategory::Unsupported => tracing::error!(
+            object = %name, error = %e, category, ?retry,
+            "{what} reconcile failed: fix the object or the operator's permissions"
+        ),
+        ErrorCategory::NotReady | ErrorCategory::Unavailable => {
+            tracing::warn!(object = %name, error = %e, category, ?retry, "{what} reconcile failed")
+        }
+    }
+}
 
 async fn reconcile<P: PowerControl>(
     ep: Arc<Endpoint>,
@@ -318,7 +352,7 @@ async fn reconcile<P: PowerControl>(
     {
         Ok(Some(after)) => Ok(KubeAction::requeue(after)),
         Ok(None) => Ok(KubeAction::requeue(Duration::from_secs(300))),
-        Err(e) => Err(ReconcileError(e.to_string())),
+        Err(e) => Err(ReconcileError(e)),
     }
 }
 
@@ -342,7 +376,7 @@ async fn reconcile_wave<P: PowerControl>(
     match ctrl.reconcile_wave_and_members(&ns, &w.name_any()).await {
         Ok(Some(after)) => Ok(KubeAction::requeue(after.min(WAVE_POLL))),
         Ok(None) => Ok(KubeAction::requeue(Duration::from_secs(300))),
-        Err(e) => Err(ReconcileError(e.to_string())),
+        Err(e) => Err(ReconcileError(e)),
     }
 }
 
@@ -351,8 +385,9 @@ fn wave_error_policy<P: PowerControl>(
     e: &ReconcileError,
     _ctrl: Arc<Controller<KubeBackend, P>>,
 ) -> KubeAction {
-    tracing::warn!(wave = %w.name_any(), error = %e, "wave reconcile failed; retrying in 5s");
-    KubeAction::requeue(Duration::from_secs(5))
+    let retry = retry_after(e.0.category());
+    log_failure("wave", &w.name_any(), e, retry);
+    KubeAction::requeue(retry)
 }
 
 fn error_policy<P: PowerControl>(
@@ -360,6 +395,34 @@ fn error_policy<P: PowerControl>(
     e: &ReconcileError,
     _ctrl: Arc<Controller<KubeBackend, P>>,
 ) -> KubeAction {
-    tracing::warn!(endpoint = %ep.name_any(), error = %e, "reconcile failed; retrying in 5s");
-    KubeAction::requeue(Duration::from_secs(5))
+    let retry = retry_after(e.0.category());
+    log_failure("endpoint", &ep.name_any(), e, retry);
+    KubeAction::requeue(retry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_conflict_is_retried_sooner_than_any_other_failure() {
+        let all = [
+            ErrorCategory::Conflict,
+            ErrorCategory::NotLeader,
+            ErrorCategory::NotReady,
+            ErrorCategory::Unavailable,
+            ErrorCategory::Invalid,
+            ErrorCategory::Unsupported,
+        ];
+        for c in all {
+            let retry = retry_after(c);
+            assert!(
+                retry > Duration::ZERO,
+                "{c:?} is never retried in a hot loop"
+            );
+            if c != ErrorCategory::Conflict {
+                assert!(retry_after(ErrorCategory::Conflict) < retry, "{c:?}");
+            }
+        }
+    }
 }

@@ -157,7 +157,7 @@ pub enum GatewayError {
         retry_after: Duration,
     },
     #[error("the store is unavailable ({0}); retry later")]
-    Store(String),
+    Store(#[from] StoreUnavailable),
     #[error(transparent)]
     Stale(Staleness),
     #[error("the request body did not arrive within {}s; send it at once", .0.as_secs())]
@@ -186,9 +186,33 @@ impl GatewayError {
     }
 }
 
+/// Why the gateway could not read or write what it keeps: every case is answered 503 (the
+/// agent retries), and kept typed so logs and tests can tell them apart.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreUnavailable {
+    /// The endpoint store (SQLite or the apiserver).
+    #[error(transparent)]
+    Backend(#[from] crate::store::BackendError),
+    /// The gateway's own credential store (gateway.db).
+    #[error(transparent)]
+    Credentials(#[from] CredentialError),
+    /// The batched write of accepted sequences failed.
+    #[error("saving the accepted sequence failed: {0}")]
+    Sequences(String),
+    /// The endpoint's session entry was dropped while this report held its lock (a bug).
+    #[error("the endpoint's session vanished")]
+    SessionVanished,
+}
+
 impl From<CredentialError> for GatewayError {
     fn from(e: CredentialError) -> Self {
-        GatewayError::Store(e.to_string())
+        GatewayError::Store(StoreUnavailable::Credentials(e))
+    }
+}
+
+impl From<crate::store::BackendError> for GatewayError {
+    fn from(e: crate::store::BackendError) -> Self {
+        GatewayError::Store(StoreUnavailable::Backend(e))
     }
 }
 
@@ -387,7 +411,7 @@ impl<B: Backend> Gateway<B> {
                 .backend
                 .endpoint(&key)
                 .await
-                .map_err(|e| GatewayError::Store(e.to_string()))?
+                .map_err(GatewayError::from)?
                 .ok_or_else(|| GatewayError::UnknownEndpoint(key.to_string()))?;
             let sequence = self.credentials.sequence(&key)?;
             *guard = Some(Entry {
@@ -397,7 +421,7 @@ impl<B: Backend> Gateway<B> {
             });
         }
         let Some(entry) = guard.as_mut() else {
-            return Err(GatewayError::Store("session vanished".into()));
+            return Err(StoreUnavailable::SessionVanished.into());
         };
         if entry.token_hash.as_deref() != Some(hash.as_str()) {
             // A new token (rotation, or a reimage's fresh credentials) starts a new sequence
@@ -435,7 +459,7 @@ impl<B: Backend> Gateway<B> {
         self.sequences
             .save((key.clone(), hash.clone(), sequence))
             .await
-            .map_err(GatewayError::Store)?;
+            .map_err(|e| GatewayError::Store(StoreUnavailable::Sequences(e)))?;
         next.persisted_sequence = next.persisted_sequence.max(sequence);
         let hold = facts
             .hold
@@ -450,7 +474,7 @@ impl<B: Backend> Gateway<B> {
         self.backend
             .post_input(key, input)
             .await
-            .map_err(|e| GatewayError::Store(e.to_string()))?;
+            .map_err(GatewayError::from)?;
         self.stats.store_writes.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -469,7 +493,7 @@ impl<B: Backend> Gateway<B> {
             .backend
             .endpoint(key)
             .await
-            .map_err(|e| GatewayError::Store(e.to_string()))?
+            .map_err(GatewayError::from)?
             .ok_or_else(|| GatewayError::UnknownEndpoint(key.to_string()))?;
         let facts = Arc::new(self.load_facts(&ep).await?);
         entry.facts = Some((facts.clone(), Instant::now()));
@@ -478,7 +502,7 @@ impl<B: Backend> Gateway<B> {
 
     async fn load_facts(&self, ep: &Endpoint) -> Result<EndpointFacts, GatewayError> {
         let ns = recast_crds::namespace_of(&ep.metadata);
-        let store = |e: crate::store::BackendError| GatewayError::Store(e.to_string());
+        let store = GatewayError::from;
         let policy = policy_view_for(self.backend.as_ref(), ep)
             .await
             .map_err(store)?;
@@ -498,11 +522,7 @@ impl<B: Backend> Gateway<B> {
     /// Starts sessions for every endpoint that has reported before, so one that never reports
     /// again after a restart is still judged for HeartbeatLost.
     pub async fn prime(&self) -> Result<usize, GatewayError> {
-        let eps = self
-            .backend
-            .endpoints()
-            .await
-            .map_err(|e| GatewayError::Store(e.to_string()))?;
+        let eps = self.backend.endpoints().await.map_err(GatewayError::from)?;
         let marks: HashMap<Key, u64> = self.credentials.sequences()?.into_iter().collect();
         let mut n = 0;
         let mut entries = lock(&self.entries);
@@ -599,7 +619,7 @@ impl<B: Backend> Gateway<B> {
                 credentials.save_sequences(&batch).map(|()| batch)
             })
             .await
-            .map_err(|e| GatewayError::Store(e.to_string()))??;
+            .map_err(|e| GatewayError::Store(StoreUnavailable::Sequences(e.to_string())))??;
             self.stats.store_writes.fetch_add(1, Ordering::Relaxed);
             for ((_, _, seq), slot) in batch.iter().zip(marked.drain(..batch.len())) {
                 if let Some(e) = slot.lock().await.as_mut() {

@@ -97,14 +97,6 @@ impl ErrorCategory {
             ErrorCategory::Unsupported => "unsupported",
         }
     }
-
-    /// Whether the same call may succeed later without anything else changing.
-    pub fn is_transient(self) -> bool {
-        matches!(
-            self,
-            ErrorCategory::Conflict | ErrorCategory::NotReady | ErrorCategory::Unavailable
-        )
-    }
 }
 
 impl BackendError {
@@ -346,4 +338,24 @@ pub async fn policy_view_for<S: ContextStore>(
     ep: &Endpoint,
 ) -> Result<PolicyView, BackendError> {
     Ok(policy_of(store, ep).await?.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_error_names_its_category_for_metrics() {
+        let cases = [
+            (BackendError::Conflict("x".into()), "conflict"),
+            (BackendError::NotLeader, "not_leader"),
+            (BackendError::NotReady("x".into()), "not_ready"),
+            (BackendError::Unavailable("x".into()), "unavailable"),
+            (BackendError::Invalid("x".into()), "invalid"),
+            (BackendError::Unsupported("ReimageWave"), "unsupported"),
+        ];
+        for (e, label) in cases {
+            assert_eq!(e.category().as_str(), label, "{e}");
+        }
+    }
 }
