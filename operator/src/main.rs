@@ -911,15 +911,18 @@ async fn run(opts: RunOptions) -> Result<(), String> {
                 )
                 .await?;
             }
+            // One connection (one pair of policy and image watches) per process: the
+            // controller and the services below are views of the same caches.
+            let (store, _) = recast_operator::store::kube::KubeBackend::connect(
+                client.clone(),
+                &opts.scope(),
+                Arc::new(AtomicBool::new(false)),
+            )
+            .await?;
             if boot_cfg.is_some() || gateway_args.gateway_listen.is_some() {
                 // The boot service and the gateway only read and queue inputs into inboxes,
                 // which needs no lease: they run without it.
-                let (backend, _) = recast_operator::store::kube::KubeBackend::connect(
-                    client.clone(),
-                    &opts.scope(),
-                    Arc::new(AtomicBool::new(false)),
-                )
-                .await?;
+                let backend = store.sibling(Arc::new(AtomicBool::new(false)));
                 // Boot lookups come from a watch-fed index, never a request per packet.
                 let backend = if boot_cfg.is_some() {
                     let index = backend.start_boot_index(stop_rx.clone());
@@ -960,11 +963,29 @@ async fn run(opts: RunOptions) -> Result<(), String> {
                 PowerDriver::Redfish => {
                     let power =
                         RedfishPower::new(KubeSecrets(client.clone()), RedfishTuning::default());
-                    run_kube(client, Arc::new(power), metrics, opts, ready, stop_rx).await?;
+                    run_kube(
+                        client,
+                        &store,
+                        Arc::new(power),
+                        metrics,
+                        opts,
+                        ready,
+                        stop_rx,
+                    )
+                    .await?;
                 }
                 PowerDriver::Record => {
                     let power = RecordingPower::default();
-                    run_kube(client, Arc::new(power), metrics, opts, ready, stop_rx).await?;
+                    run_kube(
+                        client,
+                        &store,
+                        Arc::new(power),
+                        metrics,
+                        opts,
+                        ready,
+                        stop_rx,
+                    )
+                    .await?;
                 }
             }
         }

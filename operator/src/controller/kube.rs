@@ -60,9 +60,11 @@ impl KubeOptions {
     }
 }
 
-/// Runs the endpoint controller while this replica holds the lease, until `shutdown`.
+/// Runs the endpoint controller while this replica holds the lease, until `shutdown`, on the
+/// caches of `store` (connected once per process; see [`KubeBackend::sibling`]).
 pub async fn run<P: PowerControl>(
     client: Client,
+    store: &KubeBackend,
     power: Arc<P>,
     metrics: Arc<crate::metrics::Metrics>,
     opts: KubeOptions,
@@ -70,8 +72,7 @@ pub async fn run<P: PowerControl>(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let leader = Arc::new(AtomicBool::new(false));
-    let (mut backend, trigger) =
-        KubeBackend::connect(client.clone(), &opts.scope(), leader.clone()).await?;
+    let mut backend = store.sibling(leader.clone());
     let inbox_index: Arc<std::sync::Mutex<std::collections::HashSet<Key>>> = Default::default();
     backend.inboxes = Some(inbox_index.clone());
     let backend = Arc::new(backend);
@@ -187,7 +188,7 @@ pub async fn run<P: PowerControl>(
             )
             .graceful_shutdown_on(end);
         // A policy or image change re-evaluates every endpoint; each term subscribes afresh.
-        kc = kc.reconcile_all_on(changes(trigger.subscribe()));
+        kc = kc.reconcile_all_on(changes(ctrl.backend.changes()));
         // Endpoints per phase, from the controller's own watch cache.
         let cache = kc.store();
         let metrics = ctrl.metrics.clone();

@@ -134,6 +134,8 @@ pub struct KubeBackend {
     boot_index: Option<boot_watch::SharedBootIndex>,
     /// A read-only boot pod sends its inputs to the operator instead of writing inboxes.
     forward: Option<Arc<crate::store::kube::forward::Forwarder>>,
+    /// Fires when a policy or image in the caches changes.
+    changed: tokio::sync::broadcast::Sender<()>,
 }
 
 pub(crate) fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -232,7 +234,7 @@ impl KubeBackend {
             image_writer,
             changed.clone(),
         );
-        let trigger = changed;
+        let trigger = changed.clone();
         policies
             .wait_until_ready()
             .await
@@ -255,8 +257,33 @@ impl KubeBackend {
             inboxes: None,
             boot_index: None,
             forward: None,
+            changed,
         };
         Ok((backend, trigger))
+    }
+
+    /// Another view of the same caches (no second pair of watches) whose writes follow
+    /// `leader`: the controller's, next to the lease-free one the boot service and the
+    /// gateway use in the same process.
+    pub fn sibling(&self, leader: Arc<AtomicBool>) -> KubeBackend {
+        KubeBackend {
+            client: self.client.clone(),
+            policies: self.policies.clone(),
+            images: self.images.clone(),
+            recorder: self.recorder.clone(),
+            leader,
+            watch_namespace: self.watch_namespace.clone(),
+            control_namespace: self.control_namespace.clone(),
+            inboxes: None,
+            boot_index: None,
+            forward: None,
+            changed: self.changed.clone(),
+        }
+    }
+
+    /// Fires when a policy or image in the caches changes.
+    pub fn changes(&self) -> tokio::sync::broadcast::Receiver<()> {
+        self.changed.subscribe()
     }
 
     /// Answers boot lookups from `index` (see `boot_watch::spawn`).
