@@ -183,8 +183,8 @@ pub fn run_on_store(
     ns: &str,
     now: jiff::Timestamp,
 ) -> Result<ExitCode, crate::CliError> {
+    use recast_crds::golden_image::{KNOWN_GOOD_ANNOTATION, KNOWN_GOOD_REASON_ANNOTATION};
     use recast_crds::manifest::Kind;
-    use recast_operator::golden::decide::{KNOWN_GOOD_ANNOTATION, KNOWN_GOOD_REASON_ANNOTATION};
     let mark = |name: &str, how: &str, reason: &str| -> Result<(), crate::CliError> {
         if reason.trim().is_empty() {
             return Err(crate::CliError::Usage(format!(

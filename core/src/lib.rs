@@ -8,6 +8,7 @@ pub mod fleet;
 pub mod hold;
 pub mod image;
 pub mod lifecycle;
+pub mod naming;
 pub mod notice;
 pub mod policy;
 pub mod signal;

@@ -7,6 +7,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::common::Condition;
 
+/// Annotation `recastctl image promote|demote` sets: "promoted" or "demoted".
+pub const KNOWN_GOOD_ANNOTATION: &str = "recast.dev/known-good";
+/// Why the image was promoted or demoted, and by whom (shown in the condition's message).
+pub const KNOWN_GOOD_REASON_ANNOTATION: &str = "recast.dev/known-good-reason";
+
 /// A golden Windows image. recast serves it to an endpoint only when the Verified condition is
 /// True: the sha256 matched and the WIM's own packages show the required build and updates.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]

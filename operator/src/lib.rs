@@ -1,19 +1,32 @@
-//! recast-operator's library: the lifecycle core, stores, controllers and the services the
-//! operator runs. Modules arrive with the issues that build them (see shared/DESIGN.md).
+//! recast-operator's library: the stores, controllers and services the operator runs around
+//! the pure core (recast-core). See docs/architecture.md for what each module may import.
+//!
+//! Without the `services` feature (on by default) the library is only what `recastctl` needs
+//! on a site: the embedded store, manifest loading and the Redfish glue; the controller, the
+//! boot service (DHCP, TFTP, HTTP), the gateway, the image controller and the Kubernetes store
+//! are not compiled.
 
 pub mod bmc;
+#[cfg(feature = "services")]
 pub mod boot;
 pub mod clock;
+#[cfg(feature = "services")]
 pub mod controller;
 pub mod encoding;
 pub mod failpoint;
+#[cfg(feature = "services")]
 pub mod gateway;
+#[cfg(feature = "services")]
 pub mod golden;
+#[cfg(feature = "services")]
 pub mod http;
 pub mod manifests;
+#[cfg(feature = "services")]
 pub mod metrics;
+#[cfg(feature = "services")]
 pub mod notify;
 pub mod store;
+#[cfg(feature = "services")]
 pub mod token;
 
 /// Every CRD as one multi-document YAML stream, ready for `kubectl apply -f -`.

@@ -621,7 +621,7 @@ async fn task<B: Backend + BootIntents>(
         attempt_id: intent.attempt_id.clone(),
         try_number: intent.try_number,
         boot_mode: intent.boot_mode.clone(),
-        hostname: super::render::hostname(&intent.endpoint),
+        hostname: recast_core::naming::hostname(&intent.endpoint),
         image: ImageTaskFile {
             name: intent.image.clone(),
             url: image.url,

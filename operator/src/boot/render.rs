@@ -252,24 +252,13 @@ impl Renderer {
             name: "unattend.xml".into(),
             source,
         })?;
-        ctx.insert("hostname", &hostname(view.endpoint));
+        ctx.insert("hostname", &recast_core::naming::hostname(view.endpoint));
         ctx.insert("locale", &site.locale);
         ctx.insert("time_zone", &site.time_zone);
         ctx.insert("admin_password", &site.admin_password);
         ctx.insert("domain", &site.domain);
         self.render("unattend.xml", &ctx)
     }
-}
-
-/// A NetBIOS-safe computer name from the endpoint name: upper case, at most 15 characters.
-pub fn hostname(endpoint: &str) -> String {
-    endpoint
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
-        .take(15)
-        .collect::<String>()
-        .trim_end_matches('-')
-        .to_ascii_uppercase()
 }
 
 /// unattend.xml's "PlainText=false" form of a password: base64 of the UTF-16LE text of the
@@ -313,9 +302,15 @@ mod tests {
 
     #[test]
     fn hostnames_are_netbios_safe() {
-        assert_eq!(hostname("kiosk-01"), "KIOSK-01");
-        assert_eq!(hostname("a-very-long-endpoint-name"), "A-VERY-LONG-END");
-        assert_eq!(hostname("store-0042-till-"), "STORE-0042-TILL");
+        assert_eq!(recast_core::naming::hostname("kiosk-01"), "KIOSK-01");
+        assert_eq!(
+            recast_core::naming::hostname("a-very-long-endpoint-name"),
+            "A-VERY-LONG-END"
+        );
+        assert_eq!(
+            recast_core::naming::hostname("store-0042-till-"),
+            "STORE-0042-TILL"
+        );
     }
 
     #[test]

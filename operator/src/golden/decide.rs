@@ -10,10 +10,7 @@ use recast_crds::golden_image::{GoldenImage, GoldenImageStatus};
 
 use recast_core::time;
 
-/// Annotation `recastctl image promote|demote` sets: "promoted" or "demoted".
-pub const KNOWN_GOOD_ANNOTATION: &str = "recast.dev/known-good";
-/// Why the image was promoted or demoted, and by whom (shown in the condition's message).
-pub const KNOWN_GOOD_REASON_ANNOTATION: &str = "recast.dev/known-good-reason";
+pub use recast_crds::golden_image::{KNOWN_GOOD_ANNOTATION, KNOWN_GOOD_REASON_ANNOTATION};
 
 /// What the controller must do with an image's bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -10,6 +10,7 @@
 
 pub mod arming;
 pub mod embedded;
+#[cfg(feature = "services")]
 pub mod kube;
 pub mod private;
 

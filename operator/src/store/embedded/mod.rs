@@ -12,6 +12,7 @@
 
 mod backend;
 pub use backend::EmbeddedBackend;
+#[cfg(feature = "services")]
 pub(crate) use backend::other;
 
 use crate::store::BootIntent;
