@@ -82,6 +82,10 @@ enum Command {
         /// All namespaces.
         #[arg(short = 'A', long)]
         all_namespaces: bool,
+        /// After the table, print an object's row again each time it changes, like
+        /// `kubectl get -w` (polls every second; stop with Ctrl-C).
+        #[arg(short = 'w', long)]
+        watch: bool,
     },
     /// Show an object with its conditions, attempts and events.
     Describe { kind: String, name: String },
@@ -214,6 +218,66 @@ fn main() -> ExitCode {
             eprintln!("{prefix} {e}");
             e.exit_code()
         }
+    }
+}
+
+/// `get -w`: the table, then a row each time an object's row changes. Ages are left out of
+/// the comparison (they change every second by themselves); a newly created object counts as
+/// a change. Polls, because the embedded store has no change feed a reader can follow.
+fn watch_get(
+    store: &Backend,
+    kind: Kind,
+    ns: &str,
+    name: Option<&str>,
+    wide: bool,
+    all_namespaces: bool,
+) -> Result<ExitCode, CliError> {
+    use std::io::Write;
+    let ages = table::age_cells(kind, wide, all_namespaces);
+    let key_len = 1 + usize::from(all_namespaces);
+    let mut seen: std::collections::BTreeMap<Vec<String>, Vec<String>> = Default::default();
+    let mut widths: Option<Vec<usize>> = None;
+    loop {
+        let objects = match name {
+            Some(n) => match store.get(kind, ns, n)? {
+                Some(o) => vec![o],
+                // Gone while watched: keep watching, as kubectl does; missing at the start is
+                // a mistake in the name.
+                None if widths.is_some() => Vec::new(),
+                None => return Err(not_found(kind, ns, n)),
+            },
+            None => store.list(kind, if all_namespaces { None } else { Some(ns) })?,
+        };
+        let rows = table::rows(kind, &objects, wide, all_namespaces, Timestamp::now());
+        let mut out = String::new();
+        let widths = widths.get_or_insert_with(|| {
+            out.push_str(&table::line(&rows[0], &table::widths(&rows)));
+            table::widths(&rows)
+        });
+        for row in rows.iter().skip(1) {
+            let key = row[..key_len].to_vec();
+            let cells: Vec<String> = row
+                .iter()
+                .zip(&ages)
+                .filter(|(_, age)| !**age)
+                .map(|(c, _)| c.clone())
+                .collect();
+            if seen.get(&key) != Some(&cells) {
+                out.push_str(&table::line(row, widths));
+                seen.insert(key, cells);
+            }
+        }
+        let mut stdout = std::io::stdout().lock();
+        if stdout
+            .write_all(out.as_bytes())
+            .and_then(|()| stdout.flush())
+            .is_err()
+        {
+            // The reader went away (`| head`, a closed pipe): done.
+            return Ok(ExitCode::SUCCESS);
+        }
+        drop(stdout);
+        std::thread::sleep(std::time::Duration::from_secs(1));
     }
 }
 
@@ -363,8 +427,25 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             name,
             output,
             all_namespaces,
+            watch,
         } => {
             let kind = kind_of(&kind)?;
+            if watch {
+                if !matches!(output, Output::Table | Output::Wide) {
+                    return Err(CliError::Usage(
+                        "--watch prints table rows; use it with -o table or -o wide (or poll `get -o json`)"
+                            .into(),
+                    ));
+                }
+                return watch_get(
+                    &store,
+                    kind,
+                    ns,
+                    name.as_deref(),
+                    output == Output::Wide,
+                    all_namespaces,
+                );
+            }
             let objects = match &name {
                 Some(n) => vec![
                     store
