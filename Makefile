@@ -27,12 +27,14 @@ run: ## recast's main job: the operator on the embedded store, loaded with examp
 DEMO_DIR  ?= $(CURDIR)/.recast-demo
 # Seconds the demo pauses after the operator starts, to open `recastctl get rep -w` first.
 DEMO_WAIT ?= 10
+# Seconds between the imaging steps, so that the watch (one poll a second) shows each step.
+DEMO_PACE ?= 2
 # More recast-demo options (--exit-when-done, other addresses: recast-demo --help).
 DEMO_ARGS ?=
 
 demo: ## recast at work without hardware (< 1 min, narrated): a real golden WIM, agents, a failed rollback reimaged by a simulated imaging client (fresh $(DATA_DIR))
 	$(CARGO) build $(CARGO_FLAGS) -q -p recast-operator -p recastctl -p recast-agent -p recast-tests --bins
-	$(CARGO) run $(CARGO_FLAGS) -q -p recast-tests --bin recast-demo -- --data-dir $(DATA_DIR) --work-dir $(DEMO_DIR) --watcher-wait $(DEMO_WAIT) $(DEMO_ARGS)
+	$(CARGO) run $(CARGO_FLAGS) -q -p recast-tests --bin recast-demo -- --data-dir $(DATA_DIR) --work-dir $(DEMO_DIR) --watcher-wait $(DEMO_WAIT) --pace $(DEMO_PACE) $(DEMO_ARGS)
 
 test: ## Every test tier: unit, property, embedded and the real kube-apiserver
 	tests/run-tests.sh

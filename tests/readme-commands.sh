@@ -11,7 +11,7 @@
 #   reads ./.recast-data), so a developer's own .recast-data is left alone. Its ports are the
 #   README's (8080, 8081): if they are taken, stop what holds them (a `make run` of your own).
 # - `make demo`: run as written with DATA_DIR and DEMO_DIR in temp directories, DEMO_WAIT=0
-#   (no pause for a watcher) and DEMO_ARGS=--exit-when-done (it otherwise runs until Ctrl-C).
+#   and DEMO_PACE=0 (no pauses for a watcher) and DEMO_ARGS=--exit-when-done (it otherwise runs until Ctrl-C).
 #   It needs the same ports and 8443, so it runs after `make run` was stopped.
 # - a `get ... -w` (watch) never ends by itself: it runs for 5 s under `timeout`, and being
 #   stopped there counts as success.
@@ -103,7 +103,7 @@ while IFS= read -r cmd; do
       stop_make_run
       echo "--- $cmd (DEMO_WAIT=0 DEMO_ARGS=--exit-when-done, temp DATA_DIR and DEMO_DIR)"
       ran=$((ran + 1))
-      if ! make demo DATA_DIR="$RECAST_DATA_DIR" DEMO_DIR="$tmp/demo" DEMO_WAIT=0 DEMO_ARGS=--exit-when-done </dev/null >"$tmp/out" 2>&1; then
+      if ! make demo DATA_DIR="$RECAST_DATA_DIR" DEMO_DIR="$tmp/demo" DEMO_WAIT=0 DEMO_PACE=0 DEMO_ARGS=--exit-when-done </dev/null >"$tmp/out" 2>&1; then
         cat "$tmp/out"
         echo "*** FAILED: $cmd" >&2
         failed=$((failed + 1))

@@ -70,7 +70,8 @@ pub fn simulated_imaging(
     let claim_path = format!("{}?format=text", path_of(&claim_url));
     let mut token = String::new();
     for _ in 0..30 {
-        if let Ok(r) = connect(boot).and_then(|s| http::send(s, "POST", &host, &claim_path, &[], b""))
+        if let Ok(r) =
+            connect(boot).and_then(|s| http::send(s, "POST", &host, &claim_path, &[], b""))
             && r.status == 200
         {
             token = r.text().trim().to_string();
@@ -151,7 +152,9 @@ pub fn simulated_imaging(
         return None;
     }
     let config = get(&path_of(&format!("{base}/agent.json")), Some(&token))?.text();
-    narrate("GET .../agent.json: how the new Windows' agent enrolls (gateway, attempt id, one-time credential)");
+    narrate(
+        "GET .../agent.json: how the new Windows' agent enrolls (gateway, attempt id, one-time credential)",
+    );
     post(
         "progress",
         json!({"percent": 100, "step": "done", "message": "image written"}),

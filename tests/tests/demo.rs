@@ -72,7 +72,12 @@ fn demo_takes_the_failed_rollback_endpoint_through_an_attempt_to_ready() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "recast-demo failed:\n{text}");
-    for step in ["GET /boot/", "POST .../claim", "GET .../task", "POST .../result ok"] {
+    for step in [
+        "GET /boot/",
+        "POST .../claim",
+        "GET .../task",
+        "POST .../result ok",
+    ] {
         assert!(text.contains(step), "the narration shows {step:?}:\n{text}");
     }
 
@@ -102,5 +107,9 @@ fn demo_takes_the_failed_rollback_endpoint_through_an_attempt_to_ready() {
         .into_iter()
         .flatten()
         .any(|c| c["type"] == "Verified" && c["status"] == "True");
-    assert!(verified, "the golden image was verified: {:#}", gi["status"]);
+    assert!(
+        verified,
+        "the golden image was verified: {:#}",
+        gi["status"]
+    );
 }

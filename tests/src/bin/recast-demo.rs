@@ -41,9 +41,11 @@ struct Options {
     gateway: SocketAddr,
     exit_when_done: bool,
     watcher_wait: Duration,
+    /// A pause after each imaging step, so a watcher polling every second sees each one.
+    pace: Duration,
 }
 
-const USAGE: &str = "usage: recast-demo [--data-dir DIR] [--work-dir DIR] [--listen ADDR] [--boot-http ADDR] [--gateway-listen ADDR] [--watcher-wait SECONDS] [--exit-when-done]";
+const USAGE: &str = "usage: recast-demo [--data-dir DIR] [--work-dir DIR] [--listen ADDR] [--boot-http ADDR] [--gateway-listen ADDR] [--watcher-wait SECONDS] [--pace SECONDS] [--exit-when-done]";
 
 fn options() -> Result<Options, String> {
     let mut o = Options {
@@ -54,6 +56,7 @@ fn options() -> Result<Options, String> {
         gateway: ([127, 0, 0, 1], 8443).into(),
         exit_when_done: false,
         watcher_wait: Duration::ZERO,
+        pace: Duration::ZERO,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -77,12 +80,17 @@ fn options() -> Result<Options, String> {
             "--listen" => o.listen = addr(&value)?,
             "--boot-http" => o.boot_http = addr(&value)?,
             "--gateway-listen" => o.gateway = addr(&value)?,
-            "--watcher-wait" => {
-                o.watcher_wait = Duration::from_secs(
+            "--watcher-wait" | "--pace" => {
+                let secs = Duration::from_secs(
                     value
                         .parse()
-                        .map_err(|e| format!("--watcher-wait {value}: {e} (whole seconds)"))?,
-                )
+                        .map_err(|e| format!("{flag} {value}: {e} (whole seconds)"))?,
+                );
+                if flag == "--pace" {
+                    o.pace = secs;
+                } else {
+                    o.watcher_wait = secs;
+                }
             }
             _ => return Err(format!("unknown option {flag}\n{USAGE}")),
         }
@@ -202,16 +210,16 @@ impl Demo {
                 .map_err(|e| format!("cannot create {}: {e}", d.display()))?;
         }
 
-        println!("recast demo: the examples/ site, with a real golden WIM, agents and an imaging client.");
+        println!(
+            "recast demo: the examples/ site, with a real golden WIM, agents and an imaging client."
+        );
         println!("Watch the endpoints in another terminal, from the repository root:\n");
         let data_flag = if self.opts.data_dir == absolute(Path::new(".recast-data"))? {
             String::new()
         } else {
             format!(" --data-dir {}", self.opts.data_dir.display())
         };
-        println!(
-            "    cargo run -q --ignore-rust-version -p recastctl --{data_flag} get rep -w\n"
-        );
+        println!("    cargo run -q --ignore-rust-version -p recastctl --{data_flag} get rep -w\n");
 
         // 1. The golden image.
         let golden = self.work("golden");
@@ -263,10 +271,14 @@ impl Demo {
         }
 
         // 4. The controller verifies the WIM's own bytes.
-        self.wait(Duration::from_secs(60), "the golden image to be Verified", |d| {
-            let gi = d.recastctl_json(&["get", "gi", IMAGE, "-o", "json"])?;
-            Ok(condition(&gi, "Verified").as_deref() == Some("True"))
-        })?;
+        self.wait(
+            Duration::from_secs(60),
+            "the golden image to be Verified",
+            |d| {
+                let gi = d.recastctl_json(&["get", "gi", IMAGE, "-o", "json"])?;
+                Ok(condition(&gi, "Verified").as_deref() == Some("True"))
+            },
+        )?;
         self.say(&format!(
             "GoldenImage {IMAGE}: Verified (the GoldenImage controller read the WIM: sha256, edition, build {NEW_BUILD}, KB5074109)"
         ));
@@ -302,11 +314,13 @@ impl Demo {
             self.opts.boot_http
         ));
         let boot = self.opts.boot_http;
+        let pace = self.opts.pace;
         let mut lines = Vec::new();
         let config = {
             let mut narrate = |line: &str| {
                 self.say(&format!("  imaging: {line}"));
                 lines.push(line.to_string());
+                std::thread::sleep(pace);
                 // Between the protocol steps, what the operator made of them.
                 let _ = self.observe();
             };
@@ -327,25 +341,29 @@ impl Demo {
         let config_path = self.work(&format!("{VICTIM}-agent.json"));
         std::fs::write(&config_path, &config).map_err(|e| e.to_string())?;
 
-        // 8. The new image's first boot: its agent enrolls and reports the new build.
+        // 8. The new image's first boot: its agent enrolls and reports the new build. A real
+        // machine takes minutes to reboot into it; here the agent waits until the operator has
+        // taken the result (the gateway refuses enrollment before FirstBoot).
+        self.wait_endpoint(Duration::from_secs(60), "the imaging result", |ep| {
+            step(ep).as_deref() == Some("FirstBoot")
+        })?;
         self.start_agent(&agent, VICTIM, "healthy", Some(&config_path), &ca)?;
         self.say(&format!(
             "{VICTIM} boots the new image: its agent enrolls with agent.json and reports"
         ));
-        self.wait_endpoint(
-            Duration::from_secs(60),
-            "Ready on the new build",
-            |ep| {
-                ep["status"]["activeAttempt"].is_null()
-                    && ep["status"]["phase"] == "Ready"
-                    && ep["status"]["lastReport"]["build"] == NEW_BUILD
-            },
-        )?;
+        self.wait_endpoint(Duration::from_secs(60), "Ready on the new build", |ep| {
+            ep["status"]["activeAttempt"].is_null()
+                && ep["status"]["phase"] == "Ready"
+                && ep["status"]["lastReport"]["build"] == NEW_BUILD
+        })?;
         self.say(&format!(
-            "{VICTIM}: Ready on {NEW_BUILD}; the attempt succeeded. Done in {:.0} s.",
+            "{VICTIM}: Ready on {NEW_BUILD}; the attempt succeeded. Done in {:.0} s (kiosk-03 and backoffice-01 run no agent here: they stay Pending).",
             self.started.elapsed().as_secs_f64()
         ));
-        println!("\n$ recastctl get rep\n{}", self.recastctl(&["get", "rep"])?);
+        println!(
+            "\n$ recastctl get rep\n{}",
+            self.recastctl(&["get", "rep"])?
+        );
         println!(
             "$ recastctl history {VICTIM}\n{}",
             self.recastctl(&["history", VICTIM])?
@@ -645,7 +663,9 @@ impl Demo {
 /// wimlib-imagex, installed by tests/golden/setup.sh when it is missing and we may.
 fn wimlib_imagex() -> Result<PathBuf, String> {
     if !recast_tests::have("wimlib-imagex") {
-        println!("wimlib-imagex is missing; installing it with tests/golden/setup.sh (Debian's wimtools)");
+        println!(
+            "wimlib-imagex is missing; installing it with tests/golden/setup.sh (Debian's wimtools)"
+        );
         let ok = Command::new("bash")
             .arg(recast_tests::repo_root().join("tests/golden/setup.sh"))
             .status()
