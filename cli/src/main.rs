@@ -224,8 +224,12 @@ fn main() -> ExitCode {
 /// `get -w`: the table, then a row each time an object's row changes. Ages are left out of
 /// the comparison (they change every second by themselves); a newly created object counts as
 /// a change. Polls, because the embedded store has no change feed a reader can follow.
+/// `store_dir` (the embedded store's directory) is watched too: `make run` and `make demo`
+/// start on a fresh one, and a watch started before would otherwise keep reading the old,
+/// deleted store.
 fn watch_get(
-    store: &Backend,
+    mut store: Backend,
+    store_dir: Option<PathBuf>,
     kind: Kind,
     ns: &str,
     name: Option<&str>,
@@ -237,7 +241,33 @@ fn watch_get(
     let key_len = 1 + usize::from(all_namespaces);
     let mut seen: std::collections::BTreeMap<Vec<String>, Vec<String>> = Default::default();
     let mut widths: Option<Vec<usize>> = None;
+    // The store file's identity (device, inode) on Unix; elsewhere the watch keeps the store
+    // it opened.
+    let store_file = |dir: &PathBuf| -> Option<(u64, u64)> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(dir.join(recast_operator::store::embedded::DB_FILE))
+                .ok()
+                .map(|m| (m.dev(), m.ino()))
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = dir;
+            None
+        }
+    };
+    let mut opened = store_dir.as_ref().and_then(store_file);
     loop {
+        if let Some(dir) = &store_dir {
+            let now = store_file(dir);
+            if now.is_some() && now != opened {
+                store = Backend::Embedded(EmbeddedStore::open(dir)?);
+                opened = now;
+                // A new store: its objects are new rows.
+                seen.clear();
+            }
+        }
         let objects = match name {
             Some(n) => match store.get(kind, ns, n)? {
                 Some(o) => vec![o],
@@ -324,6 +354,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         command => Cli { command, ..cli },
     };
+    let store_dir = (cli.backend == BackendKind::Embedded).then(|| data_dir(cli.data_dir.clone()));
     let store = match cli.backend {
         BackendKind::Embedded => Backend::Embedded(EmbeddedStore::open(&data_dir(cli.data_dir))?),
         BackendKind::Kube => Backend::Kube(KubeObjects::connect(cli.context)?),
@@ -438,7 +469,8 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     ));
                 }
                 return watch_get(
-                    &store,
+                    store,
+                    store_dir,
                     kind,
                     ns,
                     name.as_deref(),
