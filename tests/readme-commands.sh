@@ -67,8 +67,13 @@ fi
 failed=0
 ran=0
 wait_for_make_run() {
-  for _ in $(seq 1 240); do
-    if curl -fsS -o /dev/null 127.0.0.1:8080/readyz 2>/dev/null; then return 0; fi
+  # Up to 10 minutes: on a fresh clone `make run` first builds the operator.
+  for _ in $(seq 1 1200); do
+    # Ready, and the boot service listening (any HTTP answer will do).
+    if curl -fsS -o /dev/null 127.0.0.1:8080/readyz 2>/dev/null &&
+      curl -sS -o /dev/null 127.0.0.1:8081/ 2>/dev/null; then
+      return 0
+    fi
     if ! kill -0 "$run_pid" 2>/dev/null; then break; fi
     sleep 0.5
   done
