@@ -10,7 +10,7 @@ DATA_DIR    ?= $(CURDIR)/.recast-data
 # performing them. POWER_DRIVER=redfish drives real BMCs.
 POWER_DRIVER ?= record
 
-.PHONY: all build run test e2e attacks fuzz redfish-setup lint fmt docs crds crds-check image helm-setup bench-controller bench-boot bench-images bench-gateway k8s-build k8s-demo k8s-up k8s-down clean help
+.PHONY: all build run demo test e2e attacks fuzz redfish-setup lint fmt docs crds crds-check image helm-setup bench-controller bench-boot bench-images bench-gateway k8s-build k8s-demo k8s-up k8s-down clean help
 
 all: build
 
@@ -23,6 +23,18 @@ build: ## Build every binary (debug)
 run: ## recast's main job: the operator on the embedded store, loaded with examples/ (fresh $(DATA_DIR))
 	rm -rf $(DATA_DIR)
 	$(CARGO) run $(CARGO_FLAGS) -q -p recast-operator -- run --backend embedded --data-dir $(DATA_DIR) --load examples/ --power-driver $(POWER_DRIVER) --boot-http 127.0.0.1:8081
+
+DEMO_DIR  ?= $(CURDIR)/.recast-demo
+# Seconds the demo pauses after the operator starts, to open `recastctl get rep -w` first.
+DEMO_WAIT ?= 10
+# Seconds between the imaging steps, so that the watch (one poll a second) shows each step.
+DEMO_PACE ?= 2
+# More recast-demo options (--exit-when-done, other addresses: recast-demo --help).
+DEMO_ARGS ?=
+
+demo: ## recast at work without hardware (< 1 min, narrated): a real golden WIM, agents, a failed rollback reimaged by a simulated imaging client (fresh $(DATA_DIR))
+	$(CARGO) build $(CARGO_FLAGS) -q -p recast-operator -p recastctl -p recast-agent -p recast-tests --bins
+	$(CARGO) run $(CARGO_FLAGS) -q -p recast-tests --bin recast-demo -- --data-dir $(DATA_DIR) --work-dir $(DEMO_DIR) --watcher-wait $(DEMO_WAIT) --pace $(DEMO_PACE) $(DEMO_ARGS)
 
 test: ## Every test tier: unit, property, embedded and the real kube-apiserver
 	tests/run-tests.sh
@@ -112,4 +124,4 @@ k8s-down: ## Stop them and remove .k8s
 
 clean: k8s-down ## Remove build output and local state (the Go binary cache stays)
 	$(CARGO) clean
-	rm -rf $(DATA_DIR)
+	rm -rf $(DATA_DIR) $(DEMO_DIR)

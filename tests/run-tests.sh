@@ -43,6 +43,13 @@ status=0
 # the whole workspace. --no-fail-fast: one failing suite must not hide the others.
 if (($#)); then targets=("$@"); else targets=(--workspace --no-fail-fast); fi
 cargo test "${cargo_flags[@]}" "${targets[@]}" 2>&1 | tee "$log" || status=$?
+# The whole run also checks that README.md's commands work as written (after the cargo tests,
+# which built every binary they use).
+if ((!$#)); then
+  echo
+  echo "*** README commands (tests/readme-commands.sh)"
+  tests/readme-commands.sh || status=1
+fi
 # cargo prints one "test result" line per test binary, the last often a doc-test run with no
 # tests; close with the totals so a reader (or CI) sees what ran.
 skipped=$(wc -l < "$RECAST_SKIP_LOG")

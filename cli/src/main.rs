@@ -82,6 +82,10 @@ enum Command {
         /// All namespaces.
         #[arg(short = 'A', long)]
         all_namespaces: bool,
+        /// After the table, print an object's row again each time it changes, like
+        /// `kubectl get -w` (polls every second; stop with Ctrl-C).
+        #[arg(short = 'w', long)]
+        watch: bool,
     },
     /// Show an object with its conditions, attempts and events.
     Describe { kind: String, name: String },
@@ -217,6 +221,96 @@ fn main() -> ExitCode {
     }
 }
 
+/// `get -w`: the table, then a row each time an object's row changes. Ages are left out of
+/// the comparison (they change every second by themselves); a newly created object counts as
+/// a change. Polls, because the embedded store has no change feed a reader can follow.
+/// `store_dir` (the embedded store's directory) is watched too: `make run` and `make demo`
+/// start on a fresh one, and a watch started before would otherwise keep reading the old,
+/// deleted store.
+fn watch_get(
+    mut store: Backend,
+    store_dir: Option<PathBuf>,
+    kind: Kind,
+    ns: &str,
+    name: Option<&str>,
+    wide: bool,
+    all_namespaces: bool,
+) -> Result<ExitCode, CliError> {
+    use std::io::Write;
+    let ages = table::age_cells(kind, wide, all_namespaces);
+    let key_len = 1 + usize::from(all_namespaces);
+    let mut seen: std::collections::BTreeMap<Vec<String>, Vec<String>> = Default::default();
+    let mut widths: Option<Vec<usize>> = None;
+    // The store file's identity (device, inode) on Unix; elsewhere the watch keeps the store
+    // it opened.
+    let store_file = |dir: &PathBuf| -> Option<(u64, u64)> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(dir.join(recast_operator::store::embedded::DB_FILE))
+                .ok()
+                .map(|m| (m.dev(), m.ino()))
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = dir;
+            None
+        }
+    };
+    let mut opened = store_dir.as_ref().and_then(store_file);
+    loop {
+        if let Some(dir) = &store_dir {
+            let now = store_file(dir);
+            if now.is_some() && now != opened {
+                store = Backend::Embedded(EmbeddedStore::open(dir)?);
+                opened = now;
+                // A new store: its objects are new rows.
+                seen.clear();
+            }
+        }
+        let objects = match name {
+            Some(n) => match store.get(kind, ns, n)? {
+                Some(o) => vec![o],
+                // Gone while watched: keep watching, as kubectl does; missing at the start is
+                // a mistake in the name.
+                None if widths.is_some() => Vec::new(),
+                None => return Err(not_found(kind, ns, n)),
+            },
+            None => store.list(kind, if all_namespaces { None } else { Some(ns) })?,
+        };
+        let rows = table::rows(kind, &objects, wide, all_namespaces, Timestamp::now());
+        let mut out = String::new();
+        let widths = widths.get_or_insert_with(|| {
+            out.push_str(&table::line(&rows[0], &table::widths(&rows)));
+            table::widths(&rows)
+        });
+        for row in rows.iter().skip(1) {
+            let key = row[..key_len].to_vec();
+            let cells: Vec<String> = row
+                .iter()
+                .zip(&ages)
+                .filter(|(_, age)| !**age)
+                .map(|(c, _)| c.clone())
+                .collect();
+            if seen.get(&key) != Some(&cells) {
+                out.push_str(&table::line(row, widths));
+                seen.insert(key, cells);
+            }
+        }
+        let mut stdout = std::io::stdout().lock();
+        if stdout
+            .write_all(out.as_bytes())
+            .and_then(|()| stdout.flush())
+            .is_err()
+        {
+            // The reader went away (`| head`, a closed pipe): done.
+            return Ok(ExitCode::SUCCESS);
+        }
+        drop(stdout);
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}
+
 fn data_dir(flag: Option<PathBuf>) -> PathBuf {
     flag.unwrap_or_else(|| {
         let local = PathBuf::from(".recast-data");
@@ -260,6 +354,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         command => Cli { command, ..cli },
     };
+    let store_dir = (cli.backend == BackendKind::Embedded).then(|| data_dir(cli.data_dir.clone()));
     let store = match cli.backend {
         BackendKind::Embedded => Backend::Embedded(EmbeddedStore::open(&data_dir(cli.data_dir))?),
         BackendKind::Kube => Backend::Kube(KubeObjects::connect(cli.context)?),
@@ -363,8 +458,26 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             name,
             output,
             all_namespaces,
+            watch,
         } => {
             let kind = kind_of(&kind)?;
+            if watch {
+                if !matches!(output, Output::Table | Output::Wide) {
+                    return Err(CliError::Usage(
+                        "--watch prints table rows; use it with -o table or -o wide (or poll `get -o json`)"
+                            .into(),
+                    ));
+                }
+                return watch_get(
+                    store,
+                    store_dir,
+                    kind,
+                    ns,
+                    name.as_deref(),
+                    output == Output::Wide,
+                    all_namespaces,
+                );
+            }
             let objects = match &name {
                 Some(n) => vec![
                     store

@@ -96,6 +96,17 @@ pub fn render(
     all_namespaces: bool,
     now: Timestamp,
 ) -> String {
+    plain(&rows(kind, objects, wide, all_namespaces, now))
+}
+
+/// The header row, then one row per object: what `render` lays out.
+pub fn rows(
+    kind: Kind,
+    objects: &[Value],
+    wide: bool,
+    all_namespaces: bool,
+    now: Timestamp,
+) -> Vec<Vec<String>> {
     let cols: Vec<Column> = columns(kind)
         .into_iter()
         .filter(|c| wide || c.priority == 0)
@@ -120,13 +131,32 @@ pub fn render(
         );
         rows.push(row);
     }
-    plain(&rows)
+    rows
+}
+
+/// Which cells of `rows`' rows are ages (they change every second by themselves, so a watch
+/// does not count them as a change).
+pub fn age_cells(kind: Kind, wide: bool, all_namespaces: bool) -> Vec<bool> {
+    let mut ages = vec![false; 1 + usize::from(all_namespaces)];
+    ages.extend(
+        columns(kind)
+            .into_iter()
+            .filter(|c| wide || c.priority == 0)
+            .map(|c| c.type_ == "date"),
+    );
+    ages
 }
 
 /// Left-aligned columns separated by three spaces, as kubectl prints them.
 pub fn plain(rows: &[Vec<String>]) -> String {
+    let widths = widths(rows);
+    rows.iter().map(|r| line(r, &widths)).collect()
+}
+
+/// The width of each column: its widest cell.
+pub fn widths(rows: &[Vec<String>]) -> Vec<usize> {
     let n = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..n)
+    (0..n)
         .map(|i| {
             rows.iter()
                 .filter_map(|r| r.get(i))
@@ -134,21 +164,23 @@ pub fn plain(rows: &[Vec<String>]) -> String {
                 .max()
                 .unwrap_or(0)
         })
-        .collect();
-    let mut out = String::new();
-    for r in rows {
-        let mut line = String::new();
-        for (i, c) in r.iter().enumerate() {
-            if i + 1 == r.len() {
-                line.push_str(c);
-            } else {
-                line.push_str(&format!("{c:<w$}   ", w = widths[i]));
-            }
+        .collect()
+}
+
+/// One row laid out in `widths` (a wider cell pushes the rest right), with its newline.
+pub fn line(r: &[String], widths: &[usize]) -> String {
+    let mut line = String::new();
+    for (i, c) in r.iter().enumerate() {
+        if i + 1 == r.len() {
+            line.push_str(c);
+        } else {
+            let w = widths.get(i).copied().unwrap_or(0);
+            line.push_str(&format!("{c:<w$}   "));
         }
-        out.push_str(line.trim_end());
-        out.push('\n');
     }
-    out
+    let mut line = line.trim_end().to_string();
+    line.push('\n');
+    line
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 //! - answers 500s or stalls past the client's timeout while a fault is switched on.
 //!
 //! A machine is a QEMU VM with Debian's iPXE as its NIC ROM (the imaging environment runs in
-//! it), or a simulated one whose imaging environment is `simulated_imaging` below, which speaks
+//! it), or a simulated one whose imaging environment is `recast_tests::imaging`, which speaks
 //! the same imaging protocol from the test process.
 
 use std::collections::BTreeMap;
@@ -21,7 +21,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use crate::http;
 use crate::net;
@@ -429,7 +428,14 @@ impl Ctx {
                 let ctx = self.clone();
                 let (uuid, mac, control) = (uuid.to_string(), m.mac.clone(), m.control.clone());
                 std::thread::spawn(move || {
-                    let config = simulated_imaging(&ctx.boot_ns, ctx.boot_http, &mac, &control);
+                    let ns = ctx.boot_ns.clone();
+                    let config = recast_tests::imaging::simulated_imaging(
+                        &|addr| net::connect(Some(&ns), addr),
+                        ctx.boot_http,
+                        &mac,
+                        &control,
+                        &mut |_| {},
+                    );
                     let mut machines = ctx.machines.lock().unwrap();
                     if let Some(m) = machines.get_mut(&uuid) {
                         m.imaged += 1;
@@ -481,130 +487,4 @@ fn qemu(site_ns: &str, tap: &str, mac: &str, disk: &Path, conf: &Path, serial: &
         .stderr(Stdio::null())
         .spawn()
         .expect("start qemu")
-}
-
-/// A simulated machine's imaging environment: the iPXE script's task URL and token, the task,
-/// the image (sha256 checked), progress, agent.json, the result. What tests/pxe/imager-init.sh
-/// does inside a VM, from the test process; returns agent.json when imaging succeeded.
-pub fn simulated_imaging(
-    boot_ns: &str,
-    boot: SocketAddr,
-    mac: &str,
-    control: &str,
-) -> Option<String> {
-    let host = boot.to_string();
-    let get = |path: &str, auth: Option<&str>| -> Option<http::Response> {
-        let bearer = auth.map(|t| format!("Bearer {t}"));
-        let headers: Vec<(&str, &str)> = bearer
-            .as_deref()
-            .map(|b| vec![("Authorization", b)])
-            .unwrap_or_default();
-        for _ in 0..30 {
-            if let Ok(r) = net::connect(Some(boot_ns), boot)
-                .and_then(|s| http::send(s, "GET", &host, path, &headers, b""))
-                && r.status < 500
-            {
-                return Some(r);
-            }
-            std::thread::sleep(Duration::from_secs(1));
-        }
-        None
-    };
-    let script = get(&format!("/boot/{mac}"), None)?.text();
-    let arg = |key: &str| {
-        script
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(&format!("{key}=")))
-            .map(str::to_string)
-    };
-    let claim_url = arg("recast.claim")?;
-    let path_of = |url: &str| {
-        url.splitn(4, '/')
-            .nth(3)
-            .map(|p| format!("/{p}"))
-            .unwrap_or_default()
-    };
-    let base = claim_url.trim_end_matches("/claim").to_string();
-    let task_url = format!("{base}/task");
-    // The imaging environment claims its try first; the session token works only from here.
-    let claim_path = format!("{}?format=text", path_of(&claim_url));
-    let mut token = String::new();
-    for _ in 0..30 {
-        if let Ok(r) = net::connect(Some(boot_ns), boot)
-            .and_then(|s| http::send(s, "POST", &host, &claim_path, &[], b""))
-            && r.status == 200
-        {
-            token = r.text().trim().to_string();
-            break;
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
-    if token.is_empty() {
-        return None;
-    }
-    let task = get(&path_of(&task_url), Some(&token))?.json();
-    let post = |what: &str, body: Value| {
-        let bearer = format!("Bearer {token}");
-        let path = path_of(&format!("{base}/{what}"));
-        for _ in 0..30 {
-            if let Ok(r) = net::connect(Some(boot_ns), boot).and_then(|s| {
-                http::send(
-                    s,
-                    "POST",
-                    &host,
-                    &path,
-                    &[
-                        ("Authorization", &bearer),
-                        ("Content-Type", "application/json"),
-                    ],
-                    body.to_string().as_bytes(),
-                )
-            }) && r.status < 500
-            {
-                return;
-            }
-            std::thread::sleep(Duration::from_secs(1));
-        }
-    };
-    post(
-        "progress",
-        json!({"percent": 10, "step": "download", "message": "downloading the image"}),
-    );
-    let Some(url) = task["image"]["url"].as_str() else {
-        post(
-            "result",
-            json!({"ok": false, "step": "task", "error": format!("the task names no image: {task}")}),
-        );
-        return None;
-    };
-    let image = get(&path_of(url), None)?;
-    let sha: String = Sha256::digest(&image.body)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    if Some(sha.as_str()) != task["image"]["sha256"].as_str() {
-        post(
-            "result",
-            json!({"ok": false, "step": "checksum", "error": format!("sha256 {sha} is not {}", task["image"]["sha256"])}),
-        );
-        return None;
-    }
-    post(
-        "progress",
-        json!({"percent": 50, "step": "apply", "message": "applying the image"}),
-    );
-    if control == "recast-e2e:fail-apply" {
-        post(
-            "result",
-            json!({"ok": false, "step": "apply", "error": "dism /Apply-Image failed: 0x8007000d (told to fail by the test)"}),
-        );
-        return None;
-    }
-    let config = get(&path_of(&format!("{base}/agent.json")), Some(&token))?.text();
-    post(
-        "progress",
-        json!({"percent": 100, "step": "done", "message": "image written"}),
-    );
-    post("result", json!({"ok": true}));
-    Some(config)
 }

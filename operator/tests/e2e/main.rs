@@ -13,8 +13,9 @@
 //! backend the apiserver harness. Skips loudly without them unless RECAST_REQUIRE_E2E=1 (CI).
 
 mod bmc;
-mod http;
 mod net;
+// Shared with `make demo` (recast-demo), which speaks the same imaging protocol.
+use recast_tests::http;
 mod site;
 
 use std::path::Path;

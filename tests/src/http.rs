@@ -1,5 +1,6 @@
-//! A small blocking HTTP/1.1 client and request reader for the suite's test-only parts (the
-//! Redfish bridge and the simulated machines' imaging client). One request per connection.
+//! A small blocking HTTP/1.1 client and request reader for the test-only parts (the e2e suite's
+//! Redfish bridge, the simulated imaging client of the e2e suite and of `make demo`). One
+//! request per connection.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
