@@ -179,7 +179,7 @@ pub fn transition(edge: Edge) -> &'static Transition {
 pub fn render_markdown() -> String {
     let mut out = String::new();
     out.push_str("# Endpoint lifecycle\n\n");
-    out.push_str("<!-- Generated from operator/src/core/transitions.rs; do not edit. `make docs` rewrites it. -->\n\n");
+    out.push_str("<!-- Generated from core/src/transitions.rs; do not edit. `make docs` rewrites it. -->\n\n");
     out.push_str("An endpoint's phase is one of Pending, Ready, Degraded, ReimageScheduled, Reimaging, Failed and\nQuarantined; while Reimaging, the active attempt's step is one of ArmingBoot, PowerCycling, Booting,\nApplying and FirstBoot. The diagram shows steps as states. Every change of state the lifecycle core\nmakes is one of the rows below, and the tests fail if the code takes a transition this table does not\nlist.\n\n");
     out.push_str("```mermaid\nstateDiagram-v2\n    [*] --> Pending\n");
     for t in TABLE {
