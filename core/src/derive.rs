@@ -32,7 +32,7 @@ use recast_crds::report::{
 };
 
 use super::build::Build;
-use super::signal::SignalKind;
+use super::signal::{SignalKind, Urgency};
 
 /// Stop codes that mean the boot volume could not be used: 0xED UNMOUNTABLE_BOOT_VOLUME (the
 /// January 2026 failure) and 0x7B INACCESSIBLE_BOOT_DEVICE.

@@ -28,35 +28,7 @@ use super::notice::{Notice, NoticeType};
 use super::policy::PolicyView;
 use super::signal::SignalKind;
 use super::time;
-
-/// Why updates are held or released; the word in `status.updateHold.reason`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum HoldReason {
-    Manual,
-    FailedRollback,
-    ManualRelease,
-    Immutable,
-    Managed,
-}
-
-impl HoldReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HoldReason::Manual => "Manual",
-            HoldReason::FailedRollback => "FailedRollback",
-            HoldReason::ManualRelease => "ManualRelease",
-            HoldReason::Immutable => "Immutable",
-            HoldReason::Managed => "Managed",
-        }
-    }
-
-    pub fn held(self) -> bool {
-        matches!(
-            self,
-            HoldReason::Manual | HoldReason::FailedRollback | HoldReason::Immutable
-        )
-    }
-}
+pub use recast_crds::signal::HoldReason;
 
 /// The endpoint's update mode: its own override, else its policy's.
 pub fn effective_mode(spec: &EndpointSpec, policy: &PolicyView) -> UpdateMode {
@@ -154,7 +126,7 @@ fn guard(i: &HoldInputs<'_>) -> Option<String> {
     let seen_now = i
         .signals
         .iter()
-        .find(|s| s.type_ == SignalKind::FailedRollback.as_str())
+        .find(|s| s.type_ == SignalKind::FailedRollback)
         .map(|s| s.since.as_str())
         .filter(|s| still_improper(s));
     let since = latched.or(seen_now)?;
@@ -241,7 +213,7 @@ pub fn next(
 ) -> (UpdateHoldStatus, Option<Notice>) {
     let d = desired(i);
     let held = d.held();
-    let reason = d.reason.as_str();
+    let reason = d.reason;
     let unchanged = i
         .previous
         .is_some_and(|p| p.held == held && p.reason == reason);
@@ -270,7 +242,7 @@ pub fn next(
     (
         UpdateHoldStatus {
             held,
-            reason: reason.to_string(),
+            reason,
             message: d.message,
             since,
             guard_engaged_since: d.guard_engaged_since,
@@ -316,11 +288,11 @@ impl HoldFacts {
         let signals: Vec<SignalStatus> = current
             .iter()
             .map(|k| SignalStatus {
-                type_: k.as_str().to_string(),
+                type_: *k,
                 since: self
                     .signals
                     .iter()
-                    .find(|s| s.type_ == k.as_str())
+                    .find(|s| s.type_ == *k)
                     .map(|s| s.since.clone())
                     .unwrap_or_else(|| now.to_string()),
                 message: String::new(),

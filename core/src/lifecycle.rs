@@ -19,7 +19,7 @@ use recast_crds::policy::RemediationAction;
 use super::build::Build;
 use super::hold::{self, HoldInputs};
 use super::policy::PolicyView;
-use super::signal::SignalKind;
+use super::signal::{SignalKind, Urgency};
 use super::time;
 use super::transitions::{Edge, State};
 use super::window;
@@ -361,10 +361,10 @@ impl<'a> Run<'a> {
                         .st
                         .signals
                         .iter()
-                        .find(|s| s.type_ == kind.as_str())
+                        .find(|s| s.type_ == *kind)
                         .map(|s| s.since.clone())
                         .unwrap_or_else(|| self.now_s.clone());
-                    if !self.st.signals.iter().any(|s| s.type_ == kind.as_str()) {
+                    if !self.st.signals.iter().any(|s| s.type_ == *kind) {
                         let t = if self.ctx.policy.action_for(*kind) == RemediationAction::Ignore {
                             NoticeType::Normal
                         } else {
@@ -373,7 +373,7 @@ impl<'a> Run<'a> {
                         self.notice(t, kind.as_str(), message.clone());
                     }
                     next.push(SignalStatus {
-                        type_: kind.as_str().to_string(),
+                        type_: *kind,
                         since,
                         message: message.clone(),
                     });
@@ -381,7 +381,7 @@ impl<'a> Run<'a> {
                 self.st.signals = next;
             }
             Input::BmcCrash { message } => {
-                let has = |k: SignalKind| self.st.signals.iter().any(|s| s.type_ == k.as_str());
+                let has = |k: SignalKind| self.st.signals.iter().any(|s| s.type_ == k);
                 // Only while the agent is silent: a late BMC finding about a machine that
                 // reports again is history.
                 if has(SignalKind::HeartbeatLost) && !has(SignalKind::BootCrash) {
@@ -394,13 +394,11 @@ impl<'a> Run<'a> {
                     };
                     self.notice(t, SignalKind::BootCrash.as_str(), message.clone());
                     self.st.signals.push(SignalStatus {
-                        type_: SignalKind::BootCrash.as_str().to_string(),
+                        type_: SignalKind::BootCrash,
                         since: self.now_s.clone(),
                         message: message.clone(),
                     });
-                    self.st.signals.sort_by_key(|s| {
-                        SignalKind::parse(&s.type_).map_or(u8::MAX, |k| k.urgency())
-                    });
+                    self.st.signals.sort_by_key(|s| s.type_.urgency());
                 }
             }
             _ => {}
@@ -881,9 +879,7 @@ impl<'a> Run<'a> {
         }
         let mut best: Option<(SignalKind, RemediationAction, String)> = None;
         for s in &self.st.signals {
-            let Some(kind) = SignalKind::parse(&s.type_) else {
-                continue;
-            };
+            let kind = s.type_;
             let action = self.ctx.policy.action_for(kind);
             if !matches!(
                 action,
@@ -1056,10 +1052,12 @@ impl<'a> Run<'a> {
             EndpointPhase::Quarantined
         } else if blocked.is_some() {
             EndpointPhase::ReimageScheduled
-        } else if self.st.signals.iter().any(|s| {
-            SignalKind::parse(&s.type_)
-                .is_some_and(|k| self.ctx.policy.action_for(k) != RemediationAction::Ignore)
-        }) {
+        } else if self
+            .st
+            .signals
+            .iter()
+            .any(|s| self.ctx.policy.action_for(s.type_) != RemediationAction::Ignore)
+        {
             EndpointPhase::Degraded
         } else if self.st.last_report.is_none() {
             EndpointPhase::Pending
@@ -1251,7 +1249,7 @@ impl<'a> Run<'a> {
                 .st
                 .signals
                 .iter()
-                .any(|s| s.type_ == SignalKind::HeartbeatLost.as_str());
+                .any(|s| s.type_ == SignalKind::HeartbeatLost);
         self.condition(
             "AgentConnected",
             connected,
@@ -1285,7 +1283,7 @@ impl<'a> Run<'a> {
         self.condition(
             "UpdatesHeld",
             h.held,
-            &h.reason,
+            h.reason.as_str(),
             format!("{} (since {}){applied}", h.message, h.since),
         );
     }

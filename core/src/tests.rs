@@ -1172,7 +1172,10 @@ impl Fleet {
             let trigger = d.status.active_attempt.as_ref().unwrap().trigger;
             if !matches!(trigger, AttemptTrigger::Manual | AttemptTrigger::Wave) {
                 prop_assert!(
-                    d.status.signals.iter().any(|s| s.type_ != "HeartbeatLost"),
+                    d.status
+                        .signals
+                        .iter()
+                        .any(|s| s.type_ != recast_crds::signal::SignalKind::HeartbeatLost),
                     "HeartbeatLost alone started an attempt"
                 );
             }
@@ -1604,7 +1607,7 @@ fn a_managed_endpoint_is_released_quietly_from_its_first_status() {
     assert!(hold_notices(&d).is_empty(), "{:?}", d.notices);
     let h = hold(&e);
     assert!(!h.held);
-    assert_eq!(h.reason, "Managed");
+    assert_eq!(h.reason, recast_crds::signal::HoldReason::Managed);
     assert_eq!(h.since, T0);
     let c = e
         .status
@@ -1624,14 +1627,17 @@ fn an_immutable_endpoint_is_held_from_its_first_status_and_across_reimages() {
     let n = hold_notices(&d);
     assert_eq!(n.len(), 1, "a hold is news even on the first status");
     assert_eq!(n[0].reason, "UpdatesHeld");
-    assert_eq!(hold(&e).reason, "Immutable");
+    assert_eq!(hold(&e).reason, recast_crds::signal::HoldReason::Immutable);
     e.feed(report("26100.7462", None));
     e.feed(Input::Signals(vec![(SignalKind::BootCrash, "0xED".into())]));
     assert!(e.status.active_attempt.is_some());
     finish_attempt(&mut e);
     assert!(e.status.active_attempt.is_none());
     let h = hold(&e);
-    assert!(h.held && h.reason == "Immutable" && h.since == T0, "{h:?}");
+    assert!(
+        h.held && h.reason == recast_crds::signal::HoldReason::Immutable && h.since == T0,
+        "{h:?}"
+    );
 }
 
 #[test]
@@ -1639,10 +1645,10 @@ fn the_policy_mode_applies_unless_the_endpoint_overrides_it() {
     let mut e = One::new(true);
     e.policy.update_mode = recast_crds::policy::UpdateMode::Immutable;
     e.feed(Input::Reconcile);
-    assert_eq!(hold(&e).reason, "Immutable");
+    assert_eq!(hold(&e).reason, recast_crds::signal::HoldReason::Immutable);
     e.spec.update_mode = Some(recast_crds::policy::UpdateMode::Managed);
     let d = e.feed(Input::Reconcile);
-    assert_eq!(hold(&e).reason, "Managed");
+    assert_eq!(hold(&e).reason, recast_crds::signal::HoldReason::Managed);
     assert_eq!(hold_notices(&d)[0].reason, "UpdatesReleased");
 }
 
@@ -1653,7 +1659,7 @@ fn failed_rollback_holds_until_the_reimage_that_replaces_the_machine_ends() {
     let d = e.feed(signals(&[SignalKind::FailedRollback]));
     let h = hold(&e);
     assert!(h.held, "{h:?}");
-    assert_eq!(h.reason, "FailedRollback");
+    assert_eq!(h.reason, recast_crds::signal::HoldReason::FailedRollback);
     assert_eq!(h.since, "2026-01-14T08:01:00Z");
     assert_eq!(
         h.guard_engaged_since.as_deref(),
@@ -1684,7 +1690,7 @@ fn failed_rollback_holds_until_the_reimage_that_replaces_the_machine_ends() {
     let d = e.feed(report("26100.7623", Some(&id)));
     let h = hold(&e);
     assert!(!h.held, "{h:?}");
-    assert_eq!(h.reason, "Managed");
+    assert_eq!(h.reason, recast_crds::signal::HoldReason::Managed);
     assert_eq!(h.guard_engaged_since, None);
     assert_eq!(hold_notices(&d)[0].reason, "UpdatesReleased");
 }
@@ -1713,7 +1719,10 @@ fn the_guard_outlives_the_signal_and_a_failed_attempt() {
     // The signal disappears from the reports (the event log rotated): still held.
     e.feed(signals(&[]));
     let h = hold(&e);
-    assert!(h.held && h.reason == "FailedRollback", "{h:?}");
+    assert!(
+        h.held && h.reason == recast_crds::signal::HoldReason::FailedRollback,
+        "{h:?}"
+    );
 }
 
 #[test]
@@ -1731,31 +1740,37 @@ fn a_manual_hold_wins_and_a_manual_release_consumes_only_the_guard_before_it() {
     let mut e = healthy(true);
     e.spec.manual_update_hold = Some(manual(&e, ManualHoldAction::Hold));
     let d = e.feed(Input::Reconcile);
-    assert_eq!(hold(&e).reason, "Manual");
+    assert_eq!(hold(&e).reason, recast_crds::signal::HoldReason::Manual);
     assert!(hold_notices(&d)[0].message.contains("ticket 4711"));
     e.spec.manual_update_hold = None;
     e.feed(Input::Reconcile);
-    assert_eq!(hold(&e).reason, "Managed");
+    assert_eq!(hold(&e).reason, recast_crds::signal::HoldReason::Managed);
 
     // Immutable, released by hand: updates run.
     e.spec.update_mode = Some(recast_crds::policy::UpdateMode::Immutable);
     e.feed(Input::Reconcile);
-    assert_eq!(hold(&e).reason, "Immutable");
+    assert_eq!(hold(&e).reason, recast_crds::signal::HoldReason::Immutable);
     e.advance(60);
     e.spec.manual_update_hold = Some(manual(&e, ManualHoldAction::Release));
     e.feed(Input::Reconcile);
-    assert_eq!(hold(&e).reason, "ManualRelease");
+    assert_eq!(
+        hold(&e).reason,
+        recast_crds::signal::HoldReason::ManualRelease
+    );
     // A FailedRollback first seen after the release engages the guard again.
     e.spec.paused = true;
     e.advance(60);
     e.feed(signals(&[SignalKind::FailedRollback]));
-    assert_eq!(hold(&e).reason, "FailedRollback");
+    assert_eq!(
+        hold(&e).reason,
+        recast_crds::signal::HoldReason::FailedRollback
+    );
     // A release requested after it consumes it.
     e.advance(60);
     e.spec.manual_update_hold = Some(manual(&e, ManualHoldAction::Release));
     e.feed(Input::Reconcile);
     let h = hold(&e);
-    assert_eq!(h.reason, "ManualRelease");
+    assert_eq!(h.reason, recast_crds::signal::HoldReason::ManualRelease);
     assert_eq!(h.guard_engaged_since, None);
 }
 
@@ -1905,7 +1920,7 @@ proptest! {
             for d in &decisions {
                 succeeded |= d.notices.iter().any(|n| n.reason == "AttemptSucceeded");
                 let h = d.status.update_hold.clone().unwrap();
-                let fr_active = d.status.signals.iter().any(|s| s.type_ == "FailedRollback");
+                let fr_active = d.status.signals.iter().any(|s| s.type_ == recast_crds::signal::SignalKind::FailedRollback);
                 let released_after = e.spec.manual_update_hold.as_ref().is_some_and(|m| {
                     m.action == ManualHoldAction::Release
                         && prev.guard_engaged_since.as_deref().is_some_and(|g| time::parse(&m.requested_at) >= time::parse(g))
@@ -1915,7 +1930,7 @@ proptest! {
                 }
                 let replaced_at = d.status.history.iter().filter(|h| h.outcome == AttemptOutcome::Succeeded).map(|h| time::parse(&h.finished_at)).max();
                 if e.policy.guard_on_failed_rollback && fr_active {
-                    let since = d.status.signals.iter().find(|s| s.type_ == "FailedRollback").unwrap().since.clone();
+                    let since = d.status.signals.iter().find(|s| s.type_ == recast_crds::signal::SignalKind::FailedRollback).unwrap().since.clone();
                     let stale = replaced_at.is_some_and(|r| r >= time::parse(&since));
                     let released_before = e.spec.manual_update_hold.as_ref().is_some_and(|m| {
                         m.action == ManualHoldAction::Release && time::parse(&m.requested_at) >= time::parse(&since)
@@ -1933,7 +1948,7 @@ proptest! {
                     None if mode == UpdateMode::Immutable => "Immutable",
                     None => "Managed",
                 };
-                prop_assert_eq!(&h.reason, want);
+                prop_assert_eq!(h.reason.as_str(), want);
                 prop_assert_eq!(h.held, matches!(want, "Manual" | "FailedRollback" | "Immutable"));
                 // Every change is one event; no change, no event; since moves with the change.
                 let changed = (h.held, h.reason.as_str()) != (prev.held, prev.reason.as_str());
@@ -1948,7 +1963,7 @@ proptest! {
                 let c = d.status.conditions.iter().find(|c| c.type_ == "UpdatesHeld").unwrap();
                 prop_assert_eq!(c.status == recast_crds::ConditionStatus::True, h.held);
                 // The gateway's answer, from the same stored facts and signals, agrees.
-                let kinds: Vec<SignalKind> = d.status.signals.iter().filter_map(|s| SignalKind::parse(&s.type_)).collect();
+                let kinds: Vec<SignalKind> = d.status.signals.iter().map(|s| s.type_).collect();
                 let answer = super::hold::HoldFacts::of(&e.spec, Some(&d.status), &e.policy)
                     .desired_with(&kinds, &time::format(e.now));
                 prop_assert_eq!(answer.reason.as_str(), h.reason.as_str(), "gateway and controller disagree");

@@ -411,7 +411,7 @@ pub struct CrashSummary {
 pub struct SignalStatus {
     /// FailedRollback, BootCrash, HeartbeatLost, Drift, NonCompliant.
     #[serde(rename = "type")]
-    pub type_: String,
+    pub type_: crate::signal::SignalKind,
     pub since: String,
     #[serde(default)]
     pub message: String,
@@ -425,7 +425,7 @@ pub struct UpdateHoldStatus {
     pub held: bool,
     /// One word: Immutable, FailedRollback or Manual while held; Managed or ManualRelease
     /// while released.
-    pub reason: String,
+    pub reason: crate::signal::HoldReason,
     #[serde(default)]
     pub message: String,
     /// When `held` and `reason` last changed.

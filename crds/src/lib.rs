@@ -16,6 +16,7 @@ pub mod golden_image;
 pub mod manifest;
 pub mod policy;
 pub mod report;
+pub mod signal;
 pub mod validate;
 pub mod wave;
 

@@ -710,7 +710,7 @@ async fn a_boot_crash_in_the_bmc_log_of_a_silent_endpoint_reimages_it() {
     let boot_crash = st
         .signals
         .iter()
-        .find(|s| s.type_ == "BootCrash")
+        .find(|s| s.type_ == recast_crds::signal::SignalKind::BootCrash)
         .expect("BootCrash from the BMC");
     assert!(
         boot_crash.message.contains("UNMOUNTABLE_BOOT_VOLUME")
@@ -730,7 +730,9 @@ async fn a_boot_crash_in_the_bmc_log_of_a_silent_endpoint_reimages_it() {
         .unwrap();
     let st2 = status(&store, "kiosk-02");
     assert!(
-        st2.signals.iter().all(|s| s.type_ != "BootCrash"),
+        st2.signals
+            .iter()
+            .all(|s| s.type_ != recast_crds::signal::SignalKind::BootCrash),
         "0x50 is not a boot crash"
     );
     assert!(st2.active_attempt.is_none());

@@ -558,7 +558,9 @@ async fn the_simulator_reports_through_the_gateway() {
     settled(&h.store, "sim-00007").await;
     let st = status(&h.store, "sim-00007");
     assert!(
-        st.signals.iter().any(|s| s.type_ == "FailedRollback"),
+        st.signals
+            .iter()
+            .any(|s| s.type_ == recast_crds::signal::SignalKind::FailedRollback),
         "{:?}",
         st.signals
     );
@@ -857,7 +859,7 @@ async fn guard_end_to_end(immutable: bool) {
         wait_for(&h.store, "kiosk-01", "the immutable hold", |s| {
             s.update_hold
                 .as_ref()
-                .is_some_and(|u| u.held && u.reason == "Immutable")
+                .is_some_and(|u| u.held && u.reason == recast_crds::signal::HoldReason::Immutable)
         })
         .await;
     }
@@ -874,7 +876,7 @@ async fn guard_end_to_end(immutable: bool) {
     let st = wait_for(&h.store, "kiosk-01", "the guard in status", |s| {
         s.update_hold
             .as_ref()
-            .is_some_and(|u| u.held && u.reason == "FailedRollback")
+            .is_some_and(|u| u.held && u.reason == recast_crds::signal::HoldReason::FailedRollback)
     })
     .await;
     let held_since = st.update_hold.unwrap().since;
@@ -947,7 +949,10 @@ async fn guard_end_to_end(immutable: bool) {
     let reply = agent_pass(&h, &token, &registry, &mut told, r).await;
     let effective = hold::is_held(&hold::read(&registry).unwrap(), now());
     if immutable {
-        assert!(u.held && u.reason == "Immutable", "{u:?}");
+        assert!(
+            u.held && u.reason == recast_crds::signal::HoldReason::Immutable,
+            "{u:?}"
+        );
         assert!(reply.held && reply.reason == "Immutable", "{reply:?}");
         assert!(effective);
         // Someone turns automatic updates back on: the next pass puts the hold back and the
@@ -969,7 +974,10 @@ async fn guard_end_to_end(immutable: bool) {
         assert_eq!(drift.len(), 1, "{events:#?}");
         assert!(drift[0].message.contains(r"AU\NoAutoUpdate: 0x1 -> 0x0"));
     } else {
-        assert!(!u.held && u.reason == "Managed", "{u:?}");
+        assert!(
+            !u.held && u.reason == recast_crds::signal::HoldReason::Managed,
+            "{u:?}"
+        );
         assert!(!reply.held && reply.reason == "Managed", "{reply:?}");
         assert!(!effective);
     }

@@ -26,7 +26,7 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
             let Some(st) = ep.status.as_ref() else {
                 continue;
             };
-            let has = |k: SignalKind| st.signals.iter().any(|s| s.type_ == k.as_str());
+            let has = |k: SignalKind| st.signals.iter().any(|s| s.type_ == k);
             if ep.spec.bmc.is_none()
                 || ep.spec.protected
                 || st.active_attempt.is_some()

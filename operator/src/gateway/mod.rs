@@ -63,7 +63,6 @@ use recast_core::derive;
 use recast_core::hold::{self, HoldFacts};
 use recast_core::image::resolve_image;
 use recast_core::lifecycle::Input;
-use recast_core::signal::SignalKind;
 use recast_core::time;
 use session::{EndpointFacts, Session, Staleness, StoredState};
 
@@ -678,7 +677,7 @@ fn stored_state(ep: &Endpoint, sequence: u64) -> StoredState {
         signals: status
             .signals
             .iter()
-            .filter_map(|s| SignalKind::parse(&s.type_).map(|k| (k, s.message.clone())))
+            .map(|s| (s.type_, s.message.clone()))
             .collect(),
         sequence,
     }

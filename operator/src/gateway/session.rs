@@ -15,7 +15,7 @@ use recast_crds::report::{AgentReport, ServicingOutcome, UpdateOutcome};
 use recast_core::build::Build;
 use recast_core::derive::{DeriveInput, Evidence, derive};
 use recast_core::hold::HoldFacts;
-use recast_core::signal::SignalKind;
+use recast_core::signal::{SignalKind, Urgency};
 use recast_core::time;
 
 /// Update results and crashes kept in the status summary.
