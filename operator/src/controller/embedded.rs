@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use super::Controller;
 use crate::bmc::PowerControl;
-use crate::store::embedded::{EmbeddedBackend, EmbeddedStore, other};
+use crate::store::embedded::{EmbeddedBackend, EmbeddedStore};
 use crate::store::{BackendError, Key, WaveStore};
 
 /// How often the loop looks at the change feed when nothing is due (writes by recastctl come
@@ -34,7 +34,7 @@ pub async fn run<P: PowerControl>(
 ) -> Result<(), BackendError> {
     let store = ctrl.backend.store.clone();
     let primed = ctrl.prime().await?;
-    let mut cursor = store.latest_change().map_err(other)?;
+    let mut cursor = store.latest_change().map_err(BackendError::from)?;
     let mut due: BTreeMap<Key, Instant> = BTreeMap::new();
     // Waves, keyed by (namespace, name); each is reconciled at start, so a restart rebuilds
     // which endpoints are due from the waves' status before any endpoint decides.
@@ -65,7 +65,9 @@ pub async fn run<P: PowerControl>(
         // many changes the feed holds.
         let mut namespaces_due = std::collections::BTreeSet::new();
         loop {
-            let changes = store.changes_since(cursor, 1000).map_err(other)?;
+            let changes = store
+                .changes_since(cursor, 1000)
+                .map_err(BackendError::from)?;
             if changes.is_empty() {
                 break;
             }
@@ -143,7 +145,7 @@ pub async fn run<P: PowerControl>(
             for w in ctrl.backend.waves().await? {
                 waves_due.entry(wave_id(&w)).or_insert_with(Instant::now);
             }
-            store.compact_changes(cursor).map_err(other)?;
+            store.compact_changes(cursor).map_err(BackendError::from)?;
         }
         // Reconcile what is due.
         let now = Instant::now();

@@ -25,7 +25,7 @@ pub struct EmbeddedBackend {
 }
 
 /// A SQLite store error in the store interface's categories.
-pub(crate) fn other(e: StoreError) -> BackendError {
+fn categorize(e: StoreError) -> BackendError {
     match e {
         StoreError::Conflict { .. } => BackendError::Conflict(e.to_string()),
         StoreError::Sqlite(_) | StoreError::DataDir { .. } => {
@@ -37,7 +37,7 @@ pub(crate) fn other(e: StoreError) -> BackendError {
 
 impl From<StoreError> for BackendError {
     fn from(e: StoreError) -> Self {
-        other(e)
+        categorize(e)
     }
 }
 
@@ -69,7 +69,7 @@ impl EndpointStore for EmbeddedBackend {
     async fn endpoint(&self, key: &Key) -> Result<Option<Endpoint>, BackendError> {
         self.store
             .get(Kind::Endpoint, &key.namespace, &key.name)
-            .map_err(other)?
+            .map_err(categorize)?
             .map(decode)
             .transpose()
     }
@@ -89,7 +89,7 @@ impl EndpointStore for EmbeddedBackend {
         self.store
             .write_status(Kind::Endpoint, &ns, &name, ep.metadata.generation, &value)
             .map(|_| None)
-            .map_err(other)
+            .map_err(categorize)
     }
 
     async fn record(
@@ -101,7 +101,7 @@ impl EndpointStore for EmbeddedBackend {
         let (ns, name) = ns_name(ep);
         self.store
             .record_event(Kind::Endpoint, &ns, &name, &event_record(notice, now))
-            .map_err(other)
+            .map_err(categorize)
     }
 
     async fn ensure_finalizer(&self, ep: &Endpoint) -> Result<Option<Endpoint>, BackendError> {
@@ -117,14 +117,14 @@ impl EndpointStore for EmbeddedBackend {
         self.store
             .ensure_finalizer(Kind::Endpoint, &ns, &name, BOOT_FINALIZER)
             .map(|()| None)
-            .map_err(other)
+            .map_err(categorize)
     }
 
     async fn remove_finalizer(&self, ep: &Endpoint) -> Result<(), BackendError> {
         let (ns, name) = ns_name(ep);
         self.store
             .remove_finalizer(Kind::Endpoint, &ns, &name, BOOT_FINALIZER)
-            .map_err(other)
+            .map_err(categorize)
     }
 }
 
@@ -136,7 +136,7 @@ impl ContextStore for EmbeddedBackend {
     ) -> Result<Option<RemediationPolicy>, BackendError> {
         self.store
             .get(Kind::RemediationPolicy, namespace, name)
-            .map_err(other)?
+            .map_err(categorize)?
             .map(decode)
             .transpose()
     }
@@ -154,7 +154,7 @@ impl Inbox for EmbeddedBackend {
         self.store
             .post_input(&key.namespace, &key.name, &value)
             .map(|_| ())
-            .map_err(other)
+            .map_err(categorize)
     }
 
     async fn pending_inputs(
@@ -164,7 +164,7 @@ impl Inbox for EmbeddedBackend {
         Ok(self
             .store
             .inputs_for(&key.namespace, &key.name)
-            .map_err(other)?
+            .map_err(categorize)?
             .into_iter()
             .map(|(seq, text)| (seq.to_string(), serde_json::from_str(&text).ok()))
             .collect())
@@ -174,13 +174,13 @@ impl Inbox for EmbeddedBackend {
         let seq: i64 = id
             .parse()
             .map_err(|_| BackendError::Invalid(format!("bad inbox id {id:?}")))?;
-        self.store.ack_input(seq).map_err(other)
+        self.store.ack_input(seq).map_err(categorize)
     }
 }
 
 impl ActionJournal for EmbeddedBackend {
     async fn journal_begin(&self, _ep: &Endpoint, key: &str) -> Result<Journal, BackendError> {
-        Ok(match self.store.journal_begin(key).map_err(other)? {
+        Ok(match self.store.journal_begin(key).map_err(categorize)? {
             JournalState::New => Journal::New,
             JournalState::Interrupted => Journal::Interrupted,
             JournalState::Done => Journal::Done,
@@ -188,24 +188,24 @@ impl ActionJournal for EmbeddedBackend {
     }
 
     async fn journal_finish(&self, _ep: &Endpoint, key: &str) -> Result<(), BackendError> {
-        self.store.journal_finish(key).map_err(other)
+        self.store.journal_finish(key).map_err(categorize)
     }
 
     async fn journal_forget(&self, _ep: &Endpoint, key: &str) -> Result<(), BackendError> {
-        self.store.journal_forget(key).map_err(other)
+        self.store.journal_forget(key).map_err(categorize)
     }
 }
 
 impl BootArming for EmbeddedBackend {
     async fn arm_boot(&self, _ep: &Endpoint, intent: &BootIntent) -> Result<(), BackendError> {
-        self.store.arm_boot(intent).map_err(other)
+        self.store.arm_boot(intent).map_err(categorize)
     }
 
     async fn disarm_boot(&self, key: &Key) -> Result<(), BackendError> {
         self.store
             .disarm_boot(&key.namespace, &key.name)
             .map(|_| ())
-            .map_err(other)
+            .map_err(categorize)
     }
 }
 
@@ -217,7 +217,7 @@ impl WaveStore for EmbeddedBackend {
     async fn wave(&self, namespace: &str, name: &str) -> Result<Option<ReimageWave>, BackendError> {
         self.store
             .get(Kind::ReimageWave, namespace, name)
-            .map_err(other)?
+            .map_err(categorize)?
             .map(decode)
             .transpose()
     }
@@ -242,7 +242,7 @@ impl WaveStore for EmbeddedBackend {
                 &value,
             )
             .map(|_| ())
-            .map_err(other)
+            .map_err(categorize)
     }
 
     async fn record_wave(
@@ -255,7 +255,7 @@ impl WaveStore for EmbeddedBackend {
         let name = wave.metadata.name.as_deref().unwrap_or_default();
         self.store
             .record_event(Kind::ReimageWave, ns, name, &event_record(notice, now))
-            .map_err(other)
+            .map_err(categorize)
     }
 }
 
@@ -266,27 +266,27 @@ impl crate::store::BootIntents for EmbeddedBackend {
         &self,
         mac: &str,
     ) -> Result<(crate::store::arming::Known, Option<BootIntent>), BackendError> {
-        let owners = self.store.endpoints_by_mac(mac).map_err(other)?;
+        let owners = self.store.endpoints_by_mac(mac).map_err(categorize)?;
         let known = crate::store::arming::Known::from_owners(
             owners
                 .into_iter()
                 .map(|(ns, name, boot_server)| (ns, name, boot_server.as_deref() == Some("wds")))
                 .collect(),
         );
-        let intent = self.store.boot_intent(mac).map_err(other)?;
+        let intent = self.store.boot_intent(mac).map_err(categorize)?;
         Ok((known, intent))
     }
 
     async fn boot_intent_of(&self, key: &Key) -> Result<Option<BootIntent>, BackendError> {
         self.store
             .boot_intent_of(&key.namespace, &key.name)
-            .map_err(other)
+            .map_err(categorize)
     }
 
     async fn record_discovered(&self, mac: &str, detail: &str) -> Result<(), BackendError> {
         self.store
             .record_discovered(mac, &time::format(Timestamp::now()), detail)
-            .map_err(other)
+            .map_err(categorize)
     }
 }
 
@@ -294,7 +294,7 @@ impl crate::store::ImageStore for EmbeddedBackend {
     async fn all_golden_images(&self) -> Result<Vec<GoldenImage>, BackendError> {
         self.store
             .list(Kind::GoldenImage, None)
-            .map_err(other)?
+            .map_err(categorize)?
             .into_iter()
             .map(decode)
             .collect()
@@ -312,7 +312,7 @@ impl crate::store::ImageStore for EmbeddedBackend {
         self.store
             .write_status(Kind::GoldenImage, ns, name, gi.metadata.generation, &value)
             .map(|_| ())
-            .map_err(other)
+            .map_err(categorize)
     }
 
     async fn record_image(&self, gi: &GoldenImage, notice: &Notice) -> Result<(), BackendError> {
@@ -321,6 +321,6 @@ impl crate::store::ImageStore for EmbeddedBackend {
         let ev = event_record(notice, Timestamp::now());
         self.store
             .record_event(Kind::GoldenImage, ns, name, &ev)
-            .map_err(other)
+            .map_err(categorize)
     }
 }

@@ -12,8 +12,6 @@
 
 mod backend;
 pub use backend::EmbeddedBackend;
-#[cfg(feature = "services")]
-pub(crate) use backend::other;
 
 use crate::store::BootIntent;
 use std::path::{Path, PathBuf};
