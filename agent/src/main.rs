@@ -11,7 +11,7 @@ use recast_agent::enroll::AgentConfig;
 use recast_agent::send::{SendOutcome, Sender};
 use recast_agent::simulate::{self, Scenario, SimulateOptions};
 use recast_agent::{hold, state};
-use recast_crds::report::DesiredUpdateHold;
+use recast_crds::report::{AgentReport, DesiredUpdateHold};
 
 /// recast-agent: runs on each endpoint and reports its build, update results, servicing state
 /// and crashes to the recast gateway.
@@ -265,24 +265,7 @@ async fn main() -> ExitCode {
 
 async fn real_main(cli: Cli) -> Result<(), String> {
     match cli.command {
-        Cmd::Collect { source } => {
-            let who = identity(&source, None)?;
-            let runner = runner(&source)?;
-            let now = Timestamp::now();
-            let mut report = collect::collect(runner.as_ref(), &who, now_millis(now), now)
-                .map_err(|e| e.to_string())?;
-            if source.replay.is_none() {
-                // Read only: with no instruction, apply changes nothing.
-                match hold::apply(&hold::SystemExec, None, now) {
-                    Ok(effective) => report.update_hold = Some(effective),
-                    Err(e) => report.collection_errors.push(format!("update hold: {e}")),
-                }
-            }
-            report.validate().map_err(|e| e.to_string())?;
-            let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
-            println!("{json}");
-            Ok(())
-        }
+        Cmd::Collect { source } => collect_once(&source),
         Cmd::Run {
             source,
             gateway,
@@ -293,120 +276,17 @@ async fn real_main(cli: Cli) -> Result<(), String> {
             jitter,
             once,
         } => {
-            // A missing agent.json (already consumed, or never written) is no error.
-            let config = match &agent_config {
-                Some(p) if p.exists() => Some(recast_agent::enroll::load(p)?),
-                _ => None,
-            };
-            let who = identity(&source, config.as_ref())?;
-            let initial_hold = match &agent_config {
-                Some(p) => hold::initial(read_update_mode(p)?.as_deref()),
-                None => None,
-            };
-            // Replayed tool output is someone else's machine: the registry is left alone.
-            let manage_hold = source.replay.is_none();
-            let sender = Sender::new(&gateway, ca_file.as_deref()).map_err(|e| e.to_string())?;
-            let token = match (token_file.exists(), &config) {
-                (false, Some(c)) => enroll(&sender, c, &token_file, once).await?,
-                _ => read_secret(&token_file)?,
-            };
-            let mut backoff: Option<Duration> = None;
-            let mut first = true;
-            loop {
-                if !once {
-                    let extra = fastrand::u64(0..=jitter.as_millis() as u64);
-                    // The first report goes out soon after start (a fresh image's check-in ends
-                    // its attempt); later ones every interval.
-                    let base = if first {
-                        Duration::ZERO
-                    } else {
-                        source.interval
-                    };
-                    first = false;
-                    let wait = backoff.take().unwrap_or(base) + Duration::from_millis(extra);
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = tokio::signal::ctrl_c() => return Ok(()),
-                    }
-                }
-                let src = source.clone();
-                let who2 = who.clone();
-                let state_file2 = state_file.clone();
-                // The tools block; keep them off the runtime's threads.
-                let initial = initial_hold.clone();
-                let collected = tokio::task::spawn_blocking(move || {
-                    let runner = runner(&src)?;
-                    let now = Timestamp::now();
-                    let seq =
-                        state::reserve(&state_file2, now_millis(now)).map_err(|e| e.to_string())?;
-                    let mut report = collect::collect(runner.as_ref(), &who2, seq, now)
-                        .map_err(|e| e.to_string())?;
-                    if manage_hold {
-                        // Re-assert the hold every interval: a user or a GPO may have undone it.
-                        let desired = state::load(&state_file2)
-                            .map_err(|e| e.to_string())?
-                            .update_hold
-                            .or(initial);
-                        match hold::apply(&hold::SystemExec, desired.as_ref(), now) {
-                            Ok(effective) => report.update_hold = Some(effective),
-                            Err(e) => report.collection_errors.push(format!("update hold: {e}")),
-                        }
-                    }
-                    Ok::<_, String>(report)
-                })
-                .await
-                .map_err(|e| e.to_string())?;
-                // With --once the exit code says whether the report was accepted (scripts and
-                // the Windows task scheduler branch on it).
-                let mut delivered: Result<(), String> = Ok(());
-                match collected {
-                    Err(e) => {
-                        tracing::error!(error = %e, "no report this interval");
-                        delivered = Err(format!("no report: {e}"));
-                    }
-                    Ok(report) => match sender.send_with_reply(&token, &report).await {
-                        Ok((SendOutcome::Accepted, reply)) => {
-                            tracing::info!(sequence = report.sequence, build = %report.os.build_string(), "report accepted");
-                            if let Some(reply) = reply
-                                && manage_hold
-                            {
-                                let state_file3 = state_file.clone();
-                                let applied = tokio::task::spawn_blocking(move || {
-                                    adopt_hold(&state_file3, reply.update_hold)
-                                })
-                                .await
-                                .map_err(|e| e.to_string())?;
-                                if let Err(e) = applied {
-                                    tracing::error!(error = %e, "the update hold the gateway asked for was not applied; the next interval retries");
-                                }
-                            }
-                        }
-                        Ok((SendOutcome::RateLimited(d), _)) => {
-                            tracing::warn!(retry_in = ?d, "the gateway asked to slow down");
-                            backoff = Some(d);
-                            delivered = Err(format!("rate limited; retry in {d:?}"));
-                        }
-                        Ok((SendOutcome::Unauthorized(m), _)) => {
-                            tracing::error!(
-                                message = %m,
-                                "the gateway refused this endpoint's token: issue a new one with `recast-operator gateway-token issue` and write it to the token file"
-                            );
-                            delivered = Err(format!("token refused: {m}"));
-                        }
-                        Ok((other, _)) => {
-                            tracing::warn!(outcome = ?other, "report refused");
-                            delivered = Err(format!("report refused: {other:?}"));
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "report not delivered; next interval retries");
-                            delivered = Err(format!("report not delivered: {e}"));
-                        }
-                    },
-                }
-                if once {
-                    return delivered;
-                }
-            }
+            let reporter = Reporter::start(
+                source,
+                &gateway,
+                &token_file,
+                agent_config.as_deref(),
+                ca_file.as_deref(),
+                state_file,
+                once,
+            )
+            .await?;
+            reporter.run(jitter, once).await
         }
         Cmd::Simulate {
             endpoints,
@@ -420,15 +300,8 @@ async fn real_main(cli: Cli) -> Result<(), String> {
             concurrency,
             json,
         } => {
-            let text = std::fs::read_to_string(&tokens)
-                .map_err(|e| format!("reading {}: {e}", tokens.display()))?;
-            let map: HashMap<String, String> = serde_json::from_str(&text).map_err(|e| {
-                format!(
-                    "{}: expected a JSON object of endpoint name to token: {e}",
-                    tokens.display()
-                )
-            })?;
-            let summary = simulate::run(SimulateOptions {
+            let tokens = read_simulated_tokens(&tokens)?;
+            let opts = SimulateOptions {
                 gateway,
                 ca_file,
                 endpoints,
@@ -436,49 +309,274 @@ async fn real_main(cli: Cli) -> Result<(), String> {
                 prefix,
                 reports,
                 pause,
-                tokens: Arc::new(map),
+                tokens: Arc::new(tokens),
                 concurrency,
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-            let p50 = summary.percentile_us(50.0).unwrap_or(0);
-            let p99 = summary.percentile_us(99.0).unwrap_or(0);
-            if json {
-                let v = serde_json::json!({
-                    "sent": summary.sent,
-                    "accepted": summary.accepted,
-                    "refused": summary.refused,
-                    "transportErrors": summary.transport_errors,
-                    "held": summary.held,
-                    "seconds": summary.elapsed.as_secs_f64(),
-                    "ratePerSecond": summary.rate_per_second(),
-                    "p50Micros": p50,
-                    "p99Micros": p99,
-                });
-                println!("{v}");
-            } else {
-                println!(
-                    "endpoints  sent  accepted  refused  errors  held  reports/s  p50 ms  p99 ms"
-                );
-                println!(
-                    "{endpoints:>9}  {:>4}  {:>8}  {:>7}  {:>6}  {:>4}  {:>9.0}  {:>6.2}  {:>6.2}",
-                    summary.sent,
-                    summary.accepted,
-                    summary.refused.values().sum::<u64>(),
-                    summary.transport_errors,
-                    summary.held,
-                    summary.rate_per_second(),
-                    p50 as f64 / 1000.0,
-                    p99 as f64 / 1000.0
-                );
-                for (k, v) in &summary.refused {
-                    println!("  {k}: {v}");
-                }
-            }
-            if summary.transport_errors > 0 && summary.accepted == 0 {
-                return Err("no report was delivered: is the gateway running at that URL?".into());
-            }
-            Ok(())
+            };
+            simulate_fleet(opts, json).await
         }
     }
+}
+
+/// `collect`: one report, printed as JSON; nothing is sent.
+fn collect_once(source: &Source) -> Result<(), String> {
+    let who = identity(source, None)?;
+    let runner = runner(source)?;
+    let now = Timestamp::now();
+    let mut report =
+        collect::collect(runner.as_ref(), &who, now_millis(now), now).map_err(|e| e.to_string())?;
+    if source.replay.is_none() {
+        // Read only: with no instruction, apply changes nothing.
+        match hold::apply(&hold::SystemExec, None, now) {
+            Ok(effective) => report.update_hold = Some(effective),
+            Err(e) => report.collection_errors.push(format!("update hold: {e}")),
+        }
+    }
+    report.validate().map_err(|e| e.to_string())?;
+    let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    println!("{json}");
+    Ok(())
+}
+
+/// Whether one report reached the gateway and was accepted (with `--once`, the exit code).
+type Delivered = Result<(), String>;
+
+/// `run`: what the reporting loop needs, set up once.
+struct Reporter {
+    source: Source,
+    who: Identity,
+    /// The hold agent.json's updateMode asks for, until the gateway says otherwise.
+    initial_hold: Option<DesiredUpdateHold>,
+    /// Replayed tool output is someone else's machine: the registry is left alone.
+    manage_hold: bool,
+    state_file: PathBuf,
+    sender: Sender,
+    token: String,
+}
+
+impl Reporter {
+    /// Reads agent.json (if any), checks the identity, and gets the token: from the token
+    /// file, or on a reimaged endpoint's first start by enrolling.
+    async fn start(
+        source: Source,
+        gateway: &str,
+        token_file: &Path,
+        agent_config: Option<&Path>,
+        ca_file: Option<&Path>,
+        state_file: PathBuf,
+        once: bool,
+    ) -> Result<Reporter, String> {
+        // A missing agent.json (already consumed, or never written) is no error.
+        let config = match agent_config {
+            Some(p) if p.exists() => Some(recast_agent::enroll::load(p)?),
+            _ => None,
+        };
+        let who = identity(&source, config.as_ref())?;
+        let initial_hold = match agent_config {
+            Some(p) => hold::initial(read_update_mode(p)?.as_deref()),
+            None => None,
+        };
+        let manage_hold = source.replay.is_none();
+        let sender = Sender::new(gateway, ca_file).map_err(|e| e.to_string())?;
+        let token = match (token_file.exists(), &config) {
+            (false, Some(c)) => enroll(&sender, c, token_file, once).await?,
+            _ => read_secret(token_file)?,
+        };
+        Ok(Reporter {
+            source,
+            who,
+            initial_hold,
+            manage_hold,
+            state_file,
+            sender,
+            token,
+        })
+    }
+
+    /// Reports every interval (plus jitter) until stopped; with `once`, one report at once,
+    /// and whether it was delivered.
+    async fn run(&self, jitter: Duration, once: bool) -> Result<(), String> {
+        let mut backoff: Option<Duration> = None;
+        let mut first = true;
+        loop {
+            if !once {
+                let wait = self.next_wait(jitter, &mut first, &mut backoff);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = tokio::signal::ctrl_c() => return Ok(()),
+                }
+            }
+            let delivered = match self.collect_report().await? {
+                Err(e) => {
+                    tracing::error!(error = %e, "no report this interval");
+                    Err(format!("no report: {e}"))
+                }
+                Ok(report) => self.deliver(&report, &mut backoff).await?,
+            };
+            if once {
+                return delivered;
+            }
+        }
+    }
+
+    /// How long to wait before the next report: the gateway's backoff if it asked for one,
+    /// else at once for the first report (a fresh image's check-in ends its attempt) and every
+    /// interval after; plus random jitter.
+    fn next_wait(
+        &self,
+        jitter: Duration,
+        first: &mut bool,
+        backoff: &mut Option<Duration>,
+    ) -> Duration {
+        let extra = fastrand::u64(0..=jitter.as_millis() as u64);
+        let base = if *first {
+            Duration::ZERO
+        } else {
+            self.source.interval
+        };
+        *first = false;
+        backoff.take().unwrap_or(base) + Duration::from_millis(extra)
+    }
+
+    /// Collects one report (reserving its sequence number) and re-asserts the update hold.
+    /// The outer error is a collection task that did not finish; the inner one, no report.
+    async fn collect_report(&self) -> Result<Result<AgentReport, String>, String> {
+        let src = self.source.clone();
+        let who2 = self.who.clone();
+        let state_file2 = self.state_file.clone();
+        let manage_hold = self.manage_hold;
+        // The tools block; keep them off the runtime's threads.
+        let initial = self.initial_hold.clone();
+        tokio::task::spawn_blocking(move || {
+            let runner = runner(&src)?;
+            let now = Timestamp::now();
+            let seq = state::reserve(&state_file2, now_millis(now)).map_err(|e| e.to_string())?;
+            let mut report =
+                collect::collect(runner.as_ref(), &who2, seq, now).map_err(|e| e.to_string())?;
+            if manage_hold {
+                // Re-assert the hold every interval: a user or a GPO may have undone it.
+                let desired = state::load(&state_file2)
+                    .map_err(|e| e.to_string())?
+                    .update_hold
+                    .or(initial);
+                match hold::apply(&hold::SystemExec, desired.as_ref(), now) {
+                    Ok(effective) => report.update_hold = Some(effective),
+                    Err(e) => report.collection_errors.push(format!("update hold: {e}")),
+                }
+            }
+            Ok::<_, String>(report)
+        })
+        .await
+        .map_err(|e| e.to_string())
+    }
+
+    /// Sends the report and logs what the gateway made of it; a rate limit sets `backoff`, and
+    /// an accepted report's reply may change the update hold. The outer error is a hold task
+    /// that did not finish.
+    async fn deliver(
+        &self,
+        report: &AgentReport,
+        backoff: &mut Option<Duration>,
+    ) -> Result<Delivered, String> {
+        Ok(
+            match self.sender.send_with_reply(&self.token, report).await {
+                Ok((SendOutcome::Accepted, reply)) => {
+                    tracing::info!(sequence = report.sequence, build = %report.os.build_string(), "report accepted");
+                    if let Some(reply) = reply
+                        && self.manage_hold
+                    {
+                        self.adopt_hold_from_reply(reply.update_hold).await?;
+                    }
+                    Ok(())
+                }
+                Ok((SendOutcome::RateLimited(d), _)) => {
+                    tracing::warn!(retry_in = ?d, "the gateway asked to slow down");
+                    *backoff = Some(d);
+                    Err(format!("rate limited; retry in {d:?}"))
+                }
+                Ok((SendOutcome::Unauthorized(m), _)) => {
+                    tracing::error!(
+                        message = %m,
+                        "the gateway refused this endpoint's token: issue a new one with `recast-operator gateway-token issue` and write it to the token file"
+                    );
+                    Err(format!("token refused: {m}"))
+                }
+                Ok((other, _)) => {
+                    tracing::warn!(outcome = ?other, "report refused");
+                    Err(format!("report refused: {other:?}"))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "report not delivered; next interval retries");
+                    Err(format!("report not delivered: {e}"))
+                }
+            },
+        )
+    }
+
+    /// Applies the hold the gateway's reply asks for; a failure is logged and retried at the
+    /// next interval (the report itself was delivered).
+    async fn adopt_hold_from_reply(&self, desired: DesiredUpdateHold) -> Result<(), String> {
+        let state_file3 = self.state_file.clone();
+        let applied = tokio::task::spawn_blocking(move || adopt_hold(&state_file3, desired))
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Err(e) = applied {
+            tracing::error!(error = %e, "the update hold the gateway asked for was not applied; the next interval retries");
+        }
+        Ok(())
+    }
+}
+
+/// The `--tokens` file of `simulate`: endpoint name to token.
+fn read_simulated_tokens(tokens: &Path) -> Result<HashMap<String, String>, String> {
+    let text = std::fs::read_to_string(tokens)
+        .map_err(|e| format!("reading {}: {e}", tokens.display()))?;
+    serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "{}: expected a JSON object of endpoint name to token: {e}",
+            tokens.display()
+        )
+    })
+}
+
+/// `simulate`: runs the simulated fleet and prints its summary (a table, or JSON for
+/// scripts).
+async fn simulate_fleet(opts: SimulateOptions, json: bool) -> Result<(), String> {
+    let endpoints = opts.endpoints;
+    let summary = simulate::run(opts).await.map_err(|e| e.to_string())?;
+    let p50 = summary.percentile_us(50.0).unwrap_or(0);
+    let p99 = summary.percentile_us(99.0).unwrap_or(0);
+    if json {
+        let v = serde_json::json!({
+            "sent": summary.sent,
+            "accepted": summary.accepted,
+            "refused": summary.refused,
+            "transportErrors": summary.transport_errors,
+            "held": summary.held,
+            "seconds": summary.elapsed.as_secs_f64(),
+            "ratePerSecond": summary.rate_per_second(),
+            "p50Micros": p50,
+            "p99Micros": p99,
+        });
+        println!("{v}");
+    } else {
+        println!("endpoints  sent  accepted  refused  errors  held  reports/s  p50 ms  p99 ms");
+        println!(
+            "{endpoints:>9}  {:>4}  {:>8}  {:>7}  {:>6}  {:>4}  {:>9.0}  {:>6.2}  {:>6.2}",
+            summary.sent,
+            summary.accepted,
+            summary.refused.values().sum::<u64>(),
+            summary.transport_errors,
+            summary.held,
+            summary.rate_per_second(),
+            p50 as f64 / 1000.0,
+            p99 as f64 / 1000.0
+        );
+        for (k, v) in &summary.refused {
+            println!("  {k}: {v}");
+        }
+    }
+    if summary.transport_errors > 0 && summary.accepted == 0 {
+        return Err("no report was delivered: is the gateway running at that URL?".into());
+    }
+    Ok(())
 }

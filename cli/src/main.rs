@@ -342,10 +342,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
         return Ok(validate(files));
     }
     if let Command::Completion { shell } = cli.command {
-        let mut cmd = <Cli as clap::CommandFactory>::command();
-        let bin = cmd.get_name().to_string();
-        clap_complete::generate(shell, &mut cmd, bin, &mut std::io::stdout());
-        return Ok(ExitCode::SUCCESS);
+        return Ok(print_completion(shell));
     }
     // Image checks read only the file: no store or cluster needed.
     let cli = match cli.command {
@@ -355,10 +352,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
         command => Cli { command, ..cli },
     };
     let store_dir = (cli.backend == BackendKind::Embedded).then(|| data_dir(cli.data_dir.clone()));
-    let store = match cli.backend {
-        BackendKind::Embedded => Backend::Embedded(EmbeddedStore::open(&data_dir(cli.data_dir))?),
-        BackendKind::Kube => Backend::Kube(KubeObjects::connect(cli.context)?),
-    };
+    let store = open_store(cli.backend, cli.data_dir, cli.context)?;
     let ns = cli.namespace.as_str();
     let now = Timestamp::now();
     match cli.command {
@@ -369,195 +363,50 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             names,
             wds_server,
             boot_image,
-        }) => {
-            let all: Vec<recast_crds::Endpoint> = store
-                .list(Kind::Endpoint, Some(ns))?
-                .into_iter()
-                .map(serde_json::from_value)
-                .collect::<Result<_, _>>()
-                .map_err(|e| CliError::Failed(format!("a stored Endpoint does not decode: {e}")))?;
-            let selected: Vec<_> = if names.is_empty() {
-                all.into_iter()
-                    .filter(|e| e.spec.boot_server == recast_crds::endpoint::BootServer::Wds)
-                    .collect()
-            } else {
-                let mut picked = Vec::new();
-                for n in &names {
-                    let ep = all
-                        .iter()
-                        .find(|e| e.metadata.name.as_deref() == Some(n.as_str()))
-                        .ok_or_else(|| not_found(Kind::Endpoint, ns, n))?;
-                    picked.push(ep.clone());
-                }
-                picked
-            };
-            if selected.is_empty() {
-                eprintln!(
-                    "No endpoints with spec.bootServer: wds in {ns}; name them to prestage them anyway."
-                );
-                return Ok(ExitCode::from(1));
+        }) => wds_prestage(&store, ns, &names, &wds_server, &boot_image),
+        Command::Apply { files } => apply(&store, ns, files),
+        Command::Get {
+            kind,
+            name,
+            output,
+            all_namespaces,
+            watch: true,
+        } => {
+            let kind = kind_of(&kind)?;
+            if !matches!(output, Output::Table | Output::Wide) {
+                return Err(CliError::Usage(
+                    "--watch prints table rows; use it with -o table or -o wide (or poll `get -o json`)"
+                        .into(),
+                ));
             }
-            print!(
-                "{}",
-                wds::render(
-                    &selected,
-                    &wds::Prestage {
-                        wds_server: &wds_server,
-                        boot_image: &boot_image,
-                    }
-                )
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Apply { files } => {
-            let mut failed = false;
-            for path in files {
-                let docs = manifests::load(&path).map_err(|e| CliError::Usage(e.to_string()))?;
-                for (file, doc) in docs {
-                    if manifests::is_secret(&doc) {
-                        match store.apply_secret(&doc.value, ns) {
-                            Ok((name, outcome)) => println!("secret/{name} {}", outcome.as_str()),
-                            Err(e) => {
-                                eprintln!("error: {} document {}: {e}", file.display(), doc.index);
-                                failed = true;
-                            }
-                        }
-                        continue;
-                    }
-                    if !manifests::is_recast(&doc) {
-                        let kind = manifests::kind_name(&doc);
-                        println!(
-                            "{kind} in {} skipped (not a recast.dev object)",
-                            file.display()
-                        );
-                        continue;
-                    }
-                    match store.apply(&doc.value, ns) {
-                        Ok((kind, name, outcome)) => {
-                            println!(
-                                "{}.recast.dev/{name} {}",
-                                kind.as_str().to_lowercase(),
-                                outcome.as_str()
-                            )
-                        }
-                        Err(e) => {
-                            eprintln!("error: {} document {}: {e}", file.display(), doc.index);
-                            failed = true;
-                        }
-                    }
-                }
-            }
-            Ok(if failed {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
-            })
+            watch_get(
+                store,
+                store_dir,
+                kind,
+                ns,
+                name.as_deref(),
+                output == Output::Wide,
+                all_namespaces,
+            )
         }
         Command::Get {
             kind,
             name,
             output,
             all_namespaces,
-            watch,
-        } => {
-            let kind = kind_of(&kind)?;
-            if watch {
-                if !matches!(output, Output::Table | Output::Wide) {
-                    return Err(CliError::Usage(
-                        "--watch prints table rows; use it with -o table or -o wide (or poll `get -o json`)"
-                            .into(),
-                    ));
-                }
-                return watch_get(
-                    store,
-                    store_dir,
-                    kind,
-                    ns,
-                    name.as_deref(),
-                    output == Output::Wide,
-                    all_namespaces,
-                );
-            }
-            let objects = match &name {
-                Some(n) => vec![
-                    store
-                        .get(kind, ns, n)?
-                        .ok_or_else(|| not_found(kind, ns, n))?,
-                ],
-                None => store.list(kind, if all_namespaces { None } else { Some(ns) })?,
-            };
-            match output {
-                Output::Table | Output::Wide => {
-                    if objects.is_empty() {
-                        eprintln!("No resources found in {ns} namespace.");
-                    } else {
-                        print!(
-                            "{}",
-                            table::render(
-                                kind,
-                                &objects,
-                                output == Output::Wide,
-                                all_namespaces,
-                                now
-                            )
-                        );
-                    }
-                }
-                Output::Json => {
-                    let v = if name.is_some() {
-                        objects[0].clone()
-                    } else {
-                        json!({"apiVersion": "v1", "kind": "List", "items": objects})
-                    };
-                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-                }
-                Output::Yaml => {
-                    let v = if name.is_some() {
-                        objects[0].clone()
-                    } else {
-                        json!({"apiVersion": "v1", "kind": "List", "items": objects})
-                    };
-                    print!("{}", serde_yaml::to_string(&v).unwrap_or_default());
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Describe { kind, name } => {
-            let kind = kind_of(&kind)?;
-            let obj = store
-                .get(kind, ns, &name)?
-                .ok_or_else(|| not_found(kind, ns, &name))?;
-            let events = store.events(kind, ns, &name)?;
-            print!("{}", describe(kind, &obj, &events, now));
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Delete { kind, name } => {
-            let kind = kind_of(&kind)?;
-            if !store.delete(kind, ns, &name)? {
-                return Err(not_found(kind, ns, &name));
-            }
-            println!("{}.recast.dev/{name} deleted", kind.as_str().to_lowercase());
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Reimage { name, reason } => {
-            if reason.trim().is_empty() {
-                return Err(CliError::Usage(
-                    "--reason must say why the machine is wiped".into(),
-                ));
-            }
-            let token = now.to_string();
-            set_spec(
-                &store,
-                ns,
-                &name,
-                "reimageRequest",
-                json!({"token": token, "reason": reason}),
-            )?;
-            println!(
-                "endpoint.recast.dev/{name} reimage requested (token {token}); follow it with: recastctl describe rep {name}"
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+            watch: false,
+        } => get(
+            &store,
+            ns,
+            &kind,
+            name.as_deref(),
+            output,
+            all_namespaces,
+            now,
+        ),
+        Command::Describe { kind, name } => describe_one(&store, ns, &kind, &name, now),
+        Command::Delete { kind, name } => delete(&store, ns, &kind, &name),
+        Command::Reimage { name, reason } => request_reimage(&store, ns, &name, &reason, now),
         Command::Hold { name, reason } => {
             manual_hold(&store, ns, &name, Some("Hold"), &reason, now)?;
             println!(
@@ -569,20 +418,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             name,
             reason,
             clear,
-        } => {
-            if clear {
-                manual_hold(&store, ns, &name, None, &reason, now)?;
-                println!(
-                    "endpoint.recast.dev/{name} manual update override removed: the update mode and the guard decide again"
-                );
-            } else {
-                manual_hold(&store, ns, &name, Some("Release"), &reason, now)?;
-                println!(
-                    "endpoint.recast.dev/{name} quality updates released by hand; a new FailedRollback still engages the guard"
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => release(&store, ns, &name, &reason, clear, now),
         Command::Protect { name } => {
             set_spec(&store, ns, &name, "protected", json!(true))?;
             println!("endpoint.recast.dev/{name} protected");
@@ -597,33 +433,296 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             bmc::run(&store, ns, command)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::History { name, output } => {
-            let obj = store
-                .get(Kind::Endpoint, ns, &name)?
-                .ok_or_else(|| not_found(Kind::Endpoint, ns, &name))?;
-            let status: EndpointStatus = obj
-                .get("status")
-                .cloned()
-                .map(serde_json::from_value)
-                .transpose()
-                .map_err(|e| {
-                    CliError::Failed(format!("stored status of {name} does not decode: {e}"))
-                })?
-                .unwrap_or_default();
-            match output {
-                Output::Json => println!(
-                    "{}",
-                    serde_json::to_string_pretty(&status.history).unwrap_or_default()
-                ),
-                Output::Yaml => print!(
-                    "{}",
-                    serde_yaml::to_string(&status.history).unwrap_or_default()
-                ),
-                Output::Table | Output::Wide => print!("{}", history_table(&status, now)),
+        Command::History { name, output } => history(&store, ns, &name, output, now),
+    }
+}
+
+fn print_completion(shell: clap_complete::Shell) -> ExitCode {
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    let bin = cmd.get_name().to_string();
+    clap_complete::generate(shell, &mut cmd, bin, &mut std::io::stdout());
+    ExitCode::SUCCESS
+}
+
+fn open_store(
+    backend: BackendKind,
+    data_dir_flag: Option<PathBuf>,
+    context: Option<String>,
+) -> Result<Backend, CliError> {
+    Ok(match backend {
+        BackendKind::Embedded => Backend::Embedded(EmbeddedStore::open(&data_dir(data_dir_flag))?),
+        BackendKind::Kube => Backend::Kube(KubeObjects::connect(context)?),
+    })
+}
+
+/// `wds prestage`: the named endpoints (each must exist), or every one with
+/// spec.bootServer: wds.
+fn wds_prestage(
+    store: &Backend,
+    ns: &str,
+    names: &[String],
+    wds_server: &str,
+    boot_image: &str,
+) -> Result<ExitCode, CliError> {
+    let all: Vec<recast_crds::Endpoint> = store
+        .list(Kind::Endpoint, Some(ns))?
+        .into_iter()
+        .map(serde_json::from_value)
+        .collect::<Result<_, _>>()
+        .map_err(|e| CliError::Failed(format!("a stored Endpoint does not decode: {e}")))?;
+    let selected: Vec<_> = if names.is_empty() {
+        all.into_iter()
+            .filter(|e| e.spec.boot_server == recast_crds::endpoint::BootServer::Wds)
+            .collect()
+    } else {
+        let mut picked = Vec::new();
+        for n in names {
+            let ep = all
+                .iter()
+                .find(|e| e.metadata.name.as_deref() == Some(n.as_str()))
+                .ok_or_else(|| not_found(Kind::Endpoint, ns, n))?;
+            picked.push(ep.clone());
+        }
+        picked
+    };
+    if selected.is_empty() {
+        eprintln!(
+            "No endpoints with spec.bootServer: wds in {ns}; name them to prestage them anyway."
+        );
+        return Ok(ExitCode::from(1));
+    }
+    print!(
+        "{}",
+        wds::render(
+            &selected,
+            &wds::Prestage {
+                wds_server,
+                boot_image,
             }
-            Ok(ExitCode::SUCCESS)
+        )
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `apply -f`: every document of every file, one line each; a document that fails does not
+/// stop the others (the exit code says that one did).
+fn apply(store: &Backend, ns: &str, files: Vec<PathBuf>) -> Result<ExitCode, CliError> {
+    let mut failed = false;
+    for path in files {
+        let docs = manifests::load(&path).map_err(|e| CliError::Usage(e.to_string()))?;
+        for (file, doc) in docs {
+            if !apply_document(store, ns, &file, &doc) {
+                failed = true;
+            }
         }
     }
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Applies one document (a Secret, a recast object, or anything else: skipped) and prints
+/// what became of it; false when it failed.
+fn apply_document(
+    store: &Backend,
+    ns: &str,
+    file: &std::path::Path,
+    doc: &recast_crds::manifest::Document,
+) -> bool {
+    if manifests::is_secret(doc) {
+        return match store.apply_secret(&doc.value, ns) {
+            Ok((name, outcome)) => {
+                println!("secret/{name} {}", outcome.as_str());
+                true
+            }
+            Err(e) => {
+                eprintln!("error: {} document {}: {e}", file.display(), doc.index);
+                false
+            }
+        };
+    }
+    if !manifests::is_recast(doc) {
+        let kind = manifests::kind_name(doc);
+        println!(
+            "{kind} in {} skipped (not a recast.dev object)",
+            file.display()
+        );
+        return true;
+    }
+    match store.apply(&doc.value, ns) {
+        Ok((kind, name, outcome)) => {
+            println!(
+                "{}.recast.dev/{name} {}",
+                kind.as_str().to_lowercase(),
+                outcome.as_str()
+            );
+            true
+        }
+        Err(e) => {
+            eprintln!("error: {} document {}: {e}", file.display(), doc.index);
+            false
+        }
+    }
+}
+
+/// `get`: one object (it must exist) or the list, as a table, JSON or YAML.
+fn get(
+    store: &Backend,
+    ns: &str,
+    kind: &str,
+    name: Option<&str>,
+    output: Output,
+    all_namespaces: bool,
+    now: Timestamp,
+) -> Result<ExitCode, CliError> {
+    let kind = kind_of(kind)?;
+    let objects = match name {
+        Some(n) => vec![
+            store
+                .get(kind, ns, n)?
+                .ok_or_else(|| not_found(kind, ns, n))?,
+        ],
+        None => store.list(kind, if all_namespaces { None } else { Some(ns) })?,
+    };
+    // One named object prints as itself; a listing as a kubectl-style List.
+    let one_or_list = || {
+        if name.is_some() {
+            objects[0].clone()
+        } else {
+            json!({"apiVersion": "v1", "kind": "List", "items": objects})
+        }
+    };
+    match output {
+        Output::Table | Output::Wide => {
+            if objects.is_empty() {
+                eprintln!("No resources found in {ns} namespace.");
+            } else {
+                print!(
+                    "{}",
+                    table::render(kind, &objects, output == Output::Wide, all_namespaces, now)
+                );
+            }
+        }
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&one_or_list()).unwrap_or_default()
+        ),
+        Output::Yaml => print!(
+            "{}",
+            serde_yaml::to_string(&one_or_list()).unwrap_or_default()
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `describe`: the object with its events.
+fn describe_one(
+    store: &Backend,
+    ns: &str,
+    kind: &str,
+    name: &str,
+    now: Timestamp,
+) -> Result<ExitCode, CliError> {
+    let kind = kind_of(kind)?;
+    let obj = store
+        .get(kind, ns, name)?
+        .ok_or_else(|| not_found(kind, ns, name))?;
+    let events = store.events(kind, ns, name)?;
+    print!("{}", describe(kind, &obj, &events, now));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn delete(store: &Backend, ns: &str, kind: &str, name: &str) -> Result<ExitCode, CliError> {
+    let kind = kind_of(kind)?;
+    if !store.delete(kind, ns, name)? {
+        return Err(not_found(kind, ns, name));
+    }
+    println!("{}.recast.dev/{name} deleted", kind.as_str().to_lowercase());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `reimage`: sets spec.reimageRequest with a new token (the time, so each request is new).
+fn request_reimage(
+    store: &Backend,
+    ns: &str,
+    name: &str,
+    reason: &str,
+    now: Timestamp,
+) -> Result<ExitCode, CliError> {
+    if reason.trim().is_empty() {
+        return Err(CliError::Usage(
+            "--reason must say why the machine is wiped".into(),
+        ));
+    }
+    let token = now.to_string();
+    set_spec(
+        store,
+        ns,
+        name,
+        "reimageRequest",
+        json!({"token": token, "reason": reason}),
+    )?;
+    println!(
+        "endpoint.recast.dev/{name} reimage requested (token {token}); follow it with: recastctl describe rep {name}"
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `release`: quality updates released by hand, or with `--clear` the manual override removed.
+fn release(
+    store: &Backend,
+    ns: &str,
+    name: &str,
+    reason: &str,
+    clear: bool,
+    now: Timestamp,
+) -> Result<ExitCode, CliError> {
+    if clear {
+        manual_hold(store, ns, name, None, reason, now)?;
+        println!(
+            "endpoint.recast.dev/{name} manual update override removed: the update mode and the guard decide again"
+        );
+    } else {
+        manual_hold(store, ns, name, Some("Release"), reason, now)?;
+        println!(
+            "endpoint.recast.dev/{name} quality updates released by hand; a new FailedRollback still engages the guard"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `history`: the endpoint's attempts from its stored status.
+fn history(
+    store: &Backend,
+    ns: &str,
+    name: &str,
+    output: Output,
+    now: Timestamp,
+) -> Result<ExitCode, CliError> {
+    let obj = store
+        .get(Kind::Endpoint, ns, name)?
+        .ok_or_else(|| not_found(Kind::Endpoint, ns, name))?;
+    let status: EndpointStatus = obj
+        .get("status")
+        .cloned()
+        .map(serde_json::from_value)
+        .transpose()
+        .map_err(|e| CliError::Failed(format!("stored status of {name} does not decode: {e}")))?
+        .unwrap_or_default();
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&status.history).unwrap_or_default()
+        ),
+        Output::Yaml => print!(
+            "{}",
+            serde_yaml::to_string(&status.history).unwrap_or_default()
+        ),
+        Output::Table | Output::Wide => print!("{}", history_table(&status, now)),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Sets (or with `action` None removes) spec.manualUpdateHold, with who and when for the audit

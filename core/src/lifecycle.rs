@@ -408,14 +408,28 @@ impl<'a> Run<'a> {
     // ---- attempts -------------------------------------------------------------------------
 
     fn advance_attempt(&mut self, input: &Input) {
-        let Some(mut a) = self.st.active_attempt.clone() else {
+        let Some(a) = self.st.active_attempt.clone() else {
             return;
         };
-        let matches = |id: &str| id == a.id;
-        let current_try = a.try_number;
-        let this_try = |t: Option<u32>| t.is_none_or(|t| t == current_try);
+        self.join_reimage_request(&a);
+        if let Some(retry_after) = a.retry_after.as_deref().and_then(time::parse) {
+            self.wait_or_retry(a, retry_after);
+            return;
+        }
+        if let Some(why) = self.stop_before_imaging(&a) {
+            self.end_attempt(a, AttemptOutcome::Aborted, why);
+            self.take(Edge::Aborted);
+            return;
+        }
+        let Some(a) = self.apply_to_try(a, input) else {
+            return;
+        };
+        self.reemit_step_action(&a);
+        self.time_out_or_go_on(a);
+    }
 
-        // A new manual request while an attempt runs joins it instead of starting another.
+    /// A new manual request while an attempt runs joins it instead of starting another.
+    fn join_reimage_request(&mut self, a: &Attempt) {
         if let Some(req) = &self.ep.spec.reimage_request
             && self.st.handled_reimage_token.as_deref() != Some(req.token.as_str())
         {
@@ -429,64 +443,12 @@ impl<'a> Run<'a> {
                 ),
             );
         }
+    }
 
-        // Waiting to retry.
-        if let Some(retry_after) = a.retry_after.as_deref().and_then(time::parse) {
-            if self.ep.spec.protected {
-                self.end_attempt(
-                    a,
-                    AttemptOutcome::Aborted,
-                    "endpoint became protected".into(),
-                );
-                self.take(Edge::Aborted);
-                return;
-            }
-            if self.ep.spec.paused {
-                self.st.message = Some(format!(
-                    "attempt {} try {} failed; retry held while spec.paused is true",
-                    a.id, a.try_number
-                ));
-                return;
-            }
-            if self.ctx.now < retry_after {
-                self.requeue_in(time::since(retry_after, self.ctx.now));
-                return;
-            }
-            if let Some(why) = self.image_revoked(&a) {
-                self.end_attempt(a, AttemptOutcome::Aborted, why);
-                self.take(Edge::Aborted);
-                return;
-            }
-            a.try_number += 1;
-            a.retry_after = None;
-            a.boot_client = None;
-            a.step = ReimageStep::ArmingBoot;
-            a.try_started_at = self.now_s.clone();
-            a.step_started_at = self.now_s.clone();
-            a.progress_percent = None;
-            self.actions.push(self.arm_boot(&a));
-            self.notice(
-                NoticeType::Normal,
-                "RetryStarted",
-                format!(
-                    "attempt {}: try {} of {}",
-                    a.id, a.try_number, self.ctx.policy.max_tries
-                ),
-            );
-            self.st.active_attempt = Some(a.clone());
-            self.take(Edge::RetryStarted);
-            self.requeue_in(self.ctx.policy.try_timeout);
-            return;
-        }
-
-        // Protection set before the imaging environment started (no NetworkBooted yet): stop
-        // cleanly; the disarm makes the machine's next boot a local one.
-        if self.ep.spec.protected
-            && matches!(
-                a.step,
-                ReimageStep::ArmingBoot | ReimageStep::PowerCycling | ReimageStep::Booting
-            )
-        {
+    /// The attempt waits to retry a failed try: it stops (protected, image revoked), holds
+    /// (paused), keeps waiting until `retry_after`, or starts the next try.
+    fn wait_or_retry(&mut self, a: Attempt, retry_after: Timestamp) {
+        if self.ep.spec.protected {
             self.end_attempt(
                 a,
                 AttemptOutcome::Aborted,
@@ -495,48 +457,81 @@ impl<'a> Run<'a> {
             self.take(Edge::Aborted);
             return;
         }
-        // An image revoked before the machine is restarted is never served.
-        if matches!(a.step, ReimageStep::ArmingBoot | ReimageStep::PowerCycling)
-            && let Some(why) = self.image_revoked(&a)
-        {
+        if self.ep.spec.paused {
+            self.st.message = Some(format!(
+                "attempt {} try {} failed; retry held while spec.paused is true",
+                a.id, a.try_number
+            ));
+            return;
+        }
+        if self.ctx.now < retry_after {
+            self.requeue_in(time::since(retry_after, self.ctx.now));
+            return;
+        }
+        if let Some(why) = self.image_revoked(&a) {
             self.end_attempt(a, AttemptOutcome::Aborted, why);
             self.take(Edge::Aborted);
             return;
         }
+        self.start_next_try(a);
+    }
 
-        let has_bmc = self.ep.spec.bmc.is_some();
+    /// The next try starts from the beginning: arm the boot again.
+    fn start_next_try(&mut self, mut a: Attempt) {
+        a.try_number += 1;
+        a.retry_after = None;
+        a.boot_client = None;
+        a.step = ReimageStep::ArmingBoot;
+        a.try_started_at = self.now_s.clone();
+        a.step_started_at = self.now_s.clone();
+        a.progress_percent = None;
+        self.actions.push(self.arm_boot(&a));
+        self.notice(
+            NoticeType::Normal,
+            "RetryStarted",
+            format!(
+                "attempt {}: try {} of {}",
+                a.id, a.try_number, self.ctx.policy.max_tries
+            ),
+        );
+        self.st.active_attempt = Some(a.clone());
+        self.take(Edge::RetryStarted);
+        self.requeue_in(self.ctx.policy.try_timeout);
+    }
+
+    /// Why a running try must stop before the machine runs the imaging environment, if it
+    /// must: protection set before NetworkBooted (the disarm makes the machine's next boot a
+    /// local one), or an image revoked before the machine is restarted (never served).
+    fn stop_before_imaging(&self, a: &Attempt) -> Option<String> {
+        if self.ep.spec.protected
+            && matches!(
+                a.step,
+                ReimageStep::ArmingBoot | ReimageStep::PowerCycling | ReimageStep::Booting
+            )
+        {
+            return Some("endpoint became protected".into());
+        }
+        if matches!(a.step, ReimageStep::ArmingBoot | ReimageStep::PowerCycling) {
+            return self.image_revoked(a);
+        }
+        None
+    }
+
+    /// Moves the try on by what the input says about it (inputs of another attempt, another
+    /// try or another step change nothing). Returns the attempt while it still runs; None once
+    /// this input ended the try (failed, or the attempt succeeded).
+    fn apply_to_try(&mut self, mut a: Attempt, input: &Input) -> Option<Attempt> {
+        let matches = |id: &str| id == a.id;
+        let current_try = a.try_number;
+        let this_try = |t: Option<u32>| t.is_none_or(|t| t == current_try);
         match input {
             Input::ActionSucceeded {
                 attempt_id,
                 try_number,
                 action,
-            } if matches(attempt_id) && *try_number == a.try_number => match (a.step, action) {
-                (ReimageStep::ArmingBoot, ActionKind::ArmBoot) if has_bmc => {
-                    self.enter_step(&mut a, ReimageStep::PowerCycling);
-                    self.actions.push(Action::PowerCycle {
-                        attempt_id: a.id.clone(),
-                        try_number: a.try_number,
-                    });
-                    self.take(Edge::BootArmed);
-                }
-                (ReimageStep::ArmingBoot, ActionKind::ArmBoot) => {
-                    self.enter_step(&mut a, ReimageStep::Booting);
-                    self.notice(
-                        NoticeType::Warning,
-                        "PowerCycleNeeded",
-                        format!(
-                            "attempt {}: no BMC configured; network boot is armed, restart the machine to start imaging",
-                            a.id
-                        ),
-                    );
-                    self.take(Edge::BootArmedNoBmc);
-                }
-                (ReimageStep::PowerCycling, ActionKind::PowerCycle) => {
-                    self.enter_step(&mut a, ReimageStep::Booting);
-                    self.take(Edge::PowerCycled);
-                }
-                _ => {}
-            },
+            } if matches(attempt_id) && *try_number == a.try_number => {
+                self.action_done(&mut a, *action);
+            }
             Input::ActionFailed {
                 attempt_id,
                 try_number,
@@ -548,7 +543,7 @@ impl<'a> Run<'a> {
             {
                 let why = format!("{} failed: {}", action.as_str(), error.message);
                 self.fail_try(a, why, error.permanent);
-                return;
+                return None;
             }
             Input::NetworkBooted {
                 attempt_id,
@@ -562,9 +557,6 @@ impl<'a> Run<'a> {
                 self.enter_step(&mut a, ReimageStep::Applying);
                 self.take(Edge::NetworkBooted);
             }
-            // A second machine claims a try another one already holds: one of them is not the
-            // endpoint. Nothing it could do is trusted (the try's files, result and enrollment
-            // were bound to the first claimant), so the attempt stops for a person to look.
             Input::NetworkBooted {
                 attempt_id,
                 try_number,
@@ -574,20 +566,8 @@ impl<'a> Run<'a> {
                 && matches!(a.step, ReimageStep::Applying | ReimageStep::FirstBoot)
                 && a.boot_client.as_deref().is_some_and(|c| c != client) =>
             {
-                let first = a.boot_client.clone().unwrap_or_default();
-                self.notice(
-                    NoticeType::Warning,
-                    "ImagingClaimConflict",
-                    format!(
-                        "attempt {} try {}: claimed from {first}, then from {client}; another machine on the provisioning network asked for this endpoint's imaging",
-                        a.id, a.try_number
-                    ),
-                );
-                let why = format!(
-                    "two machines claimed the imaging try ({first} and {client}); check the provisioning network for an impostor"
-                );
-                self.fail_try(a, why, true);
-                return;
+                self.claimed_twice(a, client);
+                return None;
             }
             Input::ImagingProgress {
                 attempt_id,
@@ -607,57 +587,119 @@ impl<'a> Run<'a> {
                 && this_try(*try_number)
                 && matches!(a.step, ReimageStep::Booting | ReimageStep::Applying) =>
             {
-                match result {
-                    Ok(()) => {
-                        a.progress_percent = Some(100);
-                        self.enter_step(&mut a, ReimageStep::FirstBoot);
-                        // Local boot from now on: the imaging environment must not run again.
-                        self.actions.push(Action::DisarmBoot {
-                            attempt_id: a.id.clone(),
-                        });
-                        self.take(Edge::ImageApplied);
-                    }
-                    Err(e) => {
-                        self.fail_try(a, format!("imaging failed: {e}"), false);
-                        return;
-                    }
-                }
+                return self.imaging_finished(a, result);
             }
             Input::AgentReport(r)
                 if a.step == ReimageStep::FirstBoot && r.attempt_id.as_deref() == Some(&a.id) =>
             {
-                let expected = a
-                    .expected_build
-                    .as_deref()
-                    .and_then(|b| b.parse::<Build>().ok());
-                let got = r.build.parse::<Build>().ok();
-                match (got, expected) {
-                    (Some(got), Some(min)) if !got.satisfies(min) => {
-                        let why =
-                            format!("the new image reported build {got}, below the required {min}");
-                        self.fail_try(a, why, false);
-                        return;
-                    }
-                    (None, _) => {
-                        let why =
-                            format!("the new image reported an unreadable build {:?}", r.build);
-                        self.fail_try(a, why, false);
-                        return;
-                    }
-                    _ => {
-                        self.succeed(a, &r.build);
-                        return;
-                    }
-                }
+                self.first_report(a, r);
+                return None;
             }
             _ => {}
         }
+        Some(a)
+    }
 
-        // Re-emit the action the current step waits for. Executors deduplicate on the
-        // idempotency key, so after a restart this resumes the step instead of repeating it.
+    /// The executor confirmed this try's action: the next step (power-cycle when there is a
+    /// BMC, else ask a person to restart the machine).
+    fn action_done(&mut self, a: &mut Attempt, action: ActionKind) {
+        let has_bmc = self.ep.spec.bmc.is_some();
+        match (a.step, action) {
+            (ReimageStep::ArmingBoot, ActionKind::ArmBoot) if has_bmc => {
+                self.enter_step(a, ReimageStep::PowerCycling);
+                self.actions.push(Action::PowerCycle {
+                    attempt_id: a.id.clone(),
+                    try_number: a.try_number,
+                });
+                self.take(Edge::BootArmed);
+            }
+            (ReimageStep::ArmingBoot, ActionKind::ArmBoot) => {
+                self.enter_step(a, ReimageStep::Booting);
+                self.notice(
+                    NoticeType::Warning,
+                    "PowerCycleNeeded",
+                    format!(
+                        "attempt {}: no BMC configured; network boot is armed, restart the machine to start imaging",
+                        a.id
+                    ),
+                );
+                self.take(Edge::BootArmedNoBmc);
+            }
+            (ReimageStep::PowerCycling, ActionKind::PowerCycle) => {
+                self.enter_step(a, ReimageStep::Booting);
+                self.take(Edge::PowerCycled);
+            }
+            _ => {}
+        }
+    }
+
+    /// A second machine claims a try another one already holds: one of them is not the
+    /// endpoint. Nothing it could do is trusted (the try's files, result and enrollment were
+    /// bound to the first claimant), so the attempt stops for a person to look.
+    fn claimed_twice(&mut self, a: Attempt, client: &str) {
+        let first = a.boot_client.clone().unwrap_or_default();
+        self.notice(
+            NoticeType::Warning,
+            "ImagingClaimConflict",
+            format!(
+                "attempt {} try {}: claimed from {first}, then from {client}; another machine on the provisioning network asked for this endpoint's imaging",
+                a.id, a.try_number
+            ),
+        );
+        let why = format!(
+            "two machines claimed the imaging try ({first} and {client}); check the provisioning network for an impostor"
+        );
+        self.fail_try(a, why, true);
+    }
+
+    /// The imaging environment finished: on to the first boot of the new image, or the try
+    /// failed (None).
+    fn imaging_finished(&mut self, mut a: Attempt, result: &Result<(), String>) -> Option<Attempt> {
+        match result {
+            Ok(()) => {
+                a.progress_percent = Some(100);
+                self.enter_step(&mut a, ReimageStep::FirstBoot);
+                // Local boot from now on: the imaging environment must not run again.
+                self.actions.push(Action::DisarmBoot {
+                    attempt_id: a.id.clone(),
+                });
+                self.take(Edge::ImageApplied);
+                Some(a)
+            }
+            Err(e) => {
+                self.fail_try(a, format!("imaging failed: {e}"), false);
+                None
+            }
+        }
+    }
+
+    /// The new image's first agent report ends the attempt: it succeeds when the build it
+    /// reports is readable and at least the one the attempt expects.
+    fn first_report(&mut self, a: Attempt, r: &ReportSummary) {
+        let expected = a
+            .expected_build
+            .as_deref()
+            .and_then(|b| b.parse::<Build>().ok());
+        let got = r.build.parse::<Build>().ok();
+        match (got, expected) {
+            (Some(got), Some(min)) if !got.satisfies(min) => {
+                let why = format!("the new image reported build {got}, below the required {min}");
+                self.fail_try(a, why, false);
+            }
+            (None, _) => {
+                let why = format!("the new image reported an unreadable build {:?}", r.build);
+                self.fail_try(a, why, false);
+            }
+            _ => self.succeed(a, &r.build),
+        }
+    }
+
+    /// Re-emits the action the current step waits for. Executors deduplicate on the
+    /// idempotency key, so after a restart this resumes the step instead of repeating it.
+    fn reemit_step_action(&mut self, a: &Attempt) {
         match a.step {
             ReimageStep::ArmingBoot if self.actions.is_empty() => {
-                self.actions.push(self.arm_boot(&a));
+                self.actions.push(self.arm_boot(a));
             }
             ReimageStep::PowerCycling if self.actions.is_empty() => {
                 self.actions.push(Action::PowerCycle {
@@ -667,8 +709,11 @@ impl<'a> Run<'a> {
             }
             _ => {}
         }
+    }
 
-        // The try's time is up.
+    /// The try fails when its time is up; otherwise the attempt goes on, looked at again by
+    /// the deadline.
+    fn time_out_or_go_on(&mut self, a: Attempt) {
         let started = time::parse(&a.try_started_at).unwrap_or(self.ctx.now);
         let deadline = time::add(started, self.ctx.policy.try_timeout);
         if self.ctx.now >= deadline {

@@ -417,261 +417,402 @@ pub fn decide(
     members: &BTreeMap<String, Member>,
     now: Timestamp,
 ) -> WaveDecision {
-    let mut st = wave.status.clone();
-    let mut notices = Vec::new();
-    let mut note = |t: NoticeType, reason: &str, message: String| {
-        notices.push(Notice {
-            type_: t,
-            reason: reason.into(),
-            message,
-        })
-    };
-    let now_s = time::format(now);
+    let mut d = Deciding::new(wave, now);
     // max_failures is written together with the plan: its presence means "planned".
-    if st.max_failures.is_none() {
+    if d.st.max_failures.is_none() {
         if wave.spec.aborted {
-            st.phase = Some(WavePhase::Aborted);
-            st.finished_at = Some(now_s.clone());
-            st.messages = vec!["aborted before it started; nothing was reimaged".into()];
-            note(
-                NoticeType::Normal,
-                "WaveAborted",
-                "aborted before it started".into(),
-            );
-            return WaveDecision {
-                status: st,
-                due: vec![],
-                notices,
-                requeue_after: None,
-            };
+            return d.aborted_before_start();
         }
-        match plan(wave.spec, candidates) {
-            Ok(p) => {
-                note(
-                    NoticeType::Normal,
-                    "WavePlanned",
-                    format!(
-                        "{} endpoints in {} batches onto {}; {} skipped",
-                        p.planned(),
-                        p.batches.len(),
-                        wave.spec.image,
-                        p.skipped.len()
-                    ),
-                );
-                st.batches = p.batches;
-                st.skipped = p.skipped;
-                st.max_failures = Some(p.max_failures);
-                st.phase = Some(WavePhase::Pending);
-            }
-            Err(e) => {
-                let msg = format!("cannot plan the wave: {e}");
-                if st.messages.first() != Some(&msg) {
-                    note(NoticeType::Warning, "WaveInvalid", msg.clone());
-                }
-                st.phase = Some(WavePhase::Pending);
-                st.messages = vec![msg];
-                return WaveDecision {
-                    status: st,
-                    due: vec![],
-                    notices,
-                    requeue_after: Some(WAVE_REQUEUE),
-                };
-            }
+        if let Err(e) = d.plan_batches(candidates) {
+            return d.cannot_plan(e);
+        }
+    }
+    let members = Members::new(members, &d.st.batches);
+    let counts = d.tally(&members);
+    let mut next = d.next_step(&members, &counts);
+    d.announce(&mut next, &counts);
+    d.finish(next)
+}
+
+/// One `decide` call at work: the wave's status as it is rewritten, and the notices raised on
+/// the way.
+struct Deciding<'a> {
+    wave: WaveInput<'a>,
+    now: Timestamp,
+    now_s: String,
+    st: ReimageWaveStatus,
+    notices: Vec<Notice>,
+}
+
+/// What the wave does next: the phase it is in after this decision, the one message that says
+/// why, and what the controller starts or waits for.
+struct NextStep {
+    phase: WavePhase,
+    message: String,
+    requeue: Option<Duration>,
+    due: Vec<String>,
+    /// A batch started in this decision (its BatchStarted notice already says the wave runs).
+    batch_started: bool,
+}
+
+impl NextStep {
+    /// A step that starts nothing and looks again after [`WAVE_REQUEUE`].
+    fn to(phase: WavePhase, message: String) -> Self {
+        NextStep {
+            phase,
+            message,
+            requeue: Some(WAVE_REQUEUE),
+            due: Vec::new(),
+            batch_started: false,
         }
     }
 
-    // Tally every batch from the members as they are now.
-    let member = |n: &str| {
-        members
+    fn requeue_after(self, requeue: Option<Duration>) -> Self {
+        NextStep { requeue, ..self }
+    }
+}
+
+/// Where each planned endpoint stands now, as the wave counts it.
+struct Members<'m> {
+    members: &'m BTreeMap<String, Member>,
+    /// The endpoints of the batches that had finished before this decision.
+    finished: std::collections::HashSet<String>,
+}
+
+impl<'m> Members<'m> {
+    fn new(members: &'m BTreeMap<String, Member>, batches: &[WaveBatch]) -> Self {
+        let finished = batches
+            .iter()
+            .filter(|b| b.finished_at.is_some())
+            .flat_map(|b| b.endpoints.iter().cloned())
+            .collect();
+        Members { members, finished }
+    }
+
+    fn of(&self, n: &str) -> Member {
+        let m = self
+            .members
             .get(n)
             .cloned()
-            .unwrap_or(Member::Skipped(SKIP_DELETED))
-    };
-    // A member of a finished batch that is eligible again (unpaused, say) is not reimaged
-    // late: its batch is over and a later one may already run.
-    let finished: std::collections::HashSet<String> = st
-        .batches
-        .iter()
-        .filter(|b| b.finished_at.is_some())
-        .flat_map(|b| b.endpoints.iter().cloned())
-        .collect();
-    let member = |n: &str| match member(n) {
-        Member::Waiting if finished.contains(n) => Member::Skipped(SKIP_MISSED),
-        m => m,
-    };
-    let mut counts = WaveCounts::default();
-    let mut failed_endpoints = Vec::new();
-    let mut late_skips = Vec::new();
-    for b in &mut st.batches {
+            .unwrap_or(Member::Skipped(SKIP_DELETED));
+        // A member of a finished batch that is eligible again (unpaused, say) is not reimaged
+        // late: its batch is over and a later one may already run.
+        match m {
+            Member::Waiting if self.finished.contains(n) => Member::Skipped(SKIP_MISSED),
+            m => m,
+        }
+    }
+
+    fn all_resolved(&self, b: &WaveBatch) -> bool {
+        b.endpoints.iter().all(|n| self.of(n).resolved())
+    }
+}
+
+/// The wave's totals as the batches are counted.
+#[derive(Default)]
+struct Tally {
+    counts: WaveCounts,
+    failed_endpoints: Vec<String>,
+    late_skips: Vec<SkippedEndpoint>,
+}
+
+impl Tally {
+    /// Counts one batch's members into the batch and into the wave's totals.
+    fn count_batch(&mut self, b: &mut WaveBatch, members: &Members) {
         (b.succeeded, b.failed, b.running, b.skipped) = (0, 0, 0, 0);
         for n in &b.endpoints {
-            match member(n) {
-                Member::Waiting => counts.pending += 1,
+            match members.of(n) {
+                Member::Waiting => self.counts.pending += 1,
                 Member::Running => {
-                    counts.running += 1;
+                    self.counts.running += 1;
                     b.running += 1
                 }
                 Member::Succeeded => {
-                    counts.succeeded += 1;
+                    self.counts.succeeded += 1;
                     b.succeeded += 1
                 }
                 Member::Failed => {
-                    counts.failed += 1;
+                    self.counts.failed += 1;
                     b.failed += 1;
-                    failed_endpoints.push(n.clone());
+                    self.failed_endpoints.push(n.clone());
                 }
                 Member::Skipped(r) => {
                     b.skipped += 1;
-                    late_skips.push(SkippedEndpoint {
+                    self.late_skips.push(SkippedEndpoint {
                         name: n.clone(),
                         reason: r.into(),
                     });
                 }
             }
         }
-        if b.started_at.is_some()
-            && b.finished_at.is_none()
-            && b.endpoints.iter().all(|n| member(n).resolved())
-        {
-            b.finished_at = Some(now_s.clone());
-            note(
-                NoticeType::Normal,
-                "BatchFinished",
-                format!(
-                    "batch {} finished: {} succeeded, {} failed, {} skipped",
-                    b.index + 1,
-                    b.succeeded,
-                    b.failed,
-                    b.skipped
-                ),
-            );
+    }
+}
+
+fn notice(type_: NoticeType, reason: &str, message: String) -> Notice {
+    Notice {
+        type_,
+        reason: reason.into(),
+        message,
+    }
+}
+
+/// The notice a wave raises when it enters `phase`.
+fn phase_notice(phase: WavePhase) -> (NoticeType, &'static str) {
+    match phase {
+        WavePhase::Succeeded => (NoticeType::Normal, "WaveSucceeded"),
+        WavePhase::Aborted => (NoticeType::Normal, "WaveAborted"),
+        WavePhase::Failed => (NoticeType::Warning, "WaveFailed"),
+        // A plan that cannot run (bad window or pause) is news for whoever made it.
+        WavePhase::Pending => (NoticeType::Warning, "WaveBlocked"),
+        WavePhase::AwaitingApproval => (NoticeType::Normal, "WaveAwaitingApproval"),
+        WavePhase::WaitingForWindow => (NoticeType::Normal, "WaveWaitingForWindow"),
+        WavePhase::Paused => (NoticeType::Normal, "WavePaused"),
+        WavePhase::Running => (NoticeType::Normal, "WaveRunning"),
+    }
+}
+
+impl<'a> Deciding<'a> {
+    fn new(wave: WaveInput<'a>, now: Timestamp) -> Self {
+        Deciding {
+            wave,
+            now,
+            now_s: time::format(now),
+            st: wave.status.clone(),
+            notices: Vec::new(),
         }
     }
-    // Skips found at planning stay as they were; endpoints that left later are listed after.
-    let in_batches: std::collections::HashSet<&str> = st
-        .batches
-        .iter()
-        .flat_map(|b| b.endpoints.iter().map(String::as_str))
-        .collect();
-    let mut skipped: Vec<SkippedEndpoint> = st
-        .skipped
-        .iter()
-        .filter(|s| !in_batches.contains(s.name.as_str()))
-        .cloned()
-        .collect();
-    skipped.extend(late_skips);
-    counts.skipped = skipped.len() as u32;
-    counts.selected =
-        counts.skipped + counts.pending + counts.running + counts.succeeded + counts.failed;
-    st.skipped = skipped;
-    st.counts = counts.clone();
-    st.failed_endpoints = failed_endpoints;
-    let max_failures = st.max_failures.unwrap_or(0);
 
-    let before = wave.status.phase;
-    let mut due = Vec::new();
-    let mut due_started = false;
-    let mut requeue = Some(WAVE_REQUEUE);
-    let mut message: String;
-    let current = st
-        .batches
-        .iter()
-        .position(|b| !b.endpoints.iter().all(|n| member(n).resolved()));
-    let canary_failed = st.batches.first().is_some_and(|b| b.canary && b.failed > 0);
+    fn note(&mut self, t: NoticeType, reason: &str, message: String) {
+        self.notices.push(notice(t, reason, message));
+    }
 
-    let next_phase = if terminal(before) {
-        // Finished waves only keep their counts current (attempts that were running when the
-        // wave stopped still finish).
-        message = st.messages.first().cloned().unwrap_or_default();
-        requeue = (counts.running > 0).then_some(WAVE_REQUEUE);
-        before.unwrap_or(WavePhase::Failed)
-    } else if wave.spec.aborted {
-        message = format!(
-            "aborted: no new attempt starts; {} running attempts finish",
-            counts.running
+    fn decision(self, due: Vec<String>, requeue_after: Option<Duration>) -> WaveDecision {
+        WaveDecision {
+            status: self.st,
+            due,
+            notices: self.notices,
+            requeue_after,
+        }
+    }
+
+    /// A wave aborted before it was ever planned ends at once, with no plan.
+    fn aborted_before_start(mut self) -> WaveDecision {
+        self.st.phase = Some(WavePhase::Aborted);
+        self.st.finished_at = Some(self.now_s.clone());
+        self.st.messages = vec!["aborted before it started; nothing was reimaged".into()];
+        self.note(
+            NoticeType::Normal,
+            "WaveAborted",
+            "aborted before it started".into(),
         );
-        WavePhase::Aborted
-    } else if counts.failed > max_failures {
-        message = format!(
-            "stopped: {} endpoints failed, more than maxFailures ({max_failures}); look at {}, then start a new wave",
-            counts.failed,
-            st.failed_endpoints
-                .iter()
-                .take(5)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ")
+        self.decision(vec![], None)
+    }
+
+    /// Makes the plan (once: it is kept in status, so a restart resumes the same plan).
+    fn plan_batches(&mut self, candidates: &[Candidate]) -> Result<(), WaveError> {
+        let p = plan(self.wave.spec, candidates)?;
+        self.note(
+            NoticeType::Normal,
+            "WavePlanned",
+            format!(
+                "{} endpoints in {} batches onto {}; {} skipped",
+                p.planned(),
+                p.batches.len(),
+                self.wave.spec.image,
+                p.skipped.len()
+            ),
         );
-        WavePhase::Failed
-    } else if canary_failed {
-        message = "stopped: the canary batch had a failure; look at the failed endpoints, then start a new wave".into();
-        WavePhase::Failed
-    } else if let Some(i) = current {
-        let started = st.batches[i].started_at.is_some();
-        let window_open = match &wave.spec.maintenance_window {
-            None => Ok(true),
-            Some(w) => window::is_open(w, now),
-        };
-        let not_before = i
-            .checked_sub(1)
-            .and_then(|p| st.batches[p].finished_at.as_deref())
-            .and_then(time::parse)
-            .zip(wave.spec.strategy.pause_between_batches.as_deref())
-            .map(|(finished, pause)| {
-                recast_crds::duration::parse(pause).map(|d| time::add(finished, d))
-            })
-            .transpose();
-        let waiting_members: Vec<String> = st.batches[i]
-            .endpoints
+        self.st.batches = p.batches;
+        self.st.skipped = p.skipped;
+        self.st.max_failures = Some(p.max_failures);
+        self.st.phase = Some(WavePhase::Pending);
+        Ok(())
+    }
+
+    /// A spec that cannot be planned keeps the wave Pending and is looked at again; the
+    /// warning is raised once per reason (the kept message says which was last).
+    fn cannot_plan(mut self, e: WaveError) -> WaveDecision {
+        let msg = format!("cannot plan the wave: {e}");
+        if self.st.messages.first() != Some(&msg) {
+            self.note(NoticeType::Warning, "WaveInvalid", msg.clone());
+        }
+        self.st.phase = Some(WavePhase::Pending);
+        self.st.messages = vec![msg];
+        self.decision(vec![], Some(WAVE_REQUEUE))
+    }
+
+    /// Tallies every batch from the members as they are now, finishes the started batches
+    /// whose members are all resolved, and rewrites the wave's counts, failed endpoints and
+    /// skips.
+    fn tally(&mut self, members: &Members) -> WaveCounts {
+        let mut tally = Tally::default();
+        for b in &mut self.st.batches {
+            tally.count_batch(b, members);
+            if b.started_at.is_some() && b.finished_at.is_none() && members.all_resolved(b) {
+                b.finished_at = Some(self.now_s.clone());
+                self.notices.push(notice(
+                    NoticeType::Normal,
+                    "BatchFinished",
+                    format!(
+                        "batch {} finished: {} succeeded, {} failed, {} skipped",
+                        b.index + 1,
+                        b.succeeded,
+                        b.failed,
+                        b.skipped
+                    ),
+                ));
+            }
+        }
+        let mut counts = tally.counts;
+        counts.skipped = self.list_skips(tally.late_skips);
+        counts.selected =
+            counts.skipped + counts.pending + counts.running + counts.succeeded + counts.failed;
+        self.st.counts = counts.clone();
+        self.st.failed_endpoints = tally.failed_endpoints;
+        counts
+    }
+
+    /// Rewrites status.skipped and returns how many it lists: skips found at planning stay as
+    /// they were; endpoints that left later are listed after.
+    fn list_skips(&mut self, late_skips: Vec<SkippedEndpoint>) -> u32 {
+        let in_batches: std::collections::HashSet<&str> = self
+            .st
+            .batches
             .iter()
-            .filter(|n| member(n) == Member::Waiting)
+            .flat_map(|b| b.endpoints.iter().map(String::as_str))
+            .collect();
+        let mut skipped: Vec<SkippedEndpoint> = self
+            .st
+            .skipped
+            .iter()
+            .filter(|s| !in_batches.contains(s.name.as_str()))
             .cloned()
             .collect();
-        st.next_batch_at = None;
+        skipped.extend(late_skips);
+        let n = skipped.len() as u32;
+        self.st.skipped = skipped;
+        n
+    }
+
+    /// The phase the wave is in after this decision, in order of precedence: a finished wave
+    /// stays finished, then abort, then too many failures, then a failed canary, then the
+    /// first unresolved batch; no such batch left means success.
+    fn next_step(&mut self, members: &Members, counts: &WaveCounts) -> NextStep {
+        let before = self.wave.status.phase;
+        let max_failures = self.st.max_failures.unwrap_or(0);
+        let current = self
+            .st
+            .batches
+            .iter()
+            .position(|b| !members.all_resolved(b));
+        let canary_failed = self
+            .st
+            .batches
+            .first()
+            .is_some_and(|b| b.canary && b.failed > 0);
+
+        if terminal(before) {
+            // Finished waves only keep their counts current (attempts that were running when
+            // the wave stopped still finish).
+            NextStep::to(
+                before.unwrap_or(WavePhase::Failed),
+                self.st.messages.first().cloned().unwrap_or_default(),
+            )
+            .requeue_after((counts.running > 0).then_some(WAVE_REQUEUE))
+        } else if self.wave.spec.aborted {
+            NextStep::to(
+                WavePhase::Aborted,
+                format!(
+                    "aborted: no new attempt starts; {} running attempts finish",
+                    counts.running
+                ),
+            )
+        } else if counts.failed > max_failures {
+            NextStep::to(
+                WavePhase::Failed,
+                format!(
+                    "stopped: {} endpoints failed, more than maxFailures ({max_failures}); look at {}, then start a new wave",
+                    counts.failed,
+                    self.st
+                        .failed_endpoints
+                        .iter()
+                        .take(5)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        } else if canary_failed {
+            NextStep::to(
+                WavePhase::Failed,
+                "stopped: the canary batch had a failure; look at the failed endpoints, then start a new wave".into(),
+            )
+        } else if let Some(i) = current {
+            self.step_in_batch(i, members, counts)
+        } else {
+            NextStep::to(
+                WavePhase::Succeeded,
+                format!(
+                    "{} endpoints on {}; {} failed, {} skipped",
+                    counts.succeeded, self.wave.spec.image, counts.failed, counts.skipped
+                ),
+            )
+        }
+    }
+
+    /// Batch `i` is the first one not resolved: what holds it (a bad spec, approval, pause,
+    /// the pause between batches, the window), or else run it.
+    fn step_in_batch(&mut self, i: usize, members: &Members, counts: &WaveCounts) -> NextStep {
+        let spec = self.wave.spec;
+        let started = self.st.batches[i].started_at.is_some();
+        let window_open = self.window_open();
+        let not_before = self.not_before(i);
+        self.st.next_batch_at = None;
         match (window_open, not_before) {
-            (Err(e), _) => {
-                message = format!("{e}; fix spec.maintenanceWindow");
-                WavePhase::Pending
-            }
-            (_, Err(e)) => {
-                message = format!(
+            (Err(e), _) => NextStep::to(
+                WavePhase::Pending,
+                format!("{e}; fix spec.maintenanceWindow"),
+            ),
+            (_, Err(e)) => NextStep::to(
+                WavePhase::Pending,
+                format!(
                     "strategy.pauseBetweenBatches: {e}; fix it with kubectl edit or recastctl"
-                );
-                WavePhase::Pending
+                ),
+            ),
+            _ if !started && i == 0 && spec.require_approval && spec.approved_by.is_none() => {
+                NextStep::to(
+                    WavePhase::AwaitingApproval,
+                    format!(
+                        "waiting for approval: run `recastctl wave approve {}` after reviewing `recastctl wave plan {}`",
+                        self.wave.name, self.wave.name
+                    ),
+                )
+                .requeue_after(None)
             }
-            _ if !started
-                && i == 0
-                && wave.spec.require_approval
-                && wave.spec.approved_by.is_none() =>
-            {
-                message = format!(
-                    "waiting for approval: run `recastctl wave approve {}` after reviewing `recastctl wave plan {}`",
-                    wave.name, wave.name
-                );
-                requeue = None;
-                WavePhase::AwaitingApproval
-            }
-            _ if wave.spec.paused => {
-                message = format!(
+            _ if spec.paused => NextStep::to(
+                WavePhase::Paused,
+                format!(
                     "paused at batch {}: no new attempt starts; {} running attempts finish",
                     i + 1,
                     counts.running
-                );
-                requeue = (counts.running > 0).then_some(WAVE_REQUEUE);
-                WavePhase::Paused
-            }
-            (_, Ok(Some(at))) if !started && now < at => {
-                st.next_batch_at = Some(time::format(at));
-                message = format!("batch {} starts at {}", i + 1, time::format(at));
-                requeue = Some(
-                    time::since(at, now)
+                ),
+            )
+            .requeue_after((counts.running > 0).then_some(WAVE_REQUEUE)),
+            (_, Ok(Some(at))) if !started && self.now < at => {
+                self.st.next_batch_at = Some(time::format(at));
+                NextStep::to(
+                    WavePhase::Running,
+                    format!("batch {} starts at {}", i + 1, time::format(at)),
+                )
+                .requeue_after(Some(
+                    time::since(at, self.now)
                         .min(WAVE_REQUEUE)
                         .max(Duration::from_secs(1)),
-                );
-                WavePhase::Running
+                ))
             }
-            (Ok(false), _) => {
-                message = format!(
+            (Ok(false), _) => NextStep::to(
+                WavePhase::WaitingForWindow,
+                format!(
                     "waiting for the maintenance window to start batch {}{}",
                     i + 1,
                     if counts.running > 0 {
@@ -679,82 +820,105 @@ pub fn decide(
                     } else {
                         String::new()
                     }
-                );
-                WavePhase::WaitingForWindow
-            }
-            (Ok(true), _) => {
-                if !started {
-                    due_started = true;
-                    st.batches[i].started_at = Some(now_s.clone());
-                    st.started_at.get_or_insert_with(|| now_s.clone());
-                    note(
-                        NoticeType::Normal,
-                        "BatchStarted",
-                        format!(
-                            "batch {}/{}{} started: {} endpoints",
-                            i + 1,
-                            st.batches.len(),
-                            if st.batches[i].canary {
-                                " (canary)"
-                            } else {
-                                ""
-                            },
-                            st.batches[i].endpoints.len()
-                        ),
-                    );
-                }
-                st.current_batch = Some(i as u32 + 1);
-                message = format!(
-                    "batch {}/{}: {} running, {} not started yet (each endpoint's status says what it waits for)",
-                    i + 1,
-                    st.batches.len(),
-                    st.batches[i].running,
-                    waiting_members.len()
-                );
-                due = waiting_members;
-                WavePhase::Running
-            }
-        }
-    } else {
-        message = format!(
-            "{} endpoints on {}; {} failed, {} skipped",
-            counts.succeeded, wave.spec.image, counts.failed, counts.skipped
-        );
-        WavePhase::Succeeded
-    };
-
-    if terminal(before) {
-        // The outcome message stays as it was when the wave ended.
-        message = st.messages.first().cloned().unwrap_or(message);
-    } else if Some(next_phase) != before {
-        let (t, reason) = match next_phase {
-            WavePhase::Succeeded => (NoticeType::Normal, "WaveSucceeded"),
-            WavePhase::Aborted => (NoticeType::Normal, "WaveAborted"),
-            WavePhase::Failed => (NoticeType::Warning, "WaveFailed"),
-            // A plan that cannot run (bad window or pause) is news for whoever made it.
-            WavePhase::Pending => (NoticeType::Warning, "WaveBlocked"),
-            WavePhase::AwaitingApproval => (NoticeType::Normal, "WaveAwaitingApproval"),
-            WavePhase::WaitingForWindow => (NoticeType::Normal, "WaveWaitingForWindow"),
-            WavePhase::Paused => (NoticeType::Normal, "WavePaused"),
-            WavePhase::Running => (NoticeType::Normal, "WaveRunning"),
-        };
-        if terminal(Some(next_phase)) {
-            st.finished_at = Some(now_s.clone());
-            st.next_batch_at = None;
-            requeue = (counts.running > 0).then_some(WAVE_REQUEUE);
-        }
-        // Batch starts already say that the wave runs.
-        if !(next_phase == WavePhase::Running && due_started) {
-            note(t, reason, message.clone());
+                ),
+            ),
+            (Ok(true), _) => self.run_batch(i, started, members),
         }
     }
-    st.phase = Some(next_phase);
-    st.messages = vec![message];
-    WaveDecision {
-        status: st,
-        due,
-        notices,
-        requeue_after: requeue,
+
+    /// Whether the maintenance window (if any) is open now.
+    fn window_open(&self) -> Result<bool, window::WindowError> {
+        match &self.wave.spec.maintenance_window {
+            None => Ok(true),
+            Some(w) => window::is_open(w, self.now),
+        }
+    }
+
+    /// When batch `i` may start: pauseBetweenBatches after the previous batch finished (None
+    /// for the first batch, an unfinished previous one, or no pause).
+    fn not_before(
+        &self,
+        i: usize,
+    ) -> Result<Option<Timestamp>, recast_crds::duration::DurationError> {
+        i.checked_sub(1)
+            .and_then(|p| self.st.batches[p].finished_at.as_deref())
+            .and_then(time::parse)
+            .zip(self.wave.spec.strategy.pause_between_batches.as_deref())
+            .map(|(finished, pause)| {
+                recast_crds::duration::parse(pause).map(|d| time::add(finished, d))
+            })
+            .transpose()
+    }
+
+    /// Nothing holds batch `i`: start it if it has not started, and hand out its members that
+    /// have not started yet.
+    fn run_batch(&mut self, i: usize, started: bool, members: &Members) -> NextStep {
+        let waiting_members: Vec<String> = self.st.batches[i]
+            .endpoints
+            .iter()
+            .filter(|n| members.of(n) == Member::Waiting)
+            .cloned()
+            .collect();
+        if !started {
+            self.start_batch(i);
+        }
+        self.st.current_batch = Some(i as u32 + 1);
+        let message = format!(
+            "batch {}/{}: {} running, {} not started yet (each endpoint's status says what it waits for)",
+            i + 1,
+            self.st.batches.len(),
+            self.st.batches[i].running,
+            waiting_members.len()
+        );
+        NextStep {
+            due: waiting_members,
+            batch_started: !started,
+            ..NextStep::to(WavePhase::Running, message)
+        }
+    }
+
+    /// Stamps batch `i` (and the wave, on its first batch) as started, and says so.
+    fn start_batch(&mut self, i: usize) {
+        self.st.batches[i].started_at = Some(self.now_s.clone());
+        self.st.started_at.get_or_insert_with(|| self.now_s.clone());
+        let b = &self.st.batches[i];
+        let message = format!(
+            "batch {}/{}{} started: {} endpoints",
+            i + 1,
+            self.st.batches.len(),
+            if b.canary { " (canary)" } else { "" },
+            b.endpoints.len()
+        );
+        self.note(NoticeType::Normal, "BatchStarted", message);
+    }
+
+    /// A finished wave keeps the outcome message it ended with. Otherwise a change of phase
+    /// is announced, and a wave that ends now is stamped finished.
+    fn announce(&mut self, next: &mut NextStep, counts: &WaveCounts) {
+        let before = self.wave.status.phase;
+        if terminal(before) {
+            // The outcome message stays as it was when the wave ended.
+            if let Some(m) = self.st.messages.first() {
+                next.message = m.clone();
+            }
+        } else if Some(next.phase) != before {
+            let (t, reason) = phase_notice(next.phase);
+            if terminal(Some(next.phase)) {
+                self.st.finished_at = Some(self.now_s.clone());
+                self.st.next_batch_at = None;
+                next.requeue = (counts.running > 0).then_some(WAVE_REQUEUE);
+            }
+            // Batch starts already say that the wave runs.
+            if !(next.phase == WavePhase::Running && next.batch_started) {
+                self.note(t, reason, next.message.clone());
+            }
+        }
+    }
+
+    fn finish(mut self, next: NextStep) -> WaveDecision {
+        self.st.phase = Some(next.phase);
+        self.st.messages = vec![next.message];
+        self.decision(next.due, next.requeue)
     }
 }
 

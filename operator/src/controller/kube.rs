@@ -72,8 +72,53 @@ pub async fn run<P: PowerControl>(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let leader = Arc::new(AtomicBool::new(false));
-    let mut backend = store.sibling(leader.clone());
-    let inbox_index: Arc<std::sync::Mutex<std::collections::HashSet<Key>>> = Default::default();
+    let (ctrl, inbox_index) =
+        build_controller(store, leader.clone(), power, metrics, &opts, &shutdown)?;
+    let Some(lease) = set_up_lease(&client, &opts, &mut shutdown).await else {
+        return Ok(());
+    };
+    let (mut is_leader, lease_task) = lease.watch().await;
+    ready.store(true, Ordering::SeqCst);
+    tracing::info!(identity = %opts.identity, "waiting for the {LEASE_NAME} lease");
+
+    loop {
+        if !wait_for_leadership(&mut is_leader, &mut shutdown).await? {
+            drop(is_leader);
+            let _ = lease_task.await;
+            return Ok(());
+        }
+        leader.store(true, Ordering::SeqCst);
+        tracing::info!(identity = %opts.identity, "became leader; starting the endpoint controller");
+        if !prime_while_leading(&ctrl, &is_leader, &shutdown).await {
+            leader.store(false, Ordering::SeqCst);
+            continue;
+        }
+        lead(&client, &ctrl, &opts, &inbox_index, &is_leader, &shutdown).await;
+        leader.store(false, Ordering::SeqCst);
+        tracing::info!("endpoint controller stopped (leadership lost or shutting down)");
+        if *shutdown.borrow() {
+            drop(is_leader);
+            let _ = lease_task.await;
+            return Ok(());
+        }
+    }
+}
+
+/// Which endpoints have something queued in their inbox (kept by the inbox watch).
+type InboxIndex = Arc<std::sync::Mutex<std::collections::HashSet<Key>>>;
+
+/// The endpoint controller on a sibling of `store` whose writes check `leader`, and the inbox
+/// index it reads; with an image store, also starts this replica's image controller.
+fn build_controller<P: PowerControl>(
+    store: &KubeBackend,
+    leader: Arc<AtomicBool>,
+    power: Arc<P>,
+    metrics: Arc<crate::metrics::Metrics>,
+    opts: &KubeOptions,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<(Arc<Controller<KubeBackend, P>>, InboxIndex), String> {
+    let mut backend = store.sibling(leader);
+    let inbox_index: InboxIndex = Default::default();
     backend.inboxes = Some(inbox_index.clone());
     let backend = Arc::new(backend);
     if let Some(config) = &opts.image_store {
@@ -86,11 +131,19 @@ pub async fn run<P: PowerControl>(
         Controller::new(backend, power, Arc::new(crate::clock::SystemClock), metrics)
             .with_bmc_watch_interval(opts.bmc_watch_interval),
     );
+    Ok((ctrl, inbox_index))
+}
 
-    // Setting up the lease reads (or creates) it: an apiserver that is restarting or briefly
-    // unreachable is waited for, not a reason to exit (the e2e suite restarts it).
+/// Setting up the lease reads (or creates) it: an apiserver that is restarting or briefly
+/// unreachable is waited for, not a reason to exit (the e2e suite restarts it). None when
+/// shutdown came first.
+async fn set_up_lease(
+    client: &Client,
+    opts: &KubeOptions,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<kube_lease_manager::LeaseManager> {
     let mut wait = Duration::from_secs(1);
-    let lease = loop {
+    loop {
         let built = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), LEASE_NAME)
             .with_namespace(opts.lease_namespace.clone())
             .with_identity(opts.identity.clone())
@@ -100,195 +153,235 @@ pub async fn run<P: PowerControl>(
             .build()
             .await;
         match built {
-            Ok(lease) => break lease,
+            Ok(lease) => return Some(lease),
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?wait, "cannot set up leader election yet: is the apiserver reachable, and may this identity get and create Leases in {}?", opts.lease_namespace);
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.changed() => return Ok(()),
+                    _ = shutdown.changed() => return None,
                 }
                 wait = (wait * 2).min(Duration::from_secs(30));
             }
         }
-    };
-    let (mut is_leader, lease_task) = lease.watch().await;
-    ready.store(true, Ordering::SeqCst);
-    tracing::info!(identity = %opts.identity, "waiting for the {LEASE_NAME} lease");
+    }
+}
 
+/// Waits until this replica leads (true) or shutdown (false).
+async fn wait_for_leadership(
+    is_leader: &mut watch::Receiver<bool>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<bool, String> {
     loop {
-        // Wait for leadership or shutdown.
-        loop {
-            if *shutdown.borrow() {
-                drop(is_leader);
-                let _ = lease_task.await;
-                return Ok(());
-            }
-            if *is_leader.borrow() {
-                break;
-            }
-            tokio::select! {
-                r = is_leader.changed() => if r.is_err() { return Err("leader election stopped".into()) },
-                _ = shutdown.changed() => {}
-            }
-        }
-        leader.store(true, Ordering::SeqCst);
-        tracing::info!(identity = %opts.identity, "became leader; starting the endpoint controller");
-        // Without the fleet index, limits and the failure budget would read zero: no
-        // reconcile runs until every endpoint is loaded.
-        let mut primed = false;
-        while !primed && *is_leader.borrow() && !*shutdown.borrow() {
-            match ctrl.prime().await {
-                Ok(_) => primed = true,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot load endpoints; retrying in 2s");
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                }
-            }
-        }
-        if !primed {
-            leader.store(false, Ordering::SeqCst);
-            continue;
-        }
-        let mut lost = is_leader.clone();
-        let mut stop = shutdown.clone();
-        let end = async move {
-            tokio::select! {
-                _ = lost.wait_for(|l| !*l) => {}
-                _ = stop.wait_for(|s| *s) => {}
-            }
-        };
-        let endpoints = scoped::<Endpoint>(&client, opts.watch_namespace.as_deref());
-        let inbox_index = inbox_index.clone();
-        let inboxes: Api<ConfigMap> = Api::namespaced(client.clone(), &opts.control_namespace);
-        let watched = opts.watch_namespace.clone();
-        // Bounded concurrency: unbounded, a cold start over thousands of endpoints floods the
-        // apiserver with parallel writes and holds every in-flight request in memory.
-        let mut kc = KubeController::new(endpoints, watcher::Config::default().any_semantic())
-            .with_config(kube::runtime::controller::Config::default().concurrency(16))
-            .watches(
-                inboxes,
-                watcher::Config::default().labels(&format!("{INBOX_LABEL}=true")),
-                move |cm: ConfigMap| {
-                    let Some(key) = control_owner(ControlKind::Inbox, &cm)
-                        .filter(|k| watched.as_deref().is_none_or(|w| w == k.namespace))
-                    else {
-                        return Vec::new();
-                    };
-                    // Note which endpoints have something queued, before their reconcile runs.
-                    {
-                        let mut known = inbox_index.lock().unwrap_or_else(|p| p.into_inner());
-                        if cm.data.as_ref().is_some_and(|d| !d.is_empty()) {
-                            known.insert(key.clone());
-                        } else {
-                            known.remove(&key);
-                        }
-                    }
-                    vec![ObjectRef::<Endpoint>::new(&key.name).within(&key.namespace)]
-                },
-            )
-            .graceful_shutdown_on(end);
-        // A policy or image change re-evaluates every endpoint; each term subscribes afresh.
-        kc = kc.reconcile_all_on(changes(ctrl.backend.changes()));
-        // Endpoints per phase, from the controller's own watch cache.
-        let cache = kc.store();
-        let metrics = ctrl.metrics.clone();
-        // Silent endpoints' BMC logs are read by the lease holder only.
-        let bmc_watch = tokio::spawn(
-            ctrl.clone()
-                .watch_bmcs(ctrl.bmc_watch_interval, shutdown.clone()),
-        );
-        // Control objects whose endpoint went without passing the finalizer (removed by hand,
-        // or deleted while no replica led).
-        let sweeper = {
-            let backend = ctrl.backend.clone();
-            tokio::spawn(async move {
-                loop {
-                    match backend.sweep_orphans(ORPHAN_GRACE).await {
-                        Ok(0) => {}
-                        Ok(n) => tracing::info!(
-                            deleted = n,
-                            "removed control objects of endpoints that are gone"
-                        ),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot sweep orphaned control objects; trying again later")
-                        }
-                    }
-                    tokio::time::sleep(ORPHAN_SWEEP_INTERVAL).await;
-                }
-            })
-        };
-        let gauge = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(15)).await;
-                metrics.set_phases(
-                    cache
-                        .state()
-                        .iter()
-                        .map(|ep| ep.status.as_ref().and_then(|s| s.phase)),
-                );
-            }
-        });
-        // Waves run beside the endpoints, under the same lease and shutdown.
-        let mut lost = is_leader.clone();
-        let mut stop = shutdown.clone();
-        let wave_end = async move {
-            tokio::select! {
-                _ = lost.wait_for(|l| !*l) => {}
-                _ = stop.wait_for(|s| *s) => {}
-            }
-        };
-        let wave_kc = KubeController::new(
-            scoped::<ReimageWave>(&client, opts.watch_namespace.as_deref()),
-            watcher::Config::default().any_semantic(),
-        )
-        // A busy batch changes endpoint statuses many times a second; one wave reconcile (a
-        // LIST of the namespace) per second is enough to follow them.
-        .with_config(kube::runtime::controller::Config::default().debounce(WAVE_DEBOUNCE));
-        // An endpoint change re-evaluates the waves of its namespace that have not settled.
-        let wave_cache = wave_kc.store();
-        let waves = wave_kc
-            .watches(
-                scoped::<Endpoint>(&client, opts.watch_namespace.as_deref()),
-                watcher::Config::default().any_semantic(),
-                move |ep: Endpoint| {
-                    let ns = ep.namespace();
-                    wave_cache
-                        .state()
-                        .iter()
-                        .filter(|w| {
-                            w.namespace() == ns
-                                && !w.status.as_ref().is_some_and(recast_core::wave::settled)
-                        })
-                        .map(|w| ObjectRef::from_obj(&**w))
-                        .collect::<Vec<_>>()
-                },
-            )
-            .graceful_shutdown_on(wave_end)
-            .run(reconcile_wave::<P>, wave_error_policy::<P>, ctrl.clone())
-            .for_each(|r| async move {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "wave reconcile error");
-                }
-            });
-        let endpoints = kc
-            .run(reconcile::<P>, error_policy::<P>, ctrl.clone())
-            .for_each(|r| async move {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "reconcile error");
-                }
-            });
-        futures::future::join(endpoints, waves).await;
-        gauge.abort();
-        sweeper.abort();
-        bmc_watch.abort();
-        leader.store(false, Ordering::SeqCst);
-        tracing::info!("endpoint controller stopped (leadership lost or shutting down)");
         if *shutdown.borrow() {
-            drop(is_leader);
-            let _ = lease_task.await;
-            return Ok(());
+            return Ok(false);
+        }
+        if *is_leader.borrow() {
+            return Ok(true);
+        }
+        tokio::select! {
+            r = is_leader.changed() => if r.is_err() { return Err("leader election stopped".into()) },
+            _ = shutdown.changed() => {}
         }
     }
+}
+
+/// Loads every endpoint into the fleet index before the first reconcile of a term: without
+/// it, limits and the failure budget would read zero. False when leadership was lost or
+/// shutdown came first.
+async fn prime_while_leading<P: PowerControl>(
+    ctrl: &Controller<KubeBackend, P>,
+    is_leader: &watch::Receiver<bool>,
+    shutdown: &watch::Receiver<bool>,
+) -> bool {
+    while *is_leader.borrow() && !*shutdown.borrow() {
+        match ctrl.prime().await {
+            Ok(_) => return true,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot load endpoints; retrying in 2s");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    }
+    false
+}
+
+/// One term as leader: the endpoint and wave controllers, with the BMC watch, the orphan
+/// sweep and the phase gauge beside them, until leadership is lost or shutdown.
+async fn lead<P: PowerControl>(
+    client: &Client,
+    ctrl: &Arc<Controller<KubeBackend, P>>,
+    opts: &KubeOptions,
+    inbox_index: &InboxIndex,
+    is_leader: &watch::Receiver<bool>,
+    shutdown: &watch::Receiver<bool>,
+) {
+    let kc = endpoint_controller(
+        client,
+        opts,
+        inbox_index.clone(),
+        lost_or_shutdown(is_leader, shutdown),
+    );
+    // A policy or image change re-evaluates every endpoint; each term subscribes afresh.
+    let kc = kc.reconcile_all_on(changes(ctrl.backend.changes()));
+    // Endpoints per phase, from the controller's own watch cache.
+    let cache = kc.store();
+    let metrics = ctrl.metrics.clone();
+    // Silent endpoints' BMC logs are read by the lease holder only.
+    let bmc_watch = tokio::spawn(
+        ctrl.clone()
+            .watch_bmcs(ctrl.bmc_watch_interval, shutdown.clone()),
+    );
+    let sweeper = spawn_orphan_sweeper(ctrl.backend.clone());
+    let gauge = spawn_phase_gauge(cache, metrics);
+    // Waves run beside the endpoints, under the same lease and shutdown.
+    let waves = wave_controller(client, opts, ctrl, lost_or_shutdown(is_leader, shutdown));
+    let endpoints = kc
+        .run(reconcile::<P>, error_policy::<P>, ctrl.clone())
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "reconcile error");
+            }
+        });
+    futures::future::join(endpoints, waves).await;
+    gauge.abort();
+    sweeper.abort();
+    bmc_watch.abort();
+}
+
+/// Resolves when this replica loses the lease or the process shuts down: the end of a term.
+fn lost_or_shutdown(
+    is_leader: &watch::Receiver<bool>,
+    shutdown: &watch::Receiver<bool>,
+) -> impl Future<Output = ()> + Send + Sync + 'static + use<> {
+    let mut lost = is_leader.clone();
+    let mut stop = shutdown.clone();
+    async move {
+        tokio::select! {
+            _ = lost.wait_for(|l| !*l) => {}
+            _ = stop.wait_for(|s| *s) => {}
+        }
+    }
+}
+
+/// The endpoint controller of one term: the endpoints in scope, plus their inboxes (a queued
+/// input reconciles its endpoint), shutting down gracefully at `end`.
+fn endpoint_controller(
+    client: &Client,
+    opts: &KubeOptions,
+    inbox_index: InboxIndex,
+    end: impl Future<Output = ()> + Send + Sync + 'static,
+) -> KubeController<Endpoint> {
+    let endpoints = scoped::<Endpoint>(client, opts.watch_namespace.as_deref());
+    let inboxes: Api<ConfigMap> = Api::namespaced(client.clone(), &opts.control_namespace);
+    let watched = opts.watch_namespace.clone();
+    // Bounded concurrency: unbounded, a cold start over thousands of endpoints floods the
+    // apiserver with parallel writes and holds every in-flight request in memory.
+    KubeController::new(endpoints, watcher::Config::default().any_semantic())
+        .with_config(kube::runtime::controller::Config::default().concurrency(16))
+        .watches(
+            inboxes,
+            watcher::Config::default().labels(&format!("{INBOX_LABEL}=true")),
+            move |cm: ConfigMap| {
+                let Some(key) = control_owner(ControlKind::Inbox, &cm)
+                    .filter(|k| watched.as_deref().is_none_or(|w| w == k.namespace))
+                else {
+                    return Vec::new();
+                };
+                // Note which endpoints have something queued, before their reconcile runs.
+                {
+                    let mut known = inbox_index.lock().unwrap_or_else(|p| p.into_inner());
+                    if cm.data.as_ref().is_some_and(|d| !d.is_empty()) {
+                        known.insert(key.clone());
+                    } else {
+                        known.remove(&key);
+                    }
+                }
+                vec![ObjectRef::<Endpoint>::new(&key.name).within(&key.namespace)]
+            },
+        )
+        .graceful_shutdown_on(end)
+}
+
+/// Control objects whose endpoint went without passing the finalizer (removed by hand, or
+/// deleted while no replica led) are swept every [`ORPHAN_SWEEP_INTERVAL`].
+fn spawn_orphan_sweeper(backend: Arc<KubeBackend>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            match backend.sweep_orphans(ORPHAN_GRACE).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    deleted = n,
+                    "removed control objects of endpoints that are gone"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot sweep orphaned control objects; trying again later")
+                }
+            }
+            tokio::time::sleep(ORPHAN_SWEEP_INTERVAL).await;
+        }
+    })
+}
+
+/// Sets the endpoints-per-phase gauge from the controller's watch cache every 15 seconds.
+fn spawn_phase_gauge(
+    cache: kube::runtime::reflector::Store<Endpoint>,
+    metrics: Arc<crate::metrics::Metrics>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(15)).await;
+            metrics.set_phases(
+                cache
+                    .state()
+                    .iter()
+                    .map(|ep| ep.status.as_ref().and_then(|s| s.phase)),
+            );
+        }
+    })
+}
+
+/// The wave controller of one term, built now and run by the returned future until `end`:
+/// the waves in scope, each re-evaluated when an endpoint of its namespace changes while it
+/// has not settled.
+fn wave_controller<P: PowerControl, E: Future<Output = ()> + Send + Sync + 'static>(
+    client: &Client,
+    opts: &KubeOptions,
+    ctrl: &Arc<Controller<KubeBackend, P>>,
+    end: E,
+) -> impl Future<Output = ()> + use<P, E> {
+    let wave_kc = KubeController::new(
+        scoped::<ReimageWave>(client, opts.watch_namespace.as_deref()),
+        watcher::Config::default().any_semantic(),
+    )
+    // A busy batch changes endpoint statuses many times a second; one wave reconcile (a
+    // LIST of the namespace) per second is enough to follow them.
+    .with_config(kube::runtime::controller::Config::default().debounce(WAVE_DEBOUNCE));
+    // An endpoint change re-evaluates the waves of its namespace that have not settled.
+    let wave_cache = wave_kc.store();
+    wave_kc
+        .watches(
+            scoped::<Endpoint>(client, opts.watch_namespace.as_deref()),
+            watcher::Config::default().any_semantic(),
+            move |ep: Endpoint| {
+                let ns = ep.namespace();
+                wave_cache
+                    .state()
+                    .iter()
+                    .filter(|w| {
+                        w.namespace() == ns
+                            && !w.status.as_ref().is_some_and(recast_core::wave::settled)
+                    })
+                    .map(|w| ObjectRef::from_obj(&**w))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .graceful_shutdown_on(end)
+        .run(reconcile_wave::<P>, wave_error_policy::<P>, ctrl.clone())
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "wave reconcile error");
+            }
+        })
 }
 
 /// A stream of change notifications; a lagging receiver still yields one (nothing is lost by
