@@ -4,6 +4,7 @@
 pub mod http;
 pub mod imaging;
 pub mod redfish;
+pub mod status;
 pub mod tftp;
 
 use std::path::{Path, PathBuf};

@@ -23,6 +23,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use recast_tests::status::{condition, signals, step};
 use serde_json::Value;
 use site::{Backend, MachineSpec, Site};
 
@@ -114,36 +115,11 @@ fn machine(name: &str, mac: &str, qemu: bool, protected: bool) -> MachineSpec {
     }
 }
 
-fn condition(obj: &Value, kind: &str) -> Option<String> {
-    obj["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == kind)
-        .and_then(|c| c["status"].as_str().map(str::to_string))
-}
-
-fn signals(ep: &Value) -> Vec<String> {
-    ep["status"]["signals"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s["type"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn history(ep: &Value) -> Vec<Value> {
     ep["status"]["history"]
         .as_array()
         .cloned()
         .unwrap_or_default()
-}
-
-fn step(ep: &Value) -> Option<String> {
-    ep["status"]["activeAttempt"]["step"]
-        .as_str()
-        .map(str::to_string)
 }
 
 fn build(ep: &Value) -> Option<String> {

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use recast_tests::status::{condition, signals, step};
 use serde_json::Value;
 
 const IMAGE: &str = "win11-24h2-2026-01";
@@ -675,29 +676,4 @@ fn wimlib_imagex() -> Result<PathBuf, String> {
         }
     }
     recast_tests::wimlib::find().ok_or_else(|| "wimlib-imagex is not on PATH".to_string())
-}
-
-fn condition(obj: &Value, kind: &str) -> Option<String> {
-    obj["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == kind)
-        .and_then(|c| c["status"].as_str().map(str::to_string))
-}
-
-fn signals(ep: &Value) -> Vec<String> {
-    ep["status"]["signals"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s["type"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn step(ep: &Value) -> Option<String> {
-    ep["status"]["activeAttempt"]["step"]
-        .as_str()
-        .map(str::to_string)
 }
