@@ -443,33 +443,23 @@ mod tests {
 
     #[test]
     fn a_replay_becomes_the_same_inbox_entry() {
+        // Each accept with its own replay cache: as two replicas, or one after a restart.
+        let accept_fresh = |body: &[u8], sig: &str| {
+            accept(
+                &key(),
+                body,
+                Some(sig),
+                now_ns(),
+                &mut ReplayCache::default(),
+            )
+            .unwrap()
+        };
         let (body, sig) = seal(&key(), &target(), &booted()).unwrap();
-        let a = accept(
-            &key(),
-            &body,
-            Some(&sig),
-            now_ns(),
-            &mut ReplayCache::default(),
-        )
-        .unwrap();
-        let b = accept(
-            &key(),
-            &body,
-            Some(&sig),
-            now_ns(),
-            &mut ReplayCache::default(),
-        )
-        .unwrap();
+        let a = accept_fresh(&body, &sig);
+        let b = accept_fresh(&body, &sig);
         assert_eq!(a.entry_id(), b.entry_id());
         let (body2, sig2) = seal(&key(), &target(), &booted()).unwrap();
-        let c = accept(
-            &key(),
-            &body2,
-            Some(&sig2),
-            now_ns(),
-            &mut ReplayCache::default(),
-        )
-        .unwrap();
+        let c = accept_fresh(&body2, &sig2);
         assert_ne!(a.entry_id(), c.entry_id());
     }
 }
