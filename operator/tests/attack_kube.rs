@@ -20,10 +20,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use recast_operator::boot::BootIntents;
-use recast_operator::boot::intent::{self, BootChoice, Known, UnknownMacPolicy};
+use recast_operator::boot::intent::{self, BootChoice, UnknownMacPolicy};
 use recast_operator::controller::kube::KubeOptions;
+use recast_operator::store::BootIntents;
 use recast_operator::store::Key;
+use recast_operator::store::arming::{BootIntent, Known};
 use recast_operator::store::kube::{ControlKind, KubeBackend, control_name};
 use recast_tests::{K8s, free_port, inputs, repo_root, wait_for};
 use serde_json::{Value, json};
@@ -801,7 +802,7 @@ fn a_tenant_cannot_claim_another_tenants_machine() {
     ] {
         assert!(owners.contains(&owner), "{owner} missing from {owners:?}");
     }
-    let armed = intent::BootIntent {
+    let armed = BootIntent {
         namespace: b.clone(),
         endpoint: "thief".into(),
         mac_addresses: vec!["52:54:00:a1:00:01".into()],

@@ -5,11 +5,11 @@
 
 use std::path::PathBuf;
 
-use recast_operator::boot::BootIntent;
 use recast_operator::boot::render::{
     AttemptView, DomainJoin, ImageFile, ImagingEnvironment, Renderer, SiteSettings,
     obscure_admin_password,
 };
+use recast_operator::store::BootIntent;
 
 const BASE: &str = "http://10.0.40.2:8081";
 

@@ -450,7 +450,7 @@ impl recast_operator::store::BootArming for RacingEdit {
     async fn arm_boot(
         &self,
         ep: &recast_crds::Endpoint,
-        intent: &recast_operator::boot::BootIntent,
+        intent: &recast_operator::store::BootIntent,
     ) -> Result<(), BackendError> {
         self.inner.arm_boot(ep, intent).await
     }

@@ -13,11 +13,11 @@ use dhcproto::{Decodable, Decoder, Encodable};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
-use super::BootIntents;
 use super::intent::{self, BootChoice, UnknownMacPolicy};
 use super::ratelimit::SharedLimiter;
 use crate::metrics::Metrics;
 use crate::store::BackendError;
+use crate::store::BootIntents;
 
 /// What a request says about the client, as far as boot decisions go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -571,7 +571,7 @@ pub fn parse_leases(text: &str) -> Result<HashMap<String, Lease>, String> {
                 n + 1
             ));
         };
-        let mac = intent::normalize_mac(mac)
+        let mac = crate::store::arming::normalize_mac(mac)
             .ok_or_else(|| format!("line {}: {mac:?} is not a MAC address", n + 1))?;
         let ip: Ipv4Addr = ip
             .parse()
@@ -587,7 +587,7 @@ pub fn parse_leases(text: &str) -> Result<HashMap<String, Lease>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::boot::BootIntent;
+    use crate::store::BootIntent;
     use dhcproto::v4::{Architecture, Flags};
 
     fn request(mt: MessageType, arch: Option<u16>, vendor: Option<&str>, ipxe: bool) -> Vec<u8> {

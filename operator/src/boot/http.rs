@@ -15,9 +15,10 @@ use serde::{Deserialize, Serialize};
 
 use super::intent::{self, BootChoice, NotServed, UnknownMacPolicy};
 use super::render::{AttemptView, ImageFile, ImagingEnvironment, Renderer, SiteSettings};
-use super::{BootIntent, BootIntents};
 use crate::metrics::Metrics;
+use crate::store::arming::{Known, normalize_mac};
 use crate::store::{Backend, Key};
+use crate::store::{BootIntent, BootIntents};
 use crate::token::TokenKey;
 use recast_core::lifecycle::{Input, Notice, NoticeType};
 
@@ -204,7 +205,7 @@ async fn per_mac<B: Backend + BootIntents>(
     State(svc): State<Arc<BootHttp<B>>>,
     Path(raw_mac): Path<String>,
 ) -> Result<Response, Refusal> {
-    let Some(mac) = intent::normalize_mac(&raw_mac) else {
+    let Some(mac) = normalize_mac(&raw_mac) else {
         return Ok(text(
             StatusCode::BAD_REQUEST,
             "not a MAC address; iPXE asks for /boot/${net0/mac}\n",
@@ -257,14 +258,14 @@ async fn per_mac<B: Backend + BootIntents>(
         )),
         BootChoice::Local { discovered } => {
             let who = match &known {
-                intent::Known::Endpoint {
+                Known::Endpoint {
                     namespace, name, ..
                 } => {
                     svc.note_fallback(namespace, name, not_served.as_ref())
                         .await;
                     format!("{namespace}/{name}")
                 }
-                intent::Known::Unknown | intent::Known::Ambiguous { .. } => mac.clone(),
+                Known::Unknown | Known::Ambiguous { .. } => mac.clone(),
             };
             if discovered
                 && let Err(e) = svc
@@ -278,12 +279,10 @@ async fn per_mac<B: Backend + BootIntents>(
         }
         BootChoice::Wds => {
             let (namespace, name) = match &known {
-                intent::Known::Endpoint {
+                Known::Endpoint {
                     namespace, name, ..
                 } => (namespace.clone(), name.clone()),
-                intent::Known::Unknown | intent::Known::Ambiguous { .. } => {
-                    (String::new(), mac.clone())
-                }
+                Known::Unknown | Known::Ambiguous { .. } => (String::new(), mac.clone()),
             };
             let Some(server) = &svc.config.wds_server else {
                 tracing::warn!(%mac, "endpoint is in WDS mode but no --wds-server is set; booting it locally");

@@ -1,7 +1,7 @@
 //! What the boot service hands a machine on its next network boot, decided purely from the
 //! armed boot intent (if any) and what recast knows about the MAC address.
 
-pub use crate::store::arming::{BootIntent, Known, MacConflict, mac_conflicts, normalize_mac};
+use crate::store::arming::{BootIntent, Known};
 
 /// What to do with a MAC address recast does not manage.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -106,6 +106,8 @@ pub fn choose(
 #[cfg(test)]
 mod tests {
     use super::*;
+    // The MAC knowledge these cases also cover lives in store::arming.
+    use crate::store::arming::{MacConflict, mac_conflicts, normalize_mac};
 
     fn intent(ns: &str, name: &str, digest: Option<&str>) -> BootIntent {
         BootIntent {

@@ -12,5 +12,4 @@ pub mod render;
 pub mod service;
 pub mod tftp;
 
-pub use crate::store::arming::{BootIntent, BootIntents, Known};
 pub use intent::{BootChoice, UnknownMacPolicy};

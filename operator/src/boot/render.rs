@@ -5,7 +5,7 @@
 use serde::Serialize;
 use tera::{Context, Tera};
 
-use super::intent::BootIntent;
+use crate::store::BootIntent;
 
 const TEMPLATES: &[(&str, &str)] = &[
     (

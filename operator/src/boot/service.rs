@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use super::BootIntents;
 use super::dhcp::{self, DhcpConfig};
 use super::http::{BootConfig, BootHttp, router};
 use super::ratelimit::{BOOT_HTTP_PER_MAC, DHCP_PER_MAC, MAX_TRACKED_MACS, SharedLimiter};
@@ -13,6 +12,7 @@ use super::render::Renderer;
 use crate::http::Readiness;
 use crate::metrics::Metrics;
 use crate::store::Backend;
+use crate::store::BootIntents;
 use crate::token::TokenKey;
 
 pub struct BootServiceConfig {

@@ -5,7 +5,7 @@
 //!
 //! Two creates racing through two replicas can both pass (each lists before the other is
 //! stored); that, and any object written while the webhook was not registered, is caught after
-//! the fact: an ambiguous MAC boots nothing and is never armed (boot::intent::Known::Ambiguous,
+//! the fact: an ambiguous MAC boots nothing and is never armed (store::arming::Known::Ambiguous,
 //! Controller::execute).
 
 use std::sync::Arc;
@@ -17,8 +17,8 @@ use axum::routing::post;
 use recast_crds::Endpoint;
 use serde_json::{Value, json};
 
-use crate::boot::intent::mac_conflicts;
 use crate::store::Backend;
+use crate::store::arming::mac_conflicts;
 
 /// Where the apiserver sends Endpoint admission reviews.
 pub const PATH: &str = "/validate/endpoints";

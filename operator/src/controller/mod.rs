@@ -382,10 +382,10 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
     async fn ambiguous_macs(
         &self,
         ep: &Endpoint,
-    ) -> Result<Vec<crate::boot::intent::MacConflict>, BackendError> {
+    ) -> Result<Vec<crate::store::arming::MacConflict>, BackendError> {
         let key = Key::of(ep);
         let all = self.backend.endpoints().await?;
-        Ok(crate::boot::intent::mac_conflicts(
+        Ok(crate::store::arming::mac_conflicts(
             (&key.namespace, &key.name, &ep.spec.identity.mac_addresses),
             all.iter()
                 .filter(|o| o.metadata.deletion_timestamp.is_none())
@@ -435,7 +435,7 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
         }
         let result = match action {
             Action::ArmBoot { mac_addresses, .. } => {
-                let intent = crate::boot::BootIntent::for_action(ep, action, self.clock.now());
+                let intent = crate::store::BootIntent::for_action(ep, action, self.clock.now());
                 let conflicts = self.ambiguous_macs(ep).await?;
                 if !conflicts.is_empty() {
                     // Never arm a MAC another Endpoint claims: the machine that boots with it

@@ -1141,7 +1141,7 @@ impl EmbeddedStore {
 
     /// The endpoint (namespace, name, spec.bootServer) that lists this MAC address.
     /// Every live Endpoint that lists `mac` (namespace, name, spec.bootServer): more than one
-    /// is an ambiguous MAC, which boots nothing (see boot::intent::Known::Ambiguous).
+    /// is an ambiguous MAC, which boots nothing (see store::arming::Known::Ambiguous).
     pub fn endpoints_by_mac(
         &self,
         mac: &str,
