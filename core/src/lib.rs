@@ -7,6 +7,7 @@ pub mod derive;
 pub mod fleet;
 pub mod hold;
 pub mod image;
+pub mod imaging;
 pub mod lifecycle;
 pub mod naming;
 pub mod notice;

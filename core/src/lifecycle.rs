@@ -206,12 +206,15 @@ pub enum Input {
         try_number: Option<u32>,
         percent: u8,
     },
-    /// The imaging environment finished: Ok, or the reason it failed.
+    /// The imaging environment finished: Ok, or the reason it failed; `refusal` when it wrote
+    /// nothing on purpose (wrong machine, no single target disk): no retry, a person looks.
     ImagingFinished {
         attempt_id: String,
         #[serde(default)]
         try_number: Option<u32>,
         result: Result<(), String>,
+        #[serde(default)]
+        refusal: Option<crate::imaging::ImagingRefusal>,
     },
 }
 
@@ -583,11 +586,12 @@ impl<'a> Run<'a> {
                 attempt_id,
                 try_number,
                 result,
+                refusal,
             } if matches(attempt_id)
                 && this_try(*try_number)
                 && matches!(a.step, ReimageStep::Booting | ReimageStep::Applying) =>
             {
-                return self.imaging_finished(a, result);
+                return self.imaging_finished(a, result, *refusal);
             }
             Input::AgentReport(r)
                 if a.step == ReimageStep::FirstBoot && r.attempt_id.as_deref() == Some(&a.id) =>
@@ -654,7 +658,12 @@ impl<'a> Run<'a> {
 
     /// The imaging environment finished: on to the first boot of the new image, or the try
     /// failed (None).
-    fn imaging_finished(&mut self, mut a: Attempt, result: &Result<(), String>) -> Option<Attempt> {
+    fn imaging_finished(
+        &mut self,
+        mut a: Attempt,
+        result: &Result<(), String>,
+        refusal: Option<crate::imaging::ImagingRefusal>,
+    ) -> Option<Attempt> {
         match result {
             Ok(()) => {
                 a.progress_percent = Some(100);
@@ -666,10 +675,28 @@ impl<'a> Run<'a> {
                 self.take(Edge::ImageApplied);
                 Some(a)
             }
-            Err(e) => {
-                self.fail_try(a, format!("imaging failed: {e}"), false);
-                None
-            }
+            Err(e) => match refusal {
+                // The imaging environment wrote nothing on purpose; another try would see the
+                // same machine and the same disks.
+                Some(refusal) => {
+                    self.notice(
+                        NoticeType::Warning,
+                        refusal.reason(),
+                        format!(
+                            "attempt {} try {}: the imaging environment wrote nothing: {e}; {}",
+                            a.id,
+                            a.try_number,
+                            refusal.next_step()
+                        ),
+                    );
+                    self.fail_try(a, format!("imaging refused: {e}"), true);
+                    None
+                }
+                None => {
+                    self.fail_try(a, format!("imaging failed: {e}"), false);
+                    None
+                }
+            },
         }
     }
 

@@ -42,6 +42,7 @@ fn spec(bmc: bool) -> EndpointSpec {
             golden_image: None,
             channel: Some("stable".into()),
         },
+        target_disk: None,
         site: Some("store-042".into()),
         protected: false,
         paused: false,
@@ -228,9 +229,58 @@ fn run_happy_attempt(e: &mut One) {
         try_number: None,
         attempt_id: id.clone(),
         result: Ok(()),
+        refusal: None,
     });
     e.feed(report("26100.7623", Some(&id)));
     e.disarmed();
+}
+
+#[test]
+fn an_imaging_refusal_stops_the_attempt_for_a_person_at_once() {
+    use crate::imaging::ImagingRefusal;
+    for refusal in [ImagingRefusal::WrongMachine, ImagingRefusal::NoTargetDisk] {
+        let mut e = healthy(true);
+        e.feed(signals(&[SignalKind::FailedRollback]));
+        e.succeed(ActionKind::ArmBoot);
+        e.succeed(ActionKind::PowerCycle);
+        let id = e.attempt_id();
+        e.feed(Input::NetworkBooted {
+            try_number: Some(1),
+            attempt_id: id.clone(),
+            client: Some("10.0.40.17".into()),
+        });
+        // Try 1 of a policy that allows more: a refusal is not retried all the same.
+        assert!(e.policy.max_tries > 1);
+        let d = e.feed(Input::ImagingFinished {
+            try_number: Some(1),
+            attempt_id: id.clone(),
+            result: Err("identity: the machine is another one".into()),
+            refusal: Some(refusal),
+        });
+        assert_eq!(d.edge, Some(transitions::Edge::Quarantined), "{refusal:?}");
+        assert_eq!(kinds(&d), [ActionKind::DisarmBoot]);
+        let notice = d
+            .notices
+            .iter()
+            .find(|n| n.reason == refusal.reason())
+            .unwrap_or_else(|| panic!("a {} event: {:?}", refusal.reason(), d.notices));
+        assert_eq!(notice.type_, NoticeType::Warning);
+        assert!(
+            notice.message.contains("wrote nothing"),
+            "{}",
+            notice.message
+        );
+        assert_eq!(e.status.phase, Some(EndpointPhase::Quarantined));
+        assert!(e.status.active_attempt.is_none());
+        assert!(
+            e.status.history[0]
+                .message
+                .as_deref()
+                .is_some_and(|m| m.contains("not retryable")),
+            "{:?}",
+            e.status.history[0]
+        );
+    }
 }
 
 #[test]
@@ -271,6 +321,7 @@ fn failed_rollback_reimages_along_the_whole_path() {
         try_number: None,
         attempt_id: id.clone(),
         result: Ok(()),
+        refusal: None,
     });
     assert_eq!(kinds(&d), [ActionKind::DisarmBoot]);
     assert_eq!(e.state(), State::FirstBoot);
@@ -489,6 +540,7 @@ fn a_try_belongs_to_the_first_machine_that_claims_it() {
         try_number: Some(1),
         attempt_id: id.clone(),
         result: Err("dism failed".into()),
+        refusal: None,
     });
     let a = e.status.active_attempt.clone().unwrap();
     assert!(a.retry_after.is_some());
@@ -740,6 +792,7 @@ fn a_new_image_with_a_low_build_fails_the_try() {
         try_number: None,
         attempt_id: id.clone(),
         result: Ok(()),
+        refusal: None,
     });
     e.feed(report("26100.7462", Some(&id)));
     assert_eq!(e.state(), State::Failed);
@@ -768,6 +821,7 @@ fn inputs_for_another_attempt_are_ignored() {
         try_number: None,
         attempt_id: "old".into(),
         result: Err("x".into()),
+        refusal: None,
     });
     assert_eq!(e.state(), State::ArmingBoot);
 }
@@ -1315,6 +1369,7 @@ impl Fleet {
                             try_number: None,
                             attempt_id: id,
                             result,
+                            refusal: None,
                         },
                     )?;
                 }
@@ -1417,6 +1472,7 @@ fn every_edge_is_reachable_in_the_scenarios() {
         try_number: None,
         attempt_id: id.clone(),
         result: Ok(()),
+        refusal: None,
     });
     record(&e);
     e.feed(report("26100.7623", Some(&id)));
@@ -1431,6 +1487,7 @@ fn every_edge_is_reachable_in_the_scenarios() {
         try_number: None,
         attempt_id: id,
         result: Err("x".into()),
+        refusal: None,
     });
     record(&n); // TryFailed
     n.spec.protected = true;
@@ -1521,6 +1578,7 @@ fn a_late_message_from_an_earlier_try_is_ignored() {
         attempt_id: id.clone(),
         try_number: Some(1),
         result: Err("disk gone".into()),
+        refusal: None,
     });
     assert_eq!(e.state(), State::Booting);
     e.feed(Input::NetworkBooted {
@@ -1596,6 +1654,7 @@ fn finish_attempt(e: &mut One) {
         attempt_id: id.clone(),
         try_number: None,
         result: Ok(()),
+        refusal: None,
     });
     e.feed(report("26100.7623", Some(&id)));
 }
@@ -1681,6 +1740,7 @@ fn failed_rollback_holds_until_the_reimage_that_replaces_the_machine_ends() {
         attempt_id: id.clone(),
         try_number: None,
         result: Ok(()),
+        refusal: None,
     });
     assert!(
         hold(&e).held,
@@ -1887,11 +1947,11 @@ proptest! {
                         let id = e.attempt_id();
                         decisions.push(e.feed(Input::NetworkBooted { attempt_id: id.clone(), try_number: None, client: None }));
                         if ok {
-                            decisions.push(e.feed(Input::ImagingFinished { attempt_id: id.clone(), try_number: None, result: Ok(()) }));
+                            decisions.push(e.feed(Input::ImagingFinished { attempt_id: id.clone(), try_number: None, result: Ok(()) , refusal: None }));
                             e.advance(1);
                             decisions.push(e.feed(report("26100.7623", Some(&id))));
                         } else {
-                            decisions.push(e.feed(Input::ImagingFinished { attempt_id: id, try_number: None, result: Err("disk".into()) }));
+                            decisions.push(e.feed(Input::ImagingFinished { attempt_id: id, try_number: None, result: Err("disk".into()) , refusal: None }));
                         }
                     }
                 }

@@ -84,6 +84,12 @@ pub struct EndpointSpec {
     /// The golden image this endpoint must run.
     pub image: ImageRef,
 
+    /// Which disk the imaging environment writes. Unset: the only fixed (non-removable,
+    /// non-USB) disk of at least 50 GiB; with none or several such disks nothing is written
+    /// and the attempt stops for a person, listing the disks seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_disk: Option<TargetDisk>,
+
     /// Site name, used for per-site concurrency limits and maintenance windows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self) <= 63").message("spec.site must be a DNS label: lowercase letters, digits and '-', at most 63 characters"))]
@@ -248,6 +254,33 @@ pub struct ImageRef {
     #[schemars(length(max = 63))]
     pub channel: Option<String>,
 }
+
+/// The disk an endpoint's image is written to: by serial number, by WWN, or by rule (the only
+/// fixed disk of at least `minSizeGiB`). Never "disk 0": firmware and kernels order disks
+/// differently, and a USB stick or a second data disk must never be wiped.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.serial) && has(self.wwn))").message("spec.targetDisk names a disk by serial or by wwn, not both"))]
+pub struct TargetDisk {
+    /// The disk's serial number, as `lsblk -o SERIAL` or `Get-PhysicalDisk` shows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("size(self) >= 1 && size(self) <= 128").message("spec.targetDisk.serial must be 1 to 128 characters"))]
+    #[schemars(length(max = 128))]
+    pub serial: Option<String>,
+    /// The disk's World Wide Name (or NVMe EUI/NGUID), as `lsblk -o WWN` shows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("size(self) >= 1 && size(self) <= 128").message("spec.targetDisk.wwn must be 1 to 128 characters"))]
+    #[schemars(length(max = 128))]
+    pub wwn: Option<String>,
+    /// Without serial or wwn: the smallest disk the rule considers (GiB, default 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "minSizeGiB")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 65536").message("spec.targetDisk.minSizeGiB must be 1 to 65536"))]
+    pub min_size_gib: Option<u32>,
+}
+
+/// The smallest disk the default target-disk rule considers.
+pub const DEFAULT_MIN_DISK_GIB: u32 = 50;
 
 /// A manual reimage request. A new token requests a new reimage; the same token again does
 /// nothing, so re-applying the same YAML never wipes a machine twice.

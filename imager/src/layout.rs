@@ -4,7 +4,7 @@
 //!   disks too), Microsoft reserved 16 MiB, Windows (NTFS), Recovery (type
 //!   de94bba4-06d1-4d40-a16a-bfd50179d6ac, attributes 0x8000000000000001: required, no drive
 //!   letter).
-//! - BIOS/MBR: an active system partition, Windows, Recovery (type 0x27).
+//! - BIOS/MBR: an active FAT32 system partition (100 MiB), Windows (NTFS), Recovery (type 0x27).
 //!
 //! The plan fixes every sector and every GUID itself (the shell passes in fresh GUIDs), so what
 //! `sfdisk --json` reads back can be compared field by field before anything else is written.
@@ -22,6 +22,10 @@ pub const RECOVERY_TYPE: &str = "DE94BBA4-06D1-4D40-A16A-BFD50179D6AC";
 pub const RECOVERY_ATTRS: &str = "RequiredPartition GUID:63";
 /// MBR partition ids.
 pub const MBR_NTFS: &str = "7";
+/// The BIOS system partition is FAT32 (LBA): Windows boots from a FAT32 active partition as
+/// well as from NTFS, and FAT32 is what a Linux imaging environment can give a volume boot
+/// record that loads `\bootmgr` (syslinux's; no Debian package ships Windows' NTFS one).
+pub const MBR_FAT32: &str = "c";
 pub const MBR_RECOVERY: &str = "27";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -218,7 +222,7 @@ pub fn plan(
             let windows = system + system_size;
             partitions.push(Partition {
                 bootable: true,
-                ..part(Role::System, system, system_size, MBR_NTFS)
+                ..part(Role::System, system, system_size, MBR_FAT32)
             });
             partitions.push(part(
                 Role::Windows,
@@ -499,7 +503,7 @@ mod tests {
             "{script}"
         );
         assert!(
-            script.contains("start=2048, size=204800, type=7, bootable\n"),
+            script.contains("start=2048, size=204800, type=c, bootable\n"),
             "{script}"
         );
     }

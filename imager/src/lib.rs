@@ -7,6 +7,10 @@
 //! - [`layout`]: the partition table for the boot mode, rendered as an sfdisk script and checked
 //!   against what `sfdisk --json` reads back.
 
+pub mod acl;
+pub mod bootfiles;
 pub mod disks;
 pub mod identity;
 pub mod layout;
+pub mod progress;
+pub mod sysfs;

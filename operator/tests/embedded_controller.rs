@@ -188,6 +188,7 @@ async fn a_failed_rollback_reimages_through_every_step() {
             try_number: None,
             attempt_id: attempt.id.clone(),
             result: Ok(()),
+            refusal: None,
         },
     )
     .await

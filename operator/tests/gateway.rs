@@ -648,6 +648,7 @@ async fn the_loop_closes_through_the_agent() {
             attempt_id: attempt.id.clone(),
             try_number: None,
             result: Ok(()),
+            refusal: None,
         },
     ] {
         backend.post_input(&key("kiosk-01"), &input).await.unwrap();
@@ -911,6 +912,7 @@ async fn guard_end_to_end(immutable: bool) {
             attempt_id: attempt.id.clone(),
             try_number: None,
             result: Ok(()),
+            refusal: None,
         },
     ] {
         backend.post_input(&key("kiosk-01"), &input).await.unwrap();

@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use recast_crds::endpoint::ReimageStep;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::intent::{self, BootChoice, NotServed, UnknownMacPolicy};
 use super::render::{AttemptView, ImageFile, ImagingEnvironment, Renderer, SiteSettings};
@@ -93,61 +93,9 @@ pub fn client_address(peer: std::net::SocketAddr) -> String {
     peer.ip().to_canonical().to_string()
 }
 
-/// Progress of one imaging step, as the imaging environment posts it.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProgressReport {
-    pub percent: u8,
-    #[serde(default)]
-    pub step: Option<String>,
-    #[serde(default)]
-    pub message: Option<String>,
-}
-
-/// The end of an imaging run.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ResultReport {
-    pub ok: bool,
-    #[serde(default)]
-    pub step: Option<String>,
-    #[serde(default)]
-    pub error: Option<String>,
-}
-
-/// What the imaging environment does, fetched with the try's token.
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct ImagingTask {
-    pub namespace: String,
-    pub endpoint: String,
-    pub attempt_id: String,
-    pub try_number: u32,
-    pub boot_mode: String,
-    pub hostname: String,
-    pub image: ImageTaskFile,
-    pub progress_url: String,
-    pub result_url: String,
-}
-
-/// What a successful claim answers: the try's session token, good only from the claiming
-/// address, and where the task is.
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct ClaimAnswer {
-    pub token: String,
-    pub task_url: String,
-}
-
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct ImageTaskFile {
-    pub name: String,
-    pub url: String,
-    pub sha256: String,
-    pub size: u64,
-    pub index: u32,
-}
+pub use recast_core::imaging::{
+    AgentConfig, ClaimAnswer, ImageTaskFile, ImagingTask, ProgressReport, ResultReport,
+};
 
 /// Reports are short; anything bigger is refused before it is read.
 const MAX_REPORT_BYTES: usize = 4096;
@@ -614,6 +562,12 @@ async fn task<B: Backend + BootIntents>(
         .await?;
     let image = svc.image_file(&intent).await?;
     let attempt_url = super::render::attempt_url(&svc.config.base_url, &intent);
+    let ep = svc
+        .backend
+        .endpoint(&intent.key())
+        .await
+        .map_err(|e| Refusal::Unavailable(format!("the store is unavailable ({e}); retry")))?
+        .ok_or_else(|| Refusal::Gone(format!("endpoint {} no longer exists", intent.endpoint)))?;
     Ok(axum::Json(ImagingTask {
         namespace: intent.namespace.clone(),
         endpoint: intent.endpoint.clone(),
@@ -628,8 +582,12 @@ async fn task<B: Backend + BootIntents>(
             size: image.size,
             index: image.index,
         },
+        identity: recast_core::imaging::TaskIdentity::of(&ep.spec.identity),
+        target_disk: recast_core::imaging::target_disk(ep.spec.target_disk.as_ref()),
         progress_url: format!("{attempt_url}/progress"),
         result_url: format!("{attempt_url}/result"),
+        unattend_url: format!("{attempt_url}/unattend.xml"),
+        agent_config_url: format!("{attempt_url}/agent.json"),
     })
     .into_response())
 }
@@ -679,22 +637,6 @@ async fn unattend<B: Backend + BootIntents>(
         svc.renderer.unattend(&view, &svc.config.site)?,
     )
         .into_response())
-}
-
-/// The reimaged endpoint's agent configuration: who it is, where to report, the attempt it
-/// was installed by (its first report must carry it), and a fresh enrollment credential
-/// derived for this attempt, which the gateway exchanges for the endpoint's own token.
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct AgentConfig {
-    pub namespace: String,
-    pub endpoint: String,
-    pub attempt_id: String,
-    pub gateway_url: Option<String>,
-    pub enrollment_token: String,
-    /// The endpoint's update mode, so an immutable endpoint's agent holds quality updates from
-    /// its first boot, before the gateway's first answer.
-    pub update_mode: recast_crds::policy::UpdateMode,
 }
 
 /// The enrollment credential of an attempt (a different HMAC domain from the try token).
@@ -832,24 +774,21 @@ async fn result<B: Backend + BootIntents>(
             return Ok(text(
                 StatusCode::BAD_REQUEST,
                 format!(
-                    "result must be JSON {{\"ok\": true}} or {{\"ok\": false, \"step\": \"...\", \"error\": \"...\"}}: {e}\n"
+                    "result must be JSON {{\"ok\": true}} or {{\"ok\": false, \"step\": \"...\", \"error\": \"...\", \"refusal\": \"wrongMachine\" | \"noTargetDisk\" (optional)}}: {e}\n"
                 ),
             ));
         }
     };
-    let outcome = if report.ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{}: {}",
-            report.step.as_deref().unwrap_or("imaging"),
-            report.error.as_deref().unwrap_or("failed without a reason")
-        ))
+    let (result, refusal) = match report.outcome() {
+        Ok(()) => (Ok(()), None),
+        Err((why, refusal)) => (Err(why), refusal),
     };
     tracing::info!(
         endpoint = %intent.key(),
         attempt = %intent.attempt_id,
         ok = report.ok,
+        refusal = ?refusal,
+        error = report.error.as_deref().unwrap_or(""),
         "imaging finished"
     );
     svc.post(
@@ -857,7 +796,8 @@ async fn result<B: Backend + BootIntents>(
         Input::ImagingFinished {
             attempt_id: intent.attempt_id.clone(),
             try_number: Some(intent.try_number),
-            result: outcome,
+            result,
+            refusal,
         },
     )
     .await;

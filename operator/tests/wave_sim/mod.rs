@@ -207,6 +207,7 @@ impl<B: Backend> Sim<B> {
                 attempt_id: a.id.clone(),
                 try_number: None,
                 result,
+                refusal: None,
             };
             self.ctrl.reconcile(&k, finished).await.unwrap();
             if !failed {

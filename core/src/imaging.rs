@@ -1,0 +1,264 @@
+//! The imaging protocol's messages, as the boot service sends them and the imaging environment
+//! (recast-imager, or startnet.cmd in WinPE) reads and answers them. One definition for both
+//! sides: the operator serialises these, recast-imager deserialises them.
+//!
+//! The order of a try: claim (the answer is a session token bound to the claiming address),
+//! fetch the task, post progress, post the result.
+
+use recast_crds::endpoint::{DEFAULT_MIN_DISK_GIB, TargetDisk};
+use serde::{Deserialize, Serialize};
+
+/// What a successful claim answers: the try's session token, good only from the claiming
+/// address, and where the task is.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimAnswer {
+    pub token: String,
+    pub task_url: String,
+}
+
+/// What the imaging environment does, fetched with the try's token.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ImagingTask {
+    pub namespace: String,
+    pub endpoint: String,
+    pub attempt_id: String,
+    pub try_number: u32,
+    /// "uefi" or "bios".
+    pub boot_mode: String,
+    pub hostname: String,
+    pub image: ImageTaskFile,
+    /// Who the machine must be before anything is written (`spec.identity`).
+    pub identity: TaskIdentity,
+    /// Which disk to write (`spec.targetDisk`, with the default rule filled in).
+    pub target_disk: TargetDisk,
+    pub progress_url: String,
+    pub result_url: String,
+    /// The answer file for Windows Setup's specialize and oobe passes (to `\Windows\Panther`).
+    pub unattend_url: String,
+    /// The new image's agent configuration (to `\ProgramData\recast\agent.json`).
+    pub agent_config_url: String,
+}
+
+/// The Endpoint's identity fields the imaging environment checks against SMBIOS.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskIdentity {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smbios_uuid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial_number: Option<String>,
+}
+
+impl TaskIdentity {
+    pub fn of(identity: &recast_crds::endpoint::EndpointIdentity) -> TaskIdentity {
+        TaskIdentity {
+            smbios_uuid: identity.smbios_uuid.clone(),
+            serial_number: identity.serial_number.clone(),
+        }
+    }
+}
+
+/// The target disk the task carries: the Endpoint's, or the default rule.
+pub fn target_disk(spec: Option<&TargetDisk>) -> TargetDisk {
+    let mut t = spec.cloned().unwrap_or(TargetDisk {
+        serial: None,
+        wwn: None,
+        min_size_gib: None,
+    });
+    if t.serial.is_none() && t.wwn.is_none() && t.min_size_gib.is_none() {
+        t.min_size_gib = Some(DEFAULT_MIN_DISK_GIB);
+    }
+    t
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageTaskFile {
+    pub name: String,
+    pub url: String,
+    pub sha256: String,
+    pub size: u64,
+    /// The WIM image index to apply (1-based).
+    pub index: u32,
+}
+
+/// Progress of one imaging step, as the imaging environment posts it.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProgressReport {
+    pub percent: u8,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The end of an imaging run.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ResultReport {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Set when the imaging environment refused to write at all: another try cannot help,
+    /// a person must look.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<ImagingRefusal>,
+}
+
+/// Why an imaging environment wrote nothing, on purpose.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum ImagingRefusal {
+    /// The machine's SMBIOS UUID or serial number is not the Endpoint's: the MAC address
+    /// answered, but this is not (provably) the Endpoint's machine.
+    WrongMachine,
+    /// No disk, or more than one, matches the target-disk rule.
+    NoTargetDisk,
+}
+
+impl ImagingRefusal {
+    /// The event reason a person sees.
+    pub fn reason(self) -> &'static str {
+        match self {
+            ImagingRefusal::WrongMachine => "ImagingWrongMachine",
+            ImagingRefusal::NoTargetDisk => "ImagingNoTargetDisk",
+        }
+    }
+
+    /// What to do about it.
+    pub fn next_step(self) -> &'static str {
+        match self {
+            ImagingRefusal::WrongMachine => {
+                "check which machine answers for this Endpoint's MAC address and correct spec.identity, then request a reimage"
+            }
+            ImagingRefusal::NoTargetDisk => {
+                "name the disk with spec.targetDisk (serial or wwn) or fix the machine's disks, then request a reimage"
+            }
+        }
+    }
+}
+
+impl ResultReport {
+    /// What the report means for the try: Ok, or the reason it failed (and whether it was a
+    /// refusal).
+    pub fn outcome(&self) -> Result<(), (String, Option<ImagingRefusal>)> {
+        if self.ok {
+            return Ok(());
+        }
+        Err((
+            format!(
+                "{}: {}",
+                self.step.as_deref().unwrap_or("imaging"),
+                self.error.as_deref().unwrap_or("failed without a reason")
+            ),
+            self.refusal,
+        ))
+    }
+}
+
+/// The reimaged endpoint's agent configuration: who it is, where to report, the attempt it
+/// was installed by (its first report must carry it), and a fresh enrollment credential
+/// derived for this attempt, which the gateway exchanges for the endpoint's own token.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentConfig {
+    pub namespace: String,
+    pub endpoint: String,
+    pub attempt_id: String,
+    pub gateway_url: Option<String>,
+    pub enrollment_token: String,
+    /// The endpoint's update mode, so an immutable endpoint's agent holds quality updates from
+    /// its first boot, before the gateway's first answer.
+    pub update_mode: recast_crds::policy::UpdateMode,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_rule_fills_only_an_unset_target() {
+        let d = target_disk(None);
+        assert_eq!(d.min_size_gib, Some(DEFAULT_MIN_DISK_GIB));
+        assert_eq!((d.serial, d.wwn), (None, None));
+        let by_serial = TargetDisk {
+            serial: Some("S1".into()),
+            wwn: None,
+            min_size_gib: None,
+        };
+        assert_eq!(target_disk(Some(&by_serial)), by_serial);
+        let small = TargetDisk {
+            serial: None,
+            wwn: None,
+            min_size_gib: Some(2),
+        };
+        assert_eq!(target_disk(Some(&small)), small);
+    }
+
+    #[test]
+    fn a_result_says_ok_a_failure_or_a_refusal() {
+        let parse = |s: &str| serde_json::from_str::<ResultReport>(s);
+        assert_eq!(parse(r#"{"ok":true}"#).unwrap().outcome(), Ok(()));
+        assert_eq!(
+            parse(r#"{"ok":false,"step":"apply","error":"disk full"}"#)
+                .unwrap()
+                .outcome(),
+            Err(("apply: disk full".into(), None))
+        );
+        assert_eq!(
+            parse(r#"{"ok":false,"step":"identity","error":"x","refusal":"wrongMachine"}"#)
+                .unwrap()
+                .outcome(),
+            Err(("identity: x".into(), Some(ImagingRefusal::WrongMachine)))
+        );
+        assert_eq!(
+            parse(r#"{"ok":false}"#).unwrap().outcome(),
+            Err(("imaging: failed without a reason".into(), None))
+        );
+        // Bad input: an unknown refusal or field is refused, not ignored.
+        assert!(parse(r#"{"ok":false,"refusal":"bored"}"#).is_err());
+        assert!(parse(r#"{"ok":true,"extra":1}"#).is_err());
+    }
+
+    #[test]
+    fn a_task_round_trips_in_the_shape_the_imager_reads() {
+        let task = ImagingTask {
+            namespace: "default".into(),
+            endpoint: "kiosk-001".into(),
+            attempt_id: "a1".into(),
+            try_number: 1,
+            boot_mode: "uefi".into(),
+            hostname: "KIOSK-001".into(),
+            image: ImageTaskFile {
+                name: "golden".into(),
+                url: "http://b/artifacts/images/x.wim".into(),
+                sha256: "ab".into(),
+                size: 3,
+                index: 1,
+            },
+            identity: TaskIdentity {
+                smbios_uuid: Some("1b4e28ba-2fa1-11d2-883f-0016d3cca427".into()),
+                serial_number: None,
+            },
+            target_disk: target_disk(None),
+            progress_url: "p".into(),
+            result_url: "r".into(),
+            unattend_url: "u".into(),
+            agent_config_url: "c".into(),
+        };
+        let json = serde_json::to_value(&task).unwrap();
+        assert_eq!(json["targetDisk"]["minSizeGiB"], 50);
+        assert_eq!(
+            json["identity"]["smbiosUuid"],
+            "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
+        );
+        assert_eq!(json["agentConfigUrl"], "c");
+        let back: ImagingTask = serde_json::from_value(json).unwrap();
+        assert_eq!(back, task);
+    }
+}

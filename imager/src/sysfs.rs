@@ -1,0 +1,227 @@
+//! The shell that reads the machine from sysfs: its SMBIOS identity and its block devices. No
+//! udev runs in the imaging environment, so this reads the kernel's files directly. `root` is
+//! `/sys` on a machine and a fake tree in tests.
+
+use std::path::Path;
+
+use crate::disks::{Disk, Transport, is_disk_name};
+use crate::identity::Seen;
+
+fn read_trimmed(path: &Path) -> Option<String> {
+    let s = std::fs::read_to_string(path).ok()?;
+    let t = s.trim_matches(|c: char| c.is_whitespace() || c == '\0');
+    (!t.is_empty()).then(|| t.to_string())
+}
+
+/// The SMBIOS version from the entry point structure (`_SM_` for 2.x, `_SM3_` for 3.x).
+pub fn smbios_version(entry_point: &[u8]) -> Option<(u8, u8)> {
+    if entry_point.starts_with(b"_SM3_") && entry_point.len() > 8 {
+        Some((entry_point[7], entry_point[8]))
+    } else if entry_point.starts_with(b"_SM_") && entry_point.len() > 7 {
+        Some((entry_point[6], entry_point[7]))
+    } else {
+        None
+    }
+}
+
+/// What the machine says about itself.
+pub fn identity(root: &Path) -> Seen {
+    let dmi = root.join("class/dmi/id");
+    Seen {
+        product_uuid: read_trimmed(&dmi.join("product_uuid")),
+        product_serial: read_trimmed(&dmi.join("product_serial")),
+        smbios_version: std::fs::read(root.join("firmware/dmi/tables/smbios_entry_point"))
+            .ok()
+            .and_then(|b| smbios_version(&b)),
+    }
+}
+
+/// Every disk the kernel shows, with what the target-disk rule needs, sorted by name.
+pub fn disks(root: &Path) -> std::io::Result<Vec<Disk>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(root.join("block"))? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        if !is_disk_name(&name) {
+            continue;
+        }
+        let dir = entry.path();
+        let flag = |f: &str| read_trimmed(&dir.join(f)).as_deref() == Some("1");
+        let sectors: u64 = read_trimmed(&dir.join("size"))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        // virtio-blk keeps its serial on the disk; NVMe and SCSI on the device.
+        let serial = read_trimmed(&dir.join("serial"))
+            .or_else(|| read_trimmed(&dir.join("device/serial")))
+            .or_else(|| vpd_serial(&dir.join("device/vpd_pg80")));
+        let wwn =
+            read_trimmed(&dir.join("wwid")).or_else(|| read_trimmed(&dir.join("device/wwid")));
+        let resolved = std::fs::canonicalize(&dir)
+            .map(|p| p.to_string_lossy().to_string())
+            .unwrap_or_default();
+        out.push(Disk {
+            name,
+            // The kernel counts `size` in 512-byte units whatever the sector size.
+            size_bytes: sectors * 512,
+            serial,
+            wwn,
+            removable: flag("removable"),
+            read_only: flag("ro"),
+            transport: Transport::of_sysfs_path(&resolved),
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// The serial number in a SCSI Unit Serial Number VPD page (0x80): a 4-byte header, then the
+/// serial's length in byte 3 and the ASCII serial.
+fn vpd_serial(path: &Path) -> Option<String> {
+    let page = std::fs::read(path).ok()?;
+    let len = usize::from(*page.get(3)?);
+    let serial = String::from_utf8_lossy(page.get(4..4 + len)?)
+        .trim()
+        .to_string();
+    (!serial.is_empty()).then_some(serial)
+}
+
+/// The logical sector size of a disk (512 when the kernel does not say).
+pub fn sector_size(root: &Path, disk: &str) -> u64 {
+    read_trimmed(
+        &root
+            .join("block")
+            .join(disk)
+            .join("queue/logical_block_size"),
+    )
+    .and_then(|s| s.parse().ok())
+    .unwrap_or(512)
+}
+
+/// The kernel name of partition `n` of `disk`: vda3, sda3, but nvme0n1p3 and mmcblk0p3 (a
+/// disk name ending in a digit takes a `p`).
+pub fn partition_name(disk: &str, n: u32) -> String {
+    if disk.ends_with(|c: char| c.is_ascii_digit()) {
+        format!("{disk}p{n}")
+    } else {
+        format!("{disk}{n}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(root: &Path, rel: &str, content: &[u8]) {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+
+    #[test]
+    fn identity_reads_uuid_serial_and_the_smbios_version() {
+        let t = tempfile::tempdir().unwrap();
+        write(
+            t.path(),
+            "class/dmi/id/product_uuid",
+            b"1b4e28ba-2fa1-11d2-883f-0016d3cca427\n",
+        );
+        write(t.path(), "class/dmi/id/product_serial", b"  SN-01 \n");
+        let mut ep = b"_SM3_".to_vec();
+        ep.extend_from_slice(&[0x1f, 0x18, 3, 2, 0]);
+        write(t.path(), "firmware/dmi/tables/smbios_entry_point", &ep);
+        let seen = identity(t.path());
+        assert_eq!(
+            seen.product_uuid.as_deref(),
+            Some("1b4e28ba-2fa1-11d2-883f-0016d3cca427")
+        );
+        assert_eq!(seen.product_serial.as_deref(), Some("SN-01"));
+        assert_eq!(seen.smbios_version, Some((3, 2)));
+        // Nothing there (the kernel hides all-zero UUIDs; a VM may have no serial).
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(identity(empty.path()), Seen::default());
+    }
+
+    #[test]
+    fn entry_points_of_both_generations_and_garbage() {
+        assert_eq!(smbios_version(b"_SM_\x1f\x1f\x02\x08rest"), Some((2, 8)));
+        assert_eq!(smbios_version(b"_SM_\x1f\x1f\x02\x05rest"), Some((2, 5)));
+        assert_eq!(smbios_version(b"_SM3_\x00\x18\x03\x00"), Some((3, 0)));
+        assert_eq!(smbios_version(b"_SM_"), None);
+        assert_eq!(smbios_version(b"garbage!"), None);
+        assert_eq!(smbios_version(b""), None);
+    }
+
+    #[test]
+    fn disks_come_with_size_serial_wwn_flags_and_transport() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        // Real sysfs entries are symlinks into /sys/devices; the transport comes from there.
+        let devices = root.join("devices");
+        for (name, path) in [
+            ("vda", "pci0000:00/0000:00:04.0/virtio1/block/vda"),
+            (
+                "sda",
+                "pci0000:00/0000:00:14.0/usb2/2-1/host6/target6:0:0/6:0:0:0/block/sda",
+            ),
+            ("nvme0n1", "pci0000:00/0000:00:05.0/nvme/nvme0/nvme0n1"),
+            ("loop0", "virtual/block/loop0"),
+        ] {
+            let dir = devices.join(path);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::create_dir_all(root.join("block")).unwrap();
+            std::os::unix::fs::symlink(&dir, root.join("block").join(name)).unwrap();
+        }
+        let block = |n: &str, f: &str, c: &[u8]| write(root, &format!("block/{n}/{f}"), c);
+        block("vda", "size", b"8388608\n");
+        block("vda", "serial", b"DISK-A\n");
+        block("vda", "removable", b"0\n");
+        block("vda", "ro", b"0\n");
+        block("sda", "size", b"62914560\n");
+        block("sda", "removable", b"1\n");
+        block("sda", "device/vpd_pg80", b"\x00\x80\x00\x06USB-01");
+        block("nvme0n1", "size", b"1000215216\n");
+        block("nvme0n1", "device/serial", b"NVME-SERIAL   \n");
+        block("nvme0n1", "wwid", b"eui.0025388b71b0a1b2\n");
+        block("nvme0n1", "ro", b"1\n");
+        block("loop0", "size", b"100\n");
+        let seen = disks(root).unwrap();
+        let names: Vec<&str> = seen.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["nvme0n1", "sda", "vda"],
+            "loop devices are not disks"
+        );
+        let vda = &seen[2];
+        assert_eq!(vda.size_bytes, 4 << 30);
+        assert_eq!(vda.serial.as_deref(), Some("DISK-A"));
+        assert_eq!(vda.transport, Transport::Virtio);
+        assert!(!vda.removable && !vda.read_only);
+        let sda = &seen[1];
+        assert_eq!(sda.transport, Transport::Usb);
+        assert!(sda.removable);
+        assert_eq!(sda.serial.as_deref(), Some("USB-01"));
+        let nvme = &seen[0];
+        assert_eq!(nvme.serial.as_deref(), Some("NVME-SERIAL"));
+        assert_eq!(nvme.wwn.as_deref(), Some("eui.0025388b71b0a1b2"));
+        assert_eq!(nvme.transport, Transport::Nvme);
+        assert!(nvme.read_only);
+        // No block directory at all: an error the imager reports, not an empty list.
+        assert!(disks(&root.join("nowhere")).is_err());
+    }
+
+    #[test]
+    fn partition_names_follow_the_kernel() {
+        assert_eq!(partition_name("vda", 3), "vda3");
+        assert_eq!(partition_name("sda", 1), "sda1");
+        assert_eq!(partition_name("nvme0n1", 3), "nvme0n1p3");
+        assert_eq!(partition_name("mmcblk0", 2), "mmcblk0p2");
+    }
+
+    #[test]
+    fn sector_size_defaults_to_512() {
+        let t = tempfile::tempdir().unwrap();
+        write(t.path(), "block/sdb/queue/logical_block_size", b"4096\n");
+        assert_eq!(sector_size(t.path(), "sdb"), 4096);
+        assert_eq!(sector_size(t.path(), "vda"), 512);
+    }
+}
