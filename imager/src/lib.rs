@@ -8,6 +8,7 @@
 //!   against what `sfdisk --json` reads back.
 
 pub mod acl;
+pub mod bcd;
 pub mod bootfiles;
 pub mod disks;
 pub mod identity;

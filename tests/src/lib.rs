@@ -1,6 +1,8 @@
 //! Shared helpers for recast's integration suites: finding the real peers the suites run
 //! against, and deciding whether a missing peer skips a suite (a laptop) or fails it (CI).
 
+pub mod bcd_xml;
+pub mod hive;
 pub mod http;
 pub mod imaging;
 pub mod redfish;
