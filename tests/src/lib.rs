@@ -2,9 +2,11 @@
 //! against, and deciding whether a missing peer skips a suite (a laptop) or fails it (CI).
 
 pub mod bcd_xml;
+pub mod golden_ntfs;
 pub mod hive;
 pub mod http;
 pub mod imaging;
+pub mod readback;
 pub mod redfish;
 pub mod status;
 pub mod tftp;
