@@ -14,4 +14,5 @@ pub mod disks;
 pub mod identity;
 pub mod layout;
 pub mod progress;
+pub mod run;
 pub mod sysfs;

@@ -4,15 +4,23 @@
 //! recast-operator binary on the embedded store.
 //!
 //! (a) an endpoint with no armed attempt is told to boot locally;
-//! (b) an armed endpoint gets the imaging script and its files; the imaging environment (a Debian
-//!     kernel + busybox initrd playing WinPE's part, tests/pxe/imager-init.sh) follows the
-//!     imaging protocol, downloads the image with a Range-resumed GET, checks its sha256, writes
-//!     it to the VM's disk and reports; the test compares the disk's bytes;
+//! (b) an armed endpoint gets the imaging script and its files; recast's Linux imaging
+//!     environment (`make imager`: Debian's kernel + recast-imager, wimlib, ntfs-3g, sfdisk,
+//!     hivexsh, syslinux) checks the machine's SMBIOS UUID, picks the disk by rule, downloads
+//!     and verifies a golden WIM that looks like Windows where it matters, partitions, applies
+//!     it with wimlib, writes the boot files and the BCD, reports, and restarts. The test then
+//!     reads the disk back with tools that are not recast (sfdisk, mtools, ntfs-3g, hivexml),
+//!     compares the NTFS volume file by file with the golden source, and boots the disk alone
+//!     to see the boot-manager stand-in run (BIOS and UEFI);
+//! (e) the refusals: a machine whose SMBIOS UUID is not the Endpoint's, a machine with two
+//!     equal candidate disks, and a corrupted download leave every disk byte-for-byte as it
+//!     was, and the first two stop the attempt for a person;
 //! (c) full DHCP mode works without dnsmasq;
 //! (d) a first-stage client that only speaks TFTP (OVMF's own PXE client) gets the iPXE binary
 //!     from recast's TFTP server and chains into HTTP.
 //!
-//! Needs root, QEMU, dnsmasq and the Debian kernel (tests/pxe/setup.sh). Skips loudly without
+//! Needs root, QEMU, dnsmasq, the Debian kernel (tests/pxe/setup.sh) and the imaging
+//! environment's packages (imager/env/setup.sh). Skips loudly without
 //! them unless RECAST_REQUIRE_PXE=1 (CI sets it).
 
 use std::path::{Path, PathBuf};
@@ -21,6 +29,9 @@ use std::time::{Duration, Instant};
 
 use recast_crds::manifest::Kind;
 use recast_operator::store::embedded::EmbeddedStore;
+use recast_tests::golden_ntfs::{self, GoldenWim};
+use recast_tests::readback::{self, MountedNtfs, Table};
+use recast_tests::{bcd_xml, hive, wimlib};
 use serde_json::{Value, json};
 
 const REQUIRE: &str = "RECAST_REQUIRE_PXE";
@@ -110,30 +121,65 @@ impl Drop for Net {
     }
 }
 
-/// Deterministic pseudo-random bytes: the "WIM" the imaging environment writes.
-fn payload(len: usize) -> Vec<u8> {
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 struct Site {
     dir: PathBuf,
     root: PathBuf,
     data: PathBuf,
     digest: String,
-    payload: Vec<u8>,
+    golden: GoldenWim,
 }
 
 const VM1: &str = "52:54:00:77:00:01";
 const VM2: &str = "52:54:00:77:00:02";
 const VM3: &str = "52:54:00:77:00:03";
+const VM4: &str = "52:54:00:77:00:04";
+const VM5: &str = "52:54:00:77:00:05";
+const VM6: &str = "52:54:00:77:00:06";
+/// The SMBIOS UUIDs the Endpoints name (QEMU `-uuid`).
+const UUID1: &str = "1b4e28ba-2fa1-11d2-883f-0016d3cca401";
+const UUID3: &str = "1b4e28ba-2fa1-11d2-883f-0016d3cca403";
+const UUID4: &str = "1b4e28ba-2fa1-11d2-883f-0016d3cca404";
+/// vm-03's disk, named by serial in its Endpoint.
+const DISK3_SERIAL: &str = "RECAST-DISK-03";
+const GIB: u64 = 1 << 30;
+
+/// The imaging environment (`imager/env/build.sh` around the recast-imager this build made,
+/// cached by content) into `root/linux`.
+fn imaging_environment(root: &Path, dir: &Path) {
+    let built = Path::new(env!("CARGO_BIN_EXE_recast-operator")).with_file_name("recast-imager");
+    assert!(
+        built.is_file(),
+        "no recast-imager next to recast-operator: `make test` (cargo test --workspace) builds it"
+    );
+    // Without debug info: the initrd stays small and its cache key follows the code.
+    let stripped = dir.join("recast-imager");
+    let ok = Command::new("strip")
+        .arg("--strip-debug")
+        .arg(&built)
+        .arg("-o")
+        .arg(&stripped)
+        .status()
+        .unwrap();
+    assert!(ok.success(), "strip recast-imager");
+    let ok = Command::new(repo().join("imager/env/build.sh"))
+        .arg("--imager")
+        .arg(&stripped)
+        .arg("--out")
+        .arg(root)
+        .status()
+        .unwrap();
+    assert!(ok.success(), "imager/env/build.sh failed");
+}
+
+fn endpoint_doc(name: &str, mac: &str, mode: &str, uuid: Option<&str>, target: Value) -> Value {
+    let mut identity = json!({"macAddresses": [mac]});
+    if let Some(u) = uuid {
+        identity["smbiosUuid"] = json!(u);
+    }
+    json!({"apiVersion": "recast.dev/v1alpha1", "kind": "Endpoint", "metadata": {"name": name},
+           "spec": {"identity": identity, "bootMode": mode, "image": {"goldenImage": "golden"},
+                    "targetDisk": target}})
+}
 
 fn prepare(tag: &str) -> Site {
     let dir = std::env::temp_dir().join(format!("recast-pxe-{tag}-{}", std::process::id()));
@@ -145,25 +191,37 @@ fn prepare(tag: &str) -> Site {
     for f in ["undionly.kpxe", "snponly.efi", "ipxe.efi"] {
         std::fs::copy(format!("/usr/lib/ipxe/{f}"), root.join("ipxe").join(f)).unwrap();
     }
-    let ok = Command::new(repo().join("tests/pxe/build-imager.sh"))
-        .arg(&root)
-        .status()
-        .unwrap();
-    assert!(ok.success(), "build-imager.sh failed");
-    let bytes = payload(3 * 1024 * 1024 + 12345);
-    let tmp = dir.join("payload");
-    std::fs::write(&tmp, &bytes).unwrap();
-    let digest = recast_tests::sha256_file(&tmp);
-    std::fs::rename(&tmp, root.join("images").join(format!("{digest}.wim"))).unwrap();
+    imaging_environment(&root, &dir);
+    // The golden image: Windows where it matters (security descriptors, named streams, a
+    // junction, hard links, short names, \Windows\Boot with runnable boot-manager stand-ins,
+    // a BCD-Template, the January servicing package). Built once per machine, reused.
+    let golden = golden_ntfs::build_golden(
+        &std::env::temp_dir().join("recast-golden-ntfs"),
+        wimlib::JANUARY_2026,
+        &hive::bcd_template(true),
+    );
+    let digest = golden.wim_sha256.clone();
+    std::fs::copy(
+        &golden.wim,
+        root.join("images").join(format!("{digest}.wim")),
+    )
+    .unwrap();
 
     let store = EmbeddedStore::open(&data).unwrap();
+    let small = json!({"minSizeGiB": 1});
     let docs = [
-        json!({"apiVersion": "recast.dev/v1alpha1", "kind": "Endpoint", "metadata": {"name": "vm-01"},
-               "spec": {"identity": {"macAddresses": [VM1]}, "bootMode": "bios", "image": {"goldenImage": "golden"}}}),
-        json!({"apiVersion": "recast.dev/v1alpha1", "kind": "Endpoint", "metadata": {"name": "vm-02"},
-               "spec": {"identity": {"macAddresses": [VM2]}, "bootMode": "bios", "image": {"goldenImage": "golden"}}}),
-        json!({"apiVersion": "recast.dev/v1alpha1", "kind": "Endpoint", "metadata": {"name": "vm-03"},
-               "spec": {"identity": {"macAddresses": [VM3]}, "bootMode": "uefi", "image": {"goldenImage": "golden"}}}),
+        endpoint_doc("vm-01", VM1, "bios", Some(UUID1), json!({"minSizeGiB": 2})),
+        endpoint_doc("vm-02", VM2, "bios", None, small.clone()),
+        endpoint_doc(
+            "vm-03",
+            VM3,
+            "uefi",
+            Some(UUID3),
+            json!({"serial": DISK3_SERIAL}),
+        ),
+        endpoint_doc("vm-04", VM4, "bios", Some(UUID4), small.clone()),
+        endpoint_doc("vm-05", VM5, "bios", None, small.clone()),
+        endpoint_doc("vm-06", VM6, "bios", None, small),
         json!({"apiVersion": "recast.dev/v1alpha1", "kind": "RemediationPolicy", "metadata": {"name": "default"},
                "spec": {"signals": {"failedRollback": "ReimageNow", "bootCrash": "ReimageNow", "heartbeatLost": "AlertOnly", "drift": "AlertOnly", "nonCompliant": "AlertOnly"},
                         "cooldown": "1m", "retry": {"maxTries": 2, "backoff": "1m", "tryTimeout": "30m"}, "concurrency": {"global": 5}}}),
@@ -187,8 +245,14 @@ fn prepare(tag: &str) -> Site {
         root,
         data,
         digest,
-        payload: bytes,
+        golden,
     }
+}
+
+/// A sparse disk image of `bytes`, all zeros.
+fn blank_disk(path: &Path, bytes: u64) {
+    let f = std::fs::File::create(path).unwrap();
+    f.set_len(bytes).unwrap();
 }
 
 fn operator(net: &Net, site: &Site, extra: &[&str]) -> Proc {
@@ -230,19 +294,39 @@ fn operator_log(site: &Site) -> String {
     std::fs::read_to_string(site.dir.join("operator.log")).unwrap_or_default()
 }
 
-fn vm(net: &Net, site: &Site, mac: &str, disk: &Path, tag: &str) -> Proc {
-    vm_with(net, site, mac, disk, tag, Firmware::Bios)
+/// A machine on the provisioning network.
+struct Machine<'a> {
+    mac: &'a str,
+    fw: Firmware,
+    /// SMBIOS UUID (QEMU picks none when unset).
+    uuid: Option<&'a str>,
+    /// Disks, each with an optional serial number, as virtio-blk devices.
+    disks: Vec<(&'a Path, Option<&'a str>)>,
 }
 
-fn vm_with(net: &Net, site: &Site, mac: &str, disk: &Path, tag: &str, fw: Firmware) -> Proc {
+impl<'a> Machine<'a> {
+    fn bios(mac: &'a str, disk: &'a Path) -> Self {
+        Machine {
+            mac,
+            fw: Firmware::Bios,
+            uuid: None,
+            disks: vec![(disk, None)],
+        }
+    }
+}
+
+fn vm(net: &Net, site: &Site, mac: &str, disk: &Path, tag: &str) -> Proc {
+    vm_with(net, site, &Machine::bios(mac, disk), tag)
+}
+
+fn qemu_base(site: &Site, m: &Machine, tag: &str) -> Command {
     let serial = site.dir.join(format!("serial-{tag}.log"));
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &net.site(), "qemu-system-x86_64"])
-        .args([
-            "-accel", "tcg", "-m", "512", "-display", "none", "-monitor", "none",
-        ])
-        .args(["-no-reboot", "-boot", "n"]);
-    if fw == Firmware::Uefi {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args([
+        "-accel", "tcg", "-m", "512", "-display", "none", "-monitor", "none",
+    ])
+    .arg("-no-reboot");
+    if m.fw == Firmware::Uefi {
         // A fresh copy of the firmware volume: OVMF keeps its variables in it.
         let fd = site.dir.join(format!("ovmf-{tag}.fd"));
         std::fs::copy(OVMF, &fd).unwrap();
@@ -251,23 +335,76 @@ fn vm_with(net: &Net, site: &Site, mac: &str, disk: &Path, tag: &str, fw: Firmwa
             &format!("if=pflash,format=raw,file={}", fd.display()),
         ]);
     }
-    let rom = if fw == Firmware::Uefi { EFI_ROM } else { ROM };
+    if let Some(u) = m.uuid {
+        cmd.args(["-uuid", u]);
+    }
+    for (i, (disk, serial)) in m.disks.iter().enumerate() {
+        cmd.args([
+            "-drive",
+            &format!("if=none,id=d{i},file={},format=raw", disk.display()),
+        ]);
+        let mut dev = format!("virtio-blk-pci,drive=d{i}");
+        if let Some(s) = serial {
+            dev.push_str(&format!(",serial={s}"));
+        }
+        cmd.args(["-device", &dev]);
+    }
+    cmd.args(["-serial", &format!("file:{}", serial.display())])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd
+}
+
+fn vm_with(net: &Net, site: &Site, m: &Machine, tag: &str) -> Proc {
+    let base = qemu_base(site, m, tag);
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &net.site()])
+        .arg(base.get_program())
+        .args(base.get_args())
+        .args(["-boot", "n"]);
+    let rom = if m.fw == Firmware::Uefi { EFI_ROM } else { ROM };
     let child = cmd
         .args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"])
         .args([
             "-device",
-            &format!("e1000,netdev=n0,mac={mac},romfile={rom}"),
+            &format!("e1000,netdev=n0,mac={},romfile={rom}", m.mac),
         ])
-        .args([
-            "-drive",
-            &format!("file={},format=raw,if=virtio", disk.display()),
-        ])
-        .args(["-serial", &format!("file:{}", serial.display())])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("start qemu");
     Proc(child)
+}
+
+/// Boots the machine from its disk alone (no network) until the serial console shows
+/// `marker` (the boot-manager stand-in ran) or the time is up.
+fn boot_from_disk(site: &Site, m: &Machine, tag: &str, marker: &str, limit: Duration) {
+    let serial = site.dir.join(format!("serial-{tag}.log"));
+    let mut cmd = qemu_base(site, m, tag);
+    cmd.args(["-boot", "c", "-nic", "none"]);
+    let _qemu = Proc(cmd.spawn().expect("start qemu"));
+    recast_tests::wait_for(
+        limit,
+        &format!("{tag}: {marker} on the serial console"),
+        || {
+            std::fs::read_to_string(&serial)
+                .unwrap_or_default()
+                .contains(marker)
+        },
+    );
+}
+
+fn wait_exit(qemu: &mut Proc, limit: Duration, what: &str, serial: &Path, site: &Site) {
+    let start = Instant::now();
+    while qemu.0.try_wait().unwrap().is_none() {
+        assert!(
+            start.elapsed() < limit,
+            "{what} did not finish; serial console:\n{}\noperator:\n{}",
+            std::fs::read_to_string(serial).unwrap_or_default(),
+            operator_log(site)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 fn events(store: &EmbeddedStore, name: &str) -> Vec<String> {
@@ -295,7 +432,8 @@ fn real_ipxe_firmware_boots_locally_then_images_when_armed_then_full_dhcp() {
     let op = operator(&net, &site, &["--dhcp", "proxy", "--tftp", "10.77.0.2:69"]);
     let store = EmbeddedStore::open(&site.data).unwrap();
     let disk = site.dir.join("disk-vm1.img");
-    std::fs::write(&disk, vec![0u8; 16 * 1024 * 1024]).unwrap();
+    blank_disk(&disk, 4 * GIB);
+    let blank = recast_tests::sha256_file(&disk);
 
     // (a) Nothing armed: the machine PXE-boots (dnsmasq gives the address, recast's proxyDHCP
     // the iPXE script URL), asks for its script and is told to boot locally.
@@ -316,31 +454,41 @@ fn real_ipxe_firmware_boots_locally_then_images_when_armed_then_full_dhcp() {
         !log.contains("served the imaging script"),
         "nothing was armed, so no imaging script may be served:\n{log}"
     );
-    assert!(
-        std::fs::read(&disk).unwrap().iter().all(|b| *b == 0),
+    assert_eq!(
+        recast_tests::sha256_file(&disk),
+        blank,
         "an unarmed machine's disk is never touched"
     );
     let leases = std::fs::read_to_string(site.dir.join("dnsmasq.leases")).unwrap_or_default();
     assert!(leases.contains(VM1), "dnsmasq gave the address: {leases}");
 
     // (b) A reimage request arms the boot; the "power cycle" (no BMC here) is starting the VM.
-    image_it(
-        &net,
+    let vm1 = Machine {
+        uuid: Some(UUID1),
+        ..Machine::bios(VM1, &disk)
+    };
+    image_it(&net, &site, &store, "vm-01", &vm1, "b");
+    read_back(&site, &disk, Firmware::Bios);
+    boot_from_disk(
         &site,
-        &store,
-        "vm-01",
-        VM1,
-        &disk,
-        Firmware::Bios,
-        "b",
+        &vm1,
+        "b-disk",
+        golden_ntfs::BOOTMGR_MARKER,
+        Duration::from_secs(120),
     );
 
     // The same on UEFI firmware (OVMF with iPXE's EFI ROM): told to boot locally first, then
     // imaged once armed.
     let disk3 = site.dir.join("disk-vm3.img");
-    std::fs::write(&disk3, vec![0u8; 16 * 1024 * 1024]).unwrap();
+    blank_disk(&disk3, 4 * GIB);
+    let vm3 = Machine {
+        mac: VM3,
+        fw: Firmware::Uefi,
+        uuid: Some(UUID3),
+        disks: vec![(&disk3, Some(DISK3_SERIAL))],
+    };
     {
-        let _vm = vm_with(&net, &site, VM3, &disk3, "a-uefi", Firmware::Uefi);
+        let _vm = vm_with(&net, &site, &vm3, "a-uefi");
         recast_tests::wait_for(
             Duration::from_secs(180),
             "vm-03's (UEFI) fall-back event",
@@ -367,16 +515,17 @@ fn real_ipxe_firmware_boots_locally_then_images_when_armed_then_full_dhcp() {
         log.contains("kind=\"boot-program\" file=ipxe/snponly.efi"),
         "the first-stage UEFI client was given the iPXE binary, not a script URL:\n{log}"
     );
-    image_it(
-        &net,
+    image_it(&net, &site, &store, "vm-03", &vm3, "b-uefi");
+    read_back(&site, &disk3, Firmware::Uefi);
+    boot_from_disk(
         &site,
-        &store,
-        "vm-03",
-        VM3,
-        &disk3,
-        Firmware::Uefi,
-        "b-uefi",
+        &vm3,
+        "b-uefi-disk",
+        golden_ntfs::BOOTMGFW_MARKER,
+        Duration::from_secs(300),
     );
+
+    refusals(&net, &site, &store);
     drop(op);
 
     // (c) Full DHCP mode, no dnsmasq: recast leases from its static table.
@@ -415,19 +564,7 @@ fn fallbacks(store: &EmbeddedStore, name: &str) -> usize {
         .count()
 }
 
-/// Requests a reimage, boots the machine (the power cycle a BMC would do), and checks every
-/// step from the outside: the serial console, the disk's bytes, the operator's log, the status.
-#[allow(clippy::too_many_arguments)]
-fn image_it(
-    net: &Net,
-    site: &Site,
-    store: &EmbeddedStore,
-    name: &str,
-    mac: &str,
-    disk: &Path,
-    fw: Firmware,
-    tag: &str,
-) {
+fn request_reimage(store: &EmbeddedStore, name: &str, mac: &str) {
     store
         .update(Kind::Endpoint, "default", name, |obj| {
             obj["spec"]["reimageRequest"] = json!({"token": "t1", "reason": "PXE test"});
@@ -437,41 +574,39 @@ fn image_it(
     recast_tests::wait_for(Duration::from_secs(30), "the boot intent", || {
         store.boot_intent(mac).unwrap().is_some()
     });
-    let intent = store.boot_intent(mac).unwrap().unwrap();
+}
+
+/// Requests a reimage, boots the machine (the power cycle a BMC would do), and checks every
+/// step from the outside: the serial console, the operator's log, the status. The disk itself
+/// is read back by [`read_back`].
+fn image_it(net: &Net, site: &Site, store: &EmbeddedStore, name: &str, m: &Machine, tag: &str) {
+    request_reimage(store, name, m.mac);
+    let intent = store.boot_intent(m.mac).unwrap().unwrap();
     assert_eq!(intent.image_digest.as_deref(), Some(site.digest.as_str()));
     let serial_path = site.dir.join(format!("serial-{tag}.log"));
     {
-        let mut qemu = vm_with(net, site, mac, disk, tag, fw);
-        // The imaging environment powers the VM off when it is done.
-        let start = Instant::now();
-        while qemu.0.try_wait().unwrap().is_none() {
-            assert!(
-                start.elapsed() < Duration::from_secs(400),
-                "the imaging VM did not finish; serial console:\n{}\noperator:\n{}",
-                std::fs::read_to_string(&serial_path).unwrap_or_default(),
-                operator_log(site)
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        // recast-imager restarts the machine when it is done; -no-reboot ends QEMU there.
+        let mut qemu = vm_with(net, site, m, tag);
+        wait_exit(
+            &mut qemu,
+            Duration::from_secs(600),
+            "the imaging VM",
+            &serial_path,
+            site,
+        );
     }
     let serial = std::fs::read_to_string(&serial_path).unwrap_or_default();
-    assert!(serial.contains("imager: done"), "serial console:\n{serial}");
     assert!(
-        serial.contains(&format!("first part: {} bytes", site.payload.len() / 2)),
-        "the download broke half-way:\n{serial}"
+        serial.contains("recast-imager: done: the image is written"),
+        "serial console:\n{serial}"
     );
+    if m.uuid.is_some() {
+        assert!(
+            serial.contains("identity matches"),
+            "the imager checked the SMBIOS UUID:\n{serial}"
+        );
+    }
     let log = operator_log(site);
-    let resumed_from = site.payload.len() / 2;
-    assert!(
-        log.contains(&format!("start={resumed_from}")),
-        "the rest came from a Range request starting at byte {resumed_from}:\n{log}"
-    );
-    let written = std::fs::read(disk).unwrap();
-    assert_eq!(
-        &written[..site.payload.len()],
-        &site.payload[..],
-        "the disk holds the image's bytes"
-    );
     assert!(log.contains("served the imaging script"), "{log}");
     assert!(
         log.contains("imaging finished") && log.contains("ok=true"),
@@ -485,6 +620,420 @@ fn image_it(
         || endpoint(store, name)["status"]["activeAttempt"]["step"] == "FirstBoot",
     );
     recast_tests::wait_for(Duration::from_secs(30), "the boot to be disarmed", || {
-        store.boot_intent(mac).unwrap().is_none()
+        store.boot_intent(m.mac).unwrap().is_none()
     });
+}
+
+/// Reads an imaged disk back with tools that are not recast: the partition table (sfdisk),
+/// the system partition's files (mtools), the Windows volume compared file by file with the
+/// golden source (ntfs-3g, read-only), agent.json's security descriptor, and the BCD store
+/// (hivexml) naming the Windows partition.
+fn read_back(site: &Site, disk: &Path, fw: Firmware) {
+    let table = Table::read(disk);
+    let ss = table.sector_size;
+    let (system, windows) = match fw {
+        Firmware::Uefi => {
+            assert_eq!(table.label, "gpt");
+            let types: Vec<&str> = table.partitions.iter().map(|p| p.type_.as_str()).collect();
+            assert_eq!(
+                types,
+                [
+                    "C12A7328-F81F-11D2-BA4B-00A0C93EC93B",
+                    "E3C9E316-0B5C-4DB8-817D-F92DF00215AE",
+                    "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7",
+                    "DE94BBA4-06D1-4D40-A16A-BFD50179D6AC",
+                ],
+                "ESP, MSR, Windows, Recovery: {table:?}"
+            );
+            assert_eq!(table.partitions[0].bytes(ss), 260 << 20, "a 260 MiB ESP");
+            assert_eq!(table.partitions[1].bytes(ss), 16 << 20, "a 16 MiB MSR");
+            assert_eq!(
+                table.partitions[3].attrs.as_deref(),
+                Some("RequiredPartition GUID:63"),
+                "Recovery: attributes 0x8000000000000001"
+            );
+            (0, 2)
+        }
+        Firmware::Bios => {
+            assert_eq!(table.label, "dos");
+            let types: Vec<(&str, bool)> = table
+                .partitions
+                .iter()
+                .map(|p| (p.type_.as_str(), p.bootable))
+                .collect();
+            assert_eq!(
+                types,
+                [("c", true), ("7", false), ("27", false)],
+                "active FAT32 system, Windows, Recovery: {table:?}"
+            );
+            let mbr = std::fs::read("/usr/lib/syslinux/mbr/mbr.bin").unwrap();
+            assert_eq!(
+                &readback::mbr_boot_code(disk)[..],
+                &mbr[..],
+                "syslinux's MBR code (boots the active partition)"
+            );
+            (0, 1)
+        }
+    };
+
+    // The system partition: the boot manager and its fallback copy, byte for byte.
+    let (sys_off, _) = table.extent(system);
+    let files = readback::fat_list(disk, sys_off);
+    let standins = &site.golden.standins;
+    let expect_file = |path: &str, want: &Path| {
+        assert_eq!(
+            readback::fat_read(disk, sys_off, path),
+            std::fs::read(want).unwrap(),
+            "{path} on the system partition; it holds: {files:?}"
+        );
+    };
+    let bcd_path = match fw {
+        Firmware::Uefi => {
+            expect_file("EFI/Microsoft/Boot/bootmgfw.efi", &standins.bootmgfw_efi);
+            expect_file("EFI/Boot/bootx64.efi", &standins.bootmgfw_efi);
+            expect_file("EFI/Microsoft/Boot/memtest.efi", &standins.memtest_efi);
+            "EFI/Microsoft/Boot/BCD"
+        }
+        Firmware::Bios => {
+            expect_file("bootmgr", &standins.bootmgr);
+            "Boot/BCD"
+        }
+    };
+
+    // The BCD store: its Windows Boot Loader and the boot manager name the right partitions.
+    let bcd_file = site.dir.join(format!(
+        "BCD-{}",
+        disk.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::write(&bcd_file, readback::fat_read(disk, sys_off, bcd_path)).unwrap();
+    let bcd = bcd_xml::read(&bcd_file).unwrap();
+    check_bcd(&bcd, &table, disk, system, windows, fw);
+
+    // The Windows volume against the golden source, file by file.
+    let (win_off, win_len) = table.extent(windows);
+    let imaged = MountedNtfs::partition(disk, win_off, win_len);
+    let golden = MountedNtfs::image(&site.golden.source);
+    let report = readback::compare_trees_allowing(
+        golden.path(),
+        imaged.path(),
+        &[
+            "Windows/Panther",
+            "Windows/Panther/unattend.xml",
+            "ProgramData/recast",
+            "ProgramData/recast/agent.json",
+        ],
+    )
+    .unwrap_or_else(|diffs| {
+        panic!(
+            "the Windows volume differs from the golden image:\n{}",
+            diffs.join("\n")
+        )
+    });
+    assert!(report.files > 10, "{report:?}");
+    assert!(
+        !report.named_streams.is_empty(),
+        "named streams compared: {report:?}"
+    );
+    assert!(
+        !report.reparse_points.is_empty(),
+        "a junction compared: {report:?}"
+    );
+    assert!(
+        !report.hard_links.is_empty(),
+        "hard links compared: {report:?}"
+    );
+    assert!(
+        !report.dos_names.is_empty(),
+        "short names compared: {report:?}"
+    );
+    assert!(
+        report.distinct_security_descriptors > 1,
+        "security descriptors: {report:?}"
+    );
+
+    // agent.json: the attempt's configuration, readable by SYSTEM and Administrators only.
+    let agent = imaged.path().join("ProgramData/recast/agent.json");
+    let config: Value = serde_json::from_slice(&std::fs::read(&agent).unwrap()).unwrap();
+    assert!(
+        config["enrollmentToken"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty()),
+        "{config}"
+    );
+    let sd = readback::get_xattr(&agent, readback::XATTR_ACL)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        sd, PROTECTED_SD,
+        "agent.json's security descriptor is O:SYG:SYD:P(A;;FA;;;SY)(A;;FA;;;BA)"
+    );
+    assert!(imaged.path().join("Windows/Panther/unattend.xml").is_file());
+    imaged.unmount().unwrap();
+    golden.unmount().unwrap();
+}
+
+/// O:SYG:SYD:P(A;;FA;;;SY)(A;;FA;;;BA), self-relative, written out by hand from the SDDL.
+const PROTECTED_SD: [u8; 96] = [
+    1, 0, 0x04, 0x90, 72, 0, 0, 0, 84, 0, 0, 0, 0, 0, 0, 0, 20, 0, 0, 0, // header
+    2, 0, 52, 0, 2, 0, 0, 0, // DACL: 52 bytes, 2 ACEs
+    0, 0, 20, 0, 0xff, 0x01, 0x1f, 0x00, 1, 1, 0, 0, 0, 0, 0, 5, 18, 0, 0, 0, // allow SY FA
+    0, 0, 24, 0, 0xff, 0x01, 0x1f, 0x00, 1, 2, 0, 0, 0, 0, 0, 5, 32, 0, 0, 0, 0x20, 2, 0,
+    0, // allow BA FA
+    1, 1, 0, 0, 0, 0, 0, 5, 18, 0, 0, 0, // owner SY
+    1, 1, 0, 0, 0, 0, 0, 5, 18, 0, 0, 0, // group SY
+];
+
+/// {bootmgr}: the well-known GUID of the Windows Boot Manager object.
+const BOOTMGR: &str = "{9dea862c-5cdd-4e70-acc1-f32b344d4795}";
+
+/// The GUID in Windows' binary form (first three fields little-endian), from its text.
+fn guid_le(text: &str) -> Vec<u8> {
+    let hex: String = text.chars().filter(char::is_ascii_hexdigit).collect();
+    let b: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    [
+        &b[0..4].iter().rev().copied().collect::<Vec<_>>()[..],
+        &[b[5], b[4], b[7], b[6]],
+        &b[8..16],
+    ]
+    .concat()
+}
+
+fn check_bcd(
+    bcd: &bcd_xml::Bcd,
+    table: &Table,
+    disk: &Path,
+    system: usize,
+    windows: usize,
+    fw: Firmware,
+) {
+    let loader = bcd
+        .objects
+        .iter()
+        .find(|(_, o)| o.type_ == Some(0x1020_0003))
+        .map(|(g, _)| g.clone())
+        .unwrap_or_else(|| panic!("no Windows Boot Loader object in the BCD: {bcd:#?}"));
+    let device = |guid: &str, id: &str| -> Vec<u8> {
+        bcd.element(guid, id)
+            .and_then(|v| v.binary())
+            .unwrap_or_else(|| panic!("{guid} has no device element {id}"))
+            .to_vec()
+    };
+    let names_partition = |bytes: &[u8], index: usize, what: &str| {
+        assert_eq!(bytes.len(), 88, "{what}: a partition device element");
+        assert_eq!(
+            &bytes[0x10..0x14],
+            &6u32.to_le_bytes(),
+            "{what}: device type partition"
+        );
+        let p = &table.partitions[index];
+        match fw {
+            Firmware::Uefi => {
+                assert_eq!(
+                    &bytes[0x20..0x30],
+                    &guid_le(p.uuid.as_deref().unwrap())[..],
+                    "{what}: partition GUID"
+                );
+                assert_eq!(bytes[0x34], 0, "{what}: GPT");
+                assert_eq!(
+                    &bytes[0x38..0x48],
+                    &guid_le(&table.id)[..],
+                    "{what}: disk GUID"
+                );
+            }
+            Firmware::Bios => {
+                assert_eq!(
+                    &bytes[0x20..0x28],
+                    &p.offset(table.sector_size).to_le_bytes(),
+                    "{what}: partition offset"
+                );
+                assert_eq!(bytes[0x34], 1, "{what}: MBR");
+                assert_eq!(
+                    &bytes[0x38..0x3c],
+                    &readback::disk_signature(disk).to_le_bytes(),
+                    "{what}: disk signature"
+                );
+            }
+        }
+    };
+    names_partition(
+        &device(&loader, "11000001"),
+        windows,
+        "the loader's application device",
+    );
+    names_partition(
+        &device(&loader, "21000001"),
+        windows,
+        "the loader's OS device",
+    );
+    names_partition(
+        &device(BOOTMGR, "11000001"),
+        system,
+        "the boot manager's device",
+    );
+    let winload = bcd
+        .element(&loader, "12000002")
+        .and_then(|v| v.string())
+        .unwrap_or_default()
+        .to_string();
+    let want = match fw {
+        Firmware::Uefi => "\\Windows\\system32\\winload.efi",
+        Firmware::Bios => "\\Windows\\system32\\winload.exe",
+    };
+    assert!(
+        winload.eq_ignore_ascii_case(want),
+        "loader path {winload:?}"
+    );
+    let default = bcd
+        .element(BOOTMGR, "23000003")
+        .and_then(|v| v.string())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        default.eq_ignore_ascii_case(&loader),
+        "the boot manager's default is the loader: {default}"
+    );
+}
+
+/// The refusals: nothing is written, every disk stays byte-for-byte as it was.
+fn refusals(net: &Net, site: &Site, store: &EmbeddedStore) {
+    // A machine that answers for vm-04's MAC but has another SMBIOS UUID.
+    let disk4 = site.dir.join("disk-vm4.img");
+    blank_disk(&disk4, 2 * GIB);
+    let before = recast_tests::sha256_file(&disk4);
+    let impostor = Machine {
+        uuid: Some("1b4e28ba-2fa1-11d2-883f-0016d3cc0bad"),
+        ..Machine::bios(VM4, &disk4)
+    };
+    refused(
+        net,
+        site,
+        store,
+        "vm-04",
+        &impostor,
+        "e-uuid",
+        "ImagingWrongMachine",
+        "not this Endpoint's machine",
+    );
+    assert_eq!(
+        recast_tests::sha256_file(&disk4),
+        before,
+        "the impostor's disk is untouched"
+    );
+
+    // Two equal disks and no rule that tells them apart.
+    let (d5a, d5b) = (
+        site.dir.join("disk-vm5a.img"),
+        site.dir.join("disk-vm5b.img"),
+    );
+    blank_disk(&d5a, 2 * GIB);
+    blank_disk(&d5b, 2 * GIB);
+    let two = Machine {
+        disks: vec![(&d5a, None), (&d5b, None)],
+        ..Machine::bios(VM5, &d5a)
+    };
+    refused(
+        net,
+        site,
+        store,
+        "vm-05",
+        &two,
+        "e-disks",
+        "ImagingNoTargetDisk",
+        "2 disks are",
+    );
+    assert_eq!(
+        recast_tests::sha256_file(&d5a),
+        before,
+        "the first disk is untouched"
+    );
+    assert_eq!(
+        recast_tests::sha256_file(&d5b),
+        before,
+        "the second disk is untouched"
+    );
+
+    // A corrupted download: one byte of the served image flipped.
+    let disk6 = site.dir.join("disk-vm6.img");
+    blank_disk(&disk6, 2 * GIB);
+    let served = site
+        .root
+        .join("images")
+        .join(format!("{}.wim", site.digest));
+    let good = std::fs::read(&served).unwrap();
+    let mut bad = good.clone();
+    let at = bad.len() / 2;
+    bad[at] ^= 0x01;
+    std::fs::write(&served, &bad).unwrap();
+    request_reimage(store, "vm-06", VM6);
+    let tag = "e-corrupt";
+    let serial = site.dir.join(format!("serial-{tag}.log"));
+    {
+        let mut qemu = vm_with(net, site, &Machine::bios(VM6, &disk6), tag);
+        wait_exit(
+            &mut qemu,
+            Duration::from_secs(600),
+            "the corrupt-download VM",
+            &serial,
+            site,
+        );
+    }
+    std::fs::write(&served, &good).unwrap();
+    let console = std::fs::read_to_string(&serial).unwrap_or_default();
+    assert!(
+        console.contains("FAILED at download")
+            && console.contains("nothing was written to the disk"),
+        "{console}"
+    );
+    assert_eq!(
+        recast_tests::sha256_file(&disk6),
+        before,
+        "a corrupt image never reaches the disk"
+    );
+    recast_tests::wait_for(
+        Duration::from_secs(30),
+        "vm-06's try to fail (and wait for a retry)",
+        || endpoint(store, "vm-06")["status"]["phase"] == "Failed",
+    );
+}
+
+#[allow(clippy::too_many_arguments)]
+fn refused(
+    net: &Net,
+    site: &Site,
+    store: &EmbeddedStore,
+    name: &str,
+    m: &Machine,
+    tag: &str,
+    reason: &str,
+    says: &str,
+) {
+    request_reimage(store, name, m.mac);
+    let serial = site.dir.join(format!("serial-{tag}.log"));
+    {
+        let mut qemu = vm_with(net, site, m, tag);
+        wait_exit(&mut qemu, Duration::from_secs(600), name, &serial, site);
+    }
+    let console = std::fs::read_to_string(&serial).unwrap_or_default();
+    assert!(
+        console.contains(says),
+        "{name}: the imager says why:\n{console}"
+    );
+    recast_tests::wait_for(
+        Duration::from_secs(30),
+        &format!("{name} to stop for a person"),
+        || endpoint(store, name)["status"]["phase"] == "Quarantined",
+    );
+    let events = events(store, name);
+    assert!(
+        events
+            .iter()
+            .any(|e| e.starts_with(reason) && e.contains("wrote nothing")),
+        "{name}: a {reason} event: {events:?}"
+    );
+    assert!(
+        store.boot_intent(m.mac).unwrap().is_none(),
+        "{name}: disarmed"
+    );
 }

@@ -1,0 +1,1121 @@
+//! The imaging run: the shell around the pure decisions. It speaks the imaging protocol with
+//! the boot service, reads the machine from sysfs, and runs Debian's tools (sfdisk, mkfs.fat,
+//! mkntfs, wimlib-imagex, ntfs-3g, hivexsh, syslinux) one at a time, each failure naming its
+//! step and cause.
+//!
+//! The order keeps every failure safe: nothing is written before the machine proved who it is,
+//! the disk was chosen by rule and the image's sha256 matched; and the boot files, which make
+//! the disk bootable, are written last, so a run that stops half-way leaves a disk the firmware
+//! skips and the machine network-boots into the imaging environment again.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use recast_core::imaging::{
+    ClaimAnswer, ImagingRefusal, ImagingTask, ProgressReport, ResultReport,
+};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::layout::{self, BootMode, Role};
+use crate::{acl, bcd, bootfiles, disks, identity, progress, sysfs};
+
+/// Where the imager finds the machine and keeps its files.
+#[derive(Clone, Debug)]
+pub struct Env {
+    /// `/sys`.
+    pub sysfs: PathBuf,
+    /// `/dev`.
+    pub dev: PathBuf,
+    /// Scratch space in RAM (the staged WIM, mount points): `/run/recast`.
+    pub work: PathBuf,
+    /// syslinux's BIOS files (mbr/mbr.bin, modules/bios/*.c32).
+    pub syslinux: PathBuf,
+}
+
+/// The steps of a run, named as progress and results name them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    Claim,
+    Task,
+    Identity,
+    Disk,
+    Download,
+    Partition,
+    Format,
+    Apply,
+    Configure,
+    BootFiles,
+}
+
+impl Step {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Claim => "claim",
+            Step::Task => "task",
+            Step::Identity => "identity",
+            Step::Disk => "disk",
+            Step::Download => "download",
+            Step::Partition => "partition",
+            Step::Format => "format",
+            Step::Apply => "apply",
+            Step::Configure => "configure",
+            Step::BootFiles => "bootfiles",
+        }
+    }
+}
+
+/// Why a run stopped.
+#[derive(Debug)]
+pub struct Failure {
+    pub step: Step,
+    pub message: String,
+    pub refusal: Option<ImagingRefusal>,
+}
+
+fn fail(step: Step, message: impl Into<String>) -> Failure {
+    Failure {
+        step,
+        message: message.into(),
+        refusal: None,
+    }
+}
+
+pub fn say(msg: &str) {
+    println!("recast-imager: {msg}");
+}
+
+/// The try's session with the boot service.
+pub struct Session {
+    http: reqwest::Client,
+    token: String,
+    pub task: ImagingTask,
+}
+
+const RETRIES: u32 = 30;
+const RETRY_PAUSE: Duration = Duration::from_secs(2);
+
+pub fn http_client() -> Result<reqwest::Client, String> {
+    // reqwest is built without a default TLS provider; ring is the one the workspace uses.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
+/// Claims the try (the token answers only this machine's address), then fetches the task.
+/// Retried for a minute each: the boot service may be restarting.
+pub async fn start(http: reqwest::Client, claim_url: &str) -> Result<Session, Failure> {
+    let mut last = String::new();
+    let mut claim = None;
+    for _ in 0..RETRIES {
+        match http.post(claim_url).body("").send().await {
+            Ok(r) if r.status().is_success() => match r.json::<ClaimAnswer>().await {
+                Ok(a) => {
+                    claim = Some(a);
+                    break;
+                }
+                Err(e) => last = format!("unreadable claim answer: {e}"),
+            },
+            // A refusal (another machine holds the try, the try is gone) is final.
+            Ok(r) if r.status().is_client_error() => {
+                let status = r.status();
+                let body = r.text().await.unwrap_or_default();
+                return Err(fail(
+                    Step::Claim,
+                    format!(
+                        "the boot service refused the claim ({status}): {}",
+                        body.trim()
+                    ),
+                ));
+            }
+            Ok(r) => last = format!("{} from {claim_url}", r.status()),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+    let claim = claim.ok_or_else(|| fail(Step::Claim, format!("cannot claim the try: {last}")))?;
+    say("try claimed");
+    let mut task = None;
+    for _ in 0..RETRIES {
+        match http
+            .get(&claim.task_url)
+            .bearer_auth(&claim.token)
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() => match r.json::<ImagingTask>().await {
+                Ok(t) => {
+                    task = Some(t);
+                    break;
+                }
+                Err(e) => {
+                    return Err(fail(Step::Task, format!("unreadable task: {e}")));
+                }
+            },
+            Ok(r) => last = format!("{} from {}", r.status(), claim.task_url),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+    let task = task.ok_or_else(|| fail(Step::Task, format!("cannot fetch the task: {last}")))?;
+    Ok(Session {
+        http,
+        token: claim.token,
+        task,
+    })
+}
+
+impl Session {
+    /// Progress is news, not a duty: a lost report is logged, never fatal.
+    pub async fn progress(&self, percent: u8, step: Step, message: &str) {
+        say(&format!("{percent:>3}% {}: {message}", step.as_str()));
+        let body = ProgressReport {
+            percent,
+            step: Some(step.as_str().into()),
+            message: Some(message.into()),
+        };
+        let sent = self
+            .http
+            .post(&self.task.progress_url)
+            .bearer_auth(&self.token)
+            .json(&body)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await;
+        if let Err(e) = sent {
+            say(&format!("could not post progress: {e}"));
+        }
+    }
+
+    /// The result is a duty: retried for a minute.
+    pub async fn result(&self, outcome: &Result<(), Failure>) {
+        let body = match outcome {
+            Ok(()) => ResultReport {
+                ok: true,
+                step: None,
+                error: None,
+                refusal: None,
+            },
+            Err(f) => ResultReport {
+                ok: false,
+                step: Some(f.step.as_str().into()),
+                error: Some(f.message.clone()),
+                refusal: f.refusal,
+            },
+        };
+        for _ in 0..RETRIES {
+            let sent = self
+                .http
+                .post(&self.task.result_url)
+                .bearer_auth(&self.token)
+                .json(&body)
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await;
+            match sent {
+                Ok(r) if r.status().is_success() => {
+                    say("result posted");
+                    return;
+                }
+                Ok(r) => say(&format!("result refused: {}", r.status())),
+                Err(e) => say(&format!("could not post the result: {e}")),
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+        say("gave up posting the result; the try will time out");
+    }
+
+    async fn fetch_text(&self, step: Step, url: &str) -> Result<Vec<u8>, Failure> {
+        let mut last = String::new();
+        for _ in 0..RETRIES {
+            match self.http.get(url).bearer_auth(&self.token).send().await {
+                Ok(r) if r.status().is_success() => {
+                    return r
+                        .bytes()
+                        .await
+                        .map(|b| b.to_vec())
+                        .map_err(|e| fail(step, format!("reading {url}: {e}")));
+                }
+                Ok(r) if r.status().is_client_error() => {
+                    return Err(fail(step, format!("{url} answered {}", r.status())));
+                }
+                Ok(r) => last = format!("{url} answered {}", r.status()),
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+        Err(fail(step, format!("cannot fetch {url}: {last}")))
+    }
+}
+
+/// Everything after the task: the whole run, or the step that stopped it.
+pub async fn image(session: &Session, env: &Env) -> Result<(), Failure> {
+    let task = &session.task;
+    let mode = match task.boot_mode.as_str() {
+        "uefi" => BootMode::Uefi,
+        "bios" => BootMode::Bios,
+        other => return Err(fail(Step::Task, format!("unknown boot mode {other:?}"))),
+    };
+
+    session
+        .progress(1, Step::Identity, "checking the machine's SMBIOS identity")
+        .await;
+    let expected = identity::Expected {
+        smbios_uuid: task.identity.smbios_uuid.clone(),
+        serial_number: task.identity.serial_number.clone(),
+    };
+    match identity::check(&expected, &sysfs::identity(&env.sysfs)) {
+        identity::Verdict::Mismatch(m) => {
+            let what: Vec<String> = m.iter().map(ToString::to_string).collect();
+            return Err(Failure {
+                step: Step::Identity,
+                message: format!("not this Endpoint's machine: {}", what.join("; ")),
+                refusal: Some(ImagingRefusal::WrongMachine),
+            });
+        }
+        identity::Verdict::Match { uuid } => say(&format!("identity matches ({uuid:?})")),
+        identity::Verdict::NothingToCheck => {
+            say("the Endpoint sets no SMBIOS identity: only its MAC address names this machine")
+        }
+    }
+
+    session
+        .progress(2, Step::Disk, "choosing the target disk")
+        .await;
+    let seen = sysfs::disks(&env.sysfs)
+        .map_err(|e| fail(Step::Disk, format!("cannot list disks in sysfs: {e}")))?;
+    let rule = target_rule(task);
+    let disk = disks::choose(&rule, &seen)
+        .map_err(|r| Failure {
+            step: Step::Disk,
+            message: r.to_string(),
+            refusal: Some(ImagingRefusal::NoTargetDisk),
+        })?
+        .clone();
+    say(&format!("target disk: {disk}"));
+
+    let staged = download(session, env).await?;
+    let image_bytes = image_total_bytes(&staged, task.image.index).await?;
+
+    session
+        .progress(
+            42,
+            Step::Partition,
+            &format!("partitioning /dev/{}", disk.name),
+        )
+        .await;
+    let plan = partition(env, &disk, mode, image_bytes).await?;
+
+    session
+        .progress(45, Step::Format, "making the file systems")
+        .await;
+    let dev = |role: Role| -> Result<PathBuf, Failure> {
+        let n = plan
+            .partitions
+            .iter()
+            .position(|p| p.role == role)
+            .ok_or_else(|| fail(Step::Format, format!("the plan has no {role:?} partition")))?;
+        Ok(env
+            .dev
+            .join(sysfs::partition_name(&disk.name, n as u32 + 1)))
+    };
+    let system = dev(match mode {
+        BootMode::Uefi => Role::EfiSystem,
+        BootMode::Bios => Role::System,
+    })?;
+    let windows = dev(Role::Windows)?;
+    let recovery = dev(Role::Recovery)?;
+    run(
+        Step::Format,
+        "mkfs.fat",
+        &["-F", "32", "-n", "SYSTEM"],
+        &[&system],
+    )
+    .await?;
+    run(
+        Step::Format,
+        "mkntfs",
+        &["-Q", "-L", "Windows"],
+        &[&windows],
+    )
+    .await?;
+    run(
+        Step::Format,
+        "mkntfs",
+        &["-Q", "-L", "Recovery"],
+        &[&recovery],
+    )
+    .await?;
+
+    apply(session, &staged, task.image.index, &windows).await?;
+    let _ = std::fs::remove_file(&staged);
+
+    session
+        .progress(92, Step::Configure, "writing unattend.xml and agent.json")
+        .await;
+    configure(session, env, &windows).await?;
+
+    session
+        .progress(
+            95,
+            Step::BootFiles,
+            "writing the boot manager and the BCD store",
+        )
+        .await;
+    boot_files(env, mode, &plan, &disk.name, &system, &windows).await?;
+    run(Step::BootFiles, "sync", &[], &[]).await?;
+    session
+        .progress(100, Step::BootFiles, "image written")
+        .await;
+    Ok(())
+}
+
+fn target_rule(task: &ImagingTask) -> disks::TargetRule {
+    let t = &task.target_disk;
+    match (&t.serial, &t.wwn) {
+        (Some(s), _) => disks::TargetRule::Serial(s.clone()),
+        (None, Some(w)) => disks::TargetRule::Wwn(w.clone()),
+        (None, None) => disks::TargetRule::OnlyFixedDisk {
+            min_bytes: u64::from(
+                t.min_size_gib
+                    .unwrap_or(recast_crds::endpoint::DEFAULT_MIN_DISK_GIB),
+            ) << 30,
+        },
+    }
+}
+
+/// Downloads the image into RAM with resume, hashing as it streams. Nothing touches the disk
+/// until the sha256 matched.
+async fn download(session: &Session, env: &Env) -> Result<PathBuf, Failure> {
+    let image = &session.task.image;
+    let step = Step::Download;
+    std::fs::create_dir_all(&env.work)
+        .map_err(|e| fail(step, format!("cannot make {}: {e}", env.work.display())))?;
+    let path = env.work.join("image.wim");
+    let mut file = tokio::fs::File::create(&path).await.map_err(|e| {
+        fail(
+            step,
+            format!("cannot stage the image in {}: {e}", path.display()),
+        )
+    })?;
+    let mut hasher = Sha256::new();
+    let mut have: u64 = 0;
+    let mut last_percent = 0u8;
+    session
+        .progress(
+            3,
+            step,
+            &format!("downloading {} ({} bytes)", image.name, image.size),
+        )
+        .await;
+    let mut tries = 0;
+    while have < image.size {
+        tries += 1;
+        if tries > RETRIES {
+            return Err(fail(
+                step,
+                format!(
+                    "the download stopped at byte {have} of {} after {RETRIES} tries",
+                    image.size
+                ),
+            ));
+        }
+        let mut req = session.http.get(&image.url);
+        if have > 0 {
+            req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
+        }
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                say(&format!(
+                    "download interrupted at byte {have}: {e}; resuming"
+                ));
+                tokio::time::sleep(RETRY_PAUSE).await;
+                continue;
+            }
+        };
+        match resp.status().as_u16() {
+            206 => {}
+            200 => {
+                // The server sent the whole file again: start over.
+                if have > 0 {
+                    say("the server ignored the range; downloading from the start");
+                }
+                have = 0;
+                hasher = Sha256::new();
+                file = tokio::fs::File::create(&path)
+                    .await
+                    .map_err(|e| fail(step, format!("cannot restage: {e}")))?;
+            }
+            s if (400..500).contains(&s) => {
+                return Err(fail(step, format!("{} answered {s}", image.url)));
+            }
+            s => {
+                say(&format!("{} answered {s}; retrying", image.url));
+                tokio::time::sleep(RETRY_PAUSE).await;
+                continue;
+            }
+        }
+        let mut resp = resp;
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    hasher.update(&chunk);
+                    file.write_all(&chunk)
+                        .await
+                        .map_err(|e| fail(step, format!("cannot stage the image: {e}")))?;
+                    have += chunk.len() as u64;
+                    let percent = (have.min(image.size) * 100 / image.size.max(1)) as u8;
+                    if percent >= last_percent + 10 {
+                        last_percent = percent;
+                        session
+                            .progress(
+                                progress::overall(3, 40, percent),
+                                step,
+                                &format!("{have} of {} bytes", image.size),
+                            )
+                            .await;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    say(&format!(
+                        "download interrupted at byte {have}: {e}; resuming"
+                    ));
+                    break;
+                }
+            }
+        }
+    }
+    file.flush()
+        .await
+        .map_err(|e| fail(step, format!("cannot stage the image: {e}")))?;
+    let got = format!("{:x}", hasher.finalize());
+    if have != image.size || !got.eq_ignore_ascii_case(&image.sha256) {
+        let _ = std::fs::remove_file(&path);
+        return Err(fail(
+            step,
+            format!(
+                "the image's sha256 is {got} ({have} bytes), not {} ({} bytes): nothing was written to the disk",
+                image.sha256, image.size
+            ),
+        ));
+    }
+    session
+        .progress(40, step, "downloaded; sha256 matches")
+        .await;
+    Ok(path)
+}
+
+/// The image's expanded size (wimlib's "Total Bytes"), to size the Windows partition.
+async fn image_total_bytes(wim: &Path, index: u32) -> Result<u64, Failure> {
+    let out = output(
+        Step::Download,
+        "wimlib-imagex",
+        &["info", &wim.to_string_lossy(), &index.to_string()],
+    )
+    .await?;
+    out.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == "Total Bytes").then(|| v.trim().parse::<u64>().ok())?
+        })
+        .ok_or_else(|| {
+            fail(
+                Step::Download,
+                format!("wimlib-imagex info shows no image {index} in the downloaded WIM"),
+            )
+        })
+}
+
+/// Writes the partition table and reads it back before anything else.
+async fn partition(
+    env: &Env,
+    disk: &disks::Disk,
+    mode: BootMode,
+    image_bytes: u64,
+) -> Result<layout::Plan, Failure> {
+    let step = Step::Partition;
+    let sector = sysfs::sector_size(&env.sysfs, &disk.name);
+    let guid = || uuid::Uuid::new_v4().to_string();
+    let ids = layout::GptIds {
+        disk: guid(),
+        esp: guid(),
+        msr: guid(),
+        windows: guid(),
+        recovery: guid(),
+    };
+    let signature = format!("{:08x}", fastrand_u32());
+    let sizes = layout::Sizes {
+        // Room for the image and a quarter more (page file, the first updates), at least 1 GiB.
+        min_windows_bytes: (image_bytes + image_bytes / 4).max(1 << 30),
+        ..layout::Sizes::default()
+    };
+    let plan = layout::plan(mode, disk.size_bytes, sector, &ids, &signature, sizes)
+        .map_err(|e| fail(step, e.to_string()))?;
+    let device = env.dev.join(&disk.name);
+    // No old boot code may survive a half-finished run: firmware must skip this disk until
+    // the boot files are written.
+    zero_boot_code(&device).map_err(|e| fail(step, e))?;
+    let script = layout::render_sfdisk(&plan);
+    run_with_input(
+        step,
+        "sfdisk",
+        &["--wipe", "always", "--wipe-partitions", "always", "-q"],
+        &device,
+        &script,
+    )
+    .await?;
+    let json = output(step, "sfdisk", &["--json", &device.to_string_lossy()]).await?;
+    layout::verify(&plan, &json).map_err(|diffs| {
+        fail(
+            step,
+            format!(
+                "the partition table read back differs: {}",
+                diffs.join("; ")
+            ),
+        )
+    })?;
+    // devtmpfs makes the partition nodes once the kernel re-read the table.
+    for n in 1..=plan.partitions.len() as u32 {
+        let node = env.dev.join(sysfs::partition_name(&disk.name, n));
+        wait_for(&node, Duration::from_secs(10))
+            .await
+            .map_err(|()| fail(step, format!("{} did not appear", node.display())))?;
+    }
+    Ok(plan)
+}
+
+fn fastrand_u32() -> u32 {
+    let b = uuid::Uuid::new_v4().into_bytes();
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]]) | 1
+}
+
+fn zero_boot_code(device: &Path) -> Result<(), String> {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(device)
+        .map_err(|e| format!("cannot open {}: {e}", device.display()))?;
+    f.seek(SeekFrom::Start(0))
+        .and_then(|_| f.write_all(&[0u8; 440]))
+        .and_then(|()| f.sync_all())
+        .map_err(|e| format!("cannot clear the boot code of {}: {e}", device.display()))
+}
+
+async fn wait_for(path: &Path, limit: Duration) -> Result<(), ()> {
+    let start = std::time::Instant::now();
+    while !path.exists() {
+        if start.elapsed() > limit {
+            return Err(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+/// wimlib-imagex in NTFS-3G mode (the target is an unmounted block device): security
+/// descriptors, named streams, reparse points, short names and hard links as DISM writes them.
+async fn apply(session: &Session, wim: &Path, index: u32, windows: &Path) -> Result<(), Failure> {
+    let step = Step::Apply;
+    session
+        .progress(
+            50,
+            step,
+            &format!("applying image {index} to {}", windows.display()),
+        )
+        .await;
+    let mut child = tokio::process::Command::new("wimlib-imagex")
+        .arg("apply")
+        .arg(wim)
+        .arg(index.to_string())
+        .arg(windows)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(step, format!("cannot run wimlib-imagex: {e}")))?;
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let errors = tokio::spawn(async move {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s).await;
+        s
+    });
+    let mut buf = [0u8; 4096];
+    let mut pending = String::new();
+    let mut last = 0u8;
+    loop {
+        let n = stdout
+            .read(&mut buf)
+            .await
+            .map_err(|e| fail(step, format!("reading wimlib-imagex: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        for line in progress::split_lines(&mut pending, &String::from_utf8_lossy(&buf[..n])) {
+            if let Some(p) = progress::file_data_percent(&line)
+                && p >= last + 10
+            {
+                last = p;
+                session
+                    .progress(progress::overall(50, 90, p), step, &line)
+                    .await;
+            }
+        }
+    }
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| fail(step, format!("wimlib-imagex: {e}")))?;
+    let errors = errors.await.unwrap_or_default();
+    if !status.success() {
+        return Err(fail(
+            step,
+            format!("wimlib-imagex apply failed ({status}): {}", errors.trim()),
+        ));
+    }
+    session.progress(90, step, "image applied").await;
+    Ok(())
+}
+
+/// Mounts an NTFS volume with ntfs-3g (FUSE); [`NtfsMount::unmount`] ends it.
+async fn mount_ntfs(
+    step: Step,
+    device: &Path,
+    at: &Path,
+    read_only: bool,
+) -> Result<NtfsMount, Failure> {
+    std::fs::create_dir_all(at).map_err(|e| fail(step, format!("mkdir {}: {e}", at.display())))?;
+    let mut args = vec![];
+    if read_only {
+        args.push("-o");
+        args.push("ro");
+    }
+    run(step, "ntfs-3g", &args, &[device, at]).await?;
+    Ok(NtfsMount(at.to_path_buf()))
+}
+
+struct NtfsMount(PathBuf);
+
+impl NtfsMount {
+    async fn unmount(self, step: Step) -> Result<(), Failure> {
+        run(step, "umount", &[], &[&self.0]).await
+    }
+}
+
+/// unattend.xml to `\Windows\Panther`, agent.json to `\ProgramData\recast`, both readable by
+/// SYSTEM and Administrators only (agent.json holds the enrollment credential).
+async fn configure(session: &Session, env: &Env, windows: &Path) -> Result<(), Failure> {
+    let step = Step::Configure;
+    let unattend = session.fetch_text(step, &session.task.unattend_url).await?;
+    let agent = session
+        .fetch_text(step, &session.task.agent_config_url)
+        .await?;
+    let at = env.work.join("windows");
+    let mount = mount_ntfs(step, windows, &at, false).await?;
+    let written = (|| -> Result<(), String> {
+        let panther = find_or_make(&at, &["Windows", "Panther"])?;
+        let recast = find_or_make(&at, &["ProgramData", "recast"])?;
+        set_acl(&recast, &acl::system_and_administrators_only(true))?;
+        for (dir, name, bytes) in [
+            (&panther, "unattend.xml", &unattend),
+            (&recast, "agent.json", &agent),
+        ] {
+            let path = dir.join(name);
+            std::fs::write(&path, bytes).map_err(|e| format!("write {}: {e}", path.display()))?;
+            set_acl(&path, &acl::system_and_administrators_only(false))?;
+        }
+        Ok(())
+    })();
+    let unmounted = mount.unmount(step).await;
+    written.map_err(|e| fail(step, e))?;
+    unmounted
+}
+
+/// The directory `parts` under `root`, matching existing names without regard to case (NTFS
+/// keeps Windows' case), creating what is missing.
+fn find_or_make(root: &Path, parts: &[&str]) -> Result<PathBuf, String> {
+    let mut dir = root.to_path_buf();
+    for part in parts {
+        dir = match find_child(&dir, part) {
+            Some(existing) => existing,
+            None => {
+                let new = dir.join(part);
+                std::fs::create_dir(&new).map_err(|e| format!("mkdir {}: {e}", new.display()))?;
+                new
+            }
+        };
+    }
+    Ok(dir)
+}
+
+fn find_child(dir: &Path, name: &str) -> Option<PathBuf> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().eq_ignore_ascii_case(name))
+        .map(|e| e.path())
+}
+
+fn find_path(root: &Path, parts: &[&str]) -> Option<PathBuf> {
+    parts
+        .iter()
+        .try_fold(root.to_path_buf(), |dir, part| find_child(&dir, part))
+}
+
+fn set_acl(path: &Path, sd: &[u8]) -> Result<(), String> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| format!("{} has a NUL byte", path.display()))?;
+    let name = c"system.ntfs_acl";
+    // SAFETY: both strings are NUL-terminated and `sd` outlives the call.
+    let rc = unsafe {
+        libc::setxattr(
+            c_path.as_ptr(),
+            name.as_ptr(),
+            sd.as_ptr().cast(),
+            sd.len(),
+            0,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "cannot set the security descriptor of {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        ))
+    }
+}
+
+/// bcdboot's job: the boot manager's files and a BCD store naming the Windows partition, on
+/// the system partition; for BIOS also the boot code that reaches `\bootmgr`.
+async fn boot_files(
+    env: &Env,
+    mode: BootMode,
+    plan: &layout::Plan,
+    disk: &str,
+    system: &Path,
+    windows: &Path,
+) -> Result<(), Failure> {
+    let step = Step::BootFiles;
+    if mode == BootMode::Bios {
+        // syslinux's volume boot record and ldlinux on the FAT32 system partition (mtools
+        // writes them; the partition must not be mounted).
+        let env_mtools = [("MTOOLS_SKIP_CHECK", "1")];
+        run_env(
+            step,
+            "mmd",
+            &["-i", &system.to_string_lossy(), "::/syslinux"],
+            &env_mtools,
+        )
+        .await?;
+        run_env(
+            step,
+            "syslinux",
+            &[
+                "--install",
+                "--directory",
+                "/syslinux",
+                &system.to_string_lossy(),
+            ],
+            &env_mtools,
+        )
+        .await?;
+    }
+    let win_at = env.work.join("windows");
+    let sys_at = env.work.join("system");
+    let win = mount_ntfs(step, windows, &win_at, true).await?;
+    std::fs::create_dir_all(&sys_at).map_err(|e| fail(step, format!("mkdir: {e}")))?;
+    if let Err(e) = run(step, "mount", &["-t", "vfat"], &[system, &sys_at]).await {
+        let _ = win.unmount(step).await;
+        return Err(e);
+    }
+    let work = env.work.clone();
+    let copied = copy_boot_files(env, &work, mode, plan, &win_at, &sys_at).await;
+    let unmount_sys = run(step, "umount", &[], &[&sys_at]).await;
+    let unmount_win = win.unmount(step).await;
+    copied?;
+    unmount_sys?;
+    unmount_win?;
+    if mode == BootMode::Bios {
+        // syslinux's MBR code: boot the active partition, as Windows' MBR does. It keeps the
+        // disk signature and the table (only the first 440 bytes are written).
+        let mbr = std::fs::read(env.syslinux.join("mbr/mbr.bin"))
+            .map_err(|e| fail(step, format!("cannot read syslinux's mbr.bin: {e}")))?;
+        write_boot_code(&env.dev.join(disk), &mbr).map_err(|e| fail(step, e))?;
+    }
+    Ok(())
+}
+
+fn write_boot_code(device: &Path, code: &[u8]) -> Result<(), String> {
+    use std::io::{Seek, SeekFrom, Write};
+    if code.len() != 440 {
+        return Err(format!("MBR boot code is {} bytes, not 440", code.len()));
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(device)
+        .map_err(|e| format!("cannot open {}: {e}", device.display()))?;
+    f.seek(SeekFrom::Start(0))
+        .and_then(|_| f.write_all(code))
+        .and_then(|()| f.sync_all())
+        .map_err(|e| format!("cannot write the boot code of {}: {e}", device.display()))
+}
+
+async fn copy_boot_files(
+    env: &Env,
+    work: &Path,
+    mode: BootMode,
+    plan: &layout::Plan,
+    win: &Path,
+    sys: &Path,
+) -> Result<(), Failure> {
+    let step = Step::BootFiles;
+    let boot = find_path(win, &["Windows", "Boot"]).ok_or_else(|| {
+        fail(
+            step,
+            "the image has no \\Windows\\Boot: not a Windows image",
+        )
+    })?;
+    let files = list_files(&boot).map_err(|e| fail(step, e))?;
+    let copies = bootfiles::plan(mode, &files).map_err(|e| fail(step, e.to_string()))?;
+    for c in &copies {
+        let to = sys.join(&c.to);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| fail(step, format!("mkdir {}: {e}", parent.display())))?;
+        }
+        std::fs::copy(boot.join(&c.from), &to)
+            .map_err(|e| fail(step, format!("copy {} to {}: {e}", c.from, c.to)))?;
+    }
+    say(&format!("{} boot files copied", copies.len()));
+
+    let template = find_path(win, &["Windows", "System32", "config", "BCD-Template"]).ok_or_else(
+        || fail(step, "the image has no \\Windows\\System32\\config\\BCD-Template to build the BCD store from"),
+    )?;
+    let store = work.join("BCD");
+    std::fs::copy(&template, &store).map_err(|e| fail(step, format!("copy BCD-Template: {e}")))?;
+    write_bcd(mode, plan, &store).await?;
+    let to = sys.join(bootfiles::bcd_path(mode));
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| fail(step, format!("mkdir: {e}")))?;
+    }
+    std::fs::copy(&store, &to).map_err(|e| fail(step, format!("write the BCD store: {e}")))?;
+    if mode == BootMode::Bios {
+        let dir = sys.join("syslinux");
+        for m in ["chain.c32", "libcom32.c32", "libutil.c32"] {
+            std::fs::copy(env.syslinux.join("modules/bios").join(m), dir.join(m))
+                .map_err(|e| fail(step, format!("copy syslinux's {m}: {e}")))?;
+        }
+        std::fs::write(dir.join("syslinux.cfg"), SYSLINUX_CFG)
+            .map_err(|e| fail(step, format!("write syslinux.cfg: {e}")))?;
+    }
+    Ok(())
+}
+
+/// syslinux hands over to `\bootmgr` the way Windows' volume boot record does (chain.c32's
+/// `ntldr=`: load the file at 0x2000:0 with the partition's BPB), at once and silently.
+pub const SYSLINUX_CFG: &str = "DEFAULT windows\nPROMPT 0\nTIMEOUT 0\nLABEL windows\n  COM32 chain.c32\n  APPEND boot ntldr=/bootmgr\n";
+
+fn list_files(root: &Path) -> Result<Vec<String>, String> {
+    fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<(), String> {
+        for e in std::fs::read_dir(dir).map_err(|e| format!("read {}: {e}", dir.display()))? {
+            let e = e.map_err(|e| e.to_string())?;
+            let name = e.file_name().to_string_lossy().to_string();
+            let rel = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            };
+            let ty = e.file_type().map_err(|e| e.to_string())?;
+            if ty.is_dir() {
+                walk(&e.path(), &rel, out)?;
+            } else if ty.is_file() {
+                out.push(rel);
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(root, "", &mut out)?;
+    Ok(out)
+}
+
+/// Fills the copied BCD-Template with what bcdboot writes: hivexsh lists what the template
+/// holds, the pure plan says what to add and set.
+async fn write_bcd(mode: BootMode, plan: &layout::Plan, store: &Path) -> Result<(), Failure> {
+    let step = Step::BootFiles;
+    let device = |role: Role| -> Result<bcd::Device, Failure> {
+        let p = plan
+            .partition(role)
+            .ok_or_else(|| fail(step, format!("the plan has no {role:?} partition")))?;
+        Ok(match mode {
+            BootMode::Uefi => bcd::Device::Gpt {
+                partition: p.uuid.clone().unwrap_or_default(),
+                disk: plan.disk_id.clone(),
+            },
+            BootMode::Bios => bcd::Device::Mbr {
+                offset_bytes: p.start * plan.sector_size,
+                signature: u32::from_str_radix(plan.disk_id.trim_start_matches("0x"), 16)
+                    .map_err(|e| fail(step, format!("disk signature {}: {e}", plan.disk_id)))?,
+            },
+        })
+    };
+    let system = device(match mode {
+        BootMode::Uefi => Role::EfiSystem,
+        BootMode::Bios => Role::System,
+    })?;
+    let windows = device(Role::Windows)?;
+    // hivexsh cannot ask whether a key exists (a failed `cd` ends the script), so the
+    // listing runs in rounds, each looking inside what the last one found.
+    let listing_script = store.with_extension("list");
+    let mut listing = String::new();
+    let existing = loop {
+        let existing = bcd::parse_listing(&listing)
+            .map_err(|e| fail(step, format!("cannot read the BCD-Template's listing: {e}")))?;
+        let Some(round) = bcd::listing_script(&existing) else {
+            break existing;
+        };
+        std::fs::write(&listing_script, round)
+            .map_err(|e| fail(step, format!("write the hivexsh script: {e}")))?;
+        listing.push_str(
+            &output(
+                step,
+                "hivexsh",
+                &[
+                    "-f",
+                    &listing_script.to_string_lossy(),
+                    &store.to_string_lossy(),
+                ],
+            )
+            .await?,
+        );
+    };
+    let wanted = bcd::plan(
+        mode,
+        &system,
+        &windows,
+        "en-US",
+        "Windows",
+        &format!("{{{}}}", uuid::Uuid::new_v4()),
+        &format!("{{{}}}", uuid::Uuid::new_v4()),
+    )
+    .map_err(|e| fail(step, format!("cannot plan the BCD store: {e}")))?;
+    let script = store.with_extension("hivexsh");
+    std::fs::write(&script, bcd::render_hivexsh(&wanted, &existing))
+        .map_err(|e| fail(step, format!("write the hivexsh script: {e}")))?;
+    run(
+        step,
+        "hivexsh",
+        &[
+            "-w",
+            "-f",
+            &script.to_string_lossy(),
+            &store.to_string_lossy(),
+        ],
+        &[],
+    )
+    .await
+}
+
+/// Runs a tool; a failure names the step, the command and what it printed.
+async fn run(step: Step, tool: &str, args: &[&str], paths: &[&Path]) -> Result<(), Failure> {
+    run_env_paths(step, tool, args, paths, &[])
+        .await
+        .map(|_| ())
+}
+
+async fn run_env(
+    step: Step,
+    tool: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Result<(), Failure> {
+    run_env_paths(step, tool, args, &[], env).await.map(|_| ())
+}
+
+async fn output(step: Step, tool: &str, args: &[&str]) -> Result<String, Failure> {
+    run_env_paths(step, tool, args, &[], &[]).await
+}
+
+async fn run_env_paths(
+    step: Step,
+    tool: &str,
+    args: &[&str],
+    paths: &[&Path],
+    env: &[(&str, &str)],
+) -> Result<String, Failure> {
+    let mut cmd = tokio::process::Command::new(tool);
+    cmd.args(args).args(paths).stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let shown = format!(
+        "{tool} {}",
+        args.iter()
+            .map(|a| a.to_string())
+            .chain(paths.iter().map(|p| p.display().to_string()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    say(&format!("$ {shown}"));
+    let out = cmd
+        .output()
+        .await
+        .map_err(|e| fail(step, format!("cannot run {tool}: {e}")))?;
+    if !out.status.success() {
+        return Err(fail(
+            step,
+            format!(
+                "`{shown}` failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+async fn run_with_input(
+    step: Step,
+    tool: &str,
+    args: &[&str],
+    device: &Path,
+    input: &str,
+) -> Result<(), Failure> {
+    let mut child = tokio::process::Command::new(tool)
+        .args(args)
+        .arg(device)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(step, format!("cannot run {tool}: {e}")))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    stdin
+        .write_all(input.as_bytes())
+        .await
+        .map_err(|e| fail(step, format!("writing to {tool}: {e}")))?;
+    drop(stdin);
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| fail(step, format!("{tool}: {e}")))?;
+    if !out.status.success() {
+        return Err(fail(
+            step,
+            format!(
+                "{tool} {} failed ({}): {}",
+                device.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ));
+    }
+    Ok(())
+}
