@@ -86,6 +86,27 @@ pub fn say(msg: &str) {
     println!("recast-imager: {msg}");
 }
 
+/// Where progress goes: the boot service during a run ([`Session`]), the console in the
+/// benchmark.
+pub trait Reporter {
+    fn progress(&self, percent: u8, step: Step, message: &str) -> impl Future<Output = ()>;
+}
+
+/// Progress to the console only.
+pub struct Console;
+
+impl Reporter for Console {
+    async fn progress(&self, percent: u8, step: Step, message: &str) {
+        say(&format!("{percent:>3}% {}: {message}", step.as_str()));
+    }
+}
+
+impl Reporter for Session {
+    async fn progress(&self, percent: u8, step: Step, message: &str) {
+        Session::progress(self, percent, step, message).await
+    }
+}
+
 /// The try's session with the boot service.
 pub struct Session {
     http: reqwest::Client,
@@ -96,11 +117,33 @@ pub struct Session {
 const RETRIES: u32 = 30;
 const RETRY_PAUSE: Duration = Duration::from_secs(2);
 
+/// Where a site's CA for an HTTPS boot service goes in the imaging environment (baked into the
+/// initrd). Without it no HTTPS server is trusted: the environment has no system roots, and an
+/// unverified connection is never an option.
+pub const CA_FILE: &str = "/etc/recast/ca.pem";
+
 pub fn http_client() -> Result<reqwest::Client, String> {
-    // reqwest is built without a default TLS provider; ring is the one the workspace uses.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    if let Ok(certs) = CertificateDer::pem_file_iter(CA_FILE) {
+        for c in certs.flatten() {
+            roots
+                .add(c)
+                .map_err(|e| format!("{CA_FILE} holds an unusable certificate: {e}"))?;
+        }
+    }
+    // reqwest is built without a default TLS provider (and the platform verifier finds no
+    // roots in an initramfs): ring, with exactly the roots above.
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS set-up: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
+        .tls_backend_preconfigured(tls)
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))
 }
@@ -276,7 +319,15 @@ pub async fn image(session: &Session, env: &Env) -> Result<(), Failure> {
                 refusal: Some(ImagingRefusal::WrongMachine),
             });
         }
-        identity::Verdict::Match { uuid } => say(&format!("identity matches ({uuid:?})")),
+        identity::Verdict::Match { uuid } => say(&format!(
+            "identity matches{}",
+            match uuid {
+                Some(identity::UuidForm::AsPrinted) => " (SMBIOS UUID as the firmware prints it)",
+                Some(identity::UuidForm::Swapped) =>
+                    " (SMBIOS UUID in the raw byte order of a pre-2.6 SMBIOS table)",
+                None => "",
+            }
+        )),
         identity::Verdict::NothingToCheck => {
             say("the Endpoint sets no SMBIOS identity: only its MAC address names this machine")
         }
@@ -297,7 +348,7 @@ pub async fn image(session: &Session, env: &Env) -> Result<(), Failure> {
         .clone();
     say(&format!("target disk: {disk}"));
 
-    let staged = download(session, env).await?;
+    let staged = download(session, &session.http, &task.image, &env.work).await?;
     let image_bytes = image_total_bytes(&staged, task.image.index).await?;
 
     session
@@ -389,12 +440,16 @@ fn target_rule(task: &ImagingTask) -> disks::TargetRule {
 
 /// Downloads the image into RAM with resume, hashing as it streams. Nothing touches the disk
 /// until the sha256 matched.
-async fn download(session: &Session, env: &Env) -> Result<PathBuf, Failure> {
-    let image = &session.task.image;
+pub async fn download(
+    session: &impl Reporter,
+    http: &reqwest::Client,
+    image: &recast_core::imaging::ImageTaskFile,
+    work: &Path,
+) -> Result<PathBuf, Failure> {
     let step = Step::Download;
-    std::fs::create_dir_all(&env.work)
-        .map_err(|e| fail(step, format!("cannot make {}: {e}", env.work.display())))?;
-    let path = env.work.join("image.wim");
+    std::fs::create_dir_all(work)
+        .map_err(|e| fail(step, format!("cannot make {}: {e}", work.display())))?;
+    let path = work.join("image.wim");
     let mut file = tokio::fs::File::create(&path).await.map_err(|e| {
         fail(
             step,
@@ -423,7 +478,7 @@ async fn download(session: &Session, env: &Env) -> Result<PathBuf, Failure> {
                 ),
             ));
         }
-        let mut req = session.http.get(&image.url);
+        let mut req = http.get(&image.url);
         if have > 0 {
             req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
         }
@@ -619,7 +674,12 @@ async fn wait_for(path: &Path, limit: Duration) -> Result<(), ()> {
 
 /// wimlib-imagex in NTFS-3G mode (the target is an unmounted block device): security
 /// descriptors, named streams, reparse points, short names and hard links as DISM writes them.
-async fn apply(session: &Session, wim: &Path, index: u32, windows: &Path) -> Result<(), Failure> {
+pub async fn apply(
+    session: &impl Reporter,
+    wim: &Path,
+    index: u32,
+    windows: &Path,
+) -> Result<(), Failure> {
     let step = Step::Apply;
     session
         .progress(
@@ -804,26 +864,13 @@ async fn boot_files(
 ) -> Result<(), Failure> {
     let step = Step::BootFiles;
     if mode == BootMode::Bios {
-        // syslinux's volume boot record and ldlinux on the FAT32 system partition (mtools
-        // writes them; the partition must not be mounted).
-        let env_mtools = [("MTOOLS_SKIP_CHECK", "1")];
-        run_env(
-            step,
-            "mmd",
-            &["-i", &system.to_string_lossy(), "::/syslinux"],
-            &env_mtools,
-        )
-        .await?;
+        // syslinux's volume boot record and ldlinux.sys at the root of the FAT32 system
+        // partition (syslinux writes them through mtools; the partition must not be mounted).
         run_env(
             step,
             "syslinux",
-            &[
-                "--install",
-                "--directory",
-                "/syslinux",
-                &system.to_string_lossy(),
-            ],
-            &env_mtools,
+            &["--install", &system.to_string_lossy()],
+            &[("MTOOLS_SKIP_CHECK", "1")],
         )
         .await?;
     }
@@ -907,7 +954,7 @@ async fn copy_boot_files(
     }
     std::fs::copy(&store, &to).map_err(|e| fail(step, format!("write the BCD store: {e}")))?;
     if mode == BootMode::Bios {
-        let dir = sys.join("syslinux");
+        let dir = sys;
         for m in ["chain.c32", "libcom32.c32", "libutil.c32"] {
             std::fs::copy(env.syslinux.join("modules/bios").join(m), dir.join(m))
                 .map_err(|e| fail(step, format!("copy syslinux's {m}: {e}")))?;

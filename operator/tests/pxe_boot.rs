@@ -143,34 +143,6 @@ const UUID4: &str = "1b4e28ba-2fa1-11d2-883f-0016d3cca404";
 const DISK3_SERIAL: &str = "RECAST-DISK-03";
 const GIB: u64 = 1 << 30;
 
-/// The imaging environment (`imager/env/build.sh` around the recast-imager this build made,
-/// cached by content) into `root/linux`.
-fn imaging_environment(root: &Path, dir: &Path) {
-    let built = Path::new(env!("CARGO_BIN_EXE_recast-operator")).with_file_name("recast-imager");
-    assert!(
-        built.is_file(),
-        "no recast-imager next to recast-operator: `make test` (cargo test --workspace) builds it"
-    );
-    // Without debug info: the initrd stays small and its cache key follows the code.
-    let stripped = dir.join("recast-imager");
-    let ok = Command::new("strip")
-        .arg("--strip-debug")
-        .arg(&built)
-        .arg("-o")
-        .arg(&stripped)
-        .status()
-        .unwrap();
-    assert!(ok.success(), "strip recast-imager");
-    let ok = Command::new(repo().join("imager/env/build.sh"))
-        .arg("--imager")
-        .arg(&stripped)
-        .arg("--out")
-        .arg(root)
-        .status()
-        .unwrap();
-    assert!(ok.success(), "imager/env/build.sh failed");
-}
-
 fn endpoint_doc(name: &str, mac: &str, mode: &str, uuid: Option<&str>, target: Value) -> Value {
     let mut identity = json!({"macAddresses": [mac]});
     if let Some(u) = uuid {
@@ -191,7 +163,7 @@ fn prepare(tag: &str) -> Site {
     for f in ["undionly.kpxe", "snponly.efi", "ipxe.efi"] {
         std::fs::copy(format!("/usr/lib/ipxe/{f}"), root.join("ipxe").join(f)).unwrap();
     }
-    imaging_environment(&root, &dir);
+    recast_tests::imaging_env::build(&root, &dir);
     // The golden image: Windows where it matters (security descriptors, named streams, a
     // junction, hard links, short names, \Windows\Boot with runnable boot-manager stand-ins,
     // a BCD-Template, the January servicing package). Built once per machine, reused.

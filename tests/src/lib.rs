@@ -6,6 +6,7 @@ pub mod golden_ntfs;
 pub mod hive;
 pub mod http;
 pub mod imaging;
+pub mod imaging_env;
 pub mod readback;
 pub mod redfish;
 pub mod status;

@@ -38,11 +38,11 @@ pub enum Fault {
 
 #[derive(Clone)]
 pub enum Kind {
-    /// A QEMU VM on `tap` (in the site namespace) with `disk` as vda and `conf` as vdb.
+    /// A QEMU VM on `tap` (in the site namespace) with `disk` as its only disk, imaged by
+    /// recast's Linux imaging environment.
     Qemu {
         tap: String,
         disk: PathBuf,
-        conf: PathBuf,
     },
     Simulated,
 }
@@ -52,8 +52,9 @@ pub struct Machine {
     pub uuid: String,
     pub mac: String,
     pub kind: Kind,
-    /// What the imaging environment is told (written to its second disk): "" or
-    /// "recast-e2e:pause-after-half" / "recast-e2e:fail-apply".
+    /// What a simulated machine's imaging environment is told: "" or
+    /// "recast-e2e:fail-apply" (QEMU machines run the real recast-imager, which takes no
+    /// orders; their faults come from the network, see `Site::throttle`).
     pub control: String,
     pub powered: bool,
     pub vm: Option<Child>,
@@ -61,7 +62,8 @@ pub struct Machine {
     pub network_boots: u32,
     /// Imaging runs that ended (the machine then boots Windows from its disk).
     pub imaged: u32,
-    /// agent.json the last imaging run left for Windows (what WinPE writes into the image).
+    /// agent.json the last imaging run left for Windows: read back from the imaged NTFS volume
+    /// (`\ProgramData\recast\agent.json`) for QEMU machines.
     pub agent_config: Option<String>,
     /// The serial console of the last QEMU run.
     pub serial: Option<PathBuf>,
@@ -187,7 +189,7 @@ impl Drop for Bridge {
 }
 
 /// Notices VMs that powered themselves off at the end of imaging: the machine then reboots into
-/// the freshly applied Windows, whose agent configuration is on the second disk.
+/// the freshly applied Windows, whose agent configuration the imager wrote into it.
 fn reap(machines: Arc<Mutex<BTreeMap<String, Machine>>>) {
     loop {
         std::thread::sleep(Duration::from_millis(300));
@@ -202,15 +204,32 @@ fn reap(machines: Arc<Mutex<BTreeMap<String, Machine>>>) {
             if exited {
                 m.vm = None;
                 m.imaged += 1;
-                if let Kind::Qemu { conf, .. } = &m.kind {
-                    let bytes = std::fs::read(conf).unwrap_or_default();
-                    let text = String::from_utf8_lossy(&bytes);
-                    let text = text.trim_end_matches('\0').trim();
-                    m.agent_config = text.starts_with('{').then(|| text.to_string());
+                if let Kind::Qemu { disk, .. } = &m.kind {
+                    m.agent_config = agent_json_on(disk);
                 }
             }
         }
     }
+}
+
+/// agent.json as the imager left it in the new Windows, read from the disk with sfdisk and a
+/// read-only ntfs-3g mount of the Windows partition (MBR id 7), or None when the disk holds
+/// no such file (the imaging run failed).
+fn agent_json_on(disk: &Path) -> Option<String> {
+    // A disk the run never partitioned has no table: sfdisk fails, nothing to read.
+    let out = recast_tests::readback::tool("sfdisk")
+        .arg("--json")
+        .arg(disk)
+        .output()
+        .ok()?;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let table = recast_tests::readback::Table::from_json(&json);
+    let windows = table.partitions.iter().position(|p| p.type_ == "7")?;
+    let (offset, len) = table.extent(windows);
+    let mount = recast_tests::readback::MountedNtfs::partition(disk, offset, len);
+    let text = std::fs::read_to_string(mount.path().join("ProgramData/recast/agent.json")).ok();
+    let _ = mount.unmount();
+    text
 }
 
 impl Ctx {
@@ -411,18 +430,12 @@ impl Ctx {
         m.network_boots += 1;
         m.agent_config = None;
         match m.kind.clone() {
-            Kind::Qemu { tap, disk, conf } => {
-                let mut control = m.control.clone().into_bytes();
-                control.push(b'\n');
-                control.resize(4096, 0);
-                let mut conf_bytes = control;
-                conf_bytes.resize(1024 * 1024, 0);
-                std::fs::write(&conf, conf_bytes).unwrap();
+            Kind::Qemu { tap, disk } => {
                 let serial = self
                     .dir
                     .join(format!("serial-{}-{}.log", m.name, m.network_boots));
                 m.serial = Some(serial.clone());
-                m.vm = Some(qemu(&self.site_ns, &tap, &m.mac, &disk, &conf, &serial));
+                m.vm = Some(qemu(&self.site_ns, &tap, &m.mac, &m.uuid, &disk, &serial));
             }
             Kind::Simulated => {
                 let ctx = self.clone();
@@ -459,13 +472,15 @@ fn system_path(path: &str) -> Option<(String, String)> {
     Some((uuid.to_string(), rest))
 }
 
-fn qemu(site_ns: &str, tap: &str, mac: &str, disk: &Path, conf: &Path, serial: &Path) -> Child {
+fn qemu(site_ns: &str, tap: &str, mac: &str, uuid: &str, disk: &Path, serial: &Path) -> Child {
     Command::new("ip")
         .args(["netns", "exec", site_ns, "qemu-system-x86_64"])
         .args([
-            "-accel", "tcg", "-m", "384", "-display", "none", "-monitor", "none",
+            "-accel", "tcg", "-m", "512", "-display", "none", "-monitor", "none",
         ])
         .args(["-no-reboot", "-boot", "n"])
+        // The Endpoint names this SMBIOS UUID; recast-imager checks it before writing.
+        .args(["-uuid", uuid])
         .args([
             "-netdev",
             &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
@@ -477,10 +492,6 @@ fn qemu(site_ns: &str, tap: &str, mac: &str, disk: &Path, conf: &Path, serial: &
         .args([
             "-drive",
             &format!("file={},format=raw,if=virtio", disk.display()),
-        ])
-        .args([
-            "-drive",
-            &format!("file={},format=raw,if=virtio", conf.display()),
         ])
         .args(["-serial", &format!("file:{}", serial.display())])
         .stdout(Stdio::null())

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -92,29 +92,24 @@ impl Site {
         for f in ["undionly.kpxe", "snponly.efi", "ipxe.efi"] {
             std::fs::copy(format!("/usr/lib/ipxe/{f}"), root.join("ipxe").join(f)).unwrap();
         }
-        let ok = Command::new(recast_tests::repo_root().join("tests/pxe/build-imager.sh"))
-            .arg(&root)
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(ok.success(), "build-imager.sh failed");
+        recast_tests::imaging_env::build(&root, &dir);
         fixtures(&dir);
 
-        // The January golden image: a WIM made by wimlib-imagex holding the RollupFix
-        // 26100.7623 package, with XML that says so; the GoldenImage controller verifies it.
-        let wimlib = recast_tests::wimlib::find().expect("wimlib-imagex (tests/golden/setup.sh)");
+        // The January golden image: a miniature Windows captured by wimlib-imagex from an NTFS
+        // tree (security descriptors, streams, a junction, hard links, \Windows\Boot with
+        // boot-manager stand-ins, a BCD-Template) holding the RollupFix 26100.7623 package,
+        // with XML that says so; the GoldenImage controller verifies it, recast-imager
+        // applies it.
+        let jan = recast_tests::wimlib::JANUARY_2026;
+        let golden = recast_tests::golden_ntfs::build_golden(
+            &std::env::temp_dir().join("recast-golden-ntfs"),
+            jan,
+            &recast_tests::hive::bcd_template(true),
+        );
         let wim = dir.join("golden/win11-24h2-2026-01.wim");
         std::fs::create_dir_all(wim.parent().unwrap()).unwrap();
-        let jan = recast_tests::wimlib::JANUARY_2026;
-        recast_tests::wimlib::capture_windows(
-            &wimlib,
-            &wim,
-            "none",
-            &[],
-            &[(jan, "KB5074109")],
-            jan,
-        );
-        let digest = recast_tests::sha256_file(&wim);
+        std::fs::copy(&golden.wim, &wim).unwrap();
+        let digest = golden.wim_sha256.clone();
 
         let net_name = format!(
             "rce{}{}",
@@ -170,13 +165,16 @@ impl Site {
             .iter()
             .map(|m| {
                 let kind = if m.qemu {
+                    // Sparse: 2 GiB of nothing until the imager writes it.
                     let disk = dir.join(format!("disk-{}.img", m.name));
-                    std::fs::write(&disk, vec![0u8; 8 * 1024 * 1024]).unwrap();
+                    std::fs::File::create(&disk)
+                        .unwrap()
+                        .set_len(2 << 30)
+                        .unwrap();
                     tap += 1;
                     bmc::Kind::Qemu {
                         tap: format!("tap{}", tap - 1),
                         disk,
-                        conf: dir.join(format!("conf-{}.img", m.name)),
                     }
                 } else {
                     bmc::Kind::Simulated
@@ -268,7 +266,7 @@ impl Site {
         ];
         for m in machines {
             docs.push(format!(
-                "apiVersion: recast.dev/v1alpha1\nkind: Endpoint\nmetadata:\n  name: {name}\n  labels: {labels}\nspec:\n  identity:\n    macAddresses: [\"{mac}\"]\n  bootMode: bios\n  bmc:\n    address: {bmc}\n    credentialsSecretRef: {{name: bmc-credentials}}\n    systemId: {uuid}\n  image: {{goldenImage: {IMAGE}}}\n  site: e2e\n  protected: {protected}\n",
+                "apiVersion: recast.dev/v1alpha1\nkind: Endpoint\nmetadata:\n  name: {name}\n  labels: {labels}\nspec:\n  identity:\n    macAddresses: [\"{mac}\"]\n    smbiosUuid: {uuid}\n  bootMode: bios\n  targetDisk: {{minSizeGiB: 1}}\n  bmc:\n    address: {bmc}\n    credentialsSecretRef: {{name: bmc-credentials}}\n    systemId: {uuid}\n  image: {{goldenImage: {IMAGE}}}\n  site: e2e\n  protected: {protected}\n",
                 name = m.name,
                 labels = m.labels,
                 mac = m.mac,
@@ -687,6 +685,31 @@ impl Site {
             }
             std::thread::sleep(Duration::from_millis(250));
         }
+    }
+
+    /// Slows (or, with `None`, frees) the link into QEMU machine `name`: a token bucket on the
+    /// egress of its tap in the site namespace, i.e. on everything the machine downloads. A
+    /// slow download is how the suite catches recast-imager mid-download.
+    pub fn throttle(&self, name: &str, rate: Option<&str>) {
+        let tap = self
+            .bridge
+            .with(name, |m| match &m.kind {
+                bmc::Kind::Qemu { tap, .. } => Some(tap.clone()),
+                bmc::Kind::Simulated => None,
+            })
+            .unwrap_or_else(|| panic!("{name} is not a QEMU machine"));
+        let ns = format!("{}-site", self.net_name);
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns, "tc", "qdisc"]);
+        match rate {
+            Some(rate) => cmd.args([
+                "replace", "dev", &tap, "root", "tbf", "rate", rate, "burst", "16kb", "latency",
+                "2s",
+            ]),
+            None => cmd.args(["del", "dev", &tap, "root"]),
+        };
+        let ok = cmd.status().unwrap();
+        assert!(ok.success(), "tc on {tap} ({rate:?}) failed");
     }
 
     pub fn serial(&self, name: &str) -> String {
