@@ -10,7 +10,7 @@ DATA_DIR    ?= $(CURDIR)/.recast-data
 # performing them. POWER_DRIVER=redfish drives real BMCs.
 POWER_DRIVER ?= record
 
-.PHONY: all build run demo test e2e attacks fuzz redfish-setup lint fmt docs crds crds-check image helm-setup bench-controller bench-boot bench-images bench-gateway k8s-build k8s-demo k8s-up k8s-down clean help
+.PHONY: all build run demo test e2e attacks fuzz redfish-setup lint fmt docs crds crds-check image imager helm-setup bench-controller bench-boot bench-images bench-gateway k8s-build k8s-demo k8s-up k8s-down clean help
 
 all: build
 
@@ -106,6 +106,13 @@ bench-gateway: ## The agent gateway under recast-agent simulate ($(BENCH_ENDPOIN
 
 image: ## Build and smoke-test the recast-operator image from a release build (root; images/build.sh)
 	images/build.sh --release
+
+IMAGER_OUT ?= $(CURDIR)/target/imaging-environment/serve
+
+imager: ## recast's Linux imaging environment in $(IMAGER_OUT)/linux/{vmlinuz,initrd} (release recast-imager; content-cached); `--imaging-environment linux --boot-root DIR` expects linux/ under DIR
+	$(CARGO) build $(CARGO_FLAGS) --release -p recast-imager
+	imager/env/setup.sh
+	imager/env/build.sh --imager target/release/recast-imager --out $(IMAGER_OUT)
 
 helm-setup: ## Build (or reuse) helm from its Go module (tests/helm/setup.sh)
 	tests/helm/setup.sh
