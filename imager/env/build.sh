@@ -74,7 +74,10 @@ syslinux_files=(/usr/lib/syslinux/mbr/mbr.bin /usr/lib/syslinux/mbr/gptmbr.bin
 # glibc's iconv modules for the DOS code pages: mtools (so `syslinux --install`) fails without
 # them ("Error converting to codepage 850"), mkfs.fat falls back to a built-in table.
 gconv=/usr/lib/x86_64-linux-gnu/gconv
-gconv_files=("$gconv/gconv-modules.cache" "$gconv/IBM850.so" "$gconv/IBM437.so")
+# hivexsh converts key and value names (Latin-1, UTF-16LE) with iconv: without these it fails
+# with "hivex_node_name: Bad file descriptor" on the first key it prints.
+gconv_files=("$gconv/gconv-modules.cache" "$gconv/IBM850.so" "$gconv/IBM437.so"
+  "$gconv/ISO8859-1.so" "$gconv/UTF-16.so" "$gconv/UNICODE.so")
 # Kernel modules, loaded in this order by ./init (`modprobe`, which reads modules.dep that
 # `depmod -b` writes). Their dependencies and soft dependencies are resolved here with the host's
 # kmod (`modprobe --show-depends`) and loaded first. Built-in ones are skipped. USB storage is

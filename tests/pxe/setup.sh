@@ -4,7 +4,11 @@
 # the test imaging environment. Called by .ci/run; safe to run again.
 set -euo pipefail
 # faketime: the end-to-end suite's clock-jump fault runs the operator an hour ahead.
-pkgs=(qemu-system-x86 ovmf ipxe-qemu ipxe dnsmasq-base busybox-static linux-image-amd64 cpio iproute2 curl faketime)
+# The imaged disks are read back with tools that are not recast: sfdisk (fdisk), mtools, ntfs-3g,
+# hivexml (libhivex-bin); the golden image's boot-manager stand-ins are built with
+# grub-mkstandalone (grub-efi-amd64-bin) and GNU as/ld (binutils), which also strips the imager.
+pkgs=(qemu-system-x86 ovmf ipxe-qemu ipxe dnsmasq-base busybox-static linux-image-amd64 cpio iproute2 curl faketime
+  fdisk mtools ntfs-3g wimtools libhivex-bin grub-efi-amd64-bin binutils syslinux-common)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -14,3 +18,5 @@ if ((${#missing[@]})); then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+# recast's Linux imaging environment, which the PXE tier and the end-to-end suite boot.
+"$(dirname "$0")/../../imager/env/setup.sh"
