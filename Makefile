@@ -10,7 +10,7 @@ DATA_DIR    ?= $(CURDIR)/.recast-data
 # performing them. POWER_DRIVER=redfish drives real BMCs.
 POWER_DRIVER ?= record
 
-.PHONY: all build run demo test e2e attacks fuzz redfish-setup lint fmt docs crds crds-check image imager helm-setup bench-controller bench-boot bench-images bench-gateway k8s-build k8s-demo k8s-up k8s-down clean help
+.PHONY: all build run demo test e2e attacks fuzz redfish-setup lint fmt docs crds crds-check image imager helm-setup bench-controller bench-boot bench-images bench-imager bench-gateway k8s-build k8s-demo k8s-up k8s-down clean help
 
 all: build
 
@@ -96,6 +96,16 @@ bench-images: ## sha256, WIM inspection and integrity checks vs sha256sum and wi
 	tests/golden/setup.sh
 	$(CARGO) build --release $(CARGO_FLAGS) -p recast-golden --example bench_images
 	target/release/examples/bench_images $(BENCH_IMAGE_MIB)
+
+BENCH_APPLY_MIB ?= 512
+
+bench-imager: ## recast-imager's download+verify+apply vs curl, sha256sum and wimlib-imagex apply (and curl | apply -) on a $(BENCH_APPLY_MIB) MiB WIM (prints a table)
+	imager/env/setup.sh
+	# The server (the same for every contender) only sends the file with sendfile(2): a debug
+	# build serves it as fast as a release one.
+	$(CARGO) build $(CARGO_FLAGS) -p recast-operator --bin recast-operator
+	$(CARGO) build --release $(CARGO_FLAGS) -p recast-imager --example bench_apply
+	target/release/examples/bench_apply target/debug/recast-operator $(BENCH_APPLY_MIB)
 
 BENCH_REPORTS ?= 5
 

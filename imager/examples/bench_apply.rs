@@ -50,10 +50,16 @@ fn free_port() -> u16 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let operator = PathBuf::from(args.get(1).expect("usage: bench_apply RECAST_OPERATOR [MIB] [ROUNDS]"));
+    let operator = PathBuf::from(
+        args.get(1)
+            .expect("usage: bench_apply RECAST_OPERATOR [MIB] [ROUNDS]"),
+    );
     let mib: u64 = args.get(2).map_or(512, |a| a.parse().unwrap());
     let rounds: usize = args.get(3).map_or(3, |a| a.parse().unwrap());
-    let work = PathBuf::from(format!("/dev/shm/recast-bench-apply-{}", std::process::id()));
+    let work = PathBuf::from(format!(
+        "/dev/shm/recast-bench-apply-{}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&work);
     let tree = work.join("tree");
     std::fs::create_dir_all(tree.join("Windows/System32")).unwrap();
@@ -90,7 +96,11 @@ fn main() {
     let pipable_digest = sha256(&pipable);
     let size = std::fs::metadata(&wim).unwrap().len();
     std::fs::rename(&wim, root.join("images").join(format!("{digest}.wim"))).unwrap();
-    std::fs::rename(&pipable, root.join("images").join(format!("{pipable_digest}.wim"))).unwrap();
+    std::fs::rename(
+        &pipable,
+        root.join("images").join(format!("{pipable_digest}.wim")),
+    )
+    .unwrap();
 
     let port = free_port();
     let mut server = Command::new(&operator)
@@ -186,12 +196,24 @@ fn main() {
         size >> 20
     );
     println!("|---|---|---|---|");
-    println!("| recast-imager: download + sha256 while streaming + apply | {r:.2} | 1.00x | {} |", all(&recast));
+    println!(
+        "| recast-imager: download + sha256 while streaming + apply | {r:.2} | 1.00x | {} |",
+        all(&recast)
+    );
     for (name, v) in [
-        ("curl -o, then sha256sum, then wimlib-imagex apply", &chained),
-        ("curl -o, then wimlib-imagex apply (no verification)", &unverified),
+        (
+            "curl -o, then sha256sum, then wimlib-imagex apply",
+            &chained,
+        ),
+        (
+            "curl -o, then wimlib-imagex apply (no verification)",
+            &unverified,
+        ),
         ("wimlib-imagex apply of the staged file alone", &apply_only),
-        ("curl | wimlib-imagex apply - (pipable WIM, no staging)", &streamed),
+        (
+            "curl | wimlib-imagex apply - (pipable WIM, no staging)",
+            &streamed,
+        ),
     ] {
         let b = best(v);
         println!(

@@ -100,7 +100,7 @@ impl fmt::Display for TargetRule {
             TargetRule::Wwn(w) => write!(f, "the disk with WWN {w:?}"),
             TargetRule::OnlyFixedDisk { min_bytes } => write!(
                 f,
-                "the only fixed (non-removable, non-USB) disk of at least {} GiB",
+                "a fixed (non-removable, non-USB, writable) disk of at least {} GiB",
                 min_bytes / GIB
             ),
         }
@@ -112,7 +112,7 @@ impl fmt::Display for TargetRule {
 pub enum Refusal {
     #[error("no disk is {rule}; disks seen: {}", list(.seen))]
     None { rule: TargetRule, seen: Vec<Disk> },
-    #[error("{} disks are {rule} ({}): name one with spec.targetDisk; disks seen: {}", .candidates.len(), .candidates.join(", "), list(.seen))]
+    #[error("{} disks are {rule} ({}), and the rule needs exactly one: name it with spec.targetDisk (serial or wwn); disks seen: {}", .candidates.len(), .candidates.join(", "), list(.seen))]
     Several {
         rule: TargetRule,
         candidates: Vec<String>,
@@ -220,7 +220,9 @@ mod tests {
         assert!(matches!(&e, Refusal::Several { candidates, .. } if candidates == &["vda", "vdb"]));
         let msg = e.to_string();
         assert!(
-            msg.contains("spec.targetDisk") && msg.contains("serial A"),
+            msg.starts_with("2 disks are a fixed (non-removable, non-USB, writable) disk of at least 32 GiB (vda, vdb), and the rule needs exactly one")
+                && msg.contains("spec.targetDisk")
+                && msg.contains("serial A"),
             "{msg}"
         );
     }

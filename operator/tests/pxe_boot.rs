@@ -1004,8 +1004,9 @@ fn refused(
             .any(|e| e.starts_with(reason) && e.contains("wrote nothing")),
         "{name}: a {reason} event: {events:?}"
     );
-    assert!(
-        store.boot_intent(m.mac).unwrap().is_none(),
-        "{name}: disarmed"
+    recast_tests::wait_for(
+        Duration::from_secs(30),
+        &format!("{name}'s boot to be disarmed"),
+        || store.boot_intent(m.mac).unwrap().is_none(),
     );
 }

@@ -1,4 +1,4 @@
-//! A simulated machine's imaging environment: what tests/pxe/imager-init.sh does inside a VM,
+//! A simulated machine's imaging environment: the protocol half of what recast-imager does in a VM,
 //! from a test process, over the real imaging protocol (the armed iPXE script's claim URL, the
 //! claim that binds a session token to the caller's address, the task, the image with its
 //! sha256 checked, progress, agent.json, the result). The e2e suite runs it for its simulated
