@@ -165,11 +165,12 @@ impl Site {
             .iter()
             .map(|m| {
                 let kind = if m.qemu {
-                    // Sparse: 2 GiB of nothing until the imager writes it.
+                    // Sparse: 4 GiB of nothing until the imager writes it (the layout needs 1 GiB
+                    // for Windows beside 1 GiB of recovery).
                     let disk = dir.join(format!("disk-{}.img", m.name));
                     std::fs::File::create(&disk)
                         .unwrap()
-                        .set_len(2 << 30)
+                        .set_len(4 << 30)
                         .unwrap();
                     tap += 1;
                     bmc::Kind::Qemu {
@@ -703,7 +704,7 @@ impl Site {
         cmd.args(["netns", "exec", &ns, "tc", "qdisc"]);
         match rate {
             Some(rate) => cmd.args([
-                "replace", "dev", &tap, "root", "tbf", "rate", rate, "burst", "16kb", "latency",
+                "replace", "dev", &tap, "root", "tbf", "rate", rate, "burst", "32kb", "latency",
                 "2s",
             ]),
             None => cmd.args(["del", "dev", &tap, "root"]),
