@@ -764,18 +764,19 @@ fn wave_chain(site: &mut Site, names: &[String]) {
             assert_eq!(site.bridge.with(name, |m| m.network_boots), 0);
         }
     }
-    let disk = std::fs::read(site.dir.join("disk-till-02.img")).unwrap();
-    let wim = std::fs::read(
-        site.root
-            .join("images")
-            .join(format!("{}.wim", site.digest)),
+    // The QEMU member was imaged for real: its table reads back as system, Windows,
+    // Recovery, and its Windows volume holds the agent configuration of its attempt.
+    let table = recast_tests::readback::Table::read(&site.dir.join("disk-till-02.img"));
+    let types: Vec<&str> = table.partitions.iter().map(|p| p.type_.as_str()).collect();
+    assert_eq!(types, ["c", "7", "27"], "till-02's disk: {table:?}");
+    let config: Value = serde_json::from_str(
+        &site
+            .bridge
+            .with("till-02", |m| m.agent_config.clone())
+            .expect("till-02's agent.json, read from its NTFS volume"),
     )
     .unwrap();
-    assert_eq!(
-        &disk[..wim.len()],
-        &wim[..],
-        "the QEMU member's disk holds the WIM"
-    );
+    assert_eq!(config["endpoint"], "till-02", "{config}");
     // `wave status` exits 3 for a Failed wave (pipelines branch on it).
     let (ok, _) = site.show_exit(&["wave", "status", "tills-2026-01"]);
     assert!(
