@@ -17,6 +17,10 @@ pub struct Copy {
     pub to: String,
 }
 
+/// UEFI's removable-media fallback loader: what firmware boots from a disk it has no NVRAM
+/// entry for (as after a reimage).
+pub const FALLBACK_LOADER: &str = "EFI/Boot/bootx64.efi";
+
 /// Where the BCD store goes on the system partition.
 pub fn bcd_path(mode: BootMode) -> &'static str {
     match mode {
@@ -77,7 +81,7 @@ pub fn plan(mode: BootMode, files: &[String]) -> Result<Vec<Copy>, MissingBootMa
                 .ok_or(MissingBootManager("EFI\\bootmgfw.efi"))?;
             let fallback = Copy {
                 from: manager.from.clone(),
-                to: "EFI/Boot/bootx64.efi".into(),
+                to: FALLBACK_LOADER.into(),
             };
             copies.push(fallback);
         }

@@ -82,6 +82,12 @@ fn fail(step: Step, message: impl Into<String>) -> Failure {
     }
 }
 
+/// An error with its causes: reqwest's own message names only the URL, the cause ("connection
+/// refused", "invalid peer certificate") is in its sources.
+fn chain(e: &dyn std::error::Error) -> String {
+    recast_crds::error_chain(e)
+}
+
 pub fn say(msg: &str) {
     println!("recast-imager: {msg}");
 }
@@ -115,6 +121,27 @@ pub struct Session {
 }
 
 const RETRIES: u32 = 30;
+/// The boot service takes reports of up to 4 KiB; an error (a tool's stderr) is cut to fit.
+const MAX_ERROR_BYTES: usize = 3 * 1024;
+
+/// `message` within `max` bytes: its start and its end (a tool's last lines say most), cut on
+/// character boundaries.
+pub fn fit_report(message: &str, max: usize) -> String {
+    if message.len() <= max {
+        return message.to_string();
+    }
+    const GAP: &str = " [...] ";
+    let half = (max - GAP.len()) / 2;
+    let mut head = half;
+    while !message.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = message.len() - half;
+    while !message.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!("{}{GAP}{}", &message[..head], &message[tail..])
+}
 const RETRY_PAUSE: Duration = Duration::from_secs(2);
 
 /// Where a site's CA for an HTTPS boot service goes in the imaging environment (baked into the
@@ -126,8 +153,11 @@ pub fn http_client() -> Result<reqwest::Client, String> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
-    if let Ok(certs) = CertificateDer::pem_file_iter(CA_FILE) {
-        for c in certs.flatten() {
+    if Path::new(CA_FILE).exists() {
+        let certs = CertificateDer::pem_file_iter(CA_FILE)
+            .map_err(|e| format!("cannot read {CA_FILE}: {e}"))?;
+        for c in certs {
+            let c = c.map_err(|e| format!("{CA_FILE} holds an unreadable PEM block: {e}"))?;
             roots
                 .add(c)
                 .map_err(|e| format!("{CA_FILE} holds an unusable certificate: {e}"))?;
@@ -143,6 +173,8 @@ pub fn http_client() -> Result<reqwest::Client, String> {
         .with_no_client_auth();
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
+        // A server that stops sending mid-response: give up and resume, not hang the try.
+        .read_timeout(Duration::from_secs(60))
         .tls_backend_preconfigured(tls)
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))
@@ -151,6 +183,14 @@ pub fn http_client() -> Result<reqwest::Client, String> {
 /// Claims the try (the token answers only this machine's address), then fetches the task.
 /// Retried for a minute each: the boot service may be restarting.
 pub async fn start(http: reqwest::Client, claim_url: &str) -> Result<Session, Failure> {
+    if claim_url.starts_with("https://") && !Path::new(CA_FILE).exists() {
+        return Err(fail(
+            Step::Claim,
+            format!(
+                "the boot service is HTTPS but the imaging environment trusts no CA: put the site's CA at {CA_FILE} in the initrd"
+            ),
+        ));
+    }
     let mut last = String::new();
     let mut claim = None;
     for _ in 0..RETRIES {
@@ -160,7 +200,7 @@ pub async fn start(http: reqwest::Client, claim_url: &str) -> Result<Session, Fa
                     claim = Some(a);
                     break;
                 }
-                Err(e) => last = format!("unreadable claim answer: {e}"),
+                Err(e) => last = format!("unreadable claim answer: {}", chain(&e)),
             },
             // A refusal (another machine holds the try, the try is gone) is final.
             Ok(r) if r.status().is_client_error() => {
@@ -175,7 +215,7 @@ pub async fn start(http: reqwest::Client, claim_url: &str) -> Result<Session, Fa
                 ));
             }
             Ok(r) => last = format!("{} from {claim_url}", r.status()),
-            Err(e) => last = e.to_string(),
+            Err(e) => last = chain(&e),
         }
         tokio::time::sleep(RETRY_PAUSE).await;
     }
@@ -195,11 +235,11 @@ pub async fn start(http: reqwest::Client, claim_url: &str) -> Result<Session, Fa
                     break;
                 }
                 Err(e) => {
-                    return Err(fail(Step::Task, format!("unreadable task: {e}")));
+                    return Err(fail(Step::Task, format!("unreadable task: {}", chain(&e))));
                 }
             },
             Ok(r) => last = format!("{} from {}", r.status(), claim.task_url),
-            Err(e) => last = e.to_string(),
+            Err(e) => last = chain(&e),
         }
         tokio::time::sleep(RETRY_PAUSE).await;
     }
@@ -229,7 +269,7 @@ impl Session {
             .send()
             .await;
         if let Err(e) = sent {
-            say(&format!("could not post progress: {e}"));
+            say(&format!("could not post progress: {}", chain(&e)));
         }
     }
 
@@ -245,7 +285,7 @@ impl Session {
             Err(f) => ResultReport {
                 ok: false,
                 step: Some(f.step.as_str().into()),
-                error: Some(f.message.clone()),
+                error: Some(fit_report(&f.message, MAX_ERROR_BYTES)),
                 refusal: f.refusal,
             },
         };
@@ -263,8 +303,18 @@ impl Session {
                     say("result posted");
                     return;
                 }
+                // Refused for what it says (or the try is gone): sending it again cannot help.
+                Ok(r) if r.status().is_client_error() => {
+                    let status = r.status();
+                    let text = r.text().await.unwrap_or_default();
+                    say(&format!(
+                        "the boot service refused the result ({status}): {}",
+                        text.trim()
+                    ));
+                    return;
+                }
                 Ok(r) => say(&format!("result refused: {}", r.status())),
-                Err(e) => say(&format!("could not post the result: {e}")),
+                Err(e) => say(&format!("could not post the result: {}", chain(&e))),
             }
             tokio::time::sleep(RETRY_PAUSE).await;
         }
@@ -280,13 +330,13 @@ impl Session {
                         .bytes()
                         .await
                         .map(|b| b.to_vec())
-                        .map_err(|e| fail(step, format!("reading {url}: {e}")));
+                        .map_err(|e| fail(step, format!("reading {url}: {}", chain(&e))));
                 }
                 Ok(r) if r.status().is_client_error() => {
                     return Err(fail(step, format!("{url} answered {}", r.status())));
                 }
                 Ok(r) => last = format!("{url} answered {}", r.status()),
-                Err(e) => last = e.to_string(),
+                Err(e) => last = chain(&e),
             }
             tokio::time::sleep(RETRY_PAUSE).await;
         }
@@ -347,6 +397,13 @@ pub async fn image(session: &Session, env: &Env) -> Result<(), Failure> {
         })?
         .clone();
     say(&format!("target disk: {disk}"));
+    // Before the download: a disk too small even for the compressed image never fits, and no
+    // other try will change that.
+    preflight(env, &disk, mode, task.image.size).map_err(|message| Failure {
+        step: Step::Disk,
+        message,
+        refusal: Some(ImagingRefusal::NoTargetDisk),
+    })?;
 
     let staged = download(session, &session.http, &task.image, &env.work).await?;
     let image_bytes = image_total_bytes(&staged, task.image.index).await?;
@@ -438,6 +495,26 @@ fn target_rule(task: &ImagingTask) -> disks::TargetRule {
     }
 }
 
+/// Room left in RAM beside the staged image (the tools and their buffers).
+const STAGING_MARGIN: u64 = 64 << 20;
+
+/// Free bytes of the file system holding `dir`; None when it cannot be asked.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is NUL-terminated and `st` is a valid out-parameter.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// The first byte of a `Content-Range: bytes START-END/SIZE` answer.
+pub fn content_range_start(value: &str) -> Option<u64> {
+    let range = value.trim().strip_prefix("bytes ")?;
+    let (start, _) = range.split_once('-')?;
+    start.trim().parse().ok()
+}
+
 /// Downloads the image into RAM with resume, hashing as it streams. Nothing touches the disk
 /// until the sha256 matched.
 pub async fn download(
@@ -449,6 +526,19 @@ pub async fn download(
     let step = Step::Download;
     std::fs::create_dir_all(work)
         .map_err(|e| fail(step, format!("cannot make {}: {e}", work.display())))?;
+    let room = free_bytes(work);
+    if let Some(room) = room
+        && room < image.size + STAGING_MARGIN
+    {
+        return Err(fail(
+            step,
+            format!(
+                "the image is {} MiB but the imaging environment has {} MiB of RAM free to stage it in: this machine needs more memory (the WIM is verified in RAM before anything is written)",
+                image.size >> 20,
+                room >> 20
+            ),
+        ));
+    }
     let path = work.join("image.wim");
     let mut file = tokio::fs::File::create(&path).await.map_err(|e| {
         fail(
@@ -467,7 +557,14 @@ pub async fn download(
         )
         .await;
     let mut tries = 0;
+    let mut had = 0;
     while have < image.size {
+        // Only tries that fetched nothing count: a link that keeps breaking but moves on
+        // is resumed as long as it moves.
+        if have > had {
+            had = have;
+            tries = 0;
+        }
         tries += 1;
         if tries > RETRIES {
             return Err(fail(
@@ -486,21 +583,52 @@ pub async fn download(
             Ok(r) => r,
             Err(e) => {
                 say(&format!(
-                    "download interrupted at byte {have}: {e}; resuming"
+                    "download interrupted at byte {have}: {}; resuming",
+                    chain(&e)
                 ));
                 tokio::time::sleep(RETRY_PAUSE).await;
                 continue;
             }
         };
-        match resp.status().as_u16() {
-            206 => {}
-            200 => {
-                // The server sent the whole file again: start over.
+        let status = resp.status().as_u16();
+        let range_start = resp
+            .headers()
+            .get(reqwest::header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(content_range_start);
+        match status {
+            206 if range_start == Some(have) => {}
+            200 | 206 => {
+                // The whole file again, or a range that is not the one asked for: start over
+                // rather than hash bytes in the wrong place.
                 if have > 0 {
-                    say("the server ignored the range; downloading from the start");
+                    say(&format!(
+                        "the server answered {status} from byte {range_start:?}, not {have}: downloading from the start"
+                    ));
+                }
+                if status == 206 {
+                    have = 0;
+                    hasher = Sha256::new();
+                    file.flush().await.ok();
+                    file = tokio::fs::File::create(&path)
+                        .await
+                        .map_err(|e| fail(step, format!("cannot restage: {e}")))?;
+                    continue;
+                }
+                if let Some(len) = resp.content_length()
+                    && len != image.size
+                {
+                    return Err(fail(
+                        step,
+                        format!(
+                            "{} is {len} bytes, the task says {}: nothing was written to the disk",
+                            image.url, image.size
+                        ),
+                    ));
                 }
                 have = 0;
                 hasher = Sha256::new();
+                file.flush().await.ok();
                 file = tokio::fs::File::create(&path)
                     .await
                     .map_err(|e| fail(step, format!("cannot restage: {e}")))?;
@@ -586,6 +714,43 @@ async fn image_total_bytes(wim: &Path, index: u32) -> Result<u64, Failure> {
         })
 }
 
+/// The sizes the layout asks of the Windows partition for an image of `image_bytes` (its
+/// expanded size): room for it and a quarter more (page file, the first updates), at least
+/// 1 GiB.
+fn sizes_for(image_bytes: u64) -> layout::Sizes {
+    layout::Sizes {
+        min_windows_bytes: (image_bytes + image_bytes / 4).max(1 << 30),
+        ..layout::Sizes::default()
+    }
+}
+
+/// Whether the disk can hold the layout at all, planned with throw-away GUIDs.
+fn preflight(
+    env: &Env,
+    disk: &disks::Disk,
+    mode: BootMode,
+    image_bytes: u64,
+) -> Result<(), String> {
+    let sector = sysfs::sector_size(&env.sysfs, &disk.name);
+    let ids = layout::GptIds {
+        disk: "00000000-0000-0000-0000-000000000001".into(),
+        esp: "00000000-0000-0000-0000-000000000002".into(),
+        msr: "00000000-0000-0000-0000-000000000003".into(),
+        windows: "00000000-0000-0000-0000-000000000004".into(),
+        recovery: "00000000-0000-0000-0000-000000000005".into(),
+    };
+    layout::plan(
+        mode,
+        disk.size_bytes,
+        sector,
+        &ids,
+        "00000001",
+        sizes_for(image_bytes),
+    )
+    .map(|_| ())
+    .map_err(|e| format!("{} cannot hold the image: {e}", disk.name))
+}
+
 /// Writes the partition table and reads it back before anything else.
 async fn partition(
     env: &Env,
@@ -604,16 +769,12 @@ async fn partition(
         recovery: guid(),
     };
     let signature = format!("{:08x}", fastrand_u32());
-    let sizes = layout::Sizes {
-        // Room for the image and a quarter more (page file, the first updates), at least 1 GiB.
-        min_windows_bytes: (image_bytes + image_bytes / 4).max(1 << 30),
-        ..layout::Sizes::default()
-    };
+    let sizes = sizes_for(image_bytes);
     let plan = layout::plan(mode, disk.size_bytes, sector, &ids, &signature, sizes)
         .map_err(|e| fail(step, e.to_string()))?;
     let device = env.dev.join(&disk.name);
-    // No old boot code may survive a half-finished run: firmware must skip this disk until
-    // the boot files are written.
+    // No old boot code may survive a half-finished run: firmware must pass over this disk
+    // until the boot files are written.
     zero_boot_code(&device).map_err(|e| fail(step, e))?;
     let script = layout::render_sfdisk(&plan);
     run_with_input(
@@ -634,12 +795,26 @@ async fn partition(
             ),
         )
     })?;
-    // devtmpfs makes the partition nodes once the kernel re-read the table.
-    for n in 1..=plan.partitions.len() as u32 {
-        let node = env.dev.join(sysfs::partition_name(&disk.name, n));
+    // devtmpfs makes the partition nodes once the kernel re-read the table; and the kernel
+    // must see the new extents, not the old ones (mkfs and wimlib write through its view).
+    for (i, p) in plan.partitions.iter().enumerate() {
+        let name = sysfs::partition_name(&disk.name, i as u32 + 1);
+        let node = env.dev.join(&name);
         wait_for(&node, Duration::from_secs(10))
             .await
             .map_err(|()| fail(step, format!("{} did not appear", node.display())))?;
+        let units = plan.sector_size / 512;
+        let want = (p.start * units, p.size * units);
+        if let Some(seen) = sysfs::partition_extent(&env.sysfs, &disk.name, &name)
+            && seen != want
+        {
+            return Err(fail(
+                step,
+                format!(
+                    "the kernel sees {name} at {seen:?} (start, length in 512-byte units), the table says {want:?}: it did not re-read the partition table; nothing was formatted"
+                ),
+            ));
+        }
     }
     Ok(plan)
 }
@@ -649,6 +824,15 @@ fn fastrand_u32() -> u32 {
     u32::from_le_bytes([b[0], b[1], b[2], b[3]]) | 1
 }
 
+/// MBR boot code that hands the machine back to the firmware: `int 18h` ("boot failed, try the
+/// next device"), then `hlt` in a loop. Zeros would not do: a BIOS checks only the 0x55AA
+/// signature sfdisk writes and would run whatever sits there.
+pub fn next_device_boot_code() -> [u8; 440] {
+    let mut code = [0u8; 440];
+    code[..5].copy_from_slice(&[0xCD, 0x18, 0xF4, 0xEB, 0xFD]);
+    code
+}
+
 fn zero_boot_code(device: &Path) -> Result<(), String> {
     use std::io::{Seek, SeekFrom, Write};
     let mut f = std::fs::OpenOptions::new()
@@ -656,7 +840,7 @@ fn zero_boot_code(device: &Path) -> Result<(), String> {
         .open(device)
         .map_err(|e| format!("cannot open {}: {e}", device.display()))?;
     f.seek(SeekFrom::Start(0))
-        .and_then(|_| f.write_all(&[0u8; 440]))
+        .and_then(|_| f.write_all(&next_device_boot_code()))
         .and_then(|()| f.sync_all())
         .map_err(|e| format!("cannot clear the boot code of {}: {e}", device.display()))
 }
@@ -689,6 +873,8 @@ pub async fn apply(
         )
         .await;
     let mut child = tokio::process::Command::new("wimlib-imagex")
+        // Never leave it writing the partition after this function gave up on it.
+        .kill_on_drop(true)
         .arg("apply")
         .arg(wim)
         .arg(index.to_string())
@@ -784,7 +970,9 @@ async fn configure(session: &Session, env: &Env, windows: &Path) -> Result<(), F
             (&panther, "unattend.xml", &unattend),
             (&recast, "agent.json", &agent),
         ] {
-            let path = dir.join(name);
+            // NTFS through ntfs-3g is case-sensitive, Windows is not: replace the image's own
+            // Unattend.xml rather than putting a second one beside it.
+            let path = find_child(dir, name).unwrap_or_else(|| dir.join(name));
             std::fs::write(&path, bytes).map_err(|e| format!("write {}: {e}", path.display()))?;
             set_acl(&path, &acl::system_and_administrators_only(false))?;
         }
@@ -876,8 +1064,8 @@ async fn boot_files(
     }
     let win_at = env.work.join("windows");
     let sys_at = env.work.join("system");
-    let win = mount_ntfs(step, windows, &win_at, true).await?;
     std::fs::create_dir_all(&sys_at).map_err(|e| fail(step, format!("mkdir: {e}")))?;
+    let win = mount_ntfs(step, windows, &win_at, true).await?;
     if let Err(e) = run(step, "mount", &["-t", "vfat"], &[system, &sys_at]).await {
         let _ = win.unmount(step).await;
         return Err(e);
@@ -931,28 +1119,42 @@ async fn copy_boot_files(
     })?;
     let files = list_files(&boot).map_err(|e| fail(step, e))?;
     let copies = bootfiles::plan(mode, &files).map_err(|e| fail(step, e.to_string()))?;
-    for c in &copies {
-        let to = sys.join(&c.to);
-        if let Some(parent) = to.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| fail(step, format!("mkdir {}: {e}", parent.display())))?;
-        }
-        std::fs::copy(boot.join(&c.from), &to)
-            .map_err(|e| fail(step, format!("copy {} to {}: {e}", c.from, c.to)))?;
-    }
-    say(&format!("{} boot files copied", copies.len()));
 
+    // The BCD store first, in RAM: if it cannot be built, nothing that firmware would boot
+    // is on the system partition yet.
     let template = find_path(win, &["Windows", "System32", "config", "BCD-Template"]).ok_or_else(
         || fail(step, "the image has no \\Windows\\System32\\config\\BCD-Template to build the BCD store from"),
     )?;
     let store = work.join("BCD");
     std::fs::copy(&template, &store).map_err(|e| fail(step, format!("copy BCD-Template: {e}")))?;
     write_bcd(mode, plan, &store).await?;
-    let to = sys.join(bootfiles::bcd_path(mode));
-    if let Some(parent) = to.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| fail(step, format!("mkdir: {e}")))?;
+
+    // Then everything but the firmware's fallback loader, then the store, then the fallback
+    // loader: the one file UEFI firmware boots from a disk without an NVRAM entry comes last.
+    let copy = |from: &Path, to_rel: &str| -> Result<(), Failure> {
+        let to = sys.join(to_rel);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| fail(step, format!("mkdir {}: {e}", parent.display())))?;
+        }
+        std::fs::copy(from, &to)
+            .map(|_| ())
+            .map_err(|e| fail(step, format!("copy {} to {to_rel}: {e}", from.display())))
+    };
+    let (last, first): (Vec<_>, Vec<_>) = copies
+        .iter()
+        .partition(|c| c.to == bootfiles::FALLBACK_LOADER);
+    for c in &first {
+        copy(&boot.join(&c.from), &c.to)?;
     }
-    std::fs::copy(&store, &to).map_err(|e| fail(step, format!("write the BCD store: {e}")))?;
+    copy(&store, bootfiles::bcd_path(mode))?;
+    for c in &last {
+        copy(&boot.join(&c.from), &c.to)?;
+    }
+    say(&format!(
+        "{} boot files and the BCD store written",
+        copies.len()
+    ));
     if mode == BootMode::Bios {
         let dir = sys;
         for m in ["chain.c32", "libcom32.c32", "libutil.c32"] {
@@ -1022,7 +1224,15 @@ async fn write_bcd(mode: BootMode, plan: &layout::Plan, store: &Path) -> Result<
     // listing runs in rounds, each looking inside what the last one found.
     let listing_script = store.with_extension("list");
     let mut listing = String::new();
+    let mut rounds = 0;
     let existing = loop {
+        rounds += 1;
+        if rounds > 16 {
+            return Err(fail(
+                step,
+                "the BCD-Template's listing did not settle after 16 rounds of hivexsh",
+            ));
+        }
         let existing = bcd::parse_listing(&listing)
             .map_err(|e| fail(step, format!("cannot read the BCD-Template's listing: {e}")))?;
         let Some(round) = bcd::listing_script(&existing) else {
@@ -1165,4 +1375,67 @@ async fn run_with_input(
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_error_keeps_its_start_and_end_within_the_limit() {
+        assert_eq!(fit_report("short", 100), "short");
+        let long = format!(
+            "wimlib-imagex apply failed: {}the last line",
+            "x".repeat(5000)
+        );
+        let fit = fit_report(&long, MAX_ERROR_BYTES);
+        assert!(fit.len() <= MAX_ERROR_BYTES, "{}", fit.len());
+        assert!(fit.starts_with("wimlib-imagex apply failed: "));
+        assert!(fit.ends_with("the last line"));
+        assert!(fit.contains(" [...] "));
+        // Multi-byte characters are never cut in half.
+        let wide = "é".repeat(4000);
+        let fit = fit_report(&wide, 1001);
+        assert!(fit.len() <= 1001);
+        assert!(fit.chars().all(|c| c == 'é' || " [.]".contains(c)));
+        // The report, with the cut error, still fits the boot service's 4 KiB.
+        let report = ResultReport {
+            ok: false,
+            step: Some("apply".into()),
+            error: Some(fit_report(&long, MAX_ERROR_BYTES)),
+            refusal: Some(ImagingRefusal::NoTargetDisk),
+        };
+        assert!(serde_json::to_vec(&report).unwrap().len() < 4096);
+    }
+
+    #[test]
+    fn content_range_gives_where_the_bytes_start() {
+        assert_eq!(
+            content_range_start("bytes 1000-4653349/4654350"),
+            Some(1000)
+        );
+        assert_eq!(content_range_start(" bytes 0-0/1 "), Some(0));
+        assert_eq!(content_range_start("bytes */4654350"), None);
+        assert_eq!(content_range_start("items 1-2/3"), None);
+        assert_eq!(content_range_start(""), None);
+    }
+
+    #[test]
+    fn the_placeholder_boot_code_hands_back_to_the_firmware() {
+        let code = next_device_boot_code();
+        // int 18h; hlt; jmp $-1
+        assert_eq!(&code[..5], &[0xCD, 0x18, 0xF4, 0xEB, 0xFD]);
+        assert!(code[5..].iter().all(|b| *b == 0));
+        assert_eq!(code.len(), 440, "only the boot code, never the table");
+    }
+
+    #[test]
+    fn the_windows_partition_gets_the_image_and_a_quarter_more() {
+        assert_eq!(sizes_for(0).min_windows_bytes, 1 << 30);
+        assert_eq!(sizes_for(20 << 30).min_windows_bytes, 25 << 30);
+        assert_eq!(
+            sizes_for(20 << 30).recovery_bytes,
+            layout::Sizes::default().recovery_bytes
+        );
+    }
 }

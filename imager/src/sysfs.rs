@@ -97,6 +97,14 @@ pub fn sector_size(root: &Path, disk: &str) -> u64 {
     .unwrap_or(512)
 }
 
+/// Where the kernel thinks partition `part` of `disk` is: (start, length) in 512-byte units,
+/// from `/sys/block/DISK/PART/{start,size}`; None when it does not say.
+pub fn partition_extent(root: &Path, disk: &str, part: &str) -> Option<(u64, u64)> {
+    let dir = root.join("block").join(disk).join(part);
+    let num = |f: &str| read_trimmed(&dir.join(f)).and_then(|s| s.parse::<u64>().ok());
+    Some((num("start")?, num("size")?))
+}
+
 /// The kernel name of partition `n` of `disk`: vda3, sda3, but nvme0n1p3 and mmcblk0p3 (a
 /// disk name ending in a digit takes a `p`).
 pub fn partition_name(disk: &str, n: u32) -> String {
@@ -215,6 +223,18 @@ mod tests {
         assert_eq!(partition_name("sda", 1), "sda1");
         assert_eq!(partition_name("nvme0n1", 3), "nvme0n1p3");
         assert_eq!(partition_name("mmcblk0", 2), "mmcblk0p2");
+    }
+
+    #[test]
+    fn partition_extents_come_from_the_kernel() {
+        let t = tempfile::tempdir().unwrap();
+        write(t.path(), "block/vda/vda3/start", b"567296\n");
+        write(t.path(), "block/vda/vda3/size", b"1529856\n");
+        assert_eq!(
+            partition_extent(t.path(), "vda", "vda3"),
+            Some((567296, 1529856))
+        );
+        assert_eq!(partition_extent(t.path(), "vda", "vda4"), None);
     }
 
     #[test]
