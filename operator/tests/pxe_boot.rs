@@ -928,7 +928,9 @@ fn refusals(net: &Net, site: &Site, store: &EmbeddedStore) {
 
     // A corrupted download: one byte of the served image flipped.
     let disk6 = site.dir.join("disk-vm6.img");
-    blank_disk(&disk6, 2 * GIB);
+    // Big enough for the layout: the imager must get as far as the download.
+    blank_disk(&disk6, 4 * GIB);
+    let before6 = recast_tests::sha256_file(&disk6);
     let served = site
         .root
         .join("images")
@@ -960,7 +962,7 @@ fn refusals(net: &Net, site: &Site, store: &EmbeddedStore) {
     );
     assert_eq!(
         recast_tests::sha256_file(&disk6),
-        before,
+        before6,
         "a corrupt image never reaches the disk"
     );
     recast_tests::wait_for(
