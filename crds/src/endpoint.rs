@@ -267,7 +267,8 @@ pub struct TargetDisk {
     #[x_kube(validation = Rule::new("size(self) >= 1 && size(self) <= 128").message("spec.targetDisk.serial must be 1 to 128 characters"))]
     #[schemars(length(max = 128))]
     pub serial: Option<String>,
-    /// The disk's World Wide Name (or NVMe EUI/NGUID), as `lsblk -o WWN` shows it.
+    /// The disk's World Wide Name (or NVMe EUI/NGUID) in any usual form: `lsblk -o WWN`'s
+    /// `0x5000c500…`, the kernel's `naa.5000c500…` or `eui.…`, with or without `_` separators.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("size(self) >= 1 && size(self) <= 128").message("spec.targetDisk.wwn must be 1 to 128 characters"))]
     #[schemars(length(max = 128))]

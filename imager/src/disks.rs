@@ -143,7 +143,7 @@ pub fn choose<'a>(rule: &TargetRule, seen: &'a [Disk]) -> Result<&'a Disk, Refus
         .iter()
         .filter(|d| match rule {
             TargetRule::Serial(s) => same(&d.serial, s),
-            TargetRule::Wwn(w) => same(&d.wwn, w),
+            TargetRule::Wwn(w) => d.wwn.as_deref().is_some_and(|seen| same_wwn(seen, w)),
             TargetRule::OnlyFixedDisk { min_bytes } => {
                 !d.removable
                     && !d.read_only
@@ -167,6 +167,34 @@ pub fn choose<'a>(rule: &TargetRule, seen: &'a [Disk]) -> Result<&'a Disk, Refus
             candidates: several.iter().map(|d| d.name.clone()).collect(),
             seen: seen.to_vec(),
         }),
+    }
+}
+
+/// A WWN reduced to its hex digits, lower case, without the forms' prefixes: the kernel's
+/// `wwid` says `naa.5000c500a1b2c3d4` (SCSI/SATA) or `eui.0025388b71b0a1b2` (NVMe), `lsblk -o WWN`
+/// says `0x5000c500a1b2c3d4`, Windows tools may print `5000_C500_A1B2_C3D4.` or dashes.
+pub fn wwn_digits(wwn: &str) -> String {
+    let t = wwn.trim().to_ascii_lowercase();
+    let t = ["naa.", "eui.", "nguid.", "0x"]
+        .iter()
+        .find_map(|p| t.strip_prefix(p))
+        .unwrap_or(&t);
+    t.chars().filter(char::is_ascii_hexdigit).collect()
+}
+
+/// Whether two WWNs name the same disk, whichever form each is written in. Forms that carry
+/// more than hex digits (an NVMe fallback `nvme.VID-SERIAL-…`, a `t10.` vendor string) must
+/// match as written.
+fn same_wwn(seen: &str, wanted: &str) -> bool {
+    let plain = |w: &str| {
+        let l = w.trim().to_ascii_lowercase();
+        !(l.starts_with("nvme.") || l.starts_with("t10."))
+    };
+    if plain(seen) && plain(wanted) {
+        let (a, b) = (wwn_digits(seen), wwn_digits(wanted));
+        !a.is_empty() && a == b
+    } else {
+        seen.trim().eq_ignore_ascii_case(wanted.trim())
     }
 }
 
@@ -262,6 +290,45 @@ mod tests {
             choose(&TargetRule::Serial("missing".into()), &seen),
             Err(Refusal::None { .. })
         ));
+    }
+
+    #[test]
+    fn a_wwn_matches_in_the_kernels_lsblks_and_windows_forms() {
+        let mut sata = disk("sda", 500, None, Transport::Sata);
+        sata.wwn = Some("naa.5000c500a1b2c3d4".into());
+        let mut nvme = disk("nvme0n1", 500, None, Transport::Nvme);
+        nvme.wwn = Some("eui.0025388b71b0a1b2".into());
+        let mut fallback = disk("nvme1n1", 500, None, Transport::Nvme);
+        fallback.wwn = Some("nvme.144d-53334e47-53616d73756e67-00000001".into());
+        let seen = [sata, nvme, fallback];
+        for (wanted, name) in [
+            ("naa.5000c500a1b2c3d4", "sda"),
+            ("0x5000c500a1b2c3d4", "sda"),
+            ("0x5000C500A1B2C3D4", "sda"),
+            ("eui.0025388b71b0a1b2", "nvme0n1"),
+            ("0025_388B_71B0_A1B2.", "nvme0n1"),
+            ("NVME.144D-53334E47-53616D73756E67-00000001", "nvme1n1"),
+        ] {
+            let chosen = choose(&TargetRule::Wwn(wanted.into()), &seen);
+            assert_eq!(chosen.map(|d| d.name.as_str()), Ok(name), "{wanted}");
+        }
+        // Not the same digits, a prefix of them, or nothing at all: no disk.
+        for wanted in [
+            "0x5000c500a1b2c3d5",
+            "0x5000c500",
+            "naa.",
+            "",
+            "144d53334e47",
+        ] {
+            assert!(
+                matches!(
+                    choose(&TargetRule::Wwn(wanted.into()), &seen),
+                    Err(Refusal::None { .. })
+                ),
+                "{wanted:?}"
+            );
+        }
+        assert_eq!(wwn_digits(" 0x5000C500A1B2C3D4 "), "5000c500a1b2c3d4");
     }
 
     #[test]
