@@ -34,6 +34,16 @@ pub enum BootMode {
     Bios,
 }
 
+impl BootMode {
+    /// The partition the firmware boots from: the ESP, or the active system partition.
+    pub fn system_role(self) -> Role {
+        match self {
+            BootMode::Uefi => Role::EfiSystem,
+            BootMode::Bios => Role::System,
+        }
+    }
+}
+
 /// What a partition is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {

@@ -430,10 +430,7 @@ pub async fn image(session: &Session, env: &Env) -> Result<(), Failure> {
             .dev
             .join(sysfs::partition_name(&disk.name, n as u32 + 1)))
     };
-    let system = dev(match mode {
-        BootMode::Uefi => Role::EfiSystem,
-        BootMode::Bios => Role::System,
-    })?;
+    let system = dev(mode.system_role())?;
     let windows = dev(Role::Windows)?;
     let recovery = dev(Role::Recovery)?;
     run(
@@ -775,7 +772,7 @@ async fn partition(
     let device = env.dev.join(&disk.name);
     // No old boot code may survive a half-finished run: firmware must pass over this disk
     // until the boot files are written.
-    zero_boot_code(&device).map_err(|e| fail(step, e))?;
+    write_boot_code(&device, &next_device_boot_code()).map_err(|e| fail(step, e))?;
     let script = layout::render_sfdisk(&plan);
     run_with_input(
         step,
@@ -831,18 +828,6 @@ pub fn next_device_boot_code() -> [u8; 440] {
     let mut code = [0u8; 440];
     code[..5].copy_from_slice(&[0xCD, 0x18, 0xF4, 0xEB, 0xFD]);
     code
-}
-
-fn zero_boot_code(device: &Path) -> Result<(), String> {
-    use std::io::{Seek, SeekFrom, Write};
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(device)
-        .map_err(|e| format!("cannot open {}: {e}", device.display()))?;
-    f.seek(SeekFrom::Start(0))
-        .and_then(|_| f.write_all(&next_device_boot_code()))
-        .and_then(|()| f.sync_all())
-        .map_err(|e| format!("cannot clear the boot code of {}: {e}", device.display()))
 }
 
 async fn wait_for(path: &Path, limit: Duration) -> Result<(), ()> {
@@ -1215,10 +1200,7 @@ async fn write_bcd(mode: BootMode, plan: &layout::Plan, store: &Path) -> Result<
             },
         })
     };
-    let system = device(match mode {
-        BootMode::Uefi => Role::EfiSystem,
-        BootMode::Bios => Role::System,
-    })?;
+    let system = device(mode.system_role())?;
     let windows = device(Role::Windows)?;
     // hivexsh cannot ask whether a key exists (a failed `cd` ends the script), so the
     // listing runs in rounds, each looking inside what the last one found.

@@ -2,8 +2,7 @@
 //! image file, read the table back with `sfdisk --json`, and compare it with the plan. Skips
 //! loudly without sfdisk unless RECAST_REQUIRE_IMAGER=1.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use recast_imager::layout::{BootMode, GptIds, Sizes, plan, render_sfdisk, verify};
 
@@ -47,26 +46,9 @@ fn sfdisk_writes_and_reads_back_every_plan() {
             .set_len(gib << 30)
             .unwrap();
         let p = plan(mode, gib << 30, 512, &ids, "5eed1e55", sizes).unwrap();
-        let mut child = Command::new(&sfdisk)
-            .args(["--no-reread", "--no-tell-kernel", "--quiet"])
-            .arg(&image)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(render_sfdisk(&p).as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{mode:?} {gib} GiB: sfdisk refused the script: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if let Err(e) = recast_tests::readback::write_table(&image, &render_sfdisk(&p)) {
+            panic!("{mode:?} {gib} GiB: sfdisk refused the script: {e}");
+        }
         let json = Command::new(&sfdisk)
             .arg("--json")
             .arg(&image)

@@ -64,6 +64,32 @@ pub fn run_ok(cmd: &mut Command) -> Output {
 // ---------------------------------------------------------------------------------------------
 // Partition table
 
+/// Writes a partition table with an sfdisk script to an image file (not a device: no re-read);
+/// Err holds what sfdisk said.
+pub fn write_table(disk: &Path, script: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut child = tool("sfdisk")
+        .args(["-q", "--no-reread", "--no-tell-kernel"])
+        .arg(disk)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run sfdisk: {e}"))?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(script.as_bytes())
+        .map_err(|e| format!("writing to sfdisk: {e}"))?;
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
 /// `sfdisk --json DISK`: the whole answer, for fields the typed view below leaves out.
 pub fn partition_table(disk: &Path) -> Value {
     let out = run_ok(tool("sfdisk").arg("--json").arg(disk));
@@ -121,6 +147,13 @@ impl Table {
     /// Reads `disk`'s table with sfdisk.
     pub fn read(disk: &Path) -> Table {
         Table::from_json(&partition_table(disk))
+    }
+
+    /// The table, or None when `disk` has none sfdisk can read (a disk nothing partitioned).
+    pub fn try_read(disk: &Path) -> Option<Table> {
+        let out = tool("sfdisk").arg("--json").arg(disk).output().ok()?;
+        let json: Value = serde_json::from_slice(&out.stdout).ok()?;
+        Some(Table::from_json(&json))
     }
 
     /// The typed view of `sfdisk --json` output.

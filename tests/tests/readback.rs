@@ -401,20 +401,9 @@ fn partition_tables_read_back_through_sfdisk() {
         let f = std::fs::File::create(disk).unwrap();
         f.set_len(2 << 30).unwrap();
         drop(f);
-        let mut child = tool("sfdisk")
-            .args(["-q", "--no-reread", "--no-tell-kernel"])
-            .arg(disk)
-            .stdin(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(script.as_bytes())
-            .unwrap();
-        assert!(child.wait().unwrap().success(), "sfdisk {script}");
+        if let Err(e) = readback::write_table(disk, script) {
+            panic!("sfdisk {script}: {e}");
+        }
     };
 
     // The GPT layout of the research note §2.1.

@@ -216,14 +216,8 @@ fn reap(machines: Arc<Mutex<BTreeMap<String, Machine>>>) {
 /// read-only ntfs-3g mount of the Windows partition (MBR id 7), or None when the disk holds
 /// no such file (the imaging run failed).
 fn agent_json_on(disk: &Path) -> Option<String> {
-    // A disk the run never partitioned has no table: sfdisk fails, nothing to read.
-    let out = recast_tests::readback::tool("sfdisk")
-        .arg("--json")
-        .arg(disk)
-        .output()
-        .ok()?;
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    let table = recast_tests::readback::Table::from_json(&json);
+    // A disk the run never partitioned has no table: nothing to read.
+    let table = recast_tests::readback::Table::try_read(disk)?;
     let windows = table.partitions.iter().position(|p| p.type_ == "7")?;
     let (offset, len) = table.extent(windows);
     let mount = recast_tests::readback::MountedNtfs::partition(disk, offset, len);
