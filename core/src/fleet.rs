@@ -163,6 +163,7 @@ mod tests {
     fn active() -> EndpointStatus {
         EndpointStatus {
             active_attempt: Some(Attempt {
+                secure_boot: None,
                 id: "a".into(),
                 trigger: AttemptTrigger::Manual,
                 reason: String::new(),
@@ -187,6 +188,7 @@ mod tests {
     fn failed_at(t: &str) -> EndpointStatus {
         EndpointStatus {
             history: vec![AttemptRecord {
+                secure_boot: None,
                 id: "x".into(),
                 trigger: AttemptTrigger::BootCrash,
                 reason: String::new(),

@@ -205,6 +205,9 @@ pub enum Input {
         #[serde(default)]
         try_number: Option<u32>,
         percent: u8,
+        /// Secure Boot as the imaging environment read it, when this report says.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        secure_boot: Option<bool>,
     },
     /// The imaging environment finished: Ok, or the reason it failed; `refusal` when it wrote
     /// nothing on purpose (wrong machine, no single target disk): no retry, a person looks.
@@ -488,6 +491,8 @@ impl<'a> Run<'a> {
         a.try_started_at = self.now_s.clone();
         a.step_started_at = self.now_s.clone();
         a.progress_percent = None;
+        // Said again by the next try's imaging environment (it may be another machine's).
+        a.secure_boot = None;
         self.actions.push(self.arm_boot(&a));
         self.notice(
             NoticeType::Normal,
@@ -576,11 +581,15 @@ impl<'a> Run<'a> {
                 attempt_id,
                 try_number,
                 percent,
+                secure_boot,
             } if matches(attempt_id)
                 && this_try(*try_number)
                 && a.step == ReimageStep::Applying =>
             {
                 a.progress_percent = Some((*percent).min(100));
+                if secure_boot.is_some() {
+                    a.secure_boot = *secure_boot;
+                }
             }
             Input::ImagingFinished {
                 attempt_id,
@@ -919,6 +928,7 @@ impl<'a> Run<'a> {
                 started_at: a.started_at,
                 finished_at: self.now_s.clone(),
                 message: Some(message.clone()),
+                secure_boot: a.secure_boot,
             },
         );
         self.st.history.truncate(MAX_HISTORY);
@@ -1216,6 +1226,7 @@ impl<'a> Run<'a> {
             progress_percent: None,
             last_error: None,
             retry_after: None,
+            secure_boot: None,
             boot_client: None,
         };
         self.actions.push(self.arm_boot(&a));

@@ -24,6 +24,7 @@ const T0: &str = "2026-01-14T08:00:00Z";
 
 fn spec(bmc: bool) -> EndpointSpec {
     EndpointSpec {
+        boot_chain: Default::default(),
         identity: EndpointIdentity {
             mac_addresses: vec!["52:54:00:a1:00:01".into()],
             smbios_uuid: None,
@@ -311,12 +312,23 @@ fn failed_rollback_reimages_along_the_whole_path() {
     e.feed(Input::ImagingProgress {
         try_number: None,
         attempt_id: id.clone(),
-        percent: 40,
+        percent: 1,
+        secure_boot: Some(true),
     });
     assert_eq!(
-        e.status.active_attempt.as_ref().unwrap().progress_percent,
-        Some(40)
+        e.status.active_attempt.as_ref().unwrap().secure_boot,
+        Some(true)
     );
+    // Later reports that do not say keep what the first one said.
+    e.feed(Input::ImagingProgress {
+        try_number: None,
+        attempt_id: id.clone(),
+        percent: 40,
+        secure_boot: None,
+    });
+    let a = e.status.active_attempt.as_ref().unwrap();
+    assert_eq!(a.progress_percent, Some(40));
+    assert_eq!(a.secure_boot, Some(true));
     let d = e.feed(Input::ImagingFinished {
         try_number: None,
         attempt_id: id.clone(),
@@ -338,6 +350,11 @@ fn failed_rollback_reimages_along_the_whole_path() {
         "the old machine's signals are gone"
     );
     assert_eq!(e.status.history.len(), 1);
+    assert_eq!(
+        e.status.history[0].secure_boot,
+        Some(true),
+        "the record keeps how the machine booted"
+    );
     assert_eq!(e.status.history[0].outcome, AttemptOutcome::Succeeded);
     assert_eq!(e.status.current_image_digest.as_deref(), Some("3f1c"));
     let compliant = e

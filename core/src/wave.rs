@@ -1518,6 +1518,7 @@ mod tests {
         assert_eq!(Member::of("jan", Some((&spec, &status))), Member::Waiting);
         assert_eq!(Member::of("jan", None), Member::Skipped(SKIP_DELETED));
         let rec = |wave: &str, outcome| AttemptRecord {
+            secure_boot: None,
             id: "a".into(),
             trigger: AttemptTrigger::Wave,
             reason: String::new(),

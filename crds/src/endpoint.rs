@@ -67,6 +67,7 @@ pub const MAX_HISTORY: usize = 20;
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.bootChain) || self.bootChain != 'signed' || self.bootMode == 'uefi'").message("spec.bootChain signed needs spec.bootMode uefi: Secure Boot is a UEFI feature; a BIOS machine boots the ipxe chain"))]
 pub struct EndpointSpec {
     /// How recast recognises this machine on the network and in agent reports. Immutable: a
     /// different machine is a different Endpoint.
@@ -75,6 +76,12 @@ pub struct EndpointSpec {
 
     /// Firmware boot mode; selects the network boot program.
     pub boot_mode: BootMode,
+
+    /// Which network boot chain the machine gets: `signed` (Microsoft-signed shim, signed
+    /// GRUB, signed kernel: boots with UEFI Secure Boot on), `ipxe` (iPXE and wimboot: Secure
+    /// Boot must be off), or `auto` (default): signed for UEFI, ipxe for BIOS.
+    #[serde(default, skip_serializing_if = "BootChain::is_auto")]
+    pub boot_chain: BootChain,
 
     /// The baseboard management controller used to power-cycle the machine and set a one-time
     /// network boot. Without it recast waits for the machine to network-boot on its own.
@@ -202,6 +209,44 @@ impl BootServer {
 pub enum BootMode {
     Uefi,
     Bios,
+}
+
+/// The network boot chain an endpoint gets (`spec.bootChain`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BootChain {
+    /// Signed for UEFI, ipxe for BIOS.
+    #[default]
+    Auto,
+    /// shim → GRUB → kernel, each signed: runs with UEFI Secure Boot enforced.
+    Signed,
+    /// iPXE (and wimboot for WinPE): unsigned, so Secure Boot must be off.
+    Ipxe,
+}
+
+impl BootChain {
+    fn is_auto(&self) -> bool {
+        *self == BootChain::Auto
+    }
+
+    /// The chain a machine in `mode` really gets: never `Auto`. Admission refuses `signed`
+    /// with BIOS; should such an object exist anyway, a BIOS machine still gets iPXE (nothing
+    /// else can boot it).
+    pub fn resolve(self, mode: BootMode) -> BootChain {
+        match (self, mode) {
+            (_, BootMode::Bios) => BootChain::Ipxe,
+            (BootChain::Auto | BootChain::Signed, BootMode::Uefi) => BootChain::Signed,
+            (BootChain::Ipxe, BootMode::Uefi) => BootChain::Ipxe,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BootChain::Auto => "auto",
+            BootChain::Signed => "signed",
+            BootChain::Ipxe => "ipxe",
+        }
+    }
 }
 
 /// How recast reaches the machine's BMC.
@@ -370,6 +415,11 @@ pub struct Attempt {
     /// Not before this time does the next try start (backoff).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<String>,
+    /// Whether UEFI Secure Boot was on in the machine that runs the current try, as its imaging
+    /// environment read the firmware's `SecureBoot` variable (false under BIOS); unset until
+    /// the first progress report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure_boot: Option<bool>,
     /// The network address of the machine that claimed the current try from the boot service.
     /// Every later imaging call of the try must come from it, and a claim from any other
     /// address quarantines the attempt (someone else on the provisioning network asked for it).
@@ -394,6 +444,9 @@ pub struct AttemptRecord {
     pub finished_at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Secure Boot as the last try's imaging environment reported it (see Attempt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure_boot: Option<bool>,
 }
 
 /// What the agent last said, condensed.

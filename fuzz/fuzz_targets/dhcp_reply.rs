@@ -13,6 +13,8 @@ use dhcproto::{Decodable, Decoder, Encodable};
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use recast_operator::boot::dhcp::{self, BootFiles, DhcpConfig, Lease, Mode};
+use recast_crds::endpoint::BootChain;
+use recast_operator::boot::render::ImagingEnvironment;
 use recast_operator::boot::{BootChoice, UnknownMacPolicy};
 
 fn text(u: &mut Unstructured<'_>, max: usize) -> Result<String> {
@@ -103,9 +105,13 @@ fn config(u: &mut Unstructured<'_>, mac: &str) -> Result<DhcpConfig> {
             bios: text(u, 200)?,
             uefi_x64: text(u, 200)?,
             uefi_arm64: text(u, 200)?,
+            signed_linux: text(u, 200)?,
+            signed_winpe: text(u, 200)?,
+            decline: text(u, 200)?,
         },
         unknown: UnknownMacPolicy::Ignore,
         wds_server: if u.arbitrary()? { Some(ip(u)?) } else { None },
+        imaging: if u.arbitrary()? { ImagingEnvironment::Linux } else { ImagingEnvironment::Winpe },
     })
 }
 
@@ -122,7 +128,8 @@ fn run(data: &[u8]) -> Result<()> {
         BootChoice::Wds,
         BootChoice::Ignore,
     ] {
-        let Some(reply) = dhcp::answer(&info, &choice, &cfg) else {
+        let chain = if u.arbitrary()? { BootChain::Signed } else { BootChain::Ipxe };
+        let Some(reply) = dhcp::answer(&info, &choice, chain, &cfg) else {
             continue;
         };
         let Some(bytes) = dhcp::encode(&request, &reply, &cfg) else {

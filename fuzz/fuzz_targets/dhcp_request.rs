@@ -7,6 +7,8 @@ use std::net::Ipv4Addr;
 
 use libfuzzer_sys::fuzz_target;
 use recast_operator::boot::dhcp::{self, BootFiles, DhcpConfig, Mode};
+use recast_crds::endpoint::BootChain;
+use recast_operator::boot::render::ImagingEnvironment;
 use recast_operator::boot::{BootChoice, UnknownMacPolicy};
 
 fuzz_target!(|data: &[u8]| {
@@ -31,10 +33,13 @@ fuzz_target!(|data: &[u8]| {
             files: BootFiles::default(),
             unknown: UnknownMacPolicy::Ignore,
             wds_server: Some(Ipv4Addr::new(10, 0, 0, 3)),
+            imaging: ImagingEnvironment::Linux,
         };
         for choice in [BootChoice::Local { discovered: false }, BootChoice::Wds, BootChoice::Ignore] {
-            if let Some(reply) = dhcp::answer(&info, &choice, &cfg) {
-                let _ = dhcp::encode(data, &reply, &cfg);
+            for chain in [BootChain::Signed, BootChain::Ipxe] {
+                if let Some(reply) = dhcp::answer(&info, &choice, chain, &cfg) {
+                    let _ = dhcp::encode(data, &reply, &cfg);
+                }
             }
         }
     }

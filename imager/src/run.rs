@@ -254,11 +254,17 @@ pub async fn start(http: reqwest::Client, claim_url: &str) -> Result<Session, Fa
 impl Session {
     /// Progress is news, not a duty: a lost report is logged, never fatal.
     pub async fn progress(&self, percent: u8, step: Step, message: &str) {
+        self.report(percent, step, message, None).await
+    }
+
+    /// A progress report that also says whether Secure Boot is on (the run's first one).
+    pub async fn report(&self, percent: u8, step: Step, message: &str, secure_boot: Option<bool>) {
         say(&format!("{percent:>3}% {}: {message}", step.as_str()));
         let body = ProgressReport {
             percent,
             step: Some(step.as_str().into()),
             message: Some(message.into()),
+            secure_boot,
         };
         let sent = self
             .http
@@ -353,8 +359,24 @@ pub async fn image(session: &Session, env: &Env) -> Result<(), Failure> {
         other => return Err(fail(Step::Task, format!("unknown boot mode {other:?}"))),
     };
 
+    // Told first, whatever happens next: a person looking at a refused or failed try still
+    // sees how the machine booted.
+    let secure_boot = sysfs::secure_boot(&env.sysfs);
+    say(&format!(
+        "UEFI Secure Boot: {}",
+        match secure_boot {
+            Some(true) => "on",
+            Some(false) => "off (or BIOS)",
+            None => "unknown (efivarfs unreadable)",
+        }
+    ));
     session
-        .progress(1, Step::Identity, "checking the machine's SMBIOS identity")
+        .report(
+            1,
+            Step::Identity,
+            "checking the machine's SMBIOS identity",
+            secure_boot,
+        )
         .await;
     let expected = identity::Expected {
         smbios_uuid: task.identity.smbios_uuid.clone(),

@@ -36,6 +36,40 @@ pub fn identity(root: &Path) -> Seen {
     }
 }
 
+/// The EFI global variable GUID, which `SecureBoot` and `SetupMode` live under.
+const EFI_GLOBAL_VARIABLE: &str = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
+
+/// The value of the `SecureBoot` variable as efivarfs shows it: four bytes of attributes, then
+/// one byte, 1 when Secure Boot is enforced. None for anything else.
+pub fn secure_boot_from_var(bytes: &[u8]) -> Option<bool> {
+    match bytes {
+        [_, _, _, _, 1] => Some(true),
+        [_, _, _, _, 0] => Some(false),
+        _ => None,
+    }
+}
+
+/// Whether UEFI Secure Boot is on: false under BIOS (no `firmware/efi`) and on UEFI firmware
+/// that has no `SecureBoot` variable; None when the variables cannot be read (efivarfs not
+/// mounted) or the value makes no sense.
+pub fn secure_boot(root: &Path) -> Option<bool> {
+    let efi = root.join("firmware/efi");
+    if !efi.is_dir() {
+        return Some(false);
+    }
+    let vars = efi.join("efivars");
+    match std::fs::read(vars.join(format!("SecureBoot-{EFI_GLOBAL_VARIABLE}"))) {
+        Ok(bytes) => secure_boot_from_var(&bytes),
+        // A mounted efivarfs always lists some variable (BootOrder, ...): then the firmware
+        // simply has no Secure Boot.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::read_dir(&vars)
+            .ok()
+            .and_then(|mut d| d.next())
+            .map(|_| false),
+        Err(_) => None,
+    }
+}
+
 /// Every disk the kernel shows, with what the target-disk rule needs, sorted by name.
 pub fn disks(root: &Path) -> std::io::Result<Vec<Disk>> {
     let mut out = Vec::new();
@@ -123,6 +157,40 @@ mod tests {
         let p = root.join(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, content).unwrap();
+    }
+
+    #[test]
+    fn secure_boot_reads_the_firmware_variable() {
+        assert_eq!(secure_boot_from_var(&[6, 0, 0, 0, 1]), Some(true));
+        assert_eq!(secure_boot_from_var(&[6, 0, 0, 0, 0]), Some(false));
+        // Not the variable's shape: unknown, never a guess.
+        assert_eq!(secure_boot_from_var(&[6, 0, 0, 0, 2]), None);
+        assert_eq!(secure_boot_from_var(&[1]), None);
+        assert_eq!(secure_boot_from_var(&[]), None);
+
+        let var = format!("firmware/efi/efivars/SecureBoot-{EFI_GLOBAL_VARIABLE}");
+        // BIOS: no firmware/efi at all.
+        let bios = tempfile::tempdir().unwrap();
+        assert_eq!(secure_boot(bios.path()), Some(false));
+        // UEFI with Secure Boot on, and off.
+        let on = tempfile::tempdir().unwrap();
+        write(on.path(), &var, &[6, 0, 0, 0, 1]);
+        assert_eq!(secure_boot(on.path()), Some(true));
+        let off = tempfile::tempdir().unwrap();
+        write(off.path(), &var, &[6, 0, 0, 0, 0]);
+        assert_eq!(secure_boot(off.path()), Some(false));
+        // UEFI firmware without Secure Boot: efivarfs lists other variables, not this one.
+        let none = tempfile::tempdir().unwrap();
+        write(
+            none.path(),
+            &format!("firmware/efi/efivars/BootOrder-{EFI_GLOBAL_VARIABLE}"),
+            &[7, 0, 0, 0, 1, 0],
+        );
+        assert_eq!(secure_boot(none.path()), Some(false));
+        // UEFI, efivarfs not mounted: unknown.
+        let unmounted = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(unmounted.path().join("firmware/efi/efivars")).unwrap();
+        assert_eq!(secure_boot(unmounted.path()), None);
     }
 
     #[test]

@@ -287,6 +287,7 @@ impl BootArgs {
                     files: dhcp::BootFiles::default(),
                     unknown: self.unknown_macs,
                     wds_server: self.wds_server,
+                    imaging: self.imaging_environment,
                 };
                 config.validate().map_err(|e| e.to_string())?;
                 Some(service::DhcpListeners {

@@ -220,3 +220,114 @@ fn agent_configuration() {
     assert!(json.contains(r#""updateMode": "immutable""#), "{json}");
     golden("agent-immutable.json", &json);
 }
+
+/// Runs GRUB's own parser over a rendered configuration: `grub-script-check` (grub-common,
+/// which tests/pxe/setup.sh installs). Skips loudly without it, unless the PXE tier is required.
+fn grub_script_check(name: &str, cfg: &str) {
+    use std::io::Write;
+    let child = std::process::Command::new("grub-script-check")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(
+                std::env::var_os("RECAST_REQUIRE_PXE").is_none(),
+                "grub-script-check is required (RECAST_REQUIRE_PXE) but cannot run: {e}; apt-get install grub-common"
+            );
+            eprintln!("SKIP grub-script-check for {name}: {e} (apt-get install grub-common)");
+            return;
+        }
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(cfg.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "GRUB refuses {name}: {}{}\n{cfg}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn grub_configurations_of_the_signed_chain() {
+    let r = Renderer::new().unwrap();
+    let root = r.grub_root().unwrap();
+    assert!(
+        root.contains(r#"source "/grub/recast/${net_default_mac}.cfg""#),
+        "{root}"
+    );
+    assert!(root.trim_end().ends_with("exit"));
+    grub_script_check("grub.cfg", &root);
+    golden("grub.cfg", &root);
+
+    let local = r.grub_local("store-042/kiosk-01").unwrap();
+    for line in [
+        "echo 'recast: store-042/kiosk-01: no reimage armed, booting the local disk'",
+        "if search --no-floppy --file --set=root /EFI/Microsoft/Boot/bootmgfw.efi; then",
+        "  chainloader /EFI/Microsoft/Boot/bootmgfw.efi",
+    ] {
+        assert!(local.contains(line), "missing {line:?}\n{local}");
+    }
+    grub_script_check("local.grub.cfg", &local);
+    golden("local.grub.cfg", &local);
+
+    let i = intent("uefi");
+    let view = AttemptView::new(BASE, &i);
+    let linux = r.grub_imaging(ImagingEnvironment::Linux, &view).unwrap();
+    for line in [
+        "if linux /linux/vmlinuz console=ttyS0 quiet 'recast.claim=http://10.0.40.2:8081/imaging/v1/store-042/kiosk-01/kiosk-01-7f3a/2/claim'; then",
+        "  if initrd /linux/initrd; then",
+        "    boot",
+    ] {
+        assert!(linux.contains(line), "missing {line:?}\n{linux}");
+    }
+    // Anyone can ask for this file: it names what to boot and holds no secret.
+    assert!(!linux.contains("token"), "{linux}");
+    grub_script_check("imaging-linux.grub.cfg", &linux);
+    golden("imaging-linux.grub.cfg", &linux);
+
+    let winpe = r.grub_imaging(ImagingEnvironment::Winpe, &view).unwrap();
+    assert!(!winpe.contains("linux "), "{winpe}");
+    grub_script_check("imaging-winpe.grub.cfg", &winpe);
+    golden("imaging-winpe.grub.cfg", &winpe);
+}
+
+#[test]
+fn grub_values_cannot_break_out_of_their_quotes_or_comments() {
+    let r = Renderer::new().unwrap();
+    // A name is a DNS label today; the quoting must hold whatever comes.
+    let who = "x'; reboot; echo '\nset root=(hd9)";
+    let local = r.grub_local(who).unwrap();
+    assert!(
+        local.contains(r#"echo 'recast: x'\''; reboot; echo '\''"#),
+        "{local}"
+    );
+    let mut i = intent("uefi");
+    i.endpoint = "kiosk\nreboot".into();
+    i.image = "img'x".into();
+    let view = AttemptView::new(BASE, &i);
+    let linux = r.grub_imaging(ImagingEnvironment::Linux, &view).unwrap();
+    assert!(
+        !linux.lines().any(|l| l.trim() == "reboot"),
+        "a value started a command line:\n{linux}"
+    );
+    for (name, cfg) in [("hostile local", &local), ("hostile imaging", &linux)] {
+        grub_script_check(name, cfg);
+    }
+    assert_eq!(
+        recast_operator::boot::render::grub_single_quoted("a'b"),
+        r"a'\''b"
+    );
+    assert_eq!(
+        recast_operator::boot::render::grub_comment("a\nb\rc"),
+        "a b c"
+    );
+}

@@ -171,6 +171,7 @@ async fn a_failed_rollback_reimages_through_every_step() {
             try_number: None,
             attempt_id: attempt.id.clone(),
             percent: 55,
+            secure_boot: None,
         },
     )
     .await

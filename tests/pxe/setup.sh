@@ -8,7 +8,7 @@ set -euo pipefail
 # hivexml (libhivex-bin); the golden image's boot-manager stand-ins are built with
 # grub-mkstandalone (grub-efi-amd64-bin) and GNU as/ld (binutils), which also strips the imager.
 pkgs=(qemu-system-x86 ovmf ipxe-qemu ipxe dnsmasq-base busybox-static linux-image-amd64 cpio iproute2 curl faketime
-  fdisk mtools ntfs-3g wimtools libhivex-bin grub-efi-amd64-bin binutils syslinux-common)
+  fdisk mtools ntfs-3g wimtools libhivex-bin grub-efi-amd64-bin binutils syslinux-common grub-common)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -20,3 +20,8 @@ if ((${#missing[@]})); then
 fi
 # recast's Linux imaging environment, which the PXE tier and the end-to-end suite boot.
 "$(dirname "$0")/../../imager/env/setup.sh"
+# The signed chain for Secure Boot machines (Debian's shim and GRUB, fetched, not installed):
+# fills the cache the tests lay out from (target/signed-chain/).
+sbroot=$(mktemp -d)
+"$(dirname "$0")/../../imager/env/signed-chain.sh" --out "$sbroot"
+rm -rf "$sbroot"

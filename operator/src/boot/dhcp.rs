@@ -13,8 +13,11 @@ use dhcproto::{Decodable, Decoder, Encodable};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
+use recast_crds::endpoint::BootChain;
+
 use super::intent::{self, BootChoice, UnknownMacPolicy};
 use super::ratelimit::SharedLimiter;
+use super::render::ImagingEnvironment;
 use crate::metrics::Metrics;
 use crate::store::BackendError;
 use crate::store::BootIntents;
@@ -131,12 +134,22 @@ pub enum Mode {
     },
 }
 
-/// Boot file names, relative to the TFTP root (and under /artifacts/ipxe/ over HTTP).
+/// Boot file names, relative to the TFTP root (and under /artifacts/ over HTTP).
 #[derive(Clone, Debug)]
 pub struct BootFiles {
     pub bios: String,
     pub uefi_x64: String,
     pub uefi_arm64: String,
+    /// The signed chain's first program (shim), for an armed x64 UEFI machine whose imaging
+    /// environment is Linux. Shim fetches grubx64.efi from the same directory.
+    pub signed_linux: String,
+    /// The signed chain's first program for an armed machine whose imaging environment is
+    /// WinPE: Microsoft's bootmgfw.efi from the site's kit (`recastctl bootkit`).
+    pub signed_winpe: String,
+    /// What an unarmed signed-chain machine is offered: a name the TFTP server answers with an
+    /// error at once, so the firmware moves on to its next boot option (the disk) without
+    /// running anything, instead of waiting out a silent DHCP.
+    pub decline: String,
 }
 
 impl Default for BootFiles {
@@ -148,9 +161,18 @@ impl Default for BootFiles {
             bios: "ipxe/undionly.kpxe".into(),
             uefi_x64: "ipxe/snponly.efi".into(),
             uefi_arm64: "ipxe/snponly-arm64.efi".into(),
+            signed_linux: SIGNED_SHIM.into(),
+            signed_winpe: recast_core::winpe_boot::BOOT_FILE.into(),
+            decline: DECLINE_FILE.into(),
         }
     }
 }
+
+/// Where `imager/env/signed-chain.sh` lays out Debian's shim (with grubx64.efi next to it).
+pub const SIGNED_SHIM: &str = "sb/shimx64.efi";
+/// The boot file of "no reimage armed: boot the local disk" for signed-chain machines; never a
+/// file (the boot service answers it with an error).
+pub const DECLINE_FILE: &str = "sb/boot-local-disk.efi";
 
 #[derive(Clone, Debug)]
 pub struct DhcpConfig {
@@ -162,6 +184,8 @@ pub struct DhcpConfig {
     pub files: BootFiles,
     pub unknown: UnknownMacPolicy,
     pub wds_server: Option<Ipv4Addr>,
+    /// Which imaging environment an armed signed-chain machine boots.
+    pub imaging: ImagingEnvironment,
 }
 
 /// What to send back.
@@ -177,33 +201,64 @@ pub struct Reply {
     pub kind: &'static str,
 }
 
-/// RFC 4578 / IANA processor architecture types.
-fn boot_file(info: &ClientInfo, cfg: &DhcpConfig) -> Option<(String, Option<&'static str>)> {
+/// RFC 4578 / IANA processor architecture types: the boot program, its vendor class, and the
+/// reply's kind (for logs and metrics).
+fn boot_file(
+    info: &ClientInfo,
+    chain: BootChain,
+    armed: bool,
+    cfg: &DhcpConfig,
+) -> Option<(String, Option<&'static str>, &'static str)> {
     if info.ipxe {
         // "PXEClient" marks the offer as proxyDHCP boot information; iPXE ignores an offer
-        // without an address that lacks it.
-        return Some((format!("{}/boot.ipxe", cfg.http_base), Some("PXEClient")));
+        // without an address that lacks it. (A machine running iPXE does not enforce Secure
+        // Boot, whatever its chain says.)
+        return Some((
+            format!("{}/boot.ipxe", cfg.http_base),
+            Some("PXEClient"),
+            "ipxe-script",
+        ));
     }
+    let program = |file: String, class| Some((file, Some(class), "boot-program"));
+    let decline = |file: String, class| Some((file, Some(class), "decline"));
+    let signed = chain == BootChain::Signed;
     match info.arch {
+        // UEFI HTTP boot (x64 16): the signed chain cannot go this way (Debian 12's GRUB
+        // has no HTTP), so a URL that fails at once sends the firmware on to its next option.
+        Some(16) if signed => decline(
+            format!("{}/artifacts/{}", cfg.http_base, cfg.files.decline),
+            "HTTPClient",
+        ),
         // UEFI HTTP boot (x64 16, arm64 19): a URL to the iPXE EFI binary.
-        Some(16) => Some((
+        Some(16) => program(
             format!("{}/artifacts/{}", cfg.http_base, cfg.files.uefi_x64),
-            Some("HTTPClient"),
-        )),
-        Some(19) => Some((
+            "HTTPClient",
+        ),
+        Some(19) => program(
             format!("{}/artifacts/{}", cfg.http_base, cfg.files.uefi_arm64),
-            Some("HTTPClient"),
-        )),
-        Some(0) | None => Some((cfg.files.bios.clone(), Some("PXEClient"))),
-        Some(7) | Some(9) => Some((cfg.files.uefi_x64.clone(), Some("PXEClient"))),
-        Some(11) => Some((cfg.files.uefi_arm64.clone(), Some("PXEClient"))),
+            "HTTPClient",
+        ),
+        Some(0) | None => program(cfg.files.bios.clone(), "PXEClient"),
+        Some(7) | Some(9) if signed && !armed => decline(cfg.files.decline.clone(), "PXEClient"),
+        Some(7) | Some(9) if signed => match cfg.imaging {
+            ImagingEnvironment::Linux => program(cfg.files.signed_linux.clone(), "PXEClient"),
+            ImagingEnvironment::Winpe => program(cfg.files.signed_winpe.clone(), "PXEClient"),
+        },
+        Some(7) | Some(9) => program(cfg.files.uefi_x64.clone(), "PXEClient"),
+        Some(11) => program(cfg.files.uefi_arm64.clone(), "PXEClient"),
         // 32-bit UEFI, Itanium and the rest: nothing recast can boot.
         Some(_) => None,
     }
 }
 
-/// Decides the answer to one request, given what the store says about the MAC.
-pub fn answer(info: &ClientInfo, choice: &BootChoice, cfg: &DhcpConfig) -> Option<Reply> {
+/// Decides the answer to one request, given what the store says about the MAC and the boot
+/// chain it gets (`Known::chain`).
+pub fn answer(
+    info: &ClientInfo,
+    choice: &BootChoice,
+    chain: BootChain,
+    cfg: &DhcpConfig,
+) -> Option<Reply> {
     // A REQUEST that names another server is the client accepting that server's offer: not
     // ours to answer (a proxyDHCP must never ACK the site's address).
     if info.server_id.is_some_and(|id| id != cfg.server_ip) {
@@ -247,12 +302,8 @@ pub fn answer(info: &ClientInfo, choice: &BootChoice, cfg: &DhcpConfig) -> Optio
             if !boot_capable {
                 (Ipv4Addr::UNSPECIFIED, String::new(), None, "address-only")
             } else {
-                let (file, class) = boot_file(info, cfg)?;
-                let kind = if info.ipxe {
-                    "ipxe-script"
-                } else {
-                    "boot-program"
-                };
+                let armed = matches!(choice, BootChoice::Imaging(_));
+                let (file, class, kind) = boot_file(info, chain, armed, cfg)?;
                 (cfg.server_ip, file, class, kind)
             }
         }
@@ -338,6 +389,9 @@ impl DhcpConfig {
             &self.files.bios,
             &self.files.uefi_x64,
             &self.files.uefi_arm64,
+            &self.files.signed_linux,
+            &self.files.signed_winpe,
+            &self.files.decline,
         ] {
             if file.len() > MAX_BOOT_FILE {
                 return Err(ConfigError::BootFileTooLong {
@@ -350,6 +404,7 @@ impl DhcpConfig {
             "/boot.ipxe".to_string(),
             format!("/artifacts/{}", self.files.uefi_x64),
             format!("/artifacts/{}", self.files.uefi_arm64),
+            format!("/artifacts/{}", self.files.decline),
         ];
         let longest = suffixes.iter().map(String::len).max().unwrap_or(0);
         for suffix in &suffixes {
@@ -516,8 +571,8 @@ pub async fn serve<B: BootIntents>(
             tracing::debug!(mac = %info.mac, "DHCP: over this MAC's rate; not answered");
             continue;
         }
-        let choice = match triaged {
-            Triage::AddressOnly => BootChoice::Local { discovered: false },
+        let (choice, chain) = match triaged {
+            Triage::AddressOnly => (BootChoice::Local { discovered: false }, BootChain::Ipxe),
             _ => {
                 let (known, armed) = match store.boot_lookup(&info.mac).await {
                     Ok(x) => x,
@@ -538,10 +593,16 @@ pub async fn serve<B: BootIntents>(
                 if let Some(why @ intent::NotServed::AmbiguousMac { .. }) = &not_served {
                     tracing::warn!(mac = %info.mac, "booting locally: {why}");
                 }
-                choice
+                if known.chain() == BootChain::Signed
+                    && info.arch == Some(16)
+                    && matches!(choice, BootChoice::Imaging(_))
+                {
+                    tracing::warn!(mac = %info.mac, "an armed signed-chain machine tried UEFI HTTP boot, which the signed chain cannot use; declined: it must PXE-boot over TFTP");
+                }
+                (choice, known.chain())
             }
         };
-        let Some(reply) = answer(&info, &choice, &cfg) else {
+        let Some(reply) = answer(&info, &choice, chain, &cfg) else {
             continue;
         };
         let Some(bytes) = encode(packet, &reply, &cfg) else {
@@ -588,6 +649,7 @@ pub fn parse_leases(text: &str) -> Result<HashMap<String, Lease>, String> {
 mod tests {
     use super::*;
     use crate::store::BootIntent;
+    use crate::store::arming::Known;
     use dhcproto::v4::{Architecture, Flags};
 
     fn request(mt: MessageType, arch: Option<u16>, vendor: Option<&str>, ipxe: bool) -> Vec<u8> {
@@ -623,6 +685,7 @@ mod tests {
             files: BootFiles::default(),
             unknown: UnknownMacPolicy::Ignore,
             wds_server: Some(Ipv4Addr::new(10, 0, 40, 9)),
+            imaging: ImagingEnvironment::Linux,
         }
     }
 
@@ -663,6 +726,203 @@ mod tests {
     }
 
     #[test]
+    fn the_chain_the_arch_and_the_arming_select_the_boot_program() {
+        let base = "http://10.0.40.2:8081";
+        let decline_url = format!("{base}/artifacts/sb/boot-local-disk.efi");
+        let shim = "sb/shimx64.efi";
+        let bootmgfw = recast_core::winpe_boot::BOOT_FILE;
+        use BootChain::{Ipxe, Signed};
+        use ImagingEnvironment::{Linux, Winpe};
+        // (arch, iPXE user class, chain, armed, imaging env) -> (file, vendor class, kind)
+        let cases: &[(
+            Option<u16>,
+            bool,
+            BootChain,
+            bool,
+            ImagingEnvironment,
+            &str,
+            &str,
+            &str,
+        )] = &[
+            // x64 UEFI PXE on the signed chain: shim when armed for Linux, Microsoft's boot
+            // manager when armed for WinPE, the decline file when nothing is armed.
+            (
+                Some(7),
+                false,
+                Signed,
+                true,
+                Linux,
+                shim,
+                "PXEClient",
+                "boot-program",
+            ),
+            (
+                Some(9),
+                false,
+                Signed,
+                true,
+                Linux,
+                shim,
+                "PXEClient",
+                "boot-program",
+            ),
+            (
+                Some(7),
+                false,
+                Signed,
+                true,
+                Winpe,
+                bootmgfw,
+                "PXEClient",
+                "boot-program",
+            ),
+            (
+                Some(7),
+                false,
+                Signed,
+                false,
+                Linux,
+                "sb/boot-local-disk.efi",
+                "PXEClient",
+                "decline",
+            ),
+            (
+                Some(9),
+                false,
+                Signed,
+                false,
+                Winpe,
+                "sb/boot-local-disk.efi",
+                "PXEClient",
+                "decline",
+            ),
+            // UEFI HTTP boot cannot start the signed chain: declined, armed or not.
+            (
+                Some(16),
+                false,
+                Signed,
+                true,
+                Linux,
+                &decline_url,
+                "HTTPClient",
+                "decline",
+            ),
+            (
+                Some(16),
+                false,
+                Signed,
+                false,
+                Linux,
+                &decline_url,
+                "HTTPClient",
+                "decline",
+            ),
+            // The iPXE chain, as before: the same program armed or not (the script decides).
+            (
+                Some(7),
+                false,
+                Ipxe,
+                true,
+                Linux,
+                "ipxe/snponly.efi",
+                "PXEClient",
+                "boot-program",
+            ),
+            (
+                Some(7),
+                false,
+                Ipxe,
+                false,
+                Winpe,
+                "ipxe/snponly.efi",
+                "PXEClient",
+                "boot-program",
+            ),
+            (
+                Some(16),
+                false,
+                Ipxe,
+                true,
+                Linux,
+                "http://10.0.40.2:8081/artifacts/ipxe/snponly.efi",
+                "HTTPClient",
+                "boot-program",
+            ),
+            // Firmware that is not x64 UEFI gets what can boot it, whatever the chain.
+            (
+                Some(0),
+                false,
+                Signed,
+                true,
+                Linux,
+                "ipxe/undionly.kpxe",
+                "PXEClient",
+                "boot-program",
+            ),
+            (
+                None,
+                false,
+                Signed,
+                false,
+                Linux,
+                "ipxe/undionly.kpxe",
+                "PXEClient",
+                "boot-program",
+            ),
+            (
+                Some(11),
+                false,
+                Signed,
+                true,
+                Linux,
+                "ipxe/snponly-arm64.efi",
+                "PXEClient",
+                "boot-program",
+            ),
+            // A machine already running iPXE does not enforce Secure Boot: its script.
+            (
+                Some(7),
+                true,
+                Signed,
+                true,
+                Linux,
+                "http://10.0.40.2:8081/boot.ipxe",
+                "PXEClient",
+                "ipxe-script",
+            ),
+        ];
+        for &(arch, ipxe, chain, armed, env, file, class, kind) in cases {
+            for mode in [Mode::Proxy, full()] {
+                let mut c = cfg(mode.clone());
+                c.imaging = env;
+                let vendor = if arch == Some(16) {
+                    "HTTPClient:Arch:00016:UNDI:003000"
+                } else {
+                    "PXEClient:Arch:00007:UNDI:003000"
+                };
+                let choice = if armed { imaging() } else { local() };
+                for mt in [MessageType::Discover, MessageType::Request] {
+                    let info = parse(&request(mt, arch, Some(vendor), ipxe)).unwrap();
+                    let what = format!(
+                        "arch {arch:?} ipxe {ipxe} {chain:?} armed {armed} {env:?} {mt:?} {mode:?}"
+                    );
+                    let r = answer(&info, &choice, chain, &c).expect(&what);
+                    // GRUB reads the ACK, not the offer: both carry the file and next-server.
+                    assert_eq!(r.file, file, "{what}");
+                    assert_eq!(r.vendor_class, Some(class), "{what}");
+                    assert_eq!(r.kind, kind, "{what}");
+                    assert_eq!(r.siaddr, c.server_ip, "{what}");
+                }
+            }
+        }
+        // Unknown and ambiguous MACs keep the iPXE chain they always had.
+        assert_eq!(Known::Unknown.chain(), Ipxe);
+        assert_eq!(Known::Ambiguous { owners: vec![] }.chain(), Ipxe);
+        // The default names fit the BOOTP file field with any valid base URL.
+        assert!(cfg(Mode::Proxy).validate().is_ok());
+    }
+
+    #[test]
     fn the_architecture_selects_the_boot_program() {
         let c = cfg(Mode::Proxy);
         let cases = [
@@ -680,7 +940,7 @@ mod tests {
                 false,
             ))
             .unwrap();
-            let r = answer(&info, &local(), &c).unwrap();
+            let r = answer(&info, &local(), BootChain::Ipxe, &c).unwrap();
             assert_eq!(r.file, file, "arch {arch:?}");
             assert_eq!(r.message_type, MessageType::Offer);
             assert_eq!(
@@ -699,7 +959,7 @@ mod tests {
             false,
         ))
         .unwrap();
-        let r = answer(&info, &local(), &c).unwrap();
+        let r = answer(&info, &local(), BootChain::Ipxe, &c).unwrap();
         assert_eq!(r.file, "http://10.0.40.2:8081/artifacts/ipxe/snponly.efi");
         assert_eq!(r.vendor_class, Some("HTTPClient"));
         // 32-bit UEFI: nothing to boot, no answer.
@@ -710,7 +970,7 @@ mod tests {
             false,
         ))
         .unwrap();
-        assert_eq!(answer(&info, &local(), &c), None);
+        assert_eq!(answer(&info, &local(), BootChain::Ipxe, &c), None);
     }
 
     #[test]
@@ -725,7 +985,7 @@ mod tests {
             ))
             .unwrap();
             assert!(info.ipxe);
-            let r = answer(&info, &imaging(), &c).unwrap();
+            let r = answer(&info, &imaging(), BootChain::Ipxe, &c).unwrap();
             assert_eq!(r.file, "http://10.0.40.2:8081/boot.ipxe");
         }
     }
@@ -734,7 +994,11 @@ mod tests {
     fn proxy_mode_stays_silent_for_non_pxe_clients_and_ignored_macs() {
         let c = cfg(Mode::Proxy);
         let info = parse(&request(MessageType::Discover, None, None, false)).unwrap();
-        assert_eq!(answer(&info, &local(), &c), None, "a plain DHCP client");
+        assert_eq!(
+            answer(&info, &local(), BootChain::Ipxe, &c),
+            None,
+            "a plain DHCP client"
+        );
         let info = parse(&request(
             MessageType::Discover,
             Some(0),
@@ -743,7 +1007,7 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(
-            answer(&info, &BootChoice::Ignore, &c),
+            answer(&info, &BootChoice::Ignore, BootChain::Ipxe, &c),
             None,
             "an ignored MAC"
         );
@@ -753,7 +1017,7 @@ mod tests {
             MessageType::Offer,
         ] {
             let info = parse(&request(mt, Some(0), Some("PXEClient"), false)).unwrap();
-            assert_eq!(answer(&info, &local(), &c), None, "{mt:?}");
+            assert_eq!(answer(&info, &local(), BootChain::Ipxe, &c), None, "{mt:?}");
         }
         let info = parse(&request(
             MessageType::Request,
@@ -763,7 +1027,9 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(
-            answer(&info, &local(), &c).unwrap().message_type,
+            answer(&info, &local(), BootChain::Ipxe, &c)
+                .unwrap()
+                .message_type,
             MessageType::Ack
         );
     }
@@ -782,7 +1048,7 @@ mod tests {
             .insert(DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 0, 40, 1)));
         let info = parse(&m.to_vec().unwrap()).unwrap();
         assert_eq!(
-            answer(&info, &local(), &c),
+            answer(&info, &local(), BootChain::Ipxe, &c),
             None,
             "the site's DHCP server's offer"
         );
@@ -790,7 +1056,9 @@ mod tests {
             .insert(DhcpOption::ServerIdentifier(c.server_ip));
         let info = parse(&m.to_vec().unwrap()).unwrap();
         assert_eq!(
-            answer(&info, &local(), &c).unwrap().message_type,
+            answer(&info, &local(), BootChain::Ipxe, &c)
+                .unwrap()
+                .message_type,
             MessageType::Ack
         );
     }
@@ -805,7 +1073,7 @@ mod tests {
             false,
         ))
         .unwrap();
-        let r = answer(&info, &BootChoice::Wds, &c).unwrap();
+        let r = answer(&info, &BootChoice::Wds, BootChain::Ipxe, &c).unwrap();
         assert_eq!(r.siaddr, Ipv4Addr::new(10, 0, 40, 9));
         assert_eq!(r.file, "boot\\x64\\wdsnbp.com");
         let info = parse(&request(
@@ -816,12 +1084,17 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(
-            answer(&info, &BootChoice::Wds, &c).unwrap().file,
+            answer(&info, &BootChoice::Wds, BootChain::Ipxe, &c)
+                .unwrap()
+                .file,
             "boot\\x64\\wdsmgfw.efi"
         );
         let mut no_wds = c.clone();
         no_wds.wds_server = None;
-        assert_eq!(answer(&info, &BootChoice::Wds, &no_wds), None);
+        assert_eq!(
+            answer(&info, &BootChoice::Wds, BootChain::Ipxe, &no_wds),
+            None
+        );
     }
 
     #[test]
@@ -834,19 +1107,19 @@ mod tests {
             false,
         ))
         .unwrap();
-        let r = answer(&info, &local(), &c).unwrap();
+        let r = answer(&info, &local(), BootChain::Ipxe, &c).unwrap();
         assert_eq!(r.yiaddr, Ipv4Addr::new(10, 0, 40, 50));
         assert_eq!(r.file, "ipxe/undionly.kpxe");
         // A plain client in the table gets an address and no boot file.
         let info = parse(&request(MessageType::Request, None, None, false)).unwrap();
-        let r = answer(&info, &BootChoice::Ignore, &c).unwrap();
+        let r = answer(&info, &BootChoice::Ignore, BootChain::Ipxe, &c).unwrap();
         assert_eq!(r.yiaddr, Ipv4Addr::new(10, 0, 40, 50));
         assert_eq!(r.file, "");
         // A MAC not in the table gets nothing.
         let mut other = request(MessageType::Discover, Some(0), Some("PXEClient"), false);
         other[28 + 5] = 0x99;
         let info = parse(&other).unwrap();
-        assert_eq!(answer(&info, &local(), &c), None);
+        assert_eq!(answer(&info, &local(), BootChain::Ipxe, &c), None);
     }
 
     /// Found by the dhcp_reply fuzz target: a boot URL longer than the BOOTP `file` field
@@ -862,7 +1135,7 @@ mod tests {
         ] {
             let req = request(MessageType::Discover, arch, Some(vendor), ipxe);
             let info = parse(&req).unwrap();
-            let r = answer(&info, &local(), &c).unwrap();
+            let r = answer(&info, &local(), BootChain::Ipxe, &c).unwrap();
             assert!(r.file.len() > MAX_BOOT_FILE, "{}", r.file);
             assert_eq!(encode(&req, &r, &c), None);
         }
@@ -875,7 +1148,7 @@ mod tests {
             true,
         );
         let info = parse(&req).unwrap();
-        let r = answer(&info, &local(), &c).unwrap();
+        let r = answer(&info, &local(), BootChain::Ipxe, &c).unwrap();
         assert_eq!(r.file.len(), MAX_BOOT_FILE);
         let bytes = encode(&req, &r, &c).unwrap();
         let m = Message::decode(&mut Decoder::new(&bytes)).unwrap();
@@ -885,7 +1158,7 @@ mod tests {
         );
         // One more byte would fill the field with no NUL: read back as no file at all.
         c.http_base.push('b');
-        let r = answer(&info, &local(), &c).unwrap();
+        let r = answer(&info, &local(), BootChain::Ipxe, &c).unwrap();
         assert_eq!(r.file.len(), MAX_BOOT_FILE + 1);
         assert_eq!(encode(&req, &r, &c), None);
     }
@@ -895,7 +1168,7 @@ mod tests {
         let c = cfg(full());
         let req = request(MessageType::Discover, Some(0), Some("PXEClient"), false);
         let info = parse(&req).unwrap();
-        let r = answer(&info, &local(), &c).unwrap();
+        let r = answer(&info, &local(), BootChain::Ipxe, &c).unwrap();
         let bytes = encode(&req, &r, &c).unwrap();
         let m = Message::decode(&mut Decoder::new(&bytes)).unwrap();
         assert_eq!(m.opcode(), Opcode::BootReply);
@@ -937,13 +1210,13 @@ mod tests {
                 p[i] = (seed >> 32) as u8;
             }
             if let Ok(info) = parse(&p) {
-                let _ = answer(&info, &local(), &cfg(Mode::Proxy));
+                let _ = answer(&info, &local(), BootChain::Ipxe, &cfg(Mode::Proxy));
             }
         }
         // A reply packet is not a request.
         let c = cfg(Mode::Proxy);
         let info = parse(&good).unwrap();
-        let r = answer(&info, &local(), &c).unwrap();
+        let r = answer(&info, &local(), BootChain::Ipxe, &c).unwrap();
         let reply = encode(&good, &r, &c).unwrap();
         assert_eq!(parse(&reply), Err(ParseError::NotRequest));
     }
@@ -1077,7 +1350,7 @@ mod tests {
         // Even a reply built around the check never panics in the encoder.
         let good = request(MessageType::Discover, Some(19), Some("HTTPClient"), false);
         let info = parse(&good).unwrap();
-        let r = answer(&info, &local(), &c).unwrap();
+        let r = answer(&info, &local(), BootChain::Ipxe, &c).unwrap();
         assert!(r.file.len() > MAX_BOOT_FILE);
         assert_eq!(encode(&good, &r, &c), None);
     }

@@ -159,24 +159,20 @@ async fn per_mac<B: Backend + BootIntents>(
             "not a MAC address; iPXE asks for /boot/${net0/mac}\n",
         ));
     };
-    if let Err(limited) = svc.per_mac_limit.check(&mac) {
-        svc.metrics.boot_choice("rate_limited");
-        let secs = limited.retry_after.as_secs().max(1).to_string();
-        let mut resp = text(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many boot requests for this MAC address; retry later\n",
-        );
-        if let Ok(v) = header::HeaderValue::from_str(&secs) {
-            resp.headers_mut().insert(header::RETRY_AFTER, v);
+    let decision = match svc.script_for(&mac).await {
+        ScriptFor::RateLimited { retry_after_secs } => {
+            let mut resp = text(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many boot requests for this MAC address; retry later\n",
+            );
+            if let Ok(v) = header::HeaderValue::from_str(&retry_after_secs.to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            return Ok(resp);
         }
-        return Ok(resp);
-    }
-    let (known, armed) = match svc.backend.boot_lookup(&mac).await {
-        Ok(x) => x,
         // Not "unknown" before the index has loaded: iPXE treats the error as a failed chain
         // and boots the local disk, and nothing is recorded about the machine.
-        Err(crate::store::BackendError::NotReady(why)) => {
-            svc.metrics.boot_choice("not_ready");
+        ScriptFor::NotReady(why) => {
             let mut resp = text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("the boot service is starting ({why}); retry shortly\n"),
@@ -185,53 +181,20 @@ async fn per_mac<B: Backend + BootIntents>(
                 .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
             return Ok(resp);
         }
-        Err(e) => {
-            tracing::warn!(%mac, error = %e, "boot lookup failed; telling the machine to boot locally");
-            return Ok(script(svc.renderer.local(&mac, "uefi")?));
-        }
+        other => other,
     };
-    let (choice, not_served) = intent::choose(&known, armed.as_ref(), svc.config.unknown);
-    if let Some(why) = &not_served {
-        tracing::warn!(%mac, "armed boot not served: {why}");
-    }
-    let boot_mode = armed
-        .as_ref()
-        .map(|i| i.boot_mode.clone())
-        .unwrap_or_else(|| "uefi".into());
-    svc.metrics.boot_choice(choice_label(&choice));
-    match choice {
-        BootChoice::Ignore => Ok(text(
+    match decision {
+        ScriptFor::RateLimited { .. } | ScriptFor::NotReady(_) => unreachable!("answered above"),
+        ScriptFor::Ignore => Ok(text(
             StatusCode::NOT_FOUND,
             "recast does not manage this machine\n",
         )),
-        BootChoice::Local { discovered } => {
-            let who = match &known {
-                Known::Endpoint {
-                    namespace, name, ..
-                } => {
-                    svc.note_fallback(namespace, name, not_served.as_ref())
-                        .await;
-                    format!("{namespace}/{name}")
-                }
-                Known::Unknown | Known::Ambiguous { .. } => mac.clone(),
-            };
-            if discovered
-                && let Err(e) = svc
-                    .backend
-                    .record_discovered(&mac, "asked to network-boot; no Endpoint lists it")
-                    .await
-            {
-                tracing::warn!(%mac, error = %e, "cannot record a discovered MAC");
-            }
-            Ok(script(svc.renderer.local(&who, &boot_mode)?))
-        }
-        BootChoice::Wds => {
-            let (namespace, name) = match &known {
-                Known::Endpoint {
-                    namespace, name, ..
-                } => (namespace.clone(), name.clone()),
-                Known::Unknown | Known::Ambiguous { .. } => (String::new(), mac.clone()),
-            };
+        ScriptFor::Local { who, boot_mode } => Ok(script(svc.renderer.local(&who, &boot_mode)?)),
+        ScriptFor::Wds {
+            namespace,
+            name,
+            boot_mode,
+        } => {
             let Some(server) = &svc.config.wds_server else {
                 tracing::warn!(%mac, "endpoint is in WDS mode but no --wds-server is set; booting it locally");
                 return Ok(script(svc.renderer.local(&name, &boot_mode)?));
@@ -240,9 +203,7 @@ async fn per_mac<B: Backend + BootIntents>(
                 svc.renderer.wds(&namespace, &name, &boot_mode, server)?,
             ))
         }
-        BootChoice::Imaging(intent) => {
-            // What to boot, and nothing else: anyone can ask for any MAC. The imaging
-            // environment claims the try itself (POST .../claim), and only that binds it.
+        ScriptFor::Imaging(intent) => {
             let view = AttemptView::new(&svc.config.base_url, &intent);
             let body =
                 svc.renderer
@@ -254,6 +215,107 @@ async fn per_mac<B: Backend + BootIntents>(
                 "served the imaging script"
             );
             Ok(script(body))
+        }
+    }
+}
+
+/// What a machine asking for its boot script gets, whichever loader asks (iPXE over HTTP,
+/// GRUB over TFTP): decided once, here.
+#[derive(Debug)]
+pub enum ScriptFor {
+    RateLimited {
+        retry_after_secs: u64,
+    },
+    /// The store's boot lookups are still loading.
+    NotReady(String),
+    /// Not recast's machine.
+    Ignore,
+    /// Boot the local disk; `who` names the endpoint (or the MAC) in the script's message.
+    Local {
+        who: String,
+        boot_mode: String,
+    },
+    Wds {
+        namespace: String,
+        name: String,
+        boot_mode: String,
+    },
+    /// The imaging environment of this armed try. What to boot, and nothing else: anyone can
+    /// ask for any MAC. The imaging environment claims the try itself (POST .../claim), and
+    /// only that binds it.
+    Imaging(BootIntent),
+}
+
+impl<B: Backend + BootIntents> BootHttp<B> {
+    /// Decides what `mac` (normalised) boots, records what a person should hear of (a machine
+    /// that fell back to the network boot, a discovered MAC) and counts the choice.
+    pub async fn script_for(&self, mac: &str) -> ScriptFor {
+        if let Err(limited) = self.per_mac_limit.check(&mac.to_string()) {
+            self.metrics.boot_choice("rate_limited");
+            return ScriptFor::RateLimited {
+                retry_after_secs: limited.retry_after.as_secs().max(1),
+            };
+        }
+        let (known, armed) = match self.backend.boot_lookup(mac).await {
+            Ok(x) => x,
+            Err(crate::store::BackendError::NotReady(why)) => {
+                self.metrics.boot_choice("not_ready");
+                return ScriptFor::NotReady(why);
+            }
+            Err(e) => {
+                tracing::warn!(%mac, error = %e, "boot lookup failed; telling the machine to boot locally");
+                return ScriptFor::Local {
+                    who: mac.to_string(),
+                    boot_mode: "uefi".into(),
+                };
+            }
+        };
+        let (choice, not_served) = intent::choose(&known, armed.as_ref(), self.config.unknown);
+        if let Some(why) = &not_served {
+            tracing::warn!(%mac, "armed boot not served: {why}");
+        }
+        let boot_mode = armed
+            .as_ref()
+            .map(|i| i.boot_mode.clone())
+            .unwrap_or_else(|| "uefi".into());
+        self.metrics.boot_choice(choice_label(&choice));
+        match choice {
+            BootChoice::Ignore => ScriptFor::Ignore,
+            BootChoice::Local { discovered } => {
+                let who = match &known {
+                    Known::Endpoint {
+                        namespace, name, ..
+                    } => {
+                        self.note_fallback(namespace, name, not_served.as_ref())
+                            .await;
+                        format!("{namespace}/{name}")
+                    }
+                    Known::Unknown | Known::Ambiguous { .. } => mac.to_string(),
+                };
+                if discovered
+                    && let Err(e) = self
+                        .backend
+                        .record_discovered(mac, "asked to network-boot; no Endpoint lists it")
+                        .await
+                {
+                    tracing::warn!(%mac, error = %e, "cannot record a discovered MAC");
+                }
+                ScriptFor::Local { who, boot_mode }
+            }
+            BootChoice::Wds => {
+                let (namespace, name) = match &known {
+                    Known::Endpoint {
+                        namespace, name, ..
+                    } => (namespace.clone(), name.clone()),
+                    Known::Unknown | Known::Ambiguous { .. } => (String::new(), mac.to_string()),
+                };
+                ScriptFor::Wds {
+                    namespace,
+                    name,
+                    boot_mode,
+                }
+            }
+            BootChoice::Imaging(intent) => ScriptFor::Imaging(intent),
         }
     }
 }
@@ -741,6 +803,7 @@ async fn progress<B: Backend + BootIntents>(
         endpoint = %intent.key(),
         attempt = %intent.attempt_id,
         percent = report.percent,
+        secure_boot = ?report.secure_boot,
         step = report.step.as_deref().unwrap_or(""),
         message = report.message.as_deref().unwrap_or(""),
         "imaging progress"
@@ -751,6 +814,7 @@ async fn progress<B: Backend + BootIntents>(
             attempt_id: intent.attempt_id.clone(),
             try_number: Some(intent.try_number),
             percent: report.percent,
+            secure_boot: report.secure_boot,
         },
     )
     .await;

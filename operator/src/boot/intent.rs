@@ -74,6 +74,7 @@ pub fn choose(
             namespace,
             name,
             wds,
+            ..
         } => {
             let Some(intent) = intent else {
                 return (BootChoice::Local { discovered: false }, None);
@@ -107,7 +108,8 @@ pub fn choose(
 mod tests {
     use super::*;
     // The MAC knowledge these cases also cover lives in store::arming.
-    use crate::store::arming::{MacConflict, mac_conflicts, normalize_mac};
+    use crate::store::arming::{MacConflict, Owner, mac_conflicts, normalize_mac};
+    use recast_crds::endpoint::BootChain;
 
     fn intent(ns: &str, name: &str, digest: Option<&str>) -> BootIntent {
         BootIntent {
@@ -128,6 +130,16 @@ mod tests {
             namespace: "default".into(),
             name: "kiosk-01".into(),
             wds,
+            chain: BootChain::Signed,
+        }
+    }
+
+    fn owner(ns: &str, name: &str, wds: bool) -> Owner {
+        Owner {
+            namespace: ns.into(),
+            name: name.into(),
+            wds,
+            chain: BootChain::Signed,
         }
     }
 
@@ -203,8 +215,8 @@ mod tests {
     #[test]
     fn an_ambiguous_mac_boots_locally_even_when_armed() {
         let amb = Known::from_owners(vec![
-            ("tenant-b".into(), "thief".into(), false),
-            ("tenant-a".into(), "kiosk-01".into(), false),
+            owner("tenant-b", "thief", false),
+            owner("tenant-a", "kiosk-01", false),
         ]);
         assert_eq!(
             amb,
@@ -230,17 +242,40 @@ mod tests {
     }
 
     #[test]
+    fn the_owner_resolves_its_boot_chain_from_the_spec() {
+        // As the embedded store reads them: absent fields are the defaults.
+        let o = |chain, mode| Owner::from_fields("d".into(), "e".into(), None, chain, mode).chain;
+        assert_eq!(o(None, Some("uefi")), BootChain::Signed);
+        assert_eq!(o(None, Some("bios")), BootChain::Ipxe);
+        assert_eq!(o(Some("auto"), Some("uefi")), BootChain::Signed);
+        assert_eq!(o(Some("ipxe"), Some("uefi")), BootChain::Ipxe);
+        assert_eq!(o(Some("signed"), Some("uefi")), BootChain::Signed);
+        // Refused by admission; should one exist, BIOS firmware still gets what boots it.
+        assert_eq!(o(Some("signed"), Some("bios")), BootChain::Ipxe);
+        // A value from a newer writer reads as the default, never as "boot nothing".
+        assert_eq!(o(Some("tomorrow"), Some("uefi")), BootChain::Signed);
+        assert!(Owner::from_fields("d".into(), "e".into(), Some("wds"), None, None).wds);
+        assert!(!Owner::from_fields("d".into(), "e".into(), Some("recast"), None, None).wds);
+        // Known carries the owner's chain.
+        let k = Known::from_owners(vec![Owner {
+            chain: BootChain::Ipxe,
+            ..owner("default", "kiosk-01", false)
+        }]);
+        assert_eq!(k.chain(), BootChain::Ipxe);
+    }
+
+    #[test]
     fn owners_decide_what_is_known() {
         assert_eq!(Known::from_owners(vec![]), Known::Unknown);
         assert_eq!(
-            Known::from_owners(vec![("default".into(), "kiosk-01".into(), true)]),
+            Known::from_owners(vec![owner("default", "kiosk-01", true)]),
             known(true)
         );
         // The same endpoint seen twice (two of its MACs, or two lists) is one owner.
         assert_eq!(
             Known::from_owners(vec![
-                ("default".into(), "kiosk-01".into(), false),
-                ("default".into(), "kiosk-01".into(), false)
+                owner("default", "kiosk-01", false),
+                owner("default", "kiosk-01", false)
             ]),
             known(false)
         );

@@ -11,5 +11,6 @@ pub mod ratelimit;
 pub mod render;
 pub mod service;
 pub mod tftp;
+pub mod tftp_root;
 
 pub use intent::{BootChoice, UnknownMacPolicy};

@@ -29,6 +29,22 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../templates/boot/wds.ipxe.tera"),
     ),
     (
+        "grub.cfg",
+        include_str!("../../templates/boot/grub.cfg.tera"),
+    ),
+    (
+        "local.grub.cfg",
+        include_str!("../../templates/boot/local.grub.cfg.tera"),
+    ),
+    (
+        "imaging-linux.grub.cfg",
+        include_str!("../../templates/boot/imaging-linux.grub.cfg.tera"),
+    ),
+    (
+        "imaging-winpe.grub.cfg",
+        include_str!("../../templates/boot/imaging-winpe.grub.cfg.tera"),
+    ),
+    (
         "startnet.cmd",
         include_str!("../../templates/boot/startnet.cmd.tera"),
     ),
@@ -150,6 +166,8 @@ pub struct ImageFile {
 impl Renderer {
     pub fn new() -> Result<Renderer, RenderError> {
         let mut tera = Tera::default();
+        tera.register_filter("grub_sq", grub_filter(grub_single_quoted));
+        tera.register_filter("grub_comment", grub_filter(grub_comment));
         for (name, body) in TEMPLATES {
             tera.add_raw_template(name, body)
                 .map_err(|source| RenderError::Template { name, source })?;
@@ -198,6 +216,41 @@ impl Renderer {
         let name = match env {
             ImagingEnvironment::Winpe => "imaging-winpe.ipxe",
             ImagingEnvironment::Linux => "imaging-linux.ipxe",
+        };
+        self.render(name, &ctx)
+    }
+
+    /// The GRUB configuration every signed-chain machine reads first (grub/grub.cfg over
+    /// TFTP): it sources its own per-MAC configuration.
+    pub fn grub_root(&self) -> Result<String, RenderError> {
+        let mut ctx = Context::new();
+        ctx.insert(
+            "generated_note",
+            "Served by recast's boot service; not a file to edit.",
+        );
+        self.render("grub.cfg", &ctx)
+    }
+
+    /// GRUB's "no reimage armed: boot the local disk".
+    pub fn grub_local(&self, who: &str) -> Result<String, RenderError> {
+        let mut ctx = Context::new();
+        ctx.insert("who", who);
+        self.render("local.grub.cfg", &ctx)
+    }
+
+    /// GRUB's configuration for an armed try.
+    pub fn grub_imaging(
+        &self,
+        env: ImagingEnvironment,
+        view: &AttemptView<'_>,
+    ) -> Result<String, RenderError> {
+        let ctx = Context::from_serialize(view).map_err(|source| RenderError::Render {
+            name: "GRUB imaging configuration".into(),
+            source,
+        })?;
+        let name = match env {
+            ImagingEnvironment::Winpe => "imaging-winpe.grub.cfg",
+            ImagingEnvironment::Linux => "imaging-linux.grub.cfg",
         };
         self.render(name, &ctx)
     }
@@ -264,6 +317,31 @@ impl Renderer {
 /// unattend.xml's "PlainText=false" form of a password: base64 of the UTF-16LE text of the
 /// password followed by the element name. It only keeps the password out of casual sight, so
 /// the file is served only with the try's token and deleted by Windows Setup after use.
+/// A value inside GRUB single quotes, where nothing is special but the quote itself: close
+/// the quotes, an escaped quote, open them again.
+pub fn grub_single_quoted(value: &str) -> String {
+    value.replace('\'', r"'\''")
+}
+
+/// A value in a GRUB comment line: a line break would end the comment and start a command.
+pub fn grub_comment(value: &str) -> String {
+    value.replace(['\n', '\r'], " ")
+}
+
+fn grub_filter(
+    f: fn(&str) -> String,
+) -> impl Fn(&tera::Value, &std::collections::HashMap<String, tera::Value>) -> tera::Result<tera::Value>
++ Sync
++ Send {
+    move |value, _| match value {
+        tera::Value::String(s) => Ok(tera::Value::String(f(s))),
+        tera::Value::Number(n) => Ok(tera::Value::String(n.to_string())),
+        other => Err(tera::Error::msg(format!(
+            "a GRUB value must be a string or a number, not {other}"
+        ))),
+    }
+}
+
 pub fn obscure_admin_password(password: &str) -> String {
     let text = format!("{password}AdministratorPassword");
     let bytes: Vec<u8> = text.encode_utf16().flat_map(u16::to_le_bytes).collect();

@@ -70,9 +70,24 @@ pub async fn run<B: Backend + BootIntents>(
     let listener = tokio::net::TcpListener::bind(cfg.http_listen)
         .await
         .map_err(|e| format!("cannot serve HTTP boot on {}: {e}", cfg.http_listen))?;
+    let svc = Arc::new(BootHttp {
+        claims: Default::default(),
+        clock: Arc::new(crate::clock::SystemClock),
+        backend: backend.clone(),
+        renderer,
+        key: cfg.key,
+        config: cfg.boot,
+        metrics: metrics.clone(),
+        per_mac_limit: SharedLimiter::new(BOOT_HTTP_PER_MAC, MAX_TRACKED_MACS),
+    });
     let mut dhcp_tasks = Vec::new();
     if let Some(addr) = cfg.tftp {
-        let source = super::tftp::FsSource::new(&cfg.boot.root).map_err(|e| e.to_string())?;
+        // Files under the boot root, and the signed chain's GRUB configurations, which the
+        // boot service generates per MAC from the same decision as /boot/<mac>.
+        let source = super::tftp_root::BootRootSource {
+            files: super::tftp::FsSource::new(&svc.config.root).map_err(|e| e.to_string())?,
+            boot: svc.clone(),
+        };
         let server = super::tftp::TftpServer::bind(
             super::tftp::TftpConfig {
                 listen: addr,
@@ -83,7 +98,7 @@ pub async fn run<B: Backend + BootIntents>(
         )
         .await
         .map_err(|e| e.to_string())?;
-        tracing::info!(%addr, root = %cfg.boot.root.display(), "serving TFTP (read-only)");
+        tracing::info!(%addr, root = %svc.config.root.display(), "serving TFTP (read-only)");
         let mut stop = shutdown.clone();
         let task = tokio::spawn(async move {
             let stopped = async move {
@@ -125,17 +140,7 @@ pub async fn run<B: Backend + BootIntents>(
             ));
         }
     }
-    tracing::info!(addr = %cfg.http_listen, root = %cfg.boot.root.display(), base = %cfg.boot.base_url, "serving HTTP boot");
-    let svc = Arc::new(BootHttp {
-        claims: Default::default(),
-        clock: Arc::new(crate::clock::SystemClock),
-        backend,
-        renderer,
-        key: cfg.key,
-        config: cfg.boot,
-        metrics,
-        per_mac_limit: SharedLimiter::new(BOOT_HTTP_PER_MAC, MAX_TRACKED_MACS),
-    });
+    tracing::info!(addr = %cfg.http_listen, root = %svc.config.root.display(), base = %svc.config.base_url, "serving HTTP boot");
     let root = svc.config.root.clone();
     let mut stop = shutdown.clone();
     let served = super::listener::serve(listener, router(svc), root, async move {

@@ -8,6 +8,7 @@ use jiff::Timestamp;
 use recast_core::lifecycle::Action;
 use recast_core::time;
 use recast_crds::Endpoint;
+use recast_crds::endpoint::{BootChain, BootMode, BootServer};
 use serde::{Deserialize, Serialize};
 
 use super::{BackendError, Key};
@@ -36,11 +37,13 @@ pub struct BootIntent {
 /// What recast knows about a MAC address that asks to boot.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Known {
-    /// An Endpoint lists this MAC; `wds` when it is handed to the site's WDS server.
+    /// An Endpoint lists this MAC; `wds` when it is handed to the site's WDS server; `chain`
+    /// is the boot chain it gets (resolved: never `Auto`).
     Endpoint {
         namespace: String,
         name: String,
         wds: bool,
+        chain: BootChain,
     },
     /// Two or more Endpoints list this MAC ("namespace/name" of each, sorted). Admission
     /// refuses that on both backends; if it happens anyway (an object written before the
@@ -51,28 +54,83 @@ pub enum Known {
     Unknown,
 }
 
+/// One live Endpoint that lists a MAC, with what the boot service needs of its spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub namespace: String,
+    pub name: String,
+    /// spec.bootServer is wds.
+    pub wds: bool,
+    /// spec.bootChain resolved by spec.bootMode.
+    pub chain: BootChain,
+}
+
+impl Owner {
+    pub fn of(ep: &Endpoint) -> Owner {
+        Owner {
+            namespace: Key::of(ep).namespace,
+            name: Key::of(ep).name,
+            wds: ep.spec.boot_server == BootServer::Wds,
+            chain: ep.spec.boot_chain.resolve(ep.spec.boot_mode),
+        }
+    }
+
+    /// From the spec's fields as stored JSON gives them (absent: the defaults). A value this
+    /// version does not know (a newer writer) reads as the default, never as an error that
+    /// would stop the machine from booting at all.
+    pub fn from_fields(
+        namespace: String,
+        name: String,
+        boot_server: Option<&str>,
+        boot_chain: Option<&str>,
+        boot_mode: Option<&str>,
+    ) -> Owner {
+        fn parse<T: serde::de::DeserializeOwned>(v: Option<&str>) -> Option<T> {
+            serde_json::from_value(serde_json::Value::String(v?.into())).ok()
+        }
+        let mode: BootMode = parse(boot_mode).unwrap_or(BootMode::Uefi);
+        let chain: BootChain = parse(boot_chain).unwrap_or_default();
+        Owner {
+            namespace,
+            name,
+            wds: boot_server == Some("wds"),
+            chain: chain.resolve(mode),
+        }
+    }
+}
+
 impl Known {
-    /// What recast knows about a MAC from the Endpoints that list it (`(namespace, name,
-    /// wds)` of each live one): nobody, exactly one, or several (never "the first one").
-    pub fn from_owners(mut owners: Vec<(String, String, bool)>) -> Known {
-        owners.sort();
-        owners.dedup();
+    /// What recast knows about a MAC from the live Endpoints that list it: nobody, exactly
+    /// one, or several (never "the first one").
+    pub fn from_owners(mut owners: Vec<Owner>) -> Known {
+        owners.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        owners.dedup_by(|a, b| (&a.namespace, &a.name) == (&b.namespace, &b.name));
         match owners.len() {
             0 => Known::Unknown,
             1 => {
-                let (namespace, name, wds) = owners.remove(0);
+                let o = owners.remove(0);
                 Known::Endpoint {
-                    namespace,
-                    name,
-                    wds,
+                    namespace: o.namespace,
+                    name: o.name,
+                    wds: o.wds,
+                    chain: o.chain,
                 }
             }
             _ => Known::Ambiguous {
                 owners: owners
                     .into_iter()
-                    .map(|(ns, name, _)| format!("{ns}/{name}"))
+                    .map(|o| format!("{}/{}", o.namespace, o.name))
                     .collect(),
             },
+        }
+    }
+
+    /// The boot chain to offer: the endpoint's; iPXE for a MAC nobody (or more than one
+    /// Endpoint) owns, as before there was a choice.
+    pub fn chain(&self) -> BootChain {
+        match self {
+            Known::Endpoint { chain, .. } => *chain,
+            Known::Ambiguous { .. } | Known::Unknown => BootChain::Ipxe,
         }
     }
 }

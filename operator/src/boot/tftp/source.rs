@@ -44,6 +44,9 @@ pub enum OpenError {
     NotFound,
     #[error("access denied: {0}")]
     Denied(String),
+    /// The signed chain's "no reimage armed" answer (`dhcp::DECLINE_FILE`).
+    #[error("no reimage is armed for this machine: boot the local disk")]
+    Declined,
     #[error("cannot read the file: {0}")]
     Io(#[source] io::Error),
 }

@@ -186,7 +186,7 @@ impl Transfer {
             Ok(f) => f,
             Err(e) => {
                 let code = match e {
-                    OpenError::NotFound => ErrorCode::FileNotFound,
+                    OpenError::NotFound | OpenError::Declined => ErrorCode::FileNotFound,
                     OpenError::Denied(_) => ErrorCode::AccessViolation,
                     OpenError::Io(_) => ErrorCode::NotDefined,
                 };

@@ -267,12 +267,7 @@ impl crate::store::BootIntents for EmbeddedBackend {
         mac: &str,
     ) -> Result<(crate::store::arming::Known, Option<BootIntent>), BackendError> {
         let owners = self.store.endpoints_by_mac(mac).map_err(categorize)?;
-        let known = crate::store::arming::Known::from_owners(
-            owners
-                .into_iter()
-                .map(|(ns, name, boot_server)| (ns, name, boot_server.as_deref() == Some("wds")))
-                .collect(),
-        );
+        let known = crate::store::arming::Known::from_owners(owners);
         let intent = self.store.boot_intent(mac).map_err(categorize)?;
         Ok((known, intent))
     }

@@ -1145,18 +1145,27 @@ impl EmbeddedStore {
     pub fn endpoints_by_mac(
         &self,
         mac: &str,
-    ) -> Result<Vec<(String, String, Option<String>)>, StoreError> {
+    ) -> Result<Vec<crate::store::arming::Owner>, StoreError> {
         // Admission allows only colon-separated hex octets: case is the only variation.
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT DISTINCT o.namespace, o.name, json_extract(o.object, '$.spec.bootServer')
+            "SELECT DISTINCT o.namespace, o.name, json_extract(o.object, '$.spec.bootServer'),
+                    json_extract(o.object, '$.spec.bootChain'), json_extract(o.object, '$.spec.bootMode')
              FROM objects o, json_each(json_extract(o.object, '$.spec.identity.macAddresses')) m
              WHERE o.kind = 'Endpoint' AND o.deleted_at IS NULL AND lower(m.value) = ?1
              ORDER BY o.namespace, o.name",
         )?;
         let rows = stmt
             .query_map(params![mac.to_ascii_lowercase()], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                let (server, chain, mode): (Option<String>, Option<String>, Option<String>) =
+                    (r.get(2)?, r.get(3)?, r.get(4)?);
+                Ok(crate::store::arming::Owner::from_fields(
+                    r.get(0)?,
+                    r.get(1)?,
+                    server.as_deref(),
+                    chain.as_deref(),
+                    mode.as_deref(),
+                ))
             })?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
@@ -1457,12 +1466,7 @@ mod mac_tests {
         }
         let owners = s.endpoints_by_mac("52:54:00:00:00:01").unwrap();
         assert_eq!(owners.len(), 2, "{owners:?}");
-        let known = crate::store::arming::Known::from_owners(
-            owners
-                .into_iter()
-                .map(|(ns, n, _)| (ns, n, false))
-                .collect(),
-        );
+        let known = crate::store::arming::Known::from_owners(owners);
         assert_eq!(
             known,
             crate::store::arming::Known::Ambiguous {

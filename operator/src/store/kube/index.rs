@@ -23,6 +23,8 @@ pub struct EndpointFacts {
     pub macs: Vec<String>,
     /// spec.bootServer is wds.
     pub wds: bool,
+    /// spec.bootChain resolved by spec.bootMode.
+    pub chain: recast_crds::endpoint::BootChain,
 }
 
 impl EndpointFacts {
@@ -42,6 +44,7 @@ impl EndpointFacts {
                 .map(|m| normalize_mac(m).unwrap_or_else(|| m.to_ascii_lowercase()))
                 .collect(),
             wds: ep.spec.boot_server == recast_crds::endpoint::BootServer::Wds,
+            chain: ep.spec.boot_chain.resolve(ep.spec.boot_mode),
         })
     }
 }
@@ -194,11 +197,13 @@ impl BootIndex {
             owners
                 .iter()
                 .map(|key| {
-                    (
-                        key.namespace.clone(),
-                        key.name.clone(),
-                        self.endpoints.objects.get(*key).is_some_and(|e| e.wds),
-                    )
+                    let facts = self.endpoints.objects.get(*key);
+                    crate::store::arming::Owner {
+                        namespace: key.namespace.clone(),
+                        name: key.name.clone(),
+                        wds: facts.is_some_and(|e| e.wds),
+                        chain: facts.map_or(recast_crds::endpoint::BootChain::Ipxe, |e| e.chain),
+                    }
                 })
                 .collect(),
         );
@@ -246,6 +251,7 @@ mod tests {
             key: key(ns, name),
             macs: macs.iter().map(|m| m.to_string()).collect(),
             wds: false,
+            chain: recast_crds::endpoint::BootChain::Signed,
         }
     }
 
@@ -286,6 +292,7 @@ mod tests {
             namespace: ns.into(),
             name: name.into(),
             wds: false,
+            chain: recast_crds::endpoint::BootChain::Signed,
         }
     }
 
@@ -405,9 +412,10 @@ mod tests {
     }
 
     #[test]
-    fn wds_endpoints_are_reported_as_such() {
+    fn wds_endpoints_and_boot_chains_are_reported_as_such() {
         let mut e = ep("a", "k1", &[M1]);
         e.wds = true;
+        e.chain = recast_crds::endpoint::BootChain::Ipxe;
         let ix = listed(vec![e], vec![]);
         assert_eq!(
             ix.lookup(M1),
@@ -415,7 +423,8 @@ mod tests {
                 Known::Endpoint {
                     namespace: "a".into(),
                     name: "k1".into(),
-                    wds: true
+                    wds: true,
+                    chain: recast_crds::endpoint::BootChain::Ipxe,
                 },
                 None
             )

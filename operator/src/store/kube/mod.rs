@@ -925,13 +925,7 @@ pub fn known_for_mac<'a>(
                         .iter()
                         .any(|m| m.eq_ignore_ascii_case(mac))
             })
-            .map(|ep| {
-                (
-                    ns_of(ep),
-                    ep.name_any(),
-                    ep.spec.boot_server == recast_crds::endpoint::BootServer::Wds,
-                )
-            })
+            .map(crate::store::arming::Owner::of)
             .collect(),
     )
 }
