@@ -84,7 +84,7 @@ bench-controller: ## The controller over $(BENCH_ENDPOINTS) endpoints on both ba
 	tests/k8s/harness.sh up
 	target/release/examples/bench_controller target/release/recast-operator $(BENCH_ENDPOINTS)
 
-bench-boot: ## Boot service: TFTP vs tftpd-hpa (64 MiB, 1 and 50 clients; windowsize 16 vs 1) and HTTP vs nginx (1 GiB, 8 clients) (prints tables)
+bench-boot: ## Boot service: TFTP vs tftpd-hpa (64 MiB, 1 and 50 clients; windowsize 16 vs 1; 300 MiB WinPE boot.wim at the BCD sizes) and HTTP vs nginx (1 GiB, 8 clients) (prints tables)
 	tests/boot/setup.sh
 	$(CARGO) build --release $(CARGO_FLAGS) -p recast-operator --bin recast-operator --example bench_tftp
 	target/release/examples/bench_tftp
@@ -119,10 +119,11 @@ image: ## Build and smoke-test the recast-operator image from a release build (r
 
 IMAGER_OUT ?= $(CURDIR)/target/imaging-environment/serve
 
-imager: ## recast's Linux imaging environment in $(IMAGER_OUT)/linux/{vmlinuz,initrd} (release recast-imager; content-cached); `--imaging-environment linux --boot-root DIR` expects linux/ under DIR
+imager: ## recast's Linux imaging environment in $(IMAGER_OUT)/linux/{vmlinuz,initrd} and the signed chain in $(IMAGER_OUT)/sb/ (release recast-imager; content-cached); `--imaging-environment linux --boot-root DIR` expects linux/ and sb/ under DIR
 	$(CARGO) build $(CARGO_FLAGS) --release -p recast-imager
 	imager/env/setup.sh
 	imager/env/build.sh --imager target/release/recast-imager --out $(IMAGER_OUT)
+	imager/env/signed-chain.sh --out $(IMAGER_OUT)
 
 helm-setup: ## Build (or reuse) helm from its Go module (tests/helm/setup.sh)
 	tests/helm/setup.sh

@@ -159,6 +159,12 @@ for f in undionly.kpxe snponly.efi ipxe.efi; do
     || die "/usr/share/recast/boot/ipxe/$f is missing or differs from Debian's ipxe package"
 done
 log "iPXE: $(cat "$mnt/usr/share/recast/boot/ipxe/VERSION")"
+# The signed chain: PE files with an Authenticode signature (a security directory entry).
+for f in shimx64.efi grubx64.efi; do
+  [[ -s "$mnt/usr/share/recast/boot/sb/$f" ]] || die "/usr/share/recast/boot/sb/$f is missing"
+  [[ "$(head -c2 "$mnt/usr/share/recast/boot/sb/$f")" == "MZ" ]] || die "/usr/share/recast/boot/sb/$f is not a PE file"
+done
+log "signed chain: $(tr '\n' ';' < "$mnt/usr/share/recast/boot/sb/VERSION")"
 
 # The chart's layout: a writable data volume, iPXE copied in by the init container's command.
 data=/var/lib/recast

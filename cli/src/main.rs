@@ -6,6 +6,7 @@
 
 mod backend;
 mod bmc;
+mod bootkit;
 mod image;
 mod table;
 mod wave;
@@ -145,6 +146,11 @@ enum Command {
     /// Sites that keep WDS: print what to run on the WDS server.
     #[command(subcommand)]
     Wds(WdsCommand),
+    /// WinPE under Secure Boot: check the kit a site copied from its ADK, lay it out.
+    Bootkit {
+        #[command(subcommand)]
+        command: bootkit::BootkitCommand,
+    },
     /// Reimage waves: create, plan, follow (status --watch), pause, resume, abort, approve.
     Wave {
         #[command(subcommand)]
@@ -349,6 +355,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Image { command } if !command.needs_store() => {
             return Ok(image::run(command, &cli.namespace));
         }
+        Command::Bootkit { command } => return Ok(bootkit::run(command)),
         command => Cli { command, ..cli },
     };
     let store_dir = (cli.backend == BackendKind::Embedded).then(|| data_dir(cli.data_dir.clone()));
@@ -356,7 +363,9 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let ns = cli.namespace.as_str();
     let now = Timestamp::now();
     match cli.command {
-        Command::Validate { .. } | Command::Completion { .. } => unreachable!("handled above"),
+        Command::Validate { .. } | Command::Completion { .. } | Command::Bootkit { .. } => {
+            unreachable!("handled above")
+        }
         Command::Image { command } => image::run_on_store(command, &store, ns, now),
         Command::Wave { command } => wave::run(&store, ns, command, now),
         Command::Wds(WdsCommand::Prestage {
@@ -883,6 +892,11 @@ fn describe(
         if let Some(h) = status.get("updateHold") {
             out.push_str(&format!("  Updates:    {}\n", update_hold_line(h)));
         }
+        if kind == Kind::Endpoint {
+            for line in boot_lines(obj) {
+                out.push_str(&format!("  {line}\n"));
+            }
+        }
         if let Some(conds) = status.get("conditions").and_then(Value::as_array) {
             out.push_str("  Conditions:\n");
             let mut rows = vec![vec![
@@ -942,6 +956,62 @@ fn describe(
     out
 }
 
+/// How an endpoint network-boots: the chain it gets (spec.bootChain resolved by its boot
+/// mode), and Secure Boot as the imaging environment of its current (or else last) attempt
+/// read it from the firmware.
+fn boot_lines(obj: &Value) -> Vec<String> {
+    use recast_crds::endpoint::{BootChain, BootMode};
+    let spec = obj.get("spec");
+    let field = |name: &str| spec.and_then(|s| s.get(name)).cloned();
+    let mode: Option<BootMode> = field("bootMode").and_then(|v| serde_json::from_value(v).ok());
+    let chain: BootChain = field("bootChain")
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default();
+    let mut lines = Vec::new();
+    if let Some(mode) = mode {
+        let resolved = chain.resolve(mode);
+        let how = match resolved {
+            BootChain::Signed => "shim → GRUB → kernel, signed: boots with Secure Boot on",
+            _ => "iPXE: Secure Boot must be off",
+        };
+        let set = if chain == BootChain::Auto {
+            format!(
+                "auto for {}",
+                serde_json::to_value(mode)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            )
+        } else {
+            "spec.bootChain".to_string()
+        };
+        lines.push(format!("Boot chain: {} ({set}; {how})", resolved.as_str()));
+    }
+    let status = obj.get("status");
+    let reported = status
+        .and_then(|s| s.get("activeAttempt"))
+        .filter(|a| a.get("secureBoot").is_some())
+        .or_else(|| {
+            status
+                .and_then(|s| s.get("history"))
+                .and_then(Value::as_array)
+                .and_then(|h| h.iter().find(|r| r.get("secureBoot").is_some()))
+        });
+    if let Some(a) = reported {
+        let on = a.get("secureBoot").and_then(Value::as_bool);
+        let id = a.get("id").and_then(Value::as_str).unwrap_or_default();
+        lines.push(format!(
+            "Secure Boot: {} (as the imaging environment of attempt {id} read the firmware)",
+            match on {
+                Some(true) => "on",
+                Some(false) => "off",
+                None => "unknown",
+            }
+        ));
+    }
+    lines
+}
+
 /// Exit 0 when every document is valid, 1 when any is invalid, 2 when a file cannot be read.
 fn validate(files: &[PathBuf]) -> ExitCode {
     let mut invalid = false;
@@ -987,6 +1057,65 @@ fn validate(files: &[PathBuf]) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn describe_says_which_chain_boots_the_endpoint_and_whether_secure_boot_was_on() {
+        let ep = |spec: Value, status: Value| json!({"metadata": {"name": "k", "namespace": "default"}, "spec": spec, "status": status});
+        let lines = boot_lines(&ep(json!({"bootMode": "uefi"}), json!({})));
+        assert_eq!(
+            lines,
+            [
+                "Boot chain: signed (auto for uefi; shim → GRUB → kernel, signed: boots with Secure Boot on)"
+            ]
+        );
+        let lines = boot_lines(&ep(json!({"bootMode": "bios"}), json!({})));
+        assert_eq!(
+            lines,
+            ["Boot chain: ipxe (auto for bios; iPXE: Secure Boot must be off)"]
+        );
+        let lines = boot_lines(&ep(
+            json!({"bootMode": "uefi", "bootChain": "ipxe"}),
+            json!({}),
+        ));
+        assert_eq!(
+            lines,
+            ["Boot chain: ipxe (spec.bootChain; iPXE: Secure Boot must be off)"]
+        );
+        // The running attempt's report wins; else the newest finished attempt that said.
+        let status = json!({
+            "activeAttempt": {"id": "k-3", "secureBoot": true},
+            "history": [{"id": "k-2", "secureBoot": false}]
+        });
+        let lines = boot_lines(&ep(json!({"bootMode": "uefi"}), status));
+        assert_eq!(
+            lines[1],
+            "Secure Boot: on (as the imaging environment of attempt k-3 read the firmware)"
+        );
+        let status = json!({
+            "activeAttempt": {"id": "k-3"},
+            "history": [{"id": "k-2"}, {"id": "k-1", "secureBoot": false}]
+        });
+        let lines = boot_lines(&ep(json!({"bootMode": "uefi"}), status));
+        assert_eq!(
+            lines[1],
+            "Secure Boot: off (as the imaging environment of attempt k-1 read the firmware)"
+        );
+        // Nothing reported yet: no line, never a guess.
+        assert_eq!(
+            boot_lines(&ep(json!({"bootMode": "uefi"}), json!({}))).len(),
+            1
+        );
+        let out = describe(
+            Kind::Endpoint,
+            &ep(json!({"bootMode": "uefi"}), json!({"phase": "Ready"})),
+            &[],
+            Timestamp::now(),
+        );
+        assert!(
+            out.contains("  Boot chain: signed (auto for uefi;"),
+            "{out}"
+        );
+    }
 
     #[test]
     fn the_update_hold_reads_as_one_line() {

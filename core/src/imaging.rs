@@ -96,7 +96,11 @@ pub struct ProgressReport {
     /// Whether UEFI Secure Boot is on, from the firmware's `SecureBoot` variable (false under
     /// BIOS). The imaging environment sends it with its first report; later ones may leave it
     /// out.
-    #[serde(default, rename = "secureBoot", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "secureBoot",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub secure_boot: Option<bool>,
 }
 

@@ -12,11 +12,13 @@ pub mod lifecycle;
 pub mod naming;
 pub mod notice;
 pub mod policy;
+pub mod regf;
 pub mod signal;
 pub mod time;
 pub mod transitions;
 pub mod wave;
 pub mod window;
+pub mod winpe_boot;
 
 #[cfg(test)]
 mod tests;

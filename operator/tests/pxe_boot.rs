@@ -15,6 +15,12 @@
 //! (e) the refusals: a machine whose SMBIOS UUID is not the Endpoint's, a machine with two
 //!     equal candidate disks, and a corrupted download leave every disk byte-for-byte as it
 //!     was, and the first two stop the attempt for a person;
+//! (f) UEFI Secure Boot enforced (OVMF's Secure Boot build, Microsoft's keys enrolled): the
+//!     same machine offered unsigned iPXE refuses to run it ("Access Denied", and no iPXE ever
+//!     asks recast anything) and boots its disk; on the signed chain with nothing armed it is
+//!     declined at once and boots its disk; armed, Debian's Microsoft-signed shim, signed GRUB
+//!     (configured by recast over TFTP) and signed kernel start recast-imager, which reports
+//!     Secure Boot on and images the disk, read back as in (b);
 //! (c) full DHCP mode works without dnsmasq;
 //! (d) a first-stage client that only speaks TFTP (OVMF's own PXE client) gets the iPXE binary
 //!     from recast's TFTP server and chains into HTTP.
@@ -31,7 +37,7 @@ use recast_crds::manifest::Kind;
 use recast_operator::store::embedded::EmbeddedStore;
 use recast_tests::golden_ntfs::{self, GoldenWim};
 use recast_tests::readback::{self, MountedNtfs, Table};
-use recast_tests::{bcd_xml, hive, wimlib};
+use recast_tests::{bcd_xml, hive, secure_boot, wimlib};
 use serde_json::{Value, json};
 
 const REQUIRE: &str = "RECAST_REQUIRE_PXE";
@@ -63,6 +69,9 @@ fn missing_prerequisite() -> Option<String> {
     }
     if !Path::new(ROM).exists() || !Path::new("/usr/lib/ipxe/undionly.kpxe").exists() {
         return Some("Debian's ipxe-qemu / ipxe are missing (run tests/pxe/setup.sh)".into());
+    }
+    if let Some(why) = secure_boot::missing() {
+        return Some(why);
     }
     None
 }
@@ -135,12 +144,15 @@ const VM3: &str = "52:54:00:77:00:03";
 const VM4: &str = "52:54:00:77:00:04";
 const VM5: &str = "52:54:00:77:00:05";
 const VM6: &str = "52:54:00:77:00:06";
+const VM7: &str = "52:54:00:77:00:07";
 /// The SMBIOS UUIDs the Endpoints name (QEMU `-uuid`).
 const UUID1: &str = "1b4e28ba-2fa1-11d2-883f-0016d3cca401";
 const UUID3: &str = "1b4e28ba-2fa1-11d2-883f-0016d3cca403";
 const UUID4: &str = "1b4e28ba-2fa1-11d2-883f-0016d3cca404";
-/// vm-03's disk, named by serial in its Endpoint.
+const UUID7: &str = "1b4e28ba-2fa1-11d2-883f-0016d3cca407";
+/// vm-03's and vm-07's disks, named by serial in their Endpoints.
 const DISK3_SERIAL: &str = "RECAST-DISK-03";
+const DISK7_SERIAL: &str = "RECAST-DISK-07";
 const GIB: u64 = 1 << 30;
 
 fn endpoint_doc(name: &str, mac: &str, mode: &str, uuid: Option<&str>, target: Value) -> Value {
@@ -164,6 +176,7 @@ fn prepare(tag: &str) -> Site {
         std::fs::copy(format!("/usr/lib/ipxe/{f}"), root.join("ipxe").join(f)).unwrap();
     }
     recast_tests::imaging_env::build(&root, &dir);
+    secure_boot::lay_out_signed_chain(&root);
     // The golden image: Windows where it matters (security descriptors, named streams, a
     // junction, hard links, short names, \Windows\Boot with runnable boot-manager stand-ins,
     // a BCD-Template, the January servicing package). Built once per machine, reused.
@@ -181,15 +194,26 @@ fn prepare(tag: &str) -> Site {
 
     let store = EmbeddedStore::open(&data).unwrap();
     let small = json!({"minSizeGiB": 1});
+    // vm-03: UEFI with Secure Boot off, on the iPXE chain.
+    let mut vm3 = endpoint_doc(
+        "vm-03",
+        VM3,
+        "uefi",
+        Some(UUID3),
+        json!({"serial": DISK3_SERIAL}),
+    );
+    vm3["spec"]["bootChain"] = json!("ipxe");
     let docs = [
         endpoint_doc("vm-01", VM1, "bios", Some(UUID1), json!({"minSizeGiB": 2})),
         endpoint_doc("vm-02", VM2, "bios", None, small.clone()),
+        vm3,
+        // vm-07: UEFI with Secure Boot enforced; bootChain unset (auto: the signed chain).
         endpoint_doc(
-            "vm-03",
-            VM3,
+            "vm-07",
+            VM7,
             "uefi",
-            Some(UUID3),
-            json!({"serial": DISK3_SERIAL}),
+            Some(UUID7),
+            json!({"serial": DISK7_SERIAL}),
         ),
         endpoint_doc("vm-04", VM4, "bios", Some(UUID4), small.clone()),
         endpoint_doc("vm-05", VM5, "bios", None, small.clone()),
@@ -270,6 +294,9 @@ fn operator_log(site: &Site) -> String {
 struct Machine<'a> {
     mac: &'a str,
     fw: Firmware,
+    /// UEFI with Secure Boot enforced (OVMF's Secure Boot build, Microsoft's keys), on a q35
+    /// machine with the firmware's own PXE client (virtio-net, no option ROM).
+    secure_boot: bool,
     /// SMBIOS UUID (QEMU picks none when unset).
     uuid: Option<&'a str>,
     /// Disks, each with an optional serial number, as virtio-blk devices.
@@ -281,6 +308,7 @@ impl<'a> Machine<'a> {
         Machine {
             mac,
             fw: Firmware::Bios,
+            secure_boot: false,
             uuid: None,
             disks: vec![(disk, None)],
         }
@@ -294,11 +322,17 @@ fn vm(net: &Net, site: &Site, mac: &str, disk: &Path, tag: &str) -> Proc {
 fn qemu_base(site: &Site, m: &Machine, tag: &str) -> Command {
     let serial = site.dir.join(format!("serial-{tag}.log"));
     let mut cmd = Command::new("qemu-system-x86_64");
+    // shim, GRUB, the kernel and the imaging environment's initrd, then the image in RAM.
+    let memory = if m.secure_boot { "1024" } else { "512" };
     cmd.args([
-        "-accel", "tcg", "-m", "512", "-display", "none", "-monitor", "none",
+        "-accel", "tcg", "-m", memory, "-display", "none", "-monitor", "none",
     ])
     .arg("-no-reboot");
-    if m.fw == Firmware::Uefi {
+    if m.secure_boot {
+        cmd.args(secure_boot::qemu_args(
+            &site.dir.join(format!("ovmf-vars-{tag}.fd")),
+        ));
+    } else if m.fw == Firmware::Uefi {
         // A fresh copy of the firmware volume: OVMF keeps its variables in it.
         let fd = site.dir.join(format!("ovmf-{tag}.fd"));
         std::fs::copy(OVMF, &fd).unwrap();
@@ -319,6 +353,10 @@ fn qemu_base(site: &Site, m: &Machine, tag: &str) -> Command {
         if let Some(s) = serial {
             dev.push_str(&format!(",serial={s}"));
         }
+        if m.secure_boot {
+            // After the network (bootindex 1): where the firmware goes when it is declined.
+            dev.push_str(&format!(",bootindex={}", i + 2));
+        }
         cmd.args(["-device", &dev]);
     }
     cmd.args(["-serial", &format!("file:{}", serial.display())])
@@ -332,8 +370,26 @@ fn vm_with(net: &Net, site: &Site, m: &Machine, tag: &str) -> Proc {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &net.site()])
         .arg(base.get_program())
-        .args(base.get_args())
-        .args(["-boot", "n"]);
+        .args(base.get_args());
+    if m.secure_boot {
+        // OVMF's own PXE client (no option ROM: iPXE's would be refused), first in the boot
+        // order, the disks after it.
+        let child = cmd
+            .args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"])
+            .args([
+                "-device",
+                &format!(
+                    "virtio-net-pci,netdev=n0,mac={},romfile=,bootindex=1",
+                    m.mac
+                ),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start qemu");
+        return Proc(child);
+    }
+    cmd.args(["-boot", "n"]);
     let rom = if m.fw == Firmware::Uefi { EFI_ROM } else { ROM };
     let child = cmd
         .args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"])
@@ -439,7 +495,15 @@ fn real_ipxe_firmware_boots_locally_then_images_when_armed_then_full_dhcp() {
         uuid: Some(UUID1),
         ..Machine::bios(VM1, &disk)
     };
-    image_it(&net, &site, &store, "vm-01", &vm1, "b");
+    image_it(
+        &net,
+        &site,
+        &store,
+        "vm-01",
+        &vm1,
+        "b",
+        "served the imaging script",
+    );
     read_back(&site, &disk, Firmware::Bios);
     boot_from_disk(
         &site,
@@ -456,6 +520,7 @@ fn real_ipxe_firmware_boots_locally_then_images_when_armed_then_full_dhcp() {
     let vm3 = Machine {
         mac: VM3,
         fw: Firmware::Uefi,
+        secure_boot: false,
         uuid: Some(UUID3),
         disks: vec![(&disk3, Some(DISK3_SERIAL))],
     };
@@ -487,15 +552,8 @@ fn real_ipxe_firmware_boots_locally_then_images_when_armed_then_full_dhcp() {
         log.contains("kind=\"boot-program\" file=ipxe/snponly.efi"),
         "the first-stage UEFI client was given the iPXE binary, not a script URL:\n{log}"
     );
-    image_it(&net, &site, &store, "vm-03", &vm3, "b-uefi");
-    read_back(&site, &disk3, Firmware::Uefi);
-    boot_from_disk(
-        &site,
-        &vm3,
-        "b-uefi-disk",
-        golden_ntfs::BOOTMGFW_MARKER,
-        Duration::from_secs(300),
-    );
+    // UEFI imaging runs on the Secure Boot machine: (f).
+    secure_boot_machine(&net, &site, &store);
 
     refusals(&net, &site, &store);
     drop(op);
@@ -548,10 +606,203 @@ fn request_reimage(store: &EmbeddedStore, name: &str, mac: &str) {
     });
 }
 
+fn set_chain(store: &EmbeddedStore, name: &str, chain: Option<&str>) {
+    store
+        .update(Kind::Endpoint, "default", name, |obj| {
+            match chain {
+                Some(c) => obj["spec"]["bootChain"] = json!(c),
+                None => {
+                    obj["spec"].as_object_mut().unwrap().remove("bootChain");
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+}
+
+/// The operator's log lines about one MAC address.
+fn log_of(site: &Site, mac: &str) -> Vec<String> {
+    operator_log(site)
+        .lines()
+        .filter(|l| l.contains(&format!("mac={mac}")))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A completed TFTP transfer of `file` in the operator's log.
+fn tftp_sent(site: &Site, file: &str) -> bool {
+    operator_log(site).lines().any(|l| {
+        l.contains("tftp transfer")
+            && l.contains(&format!("file={file} "))
+            && l.contains("completed")
+    })
+}
+
+/// (f) UEFI Secure Boot enforced, the same machine three times.
+fn secure_boot_machine(net: &Net, site: &Site, store: &EmbeddedStore) {
+    // A disk that boots under Secure Boot (Debian's signed shim and GRUB) to a marker and
+    // powers off: the firmware reached it after leaving the network boot.
+    let marker = site.dir.join("disk-vm7-marker.img");
+    secure_boot::marker_disk(&marker);
+    let untouched = recast_tests::sha256_file(&marker);
+    let on_marker = Machine {
+        mac: VM7,
+        fw: Firmware::Uefi,
+        secure_boot: true,
+        uuid: Some(UUID7),
+        disks: vec![(&marker, None)],
+    };
+    let run_to_off = |tag: &str, what: &str| -> String {
+        let serial = site.dir.join(format!("serial-{tag}.log"));
+        {
+            let mut qemu = vm_with(net, site, &on_marker, tag);
+            wait_exit(&mut qemu, Duration::from_secs(600), what, &serial, site);
+        }
+        std::fs::read_to_string(&serial).unwrap_or_default()
+    };
+
+    // Enforcement is real: offered unsigned iPXE (the chain forced to ipxe), the firmware
+    // downloads it, refuses to start it, and goes on to the disk. iPXE never runs: no DHCP
+    // with its user class and no script request ever comes from this MAC.
+    set_chain(store, "vm-07", Some("ipxe"));
+    let serial = run_to_off("f-ipxe", "the Secure Boot machine offered iPXE");
+    assert!(
+        serial.contains("Access Denied"),
+        "the firmware refuses the unsigned iPXE binary:\n{serial}"
+    );
+    assert!(serial.contains(secure_boot::DISK_MARKER), "{serial}");
+    assert!(
+        tftp_sent(site, "ipxe/snponly.efi"),
+        "{}",
+        operator_log(site)
+    );
+    let lines = log_of(site, VM7);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("kind=\"boot-program\" file=ipxe/snponly.efi")),
+        "{lines:#?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("kind=\"ipxe-script\"")),
+        "iPXE ran after all: {lines:#?}"
+    );
+    assert_eq!(
+        fallbacks(store, "vm-07"),
+        0,
+        "no iPXE script was ever asked for"
+    );
+
+    // The signed chain with nothing armed: declined at once, the disk boots.
+    set_chain(store, "vm-07", None);
+    let serial = run_to_off("f-local", "the unarmed Secure Boot machine");
+    assert!(serial.contains(secure_boot::DISK_MARKER), "{serial}");
+    assert!(!serial.contains("Access Denied"), "{serial}");
+    let lines = log_of(site, VM7);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("kind=\"decline\" file=sb/boot-local-disk.efi")),
+        "{lines:#?}"
+    );
+    assert!(
+        !operator_log(site).contains("served the GRUB imaging configuration"),
+        "nothing armed, nothing served"
+    );
+    // Declined in DHCP, it still says what iPXE's machines say: it network-booted on its own.
+    recast_tests::wait_for(
+        Duration::from_secs(30),
+        "vm-07's fall-back event from the DHCP decline",
+        || fallbacks(store, "vm-07") == 1,
+    );
+    assert_eq!(
+        recast_tests::sha256_file(&marker),
+        untouched,
+        "an unarmed machine's disk is never touched"
+    );
+
+    // Armed: shim → GRUB → kernel → recast-imager, all under Secure Boot.
+    let disk7 = site.dir.join("disk-vm7.img");
+    blank_disk(&disk7, 4 * GIB);
+    let vm7 = Machine {
+        disks: vec![(&disk7, Some(DISK7_SERIAL))],
+        ..on_marker
+    };
+    image_it(
+        net,
+        site,
+        store,
+        "vm-07",
+        &vm7,
+        "f-image",
+        "served the GRUB imaging configuration",
+    );
+    let serial = std::fs::read_to_string(site.dir.join("serial-f-image.log")).unwrap();
+    for said in [
+        // Debian's kernel locks itself down when the firmware enforces Secure Boot.
+        "imaging-environment: kernel lockdown: none [integrity] confidentiality",
+        "recast-imager: UEFI Secure Boot: on",
+    ] {
+        assert!(
+            serial.contains(said),
+            "the console says {said:?}:\n{serial}"
+        );
+    }
+    assert!(
+        log_of(site, VM7)
+            .iter()
+            .any(|l| l.contains("kind=\"boot-program\" file=sb/shimx64.efi")),
+        "{:#?}",
+        log_of(site, VM7)
+    );
+    for file in [
+        "sb/shimx64.efi",
+        "sb/grubx64.efi",
+        "grub/grub.cfg",
+        "grub/recast/52:54:00:77:00:07.cfg",
+        "linux/vmlinuz",
+        "linux/initrd",
+    ] {
+        assert!(
+            tftp_sent(site, file),
+            "TFTP delivered {file}:\n{}",
+            operator_log(site)
+        );
+    }
+    // What the imaging environment reported is what the firmware was launched with.
+    assert_eq!(
+        endpoint(store, "vm-07")["status"]["activeAttempt"]["secureBoot"],
+        json!(true)
+    );
+    read_back(site, &disk7, Firmware::Uefi);
+    // The stand-in boot manager is not signed: booted on the same firmware without Secure
+    // Boot, it runs.
+    let plain = Machine {
+        secure_boot: false,
+        ..vm7
+    };
+    boot_from_disk(
+        site,
+        &plain,
+        "f-disk",
+        golden_ntfs::BOOTMGFW_MARKER,
+        Duration::from_secs(300),
+    );
+}
+
 /// Requests a reimage, boots the machine (the power cycle a BMC would do), and checks every
 /// step from the outside: the serial console, the operator's log, the status. The disk itself
-/// is read back by [`read_back`].
-fn image_it(net: &Net, site: &Site, store: &EmbeddedStore, name: &str, m: &Machine, tag: &str) {
+/// is read back by [`read_back`]. `served`: the boot service's log line for the imaging
+/// configuration this machine's loader reads.
+fn image_it(
+    net: &Net,
+    site: &Site,
+    store: &EmbeddedStore,
+    name: &str,
+    m: &Machine,
+    tag: &str,
+    served: &str,
+) {
     request_reimage(store, name, m.mac);
     let intent = store.boot_intent(m.mac).unwrap().unwrap();
     assert_eq!(intent.image_digest.as_deref(), Some(site.digest.as_str()));
@@ -579,7 +830,7 @@ fn image_it(net: &Net, site: &Site, store: &EmbeddedStore, name: &str, m: &Machi
         );
     }
     let log = operator_log(site);
-    assert!(log.contains("served the imaging script"), "{log}");
+    assert!(log.contains(served), "{log}");
     assert!(
         log.contains("imaging finished") && log.contains("ok=true"),
         "{log}"

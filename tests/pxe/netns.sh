@@ -4,6 +4,8 @@
 #              TAPS tap devices (tap0, tap1, ...; default 1) for the QEMU machines;
 #   NAME-boot: recast's boot service on vr0 (10.77.0.2), wired to br0 by a veth pair.
 # usage: netns.sh up NAME [TAPS] | netns.sh down NAME | netns.sh dnsmasq NAME LEASEFILE
+# The site's dnsmasq names recast (10.77.0.2) as next-server with no boot file, as a site must
+# for the signed chain in proxy mode: Debian 12's signed GRUB reads only the site's DHCPACK.
 set -euo pipefail
 cmd=${1:?up|down|dnsmasq} name=${2:?name}
 site="$name-site" boot="$name-boot"
@@ -34,7 +36,7 @@ case $cmd in
     leases=${3:?lease file}
     exec ip netns exec "$site" dnsmasq --no-daemon --port=0 --interface=br0 --bind-interfaces \
       --dhcp-range=10.77.0.100,10.77.0.199,255.255.255.0,1h --dhcp-leasefile="$leases" \
-      --dhcp-authoritative --log-dhcp --conf-file=/dev/null
+      --dhcp-boot=,,10.77.0.2 --dhcp-authoritative --log-dhcp --conf-file=/dev/null
     ;;
   down)
     ip netns pids "$site" 2>/dev/null | xargs -r kill 2>/dev/null || true

@@ -9,6 +9,7 @@ pub mod imaging;
 pub mod imaging_env;
 pub mod readback;
 pub mod redfish;
+pub mod secure_boot;
 pub mod status;
 pub mod tftp;
 

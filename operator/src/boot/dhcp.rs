@@ -15,12 +15,13 @@ use tokio::sync::watch;
 
 use recast_crds::endpoint::BootChain;
 
+use super::http::BootHttp;
 use super::intent::{self, BootChoice, UnknownMacPolicy};
 use super::ratelimit::SharedLimiter;
 use super::render::ImagingEnvironment;
 use crate::metrics::Metrics;
-use crate::store::BackendError;
 use crate::store::BootIntents;
+use crate::store::{Backend, BackendError};
 
 /// What a request says about the client, as far as boot decisions go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -530,10 +531,10 @@ pub fn bind(addr: SocketAddr, interface: Option<&str>) -> Result<UdpSocket, Serv
 /// Answers requests on `sock` until `shutdown`. Malformed packets are counted and dropped;
 /// requests that are not from a boot client are dropped before any lookup, and each MAC's
 /// requests are rate-limited by `limiter` (shared by the ports of one service).
-pub async fn serve<B: BootIntents>(
+pub async fn serve<B: Backend + BootIntents>(
     sock: UdpSocket,
     cfg: Arc<DhcpConfig>,
-    store: Arc<B>,
+    boot: Arc<BootHttp<B>>,
     limiter: Arc<SharedLimiter<String>>,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
@@ -571,10 +572,14 @@ pub async fn serve<B: BootIntents>(
             tracing::debug!(mac = %info.mac, "DHCP: over this MAC's rate; not answered");
             continue;
         }
-        let (choice, chain) = match triaged {
-            Triage::AddressOnly => (BootChoice::Local { discovered: false }, BootChain::Ipxe),
+        let (choice, chain, known) = match triaged {
+            Triage::AddressOnly => (
+                BootChoice::Local { discovered: false },
+                BootChain::Ipxe,
+                None,
+            ),
             _ => {
-                let (known, armed) = match store.boot_lookup(&info.mac).await {
+                let (known, armed) = match boot.backend.boot_lookup(&info.mac).await {
                     Ok(x) => x,
                     // Silence, not "unknown": the client retransmits, and by then the index
                     // has usually loaded. Answering from an empty index would send a managed
@@ -599,12 +604,19 @@ pub async fn serve<B: BootIntents>(
                 {
                     tracing::warn!(mac = %info.mac, "an armed signed-chain machine tried UEFI HTTP boot, which the signed chain cannot use; declined: it must PXE-boot over TFTP");
                 }
-                (choice, known.chain())
+                (choice, known.chain(), Some(known))
             }
         };
         let Some(reply) = answer(&info, &choice, chain, &cfg) else {
             continue;
         };
+        if reply.kind == "decline"
+            && let Some(known) = known
+        {
+            // Recorded aside: the answer never waits for the store.
+            let (boot, mac) = (boot.clone(), info.mac.clone());
+            tokio::spawn(async move { boot.note_declined(&known, &mac).await });
+        }
         let Some(bytes) = encode(packet, &reply, &cfg) else {
             continue;
         };
@@ -734,16 +746,17 @@ mod tests {
         use BootChain::{Ipxe, Signed};
         use ImagingEnvironment::{Linux, Winpe};
         // (arch, iPXE user class, chain, armed, imaging env) -> (file, vendor class, kind)
-        let cases: &[(
+        type Case<'a> = (
             Option<u16>,
             bool,
             BootChain,
             bool,
             ImagingEnvironment,
-            &str,
-            &str,
-            &str,
-        )] = &[
+            &'a str,
+            &'a str,
+            &'a str,
+        );
+        let cases: &[Case] = &[
             // x64 UEFI PXE on the signed chain: shim when armed for Linux, Microsoft's boot
             // manager when armed for WinPE, the decline file when nothing is armed.
             (

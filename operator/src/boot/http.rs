@@ -45,6 +45,8 @@ pub struct BootHttp<B> {
     pub metrics: Arc<Metrics>,
     /// `/boot/{mac}` requests per MAC (anyone can ask for any MAC).
     pub per_mac_limit: super::ratelimit::SharedLimiter<String>,
+    /// One fall-back event per machine and boot for signed-chain machines DHCP declined.
+    pub decline_notes: super::ratelimit::SharedLimiter<String>,
     /// Which address claimed each endpoint's armed try, as this process saw it, before the
     /// controller has written it into the attempt's status (`bootClient`). One entry per
     /// endpoint with an armed try, so nobody without an armed try can grow it.
@@ -446,6 +448,18 @@ impl<B: Backend + BootIntents> BootHttp<B> {
 
     /// A managed machine that network-boots with nothing armed has usually failed to boot
     /// from its disk: the audit trail says so (a BootCrash witness for the operator).
+    /// A managed machine DHCP declined (the signed chain, nothing armed) network-booted on its
+    /// own: the same `NetworkBootFallback` event iPXE's `/boot/MAC` records, once per boot.
+    pub async fn note_declined(&self, known: &Known, mac: &str) {
+        if let Known::Endpoint {
+            namespace, name, ..
+        } = known
+            && self.decline_notes.check(&mac.to_string()).is_ok()
+        {
+            self.note_fallback(namespace, name, None).await;
+        }
+    }
+
     async fn note_fallback(&self, namespace: &str, name: &str, not_served: Option<&NotServed>) {
         let key = Key {
             namespace: namespace.to_string(),

@@ -139,6 +139,13 @@ pub const BOOT_HTTP_PER_MAC: Rate = Rate {
 /// Keys each limiter remembers: far more machines than boot at once on one segment.
 pub const MAX_TRACKED_MACS: usize = 16_384;
 
+/// `NetworkBootFallback` events for signed-chain machines declined in DHCP: one PXE boot sends
+/// several DISCOVERs and REQUESTs (ports 67 and 4011) within seconds, one event says it.
+pub const DECLINE_NOTE_PER_MAC: Rate = Rate {
+    burst: 1,
+    per_second: 1.0 / 120.0,
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;

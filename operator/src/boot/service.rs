@@ -7,7 +7,9 @@ use tokio::sync::watch;
 
 use super::dhcp::{self, DhcpConfig};
 use super::http::{BootConfig, BootHttp, router};
-use super::ratelimit::{BOOT_HTTP_PER_MAC, DHCP_PER_MAC, MAX_TRACKED_MACS, SharedLimiter};
+use super::ratelimit::{
+    BOOT_HTTP_PER_MAC, DECLINE_NOTE_PER_MAC, DHCP_PER_MAC, MAX_TRACKED_MACS, SharedLimiter,
+};
 use super::render::Renderer;
 use crate::http::Readiness;
 use crate::metrics::Metrics;
@@ -79,6 +81,7 @@ pub async fn run<B: Backend + BootIntents>(
         config: cfg.boot,
         metrics: metrics.clone(),
         per_mac_limit: SharedLimiter::new(BOOT_HTTP_PER_MAC, MAX_TRACKED_MACS),
+        decline_notes: SharedLimiter::new(DECLINE_NOTE_PER_MAC, MAX_TRACKED_MACS),
     });
     let mut dhcp_tasks = Vec::new();
     if let Some(addr) = cfg.tftp {
@@ -123,7 +126,7 @@ pub async fn run<B: Backend + BootIntents>(
             let task = tokio::spawn(dhcp::serve(
                 sock,
                 config.clone(),
-                backend.clone(),
+                svc.clone(),
                 limiter.clone(),
                 metrics.clone(),
                 shutdown.clone(),

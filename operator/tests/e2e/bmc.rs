@@ -9,8 +9,8 @@
 //!   stop there, as a BMC's SEL records a blue screen);
 //! - answers 500s or stalls past the client's timeout while a fault is switched on.
 //!
-//! A machine is a QEMU VM with Debian's iPXE as its NIC ROM (the imaging environment runs in
-//! it), or a simulated one whose imaging environment is `recast_tests::imaging`, which speaks
+//! A machine is a QEMU VM (BIOS with Debian's iPXE as its NIC ROM, or UEFI with Secure Boot
+//! enforced and the signed chain; the imaging environment runs in it), or a simulated one whose imaging environment is `recast_tests::imaging`, which speaks
 //! the same imaging protocol from the test process.
 
 use std::collections::BTreeMap;
@@ -43,6 +43,9 @@ pub enum Kind {
     Qemu {
         tap: String,
         disk: PathBuf,
+        /// UEFI with Secure Boot enforced (OVMF's own PXE, the signed chain) instead of BIOS
+        /// with Debian's iPXE as the NIC ROM.
+        secure_boot: bool,
     },
     Simulated,
 }
@@ -218,7 +221,12 @@ fn reap(machines: Arc<Mutex<BTreeMap<String, Machine>>>) {
 fn agent_json_on(disk: &Path) -> Option<String> {
     // A disk the run never partitioned has no table: nothing to read.
     let table = recast_tests::readback::Table::try_read(disk)?;
-    let windows = table.partitions.iter().position(|p| p.type_ == "7")?;
+    // MBR id 7, or GPT's Microsoft basic data type.
+    let windows = table.partitions.iter().position(|p| {
+        p.type_ == "7"
+            || p.type_
+                .eq_ignore_ascii_case("EBD0A0A2-B9E5-4433-87C0-68B6B72699C7")
+    })?;
     let (offset, len) = table.extent(windows);
     let mount = recast_tests::readback::MountedNtfs::partition(disk, offset, len);
     let text = std::fs::read_to_string(mount.path().join("ProgramData/recast/agent.json")).ok();
@@ -424,12 +432,25 @@ impl Ctx {
         m.network_boots += 1;
         m.agent_config = None;
         match m.kind.clone() {
-            Kind::Qemu { tap, disk } => {
+            Kind::Qemu {
+                tap,
+                disk,
+                secure_boot,
+            } => {
                 let serial = self
                     .dir
                     .join(format!("serial-{}-{}.log", m.name, m.network_boots));
                 m.serial = Some(serial.clone());
-                m.vm = Some(qemu(&self.site_ns, &tap, &m.mac, &m.uuid, &disk, &serial));
+                let vm = Vm {
+                    site_ns: &self.site_ns,
+                    tap: &tap,
+                    mac: &m.mac,
+                    uuid: &m.uuid,
+                    disk: &disk,
+                    serial: &serial,
+                    secure_boot,
+                };
+                m.vm = Some(qemu(&vm));
             }
             Kind::Simulated => {
                 let ctx = self.clone();
@@ -466,28 +487,58 @@ fn system_path(path: &str) -> Option<(String, String)> {
     Some((uuid.to_string(), rest))
 }
 
-fn qemu(site_ns: &str, tap: &str, mac: &str, uuid: &str, disk: &Path, serial: &Path) -> Child {
-    Command::new("ip")
-        .args(["netns", "exec", site_ns, "qemu-system-x86_64"])
-        .args([
-            "-accel", "tcg", "-m", "512", "-display", "none", "-monitor", "none",
-        ])
-        .args(["-no-reboot", "-boot", "n"])
+/// One QEMU run of a machine.
+struct Vm<'a> {
+    site_ns: &'a str,
+    tap: &'a str,
+    mac: &'a str,
+    uuid: &'a str,
+    disk: &'a Path,
+    serial: &'a Path,
+    secure_boot: bool,
+}
+
+fn qemu(vm: &Vm) -> Child {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", vm.site_ns, "qemu-system-x86_64"])
+        .args(["-accel", "tcg", "-display", "none", "-monitor", "none"])
+        .arg("-no-reboot")
         // The Endpoint names this SMBIOS UUID; recast-imager checks it before writing.
-        .args(["-uuid", uuid])
+        .args(["-uuid", vm.uuid])
         .args([
             "-netdev",
-            &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
-        ])
-        .args([
-            "-device",
-            &format!("e1000,netdev=n0,mac={mac},romfile={ROM}"),
-        ])
-        .args([
-            "-drive",
-            &format!("file={},format=raw,if=virtio", disk.display()),
-        ])
-        .args(["-serial", &format!("file:{}", serial.display())])
+            &format!("tap,id=n0,ifname={},script=no,downscript=no", vm.tap),
+        ]);
+    if vm.secure_boot {
+        // OVMF enforcing Secure Boot with Microsoft's keys; its own PXE client first (an
+        // option ROM would be iPXE, which it refuses), then the disk.
+        let vars = vm.serial.with_extension("vars.fd");
+        cmd.args(["-m", "1024"])
+            .args(recast_tests::secure_boot::qemu_args(&vars))
+            .args([
+                "-device",
+                &format!(
+                    "virtio-net-pci,netdev=n0,mac={},romfile=,bootindex=1",
+                    vm.mac
+                ),
+            ])
+            .args([
+                "-drive",
+                &format!("if=none,id=d0,file={},format=raw", vm.disk.display()),
+            ])
+            .args(["-device", "virtio-blk-pci,drive=d0,bootindex=2"]);
+    } else {
+        cmd.args(["-m", "512", "-boot", "n"])
+            .args([
+                "-device",
+                &format!("e1000,netdev=n0,mac={},romfile={ROM}", vm.mac),
+            ])
+            .args([
+                "-drive",
+                &format!("file={},format=raw,if=virtio", vm.disk.display()),
+            ]);
+    }
+    cmd.args(["-serial", &format!("file:{}", vm.serial.display())])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

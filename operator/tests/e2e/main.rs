@@ -1,8 +1,9 @@
 //! The whole loop, end to end, under faults (`make e2e`; part of `make test`).
 //!
 //! An endpoint reports that its January update failed and rolled back; without anyone
-//! touching it, recast power-cycles it over Redfish into a network boot, the machine (QEMU with
-//! Debian's iPXE ROM) PXE-boots, its imaging environment writes the verified January golden
+//! touching it, recast power-cycles it over Redfish into a network boot, the machine (QEMU,
+//! UEFI with Secure Boot enforced: recast's signed chain of shim, GRUB and kernel) PXE-boots,
+//! its imaging environment writes the verified January golden
 //! WIM to its disk, and the agent of the new Windows checks in healthy. The same for a machine
 //! whose BMC logged a blue screen, and for a wave of 20 whose failure budget trips. Faults are
 //! injected at every step; the invariant is always: every intended reimage happens exactly
@@ -80,6 +81,9 @@ fn missing_prerequisite() -> Option<String> {
     if !Path::new("/usr/lib/ipxe/qemu/pxe-e1000.rom").exists() {
         return Some("Debian's ipxe-qemu is missing (run tests/pxe/setup.sh)".into());
     }
+    if let Some(why) = recast_tests::secure_boot::missing() {
+        return Some(why);
+    }
     if recast_tests::wimlib::find().is_none() {
         return Some("wimlib-imagex is missing (run tests/golden/setup.sh)".into());
     }
@@ -110,6 +114,7 @@ fn machine(name: &str, mac: &str, qemu: bool, protected: bool) -> MachineSpec {
         name: name.into(),
         mac: mac.into(),
         qemu,
+        secure_boot: false,
         protected,
         labels: "{site: e2e, role: kiosk}",
     }
@@ -325,13 +330,34 @@ fn failed_rollback_chain(site: &mut Site, kube: bool) {
         serial.contains("identity matches"),
         "recast-imager checked the machine's SMBIOS UUID:\n{serial}"
     );
+    // A UEFI machine with Secure Boot enforced: the signed chain started the imager.
+    for said in [
+        // Debian's kernel locks itself down when the firmware enforces Secure Boot.
+        "imaging-environment: kernel lockdown: none [integrity] confidentiality",
+        "recast-imager: UEFI Secure Boot: on",
+    ] {
+        assert!(
+            serial.contains(said),
+            "the console says {said:?}:\n{serial}"
+        );
+    }
+    assert!(
+        site.operator_logs()
+            .contains("kind=\"boot-program\" file=sb/shimx64.efi"),
+        "DHCP offered the signed shim"
+    );
     let disk = site.dir.join("disk-kiosk-01.img");
     let table = recast_tests::readback::Table::read(&disk);
     let types: Vec<&str> = table.partitions.iter().map(|p| p.type_.as_str()).collect();
     assert_eq!(
         types,
-        ["c", "7", "27"],
-        "system, Windows, Recovery: {table:?}"
+        [
+            "C12A7328-F81F-11D2-BA4B-00A0C93EC93B",
+            "E3C9E316-0B5C-4DB8-817D-F92DF00215AE",
+            "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7",
+            "DE94BBA4-06D1-4D40-A16A-BFD50179D6AC",
+        ],
+        "ESP, MSR, Windows, Recovery: {table:?}"
     );
     let logs = site.operator_logs();
     let resumed_at = logs
@@ -396,6 +422,10 @@ fn failed_rollback_chain(site: &mut Site, kube: bool) {
     assert_eq!(h.len(), 1, "exactly one attempt: {h:?}");
     assert_eq!(h[0]["outcome"], "Succeeded");
     assert_eq!(h[0]["id"].as_str(), Some(attempt.as_str()));
+    assert_eq!(
+        h[0]["secureBoot"], true,
+        "the record keeps what the imaging environment read: Secure Boot on, as launched"
+    );
 
     // Exactly once; nothing else wiped.
     let uuid1 = site.uuid("kiosk-01");
@@ -563,7 +593,11 @@ fn embedded_failed_rollback_crash_and_faults() {
         return;
     }
     let machines = [
-        machine("kiosk-01", M1, true, false),
+        // UEFI with Secure Boot enforced: recast's signed chain boots it.
+        MachineSpec {
+            secure_boot: true,
+            ..machine("kiosk-01", M1, true, false)
+        },
         machine("kiosk-02", M2, false, true),
     ];
     let mut site = Site::new("embedded", Backend::Embedded, &machines, POLICY);
@@ -619,7 +653,11 @@ fn kube_failed_rollback_and_faults() {
     k8s.install_crds();
     let ns = k8s.fresh_namespace("e2e");
     let machines = [
-        machine("kiosk-01", M1, true, false),
+        // UEFI with Secure Boot enforced: recast's signed chain boots it.
+        MachineSpec {
+            secure_boot: true,
+            ..machine("kiosk-01", M1, true, false)
+        },
         machine("kiosk-02", M2, false, true),
     ];
     let mut site = Site::new("kube", Backend::Kube { k8s, ns }, &machines, POLICY);
@@ -795,6 +833,7 @@ fn wave_machines() -> (Vec<MachineSpec>, Vec<String>) {
             mac: format!("52:54:00:79:00:{:02x}", i + 1),
             // The canary and the first member of the second batch are real VMs.
             qemu: i < 2,
+            secure_boot: false,
             protected: false,
             labels: "{site: e2e, role: till}",
         })

@@ -52,6 +52,9 @@ pub struct MachineSpec {
     pub name: String,
     pub mac: String,
     pub qemu: bool,
+    /// A QEMU machine with UEFI Secure Boot enforced (bootMode uefi, the signed chain);
+    /// otherwise BIOS with iPXE.
+    pub secure_boot: bool,
     pub protected: bool,
     pub labels: &'static str,
 }
@@ -93,6 +96,7 @@ impl Site {
             std::fs::copy(format!("/usr/lib/ipxe/{f}"), root.join("ipxe").join(f)).unwrap();
         }
         recast_tests::imaging_env::build(&root, &dir);
+        recast_tests::secure_boot::lay_out_signed_chain(&root);
         fixtures(&dir);
 
         // The January golden image: a miniature Windows captured by wimlib-imagex from an NTFS
@@ -176,6 +180,7 @@ impl Site {
                     bmc::Kind::Qemu {
                         tap: format!("tap{}", tap - 1),
                         disk,
+                        secure_boot: m.secure_boot,
                     }
                 } else {
                     bmc::Kind::Simulated
@@ -267,13 +272,14 @@ impl Site {
         ];
         for m in machines {
             docs.push(format!(
-                "apiVersion: recast.dev/v1alpha1\nkind: Endpoint\nmetadata:\n  name: {name}\n  labels: {labels}\nspec:\n  identity:\n    macAddresses: [\"{mac}\"]\n    smbiosUuid: {uuid}\n  bootMode: bios\n  targetDisk: {{minSizeGiB: 1}}\n  bmc:\n    address: {bmc}\n    credentialsSecretRef: {{name: bmc-credentials}}\n    systemId: {uuid}\n  image: {{goldenImage: {IMAGE}}}\n  site: e2e\n  protected: {protected}\n",
+                "apiVersion: recast.dev/v1alpha1\nkind: Endpoint\nmetadata:\n  name: {name}\n  labels: {labels}\nspec:\n  identity:\n    macAddresses: [\"{mac}\"]\n    smbiosUuid: {uuid}\n  bootMode: {mode}\n  targetDisk: {{minSizeGiB: 1}}\n  bmc:\n    address: {bmc}\n    credentialsSecretRef: {{name: bmc-credentials}}\n    systemId: {uuid}\n  image: {{goldenImage: {IMAGE}}}\n  site: e2e\n  protected: {protected}\n",
                 name = m.name,
                 labels = m.labels,
                 mac = m.mac,
                 bmc = self.bridge.url,
                 uuid = self.uuids[&m.name],
                 protected = m.protected,
+                mode = if m.secure_boot { "uefi" } else { "bios" },
             ));
         }
         let dir = self.dir.join("manifests");
