@@ -8,18 +8,15 @@
 //! problem printed with what to do; nothing written), 2 bad usage (an unreadable --trust file,
 //! a boot root that is not a directory).
 
-pub mod pe_signature;
-
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Subcommand;
+use recast_core::authenticode::{self, PeError, PeReport};
 use recast_core::winpe_boot::{self, KitFile};
 use x509_cert::Certificate;
-
-use pe_signature::{PeError, PeReport};
 
 #[derive(Subcommand)]
 pub enum BootkitCommand {
@@ -96,7 +93,7 @@ pub enum KitProblem {
 
 /// What to do about a PE problem.
 fn pe_advice(e: &PeError) -> &'static str {
-    use pe_signature::SignatureProblem as P;
+    use authenticode::SignatureProblem as P;
     match e {
         PeError::NotPe(_) => {
             "bootmgfw.efi must be the Windows Boot Manager EFI application from the ADK (media\\EFI\\Boot\\bootx64.efi); copy it again, a truncated copy or another file ends up here"
@@ -196,7 +193,7 @@ fn check_file(dir: &Path, file: KitFile, anchors: &[Certificate]) -> Result<Foun
     let magic = file.magic();
     let pe = if file.is_pe() {
         let data = fs::read(&path).map_err(unreadable)?;
-        let report = pe_signature::verify(&data, anchors).map_err(|error| KitProblem::Pe {
+        let report = authenticode::verify(&data, anchors).map_err(|error| KitProblem::Pe {
             path: shown.clone(),
             advice: pe_advice(&error),
             error,
@@ -277,7 +274,7 @@ fn check_command(dir: &Path, install: Option<&Path>, trust: &[PathBuf]) -> ExitC
     for t in trust {
         match fs::read(t)
             .map_err(|e| e.to_string())
-            .and_then(|b| pe_signature::parse_anchors(&b))
+            .and_then(|b| authenticode::parse_anchors(&b))
         {
             Ok(mut certs) => anchors.append(&mut certs),
             Err(e) => {
@@ -377,7 +374,7 @@ fn write_kit(tmp: &Path, found: &[Found]) -> std::io::Result<()> {
     // rather than trust that the source did not change in between.
     if let Some(pe) = found.iter().find(|f| f.file.is_pe()) {
         let copied = fs::read(tmp.join(pe.file.name()))?;
-        let again = pe_signature::verify(&copied, &[]).map(|r| r.signatures);
+        let again = authenticode::verify(&copied, &[]).map(|r| r.signatures);
         let before = pe.pe.as_ref().map(|r| {
             r.signatures
                 .iter()
@@ -432,7 +429,7 @@ mod tests {
 
     #[test]
     fn every_pe_problem_has_advice() {
-        use pe_signature::SignatureProblem as P;
+        use recast_core::authenticode::SignatureProblem as P;
         for e in [
             PeError::NotPe("x".into()),
             PeError::Unsigned,

@@ -969,8 +969,12 @@ fn boot_lines(obj: &Value) -> Vec<String> {
         .unwrap_or_default();
     let mut lines = Vec::new();
     if let Some(mode) = mode {
-        let resolved = chain.resolve(mode);
+        // As the Linux imaging environment resolves it; WinPE's exception is said below.
+        let resolved = chain.resolve(mode, false);
         let how = match resolved {
+            BootChain::Signed if chain == BootChain::Auto => {
+                "shim → GRUB → kernel, signed: boots with Secure Boot on; ipxe where the boot service runs --imaging-environment winpe"
+            }
             BootChain::Signed => "shim → GRUB → kernel, signed: boots with Secure Boot on",
             _ => "iPXE: Secure Boot must be off",
         };
@@ -1060,12 +1064,15 @@ mod tests {
 
     #[test]
     fn describe_says_which_chain_boots_the_endpoint_and_whether_secure_boot_was_on() {
-        let ep = |spec: Value, status: Value| json!({"metadata": {"name": "k", "namespace": "default"}, "spec": spec, "status": status});
+        let ep = |spec: Value, status: Value| {
+            json!({"metadata": {"name": "k", "namespace": "default"},
+                   "spec": spec, "status": status})
+        };
         let lines = boot_lines(&ep(json!({"bootMode": "uefi"}), json!({})));
         assert_eq!(
             lines,
             [
-                "Boot chain: signed (auto for uefi; shim → GRUB → kernel, signed: boots with Secure Boot on)"
+                "Boot chain: signed (auto for uefi; shim → GRUB → kernel, signed: boots with Secure Boot on; ipxe where the boot service runs --imaging-environment winpe)"
             ]
         );
         let lines = boot_lines(&ep(json!({"bootMode": "bios"}), json!({})));

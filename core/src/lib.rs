@@ -2,6 +2,8 @@
 //! its actions. This crate depends only on the API types (recast-crds) and plain data crates,
 //! so "no I/O in the core" is kept by the compiler, not by review.
 
+pub mod authenticode;
+pub mod boot_trust;
 pub mod build;
 pub mod derive;
 pub mod fleet;

@@ -229,12 +229,16 @@ impl BootChain {
         *self == BootChain::Auto
     }
 
-    /// The chain a machine in `mode` really gets: never `Auto`. Admission refuses `signed`
-    /// with BIOS; should such an object exist anyway, a BIOS machine still gets iPXE (nothing
-    /// else can boot it).
-    pub fn resolve(self, mode: BootMode) -> BootChain {
+    /// The chain a machine in `mode` really gets: never `Auto`. `Auto` is the signed chain on
+    /// UEFI, except where the imaging environment is WinPE (`winpe`): the signed chain starts
+    /// a site's WinPE through Microsoft's boot manager, which does not yet carry a try's
+    /// instructions, so only an explicit `signed` asks for it. Admission refuses `signed` with
+    /// BIOS; should such an object exist anyway, a BIOS machine still gets iPXE (nothing else
+    /// can boot it).
+    pub fn resolve(self, mode: BootMode, winpe: bool) -> BootChain {
         match (self, mode) {
             (_, BootMode::Bios) => BootChain::Ipxe,
+            (BootChain::Auto, BootMode::Uefi) if winpe => BootChain::Ipxe,
             (BootChain::Auto | BootChain::Signed, BootMode::Uefi) => BootChain::Signed,
             (BootChain::Ipxe, BootMode::Uefi) => BootChain::Ipxe,
         }

@@ -107,7 +107,6 @@ fn config(u: &mut Unstructured<'_>, mac: &str) -> Result<DhcpConfig> {
             uefi_arm64: text(u, 200)?,
             signed_linux: text(u, 200)?,
             signed_winpe: text(u, 200)?,
-            decline: text(u, 200)?,
         },
         unknown: UnknownMacPolicy::Ignore,
         wds_server: if u.arbitrary()? { Some(ip(u)?) } else { None },

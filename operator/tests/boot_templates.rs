@@ -261,8 +261,12 @@ fn grub_configurations_of_the_signed_chain() {
     let r = Renderer::new().unwrap();
     let root = r.grub_root().unwrap();
     assert!(
-        root.contains(r#"source "/grub/recast/${net_default_mac}.cfg""#),
+        root.contains(r#"  source "/grub/recast/${net_default_mac}.cfg""#),
         "{root}"
+    );
+    assert!(
+        root.contains("for attempt in 1 2 3; do"),
+        "asked again: {root}"
     );
     assert!(root.trim_end().ends_with("exit"));
     grub_script_check("grub.cfg", &root);

@@ -102,6 +102,10 @@ pub const NOT_FOUND: &str = "no such artifact\n";
 /// Golden WIMs are served only by digest, and only once the golden-image check has put them
 /// into images/; a name that is not a digest is refused.
 pub fn locate(root: &Path, rel: &str) -> Result<PathBuf, &'static str> {
+    // Never a file, whatever the boot root holds: the signed chain's decline (dhcp.rs).
+    if rel == super::dhcp::DECLINE_FILE {
+        return Err("no reimage is armed for this machine: boot the local disk\n");
+    }
     if let Some(rest) = rel.strip_prefix("images/")
         && !is_digest_file(rest)
     {
@@ -249,6 +253,20 @@ pub async fn serve(path: &Path, headers: &HeaderMap, head: bool) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_decline_name_is_never_a_file() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("sb")).unwrap();
+        // Even when someone put a file there.
+        std::fs::write(root.path().join(super::super::dhcp::DECLINE_FILE), b"x").unwrap();
+        assert_eq!(
+            locate(root.path(), super::super::dhcp::DECLINE_FILE),
+            Err("no reimage is armed for this machine: boot the local disk\n")
+        );
+        std::fs::write(root.path().join("sb/shimx64.efi"), b"x").unwrap();
+        assert!(locate(root.path(), "sb/shimx64.efi").is_ok());
+    }
 
     #[test]
     fn ranges() {

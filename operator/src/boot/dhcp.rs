@@ -147,10 +147,6 @@ pub struct BootFiles {
     /// The signed chain's first program for an armed machine whose imaging environment is
     /// WinPE: Microsoft's bootmgfw.efi from the site's kit (`recastctl bootkit`).
     pub signed_winpe: String,
-    /// What an unarmed signed-chain machine is offered: a name the TFTP server answers with an
-    /// error at once, so the firmware moves on to its next boot option (the disk) without
-    /// running anything, instead of waiting out a silent DHCP.
-    pub decline: String,
 }
 
 impl Default for BootFiles {
@@ -164,15 +160,17 @@ impl Default for BootFiles {
             uefi_arm64: "ipxe/snponly-arm64.efi".into(),
             signed_linux: SIGNED_SHIM.into(),
             signed_winpe: recast_core::winpe_boot::BOOT_FILE.into(),
-            decline: DECLINE_FILE.into(),
         }
     }
 }
 
 /// Where `imager/env/signed-chain.sh` lays out Debian's shim (with grubx64.efi next to it).
 pub const SIGNED_SHIM: &str = "sb/shimx64.efi";
-/// The boot file of "no reimage armed: boot the local disk" for signed-chain machines; never a
-/// file (the boot service answers it with an error).
+/// What a signed-chain machine that must not network-boot (nothing armed) is offered: a name
+/// the TFTP server (`tftp_root`) answers with an error at once, and the HTTP server with 404,
+/// so the firmware moves on to its next boot option (the disk) without running anything,
+/// instead of waiting out a silent DHCP. Never a file; one name, not configurable, so the
+/// DHCP answer and the TFTP server cannot disagree.
 pub const DECLINE_FILE: &str = "sb/boot-local-disk.efi";
 
 #[derive(Clone, Debug)]
@@ -227,7 +225,7 @@ fn boot_file(
         // UEFI HTTP boot (x64 16): the signed chain cannot go this way (Debian 12's GRUB
         // has no HTTP), so a URL that fails at once sends the firmware on to its next option.
         Some(16) if signed => decline(
-            format!("{}/artifacts/{}", cfg.http_base, cfg.files.decline),
+            format!("{}/artifacts/{DECLINE_FILE}", cfg.http_base),
             "HTTPClient",
         ),
         // UEFI HTTP boot (x64 16, arm64 19): a URL to the iPXE EFI binary.
@@ -240,7 +238,7 @@ fn boot_file(
             "HTTPClient",
         ),
         Some(0) | None => program(cfg.files.bios.clone(), "PXEClient"),
-        Some(7) | Some(9) if signed && !armed => decline(cfg.files.decline.clone(), "PXEClient"),
+        Some(7) | Some(9) if signed && !armed => decline(DECLINE_FILE.into(), "PXEClient"),
         Some(7) | Some(9) if signed => match cfg.imaging {
             ImagingEnvironment::Linux => program(cfg.files.signed_linux.clone(), "PXEClient"),
             ImagingEnvironment::Winpe => program(cfg.files.signed_winpe.clone(), "PXEClient"),
@@ -392,7 +390,6 @@ impl DhcpConfig {
             &self.files.uefi_arm64,
             &self.files.signed_linux,
             &self.files.signed_winpe,
-            &self.files.decline,
         ] {
             if file.len() > MAX_BOOT_FILE {
                 return Err(ConfigError::BootFileTooLong {
@@ -405,7 +402,7 @@ impl DhcpConfig {
             "/boot.ipxe".to_string(),
             format!("/artifacts/{}", self.files.uefi_x64),
             format!("/artifacts/{}", self.files.uefi_arm64),
-            format!("/artifacts/{}", self.files.decline),
+            format!("/artifacts/{DECLINE_FILE}"),
         ];
         let longest = suffixes.iter().map(String::len).max().unwrap_or(0);
         for suffix in &suffixes {
@@ -598,24 +595,28 @@ pub async fn serve<B: Backend + BootIntents>(
                 if let Some(why @ intent::NotServed::AmbiguousMac { .. }) = &not_served {
                     tracing::warn!(mac = %info.mac, "booting locally: {why}");
                 }
-                if known.chain() == BootChain::Signed
-                    && info.arch == Some(16)
-                    && matches!(choice, BootChoice::Imaging(_))
-                {
-                    tracing::warn!(mac = %info.mac, "an armed signed-chain machine tried UEFI HTTP boot, which the signed chain cannot use; declined: it must PXE-boot over TFTP");
-                }
-                (choice, known.chain(), Some(known))
+                let chain = known.chain(cfg.imaging == ImagingEnvironment::Winpe);
+                (choice, chain, Some((known, not_served)))
             }
         };
         let Some(reply) = answer(&info, &choice, chain, &cfg) else {
             continue;
         };
         if reply.kind == "decline"
-            && let Some(known) = known
+            && let Some((known, not_served)) = known
         {
+            let why = match (&choice, not_served) {
+                (BootChoice::Imaging(_), _) => {
+                    let why = "it tried UEFI HTTP boot while a reimage is armed, and the signed chain boots only over PXE (TFTP): put PXE over IPv4 before HTTP boot in its firmware's boot order, or set spec.bootChain: ipxe and turn Secure Boot off";
+                    tracing::warn!(mac = %info.mac, "armed signed-chain machine declined: {why}");
+                    Some(why.to_string())
+                }
+                (_, Some(not_served)) => Some(not_served.to_string()),
+                (_, None) => None,
+            };
             // Recorded aside: the answer never waits for the store.
             let (boot, mac) = (boot.clone(), info.mac.clone());
-            tokio::spawn(async move { boot.note_declined(&known, &mac).await });
+            tokio::spawn(async move { boot.note_declined(&known, &mac, why).await });
         }
         let Some(bytes) = encode(packet, &reply, &cfg) else {
             continue;
@@ -929,8 +930,10 @@ mod tests {
             }
         }
         // Unknown and ambiguous MACs keep the iPXE chain they always had.
-        assert_eq!(Known::Unknown.chain(), Ipxe);
-        assert_eq!(Known::Ambiguous { owners: vec![] }.chain(), Ipxe);
+        for winpe in [false, true] {
+            assert_eq!(Known::Unknown.chain(winpe), Ipxe);
+            assert_eq!(Known::Ambiguous { owners: vec![] }.chain(winpe), Ipxe);
+        }
         // The default names fit the BOOTP file field with any valid base URL.
         assert!(cfg(Mode::Proxy).validate().is_ok());
     }

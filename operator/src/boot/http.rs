@@ -448,15 +448,24 @@ impl<B: Backend + BootIntents> BootHttp<B> {
 
     /// A managed machine that network-boots with nothing armed has usually failed to boot
     /// from its disk: the audit trail says so (a BootCrash witness for the operator).
-    /// A managed machine DHCP declined (the signed chain, nothing armed) network-booted on its
-    /// own: the same `NetworkBootFallback` event iPXE's `/boot/MAC` records, once per boot.
-    pub async fn note_declined(&self, known: &Known, mac: &str) {
+    /// A managed machine DHCP declined (the signed chain) network-booted: the same
+    /// `NetworkBootFallback` event iPXE's `/boot/MAC` records, once per boot; `why` when it
+    /// was declined for a reason (an armed try it cannot reach that way, a try not served).
+    pub async fn note_declined(&self, known: &Known, mac: &str, why: Option<String>) {
         if let Known::Endpoint {
             namespace, name, ..
         } = known
             && self.decline_notes.check(&mac.to_string()).is_ok()
         {
-            self.note_fallback(namespace, name, None).await;
+            let key = Key {
+                namespace: namespace.clone(),
+                name: name.clone(),
+            };
+            let message = match why {
+                Some(why) => format!("network-booted; declined because {why}"),
+                None => "network-booted with no reimage armed (did it fail to boot from its disk?); declined, so its firmware boots the next entry".to_string(),
+            };
+            self.record_fallback(&key, message).await;
         }
     }
 
@@ -465,12 +474,16 @@ impl<B: Backend + BootIntents> BootHttp<B> {
             namespace: namespace.to_string(),
             name: name.to_string(),
         };
-        let Ok(Some(ep)) = self.backend.endpoint(&key).await else {
-            return;
-        };
         let message = match not_served {
             Some(why) => format!("network-booted; told to boot locally because {why}"),
             None => "network-booted with no reimage armed (did it fail to boot from its disk?); told to boot locally".to_string(),
+        };
+        self.record_fallback(&key, message).await;
+    }
+
+    async fn record_fallback(&self, key: &Key, message: String) {
+        let Ok(Some(ep)) = self.backend.endpoint(key).await else {
+            return;
         };
         let notice = Notice {
             type_: NoticeType::Warning,

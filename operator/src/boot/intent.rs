@@ -109,7 +109,7 @@ mod tests {
     use super::*;
     // The MAC knowledge these cases also cover lives in store::arming.
     use crate::store::arming::{MacConflict, Owner, mac_conflicts, normalize_mac};
-    use recast_crds::endpoint::BootChain;
+    use recast_crds::endpoint::{BootChain, BootMode};
 
     fn intent(ns: &str, name: &str, digest: Option<&str>) -> BootIntent {
         BootIntent {
@@ -130,7 +130,8 @@ mod tests {
             namespace: "default".into(),
             name: "kiosk-01".into(),
             wds,
-            chain: BootChain::Signed,
+            chain: BootChain::Auto,
+            mode: BootMode::Uefi,
         }
     }
 
@@ -139,7 +140,8 @@ mod tests {
             namespace: ns.into(),
             name: name.into(),
             wds,
-            chain: BootChain::Signed,
+            chain: BootChain::Auto,
+            mode: BootMode::Uefi,
         }
     }
 
@@ -244,16 +246,30 @@ mod tests {
     #[test]
     fn the_owner_resolves_its_boot_chain_from_the_spec() {
         // As the embedded store reads them: absent fields are the defaults.
-        let o = |chain, mode| Owner::from_fields("d".into(), "e".into(), None, chain, mode).chain;
-        assert_eq!(o(None, Some("uefi")), BootChain::Signed);
-        assert_eq!(o(None, Some("bios")), BootChain::Ipxe);
-        assert_eq!(o(Some("auto"), Some("uefi")), BootChain::Signed);
-        assert_eq!(o(Some("ipxe"), Some("uefi")), BootChain::Ipxe);
-        assert_eq!(o(Some("signed"), Some("uefi")), BootChain::Signed);
+        // (spec.bootChain, spec.bootMode) -> the chain with the Linux and the WinPE imaging
+        // environment.
+        let o = |chain, mode| {
+            let k = Known::from_owners(vec![Owner::from_fields(
+                "d".into(),
+                "e".into(),
+                None,
+                chain,
+                mode,
+            )]);
+            (k.chain(false), k.chain(true))
+        };
+        use BootChain::{Ipxe, Signed};
+        assert_eq!(o(None, Some("uefi")), (Signed, Ipxe));
+        assert_eq!(o(None, Some("bios")), (Ipxe, Ipxe));
+        assert_eq!(o(Some("auto"), Some("uefi")), (Signed, Ipxe));
+        assert_eq!(o(Some("ipxe"), Some("uefi")), (Ipxe, Ipxe));
+        // Asked for explicitly, WinPE sites get it too (Microsoft's boot manager).
+        assert_eq!(o(Some("signed"), Some("uefi")), (Signed, Signed));
         // Refused by admission; should one exist, BIOS firmware still gets what boots it.
-        assert_eq!(o(Some("signed"), Some("bios")), BootChain::Ipxe);
+        assert_eq!(o(Some("signed"), Some("bios")), (Ipxe, Ipxe));
         // A value from a newer writer reads as the default, never as "boot nothing".
-        assert_eq!(o(Some("tomorrow"), Some("uefi")), BootChain::Signed);
+        assert_eq!(o(Some("tomorrow"), Some("uefi")), (Signed, Ipxe));
+        assert_eq!(o(None, None), (Signed, Ipxe));
         assert!(Owner::from_fields("d".into(), "e".into(), Some("wds"), None, None).wds);
         assert!(!Owner::from_fields("d".into(), "e".into(), Some("recast"), None, None).wds);
         // Known carries the owner's chain.
@@ -261,7 +277,7 @@ mod tests {
             chain: BootChain::Ipxe,
             ..owner("default", "kiosk-01", false)
         }]);
-        assert_eq!(k.chain(), BootChain::Ipxe);
+        assert_eq!(k.chain(false), BootChain::Ipxe);
     }
 
     #[test]

@@ -83,6 +83,12 @@ pub async fn run<B: Backend + BootIntents>(
         per_mac_limit: SharedLimiter::new(BOOT_HTTP_PER_MAC, MAX_TRACKED_MACS),
         decline_notes: SharedLimiter::new(DECLINE_NOTE_PER_MAC, MAX_TRACKED_MACS),
     });
+    for missing in missing_signed_chain(&svc.config.root, svc.config.imaging) {
+        tracing::warn!(
+            root = %svc.config.root.display(),
+            "{missing} is missing under the boot root: UEFI endpoints on the signed chain (the default with the Linux imaging environment) cannot boot; lay it out with imager/env/signed-chain.sh --out BOOT_ROOT (the container image carries it), or set their spec.bootChain: ipxe"
+        );
+    }
     let mut dhcp_tasks = Vec::new();
     if let Some(addr) = cfg.tftp {
         // Files under the boot root, and the signed chain's GRUB configurations, which the
@@ -179,9 +185,48 @@ fn supervise(
     })
 }
 
+/// The signed chain's files the boot root lacks, for the start-up warning. With WinPE only an
+/// explicit `bootChain: signed` uses the chain (and its kit is `recastctl bootkit`'s business).
+fn missing_signed_chain(
+    root: &std::path::Path,
+    env: super::render::ImagingEnvironment,
+) -> Vec<&'static str> {
+    if env != super::render::ImagingEnvironment::Linux {
+        return Vec::new();
+    }
+    [dhcp::SIGNED_SHIM, "sb/grubx64.efi"]
+        .into_iter()
+        .filter(|f| !root.join(f).is_file())
+        .collect()
+}
+
 fn mode_name(m: &dhcp::Mode) -> &'static str {
     match m {
         dhcp::Mode::Proxy => "proxy",
         dhcp::Mode::Full { .. } => "full",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::boot::render::ImagingEnvironment;
+
+    #[test]
+    fn a_boot_root_without_the_signed_chain_is_named() {
+        let root = tempfile::tempdir().unwrap();
+        assert_eq!(
+            missing_signed_chain(root.path(), ImagingEnvironment::Linux),
+            ["sb/shimx64.efi", "sb/grubx64.efi"]
+        );
+        assert!(missing_signed_chain(root.path(), ImagingEnvironment::Winpe).is_empty());
+        std::fs::create_dir_all(root.path().join("sb")).unwrap();
+        std::fs::write(root.path().join("sb/shimx64.efi"), b"MZ").unwrap();
+        assert_eq!(
+            missing_signed_chain(root.path(), ImagingEnvironment::Linux),
+            ["sb/grubx64.efi"]
+        );
+        std::fs::write(root.path().join("sb/grubx64.efi"), b"MZ").unwrap();
+        assert!(missing_signed_chain(root.path(), ImagingEnvironment::Linux).is_empty());
     }
 }

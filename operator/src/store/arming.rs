@@ -38,12 +38,13 @@ pub struct BootIntent {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Known {
     /// An Endpoint lists this MAC; `wds` when it is handed to the site's WDS server; `chain`
-    /// is the boot chain it gets (resolved: never `Auto`).
+    /// and `mode` are its spec's (see [`Known::chain`]).
     Endpoint {
         namespace: String,
         name: String,
         wds: bool,
         chain: BootChain,
+        mode: BootMode,
     },
     /// Two or more Endpoints list this MAC ("namespace/name" of each, sorted). Admission
     /// refuses that on both backends; if it happens anyway (an object written before the
@@ -61,8 +62,9 @@ pub struct Owner {
     pub name: String,
     /// spec.bootServer is wds.
     pub wds: bool,
-    /// spec.bootChain resolved by spec.bootMode.
+    /// spec.bootChain, as written (`Auto` when unset).
     pub chain: BootChain,
+    pub mode: BootMode,
 }
 
 impl Owner {
@@ -71,7 +73,8 @@ impl Owner {
             namespace: Key::of(ep).namespace,
             name: Key::of(ep).name,
             wds: ep.spec.boot_server == BootServer::Wds,
-            chain: ep.spec.boot_chain.resolve(ep.spec.boot_mode),
+            chain: ep.spec.boot_chain,
+            mode: ep.spec.boot_mode,
         }
     }
 
@@ -94,7 +97,8 @@ impl Owner {
             namespace,
             name,
             wds: boot_server == Some("wds"),
-            chain: chain.resolve(mode),
+            chain,
+            mode,
         }
     }
 }
@@ -114,6 +118,7 @@ impl Known {
                     name: o.name,
                     wds: o.wds,
                     chain: o.chain,
+                    mode: o.mode,
                 }
             }
             _ => Known::Ambiguous {
@@ -125,11 +130,12 @@ impl Known {
         }
     }
 
-    /// The boot chain to offer: the endpoint's; iPXE for a MAC nobody (or more than one
+    /// The boot chain to offer (never `Auto`): the endpoint's, resolved by its boot mode and
+    /// whether the imaging environment is WinPE; iPXE for a MAC nobody (or more than one
     /// Endpoint) owns, as before there was a choice.
-    pub fn chain(&self) -> BootChain {
+    pub fn chain(&self, winpe: bool) -> BootChain {
         match self {
-            Known::Endpoint { chain, .. } => *chain,
+            Known::Endpoint { chain, mode, .. } => chain.resolve(*mode, winpe),
             Known::Ambiguous { .. } | Known::Unknown => BootChain::Ipxe,
         }
     }

@@ -23,8 +23,9 @@ pub struct EndpointFacts {
     pub macs: Vec<String>,
     /// spec.bootServer is wds.
     pub wds: bool,
-    /// spec.bootChain resolved by spec.bootMode.
+    /// spec.bootChain as written, and spec.bootMode (`Known::chain` resolves them).
     pub chain: recast_crds::endpoint::BootChain,
+    pub mode: recast_crds::endpoint::BootMode,
 }
 
 impl EndpointFacts {
@@ -44,7 +45,8 @@ impl EndpointFacts {
                 .map(|m| normalize_mac(m).unwrap_or_else(|| m.to_ascii_lowercase()))
                 .collect(),
             wds: ep.spec.boot_server == recast_crds::endpoint::BootServer::Wds,
-            chain: ep.spec.boot_chain.resolve(ep.spec.boot_mode),
+            chain: ep.spec.boot_chain,
+            mode: ep.spec.boot_mode,
         })
     }
 }
@@ -203,6 +205,7 @@ impl BootIndex {
                         name: key.name.clone(),
                         wds: facts.is_some_and(|e| e.wds),
                         chain: facts.map_or(recast_crds::endpoint::BootChain::Ipxe, |e| e.chain),
+                        mode: facts.map_or(recast_crds::endpoint::BootMode::Uefi, |e| e.mode),
                     }
                 })
                 .collect(),
@@ -251,7 +254,8 @@ mod tests {
             key: key(ns, name),
             macs: macs.iter().map(|m| m.to_string()).collect(),
             wds: false,
-            chain: recast_crds::endpoint::BootChain::Signed,
+            chain: recast_crds::endpoint::BootChain::Auto,
+            mode: recast_crds::endpoint::BootMode::Uefi,
         }
     }
 
@@ -292,7 +296,8 @@ mod tests {
             namespace: ns.into(),
             name: name.into(),
             wds: false,
-            chain: recast_crds::endpoint::BootChain::Signed,
+            chain: recast_crds::endpoint::BootChain::Auto,
+            mode: recast_crds::endpoint::BootMode::Uefi,
         }
     }
 
@@ -425,6 +430,7 @@ mod tests {
                     name: "k1".into(),
                     wds: true,
                     chain: recast_crds::endpoint::BootChain::Ipxe,
+                    mode: recast_crds::endpoint::BootMode::Uefi,
                 },
                 None
             )

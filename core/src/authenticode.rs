@@ -1,5 +1,8 @@
 //! Authenticode, checked the way UEFI Secure Boot firmware checks a PE image, without the
 //! firmware's db: the bytes in, what the signatures say and whether they hold out. Pure.
+//! `recastctl bootkit check` uses it on a WinPE kit; the `boot_trust` module judges what it
+//! returns (the image's Authenticode SHA-256 and each signature's certificate chain) against a
+//! machine's `db` and `dbx`.
 //!
 //! For each `WIN_CERTIFICATE` in the PE's certificate table (Debian's shim carries two, one per
 //! Microsoft UEFI CA; Microsoft's own boot files one):
@@ -39,6 +42,22 @@ const COMMON_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
 /// How far a chain is followed towards an anchor.
 const MAX_CHAIN: usize = 8;
 
+/// One certificate a signature carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainCertificate {
+    /// Its DER encoding, byte for byte as the PKCS#7 carries it (what firmware compares with
+    /// a `db`/`dbx` X.509 entry).
+    pub der: Vec<u8>,
+    /// Its subject's common name (or the whole subject when it has none).
+    pub subject: String,
+    /// Its issuer's common name.
+    pub issuer: String,
+    /// Whether it is on the signer's path: the signer itself, or the certificate whose key
+    /// signed the one before it. Carried certificates that no path certificate links to come
+    /// after the path with `false`.
+    pub on_path: bool,
+}
+
 /// What one valid signature says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SignatureReport {
@@ -52,11 +71,16 @@ pub struct SignatureReport {
     pub sha256: String,
     /// The `--trust` certificate the signer chains to (its subject common name), if any.
     pub anchored_at: Option<String>,
+    /// The signer's certificate first, then issuer-wards the certificates whose keys signed
+    /// the one before (`on_path`), then the other certificates the PKCS#7 carries.
+    pub chain: Vec<ChainCertificate>,
 }
 
 /// A PE image whose every signature holds out.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeReport {
+    /// The image's Authenticode SHA-256 digest (what a `db`/`dbx` EFI_CERT_SHA256 entry holds).
+    pub sha256: [u8; 32],
     pub signatures: Vec<SignatureReport>,
 }
 
@@ -150,7 +174,7 @@ pub fn verify(data: &[u8], anchors: &[Certificate]) -> Result<PeReport, PeError>
     let mut computed = Sha256::new();
     authenticode::authenticode_digest(pe, &mut computed)
         .map_err(|e| PeError::NotPe(format!("its headers do not add up: {e}")))?;
-    let computed = computed.finalize();
+    let computed: [u8; 32] = computed.finalize().into();
 
     let mut signatures = Vec::new();
     for (i, entry) in entries.enumerate() {
@@ -179,7 +203,10 @@ pub fn verify(data: &[u8], anchors: &[Certificate]) -> Result<PeReport, PeError>
                 .join(", "),
         });
     }
-    Ok(PeReport { signatures })
+    Ok(PeReport {
+        sha256: computed,
+        signatures,
+    })
 }
 
 fn check_signature(
@@ -263,7 +290,40 @@ fn check_signature(
         serial: hex(signer.tbs_certificate.serial_number.as_bytes()).to_uppercase(),
         sha256: hex(computed),
         anchored_at: anchor(signer, &certs, anchors),
+        chain: chain(signer, &certs).map_err(|e| P::Parse(e.to_string()))?,
     })
+}
+
+/// `signer`, the certificates issuer-wards from it among `carried` (each one's key signed the
+/// one before), then the rest of `carried`.
+fn chain(
+    signer: &Certificate,
+    carried: &[Certificate],
+) -> Result<Vec<ChainCertificate>, der::Error> {
+    let mut path = vec![signer];
+    while path.len() < MAX_CHAIN {
+        let current = path[path.len() - 1];
+        let Some(next) = carried
+            .iter()
+            .find(|c| !path.contains(c) && signed_by(current, c))
+        else {
+            break;
+        };
+        path.push(next);
+    }
+    let rest = carried.iter().filter(|c| !path.contains(c));
+    let entry = |c: &Certificate, on_path| {
+        Ok(ChainCertificate {
+            der: c.to_der()?,
+            subject: common_name(&c.tbs_certificate.subject),
+            issuer: common_name(&c.tbs_certificate.issuer),
+            on_path,
+        })
+    };
+    path.iter()
+        .map(|c| entry(c, true))
+        .chain(rest.map(|c| entry(c, false)))
+        .collect()
 }
 
 /// The certificates a PKCS#7 SignedData carries.
@@ -289,8 +349,9 @@ fn certificates(der_bytes: &[u8]) -> Result<Vec<Certificate>, String> {
         .unwrap_or_default())
 }
 
-/// Whether `parent`'s key signed `child`.
-fn signed_by(child: &Certificate, parent: &Certificate) -> bool {
+/// Whether `parent` issued `child`: `child`'s issuer is `parent`'s subject and `parent`'s RSA
+/// key verifies `child`'s signature (sha256/384/512WithRSAEncryption, what UEFI chains use).
+pub fn signed_by(child: &Certificate, parent: &Certificate) -> bool {
     let alg: &dyn rs::VerificationAlgorithm = match child.signature_algorithm.oid {
         o if o == SHA256_WITH_RSA => &rs::RSA_PKCS1_2048_8192_SHA256,
         o if o == SHA384_WITH_RSA => &rs::RSA_PKCS1_2048_8192_SHA384,
