@@ -258,9 +258,17 @@ pub fn render_report(found: &[Found], anchored: bool) -> String {
                         None if anchored => out.push_str(
                             "    not anchored: this signature does not chain to a --trust certificate (another one does)\n",
                         ),
-                        None => out.push_str(
-                            "    not anchored: recast has no Microsoft root certificates, so the chain to Microsoft is not checked (pass --trust CERT.pem to anchor it); the UEFI firmware checks it against its db at boot\n",
-                        ),
+                        None => {
+                            out.push_str(
+                                "    not anchored: recast has no Microsoft root certificates, so the chain to Microsoft is not checked (pass --trust CERT.pem to anchor it); the UEFI firmware checks it against its db at boot\n",
+                            );
+                            if !s.issuer.contains("Microsoft") {
+                                out.push_str(&format!(
+                                    "    WARNING: issued by {:?}, not a Microsoft CA: firmware with Microsoft's keys refuses this boot manager unless its db holds that CA; copy bootmgfw.efi again from the ADK, or pass --trust with your own CA if you enrolled it\n",
+                                    s.issuer
+                                ));
+                            }
+                        }
                     }
                 }
             }

@@ -141,6 +141,7 @@ fn a_signed_kit_is_shown_with_its_signers_and_exit_0() {
         2
     );
     assert!(stdout.contains("not anchored: recast has no Microsoft root certificates"));
+    assert!(!stdout.contains("WARNING"), "Microsoft's CAs: {stdout}");
     assert!(stdout.ends_with("kit ok\n"), "{stdout}");
     // Nothing laid out without --install.
     assert_eq!(entries(dir.path()), ["kit"]);
@@ -150,6 +151,12 @@ fn a_signed_kit_is_shown_with_its_signers_and_exit_0() {
     let out = ctl(&["bootkit", "check", s(&kit)]);
     let stdout = text(&out.stdout);
     assert_eq!(code(&out), 0, "{stdout}{}", text(&out.stderr));
+    // Signed by Debian's CA, not Microsoft's: shown loudly, not refused (a site may have
+    // enrolled its own CA).
+    assert!(
+        stdout.contains(r#"WARNING: issued by "Debian Secure Boot CA", not a Microsoft CA"#),
+        "{stdout}"
+    );
     let (subject, issuer, serial) =
         osslsigncode_signer(&grub).expect("osslsigncode verify names the signer");
     assert!(

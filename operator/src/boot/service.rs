@@ -89,6 +89,11 @@ pub async fn run<B: Backend + BootIntents>(
             "{missing} is missing under the boot root: UEFI endpoints on the signed chain (the default with the Linux imaging environment) cannot boot; lay it out with imager/env/signed-chain.sh --out BOOT_ROOT (the container image carries it), or set their spec.bootChain: ipxe"
         );
     }
+    if cfg.dhcp.is_some() && cfg.tftp.is_none() {
+        tracing::warn!(
+            "DHCP names boot programs that PXE firmware fetches over TFTP, but --tftp is off: only NICs whose ROM is iPXE, and UEFI HTTP boot, can start; the signed chain (shim, GRUB) cannot. Add --tftp ADDR:69"
+        );
+    }
     let mut dhcp_tasks = Vec::new();
     if let Some(addr) = cfg.tftp {
         // Files under the boot root, and the signed chain's GRUB configurations, which the

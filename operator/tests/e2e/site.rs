@@ -338,6 +338,8 @@ impl Site {
             .arg(self.dir.join("golden"))
             .args(["--imaging-environment", "linux", "--dhcp", "proxy"])
             .args(["--dhcp-server-ip", BOOT_IP, "--dhcp-interface", "vr0"])
+            // The firmware's own PXE client (the Secure Boot machine) fetches shim over TFTP.
+            .args(["--tftp", &format!("{BOOT_IP}:69")])
             .args(["--gateway-listen", "127.0.0.1:8443", "--gateway-cert"])
             .arg(&self.cert)
             .arg("--gateway-key")
