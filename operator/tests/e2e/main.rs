@@ -566,6 +566,19 @@ fn boot_crash_chain(site: &mut Site, previous_attempts: usize) {
         pxe_at.elapsed().as_secs_f64()
     ));
     site.show(&["history", "kiosk-01"]);
+    // The status can be Ready before the apiserver lists the last event (events are recorded
+    // after the status write): wait for it rather than race it.
+    site.wait(
+        Duration::from_secs(30),
+        "the AttemptSucceeded event after the last BootCrash",
+        || {
+            let reasons = event_reasons(&site.recastctl(&["describe", "rep", "kiosk-01"]).1);
+            reasons
+                .iter()
+                .rposition(|r| r == "BootCrash")
+                .is_some_and(|at| reasons[at..].iter().any(|r| r == "AttemptSucceeded"))
+        },
+    );
     let describe = site.recastctl(&["describe", "rep", "kiosk-01"]).1;
     let reasons = event_reasons(&describe);
     let last_crash = reasons
