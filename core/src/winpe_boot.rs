@@ -46,9 +46,9 @@ pub const BOOT_FILE: &str = "Boot/bootmgfw.efi";
 pub const BCD_TFTP_PATH: &str = r"\Boot\BCD";
 
 /// `{bootmgr}`.
-pub const BOOTMGR_GUID: &str = "{9dea862c-5cdd-4e70-acc1-f32b344d4795}";
+pub const BOOTMGR_GUID: &str = crate::bcd::BOOTMGR;
 /// `{ramdiskoptions}`: the well-known object that holds the ramdisk's SDI and TFTP options.
-pub const RAMDISK_OPTIONS_GUID: &str = "{ae5534e0-a924-466c-b836-758539a3ee3a}";
+pub const RAMDISK_OPTIONS_GUID: &str = crate::bcd::RAMDISKOPTIONS;
 /// The WinPE loader object. Fixed, so the same kit always gives the same BCD bytes: the bytes
 /// after `7265-6361-7374` spell "recast" and "winpe_" in ASCII.
 pub const LOADER_GUID: &str = "{72656361-7374-4000-8000-77696e70655f}";
@@ -142,43 +142,7 @@ pub fn bcd_installed_path() -> String {
     format!("{KIT_DIR}/{BCD_FILE}")
 }
 
-/// BCD element ids used here: class (1 library, 2 application, 3 device) | format (1 device,
-/// 2 string, 3 object, 4 object list, 5 integer, 6 boolean) | subtype.
-pub mod element {
-    /// `device`
-    pub const APPLICATION_DEVICE: u32 = 0x1100_0001;
-    /// `path`
-    pub const APPLICATION_PATH: u32 = 0x1200_0002;
-    /// `description`
-    pub const DESCRIPTION: u32 = 0x1200_0004;
-    /// `osdevice`
-    pub const OS_DEVICE: u32 = 0x2100_0001;
-    /// `systemroot`
-    pub const SYSTEM_ROOT: u32 = 0x2200_0002;
-    /// `default` (boot manager)
-    pub const DEFAULT_OBJECT: u32 = 0x2300_0003;
-    /// `displayorder`
-    pub const DISPLAY_ORDER: u32 = 0x2400_0001;
-    /// `timeout`
-    pub const TIMEOUT: u32 = 0x2500_0004;
-    /// `detecthal`
-    pub const DETECT_HAL: u32 = 0x2600_0010;
-    /// `winpe`
-    pub const WINPE: u32 = 0x2600_0022;
-    /// `ramdisksdidevice`
-    pub const RAMDISK_SDI_DEVICE: u32 = 0x3100_0003;
-    /// `ramdisksdipath`
-    pub const RAMDISK_SDI_PATH: u32 = 0x3200_0004;
-    /// `ramdisktftpblocksize`
-    pub const RAMDISK_TFTP_BLOCK_SIZE: u32 = 0x3500_0007;
-    /// `ramdisktftpwindowsize`
-    pub const RAMDISK_TFTP_WINDOW_SIZE: u32 = 0x3500_0008;
-}
-
-/// Object types (`Description\Type`).
-pub const TYPE_BOOT_MANAGER: u32 = 0x1010_0002;
-pub const TYPE_OS_LOADER: u32 = 0x1020_0003;
-pub const TYPE_DEVICE_OPTIONS: u32 = 0x3000_0000;
+pub use crate::bcd::{TYPE_BOOT_MANAGER, TYPE_DEVICE_OPTIONS, TYPE_OS_LOADER, element};
 
 /// An element's value as the store holds it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -228,24 +192,11 @@ impl BcdObject {
     }
 }
 
-/// A GUID in Windows' binary form: the first three fields little-endian, the last two as
-/// written. `None` unless `{8-4-4-4-12}` hex digits.
+/// A GUID in Windows' binary form, as the store's object references write it: `None` unless
+/// `{8-4-4-4-12}` hex digits, braces included (the shared parser takes them optional).
 pub fn guid_bytes(guid: &str) -> Option<[u8; 16]> {
-    let bare = guid.strip_prefix('{')?.strip_suffix('}')?;
-    let fields: Vec<&str> = bare.split('-').collect();
-    let lens: Vec<usize> = fields.iter().map(|f| f.len()).collect();
-    if lens != [8, 4, 4, 4, 12] || !fields.concat().chars().all(|c| c.is_ascii_hexdigit()) {
-        return None;
-    }
-    let hex = fields.concat();
-    let mut b = [0u8; 16];
-    for (i, byte) in b.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
-    }
-    b[0..4].reverse();
-    b[4..6].reverse();
-    b[6..8].reverse();
-    Some(b)
+    guid.strip_prefix('{')?.strip_suffix('}')?;
+    crate::bcd::guid_bytes(guid)
 }
 
 /// Device type 5, "boot": the device the boot manager was started from (for a PXE boot, the

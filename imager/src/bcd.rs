@@ -32,64 +32,10 @@ use std::fmt::Write as _;
 
 use crate::layout::BootMode;
 
-pub const REG_SZ: u32 = 1;
-pub const REG_BINARY: u32 = 3;
-pub const REG_DWORD: u32 = 4;
-pub const REG_MULTI_SZ: u32 = 7;
-
-/// Well-known objects (lower case, braces: the form of their key names).
-pub const BOOTMGR: &str = "{9dea862c-5cdd-4e70-acc1-f32b344d4795}";
-pub const MEMDIAG: &str = "{b2721d73-1db4-4c62-bf78-c548a880142d}";
-pub const GLOBALSETTINGS: &str = "{7ea2e1ac-2e61-4728-aaa3-896d9d0a9f0e}";
-pub const DBGSETTINGS: &str = "{4636856e-540f-4170-a130-a84776f4c654}";
-pub const EMSSETTINGS: &str = "{0ce4991b-e6b3-4b16-b23c-5e0d9250e5d9}";
-pub const BADMEMORY: &str = "{5189b25c-5558-4bf2-bca4-289b11bd29e2}";
-pub const BOOTLOADERSETTINGS: &str = "{6efb52bf-1766-41db-a6b3-0ee5eff72bd7}";
-pub const HYPERVISORSETTINGS: &str = "{7ff607e0-4395-11db-b0de-0800200c9a66}";
-pub const RESUMELOADERSETTINGS: &str = "{1afa9c49-16ab-4a5c-901b-212802da9460}";
-
-/// Object types (`Description\Type`).
-pub const TYPE_BOOT_MANAGER: u32 = 0x1010_0002;
-pub const TYPE_OS_LOADER: u32 = 0x1020_0003;
-pub const TYPE_RESUME: u32 = 0x1020_0004;
-pub const TYPE_MEMORY_TESTER: u32 = 0x1020_0005;
-pub const TYPE_INHERIT_ANY: u32 = 0x2010_0000;
-pub const TYPE_INHERIT_OS_LOADER: u32 = 0x2020_0003;
-pub const TYPE_INHERIT_RESUME: u32 = 0x2020_0004;
-
-/// Element ids: class (1 library, 2 application) | format (1 device, 2 string, 3 object,
-/// 4 object list, 5 integer, 6 boolean, 7 integer list) | subtype. The same id means different
-/// things in different object types (`21000001` is the OS device of a loader and the hiberfile
-/// device of a resume object).
-pub mod element {
-    pub const APPLICATION_DEVICE: u32 = 0x1100_0001;
-    pub const APPLICATION_PATH: u32 = 0x1200_0002;
-    pub const DESCRIPTION: u32 = 0x1200_0004;
-    pub const PREFERRED_LOCALE: u32 = 0x1200_0005;
-    pub const INHERIT: u32 = 0x1400_0006;
-    pub const BAD_MEMORY_ACCESS: u32 = 0x1600_000b;
-    pub const EMS_ENABLED: u32 = 0x1600_0020;
-    pub const ISOLATED_CONTEXT: u32 = 0x1600_0060;
-    pub const DEBUGGER_TYPE: u32 = 0x1500_0011;
-    pub const ALLOWED_IN_MEMORY_SETTINGS: u32 = 0x1700_0077;
-    /// Loader: the partition Windows is on. Resume: the partition of the hiberfile.
-    pub const OS_DEVICE: u32 = 0x2100_0001;
-    /// Loader: `\Windows`. Resume: the hiberfile's path.
-    pub const SYSTEM_ROOT: u32 = 0x2200_0002;
-    /// Boot manager: the default loader. Loader: its resume object.
-    pub const DEFAULT_OBJECT: u32 = 0x2300_0003;
-    pub const RESUME_OBJECT: u32 = 0x2300_0006;
-    pub const DISPLAY_ORDER: u32 = 0x2400_0001;
-    pub const TOOLS_DISPLAY_ORDER: u32 = 0x2400_0010;
-    pub const TIMEOUT: u32 = 0x2500_0004;
-    pub const RESUME_CUSTOM_SETTINGS: u32 = 0x2500_0008;
-    pub const NX_POLICY: u32 = 0x2500_0020;
-    pub const BOOT_MENU_POLICY: u32 = 0x2500_00c2;
-    pub const HYPERVISOR_DEBUG_TYPE: u32 = 0x2500_00f3;
-    pub const HYPERVISOR_DEBUG_PORT: u32 = 0x2500_00f4;
-    pub const HYPERVISOR_BAUD_RATE: u32 = 0x2500_00f5;
-    pub const RESUME_DEBUG_OPTIONS: u32 = 0x2600_0006;
-}
+// The BCD vocabulary (object GUIDs, types, element ids) is recast-core's, shared with the
+// WinPE ramdisk BCD; the registry value types are the regf writer's.
+pub use recast_core::bcd::*;
+pub use recast_core::regf::{REG_BINARY, REG_DWORD, REG_MULTI_SZ, REG_SZ};
 
 /// The longest value [`render_hivexsh`] writes: `hex:` lines take 3 characters a byte and
 /// hivexsh reads 8 KiB lines.
@@ -119,28 +65,9 @@ pub enum Device {
     Mbr { offset_bytes: u64, signature: u32 },
 }
 
-/// A GUID in Windows' binary form (the GPT on-disk form): the first three fields little-endian,
-/// the last two as written.
+/// A GUID in Windows' binary form (the GPT on-disk form), or why the text is not one.
 pub fn guid_bytes(guid: &str) -> Result<[u8; 16], BcdError> {
-    let bad = || BcdError::Guid(guid.into());
-    let bare = guid
-        .strip_prefix('{')
-        .and_then(|g| g.strip_suffix('}'))
-        .unwrap_or(guid);
-    let fields: Vec<&str> = bare.split('-').collect();
-    let lens: Vec<usize> = fields.iter().map(|f| f.len()).collect();
-    if lens != [8, 4, 4, 4, 12] || !bare.chars().all(|c| c == '-' || c.is_ascii_hexdigit()) {
-        return Err(bad());
-    }
-    let hex: String = fields.concat();
-    let mut b = [0u8; 16];
-    for (i, byte) in b.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-    }
-    b[0..4].reverse();
-    b[4..6].reverse();
-    b[6..8].reverse();
-    Ok(b)
+    recast_core::bcd::guid_bytes(guid).ok_or_else(|| BcdError::Guid(guid.into()))
 }
 
 /// The GUID as BCD writes it in key names and object references: `{lower-case}`.
