@@ -8,30 +8,15 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use recast_core::winpe_boot::{self, KitFile};
 use recast_tests::bcd_xml::{self, Value};
 
-const RECASTCTL: &str = env!("CARGO_BIN_EXE_recastctl");
+mod common;
+use common::{code, ctl, text};
+
 const UNSIGNED_PE: &str = "/usr/lib/ipxe/snponly.efi";
-
-fn ctl(args: &[&str]) -> Output {
-    Command::new(RECASTCTL)
-        .args(args)
-        .env_remove("RECAST_DATA_DIR")
-        .env_remove("RECAST_BACKEND")
-        .output()
-        .unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().unwrap_or(-1)
-}
 
 /// The cached signed chain: (shimx64.efi, grubx64.efi), or None after skipping.
 fn signed() -> Option<(PathBuf, PathBuf)> {

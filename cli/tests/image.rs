@@ -2,29 +2,13 @@
 //! wimlib-imagex (skips loudly without it unless RECAST_REQUIRE_WIMLIB=1).
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use recast_tests::wimlib::{self, DECEMBER_2025, JANUARY_2026};
 use serde_json::Value;
 
-const RECASTCTL: &str = env!("CARGO_BIN_EXE_recastctl");
-
-fn ctl(args: &[&str]) -> Output {
-    Command::new(RECASTCTL)
-        .args(args)
-        .env_remove("RECAST_DATA_DIR")
-        .env_remove("RECAST_BACKEND")
-        .output()
-        .unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().unwrap_or(-1)
-}
+mod common;
+use common::{RECASTCTL, code, ctl, text};
 
 fn sha256sum(path: &Path) -> String {
     let out = Command::new("sha256sum").arg(path).output().unwrap();
