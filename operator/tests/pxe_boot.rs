@@ -738,16 +738,7 @@ fn secure_boot_machine(net: &Net, site: &Site, store: &EmbeddedStore) {
         "served the GRUB imaging configuration",
     );
     let serial = std::fs::read_to_string(site.dir.join("serial-f-image.log")).unwrap();
-    for said in [
-        // Debian's kernel locks itself down when the firmware enforces Secure Boot.
-        "imaging-environment: kernel lockdown: none [integrity] confidentiality",
-        "recast-imager: UEFI Secure Boot: on",
-    ] {
-        assert!(
-            serial.contains(said),
-            "the console says {said:?}:\n{serial}"
-        );
-    }
+    secure_boot::assert_console_enforced(&serial);
     assert!(
         log_of(site, VM7)
             .iter()

@@ -15,6 +15,24 @@ pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
 /// What the disk from [`marker_disk`] prints when the firmware boots it.
 pub const DISK_MARKER: &str = "RECAST-SB-DISK: the local disk booted under Secure Boot";
 
+/// What the serial console of a Secure Boot imaging run says (imager/env/init and
+/// recast-imager): Debian's kernel locked itself down, and the imager read the firmware's
+/// `SecureBoot` variable as on.
+pub const CONSOLE_ENFORCED: [&str; 2] = [
+    "imaging-environment: kernel lockdown: none [integrity] confidentiality",
+    "recast-imager: UEFI Secure Boot: on",
+];
+
+/// Fails unless `serial` shows [`CONSOLE_ENFORCED`].
+pub fn assert_console_enforced(serial: &str) {
+    for said in CONSOLE_ENFORCED {
+        assert!(
+            serial.contains(said),
+            "the console says {said:?}:\n{serial}"
+        );
+    }
+}
+
 /// Why the Secure Boot parts cannot run here, if they cannot.
 pub fn missing() -> Option<String> {
     for f in [OVMF_CODE, OVMF_VARS] {

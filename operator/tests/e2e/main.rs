@@ -331,16 +331,7 @@ fn failed_rollback_chain(site: &mut Site, kube: bool) {
         "recast-imager checked the machine's SMBIOS UUID:\n{serial}"
     );
     // A UEFI machine with Secure Boot enforced: the signed chain started the imager.
-    for said in [
-        // Debian's kernel locks itself down when the firmware enforces Secure Boot.
-        "imaging-environment: kernel lockdown: none [integrity] confidentiality",
-        "recast-imager: UEFI Secure Boot: on",
-    ] {
-        assert!(
-            serial.contains(said),
-            "the console says {said:?}:\n{serial}"
-        );
-    }
+    recast_tests::secure_boot::assert_console_enforced(&serial);
     assert!(
         site.operator_logs()
             .contains("kind=\"boot-program\" file=sb/shimx64.efi"),
