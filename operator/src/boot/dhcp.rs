@@ -166,6 +166,8 @@ impl Default for BootFiles {
 
 /// Where `imager/env/signed-chain.sh` lays out Debian's shim (with grubx64.efi next to it).
 pub const SIGNED_SHIM: &str = "sb/shimx64.efi";
+/// Debian's signed GRUB network image: shim fetches `grubx64.efi` from its own directory.
+pub const SIGNED_GRUB: &str = "sb/grubx64.efi";
 /// What a signed-chain machine that must not network-boot (nothing armed) is offered: a name
 /// the TFTP server (`tftp_root`) answers with an error at once, and the HTTP server with 404,
 /// so the firmware moves on to its next boot option (the disk) without running anything,

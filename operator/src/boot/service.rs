@@ -199,7 +199,7 @@ fn missing_signed_chain(
     if env != super::render::ImagingEnvironment::Linux {
         return Vec::new();
     }
-    [dhcp::SIGNED_SHIM, "sb/grubx64.efi"]
+    [dhcp::SIGNED_SHIM, dhcp::SIGNED_GRUB]
         .into_iter()
         .filter(|f| !root.join(f).is_file())
         .collect()
