@@ -374,6 +374,18 @@ fn failed_rollback_chain(site: &mut Site, kube: bool) {
     site.wait_endpoint("kiosk-01", "FirstBoot", Duration::from_secs(60), |ep| {
         step(ep).as_deref() == Some("FirstBoot")
     });
+    // The step's Event follows its status write (Events are best effort): kill only once it
+    // is out, so the kill exercises the wait for the first report, and the story checked
+    // below can ask for the FirstBoot event.
+    site.wait(
+        Duration::from_secs(30),
+        "the FirstBoot event after the step reached FirstBoot",
+        || {
+            event_reasons(&site.recastctl(&["describe", "rep", "kiosk-01"]).1)
+                .iter()
+                .any(|r| r == "FirstBoot")
+        },
+    );
     site.restart_operator("while the attempt waits for the new image's first report");
 
     // Windows boots from the new image; its agent enrolls with agent.json and reports.
