@@ -960,7 +960,7 @@ fn describe(
 /// mode), and Secure Boot as the imaging environment of its current (or else last) attempt
 /// read it from the firmware.
 fn boot_lines(obj: &Value) -> Vec<String> {
-    use recast_crds::endpoint::{BootChain, BootMode};
+    use recast_crds::endpoint::{BootChain, BootMode, FirmwareTrust};
     let spec = obj.get("spec");
     let field = |name: &str| spec.and_then(|s| s.get(name)).cloned();
     let mode: Option<BootMode> = field("bootMode").and_then(|v| serde_json::from_value(v).ok());
@@ -1011,6 +1011,30 @@ fn boot_lines(obj: &Value) -> Vec<String> {
                 Some(false) => "off",
                 None => "unknown",
             }
+        ));
+    }
+    if let Some(f) = status
+        .and_then(|s| s.get("firmware"))
+        .and_then(|f| serde_json::from_value::<FirmwareTrust>(f.clone()).ok())
+    {
+        let cas = if f.db_certificates.is_empty() {
+            "no certificate".to_string()
+        } else {
+            f.db_certificates
+                .iter()
+                .map(|c| format!("{c:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        lines.push(format!(
+            "Secure Boot db: {cas}{}; dbx: {} entries (read by attempt {} at {})",
+            match f.db_hashes {
+                0 => String::new(),
+                n => format!(" and {n} image digests"),
+            },
+            f.dbx_entries,
+            f.read_by_attempt,
+            f.read_at
         ));
     }
     lines
@@ -1106,6 +1130,16 @@ mod tests {
         assert_eq!(
             lines[1],
             "Secure Boot: off (as the imaging environment of attempt k-1 read the firmware)"
+        );
+        // What the firmware trusts, as the last imaging environment read it.
+        let status = json!({
+            "firmware": {"secureBoot": true, "dbCertificates": ["Microsoft Windows Production PCA 2011", "Microsoft UEFI CA 2011"],
+                         "dbxEntries": 431, "readByAttempt": "k-1", "readAt": "2026-12-05T10:00:00Z"}
+        });
+        let lines = boot_lines(&ep(json!({"bootMode": "uefi"}), status));
+        assert_eq!(
+            lines[1],
+            "Secure Boot db: \"Microsoft Windows Production PCA 2011\", \"Microsoft UEFI CA 2011\"; dbx: 431 entries (read by attempt k-1 at 2026-12-05T10:00:00Z)"
         );
         // Nothing reported yet: no line, never a guess.
         assert_eq!(

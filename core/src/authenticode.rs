@@ -151,30 +151,50 @@ pub fn common_name(name: &Name) -> String {
         .unwrap_or_else(|| name.to_string())
 }
 
-/// Checks every signature of the PE image `data`. With `anchors`, at least one signature must
-/// chain (through the certificates the signature carries) to one of them.
-pub fn verify(data: &[u8], anchors: &[Certificate]) -> Result<PeReport, PeError> {
+/// The PE image's Authenticode SHA-256 digest, signed or not (what a `db`/`dbx`
+/// EFI_CERT_SHA256 entry holds).
+pub fn image_digest(data: &[u8]) -> Result<[u8; 32], PeError> {
+    with_pe(data, digest_of)
+}
+
+fn digest_of(pe: &dyn authenticode::PeTrait) -> Result<[u8; 32], PeError> {
+    let mut computed = Sha256::new();
+    authenticode::authenticode_digest(pe, &mut computed)
+        .map_err(|e| PeError::NotPe(format!("its headers do not add up: {e}")))?;
+    Ok(computed.finalize().into())
+}
+
+/// Runs `f` on `data` parsed as PE32+ (x64 and arm64 EFI applications) or PE32.
+fn with_pe<T>(
+    data: &[u8],
+    f: impl FnOnce(&dyn authenticode::PeTrait) -> Result<T, PeError>,
+) -> Result<T, PeError> {
     use object::read::pe::{PeFile32, PeFile64};
     if !data.starts_with(b"MZ") {
         return Err(PeError::NotPe(
             "it does not start with the MZ header".into(),
         ));
     }
-    // PE32+ (x64 and arm64 EFI applications) first, then PE32.
     let pe64 = PeFile64::parse(data);
     let pe32 = PeFile32::parse(data);
-    let pe: &dyn authenticode::PeTrait = match (&pe64, &pe32) {
-        (Ok(pe), _) => pe,
-        (_, Ok(pe)) => pe,
-        (Err(e), _) => return Err(PeError::NotPe(e.to_string())),
-    };
+    match (&pe64, &pe32) {
+        (Ok(pe), _) => f(pe),
+        (_, Ok(pe)) => f(pe),
+        (Err(e), _) => Err(PeError::NotPe(e.to_string())),
+    }
+}
+
+/// Checks every signature of the PE image `data`. With `anchors`, at least one signature must
+/// chain (through the certificates the signature carries) to one of them.
+pub fn verify(data: &[u8], anchors: &[Certificate]) -> Result<PeReport, PeError> {
+    with_pe(data, |pe| verify_pe(pe, anchors))
+}
+
+fn verify_pe(pe: &dyn authenticode::PeTrait, anchors: &[Certificate]) -> Result<PeReport, PeError> {
     let entries = AttributeCertificateIterator::new(pe)
         .map_err(|e| PeError::CertificateTable(e.to_string()))?
         .ok_or(PeError::Unsigned)?;
-    let mut computed = Sha256::new();
-    authenticode::authenticode_digest(pe, &mut computed)
-        .map_err(|e| PeError::NotPe(format!("its headers do not add up: {e}")))?;
-    let computed: [u8; 32] = computed.finalize().into();
+    let computed = digest_of(pe)?;
 
     let mut signatures = Vec::new();
     for (i, entry) in entries.enumerate() {

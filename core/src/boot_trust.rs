@@ -50,7 +50,7 @@ use der::{Decode, Encode};
 use sha2::{Digest, Sha256};
 use x509_cert::Certificate;
 
-use crate::authenticode::{PeReport, common_name, signed_by};
+use crate::authenticode::{PeError, PeReport, common_name, signed_by};
 
 /// A UEFI GUID, in its in-memory (mixed-endian) byte order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -490,6 +490,20 @@ pub struct BootManager {
 }
 
 impl BootManager {
+    /// Reads a boot manager's file as firmware would: its digest and the certificates of each
+    /// signature. Unsigned is not an error here (db may hold its digest); a damaged signature
+    /// or a file that is not PE is.
+    pub fn read(data: &[u8]) -> Result<BootManager, PeError> {
+        match crate::authenticode::verify(data, &[]) {
+            Ok(report) => Ok(BootManager::from_report(&report)),
+            Err(PeError::Unsigned) => Ok(BootManager {
+                sha256: crate::authenticode::image_digest(data)?,
+                signatures: Vec::new(),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
     /// From a verified PE (every signature in it holds out).
     pub fn from_report(report: &PeReport) -> BootManager {
         BootManager {

@@ -102,6 +102,53 @@ pub struct ProgressReport {
         skip_serializing_if = "Option::is_none"
     )]
     pub secure_boot: Option<bool>,
+    /// What the firmware trusts (its `db` and `dbx`), read before any write. Sent with the
+    /// report that follows reading them; later ones leave it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<FirmwareReport>,
+}
+
+/// The firmware's Secure Boot databases as the imaging environment read them.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FirmwareReport {
+    /// The subjects (common names) of the X.509 certificates in `db`, in the variable's order.
+    pub db_certificates: Vec<String>,
+    /// How many image digests `db` holds.
+    #[serde(default)]
+    pub db_hashes: u32,
+    /// How many entries `dbx` holds (certificates and digests).
+    pub dbx_entries: u32,
+}
+
+impl FirmwareReport {
+    /// At most this many certificate names are kept (a db holds a handful).
+    pub const MAX_CERTIFICATES: usize = 32;
+    /// And each name at most this long.
+    pub const MAX_NAME: usize = 200;
+
+    /// Whether it is within the bounds the boot service keeps.
+    pub fn check(&self) -> Result<(), String> {
+        if self.db_certificates.len() > Self::MAX_CERTIFICATES {
+            return Err(format!(
+                "firmware.dbCertificates lists {} names; at most {} are kept",
+                self.db_certificates.len(),
+                Self::MAX_CERTIFICATES
+            ));
+        }
+        if let Some(long) = self
+            .db_certificates
+            .iter()
+            .find(|n| n.len() > Self::MAX_NAME || n.chars().any(char::is_control))
+        {
+            return Err(format!(
+                "firmware.dbCertificates has a name over {} bytes or with control characters: {:?}",
+                Self::MAX_NAME,
+                long.chars().take(40).collect::<String>()
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The end of an imaging run.
@@ -128,6 +175,10 @@ pub enum ImagingRefusal {
     WrongMachine,
     /// No disk, or more than one, matches the target-disk rule.
     NoTargetDisk,
+    /// With Secure Boot on (or not readable), the firmware would refuse the image's boot
+    /// manager: its signer's CA is not in `db`, or it or its signer is in `dbx`. Writing the
+    /// disk would leave a machine that cannot start.
+    WillNotBoot,
 }
 
 impl ImagingRefusal {
@@ -136,6 +187,7 @@ impl ImagingRefusal {
         match self {
             ImagingRefusal::WrongMachine => "ImagingWrongMachine",
             ImagingRefusal::NoTargetDisk => "ImagingNoTargetDisk",
+            ImagingRefusal::WillNotBoot => "ImagingWillNotBoot",
         }
     }
 
@@ -147,6 +199,9 @@ impl ImagingRefusal {
             }
             ImagingRefusal::NoTargetDisk => {
                 "name the disk with spec.targetDisk (serial or wwn) or fix the machine's disks, then request a reimage"
+            }
+            ImagingRefusal::WillNotBoot => {
+                "update the machine's firmware (or its Secure Boot db) to trust the CA named above, or point the Endpoint at an image whose boot manager this machine trusts, then request a reimage; recast does not change firmware variables"
             }
         }
     }

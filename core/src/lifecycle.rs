@@ -12,7 +12,7 @@ use jiff::Timestamp;
 use recast_crds::ConditionStatus;
 use recast_crds::endpoint::{
     Attempt, AttemptOutcome, AttemptRecord, AttemptTrigger, BootMode, EndpointPhase, EndpointSpec,
-    EndpointStatus, MAX_HISTORY, ReimageStep, ReportSummary, SignalStatus,
+    EndpointStatus, FirmwareTrust, MAX_HISTORY, ReimageStep, ReportSummary, SignalStatus,
 };
 use recast_crds::policy::RemediationAction;
 
@@ -208,6 +208,9 @@ pub enum Input {
         /// Secure Boot as the imaging environment read it, when this report says.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         secure_boot: Option<bool>,
+        /// The firmware's Secure Boot databases, when this report carries them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        firmware: Option<crate::imaging::FirmwareReport>,
     },
     /// The imaging environment finished: Ok, or the reason it failed; `refusal` when it wrote
     /// nothing on purpose (wrong machine, no single target disk): no retry, a person looks.
@@ -582,6 +585,7 @@ impl<'a> Run<'a> {
                 try_number,
                 percent,
                 secure_boot,
+                firmware,
             } if matches(attempt_id)
                 && this_try(*try_number)
                 && a.step == ReimageStep::Applying =>
@@ -589,6 +593,16 @@ impl<'a> Run<'a> {
                 a.progress_percent = Some((*percent).min(100));
                 if secure_boot.is_some() {
                     a.secure_boot = *secure_boot;
+                }
+                if let Some(f) = firmware {
+                    self.st.firmware = Some(FirmwareTrust {
+                        secure_boot: a.secure_boot,
+                        db_certificates: f.db_certificates.clone(),
+                        db_hashes: f.db_hashes,
+                        dbx_entries: f.dbx_entries,
+                        read_by_attempt: a.id.clone(),
+                        read_at: self.now_s.clone(),
+                    });
                 }
             }
             Input::ImagingFinished {

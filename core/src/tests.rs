@@ -314,10 +314,31 @@ fn failed_rollback_reimages_along_the_whole_path() {
         attempt_id: id.clone(),
         percent: 1,
         secure_boot: Some(true),
+        firmware: Some(crate::imaging::FirmwareReport {
+            db_certificates: vec!["Microsoft Windows Production PCA 2011".into()],
+            db_hashes: 0,
+            dbx_entries: 431,
+        }),
     });
     assert_eq!(
         e.status.active_attempt.as_ref().unwrap().secure_boot,
         Some(true)
+    );
+    // What the firmware trusts stays on the Endpoint, past this attempt, with who read it.
+    let f = e.status.firmware.clone().expect("the firmware's databases");
+    assert_eq!(
+        (
+            f.secure_boot,
+            f.db_certificates,
+            f.dbx_entries,
+            &f.read_by_attempt
+        ),
+        (
+            Some(true),
+            vec!["Microsoft Windows Production PCA 2011".to_string()],
+            431,
+            &id
+        )
     );
     // Later reports that do not say keep what the first one said.
     e.feed(Input::ImagingProgress {
@@ -325,6 +346,7 @@ fn failed_rollback_reimages_along_the_whole_path() {
         attempt_id: id.clone(),
         percent: 40,
         secure_boot: None,
+        firmware: None,
     });
     let a = e.status.active_attempt.as_ref().unwrap();
     assert_eq!(a.progress_percent, Some(40));

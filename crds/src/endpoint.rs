@@ -566,8 +566,36 @@ pub struct EndpointStatus {
     pub handled_reimage_token: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_hold: Option<UpdateHoldStatus>,
+    /// What the machine's firmware trusts for Secure Boot, as an imaging environment last read
+    /// it (before any write). The GoldenImage controller compares it with each image's boot
+    /// manager to flag images that would boot nowhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<FirmwareTrust>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+/// The firmware's Secure Boot state and databases, as read by the imaging environment.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FirmwareTrust {
+    /// Whether UEFI Secure Boot was on (false under BIOS); unset when it could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure_boot: Option<bool>,
+    /// The subjects (common names) of the X.509 certificates in `db`: the CAs whose boot
+    /// managers the firmware starts.
+    #[serde(default)]
+    pub db_certificates: Vec<String>,
+    /// How many image digests `db` holds.
+    #[serde(default)]
+    pub db_hashes: u32,
+    /// How many entries `dbx` (the revocation list) holds.
+    #[serde(default)]
+    pub dbx_entries: u32,
+    /// The attempt whose imaging environment read it.
+    pub read_by_attempt: String,
+    /// When (RFC 3339).
+    pub read_at: String,
 }

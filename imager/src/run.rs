@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use recast_core::boot_trust::{self, BootManager, Firmware, MachineTrust, SecureBoot, Verdict};
 use recast_core::imaging::{
-    ClaimAnswer, ImagingRefusal, ImagingTask, ProgressReport, ResultReport,
+    ClaimAnswer, FirmwareReport, ImagingRefusal, ImagingTask, ProgressReport, ResultReport,
 };
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -42,6 +43,7 @@ pub enum Step {
     Identity,
     Disk,
     Download,
+    BootTrust,
     Partition,
     Format,
     Apply,
@@ -57,6 +59,7 @@ impl Step {
             Step::Identity => "identity",
             Step::Disk => "disk",
             Step::Download => "download",
+            Step::BootTrust => "boottrust",
             Step::Partition => "partition",
             Step::Format => "format",
             Step::Apply => "apply",
@@ -254,17 +257,26 @@ pub async fn start(http: reqwest::Client, claim_url: &str) -> Result<Session, Fa
 impl Session {
     /// Progress is news, not a duty: a lost report is logged, never fatal.
     pub async fn progress(&self, percent: u8, step: Step, message: &str) {
-        self.report(percent, step, message, None).await
+        self.report(percent, step, message, None, None).await
     }
 
-    /// A progress report that also says whether Secure Boot is on (the run's first one).
-    pub async fn report(&self, percent: u8, step: Step, message: &str, secure_boot: Option<bool>) {
+    /// A progress report that also says whether Secure Boot is on and what the firmware
+    /// trusts (the run's first one).
+    pub async fn report(
+        &self,
+        percent: u8,
+        step: Step,
+        message: &str,
+        secure_boot: Option<bool>,
+        firmware: Option<FirmwareReport>,
+    ) {
         say(&format!("{percent:>3}% {}: {message}", step.as_str()));
         let body = ProgressReport {
             percent,
             step: Some(step.as_str().into()),
             message: Some(message.into()),
             secure_boot,
+            firmware,
         };
         let sent = self
             .http
@@ -370,12 +382,25 @@ pub async fn image(session: &Session, env: &Env) -> Result<(), Failure> {
             None => "unknown (efivarfs unreadable)",
         }
     ));
+    // What the firmware trusts, read (never written) before anything else, so that a refused
+    // try still shows it.
+    let trust = sysfs::firmware_trust(&env.sysfs);
+    match &trust {
+        Ok(t) if t.firmware == Firmware::Uefi => say(&format!(
+            "Secure Boot db: {}; dbx: {} entries",
+            t.db.certificate_names(),
+            t.dbx.entries.len()
+        )),
+        Ok(_) => {}
+        Err(e) => say(&format!("Secure Boot databases: {e}")),
+    }
     session
         .report(
             1,
             Step::Identity,
             "checking the machine's SMBIOS identity",
             secure_boot,
+            trust.as_ref().ok().and_then(firmware_report),
         )
         .await;
     let expected = identity::Expected {
@@ -429,6 +454,11 @@ pub async fn image(session: &Session, env: &Env) -> Result<(), Failure> {
 
     let staged = download(session, &session.http, &task.image, &env.work).await?;
     let image_bytes = image_total_bytes(&staged, task.image.index).await?;
+    // Before the first write: would this machine's firmware start the image's boot manager?
+    let verdict = will_it_boot(env, &staged, task.image.index, trust).await?;
+    session
+        .progress(41, Step::BootTrust, &format!("boot manager: {verdict}"))
+        .await;
 
     session
         .progress(
@@ -710,6 +740,110 @@ pub async fn download(
         .progress(40, step, "downloaded; sha256 matches")
         .await;
     Ok(path)
+}
+
+/// What the first progress report says of the firmware's databases (UEFI only).
+fn firmware_report(t: &MachineTrust) -> Option<FirmwareReport> {
+    if t.firmware != Firmware::Uefi {
+        return None;
+    }
+    let names: Vec<String> =
+        t.db.certificates()
+            .map(|c| c.subject.chars().take(FirmwareReport::MAX_NAME).collect())
+            .take(FirmwareReport::MAX_CERTIFICATES)
+            .collect();
+    let hashes =
+        t.db.entries
+            .iter()
+            .filter(|e| matches!(e.signature, boot_trust::Signature::Sha256(_)))
+            .count();
+    Some(FirmwareReport {
+        db_certificates: names,
+        db_hashes: hashes as u32,
+        dbx_entries: t.dbx.entries.len() as u32,
+    })
+}
+
+/// The boot manager the disk will start under UEFI (bcdboot copies it to the system
+/// partition as `\EFI\Microsoft\Boot\bootmgfw.efi` and `\EFI\Boot\bootx64.efi`).
+pub const UEFI_BOOT_MANAGER: &str = "/Windows/Boot/EFI/bootmgfw.efi";
+
+/// Whether the firmware would start the staged image's boot manager; a refusal when it would
+/// not (with Secure Boot on, or not readable). BIOS and Secure Boot off check nothing, and
+/// nothing is extracted for them.
+async fn will_it_boot(
+    env: &Env,
+    staged: &Path,
+    index: u32,
+    trust: Result<MachineTrust, String>,
+) -> Result<Verdict, Failure> {
+    let refuse = |message: String| Failure {
+        step: Step::BootTrust,
+        message,
+        refusal: Some(ImagingRefusal::WillNotBoot),
+    };
+    let trust = match trust {
+        Ok(t) => t,
+        // A database that exists and cannot be read only matters when the firmware checks.
+        Err(e) => match sysfs::secure_boot(&env.sysfs) {
+            Some(false) => return Ok(Verdict::NotChecked(boot_trust::NotChecked::SecureBootOff)),
+            _ => {
+                return Err(refuse(format!(
+                    "{e}; with Secure Boot on (or unknown) recast cannot tell whether the image's boot manager would start, and writes nothing"
+                )));
+            }
+        },
+    };
+    if trust.firmware == Firmware::Bios || trust.secure_boot == SecureBoot::Off {
+        let no_manager = BootManager {
+            sha256: [0; 32],
+            signatures: Vec::new(),
+        };
+        return Ok(boot_trust::decide(&trust, &no_manager));
+    }
+    let dir = env.work.join("boot-manager");
+    let _ = std::fs::remove_dir_all(&dir);
+    let extracted = run_env_paths(
+        Step::BootTrust,
+        "wimlib-imagex",
+        &[
+            "extract",
+            &staged.to_string_lossy(),
+            &index.to_string(),
+            UEFI_BOOT_MANAGER,
+            &format!("--dest-dir={}", dir.display()),
+            "--no-acls",
+            "--no-attributes",
+        ],
+        &[],
+        // Windows' own paths are case-insensitive; so is this lookup.
+        &[("WIMLIB_IMAGEX_IGNORE_CASE", "1")],
+    )
+    .await;
+    let bytes = match extracted {
+        Ok(_) => std::fs::read(dir.join("bootmgfw.efi")).map_err(|e| {
+            fail(
+                Step::BootTrust,
+                format!("reading the extracted boot manager: {e}"),
+            )
+        }),
+        Err(f) if f.message.contains("does not exist") => Err(refuse(format!(
+            "the image has no {UEFI_BOOT_MANAGER}: a UEFI machine would find nothing to start"
+        ))),
+        Err(f) => Err(f),
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    let manager = BootManager::read(&bytes?).map_err(|e| {
+        refuse(format!(
+            "the image's {UEFI_BOOT_MANAGER} cannot be checked: {e}; firmware with Secure Boot on would refuse it"
+        ))
+    })?;
+    match boot_trust::decide(&trust, &manager) {
+        v @ Verdict::WillNotBoot { .. } => Err(refuse(format!(
+            "this machine's firmware would refuse the image's boot manager, so nothing was written: {v}"
+        ))),
+        v => Ok(v),
+    }
 }
 
 /// The image's expanded size (wimlib's "Total Bytes"), to size the Windows partition.

@@ -4,6 +4,10 @@
 
 use std::path::Path;
 
+use recast_core::boot_trust::{
+    EFI_IMAGE_SECURITY_DATABASE_GUID, Firmware, MachineTrust, SecureBoot, SignatureDatabase,
+};
+
 use crate::disks::{Disk, Transport, is_disk_name};
 use crate::identity::Seen;
 
@@ -68,6 +72,44 @@ pub fn secure_boot(root: &Path) -> Option<bool> {
             .map(|_| false),
         Err(_) => None,
     }
+}
+
+/// What the firmware trusts for Secure Boot: BIOS (no `firmware/efi`), or UEFI with its
+/// Secure Boot state and its `db` and `dbx` as efivarfs shows them (a variable that does not
+/// exist is an empty database). A variable that exists and cannot be read or parsed is an
+/// error naming it: judging without it could pass an image the firmware refuses.
+pub fn firmware_trust(root: &Path) -> Result<MachineTrust, String> {
+    let efi = root.join("firmware/efi");
+    let firmware = if efi.is_dir() {
+        Firmware::Uefi
+    } else {
+        Firmware::Bios
+    };
+    let secure_boot = match secure_boot(root) {
+        Some(true) => SecureBoot::On,
+        Some(false) => SecureBoot::Off,
+        None => SecureBoot::Unknown,
+    };
+    let database = |name: &str| -> Result<SignatureDatabase, String> {
+        if firmware == Firmware::Bios {
+            return Ok(SignatureDatabase::default());
+        }
+        let path = efi
+            .join("efivars")
+            .join(format!("{name}-{EFI_IMAGE_SECURITY_DATABASE_GUID}"));
+        match std::fs::read(&path) {
+            Ok(bytes) => SignatureDatabase::parse_efivarfs(&bytes)
+                .map_err(|e| format!("the firmware's {name} variable cannot be parsed: {e}")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(SignatureDatabase::default()),
+            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        }
+    };
+    Ok(MachineTrust {
+        firmware,
+        secure_boot,
+        db: database("db")?,
+        dbx: database("dbx")?,
+    })
 }
 
 /// Every disk the kernel shows, with what the target-disk rule needs, sorted by name.
@@ -157,6 +199,70 @@ mod tests {
         let p = root.join(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, content).unwrap();
+    }
+
+    #[test]
+    fn firmware_trust_reads_db_and_dbx_from_efivarfs() {
+        use recast_core::boot_trust::{DbCertificate, Guid, Signature, SignatureEntry};
+        let ca = include_bytes!("../../core/src/testdata/boot_trust/ca-2011.der");
+        let db = SignatureDatabase {
+            attributes: None,
+            entries: vec![SignatureEntry {
+                owner: Guid([7; 16]),
+                signature: Signature::X509(Box::new(DbCertificate::from_der(ca).unwrap())),
+            }],
+        };
+        let dbx = SignatureDatabase {
+            attributes: None,
+            entries: vec![SignatureEntry {
+                owner: Guid([7; 16]),
+                signature: Signature::Sha256([9; 32]),
+            }],
+        };
+        let efivar = |d: &SignatureDatabase| [&0x27u32.to_le_bytes()[..], &d.to_lists()].concat();
+        let var =
+            |name: &str| format!("firmware/efi/efivars/{name}-{EFI_IMAGE_SECURITY_DATABASE_GUID}");
+        let sb = format!("firmware/efi/efivars/SecureBoot-{EFI_GLOBAL_VARIABLE}");
+
+        // BIOS: nothing to read, nothing checked later.
+        let bios = tempfile::tempdir().unwrap();
+        let t = firmware_trust(bios.path()).unwrap();
+        assert_eq!(
+            (t.firmware, t.secure_boot),
+            (Firmware::Bios, SecureBoot::Off)
+        );
+        assert!(t.db.entries.is_empty() && t.dbx.entries.is_empty());
+
+        // UEFI, Secure Boot on, both databases present: parsed as the firmware holds them.
+        let on = tempfile::tempdir().unwrap();
+        write(on.path(), &sb, &[6, 0, 0, 0, 1]);
+        write(on.path(), &var("db"), &efivar(&db));
+        write(on.path(), &var("dbx"), &efivar(&dbx));
+        let t = firmware_trust(on.path()).unwrap();
+        assert_eq!(
+            (t.firmware, t.secure_boot),
+            (Firmware::Uefi, SecureBoot::On)
+        );
+        assert_eq!(t.db.certificate_names(), "\"Test UEFI CA 2011\"");
+        assert!(t.dbx.holds_sha256(&[9; 32]));
+
+        // No dbx variable (firmware that never received one): an empty revocation list.
+        std::fs::remove_file(on.path().join(var("dbx"))).unwrap();
+        assert!(firmware_trust(on.path()).unwrap().dbx.entries.is_empty());
+
+        // Bad input: a damaged db is an error that names it, never an empty db.
+        write(on.path(), &var("db"), &[0x27, 0, 0, 0, 1, 2, 3]);
+        let e = firmware_trust(on.path()).unwrap_err();
+        assert!(e.contains("db variable cannot be parsed"), "{e}");
+
+        // efivarfs not mounted: Secure Boot unknown (the decision judges it as on).
+        let unmounted = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(unmounted.path().join("firmware/efi/efivars")).unwrap();
+        let t = firmware_trust(unmounted.path()).unwrap();
+        assert_eq!(
+            (t.firmware, t.secure_boot),
+            (Firmware::Uefi, SecureBoot::Unknown)
+        );
     }
 
     #[test]

@@ -172,6 +172,7 @@ async fn a_failed_rollback_reimages_through_every_step() {
             attempt_id: attempt.id.clone(),
             percent: 55,
             secure_boot: None,
+            firmware: None,
         },
     )
     .await

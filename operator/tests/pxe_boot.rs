@@ -20,7 +20,12 @@
 //!     asks recast anything) and boots its disk; on the signed chain with nothing armed it is
 //!     declined at once and boots its disk; armed, Debian's Microsoft-signed shim, signed GRUB
 //!     (configured by recast over TFTP) and signed kernel start recast-imager, which reports
-//!     Secure Boot on and images the disk, read back as in (b);
+//!     Secure Boot on and images the disk, read back as in (b); its boot manager (signed under
+//!     the test "2011" CA the fleet's db holds) then starts from the disk under Secure Boot;
+//! (g) will it boot here: a golden image whose boot manager is signed under a "2023" CA the
+//!     machine's db lacks is refused before any write (the disk byte for byte as it was), and
+//!     the firmware agrees (the same boot manager on a disk the test writes: "Access Denied");
+//!     so is one whose boot manager's hash is in the machine's dbx;
 //! (c) full DHCP mode works without dnsmasq;
 //! (d) a first-stage client that only speaks TFTP (OVMF's own PXE client) gets the iPXE binary
 //!     from recast's TFTP server and chains into HTTP.
@@ -136,6 +141,8 @@ struct Site {
     data: PathBuf,
     digest: String,
     golden: GoldenWim,
+    /// The same image with its boot manager signed under the test "2023" CA.
+    golden_2023: GoldenWim,
 }
 
 const VM1: &str = "52:54:00:77:00:01";
@@ -145,14 +152,17 @@ const VM4: &str = "52:54:00:77:00:04";
 const VM5: &str = "52:54:00:77:00:05";
 const VM6: &str = "52:54:00:77:00:06";
 const VM7: &str = "52:54:00:77:00:07";
+const VM8: &str = "52:54:00:77:00:08";
 /// The SMBIOS UUIDs the Endpoints name (QEMU `-uuid`).
 const UUID1: &str = "1b4e28ba-2fa1-11d2-883f-0016d3cca401";
 const UUID3: &str = "1b4e28ba-2fa1-11d2-883f-0016d3cca403";
 const UUID4: &str = "1b4e28ba-2fa1-11d2-883f-0016d3cca404";
 const UUID7: &str = "1b4e28ba-2fa1-11d2-883f-0016d3cca407";
+const UUID8: &str = "1b4e28ba-2fa1-11d2-883f-0016d3cca408";
 /// vm-03's and vm-07's disks, named by serial in their Endpoints.
 const DISK3_SERIAL: &str = "RECAST-DISK-03";
 const DISK7_SERIAL: &str = "RECAST-DISK-07";
+const DISK8_SERIAL: &str = "RECAST-DISK-08";
 const GIB: u64 = 1 << 30;
 
 fn endpoint_doc(name: &str, mac: &str, mode: &str, uuid: Option<&str>, target: Value) -> Value {
@@ -191,6 +201,18 @@ fn prepare(tag: &str) -> Site {
         root.join("images").join(format!("{digest}.wim")),
     )
     .unwrap();
+    let golden_2023 = golden_ntfs::build_golden_signed(
+        &std::env::temp_dir().join("recast-golden-ntfs-2023"),
+        wimlib::JANUARY_2026,
+        &hive::bcd_template(true),
+        secure_boot::Era::Y2023,
+    );
+    std::fs::copy(
+        &golden_2023.wim,
+        root.join("images")
+            .join(format!("{}.wim", golden_2023.wim_sha256)),
+    )
+    .unwrap();
 
     let store = EmbeddedStore::open(&data).unwrap();
     let small = json!({"minSizeGiB": 1});
@@ -215,33 +237,56 @@ fn prepare(tag: &str) -> Site {
             Some(UUID7),
             json!({"serial": DISK7_SERIAL}),
         ),
+        // vm-08: UEFI with Secure Boot enforced, following the image signed under "2023".
+        {
+            let mut vm8 = endpoint_doc(
+                "vm-08",
+                VM8,
+                "uefi",
+                Some(UUID8),
+                json!({"serial": DISK8_SERIAL}),
+            );
+            vm8["spec"]["image"] = json!({"goldenImage": "golden-2023"});
+            vm8
+        },
         endpoint_doc("vm-04", VM4, "bios", Some(UUID4), small.clone()),
         endpoint_doc("vm-05", VM5, "bios", None, small.clone()),
         endpoint_doc("vm-06", VM6, "bios", None, small),
         json!({"apiVersion": "recast.dev/v1alpha1", "kind": "RemediationPolicy", "metadata": {"name": "default"},
                "spec": {"signals": {"failedRollback": "ReimageNow", "bootCrash": "ReimageNow", "heartbeatLost": "AlertOnly", "drift": "AlertOnly", "nonCompliant": "AlertOnly"},
                         "cooldown": "1m", "retry": {"maxTries": 2, "backoff": "1m", "tryTimeout": "30m"}, "concurrency": {"global": 5}}}),
-        json!({"apiVersion": "recast.dev/v1alpha1", "kind": "GoldenImage", "metadata": {"name": "golden"},
-               "spec": {"source": {"path": "/srv/golden.wim"}, "sha256": digest, "requirements": {"minimumBuild": "26100.7623"}}}),
     ];
     for d in &docs {
         store.apply(d, "default").unwrap();
     }
-    store
-        .write_status(
-            Kind::GoldenImage,
-            "default",
-            "golden",
-            None,
-            &json!({"digest": digest, "observedGeneration": 1, "conditions": [{"type": "Verified", "status": "True", "reason": "Checked", "message": "", "lastTransitionTime": "2026-01-14T07:00:00Z"}]}),
-        )
-        .unwrap();
+    for (name, digest) in [
+        ("golden", &digest),
+        ("golden-2023", &golden_2023.wim_sha256),
+    ] {
+        store
+            .apply(
+                &json!({"apiVersion": "recast.dev/v1alpha1", "kind": "GoldenImage", "metadata": {"name": name},
+                        "spec": {"source": {"path": format!("/srv/{name}.wim")}, "sha256": digest, "requirements": {"minimumBuild": "26100.7623"}}}),
+                "default",
+            )
+            .unwrap();
+        store
+            .write_status(
+                Kind::GoldenImage,
+                "default",
+                name,
+                None,
+                &json!({"digest": digest, "observedGeneration": 1, "conditions": [{"type": "Verified", "status": "True", "reason": "Checked", "message": "", "lastTransitionTime": "2026-01-14T07:00:00Z"}]}),
+            )
+            .unwrap();
+    }
     Site {
         dir,
         root,
         data,
         digest,
         golden,
+        golden_2023,
     }
 }
 
@@ -297,6 +342,8 @@ struct Machine<'a> {
     /// UEFI with Secure Boot enforced (OVMF's Secure Boot build, Microsoft's keys), on a q35
     /// machine with the firmware's own PXE client (virtio-net, no option ROM).
     secure_boot: bool,
+    /// With Secure Boot: what its firmware trusts beyond the test fleet's keys.
+    trust: secure_boot::FleetTrust,
     /// SMBIOS UUID (QEMU picks none when unset).
     uuid: Option<&'a str>,
     /// Disks, each with an optional serial number, as virtio-blk devices.
@@ -309,6 +356,7 @@ impl<'a> Machine<'a> {
             mac,
             fw: Firmware::Bios,
             secure_boot: false,
+            trust: Default::default(),
             uuid: None,
             disks: vec![(disk, None)],
         }
@@ -329,9 +377,9 @@ fn qemu_base(site: &Site, m: &Machine, tag: &str) -> Command {
     ])
     .arg("-no-reboot");
     if m.secure_boot {
-        cmd.args(secure_boot::qemu_args(
-            &site.dir.join(format!("ovmf-vars-{tag}.fd")),
-        ));
+        let vars = site.dir.join(format!("ovmf-vars-{tag}.fd"));
+        secure_boot::fleet_vars(&vars, &m.trust);
+        cmd.args(secure_boot::qemu_args(&vars));
     } else if m.fw == Firmware::Uefi {
         // A fresh copy of the firmware volume: OVMF keeps its variables in it.
         let fd = site.dir.join(format!("ovmf-{tag}.fd"));
@@ -521,6 +569,7 @@ fn real_ipxe_firmware_boots_locally_then_images_when_armed_then_full_dhcp() {
         mac: VM3,
         fw: Firmware::Uefi,
         secure_boot: false,
+        trust: Default::default(),
         uuid: Some(UUID3),
         disks: vec![(&disk3, Some(DISK3_SERIAL))],
     };
@@ -554,6 +603,7 @@ fn real_ipxe_firmware_boots_locally_then_images_when_armed_then_full_dhcp() {
     );
     // UEFI imaging runs on the Secure Boot machine: (f).
     secure_boot_machine(&net, &site, &store);
+    will_it_boot(&net, &site, &store);
 
     refusals(&net, &site, &store);
     drop(op);
@@ -595,9 +645,17 @@ fn fallbacks(store: &EmbeddedStore, name: &str) -> usize {
 }
 
 fn request_reimage(store: &EmbeddedStore, name: &str, mac: &str) {
+    // A fresh token each time: a machine can be asked again (a token is acted on once).
+    let token = format!(
+        "t-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
     store
         .update(Kind::Endpoint, "default", name, |obj| {
-            obj["spec"]["reimageRequest"] = json!({"token": "t1", "reason": "PXE test"});
+            obj["spec"]["reimageRequest"] = json!({"token": token, "reason": "PXE test"});
             Ok(())
         })
         .unwrap();
@@ -649,6 +707,7 @@ fn secure_boot_machine(net: &Net, site: &Site, store: &EmbeddedStore) {
         mac: VM7,
         fw: Firmware::Uefi,
         secure_boot: true,
+        trust: Default::default(),
         uuid: Some(UUID7),
         disks: vec![(&marker, None)],
     };
@@ -761,18 +820,155 @@ fn secure_boot_machine(net: &Net, site: &Site, store: &EmbeddedStore) {
         );
     }
     read_back(site, &disk7, Firmware::Uefi);
-    // The stand-in boot manager is not signed: booted on the same firmware without Secure
-    // Boot, it runs.
-    let plain = Machine {
-        secure_boot: false,
-        ..vm7
-    };
+    // The image's boot manager is signed under the test "2011" CA, which this firmware's db
+    // holds: the imager judged it would boot, and the firmware starts it from the disk.
+    let serial = std::fs::read_to_string(site.dir.join("serial-f-image.log")).unwrap();
+    assert!(
+        serial.contains(
+            "boot manager: boots: chains to db certificate \"recast test Windows CA 2011\""
+        ),
+        "{serial}"
+    );
     boot_from_disk(
         site,
-        &plain,
+        &vm7,
         "f-disk",
         golden_ntfs::BOOTMGFW_MARKER,
         Duration::from_secs(300),
+    );
+}
+
+/// (g) Will it boot here? The imaging environment reads the firmware's db and dbx and refuses
+/// an image whose boot manager the firmware would not start, before any write; and the
+/// firmware, given the same boot manager on a disk, agrees.
+fn will_it_boot(net: &Net, site: &Site, store: &EmbeddedStore) {
+    let disk8 = site.dir.join("disk-vm8.img");
+    blank_disk(&disk8, 4 * GIB);
+    let blank = recast_tests::sha256_file(&disk8);
+    let vm8 = Machine {
+        mac: VM8,
+        fw: Firmware::Uefi,
+        secure_boot: true,
+        trust: Default::default(),
+        uuid: Some(UUID8),
+        disks: vec![(&disk8, Some(DISK8_SERIAL))],
+    };
+    let ca_2023 = secure_boot::Era::Y2023.ca_name();
+
+    // The "2023" image on a machine whose db holds Microsoft's 2011 CAs and the test "2011" CA.
+    refused(
+        net,
+        site,
+        store,
+        "vm-08",
+        &vm8,
+        "g-2023",
+        "ImagingWillNotBoot",
+        &format!("needs \"{ca_2023}\" in db"),
+    );
+    assert_eq!(
+        recast_tests::sha256_file(&disk8),
+        blank,
+        "refused before any write: the disk is byte for byte as it was"
+    );
+    // What the machine trusts is on the Endpoint.
+    let firmware = &endpoint(store, "vm-08")["status"]["firmware"];
+    assert_eq!(firmware["secureBoot"], json!(true), "{firmware}");
+    let cas: Vec<&str> = firmware["dbCertificates"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{firmware}"))
+        .iter()
+        .filter_map(|c| c.as_str())
+        .collect();
+    assert!(
+        cas.contains(&"recast test Windows CA 2011")
+            && cas.contains(&"Microsoft Windows Production PCA 2011")
+            && !cas.contains(&ca_2023.as_str()),
+        "{cas:?}"
+    );
+
+    // The firmware agrees: the same boot manager on a disk the test writes itself is refused.
+    let direct = site.dir.join("disk-vm8-2023-direct.img");
+    secure_boot::esp_disk(
+        &direct,
+        &[(
+            site.golden_2023.standins.bootmgfw_efi.clone(),
+            "EFI/BOOT/BOOTX64.EFI",
+        )],
+    );
+    let on_direct = Machine {
+        disks: vec![(&direct, None)],
+        trust: Default::default(),
+        ..vm8
+    };
+    boot_from_disk(
+        site,
+        &on_direct,
+        "g-2023-direct",
+        "Access Denied",
+        Duration::from_secs(300),
+    );
+    let console = std::fs::read_to_string(site.dir.join("serial-g-2023-direct.log")).unwrap();
+    assert!(
+        !console.contains(golden_ntfs::BOOTMGFW_MARKER),
+        "the firmware refused it, as predicted:\n{console}"
+    );
+
+    // dbx: the "2011" image's boot manager, revoked by its hash (computed by virt-firmware,
+    // not recast), on a machine that otherwise trusts it.
+    let revoked_hash = secure_boot::authenticode_sha256(&site.golden.standins.bootmgfw_efi);
+    let revoking = secure_boot::FleetTrust {
+        dbx_hashes: vec![revoked_hash.clone()],
+    };
+    store
+        .update(Kind::Endpoint, "default", "vm-08", |obj| {
+            obj["spec"]["image"] = json!({"goldenImage": "golden"});
+            Ok(())
+        })
+        .unwrap();
+    let vm8_revoking = Machine {
+        disks: vec![(&disk8, Some(DISK8_SERIAL))],
+        trust: revoking.clone(),
+        ..on_direct
+    };
+    refused(
+        net,
+        site,
+        store,
+        "vm-08",
+        &vm8_revoking,
+        "g-dbx",
+        "ImagingWillNotBoot",
+        &format!("sha256:{revoked_hash} is in dbx"),
+    );
+    assert_eq!(
+        recast_tests::sha256_file(&disk8),
+        blank,
+        "refused before any write: the disk is byte for byte as it was"
+    );
+    let direct_2011 = site.dir.join("disk-vm8-2011-direct.img");
+    secure_boot::esp_disk(
+        &direct_2011,
+        &[(
+            site.golden.standins.bootmgfw_efi.clone(),
+            "EFI/BOOT/BOOTX64.EFI",
+        )],
+    );
+    let on_direct_2011 = Machine {
+        disks: vec![(&direct_2011, None)],
+        ..vm8_revoking
+    };
+    boot_from_disk(
+        site,
+        &on_direct_2011,
+        "g-dbx-direct",
+        "Access Denied",
+        Duration::from_secs(300),
+    );
+    let console = std::fs::read_to_string(site.dir.join("serial-g-dbx-direct.log")).unwrap();
+    assert!(
+        !console.contains(golden_ntfs::BOOTMGFW_MARKER),
+        "the firmware refused the revoked boot manager, as predicted:\n{console}"
     );
 }
 
@@ -1227,6 +1423,12 @@ fn refused(
     reason: &str,
     says: &str,
 ) {
+    let history_len = |store: &EmbeddedStore| {
+        endpoint(store, name)["status"]["history"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    let finished_before = history_len(store);
     request_reimage(store, name, m.mac);
     let serial = site.dir.join(format!("serial-{tag}.log"));
     {
@@ -1241,7 +1443,10 @@ fn refused(
     recast_tests::wait_for(
         Duration::from_secs(30),
         &format!("{name} to stop for a person"),
-        || endpoint(store, name)["status"]["phase"] == "Quarantined",
+        || {
+            endpoint(store, name)["status"]["phase"] == "Quarantined"
+                && history_len(store) > finished_before
+        },
     );
     let events = events(store, name);
     assert!(

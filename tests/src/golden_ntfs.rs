@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::readback::{self, MountedNtfs, find_tool, run_ok, set_xattr, tool};
+use crate::secure_boot::{Era, TestCas};
 use crate::wimlib::{self, BuildUbr};
 
 /// Environment variable that makes the imager tier (root, FUSE, loop devices, wimlib, QEMU)
@@ -462,6 +463,8 @@ pub fn prerequisites() -> bool {
         "sfdisk",
         "mdir",
         "mcopy",
+        "sbsign",
+        "openssl",
     ]
     .into_iter()
     .filter(|t| find_tool(t).is_none())
@@ -470,7 +473,7 @@ pub fn prerequisites() -> bool {
         crate::skip_or_fail(
             REQUIRE_IMAGER,
             &format!(
-                "missing for the NTFS golden image: {}{} (apt-get install ntfs-3g wimtools grub-efi-amd64-bin fdisk mtools)",
+                "missing for the NTFS golden image: {}{} (apt-get install ntfs-3g wimtools grub-efi-amd64-bin fdisk mtools sbsigntool openssl)",
                 missing.join(" "),
                 if Path::new("/dev/fuse").exists() {
                     ""
@@ -493,6 +496,17 @@ const SOURCE_BYTES: u64 = 64 << 20;
 /// call from several tests and processes at once (an flock on `dir/.lock` serialises them).
 /// Root only; check [`prerequisites`] first.
 pub fn build_golden(dir: &Path, build: BuildUbr, bcd_template: &[u8]) -> GoldenWim {
+    build_golden_signed(dir, build, bcd_template, Era::Y2011)
+}
+
+/// [`build_golden`] with `\Windows\Boot\EFI\bootmgfw.efi` signed by `era`'s test signer
+/// ([`crate::secure_boot::TestCas`]): the test fleet's firmware trusts 2011, not 2023.
+pub fn build_golden_signed(
+    dir: &Path,
+    build: BuildUbr,
+    bcd_template: &[u8],
+    era: Era,
+) -> GoldenWim {
     assert!(
         crate::is_root(),
         "build_golden mounts an NTFS image with ntfs-3g and needs root; call prerequisites() first"
@@ -526,11 +540,13 @@ pub fn build_golden(dir: &Path, build: BuildUbr, bcd_template: &[u8]) -> GoldenW
         wim_sha256: String::new(),
         pipable_sha256: String::new(),
     };
+    let cas = TestCas::get();
     let key = format!(
-        "layout {LAYOUT_VERSION}\nbuild {}.{}\nkb {kb}\nbcd-template {}\n",
+        "layout {LAYOUT_VERSION}\nbuild {}.{}\nkb {kb}\nbcd-template {}\nbootmgfw signed by {era:?} {}\n",
         build.0,
         build.1,
-        hex(&Sha256::digest(bcd_template))
+        hex(&Sha256::digest(bcd_template)),
+        cas.fingerprint()
     );
     let stamp = dir.join("golden.stamp");
     let outputs = [
@@ -546,7 +562,7 @@ pub fn build_golden(dir: &Path, build: BuildUbr, bcd_template: &[u8]) -> GoldenW
         && outputs.iter().all(|p| p.is_file());
     if !cached {
         let _ = std::fs::remove_file(&stamp);
-        build_into(&golden, bcd_template);
+        build_into(&golden, bcd_template, &cas, era);
         std::fs::write(&stamp, &key).expect("write the golden stamp");
     }
     golden.wim_sha256 = crate::sha256_file(&golden.wim);
@@ -554,9 +570,12 @@ pub fn build_golden(dir: &Path, build: BuildUbr, bcd_template: &[u8]) -> GoldenW
     golden
 }
 
-fn build_into(g: &GoldenWim, bcd_template: &[u8]) {
+fn build_into(g: &GoldenWim, bcd_template: &[u8], cas: &TestCas, era: Era) {
     let wimlib = find_tool("wimlib-imagex").expect("wimlib-imagex (see prerequisites())");
-    grub_standin(BOOTMGFW_MARKER, &g.standins.bootmgfw_efi);
+    let unsigned = g.standins.bootmgfw_efi.with_extension("unsigned.efi");
+    grub_standin(BOOTMGFW_MARKER, &unsigned);
+    cas.sign(era, &unsigned, &g.standins.bootmgfw_efi);
+    let _ = std::fs::remove_file(&unsigned);
     grub_standin(BOOTMGR_EFI_MARKER, &g.standins.bootmgr_efi);
     grub_standin(MEMTEST_EFI_MARKER, &g.standins.memtest_efi);
     std::fs::write(&g.standins.bootmgr, bootmgr_standin()).expect("write the bootmgr stand-in");

@@ -96,7 +96,8 @@ pub fn client_address(peer: std::net::SocketAddr) -> String {
 }
 
 pub use recast_core::imaging::{
-    AgentConfig, ClaimAnswer, ImageTaskFile, ImagingTask, ProgressReport, ResultReport,
+    AgentConfig, ClaimAnswer, FirmwareReport, ImageTaskFile, ImagingTask, ProgressReport,
+    ResultReport,
 };
 
 /// Reports are short; anything bigger is refused before it is read.
@@ -826,6 +827,9 @@ async fn progress<B: Backend + BootIntents>(
             "percent must be 0 to 100\n",
         ));
     }
+    if let Some(Err(e)) = report.firmware.as_ref().map(FirmwareReport::check) {
+        return Ok(text(StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n")));
+    }
     tracing::info!(
         endpoint = %intent.key(),
         attempt = %intent.attempt_id,
@@ -842,6 +846,7 @@ async fn progress<B: Backend + BootIntents>(
             try_number: Some(intent.try_number),
             percent: report.percent,
             secure_boot: report.secure_boot,
+            firmware: report.firmware,
         },
     )
     .await;
@@ -865,7 +870,7 @@ async fn result<B: Backend + BootIntents>(
             return Ok(text(
                 StatusCode::BAD_REQUEST,
                 format!(
-                    "result must be JSON {{\"ok\": true}} or {{\"ok\": false, \"step\": \"...\", \"error\": \"...\", \"refusal\": \"wrongMachine\" | \"noTargetDisk\" (optional)}}: {e}\n"
+                    "result must be JSON {{\"ok\": true}} or {{\"ok\": false, \"step\": \"...\", \"error\": \"...\", \"refusal\": \"wrongMachine\" | \"noTargetDisk\" | \"willNotBoot\" (optional)}}: {e}\n"
                 ),
             ));
         }

@@ -510,9 +510,11 @@ fn qemu(vm: &Vm) -> Child {
             &format!("tap,id=n0,ifname={},script=no,downscript=no", vm.tap),
         ]);
     if vm.secure_boot {
-        // OVMF enforcing Secure Boot with Microsoft's keys; its own PXE client first (an
-        // option ROM would be iPXE, which it refuses), then the disk.
+        // OVMF enforcing Secure Boot with Microsoft's keys and the test fleet's "2011" CA
+        // (which signed the golden image's boot manager); its own PXE client first (an option
+        // ROM would be iPXE, which it refuses), then the disk.
         let vars = vm.serial.with_extension("vars.fd");
+        recast_tests::secure_boot::fleet_vars(&vars, &Default::default());
         cmd.args(["-m", "1024"])
             .args(recast_tests::secure_boot::qemu_args(&vars))
             .args([
