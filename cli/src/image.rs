@@ -731,7 +731,7 @@ fn report_text(r: &VerifyReport, req: &VerifyRequest) -> String {
 
 fn deep_rows(d: &DeepVerdict) -> Vec<Vec<String>> {
     let b = |v: Option<Build>| v.map_or("-".to_string(), |b| b.to_string());
-    vec![
+    let mut rows = vec![
         vec![
             "RollupFix:".into(),
             d.rollup_package.clone().unwrap_or_else(|| "none".into()),
@@ -744,7 +744,14 @@ fn deep_rows(d: &DeepVerdict) -> Vec<Vec<String>> {
                 b(d.xml_build)
             ),
         ],
-    ]
+    ];
+    if let Some(m) = &d.boot_manager {
+        rows.push(vec![
+            "Boot manager:".into(),
+            recast_core::boot_manager::summary(m),
+        ]);
+    }
+    rows
 }
 
 struct ManifestArgs {

@@ -425,8 +425,13 @@ pub fn run(
                 Some(p) => (p, true),
                 None => (plan_now(store, ns, &wave_spec)?, false),
             };
+            let outlook = boot_outlook_now(store, ns, &wave_spec.image, &plan)?;
             match output {
-                Format::Table => print!("{}", render_plan(&wave_name, &wave_spec, &plan, stored)),
+                Format::Table => print!(
+                    "{}{}",
+                    render_plan(&wave_name, &wave_spec, &plan, stored),
+                    render_boot_outlook(&outlook)
+                ),
                 f => print_doc(
                     &json!({
                         "wave": wave_name,
@@ -435,6 +440,7 @@ pub fn run(
                         "maxFailures": plan.max_failures,
                         "batches": plan.batches,
                         "skipped": plan.skipped,
+                        "secureBoot": outlook.to_json(),
                     }),
                     f,
                 ),
@@ -509,6 +515,113 @@ fn plan_now(store: &Backend, ns: &str, spec: &ReimageWaveSpec) -> Result<planner
         ));
     }
     planner::plan(spec, &candidates).map_err(|e| CliError::Failed(format!("cannot plan: {e}")))
+}
+
+/// What the members' firmware, as they reported it, says of the wave image's boot manager.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BootOutlook {
+    /// The image's boot manager in one line; None when the deep check has not read it.
+    pub image: Option<String>,
+    pub members: usize,
+    /// Members whose reported db would refuse it, with what is missing.
+    pub refused: Vec<(String, String)>,
+    /// Members that have not reported their firmware (no imaging run read it yet).
+    pub not_reported: usize,
+}
+
+impl BootOutlook {
+    fn to_json(&self) -> Value {
+        json!({
+            "bootManager": self.image,
+            "members": self.members,
+            "wouldRefuse": self.refused.iter().map(|(n, why)| json!({"endpoint": n, "why": why})).collect::<Vec<_>>(),
+            "notReported": self.not_reported,
+        })
+    }
+}
+
+/// The outlook for the planned members (pure).
+pub fn boot_outlook(
+    image: Option<&recast_core::boot_manager::BootManagerFacts>,
+    members: &[(String, Option<recast_crds::endpoint::FirmwareTrust>)],
+) -> BootOutlook {
+    use recast_core::boot_manager::{Prediction, predict, summary};
+    let mut out = BootOutlook {
+        image: image.map(summary),
+        members: members.len(),
+        refused: Vec::new(),
+        not_reported: 0,
+    };
+    let Some(image) = image else {
+        return out;
+    };
+    for (name, firmware) in members {
+        match predict(image, firmware.as_ref()) {
+            Prediction::Boots => {}
+            Prediction::Refused(why) => out.refused.push((name.clone(), why)),
+            Prediction::Unknown => out.not_reported += 1,
+        }
+    }
+    out
+}
+
+fn boot_outlook_now(
+    store: &Backend,
+    ns: &str,
+    image: &str,
+    plan: &planner::Plan,
+) -> Result<BootOutlook, CliError> {
+    let facts = store
+        .get(Kind::GoldenImage, ns, image)?
+        .and_then(|v| serde_json::from_value::<recast_crds::GoldenImage>(v).ok())
+        .and_then(|gi| gi.status?.facts?.boot_manager);
+    let planned: Vec<&String> = plan.batches.iter().flat_map(|b| &b.endpoints).collect();
+    let mut members = Vec::new();
+    for v in store.list(Kind::Endpoint, Some(ns))? {
+        let Ok(ep) = serde_json::from_value::<Endpoint>(v) else {
+            continue;
+        };
+        let name = ep.metadata.name.clone().unwrap_or_default();
+        if planned.contains(&&name) {
+            members.push((name, ep.status.and_then(|s| s.firmware)));
+        }
+    }
+    Ok(boot_outlook(facts.as_ref(), &members))
+}
+
+/// The plan's Secure Boot lines.
+pub fn render_boot_outlook(o: &BootOutlook) -> String {
+    let Some(image) = &o.image else {
+        return "\nSecure Boot: the image's boot manager has not been read (the GoldenImage deep check reads it); every machine is still checked before any write.\n".into();
+    };
+    let reported = o.members - o.not_reported;
+    let mut out = if o.refused.is_empty() {
+        format!(
+            "\nSecure Boot: every member that reported its firmware ({reported} of {}) would start the image's boot manager: {image}\n",
+            o.members
+        )
+    } else {
+        format!(
+            "\nSecure Boot: {} of {} members would refuse the image's boot manager ({image}); each is refused before any write and needs a person:\n",
+            o.refused.len(),
+            o.members
+        )
+    };
+    if !o.refused.is_empty() {
+        let mut rows = vec![["WOULD REFUSE", "WHY"].map(String::from).to_vec()];
+        for (n, why) in &o.refused {
+            rows.push(vec![n.clone(), why.clone()]);
+        }
+        out.push_str(&table::plain(&rows));
+    }
+    if o.not_reported > 0 {
+        out.push_str(&format!(
+            "{} {} not reported its firmware yet (an imaging run reads it and refuses before any write if it would not boot).\n",
+            o.not_reported,
+            if o.not_reported == 1 { "member has" } else { "members have" }
+        ));
+    }
+    out
 }
 
 enum Steer {
@@ -1060,6 +1173,51 @@ mod tests {
             b.finished_at = None;
         }
         assert_eq!(eta(&fresh, t("2026-02-11T09:50:00Z")), None);
+    }
+
+    #[test]
+    fn the_plan_counts_members_whose_firmware_would_refuse_the_image() {
+        use recast_crds::endpoint::FirmwareTrust;
+        use recast_crds::golden_image::{BootManagerFacts, BootSignature};
+        let image = BootManagerFacts {
+            authenticode_sha256: Some("ab".into()),
+            signatures: vec![BootSignature {
+                signer: "Microsoft Windows".into(),
+                issuer: "Windows UEFI CA 2023".into(),
+                chain: vec!["Microsoft Windows".into()],
+            }],
+            problem: None,
+        };
+        let fw = |db: &[&str]| {
+            Some(FirmwareTrust {
+                secure_boot: Some(true),
+                db_certificates: db.iter().map(|s| s.to_string()).collect(),
+                read_by_attempt: "x-1".into(),
+                read_at: "2026-12-05T09:00:00Z".into(),
+                ..Default::default()
+            })
+        };
+        let members = vec![
+            (
+                "kiosk-01".to_string(),
+                fw(&["Microsoft Windows Production PCA 2011"]),
+            ),
+            ("kiosk-02".to_string(), fw(&["Windows UEFI CA 2023"])),
+            ("kiosk-03".to_string(), None),
+        ];
+        let o = boot_outlook(Some(&image), &members);
+        assert_eq!((o.refused.len(), o.not_reported, o.members), (1, 1, 3));
+        golden("plan-secure-boot.txt", &render_boot_outlook(&o));
+        // Nothing read yet: said, never guessed.
+        let o = boot_outlook(None, &members);
+        assert!(o.refused.is_empty());
+        assert!(render_boot_outlook(&o).contains("has not been read"));
+        // All trust it.
+        let o = boot_outlook(Some(&image), &members[1..2]);
+        assert!(
+            render_boot_outlook(&o)
+                .starts_with("\nSecure Boot: every member that reported its firmware (1 of 1)")
+        );
     }
 
     #[test]

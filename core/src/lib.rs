@@ -4,6 +4,7 @@
 
 pub mod authenticode;
 pub mod bcd;
+pub mod boot_manager;
 pub mod boot_trust;
 pub mod build;
 pub mod derive;

@@ -185,6 +185,41 @@ pub struct ImageFacts {
     pub kbs: Vec<String>,
     #[serde(default)]
     pub size_bytes: u64,
+    /// The UEFI boot manager the image installs (`\Windows\Boot\EFI\bootmgfw.efi`), as
+    /// its Authenticode signature says: what each machine's Secure Boot `db` must trust.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_manager: Option<BootManagerFacts>,
+}
+
+/// The image's UEFI boot manager, read from the WIM's own bytes by the deep check.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BootManagerFacts {
+    /// Its Authenticode SHA-256 (what a `db`/`dbx` hash entry holds), when it is a PE image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authenticode_sha256: Option<String>,
+    /// Its valid signatures (none: unsigned or unreadable, see `problem`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signatures: Vec<BootSignature>,
+    /// Why no machine with Secure Boot on would start it, when the file alone says so
+    /// (absent, not a PE image, unsigned, a damaged signature).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+/// One valid Authenticode signature of a boot manager.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BootSignature {
+    /// The signer certificate's subject (common name).
+    pub signer: String,
+    /// The issuer of the last certificate the signature carries (often a root such as
+    /// "Microsoft Root Certificate Authority 2010"); a `db` holding it starts the boot manager.
+    pub issuer: String,
+    /// The carried chain's subjects, signer first, e.g. ["Microsoft Windows", "Windows UEFI CA
+    /// 2023"]; a `db` holding any of them starts the boot manager.
+    #[serde(default)]
+    pub chain: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

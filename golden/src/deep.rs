@@ -253,10 +253,70 @@ fn collect_evidence_inner(
                 source,
             },
         })?;
-    let evidence = read_packages_dir(path, index, &extracted, cancel, progress);
+    let evidence =
+        read_packages_dir(path, index, &extracted, cancel, progress).and_then(|mut e| {
+            e.boot_manager = Some(read_boot_manager(
+                path,
+                index,
+                &mut archive,
+                image,
+                scratch.path(),
+                cancelled,
+            )?);
+            Ok(e)
+        });
     // Dropping `scratch` removes the directory; errors there must not hide the result.
     drop(scratch);
     evidence
+}
+
+/// The image's UEFI boot manager, extracted alone (a few MiB) and read as firmware would.
+fn read_boot_manager(
+    path: &Path,
+    index: u32,
+    archive: &mut wim::Wim,
+    image: wim::ImageIndex,
+    scratch: &Path,
+    cancelled: impl FnMut() -> bool,
+) -> Result<recast_core::boot_manager::BootManagerFacts, DeepError> {
+    use recast_core::boot_manager::{MAX_BOOT_MANAGER_BYTES, UEFI_BOOT_MANAGER, facts_of};
+    let dest = scratch.join("boot-manager");
+    let extracted = match archive.extract_path_case_insensitive_with_cancel(
+        image,
+        UEFI_BOOT_MANAGER,
+        &dest,
+        cancelled,
+    ) {
+        Ok(p) => p,
+        Err(wim::Error::Engine(WIMLIB_ERR_PATH_DOES_NOT_EXIST)) => return Ok(facts_of(None)),
+        Err(wim::Error::Engine(WIMLIB_ERR_ABORTED_BY_PROGRESS)) => {
+            return Err(DeepError::Cancelled {
+                path: path.to_path_buf(),
+            });
+        }
+        Err(source) => {
+            return Err(DeepError::Extract {
+                path: path.to_path_buf(),
+                index,
+                source,
+            });
+        }
+    };
+    let read_err = |source| DeepError::Read {
+        file: extracted.clone(),
+        source,
+    };
+    let len = std::fs::metadata(&extracted).map_err(read_err)?.len();
+    if len > MAX_BOOT_MANAGER_BYTES {
+        return Ok(recast_core::boot_manager::BootManagerFacts {
+            problem: Some(format!(
+                "it is {len} bytes, more than any boot manager ({MAX_BOOT_MANAGER_BYTES}): not read"
+            )),
+            ..Default::default()
+        });
+    }
+    let bytes = std::fs::read(&extracted).map_err(read_err)?;
+    Ok(facts_of(Some(&bytes)))
 }
 
 /// Builds the evidence from an extracted Packages directory.

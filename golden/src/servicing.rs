@@ -11,6 +11,7 @@
 //! - A cumulative update contains every earlier one on its branch, so an image at 26100.7840
 //!   contains KB5074109 (26100.7623) through the table in [`crate::updates`], and the result says so.
 
+use recast_core::boot_manager::BootManagerFacts;
 use serde::Serialize;
 
 use crate::build::Build;
@@ -143,6 +144,9 @@ pub struct ServicingEvidence {
     pub kb_packages: Vec<String>,
     /// .mum files seen in total.
     pub manifest_count: usize,
+    /// The UEFI boot manager the image installs (None: not read).
+    #[serde(default)]
+    pub boot_manager: Option<BootManagerFacts>,
 }
 
 impl ServicingEvidence {
@@ -191,6 +195,8 @@ pub struct DeepVerdict {
     pub rollup_package: Option<String>,
     pub checks: Vec<Check>,
     pub kbs: Vec<KbFinding>,
+    /// The UEFI boot manager the image installs, as read from the WIM (None: not read).
+    pub boot_manager: Option<BootManagerFacts>,
 }
 
 impl DeepVerdict {
@@ -375,6 +381,7 @@ pub fn evaluate(
         rollup_package: installed_pkg.map(|p| p.file_name.clone()),
         checks,
         kbs,
+        boot_manager: evidence.boot_manager.clone(),
     }
 }
 

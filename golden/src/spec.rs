@@ -93,6 +93,7 @@ pub fn facts(report: &VerifyReport) -> ImageFacts {
             .collect(),
         kbs,
         size_bytes: report.inspection.file_size,
+        boot_manager: deep.and_then(|d| d.boot_manager.clone()),
     }
 }
 

@@ -893,6 +893,16 @@ fn a_golden_image_spec_is_verified_into_facts_and_a_condition() {
     assert_eq!(facts.kbs, vec!["KB5074109"]);
     assert_eq!(facts.rollup_packages, vec![rollup_name(JAN)]);
     assert_eq!(facts.size_bytes, std::fs::metadata(&wim).unwrap().len());
+    // This tree has no \Windows\Boot: said so, for the Secure Boot prediction.
+    assert!(
+        facts
+            .boot_manager
+            .as_ref()
+            .and_then(|b| b.problem.as_deref())
+            .is_some_and(|p| p.starts_with("the image has no \\Windows\\Boot\\EFI\\bootmgfw.efi")),
+        "{:?}",
+        facts.boot_manager
+    );
 
     // A newer minimum: intact, not fit.
     gi.requirements.minimum_build = "26100.7840".into();
@@ -920,5 +930,88 @@ fn a_golden_image_spec_is_verified_into_facts_and_a_condition() {
         (status, reason),
         (ConditionStatus::False, "MalformedImage"),
         "{message}"
+    );
+}
+
+/// The deep check reads the boot manager from the WIM's bytes: Debian's Microsoft-signed shim
+/// (from the signed-chain cache) standing in for `bootmgfw.efi`, its signature named as
+/// firmware would judge it.
+#[test]
+fn the_deep_check_names_the_ca_that_signed_the_boot_manager() {
+    let Some(fx) = Fixture::new() else { return };
+    let Some(cache) = recast_tests::secure_boot::signed_chain_cache() else {
+        recast_tests::skip_or_fail(
+            "RECAST_REQUIRE_WIMLIB",
+            "no signed shim cached (run imager/env/signed-chain.sh or tests/pxe/setup.sh)",
+        );
+        return;
+    };
+    let tree = fx.path("signed.tree");
+    wimlib::make_tree(&tree, &[(ubr(JAN), "KB5074109")], 1);
+    let efi = tree.join("Windows/Boot/EFI");
+    std::fs::create_dir_all(&efi).unwrap();
+    std::fs::copy(cache.join("shimx64.efi"), efi.join("bootmgfw.efi")).unwrap();
+    let wim = fx.path("signed.wim");
+    run(
+        &fx.wimlib,
+        &[
+            "capture",
+            tree.to_str().unwrap(),
+            wim.to_str().unwrap(),
+            "Windows 11 Enterprise",
+        ],
+    );
+    wimlib::set_props(
+        &fx.wimlib,
+        &wim,
+        1,
+        &wimlib::windows_props(ubr(JAN), "Enterprise"),
+    );
+    let report = verify(&request(&wim, None)).unwrap();
+    let facts = recast_golden::spec::facts(&report);
+    let m = facts.boot_manager.expect("the boot manager was read");
+    assert_eq!(m.problem, None, "{m:?}");
+    // Debian's shim carries two signatures: under Microsoft's 2011 UEFI CA and its 2023 one.
+    assert_eq!(m.signatures.len(), 2, "{m:?}");
+    for s in &m.signatures {
+        assert_eq!(s.chain.first(), Some(&s.signer), "{m:?}");
+    }
+    let s = &m.signatures[0];
+    assert!(
+        s.chain
+            .iter()
+            .any(|c| c == "Microsoft Corporation UEFI CA 2011"),
+        "{m:?}"
+    );
+    assert_eq!(
+        s.issuer,
+        "Microsoft Corporation Third Party Marketplace Root"
+    );
+    assert!(
+        m.signatures[1]
+            .chain
+            .iter()
+            .any(|c| c == "Microsoft UEFI CA 2023"),
+        "{m:?}"
+    );
+    assert!(recast_core::boot_manager::summary(&m).starts_with(
+        "signed by \"Microsoft Windows UEFI Driver Publisher\" under \"Microsoft Corporation UEFI CA 2011\""
+    ));
+    // The digest is what firmware hashes (not the file's sha256).
+    let file = std::fs::read(cache.join("shimx64.efi")).unwrap();
+    assert_eq!(
+        m.authenticode_sha256.as_deref(),
+        Some(
+            recast_core::authenticode::image_digest(&file)
+                .unwrap()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+                .as_str()
+        )
+    );
+    assert_ne!(
+        m.authenticode_sha256,
+        Some(recast_tests::sha256_file(&cache.join("shimx64.efi")))
     );
 }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use recast_core::boot_manager::UEFI_BOOT_MANAGER;
 use recast_core::boot_trust::{self, BootManager, Firmware, MachineTrust, SecureBoot, Verdict};
 use recast_core::imaging::{
     ClaimAnswer, FirmwareReport, ImagingRefusal, ImagingTask, ProgressReport, ResultReport,
@@ -764,10 +765,6 @@ fn firmware_report(t: &MachineTrust) -> Option<FirmwareReport> {
     })
 }
 
-/// The boot manager the disk will start under UEFI (bcdboot copies it to the system
-/// partition as `\EFI\Microsoft\Boot\bootmgfw.efi` and `\EFI\Boot\bootx64.efi`).
-pub const UEFI_BOOT_MANAGER: &str = "/Windows/Boot/EFI/bootmgfw.efi";
-
 /// Whether the firmware would start the staged image's boot manager; a refusal when it would
 /// not (with Secure Boot on, or not readable). BIOS and Secure Boot off check nothing, and
 /// nothing is extracted for them.
@@ -801,6 +798,9 @@ async fn will_it_boot(
         };
         return Ok(boot_trust::decide(&trust, &no_manager));
     }
+    // The boot manager the disk will start under UEFI (bcdboot copies it to the system
+    // partition as \EFI\Microsoft\Boot\bootmgfw.efi and \EFI\Boot\bootx64.efi).
+    let in_wim = format!("/{UEFI_BOOT_MANAGER}");
     let dir = env.work.join("boot-manager");
     let _ = std::fs::remove_dir_all(&dir);
     let extracted = run_env_paths(
@@ -810,7 +810,7 @@ async fn will_it_boot(
             "extract",
             &staged.to_string_lossy(),
             &index.to_string(),
-            UEFI_BOOT_MANAGER,
+            &in_wim,
             &format!("--dest-dir={}", dir.display()),
             "--no-acls",
             "--no-attributes",
@@ -821,21 +821,28 @@ async fn will_it_boot(
     )
     .await;
     let bytes = match extracted {
-        Ok(_) => std::fs::read(dir.join("bootmgfw.efi")).map_err(|e| {
-            fail(
-                Step::BootTrust,
-                format!("reading the extracted boot manager: {e}"),
-            )
-        }),
+        // The one file extracted, whatever the case of its name in the image.
+        Ok(_) => std::fs::read_dir(&dir)
+            .and_then(|mut d| {
+                d.next()
+                    .ok_or_else(|| std::io::Error::other("wimlib-imagex extracted nothing"))?
+            })
+            .and_then(|entry| std::fs::read(entry.path()))
+            .map_err(|e| {
+                fail(
+                    Step::BootTrust,
+                    format!("reading the extracted boot manager: {e}"),
+                )
+            }),
         Err(f) if f.message.contains("does not exist") => Err(refuse(format!(
-            "the image has no {UEFI_BOOT_MANAGER}: a UEFI machine would find nothing to start"
+            "the image has no {in_wim}: a UEFI machine would find nothing to start"
         ))),
         Err(f) => Err(f),
     };
     let _ = std::fs::remove_dir_all(&dir);
     let manager = BootManager::read(&bytes?).map_err(|e| {
         refuse(format!(
-            "the image's {UEFI_BOOT_MANAGER} cannot be checked: {e}; firmware with Secure Boot on would refuse it"
+            "the image's {in_wim} cannot be checked: {e}; firmware with Secure Boot on would refuse it"
         ))
     })?;
     match boot_trust::decide(&trust, &manager) {

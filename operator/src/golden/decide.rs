@@ -113,10 +113,13 @@ pub fn checked(
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointOnImage {
     pub namespace: String,
+    pub name: String,
     /// The digest the endpoint was last reimaged onto (status.currentImageDigest).
     pub image_digest: Option<String>,
     /// Since when the Ready condition is True; None when it is not.
     pub ready_since: Option<Timestamp>,
+    /// What its firmware trusts, as an imaging environment last read it.
+    pub firmware: Option<recast_crds::endpoint::FirmwareTrust>,
 }
 
 /// Reads what the KnownGood rule needs from an Endpoint.
@@ -124,6 +127,8 @@ pub fn endpoint_on_image(ep: &recast_crds::Endpoint) -> EndpointOnImage {
     let st = ep.status.as_ref();
     EndpointOnImage {
         namespace: recast_crds::namespace_of(&ep.metadata).to_string(),
+        name: ep.metadata.name.clone().unwrap_or_default(),
+        firmware: st.and_then(|s| s.firmware.clone()),
         image_digest: st.and_then(|s| s.current_image_digest.clone()),
         ready_since: st
             .and_then(|s| {
@@ -166,7 +171,95 @@ pub fn fleet_facts(
         &time::format(now),
         gi.metadata.generation,
     );
+    let in_namespace: Vec<&EndpointOnImage> =
+        endpoints.iter().filter(|e| e.namespace == ns).collect();
+    let (status, reason, message) = secure_boot_trusted(&st, &in_namespace);
+    set_condition(
+        &mut st.conditions,
+        SECURE_BOOT_TRUSTED,
+        status,
+        reason,
+        message,
+        &time::format(now),
+        gi.metadata.generation,
+    );
     st
+}
+
+/// The condition that says whether the endpoints' firmware would start the image's boot
+/// manager, as they reported their Secure Boot db (predicted by certificate names; each
+/// imaging run checks keys and refuses before any write).
+pub const SECURE_BOOT_TRUSTED: &str = "SecureBootTrusted";
+
+/// How many endpoint names a message lists.
+const NAMES_SHOWN: usize = 5;
+
+fn secure_boot_trusted(
+    st: &GoldenImageStatus,
+    endpoints: &[&EndpointOnImage],
+) -> (ConditionStatus, &'static str, String) {
+    use recast_core::boot_manager::{Prediction, predict, summary};
+    let Some(manager) = st.facts.as_ref().and_then(|f| f.boot_manager.as_ref()) else {
+        return (
+            ConditionStatus::Unknown,
+            "NotChecked",
+            "the image's boot manager has not been read (the deep check reads it)".into(),
+        );
+    };
+    let mut boots = 0usize;
+    let mut refused: Vec<(&str, String)> = Vec::new();
+    for e in endpoints {
+        match predict(manager, e.firmware.as_ref()) {
+            Prediction::Boots => boots += 1,
+            Prediction::Refused(why) => refused.push((&e.name, why)),
+            Prediction::Unknown => {}
+        }
+    }
+    let reported = boots + refused.len();
+    let names = |list: &[(&str, String)]| {
+        let mut shown: Vec<String> = list
+            .iter()
+            .take(NAMES_SHOWN)
+            .map(|(n, why)| format!("{n} ({why})"))
+            .collect();
+        if list.len() > NAMES_SHOWN {
+            shown.push(format!("and {} more", list.len() - NAMES_SHOWN));
+        }
+        shown.join(", ")
+    };
+    let image = summary(manager);
+    match (reported, refused.len()) {
+        (0, _) => (
+            ConditionStatus::Unknown,
+            "NoFirmwareReports",
+            format!(
+                "no endpoint here has reported its firmware's Secure Boot db yet (an imaging run reads it); boot manager: {image}"
+            ),
+        ),
+        (n, 0) => (
+            ConditionStatus::True,
+            "Trusted",
+            format!(
+                "all {n} endpoints that reported their firmware would start its boot manager ({image})"
+            ),
+        ),
+        (n, r) if r == n => (
+            ConditionStatus::False,
+            "BootsNowhere",
+            format!(
+                "every endpoint that reported its firmware ({n}) would refuse its boot manager: {}; a reimage onto it is refused on each before any write. Boot manager: {image}",
+                names(&refused)
+            ),
+        ),
+        (n, r) => (
+            ConditionStatus::True,
+            "TrustedBySome",
+            format!(
+                "{r} of {n} endpoints that reported their firmware would refuse its boot manager: {}; a reimage onto it is refused on those before any write. Boot manager: {image}",
+                names(&refused)
+            ),
+        ),
+    }
 }
 
 fn known_good(
@@ -307,6 +400,19 @@ pub fn fleet_notices(
             _ => {}
         }
     }
+    let trusted = |s: Option<&GoldenImageStatus>| {
+        s.and_then(|s| s.conditions.iter().find(|c| c.type_ == SECURE_BOOT_TRUSTED))
+            .map(|c| (c.status, c.message.clone()))
+    };
+    if let Some((ConditionStatus::False, message)) = trusted(Some(after))
+        && trusted(before).map(|t| t.0) != Some(ConditionStatus::False)
+    {
+        out.push(Notice {
+            type_: NoticeType::Warning,
+            reason: "BootsNowhere".into(),
+            message,
+        });
+    }
     let before_channels = before.map(|s| s.channels.clone()).unwrap_or_default();
     if before_channels != after.channels {
         out.push(Notice {
@@ -384,11 +490,100 @@ mod tests {
         st.conditions.iter().find(|c| c.type_ == t).unwrap()
     }
 
+    #[test]
+    fn an_image_whose_boot_manager_no_reported_firmware_trusts_is_flagged() {
+        use recast_crds::endpoint::FirmwareTrust;
+        use recast_crds::golden_image::{BootManagerFacts, BootSignature, ImageFacts};
+        let mut gi = verified(image(1, None), 1);
+        let now = at("2026-12-05T10:00:00Z");
+        let on = |name: &str, db: &[&str], secure_boot: Option<bool>| EndpointOnImage {
+            namespace: "kiosks".into(),
+            name: name.into(),
+            image_digest: None,
+            ready_since: None,
+            firmware: Some(FirmwareTrust {
+                secure_boot,
+                db_certificates: db.iter().map(|s| s.to_string()).collect(),
+                read_by_attempt: format!("{name}-1"),
+                read_at: "2026-12-05T09:00:00Z".into(),
+                ..Default::default()
+            }),
+        };
+        let old = ["Microsoft Windows Production PCA 2011"];
+        let new = [
+            "Microsoft Windows Production PCA 2011",
+            "Windows UEFI CA 2023",
+        ];
+        // Not read yet (no deep check): Unknown, never a guess.
+        let st = fleet_facts(&gi, &[on("a", &old, Some(true))], now);
+        assert_eq!(cond(&st, SECURE_BOOT_TRUSTED).reason, "NotChecked");
+
+        gi.status.as_mut().unwrap().facts = Some(ImageFacts {
+            boot_manager: Some(BootManagerFacts {
+                authenticode_sha256: Some("ab".into()),
+                signatures: vec![BootSignature {
+                    signer: "Microsoft Windows".into(),
+                    issuer: "Windows UEFI CA 2023".into(),
+                    chain: vec!["Microsoft Windows".into()],
+                }],
+                problem: None,
+            }),
+            ..Default::default()
+        });
+        // Nobody reported: Unknown.
+        let st = fleet_facts(&gi, &[], now);
+        assert_eq!(cond(&st, SECURE_BOOT_TRUSTED).reason, "NoFirmwareReports");
+        // Every reporting endpoint lacks the 2023 CA: boots nowhere, flagged with a Warning.
+        let eps = [on("a", &old, Some(true)), on("b", &old, None)];
+        let st = fleet_facts(&gi, &eps, now);
+        let c = cond(&st, SECURE_BOOT_TRUSTED);
+        assert_eq!(
+            (c.status, c.reason.as_str()),
+            (ConditionStatus::False, "BootsNowhere")
+        );
+        assert!(
+            c.message
+                .contains("a (its db lacks \"Windows UEFI CA 2023\"")
+                && c.message
+                    .contains("signed by \"Microsoft Windows\" under \"Windows UEFI CA 2023\""),
+            "{}",
+            c.message
+        );
+        let notices = fleet_notices(gi.status.as_ref(), &st);
+        assert!(
+            notices.iter().any(|n| n.reason == "BootsNowhere"),
+            "{notices:?}"
+        );
+        // Said once: the same state again raises no second Warning.
+        assert!(
+            !fleet_notices(Some(&st), &st)
+                .iter()
+                .any(|n| n.reason == "BootsNowhere")
+        );
+        // One machine with the new CA (or with Secure Boot off): trusted by some.
+        for other in [on("c", &new, Some(true)), on("c", &[], Some(false))] {
+            let st = fleet_facts(&gi, &[eps[0].clone(), other], now);
+            let c = cond(&st, SECURE_BOOT_TRUSTED);
+            assert_eq!(
+                (c.status, c.reason.as_str()),
+                (ConditionStatus::True, "TrustedBySome")
+            );
+            assert!(c.message.starts_with("1 of 2 endpoints"), "{}", c.message);
+        }
+        // Everyone has it: trusted. Other namespaces do not count.
+        let mut elsewhere = on("x", &old, Some(true));
+        elsewhere.namespace = "other".into();
+        let st = fleet_facts(&gi, &[on("c", &new, Some(true)), elsewhere], now);
+        assert_eq!(cond(&st, SECURE_BOOT_TRUSTED).reason, "Trusted");
+    }
+
     fn ready(ns: &str, digest: &str, since: &str) -> EndpointOnImage {
         EndpointOnImage {
             namespace: ns.into(),
+            name: format!("ep-{since}"),
             image_digest: Some(digest.into()),
             ready_since: Some(at(since)),
+            firmware: None,
         }
     }
 
@@ -475,8 +670,10 @@ mod tests {
             ready("labs", SHA, "2026-01-01T00:00:00Z"),   // another namespace
             EndpointOnImage {
                 namespace: "kiosks".into(),
+                name: "not-ready".into(),
                 image_digest: Some(SHA.into()),
                 ready_since: None,
+                firmware: None,
             },
         ];
         let st = fleet_facts(&gi, &eps, now);
