@@ -116,10 +116,9 @@ pub fn predict(image: &BootManagerFacts, firmware: Option<&FirmwareTrust>) -> Pr
     let Some(fw) = firmware else {
         return Prediction::Unknown;
     };
-    match fw.secure_boot {
-        Some(false) => return Prediction::Boots,
-        // Unknown is judged as on, as the imaging environment judges it.
-        Some(true) | None => {}
+    // Off: nothing is checked. Unknown is judged as on, as the imaging environment judges it.
+    if fw.secure_boot == Some(false) {
+        return Prediction::Boots;
     }
     if let Some(problem) = &image.problem {
         return Prediction::Refused(problem.clone());

@@ -102,8 +102,8 @@ pub struct ProgressReport {
         skip_serializing_if = "Option::is_none"
     )]
     pub secure_boot: Option<bool>,
-    /// What the firmware trusts (its `db` and `dbx`), read before any write. Sent with the
-    /// report that follows reading them; later ones leave it out.
+    /// What the firmware trusts (its `db` and `dbx`), read before any write. Sent once, after
+    /// the machine's identity matched the Endpoint's; other reports leave it out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub firmware: Option<FirmwareReport>,
 }
@@ -287,6 +287,53 @@ mod tests {
         // Bad input: an unknown refusal or field is refused, not ignored.
         assert!(parse(r#"{"ok":false,"refusal":"bored"}"#).is_err());
         assert!(parse(r#"{"ok":true,"extra":1}"#).is_err());
+    }
+
+    #[test]
+    fn a_firmware_report_is_bounded_and_says_what_is_wrong() {
+        let parse = |s: &str| serde_json::from_str::<ProgressReport>(s);
+        let r = parse(
+            r#"{"percent":2,"firmware":{"dbCertificates":["Microsoft Windows Production PCA 2011"],"dbxEntries":431}}"#,
+        )
+        .unwrap();
+        let f = r.firmware.unwrap();
+        assert_eq!((f.db_hashes, f.dbx_entries), (0, 431));
+        assert!(f.check().is_ok());
+        // Bad input: too many names, a name too long or with control characters, an unknown
+        // field: each refused with what is wrong.
+        let many = FirmwareReport {
+            db_certificates: vec!["x".into(); FirmwareReport::MAX_CERTIFICATES + 1],
+            db_hashes: 0,
+            dbx_entries: 0,
+        };
+        assert!(many.check().unwrap_err().contains("at most 32 are kept"));
+        let long = FirmwareReport {
+            db_certificates: vec!["x".repeat(FirmwareReport::MAX_NAME + 1)],
+            ..many.clone()
+        };
+        assert!(long.check().unwrap_err().contains("over 200 bytes"));
+        let control = FirmwareReport {
+            db_certificates: vec!["CA\n2023".into()],
+            ..many
+        };
+        assert!(control.check().unwrap_err().contains("control characters"));
+        assert!(
+            parse(r#"{"percent":2,"firmware":{"dbCertificates":[],"dbxEntries":0,"pk":1}}"#)
+                .is_err()
+        );
+        // The refusal a person sees for a boot manager the firmware would not start.
+        assert_eq!(ImagingRefusal::WillNotBoot.reason(), "ImagingWillNotBoot");
+        assert!(
+            ImagingRefusal::WillNotBoot
+                .next_step()
+                .contains("recast does not change firmware variables")
+        );
+        assert_eq!(
+            serde_json::from_str::<ResultReport>(r#"{"ok":false,"refusal":"willNotBoot"}"#)
+                .unwrap()
+                .refusal,
+            Some(ImagingRefusal::WillNotBoot)
+        );
     }
 
     #[test]

@@ -556,6 +556,8 @@ mod tests {
             }],
             kb_packages: vec!["KB5074109".into()],
             manifest_count: 3,
+            // The boot manager's facts travel back from the child too.
+            boot_manager: Some(recast_core::boot_manager::facts_of(None)),
         });
         let json = serde_json::to_string(&reply).unwrap();
         assert_eq!(serde_json::from_str::<ChildReply>(&json).unwrap(), reply);

@@ -492,6 +492,7 @@ mod tests {
             manifest_count: rollups.len() + 10,
             rollups,
             kb_packages: vec![],
+            boot_manager: None,
         }
     }
 

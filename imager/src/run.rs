@@ -383,8 +383,8 @@ pub async fn image(session: &Session, env: &Env) -> Result<(), Failure> {
             None => "unknown (efivarfs unreadable)",
         }
     ));
-    // What the firmware trusts, read (never written) before anything else, so that a refused
-    // try still shows it.
+    // What the firmware trusts, read (never written) before anything else; reported once the
+    // machine proved it is the Endpoint's (an impostor's firmware is not this Endpoint's).
     let trust = sysfs::firmware_trust(&env.sysfs);
     match &trust {
         Ok(t) if t.firmware == Firmware::Uefi => say(&format!(
@@ -401,7 +401,7 @@ pub async fn image(session: &Session, env: &Env) -> Result<(), Failure> {
             Step::Identity,
             "checking the machine's SMBIOS identity",
             secure_boot,
-            trust.as_ref().ok().and_then(firmware_report),
+            None,
         )
         .await;
     let expected = identity::Expected {
@@ -432,7 +432,13 @@ pub async fn image(session: &Session, env: &Env) -> Result<(), Failure> {
     }
 
     session
-        .progress(2, Step::Disk, "choosing the target disk")
+        .report(
+            2,
+            Step::Disk,
+            "choosing the target disk",
+            None,
+            trust.as_ref().ok().and_then(firmware_report),
+        )
         .await;
     let seen = sysfs::disks(&env.sysfs)
         .map_err(|e| fail(Step::Disk, format!("cannot list disks in sysfs: {e}")))?;
