@@ -150,6 +150,53 @@ struct LcuResult {
     what: String,
 }
 
+/// What a Windows Update failure's error code says about where the install stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailurePhase {
+    /// The servicing stack was changing the system and gave up: the update rolled back.
+    /// Component-based servicing's codes (facility 0x0F, `0x800Fxxxx`: 0x800f0922
+    /// CBS_E_INSTALLERS_FAILED, KB5074109's, 0x800f0831 a missing manifest, 0x800f081f source
+    /// files missing) and the component store's (`0x800736xx`, `0x800737xx`: 0x80073712
+    /// ERROR_SXS_COMPONENT_STORE_CORRUPT).
+    Install,
+    /// It never got that far, or nothing failed: Windows Update's own agent and download errors
+    /// (facility 0x24, `0x8024xxxx`: 0x80240017 not applicable, 0x8024402c network, 0x80244022
+    /// service unavailable), BITS (`0x8019xxxx`), WinHTTP/WinINet (`0x80072Exx`, `0x80072Fxx`),
+    /// "a restart is needed to finish" (0x80070BC2, 0x80070BC9), "a shutdown is in progress"
+    /// (0x8007045B), a full disk (0x80070070). Windows Update retries these itself.
+    NotInstall,
+    /// No code, or one recast does not place: not evidence on its own (a Servicing failure of
+    /// the package is).
+    Unknown,
+}
+
+/// Where a Windows Update failure stopped, from its error code ("0x800f0922"; any case, with
+/// or without the prefix).
+pub fn failure_phase(code: Option<&str>) -> FailurePhase {
+    let Some(code) = code else {
+        return FailurePhase::Unknown;
+    };
+    let hex = code.trim();
+    let hex = hex
+        .strip_prefix("0x")
+        .or_else(|| hex.strip_prefix("0X"))
+        .unwrap_or(hex);
+    let Ok(v) = u32::from_str_radix(hex, 16) else {
+        return FailurePhase::Unknown;
+    };
+    match v {
+        0x800F_0000..=0x800F_FFFF | 0x8007_3600..=0x8007_37FF => FailurePhase::Install,
+        0x8024_0000..=0x8024_FFFF
+        | 0x8019_0000..=0x8019_FFFF
+        | 0x8007_2E00..=0x8007_2FFF
+        | 0x8007_0BC2
+        | 0x8007_0BC9
+        | 0x8007_045B
+        | 0x8007_0070 => FailurePhase::NotInstall,
+        _ => FailurePhase::Unknown,
+    }
+}
+
 fn lcu_results(r: &AgentReport) -> Vec<LcuResult> {
     let mut out = Vec::new();
     let mut kb_builds: Vec<(u32, Option<Build>)> = Vec::new();
@@ -165,8 +212,14 @@ fn lcu_results(r: &AgentReport) -> Vec<LcuResult> {
         };
         let succeeded = match u.outcome {
             UpdateOutcome::Installed => true,
-            UpdateOutcome::Failed => false,
-            UpdateOutcome::Started => continue,
+            // Only a failure inside the install is evidence that it rolled back: a download or
+            // service error leaves the machine as it was, and Windows Update retries it.
+            UpdateOutcome::Failed
+                if failure_phase(u.error_code.as_deref()) == FailurePhase::Install =>
+            {
+                false
+            }
+            UpdateOutcome::Failed | UpdateOutcome::Started => continue,
         };
         let what = match (&u.error_code, succeeded) {
             (Some(code), false) => format!(
@@ -775,6 +828,99 @@ mod tests {
             "KB5073379",
         )];
         assert!(kinds(&input(&Evidence::of(&r))).is_empty());
+    }
+
+    #[test]
+    fn error_codes_are_placed_in_the_install_or_before_it() {
+        use FailurePhase::*;
+        for (code, phase) in [
+            (Some("0x800f0922"), Install),
+            (Some("0x800F0831"), Install),
+            (Some("800f081f"), Install),
+            (Some("0x80073712"), Install),
+            (Some("0x80240017"), NotInstall),
+            (Some("0x8024402c"), NotInstall),
+            (Some("0x80244022"), NotInstall),
+            (Some("0x80246008"), NotInstall),
+            (Some("0x80190194"), NotInstall),
+            (Some("0x80072efe"), NotInstall),
+            (Some("0x80070bc2"), NotInstall),
+            (Some("0x80070bc9"), NotInstall),
+            (Some("0x8007045b"), NotInstall),
+            (Some("0x80070070"), NotInstall),
+            (Some("0x80070005"), Unknown),
+            (Some(""), Unknown),
+            (Some("boom"), Unknown),
+            (Some("0x1234567890"), Unknown),
+            (None, Unknown),
+        ] {
+            assert_eq!(failure_phase(code), phase, "{code:?}");
+        }
+    }
+
+    /// The negatives: failures Windows Update has in its log that are not an install that
+    /// rolled back, each on a machine still below the update's build.
+    #[test]
+    fn only_an_install_phase_failure_is_a_rollback() {
+        let failed_with = |code: Option<&str>| {
+            let mut e = wu(UpdateOutcome::Failed, "2026-01-14T08:41:02Z", JAN);
+            e.error_code = code.map(str::to_string);
+            e
+        };
+        for (what, code) in [
+            ("a download failure", Some("0x80246008")),
+            ("a network failure", Some("0x8024402c")),
+            ("the Windows Update service failing", Some("0x80244022")),
+            ("BITS failing", Some("0x80190194")),
+            ("a restart needed to finish", Some("0x80070bc2")),
+            ("a shutdown in progress", Some("0x8007045b")),
+            ("no error code", None),
+            ("an error code recast does not place", Some("0x80070005")),
+        ] {
+            let mut r = report(7462);
+            r.update_events = vec![
+                failed_with(code),
+                wu(UpdateOutcome::Started, "2026-01-14T08:05:47Z", JAN),
+            ];
+            assert!(
+                kinds(&input(&Evidence::of(&r))).is_empty(),
+                "{what} is not a rollback"
+            );
+        }
+        // Not applicable: re-offered to a machine that already runs the update's build.
+        let mut r = report(7623);
+        r.update_events = vec![failed_with(Some("0x80240017"))];
+        assert!(kinds(&input(&Evidence::of(&r))).is_empty());
+        // A pending restart after a successful install: installed, still on the old UBR.
+        let mut r = report(7462);
+        r.update_events = vec![wu(UpdateOutcome::Installed, "2026-01-14T08:41:02Z", JAN)];
+        r.servicing_events = vec![cbs(
+            ServicingOutcome::RebootRequired,
+            "2026-01-14T08:40:00Z",
+            "Package_for_RollupFix~31bf3856ad364e35~amd64~~26100.7623.1.10",
+        )];
+        assert!(kinds(&input(&Evidence::of(&r))).is_empty());
+        // A power loss (Kernel-Power 41 without a bugcheck) is not a boot crash either.
+        let mut r = report(7462);
+        r.crashes = vec![crash(
+            CrashSource::KernelPower,
+            None,
+            "2026-01-15T08:00:00Z",
+        )];
+        assert!(kinds(&input(&Evidence::of(&r))).is_empty());
+        // The same download failure, and then the servicing stack's own failure of the
+        // package: the install did roll back.
+        let mut r = report(7462);
+        r.update_events = vec![failed_with(Some("0x80246008"))];
+        r.servicing_events = vec![cbs(
+            ServicingOutcome::Failed,
+            "2026-01-14T09:10:00Z",
+            "Package_for_RollupFix~31bf3856ad364e35~amd64~~26100.7623.1.10",
+        )];
+        assert_eq!(
+            kinds(&input(&Evidence::of(&r))),
+            [SignalKind::FailedRollback]
+        );
     }
 
     #[test]
