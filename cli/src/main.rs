@@ -7,6 +7,7 @@
 mod backend;
 mod bmc;
 mod bootkit;
+mod breaker;
 mod image;
 mod table;
 mod wave;
@@ -150,6 +151,11 @@ enum Command {
     Bootkit {
         #[command(subcommand)]
         command: bootkit::BootkitCommand,
+    },
+    /// The circuit breaker on automatic reimages: whether it is open, why, and reset it.
+    Breaker {
+        #[command(subcommand)]
+        command: breaker::BreakerCommand,
     },
     /// Reimage waves: create, plan, follow (status --watch), pause, resume, abort, approve.
     Wave {
@@ -368,6 +374,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Image { command } => image::run_on_store(command, &store, ns, now),
         Command::Wave { command } => wave::run(&store, ns, command, now),
+        Command::Breaker { command } => breaker::run(&store, ns, command, now),
         Command::Wds(WdsCommand::Prestage {
             names,
             wds_server,

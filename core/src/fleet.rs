@@ -11,8 +11,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use jiff::Timestamp;
-use recast_crds::endpoint::{AttemptOutcome, EndpointPhase, EndpointStatus};
+use recast_crds::endpoint::{AttemptOutcome, AttemptTrigger, EndpointPhase, EndpointStatus};
 
+use super::breaker::{self, Trip};
 use super::lifecycle::FleetView;
 use super::time;
 
@@ -23,6 +24,71 @@ struct Entry {
     phase: Option<EndpointPhase>,
     /// finished_at of attempts that ended Failed (the endpoint was quarantined).
     failures: Vec<Timestamp>,
+    /// The namespace (the part of the key before '/').
+    namespace: String,
+    /// started_at of its automatic attempts (running and finished), for the breaker.
+    automatic_starts: Vec<Timestamp>,
+}
+
+/// Whether an attempt started on recast's own decision (a signal), not a person's or a wave's.
+pub fn is_automatic(trigger: AttemptTrigger) -> bool {
+    !matches!(trigger, AttemptTrigger::Manual | AttemptTrigger::Wave)
+}
+
+/// One breaker's settings: its limit (None: the default for the scope's size), its window, and
+/// the last reset.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BreakerSettings {
+    pub max_starts: Option<k8s_openapi::apimachinery::pkg::util::intstr::IntOrString>,
+    pub window: Duration,
+    pub reset: Option<Timestamp>,
+}
+
+/// The breakers that apply to one endpoint's decision.
+#[derive(Clone, Copy, Debug)]
+pub struct Breakers<'a> {
+    /// Its namespace's, with the endpoint's policy's settings.
+    pub namespace: &'a BreakerSettings,
+    /// The fleet-wide one, set by the operator's flags (None: off).
+    pub fleet: Option<&'a BreakerSettings>,
+}
+
+/// Which breaker is open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BreakerScope {
+    Namespace,
+    Fleet,
+}
+
+/// A multiset of times with its total.
+#[derive(Clone, Debug, Default)]
+struct Times(BTreeMap<Timestamp, u32>);
+
+impl Times {
+    fn step(&mut self, t: Timestamp, add: bool) {
+        let n = self.0.entry(t).or_default();
+        if add {
+            *n += 1;
+        } else {
+            *n = n.saturating_sub(1);
+        }
+        if *n == 0 {
+            self.0.remove(&t);
+        }
+    }
+
+    /// The times after `reset`, each as often as it occurs.
+    fn after(&self, reset: Option<Timestamp>) -> Vec<Timestamp> {
+        let range = match reset {
+            Some(r) => self
+                .0
+                .range((std::ops::Bound::Excluded(r), std::ops::Bound::Unbounded)),
+            None => self.0.range(..),
+        };
+        range
+            .flat_map(|(t, n)| std::iter::repeat_n(*t, *n as usize))
+            .collect()
+    }
 }
 
 /// Per-endpoint facts, keyed by "namespace/name", with their running totals.
@@ -34,6 +100,11 @@ pub struct FleetIndex {
     active: u32,
     /// Every entry's failure times, with how many entries failed at each.
     failures: BTreeMap<Timestamp, u32>,
+    /// Endpoints per namespace.
+    namespaces: HashMap<String, u32>,
+    /// Automatic attempt starts per namespace, and fleet-wide.
+    namespace_starts: HashMap<String, Times>,
+    all_starts: Times,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -51,11 +122,26 @@ impl FleetIndex {
             .filter(|h| h.outcome == AttemptOutcome::Failed)
             .filter_map(|h| time::parse(&h.finished_at))
             .collect();
+        let mut automatic_starts: Vec<Timestamp> = status
+            .history
+            .iter()
+            .filter(|h| is_automatic(h.trigger))
+            .filter_map(|h| time::parse(&h.started_at))
+            .collect();
+        if let Some(a) = &status.active_attempt
+            && is_automatic(a.trigger)
+            && !status.history.iter().any(|h| h.id == a.id)
+            && let Some(t) = time::parse(&a.started_at)
+        {
+            automatic_starts.push(t);
+        }
         let entry = Entry {
             site: site.map(str::to_string),
             active: status.active_attempt.is_some(),
             phase: status.phase,
             failures,
+            namespace: key.split_once('/').map_or("", |(ns, _)| ns).to_string(),
+            automatic_starts,
         };
         self.count(&entry, true);
         if let Some(old) = self.entries.insert(key.to_string(), entry) {
@@ -98,6 +184,60 @@ impl FleetIndex {
                 self.failures.remove(t);
             }
         }
+        let n = self.namespaces.entry(e.namespace.clone()).or_default();
+        step(n);
+        if *n == 0 {
+            self.namespaces.remove(&e.namespace);
+        }
+        for t in &e.automatic_starts {
+            self.namespace_starts
+                .entry(e.namespace.clone())
+                .or_default()
+                .step(*t, add);
+            self.all_starts.step(*t, add);
+        }
+        if self
+            .namespace_starts
+            .get(&e.namespace)
+            .is_some_and(|t| t.0.is_empty())
+        {
+            self.namespace_starts.remove(&e.namespace);
+        }
+    }
+
+    /// Endpoints in `namespace`.
+    pub fn namespace_len(&self, namespace: &str) -> u32 {
+        self.namespaces.get(namespace).copied().unwrap_or(0)
+    }
+
+    /// Whether the namespace's breaker is open, and why.
+    pub fn namespace_breaker(&self, namespace: &str, settings: &BreakerSettings) -> Option<Trip> {
+        let limit = breaker::limit(
+            settings.max_starts.as_ref(),
+            self.namespace_len(namespace).max(1),
+            breaker::default_limit,
+        );
+        let starts = self
+            .namespace_starts
+            .get(namespace)
+            .map(|t| t.after(settings.reset))
+            .unwrap_or_default();
+        breaker::trip(&starts, None, limit, settings.window)
+    }
+
+    /// Whether the fleet-wide breaker (all namespaces) is open, and why.
+    pub fn fleet_breaker(&self, settings: &BreakerSettings) -> Option<Trip> {
+        let limit = breaker::limit(
+            settings.max_starts.as_ref(),
+            (self.entries.len() as u32).max(1),
+            breaker::default_fleet_limit,
+        );
+        breaker::trip(
+            &self.all_starts.after(settings.reset),
+            None,
+            limit,
+            settings.window,
+        )
     }
 
     pub fn len(&self) -> usize {
@@ -125,6 +265,7 @@ impl FleetIndex {
         site: Option<&str>,
         now: Timestamp,
         budget_window: Duration,
+        breakers: Breakers<'_>,
     ) -> FleetView {
         let since = now
             .checked_sub(
@@ -151,13 +292,38 @@ impl FleetIndex {
             } else {
                 0
             },
+            breaker: self.breaker_for(key, breakers),
         }
+    }
+
+    /// The open breaker that stops automatic reimages of `key`'s endpoint, if any: the fleet's
+    /// first (no tenant resets it), then its namespace's.
+    fn breaker_for(&self, key: &str, breakers: Breakers<'_>) -> Option<(BreakerScope, Trip)> {
+        if let Some(fleet) = breakers.fleet
+            && let Some(t) = self.fleet_breaker(fleet)
+        {
+            return Some((BreakerScope::Fleet, t));
+        }
+        let ns = key.split_once('/').map_or("", |(ns, _)| ns);
+        self.namespace_breaker(ns, breakers.namespace)
+            .map(|t| (BreakerScope::Namespace, t))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Settings under which no breaker ever opens (these tests are about the other counts).
+    static NEVER: BreakerSettings = BreakerSettings {
+        max_starts: Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1_000_000)),
+        window: Duration::from_secs(3600),
+        reset: None,
+    };
+    const NO_BREAKER: Breakers<'static> = Breakers {
+        namespace: &NEVER,
+        fleet: None,
+    };
     use recast_crds::endpoint::{Attempt, AttemptRecord, AttemptTrigger, ReimageStep};
 
     fn active() -> EndpointStatus {
@@ -212,15 +378,33 @@ mod tests {
         idx.upsert("ns/c", Some("s2"), &active());
         idx.upsert("ns/d", Some("s1"), &EndpointStatus::default());
         let now: Timestamp = "2026-01-14T10:00:00Z".parse().unwrap();
-        let v = idx.view_for("ns/a", Some("s1"), now, Duration::from_secs(3600));
+        let v = idx.view_for(
+            "ns/a",
+            Some("s1"),
+            now,
+            Duration::from_secs(3600),
+            NO_BREAKER,
+        );
         assert_eq!(
             (v.total, v.site_total, v.active_global, v.active_site),
             (4, 3, 2, 1)
         );
-        let v = idx.view_for("ns/d", Some("s1"), now, Duration::from_secs(3600));
+        let v = idx.view_for(
+            "ns/d",
+            Some("s1"),
+            now,
+            Duration::from_secs(3600),
+            NO_BREAKER,
+        );
         assert_eq!((v.active_global, v.active_site), (3, 2));
         // An endpoint not yet indexed counts itself in the totals.
-        let v = idx.view_for("ns/new", Some("s2"), now, Duration::from_secs(3600));
+        let v = idx.view_for(
+            "ns/new",
+            Some("s2"),
+            now,
+            Duration::from_secs(3600),
+            NO_BREAKER,
+        );
         assert_eq!(
             (v.total, v.site_total, v.active_global, v.active_site),
             (5, 2, 3, 1)
@@ -286,7 +470,7 @@ mod tests {
             let site = asked_site.map(|s| format!("s{s}"));
             for window in [3600u64, 2 * 86400, 30 * 86400] {
                 let since = now.checked_sub(jiff::SignedDuration::from_secs(window as i64)).unwrap();
-                let v = idx.view_for(&key, site.as_deref(), now, Duration::from_secs(window));
+                let v = idx.view_for(&key, site.as_deref(), now, Duration::from_secs(window), NO_BREAKER);
                 let r = recount(&idx, &key, site.as_deref(), since, now);
                 proptest::prop_assert_eq!(
                     (v.total, v.site_total, v.active_global, v.active_site, v.recent_failures),
@@ -329,12 +513,12 @@ mod tests {
         idx.upsert("ns/b", None, &failed_at("2026-01-14T08:00:00Z"));
         let now: Timestamp = "2026-01-14T10:00:00Z".parse().unwrap();
         assert_eq!(
-            idx.view_for("ns/c", None, now, Duration::from_secs(3600))
+            idx.view_for("ns/c", None, now, Duration::from_secs(3600), NO_BREAKER)
                 .recent_failures,
             1
         );
         assert_eq!(
-            idx.view_for("ns/c", None, now, Duration::from_secs(3 * 3600))
+            idx.view_for("ns/c", None, now, Duration::from_secs(3 * 3600), NO_BREAKER)
                 .recent_failures,
             2
         );

@@ -6,6 +6,7 @@ pub mod authenticode;
 pub mod bcd;
 pub mod boot_manager;
 pub mod boot_trust;
+pub mod breaker;
 pub mod build;
 pub mod derive;
 pub mod fleet;

@@ -17,6 +17,7 @@ use recast_crds::endpoint::{
 use recast_crds::policy::RemediationAction;
 
 use super::build::Build;
+use super::fleet::is_automatic;
 use super::hold::{self, HoldInputs};
 use super::policy::PolicyView;
 use super::signal::{SignalKind, Urgency};
@@ -27,6 +28,7 @@ use super::window;
 /// The endpoint as the core sees it.
 #[derive(Clone, Copy, Debug)]
 pub struct EndpointView<'a> {
+    pub namespace: &'a str,
     pub name: &'a str,
     /// Object uid; part of attempt ids so a re-created endpoint never reuses one.
     pub uid: &'a str,
@@ -54,6 +56,8 @@ pub struct FleetView {
     pub active_site: u32,
     /// Attempts that failed (ended Quarantined) within the policy's failure-budget window.
     pub recent_failures: u32,
+    /// The circuit breaker that stops this endpoint's automatic reimages, when one is open.
+    pub breaker: Option<(crate::fleet::BreakerScope, crate::breaker::Trip)>,
 }
 
 /// A wave this endpoint belongs to: its batch is due now, or the endpoint's running attempt
@@ -1048,6 +1052,19 @@ impl<'a> Run<'a> {
             ));
         }
         if automatic {
+            if let Some((scope, trip)) = self.ctx.fleet.breaker {
+                let ns = self.ep.namespace;
+                return Some(match scope {
+                    crate::fleet::BreakerScope::Namespace => trip.explain(
+                        &format!("namespace {ns}"),
+                        &format!("`recastctl breaker status -n {ns}`, then `recastctl breaker reset -n {ns} --reason ...`"),
+                    ),
+                    crate::fleet::BreakerScope::Fleet => trip.explain(
+                        "the whole fleet",
+                        "`recastctl breaker status --fleet`, then `recastctl breaker reset --fleet --reason ...` by the operator's administrator",
+                    ),
+                });
+            }
             if let Some(last) = self.st.history.first()
                 && let Some(finished) = time::parse(&last.finished_at)
             {
@@ -1134,7 +1151,14 @@ impl<'a> Run<'a> {
                 None => self.start_attempt(trigger, reason),
                 Some(why) => {
                     self.requeue_in(WAIT_REQUEUE);
-                    self.settle_phase(quarantined, Some(why));
+                    let by_breaker = is_automatic(trigger) && self.ctx.fleet.breaker.is_some();
+                    let was = self.st.message.clone();
+                    self.settle_phase(quarantined, Some(why.clone()));
+                    // An open breaker is a Warning a person must act on: said once per
+                    // endpoint and trip (a new message), not on every reconcile.
+                    if by_breaker && was.as_deref() != Some(why.as_str()) {
+                        self.notice(NoticeType::Warning, "BreakerOpen", why);
+                    }
                 }
             }
             return;

@@ -26,6 +26,12 @@ pub struct PolicyView {
     pub heartbeat_timeout: Duration,
     pub update_mode: UpdateMode,
     pub guard_on_failed_rollback: bool,
+    /// The circuit breaker: automatic starts allowed within `breaker_window` (None: the
+    /// default for the namespace's size, see [`crate::breaker::default_limit`]).
+    pub breaker_max_starts: Option<IntOrString>,
+    pub breaker_window: Duration,
+    /// When a person last reset it (the policy's reset annotation).
+    pub breaker_reset: Option<jiff::Timestamp>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -35,6 +41,14 @@ pub enum PolicyError {
         policy: String,
         field: &'static str,
         source: duration::DurationError,
+    },
+    #[error(
+        "RemediationPolicy {policy:?}: annotation {annotation} is {value:?}, not an RFC 3339 time; reset the breaker again with `recastctl breaker reset`"
+    )]
+    Annotation {
+        policy: String,
+        annotation: &'static str,
+        value: String,
     },
 }
 
@@ -62,7 +76,36 @@ impl PolicyView {
             heartbeat_timeout: d("heartbeatTimeout", &spec.heartbeat_timeout)?,
             update_mode: spec.update_mode,
             guard_on_failed_rollback: spec.guard_on_failed_rollback,
+            breaker_max_starts: spec.breaker.max_starts.clone(),
+            breaker_window: d("breaker.window", &spec.breaker.window)?,
+            breaker_reset: None,
         })
+    }
+
+    /// The view of a stored policy: its spec, and the breaker reset its annotations record
+    /// (an annotation that is not an RFC 3339 time is an error naming it, never ignored: a
+    /// reset a person made must not silently not count).
+    pub fn from_policy(
+        name: &str,
+        policy: &recast_crds::policy::RemediationPolicy,
+    ) -> Result<Self, PolicyError> {
+        let mut v = Self::from_spec(name, &policy.spec)?;
+        if let Some(at) = policy
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(recast_crds::policy::BREAKER_RESET_ANNOTATION))
+        {
+            v.breaker_reset =
+                Some(
+                    crate::time::parse(at).ok_or_else(|| PolicyError::Annotation {
+                        policy: name.to_string(),
+                        annotation: recast_crds::policy::BREAKER_RESET_ANNOTATION,
+                        value: at.clone(),
+                    })?,
+                );
+        }
+        Ok(v)
     }
 
     /// The policy endpoints get when no RemediationPolicy named "default" exists: the API's

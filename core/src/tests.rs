@@ -114,6 +114,7 @@ impl One {
 
     fn feed(&mut self, input: Input) -> Decision {
         let view = EndpointView {
+            namespace: "default",
             name: "kiosk-01",
             uid: "0b5e2c1a-aaaa-bbbb-cccc-000000000001",
             generation: Some(1),
@@ -917,6 +918,63 @@ fn the_failure_budget_halts_automatic_remediation_only() {
 }
 
 #[test]
+fn an_open_breaker_stops_automatic_reimages_with_one_warning_and_lets_people_through() {
+    let trip = crate::breaker::Trip {
+        at: "2026-01-15T08:50:00Z".parse().unwrap(),
+        starts: 3,
+        limit: 3,
+        window: Duration::from_secs(3600),
+    };
+    for (scope, says) in [
+        (
+            crate::fleet::BreakerScope::Namespace,
+            "recastctl breaker reset -n default",
+        ),
+        (crate::fleet::BreakerScope::Fleet, "reset --fleet"),
+    ] {
+        let mut e = healthy(true);
+        e.fleet.breaker = Some((scope, trip));
+        let d = e.feed(signals(&[SignalKind::FailedRollback]));
+        assert_eq!(e.state(), State::ReimageScheduled);
+        let msg = e.status.message.clone().unwrap();
+        assert!(
+            msg.contains("circuit breaker open") && msg.contains(says),
+            "{msg}"
+        );
+        let warnings: Vec<_> = d
+            .notices
+            .iter()
+            .filter(|n| n.reason == "BreakerOpen")
+            .collect();
+        assert_eq!(warnings.len(), 1, "{:?}", d.notices);
+        assert_eq!(warnings[0].type_, NoticeType::Warning);
+        // Said once: the next reconcile, still blocked, raises no second Warning.
+        let d = e.feed(Input::Reconcile);
+        assert!(
+            d.notices.iter().all(|n| n.reason != "BreakerOpen"),
+            "{:?}",
+            d.notices
+        );
+        assert_eq!(e.state(), State::ReimageScheduled);
+        // A person's reimage still runs.
+        e.spec.reimage_request = Some(ReimageRequest {
+            token: "t".into(),
+            reason: "x".into(),
+        });
+        e.feed(Input::Reconcile);
+        assert_eq!(e.state(), State::ArmingBoot);
+    }
+    // Closed again (a reset): the automatic reimage starts.
+    let mut e = healthy(true);
+    e.fleet.breaker = Some((crate::fleet::BreakerScope::Namespace, trip));
+    e.feed(signals(&[SignalKind::BootCrash]));
+    assert_eq!(e.state(), State::ReimageScheduled);
+    e.fleet.breaker = None;
+    e.feed(Input::Reconcile);
+    assert_eq!(e.state(), State::ArmingBoot);
+}
+
+#[test]
 fn reimage_in_window_waits_for_the_window() {
     let mut e = healthy(true);
     e.policy.actions.non_compliant = RemediationAction::ReimageInWindow;
@@ -1129,6 +1187,8 @@ enum Op {
     Request(usize),
     Verified(bool),
     Wave(Option<u8>),
+    /// A person resets the breaker.
+    ResetBreaker,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -1151,8 +1211,12 @@ fn op() -> impl Strategy<Value = Op> {
         ep.clone().prop_map(Op::Request),
         prop::bool::weighted(0.8).prop_map(Op::Verified),
         prop::option::of(0u8..2).prop_map(Op::Wave),
+        Just(Op::ResetBreaker),
     ]
 }
+
+/// The property fleet's breaker limit (automatic starts per hour).
+const BREAKER: i32 = 1;
 
 struct Fleet {
     specs: Vec<EndpointSpec>,
@@ -1174,6 +1238,8 @@ impl Fleet {
             Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1));
         policy.cooldown = Duration::from_secs(1800);
         policy.try_timeout = Duration::from_secs(7200);
+        policy.breaker_max_starts =
+            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(BREAKER));
         let specs: Vec<_> = (0..FLEET)
             .map(|i| {
                 let mut s = spec(i % 3 != 2);
@@ -1206,11 +1272,20 @@ impl Fleet {
         let key = format!("ns/e{i}");
         let name = format!("e{i}");
         let uid = format!("uid-{i}-0000");
+        let settings = crate::fleet::BreakerSettings {
+            max_starts: self.policy.breaker_max_starts.clone(),
+            window: self.policy.breaker_window,
+            reset: self.policy.breaker_reset,
+        };
         let fleet = self.index.view_for(
             &key,
             self.specs[i].site.as_deref(),
             self.now,
             self.policy.budget_window,
+            crate::fleet::Breakers {
+                namespace: &settings,
+                fleet: None,
+            },
         );
         let wave = self
             .wave
@@ -1221,6 +1296,7 @@ impl Fleet {
                 image: Some(self.image.clone()),
             });
         let view = EndpointView {
+            namespace: "default",
             name: &name,
             uid: &uid,
             generation: Some(1),
@@ -1303,6 +1379,38 @@ impl Fleet {
                 .count();
             prop_assert!(n <= 1, "per-site limit exceeded in {}", site);
         }
+        // The breaker: never more automatic starts within one window than its limit.
+        let automatic: Vec<Timestamp> = self
+            .statuses
+            .iter()
+            .flat_map(|st| {
+                st.history
+                    .iter()
+                    .filter(|h| crate::fleet::is_automatic(h.trigger))
+                    .map(|h| h.started_at.clone())
+                    .chain(
+                        st.active_attempt
+                            .iter()
+                            .filter(|a| crate::fleet::is_automatic(a.trigger))
+                            .filter(|a| !st.history.iter().any(|h| h.id == a.id))
+                            .map(|a| a.started_at.clone()),
+                    )
+                    .collect::<Vec<_>>()
+            })
+            .filter_map(|t| time::parse(&t))
+            .collect();
+        prop_assert!(
+            crate::breaker::trip(
+                &automatic,
+                self.policy.breaker_reset,
+                BREAKER as u32 + 1,
+                self.policy.breaker_window
+            )
+            .is_none(),
+            "more than {} automatic starts within {:?}",
+            BREAKER,
+            self.policy.breaker_window
+        );
         Ok(())
     }
 
@@ -1423,6 +1531,7 @@ impl Fleet {
                 });
             }
             Op::Verified(v) => self.image.verified = v,
+            Op::ResetBreaker => self.policy.breaker_reset = Some(self.now),
             Op::Wave(w) => {
                 self.wave = w.map(|n| {
                     (

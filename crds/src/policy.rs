@@ -59,6 +59,10 @@ pub struct RemediationPolicySpec {
     pub concurrency: ConcurrencyLimits,
     #[serde(default)]
     pub failure_budget: FailureBudget,
+    /// The circuit breaker on automatic reimages in this namespace: when too many start within
+    /// a window, no automatic reimage starts until a person resets it (`recastctl breaker`).
+    #[serde(default)]
+    pub breaker: BreakerSpec,
     /// Window for "ReimageInWindow" actions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maintenance_window: Option<MaintenanceWindow>,
@@ -221,6 +225,42 @@ pub struct FailureBudget {
     #[x_kube(validation = Rule::new("self.matches('^([0-9]+(d|h|m|s))+$')").message("failureBudget.window must be a duration such as 1h"))]
     #[schemars(length(max = 32))]
     pub window: String,
+}
+
+/// Annotation on a RemediationPolicy: when (RFC 3339) a person last reset the circuit breaker
+/// of the endpoints it governs; only automatic reimages started after it count. Written by
+/// `recastctl breaker reset`.
+pub const BREAKER_RESET_ANNOTATION: &str = "recast.dev/breaker-reset-at";
+/// Who reset it and why, for the record.
+pub const BREAKER_RESET_REASON_ANNOTATION: &str = "recast.dev/breaker-reset-reason";
+
+/// How many automatic reimages may start within a window before the breaker opens.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BreakerSpec {
+    /// Automatic reimages of this namespace's endpoints that may start within `window`: a count
+    /// or a percentage of the namespace's endpoints (rounded up, at least 1). Unset: 5% of the
+    /// endpoints, at least 3 and at most 50.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("string(self).matches('^([1-9][0-9]{0,5}|([1-9][0-9]?|100)%)$')").message("breaker.maxStarts must be a positive integer or a percentage from 1% to 100%"))]
+    pub max_starts: Option<IntOrString>,
+    #[serde(default = "default_breaker_window")]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(d|h|m|s))+$')").message("breaker.window must be a duration such as 1h"))]
+    #[schemars(length(max = 32))]
+    pub window: String,
+}
+
+fn default_breaker_window() -> String {
+    "1h".into()
+}
+
+impl Default for BreakerSpec {
+    fn default() -> Self {
+        Self {
+            max_starts: None,
+            window: default_breaker_window(),
+        }
+    }
 }
 
 fn default_budget_failures() -> u32 {

@@ -87,6 +87,8 @@ enum Command {
         #[arg(long, default_value = "2m")]
         bmc_watch_interval: String,
         #[command(flatten)]
+        breaker: BreakerArgs,
+        #[command(flatten)]
         kube: KubeArgs,
         #[command(flatten)]
         boot: BootArgs,
@@ -560,6 +562,70 @@ impl KubeArgs {
     }
 }
 
+/// The fleet-wide circuit breaker on automatic reimages (every namespace together). Each
+/// namespace also has its own, set in its RemediationPolicy (spec.breaker); this one is the
+/// operator's, so no tenant can raise or reset it.
+#[derive(clap::Args, Clone)]
+struct BreakerArgs {
+    /// Automatic reimages that may start fleet-wide within --fleet-breaker-window before the
+    /// breaker opens: a count or a percentage of all endpoints. Unset: 2%, at least 5, at
+    /// most 100.
+    #[arg(long, env = "RECAST_FLEET_BREAKER_MAX_STARTS")]
+    fleet_breaker_max_starts: Option<String>,
+    #[arg(long, default_value = "1h", env = "RECAST_FLEET_BREAKER_WINDOW")]
+    fleet_breaker_window: String,
+    /// Turn the fleet-wide breaker off (each namespace's own still works).
+    #[arg(long)]
+    no_fleet_breaker: bool,
+}
+
+impl BreakerArgs {
+    /// The settings, with the reset namespace filled in by the backend (None: off).
+    fn settings(&self) -> Result<Option<recast_operator::controller::FleetBreaker>, String> {
+        if self.no_fleet_breaker {
+            return Ok(None);
+        }
+        let window = recast_crds::duration::parse(&self.fleet_breaker_window)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                format!(
+                    "--fleet-breaker-window {:?} is not a duration such as 1h or 30m",
+                    self.fleet_breaker_window
+                )
+            })?;
+        let max_starts = match self.fleet_breaker_max_starts.as_deref() {
+            None => None,
+            Some(v) => Some(parse_count_or_percent(v).ok_or_else(|| {
+                format!(
+                    "--fleet-breaker-max-starts {v:?} is not a positive count such as 20 or a percentage such as 2%"
+                )
+            })?),
+        };
+        Ok(Some(recast_operator::controller::FleetBreaker {
+            max_starts,
+            window,
+            ..Default::default()
+        }))
+    }
+}
+
+/// "20" or "2%" (1% to 100%); None for anything else, zero included.
+fn parse_count_or_percent(
+    v: &str,
+) -> Option<k8s_openapi::apimachinery::pkg::util::intstr::IntOrString> {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let v = v.trim();
+    if let Some(p) = v.strip_suffix('%') {
+        let n: u32 = p.parse().ok()?;
+        return (1..=100)
+            .contains(&n)
+            .then(|| IntOrString::String(format!("{n}%")));
+    }
+    let n: i32 = v.parse().ok()?;
+    (n >= 1).then_some(IntOrString::Int(n))
+}
+
 /// The agent gateway (HTTPS, POST /v1/reports); off unless --gateway-listen is given.
 #[derive(clap::Args, Clone)]
 struct GatewayArgs {
@@ -682,6 +748,7 @@ fn main() -> ExitCode {
             listen,
             power_driver,
             bmc_watch_interval,
+            breaker,
             kube: kube_args,
             boot,
             gateway,
@@ -707,6 +774,7 @@ fn main() -> ExitCode {
                 listen,
                 power_driver,
                 bmc_watch_interval,
+                breaker,
                 kube_opts: kube_args,
                 boot_args: boot,
                 gateway_args: gateway,
@@ -744,6 +812,7 @@ struct RunOptions {
     listen: SocketAddr,
     power_driver: PowerDriver,
     bmc_watch_interval: String,
+    breaker: BreakerArgs,
     kube_opts: KubeArgs,
     boot_args: BootArgs,
     gateway_args: GatewayArgs,
@@ -760,6 +829,7 @@ async fn run(opts: RunOptions) -> Result<(), String> {
         listen,
         power_driver,
         bmc_watch_interval,
+        breaker,
         kube_opts,
         boot_args,
         gateway_args,
@@ -775,6 +845,7 @@ async fn run(opts: RunOptions) -> Result<(), String> {
                 "--bmc-watch-interval {bmc_watch_interval:?} is not a duration such as 2m or 30s"
             )
         })?;
+    let fleet_breaker = breaker.settings()?;
     recast_operator::store::private::private_dir(&data_dir)
         .map_err(|e| format!("cannot create --data-dir {}: {e}", data_dir.display()))?;
     let boot_cfg = boot_args.service(&data_dir)?;
@@ -862,14 +933,16 @@ async fn run(opts: RunOptions) -> Result<(), String> {
                     let power = RedfishPower::new(EmbeddedSecrets(store), RedfishTuning::default());
                     let ctrl =
                         Controller::new(backend, Arc::new(power), Arc::new(SystemClock), metrics)
-                            .with_bmc_watch_interval(bmc_watch_interval);
+                            .with_bmc_watch_interval(bmc_watch_interval)
+                            .with_fleet_breaker(fleet_breaker.clone());
                     run_embedded(Arc::new(ctrl), stop_rx, ready).await
                 }
                 PowerDriver::Record => {
                     let power = RecordingPower::default();
                     let ctrl =
                         Controller::new(backend, Arc::new(power), Arc::new(SystemClock), metrics)
-                            .with_bmc_watch_interval(bmc_watch_interval);
+                            .with_bmc_watch_interval(bmc_watch_interval)
+                            .with_fleet_breaker(fleet_breaker.clone());
                     run_embedded(Arc::new(ctrl), stop_rx, ready).await
                 }
             };
@@ -893,6 +966,7 @@ async fn run(opts: RunOptions) -> Result<(), String> {
                 image_store: Some(image_store),
                 deep_check_limits,
                 bmc_watch_interval,
+                fleet_breaker: fleet_breaker.clone(),
             };
             if role == Role::Boot {
                 return run_boot_role(

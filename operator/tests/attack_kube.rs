@@ -768,6 +768,7 @@ fn a_tenant_cannot_claim_another_tenants_machine() {
         let opts = KubeOptions {
             image_store: None,
             bmc_watch_interval: recast_operator::controller::bmc_watch::DEFAULT_INTERVAL,
+            fleet_breaker: Some(Default::default()),
             lease_namespace: ctl.to_string(),
             identity: "attack-lookup".into(),
             lease_duration: Duration::from_secs(4),

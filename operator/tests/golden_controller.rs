@@ -514,6 +514,7 @@ async fn on_the_apiserver_the_controller_verifies_and_promotes() {
     let opts = recast_operator::controller::kube::KubeOptions {
         image_store: None,
         bmc_watch_interval: recast_operator::controller::bmc_watch::DEFAULT_INTERVAL,
+        fleet_breaker: Some(Default::default()),
         deep_check_limits: Default::default(),
         lease_namespace: ns.clone(),
         identity: "test".into(),

@@ -50,6 +50,7 @@ impl Cluster {
         let opts = KubeOptions {
             image_store: None,
             bmc_watch_interval: recast_operator::controller::bmc_watch::DEFAULT_INTERVAL,
+            fleet_breaker: Some(Default::default()),
             deep_check_limits: Default::default(),
             lease_namespace: self.ns.clone(),
             identity: "test".into(),

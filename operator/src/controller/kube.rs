@@ -47,6 +47,8 @@ pub struct KubeOptions {
     pub bmc_watch_interval: Duration,
     /// Limits of the image controller's sandboxed deep check.
     pub deep_check_limits: recast_golden::sandbox::Limits,
+    /// The fleet-wide breaker (its reset lives in the control namespace); None: off.
+    pub fleet_breaker: Option<super::FleetBreaker>,
 }
 
 impl KubeOptions {
@@ -129,7 +131,11 @@ fn build_controller<P: PowerControl>(
     }
     let ctrl = Arc::new(
         Controller::new(backend, power, Arc::new(crate::clock::SystemClock), metrics)
-            .with_bmc_watch_interval(opts.bmc_watch_interval),
+            .with_bmc_watch_interval(opts.bmc_watch_interval)
+            .with_fleet_breaker(opts.fleet_breaker.clone().map(|b| super::FleetBreaker {
+                reset_namespace: opts.control_namespace.clone(),
+                ..b
+            })),
     );
     Ok((ctrl, inbox_index))
 }

@@ -46,6 +46,29 @@ pub struct Controller<B: Backend, P: PowerControl> {
     key_locks: std::sync::Mutex<std::collections::HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
     /// How often the lease holder reads silent endpoints' BMC event logs.
     pub bmc_watch_interval: Duration,
+    /// The fleet-wide circuit breaker (the operator's flags; None: off).
+    pub fleet_breaker: Option<FleetBreaker>,
+}
+
+/// The fleet-wide breaker across every namespace: set by the operator's flags, never by a
+/// tenant; a person resets it on the RemediationPolicy "default" of `reset_namespace` (the
+/// operator's own namespace, where tenants cannot write).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FleetBreaker {
+    /// None: 2% of all endpoints, at least 5 and at most 100.
+    pub max_starts: Option<k8s_openapi::apimachinery::pkg::util::intstr::IntOrString>,
+    pub window: Duration,
+    pub reset_namespace: String,
+}
+
+impl Default for FleetBreaker {
+    fn default() -> Self {
+        FleetBreaker {
+            max_starts: None,
+            window: Duration::from_secs(3600),
+            reset_namespace: recast_crds::DEFAULT_NAMESPACE.to_string(),
+        }
+    }
 }
 
 /// At most this many inputs are processed in one reconcile (a guard against a loop).
@@ -69,7 +92,48 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
             wave_due: Default::default(),
             key_locks: Default::default(),
             bmc_watch_interval: bmc_watch::DEFAULT_INTERVAL,
+            fleet_breaker: Some(FleetBreaker::default()),
         }
+    }
+
+    /// The fleet-wide breaker's settings (None turns it off).
+    pub fn with_fleet_breaker(mut self, breaker: Option<FleetBreaker>) -> Self {
+        self.fleet_breaker = breaker;
+        self
+    }
+
+    /// The fleet-wide breaker's settings with its last reset, read from the RemediationPolicy
+    /// "default" of its reset namespace.
+    async fn fleet_breaker_settings(
+        &self,
+    ) -> Result<Option<recast_core::fleet::BreakerSettings>, BackendError> {
+        let Some(fb) = &self.fleet_breaker else {
+            return Ok(None);
+        };
+        let reset = match self
+            .backend
+            .policy(
+                &fb.reset_namespace,
+                recast_crds::policy::DEFAULT_POLICY_NAME,
+            )
+            .await?
+        {
+            Some(p) => {
+                match PolicyView::from_policy(recast_crds::policy::DEFAULT_POLICY_NAME, &p) {
+                    Ok(v) => v.breaker_reset,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the fleet breaker's reset cannot be read; it counts every automatic start");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        Ok(Some(recast_core::fleet::BreakerSettings {
+            max_starts: fb.max_starts.clone(),
+            window: fb.window,
+            reset,
+        }))
     }
 
     /// Reads silent endpoints' BMC event logs this often instead of every two minutes.
@@ -283,18 +347,29 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
         let wave = self.wave_view_for(key, &status).await?;
         let uid = ep.metadata.uid.clone().unwrap_or_default();
         let view = EndpointView {
+            namespace: key.namespace.as_str(),
             name: key.name.as_str(),
             uid: &uid,
             generation: ep.metadata.generation,
             spec: &ep.spec,
             status: &status,
         };
+        let namespace_breaker = recast_core::fleet::BreakerSettings {
+            max_starts: policy.breaker_max_starts.clone(),
+            window: policy.breaker_window,
+            reset: policy.breaker_reset,
+        };
+        let fleet_breaker = self.fleet_breaker_settings().await?;
         let decide_now = |now: Timestamp| {
             let fleet = self.index().view_for(
                 &key.to_string(),
                 ep.spec.site.as_deref(),
                 now,
                 policy.budget_window,
+                recast_core::fleet::Breakers {
+                    namespace: &namespace_breaker,
+                    fleet: fleet_breaker.as_ref(),
+                },
             );
             let ctx = Context {
                 now,

@@ -319,7 +319,7 @@ pub async fn policy_of<S: ContextStore>(
     let named = ep.spec.policy_ref.as_deref();
     let name = named.unwrap_or(DEFAULT_POLICY_NAME);
     match store.policy(ns, name).await? {
-        Some(p) => match PolicyView::from_spec(name, &p.spec) {
+        Some(p) => match PolicyView::from_policy(name, &p) {
             Ok(v) => Ok((v, None)),
             Err(e) => Ok((PolicyView::built_in(), Some(e.to_string()))),
         },

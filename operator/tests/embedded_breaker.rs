@@ -1,0 +1,208 @@
+//! The circuit breaker on the embedded store (SQLite), with 1,000 endpoints that all report a
+//! failed rollback within a minute (breaker_sim): a namespace's breaker lets its limit start
+//! and holds the rest until a person resets it, while another tenant keeps its own; the
+//! fleet-wide breaker (the operator's) holds every namespace. kube_breaker.rs runs the same on
+//! the real kube-apiserver.
+
+mod breaker_sim;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use breaker_sim::{ManualClock, Sim, Tenant, controller};
+use recast_crds::manifest::Kind;
+use recast_operator::controller::FleetBreaker;
+use recast_operator::store::embedded::{EmbeddedBackend, EmbeddedStore};
+use serde_json::json;
+
+const FLOOD: usize = 1_000;
+const QUIET: usize = 20;
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("recast-breaker-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// Two tenants: "flood" (1,000 endpoints, breaker at 7 starts an hour) and "quiet" (20, at 3).
+fn fleet(name: &str) -> Arc<EmbeddedStore> {
+    let store = Arc::new(EmbeddedStore::open(&temp_dir(name)).unwrap());
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    for ns in ["flood", "quiet"] {
+        for (_, doc) in recast_operator::manifests::load(&examples).unwrap() {
+            if doc.value["kind"] == "GoldenImage"
+                && doc.value["metadata"]["name"] == breaker_sim::IMAGE
+            {
+                let (_, name, _) = store.apply(&doc.value, ns).unwrap();
+                store
+                    .write_status(
+                        Kind::GoldenImage,
+                        ns,
+                        &name,
+                        None,
+                        &recast_tests::inputs::verified_image_status(),
+                    )
+                    .unwrap();
+            }
+        }
+    }
+    store.apply(&breaker_sim::policy(7), "flood").unwrap();
+    store.apply(&breaker_sim::policy(3), "quiet").unwrap();
+    for ep in breaker_sim::endpoints(FLOOD, 1) {
+        store.apply(&ep, "flood").unwrap();
+    }
+    for ep in breaker_sim::endpoints(QUIET, 2) {
+        store.apply(&ep, "quiet").unwrap();
+    }
+    store
+}
+
+fn tenants() -> [Tenant; 2] {
+    [
+        Tenant {
+            ns: "flood".into(),
+            size: FLOOD,
+        },
+        Tenant {
+            ns: "quiet".into(),
+            size: QUIET,
+        },
+    ]
+}
+
+/// What `recastctl breaker reset` writes: the reset time on the namespace's policy.
+fn reset(store: &EmbeddedStore, ns: &str, at: jiff::Timestamp) {
+    store
+        .update(Kind::RemediationPolicy, ns, "default", |obj| {
+            obj["metadata"]["annotations"] = json!({
+                recast_crds::policy::BREAKER_RESET_ANNOTATION: recast_core::time::format(at),
+            });
+            Ok(())
+        })
+        .unwrap();
+}
+
+fn breaker_warnings(store: &EmbeddedStore, ns: &str, size: usize) -> usize {
+    (0..size)
+        .map(|i| {
+            store
+                .events(Kind::Endpoint, ns, &breaker_sim::ep_name(i))
+                .unwrap()
+                .iter()
+                .filter(|e| e.reason == "BreakerOpen" && e.type_ == "Warning")
+                .count()
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn a_namespace_storm_opens_its_breaker_and_the_other_tenant_keeps_its_own() {
+    let store = fleet("ns");
+    let clock = ManualClock::new();
+    // The fleet-wide breaker far above the namespaces' (its own test is below).
+    let fleet_breaker = FleetBreaker {
+        max_starts: Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(500)),
+        ..Default::default()
+    };
+    let sim = Sim {
+        ctrl: controller(
+            EmbeddedBackend {
+                store: store.clone(),
+            },
+            &clock,
+            Some(fleet_breaker),
+        ),
+        clock: clock.clone(),
+    };
+    let [flood, quiet] = tenants();
+    sim.all_ready(&[flood, quiet]).await;
+    let [flood, quiet] = tenants();
+
+    // Every flood endpoint reports a failed rollback within a minute.
+    sim.storm(&flood, 0, FLOOD).await;
+    let c = sim.count(&flood).await;
+    assert_eq!(c.attempted, 7, "the breaker's limit, and not one more");
+    assert_eq!(c.held_by_breaker, FLOOD - 7);
+    let msg = c.message.unwrap();
+    assert!(
+        msg.starts_with("circuit breaker open in namespace flood: 7 automatic reimages started within 1h (limit 7)")
+            && msg.contains("recastctl breaker reset -n flood"),
+        "{msg}"
+    );
+    // Each held endpoint said so once, as a Warning.
+    assert_eq!(breaker_warnings(&store, "flood", FLOOD), FLOOD - 7);
+
+    // The other tenant keeps its own budget: its failed rollbacks are reimaged.
+    sim.storm(&quiet, 0, 2).await;
+    assert_eq!(sim.count(&quiet).await.attempted, 2);
+
+    // The window passes: the breaker stays open (it waits for a person), nothing new starts,
+    // and no second Warning is raised.
+    clock.advance(2 * 3600);
+    sim.pass(&flood).await;
+    assert_eq!(sim.count(&flood).await.attempted, 7);
+    assert_eq!(breaker_warnings(&store, "flood", FLOOD), FLOOD - 7);
+
+    // A person resets it: the next ones start, up to the limit again (the paced rate), and
+    // the breaker opens again.
+    reset(&store, "flood", clock.now_for_test());
+    clock.advance(60);
+    sim.pass(&flood).await;
+    let c = sim.count(&flood).await;
+    assert_eq!(c.attempted, 14, "seven more after the reset");
+    assert_eq!(c.held_by_breaker, FLOOD - 14);
+}
+
+#[tokio::test]
+async fn the_fleet_breaker_holds_every_namespace_until_the_operator_resets_it() {
+    let store = fleet("fleet");
+    let clock = ManualClock::new();
+    let fleet_breaker = FleetBreaker {
+        max_starts: Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(5)),
+        reset_namespace: "ops".into(),
+        ..Default::default()
+    };
+    let sim = Sim {
+        ctrl: controller(
+            EmbeddedBackend {
+                store: store.clone(),
+            },
+            &clock,
+            Some(fleet_breaker),
+        ),
+        clock: clock.clone(),
+    };
+    let [flood, quiet] = tenants();
+    sim.all_ready(&[flood, quiet]).await;
+    let [flood, quiet] = tenants();
+    sim.storm(&flood, 0, FLOOD).await;
+    assert_eq!(sim.count(&flood).await.attempted, 5);
+    // The quiet tenant's own breaker is closed, but the fleet's is open: held too.
+    sim.storm(&quiet, 0, 2).await;
+    let c = sim.count(&quiet).await;
+    assert_eq!(c.attempted, 0);
+    assert_eq!(c.held_by_breaker, 2);
+    assert!(
+        c.message
+            .unwrap()
+            .starts_with("circuit breaker open in the whole fleet: 5 automatic reimages"),
+    );
+    // A tenant resetting its own namespace does not reset the fleet's.
+    reset(&store, "flood", clock.now_for_test());
+    clock.advance(60);
+    sim.pass(&quiet).await;
+    assert_eq!(sim.count(&quiet).await.attempted, 0);
+    // The operator's reset (the policy "default" of its namespace) does.
+    store
+        .apply(
+            &json!({"apiVersion": "recast.dev/v1alpha1", "kind": "RemediationPolicy",
+                    "metadata": {"name": "default", "annotations": {
+                        recast_crds::policy::BREAKER_RESET_ANNOTATION: recast_core::time::format(clock.now_for_test())}},
+                    "spec": {}}),
+            "ops",
+        )
+        .unwrap();
+    clock.advance(60);
+    sim.pass(&quiet).await;
+    assert_eq!(sim.count(&quiet).await.attempted, 2);
+}
