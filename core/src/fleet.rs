@@ -51,6 +51,9 @@ pub struct Breakers<'a> {
     pub namespace: &'a BreakerSettings,
     /// The fleet-wide one, set by the operator's flags (None: off).
     pub fleet: Option<&'a BreakerSettings>,
+    /// The operator's ceiling on attempts running fleet-wide (None: none), above every
+    /// namespace's own limit.
+    pub fleet_ceiling: Option<u32>,
 }
 
 /// Which breaker is open.
@@ -100,8 +103,11 @@ pub struct FleetIndex {
     active: u32,
     /// Every entry's failure times, with how many entries failed at each.
     failures: BTreeMap<Timestamp, u32>,
-    /// Endpoints per namespace.
+    /// Endpoints per namespace, and of those with an attempt running.
     namespaces: HashMap<String, u32>,
+    namespace_active: HashMap<String, u32>,
+    /// Failure times per namespace (the failure budget is each namespace's own).
+    namespace_failures: HashMap<String, Times>,
     /// Automatic attempt starts per namespace, and fleet-wide.
     namespace_starts: HashMap<String, Times>,
     all_starts: Times,
@@ -188,6 +194,29 @@ impl FleetIndex {
         step(n);
         if *n == 0 {
             self.namespaces.remove(&e.namespace);
+        }
+        if e.active {
+            let n = self
+                .namespace_active
+                .entry(e.namespace.clone())
+                .or_default();
+            step(n);
+            if *n == 0 {
+                self.namespace_active.remove(&e.namespace);
+            }
+        }
+        for t in &e.failures {
+            self.namespace_failures
+                .entry(e.namespace.clone())
+                .or_default()
+                .step(*t, add);
+        }
+        if self
+            .namespace_failures
+            .get(&e.namespace)
+            .is_some_and(|t| t.0.is_empty())
+        {
+            self.namespace_failures.remove(&e.namespace);
         }
         for t in &e.automatic_starts {
             self.namespace_starts
@@ -282,13 +311,23 @@ impl FleetIndex {
         let me_active = me.is_some_and(|e| e.active);
         let me_active_here =
             me_active && site.is_some() && me.and_then(|e| e.site.as_deref()) == site;
+        let ns = key.split_once('/').map_or("", |(ns, _)| ns);
         FleetView {
-            total: self.entries.len() as u32 + u32::from(me.is_none()),
+            namespace_total: self.namespace_len(ns) + u32::from(me.is_none()),
             site_total: site_count.total + u32::from(me.is_none() && site.is_some()),
-            active_global: self.active.saturating_sub(u32::from(me_active)),
+            active_namespace: self
+                .namespace_active
+                .get(ns)
+                .copied()
+                .unwrap_or(0)
+                .saturating_sub(u32::from(me_active)),
+            active_fleet: self.active.saturating_sub(u32::from(me_active)),
+            fleet_ceiling: breakers.fleet_ceiling,
             active_site: site_count.active.saturating_sub(u32::from(me_active_here)),
             recent_failures: if since <= now {
-                self.failures.range(since..=now).map(|(_, n)| *n).sum()
+                self.namespace_failures
+                    .get(ns)
+                    .map_or(0, |t| t.0.range(since..=now).map(|(_, n)| *n).sum())
             } else {
                 0
             },
@@ -323,6 +362,7 @@ mod tests {
     const NO_BREAKER: Breakers<'static> = Breakers {
         namespace: &NEVER,
         fleet: None,
+        fleet_ceiling: None,
     };
     use recast_crds::endpoint::{Attempt, AttemptRecord, AttemptTrigger, ReimageStep};
 
@@ -386,7 +426,12 @@ mod tests {
             NO_BREAKER,
         );
         assert_eq!(
-            (v.total, v.site_total, v.active_global, v.active_site),
+            (
+                v.namespace_total,
+                v.site_total,
+                v.active_namespace,
+                v.active_site
+            ),
             (4, 3, 2, 1)
         );
         let v = idx.view_for(
@@ -396,7 +441,7 @@ mod tests {
             Duration::from_secs(3600),
             NO_BREAKER,
         );
-        assert_eq!((v.active_global, v.active_site), (3, 2));
+        assert_eq!((v.active_namespace, v.active_site), (3, 2));
         // An endpoint not yet indexed counts itself in the totals.
         let v = idx.view_for(
             "ns/new",
@@ -406,8 +451,26 @@ mod tests {
             NO_BREAKER,
         );
         assert_eq!(
-            (v.total, v.site_total, v.active_global, v.active_site),
+            (
+                v.namespace_total,
+                v.site_total,
+                v.active_namespace,
+                v.active_site
+            ),
             (5, 2, 3, 1)
+        );
+        // Another namespace: its own counts, the fleet's together.
+        idx.upsert("other/x", Some("s1"), &active());
+        let v = idx.view_for(
+            "other/y",
+            Some("s1"),
+            now,
+            Duration::from_secs(3600),
+            NO_BREAKER,
+        );
+        assert_eq!(
+            (v.namespace_total, v.active_namespace, v.active_fleet),
+            (2, 1, 4)
         );
     }
 
@@ -420,22 +483,27 @@ mod tests {
         now: Timestamp,
     ) -> FleetView {
         let mut v = FleetView::default();
+        let ns = |k: &str| k.split_once('/').map(|(n, _)| n.to_string());
         for (k, e) in &idx.entries {
-            v.total += 1;
+            let same_ns = ns(k) == ns(key);
+            v.namespace_total += u32::from(same_ns);
             let same_site = site.is_some() && e.site.as_deref() == site;
             v.site_total += u32::from(same_site);
-            v.recent_failures += e
-                .failures
-                .iter()
-                .filter(|t| **t >= since && **t <= now)
-                .count() as u32;
+            if same_ns {
+                v.recent_failures += e
+                    .failures
+                    .iter()
+                    .filter(|t| **t >= since && **t <= now)
+                    .count() as u32;
+            }
             if k != key && e.active {
-                v.active_global += 1;
+                v.active_fleet += 1;
+                v.active_namespace += u32::from(same_ns);
                 v.active_site += u32::from(same_site);
             }
         }
         if !idx.entries.contains_key(key) {
-            v.total += 1;
+            v.namespace_total += 1;
             v.site_total += u32::from(site.is_some());
         }
         v
@@ -450,7 +518,8 @@ mod tests {
         ) {
             let mut idx = FleetIndex::default();
             for (k, site, running, failed_day, remove) in ops {
-                let key = format!("ns/{k}");
+                // Two namespaces: each keeps its own counts.
+                let key = format!("ns{}/{k}", k % 2);
                 if remove {
                     idx.remove(&key);
                     continue;
@@ -466,15 +535,15 @@ mod tests {
                 idx.upsert(&key, site.as_deref(), &st);
             }
             let now: Timestamp = "2026-01-14T10:00:00Z".parse().unwrap();
-            let key = format!("ns/{asked}");
+            let key = format!("ns{}/{asked}", asked % 2);
             let site = asked_site.map(|s| format!("s{s}"));
             for window in [3600u64, 2 * 86400, 30 * 86400] {
                 let since = now.checked_sub(jiff::SignedDuration::from_secs(window as i64)).unwrap();
                 let v = idx.view_for(&key, site.as_deref(), now, Duration::from_secs(window), NO_BREAKER);
                 let r = recount(&idx, &key, site.as_deref(), since, now);
                 proptest::prop_assert_eq!(
-                    (v.total, v.site_total, v.active_global, v.active_site, v.recent_failures),
-                    (r.total, r.site_total, r.active_global, r.active_site, r.recent_failures)
+                    (v.namespace_total, v.site_total, v.active_namespace, v.active_fleet, v.active_site, v.recent_failures),
+                    (r.namespace_total, r.site_total, r.active_namespace, r.active_fleet, r.active_site, r.recent_failures)
                 );
             }
             proptest::prop_assert_eq!(idx.active(), idx.entries.values().filter(|e| e.active).count() as u32);

@@ -47,14 +47,22 @@ pub struct ImageView {
     pub minimum_build: Option<Build>,
 }
 
-/// Fleet-wide facts for concurrency and the failure budget. Counts exclude this endpoint.
+/// What the limits need from the rest of the fleet. Counts exclude this endpoint. A policy's
+/// limits and failure budget are its namespace's own (one tenant can neither take every slot
+/// nor halt everyone); the operator's ceiling bounds the whole fleet.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FleetView {
-    pub total: u32,
+    /// Endpoints in this endpoint's namespace.
+    pub namespace_total: u32,
     pub site_total: u32,
-    pub active_global: u32,
+    /// Attempts running in this endpoint's namespace.
+    pub active_namespace: u32,
+    /// Attempts running fleet-wide, and the operator's ceiling on them (None: none).
+    pub active_fleet: u32,
+    pub fleet_ceiling: Option<u32>,
     pub active_site: u32,
-    /// Attempts that failed (ended Quarantined) within the policy's failure-budget window.
+    /// Attempts in this endpoint's namespace that failed (ended Quarantined) within the
+    /// policy's failure-budget window.
     pub recent_failures: u32,
     /// The circuit breaker that stops this endpoint's automatic reimages, when one is open.
     pub breaker: Option<(crate::fleet::BreakerScope, crate::breaker::Trip)>,
@@ -1080,7 +1088,8 @@ impl<'a> Run<'a> {
             let f = self.ctx.fleet;
             if f.recent_failures >= self.ctx.policy.budget_max_failures {
                 return Some(format!(
-                    "remediation halted fleet-wide: {} attempts failed within {} (budget {}); investigate, then raise the budget or wait",
+                    "remediation halted in namespace {}: {} attempts failed within {} (budget {}); investigate, then raise the budget or wait",
+                    self.ep.namespace,
                     f.recent_failures,
                     recast_crds::duration::format(self.ctx.policy.budget_window),
                     self.ctx.policy.budget_max_failures
@@ -1102,11 +1111,19 @@ impl<'a> Run<'a> {
             }
         }
         let f = self.ctx.fleet;
-        let global = self.ctx.policy.global_limit(f.total.max(1));
-        if f.active_global >= global {
+        if let Some(ceiling) = f.fleet_ceiling
+            && f.active_fleet >= ceiling
+        {
             return Some(format!(
-                "waiting for a slot: {}/{global} reimages running fleet-wide",
-                f.active_global
+                "waiting for a slot: {}/{ceiling} reimages running fleet-wide (the operator's --max-concurrent-reimages)",
+                f.active_fleet
+            ));
+        }
+        let global = self.ctx.policy.global_limit(f.namespace_total.max(1));
+        if f.active_namespace >= global {
+            return Some(format!(
+                "waiting for a slot: {}/{global} reimages running in namespace {} (the policy's concurrency.global)",
+                f.active_namespace, self.ep.namespace
             ));
         }
         if let Some(site_limit) = self.ctx.policy.per_site_limit(f.site_total.max(1))

@@ -102,7 +102,7 @@ impl One {
             policy: PolicyView::built_in(),
             image: Some(image(true)),
             fleet: FleetView {
-                total: 10,
+                namespace_total: 10,
                 site_total: 5,
                 ..Default::default()
             },
@@ -869,17 +869,21 @@ fn inputs_for_another_attempt_are_ignored() {
 #[test]
 fn concurrency_limits_hold_automatic_and_manual_reimages() {
     let mut e = healthy(true);
-    e.fleet.active_global = 10;
+    e.fleet.active_namespace = 10;
     e.feed(signals(&[SignalKind::BootCrash]));
     assert_eq!(e.state(), State::ReimageScheduled);
-    assert!(e.status.message.as_deref().unwrap().contains("10/10"));
+    assert!(
+        e.status.message.as_deref().unwrap().contains(
+            "10/10 reimages running in namespace default (the policy's concurrency.global)"
+        )
+    );
     e.spec.reimage_request = Some(ReimageRequest {
         token: "t".into(),
         reason: "x".into(),
     });
     e.feed(Input::Reconcile);
     assert_eq!(e.state(), State::ReimageScheduled);
-    e.fleet.active_global = 1;
+    e.fleet.active_namespace = 1;
     e.policy.per_site_limit =
         Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1));
     e.fleet.active_site = 1;
@@ -897,6 +901,24 @@ fn concurrency_limits_hold_automatic_and_manual_reimages() {
 }
 
 #[test]
+fn the_operators_ceiling_bounds_the_fleet_whatever_a_namespace_allows() {
+    let mut e = healthy(true);
+    // This namespace has room (1 of 10), the fleet does not (100 of 100).
+    e.fleet.active_namespace = 1;
+    e.fleet.active_fleet = 100;
+    e.fleet.fleet_ceiling = Some(100);
+    e.feed(signals(&[SignalKind::BootCrash]));
+    assert_eq!(e.state(), State::ReimageScheduled);
+    assert!(e.status.message.as_deref().unwrap().contains(
+        "100/100 reimages running fleet-wide (the operator's --max-concurrent-reimages)"
+    ));
+    // No ceiling: the namespace's own limit decides.
+    e.fleet.fleet_ceiling = None;
+    e.feed(Input::Reconcile);
+    assert_eq!(e.state(), State::ArmingBoot);
+}
+
+#[test]
 fn the_failure_budget_halts_automatic_remediation_only() {
     let mut e = healthy(true);
     e.fleet.recent_failures = 3;
@@ -907,7 +929,7 @@ fn the_failure_budget_halts_automatic_remediation_only() {
             .message
             .as_deref()
             .unwrap()
-            .contains("halted fleet-wide")
+            .contains("halted in namespace default")
     );
     e.spec.reimage_request = Some(ReimageRequest {
         token: "t".into(),
@@ -1285,6 +1307,7 @@ impl Fleet {
             crate::fleet::Breakers {
                 namespace: &settings,
                 fleet: None,
+                fleet_ceiling: None,
             },
         );
         let wave = self

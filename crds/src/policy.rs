@@ -12,7 +12,8 @@ use crate::common::MaintenanceWindow;
 pub const DEFAULT_POLICY_NAME: &str = "default";
 
 /// Decides, per signal, whether recast reimages now, in the maintenance window, only alerts, or
-/// ignores it; and bounds retries, concurrency and the fleet-wide failure budget.
+/// ignores it; and bounds retries, concurrency, the failure budget and the circuit breaker of
+/// its namespace (each namespace's are its own; the operator's flags bound the whole fleet).
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "recast.dev",
@@ -189,8 +190,9 @@ impl Default for RetryPolicy {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConcurrencyLimits {
-    /// Endpoints reimaging at once across the fleet (automatic remediation and waves together):
-    /// a count or a percentage of all endpoints (rounded down, at least 1).
+    /// Endpoints reimaging at once in this policy's namespace (automatic remediation and waves
+    /// together): a count or a percentage of the namespace's endpoints (rounded down, at least
+    /// 1). The operator's --max-concurrent-reimages bounds all namespaces together.
     #[serde(default = "default_global_limit")]
     #[x_kube(validation = Rule::new("string(self).matches('^([1-9][0-9]{0,5}|([1-9][0-9]?|100)%)$')").message("concurrency.global must be a positive integer or a percentage from 1% to 100%"))]
     pub global: IntOrString,
@@ -213,7 +215,7 @@ impl Default for ConcurrencyLimits {
     }
 }
 
-/// When too many recent attempts failed, automatic remediation stops fleet-wide until a person
+/// When too many recent attempts failed in this namespace, its automatic remediation stops until a person
 /// looks: a bad golden image or a broken boot service must not wipe machine after machine.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]

@@ -577,9 +577,18 @@ struct BreakerArgs {
     /// Turn the fleet-wide breaker off (each namespace's own still works).
     #[arg(long)]
     no_fleet_breaker: bool,
+    /// Reimages running at once across every namespace, whatever each namespace's policy
+    /// allows (its concurrency.global is its own); 0 for no ceiling.
+    #[arg(long, default_value_t = recast_operator::controller::DEFAULT_FLEET_CEILING, env = "RECAST_MAX_CONCURRENT_REIMAGES")]
+    max_concurrent_reimages: u32,
 }
 
 impl BreakerArgs {
+    /// The operator's ceiling on attempts running fleet-wide (None: none).
+    fn ceiling(&self) -> Option<u32> {
+        (self.max_concurrent_reimages > 0).then_some(self.max_concurrent_reimages)
+    }
+
     /// The settings, with the reset namespace filled in by the backend (None: off).
     fn settings(&self) -> Result<Option<recast_operator::controller::FleetBreaker>, String> {
         if self.no_fleet_breaker {
@@ -846,6 +855,7 @@ async fn run(opts: RunOptions) -> Result<(), String> {
             )
         })?;
     let fleet_breaker = breaker.settings()?;
+    let fleet_ceiling = breaker.ceiling();
     recast_operator::store::private::private_dir(&data_dir)
         .map_err(|e| format!("cannot create --data-dir {}: {e}", data_dir.display()))?;
     let boot_cfg = boot_args.service(&data_dir)?;
@@ -934,7 +944,8 @@ async fn run(opts: RunOptions) -> Result<(), String> {
                     let ctrl =
                         Controller::new(backend, Arc::new(power), Arc::new(SystemClock), metrics)
                             .with_bmc_watch_interval(bmc_watch_interval)
-                            .with_fleet_breaker(fleet_breaker.clone());
+                            .with_fleet_breaker(fleet_breaker.clone())
+                            .with_fleet_ceiling(fleet_ceiling);
                     run_embedded(Arc::new(ctrl), stop_rx, ready).await
                 }
                 PowerDriver::Record => {
@@ -942,7 +953,8 @@ async fn run(opts: RunOptions) -> Result<(), String> {
                     let ctrl =
                         Controller::new(backend, Arc::new(power), Arc::new(SystemClock), metrics)
                             .with_bmc_watch_interval(bmc_watch_interval)
-                            .with_fleet_breaker(fleet_breaker.clone());
+                            .with_fleet_breaker(fleet_breaker.clone())
+                            .with_fleet_ceiling(fleet_ceiling);
                     run_embedded(Arc::new(ctrl), stop_rx, ready).await
                 }
             };
@@ -967,6 +979,7 @@ async fn run(opts: RunOptions) -> Result<(), String> {
                 deep_check_limits,
                 bmc_watch_interval,
                 fleet_breaker: fleet_breaker.clone(),
+                fleet_ceiling,
             };
             if role == Role::Boot {
                 return run_boot_role(

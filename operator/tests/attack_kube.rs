@@ -769,6 +769,7 @@ fn a_tenant_cannot_claim_another_tenants_machine() {
             image_store: None,
             bmc_watch_interval: recast_operator::controller::bmc_watch::DEFAULT_INTERVAL,
             fleet_breaker: Some(Default::default()),
+            fleet_ceiling: Some(recast_operator::controller::DEFAULT_FLEET_CEILING),
             lease_namespace: ctl.to_string(),
             identity: "attack-lookup".into(),
             lease_duration: Duration::from_secs(4),

@@ -206,3 +206,91 @@ async fn the_fleet_breaker_holds_every_namespace_until_the_operator_resets_it() 
     sim.pass(&quiet).await;
     assert_eq!(sim.count(&quiet).await.attempted, 2);
 }
+
+/// Per-namespace accounting: a tenant whose storm fills its own slots and spends its own
+/// failure budget neither takes the other tenant's slots nor halts it.
+#[tokio::test]
+async fn one_tenants_storm_uses_its_own_slots_and_budget() {
+    let store = Arc::new(EmbeddedStore::open(&temp_dir("accounting")).unwrap());
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    for ns in ["flood", "quiet"] {
+        for (_, doc) in recast_operator::manifests::load(&examples).unwrap() {
+            if doc.value["kind"] == "GoldenImage"
+                && doc.value["metadata"]["name"] == breaker_sim::IMAGE
+            {
+                let (_, name, _) = store.apply(&doc.value, ns).unwrap();
+                store
+                    .write_status(
+                        Kind::GoldenImage,
+                        ns,
+                        &name,
+                        None,
+                        &recast_tests::inputs::verified_image_status(),
+                    )
+                    .unwrap();
+            }
+        }
+    }
+    store
+        .apply(&breaker_sim::policy_with(5, 2), "flood")
+        .unwrap();
+    store
+        .apply(&breaker_sim::policy_with(3, 2), "quiet")
+        .unwrap();
+    for ep in breaker_sim::endpoints(FLOOD, 1) {
+        store.apply(&ep, "flood").unwrap();
+    }
+    for ep in breaker_sim::endpoints(QUIET, 2) {
+        store.apply(&ep, "quiet").unwrap();
+    }
+    let clock = ManualClock::new();
+    let sim = Sim {
+        ctrl: controller(
+            EmbeddedBackend {
+                store: store.clone(),
+            },
+            &clock,
+            None,
+        ),
+        clock: clock.clone(),
+    };
+    let [flood, quiet] = tenants();
+    sim.all_ready(&[flood, quiet]).await;
+    let [flood, quiet] = tenants();
+
+    // The flood fills its own five slots and waits for them.
+    sim.storm(&flood, 0, FLOOD).await;
+    assert_eq!(sim.running(&flood).await, 5);
+    assert_eq!(
+        sim.held_with(
+            &flood,
+            "waiting for a slot: 5/5 reimages running in namespace flood"
+        )
+        .await,
+        FLOOD - 5
+    );
+    // The quiet tenant's slots are its own.
+    sim.storm(&quiet, 0, 2).await;
+    assert_eq!(sim.running(&quiet).await, 2);
+
+    // The flood's attempts fail: its failure budget (2) is spent and it halts...
+    assert_eq!(sim.fail_running(&flood).await, 5);
+    clock.advance(60);
+    sim.pass(&flood).await;
+    assert_eq!(sim.running(&flood).await, 0);
+    assert!(
+        sim.held_with(&flood, "remediation halted in namespace flood")
+            .await
+            > 0,
+        "the flood halts on its own budget"
+    );
+    // ...while the quiet tenant goes on: a third failed rollback there starts at once.
+    sim.storm(&quiet, 2, 3).await;
+    assert_eq!(sim.running(&quiet).await, 3);
+    // And the flood's halt says it is the flood's own.
+    assert_eq!(
+        sim.held_with(&quiet, "remediation halted").await,
+        0,
+        "another tenant's failures never halt this one"
+    );
+}

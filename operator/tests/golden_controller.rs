@@ -515,6 +515,7 @@ async fn on_the_apiserver_the_controller_verifies_and_promotes() {
         image_store: None,
         bmc_watch_interval: recast_operator::controller::bmc_watch::DEFAULT_INTERVAL,
         fleet_breaker: Some(Default::default()),
+        fleet_ceiling: Some(recast_operator::controller::DEFAULT_FLEET_CEILING),
         deep_check_limits: Default::default(),
         lease_namespace: ns.clone(),
         identity: "test".into(),

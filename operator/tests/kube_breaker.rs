@@ -57,6 +57,7 @@ impl Cluster {
             image_store: None,
             bmc_watch_interval: recast_operator::controller::bmc_watch::DEFAULT_INTERVAL,
             fleet_breaker: None,
+            fleet_ceiling: Some(recast_operator::controller::DEFAULT_FLEET_CEILING),
             deep_check_limits: Default::default(),
             lease_namespace: self.ns.clone(),
             identity: "test".into(),

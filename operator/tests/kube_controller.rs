@@ -565,6 +565,7 @@ async fn a_status_write_on_a_stale_spec_is_refused() {
         image_store: None,
         bmc_watch_interval: recast_operator::controller::bmc_watch::DEFAULT_INTERVAL,
         fleet_breaker: Some(Default::default()),
+        fleet_ceiling: Some(recast_operator::controller::DEFAULT_FLEET_CEILING),
         deep_check_limits: Default::default(),
         lease_namespace: site.ns.clone(),
         identity: "test".into(),

@@ -49,6 +49,8 @@ pub struct KubeOptions {
     pub deep_check_limits: recast_golden::sandbox::Limits,
     /// The fleet-wide breaker (its reset lives in the control namespace); None: off.
     pub fleet_breaker: Option<super::FleetBreaker>,
+    /// The ceiling on attempts running fleet-wide (None: none).
+    pub fleet_ceiling: Option<u32>,
 }
 
 impl KubeOptions {
@@ -135,7 +137,8 @@ fn build_controller<P: PowerControl>(
             .with_fleet_breaker(opts.fleet_breaker.clone().map(|b| super::FleetBreaker {
                 reset_namespace: opts.control_namespace.clone(),
                 ..b
-            })),
+            }))
+            .with_fleet_ceiling(opts.fleet_ceiling),
     );
     Ok((ctrl, inbox_index))
 }

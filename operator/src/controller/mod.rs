@@ -48,7 +48,13 @@ pub struct Controller<B: Backend, P: PowerControl> {
     pub bmc_watch_interval: Duration,
     /// The fleet-wide circuit breaker (the operator's flags; None: off).
     pub fleet_breaker: Option<FleetBreaker>,
+    /// The operator's ceiling on attempts running fleet-wide, above every namespace's own
+    /// limit (None: none).
+    pub fleet_ceiling: Option<u32>,
 }
+
+/// The default ceiling on attempts running fleet-wide (`--max-concurrent-reimages`).
+pub const DEFAULT_FLEET_CEILING: u32 = 100;
 
 /// The fleet-wide breaker across every namespace: set by the operator's flags, never by a
 /// tenant; a person resets it on the RemediationPolicy "default" of `reset_namespace` (the
@@ -93,7 +99,14 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
             key_locks: Default::default(),
             bmc_watch_interval: bmc_watch::DEFAULT_INTERVAL,
             fleet_breaker: Some(FleetBreaker::default()),
+            fleet_ceiling: Some(DEFAULT_FLEET_CEILING),
         }
+    }
+
+    /// The operator's ceiling on attempts running fleet-wide (None: none).
+    pub fn with_fleet_ceiling(mut self, ceiling: Option<u32>) -> Self {
+        self.fleet_ceiling = ceiling;
+        self
     }
 
     /// The fleet-wide breaker's settings (None turns it off).
@@ -369,6 +382,7 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
                 recast_core::fleet::Breakers {
                     namespace: &namespace_breaker,
                     fleet: fleet_breaker.as_ref(),
+                    fleet_ceiling: self.fleet_ceiling,
                 },
             );
             let ctx = Context {

@@ -68,6 +68,21 @@ pub fn policy(max_starts: u32) -> Value {
     })
 }
 
+/// A policy with its own concurrency limit and failure budget, the breaker out of the way.
+pub fn policy_with(global: u32, max_failed: u32) -> Value {
+    json!({
+        "apiVersion": "recast.dev/v1alpha1", "kind": "RemediationPolicy",
+        "metadata": {"name": "default"},
+        "spec": {
+            "concurrency": {"global": global},
+            "cooldown": "1m",
+            "retry": {"maxTries": 1, "backoff": "1m", "tryTimeout": "2h"},
+            "failureBudget": {"maxFailedAttempts": max_failed, "window": "1h"},
+            "breaker": {"maxStarts": 10000, "window": "1h"}
+        }
+    })
+}
+
 /// `n` endpoints on the January image; `tenant` keeps their MAC addresses apart from another
 /// tenant's (a MAC names one machine fleet-wide).
 pub fn endpoints(n: usize, tenant: u8) -> Vec<Value> {
@@ -192,6 +207,76 @@ impl<B: Backend> Sim<B> {
                 .await
                 .unwrap();
         }
+    }
+
+    /// Every running attempt of a tenant fails its imaging (one try each: quarantined).
+    pub async fn fail_running(&self, t: &Tenant) -> usize {
+        let mut failed = 0;
+        for i in 0..t.size {
+            let name = ep_name(i);
+            let Some(a) = self.status(&t.ns, &name).await.active_attempt else {
+                continue;
+            };
+            let k = Self::key(&t.ns, &name);
+            self.ctrl
+                .reconcile(
+                    &k,
+                    Input::NetworkBooted {
+                        attempt_id: a.id.clone(),
+                        try_number: None,
+                        client: None,
+                    },
+                )
+                .await
+                .unwrap();
+            self.ctrl
+                .reconcile(
+                    &k,
+                    Input::ImagingFinished {
+                        attempt_id: a.id.clone(),
+                        try_number: None,
+                        result: Err("apply: the disk is failing".into()),
+                        refusal: None,
+                    },
+                )
+                .await
+                .unwrap();
+            failed += 1;
+        }
+        failed
+    }
+
+    /// Endpoints of a tenant whose message starts with `prefix`.
+    pub async fn held_with(&self, t: &Tenant, prefix: &str) -> usize {
+        let mut n = 0;
+        for i in 0..t.size {
+            if self
+                .status(&t.ns, &ep_name(i))
+                .await
+                .message
+                .as_deref()
+                .is_some_and(|m| m.starts_with(prefix))
+            {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Endpoints of a tenant with an attempt running now.
+    pub async fn running(&self, t: &Tenant) -> usize {
+        let mut n = 0;
+        for i in 0..t.size {
+            if self
+                .status(&t.ns, &ep_name(i))
+                .await
+                .active_attempt
+                .is_some()
+            {
+                n += 1;
+            }
+        }
+        n
     }
 
     pub async fn count(&self, t: &Tenant) -> Count {
