@@ -280,6 +280,8 @@ struct Run<'a> {
     notices: Vec<Notice>,
     requeue: Option<Duration>,
     edge: Option<Edge>,
+    /// An automatic reimage is wanted and an open circuit breaker holds it.
+    breaker_held: bool,
 }
 
 /// The lifecycle's one entry point.
@@ -293,6 +295,7 @@ pub fn decide(ep: EndpointView<'_>, input: &Input, ctx: Context<'_>) -> Decision
         notices: Vec::new(),
         requeue: None,
         edge: None,
+        breaker_held: false,
     };
     let before = state_of(&run.st);
     run.absorb(input);
@@ -1169,6 +1172,7 @@ impl<'a> Run<'a> {
                 Some(why) => {
                     self.requeue_in(WAIT_REQUEUE);
                     let by_breaker = is_automatic(trigger) && self.ctx.fleet.breaker.is_some();
+                    self.breaker_held = by_breaker;
                     let was = self.st.message.clone();
                     self.settle_phase(quarantined, Some(why.clone()));
                     // An open breaker is a Warning a person must act on: said once per
@@ -1338,16 +1342,16 @@ impl<'a> Run<'a> {
             &format!("{:?}", phase.unwrap_or(EndpointPhase::Pending)),
             self.st.message.clone().unwrap_or_default(),
         );
-        self.condition(
-            "Reimaging",
-            reimaging,
-            if reimaging { "AttemptRunning" } else { "Idle" },
-            self.st
-                .active_attempt
-                .as_ref()
-                .map(|a| format!("attempt {} try {}: {:?}", a.id, a.try_number, a.step))
-                .unwrap_or_default(),
-        );
+        let (reason, message) = match (&self.st.active_attempt, self.breaker_held) {
+            (Some(a), _) => (
+                "AttemptRunning",
+                format!("attempt {} try {}: {:?}", a.id, a.try_number, a.step),
+            ),
+            // A reimage is wanted and the breaker holds it: the condition says why.
+            (None, true) => ("BreakerOpen", self.st.message.clone().unwrap_or_default()),
+            (None, false) => ("Idle", String::new()),
+        };
+        self.condition("Reimaging", reimaging, reason, message);
         let min = self.ctx.image.and_then(|i| i.minimum_build);
         let build = self
             .st

@@ -963,6 +963,18 @@ fn an_open_breaker_stops_automatic_reimages_with_one_warning_and_lets_people_thr
             msg.contains("circuit breaker open") && msg.contains(says),
             "{msg}"
         );
+        // The Reimaging condition says why nothing runs.
+        let c = e
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Reimaging")
+            .unwrap();
+        assert_eq!(
+            (c.status, c.reason.as_str()),
+            (recast_crds::ConditionStatus::False, "BreakerOpen")
+        );
+        assert_eq!(c.message, msg);
         let warnings: Vec<_> = d
             .notices
             .iter()

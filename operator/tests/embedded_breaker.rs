@@ -129,6 +129,18 @@ async fn a_namespace_storm_opens_its_breaker_and_the_other_tenant_keeps_its_own(
             && msg.contains("recastctl breaker reset -n flood"),
         "{msg}"
     );
+    // Its Reimaging condition says why (as `kubectl get rep -o yaml` would show it).
+    let held = sim.status("flood", &breaker_sim::ep_name(FLOOD - 1)).await;
+    let c = held
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Reimaging")
+        .unwrap();
+    assert_eq!(c.reason, "BreakerOpen");
+    assert!(
+        c.message
+            .starts_with("circuit breaker open in namespace flood")
+    );
     // Each held endpoint said so once, as a Warning.
     assert_eq!(breaker_warnings(&store, "flood", FLOOD), FLOOD - 7);
 
