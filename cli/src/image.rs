@@ -829,6 +829,7 @@ fn manifest(a: ManifestArgs) -> Result<u8, Failure> {
         },
         boot_kit: None,
         channels: a.channels.clone(),
+        canary_channels: vec![],
         promotion: None,
     };
     let mut gi = GoldenImage::new(&a.name, spec);

@@ -383,6 +383,9 @@ pub struct WaveInput<'a> {
     pub name: &'a str,
     pub spec: &'a ReimageWaveSpec,
     pub status: &'a ReimageWaveStatus,
+    /// Whether the wave's image is KnownGood. An image that has not proven itself runs only
+    /// the wave's canary batch; the rest waits until it is KnownGood.
+    pub image_known_good: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -789,6 +792,17 @@ impl<'a> Deciding<'a> {
                 )
                 .requeue_after(None)
             }
+            _ if !started && !self.st.batches[i].canary && !self.wave.image_known_good => {
+                NextStep::to(
+                    WavePhase::Pending,
+                    format!(
+                        "the image {} is not KnownGood: a wave onto it runs only its canary batch (strategy.canary), and batch {} waits until it is KnownGood (spec.promotion's soak, or `recastctl image promote {} --reason ...`)",
+                        spec.image,
+                        i + 1,
+                        spec.image
+                    ),
+                )
+            }
             _ if spec.paused => NextStep::to(
                 WavePhase::Paused,
                 format!(
@@ -1180,6 +1194,8 @@ mod tests {
         members: BTreeMap<String, Member>,
         now: Timestamp,
         global_limit: usize,
+        /// Whether the wave's image is KnownGood.
+        known_good: bool,
         /// Endpoints whose attempt fails.
         failing: std::collections::BTreeSet<String>,
         history: Vec<WaveDecision>,
@@ -1198,6 +1214,7 @@ mod tests {
                 candidates,
                 now: t(T0),
                 global_limit: usize::MAX,
+                known_good: true,
                 failing: Default::default(),
                 history: vec![],
             }
@@ -1209,6 +1226,7 @@ mod tests {
                     name: "jan",
                     spec: &self.spec,
                     status: &self.status,
+                    image_known_good: self.known_good,
                 },
                 &self.candidates,
                 &self.members,
@@ -1222,7 +1240,8 @@ mod tests {
                     WaveInput {
                         name: "jan",
                         spec: &self.spec,
-                        status: &self.status
+                        status: &self.status,
+                        image_known_good: self.known_good,
                     },
                     &self.candidates,
                     &self.members,
@@ -1337,6 +1356,44 @@ mod tests {
         assert_eq!(s.run(100), WavePhase::Failed);
         assert!(s.status.batches[1].started_at.is_none());
         assert!(s.status.messages[0].contains("canary"));
+    }
+
+    #[test]
+    fn an_image_that_is_not_known_good_runs_only_the_canary_batch() {
+        let mut s = Sim::new(
+            spec(WaveStrategy {
+                batch_size: int(4),
+                canary: int(2),
+                ..Default::default()
+            }),
+            10,
+        );
+        s.known_good = false;
+        // The canary batch runs and finishes; batch 2 waits, saying why.
+        s.run(20);
+        assert!(s.status.batches[0].finished_at.is_some(), "{:?}", s.status);
+        assert!(s.status.batches[1].started_at.is_none());
+        assert_eq!(s.status.phase, Some(WavePhase::Pending));
+        assert!(
+            s.status.messages[0].starts_with("the image win11-24h2-2026-01 is not KnownGood: a wave onto it runs only its canary batch"),
+            "{:?}",
+            s.status.messages
+        );
+        // KnownGood (the soak, or a promotion): the wave goes on.
+        s.known_good = true;
+        assert_eq!(s.run(100), WavePhase::Succeeded);
+        // Without a canary batch, nothing starts onto an image that is not KnownGood.
+        let mut s = Sim::new(
+            spec(WaveStrategy {
+                batch_size: int(4),
+                ..Default::default()
+            }),
+            10,
+        );
+        s.known_good = false;
+        let d = s.tick();
+        assert!(d.due.is_empty());
+        assert!(s.status.batches.iter().all(|b| b.started_at.is_none()));
     }
 
     #[test]

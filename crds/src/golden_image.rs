@@ -80,13 +80,20 @@ pub struct GoldenImageSpec {
     /// WinPE boot kit that applies the WIM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_kit: Option<BootKit>,
-    /// Channels this image is published to (such as "stable", "canary"). Endpoints following a
+    /// Channels this image is published to (such as "stable") once it is KnownGood: a
+    /// Verified image that has not proven itself serves none of them. Endpoints following a
     /// channel become NonCompliant when it moves, and waves move them, never an instant
     /// mass reimage.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(validation = Rule::new("self.all(c, c.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(c) <= 63)").message("spec.channels entries must be DNS labels such as stable or canary"))]
     #[schemars(length(max = 16), inner(length(max = 63)))]
     pub channels: Vec<String>,
+    /// Channels this image serves as soon as it is Verified, before it is KnownGood: the
+    /// canary endpoints whose Ready reports make it KnownGood (spec.promotion).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(c, c.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(c) <= 63)").message("spec.canaryChannels entries must be DNS labels such as canary"))]
+    #[schemars(length(max = 16), inner(length(max = 63)))]
+    pub canary_channels: Vec<String>,
     /// When the image becomes KnownGood on its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promotion: Option<Promotion>,
@@ -232,7 +239,8 @@ pub struct GoldenImageStatus {
     pub digest: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
-    /// Channels the image effectively serves (only while Verified).
+    /// Channels the image effectively serves: its canaryChannels while Verified, and its
+    /// channels too once KnownGood.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub channels: Vec<String>,
     /// Endpoints reimaged onto this image that are Ready.

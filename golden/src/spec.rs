@@ -166,6 +166,7 @@ mod tests {
             },
             boot_kit: None,
             channels: vec![],
+            canary_channels: vec![],
             promotion: None,
         }
     }

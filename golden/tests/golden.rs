@@ -872,6 +872,7 @@ fn a_golden_image_spec_is_verified_into_facts_and_a_condition() {
         },
         boot_kit: None,
         channels: vec![],
+        canary_channels: vec![],
         promotion: None,
     };
     let result = verify(&spec::request(&gi, wim.clone()).unwrap());

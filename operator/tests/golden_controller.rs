@@ -165,6 +165,7 @@ fn golden_image(source: Value, sha256: &str, min_build: &str, extra: Value) -> V
         "sha256": sha256,
         "requirements": {"minimumBuild": min_build, "requiredKbs": ["KB5074109"]},
         "channels": ["stable"],
+        "canaryChannels": ["canary"],
     });
     if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
         s.extend(e.clone());
@@ -256,8 +257,8 @@ async fn a_dropped_download_resumes_and_the_verified_wim_is_cached_by_digest() {
     assert_eq!(facts.kbs, vec!["KB5074109"]);
     assert_eq!(
         st.channels,
-        vec!["stable"],
-        "a verified image serves its channels"
+        vec!["canary"],
+        "a verified image serves its canary channels; stable waits for KnownGood"
     );
     // The first GET broke half-way; the second asked for the rest.
     let requests = server.requests.lock().unwrap().clone();
@@ -584,7 +585,7 @@ async fn on_the_apiserver_the_controller_verifies_and_promotes() {
     assert_eq!(v["status"]["digest"], sha.as_str());
     assert_eq!(v["status"]["observedGeneration"], 1);
     assert_eq!(v["status"]["facts"]["build"], "26100.7623");
-    assert_eq!(v["status"]["channels"], json!(["stable"]));
+    assert_eq!(v["status"]["channels"], json!(["canary"]));
     assert!(artifacts.has_image(&sha));
     // kubectl's own columns read what the controller wrote.
     let row = k.kubectl_ok(&["get", "gi", "-n", &ns, "--no-headers"]);

@@ -352,7 +352,9 @@ pub mod inputs {
             // Generation 1, as created: the GoldenImage controller takes this status as the
             // verdict on the current spec instead of checking the (unreachable) example URL.
             "observedGeneration": 1,
-            "conditions": [{"type": "Verified", "status": "True", "reason": "Checked", "message": "", "lastTransitionTime": "2026-01-14T07:00:00Z"}]
+            // Serving "stable" means KnownGood (a channel gets only KnownGood images).
+            "conditions": [{"type": "Verified", "status": "True", "reason": "Checked", "message": "", "lastTransitionTime": "2026-01-14T07:00:00Z"},
+                           {"type": "KnownGood", "status": "True", "reason": "Promoted", "message": "promoted by hand", "lastTransitionTime": "2026-01-14T07:00:00Z"}]
         })
     }
 

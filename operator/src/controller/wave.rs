@@ -123,12 +123,20 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
                 ));
             }
             let status = w.status.clone().unwrap_or_default();
+            let image_known_good = self
+                .backend
+                .golden_images(namespace)
+                .await?
+                .iter()
+                .find(|gi| gi.metadata.name.as_deref() == Some(w.spec.image.as_str()))
+                .is_some_and(recast_core::image::is_known_good);
             let now = self.clock.now();
             let d = wave::decide(
                 WaveInput {
                     name,
                     spec: &w.spec,
                     status: &status,
+                    image_known_good,
                 },
                 &candidates,
                 &members,

@@ -156,12 +156,8 @@ pub fn fleet_facts(
         .collect();
     st.ready_endpoints = u32::try_from(on_image.iter().filter(|e| e.ready_since.is_some()).count())
         .unwrap_or(u32::MAX);
-    st.channels = if digest.is_some() {
-        gi.spec.channels.clone()
-    } else {
-        Vec::new()
-    };
     let (status, reason, message) = known_good(gi, &on_image, now);
+    st.channels = served_channels(gi, digest.is_some(), status == ConditionStatus::True);
     set_condition(
         &mut st.conditions,
         "KnownGood",
@@ -184,6 +180,24 @@ pub fn fleet_facts(
         gi.metadata.generation,
     );
     st
+}
+
+/// The channels an image serves: none until Verified; then its canaryChannels (the soak);
+/// its channels only once KnownGood, so an image that has not proven itself on canaries never
+/// reaches the endpoints following "stable".
+pub fn served_channels(gi: &GoldenImage, verified: bool, known_good: bool) -> Vec<String> {
+    if !verified {
+        return Vec::new();
+    }
+    let mut out = gi.spec.canary_channels.clone();
+    if known_good {
+        for c in &gi.spec.channels {
+            if !out.contains(c) {
+                out.push(c.clone());
+            }
+        }
+    }
+    out
 }
 
 /// The condition that says whether the endpoints' firmware would start the image's boot
@@ -462,6 +476,7 @@ mod tests {
                 },
                 boot_kit: None,
                 channels: vec!["stable".into()],
+                canary_channels: vec![],
                 promotion: promotion.map(|(n, soak)| Promotion {
                     min_ready_endpoints: n,
                     soak: soak.into(),
@@ -661,7 +676,8 @@ mod tests {
 
     #[test]
     fn known_good_by_soak_counts_only_this_digest_and_namespace() {
-        let gi = verified(image(1, Some((2, "24h"))), 1);
+        let mut gi = verified(image(1, Some((2, "24h"))), 1);
+        gi.spec.canary_channels = vec!["canary".into()];
         let now = at("2026-01-20T12:00:00Z");
         let eps = vec![
             ready("kiosks", SHA, "2026-01-18T00:00:00Z"),
@@ -684,7 +700,8 @@ mod tests {
         );
         assert!(kg.message.starts_with("1 of 2 endpoints"), "{}", kg.message);
         assert_eq!(st.ready_endpoints, 2);
-        assert_eq!(st.channels, vec!["stable"]);
+        // Soaking: the canary channel only; "stable" waits for KnownGood.
+        assert_eq!(st.channels, vec!["canary"]);
         // Six hours later the second one has soaked too.
         let mut gi2 = gi.clone();
         gi2.status = Some(st);
@@ -694,6 +711,7 @@ mod tests {
             (kg.status, kg.reason.as_str()),
             (ConditionStatus::True, "Soaked")
         );
+        assert_eq!(st.channels, vec!["canary", "stable"]);
         // And it stays KnownGood when those endpoints later go away.
         let mut gi3 = gi2.clone();
         gi3.status = Some(st);

@@ -265,7 +265,7 @@ impl Site {
             "# BMC credentials (sushy's emulator is started without authentication)\napiVersion: v1\nkind: Secret\nmetadata:\n  name: bmc-credentials\nstringData:\n  username: admin\n  password: e2e-not-a-secret\n".to_string(),
             policy.to_string(),
             format!(
-                "apiVersion: recast.dev/v1alpha1\nkind: GoldenImage\nmetadata:\n  name: {IMAGE}\nspec:\n  source:\n    path: {}\n  sha256: {}\n  requirements:\n    minimumBuild: \"26100.7623\"\n  channels: [stable]\n",
+                "apiVersion: recast.dev/v1alpha1\nkind: GoldenImage\nmetadata:\n  name: {IMAGE}\n  annotations:\n    recast.dev/known-good: promoted\n    recast.dev/known-good-reason: e2e\nspec:\n  source:\n    path: {}\n  sha256: {}\n  requirements:\n    minimumBuild: \"26100.7623\"\n  channels: [stable]\n",
                 wim.display(),
                 self.digest
             ),
