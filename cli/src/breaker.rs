@@ -7,14 +7,15 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 use jiff::Timestamp;
+use recast_core::breaker::is_automatic;
 use recast_core::breaker::{self, Trip};
-use recast_core::fleet::{BreakerSettings, FleetIndex, is_automatic};
+use recast_core::fleet::{BreakerSettings, FleetIndex};
 use recast_core::policy::PolicyView;
 use recast_crds::Endpoint;
 use recast_crds::manifest::Kind;
 use recast_crds::policy::{
     BREAKER_RESET_ANNOTATION, BREAKER_RESET_REASON_ANNOTATION, DEFAULT_POLICY_NAME,
-    RemediationPolicy,
+    FLEET_BREAKER_RESET_ANNOTATION, FLEET_BREAKER_RESET_REASON_ANNOTATION, RemediationPolicy,
 };
 use serde_json::{Value, json};
 
@@ -37,10 +38,10 @@ pub enum BreakerCommand {
         /// RemediationPolicy "default" of the operator's namespace.
         #[arg(long)]
         fleet: bool,
-        /// The operator's namespace, for --fleet (the embedded store's is "default"; on
-        /// Kubernetes, the namespace recast-operator runs in).
-        #[arg(long, default_value = recast_crds::DEFAULT_NAMESPACE)]
-        operator_namespace: String,
+        /// The operator's namespace, for --fleet: on Kubernetes the namespace recast-operator
+        /// runs in (required there); the embedded store's is "default".
+        #[arg(long)]
+        operator_namespace: Option<String>,
     },
 }
 
@@ -79,7 +80,7 @@ pub fn automatic_starts(endpoints: &[Endpoint]) -> Vec<Start> {
             }
         }
     }
-    out.sort_by(|a, b| b.at.cmp(&a.at));
+    out.sort_by_key(|s| std::cmp::Reverse(s.at));
     out
 }
 
@@ -224,7 +225,7 @@ pub fn run(
                 );
             }
             println!(
-                "\nThe fleet-wide breaker (all namespaces) is set by the operator's flags (--fleet-breaker-max-starts, default 2% of all endpoints, at least 5, at most 100, within --fleet-breaker-window 1h) and reset with `recastctl breaker reset --fleet`."
+                "\nThe fleet-wide breaker (all namespaces) is set by the operator's flags (--fleet-breaker-max-starts, default 2% of all endpoints, at least 5, at most 100, within --fleet-breaker-window 1h); when it holds an endpoint, the endpoint's message says so. The operator's administrator resets it with `recastctl breaker reset --fleet --operator-namespace NS --reason ...`."
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -241,12 +242,32 @@ pub fn run(
             }
             let who = std::env::var("USER").unwrap_or_else(|_| "unknown user".into());
             let at = recast_core::time::format(now);
+            // The fleet's reset is its own annotation: resetting the operator's namespace's
+            // breaker never resets the fleet's, nor the other way round.
+            let (reset_key, reason_key) = if fleet {
+                (
+                    FLEET_BREAKER_RESET_ANNOTATION,
+                    FLEET_BREAKER_RESET_REASON_ANNOTATION,
+                )
+            } else {
+                (BREAKER_RESET_ANNOTATION, BREAKER_RESET_REASON_ANNOTATION)
+            };
             let mut annotations = serde_json::Map::new();
-            annotations.insert(BREAKER_RESET_ANNOTATION.into(), at.clone().into());
+            annotations.insert(reset_key.into(), at.clone().into());
             annotations.insert(
-                BREAKER_RESET_REASON_ANNOTATION.into(),
+                reason_key.into(),
                 format!("{} ({who}, {at})", reason.trim()).into(),
             );
+            let operator_namespace = match (operator_namespace, store) {
+                (Some(n), _) => n,
+                (None, Backend::Kube(_)) if fleet => {
+                    return Err(CliError::Usage(
+                        "--fleet on Kubernetes needs --operator-namespace: the namespace recast-operator runs in, where its fleet-wide breaker's reset is read"
+                            .into(),
+                    ));
+                }
+                (None, _) => recast_crds::DEFAULT_NAMESPACE.to_string(),
+            };
             let target_ns = if fleet {
                 operator_namespace.as_str()
             } else {

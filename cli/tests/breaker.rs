@@ -139,7 +139,14 @@ fn status_shows_it_open_and_a_reset_with_a_reason_closes_it() {
         .get(Kind::RemediationPolicy, "ops", "default")
         .unwrap()
         .unwrap();
+    let a = &ops["metadata"]["annotations"];
     assert!(
-        ops["metadata"]["annotations"][recast_crds::policy::BREAKER_RESET_ANNOTATION].is_string()
+        a[recast_crds::policy::FLEET_BREAKER_RESET_ANNOTATION].is_string(),
+        "{a}"
+    );
+    // The fleet's reset is not the operator namespace's own breaker reset.
+    assert!(
+        a[recast_crds::policy::BREAKER_RESET_ANNOTATION].is_null(),
+        "{a}"
     );
 }

@@ -2,7 +2,8 @@
 //! rollback or a boot crash; the day a rule is wrong (a parser mistake, an update that fails
 //! everywhere, a bad golden image) it is wrong on every machine at once. The breaker counts
 //! automatic attempts as they start; when more than a namespace's limit start within the
-//! window, it opens, and no automatic attempt starts there again until a person resets it.
+//! window (the limit'th start opens it), no automatic attempt starts there again until a
+//! person resets it.
 //! Manual reimages and waves still run: a person asked for them. Pure.
 //!
 //! It latches: the attempts that opened it stay in the endpoints' histories, so the breaker
@@ -14,6 +15,19 @@ use std::time::Duration;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use recast_crds::common::resolve_int_or_percent;
+use recast_crds::endpoint::AttemptTrigger;
+
+/// Whether an attempt started on recast's own decision (a signal), not a person's or a wave's.
+pub fn is_automatic(trigger: AttemptTrigger) -> bool {
+    !matches!(trigger, AttemptTrigger::Manual | AttemptTrigger::Wave)
+}
+
+/// Which breaker is open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BreakerScope {
+    Namespace,
+    Fleet,
+}
 
 /// The default limit for a namespace of `endpoints`, when the policy sets none: 5% of them,
 /// at least 3 and at most 50. A fleet of 10 opens at the third start within the window (a
@@ -50,8 +64,10 @@ pub struct Trip {
     pub window: Duration,
 }
 
-/// Whether `limit` automatic starts fell within one `window` after `reset` (starts at or
-/// before the reset do not count). `starts` need not be sorted.
+/// Whether `limit` automatic starts fell within one `window` since `reset` (starts before the
+/// reset do not count; one in the reset's own second does: while the breaker is open nothing
+/// automatic starts, so a start that shares the second came after the person looked, or is a
+/// clock skew that must not be free). `starts` need not be sorted.
 pub fn trip(
     starts: &[Timestamp],
     reset: Option<Timestamp>,
@@ -61,7 +77,7 @@ pub fn trip(
     let mut after: Vec<Timestamp> = starts
         .iter()
         .copied()
-        .filter(|t| reset.is_none_or(|r| *t > r))
+        .filter(|t| reset.is_none_or(|r| *t >= r))
         .collect();
     after.sort();
     let limit_n = limit.max(1) as usize;
@@ -158,9 +174,10 @@ mod tests {
         ];
         let reset = Some(t("2026-01-15T08:30:00Z"));
         assert_eq!(trip(&starts, reset, 3, HOUR), None);
-        // A start exactly at the reset belongs before it.
+        // A start in the reset's own second counts: it cannot have been held by the breaker.
+        assert!(trip(&starts, Some(t("2026-01-15T08:20:00Z")), 1, HOUR).is_some());
         assert_eq!(
-            trip(&starts, Some(t("2026-01-15T08:20:00Z")), 1, HOUR),
+            trip(&starts, Some(t("2026-01-15T08:20:01Z")), 1, HOUR),
             None
         );
         let mut more = starts.to_vec();
@@ -197,7 +214,7 @@ mod tests {
             let counted: Vec<u32> = minutes
                 .iter()
                 .copied()
-                .filter(|m| reset_min.is_none_or(|r| *m > r))
+                .filter(|m| reset_min.is_none_or(|r| *m >= r))
                 .collect();
             let brute = counted.iter().any(|end| {
                 counted

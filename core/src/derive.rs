@@ -156,7 +156,7 @@ pub enum FailurePhase {
     /// The servicing stack was changing the system and gave up: the update rolled back.
     /// Component-based servicing's codes (facility 0x0F, `0x800Fxxxx`: 0x800f0922
     /// CBS_E_INSTALLERS_FAILED, KB5074109's, 0x800f0831 a missing manifest, 0x800f081f source
-    /// files missing) and the component store's (`0x800736xx`, `0x800737xx`: 0x80073712
+    /// files missing) and the component store's (`0x800736B0`..`0x800737FF`: 0x80073712
     /// ERROR_SXS_COMPONENT_STORE_CORRUPT).
     Install,
     /// It never got that far, or nothing failed: Windows Update's own agent and download errors
@@ -185,7 +185,8 @@ pub fn failure_phase(code: Option<&str>) -> FailurePhase {
         return FailurePhase::Unknown;
     };
     match v {
-        0x800F_0000..=0x800F_FFFF | 0x8007_3600..=0x8007_37FF => FailurePhase::Install,
+        // 0x800736B0.. is the side-by-side (component store) range; just below it are IPsec's.
+        0x800F_0000..=0x800F_FFFF | 0x8007_36B0..=0x8007_37FF => FailurePhase::Install,
         0x8024_0000..=0x8024_FFFF
         | 0x8019_0000..=0x8019_FFFF
         | 0x8007_2E00..=0x8007_2FFF
@@ -838,6 +839,9 @@ mod tests {
             (Some("0x800F0831"), Install),
             (Some("800f081f"), Install),
             (Some("0x80073712"), Install),
+            (Some("0x800736b0"), Install),
+            // IPsec's codes sit just below the component store's.
+            (Some("0x80073600"), Unknown),
             (Some("0x80240017"), NotInstall),
             (Some("0x8024402c"), NotInstall),
             (Some("0x80244022"), NotInstall),

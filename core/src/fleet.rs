@@ -11,9 +11,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use jiff::Timestamp;
-use recast_crds::endpoint::{AttemptOutcome, AttemptTrigger, EndpointPhase, EndpointStatus};
+use recast_crds::endpoint::{AttemptOutcome, EndpointPhase, EndpointStatus};
 
-use super::breaker::{self, Trip};
+use super::breaker::{self, BreakerScope, Trip, is_automatic};
 use super::lifecycle::FleetView;
 use super::time;
 
@@ -28,11 +28,6 @@ struct Entry {
     namespace: String,
     /// started_at of its automatic attempts (running and finished), for the breaker.
     automatic_starts: Vec<Timestamp>,
-}
-
-/// Whether an attempt started on recast's own decision (a signal), not a person's or a wave's.
-pub fn is_automatic(trigger: AttemptTrigger) -> bool {
-    !matches!(trigger, AttemptTrigger::Manual | AttemptTrigger::Wave)
 }
 
 /// One breaker's settings: its limit (None: the default for the scope's size), its window, and
@@ -56,13 +51,6 @@ pub struct Breakers<'a> {
     pub fleet_ceiling: Option<u32>,
 }
 
-/// Which breaker is open.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BreakerScope {
-    Namespace,
-    Fleet,
-}
-
 /// A multiset of times with its total.
 #[derive(Clone, Debug, Default)]
 struct Times(BTreeMap<Timestamp, u32>);
@@ -80,12 +68,10 @@ impl Times {
         }
     }
 
-    /// The times after `reset`, each as often as it occurs.
+    /// The times at or after `reset`, each as often as it occurs.
     fn after(&self, reset: Option<Timestamp>) -> Vec<Timestamp> {
         let range = match reset {
-            Some(r) => self
-                .0
-                .range((std::ops::Bound::Excluded(r), std::ops::Bound::Unbounded)),
+            Some(r) => self.0.range(r..),
             None => self.0.range(..),
         };
         range
@@ -101,8 +87,6 @@ pub struct FleetIndex {
     /// Endpoints per site, and of those with an attempt running.
     sites: HashMap<String, SiteCount>,
     active: u32,
-    /// Every entry's failure times, with how many entries failed at each.
-    failures: BTreeMap<Timestamp, u32>,
     /// Endpoints per namespace, and of those with an attempt running.
     namespaces: HashMap<String, u32>,
     namespace_active: HashMap<String, u32>,
@@ -181,13 +165,6 @@ impl FleetIndex {
             }
             if c.total == 0 {
                 self.sites.remove(site);
-            }
-        }
-        for t in &e.failures {
-            let n = self.failures.entry(*t).or_default();
-            step(n);
-            if *n == 0 {
-                self.failures.remove(t);
             }
         }
         let n = self.namespaces.entry(e.namespace.clone()).or_default();
@@ -547,6 +524,29 @@ mod tests {
                 );
             }
             proptest::prop_assert_eq!(idx.active(), idx.entries.values().filter(|e| e.active).count() as u32);
+            // The breaker's kept start times equal a recount too, per namespace and fleet-wide.
+            let settings = BreakerSettings {
+                max_starts: Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(2)),
+                window: Duration::from_secs(2 * 86400),
+                reset: None,
+            };
+            let starts_of = |ns: Option<&str>| -> Vec<Timestamp> {
+                idx.entries
+                    .iter()
+                    .filter(|(k, _)| ns.is_none_or(|n| k.starts_with(&format!("{n}/"))))
+                    .flat_map(|(_, e)| e.automatic_starts.clone())
+                    .collect()
+            };
+            for ns in ["ns0", "ns1"] {
+                proptest::prop_assert_eq!(
+                    idx.namespace_breaker(ns, &settings),
+                    breaker::trip(&starts_of(Some(ns)), None, 2, settings.window)
+                );
+            }
+            proptest::prop_assert_eq!(
+                idx.fleet_breaker(&settings),
+                breaker::trip(&starts_of(None), None, 2, settings.window)
+            );
         }
     }
 

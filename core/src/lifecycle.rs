@@ -16,8 +16,8 @@ use recast_crds::endpoint::{
 };
 use recast_crds::policy::RemediationAction;
 
+use super::breaker::is_automatic;
 use super::build::Build;
-use super::fleet::is_automatic;
 use super::hold::{self, HoldInputs};
 use super::policy::PolicyView;
 use super::signal::{SignalKind, Urgency};
@@ -65,7 +65,7 @@ pub struct FleetView {
     /// policy's failure-budget window.
     pub recent_failures: u32,
     /// The circuit breaker that stops this endpoint's automatic reimages, when one is open.
-    pub breaker: Option<(crate::fleet::BreakerScope, crate::breaker::Trip)>,
+    pub breaker: Option<(crate::breaker::BreakerScope, crate::breaker::Trip)>,
 }
 
 /// A wave this endpoint belongs to: its batch is due now, or the endpoint's running attempt
@@ -1034,6 +1034,24 @@ impl<'a> Run<'a> {
     }
 
     /// Why a wanted reimage cannot start now; None when it can.
+    /// What an open circuit breaker says, when one holds this endpoint's automatic reimages.
+    fn breaker_message(&self) -> Option<String> {
+        let (scope, trip) = self.ctx.fleet.breaker?;
+        let ns = self.ep.namespace;
+        Some(match scope {
+            crate::breaker::BreakerScope::Namespace => trip.explain(
+                &format!("namespace {ns}"),
+                &format!(
+                    "`recastctl breaker status -n {ns}`, then `recastctl breaker reset -n {ns} --reason ...`"
+                ),
+            ),
+            crate::breaker::BreakerScope::Fleet => trip.explain(
+                "the whole fleet",
+                "the operator's administrator runs `recastctl breaker reset --fleet --operator-namespace NS --reason ...`",
+            ),
+        })
+    }
+
     fn blocker(&self, trigger: AttemptTrigger, action: RemediationAction) -> Option<String> {
         let manual = trigger == AttemptTrigger::Manual;
         let automatic = !manual && trigger != AttemptTrigger::Wave;
@@ -1063,18 +1081,8 @@ impl<'a> Run<'a> {
             ));
         }
         if automatic {
-            if let Some((scope, trip)) = self.ctx.fleet.breaker {
-                let ns = self.ep.namespace;
-                return Some(match scope {
-                    crate::fleet::BreakerScope::Namespace => trip.explain(
-                        &format!("namespace {ns}"),
-                        &format!("`recastctl breaker status -n {ns}`, then `recastctl breaker reset -n {ns} --reason ...`"),
-                    ),
-                    crate::fleet::BreakerScope::Fleet => trip.explain(
-                        "the whole fleet",
-                        "`recastctl breaker status --fleet`, then `recastctl breaker reset --fleet --reason ...` by the operator's administrator",
-                    ),
-                });
+            if let Some(why) = self.breaker_message() {
+                return Some(why);
             }
             if let Some(last) = self.st.history.first()
                 && let Some(finished) = time::parse(&last.finished_at)
@@ -1171,7 +1179,9 @@ impl<'a> Run<'a> {
                 None => self.start_attempt(trigger, reason),
                 Some(why) => {
                     self.requeue_in(WAIT_REQUEUE);
-                    let by_breaker = is_automatic(trigger) && self.ctx.fleet.breaker.is_some();
+                    // The breaker, and not an earlier guard (paused, no image, ...), holds it.
+                    let by_breaker =
+                        is_automatic(trigger) && self.breaker_message().as_ref() == Some(&why);
                     self.breaker_held = by_breaker;
                     let was = self.st.message.clone();
                     self.settle_phase(quarantined, Some(why.clone()));

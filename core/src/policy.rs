@@ -32,6 +32,9 @@ pub struct PolicyView {
     pub breaker_window: Duration,
     /// When a person last reset it (the policy's reset annotation).
     pub breaker_reset: Option<jiff::Timestamp>,
+    /// When a person last reset the fleet-wide breaker, if this policy records it (only the
+    /// operator's namespace's "default" is read for that).
+    pub fleet_breaker_reset: Option<jiff::Timestamp>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -42,6 +45,10 @@ pub enum PolicyError {
         field: &'static str,
         source: duration::DurationError,
     },
+    #[error(
+        "RemediationPolicy {policy:?}: breaker.window is zero, which would turn the breaker off; write a window such as 1h"
+    )]
+    ZeroWindow { policy: String },
     #[error(
         "RemediationPolicy {policy:?}: annotation {annotation} is {value:?}, not an RFC 3339 time; reset the breaker again with `recastctl breaker reset`"
     )]
@@ -77,8 +84,17 @@ impl PolicyView {
             update_mode: spec.update_mode,
             guard_on_failed_rollback: spec.guard_on_failed_rollback,
             breaker_max_starts: spec.breaker.max_starts.clone(),
-            breaker_window: d("breaker.window", &spec.breaker.window)?,
+            breaker_window: match d("breaker.window", &spec.breaker.window)? {
+                // A zero window never holds two starts together: the breaker off by accident.
+                w if w.is_zero() => {
+                    return Err(PolicyError::ZeroWindow {
+                        policy: name.to_string(),
+                    });
+                }
+                w => w,
+            },
             breaker_reset: None,
+            fleet_breaker_reset: None,
         })
     }
 
@@ -90,21 +106,23 @@ impl PolicyView {
         policy: &recast_crds::policy::RemediationPolicy,
     ) -> Result<Self, PolicyError> {
         let mut v = Self::from_spec(name, &policy.spec)?;
-        if let Some(at) = policy
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(recast_crds::policy::BREAKER_RESET_ANNOTATION))
-        {
-            v.breaker_reset =
-                Some(
+        let annotated = |annotation: &'static str| -> Result<Option<jiff::Timestamp>, PolicyError> {
+            policy
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(annotation))
+                .map(|at| {
                     crate::time::parse(at).ok_or_else(|| PolicyError::Annotation {
                         policy: name.to_string(),
-                        annotation: recast_crds::policy::BREAKER_RESET_ANNOTATION,
+                        annotation,
                         value: at.clone(),
-                    })?,
-                );
-        }
+                    })
+                })
+                .transpose()
+        };
+        v.breaker_reset = annotated(recast_crds::policy::BREAKER_RESET_ANNOTATION)?;
+        v.fleet_breaker_reset = annotated(recast_crds::policy::FLEET_BREAKER_RESET_ANNOTATION)?;
         Ok(v)
     }
 
@@ -161,6 +179,46 @@ impl PolicyView {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_breaker_window_of_zero_and_a_bad_reset_are_errors_that_say_what_to_write() {
+        let mut spec: RemediationPolicySpec =
+            serde_json::from_value(serde_json::json!({})).unwrap();
+        spec.breaker.window = "0s".into();
+        let e = PolicyView::from_spec("default", &spec).unwrap_err();
+        assert!(e.to_string().contains("breaker.window is zero"), "{e}");
+        let p: recast_crds::policy::RemediationPolicy = serde_json::from_value(serde_json::json!({
+            "apiVersion": "recast.dev/v1alpha1", "kind": "RemediationPolicy",
+            "metadata": {"name": "default", "annotations": {
+                recast_crds::policy::BREAKER_RESET_ANNOTATION: "yesterday",
+                recast_crds::policy::FLEET_BREAKER_RESET_ANNOTATION: "2026-01-15T09:00:00Z"}},
+            "spec": {}
+        }))
+        .unwrap();
+        let e = PolicyView::from_policy("default", &p).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("\"yesterday\", not an RFC 3339 time"),
+            "{e}"
+        );
+        // The two resets are read apart: the namespace's and the fleet's.
+        let mut p = p;
+        p.metadata.annotations.as_mut().unwrap().insert(
+            recast_crds::policy::BREAKER_RESET_ANNOTATION.into(),
+            "2026-01-15T08:00:00Z".into(),
+        );
+        let v = PolicyView::from_policy("default", &p).unwrap();
+        assert_eq!(
+            (
+                v.breaker_reset.map(crate::time::format),
+                v.fleet_breaker_reset.map(crate::time::format)
+            ),
+            (
+                Some("2026-01-15T08:00:00Z".to_string()),
+                Some("2026-01-15T09:00:00Z".to_string())
+            )
+        );
+    }
+
     use super::*;
 
     #[test]

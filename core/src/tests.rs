@@ -949,10 +949,10 @@ fn an_open_breaker_stops_automatic_reimages_with_one_warning_and_lets_people_thr
     };
     for (scope, says) in [
         (
-            crate::fleet::BreakerScope::Namespace,
+            crate::breaker::BreakerScope::Namespace,
             "recastctl breaker reset -n default",
         ),
-        (crate::fleet::BreakerScope::Fleet, "reset --fleet"),
+        (crate::breaker::BreakerScope::Fleet, "reset --fleet"),
     ] {
         let mut e = healthy(true);
         e.fleet.breaker = Some((scope, trip));
@@ -998,9 +998,26 @@ fn an_open_breaker_stops_automatic_reimages_with_one_warning_and_lets_people_thr
         e.feed(Input::Reconcile);
         assert_eq!(e.state(), State::ArmingBoot);
     }
+    // Held by an earlier guard (paused) while a breaker is open: no BreakerOpen said.
+    let mut e = healthy(true);
+    e.spec.paused = true;
+    e.fleet.breaker = Some((crate::breaker::BreakerScope::Namespace, trip));
+    let d = e.feed(signals(&[SignalKind::FailedRollback]));
+    assert!(
+        d.notices.iter().all(|n| n.reason != "BreakerOpen"),
+        "{:?}",
+        d.notices
+    );
+    let c = e
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Reimaging")
+        .unwrap();
+    assert_eq!(c.reason, "Idle");
     // Closed again (a reset): the automatic reimage starts.
     let mut e = healthy(true);
-    e.fleet.breaker = Some((crate::fleet::BreakerScope::Namespace, trip));
+    e.fleet.breaker = Some((crate::breaker::BreakerScope::Namespace, trip));
     e.feed(signals(&[SignalKind::BootCrash]));
     assert_eq!(e.state(), State::ReimageScheduled);
     e.fleet.breaker = None;
@@ -1421,12 +1438,12 @@ impl Fleet {
             .flat_map(|st| {
                 st.history
                     .iter()
-                    .filter(|h| crate::fleet::is_automatic(h.trigger))
+                    .filter(|h| crate::breaker::is_automatic(h.trigger))
                     .map(|h| h.started_at.clone())
                     .chain(
                         st.active_attempt
                             .iter()
-                            .filter(|a| crate::fleet::is_automatic(a.trigger))
+                            .filter(|a| crate::breaker::is_automatic(a.trigger))
                             .filter(|a| !st.history.iter().any(|h| h.id == a.id))
                             .map(|a| a.started_at.clone()),
                     )

@@ -792,17 +792,6 @@ impl<'a> Deciding<'a> {
                 )
                 .requeue_after(None)
             }
-            _ if !started && !self.st.batches[i].canary && !self.wave.image_known_good => {
-                NextStep::to(
-                    WavePhase::Pending,
-                    format!(
-                        "the image {} is not KnownGood: a wave onto it runs only its canary batch (strategy.canary), and batch {} waits until it is KnownGood (spec.promotion's soak, or `recastctl image promote {} --reason ...`)",
-                        spec.image,
-                        i + 1,
-                        spec.image
-                    ),
-                )
-            }
             _ if spec.paused => NextStep::to(
                 WavePhase::Paused,
                 format!(
@@ -812,6 +801,25 @@ impl<'a> Deciding<'a> {
                 ),
             )
             .requeue_after((counts.running > 0).then_some(WAVE_REQUEUE)),
+            _ if !started && !self.st.batches[i].canary && !self.wave.image_known_good => {
+                let has_canary = self.st.batches.first().is_some_and(|b| b.canary);
+                NextStep::to(
+                    WavePhase::Pending,
+                    if has_canary {
+                        format!(
+                            "the image {} is not KnownGood: the canary batch ran; batch {} waits until the image is KnownGood (spec.promotion's soak, or `recastctl image promote {} --reason ...`)",
+                            spec.image,
+                            i + 1,
+                            spec.image
+                        )
+                    } else {
+                        format!(
+                            "the image {} is not KnownGood, and this wave has no canary batch (strategy.canary): nothing starts until the image is KnownGood (spec.promotion's soak, or `recastctl image promote {} --reason ...`), or create the wave with a canary batch",
+                            spec.image, spec.image
+                        )
+                    },
+                )
+            }
             (_, Ok(Some(at))) if !started && self.now < at => {
                 self.st.next_batch_at = Some(time::format(at));
                 NextStep::to(
@@ -1375,7 +1383,9 @@ mod tests {
         assert!(s.status.batches[1].started_at.is_none());
         assert_eq!(s.status.phase, Some(WavePhase::Pending));
         assert!(
-            s.status.messages[0].starts_with("the image win11-24h2-2026-01 is not KnownGood: a wave onto it runs only its canary batch"),
+            s.status.messages[0].starts_with(
+                "the image win11-24h2-2026-01 is not KnownGood: the canary batch ran; batch 2 waits"
+            ),
             "{:?}",
             s.status.messages
         );
@@ -1394,6 +1404,14 @@ mod tests {
         let d = s.tick();
         assert!(d.due.is_empty());
         assert!(s.status.batches.iter().all(|b| b.started_at.is_none()));
+        assert!(
+            s.status.messages[0].contains("this wave has no canary batch"),
+            "{:?}",
+            s.status.messages
+        );
+        // Paused says paused, whatever the image.
+        s.spec.paused = true;
+        assert_eq!(s.tick().status.phase, Some(WavePhase::Paused));
     }
 
     #[test]

@@ -235,6 +235,11 @@ pub struct FailureBudget {
 pub const BREAKER_RESET_ANNOTATION: &str = "recast.dev/breaker-reset-at";
 /// Who reset it and why, for the record.
 pub const BREAKER_RESET_REASON_ANNOTATION: &str = "recast.dev/breaker-reset-reason";
+/// The fleet-wide breaker's reset (RFC 3339), on the RemediationPolicy "default" of the
+/// operator's own namespace: a different annotation, so that resetting that namespace's own
+/// breaker never resets the fleet's (`recastctl breaker reset --fleet`).
+pub const FLEET_BREAKER_RESET_ANNOTATION: &str = "recast.dev/fleet-breaker-reset-at";
+pub const FLEET_BREAKER_RESET_REASON_ANNOTATION: &str = "recast.dev/fleet-breaker-reset-reason";
 
 /// How many automatic reimages may start within a window before the breaker opens.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]

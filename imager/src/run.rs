@@ -749,14 +749,27 @@ pub async fn download(
     Ok(path)
 }
 
-/// What the first progress report says of the firmware's databases (UEFI only).
-fn firmware_report(t: &MachineTrust) -> Option<FirmwareReport> {
-    if t.firmware != Firmware::Uefi {
+/// What a progress report says of the firmware's databases: UEFI with a readable Secure Boot
+/// state only (an unmounted efivarfs reads as no db at all, which is not what the firmware
+/// holds). Names are made to fit what the boot service keeps: at most MAX_NAME bytes, no
+/// control characters, at most MAX_CERTIFICATES of them.
+pub fn firmware_report(t: &MachineTrust) -> Option<FirmwareReport> {
+    if t.firmware != Firmware::Uefi || t.secure_boot == SecureBoot::Unknown {
         return None;
     }
+    let fit = |name: &str| {
+        let mut out = String::new();
+        for c in name.chars().map(|c| if c.is_control() { ' ' } else { c }) {
+            if out.len() + c.len_utf8() > FirmwareReport::MAX_NAME {
+                break;
+            }
+            out.push(c);
+        }
+        out
+    };
     let names: Vec<String> =
         t.db.certificates()
-            .map(|c| c.subject.chars().take(FirmwareReport::MAX_NAME).collect())
+            .map(|c| fit(&c.subject))
             .take(FirmwareReport::MAX_CERTIFICATES)
             .collect();
     let hashes =
@@ -1531,6 +1544,54 @@ async fn run_with_input(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_firmware_report_fits_what_the_boot_service_keeps_and_needs_a_readable_state() {
+        use recast_core::boot_trust::{
+            DbCertificate, Guid, Signature, SignatureDatabase, SignatureEntry,
+        };
+        let der = include_bytes!("../../core/src/testdata/boot_trust/ca-2011.der");
+        let cert = |subject: &str| {
+            let mut c = DbCertificate::from_der(der).unwrap();
+            c.subject = subject.into();
+            SignatureEntry {
+                owner: Guid([1; 16]),
+                signature: Signature::X509(Box::new(c)),
+            }
+        };
+        let trust = |secure_boot, names: &[&str]| MachineTrust {
+            firmware: Firmware::Uefi,
+            secure_boot,
+            db: SignatureDatabase {
+                attributes: None,
+                entries: names.iter().map(|n| cert(n)).collect(),
+            },
+            dbx: SignatureDatabase::default(),
+        };
+        // Long multi-byte names are cut on a character boundary within the byte limit, control
+        // characters become spaces: the boot service accepts what the imager sends.
+        let long = "Ä".repeat(150);
+        let r = firmware_report(&trust(SecureBoot::On, &[&long, "Windows UEFI CA\n2023"])).unwrap();
+        assert!(r.db_certificates[0].len() <= FirmwareReport::MAX_NAME);
+        assert_eq!(
+            r.db_certificates[0].chars().count(),
+            FirmwareReport::MAX_NAME / 2
+        );
+        assert_eq!(r.db_certificates[1], "Windows UEFI CA 2023");
+        assert!(r.check().is_ok());
+        // More than the boot service keeps: the first ones.
+        let many: Vec<String> = (0..40).map(|i| format!("CA {i}")).collect();
+        let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+        let r = firmware_report(&trust(SecureBoot::Off, &refs)).unwrap();
+        assert_eq!(r.db_certificates.len(), FirmwareReport::MAX_CERTIFICATES);
+        assert!(r.check().is_ok());
+        // Secure Boot unreadable (efivarfs not mounted): no report, never an empty db.
+        assert_eq!(firmware_report(&trust(SecureBoot::Unknown, &[])), None);
+        // BIOS: nothing to report.
+        let mut bios = trust(SecureBoot::Off, &[]);
+        bios.firmware = Firmware::Bios;
+        assert_eq!(firmware_report(&bios), None);
+    }
 
     #[test]
     fn a_long_error_keeps_its_start_and_end_within_the_limit() {

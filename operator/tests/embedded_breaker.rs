@@ -204,13 +204,28 @@ async fn the_fleet_breaker_holds_every_namespace_until_the_operator_resets_it() 
     clock.advance(60);
     sim.pass(&quiet).await;
     assert_eq!(sim.count(&quiet).await.attempted, 0);
-    // The operator's reset (the policy "default" of its namespace) does.
+    // Nor does a reset of the operator's namespace's own breaker (same policy, its own
+    // annotation).
+    let operator_policy = |annotation: &str| {
+        json!({"apiVersion": "recast.dev/v1alpha1", "kind": "RemediationPolicy",
+               "metadata": {"name": "default", "annotations": {
+                   annotation: recast_core::time::format(clock.now_for_test())}},
+               "spec": {}})
+    };
     store
         .apply(
-            &json!({"apiVersion": "recast.dev/v1alpha1", "kind": "RemediationPolicy",
-                    "metadata": {"name": "default", "annotations": {
-                        recast_crds::policy::BREAKER_RESET_ANNOTATION: recast_core::time::format(clock.now_for_test())}},
-                    "spec": {}}),
+            &operator_policy(recast_crds::policy::BREAKER_RESET_ANNOTATION),
+            "ops",
+        )
+        .unwrap();
+    clock.advance(60);
+    sim.pass(&quiet).await;
+    assert_eq!(sim.count(&quiet).await.attempted, 0);
+    // The operator's reset (the fleet annotation on the policy "default" of its namespace,
+    // what `recastctl breaker reset --fleet` writes) does.
+    store
+        .apply(
+            &operator_policy(recast_crds::policy::FLEET_BREAKER_RESET_ANNOTATION),
             "ops",
         )
         .unwrap();

@@ -844,6 +844,18 @@ fn secure_boot_machine(net: &Net, site: &Site, store: &EmbeddedStore) {
 fn will_it_boot(net: &Net, site: &Site, store: &EmbeddedStore) {
     let disk8 = site.dir.join("disk-vm8.img");
     blank_disk(&disk8, 4 * GIB);
+    // Not all zeros: a wipe or a fresh partition table would change these bytes (an all-zero
+    // disk hides a zeroing).
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&disk8)
+            .unwrap();
+        for at in [0, 512, 1 << 20, 2 * GIB, 4 * GIB - (1 << 20)] {
+            f.write_all_at(&[0xA5; 4096], at).unwrap();
+        }
+    }
     let blank = recast_tests::sha256_file(&disk8);
     let vm8 = Machine {
         mac: VM8,

@@ -134,9 +134,17 @@ fn build_controller<P: PowerControl>(
     let ctrl = Arc::new(
         Controller::new(backend, power, Arc::new(crate::clock::SystemClock), metrics)
             .with_bmc_watch_interval(opts.bmc_watch_interval)
-            .with_fleet_breaker(opts.fleet_breaker.clone().map(|b| super::FleetBreaker {
-                reset_namespace: opts.control_namespace.clone(),
-                ..b
+            // The fleet breaker's reset is read from the control namespace, where no tenant
+            // writes; a namespaced install (one watched namespace, no rights elsewhere) reads
+            // it from that namespace, which is the whole fleet it sees.
+            .with_fleet_breaker(opts.fleet_breaker.clone().map(|b| {
+                super::FleetBreaker {
+                    reset_namespace: opts
+                        .watch_namespace
+                        .clone()
+                        .unwrap_or_else(|| opts.control_namespace.clone()),
+                    ..b
+                }
             }))
             .with_fleet_ceiling(opts.fleet_ceiling),
     );

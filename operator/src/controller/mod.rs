@@ -133,7 +133,7 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
         {
             Some(p) => {
                 match PolicyView::from_policy(recast_crds::policy::DEFAULT_POLICY_NAME, &p) {
-                    Ok(v) => v.breaker_reset,
+                    Ok(v) => v.fleet_breaker_reset,
                     Err(e) => {
                         tracing::warn!(error = %e, "the fleet breaker's reset cannot be read; it counts every automatic start");
                         None
