@@ -62,8 +62,14 @@ fn crds_are_established_with_names_and_subresources() {
         );
         assert!(line.ends_with("True"), "{crd} not Established: {line}");
     }
-    // `kubectl get recast` lists every kind through the category.
+    // `kubectl get recast` lists every kind through the category. Discovery follows a CRD
+    // that was just installed or updated a moment later: give it that moment, then insist.
     let ns = k.fresh_namespace("crds");
+    recast_tests::wait_for(
+        std::time::Duration::from_secs(30),
+        "the recast category in discovery",
+        || k.kubectl(&["get", "recast", "-n", &ns]).status.success(),
+    );
     k.kubectl_ok(&["get", "recast", "-n", &ns]);
 }
 
