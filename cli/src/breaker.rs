@@ -7,7 +7,6 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 use jiff::Timestamp;
-use recast_core::breaker::is_automatic;
 use recast_core::breaker::{self, Trip};
 use recast_core::fleet::{BreakerSettings, FleetIndex};
 use recast_core::policy::PolicyView;
@@ -60,25 +59,12 @@ pub fn automatic_starts(endpoints: &[Endpoint]) -> Vec<Start> {
     for ep in endpoints {
         let Some(st) = &ep.status else { continue };
         let name = ep.metadata.name.clone().unwrap_or_default();
-        let running = st
-            .active_attempt
-            .iter()
-            .filter(|a| !st.history.iter().any(|h| h.id == a.id))
-            .map(|a| (a.trigger, &a.started_at, &a.id));
-        let finished = st.history.iter().map(|h| (h.trigger, &h.started_at, &h.id));
-        for (trigger, started, id) in running.chain(finished) {
-            if !is_automatic(trigger) {
-                continue;
-            }
-            if let Some(at) = recast_core::time::parse(started) {
-                out.push(Start {
-                    at,
-                    endpoint: name.clone(),
-                    trigger: format!("{trigger:?}"),
-                    attempt: id.clone(),
-                });
-            }
-        }
+        out.extend(breaker::automatic_starts(st).map(|s| Start {
+            at: s.at,
+            endpoint: name.clone(),
+            trigger: format!("{:?}", s.trigger),
+            attempt: s.attempt.to_string(),
+        }));
     }
     out.sort_by_key(|s| std::cmp::Reverse(s.at));
     out

@@ -137,7 +137,8 @@ pub enum SignatureProblem {
     BadSignature { signer: String },
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex, two digits a byte (digests as db/dbx tools and the API write them).
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

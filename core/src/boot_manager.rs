@@ -8,7 +8,7 @@
 use recast_crds::endpoint::FirmwareTrust;
 pub use recast_crds::golden_image::{BootManagerFacts, BootSignature};
 
-use crate::authenticode::{self, PeError};
+use crate::authenticode::{self, PeError, hex};
 
 /// Where a Windows image keeps its UEFI boot manager (bcdboot's source).
 pub const UEFI_BOOT_MANAGER: &str = "Windows/Boot/EFI/bootmgfw.efi";
@@ -151,10 +151,6 @@ pub fn predict(image: &BootManagerFacts, firmware: Option<&FirmwareTrust>) -> Pr
                 .join(", ")
         }
     ))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

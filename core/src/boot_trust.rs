@@ -50,7 +50,7 @@ use der::{Decode, Encode};
 use sha2::{Digest, Sha256};
 use x509_cert::Certificate;
 
-use crate::authenticode::{PeError, PeReport, common_name, signed_by};
+use crate::authenticode::{PeError, PeReport, common_name, hex, signed_by};
 
 /// A UEFI GUID, in its in-memory (mixed-endian) byte order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -590,10 +590,6 @@ impl Verdict {
     pub fn boots(&self) -> bool {
         !matches!(self, Verdict::WillNotBoot { .. })
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl fmt::Display for Allowed {

@@ -22,6 +22,40 @@ pub fn is_automatic(trigger: AttemptTrigger) -> bool {
     !matches!(trigger, AttemptTrigger::Manual | AttemptTrigger::Wave)
 }
 
+/// One automatic attempt of an endpoint, as the breaker counts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AutomaticStart<'a> {
+    pub at: Timestamp,
+    pub trigger: AttemptTrigger,
+    pub attempt: &'a str,
+}
+
+/// The endpoint's automatic attempts that count toward a breaker: the running one (until its
+/// record is in the history) and the finished ones, each with a readable start time.
+pub fn automatic_starts(
+    status: &recast_crds::endpoint::EndpointStatus,
+) -> impl Iterator<Item = AutomaticStart<'_>> {
+    let running = status
+        .active_attempt
+        .iter()
+        .filter(|a| !status.history.iter().any(|h| h.id == a.id))
+        .map(|a| (a.trigger, a.started_at.as_str(), a.id.as_str()));
+    let finished = status
+        .history
+        .iter()
+        .map(|h| (h.trigger, h.started_at.as_str(), h.id.as_str()));
+    running
+        .chain(finished)
+        .filter(|(trigger, _, _)| is_automatic(*trigger))
+        .filter_map(|(trigger, started, attempt)| {
+            Some(AutomaticStart {
+                at: crate::time::parse(started)?,
+                trigger,
+                attempt,
+            })
+        })
+}
+
 /// Which breaker is open.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BreakerScope {

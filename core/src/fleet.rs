@@ -13,7 +13,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use recast_crds::endpoint::{AttemptOutcome, EndpointPhase, EndpointStatus};
 
-use super::breaker::{self, BreakerScope, Trip, is_automatic};
+use super::breaker::{self, BreakerScope, Trip};
 use super::lifecycle::FleetView;
 use super::time;
 
@@ -112,19 +112,7 @@ impl FleetIndex {
             .filter(|h| h.outcome == AttemptOutcome::Failed)
             .filter_map(|h| time::parse(&h.finished_at))
             .collect();
-        let mut automatic_starts: Vec<Timestamp> = status
-            .history
-            .iter()
-            .filter(|h| is_automatic(h.trigger))
-            .filter_map(|h| time::parse(&h.started_at))
-            .collect();
-        if let Some(a) = &status.active_attempt
-            && is_automatic(a.trigger)
-            && !status.history.iter().any(|h| h.id == a.id)
-            && let Some(t) = time::parse(&a.started_at)
-        {
-            automatic_starts.push(t);
-        }
+        let automatic_starts = breaker::automatic_starts(status).map(|s| s.at).collect();
         let entry = Entry {
             site: site.map(str::to_string),
             active: status.active_attempt.is_some(),
