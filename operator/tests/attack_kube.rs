@@ -14,6 +14,9 @@
 //!
 //! Without the harness these tests skip loudly (RECAST_REQUIRE_K8S=1 makes that a failure).
 
+#[path = "support/kube_test.rs"]
+mod kube_test;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -25,7 +28,7 @@ use recast_operator::controller::kube::KubeOptions;
 use recast_operator::store::BootIntents;
 use recast_operator::store::Key;
 use recast_operator::store::arming::{BootIntent, Known};
-use recast_operator::store::kube::{ControlKind, KubeBackend, control_name};
+use recast_operator::store::kube::{ControlKind, control_name};
 use recast_tests::{K8s, free_port, inputs, repo_root, wait_for};
 use serde_json::{Value, json};
 
@@ -756,32 +759,14 @@ fn a_tenant_cannot_claim_another_tenants_machine() {
     // boot choice is the local disk, whatever is armed.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let known = rt.block_on(async {
-        let client = kube::Client::try_from(
-            kube::Config::from_custom_kubeconfig(
-                kube::config::Kubeconfig::read_from(&k.kubeconfig).unwrap(),
-                &Default::default(),
-            )
-            .await
-            .unwrap(),
-        )
-        .unwrap();
+        // Cluster-wide, as a boot replica: no lease.
         let opts = KubeOptions {
-            image_store: None,
-            bmc_watch_interval: recast_operator::controller::bmc_watch::DEFAULT_INTERVAL,
-            fleet_breaker: Some(Default::default()),
-            fleet_ceiling: Some(recast_operator::controller::DEFAULT_FLEET_CEILING),
-            lease_namespace: ctl.to_string(),
             identity: "attack-lookup".into(),
-            lease_duration: Duration::from_secs(4),
-            lease_grace: Duration::from_secs(1),
             watch_namespace: None,
-            control_namespace: ctl.to_string(),
-            deep_check_limits: Default::default(),
+            ..kube_test::options(ctl)
         };
         let leader = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (backend, _) = KubeBackend::connect(client, &opts.scope(), leader)
-            .await
-            .unwrap();
+        let backend = kube_test::backend(k, &opts, leader).await;
         // As the boot service does: lookups from the watch-fed index, once it has loaded.
         let (_stop_tx, stop) = tokio::sync::watch::channel(false);
         let index = backend.start_boot_index(stop);

@@ -11,9 +11,10 @@ use std::sync::Arc;
 
 use breaker_sim::{ManualClock, Sim, Tenant, controller};
 use recast_crds::manifest::Kind;
+use recast_operator::clock::Clock;
 use recast_operator::controller::FleetBreaker;
 use recast_operator::store::embedded::{EmbeddedBackend, EmbeddedStore};
-use serde_json::json;
+use serde_json::{Value, json};
 
 const FLOOD: usize = 1_000;
 const QUIET: usize = 20;
@@ -24,8 +25,8 @@ fn temp_dir(name: &str) -> PathBuf {
     d
 }
 
-/// Two tenants: "flood" (1,000 endpoints, breaker at 7 starts an hour) and "quiet" (20, at 3).
-fn fleet(name: &str) -> Arc<EmbeddedStore> {
+/// Two tenants, "flood" (1,000 endpoints) and "quiet" (20), each with its policy.
+fn fleet_with(name: &str, flood_policy: Value, quiet_policy: Value) -> Arc<EmbeddedStore> {
     let store = Arc::new(EmbeddedStore::open(&temp_dir(name)).unwrap());
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     for ns in ["flood", "quiet"] {
@@ -46,8 +47,8 @@ fn fleet(name: &str) -> Arc<EmbeddedStore> {
             }
         }
     }
-    store.apply(&breaker_sim::policy(7), "flood").unwrap();
-    store.apply(&breaker_sim::policy(3), "quiet").unwrap();
+    store.apply(&flood_policy, "flood").unwrap();
+    store.apply(&quiet_policy, "quiet").unwrap();
     for ep in breaker_sim::endpoints(FLOOD, 1) {
         store.apply(&ep, "flood").unwrap();
     }
@@ -55,6 +56,11 @@ fn fleet(name: &str) -> Arc<EmbeddedStore> {
         store.apply(&ep, "quiet").unwrap();
     }
     store
+}
+
+/// The two tenants with their breakers at 7 ("flood") and 3 ("quiet") starts an hour.
+fn fleet(name: &str) -> Arc<EmbeddedStore> {
+    fleet_with(name, breaker_sim::policy(7), breaker_sim::policy(3))
 }
 
 fn tenants() -> [Tenant; 2] {
@@ -157,7 +163,7 @@ async fn a_namespace_storm_opens_its_breaker_and_the_other_tenant_keeps_its_own(
 
     // A person resets it: the next ones start, up to the limit again (the paced rate), and
     // the breaker opens again.
-    reset(&store, "flood", clock.now_for_test());
+    reset(&store, "flood", clock.now());
     clock.advance(60);
     sim.pass(&flood).await;
     let c = sim.count(&flood).await;
@@ -200,7 +206,7 @@ async fn the_fleet_breaker_holds_every_namespace_until_the_operator_resets_it() 
             .starts_with("circuit breaker open in the whole fleet: 5 automatic reimages"),
     );
     // A tenant resetting its own namespace does not reset the fleet's.
-    reset(&store, "flood", clock.now_for_test());
+    reset(&store, "flood", clock.now());
     clock.advance(60);
     sim.pass(&quiet).await;
     assert_eq!(sim.count(&quiet).await.attempted, 0);
@@ -209,7 +215,7 @@ async fn the_fleet_breaker_holds_every_namespace_until_the_operator_resets_it() 
     let operator_policy = |annotation: &str| {
         json!({"apiVersion": "recast.dev/v1alpha1", "kind": "RemediationPolicy",
                "metadata": {"name": "default", "annotations": {
-                   annotation: recast_core::time::format(clock.now_for_test())}},
+                   annotation: recast_core::time::format(clock.now())}},
                "spec": {}})
     };
     store
@@ -238,38 +244,11 @@ async fn the_fleet_breaker_holds_every_namespace_until_the_operator_resets_it() 
 /// failure budget neither takes the other tenant's slots nor halts it.
 #[tokio::test]
 async fn one_tenants_storm_uses_its_own_slots_and_budget() {
-    let store = Arc::new(EmbeddedStore::open(&temp_dir("accounting")).unwrap());
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    for ns in ["flood", "quiet"] {
-        for (_, doc) in recast_operator::manifests::load(&examples).unwrap() {
-            if doc.value["kind"] == "GoldenImage"
-                && doc.value["metadata"]["name"] == breaker_sim::IMAGE
-            {
-                let (_, name, _) = store.apply(&doc.value, ns).unwrap();
-                store
-                    .write_status(
-                        Kind::GoldenImage,
-                        ns,
-                        &name,
-                        None,
-                        &recast_tests::inputs::verified_image_status(),
-                    )
-                    .unwrap();
-            }
-        }
-    }
-    store
-        .apply(&breaker_sim::policy_with(5, 2), "flood")
-        .unwrap();
-    store
-        .apply(&breaker_sim::policy_with(3, 2), "quiet")
-        .unwrap();
-    for ep in breaker_sim::endpoints(FLOOD, 1) {
-        store.apply(&ep, "flood").unwrap();
-    }
-    for ep in breaker_sim::endpoints(QUIET, 2) {
-        store.apply(&ep, "quiet").unwrap();
-    }
+    let store = fleet_with(
+        "accounting",
+        breaker_sim::policy_with(5, 2),
+        breaker_sim::policy_with(3, 2),
+    );
     let clock = ManualClock::new();
     let sim = Sim {
         ctrl: controller(

@@ -5,6 +5,9 @@
 //! Each test names what the bad input gets: a Verified condition with a reason, nothing in the
 //! artifact store, and no endless re-download.
 
+#[path = "support/kube_test.rs"]
+mod kube_test;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -503,33 +506,12 @@ async fn on_the_apiserver_the_controller_verifies_and_promotes() {
     std::fs::write(&file, serde_json::to_string(&doc).unwrap()).unwrap();
     k.kubectl_ok(&["apply", "-f", &file.to_string_lossy()]);
 
-    let client = kube::Client::try_from(
-        kube::Config::from_custom_kubeconfig(
-            kube::config::Kubeconfig::read_from(&k.kubeconfig).unwrap(),
-            &Default::default(),
-        )
-        .await
-        .unwrap(),
+    let backend = kube_test::backend(
+        &k,
+        &kube_test::options(&ns),
+        Arc::new(std::sync::atomic::AtomicBool::new(true)),
     )
-    .unwrap();
-    let opts = recast_operator::controller::kube::KubeOptions {
-        image_store: None,
-        bmc_watch_interval: recast_operator::controller::bmc_watch::DEFAULT_INTERVAL,
-        fleet_breaker: Some(Default::default()),
-        fleet_ceiling: Some(recast_operator::controller::DEFAULT_FLEET_CEILING),
-        deep_check_limits: Default::default(),
-        lease_namespace: ns.clone(),
-        identity: "test".into(),
-        lease_duration: std::time::Duration::from_secs(4),
-        lease_grace: std::time::Duration::from_secs(1),
-        watch_namespace: Some(ns.clone()),
-        control_namespace: ns.clone(),
-    };
-    let leader = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let (backend, _) =
-        recast_operator::store::kube::KubeBackend::connect(client, &opts.scope(), leader)
-            .await
-            .unwrap();
+    .await;
     let config = config(dir.path());
     let artifacts = config.store.clone();
     let ctrl = ImageController::new(Arc::new(backend), config)

@@ -8,12 +8,15 @@
 //! unless RECAST_REQUIRE_K8S=1.
 
 mod breaker_sim;
+#[path = "support/kube_test.rs"]
+mod kube_test;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use breaker_sim::{ManualClock, Sim, Tenant, controller};
+use recast_operator::clock::Clock;
 use recast_operator::controller::kube::KubeOptions;
 use recast_operator::store::ContextStore;
 use recast_operator::store::kube::KubeBackend;
@@ -29,47 +32,15 @@ struct Cluster {
 
 impl Cluster {
     fn apply(&self, docs: &[Value]) {
-        let file = std::env::temp_dir().join(format!("{}-{}.json", self.ns, std::process::id()));
-        let list = json!({"apiVersion": "v1", "kind": "List", "items": docs});
-        std::fs::write(&file, list.to_string()).unwrap();
-        self.k.kubectl_ok(&[
-            "apply",
-            "--server-side",
-            "-n",
-            &self.ns,
-            "-f",
-            &file.to_string_lossy(),
-        ]);
-        let _ = std::fs::remove_file(&file);
+        kube_test::apply(&self.k, &self.ns, docs);
     }
 
     async fn backend(&self) -> KubeBackend {
-        let client = kube::Client::try_from(
-            kube::Config::from_custom_kubeconfig(
-                kube::config::Kubeconfig::read_from(&self.k.kubeconfig).unwrap(),
-                &Default::default(),
-            )
-            .await
-            .unwrap(),
-        )
-        .unwrap();
         let opts = KubeOptions {
-            image_store: None,
-            bmc_watch_interval: recast_operator::controller::bmc_watch::DEFAULT_INTERVAL,
             fleet_breaker: None,
-            fleet_ceiling: Some(recast_operator::controller::DEFAULT_FLEET_CEILING),
-            deep_check_limits: Default::default(),
-            lease_namespace: self.ns.clone(),
-            identity: "test".into(),
-            lease_duration: Duration::from_secs(4),
-            lease_grace: Duration::from_secs(1),
-            watch_namespace: Some(self.ns.clone()),
-            control_namespace: self.ns.clone(),
+            ..kube_test::options(&self.ns)
         };
-        let (backend, _) =
-            KubeBackend::connect(client, &opts.scope(), Arc::new(AtomicBool::new(true)))
-                .await
-                .unwrap();
+        let backend = kube_test::backend(&self.k, &opts, Arc::new(AtomicBool::new(true))).await;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let images = backend.golden_images(&self.ns).await.unwrap();
@@ -186,7 +157,7 @@ async fn a_storm_of_1000_failed_rollbacks_opens_the_breaker_on_the_apiserver() {
         &format!(
             "{}={}",
             recast_crds::policy::BREAKER_RESET_ANNOTATION,
-            recast_core::time::format(clock.now_for_test())
+            recast_core::time::format(clock.now())
         ),
     ]);
     c.wait_for_reset(&sim.ctrl.backend).await;

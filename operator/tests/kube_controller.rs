@@ -3,6 +3,9 @@
 //! with leader election and fail-over, a crash at every lifecycle step, and the
 //! resourceVersion precondition that keeps a user's spec edit from being overwritten.
 
+#[path = "support/kube_test.rs"]
+mod kube_test;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -11,8 +14,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use recast_crds::endpoint::{AttemptOutcome, EndpointPhase, EndpointStatus, ReimageStep};
-use recast_operator::controller::kube::KubeOptions;
-use recast_operator::store::kube::{ControlKind, KubeBackend, control_name};
+use recast_operator::store::kube::{ControlKind, control_name};
 use recast_operator::store::{BackendError, EndpointStore, Key};
 use recast_tests::{K8s, inputs, repo_root};
 use serde_json::{Value, json};
@@ -552,32 +554,9 @@ async fn a_status_write_on_a_stale_spec_is_refused() {
     let Some(site) = Site::new("kube-stale") else {
         return;
     };
-    let client = kube::Client::try_from(
-        kube::Config::from_custom_kubeconfig(
-            kube::config::Kubeconfig::read_from(&site.k.kubeconfig).unwrap(),
-            &Default::default(),
-        )
-        .await
-        .unwrap(),
-    )
-    .unwrap();
-    let opts = KubeOptions {
-        image_store: None,
-        bmc_watch_interval: recast_operator::controller::bmc_watch::DEFAULT_INTERVAL,
-        fleet_breaker: Some(Default::default()),
-        fleet_ceiling: Some(recast_operator::controller::DEFAULT_FLEET_CEILING),
-        deep_check_limits: Default::default(),
-        lease_namespace: site.ns.clone(),
-        identity: "test".into(),
-        lease_duration: Duration::from_secs(4),
-        lease_grace: Duration::from_secs(1),
-        watch_namespace: Some(site.ns.clone()),
-        control_namespace: site.ns.clone(),
-    };
+    let opts = kube_test::options(&site.ns);
     let leader = Arc::new(AtomicBool::new(true));
-    let (backend, _) = KubeBackend::connect(client, &opts.scope(), leader.clone())
-        .await
-        .unwrap();
+    let backend = kube_test::backend(&site.k, &opts, leader.clone()).await;
     let key = recast_operator::store::Key {
         namespace: site.ns.clone(),
         name: "kiosk-03".into(),

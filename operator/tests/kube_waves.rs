@@ -3,13 +3,14 @@
 //! controller restart mid-wave, the global limit shared with the lifecycle, and a failure storm
 //! that trips the budget. Skips without the harness unless RECAST_REQUIRE_K8S=1.
 
+#[path = "support/kube_test.rs"]
+mod kube_test;
 mod wave_sim;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use recast_operator::controller::kube::KubeOptions;
 use recast_operator::store::ContextStore;
 use recast_operator::store::kube::KubeBackend;
 use recast_tests::{K8s, inputs, repo_root};
@@ -23,47 +24,16 @@ struct Cluster {
 
 impl Cluster {
     fn apply(&self, docs: &[Value]) {
-        let file = std::env::temp_dir().join(format!("{}-{}.json", self.ns, std::process::id()));
-        let list = json!({"apiVersion": "v1", "kind": "List", "items": docs});
-        std::fs::write(&file, list.to_string()).unwrap();
-        self.k.kubectl_ok(&[
-            "apply",
-            "--server-side",
-            "-n",
-            &self.ns,
-            "-f",
-            &file.to_string_lossy(),
-        ]);
-        let _ = std::fs::remove_file(&file);
+        kube_test::apply(&self.k, &self.ns, docs);
     }
 
     async fn backend(&self) -> KubeBackend {
-        let client = kube::Client::try_from(
-            kube::Config::from_custom_kubeconfig(
-                kube::config::Kubeconfig::read_from(&self.k.kubeconfig).unwrap(),
-                &Default::default(),
-            )
-            .await
-            .unwrap(),
+        let backend = kube_test::backend(
+            &self.k,
+            &kube_test::options(&self.ns),
+            Arc::new(AtomicBool::new(true)),
         )
-        .unwrap();
-        let opts = KubeOptions {
-            image_store: None,
-            bmc_watch_interval: recast_operator::controller::bmc_watch::DEFAULT_INTERVAL,
-            fleet_breaker: Some(Default::default()),
-            fleet_ceiling: Some(recast_operator::controller::DEFAULT_FLEET_CEILING),
-            deep_check_limits: Default::default(),
-            lease_namespace: self.ns.clone(),
-            identity: "test".into(),
-            lease_duration: Duration::from_secs(4),
-            lease_grace: Duration::from_secs(1),
-            watch_namespace: Some(self.ns.clone()),
-            control_namespace: self.ns.clone(),
-        };
-        let (backend, _) =
-            KubeBackend::connect(client, &opts.scope(), Arc::new(AtomicBool::new(true)))
-                .await
-                .unwrap();
+        .await;
         // The policy and images come from watch caches: wait until both images are Verified
         // and the policy is there, as the operator would after its caches fill.
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -6,14 +6,12 @@
 
 #![allow(dead_code)]
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use jiff::Timestamp;
 use recast_core::lifecycle::Input;
 use recast_core::signal::SignalKind;
 use recast_crds::endpoint::{EndpointStatus, ReportSummary};
 use recast_operator::bmc::RecordingPower;
-use recast_operator::clock::Clock;
 use recast_operator::controller::{Controller, FleetBreaker};
 use recast_operator::metrics::Metrics;
 use recast_operator::store::{Backend, Key};
@@ -22,32 +20,9 @@ use serde_json::{Value, json};
 pub const IMAGE: &str = "win11-24h2-2026-01";
 pub const OLD_BUILD: &str = "26100.7462";
 
-pub struct ManualClock(Mutex<Timestamp>);
-
-impl Clock for ManualClock {
-    fn now(&self) -> Timestamp {
-        *self.0.lock().unwrap()
-    }
-}
-
-impl ManualClock {
-    pub fn new() -> Arc<ManualClock> {
-        Arc::new(ManualClock(Mutex::new(
-            "2026-01-15T08:00:00Z".parse().unwrap(),
-        )))
-    }
-
-    pub fn now_for_test(&self) -> Timestamp {
-        *self.0.lock().unwrap()
-    }
-
-    pub fn advance(&self, secs: i64) {
-        let mut t = self.0.lock().unwrap();
-        *t = t
-            .checked_add(jiff::SignedDuration::from_secs(secs))
-            .unwrap();
-    }
-}
+#[path = "../support/manual_clock.rs"]
+mod manual_clock;
+pub use manual_clock::ManualClock;
 
 pub fn ep_name(i: usize) -> String {
     format!("kiosk-{i:04}")

@@ -5,14 +5,12 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use jiff::Timestamp;
 use recast_core::lifecycle::Input;
 use recast_crds::endpoint::{AttemptOutcome, EndpointStatus, ReimageStep, ReportSummary};
 use recast_crds::wave::{ReimageWaveStatus, WavePhase};
 use recast_operator::bmc::RecordingPower;
-use recast_operator::clock::Clock;
 use recast_operator::controller::Controller;
 use recast_operator::metrics::Metrics;
 use recast_operator::store::{Backend, Key};
@@ -28,28 +26,9 @@ pub const FLEET: usize = 50;
 pub const GLOBAL_LIMIT: usize = 5;
 pub const WAVE: &str = "feb";
 
-pub struct ManualClock(Mutex<Timestamp>);
-
-impl Clock for ManualClock {
-    fn now(&self) -> Timestamp {
-        *self.0.lock().unwrap()
-    }
-}
-
-impl ManualClock {
-    pub fn new() -> Arc<ManualClock> {
-        Arc::new(ManualClock(Mutex::new(
-            "2026-02-11T08:00:00Z".parse().unwrap(),
-        )))
-    }
-
-    pub fn advance(&self, secs: i64) {
-        let mut t = self.0.lock().unwrap();
-        *t = t
-            .checked_add(jiff::SignedDuration::from_secs(secs))
-            .unwrap();
-    }
-}
+#[path = "../support/manual_clock.rs"]
+mod manual_clock;
+pub use manual_clock::ManualClock;
 
 pub fn ep_name(i: usize) -> String {
     format!("pos-{i:02}")
