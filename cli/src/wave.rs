@@ -421,11 +421,12 @@ pub fn run(
                     (w.metadata.name.clone().unwrap_or_default(), w.spec, None)
                 }
             };
+            let endpoints = endpoints_of(store, ns)?;
             let (plan, stored) = match stored {
                 Some(p) => (p, true),
-                None => (plan_now(store, ns, &wave_spec)?, false),
+                None => (plan_now(&endpoints, &wave_spec)?, false),
             };
-            let outlook = boot_outlook_now(store, ns, &wave_spec.image, &plan)?;
+            let outlook = boot_outlook_now(store, ns, &wave_spec.image, &plan, &endpoints)?;
             match output {
                 Format::Table => print!(
                     "{}{}",
@@ -501,19 +502,31 @@ fn wave_documents(
     Ok(docs)
 }
 
+/// The namespace's endpoints, as the plan and its Secure Boot outlook read them.
+fn endpoints_of(store: &Backend, ns: &str) -> Result<Vec<Endpoint>, CliError> {
+    store
+        .list(Kind::Endpoint, Some(ns))?
+        .into_iter()
+        .map(|v| {
+            serde_json::from_value(v)
+                .map_err(|e| CliError::Failed(format!("a stored Endpoint does not decode: {e}")))
+        })
+        .collect()
+}
+
 /// Plans `spec` against the endpoints as they are now.
-fn plan_now(store: &Backend, ns: &str, spec: &ReimageWaveSpec) -> Result<planner::Plan, CliError> {
-    let mut candidates = Vec::new();
-    for v in store.list(Kind::Endpoint, Some(ns))? {
-        let ep: Endpoint = serde_json::from_value(v)
-            .map_err(|e| CliError::Failed(format!("a stored Endpoint does not decode: {e}")))?;
-        candidates.push(Candidate::new(
-            ep.metadata.name.as_deref().unwrap_or_default(),
-            ep.metadata.labels.clone().unwrap_or_default(),
-            &ep.spec,
-            ep.status.as_ref(),
-        ));
-    }
+fn plan_now(endpoints: &[Endpoint], spec: &ReimageWaveSpec) -> Result<planner::Plan, CliError> {
+    let candidates: Vec<Candidate> = endpoints
+        .iter()
+        .map(|ep| {
+            Candidate::new(
+                ep.metadata.name.as_deref().unwrap_or_default(),
+                ep.metadata.labels.clone().unwrap_or_default(),
+                &ep.spec,
+                ep.status.as_ref(),
+            )
+        })
+        .collect();
     planner::plan(spec, &candidates).map_err(|e| CliError::Failed(format!("cannot plan: {e}")))
 }
 
@@ -570,22 +583,23 @@ fn boot_outlook_now(
     ns: &str,
     image: &str,
     plan: &planner::Plan,
+    endpoints: &[Endpoint],
 ) -> Result<BootOutlook, CliError> {
     let facts = store
         .get(Kind::GoldenImage, ns, image)?
         .and_then(|v| serde_json::from_value::<recast_crds::GoldenImage>(v).ok())
         .and_then(|gi| gi.status?.facts?.boot_manager);
     let planned: Vec<&String> = plan.batches.iter().flat_map(|b| &b.endpoints).collect();
-    let mut members = Vec::new();
-    for v in store.list(Kind::Endpoint, Some(ns))? {
-        let Ok(ep) = serde_json::from_value::<Endpoint>(v) else {
-            continue;
-        };
-        let name = ep.metadata.name.clone().unwrap_or_default();
-        if planned.contains(&&name) {
-            members.push((name, ep.status.and_then(|s| s.firmware)));
-        }
-    }
+    let members: Vec<_> = endpoints
+        .iter()
+        .filter_map(|ep| {
+            let name = ep.metadata.name.clone().unwrap_or_default();
+            planned.contains(&&name).then(|| {
+                let firmware = ep.status.as_ref().and_then(|s| s.firmware.clone());
+                (name, firmware)
+            })
+        })
+        .collect();
     Ok(boot_outlook(facts.as_ref(), &members))
 }
 
