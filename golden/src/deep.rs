@@ -10,11 +10,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::servicing::{
-    MAX_MUM_BYTES, ServicingEvidence, kb_from_package_name, kbs_in_manifest, parse_rollup_name,
+    MAX_MUM_BYTES, MAX_SESSION_LOG_BYTES, ServicingEvidence, SessionLog, kb_from_package_name,
+    kbs_in_manifest, parse_rollup_name, updates_in_session_log,
 };
 
 /// The directory every Windows image keeps its installed-package manifests in.
 pub const PACKAGES_DIR: &str = "Windows/servicing/Packages";
+/// The servicing stack's log of every package it installed.
+pub const SESSION_LOG: &str = "Windows/servicing/Sessions/Sessions.xml";
 /// More manifests than any Windows image holds (a fully serviced one has a few thousand).
 pub const MAX_MANIFESTS: usize = 200_000;
 
@@ -263,6 +266,8 @@ fn collect_evidence_inner(
                 scratch.path(),
                 cancelled,
             )?);
+            e.session_log =
+                read_session_log(path, index, &mut archive, image, scratch.path(), cancelled)?;
             Ok(e)
         });
     // Dropping `scratch` removes the directory; errors there must not hide the result.
@@ -317,6 +322,51 @@ fn read_boot_manager(
     }
     let bytes = std::fs::read(&extracted).map_err(read_err)?;
     Ok(facts_of(Some(&bytes)))
+}
+
+/// The servicing log, extracted alone: which KB each installed cumulative update was, kept
+/// after a component cleanup removed the superseded manifests.
+fn read_session_log(
+    path: &Path,
+    index: u32,
+    archive: &mut wim::Wim,
+    image: wim::ImageIndex,
+    scratch: &Path,
+    cancelled: impl FnMut() -> bool,
+) -> Result<SessionLog, DeepError> {
+    let dest = scratch.join("sessions");
+    let extracted = match archive.extract_path_case_insensitive_with_cancel(
+        image,
+        SESSION_LOG,
+        &dest,
+        cancelled,
+    ) {
+        Ok(p) => p,
+        Err(wim::Error::Engine(WIMLIB_ERR_PATH_DOES_NOT_EXIST)) => return Ok(SessionLog::Absent),
+        Err(wim::Error::Engine(WIMLIB_ERR_ABORTED_BY_PROGRESS)) => {
+            return Err(DeepError::Cancelled {
+                path: path.to_path_buf(),
+            });
+        }
+        Err(source) => {
+            return Err(DeepError::Extract {
+                path: path.to_path_buf(),
+                index,
+                source,
+            });
+        }
+    };
+    let read_err = |source| DeepError::Read {
+        file: extracted.clone(),
+        source,
+    };
+    let len = std::fs::metadata(&extracted).map_err(read_err)?.len();
+    if len > MAX_SESSION_LOG_BYTES {
+        return Ok(SessionLog::TooLarge { bytes: len });
+    }
+    Ok(updates_in_session_log(
+        &std::fs::read(&extracted).map_err(read_err)?,
+    ))
 }
 
 /// Builds the evidence from an extracted Packages directory.

@@ -558,6 +558,14 @@ mod tests {
             manifest_count: 3,
             // The boot manager's facts travel back from the child too.
             boot_manager: Some(recast_core::boot_manager::facts_of(None)),
+            // And what the servicing log records.
+            session_log: crate::servicing::SessionLog::Read {
+                updates: vec![crate::servicing::LoggedUpdate {
+                    kb: "KB5072033".into(),
+                    build: crate::Build::new(26100, 7462),
+                    version: "26100.7462.1.5".into(),
+                }],
+            },
         });
         let json = serde_json::to_string(&reply).unwrap();
         assert_eq!(serde_json::from_str::<ChildReply>(&json).unwrap(), reply);

@@ -9,7 +9,13 @@
 //!   inside `<assembly>`. Standalone updates install `Package_for_KB<digits>~...mum`, which names
 //!   the KB in the file name.
 //! - A cumulative update contains every earlier one on its branch, so an image at 26100.7840
-//!   contains KB5074109 (26100.7623) through the table in [`crate::updates`], and the result says so.
+//!   contains KB5074109 (26100.7623). What decides is the build the image's packages prove is
+//!   installed; a required KB only needs a *build* to compare with, found (in this order) in a
+//!   RollupFix manifest still in the store, in the servicing log
+//!   `Windows\servicing\Sessions\Sessions.xml` (every package the servicing stack installed,
+//!   by identity and KB, kept after a component cleanup removed the superseded manifests), and
+//!   only then in the name lookup of [`crate::updates`] (confirmed entries only). The result
+//!   says which source named the build.
 
 use recast_core::boot_manager::BootManagerFacts;
 use serde::Serialize;
@@ -147,6 +153,79 @@ pub struct ServicingEvidence {
     /// The UEFI boot manager the image installs (None: not read).
     #[serde(default)]
     pub boot_manager: Option<BootManagerFacts>,
+    /// What the servicing log says was installed.
+    #[serde(default)]
+    pub session_log: SessionLog,
+}
+
+/// The servicing log, `Windows\servicing\Sessions\Sessions.xml`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", tag = "state")]
+pub enum SessionLog {
+    /// Not looked for (an evidence of an older recast, or a test).
+    #[default]
+    NotRead,
+    /// The image has no servicing log.
+    Absent,
+    /// Larger than [`MAX_SESSION_LOG_BYTES`]: not read.
+    TooLarge { bytes: u64 },
+    /// Present but not XML (a damaged log proves nothing; it does not fail the image).
+    Unreadable { why: String },
+    /// The cumulative updates it records.
+    Read { updates: Vec<LoggedUpdate> },
+}
+
+/// A cumulative update the servicing log records: its package identity gives the build, its
+/// `name` the KB.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoggedUpdate {
+    pub kb: String,
+    pub build: Build,
+    /// The package's four-part version, such as 26100.7623.1.6.
+    pub version: String,
+}
+
+/// Largest servicing log recast reads. A healthy one is a few MiB; logs of hundreds of MiB
+/// exist on machines that serviced for years, and are not worth parsing for a golden image.
+pub const MAX_SESSION_LOG_BYTES: u64 = 32 * 1024 * 1024;
+
+/// The cumulative updates a servicing log (Sessions.xml) records: every
+/// `<package id="Package_for_RollupFix~…~B.U.x.y" name="KBnnnnnnn">` of any session, whatever
+/// the session's outcome (the pairing of a KB with its build is a fact of the package; whether
+/// it is installed is decided by the manifests in the store, never by the log).
+pub fn updates_in_session_log(bytes: &[u8]) -> SessionLog {
+    let text = match decode_text(bytes) {
+        Ok(t) => t,
+        Err(why) => return SessionLog::Unreadable { why },
+    };
+    let options = roxmltree::ParsingOptions {
+        allow_dtd: false,
+        nodes_limit: crate::xml::MAX_XML_NODES,
+        ..Default::default()
+    };
+    let doc = match roxmltree::Document::parse_with_options(&text, options) {
+        Ok(d) => d,
+        Err(e) => {
+            return SessionLog::Unreadable { why: e.to_string() };
+        }
+    };
+    let mut updates: Vec<LoggedUpdate> = doc
+        .descendants()
+        .filter(|n| n.is_element() && n.tag_name().name().eq_ignore_ascii_case("package"))
+        .filter_map(|n| {
+            let package = parse_rollup_name(&format!("{}.mum", n.attribute("id")?))?;
+            let kb = updates::normalize_kb(n.attribute("name")?)?;
+            Some(LoggedUpdate {
+                kb,
+                build: package.build,
+                version: package.version,
+            })
+        })
+        .collect();
+    updates.sort_by(|a, b| (a.build, &a.kb).cmp(&(b.build, &b.kb)));
+    updates.dedup_by(|a, b| a.kb == b.kb && a.build == b.build);
+    SessionLog::Read { updates }
 }
 
 impl ServicingEvidence {
@@ -366,7 +445,7 @@ pub fn evaluate(
 
     let mut kbs = Vec::new();
     for kb in &req.required_kbs {
-        let finding = find_kb(kb, evidence, &own, installed);
+        let finding = find_kb(kb, evidence, &own, &branches, installed);
         checks.push(Check {
             name: "kb",
             passed: finding.contained,
@@ -389,6 +468,7 @@ fn find_kb(
     kb: &str,
     evidence: &ServicingEvidence,
     own: &[&RollupPackage],
+    branches: &[u32],
     installed: Option<Build>,
 ) -> KbFinding {
     let Some(kb) = updates::normalize_kb(kb) else {
@@ -419,47 +499,90 @@ fn find_kb(
             contained: true,
         };
     }
-    let known = updates::by_kb(&kb);
-    match (known, installed) {
-        (Some(u), Some(i)) => match updates::contained_in(u, i) {
-            Some(b) => KbFinding {
-                explanation: format!(
-                    "contains {kb}: yes, build {b}, included in the installed cumulative update {i}{}",
-                    updates::by_build(i)
-                        .map(|n| format!(" ({})", n.kb))
-                        .unwrap_or_default()
-                ),
-                kb,
-                contained: true,
-            },
-            None => KbFinding {
-                explanation: format!(
-                    "contains {kb}: no — it brings build {}, the image is at {i}: service the image with {kb} or a later cumulative update",
-                    u.builds
-                        .iter()
-                        .find(|b| b.build == i.build)
-                        .or(u.builds.first())
-                        .map_or("?".into(), |b| b.to_string())
-                ),
-                kb,
-                contained: false,
-            },
-        },
-        (Some(_), None) => KbFinding {
+    // An image of a release recast does not know is compared on its own build only.
+    let branches = match (branches, installed) {
+        ([], Some(i)) => vec![i.build],
+        _ => branches.to_vec(),
+    };
+    let Some((brings, source)) = build_of(&kb, evidence, &branches) else {
+        let log = match &evidence.session_log {
+            SessionLog::Read { .. } => "the servicing log does not record it".to_string(),
+            SessionLog::Absent => "the image has no servicing log".to_string(),
+            SessionLog::TooLarge { bytes } => format!(
+                "the servicing log was not read ({bytes} bytes, more than {MAX_SESSION_LOG_BYTES})"
+            ),
+            SessionLog::Unreadable { why } => format!("the servicing log is unreadable ({why})"),
+            SessionLog::NotRead => "the servicing log was not read".to_string(),
+        };
+        let table = match updates::by_kb(&kb) {
+            Some(u) if !u.confirmed => {
+                "recast's update table lists it with a build from a single source, which proves nothing by itself".to_string()
+            }
+            _ => "recast's update table does not know it".to_string(),
+        };
+        return KbFinding {
+            explanation: format!(
+                "contains {kb}: not proven — no package in the image names it, {log}, and {table}: require the build instead (requirements.minimumBuild) or service the image with {kb} or later"
+            ),
+            kb,
+            contained: false,
+        };
+    };
+    let Some(i) = installed else {
+        return KbFinding {
             explanation: format!(
                 "contains {kb}: no — the image has no cumulative update installed"
             ),
             kb,
             contained: false,
-        },
-        (None, _) => KbFinding {
+        };
+    };
+    // The KB's build may be named on the 24H2 branch for a 25H2 image: compare revisions.
+    if brings.ubr <= i.ubr {
+        let installed_kb = own
+            .iter()
+            .max_by_key(|p| p.build)
+            .and_then(|p| p.kbs.first().cloned())
+            .map(|k| format!(" ({k})"))
+            .unwrap_or_default();
+        KbFinding {
             explanation: format!(
-                "contains {kb}: no — no package in the image names it, and recast's update table (recast_golden::updates) does not know which build brings it"
+                "contains {kb}: yes, build {brings} ({source}), included in the installed cumulative update {i}{installed_kb}"
+            ),
+            kb,
+            contained: true,
+        }
+    } else {
+        KbFinding {
+            explanation: format!(
+                "contains {kb}: no — it brings build {brings} ({source}), the image is at {i}: service the image with {kb} or a later cumulative update"
             ),
             kb,
             contained: false,
-        },
+        }
     }
+}
+
+/// The build `kb` brings on one of the image's servicing branches, and which source said so:
+/// the servicing log, then recast's name lookup (confirmed entries only).
+fn build_of(
+    kb: &str,
+    evidence: &ServicingEvidence,
+    branches: &[u32],
+) -> Option<(Build, &'static str)> {
+    let on_branch = |b: &Build| branches.contains(&b.build);
+    if let SessionLog::Read { updates } = &evidence.session_log
+        && let Some(u) = updates
+            .iter()
+            .filter(|u| u.kb == kb && on_branch(&u.build))
+            .min_by_key(|u| u.build)
+    {
+        return Some((u.build, "recorded by the servicing log"));
+    }
+    updates::by_kb(kb)
+        .filter(|u| u.confirmed)
+        .and_then(|u| u.builds.iter().copied().find(|b| on_branch(b)))
+        .map(|b| (b, "recast's update table"))
 }
 
 #[cfg(test)]
@@ -493,7 +616,202 @@ mod tests {
             rollups,
             kb_packages: vec![],
             boot_manager: None,
+            session_log: SessionLog::Absent,
         }
+    }
+
+    fn session_log(entries: &[(&str, &str, &str)]) -> Vec<u8> {
+        let entries: Vec<_> = entries
+            .iter()
+            .map(|(b, kb, status)| {
+                let b = Build::parse(b).unwrap();
+                ((b.build, b.ubr), *kb, *status)
+            })
+            .collect();
+        recast_tests::wimlib::session_log(&entries)
+    }
+
+    #[test]
+    fn reads_the_servicing_log() {
+        let log = updates_in_session_log(&session_log(&[
+            ("26100.8246", "KB5081234", "0x0"),
+            ("26100.7623", "KB5074109", "0x800f0922"),
+            ("26100.7623", "KB5074109", "0x0"),
+        ]));
+        let SessionLog::Read { updates } = log else {
+            panic!("{log:?}")
+        };
+        // Sorted by build, one per KB and build, whatever the session's outcome.
+        assert_eq!(
+            updates
+                .iter()
+                .map(|u| (u.kb.as_str(), u.build, u.version.as_str()))
+                .collect::<Vec<_>>(),
+            vec![
+                ("KB5074109", Build::new(26100, 7623), "26100.7623.1.3"),
+                ("KB5081234", Build::new(26100, 8246), "26100.8246.1.3"),
+            ]
+        );
+        // Bad input: not XML, not text, a standalone package, a package without a KB name.
+        assert!(matches!(
+            updates_in_session_log(b"<Sessions><Session>"),
+            SessionLog::Unreadable { .. }
+        ));
+        assert!(matches!(
+            updates_in_session_log(b"\xc3\x28"),
+            SessionLog::Unreadable { .. }
+        ));
+        let other = b"<Sessions><Session><Tasks><Phase><package id=\"Package_for_KB972636~31bf3856ad364e35~amd64~~6.1.1.0\" name=\"KB972636\"/><package id=\"Package_for_RollupFix~31bf3856ad364e35~amd64~~26100.7623.1.6\" name=\"RollupFix\"/></Phase></Tasks></Session></Sessions>";
+        assert_eq!(
+            updates_in_session_log(other),
+            SessionLog::Read { updates: vec![] }
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// A damaged log never panics and never invents an update: every one it yields is a
+        /// RollupFix identity and a KB the text really holds.
+        #[test]
+        fn a_mutated_log_never_panics_or_invents(edits in proptest::collection::vec((0usize..4000, 0u8..3, proptest::prelude::any::<char>()), 1..10)) {
+            let good = String::from_utf8(session_log(&[("26100.8246", "KB5081234", "0x0"), ("26100.9100", "KB5089999", "0x0")])).unwrap();
+            let mut chars: Vec<char> = good.chars().collect();
+            for (at, op, c) in edits {
+                let at = at % chars.len().max(1);
+                match op {
+                    0 => chars[at] = c,
+                    1 => { chars.remove(at); }
+                    _ => chars.insert(at, c),
+                }
+            }
+            let text: String = chars.into_iter().collect();
+            if let SessionLog::Read { updates } = updates_in_session_log(text.as_bytes()) {
+                for u in updates {
+                    proptest::prop_assert!(text.contains(&u.version) && text.contains(u.kb.trim_start_matches("KB")), "{u:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_later_update_contains_an_older_kb_the_log_names() {
+        // March's KB is in no table; the image was serviced in March, then with November's
+        // update, and a component cleanup removed March's manifest. The log still pairs it
+        // with its build, and the installed build proves it is contained.
+        let mut e = evidence(vec![pkg(Build::new(26100, 9100), &["KB5089999"])]);
+        e.session_log = updates_in_session_log(&session_log(&[
+            ("26100.8246", "KB5081234", "0x0"),
+            ("26100.9100", "KB5089999", "0x0"),
+        ]));
+        let v = evaluate(
+            &image(26100, Some(9100)),
+            &e,
+            &req("26100.7623", &["KB5081234"]),
+        );
+        assert!(v.passed(), "{:#?}", v.checks);
+        assert_eq!(
+            v.kbs[0].explanation,
+            "contains KB5081234: yes, build 26100.8246 (recorded by the servicing log), included in the installed cumulative update 26100.9100 (KB5089999)"
+        );
+        // The log names a KB above what the packages prove installed: not contained.
+        let mut e = evidence(vec![pkg(Build::new(26100, 8246), &["KB5081234"])]);
+        e.session_log =
+            updates_in_session_log(&session_log(&[("26100.9100", "KB5089999", "0x800f0922")]));
+        let v = evaluate(
+            &image(26100, Some(8246)),
+            &e,
+            &req("26100.7623", &["KB5089999"]),
+        );
+        assert!(
+            v.kbs[0]
+                .explanation
+                .starts_with("contains KB5089999: no — it brings build 26100.9100 (recorded by the servicing log), the image is at 26100.8246"),
+            "{}",
+            v.kbs[0].explanation
+        );
+        // A log entry of another release proves nothing for this image.
+        let mut e = evidence(vec![pkg(Build::new(26100, 9100), &["KB5089999"])]);
+        e.session_log = updates_in_session_log(&session_log(&[("22631.4000", "KB5081234", "0x0")]));
+        let v = evaluate(
+            &image(26100, Some(9100)),
+            &e,
+            &req("26100.7623", &["KB5081234"]),
+        );
+        assert!(!v.passed());
+        assert!(
+            v.kbs[0]
+                .explanation
+                .contains("not proven — no package in the image names it, the servicing log does not record it"),
+            "{}",
+            v.kbs[0].explanation
+        );
+    }
+
+    #[test]
+    fn the_table_is_a_lookup_and_unconfirmed_entries_prove_nothing() {
+        // KB5077744's build comes from one source: it never proves containment alone.
+        let v = evaluate(
+            &image(26100, Some(7840)),
+            &evidence(vec![pkg(Build::new(26100, 7840), &["KB5077181"])]),
+            &req("26100.7623", &["KB5077744", "KB5074109"]),
+        );
+        assert!(!v.kbs[0].contained, "{}", v.kbs[0].explanation);
+        assert!(
+            v.kbs[0].explanation.contains("single source")
+                && v.kbs[0].explanation.contains("minimumBuild"),
+            "{}",
+            v.kbs[0].explanation
+        );
+        assert!(v.kbs[1].contained);
+        assert!(
+            v.kbs[1].explanation.contains("(recast's update table)"),
+            "{}",
+            v.kbs[1].explanation
+        );
+        // Each state of the log is named when it is why a KB is not proven.
+        for (log, says) in [
+            (SessionLog::Absent, "the image has no servicing log"),
+            (
+                SessionLog::TooLarge { bytes: 1 << 30 },
+                "was not read (1073741824 bytes",
+            ),
+            (
+                SessionLog::Unreadable { why: "x".into() },
+                "the servicing log is unreadable (x)",
+            ),
+        ] {
+            let mut e = evidence(vec![pkg(Build::new(26100, 7840), &["KB5077181"])]);
+            e.session_log = log;
+            let v = evaluate(
+                &image(26100, Some(7840)),
+                &e,
+                &req("26100.7623", &["KB5081234"]),
+            );
+            assert!(
+                v.kbs[0].explanation.contains(says),
+                "{}",
+                v.kbs[0].explanation
+            );
+        }
+    }
+
+    #[test]
+    fn containment_is_per_branch_and_monotonic() {
+        for (installed, contained) in [(7840, true), (7623, true), (7462, false)] {
+            let v = evaluate(
+                &image(26100, Some(installed)),
+                &evidence(vec![pkg(Build::new(26100, installed), &[])]),
+                &req("26100.7000", &["KB5074109"]),
+            );
+            assert_eq!(v.kbs[0].contained, contained, "{}", v.kbs[0].explanation);
+        }
+        // Another release's build never contains a 24H2 KB.
+        let v = evaluate(
+            &image(22631, Some(9999)),
+            &evidence(vec![pkg(Build::new(22631, 9999), &[])]),
+            &req("22631.1", &["KB5074109"]),
+        );
+        assert!(!v.kbs[0].contained, "{}", v.kbs[0].explanation);
     }
 
     fn req(min: &str, kbs: &[&str]) -> Requirements {
@@ -642,7 +960,11 @@ mod tests {
             &req("26100.7623", &["KB5999999", "nonsense"]),
         );
         assert_eq!(v.failures().count(), 2);
-        assert!(v.kbs[0].explanation.contains("does not know"));
+        assert!(
+            v.kbs[0].explanation.contains("does not know"),
+            "{}",
+            v.kbs[0].explanation
+        );
         let v = evaluate(
             &image(26100, Some(7623)),
             &evidence(vec![]),

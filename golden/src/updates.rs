@@ -4,6 +4,10 @@
 //! Windows 11 24H2 (build 26100) and 25H2 (26200, an enablement package on the same servicing
 //! branch) receive the same cumulative update with the same revision (UBR).
 //!
+//! A name lookup, not the proof: whether an image contains an update is decided by the build its
+//! servicing packages prove is installed (recast_golden::servicing); this table only gives a KB's
+//! build when nothing in the image names it, and words for a person.
+//!
 //! Sources: Microsoft's release notes as quoted by windowsforum.com, windowsnews.ai and
 //! malwaretips.com (checked November 2026). Uncertain entries are marked `confirmed: false`
 //! and say why; recast never treats such an entry as proof by itself, it only uses it to
@@ -114,16 +118,6 @@ pub fn servicing_builds(build: u32) -> &'static [u32] {
     }
 }
 
-/// Cumulative updates include every earlier one: an image at `installed` contains `update`
-/// when the update has a build on the same branch at or below it.
-pub fn contained_in(update: &Update, installed: Build) -> Option<Build> {
-    update
-        .builds
-        .iter()
-        .copied()
-        .find(|b| b.build == installed.build && b.ubr <= installed.ubr)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,21 +137,6 @@ mod tests {
             Some("KB5072033")
         );
         assert_eq!(by_build(Build::new(26100, 7624)), None);
-    }
-
-    #[test]
-    fn cumulative_containment_is_per_branch_and_monotonic() {
-        let jan = by_kb("KB5074109").unwrap();
-        assert_eq!(
-            contained_in(jan, Build::new(26100, 7840)),
-            Some(Build::new(26100, 7623))
-        );
-        assert_eq!(
-            contained_in(jan, Build::new(26100, 7623)),
-            Some(Build::new(26100, 7623))
-        );
-        assert_eq!(contained_in(jan, Build::new(26100, 7462)), None);
-        assert_eq!(contained_in(jan, Build::new(22631, 9999)), None);
     }
 
     #[test]

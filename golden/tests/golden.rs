@@ -477,6 +477,75 @@ fn xml_that_claims_january_over_december_packages_fails_the_deep_check() {
 }
 
 #[test]
+fn an_older_kb_is_proven_by_the_servicing_log_after_a_component_cleanup() {
+    let Some(fx) = Fixture::new() else { return };
+    // Serviced with March's update (in no table), then November's; a component cleanup
+    // (DISM /ResetBase) left only November's manifest. The log keeps both.
+    const MAR: Build = Build::new(26100, 8246);
+    const NOV: Build = Build::new(26100, 9100);
+    let require_march = |wim: &Path| VerifyRequest {
+        requirements: Requirements {
+            required_kbs: vec!["KB5081234".into(), "KB5074109".into()],
+            ..january_requirements()
+        },
+        ..request(wim, None)
+    };
+    let capture = |name: &str, log: bool| {
+        let wim = fx.path(name);
+        let tree = wim.with_extension("tree");
+        make_tree(&tree, &[(ubr(NOV), "KB5089999")], 1);
+        if log {
+            wimlib::write_session_log(
+                &tree,
+                &[
+                    (ubr(MAR), "KB5081234", "0x0"),
+                    (ubr(NOV), "KB5089999", "0x0"),
+                ],
+            );
+        }
+        run(
+            &fx.wimlib,
+            &[
+                "capture",
+                tree.to_str().unwrap(),
+                wim.to_str().unwrap(),
+                "Windows 11 Enterprise",
+            ],
+        );
+        set_props(&fx.wimlib, &wim, 1, &windows_props(ubr(NOV), "Enterprise"));
+        wim
+    };
+
+    let report = verify(&require_march(&capture("cleaned.wim", true))).unwrap();
+    assert_eq!(report.outcome, Outcome::Verified, "{:#?}", report.problems);
+    let kbs = &report.deep.as_ref().unwrap().kbs;
+    assert_eq!(
+        kbs[0].explanation,
+        "contains KB5081234: yes, build 26100.8246 (recorded by the servicing log), included in the installed cumulative update 26100.9100 (KB5089999)"
+    );
+    assert!(
+        kbs[1].explanation.contains("(recast's update table)"),
+        "{}",
+        kbs[1].explanation
+    );
+
+    // Without the log nothing in the image pairs March's KB with a build: not proven, and the
+    // problem says what to do.
+    let report = verify(&require_march(&capture("no-log.wim", false))).unwrap();
+    assert_eq!(report.outcome, Outcome::RequirementsNotMet);
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.starts_with("contains KB5081234: not proven")
+                && p.contains("the image has no servicing log")
+                && p.contains("minimumBuild")),
+        "{:#?}",
+        report.problems
+    );
+}
+
+#[test]
 fn image_without_a_servicing_store_is_not_windows() {
     let Some(fx) = Fixture::new() else { return };
     let tree = fx.path("data.tree");

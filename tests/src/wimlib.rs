@@ -96,6 +96,30 @@ pub fn rollup_name(build: BuildUbr) -> String {
     )
 }
 
+/// A servicing log (`Windows\\servicing\\Sessions\\Sessions.xml`) in the shape the servicing
+/// stack writes it: one session per `(build, KB, status)`, the RollupFix package in `<Tasks>`
+/// with its KB in `name`, and what it did in `<Actions>`.
+pub fn session_log(entries: &[(BuildUbr, &str, &str)]) -> Vec<u8> {
+    let mut x = String::from(
+        "\u{feff}<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<Sessions version=\"1.0\">\n",
+    );
+    for (i, ((b, u), kb, status)) in entries.iter().enumerate() {
+        let id = format!("Package_for_RollupFix~31bf3856ad364e35~amd64~~{b}.{u}.1.3");
+        x.push_str(&format!(
+            "  <Session version=\"1.0\" id=\"3125{i}_4017\" client=\"DISM Package Manager Provider\" options=\"1024\" currentPhase=\"1\" lastSuccessfulState=\"Complete\" pendingFollower=\"false\" retry=\"false\" Queued=\"2026/03/11/09:12:03\" Started=\"2026/03/11/09:12:03\" Complete=\"2026/03/11/09:40:17\" status=\"{status}\">\n    <Tasks><Phase seq=\"1\"><package id=\"{id}\" name=\"{kb}\" targetState=\"Installed\" options=\"3\" /></Phase></Tasks>\n    <Actions><Phase seq=\"1\" rebootRequired=\"true\" Resolved=\"2026/03/11/09:12:40\" Staged=\"2026/03/11/09:30:02\" Installed=\"2026/03/11/09:40:11\"><Install package=\"{id}\" update=\"Multiple_Packages\" /></Phase></Actions>\n  </Session>\n"
+        ));
+    }
+    x.push_str("</Sessions>\n");
+    x.into_bytes()
+}
+
+/// Writes [`session_log`] into a tree made by [`make_tree`].
+pub fn write_session_log(root: &Path, entries: &[(BuildUbr, &str, &str)]) {
+    let dir = root.join("Windows/servicing/Sessions");
+    std::fs::create_dir_all(&dir).expect("create tree");
+    std::fs::write(dir.join("Sessions.xml"), session_log(entries)).expect("write session log");
+}
+
 /// A miniature installed Windows: the servicing store with the given RollupFix packages
 /// (servicing keeps superseded manifests), other packages, and `payload` files of 120 KiB.
 pub fn make_tree(root: &Path, rollups: &[(BuildUbr, &str)], payload: usize) {
