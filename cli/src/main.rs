@@ -25,7 +25,7 @@ use recast_crds::endpoint::EndpointStatus;
 use recast_crds::manifest::Kind;
 use recast_crds::validate::admit;
 use recast_operator::manifests;
-use recast_operator::store::embedded::EmbeddedStore;
+use recast_operator::store::embedded::{EmbeddedStore, OpenMode};
 use serde_json::{Value, json};
 
 #[derive(Parser)]
@@ -74,6 +74,11 @@ enum Command {
     Apply {
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<PathBuf>,
+        /// Embedded backend: create the store in --data-dir when there is none yet (without
+        /// it, a missing store is an error, so a mistyped directory never looks like an empty
+        /// site).
+        #[arg(long)]
+        create_store: bool,
     },
     /// List objects of a kind (rep, gi, wave, rpol), or show one.
     Get {
@@ -118,6 +123,17 @@ enum Command {
         reason: String,
         #[arg(long)]
         clear: bool,
+    },
+    /// Pause an endpoint: observed, but no reimage starts on its own and a failed try waits
+    /// (sets spec.paused).
+    Pause { name: String },
+    /// Lift the pause (a restore from a backup pauses every endpoint whose attempt was in
+    /// flight: this starts its next try).
+    Unpause { name: String },
+    /// The embedded store: consistent backups while the operator runs, and restores.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
     },
     /// Mark an endpoint protected: recast will never reimage it.
     Protect { name: String },
@@ -167,6 +183,21 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Write a consistent snapshot of the store to FILE while the operator runs (the file is
+    /// 0600: it holds BMC credentials).
+    Backup {
+        file: PathBuf,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Replace the store with a backup (stop the operator first). Every attempt that was in
+    /// flight in the backup keeps its record, with its try ended and its endpoint paused.
+    Restore { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -274,7 +305,7 @@ fn watch_get(
         if let Some(dir) = &store_dir {
             let now = store_file(dir);
             if now.is_some() && now != opened {
-                store = Backend::Embedded(EmbeddedStore::open(dir)?);
+                store = Backend::Embedded(EmbeddedStore::open_existing(dir)?);
                 opened = now;
                 // A new store: its objects are new rows.
                 seen.clear();
@@ -364,13 +395,35 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Bootkit { command } => return Ok(bootkit::run(command)),
         command => Cli { command, ..cli },
     };
+    if let Command::Store { command } = cli.command {
+        return store_command(cli.backend, &data_dir(cli.data_dir), command);
+    }
     let store_dir = (cli.backend == BackendKind::Embedded).then(|| data_dir(cli.data_dir.clone()));
-    let store = open_store(cli.backend, cli.data_dir, cli.context)?;
+    let mode = match &cli.command {
+        Command::Apply {
+            create_store: true, ..
+        } => OpenMode::Create,
+        _ => OpenMode::Existing,
+    };
+    let store = open_store(cli.backend, cli.data_dir, cli.context, mode)?;
     let ns = cli.namespace.as_str();
     let now = Timestamp::now();
     match cli.command {
-        Command::Validate { .. } | Command::Completion { .. } | Command::Bootkit { .. } => {
+        Command::Validate { .. }
+        | Command::Completion { .. }
+        | Command::Bootkit { .. }
+        | Command::Store { .. } => {
             unreachable!("handled above")
+        }
+        Command::Pause { name } => {
+            set_spec(&store, ns, &name, "paused", json!(true))?;
+            println!("endpoint.recast.dev/{name} paused");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Unpause { name } => {
+            set_spec(&store, ns, &name, "paused", json!(false))?;
+            println!("endpoint.recast.dev/{name} unpaused");
+            Ok(ExitCode::SUCCESS)
         }
         Command::Image { command } => image::run_on_store(command, &store, ns, now),
         Command::Wave { command } => wave::run(&store, ns, command, now),
@@ -380,7 +433,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             wds_server,
             boot_image,
         }) => wds_prestage(&store, ns, &names, &wds_server, &boot_image),
-        Command::Apply { files } => apply(&store, ns, files),
+        Command::Apply { files, .. } => apply(&store, ns, files),
         Command::Get {
             kind,
             name,
@@ -453,6 +506,55 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
     }
 }
 
+/// `store backup|restore`: the embedded store's file, not its objects.
+fn store_command(
+    backend: BackendKind,
+    dir: &std::path::Path,
+    command: StoreCommand,
+) -> Result<ExitCode, CliError> {
+    if backend != BackendKind::Embedded {
+        return Err(CliError::Usage(
+            "the Kubernetes backend keeps recast's objects in etcd: back them up with the cluster's own tools (etcdctl snapshot save, or Velero for the recast.dev resources)".into(),
+        ));
+    }
+    match command {
+        StoreCommand::Backup { file, force } => {
+            let store = EmbeddedStore::open_existing(dir)?;
+            let s = store.backup_to(&file, force)?;
+            println!(
+                "backed up {} objects ({} attempts in flight) at revision {} to {} ({} bytes, schema {}); it holds BMC credentials: keep it as safe as the store",
+                s.objects,
+                s.attempts_in_flight,
+                s.revision,
+                s.path.display(),
+                s.bytes,
+                s.schema
+            );
+        }
+        StoreCommand::Restore { file } => {
+            let s = EmbeddedStore::restore_from(dir, &file, Timestamp::now())?;
+            println!(
+                "restored {} objects from {} (taken {}, schema {}) into {}; {} armed network boots disarmed",
+                s.objects,
+                file.display(),
+                s.backed_up_at
+                    .map_or("at an unknown time".into(), recast_core::time::format),
+                s.schema,
+                dir.display(),
+                s.boots_disarmed
+            );
+            if !s.held.is_empty() {
+                println!(
+                    "{} endpoints had an attempt in flight and are paused until a person looks at the machine (recastctl describe rep NAME, then recastctl unpause NAME): {}",
+                    s.held.len(),
+                    s.held.join(", ")
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn print_completion(shell: clap_complete::Shell) -> ExitCode {
     let mut cmd = <Cli as clap::CommandFactory>::command();
     let bin = cmd.get_name().to_string();
@@ -464,9 +566,12 @@ fn open_store(
     backend: BackendKind,
     data_dir_flag: Option<PathBuf>,
     context: Option<String>,
+    mode: OpenMode,
 ) -> Result<Backend, CliError> {
     Ok(match backend {
-        BackendKind::Embedded => Backend::Embedded(EmbeddedStore::open(&data_dir(data_dir_flag))?),
+        BackendKind::Embedded => {
+            Backend::Embedded(EmbeddedStore::open_with(&data_dir(data_dir_flag), mode)?)
+        }
         BackendKind::Kube => Backend::Kube(KubeObjects::connect(context)?),
     })
 }

@@ -18,6 +18,7 @@ pub mod naming;
 pub mod notice;
 pub mod policy;
 pub mod regf;
+pub mod restore;
 pub mod signal;
 pub mod time;
 pub mod transitions;

@@ -902,6 +902,13 @@ async fn run(opts: RunOptions) -> Result<(), String> {
     ));
     match backend {
         BackendKind::Embedded => {
+            // Held for the operator's whole life: a second operator on this directory, or a
+            // restore under this one, is refused instead of racing it.
+            let _lock = recast_operator::store::embedded::OperatorLock::acquire(
+                &data_dir,
+                "recast-operator run",
+            )
+            .map_err(|e| e.to_string())?;
             let store = Arc::new(EmbeddedStore::open(&data_dir).map_err(|e| e.to_string())?);
             tracing::info!(path = %store.path().display(), "embedded store open");
             for path in &load {

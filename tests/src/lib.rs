@@ -19,6 +19,23 @@ use std::process::{Command, Output};
 pub mod wimlib;
 
 /// The repository root.
+/// A binary of the workspace, built by the same `cargo test --workspace` (or `cargo build`)
+/// as the running test: the test binary lives in the profile directory's `deps/`.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the profile directory")
+        .join(name);
+    assert!(
+        path.is_file(),
+        "no {}: `make test` (cargo test --workspace) builds it; alone: cargo build -p {name}",
+        path.display()
+    );
+    path
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

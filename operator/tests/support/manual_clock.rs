@@ -15,12 +15,17 @@ impl Clock for ManualClock {
 }
 
 impl ManualClock {
+    #[allow(dead_code)] // store_lifecycle starts its clocks at the fixture's time instead
     pub fn new() -> Arc<ManualClock> {
-        Arc::new(ManualClock(Mutex::new(
-            "2026-02-11T08:00:00Z".parse().unwrap(),
-        )))
+        Self::at("2026-02-11T08:00:00Z")
     }
 
+    /// A clock standing at `rfc3339`.
+    pub fn at(rfc3339: &str) -> Arc<ManualClock> {
+        Arc::new(ManualClock(Mutex::new(rfc3339.parse().unwrap())))
+    }
+
+    #[allow(dead_code)] // not every suite moves its clock
     pub fn advance(&self, secs: i64) {
         let mut t = self.0.lock().unwrap();
         *t = t

@@ -11,7 +11,9 @@
 //! corrupts the file.
 
 mod backend;
+mod backup;
 pub use backend::EmbeddedBackend;
+pub use backup::{BackupSummary, OPERATOR_LOCK_FILE, OperatorLock, RestoreSummary};
 
 use crate::store::BootIntent;
 use std::path::{Path, PathBuf};
@@ -26,7 +28,6 @@ use serde_json::{Value, json};
 /// `PRAGMA application_id` of a recast data file ("RCST"), so a foreign SQLite file is refused
 /// instead of written into.
 const APPLICATION_ID: i64 = 0x5243_5354;
-const SCHEMA_VERSION: i64 = 1;
 pub const DB_FILE: &str = "recast.db";
 /// Events kept per object (the oldest are dropped): see `record_event`.
 pub const MAX_EVENTS_PER_OBJECT: i64 = 1000;
@@ -51,6 +52,24 @@ pub enum StoreError {
         "{path}: written by a newer recast (schema {found}, this build knows {known}); upgrade recast"
     )]
     TooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    #[error(
+        "{dir}: no recast store there ({DB_FILE} does not exist). Point --data-dir (or RECAST_DATA_DIR) at the directory `recast-operator run --data-dir` uses; to start a new store there on purpose, `recastctl --data-dir {dir} apply --create-store -f FILE`"
+    )]
+    Missing { dir: PathBuf },
+    #[error(
+        "{dir} is in use by {holder}: stop it first (a restore replaces everything the operator decides from, and two operators must never drive one store)"
+    )]
+    Locked { dir: PathBuf, holder: String },
+    #[error("{path} exists: choose another file name, or pass --force to replace it")]
+    BackupExists { path: PathBuf },
+    #[error(
+        "{path}: written by an older recast (schema {found}; this build writes {known}); start this release's recast-operator once, which upgrades the store in place, then run this command again"
+    )]
+    TooOld {
         path: PathBuf,
         found: i64,
         known: i64,
@@ -157,39 +176,124 @@ fn now_rfc3339() -> String {
     recast_core::time::format(jiff::Timestamp::now())
 }
 
+/// Whether opening a data directory without a store creates one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenMode {
+    /// The operator's `run` and `recastctl apply --create-store`: a missing store is created.
+    Create,
+    /// Everything else: a missing store is an error (a mistyped --data-dir must not look like
+    /// an empty site), and nothing is created on disk.
+    Existing,
+}
+
+/// The schema steps, oldest first: step `n` brings a store from schema `n - 1` to `n`. Each
+/// runs once, inside the immediate transaction that opens the store, so several processes
+/// opening one file at once never run a step twice (see [`EmbeddedStore::open_with`]).
+/// Append, never edit: a site's store may be at any earlier step.
+const MIGRATIONS: &[&str] = &[
+    // 1: the first release's tables.
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+     INSERT INTO meta VALUES ('schema_version', 0), ('revision', 0);
+     CREATE TABLE objects (
+       kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
+       uid TEXT NOT NULL, resource_version INTEGER NOT NULL,
+       generation INTEGER NOT NULL, created_at TEXT NOT NULL,
+       deleted_at TEXT, finalizers TEXT NOT NULL DEFAULT '[]',
+       object TEXT NOT NULL, status TEXT,
+       PRIMARY KEY (kind, namespace, name));
+     CREATE TABLE changes (seq INTEGER PRIMARY KEY AUTOINCREMENT,
+       kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL);
+     CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT,
+       kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
+       time TEXT NOT NULL, type TEXT NOT NULL, reason TEXT NOT NULL, message TEXT NOT NULL);
+     CREATE INDEX events_by_object ON events (kind, namespace, name);
+     CREATE TABLE boot_intents (mac TEXT PRIMARY KEY, namespace TEXT NOT NULL,
+       endpoint TEXT NOT NULL, attempt_id TEXT NOT NULL, try_number INTEGER NOT NULL,
+       image TEXT NOT NULL, image_digest TEXT, boot_mode TEXT NOT NULL, armed_at TEXT NOT NULL);
+     CREATE TABLE journal (key TEXT PRIMARY KEY, started_at TEXT NOT NULL, finished_at TEXT);
+     CREATE TABLE inbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, namespace TEXT NOT NULL,
+       name TEXT NOT NULL, input TEXT NOT NULL, received_at TEXT NOT NULL);",
+    // 2: BMC credentials. Schema-1 releases created this table on open without a version
+    // bump (older binaries ignore it), hence IF NOT EXISTS.
+    "CREATE TABLE IF NOT EXISTS secrets (namespace TEXT NOT NULL, name TEXT NOT NULL,
+       data TEXT NOT NULL, updated_at TEXT NOT NULL, PRIMARY KEY (namespace, name));",
+];
+
+/// The schema this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
 impl EmbeddedStore {
     /// Opens (creating when absent) the store in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(data_dir, OpenMode::Create)
+    }
+
+    /// Opens the store in `data_dir`, which must exist already.
+    pub fn open_existing(data_dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(data_dir, OpenMode::Existing)
+    }
+
+    /// Opens the store in `data_dir`: checks it is recast's and undamaged, then creates or
+    /// upgrades its schema in one immediate transaction. Any number of processes may open one
+    /// file at once (the operator starting while `recastctl` runs): the first to take the write
+    /// lock creates the schema, the others wait for it and find it done.
+    pub fn open_with(data_dir: &Path, mode: OpenMode) -> Result<Self, StoreError> {
+        let path = data_dir.join(DB_FILE);
+        if mode == OpenMode::Existing && !path.is_file() {
+            return Err(StoreError::Missing {
+                dir: data_dir.to_path_buf(),
+            });
+        }
         // recast.db holds BMC passwords: owner-only, whatever the umask.
         super::private::private_dir(data_dir).map_err(|source| StoreError::DataDir {
             path: data_dir.to_path_buf(),
             source,
         })?;
-        let path = data_dir.join(DB_FILE);
         super::private::private_db_file(&path).map_err(|source| StoreError::DataDir {
             path: path.clone(),
             source,
         })?;
+        let conn = Self::connect(&path)?;
+        Self::migrate(data_dir, &path, &conn, mode)?;
+        Ok(EmbeddedStore {
+            path,
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// A connection to a recast (or empty) database file that passed SQLite's quick check.
+    fn connect(path: &Path) -> Result<Connection, StoreError> {
         let foreign = |why: String| StoreError::Foreign {
-            path: path.clone(),
+            path: path.to_path_buf(),
             why,
         };
         let corrupt = |why: String| StoreError::Corrupt {
-            path: path.clone(),
+            path: path.to_path_buf(),
             why,
         };
         // SQLite opens anything lazily; the first read tells a database from another file.
-        let conn = Connection::open(&path).map_err(|e| foreign(e.to_string()))?;
+        let conn = Connection::open(path).map_err(|e| foreign(e.to_string()))?;
         conn.busy_timeout(Duration::from_secs(10))?;
-        let app_id: i64 = conn
-            .query_row("PRAGMA application_id", [], |r| r.get(0))
-            .map_err(|e| match e.sqlite_error_code() {
-                Some(rusqlite::ErrorCode::NotADatabase) => foreign(e.to_string()),
-                _ => corrupt(e.to_string()),
-            })?;
-        let tables: i64 = conn
-            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
-            .map_err(|e| corrupt(e.to_string()))?;
+        // Both read in one transaction. Tables without recast's id may be a store another
+        // process is creating this instant: read again under the write lock, which waits for
+        // that process to commit.
+        let read_ids = |behavior| -> Result<(i64, i64), StoreError> {
+            let tx = rusqlite::Transaction::new_unchecked(&conn, behavior)?;
+            let app_id = tx
+                .query_row("PRAGMA application_id", [], |r| r.get(0))
+                .map_err(|e| match e.sqlite_error_code() {
+                    Some(rusqlite::ErrorCode::NotADatabase) => foreign(e.to_string()),
+                    _ => corrupt(e.to_string()),
+                })?;
+            let tables = tx
+                .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+                .map_err(|e| corrupt(e.to_string()))?;
+            Ok((app_id, tables))
+        };
+        let (mut app_id, mut tables) = read_ids(rusqlite::TransactionBehavior::Deferred)?;
+        if app_id == 0 && tables > 0 {
+            (app_id, tables) = read_ids(rusqlite::TransactionBehavior::Immediate)?;
+        }
         if app_id != APPLICATION_ID && !(app_id == 0 && tables == 0) {
             return Err(foreign(format!(
                 "application_id {app_id:#x} with {tables} schema objects"
@@ -201,61 +305,100 @@ impl EmbeddedStore {
         if check != "ok" {
             return Err(corrupt(check));
         }
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        if tables == 0 {
-            conn.execute_batch(&format!(
-                "BEGIN;
-                 PRAGMA application_id = {APPLICATION_ID};
-                 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-                 INSERT INTO meta VALUES ('schema_version', {SCHEMA_VERSION}), ('revision', 0);
-                 CREATE TABLE objects (
-                   kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
-                   uid TEXT NOT NULL, resource_version INTEGER NOT NULL,
-                   generation INTEGER NOT NULL, created_at TEXT NOT NULL,
-                   deleted_at TEXT, finalizers TEXT NOT NULL DEFAULT '[]',
-                   object TEXT NOT NULL, status TEXT,
-                   PRIMARY KEY (kind, namespace, name));
-                 CREATE TABLE changes (seq INTEGER PRIMARY KEY AUTOINCREMENT,
-                   kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL);
-                 CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT,
-                   kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
-                   time TEXT NOT NULL, type TEXT NOT NULL, reason TEXT NOT NULL, message TEXT NOT NULL);
-                 CREATE INDEX events_by_object ON events (kind, namespace, name);
-                 CREATE TABLE boot_intents (mac TEXT PRIMARY KEY, namespace TEXT NOT NULL,
-                   endpoint TEXT NOT NULL, attempt_id TEXT NOT NULL, try_number INTEGER NOT NULL,
-                   image TEXT NOT NULL, image_digest TEXT, boot_mode TEXT NOT NULL, armed_at TEXT NOT NULL);
-                 CREATE TABLE journal (key TEXT PRIMARY KEY, started_at TEXT NOT NULL, finished_at TEXT);
-                 CREATE TABLE inbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, namespace TEXT NOT NULL,
-                   name TEXT NOT NULL, input TEXT NOT NULL, received_at TEXT NOT NULL);
-                 COMMIT;"
-            ))?;
-        } else {
-            let version: i64 = conn
-                .query_row(
-                    "SELECT value FROM meta WHERE key = 'schema_version'",
-                    [],
-                    |r| r.get(0),
-                )
-                .map_err(|e| corrupt(format!("no schema version: {e}")))?;
-            if version > SCHEMA_VERSION {
-                return Err(StoreError::TooNew {
-                    path: path.clone(),
-                    found: version,
-                    known: SCHEMA_VERSION,
-                });
+        // Switching to WAL takes an exclusive lock for a moment: another opener holding the
+        // file makes it busy; the busy timeout covers a wait, a repeat covers the rest.
+        let mut tries = 0;
+        loop {
+            match conn.pragma_update(None, "journal_mode", "WAL") {
+                Err(e)
+                    if tries < 50
+                        && e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) =>
+                {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                other => break other?,
             }
         }
-        // Added after schema 1 shipped; older binaries ignore the table, so no version bump.
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS secrets (namespace TEXT NOT NULL, name TEXT NOT NULL,
-               data TEXT NOT NULL, updated_at TEXT NOT NULL, PRIMARY KEY (namespace, name));",
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        Ok(conn)
+    }
+
+    /// Brings the schema to [`SCHEMA_VERSION`] inside one immediate transaction (the write
+    /// lock first, so two openers serialise here and the second finds the first's work). Only
+    /// an opener that creates ([`OpenMode::Create`]: the operator) changes the schema: a newer
+    /// `recastctl` must not upgrade a store under an older running operator.
+    fn migrate(
+        data_dir: &Path,
+        path: &Path,
+        conn: &Connection,
+        mode: OpenMode,
+    ) -> Result<(), StoreError> {
+        let corrupt = |why: String| StoreError::Corrupt {
+            path: path.to_path_buf(),
+            why,
+        };
+        let tx =
+            rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+        let tables: i64 = tx.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+        let version: i64 = if tables == 0 {
+            0
+        } else {
+            tx.query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| corrupt(format!("no schema version: {e}")))?
+        };
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                path: path.to_path_buf(),
+                found: version,
+                known: SCHEMA_VERSION,
+            });
+        }
+        if version == SCHEMA_VERSION {
+            return Ok(());
+        }
+        if mode == OpenMode::Existing {
+            return Err(if version == 0 {
+                // An empty file: an operator is creating the store right now, or one died
+                // before it could.
+                StoreError::Missing {
+                    dir: data_dir.to_path_buf(),
+                }
+            } else {
+                StoreError::TooOld {
+                    path: path.to_path_buf(),
+                    found: version,
+                    known: SCHEMA_VERSION,
+                }
+            });
+        }
+        if version == 0 {
+            tx.pragma_update(None, "application_id", APPLICATION_ID)?;
+        }
+        for (step, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            tx.execute_batch(sql)?;
+            tracing::info!(path = %path.display(), schema = step + 1, "store schema upgraded");
+        }
+        tx.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'schema_version'",
+            [SCHEMA_VERSION],
         )?;
-        Ok(EmbeddedStore {
-            path,
-            conn: Mutex::new(conn),
-        })
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The schema version of the store file at `path` (for backups: 0 when it has none).
+    pub fn schema_of(conn: &Connection) -> Result<i64, rusqlite::Error> {
+        conn.query_row(
+            "SELECT value FROM meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
     }
 
     pub fn path(&self) -> &Path {

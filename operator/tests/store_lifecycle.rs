@@ -1,0 +1,538 @@
+//! The embedded store's life on a site: opened by several processes at once, upgraded in
+//! place from an older release's file, backed up while the operator runs, and restored without
+//! wiping a machine twice.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use recast_core::lifecycle::Input;
+use recast_crds::endpoint::{EndpointPhase, EndpointStatus};
+use recast_crds::manifest::Kind;
+use recast_operator::bmc::RecordingPower;
+use recast_operator::controller::Controller;
+use recast_operator::metrics::Metrics;
+use recast_operator::store::Key;
+use recast_operator::store::embedded::{
+    EmbeddedBackend, EmbeddedStore, OpenMode, OperatorLock, SCHEMA_VERSION, StoreError,
+};
+use rusqlite::Connection;
+use serde_json::Value;
+
+#[path = "support/manual_clock.rs"]
+mod manual_clock;
+use manual_clock::ManualClock;
+
+const OPERATOR: &str = env!("CARGO_BIN_EXE_recast-operator");
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn fixture() -> PathBuf {
+    repo().join("operator/tests/fixtures/store-schema-1.db")
+}
+
+/// Every row the store keeps, as text, table by table (the change feed and meta aside: they
+/// are the store's own bookkeeping).
+fn rows(db: &Path) -> Vec<(String, Vec<String>)> {
+    let conn = Connection::open(db).unwrap();
+    [
+        "SELECT kind, namespace, name, uid, resource_version, generation, created_at, deleted_at, finalizers, object, status FROM objects ORDER BY kind, namespace, name",
+        "SELECT id, kind, namespace, name, time, type, reason, message FROM events ORDER BY id",
+        "SELECT mac, namespace, endpoint, attempt_id, try_number, image, image_digest, boot_mode, armed_at FROM boot_intents ORDER BY mac",
+        "SELECT key, started_at, finished_at FROM journal ORDER BY key",
+        "SELECT seq, namespace, name, input, received_at FROM inbox ORDER BY seq",
+        "SELECT namespace, name, data, updated_at FROM secrets ORDER BY namespace, name",
+    ]
+    .into_iter()
+    .map(|sql| {
+        let mut stmt = conn.prepare(sql).unwrap();
+        let n = stmt.column_count();
+        let out = stmt
+            .query_map([], |r| {
+                let mut cells = Vec::new();
+                for i in 0..n {
+                    let v: rusqlite::types::Value = r.get(i)?;
+                    cells.push(format!("{v:?}"));
+                }
+                Ok(cells.join("|"))
+            })
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        (sql.split_whitespace().nth(sql.split_whitespace().position(|w| w == "FROM").unwrap() + 1).unwrap().to_string(), out)
+    })
+    .collect()
+}
+
+fn schema(db: &Path) -> i64 {
+    Connection::open(db)
+        .unwrap()
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+fn key(name: &str) -> Key {
+    Key {
+        namespace: "default".into(),
+        name: name.into(),
+    }
+}
+
+fn status(store: &EmbeddedStore, name: &str) -> EndpointStatus {
+    let obj = store.get(Kind::Endpoint, "default", name).unwrap().unwrap();
+    serde_json::from_value(obj.get("status").cloned().unwrap_or(Value::Null)).unwrap_or_default()
+}
+
+fn spec_paused(store: &EmbeddedStore, name: &str) -> bool {
+    store.get(Kind::Endpoint, "default", name).unwrap().unwrap()["spec"]["paused"] == true
+}
+
+type Ctrl = Controller<EmbeddedBackend, RecordingPower>;
+
+/// A controller whose clock stands at `now` (the fixture was written at 08:00).
+fn controller(store: &Arc<EmbeddedStore>, now: &str) -> Arc<Ctrl> {
+    Arc::new(Controller::new(
+        Arc::new(EmbeddedBackend {
+            store: store.clone(),
+        }),
+        Arc::new(RecordingPower::default()),
+        ManualClock::at(now),
+        Arc::new(Metrics::new()),
+    ))
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[tokio::test]
+async fn a_store_of_the_last_release_is_upgraded_in_place_and_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("recast.db");
+    std::fs::copy(fixture(), &db).unwrap();
+    assert_eq!(schema(&db), 1);
+    let before = rows(&db);
+
+    // recastctl (opening an existing store) never upgrades it: an older operator may be
+    // running on it. It says what to do, and the file is untouched.
+    let err = EmbeddedStore::open_existing(dir.path()).err().unwrap();
+    assert!(matches!(err, StoreError::TooOld { found: 1, .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("start this release's recast-operator once"),
+        "{err}"
+    );
+    assert_eq!(schema(&db), 1);
+    assert!(rows(&db) == before, "recastctl changed the old store");
+
+    // The operator upgrades it, and every row is as it was.
+    let store = Arc::new(EmbeddedStore::open_with(dir.path(), OpenMode::Create).unwrap());
+    assert_eq!(schema(&db), SCHEMA_VERSION);
+    assert!(rows(&db) == before, "the upgrade changed a row");
+    // A second open finds nothing to do.
+    drop(EmbeddedStore::open_existing(dir.path()).unwrap());
+    assert!(rows(&db) == before, "the upgrade changed a row");
+
+    // Every object decodes, and the attempt the old release left in flight goes on.
+    for kind in [
+        Kind::Endpoint,
+        Kind::GoldenImage,
+        Kind::RemediationPolicy,
+        Kind::ReimageWave,
+    ] {
+        store.list(kind, None).unwrap();
+    }
+    assert_eq!(status(&store, "kiosk-01").history.len(), 1);
+    let running = status(&store, "kiosk-02")
+        .active_attempt
+        .expect("in flight");
+    let ctrl = controller(&store, "2026-01-14T08:05:00Z");
+    ctrl.prime().await.unwrap();
+    ctrl.reconcile(
+        &key("kiosk-02"),
+        Input::NetworkBooted {
+            try_number: None,
+            attempt_id: running.id.clone(),
+            client: None,
+        },
+    )
+    .await
+    .unwrap();
+    let a = status(&store, "kiosk-02").active_attempt.unwrap();
+    assert_eq!(
+        (a.id, format!("{:?}", a.step)),
+        (running.id, "Applying".into())
+    );
+    // The old release's queued input is decided by this one.
+    let queued = store.pending_inputs(100).unwrap();
+    assert_eq!(
+        queued
+            .iter()
+            .filter(|(_, _, name, _)| name == "kiosk-03")
+            .count(),
+        1,
+        "{queued:?}"
+    );
+}
+
+#[tokio::test]
+async fn backup_while_running_and_restore_neither_repeats_nor_loses_an_attempt() {
+    let data = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let db = data.path().join("recast.db");
+    std::fs::copy(fixture(), &db).unwrap();
+    let store = Arc::new(EmbeddedStore::open(data.path()).unwrap());
+    assert_eq!(mode(data.path()), 0o700);
+    assert_eq!(mode(&db), 0o600);
+    let ctrl = controller(&store, "2026-01-14T08:05:00Z");
+    ctrl.prime().await.unwrap();
+    // kiosk-02's attempt is in flight (the store's last release armed its boot and
+    // power-cycled it); kiosk-03 waits for the one slot the example policy allows.
+    let kiosk = key("kiosk-02");
+    ctrl.reconcile(&kiosk, Input::Reconcile).await.unwrap();
+    let first = status(&store, "kiosk-02")
+        .active_attempt
+        .expect("in flight in the fixture");
+    assert_eq!(first.try_number, 1);
+    let started = status(&store, "kiosk-02").attempts_started;
+    assert!(store.boot_intent("52:54:00:a1:00:02").unwrap().is_some());
+    assert!(ctrl.power.log().is_empty());
+
+    // The backup is taken while the operator writes (a writer thread stands in for the
+    // rest of the fleet's traffic): it is one consistent moment, and 0600.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (store, stop) = (store.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                store
+                    .record_event(
+                        Kind::Endpoint,
+                        "default",
+                        "kiosk-04",
+                        &recast_operator::store::embedded::EventRecord {
+                            time: "2026-01-14T08:05:00Z".into(),
+                            type_: "Normal".into(),
+                            reason: "Traffic".into(),
+                            message: format!("write {n}"),
+                        },
+                    )
+                    .unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    let backup = elsewhere.path().join("site.backup");
+    let summary = store.backup_to(&backup, false).unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        writer.join().unwrap() > 0,
+        "the writer wrote during the backup"
+    );
+    assert_eq!(mode(&backup), 0o600);
+    assert_eq!(
+        (summary.schema, summary.attempts_in_flight),
+        (SCHEMA_VERSION, 1)
+    );
+    let snap = Connection::open(&backup).unwrap();
+    let check: String = snap
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    drop(snap);
+
+    // Bad input loses nothing: an existing file is not overwritten.
+    std::fs::write(elsewhere.path().join("taken"), b"keep me").unwrap();
+    let err = store
+        .backup_to(&elsewhere.path().join("taken"), false)
+        .err()
+        .unwrap();
+    assert!(matches!(err, StoreError::BackupExists { .. }), "{err}");
+    assert_eq!(
+        std::fs::read(elsewhere.path().join("taken")).unwrap(),
+        b"keep me"
+    );
+
+    // After the backup the machine went on: it booted the imaging environment and was
+    // imaged. Then the store is lost, and restored from the backup.
+    for input in [
+        Input::NetworkBooted {
+            try_number: None,
+            attempt_id: first.id.clone(),
+            client: None,
+        },
+        Input::ImagingFinished {
+            try_number: None,
+            attempt_id: first.id.clone(),
+            result: Ok(()),
+            refusal: None,
+        },
+    ] {
+        ctrl.reconcile(&kiosk, input).await.unwrap();
+    }
+
+    // A restore under a running operator is refused: it holds the directory's lock.
+    let running = OperatorLock::acquire(data.path(), "recast-operator run").unwrap();
+    let err = EmbeddedStore::restore_from(data.path(), &backup, Timestamp::now())
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, StoreError::Locked { .. })
+            && err.to_string().contains("recast-operator run (pid"),
+        "{err}"
+    );
+    drop(running);
+    drop(ctrl);
+    drop(store);
+    std::fs::write(&db, b"").unwrap();
+    let _ = std::fs::remove_file(data.path().join("recast.db-wal"));
+    let _ = std::fs::remove_file(data.path().join("recast.db-shm"));
+
+    let restored = EmbeddedStore::restore_from(
+        data.path(),
+        &backup,
+        "2026-01-14T09:00:00Z".parse().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(restored.held, vec!["default/kiosk-02"]);
+    assert_eq!(restored.boots_disarmed, 1);
+    assert!(
+        !data.path().join(".restore").exists(),
+        "the scratch copy is gone"
+    );
+
+    // The operator starts again on the restored store.
+    let store = Arc::new(EmbeddedStore::open(data.path()).unwrap());
+    let st = status(&store, "kiosk-02");
+    let kept = st
+        .active_attempt
+        .clone()
+        .expect("the first attempt is not lost");
+    assert_eq!((kept.id.as_str(), kept.try_number), (first.id.as_str(), 1));
+    assert!(spec_paused(&store, "kiosk-02"));
+    assert_eq!(st.attempts_started, started);
+    assert!(
+        store.boot_intent("52:54:00:a1:00:02").unwrap().is_none(),
+        "no boot armed from the old record"
+    );
+    let events = store.events(Kind::Endpoint, "default", "kiosk-02").unwrap();
+    let ev = events
+        .iter()
+        .find(|e| e.reason == "RestoredFromBackup")
+        .expect("an Event");
+    assert!(
+        ev.message.contains("`recastctl unpause kiosk-02`"),
+        "{}",
+        ev.message
+    );
+
+    let ctrl = controller(&store, "2026-01-14T09:01:00Z");
+    ctrl.prime().await.unwrap();
+    // Reconciles, and the old try's late report, start nothing.
+    for input in [
+        Input::Reconcile,
+        Input::ImagingFinished {
+            try_number: Some(1),
+            attempt_id: first.id.clone(),
+            result: Ok(()),
+            refusal: None,
+        },
+        Input::Reconcile,
+    ] {
+        ctrl.reconcile(&kiosk, input).await.unwrap();
+    }
+    let st = status(&store, "kiosk-02");
+    assert_eq!(
+        st.active_attempt
+            .as_ref()
+            .map(|a| (a.id.as_str(), a.try_number)),
+        Some((first.id.as_str(), 1))
+    );
+    assert_eq!(st.phase, Some(EndpointPhase::Failed));
+    assert_eq!(st.attempts_started, started, "no second attempt");
+    assert!(
+        ctrl.power.log().is_empty(),
+        "no power cycle: {:?}",
+        ctrl.power.log()
+    );
+    assert!(store.boot_intent("52:54:00:a1:00:02").unwrap().is_none());
+
+    // A person looked and unpauses it: the same attempt's next try starts, armed afresh.
+    store
+        .update(Kind::Endpoint, "default", "kiosk-02", |o| {
+            o["spec"]["paused"] = false.into();
+            Ok(())
+        })
+        .unwrap();
+    ctrl.reconcile(&kiosk, Input::Reconcile).await.unwrap();
+    let a = status(&store, "kiosk-02").active_attempt.unwrap();
+    assert_eq!((a.id.as_str(), a.try_number), (first.id.as_str(), 2));
+    let intent = store
+        .boot_intent("52:54:00:a1:00:02")
+        .unwrap()
+        .expect("armed for try 2");
+    assert_eq!(intent.try_number, 2);
+    assert_eq!(ctrl.power.log().len(), 1);
+}
+
+#[test]
+fn a_restore_refuses_what_it_cannot_trust_and_loses_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture(), data.path().join("recast.db")).unwrap();
+    let store = EmbeddedStore::open(data.path()).unwrap();
+    let backup = elsewhere.path().join("b.db");
+    store.backup_to(&backup, false).unwrap();
+    drop(store);
+    let live = rows(&data.path().join("recast.db"));
+
+    // From a newer release.
+    let newer = elsewhere.path().join("newer.db");
+    std::fs::copy(&backup, &newer).unwrap();
+    Connection::open(&newer)
+        .unwrap()
+        .execute(
+            "UPDATE meta SET value = 99 WHERE key = 'schema_version'",
+            [],
+        )
+        .unwrap();
+    let err = EmbeddedStore::restore_from(data.path(), &newer, Timestamp::now())
+        .err()
+        .unwrap();
+    assert!(matches!(err, StoreError::TooNew { found: 99, .. }), "{err}");
+    assert!(err.to_string().contains("upgrade recast"), "{err}");
+    // Not a recast file at all.
+    let notes = elsewhere.path().join("notes.txt");
+    std::fs::write(&notes, b"not a database").unwrap();
+    let err = EmbeddedStore::restore_from(data.path(), &notes, Timestamp::now())
+        .err()
+        .unwrap();
+    assert!(matches!(err, StoreError::Foreign { .. }), "{err}");
+    // Another SQLite database.
+    let other = elsewhere.path().join("other.db");
+    Connection::open(&other)
+        .unwrap()
+        .execute_batch("CREATE TABLE t (x);")
+        .unwrap();
+    let err = EmbeddedStore::restore_from(data.path(), &other, Timestamp::now())
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string().contains("not a recast store or backup"),
+        "{err}"
+    );
+    // A missing file.
+    let err = EmbeddedStore::restore_from(
+        data.path(),
+        &elsewhere.path().join("gone.db"),
+        Timestamp::now(),
+    )
+    .err()
+    .unwrap();
+    assert!(
+        matches!(err, StoreError::Foreign { .. } | StoreError::Corrupt { .. }),
+        "{err}"
+    );
+
+    assert!(
+        rows(&data.path().join("recast.db")) == live,
+        "the live store was changed"
+    );
+}
+
+#[test]
+fn the_operator_starting_beside_recastctl_on_a_fresh_directory_never_fails() {
+    let recastctl = recast_tests::workspace_binary("recastctl");
+    for round in 0..12 {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let log_path = dir.path().join("operator.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut operator = Command::new(OPERATOR)
+            .args(["run", "--backend", "embedded", "--power-driver", "record"])
+            .arg("--data-dir")
+            .arg(&data)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{}", recast_tests::free_port()),
+            ])
+            .env("RECAST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let readers: Vec<_> = (0..8)
+            .map(|_| {
+                Command::new(&recastctl)
+                    .arg("--data-dir")
+                    .arg(&data)
+                    .args(["get", "rep"])
+                    .env_remove("RECAST_BACKEND")
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for r in readers {
+            let out = r.wait_with_output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            // Either the store answered, or it was not there yet: never a database error.
+            assert!(
+                out.status.success() || err.contains("no recast store there"),
+                "round {round}: recastctl: {err}"
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if text.contains("embedded store open") {
+                break;
+            }
+            if let Some(code) = operator.try_wait().unwrap() {
+                panic!("round {round}: the operator exited ({code}): {text}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: the operator did not open the store: {text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // A second operator on the same directory is refused, naming the first.
+        let second = Command::new(OPERATOR)
+            .args(["run", "--backend", "embedded", "--power-driver", "record"])
+            .arg("--data-dir")
+            .arg(&data)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{}", recast_tests::free_port()),
+            ])
+            .output()
+            .unwrap();
+        assert!(!second.status.success());
+        assert!(
+            String::from_utf8_lossy(&second.stderr)
+                .contains("is in use by recast-operator run (pid"),
+            "{}",
+            String::from_utf8_lossy(&second.stderr)
+        );
+        assert!(
+            operator.try_wait().unwrap().is_none(),
+            "round {round}: the operator died"
+        );
+        let _ = operator.kill();
+        let _ = operator.wait();
+    }
+}
