@@ -37,9 +37,12 @@ fn site() -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     assert!(
-        run(&dir, &["apply", "-f", &examples.to_string_lossy()])
-            .status
-            .success()
+        run(
+            &dir,
+            &["apply", "--create-store", "-f", &examples.to_string_lossy()]
+        )
+        .status
+        .success()
     );
     // Three automatic reimages in the last hour, as the operator records them.
     let store = EmbeddedStore::open(&dir).unwrap();

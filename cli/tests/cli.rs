@@ -66,7 +66,7 @@ fn examples() -> String {
 
 /// The same checks on either backend.
 fn exercise(ctl: &Ctl) {
-    let out = ctl.ok(&["apply", "-f", &examples()]);
+    let out = ctl.ok(&["apply", "--create-store", "-f", &examples()]);
     assert!(
         out.contains("endpoint.recast.dev/kiosk-01 created"),
         "{out}"
@@ -337,7 +337,7 @@ fn bmc_commands(ctl: &Ctl, tag: &str) {
         ),
     )
     .unwrap();
-    let applied = ctl.ok(&["apply", "-f", &manifest.to_string_lossy()]);
+    let applied = ctl.ok(&["apply", "--create-store", "-f", &manifest.to_string_lossy()]);
     assert!(
         applied.contains("secret/kiosk-bmc created") && !applied.contains("bmc-pw-7731"),
         "{applied}"
@@ -408,6 +408,60 @@ fn a_foreign_data_dir_is_refused_without_touching_it() {
         std::fs::read(dir.join("recast.db")).unwrap(),
         b"this is somebody's notes, not a database"
     );
+}
+
+#[test]
+fn a_mistyped_data_dir_is_an_error_not_an_empty_site() {
+    let ctl = Ctl::embedded("typo");
+    let dir = PathBuf::from(&ctl.args[1]);
+    // Every command that reads or changes the store refuses, and creates nothing.
+    for args in [
+        vec!["get", "rep"],
+        vec!["describe", "rep", "kiosk-01"],
+        vec!["reimage", "kiosk-01", "--reason", "x"],
+        vec!["wave", "list"],
+        vec!["breaker", "status"],
+        vec!["store", "backup", "/tmp/never-written.db"],
+        vec!["apply", "-f", "../examples"],
+    ] {
+        let out = ctl.run(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains(&format!("{}: no recast store there", dir.display()))
+                && err.contains("--data-dir")
+                && err.contains("apply --create-store"),
+            "{args:?}: {err}"
+        );
+        assert!(!dir.exists(), "{args:?} created {}", dir.display());
+    }
+    assert!(!Path::new("/tmp/never-written.db").exists());
+    // Creating on purpose: the directory is owner-only, the file 0600 (it holds BMC
+    // credentials).
+    let out = ctl.ok(&["apply", "--create-store", "-f", &examples()]);
+    assert!(out.contains("created"), "{out}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&dir.join("recast.db")), 0o600);
+    assert!(ctl.ok(&["get", "rep"]).contains("kiosk-01"));
+    // A backup and a restore from the command line (the operator is not running here).
+    let backup = dir.with_extension("backup");
+    let _ = std::fs::remove_file(&backup);
+    let said = ctl.ok(&["store", "backup", &backup.to_string_lossy()]);
+    assert!(
+        said.contains("backed up 8 objects") && said.contains("BMC credentials"),
+        "{said}"
+    );
+    assert_eq!(mode(&backup), 0o600);
+    let again = ctl.run(&["store", "backup", &backup.to_string_lossy()]);
+    assert!(stderr(&again).contains("--force"), "{}", stderr(&again));
+    ctl.ok(&["delete", "rep", "kiosk-01"]);
+    let said = ctl.ok(&["store", "restore", &backup.to_string_lossy()]);
+    assert!(said.contains("restored 8 objects"), "{said}");
+    assert!(ctl.ok(&["get", "rep"]).contains("kiosk-01"));
+    let _ = std::fs::remove_file(&backup);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -28,7 +28,7 @@ impl Site {
         let _ = std::fs::remove_dir_all(&dir);
         let site = Site { dir };
         let examples = repo().join("examples");
-        site.ok(&["apply", "-f", &examples.to_string_lossy()]);
+        site.ok(&["apply", "--create-store", "-f", &examples.to_string_lossy()]);
         site
     }
 
