@@ -305,10 +305,17 @@ fn watch_get(
         if let Some(dir) = &store_dir {
             let now = store_file(dir);
             if now.is_some() && now != opened {
-                store = Backend::Embedded(EmbeddedStore::open_existing(dir)?);
-                opened = now;
-                // A new store: its objects are new rows.
-                seen.clear();
+                match EmbeddedStore::open_existing(dir) {
+                    Ok(fresh) => {
+                        store = Backend::Embedded(fresh);
+                        opened = now;
+                        // A new store: its objects are new rows.
+                        seen.clear();
+                    }
+                    // Being created by an operator that starts right now: next second.
+                    Err(recast_operator::store::embedded::StoreError::Missing { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
         let objects = match name {
