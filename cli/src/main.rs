@@ -409,7 +409,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let mode = match &cli.command {
         Command::Apply {
             create_store: true, ..
-        } => OpenMode::Create,
+        } => OpenMode::CreateIfMissing,
         _ => OpenMode::Existing,
     };
     let store = open_store(cli.backend, cli.data_dir, cli.context, mode)?;
@@ -526,7 +526,8 @@ fn store_command(
     }
     match command {
         StoreCommand::Backup { file, force } => {
-            let store = EmbeddedStore::open_existing(dir)?;
+            // Any schema up to this build's: a backup before an upgrade must work.
+            let store = EmbeddedStore::open_with(dir, OpenMode::AnySchema)?;
             let s = store.backup_to(&file, force)?;
             println!(
                 "backed up {} objects ({} attempts in flight) at revision {} to {} ({} bytes, schema {}); it holds BMC credentials: keep it as safe as the store",
@@ -541,20 +542,39 @@ fn store_command(
         StoreCommand::Restore { file } => {
             let s = EmbeddedStore::restore_from(dir, &file, Timestamp::now())?;
             println!(
-                "restored {} objects from {} (taken {}, schema {}) into {}; {} armed network boots disarmed",
+                "restored {} objects from {} (taken {}, schema {}) into {}",
                 s.objects,
                 file.display(),
                 s.backed_up_at
                     .map_or("at an unknown time".into(), recast_core::time::format),
                 s.schema,
                 dir.display(),
-                s.boots_disarmed
+            );
+            if let Some(previous) = &s.previous {
+                println!(
+                    "the store it replaced {} {} (0600: it holds BMC credentials)",
+                    if s.previous_damaged {
+                        "was damaged and is moved aside as"
+                    } else {
+                        "is kept as"
+                    },
+                    previous.display()
+                );
+            }
+            println!(
+                "{} armed network boots disarmed, {} queued inputs dropped (they predate the backup); {} endpoints start nothing on their own until their agent reports again or a person runs `recastctl reimage` (docs/store.md)",
+                s.boots_disarmed, s.inputs_dropped, s.endpoints
             );
             if !s.held.is_empty() {
                 println!(
-                    "{} endpoints had an attempt in flight and are paused until a person looks at the machine (recastctl describe rep NAME, then recastctl unpause NAME): {}",
-                    s.held.len(),
+                    "attempts in flight in the backup, each waiting for its machine's next report (it ends the attempt if the machine already runs the new image): {}",
                     s.held.join(", ")
+                );
+            }
+            if !s.requests_dropped.is_empty() {
+                println!(
+                    "reimage requests pending in the backup were dropped (they may have run since; request again if still wanted): {}",
+                    s.requests_dropped.join(", ")
                 );
             }
         }

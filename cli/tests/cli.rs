@@ -458,8 +458,35 @@ fn a_mistyped_data_dir_is_an_error_not_an_empty_site() {
     assert!(stderr(&again).contains("--force"), "{}", stderr(&again));
     ctl.ok(&["delete", "rep", "kiosk-01"]);
     let said = ctl.ok(&["store", "restore", &backup.to_string_lossy()]);
-    assert!(said.contains("restored 8 objects"), "{said}");
+    assert!(
+        said.contains("restored 8 objects")
+            && said.contains("is kept as")
+            && said.contains("5 endpoints start nothing on their own"),
+        "{said}"
+    );
     assert!(ctl.ok(&["get", "rep"]).contains("kiosk-01"));
+    // Restoring into a directory that does not exist is refused, and creates nothing.
+    let nowhere = dir.with_extension("nowhere");
+    let out = Command::new(RECASTCTL)
+        .args(["--data-dir", &nowhere.to_string_lossy()])
+        .args(["store", "restore", &backup.to_string_lossy()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+    assert!(!nowhere.exists());
+    // pause / unpause set spec.paused.
+    let paused = |ctl: &Ctl| {
+        let json: serde_json::Value =
+            serde_json::from_str(&ctl.ok(&["get", "rep", "kiosk-01", "-o", "json"])).unwrap();
+        json["spec"]["paused"] == true
+    };
+    assert!(ctl.ok(&["pause", "kiosk-01"]).contains("paused"));
+    assert!(paused(&ctl));
+    assert!(ctl.ok(&["unpause", "kiosk-01"]).contains("unpaused"));
+    assert!(!paused(&ctl));
+    let missing = ctl.run(&["pause", "kiosk-99"]);
+    assert_eq!(missing.status.code(), Some(1));
     let _ = std::fs::remove_file(&backup);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -374,6 +374,15 @@ impl<'a> Run<'a> {
                     );
                 }
                 self.st.last_report = Some(r);
+                if let Some(at) = self.st.restored_at.take() {
+                    self.notice(
+                        NoticeType::Normal,
+                        "ReportedSinceRestore",
+                        format!(
+                            "the agent reported after the restore of {at}: decisions go on from what it says"
+                        ),
+                    );
+                }
             }
             Input::Signals(list) => {
                 let mut next: Vec<SignalStatus> = Vec::new();
@@ -437,6 +446,15 @@ impl<'a> Run<'a> {
         };
         self.join_reimage_request(&a);
         if let Some(retry_after) = a.retry_after.as_deref().and_then(time::parse) {
+            if let Input::AgentReport(r) = input
+                && self.runs_the_attempts_image(&a, r)
+            {
+                // The machine runs what this attempt applied although its try was given up
+                // (the store was restored from a backup older than the imaging, or the try
+                // timed out just before the first report): the attempt succeeded.
+                self.succeed(a, &r.build);
+                return;
+            }
             self.wait_or_retry(a, retry_after);
             return;
         }
@@ -452,11 +470,26 @@ impl<'a> Run<'a> {
         self.time_out_or_go_on(a);
     }
 
+    /// Whether an agent report says the machine runs the image `a` applied: the attempt's id
+    /// (from the agent.json the imaging wrote) and a build that meets the expected one.
+    fn runs_the_attempts_image(&self, a: &Attempt, r: &ReportSummary) -> bool {
+        let expected = a
+            .expected_build
+            .as_deref()
+            .and_then(|b| b.parse::<Build>().ok());
+        r.attempt_id.as_deref() == Some(a.id.as_str())
+            && r.build
+                .parse::<Build>()
+                .is_ok_and(|got| expected.is_none_or(|min| got.satisfies(min)))
+    }
+
     /// A new manual request while an attempt runs joins it instead of starting another.
     fn join_reimage_request(&mut self, a: &Attempt) {
         if let Some(req) = &self.ep.spec.reimage_request
             && self.st.handled_reimage_token.as_deref() != Some(req.token.as_str())
         {
+            // A person asked: a hold after a restore ends (they have looked at the machine).
+            self.st.restored_at = None;
             self.st.handled_reimage_token = Some(req.token.clone());
             self.notice(
                 NoticeType::Normal,
@@ -484,6 +517,13 @@ impl<'a> Run<'a> {
         if self.ep.spec.paused {
             self.st.message = Some(format!(
                 "attempt {} try {} failed; retry held while spec.paused is true",
+                a.id, a.try_number
+            ));
+            return;
+        }
+        if let Some(at) = &self.st.restored_at {
+            self.st.message = Some(format!(
+                "attempt {} try {}: the store was restored from a backup at {at}; the next try waits for the agent's next report (it ends the attempt if the machine already runs the new image) or a person's `recastctl reimage`",
                 a.id, a.try_number
             ));
             return;
@@ -1058,6 +1098,13 @@ impl<'a> Run<'a> {
         if self.ep.spec.paused && !manual {
             return Some("spec.paused is true: no reimage starts on its own".into());
         }
+        if let Some(at) = &self.st.restored_at
+            && !manual
+        {
+            return Some(format!(
+                "the store was restored from a backup at {at}: nothing starts on its own until the agent reports again (if the machine cannot report, `recastctl reimage` it)"
+            ));
+        }
         if self.ctx.policy_problem.is_some() && automatic {
             return self
                 .ctx
@@ -1272,6 +1319,8 @@ impl<'a> Run<'a> {
             && let Some(req) = &self.ep.spec.reimage_request
         {
             self.st.handled_reimage_token = Some(req.token.clone());
+            // A person asked: a hold after a restore ends (they have looked at the machine).
+            self.st.restored_at = None;
         }
         self.st.attempts_started += 1;
         let uid: String = self.ep.uid.chars().filter(|c| *c != '-').take(8).collect();

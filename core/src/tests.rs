@@ -1240,6 +1240,8 @@ enum Op {
     Wave(Option<u8>),
     /// A person resets the breaker.
     ResetBreaker,
+    /// The store is restored from a backup (recast_core::restore::fence on every endpoint).
+    Restore,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -1263,6 +1265,7 @@ fn op() -> impl Strategy<Value = Op> {
         prop::bool::weighted(0.8).prop_map(Op::Verified),
         prop::option::of(0u8..2).prop_map(Op::Wave),
         Just(Op::ResetBreaker),
+        Just(Op::Restore),
     ]
 }
 
@@ -1388,6 +1391,22 @@ impl Fleet {
         }
         if let (Some(a), Some(b)) = (&before.active_attempt, &d.status.active_attempt) {
             prop_assert_eq!(&a.id, &b.id, "attempt replaced without ending");
+        }
+        // After a restore nothing starts on its own until fresh evidence: the agent's report
+        // or a person's request (which is what this input is, or it clears the mark first).
+        if before.restored_at.is_some() && !matches!(input, Input::AgentReport(_)) {
+            let manual = started
+                && d.status.active_attempt.as_ref().unwrap().trigger == AttemptTrigger::Manual;
+            prop_assert!(
+                !started || manual,
+                "an attempt started on its own after a restore"
+            );
+            if d.edge == Some(transitions::Edge::RetryStarted) {
+                prop_assert!(
+                    d.status.restored_at.is_none(),
+                    "a retry started after a restore without fresh evidence"
+                );
+            }
         }
         if started {
             let trigger = d.status.active_attempt.as_ref().unwrap().trigger;
@@ -1584,6 +1603,29 @@ impl Fleet {
             }
             Op::Verified(v) => self.image.verified = v,
             Op::ResetBreaker => self.policy.breaker_reset = Some(self.now),
+            Op::Restore => {
+                for i in 0..FLEET {
+                    let token = self.specs[i]
+                        .reimage_request
+                        .as_ref()
+                        .map(|r| r.token.clone());
+                    let f = crate::restore::fence(
+                        &format!("e{i}"),
+                        &self.statuses[i],
+                        token.as_deref(),
+                        None,
+                        self.now,
+                    );
+                    self.statuses[i] = f.status;
+                    self.index.upsert(
+                        &format!("ns/e{i}"),
+                        self.specs[i].site.as_deref(),
+                        &self.statuses[i],
+                    );
+                }
+                // The restore disarms every boot: nothing the old tries asked for is pending.
+                self.pending.clear();
+            }
             Op::Wave(w) => {
                 self.wave = w.map(|n| {
                     (
@@ -1611,6 +1653,11 @@ proptest! {
         // site the waiting ones go one after another.
         for i in 0..FLEET {
             f.specs[i].paused = false;
+            // A restored endpoint waits for fresh evidence: its agent reports (the old image
+            // still runs), which lets its attempt go on.
+            if f.statuses[i].restored_at.is_some() {
+                f.feed(i, report("26100.7462", None))?;
+            }
         }
         for _ in 0..(FLEET as u32 * f.policy.max_tries * 2 + 4) {
             f.now = time::add(f.now, f.policy.try_timeout + f.policy.backoff_before(f.policy.max_tries));
@@ -1633,6 +1680,73 @@ proptest! {
         let y: Build = format!("{c}.{d}").parse().unwrap();
         prop_assert_eq!(x.cmp(&y), (a, b).cmp(&(c, d)));
     }
+}
+
+#[test]
+fn after_a_restore_an_attempt_waits_for_evidence_and_ends_on_it() {
+    // Imaged in the hour the backup does not know: the agent's report from the new image
+    // ends the restored attempt as succeeded, with no second try.
+    let mut e = healthy(true);
+    e.feed(signals(&[SignalKind::FailedRollback]));
+    e.succeed(ActionKind::ArmBoot);
+    e.succeed(ActionKind::PowerCycle);
+    let id = e.attempt_id();
+    let f = crate::restore::fence("e", &e.status, None, None, e.now);
+    e.status = f.status;
+    e.advance(7 * 24 * 3600);
+    for _ in 0..3 {
+        let d = e.feed(Input::Reconcile);
+        assert!(d.actions.is_empty(), "{:?}", d.actions);
+        assert_eq!(e.state(), State::Failed);
+    }
+    let d = e.feed(report("26100.7623", Some(&id)));
+    assert_eq!(d.edge, Some(transitions::Edge::CheckedIn));
+    assert_eq!(e.state(), State::Ready);
+    assert_eq!(e.status.history[0].outcome, AttemptOutcome::Succeeded);
+    assert_eq!(e.status.attempts_started, 1);
+    assert_eq!(e.status.restored_at, None);
+
+    // Not imaged: the agent reports the old build, and the next try of the same attempt
+    // starts.
+    let mut e = healthy(true);
+    e.feed(signals(&[SignalKind::FailedRollback]));
+    let id = e.attempt_id();
+    e.status = crate::restore::fence("e", &e.status, None, None, e.now).status;
+    e.advance(3600);
+    assert!(e.feed(Input::Reconcile).actions.is_empty());
+    e.feed(report("26100.7462", None));
+    e.feed(Input::Reconcile);
+    assert_eq!((e.attempt_id(), e.try_number()), (id, 2));
+    assert_eq!(e.state(), State::ArmingBoot);
+
+    // No attempt in flight: a signal from before the restore starts nothing until the agent
+    // reports again; a person's request does.
+    let mut e = healthy(true);
+    e.spec.paused = true;
+    e.feed(signals(&[SignalKind::FailedRollback]));
+    e.spec.paused = false;
+    e.status = crate::restore::fence("e", &e.status, None, None, e.now).status;
+    let d = e.feed(Input::Reconcile);
+    assert!(e.status.active_attempt.is_none(), "{:?}", d);
+    assert!(
+        e.status
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("restored from a backup"),
+        "{:?}",
+        e.status.message
+    );
+    e.spec.reimage_request = Some(recast_crds::endpoint::ReimageRequest {
+        token: "after-restore".into(),
+        reason: "looked at it".into(),
+    });
+    e.feed(Input::Reconcile);
+    assert_eq!(
+        e.status.active_attempt.as_ref().map(|a| a.trigger),
+        Some(AttemptTrigger::Manual)
+    );
+    assert_eq!(e.status.restored_at, None);
 }
 
 #[test]

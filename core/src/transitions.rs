@@ -114,9 +114,9 @@ pub const TABLE: &[Transition] = &[
     },
     Transition {
         edge: Edge::CheckedIn,
-        from: &[FirstBoot],
+        from: &[FirstBoot, Failed],
         to: &[Ready],
-        when: "the agent checked in from the new image carrying the attempt id, at or above the expected build",
+        when: "the agent checked in from the new image carrying the attempt id, at or above the expected build (also while a given-up try waits: the store was restored from an older backup, or the try timed out just before the first report)",
     },
     Transition {
         edge: Edge::TryFailed,
@@ -215,6 +215,7 @@ pub fn render_markdown() -> String {
         "at most one attempt per endpoint at a time; a restart resumes it (actions are keyed by attempt id, try and action);",
         "a protected endpoint never starts an attempt, and a reimage request made while it is protected is refused and consumed;",
         "a paused endpoint never starts an attempt on its own, and holds retries; a manual request still starts one;",
+        "after a restore from a backup (status.restoredAt) nothing starts on its own and no retry starts until the agent reports again or a person requests a reimage;",
         "attempts running at once never exceed the policy's global and per-site limits;",
         "every attempt ends: Ready, retried with backoff, Aborted, or Quarantined after the last try;",
         "HeartbeatLost alone never starts an attempt, whatever the policy says;",

@@ -564,6 +564,12 @@ pub struct EndpointStatus {
     /// Token of the last manual reimage request acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handled_reimage_token: Option<String>,
+    /// Set when the store was restored from a backup (RFC 3339): what the machine did between
+    /// the backup and the restore is unknown, so nothing starts on its own (no automatic
+    /// reimage, no wave, no next try) until the agent reports again or a person requests a
+    /// reimage; either clears it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_hold: Option<UpdateHoldStatus>,
     /// What the machine's firmware trusts for Secure Boot, as an imaging environment last read

@@ -565,11 +565,7 @@ fn find_kb(
 
 /// The build `kb` brings on one of the image's servicing branches, and which source said so:
 /// the servicing log, then recast's name lookup (confirmed entries only).
-fn build_of(
-    kb: &str,
-    evidence: &ServicingEvidence,
-    branches: &[u32],
-) -> Option<(Build, &'static str)> {
+fn build_of(kb: &str, evidence: &ServicingEvidence, branches: &[u32]) -> Option<(Build, String)> {
     let on_branch = |b: &Build| branches.contains(&b.build);
     if let SessionLog::Read { updates } = &evidence.session_log
         && let Some(u) = updates
@@ -577,12 +573,15 @@ fn build_of(
             .filter(|u| u.kb == kb && on_branch(&u.build))
             .min_by_key(|u| u.build)
     {
-        return Some((u.build, "recorded by the servicing log"));
+        return Some((
+            u.build,
+            format!("recorded by the servicing log as package {}", u.version),
+        ));
     }
     updates::by_kb(kb)
         .filter(|u| u.confirmed)
         .and_then(|u| u.builds.iter().copied().find(|b| on_branch(b)))
-        .map(|b| (b, "recast's update table"))
+        .map(|b| (b, "recast's update table".to_string()))
 }
 
 #[cfg(test)]
@@ -711,7 +710,7 @@ mod tests {
         assert!(v.passed(), "{:#?}", v.checks);
         assert_eq!(
             v.kbs[0].explanation,
-            "contains KB5081234: yes, build 26100.8246 (recorded by the servicing log), included in the installed cumulative update 26100.9100 (KB5089999)"
+            "contains KB5081234: yes, build 26100.8246 (recorded by the servicing log as package 26100.8246.1.3), included in the installed cumulative update 26100.9100 (KB5089999)"
         );
         // The log names a KB above what the packages prove installed: not contained.
         let mut e = evidence(vec![pkg(Build::new(26100, 8246), &["KB5081234"])]);
@@ -725,7 +724,7 @@ mod tests {
         assert!(
             v.kbs[0]
                 .explanation
-                .starts_with("contains KB5089999: no — it brings build 26100.9100 (recorded by the servicing log), the image is at 26100.8246"),
+                .starts_with("contains KB5089999: no — it brings build 26100.9100 (recorded by the servicing log as package 26100.9100.1.3), the image is at 26100.8246"),
             "{}",
             v.kbs[0].explanation
         );

@@ -521,7 +521,7 @@ fn an_older_kb_is_proven_by_the_servicing_log_after_a_component_cleanup() {
     let kbs = &report.deep.as_ref().unwrap().kbs;
     assert_eq!(
         kbs[0].explanation,
-        "contains KB5081234: yes, build 26100.8246 (recorded by the servicing log), included in the installed cumulative update 26100.9100 (KB5089999)"
+        "contains KB5081234: yes, build 26100.8246 (recorded by the servicing log as package 26100.8246.1.3), included in the installed cumulative update 26100.9100 (KB5089999)"
     );
     assert!(
         kbs[1].explanation.contains("(recast's update table)"),

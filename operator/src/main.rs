@@ -900,15 +900,21 @@ async fn run(opts: RunOptions) -> Result<(), String> {
         http::router(ready.clone(), parts.clone(), metrics.clone()),
         stop_rx.clone(),
     ));
-    match backend {
-        BackendKind::Embedded => {
-            // Held for the operator's whole life: a second operator on this directory, or a
-            // restore under this one, is refused instead of racing it.
-            let _lock = recast_operator::store::embedded::OperatorLock::acquire(
+    // Held until the process ends (its boot service and gateway tasks write to the store too):
+    // a second operator on this directory, or a restore under this one, is refused instead of
+    // racing it.
+    let _lock = match backend {
+        BackendKind::Embedded => Some(
+            recast_operator::store::embedded::OperatorLock::acquire(
                 &data_dir,
                 "recast-operator run",
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())?,
+        ),
+        BackendKind::Kube => None,
+    };
+    match backend {
+        BackendKind::Embedded => {
             let store = Arc::new(EmbeddedStore::open(&data_dir).map_err(|e| e.to_string())?);
             tracing::info!(path = %store.path().display(), "embedded store open");
             for path in &load {

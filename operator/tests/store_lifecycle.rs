@@ -80,6 +80,15 @@ fn schema(db: &Path) -> i64 {
         .unwrap()
 }
 
+fn revision(db: &Path) -> i64 {
+    Connection::open(db)
+        .unwrap()
+        .query_row("SELECT value FROM meta WHERE key = 'revision'", [], |r| {
+            r.get(0)
+        })
+        .unwrap()
+}
+
 fn key(name: &str) -> Key {
     Key {
         namespace: "default".into(),
@@ -207,25 +216,23 @@ async fn backup_while_running_and_restore_neither_repeats_nor_loses_an_attempt()
     assert!(store.boot_intent("52:54:00:a1:00:02").unwrap().is_some());
     assert!(ctrl.power.log().is_empty());
 
-    // The backup is taken while the operator writes (a writer thread stands in for the
-    // rest of the fleet's traffic): it is one consistent moment, and 0600.
+    // The backup is taken while another connection writes (a second process's traffic):
+    // the copy is one consistent moment (every revision bump is in an object's
+    // resourceVersion in the same transaction), and 0600.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
-        let (store, stop) = (store.clone(), stop.clone());
+        let (dir, stop) = (data.path().to_path_buf(), stop.clone());
         std::thread::spawn(move || {
-            let mut n = 0;
+            let other = EmbeddedStore::open_existing(&dir).unwrap();
+            let mut n = 0u32;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                store
-                    .record_event(
+                other
+                    .write_status(
                         Kind::Endpoint,
                         "default",
-                        "kiosk-04",
-                        &recast_operator::store::embedded::EventRecord {
-                            time: "2026-01-14T08:05:00Z".into(),
-                            type_: "Normal".into(),
-                            reason: "Traffic".into(),
-                            message: format!("write {n}"),
-                        },
+                        "reception-01",
+                        None,
+                        &serde_json::json!({"message": format!("write {n}")}),
                     )
                     .unwrap();
                 n += 1;
@@ -237,23 +244,31 @@ async fn backup_while_running_and_restore_neither_repeats_nor_loses_an_attempt()
     let backup = elsewhere.path().join("site.backup");
     let summary = store.backup_to(&backup, false).unwrap();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    assert!(
-        writer.join().unwrap() > 0,
-        "the writer wrote during the backup"
-    );
+    assert!(writer.join().unwrap() > 0);
     assert_eq!(mode(&backup), 0o600);
     assert_eq!(
         (summary.schema, summary.attempts_in_flight),
         (SCHEMA_VERSION, 1)
     );
     let snap = Connection::open(&backup).unwrap();
-    let check: String = snap
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+    let (revision, newest): (i64, i64) = snap
+        .query_row(
+            "SELECT (SELECT value FROM meta WHERE key = 'revision'), (SELECT max(resource_version) FROM objects)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .unwrap();
-    assert_eq!(check, "ok");
+    assert_eq!(revision, newest, "a torn snapshot");
+    assert_eq!(revision, summary.revision);
     drop(snap);
+    let leftovers: Vec<_> = std::fs::read_dir(elsewhere.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(leftovers, vec!["site.backup"], "no partial file left");
 
-    // Bad input loses nothing: an existing file is not overwritten.
+    // Bad input loses nothing: an existing file is not overwritten, and the live store's
+    // own files are never a destination.
     std::fs::write(elsewhere.path().join("taken"), b"keep me").unwrap();
     let err = store
         .backup_to(&elsewhere.path().join("taken"), false)
@@ -264,9 +279,16 @@ async fn backup_while_running_and_restore_neither_repeats_nor_loses_an_attempt()
         std::fs::read(elsewhere.path().join("taken")).unwrap(),
         b"keep me"
     );
+    for live in ["recast.db", "recast.db-wal"] {
+        let err = store
+            .backup_to(&data.path().join(live), true)
+            .err()
+            .unwrap();
+        assert!(matches!(err, StoreError::BackupOverLive { .. }), "{err}");
+    }
 
-    // After the backup the machine went on: it booted the imaging environment and was
-    // imaged. Then the store is lost, and restored from the backup.
+    // After the backup the machine went on: it booted the imaging environment, was imaged
+    // and started the new Windows. Then the store is damaged, and restored from the backup.
     for input in [
         Input::NetworkBooted {
             try_number: None,
@@ -296,9 +318,18 @@ async fn backup_while_running_and_restore_neither_repeats_nor_loses_an_attempt()
     drop(running);
     drop(ctrl);
     drop(store);
-    std::fs::write(&db, b"").unwrap();
+    // Damage: the WAL is lost and a page in the middle is overwritten.
     let _ = std::fs::remove_file(data.path().join("recast.db-wal"));
     let _ = std::fs::remove_file(data.path().join("recast.db-shm"));
+    let mut bytes = std::fs::read(&db).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid..mid + 4096].fill(0xA5);
+    bytes[100..4096].fill(0x5A);
+    std::fs::write(&db, &bytes).unwrap();
+    assert!(
+        EmbeddedStore::open(data.path()).is_err(),
+        "the store is damaged"
+    );
 
     let restored = EmbeddedStore::restore_from(
         data.path(),
@@ -308,10 +339,20 @@ async fn backup_while_running_and_restore_neither_repeats_nor_loses_an_attempt()
     .unwrap();
     assert_eq!(restored.held, vec!["default/kiosk-02"]);
     assert_eq!(restored.boots_disarmed, 1);
-    assert!(
-        !data.path().join(".restore").exists(),
-        "the scratch copy is gone"
+    assert_eq!(restored.endpoints, 5);
+    assert!(restored.previous_damaged);
+    let aside = restored.previous.clone().unwrap();
+    assert_eq!(
+        std::fs::read(&aside).unwrap(),
+        bytes,
+        "the damaged store is kept aside"
     );
+    let scratch: Vec<_> = std::fs::read_dir(data.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".restore"))
+        .collect();
+    assert!(scratch.is_empty(), "the scratch copy is gone: {scratch:?}");
 
     // The operator starts again on the restored store.
     let store = Arc::new(EmbeddedStore::open(data.path()).unwrap());
@@ -321,19 +362,22 @@ async fn backup_while_running_and_restore_neither_repeats_nor_loses_an_attempt()
         .clone()
         .expect("the first attempt is not lost");
     assert_eq!((kept.id.as_str(), kept.try_number), (first.id.as_str(), 1));
-    assert!(spec_paused(&store, "kiosk-02"));
+    assert!(st.restored_at.is_some());
+    assert!(!spec_paused(&store, "kiosk-02"));
     assert_eq!(st.attempts_started, started);
     assert!(
         store.boot_intent("52:54:00:a1:00:02").unwrap().is_none(),
         "no boot armed from the old record"
     );
+    assert!(status(&store, "kiosk-01").restored_at.is_some());
     let events = store.events(Kind::Endpoint, "default", "kiosk-02").unwrap();
     let ev = events
         .iter()
         .find(|e| e.reason == "RestoredFromBackup")
         .expect("an Event");
     assert!(
-        ev.message.contains("`recastctl unpause kiosk-02`"),
+        ev.message
+            .contains("`recastctl reimage kiosk-02 --reason ...`"),
         "{}",
         ev.message
     );
@@ -369,22 +413,73 @@ async fn backup_while_running_and_restore_neither_repeats_nor_loses_an_attempt()
     );
     assert!(store.boot_intent("52:54:00:a1:00:02").unwrap().is_none());
 
-    // A person looked and unpauses it: the same attempt's next try starts, armed afresh.
-    store
-        .update(Kind::Endpoint, "default", "kiosk-02", |o| {
-            o["spec"]["paused"] = false.into();
-            Ok(())
-        })
-        .unwrap();
-    ctrl.reconcile(&kiosk, Input::Reconcile).await.unwrap();
-    let a = status(&store, "kiosk-02").active_attempt.unwrap();
-    assert_eq!((a.id.as_str(), a.try_number), (first.id.as_str(), 2));
-    let intent = store
-        .boot_intent("52:54:00:a1:00:02")
-        .unwrap()
-        .expect("armed for try 2");
-    assert_eq!(intent.try_number, 2);
-    assert_eq!(ctrl.power.log().len(), 1);
+    // The machine's agent reports from the new image with the attempt's id: the attempt
+    // the backup knew as in flight ends as succeeded, with no second wipe.
+    ctrl.reconcile(
+        &kiosk,
+        Input::AgentReport(recast_crds::endpoint::ReportSummary {
+            build: "26100.7623".into(),
+            attempt_id: Some(first.id.clone()),
+            ..Default::default()
+        }),
+    )
+    .await
+    .unwrap();
+    let st = status(&store, "kiosk-02");
+    assert_eq!(st.phase, Some(EndpointPhase::Ready), "{:?}", st.message);
+    assert!(st.active_attempt.is_none());
+    assert_eq!(st.history[0].id, first.id);
+    assert_eq!(
+        st.history[0].outcome,
+        recast_crds::endpoint::AttemptOutcome::Succeeded
+    );
+    assert_eq!(st.attempts_started, started);
+    assert_eq!(st.restored_at, None);
+    assert!(ctrl.power.log().is_empty());
+}
+
+#[test]
+fn a_restore_keeps_the_store_it_replaces_and_moves_revisions_forward() {
+    let data = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture(), data.path().join("recast.db")).unwrap();
+    let store = EmbeddedStore::open(data.path()).unwrap();
+    let backup = elsewhere.path().join("b.db");
+    let taken = store.backup_to(&backup, false).unwrap();
+    // The site goes on: many writes after the backup.
+    for n in 0..20 {
+        store
+            .write_status(
+                Kind::Endpoint,
+                "default",
+                "reception-01",
+                None,
+                &serde_json::json!({"message": format!("later {n}")}),
+            )
+            .unwrap();
+    }
+    let live_revision = revision(&data.path().join("recast.db"));
+    assert!(live_revision > taken.revision);
+    drop(store);
+    let restored = EmbeddedStore::restore_from(data.path(), &backup, Timestamp::now()).unwrap();
+    assert!(!restored.previous_damaged);
+    let kept = restored.previous.unwrap();
+    assert_eq!(mode(&kept), 0o600);
+    assert_eq!(
+        revision(&kept),
+        live_revision,
+        "the replaced store is kept whole"
+    );
+    let store = EmbeddedStore::open_existing(data.path()).unwrap();
+    assert!(
+        revision(&data.path().join("recast.db")) > live_revision,
+        "revisions only go forward"
+    );
+    assert_eq!(
+        status(&store, "reception-01").message.as_deref(),
+        None,
+        "the backup's content, not the later writes"
+    );
 }
 
 #[test]

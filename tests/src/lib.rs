@@ -18,7 +18,6 @@ use std::process::{Command, Output};
 
 pub mod wimlib;
 
-/// The repository root.
 /// A binary of the workspace, built by the same `cargo test --workspace` (or `cargo build`)
 /// as the running test: the test binary lives in the profile directory's `deps/`.
 pub fn workspace_binary(name: &str) -> PathBuf {
@@ -36,6 +35,7 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     path
 }
 
+/// The repository root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

@@ -1,28 +1,29 @@
 //! Backups of the embedded store, taken while the operator runs, and restores from them.
 //!
 //! A backup is a consistent snapshot: SQLite's online backup copies every page under one read
-//! transaction (the operator keeps writing meanwhile, into the WAL), into a file created 0600
-//! beside the destination and renamed into place only once it is complete and checked. It is
-//! a recast store file itself (same application id and schema), so it can be opened, checked
-//! and restored by this build or a later one.
+//! transaction (the operator keeps writing meanwhile, into the WAL), into a file of its own
+//! name beside the destination, created 0600, checked, and renamed into place only once it is
+//! complete. It is a recast store file itself (same application id and schema), so it can be
+//! opened, checked and restored by this build or a later one.
 //!
-//! A restore needs the operator stopped (it holds [`OperatorLock`] while it runs): the
-//! operator decides from what it read, and would keep acting on the state the restore throws
-//! away. The backup is copied, upgraded to this build's schema and *fenced* in a scratch file
-//! first, and only then copied over the live store in one SQLite transaction, so a restore
-//! that dies half-way leaves the live store as it was. Fencing (see
-//! [`recast_core::restore`]): every armed network boot is disarmed, and every attempt that was
-//! in flight when the backup was taken keeps its record but has its try ended and its endpoint
-//! paused, so nothing wipes a machine twice on the strength of an hour-old record.
+//! A restore needs the operator stopped (it takes [`OperatorLock`], which the operator holds
+//! while it runs): the operator decides from what it read, and would keep acting on the state
+//! the restore throws away. The live store is first copied aside (`recast.db.before-restore-*`,
+//! or moved aside as `recast.db.damaged-*` when it no longer opens, which is a restore's main
+//! use); the backup is copied, upgraded to this build's schema and *fenced* in a scratch
+//! directory; only then is it copied over the live store in one SQLite transaction, so a
+//! restore that fails leaves the live store as it was. Fencing (see [`recast_core::restore`]):
+//! every armed network boot is disarmed, every queued input dropped (it predates the backup),
+//! and every endpoint waits for fresh evidence before anything starts on its own.
 
 use std::fs::File;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use recast_crds::endpoint::EndpointStatus;
 use recast_crds::manifest::Kind;
 use rusqlite::{Connection, OpenFlags};
-use serde_json::json;
 
 use super::{
     APPLICATION_ID, DB_FILE, EmbeddedStore, EventRecord, OpenMode, SCHEMA_VERSION, StoreError,
@@ -30,6 +31,9 @@ use super::{
 
 /// The lock file a running embedded operator holds in its data directory.
 pub const OPERATOR_LOCK_FILE: &str = "operator.lock";
+
+/// How long a copy waits for a database another process keeps busy.
+const COPY_DEADLINE: Duration = Duration::from_secs(60);
 
 /// An exclusive lock on a data directory: held by `recast-operator run` for its whole life
 /// (so two operators never drive one store) and by a restore.
@@ -39,13 +43,18 @@ pub struct OperatorLock {
 }
 
 impl OperatorLock {
-    /// Takes the lock, or says who holds it.
+    /// Takes the lock (creating the data directory, owner-only, when it is missing), or says
+    /// who holds it.
     pub fn acquire(data_dir: &Path, purpose: &str) -> Result<Self, StoreError> {
         super::super::private::private_dir(data_dir).map_err(|source| StoreError::DataDir {
             path: data_dir.to_path_buf(),
             source,
         })?;
         let path = data_dir.join(OPERATOR_LOCK_FILE);
+        let lock_err = |source| StoreError::LockFile {
+            path: path.clone(),
+            source,
+        };
         let mut file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -53,26 +62,25 @@ impl OperatorLock {
             .truncate(false)
             .mode(0o600)
             .open(&path)
-            .map_err(|source| StoreError::DataDir {
-                path: path.clone(),
-                source,
-            })?;
+            .map_err(lock_err)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                let holder = match holder.trim() {
+                    "" => "another process (starting right now)".to_string(),
+                    h => h.to_string(),
+                };
                 return Err(StoreError::Locked {
                     dir: data_dir.to_path_buf(),
-                    holder: holder.trim().to_string(),
+                    holder,
                 });
             }
-            Err(std::fs::TryLockError::Error(source)) => {
-                return Err(StoreError::DataDir { path, source });
-            }
+            Err(std::fs::TryLockError::Error(source)) => return Err(lock_err(source)),
         }
         use std::io::Write;
-        let _ = file.set_len(0);
-        let _ = writeln!(file, "{purpose} (pid {})", std::process::id());
+        file.set_len(0).map_err(lock_err)?;
+        writeln!(file, "{purpose} (pid {})", std::process::id()).map_err(lock_err)?;
         Ok(OperatorLock { _file: file })
     }
 }
@@ -96,36 +104,56 @@ pub struct RestoreSummary {
     /// The backup's schema, before it was upgraded to this build's.
     pub schema: i64,
     pub backed_up_at: Option<jiff::Timestamp>,
-    /// Endpoints whose attempt in flight was held, as "namespace/name".
+    /// Endpoints whose attempt in flight now waits for evidence, as "namespace/name".
     pub held: Vec<String>,
+    /// Endpoints whose pending reimage request was dropped, as "namespace/name".
+    pub requests_dropped: Vec<String>,
+    /// Endpoints that wait for their agent's next report.
+    pub endpoints: usize,
     pub boots_disarmed: i64,
+    pub inputs_dropped: i64,
+    /// Where the store that was replaced went.
+    pub previous: Option<PathBuf>,
+    /// Whether the replaced store was damaged (moved aside, not copied).
+    pub previous_damaged: bool,
 }
 
-fn sqlite_err(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
-    move |e| StoreError::Corrupt {
+fn copy_err<'p>(op: &'static str, path: &'p Path) -> impl Fn(rusqlite::Error) -> StoreError + 'p {
+    move |source| StoreError::Copy {
+        op,
         path: path.to_path_buf(),
-        why: e.to_string(),
+        source,
     }
 }
 
 /// Copies every page of `from` into `to` in one step (one read transaction on `from`, one
 /// write transaction on `to`): the copy is one consistent moment.
-fn copy_all(from: &Connection, to: &mut Connection) -> Result<(), rusqlite::Error> {
-    let backup = rusqlite::backup::Backup::new(from, to)?;
+fn copy_all(
+    from: &Connection,
+    to: &mut Connection,
+    op: &'static str,
+    path: &Path,
+) -> Result<(), StoreError> {
+    let backup = rusqlite::backup::Backup::new(from, to).map_err(copy_err(op, path))?;
+    let started = Instant::now();
     loop {
-        match backup.step(-1)? {
+        match backup.step(-1).map_err(copy_err(op, path))? {
             rusqlite::backup::StepResult::Done => return Ok(()),
             // Another connection held a lock: try again shortly (the busy timeout of a normal
-            // statement does not apply to a backup step).
-            rusqlite::backup::StepResult::Busy | rusqlite::backup::StepResult::Locked => {
-                std::thread::sleep(std::time::Duration::from_millis(50));
+            // statement does not apply to a backup step), but not forever.
+            _ if started.elapsed() > COPY_DEADLINE => {
+                return Err(StoreError::Busy {
+                    op,
+                    path: path.to_path_buf(),
+                    secs: COPY_DEADLINE.as_secs(),
+                });
             }
-            _ => {}
+            _ => std::thread::sleep(Duration::from_millis(50)),
         }
     }
 }
 
-fn scratch_beside(path: &Path, suffix: &str) -> PathBuf {
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut p = path.as_os_str().to_owned();
     p.push(suffix);
     PathBuf::from(p)
@@ -133,88 +161,137 @@ fn scratch_beside(path: &Path, suffix: &str) -> PathBuf {
 
 fn remove_db_files(path: &Path) {
     for suffix in ["", "-wal", "-shm", "-journal"] {
-        let _ = std::fs::remove_file(scratch_beside(path, suffix));
+        let _ = std::fs::remove_file(with_suffix(path, suffix));
     }
 }
 
-fn count(conn: &Connection, sql: &str) -> Result<i64, rusqlite::Error> {
+fn count(conn: &Connection, sql: &str, path: &Path) -> Result<i64, StoreError> {
     conn.query_row(sql, [], |r| r.get(0))
+        .map_err(copy_err("reading", path))
+}
+
+fn stamp(now: jiff::Timestamp) -> String {
+    now.strftime("%Y%m%dT%H%M%SZ").to_string()
+}
+
+/// Whether `dest` names the store file at `live` or one of its companions.
+fn is_live_file(dest: &Path, live: &Path) -> bool {
+    let canon = |p: &Path| {
+        p.parent()
+            .and_then(|d| std::fs::canonicalize(d).ok())
+            .zip(p.file_name())
+            .map(|(d, f)| d.join(f))
+    };
+    let (Some(dest), Some(live)) = (canon(dest), canon(live)) else {
+        return false;
+    };
+    ["", "-wal", "-shm", "-journal"]
+        .iter()
+        .any(|s| with_suffix(&live, s) == dest)
 }
 
 impl EmbeddedStore {
     /// Writes a consistent snapshot of the store to `dest` (which must not exist unless
     /// `overwrite`) while the operator keeps running.
     pub fn backup_to(&self, dest: &Path, overwrite: bool) -> Result<BackupSummary, StoreError> {
+        if is_live_file(dest, self.path()) {
+            return Err(StoreError::BackupOverLive {
+                path: dest.to_path_buf(),
+            });
+        }
         if dest.exists() && !overwrite {
             return Err(StoreError::BackupExists {
                 path: dest.to_path_buf(),
             });
         }
-        let partial = scratch_beside(dest, ".partial");
-        remove_db_files(&partial);
-        // Created 0600 before SQLite opens it: the backup holds BMC credentials.
-        super::super::private::private_db_file(&partial).map_err(|source| StoreError::DataDir {
-            path: partial.clone(),
-            source,
-        })?;
-        let result = (|| {
-            let mut out = Connection::open(&partial).map_err(sqlite_err(&partial))?;
-            copy_all(&self.conn(), &mut out).map_err(sqlite_err(&partial))?;
-            // When, for the restore's messages (the copy is a moment; this says which).
-            out.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('backed_up_at', ?1)",
-                [jiff::Timestamp::now().as_second()],
-            )
-            .map_err(sqlite_err(&partial))?;
-            let check: String = out
-                .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-                .map_err(sqlite_err(&partial))?;
-            if check != "ok" {
-                return Err(StoreError::Corrupt {
-                    path: partial.clone(),
-                    why: check,
+        // A name of its own: two backups to one destination never share a half file.
+        let partial = with_suffix(
+            dest,
+            &format!(
+                ".partial-{}-{}",
+                std::process::id(),
+                uuid::Uuid::new_v4().simple()
+            ),
+        );
+        let result = self.write_snapshot(&partial, dest);
+        let result = result.and_then(|mut summary| {
+            if !overwrite && dest.exists() {
+                return Err(StoreError::BackupExists {
+                    path: dest.to_path_buf(),
                 });
             }
-            let summary = BackupSummary {
+            std::fs::rename(&partial, dest).map_err(|source| StoreError::DataDir {
                 path: dest.to_path_buf(),
-                bytes: 0,
-                schema: EmbeddedStore::schema_of(&out).map_err(sqlite_err(&partial))?,
-                revision: count(&out, "SELECT value FROM meta WHERE key = 'revision'")
-                    .map_err(sqlite_err(&partial))?,
-                objects: count(&out, "SELECT count(*) FROM objects WHERE deleted_at IS NULL")
-                    .map_err(sqlite_err(&partial))?,
-                attempts_in_flight: count(
-                    &out,
-                    "SELECT count(*) FROM objects WHERE kind = 'Endpoint' AND json_extract(status, '$.activeAttempt') IS NOT NULL",
-                )
-                .map_err(sqlite_err(&partial))?,
-            };
-            // One file, no WAL beside it: the backup is self-contained.
-            out.pragma_update(None, "journal_mode", "DELETE")
-                .map_err(sqlite_err(&partial))?;
-            drop(out);
-            File::open(&partial)
-                .and_then(|f| f.sync_all())
-                .map_err(|source| StoreError::DataDir {
-                    path: partial.clone(),
-                    source,
-                })?;
+                source,
+            })?;
+            // The rename itself is durable once the directory is.
+            if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
+                let _ = File::open(dir).and_then(|d| d.sync_all());
+            }
+            summary.bytes = std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0);
             Ok(summary)
-        })();
-        match result {
-            Ok(mut summary) => {
-                std::fs::rename(&partial, dest).map_err(|source| StoreError::DataDir {
-                    path: dest.to_path_buf(),
-                    source,
-                })?;
-                summary.bytes = std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0);
-                Ok(summary)
-            }
-            Err(e) => {
-                remove_db_files(&partial);
-                Err(e)
-            }
+        });
+        if result.is_err() {
+            // Never leave a copy (with BMC credentials) behind.
+            remove_db_files(&partial);
         }
+        result
+    }
+
+    fn write_snapshot(&self, partial: &Path, dest: &Path) -> Result<BackupSummary, StoreError> {
+        // Created 0600 before SQLite opens it: the backup holds BMC credentials.
+        super::super::private::private_db_file(partial).map_err(|source| StoreError::DataDir {
+            path: partial.to_path_buf(),
+            source,
+        })?;
+        let mut out = Connection::open(partial).map_err(copy_err("writing", partial))?;
+        copy_all(&self.conn(), &mut out, "backing up into", partial)?;
+        // When, for the restore's messages (the copy is a moment; this says which).
+        out.execute(
+            "INSERT OR REPLACE INTO meta VALUES ('backed_up_at', ?1)",
+            [jiff::Timestamp::now().as_second()],
+        )
+        .map_err(copy_err("writing", partial))?;
+        let check: String = out
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .map_err(copy_err("checking", partial))?;
+        if check != "ok" {
+            return Err(StoreError::Corrupt {
+                path: partial.to_path_buf(),
+                why: check,
+            });
+        }
+        let summary = BackupSummary {
+            path: dest.to_path_buf(),
+            bytes: 0,
+            schema: EmbeddedStore::schema_of(&out).map_err(copy_err("reading", partial))?,
+            revision: count(
+                &out,
+                "SELECT value FROM meta WHERE key = 'revision'",
+                partial,
+            )?,
+            objects: count(
+                &out,
+                "SELECT count(*) FROM objects WHERE deleted_at IS NULL",
+                partial,
+            )?,
+            attempts_in_flight: count(
+                &out,
+                "SELECT count(*) FROM objects WHERE kind = 'Endpoint' AND json_extract(status, '$.activeAttempt') IS NOT NULL",
+                partial,
+            )?,
+        };
+        // One file, no WAL beside it: the backup is self-contained.
+        out.pragma_update(None, "journal_mode", "DELETE")
+            .map_err(copy_err("writing", partial))?;
+        drop(out);
+        File::open(partial)
+            .and_then(|f| f.sync_all())
+            .map_err(|source| StoreError::DataDir {
+                path: partial.to_path_buf(),
+                source,
+            })?;
+        Ok(summary)
     }
 
     /// Replaces the store in `data_dir` with the backup at `src` (the operator must be
@@ -224,175 +301,243 @@ impl EmbeddedStore {
         src: &Path,
         now: jiff::Timestamp,
     ) -> Result<RestoreSummary, StoreError> {
+        if !data_dir.is_dir() {
+            return Err(StoreError::NoDataDir {
+                dir: data_dir.to_path_buf(),
+            });
+        }
         let _lock = OperatorLock::acquire(data_dir, "recastctl store restore")?;
-        // The backup must be a recast store this build can read, and undamaged.
-        let backup =
-            Connection::open_with_flags(src, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| {
-                StoreError::Foreign {
-                    path: src.to_path_buf(),
-                    why: e.to_string(),
-                }
-            })?;
-        let app_id: i64 = backup
-            .query_row("PRAGMA application_id", [], |r| r.get(0))
-            .map_err(|e| StoreError::Foreign {
-                path: src.to_path_buf(),
-                why: e.to_string(),
-            })?;
-        if app_id != APPLICATION_ID {
-            return Err(StoreError::Foreign {
-                path: src.to_path_buf(),
-                why: format!("application_id {app_id:#x}: not a recast store or backup"),
-            });
-        }
-        let check: String = backup
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .map_err(sqlite_err(src))?;
-        if check != "ok" {
-            return Err(StoreError::Corrupt {
-                path: src.to_path_buf(),
-                why: check,
-            });
-        }
-        let schema = EmbeddedStore::schema_of(&backup).map_err(sqlite_err(src))?;
-        if schema > SCHEMA_VERSION {
-            return Err(StoreError::TooNew {
-                path: src.to_path_buf(),
-                found: schema,
-                known: SCHEMA_VERSION,
-            });
-        }
-        let backed_up_at = backup
-            .query_row(
-                "SELECT value FROM meta WHERE key = 'backed_up_at'",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .ok()
-            .and_then(|s| jiff::Timestamp::from_second(s).ok());
+        let (schema, backed_up_at) = check_backup(src)?;
 
         // Copy, upgrade and fence in a scratch store beside the live one.
-        let scratch_dir = data_dir.join(".restore");
+        let scratch_dir = data_dir.join(format!(".restore-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&scratch_dir);
-        let staged = {
-            super::super::private::private_dir(&scratch_dir).map_err(|source| {
-                StoreError::DataDir {
-                    path: scratch_dir.clone(),
-                    source,
-                }
-            })?;
-            let file = scratch_dir.join(DB_FILE);
-            super::super::private::private_db_file(&file).map_err(|source| {
-                StoreError::DataDir {
-                    path: file.clone(),
-                    source,
-                }
-            })?;
-            let mut conn = Connection::open(&file).map_err(sqlite_err(&file))?;
-            copy_all(&backup, &mut conn).map_err(sqlite_err(&file))?;
-            drop(conn);
-            EmbeddedStore::open_with(&scratch_dir, OpenMode::Create)?
-        };
-        drop(backup);
         let result = (|| {
-            let summary = staged.fence(schema, backed_up_at, now)?;
+            let staged = stage(src, &scratch_dir)?;
+            let mut summary = staged.fence(backed_up_at, now)?;
+            summary.schema = schema;
+            let (live, previous, damaged) = open_live_for_restore(data_dir, now)?;
+            summary.previous = previous;
+            summary.previous_damaged = damaged;
             // Revisions only go forward: a client that read the live store must see a
             // conflict, never a reused resourceVersion.
-            let live = EmbeddedStore::open_with(data_dir, OpenMode::Create)?;
             let live_revision = count(
                 &live.conn(),
                 "SELECT value FROM meta WHERE key = 'revision'",
-            )
-            .map_err(sqlite_err(live.path()))?;
+                live.path(),
+            )?;
             staged
                 .conn()
                 .execute(
                     "UPDATE meta SET value = max(value, ?1) + 1 WHERE key = 'revision'",
                     [live_revision],
                 )
-                .map_err(sqlite_err(staged.path()))?;
-            copy_all(&staged.conn(), &mut live.conn()).map_err(sqlite_err(live.path()))?;
+                .map_err(copy_err("writing", staged.path()))?;
+            copy_all(
+                &staged.conn(),
+                &mut live.conn(),
+                "restoring into",
+                live.path(),
+            )?;
             Ok(summary)
         })();
-        drop(staged);
         let _ = std::fs::remove_dir_all(&scratch_dir);
         result
     }
 
-    /// Disarms every network boot and holds every attempt that was in flight (in this store,
-    /// a staged copy of a backup).
+    /// Disarms every network boot, drops every queued input and fences every endpoint (in
+    /// this store, a staged copy of a backup).
     fn fence(
         &self,
-        schema: i64,
         backed_up_at: Option<jiff::Timestamp>,
         now: jiff::Timestamp,
     ) -> Result<RestoreSummary, StoreError> {
-        let boots_disarmed = self
-            .conn()
-            .execute("DELETE FROM boot_intents", [])
-            .map_err(StoreError::from)? as i64;
-        let mut held = Vec::new();
+        let (boots_disarmed, inputs_dropped) = {
+            let conn = self.conn();
+            let boots = conn.execute("DELETE FROM boot_intents", [])? as i64;
+            let inputs = conn.execute("DELETE FROM inbox", [])? as i64;
+            // The backup's own moment is the backup's, not the live store's.
+            conn.execute("DELETE FROM meta WHERE key = 'backed_up_at'", [])?;
+            (boots, inputs)
+        };
+        let mut summary = RestoreSummary {
+            objects: 0,
+            schema: 0,
+            backed_up_at,
+            held: Vec::new(),
+            requests_dropped: Vec::new(),
+            endpoints: 0,
+            boots_disarmed,
+            inputs_dropped,
+            previous: None,
+            previous_damaged: false,
+        };
         for ep in self.list(Kind::Endpoint, None)? {
-            let ns = ep
-                .pointer("/metadata/namespace")
-                .and_then(|v| v.as_str())
-                .unwrap_or_default()
-                .to_string();
-            let name = ep
-                .pointer("/metadata/name")
-                .and_then(|v| v.as_str())
-                .unwrap_or_default()
-                .to_string();
-            let status: EndpointStatus = match ep.get("status") {
-                Some(s) => {
-                    serde_json::from_value(s.clone()).map_err(|e| StoreError::BadRecord {
-                        kind: Kind::Endpoint,
-                        namespace: ns.clone(),
-                        name: name.clone(),
-                        why: e.to_string(),
-                    })?
-                }
-                None => continue,
+            let text = |p: &str| {
+                ep.pointer(p)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_string()
             };
-            let Some(hold) =
-                recast_core::restore::hold_after_restore(&name, &status, backed_up_at, now)
-            else {
-                continue;
-            };
-            self.update(Kind::Endpoint, &ns, &name, |obj| {
-                obj["spec"]["paused"] = json!(true);
-                Ok(())
-            })?;
-            let status = serde_json::to_value(&hold.status).map_err(|e| StoreError::BadRecord {
+            let (ns, name) = (text("/metadata/namespace"), text("/metadata/name"));
+            let bad = |why: String| StoreError::BadRecord {
                 kind: Kind::Endpoint,
                 namespace: ns.clone(),
                 name: name.clone(),
-                why: e.to_string(),
-            })?;
-            self.write_status(Kind::Endpoint, &ns, &name, None, &status)?;
-            self.record_event(
-                Kind::Endpoint,
-                &ns,
-                &name,
-                &EventRecord {
-                    time: recast_core::time::format(now),
-                    type_: "Warning".into(),
-                    reason: "RestoredFromBackup".into(),
-                    message: hold.message,
-                },
-            )?;
-            held.push(format!("{ns}/{name}"));
+                why,
+            };
+            let status: EndpointStatus = match ep.get("status") {
+                Some(s) => serde_json::from_value(s.clone()).map_err(|e| bad(e.to_string()))?,
+                None => EndpointStatus::default(),
+            };
+            let request = ep
+                .pointer("/spec/reimageRequest/token")
+                .and_then(|v| v.as_str());
+            let fence = recast_core::restore::fence(&name, &status, request, backed_up_at, now);
+            let value = serde_json::to_value(&fence.status).map_err(|e| bad(e.to_string()))?;
+            self.write_status(Kind::Endpoint, &ns, &name, None, &value)?;
+            for (reason, message) in &fence.events {
+                self.record_event(
+                    Kind::Endpoint,
+                    &ns,
+                    &name,
+                    &EventRecord {
+                        time: recast_core::time::format(now),
+                        type_: "Warning".into(),
+                        reason: (*reason).into(),
+                        message: message.clone(),
+                    },
+                )?;
+                if *reason == "RestoredRequestDropped" {
+                    summary.requests_dropped.push(format!("{ns}/{name}"));
+                }
+            }
+            if fence.held_attempt {
+                summary.held.push(format!("{ns}/{name}"));
+            }
+            summary.endpoints += 1;
         }
-        let objects = count(
+        summary.objects = count(
             &self.conn(),
             "SELECT count(*) FROM objects WHERE deleted_at IS NULL",
+            self.path(),
         )?;
-        Ok(RestoreSummary {
-            objects,
-            schema,
-            backed_up_at,
-            held,
-            boots_disarmed,
-        })
+        Ok(summary)
+    }
+}
+
+/// The backup must be a recast store this build can read, and undamaged: its schema and when
+/// it was taken.
+fn check_backup(src: &Path) -> Result<(i64, Option<jiff::Timestamp>), StoreError> {
+    let foreign = |why: String| StoreError::Foreign {
+        path: src.to_path_buf(),
+        why,
+    };
+    if !src.is_file() {
+        return Err(foreign("no such file".into()));
+    }
+    let backup = Connection::open_with_flags(src, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| foreign(e.to_string()))?;
+    let app_id: i64 = backup
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .map_err(|e| foreign(e.to_string()))?;
+    if app_id != APPLICATION_ID {
+        return Err(foreign(format!(
+            "application_id {app_id:#x}: not a recast store or backup"
+        )));
+    }
+    let check: String = backup
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .map_err(|e| StoreError::Corrupt {
+            path: src.to_path_buf(),
+            why: e.to_string(),
+        })?;
+    if check != "ok" {
+        return Err(StoreError::Corrupt {
+            path: src.to_path_buf(),
+            why: check,
+        });
+    }
+    let schema = EmbeddedStore::schema_of(&backup).map_err(|e| StoreError::Corrupt {
+        path: src.to_path_buf(),
+        why: format!("no schema version: {e}"),
+    })?;
+    if schema > SCHEMA_VERSION {
+        return Err(StoreError::TooNew {
+            path: src.to_path_buf(),
+            found: schema,
+            known: SCHEMA_VERSION,
+        });
+    }
+    if schema < 1 {
+        return Err(StoreError::Corrupt {
+            path: src.to_path_buf(),
+            why: format!("schema version {schema}"),
+        });
+    }
+    let backed_up_at = backup
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'backed_up_at'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .ok()
+        .and_then(|s| jiff::Timestamp::from_second(s).ok());
+    Ok((schema, backed_up_at))
+}
+
+/// A copy of the backup in `scratch_dir`, upgraded to this build's schema.
+fn stage(src: &Path, scratch_dir: &Path) -> Result<EmbeddedStore, StoreError> {
+    super::super::private::private_dir(scratch_dir).map_err(|source| StoreError::DataDir {
+        path: scratch_dir.to_path_buf(),
+        source,
+    })?;
+    let file = scratch_dir.join(DB_FILE);
+    super::super::private::private_db_file(&file).map_err(|source| StoreError::DataDir {
+        path: file.clone(),
+        source,
+    })?;
+    {
+        let backup = Connection::open_with_flags(src, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(copy_err("reading", src))?;
+        let mut conn = Connection::open(&file).map_err(copy_err("staging", &file))?;
+        copy_all(&backup, &mut conn, "staging", &file)?;
+    }
+    EmbeddedStore::open_with(scratch_dir, OpenMode::Create)
+}
+
+/// The live store to restore into, after keeping what it holds: copied aside when it opens,
+/// moved aside when it is damaged or foreign (a restore's main use), nothing when there is
+/// none. Returns the store, where the old one went, and whether it was damaged.
+fn open_live_for_restore(
+    data_dir: &Path,
+    now: jiff::Timestamp,
+) -> Result<(EmbeddedStore, Option<PathBuf>, bool), StoreError> {
+    let live_file = data_dir.join(DB_FILE);
+    let had_one = std::fs::metadata(&live_file).is_ok_and(|m| m.len() > 0);
+    match EmbeddedStore::open_with(data_dir, OpenMode::Create) {
+        Ok(live) if had_one => {
+            let aside = with_suffix(&live_file, &format!(".before-restore-{}", stamp(now)));
+            live.backup_to(&aside, false)?;
+            Ok((live, Some(aside), false))
+        }
+        Ok(live) => Ok((live, None, false)),
+        Err(StoreError::Corrupt { .. } | StoreError::Foreign { .. }) => {
+            let aside = with_suffix(&live_file, &format!(".damaged-{}", stamp(now)));
+            for suffix in ["", "-wal", "-shm", "-journal"] {
+                let from = with_suffix(&live_file, suffix);
+                if from.exists() {
+                    std::fs::rename(&from, with_suffix(&aside, suffix)).map_err(|source| {
+                        StoreError::DataDir {
+                            path: from.clone(),
+                            source,
+                        }
+                    })?;
+                }
+            }
+            let live = EmbeddedStore::open_with(data_dir, OpenMode::Create)?;
+            Ok((live, Some(aside), true))
+        }
+        Err(e) => Err(e),
     }
 }

@@ -67,6 +67,37 @@ pub enum StoreError {
     #[error("{path} exists: choose another file name, or pass --force to replace it")]
     BackupExists { path: PathBuf },
     #[error(
+        "{path} is the live store itself (or one of its files): write the backup somewhere else, ideally another disk"
+    )]
+    BackupOverLive { path: PathBuf },
+    #[error("{op} {path}: {source}; the live store was not changed")]
+    Copy {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "{op} {path}: the database stayed busy for {secs} s (another process writes without pause); retry, or stop that process"
+    )]
+    Busy {
+        op: &'static str,
+        path: PathBuf,
+        secs: u64,
+    },
+    #[error(
+        "cannot use the lock file {path}: {source}; check the data directory's owner and permissions"
+    )]
+    LockFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{dir} does not exist: a restore goes into the directory the operator uses (`recast-operator run --data-dir`); create it first if this is a new machine"
+    )]
+    NoDataDir { dir: PathBuf },
+    #[error(
         "{path}: written by an older recast (schema {found}; this build writes {known}); start this release's recast-operator once, which upgrades the store in place, then run this command again"
     )]
     TooOld {
@@ -176,14 +207,26 @@ fn now_rfc3339() -> String {
     recast_core::time::format(jiff::Timestamp::now())
 }
 
-/// Whether opening a data directory without a store creates one.
+/// What opening a data directory may do to it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OpenMode {
-    /// The operator's `run` and `recastctl apply --create-store`: a missing store is created.
+    /// The operator's `run`: a missing store is created, an older one upgraded in place.
     Create,
-    /// Everything else: a missing store is an error (a mistyped --data-dir must not look like
-    /// an empty site), and nothing is created on disk.
+    /// `recastctl apply --create-store`: a missing store is created; an older one is not
+    /// upgraded (an older operator may still run on it).
+    CreateIfMissing,
+    /// Every other command: the store must exist at this build's schema. A mistyped
+    /// --data-dir must not look like an empty site, and nothing is created or changed on disk.
     Existing,
+    /// `recastctl store backup`: the store must exist, at this build's schema or an older one
+    /// (a backup before an upgrade); nothing is changed.
+    AnySchema,
+}
+
+impl OpenMode {
+    fn creates(self) -> bool {
+        matches!(self, OpenMode::Create | OpenMode::CreateIfMissing)
+    }
 }
 
 /// The schema steps, oldest first: step `n` brings a store from schema `n - 1` to `n`. Each
@@ -239,7 +282,7 @@ impl EmbeddedStore {
     /// lock creates the schema, the others wait for it and find it done.
     pub fn open_with(data_dir: &Path, mode: OpenMode) -> Result<Self, StoreError> {
         let path = data_dir.join(DB_FILE);
-        if mode == OpenMode::Existing && !path.is_file() {
+        if !mode.creates() && !path.is_file() {
             return Err(StoreError::Missing {
                 dir: data_dir.to_path_buf(),
             });
@@ -253,7 +296,7 @@ impl EmbeddedStore {
             path: path.clone(),
             source,
         })?;
-        let conn = Self::connect(&path)?;
+        let conn = Self::connect(&path, mode)?;
         Self::migrate(data_dir, &path, &conn, mode)?;
         Ok(EmbeddedStore {
             path,
@@ -262,7 +305,7 @@ impl EmbeddedStore {
     }
 
     /// A connection to a recast (or empty) database file that passed SQLite's quick check.
-    fn connect(path: &Path) -> Result<Connection, StoreError> {
+    fn connect(path: &Path, mode: OpenMode) -> Result<Connection, StoreError> {
         let foreign = |why: String| StoreError::Foreign {
             path: path.to_path_buf(),
             why,
@@ -306,9 +349,11 @@ impl EmbeddedStore {
             return Err(corrupt(check));
         }
         // Switching to WAL takes an exclusive lock for a moment: another opener holding the
-        // file makes it busy; the busy timeout covers a wait, a repeat covers the rest.
+        // file makes it busy; the busy timeout covers a wait, a repeat covers the rest. Only
+        // an opener that may create does it (a store it made is WAL already; one that only
+        // reads must not change the file).
         let mut tries = 0;
-        loop {
+        while mode.creates() {
             match conn.pragma_update(None, "journal_mode", "WAL") {
                 Err(e)
                     if tries < 50
@@ -317,7 +362,10 @@ impl EmbeddedStore {
                     tries += 1;
                     std::thread::sleep(Duration::from_millis(100));
                 }
-                other => break other?,
+                other => {
+                    other?;
+                    break;
+                }
             }
         }
         conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -325,22 +373,13 @@ impl EmbeddedStore {
         Ok(conn)
     }
 
-    /// Brings the schema to [`SCHEMA_VERSION`] inside one immediate transaction (the write
-    /// lock first, so two openers serialise here and the second finds the first's work). Only
-    /// an opener that creates ([`OpenMode::Create`]: the operator) changes the schema: a newer
-    /// `recastctl` must not upgrade a store under an older running operator.
-    fn migrate(
-        data_dir: &Path,
+    /// Reads the schema version (0: an empty file) in one transaction of `behavior`.
+    fn schema_version<'c>(
+        conn: &'c Connection,
         path: &Path,
-        conn: &Connection,
-        mode: OpenMode,
-    ) -> Result<(), StoreError> {
-        let corrupt = |why: String| StoreError::Corrupt {
-            path: path.to_path_buf(),
-            why,
-        };
-        let tx =
-            rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+        behavior: rusqlite::TransactionBehavior,
+    ) -> Result<(rusqlite::Transaction<'c>, i64), StoreError> {
+        let tx = rusqlite::Transaction::new_unchecked(conn, behavior)?;
         let tables: i64 = tx.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
         let version: i64 = if tables == 0 {
             0
@@ -350,8 +389,17 @@ impl EmbeddedStore {
                 [],
                 |r| r.get(0),
             )
-            .map_err(|e| corrupt(format!("no schema version: {e}")))?
+            .map_err(|e| StoreError::Corrupt {
+                path: path.to_path_buf(),
+                why: format!("no schema version: {e}"),
+            })?
         };
+        if version < 0 {
+            return Err(StoreError::Corrupt {
+                path: path.to_path_buf(),
+                why: format!("schema version {version}"),
+            });
+        }
         if version > SCHEMA_VERSION {
             return Err(StoreError::TooNew {
                 path: path.to_path_buf(),
@@ -359,23 +407,44 @@ impl EmbeddedStore {
                 known: SCHEMA_VERSION,
             });
         }
+        Ok((tx, version))
+    }
+
+    /// Brings the schema to [`SCHEMA_VERSION`] when `mode` may (see [`OpenMode`]): inside one
+    /// immediate transaction (the write lock first, so two openers serialise here and the
+    /// second finds the first's work). Modes that do not create only read, in a deferred
+    /// transaction (a read-only mount works).
+    fn migrate(
+        data_dir: &Path,
+        path: &Path,
+        conn: &Connection,
+        mode: OpenMode,
+    ) -> Result<(), StoreError> {
+        let too_old = |found| StoreError::TooOld {
+            path: path.to_path_buf(),
+            found,
+            known: SCHEMA_VERSION,
+        };
+        if !mode.creates() {
+            let (_read, version) =
+                Self::schema_version(conn, path, rusqlite::TransactionBehavior::Deferred)?;
+            return match (mode, version) {
+                // An empty file: an operator is creating the store right now, or one died
+                // before it could.
+                (_, 0) => Err(StoreError::Missing {
+                    dir: data_dir.to_path_buf(),
+                }),
+                (_, SCHEMA_VERSION) | (OpenMode::AnySchema, _) => Ok(()),
+                (_, v) => Err(too_old(v)),
+            };
+        }
+        let (tx, version) =
+            Self::schema_version(conn, path, rusqlite::TransactionBehavior::Immediate)?;
         if version == SCHEMA_VERSION {
             return Ok(());
         }
-        if mode == OpenMode::Existing {
-            return Err(if version == 0 {
-                // An empty file: an operator is creating the store right now, or one died
-                // before it could.
-                StoreError::Missing {
-                    dir: data_dir.to_path_buf(),
-                }
-            } else {
-                StoreError::TooOld {
-                    path: path.to_path_buf(),
-                    found: version,
-                    known: SCHEMA_VERSION,
-                }
-            });
+        if version > 0 && mode == OpenMode::CreateIfMissing {
+            return Err(too_old(version));
         }
         if version == 0 {
             tx.pragma_update(None, "application_id", APPLICATION_ID)?;
@@ -392,7 +461,7 @@ impl EmbeddedStore {
         Ok(())
     }
 
-    /// The schema version of the store file at `path` (for backups: 0 when it has none).
+    /// The schema version a store or backup file records (an error when it records none).
     pub fn schema_of(conn: &Connection) -> Result<i64, rusqlite::Error> {
         conn.query_row(
             "SELECT value FROM meta WHERE key = 'schema_version'",
