@@ -373,6 +373,16 @@ impl<'a> Run<'a> {
                         ),
                     );
                 }
+                // Attempt ids are never used twice, even when the store was restored from a
+                // backup older than an attempt whose id the machine reports.
+                if let Some(n) = r
+                    .attempt_id
+                    .as_deref()
+                    .and_then(|id| self.own_attempt_number(id))
+                    && n > self.st.attempts_started
+                {
+                    self.st.attempts_started = n;
+                }
                 self.st.last_report = Some(r);
                 if let Some(at) = self.st.restored_at.take() {
                     self.notice(
@@ -446,14 +456,31 @@ impl<'a> Run<'a> {
         };
         self.join_reimage_request(&a);
         if let Some(retry_after) = a.retry_after.as_deref().and_then(time::parse) {
-            if let Input::AgentReport(r) = input
-                && self.runs_the_attempts_image(&a, r)
-            {
-                // The machine runs what this attempt applied although its try was given up
-                // (the store was restored from a backup older than the imaging, or the try
-                // timed out just before the first report): the attempt succeeded.
-                self.succeed(a, &r.build);
-                return;
+            // A try the restore ended (its retry time is the restore's own moment): the
+            // machine's report says what happened in the time the backup does not know.
+            let ended_by_restore =
+                self.ep.status.restored_at.is_some() && a.retry_after == self.ep.status.restored_at;
+            if ended_by_restore && let Input::AgentReport(r) = input {
+                if self.runs_the_attempts_image(&a, r) {
+                    // Imaged in that time: the attempt succeeded.
+                    self.succeed(a, &r.build);
+                    return;
+                }
+                let own = |id: &str| self.own_attempt_number(id);
+                if let (Some(theirs), Some(ours)) =
+                    (r.attempt_id.as_deref().and_then(own), own(&a.id))
+                    && theirs > ours
+                {
+                    // A later attempt ran in that time: this one is over.
+                    let why = format!(
+                        "superseded: the machine reports attempt {} (build {}), which ran after the backup the store was restored from",
+                        r.attempt_id.as_deref().unwrap_or_default(),
+                        r.build
+                    );
+                    self.end_attempt(a, AttemptOutcome::Aborted, why);
+                    self.take(Edge::Aborted);
+                    return;
+                }
             }
             self.wait_or_retry(a, retry_after);
             return;
@@ -468,6 +495,14 @@ impl<'a> Run<'a> {
         };
         self.reemit_step_action(&a);
         self.time_out_or_go_on(a);
+    }
+
+    /// The number at the end of one of this endpoint's attempt ids (`NAME-UID8-N`).
+    fn own_attempt_number(&self, id: &str) -> Option<u32> {
+        let uid: String = self.ep.uid.chars().filter(|c| *c != '-').take(8).collect();
+        id.strip_prefix(&format!("{}-{uid}-", self.ep.name))?
+            .parse()
+            .ok()
     }
 
     /// Whether an agent report says the machine runs the image `a` applied: the attempt's id
@@ -1098,7 +1133,13 @@ impl<'a> Run<'a> {
         if self.ep.spec.paused && !manual {
             return Some("spec.paused is true: no reimage starts on its own".into());
         }
-        if let Some(at) = &self.st.restored_at
+        // The status before this input counts too: the report that ends the wait is fresh,
+        // but the signals beside it are not decided yet (the gateway posts them next).
+        if let Some(at) = self
+            .st
+            .restored_at
+            .as_ref()
+            .or(self.ep.status.restored_at.as_ref())
             && !manual
         {
             return Some(format!(

@@ -47,6 +47,8 @@ pub fn fence(
     st.restored_at = Some(crate::time::format(now));
     // The restore disarms every network boot in the store itself.
     st.boot_armed = false;
+    // The signals are as old as the backup: the agent's next report derives them afresh.
+    st.signals.clear();
     if let Some(token) = pending_request
         && st.handled_reimage_token.as_deref() != Some(token)
     {

@@ -1394,14 +1394,16 @@ impl Fleet {
         }
         // After a restore nothing starts on its own until fresh evidence: the agent's report
         // or a person's request (which is what this input is, or it clears the mark first).
-        if before.restored_at.is_some() && !matches!(input, Input::AgentReport(_)) {
+        if before.restored_at.is_some() {
             let manual = started
                 && d.status.active_attempt.as_ref().unwrap().trigger == AttemptTrigger::Manual;
             prop_assert!(
                 !started || manual,
                 "an attempt started on its own after a restore"
             );
-            if d.edge == Some(transitions::Edge::RetryStarted) {
+            if d.edge == Some(transitions::Edge::RetryStarted)
+                && !matches!(input, Input::AgentReport(_))
+            {
                 prop_assert!(
                     d.status.restored_at.is_none(),
                     "a retry started after a restore without fresh evidence"
@@ -1719,15 +1721,17 @@ fn after_a_restore_an_attempt_waits_for_evidence_and_ends_on_it() {
     assert_eq!((e.attempt_id(), e.try_number()), (id, 2));
     assert_eq!(e.state(), State::ArmingBoot);
 
-    // No attempt in flight: a signal from before the restore starts nothing until the agent
-    // reports again; a person's request does.
+    // No attempt in flight: the restore drops the backup's signals; a signal raised before
+    // the agent reports again starts nothing, nor does the report that ends the wait (the
+    // signals beside it come next); then the fresh evidence decides.
     let mut e = healthy(true);
     e.spec.paused = true;
     e.feed(signals(&[SignalKind::FailedRollback]));
     e.spec.paused = false;
     e.status = crate::restore::fence("e", &e.status, None, None, e.now).status;
-    let d = e.feed(Input::Reconcile);
-    assert!(e.status.active_attempt.is_none(), "{:?}", d);
+    assert!(e.status.signals.is_empty());
+    e.feed(signals(&[SignalKind::FailedRollback]));
+    assert!(e.status.active_attempt.is_none());
     assert!(
         e.status
             .message
@@ -1737,6 +1741,21 @@ fn after_a_restore_an_attempt_waits_for_evidence_and_ends_on_it() {
         "{:?}",
         e.status.message
     );
+    e.feed(report("26100.7462", None));
+    assert!(
+        e.status.active_attempt.is_none(),
+        "the clearing report started an attempt"
+    );
+    assert_eq!(e.status.restored_at, None);
+    e.feed(signals(&[SignalKind::FailedRollback]));
+    assert_eq!(
+        e.status.active_attempt.as_ref().map(|a| a.trigger),
+        Some(AttemptTrigger::FailedRollback)
+    );
+
+    // A person's request starts one at once, and ends the wait.
+    let mut e = healthy(true);
+    e.status = crate::restore::fence("e", &e.status, None, None, e.now).status;
     e.spec.reimage_request = Some(recast_crds::endpoint::ReimageRequest {
         token: "after-restore".into(),
         reason: "looked at it".into(),
@@ -1747,6 +1766,66 @@ fn after_a_restore_an_attempt_waits_for_evidence_and_ends_on_it() {
         Some(AttemptTrigger::Manual)
     );
     assert_eq!(e.status.restored_at, None);
+}
+
+#[test]
+fn a_later_attempt_the_machine_reports_supersedes_a_restored_one_and_ids_are_not_reused() {
+    // The backup knew attempt 1 in flight; in the lost time attempt 1 failed, attempt 2 ran
+    // and imaged the machine. Its agent reports attempt 2's id.
+    let mut e = healthy(true);
+    e.feed(signals(&[SignalKind::FailedRollback]));
+    let first = e.attempt_id();
+    let second = first.replace("-1", "-2");
+    assert_ne!(first, second);
+    e.status = crate::restore::fence("e", &e.status, None, None, e.now).status;
+    let d = e.feed(report("26100.7623", Some(&second)));
+    assert_eq!(d.edge, Some(transitions::Edge::Aborted));
+    assert!(e.status.active_attempt.is_none());
+    assert!(
+        e.status.history[0]
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("superseded"),
+        "{:?}",
+        e.status.history[0].message
+    );
+    // The next attempt gets a new id, never the one the machine already carries.
+    assert_eq!(e.status.attempts_started, 2);
+    e.advance(7 * 24 * 3600);
+    e.spec.reimage_request = Some(recast_crds::endpoint::ReimageRequest {
+        token: "again".into(),
+        reason: "x".into(),
+    });
+    e.feed(Input::Reconcile);
+    assert_eq!(e.attempt_id(), first.replace("-1", "-3"));
+
+    // Outside a restore a report never ends a waiting try: a try that failed on a low build
+    // stays failed even if the build rises later.
+    let mut e = healthy(true);
+    e.feed(signals(&[SignalKind::FailedRollback]));
+    e.succeed(ActionKind::ArmBoot);
+    e.succeed(ActionKind::PowerCycle);
+    let id = e.attempt_id();
+    e.feed(Input::NetworkBooted {
+        try_number: None,
+        attempt_id: id.clone(),
+        client: None,
+    });
+    e.feed(Input::ImagingFinished {
+        try_number: None,
+        attempt_id: id.clone(),
+        result: Ok(()),
+        refusal: None,
+    });
+    e.feed(report("26100.7000", Some(&id)));
+    assert_eq!(e.state(), State::Failed);
+    e.feed(report("26100.7623", Some(&id)));
+    assert_eq!(
+        e.state(),
+        State::Failed,
+        "a later report does not overrule the judged one"
+    );
 }
 
 #[test]

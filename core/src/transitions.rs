@@ -116,7 +116,7 @@ pub const TABLE: &[Transition] = &[
         edge: Edge::CheckedIn,
         from: &[FirstBoot, Failed],
         to: &[Ready],
-        when: "the agent checked in from the new image carrying the attempt id, at or above the expected build (also while a given-up try waits: the store was restored from an older backup, or the try timed out just before the first report)",
+        when: "the agent checked in from the new image carrying the attempt id, at or above the expected build (also for a try a restore from a backup ended, when the machine reports that it was imaged in the time the backup does not know)",
     },
     Transition {
         edge: Edge::TryFailed,

@@ -220,12 +220,16 @@ async fn backup_while_running_and_restore_neither_repeats_nor_loses_an_attempt()
     // the copy is one consistent moment (every revision bump is in an object's
     // resourceVersion in the same transaction), and 0600.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writing = Arc::new(std::sync::Barrier::new(2));
     let writer = {
-        let (dir, stop) = (data.path().to_path_buf(), stop.clone());
+        let (dir, stop, writing) = (data.path().to_path_buf(), stop.clone(), writing.clone());
         std::thread::spawn(move || {
             let other = EmbeddedStore::open_existing(&dir).unwrap();
             let mut n = 0u32;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if n == 1 {
+                    writing.wait();
+                }
                 other
                     .write_status(
                         Kind::Endpoint,
@@ -240,7 +244,8 @@ async fn backup_while_running_and_restore_neither_repeats_nor_loses_an_attempt()
             n
         })
     };
-    std::thread::sleep(Duration::from_millis(50));
+    // The writer has written and goes on writing.
+    writing.wait();
     let backup = elsewhere.path().join("site.backup");
     let summary = store.backup_to(&backup, false).unwrap();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
