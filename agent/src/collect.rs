@@ -16,7 +16,7 @@ use recast_crds::report::{
 };
 
 use crate::events::{self, MAX_XML_BYTES};
-use crate::tools;
+use crate::{text, tools};
 
 /// What the collector asks the machine, one tool invocation each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -32,6 +32,8 @@ pub enum Probe {
     SessionsPending,
     PendingXml,
     DiskFree,
+    /// The console's OEM code page, which reg.exe and fsutil.exe write in.
+    OemCodePage,
 }
 
 const CURRENT_VERSION: &str = r"HKLM\SOFTWARE\Microsoft\Windows NT\CurrentVersion";
@@ -40,7 +42,8 @@ const CBS: &str = r"HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\Component Bas
 const EVENT_COUNT: usize = 100;
 
 impl Probe {
-    pub const ALL: [Probe; 11] = [
+    pub const ALL: [Probe; 12] = [
+        Probe::OemCodePage,
         Probe::CurrentBuild,
         Probe::Ubr,
         Probe::UpdateEvents,
@@ -69,6 +72,7 @@ impl Probe {
             Probe::SessionsPending => "reg-sessionspending.txt",
             Probe::PendingXml => "pending-xml.txt",
             Probe::DiskFree => "fsutil-diskfree.txt",
+            Probe::OemCodePage => "reg-oemcp.txt",
         }
     }
 
@@ -84,6 +88,8 @@ impl Probe {
                     format!("/c:{count}"),
                     "/rd:true".to_string(),
                     "/f:xml".to_string(),
+                    // Unicode (UTF-16LE): the console code page could not carry the titles.
+                    "/uni:true".to_string(),
                     "/e:Events".to_string(),
                 ],
             )
@@ -145,6 +151,10 @@ impl Probe {
                 "fsutil.exe",
                 vec!["volume".into(), "diskfree".into(), "C:".into()],
             ),
+            Probe::OemCodePage => reg(
+                r"HKLM\SYSTEM\CurrentControlSet\Control\Nls\CodePage".to_string(),
+                Some("OEMCP"),
+            ),
         }
     }
 }
@@ -182,6 +192,21 @@ pub enum RunError {
     },
 }
 
+/// Where a Windows tool lives: `%SystemRoot%\System32\TOOL`, never a bare name (a bare name
+/// is searched in the agent's own directory first). Without SystemRoot (not Windows: tests and
+/// `simulate`), the bare name.
+pub fn system_tool(system_root: Option<&std::ffi::OsStr>, tool: &str) -> PathBuf {
+    match system_root {
+        Some(root) if !root.is_empty() => {
+            let mut p = root.to_os_string();
+            p.push("\\System32\\");
+            p.push(tool);
+            PathBuf::from(p)
+        }
+        _ => PathBuf::from(tool),
+    }
+}
+
 /// Runs one probe. The seam between the collector and Windows.
 pub trait CommandRunner {
     fn run(&self, probe: Probe) -> Result<ToolOutput, RunError>;
@@ -203,7 +228,8 @@ impl Default for SystemRunner {
 impl CommandRunner for SystemRunner {
     fn run(&self, probe: Probe) -> Result<ToolOutput, RunError> {
         let (program, args) = probe.command();
-        let mut child = Command::new(program)
+        let path = system_tool(std::env::var_os("SystemRoot").as_deref(), program);
+        let mut child = Command::new(&path)
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -324,14 +350,18 @@ pub fn collect(
     now: Timestamp,
 ) -> Result<AgentReport, CollectError> {
     let mut errors: Vec<String> = Vec::new();
+    // reg.exe and fsutil.exe write in the console's OEM code page; reg's answer to this one
+    // question is ASCII in every language.
+    let code_page = match runner.run(Probe::OemCodePage) {
+        Ok(out) if out.success => text::oem_code_page(&text::decode_console(&out.stdout, None)),
+        _ => None,
+    };
     let text = |probe: Probe| -> Result<Option<String>, String> {
         let out = runner.run(probe).map_err(|e| e.to_string())?;
         if !out.success {
             return Ok(None);
         }
-        events::decode_text(&out.stdout)
-            .map(Some)
-            .map_err(|e| format!("{}: {e}", probe.replay_file()))
+        Ok(Some(text::decode_console(&out.stdout, code_page)))
     };
     let required =
         |probe: Probe, name: &str, parse: fn(&str, &str) -> Result<u32, tools::ToolOutputError>| {

@@ -34,7 +34,7 @@ pub enum EventXmlError {
     )]
     TooLarge(usize),
     #[error(
-        "the wevtutil output is not text in UTF-8 or UTF-16: run the query by hand with /f:xml and check the tool's output encoding"
+        "the wevtutil output is neither UTF-16LE nor UTF-8: the agent runs wevtutil with /uni:true; a capture must be made the same way (agent/README.md)"
     )]
     Encoding,
     #[error("the wevtutil output is not well-formed XML: {0}")]
@@ -85,21 +85,9 @@ impl RawEvent {
     }
 }
 
-/// Decodes tool output bytes: UTF-16LE with a BOM (what a redirected console tool may write),
-/// otherwise UTF-8 (a BOM is dropped).
+/// wevtutil's output as text: UTF-16LE (`/uni:true`, with or without a BOM) or UTF-8.
 pub fn decode_text(bytes: &[u8]) -> Result<String, EventXmlError> {
-    if let Some(rest) = bytes.strip_prefix(&[0xff, 0xfe]) {
-        if rest.len() % 2 != 0 {
-            return Err(EventXmlError::Encoding);
-        }
-        let units: Vec<u16> = rest
-            .chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]))
-            .collect();
-        return String::from_utf16(&units).map_err(|_| EventXmlError::Encoding);
-    }
-    let bytes = bytes.strip_prefix(&[0xef, 0xbb, 0xbf]).unwrap_or(bytes);
-    String::from_utf8(bytes.to_vec()).map_err(|_| EventXmlError::Encoding)
+    crate::text::decode_event_xml(bytes).ok_or(EventXmlError::Encoding)
 }
 
 /// Parses wevtutil output into raw events, in the order printed. Events from other namespaces
@@ -324,10 +312,26 @@ pub fn to_servicing_event(e: &RawEvent) -> Option<Result<ServicingEvent, Convert
         outcome,
         time: e.time.clone(),
         package: clean(package, recast_crds::report::MAX_TEXT),
-        intended_state: opt_id(e.field("IntendedPackageStateTextized")),
+        intended_state: intended_state(e),
         error_code: opt_id(e.field("ErrorCode")),
         client: opt_id(e.field("Client")),
     }))
+}
+
+/// The package state the servicing change aimed at, as CBS names it: from the numeric
+/// `IntendedPackageState` (what every event carries), else the `…Textized` twin (often empty in
+/// real events). Unknown numbers pass through as they are.
+fn intended_state(e: &RawEvent) -> Option<String> {
+    let numeric = e.field("IntendedPackageState").and_then(parse_number);
+    match numeric {
+        Some(5112) => Some("Installed".into()),
+        Some(5000) => Some("Absent".into()),
+        Some(5064) => Some("Staged".into()),
+        Some(5080) => Some("Superseded".into()),
+        Some(5072) => Some("PartiallyInstalled".into()),
+        Some(n) => Some(n.to_string()),
+        None => opt_id(e.field("IntendedPackageStateTextized")),
+    }
 }
 
 /// Parses "0x000000ed", "0xED" or "237" (Kernel-Power writes BugcheckCode in decimal).
@@ -457,12 +461,35 @@ mod tests {
     }
 
     #[test]
-    fn decodes_utf16_with_bom() {
+    fn the_package_state_is_read_from_its_number() {
+        let event = |state: &str, textized: &str| {
+            format!(
+                "<Events><Event xmlns='http://schemas.microsoft.com/win/2004/08/events/event'><System><Provider Name='Microsoft-Windows-Servicing' Guid='{{BD12F3B8-FC40-4A61-A307-B7A013A069C1}}'/><EventID>3</EventID><TimeCreated SystemTime='2026-01-14T08:40:55.118000000Z'/></System><UserData><CbsPackageChangeState xmlns='http://manifests.microsoft.com/win/2004/08/windows/setup_provider'><PackageIdentifier>KB5074109</PackageIdentifier><IntendedPackageState>{state}</IntendedPackageState><IntendedPackageStateTextized>{textized}</IntendedPackageStateTextized><ErrorCode>0x800f0922</ErrorCode></CbsPackageChangeState></UserData></Event></Events>"
+            )
+        };
+        for (state, textized, want) in [
+            ("5112", "", Some("Installed")),
+            ("5000", "", Some("Absent")),
+            ("5064", "Installed", Some("Staged")),
+            ("5080", "", Some("Superseded")),
+            ("4711", "", Some("4711")),
+            ("", "Installed", Some("Installed")),
+            ("", "", None),
+        ] {
+            let raw = parse_events(event(state, textized).as_bytes()).unwrap();
+            let e = to_servicing_event(&raw[0]).unwrap().unwrap();
+            assert_eq!(e.intended_state.as_deref(), want, "{state:?} {textized:?}");
+        }
+    }
+
+    #[test]
+    fn decodes_utf16_with_and_without_bom() {
         let mut b = vec![0xff, 0xfe];
         for u in "<Events/>".encode_utf16() {
             b.extend_from_slice(&u.to_le_bytes());
         }
         assert_eq!(decode_text(&b).unwrap(), "<Events/>");
+        assert_eq!(decode_text(&b[2..]).unwrap(), "<Events/>");
         assert_eq!(
             decode_text(&[0xff, 0xfe, 0x00]),
             Err(EventXmlError::Encoding)

@@ -49,7 +49,8 @@ pub struct SystemExec;
 
 impl Exec for SystemExec {
     fn exec(&self, program: &str, args: &[String]) -> Result<ExecOutput, String> {
-        let out = Command::new(program)
+        let path = crate::collect::system_tool(std::env::var_os("SystemRoot").as_deref(), program);
+        let out = Command::new(&path)
             .args(args)
             .stdin(Stdio::null())
             .stderr(Stdio::null())
@@ -59,7 +60,9 @@ impl Exec for SystemExec {
             })?;
         Ok(ExecOutput {
             success: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            // reg.exe writes in the console's OEM code page; what the hold reads (value names,
+            // types, numbers) is ASCII in every one, and the rest is marked, not fatal.
+            stdout: crate::text::decode_console(&out.stdout, None),
         })
     }
 }

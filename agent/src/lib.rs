@@ -12,4 +12,5 @@ pub mod hold;
 pub mod send;
 pub mod simulate;
 pub mod state;
+pub mod text;
 pub mod tools;

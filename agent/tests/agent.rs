@@ -341,6 +341,114 @@ fn collect_from_boot_crash_and_healthy_replays() {
     assert_eq!(healthy.pending, Default::default());
 }
 
+#[test]
+fn every_tool_is_started_from_system32() {
+    use std::ffi::OsStr;
+    assert_eq!(
+        collect::system_tool(Some(OsStr::new(r"C:\Windows")), "reg.exe"),
+        std::path::PathBuf::from(r"C:\Windows\System32\reg.exe")
+    );
+    // Not Windows (tests, simulate): the bare name; an empty SystemRoot counts as none.
+    assert_eq!(
+        collect::system_tool(None, "reg.exe"),
+        std::path::PathBuf::from("reg.exe")
+    );
+    assert_eq!(
+        collect::system_tool(Some(OsStr::new("")), "reg.exe"),
+        std::path::PathBuf::from("reg.exe")
+    );
+    for probe in Probe::ALL {
+        let (program, args) = probe.command();
+        assert!(
+            ["wevtutil.exe", "reg.exe", "fsutil.exe", "cmd.exe"].contains(&program),
+            "{probe:?}: {program}"
+        );
+        if program == "wevtutil.exe" {
+            assert!(args.contains(&"/uni:true".to_string()), "{probe:?}");
+        }
+    }
+}
+
+/// The same three machines on German, French, Japanese and Chinese Windows
+/// (fixtures/locales.py): UTF-16LE wevtutil output with and without a BOM, localised titles,
+/// reg and fsutil in the console's OEM code page. The agent reads the same facts from them.
+#[test]
+fn every_locale_collects_what_english_does() {
+    for scenario in ["failed-rollback", "boot-crash", "healthy"] {
+        let en = collect::collect(
+            &ReplayRunner {
+                dir: fixture(&format!("replay/{scenario}")),
+            },
+            &who(),
+            1,
+            now(),
+        )
+        .unwrap();
+        for locale in ["de-DE", "fr-FR", "ja-JP", "zh-CN"] {
+            let dir = fixture(&format!("replay-locales/{locale}/{scenario}"));
+            let r = collect::collect(&ReplayRunner { dir }, &who(), 1, now()).unwrap();
+            let at = format!("{locale}/{scenario}");
+            assert!(
+                r.collection_errors.is_empty(),
+                "{at}: {:?}",
+                r.collection_errors
+            );
+            r.validate().unwrap();
+            assert_eq!(r.os, en.os, "{at}");
+            assert_eq!(r.pending, en.pending, "{at}");
+            assert_eq!(r.system_disk, en.system_disk, "{at}");
+            assert_eq!(r.boot_time, en.boot_time, "{at}");
+            let facts = |r: &AgentReport| {
+                r.update_events
+                    .iter()
+                    .map(|u| (u.event_id, u.outcome, u.error_code.clone(), u.revision))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(facts(&r), facts(&en), "{at}");
+            let times = |r: &AgentReport| {
+                r.update_events
+                    .iter()
+                    .map(|u| recast_crds::report::parse_timestamp(&u.time))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(times(&r), times(&en), "{at}: 9 fractional digits");
+            let servicing = |r: &AgentReport| {
+                r.servicing_events
+                    .iter()
+                    .map(|e| {
+                        let mut e = e.clone();
+                        e.time = recast_crds::report::parse_timestamp(&e.time)
+                            .map(|t| t.to_string())
+                            .unwrap_or_default();
+                        e
+                    })
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(servicing(&r), servicing(&en), "{at}");
+            let crashes = |r: &AgentReport| {
+                r.crashes
+                    .iter()
+                    .map(|c| {
+                        (
+                            c.bugcheck_code,
+                            recast_crds::report::parse_timestamp(&c.time),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(crashes(&r), crashes(&en), "{at}");
+            // The titles arrive in the system's language, whole.
+            if scenario == "failed-rollback" {
+                assert!(
+                    r.update_events.iter().all(|u| u.title.is_empty()
+                        || !u.title.contains("Cumulative Update for Windows")),
+                    "{at}"
+                );
+            }
+        }
+    }
+}
+
 /// A runner where one tool is broken: the rest of the report still arrives, with the reason.
 struct Broken {
     inner: ReplayRunner,

@@ -7,13 +7,13 @@
 //!
 //! # Telling a latest cumulative update (LCU) from everything else
 //!
-//! An update counts as an LCU when one of these holds, and only then:
-//! - a Windows Update title of the form "... Cumulative Update [Preview] for Windows ..." or
-//!   "... Cumulative Update [Preview] for Microsoft server operating system ..." with a
-//!   "(KBnnnnnnn)"; its build is the trailing "(26100.7623)" when the title has one. A
-//!   "Dynamic Cumulative Update" (setup media refresh) and a "Cumulative Update for .NET
-//!   Framework" are not LCUs, and neither is anything else (Defender definitions, drivers,
-//!   servicing stack updates, Office).
+//! An update counts as an LCU when one of these holds, and only then. No rule reads a word:
+//! titles come in the system's language ("2025-12 Kumulatives Update für Windows 11 …"), so
+//! only their language-independent tail counts, and the English words stay for display.
+//! - a Windows Update title that ends in "(KBnnnnnnn) (BUILD.UBR)": Microsoft gives exactly
+//!   the OS cumulative updates (and their previews) that tail, the KB and the build they bring,
+//!   in every language. A ".NET Framework" cumulative update, a "Dynamic" (setup media) update,
+//!   a servicing stack update, Defender definitions, drivers and Office carry no build tail.
 //! - a servicing package identity `Package_for_RollupFix~<key>~<arch>~~<build>.<ubr>.x.y`: its
 //!   build is in the identity.
 //! - a servicing package identity `KBnnnnnnn` whose KB a Windows Update title in the same report
@@ -70,21 +70,6 @@ pub struct Lcu {
     pub build: Option<Build>,
 }
 
-fn kb_in(s: &str) -> Option<u32> {
-    // "(KB5074109)"; take the first KB in parentheses.
-    let upper = s.to_ascii_uppercase();
-    let mut rest = upper.as_str();
-    while let Some(i) = rest.find("(KB") {
-        let after = &rest[i + 3..];
-        let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
-        if !digits.is_empty() && after[digits.len()..].starts_with(')') {
-            return digits.parse().ok();
-        }
-        rest = after;
-    }
-    None
-}
-
 /// The last "(BUILD.UBR)" group of a title.
 fn build_in_title(s: &str) -> Option<Build> {
     let end = s.trim_end().strip_suffix(')')?;
@@ -92,23 +77,28 @@ fn build_in_title(s: &str) -> Option<Build> {
     end[start + 1..].parse().ok()
 }
 
-/// Whether a Windows Update title names an LCU (see the module documentation).
+/// Whether a Windows Update title names an LCU: its tail is "(KBnnnnnnn) (BUILD.UBR)" with a
+/// Windows build (see the module documentation). The words before it are never read.
 pub fn lcu_from_title(title: &str) -> Option<Lcu> {
-    let lower = title.to_ascii_lowercase();
-    let idx = lower.find("cumulative update")?;
-    if lower[..idx].trim_end().ends_with("dynamic") {
+    let build = build_in_title(title)?;
+    // Windows 10 and later (10240 on); a smaller number is not a Windows build.
+    if build.build < 10_000 {
         return None;
     }
-    let after = lower[idx + "cumulative update".len()..].trim_start();
-    let after = after.strip_prefix("preview").unwrap_or(after).trim_start();
-    let target = after.strip_prefix("for ")?;
-    if !(target.starts_with("windows") || target.starts_with("microsoft server operating system")) {
+    // What precedes the build group must end in the "(KBnnnnnnn)" group.
+    let without_build = title.trim_end().strip_suffix(')')?;
+    let head = without_build[..without_build.rfind('(')?].trim_end();
+    let kb_group = head.strip_suffix(')')?;
+    let digits = kb_group[kb_group.rfind('(')? + 1..]
+        .strip_prefix("KB")
+        .or_else(|| kb_group[kb_group.rfind('(')? + 1..].strip_prefix("kb"))?;
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let kb = kb_in(title)?;
+    let kb: u32 = digits.parse().ok()?;
     Some(Lcu {
         kb: Some(kb),
-        build: build_in_title(title),
+        build: Some(build),
     })
 }
 
@@ -734,9 +724,32 @@ mod tests {
         assert_eq!(jan.build, Some("26100.7623".parse().unwrap()));
         let preview = lcu_from_title("2026-01 Cumulative Update Preview for Windows 11 Version 24H2 for x64-based Systems (KB5074105) (26100.7701)").unwrap();
         assert_eq!(preview.kb, Some(5074105));
-        let server = lcu_from_title("2026-01 Cumulative Update for Microsoft server operating system version 24H2 for x64-based Systems (KB5073379)").unwrap();
-        assert_eq!(server.build, None);
+        let server = lcu_from_title("2026-01 Cumulative Update for Microsoft server operating system version 24H2 for x64-based Systems (KB5073379) (26100.7623)").unwrap();
+        assert_eq!(server.kb, Some(5073379));
+        // In a language recast has never seen, only the tail counts.
+        for title in [
+            "2025-12 Kumulatives Update für Windows 11 Version 24H2 für x64-basierte Systeme (KB5072033) (26100.7462)",
+            "2025-12 Mise à jour cumulative pour Windows 11 Version 24H2 pour les systèmes x64 (KB5072033) (26100.7462)",
+            "2025-12 x64 ベース システム用 Windows 11 Version 24H2 の累積更新プログラム (KB5072033) (26100.7462)",
+            "2025-12 适用于 x64 系统的 Windows 11 Version 24H2 累积更新 (KB5072033) (26100.7462)",
+            "2025-12 Ꮎ Ꭴ Ꮣ Ꭰ (KB5072033) (26100.7462)",
+        ] {
+            let lcu = lcu_from_title(title).unwrap_or_else(|| panic!("{title}"));
+            assert_eq!(
+                (lcu.kb, lcu.build),
+                (Some(5072033), Some("26100.7462".parse().unwrap()))
+            );
+        }
         for not_lcu in [
+            // No build tail: not an OS cumulative update, whatever the words say.
+            "2026-01 Cumulative Update for Microsoft server operating system version 24H2 for x64-based Systems (KB5073379)",
+            "2026-01 Kumulatives Update für .NET Framework 3.5 und 4.8.1 für Windows 11, version 24H2 für x64 (KB5073379)",
+            "Update (KB5072033) (7462)",
+            "Update (KB5072033) (2.7462)",
+            "Update (5072033) (26100.7462)",
+            "Update (KBabc) (26100.7462)",
+            "(26100.7462)",
+            "",
             "2026-01 Cumulative Update for .NET Framework 3.5 and 4.8.1 for Windows 11, version 24H2 for x64 (KB5073379)",
             "Security Intelligence Update for Microsoft Defender Antivirus - KB2267602 (Version 1.443.512.0) - Current Channel (Broad)",
             "Intel Corporation - Display - 32.0.101.6881",

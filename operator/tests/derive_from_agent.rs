@@ -14,8 +14,13 @@ use recast_core::signal::SignalKind;
 use recast_crds::policy::UpdateMode;
 
 fn replay(name: &str) -> recast_crds::report::AgentReport {
+    replay_in("replay", name)
+}
+
+fn replay_in(folder: &str, name: &str) -> recast_crds::report::AgentReport {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../agent/tests/fixtures/replay")
+        .join("../agent/tests/fixtures")
+        .join(folder)
         .join(name);
     let who = Identity {
         endpoint: "kiosk-01".into(),
@@ -69,6 +74,28 @@ fn replayed_windows_output_gives_the_expected_signals() {
     );
     assert!(signals(&replay("healthy"), UpdateMode::Managed).is_empty());
     assert!(signals(&replay("healthy"), UpdateMode::Immutable).is_empty());
+}
+
+/// German, French, Japanese and Chinese Windows (titles in their language, tools in their
+/// encodings) give the signals English Windows gives: no decision reads a word.
+#[test]
+fn every_locale_gives_the_signals_english_gives() {
+    for scenario in ["failed-rollback", "boot-crash", "healthy"] {
+        let en = signals(&replay(scenario), UpdateMode::Managed);
+        for locale in ["de-DE", "fr-FR", "ja-JP", "zh-CN"] {
+            let r = replay_in("replay-locales", &format!("{locale}/{scenario}"));
+            assert_eq!(signals(&r, UpdateMode::Managed), en, "{locale}/{scenario}");
+            assert_eq!(
+                signals(&r, UpdateMode::Immutable),
+                signals(&replay(scenario), UpdateMode::Immutable),
+                "{locale}/{scenario}"
+            );
+        }
+    }
+    assert!(
+        signals(&replay("failed-rollback"), UpdateMode::Managed)
+            .contains(&SignalKind::FailedRollback)
+    );
 }
 
 #[test]
