@@ -328,7 +328,6 @@ fn intended_state(e: &RawEvent) -> Option<String> {
         Some(5000) => Some("Absent".into()),
         Some(5064) => Some("Staged".into()),
         Some(5080) => Some("Superseded".into()),
-        Some(5072) => Some("PartiallyInstalled".into()),
         Some(n) => Some(n.to_string()),
         None => opt_id(e.field("IntendedPackageStateTextized")),
     }

@@ -20,6 +20,10 @@ pub fn decode_event_xml(bytes: &[u8]) -> Option<String> {
     if looks_like_utf16le(bytes) {
         return utf16le(bytes);
     }
+    // UTF-16 cut to an odd length: not text, rather than NULs read as UTF-8.
+    if bytes.len() >= 2 && bytes[1] == 0 {
+        return None;
+    }
     let bytes = bytes.strip_prefix(&[0xef, 0xbb, 0xbf]).unwrap_or(bytes);
     String::from_utf8(bytes.to_vec()).ok()
 }
@@ -85,11 +89,13 @@ fn units(bytes: &[u8]) -> Vec<u16> {
         .collect()
 }
 
+/// UTF-16LE text; an unpaired surrogate (a damaged record) becomes U+FFFD instead of losing
+/// the whole log: only the ASCII markup is read.
 fn utf16le(bytes: &[u8]) -> Option<String> {
     if !bytes.len().is_multiple_of(2) {
         return None;
     }
-    String::from_utf16(&units(bytes)).ok()
+    Some(String::from_utf16_lossy(&units(bytes)))
 }
 
 fn utf16le_lossy(bytes: &[u8]) -> String {
@@ -127,8 +133,14 @@ mod tests {
         ] {
             assert_eq!(decode_event_xml(&bytes).as_deref(), Some(xml));
         }
-        // Not text: an odd UTF-16 length, or bytes that are neither.
+        // Not text: an odd UTF-16 length (with or without a BOM), or bytes that are neither.
         assert_eq!(decode_event_xml(&[0xff, 0xfe, b'<']), None);
+        assert_eq!(decode_event_xml(&[b'<', 0, b'a']), None);
+        // A damaged record (an unpaired surrogate) costs one character, not the log.
+        assert_eq!(
+            decode_event_xml(&[b'<', 0, 0x00, 0xd8, b'>', 0]).as_deref(),
+            Some("<\u{FFFD}>")
+        );
         assert_eq!(decode_event_xml(b"<a>\xfc</a>"), None);
     }
 

@@ -449,6 +449,47 @@ fn every_locale_collects_what_english_does() {
     }
 }
 
+/// The code page is what makes a localised tool message readable: a Japanese fsutil that
+/// printed something unexpected is reported in Japanese, not as mojibake.
+#[test]
+fn a_localised_tool_message_is_reported_readably() {
+    for (locale, label, encoding) in [
+        ("ja-JP", "空きバイト総数", "cp932"),
+        ("zh-CN", "可用字节总数", "cp936"),
+        ("de-DE", "Gesamtanzahl verfügbarer Bytes", "cp850"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        for f in std::fs::read_dir(fixture(&format!("replay-locales/{locale}/healthy"))).unwrap() {
+            let f = f.unwrap();
+            std::fs::copy(f.path(), dir.path().join(f.file_name())).unwrap();
+        }
+        let text = format!("{label} : ???\r\n");
+        let bytes = match encoding {
+            "cp932" => encoding_rs::SHIFT_JIS.encode(&text).0.into_owned(),
+            "cp936" => encoding_rs::GBK.encode(&text).0.into_owned(),
+            _ => text
+                .chars()
+                .map(|c| if c == 'ü' { 0x81 } else { c as u8 })
+                .collect(),
+        };
+        std::fs::write(dir.path().join("fsutil-diskfree.txt"), bytes).unwrap();
+        let r = collect::collect(
+            &ReplayRunner {
+                dir: dir.path().to_path_buf(),
+            },
+            &who(),
+            1,
+            now(),
+        )
+        .unwrap();
+        assert!(
+            r.collection_errors.iter().any(|e| e.contains(label)),
+            "{locale}: {:?}",
+            r.collection_errors
+        );
+    }
+}
+
 /// A runner where one tool is broken: the rest of the report still arrives, with the reason.
 struct Broken {
     inner: ReplayRunner,

@@ -10,10 +10,13 @@
 //! An update counts as an LCU when one of these holds, and only then. No rule reads a word:
 //! titles come in the system's language ("2025-12 Kumulatives Update für Windows 11 …"), so
 //! only their language-independent tail counts, and the English words stay for display.
-//! - a Windows Update title that ends in "(KBnnnnnnn) (BUILD.UBR)": Microsoft gives exactly
-//!   the OS cumulative updates (and their previews) that tail, the KB and the build they bring,
-//!   in every language. A ".NET Framework" cumulative update, a "Dynamic" (setup media) update,
-//!   a servicing stack update, Defender definitions, drivers and Office carry no build tail.
+//! - a Windows Update title that ends in "(KBnnnnnnn) (BUILD.UBR)": the tail Microsoft gives
+//!   the OS cumulative updates (and their previews), the KB and the build they bring, in every
+//!   language; the .NET, Dynamic and servicing stack updates, Defender, drivers and Office
+//!   titles seen so far carry none. A title without the tail (some Server titles) is not an
+//!   LCU by title (its RollupFix package still is), and a failure counts only when the title's
+//!   build is on the machine's own servicing line ([`same_servicing_line`]) and above its UBR,
+//!   so a tail on another kind of update could not wipe a machine of another line.
 //! - a servicing package identity `Package_for_RollupFix~<key>~<arch>~~<build>.<ubr>.x.y`: its
 //!   build is in the identity.
 //! - a servicing package identity `KBnnnnnnn` whose KB a Windows Update title in the same report
@@ -68,6 +71,22 @@ pub struct DeriveInput<'a> {
 pub struct Lcu {
     pub kb: Option<u32>,
     pub build: Option<Build>,
+}
+
+/// Whether two Windows builds share one servicing line, so that one's cumulative update moves
+/// the other's UBR: the same build, or releases serviced by the same updates (Windows 10
+/// 19041-19045, Windows 11 22621/22631, 26100/26200). An update of another line (a server
+/// build on a client, an older release) says nothing about this machine.
+fn same_servicing_line(a: u32, b: u32) -> bool {
+    const LINES: [&[u32]; 3] = [
+        &[19041, 19042, 19043, 19044, 19045],
+        &[22621, 22631],
+        &[26100, 26200],
+    ];
+    a == b
+        || LINES
+            .iter()
+            .any(|line| line.contains(&a) && line.contains(&b))
 }
 
 /// The last "(BUILD.UBR)" group of a title.
@@ -324,7 +343,11 @@ impl Evidence {
             // Without the update's build, "still below it" cannot be checked: not enough to
             // act. The UBR is what the LCU moves; it is shared across releases on one
             // servicing branch (24H2 and 25H2 get the same UBR from the same month's update).
-            } else if res.lcu.build.is_some_and(|b| running.ubr < b.ubr) {
+            } else if res
+                .lcu
+                .build
+                .is_some_and(|b| same_servicing_line(b.build, running.build) && running.ubr < b.ubr)
+            {
                 failures.push(res);
             }
         }
@@ -724,8 +747,9 @@ mod tests {
         assert_eq!(jan.build, Some("26100.7623".parse().unwrap()));
         let preview = lcu_from_title("2026-01 Cumulative Update Preview for Windows 11 Version 24H2 for x64-based Systems (KB5074105) (26100.7701)").unwrap();
         assert_eq!(preview.kb, Some(5074105));
-        let server = lcu_from_title("2026-01 Cumulative Update for Microsoft server operating system version 24H2 for x64-based Systems (KB5073379) (26100.7623)").unwrap();
-        assert_eq!(server.kb, Some(5073379));
+        // The shorter title format of later updates has the same tail.
+        let short = lcu_from_title("Security Update (KB5079473) (26200.8037)").unwrap();
+        assert_eq!(short.kb, Some(5079473));
         // In a language recast has never seen, only the tail counts.
         for title in [
             "2025-12 Kumulatives Update für Windows 11 Version 24H2 für x64-basierte Systeme (KB5072033) (26100.7462)",
@@ -994,6 +1018,29 @@ mod tests {
         r.os.current_build = 26200;
         r.update_events = vec![wu(UpdateOutcome::Failed, "2026-01-14T08:41:02Z", JAN)];
         assert!(kinds(&input(&Evidence::of(&r))).is_empty());
+    }
+
+    #[test]
+    fn a_title_of_another_servicing_line_is_not_evidence() {
+        // A failure whose title carries another line's build says nothing about this machine's
+        // UBR (a server build, an older release, a number that is no build at all).
+        for title in [
+            "Update (KB5099999) (20348.9999)",
+            "Update (KB5099999) (22631.9999)",
+            "Update (KB5099999) (12345.9000)",
+        ] {
+            let mut r = report(7462);
+            r.update_events = vec![wu(UpdateOutcome::Failed, "2026-01-14T08:41:02Z", title)];
+            assert!(kinds(&input(&Evidence::of(&r))).is_empty(), "{title}");
+        }
+        // 25H2's own number on a 24H2 machine is the same line: it counts.
+        let mut r = report(7462);
+        r.update_events = vec![wu(
+            UpdateOutcome::Failed,
+            "2026-01-14T08:41:02Z",
+            "2026-01 Cumulative Update for Windows 11 Version 25H2 for x64-based Systems (KB5074109) (26200.7623)",
+        )];
+        assert!(kinds(&input(&Evidence::of(&r))).contains(&SignalKind::FailedRollback));
     }
 
     #[test]

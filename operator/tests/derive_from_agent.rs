@@ -92,10 +92,27 @@ fn every_locale_gives_the_signals_english_gives() {
             );
         }
     }
-    assert!(
-        signals(&replay("failed-rollback"), UpdateMode::Managed)
-            .contains(&SignalKind::FailedRollback)
+    // Without the servicing package's own identity (RollupFix, language-independent), only
+    // the localised titles and the Setup log's KB say which update failed: the signal must
+    // still come, in every language.
+    let without_rollupfix = |mut r: recast_crds::report::AgentReport| {
+        r.servicing_events
+            .retain(|e| !e.package.starts_with("Package_for_RollupFix"));
+        r
+    };
+    let en = signals(
+        &without_rollupfix(replay("failed-rollback")),
+        UpdateMode::Managed,
     );
+    assert!(en.contains(&SignalKind::FailedRollback), "{en:?}");
+    for locale in ["de-DE", "fr-FR", "ja-JP", "zh-CN"] {
+        let r = replay_in("replay-locales", &format!("{locale}/failed-rollback"));
+        assert_eq!(
+            signals(&without_rollupfix(r), UpdateMode::Managed),
+            en,
+            "{locale}: the title's tail alone"
+        );
+    }
 }
 
 #[test]
