@@ -275,6 +275,58 @@ fn collect_evidence_inner(
     evidence
 }
 
+/// What extracting one file of the image gave.
+enum OneFile {
+    /// The image has no such file.
+    Absent,
+    /// Larger than the caller's bound: not read.
+    TooLarge(u64),
+    Read(Vec<u8>),
+}
+
+/// Extracts the file `inner` of the image alone into `scratch/dest_name` and reads it when it
+/// is at most `max_bytes`.
+#[allow(clippy::too_many_arguments)]
+fn read_one_file(
+    path: &Path,
+    index: u32,
+    archive: &mut wim::Wim,
+    image: wim::ImageIndex,
+    scratch: &Path,
+    dest_name: &str,
+    inner: &str,
+    max_bytes: u64,
+    cancelled: impl FnMut() -> bool,
+) -> Result<OneFile, DeepError> {
+    let dest = scratch.join(dest_name);
+    let extracted =
+        match archive.extract_path_case_insensitive_with_cancel(image, inner, &dest, cancelled) {
+            Ok(p) => p,
+            Err(wim::Error::Engine(WIMLIB_ERR_PATH_DOES_NOT_EXIST)) => return Ok(OneFile::Absent),
+            Err(wim::Error::Engine(WIMLIB_ERR_ABORTED_BY_PROGRESS)) => {
+                return Err(DeepError::Cancelled {
+                    path: path.to_path_buf(),
+                });
+            }
+            Err(source) => {
+                return Err(DeepError::Extract {
+                    path: path.to_path_buf(),
+                    index,
+                    source,
+                });
+            }
+        };
+    let read_err = |source| DeepError::Read {
+        file: extracted.clone(),
+        source,
+    };
+    let len = std::fs::metadata(&extracted).map_err(read_err)?.len();
+    if len > max_bytes {
+        return Ok(OneFile::TooLarge(len));
+    }
+    Ok(OneFile::Read(std::fs::read(&extracted).map_err(read_err)?))
+}
+
 /// The image's UEFI boot manager, extracted alone (a few MiB) and read as firmware would.
 fn read_boot_manager(
     path: &Path,
@@ -285,43 +337,28 @@ fn read_boot_manager(
     cancelled: impl FnMut() -> bool,
 ) -> Result<recast_core::boot_manager::BootManagerFacts, DeepError> {
     use recast_core::boot_manager::{MAX_BOOT_MANAGER_BYTES, UEFI_BOOT_MANAGER, facts_of};
-    let dest = scratch.join("boot-manager");
-    let extracted = match archive.extract_path_case_insensitive_with_cancel(
-        image,
-        UEFI_BOOT_MANAGER,
-        &dest,
-        cancelled,
-    ) {
-        Ok(p) => p,
-        Err(wim::Error::Engine(WIMLIB_ERR_PATH_DOES_NOT_EXIST)) => return Ok(facts_of(None)),
-        Err(wim::Error::Engine(WIMLIB_ERR_ABORTED_BY_PROGRESS)) => {
-            return Err(DeepError::Cancelled {
-                path: path.to_path_buf(),
-            });
-        }
-        Err(source) => {
-            return Err(DeepError::Extract {
-                path: path.to_path_buf(),
-                index,
-                source,
-            });
-        }
-    };
-    let read_err = |source| DeepError::Read {
-        file: extracted.clone(),
-        source,
-    };
-    let len = std::fs::metadata(&extracted).map_err(read_err)?.len();
-    if len > MAX_BOOT_MANAGER_BYTES {
-        return Ok(recast_core::boot_manager::BootManagerFacts {
-            problem: Some(format!(
-                "it is {len} bytes, more than any boot manager ({MAX_BOOT_MANAGER_BYTES}): not read"
-            )),
-            ..Default::default()
-        });
-    }
-    let bytes = std::fs::read(&extracted).map_err(read_err)?;
-    Ok(facts_of(Some(&bytes)))
+    Ok(
+        match read_one_file(
+            path,
+            index,
+            archive,
+            image,
+            scratch,
+            "boot-manager",
+            UEFI_BOOT_MANAGER,
+            MAX_BOOT_MANAGER_BYTES,
+            cancelled,
+        )? {
+            OneFile::Absent => facts_of(None),
+            OneFile::TooLarge(len) => recast_core::boot_manager::BootManagerFacts {
+                problem: Some(format!(
+                    "it is {len} bytes, more than any boot manager ({MAX_BOOT_MANAGER_BYTES}): not read"
+                )),
+                ..Default::default()
+            },
+            OneFile::Read(bytes) => facts_of(Some(&bytes)),
+        },
+    )
 }
 
 /// The servicing log, extracted alone: which KB each installed cumulative update was, kept
@@ -334,39 +371,23 @@ fn read_session_log(
     scratch: &Path,
     cancelled: impl FnMut() -> bool,
 ) -> Result<SessionLog, DeepError> {
-    let dest = scratch.join("sessions");
-    let extracted = match archive.extract_path_case_insensitive_with_cancel(
-        image,
-        SESSION_LOG,
-        &dest,
-        cancelled,
-    ) {
-        Ok(p) => p,
-        Err(wim::Error::Engine(WIMLIB_ERR_PATH_DOES_NOT_EXIST)) => return Ok(SessionLog::Absent),
-        Err(wim::Error::Engine(WIMLIB_ERR_ABORTED_BY_PROGRESS)) => {
-            return Err(DeepError::Cancelled {
-                path: path.to_path_buf(),
-            });
-        }
-        Err(source) => {
-            return Err(DeepError::Extract {
-                path: path.to_path_buf(),
-                index,
-                source,
-            });
-        }
-    };
-    let read_err = |source| DeepError::Read {
-        file: extracted.clone(),
-        source,
-    };
-    let len = std::fs::metadata(&extracted).map_err(read_err)?.len();
-    if len > MAX_SESSION_LOG_BYTES {
-        return Ok(SessionLog::TooLarge { bytes: len });
-    }
-    Ok(updates_in_session_log(
-        &std::fs::read(&extracted).map_err(read_err)?,
-    ))
+    Ok(
+        match read_one_file(
+            path,
+            index,
+            archive,
+            image,
+            scratch,
+            "sessions",
+            SESSION_LOG,
+            MAX_SESSION_LOG_BYTES,
+            cancelled,
+        )? {
+            OneFile::Absent => SessionLog::Absent,
+            OneFile::TooLarge(bytes) => SessionLog::TooLarge { bytes },
+            OneFile::Read(bytes) => updates_in_session_log(&bytes),
+        },
+    )
 }
 
 /// Builds the evidence from an extracted Packages directory.
