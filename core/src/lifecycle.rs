@@ -285,6 +285,11 @@ struct Run<'a> {
 }
 
 /// The lifecycle's one entry point.
+/// The build the attempt's new image must report (None: not set, or unreadable).
+fn expected_build(a: &Attempt) -> Option<Build> {
+    a.expected_build.as_deref().and_then(|b| b.parse().ok())
+}
+
 pub fn decide(ep: EndpointView<'_>, input: &Input, ctx: Context<'_>) -> Decision {
     let mut run = Run {
         ep,
@@ -497,21 +502,21 @@ impl<'a> Run<'a> {
         self.time_out_or_go_on(a);
     }
 
-    /// The number at the end of one of this endpoint's attempt ids (`NAME-UID8-N`).
-    fn own_attempt_number(&self, id: &str) -> Option<u32> {
+    /// What every attempt id of this endpoint starts with: `NAME-UID8-` (then the number).
+    fn attempt_id_prefix(&self) -> String {
         let uid: String = self.ep.uid.chars().filter(|c| *c != '-').take(8).collect();
-        id.strip_prefix(&format!("{}-{uid}-", self.ep.name))?
-            .parse()
-            .ok()
+        format!("{}-{uid}-", self.ep.name)
+    }
+
+    /// The number at the end of one of this endpoint's attempt ids.
+    fn own_attempt_number(&self, id: &str) -> Option<u32> {
+        id.strip_prefix(&self.attempt_id_prefix())?.parse().ok()
     }
 
     /// Whether an agent report says the machine runs the image `a` applied: the attempt's id
     /// (from the agent.json the imaging wrote) and a build that meets the expected one.
     fn runs_the_attempts_image(&self, a: &Attempt, r: &ReportSummary) -> bool {
-        let expected = a
-            .expected_build
-            .as_deref()
-            .and_then(|b| b.parse::<Build>().ok());
+        let expected = expected_build(a);
         r.attempt_id.as_deref() == Some(a.id.as_str())
             && r.build
                 .parse::<Build>()
@@ -816,10 +821,7 @@ impl<'a> Run<'a> {
     /// The new image's first agent report ends the attempt: it succeeds when the build it
     /// reports is readable and at least the one the attempt expects.
     fn first_report(&mut self, a: Attempt, r: &ReportSummary) {
-        let expected = a
-            .expected_build
-            .as_deref()
-            .and_then(|b| b.parse::<Build>().ok());
+        let expected = expected_build(&a);
         let got = r.build.parse::<Build>().ok();
         match (got, expected) {
             (Some(got), Some(min)) if !got.satisfies(min) => {
@@ -1364,9 +1366,8 @@ impl<'a> Run<'a> {
             self.st.restored_at = None;
         }
         self.st.attempts_started += 1;
-        let uid: String = self.ep.uid.chars().filter(|c| *c != '-').take(8).collect();
         let a = Attempt {
-            id: format!("{}-{}-{}", self.ep.name, uid, self.st.attempts_started),
+            id: format!("{}{}", self.attempt_id_prefix(), self.st.attempts_started),
             trigger,
             reason: reason.clone(),
             image: image.name.clone(),
