@@ -69,24 +69,37 @@ fn rows(db: &Path) -> Vec<(String, Vec<String>)> {
     .collect()
 }
 
-fn schema(db: &Path) -> i64 {
+/// A value of the store file's `meta` table, read by SQLite itself.
+fn meta(db: &Path, key: &str) -> i64 {
     Connection::open(db)
         .unwrap()
-        .query_row(
-            "SELECT value FROM meta WHERE key = 'schema_version'",
-            [],
-            |r| r.get(0),
-        )
+        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
         .unwrap()
 }
 
+fn schema(db: &Path) -> i64 {
+    meta(db, "schema_version")
+}
+
 fn revision(db: &Path) -> i64 {
-    Connection::open(db)
-        .unwrap()
-        .query_row("SELECT value FROM meta WHERE key = 'revision'", [], |r| {
-            r.get(0)
-        })
-        .unwrap()
+    meta(db, "revision")
+}
+
+/// A store copied from the fixture into a fresh data directory, and a backup of it in another.
+fn store_and_backup() -> (
+    tempfile::TempDir,
+    tempfile::TempDir,
+    EmbeddedStore,
+    PathBuf,
+    i64,
+) {
+    let data = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture(), data.path().join("recast.db")).unwrap();
+    let store = EmbeddedStore::open(data.path()).unwrap();
+    let backup = elsewhere.path().join("b.db");
+    let taken = store.backup_to(&backup, false).unwrap().revision;
+    (data, elsewhere, store, backup, taken)
 }
 
 fn key(name: &str) -> Key {
@@ -445,12 +458,7 @@ async fn backup_while_running_and_restore_neither_repeats_nor_loses_an_attempt()
 
 #[test]
 fn a_restore_keeps_the_store_it_replaces_and_moves_revisions_forward() {
-    let data = tempfile::tempdir().unwrap();
-    let elsewhere = tempfile::tempdir().unwrap();
-    std::fs::copy(fixture(), data.path().join("recast.db")).unwrap();
-    let store = EmbeddedStore::open(data.path()).unwrap();
-    let backup = elsewhere.path().join("b.db");
-    let taken = store.backup_to(&backup, false).unwrap();
+    let (data, _elsewhere, store, backup, taken) = store_and_backup();
     // The site goes on: many writes after the backup.
     for n in 0..20 {
         store
@@ -464,7 +472,7 @@ fn a_restore_keeps_the_store_it_replaces_and_moves_revisions_forward() {
             .unwrap();
     }
     let live_revision = revision(&data.path().join("recast.db"));
-    assert!(live_revision > taken.revision);
+    assert!(live_revision > taken);
     drop(store);
     let restored = EmbeddedStore::restore_from(data.path(), &backup, Timestamp::now()).unwrap();
     assert!(!restored.previous_damaged);
@@ -489,12 +497,7 @@ fn a_restore_keeps_the_store_it_replaces_and_moves_revisions_forward() {
 
 #[test]
 fn a_restore_refuses_what_it_cannot_trust_and_loses_nothing() {
-    let data = tempfile::tempdir().unwrap();
-    let elsewhere = tempfile::tempdir().unwrap();
-    std::fs::copy(fixture(), data.path().join("recast.db")).unwrap();
-    let store = EmbeddedStore::open(data.path()).unwrap();
-    let backup = elsewhere.path().join("b.db");
-    store.backup_to(&backup, false).unwrap();
+    let (data, elsewhere, store, backup, _) = store_and_backup();
     drop(store);
     let live = rows(&data.path().join("recast.db"));
 

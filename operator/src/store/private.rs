@@ -8,7 +8,7 @@ use std::path::Path;
 
 /// SQLite's companions of a database file; SQLite creates them with the main file's mode, but
 /// ones left by an older version keep theirs.
-const SQLITE_SIDE_FILES: [&str; 3] = ["-wal", "-shm", "-journal"];
+pub const SQLITE_SIDE_FILES: [&str; 3] = ["-wal", "-shm", "-journal"];
 
 /// Creates `dir` (and parents) and makes it 0700. A directory this process does not own (a
 /// volume's mount point, group-owned through fsGroup) keeps its mode, with a warning: the files

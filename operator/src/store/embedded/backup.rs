@@ -25,6 +25,7 @@ use recast_crds::endpoint::EndpointStatus;
 use recast_crds::manifest::Kind;
 use rusqlite::{Connection, OpenFlags};
 
+use super::super::private::SQLITE_SIDE_FILES;
 use super::{
     APPLICATION_ID, DB_FILE, EmbeddedStore, EventRecord, OpenMode, SCHEMA_VERSION, StoreError,
 };
@@ -159,9 +160,18 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(p)
 }
 
+/// A database file and its SQLite companions.
+fn db_files(path: &Path) -> impl Iterator<Item = PathBuf> + '_ {
+    std::iter::once(path.to_path_buf()).chain(
+        SQLITE_SIDE_FILES
+            .iter()
+            .map(move |side| with_suffix(path, side)),
+    )
+}
+
 fn remove_db_files(path: &Path) {
-    for suffix in ["", "-wal", "-shm", "-journal"] {
-        let _ = std::fs::remove_file(with_suffix(path, suffix));
+    for file in db_files(path) {
+        let _ = std::fs::remove_file(file);
     }
 }
 
@@ -185,9 +195,7 @@ fn is_live_file(dest: &Path, live: &Path) -> bool {
     let (Some(dest), Some(live)) = (canon(dest), canon(live)) else {
         return false;
     };
-    ["", "-wal", "-shm", "-journal"]
-        .iter()
-        .any(|s| with_suffix(&live, s) == dest)
+    db_files(&live).any(|f| f == dest)
 }
 
 impl EmbeddedStore {
@@ -524,14 +532,11 @@ fn open_live_for_restore(
         Ok(live) => Ok((live, None, false)),
         Err(StoreError::Corrupt { .. } | StoreError::Foreign { .. }) => {
             let aside = with_suffix(&live_file, &format!(".damaged-{}", stamp(now)));
-            for suffix in ["", "-wal", "-shm", "-journal"] {
-                let from = with_suffix(&live_file, suffix);
+            for (from, to) in db_files(&live_file).zip(db_files(&aside)) {
                 if from.exists() {
-                    std::fs::rename(&from, with_suffix(&aside, suffix)).map_err(|source| {
-                        StoreError::DataDir {
-                            path: from.clone(),
-                            source,
-                        }
+                    std::fs::rename(&from, to).map_err(|source| StoreError::DataDir {
+                        path: from.clone(),
+                        source,
                     })?;
                 }
             }

@@ -384,12 +384,7 @@ impl EmbeddedStore {
         let version: i64 = if tables == 0 {
             0
         } else {
-            tx.query_row(
-                "SELECT value FROM meta WHERE key = 'schema_version'",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(|e| StoreError::Corrupt {
+            Self::schema_of(&tx).map_err(|e| StoreError::Corrupt {
                 path: path.to_path_buf(),
                 why: format!("no schema version: {e}"),
             })?
