@@ -321,6 +321,28 @@ fn truncate(s: &str, max_chars: usize) -> String {
     s.chars().take(max_chars).collect()
 }
 
+/// `text` with each edit applied in turn: (position, 0 replace / 1 drop / 2 insert, char);
+/// never empty (a '<' stands in), so every edit has a place. For the mutation tests of the
+/// readers of untrusted text.
+#[cfg(test)]
+pub(crate) fn mutated(text: &str, edits: &[(usize, u8, char)]) -> String {
+    let mut chars: Vec<char> = text.chars().collect();
+    for &(at, op, c) in edits {
+        if chars.is_empty() {
+            chars.push('<');
+        }
+        let at = at % chars.len();
+        match op {
+            0 => chars[at] = c,
+            1 => {
+                chars.remove(at);
+            }
+            _ => chars.insert(at, c),
+        }
+    }
+    chars.into_iter().collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -465,18 +487,7 @@ mod tests {
         /// Mutations of a real document: flipped, dropped and duplicated characters.
         #[test]
         fn mutated_documents_never_panic(edits in proptest::collection::vec((0usize..SAMPLE.len(), 0u8..3, proptest::prelude::any::<char>()), 1..12)) {
-            let mut chars: Vec<char> = SAMPLE.chars().collect();
-            for (at, op, c) in edits {
-                let at = at % chars.len().max(1);
-                match op {
-                    0 => chars[at] = c,
-                    1 => { chars.remove(at); }
-                    _ => chars.insert(at, c),
-                }
-                if chars.is_empty() { chars.push('<'); }
-            }
-            let text: String = chars.into_iter().collect();
-            let _ = parse_xml_text(&text);
+            let _ = parse_xml_text(&mutated(SAMPLE, &edits));
         }
     }
 }
