@@ -36,7 +36,7 @@ pub enum Probe {
     OemCodePage,
 }
 
-const CURRENT_VERSION: &str = r"HKLM\SOFTWARE\Microsoft\Windows NT\CurrentVersion";
+pub const CURRENT_VERSION: &str = r"HKLM\SOFTWARE\Microsoft\Windows NT\CurrentVersion";
 const CBS: &str = r"HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\Component Based Servicing";
 /// Events per query: enough for months of monthly updates, bounded by the report's limit.
 const EVENT_COUNT: usize = 100;

@@ -11,18 +11,33 @@
 //! changed or removed is drift (a user, a GPO refresh or a script undid the hold), reported and
 //! put back.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Stdio};
 
 use jiff::Timestamp;
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
-use recast_crds::report::{DesiredUpdateHold, EffectiveUpdateHold, MAX_DRIFT};
+use recast_crds::report::{
+    DesiredUpdateHold, EffectiveUpdateHold, HoldEnforcement, HoldObstacle, MAX_DRIFT,
+    MAX_HOLD_EVIDENCE, MAX_TEXT,
+};
 
 use crate::tools::parse_reg_values;
 
 pub const WU_KEY: &str = r"HKLM\SOFTWARE\Policies\Microsoft\Windows\WindowsUpdate";
 pub const AU_KEY: &str = r"HKLM\SOFTWARE\Policies\Microsoft\Windows\WindowsUpdate\AU";
+/// Where a hold keeps the site's own values it overwrote, to put them back on release. Values
+/// are named after the policy value (`AU.NoAutoUpdate`, `DeferQualityUpdates`).
+pub const SAVED_KEY: &str = r"HKLM\SOFTWARE\Recast\UpdateHold\Saved";
+/// The MDM (Policy CSP) update policies in effect, as an Intune update ring writes them.
+pub const MDM_UPDATE_KEY: &str = r"HKLM\SOFTWARE\Microsoft\PolicyManager\current\device\Update";
+/// Windows Update's own record of the update policy it applies (merged from every source).
+pub const POLICY_STATE_KEY: &str =
+    r"HKLM\SOFTWARE\Microsoft\WindowsUpdate\UpdatePolicy\PolicyState";
+/// The Configuration Manager client's key: present when ConfigMgr installs this machine's
+/// updates.
+pub const CONFIGMGR_KEY: &str = r"HKLM\SOFTWARE\Microsoft\CCM";
+pub use crate::collect::CURRENT_VERSION as CURRENT_VERSION_KEY;
 /// recast's ownership marker (REG_SZ, the hold's reason), in `WU_KEY`.
 pub const MARKER: &str = "RecastUpdateHold";
 /// The longest deferral Windows accepts for quality updates, in days.
@@ -31,6 +46,10 @@ pub const MAX_QUALITY_DEFERRAL_DAYS: u32 = 30;
 pub const PAUSE_DAYS: i64 = 35;
 /// The pause start date is moved to today once it is this old, so the pause never lapses.
 pub const PAUSE_RESTAMP_DAYS: i64 = 28;
+/// How long after the pause was written Windows Update's effective policy may still lag
+/// behind it (it applies policy on its own refresh, at least daily) before recast calls the
+/// hold overridden.
+pub const SETTLE_DAYS: i64 = 2;
 
 /// What a command run produced.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,6 +144,11 @@ impl PolicyValue {
             self.name.to_string()
         }
     }
+
+    /// The name the site's own value is kept under in [`SAVED_KEY`] during a hold.
+    pub fn saved_name(&self) -> String {
+        self.label().replace('\\', ".")
+    }
 }
 
 /// The values of a hold (the marker last). `pause_start` is the PauseQualityUpdatesStartTime
@@ -156,30 +180,67 @@ pub fn held_values(reason: &str, pause_start: &str) -> Vec<PolicyValue> {
     ]
 }
 
-/// The values read from both policy keys, by (key, lower-case name).
+/// How one key is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Query {
+    /// `reg query KEY`: every value (and the subkeys' names).
+    All,
+    /// `reg query KEY /v NAME`: one value.
+    Value(&'static str),
+    /// `reg query KEY /ve`: whether the key exists (its default value is not read).
+    Exists,
+}
+
+/// Everything one pass reads, in this order.
+const READS: [(&str, Query); 7] = [
+    (WU_KEY, Query::All),
+    (AU_KEY, Query::All),
+    (SAVED_KEY, Query::All),
+    (MDM_UPDATE_KEY, Query::All),
+    (POLICY_STATE_KEY, Query::All),
+    (CURRENT_VERSION_KEY, Query::Value("EditionID")),
+    (CONFIGMGR_KEY, Query::Exists),
+];
+
+/// The values read from the keys a pass reads, by (key, lower-case name), and which keys
+/// exist.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
     values: BTreeMap<(String, String), (String, String)>,
+    present: BTreeSet<String>,
 }
 
 impl Snapshot {
-    /// From `reg query KEY` output for each key (None: the key does not exist).
-    pub fn parse(wu: Option<&str>, au: Option<&str>) -> Snapshot {
-        let mut values = BTreeMap::new();
-        for (key, text) in [(WU_KEY, wu), (AU_KEY, au)] {
-            for v in parse_reg_values(text.unwrap_or("")) {
-                values.insert(
+    /// From the `reg query` output of each key (None: reg.exe said the key or value does not
+    /// exist).
+    pub fn parse(answers: &[(&str, Option<&str>)]) -> Snapshot {
+        let mut s = Snapshot::default();
+        for (key, text) in answers {
+            let Some(text) = text else {
+                continue;
+            };
+            s.present.insert(key.to_string());
+            for v in parse_reg_values(text) {
+                s.values.insert(
                     (key.to_string(), v.name.to_ascii_lowercase()),
                     (v.type_, v.data.trim_end().to_string()),
                 );
             }
         }
-        Snapshot { values }
+        s
     }
 
     fn get(&self, key: &str, name: &str) -> Option<&(String, String)> {
         self.values
             .get(&(key.to_string(), name.to_ascii_lowercase()))
+    }
+
+    /// A REG_DWORD value's number (None when absent, of another type or unreadable).
+    fn dword(&self, key: &str, name: &str) -> Option<u32> {
+        let (t, d) = self.get(key, name)?;
+        (t == "REG_DWORD")
+            .then(|| u32::from_str_radix(d.strip_prefix("0x")?, 16).ok())
+            .flatten()
     }
 
     fn matches(&self, v: &PolicyValue) -> bool {
@@ -191,6 +252,10 @@ impl Snapshot {
         self.get(key, name)
             .map(|(_, d)| d.clone())
             .unwrap_or_else(|| "absent".into())
+    }
+
+    fn has_values(&self, key: &str) -> bool {
+        self.values.keys().any(|(k, _)| k == key)
     }
 
     /// recast's marker is present: recast set (and owns) a hold.
@@ -224,16 +289,157 @@ fn pause_start_for(s: &Snapshot, now: Timestamp) -> String {
     }
 }
 
-/// Whether every value of a hold is in place and the pause has not lapsed.
-pub fn is_held(s: &Snapshot, now: Timestamp) -> bool {
+/// recast's values that are not in place (empty: every value of a hold is set and the pause
+/// has not lapsed).
+fn missing_values(s: &Snapshot, now: Timestamp) -> Vec<String> {
+    let mut missing: Vec<String> = held_values("", "")
+        .iter()
+        .filter(|v| v.name != MARKER && v.name != "PauseQualityUpdatesStartTime")
+        .filter(|v| !s.matches(v))
+        .map(|v| format!("{}={}", v.label(), s.shown(v.key, v.name)))
+        .collect();
     let start_ok = s
         .pause_start()
         .is_some_and(|d| (0..PAUSE_DAYS).contains(&days_between(d, today(now))));
-    start_ok
-        && held_values("", "")
-            .iter()
-            .filter(|v| v.name != MARKER && v.name != "PauseQualityUpdatesStartTime")
-            .all(|v| s.matches(v))
+    if !start_ok {
+        missing.push(format!(
+            "PauseQualityUpdatesStartTime={} (not a pause within the last {PAUSE_DAYS} days)",
+            s.shown(WU_KEY, "PauseQualityUpdatesStartTime")
+        ));
+    }
+    missing
+}
+
+/// Whether every value of a hold is in place and the pause has not lapsed: what recast wrote,
+/// not yet what Windows makes of it (see [`judge`]).
+pub fn values_in_place(s: &Snapshot, now: Timestamp) -> bool {
+    missing_values(s, now).is_empty()
+}
+
+/// What stops Windows from honouring recast's policy values on this machine, with the
+/// registry facts that show it. Pure.
+pub fn obstacles(s: &Snapshot) -> Vec<(HoldObstacle, String)> {
+    let mut found = Vec::new();
+    if let Some((_, edition)) = s.get(CURRENT_VERSION_KEY, "EditionID")
+        // Core, CoreN, CoreSingleLanguage, CoreCountrySpecific: the Home editions.
+        && edition.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("core"))
+    {
+        found.push((HoldObstacle::HomeEdition, format!("EditionID={edition}")));
+    }
+    if s.dword(AU_KEY, "UseWUServer") == Some(1) {
+        found.push((
+            HoldObstacle::WsusManaged,
+            format!(
+                r"AU\UseWUServer=0x1 (WUServer={})",
+                s.shown(WU_KEY, "WUServer")
+            ),
+        ));
+    } else if s.dword(MDM_UPDATE_KEY, "AllowUpdateService") == Some(1)
+        || s.get(MDM_UPDATE_KEY, "UpdateServiceUrl").is_some()
+    {
+        found.push((
+            HoldObstacle::WsusManaged,
+            format!(
+                "MDM Update/UpdateServiceUrl={}",
+                s.shown(MDM_UPDATE_KEY, "UpdateServiceUrl")
+            ),
+        ));
+    }
+    if s.present.contains(CONFIGMGR_KEY) {
+        found.push((
+            HoldObstacle::ConfigMgrManaged,
+            format!("Configuration Manager client ({CONFIGMGR_KEY})"),
+        ));
+    }
+    // The MDM values that would let an update install despite the hold: automatic updates on
+    // (5 is "turn off automatic updates"), an installation deadline, the Settings page open.
+    let mdm = |name: &str| format!("MDM Update/{name}={}", s.shown(MDM_UPDATE_KEY, name));
+    let mut conflicts = Vec::new();
+    if s.get(MDM_UPDATE_KEY, "AllowAutoUpdate").is_some()
+        && s.dword(MDM_UPDATE_KEY, "AllowAutoUpdate") != Some(5)
+    {
+        conflicts.push(mdm("AllowAutoUpdate"));
+    }
+    if s.get(MDM_UPDATE_KEY, "ConfigureDeadlineForQualityUpdates")
+        .is_some()
+    {
+        conflicts.push(mdm("ConfigureDeadlineForQualityUpdates"));
+    }
+    if s.dword(MDM_UPDATE_KEY, "SetDisableUXWUAccess") == Some(0) {
+        conflicts.push(mdm("SetDisableUXWUAccess"));
+    }
+    if !conflicts.is_empty() {
+        found.push((HoldObstacle::MdmConflict, conflicts.join(", ")));
+    }
+    found
+}
+
+/// What Windows will do with the hold, from what one pass read. Pure.
+///
+/// In order: recast's own values must be in place; then nothing on the machine may make
+/// Windows ignore them (edition, WSUS, ConfigMgr, a contradicting MDM ring); then Windows
+/// Update's effective policy (`PolicyState`) must show the quality-update pause. A pause
+/// written less than [`SETTLE_DAYS`] ago that Windows has not applied yet is `Pending`.
+pub fn judge(
+    wanted: bool,
+    s: &Snapshot,
+    now: Timestamp,
+    drift: Vec<String>,
+) -> EffectiveUpdateHold {
+    let verdict = |enforcement, obstacles, evidence: Vec<String>| EffectiveUpdateHold {
+        held: enforcement == HoldEnforcement::Held,
+        drift: drift.clone(),
+        enforcement: Some(enforcement),
+        obstacles,
+        evidence: evidence
+            .into_iter()
+            .map(|e| cut(&e))
+            .take(MAX_HOLD_EVIDENCE)
+            .collect(),
+    };
+    if !wanted {
+        return verdict(HoldEnforcement::Released, vec![], vec![]);
+    }
+    let missing = missing_values(s, now);
+    if !missing.is_empty() {
+        return verdict(HoldEnforcement::NotInPlace, vec![], missing);
+    }
+    let found = obstacles(s);
+    if !found.is_empty() {
+        let (kinds, evidence) = found.into_iter().unzip();
+        return verdict(HoldEnforcement::NotEnforceable, kinds, evidence);
+    }
+    if s.dword(POLICY_STATE_KEY, "QualityUpdatesPaused") == Some(1) {
+        return verdict(HoldEnforcement::Held, vec![], vec![]);
+    }
+    let seen = if s.present.contains(POLICY_STATE_KEY) {
+        format!(
+            "PolicyState QualityUpdatesPaused={}",
+            s.shown(POLICY_STATE_KEY, "QualityUpdatesPaused")
+        )
+    } else {
+        "no PolicyState: Windows Update has not recorded an effective policy".to_string()
+    };
+    let fresh = s
+        .pause_start()
+        .is_some_and(|d| days_between(d, today(now)) < SETTLE_DAYS);
+    if fresh {
+        verdict(HoldEnforcement::Pending, vec![], vec![seen])
+    } else {
+        verdict(HoldEnforcement::Overridden, vec![], vec![seen])
+    }
+}
+
+/// Evidence quotes registry data (a WSUS URL, say), which the report bounds.
+fn cut(text: &str) -> String {
+    if text.len() <= MAX_TEXT {
+        return text.to_string();
+    }
+    let mut end = MAX_TEXT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
 }
 
 /// The commands that bring the registry to the desired hold, and the drift found on the way.
@@ -243,26 +449,35 @@ pub struct Plan {
     pub drift: Vec<String>,
 }
 
-fn add(v: &PolicyValue) -> Vec<String> {
-    [
-        "add",
-        v.key,
-        "/v",
-        v.name,
-        "/t",
-        v.data.reg_type(),
-        "/d",
-        &v.data.reg_data(),
-        "/f",
-    ]
-    .map(str::to_string)
-    .to_vec()
+fn add(key: &str, name: &str, type_: &str, data: &str) -> Vec<String> {
+    ["add", key, "/v", name, "/t", type_, "/d", data, "/f"]
+        .map(str::to_string)
+        .to_vec()
+}
+
+fn add_value(v: &PolicyValue) -> Vec<String> {
+    add(v.key, v.name, v.data.reg_type(), &v.data.reg_data())
+}
+
+/// `reg add` takes a DWORD as a number where `reg query` printed `0x…`; every other type's
+/// data goes back as it was printed.
+fn data_for_add(type_: &str, shown: &str) -> Option<String> {
+    if type_ == "REG_DWORD" {
+        let n = u32::from_str_radix(shown.strip_prefix("0x")?, 16).ok()?;
+        Some(n.to_string())
+    } else {
+        Some(shown.to_string())
+    }
 }
 
 fn delete(key: &str, name: &str) -> Vec<String> {
     ["delete", key, "/v", name, "/f"]
         .map(str::to_string)
         .to_vec()
+}
+
+fn delete_key(key: &str) -> Vec<String> {
+    ["delete", key, "/f"].map(str::to_string).to_vec()
 }
 
 /// The reason as the marker's data: a plain word (the gateway sends one), so nothing a reply
@@ -285,10 +500,25 @@ pub fn plan(desired: Option<&DesiredUpdateHold>, current: &Snapshot, now: Timest
     };
     if d.held {
         let mut want = held_values(&marker_text(&d.reason), &pause_start_for(current, now));
+        let reasserting = current.marked();
+        if !reasserting {
+            // A new hold first keeps the site's own values it is about to overwrite, so the
+            // release can put them back. A save left over from an interrupted release
+            // describes an older state: it goes first.
+            if current.has_values(SAVED_KEY) {
+                p.commands.push(delete_key(SAVED_KEY));
+            }
+            for v in want.iter().filter(|v| v.name != MARKER) {
+                if let Some((t, shown)) = current.get(v.key, v.name)
+                    && let Some(data) = data_for_add(t, shown)
+                {
+                    p.commands.push(add(SAVED_KEY, &v.saved_name(), t, &data));
+                }
+            }
+        }
         // The marker goes first: a crash half-way leaves values recast can still claim (and
         // release) on the next pass.
         want.rotate_right(1);
-        let reasserting = current.marked();
         for v in &want {
             if current.matches(v) {
                 continue;
@@ -305,36 +535,66 @@ pub fn plan(desired: Option<&DesiredUpdateHold>, current: &Snapshot, now: Timest
                     current.shown(v.key, v.name)
                 ));
             }
-            p.commands.push(add(v));
+            p.commands.push(add_value(v));
         }
     } else if current.marked() {
-        // Released: remove what recast set, marker last, so a crash half-way is retried.
+        // Released: put back what the site had before the hold, remove what recast added,
+        // marker last, the saved copies after it, so a crash half-way is retried.
         for v in held_values("", "") {
-            if current.get(v.key, v.name).is_some() {
-                p.commands.push(delete(v.key, v.name));
+            let saved = current
+                .get(SAVED_KEY, &v.saved_name())
+                .and_then(|(t, shown)| Some((t.clone(), data_for_add(t, shown)?, shown)));
+            match saved {
+                Some((t, data, shown)) => {
+                    let same = current
+                        .get(v.key, v.name)
+                        .is_some_and(|(ct, cd)| *ct == t && cd == shown);
+                    if !same {
+                        p.commands.push(add(v.key, v.name, &t, &data));
+                    }
+                }
+                None if current.get(v.key, v.name).is_some() => {
+                    p.commands.push(delete(v.key, v.name));
+                }
+                None => {}
             }
         }
+        if current.has_values(SAVED_KEY) {
+            p.commands.push(delete_key(SAVED_KEY));
+        }
+    } else if current.has_values(SAVED_KEY) {
+        // A release interrupted after the marker went: only the saved copies are left.
+        p.commands.push(delete_key(SAVED_KEY));
     }
     p.drift.truncate(MAX_DRIFT);
     p
 }
 
-fn query(exec: &dyn Exec, key: &str) -> Result<Option<String>, HoldError> {
-    let args = vec!["query".to_string(), key.to_string()];
+fn query(exec: &dyn Exec, key: &str, how: Query) -> Result<Option<String>, HoldError> {
+    let mut args = vec!["query".to_string(), key.to_string()];
+    match how {
+        Query::All => {}
+        Query::Value(name) => args.extend(["/v".to_string(), name.to_string()]),
+        Query::Exists => args.push("/ve".to_string()),
+    }
     let out = exec.exec("reg.exe", &args).map_err(HoldError::Exec)?;
-    // reg.exe exits 1 for a key that does not exist; its message is localised, so only the
-    // status is read.
+    // reg.exe exits 1 for a key or value that does not exist; its message is localised, so
+    // only the status is read.
     Ok(out.success.then_some(out.stdout))
 }
 
-/// Reads both policy keys.
+/// Reads every key a pass looks at.
 pub fn read(exec: &dyn Exec) -> Result<Snapshot, HoldError> {
-    let wu = query(exec, WU_KEY)?;
-    let au = query(exec, AU_KEY)?;
-    Ok(Snapshot::parse(wu.as_deref(), au.as_deref()))
+    let mut answers = Vec::with_capacity(READS.len());
+    for (key, how) in READS {
+        answers.push((key, query(exec, key, how)?));
+    }
+    let borrowed: Vec<(&str, Option<&str>)> =
+        answers.iter().map(|(k, t)| (*k, t.as_deref())).collect();
+    Ok(Snapshot::parse(&borrowed))
 }
 
-/// One pass: read, apply what differs, read back. Returns what the report carries.
+/// One pass: read, apply what differs, read back, judge. Returns what the report carries.
 pub fn apply(
     exec: &dyn Exec,
     desired: Option<&DesiredUpdateHold>,
@@ -342,25 +602,22 @@ pub fn apply(
 ) -> Result<EffectiveUpdateHold, HoldError> {
     let before = read(exec)?;
     let p = plan(desired, &before, now);
-    if p.commands.is_empty() {
-        return Ok(EffectiveUpdateHold {
-            held: is_held(&before, now),
-            drift: p.drift,
-        });
-    }
-    for args in &p.commands {
-        let out = exec.exec("reg.exe", args).map_err(HoldError::Exec)?;
-        if !out.success {
-            return Err(HoldError::Command {
-                args: args.join(" "),
-            });
+    let after = if p.commands.is_empty() {
+        before
+    } else {
+        for args in &p.commands {
+            let out = exec.exec("reg.exe", args).map_err(HoldError::Exec)?;
+            if !out.success {
+                return Err(HoldError::Command {
+                    args: args.join(" "),
+                });
+            }
         }
-    }
-    let after = read(exec)?;
-    Ok(EffectiveUpdateHold {
-        held: is_held(&after, now),
-        drift: p.drift,
-    })
+        read(exec)?
+    };
+    // Without an instruction, the hold is whatever recast's marker says it left.
+    let wanted = desired.map_or_else(|| after.marked(), |d| d.held);
+    Ok(judge(wanted, &after, now, p.drift))
 }
 
 /// The `updateMode` of the agent.json the reimage flow wrote.
@@ -387,12 +644,13 @@ pub fn initial(update_mode: Option<&str>) -> Option<DesiredUpdateHold> {
 }
 
 /// An in-memory registry that answers `reg.exe query|add|delete` the way Windows does, for
-/// tests and `recast-agent simulate`.
+/// tests and `recast-agent simulate`; and, like Windows Update, records the policy it applies in
+/// `PolicyState` whenever a policy value changes (unless told to lag behind).
 pub mod fake {
-    use std::cell::RefCell;
+    use std::cell::{Cell, RefCell};
     use std::collections::BTreeMap;
 
-    use super::{Exec, ExecOutput};
+    use super::{CURRENT_VERSION_KEY, Exec, ExecOutput, MDM_UPDATE_KEY, POLICY_STATE_KEY, WU_KEY};
 
     #[derive(Default)]
     pub struct FakeRegistry {
@@ -400,6 +658,9 @@ pub mod fake {
         pub values: RefCell<BTreeMap<(String, String), (String, String)>>,
         /// Every command run, as "reg.exe ARGS".
         pub log: RefCell<Vec<String>>,
+        /// Windows Update has not refreshed its policy since the last change: `PolicyState`
+        /// keeps what it said before.
+        pub policy_state_lags: Cell<bool>,
     }
 
     impl FakeRegistry {
@@ -422,6 +683,67 @@ pub mod fake {
 
         fn long(key: &str) -> String {
             key.replacen("HKLM", "HKEY_LOCAL_MACHINE", 1)
+        }
+
+        fn value(&self, key: &str, name: &str) -> Option<(String, String)> {
+            self.values
+                .borrow()
+                .iter()
+                .find(|((k, n), _)| k == key && n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone())
+        }
+
+        /// What Windows Update writes to `PolicyState` after a policy refresh: the quality
+        /// pause and deferral it applies. Home editions apply none of the policies.
+        pub fn refresh_policy_state(&self) {
+            let home = self
+                .value(CURRENT_VERSION_KEY, "EditionID")
+                .is_some_and(|(_, e)| e.to_ascii_lowercase().starts_with("core"));
+            let policy = |name: &str| {
+                if home {
+                    return None;
+                }
+                self.value(WU_KEY, name)
+                    .or_else(|| self.value(MDM_UPDATE_KEY, name))
+            };
+            let flag = |on: bool| if on { "0x1" } else { "0x0" };
+            let paused = policy("PauseQualityUpdatesStartTime").is_some_and(|(_, d)| !d.is_empty());
+            let deferred = policy("DeferQualityUpdates").is_some_and(|(_, d)| d == "0x1");
+            let days = policy("DeferQualityUpdatesPeriodInDays")
+                .filter(|_| deferred)
+                .map_or("0x0".to_string(), |(_, d)| d);
+            self.set(POLICY_STATE_KEY, "BranchReadinessLevel", "REG_SZ", "CB");
+            self.set(
+                POLICY_STATE_KEY,
+                "DeferQualityUpdates",
+                "REG_DWORD",
+                flag(deferred),
+            );
+            self.set(
+                POLICY_STATE_KEY,
+                "IsDeferralIsActive",
+                "REG_DWORD",
+                flag(deferred || paused),
+            );
+            self.set(
+                POLICY_STATE_KEY,
+                "QualityUpdatesDeferralInDays",
+                "REG_DWORD",
+                &days,
+            );
+            self.set(
+                POLICY_STATE_KEY,
+                "QualityUpdatesPaused",
+                "REG_DWORD",
+                flag(paused),
+            );
+        }
+
+        fn changed(&self, key: &str) {
+            let policy = key.starts_with(WU_KEY) || key.starts_with(MDM_UPDATE_KEY);
+            if policy && !self.policy_state_lags.get() {
+                self.refresh_policy_state();
+            }
         }
     }
 
@@ -455,6 +777,22 @@ pub mod fake {
                         return Ok(fail);
                     }
                     let mut out = format!("\r\n{}\r\n", Self::long(key));
+                    match (arg(2), arg(3)) {
+                        ("/v", name) => {
+                            let Some(((_, n), (t, d))) =
+                                mine.iter().find(|((_, n), _)| n.eq_ignore_ascii_case(name))
+                            else {
+                                return Ok(fail);
+                            };
+                            out.push_str(&format!("    {n}    {t}    {d}\r\n\r\n"));
+                            return Ok(ok(out));
+                        }
+                        ("/ve", _) => {
+                            out.push_str("    (Default)    REG_SZ    (value not set)\r\n\r\n");
+                            return Ok(ok(out));
+                        }
+                        _ => {}
+                    }
                     for ((_, name), (t, d)) in &mine {
                         out.push_str(&format!("    {name}    {t}    {d}\r\n"));
                     }
@@ -476,19 +814,30 @@ pub mod fake {
                     };
                     self.remove(key, name);
                     self.set(key, name, t, &shown);
+                    self.changed(key);
                     Ok(ok("The operation completed successfully.\r\n\r\n".into()))
                 }
-                "delete" => {
+                "delete" if arg(2) == "/v" => {
                     let (key, name) = (arg(1), arg(3));
-                    let had = self
-                        .values
-                        .borrow()
-                        .keys()
-                        .any(|(k, n)| k == key && n.eq_ignore_ascii_case(name));
-                    if !had {
+                    if self.value(key, name).is_none() {
                         return Ok(fail);
                     }
                     self.remove(key, name);
+                    self.changed(key);
+                    Ok(ok("The operation completed successfully.\r\n\r\n".into()))
+                }
+                "delete" => {
+                    // The whole key and its subkeys.
+                    let key = arg(1);
+                    let prefix = format!("{key}\\");
+                    let before = self.values.borrow().len();
+                    self.values
+                        .borrow_mut()
+                        .retain(|(k, _), _| k != key && !k.starts_with(&prefix));
+                    if self.values.borrow().len() == before {
+                        return Ok(fail);
+                    }
+                    self.changed(key);
                     Ok(ok("The operation completed successfully.\r\n\r\n".into()))
                 }
                 _ => Ok(fail),

@@ -316,7 +316,7 @@ pub async fn run(opts: SimulateOptions) -> Result<SimulateSummary, SimulateError
                 }
             }
             let now = Timestamp::now();
-            if crate::hold::read(&registry).is_ok_and(|r| crate::hold::is_held(&r, now)) {
+            if crate::hold::apply(&registry, told.as_ref(), now).is_ok_and(|e| e.held) {
                 local.held = 1;
             }
             local

@@ -7,8 +7,11 @@ use std::path::PathBuf;
 
 use jiff::Timestamp;
 use recast_agent::hold::fake::FakeRegistry;
-use recast_agent::hold::{self, AU_KEY, MARKER, Snapshot, WU_KEY};
-use recast_crds::report::DesiredUpdateHold;
+use recast_agent::hold::{
+    self, AU_KEY, CONFIGMGR_KEY, CURRENT_VERSION_KEY, MARKER, MDM_UPDATE_KEY, POLICY_STATE_KEY,
+    SAVED_KEY, Snapshot, WU_KEY,
+};
+use recast_crds::report::{DesiredUpdateHold, HoldEnforcement, HoldObstacle};
 
 const NOW: &str = "2026-01-14T08:00:00Z";
 
@@ -30,6 +33,20 @@ fn released() -> DesiredUpdateHold {
     }
 }
 
+/// The reads of every pass, in order: the two policy keys, recast's saved copies, the MDM
+/// update policies, Windows Update's effective policy, the edition and the ConfigMgr client.
+fn reads() -> Vec<String> {
+    vec![
+        format!("reg.exe query {WU_KEY}"),
+        format!("reg.exe query {AU_KEY}"),
+        format!("reg.exe query {SAVED_KEY}"),
+        format!("reg.exe query {MDM_UPDATE_KEY}"),
+        format!("reg.exe query {POLICY_STATE_KEY}"),
+        format!("reg.exe query {CURRENT_VERSION_KEY} /v EditionID"),
+        format!("reg.exe query {CONFIGMGR_KEY} /ve"),
+    ]
+}
+
 fn golden(name: &str, log: &[String]) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/hold");
     recast_tests::assert_golden(&dir.join(name), &(log.join("\n") + "\n"));
@@ -42,6 +59,7 @@ fn site_gpo() -> FakeRegistry {
     r.set(WU_KEY, "TargetReleaseVersion", "REG_DWORD", "0x1");
     r.set(WU_KEY, "ProductVersion", "REG_SZ", "Windows 11");
     r.set(AU_KEY, "AUOptions", "REG_DWORD", "0x4");
+    r.refresh_policy_state();
     r
 }
 
@@ -50,19 +68,13 @@ fn hold_from_a_clean_machine_then_idempotent() {
     let r = site_gpo();
     let e = hold::apply(&r, Some(&held("FailedRollback")), now()).unwrap();
     assert!(e.held, "{e:?}");
+    assert_eq!(e.enforcement, Some(HoldEnforcement::Held));
     assert!(e.drift.is_empty(), "a first hold is not drift: {e:?}");
     golden("hold-from-clean.txt", &r.take_log());
-    // Second pass: only the two reads.
+    // Second pass: only the reads.
     let e = hold::apply(&r, Some(&held("FailedRollback")), now()).unwrap();
     assert!(e.held && e.drift.is_empty());
-    assert_eq!(
-        r.take_log(),
-        vec![
-            format!("reg.exe query {WU_KEY}"),
-            format!("reg.exe query {AU_KEY}")
-        ],
-        "a second pass must change nothing"
-    );
+    assert_eq!(r.take_log(), reads(), "a second pass must change nothing");
 }
 
 #[test]
@@ -72,6 +84,7 @@ fn release_removes_only_what_recast_set_then_idempotent() {
     r.take_log();
     let e = hold::apply(&r, Some(&released()), now()).unwrap();
     assert!(!e.held);
+    assert_eq!(e.enforcement, Some(HoldEnforcement::Released));
     golden("release-after-hold.txt", &r.take_log());
     // The site's values are untouched.
     let s = hold::read(&r).unwrap();
@@ -82,8 +95,8 @@ fn release_removes_only_what_recast_set_then_idempotent() {
     r.take_log();
     hold::apply(&r, Some(&released()), now()).unwrap();
     assert_eq!(
-        r.take_log().len(),
-        2,
+        r.take_log(),
+        reads(),
         "a second release runs nothing but the reads"
     );
 }
@@ -132,8 +145,12 @@ fn undoing_the_hold_is_drift_and_is_put_back() {
     r.remove(WU_KEY, "SetDisableUXWUAccess");
     let before = hold::read(&r).unwrap();
     assert!(
-        !hold::is_held(&before, now()),
+        !hold::values_in_place(&before, now()),
         "the undone hold reads as released"
+    );
+    assert_eq!(
+        hold::judge(true, &before, now(), vec![]).enforcement,
+        Some(HoldEnforcement::NotInPlace)
     );
     r.take_log();
     let e = hold::apply(&r, Some(&held("Immutable")), now()).unwrap();
@@ -157,7 +174,7 @@ fn the_pause_is_restamped_before_it_lapses_and_that_is_not_drift() {
     r.take_log();
     let e = hold::apply(&r, Some(&held("Immutable")), later).unwrap();
     assert!(e.held);
-    assert_eq!(r.take_log().len(), 2);
+    assert_eq!(r.take_log(), reads());
     // 28 days: the start date moves to today.
     let restamp: Timestamp = "2026-02-11T08:00:00Z".parse().unwrap();
     let e = hold::apply(&r, Some(&held("Immutable")), restamp).unwrap();
@@ -168,7 +185,7 @@ fn the_pause_is_restamped_before_it_lapses_and_that_is_not_drift() {
     // A pause older than 35 days has lapsed: not held, whatever else is set.
     let s = hold::read(&r).unwrap();
     let lapsed: Timestamp = "2026-03-19T08:00:00Z".parse().unwrap();
-    assert!(!hold::is_held(&s, lapsed));
+    assert!(!hold::values_in_place(&s, lapsed));
 }
 
 #[test]
@@ -178,24 +195,19 @@ fn reg_query_output_in_the_shape_windows_prints_it() {
     // the subkeys; CRLF line ends.
     let wu = "\r\nHKEY_LOCAL_MACHINE\\SOFTWARE\\Policies\\Microsoft\\Windows\\WindowsUpdate\r\n    DeferQualityUpdates    REG_DWORD    0x1\r\n    DeferQualityUpdatesPeriodInDays    REG_DWORD    0x1e\r\n    PauseQualityUpdatesStartTime    REG_SZ    2026-01-14\r\n    SetDisableUXWUAccess    REG_DWORD    0x1\r\n    RecastUpdateHold    REG_SZ    FailedRollback\r\n\r\nHKEY_LOCAL_MACHINE\\SOFTWARE\\Policies\\Microsoft\\Windows\\WindowsUpdate\\AU\r\n";
     let au = "\r\nHKEY_LOCAL_MACHINE\\SOFTWARE\\Policies\\Microsoft\\Windows\\WindowsUpdate\\AU\r\n    NoAutoUpdate    REG_DWORD    0x1\r\n\r\n";
-    let s = Snapshot::parse(Some(wu), Some(au));
+    let parse = |wu: &str, au: &str| Snapshot::parse(&[(WU_KEY, Some(wu)), (AU_KEY, Some(au))]);
+    let s = parse(wu, au);
     assert!(s.marked());
-    assert!(hold::is_held(&s, now()));
+    assert!(hold::values_in_place(&s, now()));
     // The same with NoAutoUpdate as a string (someone wrote the wrong type): not held.
     let au_sz = au.replace("REG_DWORD    0x1", "REG_SZ    1");
-    assert!(!hold::is_held(
-        &Snapshot::parse(Some(wu), Some(&au_sz)),
-        now()
-    ));
+    assert!(!hold::values_in_place(&parse(wu, &au_sz), now()));
     // A deferral of 29 days is not recast's hold.
     let wu29 = wu.replace("0x1e", "0x1d");
-    assert!(!hold::is_held(
-        &Snapshot::parse(Some(&wu29), Some(au)),
-        now()
-    ));
+    assert!(!hold::values_in_place(&parse(&wu29, au), now()));
     // No keys at all (reg.exe exits 1): nothing held, nothing marked.
-    let none = Snapshot::parse(None, None);
-    assert!(!none.marked() && !hold::is_held(&none, now()));
+    let none = Snapshot::parse(&[(WU_KEY, None), (AU_KEY, None)]);
+    assert!(!none.marked() && !hold::values_in_place(&none, now()));
 }
 
 #[test]
@@ -255,4 +267,320 @@ fn immutable_agents_start_held() {
     assert_eq!(hold::initial(Some("immutable")), Some(held("Immutable")));
     assert_eq!(hold::initial(Some("managed")), None);
     assert_eq!(hold::initial(None), None);
+}
+
+// ---- what Windows will do with the hold ----------------------------------------------------
+
+fn days_later(days: i64) -> Timestamp {
+    now()
+        .checked_add(jiff::SignedDuration::from_hours(24 * days))
+        .unwrap()
+}
+
+#[test]
+fn held_only_once_windows_update_applies_the_pause() {
+    // Windows Update refreshes its effective policy on its own schedule, not on each write.
+    let r = FakeRegistry::default();
+    r.policy_state_lags.set(true);
+    let e = hold::apply(&r, Some(&held("FailedRollback")), now()).unwrap();
+    assert_eq!(e.enforcement, Some(HoldEnforcement::Pending), "{e:?}");
+    assert!(!e.held, "written is not held: {e:?}");
+    assert_eq!(
+        e.evidence,
+        vec!["no PolicyState: Windows Update has not recorded an effective policy".to_string()]
+    );
+    // The next day Windows still shows no pause: still within the settle time.
+    let e = hold::apply(&r, Some(&held("FailedRollback")), days_later(1)).unwrap();
+    assert_eq!(e.enforcement, Some(HoldEnforcement::Pending));
+    // Windows refreshes: held.
+    r.refresh_policy_state();
+    let e = hold::apply(&r, Some(&held("FailedRollback")), days_later(1)).unwrap();
+    assert_eq!(e.enforcement, Some(HoldEnforcement::Held));
+    assert!(e.held && e.evidence.is_empty());
+}
+
+#[test]
+fn a_pause_windows_never_applies_is_overridden() {
+    // Every value recast writes is in the registry, and yet Windows Update's own record says
+    // quality updates are not paused (a source Windows ranks higher, a policy it did not take).
+    let r = FakeRegistry::default();
+    hold::apply(&r, Some(&held("FailedRollback")), now()).unwrap();
+    r.policy_state_lags.set(true);
+    r.set(POLICY_STATE_KEY, "QualityUpdatesPaused", "REG_DWORD", "0x0");
+    let s = hold::read(&r).unwrap();
+    assert!(
+        hold::values_in_place(&s, days_later(3)),
+        "the registry says held"
+    );
+    let e = hold::apply(&r, Some(&held("FailedRollback")), days_later(3)).unwrap();
+    assert_eq!(e.enforcement, Some(HoldEnforcement::Overridden), "{e:?}");
+    assert!(!e.held);
+    assert_eq!(
+        e.evidence,
+        vec!["PolicyState QualityUpdatesPaused=0x0".to_string()]
+    );
+}
+
+#[test]
+fn a_home_edition_is_not_enforceable() {
+    for edition in ["Core", "CoreSingleLanguage", "CoreCountrySpecific", "CoreN"] {
+        let r = FakeRegistry::default();
+        r.set(CURRENT_VERSION_KEY, "EditionID", "REG_SZ", edition);
+        let e = hold::apply(&r, Some(&held("FailedRollback")), now()).unwrap();
+        // The values are written (they cost nothing and some builds read NoAutoUpdate), but
+        // Windows Home does not support the Windows Update policies: not held.
+        assert!(hold::values_in_place(&hold::read(&r).unwrap(), now()));
+        assert_eq!(
+            e.enforcement,
+            Some(HoldEnforcement::NotEnforceable),
+            "{e:?}"
+        );
+        assert_eq!(e.obstacles, vec![HoldObstacle::HomeEdition]);
+        assert_eq!(e.evidence, vec![format!("EditionID={edition}")]);
+        assert!(!e.held);
+    }
+    for edition in ["Professional", "Enterprise", "Education", "IoTEnterprise"] {
+        let r = FakeRegistry::default();
+        r.set(CURRENT_VERSION_KEY, "EditionID", "REG_SZ", edition);
+        let e = hold::apply(&r, Some(&held("FailedRollback")), now()).unwrap();
+        assert_eq!(
+            e.enforcement,
+            Some(HoldEnforcement::Held),
+            "{edition}: {e:?}"
+        );
+    }
+}
+
+/// An Intune update ring as the MDM client writes it: each policy with its provider entries.
+fn intune_ring(r: &FakeRegistry, allow_auto_update: &str) {
+    r.set(
+        MDM_UPDATE_KEY,
+        "AllowAutoUpdate",
+        "REG_DWORD",
+        allow_auto_update,
+    );
+    r.set(
+        MDM_UPDATE_KEY,
+        "AllowAutoUpdate_ProviderSet",
+        "REG_DWORD",
+        "0x1",
+    );
+    r.set(
+        MDM_UPDATE_KEY,
+        "AllowAutoUpdate_WinningProvider",
+        "REG_SZ",
+        "{8E5D2F41-6B1C-4A7E-9D3F-2C8B0A6E4F17}",
+    );
+    r.set(
+        MDM_UPDATE_KEY,
+        "DeferQualityUpdatesPeriodInDays",
+        "REG_DWORD",
+        "0x3",
+    );
+}
+
+#[test]
+fn an_mdm_update_ring_that_contradicts_the_hold_is_not_enforceable() {
+    let r = FakeRegistry::default();
+    intune_ring(&r, "0x2");
+    r.set(
+        MDM_UPDATE_KEY,
+        "ConfigureDeadlineForQualityUpdates",
+        "REG_DWORD",
+        "0x2",
+    );
+    let e = hold::apply(&r, Some(&held("FailedRollback")), now()).unwrap();
+    assert_eq!(
+        e.enforcement,
+        Some(HoldEnforcement::NotEnforceable),
+        "{e:?}"
+    );
+    assert_eq!(e.obstacles, vec![HoldObstacle::MdmConflict]);
+    assert_eq!(
+        e.evidence,
+        vec![
+            "MDM Update/AllowAutoUpdate=0x2, MDM Update/ConfigureDeadlineForQualityUpdates=0x2"
+                .to_string()
+        ]
+    );
+    assert!(!e.held);
+    // A ring that turns automatic updates off and sets no deadline agrees with the hold (its
+    // short deferral is no conflict: a deferral is not what holds).
+    let r = FakeRegistry::default();
+    intune_ring(&r, "0x5");
+    let e = hold::apply(&r, Some(&held("FailedRollback")), now()).unwrap();
+    assert_eq!(e.enforcement, Some(HoldEnforcement::Held), "{e:?}");
+}
+
+#[test]
+fn a_wsus_or_configmgr_managed_machine_is_not_enforceable() {
+    let r = FakeRegistry::default();
+    r.set(
+        WU_KEY,
+        "WUServer",
+        "REG_SZ",
+        "http://wsus.corp.example:8530",
+    );
+    r.set(
+        WU_KEY,
+        "WUStatusServer",
+        "REG_SZ",
+        "http://wsus.corp.example:8530",
+    );
+    r.set(AU_KEY, "UseWUServer", "REG_DWORD", "0x1");
+    let e = hold::apply(&r, Some(&held("FailedRollback")), now()).unwrap();
+    assert_eq!(
+        e.enforcement,
+        Some(HoldEnforcement::NotEnforceable),
+        "{e:?}"
+    );
+    assert_eq!(e.obstacles, vec![HoldObstacle::WsusManaged]);
+    assert_eq!(
+        e.evidence,
+        vec![r"AU\UseWUServer=0x1 (WUServer=http://wsus.corp.example:8530)".to_string()]
+    );
+    // WSUS configured and then switched off is no obstacle.
+    r.set(AU_KEY, "UseWUServer", "REG_DWORD", "0x0");
+    let e = hold::apply(&r, Some(&held("FailedRollback")), now()).unwrap();
+    assert_eq!(e.enforcement, Some(HoldEnforcement::Held), "{e:?}");
+    // WSUS set by MDM.
+    r.set(
+        MDM_UPDATE_KEY,
+        "UpdateServiceUrl",
+        "REG_SZ",
+        "https://wsus.corp.example:8531",
+    );
+    let e = hold::apply(&r, Some(&held("FailedRollback")), now()).unwrap();
+    assert_eq!(e.obstacles, vec![HoldObstacle::WsusManaged]);
+    // The ConfigMgr client, on top: both named.
+    r.set(
+        r"HKLM\SOFTWARE\Microsoft\CCM",
+        "TempDir",
+        "REG_SZ",
+        r"C:\Windows\ccmcache",
+    );
+    let e = hold::apply(&r, Some(&held("FailedRollback")), now()).unwrap();
+    assert_eq!(
+        e.obstacles,
+        vec![HoldObstacle::WsusManaged, HoldObstacle::ConfigMgrManaged]
+    );
+    assert_eq!(e.evidence.len(), 2, "{e:?}");
+}
+
+#[test]
+fn policy_state_and_mdm_output_in_the_shape_windows_prints_it() {
+    let wu = "\r\nHKEY_LOCAL_MACHINE\\SOFTWARE\\Policies\\Microsoft\\Windows\\WindowsUpdate\r\n    DeferQualityUpdates    REG_DWORD    0x1\r\n    DeferQualityUpdatesPeriodInDays    REG_DWORD    0x1e\r\n    PauseQualityUpdatesStartTime    REG_SZ    2026-01-14\r\n    SetDisableUXWUAccess    REG_DWORD    0x1\r\n    RecastUpdateHold    REG_SZ    FailedRollback\r\n\r\nHKEY_LOCAL_MACHINE\\SOFTWARE\\Policies\\Microsoft\\Windows\\WindowsUpdate\\AU\r\n";
+    let au = "\r\nHKEY_LOCAL_MACHINE\\SOFTWARE\\Policies\\Microsoft\\Windows\\WindowsUpdate\\AU\r\n    NoAutoUpdate    REG_DWORD    0x1\r\n\r\n";
+    let state = "\r\nHKEY_LOCAL_MACHINE\\SOFTWARE\\Microsoft\\WindowsUpdate\\UpdatePolicy\\PolicyState\r\n    BranchReadinessLevel    REG_SZ    CB\r\n    DeferFeatureUpdates    REG_DWORD    0x0\r\n    DeferQualityUpdates    REG_DWORD    0x1\r\n    ExcludeWUDrivers    REG_DWORD    0x0\r\n    FeatureUpdatesDeferralInDays    REG_DWORD    0x0\r\n    IsDeferralIsActive    REG_DWORD    0x1\r\n    IsWUfBConfigured    REG_DWORD    0x1\r\n    IsWUfBDualScanActive    REG_DWORD    0x0\r\n    PolicySources    REG_DWORD    0x1\r\n    QualityUpdatesDeferralInDays    REG_DWORD    0x1e\r\n    QualityUpdatesPaused    REG_DWORD    0x1\r\n\r\n";
+    let edition = "\r\nHKEY_LOCAL_MACHINE\\SOFTWARE\\Microsoft\\Windows NT\\CurrentVersion\r\n    EditionID    REG_SZ    Professional\r\n\r\n";
+    let parse = |state: &str, mdm: Option<&str>| {
+        Snapshot::parse(&[
+            (WU_KEY, Some(wu)),
+            (AU_KEY, Some(au)),
+            (MDM_UPDATE_KEY, mdm),
+            (POLICY_STATE_KEY, Some(state)),
+            (CURRENT_VERSION_KEY, Some(edition)),
+        ])
+    };
+    let e = hold::judge(true, &parse(state, None), now(), vec![]);
+    assert_eq!(e.enforcement, Some(HoldEnforcement::Held), "{e:?}");
+    let unpaused = state.replace(
+        "QualityUpdatesPaused    REG_DWORD    0x1",
+        "QualityUpdatesPaused    REG_DWORD    0x0",
+    );
+    let e = hold::judge(true, &parse(&unpaused, None), days_later(5), vec![]);
+    assert_eq!(e.enforcement, Some(HoldEnforcement::Overridden), "{e:?}");
+    let mdm = "\r\nHKEY_LOCAL_MACHINE\\SOFTWARE\\Microsoft\\PolicyManager\\current\\device\\Update\r\n    AllowAutoUpdate    REG_DWORD    0x4\r\n    AllowAutoUpdate_ProviderSet    REG_DWORD    0x1\r\n    AllowAutoUpdate_WinningProvider    REG_SZ    {8E5D2F41-6B1C-4A7E-9D3F-2C8B0A6E4F17}\r\n\r\n";
+    let e = hold::judge(true, &parse(state, Some(mdm)), now(), vec![]);
+    assert_eq!(e.obstacles, vec![HoldObstacle::MdmConflict], "{e:?}");
+    // Released: whatever the machine is, nothing is wanted.
+    let e = hold::judge(false, &parse(state, Some(mdm)), now(), vec![]);
+    assert_eq!(e.enforcement, Some(HoldEnforcement::Released));
+    assert!(e.obstacles.is_empty() && !e.held);
+}
+
+/// A site whose own GPO sets some of the values a hold overwrites.
+fn site_with_its_own_update_policy() -> FakeRegistry {
+    let r = site_gpo();
+    r.set(AU_KEY, "NoAutoUpdate", "REG_DWORD", "0x0");
+    r.set(WU_KEY, "DeferQualityUpdates", "REG_DWORD", "0x1");
+    r.set(
+        WU_KEY,
+        "DeferQualityUpdatesPeriodInDays",
+        "REG_DWORD",
+        "0x7",
+    );
+    r.set(WU_KEY, "PauseQualityUpdatesStartTime", "REG_SZ", "");
+    r.refresh_policy_state();
+    r
+}
+
+#[test]
+fn release_restores_the_sites_own_values() {
+    let r = site_with_its_own_update_policy();
+    let e = hold::apply(&r, Some(&held("FailedRollback")), now()).unwrap();
+    assert!(e.held, "{e:?}");
+    assert!(e.drift.is_empty(), "the site's values are not drift: {e:?}");
+    golden("hold-over-site-values.txt", &r.take_log());
+    // Re-asserting keeps the saved copies as they were.
+    hold::apply(&r, Some(&held("FailedRollback")), days_later(1)).unwrap();
+    assert_eq!(r.take_log(), reads());
+    let e = hold::apply(&r, Some(&released()), days_later(2)).unwrap();
+    assert_eq!(e.enforcement, Some(HoldEnforcement::Released));
+    golden("release-restores-site-values.txt", &r.take_log());
+    // The very same values as before the hold, the saved copies gone.
+    let values = |r: &FakeRegistry| {
+        r.values
+            .borrow()
+            .iter()
+            .filter(|((k, _), _)| k == WU_KEY || k == AU_KEY || k == SAVED_KEY)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(values(&r), values(&site_with_its_own_update_policy()));
+}
+
+#[test]
+fn an_interrupted_release_or_hold_is_finished_by_the_next_pass() {
+    // A release that stopped after the marker went but before the saved copies did.
+    let r = site_with_its_own_update_policy();
+    hold::apply(&r, Some(&held("FailedRollback")), now()).unwrap();
+    let mut cmds = hold::plan(Some(&released()), &hold::read(&r).unwrap(), now()).commands;
+    let last = cmds.pop().unwrap();
+    assert_eq!(
+        last,
+        vec!["delete", SAVED_KEY, "/f"],
+        "the saved copies go last"
+    );
+    for c in &cmds {
+        hold::Exec::exec(&r, "reg.exe", c).unwrap();
+    }
+    r.take_log();
+    hold::apply(&r, Some(&released()), now()).unwrap();
+    let writes: Vec<String> = r
+        .take_log()
+        .into_iter()
+        .filter(|l| !l.contains(" query "))
+        .collect();
+    assert_eq!(writes, vec![format!("reg.exe delete {SAVED_KEY} /f")]);
+    // A stale copy left by such a release never reaches the next hold's release: a new hold
+    // starts by dropping it.
+    r.set(SAVED_KEY, "AU.NoAutoUpdate", "REG_DWORD", "0x0");
+    r.set(AU_KEY, "NoAutoUpdate", "REG_DWORD", "0x1");
+    let p = hold::plan(Some(&held("Manual")), &hold::read(&r).unwrap(), now());
+    assert_eq!(p.commands[0], vec!["delete", SAVED_KEY, "/f"]);
+    assert!(
+        p.commands.contains(&vec![
+            "add".to_string(),
+            SAVED_KEY.to_string(),
+            "/v".into(),
+            "AU.NoAutoUpdate".into(),
+            "/t".into(),
+            "REG_DWORD".into(),
+            "/d".into(),
+            "1".into(),
+            "/f".into()
+        ]),
+        "the current value is what the new hold keeps: {p:?}"
+    );
 }

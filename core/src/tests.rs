@@ -2228,7 +2228,11 @@ fn the_agent_reading_and_drift_show_in_the_condition_and_events() {
             attempt_id: None,
             update_results: vec![],
             crashes: vec![],
-            update_hold: Some(recast_crds::report::EffectiveUpdateHold { held, drift }),
+            update_hold: Some(recast_crds::report::EffectiveUpdateHold {
+                held,
+                drift,
+                ..Default::default()
+            }),
         })
     };
     e.feed(with_hold(false, vec![]));

@@ -73,17 +73,79 @@ pub struct AgentReport {
 /// At most this many drift entries in a report (recast sets a handful of values).
 pub const MAX_DRIFT: usize = 16;
 
-/// The update hold in effect on the endpoint, read back from the policy registry values.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+/// At most this many entries of hold evidence in a report.
+pub const MAX_HOLD_EVIDENCE: usize = 8;
+
+/// The update hold in effect on the endpoint, as the agent read it back: recast's policy
+/// values, and what Windows will make of them on this machine.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EffectiveUpdateHold {
-    /// Every value recast sets for a hold is in place.
+    /// Windows will not install quality updates: `enforcement` is `Held`. (From agents that
+    /// predate `enforcement`: every value recast sets for a hold is in place.)
     pub held: bool,
     /// Values the agent had set that someone (a user, a GPO, a script) changed or removed
     /// since it last applied the hold, such as `AU\NoAutoUpdate: 0x1 -> absent`. The agent
     /// puts them back; this says it had to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drift: Vec<String>,
+    /// What Windows will do, judged from the edition, the other update managers on the
+    /// machine and Windows Update's own effective policy. Absent from agents that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforcement: Option<HoldEnforcement>,
+    /// Why Windows ignores (or may ignore) the hold here; set with `NotEnforceable`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub obstacles: Vec<HoldObstacle>,
+    /// The registry facts behind `enforcement`, such as `EditionID=Core` or
+    /// `PolicyState QualityUpdatesPaused=0x0`, for the person who has to act on it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub evidence: Vec<String>,
+}
+
+/// What Windows will do about quality updates while recast holds them.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, schemars::JsonSchema)]
+pub enum HoldEnforcement {
+    /// Windows will not install quality updates: recast's values are in place, nothing on the
+    /// machine overrides them, and Windows Update's effective policy shows the pause.
+    Held,
+    /// recast's values are in place and were written less than two days ago; Windows Update
+    /// has not applied them to its effective policy yet.
+    Pending,
+    /// Windows ignores, or may at any time ignore, the hold on this machine (`obstacles`).
+    NotEnforceable,
+    /// recast's values are in place, but Windows Update's effective policy shows no pause:
+    /// something Windows ranks higher decides.
+    Overridden,
+    /// recast's values are not all in place (a write that did not stick, a lapsed pause).
+    NotInPlace,
+    /// No hold is wanted, and recast's values are gone.
+    Released,
+}
+
+impl HoldEnforcement {
+    /// A hold is wanted and Windows will not (reliably) honour it.
+    pub fn fails(self) -> bool {
+        matches!(
+            self,
+            HoldEnforcement::NotEnforceable | HoldEnforcement::Overridden
+        )
+    }
+}
+
+/// Why Windows does not honour recast's policy values on a machine.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, schemars::JsonSchema)]
+pub enum HoldObstacle {
+    /// Windows Home: the Windows Update policies are not supported on this edition.
+    HomeEdition,
+    /// Updates come from the site's WSUS server (`UseWUServer`, or MDM's update service):
+    /// what the server approves, with its deadlines, installs.
+    WsusManaged,
+    /// A Configuration Manager client installs the updates its deployments require,
+    /// whatever Windows Update's own policies say.
+    ConfigMgrManaged,
+    /// An MDM update ring (Intune) sets update policies that contradict the hold; which
+    /// source Windows applies can change with each MDM sync.
+    MdmConflict,
 }
 
 /// The gateway's answer to an accepted report (HTTP 200, JSON): what recast wants of the
@@ -398,6 +460,24 @@ impl AgentReport {
             for (i, d) in h.drift.iter().enumerate() {
                 check_text(&format!("updateHold.drift[{i}]"), d)?;
             }
+            if h.evidence.len() > MAX_HOLD_EVIDENCE {
+                return Err(ReportError::invalid(
+                    "updateHold.evidence",
+                    format!(
+                        "{} entries; at most {MAX_HOLD_EVIDENCE} are accepted",
+                        h.evidence.len()
+                    ),
+                ));
+            }
+            for (i, d) in h.evidence.iter().enumerate() {
+                check_text(&format!("updateHold.evidence[{i}]"), d)?;
+            }
+            if h.obstacles.len() > 4 {
+                return Err(ReportError::invalid(
+                    "updateHold.obstacles",
+                    format!("{} entries; there are four kinds", h.obstacles.len()),
+                ));
+            }
         }
         Ok(())
     }
@@ -552,6 +632,9 @@ mod tests {
         r.update_hold = Some(EffectiveUpdateHold {
             held: true,
             drift: vec![r"AU\NoAutoUpdate: 0x1 -> absent".into()],
+            enforcement: Some(HoldEnforcement::NotEnforceable),
+            obstacles: vec![HoldObstacle::HomeEdition],
+            evidence: vec!["EditionID=Core".into()],
         });
         assert_eq!(AgentReport::from_json(&json(&r)).unwrap(), r);
         // The reply decodes from the JSON the gateway writes.
@@ -615,12 +698,32 @@ mod tests {
                 r.update_hold = Some(EffectiveUpdateHold {
                     held: true,
                     drift: vec!["x".into(); MAX_DRIFT + 1],
+                    ..Default::default()
                 })
             }),
             ("updateHold.drift[0]", |r| {
                 r.update_hold = Some(EffectiveUpdateHold {
                     held: true,
                     drift: vec!["a\nb".into()],
+                    ..Default::default()
+                })
+            }),
+            ("updateHold.evidence", |r| {
+                r.update_hold = Some(EffectiveUpdateHold {
+                    evidence: vec!["x".into(); MAX_HOLD_EVIDENCE + 1],
+                    ..Default::default()
+                })
+            }),
+            ("updateHold.evidence[1]", |r| {
+                r.update_hold = Some(EffectiveUpdateHold {
+                    evidence: vec!["ok".into(), "t".repeat(MAX_TEXT + 1)],
+                    ..Default::default()
+                })
+            }),
+            ("updateHold.obstacles", |r| {
+                r.update_hold = Some(EffectiveUpdateHold {
+                    obstacles: vec![HoldObstacle::HomeEdition; 5],
+                    ..Default::default()
                 })
             }),
             ("updateEvents[0].title", |r| {

@@ -458,6 +458,7 @@ mod tests {
             r.update_hold = Some(EffectiveUpdateHold {
                 held,
                 drift: drift.iter().map(|d| d.to_string()).collect(),
+                ..Default::default()
             });
             r
         };
