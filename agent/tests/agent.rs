@@ -39,7 +39,7 @@ fn windows_update_client_events() {
     assert_eq!(raw[0].provider, "Microsoft-Windows-WindowsUpdateClient");
     assert_eq!(
         raw[0].provider_guid.as_deref(),
-        Some("{945a8954-c147-4acd-923f-40c45405a658}")
+        Some("{945A8954-C147-4ACD-923F-40C45405A658}")
     );
     assert_eq!(raw[0].record_id, Some(48213));
     assert_eq!(raw[0].channel.as_deref(), Some("System"));
@@ -50,7 +50,8 @@ fn windows_update_client_events() {
     let lcu = &typed[0];
     assert_eq!(lcu.event_id, 20);
     assert_eq!(lcu.outcome, UpdateOutcome::Failed);
-    assert_eq!(lcu.time, "2026-01-14T08:41:02.5580127Z");
+    // The event log's own rendering: nine fractional digits, kept as written.
+    assert_eq!(lcu.time, "2026-01-14T08:41:02.558012700Z");
     assert_eq!(lcu.error_code.as_deref(), Some("0x800f0922"));
     assert_eq!(
         lcu.title,
@@ -109,15 +110,15 @@ fn servicing_user_data() {
     );
     assert_eq!(typed[0].error_code.as_deref(), Some("0x800f0922"));
     assert_eq!(typed[0].intended_state.as_deref(), Some("Installed"));
-    assert_eq!(typed[0].client.as_deref(), Some("WindowsUpdateAgent"));
+    // The LCU and its RollupFix package are installed by the update stack's LCU client; the
+    // .NET update by the Windows Update agent.
+    assert_eq!(typed[0].client.as_deref(), Some("UpdateAgentLCU"));
     assert_eq!(
         typed[3].package,
         "Package_for_RollupFix~31bf3856ad364e35~amd64~~26100.7623.1.10"
     );
-    assert_eq!(
-        typed[3].client.as_deref(),
-        Some("DISM Package Manager Provider")
-    );
+    assert_eq!(typed[3].client.as_deref(), Some("UpdateAgentLCU"));
+    assert_eq!(typed[4].client.as_deref(), Some("WindowsUpdateAgent"));
     // Event 1 carries CbsPackageInitiateChanges, which has no ErrorCode.
     assert_eq!(typed[2].error_code, None);
 }

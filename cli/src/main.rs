@@ -968,14 +968,26 @@ fn history_table(status: &EndpointStatus, now: Timestamp) -> String {
     table::plain(&rows)
 }
 
-/// "held (FailedRollback) since T; the agent reads it back as held: why".
-fn update_hold_line(h: &Value) -> String {
+/// "held (FailedRollback) since T; the agent reads it back as held: why", or, from agents that
+/// judge what Windows will do, "...; Windows: NotEnforceable (EditionID=Core): why".
+/// `read_back` is the last report's `updateHold` (its evidence).
+fn update_hold_line(h: &Value, read_back: Option<&Value>) -> String {
     let f = |k: &str| h.get(k).and_then(Value::as_str).unwrap_or_default();
     let held = h.get("held").and_then(Value::as_bool).unwrap_or(false);
-    let effective = match h.get("effective").and_then(Value::as_bool) {
-        Some(true) => "; the agent reads it back as held",
-        Some(false) => "; the agent reads it back as released",
-        None => "; no agent read-back yet",
+    let evidence: Vec<&str> = read_back
+        .and_then(|r| r.get("evidence"))
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let effective = match (
+        h.get("enforcement").and_then(Value::as_str),
+        h.get("effective").and_then(Value::as_bool),
+    ) {
+        (Some(e), _) if evidence.is_empty() => format!("; Windows: {e}"),
+        (Some(e), _) => format!("; Windows: {e} ({})", evidence.join("; ")),
+        (None, Some(true)) => "; the agent reads it back as held".into(),
+        (None, Some(false)) => "; the agent reads it back as released".into(),
+        (None, None) => "; no agent read-back yet".into(),
     };
     format!(
         "{} ({}) since {}{effective}: {}",
@@ -1029,7 +1041,11 @@ fn describe(
             out.push_str(&format!("  Message:    {m}\n"));
         }
         if let Some(h) = status.get("updateHold") {
-            out.push_str(&format!("  Updates:    {}\n", update_hold_line(h)));
+            let read_back = status.get("lastReport").and_then(|r| r.get("updateHold"));
+            out.push_str(&format!(
+                "  Updates:    {}\n",
+                update_hold_line(h, read_back)
+            ));
         }
         if kind == Kind::Endpoint {
             for line in boot_lines(obj) {
@@ -1307,12 +1323,25 @@ mod tests {
             "effective": true
         });
         assert_eq!(
-            update_hold_line(&h),
+            update_hold_line(&h, None),
             "held (FailedRollback) since 2026-01-14T08:01:00Z; the agent reads it back as held: a cumulative update failed and rolled back"
         );
         let r = json!({"held": false, "reason": "Managed", "message": "m", "since": "t"});
         assert!(
-            update_hold_line(&r).starts_with("released (Managed) since t; no agent read-back yet")
+            update_hold_line(&r, None)
+                .starts_with("released (Managed) since t; no agent read-back yet")
+        );
+        // An agent that judges what Windows will do: its verdict and evidence.
+        let mut home = h.clone();
+        home["effective"] = json!(false);
+        home["enforcement"] = json!("NotEnforceable");
+        let read_back = json!({"held": false, "enforcement": "NotEnforceable",
+            "obstacles": ["HomeEdition"], "evidence": ["EditionID=Core"]});
+        assert!(
+            update_hold_line(&home, Some(&read_back))
+                .contains("; Windows: NotEnforceable (EditionID=Core): a cumulative"),
+            "{}",
+            update_hold_line(&home, Some(&read_back))
         );
         // describe shows it once, as that line, not again in the status dump.
         let obj = json!({

@@ -21,8 +21,8 @@ use recast_crds::endpoint::{
     AttemptOutcome, AttemptRecord, EndpointSpec, ManualHoldAction, ManualUpdateHold, SignalStatus,
     UpdateHoldStatus,
 };
-use recast_crds::policy::UpdateMode;
-use recast_crds::report::DesiredUpdateHold;
+use recast_crds::policy::{RemediationAction, UpdateMode};
+use recast_crds::report::{DesiredUpdateHold, EffectiveUpdateHold, HoldEnforcement, HoldObstacle};
 
 use super::notice::{Notice, NoticeType};
 use super::policy::PolicyView;
@@ -201,16 +201,18 @@ fn mode_word(m: UpdateMode) -> &'static str {
     }
 }
 
-/// The next `status.updateHold`, and the event to record when the hold changed.
+/// The next `status.updateHold`, and the events to record: when the hold changed, and when
+/// what Windows will do with it (the agent's read-back) changed.
 ///
 /// `since` moves only when `held` or `reason` changes, so re-deciding the same facts (a
 /// reconcile, an operator restart) changes nothing and records nothing. An endpoint's first
 /// hold status is an event only when it is a hold: a new managed endpoint is quiet.
 pub fn next(
     i: &HoldInputs<'_>,
-    effective: Option<bool>,
+    read_back: Option<&EffectiveUpdateHold>,
+    not_enforced: RemediationAction,
     now: &str,
-) -> (UpdateHoldStatus, Option<Notice>) {
+) -> (UpdateHoldStatus, Vec<Notice>) {
     let d = desired(i);
     let held = d.held();
     let reason = d.reason;
@@ -221,10 +223,11 @@ pub fn next(
         Some(p) if unchanged => p.since.clone(),
         _ => now.to_string(),
     };
-    let notice = match i.previous {
-        _ if unchanged => None,
-        None if !held => None,
-        _ => Some(Notice {
+    let mut notices = Vec::new();
+    match i.previous {
+        _ if unchanged => {}
+        None if !held => {}
+        _ => notices.push(Notice {
             type_: if held {
                 NoticeType::Warning
             } else {
@@ -238,7 +241,37 @@ pub fn next(
             .into(),
             message: format!("{reason}: {}", d.message),
         }),
-    };
+    }
+    let enforcement = read_back.and_then(|r| r.enforcement);
+    let before = i.previous.and_then(|p| p.enforcement);
+    if held && enforcement != before {
+        match read_back {
+            Some(r) if r.enforcement.is_some_and(HoldEnforcement::fails) => {
+                if not_enforced != RemediationAction::Ignore {
+                    notices.push(Notice {
+                        type_: NoticeType::Warning,
+                        reason: "UpdateHoldNotEnforced".into(),
+                        message: format!(
+                            "{}; {}",
+                            describe_enforcement(r),
+                            consequence(&d, not_enforced)
+                        ),
+                    });
+                }
+            }
+            Some(r)
+                if r.enforcement == Some(HoldEnforcement::Held)
+                    && before.is_some_and(HoldEnforcement::fails) =>
+            {
+                notices.push(Notice {
+                    type_: NoticeType::Normal,
+                    reason: "UpdateHoldEnforced".into(),
+                    message: "Windows honours the update hold again".into(),
+                });
+            }
+            _ => {}
+        }
+    }
     (
         UpdateHoldStatus {
             held,
@@ -246,10 +279,106 @@ pub fn next(
             message: d.message,
             since,
             guard_engaged_since: d.guard_engaged_since,
-            effective,
+            effective: read_back.map(|r| r.held),
+            enforcement,
         },
-        notice,
+        notices,
     )
+}
+
+/// What Windows will do with the hold, in words, with the agent's evidence.
+pub fn describe_enforcement(r: &EffectiveUpdateHold) -> String {
+    let evidence = if r.evidence.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", r.evidence.join("; "))
+    };
+    match r.enforcement {
+        None => format!(
+            "the agent read the hold back as {}",
+            if r.held { "held" } else { "released" }
+        ),
+        Some(HoldEnforcement::Held) => "Windows will hold quality updates".into(),
+        Some(HoldEnforcement::Pending) => format!(
+            "recast's policy values are written and Windows Update has not applied them yet{evidence}"
+        ),
+        Some(HoldEnforcement::NotInPlace) => {
+            format!("recast's policy values are not all in place{evidence}")
+        }
+        Some(HoldEnforcement::Released) => "no hold is in place".into(),
+        Some(HoldEnforcement::Overridden) => format!(
+            "Windows does not honour the hold: recast's policy values are in place, but Windows Update's effective policy shows no pause{evidence}; find the policy source that wins (an MDM ring, a GPO) and pause quality updates there"
+        ),
+        Some(HoldEnforcement::NotEnforceable) => {
+            let remedies: Vec<&str> = r.obstacles.iter().map(|o| remedy(*o)).collect();
+            format!(
+                "Windows will not honour the hold on this machine{evidence}: {}",
+                remedies.join("; ")
+            )
+        }
+    }
+}
+
+/// What a person can do about one obstacle.
+fn remedy(o: HoldObstacle) -> &'static str {
+    match o {
+        HoldObstacle::HomeEdition => {
+            "Windows Home ignores Windows Update policy; move the machine to a Pro or Enterprise image"
+        }
+        HoldObstacle::WsusManaged => {
+            "its updates come from WSUS; decline the next cumulative update for this machine there"
+        }
+        HoldObstacle::ConfigMgrManaged => {
+            "Configuration Manager installs its updates; exclude this machine from the next cumulative update's deployment"
+        }
+        HoldObstacle::MdmConflict => {
+            "an MDM update ring contradicts the hold; exclude this device from the ring or pause quality updates in it"
+        }
+    }
+}
+
+/// What recast does about a hold Windows will not honour.
+fn consequence(d: &Desired, action: RemediationAction) -> String {
+    let reimage = match action {
+        RemediationAction::ReimageNow => Some("now"),
+        RemediationAction::ReimageInWindow => Some("in the maintenance window"),
+        RemediationAction::AlertOnly | RemediationAction::Ignore => None,
+    };
+    match (reimage, &d.guard_engaged_since) {
+        (Some(when), Some(_)) => format!(
+            "the FailedRollback guard cannot protect this machine, so recast reimages it {when} (RemediationPolicy holdNotEnforced: {action:?})"
+        ),
+        (Some(_), None) => format!(
+            "recast only alerts: the hold is for {} and a reimage would not make Windows honour it",
+            d.reason
+        ),
+        (None, _) => format!("recast only alerts (RemediationPolicy holdNotEnforced: {action:?})"),
+    }
+}
+
+/// The reimage the FailedRollback guard needs when Windows will not hold the machine: the
+/// guard is engaged, the agent's last read-back says the hold is not enforced, and the
+/// policy's `holdNotEnforced` asks for a reimage. The action and why.
+pub fn unenforced_guard(
+    d: &Desired,
+    read_back: Option<&EffectiveUpdateHold>,
+    action: RemediationAction,
+) -> Option<(RemediationAction, String)> {
+    d.guard_engaged_since.as_ref()?;
+    let r = read_back.filter(|r| r.enforcement.is_some_and(HoldEnforcement::fails))?;
+    matches!(
+        action,
+        RemediationAction::ReimageNow | RemediationAction::ReimageInWindow
+    )
+    .then(|| {
+        (
+            action,
+            format!(
+                "the update hold that guards this machine is not enforced: {}",
+                describe_enforcement(r)
+            ),
+        )
+    })
 }
 
 /// What the gateway keeps of an endpoint's hold between reads of the store, to answer each

@@ -1065,21 +1065,39 @@ impl<'a> Run<'a> {
                 RemediationAction::ReimageNow,
             ));
         }
+        let mut candidates: Vec<(SignalKind, RemediationAction, String)> = self
+            .st
+            .signals
+            .iter()
+            .map(|s| {
+                (
+                    s.type_,
+                    self.ctx.policy.action_for(s.type_),
+                    s.message.clone(),
+                )
+            })
+            .collect();
+        // The FailedRollback guard protects the machine only while Windows honours the hold;
+        // where it cannot, the policy may ask for the reimage the hold was standing in for.
+        if let Some((action, why)) = self.unenforced_guard() {
+            candidates.push((SignalKind::FailedRollback, action, why));
+        }
         let mut best: Option<(SignalKind, RemediationAction, String)> = None;
-        for s in &self.st.signals {
-            let kind = s.type_;
-            let action = self.ctx.policy.action_for(kind);
+        for (kind, action, message) in candidates {
             if !matches!(
                 action,
                 RemediationAction::ReimageNow | RemediationAction::ReimageInWindow
             ) {
                 continue;
             }
-            if best
-                .as_ref()
-                .is_none_or(|(k, _, _)| kind.urgency() < k.urgency())
-            {
-                best = Some((kind, action, s.message.clone()));
+            let better = best.as_ref().is_none_or(|(k, a, _)| {
+                kind.urgency() < k.urgency()
+                    || (kind == *k
+                        && action == RemediationAction::ReimageNow
+                        && *a == RemediationAction::ReimageInWindow)
+            });
+            if better {
+                best = Some((kind, action, message));
             }
         }
         if let Some((kind, action, message)) = best {
@@ -1408,6 +1426,26 @@ impl<'a> Run<'a> {
         self.take(Edge::AttemptStarted);
     }
 
+    /// The reimage the FailedRollback guard asks for when Windows will not hold the machine
+    /// (see [`hold::unenforced_guard`]).
+    fn unenforced_guard(&self) -> Option<(RemediationAction, String)> {
+        let inputs = HoldInputs::of(
+            self.ep.spec,
+            self.ctx.policy,
+            &self.st.signals,
+            &self.st.history,
+            self.st.update_hold.as_ref(),
+        );
+        hold::unenforced_guard(
+            &hold::desired(&inputs),
+            self.st
+                .last_report
+                .as_ref()
+                .and_then(|r| r.update_hold.as_ref()),
+            self.ctx.policy.hold_not_enforced,
+        )
+    }
+
     /// The update hold follows every decision: signals, attempts ending, the spec's mode and
     /// manual override all move it (see `hold`).
     fn reconcile_update_hold(&mut self) {
@@ -1418,16 +1456,18 @@ impl<'a> Run<'a> {
             &self.st.history,
             self.st.update_hold.as_ref(),
         );
-        let effective = self
+        let read_back = self
             .st
             .last_report
             .as_ref()
-            .and_then(|r| r.update_hold.as_ref())
-            .map(|h| h.held);
-        let (next, notice) = hold::next(&inputs, effective, &self.now_s);
-        if let Some(n) = notice {
-            self.notices.push(n);
-        }
+            .and_then(|r| r.update_hold.as_ref());
+        let (next, notices) = hold::next(
+            &inputs,
+            read_back,
+            self.ctx.policy.hold_not_enforced,
+            &self.now_s,
+        );
+        self.notices.extend(notices);
         self.st.update_hold = Some(next);
     }
 
@@ -1514,14 +1554,22 @@ impl<'a> Run<'a> {
         let Some(h) = self.st.update_hold.clone() else {
             return;
         };
-        let applied = match h.effective {
-            Some(e) if e == h.held => String::new(),
-            Some(e) => format!(
+        let read_back = self
+            .st
+            .last_report
+            .as_ref()
+            .and_then(|r| r.update_hold.as_ref());
+        let applied = match (h.effective, read_back) {
+            (Some(e), _) if e == h.held => String::new(),
+            (Some(_), Some(r)) if h.held && r.enforcement.is_some() => {
+                format!("; not in effect: {}", hold::describe_enforcement(r))
+            }
+            (Some(e), _) => format!(
                 "; not in effect yet: the agent last read the hold back as {}",
                 if e { "held" } else { "released" }
             ),
-            None if h.held => "; no agent report confirms it yet".into(),
-            None => String::new(),
+            (None, _) if h.held => "; no agent report confirms it yet".into(),
+            (None, _) => String::new(),
         };
         self.condition(
             "UpdatesHeld",

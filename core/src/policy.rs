@@ -26,6 +26,8 @@ pub struct PolicyView {
     pub heartbeat_timeout: Duration,
     pub update_mode: UpdateMode,
     pub guard_on_failed_rollback: bool,
+    /// What to do when Windows will not honour the update hold (`holdNotEnforced`).
+    pub hold_not_enforced: RemediationAction,
     /// The circuit breaker: automatic starts allowed within `breaker_window` (None: the
     /// default for the namespace's size, see [`crate::breaker::default_limit`]).
     pub breaker_max_starts: Option<IntOrString>,
@@ -83,6 +85,7 @@ impl PolicyView {
             heartbeat_timeout: d("heartbeatTimeout", &spec.heartbeat_timeout)?,
             update_mode: spec.update_mode,
             guard_on_failed_rollback: spec.guard_on_failed_rollback,
+            hold_not_enforced: spec.hold_not_enforced,
             breaker_max_starts: spec.breaker.max_starts.clone(),
             breaker_window: match d("breaker.window", &spec.breaker.window)? {
                 // A zero window never holds two starts together: the breaker off by accident.

@@ -2153,6 +2153,169 @@ fn the_guard_outlives_the_signal_and_a_failed_attempt() {
     );
 }
 
+/// An agent report carrying the agent's judgement of the hold.
+fn report_with_enforcement(
+    enforcement: recast_crds::report::HoldEnforcement,
+    obstacles: Vec<recast_crds::report::HoldObstacle>,
+    evidence: &[&str],
+) -> Input {
+    Input::AgentReport(ReportSummary {
+        build: "26100.7462".into(),
+        reported_at: String::new(),
+        agent_version: None,
+        attempt_id: None,
+        update_results: vec![],
+        crashes: vec![],
+        update_hold: Some(recast_crds::report::EffectiveUpdateHold {
+            held: enforcement == recast_crds::report::HoldEnforcement::Held,
+            enforcement: Some(enforcement),
+            obstacles,
+            evidence: evidence.iter().map(|e| e.to_string()).collect(),
+            ..Default::default()
+        }),
+    })
+}
+
+fn enforcement_notices(d: &Decision) -> Vec<&Notice> {
+    d.notices
+        .iter()
+        .filter(|n| n.reason.starts_with("UpdateHold") && n.reason != "UpdateHoldDrift")
+        .collect()
+}
+
+#[test]
+fn a_hold_windows_will_not_honour_alerts_once_and_escalates_the_guard_only_when_asked() {
+    use recast_crds::report::{HoldEnforcement, HoldObstacle};
+    let mut e = healthy(true);
+    // The site reimages FailedRollback machines only when told to, trusting the hold.
+    e.policy.actions.failed_rollback = RemediationAction::AlertOnly;
+    e.feed(signals(&[SignalKind::FailedRollback]));
+    assert!(hold(&e).held);
+    let home = || {
+        report_with_enforcement(
+            HoldEnforcement::NotEnforceable,
+            vec![HoldObstacle::HomeEdition],
+            &["EditionID=Core"],
+        )
+    };
+    let d = e.feed(home());
+    let n = enforcement_notices(&d);
+    assert_eq!(n.len(), 1, "{:?}", d.notices);
+    assert_eq!(n[0].reason, "UpdateHoldNotEnforced");
+    assert_eq!(n[0].type_, NoticeType::Warning);
+    assert!(n[0].message.contains("EditionID=Core"), "{}", n[0].message);
+    assert!(
+        n[0].message.contains("Pro or Enterprise"),
+        "{}",
+        n[0].message
+    );
+    assert!(n[0].message.contains("only alerts"), "{}", n[0].message);
+    assert_eq!(hold(&e).enforcement, Some(HoldEnforcement::NotEnforceable));
+    assert!(
+        e.status.active_attempt.is_none(),
+        "AlertOnly never reimages"
+    );
+    let c = e
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "UpdatesHeld")
+        .unwrap();
+    assert!(
+        c.message.contains("not in effect: Windows will not honour"),
+        "{c:?}"
+    );
+    // The same read-back again is no news.
+    let d = e.feed(home());
+    assert!(enforcement_notices(&d).is_empty(), "{:?}", d.notices);
+    // The policy now treats such machines as unable to hold: the guard's reimage starts.
+    e.policy.hold_not_enforced = RemediationAction::ReimageNow;
+    e.feed(Input::Reconcile);
+    let a = e.status.active_attempt.as_ref().expect("an attempt");
+    assert_eq!(a.trigger, AttemptTrigger::FailedRollback);
+    assert!(a.reason.contains("not enforced"), "{a:?}");
+}
+
+#[test]
+fn an_unenforceable_hold_that_is_not_the_guard_only_alerts_whatever_the_policy() {
+    use recast_crds::report::{HoldEnforcement, HoldObstacle};
+    let mut e = healthy(true);
+    e.spec.update_mode = Some(recast_crds::policy::UpdateMode::Immutable);
+    e.policy.hold_not_enforced = RemediationAction::ReimageNow;
+    e.feed(Input::Reconcile);
+    let d = e.feed(report_with_enforcement(
+        HoldEnforcement::NotEnforceable,
+        vec![HoldObstacle::WsusManaged],
+        &[r"AU\UseWUServer=0x1 (WUServer=http://wsus:8530)"],
+    ));
+    let n = enforcement_notices(&d);
+    assert_eq!(n.len(), 1, "{:?}", d.notices);
+    assert!(
+        n[0].message.contains("decline the next cumulative update"),
+        "{}",
+        n[0].message
+    );
+    assert!(
+        n[0].message
+            .contains("a reimage would not make Windows honour it"),
+        "{}",
+        n[0].message
+    );
+    assert!(
+        e.status.active_attempt.is_none(),
+        "an immutable hold is never a reason to wipe"
+    );
+    // Windows Update's own record changes its mind: overridden, a new event.
+    let d = e.feed(report_with_enforcement(
+        HoldEnforcement::Overridden,
+        vec![],
+        &["PolicyState QualityUpdatesPaused=0x0"],
+    ));
+    let n = enforcement_notices(&d);
+    assert_eq!(n.len(), 1, "{:?}", d.notices);
+    assert!(
+        n[0].message.contains("QualityUpdatesPaused=0x0"),
+        "{}",
+        n[0].message
+    );
+    // And back to held: one Normal event.
+    let d = e.feed(report_with_enforcement(HoldEnforcement::Held, vec![], &[]));
+    let n = enforcement_notices(&d);
+    assert_eq!(n.len(), 1, "{:?}", d.notices);
+    assert_eq!(n[0].reason, "UpdateHoldEnforced");
+    assert_eq!(n[0].type_, NoticeType::Normal);
+    // Pending and not-in-place are the agent's business, not an alert.
+    let d = e.feed(report_with_enforcement(
+        HoldEnforcement::Pending,
+        vec![],
+        &[],
+    ));
+    assert!(enforcement_notices(&d).is_empty(), "{:?}", d.notices);
+}
+
+#[test]
+fn ignore_records_nothing_and_a_released_endpoint_is_never_alerted() {
+    use recast_crds::report::{HoldEnforcement, HoldObstacle};
+    let mut e = healthy(true);
+    e.policy.hold_not_enforced = RemediationAction::Ignore;
+    e.feed(signals(&[SignalKind::FailedRollback]));
+    let d = e.feed(report_with_enforcement(
+        HoldEnforcement::NotEnforceable,
+        vec![HoldObstacle::MdmConflict],
+        &["MDM Update/AllowAutoUpdate=0x2"],
+    ));
+    assert!(enforcement_notices(&d).is_empty(), "{:?}", d.notices);
+    // A managed endpoint wants no hold: what Windows would do with one is nobody's concern.
+    let mut e = healthy(true);
+    let d = e.feed(report_with_enforcement(
+        HoldEnforcement::NotEnforceable,
+        vec![HoldObstacle::HomeEdition],
+        &["EditionID=Core"],
+    ));
+    assert!(!hold(&e).held);
+    assert!(enforcement_notices(&d).is_empty(), "{:?}", d.notices);
+}
+
 #[test]
 fn guard_off_does_not_hold_on_failed_rollback() {
     let mut e = healthy(true);

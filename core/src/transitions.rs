@@ -221,6 +221,7 @@ pub fn render_markdown() -> String {
         "HeartbeatLost alone never starts an attempt, whatever the policy says;",
         "an attempt ends successfully only when the agent checks in from the new image with the attempt id and the expected build;",
         "Windows quality updates stay held while the update mode is immutable, and from the first FailedRollback until an attempt has replaced the machine (guardOnFailedRollback), whatever happens in between; every change of the hold is an event (docs/update-hold.md);",
+        "a hold Windows will not honour (the agent's verdict NotEnforceable or Overridden) is an event; it starts an attempt only while the FailedRollback guard is engaged and the policy's holdNotEnforced asks for a reimage;",
         "the same inputs always give the same decision.",
     ] {
         out.push_str(&format!("- {rule}\n"));

@@ -530,6 +530,11 @@ pub struct UpdateHoldStatus {
     /// that knows about holds reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub effective: Option<bool>,
+    /// What Windows will do with the hold, as the agent judged it in its last report (its
+    /// obstacles and evidence are in `lastReport.updateHold`). Kept so that a change is an
+    /// event once, not on every report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforcement: Option<crate::report::HoldEnforcement>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

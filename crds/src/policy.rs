@@ -46,6 +46,7 @@ pub const DEFAULT_POLICY_NAME: &str = "default";
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.maintenanceWindow) || !has(self.signals) || ![self.signals.failedRollback, self.signals.bootCrash, self.signals.heartbeatLost, self.signals.drift, self.signals.nonCompliant].exists(a, a == 'ReimageInWindow')").message("spec.maintenanceWindow is required when a signal's action is ReimageInWindow"))]
+#[x_kube(validation = Rule::new("has(self.maintenanceWindow) || !has(self.holdNotEnforced) || self.holdNotEnforced != 'ReimageInWindow'").message("spec.maintenanceWindow is required when holdNotEnforced is ReimageInWindow"))]
 pub struct RemediationPolicySpec {
     #[serde(default)]
     pub signals: SignalActions,
@@ -80,6 +81,16 @@ pub struct RemediationPolicySpec {
     /// reimage replaces it: the next update on that improper state is what bricked machines.
     #[serde(default = "default_true")]
     pub guard_on_failed_rollback: bool,
+    /// What recast does when the agent finds that Windows will not honour the update hold on
+    /// a machine (Windows Home, WSUS or ConfigMgr in charge of its updates, an MDM update ring
+    /// that contradicts it, or Windows Update's effective policy showing no pause):
+    /// `AlertOnly` (the default) records an UpdateHoldNotEnforced event; `ReimageNow` or
+    /// `ReimageInWindow` also treat a machine the FailedRollback guard protects as unable to
+    /// hold and replace it before the next cumulative update lands on its improper state;
+    /// `Ignore` records nothing. A hold for any other reason (immutable mode, a manual hold)
+    /// only alerts: a reimage would not make Windows honour it.
+    #[serde(default = "alert_only")]
+    pub hold_not_enforced: RemediationAction,
 }
 
 fn default_cooldown() -> String {

@@ -828,6 +828,10 @@ async fn guard_end_to_end(immutable: bool) {
     use recast_agent::hold::{self, fake::FakeRegistry};
     use recast_core::lifecycle::Input;
     use recast_operator::store::Inbox;
+    // What Windows would do with a hold on this registry (recast's values and Windows
+    // Update's effective policy), not merely whether the values are there.
+    let windows_holds =
+        |r: &FakeRegistry| hold::judge(true, &hold::read(r).unwrap(), now(), vec![]).held;
     // Facts are read on every report, so answers follow the controller's decisions at once.
     let config = GatewayConfig {
         facts_ttl: Duration::ZERO,
@@ -873,7 +877,7 @@ async fn guard_end_to_end(immutable: bool) {
     let reply = agent_pass(&h, &token, &registry, &mut told, r).await;
     assert!(reply.held, "{reply:?}");
     assert_eq!(reply.reason, "FailedRollback");
-    assert!(hold::is_held(&hold::read(&registry).unwrap(), now()));
+    assert!(windows_holds(&registry));
     let st = wait_for(&h.store, "kiosk-01", "the guard in status", |s| {
         s.update_hold
             .as_ref()
@@ -949,7 +953,7 @@ async fn guard_end_to_end(immutable: bool) {
     let mut r = report_for("kiosk-01", Scenario::Healthy, 2);
     r.attempt_id = Some(attempt.id.clone());
     let reply = agent_pass(&h, &token, &registry, &mut told, r).await;
-    let effective = hold::is_held(&hold::read(&registry).unwrap(), now());
+    let effective = windows_holds(&registry);
     if immutable {
         assert!(
             u.held && u.reason == recast_crds::signal::HoldReason::Immutable,
@@ -963,7 +967,7 @@ async fn guard_end_to_end(immutable: bool) {
         let mut r = report_for("kiosk-01", Scenario::Healthy, 3);
         r.attempt_id = Some(attempt.id.clone());
         agent_pass(&h, &token, &registry, &mut told, r).await;
-        assert!(hold::is_held(&hold::read(&registry).unwrap(), now()));
+        assert!(windows_holds(&registry));
         settled(&h.store, "kiosk-01").await;
         let events = h
             .store
@@ -1009,4 +1013,57 @@ async fn the_guard_holds_until_the_reimage_then_releases_a_managed_endpoint() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_immutable_endpoint_stays_held_through_the_guard_and_the_reimage() {
     guard_end_to_end(true).await;
+}
+
+/// A Windows Home kiosk with a FailedRollback, over HTTPS: the agent writes the hold, judges
+/// that Windows will not honour it, and the endpoint records that once, with the evidence and
+/// what to do; the status shows what Windows will do, not what the registry says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_home_machine_reports_a_hold_windows_will_not_honour() {
+    use recast_agent::hold::{self, fake::FakeRegistry};
+    use recast_crds::report::HoldEnforcement;
+    let config = GatewayConfig {
+        facts_ttl: Duration::ZERO,
+        ..GatewayConfig::default()
+    };
+    let Some(h) = harness("hold-home", config).await else {
+        return;
+    };
+    let registry = FakeRegistry::default();
+    registry.set(hold::CURRENT_VERSION_KEY, "EditionID", "REG_SZ", "Core");
+    let mut told = None;
+    let token = h.credentials.issue(&key("kiosk-01"), "now").unwrap();
+    let r = report_for("kiosk-01", Scenario::FailedRollback, 1);
+    let reply = agent_pass(&h, &token, &registry, &mut told, r).await;
+    assert!(reply.held, "{reply:?}");
+    assert!(
+        hold::values_in_place(&hold::read(&registry).unwrap(), now()),
+        "the registry says held"
+    );
+    // The next pass reports the judgement of the hold it now applies.
+    let r = report_for("kiosk-01", Scenario::FailedRollback, 2);
+    agent_pass(&h, &token, &registry, &mut told, r).await;
+    let st = wait_for(&h.store, "kiosk-01", "the agent's judgement", |s| {
+        s.update_hold
+            .as_ref()
+            .is_some_and(|u| u.enforcement == Some(HoldEnforcement::NotEnforceable))
+    })
+    .await;
+    let u = st.update_hold.unwrap();
+    assert!(u.held && u.effective == Some(false), "{u:?}");
+    settled(&h.store, "kiosk-01").await;
+    let events = h
+        .store
+        .events(Kind::Endpoint, "default", "kiosk-01")
+        .unwrap();
+    let alerts: Vec<_> = events
+        .iter()
+        .filter(|e| e.reason == "UpdateHoldNotEnforced")
+        .collect();
+    assert_eq!(alerts.len(), 1, "{events:#?}");
+    assert!(
+        alerts[0].message.contains("EditionID=Core"),
+        "{}",
+        alerts[0].message
+    );
 }
