@@ -170,7 +170,7 @@ pub struct ToolOutput {
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(
-        "could not start {program}: {source} (is it on PATH? the agent runs Windows' own tools)"
+        "could not start {program}: {source} (the agent runs Windows' own tools from %SystemRoot%\\System32)"
     )]
     Spawn {
         program: String,
@@ -340,6 +340,39 @@ pub enum CollectError {
     Build(String),
 }
 
+/// The console's OEM code page from the probe's output, and what to report when it cannot be
+/// read: reg and fsutil output is then read as ASCII with anything else marked, which loses
+/// nothing a decision reads but garbles names and titles in the report.
+pub fn code_page_of(probe: Result<ToolOutput, RunError>) -> (Option<u16>, Option<String>) {
+    const FALLBACK: &str = "tool output is read as ASCII, other characters marked";
+    match probe {
+        Ok(out) if out.success => {
+            match text::oem_code_page(&text::decode_console(&out.stdout, None)) {
+                Some(cp) if text::decodes_code_page(cp) => (Some(cp), None),
+                Some(cp) => (
+                    None,
+                    Some(format!(
+                        "console code page {cp} (Nls\\CodePage\\OEMCP) is not one recast decodes: {FALLBACK}"
+                    )),
+                ),
+                None => (
+                    None,
+                    Some(format!(
+                        "reg.exe printed no readable OEMCP under Nls\\CodePage: {FALLBACK}"
+                    )),
+                ),
+            }
+        }
+        Ok(_) => (
+            None,
+            Some(format!(
+                "reg.exe found no OEMCP value under Nls\\CodePage: {FALLBACK}"
+            )),
+        ),
+        Err(e) => (None, Some(format!("console code page: {e}; {FALLBACK}"))),
+    }
+}
+
 /// Collects one report. Everything but the build is best effort: a probe that fails leaves its
 /// part empty and says why in `collectionErrors`, so one broken tool never silences an
 /// endpoint.
@@ -352,10 +385,8 @@ pub fn collect(
     let mut errors: Vec<String> = Vec::new();
     // reg.exe and fsutil.exe write in the console's OEM code page; reg's answer to this one
     // question is ASCII in every language.
-    let code_page = match runner.run(Probe::OemCodePage) {
-        Ok(out) if out.success => text::oem_code_page(&text::decode_console(&out.stdout, None)),
-        _ => None,
-    };
+    let (code_page, problem) = code_page_of(runner.run(Probe::OemCodePage));
+    errors.extend(problem);
     let text = |probe: Probe| -> Result<Option<String>, String> {
         let out = runner.run(probe).map_err(|e| e.to_string())?;
         if !out.success {

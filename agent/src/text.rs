@@ -102,6 +102,12 @@ fn utf16le_lossy(bytes: &[u8]) -> String {
     String::from_utf16_lossy(&units(bytes))
 }
 
+/// Whether [`decode_console`] has a table for this code page (else it reads ASCII only).
+pub fn decodes_code_page(cp: u16) -> bool {
+    matches!(cp, 65001 | 932 | 936 | 949 | 950)
+        || oem_cp::code_table::DECODING_TABLE_CP_MAP.contains_key(&cp)
+}
+
 /// The OEM code page from `reg query HKLM\SYSTEM\CurrentControlSet\Control\Nls\CodePage /v
 /// OEMCP` (ASCII in every language).
 pub fn oem_code_page(reg_output: &str) -> Option<u16> {

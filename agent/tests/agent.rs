@@ -651,3 +651,40 @@ proptest! {
         let _ = recast_agent::tools::parse_diskfree(&s);
     }
 }
+
+#[test]
+fn the_console_code_page_is_read_and_its_failures_reported() {
+    use recast_agent::collect::{RunError, ToolOutput, code_page_of};
+    let out = |success: bool, cp: &str| {
+        ToolOutput {
+        success,
+        stdout: format!(
+            "\r\nHKEY_LOCAL_MACHINE\\SYSTEM\\CurrentControlSet\\Control\\Nls\\CodePage\r\n    OEMCP    REG_SZ    {cp}\r\n\r\n"
+        )
+        .into_bytes(),
+    }
+    };
+    for cp in [437u16, 850, 932, 936] {
+        assert_eq!(
+            code_page_of(Ok(out(true, &cp.to_string()))),
+            (Some(cp), None)
+        );
+    }
+    // A code page recast has no table for: ASCII, and the report says so.
+    let (cp, problem) = code_page_of(Ok(out(true, "1234")));
+    assert_eq!(cp, None);
+    assert!(problem.unwrap().contains("code page 1234"));
+    // Value absent (reg.exe exits 1), nonsense, the tool not starting: each reported.
+    for probe in [
+        Ok(out(false, "")),
+        Ok(out(true, "achthundertfünfzig")),
+        Err(RunError::Timeout {
+            program: "reg.exe".into(),
+            seconds: 30,
+        }),
+    ] {
+        let (cp, problem) = code_page_of(probe);
+        assert_eq!(cp, None);
+        assert!(problem.unwrap().contains("read as ASCII"));
+    }
+}

@@ -246,18 +246,19 @@ pub fn next(
     let before = i.previous.and_then(|p| p.enforcement);
     if held && enforcement != before {
         match read_back {
-            Some(r) if r.enforcement.is_some_and(HoldEnforcement::fails) => {
-                if not_enforced != RemediationAction::Ignore {
-                    notices.push(Notice {
-                        type_: NoticeType::Warning,
-                        reason: "UpdateHoldNotEnforced".into(),
-                        message: format!(
-                            "{}; {}",
-                            describe_enforcement(r),
-                            consequence(&d, not_enforced)
-                        ),
-                    });
-                }
+            Some(r)
+                if r.enforcement.is_some_and(HoldEnforcement::fails)
+                    && not_enforced != RemediationAction::Ignore =>
+            {
+                notices.push(Notice {
+                    type_: NoticeType::Warning,
+                    reason: "UpdateHoldNotEnforced".into(),
+                    message: format!(
+                        "{}; {}",
+                        describe_enforcement(r),
+                        consequence(&d, not_enforced)
+                    ),
+                });
             }
             Some(r)
                 if r.enforcement == Some(HoldEnforcement::Held)
