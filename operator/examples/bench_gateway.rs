@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use recast_operator::gateway::credentials::CredentialStore;
+use recast_operator::gateway::credentials::SqliteLedger;
 use recast_operator::store::Key;
 use recast_operator::store::embedded::EmbeddedStore;
 use serde_json::{Value, json};
@@ -229,7 +229,7 @@ fn main() {
         for i in 0..n {
             store.apply(&endpoint(i), "default").unwrap();
         }
-        let creds = CredentialStore::open(&data).unwrap();
+        let creds = SqliteLedger::open(&data).unwrap();
         let mut tokens = serde_json::Map::new();
         for i in 0..n {
             let name = format!("sim-{:05}", i + 1);

@@ -689,10 +689,10 @@ fn endpoint_key(s: &str) -> recast_operator::store::Key {
 }
 
 fn gateway_token(action: TokenAction, data_dir: &std::path::Path) -> Result<(), String> {
-    use recast_operator::gateway::credentials::CredentialStore;
+    use recast_operator::gateway::credentials::SqliteLedger;
     std::fs::create_dir_all(data_dir)
         .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
-    let store = CredentialStore::open(data_dir).map_err(|e| e.to_string())?;
+    let store = SqliteLedger::open(data_dir).map_err(|e| e.to_string())?;
     match action {
         TokenAction::Issue { endpoint } => {
             let key = endpoint_key(&endpoint);

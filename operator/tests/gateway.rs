@@ -254,7 +254,7 @@ async fn a_report_becomes_status_and_signals() {
     let Some(h) = harness("flow", GatewayConfig::default()).await else {
         return;
     };
-    let token = h.credentials.issue(&key("kiosk-01"), "now").unwrap();
+    let token = h.credentials.issue(&key("kiosk-01"), "now").await.unwrap();
     let r = report_for("kiosk-01", Scenario::FailedRollback, 1);
     assert_eq!(
         h.sender.send(&token, &r).await.unwrap(),
@@ -293,7 +293,7 @@ async fn a_report_becomes_status_and_signals() {
 
     // Each accepted sequence was committed before its 200 (group commit, not a periodic
     // flush): nothing is left for the flusher.
-    assert_eq!(h.credentials.sequence(&key("kiosk-01")).unwrap(), 5);
+    assert_eq!(h.credentials.sequence(&key("kiosk-01")).await.unwrap(), 5);
     assert_eq!(h.gateway.flush_sequences().await.unwrap(), 0);
 }
 
@@ -309,11 +309,12 @@ async fn bad_input_and_abuse_get_the_right_status_and_change_nothing() {
     let Some(h) = harness("abuse", config).await else {
         return;
     };
-    let token = h.credentials.issue(&key("kiosk-01"), "now").unwrap();
-    let other = h.credentials.issue(&key("kiosk-02"), "now").unwrap();
+    let token = h.credentials.issue(&key("kiosk-01"), "now").await.unwrap();
+    let other = h.credentials.issue(&key("kiosk-02"), "now").await.unwrap();
     let ghost = h
         .credentials
         .issue(&key("no-such-endpoint"), "now")
+        .await
         .unwrap();
     let ok = report_for("kiosk-01", Scenario::Healthy, 100);
     assert_eq!(
@@ -441,7 +442,7 @@ async fn bad_input_and_abuse_get_the_right_status_and_change_nothing() {
         }
     }
     // A revoked token stops working at once.
-    h.credentials.revoke(&key("kiosk-01")).unwrap();
+    h.credentials.revoke(&key("kiosk-01")).await.unwrap();
     let (code, _) = h
         .sender
         .post_raw(
@@ -478,8 +479,8 @@ async fn a_flood_from_one_endpoint_is_rate_limited_and_others_still_report() {
     let Some(h) = harness("flood", config).await else {
         return;
     };
-    let noisy = h.credentials.issue(&key("kiosk-01"), "now").unwrap();
-    let quiet = h.credentials.issue(&key("kiosk-02"), "now").unwrap();
+    let noisy = h.credentials.issue(&key("kiosk-01"), "now").await.unwrap();
+    let quiet = h.credentials.issue(&key("kiosk-02"), "now").await.unwrap();
     let mut accepted = 0;
     let mut limited = 0;
     for seq in 1..=50 {
@@ -532,7 +533,7 @@ async fn the_simulator_reports_through_the_gateway() {
         h.store.apply(&doc, "default").unwrap();
         tokens.insert(
             name.clone(),
-            h.credentials.issue(&key(&name), "now").unwrap(),
+            h.credentials.issue(&key(&name), "now").await.unwrap(),
         );
     }
     let summary = recast_agent::simulate::run(recast_agent::simulate::SimulateOptions {
@@ -601,7 +602,7 @@ async fn the_loop_closes_through_the_agent() {
             &recast_tests::inputs::verified_image_status(),
         )
         .unwrap();
-    let old_token = h.credentials.issue(&key("kiosk-01"), "now").unwrap();
+    let old_token = h.credentials.issue(&key("kiosk-01"), "now").await.unwrap();
     let r = report_for("kiosk-01", Scenario::FailedRollback, 1);
     assert_eq!(
         h.sender.send(&old_token, &r).await.unwrap(),
@@ -870,7 +871,7 @@ async fn guard_end_to_end(immutable: bool) {
     }
     let registry = FakeRegistry::default();
     let mut told = None;
-    let token = h.credentials.issue(&key("kiosk-01"), "now").unwrap();
+    let token = h.credentials.issue(&key("kiosk-01"), "now").await.unwrap();
 
     // The report that reveals the improper state is answered with a hold at once.
     let r = report_for("kiosk-01", Scenario::FailedRollback, 1);
@@ -936,7 +937,7 @@ async fn guard_end_to_end(immutable: bool) {
     // The new image: a fresh registry, configured from agent.json's update mode.
     let registry = FakeRegistry::default();
     let mut told = hold::initial(Some(if immutable { "immutable" } else { "managed" }));
-    let token = h.credentials.issue(&key("kiosk-01"), "now").unwrap();
+    let token = h.credentials.issue(&key("kiosk-01"), "now").await.unwrap();
     let mut r = report_for("kiosk-01", Scenario::Healthy, 1);
     r.attempt_id = Some(attempt.id.clone());
     agent_pass(&h, &token, &registry, &mut told, r).await;
@@ -1032,7 +1033,7 @@ async fn a_home_machine_reports_a_hold_windows_will_not_honour() {
     let registry = FakeRegistry::default();
     registry.set(hold::CURRENT_VERSION_KEY, "EditionID", "REG_SZ", "Core");
     let mut told = None;
-    let token = h.credentials.issue(&key("kiosk-01"), "now").unwrap();
+    let token = h.credentials.issue(&key("kiosk-01"), "now").await.unwrap();
     let r = report_for("kiosk-01", Scenario::FailedRollback, 1);
     let reply = agent_pass(&h, &token, &registry, &mut told, r).await;
     assert!(reply.held, "{reply:?}");

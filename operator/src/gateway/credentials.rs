@@ -40,6 +40,10 @@ pub enum CredentialError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("gateway state in the apiserver: {0}")]
+    Apiserver(String),
+    #[error("the gateway's state write stopped: {0}")]
+    Stopped(String),
 }
 
 /// The SHA-256 of a presented token, hex. Only this is ever stored or compared.
@@ -56,7 +60,7 @@ pub fn well_formed(token: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-pub struct CredentialStore {
+pub struct SqliteLedger {
     path: PathBuf,
     conn: Mutex<Connection>,
     rng: SystemRandom,
@@ -80,7 +84,7 @@ struct TokenCache {
 /// version on every request would serialise all requests on its connection.
 const TOKEN_CACHE_RECHECK: std::time::Duration = std::time::Duration::from_millis(250);
 
-impl CredentialStore {
+impl SqliteLedger {
     pub fn open(data_dir: &Path) -> Result<Self, CredentialError> {
         let path = data_dir.join(DB_FILE);
         let err = |source| CredentialError::Db {
@@ -112,7 +116,7 @@ impl CredentialStore {
                  PRIMARY KEY (namespace, name, attempt));",
         )
         .map_err(err)?;
-        Ok(CredentialStore {
+        Ok(SqliteLedger {
             path,
             conn: Mutex::new(conn),
             rng: SystemRandom::new(),
@@ -305,29 +309,46 @@ impl CredentialStore {
 
     /// Stores high-water marks in one transaction (the flusher batches them), never lowering
     /// one, and only while the endpoint still holds the token the mark was reached with (a
-    /// rotation in between starts a new sequence space and wins).
-    pub fn save_sequences(&self, marks: &[(Key, String, u64)]) -> Result<(), CredentialError> {
+    /// rotation in between starts a new sequence space and wins). Per mark: false when the
+    /// stored mark is already at or above it (the report was accepted before).
+    pub fn save_sequences(&self, marks: &[Mark]) -> Result<Vec<bool>, CredentialError> {
         if marks.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.db_err(e))?;
+        let mut outcomes = Vec::with_capacity(marks.len());
         {
-            let mut stmt = tx
+            let mut raise = tx
                 .prepare_cached(
                     "INSERT INTO sequences (namespace, name, last)
                      SELECT ?1, ?2, ?3 WHERE EXISTS
                          (SELECT 1 FROM tokens WHERE namespace = ?1 AND name = ?2 AND hash = ?4)
-                     ON CONFLICT (namespace, name) DO UPDATE SET last = max(last, excluded.last)",
+                     ON CONFLICT (namespace, name) DO UPDATE SET last = excluded.last
+                         WHERE excluded.last > last",
+                )
+                .map_err(|e| self.db_err(e))?;
+            let mut current_token = tx
+                .prepare_cached(
+                    "SELECT 1 FROM tokens WHERE namespace = ?1 AND name = ?2 AND hash = ?3",
                 )
                 .map_err(|e| self.db_err(e))?;
             for (key, hash, seq) in marks {
                 let seq = i64::try_from(*seq).unwrap_or(i64::MAX);
-                stmt.execute(params![key.namespace, key.name, seq, hash])
+                let raised = raise
+                    .execute(params![key.namespace, key.name, seq, hash])
                     .map_err(|e| self.db_err(e))?;
+                // Not raised: either the mark is not above the stored one (superseded), or the
+                // token changed meanwhile (not this mark's sequence space to judge).
+                let superseded = raised == 0
+                    && current_token
+                        .exists(params![key.namespace, key.name, hash])
+                        .map_err(|e| self.db_err(e))?;
+                outcomes.push(!superseded);
             }
         }
-        tx.commit().map_err(|e| self.db_err(e))
+        tx.commit().map_err(|e| self.db_err(e))?;
+        Ok(outcomes)
     }
 
     /// The stored high-water mark of one endpoint (0 when none).
@@ -341,6 +362,109 @@ impl CredentialStore {
             .optional()
             .map(|v| v.unwrap_or(0) as u64)
             .map_err(|e| self.db_err(e))
+    }
+}
+
+/// Where the gateway keeps tokens, enrollments and accepted report sequences: its own SQLite
+/// file on the embedded backend, the apiserver (ConfigMaps in the control namespace, see
+/// [`super::kube_ledger`]) on Kubernetes, where any number of gateway replicas share it.
+pub enum CredentialStore {
+    Sqlite(Arc<SqliteLedger>),
+    Kube(super::kube_ledger::KubeLedger),
+}
+
+impl CredentialStore {
+    /// The embedded backend's `gateway.db` in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Self, CredentialError> {
+        SqliteLedger::open(data_dir).map(|s| CredentialStore::Sqlite(Arc::new(s)))
+    }
+
+    /// Issues (or rotates) the endpoint's token and returns it, shown once.
+    pub async fn issue(&self, key: &Key, now: &str) -> Result<String, CredentialError> {
+        match self {
+            CredentialStore::Sqlite(s) => s.issue(key, now),
+            CredentialStore::Kube(k) => k.issue(key, now).await,
+        }
+    }
+
+    /// Issues the endpoint's token for the enrollment of `attempt`, once.
+    pub async fn enroll_once(
+        &self,
+        key: &Key,
+        attempt: &str,
+        now: &str,
+    ) -> Result<Option<String>, CredentialError> {
+        match self {
+            CredentialStore::Sqlite(s) => s.enroll_once(key, attempt, now),
+            CredentialStore::Kube(k) => k.enroll_once(key, attempt, now).await,
+        }
+    }
+
+    /// Revokes the endpoint's token; true if it had one.
+    pub async fn revoke(&self, key: &Key) -> Result<bool, CredentialError> {
+        match self {
+            CredentialStore::Sqlite(s) => s.revoke(key),
+            CredentialStore::Kube(k) => k.revoke(key).await,
+        }
+    }
+
+    /// The endpoint a token belongs to, from memory.
+    pub fn endpoint_for(&self, token: &str) -> Result<Option<Key>, CredentialError> {
+        if !well_formed(token) {
+            return Ok(None);
+        }
+        self.endpoint_for_hash(&token_hash(token))
+    }
+
+    /// Like [`endpoint_for`](Self::endpoint_for), by the token's hash.
+    pub fn endpoint_for_hash(&self, hash: &str) -> Result<Option<Key>, CredentialError> {
+        match self {
+            CredentialStore::Sqlite(s) => s.endpoint_for_hash(hash),
+            CredentialStore::Kube(k) => Ok(k.endpoint_for_hash(hash)),
+        }
+    }
+
+    /// The last accepted sequence of every endpoint that has one.
+    pub async fn sequences(&self) -> Result<Vec<(Key, u64)>, CredentialError> {
+        match self {
+            CredentialStore::Sqlite(s) => s.sequences(),
+            CredentialStore::Kube(k) => k.sequences().await,
+        }
+    }
+
+    /// The stored high-water mark of one endpoint's current token (0 when none).
+    pub async fn sequence(&self, key: &Key) -> Result<u64, CredentialError> {
+        match self {
+            CredentialStore::Sqlite(s) => s.sequence(key),
+            CredentialStore::Kube(k) => k.sequence(key).await,
+        }
+    }
+
+    /// Saves marks (SQLite's work on the blocking pool: it must not hold a runtime worker
+    /// from the requests). Per mark: false when it was already superseded.
+    pub async fn save_sequences(&self, marks: Vec<Mark>) -> Result<Vec<bool>, CredentialError> {
+        match self {
+            CredentialStore::Sqlite(s) => {
+                let s = s.clone();
+                tokio::task::spawn_blocking(move || s.save_sequences(&marks))
+                    .await
+                    .map_err(|e| CredentialError::Stopped(e.to_string()))?
+            }
+            CredentialStore::Kube(k) => k.save_sequences(&marks).await,
+        }
+    }
+
+    /// Store writes one commit of [`save_sequences`](Self::save_sequences) cost (for the
+    /// gateway's stats): one transaction on SQLite, one write per shard touched on the
+    /// apiserver (counted by the ledger itself).
+    fn writes_per_commit(&self, result: &Result<Vec<bool>, CredentialError>) -> u64 {
+        match self {
+            CredentialStore::Sqlite(_) => 1,
+            CredentialStore::Kube(k) => {
+                let _ = result;
+                k.take_writes()
+            }
+        }
     }
 }
 
@@ -358,7 +482,7 @@ pub struct GroupCommit {
     pub commits: AtomicU64,
 }
 
-type Waiter = tokio::sync::oneshot::Sender<Result<(), String>>;
+type Waiter = tokio::sync::oneshot::Sender<Result<bool, String>>;
 
 #[derive(Default)]
 struct Queue {
@@ -376,10 +500,12 @@ impl GroupCommit {
         })
     }
 
-    /// Returns once `mark` is committed (or the commit failed: the report must then not be
+    /// Returns once `mark` is committed: true, or false when the stored mark was already at
+    /// or above it (another gateway replica accepted this sequence: the report must be
+    /// refused as a replay); an error when the commit failed (the report must then not be
     /// acknowledged). The writing happens in a task of its own, so a caller that goes away
     /// (a client that hung up) cannot strand the others of its batch.
-    pub async fn save(self: &Arc<Self>, mark: Mark) -> Result<(), String> {
+    pub async fn save(self: &Arc<Self>, mark: Mark) -> Result<bool, String> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let start = {
             let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
@@ -405,16 +531,21 @@ impl GroupCommit {
                 q.marks.drain(..n).collect()
             };
             let marks: Vec<Mark> = batch.iter().map(|(m, _)| m.clone()).collect();
-            let store = self.store.clone();
-            let result =
-                match tokio::task::spawn_blocking(move || store.save_sequences(&marks)).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(e) => Err(format!("the sequence write stopped: {e}")),
-                };
-            self.commits.fetch_add(1, Ordering::Relaxed);
-            for (_, waiter) in batch {
-                let _ = waiter.send(result.clone());
+            let result = self.store.save_sequences(marks).await;
+            self.commits
+                .fetch_add(self.store.writes_per_commit(&result), Ordering::Relaxed);
+            match result {
+                Ok(outcomes) => {
+                    for ((_, waiter), saved) in batch.into_iter().zip(outcomes) {
+                        let _ = waiter.send(Ok(saved));
+                    }
+                }
+                Err(e) => {
+                    let e = e.to_string();
+                    for (_, waiter) in batch {
+                        let _ = waiter.send(Err(e.clone()));
+                    }
+                }
             }
         }
     }
@@ -441,7 +572,7 @@ mod tests {
     #[test]
     fn issue_rotate_revoke() {
         let d = dir("irr");
-        let store = CredentialStore::open(&d).unwrap();
+        let store = SqliteLedger::open(&d).unwrap();
         let t1 = store
             .issue(&key("kiosk-01"), "2026-01-15T00:00:00Z")
             .unwrap();
@@ -490,8 +621,8 @@ mod tests {
     #[test]
     fn a_revocation_by_another_process_takes_effect_within_the_recheck_period() {
         let d = dir("other");
-        let gateway_side = CredentialStore::open(&d).unwrap();
-        let cli_side = CredentialStore::open(&d).unwrap();
+        let gateway_side = SqliteLedger::open(&d).unwrap();
+        let cli_side = SqliteLedger::open(&d).unwrap();
         let t = cli_side.issue(&key("kiosk-01"), "t").unwrap();
         // Cached on the gateway's side after the first lookup.
         for _ in 0..2 {
@@ -519,7 +650,7 @@ mod tests {
     fn the_database_is_owner_only_whatever_the_umask() {
         use std::os::unix::fs::PermissionsExt;
         let d = dir("mode");
-        let store = CredentialStore::open(&d).unwrap();
+        let store = SqliteLedger::open(&d).unwrap();
         store.issue(&key("a"), "t").unwrap();
         for f in [DB_FILE.to_string(), format!("{DB_FILE}-wal")] {
             let mode = std::fs::metadata(d.join(&f)).unwrap().permissions().mode() & 0o777;
@@ -531,7 +662,7 @@ mod tests {
     #[test]
     fn unknown_tokens_are_refused_from_memory() {
         let d = dir("mem");
-        let store = CredentialStore::open(&d).unwrap();
+        let store = SqliteLedger::open(&d).unwrap();
         let t = store.issue(&key("a"), "t").unwrap();
         assert_eq!(store.endpoint_for(&t).unwrap(), Some(key("a")));
         // The table is mirrored: take the database away and lookups still answer, hits and
@@ -551,7 +682,7 @@ mod tests {
         let store = Arc::new(CredentialStore::open(&d).unwrap());
         let mut hashes = Vec::new();
         for i in 0..200 {
-            let t = store.issue(&key(&format!("ep-{i}")), "t").unwrap();
+            let t = store.issue(&key(&format!("ep-{i}")), "t").await.unwrap();
             hashes.push(token_hash(&t));
         }
         let gc = GroupCommit::new(store.clone());
@@ -561,12 +692,22 @@ mod tests {
             async move { gc.save(mark).await }
         });
         for r in futures::future::join_all(saves).await {
-            r.unwrap();
+            assert!(r.unwrap(), "every mark is new");
+        }
+        // The same marks again: superseded, each of them (what a second gateway replica that
+        // saw the same reports is told).
+        let again = (0..200).map(|i| {
+            let gc = gc.clone();
+            let mark = (key(&format!("ep-{i}")), hashes[i].clone(), 7 + i as u64);
+            async move { gc.save(mark).await }
+        });
+        for r in futures::future::join_all(again).await {
+            assert!(!r.unwrap(), "an accepted sequence is never accepted again");
         }
         let commits = gc.commits.load(Ordering::Relaxed);
         assert!(commits < 200, "{commits} transactions for 200 marks");
         // Durable: a fresh connection (another process after a crash) reads every mark.
-        let other = CredentialStore::open(&d).unwrap();
+        let other = SqliteLedger::open(&d).unwrap();
         let marks: std::collections::HashMap<Key, u64> =
             other.sequences().unwrap().into_iter().collect();
         for i in 0..200 {
@@ -578,7 +719,7 @@ mod tests {
     #[test]
     fn junk_tokens_never_match() {
         let d = dir("junk");
-        let store = CredentialStore::open(&d).unwrap();
+        let store = SqliteLedger::open(&d).unwrap();
         store.issue(&key("a"), "t").unwrap();
         for junk in [
             "",

@@ -173,6 +173,7 @@ impl<B: Backend> Gateway<B> {
                 &req.attempt_id,
                 &recast_core::time::format(self.clock.now()),
             )
+            .await
             .map_err(|e| EnrollError::Store(e.into()))?
             .ok_or_else(|| {
                 EnrollError::NotAwaitingCheckIn(format!(

@@ -34,6 +34,7 @@
 
 pub mod credentials;
 pub mod enroll;
+pub mod kube_ledger;
 pub mod limit;
 pub mod session;
 
@@ -412,7 +413,7 @@ impl<B: Backend> Gateway<B> {
                 .await
                 .map_err(GatewayError::from)?
                 .ok_or_else(|| GatewayError::UnknownEndpoint(key.to_string()))?;
-            let sequence = self.credentials.sequence(&key)?;
+            let sequence = self.credentials.sequence(&key).await?;
             *guard = Some(Entry {
                 session: Session::new(stored_state(&ep, sequence)),
                 facts: None,
@@ -425,7 +426,7 @@ impl<B: Backend> Gateway<B> {
         if entry.token_hash.as_deref() != Some(hash.as_str()) {
             // A new token (rotation, or a reimage's fresh credentials) starts a new sequence
             // space: the agent that holds it may be a freshly installed one.
-            let sequence = self.credentials.sequence(&key)?;
+            let sequence = self.credentials.sequence(&key).await?;
             entry.session.reset_sequence(sequence);
             entry.token_hash = Some(hash.clone());
             // A new token is often a reimage's: read the endpoint afresh, so the reply's hold
@@ -455,10 +456,19 @@ impl<B: Backend> Gateway<B> {
         }
         // Durable before the 200: after a crash the sequence is still known, so this report
         // cannot be replayed. Batched with the other reports arriving meanwhile.
-        self.sequences
+        let saved = self
+            .sequences
             .save((key.clone(), hash.clone(), sequence))
             .await
             .map_err(|e| GatewayError::Store(StoreUnavailable::Sequences(e)))?;
+        if !saved {
+            // Another gateway replica accepted this sequence (or a later one) first: this
+            // copy of the report is a replay. Its inputs, if any, were the same facts.
+            return Err(GatewayError::Replayed {
+                got: sequence,
+                last: sequence,
+            });
+        }
         next.persisted_sequence = next.persisted_sequence.max(sequence);
         let hold = facts
             .hold
@@ -522,7 +532,7 @@ impl<B: Backend> Gateway<B> {
     /// again after a restart is still judged for HeartbeatLost.
     pub async fn prime(&self) -> Result<usize, GatewayError> {
         let eps = self.backend.endpoints().await.map_err(GatewayError::from)?;
-        let marks: HashMap<Key, u64> = self.credentials.sequences()?.into_iter().collect();
+        let marks: HashMap<Key, u64> = self.credentials.sequences().await?.into_iter().collect();
         let mut n = 0;
         let mut entries = lock(&self.entries);
         for ep in eps {
@@ -613,12 +623,12 @@ impl<B: Backend> Gateway<B> {
         while !marks.is_empty() {
             let rest = marks.split_off(marks.len().min(FLUSH_BATCH));
             let batch = std::mem::replace(&mut marks, rest);
-            let credentials = self.credentials.clone();
-            let batch = tokio::task::spawn_blocking(move || {
-                credentials.save_sequences(&batch).map(|()| batch)
-            })
-            .await
-            .map_err(|e| GatewayError::Store(StoreUnavailable::Sequences(e.to_string())))??;
+            // A superseded mark (another replica accepted it first) needs no saving either:
+            // the outcomes are not read here, only that the write went through.
+            self.credentials
+                .save_sequences(batch.clone())
+                .await
+                .map_err(|e| GatewayError::Store(StoreUnavailable::Sequences(e.to_string())))?;
             self.stats.store_writes.fetch_add(1, Ordering::Relaxed);
             for ((_, _, seq), slot) in batch.iter().zip(marked.drain(..batch.len())) {
                 if let Some(e) = slot.lock().await.as_mut() {

@@ -52,6 +52,7 @@ pub const LEASE_NAME: &str = "recast-operator";
 pub const INBOX_LABEL: &str = "recast.dev/inbox";
 pub const BOOT_LABEL: &str = "recast.dev/boot-intent";
 pub const JOURNAL_LABEL: &str = "recast.dev/journal";
+pub const GATEWAY_CREDENTIAL_LABEL: &str = "recast.dev/gateway-credential";
 /// On every control object (intent, journal, inbox): what the orphan sweep lists.
 pub const CONTROL_LABEL: &str = "recast.dev/control";
 /// The endpoint's namespace, as a label too (namespaces fit a label value; names may not).
@@ -68,6 +69,9 @@ pub enum ControlKind {
     Boot,
     Journal,
     Inbox,
+    /// The agent gateway's token hash and enrollments for the endpoint (see
+    /// `gateway::kube_ledger`).
+    GatewayCredential,
 }
 
 impl ControlKind {
@@ -76,6 +80,7 @@ impl ControlKind {
             ControlKind::Boot => "recast-boot-",
             ControlKind::Journal => "recast-journal-",
             ControlKind::Inbox => "recast-inbox-",
+            ControlKind::GatewayCredential => "recast-gwcred-",
         }
     }
 
@@ -84,6 +89,7 @@ impl ControlKind {
             ControlKind::Boot => BOOT_LABEL,
             ControlKind::Journal => JOURNAL_LABEL,
             ControlKind::Inbox => INBOX_LABEL,
+            ControlKind::GatewayCredential => GATEWAY_CREDENTIAL_LABEL,
         }
     }
 }
@@ -183,7 +189,7 @@ fn cm_key(key: &str) -> String {
 }
 
 /// Metadata of a new control object for `key`.
-fn control_meta(kind: ControlKind, key: &Key, uid: Option<&str>) -> serde_json::Value {
+pub(crate) fn control_meta(kind: ControlKind, key: &Key, uid: Option<&str>) -> serde_json::Value {
     let mut annotations = json!({
         ENDPOINT_ANNOTATION: key.name,
         ENDPOINT_NAMESPACE_ANNOTATION: key.namespace,
@@ -505,10 +511,14 @@ pub fn orphaned(
     age: Duration,
     grace: Duration,
 ) -> bool {
-    let Some(key) = [ControlKind::Boot, ControlKind::Journal, ControlKind::Inbox]
-        .into_iter()
-        .find_map(|k| control_owner(k, cm))
-    else {
+    let Some(key) = [
+        ControlKind::Boot,
+        ControlKind::Journal,
+        ControlKind::Inbox,
+        ControlKind::GatewayCredential,
+    ]
+    .into_iter()
+    .find_map(|k| control_owner(k, cm)) else {
         return false;
     };
     if watch_namespace.is_some_and(|ns| ns != key.namespace) || age < grace {

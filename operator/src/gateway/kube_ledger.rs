@@ -1,0 +1,593 @@
+//! The agent gateway's state in the apiserver, so that any number of gateway replicas on the
+//! Kubernetes backend share it: per-endpoint tokens (their SHA-256 only), enrollments, and the
+//! accepted report sequences. Everything lives in the operator's control namespace, which only
+//! recast's own service accounts may write (docs/security.md).
+//!
+//! - **Credentials**: one ConfigMap per endpoint, `recast-gwcred-HASH` (the control-object
+//!   naming of `store::kube`), data `tokenHash`, `issuedAt` and `enrolled` (the attempt ids that
+//!   enrolled, newest last, at most [`ENROLLMENTS_KEPT`]). Every replica mirrors them in memory
+//!   through a watch, so a made-up token is refused without a request to the apiserver.
+//! - **Sequences**: [`SHARDS`] ConfigMaps `recast-gwseq-NN`; an endpoint's entry (key
+//!   `namespace.name`, value `TOKENHASH16:SEQUENCE`) lives in the shard its name hashes to.
+//!   A token's marks count only while it is the endpoint's current token: a rotation starts a
+//!   new sequence space, as on the embedded backend.
+//!
+//! Every write replaces an object at the resourceVersion it was read at (optimistic
+//! concurrency), so two replicas can never both raise an endpoint's mark past the same
+//! sequence: the loser re-reads, finds its mark superseded, and its report is refused as a
+//! replay. The gateway's group commit hands all marks that arrive during a write to the next
+//! one, so a busy gateway writes each shard once per batch, not once per report.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde_json::json;
+
+use super::credentials::{CredentialError, Mark, TOKEN_PREFIX, token_hash};
+use crate::encoding::hex;
+use crate::store::Key;
+use crate::store::kube::{ControlKind, control_meta, control_name, control_owner};
+
+/// Shards of the sequence table: small enough that a busy gateway's batch touches each a few
+/// times a second, large enough that 10,000 endpoints' entries (about 60 bytes each) stay far
+/// below a ConfigMap's 1 MiB.
+pub const SHARDS: usize = 16;
+/// Attempt ids kept per endpoint for enroll-once (an attempt enrolls within hours of its
+/// start; older ids can no longer be presented with a valid enrollment credential).
+pub const ENROLLMENTS_KEPT: usize = 16;
+/// Label of the sequence shards.
+pub const SEQUENCES_LABEL: &str = "recast.dev/gateway-sequences";
+/// A write that keeps losing the race to other replicas gives up after this many tries.
+const MAX_TRIES: usize = 16;
+/// How long `start` waits for the first listing of the credentials.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn api_err(e: kube::Error) -> CredentialError {
+    CredentialError::Apiserver(e.to_string())
+}
+
+fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
+}
+
+fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+/// The shard an endpoint's mark lives in.
+pub fn shard_of(key: &Key) -> usize {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(format!("{}/{}", key.namespace, key.name).as_bytes());
+    usize::from(d[0]) % SHARDS
+}
+
+pub fn shard_name(shard: usize) -> String {
+    format!("recast-gwseq-{shard:02}")
+}
+
+/// The entry key of an endpoint in its shard. Namespaces cannot contain '.', so the first dot
+/// separates them from the name.
+fn entry_key(key: &Key) -> String {
+    format!("{}.{}", key.namespace, key.name)
+}
+
+fn key_of_entry(entry: &str) -> Option<Key> {
+    let (namespace, name) = entry.split_once('.')?;
+    Some(Key {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+    })
+}
+
+/// The first 16 hex digits of a token hash: enough to tell an endpoint's tokens apart.
+fn short(hash: &str) -> &str {
+    hash.get(..16).unwrap_or(hash)
+}
+
+fn parse_mark(value: &str) -> Option<(&str, u64)> {
+    let (h, seq) = value.split_once(':')?;
+    Some((h, seq.parse().ok()?))
+}
+
+/// Pure: raises the marks of one shard's data. Per mark: true when it was raised, or when the
+/// endpoint's token changed since the mark was reached (not this mark's sequence space to
+/// judge, and nothing is written for it); false when the stored mark of the same token is
+/// already at or above it. Returns whether the data changed.
+pub fn raise_marks(
+    data: &mut BTreeMap<String, String>,
+    marks: &[&Mark],
+    current_token: &dyn Fn(&Key) -> Option<String>,
+) -> (Vec<bool>, bool) {
+    let mut changed = false;
+    let outcomes = marks
+        .iter()
+        .map(|(key, hash, seq)| {
+            if current_token(key).as_deref() != Some(hash.as_str()) {
+                return true;
+            }
+            let k = entry_key(key);
+            let stored = data
+                .get(&k)
+                .and_then(|v| parse_mark(v))
+                .filter(|(h, _)| *h == short(hash))
+                .map(|(_, s)| s);
+            if stored.is_some_and(|s| s >= *seq) {
+                return false;
+            }
+            data.insert(k, format!("{}:{seq}", short(hash)));
+            changed = true;
+            true
+        })
+        .collect();
+    (outcomes, changed)
+}
+
+/// The tokens every replica mirrors: hash → endpoint, and each endpoint's current hash.
+#[derive(Default)]
+struct Tokens {
+    by_hash: HashMap<String, Key>,
+    by_key: HashMap<Key, String>,
+}
+
+impl Tokens {
+    fn set(&mut self, key: &Key, hash: Option<&str>) {
+        if let Some(old) = self.by_key.remove(key) {
+            self.by_hash.remove(&old);
+        }
+        if let Some(h) = hash {
+            self.by_hash.insert(h.to_string(), key.clone());
+            self.by_key.insert(key.clone(), h.to_string());
+        }
+    }
+
+    fn apply(&mut self, cm: &ConfigMap) {
+        if let Some(key) = control_owner(ControlKind::GatewayCredential, cm) {
+            let hash = cm.data.as_ref().and_then(|d| d.get("tokenHash")).cloned();
+            self.set(&key, hash.as_deref());
+        }
+    }
+
+    fn delete(&mut self, cm: &ConfigMap) {
+        if let Some(key) = control_owner(ControlKind::GatewayCredential, cm) {
+            self.set(&key, None);
+        }
+    }
+}
+
+pub struct KubeLedger {
+    client: Client,
+    namespace: String,
+    rng: SystemRandom,
+    tokens: Arc<RwLock<Tokens>>,
+    /// Each shard as this replica last read or wrote it: a write starts from it and re-reads
+    /// only when another replica moved the shard on (a conflict).
+    shards: Mutex<HashMap<usize, ConfigMap>>,
+    /// apiserver writes of sequence shards since last taken (for the gateway's stats).
+    writes: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl KubeLedger {
+    /// Connects to the control namespace and mirrors the credentials; returns once the first
+    /// listing is in memory (a gateway must not refuse every token while it starts).
+    pub async fn start(
+        client: Client,
+        namespace: &str,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Self, CredentialError> {
+        let tokens = Arc::new(RwLock::new(Tokens::default()));
+        let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+        let config = watcher::Config::default()
+            .labels(&format!("{}=true", ControlKind::GatewayCredential.label()));
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let mirror = tokens.clone();
+        tokio::spawn(async move {
+            let stream = watcher(api, config).default_backoff();
+            futures::pin_mut!(stream);
+            let mut ready = Some(ready_tx);
+            let mut listing: Option<Tokens> = None;
+            loop {
+                let event = tokio::select! {
+                    e = stream.next() => e,
+                    _ = shutdown.changed() => None,
+                };
+                let Some(event) = event else { break };
+                match event {
+                    Ok(watcher::Event::Init) => listing = Some(Tokens::default()),
+                    Ok(watcher::Event::InitApply(cm)) => {
+                        if let Some(l) = listing.as_mut() {
+                            l.apply(&cm);
+                        }
+                    }
+                    Ok(watcher::Event::InitDone) => {
+                        if let Some(l) = listing.take() {
+                            *mirror.write().unwrap_or_else(|p| p.into_inner()) = l;
+                        }
+                        if let Some(tx) = ready.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(watcher::Event::Apply(cm)) => {
+                        mirror.write().unwrap_or_else(|p| p.into_inner()).apply(&cm)
+                    }
+                    Ok(watcher::Event::Delete(cm)) => mirror
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .delete(&cm),
+                    Err(e) => tracing::warn!(error = %e, "gateway credential watch; retrying"),
+                }
+            }
+        });
+        tokio::time::timeout(START_TIMEOUT, ready_rx)
+            .await
+            .map_err(|_| {
+                CredentialError::Apiserver(format!(
+                    "the gateway credentials in namespace {namespace} were not listed within {}s: check the gateway's RBAC (list and watch ConfigMaps there)",
+                    START_TIMEOUT.as_secs()
+                ))
+            })?
+            .map_err(|_| CredentialError::Apiserver("the credential watch stopped".into()))?;
+        Ok(KubeLedger {
+            client,
+            namespace: namespace.to_string(),
+            rng: SystemRandom::new(),
+            tokens,
+            shards: Mutex::new(HashMap::new()),
+            writes: AtomicU64::new(0),
+        })
+    }
+
+    fn api(&self) -> Api<ConfigMap> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    fn current_token(&self, key: &Key) -> Option<String> {
+        self.tokens
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_key
+            .get(key)
+            .cloned()
+    }
+
+    /// Sequence-shard writes since the last call.
+    pub fn take_writes(&self) -> u64 {
+        self.writes.swap(0, Ordering::Relaxed)
+    }
+
+    pub fn endpoint_for_hash(&self, hash: &str) -> Option<Key> {
+        self.tokens
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_hash
+            .get(hash)
+            .cloned()
+    }
+
+    fn new_token(&self) -> Result<String, CredentialError> {
+        let mut raw = [0u8; 32];
+        self.rng
+            .fill(&mut raw)
+            .map_err(|_| CredentialError::Random)?;
+        Ok(format!("{TOKEN_PREFIX}{}", hex(&raw)))
+    }
+
+    /// Reads, changes and writes an endpoint's credential object at the version read,
+    /// retrying when another writer moved it. `change` gets the current data (None: no
+    /// object) and returns the new data and its result, or only the result to write nothing.
+    async fn update_credential<T>(
+        &self,
+        key: &Key,
+        change: impl Fn(
+            Option<&BTreeMap<String, String>>,
+        ) -> Result<(Option<BTreeMap<String, String>>, T), CredentialError>,
+    ) -> Result<T, CredentialError> {
+        let api = self.api();
+        let name = control_name(ControlKind::GatewayCredential, key);
+        for _ in 0..MAX_TRIES {
+            let current = api.get_opt(&name).await.map_err(api_err)?;
+            let owned = current.as_ref().filter(|cm| {
+                control_owner(ControlKind::GatewayCredential, cm).as_ref() == Some(key)
+            });
+            let (data, result) = change(owned.and_then(|cm| cm.data.as_ref()))?;
+            let Some(data) = data else {
+                return Ok(result);
+            };
+            let written = match &current {
+                Some(cm) => {
+                    let mut next = cm.clone();
+                    next.data = Some(data.clone());
+                    api.replace(&name, &PostParams::default(), &next).await
+                }
+                None => {
+                    let meta = control_meta(ControlKind::GatewayCredential, key, None);
+                    let cm: ConfigMap =
+                        serde_json::from_value(json!({"metadata": meta, "data": data}))
+                            .map_err(|e| CredentialError::Apiserver(e.to_string()))?;
+                    api.create(&PostParams::default(), &cm).await
+                }
+            };
+            match written {
+                Ok(cm) => {
+                    self.tokens
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .apply(&cm);
+                    return Ok(result);
+                }
+                Err(e) if is_conflict(&e) => continue,
+                Err(e) => return Err(api_err(e)),
+            }
+        }
+        Err(CredentialError::Apiserver(format!(
+            "the credential of {key} kept changing under this write; try again"
+        )))
+    }
+
+    /// Issues (or rotates) the endpoint's token.
+    pub async fn issue(&self, key: &Key, now: &str) -> Result<String, CredentialError> {
+        let token = self.new_token()?;
+        let hash = token_hash(&token);
+        self.update_credential(key, |old| {
+            let mut data = old.cloned().unwrap_or_default();
+            data.insert("tokenHash".into(), hash.clone());
+            data.insert("issuedAt".into(), now.to_string());
+            Ok((Some(data), ()))
+        })
+        .await?;
+        Ok(token)
+    }
+
+    /// Issues the token for the enrollment of `attempt`, once (None when it already enrolled).
+    pub async fn enroll_once(
+        &self,
+        key: &Key,
+        attempt: &str,
+        now: &str,
+    ) -> Result<Option<String>, CredentialError> {
+        let token = self.new_token()?;
+        let hash = token_hash(&token);
+        let fresh = self
+            .update_credential(key, |old| {
+                let mut data = old.cloned().unwrap_or_default();
+                let mut enrolled: Vec<String> = data
+                    .get("enrolled")
+                    .map(|e| {
+                        e.split(',')
+                            .filter(|a| !a.is_empty())
+                            .map(str::to_string)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if enrolled.iter().any(|a| a == attempt) {
+                    return Ok((None, false));
+                }
+                enrolled.push(attempt.to_string());
+                let skip = enrolled.len().saturating_sub(ENROLLMENTS_KEPT);
+                data.insert("enrolled".into(), enrolled[skip..].join(","));
+                data.insert("tokenHash".into(), hash.clone());
+                data.insert("issuedAt".into(), now.to_string());
+                Ok((Some(data), true))
+            })
+            .await?;
+        Ok(fresh.then_some(token))
+    }
+
+    /// Revokes the endpoint's token (its object goes); true if it had one.
+    pub async fn revoke(&self, key: &Key) -> Result<bool, CredentialError> {
+        let name = control_name(ControlKind::GatewayCredential, key);
+        let had = match self.api().delete(&name, &DeleteParams::default()).await {
+            Ok(_) => true,
+            Err(e) if is_not_found(&e) => false,
+            Err(e) => return Err(api_err(e)),
+        };
+        self.tokens
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .set(key, None);
+        Ok(had)
+    }
+
+    async fn read_shard(&self, shard: usize) -> Result<ConfigMap, CredentialError> {
+        let api = self.api();
+        let name = shard_name(shard);
+        let cm = match api.get_opt(&name).await.map_err(api_err)? {
+            Some(cm) => cm,
+            None => {
+                let cm: ConfigMap = serde_json::from_value(json!({
+                    "metadata": {
+                        "name": name,
+                        "labels": {
+                            SEQUENCES_LABEL: "true",
+                            "app.kubernetes.io/managed-by": crate::store::kube::FIELD_MANAGER,
+                        },
+                    },
+                    "data": {},
+                }))
+                .map_err(|e| CredentialError::Apiserver(e.to_string()))?;
+                match api.create(&PostParams::default(), &cm).await {
+                    Ok(cm) => cm,
+                    Err(e) if is_conflict(&e) => api.get(&name).await.map_err(api_err)?,
+                    Err(e) => return Err(api_err(e)),
+                }
+            }
+        };
+        lock(&self.shards).insert(shard, cm.clone());
+        Ok(cm)
+    }
+
+    async fn shard(&self, shard: usize) -> Result<ConfigMap, CredentialError> {
+        let cached = lock(&self.shards).get(&shard).cloned();
+        match cached {
+            Some(cm) => Ok(cm),
+            None => self.read_shard(shard).await,
+        }
+    }
+
+    /// Raises the marks of one shard: one replace at the version last seen, re-read and
+    /// redone when another replica wrote it meanwhile.
+    async fn save_shard(
+        &self,
+        shard: usize,
+        marks: &[&Mark],
+    ) -> Result<Vec<bool>, CredentialError> {
+        let api = self.api();
+        let mut cm = self.shard(shard).await?;
+        for _ in 0..MAX_TRIES {
+            let mut data = cm.data.clone().unwrap_or_default();
+            let (outcomes, changed) =
+                raise_marks(&mut data, marks, &|k: &Key| self.current_token(k));
+            if !changed {
+                return Ok(outcomes);
+            }
+            let mut next = cm.clone();
+            next.data = Some(data);
+            match api
+                .replace(&shard_name(shard), &PostParams::default(), &next)
+                .await
+            {
+                Ok(written) => {
+                    self.writes.fetch_add(1, Ordering::Relaxed);
+                    lock(&self.shards).insert(shard, written);
+                    return Ok(outcomes);
+                }
+                Err(e) if is_conflict(&e) => cm = self.read_shard(shard).await?,
+                Err(e) => {
+                    // The cached version may be what is wrong: read afresh next time.
+                    lock(&self.shards).remove(&shard);
+                    return Err(api_err(e));
+                }
+            }
+        }
+        Err(CredentialError::Apiserver(format!(
+            "sequence shard {} kept changing under this write; the reports are refused and the agents retry",
+            shard_name(shard)
+        )))
+    }
+
+    /// Saves marks, one write per shard touched (the shards in parallel). Per mark: false when
+    /// it was already superseded (another replica accepted that sequence or a later one).
+    pub async fn save_sequences(&self, marks: &[Mark]) -> Result<Vec<bool>, CredentialError> {
+        let mut by_shard: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (i, (key, _, _)) in marks.iter().enumerate() {
+            by_shard.entry(shard_of(key)).or_default().push(i);
+        }
+        let saves = by_shard.iter().map(|(shard, idx)| {
+            let ms: Vec<&Mark> = idx.iter().map(|i| &marks[*i]).collect();
+            async move { self.save_shard(*shard, &ms).await }
+        });
+        let results = futures::future::join_all(saves).await;
+        let mut outcomes = vec![false; marks.len()];
+        for ((_, idx), result) in by_shard.iter().zip(results) {
+            for (i, ok) in idx.iter().zip(result?) {
+                outcomes[*i] = ok;
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// The stored mark of an endpoint's current token (0 when none), read afresh.
+    pub async fn sequence(&self, key: &Key) -> Result<u64, CredentialError> {
+        let cm = self.read_shard(shard_of(key)).await?;
+        let current = self.current_token(key);
+        Ok(cm
+            .data
+            .as_ref()
+            .and_then(|d| d.get(&entry_key(key)))
+            .and_then(|v| parse_mark(v))
+            .filter(|(h, _)| current.as_deref().map(short) == Some(*h))
+            .map_or(0, |(_, s)| s))
+    }
+
+    /// Every endpoint's stored mark of its current token.
+    pub async fn sequences(&self) -> Result<Vec<(Key, u64)>, CredentialError> {
+        let list = self
+            .api()
+            .list(&ListParams::default().labels(&format!("{SEQUENCES_LABEL}=true")))
+            .await
+            .map_err(api_err)?;
+        let tokens = self.tokens.read().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        for cm in &list.items {
+            if !cm.name_any().starts_with("recast-gwseq-") {
+                continue;
+            }
+            for (k, v) in cm.data.iter().flatten() {
+                let (Some(key), Some((h, seq))) = (key_of_entry(k), parse_mark(v)) else {
+                    continue;
+                };
+                if tokens.by_key.get(&key).map(|c| short(c)) == Some(h) {
+                    out.push((key, seq));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> Key {
+        Key {
+            namespace: "site-a".into(),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn marks_rise_once_per_sequence_and_only_for_the_current_token() {
+        let h1 = "a".repeat(64);
+        let h2 = "b".repeat(64);
+        let current = |k: &Key| (k.name != "gone").then(|| h1.clone());
+        let mut data = BTreeMap::new();
+        let m = |name: &str, hash: &str, seq| (key(name), hash.to_string(), seq);
+        let (a, b, c) = (m("k1", &h1, 10), m("k2", &h1, 5), m("gone", &h1, 7));
+        let (out, changed) = raise_marks(&mut data, &[&a, &b, &c], &current);
+        assert_eq!(out, [true, true, true]);
+        assert!(changed);
+        assert_eq!(data.get("site-a.k1").unwrap(), &format!("{}:10", &h1[..16]));
+        assert!(!data.contains_key("site-a.gone"), "no token, no mark");
+        // The same sequence again (another replica's copy of the report): superseded.
+        let (out, changed) = raise_marks(&mut data, &[&a], &current);
+        assert_eq!((out, changed), (vec![false], false));
+        // Lower: superseded; higher: raised.
+        let (out, _) = raise_marks(&mut data, &[&m("k1", &h1, 9), &m("k1", &h1, 11)], &current);
+        assert_eq!(out, [false, true]);
+        // A mark reached with a token that is no longer current is not judged, nor written.
+        let (out, changed) = raise_marks(&mut data, &[&m("k2", &h2, 1)], &current);
+        assert_eq!((out, changed), (vec![true], false));
+        // After a rotation the stored mark of the old token does not hold the new one back.
+        let rotated = |_: &Key| Some(h2.clone());
+        let (out, _) = raise_marks(&mut data, &[&m("k1", &h2, 1)], &rotated);
+        assert_eq!(out, [true]);
+        assert_eq!(data.get("site-a.k1").unwrap(), &format!("{}:1", &h2[..16]));
+    }
+
+    #[test]
+    fn entries_and_shards_are_stable() {
+        let k = Key {
+            namespace: "kiosks".into(),
+            name: "till.07".into(),
+        };
+        assert_eq!(key_of_entry(&entry_key(&k)), Some(k.clone()));
+        assert_eq!(shard_of(&k), shard_of(&k.clone()));
+        assert!(shard_of(&k) < SHARDS);
+        assert_eq!(shard_name(3), "recast-gwseq-03");
+        assert_eq!(parse_mark("abc:12"), Some(("abc", 12)));
+        assert_eq!(parse_mark("abc"), None);
+        assert_eq!(parse_mark("abc:x"), None);
+    }
+}
