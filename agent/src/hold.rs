@@ -26,9 +26,13 @@ use crate::tools::parse_reg_values;
 
 pub const WU_KEY: &str = r"HKLM\SOFTWARE\Policies\Microsoft\Windows\WindowsUpdate";
 pub const AU_KEY: &str = r"HKLM\SOFTWARE\Policies\Microsoft\Windows\WindowsUpdate\AU";
-/// Where a hold keeps the site's own values it overwrote, to put them back on release. Values
-/// are named after the policy value (`AU.NoAutoUpdate`, `DeferQualityUpdates`).
+/// recast's record of a hold, outside the policy keys a GPO or script rewrites: when it started
+/// ([`HOLD_STARTED`]) and the site's own values it overwrote, to put them back on release
+/// (named after the policy value: `AU.NoAutoUpdate`, `DeferQualityUpdates`).
 pub const SAVED_KEY: &str = r"HKLM\SOFTWARE\Recast\UpdateHold\Saved";
+/// In [`SAVED_KEY`]: the day (yyyy-mm-dd, UTC) the hold started. Present for as long as a hold
+/// is, so the hold is recognised even when its marker was deleted.
+pub const HOLD_STARTED: &str = "HoldStarted";
 /// The MDM (Policy CSP) update policies in effect, as an Intune update ring writes them.
 pub const MDM_UPDATE_KEY: &str = r"HKLM\SOFTWARE\Microsoft\PolicyManager\current\device\Update";
 /// Windows Update's own record of the update policy it applies (merged from every source).
@@ -46,10 +50,10 @@ pub const MAX_QUALITY_DEFERRAL_DAYS: u32 = 30;
 pub const PAUSE_DAYS: i64 = 35;
 /// The pause start date is moved to today once it is this old, so the pause never lapses.
 pub const PAUSE_RESTAMP_DAYS: i64 = 28;
-/// How long after the pause was written Windows Update's effective policy may still lag
-/// behind it (it applies policy on its own refresh, at least daily) before recast calls the
-/// hold overridden.
-pub const SETTLE_DAYS: i64 = 2;
+/// How long after a hold started Windows Update's effective policy may still lag behind it (it
+/// applies policy on its own refresh; with automatic updates off that may be rarer than daily)
+/// before recast calls the hold overridden.
+pub const SETTLE_DAYS: i64 = 3;
 
 /// What a command run produced.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -94,6 +98,14 @@ pub enum HoldError {
         "reg.exe {args} failed: the agent must run as SYSTEM or an administrator to change Windows Update policy"
     )]
     Command { args: String },
+    #[error(
+        "the site's own {value} ({type_} {data}) could not be kept to put back after the hold, so the hold was not applied: fix or remove that value"
+    )]
+    Unrestorable {
+        value: String,
+        type_: String,
+        data: String,
+    },
 }
 
 /// A registry value's data as recast writes it.
@@ -221,9 +233,16 @@ impl Snapshot {
             };
             s.present.insert(key.to_string());
             for v in parse_reg_values(text) {
+                // A string's trailing spaces are data (a site value is put back exactly);
+                // other types' padding is not.
+                let data = if v.type_ == "REG_SZ" {
+                    v.data
+                } else {
+                    v.data.trim_end().to_string()
+                };
                 s.values.insert(
                     (key.to_string(), v.name.to_ascii_lowercase()),
-                    (v.type_, v.data.trim_end().to_string()),
+                    (v.type_, data),
                 );
             }
         }
@@ -261,6 +280,34 @@ impl Snapshot {
     /// recast's marker is present: recast set (and owns) a hold.
     pub fn marked(&self) -> bool {
         self.get(WU_KEY, MARKER).is_some()
+    }
+
+    /// The day the hold on record started.
+    fn hold_started(&self) -> Option<Date> {
+        let (t, d) = self.get(SAVED_KEY, HOLD_STARTED)?;
+        (t == "REG_SZ").then(|| d.parse().ok()).flatten()
+    }
+
+    /// Every policy value recast holds is as the record says the site had it (its saved copy,
+    /// or absent where there is none): a release that finished all but deleting the record.
+    fn as_before_the_hold(&self) -> bool {
+        held_values("", "")
+            .iter()
+            .filter(|v| v.name != MARKER)
+            .all(|v| {
+                let now = self.get(v.key, v.name);
+                match self.get(SAVED_KEY, &v.saved_name()) {
+                    Some(copy) => now == Some(copy),
+                    None => now.is_none(),
+                }
+            })
+    }
+
+    /// recast holds this machine: its marker is there, or its record of a hold is and the
+    /// values are not back to the site's (the marker alone was deleted: by a user, a script, a
+    /// GPO that rewrites the key).
+    pub fn owned(&self) -> bool {
+        self.marked() || (self.get(SAVED_KEY, HOLD_STARTED).is_some() && !self.as_before_the_hold())
     }
 
     fn pause_start(&self) -> Option<Date> {
@@ -316,8 +363,8 @@ pub fn values_in_place(s: &Snapshot, now: Timestamp) -> bool {
     missing_values(s, now).is_empty()
 }
 
-/// What stops Windows from honouring recast's policy values on this machine, with the
-/// registry facts that show it. Pure.
+/// What stops Windows from honouring recast's policy values on this machine whatever its own
+/// effective policy says, with the registry facts that show it. Pure.
 pub fn obstacles(s: &Snapshot) -> Vec<(HoldObstacle, String)> {
     let mut found = Vec::new();
     if let Some((_, edition)) = s.get(CURRENT_VERSION_KEY, "EditionID")
@@ -326,7 +373,8 @@ pub fn obstacles(s: &Snapshot) -> Vec<(HoldObstacle, String)> {
     {
         found.push((HoldObstacle::HomeEdition, format!("EditionID={edition}")));
     }
-    if s.dword(AU_KEY, "UseWUServer") == Some(1) {
+    let wsus = s.dword(AU_KEY, "UseWUServer") == Some(1);
+    if wsus {
         found.push((
             HoldObstacle::WsusManaged,
             format!(
@@ -334,9 +382,7 @@ pub fn obstacles(s: &Snapshot) -> Vec<(HoldObstacle, String)> {
                 s.shown(WU_KEY, "WUServer")
             ),
         ));
-    } else if s.dword(MDM_UPDATE_KEY, "AllowUpdateService") == Some(1)
-        || s.get(MDM_UPDATE_KEY, "UpdateServiceUrl").is_some()
-    {
+    } else if s.get(MDM_UPDATE_KEY, "UpdateServiceUrl").is_some() {
         found.push((
             HoldObstacle::WsusManaged,
             format!(
@@ -345,14 +391,25 @@ pub fn obstacles(s: &Snapshot) -> Vec<(HoldObstacle, String)> {
             ),
         ));
     }
-    if s.present.contains(CONFIGMGR_KEY) {
+    // A ConfigMgr client installs updates only where its software-update point is the update
+    // source (it sets UseWUServer): the key alone is also there on co-managed devices whose
+    // updates Intune runs, and after an uninstall.
+    if wsus && s.present.contains(CONFIGMGR_KEY) {
         found.push((
             HoldObstacle::ConfigMgrManaged,
-            format!("Configuration Manager client ({CONFIGMGR_KEY})"),
+            format!(
+                "Configuration Manager client ({CONFIGMGR_KEY}) with its update point as the source"
+            ),
         ));
     }
-    // The MDM values that would let an update install despite the hold: automatic updates on
-    // (5 is "turn off automatic updates"), an installation deadline, the Settings page open.
+    found
+}
+
+/// MDM update policies that would let an update install despite the hold: automatic updates
+/// on (5 is "turn off automatic updates"), an installation deadline, the Settings page open.
+/// Counted only where Windows' effective policy does not show the pause (an Intune ring sets
+/// AllowAutoUpdate everywhere; it matters only where it wins).
+fn mdm_conflicts(s: &Snapshot) -> Option<String> {
     let mdm = |name: &str| format!("MDM Update/{name}={}", s.shown(MDM_UPDATE_KEY, name));
     let mut conflicts = Vec::new();
     if s.get(MDM_UPDATE_KEY, "AllowAutoUpdate").is_some()
@@ -368,18 +425,16 @@ pub fn obstacles(s: &Snapshot) -> Vec<(HoldObstacle, String)> {
     if s.dword(MDM_UPDATE_KEY, "SetDisableUXWUAccess") == Some(0) {
         conflicts.push(mdm("SetDisableUXWUAccess"));
     }
-    if !conflicts.is_empty() {
-        found.push((HoldObstacle::MdmConflict, conflicts.join(", ")));
-    }
-    found
+    (!conflicts.is_empty()).then(|| conflicts.join(", "))
 }
 
 /// What Windows will do with the hold, from what one pass read. Pure.
 ///
-/// In order: recast's own values must be in place; then nothing on the machine may make
-/// Windows ignore them (edition, WSUS, ConfigMgr, a contradicting MDM ring); then Windows
-/// Update's effective policy (`PolicyState`) must show the quality-update pause. A pause
-/// written less than [`SETTLE_DAYS`] ago that Windows has not applied yet is `Pending`.
+/// In order: recast's own values must be in place; nothing on the machine may make Windows
+/// ignore them (edition, WSUS, ConfigMgr); Windows Update's effective policy (`PolicyState`)
+/// showing the quality-update pause is a hold; where it does not, an MDM ring that contradicts
+/// the hold is why (not enforceable), a hold younger than [`SETTLE_DAYS`] is still `Pending`,
+/// and an older one is `Overridden`.
 pub fn judge(
     wanted: bool,
     s: &Snapshot,
@@ -420,26 +475,40 @@ pub fn judge(
     } else {
         "no PolicyState: Windows Update has not recorded an effective policy".to_string()
     };
-    let fresh = s
-        .pause_start()
-        .is_some_and(|d| days_between(d, today(now)) < SETTLE_DAYS);
-    if fresh {
+    if let Some(conflicts) = mdm_conflicts(s) {
+        return verdict(
+            HoldEnforcement::NotEnforceable,
+            vec![HoldObstacle::MdmConflict],
+            vec![conflicts, seen],
+        );
+    }
+    // Settling is measured from the hold's start, not from the pause start date (which the
+    // agent moves every few weeks).
+    let started = s.hold_started().or_else(|| s.pause_start());
+    let settling = started.is_some_and(|d| days_between(d, today(now)) < SETTLE_DAYS);
+    if settling {
         verdict(HoldEnforcement::Pending, vec![], vec![seen])
     } else {
         verdict(HoldEnforcement::Overridden, vec![], vec![seen])
     }
 }
 
-/// Evidence quotes registry data (a WSUS URL, say), which the report bounds.
+/// Evidence quotes registry data (a WSUS URL, say), which the report bounds in length and
+/// refuses with control characters: both are made safe here, so odd site data never costs the
+/// whole report.
 fn cut(text: &str) -> String {
-    if text.len() <= MAX_TEXT {
-        return text.to_string();
+    let clean: String = text
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if clean.len() <= MAX_TEXT {
+        return clean;
     }
     let mut end = MAX_TEXT;
-    while !text.is_char_boundary(end) {
+    while !clean.is_char_boundary(end) {
         end -= 1;
     }
-    text[..end].to_string()
+    clean[..end].to_string()
 }
 
 /// The commands that bring the registry to the desired hold, and the drift found on the way.
@@ -492,29 +561,45 @@ fn marker_text(reason: &str) -> String {
 }
 
 /// Pure: what to run for `desired` given what the registry holds now. None: no instruction
-/// yet (an old gateway, no reply so far): leave the registry as it is.
-pub fn plan(desired: Option<&DesiredUpdateHold>, current: &Snapshot, now: Timestamp) -> Plan {
+/// yet (an old gateway, no reply so far): leave the registry as it is. An error when a site
+/// value recast would overwrite cannot be written back as it was (it is then left alone).
+pub fn plan(
+    desired: Option<&DesiredUpdateHold>,
+    current: &Snapshot,
+    now: Timestamp,
+) -> Result<Plan, HoldError> {
     let mut p = Plan::default();
     let Some(d) = desired else {
-        return p;
+        return Ok(p);
     };
+    let owned = current.owned();
     if d.held {
         let mut want = held_values(&marker_text(&d.reason), &pause_start_for(current, now));
-        let reasserting = current.marked();
-        if !reasserting {
+        if !owned {
             // A new hold first keeps the site's own values it is about to overwrite, so the
-            // release can put them back. A save left over from an interrupted release
-            // describes an older state: it goes first.
+            // release can put them back, then records its start. A record left over from an
+            // interrupted release (the values already back) or an interrupted start describes
+            // an older state: it goes first.
             if current.has_values(SAVED_KEY) {
                 p.commands.push(delete_key(SAVED_KEY));
             }
             for v in want.iter().filter(|v| v.name != MARKER) {
-                if let Some((t, shown)) = current.get(v.key, v.name)
-                    && let Some(data) = data_for_add(t, shown)
-                {
+                if let Some((t, shown)) = current.get(v.key, v.name) {
+                    let data = data_for_add(t, shown).ok_or_else(|| HoldError::Unrestorable {
+                        value: v.label(),
+                        type_: t.clone(),
+                        data: shown.clone(),
+                    })?;
                     p.commands.push(add(SAVED_KEY, &v.saved_name(), t, &data));
                 }
             }
+            // The start last: a record with it holds every copy.
+            p.commands.push(add(
+                SAVED_KEY,
+                HOLD_STARTED,
+                "REG_SZ",
+                &today(now).to_string(),
+            ));
         }
         // The marker goes first: a crash half-way leaves values recast can still claim (and
         // release) on the next pass.
@@ -524,10 +609,10 @@ pub fn plan(desired: Option<&DesiredUpdateHold>, current: &Snapshot, now: Timest
                 continue;
             }
             // A changed reason or a re-stamped pause start is recast's own doing, not drift.
-            let ours = v.name == MARKER
+            let ours = (v.name == MARKER && current.marked())
                 || (v.name == "PauseQualityUpdatesStartTime"
                     && current.get(v.key, v.name).is_some());
-            if reasserting && !ours {
+            if owned && !ours {
                 p.drift.push(format!(
                     "{}: {} -> {}",
                     v.label(),
@@ -537,9 +622,9 @@ pub fn plan(desired: Option<&DesiredUpdateHold>, current: &Snapshot, now: Timest
             }
             p.commands.push(add_value(v));
         }
-    } else if current.marked() {
+    } else if owned {
         // Released: put back what the site had before the hold, remove what recast added,
-        // marker last, the saved copies after it, so a crash half-way is retried.
+        // marker last, the record after it, so a crash half-way is retried.
         for v in held_values("", "") {
             let saved = current
                 .get(SAVED_KEY, &v.saved_name())
@@ -563,11 +648,11 @@ pub fn plan(desired: Option<&DesiredUpdateHold>, current: &Snapshot, now: Timest
             p.commands.push(delete_key(SAVED_KEY));
         }
     } else if current.has_values(SAVED_KEY) {
-        // A release interrupted after the marker went: only the saved copies are left.
+        // A release interrupted after the marker went: only the record is left.
         p.commands.push(delete_key(SAVED_KEY));
     }
     p.drift.truncate(MAX_DRIFT);
-    p
+    Ok(p)
 }
 
 fn query(exec: &dyn Exec, key: &str, how: Query) -> Result<Option<String>, HoldError> {
@@ -601,7 +686,7 @@ pub fn apply(
     now: Timestamp,
 ) -> Result<EffectiveUpdateHold, HoldError> {
     let before = read(exec)?;
-    let p = plan(desired, &before, now);
+    let p = plan(desired, &before, now)?;
     let after = if p.commands.is_empty() {
         before
     } else {
@@ -615,8 +700,8 @@ pub fn apply(
         }
         read(exec)?
     };
-    // Without an instruction, the hold is whatever recast's marker says it left.
-    let wanted = desired.map_or_else(|| after.marked(), |d| d.held);
+    // Without an instruction, the hold is whatever recast's record says it left.
+    let wanted = desired.map_or_else(|| after.owned(), |d| d.held);
     Ok(judge(wanted, &after, now, p.drift))
 }
 

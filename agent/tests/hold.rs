@@ -381,7 +381,10 @@ fn intune_ring(r: &FakeRegistry, allow_auto_update: &str) {
 
 #[test]
 fn an_mdm_update_ring_that_contradicts_the_hold_is_not_enforceable() {
+    // The ring wins: Windows Update's effective policy shows no pause.
     let r = FakeRegistry::default();
+    r.policy_state_lags.set(true);
+    r.set(POLICY_STATE_KEY, "QualityUpdatesPaused", "REG_DWORD", "0x0");
     intune_ring(&r, "0x2");
     r.set(
         MDM_UPDATE_KEY,
@@ -400,10 +403,16 @@ fn an_mdm_update_ring_that_contradicts_the_hold_is_not_enforceable() {
         e.evidence,
         vec![
             "MDM Update/AllowAutoUpdate=0x2, MDM Update/ConfigureDeadlineForQualityUpdates=0x2"
-                .to_string()
+                .to_string(),
+            "PolicyState QualityUpdatesPaused=0x0".to_string()
         ]
     );
     assert!(!e.held);
+    // The same ring where Windows applies recast's pause anyway: held (every Intune ring sets
+    // AllowAutoUpdate; it matters only where it wins).
+    r.refresh_policy_state();
+    let e = hold::apply(&r, Some(&held("FailedRollback")), now()).unwrap();
+    assert_eq!(e.enforcement, Some(HoldEnforcement::Held), "{e:?}");
     // A ring that turns automatic updates off and sets no deadline agrees with the hold (its
     // short deferral is no conflict: a deferral is not what holds).
     let r = FakeRegistry::default();
@@ -452,13 +461,20 @@ fn a_wsus_or_configmgr_managed_machine_is_not_enforceable() {
     );
     let e = hold::apply(&r, Some(&held("FailedRollback")), now()).unwrap();
     assert_eq!(e.obstacles, vec![HoldObstacle::WsusManaged]);
-    // The ConfigMgr client, on top: both named.
+    // A ConfigMgr client alone (co-managed, Intune runs the updates; or left over after an
+    // uninstall) is no obstacle: it installs updates only from its own update point.
+    let r = FakeRegistry::default();
+    r.set(CONFIGMGR_KEY, "TempDir", "REG_SZ", r"C:\Windows\ccmcache");
+    let e = hold::apply(&r, Some(&held("FailedRollback")), now()).unwrap();
+    assert_eq!(e.enforcement, Some(HoldEnforcement::Held), "{e:?}");
+    // With its update point as the source: both named.
     r.set(
-        r"HKLM\SOFTWARE\Microsoft\CCM",
-        "TempDir",
+        WU_KEY,
+        "WUServer",
         "REG_SZ",
-        r"C:\Windows\ccmcache",
+        "https://sup.corp.example:8531",
     );
+    r.set(AU_KEY, "UseWUServer", "REG_DWORD", "0x1");
     let e = hold::apply(&r, Some(&held("FailedRollback")), now()).unwrap();
     assert_eq!(
         e.obstacles,
@@ -491,8 +507,14 @@ fn policy_state_and_mdm_output_in_the_shape_windows_prints_it() {
     let e = hold::judge(true, &parse(&unpaused, None), days_later(5), vec![]);
     assert_eq!(e.enforcement, Some(HoldEnforcement::Overridden), "{e:?}");
     let mdm = "\r\nHKEY_LOCAL_MACHINE\\SOFTWARE\\Microsoft\\PolicyManager\\current\\device\\Update\r\n    AllowAutoUpdate    REG_DWORD    0x4\r\n    AllowAutoUpdate_ProviderSet    REG_DWORD    0x1\r\n    AllowAutoUpdate_WinningProvider    REG_SZ    {8E5D2F41-6B1C-4A7E-9D3F-2C8B0A6E4F17}\r\n\r\n";
-    let e = hold::judge(true, &parse(state, Some(mdm)), now(), vec![]);
+    let e = hold::judge(true, &parse(&unpaused, Some(mdm)), now(), vec![]);
     assert_eq!(e.obstacles, vec![HoldObstacle::MdmConflict], "{e:?}");
+    let e = hold::judge(true, &parse(state, Some(mdm)), now(), vec![]);
+    assert_eq!(
+        e.enforcement,
+        Some(HoldEnforcement::Held),
+        "the pause applied: {e:?}"
+    );
     // Released: whatever the machine is, nothing is wanted.
     let e = hold::judge(false, &parse(state, Some(mdm)), now(), vec![]);
     assert_eq!(e.enforcement, Some(HoldEnforcement::Released));
@@ -540,22 +562,46 @@ fn release_restores_the_sites_own_values() {
     assert_eq!(values(&r), values(&site_with_its_own_update_policy()));
 }
 
-#[test]
-fn an_interrupted_release_or_hold_is_finished_by_the_next_pass() {
-    // A release that stopped after the marker went but before the saved copies did.
-    let r = site_with_its_own_update_policy();
-    hold::apply(&r, Some(&held("FailedRollback")), now()).unwrap();
-    let mut cmds = hold::plan(Some(&released()), &hold::read(&r).unwrap(), now()).commands;
-    let last = cmds.pop().unwrap();
-    assert_eq!(
-        last,
-        vec!["delete", SAVED_KEY, "/f"],
-        "the saved copies go last"
-    );
-    for c in &cmds {
-        hold::Exec::exec(&r, "reg.exe", c).unwrap();
+/// Runs a plan's first `n` commands, as a pass that crashed after them would have.
+fn run_partly(
+    r: &FakeRegistry,
+    desired: &DesiredUpdateHold,
+    at: Timestamp,
+    n: usize,
+) -> Vec<Vec<String>> {
+    let cmds = hold::plan(Some(desired), &hold::read(r).unwrap(), at)
+        .unwrap()
+        .commands;
+    for c in cmds.iter().take(n) {
+        assert!(hold::Exec::exec(r, "reg.exe", c).unwrap().success, "{c:?}");
     }
     r.take_log();
+    cmds
+}
+
+fn site_values(r: &FakeRegistry) -> Vec<((String, String), (String, String))> {
+    r.values
+        .borrow()
+        .iter()
+        .filter(|((k, _), _)| k == WU_KEY || k == AU_KEY || k == SAVED_KEY)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+#[test]
+fn an_interrupted_release_is_finished_by_the_next_pass() {
+    // Stopped after the marker went, before the record did.
+    let r = site_with_its_own_update_policy();
+    hold::apply(&r, Some(&held("FailedRollback")), now()).unwrap();
+    let cmds = hold::plan(Some(&released()), &hold::read(&r).unwrap(), now())
+        .unwrap()
+        .commands;
+    assert_eq!(
+        cmds.last().unwrap(),
+        &vec!["delete", SAVED_KEY, "/f"],
+        "the record goes last"
+    );
+    run_partly(&r, &released(), now(), cmds.len() - 1);
     hold::apply(&r, Some(&released()), now()).unwrap();
     let writes: Vec<String> = r
         .take_log()
@@ -563,24 +609,116 @@ fn an_interrupted_release_or_hold_is_finished_by_the_next_pass() {
         .filter(|l| !l.contains(" query "))
         .collect();
     assert_eq!(writes, vec![format!("reg.exe delete {SAVED_KEY} /f")]);
-    // A stale copy left by such a release never reaches the next hold's release: a new hold
-    // starts by dropping it.
-    r.set(SAVED_KEY, "AU.NoAutoUpdate", "REG_DWORD", "0x0");
-    r.set(AU_KEY, "NoAutoUpdate", "REG_DWORD", "0x1");
-    let p = hold::plan(Some(&held("Manual")), &hold::read(&r).unwrap(), now());
-    assert_eq!(p.commands[0], vec!["delete", SAVED_KEY, "/f"]);
+    assert_eq!(
+        site_values(&r),
+        site_values(&site_with_its_own_update_policy())
+    );
+    // Stopped half-way through putting the values back: the next pass finishes it.
+    let r = site_with_its_own_update_policy();
+    hold::apply(&r, Some(&held("FailedRollback")), now()).unwrap();
+    run_partly(&r, &released(), now(), 2);
+    hold::apply(&r, Some(&released()), now()).unwrap();
+    assert_eq!(
+        site_values(&r),
+        site_values(&site_with_its_own_update_policy())
+    );
+}
+
+#[test]
+fn an_interrupted_hold_is_finished_by_the_next_pass() {
+    // Every prefix of a new hold's commands, then a full pass: the hold is in place, and its
+    // release gives the site exactly its own values back.
+    let n = run_partly(
+        &site_with_its_own_update_policy(),
+        &held("Immutable"),
+        now(),
+        0,
+    )
+    .len();
+    for stop in 0..n {
+        let r = site_with_its_own_update_policy();
+        run_partly(&r, &held("Immutable"), now(), stop);
+        let e = hold::apply(&r, Some(&held("Immutable")), now()).unwrap();
+        assert!(e.held, "stopped after {stop}: {e:?}");
+        hold::apply(&r, Some(&released()), now()).unwrap();
+        assert_eq!(
+            site_values(&r),
+            site_values(&site_with_its_own_update_policy()),
+            "stopped after {stop}"
+        );
+    }
+}
+
+#[test]
+fn a_deleted_marker_is_drift_and_the_sites_values_survive_it() {
+    // A script deletes recast's marker during a hold; recast's values stay.
+    let r = site_with_its_own_update_policy();
+    hold::apply(&r, Some(&held("FailedRollback")), now()).unwrap();
+    r.remove(WU_KEY, MARKER);
+    r.take_log();
+    let e = hold::apply(&r, Some(&held("FailedRollback")), days_later(1)).unwrap();
+    assert_eq!(
+        e.drift,
+        vec!["RecastUpdateHold: FailedRollback -> absent".to_string()],
+        "{e:?}"
+    );
+    let writes: Vec<String> = r
+        .take_log()
+        .into_iter()
+        .filter(|l| !l.contains(" query "))
+        .collect();
+    assert_eq!(
+        writes,
+        vec![format!(
+            "reg.exe add {WU_KEY} /v {MARKER} /t REG_SZ /d FailedRollback /f"
+        )],
+        "only the marker is put back; the site's saved values are not overwritten"
+    );
+    // Even released without the marker, the site gets its own values back.
+    r.remove(WU_KEY, MARKER);
+    hold::apply(&r, Some(&released()), days_later(2)).unwrap();
+    assert_eq!(
+        site_values(&r),
+        site_values(&site_with_its_own_update_policy())
+    );
+}
+
+#[test]
+fn an_overridden_hold_does_not_flap_when_the_pause_is_restamped() {
+    let r = FakeRegistry::default();
+    r.policy_state_lags.set(true);
+    hold::apply(&r, Some(&held("FailedRollback")), now()).unwrap();
+    // Windows never applies the pause; day by day, across the re-stamp on day 28.
+    let mut verdicts = Vec::new();
+    for day in [1, 2, 3, 10, 27, 28, 29, 30, 40] {
+        let e = hold::apply(&r, Some(&held("FailedRollback")), days_later(day)).unwrap();
+        verdicts.push((day, e.enforcement.unwrap()));
+    }
+    use HoldEnforcement::{Overridden, Pending};
+    assert_eq!(
+        verdicts,
+        [
+            (1, Pending),
+            (2, Pending),
+            (3, Overridden),
+            (10, Overridden),
+            (27, Overridden),
+            (28, Overridden),
+            (29, Overridden),
+            (30, Overridden),
+            (40, Overridden)
+        ]
+    );
+}
+
+#[test]
+fn a_site_value_that_cannot_be_put_back_stops_the_hold_before_anything_is_written() {
+    let r = FakeRegistry::default();
+    r.set(AU_KEY, "NoAutoUpdate", "REG_DWORD", "garbage");
+    let err = hold::apply(&r, Some(&held("FailedRollback")), now()).unwrap_err();
+    assert!(err.to_string().contains(r"AU\NoAutoUpdate"), "{err}");
     assert!(
-        p.commands.contains(&vec![
-            "add".to_string(),
-            SAVED_KEY.to_string(),
-            "/v".into(),
-            "AU.NoAutoUpdate".into(),
-            "/t".into(),
-            "REG_DWORD".into(),
-            "/d".into(),
-            "1".into(),
-            "/f".into()
-        ]),
-        "the current value is what the new hold keeps: {p:?}"
+        r.take_log().iter().all(|l| l.contains(" query ")),
+        "nothing written"
     );
 }

@@ -242,14 +242,16 @@ pub fn next(
             message: format!("{reason}: {}", d.message),
         }),
     }
-    let enforcement = read_back.and_then(|r| r.enforcement);
     let before = i.previous.and_then(|p| p.enforcement);
-    if held && enforcement != before {
+    // A report without a read-back (the agent's reg.exe failed: a collection error) says
+    // nothing about Windows: the last verdict stands, so the next one is not news twice.
+    let enforcement = match read_back {
+        Some(r) => r.enforcement,
+        None => before,
+    };
+    if held && enforcement != before && not_enforced != RemediationAction::Ignore {
         match read_back {
-            Some(r)
-                if r.enforcement.is_some_and(HoldEnforcement::fails)
-                    && not_enforced != RemediationAction::Ignore =>
-            {
+            Some(r) if r.enforcement.is_some_and(HoldEnforcement::fails) => {
                 notices.push(Notice {
                     type_: NoticeType::Warning,
                     reason: "UpdateHoldNotEnforced".into(),
@@ -345,11 +347,11 @@ fn consequence(d: &Desired, action: RemediationAction) -> String {
         RemediationAction::ReimageInWindow => Some("in the maintenance window"),
         RemediationAction::AlertOnly | RemediationAction::Ignore => None,
     };
-    match (reimage, &d.guard_engaged_since) {
-        (Some(when), Some(_)) => format!(
+    match (reimage, d.reason == HoldReason::FailedRollback) {
+        (Some(when), true) => format!(
             "the FailedRollback guard cannot protect this machine, so recast reimages it {when} (RemediationPolicy holdNotEnforced: {action:?})"
         ),
-        (Some(_), None) => format!(
+        (Some(_), false) => format!(
             "recast only alerts: the hold is for {} and a reimage would not make Windows honour it",
             d.reason
         ),
@@ -365,7 +367,11 @@ pub fn unenforced_guard(
     read_back: Option<&EffectiveUpdateHold>,
     action: RemediationAction,
 ) -> Option<(RemediationAction, String)> {
-    d.guard_engaged_since.as_ref()?;
+    // Only the guard's own hold: a manual hold or an immutable one wins over it and is not
+    // something a reimage ends.
+    if d.reason != HoldReason::FailedRollback {
+        return None;
+    }
     let r = read_back.filter(|r| r.enforcement.is_some_and(HoldEnforcement::fails))?;
     matches!(
         action,

@@ -2294,6 +2294,51 @@ fn an_unenforceable_hold_that_is_not_the_guard_only_alerts_whatever_the_policy()
 }
 
 #[test]
+fn a_manual_hold_over_the_guard_is_never_escalated_and_a_missing_read_back_is_no_news() {
+    use recast_crds::endpoint::ManualHoldAction;
+    use recast_crds::report::{HoldEnforcement, HoldObstacle};
+    let mut e = healthy(true);
+    e.policy.actions.failed_rollback = RemediationAction::AlertOnly;
+    e.policy.hold_not_enforced = RemediationAction::ReimageNow;
+    e.feed(signals(&[SignalKind::FailedRollback]));
+    e.spec.manual_update_hold = Some(manual(&e, ManualHoldAction::Hold));
+    let home = || {
+        report_with_enforcement(
+            HoldEnforcement::NotEnforceable,
+            vec![HoldObstacle::HomeEdition],
+            &["EditionID=Core"],
+        )
+    };
+    let d = e.feed(home());
+    assert_eq!(hold(&e).reason, recast_crds::signal::HoldReason::Manual);
+    assert!(
+        hold(&e).guard_engaged_since.is_some(),
+        "the guard stays latched"
+    );
+    assert!(
+        e.status.active_attempt.is_none(),
+        "a manual hold is not the guard's"
+    );
+    let n = enforcement_notices(&d);
+    assert_eq!(n.len(), 1, "{:?}", d.notices);
+    assert!(n[0].message.contains("only alerts"), "{}", n[0].message);
+    // A report whose read-back failed, then the same verdict again: no second alert.
+    let d = e.feed(report("26100.7462", None));
+    assert!(enforcement_notices(&d).is_empty(), "{:?}", d.notices);
+    assert_eq!(hold(&e).enforcement, Some(HoldEnforcement::NotEnforceable));
+    let d = e.feed(home());
+    assert!(enforcement_notices(&d).is_empty(), "{:?}", d.notices);
+    // The manual hold lifted: the guard's own hold, and now the policy's reimage.
+    e.spec.manual_update_hold = None;
+    e.feed(Input::Reconcile);
+    assert_eq!(
+        hold(&e).reason,
+        recast_crds::signal::HoldReason::FailedRollback
+    );
+    assert!(e.status.active_attempt.is_some());
+}
+
+#[test]
 fn ignore_records_nothing_and_a_released_endpoint_is_never_alerted() {
     use recast_crds::report::{HoldEnforcement, HoldObstacle};
     let mut e = healthy(true);
@@ -2305,6 +2350,11 @@ fn ignore_records_nothing_and_a_released_endpoint_is_never_alerted() {
         &["MDM Update/AllowAutoUpdate=0x2"],
     ));
     assert!(enforcement_notices(&d).is_empty(), "{:?}", d.notices);
+    let d = e.feed(report_with_enforcement(HoldEnforcement::Held, vec![], &[]));
+    assert!(
+        enforcement_notices(&d).is_empty(),
+        "Ignore: not the recovery either"
+    );
     // A managed endpoint wants no hold: what Windows would do with one is nobody's concern.
     let mut e = healthy(true);
     let d = e.feed(report_with_enforcement(
