@@ -180,7 +180,7 @@ async fn enroll(
         if !enrollment_retryable(status) || tries + 1 >= max_tries {
             return Err(match status {
                 Some(status) => format!(
-                    "the gateway refused enrollment ({status}: {message}); if this image was not installed by the current reimage, issue a token with `recast-operator gateway-token issue` and write it to the token file"
+                    "the gateway refused enrollment ({status}: {message}); if this image was not installed by the current reimage, issue a token with `recastctl token issue` and write it to the token file"
                 ),
                 None => format!(
                     "cannot reach the gateway to enroll ({message}); check --gateway and the network, then run again"
@@ -496,7 +496,7 @@ impl Reporter {
                 Ok((SendOutcome::Unauthorized(m), _)) => {
                     tracing::error!(
                         message = %m,
-                        "the gateway refused this endpoint's token: issue a new one with `recast-operator gateway-token issue` and write it to the token file"
+                        "the gateway refused this endpoint's token: issue a new one with `recastctl token issue` and write it to the token file"
                     );
                     Err(format!("token refused: {m}"))
                 }

@@ -70,6 +70,15 @@ impl KubeObjects {
         Ok(KubeObjects { client, rt })
     }
 
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// Runs one request (or a few) on this connection's runtime.
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
     fn api(&self, kind: Kind, ns: Option<&str>) -> Api<DynamicObject> {
         match ns {
             Some(ns) => Api::namespaced_with(self.client.clone(), ns, &resource(kind)),

@@ -10,6 +10,7 @@ mod bootkit;
 mod breaker;
 mod image;
 mod table;
+mod token;
 mod wave;
 mod wds;
 
@@ -172,6 +173,11 @@ enum Command {
     Breaker {
         #[command(subcommand)]
         command: breaker::BreakerCommand,
+    },
+    /// Agent gateway tokens: issue (or rotate) and revoke, on either backend.
+    Token {
+        #[command(subcommand)]
+        command: token::TokenCommand,
     },
     /// Reimage waves: create, plan, follow (status --watch), pause, resume, abort, approve.
     Wave {
@@ -435,6 +441,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Image { command } => image::run_on_store(command, &store, ns, now),
         Command::Wave { command } => wave::run(&store, ns, command, now),
         Command::Breaker { command } => breaker::run(&store, ns, command, now),
+        Command::Token { command } => token::run(&store, store_dir.as_deref(), ns, command, now),
         Command::Wds(WdsCommand::Prestage {
             names,
             wds_server,

@@ -14,6 +14,8 @@ fn repo() -> PathBuf {
 struct Ctl {
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// Kubernetes: the operator's control namespace (`--operator-namespace`).
+    control: Option<String>,
 }
 
 impl Ctl {
@@ -23,6 +25,7 @@ impl Ctl {
         Ctl {
             args: vec!["--data-dir".into(), dir.to_string_lossy().into()],
             env: vec![],
+            control: None,
         }
     }
 
@@ -30,6 +33,7 @@ impl Ctl {
         Ctl {
             args: vec!["--backend".into(), "kube".into(), "-n".into(), ns.into()],
             env: vec![("KUBECONFIG".into(), k.kubeconfig.to_string_lossy().into())],
+            control: Some(ns.into()),
         }
     }
 
@@ -295,6 +299,55 @@ fn exercise(ctl: &Ctl) {
     ctl.ok(&["delete", "wave", "store-042-kiosks-2026-01"]);
     let waves = ctl.run(&["get", "wave"]);
     assert!(String::from_utf8_lossy(&waves.stdout).trim().is_empty());
+
+    tokens(ctl);
+}
+
+/// `recastctl token issue|revoke` on either backend: each issue prints a new token once,
+/// unknown endpoints and missing tokens are errors, Kubernetes needs the control namespace.
+fn tokens(ctl: &Ctl) {
+    let with_control = |args: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        if let Some(ns) = &ctl.control {
+            v.extend(["--operator-namespace".to_string(), ns.clone()]);
+        }
+        v
+    };
+    let run = |args: &[&str]| {
+        let v = with_control(args);
+        ctl.run(&v.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let issue = || {
+        let out = run(&["token", "issue", "kiosk-01"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(
+            token.starts_with("rct_") && token.len() == 68,
+            "one token on stdout: {token:?}"
+        );
+        assert!(stderr(&out).contains("--token-file"), "{}", stderr(&out));
+        token
+    };
+    let (first, second) = (issue(), issue());
+    assert_ne!(first, second, "issuing again rotates");
+    let nope = run(&["token", "issue", "no-such-endpoint"]);
+    assert_eq!(nope.status.code(), Some(1));
+    assert!(stderr(&nope).contains("not found"), "{}", stderr(&nope));
+    assert!(nope.stdout.is_empty(), "no token for an unknown endpoint");
+    let revoked = run(&["token", "revoke", "kiosk-01"]);
+    assert!(revoked.status.success(), "{}", stderr(&revoked));
+    let again = run(&["token", "revoke", "kiosk-01"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        stderr(&again).contains("has no token"),
+        "{}",
+        stderr(&again)
+    );
+    if ctl.control.is_some() {
+        let bare = ctl.run(&["token", "issue", "kiosk-01"]);
+        assert_eq!(bare.status.code(), Some(2), "{}", stderr(&bare));
+        assert!(stderr(&bare).contains("--operator-namespace"));
+    }
 }
 
 #[test]

@@ -12,6 +12,8 @@ pub mod boot;
 pub mod clock;
 #[cfg(feature = "services")]
 pub mod controller;
+#[cfg(feature = "tokens")]
+pub mod credentials;
 pub mod encoding;
 pub mod failpoint;
 #[cfg(feature = "services")]

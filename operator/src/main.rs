@@ -43,6 +43,10 @@ enum Role {
     /// Only the boot service, with read-only access to the Kubernetes API: no Lease, no
     /// controller, no writes. Inputs go to the operator over --forward-inputs-to. Kube only.
     Boot,
+    /// Only the agent gateway (--gateway-listen), any number of replicas at once: tokens,
+    /// enrollments and report sequences live in the control namespace, inputs go to the
+    /// endpoints' inboxes; no Lease, no controller. Kube only.
+    Gateway,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -880,6 +884,20 @@ async fn run(opts: RunOptions) -> Result<(), String> {
     } else if kube_opts.forward_inputs_to.is_some() {
         return Err("--forward-inputs-to is for --role boot".into());
     }
+    if role == Role::Gateway {
+        if !matches!(backend, BackendKind::Kube) {
+            return Err("--role gateway needs --backend kube (on the embedded backend the operator runs the gateway itself: give it --gateway-listen)".into());
+        }
+        if gateway_args.gateway_listen.is_none() {
+            return Err("--role gateway needs --gateway-listen, --gateway-cert and --gateway-key: it runs only the agent gateway".into());
+        }
+        if boot_cfg.is_some()
+            || kube_opts.webhook_listen.is_some()
+            || kube_opts.internal_listen.is_some()
+        {
+            return Err("--role gateway runs only the agent gateway: drop --boot-http, --webhook-listen and --internal-listen".into());
+        }
+    }
     // The GoldenImage controller fills the boot root's images/ with verified WIMs.
     let image_store = image_args.config(
         &data_dir,
@@ -941,11 +959,14 @@ async fn run(opts: RunOptions) -> Result<(), String> {
                     .with_deep_check_limits(deep_check_limits);
             tokio::spawn(Arc::new(images).run(stop_rx.clone()));
             if let Some(addr) = gateway_args.gateway_listen {
+                let credentials =
+                    recast_operator::gateway::credentials::CredentialStore::open(&data_dir)
+                        .map_err(|e| e.to_string())?;
                 start_gateway(
                     addr,
                     &gateway_args,
                     boot_args.imaging_key(&data_dir)?,
-                    &data_dir,
+                    Arc::new(credentials),
                     backend.clone(),
                     stop_rx.clone(),
                 )
@@ -1001,6 +1022,18 @@ async fn run(opts: RunOptions) -> Result<(), String> {
                 )
                 .await;
             }
+            if role == Role::Gateway {
+                return run_gateway_role(
+                    client,
+                    &opts,
+                    &gateway_args,
+                    boot_args.imaging_key(&data_dir)?,
+                    ready,
+                    stop_rx,
+                    server,
+                )
+                .await;
+            }
             if kube_opts.internal_listen.is_some() || kube_opts.webhook_listen.is_some() {
                 start_kube_endpoints(
                     client.clone(),
@@ -1046,14 +1079,24 @@ async fn run(opts: RunOptions) -> Result<(), String> {
                     });
                 }
                 if let Some(addr) = gateway_args.gateway_listen {
-                    // Sessions (heartbeat deadlines, report sequences) live in this process
-                    // and its gateway.db: run the gateway in one process per site (see
-                    // README), never behind a load balancer spreading one site's agents.
+                    // Tokens and report sequences live in the control namespace, shared with
+                    // any gateway replicas (--role gateway).
+                    let credentials = recast_operator::gateway::kube_ledger::KubeLedger::start(
+                        client.clone(),
+                        &opts.control_namespace,
+                        stop_rx.clone(),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
                     start_gateway(
                         addr,
                         &gateway_args,
                         boot_args.imaging_key(&data_dir)?,
-                        &data_dir,
+                        Arc::new(
+                            recast_operator::gateway::credentials::CredentialStore::Kube(
+                                credentials,
+                            ),
+                        ),
                         backend,
                         stop_rx.clone(),
                     )
@@ -1206,11 +1249,56 @@ async fn start_kube_endpoints(
     Ok(())
 }
 
+/// The gateway role: only the agent gateway, with its state in the control namespace, so any
+/// number of replicas serve the same agents. Runs until shutdown.
+async fn run_gateway_role(
+    client: kube::Client,
+    opts: &KubeOptions,
+    gateway_args: &GatewayArgs,
+    imaging_key: recast_operator::token::TokenKey,
+    ready: Arc<AtomicBool>,
+    stop_rx: watch::Receiver<bool>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+) -> Result<(), String> {
+    use recast_operator::gateway::credentials::CredentialStore;
+    use recast_operator::gateway::kube_ledger::KubeLedger;
+    use recast_operator::store::kube::KubeBackend;
+    let Some(addr) = gateway_args.gateway_listen else {
+        return Err("--role gateway needs --gateway-listen".into());
+    };
+    // Never the leader: it only reads, and queues inputs (which needs no lease).
+    let (backend, _) = KubeBackend::connect(
+        client.clone(),
+        &opts.scope(),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .await?;
+    let ledger = KubeLedger::start(client, &opts.control_namespace, stop_rx.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    start_gateway(
+        addr,
+        gateway_args,
+        imaging_key,
+        Arc::new(CredentialStore::Kube(ledger)),
+        Arc::new(backend),
+        stop_rx,
+    )
+    .await?;
+    tracing::info!(%addr, control_namespace = %opts.control_namespace, "gateway role: serving agents; state in the control namespace");
+    ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    match server.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("cannot serve health and metrics: {e}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 async fn start_gateway<B: recast_operator::store::Backend>(
     addr: SocketAddr,
     args: &GatewayArgs,
     imaging_key: recast_operator::token::TokenKey,
-    data_dir: &std::path::Path,
+    credentials: Arc<recast_operator::gateway::credentials::CredentialStore>,
     backend: Arc<B>,
     stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
@@ -1230,8 +1318,6 @@ async fn start_gateway<B: recast_operator::store::Backend>(
     let body_timeout = duration("--gateway-body-timeout", &args.gateway_body_timeout)?;
     let max_report_age = duration("--gateway-max-report-age", &args.gateway_max_report_age)?;
     let max_clock_skew = duration("--gateway-max-clock-skew", &args.gateway_max_clock_skew)?;
-    let credentials =
-        Arc::new(gateway::credentials::CredentialStore::open(data_dir).map_err(|e| e.to_string())?);
     let gw = Arc::new(
         Gateway::new(
             backend,

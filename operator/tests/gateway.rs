@@ -713,7 +713,7 @@ async fn the_loop_closes_through_the_agent() {
 }
 
 /// The gateway on the kube backend: the real `recast-operator run --backend kube` process with
-/// `--gateway-listen`, a token issued with `recast-operator gateway-token issue`, and the
+/// `--gateway-listen`, a token issued into the control namespace (as `recastctl token issue` does), and the
 /// agent's sender. A failed-rollback report becomes the Endpoint's status on the apiserver.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_the_apiserver_a_report_becomes_status() {
@@ -730,18 +730,20 @@ async fn on_the_apiserver_a_report_becomes_status() {
     let examples = recast_tests::repo_root().join("examples");
     k.kubectl_ok(&["apply", "-n", &ns, "-f", &examples.to_string_lossy()]);
     let data = dir.join("data");
-    let issued = std::process::Command::new(OPERATOR)
-        .args(["gateway-token", "issue", &format!("{ns}/kiosk-01")])
-        .arg("--data-dir")
-        .arg(&data)
-        .output()
+    // On Kubernetes the tokens live in the control namespace (here the lease namespace), as
+    // `recastctl token issue --backend kube` writes them.
+    let client = kube_client(&k).await;
+    let credentials = recast_operator::credentials::KubeCredentials::new(client, &ns);
+    let (token, _) = credentials
+        .issue(
+            &Key {
+                namespace: ns.clone(),
+                name: "kiosk-01".into(),
+            },
+            "now",
+        )
+        .await
         .unwrap();
-    assert!(
-        issued.status.success(),
-        "{}",
-        String::from_utf8_lossy(&issued.stderr)
-    );
-    let token = String::from_utf8_lossy(&issued.stdout).trim().to_string();
     let port = recast_tests::free_port();
     struct Kill(std::process::Child);
     impl Drop for Kill {
@@ -1067,4 +1069,123 @@ async fn a_home_machine_reports_a_hold_windows_will_not_honour() {
         "{}",
         alerts[0].message
     );
+}
+
+async fn kube_client(k: &recast_tests::K8s) -> kube::Client {
+    kube::Client::try_from(
+        kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(&k.kubeconfig).unwrap(),
+            &Default::default(),
+        )
+        .await
+        .unwrap(),
+    )
+    .unwrap()
+}
+
+/// Two gateway replicas' ledgers on one control namespace of a real apiserver: a token issued
+/// through one is seen by the other; when both see the same reports, every sequence is
+/// accepted by exactly one of them; enrollment works once across both; a rotation starts a
+/// new sequence space; a revocation reaches both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_tokens_and_never_both_accept_a_sequence() {
+    use recast_operator::gateway::credentials::{GroupCommit, token_hash};
+    use recast_operator::gateway::kube_ledger::KubeLedger;
+    let Some(k) = recast_tests::K8s::get() else {
+        return;
+    };
+    let ns = k.fresh_namespace("gwledger");
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let a = Arc::new(CredentialStore::Kube(
+        KubeLedger::start(kube_client(&k).await, &ns, stop.clone())
+            .await
+            .unwrap(),
+    ));
+    let b = Arc::new(CredentialStore::Kube(
+        KubeLedger::start(kube_client(&k).await, &ns, stop.clone())
+            .await
+            .unwrap(),
+    ));
+    let key_of = |i: usize| Key {
+        namespace: "site-a".into(),
+        name: format!("kiosk-{i:02}"),
+    };
+    let mut tokens = Vec::new();
+    for i in 0..20 {
+        tokens.push(a.issue(&key_of(i), "now").await.unwrap());
+    }
+    recast_tests::wait_for(
+        Duration::from_secs(30),
+        "replica b to see the tokens",
+        || {
+            tokens
+                .iter()
+                .enumerate()
+                .all(|(i, t)| b.endpoint_for(t).unwrap() == Some(key_of(i)))
+        },
+    );
+    // Both replicas get every report (a retry that reached both, or a replay): 20 endpoints
+    // x 10 sequences, each submitted to both group commits at once.
+    let (ga, gb) = (GroupCommit::new(a.clone()), GroupCommit::new(b.clone()));
+    let mut saves = Vec::new();
+    for seq in 1..=10u64 {
+        for (i, t) in tokens.iter().enumerate() {
+            let mark = (key_of(i), token_hash(t), seq);
+            for g in [&ga, &gb] {
+                let (g, mark) = (g.clone(), mark.clone());
+                saves.push(tokio::spawn(async move {
+                    let saved = g.save(mark.clone()).await;
+                    (mark, saved)
+                }));
+            }
+        }
+    }
+    let mut accepted: std::collections::HashMap<(Key, u64), usize> = Default::default();
+    for s in saves {
+        let ((key, _, seq), result) = s.await.unwrap();
+        if result.unwrap() {
+            *accepted.entry((key, seq)).or_default() += 1;
+        }
+    }
+    assert!(
+        accepted.values().all(|n| *n == 1),
+        "a sequence accepted twice: {accepted:?}"
+    );
+    for i in 0..20 {
+        assert_eq!(a.sequence(&key_of(i)).await.unwrap(), 10);
+        assert_eq!(b.sequence(&key_of(i)).await.unwrap(), 10);
+    }
+    assert_eq!(b.sequences().await.unwrap().len(), 20);
+    // A rotation through b: the old token is refused by a at once or soon, the new sequence
+    // space starts at 0.
+    let rotated = b.issue(&key_of(0), "later").await.unwrap();
+    assert_eq!(b.sequence(&key_of(0)).await.unwrap(), 0);
+    recast_tests::wait_for(
+        Duration::from_secs(30),
+        "replica a to see the rotation",
+        || {
+            a.endpoint_for(&tokens[0]).unwrap().is_none()
+                && a.endpoint_for(&rotated).unwrap() == Some(key_of(0))
+        },
+    );
+    assert!(
+        ga.save((key_of(0), token_hash(&rotated), 1)).await.unwrap(),
+        "the new token's first report"
+    );
+    // Enrollment: once, whichever replica is asked.
+    let first = a.enroll_once(&key_of(1), "attempt-7", "now").await.unwrap();
+    assert!(first.is_some());
+    assert_eq!(
+        b.enroll_once(&key_of(1), "attempt-7", "now").await.unwrap(),
+        None,
+        "the same attempt's credential works once across replicas"
+    );
+    // Revocation through a reaches b.
+    assert!(a.revoke(&key_of(2)).await.unwrap());
+    recast_tests::wait_for(
+        Duration::from_secs(30),
+        "replica b to see the revocation",
+        || b.endpoint_for(&tokens[2]).unwrap().is_none(),
+    );
+    assert!(!a.revoke(&key_of(2)).await.unwrap());
 }

@@ -121,7 +121,7 @@ pub fn awaiting_check_in(ep: &Endpoint, attempt_id: &str) -> Result<(), EnrollEr
             a.id
         ))),
         None => Err(EnrollError::NotAwaitingCheckIn(format!(
-            "{name} has no reimage running; issue a token with `recast-operator gateway-token issue` instead"
+            "{name} has no reimage running; issue a token with `recastctl token issue` instead"
         ))),
     }
 }
@@ -177,7 +177,7 @@ impl<B: Backend> Gateway<B> {
             .map_err(|e| EnrollError::Store(e.into()))?
             .ok_or_else(|| {
                 EnrollError::NotAwaitingCheckIn(format!(
-                    "attempt {} of {who} already enrolled; its credential works once (reimage again, or issue a token with `recast-operator gateway-token issue`)",
+                    "attempt {} of {who} already enrolled; its credential works once (reimage again, or issue a token with `recastctl token issue`)",
                     req.attempt_id
                 ))
             })?;
@@ -262,6 +262,6 @@ mod tests {
             "{old}"
         );
         let idle = awaiting_check_in(&endpoint(None), "a-1").unwrap_err();
-        assert!(idle.to_string().contains("gateway-token issue"), "{idle}");
+        assert!(idle.to_string().contains("recastctl token issue"), "{idle}");
     }
 }

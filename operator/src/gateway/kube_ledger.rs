@@ -25,42 +25,26 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
-use ring::rand::{SecureRandom, SystemRandom};
 use serde_json::json;
 
-use super::credentials::{CredentialError, Mark, TOKEN_PREFIX, token_hash};
-use crate::encoding::hex;
+use crate::credentials::kube_credentials::{api_err, is_conflict, token_of};
+use crate::credentials::{CredentialError, KubeCredentials, Mark};
 use crate::store::Key;
-use crate::store::kube::{ControlKind, control_meta, control_name, control_owner};
+use crate::store::control::ControlKind;
 
 /// Shards of the sequence table: small enough that a busy gateway's batch touches each a few
 /// times a second, large enough that 10,000 endpoints' entries (about 60 bytes each) stay far
 /// below a ConfigMap's 1 MiB.
 pub const SHARDS: usize = 16;
-/// Attempt ids kept per endpoint for enroll-once (an attempt enrolls within hours of its
-/// start; older ids can no longer be presented with a valid enrollment credential).
-pub const ENROLLMENTS_KEPT: usize = 16;
 /// Label of the sequence shards.
 pub const SEQUENCES_LABEL: &str = "recast.dev/gateway-sequences";
-/// A write that keeps losing the race to other replicas gives up after this many tries.
+/// A shard write that keeps losing the race to other replicas gives up after this many tries.
 const MAX_TRIES: usize = 16;
 /// How long `start` waits for the first listing of the credentials.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn api_err(e: kube::Error) -> CredentialError {
-    CredentialError::Apiserver(e.to_string())
-}
-
-fn is_conflict(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == 409)
-}
-
-fn is_not_found(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == 404)
-}
 
 /// The shard an endpoint's mark lives in.
 pub fn shard_of(key: &Key) -> usize {
@@ -149,23 +133,20 @@ impl Tokens {
     }
 
     fn apply(&mut self, cm: &ConfigMap) {
-        if let Some(key) = control_owner(ControlKind::GatewayCredential, cm) {
-            let hash = cm.data.as_ref().and_then(|d| d.get("tokenHash")).cloned();
+        if let Some((key, hash)) = token_of(cm) {
             self.set(&key, hash.as_deref());
         }
     }
 
     fn delete(&mut self, cm: &ConfigMap) {
-        if let Some(key) = control_owner(ControlKind::GatewayCredential, cm) {
+        if let Some((key, _)) = token_of(cm) {
             self.set(&key, None);
         }
     }
 }
 
 pub struct KubeLedger {
-    client: Client,
-    namespace: String,
-    rng: SystemRandom,
+    credentials: KubeCredentials,
     tokens: Arc<RwLock<Tokens>>,
     /// Each shard as this replica last read or wrote it: a write starts from it and re-reads
     /// only when another replica moved the shard on (a conflict).
@@ -239,9 +220,7 @@ impl KubeLedger {
             })?
             .map_err(|_| CredentialError::Apiserver("the credential watch stopped".into()))?;
         Ok(KubeLedger {
-            client,
-            namespace: namespace.to_string(),
-            rng: SystemRandom::new(),
+            credentials: KubeCredentials::new(client, namespace),
             tokens,
             shards: Mutex::new(HashMap::new()),
             writes: AtomicU64::new(0),
@@ -249,7 +228,7 @@ impl KubeLedger {
     }
 
     fn api(&self) -> Api<ConfigMap> {
-        Api::namespaced(self.client.clone(), &self.namespace)
+        Api::namespaced(self.credentials.client(), self.credentials.namespace())
     }
 
     fn current_token(&self, key: &Key) -> Option<String> {
@@ -275,77 +254,17 @@ impl KubeLedger {
             .cloned()
     }
 
-    fn new_token(&self) -> Result<String, CredentialError> {
-        let mut raw = [0u8; 32];
-        self.rng
-            .fill(&mut raw)
-            .map_err(|_| CredentialError::Random)?;
-        Ok(format!("{TOKEN_PREFIX}{}", hex(&raw)))
-    }
-
-    /// Reads, changes and writes an endpoint's credential object at the version read,
-    /// retrying when another writer moved it. `change` gets the current data (None: no
-    /// object) and returns the new data and its result, or only the result to write nothing.
-    async fn update_credential<T>(
-        &self,
-        key: &Key,
-        change: impl Fn(
-            Option<&BTreeMap<String, String>>,
-        ) -> Result<(Option<BTreeMap<String, String>>, T), CredentialError>,
-    ) -> Result<T, CredentialError> {
-        let api = self.api();
-        let name = control_name(ControlKind::GatewayCredential, key);
-        for _ in 0..MAX_TRIES {
-            let current = api.get_opt(&name).await.map_err(api_err)?;
-            let owned = current.as_ref().filter(|cm| {
-                control_owner(ControlKind::GatewayCredential, cm).as_ref() == Some(key)
-            });
-            let (data, result) = change(owned.and_then(|cm| cm.data.as_ref()))?;
-            let Some(data) = data else {
-                return Ok(result);
-            };
-            let written = match &current {
-                Some(cm) => {
-                    let mut next = cm.clone();
-                    next.data = Some(data.clone());
-                    api.replace(&name, &PostParams::default(), &next).await
-                }
-                None => {
-                    let meta = control_meta(ControlKind::GatewayCredential, key, None);
-                    let cm: ConfigMap =
-                        serde_json::from_value(json!({"metadata": meta, "data": data}))
-                            .map_err(|e| CredentialError::Apiserver(e.to_string()))?;
-                    api.create(&PostParams::default(), &cm).await
-                }
-            };
-            match written {
-                Ok(cm) => {
-                    self.tokens
-                        .write()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .apply(&cm);
-                    return Ok(result);
-                }
-                Err(e) if is_conflict(&e) => continue,
-                Err(e) => return Err(api_err(e)),
-            }
-        }
-        Err(CredentialError::Apiserver(format!(
-            "the credential of {key} kept changing under this write; try again"
-        )))
+    fn mirror(&self, cm: &ConfigMap) {
+        self.tokens
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .apply(cm);
     }
 
     /// Issues (or rotates) the endpoint's token.
     pub async fn issue(&self, key: &Key, now: &str) -> Result<String, CredentialError> {
-        let token = self.new_token()?;
-        let hash = token_hash(&token);
-        self.update_credential(key, |old| {
-            let mut data = old.cloned().unwrap_or_default();
-            data.insert("tokenHash".into(), hash.clone());
-            data.insert("issuedAt".into(), now.to_string());
-            Ok((Some(data), ()))
-        })
-        .await?;
+        let (token, cm) = self.credentials.issue(key, now).await?;
+        self.mirror(&cm);
         Ok(token)
     }
 
@@ -356,42 +275,20 @@ impl KubeLedger {
         attempt: &str,
         now: &str,
     ) -> Result<Option<String>, CredentialError> {
-        let token = self.new_token()?;
-        let hash = token_hash(&token);
-        let fresh = self
-            .update_credential(key, |old| {
-                let mut data = old.cloned().unwrap_or_default();
-                let mut enrolled: Vec<String> = data
-                    .get("enrolled")
-                    .map(|e| {
-                        e.split(',')
-                            .filter(|a| !a.is_empty())
-                            .map(str::to_string)
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                if enrolled.iter().any(|a| a == attempt) {
-                    return Ok((None, false));
+        Ok(
+            match self.credentials.enroll_once(key, attempt, now).await? {
+                Some((token, cm)) => {
+                    self.mirror(&cm);
+                    Some(token)
                 }
-                enrolled.push(attempt.to_string());
-                let skip = enrolled.len().saturating_sub(ENROLLMENTS_KEPT);
-                data.insert("enrolled".into(), enrolled[skip..].join(","));
-                data.insert("tokenHash".into(), hash.clone());
-                data.insert("issuedAt".into(), now.to_string());
-                Ok((Some(data), true))
-            })
-            .await?;
-        Ok(fresh.then_some(token))
+                None => None,
+            },
+        )
     }
 
-    /// Revokes the endpoint's token (its object goes); true if it had one.
+    /// Revokes the endpoint's token; true if it had one.
     pub async fn revoke(&self, key: &Key) -> Result<bool, CredentialError> {
-        let name = control_name(ControlKind::GatewayCredential, key);
-        let had = match self.api().delete(&name, &DeleteParams::default()).await {
-            Ok(_) => true,
-            Err(e) if is_not_found(&e) => false,
-            Err(e) => return Err(api_err(e)),
-        };
+        let had = self.credentials.revoke(key).await?;
         self.tokens
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -410,7 +307,7 @@ impl KubeLedger {
                         "name": name,
                         "labels": {
                             SEQUENCES_LABEL: "true",
-                            "app.kubernetes.io/managed-by": crate::store::kube::FIELD_MANAGER,
+                            "app.kubernetes.io/managed-by": crate::store::control::FIELD_MANAGER,
                         },
                     },
                     "data": {},

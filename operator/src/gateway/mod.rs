@@ -134,7 +134,7 @@ pub enum GatewayError {
     )]
     NoToken,
     #[error(
-        "unknown or revoked token: issue a new one with `recast-operator gateway-token issue` and install it on the endpoint"
+        "unknown or revoked token: issue a new one with `recastctl token issue` and install it on the endpoint"
     )]
     BadToken,
     #[error(

@@ -9,6 +9,8 @@
 //! recast-core and the API types only; it never imports the services built on it.
 
 pub mod arming;
+#[cfg(feature = "tokens")]
+pub mod control;
 pub mod embedded;
 #[cfg(feature = "services")]
 pub mod kube;

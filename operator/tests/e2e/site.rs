@@ -485,16 +485,24 @@ impl Site {
             .unwrap_or_default()
     }
 
+    /// Issues the endpoint's gateway token as a site does, with `recastctl token issue` (on
+    /// Kubernetes into the control namespace, here the lease namespace).
     pub fn issue_token(&self, name: &str) -> PathBuf {
-        let key = match &self.backend {
-            Backend::Embedded => name.to_string(),
-            Backend::Kube { ns, .. } => format!("{ns}/{name}"),
-        };
-        let out = Command::new(OPERATOR)
-            .args(["gateway-token", "issue", &key, "--data-dir"])
-            .arg(&self.data)
-            .output()
-            .unwrap();
+        let mut args = vec!["token", "issue", name];
+        if let Backend::Kube { ns, .. } = &self.backend {
+            args.extend(["--operator-namespace", ns.as_str()]);
+        }
+        let mut cmd = Command::new(bin("recastctl"));
+        match &self.backend {
+            Backend::Embedded => {
+                cmd.arg("--data-dir").arg(&self.data);
+            }
+            Backend::Kube { k8s, ns } => {
+                cmd.args(["--backend", "kube", "-n", ns])
+                    .env("KUBECONFIG", &k8s.kubeconfig);
+            }
+        }
+        let out = cmd.args(&args).output().unwrap();
         assert!(
             out.status.success(),
             "{}",

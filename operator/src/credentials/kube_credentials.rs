@@ -1,0 +1,195 @@
+//! Gateway credentials on the Kubernetes backend: one ConfigMap per endpoint in the control
+//! namespace, `recast-gwcred-HASH`, with data `tokenHash` (the SHA-256 of the current token,
+//! never the token), `issuedAt` and `enrolled` (the attempt ids that enrolled, newest last, at
+//! most [`ENROLLMENTS_KEPT`]). Written by the gateway replicas (enrollment) and by
+//! `recastctl token` (issue, rotate, revoke); read by every replica through a watch
+//! (`gateway::kube_ledger`). Every write replaces the object at the version it was read at.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Client;
+use kube::api::{Api, DeleteParams, PostParams};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde_json::json;
+
+use super::{CredentialError, TOKEN_PREFIX, token_hash};
+use crate::encoding::hex;
+use crate::store::Key;
+use crate::store::control::{ControlKind, control_meta, control_name, control_owner};
+
+/// Attempt ids kept per endpoint for enroll-once (an attempt enrolls within hours of its
+/// start; older ids can no longer be presented with a valid enrollment credential).
+pub const ENROLLMENTS_KEPT: usize = 16;
+/// A write that keeps losing the race to other writers gives up after this many tries.
+const MAX_TRIES: usize = 16;
+
+pub(crate) fn api_err(e: kube::Error) -> CredentialError {
+    CredentialError::Apiserver(e.to_string())
+}
+
+pub(crate) fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
+}
+
+fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+/// The endpoint a credential object is for and its current token hash (None: not a
+/// credential object recast wrote, or one without a token).
+pub fn token_of(cm: &ConfigMap) -> Option<(Key, Option<String>)> {
+    let key = control_owner(ControlKind::GatewayCredential, cm)?;
+    let hash = cm.data.as_ref().and_then(|d| d.get("tokenHash")).cloned();
+    Some((key, hash))
+}
+
+pub struct KubeCredentials {
+    client: Client,
+    namespace: String,
+    rng: SystemRandom,
+}
+
+impl KubeCredentials {
+    pub fn new(client: Client, namespace: &str) -> Self {
+        KubeCredentials {
+            client,
+            namespace: namespace.to_string(),
+            rng: SystemRandom::new(),
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    fn api(&self) -> Api<ConfigMap> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    fn new_token(&self) -> Result<String, CredentialError> {
+        let mut raw = [0u8; 32];
+        self.rng
+            .fill(&mut raw)
+            .map_err(|_| CredentialError::Random)?;
+        Ok(format!("{TOKEN_PREFIX}{}", hex(&raw)))
+    }
+
+    /// Reads, changes and writes an endpoint's credential object at the version read,
+    /// retrying when another writer moved it. `change` gets the current data (None: no
+    /// object) and returns the new data (None: write nothing) and its result. Returns the
+    /// result and the object as written.
+    async fn update<T>(
+        &self,
+        key: &Key,
+        change: impl Fn(Option<&BTreeMap<String, String>>) -> (Option<BTreeMap<String, String>>, T),
+    ) -> Result<(T, Option<ConfigMap>), CredentialError> {
+        let api = self.api();
+        let name = control_name(ControlKind::GatewayCredential, key);
+        for _ in 0..MAX_TRIES {
+            let current = api.get_opt(&name).await.map_err(api_err)?;
+            let owned = current.as_ref().filter(|cm| {
+                control_owner(ControlKind::GatewayCredential, cm).as_ref() == Some(key)
+            });
+            let (data, result) = change(owned.and_then(|cm| cm.data.as_ref()));
+            let Some(data) = data else {
+                return Ok((result, None));
+            };
+            let written = match &current {
+                Some(cm) => {
+                    let mut next = cm.clone();
+                    next.data = Some(data);
+                    api.replace(&name, &PostParams::default(), &next).await
+                }
+                None => {
+                    let meta = control_meta(ControlKind::GatewayCredential, key, None);
+                    let cm: ConfigMap =
+                        serde_json::from_value(json!({"metadata": meta, "data": data}))
+                            .map_err(|e| CredentialError::Apiserver(e.to_string()))?;
+                    api.create(&PostParams::default(), &cm).await
+                }
+            };
+            match written {
+                Ok(cm) => return Ok((result, Some(cm))),
+                Err(e) if is_conflict(&e) => continue,
+                Err(e) => return Err(api_err(e)),
+            }
+        }
+        Err(CredentialError::Apiserver(format!(
+            "the credential of {key} kept changing under this write; try again"
+        )))
+    }
+
+    /// Issues (or rotates) the endpoint's token: the token (shown once) and the object.
+    pub async fn issue(
+        &self,
+        key: &Key,
+        now: &str,
+    ) -> Result<(String, ConfigMap), CredentialError> {
+        let token = self.new_token()?;
+        let hash = token_hash(&token);
+        let ((), written) = self
+            .update(key, |old| {
+                let mut data = old.cloned().unwrap_or_default();
+                data.insert("tokenHash".into(), hash.clone());
+                data.insert("issuedAt".into(), now.to_string());
+                (Some(data), ())
+            })
+            .await?;
+        let cm = written.ok_or_else(|| CredentialError::Apiserver("nothing written".into()))?;
+        Ok((token, cm))
+    }
+
+    /// Issues the token for the enrollment of `attempt`, once: None when that attempt
+    /// already enrolled (its credential works one time).
+    pub async fn enroll_once(
+        &self,
+        key: &Key,
+        attempt: &str,
+        now: &str,
+    ) -> Result<Option<(String, ConfigMap)>, CredentialError> {
+        let token = self.new_token()?;
+        let hash = token_hash(&token);
+        let (fresh, written) = self
+            .update(key, |old| {
+                let mut data = old.cloned().unwrap_or_default();
+                let mut enrolled: Vec<String> = data
+                    .get("enrolled")
+                    .map(|e| {
+                        e.split(',')
+                            .filter(|a| !a.is_empty())
+                            .map(str::to_string)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if enrolled.iter().any(|a| a == attempt) {
+                    return (None, false);
+                }
+                enrolled.push(attempt.to_string());
+                let skip = enrolled.len().saturating_sub(ENROLLMENTS_KEPT);
+                data.insert("enrolled".into(), enrolled[skip..].join(","));
+                data.insert("tokenHash".into(), hash.clone());
+                data.insert("issuedAt".into(), now.to_string());
+                (Some(data), true)
+            })
+            .await?;
+        Ok(match (fresh, written) {
+            (true, Some(cm)) => Some((token, cm)),
+            _ => None,
+        })
+    }
+
+    /// Revokes the endpoint's token (its object goes); true if it had one.
+    pub async fn revoke(&self, key: &Key) -> Result<bool, CredentialError> {
+        let name = control_name(ControlKind::GatewayCredential, key);
+        match self.api().delete(&name, &DeleteParams::default()).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(api_err(e)),
+        }
+    }
+}
