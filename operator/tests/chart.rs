@@ -287,19 +287,69 @@ fn helm_template_renders_what_each_value_set_asks_for() {
         kinds(&d),
         [
             "ClusterRole",
+            "ClusterRole",
+            "ClusterRoleBinding",
             "ClusterRoleBinding",
             "Deployment",
+            "Deployment",
             "NetworkPolicy",
+            "NetworkPolicy",
+            "PodDisruptionBudget",
             "PodDisruptionBudget",
             "Role",
             "Role",
+            "Role",
+            "RoleBinding",
             "RoleBinding",
             "RoleBinding",
             "Secret",
+            "Secret",
             "Service",
+            "Service",
+            "ServiceAccount",
             "ServiceAccount",
             "ValidatingWebhookConfiguration"
         ]
+    );
+    // The agent gateway: its own Deployment of 2 replicas with its own identity, state in the
+    // release namespace, a certificate the chart made (agents trust its ca.crt), a Service.
+    let gw = find(&d, "Deployment", "-gateway").unwrap();
+    assert_eq!(gw["spec"]["replicas"], 2);
+    assert_eq!(
+        gw["spec"]["template"]["spec"]["serviceAccountName"],
+        "rc-recast-gateway"
+    );
+    let ga = args(container(gw, "gateway"));
+    for want in [
+        "--backend=kube",
+        "--role=gateway",
+        "--control-namespace=$(POD_NAMESPACE)",
+        "--gateway-listen=0.0.0.0:8443",
+        "--gateway-cert=/etc/recast/gateway/tls.crt",
+    ] {
+        assert!(ga.contains(&want.to_string()), "{want} missing from {ga:?}");
+    }
+    assert!(
+        !ga.iter().any(|x| x.starts_with("--power-driver")),
+        "{ga:?}"
+    );
+    let gw_tls = find(&d, "Secret", "-gateway-tls").unwrap();
+    assert!(gw_tls["data"]["ca.crt"].is_string() && gw_tls["data"]["tls.key"].is_string());
+    assert_eq!(
+        find(&d, "Service", "-gateway").unwrap()["spec"]["selector"]["app.kubernetes.io/component"],
+        "gateway"
+    );
+    let gw_role = find(&d, "Role", "-gateway-control").unwrap().to_string();
+    assert!(
+        gw_role.contains("configmaps")
+            && !gw_role.contains("delete")
+            && !gw_role.contains("secrets"),
+        "{gw_role}"
+    );
+    let gw_cr = find(&d, "ClusterRole", "-gateway").unwrap().to_string();
+    assert!(
+        !gw_cr.contains("status") && !gw_cr.contains("patch") && !gw_cr.contains("secrets"),
+        "the gateway reads the fleet's objects, writes none: {gw_cr}"
     );
     let op = find(&d, "Deployment", "-operator").unwrap();
     assert_eq!(op["spec"]["replicas"], 2);
@@ -611,14 +661,14 @@ fn helm_template_refuses_values_that_cannot_work() {
         ),
         (&["boot.serverIP=10.40.0.300"], "/boot/serverIP"),
         (&["image.digest=latest"], "/image/digest"),
-        // The kube backend's gateway is one process per site: not deployed by the chart.
+        // The gateway's certificate comes from one place.
         (
-            &["gateway.enabled=true", "gateway.tlsSecret=t"],
-            "gateway.enabled needs backend: embedded",
+            &["gateway.tlsSecret=t", "gateway.certManager.enabled=true"],
+            "choose one",
         ),
         (
-            &["backend=embedded", "gateway.enabled=true"],
-            "gateway.enabled needs gateway.tlsSecret",
+            &["gateway.certManager.enabled=true"],
+            "gateway.certManager.enabled needs gateway.certManager.issuerRef",
         ),
         (
             &["boot.enabled=true", "boot.dhcp.mode=full"],

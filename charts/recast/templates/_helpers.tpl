@@ -266,3 +266,37 @@ container copies them from the image into the volume.
 {{- define "recast.webhookEnabled" -}}
 {{- if and .Values.webhook.enabled (eq .Values.backend "kube") -}}true{{- end -}}
 {{- end -}}
+
+{{/* Whether the agent gateway is deployed: in the operator's pod (embedded) or as its own
+Deployment of replicas (kube). */}}
+{{- define "recast.gatewayEnabled" -}}
+{{- if .Values.gateway.enabled -}}true{{- end -}}
+{{- end -}}
+
+{{/* The pods that serve the gateway: the operator's (embedded) or the gateway's own (kube). */}}
+{{- define "recast.gatewayComponent" -}}
+{{- ternary "operator" "gateway" (eq .Values.backend "embedded") -}}
+{{- end -}}
+
+{{- define "recast.gatewayServiceAccountName" -}}
+{{- printf "%s-gateway" (include "recast.fullname" .) -}}
+{{- end -}}
+
+{{- define "recast.gatewayServiceHost" -}}
+{{- printf "%s-gateway.%s.svc" (include "recast.fullname" .) .Release.Namespace -}}
+{{- end -}}
+
+{{/* Name of the Secret with the gateway's TLS certificate: the site's own, or the one
+cert-manager or the chart writes. */}}
+{{- define "recast.gatewayTlsSecret" -}}
+{{- default (printf "%s-gateway-tls" (include "recast.fullname" .)) .Values.gateway.tlsSecret -}}
+{{- end -}}
+
+{{/* The names the gateway's certificate is for: the Service, the Ingress host, extra names. */}}
+{{- define "recast.gatewayDnsNames" -}}
+{{- $host := include "recast.gatewayServiceHost" . -}}
+{{- $names := list $host (printf "%s.cluster.local" $host) -}}
+{{- if .Values.gateway.ingress.host -}}{{- $names = append $names .Values.gateway.ingress.host -}}{{- end -}}
+{{- range .Values.gateway.dnsNames -}}{{- $names = append $names . -}}{{- end -}}
+{{- toJson $names -}}
+{{- end -}}
