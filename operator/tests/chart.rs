@@ -1770,3 +1770,409 @@ fn boot_pods_and_tenants_get_least_privilege() {
         );
     }
 }
+
+/// A Service in front of the gateway replicas, as kube-proxy is: each connection goes to the
+/// next replica that accepts it, so a dead replica's share moves to the others.
+fn round_robin_proxy(backends: Vec<u16>) -> u16 {
+    use std::net::{TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut next = 0usize;
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            let upstream = (0..backends.len()).find_map(|i| {
+                let p = backends[(next + i) % backends.len()];
+                TcpStream::connect(("127.0.0.1", p)).ok()
+            });
+            next = next.wrapping_add(1);
+            let Some(upstream) = upstream else { continue };
+            for (mut from, mut to) in [
+                (client.try_clone().unwrap(), upstream.try_clone().unwrap()),
+                (upstream, client),
+            ] {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        }
+    });
+    port
+}
+
+/// A rendered Secret's key as a file, as its pods would mount it.
+fn pem_from(secret: &Value, key: &str, path: &Path) -> String {
+    let b64 = secret["data"][key].as_str().unwrap();
+    let out = Command::new("base64")
+        .args(["-d"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(b64.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    std::fs::write(path, out.stdout).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+/// The gateway as the chart deploys it on Kubernetes: two replicas started with the chart's
+/// flags as the chart's gateway ServiceAccount, behind one address, with the chart's own
+/// certificate, beside the operator with its flags and rights. A kiosk's failed-rollback
+/// report starts a reimage; one gateway replica is killed mid-run; the new image's check-in
+/// through the survivor completes the attempt. Every report is answered 200 exactly once:
+/// each is also offered to both replicas directly (a retry that reached both), and the second
+/// copy is refused as a replay.
+#[test]
+fn gateway_replicas_from_the_chart_carry_a_failed_rollback_through_a_replica_kill() {
+    use recast_agent::send::{SendOutcome, Sender};
+    use recast_agent::simulate::{Scenario, simulated_report};
+    use recast_core::lifecycle::Input;
+    use recast_operator::store::kube::{KubeBackend, Scope};
+    use recast_operator::store::{Inbox, Key};
+    let Some(helm) = Helm::get() else { return };
+    let Some(k) = K8s::get() else { return };
+    k.install_crds();
+    let tmp = tempfile::tempdir().unwrap();
+    let ns = k.fresh_namespace("chart-gw");
+    let fleet = k.fresh_namespace("chart-gw-fleet");
+    let watch = format!("operator.watchNamespace={fleet}");
+    let docs = helm
+        .template(
+            &release_name("gw"),
+            &ns,
+            None,
+            &[
+                &watch,
+                "operator.powerDriver=record",
+                // The name the agents here use for the gateway.
+                "gateway.dnsNames[0]=localhost",
+            ],
+        )
+        .expect("render the install");
+    let _rbac = AppliedRbac::apply(&k, &docs, tmp.path());
+    let sa = service_account(&docs);
+    let gw = find(&docs, "Deployment", "-gateway").unwrap();
+    assert_eq!(gw["spec"]["replicas"], 2);
+    let gw_sa = gw["spec"]["template"]["spec"]["serviceAccountName"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let gw_subject = (ns.clone(), gw_sa);
+    wait_for(
+        Duration::from_secs(20),
+        "the RBAC bindings to take effect",
+        || {
+            can_i(&k, &sa, "list", "endpoints.recast.dev", &fleet)
+                && can_i(&k, &gw_subject, "update", "configmaps", &ns)
+        },
+    );
+    // The gateway's rights: reads the fleet, writes only ConfigMaps in the release namespace.
+    assert!(can_i(
+        &k,
+        &gw_subject,
+        "get",
+        "endpoints.recast.dev",
+        &fleet
+    ));
+    assert!(!can_i(
+        &k,
+        &gw_subject,
+        "patch",
+        "endpoints.recast.dev",
+        &fleet
+    ));
+    assert!(!can_i(&k, &gw_subject, "get", "secrets", &ns));
+    assert!(!can_i(&k, &gw_subject, "update", "configmaps", &fleet));
+    assert!(!can_i(&k, &gw_subject, "delete", "configmaps", &ns));
+    assert!(!can_i(
+        &k,
+        &gw_subject,
+        "create",
+        "leases.coordination.k8s.io",
+        &ns
+    ));
+
+    let objects = r#"
+apiVersion: recast.dev/v1alpha1
+kind: GoldenImage
+metadata: {name: chart-image}
+spec:
+  source: {path: /nonexistent/recast-chart-test.wim}
+  sha256: 3f1c9a0c6b1e4d7f8a2b5c6d7e8f90112233445566778899aabbccddeeff0011
+  imageIndex: 1
+  expected: {edition: Enterprise, arch: amd64}
+  requirements: {minimumBuild: "26100.7623"}
+---
+apiVersion: recast.dev/v1alpha1
+kind: Endpoint
+metadata: {name: kiosk-01}
+spec:
+  identity:
+    macAddresses: ["52:54:00:c4:01:01"]
+    smbiosUuid: 4c4c4544-0042-3510-8052-b4c04f384dc2
+    serialNumber: CHARTGW01
+  bootMode: uefi
+  image: {goldenImage: chart-image}
+"#;
+    let file = tmp.path().join("fleet.yaml");
+    std::fs::write(&file, objects).unwrap();
+    k.kubectl_ok(&["apply", "-n", &fleet, "-f", &file.to_string_lossy()]);
+    let verified = json!({"status": recast_tests::inputs::verified_image_status()});
+    k.kubectl_ok(&[
+        "patch",
+        "-n",
+        &fleet,
+        "gi",
+        "chart-image",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &verified.to_string(),
+    ]);
+
+    let as_sa = |subject: &(String, String), dir: &str| {
+        let d = tmp.path().join(dir);
+        std::fs::create_dir_all(&d).unwrap();
+        impersonating_kubeconfig(
+            &k,
+            &format!("system:serviceaccount:{}:{}", subject.0, subject.1),
+            &d,
+        )
+    };
+    let operator_kubeconfig = as_sa(&sa, "operator-identity");
+    let gateway_kubeconfig = as_sa(&gw_subject, "gateway-identity");
+    let webhook_tls = find(&docs, "Secret", "-webhook-tls").unwrap();
+    let gateway_tls = find(&docs, "Secret", "-gateway-tls").unwrap();
+    let ca = tmp.path().join("gateway-ca.crt");
+    pem_from(gateway_tls, "ca.crt", &ca);
+    let env = |pod: &str| {
+        vec![
+            ("POD_NAMESPACE", ns.clone()),
+            ("POD_NAME", pod.to_string()),
+            ("POD_IP", "127.0.0.1".to_string()),
+        ]
+    };
+    let data = tmp.path().join("operator-data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut operator = start_as(
+        find(&docs, "Deployment", "-operator").unwrap(),
+        "operator",
+        &operator_kubeconfig,
+        &env("recast-operator-0"),
+        &[
+            ("--listen", format!("127.0.0.1:{}", free_port())),
+            ("--data-dir", data.to_string_lossy().into_owned()),
+            ("--webhook-listen", format!("127.0.0.1:{}", free_port())),
+            (
+                "--webhook-cert",
+                pem_from(webhook_tls, "tls.crt", &tmp.path().join("webhook.crt")),
+            ),
+            (
+                "--webhook-key",
+                pem_from(webhook_tls, "tls.key", &tmp.path().join("webhook.key")),
+            ),
+        ],
+    );
+    let gateway = |pod: &str, port: u16| {
+        let d = tmp.path().join(pod);
+        std::fs::create_dir_all(&d).unwrap();
+        start_as(
+            gw,
+            "gateway",
+            &gateway_kubeconfig,
+            &env(pod),
+            &[
+                ("--listen", format!("127.0.0.1:{}", free_port())),
+                ("--data-dir", d.to_string_lossy().into_owned()),
+                ("--gateway-listen", format!("127.0.0.1:{port}")),
+                (
+                    "--gateway-cert",
+                    pem_from(gateway_tls, "tls.crt", &d.join("tls.crt")),
+                ),
+                (
+                    "--gateway-key",
+                    pem_from(gateway_tls, "tls.key", &d.join("tls.key")),
+                ),
+            ],
+        )
+    };
+    let (port_a, port_b) = (free_port(), free_port());
+    let mut replica_a = gateway("recast-gateway-a", port_a);
+    let mut replica_b = gateway("recast-gateway-b", port_b);
+    for (r, port) in [(&mut replica_a, port_a), (&mut replica_b, port_b)] {
+        r.wait(
+            Duration::from_secs(60),
+            "a gateway replica to listen",
+            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        );
+    }
+    let service = round_robin_proxy(vec![port_a, port_b]);
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let admin = rt.block_on(async {
+        kube::Client::try_from(
+            kube::Config::from_custom_kubeconfig(
+                kube::config::Kubeconfig::read_from(&k.kubeconfig).unwrap(),
+                &Default::default(),
+            )
+            .await
+            .unwrap(),
+        )
+        .unwrap()
+    });
+    let kiosk = Key {
+        namespace: fleet.clone(),
+        name: "kiosk-01".into(),
+    };
+    // The site issues the kiosk's token into the control namespace (`recastctl token issue`).
+    let (token, _) = rt
+        .block_on(
+            recast_operator::credentials::KubeCredentials::new(admin.clone(), &ns)
+                .issue(&kiosk, "now"),
+        )
+        .unwrap();
+    let url = |port: u16| format!("https://localhost:{port}");
+    let through_service = Sender::new(&url(service), Some(&ca)).unwrap();
+    let direct = [
+        Sender::new(&url(port_a), Some(&ca)).unwrap(),
+        Sender::new(&url(port_b), Some(&ca)).unwrap(),
+    ];
+    let mut accepted = 0;
+    let mut send = |report: &recast_crds::report::AgentReport, both_alive: bool| {
+        let outcome = rt.block_on(through_service.send(&token, report)).unwrap();
+        assert_eq!(outcome, SendOutcome::Accepted, "report {}", report.sequence);
+        accepted += 1;
+        // The same report again at each live replica: a replay, whichever it is.
+        let replicas = if both_alive {
+            &direct[..]
+        } else {
+            &direct[1..]
+        };
+        for s in replicas {
+            let again = rt.block_on(s.send(&token, report)).unwrap();
+            assert!(
+                matches!(again, SendOutcome::Replayed(_)),
+                "report {} accepted twice: {again:?}",
+                report.sequence
+            );
+        }
+    };
+    let now = || jiff::Timestamp::now();
+    let status = || json_of(&k, &["get", "rep", "kiosk-01", "-n", &fleet, "-o", "json"]);
+    // December: the cumulative update failed and rolled back. Reports alternate replicas.
+    for seq in 1..=4 {
+        let r = simulated_report("kiosk-01", Scenario::FailedRollback, 0, seq, now(), 300);
+        send(&r, true);
+    }
+    operator.wait(
+        Duration::from_secs(60),
+        "the FailedRollback to start a reimage",
+        || {
+            status()
+                .pointer("/status/activeAttempt/id")
+                .and_then(Value::as_str)
+                .is_some()
+        },
+    );
+    let attempt = status()["status"]["activeAttempt"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // One replica goes away mid-run (a node drained, a pod evicted).
+    drop(replica_a);
+
+    // The imaging environment's inputs (the boot service posts these to the inbox).
+    let backend = rt
+        .block_on(KubeBackend::connect(
+            admin.clone(),
+            &Scope {
+                identity: "chart-test".into(),
+                watch_namespace: Some(fleet.clone()),
+                control_namespace: ns.clone(),
+            },
+            std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        ))
+        .unwrap()
+        .0;
+    for input in [
+        Input::NetworkBooted {
+            attempt_id: attempt.clone(),
+            try_number: None,
+            client: None,
+        },
+        Input::ImagingFinished {
+            attempt_id: attempt.clone(),
+            try_number: None,
+            result: Ok(()),
+            refusal: None,
+        },
+    ] {
+        rt.block_on(backend.post_input(&kiosk, &input)).unwrap();
+    }
+    operator.wait(
+        Duration::from_secs(60),
+        "the attempt to wait for the new image's first report",
+        || status()["status"]["activeAttempt"]["step"] == "FirstBoot",
+    );
+    // The new image checks in through the surviving replica, with a fresh token (as its
+    // enrollment would give it) and the attempt id.
+    let (token2, _) = rt
+        .block_on(
+            recast_operator::credentials::KubeCredentials::new(admin.clone(), &ns)
+                .issue(&kiosk, "later"),
+        )
+        .unwrap();
+    let mut r = simulated_report("kiosk-01", Scenario::Healthy, 0, 1, now(), 300);
+    r.attempt_id = Some(attempt.clone());
+    let mut checked_in = false;
+    for _ in 0..60 {
+        // The surviving replica sees the new token through its watch within moments.
+        match rt.block_on(through_service.send(&token2, &r)).unwrap() {
+            SendOutcome::Accepted => {
+                checked_in = true;
+                break;
+            }
+            SendOutcome::Unauthorized(_) => std::thread::sleep(Duration::from_millis(250)),
+            other => panic!("the check-in was refused: {other:?}"),
+        }
+    }
+    assert!(checked_in, "the check-in never got through");
+    let again = rt.block_on(direct[1].send(&token2, &r)).unwrap();
+    assert!(matches!(again, SendOutcome::Replayed(_)), "{again:?}");
+    operator.wait(Duration::from_secs(60), "the attempt to succeed", || {
+        status()
+            .pointer("/status/history/0/outcome")
+            .and_then(Value::as_str)
+            == Some("Succeeded")
+    });
+    assert_eq!(accepted, 4);
+    // Every accepted sequence is in the control namespace's shards once.
+    let shards = json_of(
+        &k,
+        &[
+            "get",
+            "configmaps",
+            "-n",
+            &ns,
+            "-l",
+            "recast.dev/gateway-sequences=true",
+            "-o",
+            "json",
+        ],
+    );
+    let entry = format!("{fleet}.kiosk-01");
+    let marks: Vec<&str> = shards["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|cm| cm["data"][&entry].as_str())
+        .collect();
+    assert_eq!(marks.len(), 1, "{shards}");
+    assert!(marks[0].ends_with(":1"), "the new token's space: {marks:?}");
+    drop(replica_b);
+}
