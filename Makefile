@@ -10,7 +10,7 @@ DATA_DIR    ?= $(CURDIR)/.recast-data
 # performing them. POWER_DRIVER=redfish drives real BMCs.
 POWER_DRIVER ?= record
 
-.PHONY: all build run demo test e2e attacks fuzz redfish-setup lint fmt docs crds crds-check image imager helm-setup bench-controller bench-boot bench-images bench-imager bench-gateway k8s-build k8s-demo k8s-up k8s-down clean help
+.PHONY: all build run demo test e2e attacks fuzz redfish-setup lint fmt docs crds crds-check image imager helm-setup bench-controller bench-boot bench-images bench-imager bench-gateway bench-gateway-kube k8s-build k8s-demo k8s-up k8s-down clean help
 
 all: build
 
@@ -113,6 +113,12 @@ bench-gateway: ## The agent gateway under recast-agent simulate ($(BENCH_ENDPOIN
 	tests/gateway/setup.sh
 	$(CARGO) build --release $(CARGO_FLAGS) -p recast-operator -p recast-agent --bin recast-operator --bin recast-agent --example bench_gateway
 	target/release/examples/bench_gateway target/release/recast-operator target/release/recast-agent $(BENCH_ENDPOINTS) $(BENCH_REPORTS)
+
+bench-gateway-kube: ## The same on the kube backend: a --role gateway replica with its state in the real kube-apiserver (make k8s-up)
+	tests/gateway/setup.sh
+	tests/k8s/harness.sh up
+	$(CARGO) build --release $(CARGO_FLAGS) -p recast-operator -p recast-agent --bin recast-operator --bin recast-agent --example bench_gateway
+	target/release/examples/bench_gateway target/release/recast-operator target/release/recast-agent $(BENCH_ENDPOINTS) $(BENCH_REPORTS) kube
 
 image: ## Build and smoke-test the recast-operator image from a release build (root; images/build.sh)
 	images/build.sh --release

@@ -12,7 +12,13 @@
 //!   gateway's own stats log line), per report;
 //! - the gateway's RSS at the end (VmRSS and VmHWM from /proc).
 //!
-//! Usage: bench_gateway OPERATOR_BINARY AGENT_BINARY [N] [REPORTS]
+//! With `kube` as the fifth argument the gateway is `recast-operator run --backend kube --role
+//! gateway` against the harness's real kube-apiserver (`make k8s-up`): N Endpoints in a fresh
+//! namespace, tokens in the control namespace, state in the apiserver (docs/gateway.md); its
+//! writes are also counted from the outside, from the apiserver's own request counters
+//! (`apiserver_request_total`, every write verb on ConfigMaps).
+//!
+//! Usage: bench_gateway OPERATOR_BINARY AGENT_BINARY [N] [REPORTS] [kube]
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -198,6 +204,206 @@ fn settled_writes(log: &Path) -> u64 {
     }
 }
 
+/// The embedded store with the examples' policy and image plus N endpoints, a token each, and
+/// `recast-operator run --backend embedded` with the gateway on it.
+fn start_embedded(
+    operator: &Path,
+    dir: &Path,
+    data: &Path,
+    n: usize,
+    crt: &Path,
+    key: &Path,
+    log: &Path,
+) -> (Child, String) {
+    let t0 = Instant::now();
+    {
+        let store = EmbeddedStore::open(data).unwrap();
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        for (_, doc) in recast_operator::manifests::load(&examples).unwrap() {
+            if recast_operator::manifests::is_recast(&doc) && doc.value["kind"] != "Endpoint" {
+                store.apply(&doc.value, "default").unwrap();
+            }
+        }
+        for i in 0..n {
+            store.apply(&endpoint(i), "default").unwrap();
+        }
+        let creds = SqliteLedger::open(data).unwrap();
+        let mut tokens = serde_json::Map::new();
+        for i in 0..n {
+            let name = format!("sim-{:05}", i + 1);
+            let k = Key {
+                namespace: "default".into(),
+                name: name.clone(),
+            };
+            tokens.insert(name, Value::String(creds.issue(&k, "bench").unwrap()));
+        }
+        std::fs::write(dir.join("tokens.json"), Value::Object(tokens).to_string()).unwrap();
+    }
+    eprintln!(
+        "prepared {n} endpoints and tokens in {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
+    let gw_port = recast_tests::free_port();
+    let mut op = Command::new(operator)
+        .args(["run", "--backend", "embedded"])
+        .arg("--data-dir")
+        .arg(data)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{}", recast_tests::free_port()),
+        ])
+        .args(["--gateway-listen", &format!("127.0.0.1:{gw_port}")])
+        .args(gateway_bench_flags())
+        .arg("--gateway-cert")
+        .arg(crt)
+        .arg("--gateway-key")
+        .arg(key)
+        .env("RECAST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("recast-operator");
+    wait_port(gw_port, &mut op, "recast-operator");
+    (op, format!("https://127.0.0.1:{gw_port}"))
+}
+
+/// The global limit protects the store and the per-address limit paces one source: here every
+/// simulated agent comes from 127.0.0.1, and neither must shape what is measured.
+fn gateway_bench_flags() -> [&'static str; 4] {
+    [
+        "--gateway-max-reports-per-second",
+        "1000000",
+        "--gateway-max-requests-per-second-per-ip",
+        "1000000",
+    ]
+}
+
+/// N Endpoints in a fresh namespace of the harness's apiserver, the examples' policy and
+/// image, a token each in a fresh control namespace, and one `--role gateway` replica.
+fn start_on_kube(
+    operator: &Path,
+    dir: &Path,
+    n: usize,
+    crt: &Path,
+    key: &Path,
+    log: &Path,
+) -> (Child, String, recast_tests::K8s) {
+    use futures::StreamExt;
+    let k = recast_tests::K8s::get().expect("the kube-apiserver harness (make k8s-up)");
+    k.install_crds();
+    let fleet = k.fresh_namespace("bench-gw");
+    let control = k.fresh_namespace("bench-gw-control");
+    let t0 = Instant::now();
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut context = String::new();
+    for (_, doc) in recast_operator::manifests::load(&examples).unwrap() {
+        if recast_operator::manifests::is_recast(&doc) && doc.value["kind"] != "Endpoint" {
+            context.push_str("---\n");
+            context.push_str(&serde_yaml::to_string(&doc.value).unwrap());
+        }
+    }
+    let file = dir.join("context.yaml");
+    std::fs::write(&file, context).unwrap();
+    k.kubectl_ok(&["apply", "-n", &fleet, "-f", &file.to_string_lossy()]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let tokens = rt.block_on(async {
+        let client = kube::Client::try_from(
+            kube::Config::from_custom_kubeconfig(
+                kube::config::Kubeconfig::read_from(&k.kubeconfig).unwrap(),
+                &Default::default(),
+            )
+            .await
+            .unwrap(),
+        )
+        .unwrap();
+        let api: kube::Api<recast_crds::Endpoint> = kube::Api::namespaced(client.clone(), &fleet);
+        futures::stream::iter(0..n)
+            .map(|i| {
+                let api = api.clone();
+                async move {
+                    let ep: recast_crds::Endpoint = serde_json::from_value(endpoint(i)).unwrap();
+                    api.create(&Default::default(), &ep).await.unwrap();
+                }
+            })
+            .buffer_unordered(32)
+            .collect::<Vec<_>>()
+            .await;
+        let creds = recast_operator::credentials::KubeCredentials::new(client, &control);
+        let creds = &creds;
+        let fleet = &fleet;
+        let issued: Vec<(String, String)> = futures::stream::iter(0..n)
+            .map(|i| async move {
+                let name = format!("sim-{:05}", i + 1);
+                let k = Key {
+                    namespace: fleet.clone(),
+                    name: name.clone(),
+                };
+                let (token, _) = creds.issue(&k, "bench").await.unwrap();
+                (name, token)
+            })
+            .buffer_unordered(32)
+            .collect()
+            .await;
+        issued
+    });
+    let tokens: serde_json::Map<String, Value> = tokens
+        .into_iter()
+        .map(|(name, t)| (name, Value::String(t)))
+        .collect();
+    std::fs::write(dir.join("tokens.json"), Value::Object(tokens).to_string()).unwrap();
+    eprintln!(
+        "prepared {n} Endpoints and tokens on the apiserver in {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
+    let gw_port = recast_tests::free_port();
+    let data = dir.join("gateway-data");
+    let mut op = Command::new(operator)
+        .args(["run", "--backend", "kube", "--role", "gateway"])
+        .args(["--watch-namespace", &fleet, "--lease-namespace", &control])
+        .args([
+            "--control-namespace",
+            &control,
+            "--identity",
+            "bench-gateway-0",
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{}", recast_tests::free_port()),
+        ])
+        .args(["--gateway-listen", &format!("127.0.0.1:{gw_port}")])
+        .args(gateway_bench_flags())
+        .arg("--gateway-cert")
+        .arg(crt)
+        .arg("--gateway-key")
+        .arg(key)
+        .env("KUBECONFIG", &k.kubeconfig)
+        .env("RECAST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("recast-operator --role gateway");
+    wait_port(gw_port, &mut op, "recast-operator --role gateway");
+    (op, format!("https://127.0.0.1:{gw_port}"), k)
+}
+
+/// ConfigMap writes the apiserver has served (its own `apiserver_request_total`).
+fn configmap_writes(k: &recast_tests::K8s) -> u64 {
+    let text = k.kubectl_ok(&["get", "--raw", "/metrics"]);
+    text.lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+        .filter(|l| l.contains("resource=\"configmaps\""))
+        .filter(|l| {
+            ["POST", "PUT", "PATCH", "DELETE", "APPLY"]
+                .iter()
+                .any(|v| l.contains(&format!("verb=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let operator = PathBuf::from(
@@ -215,65 +421,17 @@ fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     let (ca, crt, key) = certificates(&dir);
 
-    // The store: the examples (policy, golden image) plus N endpoints, each with a token.
+    let kube = args.get(5).is_some_and(|m| m == "kube");
+    let log = dir.join("gateway.log");
     let data = dir.join("data");
-    let t0 = Instant::now();
-    {
-        let store = EmbeddedStore::open(&data).unwrap();
-        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-        for (_, doc) in recast_operator::manifests::load(&examples).unwrap() {
-            if recast_operator::manifests::is_recast(&doc) && doc.value["kind"] != "Endpoint" {
-                store.apply(&doc.value, "default").unwrap();
-            }
-        }
-        for i in 0..n {
-            store.apply(&endpoint(i), "default").unwrap();
-        }
-        let creds = SqliteLedger::open(&data).unwrap();
-        let mut tokens = serde_json::Map::new();
-        for i in 0..n {
-            let name = format!("sim-{:05}", i + 1);
-            let k = Key {
-                namespace: "default".into(),
-                name: name.clone(),
-            };
-            tokens.insert(name, Value::String(creds.issue(&k, "bench").unwrap()));
-        }
-        std::fs::write(dir.join("tokens.json"), Value::Object(tokens).to_string()).unwrap();
-    }
-    eprintln!(
-        "prepared {n} endpoints and tokens in {:.1}s",
-        t0.elapsed().as_secs_f64()
-    );
+    let (mut op, url, k8s) = if kube {
+        let (op, url, k8s) = start_on_kube(&operator, &dir, n, &crt, &key, &log);
+        (op, url, Some(k8s))
+    } else {
+        let (op, url) = start_embedded(&operator, &dir, &data, n, &crt, &key, &log);
+        (op, url, None)
+    };
     let tokens = dir.join("tokens.json");
-
-    // recast-operator with the gateway.
-    let gw_port = recast_tests::free_port();
-    let log = dir.join("operator.log");
-    let mut op = Command::new(&operator)
-        .args(["run", "--backend", "embedded"])
-        .arg("--data-dir")
-        .arg(&data)
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{}", recast_tests::free_port()),
-        ])
-        .args(["--gateway-listen", &format!("127.0.0.1:{gw_port}")])
-        // The global limit protects the store; here it must not shape what is measured.
-        .args(["--gateway-max-reports-per-second", "1000000"])
-        // Every simulated agent comes from 127.0.0.1: the per-address limit would pace them.
-        .args(["--gateway-max-requests-per-second-per-ip", "1000000"])
-        .arg("--gateway-cert")
-        .arg(&crt)
-        .arg("--gateway-key")
-        .arg(&key)
-        .env("RECAST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("recast-operator");
-    wait_port(gw_port, &mut op, "recast-operator");
-    let url = format!("https://127.0.0.1:{gw_port}");
     std::thread::sleep(Duration::from_secs(3));
     eprintln!(
         "gateway RSS before any report: {:.0} MiB",
@@ -281,15 +439,23 @@ fn main() {
     );
     let warm = simulate(&agent, &url, &ca, &tokens, n, 2);
     let writes_warm = settled_writes(&log);
-    // Steady state means the controller has decided the warm-up's inputs too: measuring while
-    // it still writes 10,000 statuses would time its backlog, not the gateway.
-    let drained = controller_drained(&data);
+    if !kube {
+        // Steady state means the controller has decided the warm-up's inputs too: measuring
+        // while it still writes 10,000 statuses would time its backlog, not the gateway.
+        let drained = controller_drained(&data);
+        eprintln!("controller drained the warm-up inbox in {drained:.1}s");
+    }
     eprintln!(
-        "controller drained the warm-up inbox in {drained:.1}s; gateway RSS {:.0} MiB",
+        "after the warm-up: gateway RSS {:.0} MiB",
         proc_status_mib(op.id(), "VmRSS:")
     );
+    let outside_before = k8s.as_ref().map(configmap_writes);
     let steady = simulate(&agent, &url, &ca, &tokens, n, reports);
     let writes_total = settled_writes(&log);
+    let outside = k8s
+        .as_ref()
+        .zip(outside_before)
+        .map(|(k, before)| configmap_writes(k).saturating_sub(before));
     let rss = proc_status_mib(op.id(), "VmRSS:");
     let hwm = proc_status_mib(op.id(), "VmHWM:");
     let _ = op.kill();
@@ -356,8 +522,13 @@ fn main() {
         })
         .unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let backend = if kube {
+        "kube backend: one `--role gateway` replica, state in the harness's kube-apiserver"
+    } else {
+        "embedded backend"
+    };
     println!(
-        "\nagent gateway benchmark: {n} simulated endpoints, 2 warm-up + {reports} measured reports each (healthy fleet), loopback TLS, {cpu}, {cores} cores\n"
+        "\nagent gateway benchmark ({backend}): {n} simulated endpoints, 2 warm-up + {reports} measured reports each (healthy fleet), loopback TLS, {cpu}, {cores} cores\n"
     );
     println!(
         "| server | reports sent | accepted | reports/s | p50 ms | p99 ms | store writes per report | RSS (peak) |"
@@ -387,6 +558,12 @@ fn main() {
         "| nginx static 204 (steady state) | {} | {} | {:.0} | {:.2} | {:.2} | — | |",
         ng_steady.sent, ng_steady.accepted, ng_steady.rate, ng_steady.p50_ms, ng_steady.p99_ms
     );
+    if let Some(w) = outside {
+        println!(
+            "\napiserver writes during the steady state, counted by the apiserver (ConfigMap POST/PUT/PATCH/DELETE): {w}, {:.3} per report",
+            w as f64 / steady.sent.max(1) as f64
+        );
+    }
     println!(
         "\nrecast/nginx rate: {:.2}× (target ≥ 0.5×); p99 {:.2} ms (target < 50 ms); writes per report {:.3} (target ≤ 0.05); RSS {:.0} MiB (target < 200 MiB)",
         steady.rate / ng_steady.rate.max(1e-9),

@@ -35,10 +35,11 @@ use crate::credentials::{CredentialError, KubeCredentials, Mark};
 use crate::store::Key;
 use crate::store::control::ControlKind;
 
-/// Shards of the sequence table: small enough that a busy gateway's batch touches each a few
-/// times a second, large enough that 10,000 endpoints' entries (about 60 bytes each) stay far
-/// below a ConfigMap's 1 MiB.
-pub const SHARDS: usize = 16;
+/// Shards of the sequence table. A group commit writes every shard its marks fall in, so fewer
+/// shards mean fewer writes per report under load (16 shards measured 0.15 writes per report,
+/// 4 shards 0.04, docs/benchmarks.md); 10,000 endpoints' entries (about 45 bytes each) still
+/// keep each shard near 110 KiB, far below a ConfigMap's 1 MiB.
+pub const SHARDS: usize = 4;
 /// Label of the sequence shards.
 pub const SEQUENCES_LABEL: &str = "recast.dev/gateway-sequences";
 /// A shard write that keeps losing the race to other replicas gives up after this many tries.

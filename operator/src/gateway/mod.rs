@@ -221,7 +221,8 @@ impl From<crate::store::BackendError> for GatewayError {
 pub struct GatewayStats {
     pub accepted: AtomicU64,
     pub refused: AtomicU64,
-    /// Inputs handed to the controller plus sequence flushes: every write the store sees.
+    /// Inputs handed to the controller plus sequence flushes (the group commits are counted by
+    /// [`GroupCommit::commits`]; [`Gateway::stats_snapshot`] adds them).
     pub store_writes: AtomicU64,
 }
 
@@ -640,6 +641,18 @@ impl<B: Backend> Gateway<B> {
         Ok(saved)
     }
 
+    /// (accepted, refused, store writes): the writes are the inputs handed to the controller,
+    /// the sequence flushes and every group commit of accepted sequences (a transaction on
+    /// SQLite; a shard written on the apiserver).
+    pub fn stats_snapshot(&self) -> (u64, u64, u64) {
+        let (accepted, refused, writes) = self.stats.snapshot();
+        (
+            accepted,
+            refused,
+            writes + self.sequences.commits.load(Ordering::Relaxed),
+        )
+    }
+
     /// Runs the sweep and the flusher until `shutdown`, then flushes once more.
     pub async fn run_background(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut sweep = tokio::time::interval(self.config.sweep_interval);
@@ -652,7 +665,7 @@ impl<B: Backend> Gateway<B> {
                     if let Err(e) = self.flush_sequences().await {
                         tracing::warn!(error = %e, "saving report sequences failed; will retry");
                     }
-                    let now = self.stats.snapshot();
+                    let now = self.stats_snapshot();
                     if now != logged {
                         tracing::info!(
                             accepted = now.0,
