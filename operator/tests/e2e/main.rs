@@ -250,6 +250,9 @@ fn failed_rollback_chain(site: &mut Site, kube: bool) {
             .unwrap();
         assert!(ok.success(), "harness.sh restart-apiserver failed");
         site.note("kube-apiserver restarted with the attempt in flight");
+        // One of the chart's two gateway replicas goes away too: the agents' reports, the
+        // new image's enrollment and its check-in go to the survivor.
+        site.kill_gateway(0, "with the attempt in flight");
     } else {
         site.restart_operator("with the attempt created, before the power cycle");
     }
@@ -415,6 +418,13 @@ fn failed_rollback_chain(site: &mut Site, kube: bool) {
         },
     );
     site.note("the new image's agent enrolled and reported 26100.7623 with the attempt id: Ready");
+    if kube {
+        assert!(
+            site.gateway_logs().contains("agent enrolled"),
+            "the surviving gateway replica enrolled the new image:\n{}",
+            site.gateway_logs()
+        );
+    }
     assert_eq!(
         condition(&ep, "Compliant").as_deref(),
         Some("True"),

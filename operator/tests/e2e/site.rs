@@ -72,6 +72,9 @@ pub struct Site {
     key: PathBuf,
     operator: Option<Proc>,
     pub operator_runs: u32,
+    /// The kube backend's gateway replicas (`--role gateway`, started from the chart's
+    /// rendered Deployment), by port; None once killed.
+    gateways: Vec<(u16, Option<Proc>)>,
     agents: BTreeMap<String, Proc>,
     _sushy: recast_tests::redfish::Sushy,
     _dnsmasq: Proc,
@@ -244,6 +247,7 @@ impl Site {
             cert: pki.cert,
             key: pki.key,
             operator: None,
+            gateways: Vec::new(),
             operator_runs: 0,
             agents: BTreeMap::new(),
             _sushy: sushy,
@@ -340,18 +344,194 @@ impl Site {
             .args(["--dhcp-server-ip", BOOT_IP, "--dhcp-interface", "vr0"])
             // The firmware's own PXE client (the Secure Boot machine) fetches shim over TFTP.
             .args(["--tftp", &format!("{BOOT_IP}:69")])
-            .args(["--gateway-listen", "127.0.0.1:8443", "--gateway-cert"])
-            .arg(&self.cert)
-            .arg("--gateway-key")
-            .arg(&self.key)
-            .args([
-                "--gateway-url",
-                GATEWAY,
-                "--gateway-heartbeat-period",
-                "10s",
-            ])
+            .args(["--gateway-url", GATEWAY])
             .env("RECAST_LOG", "info");
+        if matches!(self.backend, Backend::Embedded) {
+            // On Kubernetes the gateway is its own replicas (start_gateways).
+            cmd.args(["--gateway-listen", "127.0.0.1:8443", "--gateway-cert"])
+                .arg(&self.cert)
+                .arg("--gateway-key")
+                .arg(&self.key)
+                .args(["--gateway-heartbeat-period", "10s"]);
+        }
         cmd
+    }
+
+    /// The kube backend's gateway as the chart deploys it: `helm template` renders the gateway
+    /// Deployment, and each of its replicas runs with that container's flags (what only makes
+    /// sense in a pod replaced: ports, paths, the pod's name and namespace) in the boot
+    /// namespace, where the agents are. The agents' address (127.0.0.1:8443) reaches them the
+    /// way a Service does: the kernel spreads new connections over the replicas (iptables
+    /// REDIRECT, nth), and a replica that is gone is taken out (`kill_gateway`).
+    pub fn start_gateways(&mut self) {
+        let Backend::Kube { k8s, ns } = &self.backend else {
+            return;
+        };
+        if !self.gateways.is_empty() {
+            return;
+        }
+        let helm =
+            recast_tests::helm().expect("helm (tests/helm/setup.sh) for the gateway's chart");
+        let out = Command::new(&helm)
+            .args(["template", "e2e"])
+            .arg(recast_tests::repo_root().join("charts/recast"))
+            .args(["-n", ns, "--set", &format!("operator.watchNamespace={ns}")])
+            .args([
+                "--set",
+                "boot.enabled=true",
+                "--set",
+                "gateway.heartbeatPeriod=10s",
+            ])
+            .env("HELM_CACHE_HOME", self.dir.join("helm-cache"))
+            .env("HELM_CONFIG_HOME", self.dir.join("helm-config"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let deployment: Value = serde_yaml::Deserializer::from_str(&text)
+            .filter_map(|d| {
+                let v: serde_yaml::Value = serde::Deserialize::deserialize(d).ok()?;
+                serde_json::to_value(v).ok()
+            })
+            .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "e2e-recast-gateway")
+            .expect("the chart's gateway Deployment");
+        let replicas = deployment["spec"]["replicas"].as_u64().unwrap();
+        assert_eq!(replicas, 2, "the chart's default");
+        let chart_args: Vec<String> =
+            deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap().to_string())
+                .collect();
+        for i in 0..replicas {
+            let port = 8444 + i as u16;
+            let pod = format!("e2e-recast-gateway-{i}");
+            let data = self.dir.join(format!("gateway-{i}"));
+            std::fs::create_dir_all(&data).unwrap();
+            let args: Vec<String> = chart_args
+                .iter()
+                .map(|a| {
+                    let flag = a.split('=').next().unwrap();
+                    match flag {
+                        "--listen" => format!("--listen=127.0.0.1:{}", 9180 + i),
+                        "--data-dir" => format!("--data-dir={}", data.display()),
+                        "--gateway-listen" => format!("--gateway-listen=127.0.0.1:{port}"),
+                        // The Secrets a pod mounts: the site's certificate for 127.0.0.1 and
+                        // the operator's imaging key (enrollment credentials).
+                        "--gateway-cert" => format!("--gateway-cert={}", self.cert.display()),
+                        "--gateway-key" => format!("--gateway-key={}", self.key.display()),
+                        "--imaging-key-file" => {
+                            format!(
+                                "--imaging-key-file={}",
+                                self.data.join("imaging.key").display()
+                            )
+                        }
+                        _ => a
+                            .replace("$(POD_NAMESPACE)", ns)
+                            .replace("$(POD_NAME)", &pod),
+                    }
+                })
+                .collect();
+            let log = std::fs::File::create(self.dir.join(format!("gateway-{i}.log"))).unwrap();
+            let child = Command::new("ip")
+                .args(["netns", "exec", &self.boot_ns()])
+                .arg(OPERATOR)
+                .args(&args)
+                .env("KUBECONFIG", &k8s.kubeconfig)
+                .env("RECAST_LOG", "info")
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("start a gateway replica");
+            self.gateways.push((port, Some(Proc(child))));
+        }
+        let ports: Vec<u16> = self.gateways.iter().map(|(p, _)| *p).collect();
+        for port in &ports {
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            self.wait(
+                Duration::from_secs(60),
+                "a gateway replica to listen",
+                || net::connect(Some(&self.boot_ns()), addr).is_ok(),
+            );
+        }
+        self.route_gateways();
+        self.note(&format!(
+            "{} gateway replicas started from the chart's Deployment (--role gateway), behind 127.0.0.1:8443",
+            ports.len()
+        ));
+    }
+
+    /// Points 127.0.0.1:8443 at the live replicas, as a Service's endpoints are.
+    fn route_gateways(&self) {
+        let live: Vec<u16> = self
+            .gateways
+            .iter()
+            .filter(|(_, p)| p.is_some())
+            .map(|(port, _)| *port)
+            .collect();
+        let ipt = |args: &[&str]| {
+            let ok = Command::new("ip")
+                .args(["netns", "exec", &self.boot_ns(), "iptables", "-t", "nat"])
+                .args(args)
+                .status()
+                .unwrap();
+            assert!(ok.success(), "iptables {args:?}");
+        };
+        ipt(&["-F", "OUTPUT"]);
+        for (i, port) in live.iter().enumerate() {
+            let to = port.to_string();
+            let mut rule = vec![
+                "-A",
+                "OUTPUT",
+                "-p",
+                "tcp",
+                "-d",
+                "127.0.0.1",
+                "--dport",
+                "8443",
+            ];
+            let every = (live.len() - i).to_string();
+            if i + 1 < live.len() {
+                rule.extend([
+                    "-m",
+                    "statistic",
+                    "--mode",
+                    "nth",
+                    "--every",
+                    &every,
+                    "--packet",
+                    "0",
+                ]);
+            }
+            rule.extend(["-j", "REDIRECT", "--to-ports", &to]);
+            ipt(&rule);
+        }
+    }
+
+    /// SIGKILL one gateway replica (a node lost, a pod evicted); the address stops sending
+    /// new connections to it.
+    pub fn kill_gateway(&mut self, index: usize, why: &str) {
+        if let Some((_, p)) = self.gateways.get_mut(index) {
+            p.take();
+        }
+        self.route_gateways();
+        self.note(&format!("gateway replica {index} killed (SIGKILL) {why}"));
+    }
+
+    /// Each gateway replica's log, in order.
+    pub fn gateway_logs(&self) -> String {
+        (0..self.gateways.len())
+            .map(|i| {
+                std::fs::read_to_string(self.dir.join(format!("gateway-{i}.log")))
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     pub fn operator_log_path(&self, run: u32) -> PathBuf {
@@ -391,6 +571,7 @@ impl Site {
                 log.contains("serving HTTP boot")
             },
         );
+        self.start_gateways();
     }
 
     /// SIGKILL: no shutdown path runs (a crash, an OOM kill, a node lost).
@@ -741,6 +922,7 @@ impl Drop for Site {
     fn drop(&mut self) {
         self.agents.clear();
         self.operator.take();
+        self.gateways.clear();
         let _ = Command::new(recast_tests::repo_root().join("tests/pxe/netns.sh"))
             .args(["down", &self.net_name])
             .status();
