@@ -83,9 +83,10 @@ pub fn run(
                     let (token, _) = k.block_on(credentials.issue(&key, &now)).map_err(failed)?;
                     issued(&key, &token);
                 }
-                TokenCommand::Revoke { .. } => {
-                    revoked(&key, k.block_on(credentials.revoke(&key)).map_err(failed)?)?
-                }
+                TokenCommand::Revoke { .. } => revoked(
+                    &key,
+                    k.block_on(credentials.revoke(&key)).map_err(failed)?.0,
+                )?,
             }
         }
         (Backend::Embedded(_), _, Some(dir)) => {

@@ -1172,6 +1172,19 @@ async fn replicas_share_tokens_and_never_both_accept_a_sequence() {
         ga.save((key_of(0), token_hash(&rotated), 1)).await.unwrap(),
         "the new token's first report"
     );
+    assert_eq!(
+        b.sequence(&key_of(0)).await.unwrap(),
+        1,
+        "saved, in the new space"
+    );
+    // A report made with the old token that reaches a replica after the rotation: refused,
+    // and the new token's mark is not touched.
+    assert!(
+        !gb.save((key_of(0), token_hash(&tokens[0]), 11))
+            .await
+            .unwrap()
+    );
+    assert_eq!(a.sequence(&key_of(0)).await.unwrap(), 1);
     // Enrollment: once, whichever replica is asked.
     let first = a.enroll_once(&key_of(1), "attempt-7", "now").await.unwrap();
     assert!(first.is_some());

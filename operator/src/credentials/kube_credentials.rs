@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Client;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, PostParams};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde_json::json;
 
@@ -30,10 +30,6 @@ pub(crate) fn api_err(e: kube::Error) -> CredentialError {
 
 pub(crate) fn is_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 409)
-}
-
-fn is_not_found(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == 404)
 }
 
 /// The endpoint a credential object is for and its current token hash (None: not a
@@ -183,13 +179,29 @@ impl KubeCredentials {
         })
     }
 
-    /// Revokes the endpoint's token (its object goes); true if it had one.
-    pub async fn revoke(&self, key: &Key) -> Result<bool, CredentialError> {
+    /// Revokes the endpoint's token; true if it had one. The object stays with its
+    /// enrollments, so an attempt that enrolled cannot enroll again after a revocation.
+    pub async fn revoke(&self, key: &Key) -> Result<(bool, Option<ConfigMap>), CredentialError> {
+        self.update(key, |old| {
+            let had = old.is_some_and(|d| d.contains_key("tokenHash"));
+            if !had {
+                return (None, false);
+            }
+            let mut data = old.cloned().unwrap_or_default();
+            data.remove("tokenHash");
+            (Some(data), true)
+        })
+        .await
+    }
+
+    /// The endpoint's current token hash, read from the apiserver (None: no token).
+    pub async fn current_hash(&self, key: &Key) -> Result<Option<String>, CredentialError> {
         let name = control_name(ControlKind::GatewayCredential, key);
-        match self.api().delete(&name, &DeleteParams::default()).await {
-            Ok(_) => Ok(true),
-            Err(e) if is_not_found(&e) => Ok(false),
-            Err(e) => Err(api_err(e)),
-        }
+        let cm = self.api().get_opt(&name).await.map_err(api_err)?;
+        Ok(cm
+            .as_ref()
+            .and_then(token_of)
+            .filter(|(k, _)| k == key)
+            .and_then(|(_, h)| h))
     }
 }

@@ -86,14 +86,21 @@ impl CredentialStore {
     }
 
     /// Saves marks (SQLite's work on the blocking pool: it must not hold a runtime worker
-    /// from the requests). Per mark: false when it was already superseded.
-    pub async fn save_sequences(&self, marks: Vec<Mark>) -> Result<Vec<bool>, CredentialError> {
+    /// from the requests). Per mark: true when saved, false when superseded, an error when it
+    /// could not be written (on SQLite the whole transaction; on the apiserver its shard).
+    pub async fn save_sequences(&self, marks: Vec<Mark>) -> Vec<Result<bool, String>> {
         match self {
             CredentialStore::Sqlite(s) => {
                 let s = s.clone();
-                tokio::task::spawn_blocking(move || s.save_sequences(&marks))
+                let n = marks.len();
+                let result = tokio::task::spawn_blocking(move || s.save_sequences(&marks))
                     .await
-                    .map_err(|e| CredentialError::Stopped(e.to_string()))?
+                    .map_err(|e| CredentialError::Stopped(e.to_string()))
+                    .and_then(|r| r);
+                match result {
+                    Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+                    Err(e) => vec![Err(e.to_string()); n],
+                }
             }
             CredentialStore::Kube(k) => k.save_sequences(&marks).await,
         }
@@ -102,13 +109,10 @@ impl CredentialStore {
     /// Store writes one commit of [`save_sequences`](Self::save_sequences) cost (for the
     /// gateway's stats): one transaction on SQLite, one write per shard touched on the
     /// apiserver (counted by the ledger itself).
-    fn writes_per_commit(&self, result: &Result<Vec<bool>, CredentialError>) -> u64 {
+    fn writes_per_commit(&self) -> u64 {
         match self {
             CredentialStore::Sqlite(_) => 1,
-            CredentialStore::Kube(k) => {
-                let _ = result;
-                k.take_writes()
-            }
+            CredentialStore::Kube(k) => k.take_writes(),
         }
     }
 }
@@ -173,21 +177,11 @@ impl GroupCommit {
                 q.marks.drain(..n).collect()
             };
             let marks: Vec<Mark> = batch.iter().map(|(m, _)| m.clone()).collect();
-            let result = self.store.save_sequences(marks).await;
+            let outcomes = self.store.save_sequences(marks).await;
             self.commits
-                .fetch_add(self.store.writes_per_commit(&result), Ordering::Relaxed);
-            match result {
-                Ok(outcomes) => {
-                    for ((_, waiter), saved) in batch.into_iter().zip(outcomes) {
-                        let _ = waiter.send(Ok(saved));
-                    }
-                }
-                Err(e) => {
-                    let e = e.to_string();
-                    for (_, waiter) in batch {
-                        let _ = waiter.send(Err(e.clone()));
-                    }
-                }
+                .fetch_add(self.store.writes_per_commit(), Ordering::Relaxed);
+            for ((_, waiter), outcome) in batch.into_iter().zip(outcomes) {
+                let _ = waiter.send(outcome);
             }
         }
     }

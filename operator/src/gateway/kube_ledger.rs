@@ -82,10 +82,13 @@ fn parse_mark(value: &str) -> Option<(&str, u64)> {
     Some((h, seq.parse().ok()?))
 }
 
-/// Pure: raises the marks of one shard's data. Per mark: true when it was raised, or when the
-/// endpoint's token changed since the mark was reached (not this mark's sequence space to
-/// judge, and nothing is written for it); false when the stored mark of the same token is
-/// already at or above it. Returns whether the data changed.
+/// Pure: raises the marks of one shard's data. Per mark: true when it was raised; false when
+/// the stored mark of the same token is already at or above it (another replica accepted that
+/// report or a later one), or when the mark's token is not the endpoint's current one (a
+/// rotation or revocation since: nothing is written for it). `current_token` must be fresh
+/// from the apiserver for every endpoint whose stored entry belongs to another token than its
+/// mark's (see `KubeLedger::save_shard`): a replica whose mirror still has an old token must
+/// never overwrite the new token's mark. Returns whether the data changed.
 pub fn raise_marks(
     data: &mut BTreeMap<String, String>,
     marks: &[&Mark],
@@ -96,7 +99,7 @@ pub fn raise_marks(
         .iter()
         .map(|(key, hash, seq)| {
             if current_token(key).as_deref() != Some(hash.as_str()) {
-                return true;
+                return false;
             }
             let k = entry_key(key);
             let stored = data
@@ -289,7 +292,7 @@ impl KubeLedger {
 
     /// Revokes the endpoint's token; true if it had one.
     pub async fn revoke(&self, key: &Key) -> Result<bool, CredentialError> {
-        let had = self.credentials.revoke(key).await?;
+        let (had, _) = self.credentials.revoke(key).await?;
         self.tokens
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -344,8 +347,23 @@ impl KubeLedger {
         let mut cm = self.shard(shard).await?;
         for _ in 0..MAX_TRIES {
             let mut data = cm.data.clone().unwrap_or_default();
-            let (outcomes, changed) =
-                raise_marks(&mut data, marks, &|k: &Key| self.current_token(k));
+            // An entry of another token than its mark's: after a rotation, either the mark or
+            // the entry is stale. The mirror may lag; the credential object decides.
+            let mut fresh: HashMap<Key, Option<String>> = HashMap::new();
+            for (key, hash, _) in marks.iter().copied() {
+                let other = data
+                    .get(&entry_key(key))
+                    .and_then(|v| parse_mark(v))
+                    .is_some_and(|(h, _)| h != short(hash));
+                if other && !fresh.contains_key(key) {
+                    fresh.insert(key.clone(), self.credentials.current_hash(key).await?);
+                }
+            }
+            let current = |k: &Key| match fresh.get(k) {
+                Some(h) => h.clone(),
+                None => self.current_token(k),
+            };
+            let (outcomes, changed) = raise_marks(&mut data, marks, &current);
             if !changed {
                 return Ok(outcomes);
             }
@@ -374,9 +392,10 @@ impl KubeLedger {
         )))
     }
 
-    /// Saves marks, one write per shard touched (the shards in parallel). Per mark: false when
-    /// it was already superseded (another replica accepted that sequence or a later one).
-    pub async fn save_sequences(&self, marks: &[Mark]) -> Result<Vec<bool>, CredentialError> {
+    /// Saves marks, one write per shard touched (the shards in parallel). Per mark: true when
+    /// saved, false when superseded or its token is no longer current, an error when its
+    /// shard could not be written (the other shards' marks stand).
+    pub async fn save_sequences(&self, marks: &[Mark]) -> Vec<Result<bool, String>> {
         let mut by_shard: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
         for (i, (key, _, _)) in marks.iter().enumerate() {
             by_shard.entry(shard_of(key)).or_default().push(i);
@@ -386,13 +405,22 @@ impl KubeLedger {
             async move { self.save_shard(*shard, &ms).await }
         });
         let results = futures::future::join_all(saves).await;
-        let mut outcomes = vec![false; marks.len()];
+        let mut outcomes: Vec<Result<bool, String>> = vec![Ok(false); marks.len()];
         for ((_, idx), result) in by_shard.iter().zip(results) {
-            for (i, ok) in idx.iter().zip(result?) {
-                outcomes[*i] = ok;
+            match result {
+                Ok(saved) => {
+                    for (i, ok) in idx.iter().zip(saved) {
+                        outcomes[*i] = Ok(ok);
+                    }
+                }
+                Err(e) => {
+                    for i in idx {
+                        outcomes[*i] = Err(e.to_string());
+                    }
+                }
             }
         }
-        Ok(outcomes)
+        outcomes
     }
 
     /// The stored mark of an endpoint's current token (0 when none), read afresh.
@@ -454,7 +482,7 @@ mod tests {
         let m = |name: &str, hash: &str, seq| (key(name), hash.to_string(), seq);
         let (a, b, c) = (m("k1", &h1, 10), m("k2", &h1, 5), m("gone", &h1, 7));
         let (out, changed) = raise_marks(&mut data, &[&a, &b, &c], &current);
-        assert_eq!(out, [true, true, true]);
+        assert_eq!(out, [true, true, false], "no token: refused");
         assert!(changed);
         assert_eq!(data.get("site-a.k1").unwrap(), &format!("{}:10", &h1[..16]));
         assert!(!data.contains_key("site-a.gone"), "no token, no mark");
@@ -464,9 +492,9 @@ mod tests {
         // Lower: superseded; higher: raised.
         let (out, _) = raise_marks(&mut data, &[&m("k1", &h1, 9), &m("k1", &h1, 11)], &current);
         assert_eq!(out, [false, true]);
-        // A mark reached with a token that is no longer current is not judged, nor written.
+        // A mark reached with a token that is no longer current is refused, and not written.
         let (out, changed) = raise_marks(&mut data, &[&m("k2", &h2, 1)], &current);
-        assert_eq!((out, changed), (vec![true], false));
+        assert_eq!((out, changed), (vec![false], false));
         // After a rotation the stored mark of the old token does not hold the new one back.
         let rotated = |_: &Key| Some(h2.clone());
         let (out, _) = raise_marks(&mut data, &[&m("k1", &h2, 1)], &rotated);

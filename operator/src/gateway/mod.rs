@@ -464,7 +464,10 @@ impl<B: Backend> Gateway<B> {
             .map_err(|e| GatewayError::Store(StoreUnavailable::Sequences(e)))?;
         if !saved {
             // Another gateway replica accepted this sequence (or a later one) first: this
-            // copy of the report is a replay. Its inputs, if any, were the same facts.
+            // copy of the report is a replay. Its inputs, if any, were the same facts. The
+            // session moves past it, so a copy arriving again is refused before anything is
+            // posted.
+            entry.session.last_sequence = entry.session.last_sequence.max(sequence);
             return Err(GatewayError::Replayed {
                 got: sequence,
                 last: sequence,
@@ -624,12 +627,12 @@ impl<B: Backend> Gateway<B> {
         while !marks.is_empty() {
             let rest = marks.split_off(marks.len().min(FLUSH_BATCH));
             let batch = std::mem::replace(&mut marks, rest);
-            // A superseded mark (another replica accepted it first) needs no saving either:
-            // the outcomes are not read here, only that the write went through.
-            self.credentials
-                .save_sequences(batch.clone())
-                .await
-                .map_err(|e| GatewayError::Store(StoreUnavailable::Sequences(e.to_string())))?;
+            // A superseded mark (another replica accepted it first) needs no saving either;
+            // a mark that could not be written is tried again at the next flush.
+            let outcomes = self.credentials.save_sequences(batch.clone()).await;
+            if let Some(Err(e)) = outcomes.iter().find(|o| o.is_err()) {
+                return Err(GatewayError::Store(StoreUnavailable::Sequences(e.clone())));
+            }
             self.stats.store_writes.fetch_add(1, Ordering::Relaxed);
             for ((_, _, seq), slot) in batch.iter().zip(marked.drain(..batch.len())) {
                 if let Some(e) = slot.lock().await.as_mut() {

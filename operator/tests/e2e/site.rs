@@ -970,7 +970,9 @@ fn fixtures(dir: &Path) {
     .unwrap();
     let keep_only = |file: &str, keep: &dyn Fn(&str) -> bool| {
         let path = dec.join(file);
-        let text = std::fs::read_to_string(&path).unwrap();
+        // wevtutil /uni:true's UTF-16LE, as the fixtures hold it.
+        let text = recast_agent::text::decode_event_xml(&std::fs::read(&path).unwrap())
+            .expect("a wevtutil fixture");
         let mut events = Vec::new();
         let mut rest = text.as_str();
         while let Some(start) = rest.find("<Event ") {
@@ -985,7 +987,9 @@ fn fixtures(dir: &Path) {
         } else {
             format!("<Events>\r\n{}\r\n</Events>\r\n", events.join("\r\n"))
         };
-        std::fs::write(&path, body).unwrap();
+        let mut bytes = vec![0xff, 0xfe];
+        bytes.extend(body.encode_utf16().flat_map(u16::to_le_bytes));
+        std::fs::write(&path, bytes).unwrap();
     };
     keep_only("wevtutil-updates.xml", &|e| {
         e.contains("2025-12 Cumulative Update")
