@@ -2176,6 +2176,15 @@ fn report_with_enforcement(
     })
 }
 
+/// A Windows Home machine's read-back: the hold written, not enforceable.
+fn home_report() -> Input {
+    report_with_enforcement(
+        recast_crds::report::HoldEnforcement::NotEnforceable,
+        vec![recast_crds::report::HoldObstacle::HomeEdition],
+        &["EditionID=Core"],
+    )
+}
+
 fn enforcement_notices(d: &Decision) -> Vec<&Notice> {
     d.notices
         .iter()
@@ -2185,20 +2194,13 @@ fn enforcement_notices(d: &Decision) -> Vec<&Notice> {
 
 #[test]
 fn a_hold_windows_will_not_honour_alerts_once_and_escalates_the_guard_only_when_asked() {
-    use recast_crds::report::{HoldEnforcement, HoldObstacle};
+    use recast_crds::report::HoldEnforcement;
     let mut e = healthy(true);
     // The site reimages FailedRollback machines only when told to, trusting the hold.
     e.policy.actions.failed_rollback = RemediationAction::AlertOnly;
     e.feed(signals(&[SignalKind::FailedRollback]));
     assert!(hold(&e).held);
-    let home = || {
-        report_with_enforcement(
-            HoldEnforcement::NotEnforceable,
-            vec![HoldObstacle::HomeEdition],
-            &["EditionID=Core"],
-        )
-    };
-    let d = e.feed(home());
+    let d = e.feed(home_report());
     let n = enforcement_notices(&d);
     assert_eq!(n.len(), 1, "{:?}", d.notices);
     assert_eq!(n[0].reason, "UpdateHoldNotEnforced");
@@ -2226,7 +2228,7 @@ fn a_hold_windows_will_not_honour_alerts_once_and_escalates_the_guard_only_when_
         "{c:?}"
     );
     // The same read-back again is no news.
-    let d = e.feed(home());
+    let d = e.feed(home_report());
     assert!(enforcement_notices(&d).is_empty(), "{:?}", d.notices);
     // The policy now treats such machines as unable to hold: the guard's reimage starts.
     e.policy.hold_not_enforced = RemediationAction::ReimageNow;
@@ -2296,20 +2298,13 @@ fn an_unenforceable_hold_that_is_not_the_guard_only_alerts_whatever_the_policy()
 #[test]
 fn a_manual_hold_over_the_guard_is_never_escalated_and_a_missing_read_back_is_no_news() {
     use recast_crds::endpoint::ManualHoldAction;
-    use recast_crds::report::{HoldEnforcement, HoldObstacle};
+    use recast_crds::report::HoldEnforcement;
     let mut e = healthy(true);
     e.policy.actions.failed_rollback = RemediationAction::AlertOnly;
     e.policy.hold_not_enforced = RemediationAction::ReimageNow;
     e.feed(signals(&[SignalKind::FailedRollback]));
     e.spec.manual_update_hold = Some(manual(&e, ManualHoldAction::Hold));
-    let home = || {
-        report_with_enforcement(
-            HoldEnforcement::NotEnforceable,
-            vec![HoldObstacle::HomeEdition],
-            &["EditionID=Core"],
-        )
-    };
-    let d = e.feed(home());
+    let d = e.feed(home_report());
     assert_eq!(hold(&e).reason, recast_crds::signal::HoldReason::Manual);
     assert!(
         hold(&e).guard_engaged_since.is_some(),
@@ -2326,7 +2321,7 @@ fn a_manual_hold_over_the_guard_is_never_escalated_and_a_missing_read_back_is_no
     let d = e.feed(report("26100.7462", None));
     assert!(enforcement_notices(&d).is_empty(), "{:?}", d.notices);
     assert_eq!(hold(&e).enforcement, Some(HoldEnforcement::NotEnforceable));
-    let d = e.feed(home());
+    let d = e.feed(home_report());
     assert!(enforcement_notices(&d).is_empty(), "{:?}", d.notices);
     // The manual hold lifted: the guard's own hold, and now the policy's reimage.
     e.spec.manual_update_hold = None;
@@ -2357,11 +2352,7 @@ fn ignore_records_nothing_and_a_released_endpoint_is_never_alerted() {
     );
     // A managed endpoint wants no hold: what Windows would do with one is nobody's concern.
     let mut e = healthy(true);
-    let d = e.feed(report_with_enforcement(
-        HoldEnforcement::NotEnforceable,
-        vec![HoldObstacle::HomeEdition],
-        &["EditionID=Core"],
-    ));
+    let d = e.feed(home_report());
     assert!(!hold(&e).held);
     assert!(enforcement_notices(&d).is_empty(), "{:?}", d.notices);
 }

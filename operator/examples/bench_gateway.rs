@@ -30,6 +30,9 @@ use recast_operator::store::Key;
 use recast_operator::store::embedded::EmbeddedStore;
 use serde_json::{Value, json};
 
+#[path = "../tests/support/kube_test.rs"]
+mod kube_test;
+
 fn endpoint(i: usize) -> Value {
     json!({
         "apiVersion": "recast.dev/v1alpha1", "kind": "Endpoint",
@@ -243,9 +246,25 @@ fn start_embedded(
         "prepared {n} endpoints and tokens in {:.1}s",
         t0.elapsed().as_secs_f64()
     );
+    let mut cmd = Command::new(operator);
+    cmd.args(["run", "--backend", "embedded"]);
+    serve_gateway(cmd, data, crt, key, log)
+}
+
+/// Starts `cmd` (a `recast-operator run ...` with its backend's flags) with the gateway on a
+/// free port and the flags every benchmark run shares; waits until it listens. The global
+/// limit protects the store and the per-address limit paces one source: here every simulated
+/// agent comes from 127.0.0.1, and neither must shape what is measured.
+fn serve_gateway(
+    mut cmd: Command,
+    data: &Path,
+    crt: &Path,
+    key: &Path,
+    log: &Path,
+) -> (Child, String) {
     let gw_port = recast_tests::free_port();
-    let mut op = Command::new(operator)
-        .args(["run", "--backend", "embedded"])
+    let what = format!("{cmd:?}");
+    let mut op = cmd
         .arg("--data-dir")
         .arg(data)
         .args([
@@ -253,7 +272,8 @@ fn start_embedded(
             &format!("127.0.0.1:{}", recast_tests::free_port()),
         ])
         .args(["--gateway-listen", &format!("127.0.0.1:{gw_port}")])
-        .args(gateway_bench_flags())
+        .args(["--gateway-max-reports-per-second", "1000000"])
+        .args(["--gateway-max-requests-per-second-per-ip", "1000000"])
         .arg("--gateway-cert")
         .arg(crt)
         .arg("--gateway-key")
@@ -263,19 +283,8 @@ fn start_embedded(
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .expect("recast-operator");
-    wait_port(gw_port, &mut op, "recast-operator");
+    wait_port(gw_port, &mut op, &what);
     (op, format!("https://127.0.0.1:{gw_port}"))
-}
-
-/// The global limit protects the store and the per-address limit paces one source: here every
-/// simulated agent comes from 127.0.0.1, and neither must shape what is measured.
-fn gateway_bench_flags() -> [&'static str; 4] {
-    [
-        "--gateway-max-reports-per-second",
-        "1000000",
-        "--gateway-max-requests-per-second-per-ip",
-        "1000000",
-    ]
 }
 
 /// N Endpoints in a fresh namespace of the harness's apiserver, the examples' policy and
@@ -307,15 +316,7 @@ fn start_on_kube(
     k.kubectl_ok(&["apply", "-n", &fleet, "-f", &file.to_string_lossy()]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let tokens = rt.block_on(async {
-        let client = kube::Client::try_from(
-            kube::Config::from_custom_kubeconfig(
-                kube::config::Kubeconfig::read_from(&k.kubeconfig).unwrap(),
-                &Default::default(),
-            )
-            .await
-            .unwrap(),
-        )
-        .unwrap();
+        let client = kube_test::client(&k).await;
         let api: kube::Api<recast_crds::Endpoint> = kube::Api::namespaced(client.clone(), &fleet);
         futures::stream::iter(0..n)
             .map(|i| {
@@ -355,10 +356,8 @@ fn start_on_kube(
         "prepared {n} Endpoints and tokens on the apiserver in {:.1}s",
         t0.elapsed().as_secs_f64()
     );
-    let gw_port = recast_tests::free_port();
-    let data = dir.join("gateway-data");
-    let mut op = Command::new(operator)
-        .args(["run", "--backend", "kube", "--role", "gateway"])
+    let mut cmd = Command::new(operator);
+    cmd.args(["run", "--backend", "kube", "--role", "gateway"])
         .args(["--watch-namespace", &fleet, "--lease-namespace", &control])
         .args([
             "--control-namespace",
@@ -366,26 +365,9 @@ fn start_on_kube(
             "--identity",
             "bench-gateway-0",
         ])
-        .arg("--data-dir")
-        .arg(&data)
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{}", recast_tests::free_port()),
-        ])
-        .args(["--gateway-listen", &format!("127.0.0.1:{gw_port}")])
-        .args(gateway_bench_flags())
-        .arg("--gateway-cert")
-        .arg(crt)
-        .arg("--gateway-key")
-        .arg(key)
-        .env("KUBECONFIG", &k.kubeconfig)
-        .env("RECAST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .expect("recast-operator --role gateway");
-    wait_port(gw_port, &mut op, "recast-operator --role gateway");
-    (op, format!("https://127.0.0.1:{gw_port}"), k)
+        .env("KUBECONFIG", &k.kubeconfig);
+    let (op, url) = serve_gateway(cmd, &dir.join("gateway-data"), crt, key, log);
+    (op, url, k)
 }
 
 /// ConfigMap writes the apiserver has served (its own `apiserver_request_total`).

@@ -11,6 +11,9 @@ use recast_operator::store::embedded::{ApplyOutcome, EmbeddedStore};
 use recast_tests::redfish::{self, Sushy, SushyOptions, TempDir};
 use serde_json::json;
 
+#[path = "support/kube_test.rs"]
+mod kube_test;
+
 const PASSWORD: &str = "kiosk-bmc-pw-0193";
 
 fn endpoint(name: &str, bmc: Option<serde_json::Value>) -> Endpoint {
@@ -180,15 +183,7 @@ async fn power_cycle_with_credentials_from_a_kubernetes_secret() {
         "--from-literal=username=recast",
         &format!("--from-literal=password={PASSWORD}"),
     ]);
-    let client = kube::Client::try_from(
-        kube::Config::from_custom_kubeconfig(
-            kube::config::Kubeconfig::read_from(&k.kubeconfig).unwrap(),
-            &Default::default(),
-        )
-        .await
-        .unwrap(),
-    )
-    .unwrap();
+    let client = kube_test::client(&k).await;
     let power = RedfishPower::new(recast_operator::bmc::redfish::KubeSecrets(client), tuning());
     let mut ep = endpoint(
         "kiosk-01",

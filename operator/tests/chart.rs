@@ -18,6 +18,9 @@ use std::time::Duration;
 use recast_tests::{K8s, free_port, repo_root, wait_for};
 use serde_json::{Value, json};
 
+#[path = "support/kube_test.rs"]
+mod kube_test;
+
 const OPERATOR: &str = env!("CARGO_BIN_EXE_recast-operator");
 /// The harness's apiserver (tests/k8s/kube/go.mod); `helm template` renders for it.
 const KUBE_VERSION: &str = "1.35.4";
@@ -1232,24 +1235,10 @@ spec:
     );
     // The webhook certificate the chart generated, as its pods would mount it.
     let tls = find(&docs, "Secret", "-webhook-tls").unwrap();
-    let pem = |key: &str| {
-        let path = tmp.path().join(key);
-        let b64 = tls["data"][key].as_str().unwrap();
-        let out = Command::new("base64")
-            .args(["-d"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .and_then(|mut c| {
-                use std::io::Write;
-                c.stdin.take().unwrap().write_all(b64.as_bytes())?;
-                c.wait_with_output()
-            })
-            .unwrap();
-        std::fs::write(&path, out.stdout).unwrap();
-        path.to_string_lossy().into_owned()
-    };
-    let (webhook_cert, webhook_key) = (pem("tls.crt"), pem("tls.key"));
+    let (webhook_cert, webhook_key) = (
+        pem_from(tls, "tls.crt", &tmp.path().join("tls.crt")),
+        pem_from(tls, "tls.key", &tmp.path().join("tls.key")),
+    );
     let imaging_key = tmp
         .path()
         .join("imaging.key")
@@ -2084,17 +2073,7 @@ spec:
     let service = round_robin_proxy(vec![port_a, port_b]);
 
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let admin = rt.block_on(async {
-        kube::Client::try_from(
-            kube::Config::from_custom_kubeconfig(
-                kube::config::Kubeconfig::read_from(&k.kubeconfig).unwrap(),
-                &Default::default(),
-            )
-            .await
-            .unwrap(),
-        )
-        .unwrap()
-    });
+    let admin = rt.block_on(kube_test::client(&k));
     let kiosk = Key {
         namespace: fleet.clone(),
         name: "kiosk-01".into(),

@@ -23,6 +23,9 @@ use recast_operator::metrics::Metrics;
 use recast_operator::store::Key;
 use recast_operator::store::embedded::EmbeddedBackend;
 use recast_operator::store::embedded::EmbeddedStore;
+
+#[path = "support/kube_test.rs"]
+mod kube_test;
 use serde_json::Value;
 use tokio::sync::watch;
 
@@ -732,7 +735,7 @@ async fn on_the_apiserver_a_report_becomes_status() {
     let data = dir.join("data");
     // On Kubernetes the tokens live in the control namespace (here the lease namespace), as
     // `recastctl token issue --backend kube` writes them.
-    let client = kube_client(&k).await;
+    let client = kube_test::client(&k).await;
     let credentials = recast_operator::credentials::KubeCredentials::new(client, &ns);
     let (token, _) = credentials
         .issue(
@@ -1071,18 +1074,6 @@ async fn a_home_machine_reports_a_hold_windows_will_not_honour() {
     );
 }
 
-async fn kube_client(k: &recast_tests::K8s) -> kube::Client {
-    kube::Client::try_from(
-        kube::Config::from_custom_kubeconfig(
-            kube::config::Kubeconfig::read_from(&k.kubeconfig).unwrap(),
-            &Default::default(),
-        )
-        .await
-        .unwrap(),
-    )
-    .unwrap()
-}
-
 /// Two gateway replicas' ledgers on one control namespace of a real apiserver: a token issued
 /// through one is seen by the other; when both see the same reports, every sequence is
 /// accepted by exactly one of them; enrollment works once across both; a rotation starts a
@@ -1097,12 +1088,12 @@ async fn replicas_share_tokens_and_never_both_accept_a_sequence() {
     let ns = k.fresh_namespace("gwledger");
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
     let a = Arc::new(CredentialStore::Kube(
-        KubeLedger::start(kube_client(&k).await, &ns, stop.clone())
+        KubeLedger::start(kube_test::client(&k).await, &ns, stop.clone())
             .await
             .unwrap(),
     ));
     let b = Arc::new(CredentialStore::Kube(
-        KubeLedger::start(kube_client(&k).await, &ns, stop.clone())
+        KubeLedger::start(kube_test::client(&k).await, &ns, stop.clone())
             .await
             .unwrap(),
     ));

@@ -599,8 +599,8 @@ impl Site {
         self.transcript.join("\n")
     }
 
-    /// recastctl as a user runs it against this site's store.
-    pub fn recastctl(&self, args: &[&str]) -> (bool, String) {
+    /// recastctl pointed at this site's store, as a user runs it.
+    fn recastctl_command(&self) -> Command {
         let mut cmd = Command::new(bin("recastctl"));
         match &self.backend {
             Backend::Embedded => {
@@ -611,7 +611,16 @@ impl Site {
                     .env("KUBECONFIG", &k8s.kubeconfig);
             }
         }
-        let out = cmd.args(args).output().expect("run recastctl");
+        cmd
+    }
+
+    /// recastctl as a user runs it against this site's store.
+    pub fn recastctl(&self, args: &[&str]) -> (bool, String) {
+        let out = self
+            .recastctl_command()
+            .args(args)
+            .output()
+            .expect("run recastctl");
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -673,17 +682,7 @@ impl Site {
         if let Backend::Kube { ns, .. } = &self.backend {
             args.extend(["--operator-namespace", ns.as_str()]);
         }
-        let mut cmd = Command::new(bin("recastctl"));
-        match &self.backend {
-            Backend::Embedded => {
-                cmd.arg("--data-dir").arg(&self.data);
-            }
-            Backend::Kube { k8s, ns } => {
-                cmd.args(["--backend", "kube", "-n", ns])
-                    .env("KUBECONFIG", &k8s.kubeconfig);
-            }
-        }
-        let out = cmd.args(&args).output().unwrap();
+        let out = self.recastctl_command().args(&args).output().unwrap();
         assert!(
             out.status.success(),
             "{}",
