@@ -55,6 +55,13 @@ pub fn token_hash(token: &str) -> String {
     hex(digest(&SHA256, token.as_bytes()).as_ref())
 }
 
+/// A new token: 32 bytes from the system RNG, as `rct_<64 hex>`.
+pub fn new_token(rng: &SystemRandom) -> Result<String, CredentialError> {
+    let mut raw = [0u8; 32];
+    rng.fill(&mut raw).map_err(|_| CredentialError::Random)?;
+    Ok(format!("{TOKEN_PREFIX}{}", hex(&raw)))
+}
+
 /// A token's shape, checked before hashing, so junk never reaches the database.
 pub fn well_formed(token: &str) -> bool {
     token.len() == TOKEN_PREFIX.len() + 64
@@ -195,11 +202,7 @@ impl SqliteLedger {
         key: &Key,
         now: &str,
     ) -> Result<String, CredentialError> {
-        let mut raw = [0u8; 32];
-        self.rng
-            .fill(&mut raw)
-            .map_err(|_| CredentialError::Random)?;
-        let token = format!("{TOKEN_PREFIX}{}", hex(&raw));
+        let token = new_token(&self.rng)?;
         tx.execute(
             "INSERT INTO tokens (namespace, name, hash, issued_at) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (namespace, name) DO UPDATE SET hash = excluded.hash, issued_at = excluded.issued_at",

@@ -10,11 +10,10 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Client;
 use kube::api::{Api, PostParams};
-use ring::rand::{SecureRandom, SystemRandom};
+use ring::rand::SystemRandom;
 use serde_json::json;
 
-use super::{CredentialError, TOKEN_PREFIX, token_hash};
-use crate::encoding::hex;
+use super::{CredentialError, new_token, token_hash};
 use crate::store::Key;
 use crate::store::control::{ControlKind, control_meta, control_name, control_owner};
 
@@ -55,24 +54,9 @@ impl KubeCredentials {
         }
     }
 
-    pub fn client(&self) -> Client {
-        self.client.clone()
-    }
-
-    pub fn namespace(&self) -> &str {
-        &self.namespace
-    }
-
-    fn api(&self) -> Api<ConfigMap> {
+    /// The control namespace's ConfigMaps.
+    pub fn api(&self) -> Api<ConfigMap> {
         Api::namespaced(self.client.clone(), &self.namespace)
-    }
-
-    fn new_token(&self) -> Result<String, CredentialError> {
-        let mut raw = [0u8; 32];
-        self.rng
-            .fill(&mut raw)
-            .map_err(|_| CredentialError::Random)?;
-        Ok(format!("{TOKEN_PREFIX}{}", hex(&raw)))
     }
 
     /// Reads, changes and writes an endpoint's credential object at the version read,
@@ -126,7 +110,7 @@ impl KubeCredentials {
         key: &Key,
         now: &str,
     ) -> Result<(String, ConfigMap), CredentialError> {
-        let token = self.new_token()?;
+        let token = new_token(&self.rng)?;
         let hash = token_hash(&token);
         let ((), written) = self
             .update(key, |old| {
@@ -148,7 +132,7 @@ impl KubeCredentials {
         attempt: &str,
         now: &str,
     ) -> Result<Option<(String, ConfigMap)>, CredentialError> {
-        let token = self.new_token()?;
+        let token = new_token(&self.rng)?;
         let hash = token_hash(&token);
         let (fresh, written) = self
             .update(key, |old| {

@@ -231,10 +231,6 @@ impl KubeLedger {
         })
     }
 
-    fn api(&self) -> Api<ConfigMap> {
-        Api::namespaced(self.credentials.client(), self.credentials.namespace())
-    }
-
     fn current_token(&self, key: &Key) -> Option<String> {
         self.tokens
             .read()
@@ -301,7 +297,7 @@ impl KubeLedger {
     }
 
     async fn read_shard(&self, shard: usize) -> Result<ConfigMap, CredentialError> {
-        let api = self.api();
+        let api = self.credentials.api();
         let name = shard_name(shard);
         let cm = match api.get_opt(&name).await.map_err(api_err)? {
             Some(cm) => cm,
@@ -343,7 +339,7 @@ impl KubeLedger {
         shard: usize,
         marks: &[&Mark],
     ) -> Result<Vec<bool>, CredentialError> {
-        let api = self.api();
+        let api = self.credentials.api();
         let mut cm = self.shard(shard).await?;
         for _ in 0..MAX_TRIES {
             let mut data = cm.data.clone().unwrap_or_default();
@@ -439,6 +435,7 @@ impl KubeLedger {
     /// Every endpoint's stored mark of its current token.
     pub async fn sequences(&self) -> Result<Vec<(Key, u64)>, CredentialError> {
         let list = self
+            .credentials
             .api()
             .list(&ListParams::default().labels(&format!("{SEQUENCES_LABEL}=true")))
             .await
