@@ -1429,41 +1429,38 @@ impl<'a> Run<'a> {
     /// The reimage the FailedRollback guard asks for when Windows will not hold the machine
     /// (see [`hold::unenforced_guard`]).
     fn unenforced_guard(&self) -> Option<(RemediationAction, String)> {
-        let inputs = HoldInputs::of(
+        hold::unenforced_guard(
+            &hold::desired(&self.hold_inputs()),
+            self.hold_read_back(),
+            self.ctx.policy.hold_not_enforced,
+        )
+    }
+
+    /// What the hold depends on, from this decision's status.
+    fn hold_inputs(&self) -> HoldInputs<'_> {
+        HoldInputs::of(
             self.ep.spec,
             self.ctx.policy,
             &self.st.signals,
             &self.st.history,
             self.st.update_hold.as_ref(),
-        );
-        hold::unenforced_guard(
-            &hold::desired(&inputs),
-            self.st
-                .last_report
-                .as_ref()
-                .and_then(|r| r.update_hold.as_ref()),
-            self.ctx.policy.hold_not_enforced,
         )
+    }
+
+    /// What the agent last read back of the hold (its verdict, evidence, drift).
+    fn hold_read_back(&self) -> Option<&recast_crds::report::EffectiveUpdateHold> {
+        self.st
+            .last_report
+            .as_ref()
+            .and_then(|r| r.update_hold.as_ref())
     }
 
     /// The update hold follows every decision: signals, attempts ending, the spec's mode and
     /// manual override all move it (see `hold`).
     fn reconcile_update_hold(&mut self) {
-        let inputs = HoldInputs::of(
-            self.ep.spec,
-            self.ctx.policy,
-            &self.st.signals,
-            &self.st.history,
-            self.st.update_hold.as_ref(),
-        );
-        let read_back = self
-            .st
-            .last_report
-            .as_ref()
-            .and_then(|r| r.update_hold.as_ref());
         let (next, notices) = hold::next(
-            &inputs,
-            read_back,
+            &self.hold_inputs(),
+            self.hold_read_back(),
             self.ctx.policy.hold_not_enforced,
             &self.now_s,
         );
@@ -1554,12 +1551,7 @@ impl<'a> Run<'a> {
         let Some(h) = self.st.update_hold.clone() else {
             return;
         };
-        let read_back = self
-            .st
-            .last_report
-            .as_ref()
-            .and_then(|r| r.update_hold.as_ref());
-        let applied = match (h.effective, read_back) {
+        let applied = match (h.effective, self.hold_read_back()) {
             (Some(e), _) if e == h.held => String::new(),
             (Some(_), Some(r)) if h.held && r.enforcement.is_some() => {
                 format!("; not in effect: {}", hold::describe_enforcement(r))
