@@ -22,7 +22,7 @@ use recast_crds::report::{
     MAX_HOLD_EVIDENCE, MAX_TEXT,
 };
 
-use crate::tools::parse_reg_values;
+use crate::tools::{dword_data, parse_reg_values};
 
 pub const WU_KEY: &str = r"HKLM\SOFTWARE\Policies\Microsoft\Windows\WindowsUpdate";
 pub const AU_KEY: &str = r"HKLM\SOFTWARE\Policies\Microsoft\Windows\WindowsUpdate\AU";
@@ -257,9 +257,7 @@ impl Snapshot {
     /// A REG_DWORD value's number (None when absent, of another type or unreadable).
     fn dword(&self, key: &str, name: &str) -> Option<u32> {
         let (t, d) = self.get(key, name)?;
-        (t == "REG_DWORD")
-            .then(|| u32::from_str_radix(d.strip_prefix("0x")?, 16).ok())
-            .flatten()
+        (t == "REG_DWORD").then(|| dword_data(d)).flatten()
     }
 
     fn matches(&self, v: &PolicyValue) -> bool {
@@ -532,7 +530,7 @@ fn add_value(v: &PolicyValue) -> Vec<String> {
 /// data goes back as it was printed.
 fn data_for_add(type_: &str, shown: &str) -> Option<String> {
     if type_ == "REG_DWORD" {
-        let n = u32::from_str_radix(shown.strip_prefix("0x")?, 16).ok()?;
+        let n = dword_data(shown)?;
         Some(n.to_string())
     } else {
         Some(shown.to_string())

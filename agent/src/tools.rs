@@ -75,14 +75,19 @@ pub fn reg_dword(text: &str, name: &str) -> Result<u32, ToolOutputError> {
         });
     }
     let data = v.data.trim();
-    data.strip_prefix("0x")
+    dword_data(data).ok_or_else(|| ToolOutputError::BadData {
+        name: name.to_string(),
+        data: data.to_string(),
+        expected: "hexadecimal REG_DWORD",
+    })
+}
+
+/// A REG_DWORD's data as reg.exe prints it ("0x1dc7"); None for anything else.
+pub fn dword_data(data: &str) -> Option<u32> {
+    data.trim()
+        .strip_prefix("0x")
         .filter(|h| !h.is_empty() && h.len() <= 8)
         .and_then(|h| u32::from_str_radix(h, 16).ok())
-        .ok_or_else(|| ToolOutputError::BadData {
-            name: name.to_string(),
-            data: data.to_string(),
-            expected: "hexadecimal REG_DWORD",
-        })
 }
 
 /// A REG_SZ value holding a number (CurrentBuild is a string: "26100").
