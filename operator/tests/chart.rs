@@ -1204,21 +1204,7 @@ spec:
   reimageRequest: {{token: chart-1, reason: chart RBAC test}}
 "#
     );
-    let file = tmp.path().join("fleet.yaml");
-    std::fs::write(&file, objects).unwrap();
-    k.kubectl_ok(&["apply", "-n", &fleet, "-f", &file.to_string_lossy()]);
-    let verified = json!({"status": recast_tests::inputs::verified_image_status()});
-    k.kubectl_ok(&[
-        "patch",
-        "-n",
-        &fleet,
-        "gi",
-        "chart-image",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        &verified.to_string(),
-    ]);
+    apply_fleet(&k, tmp.path(), &fleet, &objects);
 
     let kubeconfig = impersonating_kubeconfig(
         &k,
@@ -1792,6 +1778,27 @@ fn round_robin_proxy(backends: Vec<u16>) -> u16 {
     port
 }
 
+/// Applies a fleet (a GoldenImage "chart-image" and Endpoints) in `fleet`, and gives the image
+/// the status the GoldenImage controller writes once it has checked it: the tests need no
+/// network to fetch a WIM.
+fn apply_fleet(k: &K8s, dir: &Path, fleet: &str, objects: &str) {
+    let file = dir.join("fleet.yaml");
+    std::fs::write(&file, objects).unwrap();
+    k.kubectl_ok(&["apply", "-n", fleet, "-f", &file.to_string_lossy()]);
+    let verified = json!({"status": recast_tests::inputs::verified_image_status()});
+    k.kubectl_ok(&[
+        "patch",
+        "-n",
+        fleet,
+        "gi",
+        "chart-image",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &verified.to_string(),
+    ]);
+}
+
 /// A rendered Secret's key as a file, as its pods would mount it.
 fn pem_from(secret: &Value, key: &str, path: &Path) -> String {
     let b64 = secret["data"][key].as_str().unwrap();
@@ -1909,21 +1916,7 @@ spec:
   bootMode: uefi
   image: {goldenImage: chart-image}
 "#;
-    let file = tmp.path().join("fleet.yaml");
-    std::fs::write(&file, objects).unwrap();
-    k.kubectl_ok(&["apply", "-n", &fleet, "-f", &file.to_string_lossy()]);
-    let verified = json!({"status": recast_tests::inputs::verified_image_status()});
-    k.kubectl_ok(&[
-        "patch",
-        "-n",
-        &fleet,
-        "gi",
-        "chart-image",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        &verified.to_string(),
-    ]);
+    apply_fleet(&k, tmp.path(), &fleet, objects);
 
     let as_sa = |subject: &(String, String), dir: &str| {
         let d = tmp.path().join(dir);
