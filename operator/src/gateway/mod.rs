@@ -13,9 +13,10 @@
 //! endpoint's [`session::Session`], which derives the signals (`core::derive`) and hands the
 //! controller an `Input::AgentReport` and/or `Input::Signals` through [`Backend::post_input`]
 //! — only when something changed, and a plain heartbeat at most once per `heartbeat_period`.
-//! The accepted sequence is committed to `gateway.db` (fsynced, batched with the reports
-//! arriving meanwhile by [`credentials::GroupCommit`]) before the 200 is sent: a crash right
-//! after a 200 cannot make that report replayable.
+//! The accepted sequence is committed (to `gateway.db`, fsynced, or to the apiserver; batched
+//! with the reports arriving meanwhile by [`credentials::GroupCommit`]) before the inputs are
+//! posted and the 200 is sent: a crash right after a 200 cannot make that report replayable,
+//! and a copy another gateway replica accepted first is refused without changing anything.
 //!
 //! | status | meaning |
 //! |---|---|
@@ -448,30 +449,31 @@ impl<B: Backend> Gateway<B> {
         // tries again.
         let mut next = entry.session.clone();
         let writes = next.accept(report, now, &facts, self.config.heartbeat_period);
-        if let Some(summary) = &writes.report {
-            self.post(&key, &Input::AgentReport(summary.clone()))
-                .await?;
-        }
-        if let Some(signals) = &writes.signals {
-            self.post(&key, &Input::Signals(signals.clone())).await?;
-        }
-        // Durable before the 200: after a crash the sequence is still known, so this report
-        // cannot be replayed. Batched with the other reports arriving meanwhile.
+        // The sequence is committed first, before anything the report says is handed on:
+        // durable before the 200 (after a crash it is still known, so this report cannot be
+        // replayed), and a copy another gateway replica accepted first changes nothing.
+        // Batched with the other reports arriving meanwhile. A post that fails afterwards
+        // leaves the session as it was: the agent's next report carries the same facts.
         let saved = self
             .sequences
             .save((key.clone(), hash.clone(), sequence))
             .await
             .map_err(|e| GatewayError::Store(StoreUnavailable::Sequences(e)))?;
         if !saved {
-            // Another gateway replica accepted this sequence (or a later one) first: this
-            // copy of the report is a replay. Its inputs, if any, were the same facts. The
-            // session moves past it, so a copy arriving again is refused before anything is
-            // posted.
+            // Another replica accepted this sequence (or a later one): a replay. The session
+            // moves past it, so a copy arriving again is refused before the ledger is asked.
             entry.session.last_sequence = entry.session.last_sequence.max(sequence);
             return Err(GatewayError::Replayed {
                 got: sequence,
                 last: sequence,
             });
+        }
+        if let Some(summary) = &writes.report {
+            self.post(&key, &Input::AgentReport(summary.clone()))
+                .await?;
+        }
+        if let Some(signals) = &writes.signals {
+            self.post(&key, &Input::Signals(signals.clone())).await?;
         }
         next.persisted_sequence = next.persisted_sequence.max(sequence);
         let hold = facts
