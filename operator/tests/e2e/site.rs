@@ -853,6 +853,28 @@ impl Site {
         );
     }
 
+    /// The endpoint's status once it has not changed for `quiet` (at most a minute): what the
+    /// controller made of everything queued before the call.
+    pub fn settled_status(&self, name: &str, quiet: Duration) -> Value {
+        let start = Instant::now();
+        let mut last = self.endpoint(name)["status"].clone();
+        let mut since = Instant::now();
+        loop {
+            std::thread::sleep(Duration::from_millis(500));
+            let now = self.endpoint(name)["status"].clone();
+            if now != last {
+                last = now;
+                since = Instant::now();
+            } else if since.elapsed() >= quiet {
+                return last;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{name}: the status kept changing for a minute"
+            );
+        }
+    }
+
     pub fn wait_endpoint(
         &self,
         name: &str,
