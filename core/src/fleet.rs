@@ -333,7 +333,7 @@ mod tests {
 
     fn active() -> EndpointStatus {
         EndpointStatus {
-            active_attempt: Some(Attempt {
+            active_attempt: Some(Attempt { power_way: None,
                 secure_boot: None,
                 id: "a".into(),
                 trigger: AttemptTrigger::Manual,

@@ -17,6 +17,7 @@ pub mod lifecycle;
 pub mod naming;
 pub mod notice;
 pub mod policy;
+pub mod power;
 pub mod regf;
 pub mod restore;
 pub mod signal;

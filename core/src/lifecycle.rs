@@ -12,9 +12,11 @@ use jiff::Timestamp;
 use recast_crds::ConditionStatus;
 use recast_crds::endpoint::{
     Attempt, AttemptOutcome, AttemptRecord, AttemptTrigger, BootMode, EndpointPhase, EndpointSpec,
-    EndpointStatus, FirmwareTrust, MAX_HISTORY, ReimageStep, ReportSummary, SignalStatus,
+    EndpointStatus, FirmwareTrust, MAX_HISTORY, MAX_NETWORK_BOOTS, PowerWay, ReimageStep,
+    ReportSummary, SignalStatus,
 };
 use recast_crds::policy::RemediationAction;
+use recast_crds::report::NetworkRestartResult;
 
 use super::breaker::is_automatic;
 use super::build::Build;
@@ -105,6 +107,7 @@ pub struct ActionError {
 pub enum ActionKind {
     ArmBoot,
     PowerCycle,
+    WakeOnLan,
     DisarmBoot,
 }
 
@@ -113,6 +116,7 @@ impl ActionKind {
         match self {
             ActionKind::ArmBoot => "ArmBoot",
             ActionKind::PowerCycle => "PowerCycle",
+            ActionKind::WakeOnLan => "WakeOnLan",
             ActionKind::DisarmBoot => "DisarmBoot",
         }
     }
@@ -133,6 +137,12 @@ pub enum Action {
     },
     /// Set a one-time network boot on the BMC and power-cycle the machine.
     PowerCycle { attempt_id: String, try_number: u32 },
+    /// Send Wake-on-LAN magic packets for the machine's MAC addresses (no BMC, agent silent).
+    WakeOnLan {
+        attempt_id: String,
+        try_number: u32,
+        mac_addresses: Vec<String>,
+    },
     /// Back to local boot: the imaging environment must never run twice.
     DisarmBoot { attempt_id: String },
 }
@@ -142,6 +152,7 @@ impl Action {
         match self {
             Action::ArmBoot { .. } => ActionKind::ArmBoot,
             Action::PowerCycle { .. } => ActionKind::PowerCycle,
+            Action::WakeOnLan { .. } => ActionKind::WakeOnLan,
             Action::DisarmBoot { .. } => ActionKind::DisarmBoot,
         }
     }
@@ -150,6 +161,7 @@ impl Action {
         match self {
             Action::ArmBoot { attempt_id, .. }
             | Action::PowerCycle { attempt_id, .. }
+            | Action::WakeOnLan { attempt_id, .. }
             | Action::DisarmBoot { attempt_id } => attempt_id,
         }
     }
@@ -157,9 +169,9 @@ impl Action {
     /// The key executors deduplicate on: one side effect per attempt, try and action.
     pub fn idempotency_key(&self) -> String {
         let try_number = match self {
-            Action::ArmBoot { try_number, .. } | Action::PowerCycle { try_number, .. } => {
-                *try_number
-            }
+            Action::ArmBoot { try_number, .. }
+            | Action::PowerCycle { try_number, .. }
+            | Action::WakeOnLan { try_number, .. } => *try_number,
             Action::DisarmBoot { .. } => 0,
         };
         format!(
@@ -186,6 +198,9 @@ pub enum Input {
     BmcCrash { message: String },
     /// An agent report, already condensed.
     AgentReport(ReportSummary),
+    /// The boot service saw the machine network-boot with nothing armed for it (its firmware
+    /// then boots the local disk): evidence for BootLoop (see `power::boot_loop`).
+    NetworkBootObserved,
     ActionSucceeded {
         attempt_id: String,
         try_number: u32,
@@ -389,6 +404,21 @@ impl<'a> Run<'a> {
                     self.st.attempts_started = n;
                 }
                 self.st.last_report = Some(r);
+                // The OS came up: the network boots before it were starts, not a loop.
+                self.st.network_boots.clear();
+                if let Some(i) = self
+                    .st
+                    .signals
+                    .iter()
+                    .position(|s| s.type_ == SignalKind::BootLoop)
+                {
+                    self.st.signals.remove(i);
+                    self.notice(
+                        NoticeType::Normal,
+                        "BootLoopEnded",
+                        "the agent reported: the OS came up".to_string(),
+                    );
+                }
                 if let Some(at) = self.st.restored_at.take() {
                     self.notice(
                         NoticeType::Normal,
@@ -426,8 +456,21 @@ impl<'a> Run<'a> {
                         message: message.clone(),
                     });
                 }
+                // BootLoop is the boot service's finding, not the gateway's: only an agent
+                // report ends it.
+                if let Some(l) = self
+                    .st
+                    .signals
+                    .iter()
+                    .find(|s| s.type_ == SignalKind::BootLoop)
+                    && !next.iter().any(|s| s.type_ == SignalKind::BootLoop)
+                {
+                    next.push(l.clone());
+                    next.sort_by_key(|s| s.type_.urgency());
+                }
                 self.st.signals = next;
             }
+            Input::NetworkBootObserved => self.network_boot_observed(),
             Input::BmcCrash { message } => {
                 let has = |k: SignalKind| self.st.signals.iter().any(|s| s.type_ == k);
                 // Only while the agent is silent: a late BMC finding about a machine that
@@ -451,6 +494,41 @@ impl<'a> Run<'a> {
             }
             _ => {}
         }
+    }
+
+    /// A network boot with nothing armed: recorded while no attempt runs (an attempt's own
+    /// restarts are its business), and a boot loop raises BootLoop.
+    fn network_boot_observed(&mut self) {
+        if self.st.active_attempt.is_some() {
+            return;
+        }
+        self.st.network_boots.push(self.now_s.clone());
+        let over = self.st.network_boots.len().saturating_sub(MAX_NETWORK_BOOTS);
+        self.st.network_boots.drain(..over);
+        if self.st.signals.iter().any(|s| s.type_ == SignalKind::BootLoop) {
+            return;
+        }
+        let Some(message) = crate::power::boot_loop(
+            &crate::power::network_boots(&self.st),
+            crate::derive::last_report_at(&self.st),
+            crate::derive::last_reimage_end(&self.st),
+            self.ctx.now,
+            self.ctx.policy.boot_loop,
+        ) else {
+            return;
+        };
+        let t = if self.ctx.policy.action_for(SignalKind::BootLoop) == RemediationAction::Ignore {
+            NoticeType::Normal
+        } else {
+            NoticeType::Warning
+        };
+        self.notice(t, SignalKind::BootLoop.as_str(), message.clone());
+        self.st.signals.push(SignalStatus {
+            type_: SignalKind::BootLoop,
+            since: self.now_s.clone(),
+            message,
+        });
+        self.st.signals.sort_by_key(|s| s.type_.urgency());
     }
 
     // ---- attempts -------------------------------------------------------------------------
@@ -585,6 +663,8 @@ impl<'a> Run<'a> {
         a.try_number += 1;
         a.retry_after = None;
         a.boot_client = None;
+        // Chosen again when the next try's boot is armed (the machine may have changed).
+        a.power_way = None;
         a.step = ReimageStep::ArmingBoot;
         a.try_started_at = self.now_s.clone();
         a.step_started_at = self.now_s.clone();
@@ -637,6 +717,24 @@ impl<'a> Run<'a> {
                 action,
             } if matches(attempt_id) && *try_number == a.try_number => {
                 self.action_done(&mut a, *action);
+            }
+            Input::ActionFailed {
+                attempt_id,
+                try_number,
+                action: ActionKind::WakeOnLan,
+                error,
+            } if matches(attempt_id)
+                && *try_number == a.try_number
+                && a.step == ReimageStep::PowerCycling =>
+            {
+                // Not a reason to fail the try: the machine may be started by hand.
+                a.power_way = Some(PowerWay::Person);
+                self.enter_step(&mut a, ReimageStep::Booting);
+                self.ask_a_person(
+                    &a,
+                    &format!("the Wake-on-LAN packets could not be sent ({})", error.message),
+                );
+                self.take(Edge::PowerCycled);
             }
             Input::ActionFailed {
                 attempt_id,
@@ -712,6 +810,11 @@ impl<'a> Run<'a> {
                 return self.imaging_finished(a, result, *refusal);
             }
             Input::AgentReport(r)
+                if a.step == ReimageStep::Booting && a.power_way == Some(PowerWay::Agent) =>
+            {
+                self.agent_restart_outcome(&mut a, r);
+            }
+            Input::AgentReport(r)
                 if a.step == ReimageStep::FirstBoot && r.attempt_id.as_deref() == Some(&a.id) =>
             {
                 self.first_report(a, r);
@@ -722,36 +825,126 @@ impl<'a> Run<'a> {
         Some(a)
     }
 
-    /// The executor confirmed this try's action: the next step (power-cycle when there is a
-    /// BMC, else ask a person to restart the machine).
+    /// The executor confirmed this try's action: the next step, by the way the machine is
+    /// brought to network-boot (`power::power_way`).
     fn action_done(&mut self, a: &mut Attempt, action: ActionKind) {
-        let has_bmc = self.ep.spec.bmc.is_some();
         match (a.step, action) {
-            (ReimageStep::ArmingBoot, ActionKind::ArmBoot) if has_bmc => {
-                self.enter_step(a, ReimageStep::PowerCycling);
-                self.actions.push(Action::PowerCycle {
-                    attempt_id: a.id.clone(),
-                    try_number: a.try_number,
-                });
-                self.take(Edge::BootArmed);
-            }
             (ReimageStep::ArmingBoot, ActionKind::ArmBoot) => {
-                self.enter_step(a, ReimageStep::Booting);
-                self.notice(
-                    NoticeType::Warning,
-                    "PowerCycleNeeded",
-                    format!(
-                        "attempt {}: no BMC configured; network boot is armed, restart the machine to start imaging",
-                        a.id
-                    ),
-                );
-                self.take(Edge::BootArmedNoBmc);
+                let way = self.power_way_for(a);
+                a.power_way = Some(way);
+                match way {
+                    PowerWay::Redfish | PowerWay::WakeOnLan => {
+                        self.enter_step(a, ReimageStep::PowerCycling);
+                        self.actions.push(self.power_action(a));
+                        self.take(Edge::BootArmed);
+                    }
+                    PowerWay::Agent => {
+                        self.enter_step(a, ReimageStep::Booting);
+                        self.notice(
+                            NoticeType::Normal,
+                            "AgentRestartOrdered",
+                            format!(
+                                "attempt {} try {}: no BMC; the agent is told to restart the machine into the network with its next report",
+                                a.id, a.try_number
+                            ),
+                        );
+                        self.take(Edge::BootArmedNoBmc);
+                    }
+                    PowerWay::Person => {
+                        self.enter_step(a, ReimageStep::Booting);
+                        self.ask_a_person(a, "no BMC and no running agent");
+                        self.take(Edge::BootArmedNoBmc);
+                    }
+                }
             }
-            (ReimageStep::PowerCycling, ActionKind::PowerCycle) => {
+            (ReimageStep::PowerCycling, ActionKind::PowerCycle | ActionKind::WakeOnLan) => {
                 self.enter_step(a, ReimageStep::Booting);
                 self.take(Edge::PowerCycled);
             }
             _ => {}
+        }
+    }
+
+    /// How this try's machine is brought to network-boot.
+    fn power_way_for(&self, a: &Attempt) -> PowerWay {
+        crate::power::power_way(crate::power::PowerFacts::of(
+            &self.st,
+            self.ep.spec.bmc.is_some(),
+            self.ep.spec.wake_on_lan,
+            &a.id,
+        ))
+    }
+
+    /// The action of the PowerCycling step for the try's way.
+    fn power_action(&self, a: &Attempt) -> Action {
+        match a.power_way {
+            Some(PowerWay::WakeOnLan) => Action::WakeOnLan {
+                attempt_id: a.id.clone(),
+                try_number: a.try_number,
+                mac_addresses: self.ep.spec.identity.mac_addresses.clone(),
+            },
+            _ => Action::PowerCycle {
+                attempt_id: a.id.clone(),
+                try_number: a.try_number,
+            },
+        }
+    }
+
+    /// The last way: a Warning asks a person to restart the machine.
+    fn ask_a_person(&mut self, a: &Attempt, why: &str) {
+        self.notice(
+            NoticeType::Warning,
+            "PowerCycleNeeded",
+            format!(
+                "attempt {} try {}: {why}; network boot is armed, restart the machine to start imaging",
+                a.id, a.try_number
+            ),
+        );
+    }
+
+    /// What the agent did with this try's restart order (its report carries the outcome):
+    /// scheduled is recorded once; a refusal falls back to the next way (the machine runs, so
+    /// a person).
+    fn agent_restart_outcome(&mut self, a: &mut Attempt, r: &ReportSummary) {
+        let Some(o) = r
+            .network_restart
+            .as_ref()
+            .filter(|o| o.attempt_id == a.id && o.try_number == a.try_number)
+        else {
+            return;
+        };
+        let seen_before = self
+            .ep
+            .status
+            .last_report
+            .as_ref()
+            .and_then(|r| r.network_restart.as_ref())
+            == Some(o);
+        match o.result {
+            NetworkRestartResult::Scheduled if !seen_before => {
+                self.notice(
+                    NoticeType::Normal,
+                    "AgentRestartScheduled",
+                    format!(
+                        "attempt {} try {}: the agent set a one-time network boot ({}) and scheduled the restart",
+                        a.id, a.try_number, o.detail
+                    ),
+                );
+            }
+            NetworkRestartResult::Scheduled => {}
+            NetworkRestartResult::Refused(why) => {
+                let way = self.power_way_for(a);
+                a.power_way = Some(way);
+                self.notice(
+                    NoticeType::Warning,
+                    "AgentRestartRefused",
+                    format!(
+                        "attempt {} try {}: the agent could not restart into the network ({why:?}: {})",
+                        a.id, a.try_number, o.detail
+                    ),
+                );
+                self.ask_a_person(a, "the agent could not restart the machine into the network");
+            }
         }
     }
 
@@ -844,10 +1037,7 @@ impl<'a> Run<'a> {
                 self.actions.push(self.arm_boot(a));
             }
             ReimageStep::PowerCycling if self.actions.is_empty() => {
-                self.actions.push(Action::PowerCycle {
-                    attempt_id: a.id.clone(),
-                    try_number: a.try_number,
-                });
+                self.actions.push(self.power_action(a));
             }
             _ => {}
         }
@@ -1104,6 +1294,7 @@ impl<'a> Run<'a> {
             let trigger = match kind {
                 SignalKind::FailedRollback => AttemptTrigger::FailedRollback,
                 SignalKind::BootCrash => AttemptTrigger::BootCrash,
+                SignalKind::BootLoop => AttemptTrigger::BootLoop,
                 SignalKind::Drift => AttemptTrigger::Drift,
                 SignalKind::NonCompliant | SignalKind::HeartbeatLost => {
                     AttemptTrigger::NonCompliant
@@ -1405,6 +1596,7 @@ impl<'a> Run<'a> {
             last_error: None,
             retry_after: None,
             secure_boot: None,
+            power_way: None,
             boot_client: None,
         };
         self.actions.push(self.arm_boot(&a));

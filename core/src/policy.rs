@@ -28,6 +28,8 @@ pub struct PolicyView {
     pub guard_on_failed_rollback: bool,
     /// What to do when Windows will not honour the update hold (`holdNotEnforced`).
     pub hold_not_enforced: RemediationAction,
+    /// What makes a boot loop (`bootLoop`).
+    pub boot_loop: crate::power::BootLoopRule,
     /// The circuit breaker: automatic starts allowed within `breaker_window` (None: the
     /// default for the namespace's size, see [`crate::breaker::default_limit`]).
     pub breaker_max_starts: Option<IntOrString>,
@@ -86,6 +88,12 @@ impl PolicyView {
             update_mode: spec.update_mode,
             guard_on_failed_rollback: spec.guard_on_failed_rollback,
             hold_not_enforced: spec.hold_not_enforced,
+            boot_loop: crate::power::BootLoopRule {
+                // The API allows 2..=20; a policy stored before that rule still never calls one
+                // boot a loop.
+                boots: spec.boot_loop.boots.clamp(2, 20),
+                within: d("bootLoop.within", &spec.boot_loop.within)?,
+            },
             breaker_max_starts: spec.breaker.max_starts.clone(),
             breaker_window: match d("breaker.window", &spec.breaker.window)? {
                 // A zero window never holds two starts together: the breaker off by accident.
@@ -144,6 +152,7 @@ impl PolicyView {
         let a = match kind {
             SignalKind::FailedRollback => self.actions.failed_rollback,
             SignalKind::BootCrash => self.actions.boot_crash,
+            SignalKind::BootLoop => self.actions.boot_loop,
             SignalKind::HeartbeatLost => self.actions.heartbeat_lost,
             SignalKind::Drift => self.actions.drift,
             SignalKind::NonCompliant => self.actions.non_compliant,

@@ -15,10 +15,11 @@ impl Urgency for SignalKind {
     fn urgency(self) -> u8 {
         match self {
             SignalKind::BootCrash => 0,
-            SignalKind::FailedRollback => 1,
-            SignalKind::Drift => 2,
-            SignalKind::NonCompliant => 3,
-            SignalKind::HeartbeatLost => 4,
+            SignalKind::BootLoop => 1,
+            SignalKind::FailedRollback => 2,
+            SignalKind::Drift => 3,
+            SignalKind::NonCompliant => 4,
+            SignalKind::HeartbeatLost => 5,
         }
     }
 }

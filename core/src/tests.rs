@@ -8,9 +8,10 @@ use proptest::prelude::*;
 use recast_crds::common::SecretRef;
 use recast_crds::endpoint::{
     AttemptOutcome, AttemptTrigger, BmcSpec, BootMode, EndpointIdentity, EndpointPhase,
-    EndpointSpec, EndpointStatus, ImageRef, ReimageRequest, ReportSummary,
+    EndpointSpec, EndpointStatus, ImageRef, PowerWay, ReimageRequest, ReportSummary,
 };
 use recast_crds::policy::RemediationAction;
+use recast_crds::report::{NetworkRestartOutcome, NetworkRestartRefusal, NetworkRestartResult};
 
 use super::build::Build;
 use super::fleet::FleetIndex;
@@ -23,7 +24,7 @@ use super::transitions::{self, State};
 const T0: &str = "2026-01-14T08:00:00Z";
 
 fn spec(bmc: bool) -> EndpointSpec {
-    EndpointSpec {
+    EndpointSpec { wake_on_lan: true,
         boot_chain: Default::default(),
         identity: EndpointIdentity {
             mac_addresses: vec!["52:54:00:a1:00:01".into()],
@@ -65,7 +66,7 @@ fn image(verified: bool) -> ImageView {
 }
 
 fn report(build: &str, attempt: Option<&str>) -> Input {
-    Input::AgentReport(ReportSummary {
+    Input::AgentReport(ReportSummary { network_restart: None,
         build: build.into(),
         reported_at: String::new(),
         agent_version: None,
@@ -442,11 +443,285 @@ fn failed_rollback_reimages_along_the_whole_path() {
 #[test]
 fn without_a_bmc_the_machine_must_be_restarted_by_hand() {
     let mut e = healthy(false);
+    e.spec.wake_on_lan = false;
     e.feed(signals(&[SignalKind::BootCrash]));
     let d = e.succeed(ActionKind::ArmBoot);
     assert!(d.actions.is_empty());
     assert!(d.notices.iter().any(|n| n.reason == "PowerCycleNeeded"));
     assert_eq!(e.state(), State::Booting);
+    assert_eq!(power_way(&e), Some(PowerWay::Person));
+}
+
+fn power_way(e: &One) -> Option<PowerWay> {
+    e.status.active_attempt.as_ref().and_then(|a| a.power_way)
+}
+
+fn restart_outcome(e: &One, result: NetworkRestartResult) -> Input {
+    let mut r = match report("26100.7462", None) {
+        Input::AgentReport(r) => r,
+        _ => unreachable!(),
+    };
+    r.network_restart = Some(NetworkRestartOutcome {
+        attempt_id: e.attempt_id(),
+        try_number: e.try_number(),
+        result,
+        detail: "UEFI PXEv4 (MAC:525400A10001) {8b6f1c4e-0000-0000-0000-000000000001}".into(),
+        at: T0.into(),
+    });
+    Input::AgentReport(r)
+}
+
+#[test]
+fn without_a_bmc_a_running_agent_restarts_its_machine_into_the_network_once() {
+    let mut e = healthy(false);
+    e.feed(signals(&[SignalKind::FailedRollback]));
+    let d = e.succeed(ActionKind::ArmBoot);
+    assert!(d.actions.is_empty(), "{:?}", d.actions);
+    assert!(d.notices.iter().any(|n| n.reason == "AgentRestartOrdered"));
+    assert!(!d.notices.iter().any(|n| n.reason == "PowerCycleNeeded"));
+    assert_eq!(e.state(), State::Booting);
+    assert_eq!(power_way(&e), Some(PowerWay::Agent));
+    // A report from before the order changes nothing.
+    let d = e.feed(report("26100.7462", None));
+    assert!(d.notices.is_empty(), "{:?}", d.notices);
+    // The agent says it scheduled the restart: recorded once, however often it says so.
+    let d = e.feed(restart_outcome(&e, NetworkRestartResult::Scheduled));
+    assert!(d.notices.iter().any(|n| n.reason == "AgentRestartScheduled"));
+    let d = e.feed(restart_outcome(&e, NetworkRestartResult::Scheduled));
+    assert!(d.notices.is_empty(), "{:?}", d.notices);
+    assert_eq!(power_way(&e), Some(PowerWay::Agent));
+    // The machine comes up in the imaging environment.
+    let id = e.attempt_id();
+    e.feed(Input::NetworkBooted {
+        attempt_id: id,
+        try_number: Some(1),
+        client: None,
+    });
+    assert_eq!(e.state(), State::Applying);
+}
+
+#[test]
+fn an_agent_that_cannot_restart_into_the_network_falls_back_to_a_person() {
+    for why in [
+        NetworkRestartRefusal::NotUefi,
+        NetworkRestartRefusal::NoNetworkEntry,
+        NetworkRestartRefusal::NotElevated,
+        NetworkRestartRefusal::BcdeditFailed,
+        NetworkRestartRefusal::ShutdownFailed,
+    ] {
+        let mut e = healthy(false);
+        e.feed(signals(&[SignalKind::FailedRollback]));
+        e.succeed(ActionKind::ArmBoot);
+        let d = e.feed(restart_outcome(&e, NetworkRestartResult::Refused(why)));
+        let reasons: Vec<&str> = d.notices.iter().map(|n| n.reason.as_str()).collect();
+        assert_eq!(reasons, ["AgentRestartRefused", "PowerCycleNeeded"], "{why:?}");
+        // The machine runs, so Wake-on-LAN would do nothing: a person.
+        assert_eq!(power_way(&e), Some(PowerWay::Person), "{why:?}");
+        assert!(d.actions.is_empty());
+        assert_eq!(e.state(), State::Booting);
+        // Said again: nothing more.
+        let d = e.feed(restart_outcome(&e, NetworkRestartResult::Refused(why)));
+        assert!(d.notices.is_empty(), "{why:?}: {:?}", d.notices);
+    }
+}
+
+#[test]
+fn an_outcome_for_another_try_or_attempt_changes_nothing() {
+    let mut e = healthy(false);
+    e.feed(signals(&[SignalKind::FailedRollback]));
+    e.succeed(ActionKind::ArmBoot);
+    let mut input = restart_outcome(
+        &e,
+        NetworkRestartResult::Refused(NetworkRestartRefusal::NoNetworkEntry),
+    );
+    if let Input::AgentReport(r) = &mut input {
+        r.network_restart.as_mut().unwrap().try_number = 7;
+    }
+    let d = e.feed(input.clone());
+    assert!(d.notices.is_empty());
+    if let Input::AgentReport(r) = &mut input {
+        let o = r.network_restart.as_mut().unwrap();
+        o.try_number = 1;
+        o.attempt_id = "someone-else-1".into();
+    }
+    let d = e.feed(input);
+    assert!(d.notices.is_empty());
+    assert_eq!(power_way(&e), Some(PowerWay::Agent));
+}
+
+#[test]
+fn a_silent_machine_without_a_bmc_is_woken_and_a_failed_wake_asks_a_person() {
+    let mut e = healthy(false);
+    e.feed(signals(&[SignalKind::HeartbeatLost, SignalKind::BootCrash]));
+    let d = e.succeed(ActionKind::ArmBoot);
+    assert_eq!(kinds(&d), [ActionKind::WakeOnLan]);
+    match &d.actions[0] {
+        Action::WakeOnLan { mac_addresses, .. } => {
+            assert_eq!(mac_addresses, &["52:54:00:a1:00:01".to_string()])
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(e.state(), State::PowerCycling);
+    assert_eq!(power_way(&e), Some(PowerWay::WakeOnLan));
+    // After a restart of the operator the same action is asked for again, same key.
+    let again = e.feed(Input::Reconcile);
+    assert_eq!(again.actions, d.actions);
+    // Sent: waits for the network boot as after a BMC's power cycle.
+    e.succeed(ActionKind::WakeOnLan);
+    assert_eq!(e.state(), State::Booting);
+
+    // Sending fails (no provisioning interface): not a failed try; a person is asked.
+    let mut e = healthy(false);
+    e.feed(signals(&[SignalKind::HeartbeatLost]));
+    e.spec.reimage_request = Some(recast_crds::endpoint::ReimageRequest {
+        token: "t".into(),
+        reason: "x".into(),
+    });
+    e.feed(Input::Reconcile);
+    e.succeed(ActionKind::ArmBoot);
+    let d = e.feed(Input::ActionFailed {
+        attempt_id: e.attempt_id(),
+        try_number: 1,
+        action: ActionKind::WakeOnLan,
+        error: ActionError {
+            permanent: false,
+            message: "no such interface".into(),
+        },
+    });
+    assert_eq!(e.state(), State::Booting);
+    assert_eq!(power_way(&e), Some(PowerWay::Person));
+    let n = d
+        .notices
+        .iter()
+        .find(|n| n.reason == "PowerCycleNeeded")
+        .expect("a person is asked");
+    assert!(n.message.contains("no such interface"), "{}", n.message);
+    assert!(e.status.history.is_empty());
+}
+
+#[test]
+fn the_way_is_chosen_again_for_each_try() {
+    let mut e = healthy(false);
+    e.feed(signals(&[SignalKind::FailedRollback]));
+    e.succeed(ActionKind::ArmBoot);
+    assert_eq!(power_way(&e), Some(PowerWay::Agent));
+    // The try times out; meanwhile the agent went silent.
+    e.feed(signals(&[SignalKind::FailedRollback, SignalKind::HeartbeatLost]));
+    e.advance(e.policy.try_timeout.as_secs() + 1);
+    e.feed(Input::Reconcile);
+    e.advance(3600);
+    e.feed(Input::Reconcile);
+    assert_eq!(e.try_number(), 2);
+    assert_eq!(power_way(&e), None);
+    let d = e.succeed(ActionKind::ArmBoot);
+    assert_eq!(kinds(&d), [ActionKind::WakeOnLan]);
+}
+
+// ---- boot loops (no BMC, no agent) ----------------------------------------------------------
+
+#[test]
+fn a_machine_that_network_boots_again_and_again_is_found_looping_and_reimaged() {
+    // No agent ever reported, no BMC.
+    let mut e = One::new(false);
+    for _ in 0..2 {
+        let d = e.feed(Input::NetworkBootObserved);
+        assert!(d.actions.is_empty());
+        e.advance(90);
+    }
+    assert!(e.status.signals.is_empty());
+    assert_eq!(e.status.network_boots.len(), 2);
+    let d = e.feed(Input::NetworkBootObserved);
+    let types: Vec<&str> = e.status.signals.iter().map(|s| s.type_.as_str()).collect();
+    assert_eq!(types, ["BootLoop"]);
+    assert!(d.notices.iter().any(|n| n.reason == "BootLoop"));
+    assert_eq!(kinds(&d), [ActionKind::ArmBoot]);
+    let a = e.status.active_attempt.as_ref().unwrap();
+    assert_eq!(a.trigger, AttemptTrigger::BootLoop);
+    // Its OS is down: woken, not asked of an agent.
+    let d = e.succeed(ActionKind::ArmBoot);
+    assert_eq!(kinds(&d), [ActionKind::WakeOnLan]);
+    // The attempt's own network boots are not counted.
+    let before = e.status.network_boots.clone();
+    e.feed(Input::NetworkBootObserved);
+    assert_eq!(e.status.network_boots, before);
+}
+
+#[test]
+fn a_report_between_network_boots_is_a_normal_start() {
+    let mut e = healthy(false);
+    for _ in 0..5 {
+        e.advance(60);
+        e.feed(Input::NetworkBootObserved);
+        e.advance(60);
+        e.feed(report("26100.7462", None));
+        assert!(e.status.network_boots.is_empty());
+    }
+    assert!(e.status.signals.is_empty());
+    assert!(e.status.active_attempt.is_none());
+}
+
+#[test]
+fn a_boot_loop_ends_when_the_agent_reports_and_the_gateway_cannot_drop_it() {
+    let mut e = healthy(false);
+    e.spec.protected = true;
+    for _ in 0..3 {
+        e.advance(60);
+        e.feed(Input::NetworkBootObserved);
+    }
+    assert_eq!(e.status.signals[0].type_, SignalKind::BootLoop);
+    // A protected endpoint shows the finding but is never reimaged.
+    assert!(e.status.active_attempt.is_none());
+    // The gateway's own set (HeartbeatLost) does not drop the boot service's finding.
+    e.feed(signals(&[SignalKind::HeartbeatLost]));
+    let types: Vec<&str> = e.status.signals.iter().map(|s| s.type_.as_str()).collect();
+    assert_eq!(types, ["BootLoop", "HeartbeatLost"]);
+    // A fourth boot while it stands raises nothing new.
+    e.advance(60);
+    let d = e.feed(Input::NetworkBootObserved);
+    assert!(!d.notices.iter().any(|n| n.reason == "BootLoop"));
+    // The agent reports: the OS came up.
+    let d = e.feed(report("26100.7462", None));
+    assert!(d.notices.iter().any(|n| n.reason == "BootLoopEnded"));
+    assert!(
+        !e.status
+            .signals
+            .iter()
+            .any(|s| s.type_ == SignalKind::BootLoop)
+    );
+    assert!(e.status.network_boots.is_empty());
+}
+
+#[test]
+fn the_policy_sets_the_loop_and_its_action() {
+    let mut e = healthy(false);
+    e.policy.boot_loop.boots = 5;
+    for _ in 0..4 {
+        e.advance(60);
+        e.feed(Input::NetworkBootObserved);
+    }
+    assert!(e.status.signals.is_empty());
+    e.advance(60);
+    e.feed(Input::NetworkBootObserved);
+    assert_eq!(e.status.signals[0].type_, SignalKind::BootLoop);
+    assert!(e.status.active_attempt.is_some());
+
+    let mut e = healthy(false);
+    e.policy.actions.boot_loop = recast_crds::policy::RemediationAction::AlertOnly;
+    for _ in 0..3 {
+        e.advance(60);
+        e.feed(Input::NetworkBootObserved);
+    }
+    assert_eq!(e.status.signals[0].type_, SignalKind::BootLoop);
+    assert!(e.status.active_attempt.is_none());
+    // The list stays bounded however long the machine loops.
+    for _ in 0..100 {
+        e.advance(60);
+        e.feed(Input::NetworkBootObserved);
+    }
+    assert_eq!(
+        e.status.network_boots.len(),
+        recast_crds::endpoint::MAX_NETWORK_BOOTS
+    );
 }
 
 #[test]
@@ -1521,6 +1796,11 @@ impl Fleet {
                         | Action::PowerCycle {
                             attempt_id,
                             try_number,
+                        }
+                        | Action::WakeOnLan {
+                            attempt_id,
+                            try_number,
+                            ..
                         } => (attempt_id.clone(), *try_number),
                         Action::DisarmBoot { attempt_id } => {
                             // The controller runs actions in order, so a disarm is confirmed
@@ -1846,6 +2126,7 @@ fn every_edge_is_reachable_in_the_scenarios() {
     e.feed(report("26100.7623", Some(&id)));
     record(&e); // CheckedIn
     let mut n = One::new(false);
+    n.spec.wake_on_lan = false;
     n.feed(report("26100.7462", None));
     n.feed(signals(&[SignalKind::BootCrash]));
     n.succeed(ActionKind::ArmBoot);
@@ -2159,7 +2440,7 @@ fn report_with_enforcement(
     obstacles: Vec<recast_crds::report::HoldObstacle>,
     evidence: &[&str],
 ) -> Input {
-    Input::AgentReport(ReportSummary {
+    Input::AgentReport(ReportSummary { network_restart: None,
         build: "26100.7462".into(),
         reported_at: String::new(),
         agent_version: None,
@@ -2425,7 +2706,7 @@ fn the_agent_reading_and_drift_show_in_the_condition_and_events() {
         c(&e)
     );
     let with_hold = |held: bool, drift: Vec<String>| {
-        Input::AgentReport(ReportSummary {
+        Input::AgentReport(ReportSummary { network_restart: None,
             build: "26100.7623".into(),
             reported_at: String::new(),
             agent_version: None,

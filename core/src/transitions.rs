@@ -86,19 +86,19 @@ pub const TABLE: &[Transition] = &[
         edge: Edge::BootArmed,
         from: &[ArmingBoot],
         to: &[PowerCycling],
-        when: "the boot service armed the attempt's network boot; the endpoint has a BMC",
+        when: "the boot service armed the attempt's network boot; the endpoint has a BMC (Redfish power-cycles it) or, with no BMC and a silent agent, Wake-on-LAN may start it",
     },
     Transition {
         edge: Edge::BootArmedNoBmc,
         from: &[ArmingBoot],
         to: &[Booting],
-        when: "network boot armed, no BMC: waits for the machine to restart (a Warning event asks for it)",
+        when: "network boot armed, no BMC: the running agent is ordered to restart into the network, or a Warning event asks a person to restart the machine",
     },
     Transition {
         edge: Edge::PowerCycled,
         from: &[PowerCycling],
         to: &[Booting],
-        when: "the BMC set a one-time network boot and power-cycled the machine",
+        when: "the BMC set a one-time network boot and power-cycled the machine, or the Wake-on-LAN packets went out (or could not: a Warning then asks a person)",
     },
     Transition {
         edge: Edge::NetworkBooted,

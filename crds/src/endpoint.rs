@@ -88,6 +88,13 @@ pub struct EndpointSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bmc: Option<BmcSpec>,
 
+    /// Whether recast may wake this machine with a Wake-on-LAN magic packet when it must be
+    /// imaged, has no BMC and its agent is silent (it may be powered off). Enable Wake-on-LAN
+    /// in the machine's firmware too; false for machines where it is off, so recast asks a
+    /// person at once.
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub wake_on_lan: bool,
+
     /// The golden image this endpoint must run.
     pub image: ImageRef,
 
@@ -373,6 +380,7 @@ pub enum ReimageStep {
 pub enum AttemptTrigger {
     FailedRollback,
     BootCrash,
+    BootLoop,
     Drift,
     NonCompliant,
     Manual,
@@ -424,11 +432,52 @@ pub struct Attempt {
     /// the first progress report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secure_boot: Option<bool>,
+    /// How the current try's machine is brought to network-boot: Redfish (its BMC), Agent
+    /// (the running agent restarts into the network), WakeOnLan (it may be powered off) or
+    /// Person (someone must restart it). Chosen when the try's boot is armed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_way: Option<PowerWay>,
     /// The network address of the machine that claimed the current try from the boot service.
     /// Every later imaging call of the try must come from it, and a claim from any other
     /// address quarantines the attempt (someone else on the provisioning network asked for it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_client: Option<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+/// At most this many network boots are kept in `status.networkBoots`.
+pub const MAX_NETWORK_BOOTS: usize = 20;
+
+/// How a try's machine is brought to network-boot, in the order recast prefers them.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum PowerWay {
+    /// The BMC sets a one-time network boot and power-cycles the machine.
+    Redfish,
+    /// Windows still runs: the agent sets a one-time firmware boot to the network and
+    /// restarts.
+    Agent,
+    /// The machine may be powered off: magic packets wake it, and its firmware boots the
+    /// network first.
+    WakeOnLan,
+    /// None of the above: a Warning asks a person to restart the machine.
+    Person,
+}
+
+impl PowerWay {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PowerWay::Redfish => "Redfish",
+            PowerWay::Agent => "Agent",
+            PowerWay::WakeOnLan => "WakeOnLan",
+            PowerWay::Person => "Person",
+        }
+    }
 }
 
 /// A finished attempt, kept (at most MAX_HISTORY) for `recastctl history`.
@@ -474,6 +523,9 @@ pub struct ReportSummary {
     /// The update hold the agent read back from the registry, and what it found undone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_hold: Option<crate::report::EffectiveUpdateHold>,
+    /// What the agent did with the last restart-into-the-network order it was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_restart: Option<crate::report::NetworkRestartOutcome>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
@@ -554,6 +606,11 @@ pub struct EndpointStatus {
     pub last_report: Option<ReportSummary>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub signals: Vec<SignalStatus>,
+    /// When the boot service saw this machine network-boot with nothing armed (its firmware
+    /// then boots the local disk) since the agent's last report, newest last, at most
+    /// [`MAX_NETWORK_BOOTS`]: the evidence for BootLoop.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network_boots: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_attempt: Option<Attempt>,
     /// Finished attempts, newest first, at most 20.

@@ -45,7 +45,7 @@ pub const DEFAULT_POLICY_NAME: &str = "default";
     )
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.maintenanceWindow) || !has(self.signals) || ![self.signals.failedRollback, self.signals.bootCrash, self.signals.heartbeatLost, self.signals.drift, self.signals.nonCompliant].exists(a, a == 'ReimageInWindow')").message("spec.maintenanceWindow is required when a signal's action is ReimageInWindow"))]
+#[x_kube(validation = Rule::new("has(self.maintenanceWindow) || !has(self.signals) || ![self.signals.failedRollback, self.signals.bootCrash, self.signals.bootLoop, self.signals.heartbeatLost, self.signals.drift, self.signals.nonCompliant].exists(a, a == 'ReimageInWindow')").message("spec.maintenanceWindow is required when a signal's action is ReimageInWindow"))]
 #[x_kube(validation = Rule::new("has(self.maintenanceWindow) || !has(self.holdNotEnforced) || self.holdNotEnforced != 'ReimageInWindow'").message("spec.maintenanceWindow is required when holdNotEnforced is ReimageInWindow"))]
 pub struct RemediationPolicySpec {
     #[serde(default)]
@@ -91,6 +91,44 @@ pub struct RemediationPolicySpec {
     /// only alerts: a reimage would not make Windows honour it.
     #[serde(default = "alert_only")]
     pub hold_not_enforced: RemediationAction,
+    /// When network boots with nothing armed count as a boot loop (signal BootLoop): for
+    /// machines whose firmware boots the network first, a machine whose Windows crashes at
+    /// boot and restarts reaches recast's boot service on every turn.
+    #[serde(default)]
+    pub boot_loop: BootLoopRule,
+}
+
+/// `boots` network boots within `within`, all after the agent's last report (and after the
+/// last reimage), make a boot loop.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BootLoopRule {
+    /// At least 2: a single restart is not a loop. The default 3 leaves room for a
+    /// cumulative update's own restart before Windows is up.
+    #[serde(default = "default_loop_boots")]
+    #[x_kube(validation = Rule::new("self >= 2 && self <= 20").message("spec.bootLoop.boots must be between 2 and 20"))]
+    pub boots: u32,
+    /// Such as "30m".
+    #[serde(default = "default_loop_within")]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(d|h|m|s))+$')").message("spec.bootLoop.within must be a duration such as 30m"))]
+    #[schemars(length(max = 32))]
+    pub within: String,
+}
+
+fn default_loop_boots() -> u32 {
+    3
+}
+fn default_loop_within() -> String {
+    "30m".into()
+}
+
+impl Default for BootLoopRule {
+    fn default() -> Self {
+        Self {
+            boots: default_loop_boots(),
+            within: default_loop_within(),
+        }
+    }
 }
 
 fn default_cooldown() -> String {
@@ -129,6 +167,10 @@ pub struct SignalActions {
     pub failed_rollback: RemediationAction,
     #[serde(default = "reimage_now")]
     pub boot_crash: RemediationAction,
+    /// The boot service saw the machine network-boot `bootLoop.boots` times with no agent
+    /// report in between: its OS does not come up.
+    #[serde(default = "reimage_now")]
+    pub boot_loop: RemediationAction,
     /// HeartbeatLost alone never wipes a machine; with a BMC crash record it counts as
     /// BootCrash instead.
     #[serde(default = "alert_only")]
@@ -152,6 +194,7 @@ impl Default for SignalActions {
         Self {
             failed_rollback: reimage_now(),
             boot_crash: reimage_now(),
+            boot_loop: reimage_now(),
             heartbeat_lost: alert_only(),
             drift: alert_only(),
             non_compliant: alert_only(),

@@ -68,6 +68,105 @@ pub struct AgentReport {
     /// that predate holds (and the gateway accepts reports without it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_hold: Option<EffectiveUpdateHold>,
+    /// What the agent did with the last restart-into-the-network order it was given (see
+    /// [`NetworkRestartOrder`]); carried in every report until another order replaces it.
+    /// Absent from agents that predate the order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_restart: Option<NetworkRestartOutcome>,
+}
+
+/// Why the agent could not restart its machine into the network; recast then falls back to
+/// the next way (a person, as without a BMC).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum NetworkRestartRefusal {
+    /// `bcdedit /enum firmware` lists no firmware boot manager: a BIOS (legacy) machine,
+    /// where Windows cannot choose the next boot device.
+    NotUefi,
+    /// The firmware lists no network (PXE / IPv4) boot entry: network boot is disabled in the
+    /// firmware setup.
+    NoNetworkEntry,
+    /// bcdedit or shutdown refused because the agent is not elevated (access denied).
+    NotElevated,
+    /// bcdedit failed or printed what the agent cannot read.
+    BcdeditFailed,
+    /// shutdown.exe did not schedule the restart (the one-time boot entry stays set).
+    ShutdownFailed,
+}
+
+/// The result of one restart order. Serialised as one word (`Scheduled`, or the refusal's
+/// name), so the status schema stays a plain string enum.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(from = "RestartResultWord", into = "RestartResultWord")]
+#[schemars(with = "RestartResultWord")]
+pub enum NetworkRestartResult {
+    /// The one-time network boot is set and the restart scheduled.
+    Scheduled,
+    Refused(NetworkRestartRefusal),
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, schemars::JsonSchema)]
+enum RestartResultWord {
+    Scheduled,
+    NotUefi,
+    NoNetworkEntry,
+    NotElevated,
+    BcdeditFailed,
+    ShutdownFailed,
+}
+
+impl From<RestartResultWord> for NetworkRestartResult {
+    fn from(w: RestartResultWord) -> Self {
+        use NetworkRestartRefusal as R;
+        match w {
+            RestartResultWord::Scheduled => NetworkRestartResult::Scheduled,
+            RestartResultWord::NotUefi => NetworkRestartResult::Refused(R::NotUefi),
+            RestartResultWord::NoNetworkEntry => NetworkRestartResult::Refused(R::NoNetworkEntry),
+            RestartResultWord::NotElevated => NetworkRestartResult::Refused(R::NotElevated),
+            RestartResultWord::BcdeditFailed => NetworkRestartResult::Refused(R::BcdeditFailed),
+            RestartResultWord::ShutdownFailed => NetworkRestartResult::Refused(R::ShutdownFailed),
+        }
+    }
+}
+
+impl From<NetworkRestartResult> for RestartResultWord {
+    fn from(r: NetworkRestartResult) -> Self {
+        use NetworkRestartRefusal as R;
+        match r {
+            NetworkRestartResult::Scheduled => RestartResultWord::Scheduled,
+            NetworkRestartResult::Refused(R::NotUefi) => RestartResultWord::NotUefi,
+            NetworkRestartResult::Refused(R::NoNetworkEntry) => RestartResultWord::NoNetworkEntry,
+            NetworkRestartResult::Refused(R::NotElevated) => RestartResultWord::NotElevated,
+            NetworkRestartResult::Refused(R::BcdeditFailed) => RestartResultWord::BcdeditFailed,
+            NetworkRestartResult::Refused(R::ShutdownFailed) => RestartResultWord::ShutdownFailed,
+        }
+    }
+}
+
+/// What the agent did with a [`NetworkRestartOrder`].
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkRestartOutcome {
+    pub attempt_id: String,
+    pub try_number: u32,
+    pub result: NetworkRestartResult,
+    /// The firmware entry chosen (its description and `{id}`), or what the tool said when
+    /// it refused; at most [`MAX_TEXT`] bytes.
+    pub detail: String,
+    /// When the agent acted (RFC 3339, UTC).
+    pub at: String,
+}
+
+/// The gateway's order to restart into the network once, for one try of an attempt whose
+/// machine has no BMC while its Windows still runs. The agent acts on an order at most once
+/// (it remembers the attempt and try), so a second reply with the same order schedules no
+/// second restart.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkRestartOrder {
+    pub attempt_id: String,
+    pub try_number: u32,
+    /// `shutdown /r /t` delay, so the restart is logged and a signed-in user sees why.
+    pub delay_seconds: u32,
 }
 
 /// At most this many drift entries in a report (recast sets a handful of values).
@@ -155,6 +254,10 @@ pub enum HoldObstacle {
 #[serde(rename_all = "camelCase")]
 pub struct ReportReply {
     pub update_hold: DesiredUpdateHold,
+    /// Set while recast wants this machine restarted into the network (an armed try, no
+    /// BMC, the agent chosen as the way to restart it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_into_network: Option<NetworkRestartOrder>,
 }
 
 /// Whether the agent must hold Windows quality updates, and why (for its log).
@@ -446,6 +549,11 @@ impl AgentReport {
         check_len("collectionErrors", self.collection_errors.len())?;
         for (i, e) in self.collection_errors.iter().enumerate() {
             check_text(&format!("collectionErrors[{i}]"), e)?;
+        }
+        if let Some(r) = &self.network_restart {
+            check_text("networkRestart.attemptId", &r.attempt_id)?;
+            check_text("networkRestart.detail", &r.detail)?;
+            check_text("networkRestart.at", &r.at)?;
         }
         if let Some(h) = &self.update_hold {
             if h.drift.len() > MAX_DRIFT {

@@ -22,6 +22,9 @@ pub enum SignalKind {
     FailedRollback,
     /// 0xED UNMOUNTABLE_BOOT_VOLUME or 0x7B INACCESSIBLE_BOOT_DEVICE, seen after the fact.
     BootCrash,
+    /// The machine network-booted again and again with no agent report in between: its OS
+    /// is not coming up (seen by the boot service, for machines without a BMC).
+    BootLoop,
     /// No agent report within the policy's heartbeatTimeout.
     HeartbeatLost,
     /// The build changed without a recast attempt.
@@ -31,8 +34,9 @@ pub enum SignalKind {
 }
 
 impl SignalKind {
-    pub const ALL: [SignalKind; 5] = [
+    pub const ALL: [SignalKind; 6] = [
         SignalKind::BootCrash,
+        SignalKind::BootLoop,
         SignalKind::FailedRollback,
         SignalKind::Drift,
         SignalKind::NonCompliant,
@@ -43,6 +47,7 @@ impl SignalKind {
         match self {
             SignalKind::FailedRollback => "FailedRollback",
             SignalKind::BootCrash => "BootCrash",
+            SignalKind::BootLoop => "BootLoop",
             SignalKind::HeartbeatLost => "HeartbeatLost",
             SignalKind::Drift => "Drift",
             SignalKind::NonCompliant => "NonCompliant",

@@ -1,0 +1,317 @@
+//! Machines without a BMC: how a try's machine is brought to network-boot ([`power_way`]),
+//! and when its network boots show that its OS is not coming up ([`boot_loop`]).
+//!
+//! Both are decisions over the endpoint's status and the clock only; the lifecycle applies
+//! them, the controller and the gateway carry them out.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use recast_crds::endpoint::{EndpointStatus, PowerWay};
+use recast_crds::report::{NetworkRestartOutcome, NetworkRestartResult};
+
+use crate::signal::SignalKind;
+use crate::time;
+
+/// What a try's machine has, as far as bringing it to network-boot goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PowerFacts {
+    /// `spec.bmc` is set.
+    pub has_bmc: bool,
+    /// Windows runs and its agent reports: a last report, and no signal that says the OS is
+    /// down (HeartbeatLost, BootCrash, BootLoop).
+    pub agent_running: bool,
+    /// The agent already refused to restart into the network for this attempt (no firmware
+    /// network entry, not elevated, ...): asking again gets the same answer.
+    pub agent_refused: bool,
+    /// `spec.wakeOnLan`.
+    pub wake_on_lan: bool,
+}
+
+impl PowerFacts {
+    /// The facts of an endpoint's status for attempt `attempt_id`.
+    pub fn of(status: &EndpointStatus, has_bmc: bool, wake_on_lan: bool, attempt_id: &str) -> Self {
+        let down = [
+            SignalKind::HeartbeatLost,
+            SignalKind::BootCrash,
+            SignalKind::BootLoop,
+        ];
+        let agent_running = status.last_report.is_some()
+            && !status.signals.iter().any(|s| down.contains(&s.type_));
+        let agent_refused = status
+            .last_report
+            .as_ref()
+            .and_then(|r| r.network_restart.as_ref())
+            .is_some_and(|o| o.attempt_id == attempt_id && refused(o));
+        PowerFacts {
+            has_bmc,
+            agent_running,
+            agent_refused,
+            wake_on_lan,
+        }
+    }
+}
+
+fn refused(o: &NetworkRestartOutcome) -> bool {
+    matches!(o.result, NetworkRestartResult::Refused(_))
+}
+
+/// The way to bring the machine to network-boot, in order of preference: the BMC; the running
+/// agent (unless it refused for this attempt); Wake-on-LAN for a machine that may be off (a
+/// machine whose Windows runs is on, so a magic packet would do nothing); else a person.
+pub fn power_way(f: PowerFacts) -> PowerWay {
+    if f.has_bmc {
+        PowerWay::Redfish
+    } else if f.agent_running && !f.agent_refused {
+        PowerWay::Agent
+    } else if f.wake_on_lan && !f.agent_running {
+        PowerWay::WakeOnLan
+    } else {
+        PowerWay::Person
+    }
+}
+
+/// What makes a boot loop (a RemediationPolicy's `bootLoop`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BootLoopRule {
+    /// At least 2.
+    pub boots: u32,
+    pub within: Duration,
+}
+
+/// A boot loop: at least `rule.boots` network boots with nothing armed within `rule.within`
+/// of each other, the newest no older than `rule.within`, all after the agent's last report
+/// and after the last reimage ended. Returns the reason.
+///
+/// The negatives, and why: a machine that reports after each start is not looping (boots
+/// before its last report do not count); a machine powered off is not looping (no boots); one
+/// restart is not a loop (`boots` is at least 2); boots spread over longer than `within` are
+/// normal starts without an agent, not a loop; boots long ago are history.
+pub fn boot_loop(
+    boots: &[Timestamp],
+    last_report_at: Option<Timestamp>,
+    last_reimage_end: Option<Timestamp>,
+    now: Timestamp,
+    rule: BootLoopRule,
+) -> Option<String> {
+    let after = last_report_at.max(last_reimage_end);
+    let mut recent: Vec<Timestamp> = boots
+        .iter()
+        .copied()
+        .filter(|t| after.is_none_or(|a| *t > a))
+        .filter(|t| *t <= now && time::since(now, *t) <= rule.within)
+        .collect();
+    recent.sort();
+    recent.dedup();
+    let needed = rule.boots.max(2) as usize;
+    if recent.len() < needed {
+        return None;
+    }
+    let first = recent[recent.len() - needed];
+    let last = recent[recent.len() - 1];
+    Some(format!(
+        "network-booted {} times between {} and {} with no agent report since {}: the OS is not coming up (a boot loop)",
+        recent.len(),
+        time::format(first),
+        time::format(last),
+        last_report_at
+            .map(time::format)
+            .unwrap_or_else(|| "the agent was installed (it never reported)".into()),
+    ))
+}
+
+/// The times in `status.networkBoots`, unreadable entries skipped.
+pub fn network_boots(status: &EndpointStatus) -> Vec<Timestamp> {
+    status
+        .network_boots
+        .iter()
+        .filter_map(|t| time::parse(t))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use recast_crds::endpoint::{ReportSummary, SignalStatus};
+    use recast_crds::report::NetworkRestartRefusal;
+
+    fn t(min: i64) -> Timestamp {
+        time::parse("2026-01-15T09:00:00Z").unwrap() + jiff::SignedDuration::from_mins(min)
+    }
+
+    const RULE: BootLoopRule = BootLoopRule {
+        boots: 3,
+        within: Duration::from_secs(30 * 60),
+    };
+
+    #[test]
+    fn three_boots_in_the_window_with_no_report_are_a_loop() {
+        let why = boot_loop(&[t(1), t(3), t(5)], Some(t(0)), None, t(6), RULE).unwrap();
+        assert!(why.contains("3 times"), "{why}");
+        assert!(why.contains("2026-01-15T09:00:00Z"), "{why}");
+    }
+
+    #[test]
+    fn a_machine_that_never_reported_can_loop() {
+        let why = boot_loop(&[t(1), t(2), t(3)], None, None, t(3), RULE).unwrap();
+        assert!(why.contains("never reported"), "{why}");
+    }
+
+    #[test]
+    fn a_machine_that_reports_after_each_start_is_not_looping() {
+        // Boots at 1, 61, 121 with reports after each; the last report was at 122.
+        assert_eq!(
+            boot_loop(&[t(1), t(61), t(121)], Some(t(122)), None, t(125), RULE),
+            None
+        );
+        // Boots before the last report never count, however many.
+        let many: Vec<_> = (0..10).map(t).collect();
+        assert_eq!(boot_loop(&many, Some(t(10)), None, t(11), RULE), None);
+    }
+
+    #[test]
+    fn a_machine_powered_off_is_not_looping() {
+        assert_eq!(boot_loop(&[], Some(t(0)), None, t(600), RULE), None);
+        assert_eq!(boot_loop(&[], None, None, t(600), RULE), None);
+    }
+
+    #[test]
+    fn a_single_reboot_is_not_a_loop() {
+        assert_eq!(boot_loop(&[t(1)], Some(t(0)), None, t(2), RULE), None);
+        // Nor two with a rule of three.
+        assert_eq!(boot_loop(&[t(1), t(2)], Some(t(0)), None, t(3), RULE), None);
+        // A rule that says one boot would be a loop is read as two.
+        let one = BootLoopRule { boots: 1, ..RULE };
+        assert_eq!(boot_loop(&[t(1)], Some(t(0)), None, t(2), one), None);
+        assert!(boot_loop(&[t(1), t(2)], Some(t(0)), None, t(3), one).is_some());
+    }
+
+    #[test]
+    fn boots_spread_wider_than_the_window_are_not_a_loop() {
+        // A kiosk without an agent, started each morning: three boots over three days.
+        assert_eq!(
+            boot_loop(&[t(0), t(1440), t(2880)], None, None, t(2881), RULE),
+            None
+        );
+        // Two recent boots and one old one.
+        assert_eq!(
+            boot_loop(&[t(0), t(100), t(101)], None, None, t(102), RULE),
+            None
+        );
+    }
+
+    #[test]
+    fn boots_long_ago_are_history() {
+        assert_eq!(
+            boot_loop(&[t(1), t(2), t(3)], Some(t(0)), None, t(600), RULE),
+            None
+        );
+    }
+
+    #[test]
+    fn boots_before_the_last_reimage_do_not_count() {
+        // The new image's first starts (specialize, OOBE) are before its first report, but
+        // boots before the reimage ended belong to the old machine.
+        assert_eq!(
+            boot_loop(&[t(1), t(2), t(3)], None, Some(t(3)), t(4), RULE),
+            None
+        );
+        assert!(boot_loop(&[t(4), t(5), t(6)], None, Some(t(3)), t(7), RULE).is_some());
+    }
+
+    #[test]
+    fn repeated_and_future_times_do_not_count_twice() {
+        assert_eq!(
+            boot_loop(&[t(1), t(1), t(1)], None, None, t(2), RULE),
+            None
+        );
+        assert_eq!(
+            boot_loop(&[t(1), t(2), t(30)], None, None, t(3), RULE),
+            None
+        );
+    }
+
+    fn status(report: bool, signals: &[SignalKind]) -> EndpointStatus {
+        EndpointStatus {
+            last_report: report.then(ReportSummary::default),
+            signals: signals
+                .iter()
+                .map(|k| SignalStatus {
+                    type_: *k,
+                    since: "2026-01-15T09:00:00Z".into(),
+                    message: String::new(),
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_bmc_comes_first() {
+        for report in [false, true] {
+            let f = PowerFacts::of(&status(report, &[]), true, true, "a-1");
+            assert_eq!(power_way(f), PowerWay::Redfish);
+        }
+    }
+
+    #[test]
+    fn a_running_agent_restarts_its_machine() {
+        let f = PowerFacts::of(&status(true, &[SignalKind::FailedRollback]), false, true, "a-1");
+        assert!(f.agent_running);
+        assert_eq!(power_way(f), PowerWay::Agent);
+        // Also without Wake-on-LAN.
+        let f = PowerFacts::of(&status(true, &[]), false, false, "a-1");
+        assert_eq!(power_way(f), PowerWay::Agent);
+    }
+
+    #[test]
+    fn a_silent_or_crashed_machine_is_woken_or_left_to_a_person() {
+        for down in [
+            SignalKind::HeartbeatLost,
+            SignalKind::BootCrash,
+            SignalKind::BootLoop,
+        ] {
+            let f = PowerFacts::of(&status(true, &[down]), false, true, "a-1");
+            assert!(!f.agent_running, "{down}");
+            assert_eq!(power_way(f), PowerWay::WakeOnLan, "{down}");
+            let f = PowerFacts::of(&status(true, &[down]), false, false, "a-1");
+            assert_eq!(power_way(f), PowerWay::Person, "{down}");
+        }
+        // No agent ever.
+        let f = PowerFacts::of(&status(false, &[]), false, true, "a-1");
+        assert_eq!(power_way(f), PowerWay::WakeOnLan);
+    }
+
+    fn with_outcome(attempt: &str, result: NetworkRestartResult) -> EndpointStatus {
+        let mut st = status(true, &[]);
+        st.last_report.as_mut().unwrap().network_restart = Some(NetworkRestartOutcome {
+            attempt_id: attempt.into(),
+            try_number: 1,
+            result,
+            detail: String::new(),
+            at: "2026-01-15T09:00:00Z".into(),
+        });
+        st
+    }
+
+    #[test]
+    fn an_agent_that_refused_is_not_asked_again_and_a_running_machine_is_not_woken() {
+        let st = with_outcome(
+            "a-1",
+            NetworkRestartResult::Refused(NetworkRestartRefusal::NoNetworkEntry),
+        );
+        let f = PowerFacts::of(&st, false, true, "a-1");
+        assert!(f.agent_refused);
+        // The machine is on: Wake-on-LAN would do nothing.
+        assert_eq!(power_way(f), PowerWay::Person);
+        // A refusal for another attempt does not count.
+        let f = PowerFacts::of(&st, false, true, "a-2");
+        assert_eq!(power_way(f), PowerWay::Agent);
+        // Nor does a restart it scheduled.
+        let st = with_outcome("a-1", NetworkRestartResult::Scheduled);
+        assert_eq!(
+            power_way(PowerFacts::of(&st, false, true, "a-1")),
+            PowerWay::Agent
+        );
+    }
+}
