@@ -556,6 +556,7 @@ pub fn collect(
         system_disk,
         collection_errors,
         update_hold: None,
+        network_restart: None,
     })
 }
 

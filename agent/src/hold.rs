@@ -12,7 +12,6 @@
 //! put back.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Command, Stdio};
 
 use jiff::Timestamp;
 use jiff::civil::Date;
@@ -55,40 +54,9 @@ pub const PAUSE_RESTAMP_DAYS: i64 = 28;
 /// before recast calls the hold overridden.
 pub const SETTLE_DAYS: i64 = 3;
 
-/// What a command run produced.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ExecOutput {
-    pub success: bool,
-    pub stdout: String,
-}
-
-/// Runs one program with arguments. The seam between the hold logic and Windows.
-pub trait Exec {
-    fn exec(&self, program: &str, args: &[String]) -> Result<ExecOutput, String>;
-}
-
-/// Runs the real `reg.exe`.
-pub struct SystemExec;
-
-impl Exec for SystemExec {
-    fn exec(&self, program: &str, args: &[String]) -> Result<ExecOutput, String> {
-        let path = crate::collect::system_tool(std::env::var_os("SystemRoot").as_deref(), program);
-        let out = Command::new(&path)
-            .args(args)
-            .stdin(Stdio::null())
-            .stderr(Stdio::null())
-            .output()
-            .map_err(|e| {
-                format!("could not start {program}: {e} (the agent runs Windows' own reg.exe)")
-            })?;
-        Ok(ExecOutput {
-            success: out.status.success(),
-            // reg.exe writes in the console's OEM code page; what the hold reads (value names,
-            // types, numbers) is ASCII in every one, and the rest is marked, not fatal.
-            stdout: crate::text::decode_console(&out.stdout, None),
-        })
-    }
-}
+// The seam to reg.exe lives in `exec`, shared with the restart into the network; named here
+// too so `hold::Exec` and `hold::SystemExec` keep meaning what they did.
+pub use crate::exec::{Exec, ExecOutput, SystemExec};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum HoldError {

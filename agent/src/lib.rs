@@ -8,7 +8,9 @@
 pub mod collect;
 pub mod enroll;
 pub mod events;
+pub mod exec;
 pub mod hold;
+pub mod restart;
 pub mod send;
 pub mod simulate;
 pub mod state;

@@ -6,12 +6,15 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use jiff::Timestamp;
-use recast_agent::collect::{self, CommandRunner, Identity, ReplayRunner, SystemRunner};
+use recast_agent::collect::{self, CommandRunner, Identity, Probe, ReplayRunner, SystemRunner};
 use recast_agent::enroll::AgentConfig;
+use recast_agent::exec::{Exec, ToolExec};
 use recast_agent::send::{SendOutcome, Sender};
 use recast_agent::simulate::{self, Scenario, SimulateOptions};
-use recast_agent::{hold, state};
-use recast_crds::report::{AgentReport, DesiredUpdateHold};
+use recast_agent::{hold, restart, state};
+use recast_crds::report::{
+    AgentReport, DesiredUpdateHold, NetworkRestartOrder, NetworkRestartResult,
+};
 
 /// recast-agent: runs on each endpoint and reports its build, update results, servicing state
 /// and crashes to the recast gateway.
@@ -24,8 +27,9 @@ struct Cli {
 
 #[derive(clap::Args, Clone)]
 struct Source {
-    /// Read tool outputs from files in DIR instead of running wevtutil, reg, fsutil and cmd
-    /// (file names in agent/README.md).
+    /// Read tool outputs from files in DIR instead of running wevtutil, reg, fsutil and cmd,
+    /// and answer bcdedit and shutdown from DIR too, logging them to DIR/calls.log (file names
+    /// in agent/README.md).
     #[arg(long, value_name = "DIR")]
     replay: Option<PathBuf>,
     /// The Endpoint object's name, as declared to recast.
@@ -397,9 +401,20 @@ impl Reporter {
     async fn run(&self, jitter: Duration, once: bool) -> Result<(), String> {
         let mut backoff: Option<Duration> = None;
         let mut first = true;
+        // Set when the agent acted on a restart order: the next report, which carries the
+        // outcome, goes at once. On a refusal recast falls back to the next way without
+        // waiting an interval; a scheduled restart leaves only the order's delay.
+        let mut report_now = false;
+        // With `once`: whether the first report was delivered (the exit code), whatever the
+        // follow-up report that carries a restart's outcome does.
+        let mut first_delivered: Option<Delivered> = None;
         loop {
             if !once {
-                let wait = self.next_wait(jitter, &mut first, &mut backoff);
+                let wait = if std::mem::take(&mut report_now) {
+                    Duration::ZERO
+                } else {
+                    self.next_wait(jitter, &mut first, &mut backoff)
+                };
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = tokio::signal::ctrl_c() => return Ok(()),
@@ -410,10 +425,14 @@ impl Reporter {
                     tracing::error!(error = %e, "no report this interval");
                     Err(format!("no report: {e}"))
                 }
-                Ok(report) => self.deliver(&report, &mut backoff).await?,
+                Ok(report) => self.deliver(&report, &mut backoff, &mut report_now).await?,
             };
             if once {
-                return delivered;
+                let first = first_delivered.get_or_insert(delivered);
+                if std::mem::take(&mut report_now) {
+                    continue;
+                }
+                return first.clone();
             }
         }
     }
@@ -452,12 +471,12 @@ impl Reporter {
             let seq = state::reserve(&state_file2, now_millis(now)).map_err(|e| e.to_string())?;
             let mut report =
                 collect::collect(runner.as_ref(), &who2, seq, now).map_err(|e| e.to_string())?;
+            let st = state::load(&state_file2).map_err(|e| e.to_string())?;
+            // Every report carries the last restart order's outcome, until another replaces it.
+            report.network_restart = st.network_restart;
             if manage_hold {
                 // Re-assert the hold every interval: a user or a GPO may have undone it.
-                let desired = state::load(&state_file2)
-                    .map_err(|e| e.to_string())?
-                    .update_hold
-                    .or(initial);
+                let desired = st.update_hold.or(initial);
                 match hold::apply(&hold::SystemExec, desired.as_ref(), now) {
                     Ok(effective) => report.update_hold = Some(effective),
                     Err(e) => report.collection_errors.push(format!("update hold: {e}")),
@@ -470,21 +489,28 @@ impl Reporter {
     }
 
     /// Sends the report and logs what the gateway made of it; a rate limit sets `backoff`, and
-    /// an accepted report's reply may change the update hold. The outer error is a hold task
-    /// that did not finish.
+    /// an accepted report's reply may order a restart into the network (acting on it sets
+    /// `report_now`) and change the update hold. The outer error is a task that did not
+    /// finish.
     async fn deliver(
         &self,
         report: &AgentReport,
         backoff: &mut Option<Duration>,
+        report_now: &mut bool,
     ) -> Result<Delivered, String> {
         Ok(
             match self.sender.send_with_reply(&self.token, report).await {
                 Ok((SendOutcome::Accepted, reply)) => {
                     tracing::info!(sequence = report.sequence, build = %report.os.build_string(), "report accepted");
-                    if let Some(reply) = reply
-                        && self.manage_hold
-                    {
-                        self.adopt_hold_from_reply(reply.update_hold).await?;
+                    if let Some(reply) = reply {
+                        // The restart first: its delay is already running for the person at
+                        // the machine, and its outcome must reach recast before it ends.
+                        if let Some(order) = reply.restart_into_network {
+                            *report_now |= self.follow_restart_order(order).await?;
+                        }
+                        if self.manage_hold {
+                            self.adopt_hold_from_reply(reply.update_hold).await?;
+                        }
                     }
                     Ok(())
                 }
@@ -510,6 +536,59 @@ impl Reporter {
                 }
             },
         )
+    }
+
+    /// Acts on a restart-into-the-network order, at most once per attempt and try (the state
+    /// file remembers). True when it acted, so the outcome is reported at once. With
+    /// `--replay`, bcdedit and shutdown are answered from the replay folder (and logged to its
+    /// calls.log) instead of run.
+    async fn follow_restart_order(&self, order: NetworkRestartOrder) -> Result<bool, String> {
+        let src = self.source.clone();
+        let state_file = self.state_file.clone();
+        let delay_seconds = order.delay_seconds;
+        let followed = tokio::task::spawn_blocking(move || {
+            // Every reply repeats the order until the machine restarts: one already acted on
+            // costs nothing but this read.
+            let last = state::load(&state_file)
+                .map_err(|e| e.to_string())?
+                .network_restart;
+            if !restart::is_new(&order, last.as_ref()) {
+                return Ok(None);
+            }
+            // bcdedit writes in the console's code page, read the way the collector reads it.
+            let runner = runner(&src)?;
+            let (code_page, _) = collect::code_page_of(runner.run(Probe::OemCodePage));
+            let exec: Box<dyn Exec> = match &src.replay {
+                Some(dir) => Box::new(restart::ReplayExec {
+                    dir: dir.clone(),
+                    code_page,
+                }),
+                None => Box::new(ToolExec { code_page }),
+            };
+            restart::follow(exec.as_ref(), &state_file, &order, Timestamp::now())
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        Ok(match followed {
+            Ok(Some(o)) => {
+                match o.result {
+                    NetworkRestartResult::Scheduled => tracing::warn!(
+                        attempt = %o.attempt_id, try_number = o.try_number, delay_seconds, entry = %o.detail,
+                        "recast ordered a restart into the network to reimage this machine: the one-time network boot is set and the restart scheduled"
+                    ),
+                    NetworkRestartResult::Refused(reason) => tracing::error!(
+                        attempt = %o.attempt_id, try_number = o.try_number, ?reason, detail = %o.detail,
+                        "recast ordered a restart into the network, and the agent could not carry it out; recast falls back to the next way"
+                    ),
+                }
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                tracing::error!(error = %e, "the restart into the network was not carried out; the next reply that orders it retries");
+                false
+            }
+        })
     }
 
     /// Applies the hold the gateway's reply asks for; a failure is logged and retried at the

@@ -172,6 +172,7 @@ pub fn simulated_report(
         }),
         collection_errors: vec![],
         update_hold: None,
+        network_restart: None,
     }
 }
 
@@ -278,6 +279,10 @@ pub async fn run(opts: SimulateOptions) -> Result<SimulateSummary, SimulateError
             // registry, exactly as `run` does to the real one, and reports what it reads back.
             let registry = crate::hold::fake::FakeRegistry::default();
             let mut told = None;
+            // And obeys a restart-into-the-network order as `run` does, on a virtual machine
+            // with one network adapter (it does not restart: recast sees `Scheduled`).
+            let firmware = crate::restart::fake::FakeWindows::uefi(crate::restart::fake::OVMF);
+            let mut restart: Option<recast_crds::report::NetworkRestartOutcome> = None;
             for nth in 0..opts.reports {
                 let now = Timestamp::now();
                 let millis = u64::try_from(now.as_millisecond()).unwrap_or(0);
@@ -291,6 +296,7 @@ pub async fn run(opts: SimulateOptions) -> Result<SimulateSummary, SimulateError
                     opts.pause.as_secs().clamp(1, u32::MAX as u64) as u32,
                 );
                 report.update_hold = crate::hold::apply(&registry, told.as_ref(), now).ok();
+                report.network_restart = restart.clone();
                 let permit = in_flight.acquire().await;
                 let t0 = Instant::now();
                 let result = sender.send_with_reply(&token, &report).await;
@@ -303,6 +309,16 @@ pub async fn run(opts: SimulateOptions) -> Result<SimulateSummary, SimulateError
                         if let Some(reply) = reply {
                             let _ = crate::hold::apply(&registry, Some(&reply.update_hold), now);
                             told = Some(reply.update_hold);
+                            if let Some(order) = reply.restart_into_network
+                                && crate::restart::is_new(&order, restart.as_ref())
+                            {
+                                let mut record =
+                                    |o: &recast_crds::report::NetworkRestartOutcome| {
+                                        restart = Some(o.clone());
+                                        Ok(())
+                                    };
+                                let _ = crate::restart::act(&firmware, &order, now, &mut record);
+                            }
                         }
                     }
                     Ok((other, _)) => *local.refused.entry(outcome_label(&other)).or_default() += 1,

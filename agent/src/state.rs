@@ -1,4 +1,5 @@
-//! What the agent keeps between runs: the last report sequence number.
+//! What the agent keeps between runs: the last report sequence number, the update hold the
+//! gateway asked for, and what it did with the last restart-into-the-network order.
 //!
 //! The gateway refuses any sequence at or below the last one it accepted (replay protection),
 //! so the number must never go backwards, not even across a reimage that wipes this file. It is
@@ -39,6 +40,11 @@ pub struct AgentState {
     /// restart) until it answers otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_hold: Option<recast_crds::report::DesiredUpdateHold>,
+    /// What the agent did with the last restart-into-the-network order (see
+    /// [`crate::restart`]). Written before the restart is scheduled, so a crash or a second
+    /// reply with the same order never schedules a second one; every report carries it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_restart: Option<recast_crds::report::NetworkRestartOutcome>,
 }
 
 /// The sequence after `last`, given the clock in milliseconds since the epoch.

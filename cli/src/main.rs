@@ -1055,7 +1055,7 @@ fn describe(
             ));
         }
         if kind == Kind::Endpoint {
-            for line in boot_lines(obj) {
+            for line in boot_lines(obj).into_iter().chain(power_lines(obj)) {
                 out.push_str(&format!("  {line}\n"));
             }
         }
@@ -1121,6 +1121,55 @@ fn describe(
 /// How an endpoint network-boots: the chain it gets (spec.bootChain resolved by its boot
 /// mode), and Secure Boot as the imaging environment of its current (or else last) attempt
 /// read it from the firmware.
+/// How recast brings the machine to network-boot (the ways it has, the current try's way) and
+/// the network boots the boot-loop watch has counted.
+fn power_lines(obj: &Value) -> Vec<String> {
+    let spec = obj.get("spec");
+    let status = obj.get("status");
+    let mut ways = Vec::new();
+    if let Some(addr) = spec
+        .and_then(|s| s.get("bmc"))
+        .and_then(|b| b.get("address"))
+        .and_then(Value::as_str)
+    {
+        ways.push(format!("Redfish ({addr})"));
+    } else {
+        ways.push("the agent's restart into the network (while Windows runs)".to_string());
+        let wol = spec
+            .and_then(|s| s.get("wakeOnLan"))
+            .and_then(Value::as_bool)
+            .unwrap_or(true);
+        if wol {
+            ways.push("Wake-on-LAN (when it may be off)".to_string());
+        }
+        ways.push("a person".to_string());
+    }
+    let mut lines = vec![format!("Power:      {}", ways.join(", then "))];
+    if let Some(a) = status.and_then(|s| s.get("activeAttempt")) {
+        if let Some(way) = a.get("powerWay").and_then(Value::as_str) {
+            lines.push(format!(
+                "This try:   {way} (attempt {} try {})",
+                a.get("id").and_then(Value::as_str).unwrap_or_default(),
+                a.get("tryNumber")
+                    .and_then(Value::as_u64)
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    let boots = status
+        .and_then(|s| s.get("networkBoots"))
+        .and_then(Value::as_array)
+        .map(|b| b.iter().filter_map(Value::as_str).collect::<Vec<_>>())
+        .unwrap_or_default();
+    if let Some(last) = boots.last() {
+        lines.push(format!(
+            "Network boots with nothing armed since the last report: {} (last {last})",
+            boots.len()
+        ));
+    }
+    lines
+}
+
 fn boot_lines(obj: &Value) -> Vec<String> {
     use recast_crds::endpoint::{BootChain, BootMode, FirmwareTrust};
     let spec = obj.get("spec");
@@ -1247,6 +1296,41 @@ fn validate(files: &[PathBuf]) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn describe_says_how_the_machine_is_brought_to_network_boot() {
+        let ep = |spec: Value, status: Value| {
+            json!({"metadata": {"name": "k", "namespace": "default"},
+                   "spec": spec, "status": status})
+        };
+        let lines = power_lines(&ep(
+            json!({"bmc": {"address": "https://10.40.0.101"}}),
+            json!({}),
+        ));
+        assert_eq!(lines, ["Power:      Redfish (https://10.40.0.101)"]);
+        let lines = power_lines(&ep(json!({}), json!({})));
+        assert_eq!(
+            lines,
+            [
+                "Power:      the agent's restart into the network (while Windows runs), then Wake-on-LAN (when it may be off), then a person"
+            ]
+        );
+        let lines = power_lines(&ep(
+            json!({"wakeOnLan": false}),
+            json!({
+                "activeAttempt": {"id": "k-3", "tryNumber": 2, "powerWay": "Agent"},
+                "networkBoots": ["2026-01-15T09:00:00Z", "2026-01-15T09:02:00Z"]
+            }),
+        ));
+        assert_eq!(
+            lines,
+            [
+                "Power:      the agent's restart into the network (while Windows runs), then a person",
+                "This try:   Agent (attempt k-3 try 2)",
+                "Network boots with nothing armed since the last report: 2 (last 2026-01-15T09:02:00Z)"
+            ]
+        );
+    }
 
     #[test]
     fn describe_says_which_chain_boots_the_endpoint_and_whether_secure_boot_was_on() {

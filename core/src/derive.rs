@@ -577,7 +577,8 @@ pub fn bmc_boot_crash(
 #[cfg(any(test, feature = "test-fixtures"))]
 pub fn sample_report(sequence: u64, ubr: u32) -> AgentReport {
     use recast_crds::report::{OsInfo, PendingServicing, REPORT_VERSION};
-    AgentReport { network_restart: None,
+    AgentReport {
+        network_restart: None,
         version: REPORT_VERSION,
         endpoint: "kiosk-01".into(),
         sequence,

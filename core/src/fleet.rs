@@ -333,7 +333,8 @@ mod tests {
 
     fn active() -> EndpointStatus {
         EndpointStatus {
-            active_attempt: Some(Attempt { power_way: None,
+            active_attempt: Some(Attempt {
+                power_way: None,
                 secure_boot: None,
                 id: "a".into(),
                 trigger: AttemptTrigger::Manual,

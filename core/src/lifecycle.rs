@@ -187,6 +187,9 @@ impl Action {
 /// store keeps inputs from the gateway and boot service in an inbox until they are decided.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase", tag = "type", content = "data")]
+// An agent report is the common input, not the rare large one: boxing it would allocate for
+// nearly every input to spare the few small ones a few hundred bytes on the stack.
+#[allow(clippy::large_enum_variant)]
 pub enum Input {
     /// Re-evaluate: timers, signals, requests, waves, limits.
     Reconcile,
@@ -503,9 +506,18 @@ impl<'a> Run<'a> {
             return;
         }
         self.st.network_boots.push(self.now_s.clone());
-        let over = self.st.network_boots.len().saturating_sub(MAX_NETWORK_BOOTS);
+        let over = self
+            .st
+            .network_boots
+            .len()
+            .saturating_sub(MAX_NETWORK_BOOTS);
         self.st.network_boots.drain(..over);
-        if self.st.signals.iter().any(|s| s.type_ == SignalKind::BootLoop) {
+        if self
+            .st
+            .signals
+            .iter()
+            .any(|s| s.type_ == SignalKind::BootLoop)
+        {
             return;
         }
         let Some(message) = crate::power::boot_loop(
@@ -732,7 +744,10 @@ impl<'a> Run<'a> {
                 self.enter_step(&mut a, ReimageStep::Booting);
                 self.ask_a_person(
                     &a,
-                    &format!("the Wake-on-LAN packets could not be sent ({})", error.message),
+                    &format!(
+                        "the Wake-on-LAN packets could not be sent ({})",
+                        error.message
+                    ),
                 );
                 self.take(Edge::PowerCycled);
             }
@@ -943,7 +958,10 @@ impl<'a> Run<'a> {
                         a.id, a.try_number, o.detail
                     ),
                 );
-                self.ask_a_person(a, "the agent could not restart the machine into the network");
+                self.ask_a_person(
+                    a,
+                    "the agent could not restart the machine into the network",
+                );
             }
         }
     }

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
-use recast_crds::endpoint::{EndpointStatus, PowerWay};
-use recast_crds::report::{NetworkRestartOutcome, NetworkRestartResult};
+use recast_crds::endpoint::{EndpointStatus, PowerWay, ReimageStep};
+use recast_crds::report::{NetworkRestartOrder, NetworkRestartOutcome, NetworkRestartResult};
 
 use crate::signal::SignalKind;
 use crate::time;
@@ -36,8 +36,8 @@ impl PowerFacts {
             SignalKind::BootCrash,
             SignalKind::BootLoop,
         ];
-        let agent_running = status.last_report.is_some()
-            && !status.signals.iter().any(|s| down.contains(&s.type_));
+        let agent_running =
+            status.last_report.is_some() && !status.signals.iter().any(|s| down.contains(&s.type_));
         let agent_refused = status
             .last_report
             .as_ref()
@@ -69,6 +69,25 @@ pub fn power_way(f: PowerFacts) -> PowerWay {
     } else {
         PowerWay::Person
     }
+}
+
+/// How long the agent's `shutdown /r /t` waits: long enough for its report to reach recast
+/// and for a signed-in user to read why, short enough that imaging starts at once.
+pub const RESTART_DELAY_SECONDS: u32 = 30;
+
+/// The restart order the gateway's reply carries while the current try waits for the agent to
+/// restart its machine into the network (armed, no BMC, the agent chosen); none otherwise.
+/// Given again with every reply until the machine network-boots: the agent acts once per try.
+pub fn restart_order(status: &EndpointStatus) -> Option<NetworkRestartOrder> {
+    let a = status.active_attempt.as_ref()?;
+    (a.step == ReimageStep::Booting
+        && a.power_way == Some(PowerWay::Agent)
+        && a.retry_after.is_none())
+    .then(|| NetworkRestartOrder {
+        attempt_id: a.id.clone(),
+        try_number: a.try_number,
+        delay_seconds: RESTART_DELAY_SECONDS,
+    })
 }
 
 /// What makes a boot loop (a RemediationPolicy's `bootLoop`).
@@ -221,10 +240,7 @@ mod tests {
 
     #[test]
     fn repeated_and_future_times_do_not_count_twice() {
-        assert_eq!(
-            boot_loop(&[t(1), t(1), t(1)], None, None, t(2), RULE),
-            None
-        );
+        assert_eq!(boot_loop(&[t(1), t(1), t(1)], None, None, t(2), RULE), None);
         assert_eq!(
             boot_loop(&[t(1), t(2), t(30)], None, None, t(3), RULE),
             None
@@ -247,6 +263,62 @@ mod tests {
     }
 
     #[test]
+    fn the_order_stands_while_the_agent_is_to_restart_the_machine() {
+        use recast_crds::endpoint::{Attempt, AttemptTrigger};
+        let attempt = |step, way, retry: bool| Attempt {
+            id: "kiosk-01-ab-1".into(),
+            trigger: AttemptTrigger::FailedRollback,
+            reason: String::new(),
+            image: "img".into(),
+            image_digest: None,
+            wave: None,
+            step,
+            try_number: 2,
+            started_at: String::new(),
+            try_started_at: String::new(),
+            step_started_at: String::new(),
+            expected_build: None,
+            progress_percent: None,
+            last_error: None,
+            retry_after: retry.then(|| "2026-01-15T10:00:00Z".into()),
+            secure_boot: None,
+            power_way: way,
+            boot_client: None,
+        };
+        let with = |a: Option<Attempt>| EndpointStatus {
+            active_attempt: a,
+            ..Default::default()
+        };
+        let order = restart_order(&with(Some(attempt(
+            ReimageStep::Booting,
+            Some(PowerWay::Agent),
+            false,
+        ))))
+        .unwrap();
+        assert_eq!(
+            (order.attempt_id.as_str(), order.try_number),
+            ("kiosk-01-ab-1", 2)
+        );
+        assert_eq!(order.delay_seconds, RESTART_DELAY_SECONDS);
+        for (step, way, retry) in [
+            (ReimageStep::Booting, Some(PowerWay::Person), false),
+            (ReimageStep::Booting, Some(PowerWay::WakeOnLan), false),
+            (ReimageStep::Booting, None, false),
+            (ReimageStep::Booting, Some(PowerWay::Agent), true),
+            (ReimageStep::ArmingBoot, Some(PowerWay::Agent), false),
+            (ReimageStep::Applying, Some(PowerWay::Agent), false),
+            (ReimageStep::FirstBoot, Some(PowerWay::Agent), false),
+        ] {
+            assert_eq!(
+                restart_order(&with(Some(attempt(step, way, retry)))),
+                None,
+                "{step:?} {way:?} {retry}"
+            );
+        }
+        assert_eq!(restart_order(&with(None)), None);
+    }
+
+    #[test]
     fn the_bmc_comes_first() {
         for report in [false, true] {
             let f = PowerFacts::of(&status(report, &[]), true, true, "a-1");
@@ -256,7 +328,12 @@ mod tests {
 
     #[test]
     fn a_running_agent_restarts_its_machine() {
-        let f = PowerFacts::of(&status(true, &[SignalKind::FailedRollback]), false, true, "a-1");
+        let f = PowerFacts::of(
+            &status(true, &[SignalKind::FailedRollback]),
+            false,
+            true,
+            "a-1",
+        );
         assert!(f.agent_running);
         assert_eq!(power_way(f), PowerWay::Agent);
         // Also without Wake-on-LAN.

@@ -97,7 +97,8 @@ mod tests {
     fn running(step: ReimageStep, retry_after: Option<&str>) -> EndpointStatus {
         EndpointStatus {
             phase: Some(EndpointPhase::Reimaging),
-            active_attempt: Some(Attempt { power_way: None,
+            active_attempt: Some(Attempt {
+                power_way: None,
                 id: "a-1".into(),
                 trigger: AttemptTrigger::FailedRollback,
                 reason: "x".into(),

@@ -24,7 +24,8 @@ use super::transitions::{self, State};
 const T0: &str = "2026-01-14T08:00:00Z";
 
 fn spec(bmc: bool) -> EndpointSpec {
-    EndpointSpec { wake_on_lan: true,
+    EndpointSpec {
+        wake_on_lan: true,
         boot_chain: Default::default(),
         identity: EndpointIdentity {
             mac_addresses: vec!["52:54:00:a1:00:01".into()],
@@ -66,7 +67,8 @@ fn image(verified: bool) -> ImageView {
 }
 
 fn report(build: &str, attempt: Option<&str>) -> Input {
-    Input::AgentReport(ReportSummary { network_restart: None,
+    Input::AgentReport(ReportSummary {
+        network_restart: None,
         build: build.into(),
         reported_at: String::new(),
         agent_version: None,
@@ -486,7 +488,11 @@ fn without_a_bmc_a_running_agent_restarts_its_machine_into_the_network_once() {
     assert!(d.notices.is_empty(), "{:?}", d.notices);
     // The agent says it scheduled the restart: recorded once, however often it says so.
     let d = e.feed(restart_outcome(&e, NetworkRestartResult::Scheduled));
-    assert!(d.notices.iter().any(|n| n.reason == "AgentRestartScheduled"));
+    assert!(
+        d.notices
+            .iter()
+            .any(|n| n.reason == "AgentRestartScheduled")
+    );
     let d = e.feed(restart_outcome(&e, NetworkRestartResult::Scheduled));
     assert!(d.notices.is_empty(), "{:?}", d.notices);
     assert_eq!(power_way(&e), Some(PowerWay::Agent));
@@ -514,7 +520,11 @@ fn an_agent_that_cannot_restart_into_the_network_falls_back_to_a_person() {
         e.succeed(ActionKind::ArmBoot);
         let d = e.feed(restart_outcome(&e, NetworkRestartResult::Refused(why)));
         let reasons: Vec<&str> = d.notices.iter().map(|n| n.reason.as_str()).collect();
-        assert_eq!(reasons, ["AgentRestartRefused", "PowerCycleNeeded"], "{why:?}");
+        assert_eq!(
+            reasons,
+            ["AgentRestartRefused", "PowerCycleNeeded"],
+            "{why:?}"
+        );
         // The machine runs, so Wake-on-LAN would do nothing: a person.
         assert_eq!(power_way(&e), Some(PowerWay::Person), "{why:?}");
         assert!(d.actions.is_empty());
@@ -606,7 +616,10 @@ fn the_way_is_chosen_again_for_each_try() {
     e.succeed(ActionKind::ArmBoot);
     assert_eq!(power_way(&e), Some(PowerWay::Agent));
     // The try times out; meanwhile the agent went silent.
-    e.feed(signals(&[SignalKind::FailedRollback, SignalKind::HeartbeatLost]));
+    e.feed(signals(&[
+        SignalKind::FailedRollback,
+        SignalKind::HeartbeatLost,
+    ]));
     e.advance(e.policy.try_timeout.as_secs() + 1);
     e.feed(Input::Reconcile);
     e.advance(3600);
@@ -2440,7 +2453,8 @@ fn report_with_enforcement(
     obstacles: Vec<recast_crds::report::HoldObstacle>,
     evidence: &[&str],
 ) -> Input {
-    Input::AgentReport(ReportSummary { network_restart: None,
+    Input::AgentReport(ReportSummary {
+        network_restart: None,
         build: "26100.7462".into(),
         reported_at: String::new(),
         agent_version: None,
@@ -2706,7 +2720,8 @@ fn the_agent_reading_and_drift_show_in_the_condition_and_events() {
         c(&e)
     );
     let with_hold = |held: bool, drift: Vec<String>| {
-        Input::AgentReport(ReportSummary { network_restart: None,
+        Input::AgentReport(ReportSummary {
+            network_restart: None,
             build: "26100.7623".into(),
             reported_at: String::new(),
             agent_version: None,

@@ -682,7 +682,7 @@ mod tests {
     use super::*;
 
     pub(crate) fn sample() -> AgentReport {
-        AgentReport {
+        AgentReport { network_restart: None,
             version: REPORT_VERSION,
             endpoint: "kiosk-01".into(),
             sequence: 7,

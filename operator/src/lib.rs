@@ -30,6 +30,8 @@ pub mod notify;
 pub mod store;
 #[cfg(feature = "services")]
 pub mod token;
+#[cfg(feature = "services")]
+pub mod wake;
 
 /// Every CRD as one multi-document YAML stream, ready for `kubectl apply -f -`.
 pub fn crds_yaml() -> Result<String, serde_yaml::Error> {

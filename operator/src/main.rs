@@ -119,6 +119,20 @@ enum Command {
         wim: PathBuf,
     },
 
+    /// Send Wake-on-LAN magic packets as the controller does for a machine without a BMC
+    /// (to check that a machine wakes before relying on it).
+    WakeOnLan {
+        /// The provisioning interface (255.255.255.255 and its subnet's directed broadcast).
+        #[arg(long)]
+        interface: Option<String>,
+        /// More destinations, such as 10.41.0.255:9.
+        #[arg(long, value_delimiter = ',')]
+        target: Vec<std::net::SocketAddrV4>,
+        /// The machine's MAC addresses.
+        #[arg(required = true)]
+        macs: Vec<String>,
+    },
+
     /// Issue (or rotate) and revoke agent gateway tokens (embedded backend's data directory).
     GatewayToken {
         #[command(subcommand)]
@@ -187,6 +201,18 @@ struct BootArgs {
     /// Answer DHCP only on this interface.
     #[arg(long)]
     dhcp_interface: Option<String>,
+    /// Wake-on-LAN for machines with no BMC whose agent is silent (they may be powered off):
+    /// `on` sends magic packets when such a machine must be imaged, `off` asks a person.
+    #[arg(long, value_enum, default_value = "on")]
+    wake_on_lan: OnOff,
+    /// The provisioning interface magic packets leave on (255.255.255.255 and its subnet's
+    /// directed broadcast). Default: --dhcp-interface; without either, the host's routes.
+    #[arg(long)]
+    wake_on_lan_interface: Option<String>,
+    /// More destinations for magic packets (another subnet's directed broadcast, as
+    /// 10.41.0.255:9), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    wake_on_lan_target: Vec<std::net::SocketAddrV4>,
     /// UDP ports to answer DHCP on (67, and 4011 for PXE clients' proxyDHCP requests).
     #[arg(long, value_delimiter = ',', default_value = "67,4011")]
     dhcp_ports: Vec<u16>,
@@ -210,7 +236,24 @@ struct BootArgs {
     admin_password_file: Option<PathBuf>,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
 impl BootArgs {
+    /// Where the controller's Wake-on-LAN packets go.
+    fn wake(&self) -> recast_operator::wake::WakeConfig {
+        recast_operator::wake::WakeConfig {
+            interface: self
+                .wake_on_lan_interface
+                .clone()
+                .or_else(|| self.dhcp_interface.clone()),
+            extra_targets: self.wake_on_lan_target.clone(),
+            disabled: self.wake_on_lan == OnOff::Off,
+        }
+    }
     fn imaging_key_path(&self, data_dir: &std::path::Path) -> PathBuf {
         self.imaging_key_file
             .clone()
@@ -730,6 +773,37 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::WakeOnLan {
+            interface,
+            target,
+            macs,
+        } => {
+            let wake = recast_operator::wake::WakeConfig {
+                interface,
+                extra_targets: target,
+                disabled: false,
+            };
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("recast-operator: cannot start a runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(wake.wake(&macs)) {
+                Ok(what) => {
+                    eprintln!("{what}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("recast-operator: {}", e.message);
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Crds => match recast_operator::crds_yaml() {
             Ok(yaml) => {
                 print!("{yaml}");
@@ -979,7 +1053,8 @@ async fn run(opts: RunOptions) -> Result<(), String> {
                         Controller::new(backend, Arc::new(power), Arc::new(SystemClock), metrics)
                             .with_bmc_watch_interval(bmc_watch_interval)
                             .with_fleet_breaker(fleet_breaker.clone())
-                            .with_fleet_ceiling(fleet_ceiling);
+                            .with_fleet_ceiling(fleet_ceiling)
+                            .with_wake(boot_args.wake());
                     run_embedded(Arc::new(ctrl), stop_rx, ready).await
                 }
                 PowerDriver::Record => {
@@ -988,7 +1063,8 @@ async fn run(opts: RunOptions) -> Result<(), String> {
                         Controller::new(backend, Arc::new(power), Arc::new(SystemClock), metrics)
                             .with_bmc_watch_interval(bmc_watch_interval)
                             .with_fleet_breaker(fleet_breaker.clone())
-                            .with_fleet_ceiling(fleet_ceiling);
+                            .with_fleet_ceiling(fleet_ceiling)
+                            .with_wake(boot_args.wake());
                     run_embedded(Arc::new(ctrl), stop_rx, ready).await
                 }
             };
@@ -1014,6 +1090,7 @@ async fn run(opts: RunOptions) -> Result<(), String> {
                 bmc_watch_interval,
                 fleet_breaker: fleet_breaker.clone(),
                 fleet_ceiling,
+                wake: boot_args.wake(),
             };
             if role == Role::Boot {
                 return run_boot_role(

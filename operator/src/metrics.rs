@@ -24,6 +24,7 @@ pub struct Metrics {
     status_writes: Counter,
     transitions: Family<Labels, Counter>,
     actions: Family<Labels, Counter>,
+    power_ways: Family<Labels, Counter>,
     attempt_seconds: Family<Labels, Histogram>,
     endpoints: Family<Labels, Gauge>,
     boot_requests: Family<Labels, Counter>,
@@ -51,6 +52,7 @@ impl Metrics {
         let status_writes = Counter::default();
         let transitions = Family::<Labels, Counter>::default();
         let actions = Family::<Labels, Counter>::default();
+        let power_ways = Family::<Labels, Counter>::default();
         let attempt_seconds = Family::<Labels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(60.0, 2.0, 10))
         });
@@ -96,6 +98,11 @@ impl Metrics {
             actions.clone(),
         );
         registry.register(
+            "power_way",
+            "Tries by the way their machine was brought to network-boot (Redfish, Agent, WakeOnLan, Person)",
+            power_ways.clone(),
+        );
+        registry.register(
             "attempt_duration_seconds",
             "Reimage attempt duration by outcome",
             attempt_seconds.clone(),
@@ -109,6 +116,7 @@ impl Metrics {
             status_writes,
             transitions,
             actions,
+            power_ways,
             attempt_seconds,
             endpoints,
             boot_requests,
@@ -145,6 +153,13 @@ impl Metrics {
     pub fn action(&self, kind: ActionKind) {
         self.actions
             .get_or_create(&label("action", kind.as_str()))
+            .inc();
+    }
+
+    /// A try's way was chosen (or changed: a refusal or a failed wake falls back).
+    pub fn power_way(&self, way: recast_crds::endpoint::PowerWay) {
+        self.power_ways
+            .get_or_create(&label("way", way.as_str()))
             .inc();
     }
 

@@ -482,10 +482,19 @@ impl<B: Backend + BootIntents> BootHttp<B> {
         self.record_fallback(&key, message).await;
     }
 
+    /// Records the fall-back boot as an event and hands it to the lifecycle as boot-loop
+    /// evidence (a machine whose OS does not come up reaches here on every turn).
     async fn record_fallback(&self, key: &Key, message: String) {
         let Ok(Some(ep)) = self.backend.endpoint(key).await else {
             return;
         };
+        if let Err(e) = self
+            .backend
+            .post_input(key, &Input::NetworkBootObserved)
+            .await
+        {
+            tracing::warn!(endpoint = %key, error = %e, "cannot queue a network boot for the boot-loop watch");
+        }
         let notice = Notice {
             type_: NoticeType::Warning,
             reason: "NetworkBootFallback".into(),

@@ -45,6 +45,8 @@ pub struct KubeOptions {
     pub image_store: Option<crate::golden::ImageConfig>,
     /// How often silent endpoints' BMC event logs are read.
     pub bmc_watch_interval: Duration,
+    /// Where Wake-on-LAN packets go.
+    pub wake: crate::wake::WakeConfig,
     /// Limits of the image controller's sandboxed deep check.
     pub deep_check_limits: recast_golden::sandbox::Limits,
     /// The fleet-wide breaker (its reset lives in the control namespace); None: off.
@@ -134,6 +136,7 @@ fn build_controller<P: PowerControl>(
     let ctrl = Arc::new(
         Controller::new(backend, power, Arc::new(crate::clock::SystemClock), metrics)
             .with_bmc_watch_interval(opts.bmc_watch_interval)
+            .with_wake(opts.wake.clone())
             // The fleet breaker's reset is read from the control namespace, where no tenant
             // writes; a namespaced install (one watched namespace, no rights elsewhere) reads
             // it from that namespace, which is the whole fleet it sees.

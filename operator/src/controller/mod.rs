@@ -51,6 +51,8 @@ pub struct Controller<B: Backend, P: PowerControl> {
     /// The operator's ceiling on attempts running fleet-wide, above every namespace's own
     /// limit (None: none).
     pub fleet_ceiling: Option<u32>,
+    /// Where Wake-on-LAN packets go (`--wake-on-lan-*`).
+    pub wake: crate::wake::WakeConfig,
 }
 
 /// The default ceiling on attempts running fleet-wide (`--max-concurrent-reimages`).
@@ -100,7 +102,14 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
             bmc_watch_interval: bmc_watch::DEFAULT_INTERVAL,
             fleet_breaker: Some(FleetBreaker::default()),
             fleet_ceiling: Some(DEFAULT_FLEET_CEILING),
+            wake: Default::default(),
         }
+    }
+
+    /// Where Wake-on-LAN packets go.
+    pub fn with_wake(mut self, wake: crate::wake::WakeConfig) -> Self {
+        self.wake = wake;
+        self
     }
 
     /// The operator's ceiling on attempts running fleet-wide (None: none).
@@ -418,6 +427,12 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
         if d.status != *before {
             stored = self.backend.write_status(ep, &d.status).await?;
             self.metrics.status_write();
+            let way = |s: &EndpointStatus| s.active_attempt.as_ref().and_then(|a| a.power_way);
+            if let Some(w) = way(&d.status)
+                && way(before) != Some(w)
+            {
+                self.metrics.power_way(w);
+            }
             if let Some(edge) = d.edge {
                 self.metrics.transition(edge);
                 if matches!(edge, Edge::CheckedIn | Edge::Quarantined | Edge::Aborted)
@@ -500,6 +515,11 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
             | Action::PowerCycle {
                 attempt_id,
                 try_number,
+            }
+            | Action::WakeOnLan {
+                attempt_id,
+                try_number,
+                ..
             } => (attempt_id.clone(), *try_number),
             Action::DisarmBoot { attempt_id } => {
                 // Naturally idempotent, and needed again after every failed try; the core keeps
@@ -589,6 +609,22 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
                             } else {
                                 "PowerCycle".into()
                             },
+                            message: format!("attempt {attempt_id} try {try_number}: {what}"),
+                        };
+                        self.backend.record(ep, &notice, self.clock.now()).await?;
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Action::WakeOnLan { mac_addresses, .. } => {
+                // Sending twice wakes nothing twice; a deposed leader still stops here.
+                self.backend.ensure_leader()?;
+                match self.wake.wake(mac_addresses).await {
+                    Ok(what) => {
+                        let notice = Notice {
+                            type_: recast_core::lifecycle::NoticeType::Normal,
+                            reason: "WakeOnLanSent".into(),
                             message: format!("attempt {attempt_id} try {try_number}: {what}"),
                         };
                         self.backend.record(ep, &notice, self.clock.now()).await?;

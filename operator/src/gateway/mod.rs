@@ -481,6 +481,7 @@ impl<B: Backend> Gateway<B> {
             .desired_with(next.current_signals(), &time::format(now));
         entry.session = next;
         Ok(ReportReply {
+            restart_into_network: facts.restart_order.clone(),
             update_hold: hold.to_reply(),
         })
     }
@@ -531,6 +532,10 @@ impl<B: Backend> Gateway<B> {
             minimum_build: image.and_then(|i| i.minimum_build),
             events_after,
             stored_report_at: ep.status.as_ref().and_then(derive::last_report_at),
+            restart_order: ep
+                .status
+                .as_ref()
+                .and_then(recast_core::power::restart_order),
         })
     }
 

@@ -92,6 +92,8 @@ pub struct EndpointFacts {
     pub stored_report_at: Option<Timestamp>,
     /// What the reply's update hold depends on.
     pub hold: HoldFacts,
+    /// The restart-into-the-network order the reply carries (see `power::restart_order`).
+    pub restart_order: Option<recast_crds::report::NetworkRestartOrder>,
 }
 
 /// What the store held when the session started (after a gateway restart, say).
@@ -225,6 +227,7 @@ pub fn summarize(r: &AgentReport, now: Timestamp) -> ReportSummary {
     });
     crashes.truncate(SUMMARY_ITEMS);
     ReportSummary {
+        network_restart: r.network_restart.clone(),
         build: r.os.build_string(),
         reported_at: time::format(now),
         agent_version: Some(r.agent_version.clone()),
@@ -421,6 +424,7 @@ mod tests {
 
     fn facts() -> EndpointFacts {
         EndpointFacts {
+            restart_order: None,
             heartbeat_timeout: Duration::from_secs(900),
             update_mode: UpdateMode::Managed,
             hold: HoldFacts::default(),

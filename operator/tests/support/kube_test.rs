@@ -32,6 +32,7 @@ pub fn options(ns: &str) -> KubeOptions {
     KubeOptions {
         image_store: None,
         bmc_watch_interval: recast_operator::controller::bmc_watch::DEFAULT_INTERVAL,
+        wake: Default::default(),
         fleet_breaker: Some(Default::default()),
         fleet_ceiling: Some(recast_operator::controller::DEFAULT_FLEET_CEILING),
         deep_check_limits: Default::default(),
