@@ -1145,16 +1145,16 @@ fn power_lines(obj: &Value) -> Vec<String> {
         ways.push("a person".to_string());
     }
     let mut lines = vec![format!("Power:      {}", ways.join(", then "))];
-    if let Some(a) = status.and_then(|s| s.get("activeAttempt")) {
-        if let Some(way) = a.get("powerWay").and_then(Value::as_str) {
-            lines.push(format!(
-                "This try:   {way} (attempt {} try {})",
-                a.get("id").and_then(Value::as_str).unwrap_or_default(),
-                a.get("tryNumber")
-                    .and_then(Value::as_u64)
-                    .unwrap_or_default()
-            ));
-        }
+    if let Some(a) = status.and_then(|s| s.get("activeAttempt"))
+        && let Some(way) = a.get("powerWay").and_then(Value::as_str)
+    {
+        lines.push(format!(
+            "This try:   {way} (attempt {} try {})",
+            a.get("id").and_then(Value::as_str).unwrap_or_default(),
+            a.get("tryNumber")
+                .and_then(Value::as_u64)
+                .unwrap_or_default()
+        ));
     }
     let boots = status
         .and_then(|s| s.get("networkBoots"))
