@@ -445,6 +445,7 @@ impl<B: Backend> Gateway<B> {
         let facts = self.facts(&key, entry).await?;
         let now = self.clock.now();
         let sequence = report.sequence;
+        let installed_by = report.attempt_id.clone();
         // Decide on a copy: if a write fails, the session is unchanged and the next report
         // tries again.
         let mut next = entry.session.clone();
@@ -481,7 +482,12 @@ impl<B: Backend> Gateway<B> {
             .desired_with(next.current_signals(), &time::format(now));
         entry.session = next;
         Ok(ReportReply {
-            restart_into_network: facts.restart_order.clone(),
+            // Facts may be up to facts_ttl old: an order for the attempt that installed this
+            // agent is over by definition, and must not restart the machine it just imaged.
+            restart_into_network: facts
+                .restart_order
+                .clone()
+                .filter(|o| installed_by.as_deref() != Some(o.attempt_id.as_str())),
             update_hold: hold.to_reply(),
         })
     }

@@ -80,6 +80,7 @@ pub struct Bridge {
     pub requests: Arc<Mutex<Vec<String>>>,
     /// Where the operator reaches the bridge (inside the boot namespace).
     pub url: String,
+    ctx: Ctx,
 }
 
 #[derive(Clone)]
@@ -124,6 +125,7 @@ impl Bridge {
             fault: ctx.fault.clone(),
             requests: ctx.requests.clone(),
             url: format!("http://127.0.0.1:{port}"),
+            ctx: ctx.clone(),
         };
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
@@ -158,6 +160,32 @@ impl Bridge {
             .iter()
             .filter(|r| r.starts_with("POST") && r.contains(uuid) && r.contains("Reset -> 20"))
             .count()
+    }
+
+    /// Starts `name`'s VM booting from the network, as its own firmware does when Windows
+    /// restarts into a one-time network boot (no BMC involved). `reboots`: the VM restarts
+    /// when the machine resets instead of exiting (a machine left to itself, looping).
+    pub fn start_vm(&self, name: &str, reboots: bool) {
+        let uuid = self.with(name, |m| m.uuid.clone());
+        self.ctx.start_vm(&uuid, reboots);
+    }
+
+    /// Switches `name`'s VM off (as a person holding the power button would) and returns the
+    /// agent.json its disk holds, if any.
+    pub fn stop_vm(&self, name: &str) -> Option<String> {
+        let (vm, disk) = self.with(name, |m| {
+            m.powered = false;
+            let disk = match &m.kind {
+                Kind::Qemu { disk, .. } => Some(disk.clone()),
+                Kind::Simulated => None,
+            };
+            (m.vm.take(), disk)
+        });
+        if let Some(mut vm) = vm {
+            let _ = vm.kill();
+            let _ = vm.wait();
+        }
+        disk.and_then(|d| agent_json_on(&d))
     }
 
     /// The BMC's event log records an OS critical stop (a blue screen) on `name` now.
@@ -420,15 +448,22 @@ impl Ctx {
                 )
             });
         }
+        if network {
+            self.start_vm(uuid, false);
+        } else if let Some(m) = self.machines.lock().unwrap().get_mut(uuid) {
+            // Windows boots from the disk; the test's agent plays it.
+            m.powered = true;
+        }
+    }
+
+    /// The machine boots from the network: a QEMU VM (exiting at its first reset unless
+    /// `reboots`), or the simulated imaging environment.
+    fn start_vm(&self, uuid: &str, reboots: bool) {
         let mut machines = self.machines.lock().unwrap();
         let Some(m) = machines.get_mut(uuid) else {
             return;
         };
         m.powered = true;
-        if !network {
-            // Windows boots from the disk; the test's agent plays it.
-            return;
-        }
         m.network_boots += 1;
         m.agent_config = None;
         match m.kind.clone() {
@@ -449,6 +484,7 @@ impl Ctx {
                     disk: &disk,
                     serial: &serial,
                     secure_boot,
+                    reboots,
                 };
                 m.vm = Some(qemu(&vm));
             }
@@ -496,13 +532,18 @@ struct Vm<'a> {
     disk: &'a Path,
     serial: &'a Path,
     secure_boot: bool,
+    /// Restart at a reset instead of exiting.
+    reboots: bool,
 }
 
 fn qemu(vm: &Vm) -> Child {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", vm.site_ns, "qemu-system-x86_64"])
-        .args(["-accel", "tcg", "-display", "none", "-monitor", "none"])
-        .arg("-no-reboot")
+        .args(["-accel", "tcg", "-display", "none", "-monitor", "none"]);
+    if !vm.reboots {
+        cmd.arg("-no-reboot");
+    }
+    cmd
         // The Endpoint names this SMBIOS UUID; recast-imager checks it before writing.
         .args(["-uuid", vm.uuid])
         .args([

@@ -117,6 +117,7 @@ fn machine(name: &str, mac: &str, qemu: bool, protected: bool) -> MachineSpec {
         secure_boot: false,
         protected,
         labels: "{site: e2e, role: kiosk}",
+        bmc: true,
     }
 }
 
@@ -869,6 +870,7 @@ fn wave_machines() -> (Vec<MachineSpec>, Vec<String>) {
             secure_boot: false,
             protected: false,
             labels: "{site: e2e, role: till}",
+            bmc: true,
         })
         .collect();
     (specs, names)
@@ -899,4 +901,246 @@ fn kube_wave_failure_budget() {
     let (machines, names) = wave_machines();
     let mut site = Site::new("kwave", Backend::Kube { k8s, ns }, &machines, WAVE_POLICY);
     wave_chain(&mut site, &names);
+}
+
+const P1: &str = "52:54:00:78:00:11";
+const P2: &str = "52:54:00:78:00:12";
+
+/// A disk whose boot sector resets the machine at once (the keyboard controller's reset line),
+/// as Windows does when it bugchecks at boot with automatic restart on: the machine is back in
+/// its firmware, which boots the network first, every few seconds.
+fn write_reset_boot_sector(disk: &Path) {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut sector = [0u8; 512];
+    // mov al, 0xfe; out 0x64, al; hlt; jmp $-1
+    sector[..7].copy_from_slice(&[0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd]);
+    sector[510] = 0x55;
+    sector[511] = 0xaa;
+    let mut f = std::fs::OpenOptions::new().write(true).open(disk).unwrap();
+    f.seek(SeekFrom::Start(0)).unwrap();
+    f.write_all(&sector).unwrap();
+}
+
+/// The tool calls the replayed Windows saw (`calls.log`, one per line).
+fn windows_calls(windows: &Path) -> Vec<String> {
+    std::fs::read_to_string(windows.join("calls.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The new image's first start: the agent the imager installed reports once from the
+/// January build with the agent.json read back from the disk.
+fn first_start(site: &mut Site, name: &str, config: &str) {
+    let path = site.dir.join(format!("{name}-agent.json"));
+    std::fs::write(&path, config).unwrap();
+    site.windows_state(name, "january");
+    let token = site.dir.join(format!("{name}-new.token"));
+    let out = site
+        .agent_command(name, &token, "january", Some(&path))
+        .args(["--once", "--interval", "5m"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{name}'s new agent could not report:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Two machines without a BMC. pc-01's Windows runs: its failed rollback is remediated by the
+/// agent restarting the machine into the network (bcdedit's one-time firmware boot, then
+/// shutdown /r), which the test's "Windows" turns into the VM's network boot. pc-02 has no
+/// agent at all and a disk that restarts it at once on every boot: the boot service's own
+/// observations find it looping, and it is reimaged.
+fn no_bmc_chain(site: &mut Site) {
+    write_reset_boot_sector(&site.dir.join("disk-pc-02.img"));
+    site.start_operator();
+    site.wait(
+        Duration::from_secs(120),
+        "the golden image to be verified",
+        || condition(&site.get("gi", site::IMAGE), "Verified").as_deref() == Some("True"),
+    );
+    site.bridge.start_vm("pc-02", true);
+    site.note("pc-02 switched on: no BMC, no agent; its firmware boots the network first, and its disk resets the machine at once (a bugcheck at boot with automatic restart)");
+
+    // pc-01 runs Windows; its agent reports December, then KB5074109 fails and rolls back.
+    let token = site.issue_token("pc-01");
+    site.windows_state("pc-01", "december");
+    site.start_agent("pc-01", &token, "december", None);
+    site.wait_endpoint(
+        "pc-01",
+        "a first report on 26100.7462",
+        Duration::from_secs(60),
+        |ep| build(ep).as_deref() == Some("26100.7462"),
+    );
+    let windows = site.windows_state("pc-01", "failed-rollback");
+    // What bcdedit /enum firmware prints on this machine (OVMF: its own PXE client first).
+    std::fs::copy(
+        recast_tests::repo_root().join("agent/tests/fixtures/tools/bcdedit-enum-firmware-ovmf.txt"),
+        windows.join("bcdedit-enum-firmware.txt"),
+    )
+    .unwrap();
+    site.note("pc-01: KB5074109 fails and rolls back; no BMC");
+    let ep = site.wait_endpoint(
+        "pc-01",
+        "an attempt whose machine its agent restarts",
+        Duration::from_secs(90),
+        |ep| ep["status"]["activeAttempt"]["powerWay"] == "Agent",
+    );
+    assert_eq!(ep["status"]["activeAttempt"]["trigger"], "FailedRollback");
+    let attempt = ep["status"]["activeAttempt"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    site.wait(
+        Duration::from_secs(120),
+        "the agent to schedule the restart into the network",
+        || {
+            windows_calls(&windows)
+                .iter()
+                .any(|c| c.starts_with("shutdown.exe"))
+        },
+    );
+    site.wait(
+        Duration::from_secs(60),
+        "the agent's report of the scheduled restart",
+        || site.events("pc-01").contains("AgentRestartScheduled"),
+    );
+    // The replies go on carrying the order until the machine network-boots; the agent acts
+    // once. A few more reports (every 3 s) prove it.
+    std::thread::sleep(Duration::from_secs(10));
+    let calls = windows_calls(&windows);
+    assert_eq!(calls.len(), 3, "{calls:#?}");
+    assert_eq!(calls[0], "bcdedit.exe /enum firmware");
+    assert!(
+        calls[1].starts_with("bcdedit.exe /set {fwbootmgr} bootsequence {"),
+        "{calls:#?}"
+    );
+    assert!(
+        calls[2].starts_with("shutdown.exe /r /t 30 /c ") && calls[2].contains(&attempt),
+        "{calls:#?}"
+    );
+    site.note(&format!(
+        "pc-01's agent: {}; {}; {} (once, though every reply repeated the order)",
+        calls[0], calls[1], calls[2]
+    ));
+    // Windows restarts; the firmware's one-time boot goes to the network.
+    site.stop_agent("pc-01");
+    site.bridge.start_vm("pc-01", false);
+    site.wait(
+        Duration::from_secs(600),
+        "pc-01 to be imaged",
+        || site.bridge.with("pc-01", |m| m.agent_config.is_some()),
+    );
+    let config = site.bridge.with("pc-01", |m| m.agent_config.clone()).unwrap();
+    first_start(site, "pc-01", &config);
+    let ep = site.wait_endpoint(
+        "pc-01",
+        "the attempt to succeed",
+        Duration::from_secs(60),
+        |ep| {
+            ep["status"]["activeAttempt"].is_null()
+                && history(ep).first().is_some_and(|h| h["outcome"] == "Succeeded")
+        },
+    );
+    assert_eq!(history(&ep)[0]["id"], attempt.as_str());
+    assert_eq!(build(&ep).as_deref(), Some("26100.7623"));
+    let events = site.events("pc-01");
+    for reason in ["AgentRestartOrdered", "AgentRestartScheduled"] {
+        assert!(events.contains(reason), "{reason} missing:\n{events}");
+    }
+    assert!(
+        !events.contains("PowerCycleNeeded"),
+        "no person was asked:\n{events}"
+    );
+    site.note("pc-01 reimaged through its agent's restart, no person, no BMC");
+
+    // pc-02 has looped all along: found from the boot service's observations alone.
+    let ep = site.wait_endpoint(
+        "pc-02",
+        "a BootLoop signal from its network boots",
+        Duration::from_secs(600),
+        |ep| signals(ep).contains(&"BootLoop".to_string()),
+    );
+    let boots = ep["status"]["networkBoots"].as_array().map_or(0, Vec::len);
+    assert!(boots >= 3, "{}", ep["status"]);
+    assert!(ep["status"]["lastReport"].is_null(), "pc-02 has no agent");
+    let ep = site.wait_endpoint(
+        "pc-02",
+        "an attempt for the loop",
+        Duration::from_secs(60),
+        |ep| ep["status"]["activeAttempt"]["trigger"] == "BootLoop",
+    );
+    let attempt = ep["status"]["activeAttempt"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    site.note(&format!(
+        "pc-02: BootLoop after {boots} network boots with no report; attempt {attempt}"
+    ));
+    site.wait_endpoint(
+        "pc-02",
+        "its image to be applied",
+        Duration::from_secs(600),
+        |ep| step(ep).as_deref() == Some("FirstBoot"),
+    );
+    let config = site
+        .bridge
+        .stop_vm("pc-02")
+        .expect("pc-02's agent.json, read from its NTFS volume");
+    let table = recast_tests::readback::Table::read(&site.dir.join("disk-pc-02.img"));
+    let types: Vec<&str> = table.partitions.iter().map(|p| p.type_.as_str()).collect();
+    assert_eq!(types, ["c", "7", "27"], "pc-02's disk: {table:?}");
+    first_start(site, "pc-02", &config);
+    let ep = site.wait_endpoint(
+        "pc-02",
+        "the attempt to succeed",
+        Duration::from_secs(60),
+        |ep| {
+            ep["status"]["activeAttempt"].is_null()
+                && history(ep).first().is_some_and(|h| h["outcome"] == "Succeeded")
+        },
+    );
+    assert_eq!(history(&ep)[0]["trigger"], "BootLoop");
+    assert!(
+        !signals(&ep).contains(&"BootLoop".to_string()),
+        "the new image's report ends the loop: {}",
+        ep["status"]
+    );
+    let events = site.events("pc-02");
+    assert!(events.contains("BootLoop"), "{events}");
+    assert!(
+        events.contains("WakeOnLanSent") || events.contains("PowerCycleNeeded"),
+        "the way to start it is named:\n{events}"
+    );
+    site.show(&["describe", "rep", "pc-02"]);
+    site.note("pc-02 reimaged from its boot loop, no agent, no BMC, no person at the keyboard");
+}
+
+#[test]
+fn embedded_machines_without_a_bmc() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    if !ready() {
+        return;
+    }
+    let machines = [
+        // UEFI: the agent's one-time boot goes through the firmware's boot manager.
+        MachineSpec {
+            secure_boot: true,
+            bmc: false,
+            ..machine("pc-01", P1, true, false)
+        },
+        MachineSpec {
+            bmc: false,
+            ..machine("pc-02", P2, true, false)
+        },
+    ];
+    let mut site = Site::new("nobmc", Backend::Embedded, &machines, POLICY);
+    no_bmc_chain(&mut site);
+    let _ = std::fs::write(
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-no-bmc-walkthrough.md"),
+        site.transcript(),
+    );
 }

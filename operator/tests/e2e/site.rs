@@ -57,6 +57,9 @@ pub struct MachineSpec {
     pub secure_boot: bool,
     pub protected: bool,
     pub labels: &'static str,
+    /// The Endpoint names a BMC (sushy's emulator behind the bridge); without one, recast
+    /// brings the machine to network-boot through its agent, Wake-on-LAN or a person.
+    pub bmc: bool,
 }
 
 pub struct Site {
@@ -275,12 +278,19 @@ impl Site {
             ),
         ];
         for m in machines {
+            let bmc = if m.bmc {
+                format!(
+                    "  bmc:\n    address: {}\n    credentialsSecretRef: {{name: bmc-credentials}}\n    systemId: {}\n",
+                    self.bridge.url, self.uuids[&m.name]
+                )
+            } else {
+                String::new()
+            };
             docs.push(format!(
-                "apiVersion: recast.dev/v1alpha1\nkind: Endpoint\nmetadata:\n  name: {name}\n  labels: {labels}\nspec:\n  identity:\n    macAddresses: [\"{mac}\"]\n    smbiosUuid: {uuid}\n  bootMode: {mode}\n  targetDisk: {{minSizeGiB: 1}}\n  bmc:\n    address: {bmc}\n    credentialsSecretRef: {{name: bmc-credentials}}\n    systemId: {uuid}\n  image: {{goldenImage: {IMAGE}}}\n  site: e2e\n  protected: {protected}\n",
+                "apiVersion: recast.dev/v1alpha1\nkind: Endpoint\nmetadata:\n  name: {name}\n  labels: {labels}\nspec:\n  identity:\n    macAddresses: [\"{mac}\"]\n    smbiosUuid: {uuid}\n  bootMode: {mode}\n  targetDisk: {{minSizeGiB: 1}}\n{bmc}  image: {{goldenImage: {IMAGE}}}\n  site: e2e\n  protected: {protected}\n",
                 name = m.name,
                 labels = m.labels,
                 mac = m.mac,
-                bmc = self.bridge.url,
                 uuid = self.uuids[&m.name],
                 protected = m.protected,
                 mode = if m.secure_boot { "uefi" } else { "bios" },
