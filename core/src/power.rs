@@ -128,14 +128,15 @@ pub fn boot_loop(
     }
     let first = recent[recent.len() - needed];
     let last = recent[recent.len() - 1];
+    let silence = match last_report_at {
+        Some(t) => format!("with no agent report since {}", time::format(t)),
+        None => "and no agent has ever reported".to_string(),
+    };
     Some(format!(
-        "network-booted {} times between {} and {} with no agent report since {}: the OS is not coming up (a boot loop)",
+        "network-booted {} times between {} and {} {silence}: the OS is not coming up (a boot loop)",
         recent.len(),
         time::format(first),
         time::format(last),
-        last_report_at
-            .map(time::format)
-            .unwrap_or_else(|| "the agent was installed (it never reported)".into()),
     ))
 }
 
@@ -173,7 +174,7 @@ mod tests {
     #[test]
     fn a_machine_that_never_reported_can_loop() {
         let why = boot_loop(&[t(1), t(2), t(3)], None, None, t(3), RULE).unwrap();
-        assert!(why.contains("never reported"), "{why}");
+        assert!(why.contains("no agent has ever reported"), "{why}");
     }
 
     #[test]

@@ -744,3 +744,70 @@ async fn a_boot_crash_in_the_bmc_log_of_a_silent_endpoint_reimages_it() {
     assert_eq!(ctrl.watch_bmcs_once().await.unwrap(), 0);
     assert_eq!(ctrl.power.crash_reads().len(), 3);
 }
+
+#[tokio::test]
+async fn a_boot_loop_without_bmc_or_agent_reimages_and_a_failed_wake_asks_a_person() {
+    let store = store_with_examples("boot-loop");
+    let (ctrl, clock) = controller(EmbeddedBackend {
+        store: store.clone(),
+    });
+    // The operator runs with --wake-on-lan off: the packets cannot be sent.
+    let ctrl = Arc::new(
+        Arc::try_unwrap(ctrl)
+            .unwrap_or_else(|_| unreachable!())
+            .with_wake(recast_operator::wake::WakeConfig {
+                disabled: true,
+                ..Default::default()
+            }),
+    );
+    ctrl.prime().await.unwrap();
+    // backoffice-01: no BMC, no agent ever; its firmware boots the network first, and its
+    // Windows restarts it at once.
+    let k = key("backoffice-01");
+    for _ in 0..2 {
+        ctrl.reconcile(&k, Input::NetworkBootObserved)
+            .await
+            .unwrap();
+        clock.advance(60);
+    }
+    assert!(status(&store, "backoffice-01").signals.is_empty());
+    assert_eq!(status(&store, "backoffice-01").network_boots.len(), 2);
+    ctrl.reconcile(&k, Input::NetworkBootObserved)
+        .await
+        .unwrap();
+    // The attempt starts, the boot is armed, the way is chosen: Wake-on-LAN (no agent), which
+    // fails here, so a person is asked; the try waits for the network boot.
+    for _ in 0..3 {
+        ctrl.reconcile(&k, Input::Reconcile).await.unwrap();
+    }
+    let st = status(&store, "backoffice-01");
+    assert!(
+        st.signals
+            .iter()
+            .any(|s| s.type_ == recast_crds::signal::SignalKind::BootLoop)
+    );
+    let a = st.active_attempt.expect("a reimage for the loop");
+    assert_eq!(a.trigger, recast_crds::endpoint::AttemptTrigger::BootLoop);
+    assert_eq!(a.step, recast_crds::endpoint::ReimageStep::Booting);
+    assert_eq!(a.power_way, Some(recast_crds::endpoint::PowerWay::Person));
+    let events = store
+        .events(Kind::Endpoint, "default", "backoffice-01")
+        .unwrap();
+    let asked = events
+        .iter()
+        .find(|e| e.reason == "PowerCycleNeeded")
+        .expect("a person is asked");
+    assert!(
+        asked.message.contains("--wake-on-lan off"),
+        "{}",
+        asked.message
+    );
+    assert!(events.iter().any(|e| e.reason == "BootLoop"));
+    let metrics = ctrl.metrics.render();
+    for way in ["WakeOnLan", "Person"] {
+        assert!(
+            metrics.contains(&format!("recast_power_way_total{{way=\"{way}\"}} 1")),
+            "{way}:\n{metrics}"
+        );
+    }
+}
