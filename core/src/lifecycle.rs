@@ -472,6 +472,8 @@ impl<'a> Run<'a> {
                     next.sort_by_key(|s| s.type_.urgency());
                 }
                 self.st.signals = next;
+                // The agent may just have gone silent over boots already recorded.
+                self.judge_boot_loop();
             }
             Input::NetworkBootObserved => self.network_boot_observed(),
             Input::BmcCrash { message } => {
@@ -512,11 +514,16 @@ impl<'a> Run<'a> {
             .len()
             .saturating_sub(MAX_NETWORK_BOOTS);
         self.st.network_boots.drain(..over);
-        if self
-            .st
-            .signals
-            .iter()
-            .any(|s| s.type_ == SignalKind::BootLoop)
+        self.judge_boot_loop();
+    }
+
+    /// Raises BootLoop when the recorded network boots make one (`power::boot_loop`): after a
+    /// boot, or when the agent goes silent after boots were recorded.
+    fn judge_boot_loop(&mut self) {
+        let has = |st: &EndpointStatus, k: SignalKind| st.signals.iter().any(|s| s.type_ == k);
+        if self.st.active_attempt.is_some()
+            || self.st.network_boots.is_empty()
+            || has(&self.st, SignalKind::BootLoop)
         {
             return;
         }
@@ -524,6 +531,7 @@ impl<'a> Run<'a> {
             &crate::power::network_boots(&self.st),
             crate::derive::last_report_at(&self.st),
             crate::derive::last_reimage_end(&self.st),
+            has(&self.st, SignalKind::HeartbeatLost),
             self.ctx.now,
             self.ctx.policy.boot_loop,
         ) else {

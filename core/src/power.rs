@@ -98,21 +98,34 @@ pub struct BootLoopRule {
     pub within: Duration,
 }
 
+/// Network boots closer together than this are one boot (a firmware's DHCP and boot-script
+/// retries); no machine POSTs, network-boots and fails to start its OS faster.
+pub const SAME_BOOT: Duration = Duration::from_secs(10);
+
 /// A boot loop: at least `rule.boots` network boots with nothing armed within `rule.within`
-/// of each other, the newest no older than `rule.within`, all after the agent's last report
-/// and after the last reimage ended. Returns the reason.
+/// of now, all after the agent's last report and after the last reimage ended, and, for a
+/// machine whose agent has reported before, that agent silent (HeartbeatLost). Returns the
+/// reason.
 ///
 /// The negatives, and why: a machine that reports after each start is not looping (boots
 /// before its last report do not count); a machine powered off is not looping (no boots); one
 /// restart is not a loop (`boots` is at least 2); boots spread over longer than `within` are
-/// normal starts without an agent, not a loop; boots long ago are history.
+/// normal starts without an agent, not a loop; boots long ago are history; retries within
+/// [`SAME_BOOT`] are one boot. A machine whose agent still reports is not looping whatever the
+/// network shows: boot requests carry nothing but a MAC address, which anyone on the
+/// provisioning network can send, so they wipe a machine only when its own agent has gone
+/// quiet too (as the BMC's crash record does).
 pub fn boot_loop(
     boots: &[Timestamp],
     last_report_at: Option<Timestamp>,
     last_reimage_end: Option<Timestamp>,
+    agent_silent: bool,
     now: Timestamp,
     rule: BootLoopRule,
 ) -> Option<String> {
+    if last_report_at.is_some() && !agent_silent {
+        return None;
+    }
     let after = last_report_at.max(last_reimage_end);
     let mut recent: Vec<Timestamp> = boots
         .iter()
@@ -121,7 +134,7 @@ pub fn boot_loop(
         .filter(|t| *t <= now && time::since(now, *t) <= rule.within)
         .collect();
     recent.sort();
-    recent.dedup();
+    recent.dedup_by(|later, earlier| time::since(*later, *earlier) < SAME_BOOT);
     let needed = rule.boots.max(2) as usize;
     if recent.len() < needed {
         return None;
@@ -166,14 +179,14 @@ mod tests {
 
     #[test]
     fn three_boots_in_the_window_with_no_report_are_a_loop() {
-        let why = boot_loop(&[t(1), t(3), t(5)], Some(t(0)), None, t(6), RULE).unwrap();
+        let why = boot_loop(&[t(1), t(3), t(5)], Some(t(0)), None, true, t(6), RULE).unwrap();
         assert!(why.contains("3 times"), "{why}");
         assert!(why.contains("2026-01-15T09:00:00Z"), "{why}");
     }
 
     #[test]
     fn a_machine_that_never_reported_can_loop() {
-        let why = boot_loop(&[t(1), t(2), t(3)], None, None, t(3), RULE).unwrap();
+        let why = boot_loop(&[t(1), t(2), t(3)], None, None, true, t(3), RULE).unwrap();
         assert!(why.contains("no agent has ever reported"), "{why}");
     }
 
@@ -181,41 +194,51 @@ mod tests {
     fn a_machine_that_reports_after_each_start_is_not_looping() {
         // Boots at 1, 61, 121 with reports after each; the last report was at 122.
         assert_eq!(
-            boot_loop(&[t(1), t(61), t(121)], Some(t(122)), None, t(125), RULE),
+            boot_loop(
+                &[t(1), t(61), t(121)],
+                Some(t(122)),
+                None,
+                true,
+                t(125),
+                RULE
+            ),
             None
         );
         // Boots before the last report never count, however many.
         let many: Vec<_> = (0..10).map(t).collect();
-        assert_eq!(boot_loop(&many, Some(t(10)), None, t(11), RULE), None);
+        assert_eq!(boot_loop(&many, Some(t(10)), None, true, t(11), RULE), None);
     }
 
     #[test]
     fn a_machine_powered_off_is_not_looping() {
-        assert_eq!(boot_loop(&[], Some(t(0)), None, t(600), RULE), None);
-        assert_eq!(boot_loop(&[], None, None, t(600), RULE), None);
+        assert_eq!(boot_loop(&[], Some(t(0)), None, true, t(600), RULE), None);
+        assert_eq!(boot_loop(&[], None, None, true, t(600), RULE), None);
     }
 
     #[test]
     fn a_single_reboot_is_not_a_loop() {
-        assert_eq!(boot_loop(&[t(1)], Some(t(0)), None, t(2), RULE), None);
+        assert_eq!(boot_loop(&[t(1)], Some(t(0)), None, true, t(2), RULE), None);
         // Nor two with a rule of three.
-        assert_eq!(boot_loop(&[t(1), t(2)], Some(t(0)), None, t(3), RULE), None);
+        assert_eq!(
+            boot_loop(&[t(1), t(2)], Some(t(0)), None, true, t(3), RULE),
+            None
+        );
         // A rule that says one boot would be a loop is read as two.
         let one = BootLoopRule { boots: 1, ..RULE };
-        assert_eq!(boot_loop(&[t(1)], Some(t(0)), None, t(2), one), None);
-        assert!(boot_loop(&[t(1), t(2)], Some(t(0)), None, t(3), one).is_some());
+        assert_eq!(boot_loop(&[t(1)], Some(t(0)), None, true, t(2), one), None);
+        assert!(boot_loop(&[t(1), t(2)], Some(t(0)), None, true, t(3), one).is_some());
     }
 
     #[test]
     fn boots_spread_wider_than_the_window_are_not_a_loop() {
         // A kiosk without an agent, started each morning: three boots over three days.
         assert_eq!(
-            boot_loop(&[t(0), t(1440), t(2880)], None, None, t(2881), RULE),
+            boot_loop(&[t(0), t(1440), t(2880)], None, None, true, t(2881), RULE),
             None
         );
         // Two recent boots and one old one.
         assert_eq!(
-            boot_loop(&[t(0), t(100), t(101)], None, None, t(102), RULE),
+            boot_loop(&[t(0), t(100), t(101)], None, None, true, t(102), RULE),
             None
         );
     }
@@ -223,7 +246,7 @@ mod tests {
     #[test]
     fn boots_long_ago_are_history() {
         assert_eq!(
-            boot_loop(&[t(1), t(2), t(3)], Some(t(0)), None, t(600), RULE),
+            boot_loop(&[t(1), t(2), t(3)], Some(t(0)), None, true, t(600), RULE),
             None
         );
     }
@@ -233,17 +256,41 @@ mod tests {
         // The new image's first starts (specialize, OOBE) are before its first report, but
         // boots before the reimage ended belong to the old machine.
         assert_eq!(
-            boot_loop(&[t(1), t(2), t(3)], None, Some(t(3)), t(4), RULE),
+            boot_loop(&[t(1), t(2), t(3)], None, Some(t(3)), true, t(4), RULE),
             None
         );
-        assert!(boot_loop(&[t(4), t(5), t(6)], None, Some(t(3)), t(7), RULE).is_some());
+        assert!(boot_loop(&[t(4), t(5), t(6)], None, Some(t(3)), true, t(7), RULE).is_some());
+    }
+
+    #[test]
+    fn boots_of_a_machine_whose_agent_still_reports_are_not_a_loop() {
+        // Anyone on the provisioning network can send a known MAC's boot requests: without the
+        // agent's silence they wipe nothing.
+        let boots = [t(1), t(2), t(3)];
+        assert_eq!(boot_loop(&boots, Some(t(0)), None, false, t(4), RULE), None);
+        assert!(boot_loop(&boots, Some(t(0)), None, true, t(4), RULE).is_some());
+        // A machine no agent ever reported from has only its boots.
+        assert!(boot_loop(&boots, None, None, false, t(4), RULE).is_some());
+    }
+
+    #[test]
+    fn retries_within_a_boot_count_once() {
+        let s = |secs: i64| t(10) + jiff::SignedDuration::from_secs(secs);
+        // One boot's DHCP and boot-script retries, three times over.
+        let retries = [s(0), s(3), s(6), s(9)];
+        assert_eq!(boot_loop(&retries, None, None, true, s(20), RULE), None);
+        let three = [s(0), s(4), s(40), s(44), s(80)];
+        assert!(boot_loop(&three, None, None, true, s(90), RULE).is_some());
     }
 
     #[test]
     fn repeated_and_future_times_do_not_count_twice() {
-        assert_eq!(boot_loop(&[t(1), t(1), t(1)], None, None, t(2), RULE), None);
         assert_eq!(
-            boot_loop(&[t(1), t(2), t(30)], None, None, t(3), RULE),
+            boot_loop(&[t(1), t(1), t(1)], None, None, true, t(2), RULE),
+            None
+        );
+        assert_eq!(
+            boot_loop(&[t(1), t(2), t(30)], None, None, true, t(3), RULE),
             None
         );
     }

@@ -681,13 +681,21 @@ fn a_boot_loop_ends_when_the_agent_reports_and_the_gateway_cannot_drop_it() {
         e.advance(60);
         e.feed(Input::NetworkBootObserved);
     }
-    assert_eq!(e.status.signals[0].type_, SignalKind::BootLoop);
-    // A protected endpoint shows the finding but is never reimaged.
-    assert!(e.status.active_attempt.is_none());
-    // The gateway's own set (HeartbeatLost) does not drop the boot service's finding.
-    e.feed(signals(&[SignalKind::HeartbeatLost]));
+    // Its agent has reported and is not silent: boot requests alone (which anyone can send
+    // with its MAC) are no loop.
+    assert!(e.status.signals.is_empty());
+    assert_eq!(e.status.network_boots.len(), 3);
+    // The agent goes silent: the boots already recorded make the loop.
+    let d = e.feed(signals(&[SignalKind::HeartbeatLost]));
+    assert!(d.notices.iter().any(|n| n.reason == "BootLoop"));
     let types: Vec<&str> = e.status.signals.iter().map(|s| s.type_.as_str()).collect();
     assert_eq!(types, ["BootLoop", "HeartbeatLost"]);
+    // A protected endpoint shows the finding but is never reimaged.
+    assert!(e.status.active_attempt.is_none());
+    // The gateway's own set does not drop the boot service's finding.
+    e.feed(signals(&[SignalKind::HeartbeatLost, SignalKind::Drift]));
+    let types: Vec<&str> = e.status.signals.iter().map(|s| s.type_.as_str()).collect();
+    assert_eq!(types, ["BootLoop", "Drift", "HeartbeatLost"]);
     // A fourth boot while it stands raises nothing new.
     e.advance(60);
     let d = e.feed(Input::NetworkBootObserved);
@@ -706,7 +714,7 @@ fn a_boot_loop_ends_when_the_agent_reports_and_the_gateway_cannot_drop_it() {
 
 #[test]
 fn the_policy_sets_the_loop_and_its_action() {
-    let mut e = healthy(false);
+    let mut e = One::new(false);
     e.policy.boot_loop.boots = 5;
     for _ in 0..4 {
         e.advance(60);
@@ -718,7 +726,7 @@ fn the_policy_sets_the_loop_and_its_action() {
     assert_eq!(e.status.signals[0].type_, SignalKind::BootLoop);
     assert!(e.status.active_attempt.is_some());
 
-    let mut e = healthy(false);
+    let mut e = One::new(false);
     e.policy.actions.boot_loop = recast_crds::policy::RemediationAction::AlertOnly;
     for _ in 0..3 {
         e.advance(60);
