@@ -32,9 +32,11 @@ struct Source {
     /// in agent/README.md).
     #[arg(long, value_name = "DIR")]
     replay: Option<PathBuf>,
-    /// The Endpoint object's name, as declared to recast.
+    /// The Endpoint object's name, as declared to recast. Optional with --agent-config: a
+    /// reimaged machine's agent.json names it (one golden image serves many machines, so the
+    /// service's command line carries nothing per machine); given as well, the two must agree.
     #[arg(long, env = "RECAST_ENDPOINT")]
-    endpoint: String,
+    endpoint: Option<String>,
     /// File holding the attempt id, written by the reimage flow into a freshly applied image.
     #[arg(long, value_name = "FILE")]
     attempt_file: Option<PathBuf>,
@@ -54,9 +56,10 @@ enum Cmd {
     Run {
         #[command(flatten)]
         source: Source,
-        /// Gateway base URL, such as https://recast.example:8443.
+        /// Gateway base URL, such as https://recast.example:8443. Optional with --agent-config:
+        /// agent.json carries the gateway the reimage named; given, this wins.
         #[arg(long, env = "RECAST_GATEWAY")]
-        gateway: String,
+        gateway: Option<String>,
         /// File holding this endpoint's bearer token (never passed on the command line, where
         /// other users could read it). With --agent-config and no token yet, the agent
         /// enrolls and writes it here.
@@ -123,15 +126,36 @@ fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
     parse_duration(s)
 }
 
-fn identity(source: &Source, config: Option<&AgentConfig>) -> Result<Identity, String> {
-    if let Some(c) = config
-        && c.endpoint != source.endpoint
-    {
-        return Err(format!(
-            "agent.json is for endpoint {:?}, but --endpoint says {:?}; fix the service's arguments",
-            c.endpoint, source.endpoint
-        ));
+/// The endpoint this agent reports as: --endpoint, else agent.json's. Both given must agree
+/// (agent.json's enrollment credential is bound to its endpoint).
+fn endpoint_name(source: &Source, config: Option<&AgentConfig>) -> Result<String, String> {
+    match (&source.endpoint, config) {
+        (Some(e), Some(c)) if *e != c.endpoint => Err(format!(
+            "agent.json is for endpoint {:?}, but --endpoint says {e:?}; drop --endpoint or fix it",
+            c.endpoint
+        )),
+        (Some(e), _) => Ok(e.clone()),
+        (None, Some(c)) => Ok(c.endpoint.clone()),
+        (None, None) => Err(
+            "which endpoint is this? give --endpoint NAME, or --agent-config FILE (the agent.json a reimage writes into the new image)"
+                .into(),
+        ),
     }
+}
+
+/// The gateway to report to: --gateway, else the one agent.json names.
+fn gateway_url(given: Option<&str>, config: Option<&AgentConfig>) -> Result<String, String> {
+    given
+        .map(str::to_string)
+        .or_else(|| config.and_then(|c| c.gateway_url.clone()))
+        .ok_or_else(|| {
+            "which gateway? give --gateway URL, or --agent-config FILE naming one (gatewayUrl)"
+                .to_string()
+        })
+}
+
+fn identity(source: &Source, config: Option<&AgentConfig>) -> Result<Identity, String> {
+    let endpoint = endpoint_name(source, config)?;
     let from_file = match &source.attempt_file {
         Some(p) => match std::fs::read_to_string(p) {
             Ok(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
@@ -143,7 +167,7 @@ fn identity(source: &Source, config: Option<&AgentConfig>) -> Result<Identity, S
     };
     let attempt_id = from_file.or_else(|| config.map(|c| c.attempt_id.clone()));
     Ok(Identity {
-        endpoint: source.endpoint.clone(),
+        endpoint,
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         attempt_id,
         interval_seconds: source.interval.as_secs().clamp(1, u32::MAX as u64) as u32,
@@ -282,7 +306,7 @@ async fn real_main(cli: Cli) -> Result<(), String> {
         } => {
             let reporter = Reporter::start(
                 source,
-                &gateway,
+                gateway.as_deref(),
                 &token_file,
                 agent_config.as_deref(),
                 ca_file.as_deref(),
@@ -362,7 +386,7 @@ impl Reporter {
     /// file, or on a reimaged endpoint's first start by enrolling.
     async fn start(
         source: Source,
-        gateway: &str,
+        gateway: Option<&str>,
         token_file: &Path,
         agent_config: Option<&Path>,
         ca_file: Option<&Path>,
@@ -380,7 +404,8 @@ impl Reporter {
             None => None,
         };
         let manage_hold = source.replay.is_none();
-        let sender = Sender::new(gateway, ca_file).map_err(|e| e.to_string())?;
+        let gateway = gateway_url(gateway, config.as_ref())?;
+        let sender = Sender::new(&gateway, ca_file).map_err(|e| e.to_string())?;
         let token = match (token_file.exists(), &config) {
             (false, Some(c)) => enroll(&sender, c, token_file, once).await?,
             _ => read_secret(token_file)?,
@@ -658,4 +683,64 @@ async fn simulate_fleet(opts: SimulateOptions, json: bool) -> Result<(), String>
         return Err("no report was delivered: is the gateway running at that URL?".into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(endpoint: Option<&str>) -> Source {
+        Source {
+            replay: None,
+            endpoint: endpoint.map(str::to_string),
+            attempt_file: None,
+            interval: Duration::from_secs(300),
+        }
+    }
+
+    fn config(endpoint: &str, gateway: Option<&str>) -> AgentConfig {
+        AgentConfig {
+            namespace: "default".into(),
+            endpoint: endpoint.into(),
+            attempt_id: "kiosk-01-ab-1".into(),
+            gateway_url: gateway.map(str::to_string),
+            enrollment_token: "x".into(),
+        }
+    }
+
+    #[test]
+    fn agent_json_alone_names_the_endpoint_and_the_gateway() {
+        let c = config("kiosk-01", Some("https://recast.example:8443"));
+        let who = identity(&source(None), Some(&c)).unwrap();
+        assert_eq!(who.endpoint, "kiosk-01");
+        assert_eq!(who.attempt_id.as_deref(), Some("kiosk-01-ab-1"));
+        assert_eq!(
+            gateway_url(None, Some(&c)).unwrap(),
+            "https://recast.example:8443"
+        );
+        // --gateway wins (a site that moved its gateway since the image was applied).
+        assert_eq!(
+            gateway_url(Some("https://new.example:8443"), Some(&c)).unwrap(),
+            "https://new.example:8443"
+        );
+    }
+
+    #[test]
+    fn an_endpoint_that_disagrees_with_agent_json_or_none_at_all_is_refused() {
+        let c = config("kiosk-01", None);
+        assert_eq!(
+            endpoint_name(&source(Some("kiosk-01")), Some(&c)).unwrap(),
+            "kiosk-01"
+        );
+        let e = endpoint_name(&source(Some("kiosk-02")), Some(&c)).unwrap_err();
+        assert!(e.contains("agent.json is for endpoint \"kiosk-01\""), "{e}");
+        let e = endpoint_name(&source(None), None).unwrap_err();
+        assert!(e.contains("--endpoint NAME, or --agent-config"), "{e}");
+        let e = gateway_url(None, Some(&c)).unwrap_err();
+        assert!(e.contains("--gateway URL"), "{e}");
+        assert_eq!(
+            endpoint_name(&source(Some("kiosk-09")), None).unwrap(),
+            "kiosk-09"
+        );
+    }
 }

@@ -931,14 +931,15 @@ fn windows_calls(windows: &Path) -> Vec<String> {
 }
 
 /// The new image's first start: the agent the imager installed reports once from the
-/// January build with the agent.json read back from the disk.
+/// January build, started as the golden image's service is, from the agent.json read back
+/// from the disk alone (no endpoint or gateway on its command line).
 fn first_start(site: &mut Site, name: &str, config: &str) {
     let path = site.dir.join(format!("{name}-agent.json"));
     std::fs::write(&path, config).unwrap();
     site.windows_state(name, "january");
     let token = site.dir.join(format!("{name}-new.token"));
     let out = site
-        .agent_command(name, &token, "january", Some(&path))
+        .agent_command_from_config(name, &token, &path)
         .args(["--once", "--interval", "5m"])
         .output()
         .unwrap();

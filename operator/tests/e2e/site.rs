@@ -770,6 +770,33 @@ impl Site {
         cmd
     }
 
+    /// The agent as a golden image's service starts it: nothing per machine on its command
+    /// line, the endpoint and the gateway from the agent.json the imager wrote.
+    pub fn agent_command_from_config(
+        &self,
+        name: &str,
+        token: &Path,
+        agent_config: &Path,
+    ) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.boot_ns()])
+            .arg(bin("recast-agent"))
+            .args(["run", "--token-file"])
+            .arg(token)
+            .arg("--state-file")
+            .arg(self.dir.join(format!("agent-{name}-from-config.seq")))
+            .arg("--ca-file")
+            .arg(&self.ca)
+            .arg("--replay")
+            .arg(self.dir.join(format!("windows-{name}")))
+            .arg("--agent-config")
+            .arg(agent_config)
+            .env("RECAST_LOG", "info")
+            .env_remove("RECAST_ENDPOINT")
+            .env_remove("RECAST_GATEWAY");
+        cmd
+    }
+
     /// `recast-agent collect`: the report the agent would send now, as a file.
     pub fn collect(&self, name: &str, tag: &str) -> PathBuf {
         let out = Command::new(bin("recast-agent"))
