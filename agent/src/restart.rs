@@ -244,6 +244,55 @@ impl Enumeration {
     }
 }
 
+impl Enumeration {
+    /// The network entry to boot for a machine with these MAC addresses: the best entry that
+    /// names one of them (firmware often does: "UEFI PXEv4 (MAC:525400A10001)"), else the
+    /// best network entry ([`Enumeration::network_entry`]). A dock's or another NIC's entry
+    /// first in the boot order would reach nothing that is armed.
+    pub fn network_entry_for(&self, macs: &[String]) -> Option<&BcdObject> {
+        let wanted: Vec<String> = macs
+            .iter()
+            .map(|m| without_separators(m))
+            .filter(|m| m.len() == 12 && m.chars().all(|c| c.is_ascii_hexdigit()))
+            .collect();
+        if !wanted.is_empty() {
+            let named: Vec<&BcdObject> = self
+                .objects
+                .iter()
+                .filter(|o| !o.is_boot_manager())
+                .filter(|o| {
+                    o.fields.iter().flat_map(|(_, v)| v.iter()).any(|v| {
+                        let v = without_separators(v);
+                        wanted.iter().any(|m| v.contains(m.as_str()))
+                    })
+                })
+                .collect();
+            let sub = Enumeration {
+                objects: self
+                    .objects
+                    .iter()
+                    .filter(|o| o.is_boot_manager() || named.iter().any(|n| std::ptr::eq(*n, *o)))
+                    .cloned()
+                    .collect(),
+                other_lines: Vec::new(),
+            };
+            if let Some(id) = sub.network_entry().map(|o| o.id.clone()) {
+                return self.objects.iter().find(|o| o.id == id);
+            }
+        }
+        self.network_entry()
+    }
+}
+
+/// A text without ':' and '-', upper case: a MAC however it is written ("52:54:00:a1:00:01",
+/// "525400A10001", "52-54-00-A1-00-01") reads the same.
+fn without_separators(text: &str) -> String {
+    text.chars()
+        .filter(|c| *c != ':' && *c != '-')
+        .map(|c| c.to_ascii_uppercase())
+        .collect()
+}
+
 /// A line of dashes: the underline beneath a block's heading (bcdedit may pad it with a
 /// space).
 fn is_underline(line: &str) -> bool {
@@ -457,8 +506,8 @@ pub fn read_firmware(out: &ExecOutput) -> Result<Enumeration, Refusal> {
 }
 
 /// The network entry to boot next, or the refusal that names what the firmware does list.
-pub fn choose(e: &Enumeration) -> Result<&BcdObject, Refusal> {
-    e.network_entry().ok_or_else(|| {
+pub fn choose<'a>(e: &'a Enumeration, macs: &[String]) -> Result<&'a BcdObject, Refusal> {
+    e.network_entry_for(macs).ok_or_else(|| {
         let listed: Vec<String> = e
             .objects
             .iter()
@@ -538,7 +587,7 @@ pub fn act(
         Ok(f) => f,
         Err(r) => return refuse(r),
     };
-    let entry = match choose(&firmware) {
+    let entry = match choose(&firmware, &order.mac_addresses) {
         Ok(e) => e,
         Err(r) => return refuse(r),
     };
@@ -825,6 +874,7 @@ mod tests {
     #[test]
     fn the_comment_fits_shutdown() {
         let order = NetworkRestartOrder {
+            mac_addresses: vec![],
             attempt_id: "a".repeat(600),
             try_number: 2,
             delay_seconds: u32::MAX,
@@ -837,6 +887,7 @@ mod tests {
     #[test]
     fn orders_are_new_per_attempt_and_try() {
         let order = NetworkRestartOrder {
+            mac_addresses: vec![],
             attempt_id: "a-1".into(),
             try_number: 1,
             delay_seconds: 30,

@@ -57,6 +57,7 @@ fn order(try_number: u32) -> NetworkRestartOrder {
         attempt_id: ATTEMPT.into(),
         try_number,
         delay_seconds: 60,
+        mac_addresses: vec![],
     }
 }
 
@@ -504,6 +505,38 @@ fn the_enumeration_in_the_shape_bcdedit_prints_it() {
             .network_entry()
             .and_then(|o| o.description()),
         Some("UEFI PXEv4 (MAC:525400780001)")
+    );
+}
+
+#[test]
+fn the_entry_of_one_of_the_endpoints_nics_wins() {
+    // OVMF with a second NIC's IPv4 entry: the endpoint's own NIC's entry is chosen.
+    let two = tool("bcdedit-enum-firmware-ovmf.txt").replace(
+        "UEFI HTTPv6 (MAC:525400780001)",
+        "UEFI PXEv4 (MAC:525400990099)",
+    );
+    let e = restart::parse_enumeration(&two);
+    let ours = e
+        .network_entry_for(&["52:54:00:78:00:01".to_string()])
+        .and_then(|o| o.description());
+    assert_eq!(ours, Some("UEFI PXEv4 (MAC:525400780001)"));
+    let other = e
+        .network_entry_for(&["52-54-00-99-00-99".to_string()])
+        .and_then(|o| o.description());
+    assert_eq!(other, Some("UEFI PXEv4 (MAC:525400990099)"));
+    // No entry names a MAC of the endpoint (the Dell's do not name any): the best network
+    // entry, as without MACs.
+    let dell = restart::parse_enumeration(&tool("bcdedit-enum-firmware-dell.txt"));
+    assert_eq!(
+        dell.network_entry_for(&["52:54:00:78:00:01".to_string()])
+            .map(|o| o.id.as_str()),
+        dell.network_entry().map(|o| o.id.as_str())
+    );
+    // A malformed MAC in the order is ignored, not matched loosely.
+    assert_eq!(
+        e.network_entry_for(&["nonsense".to_string()])
+            .map(|o| o.id.as_str()),
+        e.network_entry().map(|o| o.id.as_str())
     );
 }
 

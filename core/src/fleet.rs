@@ -334,6 +334,7 @@ mod tests {
     fn active() -> EndpointStatus {
         EndpointStatus {
             active_attempt: Some(Attempt {
+                power_ways_tried: vec![],
                 power_way: None,
                 secure_boot: None,
                 id: "a".into(),

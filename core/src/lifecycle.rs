@@ -202,8 +202,9 @@ pub enum Input {
     /// An agent report, already condensed.
     AgentReport(ReportSummary),
     /// The boot service saw the machine network-boot with nothing armed for it (its firmware
-    /// then boots the local disk): evidence for BootLoop (see `power::boot_loop`).
-    NetworkBootObserved,
+    /// then boots the local disk): evidence for BootLoop (see `power::boot_loop`). `at`: when
+    /// it saw it (RFC 3339), so a backlog decided late keeps the boots' spacing.
+    NetworkBootObserved { at: String },
     ActionSucceeded {
         attempt_id: String,
         try_number: u32,
@@ -475,7 +476,7 @@ impl<'a> Run<'a> {
                 // The agent may just have gone silent over boots already recorded.
                 self.judge_boot_loop();
             }
-            Input::NetworkBootObserved => self.network_boot_observed(),
+            Input::NetworkBootObserved { at } => self.network_boot_observed(at),
             Input::BmcCrash { message } => {
                 let has = |k: SignalKind| self.st.signals.iter().any(|s| s.type_ == k);
                 // Only while the agent is silent: a late BMC finding about a machine that
@@ -503,11 +504,17 @@ impl<'a> Run<'a> {
 
     /// A network boot with nothing armed: recorded while no attempt runs (an attempt's own
     /// restarts are its business), and a boot loop raises BootLoop.
-    fn network_boot_observed(&mut self) {
+    fn network_boot_observed(&mut self, at: &str) {
         if self.st.active_attempt.is_some() {
             return;
         }
-        self.st.network_boots.push(self.now_s.clone());
+        // When the boot service saw it (never later than now: a clock ahead must not keep a
+        // boot "recent"); decided late after an outage, the boots keep their spacing.
+        let at = time::parse(at)
+            .filter(|t| *t <= self.ctx.now)
+            .unwrap_or(self.ctx.now);
+        self.st.network_boots.push(time::format(at));
+        self.st.network_boots.sort_by_key(|t| time::parse(t));
         let over = self
             .st
             .network_boots
@@ -683,8 +690,15 @@ impl<'a> Run<'a> {
         a.try_number += 1;
         a.retry_after = None;
         a.boot_client = None;
-        // Chosen again when the next try's boot is armed (the machine may have changed).
-        a.power_way = None;
+        // Chosen again when the next try's boot is armed (the machine may have changed); a
+        // way that brought no network boot is not counted on again.
+        // (Only the agent and Wake-on-LAN are skipped: the BMC and a loop are asked again, and
+        // a person always is the last way.)
+        if let Some(w @ (PowerWay::Agent | PowerWay::WakeOnLan)) = a.power_way.take()
+            && !a.power_ways_tried.contains(&w)
+        {
+            a.power_ways_tried.push(w);
+        }
         a.step = ReimageStep::ArmingBoot;
         a.try_started_at = self.now_s.clone();
         a.step_started_at = self.now_s.clone();
@@ -720,7 +734,39 @@ impl<'a> Run<'a> {
         if matches!(a.step, ReimageStep::ArmingBoot | ReimageStep::PowerCycling) {
             return self.image_revoked(a);
         }
+        if a.trigger == AttemptTrigger::BootLoop && a.step == ReimageStep::Booting {
+            return self.loop_over(a);
+        }
         None
+    }
+
+    /// Why a boot-loop attempt must stop before its machine takes the armed boot: the agent
+    /// reported since the attempt started (the OS came up: not a loop, or no longer), or the
+    /// machine has not come back to the network within the policy's `bootLoop.within` (a
+    /// loop would have). Either way the boot requests were not a loop to wipe a machine for.
+    fn loop_over(&self, a: &Attempt) -> Option<String> {
+        let started = time::parse(&a.started_at)?;
+        if crate::derive::last_report_at(&self.st).is_some_and(|r| r > started)
+            && self
+                .st
+                .last_report
+                .as_ref()
+                .and_then(|r| r.attempt_id.as_deref())
+                != Some(a.id.as_str())
+        {
+            return Some(
+                "the agent reported after the boot loop was seen: the OS comes up, so the machine is not wiped"
+                    .into(),
+            );
+        }
+        let booting = time::parse(&a.step_started_at)?;
+        let within = self.ctx.policy.boot_loop.within;
+        (self.ctx.now >= time::add(booting, within)).then(|| {
+            format!(
+                "the machine did not network-boot within {} of arming: it is not looping (any more), so it is not wiped; request a reimage if it needs one",
+                recast_crds::duration::format(within)
+            )
+        })
     }
 
     /// Moves the try on by what the input says about it (inputs of another attempt, another
@@ -873,9 +919,28 @@ impl<'a> Run<'a> {
                         );
                         self.take(Edge::BootArmedNoBmc);
                     }
+                    PowerWay::Loop => {
+                        self.enter_step(a, ReimageStep::Booting);
+                        self.notice(
+                            NoticeType::Normal,
+                            "WaitingForLoop",
+                            format!(
+                                "attempt {} try {}: network boot armed; the looping machine takes it on its next turn (nothing switches it on); the attempt stops if it does not come back within {}",
+                                a.id,
+                                a.try_number,
+                                recast_crds::duration::format(self.ctx.policy.boot_loop.within)
+                            ),
+                        );
+                        self.take(Edge::BootArmedNoBmc);
+                    }
                     PowerWay::Person => {
                         self.enter_step(a, ReimageStep::Booting);
-                        self.ask_a_person(a, "no BMC and no running agent");
+                        let why = if a.power_ways_tried.is_empty() {
+                            "no BMC and no running agent"
+                        } else {
+                            "the ways tried before did not bring the machine to network-boot"
+                        };
+                        self.ask_a_person(a, why);
                         self.take(Edge::BootArmedNoBmc);
                     }
                 }
@@ -894,7 +959,7 @@ impl<'a> Run<'a> {
             &self.st,
             self.ep.spec.bmc.is_some(),
             self.ep.spec.wake_on_lan,
-            &a.id,
+            a,
         ))
     }
 
@@ -911,6 +976,39 @@ impl<'a> Run<'a> {
                 try_number: a.try_number,
             },
         }
+    }
+
+    /// The agent's restart or Wake-on-LAN has had `PERSON_GRACE` without a network boot: a
+    /// person is asked as well (once: the way becomes Person). Until then, looked at again
+    /// when the grace ends.
+    fn ask_a_person_after_grace(&mut self, a: &mut Attempt) {
+        if a.step != ReimageStep::Booting
+            || !matches!(a.power_way, Some(PowerWay::Agent | PowerWay::WakeOnLan))
+        {
+            return;
+        }
+        let Some(since) = time::parse(&a.step_started_at) else {
+            return;
+        };
+        let grace_end = time::add(since, crate::power::PERSON_GRACE);
+        if self.ctx.now < grace_end {
+            self.requeue_in(time::since(grace_end, self.ctx.now));
+            return;
+        }
+        let way = a.power_way.take().unwrap_or(PowerWay::Person);
+        if !a.power_ways_tried.contains(&way) {
+            a.power_ways_tried.push(way);
+        }
+        a.power_way = Some(PowerWay::Person);
+        let why = format!(
+            "{} did not bring the machine to network-boot within {}",
+            match way {
+                PowerWay::Agent => "the agent's restart into the network",
+                _ => "Wake-on-LAN",
+            },
+            recast_crds::duration::format(crate::power::PERSON_GRACE)
+        );
+        self.ask_a_person(a, &why);
     }
 
     /// The last way: a Warning asks a person to restart the machine.
@@ -956,8 +1054,9 @@ impl<'a> Run<'a> {
             }
             NetworkRestartResult::Scheduled => {}
             NetworkRestartResult::Refused(why) => {
-                let way = self.power_way_for(a);
-                a.power_way = Some(way);
+                // The agent just reported: the machine runs, so a person (Wake-on-LAN would
+                // do nothing, whatever an older HeartbeatLost still says).
+                a.power_way = Some(PowerWay::Person);
                 self.notice(
                     NoticeType::Warning,
                     "AgentRestartRefused",
@@ -1071,7 +1170,15 @@ impl<'a> Run<'a> {
 
     /// The try fails when its time is up; otherwise the attempt goes on, looked at again by
     /// the deadline.
-    fn time_out_or_go_on(&mut self, a: Attempt) {
+    fn time_out_or_go_on(&mut self, mut a: Attempt) {
+        self.ask_a_person_after_grace(&mut a);
+        if a.trigger == AttemptTrigger::BootLoop
+            && a.step == ReimageStep::Booting
+            && let Some(booting) = time::parse(&a.step_started_at)
+        {
+            let end = time::add(booting, self.ctx.policy.boot_loop.within);
+            self.requeue_in(time::since(end, self.ctx.now));
+        }
         let started = time::parse(&a.try_started_at).unwrap_or(self.ctx.now);
         let deadline = time::add(started, self.ctx.policy.try_timeout);
         if self.ctx.now >= deadline {
@@ -1602,6 +1709,7 @@ impl<'a> Run<'a> {
         }
         self.st.attempts_started += 1;
         let a = Attempt {
+            power_ways_tried: vec![],
             id: format!("{}{}", self.attempt_id_prefix(), self.st.attempts_started),
             trigger,
             reason: reason.clone(),

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
-use recast_crds::endpoint::{EndpointStatus, PowerWay, ReimageStep};
+use recast_crds::endpoint::{Attempt, AttemptTrigger, EndpointStatus, PowerWay, ReimageStep};
 use recast_crds::report::{NetworkRestartOrder, NetworkRestartOutcome, NetworkRestartResult};
 
 use crate::signal::SignalKind;
@@ -26,11 +26,18 @@ pub struct PowerFacts {
     pub agent_refused: bool,
     /// `spec.wakeOnLan`.
     pub wake_on_lan: bool,
+    /// The attempt answers a boot loop: the machine comes back to the network by itself.
+    pub looping: bool,
+    /// An earlier try of the attempt ordered the agent's restart without a network boot.
+    pub agent_tried: bool,
+    /// An earlier try of the attempt sent Wake-on-LAN without a network boot.
+    pub wake_tried: bool,
 }
 
 impl PowerFacts {
-    /// The facts of an endpoint's status for attempt `attempt_id`.
-    pub fn of(status: &EndpointStatus, has_bmc: bool, wake_on_lan: bool, attempt_id: &str) -> Self {
+    /// The facts of an endpoint's status for attempt `a`.
+    pub fn of(status: &EndpointStatus, has_bmc: bool, wake_on_lan: bool, a: &Attempt) -> Self {
+        let attempt_id = a.id.as_str();
         let down = [
             SignalKind::HeartbeatLost,
             SignalKind::BootCrash,
@@ -48,6 +55,9 @@ impl PowerFacts {
             agent_running,
             agent_refused,
             wake_on_lan,
+            looping: a.trigger == AttemptTrigger::BootLoop,
+            agent_tried: a.power_ways_tried.contains(&PowerWay::Agent),
+            wake_tried: a.power_ways_tried.contains(&PowerWay::WakeOnLan),
         }
     }
 }
@@ -56,20 +66,31 @@ fn refused(o: &NetworkRestartOutcome) -> bool {
     matches!(o.result, NetworkRestartResult::Refused(_))
 }
 
-/// The way to bring the machine to network-boot, in order of preference: the BMC; the running
-/// agent (unless it refused for this attempt); Wake-on-LAN for a machine that may be off (a
-/// machine whose Windows runs is on, so a magic packet would do nothing); else a person.
+/// The way to bring the machine to network-boot, in order of preference: a boot loop's own
+/// restarts for an attempt that answers one (nothing switches such a machine on: the loop was
+/// seen only in boot requests, which anyone can send, and a machine that must be switched on
+/// was not looping); the BMC; the running agent (unless it refused for this attempt, or an
+/// earlier try's order brought no network boot); Wake-on-LAN for a machine that may be off (a
+/// machine whose Windows runs is on, so a magic packet would do nothing; not again after a try
+/// it did not wake); else a person.
 pub fn power_way(f: PowerFacts) -> PowerWay {
-    if f.has_bmc {
+    if f.looping {
+        PowerWay::Loop
+    } else if f.has_bmc {
         PowerWay::Redfish
-    } else if f.agent_running && !f.agent_refused {
+    } else if f.agent_running && !f.agent_refused && !f.agent_tried {
         PowerWay::Agent
-    } else if f.wake_on_lan && !f.agent_running {
+    } else if f.wake_on_lan && !f.agent_running && !f.wake_tried {
         PowerWay::WakeOnLan
     } else {
         PowerWay::Person
     }
 }
+
+/// How long the agent's restart or Wake-on-LAN may take to bring the machine to network-boot
+/// before a person is asked as well (the order reaches the agent with its next report, up to
+/// its interval plus the gateway's cache; a woken machine POSTs).
+pub const PERSON_GRACE: Duration = Duration::from_secs(10 * 60);
 
 /// How long the agent's `shutdown /r /t` waits: long enough for its report to reach recast
 /// and for a signed-in user to read why, short enough that imaging starts at once.
@@ -78,7 +99,7 @@ pub const RESTART_DELAY_SECONDS: u32 = 30;
 /// The restart order the gateway's reply carries while the current try waits for the agent to
 /// restart its machine into the network (armed, no BMC, the agent chosen); none otherwise.
 /// Given again with every reply until the machine network-boots: the agent acts once per try.
-pub fn restart_order(status: &EndpointStatus) -> Option<NetworkRestartOrder> {
+pub fn restart_order(status: &EndpointStatus, macs: &[String]) -> Option<NetworkRestartOrder> {
     let a = status.active_attempt.as_ref()?;
     (a.step == ReimageStep::Booting
         && a.power_way == Some(PowerWay::Agent)
@@ -87,6 +108,7 @@ pub fn restart_order(status: &EndpointStatus) -> Option<NetworkRestartOrder> {
         attempt_id: a.id.clone(),
         try_number: a.try_number,
         delay_seconds: RESTART_DELAY_SECONDS,
+        mac_addresses: macs.to_vec(),
     })
 }
 
@@ -99,8 +121,9 @@ pub struct BootLoopRule {
 }
 
 /// Network boots closer together than this are one boot (a firmware's DHCP and boot-script
-/// retries); no machine POSTs, network-boots and fails to start its OS faster.
-pub const SAME_BOOT: Duration = Duration::from_secs(10);
+/// retries, its next network entry after iPXE's exit, a second NIC); a machine that POSTs,
+/// network-boots, starts Windows and bugchecks takes longer.
+pub const SAME_BOOT: Duration = Duration::from_secs(30);
 
 /// A boot loop: at least `rule.boots` network boots with nothing armed within `rule.within`
 /// of now, all after the agent's last report and after the last reimage ended, and, for a
@@ -295,6 +318,79 @@ mod tests {
         );
     }
 
+    fn att(id: &str) -> Attempt {
+        att_with(id, AttemptTrigger::FailedRollback, &[])
+    }
+
+    fn att_with(id: &str, trigger: AttemptTrigger, tried: &[PowerWay]) -> Attempt {
+        Attempt {
+            id: id.into(),
+            trigger,
+            reason: String::new(),
+            image: "img".into(),
+            image_digest: None,
+            wave: None,
+            step: ReimageStep::ArmingBoot,
+            try_number: 1,
+            started_at: String::new(),
+            try_started_at: String::new(),
+            step_started_at: String::new(),
+            expected_build: None,
+            progress_percent: None,
+            last_error: None,
+            retry_after: None,
+            secure_boot: None,
+            power_way: None,
+            power_ways_tried: tried.to_vec(),
+            boot_client: None,
+        }
+    }
+
+    #[test]
+    fn a_boot_loop_is_left_to_bring_the_machine_back_by_itself() {
+        // Whatever the machine has: nothing switches on a machine seen looping only in boot
+        // requests.
+        for (bmc, report, wol) in [
+            (true, true, true),
+            (false, true, true),
+            (false, false, true),
+        ] {
+            let a = att_with("a-1", AttemptTrigger::BootLoop, &[]);
+            let f = PowerFacts::of(&status(report, &[]), bmc, wol, &a);
+            assert_eq!(power_way(f), PowerWay::Loop);
+        }
+    }
+
+    #[test]
+    fn a_way_that_brought_no_network_boot_is_not_counted_on_again() {
+        let a = att_with("a-1", AttemptTrigger::FailedRollback, &[PowerWay::Agent]);
+        // The agent still reports, so the machine is on: a person.
+        assert_eq!(
+            power_way(PowerFacts::of(&status(true, &[]), false, true, &a)),
+            PowerWay::Person
+        );
+        // Silent by now: Wake-on-LAN, once.
+        let silent = status(true, &[SignalKind::HeartbeatLost]);
+        assert_eq!(
+            power_way(PowerFacts::of(&silent, false, true, &a)),
+            PowerWay::WakeOnLan
+        );
+        let a = att_with(
+            "a-1",
+            AttemptTrigger::FailedRollback,
+            &[PowerWay::Agent, PowerWay::WakeOnLan],
+        );
+        assert_eq!(
+            power_way(PowerFacts::of(&silent, false, true, &a)),
+            PowerWay::Person
+        );
+        // The BMC is asked every try.
+        assert_eq!(
+            power_way(PowerFacts::of(&silent, true, true, &a)),
+            PowerWay::Redfish
+        );
+    }
+
     fn status(report: bool, signals: &[SignalKind]) -> EndpointStatus {
         EndpointStatus {
             last_report: report.then(ReportSummary::default),
@@ -312,7 +408,6 @@ mod tests {
 
     #[test]
     fn the_order_stands_while_the_agent_is_to_restart_the_machine() {
-        use recast_crds::endpoint::{Attempt, AttemptTrigger};
         let attempt = |step, way, retry: bool| Attempt {
             id: "kiosk-01-ab-1".into(),
             trigger: AttemptTrigger::FailedRollback,
@@ -331,23 +426,28 @@ mod tests {
             retry_after: retry.then(|| "2026-01-15T10:00:00Z".into()),
             secure_boot: None,
             power_way: way,
+            power_ways_tried: vec![],
             boot_client: None,
         };
         let with = |a: Option<Attempt>| EndpointStatus {
             active_attempt: a,
             ..Default::default()
         };
-        let order = restart_order(&with(Some(attempt(
-            ReimageStep::Booting,
-            Some(PowerWay::Agent),
-            false,
-        ))))
+        let order = restart_order(
+            &with(Some(attempt(
+                ReimageStep::Booting,
+                Some(PowerWay::Agent),
+                false,
+            ))),
+            &["52:54:00:a1:00:01".to_string()],
+        )
         .unwrap();
         assert_eq!(
             (order.attempt_id.as_str(), order.try_number),
             ("kiosk-01-ab-1", 2)
         );
         assert_eq!(order.delay_seconds, RESTART_DELAY_SECONDS);
+        assert_eq!(order.mac_addresses, ["52:54:00:a1:00:01"]);
         for (step, way, retry) in [
             (ReimageStep::Booting, Some(PowerWay::Person), false),
             (ReimageStep::Booting, Some(PowerWay::WakeOnLan), false),
@@ -358,18 +458,18 @@ mod tests {
             (ReimageStep::FirstBoot, Some(PowerWay::Agent), false),
         ] {
             assert_eq!(
-                restart_order(&with(Some(attempt(step, way, retry)))),
+                restart_order(&with(Some(attempt(step, way, retry))), &[]),
                 None,
                 "{step:?} {way:?} {retry}"
             );
         }
-        assert_eq!(restart_order(&with(None)), None);
+        assert_eq!(restart_order(&with(None), &[]), None);
     }
 
     #[test]
     fn the_bmc_comes_first() {
         for report in [false, true] {
-            let f = PowerFacts::of(&status(report, &[]), true, true, "a-1");
+            let f = PowerFacts::of(&status(report, &[]), true, true, &att("a-1"));
             assert_eq!(power_way(f), PowerWay::Redfish);
         }
     }
@@ -380,12 +480,12 @@ mod tests {
             &status(true, &[SignalKind::FailedRollback]),
             false,
             true,
-            "a-1",
+            &att("a-1"),
         );
         assert!(f.agent_running);
         assert_eq!(power_way(f), PowerWay::Agent);
         // Also without Wake-on-LAN.
-        let f = PowerFacts::of(&status(true, &[]), false, false, "a-1");
+        let f = PowerFacts::of(&status(true, &[]), false, false, &att("a-1"));
         assert_eq!(power_way(f), PowerWay::Agent);
     }
 
@@ -396,14 +496,14 @@ mod tests {
             SignalKind::BootCrash,
             SignalKind::BootLoop,
         ] {
-            let f = PowerFacts::of(&status(true, &[down]), false, true, "a-1");
+            let f = PowerFacts::of(&status(true, &[down]), false, true, &att("a-1"));
             assert!(!f.agent_running, "{down}");
             assert_eq!(power_way(f), PowerWay::WakeOnLan, "{down}");
-            let f = PowerFacts::of(&status(true, &[down]), false, false, "a-1");
+            let f = PowerFacts::of(&status(true, &[down]), false, false, &att("a-1"));
             assert_eq!(power_way(f), PowerWay::Person, "{down}");
         }
         // No agent ever.
-        let f = PowerFacts::of(&status(false, &[]), false, true, "a-1");
+        let f = PowerFacts::of(&status(false, &[]), false, true, &att("a-1"));
         assert_eq!(power_way(f), PowerWay::WakeOnLan);
     }
 
@@ -425,17 +525,17 @@ mod tests {
             "a-1",
             NetworkRestartResult::Refused(NetworkRestartRefusal::NoNetworkEntry),
         );
-        let f = PowerFacts::of(&st, false, true, "a-1");
+        let f = PowerFacts::of(&st, false, true, &att("a-1"));
         assert!(f.agent_refused);
         // The machine is on: Wake-on-LAN would do nothing.
         assert_eq!(power_way(f), PowerWay::Person);
         // A refusal for another attempt does not count.
-        let f = PowerFacts::of(&st, false, true, "a-2");
+        let f = PowerFacts::of(&st, false, true, &att("a-2"));
         assert_eq!(power_way(f), PowerWay::Agent);
         // Nor does a restart it scheduled.
         let st = with_outcome("a-1", NetworkRestartResult::Scheduled);
         assert_eq!(
-            power_way(PowerFacts::of(&st, false, true, "a-1")),
+            power_way(PowerFacts::of(&st, false, true, &att("a-1"))),
             PowerWay::Agent
         );
     }

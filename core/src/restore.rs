@@ -98,6 +98,7 @@ mod tests {
         EndpointStatus {
             phase: Some(EndpointPhase::Reimaging),
             active_attempt: Some(Attempt {
+                power_ways_tried: vec![],
                 power_way: None,
                 id: "a-1".into(),
                 trigger: AttemptTrigger::FailedRollback,

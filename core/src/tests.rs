@@ -68,6 +68,7 @@ fn image(verified: bool) -> ImageView {
 
 fn report(build: &str, attempt: Option<&str>) -> Input {
     Input::AgentReport(ReportSummary {
+        boot_time: None,
         network_restart: None,
         build: build.into(),
         reported_at: String::new(),
@@ -454,6 +455,13 @@ fn without_a_bmc_the_machine_must_be_restarted_by_hand() {
     assert_eq!(power_way(&e), Some(PowerWay::Person));
 }
 
+/// The boot service saw the machine network-boot with nothing armed, now.
+fn booted(e: &One) -> Input {
+    Input::NetworkBootObserved {
+        at: time::format(e.now),
+    }
+}
+
 fn power_way(e: &One) -> Option<PowerWay> {
     e.status.active_attempt.as_ref().and_then(|a| a.power_way)
 }
@@ -637,26 +645,151 @@ fn a_machine_that_network_boots_again_and_again_is_found_looping_and_reimaged() 
     // No agent ever reported, no BMC.
     let mut e = One::new(false);
     for _ in 0..2 {
-        let d = e.feed(Input::NetworkBootObserved);
+        let d = e.feed(booted(&e));
         assert!(d.actions.is_empty());
         e.advance(90);
     }
     assert!(e.status.signals.is_empty());
     assert_eq!(e.status.network_boots.len(), 2);
-    let d = e.feed(Input::NetworkBootObserved);
+    let d = e.feed(booted(&e));
     let types: Vec<&str> = e.status.signals.iter().map(|s| s.type_.as_str()).collect();
     assert_eq!(types, ["BootLoop"]);
     assert!(d.notices.iter().any(|n| n.reason == "BootLoop"));
     assert_eq!(kinds(&d), [ActionKind::ArmBoot]);
     let a = e.status.active_attempt.as_ref().unwrap();
     assert_eq!(a.trigger, AttemptTrigger::BootLoop);
-    // Its OS is down: woken, not asked of an agent.
+    // Nothing switches it on: its own loop brings it to the armed boot.
     let d = e.succeed(ActionKind::ArmBoot);
-    assert_eq!(kinds(&d), [ActionKind::WakeOnLan]);
+    assert!(d.actions.is_empty(), "{:?}", d.actions);
+    assert!(d.notices.iter().any(|n| n.reason == "WaitingForLoop"));
+    assert_eq!(power_way(&e), Some(PowerWay::Loop));
+    assert_eq!(e.state(), State::Booting);
     // The attempt's own network boots are not counted.
     let before = e.status.network_boots.clone();
-    e.feed(Input::NetworkBootObserved);
+    e.feed(booted(&e));
     assert_eq!(e.status.network_boots, before);
+    // On its next turn it takes the armed boot.
+    e.advance(60);
+    let id = e.attempt_id();
+    e.feed(Input::NetworkBooted {
+        attempt_id: id,
+        try_number: Some(1),
+        client: None,
+    });
+    assert_eq!(e.state(), State::Applying);
+}
+
+/// A machine found looping with its BootLoop attempt armed, no BMC.
+fn looping(bmc: bool, agent: bool) -> One {
+    let mut e = One::new(bmc);
+    if agent {
+        e.feed(report("26100.7462", None));
+        e.advance(60);
+        e.feed(signals(&[SignalKind::HeartbeatLost]));
+    }
+    for _ in 0..3 {
+        e.advance(60);
+        e.feed(booted(&e));
+    }
+    assert_eq!(
+        e.status.active_attempt.as_ref().map(|a| a.trigger),
+        Some(AttemptTrigger::BootLoop)
+    );
+    let d = e.succeed(ActionKind::ArmBoot);
+    // Not even a BMC switches it on.
+    assert!(d.actions.is_empty(), "{:?}", d.actions);
+    assert_eq!(power_way(&e), Some(PowerWay::Loop));
+    e
+}
+
+#[test]
+fn a_loop_attempt_whose_machine_does_not_come_back_stops_without_a_wipe() {
+    for bmc in [false, true] {
+        // The boots were spoofed, or the machine was switched off: it never comes back.
+        let mut e = looping(bmc, false);
+        let d = e.feed(Input::Reconcile);
+        assert_eq!(d.requeue_after, Some(e.policy.boot_loop.within));
+        e.advance(e.policy.boot_loop.within.as_secs() - 1);
+        e.feed(Input::Reconcile);
+        assert_eq!(e.state(), State::Booting);
+        e.advance(1);
+        let d = e.feed(Input::Reconcile);
+        assert!(e.status.active_attempt.is_none());
+        assert_eq!(e.status.history[0].outcome, AttemptOutcome::Aborted);
+        assert!(
+            e.status.history[0]
+                .message
+                .as_deref()
+                .unwrap_or_default()
+                .contains("did not network-boot within 30m"),
+            "{:?}",
+            e.status.history[0].message
+        );
+        assert!(kinds(&d).contains(&ActionKind::DisarmBoot));
+    }
+}
+
+#[test]
+fn a_loop_attempt_stops_when_the_agent_reports() {
+    let mut e = looping(false, true);
+    e.advance(60);
+    let d = e.feed(report("26100.7462", None));
+    assert!(e.status.active_attempt.is_none());
+    assert_eq!(e.status.history[0].outcome, AttemptOutcome::Aborted);
+    assert!(kinds(&d).contains(&ActionKind::DisarmBoot));
+    assert!(
+        !e.status
+            .signals
+            .iter()
+            .any(|s| s.type_ == SignalKind::BootLoop)
+    );
+}
+
+#[test]
+fn the_agents_restart_and_wake_on_lan_get_a_grace_then_a_person_and_are_not_tried_again() {
+    let mut e = healthy(false);
+    e.feed(signals(&[SignalKind::FailedRollback]));
+    let d = e.succeed(ActionKind::ArmBoot);
+    assert_eq!(power_way(&e), Some(PowerWay::Agent));
+    assert_eq!(d.requeue_after, Some(recast_core_grace()));
+    e.advance(recast_core_grace().as_secs() - 1);
+    let d = e.feed(Input::Reconcile);
+    assert!(!d.notices.iter().any(|n| n.reason == "PowerCycleNeeded"));
+    e.advance(1);
+    let d = e.feed(Input::Reconcile);
+    let asked = d
+        .notices
+        .iter()
+        .find(|n| n.reason == "PowerCycleNeeded")
+        .expect("a person is asked");
+    assert!(
+        asked.message.contains("the agent's restart"),
+        "{}",
+        asked.message
+    );
+    assert_eq!(power_way(&e), Some(PowerWay::Person));
+    // Once.
+    e.advance(60);
+    let d = e.feed(Input::Reconcile);
+    assert!(!d.notices.iter().any(|n| n.reason == "PowerCycleNeeded"));
+    // The try times out; the next one does not count on the agent again (it still reports,
+    // so the machine is on: a person at once).
+    e.advance(e.policy.try_timeout.as_secs());
+    e.feed(Input::Reconcile);
+    e.advance(3600);
+    e.feed(Input::Reconcile);
+    assert_eq!(e.try_number(), 2);
+    let d = e.succeed(ActionKind::ArmBoot);
+    assert_eq!(power_way(&e), Some(PowerWay::Person));
+    assert!(d.notices.iter().any(|n| n.reason == "PowerCycleNeeded"));
+    assert_eq!(
+        e.status.active_attempt.as_ref().unwrap().power_ways_tried,
+        [PowerWay::Agent]
+    );
+}
+
+fn recast_core_grace() -> Duration {
+    super::power::PERSON_GRACE
 }
 
 #[test]
@@ -664,7 +797,7 @@ fn a_report_between_network_boots_is_a_normal_start() {
     let mut e = healthy(false);
     for _ in 0..5 {
         e.advance(60);
-        e.feed(Input::NetworkBootObserved);
+        e.feed(booted(&e));
         e.advance(60);
         e.feed(report("26100.7462", None));
         assert!(e.status.network_boots.is_empty());
@@ -679,7 +812,7 @@ fn a_boot_loop_ends_when_the_agent_reports_and_the_gateway_cannot_drop_it() {
     e.spec.protected = true;
     for _ in 0..3 {
         e.advance(60);
-        e.feed(Input::NetworkBootObserved);
+        e.feed(booted(&e));
     }
     // Its agent has reported and is not silent: boot requests alone (which anyone can send
     // with its MAC) are no loop.
@@ -698,7 +831,7 @@ fn a_boot_loop_ends_when_the_agent_reports_and_the_gateway_cannot_drop_it() {
     assert_eq!(types, ["BootLoop", "Drift", "HeartbeatLost"]);
     // A fourth boot while it stands raises nothing new.
     e.advance(60);
-    let d = e.feed(Input::NetworkBootObserved);
+    let d = e.feed(booted(&e));
     assert!(!d.notices.iter().any(|n| n.reason == "BootLoop"));
     // The agent reports: the OS came up.
     let d = e.feed(report("26100.7462", None));
@@ -718,11 +851,11 @@ fn the_policy_sets_the_loop_and_its_action() {
     e.policy.boot_loop.boots = 5;
     for _ in 0..4 {
         e.advance(60);
-        e.feed(Input::NetworkBootObserved);
+        e.feed(booted(&e));
     }
     assert!(e.status.signals.is_empty());
     e.advance(60);
-    e.feed(Input::NetworkBootObserved);
+    e.feed(booted(&e));
     assert_eq!(e.status.signals[0].type_, SignalKind::BootLoop);
     assert!(e.status.active_attempt.is_some());
 
@@ -730,14 +863,14 @@ fn the_policy_sets_the_loop_and_its_action() {
     e.policy.actions.boot_loop = recast_crds::policy::RemediationAction::AlertOnly;
     for _ in 0..3 {
         e.advance(60);
-        e.feed(Input::NetworkBootObserved);
+        e.feed(booted(&e));
     }
     assert_eq!(e.status.signals[0].type_, SignalKind::BootLoop);
     assert!(e.status.active_attempt.is_none());
     // The list stays bounded however long the machine loops.
     for _ in 0..100 {
         e.advance(60);
-        e.feed(Input::NetworkBootObserved);
+        e.feed(booted(&e));
     }
     assert_eq!(
         e.status.network_boots.len(),
@@ -2462,6 +2595,7 @@ fn report_with_enforcement(
     evidence: &[&str],
 ) -> Input {
     Input::AgentReport(ReportSummary {
+        boot_time: None,
         network_restart: None,
         build: "26100.7462".into(),
         reported_at: String::new(),
@@ -2729,6 +2863,7 @@ fn the_agent_reading_and_drift_show_in_the_condition_and_events() {
     );
     let with_hold = |held: bool, drift: Vec<String>| {
         Input::AgentReport(ReportSummary {
+            boot_time: None,
             network_restart: None,
             build: "26100.7623".into(),
             reported_at: String::new(),

@@ -92,7 +92,7 @@ pub const TABLE: &[Transition] = &[
         edge: Edge::BootArmedNoBmc,
         from: &[ArmingBoot],
         to: &[Booting],
-        when: "network boot armed, no BMC: the running agent is ordered to restart into the network, or a Warning event asks a person to restart the machine",
+        when: "network boot armed without a power cycle: the running agent is ordered to restart into the network, a boot loop brings the machine back by itself, or a Warning event asks a person to restart it",
     },
     Transition {
         edge: Edge::PowerCycled,
@@ -140,7 +140,7 @@ pub const TABLE: &[Transition] = &[
         edge: Edge::Aborted,
         from: &[ArmingBoot, PowerCycling, Booting, Failed],
         to: &[Pending, Ready, Degraded],
-        when: "spec.protected was set before the imaging environment started, or the image was revoked (no longer Verified or no longer the endpoint's image) before a retry or a power cycle; the boot is disarmed",
+        when: "spec.protected was set before the imaging environment started, the image was revoked (no longer Verified or no longer the endpoint's image) before a retry or a power cycle, or a boot-loop attempt's machine reported or did not come back within bootLoop.within; the boot is disarmed",
     },
     Transition {
         edge: Edge::Scheduled,

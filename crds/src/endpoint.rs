@@ -433,10 +433,15 @@ pub struct Attempt {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secure_boot: Option<bool>,
     /// How the current try's machine is brought to network-boot: Redfish (its BMC), Agent
-    /// (the running agent restarts into the network), WakeOnLan (it may be powered off) or
-    /// Person (someone must restart it). Chosen when the try's boot is armed.
+    /// (the running agent restarts into the network), WakeOnLan (it may be powered off), Loop
+    /// (a boot loop brings it back by itself) or Person (someone must restart it). Chosen when
+    /// the try's boot is armed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub power_way: Option<PowerWay>,
+    /// The ways earlier tries of this attempt used without the machine network-booting: the
+    /// next try does not count on them again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub power_ways_tried: Vec<PowerWay>,
     /// The network address of the machine that claimed the current try from the boot service.
     /// Every later imaging call of the try must come from it, and a claim from any other
     /// address quarantines the attempt (someone else on the provisioning network asked for it).
@@ -465,6 +470,11 @@ pub enum PowerWay {
     /// The machine may be powered off: magic packets wake it, and its firmware boots the
     /// network first.
     WakeOnLan,
+    /// The attempt answers a boot loop: the machine restarts by itself and network-boots on
+    /// its next turn. Nothing switches it on (boot requests can be spoofed; a machine that has
+    /// to be switched on was not looping), and the attempt stops if it does not come back
+    /// within the policy's `bootLoop.within`.
+    Loop,
     /// None of the above: a Warning asks a person to restart the machine.
     Person,
 }
@@ -475,6 +485,7 @@ impl PowerWay {
             PowerWay::Redfish => "Redfish",
             PowerWay::Agent => "Agent",
             PowerWay::WakeOnLan => "WakeOnLan",
+            PowerWay::Loop => "Loop",
             PowerWay::Person => "Person",
         }
     }
@@ -526,6 +537,11 @@ pub struct ReportSummary {
     /// What the agent did with the last restart-into-the-network order it was given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_restart: Option<crate::report::NetworkRestartOutcome>,
+    /// When Windows last started (the report's Kernel-General 12): part of the summary so
+    /// the first report after every start reaches the lifecycle at once, and the network
+    /// boots before it stop counting towards a boot loop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_time: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]

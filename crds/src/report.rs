@@ -167,6 +167,11 @@ pub struct NetworkRestartOrder {
     pub try_number: u32,
     /// `shutdown /r /t` delay, so the restart is logged and a signed-in user sees why.
     pub delay_seconds: u32,
+    /// The Endpoint's MAC addresses: the agent prefers the firmware entry of one of these NICs
+    /// (firmware names the MAC in the entry, "UEFI PXEv4 (MAC:525400A10001)"), since a dock's
+    /// or another NIC's network boot would never reach the armed boot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mac_addresses: Vec<String>,
 }
 
 /// At most this many drift entries in a report (recast sets a handful of values).

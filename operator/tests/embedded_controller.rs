@@ -746,7 +746,7 @@ async fn a_boot_crash_in_the_bmc_log_of_a_silent_endpoint_reimages_it() {
 }
 
 #[tokio::test]
-async fn a_boot_loop_without_bmc_or_agent_reimages_and_a_failed_wake_asks_a_person() {
+async fn a_boot_loop_waits_for_its_machine_and_a_failed_wake_asks_a_person() {
     let store = store_with_examples("boot-loop");
     let (ctrl, clock) = controller(EmbeddedBackend {
         store: store.clone(),
@@ -762,21 +762,25 @@ async fn a_boot_loop_without_bmc_or_agent_reimages_and_a_failed_wake_asks_a_pers
     );
     ctrl.prime().await.unwrap();
     // backoffice-01: no BMC, no agent ever; its firmware boots the network first, and its
-    // Windows restarts it at once.
+    // Windows restarts it again and again.
     let k = key("backoffice-01");
+    let boot = |ctrl: Arc<Ctrl<EmbeddedBackend>>, at: Timestamp| async move {
+        ctrl.reconcile(
+            &key("backoffice-01"),
+            Input::NetworkBootObserved { at: at.to_string() },
+        )
+        .await
+        .unwrap();
+    };
     for _ in 0..2 {
-        ctrl.reconcile(&k, Input::NetworkBootObserved)
-            .await
-            .unwrap();
+        boot(ctrl.clone(), clock.now()).await;
         clock.advance(60);
     }
     assert!(status(&store, "backoffice-01").signals.is_empty());
     assert_eq!(status(&store, "backoffice-01").network_boots.len(), 2);
-    ctrl.reconcile(&k, Input::NetworkBootObserved)
-        .await
-        .unwrap();
-    // The attempt starts, the boot is armed, the way is chosen: Wake-on-LAN (no agent), which
-    // fails here, so a person is asked; the try waits for the network boot.
+    boot(ctrl.clone(), clock.now()).await;
+    // The attempt starts and the boot is armed; nothing switches the machine on: its own loop
+    // brings it to the armed boot.
     for _ in 0..3 {
         ctrl.reconcile(&k, Input::Reconcile).await.unwrap();
     }
@@ -789,12 +793,44 @@ async fn a_boot_loop_without_bmc_or_agent_reimages_and_a_failed_wake_asks_a_pers
     let a = st.active_attempt.expect("a reimage for the loop");
     assert_eq!(a.trigger, recast_crds::endpoint::AttemptTrigger::BootLoop);
     assert_eq!(a.step, recast_crds::endpoint::ReimageStep::Booting);
+    assert_eq!(a.power_way, Some(recast_crds::endpoint::PowerWay::Loop));
+    let events = reasons(&store, "backoffice-01");
+    for r in ["BootLoop", "WaitingForLoop"] {
+        assert!(events.contains(&r.to_string()), "{r}: {events:?}");
+    }
+    assert!(!events.contains(&"WakeOnLanSent".to_string()));
+
+    // It never comes back (the boots were not a loop after all): the attempt stops, disarmed.
+    clock.advance(30 * 60);
+    ctrl.reconcile(&k, Input::Reconcile).await.unwrap();
+    let st = status(&store, "backoffice-01");
+    assert!(st.active_attempt.is_none(), "{st:?}");
+    assert_eq!(st.history[0].outcome, AttemptOutcome::Aborted);
+    assert!(!st.boot_armed);
+
+    // A person asks for a reimage: the machine may be off, so Wake-on-LAN, which cannot be
+    // sent here; a person is asked and the try waits for the network boot.
+    clock.advance(7 * 24 * 3600);
+    store
+        .update(Kind::Endpoint, "default", "backoffice-01", |o| {
+            o["spec"]["reimageRequest"] = json!({"token": "t2", "reason": "ticket 4711"});
+            Ok(())
+        })
+        .unwrap();
+    for _ in 0..3 {
+        ctrl.reconcile(&k, Input::Reconcile).await.unwrap();
+    }
+    let a = status(&store, "backoffice-01")
+        .active_attempt
+        .expect("the requested reimage");
+    assert_eq!(a.step, recast_crds::endpoint::ReimageStep::Booting);
     assert_eq!(a.power_way, Some(recast_crds::endpoint::PowerWay::Person));
     let events = store
         .events(Kind::Endpoint, "default", "backoffice-01")
         .unwrap();
     let asked = events
         .iter()
+        .rev()
         .find(|e| e.reason == "PowerCycleNeeded")
         .expect("a person is asked");
     assert!(
@@ -802,9 +838,8 @@ async fn a_boot_loop_without_bmc_or_agent_reimages_and_a_failed_wake_asks_a_pers
         "{}",
         asked.message
     );
-    assert!(events.iter().any(|e| e.reason == "BootLoop"));
     let metrics = ctrl.metrics.render();
-    for way in ["WakeOnLan", "Person"] {
+    for way in ["Loop", "WakeOnLan", "Person"] {
         assert!(
             metrics.contains(&format!("recast_power_way_total{{way=\"{way}\"}} 1")),
             "{way}:\n{metrics}"

@@ -490,7 +490,12 @@ impl<B: Backend + BootIntents> BootHttp<B> {
         };
         if let Err(e) = self
             .backend
-            .post_input(key, &Input::NetworkBootObserved)
+            .post_input(
+                key,
+                &Input::NetworkBootObserved {
+                    at: recast_core::time::format(self.clock.now()),
+                },
+            )
             .await
         {
             tracing::warn!(endpoint = %key, error = %e, "cannot queue a network boot for the boot-loop watch");

@@ -538,10 +538,9 @@ impl<B: Backend> Gateway<B> {
             minimum_build: image.and_then(|i| i.minimum_build),
             events_after,
             stored_report_at: ep.status.as_ref().and_then(derive::last_report_at),
-            restart_order: ep
-                .status
-                .as_ref()
-                .and_then(recast_core::power::restart_order),
+            restart_order: ep.status.as_ref().and_then(|st| {
+                recast_core::power::restart_order(st, &ep.spec.identity.mac_addresses)
+            }),
         })
     }
 

@@ -227,6 +227,7 @@ pub fn summarize(r: &AgentReport, now: Timestamp) -> ReportSummary {
     });
     crashes.truncate(SUMMARY_ITEMS);
     ReportSummary {
+        boot_time: r.boot_time.clone(),
         network_restart: r.network_restart.clone(),
         build: r.os.build_string(),
         reported_at: time::format(now),

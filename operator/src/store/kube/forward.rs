@@ -186,7 +186,7 @@ pub fn accept(
     }
     match &msg.input {
         Input::NetworkBooted { .. }
-        | Input::NetworkBootObserved
+        | Input::NetworkBootObserved { .. }
         | Input::ImagingProgress { .. }
         | Input::ImagingFinished { .. } => {}
         other => {
