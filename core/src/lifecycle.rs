@@ -257,6 +257,12 @@ pub enum Input {
 
 pub use crate::notice::{Notice, NoticeType};
 
+/// The first try of an attempt that answers a boot loop: it waits on the loop alone (see
+/// `power::power_way`). Later tries (an earlier one reached the machine) use the usual ways.
+fn loop_try(a: &Attempt) -> bool {
+    a.trigger == AttemptTrigger::BootLoop && a.try_number == 1
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decision {
     pub status: EndpointStatus,
@@ -561,10 +567,21 @@ impl<'a> Run<'a> {
     // ---- attempts -------------------------------------------------------------------------
 
     fn advance_attempt(&mut self, input: &Input) {
-        let Some(a) = self.st.active_attempt.clone() else {
+        let Some(mut a) = self.st.active_attempt.clone() else {
             return;
         };
-        self.join_reimage_request(&a);
+        if self.join_reimage_request(&a) && loop_try(&a) {
+            // A person asked for this reimage: it is theirs now, and no longer waits on the
+            // loop alone (nor stops with it).
+            a.trigger = AttemptTrigger::Manual;
+            if a.step == ReimageStep::Booting {
+                a.power_way = Some(PowerWay::Person);
+                self.ask_a_person(
+                    &a,
+                    "a person asked for this reimage while it waited for the boot loop",
+                );
+            }
+        }
         if let Some(retry_after) = a.retry_after.as_deref().and_then(time::parse) {
             // A try the restore ended (its retry time is the restore's own moment): the
             // machine's report says what happened in the time the backup does not know.
@@ -603,6 +620,11 @@ impl<'a> Run<'a> {
         let Some(a) = self.apply_to_try(a, input) else {
             return;
         };
+        if let Some(why) = self.loop_over(&a, input) {
+            self.actions.clear();
+            self.end_loop(a, why);
+            return;
+        }
         self.reemit_step_action(&a);
         self.time_out_or_go_on(a);
     }
@@ -629,7 +651,8 @@ impl<'a> Run<'a> {
     }
 
     /// A new manual request while an attempt runs joins it instead of starting another.
-    fn join_reimage_request(&mut self, a: &Attempt) {
+    /// A new reimage request joins the running attempt; true when one did.
+    fn join_reimage_request(&mut self, a: &Attempt) -> bool {
         if let Some(req) = &self.ep.spec.reimage_request
             && self.st.handled_reimage_token.as_deref() != Some(req.token.as_str())
         {
@@ -644,7 +667,9 @@ impl<'a> Run<'a> {
                     req.token, a.id
                 ),
             );
+            return true;
         }
+        false
     }
 
     /// The attempt waits to retry a failed try: it stops (protected, image revoked), holds
@@ -690,15 +715,9 @@ impl<'a> Run<'a> {
         a.try_number += 1;
         a.retry_after = None;
         a.boot_client = None;
-        // Chosen again when the next try's boot is armed (the machine may have changed); a
-        // way that brought no network boot is not counted on again.
-        // (Only the agent and Wake-on-LAN are skipped: the BMC and a loop are asked again, and
-        // a person always is the last way.)
-        if let Some(w @ (PowerWay::Agent | PowerWay::WakeOnLan)) = a.power_way.take()
-            && !a.power_ways_tried.contains(&w)
-        {
-            a.power_ways_tried.push(w);
-        }
+        // Chosen again when the next try's boot is armed (the machine may have changed; see
+        // fail_try for the ways not counted on again).
+        a.power_way = None;
         a.step = ReimageStep::ArmingBoot;
         a.try_started_at = self.now_s.clone();
         a.step_started_at = self.now_s.clone();
@@ -734,30 +753,33 @@ impl<'a> Run<'a> {
         if matches!(a.step, ReimageStep::ArmingBoot | ReimageStep::PowerCycling) {
             return self.image_revoked(a);
         }
-        if a.trigger == AttemptTrigger::BootLoop && a.step == ReimageStep::Booting {
-            return self.loop_over(a);
-        }
         None
     }
 
-    /// Why a boot-loop attempt must stop before its machine takes the armed boot: the agent
-    /// reported since the attempt started (the OS came up: not a loop, or no longer), or the
-    /// machine has not come back to the network within the policy's `bootLoop.within` (a
-    /// loop would have). Either way the boot requests were not a loop to wipe a machine for.
-    fn loop_over(&self, a: &Attempt) -> Option<String> {
-        let started = time::parse(&a.started_at)?;
-        if crate::derive::last_report_at(&self.st).is_some_and(|r| r > started)
-            && self
-                .st
-                .last_report
-                .as_ref()
-                .and_then(|r| r.attempt_id.as_deref())
-                != Some(a.id.as_str())
+    /// Why a boot-loop try must stop before its machine takes the armed boot (looked at after
+    /// the input was applied, so the machine's own claim always wins): an agent report (the OS
+    /// comes up: not a loop, or no longer), or no network boot within the policy's
+    /// `bootLoop.within` of arming (a loop would have come back). Either way the boot requests
+    /// were not a loop to wipe a machine for.
+    fn loop_over(&self, a: &Attempt, input: &Input) -> Option<String> {
+        if !loop_try(a)
+            || !matches!(
+                a.step,
+                ReimageStep::ArmingBoot | ReimageStep::PowerCycling | ReimageStep::Booting
+            )
+        {
+            return None;
+        }
+        if let Input::AgentReport(r) = input
+            && r.attempt_id.as_deref() != Some(a.id.as_str())
         {
             return Some(
                 "the agent reported after the boot loop was seen: the OS comes up, so the machine is not wiped"
                     .into(),
             );
+        }
+        if a.step != ReimageStep::Booting {
+            return None;
         }
         let booting = time::parse(&a.step_started_at)?;
         let within = self.ctx.policy.boot_loop.within;
@@ -767,6 +789,23 @@ impl<'a> Run<'a> {
                 recast_crds::duration::format(within)
             )
         })
+    }
+
+    /// A boot loop's try stopped: the loop is over (the signal and the counted boots go, so
+    /// the same boot requests do not start another attempt after the cooldown).
+    fn end_loop(&mut self, a: Attempt, why: String) {
+        if let Some(i) = self
+            .st
+            .signals
+            .iter()
+            .position(|s| s.type_ == SignalKind::BootLoop)
+        {
+            self.st.signals.remove(i);
+            self.notice(NoticeType::Normal, "BootLoopEnded", why.clone());
+        }
+        self.st.network_boots.clear();
+        self.end_attempt(a, AttemptOutcome::Aborted, why);
+        self.take(Edge::Aborted);
     }
 
     /// Moves the try on by what the input says about it (inputs of another attempt, another
@@ -1171,8 +1210,7 @@ impl<'a> Run<'a> {
     /// The try fails when its time is up; otherwise the attempt goes on, looked at again by
     /// the deadline.
     fn time_out_or_go_on(&mut self, mut a: Attempt) {
-        self.ask_a_person_after_grace(&mut a);
-        if a.trigger == AttemptTrigger::BootLoop
+        if loop_try(&a)
             && a.step == ReimageStep::Booting
             && let Some(booting) = time::parse(&a.step_started_at)
         {
@@ -1193,6 +1231,7 @@ impl<'a> Run<'a> {
             return;
         }
         self.requeue_in(time::since(deadline, self.ctx.now));
+        self.ask_a_person_after_grace(&mut a);
         self.st.message = Some(format!(
             "attempt {} try {}/{}: {:?}",
             a.id, a.try_number, self.ctx.policy.max_tries, a.step
@@ -1278,6 +1317,15 @@ impl<'a> Run<'a> {
         self.actions.push(Action::DisarmBoot {
             attempt_id: a.id.clone(),
         });
+        // The try ends before its machine network-booted: its way (the agent's restart,
+        // Wake-on-LAN) brought nothing, and the next try does not count on it again. (The BMC
+        // and a loop are asked again; a person is always the last way.)
+        if matches!(a.step, ReimageStep::PowerCycling | ReimageStep::Booting)
+            && let Some(w @ (PowerWay::Agent | PowerWay::WakeOnLan)) = a.power_way
+            && !a.power_ways_tried.contains(&w)
+        {
+            a.power_ways_tried.push(w);
+        }
         if permanent || a.try_number >= self.ctx.policy.max_tries {
             let message = if permanent {
                 format!("{why} (not retryable); fix the cause, then request a reimage")

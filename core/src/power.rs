@@ -26,7 +26,8 @@ pub struct PowerFacts {
     pub agent_refused: bool,
     /// `spec.wakeOnLan`.
     pub wake_on_lan: bool,
-    /// The attempt answers a boot loop: the machine comes back to the network by itself.
+    /// The attempt's first try answers a boot loop: the machine comes back to the network by
+    /// itself.
     pub looping: bool,
     /// An earlier try of the attempt ordered the agent's restart without a network boot.
     pub agent_tried: bool,
@@ -55,7 +56,9 @@ impl PowerFacts {
             agent_running,
             agent_refused,
             wake_on_lan,
-            looping: a.trigger == AttemptTrigger::BootLoop,
+            // Only the first try waits on the loop: a later one follows a try that reached the
+            // machine, which may no longer loop.
+            looping: a.trigger == AttemptTrigger::BootLoop && a.try_number == 1,
             agent_tried: a.power_ways_tried.contains(&PowerWay::Agent),
             wake_tried: a.power_ways_tried.contains(&PowerWay::WakeOnLan),
         }
@@ -101,14 +104,25 @@ pub const RESTART_DELAY_SECONDS: u32 = 30;
 /// Given again with every reply until the machine network-boots: the agent acts once per try.
 pub fn restart_order(status: &EndpointStatus, macs: &[String]) -> Option<NetworkRestartOrder> {
     let a = status.active_attempt.as_ref()?;
-    (a.step == ReimageStep::Booting
-        && a.power_way == Some(PowerWay::Agent)
-        && a.retry_after.is_none())
-    .then(|| NetworkRestartOrder {
-        attempt_id: a.id.clone(),
-        try_number: a.try_number,
-        delay_seconds: RESTART_DELAY_SECONDS,
-        mac_addresses: macs.to_vec(),
+    // After the grace a person is asked as well, and the order stands (the agent may not
+    // have reported since); an agent that refused is not asked again.
+    let agent = match a.power_way {
+        Some(PowerWay::Agent) => true,
+        Some(PowerWay::Person) => a.power_ways_tried.contains(&PowerWay::Agent),
+        _ => false,
+    };
+    let refused = status
+        .last_report
+        .as_ref()
+        .and_then(|r| r.network_restart.as_ref())
+        .is_some_and(|o| o.attempt_id == a.id && o.try_number == a.try_number && refused(o));
+    (a.step == ReimageStep::Booting && agent && !refused && a.retry_after.is_none()).then(|| {
+        NetworkRestartOrder {
+            attempt_id: a.id.clone(),
+            try_number: a.try_number,
+            delay_seconds: RESTART_DELAY_SECONDS,
+            mac_addresses: macs.to_vec(),
+        }
     })
 }
 
@@ -120,10 +134,10 @@ pub struct BootLoopRule {
     pub within: Duration,
 }
 
-/// Network boots closer together than this are one boot (a firmware's DHCP and boot-script
-/// retries, its next network entry after iPXE's exit, a second NIC); a machine that POSTs,
-/// network-boots, starts Windows and bugchecks takes longer.
-pub const SAME_BOOT: Duration = Duration::from_secs(30);
+/// A network boot less than this after the one before it is part of it (a firmware's DHCP and
+/// boot-script retries, its next network entry after iPXE's exit, a second NIC); a machine that
+/// POSTs, network-boots, starts its OS and restarts takes longer.
+pub const SAME_BOOT: Duration = Duration::from_secs(15);
 
 /// A boot loop: at least `rule.boots` network boots with nothing armed within `rule.within`
 /// of now, all after the agent's last report and after the last reimage ended, and, for a
@@ -157,7 +171,13 @@ pub fn boot_loop(
         .filter(|t| *t <= now && time::since(now, *t) <= rule.within)
         .collect();
     recent.sort();
-    recent.dedup_by(|later, earlier| time::since(*later, *earlier) < SAME_BOOT);
+    // Each against the boot just before it (kept or not): a chain of retries is one boot.
+    let recent: Vec<Timestamp> = recent
+        .iter()
+        .enumerate()
+        .filter(|(i, t)| *i == 0 || time::since(**t, recent[i - 1]) >= SAME_BOOT)
+        .map(|(_, t)| *t)
+        .collect();
     let needed = rule.boots.max(2) as usize;
     if recent.len() < needed {
         return None;
@@ -299,11 +319,13 @@ mod tests {
     #[test]
     fn retries_within_a_boot_count_once() {
         let s = |secs: i64| t(10) + jiff::SignedDuration::from_secs(secs);
-        // One boot's DHCP and boot-script retries, three times over.
-        let retries = [s(0), s(3), s(6), s(9)];
-        assert_eq!(boot_loop(&retries, None, None, true, s(20), RULE), None);
-        let three = [s(0), s(4), s(40), s(44), s(80)];
-        assert!(boot_loop(&three, None, None, true, s(90), RULE).is_some());
+        // One start whose retries and network entries follow each other for a minute, each
+        // less than SAME_BOOT after the one before: one boot.
+        let chain = [s(0), s(10), s(20), s(30), s(40), s(50), s(60)];
+        assert_eq!(boot_loop(&chain, None, None, true, s(70), RULE), None);
+        // Three turns of a loop 20 s apart, each with a retry: three boots.
+        let three = [s(0), s(4), s(20), s(24), s(40), s(44)];
+        assert!(boot_loop(&three, None, None, true, s(50), RULE).is_some());
     }
 
     #[test]

@@ -730,6 +730,136 @@ fn a_loop_attempt_whose_machine_does_not_come_back_stops_without_a_wipe() {
 }
 
 #[test]
+fn a_loop_that_did_not_come_back_is_over_and_starts_nothing_after_the_cooldown() {
+    let mut e = looping(false, false);
+    e.advance(e.policy.boot_loop.within.as_secs());
+    let d = e.feed(Input::Reconcile);
+    assert!(d.notices.iter().any(|n| n.reason == "BootLoopEnded"));
+    assert!(e.status.signals.is_empty(), "{:?}", e.status.signals);
+    assert!(e.status.network_boots.is_empty());
+    e.advance(7 * 24 * 3600);
+    let d = e.feed(Input::Reconcile);
+    assert!(e.status.active_attempt.is_none());
+    assert!(!kinds(&d).contains(&ActionKind::ArmBoot));
+}
+
+#[test]
+fn the_machines_own_claim_wins_over_the_loop_deadline() {
+    let mut e = looping(false, false);
+    // Decided exactly at the deadline (or after it: a backlog): the claim proves it came back.
+    e.advance(e.policy.boot_loop.within.as_secs() + 30);
+    let id = e.attempt_id();
+    e.feed(Input::NetworkBooted {
+        attempt_id: id,
+        try_number: Some(1),
+        client: None,
+    });
+    assert_eq!(e.state(), State::Applying);
+    assert!(e.status.history.is_empty());
+}
+
+#[test]
+fn a_person_asking_during_a_loop_try_makes_it_theirs() {
+    let mut e = looping(false, false);
+    e.spec.reimage_request = Some(recast_crds::endpoint::ReimageRequest {
+        token: "t1".into(),
+        reason: "ticket 4711".into(),
+    });
+    let d = e.feed(Input::Reconcile);
+    let a = e.status.active_attempt.clone().unwrap();
+    assert_eq!(a.trigger, AttemptTrigger::Manual);
+    assert_eq!(a.power_way, Some(PowerWay::Person));
+    assert!(d.notices.iter().any(|n| n.reason == "PowerCycleNeeded"));
+    // No longer stopped by the loop's deadline.
+    e.advance(e.policy.boot_loop.within.as_secs() + 60);
+    e.feed(Input::Reconcile);
+    assert_eq!(e.state(), State::Booting);
+}
+
+#[test]
+fn a_loop_attempts_later_try_uses_the_usual_ways() {
+    let mut e = looping(false, false);
+    let id = e.attempt_id();
+    e.feed(Input::NetworkBooted {
+        attempt_id: id.clone(),
+        try_number: Some(1),
+        client: None,
+    });
+    e.feed(Input::ImagingFinished {
+        attempt_id: id,
+        try_number: Some(1),
+        result: Err("download failed".into()),
+        refusal: None,
+    });
+    e.advance(3600);
+    e.feed(Input::Reconcile);
+    assert_eq!(e.try_number(), 2);
+    let d = e.succeed(ActionKind::ArmBoot);
+    // Its disk may no longer loop: woken (no agent ever reported).
+    assert_eq!(kinds(&d), [ActionKind::WakeOnLan]);
+}
+
+#[test]
+fn a_way_that_brought_the_machine_is_counted_on_again() {
+    let mut e = healthy(false);
+    e.feed(signals(&[SignalKind::FailedRollback]));
+    e.succeed(ActionKind::ArmBoot);
+    assert_eq!(power_way(&e), Some(PowerWay::Agent));
+    let id = e.attempt_id();
+    e.feed(Input::NetworkBooted {
+        attempt_id: id.clone(),
+        try_number: Some(1),
+        client: None,
+    });
+    e.feed(Input::ImagingFinished {
+        attempt_id: id,
+        try_number: Some(1),
+        result: Err("download failed".into()),
+        refusal: None,
+    });
+    // Back in Windows, its agent reports.
+    e.feed(report("26100.7462", None));
+    e.advance(3600);
+    e.feed(Input::Reconcile);
+    assert_eq!(e.try_number(), 2);
+    e.succeed(ActionKind::ArmBoot);
+    assert_eq!(power_way(&e), Some(PowerWay::Agent));
+    assert!(
+        e.status
+            .active_attempt
+            .as_ref()
+            .unwrap()
+            .power_ways_tried
+            .is_empty()
+    );
+}
+
+#[test]
+fn the_restart_order_stands_after_the_grace() {
+    let mut e = healthy(false);
+    e.feed(signals(&[SignalKind::FailedRollback]));
+    e.succeed(ActionKind::ArmBoot);
+    let macs = e.spec.identity.mac_addresses.clone();
+    assert!(super::power::restart_order(&e.status, &macs).is_some());
+    e.advance(super::power::PERSON_GRACE.as_secs());
+    e.feed(Input::Reconcile);
+    assert_eq!(power_way(&e), Some(PowerWay::Person));
+    assert!(super::power::restart_order(&e.status, &macs).is_some());
+    // A refusal ends it.
+    let mut r = restart_outcome(
+        &e,
+        NetworkRestartResult::Refused(NetworkRestartRefusal::NoNetworkEntry),
+    );
+    if let Input::AgentReport(s) = &mut r {
+        s.reported_at = String::new();
+    }
+    e.feed(r);
+    let a = e.status.active_attempt.clone().unwrap();
+    assert_eq!(a.power_way, Some(PowerWay::Person));
+    assert_eq!(super::power::restart_order(&e.status, &macs), None);
+}
+
+#[test]
 fn a_loop_attempt_stops_when_the_agent_reports() {
     let mut e = looping(false, true);
     e.advance(60);
