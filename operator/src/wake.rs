@@ -58,8 +58,10 @@ pub fn directed_broadcast(addr: Ipv4Addr, prefix: u8) -> Option<Ipv4Addr> {
     Some(Ipv4Addr::from(u32::from(addr) | host_bits))
 }
 
-/// Where and how the operator sends magic packets (`--wake-on-lan-*`).
-#[derive(Clone, Debug, Default)]
+/// Where and how the operator sends magic packets (`--wake-on-lan-*`). The default is off: a
+/// controller built without the operator's flags (a test, a library user) never broadcasts on
+/// whatever network it runs on.
+#[derive(Clone, Debug)]
 pub struct WakeConfig {
     /// The provisioning interface: the socket is bound to it, and its IPv4 subnets give the
     /// directed broadcasts. None: the host's routing decides (limited broadcast only).
@@ -68,6 +70,16 @@ pub struct WakeConfig {
     pub extra_targets: Vec<SocketAddrV4>,
     /// Off: the action fails, and the lifecycle asks a person instead.
     pub disabled: bool,
+}
+
+impl Default for WakeConfig {
+    fn default() -> Self {
+        WakeConfig {
+            interface: None,
+            extra_targets: Vec::new(),
+            disabled: true,
+        }
+    }
 }
 
 impl WakeConfig {
@@ -243,15 +255,13 @@ mod tests {
 
     #[tokio::test]
     async fn disabled_or_misconfigured_says_what_to_fix() {
-        let off = WakeConfig {
-            disabled: true,
-            ..Default::default()
-        };
+        let off = WakeConfig::default();
         let e = off.wake(&["52:54:00:a1:00:01".into()]).await.unwrap_err();
         assert!(e.message.contains("--wake-on-lan off"), "{}", e.message);
         let missing = WakeConfig {
             interface: Some("recast-no-such0".into()),
-            ..Default::default()
+            extra_targets: vec![],
+            disabled: false,
         };
         let e = missing
             .wake(&["52:54:00:a1:00:01".into()])
@@ -262,10 +272,11 @@ mod tests {
             "{}",
             e.message
         );
-        let e = WakeConfig::default()
-            .wake(&["nonsense".into()])
-            .await
-            .unwrap_err();
+        let on = WakeConfig {
+            disabled: false,
+            ..Default::default()
+        };
+        let e = on.wake(&["nonsense".into()]).await.unwrap_err();
         assert!(e.message.contains("not a MAC address"), "{}", e.message);
     }
 }

@@ -7,10 +7,11 @@ set -euo pipefail
 # The imaged disks are read back with tools that are not recast: sfdisk (fdisk), mtools, ntfs-3g,
 # hivexml (libhivex-bin); the golden image's boot-manager stand-ins are built with
 # grub-mkstandalone (grub-efi-amd64-bin) and GNU as/ld (binutils), which also strips the imager,
-# and signed by test CAs (openssl) with sbsign (sbsigntool).
+# and signed by test CAs (openssl) with sbsign (sbsigntool). iptables: the kube end-to-end run
+# spreads the agents' connections over the chart's gateway replicas as a Service does.
 pkgs=(qemu-system-x86 ovmf ipxe-qemu ipxe dnsmasq-base busybox-static linux-image-amd64 cpio iproute2 curl faketime
   fdisk mtools ntfs-3g wimtools libhivex-bin grub-efi-amd64-bin binutils syslinux-common grub-common
-  sbsigntool openssl)
+  sbsigntool openssl iptables)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

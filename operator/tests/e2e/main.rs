@@ -70,6 +70,7 @@ fn missing_prerequisite() -> Option<String> {
         "faketime",
         "openssl",
         "sha256sum",
+        "iptables",
     ] {
         if !recast_tests::have(cmd) {
             return Some(format!("{cmd} is missing (run tests/pxe/setup.sh)"));
