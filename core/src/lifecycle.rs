@@ -415,20 +415,7 @@ impl<'a> Run<'a> {
                 }
                 self.st.last_report = Some(r);
                 // The OS came up: the network boots before it were starts, not a loop.
-                self.st.network_boots.clear();
-                if let Some(i) = self
-                    .st
-                    .signals
-                    .iter()
-                    .position(|s| s.type_ == SignalKind::BootLoop)
-                {
-                    self.st.signals.remove(i);
-                    self.notice(
-                        NoticeType::Normal,
-                        "BootLoopEnded",
-                        "the agent reported: the OS came up".to_string(),
-                    );
-                }
+                self.loop_ended("the agent reported: the OS came up");
                 if let Some(at) = self.st.restored_at.take() {
                     self.notice(
                         NoticeType::Normal,
@@ -453,12 +440,7 @@ impl<'a> Run<'a> {
                         .map(|s| s.since.clone())
                         .unwrap_or_else(|| self.now_s.clone());
                     if !self.st.signals.iter().any(|s| s.type_ == *kind) {
-                        let t = if self.ctx.policy.action_for(*kind) == RemediationAction::Ignore {
-                            NoticeType::Normal
-                        } else {
-                            NoticeType::Warning
-                        };
-                        self.notice(t, kind.as_str(), message.clone());
+                        self.notice(self.signal_notice(*kind), kind.as_str(), message.clone());
                     }
                     next.push(SignalStatus {
                         type_: *kind,
@@ -488,20 +470,7 @@ impl<'a> Run<'a> {
                 // Only while the agent is silent: a late BMC finding about a machine that
                 // reports again is history.
                 if has(SignalKind::HeartbeatLost) && !has(SignalKind::BootCrash) {
-                    let t = if self.ctx.policy.action_for(SignalKind::BootCrash)
-                        == RemediationAction::Ignore
-                    {
-                        NoticeType::Normal
-                    } else {
-                        NoticeType::Warning
-                    };
-                    self.notice(t, SignalKind::BootCrash.as_str(), message.clone());
-                    self.st.signals.push(SignalStatus {
-                        type_: SignalKind::BootCrash,
-                        since: self.now_s.clone(),
-                        message: message.clone(),
-                    });
-                    self.st.signals.sort_by_key(|s| s.type_.urgency());
+                    self.raise_signal(SignalKind::BootCrash, message.clone());
                 }
             }
             _ => {}
@@ -550,18 +519,43 @@ impl<'a> Run<'a> {
         ) else {
             return;
         };
-        let t = if self.ctx.policy.action_for(SignalKind::BootLoop) == RemediationAction::Ignore {
+        self.raise_signal(SignalKind::BootLoop, message);
+    }
+
+    /// How a new signal is announced: quietly when the policy ignores it.
+    fn signal_notice(&self, kind: SignalKind) -> NoticeType {
+        if self.ctx.policy.action_for(kind) == RemediationAction::Ignore {
             NoticeType::Normal
         } else {
             NoticeType::Warning
-        };
-        self.notice(t, SignalKind::BootLoop.as_str(), message.clone());
+        }
+    }
+
+    /// Adds a signal the lifecycle finds itself (the BMC's crash record, a boot loop), which
+    /// the gateway's set does not carry, with its notice.
+    fn raise_signal(&mut self, kind: SignalKind, message: String) {
+        self.notice(self.signal_notice(kind), kind.as_str(), message.clone());
         self.st.signals.push(SignalStatus {
-            type_: SignalKind::BootLoop,
+            type_: kind,
             since: self.now_s.clone(),
             message,
         });
         self.st.signals.sort_by_key(|s| s.type_.urgency());
+    }
+
+    /// The boot loop is over (the OS came up, or the machine did not come back): its signal
+    /// and the counted boots go, so the same boot requests start nothing more.
+    fn loop_ended(&mut self, why: &str) {
+        self.st.network_boots.clear();
+        if let Some(i) = self
+            .st
+            .signals
+            .iter()
+            .position(|s| s.type_ == SignalKind::BootLoop)
+        {
+            self.st.signals.remove(i);
+            self.notice(NoticeType::Normal, "BootLoopEnded", why.to_string());
+        }
     }
 
     // ---- attempts -------------------------------------------------------------------------
@@ -794,16 +788,7 @@ impl<'a> Run<'a> {
     /// A boot loop's try stopped: the loop is over (the signal and the counted boots go, so
     /// the same boot requests do not start another attempt after the cooldown).
     fn end_loop(&mut self, a: Attempt, why: String) {
-        if let Some(i) = self
-            .st
-            .signals
-            .iter()
-            .position(|s| s.type_ == SignalKind::BootLoop)
-        {
-            self.st.signals.remove(i);
-            self.notice(NoticeType::Normal, "BootLoopEnded", why.clone());
-        }
-        self.st.network_boots.clear();
+        self.loop_ended(&why);
         self.end_attempt(a, AttemptOutcome::Aborted, why);
         self.take(Edge::Aborted);
     }

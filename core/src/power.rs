@@ -431,25 +431,11 @@ mod tests {
     #[test]
     fn the_order_stands_while_the_agent_is_to_restart_the_machine() {
         let attempt = |step, way, retry: bool| Attempt {
-            id: "kiosk-01-ab-1".into(),
-            trigger: AttemptTrigger::FailedRollback,
-            reason: String::new(),
-            image: "img".into(),
-            image_digest: None,
-            wave: None,
             step,
             try_number: 2,
-            started_at: String::new(),
-            try_started_at: String::new(),
-            step_started_at: String::new(),
-            expected_build: None,
-            progress_percent: None,
-            last_error: None,
             retry_after: retry.then(|| "2026-01-15T10:00:00Z".into()),
-            secure_boot: None,
             power_way: way,
-            power_ways_tried: vec![],
-            boot_client: None,
+            ..att("kiosk-01-ab-1")
         };
         let with = |a: Option<Attempt>| EndpointStatus {
             active_attempt: a,
