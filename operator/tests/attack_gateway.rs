@@ -287,6 +287,89 @@ async fn a_report_replayed_after_a_sigkill_right_after_its_200_is_refused() {
     assert_eq!(status, 200, "{body}");
 }
 
+/// The endpoint's status once the controller has decided everything queued for it.
+async fn settled_status(site: &Site) -> serde_json::Value {
+    let store = recast_operator::store::embedded::EmbeddedStore::open_existing(&site.data).unwrap();
+    for _ in 0..400 {
+        if store.inputs_for("default", "kiosk-01").unwrap().is_empty() {
+            let ep = store
+                .get(recast_crds::manifest::Kind::Endpoint, "default", "kiosk-01")
+                .unwrap()
+                .unwrap();
+            return ep.get("status").cloned().unwrap_or_default();
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the controller did not drain kiosk-01's inbox");
+}
+
+/// A report at rest (the facts the gateway last handed on) is answered before its mark's
+/// commit. Replayed after a SIGKILL that may have come before that commit, it is refused (the
+/// commit landed) or accepted again; either way it can only repeat what the controller
+/// already has: the signals, the build and any attempt are as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_at_rest_report_replayed_after_a_sigkill_repeats_only_what_is_known() {
+    let Some(site) = Site::new("replay-at-rest") else {
+        return;
+    };
+    let client = site.client("127.0.0.1");
+    let op = site.start(&[]);
+    let (status, body) = post(
+        &client,
+        &site,
+        &site.token,
+        &report(41, jiff::Timestamp::now()),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let at_rest = report(42, jiff::Timestamp::now());
+    let (status, body) = post(&client, &site, &site.token, &at_rest).await;
+    assert_eq!(status, 200, "{body}");
+    op.kill();
+    let _op = site.start(&[]);
+    // What the controller knows (the restarted one decides what the first left queued).
+    let before = settled_status(&site).await;
+    let (status, body) = post(&client, &site, &site.token, &at_rest).await;
+    assert!(
+        status == 409 || status == 200,
+        "the replay got {status}: {body}"
+    );
+    eprintln!("the at-rest report replayed after the SIGKILL: {status}");
+    let after = settled_status(&site).await;
+    for field in ["signals", "activeAttempt", "conditions"] {
+        let strip = |v: &serde_json::Value| {
+            let mut v = v.get(field).cloned().unwrap_or_default();
+            // Condition times move with any write; their kinds and states are what count.
+            if let Some(list) = v.as_array_mut() {
+                for c in list {
+                    if let Some(o) = c.as_object_mut() {
+                        o.retain(|k, _| k == "type" || k == "status" || k == "reason");
+                    }
+                }
+            }
+            v
+        };
+        assert_eq!(
+            strip(&before),
+            strip(&after),
+            "{field} moved: replay got {status}"
+        );
+    }
+    assert_eq!(
+        before.pointer("/lastReport/build"),
+        after.pointer("/lastReport/build")
+    );
+    // The replay never holds the sequence space back.
+    let (status, body) = post(
+        &client,
+        &site,
+        &site.token,
+        &report(43, jiff::Timestamp::now()),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_and_future_dated_reports_are_refused_without_using_up_their_sequence() {
     let Some(site) = Site::new("fresh") else {

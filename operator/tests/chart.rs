@@ -2087,7 +2087,12 @@ spec:
     let send = |report: &recast_crds::report::AgentReport, both_alive: bool| {
         let outcome = rt.block_on(through_service.send(&token, report)).unwrap();
         assert_eq!(outcome, SendOutcome::Accepted, "report {}", report.sequence);
-        // The same report again at each live replica: a replay, whichever it is.
+        // The same report again at each live replica. The first report changes everything
+        // (committed before its 200): a replay, whichever replica gets the copy. A later one
+        // with the same facts is at rest where the replica already handed them on: answered
+        // from memory, so a copy may be answered too, handing nothing on (the gateway test
+        // `replicas_accept_a_changing_report_once_...` counts that); its mark is still
+        // committed once (the shards are checked at the end).
         let replicas = if both_alive {
             &direct[..]
         } else {
@@ -2095,11 +2100,9 @@ spec:
         };
         for s in replicas {
             let again = rt.block_on(s.send(&token, report)).unwrap();
-            assert!(
-                matches!(again, SendOutcome::Replayed(_)),
-                "report {} accepted twice: {again:?}",
-                report.sequence
-            );
+            let allowed = matches!(again, SendOutcome::Replayed(_))
+                || (report.sequence > 1 && again == SendOutcome::Accepted);
+            assert!(allowed, "report {}'s copy: {again:?}", report.sequence);
         }
     };
     let now = || jiff::Timestamp::now();

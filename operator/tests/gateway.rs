@@ -1193,3 +1193,91 @@ async fn replicas_share_tokens_and_never_both_accept_a_sequence() {
     );
     assert!(!a.revoke(&key_of(2)).await.unwrap());
 }
+
+/// Two gateway replicas over one ledger (what the kube backend's replicas share through the
+/// apiserver), each called directly: a report that changes anything is accepted by one replica
+/// only, whichever gets it first; a report at rest (the same facts as the replica last handed
+/// on) is answered from the replica's memory before its mark is committed, so a copy reaching
+/// the other replica in that moment is answered there too, and hands nothing on at either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_accept_a_changing_report_once_and_answer_an_at_rest_copy_without_effect() {
+    let Some(h) = harness("at-rest", GatewayConfig::default()).await else {
+        return;
+    };
+    let token = h.credentials.issue(&key("kiosk-01"), "now").await.unwrap();
+    let other = Gateway::new(
+        Arc::new(EmbeddedBackend {
+            store: h.store.clone(),
+        }),
+        h.credentials.clone(),
+        GatewayConfig::default(),
+        Arc::new(SystemClock),
+    );
+    let (a, b) = (&*h.gateway, &other);
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert(
+        axum::http::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        "application/json".parse().unwrap(),
+    );
+    let inputs = |g: &Gateway<EmbeddedBackend>| g.stats.snapshot().2;
+    let at_rest = |g: &Gateway<EmbeddedBackend>| g.stats.answered_at_rest.load(Ordering::Relaxed);
+    let healthy = |seq| json(&report_for("kiosk-01", Scenario::Healthy, seq));
+
+    // The first report changes everything: committed before its 200; a copy is a replay at
+    // the other replica, which hands nothing on.
+    a.handle(&headers, &healthy(1)).await.unwrap();
+    assert_eq!(
+        (inputs(a), at_rest(a)),
+        (1, 0),
+        "the first report is handed on"
+    );
+    let copy = b.handle(&headers, &healthy(1)).await.unwrap_err();
+    assert_eq!(copy.status(), 409, "{copy}");
+    assert_eq!(inputs(b), 0);
+    // The next report reaches b: the same facts, but b has handed on none yet, so for b it
+    // changes something (committed first).
+    b.handle(&headers, &healthy(2)).await.unwrap();
+    assert_eq!(at_rest(b), 0);
+    let b_inputs = inputs(b);
+
+    // At rest at both: a answers from memory; the copy at b (whose session last saw 2) too.
+    a.handle(&headers, &healthy(3)).await.unwrap();
+    assert_eq!(
+        (inputs(a), at_rest(a)),
+        (1, 1),
+        "at rest: nothing handed on"
+    );
+    b.handle(&headers, &healthy(3)).await.unwrap();
+    assert_eq!(
+        (inputs(b), at_rest(b)),
+        (b_inputs, 1),
+        "an at-rest copy is answered and hands nothing on"
+    );
+    // At one replica the same report twice is refused from memory, committed or not.
+    let again = a.handle(&headers, &healthy(3)).await.unwrap_err();
+    assert_eq!(again.status(), 409, "{again}");
+    // The mark reaches the ledger without a report waiting for it, once.
+    let mut committed = 0;
+    for _ in 0..400 {
+        committed = h.credentials.sequence(&key("kiosk-01")).await.unwrap();
+        if committed == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(committed, 3, "the at-rest mark was never committed");
+
+    // A report that changes something (the update failed and rolled back) is committed before
+    // its 200, so its copy is refused at the other replica, which had judged it a change too.
+    let failed = json(&report_for("kiosk-01", Scenario::FailedRollback, 4));
+    a.handle(&headers, &failed).await.unwrap();
+    assert!(inputs(a) > 1, "the failed rollback is handed on");
+    let copy = b.handle(&headers, &failed).await.unwrap_err();
+    assert_eq!(copy.status(), 409, "{copy}");
+    assert_eq!(inputs(b), b_inputs, "the refused copy hands nothing on");
+    settled(&h.store, "kiosk-01").await;
+}

@@ -13,10 +13,18 @@
 //! endpoint's [`session::Session`], which derives the signals (`core::derive`) and hands the
 //! controller an `Input::AgentReport` and/or `Input::Signals` through [`Backend::post_input`]
 //! — only when something changed, and a plain heartbeat at most once per `heartbeat_period`.
-//! The accepted sequence is committed (to `gateway.db`, fsynced, or to the apiserver; batched
-//! with the reports arriving meanwhile by [`credentials::GroupCommit`]) before the inputs are
-//! posted and the 200 is sent: a crash right after a 200 cannot make that report replayable,
-//! and a copy another gateway replica accepted first is refused without changing anything.
+//! A report that changes anything (an input for the controller, a heartbeat summary) has its
+//! accepted sequence committed (to `gateway.db`, fsynced, or to the apiserver; batched with the
+//! reports arriving meanwhile by [`credentials::GroupCommit`]) before the inputs are posted and
+//! the 200 is sent: a crash right after a 200 cannot make that report replayable, and a copy
+//! another gateway replica accepted first is refused without changing anything. A report at
+//! rest (the facts this replica last handed on, no heartbeat due: most reports of a healthy
+//! fleet) is answered once the sequence check in memory passes, and its mark joins the next
+//! group commit without the agent waiting for it: its 200 does not wait for the apiserver. A
+//! copy of such a report may then be answered by another replica (or by this one after a crash)
+//! before the commit lands; it hands nothing on there either, because at rest is judged against
+//! what that replica handed on, and a replica that has handed on other facts judges the copy a
+//! change and commits it first (refused if the mark is there).
 //!
 //! | status | meaning |
 //! |---|---|
@@ -58,7 +66,7 @@ use tokio::sync::watch;
 
 use crate::clock::Clock;
 use crate::store::{Backend, Key, policy_view_for};
-use credentials::{CredentialError, CredentialStore, GroupCommit};
+use credentials::{CredentialError, CredentialStore, GroupCommit, Mark};
 use limit::{Bucket, IpLimiter, Rate};
 use recast_core::build::Build;
 use recast_core::derive;
@@ -79,7 +87,8 @@ pub struct GatewayConfig {
     /// How often silent endpoints are checked for HeartbeatLost.
     pub sweep_interval: Duration,
     /// How often sequences not yet saved are saved. Every accepted report's sequence is
-    /// committed before its 200, so this only catches up after a failed commit.
+    /// committed before its 200 or, at rest, right after it, so this only catches up after a
+    /// failed commit.
     pub flush_interval: Duration,
     /// Requests per source address (before any token check). Agents behind one NAT share it.
     pub ip_rate: Rate,
@@ -225,6 +234,8 @@ pub struct GatewayStats {
     /// Inputs handed to the controller plus sequence flushes (the group commits are counted by
     /// [`GroupCommit::commits`]; [`Gateway::stats_snapshot`] adds them).
     pub store_writes: AtomicU64,
+    /// Accepted reports answered before their mark's commit (at rest: nothing to hand on).
+    pub answered_at_rest: AtomicU64,
 }
 
 impl GatewayStats {
@@ -450,6 +461,32 @@ impl<B: Backend> Gateway<B> {
         // tries again.
         let mut next = entry.session.clone();
         let writes = next.accept(report, now, &facts, self.config.heartbeat_period);
+        let reply = |session: &Session| ReportReply {
+            // Facts may be up to facts_ttl old: an order for the attempt that installed this
+            // agent is over by definition, and must not restart the machine it just imaged.
+            restart_into_network: facts
+                .restart_order
+                .clone()
+                .filter(|o| installed_by.as_deref() != Some(o.attempt_id.as_str())),
+            update_hold: facts
+                .hold
+                .desired_with(session.current_signals(), &time::format(now))
+                .to_reply(),
+        };
+        if writes.count() == 0 {
+            // At rest: the report hands nothing on and writes nothing, so it is answered from
+            // this replica's memory (the sequence check above) and its mark joins the next
+            // group commit without the agent waiting for it. What that gives up, only for
+            // reports that change nothing: a copy reaching another replica before the commit
+            // (or this one after a crash before it) is answered too, and changes nothing
+            // there either. Every report that changes anything is committed first (below).
+            let answer = reply(&next);
+            entry.session = next;
+            drop(guard);
+            self.commit_in_background(slot, (key, hash, sequence));
+            self.stats.answered_at_rest.fetch_add(1, Ordering::Relaxed);
+            return Ok(answer);
+        }
         // The sequence is committed first, before anything the report says is handed on:
         // durable before the 200 (after a crash it is still known, so this report cannot be
         // replayed), and a copy another gateway replica accepted first changes nothing.
@@ -477,19 +514,31 @@ impl<B: Backend> Gateway<B> {
             self.post(&key, &Input::Signals(signals.clone())).await?;
         }
         next.persisted_sequence = next.persisted_sequence.max(sequence);
-        let hold = facts
-            .hold
-            .desired_with(next.current_signals(), &time::format(now));
+        let answer = reply(&next);
         entry.session = next;
-        Ok(ReportReply {
-            // Facts may be up to facts_ttl old: an order for the attempt that installed this
-            // agent is over by definition, and must not restart the machine it just imaged.
-            restart_into_network: facts
-                .restart_order
-                .clone()
-                .filter(|o| installed_by.as_deref() != Some(o.attempt_id.as_str())),
-            update_hold: hold.to_reply(),
-        })
+        Ok(answer)
+    }
+
+    /// Commits an at-rest report's mark in the next group commit, in a task of its own; the
+    /// session learns it is saved when it is. A failed commit is left to the flusher (the
+    /// session's `last_sequence` stays above `persisted_sequence`).
+    fn commit_in_background(&self, slot: Arc<tokio::sync::Mutex<Option<Entry>>>, mark: Mark) {
+        let sequences = self.sequences.clone();
+        tokio::spawn(async move {
+            let sequence = mark.2;
+            match sequences.save(mark).await {
+                // Saved, or superseded (the store already holds this sequence or a later
+                // one): either way nothing is left to save up to it.
+                Ok(_) => {
+                    if let Some(e) = slot.lock().await.as_mut() {
+                        e.session.persisted_sequence = e.session.persisted_sequence.max(sequence);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "an at-rest report's mark waits for the flusher")
+                }
+            }
+        });
     }
 
     async fn post(&self, key: &Key, input: &Input) -> Result<(), GatewayError> {
