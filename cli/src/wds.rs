@@ -25,7 +25,7 @@ pub fn render(endpoints: &[Endpoint], opts: &Prestage<'_>) -> String {
     for ep in endpoints {
         let name = ep.metadata.name.clone().unwrap_or_default();
         // The computer name unattend.xml gives the machine (NetBIOS rules, 15 characters).
-        let device_name = recast_core::naming::hostname(&name);
+        let device_name = recast_core::naming::computer_name(&name, ep.spec.hostname.as_deref());
         let program = match ep.spec.boot_mode {
             BootMode::Uefi => r"boot\x64\wdsmgfw.efi",
             BootMode::Bios => r"boot\x64\wdsnbp.com",

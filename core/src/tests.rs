@@ -25,6 +25,7 @@ const T0: &str = "2026-01-14T08:00:00Z";
 
 fn spec(bmc: bool) -> EndpointSpec {
     EndpointSpec {
+        hostname: None,
         wake_on_lan: true,
         boot_chain: Default::default(),
         identity: EndpointIdentity {

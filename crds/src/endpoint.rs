@@ -125,6 +125,15 @@ pub struct EndpointSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reimage_request: Option<ReimageRequest>,
 
+    /// The computer name Windows gets (unattend's ComputerName, WDS prestaging): at most 15
+    /// letters, digits and '-', not only digits. Unset: the Endpoint's name, upper case, cut to
+    /// 15 characters. Unique within the namespace (admission refuses a second Endpoint with the
+    /// same computer name, set or derived).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9]([-A-Za-z0-9]{0,13}[A-Za-z0-9])?$') && !self.matches('^[0-9]+$')").message("spec.hostname must be a Windows computer name: 1 to 15 letters, digits and '-' (not first or last), not only digits"))]
+    #[schemars(length(max = 15))]
+    pub hostname: Option<String>,
+
     /// The RemediationPolicy that decides what each signal does; "default" when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')").message("spec.policyRef must be the name of a RemediationPolicy"))]

@@ -1002,3 +1002,115 @@ fn the_embedded_store_refuses_a_second_owner_of_a_mac() {
             .is_none()
     );
 }
+
+/// Two Endpoints of one site whose names cut to the same 15-character computer name: on the
+/// Kubernetes backend the admission webhook refuses the second (naming the first and what to
+/// do), and a spec.hostname lets it in; a spec.hostname Windows would refuse is stopped by the
+/// CRD's own rule.
+#[test]
+fn a_second_endpoint_with_the_same_computer_name_is_refused_at_admission() {
+    let Some(site) = Site::new("atk-name") else {
+        return;
+    };
+    let k = &site.k;
+    let a = site.a.as_str();
+    let label = format!("name-{}", std::process::id());
+    k.kubectl_ok(&["label", "namespace", a, &format!("recast-attack={label}")]);
+    let mut op = site.operator();
+    op.wait_line(
+        "serving the Endpoint admission webhook",
+        Duration::from_secs(30),
+    );
+    let _hook = Webhook::register(&site, &label);
+    let first = site.write_json(
+        "first.json",
+        &endpoint("lobby-kiosk-north-1", a, "52:54:00:c0:00:01"),
+    );
+    ok_as(k, TENANT_A, &["create", "-f", &first.to_string_lossy()]);
+    let second_doc = endpoint("lobby-kiosk-north-2", a, "52:54:00:c0:00:02");
+    let second = site.write_json("second.json", &second_doc);
+    let mut stderr = String::new();
+    wait_for(Duration::from_secs(30), "the webhook to answer", || {
+        let out = k.kubectl(&["create", "-f", &second.to_string_lossy(), "--as", TENANT_A]);
+        assert!(
+            !out.status.success(),
+            "the apiserver admitted a second LOBBY-KIOSK-NOR"
+        );
+        stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        stderr.contains("denied the request")
+    });
+    assert!(
+        stderr.contains("LOBBY-KIOSK-NOR")
+            && stderr.contains(&format!("{a}/lobby-kiosk-north-1"))
+            && stderr.contains("spec.hostname"),
+        "{stderr}"
+    );
+    assert!(!site.exists("rep", "lobby-kiosk-north-2", a));
+    // The way out the message names: a computer name of its own.
+    let mut named = second_doc.clone();
+    named["spec"]["hostname"] = json!("LOBBY-NORTH-2");
+    let named = site.write_json("named.json", &named);
+    ok_as(k, TENANT_A, &["create", "-f", &named.to_string_lossy()]);
+    // A computer name Windows would refuse never gets that far.
+    let mut bad = endpoint("lobby-kiosk-3", a, "52:54:00:c0:00:03");
+    bad["spec"]["hostname"] = json!("LOBBY_3");
+    let bad = site.write_json("bad.json", &bad);
+    let out = k.kubectl(&["create", "-f", &bad.to_string_lossy(), "--as", TENANT_A]);
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr)
+                .contains("spec.hostname must be a Windows computer name"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The embedded backend's half: `recastctl apply`'s store refuses the second Endpoint with the
+/// same message and keeps the first; a spec.hostname lets the second in.
+#[test]
+fn the_embedded_store_refuses_a_second_endpoint_with_the_same_computer_name() {
+    use recast_crds::manifest::Kind;
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        recast_operator::store::embedded::EmbeddedStore::open(&dir.path().join("data")).unwrap();
+    store
+        .apply(
+            &endpoint("lobby-kiosk-north-1", "site-a", "52:54:00:c0:00:01"),
+            "default",
+        )
+        .unwrap();
+    let second = endpoint("lobby-kiosk-north-2", "site-a", "52:54:00:c0:00:02");
+    let err = store.apply(&second, "default").unwrap_err().to_string();
+    assert!(
+        err.contains("LOBBY-KIOSK-NOR")
+            && err.contains("site-a/lobby-kiosk-north-1")
+            && err.contains("spec.hostname"),
+        "{err}"
+    );
+    assert!(
+        store
+            .get(Kind::Endpoint, "site-a", "lobby-kiosk-north-2")
+            .unwrap()
+            .is_none()
+    );
+    // Another site may use the name; a spec.hostname settles it in this one.
+    store
+        .apply(
+            &endpoint("lobby-kiosk-north-2", "site-b", "52:54:00:c0:00:03"),
+            "default",
+        )
+        .unwrap();
+    let mut named = second.clone();
+    named["spec"]["hostname"] = json!("LOBBY-NORTH-2");
+    store.apply(&named, "default").unwrap();
+    // Taking the first one's name with spec.hostname is refused too, case-blind.
+    let mut taken = endpoint("lobby-kiosk-4", "site-a", "52:54:00:c0:00:04");
+    taken["spec"]["hostname"] = json!("lobby-kiosk-nor");
+    assert!(store.apply(&taken, "default").is_err());
+    assert!(
+        store
+            .get(Kind::Endpoint, "site-a", "lobby-kiosk-north-1")
+            .unwrap()
+            .is_some()
+    );
+}

@@ -166,7 +166,9 @@ fn unattend_sets_hostname_locale_admin_and_domain_and_escapes_values() {
     let r = Renderer::new().unwrap();
     let i = intent("uefi");
     let view = AttemptView::new(BASE, &i);
-    let plain = r.unattend(&view, &SiteSettings::default()).unwrap();
+    let plain = r
+        .unattend(&view, "KIOSK-01", &SiteSettings::default())
+        .unwrap();
     assert!(plain.contains("<ComputerName>KIOSK-01</ComputerName>"));
     assert!(plain.contains("<UILanguage>en-US</UILanguage>"));
     assert!(
@@ -188,7 +190,7 @@ fn unattend_sets_hostname_locale_admin_and_domain_and_escapes_values() {
         }),
         ..SiteSettings::default()
     };
-    let joined = r.unattend(&view, &site).unwrap();
+    let joined = r.unattend(&view, "KIOSK-01", &site).unwrap();
     assert!(joined.contains("<PlainText>false</PlainText>"));
     assert!(
         !joined.contains("S3cret!"),

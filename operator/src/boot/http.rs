@@ -678,7 +678,7 @@ async fn task<B: Backend + BootIntents>(
         attempt_id: intent.attempt_id.clone(),
         try_number: intent.try_number,
         boot_mode: intent.boot_mode.clone(),
-        hostname: recast_core::naming::hostname(&intent.endpoint),
+        hostname: recast_core::naming::computer_name(&intent.endpoint, ep.spec.hostname.as_deref()),
         image: ImageTaskFile {
             name: intent.image.clone(),
             url: image.url,
@@ -731,14 +731,23 @@ async fn unattend<B: Backend + BootIntents>(
     let intent = svc
         .authorize(&p, &client_address(peer), &headers, &q)
         .await?;
+    let ep = svc
+        .backend
+        .endpoint(&intent.key())
+        .await
+        .map_err(|e| Refusal::Unavailable(format!("the store is unavailable ({e}); retry")))?
+        .ok_or_else(|| Refusal::Gone(format!("endpoint {} no longer exists", intent.endpoint)))?;
     let view = AttemptView::new(&svc.config.base_url, &intent);
+    let computer_name =
+        recast_core::naming::computer_name(&intent.endpoint, ep.spec.hostname.as_deref());
     Ok((
         StatusCode::OK,
         [
             (header::CONTENT_TYPE, "application/xml"),
             (header::CACHE_CONTROL, "no-store"),
         ],
-        svc.renderer.unattend(&view, &svc.config.site)?,
+        svc.renderer
+            .unattend(&view, &computer_name, &svc.config.site)?,
     )
         .into_response())
 }

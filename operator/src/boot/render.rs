@@ -299,13 +299,14 @@ impl Renderer {
     pub fn unattend(
         &self,
         view: &AttemptView<'_>,
+        computer_name: &str,
         site: &SiteSettings,
     ) -> Result<String, RenderError> {
         let mut ctx = Context::from_serialize(view).map_err(|source| RenderError::Render {
             name: "unattend.xml".into(),
             source,
         })?;
-        ctx.insert("hostname", &recast_core::naming::hostname(view.endpoint));
+        ctx.insert("hostname", computer_name);
         ctx.insert("locale", &site.locale);
         ctx.insert("time_zone", &site.time_zone);
         ctx.insert("admin_password", &site.admin_password);

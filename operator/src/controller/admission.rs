@@ -1,5 +1,5 @@
 //! The validating admission webhook for Endpoints (Kubernetes backend): a MAC address belongs
-//! to one Endpoint. A ValidatingAdmissionPolicy sees only the object under review, not the other
+//! to one Endpoint, and a computer name to one Endpoint of a namespace. A ValidatingAdmissionPolicy sees only the object under review, not the other
 //! Endpoints, so this check is a webhook the operator serves over TLS; the chart registers it
 //! with `failurePolicy: Fail`, so an Endpoint that could not be checked is not admitted.
 //!
@@ -53,6 +53,7 @@ pub fn decide(request: &Value, endpoints: &[Endpoint]) -> Result<(), String> {
         .and_then(Value::as_str)
         .or_else(|| request["name"].as_str())
         .unwrap_or_default();
+    check_computer_name(namespace, name, obj, &request["oldObject"], endpoints)?;
     let before: Vec<String> = macs_of(&request["oldObject"])
         .iter()
         .map(|m| m.to_ascii_lowercase())
@@ -88,6 +89,51 @@ pub fn decide(request: &Value, endpoints: &[Endpoint]) -> Result<(), String> {
             .collect::<Vec<_>>()
             .join("; ")
     ))
+}
+
+/// The computer name the object gives its machine, checked when it is new or changes (an
+/// Endpoint already in conflict can still be edited): Windows must take it, and no other
+/// Endpoint of the namespace may have it (`recast_core::naming`).
+fn check_computer_name(
+    namespace: &str,
+    name: &str,
+    obj: &Value,
+    old: &Value,
+    endpoints: &[Endpoint],
+) -> Result<(), String> {
+    use recast_core::naming;
+    let of = |o: &Value| {
+        naming::computer_name(name, o.pointer("/spec/hostname").and_then(Value::as_str))
+    };
+    let computer = of(obj);
+    if !old.is_null() && of(old) == computer {
+        return Ok(());
+    }
+    if let Some(problem) = naming::computer_name_problem(&computer) {
+        return Err(format!(
+            "{problem}; set spec.hostname (at most {} letters, digits and '-')",
+            naming::MAX_COMPUTER_NAME
+        ));
+    }
+    let conflicts = naming::computer_name_conflicts(
+        (namespace, name, &computer),
+        endpoints
+            .iter()
+            .filter(|ep| ep.metadata.deletion_timestamp.is_none())
+            .map(|ep| {
+                let n = ep.metadata.name.as_deref().unwrap_or_default();
+                (
+                    recast_crds::namespace_of(&ep.metadata),
+                    n,
+                    naming::computer_name(n, ep.spec.hostname.as_deref()),
+                )
+            }),
+    );
+    if conflicts.is_empty() {
+        Ok(())
+    } else {
+        Err(naming::computer_name_refusal(&computer, &conflicts))
+    }
 }
 
 /// The AdmissionReview answer for `review` (allowed, or denied with `message`).
@@ -267,5 +313,95 @@ mod tests {
         assert_eq!(r["response"]["status"]["code"], 403);
         assert_eq!(r["response"]["status"]["message"], "no");
         assert_eq!(respond(&review, Ok(()))["response"]["allowed"], true);
+    }
+
+    #[test]
+    fn a_computer_name_belongs_to_one_endpoint_of_a_namespace() {
+        let fleet = [ep(
+            "site-a",
+            "a-very-long-endpoint-name",
+            &["52:54:00:00:00:01"],
+        )];
+        // Cut to 15 characters, both names are A-VERY-LONG-END.
+        let why = decide(
+            &request(
+                "CREATE",
+                "site-a",
+                "a-very-long-endpoint-other",
+                &["52:54:00:00:00:02"],
+                None,
+            ),
+            &fleet,
+        )
+        .unwrap_err();
+        assert!(
+            why.contains("A-VERY-LONG-END") && why.contains("site-a/a-very-long-endpoint-name"),
+            "{why}"
+        );
+        assert!(why.contains("spec.hostname"), "{why}");
+        // Another namespace (another site) may use it; a spec.hostname settles it here.
+        assert!(
+            decide(
+                &request(
+                    "CREATE",
+                    "site-b",
+                    "a-very-long-endpoint-other",
+                    &["52:54:00:00:00:02"],
+                    None
+                ),
+                &fleet
+            )
+            .is_ok()
+        );
+        let mut named = request(
+            "CREATE",
+            "site-a",
+            "a-very-long-endpoint-other",
+            &["52:54:00:00:00:02"],
+            None,
+        );
+        named["object"]["spec"]["hostname"] = json!("LOBBY-02");
+        assert!(decide(&named, &fleet).is_ok());
+        // A spec.hostname that takes another's derived name is refused too, case-blind.
+        let mut taken = request("CREATE", "site-a", "kiosk-09", &["52:54:00:00:00:03"], None);
+        taken["object"]["spec"]["hostname"] = json!("a-very-long-end");
+        assert!(decide(&taken, &fleet).is_err());
+        // A name Windows refuses (only digits) is refused with what to do.
+        let digits = decide(
+            &request("CREATE", "site-a", "0042", &["52:54:00:00:00:04"], None),
+            &fleet,
+        )
+        .unwrap_err();
+        assert!(
+            digits.contains("only digits") && digits.contains("spec.hostname"),
+            "{digits}"
+        );
+        // An update that keeps the computer name passes even while in conflict.
+        let both = [
+            ep(
+                "site-a",
+                "a-very-long-endpoint-name",
+                &["52:54:00:00:00:01"],
+            ),
+            ep(
+                "site-a",
+                "a-very-long-endpoint-other",
+                &["52:54:00:00:00:02"],
+            ),
+        ];
+        let mac = ["52:54:00:00:00:02"];
+        assert!(
+            decide(
+                &request(
+                    "UPDATE",
+                    "site-a",
+                    "a-very-long-endpoint-other",
+                    &mac,
+                    Some(&mac)
+                ),
+                &both
+            )
+            .is_ok()
+        );
     }
 }

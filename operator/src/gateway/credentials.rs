@@ -106,10 +106,21 @@ impl CredentialStore {
         }
     }
 
+    /// How many marks one flush hands [`save_sequences`](Self::save_sequences) at a time:
+    /// [`super::FLUSH_BATCH`] per SQLite transaction (a longer one would hold the database
+    /// from the requests' token rechecks); all of them on the apiserver, where a call writes
+    /// each shard it touches once however many marks it carries.
+    pub fn marks_per_flush(&self) -> usize {
+        match self {
+            CredentialStore::Sqlite(_) => super::FLUSH_BATCH,
+            CredentialStore::Kube(_) => usize::MAX,
+        }
+    }
+
     /// Store writes one commit of [`save_sequences`](Self::save_sequences) cost (for the
     /// gateway's stats): one transaction on SQLite, one write per shard touched on the
     /// apiserver (counted by the ledger itself).
-    fn writes_per_commit(&self) -> u64 {
+    pub(super) fn writes_per_commit(&self) -> u64 {
         match self {
             CredentialStore::Sqlite(_) => 1,
             CredentialStore::Kube(k) => k.take_writes(),

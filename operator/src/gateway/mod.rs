@@ -66,7 +66,7 @@ use tokio::sync::watch;
 
 use crate::clock::Clock;
 use crate::store::{Backend, Key, policy_view_for};
-use credentials::{CredentialError, CredentialStore, GroupCommit, Mark};
+use credentials::{CredentialError, CredentialStore, GroupCommit};
 use limit::{Bucket, IpLimiter, Rate};
 use recast_core::build::Build;
 use recast_core::derive;
@@ -86,9 +86,8 @@ pub struct GatewayConfig {
     pub facts_ttl: Duration,
     /// How often silent endpoints are checked for HeartbeatLost.
     pub sweep_interval: Duration,
-    /// How often sequences not yet saved are saved. Every accepted report's sequence is
-    /// committed before its 200 or, at rest, right after it, so this only catches up after a
-    /// failed commit.
+    /// How often sequences not yet saved are saved: the marks of reports at rest (answered
+    /// before their mark is saved), and any whose commit failed.
     pub flush_interval: Duration,
     /// Requests per source address (before any token check). Agents behind one NAT share it.
     pub ip_rate: Rate,
@@ -475,15 +474,14 @@ impl<B: Backend> Gateway<B> {
         };
         if writes.count() == 0 {
             // At rest: the report hands nothing on and writes nothing, so it is answered from
-            // this replica's memory (the sequence check above) and its mark joins the next
-            // group commit without the agent waiting for it. What that gives up, only for
-            // reports that change nothing: a copy reaching another replica before the commit
-            // (or this one after a crash before it) is answered too, and changes nothing
-            // there either. Every report that changes anything is committed first (below).
+            // this replica's memory (the sequence check above) and its mark is saved by the
+            // flusher with every other mark of its period (one write per shard on the
+            // apiserver, not one per batch of reports). What that gives up, only for reports
+            // that change nothing: a copy reaching another replica before the flush (or this
+            // one after a crash before it) is answered too, and changes nothing there either.
+            // Every report that changes anything is committed first (below).
             let answer = reply(&next);
             entry.session = next;
-            drop(guard);
-            self.commit_in_background(slot, (key, hash, sequence));
             self.stats.answered_at_rest.fetch_add(1, Ordering::Relaxed);
             return Ok(answer);
         }
@@ -517,28 +515,6 @@ impl<B: Backend> Gateway<B> {
         let answer = reply(&next);
         entry.session = next;
         Ok(answer)
-    }
-
-    /// Commits an at-rest report's mark in the next group commit, in a task of its own; the
-    /// session learns it is saved when it is. A failed commit is left to the flusher (the
-    /// session's `last_sequence` stays above `persisted_sequence`).
-    fn commit_in_background(&self, slot: Arc<tokio::sync::Mutex<Option<Entry>>>, mark: Mark) {
-        let sequences = self.sequences.clone();
-        tokio::spawn(async move {
-            let sequence = mark.2;
-            match sequences.save(mark).await {
-                // Saved, or superseded (the store already holds this sequence or a later
-                // one): either way nothing is left to save up to it.
-                Ok(_) => {
-                    if let Some(e) = slot.lock().await.as_mut() {
-                        e.session.persisted_sequence = e.session.persisted_sequence.max(sequence);
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "an at-rest report's mark waits for the flusher")
-                }
-            }
-        });
     }
 
     async fn post(&self, key: &Key, input: &Input) -> Result<(), GatewayError> {
@@ -663,7 +639,8 @@ impl<B: Backend> Gateway<B> {
         posted
     }
 
-    /// Saves accepted sequences not yet saved, [`FLUSH_BATCH`] per transaction, on the
+    /// Saves accepted sequences not yet saved, [`FLUSH_BATCH`] per SQLite transaction (all in
+    /// one call on the apiserver), on the
     /// blocking pool (SQLite's work must not hold a runtime worker from the requests).
     /// Returns how many were saved.
     pub async fn flush_sequences(&self) -> Result<usize, GatewayError> {
@@ -685,8 +662,9 @@ impl<B: Backend> Gateway<B> {
             }
         }
         let mut saved = 0;
+        let per_write = self.credentials.marks_per_flush();
         while !marks.is_empty() {
-            let rest = marks.split_off(marks.len().min(FLUSH_BATCH));
+            let rest = marks.split_off(marks.len().min(per_write));
             let batch = std::mem::replace(&mut marks, rest);
             // A superseded mark (another replica accepted it first) needs no saving either;
             // a mark that could not be written is tried again at the next flush.
@@ -694,7 +672,10 @@ impl<B: Backend> Gateway<B> {
             if let Some(Err(e)) = outcomes.iter().find(|o| o.is_err()) {
                 return Err(GatewayError::Store(StoreUnavailable::Sequences(e.clone())));
             }
-            self.stats.store_writes.fetch_add(1, Ordering::Relaxed);
+            // One transaction on SQLite; each shard written on the apiserver.
+            self.stats
+                .store_writes
+                .fetch_add(self.credentials.writes_per_commit(), Ordering::Relaxed);
             for ((_, _, seq), slot) in batch.iter().zip(marked.drain(..batch.len())) {
                 if let Some(e) = slot.lock().await.as_mut() {
                     e.session.persisted_sequence = e.session.persisted_sequence.max(*seq);

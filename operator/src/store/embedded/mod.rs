@@ -146,8 +146,23 @@ pub enum StoreError {
         name: String,
         conflicts: Vec<crate::store::arming::MacConflict>,
     },
+    #[error("Endpoint {namespace}/{name} refused: {message}")]
+    ComputerName {
+        namespace: String,
+        name: String,
+        message: String,
+    },
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+}
+
+/// The computer name an Endpoint document gives its machine (None: not an object with a name).
+fn computer_name_of(name: &str, obj: &Value) -> Option<String> {
+    if name.is_empty() {
+        return None;
+    }
+    let hostname = obj.pointer("/spec/hostname").and_then(Value::as_str);
+    Some(recast_core::naming::computer_name(name, hostname))
 }
 
 /// What an apply did.
@@ -477,6 +492,61 @@ impl EmbeddedStore {
 
     /// Refuses an Endpoint that lists a MAC another live Endpoint lists (in this transaction,
     /// so two applies cannot both pass: SQLite serialises writers).
+    /// A computer name belongs to one Endpoint of a namespace (see
+    /// `recast_core::naming::computer_name_conflicts`). Checked only when the object's computer
+    /// name is new or changes, so an Endpoint already in conflict can still be edited while
+    /// someone sorts it out, as with MACs on Kubernetes.
+    fn check_computer_name(
+        tx: &rusqlite::Transaction<'_>,
+        namespace: &str,
+        name: &str,
+        obj: &Value,
+        old: Option<&Value>,
+    ) -> Result<(), StoreError> {
+        let Some(computer) = computer_name_of(name, obj) else {
+            return Ok(());
+        };
+        if old.and_then(|o| computer_name_of(name, o)).as_deref() == Some(computer.as_str()) {
+            return Ok(());
+        }
+        if let Some(problem) = recast_core::naming::computer_name_problem(&computer) {
+            return Err(StoreError::ComputerName {
+                namespace: namespace.into(),
+                name: name.into(),
+                message: format!(
+                    "{problem}; set spec.hostname (at most {} letters, digits and '-')",
+                    recast_core::naming::MAX_COMPUTER_NAME
+                ),
+            });
+        }
+        let mut stmt = tx.prepare(
+            "SELECT name, json_extract(object, '$.spec.hostname')
+             FROM objects WHERE kind = 'Endpoint' AND namespace = ?1 AND deleted_at IS NULL",
+        )?;
+        let others: Vec<(String, String)> = stmt
+            .query_map(params![namespace], |r| {
+                let n: String = r.get(0)?;
+                let h: Option<String> = r.get(1)?;
+                let c = recast_core::naming::computer_name(&n, h.as_deref());
+                Ok((n, c))
+            })?
+            .collect::<Result<_, _>>()?;
+        let conflicts = recast_core::naming::computer_name_conflicts(
+            (namespace, name, &computer),
+            others
+                .iter()
+                .map(|(n, c)| (namespace, n.as_str(), c.clone())),
+        );
+        if conflicts.is_empty() {
+            return Ok(());
+        }
+        Err(StoreError::ComputerName {
+            namespace: namespace.into(),
+            name: name.into(),
+            message: recast_core::naming::computer_name_refusal(&computer, &conflicts),
+        })
+    }
+
     fn check_macs(
         tx: &rusqlite::Transaction<'_>,
         namespace: &str,
@@ -601,6 +671,7 @@ impl EmbeddedStore {
         let kind = typed.kind();
         if kind == Kind::Endpoint {
             Self::check_macs(&tx, &namespace, &name, &doc)?;
+            Self::check_computer_name(&tx, &namespace, &name, &doc, old.as_ref())?;
         }
         let mut stored = doc.clone();
         if let Some(o) = stored.as_object_mut() {
@@ -822,6 +893,7 @@ impl EmbeddedStore {
         admit(obj, Some(&current.object))?;
         if kind == Kind::Endpoint {
             Self::check_macs(&tx, &ns, &name, obj)?;
+            Self::check_computer_name(&tx, &ns, &name, obj, Some(&current.object))?;
         }
         let mut stored = obj.clone();
         // Finalizers belong to the controller: a user's replace keeps what is stored.
