@@ -77,9 +77,6 @@ pub struct GoldenImageSpec {
     pub expected: Option<ExpectedImage>,
     /// What the WIM must contain to be Verified.
     pub requirements: ImageRequirements,
-    /// WinPE boot kit that applies the WIM.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub boot_kit: Option<BootKit>,
     /// Channels this image is published to (such as "stable") once it is KnownGood: a
     /// Verified image that has not proven itself serves none of them. Endpoints following a
     /// channel become NonCompliant when it moves, and waves move them, never an instant
@@ -148,16 +145,6 @@ pub struct ImageRequirements {
     #[x_kube(validation = Rule::new("self.all(k, k.matches('^KB[0-9]{6,8}$'))").message("requirements.requiredKbs entries must be KB followed by digits, such as KB5074109"))]
     #[schemars(length(max = 32), inner(length(max = 10)))]
     pub required_kbs: Vec<String>,
-}
-
-/// The WinPE kit wimboot needs: BCD, boot.sdi and the WinPE boot.wim, plus wimboot itself.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct BootKit {
-    pub wimboot: ArtifactSource,
-    pub bcd: ArtifactSource,
-    pub boot_sdi: ArtifactSource,
-    pub boot_wim: ArtifactSource,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]

@@ -164,7 +164,6 @@ mod tests {
                 minimum_build: min.into(),
                 required_kbs: kbs.iter().map(|s| s.to_string()).collect(),
             },
-            boot_kit: None,
             channels: vec![],
             canary_channels: vec![],
             promotion: None,

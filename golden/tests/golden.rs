@@ -939,7 +939,6 @@ fn a_golden_image_spec_is_verified_into_facts_and_a_condition() {
             minimum_build: "26100.7623".into(),
             required_kbs: vec!["KB5074109".into()],
         },
-        boot_kit: None,
         channels: vec![],
         canary_channels: vec![],
         promotion: None,

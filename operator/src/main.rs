@@ -1141,6 +1141,12 @@ async fn run(opts: RunOptions) -> Result<(), String> {
                 } else {
                     backend
                 };
+                // The gateway reads an endpoint's facts again when its watch says they changed.
+                let backend = if gateway_args.gateway_listen.is_some() {
+                    backend.with_facts_versions(stop_rx.clone())
+                } else {
+                    backend
+                };
                 let backend = Arc::new(backend);
                 if let Some(cfg) = boot_cfg {
                     let (b, m, r, s) = (
@@ -1350,6 +1356,7 @@ async fn run_gateway_role(
         Arc::new(AtomicBool::new(false)),
     )
     .await?;
+    let backend = backend.with_facts_versions(stop_rx.clone());
     let ledger = KubeLedger::start(client, &opts.control_namespace, stop_rx.clone())
         .await
         .map_err(|e| e.to_string())?;

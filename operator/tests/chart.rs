@@ -1184,11 +1184,6 @@ spec:
   imageIndex: 1
   expected: {{edition: Enterprise, arch: amd64}}
   requirements: {{minimumBuild: "26100.7623"}}
-  bootKit:
-    wimboot: {{path: /var/lib/recast/bootkit/wimboot}}
-    bcd: {{path: /var/lib/recast/bootkit/BCD}}
-    bootSdi: {{path: /var/lib/recast/bootkit/boot.sdi}}
-    bootWim: {{path: /var/lib/recast/bootkit/boot.wim}}
 ---
 apiVersion: recast.dev/v1alpha1
 kind: Endpoint

@@ -803,6 +803,48 @@ async fn on_the_apiserver_a_report_becomes_status() {
                 .and_then(Value::as_array)
                 .is_some_and(|s| s.iter().any(|s| s["type"] == "FailedRollback"))
     });
+
+    // A person releases the hold by hand. The gateway's facts for kiosk-01 were read with the
+    // first report; its Endpoint watch says they changed, so the next reply carries the
+    // release at once, not when a minute-old cache expires (facts_ttl is 60 s here).
+    let (_, reply) = sender
+        .send_with_reply(&token, &report_for("kiosk-01", Scenario::FailedRollback, 3))
+        .await
+        .unwrap();
+    assert_ne!(reply.unwrap().update_hold.reason, "ManualRelease");
+    let patch = serde_json::json!({"spec": {"manualUpdateHold": {
+        "action": "Release", "reason": "watch test", "requestedAt": jiff::Timestamp::now().to_string(),
+    }}});
+    k.kubectl_ok(&[
+        "patch",
+        "rep",
+        "kiosk-01",
+        "-n",
+        &ns,
+        "--type=merge",
+        "-p",
+        &patch.to_string(),
+    ]);
+    let mut seq = 4;
+    // At most five replies, half a second apart: well inside the 60 s the cache would wait.
+    loop {
+        let (_, reply) = sender
+            .send_with_reply(
+                &token,
+                &report_for("kiosk-01", Scenario::FailedRollback, seq),
+            )
+            .await
+            .unwrap();
+        if reply.unwrap().update_hold.reason == "ManualRelease" {
+            break;
+        }
+        assert!(
+            seq < 9,
+            "the release never reached the reply (the endpoint's rate limit is near)"
+        );
+        seq += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -1269,7 +1311,11 @@ async fn replicas_accept_a_changing_report_once_and_answer_an_at_rest_copy_witho
     assert_eq!(h.credentials.sequence(&key("kiosk-01")).await.unwrap(), 3);
     b.flush_sequences().await.unwrap();
     assert_eq!(h.credentials.sequence(&key("kiosk-01")).await.unwrap(), 3);
-    assert_eq!(a.flush_sequences().await.unwrap(), 0, "nothing left to save");
+    assert_eq!(
+        a.flush_sequences().await.unwrap(),
+        0,
+        "nothing left to save"
+    );
     b_inputs = inputs(b); // b's flush wrote (found the mark saved): a store write, no input
 
     // A report that changes something (the update failed and rolled back) is committed before

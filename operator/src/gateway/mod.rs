@@ -82,7 +82,9 @@ pub struct GatewayConfig {
     pub heartbeat_period: Duration,
     pub endpoint_rate: Rate,
     pub global_rate: Rate,
-    /// How long policy and image facts are cached per endpoint.
+    /// How long an endpoint's facts (hold, restart order, policy, image) are cached where the
+    /// backend cannot say when they change; on Kubernetes a watch says so and they are read
+    /// again exactly then.
     pub facts_ttl: Duration,
     /// How often silent endpoints are checked for HeartbeatLost.
     pub sweep_interval: Duration,
@@ -248,10 +250,28 @@ impl GatewayStats {
     }
 }
 
+struct CachedFacts {
+    facts: Arc<EndpointFacts>,
+    loaded: Instant,
+    version: Option<crate::store::FactsVersion>,
+}
+
+impl CachedFacts {
+    /// Still what the store says: unchanged per the backend's watch where it has one (the
+    /// Endpoint, its policy and images), else younger than `ttl`.
+    fn fresh(&self, now: Option<&crate::store::FactsVersion>, ttl: Duration) -> bool {
+        match (now, &self.version) {
+            (Some(now), Some(loaded)) => now == loaded,
+            _ => self.loaded.elapsed() < ttl,
+        }
+    }
+}
+
 struct Entry {
     session: Session,
-    /// Shared, so a request takes it without copying the hold's history and signals.
-    facts: Option<(Arc<EndpointFacts>, Instant)>,
+    /// Shared, so a request takes it without copying the hold's history and signals; with
+    /// when they were loaded and, where the backend watches for changes, their version.
+    facts: Option<CachedFacts>,
     /// The token the session's sequence space belongs to (None: primed from the store, not
     /// yet seen a report).
     token_hash: Option<String>,
@@ -531,10 +551,11 @@ impl<B: Backend> Gateway<B> {
         key: &Key,
         entry: &mut Entry,
     ) -> Result<Arc<EndpointFacts>, GatewayError> {
-        if let Some((facts, at)) = &entry.facts
-            && at.elapsed() < self.config.facts_ttl
+        let current = self.backend.facts_version(key);
+        if let Some(cached) = &entry.facts
+            && cached.fresh(current.as_ref(), self.config.facts_ttl)
         {
-            return Ok(facts.clone());
+            return Ok(cached.facts.clone());
         }
         let ep = self
             .backend
@@ -543,7 +564,19 @@ impl<B: Backend> Gateway<B> {
             .map_err(GatewayError::from)?
             .ok_or_else(|| GatewayError::UnknownEndpoint(key.to_string()))?;
         let facts = Arc::new(self.load_facts(&ep).await?);
-        entry.facts = Some((facts.clone(), Instant::now()));
+        // The version of what was read: the object's own resourceVersion, and the change count
+        // from before the read (a policy change during it makes the next request read again).
+        let version = current
+            .zip(ep.metadata.resource_version.clone())
+            .map(|(c, rv)| crate::store::FactsVersion {
+                endpoint: rv,
+                context: c.context,
+            });
+        entry.facts = Some(CachedFacts {
+            facts: facts.clone(),
+            loaded: Instant::now(),
+            version,
+        });
         Ok(facts)
     }
 

@@ -474,7 +474,6 @@ mod tests {
                     minimum_build: "26100.7623".into(),
                     required_kbs: vec![],
                 },
-                boot_kit: None,
                 channels: vec!["stable".into()],
                 canary_channels: vec![],
                 promotion: promotion.map(|(n, soak)| Promotion {

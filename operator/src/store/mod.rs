@@ -124,7 +124,21 @@ pub enum Journal {
 }
 
 /// Endpoints and their status, events and finalizer.
+/// What an endpoint's gateway facts are made of, as a version: the Endpoint's resourceVersion
+/// and how many policy or image changes the backend has seen. Equal versions, equal facts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FactsVersion {
+    pub endpoint: String,
+    pub context: u64,
+}
+
 pub trait EndpointStore: Send + Sync + 'static {
+    /// The current [`FactsVersion`] of an endpoint, where the backend watches for changes;
+    /// None where it does not (the gateway then reloads facts by age).
+    fn facts_version(&self, _key: &Key) -> Option<FactsVersion> {
+        None
+    }
+
     fn endpoint(
         &self,
         key: &Key,

@@ -519,12 +519,19 @@ impl EmbeddedStore {
                 ),
             });
         }
+        // Only rows that can have this computer name are read and parsed: a derived name is a
+        // prefix of the Endpoint's name without dots (any case), and a set one is only in
+        // objects whose text holds "hostname" (cheap text tests before any JSON is parsed,
+        // so loading a fleet does not parse every Endpoint once per Endpoint).
         let mut stmt = tx.prepare(
             "SELECT name, json_extract(object, '$.spec.hostname')
-             FROM objects WHERE kind = 'Endpoint' AND namespace = ?1 AND deleted_at IS NULL",
+             FROM objects WHERE kind = 'Endpoint' AND namespace = ?1 AND deleted_at IS NULL
+             AND (replace(name, '.', '') LIKE ?2 OR instr(object, '\"hostname\"') > 0)",
         )?;
+        // Computer names hold only letters, digits and '-': nothing LIKE treats specially.
+        let prefix = format!("{computer}%");
         let others: Vec<(String, String)> = stmt
-            .query_map(params![namespace], |r| {
+            .query_map(params![namespace, prefix], |r| {
                 let n: String = r.get(0)?;
                 let h: Option<String> = r.get(1)?;
                 let c = recast_core::naming::computer_name(&n, h.as_deref());

@@ -46,6 +46,7 @@ use recast_core::time;
 pub mod boot_watch;
 pub mod forward;
 pub mod index;
+pub mod versions;
 
 pub const LEASE_NAME: &str = "recast-operator";
 pub use super::control::*;
@@ -69,6 +70,9 @@ pub struct KubeBackend {
     forward: Option<Arc<crate::store::kube::forward::Forwarder>>,
     /// Fires when a policy or image in the caches changes.
     changed: tokio::sync::broadcast::Sender<()>,
+    /// Endpoint resourceVersions from a metadata watch, for the gateway's facts (None: not
+    /// started in this process).
+    versions: Option<versions::SharedVersions>,
 }
 
 pub(crate) fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -171,6 +175,7 @@ impl KubeBackend {
             boot_index: None,
             forward: None,
             changed,
+            versions: None,
         };
         Ok((backend, trigger))
     }
@@ -191,12 +196,25 @@ impl KubeBackend {
             boot_index: None,
             forward: None,
             changed: self.changed.clone(),
+            versions: None,
         }
     }
 
     /// Fires when a policy or image in the caches changes.
     pub fn changes(&self) -> tokio::sync::broadcast::Receiver<()> {
         self.changed.subscribe()
+    }
+
+    /// Watches the Endpoints' resourceVersions (metadata only) and the caches' changes, so
+    /// [`EndpointStore::facts_version`] can tell the gateway when an endpoint's facts changed.
+    pub fn with_facts_versions(mut self, shutdown: watch::Receiver<bool>) -> Self {
+        self.versions = Some(versions::spawn(
+            self.client.clone(),
+            self.watch_namespace.as_deref(),
+            self.changed.subscribe(),
+            shutdown,
+        ));
+        self
     }
 
     /// Answers boot lookups from `index` (see `boot_watch::spawn`).
@@ -443,6 +461,10 @@ pub fn orphaned(
 }
 
 impl EndpointStore for KubeBackend {
+    fn facts_version(&self, key: &Key) -> Option<crate::store::FactsVersion> {
+        self.versions.as_ref()?.get(key)
+    }
+
     async fn endpoint(&self, key: &Key) -> Result<Option<Endpoint>, BackendError> {
         // Always fresh from the server: a decision on a cached (older) status could start an
         // attempt that is already running.
