@@ -316,9 +316,8 @@ impl SqliteLedger {
 
     /// Stores high-water marks in one transaction (the flusher batches them), never lowering
     /// one, and only while the endpoint still holds the token the mark was reached with (a
-    /// rotation in between starts a new sequence space and wins). Per mark: false when the
-    /// stored mark is already at or above it (the report was accepted before).
-    pub fn save_sequences(&self, marks: &[Mark]) -> Result<Vec<bool>, CredentialError> {
+    /// rotation in between starts a new sequence space and wins). Per mark, what it found.
+    pub fn save_sequences(&self, marks: &[Mark]) -> Result<Vec<MarkOutcome>, CredentialError> {
         if marks.is_empty() {
             return Ok(Vec::new());
         }
@@ -346,12 +345,18 @@ impl SqliteLedger {
                     .execute(params![key.namespace, key.name, seq, hash])
                     .map_err(|e| self.db_err(e))?;
                 // Not raised: either the mark is not above the stored one (superseded), or the
-                // token changed meanwhile (not this mark's sequence space to judge).
-                let superseded = raised == 0
-                    && current_token
-                        .exists(params![key.namespace, key.name, hash])
-                        .map_err(|e| self.db_err(e))?;
-                outcomes.push(!superseded);
+                // endpoint holds another token now (this one was revoked or rotated).
+                let outcome = if raised > 0 {
+                    MarkOutcome::Saved
+                } else if current_token
+                    .exists(params![key.namespace, key.name, hash])
+                    .map_err(|e| self.db_err(e))?
+                {
+                    MarkOutcome::Superseded
+                } else {
+                    MarkOutcome::TokenGone
+                };
+                outcomes.push(outcome);
             }
         }
         tx.commit().map_err(|e| self.db_err(e))?;
@@ -374,6 +379,19 @@ impl SqliteLedger {
 
 /// A replay mark: the endpoint, the hash of the token it was reached with, the sequence.
 pub type Mark = (Key, String, u64);
+
+/// What saving one accepted sequence found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MarkOutcome {
+    /// Raised: this report is accepted.
+    Saved,
+    /// The stored mark of the same token is already at or above it: the report (or a later
+    /// one) was accepted before, by this process or another replica; a replay.
+    Superseded,
+    /// The endpoint no longer holds the token the report came with (revoked, or rotated by a
+    /// reissue or an enrollment since the token was checked): the token is what is refused.
+    TokenGone,
+}
 
 #[cfg(test)]
 mod tests {
@@ -414,17 +432,27 @@ mod tests {
         assert_eq!(store.endpoint_for(&t1).unwrap(), None);
         assert_eq!(store.endpoint_for(&t2).unwrap(), Some(key("kiosk-01")));
         assert_eq!(store.sequence(&key("kiosk-01")).unwrap(), 0);
-        // A mark reached with the old token is not saved over the new sequence space.
-        store
-            .save_sequences(&[(key("kiosk-01"), token_hash(&t1), 30)])
-            .unwrap();
+        // A mark reached with the old token is not saved over the new sequence space: the
+        // token is what is refused.
+        assert_eq!(
+            store
+                .save_sequences(&[(key("kiosk-01"), token_hash(&t1), 30)])
+                .unwrap(),
+            [MarkOutcome::TokenGone]
+        );
         assert_eq!(store.sequence(&key("kiosk-01")).unwrap(), 0);
         // Never lowered.
         let h2 = token_hash(&t2);
-        store
-            .save_sequences(&[(key("kiosk-01"), h2.clone(), 20)])
-            .unwrap();
-        store.save_sequences(&[(key("kiosk-01"), h2, 5)]).unwrap();
+        assert_eq!(
+            store
+                .save_sequences(&[(key("kiosk-01"), h2.clone(), 20)])
+                .unwrap(),
+            [MarkOutcome::Saved]
+        );
+        assert_eq!(
+            store.save_sequences(&[(key("kiosk-01"), h2, 5)]).unwrap(),
+            [MarkOutcome::Superseded]
+        );
         assert_eq!(store.sequence(&key("kiosk-01")).unwrap(), 20);
         assert!(store.revoke(&key("kiosk-01")).unwrap());
         assert!(!store.revoke(&key("kiosk-01")).unwrap());

@@ -1124,7 +1124,7 @@ async fn a_home_machine_reports_a_hold_windows_will_not_honour() {
 /// new sequence space; a revocation reaches both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_tokens_and_never_both_accept_a_sequence() {
-    use recast_operator::gateway::credentials::{GroupCommit, token_hash};
+    use recast_operator::gateway::credentials::{GroupCommit, MarkOutcome, token_hash};
     use recast_operator::gateway::kube_ledger::KubeLedger;
     let Some(k) = recast_tests::K8s::get() else {
         return;
@@ -1178,7 +1178,7 @@ async fn replicas_share_tokens_and_never_both_accept_a_sequence() {
     let mut accepted: std::collections::HashMap<(Key, u64), usize> = Default::default();
     for s in saves {
         let ((key, _, seq), result) = s.await.unwrap();
-        if result.unwrap() {
+        if result.unwrap() == MarkOutcome::Saved {
             *accepted.entry((key, seq)).or_default() += 1;
         }
     }
@@ -1203,8 +1203,9 @@ async fn replicas_share_tokens_and_never_both_accept_a_sequence() {
                 && a.endpoint_for(&rotated).unwrap() == Some(key_of(0))
         },
     );
-    assert!(
+    assert_eq!(
         ga.save((key_of(0), token_hash(&rotated), 1)).await.unwrap(),
+        MarkOutcome::Saved,
         "the new token's first report"
     );
     assert_eq!(
@@ -1212,12 +1213,13 @@ async fn replicas_share_tokens_and_never_both_accept_a_sequence() {
         1,
         "saved, in the new space"
     );
-    // A report made with the old token that reaches a replica after the rotation: refused,
-    // and the new token's mark is not touched.
-    assert!(
-        !gb.save((key_of(0), token_hash(&tokens[0]), 11))
+    // A report made with the old token that reaches a replica after the rotation: refused for
+    // its token (401, not a replay's 409), and the new token's mark is not touched.
+    assert_eq!(
+        gb.save((key_of(0), token_hash(&tokens[0]), 11))
             .await
-            .unwrap()
+            .unwrap(),
+        MarkOutcome::TokenGone
     );
     assert_eq!(a.sequence(&key_of(0)).await.unwrap(), 1);
     // Enrollment: once, whichever replica is asked.

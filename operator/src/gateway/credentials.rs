@@ -86,9 +86,9 @@ impl CredentialStore {
     }
 
     /// Saves marks (SQLite's work on the blocking pool: it must not hold a runtime worker
-    /// from the requests). Per mark: true when saved, false when superseded, an error when it
-    /// could not be written (on SQLite the whole transaction; on the apiserver its shard).
-    pub async fn save_sequences(&self, marks: Vec<Mark>) -> Vec<Result<bool, String>> {
+    /// from the requests). Per mark: what it found, or an error when it could not be written
+    /// (on SQLite the whole transaction; on the apiserver its shard).
+    pub async fn save_sequences(&self, marks: Vec<Mark>) -> Vec<Result<MarkOutcome, String>> {
         match self {
             CredentialStore::Sqlite(s) => {
                 let s = s.clone();
@@ -139,7 +139,7 @@ pub struct GroupCommit {
     pub commits: AtomicU64,
 }
 
-type Waiter = tokio::sync::oneshot::Sender<Result<bool, String>>;
+type Waiter = tokio::sync::oneshot::Sender<Result<MarkOutcome, String>>;
 
 #[derive(Default)]
 struct Queue {
@@ -157,12 +157,13 @@ impl GroupCommit {
         })
     }
 
-    /// Returns once `mark` is committed: true, or false when the stored mark was already at
-    /// or above it (another gateway replica accepted this sequence: the report must be
-    /// refused as a replay); an error when the commit failed (the report must then not be
-    /// acknowledged). The writing happens in a task of its own, so a caller that goes away
+    /// Returns once `mark` is committed: Saved, or Superseded when the stored mark was
+    /// already at or above it (another gateway replica accepted this sequence: the report must
+    /// be refused as a replay), or TokenGone when the endpoint holds another token now (the
+    /// report must be refused for its token); an error when the commit failed (the report must
+    /// then not be acknowledged). The writing happens in a task of its own, so a caller that goes away
     /// (a client that hung up) cannot strand the others of its batch.
-    pub async fn save(self: &Arc<Self>, mark: Mark) -> Result<bool, String> {
+    pub async fn save(self: &Arc<Self>, mark: Mark) -> Result<MarkOutcome, String> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let start = {
             let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
@@ -232,7 +233,7 @@ mod tests {
             async move { gc.save(mark).await }
         });
         for r in futures::future::join_all(saves).await {
-            assert!(r.unwrap(), "every mark is new");
+            assert_eq!(r.unwrap(), MarkOutcome::Saved, "every mark is new");
         }
         // The same marks again: superseded, each of them (what a second gateway replica that
         // saw the same reports is told).
@@ -242,7 +243,11 @@ mod tests {
             async move { gc.save(mark).await }
         });
         for r in futures::future::join_all(again).await {
-            assert!(!r.unwrap(), "an accepted sequence is never accepted again");
+            assert_eq!(
+                r.unwrap(),
+                MarkOutcome::Superseded,
+                "an accepted sequence is never accepted again"
+            );
         }
         let commits = gc.commits.load(Ordering::Relaxed);
         assert!(commits < 200, "{commits} transactions for 200 marks");

@@ -31,7 +31,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use crate::credentials::kube_credentials::{api_err, is_conflict, token_of};
-use crate::credentials::{CredentialError, KubeCredentials, Mark};
+use crate::credentials::{CredentialError, KubeCredentials, Mark, MarkOutcome};
 use crate::store::Key;
 use crate::store::control::ControlKind;
 
@@ -82,10 +82,10 @@ fn parse_mark(value: &str) -> Option<(&str, u64)> {
     Some((h, seq.parse().ok()?))
 }
 
-/// Pure: raises the marks of one shard's data. Per mark: true when it was raised; false when
-/// the stored mark of the same token is already at or above it (another replica accepted that
-/// report or a later one), or when the mark's token is not the endpoint's current one (a
-/// rotation or revocation since: nothing is written for it). `current_token` must be fresh
+/// Pure: raises the marks of one shard's data. Per mark: Saved when it was raised; Superseded
+/// when the stored mark of the same token is already at or above it (another replica accepted
+/// that report or a later one); TokenGone when the mark's token is not the endpoint's current
+/// one (a rotation or revocation since: nothing is written for it). `current_token` must be fresh
 /// from the apiserver for every endpoint whose stored entry belongs to another token than its
 /// mark's (see `KubeLedger::save_shard`): a replica whose mirror still has an old token must
 /// never overwrite the new token's mark. Returns whether the data changed.
@@ -93,13 +93,13 @@ pub fn raise_marks(
     data: &mut BTreeMap<String, String>,
     marks: &[&Mark],
     current_token: &dyn Fn(&Key) -> Option<String>,
-) -> (Vec<bool>, bool) {
+) -> (Vec<MarkOutcome>, bool) {
     let mut changed = false;
     let outcomes = marks
         .iter()
         .map(|(key, hash, seq)| {
             if current_token(key).as_deref() != Some(hash.as_str()) {
-                return false;
+                return MarkOutcome::TokenGone;
             }
             let k = entry_key(key);
             let stored = data
@@ -108,11 +108,11 @@ pub fn raise_marks(
                 .filter(|(h, _)| *h == short(hash))
                 .map(|(_, s)| s);
             if stored.is_some_and(|s| s >= *seq) {
-                return false;
+                return MarkOutcome::Superseded;
             }
             data.insert(k, format!("{}:{seq}", short(hash)));
             changed = true;
-            true
+            MarkOutcome::Saved
         })
         .collect();
     (outcomes, changed)
@@ -338,7 +338,7 @@ impl KubeLedger {
         &self,
         shard: usize,
         marks: &[&Mark],
-    ) -> Result<Vec<bool>, CredentialError> {
+    ) -> Result<Vec<MarkOutcome>, CredentialError> {
         let api = self.credentials.api();
         let mut cm = self.shard(shard).await?;
         for _ in 0..MAX_TRIES {
@@ -388,10 +388,9 @@ impl KubeLedger {
         )))
     }
 
-    /// Saves marks, one write per shard touched (the shards in parallel). Per mark: true when
-    /// saved, false when superseded or its token is no longer current, an error when its
-    /// shard could not be written (the other shards' marks stand).
-    pub async fn save_sequences(&self, marks: &[Mark]) -> Vec<Result<bool, String>> {
+    /// Saves marks, one write per shard touched (the shards in parallel). Per mark: what it
+    /// found, or an error when its shard could not be written (the other shards' marks stand).
+    pub async fn save_sequences(&self, marks: &[Mark]) -> Vec<Result<MarkOutcome, String>> {
         let mut by_shard: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
         for (i, (key, _, _)) in marks.iter().enumerate() {
             by_shard.entry(shard_of(key)).or_default().push(i);
@@ -401,7 +400,8 @@ impl KubeLedger {
             async move { self.save_shard(*shard, &ms).await }
         });
         let results = futures::future::join_all(saves).await;
-        let mut outcomes: Vec<Result<bool, String>> = vec![Ok(false); marks.len()];
+        let mut outcomes: Vec<Result<MarkOutcome, String>> =
+            vec![Ok(MarkOutcome::Superseded); marks.len()];
         for ((_, idx), result) in by_shard.iter().zip(results) {
             match result {
                 Ok(saved) => {
@@ -472,6 +472,7 @@ mod tests {
 
     #[test]
     fn marks_rise_once_per_sequence_and_only_for_the_current_token() {
+        use MarkOutcome::{Saved, Superseded, TokenGone};
         let h1 = "a".repeat(64);
         let h2 = "b".repeat(64);
         let current = |k: &Key| (k.name != "gone").then(|| h1.clone());
@@ -479,23 +480,23 @@ mod tests {
         let m = |name: &str, hash: &str, seq| (key(name), hash.to_string(), seq);
         let (a, b, c) = (m("k1", &h1, 10), m("k2", &h1, 5), m("gone", &h1, 7));
         let (out, changed) = raise_marks(&mut data, &[&a, &b, &c], &current);
-        assert_eq!(out, [true, true, false], "no token: refused");
+        assert_eq!(out, [Saved, Saved, TokenGone], "no token: refused");
         assert!(changed);
         assert_eq!(data.get("site-a.k1").unwrap(), &format!("{}:10", &h1[..16]));
         assert!(!data.contains_key("site-a.gone"), "no token, no mark");
         // The same sequence again (another replica's copy of the report): superseded.
         let (out, changed) = raise_marks(&mut data, &[&a], &current);
-        assert_eq!((out, changed), (vec![false], false));
+        assert_eq!((out, changed), (vec![Superseded], false));
         // Lower: superseded; higher: raised.
         let (out, _) = raise_marks(&mut data, &[&m("k1", &h1, 9), &m("k1", &h1, 11)], &current);
-        assert_eq!(out, [false, true]);
+        assert_eq!(out, [Superseded, Saved]);
         // A mark reached with a token that is no longer current is refused, and not written.
         let (out, changed) = raise_marks(&mut data, &[&m("k2", &h2, 1)], &current);
-        assert_eq!((out, changed), (vec![false], false));
+        assert_eq!((out, changed), (vec![TokenGone], false));
         // After a rotation the stored mark of the old token does not hold the new one back.
         let rotated = |_: &Key| Some(h2.clone());
         let (out, _) = raise_marks(&mut data, &[&m("k1", &h2, 1)], &rotated);
-        assert_eq!(out, [true]);
+        assert_eq!(out, [Saved]);
         assert_eq!(data.get("site-a.k1").unwrap(), &format!("{}:1", &h2[..16]));
     }
 

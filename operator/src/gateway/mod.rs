@@ -66,7 +66,7 @@ use tokio::sync::watch;
 
 use crate::clock::Clock;
 use crate::store::{Backend, Key, policy_view_for};
-use credentials::{CredentialError, CredentialStore, GroupCommit};
+use credentials::{CredentialError, CredentialStore, GroupCommit, MarkOutcome};
 use limit::{Bucket, IpLimiter, Rate};
 use recast_core::build::Build;
 use recast_core::derive;
@@ -515,14 +515,21 @@ impl<B: Backend> Gateway<B> {
             .save((key.clone(), hash.clone(), sequence))
             .await
             .map_err(|e| GatewayError::Store(StoreUnavailable::Sequences(e)))?;
-        if !saved {
-            // Another replica accepted this sequence (or a later one): a replay. The session
-            // moves past it, so a copy arriving again is refused before the ledger is asked.
-            entry.session.last_sequence = entry.session.last_sequence.max(sequence);
-            return Err(GatewayError::Replayed {
-                got: sequence,
-                last: sequence,
-            });
+        match saved {
+            MarkOutcome::Saved => {}
+            MarkOutcome::Superseded => {
+                // Another replica accepted this sequence (or a later one): a replay. The
+                // session moves past it, so a copy arriving again is refused before the ledger
+                // is asked.
+                entry.session.last_sequence = entry.session.last_sequence.max(sequence);
+                return Err(GatewayError::Replayed {
+                    got: sequence,
+                    last: sequence,
+                });
+            }
+            // The token was revoked or rotated after this replica's mirror vouched for it: the
+            // token is refused, as it will be from memory once the mirror catches up.
+            MarkOutcome::TokenGone => return Err(GatewayError::BadToken),
         }
         if let Some(summary) = &writes.report {
             self.post(&key, &Input::AgentReport(summary.clone()))
