@@ -303,10 +303,11 @@ async fn settled_status(site: &Site) -> serde_json::Value {
     panic!("the controller did not drain kiosk-01's inbox");
 }
 
-/// A report at rest (the facts the gateway last handed on) is answered before its mark's
-/// commit. Replayed after a SIGKILL that may have come before that commit, it is refused (the
-/// commit landed) or accepted again; either way it can only repeat what the controller
-/// already has: the signals, the build and any attempt are as before.
+/// A report at rest (the facts the gateway last handed on) is answered before its mark is
+/// saved (the flusher saves it within 5 s). Replayed after a SIGKILL that came before that, it
+/// is accepted again (or refused, had the flush landed); either way it can only repeat what the
+/// controller already has: the signals, the build and any attempt are as before (its report
+/// time is fresh: docs/security/gateway.md says what that allows).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_at_rest_report_replayed_after_a_sigkill_repeats_only_what_is_known() {
     let Some(site) = Site::new("replay-at-rest") else {
@@ -368,6 +369,35 @@ async fn an_at_rest_report_replayed_after_a_sigkill_repeats_only_what_is_known()
     )
     .await;
     assert_eq!(status, 200, "{body}");
+}
+
+/// The bound on what an at-rest copy can do: it never goes back past a report that changed
+/// something. 42 is at rest (answered before its mark is saved), 43 changes the facts (a failed
+/// rollback: committed before its 200); SIGKILL right after 43's 200; the replayed 42 is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_cannot_go_back_past_a_committed_change() {
+    let Some(site) = Site::new("replay-past-change") else {
+        return;
+    };
+    let client = site.client("127.0.0.1");
+    let op = site.start(&[]);
+    let now = jiff::Timestamp::now;
+    let (status, body) = post(&client, &site, &site.token, &report(41, now())).await;
+    assert_eq!(status, 200, "{body}");
+    let at_rest = report(42, now());
+    let (status, body) = post(&client, &site, &site.token, &at_rest).await;
+    assert_eq!(status, 200, "{body}");
+    let change = simulated_report("kiosk-01", Scenario::FailedRollback, 0, 43, now(), 300);
+    let (status, body) = post(&client, &site, &site.token, &change).await;
+    assert_eq!(status, 200, "{body}");
+    op.kill();
+    let _op = site.start(&[]);
+    let (status, body) = post(&client, &site, &site.token, &at_rest).await;
+    assert_eq!(
+        status, 409,
+        "the at-rest copy went back past a committed change: {body}"
+    );
+    assert!(body.contains("sequence 42"), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2083,11 +2083,11 @@ spec:
         let outcome = rt.block_on(through_service.send(&token, report)).unwrap();
         assert_eq!(outcome, SendOutcome::Accepted, "report {}", report.sequence);
         // The same report again at each live replica. The first report changes everything
-        // (committed before its 200): a replay, whichever replica gets the copy. A later one
-        // with the same facts is at rest where the replica already handed them on: answered
-        // from memory, so a copy may be answered too, handing nothing on (the gateway test
-        // `replicas_accept_a_changing_report_once_...` counts that); its mark is still
-        // committed once (the shards are checked at the end).
+        // (committed before its 200): a replay, whichever replica gets the copy. The later
+        // ones carry the same facts as the first (one scenario throughout), so a replica that
+        // handed those facts on judges a copy at rest and may answer it from memory, handing
+        // nothing on (the gateway test `replicas_accept_a_changing_report_once_...` counts
+        // that); each sequence is still in the shards once (checked at the end).
         let replicas = if both_alive {
             &direct[..]
         } else {

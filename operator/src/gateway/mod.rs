@@ -19,12 +19,13 @@
 //! the 200 is sent: a crash right after a 200 cannot make that report replayable, and a copy
 //! another gateway replica accepted first is refused without changing anything. A report at
 //! rest (the facts this replica last handed on, no heartbeat due: most reports of a healthy
-//! fleet) is answered once the sequence check in memory passes, and its mark joins the next
-//! group commit without the agent waiting for it: its 200 does not wait for the apiserver. A
-//! copy of such a report may then be answered by another replica (or by this one after a crash)
-//! before the commit lands; it hands nothing on there either, because at rest is judged against
-//! what that replica handed on, and a replica that has handed on other facts judges the copy a
-//! change and commits it first (refused if the mark is there).
+//! fleet) is answered once the sequence check in memory passes, and the flusher saves its mark
+//! within `flush_interval`: its 200 does not wait for the apiserver. A copy of such a report may
+//! then be answered by another replica, which judges it against its own memory (or by this one
+//! after a crash before the flush): where that replica handed on the same facts, the copy hands
+//! nothing on; where it did not, the copy is a change and is committed first (refused once the
+//! mark is saved, else handing on facts the controller already has). No copy goes back past a
+//! report that changed something. docs/gateway.md and docs/security/gateway.md say more.
 //!
 //! | status | meaning |
 //! |---|---|
@@ -256,12 +257,19 @@ struct CachedFacts {
     version: Option<crate::store::FactsVersion>,
 }
 
+/// How long facts a watch vouches for are kept at most: a watch that stalls (its version map
+/// then stops moving) must not freeze an endpoint's hold for longer than this.
+const WATCHED_FACTS_MAX_AGE: Duration = Duration::from_secs(600);
+
 impl CachedFacts {
     /// Still what the store says: unchanged per the backend's watch where it has one (the
-    /// Endpoint, its policy and images), else younger than `ttl`.
+    /// Endpoint, its policy and images) and not older than [`WATCHED_FACTS_MAX_AGE`], else
+    /// younger than `ttl`.
     fn fresh(&self, now: Option<&crate::store::FactsVersion>, ttl: Duration) -> bool {
         match (now, &self.version) {
-            (Some(now), Some(loaded)) => now == loaded,
+            (Some(now), Some(loaded)) => {
+                now == loaded && self.loaded.elapsed() < WATCHED_FACTS_MAX_AGE
+            }
             _ => self.loaded.elapsed() < ttl,
         }
     }
@@ -679,10 +687,13 @@ impl<B: Backend> Gateway<B> {
         posted
     }
 
-    /// Saves accepted sequences not yet saved, [`FLUSH_BATCH`] per SQLite transaction (all in
-    /// one call on the apiserver), on the
-    /// blocking pool (SQLite's work must not hold a runtime worker from the requests).
-    /// Returns how many were saved.
+    /// Saves the accepted sequences not yet saved (the marks of reports at rest, and any whose
+    /// commit failed): [`FLUSH_BATCH`] per SQLite transaction, all in one call on the
+    /// apiserver (one write per shard), on the blocking pool for SQLite. An endpoint whose
+    /// report is being decided right now is skipped: its mark waits for the next flush, so a
+    /// slow request never holds the flusher (or the sweep beside it). Returns how many marks
+    /// were saved; an error is the first mark that could not be written (the other marks'
+    /// outcomes are kept).
     pub async fn flush_sequences(&self) -> Result<usize, GatewayError> {
         let slots: Vec<(Key, Arc<tokio::sync::Mutex<Option<Entry>>>)> = lock(&self.entries)
             .iter()
@@ -691,7 +702,9 @@ impl<B: Backend> Gateway<B> {
         let mut marks = Vec::new();
         let mut marked = Vec::new();
         for (key, slot) in slots {
-            let guard = slot.lock().await;
+            let Ok(guard) = slot.try_lock() else {
+                continue;
+            };
             if let Some(e) = guard.as_ref()
                 && e.session.last_sequence > e.session.persisted_sequence
                 && let Some(hash) = &e.token_hash
@@ -702,28 +715,41 @@ impl<B: Backend> Gateway<B> {
             }
         }
         let mut saved = 0;
-        let per_write = self.credentials.marks_per_flush();
-        while !marks.is_empty() {
-            let rest = marks.split_off(marks.len().min(per_write));
-            let batch = std::mem::replace(&mut marks, rest);
-            // A superseded mark (another replica accepted it first) needs no saving either;
-            // a mark that could not be written is tried again at the next flush.
-            let outcomes = self.credentials.save_sequences(batch.clone()).await;
-            if let Some(Err(e)) = outcomes.iter().find(|o| o.is_err()) {
-                return Err(GatewayError::Store(StoreUnavailable::Sequences(e.clone())));
-            }
+        let mut failed = None;
+        let mut slots = marked.into_iter();
+        for batch in marks.chunks(self.credentials.marks_per_flush()) {
+            let outcomes = self.credentials.save_sequences(batch.to_vec()).await;
             // One transaction on SQLite; each shard written on the apiserver.
             self.stats
                 .store_writes
                 .fetch_add(self.credentials.writes_per_commit(), Ordering::Relaxed);
-            for ((_, _, seq), slot) in batch.iter().zip(marked.drain(..batch.len())) {
-                if let Some(e) = slot.lock().await.as_mut() {
-                    e.session.persisted_sequence = e.session.persisted_sequence.max(*seq);
+            for ((_, hash, seq), (outcome, slot)) in
+                batch.iter().zip(outcomes.into_iter().zip(slots.by_ref()))
+            {
+                match outcome {
+                    // Saved, superseded (another replica saved it or a later one) or its token
+                    // gone (nothing more to save in that token's sequence space): done up to
+                    // `seq`, for the session that still has this token. A session whose token
+                    // changed meanwhile started a new space and keeps its own bookkeeping.
+                    Ok(o) => {
+                        if let Some(e) = slot.lock().await.as_mut()
+                            && e.token_hash.as_deref() == Some(hash.as_str())
+                        {
+                            e.session.persisted_sequence = e.session.persisted_sequence.max(*seq);
+                        }
+                        saved += usize::from(o == MarkOutcome::Saved);
+                    }
+                    // Tried again at the next flush.
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
                 }
             }
-            saved += batch.len();
         }
-        Ok(saved)
+        match failed {
+            Some(e) => Err(GatewayError::Store(StoreUnavailable::Sequences(e))),
+            None => Ok(saved),
+        }
     }
 
     /// (accepted, refused, store writes): the writes are the inputs handed to the controller,

@@ -983,7 +983,9 @@ impl crate::store::ImageStore for KubeBackend {
     }
 }
 
-/// Keeps a reflector store filled from a watch and signals each change on `changed`.
+/// Keeps a reflector store filled from a watch and signals each change on `changed`: every
+/// object added, changed or deleted (a deleted policy or image changes what its endpoints
+/// follow as much as an edited one).
 pub(crate) fn spawn_reflector<K>(
     api: Api<K>,
     writer: reflector::store::Writer<K>,
@@ -1003,7 +1005,7 @@ pub(crate) fn spawn_reflector<K>(
             writer,
             watcher(api, watcher::Config::default()).default_backoff(),
         )
-        .applied_objects();
+        .touched_objects();
         futures::pin_mut!(stream);
         while let Some(item) = stream.next().await {
             if item.is_ok() {
