@@ -177,27 +177,40 @@ fn failed_rollback_chain(site: &mut Site, kube: bool) {
     }
     site.note("both agents report 26100.7462 (December), healthy");
     // A report collected now and delivered late (a replay), and one delivered twice (a retry
-    // after a lost answer): the gateway refuses both as out of sequence and nothing changes.
+    // after a lost answer). One gateway (embedded): both refused as out of sequence. Two
+    // replicas behind a Service (kube): these reports are at rest (the facts already handed
+    // on), and a copy that reaches the replica which did not answer the original may be
+    // answered there (docs/gateway.md: the price of not waiting for the apiserver); either
+    // way nothing changes but, at most, the time of the last report.
     let old_report = site.collect("kiosk-01", "old");
     std::thread::sleep(Duration::from_secs(4));
     site.stop_agent("kiosk-01");
     let report = site.collect("kiosk-01", "dup");
     let (code, body) = site.post_report(&tok1, &report);
     assert_eq!(code, 200, "a fresh report is accepted: {body}");
-    // The 200 means the sequence is committed and the report's inputs are queued; the
-    // controller applies them after it. Compare against the status once that has happened,
-    // and give the refused ones the same time to show any effect.
-    let status_after_first = site.settled_status("kiosk-01", SETTLE);
+    // The 200 means the report's inputs (if any) are queued; the controller applies them
+    // after it. Compare against the status once that has happened, and give the copies the
+    // same time to show any effect.
+    let comparable = |mut status: Value| {
+        if kube && let Some(last) = status.get_mut("lastReport").and_then(Value::as_object_mut) {
+            last.remove("reportedAt");
+        }
+        status
+    };
+    let status_after_first = comparable(site.settled_status("kiosk-01", SETTLE));
+    let refused = |code: u16| code == 409 || (kube && code == 200);
     let (code, body) = site.post_report(&tok1, &report);
-    assert_eq!(code, 409, "the same report again is refused: {body}");
+    assert!(refused(code), "the same report again: {code} {body}");
     let (code, body) = site.post_report(&tok1, &old_report);
-    assert_eq!(code, 409, "an old report delivered late is refused: {body}");
+    assert!(refused(code), "an old report delivered late: {code} {body}");
     assert_eq!(
-        site.settled_status("kiosk-01", SETTLE),
+        comparable(site.settled_status("kiosk-01", SETTLE)),
         status_after_first,
-        "refused reports change nothing"
+        "copies of reports change nothing"
     );
-    site.note("a duplicated report and a replayed old one: both refused (409), status unchanged");
+    site.note(
+        "a duplicated report and a replayed old one: refused or answered at rest, status unchanged",
+    );
     site.start_agent("kiosk-01", &tok1, "december", None);
 
     // A forged report for the protected kiosk-02 (kiosk-01's token, kiosk-02's name, a failed
