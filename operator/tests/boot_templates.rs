@@ -167,8 +167,12 @@ fn unattend_sets_hostname_locale_admin_and_domain_and_escapes_values() {
     let i = intent("uefi");
     let view = AttemptView::new(BASE, &i);
     let plain = r
-        .unattend(&view, "KIOSK-01", &SiteSettings::default())
+        .unattend(&view, "KIOSK-01", "amd64", &SiteSettings::default())
         .unwrap();
+    assert_eq!(
+        recast_tests::unattend::problems(&plain, "amd64"),
+        Vec::<String>::new()
+    );
     assert!(plain.contains("<ComputerName>KIOSK-01</ComputerName>"));
     assert!(plain.contains("<UILanguage>en-US</UILanguage>"));
     assert!(
@@ -190,7 +194,11 @@ fn unattend_sets_hostname_locale_admin_and_domain_and_escapes_values() {
         }),
         ..SiteSettings::default()
     };
-    let joined = r.unattend(&view, "KIOSK-01", &site).unwrap();
+    let joined = r.unattend(&view, "KIOSK-01", "amd64", &site).unwrap();
+    assert_eq!(
+        recast_tests::unattend::problems(&joined, "amd64"),
+        Vec::<String>::new()
+    );
     assert!(joined.contains("<PlainText>false</PlainText>"));
     assert!(
         !joined.contains("S3cret!"),
@@ -203,6 +211,37 @@ fn unattend_sets_hostname_locale_admin_and_domain_and_escapes_values() {
         "XML special characters are escaped:\n{joined}"
     );
     golden("unattend-joined.xml", &joined);
+
+    // Windows on Arm: every component names the image's architecture, or Setup skips it.
+    let arm = r.unattend(&view, "KIOSK-01", "arm64", &site).unwrap();
+    assert_eq!(
+        recast_tests::unattend::problems(&arm, "arm64"),
+        Vec::<String>::new()
+    );
+    assert!(!arm.contains("\"amd64\""), "{arm}");
+    assert!(
+        !recast_tests::unattend::problems(&arm, "amd64").is_empty(),
+        "the checker tells the architectures apart"
+    );
+}
+
+#[test]
+fn unattend_architecture_is_the_images() {
+    use recast_crds::golden_image::Arch;
+    use recast_operator::boot::http::unattend_arch;
+    assert_eq!(
+        unattend_arch(Some("arm64"), Some(Arch::Amd64)),
+        "arm64",
+        "facts win"
+    );
+    assert_eq!(unattend_arch(Some("AMD64"), None), "amd64");
+    assert_eq!(unattend_arch(None, Some(Arch::Arm64)), "arm64");
+    assert_eq!(
+        unattend_arch(Some("ia64"), Some(Arch::Arm64)),
+        "arm64",
+        "unknown facts: the spec"
+    );
+    assert_eq!(unattend_arch(None, None), "amd64");
 }
 
 /// agent.json as the reimage flow writes it into the new image: the update mode is part of it,

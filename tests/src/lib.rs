@@ -12,6 +12,7 @@ pub mod redfish;
 pub mod secure_boot;
 pub mod status;
 pub mod tftp;
+pub mod unattend;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -510,6 +510,29 @@ impl<B: Backend + BootIntents> BootHttp<B> {
         }
     }
 
+    /// The processor architecture of the attempt's image as unattend.xml names it: what the
+    /// WIM's own metadata says (the GoldenImage's verified facts), else what its spec expects,
+    /// else amd64 (the only architecture recast's imaging environments run on today).
+    async fn image_arch(&self, intent: &BootIntent) -> String {
+        let images = self
+            .backend
+            .golden_images(&intent.namespace)
+            .await
+            .unwrap_or_default();
+        let image = images
+            .iter()
+            .find(|g| g.metadata.name.as_deref() == Some(intent.image.as_str()));
+        unattend_arch(
+            image
+                .and_then(|g| g.status.as_ref())
+                .and_then(|s| s.facts.as_ref())
+                .and_then(|f| f.arch.as_deref()),
+            image
+                .and_then(|g| g.spec.expected.as_ref())
+                .and_then(|e| e.arch),
+        )
+    }
+
     async fn image_file(&self, intent: &BootIntent) -> Result<ImageFile, Refusal> {
         let digest = intent
             .image_digest
@@ -746,10 +769,30 @@ async fn unattend<B: Backend + BootIntents>(
             (header::CONTENT_TYPE, "application/xml"),
             (header::CACHE_CONTROL, "no-store"),
         ],
-        svc.renderer
-            .unattend(&view, &computer_name, &svc.config.site)?,
+        svc.renderer.unattend(
+            &view,
+            &computer_name,
+            &svc.image_arch(&intent).await,
+            &svc.config.site,
+        )?,
     )
         .into_response())
+}
+
+/// unattend.xml's processorArchitecture for an image: its verified facts' arch when that is one
+/// unattend knows, else the spec's expected arch, else amd64.
+pub fn unattend_arch(
+    facts_arch: Option<&str>,
+    expected: Option<recast_crds::golden_image::Arch>,
+) -> String {
+    use recast_crds::golden_image::Arch;
+    match facts_arch.map(str::to_ascii_lowercase).as_deref() {
+        Some(a @ ("amd64" | "arm64" | "x86")) => a.to_string(),
+        _ => match expected {
+            Some(Arch::Arm64) => "arm64".into(),
+            _ => "amd64".into(),
+        },
+    }
 }
 
 /// The enrollment credential of an attempt (a different HMAC domain from the try token).

@@ -296,10 +296,13 @@ impl Renderer {
             .replace('\n', "\r\n"))
     }
 
+    /// `arch` is the image's processor architecture as unattend names it (`amd64`, `arm64`):
+    /// Windows Setup ignores a component whose processorArchitecture is not the image's.
     pub fn unattend(
         &self,
         view: &AttemptView<'_>,
         computer_name: &str,
+        arch: &str,
         site: &SiteSettings,
     ) -> Result<String, RenderError> {
         let mut ctx = Context::from_serialize(view).map_err(|source| RenderError::Render {
@@ -307,6 +310,7 @@ impl Renderer {
             source,
         })?;
         ctx.insert("hostname", computer_name);
+        ctx.insert("arch", arch);
         ctx.insert("locale", &site.locale);
         ctx.insert("time_zone", &site.time_zone);
         ctx.insert("admin_password", &site.admin_password);

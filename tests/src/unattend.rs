@@ -1,0 +1,174 @@
+//! The structure of an unattend.xml that Windows Setup would take, checked from the outside
+//! (roxmltree, not recast's renderer): the answer-file namespace, configuration passes Setup
+//! knows, components in the passes Microsoft's unattend reference lists for them, every
+//! component's identity attributes with the image's processor architecture, and each setting
+//! recast writes in a pass its component accepts it in. What it cannot check here is Windows
+//! itself applying the file (docs/first-boot.md says so).
+
+use std::collections::BTreeSet;
+
+const NS: &str = "urn:schemas-microsoft-com:unattend";
+
+/// The configuration passes of Windows Setup.
+const PASSES: [&str; 7] = [
+    "windowsPE",
+    "offlineServicing",
+    "generalize",
+    "specialize",
+    "auditSystem",
+    "auditUser",
+    "oobeSystem",
+];
+
+/// The components recast writes, with the passes the unattend reference lists for each.
+const COMPONENTS: &[(&str, &[&str])] = &[
+    (
+        "Microsoft-Windows-Shell-Setup",
+        &[
+            "specialize",
+            "auditSystem",
+            "auditUser",
+            "oobeSystem",
+            "offlineServicing",
+            "generalize",
+        ],
+    ),
+    (
+        "Microsoft-Windows-International-Core",
+        &["specialize", "oobeSystem"],
+    ),
+    (
+        "Microsoft-Windows-UnattendedJoin",
+        &["specialize", "offlineServicing"],
+    ),
+    (
+        "Microsoft-Windows-PnpCustomizationsNonWinPE",
+        &["offlineServicing", "auditSystem", "specialize"],
+    ),
+];
+
+/// Settings of a component that Setup honours only in some passes (component, setting,
+/// passes): ComputerName is read in specialize, the OOBE block and accounts in oobeSystem.
+const SETTING_PASSES: &[(&str, &str, &[&str])] = &[
+    (
+        "Microsoft-Windows-Shell-Setup",
+        "ComputerName",
+        &["specialize"],
+    ),
+    ("Microsoft-Windows-Shell-Setup", "OOBE", &["oobeSystem"]),
+    (
+        "Microsoft-Windows-Shell-Setup",
+        "UserAccounts",
+        &["oobeSystem", "auditSystem"],
+    ),
+    (
+        "Microsoft-Windows-Shell-Setup",
+        "FirstLogonCommands",
+        &["oobeSystem"],
+    ),
+    (
+        "Microsoft-Windows-Shell-Setup",
+        "TimeZone",
+        &["specialize", "oobeSystem", "auditSystem"],
+    ),
+];
+
+/// Every structural problem of `xml` for an image of architecture `arch` (empty: none).
+pub fn problems(xml: &str, arch: &str) -> Vec<String> {
+    let doc = match roxmltree::Document::parse(xml) {
+        Ok(d) => d,
+        Err(e) => return vec![format!("not XML: {e}")],
+    };
+    let mut out = Vec::new();
+    let root = doc.root_element();
+    if root.tag_name().name() != "unattend" || root.tag_name().namespace() != Some(NS) {
+        out.push(format!(
+            "the root is {:?} in {:?}, not unattend in {NS}",
+            root.tag_name().name(),
+            root.tag_name().namespace()
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for settings in root.children().filter(|n| n.is_element()) {
+        if settings.tag_name().name() != "settings" {
+            out.push(format!("unexpected element {}", settings.tag_name().name()));
+            continue;
+        }
+        let pass = settings.attribute("pass").unwrap_or_default();
+        if !PASSES.contains(&pass) {
+            out.push(format!("unknown pass {pass:?}"));
+        }
+        if !seen.insert(pass.to_string()) {
+            out.push(format!("pass {pass} appears twice"));
+        }
+        for component in settings.children().filter(|n| n.is_element()) {
+            let name = component.attribute("name").unwrap_or_default();
+            match COMPONENTS.iter().find(|(c, _)| *c == name) {
+                None => out.push(format!("unknown component {name:?} in {pass}")),
+                Some((_, passes)) if !passes.contains(&pass) => {
+                    out.push(format!("{name} is not read in the {pass} pass"))
+                }
+                Some(_) => {}
+            }
+            for (attr, want) in [
+                ("processorArchitecture", arch),
+                ("publicKeyToken", "31bf3856ad364e35"),
+                ("language", "neutral"),
+                ("versionScope", "nonSxS"),
+            ] {
+                let got = component.attribute(attr).unwrap_or_default();
+                if got != want {
+                    out.push(format!("{name} in {pass}: {attr}={got:?}, want {want:?}"));
+                }
+            }
+            for setting in component.children().filter(|n| n.is_element()) {
+                let s = setting.tag_name().name();
+                if let Some((_, _, passes)) = SETTING_PASSES
+                    .iter()
+                    .find(|(c, n, _)| *c == name && *n == s)
+                    && !passes.contains(&pass)
+                {
+                    out.push(format!("{name}/{s} is not honoured in the {pass} pass"));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"<?xml version="1.0" encoding="utf-8"?>
+<unattend xmlns="urn:schemas-microsoft-com:unattend">
+  <settings pass="specialize">
+    <component name="Microsoft-Windows-Shell-Setup" processorArchitecture="arm64" publicKeyToken="31bf3856ad364e35" language="neutral" versionScope="nonSxS">
+      <ComputerName>KIOSK-01</ComputerName>
+    </component>
+  </settings>
+</unattend>"#;
+
+    #[test]
+    fn a_well_formed_file_passes_and_each_mistake_is_named() {
+        assert_eq!(problems(GOOD, "arm64"), Vec::<String>::new());
+        let wrong_arch = problems(GOOD, "amd64");
+        assert!(
+            wrong_arch[0].contains("processorArchitecture"),
+            "{wrong_arch:?}"
+        );
+        let oobe_name = GOOD.replace("specialize", "oobeSystem");
+        assert!(
+            problems(&oobe_name, "arm64")[0].contains("ComputerName is not honoured"),
+            "{:?}",
+            problems(&oobe_name, "arm64")
+        );
+        let typo = GOOD.replace("Shell-Setup", "Shell-Setpu");
+        assert!(problems(&typo, "arm64")[0].contains("unknown component"));
+        let no_ns = GOOD.replace(" xmlns=\"urn:schemas-microsoft-com:unattend\"", "");
+        assert!(problems(&no_ns, "arm64")[0].contains("the root"));
+        let bad_pass = GOOD.replace("specialize", "firstBoot");
+        assert!(problems(&bad_pass, "arm64")[0].contains("unknown pass"));
+        assert!(problems("<unattend", "amd64")[0].starts_with("not XML"));
+    }
+}
