@@ -489,8 +489,9 @@ impl<B: Backend> Gateway<B> {
         let mut next = entry.session.clone();
         let writes = next.accept(report, now, &facts, self.config.heartbeat_period);
         let reply = |session: &Session| ReportReply {
-            // Facts may be up to facts_ttl old: an order for the attempt that installed this
-            // agent is over by definition, and must not restart the machine it just imaged.
+            // Facts may be older than this report: an order for the attempt that installed
+            // this agent is over by definition, and must not restart the machine it just
+            // imaged.
             restart_into_network: facts
                 .restart_order
                 .clone()
@@ -504,10 +505,11 @@ impl<B: Backend> Gateway<B> {
             // At rest: the report hands nothing on and writes nothing, so it is answered from
             // this replica's memory (the sequence check above) and its mark is saved by the
             // flusher with every other mark of its period (one write per shard on the
-            // apiserver, not one per batch of reports). What that gives up, only for reports
-            // that change nothing: a copy reaching another replica before the flush (or this
-            // one after a crash before it) is answered too, and changes nothing there either.
-            // Every report that changes anything is committed first (below).
+            // apiserver, not one per batch of reports). What that gives up, only for copies of
+            // reports that change nothing: another replica judges a copy against its own
+            // memory and may answer it too (as may this one after a crash before the flush),
+            // handing on nothing or, where it never handed these facts on, the same facts
+            // again (module docs). Every report that changes anything is committed first.
             let answer = reply(&next);
             entry.session = next;
             self.stats.answered_at_rest.fetch_add(1, Ordering::Relaxed);
