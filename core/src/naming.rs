@@ -24,9 +24,17 @@ pub fn computer_name(endpoint: &str, spec_hostname: Option<&str>) -> String {
     }
 }
 
-/// Why Windows would refuse `name` as a computer name (None: it takes it). The rules of
-/// Windows Setup's ComputerName: 1 to 15 characters, letters, digits and '-', not only digits.
+/// Why Windows would refuse `name` as a computer name, and what to do (None: it takes it).
+/// The rules of Windows Setup's ComputerName: 1 to 15 characters, letters, digits and '-', not
+/// only digits. A set spec.hostname never gets here (the CRD's rule refuses it first), so the
+/// remedy is always to set one.
 pub fn computer_name_problem(name: &str) -> Option<String> {
+    computer_name_fault(name).map(|fault| {
+        format!("{fault}; set spec.hostname (at most {MAX_COMPUTER_NAME} letters, digits and '-')")
+    })
+}
+
+fn computer_name_fault(name: &str) -> Option<String> {
     if name.is_empty() {
         return Some("the computer name is empty".into());
     }
@@ -113,6 +121,7 @@ mod tests {
         ] {
             let got = computer_name_problem(bad).unwrap_or_default();
             assert!(got.contains(says), "{bad:?}: {got}");
+            assert!(got.contains("set spec.hostname"), "{bad:?}: {got}");
         }
     }
 

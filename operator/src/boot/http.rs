@@ -11,6 +11,7 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use recast_crds::endpoint::ReimageStep;
+use recast_crds::{Endpoint, GoldenImage};
 use serde::Deserialize;
 
 use super::intent::{self, BootChoice, NotServed, UnknownMacPolicy};
@@ -510,24 +511,41 @@ impl<B: Backend + BootIntents> BootHttp<B> {
         }
     }
 
+    /// The Endpoint the intent arms, read afresh; the refusal a caller answers with when the
+    /// store is down or the Endpoint is gone.
+    async fn endpoint_of(&self, intent: &BootIntent) -> Result<Endpoint, Refusal> {
+        let key = intent.key();
+        self.backend
+            .endpoint(&key)
+            .await
+            .map_err(|e| Refusal::Unavailable(format!("the store is unavailable ({e}); retry")))?
+            .ok_or_else(|| Refusal::Gone(format!("endpoint {key} no longer exists")))
+    }
+
+    /// The GoldenImage the intent's attempt applies, from the backend's view of its namespace
+    /// (None when it cannot be read or is gone).
+    async fn golden_image_of(&self, intent: &BootIntent) -> Option<GoldenImage> {
+        self.backend
+            .golden_images(&intent.namespace)
+            .await
+            .ok()?
+            .into_iter()
+            .find(|g| g.metadata.name.as_deref() == Some(intent.image.as_str()))
+    }
+
     /// The processor architecture of the attempt's image as unattend.xml names it: what the
     /// WIM's own metadata says (the GoldenImage's verified facts), else what its spec expects,
     /// else amd64 (the only architecture recast's imaging environments run on today).
     async fn image_arch(&self, intent: &BootIntent) -> String {
-        let images = self
-            .backend
-            .golden_images(&intent.namespace)
-            .await
-            .unwrap_or_default();
-        let image = images
-            .iter()
-            .find(|g| g.metadata.name.as_deref() == Some(intent.image.as_str()));
+        let image = self.golden_image_of(intent).await;
         unattend_arch(
             image
+                .as_ref()
                 .and_then(|g| g.status.as_ref())
                 .and_then(|s| s.facts.as_ref())
                 .and_then(|f| f.arch.as_deref()),
             image
+                .as_ref()
                 .and_then(|g| g.spec.expected.as_ref())
                 .and_then(|e| e.arch),
         )
@@ -548,14 +566,10 @@ impl<B: Backend + BootIntents> BootHttp<B> {
                     intent.image
                 ))
             })?;
-        let index = match self.backend.golden_images(&intent.namespace).await {
-            Ok(images) => images
-                .iter()
-                .find(|g| g.metadata.name.as_deref() == Some(intent.image.as_str()))
-                .map(|g| g.spec.image_index)
-                .unwrap_or(1),
-            Err(_) => 1,
-        };
+        let index = self
+            .golden_image_of(intent)
+            .await
+            .map_or(1, |g| g.spec.image_index);
         Ok(ImageFile {
             url: format!("{}/artifacts/{rel}", self.config.base_url),
             sha256: digest,
@@ -583,12 +597,7 @@ async fn claim<B: Backend + BootIntents>(
     let client = client_address(peer);
     let intent = svc.armed(&p).await?;
     let key = intent.key();
-    let ep = svc
-        .backend
-        .endpoint(&key)
-        .await
-        .map_err(|e| Refusal::Unavailable(format!("the store is unavailable ({e}); retry")))?
-        .ok_or_else(|| Refusal::Gone(format!("endpoint {key} no longer exists")))?;
+    let ep = svc.endpoint_of(&intent).await?;
     let attempt = ep
         .status
         .as_ref()
@@ -689,12 +698,7 @@ async fn task<B: Backend + BootIntents>(
         .await?;
     let image = svc.image_file(&intent).await?;
     let attempt_url = super::render::attempt_url(&svc.config.base_url, &intent);
-    let ep = svc
-        .backend
-        .endpoint(&intent.key())
-        .await
-        .map_err(|e| Refusal::Unavailable(format!("the store is unavailable ({e}); retry")))?
-        .ok_or_else(|| Refusal::Gone(format!("endpoint {} no longer exists", intent.endpoint)))?;
+    let ep = svc.endpoint_of(&intent).await?;
     Ok(axum::Json(ImagingTask {
         namespace: intent.namespace.clone(),
         endpoint: intent.endpoint.clone(),
@@ -754,12 +758,7 @@ async fn unattend<B: Backend + BootIntents>(
     let intent = svc
         .authorize(&p, &client_address(peer), &headers, &q)
         .await?;
-    let ep = svc
-        .backend
-        .endpoint(&intent.key())
-        .await
-        .map_err(|e| Refusal::Unavailable(format!("the store is unavailable ({e}); retry")))?
-        .ok_or_else(|| Refusal::Gone(format!("endpoint {} no longer exists", intent.endpoint)))?;
+    let ep = svc.endpoint_of(&intent).await?;
     let view = AttemptView::new(&svc.config.base_url, &intent);
     let computer_name =
         recast_core::naming::computer_name(&intent.endpoint, ep.spec.hostname.as_deref());
@@ -834,12 +833,7 @@ async fn agent_config<B: Backend + BootIntents>(
     let unavailable = |e: crate::store::BackendError| {
         Refusal::Unavailable(format!("the store is unavailable ({e}); retry"))
     };
-    let ep = svc
-        .backend
-        .endpoint(&intent.key())
-        .await
-        .map_err(unavailable)?
-        .ok_or_else(|| Refusal::Gone(format!("endpoint {} no longer exists", intent.endpoint)))?;
+    let ep = svc.endpoint_of(&intent).await?;
     let policy = crate::store::policy_view_for(svc.backend.as_ref(), &ep)
         .await
         .map_err(unavailable)?;

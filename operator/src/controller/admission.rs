@@ -110,10 +110,7 @@ fn check_computer_name(
         return Ok(());
     }
     if let Some(problem) = naming::computer_name_problem(&computer) {
-        return Err(format!(
-            "{problem}; set spec.hostname (at most {} letters, digits and '-')",
-            naming::MAX_COMPUTER_NAME
-        ));
+        return Err(problem);
     }
     let conflicts = naming::computer_name_conflicts(
         (namespace, name, &computer),

@@ -513,10 +513,7 @@ impl EmbeddedStore {
             return Err(StoreError::ComputerName {
                 namespace: namespace.into(),
                 name: name.into(),
-                message: format!(
-                    "{problem}; set spec.hostname (at most {} letters, digits and '-')",
-                    recast_core::naming::MAX_COMPUTER_NAME
-                ),
+                message: problem,
             });
         }
         // Only rows that can have this computer name are read and parsed: a derived name is a
