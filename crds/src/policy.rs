@@ -96,6 +96,129 @@ pub struct RemediationPolicySpec {
     /// boot and restarts reaches recast's boot service on every turn.
     #[serde(default)]
     pub boot_loop: BootLoopRule,
+    /// What a machine reimaged under this policy is told on its first start (unattend.xml):
+    /// time zone, locale, accounts, workgroup or domain, first-logon commands. Unset: a
+    /// workgroup machine with the boot service's locale and time zone and no account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisioning: Option<ProvisioningProfile>,
+}
+
+/// The first start of a reimaged Windows: everything its unattend.xml says besides the computer
+/// name (the Endpoint's). Windows Setup finishes OOBE without a person whatever is set here;
+/// passwords and join credentials stay in Secrets of the policy's namespace and reach the
+/// imaging environment only over HTTPS (docs/first-boot.md).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProvisioningProfile {
+    /// A Windows time zone ID such as "W. Europe Standard Time" (`tzutil /l` lists them).
+    /// Unset: the boot service's `--time-zone`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z][A-Za-z0-9 ().+-]{0,63}$')").message("spec.provisioning.timeZone must be a Windows time zone ID such as 'W. Europe Standard Time'"))]
+    #[schemars(length(max = 64))]
+    pub time_zone: Option<String>,
+    /// A language tag such as de-DE: display language, input, system and user locale.
+    /// Unset: the boot service's `--locale`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z]{2,3}(-[A-Za-z0-9]{2,8}){0,2}$')").message("spec.provisioning.locale must be a language tag such as de-DE"))]
+    #[schemars(length(max = 32))]
+    pub locale: Option<String>,
+    /// A local account created during OOBE. Unset: none (domain users log on, or nobody).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_account: Option<LocalAccount>,
+    /// The built-in Administrator's password (the Secret's key). Unset: that account stays
+    /// disabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub administrator_password_secret_ref: Option<SecretKeyRef>,
+    /// Where the machine belongs. Unset: the workgroup WORKGROUP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join: Option<Join>,
+    /// Commands Windows runs, in order, at the first logon after the reimage.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(validation = Rule::new("size(self) <= 32").message("spec.provisioning.firstLogonCommands holds at most 32 commands"))]
+    #[schemars(length(max = 64))]
+    pub first_logon_commands: Vec<FirstLogonCommand>,
+}
+
+/// A key of a Secret (kube backend) or stored Secret (embedded backend) in the policy's
+/// namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$') && size(self) <= 253").message("secret names must be DNS subdomains: lowercase letters, digits, '-' and '.'"))]
+    #[schemars(length(max = 253))]
+    pub name: String,
+    #[x_kube(validation = Rule::new("self.matches('^[-._A-Za-z0-9]{1,253}$')").message("a Secret key is letters, digits, '-', '_' and '.'"))]
+    #[schemars(length(max = 253))]
+    pub key: String,
+}
+
+/// A local account Windows Setup creates.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalAccount {
+    /// 1 to 20 letters, digits, '.', '_' and '-'.
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9._-]{1,20}$') && !self.matches('^[.]+$')").message("spec.provisioning.localAccount.name must be 1 to 20 letters, digits, '.', '_' and '-'"))]
+    #[schemars(length(max = 20))]
+    pub name: String,
+    /// Member of Administrators (true, the default) or of Users.
+    #[serde(default = "default_true")]
+    pub administrator: bool,
+    pub password_secret_ref: SecretKeyRef,
+}
+
+/// Exactly one of: a workgroup, a domain joined with credentials during setup, or an offline
+/// domain join blob made in advance (`djoin /provision`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("[has(self.workgroup), has(self.domain), has(self.offlineDomainJoin)].filter(x, x).size() == 1").message("spec.provisioning.join takes exactly one of workgroup, domain and offlineDomainJoin"))]
+pub struct Join {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9][-A-Za-z0-9]{0,14}$')").message("spec.provisioning.join.workgroup must be 1 to 15 letters, digits and '-'"))]
+    #[schemars(length(max = 15))]
+    pub workgroup: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<DomainJoin>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offline_domain_join: Option<OfflineDomainJoin>,
+}
+
+/// Joined during Windows Setup's specialize pass with an account allowed to join machines.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DomainJoin {
+    /// The domain's DNS name, such as corp.example.com.
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9]([-A-Za-z0-9]{0,62})(\\\\.[A-Za-z0-9]([-A-Za-z0-9]{0,62}))*$')").message("spec.provisioning.join.domain.name must be a DNS domain name such as corp.example.com"))]
+    #[schemars(length(max = 253))]
+    pub name: String,
+    /// Where the computer account is created, such as OU=Kiosks,DC=corp,DC=example,DC=com.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^(OU|CN)=.+')").message("spec.provisioning.join.domain.organizationalUnit must be a distinguished name such as OU=Kiosks,DC=corp,DC=example,DC=com"))]
+    #[schemars(length(max = 1024))]
+    pub organizational_unit: Option<String>,
+    /// A Secret with `username` and `password` (type kubernetes.io/basic-auth); the username
+    /// may be `user`, `DOMAIN\user` or `user@domain`.
+    pub credentials_secret_ref: crate::common::SecretRef,
+}
+
+/// An offline domain join: the machine's account was created in advance (`djoin /provision
+/// ... /savefile`); Windows joins on its first start without reaching a domain controller.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OfflineDomainJoin {
+    /// The Secret key holding the saved file, as djoin wrote it.
+    pub blob_secret_ref: SecretKeyRef,
+}
+
+/// One first-logon command.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FirstLogonCommand {
+    #[x_kube(validation = Rule::new("size(self) >= 1 && size(self) <= 1024").message("spec.provisioning.firstLogonCommands[].commandLine must be 1 to 1024 characters"))]
+    #[schemars(length(max = 1024))]
+    pub command_line: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub description: Option<String>,
 }
 
 /// `boots` network boots within `within`, all after the agent's last report (and after the

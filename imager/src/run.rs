@@ -351,8 +351,14 @@ impl Session {
                         .map(|b| b.to_vec())
                         .map_err(|e| fail(step, format!("reading {url}: {}", chain(&e))));
                 }
+                // A refusal says why (a secret over plain HTTP, a Secret to create): pass it on.
                 Ok(r) if r.status().is_client_error() => {
-                    return Err(fail(step, format!("{url} answered {}", r.status())));
+                    let status = r.status();
+                    let why = r.text().await.unwrap_or_default();
+                    return Err(fail(
+                        step,
+                        format!("{url} answered {status}: {}", fit_report(why.trim(), 512)),
+                    ));
                 }
                 Ok(r) => last = format!("{url} answered {}", r.status()),
                 Err(e) => last = chain(&e),
@@ -1119,24 +1125,33 @@ impl NtfsMount {
     }
 }
 
-/// unattend.xml to `\Windows\Panther`, agent.json to `\ProgramData\recast`, both readable by
-/// SYSTEM and Administrators only (agent.json holds the enrollment credential).
+/// unattend.xml to `\Windows\Panther`, agent.json to `\ProgramData\recast`, and the offline
+/// domain join file when the task has one (next to unattend.xml), all readable by SYSTEM and
+/// Administrators only (agent.json holds the enrollment credential, the others passwords).
 async fn configure(session: &Session, env: &Env, windows: &Path) -> Result<(), Failure> {
     let step = Step::Configure;
     let unattend = session.fetch_text(step, &session.task.unattend_url).await?;
     let agent = session
         .fetch_text(step, &session.task.agent_config_url)
         .await?;
+    let offline_join = match &session.task.offline_domain_join_url {
+        Some(url) => Some(session.fetch_text(step, url).await?),
+        None => None,
+    };
     let at = env.work.join("windows");
     let mount = mount_ntfs(step, windows, &at, false).await?;
     let written = (|| -> Result<(), String> {
         let panther = find_or_make(&at, &["Windows", "Panther"])?;
         let recast = find_or_make(&at, &["ProgramData", "recast"])?;
         set_acl(&recast, &acl::system_and_administrators_only(true))?;
-        for (dir, name, bytes) in [
+        let mut files = vec![
             (&panther, "unattend.xml", &unattend),
             (&recast, "agent.json", &agent),
-        ] {
+        ];
+        if let Some(blob) = &offline_join {
+            files.push((&panther, recast_core::imaging::OFFLINE_DOMAIN_JOIN_FILE, blob));
+        }
+        for (dir, name, bytes) in files {
             // NTFS through ntfs-3g is case-sensitive, Windows is not: replace the image's own
             // Unattend.xml rather than putting a second one beside it.
             let path = find_child(dir, name).unwrap_or_else(|| dir.join(name));

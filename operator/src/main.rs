@@ -230,10 +230,22 @@ struct BootArgs {
     locale: String,
     #[arg(long, default_value = "UTC")]
     time_zone: String,
-    /// File holding the local Administrator password for unattend.xml (mounted from a
-    /// Secret); without it the built-in Administrator stays disabled.
-    #[arg(long)]
-    admin_password_file: Option<PathBuf>,
+    /// Also serve the imaging protocol over HTTPS here (such as 0.0.0.0:8443): the files that
+    /// carry credentials (unattend.xml with passwords or join credentials, agent.json, the
+    /// offline domain join file) are then fetched only over it. Needs --boot-tls-cert and
+    /// --boot-tls-key; the imaging environment must trust the certificate's CA.
+    #[arg(long, requires_all = ["boot_tls_cert", "boot_tls_key"])]
+    boot_https: Option<SocketAddr>,
+    /// How machines reach --boot-https (default https://ADDR of --boot-https); the
+    /// certificate must name this host.
+    #[arg(long, requires = "boot_https")]
+    boot_https_url: Option<String>,
+    /// PEM certificate chain of the HTTPS boot listener.
+    #[arg(long, requires = "boot_https")]
+    boot_tls_cert: Option<PathBuf>,
+    /// PEM private key of the HTTPS boot listener.
+    #[arg(long, requires = "boot_https")]
+    boot_tls_key: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -298,14 +310,21 @@ impl BootArgs {
             .trim_end_matches('/')
             .to_string();
         let key = self.imaging_key(data_dir)?;
-        let admin_password = match &self.admin_password_file {
-            Some(p) => Some(render::obscure_admin_password(
-                std::fs::read_to_string(p)
-                    .map_err(|e| format!("cannot read --admin-password-file {}: {e}", p.display()))?
-                    .trim_end_matches(['\r', '\n']),
-            )),
-            None => None,
+        let https = match (&self.boot_https, &self.boot_tls_cert, &self.boot_tls_key) {
+            (Some(listen), Some(cert), Some(key)) => Some(service::HttpsListener {
+                listen: *listen,
+                tls: recast_operator::gateway::tls_config(cert, key)
+                    .map_err(|e| format!("--boot-https: {e}"))?,
+            }),
+            _ => None,
         };
+        let https_base_url = self.boot_https.map(|listen| {
+            self.boot_https_url
+                .clone()
+                .unwrap_or_else(|| format!("https://{listen}"))
+                .trim_end_matches('/')
+                .to_string()
+        });
         let dhcp = match self.dhcp {
             DhcpMode::Off => None,
             mode => {
@@ -357,14 +376,15 @@ impl BootArgs {
                 site: render::SiteSettings {
                     locale: self.locale.clone(),
                     time_zone: self.time_zone.clone(),
-                    admin_password,
                     ..Default::default()
                 },
                 gateway_url: self.gateway_url.clone(),
+                https_base_url,
             },
             key,
             dhcp,
             tftp: self.tftp,
+            https,
         }))
     }
 }
@@ -1022,8 +1042,11 @@ async fn run(opts: RunOptions) -> Result<(), String> {
                     parts.clone(),
                     stop_rx.clone(),
                 );
+                let secrets = Arc::new(EmbeddedSecrets(store.clone()));
                 tokio::spawn(async move {
-                    if let Err(e) = recast_operator::boot::service::run(b, cfg, m, r, s).await {
+                    if let Err(e) =
+                        recast_operator::boot::service::run(b, secrets, cfg, m, r, s).await
+                    {
                         boot_service_failed(&e);
                     }
                 });
@@ -1155,8 +1178,11 @@ async fn run(opts: RunOptions) -> Result<(), String> {
                         parts.clone(),
                         stop_rx.clone(),
                     );
+                    let secrets = Arc::new(KubeSecrets(client.clone()));
                     tokio::spawn(async move {
-                        if let Err(e) = recast_operator::boot::service::run(b, cfg, m, r, s).await {
+                        if let Err(e) =
+                            recast_operator::boot::service::run(b, secrets, cfg, m, r, s).await
+                        {
                             boot_service_failed(&e);
                         }
                     });
@@ -1267,7 +1293,13 @@ async fn run_boot_role(
     }
     tracing::info!(forward_to = %url, control_namespace = %opts.control_namespace, "boot role: read-only; inputs go to the operator");
     ready.store(true, std::sync::atomic::Ordering::SeqCst);
-    if let Err(e) = recast_operator::boot::service::run(backend, cfg, metrics, parts, stop_rx).await
+    // The boot pod's ServiceAccount reads no Secrets: a profile that needs one is refused
+    // at the task, before any write, saying so.
+    let secrets = Arc::new(recast_operator::bmc::redfish::NoSecretAccess(
+        "a boot pod (--role boot) cannot read Secrets, and a provisioning profile with passwords or join credentials is served only by a boot service that can: run the boot service in the operator (--role all) for such policies (docs/first-boot.md)",
+    ));
+    if let Err(e) =
+        recast_operator::boot::service::run(backend, secrets, cfg, metrics, parts, stop_rx).await
     {
         boot_service_failed(&e);
     }

@@ -5,9 +5,16 @@
 
 use std::path::PathBuf;
 
+use std::collections::BTreeMap;
+
+use recast_crds::common::SecretRef;
+use recast_crds::policy::{
+    DomainJoin, FirstLogonCommand, Join, LocalAccount, OfflineDomainJoin, ProvisioningProfile,
+    SecretKeyRef,
+};
+use recast_operator::boot::provisioning::{self, Provisioning, SiteDefaults, obscure_password};
 use recast_operator::boot::render::{
-    AttemptView, DomainJoin, ImageFile, ImagingEnvironment, Renderer, SiteSettings,
-    obscure_admin_password,
+    AttemptView, ImageFile, ImagingEnvironment, Renderer, SiteSettings,
 };
 use recast_operator::store::BootIntent;
 
@@ -161,59 +168,226 @@ fn startnet_partitions_applies_and_reports_for_each_boot_mode() {
     golden("winpeshl.ini", &winpeshl);
 }
 
-#[test]
-fn unattend_sets_hostname_locale_admin_and_domain_and_escapes_values() {
+fn site() -> SiteDefaults {
+    SiteDefaults {
+        locale: "en-US".into(),
+        time_zone: "UTC".into(),
+    }
+}
+
+fn secret_key(name: &str, key: &str) -> SecretKeyRef {
+    SecretKeyRef {
+        name: name.into(),
+        key: key.into(),
+    }
+}
+
+/// The Secrets of the test site: the kiosk account's and the Administrator's passwords, the
+/// join account (with characters XML must escape), and an offline join file as djoin writes
+/// it (UTF-16LE with a byte-order mark).
+fn site_secrets() -> BTreeMap<String, BTreeMap<String, Vec<u8>>> {
+    let mut odj = vec![0xff, 0xfe];
+    odj.extend("ARAIAMzMzMzIAQAAAAAAAA==".encode_utf16().flat_map(u16::to_le_bytes));
+    BTreeMap::from([
+        (
+            "accounts".to_string(),
+            BTreeMap::from([
+                ("kiosk".to_string(), b"Kiosk-Pass1\n".to_vec()),
+                ("admin".to_string(), b"S3cret!".to_vec()),
+            ]),
+        ),
+        (
+            "domain-join".to_string(),
+            BTreeMap::from([
+                ("username".to_string(), b"CORP\\svc-join".to_vec()),
+                ("password".to_string(), b"p<&>\"'".to_vec()),
+            ]),
+        ),
+        (
+            "odj".to_string(),
+            BTreeMap::from([("blob".to_string(), odj)]),
+        ),
+    ])
+}
+
+fn provisioning(profile: Option<&ProvisioningProfile>) -> Provisioning {
+    provisioning::resolve("store-042", profile, &site(), &site_secrets()).unwrap()
+}
+
+/// Renders for the profile and checks what every profile must be: the structure Setup takes,
+/// an OOBE that finishes without a person, the computer name, no password in clear text.
+fn unattend_for(profile: Option<&ProvisioningProfile>, golden_name: &str) -> String {
     let r = Renderer::new().unwrap();
     let i = intent("uefi");
     let view = AttemptView::new(BASE, &i);
-    let plain = r
-        .unattend(&view, "KIOSK-01", "amd64", &SiteSettings::default())
+    let xml = r
+        .unattend(&view, "KIOSK-01", "amd64", &provisioning(profile))
         .unwrap();
     assert_eq!(
-        recast_tests::unattend::problems(&plain, "amd64"),
-        Vec::<String>::new()
+        recast_tests::unattend::problems(&xml, "amd64"),
+        Vec::<String>::new(),
+        "{golden_name}"
     );
-    assert!(plain.contains("<ComputerName>KIOSK-01</ComputerName>"));
-    assert!(plain.contains("<UILanguage>en-US</UILanguage>"));
-    assert!(
-        !plain.contains("AdministratorPassword"),
-        "no password: account stays disabled"
-    );
-    assert!(!plain.contains("UnattendedJoin"));
-    golden("unattend-plain.xml", &plain);
-
-    let site = SiteSettings {
-        locale: "de-DE".into(),
-        time_zone: "W. Europe Standard Time".into(),
-        admin_password: Some(obscure_admin_password("S3cret!")),
-        domain: Some(DomainJoin {
-            name: "corp.example".into(),
-            ou: Some("OU=Kiosks,DC=corp,DC=example".into()),
-            username: "join".into(),
-            password: "p<&>\"'".into(),
-        }),
-        ..SiteSettings::default()
-    };
-    let joined = r.unattend(&view, "KIOSK-01", "amd64", &site).unwrap();
     assert_eq!(
-        recast_tests::unattend::problems(&joined, "amd64"),
-        Vec::<String>::new()
+        recast_tests::unattend::oobe_waits_for(&xml),
+        Vec::<String>::new(),
+        "{golden_name}"
     );
-    assert!(joined.contains("<PlainText>false</PlainText>"));
-    assert!(
-        !joined.contains("S3cret!"),
-        "the password is never in clear text"
-    );
-    assert!(joined.contains("<JoinDomain>corp.example</JoinDomain>"));
-    assert!(joined.contains("<MachineObjectOU>OU=Kiosks,DC=corp,DC=example</MachineObjectOU>"));
-    assert!(
-        joined.contains("<Password>p&lt;&amp;&gt;&quot;&#x27;</Password>"),
-        "XML special characters are escaped:\n{joined}"
-    );
-    golden("unattend-joined.xml", &joined);
+    assert!(xml.contains("<ComputerName>KIOSK-01</ComputerName>"));
+    for clear in ["Kiosk-Pass1", "S3cret!"] {
+        assert!(!xml.contains(clear), "{golden_name}: {clear} in clear text");
+    }
+    golden(golden_name, &xml);
+    xml
+}
 
+#[test]
+fn unattend_without_a_profile_is_a_workgroup_machine_with_no_account() {
+    let xml = unattend_for(None, "unattend-plain.xml");
+    assert!(xml.contains("<JoinWorkgroup>WORKGROUP</JoinWorkgroup>"));
+    assert!(xml.contains("<UILanguage>en-US</UILanguage>"));
+    assert!(xml.contains("<TimeZone>UTC</TimeZone>"));
+    assert!(
+        !xml.contains("UserAccounts"),
+        "no password: the built-in Administrator stays disabled"
+    );
+    assert!(!provisioning(None).holds_secret());
+}
+
+#[test]
+fn unattend_for_a_workgroup_with_a_local_account() {
+    let profile = ProvisioningProfile {
+        locale: Some("de-DE".into()),
+        time_zone: Some("W. Europe Standard Time".into()),
+        local_account: Some(LocalAccount {
+            name: "kiosk".into(),
+            administrator: false,
+            password_secret_ref: secret_key("accounts", "kiosk"),
+        }),
+        administrator_password_secret_ref: Some(secret_key("accounts", "admin")),
+        join: Some(Join {
+            workgroup: Some("KIOSKS".into()),
+            domain: None,
+            offline_domain_join: None,
+        }),
+        first_logon_commands: vec![],
+    };
+    let xml = unattend_for(Some(&profile), "unattend-workgroup-local-account.xml");
+    assert!(xml.contains("<JoinWorkgroup>KIOSKS</JoinWorkgroup>"));
+    assert!(xml.contains("<UILanguage>de-DE</UILanguage>"));
+    assert!(xml.contains("<TimeZone>W. Europe Standard Time</TimeZone>"));
+    assert!(xml.contains("<Name>kiosk</Name>"));
+    assert!(xml.contains("<Group>Users</Group>"));
+    // unattend's PlainText=false form, as Windows SIM writes it; the Secret's trailing
+    // newline is not part of the password.
+    assert!(xml.contains(&obscure_password("Kiosk-Pass1", "Password")));
+    assert!(xml.contains(&obscure_password("S3cret!", "AdministratorPassword")));
+    assert_eq!(xml.matches("<PlainText>false</PlainText>").count(), 2);
+    assert!(provisioning(Some(&profile)).holds_secret());
+}
+
+#[test]
+fn unattend_for_a_domain_join_with_credentials_escapes_them() {
+    let profile = ProvisioningProfile {
+        join: Some(Join {
+            workgroup: None,
+            domain: Some(DomainJoin {
+                name: "corp.example.com".into(),
+                organizational_unit: Some("OU=Kiosks,DC=corp,DC=example,DC=com".into()),
+                credentials_secret_ref: SecretRef {
+                    name: "domain-join".into(),
+                },
+            }),
+            offline_domain_join: None,
+        }),
+        ..Default::default()
+    };
+    let xml = unattend_for(Some(&profile), "unattend-domain-join.xml");
+    assert!(xml.contains("<JoinDomain>corp.example.com</JoinDomain>"));
+    assert!(xml.contains("<MachineObjectOU>OU=Kiosks,DC=corp,DC=example,DC=com</MachineObjectOU>"));
+    assert!(xml.contains("<Domain>CORP</Domain>"), "{xml}");
+    assert!(xml.contains("<Username>svc-join</Username>"));
+    assert!(
+        xml.contains("<Password>p&lt;&amp;&gt;&quot;&apos;</Password>"),
+        "XML special characters are escaped:\n{xml}"
+    );
+    assert!(!xml.contains("JoinWorkgroup"));
+}
+
+#[test]
+fn unattend_for_an_offline_domain_join_loads_the_blob_in_specialize_and_deletes_it() {
+    let profile = ProvisioningProfile {
+        join: Some(Join {
+            workgroup: None,
+            domain: None,
+            offline_domain_join: Some(OfflineDomainJoin {
+                blob_secret_ref: secret_key("odj", "blob"),
+            }),
+        }),
+        ..Default::default()
+    };
+    let xml = unattend_for(Some(&profile), "unattend-offline-domain-join.xml");
+    assert!(!xml.contains("UnattendedJoin"), "djoin joins, not Setup's own join");
+    let odj = format!(
+        r"cmd.exe /c djoin.exe /requestODJ /loadfile %WINDIR%\Panther\{} /windowspath %WINDIR% /localos",
+        recast_core::imaging::OFFLINE_DOMAIN_JOIN_FILE
+    );
+    let join_at = xml.find(&odj).expect("the djoin command");
+    let delete_at = xml
+        .find(&format!(
+            r"cmd.exe /c del /f /q %WINDIR%\Panther\{}",
+            recast_core::imaging::OFFLINE_DOMAIN_JOIN_FILE
+        ))
+        .expect("the delete command");
+    assert!(join_at < delete_at, "the file goes after the join");
+    assert!(xml.contains("<WillReboot>Never</WillReboot>"));
+    // The blob itself is never in the answer file: it is a file of its own.
+    assert!(!xml.contains("ARAIAMzMzMz"));
+    let p = provisioning(Some(&profile));
+    assert_eq!(
+        p.offline_join_blob.as_deref(),
+        Some(site_secrets()["odj"]["blob"].as_slice()),
+        "byte for byte as djoin wrote it"
+    );
+}
+
+#[test]
+fn unattend_runs_first_logon_commands_in_order() {
+    let profile = ProvisioningProfile {
+        first_logon_commands: vec![
+            FirstLogonCommand {
+                command_line: r"powershell.exe -NoProfile -File C:\Setup\kiosk.ps1".into(),
+                description: Some("Kiosk shell".into()),
+            },
+            FirstLogonCommand {
+                command_line: "cmd.exe /c echo done > C:\\Setup\\done.txt".into(),
+                description: None,
+            },
+        ],
+        ..Default::default()
+    };
+    let xml = unattend_for(Some(&profile), "unattend-first-logon-commands.xml");
+    let first = xml.find("<Order>1</Order>").unwrap();
+    let second = xml.find("<Order>2</Order>").unwrap();
+    assert!(first < second);
+    assert!(xml.contains("kiosk.ps1"));
+    assert!(xml.contains("echo done &gt; C:"), "escaped: {xml}");
+    assert_eq!(
+        xml.matches("<RequiresUserInput>false</RequiresUserInput>").count(),
+        2
+    );
+    assert!(!provisioning(Some(&profile)).holds_secret());
+}
+
+#[test]
+fn unattend_components_name_the_images_architecture() {
     // Windows on Arm: every component names the image's architecture, or Setup skips it.
-    let arm = r.unattend(&view, "KIOSK-01", "arm64", &site).unwrap();
+    let r = Renderer::new().unwrap();
+    let i = intent("uefi");
+    let view = AttemptView::new(BASE, &i);
+    let arm = r
+        .unattend(&view, "KIOSK-01", "arm64", &provisioning(None))
+        .unwrap();
     assert_eq!(
         recast_tests::unattend::problems(&arm, "arm64"),
         Vec::<String>::new()

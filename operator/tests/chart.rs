@@ -467,7 +467,6 @@ fn helm_template_renders_what_each_value_set_asks_for() {
         "--boot-http=0.0.0.0:8081",
         "--boot-url=http://$(RECAST_SERVER_IP):8081",
         "--imaging-key-file=/etc/recast/imaging/imaging.key",
-        "--admin-password-file=/etc/recast/admin/password",
         "--wds-server=10.40.0.5",
         "--gateway-url=https://recast-gateway.example.org",
     ] {

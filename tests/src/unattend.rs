@@ -45,6 +45,16 @@ const COMPONENTS: &[(&str, &[&str])] = &[
         "Microsoft-Windows-PnpCustomizationsNonWinPE",
         &["offlineServicing", "auditSystem", "specialize"],
     ),
+    (
+        "Microsoft-Windows-Deployment",
+        &[
+            "specialize",
+            "auditSystem",
+            "auditUser",
+            "generalize",
+            "oobeSystem",
+        ],
+    ),
 ];
 
 /// Settings of a component that Setup honours only in some passes (component, setting,
@@ -71,7 +81,64 @@ const SETTING_PASSES: &[(&str, &str, &[&str])] = &[
         "TimeZone",
         &["specialize", "oobeSystem", "auditSystem"],
     ),
+    (
+        "Microsoft-Windows-UnattendedJoin",
+        "Identification",
+        &["specialize"],
+    ),
+    (
+        "Microsoft-Windows-UnattendedJoin",
+        "OfflineIdentification",
+        &["offlineServicing"],
+    ),
+    (
+        "Microsoft-Windows-Deployment",
+        "RunSynchronous",
+        &["specialize", "auditUser", "generalize"],
+    ),
 ];
+
+/// The OOBE screens that wait for a person unless the answer file hides them (Windows 11):
+/// the licence, the local and online account pages, the wireless page, and the privacy
+/// choices (`ProtectYourPC`).
+const OOBE_HIDES: [&str; 4] = [
+    "HideEULAPage",
+    "HideLocalAccountScreen",
+    "HideOnlineAccountScreens",
+    "HideWirelessSetupInOOBE",
+];
+
+/// Each OOBE screen `xml` leaves for a person (empty: OOBE finishes on its own).
+pub fn oobe_waits_for(xml: &str) -> Vec<String> {
+    let doc = match roxmltree::Document::parse(xml) {
+        Ok(d) => d,
+        Err(e) => return vec![format!("not XML: {e}")],
+    };
+    let oobe = doc.descendants().find(|n| {
+        n.tag_name().name() == "OOBE"
+            && n.ancestors().any(|a| {
+                a.tag_name().name() == "settings" && a.attribute("pass") == Some("oobeSystem")
+            })
+    });
+    let Some(oobe) = oobe else {
+        return vec!["no OOBE block in the oobeSystem pass".into()];
+    };
+    let value = |name: &str| {
+        oobe.children()
+            .find(|c| c.tag_name().name() == name)
+            .and_then(|c| c.text())
+            .map(str::trim)
+    };
+    let mut out: Vec<String> = OOBE_HIDES
+        .iter()
+        .filter(|h| value(h) != Some("true"))
+        .map(|h| format!("{h} is not true"))
+        .collect();
+    if !matches!(value("ProtectYourPC"), Some("1" | "2" | "3")) {
+        out.push("ProtectYourPC is not set: the privacy page waits".into());
+    }
+    out
+}
 
 /// Every structural problem of `xml` for an image of architecture `arch` (empty: none).
 pub fn problems(xml: &str, arch: &str) -> Vec<String> {
@@ -170,5 +237,28 @@ mod tests {
         let bad_pass = GOOD.replace("specialize", "firstBoot");
         assert!(problems(&bad_pass, "arm64")[0].contains("unknown pass"));
         assert!(problems("<unattend", "amd64")[0].starts_with("not XML"));
+    }
+
+    #[test]
+    fn oobe_that_would_wait_is_named() {
+        assert_eq!(
+            oobe_waits_for(GOOD),
+            vec!["no OOBE block in the oobeSystem pass".to_string()]
+        );
+        let finishing = r#"<unattend xmlns="urn:schemas-microsoft-com:unattend"><settings pass="oobeSystem"><component name="Microsoft-Windows-Shell-Setup"><OOBE>
+<HideEULAPage>true</HideEULAPage><HideLocalAccountScreen>true</HideLocalAccountScreen>
+<HideOnlineAccountScreens>true</HideOnlineAccountScreens><HideWirelessSetupInOOBE>true</HideWirelessSetupInOOBE>
+<ProtectYourPC>3</ProtectYourPC></OOBE></component></settings></unattend>"#;
+        assert_eq!(oobe_waits_for(finishing), Vec::<String>::new());
+        let account_page = finishing.replace(
+            "<HideLocalAccountScreen>true</HideLocalAccountScreen>",
+            "",
+        );
+        assert_eq!(
+            oobe_waits_for(&account_page),
+            vec!["HideLocalAccountScreen is not true".to_string()]
+        );
+        let privacy = finishing.replace("<ProtectYourPC>3</ProtectYourPC>", "");
+        assert!(oobe_waits_for(&privacy)[0].contains("ProtectYourPC"));
     }
 }

@@ -147,9 +147,6 @@ capabilities:
 {{- if $b.gatewayUrl }}
 - --gateway-url={{ $b.gatewayUrl }}
 {{- end }}
-{{- if $b.adminPasswordSecret }}
-- --admin-password-file=/etc/recast/admin/password
-{{- end }}
 {{- if ne $b.dhcp.mode "off" }}
 - --dhcp={{ $b.dhcp.mode }}
 - --dhcp-server-ip=$(RECAST_SERVER_IP)
@@ -175,11 +172,6 @@ capabilities:
 - name: imaging-key
   mountPath: /etc/recast/imaging
   readOnly: true
-{{- if .Values.boot.adminPasswordSecret }}
-- name: admin-password
-  mountPath: /etc/recast/admin
-  readOnly: true
-{{- end }}
 {{- if eq .Values.boot.dhcp.mode "full" }}
 - name: dhcp-leases
   mountPath: /etc/recast/dhcp
@@ -197,13 +189,6 @@ capabilities:
   secret:
     secretName: {{ include "recast.imagingKeySecret" . }}
     defaultMode: 288 # 0440: owner and the fsGroup read
-{{- if .Values.boot.adminPasswordSecret }}
-- name: admin-password
-  secret:
-    secretName: {{ .Values.boot.adminPasswordSecret }}
-    defaultMode: 288 # 0440: owner and the fsGroup read
-    items: [{key: password, path: password}]
-{{- end }}
 {{- if eq .Values.boot.dhcp.mode "full" }}
 - name: dhcp-leases
   configMap:

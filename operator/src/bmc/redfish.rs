@@ -41,6 +41,49 @@ pub trait SecretSource: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<SecretData>, SecretLookupError>> + Send;
 }
 
+/// A [`SecretSource`] behind a pointer, for services that hold one without being generic
+/// over it (the boot service reads provisioning Secrets through this).
+pub trait DynSecretSource: Send + Sync + 'static {
+    fn secret_boxed<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> std::pin::Pin<
+        Box<dyn Future<Output = Result<Option<SecretData>, SecretLookupError>> + Send + 'a>,
+    >;
+}
+
+impl<S: SecretSource> DynSecretSource for S {
+    fn secret_boxed<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> std::pin::Pin<
+        Box<dyn Future<Output = Result<Option<SecretData>, SecretLookupError>> + Send + 'a>,
+    > {
+        Box::pin(self.secret(namespace, name))
+    }
+}
+
+/// A process that may not read Secrets (a Kubernetes boot pod's read-only ServiceAccount):
+/// every lookup is refused, saying where Secrets can be read.
+pub struct NoSecretAccess(pub &'static str);
+
+impl SecretSource for NoSecretAccess {
+    async fn secret(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<SecretData>, SecretLookupError> {
+        Err(SecretLookupError {
+            namespace: namespace.into(),
+            name: name.into(),
+            message: self.0.to_string(),
+            permanent: true,
+        })
+    }
+}
+
 /// Secrets kept in the embedded store (`recastctl apply -f` of a `v1 Secret`).
 pub struct EmbeddedSecrets(pub Arc<EmbeddedStore>);
 

@@ -15,6 +15,7 @@ use recast_crds::{Endpoint, GoldenImage};
 use serde::Deserialize;
 
 use super::intent::{self, BootChoice, NotServed, UnknownMacPolicy};
+use super::provisioning::{JoinView, Provisioning};
 use super::render::{AttemptView, ImageFile, ImagingEnvironment, Renderer, SiteSettings};
 use crate::metrics::Metrics;
 use crate::store::arming::{Known, normalize_mac};
@@ -36,6 +37,48 @@ pub struct BootConfig {
     pub site: SiteSettings,
     /// Where the reimaged endpoint's agent reports (goes into its configuration).
     pub gateway_url: Option<String>,
+    /// How machines reach the HTTPS listener, such as https://boot.site.example:8443: the
+    /// files that carry credentials (unattend.xml, agent.json, the offline domain join file)
+    /// are fetched there. None: no HTTPS listener, and a provisioning profile that carries a
+    /// secret is refused.
+    pub https_base_url: Option<String>,
+}
+
+/// Marks a request that came in over the boot service's HTTPS listener.
+#[derive(Clone, Copy, Debug)]
+pub struct OverHttps;
+
+/// Whether a file may go out over this connection. Files with a secret in them (passwords,
+/// join credentials, an offline join blob) go only over HTTPS; once HTTPS is set up, every
+/// file with a credential (agent.json's enrollment credential too) goes only there.
+pub fn credential_transport(
+    over_https: bool,
+    https_configured: bool,
+    holds_secret: bool,
+) -> Result<(), String> {
+    if over_https {
+        return Ok(());
+    }
+    if holds_secret && !https_configured {
+        return Err(NEEDS_HTTPS.to_string());
+    }
+    if https_configured {
+        return Err(
+            "this file carries a credential and is served only over HTTPS: fetch it from the HTTPS URL the task gives"
+                .to_string(),
+        );
+    }
+    Ok(())
+}
+
+const NEEDS_HTTPS: &str = "the machine's provisioning carries a secret (a password, join credentials or an offline join blob), which recast serves only over HTTPS: start the boot service with --boot-https ADDR:PORT, --boot-tls-cert and --boot-tls-key, and put the site's CA in the imaging environment (docs/first-boot.md)";
+
+/// Why a machine's provisioning cannot be read: a person must fix something, or the store or
+/// the Secret API is briefly unavailable.
+#[derive(Debug)]
+enum ProvisioningProblem {
+    Fix(String),
+    Unavailable(String),
 }
 
 pub struct BootHttp<B> {
@@ -54,6 +97,8 @@ pub struct BootHttp<B> {
     pub claims: Claims,
     /// Stamps the events this service records.
     pub clock: Arc<dyn crate::clock::Clock>,
+    /// Where the Secrets of a policy's provisioning profile are read.
+    pub secrets: Arc<dyn crate::bmc::redfish::DynSecretSource>,
 }
 
 /// The claimant of each endpoint's armed try: endpoint → (attempt, try, client address).
@@ -112,6 +157,7 @@ pub fn router<B: Backend + BootIntents>(svc: Arc<BootHttp<B>>) -> Router {
         .route("/winpeshl.ini", get(winpeshl::<B>))
         .route("/unattend.xml", get(unattend::<B>))
         .route("/agent.json", get(agent_config::<B>))
+        .route("/offline-domain-join", get(offline_domain_join::<B>))
         .route("/progress", post(progress::<B>))
         .route("/result", post(result::<B>))
         .layer(DefaultBodyLimit::max(MAX_REPORT_BYTES));
@@ -365,6 +411,8 @@ enum Refusal {
     Unauthorized,
     /// Another machine holds the try, or it cannot be claimed yet.
     Conflict(String),
+    /// Not over this connection (a secret over plain HTTP).
+    Forbidden(String),
     Gone(String),
     Unavailable(String),
     /// A template failed to render: a bug in recast, never the client's fault.
@@ -385,6 +433,7 @@ impl IntoResponse for Refusal {
                 "missing or wrong attempt token; use the URL the imaging script was given\n",
             ),
             Refusal::Conflict(why) => text(StatusCode::CONFLICT, format!("{why}\n")),
+            Refusal::Forbidden(why) => text(StatusCode::FORBIDDEN, format!("{why}\n")),
             Refusal::Gone(why) => text(StatusCode::GONE, format!("{why}\n")),
             Refusal::Unavailable(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
             Refusal::Broken(why) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{why}\n")),
@@ -520,6 +569,66 @@ impl<B: Backend + BootIntents> BootHttp<B> {
             .await
             .map_err(|e| Refusal::Unavailable(format!("the store is unavailable ({e}); retry")))?
             .ok_or_else(|| Refusal::Gone(format!("endpoint {key} no longer exists")))
+    }
+
+    /// The base URL of the files that carry credentials: the HTTPS listener's when there is one.
+    fn credential_base(&self) -> &str {
+        self.config
+            .https_base_url
+            .as_deref()
+            .unwrap_or(&self.config.base_url)
+    }
+
+    /// What the machine's Windows is told on its first start: its policy's provisioning
+    /// profile with the site's defaults and the Secrets' values. A policy named by
+    /// `spec.policyRef` that does not exist is a problem to fix, not "no profile": a machine
+    /// set up without its domain join is worse than one not set up.
+    async fn provisioning_of(&self, ep: &Endpoint) -> Result<Provisioning, ProvisioningProblem> {
+        let ns = recast_crds::namespace_of(&ep.metadata);
+        let named = ep.spec.policy_ref.as_deref();
+        let name = named.unwrap_or(recast_crds::policy::DEFAULT_POLICY_NAME);
+        let policy = self.backend.policy(ns, name).await.map_err(|e| {
+            ProvisioningProblem::Unavailable(format!("the store is unavailable ({e}); retry"))
+        })?;
+        let profile = match policy {
+            Some(p) => p.spec.provisioning,
+            None if named.is_some() => {
+                return Err(ProvisioningProblem::Fix(format!(
+                    "RemediationPolicy {ns}/{name} named by spec.policyRef does not exist, and recast does not set up a machine without its policy's provisioning: create it, or clear spec.policyRef"
+                )));
+            }
+            None => None,
+        };
+        let mut secrets = std::collections::BTreeMap::new();
+        if let Some(profile) = &profile {
+            for secret in super::provisioning::secrets_needed(profile).into_keys() {
+                match self.secrets.secret_boxed(ns, &secret).await {
+                    Ok(Some(data)) => {
+                        secrets.insert(secret, data);
+                    }
+                    Ok(None) => {}
+                    Err(e) if e.permanent => return Err(ProvisioningProblem::Fix(e.to_string())),
+                    Err(e) => {
+                        return Err(ProvisioningProblem::Unavailable(format!("{e}; retry")));
+                    }
+                }
+            }
+        }
+        super::provisioning::resolve(
+            ns,
+            profile.as_ref(),
+            &self.config.site.defaults(),
+            &secrets,
+        )
+        .map_err(|e| ProvisioningProblem::Fix(e.to_string()))
+    }
+
+    /// [`Self::provisioning_of`] for a file request: any problem is a refusal.
+    async fn provisioning_for_file(&self, ep: &Endpoint) -> Result<Provisioning, Refusal> {
+        self.provisioning_of(ep).await.map_err(|p| match p {
+            ProvisioningProblem::Fix(why) => Refusal::Conflict(why),
+            ProvisioningProblem::Unavailable(why) => Refusal::Unavailable(why),
+        })
     }
 
     /// The GoldenImage the intent's attempt applies, from the backend's view of its namespace
@@ -698,7 +807,36 @@ async fn task<B: Backend + BootIntents>(
         .await?;
     let image = svc.image_file(&intent).await?;
     let attempt_url = super::render::attempt_url(&svc.config.base_url, &intent);
+    let credential_url = super::render::attempt_url(svc.credential_base(), &intent);
     let ep = svc.endpoint_of(&intent).await?;
+    // The machine's provisioning is checked before the imaging environment writes anything:
+    // a profile that cannot be served ends the try here, with the disk untouched.
+    let provisioning = match svc.provisioning_of(&ep).await {
+        Ok(p) if p.holds_secret() && svc.config.https_base_url.is_none() => {
+            Err(NEEDS_HTTPS.to_string())
+        }
+        Ok(p) => Ok(p),
+        Err(ProvisioningProblem::Fix(why)) => Err(why),
+        Err(ProvisioningProblem::Unavailable(why)) => return Err(Refusal::Unavailable(why)),
+    };
+    let provisioning = match provisioning {
+        Ok(p) => p,
+        Err(why) => {
+            tracing::warn!(endpoint = %intent.key(), attempt = %intent.attempt_id, "imaging try ended before any write: {why}");
+            let refusal = format!("cannot provision this machine: {why}");
+            svc.post(
+                &intent,
+                Input::ImagingFinished {
+                    attempt_id: intent.attempt_id.clone(),
+                    try_number: Some(intent.try_number),
+                    result: Err(format!("task: {refusal}")),
+                    refusal: None,
+                },
+            )
+            .await;
+            return Err(Refusal::Conflict(refusal));
+        }
+    };
     Ok(axum::Json(ImagingTask {
         namespace: intent.namespace.clone(),
         endpoint: intent.endpoint.clone(),
@@ -717,8 +855,10 @@ async fn task<B: Backend + BootIntents>(
         target_disk: recast_core::imaging::target_disk(ep.spec.target_disk.as_ref()),
         progress_url: format!("{attempt_url}/progress"),
         result_url: format!("{attempt_url}/result"),
-        unattend_url: format!("{attempt_url}/unattend.xml"),
-        agent_config_url: format!("{attempt_url}/agent.json"),
+        unattend_url: format!("{credential_url}/unattend.xml"),
+        agent_config_url: format!("{credential_url}/agent.json"),
+        offline_domain_join_url: matches!(provisioning.join, JoinView::Offline)
+            .then(|| format!("{credential_url}/offline-domain-join")),
     })
     .into_response())
 }
@@ -753,12 +893,20 @@ async fn unattend<B: Backend + BootIntents>(
     Path(p): Path<TryPath>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     Query(q): Query<TokenQuery>,
+    over_https: Option<axum::Extension<OverHttps>>,
     headers: HeaderMap,
 ) -> Result<Response, Refusal> {
     let intent = svc
         .authorize(&p, &client_address(peer), &headers, &q)
         .await?;
     let ep = svc.endpoint_of(&intent).await?;
+    let provisioning = svc.provisioning_for_file(&ep).await?;
+    credential_transport(
+        over_https.is_some(),
+        svc.config.https_base_url.is_some(),
+        provisioning.holds_secret(),
+    )
+    .map_err(Refusal::Forbidden)?;
     let view = AttemptView::new(&svc.config.base_url, &intent);
     let computer_name =
         recast_core::naming::computer_name(&intent.endpoint, ep.spec.hostname.as_deref());
@@ -772,7 +920,7 @@ async fn unattend<B: Backend + BootIntents>(
             &view,
             &computer_name,
             &svc.image_arch(&intent).await,
-            &svc.config.site,
+            &provisioning,
         )?,
     )
         .into_response())
@@ -825,11 +973,18 @@ async fn agent_config<B: Backend + BootIntents>(
     Path(p): Path<TryPath>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     Query(q): Query<TokenQuery>,
+    over_https: Option<axum::Extension<OverHttps>>,
     headers: HeaderMap,
 ) -> Result<Response, Refusal> {
     let intent = svc
         .authorize(&p, &client_address(peer), &headers, &q)
         .await?;
+    credential_transport(
+        over_https.is_some(),
+        svc.config.https_base_url.is_some(),
+        false,
+    )
+    .map_err(Refusal::Forbidden)?;
     let unavailable = |e: crate::store::BackendError| {
         Refusal::Unavailable(format!("the store is unavailable ({e}); retry"))
     };
@@ -857,6 +1012,48 @@ async fn agent_config<B: Backend + BootIntents>(
         header::HeaderValue::from_static("no-store"),
     );
     Ok(resp)
+}
+
+/// The offline domain join file of the machine's profile, byte for byte as djoin saved it;
+/// only over HTTPS. The imaging environment writes it where unattend's specialize pass loads
+/// it (`recast_core::imaging::OFFLINE_DOMAIN_JOIN_FILE`), and that pass deletes it after the join.
+async fn offline_domain_join<B: Backend + BootIntents>(
+    State(svc): State<Arc<BootHttp<B>>>,
+    Path(p): Path<TryPath>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    Query(q): Query<TokenQuery>,
+    over_https: Option<axum::Extension<OverHttps>>,
+    headers: HeaderMap,
+) -> Result<Response, Refusal> {
+    let intent = svc
+        .authorize(&p, &client_address(peer), &headers, &q)
+        .await?;
+    credential_transport(
+        over_https.is_some(),
+        svc.config.https_base_url.is_some(),
+        true,
+    )
+    .map_err(Refusal::Forbidden)?;
+    let ep = svc.endpoint_of(&intent).await?;
+    let blob = svc
+        .provisioning_for_file(&ep)
+        .await?
+        .offline_join_blob
+        .ok_or_else(|| {
+            Refusal::Gone(
+                "the machine's provisioning has no offline domain join (its policy changed?)"
+                    .to_string(),
+            )
+        })?;
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/octet-stream"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        blob,
+    )
+        .into_response())
 }
 
 async fn progress<B: Backend + BootIntents>(

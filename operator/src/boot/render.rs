@@ -85,7 +85,8 @@ pub struct Renderer {
     tera: Tera,
 }
 
-/// Site-wide settings of the rendered Windows files.
+/// Site-wide settings of the rendered Windows files (a policy's provisioning profile overrides
+/// the locale and time zone).
 #[derive(Clone, Debug, Serialize)]
 pub struct SiteSettings {
     pub locale: String,
@@ -93,10 +94,6 @@ pub struct SiteSettings {
     /// Disk number diskpart wipes.
     pub disk: u32,
     pub recovery_mb: u32,
-    /// Already in unattend's obscured form (see `obscure_admin_password`); None leaves the
-    /// built-in Administrator disabled.
-    pub admin_password: Option<String>,
-    pub domain: Option<DomainJoin>,
 }
 
 impl Default for SiteSettings {
@@ -106,18 +103,17 @@ impl Default for SiteSettings {
             time_zone: "UTC".into(),
             disk: 0,
             recovery_mb: 1024,
-            admin_password: None,
-            domain: None,
         }
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
-pub struct DomainJoin {
-    pub name: String,
-    pub ou: Option<String>,
-    pub username: String,
-    pub password: String,
+impl SiteSettings {
+    pub fn defaults(&self) -> super::provisioning::SiteDefaults {
+        super::provisioning::SiteDefaults {
+            locale: self.locale.clone(),
+            time_zone: self.time_zone.clone(),
+        }
+    }
 }
 
 /// Everything the per-try files need about the attempt and the image.
@@ -166,6 +162,9 @@ pub struct ImageFile {
 impl Renderer {
     pub fn new() -> Result<Renderer, RenderError> {
         let mut tera = Tera::default();
+        // Tera escapes the .xml templates (unattend.xml) for HTML, which also turns '/' into
+        // &#x2F;: valid XML, but not what a person reading a command line expects.
+        tera.set_escape_fn(xml_escape);
         tera.register_filter("grub_sq", grub_filter(grub_single_quoted));
         tera.register_filter("grub_comment", grub_filter(grub_comment));
         for (name, body) in TEMPLATES {
@@ -303,7 +302,7 @@ impl Renderer {
         view: &AttemptView<'_>,
         computer_name: &str,
         arch: &str,
-        site: &SiteSettings,
+        provisioning: &super::provisioning::Provisioning,
     ) -> Result<String, RenderError> {
         let mut ctx = Context::from_serialize(view).map_err(|source| RenderError::Render {
             name: "unattend.xml".into(),
@@ -311,17 +310,27 @@ impl Renderer {
         })?;
         ctx.insert("hostname", computer_name);
         ctx.insert("arch", arch);
-        ctx.insert("locale", &site.locale);
-        ctx.insert("time_zone", &site.time_zone);
-        ctx.insert("admin_password", &site.admin_password);
-        ctx.insert("domain", &site.domain);
+        ctx.insert("p", provisioning);
         self.render("unattend.xml", &ctx)
     }
 }
 
-/// unattend.xml's "PlainText=false" form of a password: base64 of the UTF-16LE text of the
-/// password followed by the element name. It only keeps the password out of casual sight, so
-/// the file is served only with the try's token and deleted by Windows Setup after use.
+/// A value as XML text or attribute content.
+pub fn xml_escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// A value inside GRUB single quotes, where nothing is special but the quote itself: close
 /// the quotes, an escaped quote, open them again.
 pub fn grub_single_quoted(value: &str) -> String {
@@ -347,13 +356,7 @@ fn grub_filter(
     }
 }
 
-pub fn obscure_admin_password(password: &str) -> String {
-    let text = format!("{password}AdministratorPassword");
-    let bytes: Vec<u8> = text.encode_utf16().flat_map(u16::to_le_bytes).collect();
-    base64(&bytes)
-}
-
-fn base64(bytes: &[u8]) -> String {
+pub(crate) fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
@@ -397,12 +400,7 @@ mod tests {
     }
 
     #[test]
-    fn admin_passwords_take_unattends_obscured_form() {
-        // "P@ss" + "AdministratorPassword" as UTF-16LE, base64: what Windows SIM writes.
-        assert_eq!(
-            obscure_admin_password("P@ss"),
-            "UABAAHMAcwBBAGQAbQBpAG4AaQBzAHQAcgBhAHQAbwByAFAAYQBzAHMAdwBvAHIAZAA="
-        );
+    fn base64_pads_as_rfc4648_says() {
         assert_eq!(base64(b"f"), "Zg==");
         assert_eq!(base64(b"fo"), "Zm8=");
         assert_eq!(base64(b"foo"), "Zm9v");

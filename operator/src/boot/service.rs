@@ -25,6 +25,14 @@ pub struct BootServiceConfig {
     pub dhcp: Option<DhcpListeners>,
     /// Read-only TFTP from the boot root (UDP 69), for PXE ROMs that fetch iPXE first.
     pub tftp: Option<SocketAddr>,
+    /// The HTTPS listener for the files that carry credentials (its URL is
+    /// `boot.https_base_url`).
+    pub https: Option<HttpsListener>,
+}
+
+pub struct HttpsListener {
+    pub listen: SocketAddr,
+    pub tls: rustls::ServerConfig,
 }
 
 pub struct DhcpListeners {
@@ -43,6 +51,7 @@ pub struct DhcpListeners {
 /// one that says so.
 pub async fn run<B: Backend + BootIntents>(
     backend: Arc<B>,
+    secrets: Arc<dyn crate::bmc::redfish::DynSecretSource>,
     cfg: BootServiceConfig,
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
@@ -72,7 +81,17 @@ pub async fn run<B: Backend + BootIntents>(
     let listener = tokio::net::TcpListener::bind(cfg.http_listen)
         .await
         .map_err(|e| format!("cannot serve HTTP boot on {}: {e}", cfg.http_listen))?;
+    let https = match cfg.https {
+        Some(h) => {
+            let listener = tokio::net::TcpListener::bind(h.listen)
+                .await
+                .map_err(|e| format!("cannot serve HTTPS boot on {}: {e}", h.listen))?;
+            Some((listener, h.tls))
+        }
+        None => None,
+    };
     let svc = Arc::new(BootHttp {
+        secrets,
         claims: Default::default(),
         clock: Arc::new(crate::clock::SystemClock),
         backend: backend.clone(),
@@ -153,6 +172,22 @@ pub async fn run<B: Backend + BootIntents>(
                 shutdown.clone(),
             ));
         }
+    }
+    if let Some((listener, tls)) = https {
+        tracing::info!(addr = ?listener.local_addr().ok(), base = ?svc.config.https_base_url, "serving the imaging protocol's credential files over HTTPS");
+        let app = router(svc.clone()).layer(axum::Extension(super::http::OverHttps));
+        let stop = shutdown.clone();
+        let task = tokio::spawn(async move {
+            crate::gateway::serve_tls(listener, tls, app, stop)
+                .await
+                .map_err(|e| e.to_string())
+        });
+        dhcp_tasks.push(supervise(
+            "https".into(),
+            task,
+            readiness.clone(),
+            shutdown.clone(),
+        ));
     }
     tracing::info!(addr = %cfg.http_listen, root = %svc.config.root.display(), base = %svc.config.base_url, "serving HTTP boot");
     let root = svc.config.root.clone();

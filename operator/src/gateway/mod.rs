@@ -962,7 +962,7 @@ pub async fn serve_tls(
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let per_ip: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>> = Default::default();
     let local: Option<SocketAddr> = listener.local_addr().ok();
-    tracing::info!(addr = ?local, "agent gateway serving POST /v1/reports over TLS");
+    tracing::info!(addr = ?local, "serving HTTPS");
     loop {
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => match p {
@@ -989,7 +989,12 @@ pub async fn serve_tls(
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let app = app.clone().layer(axum::Extension(Peer(peer)));
+        // Peer for the gateway; ConnectInfo for routers written for axum's own server (the
+        // boot service's imaging protocol binds a try to the client's address).
+        let app = app
+            .clone()
+            .layer(axum::Extension(Peer(peer)))
+            .layer(axum::Extension(axum::extract::ConnectInfo(peer)));
         tokio::spawn(async move {
             let _permit = permit;
             let _ip_slot = ip_slot;

@@ -62,6 +62,8 @@ pub struct Setup {
     pub data: PathBuf,
     /// https://127.0.0.1:PORT and its CA file, when the site runs the agent gateway.
     pub gateway: Option<(String, PathBuf)>,
+    /// https://127.0.0.1:PORT of the boot service's HTTPS listener and its CA file.
+    pub https: Option<(String, PathBuf)>,
     pub _op: Proc,
 }
 
@@ -71,6 +73,12 @@ pub fn setup() -> Setup {
 
 /// The site, with the agent gateway (TLS, enrollment on) when `gateway` (needs openssl).
 pub fn setup_with(gateway: bool) -> Setup {
+    setup_site(gateway, false)
+}
+
+/// The site, with the agent gateway when `gateway` and the boot service's HTTPS listener when
+/// `https` (both need openssl).
+pub fn setup_site(gateway: bool, https: bool) -> Setup {
     let dir = std::env::temp_dir().join(format!("recast-boothttp-{}", uuid::Uuid::new_v4()));
     let root = dir.join("boot");
     std::fs::create_dir_all(root.join("images")).unwrap();
@@ -133,6 +141,17 @@ pub fn setup_with(gateway: bool) -> Setup {
             .args(["--gateway-url", &format!("https://{gw}")]);
         (format!("https://{gw}"), ca)
     });
+    let https = https.then(|| {
+        let pki = recast_tests::redfish::make_pki(&dir, "boot");
+        let ca = dir.join("boot-ca.pem");
+        std::fs::write(&ca, &pki.ca_pem).unwrap();
+        let listen = format!("127.0.0.1:{}", recast_tests::free_port());
+        cmd.args(["--boot-https", &listen, "--boot-tls-cert"])
+            .arg(&pki.cert)
+            .arg("--boot-tls-key")
+            .arg(&pki.key);
+        (format!("https://{listen}"), ca)
+    });
     let op = Proc(cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap());
     recast_tests::wait_for(Duration::from_secs(20), "HTTP boot", || {
         curl(&[&format!("{base}/boot.ipxe")]).0 == 200
@@ -145,6 +164,7 @@ pub fn setup_with(gateway: bool) -> Setup {
         image,
         data,
         gateway,
+        https,
         _op: op,
     }
 }
