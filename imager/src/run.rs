@@ -1149,7 +1149,11 @@ async fn configure(session: &Session, env: &Env, windows: &Path) -> Result<(), F
             (&recast, "agent.json", &agent),
         ];
         if let Some(blob) = &offline_join {
-            files.push((&panther, recast_core::imaging::OFFLINE_DOMAIN_JOIN_FILE, blob));
+            files.push((
+                &panther,
+                recast_core::imaging::OFFLINE_DOMAIN_JOIN_FILE,
+                blob,
+            ));
         }
         for (dir, name, bytes) in files {
             // NTFS through ntfs-3g is case-sensitive, Windows is not: replace the image's own

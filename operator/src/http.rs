@@ -1,5 +1,7 @@
 //! The operator's own HTTP endpoints: liveness, readiness and metrics.
 
+pub mod tls;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -313,7 +313,7 @@ impl BootArgs {
         let https = match (&self.boot_https, &self.boot_tls_cert, &self.boot_tls_key) {
             (Some(listen), Some(cert), Some(key)) => Some(service::HttpsListener {
                 listen: *listen,
-                tls: recast_operator::gateway::tls_config(cert, key)
+                tls: recast_operator::http::tls::tls_config(cert, key)
                     .map_err(|e| format!("--boot-https: {e}"))?,
             }),
             _ => None,

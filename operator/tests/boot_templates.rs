@@ -187,7 +187,11 @@ fn secret_key(name: &str, key: &str) -> SecretKeyRef {
 /// it (UTF-16LE with a byte-order mark).
 fn site_secrets() -> BTreeMap<String, BTreeMap<String, Vec<u8>>> {
     let mut odj = vec![0xff, 0xfe];
-    odj.extend("ARAIAMzMzMzIAQAAAAAAAA==".encode_utf16().flat_map(u16::to_le_bytes));
+    odj.extend(
+        "ARAIAMzMzMzIAQAAAAAAAA=="
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes),
+    );
     BTreeMap::from([
         (
             "accounts".to_string(),
@@ -327,7 +331,10 @@ fn unattend_for_an_offline_domain_join_loads_the_blob_in_specialize_and_deletes_
         ..Default::default()
     };
     let xml = unattend_for(Some(&profile), "unattend-offline-domain-join.xml");
-    assert!(!xml.contains("UnattendedJoin"), "djoin joins, not Setup's own join");
+    assert!(
+        !xml.contains("UnattendedJoin"),
+        "djoin joins, not Setup's own join"
+    );
     let odj = format!(
         r"cmd.exe /c djoin.exe /requestODJ /loadfile %WINDIR%\Panther\{} /windowspath %WINDIR% /localos",
         recast_core::imaging::OFFLINE_DOMAIN_JOIN_FILE
@@ -373,7 +380,8 @@ fn unattend_runs_first_logon_commands_in_order() {
     assert!(xml.contains("kiosk.ps1"));
     assert!(xml.contains("echo done &gt; C:"), "escaped: {xml}");
     assert_eq!(
-        xml.matches("<RequiresUserInput>false</RequiresUserInput>").count(),
+        xml.matches("<RequiresUserInput>false</RequiresUserInput>")
+            .count(),
         2
     );
     assert!(!provisioning(Some(&profile)).holds_secret());

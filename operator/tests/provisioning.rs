@@ -178,8 +178,14 @@ fn secrets_go_only_over_https_with_the_tries_token() {
     let xml = String::from_utf8(body).unwrap();
     assert_eq!(code, 200, "{xml}");
     assert_eq!(header(&h, "cache-control"), Some("no-store"));
-    assert_eq!(recast_tests::unattend::problems(&xml, "amd64"), Vec::<String>::new());
-    assert_eq!(recast_tests::unattend::oobe_waits_for(&xml), Vec::<String>::new());
+    assert_eq!(
+        recast_tests::unattend::problems(&xml, "amd64"),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        recast_tests::unattend::oobe_waits_for(&xml),
+        Vec::<String>::new()
+    );
     assert!(xml.contains("<UILanguage>de-DE</UILanguage>"), "{xml}");
     assert!(xml.contains("<TimeZone>W. Europe Standard Time</TimeZone>"));
     assert!(xml.contains("<Name>kiosk</Name>"));

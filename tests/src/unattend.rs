@@ -250,10 +250,8 @@ mod tests {
 <HideOnlineAccountScreens>true</HideOnlineAccountScreens><HideWirelessSetupInOOBE>true</HideWirelessSetupInOOBE>
 <ProtectYourPC>3</ProtectYourPC></OOBE></component></settings></unattend>"#;
         assert_eq!(oobe_waits_for(finishing), Vec::<String>::new());
-        let account_page = finishing.replace(
-            "<HideLocalAccountScreen>true</HideLocalAccountScreen>",
-            "",
-        );
+        let account_page =
+            finishing.replace("<HideLocalAccountScreen>true</HideLocalAccountScreen>", "");
         assert_eq!(
             oobe_waits_for(&account_page),
             vec!["HideLocalAccountScreen is not true".to_string()]

@@ -614,13 +614,8 @@ impl<B: Backend + BootIntents> BootHttp<B> {
                 }
             }
         }
-        super::provisioning::resolve(
-            ns,
-            profile.as_ref(),
-            &self.config.site.defaults(),
-            &secrets,
-        )
-        .map_err(|e| ProvisioningProblem::Fix(e.to_string()))
+        super::provisioning::resolve(ns, profile.as_ref(), &self.config.site.defaults(), &secrets)
+            .map_err(|e| ProvisioningProblem::Fix(e.to_string()))
     }
 
     /// [`Self::provisioning_of`] for a file request: any problem is a refusal.

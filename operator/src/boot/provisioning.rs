@@ -257,10 +257,7 @@ pub fn resolve(
                 },
                 CommandView {
                     order: 2,
-                    command_line: format!(
-                        r"cmd.exe /c del /f /q {}",
-                        offline_join_windows_path()
-                    ),
+                    command_line: format!(r"cmd.exe /c del /f /q {}", offline_join_windows_path()),
                     description: "recast: remove the offline domain join file".into(),
                 },
             ];
@@ -406,7 +403,10 @@ mod tests {
             needed,
             BTreeMap::from([
                 ("accounts".to_string(), vec!["admin".into(), "kiosk".into()]),
-                ("join".to_string(), vec!["password".into(), "username".into()]),
+                (
+                    "join".to_string(),
+                    vec!["password".into(), "username".into()]
+                ),
             ])
         );
         let s = secrets(&[
@@ -421,7 +421,10 @@ mod tests {
         let account = p.local_account.clone().unwrap();
         assert_eq!(account.group, "Users");
         // The trailing newline of the Secret file is not part of the password.
-        assert_eq!(account.password, obscure_password("Kiosk-Pass1", "Password"));
+        assert_eq!(
+            account.password,
+            obscure_password("Kiosk-Pass1", "Password")
+        );
         assert_eq!(
             p.administrator_password.as_deref(),
             Some("UABAAHMAcwBBAGQAbQBpAG4AaQBzAHQAcgBhAHQAbwByAFAAYQBzAHMAdwBvAHIAZAA=")
@@ -463,7 +466,10 @@ mod tests {
             join: Some(join(None, false, true)),
             ..Default::default()
         };
-        let blob = "ARAIAMzMzMz…".encode_utf16().flat_map(u16::to_le_bytes).collect::<Vec<u8>>();
+        let blob = "ARAIAMzMzMz…"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect::<Vec<u8>>();
         let p = resolve(
             "ns",
             Some(&profile),
@@ -475,7 +481,11 @@ mod tests {
         // The blob is passed on byte for byte: djoin wrote it as UTF-16.
         assert_eq!(p.offline_join_blob.as_deref(), Some(blob.as_slice()));
         assert!(p.holds_secret());
-        assert!(p.specialize_commands[0].command_line.contains("/requestODJ"));
+        assert!(
+            p.specialize_commands[0]
+                .command_line
+                .contains("/requestODJ")
+        );
         assert!(p.specialize_commands[1].command_line.contains("del /f /q"));
     }
 
@@ -510,7 +520,10 @@ mod tests {
                 &secrets(&[("admin", "password", bad)]),
             )
             .unwrap_err();
-            assert!(matches!(e, ProvisioningError::NotText { .. }), "{bad:?}: {e}");
+            assert!(
+                matches!(e, ProvisioningError::NotText { .. }),
+                "{bad:?}: {e}"
+            );
         }
         let offline = ProvisioningProfile {
             join: Some(join(None, false, true)),

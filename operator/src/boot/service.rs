@@ -178,7 +178,7 @@ pub async fn run<B: Backend + BootIntents>(
         let app = router(svc.clone()).layer(axum::Extension(super::http::OverHttps));
         let stop = shutdown.clone();
         let task = tokio::spawn(async move {
-            crate::gateway::serve_tls(listener, tls, app, stop)
+            crate::http::tls::serve_tls(listener, tls, app, stop)
                 .await
                 .map_err(|e| e.to_string())
         });
