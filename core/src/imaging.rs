@@ -8,10 +8,6 @@
 use recast_crds::endpoint::{DEFAULT_MIN_DISK_GIB, TargetDisk};
 use serde::{Deserialize, Serialize};
 
-/// The offline domain join file's name in `\Windows\Panther`: the imaging environment
-/// writes it there, and unattend's specialize pass loads it with djoin and deletes it.
-pub const OFFLINE_DOMAIN_JOIN_FILE: &str = "recast-odj.txt";
-
 /// What a successful claim answers: the try's session token, good only from the claiming
 /// address, and where the task is.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -43,11 +39,6 @@ pub struct ImagingTask {
     pub unattend_url: String,
     /// The new image's agent configuration (to `\ProgramData\recast\agent.json`).
     pub agent_config_url: String,
-    /// The offline domain join file when the machine's provisioning joins that way (to
-    /// `\Windows\Panther\recast-odj.txt`, byte for byte; unattend's specialize pass loads it
-    /// with djoin and deletes it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub offline_domain_join_url: Option<String>,
 }
 
 /// The Endpoint's identity fields the imaging environment checks against SMBIOS.
@@ -370,7 +361,6 @@ mod tests {
             result_url: "r".into(),
             unattend_url: "u".into(),
             agent_config_url: "c".into(),
-            offline_domain_join_url: None,
         };
         let json = serde_json::to_value(&task).unwrap();
         assert_eq!(json["targetDisk"]["minSizeGiB"], 50);

@@ -109,6 +109,7 @@ pub struct RemediationPolicySpec {
 /// imaging environment only over HTTPS (docs/first-boot.md).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.firstLogonCommands) || size(self.firstLogonCommands) == 0 || has(self.localAccount) || has(self.administratorPasswordSecretRef) || (has(self.join) && (has(self.join.domain) || has(self.join.offlineDomainJoin)))").message("spec.provisioning.firstLogonCommands run at someone's first logon: give the profile a localAccount, an administratorPasswordSecretRef or a domain join"))]
 pub struct ProvisioningProfile {
     /// A Windows time zone ID such as "W. Europe Standard Time" (`tzutil /l` lists them).
     /// Unset: the boot service's `--time-zone`.
@@ -139,6 +140,44 @@ pub struct ProvisioningProfile {
     pub first_logon_commands: Vec<FirstLogonCommand>,
 }
 
+impl ProvisioningProfile {
+    /// The Secrets of the policy's namespace this profile reads, by name, each with the keys
+    /// it needs (sorted, once each).
+    pub fn secrets_needed(&self) -> std::collections::BTreeMap<String, Vec<String>> {
+        let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        let mut add = |name: &str, key: &str| {
+            out.entry(name.to_string())
+                .or_default()
+                .push(key.to_string())
+        };
+        if let Some(a) = &self.local_account {
+            add(&a.password_secret_ref.name, &a.password_secret_ref.key);
+        }
+        if let Some(r) = &self.administrator_password_secret_ref {
+            add(&r.name, &r.key);
+        }
+        if let Some(j) = &self.join {
+            if let Some(d) = &j.domain {
+                for key in DOMAIN_CREDENTIAL_KEYS {
+                    add(&d.credentials_secret_ref.name, key);
+                }
+            }
+            if let Some(o) = &j.offline_domain_join {
+                // The key is the machine's computer name, known only per machine.
+                out.entry(o.blobs_secret_ref.name.clone()).or_default();
+            }
+        }
+        for keys in out.values_mut() {
+            keys.sort();
+            keys.dedup();
+        }
+        out
+    }
+}
+
+/// The keys of a domain join's credentials Secret (those of a kubernetes.io/basic-auth Secret).
+pub const DOMAIN_CREDENTIAL_KEYS: [&str; 2] = ["username", "password"];
+
 /// A key of a Secret (kube backend) or stored Secret (embedded backend) in the policy's
 /// namespace.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
@@ -158,6 +197,7 @@ pub struct SecretKeyRef {
 pub struct LocalAccount {
     /// 1 to 20 letters, digits, '.', '_' and '-'.
     #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9._-]{1,20}$') && !self.matches('^[.]+$')").message("spec.provisioning.localAccount.name must be 1 to 20 letters, digits, '.', '_' and '-'"))]
+    #[x_kube(validation = Rule::new("!(self.lowerAscii() in ['administrator', 'guest', 'defaultaccount', 'wdagutilityaccount'])").message("spec.provisioning.localAccount.name is one of Windows' built-in accounts; use administratorPasswordSecretRef for the Administrator, or another name"))]
     #[schemars(length(max = 20))]
     pub name: String,
     /// Member of Administrators (true, the default) or of Users.
@@ -192,7 +232,7 @@ pub struct DomainJoin {
     pub name: String,
     /// Where the computer account is created, such as OU=Kiosks,DC=corp,DC=example,DC=com.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self.matches('^(OU|CN)=.+')").message("spec.provisioning.join.domain.organizationalUnit must be a distinguished name such as OU=Kiosks,DC=corp,DC=example,DC=com"))]
+    #[x_kube(validation = Rule::new("self.matches('^(OU|CN)=[^\\x00-\\x1f]+$')").message("spec.provisioning.join.domain.organizationalUnit must be a distinguished name such as OU=Kiosks,DC=corp,DC=example,DC=com"))]
     #[schemars(length(max = 1024))]
     pub organizational_unit: Option<String>,
     /// A Secret with `username` and `password` (type kubernetes.io/basic-auth); the username
@@ -200,23 +240,27 @@ pub struct DomainJoin {
     pub credentials_secret_ref: crate::common::SecretRef,
 }
 
-/// An offline domain join: the machine's account was created in advance (`djoin /provision
-/// ... /savefile`); Windows joins on its first start without reaching a domain controller.
+/// An offline domain join: each machine's account was created in advance (`djoin /provision
+/// /domain D /machine NAME /savefile F`, or `/printblob`); Windows joins in its specialize pass
+/// without reaching a domain controller.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OfflineDomainJoin {
-    /// The Secret key holding the saved file, as djoin wrote it.
-    pub blob_secret_ref: SecretKeyRef,
+    /// A Secret with one key per machine: its computer name (as `spec.hostname`, or the
+    /// Endpoint's name upper case, cut to 15), the blob djoin saved for that machine. A machine
+    /// without a key is not imaged (a blob is one machine's account).
+    pub blobs_secret_ref: crate::common::SecretRef,
 }
 
 /// One first-logon command.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FirstLogonCommand {
-    #[x_kube(validation = Rule::new("size(self) >= 1 && size(self) <= 1024").message("spec.provisioning.firstLogonCommands[].commandLine must be 1 to 1024 characters"))]
+    #[x_kube(validation = Rule::new("size(self) >= 1 && size(self) <= 1024 && !self.matches('[\\x00-\\x1f]')").message("spec.provisioning.firstLogonCommands[].commandLine must be 1 to 1024 characters on one line"))]
     #[schemars(length(max = 1024))]
     pub command_line: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("!self.matches('[\\x00-\\x1f]')").message("spec.provisioning.firstLogonCommands[].description must be one line"))]
     #[schemars(length(max = 256))]
     pub description: Option<String>,
 }

@@ -242,6 +242,19 @@ pub async fn start(http: reqwest::Client, claim_url: &str) -> Result<Session, Fa
                     return Err(fail(Step::Task, format!("unreadable task: {}", chain(&e))));
                 }
             },
+            // A refusal (the machine cannot be provisioned, the try is gone) is final, and
+            // says why.
+            Ok(r) if r.status().is_client_error() => {
+                let status = r.status();
+                let body = r.text().await.unwrap_or_default();
+                return Err(fail(
+                    Step::Task,
+                    format!(
+                        "the boot service refused the task ({status}): {}",
+                        fit_report(body.trim(), 512)
+                    ),
+                ));
+            }
             Ok(r) => last = format!("{} from {}", r.status(), claim.task_url),
             Err(e) => last = chain(&e),
         }
@@ -472,6 +485,10 @@ pub async fn image(session: &Session, env: &Env) -> Result<(), Failure> {
     session
         .progress(41, Step::BootTrust, &format!("boot manager: {verdict}"))
         .await;
+    // The files with the machine's credentials, before the first write: a file the boot
+    // service will not hand over (a Secret missing, HTTPS this environment cannot verify) stops
+    // the try with the disk untouched, never after the wipe.
+    let configuration = fetch_configuration(session).await?;
 
     session
         .progress(
@@ -526,7 +543,7 @@ pub async fn image(session: &Session, env: &Env) -> Result<(), Failure> {
     session
         .progress(92, Step::Configure, "writing unattend.xml and agent.json")
         .await;
-    configure(session, env, &windows).await?;
+    configure(env, &windows, &configuration).await?;
 
     session
         .progress(
@@ -1125,37 +1142,47 @@ impl NtfsMount {
     }
 }
 
-/// unattend.xml to `\Windows\Panther`, agent.json to `\ProgramData\recast`, and the offline
-/// domain join file when the task has one (next to unattend.xml), all readable by SYSTEM and
-/// Administrators only (agent.json holds the enrollment credential, the others passwords).
-async fn configure(session: &Session, env: &Env, windows: &Path) -> Result<(), Failure> {
+/// The machine's own files, fetched with the try's token before anything is written.
+pub struct Configuration {
+    pub unattend: Vec<u8>,
+    pub agent: Vec<u8>,
+}
+
+async fn fetch_configuration(session: &Session) -> Result<Configuration, Failure> {
     let step = Step::Configure;
-    let unattend = session.fetch_text(step, &session.task.unattend_url).await?;
-    let agent = session
-        .fetch_text(step, &session.task.agent_config_url)
-        .await?;
-    let offline_join = match &session.task.offline_domain_join_url {
-        Some(url) => Some(session.fetch_text(step, url).await?),
-        None => None,
-    };
+    for url in [&session.task.unattend_url, &session.task.agent_config_url] {
+        if url.starts_with("https://") && !Path::new(CA_FILE).exists() {
+            return Err(fail(
+                step,
+                format!(
+                    "the boot service serves this machine's credential files over HTTPS but the imaging environment trusts no CA: put the site's CA at {CA_FILE} in the initrd (imager/env/build.sh --ca FILE); the disk is untouched"
+                ),
+            ));
+        }
+    }
+    Ok(Configuration {
+        unattend: session.fetch_text(step, &session.task.unattend_url).await?,
+        agent: session
+            .fetch_text(step, &session.task.agent_config_url)
+            .await?,
+    })
+}
+
+/// unattend.xml to `\Windows\Panther`, agent.json to `\ProgramData\recast`, both readable by
+/// SYSTEM and Administrators only (agent.json holds the enrollment credential, unattend.xml
+/// the profile's passwords).
+async fn configure(env: &Env, windows: &Path, files: &Configuration) -> Result<(), Failure> {
+    let step = Step::Configure;
     let at = env.work.join("windows");
     let mount = mount_ntfs(step, windows, &at, false).await?;
     let written = (|| -> Result<(), String> {
         let panther = find_or_make(&at, &["Windows", "Panther"])?;
         let recast = find_or_make(&at, &["ProgramData", "recast"])?;
         set_acl(&recast, &acl::system_and_administrators_only(true))?;
-        let mut files = vec![
-            (&panther, "unattend.xml", &unattend),
-            (&recast, "agent.json", &agent),
-        ];
-        if let Some(blob) = &offline_join {
-            files.push((
-                &panther,
-                recast_core::imaging::OFFLINE_DOMAIN_JOIN_FILE,
-                blob,
-            ));
-        }
-        for (dir, name, bytes) in files {
+        for (dir, name, bytes) in [
+            (&panther, "unattend.xml", &files.unattend),
+            (&recast, "agent.json", &files.agent),
+        ] {
             // NTFS through ntfs-3g is case-sensitive, Windows is not: replace the image's own
             // Unattend.xml rather than putting a second one beside it.
             let path = find_child(dir, name).unwrap_or_else(|| dir.join(name));

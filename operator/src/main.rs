@@ -318,13 +318,22 @@ impl BootArgs {
             }),
             _ => None,
         };
-        let https_base_url = self.boot_https.map(|listen| {
-            self.boot_https_url
-                .clone()
-                .unwrap_or_else(|| format!("https://{listen}"))
-                .trim_end_matches('/')
-                .to_string()
-        });
+        let https_base_url = match (self.boot_https, &self.boot_https_url) {
+            (None, _) => None,
+            (Some(_), Some(url)) if !url.starts_with("https://") => {
+                return Err(format!(
+                    "--boot-https-url {url} must start with https://: it is the HTTPS listener's address as machines reach it"
+                ));
+            }
+            (Some(_), Some(url)) => Some(url.trim_end_matches('/').to_string()),
+            (Some(listen), None) if listen.ip().is_unspecified() => {
+                return Err(format!(
+                    "--boot-https {listen} listens on every address, so machines cannot be told where it is: add --boot-https-url https://HOST:{} (a name or address the certificate names)",
+                    listen.port()
+                ));
+            }
+            (Some(listen), None) => Some(format!("https://{listen}")),
+        };
         let dhcp = match self.dhcp {
             DhcpMode::Off => None,
             mode => {
@@ -1042,7 +1051,9 @@ async fn run(opts: RunOptions) -> Result<(), String> {
                     parts.clone(),
                     stop_rx.clone(),
                 );
-                let secrets = Arc::new(EmbeddedSecrets(store.clone()));
+                let secrets = Arc::new(recast_operator::bmc::redfish::LocalTrySecrets(
+                    EmbeddedSecrets(store.clone()),
+                ));
                 tokio::spawn(async move {
                     if let Err(e) =
                         recast_operator::boot::service::run(b, secrets, cfg, m, r, s).await
@@ -1178,7 +1189,9 @@ async fn run(opts: RunOptions) -> Result<(), String> {
                         parts.clone(),
                         stop_rx.clone(),
                     );
-                    let secrets = Arc::new(KubeSecrets(client.clone()));
+                    let secrets = Arc::new(recast_operator::bmc::redfish::LocalTrySecrets(
+                        KubeSecrets(client.clone()),
+                    ));
                     tokio::spawn(async move {
                         if let Err(e) =
                             recast_operator::boot::service::run(b, secrets, cfg, m, r, s).await
@@ -1293,11 +1306,13 @@ async fn run_boot_role(
     }
     tracing::info!(forward_to = %url, control_namespace = %opts.control_namespace, "boot role: read-only; inputs go to the operator");
     ready.store(true, std::sync::atomic::Ordering::SeqCst);
-    // The boot pod's ServiceAccount reads no Secrets: a profile that needs one is refused
-    // at the task, before any write, saying so.
-    let secrets = Arc::new(recast_operator::bmc::redfish::NoSecretAccess(
-        "a boot pod (--role boot) cannot read Secrets, and a provisioning profile with passwords or join credentials is served only by a boot service that can: run the boot service in the operator (--role all) for such policies (docs/first-boot.md)",
-    ));
+    // The boot pod's ServiceAccount reads no Secrets: the operator reads an armed try's for it.
+    let secrets = Arc::new(
+        recast_operator::store::kube::try_secrets::OperatorTrySecrets::new(
+            &url,
+            &boot_args.imaging_key(data_dir)?,
+        )?,
+    );
     if let Err(e) =
         recast_operator::boot::service::run(backend, secrets, cfg, metrics, parts, stop_rx).await
     {
@@ -1322,12 +1337,22 @@ async fn start_kube_endpoints(
     stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
     use recast_operator::store::kube::KubeBackend;
-    let (backend, _) =
-        KubeBackend::connect(client, &opts.scope(), Arc::new(AtomicBool::new(false))).await?;
+    let (backend, _) = KubeBackend::connect(
+        client.clone(),
+        &opts.scope(),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .await?;
     let backend = Arc::new(backend);
     if let Some(addr) = kube_opts.internal_listen {
         let key = boot_args.imaging_key(data_dir)?;
-        let app = recast_operator::store::kube::forward::router(&key, backend.clone());
+        // Boot pods read no Secrets: the operator hands one armed try's, sealed.
+        let secrets = Arc::new(recast_operator::bmc::redfish::LocalTrySecrets(KubeSecrets(
+            client.clone(),
+        )));
+        let app = recast_operator::store::kube::forward::router(&key, backend.clone()).merge(
+            recast_operator::store::kube::try_secrets::router(&key, backend.clone(), secrets),
+        );
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| format!("cannot serve the internal input endpoint on {addr}: {e}"))?;

@@ -70,7 +70,7 @@ fn ipxe_scripts() {
 
     for mode in ["uefi", "bios"] {
         let i = intent(mode);
-        let view = AttemptView::new(BASE, &i);
+        let view = AttemptView::new(BASE, None, &i);
         let winpe = r
             .imaging_script(ImagingEnvironment::Winpe, BASE, &view)
             .unwrap();
@@ -112,7 +112,7 @@ fn startnet_partitions_applies_and_reports_for_each_boot_mode() {
     let site = SiteSettings::default();
     let uefi_intent = intent("uefi");
     let uefi = r
-        .startnet(&AttemptView::new(BASE, &uefi_intent), &image(), &site)
+        .startnet(&AttemptView::new(BASE, None, &uefi_intent), &image(), &site)
         .unwrap();
     // Windows' cmd.exe wants CRLF.
     assert!(uefi.contains("\r\n") && !uefi.replace("\r\n", "").contains('\n'));
@@ -142,6 +142,24 @@ fn startnet_partitions_applies_and_reports_for_each_boot_mode() {
     // The try is claimed before the disk is touched: a machine that cannot claim it (another
     // holds it) leaves the disk alone.
     assert!(uefi.find("/claim?format=text") < uefi.find("diskpart /s"));
+    // The task (where the boot service checks the machine's provisioning) and the files with
+    // its credentials are fetched before the disk is touched, and only copied after the apply.
+    let wipe = uefi.find("diskpart /s").unwrap();
+    for fetched in [
+        "\"%RECAST_URL%/task\"",
+        "\"%RECAST_URL%/unattend.xml\"",
+        "\"%RECAST_URL%/agent.json\"",
+    ] {
+        assert!(
+            uefi.find(fetched).unwrap() < wipe,
+            "{fetched} after the wipe"
+        );
+    }
+    assert!(
+        uefi.find("copy /y X:\\recast-unattend.xml").unwrap()
+            > uefi.find("dism /Apply-Image").unwrap()
+    );
+    assert!(!uefi.contains("--cacert"), "plain HTTP: no CA to check");
     assert!(
         !uefi.contains("set \"RECAST_TOKEN=0"),
         "no token is rendered in"
@@ -150,7 +168,7 @@ fn startnet_partitions_applies_and_reports_for_each_boot_mode() {
 
     let bios_intent = intent("bios");
     let bios = r
-        .startnet(&AttemptView::new(BASE, &bios_intent), &image(), &site)
+        .startnet(&AttemptView::new(BASE, None, &bios_intent), &image(), &site)
         .unwrap();
     for line in [
         "echo active",
@@ -161,6 +179,30 @@ fn startnet_partitions_applies_and_reports_for_each_boot_mode() {
     }
     assert!(!bios.contains("convert gpt"));
     golden("startnet-bios.cmd", &bios);
+
+    // With the HTTPS listener, the whole protocol runs over it and curl checks the site's CA;
+    // what firmware fetches (this script) stays on plain HTTP.
+    let https = r
+        .startnet(
+            &AttemptView::new(BASE, Some("https://boot.site.example:8443"), &uefi_intent),
+            &image(),
+            &site,
+        )
+        .unwrap();
+    assert!(
+        https.contains(
+            "set \"RECAST_URL=https://boot.site.example:8443/imaging/v1/store-042/kiosk-01/kiosk-01-7f3a/2\""
+        ),
+        "{https}"
+    );
+    assert!(https.contains("--cacert X:\\recast\\ca.pem"));
+    // Only the image (no secret in it, checked by sha256) is fetched over plain HTTP.
+    for line in https.lines().filter(|l| l.contains("http://")) {
+        assert!(
+            line.contains("/artifacts/images/"),
+            "plain HTTP in the protocol: {line}"
+        );
+    }
 
     let winpeshl = r.winpeshl().unwrap();
     assert!(winpeshl.contains("[LaunchApps]\r\n"));
@@ -209,13 +251,13 @@ fn site_secrets() -> BTreeMap<String, BTreeMap<String, Vec<u8>>> {
         ),
         (
             "odj".to_string(),
-            BTreeMap::from([("blob".to_string(), odj)]),
+            BTreeMap::from([("KIOSK-01".to_string(), odj)]),
         ),
     ])
 }
 
 fn provisioning(profile: Option<&ProvisioningProfile>) -> Provisioning {
-    provisioning::resolve("store-042", profile, &site(), &site_secrets()).unwrap()
+    provisioning::resolve("store-042", "KIOSK-01", profile, &site(), &site_secrets()).unwrap()
 }
 
 /// Renders for the profile and checks what every profile must be: the structure Setup takes,
@@ -223,7 +265,7 @@ fn provisioning(profile: Option<&ProvisioningProfile>) -> Provisioning {
 fn unattend_for(profile: Option<&ProvisioningProfile>, golden_name: &str) -> String {
     let r = Renderer::new().unwrap();
     let i = intent("uefi");
-    let view = AttemptView::new(BASE, &i);
+    let view = AttemptView::new(BASE, None, &i);
     let xml = r
         .unattend(&view, "KIOSK-01", "amd64", &provisioning(profile))
         .unwrap();
@@ -319,43 +361,30 @@ fn unattend_for_a_domain_join_with_credentials_escapes_them() {
 }
 
 #[test]
-fn unattend_for_an_offline_domain_join_loads_the_blob_in_specialize_and_deletes_it() {
+fn unattend_for_an_offline_domain_join_carries_the_machines_blob() {
     let profile = ProvisioningProfile {
         join: Some(Join {
             workgroup: None,
             domain: None,
             offline_domain_join: Some(OfflineDomainJoin {
-                blob_secret_ref: secret_key("odj", "blob"),
+                blobs_secret_ref: SecretRef { name: "odj".into() },
             }),
         }),
         ..Default::default()
     };
     let xml = unattend_for(Some(&profile), "unattend-offline-domain-join.xml");
+    // Setup's own offline join in specialize: the base64 text djoin saved, from the UTF-16
+    // file, for this machine's computer name.
     assert!(
-        !xml.contains("UnattendedJoin"),
-        "djoin joins, not Setup's own join"
+        xml.contains("<AccountData>ARAIAMzMzMzIAQAAAAAAAA==</AccountData>"),
+        "{xml}"
     );
-    let odj = format!(
-        r"cmd.exe /c djoin.exe /requestODJ /loadfile %WINDIR%\Panther\{} /windowspath %WINDIR% /localos",
-        recast_core::imaging::OFFLINE_DOMAIN_JOIN_FILE
+    assert!(!xml.contains("JoinWorkgroup") && !xml.contains("JoinDomain"));
+    assert!(
+        !xml.contains("OfflineIdentification"),
+        "offlineServicing never runs here"
     );
-    let join_at = xml.find(&odj).expect("the djoin command");
-    let delete_at = xml
-        .find(&format!(
-            r"cmd.exe /c del /f /q %WINDIR%\Panther\{}",
-            recast_core::imaging::OFFLINE_DOMAIN_JOIN_FILE
-        ))
-        .expect("the delete command");
-    assert!(join_at < delete_at, "the file goes after the join");
-    assert!(xml.contains("<WillReboot>Never</WillReboot>"));
-    // The blob itself is never in the answer file: it is a file of its own.
-    assert!(!xml.contains("ARAIAMzMzMz"));
-    let p = provisioning(Some(&profile));
-    assert_eq!(
-        p.offline_join_blob.as_deref(),
-        Some(site_secrets()["odj"]["blob"].as_slice()),
-        "byte for byte as djoin wrote it"
-    );
+    assert!(provisioning(Some(&profile)).holds_secret());
 }
 
 #[test]
@@ -371,6 +400,12 @@ fn unattend_runs_first_logon_commands_in_order() {
                 description: None,
             },
         ],
+        // They run at someone's first logon: admission wants an account for them.
+        local_account: Some(LocalAccount {
+            name: "kiosk".into(),
+            administrator: true,
+            password_secret_ref: secret_key("accounts", "kiosk"),
+        }),
         ..Default::default()
     };
     let xml = unattend_for(Some(&profile), "unattend-first-logon-commands.xml");
@@ -384,7 +419,7 @@ fn unattend_runs_first_logon_commands_in_order() {
             .count(),
         2
     );
-    assert!(!provisioning(Some(&profile)).holds_secret());
+    assert!(xml.contains("<Group>Administrators</Group>"));
 }
 
 #[test]
@@ -392,7 +427,7 @@ fn unattend_components_name_the_images_architecture() {
     // Windows on Arm: every component names the image's architecture, or Setup skips it.
     let r = Renderer::new().unwrap();
     let i = intent("uefi");
-    let view = AttemptView::new(BASE, &i);
+    let view = AttemptView::new(BASE, None, &i);
     let arm = r
         .unattend(&view, "KIOSK-01", "arm64", &provisioning(None))
         .unwrap();
@@ -507,7 +542,7 @@ fn grub_configurations_of_the_signed_chain() {
     golden("local.grub.cfg", &local);
 
     let i = intent("uefi");
-    let view = AttemptView::new(BASE, &i);
+    let view = AttemptView::new(BASE, None, &i);
     let linux = r.grub_imaging(ImagingEnvironment::Linux, &view).unwrap();
     for line in [
         "if linux /linux/vmlinuz console=ttyS0 quiet 'recast.claim=http://10.0.40.2:8081/imaging/v1/store-042/kiosk-01/kiosk-01-7f3a/2/claim'; then",
@@ -540,7 +575,7 @@ fn grub_values_cannot_break_out_of_their_quotes_or_comments() {
     let mut i = intent("uefi");
     i.endpoint = "kiosk\nreboot".into();
     i.image = "img'x".into();
-    let view = AttemptView::new(BASE, &i);
+    let view = AttemptView::new(BASE, None, &i);
     let linux = r.grub_imaging(ImagingEnvironment::Linux, &view).unwrap();
     assert!(
         !linux.lines().any(|l| l.trim() == "reboot"),

@@ -1325,6 +1325,10 @@ spec:
     // answers a machine it knows from the watched namespace (HTTP boot on loopback instead of
     // the node), and its input reaches the operator over the internal endpoint.
     let boot_port = free_port();
+    let boot_https = free_port();
+    let boot_pki = recast_tests::redfish::make_pki(tmp.path(), "boot");
+    let boot_ca = tmp.path().join("boot-ca.pem");
+    std::fs::write(&boot_ca, &boot_pki.ca_pem).unwrap();
     let boot_data = tmp.path().join("boot-data");
     std::fs::create_dir_all(boot_data.join("boot")).unwrap();
     let ds = find(&docs, "DaemonSet", "-boot").unwrap();
@@ -1352,6 +1356,19 @@ spec:
                 boot_data.join("boot").to_string_lossy().into_owned(),
             ),
             ("--imaging-key-file", imaging_key.clone()),
+            ("--boot-https", format!("127.0.0.1:{boot_https}")),
+            (
+                "--boot-https-url",
+                format!("https://127.0.0.1:{boot_https}"),
+            ),
+            (
+                "--boot-tls-cert",
+                boot_pki.cert.to_string_lossy().into_owned(),
+            ),
+            (
+                "--boot-tls-key",
+                boot_pki.key.to_string_lossy().into_owned(),
+            ),
         ],
     );
     let url = format!("http://127.0.0.1:{boot_port}/boot/52:54:00:c4:00:01");
@@ -1389,6 +1406,11 @@ spec:
         .output()
         .expect("run curl");
     assert!(out.status.success(), "the claim: {out:?}");
+    let claim: Value = serde_json::from_slice(&out.stdout).expect("the claim's answer");
+    let token = claim["token"]
+        .as_str()
+        .expect("a session token")
+        .to_string();
     operator.wait(
         Duration::from_secs(60),
         "the forwarded NetworkBooted to move the attempt to Applying",
@@ -1399,6 +1421,63 @@ spec:
             )["status"]["activeAttempt"]["step"]
                 == "Applying"
         },
+    );
+
+    // A provisioning profile whose password is in a Secret: the boot pod, whose ServiceAccount
+    // reads no Secrets, gets this armed try's from the operator (signed request, sealed
+    // answer, the operator's own Secret RBAC) and serves the unattend.xml over HTTPS only.
+    apply_fleet(
+        &k,
+        tmp.path(),
+        &fleet,
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: kiosk-accounts}
+stringData: {kiosk: Kiosk-Pass1}
+---
+apiVersion: recast.dev/v1alpha1
+kind: RemediationPolicy
+metadata: {name: default}
+spec:
+  provisioning:
+    localAccount:
+      name: kiosk
+      passwordSecretRef: {name: kiosk-accounts, key: kiosk}
+"#,
+    );
+    let unattend_url = format!("https://127.0.0.1:{boot_https}{attempt_path}/unattend.xml");
+    let auth = format!("Authorization: Bearer {token}");
+    let mut unattend = String::new();
+    boot.wait(
+        Duration::from_secs(60),
+        "the boot pod to serve the profile's unattend.xml over HTTPS",
+        || {
+            let out = Command::new("curl")
+                .args(["-s", "--max-time", "5", "--cacert"])
+                .arg(&boot_ca)
+                .args(["-H", &auth, &unattend_url])
+                .output()
+                .expect("run curl");
+            unattend = String::from_utf8_lossy(&out.stdout).into_owned();
+            unattend.contains("<Name>kiosk</Name>")
+        },
+    );
+    assert!(
+        unattend.contains("SwBpAG8AcwBrAC0AUABhAHMAcwAxAFAAYQBzAHMAdwBvAHIAZAA="),
+        "the Secret's password, in unattend's obscured form:\n{unattend}"
+    );
+    let plain = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", &auth])
+        .arg(format!(
+            "http://127.0.0.1:{boot_port}{attempt_path}/unattend.xml"
+        ))
+        .output()
+        .expect("run curl");
+    assert_eq!(
+        String::from_utf8_lossy(&plain.stdout),
+        "403",
+        "never over plain HTTP"
     );
 
     // Real requests as the ServiceAccount, not only can-i: misuse is refused by the apiserver.

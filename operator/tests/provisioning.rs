@@ -78,19 +78,25 @@ fn a_profile_with_a_secret_is_refused_without_https_before_any_write() {
     );
     let attempt = arm(&s);
     let token = claimed_token(&attempt, "127.0.0.1");
-    let (code, body) = task(&attempt, &token);
-    assert_eq!(code, 409, "{body}");
-    assert!(body.contains("only over HTTPS"), "{body}");
-    assert!(body.contains("--boot-https"), "says what to do: {body}");
-    // The file itself is not served over plain HTTP either, even with the token.
+    // The file is not served over plain HTTP, even with the token, while the try is armed.
     let (code, _, body) = curl(&[
         "-H",
         &format!("Authorization: Bearer {token}"),
         &format!("{attempt}/unattend.xml"),
     ]);
     let body = String::from_utf8_lossy(&body);
-    assert!(code == 403 || code == 410, "{code}: {body}");
-    assert!(!body.contains("Kiosk"), "{body}");
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("only over HTTPS"), "{body}");
+    assert!(
+        !body.contains("Kiosk") && !body.contains("SwBpAG8Acw"),
+        "{body}"
+    );
+    assert!(s.store.boot_intent(MAC).unwrap().is_some(), "still armed");
+    // The task refuses it and ends the try, saying what to do.
+    let (code, body) = task(&attempt, &token);
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("only over HTTPS"), "{body}");
+    assert!(body.contains("--boot-https"), "says what to do: {body}");
     try_ended_with(&s, "only over HTTPS");
     let _ = std::fs::remove_dir_all(&s.dir);
 }
@@ -107,7 +113,8 @@ fn secrets_go_only_over_https_with_the_tries_token() {
         "accounts",
         json!({"kiosk": "Kiosk-Pass1\n", "admin": "S3cret!"}),
     );
-    // An offline domain join file as djoin saves it (UTF-16LE); stored base64 as `data`.
+    // pc-01's offline domain join blob as djoin saves it (UTF-16LE), under its computer name;
+    // stored base64 as `data`.
     let blob: Vec<u8> = "ARAIAMzMzMzIAQAAAAAAAA=="
         .encode_utf16()
         .flat_map(u16::to_le_bytes)
@@ -115,7 +122,7 @@ fn secrets_go_only_over_https_with_the_tries_token() {
     s.store
         .apply_secret(
             &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "odj"},
-                    "data": {"blob": base64(&blob)}}),
+                    "data": {"PC-01": base64(&blob), "PC-02": base64(b"QUJD")}}),
             "default",
         )
         .unwrap();
@@ -126,7 +133,7 @@ fn secrets_go_only_over_https_with_the_tries_token() {
             "timeZone": "W. Europe Standard Time",
             "localAccount": {"name": "kiosk", "administrator": false, "passwordSecretRef": {"name": "accounts", "key": "kiosk"}},
             "administratorPasswordSecretRef": {"name": "accounts", "key": "admin"},
-            "join": {"offlineDomainJoin": {"blobSecretRef": {"name": "odj", "key": "blob"}}},
+            "join": {"offlineDomainJoin": {"blobsSecretRef": {"name": "odj"}}},
             "firstLogonCommands": [{"commandLine": "cmd.exe /c echo first"}]
         }),
     );
@@ -137,20 +144,26 @@ fn secrets_go_only_over_https_with_the_tries_token() {
     assert_eq!(code, 200, "{body}");
     let t: Value = serde_json::from_str(&body).unwrap();
     let path = attempt.strip_prefix(&s.base).unwrap();
-    assert_eq!(t["unattendUrl"], format!("{https}{path}/unattend.xml"));
-    assert_eq!(t["agentConfigUrl"], format!("{https}{path}/agent.json"));
-    assert_eq!(
-        t["offlineDomainJoinUrl"],
-        format!("{https}{path}/offline-domain-join")
+    // With the HTTPS listener the whole protocol runs over it: the token goes nowhere else.
+    for (field, file) in [
+        ("unattendUrl", "unattend.xml"),
+        ("agentConfigUrl", "agent.json"),
+        ("progressUrl", "progress"),
+        ("resultUrl", "result"),
+    ] {
+        assert_eq!(t[field], format!("{https}{path}/{file}"), "{field}");
+    }
+    assert!(
+        t["image"]["url"].as_str().unwrap().starts_with(&s.base),
+        "the image (no secret, checked by sha256) stays on plain HTTP"
     );
-    assert_eq!(
-        t["progressUrl"],
-        format!("{attempt}/progress"),
-        "what carries no secret stays on the plain listener"
-    );
+    let (code, _, claim_again) = curl(&["-X", "POST", &format!("{attempt}/claim")]);
+    assert_eq!(code, 200);
+    let claim_again: Value = serde_json::from_slice(&claim_again).unwrap();
+    assert_eq!(claim_again["taskUrl"], format!("{https}{path}/task"));
 
     // Over plain HTTP, with the right token: refused, and nothing of the file leaks.
-    for file in ["unattend.xml", "agent.json", "offline-domain-join"] {
+    for file in ["unattend.xml", "agent.json"] {
         let (code, _, body) = curl(&["-H", &auth, &format!("{attempt}/{file}")]);
         let body = String::from_utf8_lossy(&body);
         assert_eq!(code, 403, "{file}: {body}");
@@ -166,7 +179,7 @@ fn secrets_go_only_over_https_with_the_tries_token() {
         curl(&args)
     };
     // Over HTTPS without the token: refused.
-    for file in ["unattend.xml", "agent.json", "offline-domain-join"] {
+    for file in ["unattend.xml", "agent.json"] {
         assert_eq!(https_get(file, false).0, 401, "{file}");
     }
     // An unverified connection is not how the imaging environment talks: curl checks the
@@ -190,14 +203,14 @@ fn secrets_go_only_over_https_with_the_tries_token() {
     assert!(xml.contains("<TimeZone>W. Europe Standard Time</TimeZone>"));
     assert!(xml.contains("<Name>kiosk</Name>"));
     assert!(xml.contains("<Group>Users</Group>"));
-    assert!(xml.contains("/requestODJ"));
+    assert!(
+        xml.contains("<AccountData>ARAIAMzMzMzIAQAAAAAAAA==</AccountData>"),
+        "pc-01's own blob: {xml}"
+    );
     assert!(xml.contains("cmd.exe /c echo first"));
     for clear in ["Kiosk-Pass1", "S3cret!"] {
         assert!(!xml.contains(clear), "{clear} in clear text");
     }
-    let (code, _, got) = https_get("offline-domain-join", true);
-    assert_eq!(code, 200);
-    assert_eq!(got, blob, "the join file byte for byte");
     let (code, _, agent) = https_get("agent.json", true);
     assert_eq!(code, 200);
     let agent: Value = serde_json::from_slice(&agent).unwrap();

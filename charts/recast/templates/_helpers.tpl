@@ -53,7 +53,8 @@ non-root process only through file capabilities, which allowPrivilegeEscalation:
 (no_new_privs) switches off; root with every other capability dropped is the smaller grant.
 */}}
 {{- define "recast.boot.privilegedPorts" -}}
-{{- $low := or .Values.boot.tftp.enabled (lt (int .Values.boot.httpPort) 1024) -}}
+{{- $httpsLow := and .Values.boot.https.enabled (lt (int .Values.boot.https.port) 1024) -}}
+{{- $low := or .Values.boot.tftp.enabled (lt (int .Values.boot.httpPort) 1024) $httpsLow -}}
 {{- if ne .Values.boot.dhcp.mode "off" -}}
 {{- range .Values.boot.dhcp.ports -}}
 {{- if lt (int .) 1024 -}}{{- $low = true -}}{{- end -}}
@@ -132,6 +133,12 @@ capabilities:
 {{- $b := .Values.boot -}}
 - --boot-http={{ $b.bindAddress }}:{{ $b.httpPort }}
 - --boot-url={{ default (printf "http://$(RECAST_SERVER_IP):%d" (int $b.httpPort)) $b.url }}
+{{- if $b.https.enabled }}
+- --boot-https={{ $b.bindAddress }}:{{ $b.https.port }}
+- --boot-https-url={{ default (printf "https://$(RECAST_SERVER_IP):%d" (int $b.https.port)) $b.https.url }}
+- --boot-tls-cert=/etc/recast/boot-tls/tls.crt
+- --boot-tls-key=/etc/recast/boot-tls/tls.key
+{{- end }}
 - --boot-root=/var/lib/recast/boot
 - --imaging-key-file=/etc/recast/imaging/imaging.key
 - --imaging-environment={{ $b.imagingEnvironment }}
@@ -172,6 +179,11 @@ capabilities:
 - name: imaging-key
   mountPath: /etc/recast/imaging
   readOnly: true
+{{- if .Values.boot.https.enabled }}
+- name: boot-tls
+  mountPath: /etc/recast/boot-tls
+  readOnly: true
+{{- end }}
 {{- if eq .Values.boot.dhcp.mode "full" }}
 - name: dhcp-leases
   mountPath: /etc/recast/dhcp
@@ -189,6 +201,12 @@ capabilities:
   secret:
     secretName: {{ include "recast.imagingKeySecret" . }}
     defaultMode: 288 # 0440: owner and the fsGroup read
+{{- if .Values.boot.https.enabled }}
+- name: boot-tls
+  secret:
+    secretName: {{ required "boot.https.tlsSecret: name the kubernetes.io/tls Secret of the boot service's HTTPS listener" .Values.boot.https.tlsSecret }}
+    defaultMode: 288 # 0440: owner and the fsGroup read
+{{- end }}
 {{- if eq .Values.boot.dhcp.mode "full" }}
 - name: dhcp-leases
   configMap:

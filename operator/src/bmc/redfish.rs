@@ -18,8 +18,7 @@ use super::PowerControl;
 use crate::store::embedded::EmbeddedStore;
 use recast_core::lifecycle::ActionError;
 
-/// A Secret's data, key → bytes.
-pub type SecretData = BTreeMap<String, Vec<u8>>;
+pub use crate::store::SecretData;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot read Secret {namespace}/{name}: {message}")]
@@ -41,45 +40,38 @@ pub trait SecretSource: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<SecretData>, SecretLookupError>> + Send;
 }
 
-/// A [`SecretSource`] behind a pointer, for services that hold one without being generic
-/// over it (the boot service reads provisioning Secrets through this).
-pub trait DynSecretSource: Send + Sync + 'static {
-    fn secret_boxed<'a>(
-        &'a self,
-        namespace: &'a str,
-        name: &'a str,
-    ) -> std::pin::Pin<
-        Box<dyn Future<Output = Result<Option<SecretData>, SecretLookupError>> + Send + 'a>,
-    >;
-}
+/// An armed try's Secrets read by this process itself, through its own [`SecretSource`].
+pub struct LocalTrySecrets<S>(pub S);
 
-impl<S: SecretSource> DynSecretSource for S {
-    fn secret_boxed<'a>(
+impl<S: SecretSource> crate::store::TrySecrets for LocalTrySecrets<S> {
+    fn try_secrets<'a>(
         &'a self,
-        namespace: &'a str,
-        name: &'a str,
+        intent: &'a crate::store::BootIntent,
+        names: &'a [String],
     ) -> std::pin::Pin<
-        Box<dyn Future<Output = Result<Option<SecretData>, SecretLookupError>> + Send + 'a>,
+        Box<
+            dyn Future<Output = Result<crate::store::SecretMap, crate::store::SecretsError>>
+                + Send
+                + 'a,
+        >,
     > {
-        Box::pin(self.secret(namespace, name))
-    }
-}
-
-/// A process that may not read Secrets (a Kubernetes boot pod's read-only ServiceAccount):
-/// every lookup is refused, saying where Secrets can be read.
-pub struct NoSecretAccess(pub &'static str);
-
-impl SecretSource for NoSecretAccess {
-    async fn secret(
-        &self,
-        namespace: &str,
-        name: &str,
-    ) -> Result<Option<SecretData>, SecretLookupError> {
-        Err(SecretLookupError {
-            namespace: namespace.into(),
-            name: name.into(),
-            message: self.0.to_string(),
-            permanent: true,
+        Box::pin(async move {
+            let mut out = crate::store::SecretMap::new();
+            for name in names {
+                match self.0.secret(&intent.namespace, name).await {
+                    Ok(Some(data)) => {
+                        out.insert(name.clone(), data);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        return Err(crate::store::SecretsError {
+                            permanent: e.permanent,
+                            message: e.to_string(),
+                        });
+                    }
+                }
+            }
+            Ok(out)
         })
     }
 }

@@ -15,7 +15,7 @@ use recast_crds::{Endpoint, GoldenImage};
 use serde::Deserialize;
 
 use super::intent::{self, BootChoice, NotServed, UnknownMacPolicy};
-use super::provisioning::{JoinView, Provisioning};
+use super::provisioning::Provisioning;
 use super::render::{AttemptView, ImageFile, ImagingEnvironment, Renderer, SiteSettings};
 use crate::metrics::Metrics;
 use crate::store::arming::{Known, normalize_mac};
@@ -98,7 +98,7 @@ pub struct BootHttp<B> {
     /// Stamps the events this service records.
     pub clock: Arc<dyn crate::clock::Clock>,
     /// Where the Secrets of a policy's provisioning profile are read.
-    pub secrets: Arc<dyn crate::bmc::redfish::DynSecretSource>,
+    pub secrets: Arc<dyn crate::store::TrySecrets>,
 }
 
 /// The claimant of each endpoint's armed try: endpoint → (attempt, try, client address).
@@ -157,7 +157,6 @@ pub fn router<B: Backend + BootIntents>(svc: Arc<BootHttp<B>>) -> Router {
         .route("/winpeshl.ini", get(winpeshl::<B>))
         .route("/unattend.xml", get(unattend::<B>))
         .route("/agent.json", get(agent_config::<B>))
-        .route("/offline-domain-join", get(offline_domain_join::<B>))
         .route("/progress", post(progress::<B>))
         .route("/result", post(result::<B>))
         .layer(DefaultBodyLimit::max(MAX_REPORT_BYTES));
@@ -254,7 +253,7 @@ async fn per_mac<B: Backend + BootIntents>(
             ))
         }
         ScriptFor::Imaging(intent) => {
-            let view = AttemptView::new(&svc.config.base_url, &intent);
+            let view = svc.view(&intent);
             let body =
                 svc.renderer
                     .imaging_script(svc.config.imaging, &svc.config.base_url, &view)?;
@@ -571,8 +570,17 @@ impl<B: Backend + BootIntents> BootHttp<B> {
             .ok_or_else(|| Refusal::Gone(format!("endpoint {key} no longer exists")))
     }
 
-    /// The base URL of the files that carry credentials: the HTTPS listener's when there is one.
-    fn credential_base(&self) -> &str {
+    /// The per-try view of the templates, with the plain and the protocol URL.
+    pub fn view<'a>(&self, intent: &'a BootIntent) -> AttemptView<'a> {
+        AttemptView::new(
+            &self.config.base_url,
+            self.config.https_base_url.as_deref(),
+            intent,
+        )
+    }
+
+    /// The base URL of the imaging protocol: the HTTPS listener's when there is one.
+    fn protocol_base(&self) -> &str {
         self.config
             .https_base_url
             .as_deref()
@@ -583,7 +591,11 @@ impl<B: Backend + BootIntents> BootHttp<B> {
     /// profile with the site's defaults and the Secrets' values. A policy named by
     /// `spec.policyRef` that does not exist is a problem to fix, not "no profile": a machine
     /// set up without its domain join is worse than one not set up.
-    async fn provisioning_of(&self, ep: &Endpoint) -> Result<Provisioning, ProvisioningProblem> {
+    async fn provisioning_of(
+        &self,
+        intent: &BootIntent,
+        ep: &Endpoint,
+    ) -> Result<Provisioning, ProvisioningProblem> {
         let ns = recast_crds::namespace_of(&ep.metadata);
         let named = ep.spec.policy_ref.as_deref();
         let name = named.unwrap_or(recast_crds::policy::DEFAULT_POLICY_NAME);
@@ -599,28 +611,43 @@ impl<B: Backend + BootIntents> BootHttp<B> {
             }
             None => None,
         };
-        let mut secrets = std::collections::BTreeMap::new();
-        if let Some(profile) = &profile {
-            for secret in super::provisioning::secrets_needed(profile).into_keys() {
-                match self.secrets.secret_boxed(ns, &secret).await {
-                    Ok(Some(data)) => {
-                        secrets.insert(secret, data);
-                    }
-                    Ok(None) => {}
-                    Err(e) if e.permanent => return Err(ProvisioningProblem::Fix(e.to_string())),
-                    Err(e) => {
-                        return Err(ProvisioningProblem::Unavailable(format!("{e}; retry")));
-                    }
+        let names: Vec<String> = profile
+            .as_ref()
+            .map(|p| p.secrets_needed().into_keys().collect())
+            .unwrap_or_default();
+        let secrets = if names.is_empty() {
+            Default::default()
+        } else {
+            match self.secrets.try_secrets(intent, &names).await {
+                Ok(s) => s,
+                Err(e) if e.permanent => return Err(ProvisioningProblem::Fix(e.message)),
+                Err(e) => {
+                    return Err(ProvisioningProblem::Unavailable(format!(
+                        "{}; retry",
+                        e.message
+                    )));
                 }
             }
-        }
-        super::provisioning::resolve(ns, profile.as_ref(), &self.config.site.defaults(), &secrets)
-            .map_err(|e| ProvisioningProblem::Fix(e.to_string()))
+        };
+        let computer_name =
+            recast_core::naming::computer_name(&intent.endpoint, ep.spec.hostname.as_deref());
+        super::provisioning::resolve(
+            ns,
+            &computer_name,
+            profile.as_ref(),
+            &self.config.site.defaults(),
+            &secrets,
+        )
+        .map_err(|e| ProvisioningProblem::Fix(e.to_string()))
     }
 
     /// [`Self::provisioning_of`] for a file request: any problem is a refusal.
-    async fn provisioning_for_file(&self, ep: &Endpoint) -> Result<Provisioning, Refusal> {
-        self.provisioning_of(ep).await.map_err(|p| match p {
+    async fn provisioning_for_file(
+        &self,
+        intent: &BootIntent,
+        ep: &Endpoint,
+    ) -> Result<Provisioning, Refusal> {
+        self.provisioning_of(intent, ep).await.map_err(|p| match p {
             ProvisioningProblem::Fix(why) => Refusal::Conflict(why),
             ProvisioningProblem::Unavailable(why) => Refusal::Unavailable(why),
         })
@@ -772,7 +799,7 @@ async fn claim<B: Backend + BootIntents>(
     );
     let task_url = format!(
         "{}/task",
-        super::render::attempt_url(&svc.config.base_url, &intent)
+        super::render::attempt_url(svc.protocol_base(), &intent)
     );
     let mut resp = if q.format.as_deref() == Some("text") {
         text(StatusCode::OK, format!("{token}\n"))
@@ -801,21 +828,22 @@ async fn task<B: Backend + BootIntents>(
         .authorize(&p, &client_address(peer), &headers, &q)
         .await?;
     let image = svc.image_file(&intent).await?;
-    let attempt_url = super::render::attempt_url(&svc.config.base_url, &intent);
-    let credential_url = super::render::attempt_url(svc.credential_base(), &intent);
+    // Every URL of the protocol on the HTTPS listener when there is one: the token goes
+    // nowhere else.
+    let attempt_url = super::render::attempt_url(svc.protocol_base(), &intent);
     let ep = svc.endpoint_of(&intent).await?;
     // The machine's provisioning is checked before the imaging environment writes anything:
     // a profile that cannot be served ends the try here, with the disk untouched.
-    let provisioning = match svc.provisioning_of(&ep).await {
+    let servable = match svc.provisioning_of(&intent, &ep).await {
         Ok(p) if p.holds_secret() && svc.config.https_base_url.is_none() => {
             Err(NEEDS_HTTPS.to_string())
         }
-        Ok(p) => Ok(p),
+        Ok(_) => Ok(()),
         Err(ProvisioningProblem::Fix(why)) => Err(why),
         Err(ProvisioningProblem::Unavailable(why)) => return Err(Refusal::Unavailable(why)),
     };
-    let provisioning = match provisioning {
-        Ok(p) => p,
+    match servable {
+        Ok(()) => {}
         Err(why) => {
             tracing::warn!(endpoint = %intent.key(), attempt = %intent.attempt_id, "imaging try ended before any write: {why}");
             let refusal = format!("cannot provision this machine: {why}");
@@ -850,10 +878,8 @@ async fn task<B: Backend + BootIntents>(
         target_disk: recast_core::imaging::target_disk(ep.spec.target_disk.as_ref()),
         progress_url: format!("{attempt_url}/progress"),
         result_url: format!("{attempt_url}/result"),
-        unattend_url: format!("{credential_url}/unattend.xml"),
-        agent_config_url: format!("{credential_url}/agent.json"),
-        offline_domain_join_url: matches!(provisioning.join, JoinView::Offline)
-            .then(|| format!("{credential_url}/offline-domain-join")),
+        unattend_url: format!("{attempt_url}/unattend.xml"),
+        agent_config_url: format!("{attempt_url}/agent.json"),
     })
     .into_response())
 }
@@ -867,7 +893,7 @@ async fn startnet<B: Backend + BootIntents>(
 ) -> Result<Response, Refusal> {
     let intent = svc.armed(&p).await?;
     let image = svc.image_file(&intent).await?;
-    let view = AttemptView::new(&svc.config.base_url, &intent);
+    let view = svc.view(&intent);
     Ok(script(svc.renderer.startnet(
         &view,
         &image,
@@ -895,14 +921,14 @@ async fn unattend<B: Backend + BootIntents>(
         .authorize(&p, &client_address(peer), &headers, &q)
         .await?;
     let ep = svc.endpoint_of(&intent).await?;
-    let provisioning = svc.provisioning_for_file(&ep).await?;
+    let provisioning = svc.provisioning_for_file(&intent, &ep).await?;
     credential_transport(
         over_https.is_some(),
         svc.config.https_base_url.is_some(),
         provisioning.holds_secret(),
     )
     .map_err(Refusal::Forbidden)?;
-    let view = AttemptView::new(&svc.config.base_url, &intent);
+    let view = svc.view(&intent);
     let computer_name =
         recast_core::naming::computer_name(&intent.endpoint, ep.spec.hostname.as_deref());
     Ok((
@@ -1007,48 +1033,6 @@ async fn agent_config<B: Backend + BootIntents>(
         header::HeaderValue::from_static("no-store"),
     );
     Ok(resp)
-}
-
-/// The offline domain join file of the machine's profile, byte for byte as djoin saved it;
-/// only over HTTPS. The imaging environment writes it where unattend's specialize pass loads
-/// it (`recast_core::imaging::OFFLINE_DOMAIN_JOIN_FILE`), and that pass deletes it after the join.
-async fn offline_domain_join<B: Backend + BootIntents>(
-    State(svc): State<Arc<BootHttp<B>>>,
-    Path(p): Path<TryPath>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-    Query(q): Query<TokenQuery>,
-    over_https: Option<axum::Extension<OverHttps>>,
-    headers: HeaderMap,
-) -> Result<Response, Refusal> {
-    let intent = svc
-        .authorize(&p, &client_address(peer), &headers, &q)
-        .await?;
-    credential_transport(
-        over_https.is_some(),
-        svc.config.https_base_url.is_some(),
-        true,
-    )
-    .map_err(Refusal::Forbidden)?;
-    let ep = svc.endpoint_of(&intent).await?;
-    let blob = svc
-        .provisioning_for_file(&ep)
-        .await?
-        .offline_join_blob
-        .ok_or_else(|| {
-            Refusal::Gone(
-                "the machine's provisioning has no offline domain join (its policy changed?)"
-                    .to_string(),
-            )
-        })?;
-    Ok((
-        StatusCode::OK,
-        [
-            (header::CONTENT_TYPE, "application/octet-stream"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        blob,
-    )
-        .into_response())
 }
 
 async fn progress<B: Backend + BootIntents>(

@@ -10,45 +10,11 @@ use std::collections::BTreeMap;
 use recast_crds::policy::{Join, ProvisioningProfile, SecretKeyRef};
 use serde::Serialize;
 
-use crate::bmc::redfish::SecretData;
+use crate::store::SecretData;
 
-/// The offline domain join file as Windows names it while it runs (the imaging environment
-/// writes it to `\Windows\Panther`).
-fn offline_join_windows_path() -> String {
-    format!(
-        r"%WINDIR%\Panther\{}",
-        recast_core::imaging::OFFLINE_DOMAIN_JOIN_FILE
-    )
-}
-
-/// The Secrets of the policy's namespace a profile reads, by name, each with the keys it needs.
+/// The Secrets of the policy's namespace a profile reads, by name, each with its keys.
 pub fn secrets_needed(profile: &ProvisioningProfile) -> BTreeMap<String, Vec<String>> {
-    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut add = |r: &SecretKeyRef| out.entry(r.name.clone()).or_default().push(r.key.clone());
-    if let Some(a) = &profile.local_account {
-        add(&a.password_secret_ref);
-    }
-    if let Some(r) = &profile.administrator_password_secret_ref {
-        add(r);
-    }
-    if let Some(j) = &profile.join {
-        if let Some(d) = &j.domain {
-            for key in ["username", "password"] {
-                add(&SecretKeyRef {
-                    name: d.credentials_secret_ref.name.clone(),
-                    key: key.into(),
-                });
-            }
-        }
-        if let Some(o) = &j.offline_domain_join {
-            add(&o.blob_secret_ref);
-        }
-    }
-    for keys in out.values_mut() {
-        keys.sort();
-        keys.dedup();
-    }
-    out
+    profile.secrets_needed()
 }
 
 /// The site's own settings, used where a profile says nothing.
@@ -68,11 +34,6 @@ pub struct Provisioning {
     pub administrator_password: Option<String>,
     pub join: JoinView,
     pub first_logon_commands: Vec<CommandView>,
-    /// The specialize pass's commands (the offline domain join, then removing its file).
-    pub specialize_commands: Vec<CommandView>,
-    /// The offline domain join file, as djoin saved it (written next to unattend.xml).
-    #[serde(skip)]
-    pub offline_join_blob: Option<Vec<u8>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -100,8 +61,11 @@ pub enum JoinView {
         username: String,
         password: String,
     },
-    /// Joined from the blob the specialize pass loads with djoin.
-    Offline,
+    /// Joined in specialize from this machine's offline join blob (`Identification/
+    /// Provisioning/AccountData`: the base64 text djoin saved).
+    Offline {
+        account_data: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -144,27 +108,42 @@ pub enum ProvisioningError {
         key: String,
     },
     #[error(
-        "Secret {namespace}/{name} key {key:?} holds an offline domain join file that is empty or larger than 64 KiB; save it again with djoin /provision ... /savefile"
+        "Secret {namespace}/{name} has no offline domain join blob for this machine (key {key:?}, its computer name); provision it with djoin /provision /domain DOMAIN /machine {key} /savefile FILE and add the file under that key"
+    )]
+    NoBlob {
+        namespace: String,
+        name: String,
+        key: String,
+    },
+    #[error(
+        "Secret {namespace}/{name} key {key:?} is not an offline domain join blob (djoin's saved file: base64 text, UTF-16 or UTF-8, at most 64 KiB); save it again with djoin /provision ... /savefile"
     )]
     BadBlob {
         namespace: String,
         name: String,
         key: String,
     },
+    #[error(
+        "the policy's provisioning.{field} holds a line break or another control character, which an answer file cannot carry; keep it on one line"
+    )]
+    ControlCharacter { field: &'static str },
 }
 
 /// The largest offline domain join file accepted (djoin writes a few KiB).
 const MAX_BLOB: usize = 64 * 1024;
 
-/// The profile for one machine: `secrets` holds the Secrets [`secrets_needed`] named that exist.
+/// The profile for one machine (`computer_name` picks its offline join blob): `secrets` holds
+/// the Secrets [`secrets_needed`] named that exist.
 pub fn resolve(
     namespace: &str,
+    computer_name: &str,
     profile: Option<&ProvisioningProfile>,
     site: &SiteDefaults,
     secrets: &BTreeMap<String, SecretData>,
 ) -> Result<Provisioning, ProvisioningError> {
     let empty = ProvisioningProfile::default();
     let profile = profile.unwrap_or(&empty);
+    check_text(profile)?;
     let raw = |r: &SecretKeyRef| -> Result<&[u8], ProvisioningError> {
         let data = secrets
             .get(&r.name)
@@ -184,7 +163,7 @@ pub fn resolve(
         let bytes = raw(r)?;
         // A trailing newline is what `echo` and most editors leave in a Secret file.
         match std::str::from_utf8(bytes).map(|s| s.trim_end_matches(['\r', '\n'])) {
-            Ok(s) if !s.is_empty() => Ok(s.to_string()),
+            Ok(s) if !s.is_empty() && !s.chars().any(char::is_control) => Ok(s.to_string()),
             _ => Err(ProvisioningError::NotText {
                 namespace: namespace.into(),
                 name: r.name.clone(),
@@ -208,8 +187,6 @@ pub fn resolve(
         Some(r) => Some(obscure_password(&text(r)?, "AdministratorPassword")),
         None => None,
     };
-    let mut offline_join_blob = None;
-    let mut specialize_commands = Vec::new();
     let join = match profile.join.as_ref() {
         None => JoinView::Workgroup {
             name: "WORKGROUP".into(),
@@ -221,47 +198,42 @@ pub fn resolve(
                 name: d.credentials_secret_ref.name.clone(),
                 key: key.into(),
             };
-            let (user_domain, username) = split_account(&text(&creds("username"))?, &d.name);
+            let [username_key, password_key] = recast_crds::policy::DOMAIN_CREDENTIAL_KEYS;
+            let (user_domain, username) = split_account(&text(&creds(username_key))?, &d.name);
             JoinView::Domain {
                 name: d.name.clone(),
                 ou: d.organizational_unit.clone(),
                 user_domain,
                 username,
-                password: text(&creds("password"))?,
+                password: text(&creds(password_key))?,
             }
         }
         Some(Join {
             offline_domain_join: Some(o),
             ..
         }) => {
-            let blob = raw(&o.blob_secret_ref)?;
-            if blob.is_empty() || blob.len() > MAX_BLOB {
-                return Err(ProvisioningError::BadBlob {
-                    namespace: namespace.into(),
-                    name: o.blob_secret_ref.name.clone(),
-                    key: o.blob_secret_ref.key.clone(),
-                });
-            }
-            offline_join_blob = Some(blob.to_vec());
-            // djoin's offline request in specialize (as SYSTEM, before the reboot into OOBE:
-            // the join takes effect on that boot), then the file goes: it holds the
-            // machine account's password.
-            specialize_commands = vec![
-                CommandView {
-                    order: 1,
-                    command_line: format!(
-                        r"cmd.exe /c djoin.exe /requestODJ /loadfile {} /windowspath %WINDIR% /localos",
-                        offline_join_windows_path()
-                    ),
-                    description: "recast: offline domain join".into(),
+            let r = SecretKeyRef {
+                name: o.blobs_secret_ref.name.clone(),
+                key: computer_name.to_string(),
+            };
+            let blob = raw(&r).map_err(|e| match e {
+                ProvisioningError::KeyMissing {
+                    namespace,
+                    name,
+                    key,
+                } => ProvisioningError::NoBlob {
+                    namespace,
+                    name,
+                    key,
                 },
-                CommandView {
-                    order: 2,
-                    command_line: format!(r"cmd.exe /c del /f /q {}", offline_join_windows_path()),
-                    description: "recast: remove the offline domain join file".into(),
-                },
-            ];
-            JoinView::Offline
+                other => other,
+            })?;
+            let account_data = blob_text(blob).ok_or_else(|| ProvisioningError::BadBlob {
+                namespace: namespace.into(),
+                name: r.name.clone(),
+                key: r.key.clone(),
+            })?;
+            JoinView::Offline { account_data }
         }
         Some(Join {
             workgroup: Some(w), ..
@@ -293,9 +265,54 @@ pub fn resolve(
                 description: c.description.clone().unwrap_or_default(),
             })
             .collect(),
-        specialize_commands,
-        offline_join_blob,
     })
+}
+
+/// Whether the profile's own text can go into an answer file (admission refuses control
+/// characters too; this holds for objects written before that rule).
+fn check_text(profile: &ProvisioningProfile) -> Result<(), ProvisioningError> {
+    let bad = |s: &str| s.chars().any(char::is_control);
+    for c in &profile.first_logon_commands {
+        if bad(&c.command_line) || c.description.as_deref().is_some_and(bad) {
+            return Err(ProvisioningError::ControlCharacter {
+                field: "firstLogonCommands",
+            });
+        }
+    }
+    if let Some(d) = profile.join.as_ref().and_then(|j| j.domain.as_ref())
+        && (bad(&d.name) || d.organizational_unit.as_deref().is_some_and(bad))
+    {
+        return Err(ProvisioningError::ControlCharacter {
+            field: "join.domain",
+        });
+    }
+    Ok(())
+}
+
+/// djoin's saved file as the base64 text AccountData takes: UTF-16LE (what /savefile writes,
+/// with or without a byte-order mark) or UTF-8 (/printblob's output), trailing NULs and
+/// whitespace dropped; None when it is not base64 text of a sane size.
+fn blob_text(bytes: &[u8]) -> Option<String> {
+    if bytes.is_empty() || bytes.len() > MAX_BLOB {
+        return None;
+    }
+    let text = if bytes.len() >= 2
+        && bytes.len().is_multiple_of(2)
+        && (bytes[..2] == [0xff, 0xfe] || bytes[1] == 0)
+    {
+        let units: Vec<u16> = bytes
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect();
+        String::from_utf16(&units).ok()?
+    } else {
+        String::from_utf8(bytes.to_vec()).ok()?
+    };
+    let text = text
+        .trim_start_matches('\u{feff}')
+        .trim_end_matches(|c: char| c == '\0' || c.is_whitespace());
+    let base64 = |c: char| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '=');
+    (!text.is_empty() && text.chars().all(base64)).then(|| text.to_string())
 }
 
 /// `DOMAIN\user` and `user@domain.fqdn` name their own domain; a bare user is the join
@@ -362,14 +379,14 @@ mod tests {
                 },
             }),
             offline_domain_join: offline.then(|| OfflineDomainJoin {
-                blob_secret_ref: key("odj", "blob"),
+                blobs_secret_ref: SecretRef { name: "odj".into() },
             }),
         }
     }
 
     #[test]
     fn no_profile_is_a_workgroup_machine_with_the_sites_settings_and_no_secret() {
-        let p = resolve("ns", None, &site(), &BTreeMap::new()).unwrap();
+        let p = resolve("ns", "KIOSK-01", None, &site(), &BTreeMap::new()).unwrap();
         assert_eq!(
             p.join,
             JoinView::Workgroup {
@@ -415,7 +432,7 @@ mod tests {
             ("join", "username", b"CORP\\joiner"),
             ("join", "password", b"J0in!"),
         ]);
-        let p = resolve("ns", Some(&profile), &site(), &s).unwrap();
+        let p = resolve("ns", "KIOSK-01", Some(&profile), &site(), &s).unwrap();
         assert_eq!(p.locale, "de-DE");
         assert_eq!(p.time_zone, "W. Europe Standard Time");
         let account = p.local_account.clone().unwrap();
@@ -441,7 +458,6 @@ mod tests {
         );
         assert_eq!(p.first_logon_commands[0].order, 1);
         assert!(p.holds_secret());
-        assert!(p.specialize_commands.is_empty());
     }
 
     #[test]
@@ -461,32 +477,51 @@ mod tests {
     }
 
     #[test]
-    fn an_offline_join_carries_its_blob_and_the_specialize_commands_that_use_then_remove_it() {
+    fn an_offline_join_takes_the_machines_own_blob_as_djoin_saved_it() {
         let profile = ProvisioningProfile {
             join: Some(join(None, false, true)),
             ..Default::default()
         };
-        let blob = "ARAIAMzMzMz…"
-            .encode_utf16()
-            .flat_map(u16::to_le_bytes)
-            .collect::<Vec<u8>>();
-        let p = resolve(
+        let utf16 = |t: &str, bom: bool| {
+            let mut b = if bom { vec![0xff, 0xfe] } else { vec![] };
+            b.extend(t.encode_utf16().flat_map(u16::to_le_bytes));
+            b
+        };
+        // /savefile writes UTF-16LE (with a BOM, and a trailing NUL); /printblob prints
+        // UTF-8; both give the same AccountData.
+        for blob in [
+            utf16("ARAIAMzMzMzIAQ==\0", true),
+            utf16("ARAIAMzMzMzIAQ==", false),
+            b"ARAIAMzMzMzIAQ==\r\n".to_vec(),
+        ] {
+            let p = resolve(
+                "ns",
+                "KIOSK-01",
+                Some(&profile),
+                &site(),
+                &secrets(&[("odj", "KIOSK-02", b"QUJD"), ("odj", "KIOSK-01", &blob)]),
+            )
+            .unwrap();
+            assert_eq!(
+                p.join,
+                JoinView::Offline {
+                    account_data: "ARAIAMzMzMzIAQ==".into()
+                },
+                "{blob:?}"
+            );
+            assert!(p.holds_secret());
+        }
+        // Another machine's blob is never used: a machine without its own is refused.
+        let e = resolve(
             "ns",
+            "KIOSK-03",
             Some(&profile),
             &site(),
-            &secrets(&[("odj", "blob", &blob)]),
+            &secrets(&[("odj", "KIOSK-01", b"QUJD")]),
         )
-        .unwrap();
-        assert_eq!(p.join, JoinView::Offline);
-        // The blob is passed on byte for byte: djoin wrote it as UTF-16.
-        assert_eq!(p.offline_join_blob.as_deref(), Some(blob.as_slice()));
-        assert!(p.holds_secret());
-        assert!(
-            p.specialize_commands[0]
-                .command_line
-                .contains("/requestODJ")
-        );
-        assert!(p.specialize_commands[1].command_line.contains("del /f /q"));
+        .unwrap_err();
+        assert!(matches!(e, ProvisioningError::NoBlob { ref key, .. } if key == "KIOSK-03"));
+        assert!(e.to_string().contains("/machine KIOSK-03"), "{e}");
     }
 
     #[test]
@@ -495,7 +530,7 @@ mod tests {
             administrator_password_secret_ref: Some(key("admin", "password")),
             ..Default::default()
         };
-        let e = resolve("ns", Some(&profile), &site(), &BTreeMap::new()).unwrap_err();
+        let e = resolve("ns", "KIOSK-01", Some(&profile), &site(), &BTreeMap::new()).unwrap_err();
         assert_eq!(
             e,
             ProvisioningError::SecretMissing {
@@ -506,15 +541,17 @@ mod tests {
         assert!(e.to_string().contains("create it"), "{e}");
         let e = resolve(
             "ns",
+            "KIOSK-01",
             Some(&profile),
             &site(),
             &secrets(&[("admin", "pw", b"x")]),
         )
         .unwrap_err();
         assert!(matches!(e, ProvisioningError::KeyMissing { ref key, .. } if key == "password"));
-        for bad in [&b""[..], b"\n", b"\xff\xfe"] {
+        for bad in [&b""[..], b"\n", b"\xff\xfe", b"pass\x07word"] {
             let e = resolve(
                 "ns",
+                "KIOSK-01",
                 Some(&profile),
                 &site(),
                 &secrets(&[("admin", "password", bad)]),
@@ -529,16 +566,39 @@ mod tests {
             join: Some(join(None, false, true)),
             ..Default::default()
         };
-        for bad in [Vec::new(), vec![b'x'; MAX_BLOB + 1]] {
+        for bad in [
+            Vec::new(),
+            vec![b'x'; MAX_BLOB + 1],
+            b"not <base64>".to_vec(),
+            vec![0xff, 0xfe, 0x00, 0xd8],
+        ] {
             let e = resolve(
                 "ns",
+                "KIOSK-01",
                 Some(&offline),
                 &site(),
-                &secrets(&[("odj", "blob", &bad)]),
+                &secrets(&[("odj", "KIOSK-01", &bad)]),
             )
             .unwrap_err();
             assert!(matches!(e, ProvisioningError::BadBlob { .. }), "{e}");
         }
+    }
+
+    #[test]
+    fn profile_text_an_answer_file_cannot_carry_is_refused() {
+        let profile = ProvisioningProfile {
+            first_logon_commands: vec![FirstLogonCommand {
+                command_line: "cmd /c echo a\r\nformat c:".into(),
+                description: None,
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            resolve("ns", "KIOSK-01", Some(&profile), &site(), &BTreeMap::new()),
+            Err(ProvisioningError::ControlCharacter {
+                field: "firstLogonCommands"
+            })
+        );
     }
 
     #[test]

@@ -125,12 +125,25 @@ pub struct AttemptView<'a> {
     pub try_number: u32,
     pub image: &'a str,
     pub boot_mode: &'a str,
-    /// http://server/imaging/v1/NS/NAME/ATTEMPT/TRY
+    /// http://server/imaging/v1/NS/NAME/ATTEMPT/TRY: what boot firmware fetches (the WinPE
+    /// scripts), always plain HTTP.
     pub attempt_url: String,
+    /// The same path where the imaging environment speaks the protocol (claim, task, progress,
+    /// result, the credential files): the HTTPS listener's when there is one, so the try's
+    /// token never crosses plain HTTP.
+    pub protocol_url: String,
+    /// True when `protocol_url` is HTTPS (the environment verifies it with the site's CA).
+    pub protocol_https: bool,
 }
 
 impl<'a> AttemptView<'a> {
-    pub fn new(base_url: &str, intent: &'a BootIntent) -> AttemptView<'a> {
+    /// `protocol_base`: the HTTPS listener's base URL, when the boot service has one.
+    pub fn new(
+        base_url: &str,
+        protocol_base: Option<&str>,
+        intent: &'a BootIntent,
+    ) -> AttemptView<'a> {
+        let protocol = protocol_base.unwrap_or(base_url);
         AttemptView {
             namespace: &intent.namespace,
             endpoint: &intent.endpoint,
@@ -139,6 +152,8 @@ impl<'a> AttemptView<'a> {
             image: &intent.image,
             boot_mode: &intent.boot_mode,
             attempt_url: attempt_url(base_url, intent),
+            protocol_url: attempt_url(protocol, intent),
+            protocol_https: protocol_base.is_some(),
         }
     }
 }

@@ -51,7 +51,7 @@ pub struct DhcpListeners {
 /// one that says so.
 pub async fn run<B: Backend + BootIntents>(
     backend: Arc<B>,
-    secrets: Arc<dyn crate::bmc::redfish::DynSecretSource>,
+    secrets: Arc<dyn crate::store::TrySecrets>,
     cfg: BootServiceConfig,
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use super::dhcp::DECLINE_FILE;
 use super::http::{BootHttp, ScriptFor};
-use super::render::{AttemptView, RenderError};
+use super::render::RenderError;
 use super::tftp::{BootPath, FileSource, FsSource, OpenError, OpenedFile};
 use crate::store::arming::normalize_mac;
 use crate::store::{Backend, BootIntents};
@@ -83,7 +83,7 @@ impl<B: Backend + BootIntents> BootRootSource<B> {
                 .renderer
                 .grub_local(&format!("{namespace}/{name}")),
             ScriptFor::Imaging(intent) => {
-                let view = AttemptView::new(&self.boot.config.base_url, &intent);
+                let view = self.boot.view(&intent);
                 let body = self
                     .boot
                     .renderer

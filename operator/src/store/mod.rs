@@ -324,6 +324,34 @@ pub trait InputSink: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), BackendError>> + Send;
 }
 
+/// A Secret's data, key → bytes.
+pub type SecretData = std::collections::BTreeMap<String, Vec<u8>>;
+/// Secrets of one namespace by name.
+pub type SecretMap = std::collections::BTreeMap<String, SecretData>;
+
+/// Why an armed try's Secrets could not be read; `permanent` when a person must act (RBAC, a
+/// refusal by the operator), not a hiccup to retry.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct SecretsError {
+    pub message: String,
+    pub permanent: bool,
+}
+
+/// The Secrets an armed try's provisioning profile needs, read by whoever may read them: the
+/// process itself (embedded, or the operator's own boot service), or, for a Kubernetes boot
+/// pod whose ServiceAccount reads no Secrets, the operator on its behalf, for that try only.
+pub trait TrySecrets: Send + Sync + 'static {
+    /// `names`: the Secrets of the intent's namespace wanted; ones that do not exist are left
+    /// out (the caller says which is missing). A reader may answer with what the try's own
+    /// policy needs instead (the operator decides that itself).
+    fn try_secrets<'a>(
+        &'a self,
+        intent: &'a BootIntent,
+        names: &'a [String],
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<SecretMap, SecretsError>> + Send + 'a>>;
+}
+
 /// The policy an endpoint answers to, and what is wrong with it when it cannot be used (a
 /// missing or broken policy counts as the built-in defaults; the controller reports the
 /// problem on the endpoint, the gateway and boot service just use the defaults).

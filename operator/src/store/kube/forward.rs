@@ -96,7 +96,12 @@ pub struct ForwardKey([u8; 32]);
 
 impl ForwardKey {
     pub fn new(imaging: &TokenKey) -> ForwardKey {
-        ForwardKey(imaging.derive(PURPOSE))
+        ForwardKey::derived(imaging, PURPOSE)
+    }
+
+    /// A signing key for another kind of message between the boot pods and the operator.
+    pub fn derived(imaging: &TokenKey, purpose: &str) -> ForwardKey {
+        ForwardKey(imaging.derive(purpose))
     }
 
     /// HMAC takes keys of any length, so this is always Some; an empty signature (which never
@@ -117,7 +122,7 @@ impl ForwardKey {
             .collect()
     }
 
-    fn verify(&self, body: &[u8], signature: &str) -> bool {
+    pub fn verify(&self, body: &[u8], signature: &str) -> bool {
         let (Some(bytes), Some(mut mac)) = (unhex(signature), self.mac()) else {
             return false;
         };
@@ -144,7 +149,7 @@ pub struct ReplayCache {
 
 impl ReplayCache {
     /// Remembers `id` until `expires` (ns); false when it was already there.
-    fn remember(&mut self, id: &str, now: i64, expires: i64) -> Result<(), Refused> {
+    pub fn remember(&mut self, id: &str, now: i64, expires: i64) -> Result<(), Refused> {
         if self.seen.len() >= MAX_REMEMBERED {
             self.seen.retain(|_, until| *until > now);
         }

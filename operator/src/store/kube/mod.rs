@@ -46,6 +46,7 @@ use recast_core::time;
 pub mod boot_watch;
 pub mod forward;
 pub mod index;
+pub mod try_secrets;
 pub mod versions;
 
 pub const LEASE_NAME: &str = "recast-operator";

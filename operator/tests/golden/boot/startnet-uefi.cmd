@@ -4,6 +4,8 @@ rem Rendered by recast for this try only. It holds no secret: it claims the try 
 rem a session token that works only from this machine's address, until the try ends.
 rem Needs curl.exe in WinPE (System32 of WinPE from the Windows 11 ADK), diskpart, dism, bcdboot.
 setlocal EnableExtensions
+rem The protocol's URL: recast's HTTPS listener when the site runs one (the token and the
+rem credential files never cross plain HTTP; the kit carries the site's CA at X:\recast\ca.pem).
 set "RECAST_URL=http://10.0.40.2:8081/imaging/v1/store-042/kiosk-01/kiosk-01-7f3a/2"
 set "RECAST_CURL=curl.exe -s -S --fail --connect-timeout 10 --retry 5 --retry-delay 5 --retry-all-errors"
 
@@ -15,6 +17,13 @@ set "RECAST_TOKEN="
 for /f "usebackq delims=" %%t in (`%RECAST_CURL% -X POST "%RECAST_URL%/claim?format=text"`) do set "RECAST_TOKEN=%%t"
 if not defined RECAST_TOKEN (echo recast: this machine could not claim attempt kiosk-01-7f3a try 2; the disk is untouched & goto :end)
 call :report 2 network "WinPE started, network initialised, try claimed"
+
+rem --- 0b. the task and this machine's files, before anything touches the disk -----------------
+rem The boot service checks the machine's provisioning when it hands out the task: a profile it
+rem cannot serve ends the try here. unattend.xml and agent.json wait in X:\ until Windows is applied.
+%RECAST_CURL% -H "Authorization: Bearer %RECAST_TOKEN%" -o X:\recast-task.json "%RECAST_URL%/task" || (echo recast: the boot service refused the task; the disk is untouched & goto :end)
+%RECAST_CURL% -H "Authorization: Bearer %RECAST_TOKEN%" -o X:\recast-unattend.xml "%RECAST_URL%/unattend.xml" || (call :fail configure "could not fetch unattend.xml; the disk is untouched" & goto :end)
+%RECAST_CURL% -H "Authorization: Bearer %RECAST_TOKEN%" -o X:\recast-agent.json "%RECAST_URL%/agent.json" || (call :fail configure "could not fetch the agent configuration; the disk is untouched" & goto :end)
 
 rem --- 1. partition disk 0 (uefi) ---------------------------------------
 call :report 5 partition "partitioning disk 0 for uefi"
@@ -59,9 +68,9 @@ bcdboot W:\Windows /s S: /f UEFI || (call :fail bcdboot "bcdboot failed" & goto 
 rem --- 5. unattend.xml and the agent's configuration with a fresh credential -----------------
 call :report 90 configure "writing unattend.xml and the agent configuration"
 mkdir W:\Windows\Panther 2>nul
-%RECAST_CURL% -H "Authorization: Bearer %RECAST_TOKEN%" -o W:\Windows\Panther\unattend.xml "%RECAST_URL%/unattend.xml" || (call :fail configure "could not fetch unattend.xml" & goto :end)
+copy /y X:\recast-unattend.xml W:\Windows\Panther\unattend.xml >nul || (call :fail configure "could not write unattend.xml" & goto :end)
 mkdir W:\ProgramData\recast 2>nul
-%RECAST_CURL% -H "Authorization: Bearer %RECAST_TOKEN%" -o W:\ProgramData\recast\agent.json "%RECAST_URL%/agent.json" || (call :fail configure "could not fetch the agent configuration" & goto :end)
+copy /y X:\recast-agent.json W:\ProgramData\recast\agent.json >nul || (call :fail configure "could not write the agent configuration" & goto :end)
 
 rem --- 6. done: report and reboot into the new image -----------------------------------------
 %RECAST_CURL% -X POST -H "Authorization: Bearer %RECAST_TOKEN%" -H "Content-Type: application/json" -d "{\"ok\":true}" "%RECAST_URL%/result"
