@@ -125,10 +125,10 @@ image: ## Build and smoke-test the recast-operator image from a release build (r
 
 IMAGER_OUT ?= $(CURDIR)/target/imaging-environment/serve
 
-imager: ## recast's Linux imaging environment in $(IMAGER_OUT)/linux/{vmlinuz,initrd} and the signed chain in $(IMAGER_OUT)/sb/ (release recast-imager; content-cached); `--imaging-environment linux --boot-root DIR` expects linux/ and sb/ under DIR
+imager: ## recast's Linux imaging environment in $(IMAGER_OUT)/linux/{vmlinuz,initrd} and the signed chain in $(IMAGER_OUT)/sb/ (release recast-imager; content-cached; IMAGER_CA=FILE trusts the site's CA for --boot-https); `--imaging-environment linux --boot-root DIR` expects linux/ and sb/ under DIR
 	$(CARGO) build $(CARGO_FLAGS) --release -p recast-imager
 	imager/env/setup.sh
-	imager/env/build.sh --imager target/release/recast-imager --out $(IMAGER_OUT)
+	imager/env/build.sh --imager target/release/recast-imager --out $(IMAGER_OUT) $(if $(IMAGER_CA),--ca $(IMAGER_CA))
 	imager/env/signed-chain.sh --out $(IMAGER_OUT)
 
 helm-setup: ## Build (or reuse) helm from its Go module (tests/helm/setup.sh)

@@ -6,7 +6,10 @@
 # operator/templates/boot/imaging-linux.ipxe.tera boots with
 #   initrd=initrd console=ttyS0 quiet recast.claim=<url>
 #
-#   imager/env/build.sh --imager target/release/recast-imager --out DIR [--kernel KVER]
+#   imager/env/build.sh --imager target/release/recast-imager --out DIR [--kernel KVER] [--ca FILE]
+#
+# --ca FILE puts the site's CA (PEM) at /etc/recast/ca.pem: the imager then trusts the boot
+# service's HTTPS listener (--boot-https), and no other server; without it, HTTPS is refused.
 #
 # Reproducible: every file gets mtime $SOURCE_DATE_EPOCH (default 0) and owner 0:0, the archive
 # is a sorted `cpio -H newc --reproducible`, compressed without timestamps. The same inputs give
@@ -28,16 +31,17 @@ export LC_ALL=C
 
 say() { echo "[imager-env] $*"; }
 die() { echo "[imager-env] error: $*" >&2; exit 1; }
-usage() { echo "usage: $0 --imager PATH_TO_recast-imager --out DIR [--kernel KVER]" >&2; exit 2; }
+usage() { echo "usage: $0 --imager PATH_TO_recast-imager --out DIR [--kernel KVER] [--ca FILE]" >&2; exit 2; }
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-imager="" out="" kver=""
+imager="" out="" kver="" ca=""
 while (($#)); do
   case $1 in
     --imager) imager=${2:?}; shift 2 ;;
     --out) out=${2:?}; shift 2 ;;
     --kernel) kver=${2:?}; shift 2 ;;
+    --ca) ca=${2:?}; shift 2 ;;
     -h|--help) usage ;;
     *) echo "unknown argument: $1" >&2; usage ;;
   esac
@@ -45,6 +49,10 @@ done
 [[ -n $imager && -n $out ]] || usage
 [[ -f $imager ]] || die "no imager binary at $imager (cargo build --release -p recast-imager)"
 imager=$(realpath "$imager")
+if [[ -n $ca ]]; then
+  [[ -f $ca ]] || die "no CA file at $ca"
+  grep -q -- '-----BEGIN CERTIFICATE-----' "$ca" || die "$ca holds no PEM certificate"
+fi
 epoch=${SOURCE_DATE_EPOCH:-0}
 [[ $epoch =~ ^[0-9]+$ ]] || die "SOURCE_DATE_EPOCH must be a number of seconds"
 cache=${RECAST_IMAGER_CACHE:-$repo/target/imaging-environment}
@@ -186,6 +194,7 @@ manifest=$(
   echo "build.sh $(sha256sum < "$here/build.sh" | cut -d' ' -f1)"
   echo "init $(sha256sum < "$here/init" | cut -d' ' -f1)"
   echo "recast-imager $(sha256sum < "$imager" | cut -d' ' -f1)"
+  [[ -z $ca ]] || echo "ca $(sha256sum < "$ca" | cut -d' ' -f1)"
   echo "kernel $kver"
   echo "source-date-epoch $epoch"
   echo "extra-modules ${RECAST_IMAGER_EXTRA_MODULES:-}"
@@ -286,6 +295,7 @@ printf 'passwd: files\ngroup: files\nhosts: files dns\n' > "$root/etc/nsswitch.c
 printf '127.0.0.1 localhost\n::1 localhost\n' > "$root/etc/hosts"
 ln -s /proc/self/mounts "$root/etc/mtab"
 printf 'key=%s\nkernel=%s\n' "$key" "$kver" > "$root/etc/recast/imaging-environment"
+[[ -z $ca ]] || install -m 0644 "$ca" "$root/etc/recast/ca.pem"
 
 # Everything that runs must find its libraries (and nothing from the host); chroot needs root.
 if ((EUID == 0)); then
