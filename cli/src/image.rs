@@ -136,6 +136,16 @@ pub enum ImageCommand {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: ImageOutput,
     },
+    /// The driver sets the GoldenImages (or the one named) declare, by hardware model: the
+    /// SMBIOS manufacturer and model each is for, its sha256 and where it comes from. The
+    /// boot service serves a set once its sha256 is checked; a machine of a model whose set
+    /// it does not hold yet is not imaged.
+    Drivers {
+        /// Only this GoldenImage.
+        name: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: ImageOutput,
+    },
 }
 
 impl ImageCommand {
@@ -144,7 +154,10 @@ impl ImageCommand {
     pub fn needs_store(&self) -> bool {
         matches!(
             self,
-            ImageCommand::Promote { .. } | ImageCommand::Demote { .. } | ImageCommand::List { .. }
+            ImageCommand::Promote { .. }
+                | ImageCommand::Demote { .. }
+                | ImageCommand::List { .. }
+                | ImageCommand::Drivers { .. }
         )
     }
 }
@@ -225,9 +238,91 @@ pub fn run_on_store(
                 ImageOutput::Table => print!("{}", image_list(&images, now)),
             }
         }
+        ImageCommand::Drivers { name, output } => {
+            let mut images = store.list(Kind::GoldenImage, Some(ns))?;
+            if let Some(name) = &name {
+                images
+                    .retain(|v| v.pointer("/metadata/name").and_then(|n| n.as_str()) == Some(name));
+                if images.is_empty() {
+                    return Err(crate::CliError::Failed(format!(
+                        "no GoldenImage {name:?} in namespace {ns}; recastctl image list shows them"
+                    )));
+                }
+            }
+            let rows = driver_rows(&images);
+            match output {
+                ImageOutput::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &rows
+                            .iter()
+                            .map(|r| json!({"image": r.image, "manufacturer": r.manufacturer, "model": r.model, "sha256": r.sha256, "source": r.source}))
+                            .collect::<Vec<_>>()
+                    )
+                    .unwrap_or_default()
+                ),
+                ImageOutput::Table => print!("{}", driver_list(&rows)),
+            }
+        }
         _ => unreachable!("file commands run without a store"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One declared driver set, with the image that declares it.
+#[derive(Debug, PartialEq)]
+pub struct DriverRow {
+    pub image: String,
+    pub manufacturer: String,
+    pub model: String,
+    pub sha256: String,
+    pub source: String,
+}
+
+pub fn driver_rows(images: &[serde_json::Value]) -> Vec<DriverRow> {
+    let mut out = Vec::new();
+    for v in images {
+        let Ok(gi) = serde_json::from_value::<GoldenImage>(v.clone()) else {
+            continue;
+        };
+        for d in &gi.spec.drivers {
+            out.push(DriverRow {
+                image: gi.metadata.name.clone().unwrap_or_default(),
+                manufacturer: d.manufacturer.clone(),
+                model: d.model.clone(),
+                sha256: d.sha256.clone(),
+                source: d
+                    .source
+                    .url
+                    .clone()
+                    .or_else(|| d.source.path.clone())
+                    .unwrap_or_default(),
+            });
+        }
+    }
+    out
+}
+
+/// The `image drivers` table.
+pub fn driver_list(rows: &[DriverRow]) -> String {
+    if rows.is_empty() {
+        return "No driver sets: machines get the drivers their image carries.\n".into();
+    }
+    let mut table = vec![
+        ["IMAGE", "MANUFACTURER", "MODEL", "SHA256", "SOURCE"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for r in rows {
+        table.push(vec![
+            r.image.clone(),
+            r.manufacturer.clone(),
+            r.model.clone(),
+            r.sha256.chars().take(12).collect(),
+            r.source.clone(),
+        ]);
+    }
+    crate::table::plain(&table)
 }
 
 /// The `image list` table. Verified and KnownGood show their reasons, since "False" alone does
@@ -351,7 +446,10 @@ pub fn run(command: ImageCommand, namespace: &str) -> ExitCode {
             kbs,
             channels,
         }),
-        ImageCommand::Promote { .. } | ImageCommand::Demote { .. } | ImageCommand::List { .. } => {
+        ImageCommand::Promote { .. }
+        | ImageCommand::Demote { .. }
+        | ImageCommand::List { .. }
+        | ImageCommand::Drivers { .. } => {
             unreachable!("store commands run through run_on_store")
         }
     };
@@ -816,6 +914,7 @@ fn manifest(a: ManifestArgs) -> Result<u8, Failure> {
     };
     let edition = image.and_then(|i| i.edition.clone());
     let spec = GoldenImageSpec {
+        drivers: vec![],
         source: ArtifactSource {
             url: Some(a.url.clone()),
             path: None,

@@ -296,6 +296,67 @@ fn exercise(ctl: &Ctl) {
     let json: Vec<Value> = serde_json::from_str(&ctl.ok(&["image", "list", "-o", "json"])).unwrap();
     assert_eq!(json.len(), 1);
 
+    // Driver sets by hardware model, listed per image.
+    assert!(
+        ctl.ok(&["image", "drivers"]).contains("No driver sets"),
+        "the example image declares none"
+    );
+    let with_drivers =
+        std::env::temp_dir().join(format!("recastctl-drivers-{}.yaml", std::process::id()));
+    std::fs::write(
+        &with_drivers,
+        format!(
+            r#"apiVersion: recast.dev/v1alpha1
+kind: GoldenImage
+metadata: {{name: win11-drivers}}
+spec:
+  source: {{url: https://images.example.internal/golden/win11.wim}}
+  sha256: "{sha}"
+  requirements: {{minimumBuild: "26100.7623"}}
+  drivers:
+  - manufacturer: Dell Inc.
+    model: OptiPlex 7010
+    source: {{url: https://images.example.internal/drivers/optiplex-7010.wim}}
+    sha256: {d1}
+  - manufacturer: LENOVO
+    model: 21HD
+    source: {{path: /srv/drivers/21hd.wim}}
+    sha256: {d2}
+"#,
+            sha = "1".repeat(64),
+            d1 = "a".repeat(64),
+            d2 = "b".repeat(64)
+        ),
+    )
+    .unwrap();
+    ctl.ok(&["apply", "-f", &with_drivers.to_string_lossy()]);
+    let drivers = ctl.ok(&["image", "drivers"]);
+    let lines: Vec<&str> = drivers.lines().collect();
+    assert_eq!(lines.len(), 3, "{drivers}");
+    assert!(lines[0].starts_with("IMAGE"), "{drivers}");
+    assert!(
+        lines[1].contains("Dell Inc.")
+            && lines[1].contains("OptiPlex 7010")
+            && lines[1].contains("aaaaaaaaaaaa"),
+        "{drivers}"
+    );
+    assert!(lines[2].contains("/srv/drivers/21hd.wim"), "{drivers}");
+    let json: Vec<Value> =
+        serde_json::from_str(&ctl.ok(&["image", "drivers", "win11-drivers", "-o", "json"]))
+            .unwrap();
+    assert_eq!(json.len(), 2);
+    assert_eq!(json[1]["model"], "21HD");
+    assert_eq!(json[1]["sha256"], "b".repeat(64));
+    let nope = ctl.run(&["image", "drivers", "nope"]);
+    assert_eq!(nope.status.code(), Some(1));
+    assert!(
+        stderr(&nope).contains("no GoldenImage \"nope\""),
+        "{}",
+        stderr(&nope)
+    );
+    ctl.ok(&["delete", "gi", "win11-drivers"]);
+    let _ = std::fs::remove_file(&with_drivers);
+
     ctl.ok(&["delete", "wave", "store-042-kiosks-2026-01"]);
     let waves = ctl.run(&["get", "wave"]);
     assert!(String::from_utf8_lossy(&waves.stdout).trim().is_empty());

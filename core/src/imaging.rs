@@ -39,6 +39,57 @@ pub struct ImagingTask {
     pub unattend_url: String,
     /// The new image's agent configuration (to `\ProgramData\recast\agent.json`).
     pub agent_config_url: String,
+    /// The image's driver sets by hardware model (GoldenImage `spec.drivers`): the one whose
+    /// manufacturer and model are the machine's SMBIOS ones goes to [`DRIVER_DIR`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drivers: Vec<TaskDriverSet>,
+}
+
+/// Where a machine's driver set goes on the Windows partition; unattend.xml names it as
+/// `%SystemDrive%\recast\drivers` in its PnP driver paths whenever the image has driver sets
+/// (the directory exists, empty, on a machine whose model has none).
+pub const DRIVER_DIR: [&str; 2] = ["recast", "drivers"];
+
+/// One driver set as the imaging environment gets it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskDriverSet {
+    pub manufacturer: String,
+    pub model: String,
+    pub sha256: String,
+    /// Where this boot server serves it; None while its artifact store does not hold it yet
+    /// (a machine of this model is then not imaged: it would come up without its drivers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub size: u64,
+}
+
+/// Which driver set a machine gets (pure).
+#[derive(Debug, PartialEq)]
+pub enum DriverChoice<'a> {
+    /// No set names this machine's model.
+    None,
+    Ready(&'a TaskDriverSet),
+    /// A set names it but is not served yet.
+    NotReady(&'a TaskDriverSet),
+}
+
+/// The set for the machine SMBIOS calls `manufacturer` / `model` (case and outer spaces aside).
+pub fn driver_set_for<'a>(
+    sets: &'a [TaskDriverSet],
+    manufacturer: &str,
+    model: &str,
+) -> DriverChoice<'a> {
+    let same = |a: &str, b: &str| a.trim().eq_ignore_ascii_case(b.trim());
+    match sets
+        .iter()
+        .find(|s| same(&s.manufacturer, manufacturer) && same(&s.model, model))
+    {
+        None => DriverChoice::None,
+        Some(s) if s.url.is_some() => DriverChoice::Ready(s),
+        Some(s) => DriverChoice::NotReady(s),
+    }
 }
 
 /// The Endpoint's identity fields the imaging environment checks against SMBIOS.
@@ -361,6 +412,7 @@ mod tests {
             result_url: "r".into(),
             unattend_url: "u".into(),
             agent_config_url: "c".into(),
+            drivers: vec![],
         };
         let json = serde_json::to_value(&task).unwrap();
         assert_eq!(json["targetDisk"]["minSizeGiB"], 50);
@@ -371,5 +423,41 @@ mod tests {
         assert_eq!(json["agentConfigUrl"], "c");
         let back: ImagingTask = serde_json::from_value(json).unwrap();
         assert_eq!(back, task);
+    }
+
+    #[test]
+    fn a_machine_gets_the_driver_set_of_its_own_model() {
+        let set = |manufacturer: &str, model: &str, url: Option<&str>| TaskDriverSet {
+            manufacturer: manufacturer.into(),
+            model: model.into(),
+            sha256: "ab".into(),
+            url: url.map(Into::into),
+            size: 1,
+        };
+        let sets = vec![
+            set(
+                "Dell Inc.",
+                "OptiPlex 7010",
+                Some("http://b/artifacts/images/ab.wim"),
+            ),
+            set("LENOVO", "21HD", None),
+        ];
+        // SMBIOS strings often carry trailing spaces and vendor-specific case.
+        assert_eq!(
+            driver_set_for(&sets, "dell inc. ", "OptiPlex 7010  "),
+            DriverChoice::Ready(&sets[0])
+        );
+        assert_eq!(
+            driver_set_for(&sets, "LENOVO", "21hd"),
+            DriverChoice::NotReady(&sets[1])
+        );
+        assert_eq!(
+            driver_set_for(&sets, "Dell Inc.", "OptiPlex 7020"),
+            DriverChoice::None
+        );
+        assert_eq!(
+            driver_set_for(&[], "QEMU", "Standard PC"),
+            DriverChoice::None
+        );
     }
 }

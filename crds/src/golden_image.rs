@@ -94,6 +94,38 @@ pub struct GoldenImageSpec {
     /// When the image becomes KnownGood on its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promotion: Option<Promotion>,
+    /// Driver sets by hardware model: the imaging environment reads the machine's SMBIOS
+    /// manufacturer and model, puts the matching set on the Windows partition, and Windows
+    /// installs it in its specialize pass (unattend's PnP driver paths). Each set is a WIM
+    /// (`wimlib-imagex capture DIR set.wim`, or DISM) of INF driver folders, fetched and checked
+    /// by sha256 like the image. A machine whose model has no set gets none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(a, self.exists_one(b, a.manufacturer.lowerAscii() == b.manufacturer.lowerAscii() && a.model.lowerAscii() == b.model.lowerAscii()))").message("spec.drivers names each manufacturer and model once"))]
+    #[schemars(length(max = 64))]
+    pub drivers: Vec<DriverSet>,
+}
+
+/// The drivers of one hardware model.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DriverSet {
+    /// SMBIOS system manufacturer, as the machine reports it (`sys_vendor`; Windows:
+    /// `Win32_ComputerSystem.Manufacturer`), such as "Dell Inc.". Compared without regard to
+    /// case or surrounding spaces.
+    #[x_kube(validation = Rule::new("size(self.trim()) >= 1 && !self.matches('[\\x00-\\x1f]')").message("spec.drivers[].manufacturer must be the SMBIOS manufacturer, one line"))]
+    #[schemars(length(max = 128))]
+    pub manufacturer: String,
+    /// SMBIOS product name (`product_name`; `Win32_ComputerSystem.Model`), such as
+    /// "OptiPlex 7010".
+    #[x_kube(validation = Rule::new("size(self.trim()) >= 1 && !self.matches('[\\x00-\\x1f]')").message("spec.drivers[].model must be the SMBIOS product name, one line"))]
+    #[schemars(length(max = 128))]
+    pub model: String,
+    /// Where the driver WIM comes from.
+    pub source: ArtifactSource,
+    /// sha256 of the driver WIM, lowercase hex.
+    #[x_kube(validation = Rule::new("self.matches('^[0-9a-f]{64}$')").message("spec.drivers[].sha256 must be 64 lowercase hex digits, as sha256sum prints"))]
+    #[schemars(length(max = 64))]
+    pub sha256: String,
 }
 
 fn default_image_index() -> u32 {

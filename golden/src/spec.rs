@@ -150,6 +150,7 @@ mod tests {
 
     fn spec(min: &str, kbs: &[&str]) -> GoldenImageSpec {
         GoldenImageSpec {
+            drivers: vec![],
             source: ArtifactSource {
                 url: Some("https://x.example/a.wim".into()),
                 path: None,

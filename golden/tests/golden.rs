@@ -925,6 +925,7 @@ fn a_golden_image_spec_is_verified_into_facts_and_a_condition() {
         JAN,
     );
     let mut gi = GoldenImageSpec {
+        drivers: vec![],
         source: ArtifactSource {
             url: None,
             path: Some(wim.display().to_string()),

@@ -479,6 +479,21 @@ pub async fn image(session: &Session, env: &Env) -> Result<(), Failure> {
     })?;
 
     let staged = download(session, &session.http, &task.image, &env.work).await?;
+    // The machine's driver set, fetched and checked before the first write like the image.
+    let drivers = match machine_driver_set(task, &sysfs::model(&env.sysfs))? {
+        Some(set) => Some(
+            download_file(
+                session,
+                &session.http,
+                &set,
+                &env.work,
+                "drivers.wim",
+                (40, 40),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let image_bytes = image_total_bytes(&staged, task.image.index).await?;
     // Before the first write: would this machine's firmware start the image's boot manager?
     let verdict = will_it_boot(env, &staged, task.image.index, trust).await?;
@@ -544,6 +559,12 @@ pub async fn image(session: &Session, env: &Env) -> Result<(), Failure> {
         .progress(92, Step::Configure, "writing unattend.xml and agent.json")
         .await;
     configure(env, &windows, &configuration).await?;
+    if !task.drivers.is_empty() {
+        session
+            .progress(93, Step::Configure, "placing the machine's drivers")
+            .await;
+        place_drivers(env, &windows, drivers.as_deref()).await?;
+    }
 
     session
         .progress(
@@ -602,6 +623,19 @@ pub async fn download(
     image: &recast_core::imaging::ImageTaskFile,
     work: &Path,
 ) -> Result<PathBuf, Failure> {
+    download_file(session, http, image, work, "image.wim", (3, 40)).await
+}
+
+/// [`download`] of any file the task names, staged as `work/name`, its progress reported
+/// between the two percentages.
+async fn download_file(
+    session: &impl Reporter,
+    http: &reqwest::Client,
+    image: &recast_core::imaging::ImageTaskFile,
+    work: &Path,
+    name: &str,
+    (from, to): (u8, u8),
+) -> Result<PathBuf, Failure> {
     let step = Step::Download;
     std::fs::create_dir_all(work)
         .map_err(|e| fail(step, format!("cannot make {}: {e}", work.display())))?;
@@ -618,7 +652,7 @@ pub async fn download(
             ),
         ));
     }
-    let path = work.join("image.wim");
+    let path = work.join(name);
     let mut file = tokio::fs::File::create(&path).await.map_err(|e| {
         fail(
             step,
@@ -630,7 +664,7 @@ pub async fn download(
     let mut last_percent = 0u8;
     session
         .progress(
-            3,
+            from,
             step,
             &format!("downloading {} ({} bytes)", image.name, image.size),
         )
@@ -735,7 +769,7 @@ pub async fn download(
                         last_percent = percent;
                         session
                             .progress(
-                                progress::overall(3, 40, percent),
+                                progress::overall(from, to, percent),
                                 step,
                                 &format!("{have} of {} bytes", image.size),
                             )
@@ -767,7 +801,11 @@ pub async fn download(
         ));
     }
     session
-        .progress(40, step, "downloaded; sha256 matches")
+        .progress(
+            to,
+            step,
+            &format!("{}: downloaded; sha256 matches", image.name),
+        )
         .await;
     Ok(path)
 }
@@ -1193,6 +1231,80 @@ async fn configure(env: &Env, windows: &Path, files: &Configuration) -> Result<(
     })();
     let unmounted = mount.unmount(step).await;
     written.map_err(|e| fail(step, e))?;
+    unmounted
+}
+
+/// The driver set for this machine's SMBIOS manufacturer and model, as a file to download;
+/// a set that names the model but is not served yet stops the try before any write (the
+/// machine would come up without the drivers its site declared for it).
+fn machine_driver_set(
+    task: &ImagingTask,
+    (manufacturer, model): &(String, String),
+) -> Result<Option<recast_core::imaging::ImageTaskFile>, Failure> {
+    use recast_core::imaging::{DriverChoice, driver_set_for};
+    if task.drivers.is_empty() {
+        return Ok(None);
+    }
+    match driver_set_for(&task.drivers, manufacturer, model) {
+        DriverChoice::None => {
+            say(&format!(
+                "no driver set for {manufacturer:?} {model:?}: Windows uses the image's own drivers"
+            ));
+            Ok(None)
+        }
+        DriverChoice::NotReady(set) => Err(fail(
+            Step::Download,
+            format!(
+                "the image's driver set for {:?} {:?} ({}) is not on this boot server yet; nothing was written (retry when its GoldenImage has fetched it)",
+                set.manufacturer, set.model, set.sha256
+            ),
+        )),
+        DriverChoice::Ready(set) => {
+            say(&format!(
+                "driver set for {:?} {:?}: {}",
+                set.manufacturer, set.model, set.sha256
+            ));
+            Ok(Some(recast_core::imaging::ImageTaskFile {
+                name: format!(
+                    "drivers for {} {}",
+                    set.manufacturer.trim(),
+                    set.model.trim()
+                ),
+                url: set.url.clone().unwrap_or_default(),
+                sha256: set.sha256.clone(),
+                size: set.size,
+                index: 1,
+            }))
+        }
+    }
+}
+
+/// `\recast\drivers` on the Windows partition, where unattend's PnP driver path points: the
+/// machine's set applied into it (wimlib, image 1), or left empty when its model has none.
+async fn place_drivers(env: &Env, windows: &Path, set: Option<&Path>) -> Result<(), Failure> {
+    let step = Step::Configure;
+    let at = env.work.join("windows");
+    let mount = mount_ntfs(step, windows, &at, false).await?;
+    let applied = async {
+        let dir =
+            find_or_make(&at, &recast_core::imaging::DRIVER_DIR).map_err(|e| fail(step, e))?;
+        if let Some(wim) = set {
+            run(
+                step,
+                "wimlib-imagex",
+                &["apply"],
+                &[wim, Path::new("1"), dir.as_path()],
+            )
+            .await?;
+        }
+        Ok::<(), Failure>(())
+    }
+    .await;
+    let unmounted = mount.unmount(step).await;
+    applied?;
+    if let Some(wim) = set {
+        let _ = std::fs::remove_file(wim);
+    }
     unmounted
 }
 

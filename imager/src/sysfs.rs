@@ -40,6 +40,16 @@ pub fn identity(root: &Path) -> Seen {
     }
 }
 
+/// The machine's SMBIOS system manufacturer and product name (`sys_vendor`, `product_name`;
+/// empty when the firmware does not say).
+pub fn model(root: &Path) -> (String, String) {
+    let dmi = root.join("class/dmi/id");
+    (
+        read_trimmed(&dmi.join("sys_vendor")).unwrap_or_default(),
+        read_trimmed(&dmi.join("product_name")).unwrap_or_default(),
+    )
+}
+
 /// The EFI global variable GUID, which `SecureBoot` and `SetupMode` live under.
 const EFI_GLOBAL_VARIABLE: &str = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
 

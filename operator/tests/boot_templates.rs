@@ -267,7 +267,7 @@ fn unattend_for(profile: Option<&ProvisioningProfile>, golden_name: &str) -> Str
     let i = intent("uefi");
     let view = AttemptView::new(BASE, None, &i);
     let xml = r
-        .unattend(&view, "KIOSK-01", "amd64", &provisioning(profile))
+        .unattend(&view, "KIOSK-01", "amd64", &provisioning(profile), None)
         .unwrap();
     assert_eq!(
         recast_tests::unattend::problems(&xml, "amd64"),
@@ -423,13 +423,47 @@ fn unattend_runs_first_logon_commands_in_order() {
 }
 
 #[test]
+fn unattend_points_windows_at_the_driver_directory_when_the_image_has_driver_sets() {
+    let r = Renderer::new().unwrap();
+    let i = intent("uefi");
+    let view = AttemptView::new(BASE, None, &i);
+    let xml = r
+        .unattend(
+            &view,
+            "KIOSK-01",
+            "amd64",
+            &provisioning(None),
+            Some(r"%SystemDrive%\recast\drivers"),
+        )
+        .unwrap();
+    assert_eq!(
+        recast_tests::unattend::problems(&xml, "amd64"),
+        Vec::<String>::new()
+    );
+    // Windows installs them itself in specialize: PnP searches the path and its subfolders.
+    assert_eq!(
+        recast_tests::unattend::driver_paths(&xml),
+        vec![(
+            "specialize".to_string(),
+            r"%SystemDrive%\recast\drivers".to_string()
+        )]
+    );
+    assert!(xml.contains("Microsoft-Windows-PnpCustomizationsNonWinPE"));
+    assert!(
+        recast_tests::unattend::driver_paths(&unattend_for(None, "unattend-plain.xml")).is_empty(),
+        "no driver sets, no driver path"
+    );
+    golden("unattend-drivers.xml", &xml);
+}
+
+#[test]
 fn unattend_components_name_the_images_architecture() {
     // Windows on Arm: every component names the image's architecture, or Setup skips it.
     let r = Renderer::new().unwrap();
     let i = intent("uefi");
     let view = AttemptView::new(BASE, None, &i);
     let arm = r
-        .unattend(&view, "KIOSK-01", "arm64", &provisioning(None))
+        .unattend(&view, "KIOSK-01", "arm64", &provisioning(None), None)
         .unwrap();
     assert_eq!(
         recast_tests::unattend::problems(&arm, "arm64"),

@@ -411,6 +411,102 @@ async fn an_unreachable_source_is_retried_later_and_never_marked_checked() {
     assert!(condition(&read(&f), "Verified").2.contains("other.wim"));
 }
 
+/// A driver WIM made with wimlib: one INF folder.
+fn make_driver_wim(dir: &Path) -> Option<(PathBuf, String)> {
+    let src = dir.join("drivers-src/contoso-nic");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(
+        src.join("contoso.inf"),
+        "[Version]\r\nSignature=\"$WINDOWS NT$\"\r\n",
+    )
+    .unwrap();
+    let wim = dir.join("contoso-kiosk-5000.wim");
+    let out = std::process::Command::new("wimlib-imagex")
+        .arg("capture")
+        .arg(dir.join("drivers-src"))
+        .arg(&wim)
+        .arg("drivers")
+        .output()
+        .ok()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sha = hex(&Sha256::digest(std::fs::read(&wim).unwrap()));
+    Some((wim, sha))
+}
+
+#[tokio::test]
+async fn driver_sets_are_fetched_checked_by_sha256_and_stored_by_digest() {
+    let f = fixture();
+    let Some((wim, sha)) = make_wim(f._dir.path(), JANUARY_2026) else {
+        return;
+    };
+    let Some((drivers, drivers_sha)) = make_driver_wim(f._dir.path()) else {
+        return;
+    };
+    // A second set whose sha256 is wrong, and a third that is not a WIM.
+    let not_wim = f._dir.path().join("not-a-wim.zip");
+    std::fs::write(&not_wim, b"PK\x03\x04 a zip").unwrap();
+    let not_wim_sha = hex(&Sha256::digest(std::fs::read(&not_wim).unwrap()));
+    let set = |model: &str, path: &Path, sha: &str| {
+        json!({"manufacturer": "Contoso Ltd.", "model": model,
+               "source": {"path": path.display().to_string()}, "sha256": sha})
+    };
+    let good = golden_image(
+        json!({"path": wim.display().to_string()}),
+        &sha,
+        "26100.7623",
+        json!({"drivers": [set("Kiosk 5000", &drivers, &drivers_sha)]}),
+    );
+    f.store.apply(&good, "default").unwrap();
+    f.ctrl.pass(true).await.unwrap();
+    let (verified, _, _) = condition(&read(&f), "Verified");
+    assert_eq!(verified, "True");
+    assert!(
+        f.artifacts.has_image(&sha),
+        "{:?}",
+        files_under(&f.artifacts)
+    );
+    assert!(
+        f.artifacts.has_image(&drivers_sha),
+        "the driver set is served by its digest: {:?}",
+        files_under(&f.artifacts)
+    );
+
+    for (bad_set, says) in [
+        (set("Kiosk 6000", &drivers, &"0".repeat(64)), "sha256 is"),
+        (set("Kiosk 7000", &not_wim, &not_wim_sha), "not a WIM"),
+    ] {
+        let mut doc = good.clone();
+        doc["spec"]["drivers"] = json!([set("Kiosk 5000", &drivers, &drivers_sha), bad_set]);
+        f.store.apply(&doc, "default").unwrap();
+        f.ctrl.forget_backoff();
+        f.ctrl.pass(true).await.unwrap();
+        let events = f
+            .store
+            .events(Kind::GoldenImage, "kiosks", "win11-2026-01")
+            .unwrap();
+        let failed = events
+            .iter()
+            .rev()
+            .find(|e| e.reason == "DriverSetFailed")
+            .unwrap_or_else(|| panic!("no DriverSetFailed event: {events:?}"));
+        assert!(failed.message.contains(says), "{}", failed.message);
+        // Nothing of the bad set is served, and nothing stays staged under its name.
+        assert!(!f.artifacts.has_image(&"0".repeat(64)));
+        assert!(!f.artifacts.has_image(&not_wim_sha));
+        assert!(
+            !files_under(&f.artifacts)
+                .iter()
+                .any(|p| p.starts_with("staging/")),
+            "{:?}",
+            files_under(&f.artifacts)
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_local_path_is_copied_and_promotion_by_hand_makes_it_known_good() {
     let f = fixture();

@@ -143,6 +143,40 @@ struct Site {
     golden: GoldenWim,
     /// The same image with its boot manager signed under the test "2023" CA.
     golden_2023: GoldenWim,
+    /// The driver set of the "Contoso Ltd." "Kiosk 5000" model: the folder it was captured
+    /// from (a WIM made with wimlib, served by digest like the image).
+    drivers_src: PathBuf,
+}
+
+/// The SMBIOS system manufacturer and product of the model the test image has drivers for.
+const DRIVER_MODEL: (&str, &str) = ("Contoso Ltd.", "Kiosk 5000");
+
+/// A driver set as a site makes one: INF folders captured into a WIM with wimlib.
+fn driver_set(dir: &Path) -> (PathBuf, PathBuf, String) {
+    let src = dir.join("drivers-src");
+    let nic = src.join("contoso-nic");
+    std::fs::create_dir_all(&nic).unwrap();
+    std::fs::write(
+        nic.join("contoso-nic.inf"),
+        "[Version]\r\nSignature=\"$WINDOWS NT$\"\r\nClass=Net\r\n",
+    )
+    .unwrap();
+    std::fs::write(nic.join("contoso-nic.sys"), vec![0x4d, 0x5a, 0x90, 0x00]).unwrap();
+    let wim = dir.join("drivers-kiosk-5000.wim");
+    let out = Command::new("wimlib-imagex")
+        .arg("capture")
+        .arg(&src)
+        .arg(&wim)
+        .arg("Kiosk 5000 drivers")
+        .output()
+        .expect("run wimlib-imagex");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sha = recast_tests::sha256_file(&wim);
+    (src, wim, sha)
 }
 
 const VM1: &str = "52:54:00:77:00:01";
@@ -214,6 +248,13 @@ fn prepare(tag: &str) -> Site {
     )
     .unwrap();
 
+    let (drivers_src, drivers_wim, drivers_sha) = driver_set(&dir);
+    std::fs::copy(
+        &drivers_wim,
+        root.join("images").join(format!("{drivers_sha}.wim")),
+    )
+    .unwrap();
+
     let store = EmbeddedStore::open(&data).unwrap();
     let small = json!({"minSizeGiB": 1});
     // vm-03: UEFI with Secure Boot off, on the iPXE chain.
@@ -266,7 +307,9 @@ fn prepare(tag: &str) -> Site {
         store
             .apply(
                 &json!({"apiVersion": "recast.dev/v1alpha1", "kind": "GoldenImage", "metadata": {"name": name},
-                        "spec": {"source": {"path": format!("/srv/{name}.wim")}, "sha256": digest, "requirements": {"minimumBuild": "26100.7623"}}}),
+                        "spec": {"source": {"path": format!("/srv/{name}.wim")}, "sha256": digest, "requirements": {"minimumBuild": "26100.7623"},
+                                 "drivers": [{"manufacturer": DRIVER_MODEL.0, "model": DRIVER_MODEL.1,
+                                              "source": {"path": "/srv/drivers-kiosk-5000.wim"}, "sha256": drivers_sha}]}}),
                 "default",
             )
             .unwrap();
@@ -287,6 +330,7 @@ fn prepare(tag: &str) -> Site {
         digest,
         golden,
         golden_2023,
+        drivers_src,
     }
 }
 
@@ -348,6 +392,8 @@ struct Machine<'a> {
     uuid: Option<&'a str>,
     /// Disks, each with an optional serial number, as virtio-blk devices.
     disks: Vec<(&'a Path, Option<&'a str>)>,
+    /// SMBIOS system manufacturer and product (QEMU's own when unset).
+    model: Option<(&'a str, &'a str)>,
 }
 
 impl<'a> Machine<'a> {
@@ -359,6 +405,7 @@ impl<'a> Machine<'a> {
             trust: Default::default(),
             uuid: None,
             disks: vec![(disk, None)],
+            model: None,
         }
     }
 }
@@ -391,6 +438,12 @@ fn qemu_base(site: &Site, m: &Machine, tag: &str) -> Command {
     }
     if let Some(u) = m.uuid {
         cmd.args(["-uuid", u]);
+    }
+    if let Some((manufacturer, product)) = m.model {
+        cmd.args([
+            "-smbios",
+            &format!("type=1,manufacturer={manufacturer},product={product}"),
+        ]);
     }
     for (i, (disk, serial)) in m.disks.iter().enumerate() {
         cmd.args([
@@ -539,8 +592,10 @@ fn real_ipxe_firmware_boots_locally_then_images_when_armed_then_full_dhcp() {
     assert!(leases.contains(VM1), "dnsmasq gave the address: {leases}");
 
     // (b) A reimage request arms the boot; the "power cycle" (no BMC here) is starting the VM.
+    // vm-01 is the model the image has drivers for.
     let vm1 = Machine {
         uuid: Some(UUID1),
+        model: Some(DRIVER_MODEL),
         ..Machine::bios(VM1, &disk)
     };
     image_it(
@@ -552,7 +607,7 @@ fn real_ipxe_firmware_boots_locally_then_images_when_armed_then_full_dhcp() {
         "b",
         "served the imaging script",
     );
-    read_back(&site, &disk, Firmware::Bios);
+    read_back(&site, &disk, Firmware::Bios, true);
     boot_from_disk(
         &site,
         &vm1,
@@ -566,6 +621,7 @@ fn real_ipxe_firmware_boots_locally_then_images_when_armed_then_full_dhcp() {
     let disk3 = site.dir.join("disk-vm3.img");
     blank_disk(&disk3, 4 * GIB);
     let vm3 = Machine {
+        model: None,
         mac: VM3,
         fw: Firmware::Uefi,
         secure_boot: false,
@@ -704,6 +760,7 @@ fn secure_boot_machine(net: &Net, site: &Site, store: &EmbeddedStore) {
     secure_boot::marker_disk(&marker);
     let untouched = recast_tests::sha256_file(&marker);
     let on_marker = Machine {
+        model: None,
         mac: VM7,
         fw: Firmware::Uefi,
         secure_boot: true,
@@ -819,7 +876,7 @@ fn secure_boot_machine(net: &Net, site: &Site, store: &EmbeddedStore) {
             operator_log(site)
         );
     }
-    read_back(site, &disk7, Firmware::Uefi);
+    read_back(site, &disk7, Firmware::Uefi, false);
     // The image's boot manager is signed under the test "2011" CA, which this firmware's db
     // holds: the imager judged it would boot, and the firmware starts it from the disk.
     let serial = std::fs::read_to_string(site.dir.join("serial-f-image.log")).unwrap();
@@ -858,6 +915,7 @@ fn will_it_boot(net: &Net, site: &Site, store: &EmbeddedStore) {
     }
     let blank = recast_tests::sha256_file(&disk8);
     let vm8 = Machine {
+        model: None,
         mac: VM8,
         fw: Firmware::Uefi,
         secure_boot: true,
@@ -1052,7 +1110,8 @@ fn image_it(
 /// the system partition's files (mtools), the Windows volume compared file by file with the
 /// golden source (ntfs-3g, read-only), agent.json's security descriptor, and the BCD store
 /// (hivexml) naming the Windows partition.
-fn read_back(site: &Site, disk: &Path, fw: Firmware) {
+/// `drivers`: the machine is the model the image has a driver set for.
+fn read_back(site: &Site, disk: &Path, fw: Firmware, drivers: bool) {
     let table = Table::read(disk);
     let ss = table.sector_size;
     let (system, windows) = match fw {
@@ -1137,22 +1196,28 @@ fn read_back(site: &Site, disk: &Path, fw: Firmware) {
     let (win_off, win_len) = table.extent(windows);
     let imaged = MountedNtfs::partition(disk, win_off, win_len);
     let golden = MountedNtfs::image(&site.golden.source);
-    let report = readback::compare_trees_allowing(
-        golden.path(),
-        imaged.path(),
-        &[
-            "Windows/Panther",
-            "Windows/Panther/unattend.xml",
-            "ProgramData/recast",
-            "ProgramData/recast/agent.json",
-        ],
-    )
-    .unwrap_or_else(|diffs| {
-        panic!(
-            "the Windows volume differs from the golden image:\n{}",
-            diffs.join("\n")
-        )
-    });
+    let mut added = vec![
+        "Windows/Panther",
+        "Windows/Panther/unattend.xml",
+        "ProgramData/recast",
+        "ProgramData/recast/agent.json",
+        "recast",
+        "recast/drivers",
+    ];
+    if drivers {
+        added.extend([
+            "recast/drivers/contoso-nic",
+            "recast/drivers/contoso-nic/contoso-nic.inf",
+            "recast/drivers/contoso-nic/contoso-nic.sys",
+        ]);
+    }
+    let report = readback::compare_trees_allowing(golden.path(), imaged.path(), &added)
+        .unwrap_or_else(|diffs| {
+            panic!(
+                "the Windows volume differs from the golden image:\n{}",
+                diffs.join("\n")
+            )
+        });
     assert!(report.files > 10, "{report:?}");
     assert!(
         !report.named_streams.is_empty(),
@@ -1192,8 +1257,57 @@ fn read_back(site: &Site, disk: &Path, fw: Firmware) {
         "agent.json's security descriptor is O:SYG:SYD:P(A;;FA;;;SY)(A;;FA;;;BA)"
     );
     assert!(imaged.path().join("Windows/Panther/unattend.xml").is_file());
+    // The machine's drivers, where the unattend points Windows' PnP: the set of its SMBIOS
+    // model byte for byte, or an empty directory for a model without one.
+    let unattend =
+        std::fs::read_to_string(imaged.path().join("Windows/Panther/unattend.xml")).unwrap();
+    assert_eq!(
+        recast_tests::unattend::driver_paths(&unattend),
+        vec![(
+            "specialize".to_string(),
+            r"%SystemDrive%\recast\drivers".to_string()
+        )]
+    );
+    let placed = imaged.path().join("recast/drivers");
+    let mut found: Vec<String> = walk(&placed);
+    found.sort();
+    if drivers {
+        assert_eq!(
+            found,
+            vec![
+                "contoso-nic/contoso-nic.inf".to_string(),
+                "contoso-nic/contoso-nic.sys".to_string()
+            ]
+        );
+        for f in &found {
+            assert_eq!(
+                std::fs::read(placed.join(f)).unwrap(),
+                std::fs::read(site.drivers_src.join(f)).unwrap(),
+                "{f}"
+            );
+        }
+    } else {
+        assert_eq!(found, Vec::<String>::new(), "another model gets no drivers");
+    }
     imaged.unmount().unwrap();
     golden.unmount().unwrap();
+}
+
+/// The files under `dir`, relative to it.
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    out
 }
 
 /// O:SYG:SYD:P(A;;FA;;;SY)(A;;FA;;;BA), self-relative, written out by hand from the SDDL.

@@ -96,6 +96,11 @@ const SETTING_PASSES: &[(&str, &str, &[&str])] = &[
         "RunSynchronous",
         &["specialize", "auditUser", "generalize"],
     ),
+    (
+        "Microsoft-Windows-PnpCustomizationsNonWinPE",
+        "DriverPaths",
+        &["offlineServicing", "auditSystem", "specialize"],
+    ),
 ];
 
 /// The OOBE screens that wait for a person unless the answer file hides them (Windows 11):
@@ -107,6 +112,25 @@ const OOBE_HIDES: [&str; 4] = [
     "HideOnlineAccountScreens",
     "HideWirelessSetupInOOBE",
 ];
+
+/// The PnP driver paths `xml` gives Windows, each with the pass it is in.
+pub fn driver_paths(xml: &str) -> Vec<(String, String)> {
+    let Ok(doc) = roxmltree::Document::parse(xml) else {
+        return Vec::new();
+    };
+    doc.descendants()
+        .filter(|n| n.tag_name().name() == "Path")
+        .filter(|n| n.ancestors().any(|a| a.tag_name().name() == "DriverPaths"))
+        .map(|n| {
+            let pass = n
+                .ancestors()
+                .find(|a| a.tag_name().name() == "settings")
+                .and_then(|a| a.attribute("pass"))
+                .unwrap_or_default();
+            (pass.to_string(), n.text().unwrap_or_default().to_string())
+        })
+        .collect()
+}
 
 /// Each OOBE screen `xml` leaves for a person (empty: OOBE finishes on its own).
 pub fn oobe_waits_for(xml: &str) -> Vec<String> {

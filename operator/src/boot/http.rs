@@ -44,6 +44,9 @@ pub struct BootConfig {
     pub https_base_url: Option<String>,
 }
 
+/// recast_core::imaging::DRIVER_DIR as Windows names it in unattend's PnP driver paths.
+const DRIVER_PATH: &str = r"%SystemDrive%\recast\drivers";
+
 /// Marks a request that came in over the boot service's HTTPS listener.
 #[derive(Clone, Copy, Debug)]
 pub struct OverHttps;
@@ -682,6 +685,30 @@ impl<B: Backend + BootIntents> BootHttp<B> {
         )
     }
 
+    /// The image's driver sets, each with its URL when this boot server holds it.
+    async fn driver_sets(
+        &self,
+        gi: Option<&GoldenImage>,
+    ) -> Vec<recast_core::imaging::TaskDriverSet> {
+        let mut out = Vec::new();
+        for set in gi.map(|g| g.spec.drivers.as_slice()).unwrap_or_default() {
+            let rel = format!("images/{}.wim", set.sha256);
+            let size = tokio::fs::metadata(self.config.root.join(&rel))
+                .await
+                .ok()
+                .filter(|m| m.is_file())
+                .map(|m| m.len());
+            out.push(recast_core::imaging::TaskDriverSet {
+                manufacturer: set.manufacturer.clone(),
+                model: set.model.clone(),
+                sha256: set.sha256.clone(),
+                url: size.map(|_| format!("{}/artifacts/{rel}", self.config.base_url)),
+                size: size.unwrap_or(0),
+            });
+        }
+        out
+    }
+
     async fn image_file(&self, intent: &BootIntent) -> Result<ImageFile, Refusal> {
         let digest = intent
             .image_digest
@@ -880,6 +907,9 @@ async fn task<B: Backend + BootIntents>(
         result_url: format!("{attempt_url}/result"),
         unattend_url: format!("{attempt_url}/unattend.xml"),
         agent_config_url: format!("{attempt_url}/agent.json"),
+        drivers: svc
+            .driver_sets(svc.golden_image_of(&intent).await.as_ref())
+            .await,
     })
     .into_response())
 }
@@ -942,6 +972,10 @@ async fn unattend<B: Backend + BootIntents>(
             &computer_name,
             &svc.image_arch(&intent).await,
             &provisioning,
+            svc.golden_image_of(&intent)
+                .await
+                .is_some_and(|g| !g.spec.drivers.is_empty())
+                .then_some(DRIVER_PATH),
         )?,
     )
         .into_response())

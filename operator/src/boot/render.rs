@@ -318,6 +318,7 @@ impl Renderer {
         computer_name: &str,
         arch: &str,
         provisioning: &super::provisioning::Provisioning,
+        driver_path: Option<&str>,
     ) -> Result<String, RenderError> {
         let mut ctx = Context::from_serialize(view).map_err(|source| RenderError::Render {
             name: "unattend.xml".into(),
@@ -326,6 +327,7 @@ impl Renderer {
         ctx.insert("hostname", computer_name);
         ctx.insert("arch", arch);
         ctx.insert("p", provisioning);
+        ctx.insert("driver_path", &driver_path);
         self.render("unattend.xml", &ctx)
     }
 }

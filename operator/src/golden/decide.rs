@@ -43,7 +43,33 @@ pub fn is_current(gi: &GoldenImage) -> bool {
     observed.is_some() && observed == gi.metadata.generation
 }
 
-/// `cached`: the artifact store holds `images/<served digest>.wim`.
+/// Whether a fetched driver set may be served: its bytes are the spec's (`digest` is what
+/// recast computed: the sha256 and whether the file starts like a WIM).
+pub fn driver_set_problem(digest: &FileDigest, expected_sha256: &str) -> Result<(), String> {
+    if digest.sha256 != expected_sha256 {
+        return Err(format!(
+            "the file's sha256 is {}, spec.drivers[].sha256 says {expected_sha256}; fix one of them",
+            digest.sha256
+        ));
+    }
+    if !digest.is_wim {
+        return Err(
+            "the file is not a WIM: capture the driver folders with wimlib-imagex capture DIR set.wim (or DISM /Capture-Image)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// What recast computed about a fetched file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileDigest {
+    pub sha256: String,
+    /// It starts with the WIM magic ("MSWIM\0\0\0").
+    pub is_wim: bool,
+}
+
+/// `cached`: the artifact store holds `images/<served digest>.wim` (and every driver set).
 pub fn work(gi: &GoldenImage, cached: bool) -> Work {
     if !is_current(gi) {
         Work::Verify
@@ -448,6 +474,34 @@ pub fn fleet_notices(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_driver_set_is_served_only_as_the_wim_the_spec_names() {
+        let sha = "ab".repeat(32);
+        let ok = FileDigest {
+            sha256: sha.clone(),
+            is_wim: true,
+        };
+        assert_eq!(driver_set_problem(&ok, &sha), Ok(()));
+        let other = FileDigest {
+            sha256: "cd".repeat(32),
+            is_wim: true,
+        };
+        assert!(
+            driver_set_problem(&other, &sha)
+                .unwrap_err()
+                .contains("sha256 is cdcd")
+        );
+        let zip = FileDigest {
+            sha256: sha.clone(),
+            is_wim: false,
+        };
+        assert!(
+            driver_set_problem(&zip, &sha)
+                .unwrap_err()
+                .contains("not a WIM")
+        );
+    }
     use recast_crds::common::Condition;
     use recast_crds::golden_image::{
         ArtifactSource, GoldenImageSpec, ImageRequirements, Promotion,
@@ -463,6 +517,7 @@ mod tests {
         let mut gi = GoldenImage::new(
             "win11-2026-01",
             GoldenImageSpec {
+                drivers: vec![],
                 source: ArtifactSource {
                     url: Some("https://images.example/w.wim".into()),
                     path: None,

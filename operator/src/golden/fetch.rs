@@ -200,6 +200,34 @@ pub fn client(policy: &Arc<SourcePolicy>) -> Result<reqwest::Client, String> {
         .map_err(|e| format!("cannot build the image fetch client: {e}"))
 }
 
+/// The sha256 of a file and whether it starts like a WIM.
+pub fn file_digest(path: &Path) -> Result<super::decide::FileDigest, String> {
+    use sha2::Digest as _;
+    use std::io::Read as _;
+    let mut file =
+        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut head = Vec::with_capacity(8);
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        if head.len() < 8 {
+            let take = (8 - head.len()).min(n);
+            head.extend_from_slice(&buf[..take]);
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(super::decide::FileDigest {
+        sha256: crate::encoding::hex(&hasher.finalize()),
+        is_wim: head == b"MSWIM\0\0\0",
+    })
+}
+
 /// Fetches `source` into `dest` (a staging path) under `policy`. A partial `dest` from an
 /// earlier try is resumed with Range when the server supports it, and started over when it
 /// does not. Bytes over the size limit are deleted; a refusal reads nothing.

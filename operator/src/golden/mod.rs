@@ -189,7 +189,13 @@ impl<B: ImageStore> ImageController<B> {
     fn due(&self, images: Vec<GoldenImage>, leader: bool) -> Vec<(GoldenImage, Work)> {
         let mut out = Vec::new();
         for gi in images {
-            let cached = decide::served_digest(&gi).is_some_and(|d| self.store.has_image(d));
+            // The image's bytes and every driver set it names.
+            let cached = decide::served_digest(&gi).is_some_and(|d| self.store.has_image(d))
+                && gi
+                    .spec
+                    .drivers
+                    .iter()
+                    .all(|d| self.store.has_image(&d.sha256));
             let work = decide::work(&gi, cached);
             let wanted = match work {
                 Work::Verify => leader,
@@ -374,6 +380,17 @@ impl<B: ImageStore> ImageController<B> {
             tracing::info!(image = %format!("{ns}/{name}"), verified = ?cond, %reason, %message, "golden image checked");
         }
         self.record(gi, type_, reason, message).await;
+        // A Verified image's driver sets come in now; a failure is retried by the next pass
+        // (the image's work is Recache while a set is missing), with a Warning.
+        if cond == ConditionStatus::True
+            && let Err(e) = self.fetch_driver_sets(gi).await
+        {
+            let wait = self.note_failure(gi);
+            let message = format!("{e}; retrying in {}s", wait.as_secs());
+            tracing::warn!(image = %format!("{ns}/{name}"), "{message}");
+            self.record(gi, NoticeType::Warning, "DriverSetFailed", message)
+                .await;
+        }
         Ok(Some(status))
     }
 
@@ -382,18 +399,80 @@ impl<B: ImageStore> ImageController<B> {
     /// until the cache holds it.
     async fn recache(&self, gi: &GoldenImage, leader: bool) -> Result<(), BackendError> {
         let (ns, name) = key(gi);
-        tracing::info!(image = %format!("{ns}/{name}"), "verified image missing from the artifact store; fetching it again");
-        let checked = self.check(gi).await;
         let wanted = decide::served_digest(gi).map(str::to_string);
-        if checked.verdict.0 == ConditionStatus::True && checked.digest == wanted {
-            self.note_success(gi);
-            return Ok(());
+        if !wanted.as_deref().is_some_and(|d| self.store.has_image(d)) {
+            tracing::info!(image = %format!("{ns}/{name}"), "verified image missing from the artifact store; fetching it again");
+            let checked = self.check(gi).await;
+            if !(checked.verdict.0 == ConditionStatus::True && checked.digest == wanted) {
+                return self
+                    .cache_fill_failed(gi, leader, checked.verdict.1, &checked.verdict.2)
+                    .await;
+            }
         }
+        match self.fetch_driver_sets(gi).await {
+            Ok(()) => {
+                self.note_success(gi);
+                Ok(())
+            }
+            Err(e) => {
+                self.cache_fill_failed(gi, leader, "DriverSetFailed", &e)
+                    .await
+            }
+        }
+    }
+
+    /// Fetches each of the image's driver sets the artifact store lacks, checks its sha256 (and
+    /// that it is a WIM) and installs it under `images/<sha256>.wim`, where the boot service
+    /// serves it. The first failure stops the rest (retried with the image's backoff).
+    async fn fetch_driver_sets(&self, gi: &GoldenImage) -> Result<(), String> {
+        let (ns, name) = key(gi);
+        for set in &gi.spec.drivers {
+            if self.store.has_image(&set.sha256) {
+                continue;
+            }
+            let what = format!("driver set {:?} {:?}", set.manufacturer, set.model);
+            tracing::info!(image = %format!("{ns}/{name}"), "fetching {what}");
+            let staging = self
+                .store
+                .staging(&set.sha256, &ns, &format!("{name}.drivers"));
+            fetch::fetch(
+                &self.http,
+                &self.sources,
+                &set.source,
+                &staging,
+                &mut |_| {},
+            )
+            .await
+            .map_err(|e| format!("{what}: {e}"))?;
+            let path = staging.clone();
+            let digest = tokio::task::spawn_blocking(move || fetch::file_digest(&path))
+                .await
+                .map_err(|e| format!("{what}: the check stopped: {e}"))?
+                .map_err(|e| format!("{what}: {e}"))?;
+            if let Err(why) = decide::driver_set_problem(&digest, &set.sha256) {
+                let _ = tokio::fs::remove_file(&staging).await;
+                return Err(format!("{what}: {why}"));
+            }
+            self.store
+                .install(&staging, &set.sha256)
+                .await
+                .map_err(|e| format!("{what}: {e}"))?;
+            tracing::info!(image = %format!("{ns}/{name}"), sha256 = %set.sha256, "{what} checked and stored");
+        }
+        Ok(())
+    }
+
+    async fn cache_fill_failed(
+        &self,
+        gi: &GoldenImage,
+        leader: bool,
+        reason: &str,
+        why: &str,
+    ) -> Result<(), BackendError> {
+        let (ns, name) = key(gi);
         let wait = self.note_failure(gi);
         let message = format!(
-            "the artifact store lacks the verified bytes and refilling it failed ({}: {}); retrying in {}s",
-            checked.verdict.1,
-            checked.verdict.2,
+            "the artifact store lacks the verified bytes and refilling it failed ({reason}: {why}); retrying in {}s",
             wait.as_secs()
         );
         tracing::warn!(image = %format!("{ns}/{name}"), "{message}");
