@@ -508,7 +508,7 @@ pub fn last_reimage_end(status: &recast_crds::endpoint::EndpointStatus) -> Optio
     status
         .history
         .iter()
-        .filter(|h| h.outcome == recast_crds::endpoint::AttemptOutcome::Succeeded)
+        .filter(|h| h.outcome.replaced_the_machine())
         .filter_map(|h| super::time::parse(&h.finished_at))
         .max()
 }

@@ -243,6 +243,16 @@ pub enum Input {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         firmware: Option<crate::imaging::FirmwareReport>,
     },
+    /// The boot service referred the machine of this try to the site's WDS server (the
+    /// endpoint's `spec.bootServer: wds`): WDS deploys the image from here, and recast does
+    /// not see it finish (no imaging protocol, no agent.json), so the attempt ends handed off.
+    HandedOff {
+        attempt_id: String,
+        #[serde(default)]
+        try_number: Option<u32>,
+        /// The WDS server it was referred to.
+        server: String,
+    },
     /// The imaging environment finished: Ok, or the reason it failed; `refusal` when it wrote
     /// nothing on purpose (wrong machine, no single target disk): no retry, a person looks.
     ImagingFinished {
@@ -854,6 +864,17 @@ impl<'a> Run<'a> {
                 self.enter_step(&mut a, ReimageStep::Applying);
                 self.take(Edge::NetworkBooted);
             }
+            Input::HandedOff {
+                attempt_id,
+                try_number,
+                server,
+            } if matches(attempt_id)
+                && this_try(*try_number)
+                && matches!(a.step, ReimageStep::PowerCycling | ReimageStep::Booting) =>
+            {
+                self.hand_off(a, server);
+                return None;
+            }
             Input::NetworkBooted {
                 attempt_id,
                 try_number,
@@ -1356,6 +1377,24 @@ impl<'a> Run<'a> {
         self.take(Edge::CheckedIn);
     }
 
+    /// The machine went to the site's WDS server: recast's part of the reimage is over. The
+    /// signals go with the machine they described (WDS replaces it; a machine that was not
+    /// replaced reports its state again), as after a reimage recast watched to the end.
+    fn hand_off(&mut self, a: Attempt, server: &str) {
+        self.st.signals.clear();
+        let msg = format!(
+            "referred to the site's WDS server {server}, which deploys the image; recast does not see WDS finish, so this attempt ends here and the agent's next report is the new machine's"
+        );
+        self.end_attempt(a, AttemptOutcome::HandedOff, msg);
+        // Ready once an agent reported (from either machine); Pending while none ever has.
+        self.st.phase = Some(if self.st.last_report.is_some() {
+            EndpointPhase::Ready
+        } else {
+            EndpointPhase::Pending
+        });
+        self.take(Edge::HandedOff);
+    }
+
     fn end_attempt(&mut self, a: Attempt, outcome: AttemptOutcome, message: String) {
         // Whatever the outcome, the machine's next network boot must be a local boot.
         if !self
@@ -1367,7 +1406,10 @@ impl<'a> Run<'a> {
                 attempt_id: a.id.clone(),
             });
         }
-        let t = if outcome == AttemptOutcome::Succeeded {
+        let t = if matches!(
+            outcome,
+            AttemptOutcome::Succeeded | AttemptOutcome::HandedOff
+        ) {
             NoticeType::Normal
         } else {
             NoticeType::Warning

@@ -2453,6 +2453,18 @@ fn every_edge_is_reachable_in_the_scenarios() {
         },
     });
     record(&q); // Quarantined
+    let mut w = healthy(true);
+    w.spec.boot_server = recast_crds::endpoint::BootServer::Wds;
+    w.feed(signals(&[SignalKind::BootCrash]));
+    w.succeed(ActionKind::ArmBoot);
+    w.succeed(ActionKind::PowerCycle);
+    let id = w.attempt_id();
+    w.feed(Input::HandedOff {
+        attempt_id: id,
+        try_number: None,
+        server: "10.0.40.9".into(),
+    });
+    record(&w); // HandedOff
     let all: Vec<String> = transitions::TABLE
         .iter()
         .map(|t| format!("{:?}", t.edge))
@@ -3181,4 +3193,75 @@ proptest! {
             let _ = succeeded;
         }
     }
+}
+
+#[test]
+fn a_wds_hand_off_ends_the_attempt_and_the_signals_of_the_replaced_machine() {
+    use recast_crds::endpoint::{AttemptOutcome, BootServer};
+    let mut e = healthy(true);
+    e.spec.boot_server = BootServer::Wds;
+    e.feed(signals(&[SignalKind::FailedRollback]));
+    e.succeed(ActionKind::ArmBoot);
+    e.succeed(ActionKind::PowerCycle);
+    assert_eq!(e.state(), State::Booting);
+    let id = e.attempt_id();
+    let handed = |attempt: &str, try_number: Option<u32>| Input::HandedOff {
+        attempt_id: attempt.into(),
+        try_number,
+        server: "10.0.40.9".into(),
+    };
+    // Another attempt's or another try's referral changes nothing.
+    for other in [handed("kiosk-01-older", None), handed(&id, Some(9))] {
+        let before = e.status.clone();
+        let d = e.feed(other);
+        assert_eq!(d.status, before);
+        assert!(d.actions.is_empty());
+    }
+    let d = e.feed(handed(&id, Some(1)));
+    assert_eq!(d.edge, Some(crate::transitions::Edge::HandedOff));
+    assert_eq!(e.state(), State::Ready);
+    assert!(kinds(&d).contains(&ActionKind::DisarmBoot), "{d:?}");
+    let h = &e.status.history[0];
+    assert_eq!(h.outcome, AttemptOutcome::HandedOff);
+    assert!(
+        h.message.as_deref().unwrap_or("").contains("10.0.40.9"),
+        "{h:?}"
+    );
+    assert!(e.status.signals.is_empty(), "{:?}", e.status.signals);
+    assert!(
+        d.notices
+            .iter()
+            .any(|n| n.reason == "AttemptHandedOff" && n.type_ == NoticeType::Normal),
+        "{:?}",
+        d.notices
+    );
+    // A late repeat (DHCP retransmits) finds no attempt and changes nothing.
+    let before = e.status.clone();
+    assert_eq!(e.feed(handed(&id, Some(1))).status, before);
+    // Events before the hand-off describe the machine WDS replaced.
+    assert!(crate::derive::last_reimage_end(&e.status).is_some());
+}
+
+#[test]
+fn a_hand_off_after_the_imaging_environment_started_is_not_one() {
+    let mut e = healthy(true);
+    e.feed(signals(&[SignalKind::FailedRollback]));
+    e.succeed(ActionKind::ArmBoot);
+    e.succeed(ActionKind::PowerCycle);
+    let id = e.attempt_id();
+    e.feed(Input::NetworkBooted {
+        try_number: None,
+        attempt_id: id.clone(),
+        client: Some("10.0.40.17".into()),
+    });
+    let before = e.status.clone();
+    let d = e.feed(Input::HandedOff {
+        attempt_id: id,
+        try_number: None,
+        server: "10.0.40.9".into(),
+    });
+    assert_eq!(
+        d.status, before,
+        "recast's own imaging environment holds the try"
+    );
 }

@@ -53,6 +53,7 @@ pub enum Edge {
     PowerCycled,
     NetworkBooted,
     ImageApplied,
+    HandedOff,
     CheckedIn,
     TryFailed,
     RetryStarted,
@@ -111,6 +112,12 @@ pub const TABLE: &[Transition] = &[
         from: &[Booting, Applying],
         to: &[FirstBoot],
         when: "the imaging environment reported the WIM applied; the boot is disarmed",
+    },
+    Transition {
+        edge: Edge::HandedOff,
+        from: &[PowerCycling, Booting],
+        to: &[Pending, Ready],
+        when: "the boot service referred a WDS-mode endpoint (spec.bootServer: wds) to the site's WDS server: WDS deploys the image and recast does not see it finish, so the attempt ends HandedOff, the boot is disarmed and the signals are cleared",
     },
     Transition {
         edge: Edge::CheckedIn,

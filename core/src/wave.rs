@@ -357,7 +357,8 @@ impl Member {
             .find(|h| h.wave.as_deref() == Some(wave))
         {
             return match h.outcome {
-                AttemptOutcome::Succeeded => Member::Succeeded,
+                // A hand-off to WDS is recast's part done: the batch moves on.
+                AttemptOutcome::Succeeded | AttemptOutcome::HandedOff => Member::Succeeded,
                 AttemptOutcome::Failed | AttemptOutcome::Aborted => Member::Failed,
             };
         }

@@ -401,6 +401,17 @@ pub enum AttemptOutcome {
     Succeeded,
     Failed,
     Aborted,
+    /// Referred to the site's WDS server (`spec.bootServer: wds`), which deploys the image
+    /// without telling recast: counted as a reimage, never as a failure.
+    HandedOff,
+}
+
+impl AttemptOutcome {
+    /// Whether the machine was (as far as recast can tell) replaced: its earlier events
+    /// describe the old machine.
+    pub fn replaced_the_machine(self) -> bool {
+        matches!(self, AttemptOutcome::Succeeded | AttemptOutcome::HandedOff)
+    }
 }
 
 /// One reimage of one endpoint; its id keys every action so nothing runs twice.

@@ -238,3 +238,48 @@ fn a_taken_boot_port_stops_the_operator_with_the_reason() {
     drop(taken);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// An endpoint in WDS mode (spec.bootServer: wds) is referred to the site's WDS server when
+/// its attempt is armed, and the attempt ends there, handed off: WDS deploys the image and
+/// recast does not see it finish (docs/first-boot.md). Before, such an attempt timed out try
+/// after try and ended quarantined.
+#[test]
+fn a_wds_endpoint_is_referred_and_its_attempt_ends_handed_off() {
+    if Command::new("curl").arg("--version").output().is_err() {
+        recast_tests::skip_or_fail("RECAST_REQUIRE_PXE", "curl is missing");
+        return;
+    }
+    let s = setup_full(false, false, &["--wds-server", "10.0.40.9"]);
+    s.store
+        .update(Kind::Endpoint, "default", "pc-01", |o| {
+            o["spec"]["bootServer"] = json!("wds");
+            o["spec"]["reimageRequest"] = json!({"token": "1", "reason": "test"});
+            Ok(())
+        })
+        .unwrap();
+    recast_tests::wait_for(Duration::from_secs(20), "the boot intent", || {
+        s.store.boot_intent(MAC).unwrap().is_some() && step(&s).as_deref() == Some("Booting")
+    });
+    let (code, _, body) = curl(&[&format!("{}/boot/{MAC}", s.base)]);
+    let script = String::from_utf8_lossy(&body);
+    assert_eq!(code, 200, "{script}");
+    assert!(script.contains("10.0.40.9"), "referred to WDS: {script}");
+    recast_tests::wait_for(
+        Duration::from_secs(20),
+        "the attempt to end handed off",
+        || s.store.boot_intent(MAC).unwrap().is_none(),
+    );
+    let ep = s
+        .store
+        .get(Kind::Endpoint, "default", "pc-01")
+        .unwrap()
+        .unwrap();
+    assert!(ep["status"]["activeAttempt"].is_null(), "{ep}");
+    assert_eq!(ep["status"]["history"][0]["outcome"], "HandedOff", "{ep}");
+    // No agent has reported yet: Pending, not Quarantined.
+    assert_eq!(ep["status"]["phase"], "Pending", "{ep}");
+    // Asked again (another boot of the machine): the local disk, and nothing new starts.
+    let (_, _, body) = curl(&[&format!("{}/boot/{MAC}", s.base)]);
+    assert!(!String::from_utf8_lossy(&body).contains("10.0.40.9"));
+    let _ = std::fs::remove_dir_all(&s.dir);
+}

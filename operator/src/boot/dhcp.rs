@@ -291,7 +291,7 @@ pub fn answer(
             lease.as_ref()?;
             (Ipv4Addr::UNSPECIFIED, String::new(), None, "address-only")
         }
-        BootChoice::Wds => {
+        BootChoice::Wds(_) => {
             let wds = cfg.wds_server?;
             let file = match info.arch {
                 Some(7) | Some(9) => "boot\\x64\\wdsmgfw.efi",
@@ -628,6 +628,12 @@ pub async fn serve<B: Backend + BootIntents>(
         tracing::info!(mac = %info.mac, kind = reply.kind, file = %reply.file, %to, "DHCP {:?}", reply.message_type);
         if let Err(e) = sock.send_to(&bytes, to).await {
             tracing::warn!(%to, error = %e, "cannot send a DHCP reply");
+        } else if let BootChoice::Wds(intent) = choice
+            && let Some(server) = cfg.wds_server
+        {
+            // Recorded aside: the answer never waits for the store.
+            let boot = boot.clone();
+            tokio::spawn(async move { boot.note_handed_off(&intent, &server.to_string()).await });
         }
     }
 }
@@ -663,6 +669,20 @@ pub fn parse_leases(text: &str) -> Result<HashMap<String, Lease>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn wds_intent() -> BootIntent {
+        BootIntent {
+            namespace: "default".into(),
+            endpoint: "kiosk-01".into(),
+            mac_addresses: vec![],
+            attempt_id: "a1".into(),
+            try_number: 1,
+            image: "golden".into(),
+            image_digest: Some("ab".into()),
+            boot_mode: "uefi".into(),
+            armed_at: String::new(),
+        }
+    }
     use crate::store::BootIntent;
     use crate::store::arming::Known;
     use dhcproto::v4::{Architecture, Flags};
@@ -1091,7 +1111,7 @@ mod tests {
             false,
         ))
         .unwrap();
-        let r = answer(&info, &BootChoice::Wds, BootChain::Ipxe, &c).unwrap();
+        let r = answer(&info, &BootChoice::Wds(wds_intent()), BootChain::Ipxe, &c).unwrap();
         assert_eq!(r.siaddr, Ipv4Addr::new(10, 0, 40, 9));
         assert_eq!(r.file, "boot\\x64\\wdsnbp.com");
         let info = parse(&request(
@@ -1102,7 +1122,7 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(
-            answer(&info, &BootChoice::Wds, BootChain::Ipxe, &c)
+            answer(&info, &BootChoice::Wds(wds_intent()), BootChain::Ipxe, &c)
                 .unwrap()
                 .file,
             "boot\\x64\\wdsmgfw.efi"
@@ -1110,7 +1130,12 @@ mod tests {
         let mut no_wds = c.clone();
         no_wds.wds_server = None;
         assert_eq!(
-            answer(&info, &BootChoice::Wds, BootChain::Ipxe, &no_wds),
+            answer(
+                &info,
+                &BootChoice::Wds(wds_intent()),
+                BootChain::Ipxe,
+                &no_wds
+            ),
             None
         );
     }

@@ -102,6 +102,8 @@ pub struct BootHttp<B> {
     pub clock: Arc<dyn crate::clock::Clock>,
     /// Where the Secrets of a policy's provisioning profile are read.
     pub secrets: Arc<dyn crate::store::TrySecrets>,
+    /// The try each WDS-mode endpoint was last referred for (one hand-off input per try).
+    pub handed_off: std::sync::Mutex<std::collections::HashMap<Key, (String, u32)>>,
 }
 
 /// The claimant of each endpoint's armed try: endpoint → (attempt, try, client address).
@@ -246,14 +248,15 @@ async fn per_mac<B: Backend + BootIntents>(
             namespace,
             name,
             boot_mode,
+            intent,
         } => {
             let Some(server) = &svc.config.wds_server else {
                 tracing::warn!(%mac, "endpoint is in WDS mode but no --wds-server is set; booting it locally");
                 return Ok(script(svc.renderer.local(&name, &boot_mode)?));
             };
-            Ok(script(
-                svc.renderer.wds(&namespace, &name, &boot_mode, server)?,
-            ))
+            let body = svc.renderer.wds(&namespace, &name, &boot_mode, server)?;
+            svc.note_handed_off(&intent, server).await;
+            Ok(script(body))
         }
         ScriptFor::Imaging(intent) => {
             let view = svc.view(&intent);
@@ -291,6 +294,7 @@ pub enum ScriptFor {
         namespace: String,
         name: String,
         boot_mode: String,
+        intent: BootIntent,
     },
     /// The imaging environment of this armed try. What to boot, and nothing else: anyone can
     /// ask for any MAC. The imaging environment claims the try itself (POST .../claim), and
@@ -354,7 +358,7 @@ impl<B: Backend + BootIntents> BootHttp<B> {
                 }
                 ScriptFor::Local { who, boot_mode }
             }
-            BootChoice::Wds => {
+            BootChoice::Wds(intent) => {
                 let (namespace, name) = match &known {
                     Known::Endpoint {
                         namespace, name, ..
@@ -365,6 +369,7 @@ impl<B: Backend + BootIntents> BootHttp<B> {
                     namespace,
                     name,
                     boot_mode,
+                    intent,
                 }
             }
             BootChoice::Imaging(intent) => ScriptFor::Imaging(intent),
@@ -378,7 +383,7 @@ fn choice_label(c: &BootChoice) -> &'static str {
         BootChoice::Local { discovered: true } => "discovered",
         BootChoice::Local { discovered: false } => "local",
         BootChoice::Imaging(_) => "imaging",
-        BootChoice::Wds => "wds",
+        BootChoice::Wds(_) => "wds",
     }
 }
 
@@ -497,6 +502,31 @@ impl<B: Backend + BootIntents> BootHttp<B> {
         if let Err(e) = self.backend.post_input(&key, &input).await {
             tracing::warn!(endpoint = %key, error = %e, "cannot queue a boot-service input");
         }
+    }
+
+    /// The machine of `intent` was referred to the WDS server: the lifecycle ends the
+    /// attempt handed off. Once per try per process (DHCP retransmits; the lifecycle ignores
+    /// a repeat anyway).
+    pub async fn note_handed_off(&self, intent: &BootIntent, server: &str) {
+        let key = intent.key();
+        {
+            let mut seen = lock(&self.handed_off);
+            let this = (intent.attempt_id.clone(), intent.try_number);
+            if seen.get(&key) == Some(&this) {
+                return;
+            }
+            seen.insert(key.clone(), this);
+        }
+        tracing::info!(endpoint = %key, attempt = %intent.attempt_id, try_number = intent.try_number, %server, "referred to the site's WDS server; the attempt ends handed off");
+        self.post(
+            intent,
+            Input::HandedOff {
+                attempt_id: intent.attempt_id.clone(),
+                try_number: Some(intent.try_number),
+                server: server.to_string(),
+            },
+        )
+        .await;
     }
 
     /// A managed machine that network-boots with nothing armed has usually failed to boot

@@ -24,8 +24,9 @@ pub enum BootChoice {
     Local { discovered: bool },
     /// The imaging environment for this armed attempt try.
     Imaging(BootIntent),
-    /// Refer the machine to the site's WDS server.
-    Wds,
+    /// Refer the machine to the site's WDS server, for this armed try (WDS takes it from
+    /// there: the attempt ends handed off).
+    Wds(BootIntent),
 }
 
 /// Why an armed intent is not served (logged, and reported as the reason the machine booted
@@ -97,7 +98,7 @@ pub fn choose(
                 );
             }
             if *wds {
-                return (BootChoice::Wds, None);
+                return (BootChoice::Wds(intent.clone()), None);
             }
             (BootChoice::Imaging(intent.clone()), None)
         }
@@ -188,7 +189,7 @@ mod tests {
         let i = intent("default", "kiosk-01", Some("ab"));
         assert_eq!(
             choose(&known(true), Some(&i), UnknownMacPolicy::Ignore).0,
-            BootChoice::Wds
+            BootChoice::Wds(i.clone())
         );
         assert_eq!(
             choose(&known(true), None, UnknownMacPolicy::Ignore).0,

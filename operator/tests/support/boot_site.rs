@@ -79,6 +79,11 @@ pub fn setup_with(gateway: bool) -> Setup {
 /// The site, with the agent gateway when `gateway` and the boot service's HTTPS listener when
 /// `https` (both need openssl).
 pub fn setup_site(gateway: bool, https: bool) -> Setup {
+    setup_full(gateway, https, &[])
+}
+
+/// [`setup_site`] with more operator flags.
+pub fn setup_full(gateway: bool, https: bool, extra: &[&str]) -> Setup {
     let dir = std::env::temp_dir().join(format!("recast-boothttp-{}", uuid::Uuid::new_v4()));
     let root = dir.join("boot");
     std::fs::create_dir_all(root.join("images")).unwrap();
@@ -152,6 +157,7 @@ pub fn setup_site(gateway: bool, https: bool) -> Setup {
             .arg(&pki.key);
         (format!("https://{listen}"), ca)
     });
+    cmd.args(extra);
     let op = Proc(cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap());
     recast_tests::wait_for(Duration::from_secs(20), "HTTP boot", || {
         curl(&[&format!("{base}/boot.ipxe")]).0 == 200

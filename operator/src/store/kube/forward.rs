@@ -192,6 +192,7 @@ pub fn accept(
     match &msg.input {
         Input::NetworkBooted { .. }
         | Input::NetworkBootObserved { .. }
+        | Input::HandedOff { .. }
         | Input::ImagingProgress { .. }
         | Input::ImagingFinished { .. } => {}
         other => {
