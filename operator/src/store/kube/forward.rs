@@ -1,12 +1,13 @@
 //! Inputs from a boot service that may not write: on the Kubernetes backend the boot pods
 //! (host network, parsing DHCP/TFTP/HTTP from the wire) hold a read-only ServiceAccount, so
-//! what they see (NetworkBooted, ImagingProgress, ImagingFinished) is sent to the operator's
+//! what they see (NetworkBooted, NetworkBootObserved, HandedOff, ImagingProgress,
+//! ImagingFinished) is sent to the operator's
 //! internal endpoint, and any operator replica queues it in the endpoint's inbox.
 //!
 //! Each message is signed with HMAC-SHA256 under a key derived from the imaging key, which the
 //! boot pods and the operator already share; it carries a random id and its send time. The
 //! receiver refuses a bad signature, a message older or newer than [`MAX_SKEW`], an id it has
-//! already seen, and any input other than the three the boot service produces. The inbox entry
+//! already seen, and any input other than those the boot service produces. The inbox entry
 //! is named after the message id, so a replay to another replica within the window rewrites the
 //! same entry instead of adding one.
 
