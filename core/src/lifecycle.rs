@@ -11,9 +11,9 @@ use std::time::Duration;
 use jiff::Timestamp;
 use recast_crds::ConditionStatus;
 use recast_crds::endpoint::{
-    Attempt, AttemptOutcome, AttemptRecord, AttemptTrigger, BootMode, EndpointPhase, EndpointSpec,
-    EndpointStatus, FirmwareTrust, MAX_HISTORY, MAX_NETWORK_BOOTS, PowerWay, ReimageStep,
-    ReportSummary, SignalStatus,
+    Attempt, AttemptOutcome, AttemptRecord, AttemptTrigger, BootMode, BootServer, EndpointPhase,
+    EndpointSpec, EndpointStatus, FirmwareTrust, MAX_HISTORY, MAX_NETWORK_BOOTS, PowerWay,
+    ReimageStep, ReportSummary, SignalStatus,
 };
 use recast_crds::policy::RemediationAction;
 use recast_crds::report::NetworkRestartResult;
@@ -490,7 +490,9 @@ impl<'a> Run<'a> {
     /// A network boot with nothing armed: recorded while no attempt runs (an attempt's own
     /// restarts are its business), and a boot loop raises BootLoop.
     fn network_boot_observed(&mut self, at: &str) {
-        if self.st.active_attempt.is_some() {
+        // A WDS-mode machine's own deployment restarts it through the network after the
+        // hand-off: recast cannot tell those boots from a loop, so they are not counted.
+        if self.st.active_attempt.is_some() || self.ep.spec.boot_server == BootServer::Wds {
             return;
         }
         // When the boot service saw it (never later than now: a clock ahead must not keep a
@@ -870,6 +872,7 @@ impl<'a> Run<'a> {
                 server,
             } if matches(attempt_id)
                 && this_try(*try_number)
+                && self.ep.spec.boot_server == BootServer::Wds
                 && matches!(a.step, ReimageStep::PowerCycling | ReimageStep::Booting) =>
             {
                 self.hand_off(a, server);

@@ -3217,6 +3217,12 @@ fn a_wds_hand_off_ends_the_attempt_and_the_signals_of_the_replaced_machine() {
         assert_eq!(d.status, before);
         assert!(d.actions.is_empty());
     }
+    // A referral for an endpoint not in WDS mode (a forged input, a stale boot index) is not
+    // a hand-off.
+    e.spec.boot_server = BootServer::Recast;
+    let before = e.status.clone();
+    assert_eq!(e.feed(handed(&id, Some(1))).status, before);
+    e.spec.boot_server = BootServer::Wds;
     let d = e.feed(handed(&id, Some(1)));
     assert_eq!(d.edge, Some(crate::transitions::Edge::HandedOff));
     assert_eq!(e.state(), State::Ready);
@@ -3240,6 +3246,13 @@ fn a_wds_hand_off_ends_the_attempt_and_the_signals_of_the_replaced_machine() {
     assert_eq!(e.feed(handed(&id, Some(1))).status, before);
     // Events before the hand-off describe the machine WDS replaced.
     assert!(crate::derive::last_reimage_end(&e.status).is_some());
+    // WDS's own deployment restarts the machine through the network: not a boot loop.
+    for _ in 0..5 {
+        e.advance(60);
+        e.feed(booted(&e));
+    }
+    assert!(e.status.network_boots.is_empty());
+    assert!(e.status.signals.is_empty(), "{:?}", e.status.signals);
 }
 
 #[test]

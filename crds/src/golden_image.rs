@@ -100,7 +100,7 @@ pub struct GoldenImageSpec {
     /// (`wimlib-imagex capture DIR set.wim`, or DISM) of INF driver folders, fetched and checked
     /// by sha256 like the image. A machine whose model has no set gets none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[x_kube(validation = Rule::new("self.all(a, self.exists_one(b, a.manufacturer.lowerAscii() == b.manufacturer.lowerAscii() && a.model.lowerAscii() == b.model.lowerAscii()))").message("spec.drivers names each manufacturer and model once"))]
+    #[x_kube(validation = Rule::new("self.all(a, self.exists_one(b, a.manufacturer.trim().lowerAscii() == b.manufacturer.trim().lowerAscii() && a.model.trim().lowerAscii() == b.model.trim().lowerAscii()))").message("spec.drivers names each manufacturer and model once (case and outer spaces aside, as machines are matched)"))]
     #[schemars(length(max = 64))]
     pub drivers: Vec<DriverSet>,
 }

@@ -141,9 +141,14 @@ pub struct ProvisioningProfile {
 }
 
 impl ProvisioningProfile {
-    /// The Secrets of the policy's namespace this profile reads, by name, each with the keys
-    /// it needs (sorted, once each).
-    pub fn secrets_needed(&self) -> std::collections::BTreeMap<String, Vec<String>> {
+    /// The Secrets of the policy's namespace this profile reads for the machine called
+    /// `computer_name`, by name, each with the keys it needs (sorted, once each): nothing else
+    /// of those Secrets is ever handed on (an offline join's Secret holds every machine's blob,
+    /// and a machine gets its own).
+    pub fn secret_keys(
+        &self,
+        computer_name: &str,
+    ) -> std::collections::BTreeMap<String, Vec<String>> {
         let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
         let mut add = |name: &str, key: &str| {
             out.entry(name.to_string())
@@ -163,8 +168,7 @@ impl ProvisioningProfile {
                 }
             }
             if let Some(o) = &j.offline_domain_join {
-                // The key is the machine's computer name, known only per machine.
-                out.entry(o.blobs_secret_ref.name.clone()).or_default();
+                add(&o.blobs_secret_ref.name, computer_name);
             }
         }
         for keys in out.values_mut() {

@@ -16,6 +16,7 @@ use recast_operator::boot::dhcp::{self, BootFiles, DhcpConfig, Lease, Mode};
 use recast_crds::endpoint::BootChain;
 use recast_operator::boot::render::ImagingEnvironment;
 use recast_operator::boot::{BootChoice, UnknownMacPolicy};
+use recast_operator::store::BootIntent;
 
 fn text(u: &mut Unstructured<'_>, max: usize) -> Result<String> {
     let len = u.int_in_range(0..=max)?;
@@ -122,9 +123,20 @@ fn run(data: &[u8]) -> Result<()> {
         return Ok(());
     };
     let cfg = config(&mut u, &info.mac)?;
+    let armed = BootIntent {
+        namespace: "default".into(),
+        endpoint: "kiosk-01".into(),
+        mac_addresses: vec![info.mac.clone()],
+        attempt_id: "a1".into(),
+        try_number: 1,
+        image: "golden".into(),
+        image_digest: Some("ab".into()),
+        boot_mode: "uefi".into(),
+        armed_at: String::new(),
+    };
     for choice in [
         BootChoice::Local { discovered: false },
-        BootChoice::Wds,
+        BootChoice::Wds(armed),
         BootChoice::Ignore,
     ] {
         let chain = if u.arbitrary()? { BootChain::Signed } else { BootChain::Ipxe };

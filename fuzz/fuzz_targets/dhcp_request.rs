@@ -10,6 +10,7 @@ use recast_operator::boot::dhcp::{self, BootFiles, DhcpConfig, Mode};
 use recast_crds::endpoint::BootChain;
 use recast_operator::boot::render::ImagingEnvironment;
 use recast_operator::boot::{BootChoice, UnknownMacPolicy};
+use recast_operator::store::BootIntent;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(info) = dhcp::parse(data) else { return };
@@ -35,7 +36,23 @@ fuzz_target!(|data: &[u8]| {
             wds_server: Some(Ipv4Addr::new(10, 0, 0, 3)),
             imaging: ImagingEnvironment::Linux,
         };
-        for choice in [BootChoice::Local { discovered: false }, BootChoice::Wds, BootChoice::Ignore] {
+        let armed = BootIntent {
+            namespace: "default".into(),
+            endpoint: "kiosk-01".into(),
+            mac_addresses: vec![info.mac.clone()],
+            attempt_id: "a1".into(),
+            try_number: 1,
+            image: "golden".into(),
+            image_digest: Some("ab".into()),
+            boot_mode: "uefi".into(),
+            armed_at: String::new(),
+        };
+        for choice in [
+            BootChoice::Local { discovered: false },
+            BootChoice::Wds(armed.clone()),
+            BootChoice::Imaging(armed),
+            BootChoice::Ignore,
+        ] {
             for chain in [BootChain::Signed, BootChain::Ipxe] {
                 if let Some(reply) = dhcp::answer(&info, &choice, chain, &cfg) {
                     let _ = dhcp::encode(data, &reply, &cfg);

@@ -478,9 +478,11 @@ pub async fn image(session: &Session, env: &Env) -> Result<(), Failure> {
         refusal: Some(ImagingRefusal::NoTargetDisk),
     })?;
 
+    // The machine's driver set is chosen before the long download (a declared set that is
+    // not served yet stops the try at once), and fetched and checked before the first write.
+    let driver_set = machine_driver_set(task, &sysfs::model(&env.sysfs))?;
     let staged = download(session, &session.http, &task.image, &env.work).await?;
-    // The machine's driver set, fetched and checked before the first write like the image.
-    let drivers = match machine_driver_set(task, &sysfs::model(&env.sysfs))? {
+    let drivers = match driver_set {
         Some(set) => Some(
             download_file(
                 session,
@@ -646,7 +648,8 @@ async fn download_file(
         return Err(fail(
             step,
             format!(
-                "the image is {} MiB but the imaging environment has {} MiB of RAM free to stage it in: this machine needs more memory (the WIM is verified in RAM before anything is written)",
+                "{} is {} MiB but the imaging environment has {} MiB of RAM free to stage it in: this machine needs more memory (every file is verified in RAM before anything is written)",
+                image.name,
                 image.size >> 20,
                 room >> 20
             ),

@@ -441,9 +441,11 @@ fn make_driver_wim(dir: &Path) -> Option<(PathBuf, String)> {
 async fn driver_sets_are_fetched_checked_by_sha256_and_stored_by_digest() {
     let f = fixture();
     let Some((wim, sha)) = make_wim(f._dir.path(), JANUARY_2026) else {
+        recast_tests::skip_or_fail("RECAST_REQUIRE_WIMLIB", "wimlib-imagex is missing");
         return;
     };
     let Some((drivers, drivers_sha)) = make_driver_wim(f._dir.path()) else {
+        recast_tests::skip_or_fail("RECAST_REQUIRE_WIMLIB", "wimlib-imagex is missing");
         return;
     };
     // A second set whose sha256 is wrong, and a third that is not a WIM.

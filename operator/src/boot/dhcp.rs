@@ -293,9 +293,13 @@ pub fn answer(
         }
         BootChoice::Wds(_) => {
             let wds = cfg.wds_server?;
+            // WDS's x64 boot programs over TFTP, for the clients that can run them: x64 UEFI
+            // PXE (7, 9) and BIOS PXE (0, or no architecture option). Others (UEFI HTTP boot,
+            // Arm) get no referral, so no hand-off is recorded for a machine WDS cannot serve.
             let file = match info.arch {
                 Some(7) | Some(9) => "boot\\x64\\wdsmgfw.efi",
-                _ => "boot\\x64\\wdsnbp.com",
+                None | Some(0) => "boot\\x64\\wdsnbp.com",
+                _ => return None,
             };
             (wds, file.to_string(), Some("PXEClient"), "wds-referral")
         }
@@ -1127,6 +1131,21 @@ mod tests {
                 .file,
             "boot\\x64\\wdsmgfw.efi"
         );
+        // UEFI HTTP boot (16) and Arm (11) cannot run WDS's x64 TFTP programs: no referral.
+        for arch in [11, 16] {
+            let info = parse(&request(
+                MessageType::Discover,
+                Some(arch),
+                Some("PXEClient"),
+                false,
+            ))
+            .unwrap();
+            assert_eq!(
+                answer(&info, &BootChoice::Wds(wds_intent()), BootChain::Ipxe, &c),
+                None,
+                "arch {arch}"
+            );
+        }
         let mut no_wds = c.clone();
         no_wds.wds_server = None;
         assert_eq!(

@@ -255,7 +255,9 @@ async fn per_mac<B: Backend + BootIntents>(
                 return Ok(script(svc.renderer.local(&name, &boot_mode)?));
             };
             let body = svc.renderer.wds(&namespace, &name, &boot_mode, server)?;
-            svc.note_handed_off(&intent, server).await;
+            // Recorded aside: the script never waits for the store.
+            let (boot, server) = (svc.clone(), server.clone());
+            tokio::spawn(async move { boot.note_handed_off(&intent, &server).await });
             Ok(script(body))
         }
         ScriptFor::Imaging(intent) => {
@@ -497,10 +499,15 @@ impl<B: Backend + BootIntents> BootHttp<B> {
         }
     }
 
-    async fn post(&self, intent: &BootIntent, input: Input) {
+    /// Queues an input for the lifecycle; false (logged) when the store did not take it.
+    async fn post(&self, intent: &BootIntent, input: Input) -> bool {
         let key = intent.key();
-        if let Err(e) = self.backend.post_input(&key, &input).await {
-            tracing::warn!(endpoint = %key, error = %e, "cannot queue a boot-service input");
+        match self.backend.post_input(&key, &input).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(endpoint = %key, error = %e, "cannot queue a boot-service input");
+                false
+            }
         }
     }
 
@@ -518,15 +525,20 @@ impl<B: Backend + BootIntents> BootHttp<B> {
             seen.insert(key.clone(), this);
         }
         tracing::info!(endpoint = %key, attempt = %intent.attempt_id, try_number = intent.try_number, %server, "referred to the site's WDS server; the attempt ends handed off");
-        self.post(
-            intent,
-            Input::HandedOff {
-                attempt_id: intent.attempt_id.clone(),
-                try_number: Some(intent.try_number),
-                server: server.to_string(),
-            },
-        )
-        .await;
+        let posted = self
+            .post(
+                intent,
+                Input::HandedOff {
+                    attempt_id: intent.attempt_id.clone(),
+                    try_number: Some(intent.try_number),
+                    server: server.to_string(),
+                },
+            )
+            .await;
+        if !posted {
+            // Not taken: the machine's next request (DHCP retransmits) tries again.
+            lock(&self.handed_off).remove(&key);
+        }
     }
 
     /// A managed machine that network-boots with nothing armed has usually failed to boot
@@ -644,15 +656,18 @@ impl<B: Backend + BootIntents> BootHttp<B> {
             }
             None => None,
         };
-        let names: Vec<String> = profile
+        let computer_name =
+            recast_core::naming::computer_name(&intent.endpoint, ep.spec.hostname.as_deref());
+        let wanted = profile
             .as_ref()
-            .map(|p| p.secrets_needed().into_keys().collect())
+            .map(|p| p.secret_keys(&computer_name))
             .unwrap_or_default();
+        let names: Vec<String> = wanted.keys().cloned().collect();
         let secrets = if names.is_empty() {
             Default::default()
         } else {
             match self.secrets.try_secrets(intent, &names).await {
-                Ok(s) => s,
+                Ok(s) => crate::store::only_keys(s, &wanted),
                 Err(e) if e.permanent => return Err(ProvisioningProblem::Fix(e.message)),
                 Err(e) => {
                     return Err(ProvisioningProblem::Unavailable(format!(
@@ -662,8 +677,6 @@ impl<B: Backend + BootIntents> BootHttp<B> {
                 }
             }
         };
-        let computer_name =
-            recast_core::naming::computer_name(&intent.endpoint, ep.spec.hostname.as_deref());
         super::provisioning::resolve(
             ns,
             &computer_name,
@@ -891,9 +904,21 @@ async fn task<B: Backend + BootIntents>(
     let ep = svc.endpoint_of(&intent).await?;
     // The machine's provisioning is checked before the imaging environment writes anything:
     // a profile that cannot be served ends the try here, with the disk untouched.
+    let golden = svc.golden_image_of(&intent).await;
     let servable = match svc.provisioning_of(&intent, &ep).await {
         Ok(p) if p.holds_secret() && svc.config.https_base_url.is_none() => {
             Err(NEEDS_HTTPS.to_string())
+        }
+        // startnet.cmd does not place driver sets yet (issue 28): say so before any write
+        // rather than bring a machine up without the drivers its site declared.
+        Ok(_)
+            if svc.config.imaging == ImagingEnvironment::Winpe
+                && golden.as_ref().is_some_and(|g| !g.spec.drivers.is_empty()) =>
+        {
+            Err(format!(
+                "GoldenImage {} declares driver sets, which the WinPE imaging environment does not place yet: run the boot service with --imaging-environment linux, or remove spec.drivers",
+                intent.image
+            ))
         }
         Ok(_) => Ok(()),
         Err(ProvisioningProblem::Fix(why)) => Err(why),
@@ -937,9 +962,7 @@ async fn task<B: Backend + BootIntents>(
         result_url: format!("{attempt_url}/result"),
         unattend_url: format!("{attempt_url}/unattend.xml"),
         agent_config_url: format!("{attempt_url}/agent.json"),
-        drivers: svc
-            .driver_sets(svc.golden_image_of(&intent).await.as_ref())
-            .await,
+        drivers: svc.driver_sets(golden.as_ref()).await,
     })
     .into_response())
 }

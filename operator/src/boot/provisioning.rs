@@ -12,9 +12,13 @@ use serde::Serialize;
 
 use crate::store::SecretData;
 
-/// The Secrets of the policy's namespace a profile reads, by name, each with its keys.
-pub fn secrets_needed(profile: &ProvisioningProfile) -> BTreeMap<String, Vec<String>> {
-    profile.secrets_needed()
+/// The Secrets of the policy's namespace a profile reads for one machine, by name, each with
+/// its keys.
+pub fn secrets_needed(
+    profile: &ProvisioningProfile,
+    computer_name: &str,
+) -> BTreeMap<String, Vec<String>> {
+    profile.secret_keys(computer_name)
 }
 
 /// The site's own settings, used where a profile says nothing.
@@ -395,7 +399,7 @@ mod tests {
         );
         assert_eq!((p.locale.as_str(), p.time_zone.as_str()), ("en-US", "UTC"));
         assert!(!p.holds_secret());
-        assert!(secrets_needed(&ProvisioningProfile::default()).is_empty());
+        assert!(secrets_needed(&ProvisioningProfile::default(), "KIOSK-01").is_empty());
     }
 
     #[test]
@@ -415,7 +419,7 @@ mod tests {
                 description: None,
             }],
         };
-        let needed = secrets_needed(&profile);
+        let needed = secrets_needed(&profile, "KIOSK-01");
         assert_eq!(
             needed,
             BTreeMap::from([

@@ -329,6 +329,21 @@ pub type SecretData = std::collections::BTreeMap<String, Vec<u8>>;
 /// Secrets of one namespace by name.
 pub type SecretMap = std::collections::BTreeMap<String, SecretData>;
 
+/// `secrets` cut down to the keys `wanted` names (what a profile needs for one machine).
+pub fn only_keys(
+    mut secrets: SecretMap,
+    wanted: &std::collections::BTreeMap<String, Vec<String>>,
+) -> SecretMap {
+    secrets.retain(|name, data| match wanted.get(name) {
+        Some(keys) => {
+            data.retain(|k, _| keys.contains(k));
+            true
+        }
+        None => false,
+    });
+    secrets
+}
+
 /// Why an armed try's Secrets could not be read; `permanent` when a person must act (RBAC, a
 /// refusal by the operator), not a hiccup to retry.
 #[derive(Debug, thiserror::Error)]

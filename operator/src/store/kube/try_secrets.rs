@@ -355,20 +355,25 @@ async fn answer<B: BootIntents + EndpointStore + ContextStore>(
         .policy_ref
         .as_deref()
         .unwrap_or(recast_crds::policy::DEFAULT_POLICY_NAME);
-    let names: Vec<String> = match s.backend.policy(&key.namespace, policy_name).await {
+    // Exactly the keys this machine's profile needs: an offline join's Secret holds every
+    // machine's blob, and this machine gets its own.
+    let computer_name =
+        recast_core::naming::computer_name(&intent.endpoint, ep.spec.hostname.as_deref());
+    let wanted = match s.backend.policy(&key.namespace, policy_name).await {
         Ok(Some(p)) => p
             .spec
             .provisioning
-            .map(|p| p.secrets_needed().into_keys().collect())
+            .map(|p| p.secret_keys(&computer_name))
             .unwrap_or_default(),
-        Ok(None) => Vec::new(),
+        Ok(None) => Default::default(),
         Err(e) => return unavailable(&e),
     };
+    let names: Vec<String> = wanted.keys().cloned().collect();
     let secrets = if names.is_empty() {
         SecretMap::new()
     } else {
         match s.secrets.try_secrets(&intent, &names).await {
-            Ok(m) => m,
+            Ok(m) => crate::store::only_keys(m, &wanted),
             Err(e) if e.permanent => return (StatusCode::FORBIDDEN, format!("{}\n", e.message)),
             Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, format!("{}\n", e.message)),
         }
@@ -456,6 +461,139 @@ mod tests {
             accept(&keys(7), &body, Some(&sig), later, &mut cache),
             Err(Refused::Stale(_))
         ));
+    }
+
+    /// The operator's handler, over an embedded store: the armed try of pc-01, whose policy
+    /// joins offline from a Secret holding two machines' blobs and reads one password from a
+    /// Secret with another key in it.
+    #[tokio::test]
+    async fn the_operator_hands_only_the_armed_tries_own_keys() {
+        use crate::store::embedded::{EmbeddedBackend, EmbeddedStore};
+        use axum::body::Body;
+        use axum::http::Request;
+        use serde_json::json;
+        use tower::ServiceExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        for doc in [
+            json!({"apiVersion": "recast.dev/v1alpha1", "kind": "Endpoint", "metadata": {"name": "pc-01"},
+                   "spec": {"identity": {"macAddresses": ["52:54:00:88:00:01"]}, "bootMode": "uefi", "image": {"goldenImage": "golden"}}}),
+            json!({"apiVersion": "recast.dev/v1alpha1", "kind": "RemediationPolicy", "metadata": {"name": "default"},
+                   "spec": {"provisioning": {
+                       "administratorPasswordSecretRef": {"name": "accounts", "key": "admin"},
+                       "join": {"offlineDomainJoin": {"blobsSecretRef": {"name": "odj"}}}}}}),
+        ] {
+            store.apply(&doc, "default").unwrap();
+        }
+        for (name, data) in [
+            (
+                "accounts",
+                json!({"admin": "S3cret!", "bmc": "not for the boot pod"}),
+            ),
+            ("odj", json!({"PC-01": "QUFBQQ==", "PC-02": "QkJCQg=="})),
+        ] {
+            store
+                .apply_secret(
+                    &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data}),
+                    "default",
+                )
+                .unwrap();
+        }
+        let mut armed = intent();
+        armed.namespace = "default".into();
+        armed.endpoint = "pc-01".into();
+        armed.mac_addresses = vec!["52:54:00:88:00:01".into()];
+        store.arm_boot(&armed).unwrap();
+        let imaging = TokenKey::from_bytes([7; 32]);
+        let app = router(
+            &imaging,
+            Arc::new(EmbeddedBackend {
+                store: store.clone(),
+            }),
+            Arc::new(crate::bmc::redfish::LocalTrySecrets(
+                crate::bmc::redfish::EmbeddedSecrets(store.clone()),
+            )),
+        );
+        let ours = TrySecretsKeys::new(&imaging);
+        let ask = |i: BootIntent, sign_with: TrySecretsKeys| {
+            let app = app.clone();
+            async move {
+                let (req, body, _) = request(&sign_with, &i).unwrap();
+                let sig = sign_with.request.sign(&body);
+                let resp = app
+                    .oneshot(
+                        Request::post(PATH)
+                            .header(SIGNATURE_HEADER, sig)
+                            .body(Body::from(body))
+                            .unwrap(),
+                    )
+                    .await
+                    .unwrap();
+                let status = resp.status();
+                let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+                    .await
+                    .unwrap();
+                (status, req, bytes)
+            }
+        };
+        let (status, req, bytes) = ask(armed.clone(), ours.clone()).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{}",
+            String::from_utf8_lossy(&bytes)
+        );
+        let sealed: SealedSecrets = serde_json::from_slice(&bytes).unwrap();
+        let got = open(&ours, &req.id, &sealed).unwrap();
+        assert_eq!(
+            got,
+            SecretMap::from([
+                (
+                    "accounts".to_string(),
+                    crate::store::SecretData::from([("admin".to_string(), b"S3cret!".to_vec())])
+                ),
+                (
+                    "odj".to_string(),
+                    crate::store::SecretData::from([("PC-01".to_string(), b"QUFBQQ==".to_vec())])
+                ),
+            ]),
+            "this machine's blob and password only: not PC-02's blob, not the other key"
+        );
+        // Another try, another attempt, another endpoint: not armed, nothing handed.
+        for (what, i) in [
+            (
+                "another try",
+                BootIntent {
+                    try_number: 3,
+                    ..armed.clone()
+                },
+            ),
+            (
+                "another attempt",
+                BootIntent {
+                    attempt_id: "older".into(),
+                    ..armed.clone()
+                },
+            ),
+            (
+                "another endpoint",
+                BootIntent {
+                    endpoint: "pc-02".into(),
+                    ..armed.clone()
+                },
+            ),
+        ] {
+            let (status, _, bytes) = ask(i, ours.clone()).await;
+            assert_eq!(
+                status,
+                StatusCode::GONE,
+                "{what}: {}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+        // Signed under another imaging key: refused before anything is read.
+        let (status, _, _) = ask(armed.clone(), keys(8)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
 
     #[test]
