@@ -1,5 +1,7 @@
 //! `recastctl bootkit check DIR [--install BOOT_ROOT] [--trust CERT.pem]`: the WinPE Secure Boot
-//! kit a site copied from its Windows ADK. recast cannot ship Microsoft's files; this checks the
+//! kit a site copied from its Windows ADK. `recastctl bootkit build DIR --wimboot F --curl F
+//! [--ca F] --install BOOT_ROOT`: the same ADK files made into the kit iPXE boots with wimboot,
+//! with what startnet.cmd needs injected into boot.wim (with wimlib, so it runs on Linux). recast cannot ship Microsoft's files; this checks the
 //! copy (the files present, bootmgfw.efi Authenticode-signed and unaltered, the signer shown)
 //! and lays it out under the boot root with the BCD recast generates
 //! ([`recast_core::winpe_boot`] decides the names, the layout and the BCD).
@@ -37,6 +39,33 @@ pub enum BootkitCommand {
         #[arg(long = "trust", value_name = "CERT.pem")]
         trust: Vec<PathBuf>,
     },
+    /// Make the WinPE kit iPXE boots with wimboot (machines without Secure Boot) from the
+    /// ADK's files: boot.wim, boot.sdi and BCD (flat, or as `copype amd64 DIR` laid them out),
+    /// iPXE's wimboot (2.9.0 or later) and curl.exe injected into a copy of boot.wim (WinPE has
+    /// none; startnet.cmd needs it), with the site's CA when the boot service runs HTTPS. The
+    /// result is checked (wimlib lists the injected files) and laid out as BOOT_ROOT/winpe/ in
+    /// one rename. Exit 0 built, 1 refused (each problem printed; nothing written), 2 bad usage.
+    Build {
+        /// The directory the ADK's WinPE files were copied to.
+        dir: PathBuf,
+        /// iPXE's wimboot (https://ipxe.org/wimboot), 2.9.0 or later.
+        #[arg(long, value_name = "FILE")]
+        wimboot: PathBuf,
+        /// curl.exe from C:\Windows\System32 of a Windows 10 or 11 machine of the kit's
+        /// architecture.
+        #[arg(long, value_name = "FILE")]
+        curl: PathBuf,
+        /// The site's CA (PEM) for the boot service's HTTPS listener (--boot-https), put at
+        /// X:\recast\ca.pem in WinPE.
+        #[arg(long, value_name = "CA.pem")]
+        ca: Option<PathBuf>,
+        /// The image of boot.wim to inject into (1 for the ADK's WinPE).
+        #[arg(long, default_value_t = 1)]
+        index: u32,
+        /// The boot service's boot root (--boot-root, default DATA_DIR/boot).
+        #[arg(long, value_name = "BOOT_ROOT")]
+        install: PathBuf,
+    },
 }
 
 pub fn run(command: BootkitCommand) -> ExitCode {
@@ -46,7 +75,253 @@ pub fn run(command: BootkitCommand) -> ExitCode {
             install,
             trust,
         } => check_command(&dir, install.as_deref(), &trust),
+        BootkitCommand::Build {
+            dir,
+            wimboot,
+            curl,
+            ca,
+            index,
+            install,
+        } => build_command(&BuildInputs {
+            dir,
+            wimboot,
+            curl,
+            ca,
+            index,
+            root: install,
+        }),
     }
+}
+
+/// What `bootkit build` works from.
+pub struct BuildInputs {
+    pub dir: PathBuf,
+    pub wimboot: PathBuf,
+    pub curl: PathBuf,
+    pub ca: Option<PathBuf>,
+    pub index: u32,
+    pub root: PathBuf,
+}
+
+/// The kit's files, checked: (name under winpe/, source path).
+struct Sources {
+    files: Vec<(&'static str, PathBuf)>,
+    wimboot_version: (u32, u32, u32),
+}
+
+/// Every problem with the inputs, not just the first; nothing is written while there is one.
+fn check_build_inputs(i: &BuildInputs) -> Result<Sources, Vec<String>> {
+    let mut problems = Vec::new();
+    let mut files = Vec::new();
+    for file in [KitFile::Wim, KitFile::Sdi] {
+        match check_file(&i.dir, file, &[]) {
+            Ok(f) => files.push((file.name(), f.path)),
+            Err(p) => problems.push(p.to_string()),
+        }
+    }
+    const BCD_SOURCES: [&str; 3] = ["BCD", "media/Boot/BCD", "Boot/BCD"];
+    match BCD_SOURCES
+        .iter()
+        .find_map(|rel| find_case_insensitive(&i.dir, rel))
+    {
+        Some(p) if read_head(&p, 4).is_ok_and(|h| h == b"regf") => files.push(("BCD", p)),
+        Some(p) => problems.push(format!(
+            "{}: does not start with \"regf\", so it is not a BCD store; copy it again from the ADK's media\\Boot\\BCD.",
+            p.display()
+        )),
+        None => problems.push(format!(
+            "the BCD store is missing: looked in {} for {}. Copy it from the ADK's WinPE media (media\\Boot\\BCD).",
+            i.dir.display(),
+            BCD_SOURCES.join(", ")
+        )),
+    }
+    let mut wimboot_version = (0, 0, 0);
+    match fs::read(&i.wimboot) {
+        Err(e) => problems.push(format!("--wimboot {}: cannot be read ({e})", i.wimboot.display())),
+        Ok(bytes) => match winpe_boot::wimboot_version(&bytes) {
+            None => problems.push(format!(
+                "--wimboot {}: has no wimboot banner, so it is not iPXE's wimboot; download it from https://ipxe.org/wimboot",
+                i.wimboot.display()
+            )),
+            Some(v) if v < winpe_boot::MIN_WIMBOOT => problems.push(format!(
+                "--wimboot {}: is wimboot {}.{}.{}; Windows 11 24H2 and later need {}.{}.{} or later (older ones fail at once with 0xc000000f): download the current one from https://ipxe.org/wimboot",
+                i.wimboot.display(),
+                v.0,
+                v.1,
+                v.2,
+                winpe_boot::MIN_WIMBOOT.0,
+                winpe_boot::MIN_WIMBOOT.1,
+                winpe_boot::MIN_WIMBOOT.2
+            )),
+            Some(v) => {
+                wimboot_version = v;
+                files.push(("wimboot", i.wimboot.clone()));
+            }
+        },
+    }
+    match read_head(&i.curl, 2) {
+        Err(e) => problems.push(format!("--curl {}: cannot be read ({e})", i.curl.display())),
+        Ok(h) if h != b"MZ" => problems.push(format!(
+            "--curl {}: is not a Windows program (no MZ header); give curl.exe from C:\\Windows\\System32 of a Windows 10 or 11 machine",
+            i.curl.display()
+        )),
+        Ok(_) => {}
+    }
+    if let Some(ca) = &i.ca {
+        match fs::read_to_string(ca) {
+            Ok(t) if t.contains("-----BEGIN CERTIFICATE-----") => {}
+            Ok(_) => problems.push(format!(
+                "--ca {}: holds no PEM certificate; give the CA that signed the boot service's --boot-tls-cert",
+                ca.display()
+            )),
+            Err(e) => problems.push(format!("--ca {}: cannot be read ({e})", ca.display())),
+        }
+    }
+    for (flag, path) in [("--curl", Some(&i.curl)), ("--ca", i.ca.as_ref())] {
+        if let Some(p) = path
+            && p.to_string_lossy().contains('"')
+        {
+            problems.push(format!(
+                "{flag} {}: a path with a double quote cannot be handed to wimlib; copy the file elsewhere",
+                p.display()
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(Sources {
+            files,
+            wimboot_version,
+        })
+    } else {
+        Err(problems)
+    }
+}
+
+/// wimlib's update commands that put curl.exe (and the CA) into boot.wim.
+fn injections(i: &BuildInputs) -> Vec<(PathBuf, &'static str)> {
+    let mut out = vec![(i.curl.clone(), winpe_boot::CURL_IN_WIM)];
+    if let Some(ca) = &i.ca {
+        out.push((ca.clone(), winpe_boot::CA_IN_WIM));
+    }
+    out
+}
+
+fn build_command(i: &BuildInputs) -> ExitCode {
+    if !i.root.is_dir() {
+        eprintln!(
+            "error: --install {}: not a directory; give the boot service's boot root (--boot-root, default DATA_DIR/boot)",
+            i.root.display()
+        );
+        return ExitCode::from(2);
+    }
+    if !i.dir.is_dir() {
+        eprintln!(
+            "error: {}: not a directory; give the directory the ADK's WinPE files were copied to",
+            i.dir.display()
+        );
+        return ExitCode::from(2);
+    }
+    let sources = match check_build_inputs(i) {
+        Ok(s) => s,
+        Err(problems) => {
+            for p in &problems {
+                eprintln!("error: {p}");
+            }
+            eprintln!(
+                "kit refused: {} problem(s); nothing was written",
+                problems.len()
+            );
+            return ExitCode::from(1);
+        }
+    };
+    match build_kit(i, &sources) {
+        Ok(dest) => {
+            let (a, b, c) = sources.wimboot_version;
+            println!("wimboot v{a}.{b}.{c}");
+            for (what, to) in injections(i) {
+                println!("injected {} as {to} (boot.wim image {})", what.display(), i.index);
+            }
+            println!("kit built: {}", dest.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}; nothing was installed");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Copies the kit into a new directory beside BOOT_ROOT/winpe, injects into its boot.wim,
+/// checks the injected files are listed, then swaps it in: never half a kit.
+fn build_kit(i: &BuildInputs, sources: &Sources) -> Result<PathBuf, String> {
+    let dest = i.root.join(winpe_boot::WIMBOOT_DIR);
+    let tmp = i.root.join(format!(
+        ".{}.new-{}",
+        winpe_boot::WIMBOOT_DIR,
+        std::process::id()
+    ));
+    let result = (|| {
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir(&tmp).map_err(|e| format!("cannot make {}: {e}", tmp.display()))?;
+        for (name, from) in &sources.files {
+            fs::copy(from, tmp.join(name))
+                .map_err(|e| format!("cannot copy {}: {e}", from.display()))?;
+        }
+        let wim = tmp.join(KitFile::Wim.name());
+        let commands: String = injections(i)
+            .iter()
+            .map(|(from, to)| format!("add \"{}\" \"{to}\"\n", from.display()))
+            .collect();
+        println!("injecting into {} with wimlib-imagex update", wim.display());
+        let mut child = std::process::Command::new("wimlib-imagex")
+            .arg("update")
+            .arg(&wim)
+            .arg(i.index.to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::inherit())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| {
+                format!("cannot run wimlib-imagex ({e}); install wimtools (Debian) or wimlib")
+            })?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(commands.as_bytes())
+                .map_err(|e| format!("wimlib-imagex update: {e}"))?;
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| format!("wimlib-imagex update: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "wimlib-imagex update of boot.wim image {} failed: {} (is the image index right? `wimlib-imagex info boot.wim` lists them)",
+                i.index,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        // Read back with wimlib: every injected file is in the image.
+        let listing = std::process::Command::new("wimlib-imagex")
+            .arg("dir")
+            .arg(&wim)
+            .arg(i.index.to_string())
+            .output()
+            .map_err(|e| format!("wimlib-imagex dir: {e}"))?;
+        let listed = String::from_utf8_lossy(&listing.stdout);
+        for (_, to) in injections(i) {
+            if !listed.lines().any(|l| l.trim().eq_ignore_ascii_case(to)) {
+                return Err(format!(
+                    "{to} is not in boot.wim after the update (wimlib-imagex dir does not list it)"
+                ));
+            }
+        }
+        fs::File::open(&tmp)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| e.to_string())?;
+        swap_in(&tmp, &dest).map_err(|e| format!("cannot put the kit in place: {e}"))
+    })();
+    // On success `tmp` holds the previous kit (or nothing); on failure the partial new one.
+    let _ = fs::remove_dir_all(&tmp);
+    result.map(|()| dest)
 }
 
 /// One found, checked file of the kit.

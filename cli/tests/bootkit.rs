@@ -554,3 +554,168 @@ fn bad_usage_exits_2() {
     assert_eq!(code(&out), 2);
     assert!(text(&out.stderr).contains("not a directory; give the boot service's boot root"));
 }
+
+/// The ADK files of a test kit: a WinPE boot.wim made with wimlib (Windows\System32 holding a
+/// stand-in for winpeshl.exe), boot.sdi and a BCD with their formats' signatures, in the
+/// layout `copype amd64 DIR` makes; wimboot and curl.exe stand-ins with the banner and header
+/// the real ones carry (neither is packaged for Debian).
+fn wimboot_kit(dir: &Path) -> Option<(PathBuf, PathBuf, PathBuf, PathBuf)> {
+    if Command::new("wimlib-imagex").arg("--version").output().is_err() {
+        recast_tests::skip_or_fail("RECAST_REQUIRE_WIMLIB", "wimlib-imagex is missing");
+        return None;
+    }
+    let adk = dir.join("winpe_amd64");
+    let tree = dir.join("pe-tree/Windows/System32");
+    fs::create_dir_all(&tree).unwrap();
+    fs::write(tree.join("winpeshl.exe"), b"MZ stand-in").unwrap();
+    fs::create_dir_all(adk.join("media/sources")).unwrap();
+    fs::create_dir_all(adk.join("media/Boot")).unwrap();
+    let out = Command::new("wimlib-imagex")
+        .arg("capture")
+        .arg(dir.join("pe-tree"))
+        .arg(adk.join("media/sources/boot.wim"))
+        .arg("Microsoft Windows PE (amd64)")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    fs::write(adk.join("media/Boot/boot.sdi"), b"$SDI0001 ramdisk").unwrap();
+    fs::write(adk.join("media/Boot/BCD"), b"regf a hive").unwrap();
+    let wimboot = dir.join("wimboot");
+    let mut bin = vec![0x7f, b'E', b'L', b'F'];
+    bin.extend_from_slice(
+        b"\n\nwimboot v2.9.0 -- Windows Imaging Format bootloader -- https://ipxe.org/wimboot\n",
+    );
+    fs::write(&wimboot, &bin).unwrap();
+    let curl = dir.join("curl.exe");
+    fs::write(&curl, b"MZ\x90\x00 curl 8.x for Windows").unwrap();
+    let ca = dir.join("site-ca.pem");
+    fs::write(
+        &ca,
+        "-----BEGIN CERTIFICATE-----\nMIIBtest\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    Some((adk, wimboot, curl, ca))
+}
+
+fn wim_dir(wim: &Path) -> Vec<String> {
+    let out = Command::new("wimlib-imagex")
+        .arg("dir")
+        .arg(wim)
+        .arg("1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout).lines().map(str::to_string).collect()
+}
+
+#[test]
+fn build_injects_curl_and_the_ca_into_boot_wim_and_lays_the_kit_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some((adk, wimboot, curl, ca)) = wimboot_kit(tmp.path()) else {
+        return;
+    };
+    let root = tmp.path().join("boot");
+    fs::create_dir_all(&root).unwrap();
+    let source_wim = fs::read(adk.join("media/sources/boot.wim")).unwrap();
+    let o = ctl(&[
+        "bootkit",
+        "build",
+        s(&adk),
+        "--wimboot",
+        s(&wimboot),
+        "--curl",
+        s(&curl),
+        "--ca",
+        s(&ca),
+        "--install",
+        s(&root),
+    ]);
+    assert_eq!(code(&o), 0, "{}{}", text(&o.stdout), text(&o.stderr));
+    assert!(text(&o.stdout).contains("wimboot v2.9.0"), "{}", text(&o.stdout));
+    let kit = root.join(winpe_boot::WIMBOOT_DIR);
+    assert_eq!(entries(&kit), ["BCD", "boot.sdi", "boot.wim", "wimboot"]);
+    // Read back with wimlib, not recast: the injected files beside what boot.wim held.
+    let listed = wim_dir(&kit.join("boot.wim"));
+    for want in [
+        winpe_boot::CURL_IN_WIM,
+        winpe_boot::CA_IN_WIM,
+        "/Windows/System32/winpeshl.exe",
+    ] {
+        assert!(listed.iter().any(|l| l == want), "{want} not in {listed:?}");
+    }
+    let extracted = Command::new("wimlib-imagex")
+        .arg("extract")
+        .arg(kit.join("boot.wim"))
+        .arg("1")
+        .arg(winpe_boot::CURL_IN_WIM)
+        .arg("--to-stdout")
+        .output()
+        .unwrap();
+    assert_eq!(extracted.stdout, fs::read(&curl).unwrap(), "curl.exe byte for byte");
+    assert_eq!(fs::read(kit.join("wimboot")).unwrap(), fs::read(&wimboot).unwrap());
+    assert_eq!(
+        fs::read(adk.join("media/sources/boot.wim")).unwrap(),
+        source_wim,
+        "the site's own boot.wim is left as it was"
+    );
+    // Built again without a CA: the new kit replaces the old one whole.
+    let o = ctl(&[
+        "bootkit", "build", s(&adk), "--wimboot", s(&wimboot), "--curl", s(&curl), "--install",
+        s(&root),
+    ]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let listed = wim_dir(&kit.join("boot.wim"));
+    assert!(!listed.iter().any(|l| l == winpe_boot::CA_IN_WIM), "{listed:?}");
+    assert_eq!(entries(&root), [winpe_boot::WIMBOOT_DIR], "no leftovers beside it");
+}
+
+#[test]
+fn build_refuses_each_bad_input_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some((adk, wimboot, curl, ca)) = wimboot_kit(tmp.path()) else {
+        return;
+    };
+    let root = tmp.path().join("boot");
+    fs::create_dir_all(&root).unwrap();
+    let old = tmp.path().join("wimboot-2.8.0");
+    fs::write(
+        &old,
+        b"wimboot v2.8.0 -- Windows Imaging Format bootloader -- https://ipxe.org/wimboot",
+    )
+    .unwrap();
+    let not_wimboot = tmp.path().join("bootx64.efi");
+    fs::write(&not_wimboot, b"MZ some other loader").unwrap();
+    let not_pe = tmp.path().join("curl");
+    fs::write(&not_pe, b"\x7fELF curl for Linux").unwrap();
+    let not_pem = tmp.path().join("ca.der");
+    fs::write(&not_pem, b"\x30\x82 DER").unwrap();
+    let no_bcd = tmp.path().join("no-bcd");
+    fs::create_dir_all(no_bcd.join("media/sources")).unwrap();
+    fs::create_dir_all(no_bcd.join("media/Boot")).unwrap();
+    fs::copy(adk.join("media/sources/boot.wim"), no_bcd.join("media/sources/boot.wim")).unwrap();
+    fs::copy(adk.join("media/Boot/boot.sdi"), no_bcd.join("media/Boot/boot.sdi")).unwrap();
+    for (what, args, says) in [
+        ("wimboot 2.8.0", vec![s(&adk), "--wimboot", s(&old), "--curl", s(&curl)], "2.9.0 or later"),
+        ("not wimboot", vec![s(&adk), "--wimboot", s(&not_wimboot), "--curl", s(&curl)], "not iPXE's wimboot"),
+        ("a Linux curl", vec![s(&adk), "--wimboot", s(&wimboot), "--curl", s(&not_pe)], "not a Windows program"),
+        ("a DER CA", vec![s(&adk), "--wimboot", s(&wimboot), "--curl", s(&curl), "--ca", s(&not_pem)], "no PEM certificate"),
+        ("no BCD", vec![s(&no_bcd), "--wimboot", s(&wimboot), "--curl", s(&curl)], "the BCD store is missing"),
+    ] {
+        let mut a = vec!["bootkit", "build"];
+        a.extend(args);
+        a.extend(["--install", s(&root)]);
+        let o = ctl(&a);
+        assert_eq!(code(&o), 1, "{what}: {}", text(&o.stderr));
+        let err = text(&o.stderr);
+        assert!(err.contains(says), "{what}: {err}");
+        assert!(err.contains("nothing was written"), "{what}: {err}");
+        assert!(entries(&root).is_empty(), "{what}: {:?}", entries(&root));
+    }
+    let _ = ca;
+    // A boot root that does not exist is bad usage.
+    let o = ctl(&[
+        "bootkit", "build", s(&adk), "--wimboot", s(&wimboot), "--curl", s(&curl), "--install",
+        "/nonexistent/boot",
+    ]);
+    assert_eq!(code(&o), 2, "{}", text(&o.stderr));
+}

@@ -137,6 +137,50 @@ impl KitFile {
     }
 }
 
+/// The directory under the boot root of the kit iPXE boots with wimboot (machines without
+/// Secure Boot): `wimboot`, `BCD`, `boot.sdi` and `boot.wim`, which the boot service serves as
+/// `/artifacts/winpe/...` (`recastctl bootkit build` lays it out).
+pub const WIMBOOT_DIR: &str = "winpe";
+
+/// The oldest wimboot that starts the boot manager of Windows 11 24H2 and later (it must
+/// expose `boot.stl`; older ones fail at once with 0xc000000f under Secure Boot).
+pub const MIN_WIMBOOT: (u32, u32, u32) = (2, 9, 0);
+
+/// Where `recastctl bootkit build` puts curl.exe inside boot.wim: WinPE from the ADK has no
+/// curl, and startnet.cmd speaks the imaging protocol with it.
+pub const CURL_IN_WIM: &str = "/Windows/System32/curl.exe";
+
+/// Where it puts the site's CA inside boot.wim (`X:\recast\ca.pem` in WinPE), which
+/// startnet.cmd's curl checks the boot service's HTTPS listener against.
+pub const CA_IN_WIM: &str = "/recast/ca.pem";
+
+/// wimboot's version from the banner it prints and carries in its binary ("wimboot v2.9.0 --
+/// Windows Imaging Format bootloader -- https://ipxe.org/wimboot"); None when the file has no
+/// such banner (not wimboot).
+pub fn wimboot_version(binary: &[u8]) -> Option<(u32, u32, u32)> {
+    const BANNER: &[u8] = b"wimboot v";
+    const TAIL: &[u8] = b" -- Windows Imaging Format bootloader";
+    let mut from = 0;
+    while let Some(at) = binary[from..]
+        .windows(BANNER.len())
+        .position(|w| w == BANNER)
+        .map(|i| from + i)
+    {
+        let rest = &binary[at + BANNER.len()..];
+        let end = rest
+            .iter()
+            .position(|b| !(b.is_ascii_digit() || *b == b'.'))
+            .unwrap_or(rest.len());
+        let text = std::str::from_utf8(&rest[..end]).ok()?;
+        let parts: Vec<u32> = text.split('.').filter_map(|p| p.parse().ok()).collect();
+        if rest[end..].starts_with(TAIL) && parts.len() == 3 {
+            return Some((parts[0], parts[1], parts[2]));
+        }
+        from = at + 1;
+    }
+    None
+}
+
 /// The BCD's path under the boot root, `/`-separated.
 pub fn bcd_installed_path() -> String {
     format!("{KIT_DIR}/{BCD_FILE}")
@@ -344,6 +388,24 @@ pub fn bcd_bytes() -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wimboots_version_comes_from_its_banner() {
+        let mut bin = vec![0u8; 64];
+        bin.extend_from_slice(
+            b"\n\nwimboot v2.9.0 -- Windows Imaging Format bootloader -- https://ipxe.org/wimboot\n",
+        );
+        assert_eq!(wimboot_version(&bin), Some((2, 9, 0)));
+        assert!(wimboot_version(&bin) >= Some(MIN_WIMBOOT));
+        let old = b"wimboot v2.8.0 -- Windows Imaging Format bootloader".to_vec();
+        assert!(wimboot_version(&old) < Some(MIN_WIMBOOT));
+        // A later banner counts when an earlier mention is not one.
+        let mut two = b"see wimboot v3 docs; ".to_vec();
+        two.extend_from_slice(b"wimboot v2.10.1 -- Windows Imaging Format bootloader");
+        assert_eq!(wimboot_version(&two), Some((2, 10, 1)));
+        assert_eq!(wimboot_version(b"MZ not wimboot"), None);
+        assert_eq!(wimboot_version(b""), None);
+    }
 
     fn u32_at(b: &[u8], at: usize) -> u32 {
         u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
