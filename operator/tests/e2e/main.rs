@@ -192,8 +192,22 @@ fn failed_rollback_chain(site: &mut Site, kube: bool) {
     // after it. Compare against the status once that has happened, and give the copies the
     // same time to show any effect.
     let comparable = |mut status: Value| {
-        if kube && let Some(last) = status.get_mut("lastReport").and_then(Value::as_object_mut) {
-            last.remove("reportedAt");
+        if kube {
+            if let Some(last) = status.get_mut("lastReport").and_then(Value::as_object_mut) {
+                last.remove("reportedAt");
+            }
+            // The AgentConnected condition says when the last report came ("last report T"):
+            // a copy answered at rest may move that time, and only that.
+            if let Some(conditions) = status.get_mut("conditions").and_then(Value::as_array_mut) {
+                for c in conditions
+                    .iter_mut()
+                    .filter(|c| c["type"] == "AgentConnected")
+                {
+                    if let Some(c) = c.as_object_mut() {
+                        c.remove("message");
+                    }
+                }
+            }
         }
         status
     };
