@@ -168,8 +168,9 @@ fn check_build_inputs(i: &BuildInputs) -> Result<Sources, Vec<String>> {
         Ok(_) => {}
     }
     if let Some(ca) = &i.ca {
-        match fs::read_to_string(ca) {
-            Ok(t) if t.contains("-----BEGIN CERTIFICATE-----") => {}
+        const PEM: &[u8] = b"-----BEGIN CERTIFICATE-----";
+        match fs::read(ca) {
+            Ok(t) if t.windows(PEM.len()).any(|w| w == PEM) => {}
             Ok(_) => problems.push(format!(
                 "--ca {}: holds no PEM certificate; give the CA that signed the boot service's --boot-tls-cert",
                 ca.display()
@@ -239,7 +240,11 @@ fn build_command(i: &BuildInputs) -> ExitCode {
             let (a, b, c) = sources.wimboot_version;
             println!("wimboot v{a}.{b}.{c}");
             for (what, to) in injections(i) {
-                println!("injected {} as {to} (boot.wim image {})", what.display(), i.index);
+                println!(
+                    "injected {} as {to} (boot.wim image {})",
+                    what.display(),
+                    i.index
+                );
             }
             println!("kit built: {}", dest.display());
             ExitCode::SUCCESS

@@ -560,7 +560,11 @@ fn bad_usage_exits_2() {
 /// layout `copype amd64 DIR` makes; wimboot and curl.exe stand-ins with the banner and header
 /// the real ones carry (neither is packaged for Debian).
 fn wimboot_kit(dir: &Path) -> Option<(PathBuf, PathBuf, PathBuf, PathBuf)> {
-    if Command::new("wimlib-imagex").arg("--version").output().is_err() {
+    if Command::new("wimlib-imagex")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         recast_tests::skip_or_fail("RECAST_REQUIRE_WIMLIB", "wimlib-imagex is missing");
         return None;
     }
@@ -631,7 +635,11 @@ fn build_injects_curl_and_the_ca_into_boot_wim_and_lays_the_kit_out() {
         s(&root),
     ]);
     assert_eq!(code(&o), 0, "{}{}", text(&o.stdout), text(&o.stderr));
-    assert!(text(&o.stdout).contains("wimboot v2.9.0"), "{}", text(&o.stdout));
+    assert!(
+        text(&o.stdout).contains("wimboot v2.9.0"),
+        "{}",
+        text(&o.stdout)
+    );
     let kit = root.join(winpe_boot::WIMBOOT_DIR);
     assert_eq!(entries(&kit), ["BCD", "boot.sdi", "boot.wim", "wimboot"]);
     // Read back with wimlib, not recast: the injected files beside what boot.wim held.
@@ -651,8 +659,15 @@ fn build_injects_curl_and_the_ca_into_boot_wim_and_lays_the_kit_out() {
         .arg("--to-stdout")
         .output()
         .unwrap();
-    assert_eq!(extracted.stdout, fs::read(&curl).unwrap(), "curl.exe byte for byte");
-    assert_eq!(fs::read(kit.join("wimboot")).unwrap(), fs::read(&wimboot).unwrap());
+    assert_eq!(
+        extracted.stdout,
+        fs::read(&curl).unwrap(),
+        "curl.exe byte for byte"
+    );
+    assert_eq!(
+        fs::read(kit.join("wimboot")).unwrap(),
+        fs::read(&wimboot).unwrap()
+    );
     assert_eq!(
         fs::read(adk.join("media/sources/boot.wim")).unwrap(),
         source_wim,
@@ -660,13 +675,27 @@ fn build_injects_curl_and_the_ca_into_boot_wim_and_lays_the_kit_out() {
     );
     // Built again without a CA: the new kit replaces the old one whole.
     let o = ctl(&[
-        "bootkit", "build", s(&adk), "--wimboot", s(&wimboot), "--curl", s(&curl), "--install",
+        "bootkit",
+        "build",
+        s(&adk),
+        "--wimboot",
+        s(&wimboot),
+        "--curl",
+        s(&curl),
+        "--install",
         s(&root),
     ]);
     assert_eq!(code(&o), 0, "{}", text(&o.stderr));
     let listed = wim_dir(&kit.join("boot.wim"));
-    assert!(!listed.iter().any(|l| l == winpe_boot::CA_IN_WIM), "{listed:?}");
-    assert_eq!(entries(&root), [winpe_boot::WIMBOOT_DIR], "no leftovers beside it");
+    assert!(
+        !listed.iter().any(|l| l == winpe_boot::CA_IN_WIM),
+        "{listed:?}"
+    );
+    assert_eq!(
+        entries(&root),
+        [winpe_boot::WIMBOOT_DIR],
+        "no leftovers beside it"
+    );
 }
 
 #[test]
@@ -692,14 +721,50 @@ fn build_refuses_each_bad_input_and_writes_nothing() {
     let no_bcd = tmp.path().join("no-bcd");
     fs::create_dir_all(no_bcd.join("media/sources")).unwrap();
     fs::create_dir_all(no_bcd.join("media/Boot")).unwrap();
-    fs::copy(adk.join("media/sources/boot.wim"), no_bcd.join("media/sources/boot.wim")).unwrap();
-    fs::copy(adk.join("media/Boot/boot.sdi"), no_bcd.join("media/Boot/boot.sdi")).unwrap();
+    fs::copy(
+        adk.join("media/sources/boot.wim"),
+        no_bcd.join("media/sources/boot.wim"),
+    )
+    .unwrap();
+    fs::copy(
+        adk.join("media/Boot/boot.sdi"),
+        no_bcd.join("media/Boot/boot.sdi"),
+    )
+    .unwrap();
     for (what, args, says) in [
-        ("wimboot 2.8.0", vec![s(&adk), "--wimboot", s(&old), "--curl", s(&curl)], "2.9.0 or later"),
-        ("not wimboot", vec![s(&adk), "--wimboot", s(&not_wimboot), "--curl", s(&curl)], "not iPXE's wimboot"),
-        ("a Linux curl", vec![s(&adk), "--wimboot", s(&wimboot), "--curl", s(&not_pe)], "not a Windows program"),
-        ("a DER CA", vec![s(&adk), "--wimboot", s(&wimboot), "--curl", s(&curl), "--ca", s(&not_pem)], "no PEM certificate"),
-        ("no BCD", vec![s(&no_bcd), "--wimboot", s(&wimboot), "--curl", s(&curl)], "the BCD store is missing"),
+        (
+            "wimboot 2.8.0",
+            vec![s(&adk), "--wimboot", s(&old), "--curl", s(&curl)],
+            "2.9.0 or later",
+        ),
+        (
+            "not wimboot",
+            vec![s(&adk), "--wimboot", s(&not_wimboot), "--curl", s(&curl)],
+            "not iPXE's wimboot",
+        ),
+        (
+            "a Linux curl",
+            vec![s(&adk), "--wimboot", s(&wimboot), "--curl", s(&not_pe)],
+            "not a Windows program",
+        ),
+        (
+            "a DER CA",
+            vec![
+                s(&adk),
+                "--wimboot",
+                s(&wimboot),
+                "--curl",
+                s(&curl),
+                "--ca",
+                s(&not_pem),
+            ],
+            "no PEM certificate",
+        ),
+        (
+            "no BCD",
+            vec![s(&no_bcd), "--wimboot", s(&wimboot), "--curl", s(&curl)],
+            "the BCD store is missing",
+        ),
     ] {
         let mut a = vec!["bootkit", "build"];
         a.extend(args);
@@ -714,7 +779,14 @@ fn build_refuses_each_bad_input_and_writes_nothing() {
     let _ = ca;
     // A boot root that does not exist is bad usage.
     let o = ctl(&[
-        "bootkit", "build", s(&adk), "--wimboot", s(&wimboot), "--curl", s(&curl), "--install",
+        "bootkit",
+        "build",
+        s(&adk),
+        "--wimboot",
+        s(&wimboot),
+        "--curl",
+        s(&curl),
+        "--install",
         "/nonexistent/boot",
     ]);
     assert_eq!(code(&o), 2, "{}", text(&o.stderr));
