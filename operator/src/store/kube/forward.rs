@@ -132,7 +132,7 @@ impl ForwardKey {
     }
 }
 
-fn unhex(s: &str) -> Option<Vec<u8>> {
+pub(super) fn unhex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
     }
@@ -149,8 +149,15 @@ pub struct ReplayCache {
 }
 
 impl ReplayCache {
+    /// Remembers a fresh message's id past both edges of the skew window, so it cannot come
+    /// back while still fresh.
+    pub fn remember_message(&mut self, id: &str, sent_at: i64, now: i64) -> Result<(), Refused> {
+        let skew = skew_ns();
+        self.remember(id, now, sent_at.saturating_add(skew).max(now) + skew)
+    }
+
     /// Remembers `id` until `expires` (ns); false when it was already there.
-    pub fn remember(&mut self, id: &str, now: i64, expires: i64) -> Result<(), Refused> {
+    fn remember(&mut self, id: &str, now: i64, expires: i64) -> Result<(), Refused> {
         if self.seen.len() >= MAX_REMEMBERED {
             self.seen.retain(|_, until| *until > now);
         }
@@ -179,17 +186,11 @@ pub fn accept(
     }
     let msg: Forwarded =
         serde_json::from_slice(body).map_err(|e| Refused::Malformed(e.to_string()))?;
-    if msg.id.len() != 32 || !msg.id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(Refused::Malformed("id must be 32 hex digits".into()));
-    }
+    check_id(&msg.id)?;
     if msg.namespace.is_empty() || msg.name.is_empty() {
         return Err(Refused::Malformed("no endpoint".into()));
     }
-    let skew = i64::try_from(MAX_SKEW.as_nanos()).unwrap_or(i64::MAX);
-    let off = now_ns.saturating_sub(msg.sent_at);
-    if off.abs() > skew {
-        return Err(Refused::Stale(off / 1_000_000_000));
-    }
+    check_fresh(msg.sent_at, now_ns)?;
     match &msg.input {
         Input::NetworkBooted { .. }
         | Input::NetworkBootObserved { .. }
@@ -204,16 +205,44 @@ pub fn accept(
             return Err(Refused::NotABootInput(kind));
         }
     }
-    // Remembered past both edges of the window, so it cannot come back while still fresh.
-    cache.remember(
-        &msg.id,
-        now_ns,
-        msg.sent_at.saturating_add(skew).max(now_ns) + skew,
-    )?;
+    cache.remember_message(&msg.id, msg.sent_at, now_ns)?;
     Ok(msg)
 }
 
-fn now_ns() -> i64 {
+/// A message id's shape: 32 hex digits (random per message).
+pub(super) fn check_id(id: &str) -> Result<(), Refused> {
+    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Refused::Malformed("id must be 32 hex digits".into()));
+    }
+    Ok(())
+}
+
+fn skew_ns() -> i64 {
+    i64::try_from(MAX_SKEW.as_nanos()).unwrap_or(i64::MAX)
+}
+
+/// Refuses a message sent more than [`MAX_SKEW`] away from the receiver's clock.
+pub(super) fn check_fresh(sent_at: i64, now_ns: i64) -> Result<(), Refused> {
+    let off = now_ns.saturating_sub(sent_at);
+    if off.abs() > skew_ns() {
+        return Err(Refused::Stale(off / 1_000_000_000));
+    }
+    Ok(())
+}
+
+impl Refused {
+    /// The HTTP status a refused message gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Refused::BadSignature => StatusCode::UNAUTHORIZED,
+            Refused::Replayed(_) => StatusCode::CONFLICT,
+            Refused::Busy => StatusCode::TOO_MANY_REQUESTS,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+pub(super) fn now_ns() -> i64 {
     i64::try_from(jiff::Timestamp::now().as_nanosecond()).unwrap_or(i64::MAX)
 }
 
@@ -325,13 +354,7 @@ async fn receive<S: InputSink>(
         Ok(m) => m,
         Err(e) => {
             tracing::warn!(error = %e, "refused a forwarded input");
-            let code = match e {
-                Refused::BadSignature => StatusCode::UNAUTHORIZED,
-                Refused::Replayed(_) => StatusCode::CONFLICT,
-                Refused::Busy => StatusCode::TOO_MANY_REQUESTS,
-                _ => StatusCode::BAD_REQUEST,
-            };
-            return (code, format!("{e}\n"));
+            return (e.status(), format!("{e}\n"));
         }
     };
     match r.sink.queue(&msg.key(), &msg.entry_id(), &msg.input).await {

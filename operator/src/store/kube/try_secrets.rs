@@ -24,7 +24,9 @@ use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
-use super::forward::{ForwardKey, MAX_SKEW, Refused, ReplayCache, SIGNATURE_HEADER};
+use super::forward::{
+    ForwardKey, Refused, ReplayCache, SIGNATURE_HEADER, check_fresh, check_id, now_ns, unhex,
+};
 use crate::encoding::hex;
 use crate::store::{
     BootIntent, BootIntents, ContextStore, EndpointStore, Key, SecretMap, SecretsError, TrySecrets,
@@ -133,20 +135,6 @@ pub fn open(
     serde_json::from_slice(plain).map_err(|e| OpenError::Malformed(e.to_string()))
 }
 
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
-fn now_ns() -> i64 {
-    i64::try_from(jiff::Timestamp::now().as_nanosecond()).unwrap_or(i64::MAX)
-}
-
 /// A signed request for `intent`'s Secrets (the body and its signature).
 pub fn request(
     keys: &TrySecretsKeys,
@@ -178,22 +166,12 @@ pub fn accept(
     }
     let req: TrySecretsRequest =
         serde_json::from_slice(body).map_err(|e| Refused::Malformed(e.to_string()))?;
-    if req.id.len() != 32 || !req.id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(Refused::Malformed("id must be 32 hex digits".into()));
-    }
+    check_id(&req.id)?;
     if req.namespace.is_empty() || req.name.is_empty() || req.attempt_id.is_empty() {
         return Err(Refused::Malformed("no endpoint or attempt".into()));
     }
-    let skew = i64::try_from(MAX_SKEW.as_nanos()).unwrap_or(i64::MAX);
-    let off = now_ns.saturating_sub(req.sent_at);
-    if off.abs() > skew {
-        return Err(Refused::Stale(off / 1_000_000_000));
-    }
-    cache.remember(
-        &req.id,
-        now_ns,
-        req.sent_at.saturating_add(skew).max(now_ns) + skew,
-    )?;
+    check_fresh(req.sent_at, now_ns)?;
+    cache.remember_message(&req.id, req.sent_at, now_ns)?;
     Ok(req)
 }
 
@@ -307,13 +285,7 @@ async fn answer<B: BootIntents + EndpointStore + ContextStore>(
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %e, "refused a request for a try's Secrets");
-            let code = match e {
-                Refused::BadSignature => StatusCode::UNAUTHORIZED,
-                Refused::Replayed(_) => StatusCode::CONFLICT,
-                Refused::Busy => StatusCode::TOO_MANY_REQUESTS,
-                _ => StatusCode::BAD_REQUEST,
-            };
-            return (code, format!("{e}\n"));
+            return (e.status(), format!("{e}\n"));
         }
     };
     let key = Key {
