@@ -713,16 +713,13 @@ impl<B: Backend + BootIntents> BootHttp<B> {
     /// The processor architecture of the attempt's image as unattend.xml names it: what the
     /// WIM's own metadata says (the GoldenImage's verified facts), else what its spec expects,
     /// else amd64 (the only architecture recast's imaging environments run on today).
-    async fn image_arch(&self, intent: &BootIntent) -> String {
-        let image = self.golden_image_of(intent).await;
+    fn image_arch(image: Option<&GoldenImage>) -> String {
         unattend_arch(
             image
-                .as_ref()
                 .and_then(|g| g.status.as_ref())
                 .and_then(|s| s.facts.as_ref())
                 .and_then(|f| f.arch.as_deref()),
             image
-                .as_ref()
                 .and_then(|g| g.spec.expected.as_ref())
                 .and_then(|e| e.arch),
         )
@@ -752,7 +749,12 @@ impl<B: Backend + BootIntents> BootHttp<B> {
         out
     }
 
-    async fn image_file(&self, intent: &BootIntent) -> Result<ImageFile, Refusal> {
+    /// `golden`: the attempt's GoldenImage as [`Self::golden_image_of`] read it.
+    async fn image_file(
+        &self,
+        intent: &BootIntent,
+        golden: Option<&GoldenImage>,
+    ) -> Result<ImageFile, Refusal> {
         let digest = intent
             .image_digest
             .clone()
@@ -767,10 +769,7 @@ impl<B: Backend + BootIntents> BootHttp<B> {
                     intent.image
                 ))
             })?;
-        let index = self
-            .golden_image_of(intent)
-            .await
-            .map_or(1, |g| g.spec.image_index);
+        let index = golden.map_or(1, |g| g.spec.image_index);
         Ok(ImageFile {
             url: format!("{}/artifacts/{rel}", self.config.base_url),
             sha256: digest,
@@ -897,14 +896,14 @@ async fn task<B: Backend + BootIntents>(
     let intent = svc
         .authorize(&p, &client_address(peer), &headers, &q)
         .await?;
-    let image = svc.image_file(&intent).await?;
+    let golden = svc.golden_image_of(&intent).await;
+    let image = svc.image_file(&intent, golden.as_ref()).await?;
     // Every URL of the protocol on the HTTPS listener when there is one: the token goes
     // nowhere else.
     let attempt_url = super::render::attempt_url(svc.protocol_base(), &intent);
     let ep = svc.endpoint_of(&intent).await?;
     // The machine's provisioning is checked before the imaging environment writes anything:
     // a profile that cannot be served ends the try here, with the disk untouched.
-    let golden = svc.golden_image_of(&intent).await;
     let servable = match svc.provisioning_of(&intent, &ep).await {
         Ok(p) if p.holds_secret() && svc.config.https_base_url.is_none() => {
             Err(NEEDS_HTTPS.to_string())
@@ -975,7 +974,8 @@ async fn startnet<B: Backend + BootIntents>(
     Path(p): Path<TryPath>,
 ) -> Result<Response, Refusal> {
     let intent = svc.armed(&p).await?;
-    let image = svc.image_file(&intent).await?;
+    let golden = svc.golden_image_of(&intent).await;
+    let image = svc.image_file(&intent, golden.as_ref()).await?;
     let view = svc.view(&intent);
     Ok(script(svc.renderer.startnet(
         &view,
@@ -1014,6 +1014,7 @@ async fn unattend<B: Backend + BootIntents>(
     let view = svc.view(&intent);
     let computer_name =
         recast_core::naming::computer_name(&intent.endpoint, ep.spec.hostname.as_deref());
+    let golden = svc.golden_image_of(&intent).await;
     Ok((
         StatusCode::OK,
         [
@@ -1023,10 +1024,10 @@ async fn unattend<B: Backend + BootIntents>(
         svc.renderer.unattend(
             &view,
             &computer_name,
-            &svc.image_arch(&intent).await,
+            &BootHttp::<B>::image_arch(golden.as_ref()),
             &provisioning,
-            svc.golden_image_of(&intent)
-                .await
+            golden
+                .as_ref()
                 .is_some_and(|g| !g.spec.drivers.is_empty())
                 .then_some(DRIVER_PATH),
         )?,
