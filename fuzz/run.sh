@@ -14,7 +14,7 @@ seconds=${1:-60}
 shift || true
 targets=("$@")
 all=(tftp_packet tftp_request dhcp_request dhcp_reply wim_header wim_xml wim_deep
-  boot_http_head boot_range redfish_json agent_report event_xml boot_trust)
+  boot_http_head boot_range redfish_json agent_report event_xml boot_trust registry_hive)
 ((${#targets[@]})) || targets=("${all[@]}")
 triple=$(rustc -vV | awk '/^host:/ {print $2}')
 # The workspace's lockfile pins the same dependency versions the operator builds with.

@@ -45,6 +45,11 @@ pub struct ImagingTask {
     pub drivers: Vec<TaskDriverSet>,
 }
 
+/// Where the imaging environment writes the agent configuration on the new Windows, and so
+/// the `--agent-config` the golden image's agent service must name (checked from the image's
+/// SYSTEM hive before it is served: recast_golden::deployable).
+pub const AGENT_CONFIG_WINDOWS_PATH: &str = r"C:\ProgramData\recast\agent.json";
+
 /// Where a machine's driver set goes on the Windows partition; unattend.xml names it as
 /// `%SystemDrive%\recast\drivers` in its PnP driver paths whenever the image has driver sets
 /// (the directory exists, empty, on a machine whose model has none).

@@ -10,6 +10,8 @@
 //! and hivex's own checks (hivex `lib/handle.c` refuses what it cannot walk). Pure: a tree in,
 //! the file's bytes out, the same bytes for the same tree.
 
+pub mod read;
+
 /// A key to write, with its values and subkeys.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Key {
@@ -28,6 +30,7 @@ pub struct Value {
 }
 
 pub const REG_SZ: u32 = 1;
+pub const REG_EXPAND_SZ: u32 = 2;
 pub const REG_BINARY: u32 = 3;
 pub const REG_DWORD: u32 = 4;
 pub const REG_MULTI_SZ: u32 = 7;

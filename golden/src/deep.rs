@@ -9,6 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::deployable::{
+    self, DeploymentFacts, HiveState, MAX_HIVE_BYTES, SOFTWARE_HIVE, SYSTEM_HIVE,
+};
 use crate::servicing::{
     MAX_MUM_BYTES, MAX_SESSION_LOG_BYTES, ServicingEvidence, SessionLog, kb_from_package_name,
     kbs_in_manifest, parse_rollup_name, updates_in_session_log,
@@ -268,6 +271,14 @@ fn collect_evidence_inner(
             )?);
             e.session_log =
                 read_session_log(path, index, &mut archive, image, scratch.path(), cancelled)?;
+            e.deployment = Some(read_deployment(
+                path,
+                index,
+                &mut archive,
+                image,
+                scratch.path(),
+                cancelled,
+            )?);
             Ok(e)
         });
     // Dropping `scratch` removes the directory; errors there must not hide the result.
@@ -388,6 +399,61 @@ fn read_session_log(
             OneFile::Read(bytes) => updates_in_session_log(&bytes),
         },
     )
+}
+
+/// The offline SOFTWARE and SYSTEM hives, each extracted alone and read by recast's bounded
+/// hive reader.
+fn read_deployment(
+    path: &Path,
+    index: u32,
+    archive: &mut wim::Wim,
+    image: wim::ImageIndex,
+    scratch: &Path,
+    mut cancelled: impl FnMut() -> bool,
+) -> Result<DeploymentFacts, DeepError> {
+    let mut facts = DeploymentFacts::default();
+    let mut read = |dest: &str, inner: &str| -> Result<Result<Vec<u8>, HiveState>, DeepError> {
+        Ok(
+            match read_one_file(
+                path,
+                index,
+                archive,
+                image,
+                scratch,
+                dest,
+                inner,
+                MAX_HIVE_BYTES,
+                &mut cancelled,
+            )? {
+                OneFile::Absent => Err(HiveState::Absent),
+                OneFile::TooLarge(bytes) => Err(HiveState::TooLarge { bytes }),
+                OneFile::Read(bytes) => Ok(bytes),
+            },
+        )
+    };
+    match read("software", SOFTWARE_HIVE)? {
+        Ok(bytes) => match deployable::read_software(&bytes) {
+            Ok((state, edition)) => {
+                facts.image_state = state;
+                facts.edition_id = edition;
+            }
+            Err(e) => facts.software = HiveState::Unreadable { why: e.to_string() },
+        },
+        Err(state) => facts.software = state,
+    }
+    // The SOFTWARE hive's bytes are dropped before the SYSTEM hive is read.
+    let _ = std::fs::remove_file(scratch.join("software"));
+    match read("system", SYSTEM_HIVE)? {
+        Ok(bytes) => match deployable::read_system(&bytes) {
+            Ok((arch, services)) => {
+                facts.processor_architecture = arch;
+                facts.agent_services = services;
+            }
+            Err(e) => facts.system = HiveState::Unreadable { why: e.to_string() },
+        },
+        Err(state) => facts.system = state,
+    }
+    Ok(facts)
 }
 
 /// Builds the evidence from an extracted Packages directory.

@@ -5,12 +5,15 @@
 //! - [`verify`]: one streamed pass for the file's sha256 and the integrity table's SHA-1s.
 //! - [`deep`] + [`servicing`]: the image's `Windows\servicing\Packages` (read through the `wim`
 //!   crate) judged against the required build and KBs, explained with [`updates`].
+//! - [`deployable`]: the image's offline SOFTWARE and SYSTEM hives: generalized, the agent
+//!   service installed, edition and architecture as the XML says.
 //!
 //! [`verify_image`] runs them in order and returns one report whose [`Outcome`] a pipeline can
 //! branch on.
 
 pub mod build;
 pub mod deep;
+pub mod deployable;
 pub mod header;
 pub mod inspect;
 pub mod sandbox;

@@ -147,7 +147,7 @@ fn signal_name(signal: i32) -> &'static str {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum ChildReply {
-    Evidence(ServicingEvidence),
+    Evidence(Box<ServicingEvidence>),
     Failed {
         kind: DeepFailureKind,
         message: String,
@@ -201,7 +201,7 @@ pub fn run_child(request: &ChildRequest, out: &mut dyn Write) -> std::io::Result
         &never,
         &mut |_| {},
     ) {
-        Ok(evidence) => ChildReply::Evidence(evidence),
+        Ok(evidence) => ChildReply::Evidence(Box::new(evidence)),
         Err(e) => ChildReply::Failed {
             kind: e.kind(),
             message: e.to_string(),
@@ -430,7 +430,7 @@ impl Sandbox {
             return Err(killed(why));
         }
         match serde_json::from_slice::<ChildReply>(&reply) {
-            Ok(ChildReply::Evidence(evidence)) => Ok(evidence),
+            Ok(ChildReply::Evidence(evidence)) => Ok(*evidence),
             Ok(ChildReply::Failed { kind, message }) => Err(DeepError::Child { kind, message }),
             Err(e) => Err(killed(KillReason::BadReply {
                 message: e.to_string(),
@@ -546,7 +546,18 @@ mod tests {
         };
         let json = serde_json::to_string(&reply).unwrap();
         assert_eq!(serde_json::from_str::<ChildReply>(&json).unwrap(), reply);
-        let reply = ChildReply::Evidence(ServicingEvidence {
+        let reply = ChildReply::Evidence(Box::new(ServicingEvidence {
+            // So do the registry's deployability facts.
+            deployment: Some(crate::deployable::DeploymentFacts {
+                system: crate::deployable::HiveState::Unreadable { why: "x".into() },
+                image_state: Some(crate::deployable::GENERALIZED.into()),
+                agent_services: vec![crate::deployable::AgentService {
+                    name: "recast-agent".into(),
+                    image_path: "recast-agent.exe run".into(),
+                    start: Some(2),
+                }],
+                ..Default::default()
+            }),
             rollups: vec![crate::servicing::RollupPackage {
                 file_name: "f.mum".into(),
                 arch: "amd64".into(),
@@ -566,7 +577,7 @@ mod tests {
                     version: "26100.7462.1.5".into(),
                 }],
             },
-        });
+        }));
         let json = serde_json::to_string(&reply).unwrap();
         assert_eq!(serde_json::from_str::<ChildReply>(&json).unwrap(), reply);
     }

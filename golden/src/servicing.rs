@@ -156,6 +156,10 @@ pub struct ServicingEvidence {
     /// What the servicing log says was installed.
     #[serde(default)]
     pub session_log: SessionLog,
+    /// What the offline registry says about deployability (None: not read, as in evidence
+    /// made by hand in tests of other checks).
+    #[serde(default)]
+    pub deployment: Option<crate::deployable::DeploymentFacts>,
 }
 
 /// The servicing log, `Windows\servicing\Sessions\Sessions.xml`.
@@ -249,7 +253,9 @@ pub struct Requirements {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Check {
-    /// Stable identifier: rollup-present, xml-matches-packages, arch, edition, min-build, kb.
+    /// Stable identifier: rollup-present, xml-matches-packages, arch, edition, min-build, kb,
+    /// and the deployability checks (generalized, agent-service, registry-edition,
+    /// registry-arch).
     pub name: &'static str,
     pub passed: bool,
     pub message: String,
@@ -276,6 +282,8 @@ pub struct DeepVerdict {
     pub kbs: Vec<KbFinding>,
     /// The UEFI boot manager the image installs, as read from the WIM (None: not read).
     pub boot_manager: Option<BootManagerFacts>,
+    /// What the offline registry says (None: not read).
+    pub deployment: Option<crate::deployable::DeploymentFacts>,
 }
 
 impl DeepVerdict {
@@ -453,6 +461,9 @@ pub fn evaluate(
         });
         kbs.push(finding);
     }
+    if let Some(facts) = &evidence.deployment {
+        checks.extend(crate::deployable::checks(image, facts));
+    }
 
     DeepVerdict {
         xml_build,
@@ -461,6 +472,7 @@ pub fn evaluate(
         checks,
         kbs,
         boot_manager: evidence.boot_manager.clone(),
+        deployment: evidence.deployment.clone(),
     }
 }
 
@@ -611,6 +623,7 @@ mod tests {
 
     fn evidence(rollups: Vec<RollupPackage>) -> ServicingEvidence {
         ServicingEvidence {
+            deployment: None,
             manifest_count: rollups.len() + 10,
             rollups,
             kb_packages: vec![],

@@ -1085,3 +1085,179 @@ fn the_deep_check_names_the_ca_that_signed_the_boot_manager() {
         Some(recast_tests::sha256_file(&cache.join("shimx64.efi")))
     );
 }
+
+/// Writes `values` into a copy of an empty hive with hivex (`hivexsh -w`), the independent
+/// writer: each entry is a key path and its values as hivexsh spells them
+/// (`string:…`, `expandstring:…`, `dword:0x…`). Every key on the way is added.
+fn hivex_hive(dir: &Path, name: &str, keys: &[(&str, &[(&str, &str)])]) -> PathBuf {
+    let file = dir.join(name);
+    std::fs::write(
+        &file,
+        recast_tests::hive::hive(&recast_tests::hive::Key::new("ROOT")),
+    )
+    .unwrap();
+    let mut script = String::new();
+    let mut made = std::collections::BTreeSet::new();
+    for (path, values) in keys {
+        script.push_str("cd \\\n");
+        let mut at = String::new();
+        for part in path.split('\\') {
+            at.push('\\');
+            at.push_str(part);
+            if made.insert(at.clone()) {
+                script.push_str(&format!("add {part}\n"));
+            }
+            script.push_str(&format!("cd {part}\n"));
+        }
+        if !values.is_empty() {
+            script.push_str(&format!("setval {}\n", values.len()));
+            for (k, v) in *values {
+                script.push_str(&format!("{k}\n{v}\n"));
+            }
+        }
+    }
+    script.push_str("commit\n");
+    let script_file = dir.join(format!("{name}.hivexsh"));
+    std::fs::write(&script_file, &script).unwrap();
+    let out = Command::new("hivexsh")
+        .arg("-w")
+        .arg("-f")
+        .arg(&script_file)
+        .arg(&file)
+        .output()
+        .expect("hivexsh (apt-get install libhivex-bin)");
+    assert!(
+        out.status.success(),
+        "hivexsh {script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    file
+}
+
+/// The golden image's deployability, read from hives hivex wrote: a generalized image with the
+/// agent service verifies; one not generalized and one without the service are refused, each
+/// saying what to do; and `hivexget` agrees with what recast read.
+#[test]
+fn deployability_is_read_from_the_hives_hivex_wrote() {
+    let Some(fx) = Fixture::new() else { return };
+    let software = |state: &str| {
+        hivex_hive(
+            fx.dir.path(),
+            &format!("SOFTWARE-{state}"),
+            &[
+                (
+                    r"Microsoft\Windows NT\CurrentVersion",
+                    &[("EditionID", "string:Enterprise")],
+                ),
+                (
+                    r"Microsoft\Windows\CurrentVersion\Setup\State",
+                    &[("ImageState", &format!("string:{state}"))],
+                ),
+            ],
+        )
+    };
+    let system = |with_agent: bool| {
+        let agent = format!("expandstring:{}", recast_tests::hive::AGENT_SERVICE_COMMAND);
+        let mut keys: Vec<(&str, &[(&str, &str)])> = vec![
+            (r"Select", &[("Current", "dword:0x00000001")]),
+            (
+                r"ControlSet001\Control\Session Manager\Environment",
+                &[("PROCESSOR_ARCHITECTURE", "string:AMD64")],
+            ),
+            (
+                r"ControlSet001\Services\Dhcp",
+                &[
+                    (
+                        "ImagePath",
+                        r"expandstring:%SystemRoot%\system32\svchost.exe -k LocalServiceNetworkRestricted -p",
+                    ),
+                    ("Start", "dword:0x00000002"),
+                ],
+            ),
+        ];
+        let agent_values = [("ImagePath", agent.as_str()), ("Start", "dword:0x00000002")];
+        if with_agent {
+            keys.push((r"ControlSet001\Services\recast-agent", &agent_values));
+        }
+        hivex_hive(fx.dir.path(), &format!("SYSTEM-{with_agent}"), &keys)
+    };
+    const GENERALIZED: &str = "IMAGE_STATE_GENERALIZE_RESEAL_TO_OOBE";
+    let cases = [
+        ("deployable", software(GENERALIZED), system(true), None),
+        (
+            "not-generalized",
+            software("IMAGE_STATE_COMPLETE"),
+            system(true),
+            Some((
+                "generalized",
+                "ImageState is IMAGE_STATE_COMPLETE, not IMAGE_STATE_GENERALIZE_RESEAL_TO_OOBE",
+                "run `sysprep /generalize /oobe /shutdown` on the reference machine",
+            )),
+        ),
+        (
+            "no-agent",
+            software(GENERALIZED),
+            system(false),
+            Some((
+                "agent-service",
+                "no service in the image runs recast-agent",
+                r#"sc.exe create recast-agent start= auto binPath= "\"C:\Program Files\recast\recast-agent.exe\" run --agent-config C:\ProgramData\recast\agent.json""#,
+            )),
+        ),
+    ];
+    // hivex reads back what it wrote; recast must read the same.
+    let got = Command::new("hivexget")
+        .arg(&cases[0].1)
+        .arg(r"\Microsoft\Windows\CurrentVersion\Setup\State")
+        .arg("ImageState")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), GENERALIZED);
+    for (name, software, system, refusal) in cases {
+        let tree = fx.path(&format!("{name}.tree"));
+        make_tree(&tree, &[(ubr(JAN), "KB5074109")], 1);
+        let config = tree.join("Windows/System32/config");
+        std::fs::copy(&software, config.join("SOFTWARE")).unwrap();
+        std::fs::copy(&system, config.join("SYSTEM")).unwrap();
+        let wim = fx.path(&format!("{name}.wim"));
+        run(
+            &fx.wimlib,
+            &[
+                "capture",
+                tree.to_str().unwrap(),
+                wim.to_str().unwrap(),
+                "Windows 11 Enterprise",
+            ],
+        );
+        set_props(&fx.wimlib, &wim, 1, &windows_props(ubr(JAN), "Enterprise"));
+        let report = verify(&request(&wim, None)).unwrap();
+        let deep = report.deep.as_ref().expect("deep check ran");
+        let facts = deep.deployment.as_ref().expect("the hives were read");
+        assert_eq!(facts.edition_id.as_deref(), Some("Enterprise"), "{name}");
+        assert_eq!(
+            facts.processor_architecture.as_deref(),
+            Some("AMD64"),
+            "{name}"
+        );
+        match refusal {
+            None => {
+                assert_eq!(report.outcome, Outcome::Verified, "{:#?}", report.problems);
+                assert_eq!(facts.image_state.as_deref(), Some(GENERALIZED));
+                assert_eq!(facts.agent_services.len(), 1);
+                assert_eq!(
+                    facts.agent_services[0].image_path,
+                    recast_tests::hive::AGENT_SERVICE_COMMAND
+                );
+            }
+            Some((check, what, to_do)) => {
+                assert_eq!(report.outcome, Outcome::RequirementsNotMet, "{name}");
+                let failed: Vec<_> = deep.failures().collect();
+                assert_eq!(failed.len(), 1, "{name}: {failed:#?}");
+                assert_eq!(failed[0].name, check);
+                assert!(failed[0].message.contains(what), "{}", failed[0].message);
+                assert!(failed[0].message.contains(to_do), "{}", failed[0].message);
+                assert_eq!(report.problems, [failed[0].message.clone()]);
+            }
+        }
+    }
+}

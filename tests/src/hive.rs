@@ -3,7 +3,7 @@
 //! file, so the tests make their own with recast-core's regf writer ([`recast_core::regf`],
 //! re-exported here with the names the suites use).
 
-pub use recast_core::regf::{Key, Value, reg_sz};
+pub use recast_core::regf::{Key, REG_DWORD, REG_EXPAND_SZ, REG_SZ, Value, reg_sz};
 pub use recast_core::winpe_boot::BCD_ROOT;
 
 /// The hive file for `root`. Panics on a tree the writer cannot store (non-ASCII or empty
@@ -29,6 +29,90 @@ pub fn bcd_template(with_objects: bool) -> Vec<u8> {
 /// The bare template: a valid hive whose root key is a BCD store root with nothing in it.
 pub fn empty_bcd_template() -> Vec<u8> {
     bcd_template(false)
+}
+
+/// The agent service's command line a golden image must carry (what `sc.exe create` records
+/// for the install command recast documents).
+pub const AGENT_SERVICE_COMMAND: &str = r#""C:\Program Files\recast\recast-agent.exe" run --agent-config C:\ProgramData\recast\agent.json"#;
+
+/// An installed Windows' offline SOFTWARE hive: `image_state` under Setup\State (None: the key
+/// without the value, as on a machine sysprep never ran on) and the EditionID.
+pub fn software_hive(image_state: Option<&str>, edition: &str) -> Vec<u8> {
+    let mut state = Key::new("State");
+    if let Some(s) = image_state {
+        state = state.value("ImageState", REG_SZ, reg_sz(s));
+    }
+    hive(
+        &Key::new("ROOT").subkey(
+            Key::new("Microsoft")
+                .subkey(
+                    Key::new("Windows")
+                        .subkey(Key::new("CurrentVersion").subkey(Key::new("Setup").subkey(state))),
+                )
+                .subkey(
+                    Key::new("Windows NT").subkey(Key::new("CurrentVersion").value(
+                        "EditionID",
+                        REG_SZ,
+                        reg_sz(edition),
+                    )),
+                ),
+        ),
+    )
+}
+
+/// An installed Windows' offline SYSTEM hive (amd64): ControlSet001 current, a DHCP client
+/// service, and with `agent` a `recast-agent` service running that command line at boot.
+pub fn system_hive(agent: Option<&str>) -> Vec<u8> {
+    let mut services = Key::new("Services").subkey(
+        Key::new("Dhcp")
+            .value(
+                "ImagePath",
+                REG_EXPAND_SZ,
+                reg_sz(r"%SystemRoot%\system32\svchost.exe -k LocalServiceNetworkRestricted -p"),
+            )
+            .value("Start", REG_DWORD, 2u32.to_le_bytes().to_vec()),
+    );
+    if let Some(command) = agent {
+        services = services.subkey(
+            Key::new("recast-agent")
+                .value("ImagePath", REG_EXPAND_SZ, reg_sz(command))
+                .value("Start", REG_DWORD, 2u32.to_le_bytes().to_vec()),
+        );
+    }
+    hive(
+        &Key::new("ROOT")
+            .subkey(Key::new("Select").value("Current", REG_DWORD, 1u32.to_le_bytes().to_vec()))
+            .subkey(
+                Key::new("ControlSet001")
+                    .subkey(services)
+                    .subkey(
+                        Key::new("Control").subkey(Key::new("Session Manager").subkey(
+                            Key::new("Environment").value(
+                                "PROCESSOR_ARCHITECTURE",
+                                REG_SZ,
+                                reg_sz("AMD64"),
+                            ),
+                        )),
+                    ),
+            ),
+    )
+}
+
+/// Writes a deployable image's hives (generalized, the agent service, `edition`) into the
+/// tree of an installed Windows at `root`.
+pub fn write_deployable_hives(root: &std::path::Path, edition: &str) {
+    let config = root.join("Windows/System32/config");
+    std::fs::create_dir_all(&config).expect("create tree");
+    std::fs::write(
+        config.join("SOFTWARE"),
+        software_hive(Some("IMAGE_STATE_GENERALIZE_RESEAL_TO_OOBE"), edition),
+    )
+    .expect("write SOFTWARE hive");
+    std::fs::write(
+        config.join("SYSTEM"),
+        system_hive(Some(AGENT_SERVICE_COMMAND)),
+    )
+    .expect("write SYSTEM hive");
 }
 
 #[cfg(test)]

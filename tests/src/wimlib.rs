@@ -121,8 +121,11 @@ pub fn write_session_log(root: &Path, entries: &[(BuildUbr, &str, &str)]) {
 }
 
 /// A miniature installed Windows: the servicing store with the given RollupFix packages
-/// (servicing keeps superseded manifests), other packages, and `payload` files of 120 KiB.
+/// (servicing keeps superseded manifests), other packages, `payload` files of 120 KiB, and the
+/// offline SOFTWARE and SYSTEM hives of a deployable Enterprise image (generalized, the agent
+/// service installed: [`crate::hive::write_deployable_hives`]).
 pub fn make_tree(root: &Path, rollups: &[(BuildUbr, &str)], payload: usize) {
+    crate::hive::write_deployable_hives(root, "Enterprise");
     let packages = root.join("Windows/servicing/Packages");
     std::fs::create_dir_all(&packages).expect("create tree");
     let write = |p: PathBuf, data: &[u8]| std::fs::write(&p, data).expect("write tree file");
