@@ -50,6 +50,35 @@ pub struct ImagingTask {
 /// SYSTEM hive before it is served: recast_golden::deployable).
 pub const AGENT_CONFIG_WINDOWS_PATH: &str = r"C:\ProgramData\recast\agent.json";
 
+/// Where Windows looks for the script it runs once Setup has finished, before the first
+/// logon; recast appends [`SETUP_COMPLETE_LINES`] to the image's own (or starts it).
+pub const SETUP_COMPLETE_PATH: [&str; 4] = ["Windows", "Setup", "Scripts", "SetupComplete.cmd"];
+
+/// What both imaging environments add to SetupComplete.cmd: Setup caches the answer file in
+/// `%WINDIR%\Panther`, where the domain-join credentials stay in clear text, so once Setup is
+/// done the copies go.
+pub const SETUP_COMPLETE_LINES: &[&str] = &[
+    "rem recast: Setup is done; its cached answer files hold the join credentials in clear text",
+    r"del /f /q %WINDIR%\Panther\unattend.xml %WINDIR%\Panther\unattend-original.xml %WINDIR%\Panther\Unattend\unattend.xml 2>nul",
+];
+
+/// `existing` SetupComplete.cmd with recast's lines appended once (CRLF, as cmd.exe wants).
+pub fn setup_complete_with_cleanup(existing: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(existing);
+    if text.contains(SETUP_COMPLETE_LINES[1]) {
+        return existing.to_vec();
+    }
+    let mut out = existing.to_vec();
+    if !out.is_empty() && !out.ends_with(b"\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    for line in SETUP_COMPLETE_LINES {
+        out.extend_from_slice(line.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
 /// Where a machine's driver set goes on the Windows partition; unattend.xml names it as
 /// `%SystemDrive%\recast\drivers` in its PnP driver paths whenever the image has driver sets
 /// (the directory exists, empty, on a machine whose model has none).
@@ -299,6 +328,16 @@ pub struct AgentConfig {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn setup_complete_gets_the_cleanup_once_after_the_images_own_lines() {
+        let fresh = setup_complete_with_cleanup(b"");
+        assert!(String::from_utf8(fresh.clone()).unwrap().ends_with("2>nul\r\n"));
+        assert_eq!(setup_complete_with_cleanup(&fresh), fresh);
+        let own = setup_complete_with_cleanup(b"@echo off\r\ncall C:\\oem\\setup.cmd");
+        let text = String::from_utf8(own).unwrap();
+        assert!(text.starts_with("@echo off\r\ncall C:\\oem\\setup.cmd\r\nrem recast:"), "{text}");
+    }
+
     use super::*;
 
     #[test]

@@ -14,6 +14,7 @@ pub mod hold;
 pub mod image;
 pub mod imaging;
 pub mod lifecycle;
+pub mod machine_identity;
 pub mod naming;
 pub mod notice;
 pub mod policy;
@@ -21,11 +22,13 @@ pub mod power;
 pub mod regf;
 pub mod restore;
 pub mod signal;
+pub mod target_disk;
 pub mod time;
 pub mod transitions;
 pub mod wave;
 pub mod window;
 pub mod winpe_boot;
+pub mod winpe_preflight;
 
 #[cfg(test)]
 mod tests;

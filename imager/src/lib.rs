@@ -10,9 +10,11 @@
 pub mod acl;
 pub mod bcd;
 pub mod bootfiles;
-pub mod disks;
-pub mod identity;
 pub mod layout;
 pub mod progress;
 pub mod run;
 pub mod sysfs;
+// The disk rule and the identity check are shared with the boot service, which runs them for
+// WinPE's preflight (startnet.cmd): one source of truth in recast-core.
+pub use recast_core::machine_identity as identity;
+pub use recast_core::target_disk as disks;

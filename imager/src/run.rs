@@ -584,17 +584,7 @@ pub async fn image(session: &Session, env: &Env) -> Result<(), Failure> {
 }
 
 fn target_rule(task: &ImagingTask) -> disks::TargetRule {
-    let t = &task.target_disk;
-    match (&t.serial, &t.wwn) {
-        (Some(s), _) => disks::TargetRule::Serial(s.clone()),
-        (None, Some(w)) => disks::TargetRule::Wwn(w.clone()),
-        (None, None) => disks::TargetRule::OnlyFixedDisk {
-            min_bytes: u64::from(
-                t.min_size_gib
-                    .unwrap_or(recast_crds::endpoint::DEFAULT_MIN_DISK_GIB),
-            ) << 30,
-        },
-    }
+    disks::TargetRule::of(&task.target_disk)
 }
 
 /// Room left in RAM beside the staged image (the tools and their buffers).
@@ -1230,6 +1220,17 @@ async fn configure(env: &Env, windows: &Path, files: &Configuration) -> Result<(
             std::fs::write(&path, bytes).map_err(|e| format!("write {}: {e}", path.display()))?;
             set_acl(&path, &acl::system_and_administrators_only(false))?;
         }
+        // Setup's cached copy of the answer file goes once Setup is done (the same lines
+        // startnet.cmd appends: recast_core::imaging::SETUP_COMPLETE_LINES).
+        let [dirs @ .., file] = recast_core::imaging::SETUP_COMPLETE_PATH;
+        let scripts = find_or_make(&at, &dirs)?;
+        let path = find_child(&scripts, file).unwrap_or_else(|| scripts.join(file));
+        let existing = std::fs::read(&path).unwrap_or_default();
+        std::fs::write(
+            &path,
+            recast_core::imaging::setup_complete_with_cleanup(&existing),
+        )
+        .map_err(|e| format!("write {}: {e}", path.display()))?;
         Ok(())
     })();
     let unmounted = mount.unmount(step).await;

@@ -106,82 +106,178 @@ fn ipxe_scripts() {
     }
 }
 
+/// Options of every curl call in the rendered script, with `%RECAST_CURL%` and `%RECAST_GET%`
+/// expanded: (line, options).
+fn curl_calls(script: &str) -> Vec<(String, Vec<String>)> {
+    let var = |name: &str| {
+        script
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("set \"{name}=")))
+            .map(|v| v.trim_end_matches('"').to_string())
+            .unwrap_or_else(|| panic!("{name} is not set"))
+    };
+    let curl = var("RECAST_CURL");
+    let get = var("RECAST_GET").replace("%RECAST_CURL%", &curl);
+    script
+        .lines()
+        .filter(|l| !l.starts_with("rem ") && !l.starts_with("set \"RECAST_"))
+        .filter(|l| l.contains("curl.exe") || l.contains("%RECAST_CURL%") || l.contains("%RECAST_GET%"))
+        .map(|l| {
+            let expanded = l.replace("%RECAST_GET%", &get).replace("%RECAST_CURL%", &curl);
+            let options = expanded
+                .split_whitespace()
+                .filter(|w| w.starts_with('-') && w.len() > 1)
+                .map(str::to_string)
+                .collect();
+            (l.to_string(), options)
+        })
+        .collect()
+}
+
+/// curl's options with the release that added each (curl's own docs): all at most 7.55.1, the
+/// curl in Windows since 1803, so any curl a kit carries has them. `--retry-all-errors` (7.71)
+/// is the one the script once used.
+const CURL_OPTIONS: &[(&str, &str)] = &[
+    ("-s", "4.0"),
+    ("-S", "5.9"),
+    ("--fail", "4.0"),
+    ("--connect-timeout", "7.7"),
+    ("--cacert", "7.5"),
+    ("--retry", "7.12.3"),
+    ("--retry-delay", "7.12.3"),
+    ("-X", "4.0"),
+    ("-H", "4.0"),
+    ("-d", "4.0"),
+    ("--data-binary", "7.2"),
+    ("-o", "4.0"),
+    ("-C", "4.0"),
+];
+
+/// Asserts `needles` occur in `script` in this order.
+fn in_order(script: &str, needles: &[&str]) {
+    let mut at = 0;
+    for n in needles {
+        match script[at..].find(n) {
+            Some(i) => at += i + n.len(),
+            None => panic!(
+                "{n:?} is missing or out of order (searched after byte {at}):\n{script}"
+            ),
+        }
+    }
+}
+
 #[test]
-fn startnet_partitions_applies_and_reports_for_each_boot_mode() {
+fn startnet_runs_the_imagers_steps_in_its_order_for_each_boot_mode() {
     let r = Renderer::new().unwrap();
     let site = SiteSettings::default();
-    let uefi_intent = intent("uefi");
-    let uefi = r
-        .startnet(&AttemptView::new(BASE, None, &uefi_intent), &image(), &site)
-        .unwrap();
-    // Windows' cmd.exe wants CRLF.
-    assert!(uefi.contains("\r\n") && !uefi.replace("\r\n", "").contains('\n'));
-    for line in [
-        "wpeinit",
-        "\"%RECAST_URL%/claim?format=text\"",
-        "if not defined RECAST_TOKEN",
-        "echo convert gpt",
-        "echo create partition efi size=260",
-        "echo format quick fs=fat32 label=\"System\"",
-        "echo create partition msr size=16",
-        "echo set id=\"de94bba4-06d1-4d40-a16a-bfd50179d6ac\"",
-        "echo gpt attributes=0x8000000000000001",
-        "-C - -o W:\\recast\\image.wim",
-        "findstr /i /x \"3f1c9a0c6b1e4d7f8a2b5c6d7e8f90112233445566778899aabbccddeeff0011\"",
-        "dism /Apply-Image /ImageFile:W:\\recast\\image.wim /Index:1 /ApplyDir:W:\\",
-        "bcdboot W:\\Windows /s S: /f UEFI",
-        "W:\\Windows\\Panther\\unattend.xml",
-        "W:\\ProgramData\\recast\\agent.json",
-        "\"%RECAST_URL%/progress\"",
-        "\"%RECAST_URL%/result\"",
-        "wpeutil reboot",
+    for (mode, bcdboot) in [
+        ("uefi", "W:\\Windows\\System32\\bcdboot.exe W:\\Windows /s S: /f UEFI"),
+        ("bios", "W:\\Windows\\System32\\bcdboot.exe W:\\Windows /s S: /f BIOS"),
     ] {
-        assert!(uefi.contains(line), "UEFI startnet.cmd lacks {line:?}");
-    }
-    assert!(!uefi.contains("echo active"));
-    // The try is claimed before the disk is touched: a machine that cannot claim it (another
-    // holds it) leaves the disk alone.
-    assert!(uefi.find("/claim?format=text") < uefi.find("diskpart /s"));
-    // The task (where the boot service checks the machine's provisioning) and the files with
-    // its credentials are fetched before the disk is touched, and only copied after the apply.
-    let wipe = uefi.find("diskpart /s").unwrap();
-    for fetched in [
-        "\"%RECAST_URL%/task\"",
-        "\"%RECAST_URL%/unattend.xml\"",
-        "\"%RECAST_URL%/agent.json\"",
-    ] {
-        assert!(
-            uefi.find(fetched).unwrap() < wipe,
-            "{fetched} after the wipe"
+        let i = intent(mode);
+        let script = r
+            .startnet(&AttemptView::new(BASE, None, &i), &image(), &site)
+            .unwrap();
+        // Windows' cmd.exe wants CRLF.
+        assert!(script.contains("\r\n") && !script.replace("\r\n", "").contains('\n'));
+        in_order(
+            &script,
+            &[
+                // WinPE's start, once.
+                "\r\nwpeinit\r\n",
+                "wpeutil WaitForNetwork",
+                // Preflight, tools: before anything else.
+                "for %%t in (curl.exe wbem\\wmic.exe diskpart.exe dism.exe certutil.exe reg.exe xcopy.exe)",
+                "if not exist \"%SystemRoot%\\System32\\%%t\"",
+                // The try is claimed: a machine that cannot claim it leaves the disk alone.
+                "\"%RECAST_URL%/claim?format=text\"",
+                "if not defined RECAST_TOKEN",
+                // The task (provisioning checked) and the credential files, before any write.
+                "\"%RECAST_URL%/task\"",
+                "\"%RECAST_URL%/unattend.xml\"",
+                "\"%RECAST_URL%/agent.json\"",
+                // Preflight, machine: what WinPE sees, judged by the boot service.
+                "reg query HKLM\\System\\CurrentControlSet\\Control /v PEFirmwareType",
+                "wmic csproduct get IdentifyingNumber,Name,UUID,Vendor /value",
+                "wmic bios get SMBIOSMajorVersion,SMBIOSMinorVersion /value",
+                "wmic diskdrive get Index,InterfaceType,MediaType,Model,SerialNumber,Size /value",
+                "--data-binary @X:\\recast-machine.txt -o X:\\recast-plan.txt \"%RECAST_URL%/preflight\"",
+                "for /f \"usebackq tokens=1,* delims==\" %%a in (\"X:\\recast-plan.txt\") do set \"RECAST_%%a=%%b\"",
+                "if not defined RECAST_DISK",
+                // The disk the plan names, online and writable, then wiped.
+                "echo select disk %RECAST_DISK%",
+                "echo online disk noerr",
+                "echo attributes disk clear readonly noerr",
+                "echo clean",
+                "diskpart /s X:\\recast-diskpart.txt",
+                "mkdir W:\\recast\\scratch",
+                // A real resume loop: curl -C - again after a drop, up to 10 times.
+                ":download\r\n",
+                "set /a RECAST_DOWNLOAD+=1",
+                "-C - -o W:\\recast\\image.wim",
+                "&& goto :downloaded",
+                "if %RECAST_DOWNLOAD% GEQ 10",
+                "goto :download\r\n:downloaded\r\n",
+                "findstr /i /x \"3f1c9a0c6b1e4d7f8a2b5c6d7e8f90112233445566778899aabbccddeeff0011\"",
+                "dism /Apply-Image /ImageFile:W:\\recast\\image.wim /Index:1 /ApplyDir:W:\\ /ScratchDir:W:\\recast\\scratch",
+                // The model's drivers where unattend.xml points PnP.
+                "if not defined RECAST_DRIVERS_URL goto :drivers_done",
+                "findstr /i /x \"%RECAST_DRIVERS_SHA256%\"",
+                "/ApplyDir:W:\\recast\\drivers /ScratchDir:W:\\recast\\scratch",
+                // bcdboot of the applied image, then Windows RE.
+                bcdboot,
+                "xcopy /h /y W:\\Windows\\System32\\Recovery\\Winre.wim R:\\Recovery\\WindowsRE\\",
+                "W:\\Windows\\System32\\Reagentc.exe /Setreimage /Path R:\\Recovery\\WindowsRE /Target W:\\Windows",
+                // The files, after the apply; Setup's cached answer file removed after Setup.
+                "copy /y X:\\recast-unattend.xml W:\\Windows\\Panther\\unattend.xml",
+                "copy /y X:\\recast-agent.json W:\\ProgramData\\recast\\agent.json",
+                ">> W:\\Windows\\Setup\\Scripts\\SetupComplete.cmd echo del /f /q %%WINDIR%%\\Panther\\unattend.xml",
+                "-d \"{\\\"ok\\\":true}\" \"%RECAST_URL%/result\"",
+                "wpeutil reboot",
+                // A failure waits 5 minutes on screen, then reboots by itself.
+                ":halt\r\n",
+                "ping -n 301 127.0.0.1",
+                "wpeutil reboot",
+                // A failure sends DISM's log before the result.
+                ":fail\r\n",
+                "\"%RECAST_URL%/log?name=dism.log\"",
+                "\"ok\\\":false",
+            ],
         );
+        assert_eq!(script.matches("\r\nwpeinit").count(), 1, "wpeinit runs once");
+        assert!(!script.contains("select disk 0"), "never disk 0 by number");
+        assert!(!script.contains("--cacert"), "plain HTTP: no CA to check");
+        if mode == "uefi" {
+            in_order(
+                &script,
+                &["echo convert gpt", "echo create partition efi size=260", "echo create partition msr size=16", "echo gpt attributes=0x8000000000000001"],
+            );
+            assert!(!script.contains("echo active"));
+        } else {
+            in_order(&script, &["echo create partition primary size=100", "echo active", "echo set id=27"]);
+            assert!(!script.contains("convert gpt"));
+        }
+        // Every curl call: only options curl 7.55 has, and no POST is retried by curl.
+        let calls = curl_calls(&script);
+        assert!(calls.len() >= 10, "{calls:#?}");
+        for (line, options) in &calls {
+            for o in options {
+                assert!(
+                    CURL_OPTIONS.iter().any(|(known, _)| known == o),
+                    "{line}: option {o} is not one every curl since 7.55 has"
+                );
+            }
+            let posts = options.iter().any(|o| o == "-X" || o == "-d" || o == "--data-binary");
+            if posts {
+                assert!(!options.iter().any(|o| o == "--retry"), "{line}: a POST must not be retried by curl");
+            }
+        }
+        golden(&format!("startnet-{mode}.cmd"), &script);
     }
-    assert!(
-        uefi.find("copy /y X:\\recast-unattend.xml").unwrap()
-            > uefi.find("dism /Apply-Image").unwrap()
-    );
-    assert!(!uefi.contains("--cacert"), "plain HTTP: no CA to check");
-    assert!(
-        !uefi.contains("set \"RECAST_TOKEN=0"),
-        "no token is rendered in"
-    );
-    golden("startnet-uefi.cmd", &uefi);
-
-    let bios_intent = intent("bios");
-    let bios = r
-        .startnet(&AttemptView::new(BASE, None, &bios_intent), &image(), &site)
-        .unwrap();
-    for line in [
-        "echo active",
-        "echo set id=27",
-        "bcdboot W:\\Windows /s S: /f BIOS",
-    ] {
-        assert!(bios.contains(line), "BIOS startnet.cmd lacks {line:?}");
-    }
-    assert!(!bios.contains("convert gpt"));
-    golden("startnet-bios.cmd", &bios);
 
     // With the HTTPS listener, the whole protocol runs over it and curl checks the site's CA;
     // what firmware fetches (this script) stays on plain HTTP.
+    let uefi_intent = intent("uefi");
     let https = r
         .startnet(
             &AttemptView::new(BASE, Some("https://boot.site.example:8443"), &uefi_intent),
@@ -203,11 +299,26 @@ fn startnet_partitions_applies_and_reports_for_each_boot_mode() {
             "plain HTTP in the protocol: {line}"
         );
     }
+    assert!(
+        !https.contains("set \"RECAST_TOKEN=0"),
+        "no token is rendered in"
+    );
 
+    // winpeshl.ini runs only the script (which runs wpeinit itself).
     let winpeshl = r.winpeshl().unwrap();
     assert!(winpeshl.contains("[LaunchApps]\r\n"));
-    assert!(winpeshl.contains("wpeinit.exe"));
+    assert!(!winpeshl.contains("wpeinit"));
+    assert!(winpeshl.contains("cmd.exe, /c X:\\Windows\\System32\\startnet.cmd"));
     golden("winpeshl.ini", &winpeshl);
+}
+
+#[test]
+fn setup_complete_lines_echo_back_verbatim() {
+    use recast_operator::boot::render::cmd_echo_escape;
+    assert_eq!(
+        cmd_echo_escape(r"del %WINDIR%\x 2>nul & (a | b) ^"),
+        r"del %%WINDIR%%\x 2^>nul ^& ^(a ^| b^) ^^"
+    );
 }
 
 fn site() -> SiteDefaults {

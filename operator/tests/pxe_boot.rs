@@ -1203,6 +1203,9 @@ fn read_back(site: &Site, disk: &Path, fw: Firmware, drivers: bool) {
         "ProgramData/recast/agent.json",
         "recast",
         "recast/drivers",
+        "Windows/Setup",
+        "Windows/Setup/Scripts",
+        "Windows/Setup/Scripts/SetupComplete.cmd",
     ];
     if drivers {
         added.extend([
@@ -1257,6 +1260,14 @@ fn read_back(site: &Site, disk: &Path, fw: Firmware, drivers: bool) {
         "agent.json's security descriptor is O:SYG:SYD:P(A;;FA;;;SY)(A;;FA;;;BA)"
     );
     assert!(imaged.path().join("Windows/Panther/unattend.xml").is_file());
+    // Setup's cached answer file (join credentials in clear text) goes once Setup is done.
+    let setup_complete =
+        std::fs::read_to_string(imaged.path().join("Windows/Setup/Scripts/SetupComplete.cmd"))
+            .unwrap();
+    assert!(
+        setup_complete.contains(r"del /f /q %WINDIR%\Panther\unattend.xml"),
+        "{setup_complete}"
+    );
     // The machine's drivers, where the unattend points Windows' PnP: the set of its SMBIOS
     // model byte for byte, or an empty directory for a model without one.
     let unattend =

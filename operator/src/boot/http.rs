@@ -164,7 +164,18 @@ pub fn router<B: Backend + BootIntents>(svc: Arc<BootHttp<B>>) -> Router {
         .route("/agent.json", get(agent_config::<B>))
         .route("/progress", post(progress::<B>))
         .route("/result", post(result::<B>))
-        .layer(DefaultBodyLimit::max(MAX_REPORT_BYTES));
+        .layer(DefaultBodyLimit::max(MAX_REPORT_BYTES))
+        // Added after the layer above, so their own limits apply.
+        .route(
+            "/preflight",
+            post(preflight::<B>).layer(DefaultBodyLimit::max(
+                recast_core::winpe_preflight::MAX_REPORT_BYTES,
+            )),
+        )
+        .route(
+            "/log",
+            post(log_upload::<B>).layer(DefaultBodyLimit::max(MAX_LOG_BYTES)),
+        );
     Router::new()
         .route("/boot.ipxe", get(boot_ipxe::<B>))
         .route("/boot/{mac}", get(per_mac::<B>))
@@ -896,6 +907,16 @@ async fn task<B: Backend + BootIntents>(
     let intent = svc
         .authorize(&p, &client_address(peer), &headers, &q)
         .await?;
+    Ok(axum::Json(servable_task(&svc, &intent).await?).into_response())
+}
+
+/// The try's task, once the machine's provisioning is known to be servable; otherwise the try
+/// ends here (the imaging environment has written nothing yet) and the refusal says why.
+async fn servable_task<B: Backend + BootIntents>(
+    svc: &BootHttp<B>,
+    intent: &BootIntent,
+) -> Result<ImagingTask, Refusal> {
+    let intent = intent.clone();
     let golden = svc.golden_image_of(&intent).await;
     let image = svc.image_file(&intent, golden.as_ref()).await?;
     // Every URL of the protocol on the HTTPS listener when there is one: the token goes
@@ -907,17 +928,6 @@ async fn task<B: Backend + BootIntents>(
     let servable = match svc.provisioning_of(&intent, &ep).await {
         Ok(p) if p.holds_secret() && svc.config.https_base_url.is_none() => {
             Err(NEEDS_HTTPS.to_string())
-        }
-        // startnet.cmd does not place driver sets yet (issue 28): say so before any write
-        // rather than bring a machine up without the drivers its site declared.
-        Ok(_)
-            if svc.config.imaging == ImagingEnvironment::Winpe
-                && golden.as_ref().is_some_and(|g| !g.spec.drivers.is_empty()) =>
-        {
-            Err(format!(
-                "GoldenImage {} declares driver sets, which the WinPE imaging environment does not place yet: run the boot service with --imaging-environment linux, or remove spec.drivers",
-                intent.image
-            ))
         }
         Ok(_) => Ok(()),
         Err(ProvisioningProblem::Fix(why)) => Err(why),
@@ -941,7 +951,7 @@ async fn task<B: Backend + BootIntents>(
             return Err(Refusal::Conflict(refusal));
         }
     };
-    Ok(axum::Json(ImagingTask {
+    Ok(ImagingTask {
         namespace: intent.namespace.clone(),
         endpoint: intent.endpoint.clone(),
         attempt_id: intent.attempt_id.clone(),
@@ -963,7 +973,141 @@ async fn task<B: Backend + BootIntents>(
         agent_config_url: format!("{attempt_url}/agent.json"),
         drivers: svc.driver_sets(golden.as_ref()).await,
     })
-    .into_response())
+}
+
+/// WinPE's preflight (startnet.cmd, before any write): what WinPE sees, judged by the rules
+/// recast-imager runs on Linux (recast_core::winpe_preflight). The answer is the plan as
+/// `KEY=value` lines; a machine that must not be written ends the try here, with the same
+/// refusal kinds the Linux imager reports.
+async fn preflight<B: Backend + BootIntents>(
+    State(svc): State<Arc<BootHttp<B>>>,
+    Path(p): Path<TryPath>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, Refusal> {
+    use recast_core::winpe_preflight::{parse, plan};
+    let intent = svc
+        .authorize(&p, &client_address(peer), &headers, &q)
+        .await?;
+    let task = servable_task(&svc, &intent).await?;
+    let report = parse(&body);
+    match plan(&task, &report) {
+        Ok(plan) => {
+            let message = format!(
+                "preflight: {}; writing {}{}",
+                plan.identity,
+                plan.disk_summary,
+                plan.drivers
+                    .as_ref()
+                    .map(|d| format!(", drivers of {} {}", d.manufacturer, d.model))
+                    .unwrap_or_default()
+            );
+            tracing::info!(endpoint = %intent.key(), attempt = %intent.attempt_id, "{message}");
+            svc.post(
+                &intent,
+                Input::ImagingProgress {
+                    attempt_id: intent.attempt_id.clone(),
+                    try_number: Some(intent.try_number),
+                    percent: 4,
+                    secure_boot: None,
+                    firmware: None,
+                },
+            )
+            .await;
+            let mut resp = text(StatusCode::OK, plan.render());
+            resp.headers_mut().insert(
+                header::CACHE_CONTROL,
+                header::HeaderValue::from_static("no-store"),
+            );
+            Ok(resp)
+        }
+        Err(refused) => {
+            tracing::warn!(endpoint = %intent.key(), attempt = %intent.attempt_id, "WinPE preflight refused, nothing written: {}", refused.message);
+            svc.post(
+                &intent,
+                Input::ImagingFinished {
+                    attempt_id: intent.attempt_id.clone(),
+                    try_number: Some(intent.try_number),
+                    result: Err(format!("preflight: {}", refused.message)),
+                    refusal: refused.refusal,
+                },
+            )
+            .await;
+            Err(Refusal::Conflict(format!(
+                "nothing written: {}",
+                refused.message
+            )))
+        }
+    }
+}
+
+/// The last bytes of a log the imaging environment sends when a step fails (startnet.cmd:
+/// DISM's log), kept in the boot service's log for the person who reads the failure: WinPE's
+/// RAM disk is gone after the reboot.
+pub const LOG_TAIL_BYTES: usize = 4096;
+const MAX_LOG_BYTES: usize = 8 << 20;
+
+async fn log_upload<B: Backend + BootIntents>(
+    State(svc): State<Arc<BootHttp<B>>>,
+    Path(p): Path<TryPath>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    Query(q): Query<LogQuery>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, Refusal> {
+    let token = TokenQuery { token: q.token };
+    let intent = svc
+        .authorize(&p, &client_address(peer), &headers, &token)
+        .await?;
+    let name = q
+        .name
+        .filter(|n| n.len() <= 64 && n.chars().all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c)))
+        .unwrap_or_else(|| "log".into());
+    let tail = log_tail(&body, LOG_TAIL_BYTES);
+    tracing::warn!(
+        endpoint = %intent.key(),
+        attempt = %intent.attempt_id,
+        try_number = intent.try_number,
+        log = %name,
+        "the imaging environment's {name} ends with:\n{tail}"
+    );
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct LogQuery {
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+/// The last `max` bytes of a log as text (UTF-16LE logs decoded), starting at a line.
+pub fn log_tail(body: &[u8], max: usize) -> String {
+    let utf16 = body.starts_with(&[0xFF, 0xFE]);
+    let text = if utf16 {
+        let units: Vec<u16> = body[2..]
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect();
+        String::from_utf16_lossy(&units)
+    } else {
+        String::from_utf8_lossy(body).into_owned()
+    };
+    if text.len() <= max {
+        return text;
+    }
+    let mut start = text.len() - max;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    let tail = &text[start..];
+    match tail.find('\n') {
+        Some(nl) if nl + 1 < tail.len() => tail[nl + 1..].to_string(),
+        _ => tail.to_string(),
+    }
 }
 
 /// startnet.cmd and winpeshl.ini are what to boot, like the iPXE script: served for the armed

@@ -91,8 +91,6 @@ pub struct Renderer {
 pub struct SiteSettings {
     pub locale: String,
     pub time_zone: String,
-    /// Disk number diskpart wipes.
-    pub disk: u32,
     pub recovery_mb: u32,
 }
 
@@ -101,7 +99,6 @@ impl Default for SiteSettings {
         SiteSettings {
             locale: "en-US".into(),
             time_zone: "UTC".into(),
-            disk: 0,
             recovery_mb: 1024,
         }
     }
@@ -298,8 +295,12 @@ impl Renderer {
         ctx.insert("image_sha256", &image.sha256);
         ctx.insert("image_size", &image.size);
         ctx.insert("image_index", &image.index);
-        ctx.insert("disk", &site.disk);
         ctx.insert("recovery_mb", &site.recovery_mb);
+        let setup_complete: Vec<String> = recast_core::imaging::SETUP_COMPLETE_LINES
+            .iter()
+            .map(|l| cmd_echo_escape(l))
+            .collect();
+        ctx.insert("setup_complete", &setup_complete);
         // cmd.exe wants CRLF line ends.
         Ok(self.render("startnet.cmd", &ctx)?.replace('\n', "\r\n"))
     }
@@ -389,6 +390,23 @@ pub(crate) fn base64(bytes: &[u8]) -> String {
             } else {
                 out.push('=');
             }
+        }
+    }
+    out
+}
+
+/// `text` as `echo` writes it back verbatim in a batch file: `%` doubled, cmd's operators
+/// escaped with `^`.
+pub fn cmd_echo_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '%' => out.push_str("%%"),
+            '^' | '&' | '|' | '<' | '>' | '(' | ')' => {
+                out.push('^');
+                out.push(c);
+            }
+            c => out.push(c),
         }
     }
     out

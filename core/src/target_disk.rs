@@ -107,6 +107,23 @@ impl fmt::Display for TargetRule {
     }
 }
 
+impl TargetRule {
+    /// The rule a task's `targetDisk` states: serial first, then WWN, else the only fixed disk
+    /// of at least the minimum size.
+    pub fn of(t: &recast_crds::endpoint::TargetDisk) -> TargetRule {
+        match (&t.serial, &t.wwn) {
+            (Some(s), _) => TargetRule::Serial(s.clone()),
+            (None, Some(w)) => TargetRule::Wwn(w.clone()),
+            (None, None) => TargetRule::OnlyFixedDisk {
+                min_bytes: u64::from(
+                    t.min_size_gib
+                        .unwrap_or(recast_crds::endpoint::DEFAULT_MIN_DISK_GIB),
+                ) << 30,
+            },
+        }
+    }
+}
+
 /// Why no disk was chosen. Either way nothing is written.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
