@@ -331,11 +331,18 @@ mod tests {
     #[test]
     fn setup_complete_gets_the_cleanup_once_after_the_images_own_lines() {
         let fresh = setup_complete_with_cleanup(b"");
-        assert!(String::from_utf8(fresh.clone()).unwrap().ends_with("2>nul\r\n"));
+        assert!(
+            String::from_utf8(fresh.clone())
+                .unwrap()
+                .ends_with("2>nul\r\n")
+        );
         assert_eq!(setup_complete_with_cleanup(&fresh), fresh);
         let own = setup_complete_with_cleanup(b"@echo off\r\ncall C:\\oem\\setup.cmd");
         let text = String::from_utf8(own).unwrap();
-        assert!(text.starts_with("@echo off\r\ncall C:\\oem\\setup.cmd\r\nrem recast:"), "{text}");
+        assert!(
+            text.starts_with("@echo off\r\ncall C:\\oem\\setup.cmd\r\nrem recast:"),
+            "{text}"
+        );
     }
 
     use super::*;

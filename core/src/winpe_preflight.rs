@@ -193,7 +193,10 @@ impl Plan {
         if let Some(d) = &self.drivers
             && let Some(url) = &d.url
         {
-            out.push_str(&format!("DRIVERS_URL={url}\r\nDRIVERS_SHA256={}\r\n", d.sha256));
+            out.push_str(&format!(
+                "DRIVERS_URL={url}\r\nDRIVERS_SHA256={}\r\n",
+                d.sha256
+            ));
         }
         out
     }
@@ -242,8 +245,7 @@ pub fn plan(task: &ImagingTask, report: &MachineReport) -> Result<Plan, Refused>
     }
     let uuid = report.uuid.clone().filter(|u| {
         // Firmware without a UUID prints all zeros or all Fs, as the Linux kernel hides.
-        machine_identity::parse_uuid(u)
-            .is_some_and(|b| b != [0; 16] && b != [0xFF; 16])
+        machine_identity::parse_uuid(u).is_some_and(|b| b != [0; 16] && b != [0xFF; 16])
     });
     let verdict = machine_identity::check(
         &Expected {
@@ -405,18 +407,27 @@ mod tests {
         let good = parse(REPORT.as_bytes());
         let cases: Vec<(ImagingTask, MachineReport, &str)> = vec![
             (
-                ImagingTask { boot_mode: "bios".into(), ..task() },
+                ImagingTask {
+                    boot_mode: "bios".into(),
+                    ..task()
+                },
                 good.clone(),
                 "boot mode is bios but WinPE booted with UEFI firmware",
             ),
             (
                 task(),
-                MachineReport { firmware: None, ..good.clone() },
+                MachineReport {
+                    firmware: None,
+                    ..good.clone()
+                },
                 "did not report its firmware type",
             ),
             (
                 task(),
-                MachineReport { serial_number: Some("OTHER".into()), ..good.clone() },
+                MachineReport {
+                    serial_number: Some("OTHER".into()),
+                    ..good.clone()
+                },
                 "this is not the Endpoint's machine: the Endpoint's serial number is \"KIOSK-0001\", this machine's is \"OTHER\"",
             ),
             (
@@ -429,13 +440,22 @@ mod tests {
             ),
             (
                 task(),
-                MachineReport { disks: vec![], ..good.clone() },
+                MachineReport {
+                    disks: vec![],
+                    ..good.clone()
+                },
                 "WinPE listed no disks",
             ),
             (
                 task(),
                 MachineReport {
-                    disks: vec![good.disks[1].clone(), WinDisk { index: 2, ..good.disks[1].clone() }],
+                    disks: vec![
+                        good.disks[1].clone(),
+                        WinDisk {
+                            index: 2,
+                            ..good.disks[1].clone()
+                        },
+                    ],
                     ..good.clone()
                 },
                 "2 disks are a fixed",
@@ -454,7 +474,10 @@ mod tests {
             ),
             (
                 ImagingTask {
-                    drivers: vec![TaskDriverSet { url: None, ..task().drivers[0].clone() }],
+                    drivers: vec![TaskDriverSet {
+                        url: None,
+                        ..task().drivers[0].clone()
+                    }],
                     ..task()
                 },
                 good.clone(),
@@ -464,13 +487,14 @@ mod tests {
         for (task, report, says) in cases {
             let err = plan(&task, &report).unwrap_err();
             assert!(err.message.contains(says), "{says:?} not in {err:?}");
-            let kind = if says.contains("not the Endpoint's machine") || says.contains("reports none") {
-                Some(ImagingRefusal::WrongMachine)
-            } else if says.contains("disk") || says.contains("WWN") {
-                Some(ImagingRefusal::NoTargetDisk)
-            } else {
-                None
-            };
+            let kind =
+                if says.contains("not the Endpoint's machine") || says.contains("reports none") {
+                    Some(ImagingRefusal::WrongMachine)
+                } else if says.contains("disk") || says.contains("WWN") {
+                    Some(ImagingRefusal::NoTargetDisk)
+                } else {
+                    None
+                };
             assert_eq!(err.refusal, kind, "{says}");
         }
     }
@@ -478,7 +502,11 @@ mod tests {
     #[test]
     fn a_serial_rule_picks_that_disk_even_when_it_is_not_the_only_one() {
         let mut report = parse(REPORT.as_bytes());
-        report.disks.push(WinDisk { index: 2, serial: Some("OTHER".into()), ..report.disks[1].clone() });
+        report.disks.push(WinDisk {
+            index: 2,
+            serial: Some("OTHER".into()),
+            ..report.disks[1].clone()
+        });
         let t = ImagingTask {
             target_disk: recast_crds::endpoint::TargetDisk {
                 serial: Some("S5GXNX0T123456".into()),

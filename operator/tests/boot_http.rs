@@ -283,3 +283,94 @@ fn a_wds_endpoint_is_referred_and_its_attempt_ends_handed_off() {
     assert!(!String::from_utf8_lossy(&body).contains("10.0.40.9"));
     let _ = std::fs::remove_dir_all(&s.dir);
 }
+
+/// What a UEFI WinPE on a machine with a USB stick (disk 0) and one SSD prints, in the shape
+/// startnet.cmd sends it: reg's line, then wmic's `/value` blocks (here as UTF-16LE with a
+/// byte-order mark, as wmic writes a file, to show the service takes either).
+fn winpe_report(firmware: &str, fixed_disks: usize) -> Vec<u8> {
+    let mut text = format!(
+        "[firmware]\r\n\r\nHKEY_LOCAL_MACHINE\\System\\CurrentControlSet\\Control\r\n    PEFirmwareType    REG_DWORD    {firmware}\r\n\r\n[csproduct]\r\n\r\nIdentifyingNumber=PC-0001\r\nName=Kiosk 5000\r\nUUID=4C4C4544-0031-3910-8033-B4C04F4A3332\r\nVendor=Contoso Ltd.\r\n\r\n[bios]\r\nSMBIOSMajorVersion=3\r\nSMBIOSMinorVersion=4\r\n[diskdrive]\r\n\r\nIndex=0\r\nInterfaceType=USB\r\nMediaType=Removable Media\r\nModel=SanDisk Cruzer USB Device\r\nSerialNumber=4C530001\r\nSize=31457280000\r\n"
+    );
+    for i in 1..=fixed_disks {
+        text.push_str(&format!(
+            "\r\nIndex={i}\r\nInterfaceType=SCSI\r\nMediaType=Fixed hard disk media\r\nModel=Samsung SSD 980 PRO 1TB\r\nSerialNumber=S5GXNX0T12345{i}\r\nSize=1000202273280\r\n"
+        ));
+    }
+    [0xFF, 0xFE]
+        .into_iter()
+        .chain(text.encode_utf16().flat_map(u16::to_le_bytes))
+        .collect()
+}
+
+/// WinPE's preflight over HTTP: the boot service answers the plan (never disk 0 when disk 0
+/// is a USB stick), takes DISM's log on a failure, and a machine that must not be written (two
+/// candidate disks; every other refusal is in recast_core::winpe_preflight's tests) ends the
+/// try with the reason and nothing planned.
+#[test]
+fn winpe_preflight_answers_the_plan_or_ends_the_try() {
+    if Command::new("curl").arg("--version").output().is_err() {
+        recast_tests::skip_or_fail("RECAST_REQUIRE_PXE", "curl is missing");
+        return;
+    }
+    let s = setup();
+    let attempt = arm(&s);
+    let token = claimed_token(&attempt, "127.0.0.1");
+    let auth = format!("Authorization: Bearer {token}");
+    let dir = s.dir.join("preflight");
+    std::fs::create_dir_all(&dir).unwrap();
+    let send = |name: &str, body: &[u8], path: &str| {
+        let file = dir.join(name);
+        std::fs::write(&file, body).unwrap();
+        curl(&[
+            "-H",
+            &auth,
+            "-H",
+            "Content-Type: text/plain",
+            "--data-binary",
+            &format!("@{}", file.display()),
+            &format!("{attempt}/{path}"),
+        ])
+    };
+    // No token: nothing is judged.
+    assert_eq!(
+        curl(&["--data-binary", "x", &format!("{attempt}/preflight")]).0,
+        401
+    );
+    let (code, h, body) = send("ok.txt", &winpe_report("0x2", 1), "preflight");
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(header(&h, "cache-control"), Some("no-store"));
+    assert_eq!(String::from_utf8_lossy(&body), "DISK=1\r\n");
+    // The same machine asking again (startnet restarted) gets the same plan.
+    assert_eq!(send("ok.txt", &winpe_report("0x2", 1), "preflight").2, body);
+
+    // DISM's log: taken (its tail goes to the boot service's log); a body over the limit is
+    // refused unread.
+    let mut log = b"2026-01-14 08:01:00, Info DISM starting\r\n".repeat(20_000);
+    log.extend_from_slice(
+        b"2026-01-14 08:09:00, Error DISM DISM.EXE: Image apply failed 0x80070070\r\n",
+    );
+    assert_eq!(send("dism.log", &log, "log?name=dism.log").0, 204);
+    assert_eq!(
+        send("huge.log", &vec![b'x'; 9 << 20], "log?name=dism.log").0,
+        413
+    );
+
+    // Two fixed disks and no spec.targetDisk: refused, the try ends, nothing is planned.
+    let (code, _, body) = send("two.txt", &winpe_report("0x2", 2), "preflight");
+    let why = String::from_utf8_lossy(&body);
+    assert_eq!(code, 409, "{why}");
+    assert!(why.contains("nothing written: 2 disks are"), "{why}");
+    assert!(why.contains("name it with spec.targetDisk"), "{why}");
+    recast_tests::wait_for(Duration::from_secs(20), "the try to end", || {
+        curl(&["-H", &auth, &format!("{attempt}/task")]).0 == 410
+    });
+    let ep = s
+        .store
+        .get(Kind::Endpoint, "default", "pc-01")
+        .unwrap()
+        .unwrap();
+    let text = ep["status"].to_string();
+    assert!(text.contains("preflight: 2 disks are"), "{text}");
+
+    let _ = std::fs::remove_dir_all(&s.dir);
+}

@@ -121,9 +121,13 @@ fn curl_calls(script: &str) -> Vec<(String, Vec<String>)> {
     script
         .lines()
         .filter(|l| !l.starts_with("rem ") && !l.starts_with("set \"RECAST_"))
-        .filter(|l| l.contains("curl.exe") || l.contains("%RECAST_CURL%") || l.contains("%RECAST_GET%"))
+        .filter(|l| {
+            l.contains("curl.exe") || l.contains("%RECAST_CURL%") || l.contains("%RECAST_GET%")
+        })
         .map(|l| {
-            let expanded = l.replace("%RECAST_GET%", &get).replace("%RECAST_CURL%", &curl);
+            let expanded = l
+                .replace("%RECAST_GET%", &get)
+                .replace("%RECAST_CURL%", &curl);
             let options = expanded
                 .split_whitespace()
                 .filter(|w| w.starts_with('-') && w.len() > 1)
@@ -159,9 +163,9 @@ fn in_order(script: &str, needles: &[&str]) {
     for n in needles {
         match script[at..].find(n) {
             Some(i) => at += i + n.len(),
-            None => panic!(
-                "{n:?} is missing or out of order (searched after byte {at}):\n{script}"
-            ),
+            None => {
+                panic!("{n:?} is missing or out of order (searched after byte {at}):\n{script}")
+            }
         }
     }
 }
@@ -171,8 +175,14 @@ fn startnet_runs_the_imagers_steps_in_its_order_for_each_boot_mode() {
     let r = Renderer::new().unwrap();
     let site = SiteSettings::default();
     for (mode, bcdboot) in [
-        ("uefi", "W:\\Windows\\System32\\bcdboot.exe W:\\Windows /s S: /f UEFI"),
-        ("bios", "W:\\Windows\\System32\\bcdboot.exe W:\\Windows /s S: /f BIOS"),
+        (
+            "uefi",
+            "W:\\Windows\\System32\\bcdboot.exe W:\\Windows /s S: /f UEFI",
+        ),
+        (
+            "bios",
+            "W:\\Windows\\System32\\bcdboot.exe W:\\Windows /s S: /f BIOS",
+        ),
     ] {
         let i = intent(mode);
         let script = r
@@ -244,17 +254,33 @@ fn startnet_runs_the_imagers_steps_in_its_order_for_each_boot_mode() {
                 "\"ok\\\":false",
             ],
         );
-        assert_eq!(script.matches("\r\nwpeinit").count(), 1, "wpeinit runs once");
+        assert_eq!(
+            script.matches("\r\nwpeinit").count(),
+            1,
+            "wpeinit runs once"
+        );
         assert!(!script.contains("select disk 0"), "never disk 0 by number");
         assert!(!script.contains("--cacert"), "plain HTTP: no CA to check");
         if mode == "uefi" {
             in_order(
                 &script,
-                &["echo convert gpt", "echo create partition efi size=260", "echo create partition msr size=16", "echo gpt attributes=0x8000000000000001"],
+                &[
+                    "echo convert gpt",
+                    "echo create partition efi size=260",
+                    "echo create partition msr size=16",
+                    "echo gpt attributes=0x8000000000000001",
+                ],
             );
             assert!(!script.contains("echo active"));
         } else {
-            in_order(&script, &["echo create partition primary size=100", "echo active", "echo set id=27"]);
+            in_order(
+                &script,
+                &[
+                    "echo create partition primary size=100",
+                    "echo active",
+                    "echo set id=27",
+                ],
+            );
             assert!(!script.contains("convert gpt"));
         }
         // Every curl call: only options curl 7.55 has, and no POST is retried by curl.
@@ -267,9 +293,14 @@ fn startnet_runs_the_imagers_steps_in_its_order_for_each_boot_mode() {
                     "{line}: option {o} is not one every curl since 7.55 has"
                 );
             }
-            let posts = options.iter().any(|o| o == "-X" || o == "-d" || o == "--data-binary");
+            let posts = options
+                .iter()
+                .any(|o| o == "-X" || o == "-d" || o == "--data-binary");
             if posts {
-                assert!(!options.iter().any(|o| o == "--retry"), "{line}: a POST must not be retried by curl");
+                assert!(
+                    !options.iter().any(|o| o == "--retry"),
+                    "{line}: a POST must not be retried by curl"
+                );
             }
         }
         golden(&format!("startnet-{mode}.cmd"), &script);

@@ -1261,9 +1261,12 @@ fn read_back(site: &Site, disk: &Path, fw: Firmware, drivers: bool) {
     );
     assert!(imaged.path().join("Windows/Panther/unattend.xml").is_file());
     // Setup's cached answer file (join credentials in clear text) goes once Setup is done.
-    let setup_complete =
-        std::fs::read_to_string(imaged.path().join("Windows/Setup/Scripts/SetupComplete.cmd"))
-            .unwrap();
+    let setup_complete = std::fs::read_to_string(
+        imaged
+            .path()
+            .join("Windows/Setup/Scripts/SetupComplete.cmd"),
+    )
+    .unwrap();
     assert!(
         setup_complete.contains(r"del /f /q %WINDIR%\Panther\unattend.xml"),
         "{setup_complete}"

@@ -1063,7 +1063,11 @@ async fn log_upload<B: Backend + BootIntents>(
         .await?;
     let name = q
         .name
-        .filter(|n| n.len() <= 64 && n.chars().all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c)))
+        .filter(|n| {
+            n.len() <= 64
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c))
+        })
         .unwrap_or_else(|| "log".into());
     let tail = log_tail(&body, LOG_TAIL_BYTES);
     tracing::warn!(
