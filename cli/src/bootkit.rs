@@ -312,12 +312,26 @@ fn build_kit(i: &BuildInputs, sources: &Sources) -> Result<PathBuf, String> {
             .output()
             .map_err(|e| format!("wimlib-imagex dir: {e}"))?;
         let listed = String::from_utf8_lossy(&listing.stdout);
+        let has = |path: &str| listed.lines().any(|l| l.trim().eq_ignore_ascii_case(path));
         for (_, to) in injections(i) {
-            if !listed.lines().any(|l| l.trim().eq_ignore_ascii_case(to)) {
+            if !has(to) {
                 return Err(format!(
                     "{to} is not in boot.wim after the update (wimlib-imagex dir does not list it)"
                 ));
             }
+        }
+        // Every program startnet.cmd runs: a kit without one would stop every machine.
+        let missing: Vec<String> = winpe_boot::WINPE_TOOLS
+            .iter()
+            .filter(|(tool, _)| !has(&format!("/Windows/System32/{tool}")))
+            .map(|(tool, from)| format!("Windows\\System32\\{} ({from})", tool.replace('/', "\\")))
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "boot.wim image {} lacks what startnet.cmd runs: {}",
+                i.index,
+                missing.join("; ")
+            ));
         }
         fs::File::open(&tmp)
             .and_then(|d| d.sync_all())

@@ -572,6 +572,16 @@ fn wimboot_kit(dir: &Path) -> Option<(PathBuf, PathBuf, PathBuf, PathBuf)> {
     let tree = dir.join("pe-tree/Windows/System32");
     fs::create_dir_all(&tree).unwrap();
     fs::write(tree.join("winpeshl.exe"), b"MZ stand-in").unwrap();
+    // What the ADK's WinPE with WinPE-WMI holds of what startnet.cmd runs (curl.exe is the
+    // kit's to inject).
+    for (tool, _) in winpe_boot::WINPE_TOOLS
+        .iter()
+        .filter(|(t, _)| *t != "curl.exe")
+    {
+        let at = tree.join(tool);
+        fs::create_dir_all(at.parent().unwrap()).unwrap();
+        fs::write(at, b"MZ stand-in").unwrap();
+    }
     fs::create_dir_all(adk.join("media/sources")).unwrap();
     fs::create_dir_all(adk.join("media/Boot")).unwrap();
     let out = Command::new("wimlib-imagex")
@@ -777,6 +787,48 @@ fn build_refuses_each_bad_input_and_writes_nothing() {
         assert!(entries(&root).is_empty(), "{what}: {:?}", entries(&root));
     }
     let _ = ca;
+    // A WinPE without WinPE-WMI: startnet.cmd could not list the disks; refused, saying how to
+    // add it, and the boot root keeps nothing.
+    let no_wmi = tmp.path().join("no-wmi");
+    fs::create_dir_all(no_wmi.join("media/sources")).unwrap();
+    fs::create_dir_all(no_wmi.join("media/Boot")).unwrap();
+    for f in ["sources/boot.wim", "Boot/boot.sdi", "Boot/BCD"] {
+        fs::copy(adk.join("media").join(f), no_wmi.join("media").join(f)).unwrap();
+    }
+    let mut update = Command::new("wimlib-imagex")
+        .arg("update")
+        .arg(no_wmi.join("media/sources/boot.wim"))
+        .arg("1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        update.stdin.as_mut().unwrap(),
+        b"delete /Windows/System32/wbem/WMIC.exe\n",
+    )
+    .unwrap();
+    drop(update.stdin.take());
+    assert!(update.wait().unwrap().success());
+    let o = ctl(&[
+        "bootkit",
+        "build",
+        s(&no_wmi),
+        "--wimboot",
+        s(&wimboot),
+        "--curl",
+        s(&curl),
+        "--install",
+        s(&root),
+    ]);
+    assert_eq!(code(&o), 1, "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("lacks what startnet.cmd runs: Windows\\System32\\wbem\\WMIC.exe (the WinPE-WMI optional component"),
+        "{err}"
+    );
+    assert!(err.contains("nothing was installed"), "{err}");
+    assert!(entries(&root).is_empty(), "{:?}", entries(&root));
     // A boot root that does not exist is bad usage.
     let o = ctl(&[
         "bootkit",

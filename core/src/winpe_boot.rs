@@ -150,6 +150,45 @@ pub const MIN_WIMBOOT: (u32, u32, u32) = (2, 9, 0);
 /// curl, and startnet.cmd speaks the imaging protocol with it.
 pub const CURL_IN_WIM: &str = "/Windows/System32/curl.exe";
 
+/// The programs startnet.cmd runs, under WinPE's `Windows/System32`, each with where a kit
+/// gets it. `recastctl bootkit build` refuses a boot.wim that lacks one, and startnet.cmd checks
+/// the same list before it claims the try (it renders this list).
+pub const WINPE_TOOLS: &[(&str, &str)] = &[
+    ("curl.exe", "recastctl bootkit build --curl puts it there"),
+    (
+        "wbem/WMIC.exe",
+        "the WinPE-WMI optional component: Dism /Image:MOUNT /Add-Package /PackagePath:\"%WinPERoot%\\amd64\\WinPE_OCs\\WinPE-WMI.cab\" on the ADK machine, then build the kit again",
+    ),
+    (
+        "diskpart.exe",
+        "every WinPE has it: the boot.wim is not the ADK's WinPE",
+    ),
+    (
+        "Dism.exe",
+        "every WinPE has it: the boot.wim is not the ADK's WinPE",
+    ),
+    (
+        "certutil.exe",
+        "copy it from the ADK machine's System32 into the kit's boot.wim",
+    ),
+    (
+        "reg.exe",
+        "every WinPE has it: the boot.wim is not the ADK's WinPE",
+    ),
+    (
+        "xcopy.exe",
+        "every WinPE has it: the boot.wim is not the ADK's WinPE",
+    ),
+    (
+        "wpeutil.exe",
+        "every WinPE has it: the boot.wim is not the ADK's WinPE",
+    ),
+    (
+        "wpeinit.exe",
+        "every WinPE has it: the boot.wim is not the ADK's WinPE",
+    ),
+];
+
 /// Where it puts the site's CA inside boot.wim (`X:\recast\ca.pem` in WinPE), which
 /// startnet.cmd's curl checks the boot service's HTTPS listener against.
 pub const CA_IN_WIM: &str = "/recast/ca.pem";

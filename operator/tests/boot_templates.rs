@@ -197,7 +197,7 @@ fn startnet_runs_the_imagers_steps_in_its_order_for_each_boot_mode() {
                 "\r\nwpeinit\r\n",
                 "wpeutil WaitForNetwork",
                 // Preflight, tools: before anything else.
-                "for %%t in (curl.exe wbem\\wmic.exe diskpart.exe dism.exe certutil.exe reg.exe xcopy.exe)",
+                "for %%t in (curl.exe wbem\\WMIC.exe diskpart.exe Dism.exe certutil.exe reg.exe xcopy.exe wpeutil.exe wpeinit.exe)",
                 "if not exist \"%SystemRoot%\\System32\\%%t\"",
                 // The try is claimed: a machine that cannot claim it leaves the disk alone.
                 "\"%RECAST_URL%/claim?format=text\"",

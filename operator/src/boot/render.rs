@@ -301,6 +301,11 @@ impl Renderer {
             .map(|l| cmd_echo_escape(l))
             .collect();
         ctx.insert("setup_complete", &setup_complete);
+        let tools: Vec<String> = recast_core::winpe_boot::WINPE_TOOLS
+            .iter()
+            .map(|(tool, _)| tool.replace('/', "\\"))
+            .collect();
+        ctx.insert("winpe_tools", &tools.join(" "));
         // cmd.exe wants CRLF line ends.
         Ok(self.render("startnet.cmd", &ctx)?.replace('\n', "\r\n"))
     }

@@ -20,7 +20,7 @@ wpeinit
 wpeutil WaitForNetwork
 
 rem --- 1. preflight, tools: each must be in this WinPE before anything else happens ---------
-for %%t in (curl.exe wbem\wmic.exe diskpart.exe dism.exe certutil.exe reg.exe xcopy.exe) do (
+for %%t in (curl.exe wbem\WMIC.exe diskpart.exe Dism.exe certutil.exe reg.exe xcopy.exe wpeutil.exe wpeinit.exe) do (
   if not exist "%SystemRoot%\System32\%%t" (echo recast: %%t is not in this WinPE; rebuild the kit with recastctl bootkit build. The disk is untouched. & goto :halt)
 )
 
