@@ -34,15 +34,18 @@ pub enum Probe {
     DiskFree,
     /// The console's OEM code page, which reg.exe and fsutil.exe write in.
     OemCodePage,
+    /// Windows Setup's ImageState: whether OOBE has finished.
+    SetupState,
 }
 
 pub const CURRENT_VERSION: &str = r"HKLM\SOFTWARE\Microsoft\Windows NT\CurrentVersion";
+pub const SETUP_STATE: &str = r"HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\Setup\State";
 const CBS: &str = r"HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\Component Based Servicing";
 /// Events per query: enough for months of monthly updates, bounded by the report's limit.
 const EVENT_COUNT: usize = 100;
 
 impl Probe {
-    pub const ALL: [Probe; 12] = [
+    pub const ALL: [Probe; 13] = [
         Probe::OemCodePage,
         Probe::CurrentBuild,
         Probe::Ubr,
@@ -55,6 +58,7 @@ impl Probe {
         Probe::SessionsPending,
         Probe::PendingXml,
         Probe::DiskFree,
+        Probe::SetupState,
     ];
 
     /// The file `--replay DIR` reads this probe's stdout from. A missing file stands for the
@@ -73,6 +77,7 @@ impl Probe {
             Probe::PendingXml => "pending-xml.txt",
             Probe::DiskFree => "fsutil-diskfree.txt",
             Probe::OemCodePage => "reg-oemcp.txt",
+            Probe::SetupState => "reg-imagestate.txt",
         }
     }
 
@@ -105,6 +110,7 @@ impl Probe {
         match self {
             Probe::CurrentBuild => reg(CURRENT_VERSION.to_string(), Some("CurrentBuild")),
             Probe::Ubr => reg(CURRENT_VERSION.to_string(), Some("UBR")),
+            Probe::SetupState => reg(SETUP_STATE.to_string(), Some("ImageState")),
             Probe::UpdateEvents => events(
                 "System",
                 "*[System[Provider[@Name='Microsoft-Windows-WindowsUpdateClient'] and (EventID=19 or EventID=20 or EventID=43)]]",
@@ -517,6 +523,23 @@ pub fn collect(
         }
     };
 
+    // Missing (reg.exe exits 1): the report says nothing, and recast treats the machine as set
+    // up, as it did before agents read it.
+    let setup_state = match text(Probe::SetupState) {
+        Ok(Some(t)) => match tools::reg_sz(&t, "ImageState") {
+            Ok(v) => Some(v),
+            Err(e) => {
+                errors.push(e.to_string());
+                None
+            }
+        },
+        Ok(None) => None,
+        Err(e) => {
+            errors.push(e);
+            None
+        }
+    };
+
     errors.truncate(MAX_EVENTS);
     let collection_errors = errors
         .into_iter()
@@ -557,6 +580,7 @@ pub fn collect(
         collection_errors,
         update_hold: None,
         network_restart: None,
+        setup_state,
     })
 }
 

@@ -149,6 +149,8 @@ pub fn simulated_report(
         Scenario::NonCompliant => (7462, vec![defender], vec![], vec![]),
     };
     AgentReport {
+        // A simulated machine is a set-up Windows: OOBE finished.
+        setup_state: Some(recast_crds::report::SETUP_COMPLETE.into()),
         version: REPORT_VERSION,
         endpoint: endpoint.to_string(),
         sequence,

@@ -109,6 +109,20 @@ pub fn reg_sz_number(text: &str, name: &str) -> Result<u32, ToolOutputError> {
     })
 }
 
+/// A REG_SZ value's text (ImageState: "IMAGE_STATE_COMPLETE").
+pub fn reg_sz(text: &str, name: &str) -> Result<String, ToolOutputError> {
+    let values = parse_reg_values(text);
+    let v = find(&values, name)?;
+    if v.type_ != "REG_SZ" {
+        return Err(ToolOutputError::WrongType {
+            name: name.to_string(),
+            found: v.type_.clone(),
+            expected: "REG_SZ",
+        });
+    }
+    Ok(v.data.trim().to_string())
+}
+
 /// `fsutil volume diskfree C:` → (free, total) bytes.
 ///
 /// The labels are localised and the digit grouping follows the locale ("52,343,234,560",

@@ -270,6 +270,22 @@ fn reg_and_fsutil_fixtures() {
         tools::reg_dword(&text("tools/reg-sessionspending-busy.txt"), "Exclusive").unwrap(),
         3
     );
+    // Windows Setup's ImageState: complete after OOBE, a reseal state before.
+    assert_eq!(
+        tools::reg_sz(&text("tools/reg-imagestate.txt"), "ImageState").unwrap(),
+        "IMAGE_STATE_COMPLETE"
+    );
+    assert_eq!(
+        tools::reg_sz(&text("tools/reg-imagestate-oobe.txt"), "ImageState").unwrap(),
+        "IMAGE_STATE_SPECIALIZE_RESEAL_TO_OOBE"
+    );
+    // A DWORD where a string belongs says so.
+    assert!(
+        tools::reg_sz(&text("tools/reg-ubr.txt"), "UBR")
+            .unwrap_err()
+            .to_string()
+            .contains("REG_SZ")
+    );
     for f in [
         "tools/fsutil-diskfree.txt",
         "tools/fsutil-diskfree-win10.txt",
@@ -333,6 +349,9 @@ fn collect_from_boot_crash_and_healthy_replays() {
     )
     .unwrap();
     assert_eq!(healthy.os.build_string(), "26100.7623");
+    assert_eq!(healthy.setup_state.as_deref(), Some("IMAGE_STATE_COMPLETE"));
+    // A machine whose reg.exe finds no ImageState (the replay has no file) says nothing.
+    assert_eq!(crash.setup_state, None);
     assert!(
         healthy
             .update_events

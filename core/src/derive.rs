@@ -578,6 +578,7 @@ pub fn bmc_boot_crash(
 pub fn sample_report(sequence: u64, ubr: u32) -> AgentReport {
     use recast_crds::report::{OsInfo, PendingServicing, REPORT_VERSION};
     AgentReport {
+        setup_state: None,
         network_restart: None,
         version: REPORT_VERSION,
         endpoint: "kiosk-01".into(),

@@ -932,6 +932,24 @@ impl<'a> Run<'a> {
                 self.agent_restart_outcome(&mut a, r);
             }
             Input::AgentReport(r)
+                if a.step == ReimageStep::FirstBoot
+                    && r.attempt_id.as_deref() == Some(&a.id)
+                    && !recast_crds::report::setup_finished(r.setup_state.as_deref()) =>
+            {
+                // The agent's service runs while Windows Setup still waits at OOBE: the
+                // machine is not back until Setup has finished (the try's timeout still runs).
+                self.notice(
+                    NoticeType::Normal,
+                    "WaitingForSetup",
+                    format!(
+                        "attempt {} try {}: the new Windows reports, but Setup has not finished (ImageState {}); the attempt ends once OOBE completes",
+                        a.id,
+                        a.try_number,
+                        r.setup_state.as_deref().unwrap_or_default()
+                    ),
+                );
+            }
+            Input::AgentReport(r)
                 if a.step == ReimageStep::FirstBoot && r.attempt_id.as_deref() == Some(&a.id) =>
             {
                 self.first_report(a, r);

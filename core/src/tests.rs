@@ -67,8 +67,20 @@ fn image(verified: bool) -> ImageView {
     }
 }
 
+/// `input` (an agent report) with Windows Setup's ImageState.
+fn with_setup_state(input: Input, state: &str) -> Input {
+    match input {
+        Input::AgentReport(mut r) => {
+            r.setup_state = Some(state.into());
+            Input::AgentReport(r)
+        }
+        other => other,
+    }
+}
+
 fn report(build: &str, attempt: Option<&str>) -> Input {
     Input::AgentReport(ReportSummary {
+        setup_state: None,
         boot_time: None,
         network_restart: None,
         build: build.into(),
@@ -377,7 +389,27 @@ fn failed_rollback_reimages_along_the_whole_path() {
     e.feed(report("26100.7623", None));
     assert_eq!(e.state(), State::FirstBoot);
 
-    let d = e.feed(report("26100.7623", Some(&id)));
+    // The new Windows reports while Setup still waits at OOBE (its service runs then): the
+    // attempt waits, saying why, and ends on the first report after OOBE has finished.
+    for state in [
+        "IMAGE_STATE_SPECIALIZE_RESEAL_TO_OOBE",
+        "IMAGE_STATE_UNDEPLOYABLE",
+    ] {
+        let d = e.feed(with_setup_state(report("26100.7623", Some(&id)), state));
+        assert_eq!(d.edge, None, "{state}");
+        assert_eq!(e.state(), State::FirstBoot, "{state}");
+        assert!(
+            d.notices
+                .iter()
+                .any(|n| n.reason == "WaitingForSetup" && n.message.contains(state)),
+            "{:?}",
+            d.notices
+        );
+    }
+    let d = e.feed(with_setup_state(
+        report("26100.7623", Some(&id)),
+        "IMAGE_STATE_COMPLETE",
+    ));
     assert_eq!(d.edge, Some(transitions::Edge::CheckedIn));
     assert_eq!(e.state(), State::Ready);
     assert!(
@@ -2738,6 +2770,7 @@ fn report_with_enforcement(
     evidence: &[&str],
 ) -> Input {
     Input::AgentReport(ReportSummary {
+        setup_state: None,
         boot_time: None,
         network_restart: None,
         build: "26100.7462".into(),
@@ -3006,6 +3039,7 @@ fn the_agent_reading_and_drift_show_in_the_condition_and_events() {
     );
     let with_hold = |held: bool, drift: Vec<String>| {
         Input::AgentReport(ReportSummary {
+            setup_state: None,
             boot_time: None,
             network_restart: None,
             build: "26100.7623".into(),

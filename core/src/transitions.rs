@@ -123,7 +123,7 @@ pub const TABLE: &[Transition] = &[
         edge: Edge::CheckedIn,
         from: &[FirstBoot, Failed],
         to: &[Ready],
-        when: "the agent checked in from the new image carrying the attempt id, at or above the expected build (also for a try a restore from a backup ended, when the machine reports that it was imaged in the time the backup does not know)",
+        when: "the agent checked in from the new image carrying the attempt id, with Windows Setup finished (OOBE complete) and at or above the expected build (also for a try a restore from a backup ended, when the machine reports that it was imaged in the time the backup does not know)",
     },
     Transition {
         edge: Edge::TryFailed,

@@ -562,6 +562,10 @@ pub struct ReportSummary {
     /// boots before it stop counting towards a boot loop.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_time: Option<String>,
+    /// Windows Setup's ImageState as the agent read it (`IMAGE_STATE_COMPLETE` once OOBE has
+    /// finished): a freshly imaged machine's attempt ends only once Setup is done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setup_state: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]

@@ -73,6 +73,21 @@ pub struct AgentReport {
     /// Absent from agents that predate the order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_restart: Option<NetworkRestartOutcome>,
+    /// Windows Setup's `ImageState` (`HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\Setup\State`):
+    /// [`SETUP_COMPLETE`] once OOBE has finished. The agent's service runs while OOBE still
+    /// waits, so an attempt does not end on a report that says otherwise. Absent from agents
+    /// that predate it (and when reg.exe could not read it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setup_state: Option<String>,
+}
+
+/// The `ImageState` of a Windows whose Setup (OOBE included) has finished.
+pub const SETUP_COMPLETE: &str = "IMAGE_STATE_COMPLETE";
+
+/// Whether a report's Setup state lets an attempt end: finished, or not reported (an agent
+/// that predates the field, or a registry that would not say; the attempt then ends as before).
+pub fn setup_finished(state: Option<&str>) -> bool {
+    state.is_none_or(|s| s.eq_ignore_ascii_case(SETUP_COMPLETE))
 }
 
 /// Why the agent could not restart its machine into the network; recast then falls back to
@@ -687,7 +702,8 @@ mod tests {
     use super::*;
 
     pub(crate) fn sample() -> AgentReport {
-        AgentReport { network_restart: None,
+        AgentReport {
+        setup_state: None, network_restart: None,
             version: REPORT_VERSION,
             endpoint: "kiosk-01".into(),
             sequence: 7,

@@ -236,6 +236,7 @@ pub fn summarize(r: &AgentReport, now: Timestamp) -> ReportSummary {
         update_results: update_results.into_iter().map(|(_, u)| u).collect(),
         crashes,
         update_hold: r.update_hold.clone(),
+        setup_state: r.setup_state.clone(),
     }
 }
 
