@@ -51,7 +51,7 @@ pub struct ImagingTask {
 pub const AGENT_CONFIG_WINDOWS_PATH: &str = r"C:\ProgramData\recast\agent.json";
 
 /// Where Windows looks for the script it runs once Setup has finished, before the first
-/// logon; recast appends [`SETUP_COMPLETE_LINES`] to the image's own (or starts it).
+/// logon; recast puts [`SETUP_COMPLETE_LINES`] before the image's own (or starts it).
 pub const SETUP_COMPLETE_PATH: [&str; 4] = ["Windows", "Setup", "Scripts", "SetupComplete.cmd"];
 
 /// What both imaging environments add to SetupComplete.cmd: Setup caches the answer file in
@@ -62,20 +62,19 @@ pub const SETUP_COMPLETE_LINES: &[&str] = &[
     r"del /f /q %WINDIR%\Panther\unattend.xml %WINDIR%\Panther\unattend-original.xml %WINDIR%\Panther\Unattend\unattend.xml 2>nul",
 ];
 
-/// `existing` SetupComplete.cmd with recast's lines appended once (CRLF, as cmd.exe wants).
+/// `existing` SetupComplete.cmd with recast's lines put first, once (CRLF, as cmd.exe wants):
+/// an image's own script may end with `exit`, which would skip lines after it.
 pub fn setup_complete_with_cleanup(existing: &[u8]) -> Vec<u8> {
     let text = String::from_utf8_lossy(existing);
     if text.contains(SETUP_COMPLETE_LINES[1]) {
         return existing.to_vec();
     }
-    let mut out = existing.to_vec();
-    if !out.is_empty() && !out.ends_with(b"\n") {
-        out.extend_from_slice(b"\r\n");
-    }
+    let mut out = Vec::with_capacity(existing.len() + 256);
     for line in SETUP_COMPLETE_LINES {
         out.extend_from_slice(line.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    out.extend_from_slice(existing);
     out
 }
 
@@ -329,7 +328,7 @@ pub struct AgentConfig {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn setup_complete_gets_the_cleanup_once_after_the_images_own_lines() {
+    fn setup_complete_gets_the_cleanup_once_before_the_images_own_lines() {
         let fresh = setup_complete_with_cleanup(b"");
         assert!(
             String::from_utf8(fresh.clone())
@@ -337,12 +336,15 @@ mod tests {
                 .ends_with("2>nul\r\n")
         );
         assert_eq!(setup_complete_with_cleanup(&fresh), fresh);
-        let own = setup_complete_with_cleanup(b"@echo off\r\ncall C:\\oem\\setup.cmd");
+        let own = setup_complete_with_cleanup(b"@echo off\r\ncall C:\\oem\\setup.cmd\r\nexit /b 0");
         let text = String::from_utf8(own).unwrap();
+        assert!(text.starts_with("rem recast:"), "{text}");
         assert!(
-            text.starts_with("@echo off\r\ncall C:\\oem\\setup.cmd\r\nrem recast:"),
+            text.ends_with("2>nul\r\n@echo off\r\ncall C:\\oem\\setup.cmd\r\nexit /b 0"),
             "{text}"
         );
+        // echo writes the lines back verbatim only without quotes (a ^ inside quotes stays).
+        assert!(SETUP_COMPLETE_LINES.iter().all(|l| !l.contains('"')));
     }
 
     use super::*;

@@ -594,6 +594,15 @@ impl<'a> Run<'a> {
             let ended_by_restore =
                 self.ep.status.restored_at.is_some() && a.retry_after == self.ep.status.restored_at;
             if ended_by_restore && let Input::AgentReport(r) = input {
+                if self.runs_the_attempts_image(&a, r)
+                    && !recast_crds::report::setup_finished(r.setup_state.as_deref())
+                {
+                    // Imaged in that time, and Windows Setup still running: no retry (it
+                    // would wipe a machine finishing its first boot); its next report decides,
+                    // so the restore's mark stays until then.
+                    self.st.restored_at = self.ep.status.restored_at.clone();
+                    return;
+                }
                 if self.runs_the_attempts_image(&a, r) {
                     // Imaged in that time: the attempt succeeded.
                     self.succeed(a, &r.build);
@@ -933,21 +942,31 @@ impl<'a> Run<'a> {
             }
             Input::AgentReport(r)
                 if a.step == ReimageStep::FirstBoot
-                    && r.attempt_id.as_deref() == Some(&a.id)
+                    && self.runs_the_attempts_image(&a, r)
                     && !recast_crds::report::setup_finished(r.setup_state.as_deref()) =>
             {
                 // The agent's service runs while Windows Setup still waits at OOBE: the
                 // machine is not back until Setup has finished (the try's timeout still runs).
-                self.notice(
-                    NoticeType::Normal,
-                    "WaitingForSetup",
-                    format!(
-                        "attempt {} try {}: the new Windows reports, but Setup has not finished (ImageState {}); the attempt ends once OOBE completes",
-                        a.id,
-                        a.try_number,
-                        r.setup_state.as_deref().unwrap_or_default()
-                    ),
-                );
+                // A wrong build fails at once (the arm below); this waits only for Setup. Said
+                // once per state, not with every report.
+                let before = self
+                    .ep
+                    .status
+                    .last_report
+                    .as_ref()
+                    .and_then(|p| p.setup_state.as_deref());
+                if before != r.setup_state.as_deref() {
+                    self.notice(
+                        NoticeType::Normal,
+                        "WaitingForSetup",
+                        format!(
+                            "attempt {} try {}: the new Windows reports, but Setup has not finished (ImageState {}); the attempt ends once OOBE completes",
+                            a.id,
+                            a.try_number,
+                            r.setup_state.as_deref().unwrap_or_default()
+                        ),
+                    );
+                }
             }
             Input::AgentReport(r)
                 if a.step == ReimageStep::FirstBoot && r.attempt_id.as_deref() == Some(&a.id) =>

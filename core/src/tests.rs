@@ -1416,6 +1416,35 @@ fn a_try_times_out() {
 }
 
 #[test]
+fn oobe_is_waited_for_once_per_state_and_a_low_build_fails_even_during_it() {
+    let mut e = healthy(true);
+    e.feed(signals(&[SignalKind::FailedRollback]));
+    let id = image_to_first_boot(&mut e);
+    let oobe = "IMAGE_STATE_SPECIALIZE_RESEAL_TO_OOBE";
+    let d = e.feed(with_setup_state(report("26100.7623", Some(&id)), oobe));
+    assert_eq!(e.state(), State::FirstBoot);
+    assert_eq!(d.notices.len(), 1, "{:?}", d.notices);
+    // The same state again (the agent reports every few minutes): no second event.
+    let d = e.feed(with_setup_state(report("26100.7623", Some(&id)), oobe));
+    assert_eq!(e.state(), State::FirstBoot);
+    assert!(
+        d.notices.iter().all(|n| n.reason != "WaitingForSetup"),
+        "{:?}",
+        d.notices
+    );
+    // A build below the required one fails the try at once, OOBE or not.
+    e.feed(with_setup_state(report("26100.7462", Some(&id)), oobe));
+    assert_eq!(e.state(), State::Failed);
+    assert!(
+        e.status
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("below the required 26100.7623")
+    );
+}
+
+#[test]
 fn a_new_image_with_a_low_build_fails_the_try() {
     let mut e = healthy(true);
     e.feed(signals(&[SignalKind::FailedRollback]));
@@ -2299,6 +2328,17 @@ fn after_a_restore_an_attempt_waits_for_evidence_and_ends_on_it() {
         let d = e.feed(Input::Reconcile);
         assert!(d.actions.is_empty(), "{:?}", d.actions);
         assert_eq!(e.state(), State::Failed);
+    }
+    // Its first report comes while Windows Setup still runs OOBE: no retry, no end yet.
+    for _ in 0..2 {
+        let d = e.feed(with_setup_state(
+            report("26100.7623", Some(&id)),
+            "IMAGE_STATE_SPECIALIZE_RESEAL_TO_OOBE",
+        ));
+        assert!(d.actions.is_empty(), "{:?}", d.actions);
+        assert_eq!(e.state(), State::Failed);
+        let d = e.feed(Input::Reconcile);
+        assert!(d.actions.is_empty(), "{:?}", d.actions);
     }
     let d = e.feed(report("26100.7623", Some(&id)));
     assert_eq!(d.edge, Some(transitions::Edge::CheckedIn));

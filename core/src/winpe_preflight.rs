@@ -151,8 +151,9 @@ pub fn parse(body: &[u8]) -> MachineReport {
 }
 
 impl WinDisk {
-    /// The disk as the shared rule sees it. wmic names no WWN, so a WWN rule matches no WinPE
-    /// disk (the refusal lists the disks and says to name the serial instead).
+    /// The disk as the shared rule sees it. wmic names no WWN, but Windows' NVMe driver reports
+    /// an NVMe disk's EUI-64 as its serial number (`0025_38B3_71B0_A1B2.`): that is taken as
+    /// its WWN too, so a WWN rule written from Linux (`eui.002538b371b0a1b2`) finds it.
     fn as_disk(&self) -> Disk {
         let interface = self.interface.to_ascii_uppercase();
         let media = self.media.to_ascii_lowercase();
@@ -160,7 +161,7 @@ impl WinDisk {
             name: format!("disk {} ({})", self.index, self.model),
             size_bytes: self.size_bytes,
             serial: self.serial.clone(),
-            wwn: None,
+            wwn: self.serial.clone().filter(|s| looks_like_eui(s)),
             // "Removable Media" and "External hard disk media": not the machine's own disk.
             removable: media.contains("removable") || media.contains("external"),
             read_only: false,
@@ -173,6 +174,17 @@ impl WinDisk {
             },
         }
     }
+}
+
+/// A serial number in the form Windows prints an NVMe EUI-64 or NGUID: groups of four hex
+/// digits joined by `_`, usually with a closing `.`.
+fn looks_like_eui(serial: &str) -> bool {
+    let s = serial.trim().trim_end_matches('.');
+    let groups: Vec<&str> = s.split('_').collect();
+    matches!(groups.len(), 4 | 8)
+        && groups
+            .iter()
+            .all(|g| g.len() == 4 && g.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
 /// What startnet.cmd does, once the rules agree.
@@ -286,7 +298,7 @@ pub fn plan(task: &ImagingTask, report: &MachineReport) -> Result<Plan, Refused>
     let rule = TargetRule::of(&task.target_disk);
     let chosen = target_disk::choose(&rule, &disks).map_err(|r| {
         let hint = if matches!(rule, TargetRule::Wwn(_)) {
-            " (WinPE's wmic shows no WWN: name the disk by spec.targetDisk.serial for WinPE)"
+            " (WinPE shows a WWN only for NVMe disks, as their serial number: name other disks by spec.targetDisk.serial for WinPE)"
         } else {
             ""
         };
@@ -470,7 +482,7 @@ mod tests {
                     ..task()
                 },
                 good.clone(),
-                "WinPE's wmic shows no WWN",
+                "WinPE shows a WWN only for NVMe disks",
             ),
             (
                 ImagingTask {
@@ -497,6 +509,31 @@ mod tests {
                 };
             assert_eq!(err.refusal, kind, "{says}");
         }
+    }
+
+    #[test]
+    fn an_nvme_disk_is_found_by_the_eui_linux_reports_as_its_wwn() {
+        let mut report = parse(REPORT.as_bytes());
+        report.disks.push(WinDisk {
+            index: 2,
+            interface: "SCSI".into(),
+            media: "Fixed hard disk media".into(),
+            model: "NVMe Samsung SSD 980".into(),
+            serial: Some("0025_38B3_71B0_A1B2.".into()),
+            size_bytes: 1_000_202_273_280,
+        });
+        let t = ImagingTask {
+            target_disk: recast_crds::endpoint::TargetDisk {
+                wwn: Some("eui.002538b371b0a1b2".into()),
+                serial: None,
+                min_size_gib: None,
+            },
+            ..task()
+        };
+        assert_eq!(plan(&t, &report).unwrap().disk, 2);
+        assert!(looks_like_eui("0025_38B3_71B0_A1B2_0000_0000_0000_0001."));
+        assert!(!looks_like_eui("S5GXNX0T123456"));
+        assert!(!looks_like_eui("ABCD_EFGH_0000_0000"));
     }
 
     #[test]

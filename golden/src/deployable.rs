@@ -17,8 +17,14 @@ use crate::xml::ImageInfo;
 /// The offline hives, as paths inside the image.
 pub const SOFTWARE_HIVE: &str = "Windows/System32/config/SOFTWARE";
 pub const SYSTEM_HIVE: &str = "Windows/System32/config/SYSTEM";
-/// Larger than any SOFTWARE hive of a real image (a fully serviced one is 100–200 MiB).
-pub const MAX_HIVE_BYTES: u64 = 1 << 30;
+/// Larger than the SOFTWARE hive of a real image (a fully serviced one is 50–200 MiB). It is
+/// also the largest file the deep-check sandbox lets be extracted (`sandbox::Limits`), so a
+/// larger hive is refused the same way in and out of the sandbox.
+pub const MAX_HIVE_BYTES: u64 = 256 << 20;
+/// Agent services kept from one hive (a real image has one; more is reported, not collected).
+const MAX_AGENT_SERVICES: usize = 16;
+/// The longest command line kept (Windows' own limit is 32767 characters).
+const MAX_IMAGE_PATH: usize = 32_767;
 /// What sysprep /generalize /oobe leaves in `SOFTWARE\...\Setup\State\ImageState`.
 pub const GENERALIZED: &str = "IMAGE_STATE_GENERALIZE_RESEAL_TO_OOBE";
 const SETUP_STATE_KEY: &str = r"Microsoft\Windows\CurrentVersion\Setup\State";
@@ -105,8 +111,11 @@ pub fn read_system(bytes: &[u8]) -> Result<(Option<String>, Vec<AgentService>), 
             let Some(path) = hive.value(service, "ImagePath")?.and_then(|v| v.text()) else {
                 continue;
             };
-            if !path.to_ascii_lowercase().contains("recast-agent") {
+            if path.len() > MAX_IMAGE_PATH || !path.to_ascii_lowercase().contains("recast-agent") {
                 continue;
+            }
+            if services.len() == MAX_AGENT_SERVICES {
+                break;
             }
             services.push(AgentService {
                 name: hive.name(service)?,

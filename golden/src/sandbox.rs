@@ -63,7 +63,8 @@ impl Default for Limits {
             memory_bytes: 4 << 30,
             cpu_seconds: 600,
             wall: Duration::from_secs(900),
-            file_bytes: 256 << 20,
+            // The largest single file the deep check extracts is the SOFTWARE hive.
+            file_bytes: crate::deployable::MAX_HIVE_BYTES,
         }
     }
 }

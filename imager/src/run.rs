@@ -1221,7 +1221,7 @@ async fn configure(env: &Env, windows: &Path, files: &Configuration) -> Result<(
             set_acl(&path, &acl::system_and_administrators_only(false))?;
         }
         // Setup's cached copy of the answer file goes once Setup is done (the same lines
-        // startnet.cmd appends: recast_core::imaging::SETUP_COMPLETE_LINES).
+        // startnet.cmd puts first: recast_core::imaging::SETUP_COMPLETE_LINES).
         let [dirs @ .., file] = recast_core::imaging::SETUP_COMPLETE_PATH;
         let scripts = find_or_make(&at, &dirs)?;
         let path = find_child(&scripts, file).unwrap_or_else(|| scripts.join(file));

@@ -343,15 +343,26 @@ fn winpe_preflight_answers_the_plan_or_ends_the_try() {
     // The same machine asking again (startnet restarted) gets the same plan.
     assert_eq!(send("ok.txt", &winpe_report("0x2", 1), "preflight").2, body);
 
-    // DISM's log: taken (its tail goes to the boot service's log); a body over the limit is
-    // refused unread.
-    let mut log = b"2026-01-14 08:01:00, Info DISM starting\r\n".repeat(20_000);
+    // DISM's log: taken, however long, keeping its tail for the boot service's log; without
+    // the token it is refused before a byte of it is read; past 64 MiB it is refused.
+    let mut log = b"2026-01-14 08:01:00, Info DISM starting\r\n".repeat(300_000);
     log.extend_from_slice(
         b"2026-01-14 08:09:00, Error DISM DISM.EXE: Image apply failed 0x80070070\r\n",
     );
     assert_eq!(send("dism.log", &log, "log?name=dism.log").0, 204);
+    let file = dir.join("anonymous.log");
+    std::fs::write(&file, &log).unwrap();
     assert_eq!(
-        send("huge.log", &vec![b'x'; 9 << 20], "log?name=dism.log").0,
+        curl(&[
+            "--data-binary",
+            &format!("@{}", file.display()),
+            &format!("{attempt}/log?name=dism.log"),
+        ])
+        .0,
+        401
+    );
+    assert_eq!(
+        send("huge.log", &vec![b'x'; 65 << 20], "log?name=dism.log").0,
         413
     );
 
@@ -372,5 +383,55 @@ fn winpe_preflight_answers_the_plan_or_ends_the_try() {
     let text = ep["status"].to_string();
     assert!(text.contains("preflight: 2 disks are"), "{text}");
 
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+/// A WinPE failure sends DISM's log, then the failed result: the try's error carries the log's
+/// last lines, so the person reading the Endpoint sees DISM's own words.
+#[test]
+fn a_failed_results_error_carries_the_end_of_dism_log() {
+    if Command::new("curl").arg("--version").output().is_err() {
+        recast_tests::skip_or_fail("RECAST_REQUIRE_PXE", "curl is missing");
+        return;
+    }
+    let s = setup();
+    let attempt = arm(&s);
+    let token = claimed_token(&attempt, "127.0.0.1");
+    let auth = format!("Authorization: Bearer {token}");
+    // As DISM writes it: UTF-16LE with a byte-order mark, CRLF.
+    let mut log = "2026-01-14 08:01:00, Info DISM starting\r\n".repeat(50_000);
+    log.push_str("2026-01-14 08:09:00, Error DISM DISM.EXE: Image apply failed 0x80070070\r\n");
+    let body: Vec<u8> = [0xFF, 0xFE]
+        .into_iter()
+        .chain(log.encode_utf16().flat_map(u16::to_le_bytes))
+        .collect();
+    let file = s.dir.join("dism.log");
+    std::fs::write(&file, &body).unwrap();
+    let (code, _, _) = curl(&[
+        "-H",
+        &auth,
+        "--data-binary",
+        &format!("@{}", file.display()),
+        &format!("{attempt}/log?name=dism.log"),
+    ]);
+    assert_eq!(code, 204);
+    let (code, _, _) = curl(&[
+        "-H",
+        &auth,
+        "--data-binary",
+        r#"{"ok": false, "step": "apply", "error": "dism /Apply-Image failed"}"#,
+        &format!("{attempt}/result"),
+    ]);
+    assert_eq!(code, 204);
+    recast_tests::wait_for(Duration::from_secs(20), "the failure recorded", || {
+        let ep = s
+            .store
+            .get(Kind::Endpoint, "default", "pc-01")
+            .unwrap()
+            .unwrap();
+        ep["status"].to_string().contains(
+            "apply: dism /Apply-Image failed; dism.log ends: 2026-01-14 08:01:00, Info DISM starting | 2026-01-14 08:01:00, Info DISM starting | 2026-01-14 08:09:00, Error DISM DISM.EXE: Image apply failed 0x80070070",
+        )
+    });
     let _ = std::fs::remove_dir_all(&s.dir);
 }

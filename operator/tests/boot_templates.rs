@@ -106,8 +106,8 @@ fn ipxe_scripts() {
     }
 }
 
-/// Options of every curl call in the rendered script, with `%RECAST_CURL%` and `%RECAST_GET%`
-/// expanded: (line, options).
+/// Options of every curl call in the rendered script, with `%RECAST_CURL%`, `%RECAST_RETRY%`
+/// and `%RECAST_GET%` expanded: (line, options).
 fn curl_calls(script: &str) -> Vec<(String, Vec<String>)> {
     let var = |name: &str| {
         script
@@ -117,7 +117,10 @@ fn curl_calls(script: &str) -> Vec<(String, Vec<String>)> {
             .unwrap_or_else(|| panic!("{name} is not set"))
     };
     let curl = var("RECAST_CURL");
-    let get = var("RECAST_GET").replace("%RECAST_CURL%", &curl);
+    let retry = var("RECAST_RETRY");
+    let get = var("RECAST_GET")
+        .replace("%RECAST_CURL%", &curl)
+        .replace("%RECAST_RETRY%", &retry);
     script
         .lines()
         .filter(|l| !l.starts_with("rem ") && !l.starts_with("set \"RECAST_"))
@@ -127,7 +130,8 @@ fn curl_calls(script: &str) -> Vec<(String, Vec<String>)> {
         .map(|l| {
             let expanded = l
                 .replace("%RECAST_GET%", &get)
-                .replace("%RECAST_CURL%", &curl);
+                .replace("%RECAST_CURL%", &curl)
+                .replace("%RECAST_RETRY%", &retry);
             let options = expanded
                 .split_whitespace()
                 .filter(|w| w.starts_with('-') && w.len() > 1)
@@ -149,6 +153,7 @@ const CURL_OPTIONS: &[(&str, &str)] = &[
     ("--cacert", "7.5"),
     ("--retry", "7.12.3"),
     ("--retry-delay", "7.12.3"),
+    ("--retry-connrefused", "7.52.0"),
     ("-X", "4.0"),
     ("-H", "4.0"),
     ("-d", "4.0"),
@@ -199,6 +204,8 @@ fn startnet_runs_the_imagers_steps_in_its_order_for_each_boot_mode() {
                 // Preflight, tools: before anything else.
                 "for %%t in (curl.exe wbem\\WMIC.exe diskpart.exe Dism.exe certutil.exe reg.exe xcopy.exe wpeutil.exe wpeinit.exe)",
                 "if not exist \"%SystemRoot%\\System32\\%%t\"",
+                // certutil must work before the wipe: it checks the image after it.
+                "certutil -hashfile \"%~f0\" SHA256 >nul || (",
                 // The try is claimed: a machine that cannot claim it leaves the disk alone.
                 "\"%RECAST_URL%/claim?format=text\"",
                 "if not defined RECAST_TOKEN",
@@ -241,7 +248,12 @@ fn startnet_runs_the_imagers_steps_in_its_order_for_each_boot_mode() {
                 // The files, after the apply; Setup's cached answer file removed after Setup.
                 "copy /y X:\\recast-unattend.xml W:\\Windows\\Panther\\unattend.xml",
                 "copy /y X:\\recast-agent.json W:\\ProgramData\\recast\\agent.json",
-                ">> W:\\Windows\\Setup\\Scripts\\SetupComplete.cmd echo del /f /q %%WINDIR%%\\Panther\\unattend.xml",
+                // recast's lines first (an image's own script may end with exit), then the
+                // image's own.
+                "> X:\\recast-setupcomplete.cmd (",
+                "  echo del /f /q %%WINDIR%%\\Panther\\unattend.xml",
+                "type W:\\Windows\\Setup\\Scripts\\SetupComplete.cmd >> X:\\recast-setupcomplete.cmd",
+                "copy /y X:\\recast-setupcomplete.cmd W:\\Windows\\Setup\\Scripts\\SetupComplete.cmd",
                 "-d \"{\\\"ok\\\":true}\" \"%RECAST_URL%/result\"",
                 "wpeutil reboot",
                 // A failure waits 5 minutes on screen, then reboots by itself.
@@ -296,13 +308,38 @@ fn startnet_runs_the_imagers_steps_in_its_order_for_each_boot_mode() {
             let posts = options
                 .iter()
                 .any(|o| o == "-X" || o == "-d" || o == "--data-binary");
+            // Only the result is retried among the POSTs: the boot service takes it once
+            // however often it comes; a retried progress report or preflight could count twice.
             if posts {
-                assert!(
-                    !options.iter().any(|o| o == "--retry"),
-                    "{line}: a POST must not be retried by curl"
+                assert_eq!(
+                    options.iter().any(|o| o == "--retry"),
+                    line.contains("\"%RECAST_URL%/result\""),
+                    "{line}: only the result POST is retried"
                 );
             }
         }
+        // The messages handed to :report and :fail go into cmd lines and JSON unquoted by
+        // cmd: none may hold cmd's operators or a quote.
+        for line in script
+            .lines()
+            .filter(|l| l.contains("call :report ") || l.contains("call :fail "))
+        {
+            let call = line
+                .find("call :report ")
+                .or_else(|| line.find("call :fail "))
+                .unwrap();
+            let rest = &line[call..];
+            let start = rest.find(" \"").expect("a quoted message") + 2;
+            let message = &rest[start..rest[start..].find('"').unwrap() + start];
+            assert!(
+                !message.contains(['&', '|', '<', '>', '^', '(', ')']),
+                "{line}: message {message:?} holds a cmd operator"
+            );
+        }
+        assert!(
+            script.matches("call :fail ").count() >= 10,
+            "every failing step reports"
+        );
         golden(&format!("startnet-{mode}.cmd"), &script);
     }
 

@@ -488,7 +488,7 @@ pub fn prerequisites() -> bool {
 }
 
 /// Bump when the tree changes, so cached builds are redone.
-const LAYOUT_VERSION: u32 = 1;
+const LAYOUT_VERSION: u32 = 2;
 const SOURCE_BYTES: u64 = 64 << 20;
 
 /// Builds (or reuses, when `dir` already holds a build for the same inputs) the golden image
@@ -650,11 +650,11 @@ fn populate(root: &Path, g: &GoldenWim, bcd_template: &[u8]) {
     write(root, paths::FONT, &wimlib::noise(15, 40 * 1024));
     write(root, paths::RESOURCES, &wimlib::noise(16, 90 * 1024));
     write(root, paths::BCD_TEMPLATE, bcd_template);
-    write(
-        root,
-        "Windows/System32/config/SYSTEM",
-        &wimlib::noise(17, 256 * 1024),
-    );
+    // A real SYSTEM hive (the agent service, amd64), padded as a real one is with free space:
+    // the golden-image checks read it, and its security descriptor is checked on the disk.
+    let mut system = crate::hive::system_hive(Some(crate::hive::AGENT_SERVICE_COMMAND));
+    system.resize(256 * 1024, 0);
+    write(root, "Windows/System32/config/SYSTEM", &system);
     write(
         root,
         "Windows/System32/drivers/etc/hosts",

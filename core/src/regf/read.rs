@@ -6,9 +6,11 @@
 //! do not build with today's dependencies (`notatin` 1.0.1 against nom 8), or assume the root
 //! key is the first cell and abort (`unimplemented!()`) on cells they do not expect
 //! (`frnsc-hive`). The reader is pure and total: every offset and count is checked against the
-//! bytes before use, so a damaged or hostile hive gives an [`ReadError`], never a panic (the
-//! `regf_read` fuzz target holds it to that), and tests read hives written by hivex, an
-//! independent writer.
+//! bytes before use, so a damaged or hostile hive gives a [`ReadError`], never a panic (the
+//! `registry_hive` fuzz target holds it to that), and tests read hives written by hivex, an
+//! independent writer. The work is bounded by the file too: a key is listed once (a list that
+//! names a key twice is damage, else a 500 KiB hive could list one key a million times), and
+//! every cell read is charged to a budget of [`WORK_PER_BYTE`] times the hive's size.
 //!
 //! Layout per msuhanov's "Windows registry file format specification": a 4096-byte base block,
 //! then hive bins whose cells are addressed by offsets relative to the first bin. Transaction
@@ -34,6 +36,12 @@ pub enum ReadError {
     BadCell(u32),
     #[error("cell at offset {offset:#x} should be a {expected} but is not")]
     WrongCell { offset: u32, expected: &'static str },
+    #[error("subkey list at offset {0:#x} names a key twice: the hive is damaged or hostile")]
+    Repeated(u32),
+    #[error(
+        "reading it takes more work than a hive of its size can need: the hive is damaged or hostile"
+    )]
+    TooMuchWork,
 }
 
 /// A key found in a hive: its cell's offset.
@@ -77,16 +85,25 @@ pub struct Hive<'a> {
     /// The hive bins (file offset 4096 onwards), what cell offsets are relative to.
     data: &'a [u8],
     root: u32,
+    /// Cell bytes still allowed to be read (see [`WORK_PER_BYTE`]).
+    budget: std::cell::Cell<u64>,
 }
+
+/// How many times over its own size a walk may read a hive's cells: reading every key and
+/// value of a real hive touches each cell a few times; a hostile hive that points many lists
+/// at the same cells runs out.
+pub const WORK_PER_BYTE: u64 = 64;
 
 /// More subkeys than one key can hold in any real hive: a count beyond it is damage.
 const MAX_SUBKEYS: usize = 1 << 20;
 /// Value-name or key-name bytes beyond which a name is damage (Windows limits names to 255
 /// and 16383 characters).
 const MAX_NAME_BYTES: usize = 32_768;
-/// Segments a big-data value may have (a value is at most 1 MiB in practice; 64 segments of
-/// 16344 bytes).
-const MAX_SEGMENTS: usize = 4096;
+/// The largest value this reader returns (recast reads names, paths and numbers; Windows'
+/// own values of those kinds are far smaller).
+pub const MAX_VALUE_BYTES: usize = 1 << 20;
+/// Segments of a big-data value of [`MAX_VALUE_BYTES`] (16344 bytes each, rounded up).
+const MAX_SEGMENTS: usize = MAX_VALUE_BYTES / super::MAX_CELL_DATA + 1;
 
 impl<'a> Hive<'a> {
     pub fn parse(bytes: &'a [u8]) -> Result<Hive<'a>, ReadError> {
@@ -110,6 +127,7 @@ impl<'a> Hive<'a> {
         let hive = Hive {
             data: &bytes[BASE_BLOCK..BASE_BLOCK + length],
             root,
+            budget: std::cell::Cell::new((length as u64 + 4096) * WORK_PER_BYTE),
         };
         hive.key_cell(root)?;
         Ok(hive)
@@ -163,8 +181,12 @@ impl<'a> Hive<'a> {
             return Err(ReadError::BadCell(key.0));
         }
         let list = u32_at(nk, 0x1C).ok_or(ReadError::BadCell(key.0))?;
-        let mut out = Vec::with_capacity(count);
+        let mut out = Vec::with_capacity(count.min(self.data.len() / 0x50));
         self.collect_list(list, &mut out, true)?;
+        let mut seen = std::collections::HashSet::with_capacity(out.len());
+        if !out.iter().all(|k| seen.insert(k.0)) {
+            return Err(ReadError::Repeated(list));
+        }
         Ok(out)
     }
 
@@ -237,6 +259,8 @@ impl<'a> Hive<'a> {
                 // Small data lives in the offset field itself.
                 let len = (size & 0x7FFF_FFFF) as usize;
                 vk.get(0x08..0x08 + len.min(4)).ok_or_else(bad)?.to_vec()
+            } else if size as usize > MAX_VALUE_BYTES {
+                return Err(ReadError::BadCell(vk_offset));
             } else {
                 let data_offset = u32_at(vk, 0x08).ok_or_else(bad)?;
                 self.value_bytes(data_offset, size as usize)?
@@ -289,9 +313,17 @@ impl<'a> Hive<'a> {
         if at < HBIN_HEADER {
             return Err(ReadError::BadCell(offset));
         }
-        self.data
+        let cell = self
+            .data
             .get(at + 4..at + len)
-            .ok_or(ReadError::BadCell(offset))
+            .ok_or(ReadError::BadCell(offset))?;
+        let left = self.budget.get();
+        let cost = cell.len() as u64 + 4;
+        if cost > left {
+            return Err(ReadError::TooMuchWork);
+        }
+        self.budget.set(left - cost);
+        Ok(cell)
     }
 
     fn key_cell(&self, offset: u32) -> Result<&'a [u8], ReadError> {
@@ -387,6 +419,157 @@ mod tests {
             Hive::parse(&bad_root).err(),
             Some(ReadError::BadCell(0x7fff_fff0))
         );
+    }
+
+    /// A hive laid out by hand, for the structures recast's writer and hivex's small hives do
+    /// not produce: an index root ("ri") over an "li" and an "lf" list, a big-data ("db")
+    /// value in two segments, a value stored in its offset field, a UTF-16 key name.
+    struct HandHive {
+        bin: Vec<u8>,
+    }
+
+    impl HandHive {
+        fn new() -> HandHive {
+            let mut bin = b"hbin".to_vec();
+            bin.resize(HBIN_HEADER, 0);
+            HandHive { bin }
+        }
+
+        fn cell(&mut self, content: &[u8]) -> u32 {
+            let at = self.bin.len() as u32;
+            let total = (4 + content.len()).next_multiple_of(8);
+            self.bin.extend_from_slice(&(-(total as i32)).to_le_bytes());
+            self.bin.extend_from_slice(content);
+            self.bin.resize(at as usize + total, 0);
+            at
+        }
+
+        fn nk(&mut self, name: &[u8], ascii: bool, subkeys: (u32, u32), values: (u32, u32)) -> u32 {
+            let mut c = vec![0u8; 0x4C];
+            c[..2].copy_from_slice(b"nk");
+            c[2..4].copy_from_slice(&(if ascii { 0x20u16 } else { 0 }).to_le_bytes());
+            c[0x14..0x18].copy_from_slice(&subkeys.0.to_le_bytes());
+            c[0x1C..0x20].copy_from_slice(&subkeys.1.to_le_bytes());
+            c[0x24..0x28].copy_from_slice(&values.0.to_le_bytes());
+            c[0x28..0x2C].copy_from_slice(&values.1.to_le_bytes());
+            c[0x48..0x4A].copy_from_slice(&(name.len() as u16).to_le_bytes());
+            c.extend_from_slice(name);
+            self.cell(&c)
+        }
+
+        fn vk(&mut self, name: &str, type_: u32, size: u32, data: u32) -> u32 {
+            let mut c = vec![0u8; 0x14];
+            c[..2].copy_from_slice(b"vk");
+            c[2..4].copy_from_slice(&(name.len() as u16).to_le_bytes());
+            c[4..8].copy_from_slice(&size.to_le_bytes());
+            c[8..12].copy_from_slice(&data.to_le_bytes());
+            c[12..16].copy_from_slice(&type_.to_le_bytes());
+            c[0x10..0x12].copy_from_slice(&1u16.to_le_bytes());
+            c.extend_from_slice(name.as_bytes());
+            self.cell(&c)
+        }
+
+        fn list(&mut self, sig: &[u8; 2], items: &[u32], stride: usize) -> u32 {
+            let mut c = sig.to_vec();
+            c.extend_from_slice(&(items.len() as u16).to_le_bytes());
+            for i in items {
+                c.extend_from_slice(&i.to_le_bytes());
+                if stride == 8 {
+                    c.extend_from_slice(&0u32.to_le_bytes());
+                }
+            }
+            self.cell(&c)
+        }
+
+        fn offsets(&mut self, items: &[u32]) -> u32 {
+            let c: Vec<u8> = items.iter().flat_map(|i| i.to_le_bytes()).collect();
+            self.cell(&c)
+        }
+
+        fn file(mut self, root: u32) -> Vec<u8> {
+            let len = self.bin.len().next_multiple_of(4096);
+            self.bin.resize(len, 0);
+            let mut base = vec![0u8; BASE_BLOCK];
+            base[..4].copy_from_slice(b"regf");
+            base[4..8].copy_from_slice(&1u32.to_le_bytes());
+            base[8..12].copy_from_slice(&1u32.to_le_bytes());
+            base[0x24..0x28].copy_from_slice(&root.to_le_bytes());
+            base[0x28..0x2C].copy_from_slice(&(len as u32).to_le_bytes());
+            base.extend_from_slice(&self.bin);
+            base
+        }
+    }
+
+    #[test]
+    fn index_roots_leaf_lists_big_data_and_inline_values_are_read() {
+        let mut h = HandHive::new();
+        let big: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+        let seg1 = h.cell(&big[..16344]);
+        let seg2 = h.cell(&big[16344..]);
+        let segs = h.offsets(&[seg1, seg2]);
+        let mut db = b"db".to_vec();
+        db.extend_from_slice(&2u16.to_le_bytes());
+        db.extend_from_slice(&segs.to_le_bytes());
+        let db = h.cell(&db);
+        let big_vk = h.vk("Big", 3, big.len() as u32, db);
+        let a_values = h.offsets(&[big_vk]);
+        let a = h.nk(b"Alpha", true, (0, u32::MAX), (1, a_values));
+        let small_vk = h.vk("Small", 4, 0x8000_0004, 5);
+        let b_values = h.offsets(&[small_vk]);
+        let name: Vec<u8> = "Bêta".encode_utf16().flat_map(u16::to_le_bytes).collect();
+        let b = h.nk(&name, false, (0, u32::MAX), (1, b_values));
+        let li = h.list(b"li", &[a], 4);
+        let lf = h.list(b"lf", &[b], 8);
+        let ri = h.list(b"ri", &[li, lf], 4);
+        let root = h.nk(b"ROOT", true, (2, ri), (0, u32::MAX));
+        let bytes = h.file(root);
+
+        let hive = Hive::parse(&bytes).unwrap();
+        let keys = hive.subkeys(hive.root()).unwrap();
+        let names: Vec<String> = keys.iter().map(|k| hive.name(*k).unwrap()).collect();
+        assert_eq!(names, ["Alpha", "Bêta"]);
+        let alpha = hive.key("alpha").unwrap().unwrap();
+        assert_eq!(hive.value(alpha, "big").unwrap().unwrap().data, big);
+        let beta = hive.key("BÊTA").unwrap().unwrap();
+        assert_eq!(hive.value(beta, "Small").unwrap().unwrap().dword(), Some(5));
+    }
+
+    #[test]
+    fn a_key_listed_twice_or_endless_reading_is_refused() {
+        // One key named a thousand times by one list: refused, not walked a thousand times.
+        let mut h = HandHive::new();
+        let leaf = h.nk(b"Leaf", true, (0, u32::MAX), (0, u32::MAX));
+        let lh = h.list(b"lh", &vec![leaf; 1000], 8);
+        let root = h.nk(b"ROOT", true, (1000, lh), (0, u32::MAX));
+        let bytes = h.file(root);
+        let hive = Hive::parse(&bytes).unwrap();
+        assert_eq!(hive.subkeys(hive.root()), Err(ReadError::Repeated(lh)));
+        // An index root naming the same list many times: refused too.
+        let mut h = HandHive::new();
+        let leaf = h.nk(b"Leaf", true, (0, u32::MAX), (0, u32::MAX));
+        let li = h.list(b"li", &[leaf], 4);
+        let ri = h.list(b"ri", &vec![li; 4000], 4);
+        let root = h.nk(b"ROOT", true, (4000, ri), (0, u32::MAX));
+        let bytes = h.file(root);
+        let hive = Hive::parse(&bytes).unwrap();
+        assert!(hive.subkeys(hive.root()).is_err());
+        // Whatever the walk, it ends: asking again and again runs out of budget.
+        let bytes = sample();
+        let hive = Hive::parse(&bytes).unwrap();
+        let svc = hive
+            .key("ControlSet001\\Services\\recast-agent")
+            .unwrap()
+            .unwrap();
+        let mut asked = 0u64;
+        let err = loop {
+            match hive.value(svc, "Blob") {
+                Ok(_) => asked += 1,
+                Err(e) => break e,
+            }
+            assert!(asked < 10_000_000, "the budget never ran out");
+        };
+        assert_eq!(err, ReadError::TooMuchWork);
+        assert!(asked > 100, "a real walk is not cut short: {asked}");
     }
 
     #[test]

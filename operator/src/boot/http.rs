@@ -104,6 +104,9 @@ pub struct BootHttp<B> {
     pub secrets: Arc<dyn crate::store::TrySecrets>,
     /// The try each WDS-mode endpoint was last referred for (one hand-off input per try).
     pub handed_off: std::sync::Mutex<std::collections::HashMap<Key, (String, u32)>>,
+    /// The last lines of the log each endpoint's try sent before its failure result (one per
+    /// endpoint, written only with the try's token), added to that result's error.
+    pub log_tails: std::sync::Mutex<std::collections::HashMap<Key, (String, u32, String)>>,
 }
 
 /// The claimant of each endpoint's armed try: endpoint → (attempt, try, client address).
@@ -172,10 +175,8 @@ pub fn router<B: Backend + BootIntents>(svc: Arc<BootHttp<B>>) -> Router {
                 recast_core::winpe_preflight::MAX_REPORT_BYTES,
             )),
         )
-        .route(
-            "/log",
-            post(log_upload::<B>).layer(DefaultBodyLimit::max(MAX_LOG_BYTES)),
-        );
+        // Reads its body itself, after the token (no body limit layer applies to it).
+        .route("/log", post(log_upload::<B>));
     Router::new()
         .route("/boot.ipxe", get(boot_ipxe::<B>))
         .route("/boot/{mac}", get(per_mac::<B>))
@@ -1047,7 +1048,9 @@ async fn preflight<B: Backend + BootIntents>(
 /// DISM's log), kept in the boot service's log for the person who reads the failure: WinPE's
 /// RAM disk is gone after the reboot.
 pub const LOG_TAIL_BYTES: usize = 4096;
-const MAX_LOG_BYTES: usize = 8 << 20;
+/// More than any DISM log of one WinPE session; the body is read (after the token is checked)
+/// keeping only its tail, and a longer one is refused there.
+const MAX_LOG_BYTES: usize = 64 << 20;
 
 async fn log_upload<B: Backend + BootIntents>(
     State(svc): State<Arc<BootHttp<B>>>,
@@ -1055,12 +1058,45 @@ async fn log_upload<B: Backend + BootIntents>(
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     Query(q): Query<LogQuery>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Result<Response, Refusal> {
+    use futures::StreamExt;
     let token = TokenQuery { token: q.token };
+    // The token first: nobody else gets the body read.
     let intent = svc
         .authorize(&p, &client_address(peer), &headers, &token)
         .await?;
+    let mut stream = body.into_data_stream();
+    let mut kept: Vec<u8> = Vec::new();
+    let mut total = 0usize;
+    let utf16 = std::cell::Cell::new(None::<bool>);
+    while let Some(chunk) = stream.next().await {
+        let Ok(chunk) = chunk else {
+            return Ok(text(StatusCode::BAD_REQUEST, "the log's body broke off\n"));
+        };
+        if utf16.get().is_none() && !chunk.is_empty() {
+            utf16.set(Some(chunk.starts_with(&[0xFF, 0xFE])));
+        }
+        total += chunk.len();
+        if total > MAX_LOG_BYTES {
+            return Ok(text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("a log is at most {MAX_LOG_BYTES} bytes\n"),
+            ));
+        }
+        kept.extend_from_slice(&chunk);
+        // Keep an even number of bytes beyond twice the tail (UTF-16 stays aligned).
+        if kept.len() > 4 * LOG_TAIL_BYTES {
+            let cut = (kept.len() - 2 * LOG_TAIL_BYTES) & !1;
+            kept.drain(..cut);
+        }
+    }
+    let body = if utf16.get() == Some(true) && !kept.starts_with(&[0xFF, 0xFE]) {
+        // The mark was cut off with the head: put it back so the tail decodes as UTF-16.
+        [vec![0xFF, 0xFE], kept].concat()
+    } else {
+        kept
+    };
     let name = q
         .name
         .filter(|n| {
@@ -1070,6 +1106,14 @@ async fn log_upload<B: Backend + BootIntents>(
         })
         .unwrap_or_else(|| "log".into());
     let tail = log_tail(&body, LOG_TAIL_BYTES);
+    lock(&svc.log_tails).insert(
+        intent.key(),
+        (
+            intent.attempt_id.clone(),
+            intent.try_number,
+            format!("{name} ends: {}", last_lines(&tail, 3, 600)),
+        ),
+    );
     tracing::warn!(
         endpoint = %intent.key(),
         attempt = %intent.attempt_id,
@@ -1086,6 +1130,23 @@ pub struct LogQuery {
     token: Option<String>,
     #[serde(default)]
     name: Option<String>,
+}
+
+/// The last `n` non-empty lines of `text`, joined with " | ", at most `max` characters (the
+/// end kept).
+pub fn last_lines(text: &str, n: usize, max: usize) -> String {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let joined = lines[lines.len().saturating_sub(n)..].join(" | ");
+    let chars: Vec<char> = joined.chars().collect();
+    if chars.len() <= max {
+        joined
+    } else {
+        chars[chars.len() - max..].iter().collect()
+    }
 }
 
 /// The last `max` bytes of a log as text (UTF-16LE logs decoded), starting at a line.
@@ -1347,9 +1408,20 @@ async fn result<B: Backend + BootIntents>(
             ));
         }
     };
+    // The log the try sent before this failure, if any, says what went wrong in its words.
+    let log = lock(&svc.log_tails)
+        .remove(&intent.key())
+        .filter(|(a, t, _)| *a == intent.attempt_id && *t == intent.try_number)
+        .map(|(_, _, lines)| lines);
     let (result, refusal) = match report.outcome() {
         Ok(()) => (Ok(()), None),
-        Err((why, refusal)) => (Err(why), refusal),
+        Err((why, refusal)) => (
+            Err(match log {
+                Some(lines) => format!("{why}; {lines}"),
+                None => why,
+            }),
+            refusal,
+        ),
     };
     tracing::info!(
         endpoint = %intent.key(),
@@ -1375,6 +1447,32 @@ async fn result<B: Backend + BootIntents>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_logs_tail_starts_at_a_line_in_either_encoding() {
+        let mut log = "2026-01-14 08:01:00, Info DISM starting\r\n".repeat(1000);
+        log.push_str("2026-01-14 08:09:00, Error DISM Image apply failed 0x80070070\r\n");
+        let tail = log_tail(log.as_bytes(), 200);
+        assert!(
+            tail.len() <= 200 && tail.starts_with("2026-01-14"),
+            "{tail:?}"
+        );
+        assert!(tail.ends_with("0x80070070\r\n"));
+        let utf16: Vec<u8> = [0xFF, 0xFE]
+            .into_iter()
+            .chain(log.encode_utf16().flat_map(u16::to_le_bytes))
+            .collect();
+        assert_eq!(log_tail(&utf16, 200), tail);
+        assert_eq!(
+            last_lines(&tail, 1, 600),
+            "2026-01-14 08:09:00, Error DISM Image apply failed 0x80070070"
+        );
+        assert_eq!(
+            last_lines("a\n\nb\nccc\n", 2, 5),
+            "b | ccc".chars().skip(2).collect::<String>()
+        );
+        assert_eq!(log_tail(b"short", 200), "short");
+    }
 
     #[test]
     fn a_try_is_claimed_once_by_one_address() {

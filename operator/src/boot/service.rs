@@ -93,6 +93,7 @@ pub async fn run<B: Backend + BootIntents>(
     let svc = Arc::new(BootHttp {
         secrets,
         handed_off: Default::default(),
+        log_tails: Default::default(),
         claims: Default::default(),
         clock: Arc::new(crate::clock::SystemClock),
         backend: backend.clone(),
