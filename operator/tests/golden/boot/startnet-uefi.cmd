@@ -9,10 +9,12 @@ setlocal EnableExtensions
 rem The protocol's URL: recast's HTTPS listener when the site runs one (the token and the
 rem credential files never cross plain HTTP; the kit carries the site's CA at X:\recast\ca.pem).
 set "RECAST_URL=http://10.0.40.2:8081/imaging/v1/store-042/kiosk-01/kiosk-01-7f3a/2"
-rem curl options all exist in curl 7.55 (Windows' own since 1803). Only GETs retry; a POST is
-rem sent once (a retried report could arrive twice).
+rem curl options all exist in curl 7.55 (Windows' own since 1803). GETs and the result (which
+rem the boot service takes once, however often it arrives) retry; progress and the preflight
+rem are sent once.
 set "RECAST_CURL=curl.exe -s -S --fail --connect-timeout 10"
-set "RECAST_GET=%RECAST_CURL% --retry 5 --retry-delay 5"
+set "RECAST_RETRY=--retry 5 --retry-delay 5 --retry-connrefused"
+set "RECAST_GET=%RECAST_CURL% %RECAST_RETRY%"
 set "RECAST_TOKEN="
 
 rem --- 0. WinPE's start: winpeshl.ini runs only this script, so wpeinit runs once, here ------
@@ -23,6 +25,8 @@ rem --- 1. preflight, tools: each must be in this WinPE before anything else hap
 for %%t in (curl.exe wbem\WMIC.exe diskpart.exe Dism.exe certutil.exe reg.exe xcopy.exe wpeutil.exe wpeinit.exe) do (
   if not exist "%SystemRoot%\System32\%%t" (echo recast: %%t is not in this WinPE; rebuild the kit with recastctl bootkit build. The disk is untouched. & goto :halt)
 )
+rem certutil checks the image's sha256 after the wipe: it must work now, not only be there.
+certutil -hashfile "%~f0" SHA256 >nul || (echo recast: certutil cannot hash a file in this WinPE; rebuild the kit. The disk is untouched. & goto :halt)
 
 rem --- 2. claim the try: nothing touches the disk unless this machine holds it ---------------
 for /f "usebackq delims=" %%t in (`%RECAST_CURL% -X POST "%RECAST_URL%/claim?format=text"`) do set "RECAST_TOKEN=%%t"
@@ -133,13 +137,18 @@ mkdir W:\Windows\Panther 2>nul
 copy /y X:\recast-unattend.xml W:\Windows\Panther\unattend.xml >nul || (call :fail configure "could not write unattend.xml" & goto :halt)
 mkdir W:\ProgramData\recast 2>nul
 copy /y X:\recast-agent.json W:\ProgramData\recast\agent.json >nul || (call :fail configure "could not write the agent configuration" & goto :halt)
+rem recast's lines go first: an image's own SetupComplete.cmd may end with exit.
 mkdir W:\Windows\Setup\Scripts 2>nul
->> W:\Windows\Setup\Scripts\SetupComplete.cmd echo rem recast: Setup is done; its cached answer files hold the join credentials in clear text
->> W:\Windows\Setup\Scripts\SetupComplete.cmd echo del /f /q %%WINDIR%%\Panther\unattend.xml %%WINDIR%%\Panther\unattend-original.xml %%WINDIR%%\Panther\Unattend\unattend.xml 2^>nul
+> X:\recast-setupcomplete.cmd (
+  echo rem recast: Setup is done; its cached answer files hold the join credentials in clear text
+  echo del /f /q %%WINDIR%%\Panther\unattend.xml %%WINDIR%%\Panther\unattend-original.xml %%WINDIR%%\Panther\Unattend\unattend.xml 2^>nul
+)
+if exist W:\Windows\Setup\Scripts\SetupComplete.cmd type W:\Windows\Setup\Scripts\SetupComplete.cmd >> X:\recast-setupcomplete.cmd
+copy /y X:\recast-setupcomplete.cmd W:\Windows\Setup\Scripts\SetupComplete.cmd >nul || (call :fail configure "could not write SetupComplete.cmd" & goto :halt)
 rmdir /s /q W:\recast\scratch 2>nul
 
 rem --- 12. done: report and reboot into the new image ----------------------------------------
-%RECAST_CURL% -X POST -H "Authorization: Bearer %RECAST_TOKEN%" -H "Content-Type: application/json" -d "{\"ok\":true}" "%RECAST_URL%/result"
+%RECAST_CURL% %RECAST_RETRY% -X POST -H "Authorization: Bearer %RECAST_TOKEN%" -H "Content-Type: application/json" -d "{\"ok\":true}" "%RECAST_URL%/result"
 echo recast: done; rebooting into Windows
 wpeutil reboot
 exit /b 0
@@ -162,5 +171,5 @@ exit /b 0
 rem %1 step, %2 message (quoted). DISM's log goes first: WinPE's RAM disk is gone after the reboot.
 echo recast: FAILED at %1: %~2
 if exist X:\Windows\Logs\DISM\dism.log %RECAST_CURL% -X POST -H "Authorization: Bearer %RECAST_TOKEN%" -H "Content-Type: text/plain" --data-binary @X:\Windows\Logs\DISM\dism.log "%RECAST_URL%/log?name=dism.log" >nul
-%RECAST_CURL% -X POST -H "Authorization: Bearer %RECAST_TOKEN%" -H "Content-Type: application/json" -d "{\"ok\":false,\"step\":\"%1\",\"error\":\"%~2\"}" "%RECAST_URL%/result"
+%RECAST_CURL% %RECAST_RETRY% -X POST -H "Authorization: Bearer %RECAST_TOKEN%" -H "Content-Type: application/json" -d "{\"ok\":false,\"step\":\"%1\",\"error\":\"%~2\"}" "%RECAST_URL%/result"
 exit /b 0
