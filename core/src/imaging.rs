@@ -65,8 +65,8 @@ pub const SETUP_COMPLETE_LINES: &[&str] = &[
 /// `existing` SetupComplete.cmd with recast's lines put first, once (CRLF, as cmd.exe wants):
 /// an image's own script may end with `exit`, which would skip lines after it.
 pub fn setup_complete_with_cleanup(existing: &[u8]) -> Vec<u8> {
-    let text = String::from_utf8_lossy(existing);
-    if text.contains(SETUP_COMPLETE_LINES[1]) {
+    // Already first (this image was captured from a machine recast imaged): as it is.
+    if existing.starts_with(SETUP_COMPLETE_LINES[0].as_bytes()) {
         return existing.to_vec();
     }
     let mut out = Vec::with_capacity(existing.len() + 256);

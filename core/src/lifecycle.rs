@@ -423,10 +423,14 @@ impl<'a> Run<'a> {
                 {
                     self.st.attempts_started = n;
                 }
+                // A try a restore ended whose machine reports from the new image while Windows
+                // Setup still runs: the restore's hold stays until Setup is done (a retry now
+                // would wipe a machine finishing its first boot).
+                let setup_after_restore = self.in_setup_after_restore(&r);
                 self.st.last_report = Some(r);
                 // The OS came up: the network boots before it were starts, not a loop.
                 self.loop_ended("the agent reported: the OS came up");
-                if let Some(at) = self.st.restored_at.take() {
+                if !setup_after_restore && let Some(at) = self.st.restored_at.take() {
                     self.notice(
                         NoticeType::Normal,
                         "ReportedSinceRestore",
@@ -594,16 +598,15 @@ impl<'a> Run<'a> {
             let ended_by_restore =
                 self.ep.status.restored_at.is_some() && a.retry_after == self.ep.status.restored_at;
             if ended_by_restore && let Input::AgentReport(r) = input {
-                if self.runs_the_attempts_image(&a, r)
-                    && !recast_crds::report::setup_finished(r.setup_state.as_deref())
-                {
-                    // Imaged in that time, and Windows Setup still running: no retry (it
-                    // would wipe a machine finishing its first boot); its next report decides,
-                    // so the restore's mark stays until then.
-                    self.st.restored_at = self.ep.status.restored_at.clone();
+                if self.st.restored_at.is_some() && self.in_setup_after_restore(r) {
+                    // Imaged in that time, and Windows Setup still running: no retry; the
+                    // restore's hold stayed (see absorb), so its next report decides. A
+                    // person's request (which lifts the hold) retries on the next pass.
                     return;
                 }
-                if self.runs_the_attempts_image(&a, r) {
+                if self.runs_the_attempts_image(&a, r)
+                    && recast_crds::report::setup_finished(r.setup_state.as_deref())
+                {
                     // Imaged in that time: the attempt succeeded.
                     self.succeed(a, &r.build);
                     return;
@@ -653,6 +656,18 @@ impl<'a> Run<'a> {
     /// The number at the end of one of this endpoint's attempt ids.
     fn own_attempt_number(&self, id: &str) -> Option<u32> {
         id.strip_prefix(&self.attempt_id_prefix())?.parse().ok()
+    }
+
+    /// Whether `r` comes from the image of the try a restore ended, with Windows Setup not
+    /// finished yet.
+    fn in_setup_after_restore(&self, r: &ReportSummary) -> bool {
+        let Some(a) = &self.st.active_attempt else {
+            return false;
+        };
+        self.ep.status.restored_at.is_some()
+            && a.retry_after == self.ep.status.restored_at
+            && self.runs_the_attempts_image(a, r)
+            && !recast_crds::report::setup_finished(r.setup_state.as_deref())
     }
 
     /// Whether an agent report says the machine runs the image `a` applied: the attempt's id

@@ -2329,14 +2329,21 @@ fn after_a_restore_an_attempt_waits_for_evidence_and_ends_on_it() {
         assert!(d.actions.is_empty(), "{:?}", d.actions);
         assert_eq!(e.state(), State::Failed);
     }
-    // Its first report comes while Windows Setup still runs OOBE: no retry, no end yet.
+    // Its first report comes while Windows Setup still runs OOBE: no retry, no end yet, and
+    // the restore's hold stays (no "decisions go on" notice while nothing is decided).
     for _ in 0..2 {
         let d = e.feed(with_setup_state(
             report("26100.7623", Some(&id)),
             "IMAGE_STATE_SPECIALIZE_RESEAL_TO_OOBE",
         ));
         assert!(d.actions.is_empty(), "{:?}", d.actions);
+        assert!(
+            d.notices.iter().all(|n| n.reason != "ReportedSinceRestore"),
+            "{:?}",
+            d.notices
+        );
         assert_eq!(e.state(), State::Failed);
+        assert!(e.status.restored_at.is_some());
         let d = e.feed(Input::Reconcile);
         assert!(d.actions.is_empty(), "{:?}", d.actions);
     }

@@ -1066,32 +1066,45 @@ async fn log_upload<B: Backend + BootIntents>(
     let intent = svc
         .authorize(&p, &client_address(peer), &headers, &token)
         .await?;
+    let too_large = || {
+        text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a log is at most {MAX_LOG_BYTES} bytes\n"),
+        )
+    };
+    // A declared length over the limit is refused before the body is read.
+    if headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > MAX_LOG_BYTES as u64)
+    {
+        return Ok(too_large());
+    }
     let mut stream = body.into_data_stream();
     let mut kept: Vec<u8> = Vec::new();
     let mut total = 0usize;
-    let utf16 = std::cell::Cell::new(None::<bool>);
+    let mut utf16 = None::<bool>;
     while let Some(chunk) = stream.next().await {
         let Ok(chunk) = chunk else {
             return Ok(text(StatusCode::BAD_REQUEST, "the log's body broke off\n"));
         };
-        if utf16.get().is_none() && !chunk.is_empty() {
-            utf16.set(Some(chunk.starts_with(&[0xFF, 0xFE])));
-        }
         total += chunk.len();
         if total > MAX_LOG_BYTES {
-            return Ok(text(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("a log is at most {MAX_LOG_BYTES} bytes\n"),
-            ));
+            return Ok(too_large());
         }
         kept.extend_from_slice(&chunk);
+        // The byte-order mark, once the first two bytes are in (a chunk may hold one).
+        if utf16.is_none() && kept.len() >= 2 {
+            utf16 = Some(kept.starts_with(&[0xFF, 0xFE]));
+        }
         // Keep an even number of bytes beyond twice the tail (UTF-16 stays aligned).
         if kept.len() > 4 * LOG_TAIL_BYTES {
             let cut = (kept.len() - 2 * LOG_TAIL_BYTES) & !1;
             kept.drain(..cut);
         }
     }
-    let body = if utf16.get() == Some(true) && !kept.starts_with(&[0xFF, 0xFE]) {
+    let body = if utf16 == Some(true) && !kept.starts_with(&[0xFF, 0xFE]) {
         // The mark was cut off with the head: put it back so the tail decodes as UTF-16.
         [vec![0xFF, 0xFE], kept].concat()
     } else {
