@@ -92,19 +92,10 @@ pub fn dword_data(data: &str) -> Option<u32> {
 
 /// A REG_SZ value holding a number (CurrentBuild is a string: "26100").
 pub fn reg_sz_number(text: &str, name: &str) -> Result<u32, ToolOutputError> {
-    let values = parse_reg_values(text);
-    let v = find(&values, name)?;
-    if v.type_ != "REG_SZ" {
-        return Err(ToolOutputError::WrongType {
-            name: name.to_string(),
-            found: v.type_.clone(),
-            expected: "REG_SZ",
-        });
-    }
-    let data = v.data.trim();
+    let data = reg_sz(text, name)?;
     data.parse().map_err(|_| ToolOutputError::BadData {
         name: name.to_string(),
-        data: data.to_string(),
+        data,
         expected: "decimal number",
     })
 }

@@ -441,7 +441,7 @@ fn read_deployment(
         },
         Err(state) => facts.software = state,
     }
-    // The SOFTWARE hive's bytes are dropped before the SYSTEM hive is read.
+    // The SOFTWARE hive's extracted copy goes before the SYSTEM hive is extracted beside it.
     let _ = std::fs::remove_file(scratch.join("software"));
     match read("system", SYSTEM_HIVE)? {
         Ok(bytes) => match deployable::read_system(&bytes) {

@@ -152,8 +152,9 @@ impl<'a> Hive<'a> {
 
     /// The direct subkey of `key` named `name` (case-insensitive).
     pub fn subkey(&self, key: KeyRef, name: &str) -> Result<Option<KeyRef>, ReadError> {
+        let wanted = name.to_lowercase();
         for k in self.subkeys(key)? {
-            if self.name(k)?.to_lowercase() == name.to_lowercase() {
+            if self.name(k)?.to_lowercase() == wanted {
                 return Ok(Some(k));
             }
         }

@@ -1017,12 +1017,8 @@ async fn preflight<B: Backend + BootIntents>(
                 },
             )
             .await;
-            let mut resp = text(StatusCode::OK, plan.render());
-            resp.headers_mut().insert(
-                header::CACHE_CONTROL,
-                header::HeaderValue::from_static("no-store"),
-            );
-            Ok(resp)
+            // Text for this try only, never cached: what `script` answers.
+            Ok(script(plan.render()))
         }
         Err(refused) => {
             tracing::warn!(endpoint = %intent.key(), attempt = %intent.attempt_id, "WinPE preflight refused, nothing written: {}", refused.message);
