@@ -43,6 +43,46 @@ pub struct ImagingTask {
     /// manufacturer and model are the machine's SMBIOS ones goes to [`DRIVER_DIR`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drivers: Vec<TaskDriverSet>,
+    /// The batch's multicast session, when the boot service sends one for this image: the
+    /// machine joins it and applies the stream as it comes, and downloads `image` over HTTP if
+    /// it misses or loses the session (recast_core::multicast).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multicast: Option<TaskMulticast>,
+}
+
+/// How a machine joins its batch's multicast session (udpcast). The stream is the pipable
+/// form of the task's image: other bytes than `image`, so its own sha256 and size.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskMulticast {
+    /// The session's data group (the sender announces it; said for a person reading the task).
+    pub group: String,
+    /// udpcast's port base (the session uses it and the next port).
+    pub port: u16,
+    /// Seconds to wait for the session to start before downloading over HTTP instead.
+    pub start_timeout_seconds: u32,
+    /// Seconds without data, once started, before giving the stream up.
+    pub receive_timeout_seconds: u32,
+    /// sha256 and size of the pipable WIM the session sends.
+    pub sha256: String,
+    pub size: u64,
+    /// The image's expanded size (its XML's TOTALBYTES), to size the Windows partition before
+    /// the stream comes: nothing of the stream can be read before it is written.
+    pub image_bytes: u64,
+    /// The image's UEFI boot manager (`\Windows\Boot\EFI\bootmgfw.efi`), fetched and checked
+    /// against the firmware's databases before the first write, as recast-imager does with
+    /// a downloaded WIM; None for an image without one (a BIOS-only image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_manager: Option<TaskBlob>,
+}
+
+/// A file the imaging environment fetches and checks before use.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskBlob {
+    pub url: String,
+    pub sha256: String,
+    pub size: u64,
 }
 
 /// Where the imaging environment writes the agent configuration on the new Windows, and so
@@ -443,6 +483,7 @@ mod tests {
     #[test]
     fn a_task_round_trips_in_the_shape_the_imager_reads() {
         let task = ImagingTask {
+            multicast: None,
             namespace: "default".into(),
             endpoint: "kiosk-001".into(),
             attempt_id: "a1".into(),

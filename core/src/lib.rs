@@ -15,6 +15,7 @@ pub mod image;
 pub mod imaging;
 pub mod lifecycle;
 pub mod machine_identity;
+pub mod multicast;
 pub mod naming;
 pub mod notice;
 pub mod policy;

@@ -344,6 +344,7 @@ mod tests {
 
     fn task() -> ImagingTask {
         ImagingTask {
+            multicast: None,
             namespace: "default".into(),
             endpoint: "kiosk-01".into(),
             attempt_id: "a".into(),

@@ -71,7 +71,8 @@ fi
 # initramfs (PATH=/bin:/sbin:/usr/bin:/usr/sbin there). `syslinux` is Debian's mtools-based
 # installer: it writes the VBR and ldlinux.sys itself and runs `mattrib` and `mcopy` through
 # /bin/sh (popen) with a temporary MTOOLSRC in $TMPDIR or /tmp, so mtools comes along.
-tools=(wimlib-imagex mkntfs ntfs-3g sfdisk mkfs.fat hivexsh syslinux mtools blkid)
+# udp-receiver (udpcast): joins a wave batch's multicast session (recast_core::multicast).
+tools=(wimlib-imagex mkntfs ntfs-3g sfdisk mkfs.fat hivexsh syslinux mtools blkid udp-receiver)
 # Names that are symlinks to one of the tools: mtools' applets, mount helpers, mkfs aliases.
 tool_links=(mcopy:mtools mattrib:mtools mdir:mtools mount.ntfs-3g:ntfs-3g mount.ntfs:ntfs-3g
   mkfs.vfat:mkfs.fat mkfs.ntfs:mkntfs)

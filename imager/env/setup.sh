@@ -8,6 +8,7 @@ pkgs=(
   wimtools ntfs-3g fdisk dosfstools util-linux libhivex-bin   # the imaging tools (+ blkid)
   syslinux syslinux-common mtools # BIOS boot code; `syslinux --install` runs mcopy/mattrib
   libc-bin                        # ldd
+  udpcast                         # udp-receiver: a wave batch's multicast session
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -13,6 +13,7 @@ pub mod bootfiles;
 pub mod layout;
 pub mod progress;
 pub mod run;
+pub mod stream;
 pub mod sysfs;
 // The disk rule and the identity check are shared with the boot service, which runs them for
 // WinPE's preflight (startnet.cmd): one source of truth in recast-core.

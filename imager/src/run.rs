@@ -481,6 +481,21 @@ pub async fn image(session: &Session, env: &Env) -> Result<(), Failure> {
     // The machine's driver set is chosen before the long download (a declared set that is
     // not served yet stops the try at once), and fetched and checked before the first write.
     let driver_set = machine_driver_set(task, &sysfs::model(&env.sysfs))?;
+    // The batch's multicast session, when the task names one that can work and this
+    // environment has udp-receiver; otherwise (or when the stream fails) the HTTP download.
+    let join = task
+        .multicast
+        .as_ref()
+        .filter(|j| match recast_core::multicast::join_problem(j) {
+            Some(why) => {
+                say(&format!("not joining the multicast session: {why}"));
+                false
+            }
+            None => true,
+        });
+    if let Some(join) = join {
+        return image_from_stream(session, env, mode, &disk, join, driver_set, trust).await;
+    }
     let staged = download(session, &session.http, &task.image, &env.work).await?;
     let drivers = match driver_set {
         Some(set) => Some(
@@ -498,7 +513,15 @@ pub async fn image(session: &Session, env: &Env) -> Result<(), Failure> {
     };
     let image_bytes = image_total_bytes(&staged, task.image.index).await?;
     // Before the first write: would this machine's firmware start the image's boot manager?
-    let verdict = will_it_boot(env, &staged, task.image.index, trust).await?;
+    let verdict = will_it_boot(
+        env,
+        ManagerSource::Wim {
+            staged: &staged,
+            index: task.image.index,
+        },
+        trust,
+    )
+    .await?;
     session
         .progress(41, Step::BootTrust, &format!("boot manager: {verdict}"))
         .await;
@@ -515,7 +538,37 @@ pub async fn image(session: &Session, env: &Env) -> Result<(), Failure> {
         )
         .await;
     let plan = partition(env, &disk, mode, image_bytes).await?;
+    let volumes = format(session, env, mode, &plan, &disk).await?;
+    apply(session, &staged, task.image.index, &volumes.windows).await?;
+    let _ = std::fs::remove_file(&staged);
+    finish(
+        session,
+        env,
+        mode,
+        &plan,
+        &disk,
+        &volumes,
+        &configuration,
+        drivers.as_deref(),
+    )
+    .await
+}
 
+/// The partitions a plan made, as device paths.
+struct Volumes {
+    system: PathBuf,
+    windows: PathBuf,
+    recovery: PathBuf,
+}
+
+/// Makes the file systems of a written plan.
+async fn format(
+    session: &Session,
+    env: &Env,
+    mode: BootMode,
+    plan: &layout::Plan,
+    disk: &disks::Disk,
+) -> Result<Volumes, Failure> {
     session
         .progress(45, Step::Format, "making the file systems")
         .await;
@@ -529,43 +582,69 @@ pub async fn image(session: &Session, env: &Env) -> Result<(), Failure> {
             .dev
             .join(sysfs::partition_name(&disk.name, n as u32 + 1)))
     };
-    let system = dev(mode.system_role())?;
-    let windows = dev(Role::Windows)?;
-    let recovery = dev(Role::Recovery)?;
+    let volumes = Volumes {
+        system: dev(mode.system_role())?,
+        windows: dev(Role::Windows)?,
+        recovery: dev(Role::Recovery)?,
+    };
     run(
         Step::Format,
         "mkfs.fat",
         &["-F", "32", "-n", "SYSTEM"],
-        &[&system],
+        &[&volumes.system],
     )
     .await?;
-    run(
-        Step::Format,
-        "mkntfs",
-        &["-Q", "-L", "Windows"],
-        &[&windows],
-    )
-    .await?;
+    format_windows(&volumes.windows).await?;
     run(
         Step::Format,
         "mkntfs",
         &["-Q", "-L", "Recovery"],
-        &[&recovery],
+        &[&volumes.recovery],
     )
     .await?;
+    Ok(volumes)
+}
 
-    apply(session, &staged, task.image.index, &windows).await?;
-    let _ = std::fs::remove_file(&staged);
+/// The HTTP fallback's apply: the verified, staged WIM onto a Windows volume made again (a
+/// broken stream left part of an image on it).
+pub async fn reapply(
+    reporter: &impl Reporter,
+    staged: &Path,
+    index: u32,
+    windows: &Path,
+) -> Result<(), Failure> {
+    reporter
+        .progress(45, Step::Format, "making the Windows volume again")
+        .await;
+    format_windows(windows).await?;
+    apply(reporter, staged, index, windows).await
+}
 
+async fn format_windows(windows: &Path) -> Result<(), Failure> {
+    run(Step::Format, "mkntfs", &["-Q", "-L", "Windows"], &[windows]).await
+}
+
+/// After the image is on the Windows volume: the machine's files, then the boot files last.
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    session: &Session,
+    env: &Env,
+    mode: BootMode,
+    plan: &layout::Plan,
+    disk: &disks::Disk,
+    volumes: &Volumes,
+    configuration: &Configuration,
+    drivers: Option<&Path>,
+) -> Result<(), Failure> {
     session
         .progress(92, Step::Configure, "writing unattend.xml and agent.json")
         .await;
-    configure(env, &windows, &configuration).await?;
-    if !task.drivers.is_empty() {
+    configure(env, &volumes.windows, configuration).await?;
+    if !session.task.drivers.is_empty() {
         session
             .progress(93, Step::Configure, "placing the machine's drivers")
             .await;
-        place_drivers(env, &windows, drivers.as_deref()).await?;
+        place_drivers(env, &volumes.windows, drivers).await?;
     }
 
     session
@@ -575,12 +654,171 @@ pub async fn image(session: &Session, env: &Env) -> Result<(), Failure> {
             "writing the boot manager and the BCD store",
         )
         .await;
-    boot_files(env, mode, &plan, &disk.name, &system, &windows).await?;
+    boot_files(
+        env,
+        mode,
+        plan,
+        &disk.name,
+        &volumes.system,
+        &volumes.windows,
+    )
+    .await?;
     run(Step::BootFiles, "sync", &[], &[]).await?;
     session
         .progress(100, Step::BootFiles, "image written")
         .await;
     Ok(())
+}
+
+/// The multicast path: every check the HTTP path makes before the first write is made here
+/// too (the boot manager fetched on its own, the partition sized from the task), then the
+/// stream is applied as it comes. A stream the network spoiled falls back to the HTTP download
+/// onto a fresh Windows volume; bytes that are not the image's end the try before anything
+/// makes the disk bootable.
+async fn image_from_stream(
+    session: &Session,
+    env: &Env,
+    mode: BootMode,
+    disk: &disks::Disk,
+    join: &recast_core::imaging::TaskMulticast,
+    driver_set: Option<recast_core::imaging::ImageTaskFile>,
+    trust: Result<MachineTrust, String>,
+) -> Result<(), Failure> {
+    use recast_core::multicast::{AfterStream, after_stream};
+    let task = &session.task;
+    let drivers = match driver_set {
+        Some(set) => Some(
+            download_file(
+                session,
+                &session.http,
+                &set,
+                &env.work,
+                "drivers.wim",
+                (3, 4),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let manager = match &join.boot_manager {
+        Some(blob) => Some(fetch_blob(&session.http, Step::BootTrust, blob).await?),
+        None => None,
+    };
+    let verdict = will_it_boot(env, ManagerSource::Fetched(manager), trust.clone()).await?;
+    session
+        .progress(5, Step::BootTrust, &format!("boot manager: {verdict}"))
+        .await;
+    let configuration = fetch_configuration(session).await?;
+
+    session
+        .progress(
+            6,
+            Step::Partition,
+            &format!("partitioning /dev/{}", disk.name),
+        )
+        .await;
+    let plan = partition(env, disk, mode, join.image_bytes).await?;
+    let volumes = format(session, env, mode, &plan, disk).await?;
+    let interface = std::env::var(crate::stream::INTERFACE_VAR).ok();
+    let end = crate::stream::receive_and_apply(
+        session,
+        join,
+        task.image.index,
+        &volumes.windows,
+        interface.as_deref(),
+        (10, 90),
+    )
+    .await;
+    match after_stream(&end, join.size) {
+        AfterStream::Done => {
+            session
+                .progress(
+                    90,
+                    Step::Apply,
+                    "image applied from the multicast session; sha256 matches",
+                )
+                .await;
+        }
+        AfterStream::Fail(message) => return Err(fail(Step::Apply, message)),
+        AfterStream::FallBack(why) => {
+            session.progress(10, Step::Download, &why).await;
+            let staged = download(session, &session.http, &task.image, &env.work).await?;
+            // The same boot manager the stream's image has, or the HTTP file's is judged too.
+            will_it_boot(
+                env,
+                ManagerSource::Wim {
+                    staged: &staged,
+                    index: task.image.index,
+                },
+                trust,
+            )
+            .await?;
+            reapply(session, &staged, task.image.index, &volumes.windows).await?;
+            let _ = std::fs::remove_file(&staged);
+        }
+    }
+    finish(
+        session,
+        env,
+        mode,
+        &plan,
+        disk,
+        &volumes,
+        &configuration,
+        drivers.as_deref(),
+    )
+    .await
+}
+
+/// A small file the task names (the boot manager), into memory, checked by size and sha256.
+async fn fetch_blob(
+    http: &reqwest::Client,
+    step: Step,
+    blob: &recast_core::imaging::TaskBlob,
+) -> Result<Vec<u8>, Failure> {
+    const MAX: u64 = 64 << 20;
+    if blob.size > MAX {
+        return Err(fail(step, format!("{} is over {MAX} bytes", blob.url)));
+    }
+    let mut last = String::new();
+    for _ in 0..RETRIES {
+        match http.get(&blob.url).send().await {
+            Ok(r) if r.status().is_success() => match r.bytes().await {
+                Ok(b) => {
+                    let got = format!("{:x}", Sha256::digest(&b));
+                    if b.len() as u64 != blob.size || !got.eq_ignore_ascii_case(&blob.sha256) {
+                        return Err(fail(
+                            step,
+                            format!(
+                                "{} has sha256 {got} ({} bytes), not {} ({} bytes): nothing was written to the disk",
+                                blob.url,
+                                b.len(),
+                                blob.sha256,
+                                blob.size
+                            ),
+                        ));
+                    }
+                    return Ok(b.to_vec());
+                }
+                Err(e) => last = chain(&e),
+            },
+            Ok(r) if r.status().is_client_error() => {
+                return Err(fail(step, format!("{} answered {}", blob.url, r.status())));
+            }
+            Ok(r) => last = format!("{} answered {}", blob.url, r.status()),
+            Err(e) => last = chain(&e),
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+    Err(fail(step, format!("cannot fetch {}: {last}", blob.url)))
+}
+
+/// Where the boot manager judged before the first write comes from.
+enum ManagerSource<'a> {
+    /// Extracted from the downloaded WIM.
+    Wim { staged: &'a Path, index: u32 },
+    /// Fetched on its own (the multicast path); None: the image has none.
+    Fetched(Option<Vec<u8>>),
 }
 
 fn target_rule(task: &ImagingTask) -> disks::TargetRule {
@@ -843,8 +1081,7 @@ pub fn firmware_report(t: &MachineTrust) -> Option<FirmwareReport> {
 /// nothing is extracted for them.
 async fn will_it_boot(
     env: &Env,
-    staged: &Path,
-    index: u32,
+    source: ManagerSource<'_>,
     trust: Result<MachineTrust, String>,
 ) -> Result<Verdict, Failure> {
     let refuse = |message: String| Failure {
@@ -874,6 +1111,15 @@ async fn will_it_boot(
     // The boot manager the disk will start under UEFI (bcdboot copies it to the system
     // partition as \EFI\Microsoft\Boot\bootmgfw.efi and \EFI\Boot\bootx64.efi).
     let in_wim = format!("/{UEFI_BOOT_MANAGER}");
+    let (staged, index) = match source {
+        ManagerSource::Wim { staged, index } => (staged, index),
+        ManagerSource::Fetched(None) => {
+            return Err(refuse(format!(
+                "the image has no {in_wim}: a UEFI machine would find nothing to start"
+            )));
+        }
+        ManagerSource::Fetched(Some(bytes)) => return judge_boot_manager(&trust, &bytes, &in_wim),
+    };
     let dir = env.work.join("boot-manager");
     let _ = std::fs::remove_dir_all(&dir);
     let extracted = run_env_paths(
@@ -913,12 +1159,26 @@ async fn will_it_boot(
         Err(f) => Err(f),
     };
     let _ = std::fs::remove_dir_all(&dir);
-    let manager = BootManager::read(&bytes?).map_err(|e| {
+    judge_boot_manager(&trust, &bytes?, &in_wim)
+}
+
+/// The firmware's verdict on a boot manager's bytes; a refusal when it would not start it.
+fn judge_boot_manager(
+    trust: &MachineTrust,
+    bytes: &[u8],
+    in_wim: &str,
+) -> Result<Verdict, Failure> {
+    let refuse = |message: String| Failure {
+        step: Step::BootTrust,
+        message,
+        refusal: Some(ImagingRefusal::WillNotBoot),
+    };
+    let manager = BootManager::read(bytes).map_err(|e| {
         refuse(format!(
             "the image's {in_wim} cannot be checked: {e}; firmware with Secure Boot on would refuse it"
         ))
     })?;
-    match boot_trust::decide(&trust, &manager) {
+    match boot_trust::decide(trust, &manager) {
         v @ Verdict::WillNotBoot { .. } => Err(refuse(format!(
             "this machine's firmware would refuse the image's boot manager, so nothing was written: {v}"
         ))),

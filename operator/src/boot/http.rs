@@ -953,6 +953,7 @@ async fn servable_task<B: Backend + BootIntents>(
         }
     };
     Ok(ImagingTask {
+        multicast: None,
         namespace: intent.namespace.clone(),
         endpoint: intent.endpoint.clone(),
         attempt_id: intent.attempt_id.clone(),
