@@ -10,7 +10,7 @@ DATA_DIR    ?= $(CURDIR)/.recast-data
 # performing them. POWER_DRIVER=redfish drives real BMCs.
 POWER_DRIVER ?= record
 
-.PHONY: all build run demo test e2e attacks fuzz redfish-setup lint fmt docs crds crds-check image imager helm-setup bench-controller bench-boot bench-images bench-imager bench-gateway bench-gateway-kube k8s-build k8s-demo k8s-up k8s-down clean help
+.PHONY: all build run demo test e2e attacks fuzz redfish-setup lint fmt docs crds crds-check image imager helm-setup bench-controller bench-boot bench-images bench-imager bench-multicast bench-gateway bench-gateway-kube k8s-build k8s-demo k8s-up k8s-down clean help
 
 all: build
 
@@ -106,6 +106,13 @@ bench-imager: ## recast-imager's download+verify+apply vs curl, sha256sum and wi
 	$(CARGO) build $(CARGO_FLAGS) -p recast-operator --bin recast-operator
 	$(CARGO) build --release $(CARGO_FLAGS) -p recast-imager --example bench_apply
 	target/release/examples/bench_apply target/debug/recast-operator $(BENCH_APPLY_MIB)
+
+BENCH_MULTICAST_MIB ?= 128
+
+bench-multicast: ## A wave's transfer for 1, 10 and 50 machines (receiver processes in namespaces): unicast HTTP from recast's boot service vs one udpcast session, wave time and server bytes from the interface (prints a table)
+	imager/env/setup.sh
+	$(CARGO) build $(CARGO_FLAGS) -p recast-operator --bin recast-operator
+	tests/bench/multicast.sh target/debug/recast-operator $(BENCH_MULTICAST_MIB) 1 10 50
 
 BENCH_REPORTS ?= 5
 

@@ -1072,6 +1072,7 @@ mod tests {
         let mut w = ReimageWave::new(
             "feb",
             ReimageWaveSpec {
+                multicast: None,
                 selector: parse_selector("ring=broad").unwrap(),
                 image: "win11-24h2-2026-02".into(),
                 strategy: WaveStrategy {

@@ -389,6 +389,35 @@ impl SessionFigures {
     }
 }
 
+/// What the boot service does for one machine's task, given its batch's session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JoinDecision {
+    /// The batch's session is waiting for receivers: join it.
+    Join,
+    /// No session for the batch yet: start one in this slot and join it.
+    Start { slot: u16 },
+    /// Download over HTTP, for this reason (said in the boot service's log).
+    Download(String),
+}
+
+/// The decision for one task: `session` is the batch's session's phase if one was started,
+/// `free_slot` the first slot no live session holds.
+pub fn decide_join(session: Option<SessionPhase>, free_slot: Option<u16>) -> JoinDecision {
+    match (session, free_slot) {
+        (Some(SessionPhase::Waiting), _) => JoinDecision::Join,
+        (Some(SessionPhase::Sending), _) => JoinDecision::Download(
+            "the batch's multicast session is already sending (this machine came late)".into(),
+        ),
+        (Some(SessionPhase::Complete | SessionPhase::Ended), _) => JoinDecision::Download(
+            "the batch's multicast session has already run (a retry, or a late machine)".into(),
+        ),
+        (None, Some(slot)) => JoinDecision::Start { slot },
+        (None, None) => JoinDecision::Download(
+            "every multicast session slot is in use (--multicast-sessions)".into(),
+        ),
+    }
+}
+
 /// How a machine's stream ended, as its imaging environment saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StreamEnd {
@@ -747,6 +776,28 @@ mod tests {
         assert_eq!(
             SessionFigures::default().exited().phase,
             SessionPhase::Ended
+        );
+    }
+
+    #[test]
+    fn a_machine_joins_a_waiting_session_and_downloads_from_any_other() {
+        assert_eq!(decide_join(None, Some(2)), JoinDecision::Start { slot: 2 });
+        assert_eq!(
+            decide_join(Some(SessionPhase::Waiting), None),
+            JoinDecision::Join
+        );
+        for phase in [
+            SessionPhase::Sending,
+            SessionPhase::Complete,
+            SessionPhase::Ended,
+        ] {
+            assert!(
+                matches!(decide_join(Some(phase), Some(0)), JoinDecision::Download(_)),
+                "{phase:?}"
+            );
+        }
+        assert!(
+            matches!(decide_join(None, None), JoinDecision::Download(m) if m.contains("--multicast-sessions"))
         );
     }
 

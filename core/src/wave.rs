@@ -974,6 +974,7 @@ mod tests {
 
     fn spec(strategy: WaveStrategy) -> ReimageWaveSpec {
         ReimageWaveSpec {
+            multicast: None,
             selector: ring("pilot"),
             image: "win11-24h2-2026-01".into(),
             strategy,

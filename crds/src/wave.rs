@@ -75,6 +75,11 @@ pub struct ReimageWaveSpec {
     /// Abort: no new attempt is armed; running attempts finish; the wave ends Aborted.
     #[serde(default)]
     pub aborted: bool,
+    /// How the boot service sends the image to each batch when it runs multicast sessions
+    /// (`--multicast-interface`): one udpcast session per batch, machines that miss it download
+    /// over HTTP. Ignored by a boot service without multicast.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multicast: Option<WaveMulticast>,
     /// Why the wave exists, for the audit trail.
     #[x_kube(validation = Rule::new("size(self) >= 1 && size(self) <= 1024").message("spec.reason is required (1 to 1024 characters): say why these machines are reimaged"))]
     #[schemars(length(max = 1024))]
@@ -107,6 +112,30 @@ pub struct WaveStrategy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("string(self).matches('^([1-9][0-9]{0,5}|([1-9][0-9]?|100)%)$')").message("strategy.canary must be a positive integer or a percentage from 1% to 100%"))]
     pub canary: Option<IntOrString>,
+}
+
+/// A batch's multicast session, as the wave asks for it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WaveMulticast {
+    /// false: every machine of this wave downloads over HTTP.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The session starts once this many of the batch's machines joined. Defaults to the
+    /// batch's size (every member); fewer starts sooner, and the late ones use HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 100000").message("multicast.minReceivers must be 1 to 100000"))]
+    pub min_receivers: Option<u32>,
+    /// ... or this long after the first one joined, such as "2m" (default 2m). Machines boot
+    /// minutes apart; a machine that joins after the start downloads over HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(h|m|s))+$')").message("multicast.maxWait must be a duration such as 90s or 5m"))]
+    #[schemars(length(max = 32))]
+    pub max_wait: Option<String>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]

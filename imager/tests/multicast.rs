@@ -355,6 +355,7 @@ fn one_session_images_every_receiver_and_a_drop_out_falls_back_to_http() {
         reapply(&Console, &staged, 1, &drop_disk.path()).await
     });
     let _ = http.kill();
+    let _ = http.wait();
     fallback.unwrap();
     let fell_back = MountedNtfs::image(&drop_disk.path());
     readback::compare_trees(source.path(), fell_back.path())

@@ -42,6 +42,7 @@ fn fleet(n: usize) -> Vec<Candidate> {
 
 fn spec() -> ReimageWaveSpec {
     ReimageWaveSpec {
+        multicast: None,
         // Every endpoint but those of two sites: 95% of the fleet.
         selector: LabelSelector {
             match_labels: Some(BTreeMap::from([("role".into(), "pos".into())])),

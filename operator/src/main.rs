@@ -201,6 +201,30 @@ struct BootArgs {
     /// Answer DHCP only on this interface.
     #[arg(long)]
     dhcp_interface: Option<String>,
+    /// Send each wave batch's image once, by multicast (udpcast's udp-sender), out of this
+    /// interface (the one facing the machines; needs --imaging-environment linux). Off when
+    /// unset: every machine downloads its image over HTTP.
+    #[arg(long, env = "RECAST_MULTICAST_INTERFACE")]
+    multicast_interface: Option<String>,
+    /// The first session's multicast data group (session n uses the n-th address after it).
+    #[arg(long, default_value_t = recast_core::multicast::DEFAULT_GROUP_BASE)]
+    multicast_group: std::net::Ipv4Addr,
+    /// The first session's UDP port pair (session n uses PORT+2n and PORT+2n+1).
+    #[arg(long, default_value_t = recast_core::multicast::DEFAULT_PORT_BASE)]
+    multicast_ports: u16,
+    /// Multicast sessions at once.
+    #[arg(long, default_value_t = recast_core::multicast::DEFAULT_MAX_SESSIONS)]
+    multicast_sessions: u16,
+    /// Multicast TTL (1: the machines' own subnet only).
+    #[arg(long, default_value_t = recast_core::multicast::DEFAULT_TTL)]
+    multicast_ttl: u8,
+    /// Rate cap per session in Mbit/s: the site's network is shared.
+    #[arg(long, default_value_t = recast_core::multicast::DEFAULT_MAX_MBPS)]
+    multicast_max_mbps: u32,
+    /// How long automatic attempts (no wave) of one image wait for each other in one session
+    /// after the first machine joined, such as 60s; 0s: they download over HTTP.
+    #[arg(long, default_value = "60s")]
+    multicast_automatic_wait: String,
     /// Wake-on-LAN for machines with no BMC whose agent is silent (they may be powered off):
     /// `on` sends magic packets when such a machine must be imaged, `off` asks a person.
     #[arg(long, value_enum, default_value = "on")]
@@ -290,6 +314,38 @@ impl BootArgs {
             .unwrap_or_else(|| data_dir.join("boot"))
     }
 
+    /// The multicast sessions' settings, checked; None without --multicast-interface.
+    fn multicast(
+        &self,
+    ) -> Result<Option<recast_operator::boot::multicast::MulticastConfig>, String> {
+        let Some(interface) = self.multicast_interface.clone() else {
+            return Ok(None);
+        };
+        if self.imaging_environment != recast_operator::boot::render::ImagingEnvironment::Linux {
+            return Err("--multicast-interface needs --imaging-environment linux: WinPE's startnet.cmd has no multicast receiver".into());
+        }
+        let settings = recast_core::multicast::Settings {
+            interface,
+            group_base: self.multicast_group,
+            port_base: self.multicast_ports,
+            max_sessions: self.multicast_sessions,
+            ttl: self.multicast_ttl,
+            max_mbps: self.multicast_max_mbps,
+            retries_until_drop: recast_core::multicast::DEFAULT_RETRIES_UNTIL_DROP,
+        };
+        settings.check().map_err(|e| e.to_string())?;
+        let wait = recast_crds::duration::parse(&self.multicast_automatic_wait).map_err(|_| {
+            format!(
+                "--multicast-automatic-wait {:?} is not a duration such as 60s or 2m (0s: automatic attempts download over HTTP)",
+                self.multicast_automatic_wait
+            )
+        })?;
+        Ok(Some(recast_operator::boot::multicast::MulticastConfig {
+            settings,
+            automatic_wait_seconds: u32::try_from(wait.as_secs()).unwrap_or(u32::MAX),
+        }))
+    }
+
     fn service(
         &self,
         data_dir: &std::path::Path,
@@ -377,6 +433,7 @@ impl BootArgs {
         Ok(Some(service::BootServiceConfig {
             http_listen: listen,
             boot: http::BootConfig {
+                multicast: self.multicast()?,
                 base_url,
                 root: self.root(data_dir),
                 imaging: self.imaging_environment,
@@ -538,6 +595,7 @@ impl ImageArgs {
                 )
             })?;
         Ok(recast_operator::golden::ImageConfig {
+            streams: false,
             store: recast_operator::golden::fetch::ArtifactStore {
                 root: boot_root.to_path_buf(),
                 staging,
@@ -1002,11 +1060,13 @@ async fn run(opts: RunOptions) -> Result<(), String> {
         }
     }
     // The GoldenImage controller fills the boot root's images/ with verified WIMs.
-    let image_store = image_args.config(
+    let mut image_store = image_args.config(
         &data_dir,
         &boot_args.root(&data_dir),
         &boot_args.imaging_key_path(&data_dir),
     )?;
+    // The boot service's sessions send each image's pipable form, which this process makes.
+    image_store.streams = boot_args.multicast_interface.is_some();
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;

@@ -31,6 +31,57 @@ pub struct Metrics {
     dhcp_replies: Family<Labels, Counter>,
     /// The TFTP server's metrics, registered here so /metrics serves them.
     pub tftp: TftpMetrics,
+    /// The boot service's multicast sessions.
+    pub multicast: MulticastMetrics,
+}
+
+/// Prometheus metrics of the multicast sessions, labelled by session (`GROUP:PORT`).
+#[derive(Clone, Default, Debug)]
+pub struct MulticastMetrics {
+    receivers: Family<Labels, Gauge>,
+    dropped: Family<Labels, Gauge>,
+    bytes: Family<Labels, Gauge>,
+    sessions: Family<Labels, Counter>,
+}
+
+impl MulticastMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "multicast_session_receivers",
+            "Receivers that joined each multicast session",
+            self.receivers.clone(),
+        );
+        registry.register(
+            "multicast_session_dropped",
+            "Receivers each multicast session dropped (they download over HTTP)",
+            self.dropped.clone(),
+        );
+        registry.register(
+            "multicast_session_bytes",
+            "Bytes of the image each multicast session has sent (udp-sender's count)",
+            self.bytes.clone(),
+        );
+        registry.register(
+            "multicast_sessions",
+            "Multicast sessions by how they ended (started, complete, ended without completing)",
+            self.sessions.clone(),
+        );
+    }
+
+    pub fn session(&self, session: &str, receivers: u32, dropped: u32, bytes: u64) {
+        let l = label("session", session);
+        self.receivers.get_or_create(&l).set(receivers.into());
+        self.dropped.get_or_create(&l).set(dropped.into());
+        self.bytes
+            .get_or_create(&l)
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    pub fn session_event(&self, outcome: &str) {
+        self.sessions
+            .get_or_create(&label("outcome", outcome))
+            .inc();
+    }
 }
 
 fn label(k: &str, v: &str) -> Labels {
@@ -61,6 +112,8 @@ impl Metrics {
         let dhcp_replies = Family::<Labels, Counter>::default();
         let tftp = TftpMetrics::default();
         tftp.register(&mut registry);
+        let multicast = MulticastMetrics::default();
+        multicast.register(&mut registry);
         registry.register(
             "boot_requests",
             "Per-machine boot scripts served, by what the machine was told to do",
@@ -122,6 +175,7 @@ impl Metrics {
             boot_requests,
             dhcp_replies,
             tftp,
+            multicast,
         }
     }
 

@@ -129,6 +129,7 @@ struct Fixture {
 /// its WIMs under its temporary directory (attack_images.rs covers what is refused).
 fn config(dir: &Path) -> ImageConfig {
     ImageConfig {
+        streams: false,
         store: ArtifactStore {
             root: dir.join("boot"),
             staging: dir.join("staging"),

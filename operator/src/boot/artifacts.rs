@@ -114,12 +114,16 @@ pub fn locate(root: &Path, rel: &str) -> Result<PathBuf, &'static str> {
     confine(root, rel).ok_or(NOT_FOUND)
 }
 
+/// `<sha256>.wim`, or the boot manager beside it, `<sha256>.bootmgfw.efi`
+/// (crate::golden::stream: what a multicast receiver checks before its first write).
 fn is_digest_file(name: &str) -> bool {
-    name.strip_suffix(".wim").is_some_and(|d| {
+    let digest = |d: &str| {
         d.len() == 64
             && d.bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
+    };
+    name.strip_suffix(".wim").is_some_and(digest)
+        || name.strip_suffix(".bootmgfw.efi").is_some_and(digest)
 }
 
 /// The request headers an artifact answer depends on.
@@ -253,6 +257,37 @@ pub async fn serve(path: &Path, headers: &HeaderMap, head: bool) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn images_are_served_by_digest_and_the_boot_manager_beside_them_only() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("images")).unwrap();
+        let d = "ab".repeat(32);
+        for name in [
+            format!("{d}.wim"),
+            format!("{d}.bootmgfw.efi"),
+            format!("{d}.stream.wim"),
+            format!("{d}.stream.json"),
+            "notadigest.wim".to_string(),
+        ] {
+            std::fs::write(root.path().join("images").join(&name), b"x").unwrap();
+        }
+        assert!(locate(root.path(), &format!("images/{d}.wim")).is_ok());
+        assert!(locate(root.path(), &format!("images/{d}.bootmgfw.efi")).is_ok());
+        // The pipable form goes out by multicast only; its facts and other names never.
+        for name in [
+            format!("{d}.stream.wim"),
+            format!("{d}.stream.json"),
+            "notadigest.wim".to_string(),
+            format!("{}.bootmgfw.efi", "AB".repeat(32)),
+        ] {
+            assert_eq!(
+                locate(root.path(), &format!("images/{name}")),
+                Err("images are served by digest only\n"),
+                "{name}"
+            );
+        }
+    }
 
     #[test]
     fn the_decline_name_is_never_a_file() {

@@ -42,6 +42,9 @@ pub struct BootConfig {
     /// are fetched there. None: no HTTPS listener, and a provisioning profile that carries a
     /// secret is refused.
     pub https_base_url: Option<String>,
+    /// Multicast sessions per wave batch (`--multicast-interface`); None: every machine
+    /// downloads over HTTP.
+    pub multicast: Option<super::multicast::MulticastConfig>,
 }
 
 /// recast_core::imaging::DRIVER_DIR as Windows names it in unattend's PnP driver paths.
@@ -107,6 +110,8 @@ pub struct BootHttp<B> {
     /// The last lines of the log each endpoint's try sent before its failure result (one per
     /// endpoint, written only with the try's token), added to that result's error.
     pub log_tails: std::sync::Mutex<std::collections::HashMap<Key, (String, u32, String)>>,
+    /// The multicast sessions this service runs (when `config.multicast` is set).
+    pub sessions: Option<Arc<super::multicast::Sessions>>,
 }
 
 /// The claimant of each endpoint's armed try: endpoint → (attempt, try, client address).
@@ -762,6 +767,121 @@ impl<B: Backend + BootIntents> BootHttp<B> {
     }
 
     /// `golden`: the attempt's GoldenImage as [`Self::golden_image_of`] read it.
+    /// The batch's multicast session for this try, when this service runs sessions, the
+    /// machine boots the Linux imaging environment (startnet.cmd has no receiver) and the
+    /// image's pipable form is ready; None: the machine downloads over HTTP.
+    async fn multicast_join(
+        &self,
+        intent: &BootIntent,
+        ep: &Endpoint,
+        index: u32,
+    ) -> Option<recast_core::imaging::TaskMulticast> {
+        use super::multicast::{Batch, SessionKey};
+        let sessions = self.sessions.as_ref()?;
+        if self.config.imaging != super::render::ImagingEnvironment::Linux {
+            return None;
+        }
+        let digest = intent.image_digest.as_deref()?;
+        let Some(stream) = crate::golden::stream::read(&self.config.root, digest, index) else {
+            tracing::info!(endpoint = %intent.key(), image = %intent.image, "no pipable form of the image yet: this machine downloads over HTTP");
+            return None;
+        };
+        let wave_name = ep
+            .status
+            .as_ref()
+            .and_then(|s| s.active_attempt.as_ref())
+            .filter(|a| a.id == intent.attempt_id)
+            .and_then(|a| a.wave.clone());
+        let (batch, min_receivers, max_wait) = match wave_name {
+            Some(name) => {
+                let wave = self
+                    .backend
+                    .wave(&intent.namespace, &name)
+                    .await
+                    .ok()
+                    .flatten()?;
+                let want = wave.spec.multicast.clone();
+                if want.as_ref().is_some_and(|m| !m.enabled) {
+                    return None;
+                }
+                let status = wave.status.as_ref()?;
+                let (index, batch) = status
+                    .batches
+                    .iter()
+                    .enumerate()
+                    .find(|(_, b)| b.endpoints.iter().any(|e| e == &intent.endpoint))?;
+                let members = (batch.endpoints.len() as u32)
+                    .saturating_sub(batch.skipped)
+                    .max(1);
+                let min = want
+                    .as_ref()
+                    .and_then(|m| m.min_receivers)
+                    .unwrap_or(members)
+                    .min(members);
+                let wait = want
+                    .as_ref()
+                    .and_then(|m| m.max_wait.as_deref())
+                    .and_then(|w| recast_crds::duration::parse(w).ok())
+                    .map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
+                    .unwrap_or(recast_core::multicast::DEFAULT_MAX_WAIT_SECONDS);
+                (
+                    Batch::Wave {
+                        namespace: intent.namespace.clone(),
+                        name,
+                        index: index as u32,
+                    },
+                    min,
+                    wait,
+                )
+            }
+            None => {
+                let wait = sessions.config().automatic_wait_seconds;
+                if wait == 0 {
+                    return None;
+                }
+                // Automatic attempts of one image (a bad Patch Tuesday morning) share one
+                // session that starts `wait` after the first machine joined.
+                (Batch::Automatic, u32::MAX, wait)
+            }
+        };
+        let boot_manager = stream
+            .boot_manager
+            .as_ref()
+            .map(|b| recast_core::imaging::TaskBlob {
+                url: format!(
+                    "{}/artifacts/images/{digest}.bootmgfw.efi",
+                    self.config.base_url
+                ),
+                sha256: b.sha256.clone(),
+                size: b.size,
+            });
+        let key = SessionKey {
+            digest: digest.to_string(),
+            batch,
+        };
+        match sessions.join(
+            key,
+            min_receivers,
+            max_wait,
+            crate::golden::stream::stream_path(&self.config.root, digest),
+            recast_core::multicast::Stream {
+                sha256: stream.sha256.clone(),
+                size: stream.size,
+                image_bytes: stream.image_bytes,
+            },
+            boot_manager,
+        ) {
+            Ok(join) => {
+                tracing::info!(endpoint = %intent.key(), attempt = %intent.attempt_id, group = %join.group, port = join.port, "joining the batch's multicast session");
+                Some(join)
+            }
+            Err(why) => {
+                tracing::info!(endpoint = %intent.key(), attempt = %intent.attempt_id, "downloading over HTTP: {why}");
+                None
+            }
+        }
+    }
+
     async fn image_file(
         &self,
         intent: &BootIntent,
@@ -953,7 +1073,6 @@ async fn servable_task<B: Backend + BootIntents>(
         }
     };
     Ok(ImagingTask {
-        multicast: None,
         namespace: intent.namespace.clone(),
         endpoint: intent.endpoint.clone(),
         attempt_id: intent.attempt_id.clone(),
@@ -974,6 +1093,7 @@ async fn servable_task<B: Backend + BootIntents>(
         unattend_url: format!("{attempt_url}/unattend.xml"),
         agent_config_url: format!("{attempt_url}/agent.json"),
         drivers: svc.driver_sets(golden.as_ref()).await,
+        multicast: svc.multicast_join(&intent, &ep, image.index).await,
     })
 }
 

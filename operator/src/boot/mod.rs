@@ -7,6 +7,7 @@ pub mod dhcp;
 pub mod http;
 pub mod intent;
 pub mod listener;
+pub mod multicast;
 pub mod provisioning;
 pub mod ratelimit;
 pub mod render;

@@ -90,7 +90,12 @@ pub async fn run<B: Backend + BootIntents>(
         }
         None => None,
     };
+    let sessions = cfg.boot.multicast.clone().map(|m| {
+        tracing::info!(interface = %m.settings.interface, group = %m.settings.group_base, port = m.settings.port_base, sessions = m.settings.max_sessions, max_mbps = m.settings.max_mbps, "multicast sessions on");
+        Arc::new(super::multicast::Sessions::new(m, metrics.clone()))
+    });
     let svc = Arc::new(BootHttp {
+        sessions,
         secrets,
         handed_off: Default::default(),
         log_tails: Default::default(),

@@ -15,6 +15,7 @@
 pub mod decide;
 pub mod fetch;
 pub mod source;
+pub mod stream;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,6 +38,9 @@ use source::SourcePolicy;
 pub struct ImageConfig {
     pub store: ArtifactStore,
     pub sources: SourcePolicy,
+    /// Make and verify the pipable form of each verified image (the boot service runs
+    /// multicast sessions: `--multicast-interface`).
+    pub streams: bool,
 }
 
 /// How often the controller looks at the images, and how often at the fleet for KnownGood.
@@ -66,6 +70,8 @@ fn key(gi: &GoldenImage) -> ImageKey {
 pub struct ImageController<B: ImageStore> {
     backend: Arc<B>,
     store: ArtifactStore,
+    /// Make the pipable form of each verified image ([`stream`]).
+    streams: bool,
     sources: Arc<SourcePolicy>,
     http: reqwest::Client,
     /// Images whose fetch or check is running, with the generation it is for: a pass starts
@@ -109,6 +115,7 @@ impl<B: ImageStore> ImageController<B> {
         Ok(ImageController {
             backend,
             store: config.store,
+            streams: config.streams,
             sources,
             http,
             inflight: Default::default(),
@@ -597,10 +604,37 @@ impl<B: ImageStore> ImageController<B> {
                 ConditionStatus::Unknown => {}
             }
         }
+        if verdict.0 == ConditionStatus::True && self.streams && self.store.has_image(&sha) {
+            self.make_stream(gi, &sha).await;
+        }
         Checked {
             verdict: (verdict.0, verdict.1, verdict.2),
             facts,
             digest,
+        }
+    }
+
+    /// The pipable form of a verified image, for multicast sessions. Not part of the verdict:
+    /// an image whose pipable form cannot be made is still served, over HTTP to every machine,
+    /// and an event says why.
+    async fn make_stream(&self, gi: &GoldenImage, sha: &str) {
+        let (ns, name) = key(gi);
+        match stream::ensure(&self.store, sha, gi.spec.image_index).await {
+            Ok(f) => {
+                tracing::info!(image = %format!("{ns}/{name}"), stream_sha256 = %f.sha256, size = f.size, "pipable form ready for multicast sessions");
+            }
+            Err(e) => {
+                tracing::warn!(image = %format!("{ns}/{name}"), "no multicast for this image: {e}");
+                self.record(
+                    gi,
+                    NoticeType::Warning,
+                    "StreamFailed",
+                    format!(
+                        "no multicast sessions for this image (machines download it over HTTP): {e}"
+                    ),
+                )
+                .await;
+            }
         }
     }
 
