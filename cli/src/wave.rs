@@ -945,6 +945,39 @@ pub fn render_status(w: &ReimageWave, now: Timestamp, colour: bool) -> String {
         out.push_str(&paint_bar(&p, line));
         out.push('\n');
     }
+    let sessions: Vec<String> = st
+        .batches
+        .iter()
+        .filter_map(|b| Some((b, b.multicast.as_ref()?)))
+        .map(|(b, m)| {
+            let percent = (m.bytes.min(m.size) * 100).checked_div(m.size).unwrap_or(0);
+            let dropped = if m.dropped > 0 {
+                format!(", {} dropped (downloading over HTTP)", m.dropped)
+            } else {
+                String::new()
+            };
+            let rate = m
+                .rate_mbps
+                .map(|r| format!(", {r} Mbit/s"))
+                .unwrap_or_default();
+            format!(
+                "  {}: {} {:?}, {} joined of {} awaited{dropped}, {} of {} ({percent}%){rate}\n",
+                batch_label(b),
+                m.session,
+                m.phase,
+                m.receivers,
+                m.min_receivers,
+                crate::image::human_bytes(m.bytes),
+                crate::image::human_bytes(m.size),
+            )
+        })
+        .collect();
+    if !sessions.is_empty() {
+        out.push_str("\nMulticast:\n");
+        for s in sessions {
+            out.push_str(&s);
+        }
+    }
     if !st.skipped.is_empty() {
         let list: Vec<String> = st
             .skipped
@@ -1033,7 +1066,10 @@ pub fn render_plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use recast_crds::wave::{ReimageWaveStatus, SkippedEndpoint, WaveCounts, WaveStrategy};
+    use recast_crds::wave::{
+        BatchMulticast, MulticastPhase, ReimageWaveStatus, SkippedEndpoint, WaveCounts,
+        WaveStrategy,
+    };
     use std::path::Path;
 
     fn golden(name: &str, actual: &str) {
@@ -1053,6 +1089,7 @@ mod tests {
         finished: Option<&str>,
     ) -> WaveBatch {
         WaveBatch {
+            multicast: None,
             index: i,
             endpoints: (0..n)
                 .map(|k| format!("pos-{:02}", i as usize * 10 + k))
@@ -1108,6 +1145,26 @@ mod tests {
         (b1.succeeded, b1.failed) = (3, 1);
         let mut b2 = batch(2, 4, false, Some("2026-02-11T09:30:00Z"), None);
         (b2.succeeded, b2.running, b2.skipped) = (1, 2, 1);
+        b1.multicast = Some(BatchMulticast {
+            session: "239.255.77.0:9000".into(),
+            phase: MulticastPhase::Complete,
+            min_receivers: 4,
+            receivers: 4,
+            dropped: 1,
+            bytes: 5 << 30,
+            size: 5 << 30,
+            rate_mbps: Some(480),
+        });
+        b2.multicast = Some(BatchMulticast {
+            session: "239.255.77.1:9002".into(),
+            phase: MulticastPhase::Sending,
+            min_receivers: 3,
+            receivers: 3,
+            dropped: 0,
+            bytes: 2 << 30,
+            size: 5 << 30,
+            rate_mbps: Some(495),
+        });
         let b3 = batch(3, 4, false, None, None);
         w.status = Some(ReimageWaveStatus {
             phase: Some(WavePhase::Running),

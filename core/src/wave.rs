@@ -290,6 +290,7 @@ pub fn plan(spec: &ReimageWaveSpec, candidates: &[Candidate]) -> Result<Plan, Wa
     let mut batches = Vec::new();
     let mut rest = &eligible[..];
     let batch = |index: usize, names: &[&str], canary: bool| WaveBatch {
+        multicast: None,
         index: index as u32,
         endpoints: names.iter().map(|n| n.to_string()).collect(),
         started_at: None,

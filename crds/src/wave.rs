@@ -186,6 +186,44 @@ pub struct WaveBatch {
     /// their attempt started).
     #[serde(default)]
     pub skipped: u32,
+    /// The batch's multicast session, as the boot service that runs it last saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multicast: Option<BatchMulticast>,
+}
+
+/// A batch's multicast session (udp-sender's own figures; the boot service's interface
+/// counters are the truth about the wire).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchMulticast {
+    /// `GROUP:PORT`.
+    pub session: String,
+    pub phase: MulticastPhase,
+    /// The session starts once this many machines joined (or its maxWait passed).
+    pub min_receivers: u32,
+    /// Machines that joined.
+    pub receivers: u32,
+    /// Machines the sender dropped (they download over HTTP).
+    #[serde(default)]
+    pub dropped: u32,
+    /// Bytes of the image sent so far, of `size`.
+    pub bytes: u64,
+    pub size: u64,
+    /// Mbit/s over the sending time so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_mbps: Option<u32>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum MulticastPhase {
+    /// Waiting for the batch's machines to join.
+    Waiting,
+    Sending,
+    /// Every byte sent.
+    Complete,
+    /// The sender stopped before the end (nobody joined in time, or it failed): its machines
+    /// download over HTTP.
+    Ended,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]

@@ -431,6 +431,7 @@ impl BootArgs {
             }
         };
         Ok(Some(service::BootServiceConfig {
+            sessions: None,
             http_listen: listen,
             boot: http::BootConfig {
                 multicast: self.multicast()?,
@@ -1023,7 +1024,7 @@ async fn run(opts: RunOptions) -> Result<(), String> {
     let fleet_ceiling = breaker.ceiling();
     recast_operator::store::private::private_dir(&data_dir)
         .map_err(|e| format!("cannot create --data-dir {}: {e}", data_dir.display()))?;
-    let boot_cfg = boot_args.service(&data_dir)?;
+    let mut boot_cfg = boot_args.service(&data_dir)?;
     if role == Role::Boot {
         if !matches!(backend, BackendKind::Kube) {
             return Err(
@@ -1076,6 +1077,16 @@ async fn run(opts: RunOptions) -> Result<(), String> {
     let ready = Arc::new(AtomicBool::new(false));
     let parts = Arc::new(http::Readiness::default());
     let metrics = Arc::new(Metrics::new());
+    // The boot service's multicast sessions, shared with the wave controller (status).
+    let sessions = boot_cfg.as_mut().and_then(|c| {
+        let m = c.boot.multicast.clone()?;
+        let s = Arc::new(recast_operator::boot::multicast::Sessions::new(
+            m,
+            metrics.clone(),
+        ));
+        c.sessions = Some(s.clone());
+        Some(s as Arc<dyn recast_operator::controller::wave::BatchSessions>)
+    });
     let server = tokio::spawn(http::serve(
         listen,
         http::router(ready.clone(), parts.clone(), metrics.clone()),
@@ -1148,7 +1159,8 @@ async fn run(opts: RunOptions) -> Result<(), String> {
                             .with_bmc_watch_interval(bmc_watch_interval)
                             .with_fleet_breaker(fleet_breaker.clone())
                             .with_fleet_ceiling(fleet_ceiling)
-                            .with_wake(boot_args.wake());
+                            .with_wake(boot_args.wake())
+                            .with_sessions(sessions.clone());
                     run_embedded(Arc::new(ctrl), stop_rx, ready).await
                 }
                 PowerDriver::Record => {
@@ -1158,7 +1170,8 @@ async fn run(opts: RunOptions) -> Result<(), String> {
                             .with_bmc_watch_interval(bmc_watch_interval)
                             .with_fleet_breaker(fleet_breaker.clone())
                             .with_fleet_ceiling(fleet_ceiling)
-                            .with_wake(boot_args.wake());
+                            .with_wake(boot_args.wake())
+                            .with_sessions(sessions.clone());
                     run_embedded(Arc::new(ctrl), stop_rx, ready).await
                 }
             };
@@ -1185,6 +1198,7 @@ async fn run(opts: RunOptions) -> Result<(), String> {
                 fleet_breaker: fleet_breaker.clone(),
                 fleet_ceiling,
                 wake: boot_args.wake(),
+                sessions: sessions.clone(),
             };
             if role == Role::Boot {
                 return run_boot_role(

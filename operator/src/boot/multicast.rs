@@ -87,6 +87,15 @@ pub struct Sessions {
     metrics: Arc<Metrics>,
 }
 
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions")
+            .field("config", &self.config)
+            .field("sessions", &lock(&self.live).len())
+            .finish()
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -283,5 +292,43 @@ async fn follow(
         if pending.len() > 64 * 1024 {
             pending.clear();
         }
+    }
+}
+
+impl crate::controller::wave::BatchSessions for Sessions {
+    fn batch_sessions(
+        &self,
+        namespace: &str,
+        wave: &str,
+    ) -> Vec<(u32, recast_crds::wave::BatchMulticast)> {
+        use recast_crds::wave::{BatchMulticast, MulticastPhase};
+        self.views()
+            .into_iter()
+            .filter_map(|v| match &v.key.batch {
+                Batch::Wave {
+                    namespace: ns,
+                    name,
+                    index,
+                } if ns == namespace && name == wave => Some((
+                    *index,
+                    BatchMulticast {
+                        session: format!("{}:{}", v.group, v.port),
+                        phase: match v.phase {
+                            SessionPhase::Waiting => MulticastPhase::Waiting,
+                            SessionPhase::Sending => MulticastPhase::Sending,
+                            SessionPhase::Complete => MulticastPhase::Complete,
+                            SessionPhase::Ended => MulticastPhase::Ended,
+                        },
+                        min_receivers: v.min_receivers,
+                        receivers: v.joined,
+                        dropped: v.dropped,
+                        bytes: v.bytes,
+                        size: v.size,
+                        rate_mbps: v.rate_mbps.map(|r| r.round() as u32),
+                    },
+                )),
+                _ => None,
+            })
+            .collect()
     }
 }

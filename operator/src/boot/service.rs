@@ -28,6 +28,9 @@ pub struct BootServiceConfig {
     /// The HTTPS listener for the files that carry credentials (its URL is
     /// `boot.https_base_url`).
     pub https: Option<HttpsListener>,
+    /// The multicast sessions (`boot.multicast`), when the caller shares them with the wave
+    /// controller; made from `boot.multicast` when None.
+    pub sessions: Option<Arc<super::multicast::Sessions>>,
 }
 
 pub struct HttpsListener {
@@ -90,10 +93,16 @@ pub async fn run<B: Backend + BootIntents>(
         }
         None => None,
     };
-    let sessions = cfg.boot.multicast.clone().map(|m| {
-        tracing::info!(interface = %m.settings.interface, group = %m.settings.group_base, port = m.settings.port_base, sessions = m.settings.max_sessions, max_mbps = m.settings.max_mbps, "multicast sessions on");
-        Arc::new(super::multicast::Sessions::new(m, metrics.clone()))
+    // Made by the caller, which also shows them in the waves' status; made here otherwise.
+    let sessions = cfg.sessions.clone().or_else(|| {
+        cfg.boot
+            .multicast
+            .clone()
+            .map(|m| Arc::new(super::multicast::Sessions::new(m, metrics.clone())))
     });
+    if let Some(m) = &cfg.boot.multicast {
+        tracing::info!(interface = %m.settings.interface, group = %m.settings.group_base, port = m.settings.port_base, sessions = m.settings.max_sessions, max_mbps = m.settings.max_mbps, "multicast sessions on");
+    }
     let svc = Arc::new(BootHttp {
         sessions,
         secrets,

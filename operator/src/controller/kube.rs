@@ -28,6 +28,8 @@ use recast_core::lifecycle::Input;
 /// Settings of the leader-elected controller.
 #[derive(Clone, Debug)]
 pub struct KubeOptions {
+    /// The multicast sessions of this process's boot service, shown in the waves' status.
+    pub sessions: Option<Arc<dyn crate::controller::wave::BatchSessions>>,
     /// Namespace of the Lease (the operator's own namespace).
     pub lease_namespace: String,
     /// This replica's identity in the Lease (its pod name).
@@ -137,6 +139,7 @@ fn build_controller<P: PowerControl>(
         Controller::new(backend, power, Arc::new(crate::clock::SystemClock), metrics)
             .with_bmc_watch_interval(opts.bmc_watch_interval)
             .with_wake(opts.wake.clone())
+            .with_sessions(opts.sessions.clone())
             // The fleet breaker's reset is read from the control namespace, where no tenant
             // writes; a namespaced install (one watched namespace, no rights elsewhere) reads
             // it from that namespace, which is the whole fleet it sees.

@@ -53,6 +53,9 @@ pub struct Controller<B: Backend, P: PowerControl> {
     pub fleet_ceiling: Option<u32>,
     /// Where Wake-on-LAN packets go (`--wake-on-lan-*`).
     pub wake: crate::wake::WakeConfig,
+    /// The multicast sessions of the boot service in this process, shown in each wave
+    /// batch's status (None: no sessions here).
+    pub sessions: Option<Arc<dyn wave::BatchSessions>>,
 }
 
 /// The default ceiling on attempts running fleet-wide (`--max-concurrent-reimages`).
@@ -98,6 +101,7 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
             index: std::sync::Mutex::new(FleetIndex::default()),
             start_lock: tokio::sync::Mutex::new(()),
             wave_due: Default::default(),
+            sessions: None,
             key_locks: Default::default(),
             bmc_watch_interval: bmc_watch::DEFAULT_INTERVAL,
             fleet_breaker: Some(FleetBreaker::default()),
@@ -109,6 +113,12 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
     /// Where Wake-on-LAN packets go.
     pub fn with_wake(mut self, wake: crate::wake::WakeConfig) -> Self {
         self.wake = wake;
+        self
+    }
+
+    /// Shows the boot service's multicast sessions in the waves' batch status.
+    pub fn with_sessions(mut self, sessions: Option<Arc<dyn wave::BatchSessions>>) -> Self {
+        self.sessions = sessions;
         self
     }
 

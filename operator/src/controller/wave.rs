@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use recast_crds::Endpoint;
 use recast_crds::endpoint::{EndpointStatus, ImageRef};
-use recast_crds::wave::WavePhase;
+use recast_crds::wave::{BatchMulticast, MulticastPhase, WavePhase};
 
 use super::Controller;
 use crate::bmc::PowerControl;
@@ -23,6 +23,15 @@ use crate::store::{Backend, BackendError, Key};
 use recast_core::image::resolve_image;
 use recast_core::lifecycle::{NoticeType, WaveView};
 use recast_core::wave::{self, Candidate, Member, WaveInput};
+
+/// How often a wave with a live multicast session is looked at again (its figures in status).
+const SESSION_REFRESH: Duration = Duration::from_secs(5);
+
+/// The multicast sessions a boot service runs for waves' batches.
+pub trait BatchSessions: Send + Sync + std::fmt::Debug {
+    /// The sessions of `namespace/wave`'s batches, by batch index.
+    fn batch_sessions(&self, namespace: &str, wave: &str) -> Vec<(u32, BatchMulticast)>;
+}
 
 /// What one wave reconcile asks of the caller.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -144,6 +153,16 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
             );
             let mut next = d.status.clone();
             next.observed_generation = w.metadata.generation;
+            let mut session_live = false;
+            if let Some(sessions) = &self.sessions {
+                for (index, m) in sessions.batch_sessions(namespace, name) {
+                    session_live |=
+                        matches!(m.phase, MulticastPhase::Waiting | MulticastPhase::Sending);
+                    if let Some(b) = next.batches.get_mut(index as usize) {
+                        b.multicast = Some(m);
+                    }
+                }
+            }
             if next != status {
                 match self.backend.write_wave_status(&w, &next).await {
                     Ok(()) => {}
@@ -167,10 +186,17 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
                 }
             }
             let due = self.set_wave_due(namespace, name, &d.due);
-            return Ok(WaveStep {
-                due,
-                requeue_after: d.requeue_after,
-            });
+            // A live session's figures are shown as they move (a status write per wave
+            // every few seconds while it runs, none after).
+            let requeue_after = if session_live {
+                Some(
+                    d.requeue_after
+                        .map_or(SESSION_REFRESH, |r| r.min(SESSION_REFRESH)),
+                )
+            } else {
+                d.requeue_after
+            };
+            return Ok(WaveStep { due, requeue_after });
         }
     }
 

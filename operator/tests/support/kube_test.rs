@@ -30,6 +30,7 @@ pub async fn client(k: &K8s) -> kube::Client {
 /// operator's defaults (the fleet breaker and ceiling on, no image store).
 pub fn options(ns: &str) -> KubeOptions {
     KubeOptions {
+        sessions: None,
         image_store: None,
         bmc_watch_interval: recast_operator::controller::bmc_watch::DEFAULT_INTERVAL,
         wake: Default::default(),
