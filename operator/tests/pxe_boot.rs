@@ -98,8 +98,9 @@ impl Net {
     fn up(name: &str) -> Net {
         let script = repo().join("tests/pxe/netns.sh");
         let _ = Command::new(&script).args(["down", name]).status();
+        // Two taps: the multicast wave runs two machines at once.
         let ok = Command::new(&script)
-            .args(["up", name])
+            .args(["up", name, "2"])
             .status()
             .expect("run netns.sh");
         assert!(ok.success(), "netns.sh up {name} failed");
@@ -187,6 +188,9 @@ const VM5: &str = "52:54:00:77:00:05";
 const VM6: &str = "52:54:00:77:00:06";
 const VM7: &str = "52:54:00:77:00:07";
 const VM8: &str = "52:54:00:77:00:08";
+/// The two machines of the multicast wave.
+const VM9: &str = "52:54:00:77:00:09";
+const VM10: &str = "52:54:00:77:00:0a";
 /// The SMBIOS UUIDs the Endpoints name (QEMU `-uuid`).
 const UUID1: &str = "1b4e28ba-2fa1-11d2-883f-0016d3cca401";
 const UUID3: &str = "1b4e28ba-2fa1-11d2-883f-0016d3cca403";
@@ -291,6 +295,17 @@ fn prepare(tag: &str) -> Site {
             vm8
         },
         endpoint_doc("vm-04", VM4, "bios", Some(UUID4), small.clone()),
+        // vm-09 and vm-10: one wave batch, imaged from one multicast session.
+        {
+            let mut d = endpoint_doc("vm-09", VM9, "bios", None, small.clone());
+            d["metadata"]["labels"] = json!({"wave": "multicast"});
+            d
+        },
+        {
+            let mut d = endpoint_doc("vm-10", VM10, "bios", None, small.clone());
+            d["metadata"]["labels"] = json!({"wave": "multicast"});
+            d
+        },
         endpoint_doc("vm-05", VM5, "bios", None, small.clone()),
         endpoint_doc("vm-06", VM6, "bios", None, small),
         json!({"apiVersion": "recast.dev/v1alpha1", "kind": "RemediationPolicy", "metadata": {"name": "default"},
@@ -394,6 +409,8 @@ struct Machine<'a> {
     disks: Vec<(&'a Path, Option<&'a str>)>,
     /// SMBIOS system manufacturer and product (QEMU's own when unset).
     model: Option<(&'a str, &'a str)>,
+    /// Which of the site's tap devices it is plugged into (two machines at once: 0 and 1).
+    tap: usize,
 }
 
 impl<'a> Machine<'a> {
@@ -406,6 +423,7 @@ impl<'a> Machine<'a> {
             uuid: None,
             disks: vec![(disk, None)],
             model: None,
+            tap: 0,
         }
     }
 }
@@ -476,7 +494,10 @@ fn vm_with(net: &Net, site: &Site, m: &Machine, tag: &str) -> Proc {
         // OVMF's own PXE client (no option ROM: iPXE's would be refused), first in the boot
         // order, the disks after it.
         let child = cmd
-            .args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"])
+            .args([
+                "-netdev",
+                &format!("tap,id=n0,ifname=tap{},script=no,downscript=no", m.tap),
+            ])
             .args([
                 "-device",
                 &format!(
@@ -493,7 +514,10 @@ fn vm_with(net: &Net, site: &Site, m: &Machine, tag: &str) -> Proc {
     cmd.args(["-boot", "n"]);
     let rom = if m.fw == Firmware::Uefi { EFI_ROM } else { ROM };
     let child = cmd
-        .args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"])
+        .args([
+            "-netdev",
+            &format!("tap,id=n0,ifname=tap{},script=no,downscript=no", m.tap),
+        ])
         .args([
             "-device",
             &format!("e1000,netdev=n0,mac={},romfile={rom}", m.mac),
@@ -558,7 +582,24 @@ fn real_ipxe_firmware_boots_locally_then_images_when_armed_then_full_dhcp() {
     let site = prepare("loop");
     let net = Net::up(&format!("rcp{}", std::process::id() % 100000));
     let dnsmasq = net.dnsmasq(&site.dir);
-    let op = operator(&net, &site, &["--dhcp", "proxy", "--tftp", "10.77.0.2:69"]);
+    // Multicast sessions for waves (automatic attempts keep downloading over HTTP here).
+    let op = operator(
+        &net,
+        &site,
+        &[
+            "--dhcp",
+            "proxy",
+            "--tftp",
+            "10.77.0.2:69",
+            "--multicast-interface",
+            "vr0",
+            "--multicast-automatic-wait",
+            "0s",
+            // QEMU's emulated NICs under TCG drop what comes faster (retransmissions).
+            "--multicast-max-mbps",
+            "100",
+        ],
+    );
     let store = EmbeddedStore::open(&site.data).unwrap();
     let disk = site.dir.join("disk-vm1.img");
     blank_disk(&disk, 4 * GIB);
@@ -621,6 +662,7 @@ fn real_ipxe_firmware_boots_locally_then_images_when_armed_then_full_dhcp() {
     let disk3 = site.dir.join("disk-vm3.img");
     blank_disk(&disk3, 4 * GIB);
     let vm3 = Machine {
+        tap: 0,
         model: None,
         mac: VM3,
         fw: Firmware::Uefi,
@@ -662,6 +704,7 @@ fn real_ipxe_firmware_boots_locally_then_images_when_armed_then_full_dhcp() {
     will_it_boot(&net, &site, &store);
 
     refusals(&net, &site, &store);
+    multicast_wave(&net, &site, &store);
     drop(op);
 
     // (c) Full DHCP mode, no dnsmasq: recast leases from its static table.
@@ -687,6 +730,255 @@ fn real_ipxe_firmware_boots_locally_then_images_when_armed_then_full_dhcp() {
     assert!(log.contains("DHCP Offer mac=52:54:00:77:00:02"), "{log}");
     assert!(log.contains("kind=\"ipxe-script\""), "{log}");
     let _ = std::fs::remove_dir_all(&site.dir);
+}
+
+/// A wave of two machines (vm-09, vm-10) and three receiver processes standing in for more
+/// machines, all on one multicast session of the boot service; one process drops out after
+/// 1 MiB (a machine losing power), the others are not held back beyond udpcast's drop timeout.
+/// Proven from the outside: both disks read back like any imaged disk, each process's bytes
+/// hash to the stream's sha256, the bytes sent to the session's group are counted by netfilter
+/// in the boot service's namespace (about the stream once, not once per receiver), and no
+/// machine downloaded the image over HTTP.
+fn multicast_wave(net: &Net, site: &Site, store: &EmbeddedStore) {
+    // The controller makes the pipable form of the served image (and its boot manager).
+    let facts = site
+        .root
+        .join("images")
+        .join(format!("{}.stream.json", site.digest));
+    recast_tests::wait_for(
+        Duration::from_secs(120),
+        "the pipable form of the golden image",
+        || facts.is_file(),
+    );
+    let facts: Value = serde_json::from_slice(&std::fs::read(&facts).unwrap()).unwrap();
+    let stream_sha = facts["sha256"].as_str().unwrap().to_string();
+    let stream_size = facts["size"].as_u64().unwrap();
+    let stream_file = site
+        .root
+        .join("images")
+        .join(format!("{}.stream.wim", site.digest));
+    assert_eq!(recast_tests::sha256_file(&stream_file), stream_sha);
+    // It is wimlib's pipable format, and holds the same image as the verified WIM (read
+    // with wimlib itself, not recast's check).
+    assert_eq!(&std::fs::read(&stream_file).unwrap()[..8], b"WLPWM\0\0\0");
+    let info = |wim: &Path, index: &str| {
+        let out = Command::new("wimlib-imagex")
+            .args(["info"])
+            .arg(wim)
+            .arg(index)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| {
+                ["Total Bytes", "File Count", "Directory Count"]
+                    .iter()
+                    .any(|k| l.starts_with(k))
+            })
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(info(&stream_file, "1"), info(&site.golden.wim, "1"));
+
+    // Netfilter counts what the boot service sends to the session's group.
+    let boot = net.boot();
+    let run = |args: &[&str]| {
+        let ok = Command::new("ip")
+            .args(["netns", "exec", &boot])
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "{args:?}");
+    };
+    run(&[
+        "iptables",
+        "-I",
+        "OUTPUT",
+        "-d",
+        "239.255.77.0/24",
+        "-j",
+        "ACCEPT",
+    ]);
+    let group_bytes = || -> u64 {
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", &boot, "iptables", "-L", "OUTPUT", "-v", "-x", "-n",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.contains("239.255.77.0/24"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap()
+    };
+    let tx = || -> u64 {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &boot,
+                "cat",
+                "/sys/class/net/vr0/statistics/tx_bytes",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+
+    // Three receiver processes on the site's bridge (10.77.0.60-62), waiting for the session.
+    let site_ns = net.site();
+    let mut receivers = Vec::new();
+    for (i, drop_out) in [(0, false), (1, false), (2, true)] {
+        let ns = format!("{}-rx{i}", net.0);
+        let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        let setup = format!(
+            "ip netns add {ns} && ip link add rx{i} type veth peer name rxb{i} netns {site_ns} \
+             && ip link set rx{i} netns {ns} && ip -n {ns} addr add 10.77.0.{}/24 brd + dev rx{i} \
+             && ip -n {ns} link set rx{i} up && ip -n {ns} link set lo up \
+             && ip -n {site_ns} link set rxb{i} master br0 && ip -n {site_ns} link set rxb{i} up",
+            60 + i
+        );
+        assert!(
+            Command::new("sh")
+                .args(["-c", &setup])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let sink = if drop_out {
+            "head -c 1048576 | sha256sum".to_string()
+        } else {
+            "sha256sum".to_string()
+        };
+        let out = site.dir.join(format!("rx{i}.sha"));
+        let child = Command::new("sh")
+            .args([
+                "-c",
+                &format!(
+                    "ip netns exec {ns} udp-receiver --nokbd --portbase 9000 --interface rx{i} \
+                     --start-timeout 600 --receive-timeout 60 2>{err} | {sink} > {out}",
+                    err = site.dir.join(format!("rx{i}.log")).display(),
+                    out = out.display()
+                ),
+            ])
+            .spawn()
+            .unwrap();
+        receivers.push((ns, out, drop_out, Proc(child)));
+    }
+
+    let before = (group_bytes(), tx());
+    store
+        .apply(
+            &json!({"apiVersion": "recast.dev/v1alpha1", "kind": "ReimageWave", "metadata": {"name": "mc"},
+                    "spec": {"selector": {"matchLabels": {"wave": "multicast"}}, "image": "golden",
+                             "strategy": {"canary": 2, "batchSize": 2},
+                             "multicast": {"minReceivers": 5, "maxWait": "10m"},
+                             "reason": "multicast test"}}),
+            "default",
+        )
+        .unwrap();
+    for mac in [VM9, VM10] {
+        recast_tests::wait_for(Duration::from_secs(60), "the wave to arm its batch", || {
+            store.boot_intent(mac).unwrap().is_some()
+        });
+    }
+    let disk9 = site.dir.join("disk-vm9.img");
+    let disk10 = site.dir.join("disk-vm10.img");
+    blank_disk(&disk9, 4 * GIB);
+    blank_disk(&disk10, 4 * GIB);
+    let vm9 = Machine::bios(VM9, &disk9);
+    let vm10 = Machine {
+        tap: 1,
+        ..Machine::bios(VM10, &disk10)
+    };
+    {
+        let mut q9 = vm_with(net, site, &vm9, "mc9");
+        let mut q10 = vm_with(net, site, &vm10, "mc10");
+        for (q, tag) in [(&mut q9, "mc9"), (&mut q10, "mc10")] {
+            let serial = site.dir.join(format!("serial-{tag}.log"));
+            wait_exit(
+                q,
+                Duration::from_secs(900),
+                "a multicast-imaged VM",
+                &serial,
+                site,
+            );
+            let text = std::fs::read_to_string(&serial).unwrap_or_default();
+            // Applied from the stream: no HTTP download of the image (the imager says
+            // "downloading over HTTP" when it falls back).
+            assert!(
+                text.contains("recast-imager: done: the image is written")
+                    && text.contains("image applied from the multicast session; sha256 matches")
+                    && !text.contains("downloading over HTTP")
+                    && !text.contains("downloading golden ("),
+                "{tag}: serial console:\n{text}"
+            );
+        }
+    }
+    for (ns, out, drop_out, mut child) in receivers {
+        let _ = child.0.wait();
+        let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        let got = std::fs::read_to_string(&out).unwrap_or_default();
+        let got = got
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        if drop_out {
+            assert_ne!(got, stream_sha, "the drop-out stopped after 1 MiB");
+        } else {
+            assert_eq!(got, stream_sha, "{}: the stream's bytes", out.display());
+        }
+    }
+    let sent = group_bytes() - before.0;
+    let all = tx() - before.1;
+    run(&[
+        "iptables",
+        "-D",
+        "OUTPUT",
+        "-d",
+        "239.255.77.0/24",
+        "-j",
+        "ACCEPT",
+    ]);
+    let log = operator_log(site);
+    eprintln!(
+        "multicast wave: {sent} bytes to the group and {all} bytes on vr0 for a {stream_size}-byte stream to 5 receivers"
+    );
+    // About once (headers, retransmissions, the drop-out's rounds), not once per receiver.
+    assert!(
+        sent >= stream_size && sent < stream_size + stream_size / 2,
+        "{sent} bytes sent to the group for {stream_size} × 5 receivers\n{log}"
+    );
+    assert!(
+        log.contains("joining the batch's multicast session"),
+        "{log}"
+    );
+    for (disk, name) in [(&disk9, "vm-09"), (&disk10, "vm-10")] {
+        read_back(site, disk, Firmware::Bios, false);
+        recast_tests::wait_for(
+            Duration::from_secs(30),
+            "the attempt to reach FirstBoot",
+            || endpoint(store, name)["status"]["activeAttempt"]["step"] == "FirstBoot",
+        );
+    }
+    // The wave's status shows the batch's session as the boot service saw it.
+    recast_tests::wait_for(
+        Duration::from_secs(30),
+        "the session in the wave's status",
+        || {
+            let w = store
+                .get(Kind::ReimageWave, "default", "mc")
+                .unwrap()
+                .unwrap();
+            let m = &w["status"]["batches"][0]["multicast"];
+            m["phase"] == "Complete"
+                && m["receivers"] == 5
+                && m["dropped"] == 1
+                && m["bytes"] == json!(stream_size)
+        },
+    );
 }
 
 fn has_fallback(store: &EmbeddedStore, name: &str) -> bool {
@@ -760,6 +1052,7 @@ fn secure_boot_machine(net: &Net, site: &Site, store: &EmbeddedStore) {
     secure_boot::marker_disk(&marker);
     let untouched = recast_tests::sha256_file(&marker);
     let on_marker = Machine {
+        tap: 0,
         model: None,
         mac: VM7,
         fw: Firmware::Uefi,
@@ -915,6 +1208,7 @@ fn will_it_boot(net: &Net, site: &Site, store: &EmbeddedStore) {
     }
     let blank = recast_tests::sha256_file(&disk8);
     let vm8 = Machine {
+        tap: 0,
         model: None,
         mac: VM8,
         fw: Firmware::Uefi,

@@ -27,7 +27,8 @@ case $cmd in
     ip -n "$site" link add vb0 type veth peer name vr0 netns "$boot"
     ip -n "$site" link set vb0 master br0
     ip -n "$site" link set vb0 up
-    ip -n "$boot" addr add 10.77.0.2/24 dev vr0
+    # brd +: a multicast session (udp-sender) finds its receivers by broadcast.
+    ip -n "$boot" addr add 10.77.0.2/24 brd + dev vr0
     ip -n "$boot" link set vr0 up
     # Limited broadcast (255.255.255.255) needs a route out of vr0.
     ip -n "$boot" route add default dev vr0

@@ -813,11 +813,13 @@ impl<B: Backend + BootIntents> BootHttp<B> {
                 let members = (batch.endpoints.len() as u32)
                     .saturating_sub(batch.skipped)
                     .max(1);
+                // The wave's count as given (receivers beyond the batch count, such as other
+                // machines of the site on the same image, are its author's call); else every
+                // member of the batch.
                 let min = want
                     .as_ref()
                     .and_then(|m| m.min_receivers)
-                    .unwrap_or(members)
-                    .min(members);
+                    .unwrap_or(members);
                 let wait = want
                     .as_ref()
                     .and_then(|m| m.max_wait.as_deref())

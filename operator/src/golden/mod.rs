@@ -46,6 +46,8 @@ pub struct ImageConfig {
 /// How often the controller looks at the images, and how often at the fleet for KnownGood.
 const POLL: Duration = Duration::from_secs(2);
 const FLEET_EVERY: Duration = Duration::from_secs(30);
+/// How long after a failure the pipable form of an image is tried again.
+const STREAM_RETRY: Duration = Duration::from_secs(600);
 /// How often a long fetch or check logs its progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// Verifications (CPU: sha256 and WIM parsing) at once; fetches are not limited, they wait
@@ -72,6 +74,10 @@ pub struct ImageController<B: ImageStore> {
     store: ArtifactStore,
     /// Make the pipable form of each verified image ([`stream`]).
     streams: bool,
+    /// Pipable forms being made, by digest.
+    stream_inflight: std::sync::Mutex<HashMap<String, tokio::task::AbortHandle>>,
+    /// When making a digest's pipable form last failed.
+    stream_failed: std::sync::Mutex<HashMap<String, Instant>>,
     sources: Arc<SourcePolicy>,
     http: reqwest::Client,
     /// Images whose fetch or check is running, with the generation it is for: a pass starts
@@ -116,6 +122,8 @@ impl<B: ImageStore> ImageController<B> {
             backend,
             store: config.store,
             streams: config.streams,
+            stream_inflight: Default::default(),
+            stream_failed: Default::default(),
             sources,
             http,
             inflight: Default::default(),
@@ -189,6 +197,9 @@ impl<B: ImageStore> ImageController<B> {
         for (_, (_, task)) in lock(&self.inflight).drain() {
             task.abort();
         }
+        for (_, task) in lock(&self.stream_inflight).drain() {
+            task.abort();
+        }
     }
 
     /// The work due now: images that need a fetch or check, are not backing off, and have
@@ -237,6 +248,7 @@ impl<B: ImageStore> ImageController<B> {
         let images = self.backend.all_golden_images().await?;
         // Finished tasks (and deleted images') leave their entries behind: drop them.
         lock(&self.inflight).retain(|_, (_, task)| !task.is_finished());
+        self.start_streams(&images);
         for (gi, work) in self.due(images, leader) {
             let this = self.clone();
             let k = key(&gi);
@@ -604,13 +616,39 @@ impl<B: ImageStore> ImageController<B> {
                 ConditionStatus::Unknown => {}
             }
         }
-        if verdict.0 == ConditionStatus::True && self.streams && self.store.has_image(&sha) {
-            self.make_stream(gi, &sha).await;
-        }
         Checked {
             verdict: (verdict.0, verdict.1, verdict.2),
             facts,
             digest,
+        }
+    }
+
+    /// Starts making the pipable form of each served image that lacks one (multicast
+    /// sessions on): at most one task per digest, a failed one retried after STREAM_RETRY.
+    fn start_streams(self: &Arc<Self>, images: &[GoldenImage]) {
+        if !self.streams {
+            return;
+        }
+        let mut inflight = lock(&self.stream_inflight);
+        inflight.retain(|_, task| !task.is_finished());
+        for gi in images {
+            let Some(digest) = decide::served_digest(gi) else {
+                continue;
+            };
+            if !self.store.has_image(digest)
+                || stream::read(&self.store.root, digest, gi.spec.image_index).is_some()
+                || inflight.contains_key(digest)
+                || lock(&self.stream_failed)
+                    .get(digest)
+                    .is_some_and(|t| t.elapsed() < STREAM_RETRY)
+            {
+                continue;
+            }
+            let this = self.clone();
+            let (gi, digest) = (gi.clone(), digest.to_string());
+            let d = digest.clone();
+            let task = tokio::spawn(async move { this.make_stream(&gi, &d).await });
+            inflight.insert(digest, task.abort_handle());
         }
     }
 
@@ -619,11 +657,13 @@ impl<B: ImageStore> ImageController<B> {
     /// and an event says why.
     async fn make_stream(&self, gi: &GoldenImage, sha: &str) {
         let (ns, name) = key(gi);
+        tracing::info!(image = %format!("{ns}/{name}"), "making the pipable form for multicast sessions");
         match stream::ensure(&self.store, sha, gi.spec.image_index).await {
             Ok(f) => {
                 tracing::info!(image = %format!("{ns}/{name}"), stream_sha256 = %f.sha256, size = f.size, "pipable form ready for multicast sessions");
             }
             Err(e) => {
+                lock(&self.stream_failed).insert(sha.to_string(), Instant::now());
                 tracing::warn!(image = %format!("{ns}/{name}"), "no multicast for this image: {e}");
                 self.record(
                     gi,
