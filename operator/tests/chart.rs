@@ -543,6 +543,11 @@ fn helm_template_renders_what_each_value_set_asks_for() {
         "--boot-url=http://10.40.0.2:8081",
         "--imaging-environment=linux",
         "--watch-namespace=fleet",
+        "--multicast-interface=eth1",
+        "--multicast-group=239.255.77.0",
+        "--multicast-ports=9000",
+        "--multicast-max-mbps=300",
+        "--multicast-automatic-wait=60s",
     ] {
         assert!(a.contains(&want.to_string()), "{want} missing from {a:?}");
     }

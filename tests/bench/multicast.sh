@@ -79,12 +79,23 @@ for _ in $(seq 100); do
 done
 url="http://$server_ip:$free_port/artifacts/images/$sha.wim"
 tx() { ip netns exec "$srv" cat /sys/class/net/eth0/statistics/tx_bytes; }
+# Busy and total jiffies of the whole host (every receiver, the bridge, the server share it).
+cpu() { awk '/^cpu /{print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8}' /proc/stat; }
+busy_since() { # "busy total" at the start -> percent busy since
+  local b0 t0 b1 t1
+  read -r b0 t0 <<<"$1"
+  read -r b1 t1 < <(cpu)
+  echo $(((b1 - b0) * 100 / (t1 - t0 > 0 ? t1 - t0 : 1)))
+}
 now() { date +%s.%N; }
 
 unicast() { # n -> "seconds server_bytes"
   local n=$1 t0 b0 i
+  only "$n"
   b0=$(tx)
   t0=$(now)
+  local c0
+  c0=$(cpu)
   local ps=()
   ip netns exec "mbr1-$tag" sh -c "curl -sSf '$url' | sha256sum >'$work/u1.sha'" &
   ps+=("$!")
@@ -96,11 +107,21 @@ unicast() { # n -> "seconds server_bytes"
   local t1
   t1=$(now)
   [[ $(cut -d' ' -f1 "$work/u1.sha") == "$sha" ]] || { echo "[bench] unicast: wrong bytes" >&2; exit 1; }
-  echo "$(echo "$t1 - $t0" | bc) $(($(tx) - b0))"
+  echo "$(echo "$t1 - $t0" | bc) $(($(tx) - b0)) $(busy_since "$c0")"
+}
+
+# Only the run's N machines on the bridge: the others' ports down (a bridge floods multicast
+# to every port without an IGMP querier, which would charge N=1 for 50 idle namespaces).
+only() { # n
+  local i
+  for ((i = 1; i <= max_n; i++)); do
+    if ((i <= $1)); then ip -n "$hub" link set "p$i-$tag" up; else ip -n "$hub" link set "p$i-$tag" down; fi
+  done
 }
 
 multicast() { # n -> "seconds server_bytes"
   local n=$1 t0 b0 i
+  only "$n"
   b0=$(tx)
   local ps=()
   # Receivers first (machines booted into the imaging environment), then the session starts
@@ -113,6 +134,8 @@ multicast() { # n -> "seconds server_bytes"
     ps+=("$!")
   done
   t0=$(now)
+  local c0
+  c0=$(cpu)
   # The arguments recast_core::multicast::sender_args gives (its unit test pins them).
   ip netns exec "$srv" udp-sender --nokbd --file "$file" --interface eth0 --portbase 9000 \
     --mcast-data-address 239.255.77.0 --ttl 1 --max-bitrate "$rate" --min-receivers "$n" \
@@ -121,14 +144,14 @@ multicast() { # n -> "seconds server_bytes"
   local t1
   t1=$(now)
   [[ $(cut -d' ' -f1 "$work/m1.sha") == "$sha" ]] || { echo "[bench] multicast: wrong bytes" >&2; exit 1; }
-  echo "$(echo "$t1 - $t0" | bc) $(($(tx) - b0))"
+  echo "$(echo "$t1 - $t0" | bc) $(($(tx) - b0)) $(busy_since "$c0")"
 }
 
-declare -A us ub ms mb
+declare -A us ub uc ms mb mc
 for n in "${counts[@]}"; do
-  read -r us[$n] ub[$n] < <(unicast "$n")
-  read -r ms[$n] mb[$n] < <(multicast "$n")
-  echo "[bench] N=$n unicast ${us[$n]} s ${ub[$n]} B; multicast ${ms[$n]} s ${mb[$n]} B" >&2
+  read -r us[$n] ub[$n] uc[$n] < <(unicast "$n")
+  read -r ms[$n] mb[$n] mc[$n] < <(multicast "$n")
+  echo "[bench] N=$n unicast ${us[$n]} s ${ub[$n]} B ${uc[$n]}% CPU; multicast ${ms[$n]} s ${mb[$n]} B ${mc[$n]}% CPU" >&2
 done
 
 first=${counts[0]}
@@ -136,11 +159,11 @@ last=${counts[${#counts[@]} - 1]}
 echo
 echo "$size_mib MiB pipable WIM ($bytes bytes); server uplink $link (tc tbf); session cap $rate; $(nproc) cores"
 echo
-echo "| receivers | unicast HTTP: wave time | unicast: server bytes (× image) | multicast: wave time | multicast: server bytes (× image) |"
-echo "|---|---|---|---|---|"
+echo "| receivers | unicast HTTP: wave time | unicast: server bytes (× image) | unicast: host CPU busy | multicast: wave time | multicast: server bytes (× image) | multicast: host CPU busy |"
+echo "|---|---|---|---|---|---|---|"
 for n in "${counts[@]}"; do
-  printf '| %s | %.1f s | %s (%.2f×) | %.1f s | %s (%.2f×) |\n' "$n" "${us[$n]}" "${ub[$n]}" \
-    "$(echo "${ub[$n]} / $bytes" | bc -l)" "${ms[$n]}" "${mb[$n]}" "$(echo "${mb[$n]} / $bytes" | bc -l)"
+  printf '| %s | %.1f s | %s (%.2f×) | %s%% | %.1f s | %s (%.2f×) | %s%% |\n' "$n" "${us[$n]}" "${ub[$n]}" \
+    "$(echo "${ub[$n]} / $bytes" | bc -l)" "${uc[$n]}" "${ms[$n]}" "${mb[$n]}" "$(echo "${mb[$n]} / $bytes" | bc -l)" "${mc[$n]}"
 done
 ratio=$(echo "${ms[$last]} / ${ms[$first]}" | bc -l)
 bytes_ratio=$(echo "${mb[$last]} / $bytes" | bc -l)

@@ -151,6 +151,17 @@ capabilities:
 {{- if $b.wdsServer }}
 - --wds-server={{ $b.wdsServer }}
 {{- end }}
+{{- with $b.multicast }}
+{{- if .interface }}
+- --multicast-interface={{ .interface }}
+- --multicast-group={{ .group }}
+- --multicast-ports={{ .ports }}
+- --multicast-sessions={{ .sessions }}
+- --multicast-ttl={{ .ttl }}
+- --multicast-max-mbps={{ .maxMbps }}
+- --multicast-automatic-wait={{ .automaticWait }}
+{{- end }}
+{{- end }}
 {{- if $b.gatewayUrl }}
 - --gateway-url={{ $b.gatewayUrl }}
 {{- end }}
