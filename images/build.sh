@@ -29,8 +29,9 @@ here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
 SUITE="bookworm"
 MIRROR="${RECAST_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
-# What the runtime needs beyond minbase: TLS roots for BMCs and image downloads.
-INCLUDE="ca-certificates"
+# What the runtime needs beyond minbase: TLS roots for BMCs and image downloads; wimlib and
+# udpcast for multicast sessions (the pipable form of each image, udp-sender).
+INCLUDE="ca-certificates,wimtools,udpcast"
 cache_root="${RECAST_CACHE:-$HOME/.cache/recast}"
 base_key="$SUITE-minbase-$(echo "$INCLUDE" | sha256sum | cut -c1-12)"
 base_tar="$cache_root/image-base/$base_key.tar"
@@ -165,6 +166,10 @@ for f in shimx64.efi grubx64.efi; do
   [[ "$(head -c2 "$mnt/usr/share/recast/boot/sb/$f")" == "MZ" ]] || die "/usr/share/recast/boot/sb/$f is not a PE file"
 done
 log "signed chain: $(tr '\n' ';' < "$mnt/usr/share/recast/boot/sb/VERSION")"
+# Multicast sessions' tools run as the image's user.
+in_image wimlib-imagex --version >/dev/null || die "wimlib-imagex does not run in the image"
+in_image sh -c 'command -v udp-sender' >/dev/null || die "udp-sender is missing from the image"
+log "multicast tools: $(in_image wimlib-imagex --version | head -1); udp-sender present"
 
 # The chart's layout: a writable data volume, iPXE copied in by the init container's command.
 data=/var/lib/recast

@@ -58,8 +58,17 @@ pub const DEFAULT_RETRIES_UNTIL_DROP: u32 = 20;
 /// does not say (ReimageWave `spec.multicast.maxWait`).
 pub const DEFAULT_MAX_WAIT_SECONDS: u32 = 120;
 /// Seconds a receiver waits beyond the session's own wait before it gives up and downloads
-/// over HTTP: machines boot minutes apart, and the session cannot start later than this.
+/// over HTTP (its clock starts when it joins, after the machine's checks).
 pub const START_TIMEOUT_MARGIN_SECONDS: u32 = 60;
+/// Seconds the sender waits beyond the session's own wait for a first receiver: its clock
+/// starts at the first task, and each machine makes its pre-write checks (a driver set
+/// download among them) before it joins.
+pub const SENDER_START_MARGIN_SECONDS: u32 = 600;
+/// The longest a session waits for more receivers after the first one joined (a wave's
+/// `maxWait` and `--multicast-automatic-wait` are held to it): nothing waits for hours.
+pub const MAX_WAIT_SECONDS: u32 = 1800;
+/// The most receivers a session waits for (udpcast reads the count into a C int).
+pub const MAX_RECEIVERS: u32 = 100_000;
 /// Seconds without data after the start before a receiver gives the stream up.
 pub const RECEIVE_TIMEOUT_SECONDS: u32 = 30;
 
@@ -168,12 +177,14 @@ pub fn sender_args(s: &Settings, p: &SessionPlan) -> Vec<String> {
         "--max-bitrate".into(),
         format!("{}m", s.max_mbps),
         "--min-receivers".into(),
-        p.min_receivers.max(1).to_string(),
+        p.min_receivers.clamp(1, MAX_RECEIVERS).to_string(),
+        // 0 would mean "no limit" to udpcast.
         "--max-wait".into(),
-        p.max_wait_seconds.to_string(),
-        // The sender gives up when nobody joined within the receivers' own patience.
+        p.max_wait_seconds.clamp(1, MAX_WAIT_SECONDS).to_string(),
+        // The sender gives up when nobody joined in time (its clock starts now, at the
+        // first task; the machines join after their pre-write checks).
         "--start-timeout".into(),
-        (p.max_wait_seconds + START_TIMEOUT_MARGIN_SECONDS).to_string(),
+        (p.max_wait_seconds.clamp(1, MAX_WAIT_SECONDS) + SENDER_START_MARGIN_SECONDS).to_string(),
         "--retries-until-drop".into(),
         s.retries_until_drop.to_string(),
         "--nopointopoint".into(),
@@ -196,7 +207,8 @@ pub fn join(p: &SessionPlan, stream: &Stream, boot_manager: Option<TaskBlob>) ->
     TaskMulticast {
         group: p.group.to_string(),
         port: p.port,
-        start_timeout_seconds: p.max_wait_seconds + START_TIMEOUT_MARGIN_SECONDS,
+        start_timeout_seconds: p.max_wait_seconds.clamp(1, MAX_WAIT_SECONDS)
+            + START_TIMEOUT_MARGIN_SECONDS,
         receive_timeout_seconds: RECEIVE_TIMEOUT_SECONDS,
         sha256: stream.sha256.clone(),
         size: stream.size,
@@ -313,11 +325,18 @@ pub fn parse_sender_line(line: &str) -> SenderLine {
     }
     if let Some(rest) = line.strip_prefix("bytes=") {
         let (figures, tail) = rest.split_once("re-xmits=").unwrap_or((rest, ""));
+        // Above 10^9 bytes udpcast counts in KiB ("1 074 218K"), above 10^12 in MiB ("M").
+        let figures = figures.trim();
+        let unit: u64 = match figures.chars().last() {
+            Some('K') => 1 << 10,
+            Some('M') => 1 << 20,
+            _ => 1,
+        };
         let digits: String = figures.chars().filter(char::is_ascii_digit).collect();
         let retransmits: String = tail.chars().take_while(char::is_ascii_digit).collect();
-        if let Ok(bytes) = digits.parse() {
+        if let Ok(count) = digits.parse::<u64>() {
             return SenderLine::Progress {
-                bytes,
+                bytes: count.saturating_mul(unit),
                 retransmits: retransmits.parse().unwrap_or(0),
             };
         }
@@ -374,15 +393,23 @@ impl SessionFigures {
                 self.retransmits = *retransmits;
             }
             SenderLine::Dropped { .. } => self.dropped += 1,
-            SenderLine::Complete => self.phase = SessionPhase::Complete,
+            // udp-sender says "Transfer complete." even when it dropped every receiver.
+            SenderLine::Complete => {
+                self.phase = if self.joined > self.dropped {
+                    SessionPhase::Complete
+                } else {
+                    SessionPhase::Ended
+                }
+            }
             SenderLine::Disconnected { .. } | SenderLine::Other => {}
         }
         self
     }
 
-    /// The figures once the sender exited: a session that never completed has ended.
-    pub fn exited(mut self) -> Self {
-        if self.phase != SessionPhase::Complete {
+    /// The figures once the sender exited: complete only when it said so and sent every byte
+    /// of the `size`-byte stream; otherwise the session ended.
+    pub fn exited(mut self, size: u64) -> Self {
+        if self.phase != SessionPhase::Complete || self.bytes < size {
             self.phase = SessionPhase::Ended;
         }
         self
@@ -402,7 +429,18 @@ pub enum JoinDecision {
 
 /// The decision for one task: `session` is the batch's session's phase if one was started,
 /// `free_slot` the first slot no live session holds.
-pub fn decide_join(session: Option<SessionPhase>, free_slot: Option<u16>) -> JoinDecision {
+///
+/// `renewable`: a session that has run may be replaced by a new one for the same key
+/// (automatic attempts of an image arrive over hours; a wave batch runs once).
+pub fn decide_join(
+    session: Option<SessionPhase>,
+    free_slot: Option<u16>,
+    renewable: bool,
+) -> JoinDecision {
+    let session = match session {
+        Some(SessionPhase::Complete | SessionPhase::Ended) if renewable => None,
+        s => s,
+    };
     match (session, free_slot) {
         (Some(SessionPhase::Waiting), _) => JoinDecision::Join,
         (Some(SessionPhase::Sending), _) => JoinDecision::Download(
@@ -607,7 +645,28 @@ mod tests {
         // At least one receiver, whatever the wave said.
         assert_eq!(after("--min-receivers"), "1");
         assert_eq!(after("--max-wait"), "90");
-        assert_eq!(after("--start-timeout"), "150");
+        assert_eq!(after("--start-timeout"), "690");
+        // udpcast reads counts into a C int and takes 0 s as "no limit": both are held.
+        let huge = SessionPlan {
+            min_receivers: u32::MAX,
+            max_wait_seconds: u32::MAX,
+            ..plan.clone()
+        };
+        let a2 = sender_args(&s, &huge);
+        let after2 = |flag: &str| a2[a2.iter().position(|x| x == flag).unwrap() + 1].clone();
+        assert_eq!(after2("--min-receivers"), "100000");
+        assert_eq!(after2("--max-wait"), "1800");
+        assert_eq!(after2("--start-timeout"), "2400");
+        assert_eq!(join(&huge, &stream(), None).start_timeout_seconds, 1860);
+        let zero = SessionPlan {
+            max_wait_seconds: 0,
+            ..plan.clone()
+        };
+        let a3 = sender_args(&s, &zero);
+        assert_eq!(
+            a3[a3.iter().position(|x| x == "--max-wait").unwrap() + 1],
+            "1"
+        );
         assert_eq!(after("--retries-until-drop"), "20");
         assert!(a.contains(&"--nopointopoint".to_string()));
         assert!(a.contains(&"--nokbd".to_string()));
@@ -769,36 +828,59 @@ mod tests {
                 retransmits: 4
             }
         );
-        assert_eq!(f.clone().exited().phase, SessionPhase::Ended);
-        let done = f.after(&SenderLine::Complete).exited();
+        assert_eq!(f.clone().exited(3000).phase, SessionPhase::Ended);
+        let done = f.clone().after(&SenderLine::Complete).exited(3000);
         assert_eq!(done.phase, SessionPhase::Complete);
+        // Fewer bytes than the stream: not complete, whatever the sender said.
+        assert_eq!(
+            f.clone().after(&SenderLine::Complete).exited(4000).phase,
+            SessionPhase::Ended
+        );
+        // Every receiver dropped: udp-sender still says "Transfer complete.".
+        let all_dropped = f
+            .after(&SenderLine::Dropped { receiver: 0 })
+            .after(&SenderLine::Complete);
+        assert_eq!(all_dropped.phase, SessionPhase::Ended);
         // A session nobody joined ends, it does not complete.
         assert_eq!(
-            SessionFigures::default().exited().phase,
+            SessionFigures::default().exited(0).phase,
             SessionPhase::Ended
         );
     }
 
     #[test]
     fn a_machine_joins_a_waiting_session_and_downloads_from_any_other() {
-        assert_eq!(decide_join(None, Some(2)), JoinDecision::Start { slot: 2 });
-        assert_eq!(
-            decide_join(Some(SessionPhase::Waiting), None),
-            JoinDecision::Join
-        );
-        for phase in [
-            SessionPhase::Sending,
-            SessionPhase::Complete,
-            SessionPhase::Ended,
-        ] {
+        for renewable in [false, true] {
+            assert_eq!(
+                decide_join(None, Some(2), renewable),
+                JoinDecision::Start { slot: 2 }
+            );
+            assert_eq!(
+                decide_join(Some(SessionPhase::Waiting), None, renewable),
+                JoinDecision::Join
+            );
+            assert!(matches!(
+                decide_join(Some(SessionPhase::Sending), Some(0), renewable),
+                JoinDecision::Download(_)
+            ));
             assert!(
-                matches!(decide_join(Some(phase), Some(0)), JoinDecision::Download(_)),
-                "{phase:?}"
+                matches!(decide_join(None, None, renewable), JoinDecision::Download(m) if m.contains("--multicast-sessions"))
             );
         }
-        assert!(
-            matches!(decide_join(None, None), JoinDecision::Download(m) if m.contains("--multicast-sessions"))
-        );
+        // A batch's session runs once; an image's automatic one is started again.
+        for phase in [SessionPhase::Complete, SessionPhase::Ended] {
+            assert!(
+                matches!(
+                    decide_join(Some(phase), Some(0), false),
+                    JoinDecision::Download(_)
+                ),
+                "{phase:?}"
+            );
+            assert_eq!(
+                decide_join(Some(phase), Some(0), true),
+                JoinDecision::Start { slot: 0 }
+            );
+        }
     }
 
     #[test]

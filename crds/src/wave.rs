@@ -126,8 +126,9 @@ pub struct WaveMulticast {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 1 && self <= 100000").message("multicast.minReceivers must be 1 to 100000"))]
     pub min_receivers: Option<u32>,
-    /// ... or this long after the first one joined, such as "2m" (default 2m). Machines boot
-    /// minutes apart; a machine that joins after the start downloads over HTTP.
+    /// ... or this long after the first one joined, such as "2m" (default 2m; longer than 30m
+    /// is held to 30m). Machines boot minutes apart; a machine that joins after the start
+    /// downloads over HTTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.matches('^([0-9]+(h|m|s))+$')").message("multicast.maxWait must be a duration such as 90s or 5m"))]
     #[schemars(length(max = 32))]

@@ -483,16 +483,25 @@ pub async fn image(session: &Session, env: &Env) -> Result<(), Failure> {
     let driver_set = machine_driver_set(task, &sysfs::model(&env.sysfs))?;
     // The batch's multicast session, when the task names one that can work and this
     // environment has udp-receiver; otherwise (or when the stream fails) the HTTP download.
-    let join = task
-        .multicast
-        .as_ref()
-        .filter(|j| match recast_core::multicast::join_problem(j) {
+    let join = task.multicast.as_ref().filter(|j| {
+        let problem = recast_core::multicast::join_problem(j).or_else(|| {
+            (!on_path(crate::stream::RECEIVER)).then(|| {
+                format!(
+                    "this imaging environment has no {}",
+                    crate::stream::RECEIVER
+                )
+            })
+        });
+        match problem {
             Some(why) => {
-                say(&format!("not joining the multicast session: {why}"));
+                say(&format!(
+                    "not joining the multicast session ({why}): downloading over HTTP"
+                ));
                 false
             }
             None => true,
-        });
+        }
+    });
     if let Some(join) = join {
         return image_from_stream(session, env, mode, &disk, join, driver_set, trust).await;
     }
@@ -723,7 +732,7 @@ async fn image_from_stream(
     let end = crate::stream::receive_and_apply(
         session,
         join,
-        task.image.index,
+        crate::stream::RECEIVER,
         &volumes.windows,
         interface.as_deref(),
         (10, 90),
@@ -743,7 +752,9 @@ async fn image_from_stream(
         AfterStream::FallBack(why) => {
             session.progress(10, Step::Download, &why).await;
             let staged = download(session, &session.http, &task.image, &env.work).await?;
-            // The same boot manager the stream's image has, or the HTTP file's is judged too.
+            // The downloaded file's boot manager is judged too (it should be the one judged
+            // before the first write). The disk is written by now: whatever this says, it is
+            // a failure of this try, not a refusal that "wrote nothing".
             will_it_boot(
                 env,
                 ManagerSource::Wim {
@@ -752,7 +763,8 @@ async fn image_from_stream(
                 },
                 trust,
             )
-            .await?;
+            .await
+            .map_err(|f| Failure { refusal: None, ..f })?;
             reapply(session, &staged, task.image.index, &volumes.windows).await?;
             let _ = std::fs::remove_file(&staged);
         }
@@ -768,6 +780,17 @@ async fn image_from_stream(
         drivers.as_deref(),
     )
     .await
+}
+
+/// Whether `tool` is an executable file in a PATH directory.
+fn on_path(tool: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            std::fs::metadata(dir.join(tool))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
 }
 
 /// A small file the task names (the boot manager), into memory, checked by size and sha256.

@@ -24,16 +24,21 @@ const GRACE: Duration = Duration::from_secs(30);
 /// DHCP lease (udp-receiver's `--interface`).
 pub const INTERFACE_VAR: &str = "RECAST_NET_INTERFACE";
 
-/// Receives the session's stream and applies image `index` from it to the (formatted, empty)
-/// volume `windows`. Progress between `from` and `to` percent.
+/// The receiver recast-imager runs (found on PATH).
+pub const RECEIVER: &str = "udp-receiver";
+
+/// Receives the session's stream with `receiver` (udp-receiver) and applies it to the
+/// (formatted, empty) volume `windows`. The stream is the pipable export of the task's image
+/// alone, so it is always its image 1. Progress between `from` and `to` percent.
 pub async fn receive_and_apply(
     reporter: &impl Reporter,
     join: &TaskMulticast,
-    index: u32,
+    receiver: &str,
     windows: &Path,
     interface: Option<&str>,
     (from, to): (u8, u8),
 ) -> StreamEnd {
+    const INDEX: &str = "1";
     let step = Step::Download;
     reporter
         .progress(
@@ -45,7 +50,7 @@ pub async fn receive_and_apply(
             ),
         )
         .await;
-    let mut receiver = match tokio::process::Command::new("udp-receiver")
+    let mut receiver = match tokio::process::Command::new(receiver)
         .args(receiver_args(join, interface))
         .kill_on_drop(true)
         .stdin(Stdio::null())
@@ -55,7 +60,7 @@ pub async fn receive_and_apply(
     {
         Ok(c) => c,
         Err(e) => {
-            say(&format!("cannot run udp-receiver: {e}"));
+            say(&format!("cannot run {receiver}: {e}"));
             return StreamEnd::NoSession;
         }
     };
@@ -63,7 +68,7 @@ pub async fn receive_and_apply(
         .kill_on_drop(true)
         .arg("apply")
         .arg("-")
-        .arg(index.to_string())
+        .arg(INDEX)
         .arg(windows)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())

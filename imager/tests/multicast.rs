@@ -253,15 +253,9 @@ fn one_session_images_every_receiver_and_a_drop_out_falls_back_to_http() {
     );
     assert_eq!(multicast::join_problem(&join), None);
 
-    // recast-imager's receivers find udp-receiver (the wrapper) first on PATH.
+    // recast-imager's receivers run the wrapper: udp-receiver in their machine's namespace.
     let bin = receiver_wrapper(dir, &net);
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        readback::tool_path().to_string_lossy()
-    );
-    // SAFETY: this test binary's only test; set before any thread that reads it exists.
-    unsafe { std::env::set_var("PATH", &path) };
+    let wrapper = bin.join("udp-receiver").to_string_lossy().into_owned();
 
     let log = dir.join("sender.log");
     let tx_before = net.tx_bytes("srv");
@@ -292,8 +286,8 @@ fn one_session_images_every_receiver_and_a_drop_out_falls_back_to_http() {
     let (m1_dev, drop_dev) = (m1.path(), drop_disk.path());
     let (m1_end, drop_end) = rt.block_on(async {
         tokio::join!(
-            receive_and_apply(&Console, &join, 1, &m1_dev, Some("m1"), (0, 100)),
-            receive_and_apply(&Console, &join, 1, &drop_dev, Some("drop"), (0, 100)),
+            receive_and_apply(&Console, &join, &wrapper, &m1_dev, Some("m1"), (0, 100)),
+            receive_and_apply(&Console, &join, &wrapper, &drop_dev, Some("drop"), (0, 100)),
         )
     });
     let session_time = started.elapsed();
@@ -364,14 +358,13 @@ fn one_session_images_every_receiver_and_a_drop_out_falls_back_to_http() {
 
 #[test]
 fn a_session_that_never_starts_ends_the_stream_with_nothing_in_its_start_timeout() {
-    // Whether udp-receiver is the real one or the test above's wrapper (PATH is shared), a
-    // port nobody sends on ends in NoSession within the start timeout.
+    // The real udp-receiver, on loopback, where nobody sends on this port: it gives up after
+    // its --start-timeout (2 s), well before recast's own grace (30 s more) would stop it.
     if find_tool("udp-receiver").is_none() || find_tool("wimlib-imagex").is_none() {
         recast_tests::skip_or_fail(REQUIRE_IMAGER, "udpcast or wimlib-imagex not installed");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    // Nobody sends on this port: the receiver's start timeout ends it with nothing.
     let join = TaskMulticast {
         group: Ipv4Addr::new(239, 255, 77, 9).to_string(),
         port: 9990,
@@ -382,15 +375,30 @@ fn a_session_that_never_starts_ends_the_stream_with_nothing_in_its_start_timeout
         image_bytes: 1000,
         boot_manager: None,
     };
+    let real = find_tool("udp-receiver").unwrap();
     let started = Instant::now();
     let end = runtime().block_on(receive_and_apply(
         &Console,
         &join,
-        1,
+        &real.to_string_lossy(),
         dir.path(),
         Some("lo"),
         (0, 100),
     ));
     assert_eq!(end, StreamEnd::NoSession);
-    assert!(started.elapsed() < Duration::from_secs(60));
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "udp-receiver's own start timeout ended it: {:?}",
+        started.elapsed()
+    );
+    // A receiver that cannot run ends the same way (and the imager falls back to HTTP).
+    let end = runtime().block_on(receive_and_apply(
+        &Console,
+        &join,
+        "/nonexistent/udp-receiver",
+        dir.path(),
+        None,
+        (0, 100),
+    ));
+    assert_eq!(end, StreamEnd::NoSession);
 }

@@ -340,9 +340,16 @@ impl BootArgs {
                 self.multicast_automatic_wait
             )
         })?;
+        if wait.as_secs() > recast_core::multicast::MAX_WAIT_SECONDS.into() {
+            return Err(format!(
+                "--multicast-automatic-wait {} is longer than {} s: machines would wait that long for each other",
+                self.multicast_automatic_wait,
+                recast_core::multicast::MAX_WAIT_SECONDS
+            ));
+        }
         Ok(Some(recast_operator::boot::multicast::MulticastConfig {
             settings,
-            automatic_wait_seconds: u32::try_from(wait.as_secs()).unwrap_or(u32::MAX),
+            automatic_wait_seconds: wait.as_secs() as u32,
         }))
     }
 

@@ -744,7 +744,7 @@ fn multicast_wave(net: &Net, site: &Site, store: &EmbeddedStore) {
     let facts = site
         .root
         .join("images")
-        .join(format!("{}.stream.json", site.digest));
+        .join(format!("{}-1.stream.json", site.digest));
     recast_tests::wait_for(
         Duration::from_secs(120),
         "the pipable form of the golden image",
@@ -756,7 +756,7 @@ fn multicast_wave(net: &Net, site: &Site, store: &EmbeddedStore) {
     let stream_file = site
         .root
         .join("images")
-        .join(format!("{}.stream.wim", site.digest));
+        .join(format!("{}-1.stream.wim", site.digest));
     assert_eq!(recast_tests::sha256_file(&stream_file), stream_sha);
     // It is wimlib's pipable format, and holds the same image as the verified WIM (read
     // with wimlib itself, not recast's check).
@@ -926,7 +926,14 @@ fn multicast_wave(net: &Net, site: &Site, store: &EmbeddedStore) {
             .unwrap_or_default()
             .to_string();
         if drop_out {
-            assert_ne!(got, stream_sha, "the drop-out stopped after 1 MiB");
+            // Exactly the stream's first MiB, then it left.
+            let first_mib = {
+                let bytes = std::fs::read(&stream_file).unwrap();
+                let head = site.dir.join("stream-first-mib");
+                std::fs::write(&head, &bytes[..1 << 20]).unwrap();
+                recast_tests::sha256_file(&head)
+            };
+            assert_eq!(got, first_mib, "the drop-out's first MiB");
         } else {
             assert_eq!(got, stream_sha, "{}: the stream's bytes", out.display());
         }

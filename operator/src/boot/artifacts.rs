@@ -114,7 +114,7 @@ pub fn locate(root: &Path, rel: &str) -> Result<PathBuf, &'static str> {
     confine(root, rel).ok_or(NOT_FOUND)
 }
 
-/// `<sha256>.wim`, or the boot manager beside it, `<sha256>.bootmgfw.efi`
+/// `<sha256>.wim`, or an image's boot manager beside it, `<sha256>-<index>.bootmgfw.efi`
 /// (crate::golden::stream: what a multicast receiver checks before its first write).
 fn is_digest_file(name: &str) -> bool {
     let digest = |d: &str| {
@@ -122,8 +122,13 @@ fn is_digest_file(name: &str) -> bool {
             && d.bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     };
+    let indexed = |d: &str| {
+        d.split_once('-').is_some_and(|(d, i)| {
+            digest(d) && (1..=5).contains(&i.len()) && i.bytes().all(|b| b.is_ascii_digit())
+        })
+    };
     name.strip_suffix(".wim").is_some_and(digest)
-        || name.strip_suffix(".bootmgfw.efi").is_some_and(digest)
+        || name.strip_suffix(".bootmgfw.efi").is_some_and(indexed)
 }
 
 /// The request headers an artifact answer depends on.
@@ -265,21 +270,26 @@ mod tests {
         let d = "ab".repeat(32);
         for name in [
             format!("{d}.wim"),
+            format!("{d}-1.bootmgfw.efi"),
+            format!("{d}-1.stream.wim"),
+            format!("{d}-1.stream.json"),
             format!("{d}.bootmgfw.efi"),
-            format!("{d}.stream.wim"),
-            format!("{d}.stream.json"),
             "notadigest.wim".to_string(),
         ] {
             std::fs::write(root.path().join("images").join(&name), b"x").unwrap();
         }
         assert!(locate(root.path(), &format!("images/{d}.wim")).is_ok());
-        assert!(locate(root.path(), &format!("images/{d}.bootmgfw.efi")).is_ok());
+        assert!(locate(root.path(), &format!("images/{d}-1.bootmgfw.efi")).is_ok());
         // The pipable form goes out by multicast only; its facts and other names never.
         for name in [
-            format!("{d}.stream.wim"),
-            format!("{d}.stream.json"),
+            format!("{d}-1.stream.wim"),
+            format!("{d}-1.stream.json"),
+            format!("{d}.bootmgfw.efi"),
+            format!("{d}-.bootmgfw.efi"),
+            format!("{d}-123456.bootmgfw.efi"),
+            format!("{d}-1x.bootmgfw.efi"),
             "notadigest.wim".to_string(),
-            format!("{}.bootmgfw.efi", "AB".repeat(32)),
+            format!("{}-1.bootmgfw.efi", "AB".repeat(32)),
         ] {
             assert_eq!(
                 locate(root.path(), &format!("images/{name}")),

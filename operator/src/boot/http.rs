@@ -766,7 +766,6 @@ impl<B: Backend + BootIntents> BootHttp<B> {
         out
     }
 
-    /// `golden`: the attempt's GoldenImage as [`Self::golden_image_of`] read it.
     /// The batch's multicast session for this try, when this service runs sessions, the
     /// machine boots the Linux imaging environment (startnet.cmd has no receiver) and the
     /// image's pipable form is ready; None: the machine downloads over HTTP.
@@ -851,8 +850,9 @@ impl<B: Backend + BootIntents> BootHttp<B> {
             .as_ref()
             .map(|b| recast_core::imaging::TaskBlob {
                 url: format!(
-                    "{}/artifacts/images/{digest}.bootmgfw.efi",
-                    self.config.base_url
+                    "{}/artifacts/images/{}",
+                    self.config.base_url,
+                    crate::golden::stream::boot_manager_name(digest, index)
                 ),
                 sha256: b.sha256.clone(),
                 size: b.size,
@@ -865,7 +865,7 @@ impl<B: Backend + BootIntents> BootHttp<B> {
             key,
             min_receivers,
             max_wait,
-            crate::golden::stream::stream_path(&self.config.root, digest),
+            crate::golden::stream::stream_path(&self.config.root, digest, index),
             recast_core::multicast::Stream {
                 sha256: stream.sha256.clone(),
                 size: stream.size,
@@ -884,6 +884,7 @@ impl<B: Backend + BootIntents> BootHttp<B> {
         }
     }
 
+    /// `golden`: the attempt's GoldenImage as [`Self::golden_image_of`] read it.
     async fn image_file(
         &self,
         intent: &BootIntent,

@@ -56,13 +56,31 @@ struct Tracked {
     /// When the figures stopped moving (the transfer completed or the sender exited).
     finished: Option<Instant>,
     exited: bool,
+    /// udp-sender's last lines that are not figures (its errors), for the log.
+    said: std::collections::VecDeque<String>,
 }
 
 struct Live {
     slot: u16,
     plan: SessionPlan,
-    size: u64,
+    /// What the session sends, as it was when it started: joiners are told this.
+    stream: Stream,
+    boot_manager: Option<TaskBlob>,
     tracked: Arc<Mutex<Tracked>>,
+}
+
+impl Live {
+    /// Whether its slot (group and port) may serve another session: not while the sender
+    /// runs, nor while a receiver told to join it may still be waiting for it.
+    fn holds_slot(&self) -> bool {
+        let t = lock(&self.tracked);
+        let patience = Duration::from_secs(
+            (self.plan.max_wait_seconds.min(multicast::MAX_WAIT_SECONDS)
+                + multicast::START_TIMEOUT_MARGIN_SECONDS)
+                .into(),
+        );
+        !t.exited || t.finished.is_some_and(|f| f.elapsed() < patience)
+    }
 }
 
 /// A session as `recastctl wave status` and the logs show it.
@@ -133,14 +151,15 @@ impl Sessions {
         let phase = live.get(&key).map(|l| lock(&l.tracked).figures.phase);
         let held: Vec<u16> = live
             .values()
-            .filter(|l| !lock(&l.tracked).exited)
+            .filter(|l| l.holds_slot())
             .map(|l| l.slot)
             .collect();
         let free = (0..self.config.settings.max_sessions).find(|s| !held.contains(s));
-        match multicast::decide_join(phase, free) {
+        let renewable = key.batch == Batch::Automatic;
+        match multicast::decide_join(phase, free, renewable) {
             JoinDecision::Join => {
                 let l = live.get(&key).expect("a phase came from it");
-                Ok(multicast::join(&l.plan, &stream, boot_manager))
+                Ok(multicast::join(&l.plan, &l.stream, l.boot_manager.clone()))
             }
             JoinDecision::Download(why) => Err(why),
             JoinDecision::Start { slot } => {
@@ -156,14 +175,15 @@ impl Sessions {
                     max_wait_seconds,
                     file: file.to_string_lossy().into_owned(),
                 };
-                let tracked = self.start(&key, &plan)?;
-                let join = multicast::join(&plan, &stream, boot_manager);
+                let tracked = self.start(&key, &plan, stream.size)?;
+                let join = multicast::join(&plan, &stream, boot_manager.clone());
                 live.insert(
                     key,
                     Live {
                         slot,
                         plan,
-                        size: stream.size,
+                        stream,
+                        boot_manager,
                         tracked,
                     },
                 );
@@ -172,7 +192,12 @@ impl Sessions {
         }
     }
 
-    fn start(&self, key: &SessionKey, plan: &SessionPlan) -> Result<Arc<Mutex<Tracked>>, String> {
+    fn start(
+        &self,
+        key: &SessionKey,
+        plan: &SessionPlan,
+        size: u64,
+    ) -> Result<Arc<Mutex<Tracked>>, String> {
         let args = multicast::sender_args(&self.config.settings, plan);
         let mut child = tokio::process::Command::new("udp-sender")
             .args(&args)
@@ -192,6 +217,7 @@ impl Sessions {
             sending_since: None,
             finished: None,
             exited: false,
+            said: Default::default(),
         }));
         let out = child.stdout.take().expect("piped");
         let err = child.stderr.take().expect("piped");
@@ -203,11 +229,15 @@ impl Sessions {
             let _ = tokio::join!(read_out, read_err);
             let status = child.wait().await;
             let mut g = lock(&t);
-            g.figures = g.figures.clone().exited();
+            g.figures = g.figures.clone().exited(size);
             g.exited = true;
             g.finished.get_or_insert_with(Instant::now);
             let f = g.figures.clone();
+            let said: Vec<String> = g.said.iter().cloned().collect();
             drop(g);
+            if f.phase != SessionPhase::Complete {
+                tracing::warn!(session = %name, "udp-sender's last words: {}", said.join(" | "));
+            }
             let outcome = if f.phase == SessionPhase::Complete {
                 "complete"
             } else {
@@ -240,7 +270,7 @@ impl Sessions {
                     joined: t.figures.joined,
                     dropped: t.figures.dropped,
                     bytes: t.figures.bytes,
-                    size: l.size,
+                    size: l.stream.size,
                     rate_mbps,
                 }
             })
@@ -268,10 +298,17 @@ async fn follow(
         while let Some(end) = pending.find(['\r', '\n']) {
             let line: String = pending.drain(..=end).collect();
             let parsed = multicast::parse_sender_line(&line);
+            let mut t = lock(&tracked);
             if parsed == multicast::SenderLine::Other {
+                let line = line.trim();
+                if !line.is_empty() {
+                    if t.said.len() == 5 {
+                        t.said.pop_front();
+                    }
+                    t.said.push_back(line.chars().take(300).collect());
+                }
                 continue;
             }
-            let mut t = lock(&tracked);
             t.figures = t.figures.clone().after(&parsed);
             match parsed {
                 multicast::SenderLine::Started => {

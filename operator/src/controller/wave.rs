@@ -155,6 +155,15 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
             next.observed_generation = w.metadata.generation;
             let mut session_live = false;
             if let Some(sessions) = &self.sessions {
+                // A session this process does not know any more (it restarted) is over: its
+                // sender was this process's child.
+                for b in &mut next.batches {
+                    if let Some(m) = b.multicast.as_mut()
+                        && matches!(m.phase, MulticastPhase::Waiting | MulticastPhase::Sending)
+                    {
+                        m.phase = MulticastPhase::Ended;
+                    }
+                }
                 for (index, m) in sessions.batch_sessions(namespace, name) {
                     session_live |=
                         matches!(m.phase, MulticastPhase::Waiting | MulticastPhase::Sending);

@@ -74,9 +74,9 @@ pub struct ImageController<B: ImageStore> {
     store: ArtifactStore,
     /// Make the pipable form of each verified image ([`stream`]).
     streams: bool,
-    /// Pipable forms being made, by digest.
+    /// Pipable forms being made, by `<digest>-<index>`.
     stream_inflight: std::sync::Mutex<HashMap<String, tokio::task::AbortHandle>>,
-    /// When making a digest's pipable form last failed.
+    /// When making a pipable form (`<digest>-<index>`) last failed.
     stream_failed: std::sync::Mutex<HashMap<String, Instant>>,
     sources: Arc<SourcePolicy>,
     http: reqwest::Client,
@@ -635,20 +635,21 @@ impl<B: ImageStore> ImageController<B> {
             let Some(digest) = decide::served_digest(gi) else {
                 continue;
             };
+            // One pipable form per WIM and image index.
+            let form = format!("{digest}-{}", gi.spec.image_index);
             if !self.store.has_image(digest)
                 || stream::read(&self.store.root, digest, gi.spec.image_index).is_some()
-                || inflight.contains_key(digest)
+                || inflight.contains_key(&form)
                 || lock(&self.stream_failed)
-                    .get(digest)
+                    .get(&form)
                     .is_some_and(|t| t.elapsed() < STREAM_RETRY)
             {
                 continue;
             }
             let this = self.clone();
-            let (gi, digest) = (gi.clone(), digest.to_string());
-            let d = digest.clone();
+            let (gi, d) = (gi.clone(), digest.to_string());
             let task = tokio::spawn(async move { this.make_stream(&gi, &d).await });
-            inflight.insert(digest, task.abort_handle());
+            inflight.insert(form, task.abort_handle());
         }
     }
 
@@ -663,7 +664,8 @@ impl<B: ImageStore> ImageController<B> {
                 tracing::info!(image = %format!("{ns}/{name}"), stream_sha256 = %f.sha256, size = f.size, "pipable form ready for multicast sessions");
             }
             Err(e) => {
-                lock(&self.stream_failed).insert(sha.to_string(), Instant::now());
+                lock(&self.stream_failed)
+                    .insert(format!("{sha}-{}", gi.spec.image_index), Instant::now());
                 tracing::warn!(image = %format!("{ns}/{name}"), "no multicast for this image: {e}");
                 self.record(
                     gi,

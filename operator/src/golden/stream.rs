@@ -4,7 +4,8 @@
 //! receiving machine checks against its firmware before the first write).
 //!
 //! Files, all under the boot root's `images/` and only ever renamed into place once complete:
-//! `<digest>.stream.wim`, `<digest>.bootmgfw.efi`, and last `<digest>.stream.json`
+//! `<digest>-<index>.stream.wim`, `<digest>-<index>.bootmgfw.efi`, and last
+//! `<digest>-<index>.stream.json`
 //! ([`StreamFacts`]): a session is offered only when that file says what the others are.
 //! Each process that serves images (the operator, each boot pod) makes its own; wimlib gives
 //! each export a new GUID, so their sha256s differ and each tells its machines its own.
@@ -37,23 +38,29 @@ pub struct BlobFacts {
     pub size: u64,
 }
 
-pub fn stream_path(root: &Path, digest: &str) -> PathBuf {
-    root.join("images").join(format!("{digest}.stream.wim"))
+/// Per WIM and image index: two GoldenImages may name the same WIM with different indexes.
+pub fn stream_path(root: &Path, digest: &str, index: u32) -> PathBuf {
+    root.join("images")
+        .join(format!("{digest}-{index}.stream.wim"))
 }
 
-pub fn boot_manager_path(root: &Path, digest: &str) -> PathBuf {
-    root.join("images").join(format!("{digest}.bootmgfw.efi"))
+/// Served by the boot service (`/artifacts/images/<digest>-<index>.bootmgfw.efi`).
+pub fn boot_manager_name(digest: &str, index: u32) -> String {
+    format!("{digest}-{index}.bootmgfw.efi")
 }
 
-fn facts_path(root: &Path, digest: &str) -> PathBuf {
-    root.join("images").join(format!("{digest}.stream.json"))
+fn facts_path(root: &Path, digest: &str, index: u32) -> PathBuf {
+    root.join("images")
+        .join(format!("{digest}-{index}.stream.json"))
 }
 
-/// The facts of a stream that is in place for `index`; None otherwise.
+/// The facts of a stream that is in place for image `index` of WIM `digest`; None otherwise.
 pub fn read(root: &Path, digest: &str, index: u32) -> Option<StreamFacts> {
     let facts: StreamFacts =
-        serde_json::from_slice(&std::fs::read(facts_path(root, digest)).ok()?).ok()?;
-    let size = std::fs::metadata(stream_path(root, digest)).ok()?.len();
+        serde_json::from_slice(&std::fs::read(facts_path(root, digest, index)).ok()?).ok()?;
+    let size = std::fs::metadata(stream_path(root, digest, index))
+        .ok()?
+        .len();
     (facts.source_index == index && size == facts.size).then_some(facts)
 }
 
@@ -92,7 +99,9 @@ pub async fn ensure(
     tokio::fs::create_dir_all(&store.staging)
         .await
         .map_err(io(&store.staging))?;
-    let part = store.staging.join(format!("{digest}.stream.wim.part"));
+    let part = store
+        .staging
+        .join(format!("{digest}-{index}.stream.wim.part"));
     let _ = tokio::fs::remove_file(&part).await;
     wimlib(&[
         "export",
@@ -128,7 +137,7 @@ pub async fn ensure(
     let image_bytes = want.total_bytes;
 
     // The boot manager, from the verified WIM (absent: a BIOS-only image).
-    let extract_dir = store.staging.join(format!("{digest}.bootmgr"));
+    let extract_dir = store.staging.join(format!("{digest}-{index}.bootmgr"));
     let _ = tokio::fs::remove_dir_all(&extract_dir).await;
     let extracted = tokio::process::Command::new("wimlib-imagex")
         .args([
@@ -141,9 +150,20 @@ pub async fn ensure(
             "--no-attributes",
         ])
         .env("WIMLIB_IMAGEX_IGNORE_CASE", "1")
+        .kill_on_drop(true)
         .output()
         .await
         .map_err(|e| StreamError::Tool(format!("wimlib-imagex extract: {e}")))?;
+    let absent = String::from_utf8_lossy(&extracted.stderr).contains("does not exist");
+    if !extracted.status.success() && !absent {
+        // Only an image without one is told "none": a UEFI machine would be refused for it.
+        let _ = tokio::fs::remove_dir_all(&extract_dir).await;
+        return Err(StreamError::Tool(format!(
+            "wimlib-imagex extract of the boot manager failed ({}): {}",
+            extracted.status,
+            String::from_utf8_lossy(&extracted.stderr).trim()
+        )));
+    }
     let boot_manager = if extracted.status.success() {
         let file = std::fs::read_dir(&extract_dir)
             .ok()
@@ -152,7 +172,10 @@ pub async fn ensure(
             .map(|e| e.path())
             .ok_or_else(|| StreamError::Tool("wimlib-imagex extracted nothing".into()))?;
         let bytes = tokio::fs::read(&file).await.map_err(io(&file))?;
-        let dest = boot_manager_path(&store.root, digest);
+        let dest = store
+            .root
+            .join("images")
+            .join(boot_manager_name(digest, index));
         write_atomically(&dest, &bytes).await?;
         Some(BlobFacts {
             sha256: sha256_hex(&bytes),
@@ -172,7 +195,7 @@ pub async fn ensure(
             .map_err(StreamError::Tool)?
     };
     let sha256 = sha256.sha256;
-    let dest = stream_path(&store.root, digest);
+    let dest = stream_path(&store.root, digest, index);
     if let Some(dir) = dest.parent() {
         tokio::fs::create_dir_all(dir).await.map_err(io(dir))?;
     }
@@ -185,7 +208,7 @@ pub async fn ensure(
         boot_manager,
     };
     let json = serde_json::to_vec_pretty(&facts).expect("plain data");
-    write_atomically(&facts_path(&store.root, digest), &json).await?;
+    write_atomically(&facts_path(&store.root, digest, index), &json).await?;
     Ok(facts)
 }
 
@@ -222,6 +245,7 @@ async fn image_info(wim: &Path, index: u32) -> Result<ImageInfo, StreamError> {
 async fn wimlib(args: &[&str]) -> Result<String, StreamError> {
     let out = tokio::process::Command::new("wimlib-imagex")
         .args(args)
+        .kill_on_drop(true)
         .output()
         .await
         .map_err(|e| match e.kind() {
