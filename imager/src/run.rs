@@ -695,6 +695,13 @@ async fn image_from_stream(
 ) -> Result<(), Failure> {
     use recast_core::multicast::{AfterStream, after_stream};
     let task = &session.task;
+    // The disk must hold the layout for the image's expanded size (the HTTP path checks the
+    // downloaded file's): refused before any write, as there.
+    preflight(env, disk, mode, join.image_bytes).map_err(|message| Failure {
+        step: Step::Disk,
+        message,
+        refusal: Some(ImagingRefusal::NoTargetDisk),
+    })?;
     let drivers = match driver_set {
         Some(set) => Some(
             download_file(
