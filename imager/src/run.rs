@@ -506,20 +506,7 @@ pub async fn image(session: &Session, env: &Env) -> Result<(), Failure> {
         return image_from_stream(session, env, mode, &disk, join, driver_set, trust).await;
     }
     let staged = download(session, &session.http, &task.image, &env.work).await?;
-    let drivers = match driver_set {
-        Some(set) => Some(
-            download_file(
-                session,
-                &session.http,
-                &set,
-                &env.work,
-                "drivers.wim",
-                (40, 40),
-            )
-            .await?,
-        ),
-        None => None,
-    };
+    let drivers = stage_driver_set(session, env, driver_set, (40, 40)).await?;
     let image_bytes = image_total_bytes(&staged, task.image.index).await?;
     // Before the first write: would this machine's firmware start the image's boot manager?
     let verdict = will_it_boot(
@@ -702,20 +689,7 @@ async fn image_from_stream(
         message,
         refusal: Some(ImagingRefusal::NoTargetDisk),
     })?;
-    let drivers = match driver_set {
-        Some(set) => Some(
-            download_file(
-                session,
-                &session.http,
-                &set,
-                &env.work,
-                "drivers.wim",
-                (3, 4),
-            )
-            .await?,
-        ),
-        None => None,
-    };
+    let drivers = stage_driver_set(session, env, driver_set, (3, 4)).await?;
     let manager = match &join.boot_manager {
         Some(blob) => Some(fetch_blob(&session.http, Step::BootTrust, blob).await?),
         None => None,
@@ -787,6 +761,29 @@ async fn image_from_stream(
         drivers.as_deref(),
     )
     .await
+}
+
+/// The machine's driver set, when it has one: downloaded into RAM and checked like the image,
+/// before the first write.
+async fn stage_driver_set(
+    session: &Session,
+    env: &Env,
+    set: Option<recast_core::imaging::ImageTaskFile>,
+    progress: (u8, u8),
+) -> Result<Option<PathBuf>, Failure> {
+    match set {
+        Some(set) => download_file(
+            session,
+            &session.http,
+            &set,
+            &env.work,
+            "drivers.wim",
+            progress,
+        )
+        .await
+        .map(Some),
+        None => Ok(None),
+    }
 }
 
 /// Whether `tool` is an executable file in a PATH directory.

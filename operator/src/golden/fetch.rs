@@ -101,7 +101,12 @@ impl ArtifactStore {
     /// Moves verified bytes into place: a rename when staging and the boot root share a volume
     /// (atomic for readers), else a copy to a hidden name under images/ and a rename there.
     pub async fn install(&self, staged: &Path, digest: &str) -> Result<PathBuf, FetchError> {
-        let dest = self.image(digest);
+        self.place(staged, self.image(digest)).await
+    }
+
+    /// [`Self::install`] to any path under the boot root (the pipable form of an image,
+    /// crate::golden::stream): the copy's hidden name sits beside `dest`.
+    pub async fn place(&self, staged: &Path, dest: PathBuf) -> Result<PathBuf, FetchError> {
         let store_err = |e: std::io::Error| FetchError::Store {
             path: dest.display().to_string(),
             message: e.to_string(),
@@ -113,10 +118,8 @@ impl ArtifactStore {
             Ok(()) => Ok(dest),
             Err(e) if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) => {
                 // Verified bytes only: serving this half-copied name by accident leaks nothing.
-                let tmp = self
-                    .root
-                    .join("images")
-                    .join(format!(".{digest}.wim.installing"));
+                let name = dest.file_name().unwrap_or_default().to_string_lossy();
+                let tmp = dest.with_file_name(format!(".{name}.installing"));
                 tokio::fs::copy(staged, &tmp).await.map_err(store_err)?;
                 tokio::fs::File::open(&tmp)
                     .await

@@ -196,10 +196,10 @@ pub async fn ensure(
     };
     let sha256 = sha256.sha256;
     let dest = stream_path(&store.root, digest, index);
-    if let Some(dir) = dest.parent() {
-        tokio::fs::create_dir_all(dir).await.map_err(io(dir))?;
-    }
-    move_into_place(&part, &dest, &store.root).await?;
+    store
+        .place(&part, dest)
+        .await
+        .map_err(|e| StreamError::Tool(e.to_string()))?;
     let facts = StreamFacts {
         source_index: index,
         sha256,
@@ -276,23 +276,4 @@ async fn write_atomically(dest: &Path, bytes: &[u8]) -> Result<(), StreamError> 
     };
     tokio::fs::write(&tmp, bytes).await.map_err(err)?;
     tokio::fs::rename(&tmp, dest).await.map_err(err)
-}
-
-/// A rename, or (staging on another volume) a copy under a hidden name and a rename there.
-async fn move_into_place(from: &Path, dest: &Path, root: &Path) -> Result<(), StreamError> {
-    let err = |e: std::io::Error| StreamError::Io {
-        path: dest.display().to_string(),
-        message: e.to_string(),
-    };
-    if tokio::fs::rename(from, dest).await.is_ok() {
-        return Ok(());
-    }
-    let tmp = root.join("images").join(format!(
-        ".{}.installing",
-        dest.file_name().unwrap_or_default().to_string_lossy()
-    ));
-    tokio::fs::copy(from, &tmp).await.map_err(err)?;
-    tokio::fs::rename(&tmp, dest).await.map_err(err)?;
-    let _ = tokio::fs::remove_file(from).await;
-    Ok(())
 }
