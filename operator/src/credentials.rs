@@ -107,7 +107,10 @@ impl SqliteLedger {
             path: path.clone(),
             source: e,
         })?;
-        let conn = Connection::open(&path).map_err(err)?;
+        let mut conn = Connection::open(&path).map_err(err)?;
+        // Write transactions take the write lock when they begin (see the embedded store's
+        // connect: a deferred read-then-write fails at once when another connection wrote).
+        conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
         // FULL: a commit is fsynced, so a sequence acknowledged with a 2xx survives a crash
         // or power loss (commits are batched, see GroupCommit).
         conn.execute_batch(

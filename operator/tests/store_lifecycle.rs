@@ -639,3 +639,47 @@ fn the_operator_starting_beside_recastctl_on_a_fresh_directory_never_fails() {
         let _ = operator.wait();
     }
 }
+
+#[test]
+fn two_processes_writing_one_store_wait_for_each_other_instead_of_failing() {
+    // recastctl writes (a reimage request, a pause) while the operator writes statuses: two
+    // connections to one file. Each writer here is a store of its own, as each process has.
+    let data = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture(), data.path().join("recast.db")).unwrap();
+    let name = EmbeddedStore::open(data.path())
+        .unwrap()
+        .list(Kind::Endpoint, None)
+        .unwrap()
+        .first()
+        .and_then(|o| o.pointer("/metadata/name")?.as_str().map(str::to_string))
+        .expect("the fixture has an endpoint");
+    let writers: Vec<_> = ["a", "b"]
+        .into_iter()
+        .map(|who| {
+            let dir = data.path().to_path_buf();
+            let name = name.clone();
+            std::thread::spawn(move || {
+                let store = EmbeddedStore::open(&dir).unwrap();
+                for i in 0..300 {
+                    store
+                        .update(Kind::Endpoint, "default", &name, |o| {
+                            o["metadata"]["annotations"][format!("test/{who}")] =
+                                i.to_string().into();
+                            Ok(())
+                        })
+                        .unwrap_or_else(|e| panic!("writer {who}, write {i}: {e}"));
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().expect("a writer failed");
+    }
+    let obj = EmbeddedStore::open(data.path())
+        .unwrap()
+        .get(Kind::Endpoint, "default", &name)
+        .unwrap()
+        .unwrap();
+    assert_eq!(obj["metadata"]["annotations"]["test/a"], "299");
+    assert_eq!(obj["metadata"]["annotations"]["test/b"], "299");
+}

@@ -330,8 +330,13 @@ impl EmbeddedStore {
             why,
         };
         // SQLite opens anything lazily; the first read tells a database from another file.
-        let conn = Connection::open(path).map_err(|e| foreign(e.to_string()))?;
+        let mut conn = Connection::open(path).map_err(|e| foreign(e.to_string()))?;
         conn.busy_timeout(Duration::from_secs(10))?;
+        // Every write transaction takes the write lock when it begins. A deferred one reads
+        // first and asks for the lock later; if another process (recastctl beside the
+        // operator) committed in between, WAL refuses the upgrade at once with
+        // SQLITE_BUSY_SNAPSHOT ("database is locked"), which the busy timeout never waits out.
+        conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
         // Both read in one transaction. Tables without recast's id may be a store another
         // process is creating this instant: read again under the write lock, which waits for
         // that process to commit.
