@@ -204,6 +204,27 @@ impl FleetIndex {
         self.namespaces.get(namespace).copied().unwrap_or(0)
     }
 
+    /// Attempts of `namespace` that ended Failed within `window` before `now` (the failure
+    /// budget's count).
+    pub fn namespace_failures_within(
+        &self,
+        namespace: &str,
+        now: Timestamp,
+        window: Duration,
+    ) -> u32 {
+        let since = now
+            .checked_sub(
+                jiff::SignedDuration::try_from(window).unwrap_or(jiff::SignedDuration::MAX),
+            )
+            .unwrap_or(Timestamp::MIN);
+        if since > now {
+            return 0;
+        }
+        self.namespace_failures
+            .get(namespace)
+            .map_or(0, |t| t.0.range(since..=now).map(|(_, n)| *n).sum())
+    }
+
     /// Whether the namespace's breaker is open, and why.
     pub fn namespace_breaker(&self, namespace: &str, settings: &BreakerSettings) -> Option<Trip> {
         let limit = breaker::limit(
@@ -261,11 +282,6 @@ impl FleetIndex {
         budget_window: Duration,
         breakers: Breakers<'_>,
     ) -> FleetView {
-        let since = now
-            .checked_sub(
-                jiff::SignedDuration::try_from(budget_window).unwrap_or(jiff::SignedDuration::MAX),
-            )
-            .unwrap_or(Timestamp::MIN);
         let me = self.entries.get(key);
         let site_count = site
             .and_then(|s| self.sites.get(s))
@@ -289,13 +305,7 @@ impl FleetIndex {
             active_fleet: self.active.saturating_sub(u32::from(me_active)),
             fleet_ceiling: breakers.fleet_ceiling,
             active_site: site_count.active.saturating_sub(u32::from(me_active_here)),
-            recent_failures: if since <= now {
-                self.namespace_failures
-                    .get(ns)
-                    .map_or(0, |t| t.0.range(since..=now).map(|(_, n)| *n).sum())
-            } else {
-                0
-            },
+            recent_failures: self.namespace_failures_within(ns, now, budget_window),
             breaker: self.breaker_for(key, breakers),
         }
     }

@@ -19,6 +19,7 @@ pub mod multicast;
 pub mod naming;
 pub mod notice;
 pub mod policy;
+pub mod policy_status;
 pub mod power;
 pub mod regf;
 pub mod restore;

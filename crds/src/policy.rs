@@ -514,12 +514,16 @@ impl Default for FailureBudget {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RemediationPolicyStatus {
-    /// "2/3 failures in 1h" or "exhausted".
+    /// Failed attempts of the namespace within the budget's window against this policy's
+    /// budget: "2/3 failures in 1h", or "exhausted: 3/3 failures in 1h".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<String>,
-    /// True while automatic remediation is stopped because the failure budget is spent.
+    /// True while automatic remediation of the endpoints that name this policy is stopped
+    /// because the failure budget is spent.
     #[serde(default)]
     pub remediation_halted: bool,
+    /// Valid (the policy is in use, or its endpoints run on the built-in defaults),
+    /// RemediationHalted (the failure budget) and BreakerOpen (the namespace's circuit breaker).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<crate::common::Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -190,6 +190,11 @@ impl Metrics {
         }
     }
 
+    /// Endpoint reconciles so far.
+    pub fn reconciles(&self) -> u64 {
+        self.reconciles.get()
+    }
+
     pub fn status_write(&self) {
         self.status_writes.inc();
     }

@@ -889,6 +889,10 @@ const ALLOWED: &[(&str, &str)] = &[
     ("patch", "endpoints.recast.dev --subresource=status"),
     ("list", "remediationpolicies.recast.dev"),
     ("watch", "remediationpolicies.recast.dev"),
+    (
+        "patch",
+        "remediationpolicies.recast.dev --subresource=status",
+    ),
     ("list", "goldenimages.recast.dev"),
     ("watch", "goldenimages.recast.dev"),
     ("patch", "goldenimages.recast.dev --subresource=status"),

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use breaker_sim::{ManualClock, Sim, Tenant, controller};
+use recast_crds::common::{Condition, ConditionStatus};
 use recast_crds::manifest::Kind;
+use recast_crds::policy::RemediationPolicyStatus;
 use recast_operator::clock::Clock;
 use recast_operator::controller::FleetBreaker;
 use recast_operator::store::embedded::{EmbeddedBackend, EmbeddedStore};
@@ -88,6 +90,22 @@ fn reset(store: &EmbeddedStore, ns: &str, at: jiff::Timestamp) {
         .unwrap();
 }
 
+/// A namespace's policy status as stored (what `recastctl get rpol -o yaml` shows).
+fn policy_status(store: &EmbeddedStore, ns: &str) -> RemediationPolicyStatus {
+    let p = store
+        .get(Kind::RemediationPolicy, ns, "default")
+        .unwrap()
+        .unwrap();
+    serde_json::from_value(p["status"].clone()).expect("the policy has a status")
+}
+
+fn condition<'a>(s: &'a RemediationPolicyStatus, type_: &str) -> &'a Condition {
+    s.conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition in {s:?}"))
+}
+
 fn breaker_warnings(store: &EmbeddedStore, ns: &str, size: usize) -> usize {
     (0..size)
         .map(|i| {
@@ -149,6 +167,27 @@ async fn a_namespace_storm_opens_its_breaker_and_the_other_tenant_keeps_its_own(
     );
     // Each held endpoint said so once, as a Warning.
     assert_eq!(breaker_warnings(&store, "flood", FLOOD), FLOOD - 7);
+    // The policy says it too, and the other tenant's does not.
+    assert_eq!(sim.write_policy_statuses().await, 2);
+    let open = condition(&policy_status(&store, "flood"), "BreakerOpen").clone();
+    assert_eq!(open.status, ConditionStatus::True);
+    assert!(
+        open.message
+            .starts_with("circuit breaker open in namespace flood: 7 automatic reimages"),
+        "{}",
+        open.message
+    );
+    let quiet_status = policy_status(&store, "quiet");
+    assert_eq!(
+        condition(&quiet_status, "BreakerOpen").status,
+        ConditionStatus::False
+    );
+    assert_eq!(
+        quiet_status.budget.as_deref(),
+        Some("0/10000 failures in 1h")
+    );
+    // Nothing changed: nothing is written again.
+    assert_eq!(sim.write_policy_statuses().await, 0);
 
     // The other tenant keeps its own budget: its failed rollbacks are reimaged.
     sim.storm(&quiet, 0, 2).await;
@@ -169,6 +208,33 @@ async fn a_namespace_storm_opens_its_breaker_and_the_other_tenant_keeps_its_own(
     let c = sim.count(&flood).await;
     assert_eq!(c.attempted, 14, "seven more after the reset");
     assert_eq!(c.held_by_breaker, FLOOD - 14);
+
+    // A reset annotation that is not a time: the policy says it is not used, and that its
+    // endpoints run on the built-in defaults.
+    store
+        .update(Kind::RemediationPolicy, "quiet", "default", |obj| {
+            obj["metadata"]["annotations"] =
+                json!({recast_crds::policy::BREAKER_RESET_ANNOTATION: "yesterday"});
+            Ok(())
+        })
+        .unwrap();
+    sim.write_policy_statuses().await;
+    let quiet_status = policy_status(&store, "quiet");
+    let valid = condition(&quiet_status, "Valid");
+    assert_eq!(valid.status, ConditionStatus::False);
+    assert!(
+        valid
+            .message
+            .contains("\"yesterday\", not an RFC 3339 time")
+            && valid.message.contains("built-in defaults"),
+        "{}",
+        valid.message
+    );
+    assert_eq!(
+        quiet_status.budget.as_deref(),
+        Some("0/3 failures in 1h"),
+        "the built-in budget is the one its endpoints run on"
+    );
 }
 
 #[tokio::test]
@@ -290,6 +356,27 @@ async fn one_tenants_storm_uses_its_own_slots_and_budget() {
             > 0,
         "the flood halts on its own budget"
     );
+    // The flood's policy says it is halted, the quiet one's that it is not.
+    sim.write_policy_statuses().await;
+    let halted = policy_status(&store, "flood");
+    assert!(halted.remediation_halted);
+    assert_eq!(
+        halted.budget.as_deref(),
+        Some("exhausted: 5/2 failures in 1h")
+    );
+    let c = condition(&halted, "RemediationHalted");
+    assert_eq!(
+        (c.status, c.reason.as_str()),
+        (ConditionStatus::True, "BudgetExhausted")
+    );
+    assert!(
+        c.message
+            .contains("5 attempts in namespace flood failed within 1h (budget 2)")
+    );
+    let halted_at = c.last_transition_time.clone();
+    let quiet_status = policy_status(&store, "quiet");
+    assert!(!quiet_status.remediation_halted);
+    assert_eq!(quiet_status.budget.as_deref(), Some("0/2 failures in 1h"));
     // ...while the quiet tenant goes on: a third failed rollback there starts at once.
     sim.storm(&quiet, 2, 3).await;
     assert_eq!(sim.running(&quiet).await, 3);
@@ -299,4 +386,15 @@ async fn one_tenants_storm_uses_its_own_slots_and_budget() {
         0,
         "another tenant's failures never halt this one"
     );
+
+    // The failures leave the window with time alone: the status follows without any object
+    // changing.
+    clock.advance(2 * 3600);
+    assert_eq!(sim.write_policy_statuses().await, 1);
+    let recovered = policy_status(&store, "flood");
+    assert!(!recovered.remediation_halted);
+    assert_eq!(recovered.budget.as_deref(), Some("0/2 failures in 1h"));
+    let c = condition(&recovered, "RemediationHalted");
+    assert_eq!(c.status, ConditionStatus::False);
+    assert_ne!(c.last_transition_time, halted_at);
 }

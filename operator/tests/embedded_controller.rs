@@ -464,6 +464,7 @@ impl recast_operator::store::BootArming for RacingEdit {
 }
 
 impl recast_operator::store::WaveStore for RacingEdit {}
+impl recast_operator::store::PolicyStatusStore for RacingEdit {}
 
 impl recast_operator::store::Fencing for RacingEdit {
     fn ensure_leader(&self) -> Result<(), BackendError> {
@@ -845,4 +846,116 @@ async fn a_boot_loop_waits_for_its_machine_and_a_failed_wake_asks_a_person() {
             "{way}:\n{metrics}"
         );
     }
+}
+
+/// Endpoint reconciles once they have stopped for `quiet`.
+async fn settled_reconciles(ctrl: &Ctrl<EmbeddedBackend>, quiet: std::time::Duration) -> u64 {
+    let mut last = ctrl.metrics.reconciles();
+    loop {
+        tokio::time::sleep(quiet).await;
+        let now = ctrl.metrics.reconciles();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loop_writes_the_policys_status_and_its_own_writes_reevaluate_nothing() {
+    use std::time::{Duration, Instant};
+    let store = store_with_examples("policy-status");
+    let (ctrl, _clock) = controller(EmbeddedBackend {
+        store: store.clone(),
+    });
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let running = tokio::spawn(recast_operator::controller::embedded::run(
+        ctrl.clone(),
+        shutdown,
+        ready,
+    ));
+    let policy_status = || {
+        store
+            .get(Kind::RemediationPolicy, "default", "default")
+            .unwrap()
+            .unwrap()["status"]
+            .clone()
+    };
+    let wait_until = |what: &str, deadline: Duration, ok: &dyn Fn() -> bool| {
+        let until = Instant::now() + deadline;
+        while !ok() {
+            assert!(Instant::now() < until, "{what}: not within {deadline:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // The first pass runs as the loop starts.
+    wait_until(
+        "the policy's first status",
+        Duration::from_secs(10),
+        &|| policy_status()["budget"].is_string(),
+    );
+    let first = policy_status();
+    assert_eq!(first["budget"], "0/3 failures in 1h");
+    assert_eq!(first["remediationHalted"], false);
+    let valid = first["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Valid")
+        .unwrap();
+    assert_eq!(valid["status"], "True");
+    let settled = settled_reconciles(&ctrl, Duration::from_secs(2)).await;
+    assert!(
+        settled >= 5,
+        "every example endpoint was reconciled at start"
+    );
+
+    // A status-only write (what the loop's own pass does, or a previous leader's) goes through
+    // the change feed and re-evaluates no endpoint...
+    store
+        .write_status(
+            Kind::RemediationPolicy,
+            "default",
+            "default",
+            None,
+            &json!({"budget": "stale"}),
+        )
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(ctrl.metrics.reconciles(), settled);
+    // ...and the next pass puts it right, again without re-evaluating anything.
+    wait_until("the pass to rewrite it", Duration::from_secs(15), &|| {
+        policy_status()["budget"] == "0/3 failures in 1h"
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(ctrl.metrics.reconciles(), settled);
+
+    // A spec change does re-evaluate every endpoint of the namespace.
+    store
+        .update(Kind::RemediationPolicy, "default", "default", |o| {
+            o["spec"]["failureBudget"]["maxFailedAttempts"] = json!(5);
+            Ok(())
+        })
+        .unwrap();
+    wait_until(
+        "the namespace's endpoints to be re-evaluated",
+        Duration::from_secs(10),
+        &|| ctrl.metrics.reconciles() >= settled + 5,
+    );
+    // And the status follows the new budget.
+    wait_until(
+        "the status to follow the spec",
+        Duration::from_secs(15),
+        &|| policy_status()["budget"] == "0/5 failures in 1h",
+    );
+    assert_eq!(
+        policy_status()["observedGeneration"],
+        store
+            .get(Kind::RemediationPolicy, "default", "default")
+            .unwrap()
+            .unwrap()["metadata"]["generation"]
+    );
+    stop.send(true).unwrap();
+    running.await.unwrap().unwrap();
 }

@@ -142,6 +142,30 @@ async fn a_storm_of_1000_failed_rollbacks_opens_the_breaker_on_the_apiserver() {
     let warnings = events.lines().filter(|l| *l == "Warning").count();
     assert_eq!(warnings, FLOOD - 7, "{}", &events[..events.len().min(500)]);
 
+    // The policy's status says so, through the status subresource, as kubectl shows it.
+    assert_eq!(sim.write_policy_statuses().await, 1);
+    let breaker = c.k.kubectl_ok(&[
+        "get",
+        "rpol",
+        "default",
+        "-n",
+        &c.ns,
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"BreakerOpen\")].status} {.status.conditions[?(@.type==\"BreakerOpen\")].message}",
+    ]);
+    assert!(
+        breaker.starts_with(&format!(
+            "True circuit breaker open in namespace {}: 7 automatic reimages",
+            c.ns
+        )),
+        "{breaker}"
+    );
+    let table = c.k.kubectl_ok(&["get", "rpol", "-n", &c.ns]);
+    assert!(
+        table.contains("0/10000 failures in 1h"),
+        "the Budget column: {table}"
+    );
+
     // The window passes: still open, nothing new starts.
     clock.advance(2 * 3600);
     sim.pass(&flood).await;

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use super::Controller;
 use crate::bmc::PowerControl;
 use crate::store::embedded::{EmbeddedBackend, EmbeddedStore};
-use crate::store::{BackendError, Key, WaveStore};
+use crate::store::{BackendError, Key, PolicyStatusStore, WaveStore};
 
 /// How often the loop looks at the change feed when nothing is due (writes by recastctl come
 /// from another process, so there is no in-process signal for them).
@@ -54,6 +54,18 @@ pub async fn run<P: PowerControl>(
     ready.store(true, Ordering::SeqCst);
     let mut last_resync = Instant::now();
     let mut last_metrics = Instant::now() - Duration::from_secs(3600);
+    let mut last_policy_status = Instant::now() - Duration::from_secs(3600);
+    // What of each policy decides endpoints, as last seen (at start, then in the change feed).
+    let mut policy_prints: BTreeMap<(String, String), String> = BTreeMap::new();
+    for p in ctrl.backend.all_policies().await? {
+        policy_prints.insert(
+            (
+                recast_crds::namespace_of(&p.metadata).to_string(),
+                p.metadata.name.clone().unwrap_or_default(),
+            ),
+            recast_core::policy_status::fingerprint(&p),
+        );
+    }
     loop {
         if *shutdown.borrow() {
             tracing::info!("embedded controller stopping");
@@ -84,7 +96,24 @@ pub async fn run<P: PowerControl>(
                             Instant::now(),
                         );
                     }
-                    Kind::RemediationPolicy | Kind::GoldenImage => {
+                    Kind::RemediationPolicy => {
+                        // The controller's own status writes land here too: only a change of
+                        // what decides endpoints makes the namespace's endpoints due.
+                        let now = store
+                            .get(Kind::RemediationPolicy, &ch.namespace, &ch.name)
+                            .map_err(BackendError::from)?
+                            .and_then(|v| serde_json::from_value(v).ok())
+                            .map(|p| recast_core::policy_status::fingerprint(&p));
+                        let id = (ch.namespace.clone(), ch.name.clone());
+                        let before = match &now {
+                            Some(print) => policy_prints.insert(id, print.clone()),
+                            None => policy_prints.remove(&id),
+                        };
+                        if now.is_none() || before != now {
+                            namespaces_due.insert(ch.namespace.clone());
+                        }
+                    }
+                    Kind::GoldenImage => {
                         namespaces_due.insert(ch.namespace.clone());
                     }
                     Kind::ReimageWave => {
@@ -181,6 +210,12 @@ pub async fn run<P: PowerControl>(
             // From the controller's own index: reading and decoding the whole fleet every 15 s
             // would cost a fleet's worth of memory and hold the store from the gateway.
             ctrl.metrics.set_phases(ctrl.phases().into_iter());
+        }
+        if last_policy_status.elapsed() >= super::policy_status::POLICY_STATUS_EVERY {
+            last_policy_status = Instant::now();
+            if let Err(e) = ctrl.write_policy_statuses().await {
+                tracing::warn!(error = %e, "cannot read the policies to write their status");
+            }
         }
         let next = due
             .values()

@@ -256,6 +256,7 @@ async fn lead<P: PowerControl>(
     );
     let sweeper = spawn_orphan_sweeper(ctrl.backend.clone());
     let gauge = spawn_phase_gauge(cache, metrics);
+    let policy_status = spawn_policy_status(ctrl.clone());
     // Waves run beside the endpoints, under the same lease and shutdown.
     let waves = wave_controller(client, opts, ctrl, lost_or_shutdown(is_leader, shutdown));
     let endpoints = kc
@@ -267,6 +268,7 @@ async fn lead<P: PowerControl>(
         });
     futures::future::join(endpoints, waves).await;
     gauge.abort();
+    policy_status.abort();
     sweeper.abort();
     bmc_watch.abort();
 }
@@ -359,6 +361,20 @@ fn spawn_phase_gauge(
                     .iter()
                     .map(|ep| ep.status.as_ref().and_then(|s| s.phase)),
             );
+        }
+    })
+}
+
+/// The RemediationPolicies' status, written by the lease holder (see controller::policy_status).
+fn spawn_policy_status<P: PowerControl>(
+    ctrl: Arc<Controller<KubeBackend, P>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            if let Err(e) = ctrl.write_policy_statuses().await {
+                tracing::warn!(error = %e, "cannot read the policies to write their status");
+            }
+            tokio::time::sleep(super::policy_status::POLICY_STATUS_EVERY).await;
         }
     })
 }

@@ -6,6 +6,7 @@ pub mod admission;
 pub mod bmc_watch;
 pub mod embedded;
 pub mod kube;
+pub mod policy_status;
 pub mod wave;
 
 use std::collections::VecDeque;

@@ -24,7 +24,7 @@ use recast_core::policy::PolicyView;
 use recast_crds::Endpoint;
 use recast_crds::endpoint::EndpointStatus;
 use recast_crds::golden_image::{GoldenImage, GoldenImageStatus};
-use recast_crds::policy::{DEFAULT_POLICY_NAME, RemediationPolicy};
+use recast_crds::policy::{DEFAULT_POLICY_NAME, RemediationPolicy, RemediationPolicyStatus};
 use recast_crds::wave::{ReimageWave, ReimageWaveStatus};
 
 pub use arming::{BootIntent, BootIntents};
@@ -273,6 +273,26 @@ pub trait WaveStore: Send + Sync + 'static {
     }
 }
 
+/// RemediationPolicies' status: their failure budget and breaker as the controller counts them.
+/// Stores without it keep the defaults: no policies, and writes refused.
+pub trait PolicyStatusStore: Send + Sync + 'static {
+    /// Every RemediationPolicy the controller watches.
+    fn all_policies(
+        &self,
+    ) -> impl Future<Output = Result<Vec<RemediationPolicy>, BackendError>> + Send {
+        async { Ok(Vec::new()) }
+    }
+    /// Writes a policy's status (the status subresource; the spec is left alone).
+    fn write_policy_status(
+        &self,
+        policy: &RemediationPolicy,
+        status: &RemediationPolicyStatus,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send {
+        let _ = (policy, status);
+        async { Err(BackendError::Unsupported("RemediationPolicy status")) }
+    }
+}
+
 /// Fencing right before an irreversible side effect (a BMC power cycle): a replica that lost
 /// the lease since it decided must not act. Single-writer stores always may.
 pub trait Fencing: Send + Sync + 'static {
@@ -284,12 +304,26 @@ pub trait Fencing: Send + Sync + 'static {
 /// Everything the endpoint controller needs: every role at once. Implemented for any store
 /// that has them all.
 pub trait Backend:
-    EndpointStore + ContextStore + Inbox + ActionJournal + BootArming + WaveStore + Fencing
+    EndpointStore
+    + ContextStore
+    + Inbox
+    + ActionJournal
+    + BootArming
+    + WaveStore
+    + PolicyStatusStore
+    + Fencing
 {
 }
 
 impl<T> Backend for T where
-    T: EndpointStore + ContextStore + Inbox + ActionJournal + BootArming + WaveStore + Fencing
+    T: EndpointStore
+        + ContextStore
+        + Inbox
+        + ActionJournal
+        + BootArming
+        + WaveStore
+        + PolicyStatusStore
+        + Fencing
 {
 }
 

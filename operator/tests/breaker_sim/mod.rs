@@ -161,6 +161,11 @@ impl<B: Backend> Sim<B> {
         }
     }
 
+    /// The operator's policy-status pass (every 10 s in the operator); how many it wrote.
+    pub async fn write_policy_statuses(&self) -> usize {
+        self.ctrl.write_policy_statuses().await.unwrap()
+    }
+
     /// Endpoints `from..to` of a tenant report a failed rollback (a second apart).
     pub async fn storm(&self, t: &Tenant, from: usize, to: usize) {
         for i in from..to {

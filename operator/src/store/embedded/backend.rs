@@ -10,14 +10,14 @@ use recast_crds::Endpoint;
 use recast_crds::endpoint::EndpointStatus;
 use recast_crds::golden_image::GoldenImage;
 use recast_crds::manifest::Kind;
-use recast_crds::policy::RemediationPolicy;
+use recast_crds::policy::{RemediationPolicy, RemediationPolicyStatus};
 use recast_crds::wave::{ReimageWave, ReimageWaveStatus};
 use serde::de::DeserializeOwned;
 
 use super::{BOOT_FINALIZER, EmbeddedStore, EventRecord, JournalState, StoreError};
 use crate::store::{
     ActionJournal, BackendError, BootArming, BootIntent, ContextStore, EndpointStore, Fencing,
-    Inbox, Journal, Key, WaveStore,
+    Inbox, Journal, Key, PolicyStatusStore, WaveStore,
 };
 
 pub struct EmbeddedBackend {
@@ -144,6 +144,35 @@ impl ContextStore for EmbeddedBackend {
     async fn golden_images(&self, namespace: &str) -> Result<Vec<GoldenImage>, BackendError> {
         self.store
             .list_each(Kind::GoldenImage, Some(namespace), decode)
+    }
+}
+
+impl PolicyStatusStore for EmbeddedBackend {
+    async fn all_policies(&self) -> Result<Vec<RemediationPolicy>, BackendError> {
+        self.store.list_each(Kind::RemediationPolicy, None, decode)
+    }
+
+    async fn write_policy_status(
+        &self,
+        policy: &RemediationPolicy,
+        status: &RemediationPolicyStatus,
+    ) -> Result<(), BackendError> {
+        let ns = recast_crds::namespace_of(&policy.metadata);
+        let name = policy.metadata.name.as_deref().unwrap_or_default();
+        let value =
+            serde_json::to_value(status).map_err(|e| BackendError::Invalid(e.to_string()))?;
+        // observedGeneration says which spec the figures were counted with: a spec changed
+        // since the read is a Conflict, and the next pass counts again.
+        self.store
+            .write_status(
+                Kind::RemediationPolicy,
+                ns,
+                name,
+                policy.metadata.generation,
+                &value,
+            )
+            .map(|_| ())
+            .map_err(categorize)
     }
 }
 

@@ -30,7 +30,7 @@ use kube::{Client, Resource, ResourceExt};
 use recast_crds::Endpoint;
 use recast_crds::endpoint::EndpointStatus;
 use recast_crds::golden_image::GoldenImage;
-use recast_crds::policy::RemediationPolicy;
+use recast_crds::policy::{RemediationPolicy, RemediationPolicyStatus};
 use recast_crds::wave::{ReimageWave, ReimageWaveStatus};
 use serde_json::json;
 use tokio::sync::watch;
@@ -38,7 +38,7 @@ use tokio::sync::watch;
 use crate::store::embedded::BOOT_FINALIZER;
 use crate::store::{
     ActionJournal, BackendError, BootArming, BootIntent, ContextStore, EndpointStore, Fencing,
-    Inbox, Journal, Key, WaveStore,
+    Inbox, Journal, Key, PolicyStatusStore, WaveStore,
 };
 use recast_core::lifecycle::{Input, Notice, NoticeType};
 use recast_core::time;
@@ -146,11 +146,13 @@ impl KubeBackend {
             scoped::<RemediationPolicy>(&client, ns),
             policy_writer,
             changed.clone(),
+            recast_core::policy_status::fingerprint,
         );
         spawn_reflector(
             scoped::<GoldenImage>(&client, ns),
             image_writer,
             changed.clone(),
+            image_fingerprint,
         );
         let trigger = changed.clone();
         policies
@@ -595,6 +597,45 @@ impl ContextStore for KubeBackend {
     }
 }
 
+impl PolicyStatusStore for KubeBackend {
+    async fn all_policies(&self) -> Result<Vec<RemediationPolicy>, BackendError> {
+        Ok(self
+            .policies
+            .state()
+            .iter()
+            .map(|p| (**p).clone())
+            .collect())
+    }
+
+    async fn write_policy_status(
+        &self,
+        policy: &RemediationPolicy,
+        status: &RemediationPolicyStatus,
+    ) -> Result<(), BackendError> {
+        self.check_leader()?;
+        // Conditional on the resourceVersion read: a spec changed since is a 409, and the
+        // next pass counts with it.
+        let patch = json!({
+            "apiVersion": recast_crds::API_VERSION,
+            "kind": "RemediationPolicy",
+            "metadata": {"name": policy.name_any(), "resourceVersion": policy.resource_version()},
+            "status": status,
+        });
+        Api::<RemediationPolicy>::namespaced(
+            self.client.clone(),
+            recast_crds::namespace_of(&policy.metadata),
+        )
+        .patch_status(
+            &policy.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(patch),
+        )
+        .await
+        .map(|_| ())
+        .map_err(kube_err)
+    }
+}
+
 impl Inbox for KubeBackend {
     async fn post_input(&self, key: &Key, input: &Input) -> Result<(), BackendError> {
         if let Some(forward) = &self.forward {
@@ -991,6 +1032,7 @@ pub(crate) fn spawn_reflector<K>(
     api: Api<K>,
     writer: reflector::store::Writer<K>,
     changed: tokio::sync::broadcast::Sender<()>,
+    fingerprint: fn(&K) -> String,
 ) where
     K: kube::Resource
         + Clone
@@ -1005,15 +1047,36 @@ pub(crate) fn spawn_reflector<K>(
         let stream = reflector::reflector(
             writer,
             watcher(api, watcher::Config::default()).default_backoff(),
-        )
-        .touched_objects();
+        );
         futures::pin_mut!(stream);
+        // Only changes that matter fire: a write of the controller's own status on a policy
+        // must not re-evaluate every endpoint.
+        let mut seen: std::collections::HashMap<(Option<String>, String), String> =
+            std::collections::HashMap::new();
         while let Some(item) = stream.next().await {
-            if item.is_ok() {
+            let fire = match item {
+                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+                    let print = fingerprint(&o);
+                    seen.insert((o.namespace(), o.name_any()), print.clone()) != Some(print)
+                }
+                Ok(watcher::Event::Delete(o)) => {
+                    seen.remove(&(o.namespace(), o.name_any()));
+                    true
+                }
+                // A relist may have missed deletions while the watch was down.
+                Ok(watcher::Event::InitDone) => true,
+                Ok(watcher::Event::Init) | Err(_) => false,
+            };
+            if fire {
                 let _ = changed.send(());
             }
         }
     });
+}
+
+/// All of a GoldenImage matters (its verification lives in status).
+pub(crate) fn image_fingerprint(gi: &GoldenImage) -> String {
+    gi.resource_version().unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -1,0 +1,418 @@
+//! What a RemediationPolicy's status says: where its namespace stands against the policy's
+//! failure budget and circuit breaker, and whether the policy itself can be used. Pure: the
+//! controller counts (from its fleet index) and writes; this decides the words.
+//!
+//! The budget and the breaker are the namespace's (every endpoint there counts), judged with
+//! this policy's limits: the endpoints that name this policy are halted when its limits are
+//! reached, whatever another policy of the namespace allows.
+
+use jiff::Timestamp;
+use recast_crds::common::{ConditionStatus, set_condition};
+use recast_crds::policy::RemediationPolicyStatus;
+
+use crate::breaker::Trip;
+use crate::policy::PolicyView;
+
+/// Condition: the policy parsed; False means its endpoints run on the built-in defaults.
+pub const VALID: &str = "Valid";
+/// Condition: the failure budget is spent; automatic reimages of its endpoints wait.
+pub const REMEDIATION_HALTED: &str = "RemediationHalted";
+/// Condition: the namespace's circuit breaker (with this policy's limits) is open.
+pub const BREAKER_OPEN: &str = "BreakerOpen";
+
+/// What of a RemediationPolicy decides endpoints: its spec and its annotations (the breaker's
+/// reset), not the status written from them. Equal fingerprints, equal decisions: a status
+/// write must not re-evaluate every endpoint of the namespace.
+pub fn fingerprint(policy: &recast_crds::policy::RemediationPolicy) -> String {
+    serde_json::json!([policy.spec, policy.metadata.annotations]).to_string()
+}
+
+/// Where the namespace stands, counted by the controller with the limits of the view in use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Standing {
+    /// Attempts of the namespace that ended Failed within the budget's window.
+    pub failures: u32,
+    /// Whether the namespace's breaker is open under the view's breaker settings.
+    pub breaker: Option<Trip>,
+}
+
+/// The status to write. `view` is what the endpoints naming the policy actually run on: the
+/// policy's own view, or the built-in defaults when it does not parse (`problem` says why).
+/// Conditions keep their transition time while their status holds (`previous`).
+pub fn policy_status(
+    previous: &RemediationPolicyStatus,
+    namespace: &str,
+    generation: Option<i64>,
+    view: &PolicyView,
+    problem: Option<&str>,
+    standing: Standing,
+    now: Timestamp,
+) -> RemediationPolicyStatus {
+    let at = crate::time::format(now);
+    let window = recast_crds::duration::format(view.budget_window);
+    let max = view.budget_max_failures;
+    let halted = standing.failures >= max;
+    let counted = format!("{}/{max} failures in {window}", standing.failures);
+    let mut conditions = previous.conditions.clone();
+    // A condition this code no longer writes would stand forever.
+    conditions.retain(|c| [VALID, REMEDIATION_HALTED, BREAKER_OPEN].contains(&c.type_.as_str()));
+    let mut set = |type_: &str, status, reason: &str, message: String| {
+        set_condition(
+            &mut conditions,
+            type_,
+            status,
+            reason,
+            message,
+            &at,
+            generation,
+        )
+    };
+    match problem {
+        None => set(
+            VALID,
+            ConditionStatus::True,
+            "Parsed",
+            "the endpoints that name this policy use it".into(),
+        ),
+        Some(why) => set(
+            VALID,
+            ConditionStatus::False,
+            "Invalid",
+            format!(
+                "{why}; until it is fixed, the endpoints that name this policy use the built-in defaults (the budget and breaker here are those)"
+            ),
+        ),
+    }
+    if halted {
+        set(
+            REMEDIATION_HALTED,
+            ConditionStatus::True,
+            "BudgetExhausted",
+            format!(
+                "{} attempts in namespace {namespace} failed within {window} (budget {max}): automatic reimages of the endpoints that name this policy wait; investigate the failures (`recastctl history`), then raise spec.failureBudget.maxFailedAttempts or wait for them to leave the window",
+                standing.failures
+            ),
+        );
+    } else {
+        set(
+            REMEDIATION_HALTED,
+            ConditionStatus::False,
+            "WithinBudget",
+            counted.clone(),
+        );
+    }
+    match standing.breaker {
+        Some(trip) => set(
+            BREAKER_OPEN,
+            ConditionStatus::True,
+            "TooManyAutomaticStarts",
+            trip.explain(
+                &format!("namespace {namespace}"),
+                &format!(
+                    "`recastctl breaker status -n {namespace}`, then `recastctl breaker reset -n {namespace} --reason ...`"
+                ),
+            ),
+        ),
+        None => set(
+            BREAKER_OPEN,
+            ConditionStatus::False,
+            "Closed",
+            "automatic reimages start within the breaker's limit".into(),
+        ),
+    }
+    RemediationPolicyStatus {
+        budget: Some(if halted {
+            format!("exhausted: {counted}")
+        } else {
+            counted
+        }),
+        remediation_halted: halted,
+        conditions,
+        observed_generation: generation,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn condition<'a>(
+        s: &'a RemediationPolicyStatus,
+        type_: &str,
+    ) -> &'a recast_crds::common::Condition {
+        s.conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    const CALM: Standing = Standing {
+        failures: 0,
+        breaker: None,
+    };
+
+    #[test]
+    fn a_calm_namespace_reads_as_within_budget_with_the_breaker_closed() {
+        let v = PolicyView::built_in();
+        let s = policy_status(
+            &Default::default(),
+            "shop",
+            Some(3),
+            &v,
+            None,
+            Standing {
+                failures: 2,
+                breaker: None,
+            },
+            t("2026-01-15T08:00:00Z"),
+        );
+        assert_eq!(s.budget.as_deref(), Some("2/3 failures in 1h"));
+        assert!(!s.remediation_halted);
+        assert_eq!(s.observed_generation, Some(3));
+        assert_eq!(condition(&s, VALID).status, ConditionStatus::True);
+        assert_eq!(condition(&s, REMEDIATION_HALTED).reason, "WithinBudget");
+        assert_eq!(condition(&s, BREAKER_OPEN).status, ConditionStatus::False);
+        assert!(
+            s.conditions
+                .iter()
+                .all(|c| c.observed_generation == Some(3))
+        );
+    }
+
+    #[test]
+    fn a_spent_budget_halts_and_says_what_to_do() {
+        let v = PolicyView::built_in();
+        let s = policy_status(
+            &Default::default(),
+            "shop",
+            None,
+            &v,
+            None,
+            Standing {
+                failures: 4,
+                breaker: None,
+            },
+            t("2026-01-15T08:00:00Z"),
+        );
+        assert_eq!(s.budget.as_deref(), Some("exhausted: 4/3 failures in 1h"));
+        assert!(s.remediation_halted);
+        let c = condition(&s, REMEDIATION_HALTED);
+        assert_eq!(c.status, ConditionStatus::True);
+        assert_eq!(c.reason, "BudgetExhausted");
+        assert!(
+            c.message
+                .contains("4 attempts in namespace shop failed within 1h (budget 3)")
+        );
+        assert!(c.message.contains("spec.failureBudget.maxFailedAttempts"));
+    }
+
+    #[test]
+    fn exactly_the_budget_is_spent_as_the_lifecycle_counts_it() {
+        // The lifecycle holds an automatic start once recent failures >= the budget.
+        let v = PolicyView::built_in();
+        let at = |failures| {
+            policy_status(
+                &Default::default(),
+                "shop",
+                None,
+                &v,
+                None,
+                Standing {
+                    failures,
+                    breaker: None,
+                },
+                t("2026-01-15T08:00:00Z"),
+            )
+            .remediation_halted
+        };
+        assert!(!at(2));
+        assert!(at(3));
+    }
+
+    #[test]
+    fn an_open_breaker_names_the_namespace_and_the_reset() {
+        let v = PolicyView::built_in();
+        let trip = Trip {
+            at: t("2026-01-15T07:59:00Z"),
+            starts: 5,
+            limit: 5,
+            window: Duration::from_secs(3600),
+        };
+        let s = policy_status(
+            &Default::default(),
+            "shop",
+            None,
+            &v,
+            None,
+            Standing {
+                failures: 0,
+                breaker: Some(trip),
+            },
+            t("2026-01-15T08:00:00Z"),
+        );
+        let c = condition(&s, BREAKER_OPEN);
+        assert_eq!(c.status, ConditionStatus::True);
+        assert!(c.message.contains("circuit breaker open in namespace shop"));
+        assert!(c.message.contains("recastctl breaker reset -n shop"));
+        // The breaker does not spend the budget.
+        assert!(!s.remediation_halted);
+    }
+
+    #[test]
+    fn a_policy_that_does_not_parse_says_its_endpoints_run_on_the_defaults() {
+        let v = PolicyView::built_in();
+        let s = policy_status(
+            &Default::default(),
+            "shop",
+            Some(2),
+            &v,
+            Some("RemediationPolicy \"default\": cooldown: bad"),
+            CALM,
+            t("2026-01-15T08:00:00Z"),
+        );
+        let c = condition(&s, VALID);
+        assert_eq!(c.status, ConditionStatus::False);
+        assert_eq!(c.reason, "Invalid");
+        assert!(c.message.contains("cooldown: bad"));
+        assert!(c.message.contains("built-in defaults"));
+        assert_eq!(s.budget.as_deref(), Some("0/3 failures in 1h"));
+    }
+
+    #[test]
+    fn a_transition_time_moves_only_when_a_condition_changes_status() {
+        let v = PolicyView::built_in();
+        let first = policy_status(
+            &Default::default(),
+            "shop",
+            None,
+            &v,
+            None,
+            CALM,
+            t("2026-01-15T08:00:00Z"),
+        );
+        let same = policy_status(
+            &first,
+            "shop",
+            None,
+            &v,
+            None,
+            Standing {
+                failures: 1,
+                breaker: None,
+            },
+            t("2026-01-15T09:00:00Z"),
+        );
+        assert_eq!(
+            condition(&same, REMEDIATION_HALTED).last_transition_time,
+            "2026-01-15T08:00:00Z"
+        );
+        assert_eq!(
+            condition(&same, REMEDIATION_HALTED).message,
+            "1/3 failures in 1h"
+        );
+        let halted = policy_status(
+            &same,
+            "shop",
+            None,
+            &v,
+            None,
+            Standing {
+                failures: 3,
+                breaker: None,
+            },
+            t("2026-01-15T10:00:00Z"),
+        );
+        assert_eq!(
+            condition(&halted, REMEDIATION_HALTED).last_transition_time,
+            "2026-01-15T10:00:00Z"
+        );
+        assert_eq!(
+            condition(&halted, BREAKER_OPEN).last_transition_time,
+            "2026-01-15T08:00:00Z"
+        );
+    }
+
+    #[test]
+    fn the_same_standing_gives_the_same_status_so_nothing_is_written_again() {
+        let v = PolicyView::built_in();
+        let first = policy_status(
+            &Default::default(),
+            "shop",
+            Some(1),
+            &v,
+            None,
+            CALM,
+            t("2026-01-15T08:00:00Z"),
+        );
+        let again = policy_status(
+            &first,
+            "shop",
+            Some(1),
+            &v,
+            None,
+            CALM,
+            t("2026-01-15T08:05:00Z"),
+        );
+        assert_eq!(first, again);
+    }
+
+    #[test]
+    fn a_status_leaves_the_fingerprint_alone_and_a_spec_or_a_reset_changes_it() {
+        let mut p: recast_crds::policy::RemediationPolicy =
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "recast.dev/v1alpha1", "kind": "RemediationPolicy",
+                "metadata": {"name": "default", "namespace": "shop"}, "spec": {}
+            }))
+            .unwrap();
+        let before = fingerprint(&p);
+        p.status = Some(policy_status(
+            &Default::default(),
+            "shop",
+            None,
+            &PolicyView::built_in(),
+            None,
+            CALM,
+            t("2026-01-15T08:00:00Z"),
+        ));
+        assert_eq!(fingerprint(&p), before);
+        p.spec.cooldown = "1h".into();
+        let spec_changed = fingerprint(&p);
+        assert_ne!(spec_changed, before);
+        p.metadata.annotations = Some(
+            [(
+                recast_crds::policy::BREAKER_RESET_ANNOTATION.to_string(),
+                "2026-01-15T08:00:00Z".to_string(),
+            )]
+            .into(),
+        );
+        assert_ne!(fingerprint(&p), spec_changed);
+    }
+
+    #[test]
+    fn conditions_written_by_someone_else_or_an_older_release_are_dropped() {
+        let v = PolicyView::built_in();
+        let mut previous = RemediationPolicyStatus::default();
+        set_condition(
+            &mut previous.conditions,
+            "Stale",
+            ConditionStatus::True,
+            "Old",
+            String::new(),
+            "2025-01-01T00:00:00Z",
+            None,
+        );
+        let s = policy_status(
+            &previous,
+            "shop",
+            None,
+            &v,
+            None,
+            CALM,
+            t("2026-01-15T08:00:00Z"),
+        );
+        assert!(s.conditions.iter().all(|c| c.type_ != "Stale"));
+        assert_eq!(s.conditions.len(), 3);
+    }
+}
