@@ -1659,7 +1659,7 @@ impl<'a> Run<'a> {
                 }
             }
             let f = self.ctx.fleet;
-            if f.recent_failures >= self.ctx.policy.budget_max_failures {
+            if self.ctx.policy.budget_spent(f.recent_failures) {
                 return Some(format!(
                     "remediation halted in namespace {}: {} attempts failed within {} (budget {}); investigate, then raise the budget or wait",
                     self.ep.namespace,

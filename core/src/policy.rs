@@ -182,6 +182,12 @@ impl PolicyView {
         })
     }
 
+    /// Whether `failures` recent failed attempts spend the failure budget (automatic
+    /// reimages then wait).
+    pub fn budget_spent(&self, failures: u32) -> bool {
+        failures >= self.budget_max_failures
+    }
+
     /// Backoff before try `next_try` (2, 3, ...): backoff, 2×backoff, 4×backoff, ...
     pub fn backoff_before(&self, next_try: u32) -> Duration {
         let exp = next_try.saturating_sub(2).min(16);

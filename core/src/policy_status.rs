@@ -36,25 +36,32 @@ pub struct Standing {
     pub breaker: Option<Trip>,
 }
 
-/// The status to write. `view` is what the endpoints naming the policy actually run on: the
-/// policy's own view, or the built-in defaults when it does not parse (`problem` says why).
-/// Conditions keep their transition time while their status holds (`previous`).
+/// What the controller found: a policy its endpoints run on, with the namespace's counts under
+/// its limits, or one that does not parse (the lifecycle then starts nothing automatic for
+/// the endpoints that name it: see `lifecycle`'s blocker).
+#[derive(Clone, Copy, Debug)]
+pub enum Judged<'a> {
+    Counted {
+        view: &'a PolicyView,
+        standing: Standing,
+    },
+    Invalid {
+        problem: &'a str,
+    },
+}
+
+/// The status to write. Conditions keep their transition time while their status holds
+/// (`previous`); conditions of other types are dropped (an older release's would stand
+/// forever).
 pub fn policy_status(
     previous: &RemediationPolicyStatus,
     namespace: &str,
     generation: Option<i64>,
-    view: &PolicyView,
-    problem: Option<&str>,
-    standing: Standing,
+    judged: Judged<'_>,
     now: Timestamp,
 ) -> RemediationPolicyStatus {
     let at = crate::time::format(now);
-    let window = recast_crds::duration::format(view.budget_window);
-    let max = view.budget_max_failures;
-    let halted = standing.failures >= max;
-    let counted = format!("{}/{max} failures in {window}", standing.failures);
     let mut conditions = previous.conditions.clone();
-    // A condition this code no longer writes would stand forever.
     conditions.retain(|c| [VALID, REMEDIATION_HALTED, BREAKER_OPEN].contains(&c.type_.as_str()));
     let mut set = |type_: &str, status, reason: &str, message: String| {
         set_condition(
@@ -67,22 +74,43 @@ pub fn policy_status(
             generation,
         )
     };
-    match problem {
-        None => set(
-            VALID,
-            ConditionStatus::True,
-            "Parsed",
-            "the endpoints that name this policy use it".into(),
-        ),
-        Some(why) => set(
-            VALID,
-            ConditionStatus::False,
-            "Invalid",
-            format!(
-                "{why}; until it is fixed, the endpoints that name this policy use the built-in defaults (the budget and breaker here are those)"
-            ),
-        ),
-    }
+    let (view, standing) = match judged {
+        Judged::Invalid { problem } => {
+            let off = format!(
+                "{problem}; automatic remediation of the endpoints that name this policy is off until it is fixed (manual reimages and waves still run, with the built-in limits)"
+            );
+            set(VALID, ConditionStatus::False, "Invalid", off.clone());
+            set(
+                REMEDIATION_HALTED,
+                ConditionStatus::True,
+                "InvalidPolicy",
+                off,
+            );
+            set(
+                BREAKER_OPEN,
+                ConditionStatus::Unknown,
+                "InvalidPolicy",
+                "the policy does not parse; its breaker is not counted".into(),
+            );
+            return RemediationPolicyStatus {
+                budget: Some("off: the policy is invalid".into()),
+                remediation_halted: true,
+                conditions,
+                observed_generation: generation,
+            };
+        }
+        Judged::Counted { view, standing } => (view, standing),
+    };
+    let window = recast_crds::duration::format(view.budget_window);
+    let max = view.budget_max_failures;
+    let halted = view.budget_spent(standing.failures);
+    let counted = format!("{}/{max} failures in {window}", standing.failures);
+    set(
+        VALID,
+        ConditionStatus::True,
+        "Parsed",
+        "the endpoints that name this policy use it".into(),
+    );
     if halted {
         set(
             REMEDIATION_HALTED,
@@ -160,11 +188,12 @@ mod tests {
             &Default::default(),
             "shop",
             Some(3),
-            &v,
-            None,
-            Standing {
-                failures: 2,
-                breaker: None,
+            Judged::Counted {
+                view: &v,
+                standing: Standing {
+                    failures: 2,
+                    breaker: None,
+                },
             },
             t("2026-01-15T08:00:00Z"),
         );
@@ -188,11 +217,12 @@ mod tests {
             &Default::default(),
             "shop",
             None,
-            &v,
-            None,
-            Standing {
-                failures: 4,
-                breaker: None,
+            Judged::Counted {
+                view: &v,
+                standing: Standing {
+                    failures: 4,
+                    breaker: None,
+                },
             },
             t("2026-01-15T08:00:00Z"),
         );
@@ -209,26 +239,26 @@ mod tests {
     }
 
     #[test]
-    fn exactly_the_budget_is_spent_as_the_lifecycle_counts_it() {
-        // The lifecycle holds an automatic start once recent failures >= the budget.
+    fn the_budget_is_spent_by_the_rule_the_lifecycle_holds_starts_with() {
+        // One rule (PolicyView::budget_spent), read by the lifecycle's blocker and here.
         let v = PolicyView::built_in();
-        let at = |failures| {
-            policy_status(
+        for failures in 0..6 {
+            let s = policy_status(
                 &Default::default(),
                 "shop",
                 None,
-                &v,
-                None,
-                Standing {
-                    failures,
-                    breaker: None,
+                Judged::Counted {
+                    view: &v,
+                    standing: Standing {
+                        failures,
+                        breaker: None,
+                    },
                 },
                 t("2026-01-15T08:00:00Z"),
-            )
-            .remediation_halted
-        };
-        assert!(!at(2));
-        assert!(at(3));
+            );
+            assert_eq!(s.remediation_halted, v.budget_spent(failures));
+            assert_eq!(s.remediation_halted, failures >= 3, "{failures}");
+        }
     }
 
     #[test]
@@ -244,11 +274,12 @@ mod tests {
             &Default::default(),
             "shop",
             None,
-            &v,
-            None,
-            Standing {
-                failures: 0,
-                breaker: Some(trip),
+            Judged::Counted {
+                view: &v,
+                standing: Standing {
+                    failures: 0,
+                    breaker: Some(trip),
+                },
             },
             t("2026-01-15T08:00:00Z"),
         );
@@ -261,23 +292,29 @@ mod tests {
     }
 
     #[test]
-    fn a_policy_that_does_not_parse_says_its_endpoints_run_on_the_defaults() {
-        let v = PolicyView::built_in();
+    fn a_policy_that_does_not_parse_says_automatic_remediation_is_off() {
+        // What the lifecycle does with such a policy: nothing automatic starts.
         let s = policy_status(
             &Default::default(),
             "shop",
             Some(2),
-            &v,
-            Some("RemediationPolicy \"default\": cooldown: bad"),
-            CALM,
+            Judged::Invalid {
+                problem: "RemediationPolicy \"default\": cooldown: bad",
+            },
             t("2026-01-15T08:00:00Z"),
         );
         let c = condition(&s, VALID);
         assert_eq!(c.status, ConditionStatus::False);
         assert_eq!(c.reason, "Invalid");
         assert!(c.message.contains("cooldown: bad"));
-        assert!(c.message.contains("built-in defaults"));
-        assert_eq!(s.budget.as_deref(), Some("0/3 failures in 1h"));
+        assert!(
+            c.message
+                .contains("automatic remediation of the endpoints that name this policy is off")
+        );
+        assert!(s.remediation_halted);
+        assert_eq!(condition(&s, REMEDIATION_HALTED).reason, "InvalidPolicy");
+        assert_eq!(condition(&s, BREAKER_OPEN).status, ConditionStatus::Unknown);
+        assert_eq!(s.budget.as_deref(), Some("off: the policy is invalid"));
     }
 
     #[test]
@@ -287,20 +324,22 @@ mod tests {
             &Default::default(),
             "shop",
             None,
-            &v,
-            None,
-            CALM,
+            Judged::Counted {
+                view: &v,
+                standing: CALM,
+            },
             t("2026-01-15T08:00:00Z"),
         );
         let same = policy_status(
             &first,
             "shop",
             None,
-            &v,
-            None,
-            Standing {
-                failures: 1,
-                breaker: None,
+            Judged::Counted {
+                view: &v,
+                standing: Standing {
+                    failures: 1,
+                    breaker: None,
+                },
             },
             t("2026-01-15T09:00:00Z"),
         );
@@ -316,11 +355,12 @@ mod tests {
             &same,
             "shop",
             None,
-            &v,
-            None,
-            Standing {
-                failures: 3,
-                breaker: None,
+            Judged::Counted {
+                view: &v,
+                standing: Standing {
+                    failures: 3,
+                    breaker: None,
+                },
             },
             t("2026-01-15T10:00:00Z"),
         );
@@ -341,18 +381,20 @@ mod tests {
             &Default::default(),
             "shop",
             Some(1),
-            &v,
-            None,
-            CALM,
+            Judged::Counted {
+                view: &v,
+                standing: CALM,
+            },
             t("2026-01-15T08:00:00Z"),
         );
         let again = policy_status(
             &first,
             "shop",
             Some(1),
-            &v,
-            None,
-            CALM,
+            Judged::Counted {
+                view: &v,
+                standing: CALM,
+            },
             t("2026-01-15T08:05:00Z"),
         );
         assert_eq!(first, again);
@@ -371,9 +413,10 @@ mod tests {
             &Default::default(),
             "shop",
             None,
-            &PolicyView::built_in(),
-            None,
-            CALM,
+            Judged::Counted {
+                view: &PolicyView::built_in(),
+                standing: CALM,
+            },
             t("2026-01-15T08:00:00Z"),
         ));
         assert_eq!(fingerprint(&p), before);
@@ -407,9 +450,10 @@ mod tests {
             &previous,
             "shop",
             None,
-            &v,
-            None,
-            CALM,
+            Judged::Counted {
+                view: &v,
+                standing: CALM,
+            },
             t("2026-01-15T08:00:00Z"),
         );
         assert!(s.conditions.iter().all(|c| c.type_ != "Stale"));

@@ -515,15 +515,17 @@ impl Default for FailureBudget {
 #[serde(rename_all = "camelCase")]
 pub struct RemediationPolicyStatus {
     /// Failed attempts of the namespace within the budget's window against this policy's
-    /// budget: "2/3 failures in 1h", or "exhausted: 3/3 failures in 1h".
+    /// budget: "2/3 failures in 1h", "exhausted: 3/3 failures in 1h", or "off: the policy is
+    /// invalid".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<String>,
     /// True while automatic remediation of the endpoints that name this policy is stopped
-    /// because the failure budget is spent.
+    /// because the failure budget is spent (or the policy does not parse).
     #[serde(default)]
     pub remediation_halted: bool,
-    /// Valid (the policy is in use, or its endpoints run on the built-in defaults),
-    /// RemediationHalted (the failure budget) and BreakerOpen (the namespace's circuit breaker).
+    /// Valid (False: the policy does not parse and no automatic reimage of its endpoints
+    /// starts), RemediationHalted (the failure budget, or an invalid policy) and BreakerOpen
+    /// (the namespace's circuit breaker).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<crate::common::Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1769,6 +1769,10 @@ fn boot_pods_and_tenants_get_least_privilege() {
             ("patch", "endpoints.recast.dev --subresource=status"),
             ("patch", "goldenimages.recast.dev --subresource=status"),
             ("patch", "reimagewaves.recast.dev --subresource=status"),
+            (
+                "patch",
+                "remediationpolicies.recast.dev --subresource=status",
+            ),
             ("create", "configmaps"),
             ("patch", "configmaps"),
             ("update", "configmaps"),

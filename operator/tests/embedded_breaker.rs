@@ -209,8 +209,8 @@ async fn a_namespace_storm_opens_its_breaker_and_the_other_tenant_keeps_its_own(
     assert_eq!(c.attempted, 14, "seven more after the reset");
     assert_eq!(c.held_by_breaker, FLOOD - 14);
 
-    // A reset annotation that is not a time: the policy says it is not used, and that its
-    // endpoints run on the built-in defaults.
+    // A reset annotation that is not a time: the policy says it cannot be used, and that
+    // automatic remediation of its endpoints is off (what the lifecycle does).
     store
         .update(Kind::RemediationPolicy, "quiet", "default", |obj| {
             obj["metadata"]["annotations"] =
@@ -226,14 +226,23 @@ async fn a_namespace_storm_opens_its_breaker_and_the_other_tenant_keeps_its_own(
         valid
             .message
             .contains("\"yesterday\", not an RFC 3339 time")
-            && valid.message.contains("built-in defaults"),
+            && valid
+                .message
+                .contains("automatic remediation of the endpoints that name this policy is off"),
         "{}",
         valid.message
     );
-    assert_eq!(
-        quiet_status.budget.as_deref(),
-        Some("0/3 failures in 1h"),
-        "the built-in budget is the one its endpoints run on"
+    assert!(quiet_status.remediation_halted);
+    // And it is so: the quiet tenant's next failed rollback does not start.
+    let before = sim.count(&quiet).await.attempted;
+    sim.storm(&quiet, 2, 3).await;
+    assert_eq!(sim.count(&quiet).await.attempted, before);
+    let held = sim.status("quiet", &breaker_sim::ep_name(2)).await;
+    assert!(
+        held.message
+            .as_deref()
+            .is_some_and(|m| m.ends_with("automatic remediation is off for this endpoint")),
+        "{held:?}"
     );
 }
 

@@ -256,7 +256,7 @@ async fn lead<P: PowerControl>(
     );
     let sweeper = spawn_orphan_sweeper(ctrl.backend.clone());
     let gauge = spawn_phase_gauge(cache, metrics);
-    let policy_status = spawn_policy_status(ctrl.clone());
+    let policy_status = spawn_policy_status(ctrl.clone(), lost_or_shutdown(is_leader, shutdown));
     // Waves run beside the endpoints, under the same lease and shutdown.
     let waves = wave_controller(client, opts, ctrl, lost_or_shutdown(is_leader, shutdown));
     let endpoints = kc
@@ -365,16 +365,25 @@ fn spawn_phase_gauge(
     })
 }
 
-/// The RemediationPolicies' status, written by the lease holder (see controller::policy_status).
+/// The RemediationPolicies' status, written by the lease holder (see controller::policy_status)
+/// until `end`: the moment the lease is lost, not when the term's controllers have wound down
+/// (a stale index must not write over the next leader's).
 fn spawn_policy_status<P: PowerControl>(
     ctrl: Arc<Controller<KubeBackend, P>>,
+    end: impl Future<Output = ()> + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        loop {
-            if let Err(e) = ctrl.write_policy_statuses().await {
-                tracing::warn!(error = %e, "cannot read the policies to write their status");
+        let passes = async {
+            loop {
+                if let Err(e) = ctrl.write_policy_statuses().await {
+                    tracing::warn!(error = %e, "cannot read the policies to write their status");
+                }
+                tokio::time::sleep(super::policy_status::POLICY_STATUS_EVERY).await;
             }
-            tokio::time::sleep(super::policy_status::POLICY_STATUS_EVERY).await;
+        };
+        tokio::select! {
+            _ = passes => {}
+            _ = end => {}
         }
     })
 }

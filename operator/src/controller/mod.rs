@@ -43,6 +43,8 @@ pub struct Controller<B: Backend, P: PowerControl> {
     /// Endpoints whose wave batch is due, with the wave's name; kept by `reconcile_wave`
     /// (see controller/wave.rs) and read when the endpoint's lifecycle decides.
     wave_due: std::sync::Mutex<std::collections::HashMap<Key, String>>,
+    /// The last error writing each policy's status, by "namespace/name" (said once).
+    policy_status_failures: std::sync::Mutex<std::collections::HashMap<String, String>>,
     /// One reconcile per endpoint at a time (the loop and the gateway both feed inputs).
     key_locks: std::sync::Mutex<std::collections::HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
     /// How often the lease holder reads silent endpoints' BMC event logs.
@@ -102,6 +104,7 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
             index: std::sync::Mutex::new(FleetIndex::default()),
             start_lock: tokio::sync::Mutex::new(()),
             wave_due: Default::default(),
+            policy_status_failures: Default::default(),
             sessions: None,
             key_locks: Default::default(),
             bmc_watch_interval: bmc_watch::DEFAULT_INTERVAL,
@@ -188,6 +191,14 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
     pub fn with_notifier(mut self, notifier: Arc<dyn crate::notify::Notifier>) -> Self {
         self.notifier = notifier;
         self
+    }
+
+    fn policy_status_failures(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, String>> {
+        self.policy_status_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     fn index(&self) -> std::sync::MutexGuard<'_, FleetIndex> {

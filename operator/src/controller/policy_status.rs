@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use recast_core::fleet::BreakerSettings;
 use recast_core::policy::PolicyView;
-use recast_core::policy_status::{Standing, policy_status};
+use recast_core::policy_status::{Judged, Standing, policy_status};
 
 use super::Controller;
 use crate::bmc::PowerControl;
@@ -25,47 +25,64 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
         for policy in self.backend.all_policies().await? {
             let namespace = recast_crds::namespace_of(&policy.metadata).to_string();
             let name = policy.metadata.name.clone().unwrap_or_default();
-            // The view its endpoints run on: a policy that does not parse counts as the
-            // built-in defaults (see store::policy_of).
-            let (view, problem) = match PolicyView::from_policy(&name, &policy) {
-                Ok(v) => (v, None),
-                Err(e) => (PolicyView::built_in(), Some(e.to_string())),
-            };
-            let standing = {
-                let index = self.index();
-                Standing {
-                    failures: index.namespace_failures_within(&namespace, now, view.budget_window),
-                    breaker: index.namespace_breaker(
-                        &namespace,
-                        &BreakerSettings {
-                            max_starts: view.breaker_max_starts.clone(),
-                            window: view.breaker_window,
-                            reset: view.breaker_reset,
+            let view = PolicyView::from_policy(&name, &policy);
+            let problem = view.as_ref().err().map(ToString::to_string);
+            let judged = match (&view, &problem) {
+                (Ok(view), _) => {
+                    let index = self.index();
+                    Judged::Counted {
+                        view,
+                        standing: Standing {
+                            failures: index.namespace_failures_within(
+                                &namespace,
+                                now,
+                                view.budget_window,
+                            ),
+                            breaker: index.namespace_breaker(
+                                &namespace,
+                                &BreakerSettings {
+                                    max_starts: view.breaker_max_starts.clone(),
+                                    window: view.breaker_window,
+                                    reset: view.breaker_reset,
+                                },
+                            ),
                         },
-                    ),
+                    }
                 }
+                (Err(_), Some(problem)) => Judged::Invalid { problem },
+                (Err(_), None) => unreachable!("an Err has a message"),
             };
             let previous = policy.status.clone().unwrap_or_default();
             let next = policy_status(
                 &previous,
                 &namespace,
                 policy.metadata.generation,
-                &view,
-                problem.as_deref(),
-                standing,
+                judged,
                 now,
             );
             if policy.status.as_ref() == Some(&next) {
                 continue;
             }
+            let id = format!("{namespace}/{name}");
             match self.backend.write_policy_status(&policy, &next).await {
-                Ok(()) => written += 1,
-                Err(e) => tracing::warn!(
-                    policy = %format!("{namespace}/{name}"),
-                    error = %e,
-                    "cannot write the policy's status; trying again in {}s",
-                    POLICY_STATUS_EVERY.as_secs()
-                ),
+                Ok(()) => {
+                    written += 1;
+                    self.policy_status_failures().remove(&id);
+                }
+                // Said once per policy and error (a missing RBAC rule fails every pass).
+                Err(e) => {
+                    let said = self
+                        .policy_status_failures()
+                        .insert(id.clone(), e.to_string());
+                    if said.as_deref() != Some(e.to_string().as_str()) {
+                        tracing::warn!(
+                            policy = %id,
+                            error = %e,
+                            "cannot write the policy's status; trying again every {}s",
+                            POLICY_STATUS_EVERY.as_secs()
+                        );
+                    }
+                }
             }
         }
         Ok(written)

@@ -149,7 +149,31 @@ impl ContextStore for EmbeddedBackend {
 
 impl PolicyStatusStore for EmbeddedBackend {
     async fn all_policies(&self) -> Result<Vec<RemediationPolicy>, BackendError> {
-        self.store.list_each(Kind::RemediationPolicy, None, decode)
+        // One stored policy that does not decode (an older release's) is left out and named,
+        // not a reason to count none.
+        let mut out = Vec::new();
+        for v in self
+            .store
+            .list(Kind::RemediationPolicy, None)
+            .map_err(categorize)?
+        {
+            let id = format!(
+                "{}/{}",
+                v.pointer("/metadata/namespace")
+                    .and_then(|n| n.as_str())
+                    .unwrap_or_default(),
+                v.pointer("/metadata/name")
+                    .and_then(|n| n.as_str())
+                    .unwrap_or_default()
+            );
+            match decode::<RemediationPolicy>(v) {
+                Ok(p) => out.push(p),
+                Err(e) => {
+                    tracing::warn!(policy = %id, error = %e, "a stored RemediationPolicy does not decode; its status is not written")
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn write_policy_status(

@@ -1049,29 +1049,72 @@ pub(crate) fn spawn_reflector<K>(
             watcher(api, watcher::Config::default()).default_backoff(),
         );
         futures::pin_mut!(stream);
-        // Only changes that matter fire: a write of the controller's own status on a policy
-        // must not re-evaluate every endpoint.
-        let mut seen: std::collections::HashMap<(Option<String>, String), String> =
-            std::collections::HashMap::new();
+        let mut filter = ChangeFilter::new(fingerprint);
         while let Some(item) = stream.next().await {
-            let fire = match item {
-                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
-                    let print = fingerprint(&o);
-                    seen.insert((o.namespace(), o.name_any()), print.clone()) != Some(print)
-                }
-                Ok(watcher::Event::Delete(o)) => {
-                    seen.remove(&(o.namespace(), o.name_any()));
-                    true
-                }
-                // A relist may have missed deletions while the watch was down.
-                Ok(watcher::Event::InitDone) => true,
-                Ok(watcher::Event::Init) | Err(_) => false,
-            };
-            if fire {
+            if let Ok(event) = item
+                && filter.fires(&event)
+            {
                 let _ = changed.send(());
             }
         }
     });
+}
+
+/// Which watch events of a cache fire the change signal: only changes that matter (by
+/// `fingerprint`), so that a write of the controller's own status on a policy does not
+/// re-evaluate every endpoint.
+pub(crate) struct ChangeFilter<K> {
+    fingerprint: fn(&K) -> String,
+    /// By (namespace, name), as last seen.
+    seen: std::collections::HashMap<(Option<String>, String), String>,
+    /// Filled during a relist, replacing `seen` when it is done: an object deleted while the
+    /// watch was down leaves no entry behind (its re-creation with the same spec must fire).
+    relisting: Option<std::collections::HashMap<(Option<String>, String), String>>,
+}
+
+impl<K: kube::Resource> ChangeFilter<K> {
+    pub(crate) fn new(fingerprint: fn(&K) -> String) -> Self {
+        Self {
+            fingerprint,
+            seen: Default::default(),
+            relisting: None,
+        }
+    }
+
+    pub(crate) fn fires(&mut self, event: &watcher::Event<K>) -> bool {
+        let id = |o: &K| {
+            (
+                o.meta().namespace.clone(),
+                o.meta().name.clone().unwrap_or_default(),
+            )
+        };
+        match event {
+            watcher::Event::Apply(o) => {
+                let print = (self.fingerprint)(o);
+                self.seen.insert(id(o), print.clone()) != Some(print)
+            }
+            watcher::Event::Delete(o) => {
+                self.seen.remove(&id(o));
+                true
+            }
+            watcher::Event::Init => {
+                self.relisting = Some(Default::default());
+                false
+            }
+            watcher::Event::InitApply(o) => {
+                let print = (self.fingerprint)(o);
+                self.relisting
+                    .get_or_insert_with(Default::default)
+                    .insert(id(o), print);
+                false
+            }
+            // Once per relist, whatever changed while the watch was down.
+            watcher::Event::InitDone => {
+                self.seen = self.relisting.take().unwrap_or_default();
+                true
+            }
+        }
+    }
 }
 
 /// All of a GoldenImage matters (its verification lives in status).
@@ -1083,6 +1126,52 @@ pub(crate) fn image_fingerprint(gi: &GoldenImage) -> String {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    fn rpol(spec: serde_json::Value, status: serde_json::Value) -> RemediationPolicy {
+        serde_json::from_value(json!({
+            "apiVersion": "recast.dev/v1alpha1", "kind": "RemediationPolicy",
+            "metadata": {"name": "default", "namespace": "shop"},
+            "spec": spec, "status": status,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn only_changes_that_decide_endpoints_fire_and_a_relist_forgets_what_it_did_not_see() {
+        use watcher::Event::*;
+        let mut f = ChangeFilter::new(recast_core::policy_status::fingerprint);
+        let p = rpol(json!({}), json!({}));
+        assert!(!f.fires(&Init));
+        assert!(!f.fires(&InitApply(p.clone())));
+        assert!(f.fires(&InitDone), "a relist fires once");
+        // The controller's own status write: nothing to re-evaluate.
+        assert!(!f.fires(&Apply(rpol(
+            json!({}),
+            json!({"budget": "1/3 failures in 1h"})
+        ))));
+        assert!(!f.fires(&Apply(p.clone())));
+        // A spec change fires.
+        let slower = rpol(json!({"cooldown": "12h"}), json!({}));
+        assert!(f.fires(&Apply(slower.clone())));
+        // A breaker reset (an annotation) fires.
+        let mut reset = slower.clone();
+        reset.metadata.annotations = Some(
+            [(
+                recast_crds::policy::BREAKER_RESET_ANNOTATION.to_string(),
+                "2026-01-15T08:00:00Z".to_string(),
+            )]
+            .into(),
+        );
+        assert!(f.fires(&Apply(reset.clone())));
+        // Deleted while the watch was down: the relist does not list it...
+        assert!(!f.fires(&Init));
+        assert!(f.fires(&InitDone));
+        // ...and its re-creation with the same spec fires.
+        assert!(f.fires(&Apply(reset.clone())));
+        // A deletion fires, and so does creating it again.
+        assert!(f.fires(&Delete(reset.clone())));
+        assert!(f.fires(&Apply(reset)));
+    }
 
     fn key(ns: &str, name: &str) -> Key {
         Key {
