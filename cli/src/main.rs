@@ -537,13 +537,18 @@ fn store_command(
             let store = EmbeddedStore::open_with(dir, OpenMode::AnySchema)?;
             let s = store.backup_to(&file, force)?;
             println!(
-                "backed up {} objects ({} attempts in flight) at revision {} to {} ({} bytes, schema {}); it holds BMC credentials: keep it as safe as the store",
+                "backed up {} objects ({} attempts in flight) at revision {} to {} ({} bytes, schema {}){}; it holds BMC credentials: keep it as safe as the store",
                 s.objects,
                 s.attempts_in_flight,
                 s.revision,
                 s.path.display(),
                 s.bytes,
-                s.schema
+                s.schema,
+                if s.carried.is_empty() {
+                    String::new()
+                } else {
+                    format!(", with {}", s.carried.join(" and "))
+                }
             );
         }
         StoreCommand::Restore { file } => {
@@ -583,6 +588,19 @@ fn store_command(
                     "reimage requests pending in the backup were dropped (they may have run since; request again if still wanted): {}",
                     s.requests_dropped.join(", ")
                 );
+            }
+            for (name, outcome) in &s.carried {
+                use recast_operator::store::embedded::CarriedOutcome;
+                match outcome {
+                    CarriedOutcome::Restored => {
+                        println!("{name}: restored from the backup (this data directory had none)")
+                    }
+                    CarriedOutcome::KeptLive => println!(
+                        "{name}: the one in {} is kept (newer than the backup's)",
+                        dir.display()
+                    ),
+                    CarriedOutcome::NotInBackup => {}
+                }
             }
         }
     }

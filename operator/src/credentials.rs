@@ -28,7 +28,7 @@ pub use kube_credentials::KubeCredentials;
 pub mod kube_credentials;
 
 pub const TOKEN_PREFIX: &str = "rct_";
-pub const DB_FILE: &str = "gateway.db";
+pub const DB_FILE: &str = crate::store::embedded::GATEWAY_DB_FILE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {

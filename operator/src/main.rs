@@ -293,7 +293,7 @@ impl BootArgs {
     fn imaging_key_path(&self, data_dir: &std::path::Path) -> PathBuf {
         self.imaging_key_file
             .clone()
-            .unwrap_or_else(|| data_dir.join("imaging.key"))
+            .unwrap_or_else(|| data_dir.join(recast_operator::store::embedded::IMAGING_KEY_FILE))
     }
 
     /// The key of the per-try imaging tokens and the agents' enrollment credentials, shared

@@ -953,9 +953,11 @@ fn multicast_wave(net: &Net, site: &Site, store: &EmbeddedStore) {
     eprintln!(
         "multicast wave: {sent} bytes to the group and {all} bytes on vr0 for a {stream_size}-byte stream to 5 receivers"
     );
-    // About once (headers, retransmissions, the drop-out's rounds), not once per receiver.
+    // About once (headers, retransmissions, the drop-out's rounds), not once per receiver
+    // (which would be 5×). Measured 1.26× on an idle host and 1.52× with the host's two cores
+    // busy (receivers starved of CPU ask for more retransmissions): under 2× tells the two apart.
     assert!(
-        sent >= stream_size && sent < stream_size + stream_size / 2,
+        sent >= stream_size && sent < 2 * stream_size,
         "{sent} bytes sent to the group for {stream_size} × 5 receivers\n{log}"
     );
     assert!(

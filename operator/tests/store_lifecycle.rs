@@ -683,3 +683,91 @@ fn two_processes_writing_one_store_wait_for_each_other_instead_of_failing() {
     assert_eq!(obj["metadata"]["annotations"]["test/a"], "299");
     assert_eq!(obj["metadata"]["annotations"]["test/b"], "299");
 }
+
+#[test]
+fn a_backup_carries_the_agents_tokens_and_the_imaging_key_to_a_new_host() {
+    use recast_operator::credentials::SqliteLedger;
+    use recast_operator::store::embedded::CarriedOutcome;
+    let (data, elsewhere, store, _, _) = store_and_backup();
+    let ledger = SqliteLedger::open(data.path()).unwrap();
+    let token = ledger
+        .issue(&key("kiosk-01"), "2026-01-15T08:00:00Z")
+        .unwrap();
+    let imaging_key = [7u8; 32];
+    std::fs::write(data.path().join("imaging.key"), imaging_key).unwrap();
+    let backup = elsewhere.path().join("with-tokens.db");
+    let taken = store.backup_to(&backup, false).unwrap();
+    assert_eq!(taken.carried, ["gateway.db", "imaging.key"]);
+    // A token issued after the backup: the live gateway.db is newer than the backup's.
+    let later = ledger
+        .issue(&key("kiosk-02"), "2026-01-15T09:00:00Z")
+        .unwrap();
+    drop(ledger);
+    drop(store);
+
+    // A new host: an empty data directory.
+    let host = tempfile::tempdir().unwrap();
+    let fresh = host.path().join("data");
+    std::fs::create_dir(&fresh).unwrap();
+    let restored = EmbeddedStore::restore_from(&fresh, &backup, Timestamp::now()).unwrap();
+    assert_eq!(
+        restored.carried,
+        [
+            ("gateway.db".to_string(), CarriedOutcome::Restored),
+            ("imaging.key".to_string(), CarriedOutcome::Restored)
+        ]
+    );
+    // Read back with the gateway's own ledger: the agent's token still names its endpoint
+    // (its agent reports without a person); the one issued after the backup does not.
+    let ledger = SqliteLedger::open(&fresh).unwrap();
+    assert_eq!(ledger.endpoint_for(&token).unwrap(), Some(key("kiosk-01")));
+    assert_eq!(ledger.endpoint_for(&later).unwrap(), None);
+    drop(ledger);
+    assert_eq!(
+        std::fs::read(fresh.join("imaging.key")).unwrap(),
+        imaging_key
+    );
+    assert_eq!(mode(&fresh.join("imaging.key")), 0o600);
+    assert_eq!(mode(&fresh.join("gateway.db")), 0o600);
+    // The carried files never end up inside the live store.
+    let tables: Vec<String> = Connection::open(fresh.join("recast.db"))
+        .unwrap()
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(!tables.iter().any(|t| t.contains("carried")), "{tables:?}");
+
+    // The same host, its gateway.db and key still there (the store alone was lost): both are
+    // kept, so the token issued after the backup still works.
+    std::fs::write(data.path().join("imaging.key"), [9u8; 32]).unwrap();
+    let again = EmbeddedStore::restore_from(data.path(), &backup, Timestamp::now()).unwrap();
+    assert_eq!(
+        again.carried,
+        [
+            ("gateway.db".to_string(), CarriedOutcome::KeptLive),
+            ("imaging.key".to_string(), CarriedOutcome::KeptLive)
+        ]
+    );
+    let ledger = SqliteLedger::open(data.path()).unwrap();
+    assert_eq!(ledger.endpoint_for(&later).unwrap(), Some(key("kiosk-02")));
+    assert_eq!(
+        std::fs::read(data.path().join("imaging.key")).unwrap(),
+        [9u8; 32]
+    );
+
+    // A backup taken before this release carried nothing: nothing is written.
+    let old_style = tempfile::tempdir().unwrap();
+    let bare = old_style.path().join("data");
+    std::fs::create_dir(&bare).unwrap();
+    let restored = EmbeddedStore::restore_from(&bare, &fixture(), Timestamp::now()).unwrap();
+    assert!(
+        restored
+            .carried
+            .iter()
+            .all(|(_, o)| *o == CarriedOutcome::NotInBackup)
+    );
+    assert!(!bare.join("gateway.db").exists() && !bare.join("imaging.key").exists());
+}

@@ -27,8 +27,30 @@ use rusqlite::{Connection, OpenFlags};
 
 use super::super::private::SQLITE_SIDE_FILES;
 use super::{
-    APPLICATION_ID, DB_FILE, EmbeddedStore, EventRecord, OpenMode, SCHEMA_VERSION, StoreError,
+    APPLICATION_ID, DB_FILE, EmbeddedStore, EventRecord, GATEWAY_DB_FILE, IMAGING_KEY_FILE,
+    OpenMode, SCHEMA_VERSION, StoreError,
 };
+
+/// Files of the data directory a backup carries besides the store, and whether each is an
+/// SQLite database (copied by SQLite's online backup, a consistent moment) or plain bytes.
+/// Without them a store restored on a new host would leave every agent unable to report (its
+/// token is in gateway.db) and every machine mid-imaging unable to finish (its token is an
+/// HMAC under the imaging key).
+const CARRIED_FILES: &[(&str, bool)] = &[(GATEWAY_DB_FILE, true), (IMAGING_KEY_FILE, false)];
+
+/// The table of a backup file that holds the carried files (never copied into a live store).
+const CARRIED_TABLE: &str = "backup_carried_files";
+
+/// What a restore did with one carried file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CarriedOutcome {
+    /// The data directory had none (a new host): written from the backup.
+    Restored,
+    /// The data directory has one: kept, as it is newer than the backup's.
+    KeptLive,
+    /// The backup does not hold it (taken without one, or by an older release).
+    NotInBackup,
+}
 
 /// The lock file a running embedded operator holds in its data directory.
 pub const OPERATOR_LOCK_FILE: &str = "operator.lock";
@@ -96,6 +118,8 @@ pub struct BackupSummary {
     pub revision: i64,
     pub objects: i64,
     pub attempts_in_flight: i64,
+    /// The data directory's files it carries besides the store (see CARRIED_FILES).
+    pub carried: Vec<String>,
 }
 
 /// What a restore did.
@@ -117,6 +141,8 @@ pub struct RestoreSummary {
     pub previous: Option<PathBuf>,
     /// Whether the replaced store was damaged (moved aside, not copied).
     pub previous_damaged: bool,
+    /// What became of each file the backup can carry besides the store.
+    pub carried: Vec<(String, CarriedOutcome)>,
 }
 
 fn copy_err<'p>(op: &'static str, path: &'p Path) -> impl Fn(rusqlite::Error) -> StoreError + 'p {
@@ -254,6 +280,7 @@ impl EmbeddedStore {
         })?;
         let mut out = Connection::open(partial).map_err(copy_err("writing", partial))?;
         copy_all(&self.conn(), &mut out, "backing up into", partial)?;
+        let carried = self.carry_files(&out, partial)?;
         // When, for the restore's messages (the copy is a moment; this says which).
         out.execute(
             "INSERT OR REPLACE INTO meta VALUES ('backed_up_at', ?1)",
@@ -288,6 +315,7 @@ impl EmbeddedStore {
                 "SELECT count(*) FROM objects WHERE kind = 'Endpoint' AND json_extract(status, '$.activeAttempt') IS NOT NULL",
                 partial,
             )?,
+            carried,
         };
         // One file, no WAL beside it: the backup is self-contained.
         out.pragma_update(None, "journal_mode", "DELETE")
@@ -300,6 +328,38 @@ impl EmbeddedStore {
                 source,
             })?;
         Ok(summary)
+    }
+
+    /// Copies the data directory's carried files into the backup being written (`out`).
+    fn carry_files(&self, out: &Connection, partial: &Path) -> Result<Vec<String>, StoreError> {
+        let data_dir = self.path().parent().unwrap_or(Path::new("."));
+        out.execute(
+            &format!("CREATE TABLE {CARRIED_TABLE} (name TEXT PRIMARY KEY, data BLOB NOT NULL)"),
+            [],
+        )
+        .map_err(copy_err("writing", partial))?;
+        let mut carried = Vec::new();
+        for (name, sqlite) in CARRIED_FILES {
+            let file = data_dir.join(name);
+            if !file.is_file() {
+                continue;
+            }
+            let data = if *sqlite {
+                sqlite_snapshot(&file, &with_suffix(partial, &format!(".{name}")))?
+            } else {
+                std::fs::read(&file).map_err(|source| StoreError::DataDir {
+                    path: file.clone(),
+                    source,
+                })?
+            };
+            out.execute(
+                &format!("INSERT INTO {CARRIED_TABLE} (name, data) VALUES (?1, ?2)"),
+                rusqlite::params![name, data],
+            )
+            .map_err(copy_err("writing", partial))?;
+            carried.push(name.to_string());
+        }
+        Ok(carried)
     }
 
     /// Replaces the store in `data_dir` with the backup at `src` (the operator must be
@@ -347,6 +407,7 @@ impl EmbeddedStore {
                 "restoring into",
                 live.path(),
             )?;
+            summary.carried = restore_carried(src, data_dir)?;
             Ok(summary)
         })();
         let _ = std::fs::remove_dir_all(&scratch_dir);
@@ -379,6 +440,7 @@ impl EmbeddedStore {
             inputs_dropped,
             previous: None,
             previous_damaged: false,
+            carried: Vec::new(),
         };
         for ep in self.list(Kind::Endpoint, None)? {
             let text = |p: &str| {
@@ -494,6 +556,90 @@ fn check_backup(src: &Path) -> Result<(i64, Option<jiff::Timestamp>), StoreError
     Ok((schema, backed_up_at))
 }
 
+/// The bytes of a consistent, self-contained copy of the SQLite database `file` (written to
+/// `scratch`, 0600, and removed again).
+fn sqlite_snapshot(file: &Path, scratch: &Path) -> Result<Vec<u8>, StoreError> {
+    let result = (|| {
+        super::super::private::private_db_file(scratch).map_err(|source| StoreError::DataDir {
+            path: scratch.to_path_buf(),
+            source,
+        })?;
+        let from = Connection::open_with_flags(file, OpenFlags::SQLITE_OPEN_READ_WRITE)
+            .map_err(copy_err("reading", file))?;
+        let mut to = Connection::open(scratch).map_err(copy_err("writing", scratch))?;
+        copy_all(&from, &mut to, "backing up", file)?;
+        to.pragma_update(None, "journal_mode", "DELETE")
+            .map_err(copy_err("writing", scratch))?;
+        drop(to);
+        std::fs::read(scratch).map_err(|source| StoreError::DataDir {
+            path: scratch.to_path_buf(),
+            source,
+        })
+    })();
+    remove_db_files(scratch);
+    result
+}
+
+/// Writes the backup's carried files into `data_dir` where it has none (a new host); one it
+/// has is newer than the backup's and is kept. Each is written 0600 beside its place, fsynced
+/// and renamed in.
+fn restore_carried(
+    src: &Path,
+    data_dir: &Path,
+) -> Result<Vec<(String, CarriedOutcome)>, StoreError> {
+    let backup = Connection::open_with_flags(src, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(copy_err("reading", src))?;
+    let mut outcomes = Vec::new();
+    for (name, sqlite) in CARRIED_FILES {
+        let data: Option<Vec<u8>> = match backup.query_row(
+            &format!("SELECT data FROM {CARRIED_TABLE} WHERE name = ?1"),
+            [name],
+            |r| r.get(0),
+        ) {
+            Ok(d) => Some(d),
+            // No such row, or a backup from before carried files (no table).
+            Err(rusqlite::Error::QueryReturnedNoRows) => None,
+            Err(rusqlite::Error::SqliteFailure(_, Some(m))) if m.contains("no such table") => None,
+            Err(e) => return Err(copy_err("reading", src)(e)),
+        };
+        let place = data_dir.join(name);
+        let outcome = match data {
+            None => CarriedOutcome::NotInBackup,
+            Some(_) if place.exists() => CarriedOutcome::KeptLive,
+            Some(data) => {
+                if *sqlite {
+                    // A journal left behind by a database that is gone would be replayed
+                    // onto the restored one.
+                    remove_db_files(&place);
+                }
+                let partial = with_suffix(&place, ".restoring");
+                let written = (|| {
+                    let mut f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .mode(0o600)
+                        .open(&partial)?;
+                    std::io::Write::write_all(&mut f, &data)?;
+                    f.sync_all()?;
+                    std::fs::rename(&partial, &place)?;
+                    File::open(data_dir)?.sync_all()
+                })();
+                if let Err(source) = written {
+                    let _ = std::fs::remove_file(&partial);
+                    return Err(StoreError::DataDir {
+                        path: place,
+                        source,
+                    });
+                }
+                CarriedOutcome::Restored
+            }
+        };
+        outcomes.push((name.to_string(), outcome));
+    }
+    Ok(outcomes)
+}
+
 /// A copy of the backup in `scratch_dir`, upgraded to this build's schema.
 fn stage(src: &Path, scratch_dir: &Path) -> Result<EmbeddedStore, StoreError> {
     super::super::private::private_dir(scratch_dir).map_err(|source| StoreError::DataDir {
@@ -510,6 +656,9 @@ fn stage(src: &Path, scratch_dir: &Path) -> Result<EmbeddedStore, StoreError> {
             .map_err(copy_err("reading", src))?;
         let mut conn = Connection::open(&file).map_err(copy_err("staging", &file))?;
         copy_all(&backup, &mut conn, "staging", &file)?;
+        // The carried files go to their own places, never into the live store.
+        conn.execute(&format!("DROP TABLE IF EXISTS {CARRIED_TABLE}"), [])
+            .map_err(copy_err("staging", &file))?;
     }
     EmbeddedStore::open_with(scratch_dir, OpenMode::Create)
 }

@@ -13,7 +13,7 @@
 mod backend;
 mod backup;
 pub use backend::EmbeddedBackend;
-pub use backup::{BackupSummary, OPERATOR_LOCK_FILE, OperatorLock, RestoreSummary};
+pub use backup::{BackupSummary, CarriedOutcome, OPERATOR_LOCK_FILE, OperatorLock, RestoreSummary};
 
 use crate::store::BootIntent;
 use std::path::{Path, PathBuf};
@@ -29,6 +29,10 @@ use serde_json::{Value, json};
 /// instead of written into.
 const APPLICATION_ID: i64 = 0x5243_5354;
 pub const DB_FILE: &str = "recast.db";
+/// The agent gateway's database beside the store: agents' token hashes and replay marks.
+pub const GATEWAY_DB_FILE: &str = "gateway.db";
+/// The imaging key's default place beside the store (`--imaging-key-file` moves it).
+pub const IMAGING_KEY_FILE: &str = "imaging.key";
 /// Events kept per object (the oldest are dropped): see `record_event`.
 pub const MAX_EVENTS_PER_OBJECT: i64 = 1000;
 /// Discovered MAC addresses kept (the least recently seen are dropped): see
