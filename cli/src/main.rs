@@ -537,7 +537,7 @@ fn store_command(
             let store = EmbeddedStore::open_with(dir, OpenMode::AnySchema)?;
             let s = store.backup_to(&file, force)?;
             println!(
-                "backed up {} objects ({} attempts in flight) at revision {} to {} ({} bytes, schema {}){}; it holds BMC credentials: keep it as safe as the store",
+                "backed up {} objects ({} attempts in flight) at revision {} to {} ({} bytes, schema {}){}; it holds BMC credentials and the agents' token hashes: keep it as safe as the store",
                 s.objects,
                 s.attempts_in_flight,
                 s.revision,
@@ -550,6 +550,11 @@ fn store_command(
                     format!(", with {}", s.carried.join(" and "))
                 }
             );
+            if let Some(why) = &s.not_carried {
+                eprintln!(
+                    "warning: the agents' gateway.db is not in this backup ({why}); the store's backup is complete, but a restore on a new host would need every agent's token issued again"
+                );
+            }
         }
         StoreCommand::Restore { file } => {
             let s = EmbeddedStore::restore_from(dir, &file, Timestamp::now())?;
@@ -592,14 +597,17 @@ fn store_command(
             for (name, outcome) in &s.carried {
                 use recast_operator::store::embedded::CarriedOutcome;
                 match outcome {
-                    CarriedOutcome::Restored => {
-                        println!("{name}: restored from the backup (this data directory had none)")
-                    }
+                    CarriedOutcome::Restored => println!(
+                        "{name}: restored from the backup (this data directory had none with tokens): agents enrolled by then report again without a new token"
+                    ),
                     CarriedOutcome::KeptLive => println!(
-                        "{name}: the one in {} is kept (newer than the backup's)",
+                        "{name}: the one in {} holds tokens and is kept (it knows every token issued since the backup)",
                         dir.display()
                     ),
                     CarriedOutcome::NotInBackup => {}
+                    CarriedOutcome::Failed(why) => eprintln!(
+                        "warning: the store is restored, but {name} from the backup could not be put in place ({why}); run the restore again after fixing that, or issue the agents' tokens again (`recastctl token`)"
+                    ),
                 }
             }
         }

@@ -685,37 +685,45 @@ fn two_processes_writing_one_store_wait_for_each_other_instead_of_failing() {
 }
 
 #[test]
-fn a_backup_carries_the_agents_tokens_and_the_imaging_key_to_a_new_host() {
-    use recast_operator::credentials::SqliteLedger;
+fn a_backup_carries_the_agents_tokens_to_a_new_host() {
+    use recast_operator::credentials::{SqliteLedger, token_hash};
     use recast_operator::store::embedded::CarriedOutcome;
     let (data, elsewhere, store, _, _) = store_and_backup();
     let ledger = SqliteLedger::open(data.path()).unwrap();
     let token = ledger
         .issue(&key("kiosk-01"), "2026-01-15T08:00:00Z")
         .unwrap();
-    let imaging_key = [7u8; 32];
-    std::fs::write(data.path().join("imaging.key"), imaging_key).unwrap();
     let backup = elsewhere.path().join("with-tokens.db");
     let taken = store.backup_to(&backup, false).unwrap();
-    assert_eq!(taken.carried, ["gateway.db", "imaging.key"]);
-    // A token issued after the backup: the live gateway.db is newer than the backup's.
+    assert_eq!(taken.carried, ["gateway.db"]);
+    assert_eq!(taken.not_carried, None);
+    // A token issued after the backup: the live gateway.db knows more than the backup's.
     let later = ledger
         .issue(&key("kiosk-02"), "2026-01-15T09:00:00Z")
         .unwrap();
     drop(ledger);
     drop(store);
+    let carried_in = |dir: &Path| {
+        let live = std::fs::read(dir.join("recast.db")).unwrap();
+        let hash = token_hash(&token);
+        live.windows(hash.len()).any(|w| w == hash.as_bytes())
+    };
 
-    // A new host: an empty data directory.
+    // A new host whose operator ran once: its gateway.db exists but holds no token.
     let host = tempfile::tempdir().unwrap();
     let fresh = host.path().join("data");
     std::fs::create_dir(&fresh).unwrap();
+    drop(SqliteLedger::open(&fresh).unwrap());
     let restored = EmbeddedStore::restore_from(&fresh, &backup, Timestamp::now()).unwrap();
     assert_eq!(
         restored.carried,
-        [
-            ("gateway.db".to_string(), CarriedOutcome::Restored),
-            ("imaging.key".to_string(), CarriedOutcome::Restored)
-        ]
+        [("gateway.db".to_string(), CarriedOutcome::Restored)]
+    );
+    assert_eq!(mode(&fresh.join("gateway.db")), 0o600);
+    // The carried bytes never end up inside the live store, not even in its free pages.
+    assert!(
+        !carried_in(&fresh),
+        "the live recast.db holds the carried gateway.db"
     );
     // Read back with the gateway's own ledger: the agent's token still names its endpoint
     // (its agent reports without a person); the one issued after the backup does not.
@@ -723,51 +731,60 @@ fn a_backup_carries_the_agents_tokens_and_the_imaging_key_to_a_new_host() {
     assert_eq!(ledger.endpoint_for(&token).unwrap(), Some(key("kiosk-01")));
     assert_eq!(ledger.endpoint_for(&later).unwrap(), None);
     drop(ledger);
-    assert_eq!(
-        std::fs::read(fresh.join("imaging.key")).unwrap(),
-        imaging_key
-    );
-    assert_eq!(mode(&fresh.join("imaging.key")), 0o600);
-    assert_eq!(mode(&fresh.join("gateway.db")), 0o600);
-    // The carried files never end up inside the live store.
-    let tables: Vec<String> = Connection::open(fresh.join("recast.db"))
-        .unwrap()
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    assert!(!tables.iter().any(|t| t.contains("carried")), "{tables:?}");
 
-    // The same host, its gateway.db and key still there (the store alone was lost): both are
-    // kept, so the token issued after the backup still works.
-    std::fs::write(data.path().join("imaging.key"), [9u8; 32]).unwrap();
+    // The same host, its gateway.db still there (the store alone was lost): kept, so the token
+    // issued after the backup still works.
     let again = EmbeddedStore::restore_from(data.path(), &backup, Timestamp::now()).unwrap();
     assert_eq!(
         again.carried,
-        [
-            ("gateway.db".to_string(), CarriedOutcome::KeptLive),
-            ("imaging.key".to_string(), CarriedOutcome::KeptLive)
-        ]
+        [("gateway.db".to_string(), CarriedOutcome::KeptLive)]
     );
     let ledger = SqliteLedger::open(data.path()).unwrap();
     assert_eq!(ledger.endpoint_for(&later).unwrap(), Some(key("kiosk-02")));
+    drop(ledger);
+    // The copy the restore kept of the store it replaced does not carry gateway.db.
+    let aside = again.previous.unwrap();
+    let kept = Connection::open(&aside).unwrap();
+    let carried_tables: i64 = kept
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'backup_carried_files'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(carried_tables, 0);
+
+    // A damaged gateway.db is moved aside and the backup's put in its place.
+    let damaged = tempfile::tempdir().unwrap();
+    let broken = damaged.path().join("data");
+    std::fs::create_dir(&broken).unwrap();
+    std::fs::write(
+        broken.join("gateway.db"),
+        b"not a database at all, 32 bytes+",
+    )
+    .unwrap();
+    let restored = EmbeddedStore::restore_from(&broken, &backup, Timestamp::now()).unwrap();
     assert_eq!(
-        std::fs::read(data.path().join("imaging.key")).unwrap(),
-        [9u8; 32]
+        restored.carried,
+        [("gateway.db".to_string(), CarriedOutcome::Restored)]
     );
+    let moved: Vec<String> = std::fs::read_dir(&broken)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("gateway.db.damaged-"))
+        .collect();
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    let ledger = SqliteLedger::open(&broken).unwrap();
+    assert_eq!(ledger.endpoint_for(&token).unwrap(), Some(key("kiosk-01")));
 
     // A backup taken before this release carried nothing: nothing is written.
     let old_style = tempfile::tempdir().unwrap();
     let bare = old_style.path().join("data");
     std::fs::create_dir(&bare).unwrap();
     let restored = EmbeddedStore::restore_from(&bare, &fixture(), Timestamp::now()).unwrap();
-    assert!(
-        restored
-            .carried
-            .iter()
-            .all(|(_, o)| *o == CarriedOutcome::NotInBackup)
+    assert_eq!(
+        restored.carried,
+        [("gateway.db".to_string(), CarriedOutcome::NotInBackup)]
     );
-    assert!(!bare.join("gateway.db").exists() && !bare.join("imaging.key").exists());
+    assert!(!bare.join("gateway.db").exists());
 }

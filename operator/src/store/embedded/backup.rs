@@ -27,29 +27,27 @@ use rusqlite::{Connection, OpenFlags};
 
 use super::super::private::SQLITE_SIDE_FILES;
 use super::{
-    APPLICATION_ID, DB_FILE, EmbeddedStore, EventRecord, GATEWAY_DB_FILE, IMAGING_KEY_FILE,
-    OpenMode, SCHEMA_VERSION, StoreError,
+    APPLICATION_ID, DB_FILE, EmbeddedStore, EventRecord, GATEWAY_DB_FILE, OpenMode, SCHEMA_VERSION,
+    StoreError,
 };
 
-/// Files of the data directory a backup carries besides the store, and whether each is an
-/// SQLite database (copied by SQLite's online backup, a consistent moment) or plain bytes.
-/// Without them a store restored on a new host would leave every agent unable to report (its
-/// token is in gateway.db) and every machine mid-imaging unable to finish (its token is an
-/// HMAC under the imaging key).
-const CARRIED_FILES: &[(&str, bool)] = &[(GATEWAY_DB_FILE, true), (IMAGING_KEY_FILE, false)];
-
-/// The table of a backup file that holds the carried files (never copied into a live store).
+/// The table of a backup file that holds the agent gateway's database (`gateway.db`: the
+/// agents' token hashes, replay marks and enrollments), so that a store restored on a new host
+/// still knows every agent that had enrolled. Never copied into a live store.
 const CARRIED_TABLE: &str = "backup_carried_files";
 
-/// What a restore did with one carried file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What a restore did with the `gateway.db` a backup carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CarriedOutcome {
-    /// The data directory had none (a new host): written from the backup.
+    /// The data directory had none, or one without any token or enrollment (a new host whose
+    /// operator ran once): written from the backup.
     Restored,
-    /// The data directory has one: kept, as it is newer than the backup's.
+    /// The data directory's own holds tokens: kept (it knows every token issued since).
     KeptLive,
-    /// The backup does not hold it (taken without one, or by an older release).
+    /// The backup does not hold one (taken without a gateway, or by an older release).
     NotInBackup,
+    /// The store was restored, but this file could not be written: why.
+    Failed(String),
 }
 
 /// The lock file a running embedded operator holds in its data directory.
@@ -118,8 +116,12 @@ pub struct BackupSummary {
     pub revision: i64,
     pub objects: i64,
     pub attempts_in_flight: i64,
-    /// The data directory's files it carries besides the store (see CARRIED_FILES).
+    /// The data directory's files it carries besides the store (`gateway.db`, see
+    /// CARRIED_TABLE).
     pub carried: Vec<String>,
+    /// Why `gateway.db` is not in it although the data directory has one (the store's backup
+    /// is complete all the same).
+    pub not_carried: Option<String>,
 }
 
 /// What a restore did.
@@ -141,7 +143,7 @@ pub struct RestoreSummary {
     pub previous: Option<PathBuf>,
     /// Whether the replaced store was damaged (moved aside, not copied).
     pub previous_damaged: bool,
-    /// What became of each file the backup can carry besides the store.
+    /// What became of each file the backup carries besides the store.
     pub carried: Vec<(String, CarriedOutcome)>,
 }
 
@@ -228,6 +230,17 @@ impl EmbeddedStore {
     /// Writes a consistent snapshot of the store to `dest` (which must not exist unless
     /// `overwrite`) while the operator keeps running.
     pub fn backup_to(&self, dest: &Path, overwrite: bool) -> Result<BackupSummary, StoreError> {
+        self.backup_with(dest, overwrite, true)
+    }
+
+    /// [`backup_to`](Self::backup_to), carrying `gateway.db` or not (the copy a restore keeps
+    /// of the store it replaces does not: a restore never replaces a gateway.db with tokens).
+    fn backup_with(
+        &self,
+        dest: &Path,
+        overwrite: bool,
+        carry: bool,
+    ) -> Result<BackupSummary, StoreError> {
         if is_live_file(dest, self.path()) {
             return Err(StoreError::BackupOverLive {
                 path: dest.to_path_buf(),
@@ -247,7 +260,7 @@ impl EmbeddedStore {
                 uuid::Uuid::new_v4().simple()
             ),
         );
-        let result = self.write_snapshot(&partial, dest);
+        let result = self.write_snapshot(&partial, dest, carry);
         let result = result.and_then(|mut summary| {
             if !overwrite && dest.exists() {
                 return Err(StoreError::BackupExists {
@@ -272,7 +285,12 @@ impl EmbeddedStore {
         result
     }
 
-    fn write_snapshot(&self, partial: &Path, dest: &Path) -> Result<BackupSummary, StoreError> {
+    fn write_snapshot(
+        &self,
+        partial: &Path,
+        dest: &Path,
+        carry: bool,
+    ) -> Result<BackupSummary, StoreError> {
         // Created 0600 before SQLite opens it: the backup holds BMC credentials.
         super::super::private::private_db_file(partial).map_err(|source| StoreError::DataDir {
             path: partial.to_path_buf(),
@@ -280,7 +298,14 @@ impl EmbeddedStore {
         })?;
         let mut out = Connection::open(partial).map_err(copy_err("writing", partial))?;
         copy_all(&self.conn(), &mut out, "backing up into", partial)?;
-        let carried = self.carry_files(&out, partial)?;
+        // A table an older release may have copied into the live store goes first.
+        out.execute(&format!("DROP TABLE IF EXISTS {CARRIED_TABLE}"), [])
+            .map_err(copy_err("writing", partial))?;
+        let (carried, not_carried) = if carry {
+            self.carry_gateway(&out, partial)?
+        } else {
+            (Vec::new(), None)
+        };
         // When, for the restore's messages (the copy is a moment; this says which).
         out.execute(
             "INSERT OR REPLACE INTO meta VALUES ('backed_up_at', ?1)",
@@ -316,6 +341,7 @@ impl EmbeddedStore {
                 partial,
             )?,
             carried,
+            not_carried,
         };
         // One file, no WAL beside it: the backup is self-contained.
         out.pragma_update(None, "journal_mode", "DELETE")
@@ -330,36 +356,34 @@ impl EmbeddedStore {
         Ok(summary)
     }
 
-    /// Copies the data directory's carried files into the backup being written (`out`).
-    fn carry_files(&self, out: &Connection, partial: &Path) -> Result<Vec<String>, StoreError> {
+    /// Copies the data directory's `gateway.db` into the backup being written (`out`): the
+    /// names carried, or why it could not be (a gateway database that cannot be read does not
+    /// stop the store's backup).
+    fn carry_gateway(
+        &self,
+        out: &Connection,
+        partial: &Path,
+    ) -> Result<(Vec<String>, Option<String>), StoreError> {
         let data_dir = self.path().parent().unwrap_or(Path::new("."));
+        let file = data_dir.join(GATEWAY_DB_FILE);
+        if !file.is_file() {
+            return Ok((Vec::new(), None));
+        }
         out.execute(
             &format!("CREATE TABLE {CARRIED_TABLE} (name TEXT PRIMARY KEY, data BLOB NOT NULL)"),
             [],
         )
         .map_err(copy_err("writing", partial))?;
-        let mut carried = Vec::new();
-        for (name, sqlite) in CARRIED_FILES {
-            let file = data_dir.join(name);
-            if !file.is_file() {
-                continue;
-            }
-            let data = if *sqlite {
-                sqlite_snapshot(&file, &with_suffix(partial, &format!(".{name}")))?
-            } else {
-                std::fs::read(&file).map_err(|source| StoreError::DataDir {
-                    path: file.clone(),
-                    source,
-                })?
-            };
-            out.execute(
-                &format!("INSERT INTO {CARRIED_TABLE} (name, data) VALUES (?1, ?2)"),
-                rusqlite::params![name, data],
-            )
-            .map_err(copy_err("writing", partial))?;
-            carried.push(name.to_string());
-        }
-        Ok(carried)
+        let data = match sqlite_snapshot(&file, &with_suffix(partial, ".gateway")) {
+            Ok(d) => d,
+            Err(e) => return Ok((Vec::new(), Some(e.to_string()))),
+        };
+        out.execute(
+            &format!("INSERT INTO {CARRIED_TABLE} (name, data) VALUES (?1, ?2)"),
+            rusqlite::params![GATEWAY_DB_FILE, data],
+        )
+        .map_err(copy_err("writing", partial))?;
+        Ok((vec![GATEWAY_DB_FILE.to_string()], None))
     }
 
     /// Replaces the store in `data_dir` with the backup at `src` (the operator must be
@@ -381,6 +405,8 @@ impl EmbeddedStore {
         let scratch_dir = data_dir.join(format!(".restore-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&scratch_dir);
         let result = (|| {
+            // Written (0600, fsynced) before the live store is touched; put in place after.
+            let gateway = prepare_gateway(src, data_dir, now)?;
             let staged = stage(src, &scratch_dir)?;
             let mut summary = staged.fence(backed_up_at, now)?;
             summary.schema = schema;
@@ -407,9 +433,12 @@ impl EmbeddedStore {
                 "restoring into",
                 live.path(),
             )?;
-            summary.carried = restore_carried(src, data_dir)?;
+            // The store is restored: what happens to gateway.db now is reported, not an error
+            // that would hide the summary.
+            summary.carried = vec![(GATEWAY_DB_FILE.to_string(), gateway.put_in_place())];
             Ok(summary)
         })();
+        let _ = std::fs::remove_file(data_dir.join(format!("{GATEWAY_DB_FILE}.restoring")));
         let _ = std::fs::remove_dir_all(&scratch_dir);
         result
     }
@@ -580,64 +609,115 @@ fn sqlite_snapshot(file: &Path, scratch: &Path) -> Result<Vec<u8>, StoreError> {
     result
 }
 
-/// Writes the backup's carried files into `data_dir` where it has none (a new host); one it
-/// has is newer than the backup's and is kept. Each is written 0600 beside its place, fsynced
-/// and renamed in.
-fn restore_carried(
+/// The backup's `gateway.db`, staged beside its place when the data directory's own is to be
+/// replaced (see [`CarriedOutcome`]).
+struct PreparedGateway {
+    outcome: CarriedOutcome,
+    /// (the staged file, its place, where a damaged or empty one goes first)
+    staged: Option<(PathBuf, PathBuf, Option<PathBuf>)>,
+}
+
+impl PreparedGateway {
+    /// Renames the staged file into place (after the store's restore).
+    fn put_in_place(self) -> CarriedOutcome {
+        let Some((staged, place, aside)) = self.staged else {
+            return self.outcome;
+        };
+        let moved = (|| {
+            if let Some(aside) = &aside {
+                for (from, to) in db_files(&place).zip(db_files(aside)) {
+                    if from.exists() {
+                        std::fs::rename(from, to)?;
+                    }
+                }
+            }
+            // A journal left behind by a database that is gone would be replayed onto the
+            // restored one.
+            remove_db_files(&place);
+            std::fs::rename(&staged, &place)?;
+            File::open(place.parent().unwrap_or(Path::new(".")))?.sync_all()
+        })();
+        match moved {
+            Ok(()) => self.outcome,
+            Err(e) => {
+                let _ = std::fs::remove_file(&staged);
+                CarriedOutcome::Failed(format!("{}: {e}", place.display()))
+            }
+        }
+    }
+}
+
+/// Decides what becomes of `gateway.db` and, when the backup's is to be restored, writes it
+/// beside its place (0600, fsynced).
+fn prepare_gateway(
     src: &Path,
     data_dir: &Path,
-) -> Result<Vec<(String, CarriedOutcome)>, StoreError> {
+    now: jiff::Timestamp,
+) -> Result<PreparedGateway, StoreError> {
+    let done = |outcome| {
+        Ok(PreparedGateway {
+            outcome,
+            staged: None,
+        })
+    };
     let backup = Connection::open_with_flags(src, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(copy_err("reading", src))?;
-    let mut outcomes = Vec::new();
-    for (name, sqlite) in CARRIED_FILES {
-        let data: Option<Vec<u8>> = match backup.query_row(
-            &format!("SELECT data FROM {CARRIED_TABLE} WHERE name = ?1"),
-            [name],
-            |r| r.get(0),
-        ) {
-            Ok(d) => Some(d),
-            // No such row, or a backup from before carried files (no table).
-            Err(rusqlite::Error::QueryReturnedNoRows) => None,
-            Err(rusqlite::Error::SqliteFailure(_, Some(m))) if m.contains("no such table") => None,
-            Err(e) => return Err(copy_err("reading", src)(e)),
-        };
-        let place = data_dir.join(name);
-        let outcome = match data {
-            None => CarriedOutcome::NotInBackup,
-            Some(_) if place.exists() => CarriedOutcome::KeptLive,
-            Some(data) => {
-                if *sqlite {
-                    // A journal left behind by a database that is gone would be replayed
-                    // onto the restored one.
-                    remove_db_files(&place);
-                }
-                let partial = with_suffix(&place, ".restoring");
-                let written = (|| {
-                    let mut f = std::fs::OpenOptions::new()
-                        .write(true)
-                        .create(true)
-                        .truncate(true)
-                        .mode(0o600)
-                        .open(&partial)?;
-                    std::io::Write::write_all(&mut f, &data)?;
-                    f.sync_all()?;
-                    std::fs::rename(&partial, &place)?;
-                    File::open(data_dir)?.sync_all()
-                })();
-                if let Err(source) = written {
-                    let _ = std::fs::remove_file(&partial);
-                    return Err(StoreError::DataDir {
-                        path: place,
-                        source,
-                    });
-                }
-                CarriedOutcome::Restored
-            }
-        };
-        outcomes.push((name.to_string(), outcome));
+    let data: Vec<u8> = match backup.query_row(
+        &format!("SELECT data FROM {CARRIED_TABLE} WHERE name = ?1"),
+        [GATEWAY_DB_FILE],
+        |r| r.get(0),
+    ) {
+        Ok(d) => d,
+        // No row, or a backup from before carried files (no table).
+        Err(rusqlite::Error::QueryReturnedNoRows) => return done(CarriedOutcome::NotInBackup),
+        Err(rusqlite::Error::SqliteFailure(_, Some(m))) if m.contains("no such table") => {
+            return done(CarriedOutcome::NotInBackup);
+        }
+        Err(e) => return Err(copy_err("reading", src)(e)),
+    };
+    let place = data_dir.join(GATEWAY_DB_FILE);
+    let aside = if place.exists() {
+        match gateway_rows(&place) {
+            Some(0) => Some(with_suffix(&place, &format!(".empty-{}", stamp(now)))),
+            Some(_) => return done(CarriedOutcome::KeptLive),
+            None => Some(with_suffix(&place, &format!(".damaged-{}", stamp(now)))),
+        }
+    } else {
+        None
+    };
+    let staged = with_suffix(&place, ".restoring");
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&staged)?;
+        std::io::Write::write_all(&mut f, &data)?;
+        f.sync_all()
+    })();
+    if let Err(source) = written {
+        let _ = std::fs::remove_file(&staged);
+        return Err(StoreError::DataDir {
+            path: staged,
+            source,
+        });
     }
-    Ok(outcomes)
+    Ok(PreparedGateway {
+        outcome: CarriedOutcome::Restored,
+        staged: Some((staged, place, aside)),
+    })
+}
+
+/// Tokens and enrollments in a gateway database; None when it cannot be read as one.
+fn gateway_rows(file: &Path) -> Option<i64> {
+    let conn = Connection::open_with_flags(file, OpenFlags::SQLITE_OPEN_READ_WRITE).ok()?;
+    conn.query_row(
+        "SELECT (SELECT count(*) FROM tokens) + (SELECT count(*) FROM enrollments)",
+        [],
+        |r| r.get(0),
+    )
+    .ok()
 }
 
 /// A copy of the backup in `scratch_dir`, upgraded to this build's schema.
@@ -656,9 +736,13 @@ fn stage(src: &Path, scratch_dir: &Path) -> Result<EmbeddedStore, StoreError> {
             .map_err(copy_err("reading", src))?;
         let mut conn = Connection::open(&file).map_err(copy_err("staging", &file))?;
         copy_all(&backup, &mut conn, "staging", &file)?;
-        // The carried files go to their own places, never into the live store.
-        conn.execute(&format!("DROP TABLE IF EXISTS {CARRIED_TABLE}"), [])
-            .map_err(copy_err("staging", &file))?;
+        // The carried gateway.db goes to its own place, never into the live store: dropped,
+        // its pages zeroed and the file rebuilt without them (a page copy would carry free
+        // pages along).
+        conn.execute_batch(&format!(
+            "PRAGMA secure_delete = ON; DROP TABLE IF EXISTS {CARRIED_TABLE}; VACUUM;"
+        ))
+        .map_err(copy_err("staging", &file))?;
     }
     EmbeddedStore::open_with(scratch_dir, OpenMode::Create)
 }
@@ -675,7 +759,7 @@ fn open_live_for_restore(
     match EmbeddedStore::open_with(data_dir, OpenMode::Create) {
         Ok(live) if had_one => {
             let aside = with_suffix(&live_file, &format!(".before-restore-{}", stamp(now)));
-            live.backup_to(&aside, false)?;
+            live.backup_with(&aside, false, false)?;
             Ok((live, Some(aside), false))
         }
         Ok(live) => Ok((live, None, false)),
