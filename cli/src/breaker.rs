@@ -189,11 +189,7 @@ pub fn run(
             let starts = automatic_starts(&endpoints);
             let mut first = true;
             for (name, view) in policies(store, ns)? {
-                let settings = BreakerSettings {
-                    max_starts: view.breaker_max_starts.clone(),
-                    window: view.breaker_window,
-                    reset: view.breaker_reset,
-                };
+                let settings = BreakerSettings::of_policy(&view);
                 if !first {
                     println!();
                 }

@@ -39,6 +39,17 @@ pub struct BreakerSettings {
     pub reset: Option<Timestamp>,
 }
 
+impl BreakerSettings {
+    /// A namespace's breaker as its policy sets it.
+    pub fn of_policy(view: &super::policy::PolicyView) -> Self {
+        Self {
+            max_starts: view.breaker_max_starts.clone(),
+            window: view.breaker_window,
+            reset: view.breaker_reset,
+        }
+    }
+}
+
 /// The breakers that apply to one endpoint's decision.
 #[derive(Clone, Copy, Debug)]
 pub struct Breakers<'a> {

@@ -181,21 +181,40 @@ mod tests {
         breaker: None,
     };
 
+    /// `failures` recent failures and the breaker closed.
+    fn failing(failures: u32) -> Standing {
+        Standing {
+            failures,
+            breaker: None,
+        }
+    }
+
+    /// The status for `standing` under the built-in policy, in namespace "shop".
+    fn counted(
+        previous: &RemediationPolicyStatus,
+        generation: Option<i64>,
+        standing: Standing,
+        at: &str,
+    ) -> RemediationPolicyStatus {
+        policy_status(
+            previous,
+            "shop",
+            generation,
+            Judged::Counted {
+                view: &PolicyView::built_in(),
+                standing,
+            },
+            t(at),
+        )
+    }
+
     #[test]
     fn a_calm_namespace_reads_as_within_budget_with_the_breaker_closed() {
-        let v = PolicyView::built_in();
-        let s = policy_status(
+        let s = counted(
             &Default::default(),
-            "shop",
             Some(3),
-            Judged::Counted {
-                view: &v,
-                standing: Standing {
-                    failures: 2,
-                    breaker: None,
-                },
-            },
-            t("2026-01-15T08:00:00Z"),
+            failing(2),
+            "2026-01-15T08:00:00Z",
         );
         assert_eq!(s.budget.as_deref(), Some("2/3 failures in 1h"));
         assert!(!s.remediation_halted);
@@ -212,19 +231,11 @@ mod tests {
 
     #[test]
     fn a_spent_budget_halts_and_says_what_to_do() {
-        let v = PolicyView::built_in();
-        let s = policy_status(
+        let s = counted(
             &Default::default(),
-            "shop",
             None,
-            Judged::Counted {
-                view: &v,
-                standing: Standing {
-                    failures: 4,
-                    breaker: None,
-                },
-            },
-            t("2026-01-15T08:00:00Z"),
+            failing(4),
+            "2026-01-15T08:00:00Z",
         );
         assert_eq!(s.budget.as_deref(), Some("exhausted: 4/3 failures in 1h"));
         assert!(s.remediation_halted);
@@ -243,18 +254,11 @@ mod tests {
         // One rule (PolicyView::budget_spent), read by the lifecycle's blocker and here.
         let v = PolicyView::built_in();
         for failures in 0..6 {
-            let s = policy_status(
+            let s = counted(
                 &Default::default(),
-                "shop",
                 None,
-                Judged::Counted {
-                    view: &v,
-                    standing: Standing {
-                        failures,
-                        breaker: None,
-                    },
-                },
-                t("2026-01-15T08:00:00Z"),
+                failing(failures),
+                "2026-01-15T08:00:00Z",
             );
             assert_eq!(s.remediation_halted, v.budget_spent(failures));
             assert_eq!(s.remediation_halted, failures >= 3, "{failures}");
@@ -263,25 +267,20 @@ mod tests {
 
     #[test]
     fn an_open_breaker_names_the_namespace_and_the_reset() {
-        let v = PolicyView::built_in();
         let trip = Trip {
             at: t("2026-01-15T07:59:00Z"),
             starts: 5,
             limit: 5,
             window: Duration::from_secs(3600),
         };
-        let s = policy_status(
+        let s = counted(
             &Default::default(),
-            "shop",
             None,
-            Judged::Counted {
-                view: &v,
-                standing: Standing {
-                    failures: 0,
-                    breaker: Some(trip),
-                },
+            Standing {
+                failures: 0,
+                breaker: Some(trip),
             },
-            t("2026-01-15T08:00:00Z"),
+            "2026-01-15T08:00:00Z",
         );
         let c = condition(&s, BREAKER_OPEN);
         assert_eq!(c.status, ConditionStatus::True);
@@ -319,30 +318,8 @@ mod tests {
 
     #[test]
     fn a_transition_time_moves_only_when_a_condition_changes_status() {
-        let v = PolicyView::built_in();
-        let first = policy_status(
-            &Default::default(),
-            "shop",
-            None,
-            Judged::Counted {
-                view: &v,
-                standing: CALM,
-            },
-            t("2026-01-15T08:00:00Z"),
-        );
-        let same = policy_status(
-            &first,
-            "shop",
-            None,
-            Judged::Counted {
-                view: &v,
-                standing: Standing {
-                    failures: 1,
-                    breaker: None,
-                },
-            },
-            t("2026-01-15T09:00:00Z"),
-        );
+        let first = counted(&Default::default(), None, CALM, "2026-01-15T08:00:00Z");
+        let same = counted(&first, None, failing(1), "2026-01-15T09:00:00Z");
         assert_eq!(
             condition(&same, REMEDIATION_HALTED).last_transition_time,
             "2026-01-15T08:00:00Z"
@@ -351,19 +328,7 @@ mod tests {
             condition(&same, REMEDIATION_HALTED).message,
             "1/3 failures in 1h"
         );
-        let halted = policy_status(
-            &same,
-            "shop",
-            None,
-            Judged::Counted {
-                view: &v,
-                standing: Standing {
-                    failures: 3,
-                    breaker: None,
-                },
-            },
-            t("2026-01-15T10:00:00Z"),
-        );
+        let halted = counted(&same, None, failing(3), "2026-01-15T10:00:00Z");
         assert_eq!(
             condition(&halted, REMEDIATION_HALTED).last_transition_time,
             "2026-01-15T10:00:00Z"
@@ -376,27 +341,8 @@ mod tests {
 
     #[test]
     fn the_same_standing_gives_the_same_status_so_nothing_is_written_again() {
-        let v = PolicyView::built_in();
-        let first = policy_status(
-            &Default::default(),
-            "shop",
-            Some(1),
-            Judged::Counted {
-                view: &v,
-                standing: CALM,
-            },
-            t("2026-01-15T08:00:00Z"),
-        );
-        let again = policy_status(
-            &first,
-            "shop",
-            Some(1),
-            Judged::Counted {
-                view: &v,
-                standing: CALM,
-            },
-            t("2026-01-15T08:05:00Z"),
-        );
+        let first = counted(&Default::default(), Some(1), CALM, "2026-01-15T08:00:00Z");
+        let again = counted(&first, Some(1), CALM, "2026-01-15T08:05:00Z");
         assert_eq!(first, again);
     }
 
@@ -409,15 +355,11 @@ mod tests {
             }))
             .unwrap();
         let before = fingerprint(&p);
-        p.status = Some(policy_status(
+        p.status = Some(counted(
             &Default::default(),
-            "shop",
             None,
-            Judged::Counted {
-                view: &PolicyView::built_in(),
-                standing: CALM,
-            },
-            t("2026-01-15T08:00:00Z"),
+            CALM,
+            "2026-01-15T08:00:00Z",
         ));
         assert_eq!(fingerprint(&p), before);
         p.spec.cooldown = "1h".into();
@@ -435,7 +377,6 @@ mod tests {
 
     #[test]
     fn conditions_written_by_someone_else_or_an_older_release_are_dropped() {
-        let v = PolicyView::built_in();
         let mut previous = RemediationPolicyStatus::default();
         set_condition(
             &mut previous.conditions,
@@ -446,16 +387,7 @@ mod tests {
             "2025-01-01T00:00:00Z",
             None,
         );
-        let s = policy_status(
-            &previous,
-            "shop",
-            None,
-            Judged::Counted {
-                view: &v,
-                standing: CALM,
-            },
-            t("2026-01-15T08:00:00Z"),
-        );
+        let s = counted(&previous, None, CALM, "2026-01-15T08:00:00Z");
         assert!(s.conditions.iter().all(|c| c.type_ != "Stale"));
         assert_eq!(s.conditions.len(), 3);
     }

@@ -398,11 +398,7 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
             spec: &ep.spec,
             status: &status,
         };
-        let namespace_breaker = recast_core::fleet::BreakerSettings {
-            max_starts: policy.breaker_max_starts.clone(),
-            window: policy.breaker_window,
-            reset: policy.breaker_reset,
-        };
+        let namespace_breaker = recast_core::fleet::BreakerSettings::of_policy(&policy);
         let fleet_breaker = self.fleet_breaker_settings().await?;
         let decide_now = |now: Timestamp| {
             let fleet = self.index().view_for(

@@ -26,9 +26,9 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
             let namespace = recast_crds::namespace_of(&policy.metadata).to_string();
             let name = policy.metadata.name.clone().unwrap_or_default();
             let view = PolicyView::from_policy(&name, &policy);
-            let problem = view.as_ref().err().map(ToString::to_string);
-            let judged = match (&view, &problem) {
-                (Ok(view), _) => {
+            let problem;
+            let judged = match &view {
+                Ok(view) => {
                     let index = self.index();
                     Judged::Counted {
                         view,
@@ -38,19 +38,15 @@ impl<B: Backend, P: PowerControl> Controller<B, P> {
                                 now,
                                 view.budget_window,
                             ),
-                            breaker: index.namespace_breaker(
-                                &namespace,
-                                &BreakerSettings {
-                                    max_starts: view.breaker_max_starts.clone(),
-                                    window: view.breaker_window,
-                                    reset: view.breaker_reset,
-                                },
-                            ),
+                            breaker: index
+                                .namespace_breaker(&namespace, &BreakerSettings::of_policy(view)),
                         },
                     }
                 }
-                (Err(_), Some(problem)) => Judged::Invalid { problem },
-                (Err(_), None) => unreachable!("an Err has a message"),
+                Err(e) => {
+                    problem = e.to_string();
+                    Judged::Invalid { problem: &problem }
+                }
             };
             let previous = policy.status.clone().unwrap_or_default();
             let next = policy_status(

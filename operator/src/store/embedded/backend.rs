@@ -65,6 +65,30 @@ fn ns_name(ep: &Endpoint) -> (String, String) {
     )
 }
 
+impl EmbeddedBackend {
+    /// Writes the status of the object `meta` describes, if its generation is still the one
+    /// read (a spec changed since then is a Conflict, and the caller decides again).
+    fn write_status_of(
+        &self,
+        kind: Kind,
+        meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+        status: &impl serde::Serialize,
+    ) -> Result<(), BackendError> {
+        let value =
+            serde_json::to_value(status).map_err(|e| BackendError::Invalid(e.to_string()))?;
+        self.store
+            .write_status(
+                kind,
+                recast_crds::namespace_of(meta),
+                meta.name.as_deref().unwrap_or_default(),
+                meta.generation,
+                &value,
+            )
+            .map(|_| ())
+            .map_err(categorize)
+    }
+}
+
 impl EndpointStore for EmbeddedBackend {
     async fn endpoint(&self, key: &Key) -> Result<Option<Endpoint>, BackendError> {
         self.store
@@ -181,22 +205,9 @@ impl PolicyStatusStore for EmbeddedBackend {
         policy: &RemediationPolicy,
         status: &RemediationPolicyStatus,
     ) -> Result<(), BackendError> {
-        let ns = recast_crds::namespace_of(&policy.metadata);
-        let name = policy.metadata.name.as_deref().unwrap_or_default();
-        let value =
-            serde_json::to_value(status).map_err(|e| BackendError::Invalid(e.to_string()))?;
         // observedGeneration says which spec the figures were counted with: a spec changed
         // since the read is a Conflict, and the next pass counts again.
-        self.store
-            .write_status(
-                Kind::RemediationPolicy,
-                ns,
-                name,
-                policy.metadata.generation,
-                &value,
-            )
-            .map(|_| ())
-            .map_err(categorize)
+        self.write_status_of(Kind::RemediationPolicy, &policy.metadata, status)
     }
 }
 
@@ -280,22 +291,9 @@ impl WaveStore for EmbeddedBackend {
         wave: &ReimageWave,
         status: &ReimageWaveStatus,
     ) -> Result<(), BackendError> {
-        let ns = recast_crds::namespace_of(&wave.metadata);
-        let name = wave.metadata.name.as_deref().unwrap_or_default();
-        let value =
-            serde_json::to_value(status).map_err(|e| BackendError::Invalid(e.to_string()))?;
         // The generation precondition refuses a decision taken before a pause, an abort or an
         // approval that landed since the wave was read.
-        self.store
-            .write_status(
-                Kind::ReimageWave,
-                ns,
-                name,
-                wave.metadata.generation,
-                &value,
-            )
-            .map(|_| ())
-            .map_err(categorize)
+        self.write_status_of(Kind::ReimageWave, &wave.metadata, status)
     }
 
     async fn record_wave(
@@ -353,14 +351,7 @@ impl crate::store::ImageStore for EmbeddedBackend {
         gi: &GoldenImage,
         status: &recast_crds::golden_image::GoldenImageStatus,
     ) -> Result<(), BackendError> {
-        let ns = recast_crds::namespace_of(&gi.metadata);
-        let name = gi.metadata.name.as_deref().unwrap_or_default();
-        let value =
-            serde_json::to_value(status).map_err(|e| BackendError::Invalid(e.to_string()))?;
-        self.store
-            .write_status(Kind::GoldenImage, ns, name, gi.metadata.generation, &value)
-            .map(|_| ())
-            .map_err(categorize)
+        self.write_status_of(Kind::GoldenImage, &gi.metadata, status)
     }
 
     async fn record_image(&self, gi: &GoldenImage, notice: &Notice) -> Result<(), BackendError> {

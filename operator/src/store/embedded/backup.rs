@@ -438,7 +438,6 @@ impl EmbeddedStore {
             summary.carried = vec![(GATEWAY_DB_FILE.to_string(), gateway.put_in_place())];
             Ok(summary)
         })();
-        let _ = std::fs::remove_file(data_dir.join(format!("{GATEWAY_DB_FILE}.restoring")));
         let _ = std::fs::remove_dir_all(&scratch_dir);
         result
     }
@@ -617,11 +616,20 @@ struct PreparedGateway {
     staged: Option<(PathBuf, PathBuf, Option<PathBuf>)>,
 }
 
+/// A staged file that never reached its place (the restore failed) is removed.
+impl Drop for PreparedGateway {
+    fn drop(&mut self) {
+        if let Some((staged, _, _)) = &self.staged {
+            let _ = std::fs::remove_file(staged);
+        }
+    }
+}
+
 impl PreparedGateway {
     /// Renames the staged file into place (after the store's restore).
-    fn put_in_place(self) -> CarriedOutcome {
-        let Some((staged, place, aside)) = self.staged else {
-            return self.outcome;
+    fn put_in_place(mut self) -> CarriedOutcome {
+        let Some((staged, place, aside)) = self.staged.take() else {
+            return self.outcome.clone();
         };
         let moved = (|| {
             if let Some(aside) = &aside {
@@ -638,7 +646,7 @@ impl PreparedGateway {
             File::open(place.parent().unwrap_or(Path::new(".")))?.sync_all()
         })();
         match moved {
-            Ok(()) => self.outcome,
+            Ok(()) => self.outcome.clone(),
             Err(e) => {
                 let _ = std::fs::remove_file(&staged);
                 CarriedOutcome::Failed(format!("{}: {e}", place.display()))

@@ -203,6 +203,38 @@ impl KubeBackend {
         }
     }
 
+    /// Writes `status` through `obj`'s status subresource (server-side apply, recast's field
+    /// manager), conditional on the resourceVersion `obj` was read at: a change since then is a
+    /// 409 (Conflict), and the caller decides again.
+    async fn apply_status_as_read<K>(
+        &self,
+        obj: &K,
+        status: &impl serde::Serialize,
+    ) -> Result<(), BackendError>
+    where
+        K: Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        self.check_leader()?;
+        let patch = json!({
+            "apiVersion": K::api_version(&()),
+            "kind": K::kind(&()),
+            "metadata": {"name": obj.name_any(), "resourceVersion": obj.resource_version()},
+            "status": status,
+        });
+        Api::<K>::namespaced(self.client.clone(), recast_crds::namespace_of(obj.meta()))
+            .patch_status(
+                &obj.name_any(),
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(patch),
+            )
+            .await
+            .map(|_| ())
+            .map_err(kube_err)
+    }
+
     /// Fires when a policy or image in the caches changes.
     pub fn changes(&self) -> tokio::sync::broadcast::Receiver<()> {
         self.changed.subscribe()
@@ -612,27 +644,9 @@ impl PolicyStatusStore for KubeBackend {
         policy: &RemediationPolicy,
         status: &RemediationPolicyStatus,
     ) -> Result<(), BackendError> {
-        self.check_leader()?;
         // Conditional on the resourceVersion read: a spec changed since is a 409, and the
         // next pass counts with it.
-        let patch = json!({
-            "apiVersion": recast_crds::API_VERSION,
-            "kind": "RemediationPolicy",
-            "metadata": {"name": policy.name_any(), "resourceVersion": policy.resource_version()},
-            "status": status,
-        });
-        Api::<RemediationPolicy>::namespaced(
-            self.client.clone(),
-            recast_crds::namespace_of(&policy.metadata),
-        )
-        .patch_status(
-            &policy.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(patch),
-        )
-        .await
-        .map(|_| ())
-        .map_err(kube_err)
+        self.apply_status_as_read(policy, status).await
     }
 }
 
@@ -803,27 +817,9 @@ impl WaveStore for KubeBackend {
         wave: &ReimageWave,
         status: &ReimageWaveStatus,
     ) -> Result<(), BackendError> {
-        self.check_leader()?;
-        // The resourceVersion makes the write conditional: a pause, abort or approval that
-        // landed since the wave was read is a 409, and the wave is decided again.
-        let patch = json!({
-            "apiVersion": recast_crds::API_VERSION,
-            "kind": "ReimageWave",
-            "metadata": {"name": wave.name_any(), "resourceVersion": wave.resource_version()},
-            "status": status,
-        });
-        Api::<ReimageWave>::namespaced(
-            self.client.clone(),
-            recast_crds::namespace_of(&wave.metadata),
-        )
-        .patch_status(
-            &wave.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(patch),
-        )
-        .await
-        .map(|_| ())
-        .map_err(kube_err)
+        // Conditional on the resourceVersion read: a pause, abort or approval that landed
+        // since the wave was read is a 409, and the wave is decided again.
+        self.apply_status_as_read(wave, status).await
     }
 
     async fn record_wave(
